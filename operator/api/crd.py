@@ -1,0 +1,195 @@
+"""Generate the StreamPipeline CustomResourceDefinition from the pydantic models.
+
+pydantic's JSON Schema is close to, but not, a Kubernetes structural schema: it uses
+``$ref``/``$defs``, ``anyOf`` with ``null`` for optional fields, titles, and ``const``.
+``structural_schema`` rewrites it into the subset the API server accepts (everything
+inlined, every object with typed properties, no nullable unions) and keeps the CEL rules
+(``x-kubernetes-validations``) that the models declare. A unit test fails when the committed
+``crds/`` YAML differs from what this module generates.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from streamherd.operator.api import v1alpha1
+
+JSON = dict[str, Any]
+
+_DROP_KEYS = {"title", "examples", "example"}
+
+
+def _resolve(node: Any, defs: JSON) -> Any:
+    """Inline every $ref, drop null branches, titles and other non-structural bits."""
+    if isinstance(node, list):
+        return [_resolve(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    while True:  # unwrap $ref / single allOf / optional anyOf, keeping the field's own keys
+        if "$ref" in node:
+            target = copy.deepcopy(defs[node.pop("$ref").split("/")[-1]])
+            # The field's description and default win over the model's docstring.
+            target.update(node)
+            node = target
+        elif "allOf" in node and len(node["allOf"]) == 1:
+            inner = dict(node.pop("allOf")[0])
+            inner.update(node)
+            node = inner
+        elif "anyOf" in node:
+            branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
+            if len(branches) != 1:
+                raise ValueError(f"non-structural union in schema: {node}")
+            inner = dict(branches[0])
+            inner.update(node)
+            node = inner
+        else:
+            break
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    out: JSON = {}
+    for key, value in node.items():
+        if key in _DROP_KEYS or key == "$defs":
+            continue
+        if key == "default" and value is None:
+            continue
+        if key == "properties":
+            out[key] = {}
+            for name, sub in value.items():
+                resolved = _resolve(sub, defs)
+                # A field with neither a static default (None included) nor `required` has a
+                # default_factory: give objects `default: {}` so the API server fills in the
+                # nested defaults and `kubectl get -o yaml` shows the effective settings.
+                if (
+                    "default" not in sub
+                    and name not in node.get("required", [])
+                    and resolved.get("type") == "object"
+                    and "properties" in resolved
+                ):
+                    resolved["default"] = {}
+                out[key][name] = resolved
+        elif key in ("items", "additionalProperties") and isinstance(value, dict):
+            out[key] = _resolve(value, defs)
+        else:
+            out[key] = value
+    if out.get("type") == "object" and "properties" in out:
+        out.setdefault("additionalProperties", None)
+        out.pop("additionalProperties")
+    if out.get("additionalProperties") is False:
+        out.pop("additionalProperties")
+    if out.get("additionalProperties") is True:
+        out.pop("additionalProperties")
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    return out
+
+
+def _check_described(schema: JSON, path: str = "spec") -> None:
+    for name, sub in schema.get("properties", {}).items():
+        if not sub.get("description"):
+            raise ValueError(f"{path}.{name} has no description (kubectl explain needs one)")
+        _check_described(sub, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        _check_described(schema["items"], f"{path}[]")
+
+
+def structural_schema(model: type[BaseModel]) -> JSON:
+    """The structural OpenAPI v3 schema of a pydantic model."""
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.pop("$defs", {})
+    schema: JSON = _resolve(raw, defs)
+    _check_described(schema)
+    return schema
+
+
+def build_crd() -> JSON:
+    """The StreamPipeline CustomResourceDefinition, as a dict."""
+    spec = structural_schema(v1alpha1.StreamPipelineSpec)
+    status = structural_schema(v1alpha1.StreamPipelineStatus)
+    # Conditions are lists keyed by type (server-side apply merges them per type).
+    status["properties"]["conditions"]["x-kubernetes-list-type"] = "map"
+    status["properties"]["conditions"]["x-kubernetes-list-map-keys"] = ["type"]
+    for sub in status["properties"].values():
+        sub.pop("default", None)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{v1alpha1.PLURAL}.{v1alpha1.GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "streamherd"},
+        },
+        "spec": {
+            "group": v1alpha1.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": v1alpha1.KIND,
+                "listKind": f"{v1alpha1.KIND}List",
+                "plural": v1alpha1.PLURAL,
+                "singular": v1alpha1.SINGULAR,
+                "shortNames": v1alpha1.SHORT_NAMES,
+                "categories": ["streamherd", "all"],
+            },
+            "versions": [
+                {
+                    "name": v1alpha1.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
+                    "additionalPrinterColumns": [
+                        {
+                            "name": "Ready",
+                            "type": "string",
+                            "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+                        },
+                        {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
+                        {"name": "Lag", "type": "integer", "jsonPath": ".status.lag"},
+                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {
+                            "name": "Age",
+                            "type": "date",
+                            "jsonPath": ".metadata.creationTimestamp",
+                        },
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": v1alpha1.StreamPipeline.__doc__,
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {
+                                    "type": "string",
+                                    "description": "API version: streamherd.io/v1alpha1.",
+                                },
+                                "kind": {
+                                    "type": "string",
+                                    "description": "Kind: StreamPipeline.",
+                                },
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": status,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    """The CRD as the YAML committed under crds/."""
+    header = (
+        "# Generated by `streamherd crd` from streamherd/operator/api/v1alpha1.py.\n"
+        "# Do not edit by hand: run `make crds`.\n"
+    )
+    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100)

@@ -1,0 +1,585 @@
+"""The StreamPipeline API, version v1alpha1: the one source of truth for the CRD.
+
+``streamherd crd`` (and ``make crds``) generates ``crds/streampipelines.streamherd.io.yaml``
+from these models; the operator parses every object it receives with them; ``streamherd
+validate`` and ``streamherd render`` use them offline. Cross-field rules exist twice on
+purpose: as CEL (``x-kubernetes-validations``, enforced by the API server) and as pydantic
+validators (enforced offline and in the operator), and a unit test checks both agree.
+
+Processing steps are the engine's own models (``streamherd.workers.config``), so the CRD and
+the worker cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, JsonValue, model_validator
+
+from streamherd.workers.config import (
+    DURATION_PATTERN,
+    Duration,
+    GeneratorSourceConfig,
+    Model,
+    ProcessorConfig,
+    parse_duration,
+)
+
+GROUP = "streamherd.io"
+VERSION = "v1alpha1"
+KIND = "StreamPipeline"
+PLURAL = "streampipelines"
+SINGULAR = "streampipeline"
+SHORT_NAMES = ["sp"]
+
+_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_TOPIC = r"^[a-zA-Z0-9._-]{1,249}$"
+_QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One x-kubernetes-validations entry (a CEL rule the API server enforces)."""
+    entry = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+def with_cel(*rules: dict[str, str]) -> ConfigDict:
+    """The base model config plus CEL rules that the CRD generator copies into the schema."""
+    validations: list[JsonValue] = [dict(r) for r in rules]
+    return ConfigDict(
+        **Model.model_config, json_schema_extra={"x-kubernetes-validations": validations}
+    )
+
+
+# --------------------------------------------------------------------------- references
+
+
+class SecretKeyRef(Model):
+    """A key in a Secret in the pipeline's namespace."""
+
+    name: str = Field(pattern=_NAME, max_length=253, description="Secret name.")
+    key: str = Field(min_length=1, max_length=253, description="Key within the Secret.")
+
+
+class SaslAuth(Model):
+    """SASL authentication; username and password come from Secrets."""
+
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism."
+    )
+    username: SecretKeyRef = Field(description="Secret key holding the username.")
+    password: SecretKeyRef = Field(description="Secret key holding the password.")
+
+
+class TlsAuth(Model):
+    """TLS to the brokers: a CA bundle and, for mutual TLS, a client certificate and key."""
+
+    secret_name: str = Field(
+        pattern=_NAME,
+        max_length=253,
+        description=(
+            "Secret with `ca.crt` and, for mutual TLS, `tls.crt` and `tls.key` "
+            "(the layout cert-manager and Strimzi produce)."
+        ),
+    )
+    client_certificate: bool = Field(
+        default=False, description="Present tls.crt/tls.key as a client certificate (mTLS)."
+    )
+
+
+class KafkaAuth(Model):
+    """How workers authenticate to Kafka."""
+
+    sasl: SaslAuth | None = Field(default=None, description="SASL settings.")
+    tls: TlsAuth | None = Field(default=None, description="TLS settings.")
+
+
+class KafkaConnection(Model):
+    """A Kafka cluster and how to authenticate to it."""
+
+    bootstrap_servers: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="Comma-separated host:port list, e.g. `my-kafka-bootstrap.kafka:9092`.",
+    )
+    auth: KafkaAuth | None = Field(default=None, description="SASL and/or TLS.")
+
+
+# --------------------------------------------------------------------------- source
+
+
+class KafkaSource(KafkaConnection):
+    """Consume one or more Kafka topics as a consumer group."""
+
+    topics: list[Annotated[str, Field(pattern=_TOPIC)]] = Field(
+        min_length=1, max_length=64, description="Topics to consume."
+    )
+    consumer_group: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="Consumer group id; `<namespace>.<name>` when omitted.",
+    )
+    start_from: Literal["earliest", "latest"] = Field(
+        default="earliest",
+        description=(
+            "Where a partition with no committed offset starts: earliest (the whole "
+            "retained log) or latest (only new records)."
+        ),
+    )
+    format: Literal["json", "raw"] = Field(
+        default="json",
+        description="json: each value is a JSON object; raw: bytes passed through as `value`.",
+    )
+
+
+class Source(Model):
+    """Where records come from: exactly one of kafka or generator."""
+
+    model_config = with_cel(
+        cel(
+            "has(self.kafka) != has(self.generator)",
+            "source needs exactly one of kafka or generator",
+        )
+    )
+
+    kafka: KafkaSource | None = Field(default=None, description="Consume Kafka topics.")
+    generator: GeneratorSourceConfig | None = Field(
+        default=None, description="Synthetic click events for demos and local runs."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Source:
+        if (self.kafka is None) == (self.generator is None):
+            raise ValueError("source needs exactly one of kafka or generator")
+        return self
+
+
+# --------------------------------------------------------------------------- sink
+
+
+class KafkaSink(Model):
+    """Write results to a Kafka topic."""
+
+    topic: str = Field(pattern=_TOPIC, description="Output topic.")
+    bootstrap_servers: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="The sink cluster; the source's when omitted.",
+    )
+    auth: KafkaAuth | None = Field(
+        default=None, description="Auth for the sink cluster; the source's when omitted."
+    )
+    key: str | None = Field(
+        default=None,
+        max_length=4096,
+        description=(
+            "Expression for the output record key. Window results default to "
+            "`<key>|<window start>`, deterministic, so a replay overwrites in a compacted topic."
+        ),
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Static headers added to every output record."
+    )
+
+
+class StdoutSink(Model):
+    """Print results, one JSON object per line (demos, local runs)."""
+
+    format: Literal["json"] = Field(default="json", description="Output format.")
+
+
+class Sink(Model):
+    """Where results go: exactly one of kafka or stdout."""
+
+    model_config = with_cel(
+        cel(
+            "has(self.kafka) != has(self.stdout)",
+            "sink needs exactly one of kafka or stdout",
+        )
+    )
+
+    kafka: KafkaSink | None = Field(default=None, description="A Kafka topic.")
+    stdout: StdoutSink | None = Field(default=None, description="Standard output.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Sink:
+        if (self.kafka is None) == (self.stdout is None):
+            raise ValueError("sink needs exactly one of kafka or stdout")
+        return self
+
+
+class DeadLetter(Model):
+    """Records that fail (decoding, expressions, the user function, too late) go here."""
+
+    topic: str = Field(pattern=_TOPIC, description="Dead-letter topic.")
+    bootstrap_servers: str | None = Field(
+        default=None, max_length=2048, description="The source's cluster when omitted."
+    )
+
+
+# --------------------------------------------------------------------------- scaling
+
+
+class Autoscaling(Model):
+    """How the number of workers follows consumer lag."""
+
+    model_config = with_cel(
+        cel(
+            "self.minReplicas <= self.maxReplicas",
+            "minReplicas must be less than or equal to maxReplicas",
+            ".minReplicas",
+        ),
+        cel(
+            "self.mode != 'hpa' || self.minReplicas >= 1",
+            "hpa mode cannot scale to zero: use builtin or keda for minReplicas 0",
+            ".minReplicas",
+        ),
+    )
+
+    mode: Literal["builtin", "hpa", "keda", "none"] = Field(
+        default="builtin",
+        description=(
+            "builtin: the operator scales on lag measured from the broker (works at zero "
+            "replicas); hpa: an autoscaling/v2 HPA on the workers' lag metric (needs a "
+            "Prometheus adapter); keda: a KEDA ScaledObject with a Kafka trigger; none: "
+            "spec.replicas (and `kubectl scale`)."
+        ),
+    )
+    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest workers (0 allowed).")
+    max_replicas: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Most workers; never more than the source's partition count is used.",
+    )
+    lag_per_replica: int = Field(
+        default=1000, ge=1, description="Target lag (records) each worker should carry."
+    )
+    activation_lag: int = Field(
+        default=1, ge=0, description="Lag above which a pipeline at zero replicas wakes up."
+    )
+    scale_down_stabilization: Duration = Field(
+        default="300s",
+        description="Lag must stay low this long before workers are removed.",
+    )
+    idle_timeout: Duration = Field(
+        default="600s",
+        description="With minReplicas 0: no lag and no input this long scales to zero.",
+    )
+    poll_interval: Duration = Field(default="15s", description="How often lag is measured.")
+
+
+class CheckpointVolume(Model):
+    """The PersistentVolumeClaim that holds checkpoints, shared by all workers."""
+
+    size: str = Field(default="1Gi", pattern=_QUANTITY, description="Requested size, e.g. 1Gi.")
+    storage_class_name: str | None = Field(
+        default=None, description="StorageClass; the cluster default when omitted."
+    )
+    access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
+        default_factory=lambda: ["ReadWriteMany"],  # type: ignore[arg-type]
+        min_length=1,
+        max_length=3,
+        description=(
+            "ReadWriteMany lets workers on any node take over any partition's checkpoint. "
+            "ReadWriteOnce is only safe with a single worker (see docs/decisions)."
+        ),
+    )
+
+
+class Checkpoint(Model):
+    """How often state and offsets are checkpointed, and where."""
+
+    interval: Duration = Field(default="10s", description="Checkpoint interval.")
+    volume: CheckpointVolume = Field(
+        default_factory=CheckpointVolume, description="The checkpoint volume."
+    )
+
+
+# --------------------------------------------------------------------------- pods
+
+
+class SecretEnv(Model):
+    """One environment variable from a Secret key."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Variable name.")
+    key: str = Field(min_length=1, description="Key in the Secret.")
+
+
+class SecretMount(Model):
+    """A Secret made available to the workers (for user functions)."""
+
+    model_config = with_cel(
+        cel(
+            "has(self.mountPath) || (has(self.env) && size(self.env) > 0)",
+            "a secret needs a mountPath or env entries",
+        )
+    )
+
+    secret_name: str = Field(pattern=_NAME, max_length=253, description="Secret name.")
+    mount_path: str | None = Field(
+        default=None, pattern=r"^/", description="Mount the Secret's keys as files here."
+    )
+    env: list[SecretEnv] | None = Field(
+        default=None, description="Expose keys as environment variables."
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> SecretMount:
+        if self.mount_path is None and not self.env:
+            raise ValueError("a secret needs a mountPath or env entries")
+        return self
+
+
+class Resources(Model):
+    """Compute resources of each worker container."""
+
+    requests: dict[str, str] = Field(
+        default_factory=lambda: {"cpu": "250m", "memory": "256Mi"}, description="Requests."
+    )
+    limits: dict[str, str] = Field(
+        default_factory=lambda: {"memory": "512Mi"}, description="Limits."
+    )
+
+
+class PodOverrides(Model):
+    """Scheduling and identity of the worker pods."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector.")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Tolerations (core/v1 Toleration objects).",
+        json_schema_extra={
+            "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        },
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None,
+        description="Affinity (a core/v1 Affinity object).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    service_account_name: str | None = Field(
+        default=None, pattern=_NAME, description="ServiceAccount of the worker pods."
+    )
+    priority_class_name: str | None = Field(default=None, description="PriorityClass.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
+    termination_grace_period_seconds: int = Field(
+        default=30, ge=1, le=3600, description="Time a worker has to checkpoint on shutdown."
+    )
+
+
+class Monitoring(Model):
+    """Prometheus integration (needs the monitoring.coreos.com API in the cluster)."""
+
+    service_monitor: bool = Field(default=True, description="Create a ServiceMonitor.")
+    prometheus_rule: bool = Field(default=True, description="Create a PrometheusRule.")
+    scrape_interval: Duration = Field(default="30s", description="Scrape interval.")
+    lag_alert_threshold: int = Field(
+        default=100_000, ge=1, description="Alert when total lag stays above this."
+    )
+    checkpoint_age_alert: Duration = Field(
+        default="10m", description="Alert when the newest checkpoint is older than this."
+    )
+
+
+# --------------------------------------------------------------------------- spec/status
+
+
+class StreamPipelineSpec(Model):
+    """The desired state of a stream-processing pipeline."""
+
+    model_config = with_cel(
+        cel(
+            "!has(self.sink.kafka) || !has(self.source.kafka) || "
+            "!(self.sink.kafka.topic in self.source.kafka.topics) || "
+            "(has(self.sink.kafka.bootstrapServers) && "
+            "self.sink.kafka.bootstrapServers != self.source.kafka.bootstrapServers)",
+            "sink.kafka.topic must not be one of source.kafka.topics (a feedback loop)",
+            ".sink.kafka.topic",
+        ),
+        cel(
+            "!has(self.deadLetter) || !has(self.source.kafka) || "
+            "!(self.deadLetter.topic in self.source.kafka.topics)",
+            "deadLetter.topic must not be one of source.kafka.topics",
+            ".deadLetter.topic",
+        ),
+        cel(
+            "!has(self.deadLetter) || has(self.source.kafka) || "
+            "has(self.deadLetter.bootstrapServers)",
+            "deadLetter.bootstrapServers is required when the source is not Kafka",
+            ".deadLetter",
+        ),
+        cel(
+            "!has(self.sink.kafka) || has(self.source.kafka) || "
+            "has(self.sink.kafka.bootstrapServers)",
+            "sink.kafka.bootstrapServers is required when the source is not Kafka",
+            ".sink.kafka",
+        ),
+        cel(
+            "self.checkpoint.volume.accessModes.all(m, m == 'ReadWriteMany') || "
+            "(self.autoscaling.mode == 'none' ? self.replicas <= 1 : "
+            "self.autoscaling.maxReplicas <= 1)",
+            "a ReadWriteOnce checkpoint volume cannot be shared by several workers: "
+            "use ReadWriteMany or at most 1 replica",
+            ".checkpoint.volume.accessModes",
+        ),
+    )
+
+    source: Source = Field(description="Where records come from.")
+    processor: ProcessorConfig = Field(
+        default_factory=ProcessorConfig, description="What is done to each record."
+    )
+    sink: Sink = Field(description="Where results go.")
+    dead_letter: DeadLetter | None = Field(
+        default=None,
+        description="Where failed records go; without it they are counted and dropped.",
+    )
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Workers when autoscaling.mode is none (the scale subresource).",
+    )
+    autoscaling: Autoscaling = Field(
+        default_factory=Autoscaling, description="Lag-driven autoscaling."
+    )
+    checkpoint: Checkpoint = Field(default_factory=Checkpoint, description="Checkpoints.")
+    secrets: list[SecretMount] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Secrets for user functions, as files or environment variables.",
+    )
+    image: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Worker image; the operator's default when omitted. Custom images are "
+        "built FROM the streamherd image (for user functions).",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="imagePullPolicy."
+    )
+    resources: Resources = Field(default_factory=Resources, description="Worker resources.")
+    pod: PodOverrides = Field(default_factory=PodOverrides, description="Pod overrides.")
+    monitoring: Monitoring = Field(default_factory=Monitoring, description="Monitoring.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Worker log level."
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Scale the workers to zero and stop autoscaling; state is kept.",
+    )
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> StreamPipelineSpec:
+        a = self.autoscaling
+        if a.min_replicas > a.max_replicas:
+            raise ValueError("autoscaling.minReplicas must be less than or equal to maxReplicas")
+        if a.mode == "hpa" and a.min_replicas < 1:
+            raise ValueError("autoscaling: hpa mode cannot scale to zero")
+        src, sink = self.source.kafka, self.sink.kafka
+        if (
+            src
+            and sink
+            and sink.topic in src.topics
+            and (sink.bootstrap_servers in (None, src.bootstrap_servers))
+        ):
+            raise ValueError("sink.kafka.topic must not be one of source.kafka.topics")
+        if src and self.dead_letter and self.dead_letter.topic in src.topics:
+            raise ValueError("deadLetter.topic must not be one of source.kafka.topics")
+        if src is None and sink is not None and sink.bootstrap_servers is None:
+            raise ValueError("sink.kafka.bootstrapServers is required when the source is not Kafka")
+        if src is None and self.dead_letter and self.dead_letter.bootstrap_servers is None:
+            raise ValueError("deadLetter.bootstrapServers is required when the source is not Kafka")
+        shared = all(m == "ReadWriteMany" for m in self.checkpoint.volume.access_modes)
+        most = self.replicas if a.mode == "none" else a.max_replicas
+        if not shared and most > 1:
+            raise ValueError(
+                "a ReadWriteOnce checkpoint volume cannot be shared by several workers"
+            )
+        for d in (a.scale_down_stabilization, a.idle_timeout, a.poll_interval):
+            parse_duration(d)
+        return self
+
+
+class Condition(Model):
+    """A status condition (the Kubernetes convention)."""
+
+    type: str = Field(description="Ready, Progressing, Degraded, MonitoringAvailable, ...")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", description="CamelCase reason.")
+    message: str = Field(default="", description="What happened and what to do.")
+    last_transition_time: str | None = Field(
+        default=None, description="When status last changed (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The generation this condition was computed for."
+    )
+
+
+class StreamPipelineStatus(Model):
+    """The observed state, written by the operator."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation last reconciled."
+    )
+    phase: Literal["Pending", "Running", "Scaling", "Suspended", "Degraded", "Failed"] | None = (
+        Field(default=None, description="A one-word summary; see conditions for details.")
+    )
+    replicas: int | None = Field(default=None, description="Worker pods (from the Deployment).")
+    ready_replicas: int | None = Field(default=None, description="Ready worker pods.")
+    desired_replicas: int | None = Field(default=None, description="What the autoscaler wants.")
+    selector: str | None = Field(
+        default=None, description="Label selector of the worker pods (scale subresource)."
+    )
+    lag: int | None = Field(default=None, description="Total consumer lag (records).")
+    last_scale_time: str | None = Field(default=None, description="Last scaling decision.")
+    last_scale_reason: str | None = Field(default=None, description="Why it was made.")
+    input_hash: str | None = Field(
+        default=None, description="Hash of the desired children last applied."
+    )
+    conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
+
+
+class StreamPipeline(Model):
+    """A stream-processing pipeline: Kafka in, steps, results out, workers scaled on lag."""
+
+    model_config = ConfigDict(**{**Model.model_config, "extra": "ignore"})
+
+    api_version: Literal["streamherd.io/v1alpha1"] = Field(
+        default="streamherd.io/v1alpha1", description="API version."
+    )
+    kind: Literal["StreamPipeline"] = Field(default="StreamPipeline", description="Kind.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Object metadata.")
+    spec: StreamPipelineSpec = Field(description="Desired state.")
+    status: StreamPipelineStatus | None = Field(default=None, description="Observed state.")
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", ""))
+
+    @property
+    def namespace(self) -> str:
+        return str(self.metadata.get("namespace") or "default")
+
+    @property
+    def consumer_group(self) -> str | None:
+        kafka = self.spec.source.kafka
+        if kafka is None:
+            return None
+        return kafka.consumer_group or f"{self.namespace}.{self.name}"
+
+
+__all__ = [
+    "DURATION_PATTERN",
+    "GROUP",
+    "KIND",
+    "PLURAL",
+    "VERSION",
+    "StreamPipeline",
+    "StreamPipelineSpec",
+    "StreamPipelineStatus",
+]

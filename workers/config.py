@@ -1,0 +1,430 @@
+"""WorkerConfig: the contract between the operator and the worker engine.
+
+The operator renders one WorkerConfig per StreamPipeline into a ConfigMap; the engine reads
+it at start-up (``streamherd-worker --config /etc/streamherd/worker.json``); the local run
+mode (``streamherd run``) builds the same object from a manifest. It is defined here, once,
+and the StreamPipeline API models in ``streamherd.operator.api`` reuse the processing-step
+models below, so the CRD schema and the engine can never disagree about a step.
+
+Secrets never appear in a WorkerConfig: it names environment variables and file paths that
+the pod spec fills from Secret references, and the worker reads them at start-up.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Final, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+WORKER_CONFIG_VERSION: Final = "streamherd.io/worker-config/v1"
+
+_DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
+DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Kubernetes-style duration such as ``90s``, ``5m``, ``1h30m``, ``250ms``."""
+    match = _DURATION_RE.match(text)
+    if not text or match is None or not any(match.groups()):
+        raise ValueError(f"invalid duration {text!r}: use e.g. 500ms, 30s, 5m, 1h30m")
+    hours, minutes, seconds, millis = (int(g) if g else 0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds + millis / 1000
+
+
+def _check_duration(text: str) -> str:
+    parse_duration(text)
+    return text
+
+
+Duration = Annotated[
+    str,
+    AfterValidator(_check_duration),
+    Field(pattern=DURATION_PATTERN, json_schema_extra={"example": "30s"}),
+]
+
+
+class Model(BaseModel):
+    """Base of every contract model: frozen, camelCase on the wire, unknown keys refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        extra="forbid",
+    )
+
+
+# --------------------------------------------------------------------------- steps
+
+
+class MapStep(Model):
+    """Reshape each record: keep some fields, rename some, compute new ones."""
+
+    select: list[str] | None = Field(
+        default=None,
+        description="Fields to keep (after `set`); all fields are kept when omitted.",
+    )
+    rename: dict[str, str] = Field(
+        default_factory=dict, description="Old field name -> new field name, applied last."
+    )
+    set: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "New or replaced fields: field name -> expression, e.g. `kb: bytes / 1024`. "
+            "Evaluated against the record as it was before this step."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> MapStep:
+        if self.select is None and not self.rename and not self.set:
+            raise ValueError("a map step needs at least one of select, rename or set")
+        return self
+
+
+AggregateFunction = Literal["count", "sum", "min", "max", "avg"]
+
+
+class Aggregate(Model):
+    """One aggregate computed per key and window."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        max_length=63,
+        description="Name of the output field that holds the aggregate.",
+    )
+    function: AggregateFunction = Field(
+        description="count, sum, min, max or avg over the window's records."
+    )
+    expression: str | None = Field(
+        default=None,
+        max_length=4096,
+        description=(
+            "The value aggregated, an expression over the record (e.g. `bytes`). Required "
+            "for sum, min, max and avg; ignored for count. Records where it is null are "
+            "skipped by sum/min/max/avg."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _needs_expression(self) -> Aggregate:
+        if self.function != "count" and not self.expression:
+            raise ValueError(f"aggregate {self.name!r}: function {self.function} needs expression")
+        return self
+
+
+class EventTime(Model):
+    """Where a record's event time comes from."""
+
+    field: str | None = Field(
+        default=None,
+        description=(
+            "Record field holding the event time. When omitted, the Kafka record timestamp is used."
+        ),
+    )
+    format: Literal["epochMillis", "epochSeconds", "iso8601"] = Field(
+        default="epochMillis",
+        description="How the field encodes time: epochMillis, epochSeconds or iso8601.",
+    )
+
+
+class WindowSpec(Model):
+    """Keyed window aggregation: per key and event-time window, compute aggregates."""
+
+    key_by: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="Expression giving the grouping key, e.g. `user` or `page + ':' + country`.",
+    )
+    type: Literal["tumbling", "hopping"] = Field(
+        default="tumbling",
+        description="tumbling: fixed, non-overlapping windows; hopping: windows of `size` "
+        "starting every `slide`.",
+    )
+    size: Duration = Field(description="Window length, e.g. 60s or 5m.")
+    slide: Duration | None = Field(
+        default=None,
+        description="For hopping windows: how often a new window starts. Must divide `size`.",
+    )
+    event_time: EventTime = Field(
+        default_factory=EventTime, description="Where a record's event time comes from."
+    )
+    allowed_lateness: Duration = Field(
+        default="0s",
+        description=(
+            "How long after the watermark passes a window's end records are still accepted. "
+            "Later records are counted as late and sent to the dead-letter topic."
+        ),
+    )
+    aggregates: list[Aggregate] = Field(
+        min_length=1, max_length=32, description="The aggregates computed per key and window."
+    )
+
+    @model_validator(mode="after")
+    def _check_slide(self) -> WindowSpec:
+        size = parse_duration(self.size)
+        if size <= 0:
+            raise ValueError("window size must be positive")
+        if self.type == "hopping":
+            if self.slide is None:
+                raise ValueError("a hopping window needs `slide`")
+            slide = parse_duration(self.slide)
+            if slide <= 0 or slide > size:
+                raise ValueError("slide must be positive and at most size")
+            if round(size * 1000) % round(slide * 1000):
+                raise ValueError("slide must divide size")
+        names = [a.name for a in self.aggregates]
+        if len(set(names)) != len(names):
+            raise ValueError("aggregate names must be unique")
+        return self
+
+
+class Step(Model):
+    """One processing step: exactly one of filter, map or window."""
+
+    filter: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description=(
+            "Keep the records for which this boolean expression is true, e.g. "
+            "`status >= 500 and path != '/healthz'`; false or null drops the record. "
+            "Expressions are parsed into a safe form, never evaluated as code."
+        ),
+    )
+    map: MapStep | None = Field(
+        default=None, description="Reshape each record: select, rename and computed fields."
+    )
+    window: WindowSpec | None = Field(default=None, description="Keyed window aggregation.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Step:
+        chosen = [n for n in ("filter", "map", "window") if getattr(self, n) is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                "a step needs exactly one of filter, map or window"
+                + (f" (got {', '.join(chosen)})" if chosen else "")
+            )
+        return self
+
+
+class UserFunction(Model):
+    """A user function shipped in an image built FROM the streamherd worker image."""
+
+    callable: str = Field(
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="`module:callable`, importable inside the worker image.",
+    )
+    mode: Literal["record", "batch"] = Field(
+        default="record",
+        description=(
+            "record: called with one dict, returns a dict, a list of dicts or None (drop); "
+            "batch: called with a list of dicts, returns a list of dicts."
+        ),
+    )
+
+
+class ProcessorConfig(Model):
+    """What the engine does with each record, in order: steps, then the user function."""
+
+    steps: list[Step] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "Declarative steps applied in order: `filter`, `map`, and at most one `window` "
+            "(which must be last)."
+        ),
+    )
+    function: UserFunction | None = Field(
+        default=None,
+        description="Optional user function applied after the steps (before any window).",
+    )
+
+    @model_validator(mode="after")
+    def _window_last(self) -> ProcessorConfig:
+        windows = [i for i, s in enumerate(self.steps) if s.window is not None]
+        if len(windows) > 1:
+            raise ValueError("at most one window step is allowed")
+        if windows and windows[0] != len(self.steps) - 1:
+            raise ValueError("the window step must be the last step")
+        return self
+
+
+# --------------------------------------------------------------------------- sources/sinks
+
+
+class KafkaSecurity(Model):
+    """librdkafka security settings; secret material is referenced, never inlined."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="security.protocol"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="sasl.mechanism"
+    )
+    sasl_username_env: str | None = Field(
+        default=None, description="Environment variable holding the SASL username."
+    )
+    sasl_password_env: str | None = Field(
+        default=None, description="Environment variable holding the SASL password."
+    )
+    ca_file: str | None = Field(default=None, description="Path of the CA bundle (PEM).")
+    cert_file: str | None = Field(default=None, description="Path of the client certificate.")
+    key_file: str | None = Field(default=None, description="Path of the client key.")
+
+
+class KafkaEndpoint(Model):
+    """How to reach a Kafka cluster."""
+
+    bootstrap_servers: str = Field(min_length=1, description="host:port[,host:port...]")
+    security: KafkaSecurity = Field(default_factory=KafkaSecurity, description="Security settings.")
+
+
+class KafkaSourceConfig(KafkaEndpoint):
+    """Consume from Kafka topics as a consumer group."""
+
+    topics: list[str] = Field(min_length=1, description="Topics to consume.")
+    consumer_group: str = Field(min_length=1, description="Consumer group id.")
+    start_from: Literal["earliest", "latest"] = Field(
+        default="earliest",
+        description="Where a partition with no committed offset starts.",
+    )
+    format: Literal["json", "raw"] = Field(
+        default="json",
+        description="json: each value is a JSON object; raw: bytes passed through as `value`.",
+    )
+
+
+class GeneratorSourceConfig(Model):
+    """Synthetic click events ({user, page, bytes, ts}) for demos and the local run mode."""
+
+    rate: float | None = Field(
+        default=None, gt=0, description="Records per second; as fast as possible when omitted."
+    )
+    count: int | None = Field(
+        default=None, ge=0, description="Stop after this many records; endless when omitted."
+    )
+    keys: int = Field(default=100, ge=1, le=10_000_000, description="Number of distinct users.")
+    partitions: int = Field(default=4, ge=1, le=1024, description="Simulated partitions.")
+    seed: int = Field(default=1, description="Random seed, so runs are reproducible.")
+    start_time_ms: int | None = Field(
+        default=None,
+        description="Event time of the first record (epoch ms); wall clock when omitted.",
+    )
+    time_step_ms: int = Field(
+        default=10, ge=0, description="Event-time advance between consecutive records (ms)."
+    )
+
+
+class SourceConfig(Model):
+    """Exactly one source."""
+
+    kafka: KafkaSourceConfig | None = Field(default=None, description="A Kafka source.")
+    generator: GeneratorSourceConfig | None = Field(
+        default=None, description="A synthetic source for demos and local runs."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SourceConfig:
+        if (self.kafka is None) == (self.generator is None):
+            raise ValueError("source needs exactly one of kafka or generator")
+        return self
+
+
+class KafkaSinkConfig(KafkaEndpoint):
+    """Write results to a Kafka topic."""
+
+    topic: str = Field(min_length=1, description="Output topic.")
+    key: str | None = Field(
+        default=None,
+        description=(
+            "Expression for the record key. For window results the default key is the "
+            "window key plus window start, so a replay after a crash overwrites, not adds."
+        ),
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Static headers added to every output record."
+    )
+    transactional: bool = Field(
+        default=False,
+        description="Exactly-once Kafka->Kafka via transactions (see docs/decisions).",
+    )
+
+
+class StdoutSinkConfig(Model):
+    """Print results, one JSON object per line."""
+
+    format: Literal["json"] = Field(default="json", description="Output format.")
+
+
+class SinkConfig(Model):
+    """Exactly one sink."""
+
+    kafka: KafkaSinkConfig | None = Field(default=None, description="A Kafka topic sink.")
+    stdout: StdoutSinkConfig | None = Field(default=None, description="Standard output sink.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SinkConfig:
+        if (self.kafka is None) == (self.stdout is None):
+            raise ValueError("sink needs exactly one of kafka or stdout")
+        return self
+
+
+class DeadLetterConfig(KafkaEndpoint):
+    """Where records that fail go, with headers naming the error and their origin."""
+
+    topic: str = Field(min_length=1, description="Dead-letter topic.")
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class CheckpointConfig(Model):
+    """Where and how often per-partition state and offsets are checkpointed."""
+
+    directory: str = Field(default="/var/lib/streamherd/checkpoints", description="Directory.")
+    interval_seconds: float = Field(default=10.0, gt=0, description="Checkpoint interval.")
+
+
+class RuntimeConfig(Model):
+    """Engine tuning knobs."""
+
+    batch_size: int = Field(default=5000, ge=1, le=1_000_000, description="Max records a batch.")
+    batch_timeout_seconds: float = Field(default=0.5, gt=0, description="Max wait for a batch.")
+    metrics_port: int = Field(default=9100, ge=0, le=65535, description="0 disables.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level."
+    )
+    shutdown_grace_seconds: float = Field(
+        default=25.0, gt=0, description="Time allowed to drain and checkpoint on SIGTERM."
+    )
+
+
+class PipelineRef(Model):
+    """Which StreamPipeline this worker belongs to (labels metrics and logs)."""
+
+    namespace: str = Field(default="local", description="Namespace of the StreamPipeline.")
+    name: str = Field(min_length=1, description="Name of the StreamPipeline.")
+
+
+class WorkerConfig(Model):
+    """Everything a worker needs to run one pipeline. Rendered by the operator."""
+
+    api_version: Literal["streamherd.io/worker-config/v1"] = Field(
+        default=WORKER_CONFIG_VERSION, description="Version of this contract."
+    )
+    pipeline: PipelineRef = Field(description="The pipeline this worker runs.")
+    source: SourceConfig = Field(description="Where records come from.")
+    processor: ProcessorConfig = Field(
+        default_factory=ProcessorConfig, description="What is done to them."
+    )
+    sink: SinkConfig = Field(description="Where results go.")
+    dead_letter: DeadLetterConfig | None = Field(
+        default=None, description="Where failed records go; failures are only counted if unset."
+    )
+    checkpoint: CheckpointConfig = Field(
+        default_factory=CheckpointConfig, description="Checkpointing."
+    )
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Engine tuning.")
