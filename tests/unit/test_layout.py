@@ -1,0 +1,68 @@
+"""Repository layout guarantees: import names, no stdlib shadowing, console scripts."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_operator_folder_never_shadows_the_stdlib_operator_module() -> None:
+    # Run from the repository root, where `operator/` is a folder in the current directory.
+    out = subprocess.run(
+        [sys.executable, "-c", "import operator, sys; print(operator.__file__)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert str(ROOT / "operator") not in out
+    assert not (ROOT / "operator" / "__init__.py").exists()
+    assert not (ROOT / "workers" / "__init__.py").exists()
+
+
+def test_import_names_map_to_the_top_level_folders() -> None:
+    import streamherd.operator.api.v1alpha1 as api
+    import streamherd.workers.config as config
+
+    assert Path(api.__file__).resolve().is_relative_to(ROOT / "operator")
+    assert Path(config.__file__).resolve().is_relative_to(ROOT / "workers")
+
+
+def test_console_scripts_point_at_real_functions() -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"streamherd", "streamherd-worker"}
+    for target in scripts.values():
+        module, _, attr = target.partition(":")
+        imported = __import__(module, fromlist=[attr])
+        assert callable(getattr(imported, attr)), target
+
+
+FORBIDDEN_IN_WORKERS = ("streamherd.operator", "streamherd.cli", "kopf", "kubernetes")
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_workers_never_import_the_operator() -> None:
+    """The dependency points one way: operator -> workers (the WorkerConfig contract)."""
+    files = sorted((ROOT / "workers").rglob("*.py"))
+    assert files, "no worker modules found"
+    offenders = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in files
+        for name in _imports(path)
+        if any(name == bad or name.startswith(bad + ".") for bad in FORBIDDEN_IN_WORKERS)
+    }
+    assert not offenders, offenders
