@@ -1,0 +1,96 @@
+"""The lag arithmetic of workers/lagprobe.py (the broker side is in tests/integration)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamherd.workers.config import KafkaEndpoint, KafkaSecurity
+from streamherd.workers.lagprobe import (
+    ClusterConfig,
+    GroupLag,
+    PartitionLag,
+    lag_rate,
+    partition_lag,
+)
+
+
+@pytest.mark.parametrize(
+    ("log_start", "log_end", "committed", "start_from", "lag"),
+    [
+        (0, 100, 40, "earliest", 60),  # normal
+        (0, 100, 100, "earliest", 0),  # caught up
+        (0, 100, None, "earliest", 100),  # nothing committed: the whole retained log
+        (30, 100, None, "earliest", 70),
+        (30, 100, None, "latest", 0),  # nothing committed, latest: only new records
+        (50, 100, 20, "earliest", 50),  # retention deleted past the commit
+        (50, 100, 20, "latest", 50),  # the reset policy does not matter then: log start
+        (50, 100, 50, "earliest", 50),  # committed exactly at log start: not deleted
+        (0, 10, 25, "earliest", 0),  # committed past the end (topic recreated)
+        (0, 0, None, "earliest", 0),  # empty partition
+    ],
+)
+def test_partition_lag_table(
+    log_start: int, log_end: int, committed: int | None, start_from: str, lag: int
+) -> None:
+    assert partition_lag(log_start, log_end, committed, start_from) == lag  # type: ignore[arg-type]
+
+
+@given(
+    st.integers(0, 10**12),
+    st.integers(0, 10**9),
+    st.one_of(st.none(), st.integers(0, 2 * 10**12)),
+    st.sampled_from(["earliest", "latest"]),
+)
+def test_lag_is_never_negative_nor_more_than_retained(
+    log_start: int, size: int, committed: int | None, start_from: str
+) -> None:
+    lag = partition_lag(log_start, log_start + size, committed, start_from)  # type: ignore[arg-type]
+    assert 0 <= lag <= size
+
+
+def _group(at: float, rows: list[tuple[int, int, int | None]]) -> GroupLag:
+    parts = tuple(
+        PartitionLag("t", i, s, e, c, partition_lag(s, e, c, "earliest"))
+        for i, (s, e, c) in enumerate(rows)
+    )
+    return GroupLag("g", parts, at)
+
+
+def test_group_totals_and_rates() -> None:
+    older = _group(100.0, [(0, 100, 50), (0, 10, None)])
+    newer = _group(110.0, [(0, 300, 150), (0, 20, 20)])
+    assert older.total == 60 and older.partition_count == 2
+    assert newer.total == 150
+    # Input: log ends grew by 210 in 10 s; position: (100 + 20) - (50 + 0) = 120 in 10 s.
+    assert lag_rate(older, newer) == (21.0, 12.0)
+    assert lag_rate(newer, older) == (0.0, 0.0)  # time going backwards is ignored
+
+
+def test_cluster_config_keys_and_hides_secrets() -> None:
+    endpoint = KafkaEndpoint(
+        bootstrap_servers="k:9093",
+        security=KafkaSecurity(
+            protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username_env="U",
+            sasl_password_env="P",
+            ca_file="/etc/ca.crt",
+        ),
+    )
+    a = ClusterConfig.from_endpoint(endpoint, {"U": "alice", "P": "s3cret"})
+    b = ClusterConfig.of(
+        "k:9093",
+        {
+            "sasl.password": "s3cret",
+            "sasl.username": "alice",
+            "security.protocol": "sasl_ssl",
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "ssl.ca.location": "/etc/ca.crt",
+        },
+    )
+    assert a == b and hash(a) == hash(b)  # one shared admin client per equal configuration
+    assert a.client_config()["sasl.password"] == "s3cret"
+    assert "s3cret" not in repr(a) and "s3cret" not in a.describe()
+    assert "alice" in a.describe()

@@ -1,0 +1,367 @@
+"""Measure a consumer group's lag from the broker, without a running worker.
+
+Per partition, lag is the log end offset minus the group's committed offset, with the two
+cases a naive subtraction gets wrong:
+
+- nothing committed yet: the group's ``startFrom`` decides; ``earliest`` will consume the
+  whole retained log (log end - log start), ``latest`` will consume nothing already there (0);
+- retention (or ``DeleteRecords``) removed records past the committed offset
+  (committed < log start): the consumer resets to the log start, so what it will really
+  consume is log end - log start, not log end - committed.
+
+The operator's autoscaler (``streamherd.operator.autoscaling``) uses a :class:`LagProbe` per
+Kafka cluster to measure many pipelines' groups in a few requests, which is what lets it scale
+a pipeline that has zero workers, whatever image they run. The workers may use it too. This
+module only depends on confluent_kafka (the workers never import the operator).
+
+Requests per :meth:`LagProbe.measure_many` call, whatever the number of groups: one Metadata
+request (partition counts), one ListOffsets fan-out for log starts and one for log ends (all
+partitions of all topics; librdkafka groups them by partition leader), and one OffsetFetch per
+group. librdkafka's ListConsumerGroupOffsets accepts a single group per request (see the
+confluent-kafka docstring: "Currently, the API supports only a single group"), so those are
+issued all at once and awaited together: they are pipelined, not sequential.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._listoffsets import OffsetSpec as _OffsetSpec
+
+from streamherd.workers.config import KafkaEndpoint
+
+StartFrom = Literal["earliest", "latest"]
+
+# OffsetSpec's factory methods are untyped in confluent-kafka's stubs.
+OffsetSpec: Any = _OffsetSpec
+
+_SECRET_KEYS = frozenset({"sasl.password", "ssl.key.password", "ssl.key.pem"})
+
+
+class LagProbeError(RuntimeError):
+    """The lag of a group could not be measured (broker unreachable, partition leaderless...)."""
+
+
+# --------------------------------------------------------------------------- the arithmetic
+
+
+def partition_lag(
+    log_start: int, log_end: int, committed: int | None, start_from: StartFrom
+) -> int:
+    """Records the group still has to consume from one partition.
+
+    ``committed`` is None when the group has no committed offset for the partition.
+    """
+    retained = max(0, log_end - log_start)
+    if committed is None:
+        return retained if start_from == "earliest" else 0
+    if committed < log_start:
+        # Retention deleted past the committed offset: the consumer's offset is out of
+        # range and it resets to the log start, so only the retained records remain.
+        return retained
+    # committed > log_end happens after a topic was recreated or truncated: nothing to read.
+    return max(0, log_end - committed)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    """One partition of a measurement."""
+
+    topic: str
+    partition: int
+    log_start: int
+    log_end: int
+    committed: int | None
+    lag: int
+
+
+@dataclass(frozen=True)
+class GroupLag:
+    """The lag of one consumer group over its topics, at one moment."""
+
+    group: str
+    partitions: tuple[PartitionLag, ...]
+    measured_at: float  # time.time() when the answers were in
+    missing_topics: tuple[str, ...] = ()  # topics that do not exist (yet)
+
+    @property
+    def total(self) -> int:
+        return sum(p.lag for p in self.partitions)
+
+    @property
+    def partition_count(self) -> int:
+        return len(self.partitions)
+
+    @property
+    def log_end_total(self) -> int:
+        """Sum of log end offsets: its growth over time is the input rate."""
+        return sum(p.log_end for p in self.partitions)
+
+    @property
+    def position_total(self) -> int:
+        """Sum over partitions of where the group really is (log end - lag).
+
+        Its growth over time is the drain rate; unlike the committed offsets it also copes
+        with no-commit partitions and with retention jumps.
+        """
+        return self.log_end_total - self.total
+
+    def by_partition(self) -> dict[tuple[str, int], int]:
+        return {(p.topic, p.partition): p.lag for p in self.partitions}
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """What to measure: a group, the topics it consumes, and its no-commit policy."""
+
+    group: str
+    topics: tuple[str, ...]
+    start_from: StartFrom = "earliest"
+
+
+# --------------------------------------------------------------------------- connection
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """How to reach one Kafka cluster: the key under which one admin client is shared.
+
+    ``settings`` are librdkafka properties (``security.protocol``, ``sasl.*``, ``ssl.*``),
+    kept as sorted pairs so equal configurations compare and hash equal. They are left out of
+    ``repr`` because they may carry a password.
+    """
+
+    bootstrap_servers: str
+    settings: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    @classmethod
+    def of(cls, bootstrap_servers: str, settings: Mapping[str, str] | None = None) -> ClusterConfig:
+        return cls(bootstrap_servers, tuple(sorted((settings or {}).items())))
+
+    @classmethod
+    def from_endpoint(
+        cls, endpoint: KafkaEndpoint, environ: Mapping[str, str] | None = None
+    ) -> ClusterConfig:
+        """The configuration a worker uses, SASL credentials read from its environment."""
+        env = os.environ if environ is None else environ
+        sec = endpoint.security
+        settings: dict[str, str] = {"security.protocol": sec.protocol.lower()}
+        if sec.sasl_mechanism:
+            settings["sasl.mechanism"] = sec.sasl_mechanism
+        if sec.sasl_username_env:
+            settings["sasl.username"] = env.get(sec.sasl_username_env, "")
+        if sec.sasl_password_env:
+            settings["sasl.password"] = env.get(sec.sasl_password_env, "")
+        if sec.ca_file:
+            settings["ssl.ca.location"] = sec.ca_file
+        if sec.cert_file:
+            settings["ssl.certificate.location"] = sec.cert_file
+        if sec.key_file:
+            settings["ssl.key.location"] = sec.key_file
+        return cls.of(endpoint.bootstrap_servers, settings)
+
+    def client_config(self) -> dict[str, str]:
+        return {"bootstrap.servers": self.bootstrap_servers, **dict(self.settings)}
+
+    def describe(self) -> str:
+        """For logs: the servers and the non-secret settings."""
+        shown = {k: v for k, v in self.settings if k not in _SECRET_KEYS}
+        return f"{self.bootstrap_servers} {shown}" if shown else self.bootstrap_servers
+
+
+# --------------------------------------------------------------------------- the probe
+
+
+class LagProbe:
+    """One AdminClient for one cluster, measuring the lag of many groups at once.
+
+    Thread-safe (librdkafka's admin client is), but every call blocks: the operator runs it
+    in a small executor. Close it when done.
+    """
+
+    def __init__(
+        self,
+        cluster: ClusterConfig,
+        *,
+        request_timeout: float = 10.0,
+        extra_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.request_timeout = request_timeout
+        conf: dict[str, Any] = {**cluster.client_config(), **(extra_config or {})}
+        self._admin = AdminClient(conf)
+
+    def close(self) -> None:
+        # AdminClient has no close(); dropping the reference lets librdkafka tear down.
+        self._admin = None  # type: ignore[assignment]
+
+    def __enter__(self) -> LagProbe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def measure(self, spec: GroupSpec) -> GroupLag:
+        result = self.measure_many([spec])[spec.group]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def measure_many(self, specs: Sequence[GroupSpec]) -> dict[str, GroupLag | LagProbeError]:
+        """Measure every group; a group that fails gets a LagProbeError, the others do not."""
+        if not specs:
+            return {}
+        deadline = time.monotonic() + self.request_timeout
+        partitions = self._partitions({t for s in specs for t in s.topics})
+        all_tps = sorted({tp for tps in partitions.values() for tp in tps})
+        # Issue every request before waiting for any: they travel concurrently.
+        starts = self._list_offsets(all_tps, OffsetSpec.earliest())
+        ends = self._list_offsets(all_tps, OffsetSpec.latest())
+        fetches: dict[str, Future[Any]] = {}
+        for spec in specs:
+            tps = [tp for t in spec.topics for tp in partitions.get(t, ())]
+            if tps and spec.group not in fetches:
+                request = ConsumerGroupTopicPartitions(
+                    spec.group, [TopicPartition(t, p) for t, p in tps]
+                )
+                fetches.update(
+                    self._admin.list_consumer_group_offsets(
+                        [request], request_timeout=self.request_timeout
+                    )
+                )
+        start_offsets, start_errors = _offsets(starts, deadline)
+        end_offsets, end_errors = _offsets(ends, deadline)
+        measured_at = time.time()
+        out: dict[str, GroupLag | LagProbeError] = {}
+        for spec in specs:
+            out[spec.group] = self._assemble(
+                spec,
+                partitions=partitions,
+                fetch=fetches.get(spec.group),
+                starts=start_offsets,
+                ends=end_offsets,
+                errors={**start_errors, **end_errors},
+                deadline=deadline,
+                measured_at=measured_at,
+            )
+        return out
+
+    # ----------------------------------------------------------------------- internals
+
+    def _partitions(self, topics: Iterable[str]) -> dict[str, list[tuple[str, int]]]:
+        """Partitions of each existing topic, from one Metadata request for all topics.
+
+        Asking for all topics, not named ones, never auto-creates a topic on brokers with
+        auto.create.topics.enable.
+        """
+        wanted = set(topics)
+        try:
+            meta = self._admin.list_topics(timeout=self.request_timeout)
+        except KafkaException as exc:
+            raise LagProbeError(
+                f"cannot read metadata from {self.cluster.describe()}: {exc}"
+            ) from exc
+        out: dict[str, list[tuple[str, int]]] = {}
+        for name, topic in meta.topics.items():
+            if name in wanted and topic.error is None:
+                out[name] = [(name, p) for p in sorted(topic.partitions)]
+        return out
+
+    def _list_offsets(self, tps: list[tuple[str, int]], spec: Any) -> dict[Any, Any]:
+        if not tps:
+            return {}
+        request = {TopicPartition(t, p): spec for t, p in tps}
+        futures: dict[Any, Any] = self._admin.list_offsets(
+            request, request_timeout=self.request_timeout
+        )
+        return futures
+
+    def _assemble(
+        self,
+        spec: GroupSpec,
+        *,
+        partitions: Mapping[str, list[tuple[str, int]]],
+        fetch: Future[Any] | None,
+        starts: Mapping[tuple[str, int], int],
+        ends: Mapping[tuple[str, int], int],
+        errors: Mapping[tuple[str, int], str],
+        deadline: float,
+        measured_at: float,
+    ) -> GroupLag | LagProbeError:
+        tps = [tp for t in spec.topics for tp in partitions.get(t, ())]
+        missing = tuple(t for t in spec.topics if t not in partitions)
+        bad = [f"{t}[{p}]: {errors[(t, p)]}" for t, p in tps if (t, p) in errors]
+        if bad:
+            return LagProbeError(f"group {spec.group}: offsets unavailable: {'; '.join(bad)}")
+        committed: dict[tuple[str, int], int | None] = {}
+        if fetch is not None:
+            try:
+                answer = fetch.result(timeout=max(0.0, deadline - time.monotonic()))
+            except (KafkaException, FutureTimeout) as exc:
+                return LagProbeError(f"group {spec.group}: committed offsets unavailable: {exc!r}")
+            for tp in answer.topic_partitions:
+                if tp.error is not None:
+                    return LagProbeError(
+                        f"group {spec.group}: {tp.topic}[{tp.partition}]: {tp.error}"
+                    )
+                # A negative offset (OFFSET_INVALID, -1001) means: nothing committed.
+                committed[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
+        rows = []
+        for t, p in tps:
+            start, end, done = starts[(t, p)], ends[(t, p)], committed.get((t, p))
+            rows.append(
+                PartitionLag(
+                    t, p, start, end, done, partition_lag(start, end, done, spec.start_from)
+                )
+            )
+        return GroupLag(spec.group, tuple(rows), measured_at, missing)
+
+
+def _offsets(
+    futures: Mapping[Any, Future[Any]], deadline: float
+) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], str]]:
+    offsets: dict[tuple[str, int], int] = {}
+    errors: dict[tuple[str, int], str] = {}
+    for tp, future in futures.items():
+        key = (tp.topic, tp.partition)
+        try:
+            offsets[key] = int(future.result(timeout=max(0.0, deadline - time.monotonic())).offset)
+        except (KafkaException, FutureTimeout) as exc:
+            errors[key] = repr(exc)
+    return offsets, errors
+
+
+def lag_rate(older: GroupLag, newer: GroupLag) -> tuple[float, float]:
+    """(input rate, drain rate) in records/s between two measurements of one group."""
+    dt = newer.measured_at - older.measured_at
+    if dt <= 0 or not math.isfinite(dt):
+        return 0.0, 0.0
+    return (
+        max(0.0, (newer.log_end_total - older.log_end_total) / dt),
+        max(0.0, (newer.position_total - older.position_total) / dt),
+    )
+
+
+__all__ = [
+    "ClusterConfig",
+    "GroupLag",
+    "GroupSpec",
+    "LagProbe",
+    "LagProbeError",
+    "PartitionLag",
+    "StartFrom",
+    "lag_rate",
+    "partition_lag",
+]
