@@ -1,0 +1,542 @@
+"""A real single-node Apache Kafka broker (KRaft, broker+controller) for the tests.
+
+Runs the broker from the Maven Central jars that hack/fetch-kafka.sh caches, on free
+127.0.0.1 ports with a throwaway log dir, and gives tests small helpers over
+confluent_kafka (create_topic, produce, consume_all, admin). Used by the `kafka_broker`
+fixture in tests/infra/plugin.py and by `make kafka-up` / `make kafka-down`:
+
+    python -m tests.infra.kafka up      # prints: export STREAMHERD_TEST_KAFKA=127.0.0.1:PORT
+    python -m tests.infra.kafka env
+    python -m tests.infra.kafka down
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+
+# The same class as confluent_kafka.admin.NewTopic, whose type stub does not re-export it.
+from confluent_kafka.cimpl import NewTopic
+
+from tests.infra.processes import (
+    InfraError,
+    alive,
+    free_port,
+    port_open,
+    run_dir,
+    run_hack_script,
+    spawn,
+    stop_group,
+    tail,
+    wait_for,
+)
+
+ENV_REUSE = "STREAMHERD_TEST_KAFKA"
+HEAP = "768m"
+
+# Test-friendly broker settings on top of the KRaft single-node basics (docs/testing.md):
+# - auto.create.topics.enable=false: tests and the engine create topics explicitly, so a
+#   typo in a topic name fails loudly instead of silently creating an empty topic.
+# - small retention check interval and segment roll so retention tests run in seconds.
+# - group.initial.rebalance.delay.ms=0 so consumer groups start at once.
+TEST_SETTINGS: Mapping[str, str] = {
+    "auto.create.topics.enable": "false",
+    "num.partitions": "1",
+    "default.replication.factor": "1",
+    "min.insync.replicas": "1",
+    "offsets.topic.replication.factor": "1",
+    "offsets.topic.num.partitions": "1",
+    "transaction.state.log.replication.factor": "1",
+    "transaction.state.log.min.isr": "1",
+    "transaction.state.log.num.partitions": "1",
+    "share.coordinator.state.topic.replication.factor": "1",
+    "share.coordinator.state.topic.min.isr": "1",
+    "group.initial.rebalance.delay.ms": "0",
+    "log.retention.check.interval.ms": "1000",
+    "log.segment.delete.delay.ms": "0",
+    "log.initial.task.delay.ms": "0",
+    "delete.topic.enable": "true",
+    "num.network.threads": "2",
+    "num.io.threads": "4",
+    "log.flush.interval.messages": "9223372036854775807",
+}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+    timestamp_ms: int | None = None
+
+    def json(self) -> Any:
+        """The value decoded as JSON."""
+        if self.value is None:
+            return None
+        return orjson.loads(self.value)
+
+
+def _encode(item: object) -> bytes | None:
+    """bytes stay bytes, str is UTF-8, None is None, anything else is JSON (orjson)."""
+    if item is None or isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode()
+    return orjson.dumps(item)
+
+
+@dataclass(frozen=True)
+class KafkaBroker:
+    """A reachable broker (started by us or reused) plus test helpers.
+
+    log_dir is None when the broker was reused from STREAMHERD_TEST_KAFKA.
+    """
+
+    bootstrap: str
+    log_dir: Path | None = None
+    log_files: tuple[Path, ...] = field(default=())
+
+    def client_config(self, **extra: Any) -> dict[str, Any]:
+        return {"bootstrap.servers": self.bootstrap, **extra}
+
+    def admin(self) -> AdminClient:
+        return AdminClient(self.client_config())
+
+    def unique_topic(self, prefix: str = "t") -> str:
+        """A topic name no other test uses (the broker is shared by the whole session)."""
+        return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+    def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        config: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> str:
+        """Create a topic and wait until every partition has a leader; returns the name."""
+        admin = self.admin()
+        topic = NewTopic(
+            name, num_partitions=partitions, replication_factor=1, config=dict(config or {})
+        )
+        admin.create_topics([topic], operation_timeout=timeout)[name].result(timeout)
+
+        def ready() -> bool:
+            md = admin.list_topics(name, timeout=5).topics.get(name)
+            return (
+                md is not None
+                and md.error is None
+                and len(md.partitions) == partitions
+                and all(p.leader >= 0 for p in md.partitions.values())
+            )
+
+        wait_for(f"topic {name} to have leaders", ready, timeout)
+        return name
+
+    def delete_topic(self, name: str, timeout: float = 30.0) -> None:
+        self.admin().delete_topics([name], operation_timeout=timeout)[name].result(timeout)
+
+    def produce(
+        self,
+        topic: str,
+        records: Iterable[object],
+        partition: int | None = None,
+        headers: Mapping[str, bytes | str] | None = None,
+        timeout: float = 60.0,
+    ) -> int:
+        """Produce records fast (batched, idempotent) and wait for every delivery.
+
+        Each record is a (key, value) tuple or a bare value (key None). Keys and values:
+        bytes as is, str as UTF-8, None as null, anything else (dict, list, number) as JSON.
+        Returns the count; raises if any delivery failed.
+        """
+        producer = Producer(
+            self.client_config(
+                **{
+                    "linger.ms": 5,
+                    "batch.num.messages": 10000,
+                    "batch.size": 1_000_000,
+                    "queue.buffering.max.messages": 500_000,
+                    "enable.idempotence": True,
+                    "acks": "all",
+                }
+            )
+        )
+        errors: list[str] = []
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        hdrs = list(headers.items()) if headers else None
+        count = 0
+        for rec in records:
+            key, value = rec if isinstance(rec, tuple) else (None, rec)
+            kwargs: dict[str, Any] = {"key": _encode(key), "value": _encode(value)}
+            if partition is not None:
+                kwargs["partition"] = partition
+            if hdrs:
+                kwargs["headers"] = hdrs
+            while True:
+                try:
+                    producer.produce(topic, on_delivery=on_delivery, **kwargs)
+                    break
+                except BufferError:
+                    producer.poll(0.05)  # local queue full: let deliveries drain
+            count += 1
+            if count % 10000 == 0:
+                producer.poll(0)
+        left = producer.flush(timeout)
+        if left:
+            raise InfraError(f"{left} records to {topic} not delivered within {timeout}s")
+        if errors:
+            raise InfraError(f"{len(errors)} deliveries to {topic} failed, first: {errors[0]}")
+        return count
+
+    def consume_all(
+        self,
+        topic: str,
+        timeout: float = 30.0,
+        min_records: int = 0,
+        isolation: str = "read_committed",
+    ) -> list[Record]:
+        """Read a topic from the beginning up to its current end, every partition.
+
+        Without a consumer group commit: nothing is left behind. With min_records, keeps
+        reading until at least that many arrived (for output that is still being written).
+        Raises TimeoutError if the end (or min_records) is not reached within timeout.
+        """
+        consumer = Consumer(
+            self.client_config(
+                **{
+                    "group.id": f"streamherd-test-reader-{uuid.uuid4().hex[:8]}",
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": True,
+                    "auto.offset.reset": "earliest",
+                    "isolation.level": isolation,
+                }
+            )
+        )
+        try:
+            md = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if md is None or md.error is not None:
+                raise InfraError(f"topic {topic} does not exist: {md.error if md else ''}")
+            parts = sorted(md.partitions)
+            consumer.assign([TopicPartition(topic, p, -2) for p in parts])  # -2: beginning
+            out: list[Record] = []
+            at_end: set[int] = set()
+            deadline = time.monotonic() + timeout
+            while len(at_end) < len(parts) or len(out) < min_records:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"consume_all({topic}): {len(out)} records, partitions at end "
+                        f"{sorted(at_end)} of {parts} after {timeout}s"
+                    )
+                for msg in consumer.consume(num_messages=10000, timeout=0.5):
+                    part = msg.partition()
+                    assert part is not None  # set on every consumed message or EOF event
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            at_end.add(part)
+                            continue
+                        raise KafkaException(err)
+                    at_end.discard(part)
+                    out.append(_record(topic, part, msg))
+            return out
+        finally:
+            consumer.close()
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        """The log-end offset (high watermark) of every partition."""
+        consumer = Consumer(self.client_config(**{"group.id": "streamherd-test-offsets"}))
+        try:
+            md = consumer.list_topics(topic, timeout=10).topics[topic]
+            return {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in sorted(md.partitions)
+            }
+        finally:
+            consumer.close()
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        """The committed offsets of a consumer group on a topic (-1001: none committed)."""
+        consumer = Consumer(self.client_config(**{"group.id": group, "enable.auto.commit": False}))
+        try:
+            md = consumer.list_topics(topic, timeout=10).topics[topic]
+            tps = [TopicPartition(topic, p) for p in sorted(md.partitions)]
+            return {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)}
+        finally:
+            consumer.close()
+
+
+def _record(topic: str, partition: int, msg: Message) -> Record:
+    ts_type, ts = msg.timestamp()
+    raw_headers = msg.headers() or []
+    pairs = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
+    return Record(
+        topic=topic,
+        partition=partition,
+        offset=msg.offset() or 0,
+        key=_encode(msg.key()),
+        value=_encode(msg.value()),
+        headers=tuple((k, _encode(v)) for k, v in pairs),
+        timestamp_ms=ts if ts_type else None,
+    )
+
+
+def answers(bootstrap: str, timeout: float = 3.0) -> bool:
+    """True when a broker at bootstrap serves metadata."""
+    host, _, port = bootstrap.rpartition(":")
+    if not port_open(host, int(port)):
+        return False  # spares librdkafka's connection-refused noise while the JVM starts
+    try:
+        md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout)
+    except KafkaException:
+        return False
+    return bool(md.brokers)
+
+
+def _cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+def _log4j2_config(path: Path, log_file: Path) -> None:
+    path.write_text(
+        "status = warn\n"
+        "appender.file.type = File\n"
+        "appender.file.name = FILE\n"
+        f"appender.file.fileName = {log_file}\n"
+        "appender.file.layout.type = PatternLayout\n"
+        "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
+        "rootLogger.level = INFO\n"
+        "rootLogger.appenderRef.file.ref = FILE\n"
+        # The per-request and state-change chatter only drowns the interesting lines.
+        "logger.request.name = kafka.request.logger\n"
+        "logger.request.level = WARN\n"
+        "logger.state.name = state.change.logger\n"
+        "logger.state.level = WARN\n"
+    )
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise InfraError(
+            "java (17+) is required for the Kafka broker: apt-get install openjdk-17-jre-headless"
+        )
+    return java
+
+
+@dataclass
+class KafkaProcess:
+    """A broker process we started; stop() kills it and removes its directory."""
+
+    broker: KafkaBroker
+    workdir: Path
+    pid: int
+    keep_dir: bool = False
+
+    def stop(self) -> None:
+        stop_group(self.pid, grace=15.0)
+        if not self.keep_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_kafka(
+    workdir: Path | None = None,
+    *,
+    tie_to_parent: bool = True,
+    startup_timeout: float = 90.0,
+) -> KafkaProcess:
+    """Format and start a KRaft broker in workdir (a new temp dir by default); wait until ready."""
+    java = _java()
+    libs = run_hack_script("fetch-kafka.sh")
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix="streamherd-kafka-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    port, cport = free_port(), free_port()
+    data = workdir / "data"
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{cport}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(data),
+        **TEST_SETTINGS,
+    }
+    server_props = workdir / "server.properties"
+    server_props.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    server_log = workdir / "server.log"
+    log4j = workdir / "log4j2.properties"
+    _log4j2_config(log4j, server_log)
+    classpath = f"{libs}/*"
+    jvm = [java, f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
+    env = {**os.environ, "KAFKA_HEAP_OPTS": ""}
+    fmt_log = workdir / "format.log"
+    child, proc = spawn(
+        "kafka-storage-format",
+        [
+            *jvm,
+            "-Xmx256m",
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            _cluster_id(),
+            "-c",
+            str(server_props),
+        ],
+        fmt_log,
+        env=env,
+    )
+    if proc.wait(timeout=120) != 0:
+        raise InfraError(f"kafka storage format failed; log {fmt_log}:\n{tail(fmt_log)}")
+    stdout_log = workdir / "stdout.log"
+    child, proc = spawn(
+        "kafka",
+        [
+            *jvm,
+            f"-Xms{HEAP}",
+            f"-Xmx{HEAP}",
+            "-XX:+UseG1GC",
+            "-XX:TieredStopAtLevel=1",
+            "-Djava.awt.headless=true",
+            "kafka.Kafka",
+            str(server_props),
+        ],
+        stdout_log,
+        env=env,
+        tie_to_parent=tie_to_parent,
+    )
+    bootstrap = f"127.0.0.1:{port}"
+    broker = KafkaBroker(bootstrap=bootstrap, log_dir=workdir, log_files=(server_log, stdout_log))
+    try:
+        wait_for(
+            f"Kafka broker at {bootstrap} (server log {server_log})",
+            lambda: answers(bootstrap, timeout=1.0),
+            startup_timeout,
+            children=[(child, proc)],
+            interval=0.5,
+        )
+    except BaseException:
+        stop_group(proc.pid)
+        raise
+    return KafkaProcess(broker=broker, workdir=workdir, pid=proc.pid)
+
+
+def reuse_from_env() -> KafkaBroker | None:
+    """The broker named by STREAMHERD_TEST_KAFKA, if set; fails when it does not answer."""
+    bootstrap = os.environ.get(ENV_REUSE)
+    if not bootstrap:
+        return None
+    if not answers(bootstrap, timeout=10.0):
+        raise InfraError(f"{ENV_REUSE}={bootstrap} is set but no Kafka broker answers there")
+    return KafkaBroker(bootstrap=bootstrap)
+
+
+@contextlib.contextmanager
+def kafka_broker() -> Iterator[KafkaBroker]:
+    """A broker for the duration of the block: reused from the env, or started and stopped."""
+    reused = reuse_from_env()
+    if reused is not None:
+        yield reused
+        return
+    proc = start_kafka()
+    try:
+        yield proc.broker
+    finally:
+        proc.stop()
+
+
+# --- developer CLI (`make kafka-up` / `make kafka-down`) -----------------------------------
+
+
+def _state_file() -> Path:
+    return run_dir() / "kafka" / "state.json"
+
+
+def _cli_up() -> int:
+    state = _state_file()
+    if state.exists():
+        info = json.loads(state.read_text())
+        if alive(info["pid"]) and answers(info["bootstrap"]):
+            print(f"export {ENV_REUSE}={info['bootstrap']}")
+            return 0
+        _cli_down()
+    workdir = state.parent
+    shutil.rmtree(workdir, ignore_errors=True)
+    proc = start_kafka(workdir, tie_to_parent=False)
+    state.write_text(json.dumps({"pid": proc.pid, "bootstrap": proc.broker.bootstrap}))
+    print(
+        f"# Kafka broker running (logs: {workdir}/server.log); stop: make kafka-down",
+        file=sys.stderr,
+    )
+    print(f"export {ENV_REUSE}={proc.broker.bootstrap}")
+    return 0
+
+
+def _cli_env() -> int:
+    state = _state_file()
+    if not state.exists():
+        print("no broker: run `make kafka-up`", file=sys.stderr)
+        return 1
+    print(f"export {ENV_REUSE}={json.loads(state.read_text())['bootstrap']}")
+    return 0
+
+
+def _cli_down() -> int:
+    state = _state_file()
+    if state.exists():
+        stop_group(json.loads(state.read_text())["pid"], grace=15.0)
+    shutil.rmtree(state.parent, ignore_errors=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.infra.kafka",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=["up", "down", "env"])
+    args = parser.parse_args(argv)
+    try:
+        return {"up": _cli_up, "down": _cli_down, "env": _cli_env}[args.command]()
+    except InfraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

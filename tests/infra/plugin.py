@@ -1,0 +1,68 @@
+"""pytest plugin: session fixtures for the real Kafka broker and Kubernetes control plane.
+
+Loaded from tests/conftest.py (`pytest_plugins`). Fixtures:
+- kafka_broker: a KafkaBroker (tests/infra/kafka.py); reuses STREAMHERD_TEST_KAFKA if set.
+- kube_cluster: a KubeCluster (tests/infra/controlplane.py); reuses
+  STREAMHERD_TEST_KUBECONFIG if set; `--cluster=kind` uses pytest-kind instead.
+When a test that used one of them fails, the report names the log files to read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from typing import Any
+
+import pytest
+
+from tests.infra.kafka import KafkaBroker, reuse_from_env, start_kafka
+from tests.infra.processes import InfraError
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("streamherd", "streamherd test infrastructure")
+    group.addoption(
+        "--cluster",
+        choices=["local", "kind"],
+        default="local",
+        help="local: our own control plane (etcd, kube-apiserver, kwok; default). "
+        "kind: pytest-kind's cluster (needs Docker/Podman and `pip install -e .[kind]`).",
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[KafkaBroker]:
+    """A real Apache Kafka broker (KRaft) for the whole session; use unique topic names."""
+    try:
+        reused = reuse_from_env()
+        if reused is not None:
+            yield reused
+            return
+        proc = start_kafka()
+    except InfraError as e:
+        pytest.fail(f"Kafka broker could not start: {e}", pytrace=False)
+    try:
+        yield proc.broker
+    finally:
+        proc.stop()
+
+
+def _log_hints(item: pytest.Item) -> list[str]:
+    funcargs: dict[str, Any] = getattr(item, "funcargs", {})
+    hints: list[str] = []
+    for name in ("kafka_broker", "kube_cluster"):
+        obj = funcargs.get(name)
+        for path in getattr(obj, "log_files", ()):
+            hints.append(f"{name}: {path}")
+    return hints
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        hints = _log_hints(item)
+        if hints:
+            report.sections.append(("streamherd infrastructure logs", "\n".join(hints)))
+    return report

@@ -1,0 +1,197 @@
+"""Helpers shared by the control-plane and Kafka launchers: free ports, child processes.
+
+Every child gets its own process group (so a tear-down kills the whole tree) and writes its
+output to a log file in the launcher's throwaway directory, whose path ends up in any error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HACK_DIR = REPO_ROOT / "hack"
+_PR_SET_PDEATHSIG = 1
+
+
+class InfraError(RuntimeError):
+    """The test infrastructure could not be built or started; the message says why and where."""
+
+
+def cache_dir() -> Path:
+    """The version-keyed artifact cache, shared with the hack/ scripts."""
+    return Path(os.environ.get("STREAMHERD_CACHE", Path.home() / ".cache" / "streamherd"))
+
+
+def run_dir() -> Path:
+    """Where `make cluster-up` / `make kafka-up` keep their long-lived state (gitignored)."""
+    return Path(os.environ.get("STREAMHERD_RUN_DIR", REPO_ROOT / ".tmp" / "run"))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last lines of a log file, for error messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def run_hack_script(name: str, env: Mapping[str, str] | None = None) -> Path:
+    """Run an idempotent hack/ script that prints a cached directory, and return that directory.
+
+    The scripts are instant when their artifacts are cached; cold, they build or download.
+    """
+    script = HACK_DIR / name
+    proc = subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+    if proc.returncode != 0:
+        raise InfraError(
+            f"{script} failed with exit code {proc.returncode}:\n{proc.stderr[-4000:]}"
+        )
+    out = proc.stdout.strip().splitlines()
+    if not out:
+        raise InfraError(f"{script} printed no directory")
+    return Path(out[-1])
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: the kernel kills the child when the test
+    # process dies, even by SIGKILL, so a crashed pytest never leaves brokers behind.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class Child:
+    """A started child process and the log file that holds its output."""
+
+    name: str
+    pid: int
+    log: Path
+
+
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    log: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    tie_to_parent: bool = True,
+) -> tuple[Child, subprocess.Popen[bytes]]:
+    """Start argv in a new session (its own process group), output appended to log.
+
+    tie_to_parent=False is for `make ...-up`: the process must outlive the command.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if tie_to_parent else None,  # noqa: PLW1509
+        )
+    return Child(name=name, pid=proc.pid, log=log), proc
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by us) still answers kill(0): look at its state.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def stop_group(pid: int, grace: float = 10.0) -> None:
+    """SIGTERM the process group led by pid, then SIGKILL it if it is still there after grace."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    if pgid != pid:
+        # Not a group leader we started: only ever signal our own groups.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        if not alive(pid):
+            break
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def wait_for(
+    what: str,
+    check: Callable[[], bool],
+    timeout: float,
+    *,
+    children: Sequence[tuple[Child, subprocess.Popen[bytes]]] = (),
+    interval: float = 0.2,
+) -> None:
+    """Poll check() until it is true; fail fast, with log tails, if a child exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for child, proc in children:
+            if proc.poll() is not None:
+                raise InfraError(
+                    f"{child.name} exited with code {proc.returncode} while waiting for {what}; "
+                    f"log {child.log}:\n{tail(child.log)}"
+                )
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {c.name}: {c.log}\n{tail(c.log, 20)}" for c, _ in children)
+            raise InfraError(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}")
+        time.sleep(interval)
