@@ -1,0 +1,668 @@
+"""The batch loop that runs one pipeline: consume, process, emit, checkpoint, commit.
+
+Started by ``streamherd.workers.main`` (the worker pods and ``streamherd run``). One thread
+does all the work, in this order, per batch (docs/engine.md explains why):
+
+1. ``consume(batch_size, timeout)`` — rebalance callbacks run inside it, between batches,
+   so partition state is never half-updated when a partition is assigned or revoked;
+2. per partition: decode, stateless stages, window fold (late records -> dead letter),
+   closed windows -> sink; the partition's ``next_offset`` moves past the batch;
+3. every ``checkpoint.intervalSeconds`` (and on revoke, shutdown, end of a finite source):
+   flush the sink and dead-letter producers (results of windows about to leave the state are
+   delivered), write each partition's state + next offset as one atomic file, and only then
+   commit those offsets to Kafka.
+
+A restart (or the next owner of a partition) loads the file and seeks to its offset, so the
+state reflects every record exactly once; window results emitted after the last checkpoint
+are emitted again with the same deterministic key (at-least-once output).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, TextIO
+
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
+
+from streamherd.workers.checkpointing import Checkpoint, CheckpointStore
+from streamherd.workers.config import WorkerConfig
+from streamherd.workers.generating import GENERATOR_TOPIC, ClickGenerator
+from streamherd.workers.kafkaclients import consumer_config
+from streamherd.workers.logs import log_event
+from streamherd.workers.metrics import EngineMetrics
+from streamherd.workers.processing import (
+    Failure,
+    Item,
+    Processor,
+    SourceMessage,
+    decode_json,
+    decode_raw,
+    decode_synthetic,
+)
+from streamherd.workers.sinks import Outputs
+from streamherd.workers.windowing import PartitionWindows
+
+log = logging.getLogger("streamherd.worker")
+
+LAG_REFRESH_SECONDS: Final = 1.0
+PROGRESS_SECONDS: Final = 1.0
+HEARTBEAT_STALE_SECONDS: Final = 60.0
+
+
+class LateRecordError(Exception):
+    """A record whose every window had already closed when it arrived."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did; returned by run_pipeline and passed to progress callbacks."""
+
+    records_in: int
+    records_out: int
+    filtered: int
+    dead_lettered: int
+    late: int
+    windows_emitted: int
+    checkpoints: int
+    elapsed_seconds: float
+    finished: bool
+    reason: str  # running | exhausted | stopped
+
+
+@dataclass
+class PartitionState:
+    """What the engine holds for one owned partition."""
+
+    topic: str
+    partition: int
+    next_offset: int | None = None
+    windows: PartitionWindows | None = None
+    dirty: bool = False
+    committed: int | None = None
+    low: int | None = None
+    high: int | None = None
+
+
+@dataclass
+class _Counters:
+    records_in: int = 0
+    records_out: int = 0
+    filtered: int = 0
+    dead_lettered: int = 0
+    late: int = 0
+    windows_emitted: int = 0
+    checkpoints: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Engine:
+    """One pipeline's processing loop; see the module docstring for the order of things."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        stop: threading.Event,
+        out: TextIO,
+        progress: Callable[[RunSummary], None] | None = None,
+        metrics: EngineMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.pipeline = f"{config.pipeline.namespace}/{config.pipeline.name}"
+        self.stop = stop
+        self.progress = progress
+        self.metrics = metrics or EngineMetrics(config.pipeline.name)
+        self.processor = Processor.compile(config.processor)
+        self.store = CheckpointStore(config.checkpoint.directory)
+        self.outputs = Outputs(config.sink, config.dead_letter, self.pipeline, out)
+        self.partitions: dict[tuple[str, int], PartitionState] = {}
+        self.counters = _Counters()
+        self.heartbeat = time.monotonic()
+        self.consumer: Consumer | None = None
+        self.generator: ClickGenerator | None = None
+        self._paused = False
+        self._last_checkpoint = time.monotonic()
+        self._last_lag = 0.0
+        self._running = False
+        # Set when an error escaped the loop or an output was not delivered: from then on no
+        # checkpoint or commit may be written (it could cover records whose output is lost).
+        self._broken = False
+        self._decode: Callable[[list[SourceMessage], list[Failure]], list[Item]]
+        if config.source.generator is not None:
+            self._decode = decode_synthetic
+        elif config.source.kafka is not None and config.source.kafka.format == "raw":
+            self._decode = decode_raw
+        else:
+            self._decode = decode_json
+
+    # ------------------------------------------------------------------ probes
+
+    def healthy(self) -> tuple[bool, str]:
+        age = time.monotonic() - self.heartbeat
+        if age > HEARTBEAT_STALE_SECONDS:
+            return False, f"processing loop stuck for {age:.0f}s"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        ok, why = self.healthy()
+        if not ok:
+            return ok, why
+        if not self._running:
+            return False, "not running"
+        if self.generator is not None:
+            return True, "generator running"
+        if not self.partitions:
+            return False, "no partitions assigned"
+        return True, f"{len(self.partitions)} partitions assigned"
+
+    # ------------------------------------------------------------------ state
+
+    def _new_state(self, topic: str, partition: int) -> PartitionState:
+        st = PartitionState(topic, partition)
+        checkpoint = self.store.load(topic, partition)
+        plan = self.processor.window
+        if checkpoint is not None:
+            st.next_offset = checkpoint.next_offset
+            st.committed = checkpoint.next_offset
+        if plan is not None:
+            st.windows = PartitionWindows.from_json(
+                plan, checkpoint.state if checkpoint is not None else None
+            )
+        self.partitions[(topic, partition)] = st
+        self.metrics.assigned.set(len(self.partitions))
+        log_event(
+            log,
+            logging.INFO,
+            "partition-restored" if checkpoint else "partition-new",
+            topic=topic,
+            partition=partition,
+            next_offset=st.next_offset,
+            open_windows=len(st.windows.windows) if st.windows else 0,
+        )
+        return st
+
+    def _drop_state(self, topic: str, partition: int) -> None:
+        self.partitions.pop((topic, partition), None)
+        self.metrics.forget_partition(topic, partition)
+        self.metrics.assigned.set(len(self.partitions))
+
+    # ------------------------------------------------------------------ rebalance callbacks
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalance("assign")
+        start: list[TopicPartition] = []
+        for tp in partitions:
+            st = self._new_state(tp.topic, tp.partition)
+            offset = st.next_offset if st.next_offset is not None else OFFSET_INVALID
+            start.append(TopicPartition(tp.topic, tp.partition, offset))
+        missing = [tp for tp in start if tp.offset == OFFSET_INVALID]
+        if missing:
+            # No checkpoint: Kafka's committed offset (or startFrom) decides; remember the
+            # committed offset for the lag of a partition we have not read from yet.
+            try:
+                for tp in consumer.committed(missing, timeout=10):
+                    if tp.offset >= 0:
+                        self.partitions[(tp.topic, tp.partition)].committed = tp.offset
+                        log_event(
+                            log,
+                            logging.WARNING,
+                            "no-checkpoint-using-committed-offset",
+                            topic=tp.topic,
+                            partition=tp.partition,
+                            offset=tp.offset,
+                        )
+            except KafkaException as error:
+                log_event(log, logging.WARNING, "committed-lookup-failed", error=str(error))
+        consumer.incremental_assign(start)
+        if self._paused:
+            consumer.pause(start)
+        log_event(log, logging.INFO, "assigned", partitions=_names(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalance("revoke")
+        states = [
+            self.partitions[(tp.topic, tp.partition)]
+            for tp in partitions
+            if (tp.topic, tp.partition) in self.partitions
+        ]
+        # Hand the partitions over with their state durable and their offsets committed,
+        # so the next owner continues exactly where we stopped.
+        self._checkpoint(states, sync=True, reason="revoke")
+        for tp in partitions:
+            self._drop_state(tp.topic, tp.partition)
+        consumer.incremental_unassign(partitions)
+        log_event(log, logging.INFO, "revoked", partitions=_names(partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Another worker may own them already: writing a checkpoint or committing now
+        # could only go backwards. Drop the state; the owner restores the last checkpoint.
+        self.metrics.rebalance("lost")
+        for tp in partitions:
+            self._drop_state(tp.topic, tp.partition)
+        consumer.incremental_unassign(partitions)
+        log_event(log, logging.WARNING, "partitions-lost", partitions=_names(partitions))
+
+    # ------------------------------------------------------------------ processing
+
+    def _process(self, messages: list[Any]) -> None:
+        started = time.perf_counter()
+        groups: dict[tuple[str, int], list[SourceMessage]] = {}
+        for m in messages:
+            error = m.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    self.metrics.error("consume")
+                    log_event(log, logging.WARNING, "consume-error", error=str(error))
+                    if error.fatal():
+                        raise KafkaException(error)
+                continue
+            groups.setdefault((m.topic(), m.partition()), []).append(m)
+        total = 0
+        for tp, fetched in groups.items():
+            st = self.partitions.get(tp)
+            if st is None:
+                continue  # a message of a partition revoked within this consume call
+            group = fetched
+            start = st.next_offset
+            if start is not None and (group[0].offset() or 0) < start:
+                # Already reflected in the state (a re-fetch after seek): never count twice.
+                group = [m for m in group if (m.offset() or 0) >= start]
+                if not group:
+                    continue
+            total += len(group)
+            self._process_partition(st, group)
+        self.metrics.batch_size.set(total)
+        if total:
+            self.metrics.batch_duration.observe(time.perf_counter() - started)
+
+    def _process_partition(self, st: PartitionState, messages: list[SourceMessage]) -> None:
+        failures: list[Failure] = []
+        n_in = len(messages)
+        self.counters.records_in += n_in
+        self.metrics.records_in(st.topic, st.partition, n_in)
+        items = self._decode(messages, failures)
+        n_decoded = len(items)
+        items = self.processor.run(items, failures)
+        stage_failures = len(failures) - (n_in - n_decoded)
+        filtered = max(n_decoded - len(items) - stage_failures, 0)
+        rows: list[tuple[bytes | str | None, Any]]
+        plan = self.processor.window
+        if plan is not None and st.windows is not None:
+            windows = st.windows
+            key_of, time_of, values_of = plan.key, plan.event_time, plan.values
+            late = 0
+            for record, m in items:
+                try:
+                    key = key_of(record)
+                    hash(key)
+                    ts = m.timestamp()
+                    event_ms = time_of(record, ts[1] if ts[0] else None)
+                    values = values_of(record)
+                except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
+                    failures.append(Failure(m, "expression", error))
+                    continue
+                if not windows.add(key, event_ms, values):
+                    late += 1
+                    failures.append(
+                        Failure(
+                            m,
+                            "late",
+                            LateRecordError(
+                                f"event time {event_ms} is behind the watermark "
+                                f"{windows.watermark_ms} by more than the allowed lateness"
+                            ),
+                        )
+                    )
+            closed = windows.close()
+            rows = list(closed)
+            self.counters.windows_emitted += len(rows)
+            self.counters.late += late
+            self.metrics.windows_emitted.inc(len(rows))
+            self.metrics.late.inc(late)
+            if windows.max_event_ms is not None:
+                self.metrics.set_partition(
+                    "streamherd_event_time_lag_seconds",
+                    st.topic,
+                    st.partition,
+                    time.time() - windows.max_event_ms / 1000,
+                )
+                self.metrics.set_partition(
+                    "streamherd_watermark_seconds",
+                    st.topic,
+                    st.partition,
+                    (windows.watermark_ms or 0) / 1000,
+                )
+        else:
+            rows = [(m.key(), record) for record, m in items]
+        if rows:
+            self.outputs.write(rows)
+        if failures:
+            self._dead_letter(failures)
+        self.counters.records_out += len(rows)
+        self.counters.filtered += filtered
+        self.metrics.records_out.inc(len(rows))
+        self.metrics.filtered.inc(filtered)
+        last = messages[-1].offset()
+        assert last is not None
+        st.next_offset = last + 1
+        st.dirty = True
+
+    def _dead_letter(self, failures: list[Failure]) -> None:
+        self.outputs.dead_letter(failures)
+        self.counters.dead_lettered += len(failures)
+        by_reason: dict[str, int] = {}
+        for failure in failures:
+            by_reason[failure.reason] = by_reason.get(failure.reason, 0) + 1
+        for reason, count in by_reason.items():
+            self.metrics.dead_lettered(reason, count)
+        first = failures[0]
+        log_event(
+            log,
+            logging.INFO if self.outputs.has_dead_letter else logging.WARNING,
+            "dead-lettered",
+            count=len(failures),
+            reason=first.reason,
+            error=type(first.error).__name__,
+            message=str(first.error)[:200],
+            topic=first.message.topic(),
+            partition=first.message.partition(),
+            offset=first.message.offset(),
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoint(
+        self, states: list[PartitionState], *, sync: bool, reason: str, timeout: float = 30.0
+    ) -> bool:
+        """Flush outputs, write state+offset files, then commit. False if not yet possible."""
+        if self._broken:
+            return False
+        started = time.perf_counter()
+        try:
+            flushed = self.outputs.flush(timeout)
+        except Exception:
+            self._broken = True
+            raise
+        if not flushed:
+            self.metrics.error("flush-timeout")
+            log_event(log, logging.WARNING, "checkpoint-postponed", reason="sink flush timeout")
+            return False
+        dirty = [st for st in states if st.dirty and st.next_offset is not None]
+        if dirty:
+            self.store.save(
+                [
+                    Checkpoint(
+                        topic=st.topic,
+                        partition=st.partition,
+                        next_offset=st.next_offset,  # type: ignore[arg-type]
+                        state=st.windows.to_json() if st.windows is not None else None,
+                        pipeline=self.pipeline,
+                    )
+                    for st in dirty
+                ]
+            )
+            for st in dirty:
+                st.dirty = False
+            self.counters.checkpoints += 1
+        duration = time.perf_counter() - started
+        self.metrics.checkpointed(duration)
+        self._last_checkpoint = time.monotonic()
+        if dirty:
+            log_event(
+                log,
+                logging.DEBUG,
+                "checkpoint",
+                reason=reason,
+                partitions=len(dirty),
+                duration_ms=round(duration * 1000, 1),
+            )
+        self._commit(states, sync=sync)
+        return True
+
+    def _commit(self, states: list[PartitionState], *, sync: bool) -> None:
+        if self.consumer is None:
+            return
+        offsets = [
+            TopicPartition(st.topic, st.partition, st.next_offset)
+            for st in states
+            if st.next_offset is not None and st.next_offset != st.committed
+        ]
+        if not offsets:
+            return
+        try:
+            if sync:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            else:
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+            for st in states:
+                if st.next_offset is not None:
+                    st.committed = st.next_offset
+            self.metrics.commits.inc()
+        except KafkaException as error:
+            # The checkpoint file is the truth; a failed commit only delays the broker's view.
+            self.metrics.error("commit")
+            log_event(log, logging.WARNING, "commit-failed", error=str(error))
+
+    def _maybe_checkpoint(self) -> None:
+        if time.monotonic() - self._last_checkpoint >= self.config.checkpoint.interval_seconds:
+            self._checkpoint(list(self.partitions.values()), sync=False, reason="interval")
+
+    # ------------------------------------------------------------------ lag and backpressure
+
+    def _refresh_lag(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_lag < LAG_REFRESH_SECONDS:
+            return
+        self._last_lag = now
+        total = 0
+        open_windows = 0
+        for st in list(self.partitions.values()):
+            if st.windows is not None:
+                open_windows += len(st.windows.windows)
+            lag = self._partition_lag(st)
+            if lag is None:
+                continue
+            total += lag
+            self.metrics.set_partition("streamherd_consumer_lag", st.topic, st.partition, lag)
+        self.metrics.lag_total.set(total)
+        self.metrics.open_windows.set(open_windows)
+
+    def _partition_lag(self, st: PartitionState) -> int | None:
+        if self.generator is not None:
+            end = self.generator.end_offsets().get(st.partition, 0)
+            return max(end - (st.next_offset or 0), 0)
+        consumer = self.consumer
+        if consumer is None:
+            return None
+        tp = TopicPartition(st.topic, st.partition)
+        try:
+            low, high = consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0 or (st.next_offset is None and st.committed is None and low < 0):
+                low, high = consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+        except KafkaException:
+            return None
+        st.low, st.high = low, high
+        position = st.next_offset if st.next_offset is not None else st.committed
+        if position is None:
+            source = self.config.source.kafka
+            position = low if source is None or source.start_from == "earliest" else high
+        return max(high - position, 0)
+
+    def _backpressure(self) -> None:
+        consumer = self.consumer
+        if consumer is None:
+            return
+        if not self._paused and self.outputs.behind():
+            assigned = [TopicPartition(t, p) for t, p in self.partitions]
+            consumer.pause(assigned)
+            self._paused = True
+            self.metrics.paused.set(1)
+            log_event(log, logging.INFO, "paused", reason="sink behind")
+        elif self._paused and self.outputs.caught_up():
+            assigned = [TopicPartition(t, p) for t, p in self.partitions]
+            consumer.resume(assigned)
+            self._paused = False
+            self.metrics.paused.set(0)
+            log_event(log, logging.INFO, "resumed")
+
+    # ------------------------------------------------------------------ the loop
+
+    def summary(self, reason: str, finished: bool) -> RunSummary:
+        c = self.counters
+        return RunSummary(
+            records_in=c.records_in,
+            records_out=c.records_out,
+            filtered=c.filtered,
+            dead_lettered=c.dead_lettered,
+            late=c.late,
+            windows_emitted=c.windows_emitted,
+            checkpoints=c.checkpoints,
+            elapsed_seconds=time.monotonic() - c.started,
+            finished=finished,
+            reason=reason,
+        )
+
+    def _beat(self) -> None:
+        self.heartbeat = time.monotonic()
+        self.metrics.heartbeat.set(time.time())
+
+    def run(self) -> RunSummary:
+        self._running = True
+        try:
+            if self.config.source.generator is not None:
+                reason = self._run_generator()
+            else:
+                reason = self._run_kafka()
+        except BaseException:
+            self._broken = True
+            raise
+        finally:
+            self._running = False
+        summary = self.summary(reason, finished=True)
+        if self.progress is not None:
+            self.progress(summary)
+        log_event(
+            log,
+            logging.INFO,
+            "stopped",
+            reason=reason,
+            records_in=summary.records_in,
+            records_out=summary.records_out,
+            dead_lettered=summary.dead_lettered,
+        )
+        return summary
+
+    def _tick(self, last_progress: list[float]) -> None:
+        self._beat()
+        self._refresh_lag()
+        if self.progress is not None and time.monotonic() - last_progress[0] >= PROGRESS_SECONDS:
+            last_progress[0] = time.monotonic()
+            self.progress(self.summary("running", finished=False))
+
+    def _run_generator(self) -> str:
+        gen_config = self.config.source.generator
+        assert gen_config is not None
+        resume: dict[int, int] = {}
+        for partition in range(gen_config.partitions):
+            st = self._new_state(GENERATOR_TOPIC, partition)
+            resume[partition] = st.next_offset or 0
+        self.generator = generator = ClickGenerator(gen_config, resume)
+        batch_size = self.config.runtime.batch_size
+        last_progress = [time.monotonic()]
+        log_event(log, logging.INFO, "started", source="generator", pipeline=self.pipeline)
+        while not self.stop.is_set():
+            if generator.exhausted:
+                break
+            messages = generator.poll(batch_size)
+            if messages:
+                self._process(messages)
+            self._maybe_checkpoint()
+            self._tick(last_progress)
+        states = list(self.partitions.values())
+        if generator.exhausted and not self.stop.is_set():
+            # A finite source has ended: every window is complete, emit them all.
+            for st in states:
+                if st.windows is not None and st.windows.windows:
+                    rows: list[tuple[bytes | str | None, Any]] = list(
+                        st.windows.close(everything=True)
+                    )
+                    self.outputs.write(rows)
+                    self.counters.windows_emitted += len(rows)
+                    self.counters.records_out += len(rows)
+                    self.metrics.windows_emitted.inc(len(rows))
+                    self.metrics.records_out.inc(len(rows))
+                    st.dirty = True
+            reason = "exhausted"
+        else:
+            reason = "stopped"
+        self._checkpoint(
+            states, sync=True, reason=reason, timeout=self.config.runtime.shutdown_grace_seconds
+        )
+        self._refresh_lag(force=True)
+        return reason
+
+    def _run_kafka(self) -> str:
+        source = self.config.source.kafka
+        assert source is not None
+        consumer = self.consumer = Consumer(consumer_config(source))
+        runtime = self.config.runtime
+        consumer.subscribe(
+            list(source.topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        log_event(
+            log,
+            logging.INFO,
+            "started",
+            source="kafka",
+            pipeline=self.pipeline,
+            topics=",".join(source.topics),
+            group=source.consumer_group,
+        )
+        last_progress = [time.monotonic()]
+        try:
+            while not self.stop.is_set():
+                if self._broken:
+                    break
+                messages = consumer.consume(runtime.batch_size, runtime.batch_timeout_seconds)
+                if messages:
+                    self._process(messages)
+                self.outputs.poll(0)
+                self._backpressure()
+                self._maybe_checkpoint()
+                self._tick(last_progress)
+            if self._broken:
+                return "failed"
+            # Graceful stop: finish (done: the batch above completed), checkpoint, commit,
+            # leave the group. close() revokes our partitions through _on_revoke.
+            deadline = time.monotonic() + runtime.shutdown_grace_seconds
+            self._checkpoint(
+                list(self.partitions.values()),
+                sync=True,
+                reason="shutdown",
+                timeout=max(deadline - time.monotonic() - 2.0, 1.0),
+            )
+            self._refresh_lag(force=True)
+        except BaseException:
+            self._broken = True  # before close(): its revoke callback must not checkpoint
+            raise
+        finally:
+            consumer.close()
+            self.consumer = None
+        return "stopped"
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    return ",".join(f"{tp.topic}[{tp.partition}]" for tp in partitions)

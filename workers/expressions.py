@@ -1,0 +1,416 @@
+"""The safe expression language of StreamPipeline manifests (filters, computed fields, keys).
+
+Used by the engine's step compiler (``streamherd.workers.processing``) and by the operator's
+offline ``validate`` command, which calls :func:`compile_expression` to check manifests.
+
+An expression is parsed with Python's ``ast`` module in ``eval`` mode and every node is
+checked against a whitelist: record fields (``user``, dotted ``geo.country``, ``r['x-y']``),
+literals, arithmetic, comparisons, ``and``/``or``/``not``, ``in``, conditional expressions
+and a few functions (:data:`FUNCTIONS`). Nothing else is accepted: no attribute access to
+objects, no calls to anything but the whitelist, no lambdas, comprehensions, f-strings,
+walrus or imports. The checked tree is then *rewritten* (field names become lookups in the
+record dict, operators become null-aware helpers) and compiled once into a plain Python
+function with empty builtins, so evaluating it costs one function call per record and user
+text is never evaluated unchecked.
+
+Null semantics follow SQL: a missing field is ``None``; arithmetic and comparisons with
+``None`` give ``None``; ``None`` is false in a filter. Type errors (``'a' + 1``) raise, and
+the engine sends that record to the dead-letter topic with reason ``expression``.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = ["FUNCTIONS", "CompiledExpression", "ExpressionError", "compile_expression"]
+
+Record = Mapping[str, Any]
+
+
+class ExpressionError(ValueError):
+    """An expression that cannot be compiled: a message plus where the problem is.
+
+    ``position`` is the 0-based character offset into the expression text; ``column`` is the
+    1-based column people read in error messages (``str(error)`` includes it).
+    """
+
+    def __init__(self, message: str, position: int) -> None:
+        super().__init__(f"{message} (at column {position + 1})")
+        self.message = message
+        self.position = position
+
+    @property
+    def column(self) -> int:
+        return self.position + 1
+
+    def caret(self, text: str) -> str:
+        """The offending text with a ``^`` under the problem, for CLI output."""
+        return f"{text}\n{' ' * self.position}^"
+
+
+# --------------------------------------------------------------------------- runtime helpers
+# The names below are the only globals a compiled expression sees. They are null-aware so
+# a missing field propagates as None instead of raising.
+
+
+def _field(value: Any, name: str) -> Any:
+    return value.get(name) if isinstance(value, dict) else None
+
+
+def _index(value: Any, index: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return value.get(index)
+    if isinstance(value, list | str) and isinstance(index, int):
+        return value[index] if -len(value) <= index < len(value) else None
+    raise TypeError(f"cannot index {type(value).__name__} with {type(index).__name__}")
+
+
+def _binop(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def apply(a: Any, b: Any) -> Any:
+        if a is None or b is None:
+            return None
+        return op(a, b)
+
+    return apply
+
+
+def _div(a: Any, b: Any) -> Any:
+    if a is None or b is None:
+        return None
+    return a / b
+
+
+def _in(a: Any, b: Any) -> Any:
+    if a is None or b is None:
+        return None
+    return a in b
+
+
+def _not_in(a: Any, b: Any) -> Any:
+    if a is None or b is None:
+        return None
+    return a not in b
+
+
+def _neg(a: Any) -> Any:
+    return None if a is None else -a
+
+
+def _null_safe(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(value: Any, *rest: Any) -> Any:
+        return None if value is None else fn(value, *rest)
+
+    return call
+
+
+def _coalesce(*values: Any) -> Any:
+    for value in values:
+        if value is not None:
+            return value
+    return None
+
+
+def _str(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _round(value: Any, digits: Any = None) -> Any:
+    if value is None:
+        return None
+    return round(value) if digits is None else round(value, digits)
+
+
+def _minmax(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*values: Any) -> Any:
+        present = [v for v in values if v is not None]
+        return fn(present) if present else None
+
+    return call
+
+
+#: Functions an expression may call: name -> (implementation, min args, max args).
+FUNCTIONS: Final[Mapping[str, tuple[Callable[..., Any], int, int]]] = {
+    "lower": (_null_safe(str.lower), 1, 1),
+    "upper": (_null_safe(str.upper), 1, 1),
+    "trim": (_null_safe(str.strip), 1, 1),
+    "len": (_null_safe(len), 1, 1),
+    "abs": (_null_safe(abs), 1, 1),
+    "round": (_round, 1, 2),
+    "floor": (_null_safe(math.floor), 1, 1),
+    "ceil": (_null_safe(math.ceil), 1, 1),
+    "int": (_null_safe(int), 1, 1),
+    "float": (_null_safe(float), 1, 1),
+    "str": (_str, 1, 1),
+    "coalesce": (_coalesce, 1, 64),
+    "min": (_minmax(min), 1, 64),
+    "max": (_minmax(max), 1, 64),
+    "startswith": (_null_safe(str.startswith), 2, 2),
+    "endswith": (_null_safe(str.endswith), 2, 2),
+}
+
+_BINOPS: Final[Mapping[type[ast.operator], tuple[str, Callable[[Any, Any], Any]]]] = {
+    ast.Add: ("__sh_add", _binop(lambda a, b: a + b)),
+    ast.Sub: ("__sh_sub", _binop(lambda a, b: a - b)),
+    ast.Mult: ("__sh_mul", _binop(lambda a, b: a * b)),
+    ast.Div: ("__sh_div", _div),
+    ast.FloorDiv: ("__sh_floordiv", _binop(lambda a, b: a // b)),
+    ast.Mod: ("__sh_mod", _binop(lambda a, b: a % b)),
+}
+
+_CMPOPS: Final[Mapping[type[ast.cmpop], tuple[str, Callable[[Any, Any], Any]]]] = {
+    ast.Eq: ("__sh_eq", lambda a, b: a == b),
+    ast.NotEq: ("__sh_ne", lambda a, b: a != b),
+    ast.Lt: ("__sh_lt", _binop(lambda a, b: a < b)),
+    ast.LtE: ("__sh_le", _binop(lambda a, b: a <= b)),
+    ast.Gt: ("__sh_gt", _binop(lambda a, b: a > b)),
+    ast.GtE: ("__sh_ge", _binop(lambda a, b: a >= b)),
+    ast.In: ("__sh_in", _in),
+    ast.NotIn: ("__sh_notin", _not_in),
+}
+
+# Literal spellings people bring from JSON/YAML/SQL; they are constants, not fields.
+_CONSTANT_NAMES: Final[Mapping[str, Any]] = {
+    "true": True,
+    "false": False,
+    "null": None,
+    "True": True,
+    "False": False,
+    "None": None,
+}
+
+_RECORD: Final = "__sh_r"
+_MAX_LENGTH: Final = 4096
+_MAX_DEPTH: Final = 64
+
+
+def _globals() -> dict[str, Any]:
+    env: dict[str, Any] = {"__builtins__": {}}
+    env["__sh_field"] = _field
+    env["__sh_index"] = _index
+    env["__sh_neg"] = _neg
+    for name, (fn, _, _) in FUNCTIONS.items():
+        env[f"__sh_fn_{name}"] = fn
+    for helper, fn in list(_BINOPS.values()) + list(_CMPOPS.values()):
+        env[helper] = fn
+    return env
+
+
+_GLOBALS: Final = _globals()
+
+
+@dataclass(frozen=True)
+class CompiledExpression:
+    """A checked, compiled expression: call it with a record dict to get its value."""
+
+    text: str
+    fields: frozenset[str]
+    function: Callable[[Record], Any]
+
+    def __call__(self, record: Record) -> Any:
+        return self.function(record)
+
+
+class _Checker:
+    """Walks the parsed tree, refusing anything outside the whitelist, and rewrites it."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.fields: set[str] = set()
+        self._line_starts = [0]
+        for i, ch in enumerate(text):
+            if ch == "\n":
+                self._line_starts.append(i + 1)
+
+    def position(self, node: ast.AST) -> int:
+        lineno = getattr(node, "lineno", 1)
+        col = getattr(node, "col_offset", 0)
+        start = self._line_starts[min(lineno, len(self._line_starts)) - 1]
+        # ast offsets count UTF-8 bytes; convert to characters for people.
+        line = self.text[start:].split("\n", 1)[0]
+        return start + len(line.encode()[:col].decode(errors="ignore"))
+
+    def fail(self, node: ast.AST, message: str) -> ExpressionError:
+        # The text was parsed inside "(...)" (so it may span lines): shift back by one.
+        return ExpressionError(message, max(self.position(node) - 1, 0))
+
+    def visit(self, node: ast.expr, depth: int = 0) -> ast.expr:
+        if depth > _MAX_DEPTH:
+            raise self.fail(node, "expression is nested too deeply")
+        rewritten = self._visit(node, depth + 1)
+        return ast.copy_location(rewritten, node)
+
+    def _call(self, helper: str, args: list[ast.expr]) -> ast.expr:
+        return ast.Call(func=ast.Name(id=helper, ctx=ast.Load()), args=args, keywords=[])
+
+    def _visit(self, node: ast.expr, depth: int) -> ast.expr:
+        if isinstance(node, ast.Constant):
+            if not isinstance(node.value, str | int | float | bool | type(None)):
+                raise self.fail(node, f"literal of type {type(node.value).__name__} not allowed")
+            return node
+        if isinstance(node, ast.Name):
+            if node.id in _CONSTANT_NAMES:
+                return ast.Constant(value=_CONSTANT_NAMES[node.id])
+            if node.id.startswith("__"):
+                raise self.fail(node, f"name {node.id!r} is not allowed (names starting '__')")
+            self.fields.add(node.id)
+            return ast.Call(
+                func=ast.Attribute(
+                    value=ast.Name(id=_RECORD, ctx=ast.Load()), attr="get", ctx=ast.Load()
+                ),
+                args=[ast.Constant(value=node.id)],
+                keywords=[],
+            )
+        if isinstance(node, ast.Attribute):
+            if node.attr.startswith("_"):
+                error = self.fail(node, f"attribute {node.attr!r} is not allowed")
+                if node.end_lineno == node.lineno and node.end_col_offset is not None:
+                    # Point at the attribute name, not at the start of `a.b.__x`.
+                    end = node.end_col_offset - len(node.attr)
+                    error = self.fail(
+                        ast.Name(id="", lineno=node.lineno, col_offset=end), error.message
+                    )
+                raise error
+            path = self._dotted(node)
+            if path is None:
+                raise self.fail(node, "attribute access is only allowed on record fields (a.b)")
+            self.fields.add(path)
+            return self._call(
+                "__sh_field", [self.visit(node.value, depth), ast.Constant(node.attr)]
+            )
+        if isinstance(node, ast.Subscript):
+            if isinstance(node.slice, ast.Slice):
+                raise self.fail(node, "slices are not allowed")
+            return self._call(
+                "__sh_index", [self.visit(node.value, depth), self.visit(node.slice, depth)]
+            )
+        if isinstance(node, ast.BinOp):
+            entry = _BINOPS.get(type(node.op))
+            if entry is None:
+                raise self.fail(node, f"operator {type(node.op).__name__} is not allowed")
+            return self._call(
+                entry[0], [self.visit(node.left, depth), self.visit(node.right, depth)]
+            )
+        if isinstance(node, ast.UnaryOp):
+            if isinstance(node.op, ast.Not):
+                return ast.UnaryOp(op=ast.Not(), operand=self.visit(node.operand, depth))
+            if isinstance(node.op, ast.USub):
+                return self._call("__sh_neg", [self.visit(node.operand, depth)])
+            if isinstance(node.op, ast.UAdd):
+                return self.visit(node.operand, depth)
+            raise self.fail(node, f"operator {type(node.op).__name__} is not allowed")
+        if isinstance(node, ast.BoolOp):
+            return ast.BoolOp(op=node.op, values=[self.visit(v, depth) for v in node.values])
+        if isinstance(node, ast.Compare):
+            return self._compare(node, depth)
+        if isinstance(node, ast.IfExp):
+            return ast.IfExp(
+                test=self.visit(node.test, depth),
+                body=self.visit(node.body, depth),
+                orelse=self.visit(node.orelse, depth),
+            )
+        if isinstance(node, ast.List | ast.Tuple | ast.Set):
+            # Only as the right side of `in`; a tuple keeps it immutable and hashable-free.
+            return ast.Tuple(elts=[self.visit(e, depth) for e in node.elts], ctx=ast.Load())
+        if isinstance(node, ast.Call):
+            return self._function(node, depth)
+        kind = {
+            ast.Lambda: "lambda",
+            ast.ListComp: "comprehension",
+            ast.SetComp: "comprehension",
+            ast.DictComp: "comprehension",
+            ast.GeneratorExp: "generator expression",
+            ast.JoinedStr: "f-string",
+            ast.NamedExpr: "assignment (:=)",
+            ast.Dict: "dict literal",
+            ast.Starred: "starred expression",
+            ast.Await: "await",
+            ast.Yield: "yield",
+            ast.YieldFrom: "yield",
+        }.get(type(node), type(node).__name__)
+        raise self.fail(node, f"{kind} is not allowed in an expression")
+
+    def _dotted(self, node: ast.expr) -> str | None:
+        if isinstance(node, ast.Name):
+            return node.id
+        if isinstance(node, ast.Attribute):
+            inner = self._dotted(node.value)
+            return None if inner is None else f"{inner}.{node.attr}"
+        return None
+
+    def _compare(self, node: ast.Compare, depth: int) -> ast.expr:
+        # a < b < c  ->  lt(a, b) and lt(b, c); operands are evaluated once each per pair,
+        # which is fine because expressions have no side effects.
+        operands = [self.visit(node.left, depth)] + [self.visit(c, depth) for c in node.comparators]
+        parts: list[ast.expr] = []
+        for i, op in enumerate(node.ops):
+            entry = _CMPOPS.get(type(op))
+            if entry is None:
+                raise self.fail(node, f"comparison {type(op).__name__} is not allowed (use ==)")
+            parts.append(self._call(entry[0], [operands[i], operands[i + 1]]))
+        return parts[0] if len(parts) == 1 else ast.BoolOp(op=ast.And(), values=parts)
+
+    def _function(self, node: ast.Call, depth: int) -> ast.expr:
+        if not isinstance(node.func, ast.Name):
+            raise self.fail(
+                node, "only whitelisted functions can be called, e.g. lower(x), not x.lower()"
+            )
+        name = node.func.id
+        spec = FUNCTIONS.get(name)
+        if spec is None:
+            allowed = ", ".join(sorted(FUNCTIONS))
+            raise self.fail(node, f"function {name!r} is not allowed; allowed: {allowed}")
+        if node.keywords:
+            raise self.fail(node.keywords[0], "keyword arguments are not allowed")
+        _, least, most = spec
+        if not least <= len(node.args) <= most:
+            raise self.fail(node, f"{name}() takes {least}..{most} arguments, got {len(node.args)}")
+        return self._call(f"__sh_fn_{name}", [self.visit(a, depth) for a in node.args])
+
+
+def compile_expression(text: str) -> CompiledExpression:
+    """Check and compile ``text``; raises :class:`ExpressionError` with the problem's column."""
+    if not isinstance(text, str) or not text.strip():
+        raise ExpressionError("expression is empty", 0)
+    if len(text) > _MAX_LENGTH:
+        raise ExpressionError(f"expression longer than {_MAX_LENGTH} characters", _MAX_LENGTH)
+    # Parenthesised, so an expression may span lines and start with blanks (YAML blocks).
+    wrapped = f"({text}\n)"
+    checker = _Checker(wrapped)
+    try:
+        tree = ast.parse(wrapped, mode="eval")
+    except SyntaxError as error:
+        line = max(error.lineno or 1, 1)
+        start = checker._line_starts[min(line, len(checker._line_starts)) - 1]
+        offset = start + max((error.offset or 1) - 1, 0) - 1
+        raise ExpressionError(
+            f"syntax error: {error.msg}", max(min(offset, len(text)), 0)
+        ) from None
+    body = checker.visit(tree.body)
+    lam = ast.Expression(
+        body=ast.Lambda(
+            args=ast.arguments(
+                posonlyargs=[],
+                args=[ast.arg(arg=_RECORD)],
+                kwonlyargs=[],
+                kw_defaults=[],
+                defaults=[],
+            ),
+            body=body,
+        )
+    )
+    ast.fix_missing_locations(lam)
+    code = compile(lam, "<streamherd expression>", "eval")
+    # The tree was whitelisted and rewritten above; the globals hold only our helpers and
+    # an empty __builtins__, so this evaluates nothing the user wrote unchecked.
+    function = eval(code, dict(_GLOBALS))  # noqa: S307
+    return CompiledExpression(text=text, fields=frozenset(checker.fields), function=function)

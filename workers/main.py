@@ -1,0 +1,125 @@
+"""Entry points of the worker: the ``streamherd-worker`` command and ``run_pipeline``.
+
+``streamherd-worker --config FILE`` is what the worker pods run (the operator renders FILE
+from a StreamPipeline); ``streamherd run`` (``streamherd.operator.local``) builds the same
+WorkerConfig from a manifest and calls :func:`run_pipeline` in-process. Both end up in
+``streamherd.workers.engine.Engine``. SIGTERM/SIGINT stop the engine gracefully: the batch
+in hand is finished, a checkpoint is written, offsets are committed and the consumer leaves
+its group, all within ``runtime.shutdownGraceSeconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+import orjson
+import yaml
+
+from streamherd.workers.config import WorkerConfig
+from streamherd.workers.engine import Engine, RunSummary
+from streamherd.workers.logs import configure, log_event
+from streamherd.workers.metrics import EngineMetrics, MetricsServer
+
+__all__ = ["RunSummary", "load_config", "main", "run_pipeline"]
+
+log = logging.getLogger("streamherd.worker")
+
+
+def load_config(path: str | Path) -> WorkerConfig:
+    """A WorkerConfig from a JSON or YAML file."""
+    text = Path(path).read_bytes()
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        data = yaml.safe_load(text)
+    return WorkerConfig.model_validate(data)
+
+
+def run_pipeline(
+    config: WorkerConfig,
+    *,
+    stop: threading.Event | None = None,
+    progress: Callable[[RunSummary], None] | None = None,
+    out: TextIO = sys.stdout,
+) -> RunSummary:
+    """Run one pipeline until ``stop`` is set or a finite source is exhausted.
+
+    Serves metrics on ``config.runtime.metrics_port`` (0: none). Results of a stdout sink
+    go to ``out``; ``progress`` gets a RunSummary about once a second and at the end.
+    """
+    metrics = EngineMetrics(config.pipeline.name)
+    engine = Engine(
+        config,
+        stop=stop or threading.Event(),
+        out=out,
+        progress=progress,
+        metrics=metrics,
+    )
+    server: MetricsServer | None = None
+    if config.runtime.metrics_port:
+        server = MetricsServer(
+            metrics, config.runtime.metrics_port, engine.healthy, engine.ready
+        ).start()
+        log_event(log, logging.INFO, "metrics-serving", port=server.port)
+    try:
+        return engine.run()
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="streamherd-worker", description="Run one streamherd worker for a WorkerConfig."
+    )
+    parser.add_argument("--config", required=True, help="WorkerConfig file (JSON or YAML)")
+    args = parser.parse_args(argv)
+    configure("info")
+    try:
+        config = load_config(args.config)
+    except (OSError, ValueError) as error:
+        log_event(log, logging.ERROR, "bad-config", path=args.config, error=str(error))
+        return 2
+    configure(config.runtime.log_level)
+
+    stop = threading.Event()
+    grace = config.runtime.shutdown_grace_seconds
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            return
+        log_event(log, logging.INFO, "stopping", signal=signal.Signals(signum).name, grace=grace)
+        stop.set()
+        # If the graceful path hangs (a broker gone away), leave before the kubelet's
+        # SIGKILL anyway: the last durable checkpoint keeps it safe, like a crash.
+        timer = threading.Timer(grace, _overdue)
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        summary = run_pipeline(config, stop=stop)
+    except Exception as error:
+        log.exception("event=failed error=%s", type(error).__name__)
+        return 1
+    return 0 if summary.reason in ("stopped", "exhausted") else 1
+
+
+def _overdue() -> None:
+    log_event(log, logging.ERROR, "shutdown-overdue", action="exit")
+    logging.shutdown()
+    os._exit(3)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Every Prometheus metric the worker exports, in one place, plus its HTTP endpoints.
+
+:data:`METRICS` is the single list of names, types, help texts and labels: the engine
+creates its collectors from it (:class:`EngineMetrics`), and docs tooling (a generator of
+docs/monitoring.md) and the operator's alert rules can read it without starting an engine.
+Each engine gets its own ``CollectorRegistry``, so several engines (tests, the local run
+mode) can live in one process. :class:`MetricsServer` serves ``/metrics``, ``/healthz``
+(the processing loop's heartbeat is fresh) and ``/readyz`` (partitions assigned and
+consuming, or a generator running) on ``runtime.metricsPort``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Final, Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+PREFIX: Final = "streamherd_"
+
+Kind = Literal["counter", "gauge", "histogram"]
+
+PARTITION_LABELS: Final = ("pipeline", "topic", "partition")
+
+_LATENCY_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One exported metric. ``name`` is the full Prometheus name (counters without _total)."""
+
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ("pipeline",)
+    buckets: tuple[float, ...] = ()
+
+
+METRICS: Final[tuple[MetricSpec, ...]] = (
+    MetricSpec(
+        "streamherd_consumer_lag",
+        "gauge",
+        "Records behind per partition: log end offset (high watermark) minus the engine's "
+        "position (committed offset or the startFrom rule before the first record).",
+        PARTITION_LABELS,
+    ),
+    MetricSpec(
+        "streamherd_consumer_lag_total",
+        "gauge",
+        "Sum of streamherd_consumer_lag over the partitions this worker owns.",
+    ),
+    MetricSpec(
+        "streamherd_assigned_partitions", "gauge", "Partitions currently assigned to this worker."
+    ),
+    MetricSpec(
+        "streamherd_records_in", "counter", "Records read from the source.", PARTITION_LABELS
+    ),
+    MetricSpec(
+        "streamherd_records_out", "counter", "Records written to the sink (incl. window results)."
+    ),
+    MetricSpec("streamherd_records_filtered", "counter", "Records dropped by filter steps."),
+    MetricSpec(
+        "streamherd_records_dead_lettered",
+        "counter",
+        "Records sent to the dead-letter topic (or only counted when none is set), by reason: "
+        "decode, expression, function, late.",
+        ("pipeline", "reason"),
+    ),
+    MetricSpec(
+        "streamherd_records_late",
+        "counter",
+        "Records whose windows had all closed (also dead-lettered with reason late).",
+    ),
+    MetricSpec("streamherd_windows_emitted", "counter", "Window results emitted."),
+    MetricSpec(
+        "streamherd_batch_duration_seconds",
+        "histogram",
+        "Time to process one consumed batch (decode, steps, windows, produce).",
+        buckets=_LATENCY_BUCKETS,
+    ),
+    MetricSpec("streamherd_batch_size", "gauge", "Records in the last consumed batch."),
+    MetricSpec(
+        "streamherd_event_time_lag_seconds",
+        "gauge",
+        "Wall clock minus the newest event time seen, per partition (windowed pipelines).",
+        PARTITION_LABELS,
+    ),
+    MetricSpec(
+        "streamherd_watermark_seconds",
+        "gauge",
+        "Watermark per partition, as Unix seconds (windowed pipelines).",
+        PARTITION_LABELS,
+    ),
+    MetricSpec("streamherd_open_windows", "gauge", "Open (key, window) pairs held in state."),
+    MetricSpec(
+        "streamherd_checkpoint_duration_seconds",
+        "histogram",
+        "Time to make a checkpoint durable: flush the sink, write and fsync the files.",
+        buckets=_LATENCY_BUCKETS,
+    ),
+    MetricSpec(
+        "streamherd_checkpoint_age_seconds",
+        "gauge",
+        "Seconds since the last durable checkpoint.",
+    ),
+    MetricSpec("streamherd_checkpoints", "counter", "Durable checkpoints written."),
+    MetricSpec(
+        "streamherd_offset_commits", "counter", "Offset commits sent after a durable checkpoint."
+    ),
+    MetricSpec(
+        "streamherd_rebalances",
+        "counter",
+        "Rebalance events, by kind: assign, revoke, lost.",
+        ("pipeline", "kind"),
+    ),
+    MetricSpec(
+        "streamherd_paused",
+        "gauge",
+        "1 while consumption is paused because the sink is behind (backpressure).",
+    ),
+    MetricSpec("streamherd_errors", "counter", "Engine errors, by kind.", ("pipeline", "kind")),
+    MetricSpec(
+        "streamherd_heartbeat_timestamp_seconds",
+        "gauge",
+        "Unix time of the processing loop's last iteration (healthz uses it).",
+    ),
+)
+
+METRICS_BY_NAME: Final = {spec.name: spec for spec in METRICS}
+
+
+class EngineMetrics:
+    """The collectors of one engine, built from :data:`METRICS`, in their own registry."""
+
+    def __init__(self, pipeline: str, registry: CollectorRegistry | None = None) -> None:
+        self.pipeline = pipeline
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        made: dict[str, Counter | Gauge | Histogram] = {}
+        for spec in METRICS:
+            if spec.kind == "counter":
+                made[spec.name] = Counter(spec.name, spec.help, spec.labels, registry=self.registry)
+            elif spec.kind == "gauge":
+                made[spec.name] = Gauge(spec.name, spec.help, spec.labels, registry=self.registry)
+            else:
+                made[spec.name] = Histogram(
+                    spec.name,
+                    spec.help,
+                    spec.labels,
+                    buckets=spec.buckets,
+                    registry=self.registry,
+                )
+        self._made = made
+        p = pipeline
+        self.lag_total = self.gauge("streamherd_consumer_lag_total").labels(p)
+        self.assigned = self.gauge("streamherd_assigned_partitions").labels(p)
+        self.records_out = self.counter("streamherd_records_out").labels(p)
+        self.filtered = self.counter("streamherd_records_filtered").labels(p)
+        self.late = self.counter("streamherd_records_late").labels(p)
+        self.windows_emitted = self.counter("streamherd_windows_emitted").labels(p)
+        self.batch_duration = self.histogram("streamherd_batch_duration_seconds").labels(p)
+        self.batch_size = self.gauge("streamherd_batch_size").labels(p)
+        self.open_windows = self.gauge("streamherd_open_windows").labels(p)
+        self.checkpoint_duration = self.histogram("streamherd_checkpoint_duration_seconds").labels(
+            p
+        )
+        self.checkpoints = self.counter("streamherd_checkpoints").labels(p)
+        self.commits = self.counter("streamherd_offset_commits").labels(p)
+        self.paused = self.gauge("streamherd_paused").labels(p)
+        self.heartbeat = self.gauge("streamherd_heartbeat_timestamp_seconds").labels(p)
+        self._last_checkpoint = time.time()
+        self.gauge("streamherd_checkpoint_age_seconds").labels(p).set_function(
+            lambda: time.time() - self._last_checkpoint
+        )
+
+    def counter(self, name: str) -> Counter:
+        metric = self._made[name]
+        assert isinstance(metric, Counter)
+        return metric
+
+    def gauge(self, name: str) -> Gauge:
+        metric = self._made[name]
+        assert isinstance(metric, Gauge)
+        return metric
+
+    def histogram(self, name: str) -> Histogram:
+        metric = self._made[name]
+        assert isinstance(metric, Histogram)
+        return metric
+
+    def checkpointed(self, duration: float) -> None:
+        self._last_checkpoint = time.time()
+        self.checkpoints.inc()
+        self.checkpoint_duration.observe(duration)
+
+    def dead_lettered(self, reason: str, count: int = 1) -> None:
+        self.counter("streamherd_records_dead_lettered").labels(self.pipeline, reason).inc(count)
+
+    def rebalance(self, kind: str) -> None:
+        self.counter("streamherd_rebalances").labels(self.pipeline, kind).inc()
+
+    def error(self, kind: str) -> None:
+        self.counter("streamherd_errors").labels(self.pipeline, kind).inc()
+
+    def records_in(self, topic: str, partition: int, count: int) -> None:
+        self.counter("streamherd_records_in").labels(self.pipeline, topic, str(partition)).inc(
+            count
+        )
+
+    def set_partition(self, name: str, topic: str, partition: int, value: float) -> None:
+        self.gauge(name).labels(self.pipeline, topic, str(partition)).set(value)
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """Drop per-partition gauges of a partition this worker no longer owns."""
+        for name in (
+            "streamherd_consumer_lag",
+            "streamherd_event_time_lag_seconds",
+            "streamherd_watermark_seconds",
+        ):
+            with contextlib.suppress(KeyError):
+                self.gauge(name).remove(self.pipeline, topic, str(partition))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+Probe = Callable[[], tuple[bool, str]]
+
+
+class MetricsServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` on one port, served from a daemon thread."""
+
+    def __init__(
+        self, metrics: EngineMetrics, port: int, healthy: Probe, ready: Probe, host: str = ""
+    ) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
+                elif path in ("/healthz", "/readyz"):
+                    ok, why = (outer.healthy if path == "/healthz" else outer.ready)()
+                    self._send(200 if ok else 503, (why + "\n").encode(), "text/plain")
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def _send(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return  # scrapes every few seconds would drown the structured logs
+
+        self.healthy = healthy
+        self.ready = ready
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="streamherd-metrics", daemon=True
+        )
+
+    def start(self) -> MetricsServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,310 @@
+"""Steps compiled once into batch functions: decode, filter, map, the user function.
+
+The engine (``streamherd.workers.engine``) calls :meth:`Processor.run` once per partition
+per consumed batch. Every stage takes a list of items ``(record, message)`` and returns the
+surviving items, appending the records it could not handle to ``failures`` (they go to the
+dead-letter topic with a reason). Each stage first tries the whole batch in one list
+comprehension (the fast path) and only on an exception falls back to one record at a time,
+so a single poison record costs a retry of its batch, not a slower engine.
+
+The ``message`` half of an item is the source message (a confluent_kafka ``Message`` or the
+generator's :class:`SyntheticMessage`), kept for the dead-letter headers and the window
+step's Kafka timestamp. The window step itself lives in ``streamherd.workers.windowing``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from streamherd.workers.config import MapStep, ProcessorConfig, UserFunction
+from streamherd.workers.expressions import compile_expression
+from streamherd.workers.windowing import WindowPlan
+
+
+class SourceMessage(Protocol):
+    """What the engine needs from a consumed message (confluent_kafka.Message fits)."""
+
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def timestamp(self) -> tuple[int, int]: ...
+    def error(self) -> Any: ...
+
+
+class SyntheticMessage:
+    """A generator-made message with the confluent_kafka.Message accessors the engine uses."""
+
+    __slots__ = ("_key", "_offset", "_partition", "_record", "_timestamp", "_topic")
+
+    def __init__(  # noqa: PLR0917 - mirrors the Message accessors, built in one hot loop
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        record: dict[str, Any],
+        timestamp_ms: int,
+    ) -> None:
+        self._topic = topic
+        self._partition = partition
+        self._offset = offset
+        self._key = key
+        self._record = record
+        self._timestamp = timestamp_ms
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes:
+        return orjson.dumps(self._record)
+
+    def record(self) -> dict[str, Any]:
+        """The already-decoded record (the generator skips a JSON round trip)."""
+        return self._record
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._timestamp)  # TIMESTAMP_CREATE_TIME
+
+    def error(self) -> None:
+        return None
+
+
+Item = tuple[dict[str, Any], SourceMessage]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A record that failed a stage: where it came from, why, and the exception."""
+
+    message: SourceMessage
+    reason: str  # decode | expression | function | late
+    error: BaseException
+
+
+Stage = Callable[[list[Item], list[Failure]], list[Item]]
+
+
+def decode_json(messages: list[SourceMessage], failures: list[Failure]) -> list[Item]:
+    """Each value must be a JSON object; anything else is a decode failure."""
+    loads = orjson.loads
+    try:
+        items: list[Item] = [(loads(m.value()), m) for m in messages]  # type: ignore[arg-type]
+        if all(type(r) is dict for r, _ in items):
+            return items
+    except (orjson.JSONDecodeError, TypeError):
+        pass
+    items = []
+    for m in messages:
+        try:
+            record = loads(m.value())  # type: ignore[arg-type]
+        except (orjson.JSONDecodeError, TypeError) as error:
+            failures.append(Failure(m, "decode", error))
+            continue
+        if type(record) is not dict:
+            failures.append(
+                Failure(m, "decode", ValueError(f"not a JSON object: {type(record).__name__}"))
+            )
+            continue
+        items.append((record, m))
+    return items
+
+
+def decode_raw(messages: list[SourceMessage], failures: list[Failure]) -> list[Item]:
+    """Raw format: the value bytes pass through as the record's ``value`` field."""
+    return [({"value": m.value(), "key": m.key()}, m) for m in messages]
+
+
+def decode_synthetic(messages: list[SourceMessage], failures: list[Failure]) -> list[Item]:
+    # Copy: steps may add fields, and the generator's dicts must not change under it.
+    return [(dict(m.record()), m) for m in messages]  # type: ignore[attr-defined]
+
+
+def _per_record(
+    items: list[Item],
+    failures: list[Failure],
+    reason: str,
+    apply: Callable[[Item, list[Item]], None],
+) -> list[Item]:
+    out: list[Item] = []
+    for item in items:
+        try:
+            apply(item, out)
+        except Exception as error:  # noqa: BLE001 - user data/code: any error is the record's
+            failures.append(Failure(item[1], reason, error))
+    return out
+
+
+def filter_stage(text: str) -> Stage:
+    predicate = compile_expression(text)
+
+    def run(items: list[Item], failures: list[Failure]) -> list[Item]:
+        try:
+            return [item for item in items if predicate(item[0])]
+        except Exception:  # noqa: BLE001, S110 - retried record by record below
+            pass
+
+        def one(item: Item, out: list[Item]) -> None:
+            if predicate(item[0]):
+                out.append(item)
+
+        return _per_record(items, failures, "expression", one)
+
+    return run
+
+
+def map_stage(step: MapStep) -> Stage:
+    sets = [(name, compile_expression(text)) for name, text in step.set.items()]
+    select = list(step.select) if step.select is not None else None
+    renames = list(step.rename.items())
+
+    def transform(record: dict[str, Any]) -> dict[str, Any]:
+        new = dict(record)
+        for name, fn in sets:
+            new[name] = fn(record)  # against the record before this step
+        if select is not None:
+            new = {k: new[k] for k in select if k in new}
+        for old, to in renames:
+            if old in new:
+                new[to] = new.pop(old)
+        return new
+
+    def run(items: list[Item], failures: list[Failure]) -> list[Item]:
+        try:
+            return [(transform(r), m) for r, m in items]
+        except Exception:  # noqa: BLE001, S110 - retried record by record below
+            pass
+        return _per_record(
+            items, failures, "expression", lambda it, out: out.append((transform(it[0]), it[1]))
+        )
+
+    return run
+
+
+def load_callable(spec: str) -> Callable[..., Any]:
+    """Import ``module:callable`` (ImportError/AttributeError say which part failed)."""
+    module_name, _, attr = spec.partition(":")
+    module = importlib.import_module(module_name)
+    fn = getattr(module, attr)
+    if not callable(fn):
+        raise TypeError(f"{spec} is not callable")
+    return fn  # type: ignore[no-any-return]
+
+
+def _records_from(result: Any) -> list[dict[str, Any]]:
+    if result is None:
+        return []
+    if isinstance(result, dict):
+        return [result]
+    if isinstance(result, list) and all(isinstance(r, dict) for r in result):
+        return result
+    raise TypeError(f"user function returned {type(result).__name__}, not dict/list/None")
+
+
+def function_stage(spec: UserFunction) -> Stage:
+    fn = load_callable(spec.callable)
+    if spec.mode == "record":
+
+        def one(item: Item, out: list[Item]) -> None:
+            for record in _records_from(fn(item[0])):
+                out.append((record, item[1]))
+
+        def run_records(items: list[Item], failures: list[Failure]) -> list[Item]:
+            return _per_record(items, failures, "function", one)
+
+        return run_records
+
+    def run_batch(items: list[Item], failures: list[Failure]) -> list[Item]:
+        if not items:
+            return items
+        try:
+            results = _records_from(fn([r for r, _ in items]))
+        except Exception:  # noqa: BLE001 - isolate the poison record(s) one by one
+            out: list[Item] = []
+            for item in items:
+                try:
+                    out.extend((r, item[1]) for r in _records_from(fn([item[0]])))
+                except Exception as error:  # noqa: BLE001
+                    failures.append(Failure(item[1], "function", error))
+            return out
+        if len(results) == len(items):
+            return [(r, m) for r, (_, m) in zip(results, items, strict=True)]
+        # A batch function may drop or add records: attribute them to the batch's last one.
+        last = items[-1][1]
+        return [(r, last) for r in results]
+
+    return run_batch
+
+
+@dataclass(frozen=True)
+class Processor:
+    """A ProcessorConfig compiled once: stateless stages and the optional window plan."""
+
+    stages: tuple[Stage, ...]
+    window: WindowPlan | None
+
+    @classmethod
+    def compile(cls, config: ProcessorConfig) -> Processor:
+        stages: list[Stage] = []
+        window: WindowPlan | None = None
+        for step in config.steps:
+            if step.filter is not None:
+                stages.append(filter_stage(step.filter))
+            elif step.map is not None:
+                stages.append(map_stage(step.map))
+        if config.function is not None:
+            stages.append(function_stage(config.function))
+        for step in config.steps:
+            if step.window is not None:
+                window = WindowPlan.compile(step.window)
+        return cls(tuple(stages), window)
+
+    def run(self, items: list[Item], failures: list[Failure]) -> list[Item]:
+        for stage in self.stages:
+            if not items:
+                break
+            items = stage(items, failures)
+        return items
+
+
+def error_headers(failure: Failure, pipeline: str) -> list[tuple[str, bytes]]:
+    """Dead-letter headers naming the error and the record's origin."""
+    m = failure.message
+    message = str(failure.error)[:1000]
+    return [
+        ("streamherd.error", type(failure.error).__name__.encode()),
+        ("streamherd.error.reason", failure.reason.encode()),
+        ("streamherd.error.message", message.encode(errors="replace")),
+        ("streamherd.source.topic", (m.topic() or "").encode()),
+        ("streamherd.source.partition", str(m.partition()).encode()),
+        ("streamherd.source.offset", str(m.offset()).encode()),
+        ("streamherd.pipeline", pipeline.encode()),
+    ]
+
+
+def encode_output(value: Mapping[str, Any] | bytes) -> bytes:
+    """An output record as bytes: raw values pass through, records become JSON."""
+    if isinstance(value, bytes):
+        return value
+    return orjson.dumps(value, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="replace")
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")

@@ -1,0 +1,296 @@
+"""Keyed event-time window aggregation: the engine's only stateful operator.
+
+``WindowPlan`` is compiled once from a ``WindowSpec`` (workers/config.py);
+``PartitionWindows`` holds the open windows of ONE source partition and is what the engine
+checkpoints together with that partition's next offset (``streamherd.workers.checkpointing``).
+
+Semantics (docs/engine.md has the long form):
+- windows are aligned to the epoch: tumbling ``[k*size, (k+1)*size)``, hopping windows of
+  ``size`` starting every ``slide``; a record belongs to every window containing its time;
+- the watermark of a partition is the maximum event time seen in it minus the allowed
+  lateness; it is advanced record by record, so which records are late depends only on the
+  order of the partition, never on how it was cut into batches (replays are identical);
+- a record is late when every window it belongs to has already closed (end <= watermark);
+- windows close, and are emitted once, when the watermark reaches their end;
+- only windows that received a record exist, so empty windows are never emitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from streamherd.workers.config import WindowSpec, parse_duration
+from streamherd.workers.expressions import compile_expression
+
+Record = Mapping[str, Any]
+ValueFn = Callable[[Record], Any]
+
+STATE_VERSION: Final = 1
+
+
+def iso_ms(epoch_ms: int) -> str:
+    """Epoch milliseconds as ISO 8601 UTC with millisecond precision: 2026-01-01T00:00:10.000Z."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+def key_text(key: Any) -> str:
+    """The key as text in output keys: strings as they are, anything else as JSON."""
+    if isinstance(key, str):
+        return key
+    return orjson.dumps(key).decode()
+
+
+def output_key(key: Any, window_start_ms: int) -> str:
+    """Deterministic output key ``<key>|<window_start>``: a replayed window overwrites."""
+    return f"{key_text(key)}|{iso_ms(window_start_ms)}"
+
+
+class EventTimeError(ValueError):
+    """A record whose event time is missing or unreadable."""
+
+
+def _time_reader(spec: WindowSpec) -> Callable[[Record, int | None], int]:
+    field = spec.event_time.field
+    if field is None:
+
+        def kafka_time(record: Record, timestamp_ms: int | None) -> int:
+            if timestamp_ms is None or timestamp_ms < 0:
+                raise EventTimeError("record has no Kafka timestamp")
+            return timestamp_ms
+
+        return kafka_time
+    getter = compile_expression(field)
+    fmt = spec.event_time.format
+
+    def field_time(record: Record, timestamp_ms: int | None) -> int:
+        value = getter(record)
+        if value is None:
+            raise EventTimeError(f"event time field {field!r} is missing")
+        try:
+            if fmt == "epochMillis":
+                if isinstance(value, bool):
+                    raise TypeError("bool")
+                return int(value)
+            if fmt == "epochSeconds":
+                if isinstance(value, bool):
+                    raise TypeError("bool")
+                return round(float(value) * 1000)
+            moment = datetime.fromisoformat(value)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            return round(moment.timestamp() * 1000)
+        except (TypeError, ValueError) as error:
+            raise EventTimeError(
+                f"event time field {field!r}={value!r} is not {fmt}: {error}"
+            ) from None
+
+    return field_time
+
+
+@dataclass(frozen=True)
+class AggregatePlan:
+    name: str
+    function: str
+    value: ValueFn | None
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """A compiled window step."""
+
+    size_ms: int
+    slide_ms: int
+    lateness_ms: int
+    key: ValueFn
+    event_time: Callable[[Record, int | None], int]
+    aggregates: tuple[AggregatePlan, ...]
+
+    @classmethod
+    def compile(cls, spec: WindowSpec) -> WindowPlan:
+        size = round(parse_duration(spec.size) * 1000)
+        slide = (
+            round(parse_duration(spec.slide) * 1000)
+            if spec.type == "hopping" and spec.slide
+            else size
+        )
+        return cls(
+            size_ms=size,
+            slide_ms=slide,
+            lateness_ms=round(parse_duration(spec.allowed_lateness) * 1000),
+            key=compile_expression(spec.key_by),
+            event_time=_time_reader(spec),
+            aggregates=tuple(
+                AggregatePlan(
+                    a.name,
+                    a.function,
+                    compile_expression(a.expression)
+                    if a.function != "count" and a.expression
+                    else None,
+                )
+                for a in spec.aggregates
+            ),
+        )
+
+    def window_starts(self, event_ms: int) -> range:
+        """Starts of every window containing ``event_ms``, oldest first."""
+        last = event_ms - event_ms % self.slide_ms
+        first = last - self.size_ms + self.slide_ms
+        return range(first, last + 1, self.slide_ms)
+
+    def new_accumulator(self) -> list[Any]:
+        acc: list[Any] = []
+        for agg in self.aggregates:
+            if agg.function == "count":
+                acc.append(0)
+            elif agg.function == "avg":
+                acc.append([0, 0])
+            else:
+                acc.append(None)
+        return acc
+
+    def values(self, record: Record) -> list[Any]:
+        """The aggregated values of one record (evaluated once, shared by hopping windows)."""
+        out: list[Any] = []
+        for agg in self.aggregates:
+            if agg.value is None:
+                out.append(None)
+                continue
+            value = agg.value(record)
+            numeric = isinstance(value, int | float) and not isinstance(value, bool)
+            # min/max also order strings; sum/avg need numbers. Anything else is the record's
+            # error (dead-lettered), not a crash.
+            comparable = numeric or (isinstance(value, str) and agg.function in ("min", "max"))
+            if value is not None and not comparable:
+                raise TypeError(
+                    f"aggregate {agg.name!r} ({agg.function}) needs a number, got "
+                    f"{type(value).__name__}"
+                )
+            out.append(value)
+        return out
+
+    def update(self, acc: list[Any], values: list[Any]) -> None:
+        for i, agg in enumerate(self.aggregates):
+            fn = agg.function
+            if fn == "count":
+                acc[i] += 1
+                continue
+            value = values[i]
+            if value is None:
+                continue
+            if fn == "sum":
+                acc[i] = value if acc[i] is None else acc[i] + value
+            elif fn == "min":
+                if acc[i] is None or value < acc[i]:
+                    acc[i] = value
+            elif fn == "max":
+                if acc[i] is None or value > acc[i]:
+                    acc[i] = value
+            else:  # avg
+                acc[i][0] += value
+                acc[i][1] += 1
+
+    def result(self, key: Any, start_ms: int, acc: list[Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "key": key,
+            "window_start": iso_ms(start_ms),
+            "window_end": iso_ms(start_ms + self.size_ms),
+        }
+        for i, agg in enumerate(self.aggregates):
+            if agg.function == "avg":
+                total, n = acc[i]
+                out[agg.name] = total / n if n else None
+            else:
+                out[agg.name] = acc[i]
+        return out
+
+
+class PartitionWindows:
+    """Open windows of one partition plus its watermark; checkpointed as one JSON value."""
+
+    __slots__ = ("max_event_ms", "plan", "windows")
+
+    def __init__(self, plan: WindowPlan) -> None:
+        self.plan = plan
+        self.max_event_ms: int | None = None
+        # (key, window start) -> accumulator; keys are JSON scalars (hashable).
+        self.windows: dict[tuple[Any, int], list[Any]] = {}
+
+    @property
+    def watermark_ms(self) -> int | None:
+        if self.max_event_ms is None:
+            return None
+        return self.max_event_ms - self.plan.lateness_ms
+
+    def add(self, key: Any, event_ms: int, values: list[Any]) -> bool:
+        """Fold one record in; False (and no change) when it is late."""
+        plan = self.plan
+        if self.max_event_ms is None or event_ms > self.max_event_ms:
+            self.max_event_ms = event_ms
+        watermark = self.max_event_ms - plan.lateness_ms
+        starts = plan.window_starts(event_ms)
+        if starts[-1] + plan.size_ms <= watermark:
+            return False
+        windows = self.windows
+        for start in starts:
+            if start + plan.size_ms <= watermark:
+                continue  # this (older, overlapping) window already closed
+            acc = windows.get((key, start))
+            if acc is None:
+                acc = windows[(key, start)] = plan.new_accumulator()
+            plan.update(acc, values)
+        return True
+
+    def close(self, everything: bool = False) -> list[tuple[str, dict[str, Any]]]:
+        """Remove and return the closed windows as (output key, result), in a stable order."""
+        watermark = self.watermark_ms
+        if not everything and watermark is None:
+            return []
+        size = self.plan.size_ms
+        closed = [
+            kw
+            for kw in self.windows
+            if everything or kw[1] + size <= watermark  # type: ignore[operator]
+        ]
+        closed.sort(key=lambda kw: (kw[1], key_text(kw[0])))
+        out = []
+        for kw in closed:
+            acc = self.windows.pop(kw)
+            out.append((output_key(kw[0], kw[1]), self.plan.result(kw[0], kw[1], acc)))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": STATE_VERSION,
+            "maxEventMs": self.max_event_ms,
+            "windows": [[k, s, acc] for (k, s), acc in self.windows.items()],
+        }
+
+    @classmethod
+    def from_json(cls, plan: WindowPlan, data: Mapping[str, Any] | None) -> PartitionWindows:
+        state = cls(plan)
+        if not data:
+            return state
+        if data.get("v") != STATE_VERSION:
+            raise ValueError(f"unsupported window state version {data.get('v')!r}")
+        state.max_event_ms = data.get("maxEventMs")
+        for key, start, acc in data.get("windows", ()):
+            state.windows[(key, int(start))] = acc
+        return state
+
+
+def reference_aggregate(
+    plan: WindowPlan, records: Iterable[tuple[Any, int, list[Any]]]
+) -> dict[str, dict[str, Any]]:
+    """Naive reference (no lateness, every window): output key -> result. Used by tests."""
+    accs: dict[tuple[Any, int], list[Any]] = {}
+    for key, event_ms, values in records:
+        for start in plan.window_starts(event_ms):
+            acc = accs.setdefault((key, start), plan.new_accumulator())
+            plan.update(acc, values)
+    return {output_key(k, s): plan.result(k, s, acc) for (k, s), acc in accs.items()}
