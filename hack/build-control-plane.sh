@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes control plane used by the integration tests from Go modules:
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes),
-# etcd (go.etcd.io/etcd/server/v3), kwok (sigs.k8s.io/kwok) and helm.
-# Output: $STREAMHERD_CACHE/bin/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION/
+# etcd (go.etcd.io/etcd/server/v3), kwok (sigs.k8s.io/kwok) and helm, plus kwok-stages.yaml:
+# kwok's own default "fast" Stages (node-initialize, node-heartbeat-with-lease, pod-ready,
+# pod-complete, pod-delete) taken from the kwok module of the pinned version; the kwok
+# controller does nothing to nodes and pods without Stages.
+# Output: $STREAMHERD_CACHE/bin/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION/
 # Re-running is free once the binaries are there. Cold: ~20-40 min on 2 cores.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -12,11 +15,18 @@ CACHE="${STREAMHERD_CACHE:-$HOME/.cache/streamherd}"
 BIN="$CACHE/bin/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"
 WANT=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm)
 
-have_all() { for b in "${WANT[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done; }
+have_all() {
+  for b in "${WANT[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done
+  [[ -s "$BIN/kwok-stages.yaml" ]]
+}
 if have_all; then echo "$BIN"; exit 0; fi
 
-command -v go >/dev/null || { echo "go is required (Go >= 1.26)" >&2; exit 1; }
+command -v go >/dev/null || { echo "go (>= 1.26) is required on PATH to build the control plane" >&2; exit 1; }
 mkdir -p "$BIN"
+# One build at a time per cache (parallel test sessions, make -j): wait for the other one.
+exec 9>"$CACHE/bin/.build.lock"
+flock 9
+if have_all; then echo "$BIN"; exit 0; fi
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 log() { echo "[build-control-plane] $*" >&2; }
 
@@ -63,6 +73,22 @@ build_etcd() {
   (cd "$w" && go mod tidy >&2 && go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3)
 }
 
+write_kwok_stages() {
+  [[ -s "$BIN/kwok-stages.yaml" ]] && return
+  local dir
+  dir="$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  log "writing kwok stages from $dir"
+  {
+    echo "# kwok $KWOK_VERSION default stages (kustomize/stage/...), for kwok --config"
+    for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+      pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+      echo "---"
+      cat "$dir/kustomize/stage/$f"
+    done
+  } > "$BIN/kwok-stages.yaml.tmp"
+  mv "$BIN/kwok-stages.yaml.tmp" "$BIN/kwok-stages.yaml"
+}
+
 build_simple() {  # name module version package
   [[ -x "$BIN/$1" ]] && return
   log "building $1 $3"
@@ -71,6 +97,7 @@ build_simple() {  # name module version package
 
 build_etcd
 build_simple kwok sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
+write_kwok_stages
 build_simple helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
 build_kubernetes
 have_all || { echo "build incomplete in $BIN" >&2; exit 1; }

@@ -1,0 +1,135 @@
+# streamherd developer and CI commands. `make help` lists them.
+# Every target does its own set-up: a virtualenv in .venv, and for the tests the Kubernetes
+# control plane (built from Go modules) and Apache Kafka (Maven Central jars), cached by
+# version in ~/.cache/streamherd (hack/versions.env pins the versions).
+#
+# Sections: set-up · quality · tests · local infrastructure. Add new targets to the section
+# they belong to, with a `## description` so `make help` shows them.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.streamherd-installed
+PYTEST_ARGS ?=
+
+##@ Set-up
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} \
+	  /^##@/ {printf "\n%s\n", substr($$0, 5)} \
+	  /^[a-zA-Z0-9_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@echo "==> python virtualenv $(VENV) (pip install -e '.[dev]')"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+.PHONY: setup
+setup: $(STAMP) ## Create .venv and install the project with its dev extra
+
+.PHONY: binaries
+binaries: ## Build (once, cached) kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm
+	@echo "==> Kubernetes control-plane binaries (cold build: 30-40 min on 2 cores)"
+	@bash hack/build-control-plane.sh
+
+.PHONY: kafka-jars
+kafka-jars: ## Fetch (once, cached) the Apache Kafka broker jars from Maven Central
+	@echo "==> Apache Kafka jars"
+	@bash hack/fetch-kafka.sh
+
+.PHONY: infra
+infra: binaries kafka-jars ## Both of the above
+
+##@ Quality
+
+.PHONY: lint
+lint: $(STAMP) ## ruff check + ruff format --check
+	@echo "==> ruff"
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+
+.PHONY: format
+format: $(STAMP) ## Apply ruff's fixes and formatting
+	@$(VENV)/bin/ruff check --fix .
+	@$(VENV)/bin/ruff format .
+
+.PHONY: typecheck
+typecheck: $(STAMP) ## mypy --strict on the streamherd package
+	@echo "==> mypy"
+	@$(VENV)/bin/mypy -p streamherd
+
+.PHONY: lint-imports
+lint-imports: $(STAMP) ## import-linter contracts (when configured in pyproject.toml or .importlinter)
+	@echo "==> import-linter"
+	@if grep -q '^\[tool.importlinter\]' pyproject.toml || test -f .importlinter; then \
+	  $(VENV)/bin/lint-imports; \
+	else \
+	  echo "no import-linter contracts configured; tests/unit/test_layout.py checks the layering"; \
+	fi
+
+.PHONY: check
+check: lint typecheck lint-imports ## All static checks
+
+##@ Tests
+
+# pytest exits 5 when it collected no test: that is a failure here too (make stops on it).
+define run_pytest
+	@echo "==> pytest $(1)"
+	@rc=0; $(PY) -m pytest $(1) $(PYTEST_ARGS) || rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests in $(1): failing" >&2; fi; \
+	  exit $$rc
+endef
+
+.PHONY: test
+test: setup infra check ## Set up, then lint, type-check and run every test tier
+	$(call run_pytest,tests)
+
+.PHONY: test-unit
+test-unit: $(STAMP) ## Unit tests only (fast, no network)
+	$(call run_pytest,tests/unit)
+
+.PHONY: test-integration
+test-integration: setup infra ## Integration tests (real control plane + real Kafka)
+	$(call run_pytest,tests/integration)
+
+.PHONY: test-e2e
+test-e2e: setup infra ## End-to-end tests
+	$(call run_pytest,tests/e2e)
+
+.PHONY: test-smoke
+test-smoke: setup infra ## The test-infrastructure smoke tests
+	$(call run_pytest,tests/integration/test_infra_smoke.py)
+
+##@ Local infrastructure (fast dev loop: tests reuse these instead of starting their own)
+
+.PHONY: cluster-up
+cluster-up: setup binaries ## Start a control plane; then: eval "$(make -s cluster-env)"
+	@$(PY) -m tests.infra.controlplane up
+
+.PHONY: cluster-env
+cluster-env: ## Print `export STREAMHERD_TEST_KUBECONFIG=...` for the running control plane
+	@$(PY) -m tests.infra.controlplane env
+
+.PHONY: cluster-down
+cluster-down: ## Stop the control plane started by cluster-up
+	@$(PY) -m tests.infra.controlplane down
+
+.PHONY: kafka-up
+kafka-up: setup kafka-jars ## Start a Kafka broker; then: eval "$(make -s kafka-env)"
+	@$(PY) -m tests.infra.kafka up
+
+.PHONY: kafka-env
+kafka-env: ## Print `export STREAMHERD_TEST_KAFKA=...` for the running broker
+	@$(PY) -m tests.infra.kafka env
+
+.PHONY: kafka-down
+kafka-down: ## Stop the broker started by kafka-up
+	@$(PY) -m tests.infra.kafka down
