@@ -86,9 +86,20 @@ app.kubernetes.io/component: operator
 {{- if gt (int .Values.replicas) 1 }}true{{ end }}
 {{- end }}
 
+{{/*
+<fullname>-<suffix>, the fullname cut so the whole stays within 63 characters.
+Call as: include "streamherd.suffixedName" (list . "operator")
+*/}}
+{{- define "streamherd.suffixedName" -}}
+{{- $ctx := index . 0 }}
+{{- $suffix := index . 1 }}
+{{- $room := sub 62 (len $suffix) | int }}
+{{- printf "%s-%s" (include "streamherd.fullname" $ctx | trunc $room | trimSuffix "-") $suffix }}
+{{- end }}
+
 {{/* Name of the metrics Service (also the StatefulSet's governing service). */}}
 {{- define "streamherd.metricsServiceName" -}}
-{{- printf "%s-metrics" (include "streamherd.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- include "streamherd.suffixedName" (list . "metrics") }}
 {{- end }}
 
 {{/*
