@@ -1,0 +1,148 @@
+"""Pure builders: StreamPipeline (+ operator settings) -> the Kubernetes objects it owns.
+
+``build_all`` returns the ordered list of desired children; the reconciler applies it, the
+``streamherd render`` command prints it, golden-file tests pin it. Nothing here talks to
+the API server: what the cluster offers (monitoring.coreos.com, KEDA) and the hash of the
+referenced Secrets come in as arguments.
+
+HPA and KEDA ScaledObject builders belong to the autoscaler (operator/autoscaling/
+builders.py: ``build_hpa(pipeline, settings)`` and ``build_scaled_object(pipeline,
+settings)``); ``build_all`` calls them when the mode needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.builders.meta import (
+    Manifest,
+    config_map_name,
+    pvc_name,
+    service_name,
+    stamp_input_hash,
+)
+from streamherd.operator.builders.monitoring import (
+    MONITORING_API,
+    build_prometheus_rule,
+    build_service_monitor,
+)
+from streamherd.operator.builders.worker_config import build_config_map, build_worker_config
+from streamherd.operator.builders.workload import (
+    build_deployment,
+    build_pdb,
+    build_pvc,
+    build_service,
+    desired_replicas,
+)
+from streamherd.operator.settings import OperatorSettings
+
+KEDA_API: Final = "keda.sh/v1alpha1"
+HPA_API: Final = "autoscaling/v2"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Optional APIs the cluster serves (from discovery); all True offline (render)."""
+
+    service_monitor: bool = True
+    prometheus_rule: bool = True
+    keda: bool = True
+
+
+@dataclass(frozen=True)
+class ChildKind:
+    """A kind of object a pipeline may own, and how the child of that kind is named."""
+
+    api_version: str
+    kind: str
+    name: Callable[[str], str]
+    optional_api: bool = False  # served only when a CRD is installed
+
+
+def _same(name: str) -> str:
+    return name
+
+
+# Every kind a pipeline can own, in apply order: config and storage before the workers
+# that mount them. The reconciler deletes children of these kinds that are no longer
+# desired (monitoring switched off, autoscaling mode changed).
+CHILD_KINDS: Final = (
+    ChildKind("v1", "ConfigMap", config_map_name),
+    ChildKind("v1", "PersistentVolumeClaim", pvc_name),
+    ChildKind("v1", "Service", service_name),
+    ChildKind("apps/v1", "Deployment", _same),
+    ChildKind("policy/v1", "PodDisruptionBudget", _same),
+    ChildKind(MONITORING_API, "ServiceMonitor", _same, optional_api=True),
+    ChildKind(MONITORING_API, "PrometheusRule", _same, optional_api=True),
+    ChildKind(HPA_API, "HorizontalPodAutoscaler", _same),
+    ChildKind(KEDA_API, "ScaledObject", _same, optional_api=True),
+)
+
+Builder = Callable[[StreamPipeline, OperatorSettings], Manifest]
+
+
+def _autoscaling_builder(name: str) -> Builder:
+    """The autoscaler's builder function (operator/autoscaling/builders.py)."""
+    module = importlib.import_module("streamherd.operator.autoscaling.builders")
+    builder: Builder = getattr(module, name)
+    return builder
+
+
+def autoscaling_children(pipeline: StreamPipeline, settings: OperatorSettings) -> list[Manifest]:
+    """The HPA or ScaledObject the mode needs; none while suspended (replicas pinned to 0)."""
+    spec = pipeline.spec
+    if spec.suspend:
+        return []
+    if spec.autoscaling.mode == "hpa":
+        return [_autoscaling_builder("build_hpa")(pipeline, settings)]
+    if spec.autoscaling.mode == "keda":
+        return [_autoscaling_builder("build_scaled_object")(pipeline, settings)]
+    return []
+
+
+def build_all(
+    pipeline: StreamPipeline,
+    settings: OperatorSettings,
+    *,
+    secrets_hash: str,
+    capabilities: Capabilities,
+) -> list[Manifest]:
+    """Every desired child, in apply order, each annotated with its input hash."""
+    monitoring = pipeline.spec.monitoring
+    children = [
+        build_config_map(pipeline, settings),
+        build_pvc(pipeline, settings),
+        build_service(pipeline, settings),
+        build_deployment(pipeline, settings, secrets_hash),
+        build_pdb(pipeline, settings),
+    ]
+    if monitoring.service_monitor and capabilities.service_monitor:
+        children.append(build_service_monitor(pipeline, settings))
+    if monitoring.prometheus_rule and capabilities.prometheus_rule:
+        children.append(build_prometheus_rule(pipeline, settings))
+    for child in autoscaling_children(pipeline, settings):
+        if child["apiVersion"] == KEDA_API and not capabilities.keda:
+            continue
+        children.append(child)
+    return [stamp_input_hash(c) for c in children]
+
+
+__all__ = [
+    "CHILD_KINDS",
+    "Capabilities",
+    "ChildKind",
+    "build_all",
+    "build_config_map",
+    "build_deployment",
+    "build_pdb",
+    "build_prometheus_rule",
+    "build_pvc",
+    "build_service",
+    "build_service_monitor",
+    "build_worker_config",
+    "desired_replicas",
+]

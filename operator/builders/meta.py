@@ -1,0 +1,111 @@
+"""Names, labels and owner references shared by every child a StreamPipeline owns.
+
+The contract lives in docs/architecture.md ("Objects the operator creates"); the builders
+in this package, the reconciler (which finds and deletes children) and the tests all take
+names and labels from here, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Final
+
+from streamherd.operator.api.v1alpha1 import GROUP, KIND, VERSION, StreamPipeline
+
+Manifest = dict[str, Any]
+
+WORKER_APP: Final = "streamherd-worker"
+MANAGED_BY: Final = "streamherd-operator"
+PIPELINE_LABEL: Final = "streamherd.io/pipeline"
+INPUT_HASH_ANNOTATION: Final = "streamherd.io/input-hash"
+SECRETS_HASH_ANNOTATION: Final = "streamherd.io/secrets-hash"
+CONFIG_HASH_ANNOTATION: Final = "streamherd.io/config-hash"
+
+METRICS_PORT: Final = 9100
+CONFIG_DIR: Final = "/etc/streamherd"
+CONFIG_KEY: Final = "worker.json"
+CHECKPOINT_DIR: Final = "/var/lib/streamherd/checkpoints"
+TLS_DIR: Final = "/etc/streamherd/tls"
+RUN_AS_USER: Final = 10001
+
+# The longest pipeline name whose derived names all stay valid: `NAME-metrics` must be a
+# DNS-1035 label (63 characters) and NAME is also a label value (63 characters).
+MAX_NAME_LENGTH: Final = 55
+
+
+def config_map_name(name: str) -> str:
+    return f"{name}-config"
+
+
+def pvc_name(name: str) -> str:
+    return f"{name}-checkpoints"
+
+
+def service_name(name: str) -> str:
+    return f"{name}-metrics"
+
+
+def selector_labels(pipeline: StreamPipeline) -> dict[str, str]:
+    """The immutable selector of the worker pods (Deployment, Service, PDB)."""
+    return {"app.kubernetes.io/name": WORKER_APP, "app.kubernetes.io/instance": pipeline.name}
+
+
+def labels(pipeline: StreamPipeline) -> dict[str, str]:
+    """The labels every child carries."""
+    return {
+        **selector_labels(pipeline),
+        "app.kubernetes.io/component": "worker",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/part-of": "streamherd",
+        PIPELINE_LABEL: pipeline.name,
+    }
+
+
+def selector_string(pipeline: StreamPipeline) -> str:
+    """The selector as `kubectl get -l` and the scale subresource spell it."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(pipeline).items()))
+
+
+def owner_references(pipeline: StreamPipeline) -> list[Manifest]:
+    """The controller reference to the pipeline; none offline (no uid to point at)."""
+    uid = pipeline.metadata.get("uid")
+    if not uid:
+        return []
+    return [
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": pipeline.name,
+            "uid": str(uid),
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def object_meta(pipeline: StreamPipeline, name: str) -> Manifest:
+    """metadata for a child: name, namespace, labels, ownerReferences."""
+    meta: Manifest = {"name": name, "namespace": pipeline.namespace, "labels": labels(pipeline)}
+    owners = owner_references(pipeline)
+    if owners:
+        meta["ownerReferences"] = owners
+    return meta
+
+
+def content_hash(value: Any, length: int = 16) -> str:
+    """A short, stable SHA-256 of a JSON-able value (canonical JSON: sorted keys)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def stamp_input_hash(manifest: Manifest) -> Manifest:
+    """A copy of the manifest annotated with the hash of its own content.
+
+    The reconciler compares this annotation on the live object with the desired one: equal
+    hashes plus a live object that still contains every desired field means no write.
+    """
+    digest = content_hash(manifest)
+    meta = dict(manifest["metadata"])
+    meta["annotations"] = {**meta.get("annotations", {}), INPUT_HASH_ANNOTATION: digest}
+    return {**manifest, "metadata": meta}

@@ -1,0 +1,133 @@
+"""Prometheus Operator objects for a pipeline: a ServiceMonitor and a PrometheusRule.
+
+They are only built when the cluster serves monitoring.coreos.com/v1 (the reconciler asks
+operator/kube.py and sets the MonitoringAvailable condition either way). Metric names are
+the engine's (workers/metrics.py, documented in docs/monitoring.md); the `pipeline` label
+is set by the workers and `namespace` by Prometheus from the scrape target.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.builders.meta import Manifest, object_meta, selector_labels
+from streamherd.operator.settings import OperatorSettings
+from streamherd.workers.config import parse_duration
+
+MONITORING_API: Final = "monitoring.coreos.com/v1"
+
+# The engine's metric names (streamherd.workers.metrics.METRICS; counters get `_total`);
+# tests/unit/operator/test_builders.py checks each one is declared there. Lag is the
+# per-worker sum, so summing over pods gives the pipeline's total.
+METRIC_LAG: Final = "streamherd_consumer_lag_total"
+METRIC_RECORDS_IN: Final = "streamherd_records_in_total"
+METRIC_DEAD_LETTERED: Final = "streamherd_records_dead_lettered_total"
+METRIC_ERRORS: Final = "streamherd_errors_total"
+METRIC_CHECKPOINT_AGE: Final = "streamherd_checkpoint_age_seconds"
+ALERT_METRICS: Final = (
+    METRIC_LAG,
+    METRIC_RECORDS_IN,
+    METRIC_DEAD_LETTERED,
+    METRIC_ERRORS,
+    METRIC_CHECKPOINT_AGE,
+)
+
+
+def build_service_monitor(pipeline: StreamPipeline, settings: OperatorSettings) -> Manifest:
+    """ServiceMonitor `NAME`: scrape the metrics Service of this pipeline's workers."""
+    return {
+        "apiVersion": MONITORING_API,
+        "kind": "ServiceMonitor",
+        "metadata": object_meta(pipeline, pipeline.name),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(pipeline)},
+            "namespaceSelector": {"matchNames": [pipeline.namespace]},
+            "endpoints": [
+                {
+                    "port": "metrics",
+                    "path": "/metrics",
+                    "interval": pipeline.spec.monitoring.scrape_interval,
+                }
+            ],
+        },
+    }
+
+
+def _seconds(text: str) -> str:
+    return f"{int(parse_duration(text))}"
+
+
+def build_prometheus_rule(pipeline: StreamPipeline, settings: OperatorSettings) -> Manifest:
+    """PrometheusRule `NAME`: alerts on lag, stalled progress, errors/DLQ and checkpoints."""
+    mon = pipeline.spec.monitoring
+    sel = f'namespace="{pipeline.namespace}", pipeline="{pipeline.name}"'
+    lag = f"sum({METRIC_LAG}{{{sel}}})"
+    alert_labels = {"namespace": pipeline.namespace, "pipeline": pipeline.name}
+
+    def alert(name: str, expr: str, duration: str, severity: str, summary: str) -> Manifest:
+        return {
+            "alert": name,
+            "expr": expr,
+            "for": duration,
+            "labels": {"severity": severity, **alert_labels},
+            "annotations": {
+                "summary": summary,
+                "description": (
+                    f"StreamPipeline {pipeline.namespace}/{pipeline.name}: {summary}. "
+                    f"See `kubectl describe streampipeline -n {pipeline.namespace} "
+                    f"{pipeline.name}`."
+                ),
+            },
+        }
+
+    rules = [
+        alert(
+            "StreamherdLagAboveThreshold",
+            f"{lag} > {mon.lag_alert_threshold}",
+            "10m",
+            "warning",
+            f"consumer lag has stayed above {mon.lag_alert_threshold} records",
+        ),
+        alert(
+            "StreamherdLagGrowing",
+            f"{lag} > 0 and deriv({lag}[15m:1m]) > 0",
+            "15m",
+            "warning",
+            "consumer lag has been growing for 15 minutes",
+        ),
+        alert(
+            "StreamherdNoProgress",
+            f"{lag} > 0 and sum(rate({METRIC_RECORDS_IN}{{{sel}}}[10m])) == 0",
+            "10m",
+            "critical",
+            "there is lag but no record has been consumed for 10 minutes",
+        ),
+        alert(
+            "StreamherdErrors",
+            f"sum(rate({METRIC_ERRORS}{{{sel}}}[5m])) > 0",
+            "5m",
+            "warning",
+            "records are failing",
+        ),
+        alert(
+            "StreamherdDeadLettering",
+            f"sum(rate({METRIC_DEAD_LETTERED}{{{sel}}}[5m])) > 0",
+            "5m",
+            "warning",
+            "records are being sent to the dead-letter topic",
+        ),
+        alert(
+            "StreamherdCheckpointTooOld",
+            f"max({METRIC_CHECKPOINT_AGE}{{{sel}}}) > {_seconds(mon.checkpoint_age_alert)}",
+            "5m",
+            "critical",
+            f"the newest checkpoint is older than {mon.checkpoint_age_alert}",
+        ),
+    ]
+    return {
+        "apiVersion": MONITORING_API,
+        "kind": "PrometheusRule",
+        "metadata": object_meta(pipeline, pipeline.name),
+        "spec": {"groups": [{"name": f"streamherd.{pipeline.name}", "rules": rules}]},
+    }

@@ -1,0 +1,117 @@
+"""StreamPipeline -> WorkerConfig, and the ConfigMap that carries it to the workers.
+
+``build_worker_config`` is the one mapping from a manifest to the engine's contract
+(``streamherd.workers.config.WorkerConfig``): the operator renders it into the ConfigMap,
+and ``streamherd run`` (operator/local.py) runs the very same object in-process.
+"""
+
+from __future__ import annotations
+
+import json
+
+from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.builders.credentials import dead_letter_auth, security, sink_auth
+from streamherd.operator.builders.meta import (
+    CHECKPOINT_DIR,
+    CONFIG_KEY,
+    METRICS_PORT,
+    Manifest,
+    config_map_name,
+    object_meta,
+)
+from streamherd.operator.settings import OperatorSettings
+from streamherd.workers.config import (
+    CheckpointConfig,
+    DeadLetterConfig,
+    KafkaSinkConfig,
+    KafkaSourceConfig,
+    PipelineRef,
+    RuntimeConfig,
+    SinkConfig,
+    SourceConfig,
+    StdoutSinkConfig,
+    WorkerConfig,
+    parse_duration,
+)
+
+# Seconds of the termination grace period kept back for the kubelet and the final commit.
+_GRACE_MARGIN_SECONDS = 5
+
+
+def build_worker_config(pipeline: StreamPipeline, settings: OperatorSettings) -> WorkerConfig:
+    """The WorkerConfig every worker of this pipeline runs."""
+    spec = pipeline.spec
+    src = spec.source.kafka
+    if src is not None:
+        source = SourceConfig(
+            kafka=KafkaSourceConfig(
+                bootstrap_servers=src.bootstrap_servers,
+                security=security(src.auth, "SOURCE"),
+                topics=list(src.topics),
+                consumer_group=pipeline.consumer_group or f"{pipeline.namespace}.{pipeline.name}",
+                start_from=src.start_from,
+                format=src.format,
+            )
+        )
+    else:
+        source = SourceConfig(generator=spec.source.generator)
+
+    if spec.sink.kafka is not None:
+        k = spec.sink.kafka
+        auth, role = sink_auth(spec)
+        # The CRD's CEL rule guarantees a bootstrap list when the source is not Kafka.
+        servers = k.bootstrap_servers or (src.bootstrap_servers if src else "")
+        sink = SinkConfig(
+            kafka=KafkaSinkConfig(
+                bootstrap_servers=servers,
+                security=security(auth, role),
+                topic=k.topic,
+                key=k.key,
+                headers=dict(k.headers),
+            )
+        )
+    else:
+        sink = SinkConfig(stdout=StdoutSinkConfig(format=spec.sink.stdout.format))  # type: ignore[union-attr]
+
+    dead_letter = None
+    if spec.dead_letter is not None:
+        dl = spec.dead_letter
+        dead_letter = DeadLetterConfig(
+            bootstrap_servers=dl.bootstrap_servers or (src.bootstrap_servers if src else ""),
+            security=security(dead_letter_auth(spec), "SOURCE"),
+            topic=dl.topic,
+        )
+
+    grace = spec.pod.termination_grace_period_seconds
+    return WorkerConfig(
+        pipeline=PipelineRef(namespace=pipeline.namespace, name=pipeline.name),
+        source=source,
+        processor=spec.processor,
+        sink=sink,
+        dead_letter=dead_letter,
+        checkpoint=CheckpointConfig(
+            directory=CHECKPOINT_DIR, interval_seconds=parse_duration(spec.checkpoint.interval)
+        ),
+        runtime=RuntimeConfig(
+            metrics_port=METRICS_PORT,
+            log_level=spec.log_level,
+            shutdown_grace_seconds=float(max(1, grace - _GRACE_MARGIN_SECONDS)),
+        ),
+    )
+
+
+def worker_config_json(config: WorkerConfig) -> str:
+    """The ConfigMap payload: canonical JSON (sorted keys), so equal configs hash equal."""
+    data = config.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def build_config_map(pipeline: StreamPipeline, settings: OperatorSettings) -> Manifest:
+    """The ConfigMap `NAME-config` with key worker.json."""
+    config = build_worker_config(pipeline, settings)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(pipeline, config_map_name(pipeline.name)),
+        "data": {CONFIG_KEY: worker_config_json(config)},
+    }

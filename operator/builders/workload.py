@@ -1,0 +1,277 @@
+"""The worker workload: Deployment, checkpoint PVC, metrics Service, PodDisruptionBudget.
+
+Pure functions of (pipeline, settings, ...): no API calls, no clocks, the input never
+mutated, the same output every call (golden files in tests/unit/operator/golden/ hold it).
+Empty optional fields are left out rather than sent empty, because the API server drops
+empty maps and the reconciler's drift check compares desired fields against live ones.
+"""
+
+from __future__ import annotations
+
+from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.builders.credentials import credentials
+from streamherd.operator.builders.meta import (
+    CHECKPOINT_DIR,
+    CONFIG_DIR,
+    CONFIG_HASH_ANNOTATION,
+    CONFIG_KEY,
+    METRICS_PORT,
+    RUN_AS_USER,
+    SECRETS_HASH_ANNOTATION,
+    TLS_DIR,
+    Manifest,
+    config_map_name,
+    content_hash,
+    labels,
+    object_meta,
+    pvc_name,
+    selector_labels,
+    service_name,
+)
+from streamherd.operator.builders.worker_config import build_worker_config, worker_config_json
+from streamherd.operator.settings import OperatorSettings
+
+CONTAINER_NAME = "worker"
+# Modes where another controller (HPA, KEDA) owns spec.replicas of the Deployment.
+EXTERNAL_SCALER_MODES = frozenset({"hpa", "keda"})
+
+
+def desired_replicas(pipeline: StreamPipeline) -> int | None:
+    """Workers the Deployment should run; None when an HPA or KEDA owns the count.
+
+    suspend: 0. mode none: spec.replicas. builtin: the autoscaler's status.desiredReplicas
+    (clamped to [minReplicas, maxReplicas]); before its first decision, minReplicas but at
+    least one, so a new pipeline starts working on whatever lag it already has.
+    """
+    spec = pipeline.spec
+    scaling = spec.autoscaling
+    if spec.suspend:
+        return 0
+    if scaling.mode == "none":
+        return spec.replicas
+    if scaling.mode in EXTERNAL_SCALER_MODES:
+        return None
+    wanted = pipeline.status.desired_replicas if pipeline.status else None
+    if wanted is None:
+        wanted = max(scaling.min_replicas, 1)
+    return max(scaling.min_replicas, min(scaling.max_replicas, wanted))
+
+
+def _rwx(pipeline: StreamPipeline) -> bool:
+    return all(m == "ReadWriteMany" for m in pipeline.spec.checkpoint.volume.access_modes)
+
+
+def _env(pipeline: StreamPipeline) -> list[Manifest]:
+    env: list[Manifest] = [
+        {"name": "STREAMHERD_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    for var in credentials(pipeline.spec).env:
+        env.append(
+            {
+                "name": var.env,
+                "valueFrom": {"secretKeyRef": {"name": var.secret, "key": var.key}},
+            }
+        )
+    return env
+
+
+def _volumes(pipeline: StreamPipeline) -> tuple[list[Manifest], list[Manifest]]:
+    """(volumes, volumeMounts). The config and the TLS files share one projected volume,
+    so TLS material lands under /etc/streamherd/tls/<secret>/ without nested mounts."""
+    creds = credentials(pipeline.spec)
+    sources: list[Manifest] = [
+        {
+            "configMap": {
+                "name": config_map_name(pipeline.name),
+                "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}],
+            }
+        }
+    ]
+    tls_root = TLS_DIR.removeprefix(CONFIG_DIR + "/")
+    for files in creds.files:
+        sources.append(
+            {
+                "secret": {
+                    "name": files.secret,
+                    "items": [
+                        {"key": k, "path": f"{tls_root}/{files.secret}/{k}"} for k in files.keys
+                    ],
+                }
+            }
+        )
+    volumes: list[Manifest] = [
+        {"name": "config", "projected": {"sources": sources}},
+        {"name": "checkpoints", "persistentVolumeClaim": {"claimName": pvc_name(pipeline.name)}},
+        # readOnlyRootFilesystem: the only scratch space is this emptyDir.
+        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+    ]
+    mounts: list[Manifest] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "checkpoints", "mountPath": CHECKPOINT_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir, not the host's /tmp
+    ]
+    for i, vol in enumerate(creds.volumes):
+        volumes.append({"name": f"secret-{i}", "secret": {"secretName": vol.secret}})
+        mounts.append({"name": f"secret-{i}", "mountPath": vol.mount_path, "readOnly": True})
+    return volumes, mounts
+
+
+def _probe(path: str, *, period: int, failures: int, delay: int = 0) -> Manifest:
+    probe: Manifest = {
+        "httpGet": {"path": path, "port": "metrics"},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+    if delay:
+        probe["initialDelaySeconds"] = delay
+    return probe
+
+
+def build_deployment(
+    pipeline: StreamPipeline, settings: OperatorSettings, secrets_hash: str
+) -> Manifest:
+    """The worker Deployment `NAME`.
+
+    `secrets_hash` is the SHA-256 of the referenced Secrets' data (computed by the
+    reconciler from the live Secrets); it goes into the pod template so a rotation rolls
+    the workers. The data itself never reaches this function.
+    """
+    spec = pipeline.spec
+    pod = spec.pod
+    config_hash = content_hash(worker_config_json(build_worker_config(pipeline, settings)))
+    volumes, mounts = _volumes(pipeline)
+
+    container: Manifest = {
+        "name": CONTAINER_NAME,
+        "image": spec.image or settings.worker_image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["streamherd-worker"],
+        "args": ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "env": _env(pipeline),
+        "resources": {
+            k: dict(v)
+            for k, v in (("requests", spec.resources.requests), ("limits", spec.resources.limits))
+            if v
+        },
+        "readinessProbe": _probe("/readyz", period=10, failures=3),
+        "livenessProbe": _probe("/healthz", period=20, failures=3, delay=10),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": mounts,
+    }
+    pod_spec: Manifest = {
+        # Workers never call the Kubernetes API: no token in the pod.
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": pod.termination_grace_period_seconds,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if pod.service_account_name:
+        pod_spec["serviceAccountName"] = pod.service_account_name
+    if pod.priority_class_name:
+        pod_spec["priorityClassName"] = pod.priority_class_name
+    if pod.node_selector:
+        pod_spec["nodeSelector"] = dict(pod.node_selector)
+    if pod.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in pod.tolerations]
+    if pod.affinity:
+        pod_spec["affinity"] = dict(pod.affinity)
+
+    # User labels and annotations first: ours win, so selectors and hashes stay intact.
+    template_labels = {**pod.labels, **labels(pipeline)}
+    template_annotations = {
+        **pod.annotations,
+        CONFIG_HASH_ANNOTATION: config_hash,
+        SECRETS_HASH_ANNOTATION: secrets_hash,
+    }
+    strategy: Manifest = (
+        {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+        if _rwx(pipeline)
+        # A ReadWriteOnce volume can be attached to one node only: stop before starting.
+        else {"type": "Recreate"}
+    )
+    deployment_spec: Manifest = {}
+    replicas = desired_replicas(pipeline)
+    if replicas is not None:
+        deployment_spec["replicas"] = replicas
+    deployment_spec.update(
+        {
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": selector_labels(pipeline)},
+            "strategy": strategy,
+            "template": {
+                "metadata": {"labels": template_labels, "annotations": template_annotations},
+                "spec": pod_spec,
+            },
+        }
+    )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": object_meta(pipeline, pipeline.name),
+        "spec": deployment_spec,
+    }
+
+
+def build_pvc(pipeline: StreamPipeline, settings: OperatorSettings) -> Manifest:
+    """The checkpoint PersistentVolumeClaim `NAME-checkpoints`, shared by all workers."""
+    volume = pipeline.spec.checkpoint.volume
+    spec: Manifest = {
+        "accessModes": list(volume.access_modes),
+        "resources": {"requests": {"storage": volume.size}},
+    }
+    if volume.storage_class_name:
+        spec["storageClassName"] = volume.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": object_meta(pipeline, pvc_name(pipeline.name)),
+        "spec": spec,
+    }
+
+
+def build_service(pipeline: StreamPipeline, settings: OperatorSettings) -> Manifest:
+    """The metrics Service `NAME-metrics` (port `metrics`, 9100) that Prometheus scrapes."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_meta(pipeline, service_name(pipeline.name)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(pipeline),
+            "ports": [
+                {
+                    "name": "metrics",
+                    "port": METRICS_PORT,
+                    "targetPort": "metrics",
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
+def build_pdb(pipeline: StreamPipeline, settings: OperatorSettings) -> Manifest:
+    """PodDisruptionBudget `NAME`: voluntary evictions take one worker at a time."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": object_meta(pipeline, pipeline.name),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(pipeline)}},
+    }

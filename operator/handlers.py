@@ -1,0 +1,285 @@
+"""kopf handlers for streampipelines.streamherd.io/v1alpha1: thin triggers of one reconcile.
+
+Every trigger ends in the same level-based ``reconciler.reconcile`` for one pipeline, run
+in a thread (the kubernetes client is blocking) under a per-pipeline lock, on a fresh GET
+of the pipeline so it never works from a stale body:
+
+- on.resume / on.create / on.update of a StreamPipeline;
+- on.event of owned Deployments (status follows pods becoming Ready; a deleted Deployment
+  is recreated at once);
+- on.event of Secrets that some pipeline references (rotation rolls the workers), found
+  through an in-memory index kept by on.event of the pipelines;
+- one operator-wide resync loop that visits every known pipeline once per
+  ``resync_interval``, spread evenly, so drift (a hand-edited or deleted child) is repaired.
+  It replaces per-pipeline kopf timers, which would force a finalizer on every pipeline.
+
+Deletion needs no cleanup (children carry ownerReferences; the garbage collector removes
+them), so no on.delete handler and no finalizer. ``build_registry`` makes a fresh
+registry for given settings: the operator and the tests each build their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import kopf
+
+from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
+from streamherd.operator.builders.meta import MANAGED_BY, PIPELINE_LABEL
+from streamherd.operator.kube import ApiError, Kube, Manifest
+from streamherd.operator.reconciler import EventNote, ReconcileResult, reconcile
+from streamherd.operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+PREFIX: Final = "streamherd.io"
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass
+class OperatorContext:
+    """What the handlers share, created once at start-up and passed in (no globals)."""
+
+    settings: OperatorSettings
+    kube: Kube
+    executor: ThreadPoolExecutor
+    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    # pipeline -> the Secrets it references, and the reverse index for Secret events
+    secrets_of: dict[Key, tuple[str, ...]] = field(default_factory=dict)
+    resync_task: asyncio.Task[None] | None = None
+
+    def lock(self, key: Key) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    def pipelines_using(self, namespace: str, secret: str) -> list[Key]:
+        return sorted(
+            key for key, names in self.secrets_of.items() if key[0] == namespace and secret in names
+        )
+
+
+def _event_body(pipeline: Manifest, note: EventNote) -> Manifest:
+    meta = pipeline.get("metadata", {})
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+        },
+        "type": note.type,
+        "reason": note.reason,
+        "message": note.message[:1024],
+        "source": {"component": MANAGED_BY},
+        "reportingComponent": MANAGED_BY,
+        "reportingInstance": socket.gethostname()[:128],
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+
+
+def _reconcile_blocking(
+    ctx: OperatorContext, key: Key
+) -> tuple[Manifest | None, ReconcileResult | None]:
+    """GET the pipeline, reconcile it, post the events. Runs in the thread pool."""
+    namespace, name = key
+    body = ctx.kube.get(f"{GROUP}/{VERSION}", KIND, namespace, name)
+    if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+        return body, None
+    result = reconcile(body, ctx.kube, ctx.settings)
+    for note in result.events:
+        try:
+            ctx.kube.create_event(_event_body(body, note))
+        except ApiError as e:  # events are best effort
+            log.debug("could not post event %s for %s/%s: %s", note.reason, namespace, name, e)
+    return body, result
+
+
+async def reconcile_key(ctx: OperatorContext, key: Key) -> ReconcileResult | None:
+    """Reconcile one pipeline by name (the autoscaler calls this after a decision).
+
+    Raises kube.ApiError on transient API failures; None when the pipeline is gone.
+    """
+    async with ctx.lock(key):
+        loop = asyncio.get_running_loop()
+        body, result = await loop.run_in_executor(ctx.executor, _reconcile_blocking, ctx, key)
+    if body is None:
+        ctx.secrets_of.pop(key, None)
+        ctx.locks.pop(key, None)
+    if result is not None:
+        ctx.secrets_of[key] = result.secret_names
+        if result.applied or result.deleted:
+            log.info(
+                "reconciled %s/%s: applied %s, deleted %s",
+                key[0], key[1], list(result.applied), list(result.deleted),
+            )  # fmt: skip
+    return result
+
+
+async def reconcile_quietly(ctx: OperatorContext, key: Key) -> None:
+    """reconcile_key for background triggers: errors are logged, the next resync retries."""
+    try:
+        await reconcile_key(ctx, key)
+    except ApiError as e:
+        log.warning("reconcile of %s/%s failed (will retry): %s", key[0], key[1], e)
+    except Exception:
+        log.exception("reconcile of %s/%s crashed (will retry)", key[0], key[1])
+
+
+async def resync_loop(ctx: OperatorContext) -> None:
+    """Visit every known pipeline once per resync interval, spread over the interval."""
+    interval = max(ctx.settings.resync_interval_seconds, 1.0)
+    while True:
+        keys = sorted(ctx.secrets_of)
+        if not keys:
+            await asyncio.sleep(interval)
+            continue
+        gap = interval / len(keys)
+        for key in keys:
+            await asyncio.sleep(gap)
+            if key in ctx.secrets_of:
+                await reconcile_quietly(ctx, key)
+
+
+def configure_kopf(kopf_settings: kopf.OperatorSettings, ops: OperatorSettings) -> None:
+    """kopf's own settings (docs/operator.md explains each choice)."""
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    kopf_settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    # We post our own Events; kopf adds one only for warnings and errors (handler failures).
+    kopf_settings.posting.level = logging.WARNING
+    # Re-establish watches well before load balancers or the API server time them out.
+    kopf_settings.watching.server_timeout = 300
+    kopf_settings.watching.client_timeout = 330
+    kopf_settings.watching.connect_timeout = 30
+    kopf_settings.batching.worker_limit = ops.max_workers
+    kopf_settings.execution.max_workers = ops.max_workers
+    kopf_settings.networking.request_timeout = 60
+    if ops.peering:
+        kopf_settings.peering.name = ops.peering
+        kopf_settings.peering.priority = ops.priority
+        kopf_settings.peering.mandatory = True
+        kopf_settings.peering.standalone = False
+    else:
+        kopf_settings.peering.standalone = True
+
+
+def _key(namespace: str | None, name: str | None) -> Key:
+    return (str(namespace or "default"), str(name or ""))
+
+
+def build_registry(ops: OperatorSettings) -> Any:
+    """A kopf OperatorRegistry with all our handlers bound to `ops`."""
+    registry = kopf.OperatorRegistry()
+    resource = (GROUP, VERSION, PLURAL)
+    backoff = 5.0
+
+    @kopf.on.login(registry=registry)
+    def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+        ctx: OperatorContext = memo["ctx"]
+        return connection_info(ctx.kube)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        configure_kopf(settings, ops)
+        ctx: OperatorContext = memo["ctx"]
+        ctx.resync_task = asyncio.create_task(resync_loop(ctx), name="streamherd-resync")
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        ctx: OperatorContext = memo["ctx"]
+        if ctx.resync_task is not None:
+            ctx.resync_task.cancel()
+        ctx.executor.shutdown(wait=False, cancel_futures=True)
+
+    @kopf.on.resume(*resource, registry=registry)
+    @kopf.on.create(*resource, registry=registry)
+    @kopf.on.update(*resource, registry=registry)
+    async def changed(namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any) -> None:
+        ctx: OperatorContext = memo["ctx"]
+        try:
+            result = await reconcile_key(ctx, _key(namespace, name))
+        except ApiError as e:
+            raise kopf.TemporaryError(f"API error: {e}", delay=backoff) from e
+        if result is not None and result.invalid:
+            # The status already says why; kopf stops retrying until the spec changes.
+            raise kopf.PermanentError(f"invalid spec: {result.invalid}")
+
+    @kopf.on.event(*resource, registry=registry)
+    async def pipeline_event(
+        type: str | None, namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any
+    ) -> None:
+        ctx: OperatorContext = memo["ctx"]
+        key = _key(namespace, name)
+        if type == "DELETED":
+            ctx.secrets_of.pop(key, None)
+            ctx.locks.pop(key, None)
+        else:
+            ctx.secrets_of.setdefault(key, ())
+
+    @kopf.on.event(
+        "apps", "v1", "deployments",
+        labels={"app.kubernetes.io/managed-by": MANAGED_BY, PIPELINE_LABEL: kopf.PRESENT},
+        registry=registry,
+    )  # fmt: skip
+    async def deployment_event(
+        type: str | None, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+    ) -> None:
+        ctx: OperatorContext = memo["ctx"]
+        key = _key(namespace, labels.get(PIPELINE_LABEL))
+        # Initial listing (type None) is covered by on.resume.
+        if type is not None and key in ctx.secrets_of:
+            await reconcile_quietly(ctx, key)
+
+    def referenced(namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any) -> bool:
+        ctx: OperatorContext = memo["ctx"]
+        return bool(ctx.pipelines_using(str(namespace), str(name)))
+
+    @kopf.on.event("", "v1", "secrets", when=referenced, registry=registry)
+    async def secret_event(
+        type: str | None, namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any
+    ) -> None:
+        ctx: OperatorContext = memo["ctx"]
+        if type is None:
+            return
+        for key in ctx.pipelines_using(str(namespace), str(name)):
+            await reconcile_quietly(ctx, key)
+
+    _ = (login, startup, cleanup, changed, pipeline_event, deployment_event, secret_event)
+    return registry
+
+
+def connection_info(kube: Kube) -> kopf.ConnectionInfo:
+    """kopf's credentials from the same client configuration the Kube client uses."""
+    cfg = kube.configuration
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix(
+        "authorization"
+    )
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (
+        (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    )
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        username=cfg.username or None,
+        password=cfg.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+    )

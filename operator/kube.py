@@ -1,0 +1,323 @@
+"""The only module that talks to the Kubernetes API server (besides kopf's own watching).
+
+``Kube`` wraps the synchronous ``kubernetes`` client with the few calls the reconciler
+needs: server-side apply (one field manager, force), get, delete, list, a status merge
+patch, discovery of optional APIs (monitoring.coreos.com, keda.sh) cached briefly so CRDs
+installed later are picked up, and reading Secrets for the rotation hash. The calls are
+blocking: kopf handlers run them through ``asyncio.to_thread``. Request bodies and Secret
+data are never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+from urllib.parse import quote
+
+from streamherd.operator.api.v1alpha1 import GROUP, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+Manifest = dict[str, Any]
+
+FIELD_MANAGER: Final = "streamherd-operator"
+DISCOVERY_TTL_SECONDS: Final = 60.0
+
+
+class ApiError(Exception):
+    """An API call failed; `status` is the HTTP status (0 when the server was unreachable)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ResourceInfo:
+    """Where a kind lives in the REST API."""
+
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+
+    def collection(self, namespace: str | None) -> str:
+        base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        if self.namespaced and namespace:
+            return f"{base}/namespaces/{quote(namespace)}/{self.plural}"
+        return f"{base}/{self.plural}"
+
+    def item(self, namespace: str | None, name: str) -> str:
+        return f"{self.collection(namespace)}/{quote(name)}"
+
+
+KNOWN_RESOURCES: Final = {
+    (r.api_version, r.kind): r
+    for r in (
+        ResourceInfo("v1", "ConfigMap", "configmaps"),
+        ResourceInfo("v1", "Secret", "secrets"),
+        ResourceInfo("v1", "Service", "services"),
+        ResourceInfo("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+        ResourceInfo("v1", "Event", "events"),
+        ResourceInfo("apps/v1", "Deployment", "deployments"),
+        ResourceInfo("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+        ResourceInfo("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+        ResourceInfo("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
+        ResourceInfo("monitoring.coreos.com/v1", "PrometheusRule", "prometheusrules"),
+        ResourceInfo("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
+        ResourceInfo(f"{GROUP}/{VERSION}", "StreamPipeline", PLURAL),
+    )
+}
+
+
+def resource_info(api_version: str, kind: str) -> ResourceInfo:
+    try:
+        return KNOWN_RESOURCES[(api_version, kind)]
+    except KeyError:
+        raise ValueError(f"unknown kind {api_version}/{kind}") from None
+
+
+class KubeApi(Protocol):
+    """What the reconciler needs from the API server (the real one or a test double)."""
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None: ...
+
+    def apply(self, manifest: Manifest) -> Manifest: ...
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool: ...
+
+    def list(
+        self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
+    ) -> list[Manifest]: ...
+
+    def patch_status(self, namespace: str, name: str, status: Manifest) -> Manifest: ...
+
+    def served(self, api_version: str, kind: str) -> bool: ...
+
+    def secret_data(self, namespace: str, name: str) -> dict[str, str] | None: ...
+
+
+class Kube:
+    """KubeApi over the `kubernetes` client's ApiClient (raw REST, JSON in and out)."""
+
+    def __init__(
+        self,
+        api_client: Any,
+        *,
+        field_manager: str = FIELD_MANAGER,
+        timeout: float = 30.0,
+        discovery_ttl: float = DISCOVERY_TTL_SECONDS,
+    ) -> None:
+        self._api = api_client
+        self._field_manager = field_manager
+        self._timeout = timeout
+        self._discovery_ttl = discovery_ttl
+        self._discovery: dict[str, tuple[float, frozenset[str]]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def configuration(self) -> Any:
+        """The kubernetes.client.Configuration (kopf logs in with the same credentials)."""
+        return self._api.configuration
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: str | None = None, **kwargs: Any) -> Kube:
+        """In-cluster config when running in a pod, else the kubeconfig (explicit or default)."""
+        from kubernetes import client, config
+
+        configuration = client.Configuration()
+        if kubeconfig:
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, client_configuration=configuration
+            )
+        else:
+            try:
+                config.load_incluster_config(  # type: ignore[no-untyped-call]
+                    client_configuration=configuration
+                )
+            except config.ConfigException:
+                config.load_kube_config(  # type: ignore[no-untyped-call]
+                    client_configuration=configuration
+                )
+        return cls(client.ApiClient(configuration), **kwargs)
+
+    # ------------------------------------------------------------------ transport
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        try:
+            request = self._api.param_serialize(
+                method,
+                path,
+                query_params=query or [],
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = self._api.call_api(*request, _request_timeout=self._timeout)
+            data = response.read()
+        except ApiException as e:
+            raise ApiError(int(e.status or 0), str(e.reason), _message(e.body)) from None
+        except OSError as e:  # connection refused, TLS, timeouts (urllib3 errors are OSErrors)
+            raise ApiError(0, "Unreachable", str(e)) from None
+        except Exception as e:  # urllib3 wraps some transport errors in its own hierarchy
+            if type(e).__module__.startswith("urllib3"):
+                raise ApiError(0, "Unreachable", str(e)) from None
+            raise
+        if not 200 <= response.status <= 299:
+            raise ApiError(response.status, str(response.reason), _message(data))
+        return json.loads(data) if data else None
+
+    # ------------------------------------------------------------------ objects
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None:
+        info = resource_info(api_version, kind)
+        try:
+            result: Manifest = self._request("GET", info.item(namespace, name))
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+        return result
+
+    def apply(self, manifest: Manifest) -> Manifest:
+        """Server-side apply with our field manager, taking over conflicting fields."""
+        info = resource_info(manifest["apiVersion"], manifest["kind"])
+        meta = manifest["metadata"]
+        result: Manifest = self._request(
+            "PATCH",
+            info.item(meta.get("namespace"), meta["name"]),
+            query=[("fieldManager", self._field_manager), ("force", "true")],
+            body=manifest,
+            content_type="application/apply-patch+yaml",
+        )
+        return result
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete (background propagation); False when it was already gone."""
+        info = resource_info(api_version, kind)
+        try:
+            self._request(
+                "DELETE",
+                info.item(namespace, name),
+                body={"propagationPolicy": "Background"},
+            )
+        except ApiError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    def list(
+        self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
+    ) -> list[Manifest]:
+        info = resource_info(api_version, kind)
+        query = [("labelSelector", label_selector)] if label_selector else []
+        result = self._request("GET", info.collection(namespace), query=query)
+        items: list[Manifest] = result.get("items", [])
+        return items
+
+    def patch_status(self, namespace: str, name: str, status: Manifest) -> Manifest:
+        """Merge-patch a StreamPipeline's status subresource (only the keys given)."""
+        info = resource_info(f"{GROUP}/{VERSION}", "StreamPipeline")
+        result: Manifest = self._request(
+            "PATCH",
+            info.item(namespace, name) + "/status",
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
+        return result
+
+    def create_event(self, event: Manifest) -> None:
+        info = resource_info("v1", "Event")
+        self._request("POST", info.collection(event["metadata"]["namespace"]), body=event)
+
+    # ------------------------------------------------------------------ discovery
+
+    def served(self, api_version: str, kind: str) -> bool:
+        """Whether the server serves `kind` in `api_version` (cached for discovery_ttl).
+
+        Errors count as "not served" for this round and are retried next time, so a
+        flaky discovery call never blocks the core children.
+        """
+        now = time.monotonic()
+        with self._lock:
+            cached = self._discovery.get(api_version)
+        if cached is None or now - cached[0] > self._discovery_ttl:
+            base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+            try:
+                doc = self._request("GET", base)
+                kinds = frozenset(r.get("kind", "") for r in doc.get("resources", []))
+            except ApiError as e:
+                if e.status not in (404, 503):
+                    log.warning("discovery of %s failed: %s", api_version, e)
+                kinds = frozenset()
+            cached = (now, kinds)
+            with self._lock:
+                self._discovery[api_version] = cached
+        return kind in cached[1]
+
+    def forget_discovery(self) -> None:
+        with self._lock:
+            self._discovery.clear()
+
+    # ------------------------------------------------------------------ secrets
+
+    def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The Secret's `data` (base64 values, as served) or None when it does not exist.
+
+        Callers hash it and check keys; they must never log, store or emit the values.
+        """
+        secret = self.get("v1", "Secret", namespace, name)
+        if secret is None:
+            return None
+        data: dict[str, str] = dict(secret.get("data") or {})
+        # stringData is write-only; a Secret read back only has data.
+        return data
+
+
+def _message(body: Any) -> str:
+    """The `message` of a Status body, else a short excerpt (never a request body)."""
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if isinstance(body, str):
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return body[:500]
+        if isinstance(parsed, dict) and parsed.get("message"):
+            return str(parsed["message"])
+        return body[:500]
+    return ""
+
+
+def secrets_hash(secrets: dict[str, dict[str, str]]) -> str:
+    """SHA-256 over the referenced Secrets' data: secret names, keys and values, sorted.
+
+    Only this digest leaves the operator (in the pod-template annotation); a changed value
+    changes it, so the Deployment rolls. An empty mapping hashes to a constant.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(secrets):
+        digest.update(name.encode() + b"\0")
+        for key in sorted(secrets[name]):
+            digest.update(key.encode() + b"\0" + secrets[name][key].encode() + b"\0")
+        digest.update(b"\1")
+    return digest.hexdigest()

@@ -1,0 +1,531 @@
+"""Level-based reconcile of one StreamPipeline: desired children vs live ones, then status.
+
+``reconcile(body, kube, settings)`` is the whole loop for one pipeline, called the same way
+whatever woke it (create, update, resume, the periodic resync, a Deployment or Secret
+event, the autoscaler after a decision): parse the body with the API models, check the
+referenced Secrets, build the desired children (operator/builders), apply only the children
+that are missing or drifted, delete children no longer desired, and compute the status. It
+never raises for a bad spec (that becomes Ready=False/InvalidSpec); transient API errors
+propagate as ``kube.ApiError`` so kopf retries with backoff.
+
+Skipping writes: each desired child carries ``streamherd.io/input-hash`` (a hash of its own
+desired content). A live child whose annotation equals the desired hash AND that still holds
+every desired field (a subset comparison that tolerates server defaults) is left alone; a
+missing, hand-edited or outdated child is re-applied with server-side apply. So a resync of
+an unchanged pipeline costs only GETs, and drift is repaired on the next resync.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from streamherd.operator.api.v1alpha1 import (
+    Condition,
+    StreamPipeline,
+    StreamPipelineStatus,
+)
+from streamherd.operator.builders import CHILD_KINDS, KEDA_API, Capabilities, build_all
+from streamherd.operator.builders.credentials import credentials
+from streamherd.operator.builders.meta import (
+    INPUT_HASH_ANNOTATION,
+    SECRETS_HASH_ANNOTATION,
+    content_hash,
+    selector_string,
+)
+from streamherd.operator.builders.monitoring import MONITORING_API
+from streamherd.operator.conditions import (
+    conditions_from_status,
+    get_condition,
+    now_rfc3339,
+    set_condition,
+)
+from streamherd.operator.kube import ApiError, KubeApi, secrets_hash
+from streamherd.operator.settings import OperatorSettings
+from streamherd.operator.validation import readable_errors, semantic_errors
+
+log = logging.getLogger(__name__)
+
+Manifest = dict[str, Any]
+Phase = Literal["Pending", "Running", "Scaling", "Suspended", "Degraded", "Failed"]
+
+# The condition types this module owns; others (e.g. the autoscaler's) are kept as found.
+READY = "Ready"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+MONITORING = "MonitoringAvailable"
+OWN_CONDITIONS = (READY, PROGRESSING, DEGRADED, MONITORING)
+# The status keys this module writes; others (desiredReplicas, lag, lastScale*) belong to
+# the autoscaler and are never touched here.
+OWN_STATUS_KEYS = (
+    "observedGeneration",
+    "phase",
+    "replicas",
+    "readyReplicas",
+    "selector",
+    "inputHash",
+    "conditions",
+)
+
+
+@dataclass(frozen=True)
+class EventNote:
+    """A Kubernetes Event to post about the pipeline (never carries secret values)."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    """What a reconcile did: the status patch written (None: unchanged) and the events."""
+
+    status: Manifest | None
+    events: tuple[EventNote, ...] = ()
+    invalid: str | None = None  # the InvalidSpec message, when the spec is rejected
+    applied: tuple[str, ...] = ()  # "Kind/name" of every child written
+    deleted: tuple[str, ...] = ()
+    secret_names: tuple[str, ...] = ()  # Secrets this pipeline references (for the index)
+
+
+@dataclass
+class _Outcome:
+    """Mutable scratch state of one reconcile (local to the call)."""
+
+    events: list[EventNote] = field(default_factory=list)
+    applied: list[str] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    deployment: Manifest | None = None
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value in ({}, [])
+
+
+def contains(desired: Any, live: Any) -> bool:
+    """Whether `live` holds every field of `desired` (fields the server added are fine).
+
+    Lists compare element-wise with equal length (env, ports, containers are ordered);
+    an empty desired map or list matches an absent one (the server drops empty maps).
+    """
+    if isinstance(desired, Mapping):
+        if not isinstance(live, Mapping):
+            return False
+        for key, value in desired.items():
+            if _empty(value):
+                if not _empty(live.get(key)):
+                    return False
+            elif key not in live or not contains(value, live[key]):
+                return False
+        return True
+    if isinstance(desired, list):
+        if not isinstance(live, list) or len(desired) != len(live):
+            return False
+        return all(contains(d, v) for d, v in zip(desired, live, strict=True))
+    if isinstance(desired, bool) or isinstance(live, bool):
+        return desired is live
+    if isinstance(desired, int | float) and isinstance(live, int | float):
+        return float(desired) == float(live)
+    return bool(desired == live)
+
+
+def up_to_date(desired: Manifest, live: Manifest | None) -> bool:
+    if live is None:
+        return False
+    want = desired["metadata"].get("annotations", {}).get(INPUT_HASH_ANNOTATION)
+    have = (live.get("metadata", {}).get("annotations") or {}).get(INPUT_HASH_ANNOTATION)
+    return want == have and contains(desired, live)
+
+
+def controlled_by(obj: Manifest, uid: str) -> bool:
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def _parse(body: Mapping[str, Any]) -> tuple[StreamPipeline | None, str | None]:
+    """The pipeline (status parsed leniently) or the readable reason it is invalid."""
+    doc = {k: v for k, v in body.items() if k != "status"}
+    try:
+        pipeline = StreamPipeline.model_validate(doc)
+    except ValidationError as e:
+        return None, "; ".join(readable_errors(e))
+    problems = semantic_errors(pipeline)
+    if problems:
+        return None, "; ".join(problems)
+    raw_status = dict(body.get("status") or {})
+    try:
+        status = StreamPipelineStatus.model_validate(
+            {k: v for k, v in raw_status.items() if k != "conditions"}
+        )
+    except ValidationError:
+        status = StreamPipelineStatus()
+    return pipeline.model_copy(update={"status": status}), None
+
+
+def check_secrets(
+    pipeline: StreamPipeline, kube: KubeApi
+) -> tuple[str | None, list[str], tuple[str, ...]]:
+    """(secrets hash, problems, referenced secret names). Values never leave this function
+    except through the hash."""
+    needed = credentials(pipeline.spec).required_keys()
+    problems: list[str] = []
+    datas: dict[str, dict[str, str]] = {}
+    for name in sorted(needed):
+        data = kube.secret_data(pipeline.namespace, name)
+        if data is None:
+            keys = ", ".join(sorted(needed[name])) or "(mounted whole)"
+            problems.append(f'Secret "{name}" not found (needed keys: {keys})')
+            continue
+        missing = sorted(needed[name] - set(data))
+        if missing:
+            problems.append(f'Secret "{name}" has no key {", ".join(repr(k) for k in missing)}')
+        datas[name] = data
+    if problems:
+        return None, problems, tuple(sorted(needed))
+    return secrets_hash(datas), [], tuple(sorted(needed))
+
+
+def capabilities(pipeline: StreamPipeline, kube: KubeApi) -> Capabilities:
+    mon = pipeline.spec.monitoring
+    return Capabilities(
+        service_monitor=mon.service_monitor and kube.served(MONITORING_API, "ServiceMonitor"),
+        prometheus_rule=mon.prometheus_rule and kube.served(MONITORING_API, "PrometheusRule"),
+        keda=pipeline.spec.autoscaling.mode == "keda" and kube.served(KEDA_API, "ScaledObject"),
+    )
+
+
+def _ref(obj: Manifest) -> str:
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def _apply_children(
+    pipeline: StreamPipeline, desired: Sequence[Manifest], kube: KubeApi, out: _Outcome
+) -> None:
+    for child in desired:
+        meta = child["metadata"]
+        live = kube.get(child["apiVersion"], child["kind"], meta["namespace"], meta["name"])
+        if up_to_date(child, live):
+            if child["kind"] == "Deployment":
+                out.deployment = live
+            continue
+        try:
+            result = kube.apply(child)
+        except ApiError as e:
+            if e.status == 0 or e.status >= 500 or e.status in (409, 429):
+                raise  # transient: kopf retries with backoff
+            # The server refuses this object (e.g. an immutable PVC field changed): report it
+            # in status and carry on with the other children.
+            out.failures.append(f"{_ref(child)}: {e.message}")
+            if child["kind"] == "Deployment":
+                out.deployment = live
+            continue
+        out.applied.append(_ref(child))
+        if live is None:
+            out.created.append(_ref(child))
+        if child["kind"] == "Deployment":
+            out.deployment = result
+            _note_rollout(child, live, out)
+
+
+def _note_rollout(desired: Manifest, live: Manifest | None, out: _Outcome) -> None:
+    if live is None:
+        return
+
+    def template_annotations(obj: Manifest) -> Mapping[str, Any]:
+        tmpl = obj.get("spec", {}).get("template", {}).get("metadata", {})
+        annotations: Mapping[str, Any] = tmpl.get("annotations") or {}
+        return annotations
+
+    old, new = template_annotations(live), template_annotations(desired)
+    if old.get(SECRETS_HASH_ANNOTATION) and old.get(SECRETS_HASH_ANNOTATION) != new.get(
+        SECRETS_HASH_ANNOTATION
+    ):
+        out.events.append(
+            EventNote(
+                "Normal",
+                "SecretRotated",
+                "a referenced Secret changed: rolling the workers",
+            )
+        )
+    if not contains(desired.get("spec", {}).get("template"), live.get("spec", {}).get("template")):
+        out.events.append(
+            EventNote("Normal", "RollingOut", f"Deployment/{desired['metadata']['name']} updated: "
+                      "rolling out a new worker template")
+        )  # fmt: skip
+
+
+def _delete_unwanted(
+    pipeline: StreamPipeline, desired: Sequence[Manifest], kube: KubeApi, out: _Outcome
+) -> None:
+    uid = str(pipeline.metadata.get("uid") or "")
+    wanted = {(c["apiVersion"], c["kind"]) for c in desired}
+    for child in CHILD_KINDS:
+        if (child.api_version, child.kind) in wanted:
+            continue
+        if child.optional_api and not kube.served(child.api_version, child.kind):
+            continue
+        name = child.name(pipeline.name)
+        live = kube.get(child.api_version, child.kind, pipeline.namespace, name)
+        # Only delete what this very pipeline controls: never an object someone else made.
+        if live is None or not uid or not controlled_by(live, uid):
+            continue
+        if kube.delete(child.api_version, child.kind, pipeline.namespace, name):
+            out.deleted.append(f"{child.kind}/{name}")
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _deployment_state(dep: Manifest | None) -> tuple[int, int, int, int, bool, str | None]:
+    """(want, replicas, ready, updated, settled, stuck message) of a live Deployment."""
+    if dep is None:
+        return 0, 0, 0, 0, False, None
+    spec, st = dep.get("spec") or {}, dep.get("status") or {}
+    want = int(spec.get("replicas", 1))
+    replicas = int(st.get("replicas") or 0)
+    ready = int(st.get("readyReplicas") or 0)
+    updated = int(st.get("updatedReplicas") or 0)
+    current = int(st.get("observedGeneration") or 0) >= int(
+        dep.get("metadata", {}).get("generation") or 0
+    )
+    settled = current and replicas == want and ready >= want and updated >= want
+    stuck = None
+    for cond in st.get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            stuck = f"Deployment: {cond.get('message', 'progress deadline exceeded')}"
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            stuck = f"Deployment: {cond.get('message', 'replica failure')}"
+    return want, replicas, ready, updated, settled, stuck
+
+
+def _monitoring_condition(pipeline: StreamPipeline, caps: Capabilities) -> tuple[str, str, str]:
+    mon = pipeline.spec.monitoring
+    wanted = [k for k, on in (("ServiceMonitor", mon.service_monitor),
+                              ("PrometheusRule", mon.prometheus_rule)) if on]  # fmt: skip
+    if not wanted:
+        return "False", "Disabled", "spec.monitoring turns off ServiceMonitor and PrometheusRule"
+    served = {"ServiceMonitor": caps.service_monitor, "PrometheusRule": caps.prometheus_rule}
+    missing = [k for k in wanted if not served[k]]
+    if missing:
+        return (
+            "False",
+            "MonitoringAPINotServed",
+            f"{MONITORING_API} {' and '.join(missing)} is not served by this cluster: "
+            "install the Prometheus Operator CRDs (the operator checks again on every resync)",
+        )
+    return "True", "Created", f"{' and '.join(wanted)} created"
+
+
+def _status_patch(
+    pipeline_body: Mapping[str, Any],
+    conditions: list[Condition],
+    **fields: Any,
+) -> Manifest:
+    generation = (pipeline_body.get("metadata") or {}).get("generation")
+    patch: Manifest = {"observedGeneration": generation}
+    patch.update({k: v for k, v in fields.items()})
+    patch["conditions"] = [
+        c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in conditions
+    ]
+    return patch
+
+
+def _changed(current: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
+    return any(current.get(k) != v for k, v in patch.items())
+
+
+def _set_all(
+    current: list[Condition],
+    values: Mapping[str, tuple[str, str, str]],
+    now: str,
+    generation: int | None,
+) -> list[Condition]:
+    conds = list(current)
+    for type_, (status, reason, message) in values.items():
+        conds = set_condition(
+            conds,
+            type_,
+            status,  # type: ignore[arg-type]
+            reason,
+            message,
+            now=now,
+            observed_generation=generation,
+        )
+    return conds
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def reconcile(
+    body: Mapping[str, Any],
+    kube: KubeApi,
+    settings: OperatorSettings,
+    *,
+    now: datetime | None = None,
+) -> ReconcileResult:
+    """Bring one pipeline's children and status to the desired state (see module doc)."""
+    meta = body.get("metadata") or {}
+    namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+    generation = meta.get("generation")
+    current_status: Mapping[str, Any] = body.get("status") or {}
+    current_conditions = conditions_from_status(current_status.get("conditions"))
+    stamp = now_rfc3339(now)
+
+    def finish(patch: Manifest, result_kwargs: dict[str, Any]) -> ReconcileResult:
+        written = None
+        if _changed(current_status, patch):
+            kube.patch_status(namespace, name, patch)
+            written = patch
+        return ReconcileResult(status=written, **result_kwargs)
+
+    pipeline, invalid = _parse(body)
+    if pipeline is None:
+        assert invalid is not None
+        was = get_condition(current_conditions, READY)
+        conds = _set_all(
+            current_conditions,
+            {
+                READY: ("False", "InvalidSpec", invalid),
+                PROGRESSING: ("False", "InvalidSpec", "fix the spec to continue"),
+                DEGRADED: ("True", "InvalidSpec", invalid),
+            },
+            stamp,
+            generation,
+        )
+        events: tuple[EventNote, ...] = ()
+        if was is None or was.reason != "InvalidSpec" or was.message != invalid:
+            events = (EventNote("Warning", "InvalidSpec", invalid),)
+        patch = _status_patch(body, conds, phase="Failed")
+        return finish(patch, {"events": events, "invalid": invalid})
+
+    sel = selector_string(pipeline)
+    hash_, problems, secret_names = check_secrets(pipeline, kube)
+    if hash_ is None:
+        message = "; ".join(problems)
+        was = get_condition(current_conditions, READY)
+        conds = _set_all(
+            current_conditions,
+            {
+                READY: ("False", "SecretNotFound", message),
+                PROGRESSING: ("False", "SecretNotFound", "waiting for the referenced Secrets"),
+                DEGRADED: ("True", "SecretNotFound", message),
+            },
+            stamp,
+            generation,
+        )
+        warnings: tuple[EventNote, ...] = ()
+        if was is None or was.reason != "SecretNotFound" or was.message != message:
+            warnings = (EventNote("Warning", "SecretNotFound", message),)
+        patch = _status_patch(body, conds, phase="Pending", selector=sel)
+        return finish(patch, {"events": warnings, "secret_names": secret_names})
+
+    caps = capabilities(pipeline, kube)
+    out = _Outcome()
+    try:
+        desired = build_all(pipeline, settings, secrets_hash=hash_, capabilities=caps)
+    except (ImportError, AttributeError) as e:  # the HPA/KEDA builders are not available
+        desired = []
+        out.failures.append(f"autoscaling children: {e}")
+    _apply_children(pipeline, desired, kube, out)
+    if desired:
+        _delete_unwanted(pipeline, desired, kube, out)
+    if out.created:
+        out.events.insert(0, EventNote("Normal", "Created", "created " + ", ".join(out.created)))
+    updated = [a for a in out.applied if a not in out.created]
+    if updated:
+        out.events.append(EventNote("Normal", "Updated", "applied " + ", ".join(updated)))
+    if out.deleted:
+        out.events.append(
+            EventNote("Normal", "Deleted", "deleted (no longer desired) " + ", ".join(out.deleted))
+        )
+
+    want, replicas, ready, updated_n, settled, stuck = _deployment_state(out.deployment)
+    spec = pipeline.spec
+    if spec.autoscaling.mode == "keda" and not spec.suspend and not caps.keda:
+        out.failures.append(
+            "autoscaling.mode keda: keda.sh/v1alpha1 ScaledObject is not served (install KEDA)"
+        )
+    degraded = out.failures + ([stuck] if stuck else [])
+
+    if spec.suspend:
+        ready_c = ("True", "Suspended", "suspended: workers scaled to zero; state is kept")
+    elif settled and want == 0:
+        ready_c = ("True", "ScaledToZero", "no workers needed: no lag")
+    elif settled:
+        ready_c = ("True", "WorkersReady", f"{ready}/{want} workers ready")
+    else:
+        ready_c = ("False", "WorkersNotReady", f"{ready}/{want} workers ready")
+    if settled:
+        prog_c = ("False", "Settled", f"{want} workers up to date")
+    else:
+        prog_c = (
+            "True",
+            "RollingOut",
+            f"{updated_n}/{want} workers updated, {ready}/{want} ready",
+        )
+    if degraded:
+        reason = "ApplyFailed" if out.failures else "RolloutStuck"
+        deg_c = ("True", reason, "; ".join(degraded))
+    else:
+        deg_c = ("False", "AsExpected", "all children applied")
+    conds = _set_all(
+        current_conditions,
+        {
+            READY: ready_c,
+            PROGRESSING: prog_c,
+            DEGRADED: deg_c,
+            MONITORING: _monitoring_condition(pipeline, caps),
+        },
+        stamp,
+        generation,
+    )
+    if degraded and get_condition(current_conditions, DEGRADED) != get_condition(conds, DEGRADED):
+        out.events.append(EventNote("Warning", deg_c[1], deg_c[2]))
+
+    phase: Phase
+    if spec.suspend:
+        phase = "Suspended"
+    elif degraded:
+        phase = "Degraded"
+    elif want != replicas:
+        phase = "Scaling"
+    elif settled:
+        phase = "Running"
+    else:
+        phase = "Pending"
+    input_hash = content_hash(
+        [c["metadata"]["annotations"][INPUT_HASH_ANNOTATION] for c in desired]
+    )
+    patch = _status_patch(
+        body,
+        conds,
+        phase=phase,
+        replicas=replicas,
+        readyReplicas=ready,
+        selector=sel,
+        inputHash=input_hash,
+    )
+    return finish(
+        patch,
+        {
+            "events": tuple(out.events),
+            "applied": tuple(out.applied),
+            "deleted": tuple(out.deleted),
+            "secret_names": secret_names,
+        },
+    )
