@@ -1,0 +1,140 @@
+"""Compiled steps: decode, filter, map, user functions (record and batch), failure routing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from streamherd.workers.config import MapStep, ProcessorConfig, UserFunction
+from streamherd.workers.processing import (
+    Failure,
+    Processor,
+    SyntheticMessage,
+    decode_json,
+    decode_raw,
+    error_headers,
+    filter_stage,
+    function_stage,
+    load_callable,
+    map_stage,
+)
+
+
+class Msg(SyntheticMessage):
+    """A message whose value is arbitrary bytes (poison included)."""
+
+    def __init__(self, offset: int, value: bytes) -> None:
+        super().__init__("in", 2, offset, b"k", {}, 1000)
+        self._raw = value
+
+    def value(self) -> bytes:
+        return self._raw
+
+
+def items(*records: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
+    return [(r, Msg(i, orjson.dumps(r))) for i, r in enumerate(records)]
+
+
+def test_decode_json_routes_poison() -> None:
+    msgs = [Msg(0, b'{"a":1}'), Msg(1, b"{not json"), Msg(2, b"[1,2]"), Msg(3, b'{"a":2}')]
+    failures: list[Failure] = []
+    out = decode_json(msgs, failures)  # type: ignore[arg-type]
+    assert [r for r, _ in out] == [{"a": 1}, {"a": 2}]
+    assert [(f.message.offset(), f.reason) for f in failures] == [(1, "decode"), (2, "decode")]
+
+
+def test_decode_raw_passes_bytes() -> None:
+    failures: list[Failure] = []
+    out = decode_raw([Msg(0, b"\xff\x00")], failures)  # type: ignore[list-item]
+    assert out[0][0] == {"value": b"\xff\x00", "key": b"k"}
+
+
+def test_filter_keeps_true_drops_false_and_null_and_dead_letters_type_errors() -> None:
+    stage = filter_stage("n > 1")
+    failures: list[Failure] = []
+    out = stage(items({"n": 2}, {"n": 0}, {}, {"n": "x"}, {"n": 5}), failures)
+    assert [r["n"] for r, _ in out] == [2, 5]
+    assert [(f.message.offset(), f.reason, type(f.error)) for f in failures] == [
+        (3, "expression", TypeError)
+    ]
+
+
+def test_map_set_select_rename_order() -> None:
+    stage = map_stage(
+        MapStep(
+            set={"kb": "bytes / 1024", "bytes": "0"},
+            select=["kb", "user", "bytes"],
+            rename={"user": "who"},
+        )
+    )
+    failures: list[Failure] = []
+    out = stage(items({"bytes": 2048, "user": "u", "other": 1}), failures)
+    # set sees the record before the step (kb from 2048), select after set, rename last
+    assert out[0][0] == {"kb": 2.0, "bytes": 0, "who": "u"}
+    assert not failures
+
+
+def test_map_failure_is_per_record() -> None:
+    stage = map_stage(MapStep(set={"x": "a + 1"}))
+    failures: list[Failure] = []
+    out = stage(items({"a": 1}, {"a": "s"}, {"a": 3}), failures)
+    assert [r["x"] for r, _ in out] == [2, 4]
+    assert len(failures) == 1 and failures[0].message.offset() == 1
+
+
+@pytest.mark.parametrize("mode", ["record", "batch"])
+def test_user_function_modes(mode: str) -> None:
+    name = "tag" if mode == "record" else "tag_batch"
+    stage = function_stage(
+        UserFunction(callable=f"tests.unit.workers.userfuncs:{name}", mode=mode)  # type: ignore[arg-type]
+    )
+    failures: list[Failure] = []
+    out = stage(
+        items({"id": 1}, {"id": 2, "drop": True}, {"id": 3, "boom": True}, {"id": 4, "twice": 1}),
+        failures,
+    )
+    assert [r["id"] for r, _ in out] == [1, 4, 4]
+    assert all(r["tagged"] for r, _ in out)
+    assert [(f.message.offset(), f.reason, type(f.error).__name__) for f in failures] == [
+        (2, "function", "RuntimeError")
+    ]
+
+
+def test_load_callable_errors() -> None:
+    with pytest.raises(ModuleNotFoundError):
+        load_callable("no_such_module_xyz:f")
+    with pytest.raises(AttributeError):
+        load_callable("tests.unit.workers.userfuncs:nope")
+    with pytest.raises(TypeError):
+        load_callable("tests.unit.workers.userfuncs:not_callable")
+
+
+def test_processor_compiles_steps_in_order_then_function() -> None:
+    proc = Processor.compile(
+        ProcessorConfig.model_validate(
+            {
+                "steps": [{"filter": "n > 0"}, {"map": {"set": {"m": "n * 10"}}}],
+                "function": {"callable": "tests.unit.workers.userfuncs:tag"},
+            }
+        )
+    )
+    assert proc.window is None
+    failures: list[Failure] = []
+    out = proc.run(items({"n": 1}, {"n": 0}, {"n": 2}), failures)
+    assert [(r["m"], r["tagged"]) for r, _ in out] == [(10, True), (20, True)]
+
+
+def test_error_headers() -> None:
+    failure = Failure(Msg(41, b"x"), "decode", ValueError("bad"))
+    headers = dict(error_headers(failure, "ns/p"))
+    assert headers == {
+        "streamherd.error": b"ValueError",
+        "streamherd.error.reason": b"decode",
+        "streamherd.error.message": b"bad",
+        "streamherd.source.topic": b"in",
+        "streamherd.source.partition": b"2",
+        "streamherd.source.offset": b"41",
+        "streamherd.pipeline": b"ns/p",
+    }
