@@ -133,3 +133,23 @@ kafka-env: ## Print `export STREAMHERD_TEST_KAFKA=...` for the running broker
 .PHONY: kafka-down
 kafka-down: ## Stop the broker started by kafka-up
 	@$(PY) -m tests.infra.kafka down
+
+##@ Packaging (chart and image)
+
+.PHONY: chart-crds
+chart-crds: ## Copy the generated crds/ into the chart (Helm cannot read files outside it)
+	@cp crds/streampipelines.streamherd.io.yaml charts/streamherd/files/crds/
+
+.PHONY: chart-lint
+chart-lint: chart-crds ## helm lint --strict the chart with its default and ci/ values
+	@helm="$$(bash hack/build-control-plane.sh)/helm"; kv="$$(. hack/versions.env; echo $$KUBE_VERSION)"; \
+	for v in "" charts/streamherd/ci/*-values.yaml; do \
+	  "$$helm" lint --strict charts/streamherd --kube-version "$$kv" $${v:+--values "$$v"}; done
+
+.PHONY: hadolint
+hadolint: $(STAMP) ## Lint the Dockerfiles (hadolint from the dev extra)
+	@$(VENV)/bin/hadolint Dockerfile examples/custom-image/Dockerfile
+
+.PHONY: image
+image: ## Build the streamherd image (needs Docker or Podman)
+	@docker build -t streamherd:$$($(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])') .

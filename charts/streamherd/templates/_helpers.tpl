@@ -108,47 +108,49 @@ kopf make (docs/decisions/0020-packaging.md lists who calls what). Used in the C
 (all namespaces) or in one Role per watched namespace.
 */}}
 {{- define "streamherd.namespacedRules" -}}
-# The StreamPipelines: watched by kopf, patched for kopf's finalizer/annotations and status.
+# The StreamPipelines: watched by kopf; kopf patches its annotations on them (never PUT).
 - apiGroups: [streamherd.io]
   resources: [streampipelines]
-  verbs: [get, list, watch, patch, update]
+  verbs: [get, list, watch, patch]
+# The operator merge-patches the status subresource (and nothing writes /scale but users).
 - apiGroups: [streamherd.io]
-  resources: [streampipelines/status, streampipelines/scale]
-  verbs: [get, patch, update]
-# ownerReferences with blockOwnerDeletion need update on the owner's finalizers subresource.
+  resources: [streampipelines/status]
+  verbs: [patch]
+# Children carry ownerReferences with blockOwnerDeletion: clusters that enable the
+# OwnerReferencesPermissionEnforcement admission plugin check update on this subresource.
 - apiGroups: [streamherd.io]
   resources: [streampipelines/finalizers]
   verbs: [update]
-# What the operator creates per pipeline (server-side apply = patch; create for the first).
+# What the operator creates per pipeline, with server-side apply (PATCH; the API server
+# also checks create when the apply creates the object) and deletes when no longer wanted.
+# Deployments are watched by kopf (drift repair); list/watch on the rest are reads only.
 - apiGroups: [""]
   resources: [configmaps, services, persistentvolumeclaims]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors, prometheusrules]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [keda.sh]
-  resources: [scaledobjects, triggerauthentications]
-  verbs: [get, list, watch, create, patch, update, delete]
-# Read-only: the Secrets a pipeline references are hashed into the pod template (rotation).
+  resources: [scaledobjects]
+  verbs: [get, list, watch, create, patch, delete]
+# Read-only: kopf watches the Secrets pipelines reference and the operator hashes their data
+# into the pod template, so a rotation rolls the workers. Never written.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, watch]
-# kopf posts events about the pipelines it handles.
+# Events about pipelines (the operator's and kopf's), core v1 only.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end }}
 
 {{/* Namespaced kopf peering (operator restricted to namespaces, peering on). */}}
