@@ -502,12 +502,14 @@ def reconcile(
         phase = "Suspended"
     elif degraded:
         phase = "Degraded"
-    elif want != replicas:
-        phase = "Scaling"
     elif settled:
         phase = "Running"
+    elif ready == 0 and want > 0:
+        phase = "Pending"  # nothing is running yet (new, or every pod starting)
+    elif want != replicas:
+        phase = "Scaling"
     else:
-        phase = "Pending"
+        phase = "Running"  # a rollout with workers still serving
     input_hash = content_hash(
         [c["metadata"]["annotations"][INPUT_HASH_ANNOTATION] for c in desired]
     )

@@ -1,0 +1,421 @@
+"""The scaling decision: how many workers a pipeline needs, from its measured lag.
+
+A pure function, ``decide(policy, history, current_replicas, partitions, now)``: no I/O, no
+clock, no randomness, so the same inputs give the same answer in the operator, in the unit
+and property tests and in the benchmark (bench/autoscaling/). The poller
+(``streamherd.operator.autoscaling.poller``) feeds it samples measured by the lag probe.
+
+The rules (docs/autoscaling.md explains them and compares them with KEDA, HPA and Flink):
+
+- bounds: never below ``minReplicas`` nor above ``maxReplicas``, and never above the source's
+  partition count (a consumer without a partition is idle), except that an explicit
+  ``minReplicas`` larger than the partition count is honoured;
+- scale up promptly, in bounded steps (at most ``max(4, current)`` more per decision, like
+  the HPA default), to the replicas needed to absorb the input *and* drain the backlog within
+  ``catch_up_seconds`` once the per-replica throughput is known (measured while the workers
+  were saturated, like the Flink autoscaler's catch-up), else to ``ceil(lag / lagPerReplica)``
+  (KEDA's rule); then rounded up so partitions spread evenly over the replicas;
+- scale down only when *every* sample of the stabilization window needed fewer replicas, and
+  only to the largest number any of them needed (the HPA's stabilization): together with the
+  scale-up threshold this is a dead band, so noise around a steady load does not flap;
+- scale to zero (``minReplicas`` 0) after ``idleTimeout`` with neither lag nor input; wake up
+  from zero as soon as lag exceeds ``activationLag``;
+- a partition whose position does not move while it has lag and others advance is *stuck*:
+  it is reported, and its lag is not counted as a reason to add workers (more workers will not
+  unstick a poison record or a hung consumer).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from streamherd.operator.api.v1alpha1 import Autoscaling, StreamPipeline
+    from streamherd.workers.lagprobe import GroupLag
+
+# Reasons, low-cardinality on purpose: they label a Prometheus counter and Events.
+NO_DATA: Final = "NoData"
+BOUNDS: Final = "Bounds"
+SCALE_UP: Final = "ScaleUp"
+WAKE_UP: Final = "WakeUp"
+SCALE_DOWN: Final = "ScaleDown"
+SCALE_TO_ZERO: Final = "ScaleToZero"
+STEADY: Final = "Steady"
+REASONS: Final = (NO_DATA, BOUNDS, SCALE_UP, WAKE_UP, SCALE_DOWN, SCALE_TO_ZERO, STEADY)
+
+PartitionKey = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """spec.autoscaling in seconds, plus tuning knobs the CRD does not expose (yet)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 10
+    lag_per_replica: int = 1000
+    activation_lag: int = 1
+    scale_down_stabilization: float = 300.0
+    idle_timeout: float = 600.0
+    poll_interval: float = 15.0
+    # Backlog drained within this time when sizing a scale-up (Flink: catch-up duration).
+    catch_up_seconds: float = 120.0
+    # Size for this fraction of the measured per-replica throughput (headroom).
+    target_utilization: float = 0.8
+    # At most this many replicas (or the current count, whichever is larger) added at once.
+    max_step_up: int = 4
+    # Round replica counts up so every replica gets the same number of partitions.
+    align_to_partitions: bool = True
+
+    @classmethod
+    def from_spec(cls, spec: Autoscaling, **tuning: float | int | bool) -> Policy:
+        from streamherd.workers.config import parse_duration
+
+        return cls(
+            min_replicas=spec.min_replicas,
+            max_replicas=spec.max_replicas,
+            lag_per_replica=spec.lag_per_replica,
+            activation_lag=spec.activation_lag,
+            scale_down_stabilization=parse_duration(spec.scale_down_stabilization),
+            idle_timeout=parse_duration(spec.idle_timeout),
+            poll_interval=parse_duration(spec.poll_interval),
+            **tuning,  # type: ignore[arg-type]
+        )
+
+    @property
+    def rate_window(self) -> float:
+        """How far back rates (input, drain) are measured."""
+        return max(60.0, 4 * self.poll_interval)
+
+    @property
+    def stuck_after(self) -> float:
+        """A partition with lag whose position has not moved this long is stuck."""
+        return max(90.0, 6 * self.poll_interval)
+
+
+@dataclass(frozen=True)
+class PartitionSample:
+    topic: str
+    partition: int
+    lag: int
+    position: int  # log end - lag: where the group really is
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One lag measurement of one pipeline."""
+
+    time: float
+    replicas: int  # workers running when it was measured
+    lag: int
+    log_end: int  # sum of log end offsets: grows with the input
+    position: int  # sum of positions: grows with what the workers processed
+    partitions: tuple[PartitionSample, ...] = ()
+
+    @classmethod
+    def from_group_lag(cls, g: GroupLag, replicas: int, time: float | None = None) -> Sample:
+        return cls(
+            time=g.measured_at if time is None else time,
+            replicas=replicas,
+            lag=g.total,
+            log_end=g.log_end_total,
+            position=g.position_total,
+            partitions=tuple(
+                PartitionSample(p.topic, p.partition, p.lag, p.log_end - p.lag)
+                for p in g.partitions
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class History:
+    """A bounded window of samples, and the per-replica throughput learned so far."""
+
+    samples: tuple[Sample, ...] = ()
+    capacity: float | None = None  # records/s one replica processed when saturated
+    horizon: float = 900.0
+    max_samples: int = 256
+
+    @classmethod
+    def for_policy(cls, policy: Policy) -> History:
+        horizon = (
+            max(policy.scale_down_stabilization, policy.idle_timeout, policy.stuck_after)
+            + 2 * policy.poll_interval
+        )
+        return cls(horizon=horizon)
+
+    def add(self, sample: Sample) -> History:
+        kept = [
+            s for s in self.samples if s.time >= sample.time - self.horizon and s.time < sample.time
+        ]
+        kept.append(sample)
+        return replace(self, samples=tuple(kept[-self.max_samples :]))
+
+    def with_capacity(self, capacity: float | None) -> History:
+        return replace(self, capacity=capacity)
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: int
+    reason: str  # one of REASONS
+    message: str = ""
+    stuck_partitions: tuple[PartitionKey, ...] = ()
+    lag: int | None = None
+    input_rate: float | None = None
+    drain_rate: float | None = None
+    capacity: float | None = None  # per-replica throughput estimate, for History.capacity
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def upper_bound(policy: Policy, partitions: int) -> int:
+    """Most replicas that make sense: max, the partition count, an explicit min."""
+    return max(policy.min_replicas, min(policy.max_replicas, partitions))
+
+
+def clamp(policy: Policy, partitions: int, n: int) -> int:
+    return min(max(n, policy.min_replicas), upper_bound(policy, partitions))
+
+
+def align(n: int, partitions: int) -> int:
+    """The fewest replicas >= n that give no replica more partitions than n would.
+
+    With 12 partitions, 5 replicas leave some with 3 partitions, as 4 would; needing more
+    than 4 therefore means 6. Consumers are the unit of parallelism, partitions the grain.
+    """
+    if n <= 0 or partitions <= 0 or n >= partitions:
+        return n
+    return math.ceil(partitions / (partitions // n))
+
+
+def _rate(a: Sample, b: Sample, attr: str) -> float:
+    """Growth per second of log_end (the input) or position (the drain) from a to b."""
+    dt = b.time - a.time
+    if dt <= 0:
+        return 0.0
+    grown = b.log_end - a.log_end if attr == "log_end" else b.position - a.position
+    return max(0.0, grown / dt)
+
+
+def stuck_partitions(samples: Sequence[Sample], now: float, after: float) -> set[PartitionKey]:
+    """Partitions with lag whose position has not moved for `after` s while others moved."""
+    old = [s for s in samples if s.time <= now - after and s.partitions]
+    if not old or not samples[-1].partitions:
+        return set()
+    then = {(p.topic, p.partition): p for p in old[-1].partitions}
+    latest = samples[-1]
+    window = [s for s in samples if s.time >= old[-1].time]
+    moved, still = set(), set()
+    for p in latest.partitions:
+        key = (p.topic, p.partition)
+        before = then.get(key)
+        if before is None:
+            continue
+        if p.position > before.position:
+            moved.add(key)
+        elif all(q.lag > 0 for s in window for q in s.partitions if (q.topic, q.partition) == key):
+            still.add(key)
+    return still if moved else set()
+
+
+def _lag_without(sample: Sample, excluded: set[PartitionKey]) -> int:
+    if not excluded:
+        return sample.lag
+    return sample.lag - sum(p.lag for p in sample.partitions if (p.topic, p.partition) in excluded)
+
+
+# --------------------------------------------------------------------------- the decision
+
+
+def decide(
+    policy: Policy,
+    history: History | Sequence[Sample],
+    current_replicas: int,
+    partitions: int,
+    now: float,
+) -> Decision:
+    """How many replicas the pipeline should run now, and why."""
+    hist = history if isinstance(history, History) else History(tuple(history))
+    samples = [s for s in hist.samples if s.time <= now]
+    n = current_replicas
+    hi = upper_bound(policy, partitions)
+    bounded = clamp(policy, partitions, n)
+
+    # Without a recent measurement nothing is known about the load: hold (within bounds).
+    if not samples or now - samples[-1].time > 3 * policy.poll_interval + 5:
+        why = "no recent lag measurement"
+        if bounded != n:
+            return Decision(bounded, BOUNDS, f"{why}; replicas brought within bounds")
+        return Decision(n, NO_DATA, why, capacity=hist.capacity)
+
+    latest = samples[-1]
+    stuck = stuck_partitions(samples, now, policy.stuck_after)
+    lag = _lag_without(latest, stuck)
+    recent = [s for s in samples if s.time >= now - policy.rate_window]
+    input_rate = _rate(recent[0], latest, "log_end") if len(recent) > 1 else 0.0
+    drain_rate = _rate(recent[0], latest, "position") if len(recent) > 1 else 0.0
+    capacity = _capacity(policy, samples=samples, n=n, now=now, stuck=stuck, learned=hist.capacity)
+    stuck_keys = tuple(sorted(stuck))
+
+    def result(replicas: int, reason: str, message: str) -> Decision:
+        # Every path ends inside the bounds, whatever its own arithmetic said.
+        replicas = clamp(policy, partitions, replicas)
+        if stuck_keys:
+            message += f"; stuck partitions: {', '.join(f'{t}[{p}]' for t, p in stuck_keys)}"
+        return Decision(
+            replicas,
+            reason,
+            message,
+            stuck_keys,
+            latest.lag,
+            input_rate,
+            drain_rate,
+            capacity,
+        )
+
+    step_cap = n + max(policy.max_step_up, n)
+
+    # ---- at zero: wake up on lag above the activation threshold
+    if n == 0:
+        if lag > policy.activation_lag and hi > 0:
+            need = max(1, _need_up(policy, lag, input_rate, capacity, partitions))
+            target = min(need, step_cap, hi)
+            return result(target, WAKE_UP, f"lag {lag} > activationLag {policy.activation_lag}")
+        if bounded != n:
+            return result(bounded, BOUNDS, f"minReplicas is {policy.min_replicas}")
+        return result(0, STEADY, f"idle: lag {lag} <= activationLag {policy.activation_lag}")
+
+    # ---- scale up
+    need = _need_up(policy, lag, input_rate, capacity, partitions)
+    growing = (
+        len(recent) > 2
+        and all(b.lag > a.lag for a, b in zip(recent[-3:], recent[-2:], strict=False))
+        and lag > n * policy.lag_per_replica
+    )
+    if growing and need <= n:
+        # The throughput estimate is evidently too high: lag is above target and rising.
+        need = align(n + 1, partitions) if policy.align_to_partitions else n + 1
+    if need > n and n < hi:
+        target = max(min(need, step_cap, hi), bounded)
+        how = (
+            f"input {input_rate:.0f}/s + backlog {lag} over {policy.catch_up_seconds:.0f}s "
+            f"at {capacity:.0f}/s per replica"
+            if capacity
+            else f"lag {lag} > {n} x lagPerReplica {policy.lag_per_replica}"
+        )
+        return result(
+            target, SCALE_UP, f"{n} -> {target}: {how}" + (" (rising)" if growing else "")
+        )
+
+    # ---- scale to zero
+    if policy.min_replicas == 0 and _idle(samples, now, policy.idle_timeout):
+        return result(0, SCALE_TO_ZERO, f"no lag and no input for {policy.idle_timeout:.0f}s")
+
+    # ---- scale down: every sample of the window must agree, to the largest need among them
+    window = [s for s in samples if s.time >= now - policy.scale_down_stabilization]
+    covered = samples[0].time <= now - policy.scale_down_stabilization + policy.poll_interval
+    if covered and n > max(policy.min_replicas, 1):
+        most = 0
+        for prev, s in zip([None, *window[:-1]], window, strict=False):
+            rate = _rate(prev, s, "log_end") if prev is not None else input_rate
+            most = max(most, _need_steady(policy, _lag_without(s, stuck), rate, capacity))
+        if policy.align_to_partitions:
+            most = align(most, partitions)
+        target = max(clamp(policy, partitions, most), 1)
+        if target < n:
+            return result(
+                target,
+                SCALE_DOWN,
+                f"{n} -> {target}: at most {most} needed over the last "
+                f"{policy.scale_down_stabilization:.0f}s",
+            )
+
+    if bounded != n:
+        return result(bounded, BOUNDS, f"replicas brought within [{policy.min_replicas}, {hi}]")
+    return result(n, STEADY, f"lag {lag} within target for {n} replicas")
+
+
+def _need_up(
+    policy: Policy, lag: int, input_rate: float, capacity: float | None, partitions: int
+) -> int:
+    """Replicas to absorb the input and drain the backlog in time (or KEDA's lag rule)."""
+    if capacity:
+        rate = input_rate + lag / policy.catch_up_seconds
+        need = math.ceil(rate / (capacity * policy.target_utilization))
+    else:
+        need = math.ceil(lag / policy.lag_per_replica)
+    return align(need, partitions) if policy.align_to_partitions else need
+
+
+def _need_steady(policy: Policy, lag: int, input_rate: float, capacity: float | None) -> int:
+    """Replicas one sample needed, for scale-down: its lag target and its input rate."""
+    need = math.ceil(lag / policy.lag_per_replica)
+    if capacity:
+        need = max(need, math.ceil(input_rate / (capacity * policy.target_utilization)))
+    if lag > 0 or input_rate > 0:
+        need = max(need, 1)
+    return need
+
+
+def _idle(samples: Sequence[Sample], now: float, timeout: float) -> bool:
+    """Neither lag nor input over the whole idle timeout (and the history covers it)."""
+    if samples[0].time > now - timeout:
+        return False
+    window = [s for s in samples if s.time >= now - timeout]
+    before = [s for s in samples if s.time < now - timeout]
+    base = before[-1] if before else window[0]
+    return all(s.lag == 0 and s.log_end == base.log_end for s in window)
+
+
+def _capacity(
+    policy: Policy,
+    *,
+    samples: Sequence[Sample],
+    n: int,
+    now: float,
+    stuck: set[PartitionKey],
+    learned: float | None,
+) -> float | None:
+    """Per-replica throughput, measured when the workers were saturated, else as learned.
+
+    Saturated: over the rate window, with the same replica count throughout (after one poll
+    to settle the rebalance), lag stayed above the per-replica target at every sample. Then
+    the drain rate is what the workers can do, not what the input lets them do.
+    """
+    if n <= 0:
+        return learned
+    same = [s for s in samples if s.time >= now - policy.rate_window]
+    if len(same) < 3 or any(s.replicas != n for s in same):
+        return learned
+    if not all(_lag_without(s, stuck) > n * policy.lag_per_replica for s in same[1:]):
+        return learned
+    drained = _rate(same[1], same[-1], "position")
+    if drained <= 0:
+        return learned
+    observed = drained / n
+    # Smooth, but let a new measurement dominate: throughput changes with the data.
+    return observed if learned is None else 0.5 * learned + 0.5 * observed
+
+
+def policy_for(pipeline: StreamPipeline, **tuning: float | int | bool) -> Policy:
+    return Policy.from_spec(pipeline.spec.autoscaling, **tuning)
+
+
+__all__ = [
+    "REASONS",
+    "Decision",
+    "History",
+    "PartitionSample",
+    "Policy",
+    "Sample",
+    "align",
+    "clamp",
+    "decide",
+    "policy_for",
+    "stuck_partitions",
+    "upper_bound",
+]

@@ -1,0 +1,151 @@
+"""Helpers for the operator unit tests: the examples, a pipeline factory, and FakeKube,
+an in-memory stand-in for the API server used by the reconciler's unit tests.
+
+It implements operator/kube.py's KubeApi protocol with the behaviour the reconciler relies
+on: apply creates or replaces the applied fields (plus server-added ones, so the drift
+check meets defaulted objects), get/delete/list by name and labels, a merge patch of the
+status, and discovery of optional APIs. The real API server is exercised by
+tests/integration/operator/.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.settings import OperatorSettings
+
+Manifest = dict[str, Any]
+
+
+def _merge(base: Manifest, patch: Manifest) -> Manifest:
+    out = dict(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+class FakeKube:
+    def __init__(self, served: set[tuple[str, str]] | None = None) -> None:
+        self.objects: dict[tuple[str, str, str, str], Manifest] = {}
+        self.secrets: dict[tuple[str, str], dict[str, str]] = {}
+        self.served_kinds = served if served is not None else set()
+        self.applies: list[str] = []
+        self.deletes: list[str] = []
+        self.status_patches: list[Manifest] = []
+        self.events: list[Manifest] = []
+        self._uid = 0
+
+    # helpers for tests
+    def put(self, obj: Manifest) -> Manifest:
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("namespace", "default")
+        self._uid += 1
+        meta.setdefault("uid", f"uid-{self._uid}")
+        meta.setdefault("generation", 1)
+        key = (obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        self.objects[key] = obj
+        return obj
+
+    def find(self, kind: str, name: str, namespace: str = "default") -> Manifest | None:
+        for (_, k, ns, n), obj in self.objects.items():
+            if (k, ns, n) == (kind, namespace, name):
+                return obj
+        return None
+
+    # KubeApi
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None:
+        obj = self.objects.get((api_version, kind, namespace, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def apply(self, manifest: Manifest) -> Manifest:
+        meta = manifest["metadata"]
+        key = (manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        self.applies.append(f"{manifest['kind']}/{meta['name']}")
+        live = self.objects.get(key)
+        if live is None:
+            self._uid += 1
+            live = {"metadata": {"uid": f"uid-{self._uid}", "generation": 0}}
+            if manifest["kind"] == "Deployment":
+                live["status"] = {}
+        merged = _merge(live, manifest)
+        merged["metadata"]["generation"] = int(merged["metadata"].get("generation", 0)) + 1
+        if manifest["kind"] == "Deployment" and "replicas" not in merged["spec"]:
+            merged["spec"]["replicas"] = 1  # the API server's default
+        self.objects[key] = merged
+        return copy.deepcopy(merged)
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        self.deletes.append(f"{kind}/{name}")
+        return self.objects.pop((api_version, kind, namespace, name), None) is not None
+
+    def list(
+        self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
+    ) -> list[Manifest]:
+        wanted = dict(p.split("=", 1) for p in label_selector.split(",") if p)
+        return [
+            copy.deepcopy(o)
+            for (av, k, ns, _), o in self.objects.items()
+            if (av, k) == (api_version, kind)
+            and (namespace is None or ns == namespace)
+            and all(o["metadata"].get("labels", {}).get(a) == b for a, b in wanted.items())
+        ]
+
+    def patch_status(self, namespace: str, name: str, status: Manifest) -> Manifest:
+        self.status_patches.append(copy.deepcopy(status))
+        obj = self.find("StreamPipeline", name, namespace)
+        assert obj is not None
+        obj["status"] = _merge(obj.get("status") or {}, status)
+        return copy.deepcopy(obj)
+
+    def served(self, api_version: str, kind: str) -> bool:
+        return (api_version, kind) in self.served_kinds
+
+    def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        data = self.secrets.get((namespace, name))
+        return dict(data) if data is not None else None
+
+    # test conveniences
+    def roll_out(self, name: str, namespace: str = "default") -> None:
+        """What the Deployment controller and kubelets do: all replicas updated and ready."""
+        dep = self.find("Deployment", name, namespace)
+        assert dep is not None
+        n = dep["spec"].get("replicas", 1)
+        dep["status"] = {
+            "observedGeneration": dep["metadata"]["generation"],
+            "replicas": n,
+            "readyReplicas": n,
+            "updatedReplicas": n,
+            "availableReplicas": n,
+        }
+
+
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def example_doc(stem: str) -> dict[str, Any]:
+    path = next(p for p in EXAMPLES if p.stem == stem)
+    doc: dict[str, Any] = yaml.safe_load(path.read_text())
+    return doc
+
+
+def with_meta(doc: dict[str, Any], **meta: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(doc)
+    doc.setdefault("metadata", {}).update(meta)
+    return doc
+
+
+def pipeline_from(doc: dict[str, Any], **meta: Any) -> StreamPipeline:
+    return StreamPipeline.model_validate(with_meta(doc, **meta))
+
+
+SETTINGS = OperatorSettings(worker_image="ghcr.io/streamherd/streamherd:test")

@@ -1,0 +1,103 @@
+"""The committed CRD is the generated one, is fully described, and carries the CEL rules."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from streamherd.operator.api import v1alpha1
+from streamherd.operator.api.crd import build_crd, crd_yaml
+
+ROOT = Path(__file__).resolve().parents[3]
+CRD_FILE = ROOT / "crds" / "streampipelines.streamherd.io.yaml"
+
+
+def schema() -> dict[str, Any]:
+    s: dict[str, Any] = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return s
+
+
+def test_committed_crd_equals_the_generated_one() -> None:
+    assert CRD_FILE.read_text() == crd_yaml(), "crds/ is stale: run `streamherd crd > crds/...`"
+
+
+def _walk(node: dict[str, Any], path: str) -> list[str]:
+    missing = []
+    for name, sub in node.get("properties", {}).items():
+        here = f"{path}.{name}"
+        if name != "metadata" and not sub.get("description"):
+            missing.append(here)
+        missing += _walk(sub, here)
+    items = node.get("items")
+    if isinstance(items, dict):
+        missing += _walk(items, f"{path}[]")
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        missing += _walk(extra, f"{path}{{}}")
+    return missing
+
+
+def test_every_property_is_described() -> None:
+    assert _walk(schema(), "") == []
+
+
+def _models_with_cross_field_validators() -> list[type[BaseModel]]:
+    found = []
+    for _, obj in inspect.getmembers(v1alpha1, inspect.isclass):
+        if (
+            issubclass(obj, BaseModel)
+            and obj.__module__ == v1alpha1.__name__
+            and obj.__pydantic_decorators__.model_validators
+            and obj is not v1alpha1.StreamPipeline
+        ):
+            found.append(obj)
+    return found
+
+
+def _rules_in(node: Any) -> list[str]:
+    rules: list[str] = []
+    if isinstance(node, dict):
+        rules += [r["message"] for r in node.get("x-kubernetes-validations", [])]
+        for value in node.values():
+            rules += _rules_in(value)
+    elif isinstance(node, list):
+        for value in node:
+            rules += _rules_in(value)
+    return rules
+
+
+@pytest.mark.parametrize("model", _models_with_cross_field_validators(), ids=lambda m: m.__name__)
+def test_each_cross_field_validator_has_cel_rules(model: type[BaseModel]) -> None:
+    extra = model.model_config.get("json_schema_extra")
+    assert isinstance(extra, dict), f"{model.__name__} has a model validator but no CEL rule"
+    rules = extra.get("x-kubernetes-validations")
+    assert isinstance(rules, list) and rules, f"{model.__name__}: no x-kubernetes-validations"
+    in_crd = set(_rules_in(schema()))
+    for rule in rules:
+        assert isinstance(rule, dict)
+        assert rule["message"] in in_crd, f"{model.__name__}: {rule['message']!r} not in the CRD"
+
+
+def test_the_expected_cel_rules_are_present() -> None:
+    messages = _rules_in(schema())
+    for expected in (
+        "source needs exactly one of kafka or generator",
+        "sink needs exactly one of kafka or stdout",
+        "minReplicas must be less than or equal to maxReplicas",
+        "sink.kafka.topic must not be one of source.kafka.topics (a feedback loop)",
+        "a secret needs a mountPath or env entries",
+    ):
+        assert expected in messages
+
+
+def test_crd_file_is_a_valid_crd_document() -> None:
+    doc = yaml.safe_load(CRD_FILE.read_text())
+    assert doc["kind"] == "CustomResourceDefinition"
+    version = doc["spec"]["versions"][0]
+    assert version["subresources"]["status"] == {}
+    assert version["subresources"]["scale"]["labelSelectorPath"] == ".status.selector"
