@@ -299,7 +299,7 @@ NEVER = [
     ("create", "rolebindings.rbac.authorization.k8s.io"),
     ("create", "secrets"),
     ("patch", "secrets"),
-    ("create", "pods/exec"),
+    ("create", "pods", "--subresource=exec"),
     ("delete", "namespaces"),
     ("create", "customresourcedefinitions.apiextensions.k8s.io"),
     ("update", "streampipelines.streamherd.io"),
