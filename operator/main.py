@@ -82,7 +82,11 @@ async def operate(
 def run_operator(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
     settings = settings_from_args(args)
-    kube = Kube.from_kubeconfig(args.kubeconfig)
+    # Optional APIs (monitoring.coreos.com, keda.sh) installed later are noticed within a
+    # resync: discovery answers are cached for at most one resync interval (and 60 s).
+    kube = Kube.from_kubeconfig(
+        args.kubeconfig, discovery_ttl=min(60.0, settings.resync_interval_seconds)
+    )
     logging.getLogger(__name__).info(
         "streamherd operator starting: namespaces=%s resync=%ss worker image %s",
         list(settings.namespaces) or "all",

@@ -34,7 +34,7 @@ SHORT_NAMES = ["sp"]
 
 _NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _TOPIC = r"^[a-zA-Z0-9._-]{1,249}$"
-_QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+_QUANTITY = r"^(\+?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
