@@ -1,0 +1,107 @@
+"""(3) The API server itself refuses invalid StreamPipelines, naming the field.
+
+No operator needed: the CRD's structural schema and CEL rules do the work. kubectl's
+default strict field validation makes unknown fields errors too.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from operator_harness import load_example
+
+from tests.infra.controlplane import KubeCluster
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+
+
+def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(doc)
+    node = doc
+    keys = path.split(".")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    if value is _DELETE:
+        node.pop(keys[-1])
+    else:
+        node[keys[-1]] = value
+    return doc
+
+
+_DELETE = object()
+BASE = load_example("02-clicks-per-minute")
+LOCAL = load_example("01-clicks-local")
+
+CASES = [
+    ("wrong type", BASE, "spec.replicas", "two", "spec.replicas"),
+    ("missing required", BASE, "spec.sink", _DELETE, "spec.sink: Required value"),
+    ("min > max", BASE, "spec.autoscaling.minReplicas", 9,
+     "minReplicas must be less than or equal to maxReplicas"),
+    ("bad enum", BASE, "spec.autoscaling.mode", "magic",
+     "spec.autoscaling.mode: Unsupported value"),
+    ("negative replicas", BASE, "spec.replicas", -1, "spec.replicas: Invalid value"),
+    ("negative lag per replica", BASE, "spec.autoscaling.lagPerReplica", -5,
+     "spec.autoscaling.lagPerReplica: Invalid value"),
+    ("negative volume size", BASE, "spec.checkpoint.volume.size", "-1Gi",
+     "spec.checkpoint.volume.size: Invalid value"),
+    ("unknown source kind", BASE, "spec.source",
+     {"rabbitmq": {"queue": "q"}}, 'unknown field "spec.source.rabbitmq"'),
+    ("two sources", BASE, "spec.source.generator", {"count": 1},
+     "source needs exactly one of kafka or generator"),
+    ("sink topic is a source topic", BASE, "spec.sink.kafka.topic", "clicks",
+     "sink.kafka.topic must not be one of source.kafka.topics"),
+    ("bad duration", BASE, "spec.checkpoint.interval", "10 seconds",
+     "spec.checkpoint.interval: Invalid value"),
+    ("RWO with several workers", BASE, "spec.checkpoint.volume.accessModes", ["ReadWriteOnce"],
+     "a ReadWriteOnce checkpoint volume cannot be shared"),
+    ("hpa scaling to zero", BASE, "spec.autoscaling",
+     {"mode": "hpa", "minReplicas": 0, "maxReplicas": 3}, "hpa mode cannot scale to zero"),
+    ("dead letter is a source topic", BASE, "spec.deadLetter.topic", "clicks",
+     "deadLetter.topic must not be one of source.kafka.topics"),
+    ("bad topic name", BASE, "spec.source.kafka.topics", ["bad topic!"],
+     "spec.source.kafka.topics[0]: Invalid value"),
+    ("two sinks", BASE, "spec.sink.stdout", {}, "sink needs exactly one of kafka or stdout"),
+    ("secret with nothing to do", LOCAL, "spec.secrets", [{"secretName": "s"}],
+     "a secret needs a mountPath or env entries"),
+    ("sink without brokers for a generator", LOCAL, "spec.sink", {"kafka": {"topic": "out"}},
+     "sink.kafka.bootstrapServers is required when the source is not Kafka"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def namespace(kube_cluster: KubeCluster, crd: str) -> Iterator[str]:
+    ns = f"invalid-{uuid.uuid4().hex[:8]}"
+    kube_cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    yield ns
+    kube_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_the_base_manifests_are_accepted(kube_cluster: KubeCluster, namespace: str) -> None:
+    for doc in (BASE, LOCAL):
+        proc = kube_cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
+                                    input=yaml.safe_dump(doc), check=False)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(("case", "base", "path", "value", "expected"), CASES,
+                         ids=[c[0] for c in CASES])  # fmt: skip
+def test_invalid_manifest_is_refused_naming_the_field(
+    kube_cluster: KubeCluster,
+    namespace: str,
+    case: str,
+    base: dict[str, Any],
+    path: str,
+    value: Any,
+    expected: str,
+) -> None:
+    doc = _set(base, path, value)
+    doc["metadata"]["name"] = f"bad-{uuid.uuid4().hex[:6]}"
+    proc = kube_cluster.kubectl("apply", "-n", namespace, "-f", "-",
+                                input=yaml.safe_dump(doc), check=False)  # fmt: skip
+    assert proc.returncode != 0, f"{case}: the API server accepted it"
+    assert expected in proc.stderr, proc.stderr
