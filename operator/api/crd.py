@@ -51,6 +51,12 @@ def _resolve(node: Any, defs: JSON) -> Any:
             break
     if "const" in node:
         node["enum"] = [node.pop("const")]
+    # JSON Schema 2020-12 (pydantic) spells exclusive bounds as numbers; OpenAPI v3.0 (the
+    # API server) wants the bound in minimum/maximum and exclusiveMinimum/Maximum: true.
+    for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if isinstance(node.get(flag), int | float) and not isinstance(node[flag], bool):
+            node[bound] = node.pop(flag)
+            node[flag] = True
     out: JSON = {}
     for key, value in node.items():
         if key in _DROP_KEYS or key == "$defs":
@@ -62,15 +68,17 @@ def _resolve(node: Any, defs: JSON) -> Any:
             for name, sub in value.items():
                 resolved = _resolve(sub, defs)
                 # A field with neither a static default (None included) nor `required` has a
-                # default_factory: give objects `default: {}` so the API server fills in the
-                # nested defaults and `kubectl get -o yaml` shows the effective settings.
+                # default_factory: give objects a default so the API server fills in the
+                # nested defaults and `kubectl get -o yaml` shows the effective settings. The
+                # default is spelled out in full (not `{}`): the API server checks a default
+                # against the object's CEL rules as written, before nested defaulting.
                 if (
                     "default" not in sub
                     and name not in node.get("required", [])
                     and resolved.get("type") == "object"
                     and "properties" in resolved
                 ):
-                    resolved["default"] = {}
+                    resolved["default"] = _filled_defaults(resolved)
                 out[key][name] = resolved
         elif key in ("items", "additionalProperties") and isinstance(value, dict):
             out[key] = _resolve(value, defs)
@@ -85,6 +93,15 @@ def _resolve(node: Any, defs: JSON) -> Any:
         out.pop("additionalProperties")
         out["x-kubernetes-preserve-unknown-fields"] = True
     return out
+
+
+def _filled_defaults(schema: JSON) -> JSON:
+    """The object an empty `{}` becomes after the API server's nested defaulting."""
+    value: JSON = {}
+    for name, sub in schema.get("properties", {}).items():
+        if "default" in sub:
+            value[name] = copy.deepcopy(sub["default"])
+    return value
 
 
 def _check_described(schema: JSON, path: str = "spec") -> None:

@@ -280,7 +280,9 @@ class CheckpointVolume(Model):
         default=None, description="StorageClass; the cluster default when omitted."
     )
     access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
-        default_factory=lambda: ["ReadWriteMany"],  # type: ignore[arg-type]
+        # A static default (pydantic copies it per instance), not a factory: the CRD needs
+        # it as `default:` so CEL rules over accessModes see it when the user omits it.
+        default=["ReadWriteMany"],
         min_length=1,
         max_length=3,
         description=(
