@@ -187,27 +187,27 @@ def build_registry(ops: OperatorSettings) -> Any:
     resource = (GROUP, VERSION, PLURAL)
     backoff = 5.0
 
-    @kopf.on.login(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
     def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
         ctx: OperatorContext = memo["ctx"]
         return connection_info(ctx.kube)
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(id="configure", registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure_kopf(settings, ops)
         ctx: OperatorContext = memo["ctx"]
         ctx.resync_task = asyncio.create_task(resync_loop(ctx), name="streamherd-resync")
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.cleanup(id="cleanup", registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         ctx: OperatorContext = memo["ctx"]
         if ctx.resync_task is not None:
             ctx.resync_task.cancel()
         ctx.executor.shutdown(wait=False, cancel_futures=True)
 
-    @kopf.on.resume(*resource, registry=registry)
-    @kopf.on.create(*resource, registry=registry)
-    @kopf.on.update(*resource, registry=registry)
+    @kopf.on.resume(*resource, id="reconcile", registry=registry)
+    @kopf.on.create(*resource, id="reconcile", registry=registry)
+    @kopf.on.update(*resource, id="reconcile", registry=registry)
     async def changed(namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any) -> None:
         ctx: OperatorContext = memo["ctx"]
         try:
@@ -218,7 +218,7 @@ def build_registry(ops: OperatorSettings) -> Any:
             # The status already says why; kopf stops retrying until the spec changes.
             raise kopf.PermanentError(f"invalid spec: {result.invalid}")
 
-    @kopf.on.event(*resource, registry=registry)
+    @kopf.on.event(*resource, id="track-pipeline", registry=registry)
     async def pipeline_event(
         type: str | None, namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any
     ) -> None:
@@ -233,7 +233,7 @@ def build_registry(ops: OperatorSettings) -> Any:
     @kopf.on.event(
         "apps", "v1", "deployments",
         labels={"app.kubernetes.io/managed-by": MANAGED_BY, PIPELINE_LABEL: kopf.PRESENT},
-        registry=registry,
+        id="deployment-changed", registry=registry,
     )  # fmt: skip
     async def deployment_event(
         type: str | None, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
@@ -248,7 +248,7 @@ def build_registry(ops: OperatorSettings) -> Any:
         ctx: OperatorContext = memo["ctx"]
         return bool(ctx.pipelines_using(str(namespace), str(name)))
 
-    @kopf.on.event("", "v1", "secrets", when=referenced, registry=registry)
+    @kopf.on.event("", "v1", "secrets", id="secret-changed", when=referenced, registry=registry)
     async def secret_event(
         type: str | None, namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any
     ) -> None:

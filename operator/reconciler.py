@@ -324,7 +324,8 @@ def _monitoring_condition(pipeline: StreamPipeline, caps: Capabilities) -> tuple
         return (
             "False",
             "MonitoringAPINotServed",
-            f"{MONITORING_API} {' and '.join(missing)} is not served by this cluster: "
+            f"{MONITORING_API} {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not served by this cluster: "
             "install the Prometheus Operator CRDs (the operator checks again on every resync)",
         )
     return "True", "Created", f"{' and '.join(wanted)} created"
