@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.infra import controlplane
+from tests.infra.controlplane import KubeCluster
 from tests.infra.kafka import KafkaBroker, reuse_from_env, start_kafka
 from tests.infra.processes import InfraError
 
@@ -44,6 +46,47 @@ def kafka_broker() -> Iterator[KafkaBroker]:
         yield proc.broker
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(request: pytest.FixtureRequest) -> Iterator[KubeCluster]:
+    """A real Kubernetes control plane with two fake (kwok) Ready nodes, for the session.
+
+    Never the ambient kube context: our own control plane, the one named by
+    STREAMHERD_TEST_KUBECONFIG (`make cluster-up`, never torn down here), or with
+    --cluster=kind the cluster of pytest-kind. Use a fresh namespace per test.
+    """
+    if request.config.getoption("--cluster") == "kind":
+        yield _kind_cluster(request)
+        return
+    try:
+        reused = controlplane.reuse_from_env()
+        if reused is not None:
+            yield reused
+            return
+        cp = controlplane.start_control_plane()
+    except InfraError as e:
+        pytest.fail(f"Kubernetes control plane could not start: {e}", pytrace=False)
+    try:
+        yield cp.cluster
+    finally:
+        cp.stop()
+
+
+def _kind_cluster(request: pytest.FixtureRequest) -> KubeCluster:
+    try:
+        import pytest_kind  # noqa: F401 - only to give a clear message when it is missing
+    except ImportError:
+        pytest.fail(
+            "--cluster=kind needs pytest-kind (pip install -e '.[kind]') and Docker or Podman",
+            pytrace=False,
+        )
+    kind = request.getfixturevalue("kind_cluster")
+    bin_dir = controlplane.cached_bin_dir()
+    return KubeCluster(
+        kubeconfig=kind.kubeconfig_path,
+        bin_dir=bin_dir if (bin_dir / "kubectl").exists() else None,
+    )
 
 
 def _log_hints(item: pytest.Item) -> list[str]:

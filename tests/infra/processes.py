@@ -7,8 +7,8 @@ output to a log file in the launcher's throwaway directory, whose path ends up i
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +19,6 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HACK_DIR = REPO_ROOT / "hack"
-_PR_SET_PDEATHSIG = 1
 
 
 class InfraError(RuntimeError):
@@ -84,11 +83,16 @@ def run_hack_script(name: str, env: Mapping[str, str] | None = None) -> Path:
     return Path(out[-1])
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: the kernel kills the child when the test
-    # process dies, even by SIGKILL, so a crashed pytest never leaves brokers behind.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def _tied_to_parent(argv: Sequence[str]) -> list[str]:
+    """argv wrapped so the kernel SIGKILLs it when the test process dies, even by SIGKILL.
+
+    setpriv (util-linux) sets PR_SET_PDEATHSIG, which survives its exec of argv: no
+    preexec_fn, which is unsafe once librdkafka's threads run in the test process.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return list(argv)  # still stopped by the fixtures' tear-down, just not on a crash
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv]
 
 
 @dataclass(frozen=True)
@@ -116,14 +120,13 @@ def spawn(
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            list(argv),
+            _tied_to_parent(argv) if tie_to_parent else list(argv),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent if tie_to_parent else None,  # noqa: PLW1509
         )
     return Child(name=name, pid=proc.pid, log=log), proc
 

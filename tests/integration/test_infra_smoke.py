@@ -5,9 +5,14 @@ If these fail, every other integration test would too: they check the fixtures t
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
+from tests.infra.controlplane import FAKE_NODES, KubeCluster
 from tests.infra.kafka import KafkaBroker
+from tests.infra.processes import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,3 +43,95 @@ def test_kafka_explicit_partition_and_raw_values(kafka_broker: KafkaBroker) -> N
     records = kafka_broker.consume_all(topic, timeout=30)
 
     assert [(r.partition, r.value) for r in records] == [(2, b"raw"), (2, b"text"), (2, None)]
+
+
+def _deployment(name: str, replicas: int) -> dict[str, Any]:
+    labels = {"app.kubernetes.io/name": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "main", "image": "example.invalid/app:1"}]},
+            },
+        },
+    }
+
+
+@pytest.mark.cluster
+def test_deployment_gets_running_ready_pods_on_fake_nodes(kube_cluster: KubeCluster) -> None:
+    ns = kube_cluster.create_namespace("smoke")
+    kube_cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(_deployment("web", 2)))
+
+    kube_cluster.kubectl("rollout", "status", "-n", ns, "deployment/web", "--timeout=120s")
+
+    pods = kube_cluster.get_json("pods", "-n", ns, "-l", "app.kubernetes.io/name=web")["items"]
+    assert len(pods) == 2
+    for pod in pods:
+        assert pod["status"]["phase"] == "Running"
+        ready = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+        assert ready["Ready"] == "True"
+        assert pod["spec"]["nodeName"] in FAKE_NODES
+    # The ReplicaSet in between exists and is owned by the Deployment.
+    rs = kube_cluster.get_json("replicasets", "-n", ns)["items"]
+    assert [o["kind"] for r in rs for o in r["metadata"]["ownerReferences"]] == ["Deployment"]
+
+
+@pytest.mark.cluster
+def test_deleting_an_owner_garbage_collects_what_it_owns(kube_cluster: KubeCluster) -> None:
+    ns = kube_cluster.create_namespace("smoke")
+    kube_cluster.kubectl("create", "configmap", "owner", "-n", ns)
+    owner_uid = kube_cluster.get_json("configmap", "owner", "-n", ns)["metadata"]["uid"]
+    owned = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "owned",
+            "namespace": ns,
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner_uid}
+            ],
+        },
+        "data": {"k": "v"},
+    }
+    kube_cluster.apply(owned)
+
+    kube_cluster.kubectl("delete", "configmap", "owner", "-n", ns, "--wait=true")
+
+    def owned_gone() -> bool:
+        got = kube_cluster.kubectl("get", "configmap", "owned", "-n", ns, check=False)
+        return got.returncode != 0 and "NotFound" in got.stderr
+
+    wait_for("the owned ConfigMap to be garbage-collected", owned_gone, timeout=60)
+
+
+@pytest.mark.cluster
+def test_restricted_pod_security_rejects_a_privileged_pod(kube_cluster: KubeCluster) -> None:
+    ns = kube_cluster.create_namespace(
+        "smoke", labels={"pod-security.kubernetes.io/enforce": "restricted"}
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "privileged", "namespace": ns},
+        "spec": {
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "example.invalid/app:1",
+                    "securityContext": {"privileged": True},
+                }
+            ]
+        },
+    }
+
+    result = kube_cluster.kubectl("apply", "-f", "-", input=json.dumps(pod), check=False)
+
+    assert result.returncode != 0
+    assert 'violates PodSecurity "restricted' in result.stderr
+    assert "privileged" in result.stderr
+    assert kube_cluster.kubectl("get", "pod", "privileged", "-n", ns, check=False).returncode != 0
