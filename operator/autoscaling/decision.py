@@ -258,7 +258,7 @@ def decide(
     recent = [s for s in samples if s.time >= now - policy.rate_window]
     input_rate = _rate(recent[0], latest, "log_end") if len(recent) > 1 else 0.0
     drain_rate = _rate(recent[0], latest, "position") if len(recent) > 1 else 0.0
-    capacity = _capacity(policy, samples=samples, n=n, now=now, stuck=stuck, learned=hist.capacity)
+    capacity = _capacity(policy, samples=samples, stuck=stuck, learned=hist.capacity)
     stuck_keys = tuple(sorted(stuck))
 
     def result(replicas: int, reason: str, message: str) -> Decision:
@@ -291,6 +291,11 @@ def decide(
 
     # ---- scale up
     need = _need_up(policy, lag, input_rate, capacity, partitions)
+    if capacity and _need_up(policy, lag, input_rate, capacity, partitions, 1.0) <= n:
+        # Sized at the target utilization, but triggered only when the workers are short at
+        # full speed: the band between the two is the hysteresis that keeps noise from
+        # flapping (scale-down sizes at the target utilization too).
+        need = n
     growing = (
         len(recent) > 2
         and all(b.lag > a.lag for a, b in zip(recent[-3:], recent[-2:], strict=False))
@@ -340,12 +345,18 @@ def decide(
 
 
 def _need_up(
-    policy: Policy, lag: int, input_rate: float, capacity: float | None, partitions: int
+    policy: Policy,
+    lag: int,
+    input_rate: float,
+    capacity: float | None,
+    partitions: int,
+    utilization: float | None = None,
 ) -> int:
     """Replicas to absorb the input and drain the backlog in time (or KEDA's lag rule)."""
     if capacity:
         rate = input_rate + lag / policy.catch_up_seconds
-        need = math.ceil(rate / (capacity * policy.target_utilization))
+        usable = capacity * (policy.target_utilization if utilization is None else utilization)
+        need = math.ceil(rate / usable)
     else:
         need = math.ceil(lag / policy.lag_per_replica)
     return align(need, partitions) if policy.align_to_partitions else need
@@ -375,29 +386,34 @@ def _capacity(
     policy: Policy,
     *,
     samples: Sequence[Sample],
-    n: int,
-    now: float,
     stuck: set[PartitionKey],
     learned: float | None,
 ) -> float | None:
-    """Per-replica throughput, measured when the workers were saturated, else as learned.
+    """Per-replica throughput, from the last poll interval if the workers were saturated.
 
-    Saturated: over the rate window, with the same replica count throughout (after one poll
-    to settle the rebalance), lag stayed above the per-replica target at every sample. Then
-    the drain rate is what the workers can do, not what the input lets them do.
+    Saturated over an interval: the lag was above the per-replica target at both ends, or it
+    rose and ended at a sizeable fraction of the target (a rising lag means the input outran
+    the workers; small lags are ignored because commits arrive in steps, one per checkpoint,
+    so a small lag can rise on an idle worker). Then the drain rate is what the workers can
+    do, not what the input let them do. Otherwise the learned value stands. The replica count
+    is the one at the end of the interval: a rebalance in between makes the estimate low,
+    which errs on the side of more workers and is corrected by the next saturated interval.
     """
+    if len(samples) < 2:
+        return learned
+    a, b = samples[-2], samples[-1]
+    n = b.replicas
     if n <= 0:
         return learned
-    same = [s for s in samples if s.time >= now - policy.rate_window]
-    if len(same) < 3 or any(s.replicas != n for s in same):
-        return learned
-    if not all(_lag_without(s, stuck) > n * policy.lag_per_replica for s in same[1:]):
-        return learned
-    drained = _rate(same[1], same[-1], "position")
-    if drained <= 0:
+    lag_a, lag_b = _lag_without(a, stuck), _lag_without(b, stuck)
+    target = n * policy.lag_per_replica
+    above = lag_a > target and lag_b > target
+    rising = lag_b > lag_a and lag_b * 2 > target
+    drained = _rate(a, b, "position")
+    if not (above or rising) or drained <= 0:
         return learned
     observed = drained / n
-    # Smooth, but let a new measurement dominate: throughput changes with the data.
+    # Smooth, but let a new measurement weigh: throughput changes with the data.
     return observed if learned is None else 0.5 * learned + 0.5 * observed
 
 
