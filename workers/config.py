@@ -38,10 +38,13 @@ def _check_duration(text: str) -> str:
     return text
 
 
+# The pattern reaches the JSON schema (and so the CRD) through json_schema_extra: as a
+# Field(pattern=...) after the validator pydantic leaves it out of the schema, and before
+# it pydantic's terse pattern message would replace _check_duration's readable one.
 Duration = Annotated[
     str,
     AfterValidator(_check_duration),
-    Field(pattern=DURATION_PATTERN, json_schema_extra={"example": "30s"}),
+    Field(json_schema_extra={"example": "30s", "pattern": DURATION_PATTERN}),
 ]
 
 
