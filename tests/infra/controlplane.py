@@ -106,6 +106,7 @@ class KubeCluster:
 
     kubeconfig: Path
     bin_dir: Path | None = None
+    provider: str = "local"  # "local": our control plane with FAKE_NODES; "kind": pytest-kind
     workdir: Path | None = None
     log_files: tuple[Path, ...] = field(default=())
 
@@ -543,6 +544,18 @@ def reuse_from_env() -> KubeCluster | None:
     cluster = KubeCluster(kubeconfig=kubeconfig, bin_dir=bin_dir)
     if not cluster.readyz():
         raise InfraError(f"{ENV_REUSE}={path} is set but that API server is not ready")
+    # Tests create and delete freely: refuse any cluster that is not one of ours.
+    nodes = cluster.get_json("nodes")["items"]
+    ours = {
+        n["metadata"]["name"]
+        for n in nodes
+        if n["metadata"].get("annotations", {}).get(KWOK_ANNOTATION) == "fake"
+    }
+    if not set(FAKE_NODES) <= ours:
+        raise InfraError(
+            f"{ENV_REUSE}={path} is not a streamherd test cluster (no kwok nodes "
+            f"{', '.join(FAKE_NODES)}): start one with `make cluster-up`"
+        )
     return cluster
 
 

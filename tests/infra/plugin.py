@@ -86,6 +86,7 @@ def _kind_cluster(request: pytest.FixtureRequest) -> KubeCluster:
     return KubeCluster(
         kubeconfig=kind.kubeconfig_path,
         bin_dir=bin_dir if (bin_dir / "kubectl").exists() else None,
+        provider="kind",
     )
 
 

@@ -15,6 +15,8 @@ from tests.infra.kafka import KafkaBroker
 from tests.infra.processes import wait_for
 
 pytestmark = pytest.mark.integration
+# Nothing runs on kwok's fake nodes; on the opt-in kind tier this image is already on the nodes.
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 
 
 @pytest.mark.kafka
@@ -56,7 +58,7 @@ def _deployment(name: str, replicas: int) -> dict[str, Any]:
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "main", "image": "example.invalid/app:1"}]},
+                "spec": {"containers": [{"name": "main", "image": PAUSE_IMAGE}]},
             },
         },
     }
@@ -70,12 +72,16 @@ def test_deployment_gets_running_ready_pods_on_fake_nodes(kube_cluster: KubeClus
     kube_cluster.kubectl("rollout", "status", "-n", ns, "deployment/web", "--timeout=120s")
 
     pods = kube_cluster.get_json("pods", "-n", ns, "-l", "app.kubernetes.io/name=web")["items"]
+    # Our control plane's nodes are FAKE_NODES (kwok); a kind cluster has its own.
+    nodes = {n["metadata"]["name"] for n in kube_cluster.get_json("nodes")["items"]}
+    if kube_cluster.provider == "local":
+        assert nodes == set(FAKE_NODES)
     assert len(pods) == 2
     for pod in pods:
         assert pod["status"]["phase"] == "Running"
         ready = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
         assert ready["Ready"] == "True"
-        assert pod["spec"]["nodeName"] in FAKE_NODES
+        assert pod["spec"]["nodeName"] in nodes
     # The ReplicaSet in between exists and is owned by the Deployment.
     rs = kube_cluster.get_json("replicasets", "-n", ns)["items"]
     assert [o["kind"] for r in rs for o in r["metadata"]["ownerReferences"]] == ["Deployment"]
@@ -122,7 +128,7 @@ def test_restricted_pod_security_rejects_a_privileged_pod(kube_cluster: KubeClus
             "containers": [
                 {
                     "name": "main",
-                    "image": "example.invalid/app:1",
+                    "image": PAUSE_IMAGE,
                     "securityContext": {"privileged": True},
                 }
             ]
