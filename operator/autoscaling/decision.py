@@ -291,7 +291,7 @@ def decide(
 
     # ---- scale up
     need = _need_up(policy, lag, input_rate, capacity, partitions)
-    if capacity and _need_up(policy, lag, input_rate, capacity, partitions, 1.0) <= n:
+    if capacity and _need_up(policy, lag, input_rate, capacity, partitions, utilization=1.0) <= n:
         # Sized at the target utilization, but triggered only when the workers are short at
         # full speed: the band between the two is the hysteresis that keeps noise from
         # flapping (scale-down sizes at the target utilization too).
@@ -350,6 +350,7 @@ def _need_up(
     input_rate: float,
     capacity: float | None,
     partitions: int,
+    *,
     utilization: float | None = None,
 ) -> int:
     """Replicas to absorb the input and drain the backlog in time (or KEDA's lag rule)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -331,7 +332,7 @@ def test_noisy_steady_load_does_not_flap(mean: float, noise: float, seed: int, t
     lags: list[int] = []
     replicas = simulate(p, rates, per_replica=50_000, partitions=64, replicas=1, lags=lags)
     settled = replicas[80:]  # after 20 minutes
-    changes = sum(1 for a, b in zip(settled, settled[1:], strict=False) if a != b)
+    changes = sum(1 for a, b in itertools.pairwise(settled) if a != b)
     assert changes <= 1, replicas
     # ...and it keeps up: the lag stays within its target (plus one poll of input).
     assert max(lags[80:]) <= max(settled) * target + mean * (1 + noise) * POLL
@@ -345,4 +346,4 @@ def test_step_then_quiet_scales_up_then_down_once() -> None:
     assert replicas[-1] == 0
     peak = replicas.index(max(replicas))
     tail = replicas[peak:]
-    assert all(a >= b for a, b in zip(tail, tail[1:], strict=False))  # no flapping back up
+    assert all(a >= b for a, b in itertools.pairwise(tail))  # no flapping back up
