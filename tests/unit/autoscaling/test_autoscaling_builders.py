@@ -1,0 +1,124 @@
+"""HPA, KEDA ScaledObject and TriggerAuthentication builders (operator/autoscaling/builders.py)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.autoscaling.builders import (
+    EXTERNAL_METRIC,
+    build_autoscaler_objects,
+    build_hpa,
+    build_scaled_object,
+)
+from streamherd.operator.settings import OperatorSettings
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+SETTINGS = OperatorSettings()
+
+
+def _pipeline(mode: str, **autoscaling: Any) -> StreamPipeline:
+    raw = yaml.safe_load((EXAMPLES / "02-clicks-per-minute.yaml").read_text())
+    raw["metadata"]["namespace"] = "shop"
+    raw["spec"]["autoscaling"] = {"mode": mode, **autoscaling}
+    return StreamPipeline.model_validate(raw)
+
+
+def _secure(mode: str) -> StreamPipeline:
+    raw = yaml.safe_load((EXAMPLES / "03-orders-secure.yaml").read_text())
+    raw["spec"]["autoscaling"]["mode"] = mode
+    return StreamPipeline.model_validate(raw)
+
+
+def test_hpa_on_the_external_lag_metric() -> None:
+    p = _pipeline(
+        "hpa", minReplicas=2, maxReplicas=12, lagPerReplica=5000, scaleDownStabilization="2m"
+    )
+    hpa = build_hpa(p, SETTINGS)
+    spec = hpa["spec"]
+    assert hpa["apiVersion"] == "autoscaling/v2" and hpa["kind"] == "HorizontalPodAutoscaler"
+    assert hpa["metadata"]["name"] == p.name and hpa["metadata"]["namespace"] == "shop"
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": p.name}
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (2, 12)
+    (metric,) = spec["metrics"]
+    assert metric["external"]["metric"] == {
+        "name": EXTERNAL_METRIC,
+        "selector": {"matchLabels": {"pipeline": p.name}},
+    }
+    assert metric["external"]["target"] == {"type": "AverageValue", "averageValue": "5000"}
+    assert spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 120
+    assert spec["behavior"]["scaleUp"]["stabilizationWindowSeconds"] == 0
+
+
+def test_scaled_object_maps_every_field() -> None:
+    p = _pipeline(
+        "keda",
+        minReplicas=0,
+        maxReplicas=6,
+        lagPerReplica=250,
+        activationLag=10,
+        idleTimeout="10m",
+        pollInterval="20s",
+        scaleDownStabilization="90s",
+    )
+    so = build_scaled_object(p, SETTINGS)
+    spec = so["spec"]
+    kafka = p.spec.source.kafka
+    assert kafka is not None
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (0, 6)
+    assert (spec["pollingInterval"], spec["cooldownPeriod"]) == (20, 600)
+    hpa_cfg = spec["advanced"]["horizontalPodAutoscalerConfig"]
+    assert hpa_cfg["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 90
+    assert len(spec["triggers"]) == len(kafka.topics)
+    for trigger, topic in zip(spec["triggers"], kafka.topics, strict=True):
+        assert trigger["type"] == "kafka"
+        assert trigger["metadata"] == {
+            "bootstrapServers": kafka.bootstrap_servers,
+            "consumerGroup": p.consumer_group,
+            "topic": topic,
+            "lagThreshold": "250",
+            "activationLagThreshold": "10",
+            "offsetResetPolicy": kafka.start_from,
+            "allowIdleConsumers": "false",
+        }
+        assert "authenticationRef" not in trigger
+    assert build_autoscaler_objects(p, SETTINGS) == [so]
+
+
+def test_keda_with_sasl_gets_a_trigger_authentication_from_the_same_secrets() -> None:
+    p = _secure("keda")
+    objs = build_autoscaler_objects(p, SETTINGS)
+    kinds = [o["kind"] for o in objs]
+    assert kinds == ["TriggerAuthentication", "ScaledObject"]
+    auth, so = objs
+    kafka = p.spec.source.kafka
+    assert kafka is not None and kafka.auth is not None and kafka.auth.sasl is not None
+    refs = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
+    sasl = kafka.auth.sasl
+    assert refs["username"] == (sasl.username.name, sasl.username.key)
+    assert refs["password"] == (sasl.password.name, sasl.password.key)
+    for trigger in so["spec"]["triggers"]:
+        assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
+        assert trigger["metadata"]["sasl"] in {"plaintext", "scram_sha256", "scram_sha512"}
+    # Only references: no secret material anywhere in the objects.
+    assert "password:" not in yaml.safe_dump(objs).replace("parameter: password", "")
+
+
+@pytest.mark.parametrize("mode", ["builtin", "none"])
+def test_other_modes_build_nothing(mode: str) -> None:
+    assert build_autoscaler_objects(_pipeline(mode), SETTINGS) == []
+
+
+def test_suspended_builds_nothing_and_builders_are_pure() -> None:
+    p = _pipeline("keda")
+    before = copy.deepcopy(p.model_dump())
+    assert build_scaled_object(p, SETTINGS) == build_scaled_object(p, SETTINGS)
+    assert p.model_dump() == before
+    raw = p.model_dump(by_alias=True)
+    raw["spec"]["suspend"] = True
+    assert build_autoscaler_objects(StreamPipeline.model_validate(raw), SETTINGS) == []
