@@ -65,7 +65,7 @@ def _time_reader(spec: WindowSpec) -> Callable[[Record, int | None], int]:
             return timestamp_ms
 
         return kafka_time
-    getter = compile_expression(field)
+    getter = compile_expression(field).function
     fmt = spec.event_time.format
 
     def field_time(record: Record, timestamp_ms: int | None) -> int:
@@ -123,13 +123,13 @@ class WindowPlan:
             size_ms=size,
             slide_ms=slide,
             lateness_ms=round(parse_duration(spec.allowed_lateness) * 1000),
-            key=compile_expression(spec.key_by),
+            key=compile_expression(spec.key_by).function,
             event_time=_time_reader(spec),
             aggregates=tuple(
                 AggregatePlan(
                     a.name,
                     a.function,
-                    compile_expression(a.expression)
+                    compile_expression(a.expression).function
                     if a.function != "count" and a.expression
                     else None,
                 )
@@ -233,6 +233,16 @@ class PartitionWindows:
         if self.max_event_ms is None or event_ms > self.max_event_ms:
             self.max_event_ms = event_ms
         watermark = self.max_event_ms - plan.lateness_ms
+        size = plan.size_ms
+        if size == plan.slide_ms:  # tumbling: exactly one window, the common case
+            start = event_ms - event_ms % size
+            if start + size <= watermark:
+                return False
+            acc = self.windows.get((key, start))
+            if acc is None:
+                acc = self.windows[(key, start)] = plan.new_accumulator()
+            plan.update(acc, values)
+            return True
         starts = plan.window_starts(event_ms)
         if starts[-1] + plan.size_ms <= watermark:
             return False
