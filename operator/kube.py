@@ -72,6 +72,7 @@ KNOWN_RESOURCES: Final = {
         ResourceInfo("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
         ResourceInfo("monitoring.coreos.com/v1", "PrometheusRule", "prometheusrules"),
         ResourceInfo("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
+        ResourceInfo("keda.sh/v1alpha1", "TriggerAuthentication", "triggerauthentications"),
         ResourceInfo(f"{GROUP}/{VERSION}", "StreamPipeline", PLURAL),
     )
 }

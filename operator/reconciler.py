@@ -437,14 +437,9 @@ def reconcile(
 
     caps = capabilities(pipeline, kube)
     out = _Outcome()
-    try:
-        desired = build_all(pipeline, settings, secrets_hash=hash_, capabilities=caps)
-    except (ImportError, AttributeError) as e:  # the HPA/KEDA builders are not available
-        desired = []
-        out.failures.append(f"autoscaling children: {e}")
+    desired = build_all(pipeline, settings, secrets_hash=hash_, capabilities=caps)
     _apply_children(pipeline, desired, kube, out)
-    if desired:
-        _delete_unwanted(pipeline, desired, kube, out)
+    _delete_unwanted(pipeline, desired, kube, out)
     if out.created:
         out.events.insert(0, EventNote("Normal", "Created", "created " + ", ".join(out.created)))
     updated = [a for a in out.applied if a not in out.created]

@@ -72,16 +72,9 @@ def render_files(
             for line in problems:
                 err.write(f"  {line}\n")
             continue
-        try:
-            manifests += build_all(
-                pipeline,
-                settings,
-                secrets_hash=OFFLINE_SECRETS_HASH,
-                capabilities=Capabilities(),
-            )
-        except (ImportError, AttributeError) as e:
-            failed = True
-            err.write(f"{file}: cannot build the autoscaling objects: {e}\n")
+        manifests += build_all(
+            pipeline, settings, secrets_hash=OFFLINE_SECRETS_HASH, capabilities=Capabilities()
+        )
     if failed:
         return 1
     if not manifests:

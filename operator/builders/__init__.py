@@ -5,14 +5,12 @@
 the API server: what the cluster offers (monitoring.coreos.com, KEDA) and the hash of the
 referenced Secrets come in as arguments.
 
-HPA and KEDA ScaledObject builders belong to the autoscaler (operator/autoscaling/
-builders.py: ``build_hpa(pipeline, settings)`` and ``build_scaled_object(pipeline,
-settings)``); ``build_all`` calls them when the mode needs them.
+HPA and KEDA objects are the autoscaler's (operator/autoscaling/builders.py:
+``build_autoscaler_objects(pipeline, settings)``); ``build_all`` includes them.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -79,29 +77,21 @@ CHILD_KINDS: Final = (
     ChildKind(MONITORING_API, "ServiceMonitor", _same, optional_api=True),
     ChildKind(MONITORING_API, "PrometheusRule", _same, optional_api=True),
     ChildKind(HPA_API, "HorizontalPodAutoscaler", _same),
+    ChildKind(KEDA_API, "TriggerAuthentication", lambda name: f"{name}-kafka", optional_api=True),
     ChildKind(KEDA_API, "ScaledObject", _same, optional_api=True),
 )
 
-Builder = Callable[[StreamPipeline, OperatorSettings], Manifest]
-
-
-def _autoscaling_builder(name: str) -> Builder:
-    """The autoscaler's builder function (operator/autoscaling/builders.py)."""
-    module = importlib.import_module("streamherd.operator.autoscaling.builders")
-    builder: Builder = getattr(module, name)
-    return builder
-
 
 def autoscaling_children(pipeline: StreamPipeline, settings: OperatorSettings) -> list[Manifest]:
-    """The HPA or ScaledObject the mode needs; none while suspended (replicas pinned to 0)."""
-    spec = pipeline.spec
-    if spec.suspend:
-        return []
-    if spec.autoscaling.mode == "hpa":
-        return [_autoscaling_builder("build_hpa")(pipeline, settings)]
-    if spec.autoscaling.mode == "keda":
-        return [_autoscaling_builder("build_scaled_object")(pipeline, settings)]
-    return []
+    """The HPA, or the KEDA ScaledObject (+ TriggerAuthentication), the mode needs.
+
+    Built by the autoscaler's builders; none while suspended (replicas pinned to 0).
+    """
+    # Imported here: operator/autoscaling/builders.py imports this package's meta module,
+    # so a module-level import would be circular whichever side is imported first.
+    from streamherd.operator.autoscaling.builders import build_autoscaler_objects
+
+    return build_autoscaler_objects(pipeline, settings)
 
 
 def build_all(
@@ -125,6 +115,7 @@ def build_all(
     if monitoring.prometheus_rule and capabilities.prometheus_rule:
         children.append(build_prometheus_rule(pipeline, settings))
     for child in autoscaling_children(pipeline, settings):
+        # Without KEDA installed the mode cannot work; the reconciler reports it (Degraded).
         if child["apiVersion"] == KEDA_API and not capabilities.keda:
             continue
         children.append(child)

@@ -428,3 +428,27 @@ def test_monitoring_children_follow_capabilities_and_spec() -> None:
     assert kinds(clicks(), Capabilities(service_monitor=False, prometheus_rule=False)) == core
     off = clicks(monitoring={"serviceMonitor": False, "prometheusRule": True})
     assert kinds(off, Capabilities()) == [*core, "PrometheusRule"]
+
+
+def test_hpa_and_keda_modes_include_the_autoscaler_objects() -> None:
+    def kinds(p: StreamPipeline, caps: Capabilities | None = None) -> list[str]:
+        caps = caps or Capabilities()
+        return [c["kind"] for c in build_all(p, SETTINGS, secrets_hash="h", capabilities=caps)]
+
+    hpa = clicks(autoscaling={"mode": "hpa", "minReplicas": 1, "maxReplicas": 4})
+    assert kinds(hpa)[-1] == "HorizontalPodAutoscaler"
+    keda = clicks(autoscaling={"mode": "keda", "minReplicas": 0, "maxReplicas": 4})
+    assert kinds(keda)[-1] == "ScaledObject"
+    assert "ScaledObject" not in kinds(keda, Capabilities(keda=False))
+    doc = example_doc("03-orders-secure")
+    doc["spec"]["autoscaling"]["mode"] = "keda"
+    secure = kinds(pipeline_from(doc))
+    assert secure[-2:] == ["TriggerAuthentication", "ScaledObject"]
+    suspended = clicks(autoscaling={"mode": "hpa", "minReplicas": 1, "maxReplicas": 4},
+                       suspend=True)  # fmt: skip
+    assert "HorizontalPodAutoscaler" not in kinds(suspended)
+    # every kind build_all can produce is one the reconciler knows how to delete
+    known = {(k.api_version, k.kind) for k in CHILD_KINDS}
+    for p in (hpa, keda, pipeline_from(doc)):
+        for child in build_all(p, SETTINGS, secrets_hash="h", capabilities=Capabilities()):
+            assert (child["apiVersion"], child["kind"]) in known

@@ -280,3 +280,21 @@ def test_contains_tolerates_server_defaults_but_not_changes() -> None:
     assert not contains(desired, {"a": {"b": 1, "c": [{"d": "x"}, {"d": "y"}]}})
     assert not contains({"flag": False}, {"flag": 0})
     assert contains({"n": 1}, {"n": 1.0})
+
+
+def test_mode_switch_deletes_the_hpa_and_keda_without_crds_is_degraded() -> None:
+    kube, name = setup()
+    body = body_of(kube, name)
+    body["spec"]["autoscaling"] = {"mode": "hpa", "minReplicas": 1, "maxReplicas": 4}
+    result = reconcile(body, kube, SETTINGS, now=T0)
+    assert "HorizontalPodAutoscaler/clicks-per-minute" in result.applied
+    dep = kube.find("Deployment", name)
+    assert dep is not None
+
+    body["spec"]["autoscaling"] = {"mode": "keda", "minReplicas": 0, "maxReplicas": 4}
+    result = reconcile(body_of(kube, name) | {"spec": body["spec"]}, kube, SETTINGS, now=T1)
+    assert "HorizontalPodAutoscaler/clicks-per-minute" in result.deleted
+    degraded = cond(kube, name, "Degraded")
+    assert degraded["status"] == "True"
+    assert "keda.sh/v1alpha1 ScaledObject is not served" in degraded["message"]
+    assert body_of(kube, name)["status"]["phase"] == "Degraded"
