@@ -1,0 +1,240 @@
+"""Wires the builtin autoscaler into the operator: one loop, status, Events, metrics.
+
+``register_autoscaler(registry)`` adds to the operator's kopf registry (built by
+``streamherd.operator.handlers.build_registry``):
+
+- an on.event handler that keeps an index of the pipelines in ``builtin`` mode (not
+  suspended, with a Kafka source) and their poll intervals;
+- a start-up handler that starts one :meth:`Autoscaler.run` loop for all of them, and a
+  clean-up handler that stops it and closes the Kafka admin connections.
+
+For each due pipeline the loop reads the pipeline and its Deployment, asks
+:meth:`Autoscaler.evaluate`, writes ``status.desiredReplicas``, ``lag``, ``lastScaleTime`` and
+``lastScaleReason`` (only when they change), posts an Event per scaling decision, updates the
+operator metrics and, when the replica count changes, calls the operator's
+``reconcile_key`` so the Deployment is applied with the new count (the workload builder reads
+``status.desiredReplicas``). Status keys written here are the ones the reconciler leaves
+alone (reconciler.OWN_STATUS_KEYS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import kopf
+from prometheus_client import Counter, Gauge
+
+from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION, StreamPipeline
+from streamherd.operator.autoscaling.decision import NO_DATA, STEADY
+from streamherd.operator.autoscaling.poller import Autoscaler, ScaleResult
+from streamherd.operator.kube import ApiError, KubeApi, Manifest
+from streamherd.workers.config import parse_duration
+from streamherd.workers.lagprobe import ClusterConfig
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+PIPELINE_LAG: Final = Gauge(
+    "streamherd_operator_pipeline_lag",
+    "Total consumer lag of a pipeline as last measured by the operator (records).",
+    ["namespace", "pipeline"],
+)
+DESIRED_REPLICAS: Final = Gauge(
+    "streamherd_operator_desired_replicas",
+    "Workers the builtin autoscaler wants for a pipeline.",
+    ["namespace", "pipeline"],
+)
+SCALING_DECISIONS: Final = Counter(
+    "streamherd_operator_scaling_decisions",
+    "Autoscaling decisions by reason (Steady included; ScaleUp/ScaleDown/... change replicas).",
+    ["reason"],
+)
+
+
+def _b64(data: dict[str, str], key: str) -> str:
+    return base64.b64decode(data.get(key, "")).decode()
+
+
+def cluster_from_secrets(kube: KubeApi, pipeline: StreamPipeline) -> ClusterConfig:
+    """The source cluster with the pipeline's SASL/TLS material read from its Secrets.
+
+    PEM material goes to librdkafka as ``ssl.*.pem`` properties (in memory, never on disk).
+    """
+    kafka = pipeline.spec.source.kafka
+    if kafka is None:
+        raise ValueError("pipeline has no Kafka source")
+    auth = kafka.auth
+    settings: dict[str, str] = {}
+    if auth is not None and auth.sasl is not None:
+        settings["sasl.mechanism"] = auth.sasl.mechanism
+        for prop, ref in (
+            ("sasl.username", auth.sasl.username),
+            ("sasl.password", auth.sasl.password),
+        ):
+            data = kube.secret_data(pipeline.namespace, ref.name)
+            if data is None or ref.key not in data:
+                raise ValueError(f"Secret {ref.name} (key {ref.key}) not found")
+            settings[prop] = _b64(data, ref.key)
+    if auth is not None and auth.tls is not None:
+        data = kube.secret_data(pipeline.namespace, auth.tls.secret_name)
+        if data is None:
+            raise ValueError(f"Secret {auth.tls.secret_name} not found")
+        if "ca.crt" in data:
+            settings["ssl.ca.pem"] = _b64(data, "ca.crt")
+        if auth.tls.client_certificate:
+            settings["ssl.certificate.pem"] = _b64(data, "tls.crt")
+            settings["ssl.key.pem"] = _b64(data, "tls.key")
+    sasl, tls = (
+        auth is not None and auth.sasl is not None,
+        auth is not None and auth.tls is not None,
+    )
+    settings["security.protocol"] = {
+        (True, True): "sasl_ssl",
+        (True, False): "sasl_plaintext",
+        (False, True): "ssl",
+        (False, False): "plaintext",
+    }[(sasl, tls)]
+    return ClusterConfig.of(kafka.bootstrap_servers, settings)
+
+
+def wants_builtin(body: Manifest) -> float | None:
+    """The poll interval of a pipeline the builtin autoscaler manages, else None."""
+    spec = body.get("spec") or {}
+    scaling = spec.get("autoscaling") or {}
+    if spec.get("suspend") or (scaling.get("mode") or "builtin") != "builtin":
+        return None
+    if not (spec.get("source") or {}).get("kafka"):
+        return None
+    try:
+        return parse_duration(scaling.get("pollInterval") or "15s")
+    except ValueError:
+        return None
+
+
+def status_patch(result: ScaleResult, status: Manifest, now: datetime) -> Manifest:
+    """The autoscaler's status keys that changed (empty: nothing to write)."""
+    patch: Manifest = {}
+    if result.lag is not None and status.get("lag") != result.lag:
+        patch["lag"] = result.lag
+    if result.reason != NO_DATA and status.get("desiredReplicas") != result.desired:
+        patch["desiredReplicas"] = result.desired
+    if result.changed and result.reason not in (NO_DATA, STEADY):
+        patch["lastScaleTime"] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        patch["lastScaleReason"] = f"{result.reason}: {result.message}"[:1024]
+    return patch
+
+
+@dataclass
+class AutoscalerState:
+    """The registry-level state: the index of managed pipelines and the running loop."""
+
+    intervals: dict[Key, float] = field(default_factory=dict)
+    autoscaler: Autoscaler | None = None
+    task: asyncio.Task[None] | None = None
+
+    def managed(self) -> Iterable[tuple[Key, float]]:
+        return list(self.intervals.items())
+
+
+async def scale_once(ctx: Any, autoscaler: Autoscaler, key: Key) -> ScaleResult | None:
+    """One autoscaling round for one pipeline (``ctx``: the operator's OperatorContext)."""
+    from streamherd.operator.handlers import _event_body, reconcile_key
+    from streamherd.operator.reconciler import EventNote
+
+    namespace, name = key
+    loop = asyncio.get_running_loop()
+    kube = ctx.kube
+    body = await loop.run_in_executor(
+        ctx.executor, kube.get, f"{GROUP}/{VERSION}", KIND, namespace, name
+    )
+    if body is None or wants_builtin(body) is None:
+        return None
+    pipeline = StreamPipeline.model_validate(body)
+    dep = await loop.run_in_executor(
+        ctx.executor, kube.get, "apps/v1", "Deployment", namespace, name
+    )
+    spec_replicas = int(((dep or {}).get("spec") or {}).get("replicas") or 0)
+    status = body.get("status") or {}
+    wanted = status.get("desiredReplicas")
+    current = int(wanted) if isinstance(wanted, int) else spec_replicas
+    result = await autoscaler.evaluate(pipeline, current)
+    SCALING_DECISIONS.labels(result.reason).inc()
+    if result.lag is not None:
+        PIPELINE_LAG.labels(namespace, name).set(result.lag)
+    DESIRED_REPLICAS.labels(namespace, name).set(result.desired)
+    patch = status_patch(result, status, datetime.now(UTC))
+    if patch:
+        await loop.run_in_executor(ctx.executor, kube.patch_status, namespace, name, patch)
+    if "lastScaleTime" in patch:
+        note = EventNote(
+            "Normal", result.reason, f"{current} -> {result.desired}: {result.message}"
+        )
+        try:
+            await loop.run_in_executor(ctx.executor, kube.create_event, _event_body(body, note))
+        except ApiError as e:  # events are best effort
+            log.debug("could not post scaling event for %s/%s: %s", namespace, name, e)
+        log.info(
+            "scaled %s/%s %d -> %d (%s)", namespace, name, current, result.desired, result.message
+        )
+    if "desiredReplicas" in patch:
+        await reconcile_key(ctx, key)
+    return result
+
+
+def register_autoscaler(registry: Any, **autoscaler_kwargs: Any) -> AutoscalerState:
+    """Add the builtin autoscaler's handlers to a kopf registry; returns its state."""
+    state = AutoscalerState()
+    resource = (GROUP, VERSION, PLURAL)
+
+    @kopf.on.event(*resource, id="autoscaler-index", registry=registry)
+    async def index(
+        type: str | None, body: kopf.Body, namespace: str | None, name: str | None, **_: Any
+    ) -> None:
+        key = (str(namespace or "default"), str(name or ""))
+        interval = None if type == "DELETED" else wants_builtin(dict(body))
+        if interval is None:
+            state.intervals.pop(key, None)
+        else:
+            state.intervals[key] = interval
+
+    @kopf.on.startup(id="autoscaler-start", registry=registry)
+    async def start(memo: kopf.Memo, **_: Any) -> None:
+        ctx = memo["ctx"]
+        autoscaler = Autoscaler(
+            resolve_cluster=lambda p: cluster_from_secrets(ctx.kube, p), **autoscaler_kwargs
+        )
+        state.autoscaler = autoscaler
+
+        async def act(key: Key) -> None:
+            await scale_once(ctx, autoscaler, key)
+
+        state.task = asyncio.create_task(
+            autoscaler.run(state.managed, act), name="streamherd-autoscaler"
+        )
+
+    @kopf.on.cleanup(id="autoscaler-stop", registry=registry)
+    async def stop(**_: Any) -> None:
+        if state.task is not None:
+            state.task.cancel()
+        if state.autoscaler is not None:
+            state.autoscaler.close()
+
+    _ = (index, start, stop)
+    return state
+
+
+__all__ = [
+    "AutoscalerState",
+    "cluster_from_secrets",
+    "register_autoscaler",
+    "scale_once",
+    "status_patch",
+    "wants_builtin",
+]

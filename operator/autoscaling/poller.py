@@ -1,0 +1,292 @@
+"""The lag poller and the ``Autoscaler`` the operator calls: measure, remember, decide.
+
+Built for a thousand pipelines on one operator:
+
+- one :class:`~streamherd.workers.lagprobe.LagProbe` (one librdkafka admin connection) per
+  Kafka cluster, keyed by :class:`~streamherd.workers.lagprobe.ClusterConfig` (servers plus
+  security settings), shared by every pipeline on that cluster;
+- requests for the same cluster that arrive within a short batch window are measured in one
+  ``measure_many`` call (one Metadata request, two ListOffsets fan-outs, one OffsetFetch per
+  group, pipelined), in a small thread pool because confluent-kafka calls block;
+- no task or thread per pipeline: :meth:`Autoscaler.run` is one loop that keeps, per
+  pipeline, the next due time, first placed at a stable offset inside the poll interval
+  (a hash of the pipeline's key) and then moved by the interval plus a little jitter, so
+  polls stay spread over the interval instead of bunching up;
+- a bounded :class:`~streamherd.operator.autoscaling.decision.History` per pipeline.
+
+The operator side (status, Events, the Deployment) is in ``autoscaling/handlers.py``; the
+decision itself is the pure ``decision.decide``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.autoscaling.decision import (
+    NO_DATA,
+    Decision,
+    History,
+    Policy,
+    Sample,
+    decide,
+)
+from streamherd.workers.lagprobe import (
+    ClusterConfig,
+    GroupLag,
+    GroupSpec,
+    LagProbe,
+    LagProbeError,
+)
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+ClusterResolver = Callable[[StreamPipeline], ClusterConfig]
+ProbeFactory = Callable[[ClusterConfig], LagProbe]
+
+
+@dataclass(frozen=True)
+class ScaleResult:
+    """What the operator acts on: the replicas wanted, why, and what was measured."""
+
+    desired: int
+    reason: str
+    message: str
+    lag: int | None
+    stuck: tuple[tuple[str, int], ...]
+    changed: bool  # desired differs from the current replicas
+    decision: Decision
+
+
+def plain_cluster(pipeline: StreamPipeline) -> ClusterConfig:
+    """The source cluster without credentials (tests, PLAINTEXT clusters)."""
+    kafka = pipeline.spec.source.kafka
+    if kafka is None:
+        raise ValueError("pipeline has no Kafka source")
+    return ClusterConfig.of(kafka.bootstrap_servers)
+
+
+def _offset(key: Key, interval: float) -> float:
+    """A stable place for this pipeline inside the poll interval (spreads first polls)."""
+    digest = hashlib.sha256(f"{key[0]}/{key[1]}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * interval
+
+
+@dataclass
+class _Batch:
+    specs: dict[str, GroupSpec] = field(default_factory=dict)
+    waiters: list[tuple[str, asyncio.Future[GroupLag | LagProbeError]]] = field(
+        default_factory=list
+    )
+
+
+class Autoscaler:
+    """Measures lag through shared probes, keeps bounded histories, returns decisions."""
+
+    def __init__(
+        self,
+        *,
+        resolve_cluster: ClusterResolver = plain_cluster,
+        probe_factory: ProbeFactory | None = None,
+        executor: ThreadPoolExecutor | None = None,
+        batch_window: float = 0.05,
+        jitter: float = 0.1,
+        tuning: Mapping[str, Any] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._resolve = resolve_cluster
+        self._factory: ProbeFactory = probe_factory or LagProbe
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(4, thread_name_prefix="streamherd-lag")
+        self._batch_window = batch_window
+        self._jitter = jitter
+        self._tuning = dict(tuning or {})
+        self._rng = rng or random.Random()
+        self._probes: dict[ClusterConfig, LagProbe] = {}
+        self._batches: dict[ClusterConfig, _Batch] = {}
+        self._histories: dict[Key, History] = {}
+        self._due: dict[Key, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ----------------------------------------------------------------------- measuring
+
+    def probe_count(self) -> int:
+        return len(self._probes)
+
+    def history(self, key: Key) -> History | None:
+        return self._histories.get(key)
+
+    def forget(self, key: Key) -> None:
+        """Drop a deleted pipeline's history and schedule."""
+        self._histories.pop(key, None)
+        self._due.pop(key, None)
+
+    def close(self) -> None:
+        for probe in self._probes.values():
+            probe.close()
+        self._probes.clear()
+        if self._own_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _probe(self, cluster: ClusterConfig) -> LagProbe:
+        probe = self._probes.get(cluster)
+        if probe is None:
+            probe = self._probes[cluster] = self._factory(cluster)
+        return probe
+
+    async def measure(self, pipeline: StreamPipeline) -> GroupLag | LagProbeError:
+        """This pipeline's group lag, batched with other requests for the same cluster."""
+        kafka = pipeline.spec.source.kafka
+        group = pipeline.consumer_group
+        if kafka is None or group is None:
+            return LagProbeError("pipeline has no Kafka source: nothing to measure")
+        try:
+            cluster = self._resolve(pipeline)
+        # The resolver is pluggable (Secrets, files): whatever it raises becomes a reported
+        # measurement failure for this pipeline, never a crash of the shared loop.
+        except Exception as exc:  # noqa: BLE001
+            return LagProbeError(f"cannot build the Kafka connection: {exc}")
+        spec = GroupSpec(group, tuple(kafka.topics), kafka.start_from)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[GroupLag | LagProbeError] = loop.create_future()
+        batch = self._batches.get(cluster)
+        if batch is None:
+            batch = self._batches[cluster] = _Batch()
+            task = loop.create_task(self._flush(cluster), name="streamherd-lag-batch")
+            self._tasks.add(task)  # a reference, so the task is not garbage-collected
+            task.add_done_callback(self._tasks.discard)
+        batch.specs[group] = spec
+        batch.waiters.append((group, waiter))
+        return await waiter
+
+    async def _flush(self, cluster: ClusterConfig) -> None:
+        await asyncio.sleep(self._batch_window)
+        batch = self._batches.pop(cluster)
+        loop = asyncio.get_running_loop()
+        try:
+            probe = self._probe(cluster)
+            results = await loop.run_in_executor(
+                self._executor, probe.measure_many, list(batch.specs.values())
+            )
+        # Every waiter must be answered, whatever failed: an unanswered one would hang its
+        # pipeline's autoscaling for good.
+        except Exception as exc:  # noqa: BLE001
+            err = exc if isinstance(exc, LagProbeError) else LagProbeError(repr(exc))
+            results = dict.fromkeys(batch.specs, err)
+        for group, waiter in batch.waiters:
+            if not waiter.done():
+                waiter.set_result(results[group])
+
+    # ----------------------------------------------------------------------- deciding
+
+    def policy(self, pipeline: StreamPipeline) -> Policy:
+        return Policy.from_spec(pipeline.spec.autoscaling, **self._tuning)
+
+    async def evaluate(
+        self, pipeline: StreamPipeline, current_replicas: int, now: float | None = None
+    ) -> ScaleResult:
+        """Measure the pipeline's lag, add it to its history, and decide.
+
+        ``current_replicas``: the workers running (the Deployment's ready replicas is the
+        best figure: the throughput estimate divides by it).
+        """
+        key = (pipeline.namespace, pipeline.name)
+        policy = self.policy(pipeline)
+        history = self._histories.get(key)
+        if history is None or history.horizon != History.for_policy(policy).horizon:
+            history = History.for_policy(policy).with_capacity(
+                history.capacity if history else None
+            )
+            history = _refill(history, self._histories.get(key))
+        measured = await self.measure(pipeline)
+        at = time.time() if now is None else now
+        partitions = 0
+        if isinstance(measured, GroupLag):
+            history = history.add(Sample.from_group_lag(measured, current_replicas, at))
+            partitions = measured.partition_count
+        else:
+            log.warning("lag of %s/%s not measured: %s", key[0], key[1], measured)
+            last = history.samples[-1] if history.samples else None
+            partitions = len(last.partitions) if last else 0
+        decision = decide(policy, history, current_replicas, partitions, at)
+        if decision.reason == NO_DATA and not isinstance(measured, GroupLag):
+            decision = Decision(
+                decision.replicas,
+                NO_DATA,
+                f"lag not measured: {measured}",
+                capacity=history.capacity,
+            )
+        self._histories[key] = history.with_capacity(decision.capacity)
+        return ScaleResult(
+            desired=decision.replicas,
+            reason=decision.reason,
+            message=decision.message,
+            lag=decision.lag,
+            stuck=decision.stuck_partitions,
+            changed=decision.replicas != current_replicas,
+            decision=decision,
+        )
+
+    # ----------------------------------------------------------------------- scheduling
+
+    def due(self, keys: Iterable[tuple[Key, float]], now: float) -> list[Key]:
+        """Which of these (pipeline, poll interval) are due now; reschedules them.
+
+        A new pipeline is first due at a stable offset inside its interval; after each poll
+        it is due one interval later, give or take the jitter fraction.
+        """
+        out: list[Key] = []
+        seen: set[Key] = set()
+        for key, interval in keys:
+            seen.add(key)
+            nxt = self._due.get(key)
+            if nxt is None:
+                self._due[key] = now + _offset(key, interval)
+                continue
+            if nxt <= now:
+                out.append(key)
+                spread = 1 + self._rng.uniform(-self._jitter, self._jitter)
+                # Never schedule into the past after a long stall: that would burst.
+                self._due[key] = max(nxt + interval * spread, now + interval * 0.5)
+        for gone in set(self._due) - seen:
+            self.forget(gone)
+        return out
+
+    async def run(
+        self,
+        pipelines: Callable[[], Iterable[tuple[Key, float]]],
+        act: Callable[[Key], Awaitable[None]],
+        tick: float = 1.0,
+    ) -> None:
+        """Forever: every tick, run ``act`` for each due pipeline (concurrently)."""
+        while True:
+            keys = self.due(pipelines(), time.monotonic())
+            if keys:
+                outcomes = await asyncio.gather(*(act(k) for k in keys), return_exceptions=True)
+                for key, outcome in zip(keys, outcomes, strict=True):
+                    if isinstance(outcome, BaseException) and not isinstance(
+                        outcome, asyncio.CancelledError
+                    ):
+                        log.warning("autoscaling %s/%s failed: %r", key[0], key[1], outcome)
+            await asyncio.sleep(tick)
+
+
+def _refill(history: History, old: History | None) -> History:
+    """Carry samples over when the policy (and so the history horizon) changed."""
+    if old is None:
+        return history
+    for s in old.samples:
+        history = history.add(s)
+    return history
+
+
+__all__ = ["Autoscaler", "ClusterResolver", "ScaleResult", "plain_cluster"]

@@ -1,0 +1,103 @@
+"""Autoscaler.evaluate against the real broker: shared probe, batching, decisions."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.autoscaling.decision import NO_DATA, SCALE_UP, WAKE_UP
+from streamherd.operator.autoscaling.poller import Autoscaler
+from streamherd.workers.lagprobe import ClusterConfig, LagProbe
+from tests.infra.kafka import KafkaBroker
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka]
+
+
+def _pipeline(name: str, bootstrap: str, topic: str, **autoscaling: Any) -> StreamPipeline:
+    return StreamPipeline.model_validate(
+        {
+            "metadata": {"name": name, "namespace": "team-a"},
+            "spec": {
+                "source": {"kafka": {"bootstrapServers": bootstrap, "topics": [topic]}},
+                "sink": {"stdout": {}},
+                "autoscaling": {"mode": "builtin", **autoscaling},
+            },
+        }
+    )
+
+
+def _commit(broker: KafkaBroker, group: str, topic: str, offsets: dict[int, int]) -> None:
+    consumer = Consumer(broker.client_config(**{"group.id": group, "enable.auto.commit": False}))
+    try:
+        consumer.commit(
+            offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()], asynchronous=False
+        )
+    finally:
+        consumer.close()
+
+
+def test_many_pipelines_share_one_probe_and_get_decisions(kafka_broker: KafkaBroker) -> None:
+    topic = kafka_broker.create_topic(kafka_broker.unique_topic("as"), partitions=8)
+    for p in range(8):
+        kafka_broker.produce(topic, (f"r{i}" for i in range(1000)), partition=p)
+    suffix = uuid.uuid4().hex[:6]
+    pipelines = [
+        _pipeline(f"p{i}-{suffix}", kafka_broker.bootstrap, topic, minReplicas=0, maxReplicas=8)
+        for i in range(20)
+    ]
+    # p0 has consumed everything, the others nothing (8000 records of lag each).
+    _commit(kafka_broker, pipelines[0].consumer_group or "", topic, dict.fromkeys(range(8), 1000))
+    made: list[ClusterConfig] = []
+
+    def factory(cluster: ClusterConfig) -> LagProbe:
+        made.append(cluster)
+        return LagProbe(cluster, request_timeout=20.0)
+
+    autoscaler = Autoscaler(probe_factory=factory, batch_window=0.2)
+
+    async def round_() -> list[Any]:
+        return await asyncio.gather(*(autoscaler.evaluate(p, 1) for p in pipelines))
+
+    try:
+        results = asyncio.run(round_())
+    finally:
+        autoscaler.close()
+    assert made == [ClusterConfig.of(kafka_broker.bootstrap)]  # one admin client for all 20
+    assert results[0].lag == 0
+    for r in results[1:]:
+        assert r.lag == 8000
+        assert (r.desired, r.reason) == (5, SCALE_UP)  # ceil(8000/1000)=8, step 1 + 4 = 5
+        assert r.changed
+    history = autoscaler.history(("team-a", pipelines[1].name))
+    assert history is not None and len(history.samples) == 1
+    assert history.samples[0].partitions and len(history.samples[0].partitions) == 8
+
+
+def test_wake_from_zero_and_unreachable_cluster(kafka_broker: KafkaBroker) -> None:
+    topic = kafka_broker.create_topic(kafka_broker.unique_topic("wake"), partitions=2)
+    kafka_broker.produce(topic, ["a", "b", "c"], partition=0)
+    p = _pipeline(f"w-{uuid.uuid4().hex[:6]}", kafka_broker.bootstrap, topic, minReplicas=0)
+    dead = _pipeline("dead", "127.0.0.1:1", topic, minReplicas=0)
+
+    def factory(cluster: ClusterConfig) -> LagProbe:
+        return LagProbe(
+            cluster,
+            request_timeout=3.0,
+            extra_config={"socket.connection.setup.timeout.ms": 1000},
+        )
+
+    autoscaler = Autoscaler(probe_factory=factory)
+    try:
+        woke = asyncio.run(autoscaler.evaluate(p, 0))
+        unknown = asyncio.run(autoscaler.evaluate(dead, 0))
+    finally:
+        autoscaler.close()
+    assert (woke.desired, woke.reason, woke.lag) == (1, WAKE_UP, 3)
+    # No measurement: hold what runs, never act on a made-up zero.
+    assert (unknown.desired, unknown.reason, unknown.lag) == (0, NO_DATA, None)
+    assert "lag not measured" in unknown.message
