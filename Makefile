@@ -88,8 +88,19 @@ define run_pytest
 	  exit $$rc
 endef
 
+# Every step runs even when an earlier one failed, so one run reports every problem; the
+# target fails at the end if any step did.
 .PHONY: test
-test: setup infra check ## Set up, then lint, type-check and run every test tier
+test: setup infra ## Set up, then lint, type-check and run every test tier
+	@failed=(); \
+	for step in lint typecheck lint-imports test-all; do \
+	  $(MAKE) $$step || failed+=("$$step"); \
+	done; \
+	if (( $${#failed[@]} )); then echo "==> make test FAILED: $${failed[*]}" >&2; exit 1; fi; \
+	echo "==> make test: all steps passed"
+
+.PHONY: test-all
+test-all: setup infra ## pytest over tests/ (unit + integration + e2e), no static checks
 	$(call run_pytest,tests)
 
 .PHONY: test-unit
