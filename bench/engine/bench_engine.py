@@ -218,14 +218,16 @@ def main() -> int:
     e_rate, e_p99 = med(r for r, _ in engine), med(p for _, p in engine)
     section = f"""## Engine throughput (bench/engine/bench_engine.py)
 
-{args.records:,} JSON click events (~100 bytes, 1000 keys) pre-loaded into a {args.partitions}-partition
-topic of a local single-node Apache Kafka broker; one consumer process; median of {args.runs} runs.
+{args.records:,} JSON click events (~100 bytes, 1000 keys) pre-loaded into a
+{args.partitions}-partition topic of a local single-node Apache Kafka broker; one consumer
+process; median of {args.runs} runs.
 Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()}.
 
 | consumer | records/s | p99 batch time (5000 records) |
 | --- | ---: | ---: |
 | bare confluent-kafka `consume()` + `orjson.loads` | {b_rate:,.0f} | {b_p99 * 1000:.1f} ms |
-| streamherd engine: keyed 10 s tumbling window (count, sum) -> Kafka sink, checkpoints every 5 s | {e_rate:,.0f} | {e_p99 * 1000:.1f} ms |
+| streamherd engine: keyed 10 s tumbling window (count, sum) -> Kafka sink, \
+checkpoints every 5 s | {e_rate:,.0f} | {e_p99 * 1000:.1f} ms |
 
 The engine reaches {e_rate / b_rate:.0%} of the bare loop, which does no processing at all:
 the difference is the window fold (key, event time, aggregate values per record), producing
