@@ -63,7 +63,8 @@ class OperatorContext:
         )
 
 
-def _event_body(pipeline: Manifest, note: EventNote) -> Manifest:
+def event_body(pipeline: Manifest, note: EventNote) -> Manifest:
+    """A core/v1 Event about the pipeline (the autoscaler posts its decisions with it)."""
     meta = pipeline.get("metadata", {})
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
@@ -89,6 +90,9 @@ def _event_body(pipeline: Manifest, note: EventNote) -> Manifest:
     }
 
 
+_event_body = event_body  # the name operator/autoscaling/handlers.py first imported
+
+
 def _reconcile_blocking(
     ctx: OperatorContext, key: Key
 ) -> tuple[Manifest | None, ReconcileResult | None]:
@@ -100,7 +104,7 @@ def _reconcile_blocking(
     result = reconcile(body, ctx.kube, ctx.settings)
     for note in result.events:
         try:
-            ctx.kube.create_event(_event_body(body, note))
+            ctx.kube.create_event(event_body(body, note))
         except ApiError as e:  # events are best effort
             log.debug("could not post event %s for %s/%s: %s", note.reason, namespace, name, e)
     return body, result
