@@ -140,7 +140,7 @@ kopf make (docs/decisions/0020-packaging.md lists who calls what). Used in the C
   resources: [servicemonitors, prometheusrules]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [keda.sh]
-  resources: [scaledobjects]
+  resources: [scaledobjects, triggerauthentications]
   verbs: [get, list, watch, create, patch, delete]
 # Read-only: kopf watches the Secrets pipelines reference and the operator hashes their data
 # into the pod template, so a rotation rolls the workers. Never written.

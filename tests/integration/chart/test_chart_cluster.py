@@ -313,6 +313,7 @@ NEEDED_IN_NAMESPACE = [
     ("patch", "servicemonitors.monitoring.coreos.com"),
     ("patch", "prometheusrules.monitoring.coreos.com"),
     ("patch", "scaledobjects.keda.sh"),
+    ("patch", "triggerauthentications.keda.sh"),
     ("get", "secrets"),
     ("watch", "secrets"),
     ("create", "events"),
