@@ -35,6 +35,23 @@ $(STAMP): pyproject.toml
 .PHONY: setup
 setup: $(STAMP) ## Create .venv and install the project with its dev extra
 
+##@ Run
+
+EXAMPLE ?= examples/01-clicks-local.yaml
+
+.PHONY: run
+run: setup ## Set up, then run a pipeline locally (EXAMPLE=examples/01-clicks-local.yaml): no cluster, no Kafka
+	@echo "==> streamherd run $(EXAMPLE)"
+	@$(VENV)/bin/streamherd run $(EXAMPLE)
+
+.PHONY: crds
+crds: setup ## Regenerate crds/ from the pydantic models, and the chart's copy
+	@$(VENV)/bin/streamherd crd > crds/streampipelines.streamherd.io.yaml
+	@$(MAKE) chart-crds
+	@echo "==> crds/streampipelines.streamherd.io.yaml regenerated"
+
+##@ Set-up (binaries)
+
 .PHONY: binaries
 binaries: ## Build (once, cached) kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm
 	@echo "==> Kubernetes control-plane binaries (cold build: 30-40 min on 2 cores)"
