@@ -9,6 +9,8 @@ of the pipeline so it never works from a stale body:
   is recreated at once);
 - on.event of Secrets that some pipeline references (rotation rolls the workers), found
   through an in-memory index kept by on.event of the pipelines;
+- the builtin autoscaler's handlers (operator/autoscaling/handlers.py), which call
+  ``reconcile_key`` after each scaling decision;
 - one operator-wide resync loop that visits every known pipeline once per
   ``resync_interval``, spread evenly, so drift (a hand-edited or deleted child) is repaired.
   It replaces per-pipeline kopf timers, which would force a finalizer on every pipeline.
@@ -31,6 +33,7 @@ from typing import Any, Final
 import kopf
 
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
+from streamherd.operator.autoscaling.handlers import register_autoscaler
 from streamherd.operator.builders.meta import MANAGED_BY, PIPELINE_LABEL
 from streamherd.operator.kube import ApiError, Kube, Manifest
 from streamherd.operator.reconciler import EventNote, ReconcileResult, reconcile
@@ -136,6 +139,9 @@ async def reconcile_quietly(ctx: OperatorContext, key: Key) -> None:
     try:
         await reconcile_key(ctx, key)
     except ApiError as e:
+        if e.status == 404:  # deleted (or its namespace) while we worked: nothing to do
+            log.debug("reconcile of %s/%s: gone: %s", key[0], key[1], e)
+            return
         log.warning("reconcile of %s/%s failed (will retry): %s", key[0], key[1], e)
     except Exception:
         log.exception("reconcile of %s/%s crashed (will retry)", key[0], key[1])
@@ -263,6 +269,9 @@ def build_registry(ops: OperatorSettings) -> Any:
             await reconcile_quietly(ctx, key)
 
     _ = (login, startup, cleanup, changed, pipeline_event, deployment_event, secret_event)
+    # The builtin autoscaler (operator/autoscaling/handlers.py) adds its index, its loop and
+    # their start/stop; after a decision it calls reconcile_key() above.
+    register_autoscaler(registry)
     return registry
 
 
