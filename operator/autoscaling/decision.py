@@ -27,6 +27,7 @@ The rules (docs/autoscaling.md explains them and compares them with KEDA, HPA an
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -68,6 +69,9 @@ class Policy:
     max_step_up: int = 4
     # Round replica counts up so every replica gets the same number of partitions.
     align_to_partitions: bool = True
+    # Workers commit offsets once per checkpoint (spec.checkpoint.interval): up to this many
+    # seconds of input show as lag on a worker that keeps up. That much is not backlog.
+    commit_interval: float = 0.0
 
     @classmethod
     def from_spec(cls, spec: Autoscaling, **tuning: float | int | bool) -> Policy:
@@ -254,10 +258,13 @@ def decide(
 
     latest = samples[-1]
     stuck = stuck_partitions(samples, now, policy.stuck_after)
-    lag = _lag_without(latest, stuck)
     recent = [s for s in samples if s.time >= now - policy.rate_window]
     input_rate = _rate(recent[0], latest, "log_end") if len(recent) > 1 else 0.0
     drain_rate = _rate(recent[0], latest, "position") if len(recent) > 1 else 0.0
+    # Backlog: the lag minus what only reflects the commit interval (none at zero workers:
+    # nobody commits, so all of it is real).
+    allowance = input_rate * policy.commit_interval if n > 0 else 0.0
+    lag = max(0, int(_lag_without(latest, stuck) - allowance))
     capacity = _capacity(policy, samples=samples, stuck=stuck, learned=hist.capacity)
     stuck_keys = tuple(sorted(stuck))
 
@@ -327,7 +334,8 @@ def decide(
         most = 0
         for prev, s in zip([None, *window[:-1]], window, strict=False):
             rate = _rate(prev, s, "log_end") if prev is not None else input_rate
-            most = max(most, _need_steady(policy, _lag_without(s, stuck), rate, capacity))
+            backlog = max(0, int(_lag_without(s, stuck) - rate * policy.commit_interval))
+            most = max(most, _need_steady(policy, backlog, rate, capacity))
         if policy.align_to_partitions:
             most = align(most, partitions)
         target = max(clamp(policy, partitions, most), 1)
@@ -390,36 +398,55 @@ def _capacity(
     stuck: set[PartitionKey],
     learned: float | None,
 ) -> float | None:
-    """Per-replica throughput, from the last poll interval if the workers were saturated.
+    """Per-replica throughput, from the latest span if the workers were saturated in it.
 
-    Saturated over an interval: the lag was above the per-replica target at both ends, or it
-    rose and ended at a sizeable fraction of the target (a rising lag means the input outran
-    the workers; small lags are ignored because commits arrive in steps, one per checkpoint,
-    so a small lag can rise on an idle worker). Then the drain rate is what the workers can
-    do, not what the input let them do. Otherwise the learned value stands. The replica count
-    is the one at the end of the interval: a rebalance in between makes the estimate low,
-    which errs on the side of more workers and is corrected by the next saturated interval.
+    The span ends at the latest sample and reaches back at least a poll interval and three
+    commit intervals (committed positions move in steps, one per checkpoint, so a shorter
+    span measures the steps, not the speed). Saturated: at every sample of the span the
+    backlog (lag minus the commit-interval allowance) was above that sample's per-replica
+    target, or the backlog rose across the span to a sizeable fraction of it. Then what was
+    drained, divided by the replica-seconds spent (the replica counts the samples saw,
+    averaged per interval, so a span across a scale-up still counts), is what one worker
+    can do, not what the input let it do. Otherwise the learned value stands. Workers still
+    starting or rebalancing make the estimate low, which errs on the side of more workers
+    and is corrected by later saturated spans.
     """
     if len(samples) < 2:
         return learned
-    a, b = samples[-2], samples[-1]
-    n = b.replicas
-    if n <= 0:
+    b = samples[-1]
+    span = max(policy.poll_interval, 3 * policy.commit_interval)
+    older = [s for s in samples[:-1] if s.time <= b.time - span + 1e-9]
+    if not older:
         return learned
-    lag_a, lag_b = _lag_without(a, stuck), _lag_without(b, stuck)
-    target = n * policy.lag_per_replica
-    above = lag_a > target and lag_b > target
-    rising = lag_b > lag_a and lag_b * 2 > target
-    drained = _rate(a, b, "position")
-    if not (above or rising) or drained <= 0:
+    a = older[-1]
+    seg = [s for s in samples if s.time >= a.time]
+    allowance = _rate(a, b, "log_end") * policy.commit_interval
+    backlog = [_lag_without(s, stuck) - allowance for s in seg]
+    above = all(
+        lag > max(s.replicas, 1) * policy.lag_per_replica
+        for lag, s in zip(backlog, seg, strict=True)
+    )
+    rising = backlog[-1] > backlog[0] and backlog[-1] * 2 > b.replicas * policy.lag_per_replica
+    replica_seconds = sum(
+        (p.replicas + q.replicas) / 2 * (q.time - p.time) for p, q in itertools.pairwise(seg)
+    )
+    drained = b.position - a.position
+    if not (above or rising) or drained <= 0 or replica_seconds <= 0:
         return learned
-    observed = drained / n
+    observed = drained / replica_seconds
     # Smooth, but let a new measurement weigh: throughput changes with the data.
     return observed if learned is None else 0.5 * learned + 0.5 * observed
 
 
 def policy_for(pipeline: StreamPipeline, **tuning: float | int | bool) -> Policy:
-    return Policy.from_spec(pipeline.spec.autoscaling, **tuning)
+    """The policy of a pipeline: its spec.autoscaling, its checkpoint (commit) interval."""
+    from streamherd.workers.config import parse_duration
+
+    merged: dict[str, float | int | bool] = {
+        "commit_interval": parse_duration(pipeline.spec.checkpoint.interval),
+        **tuning,
+    }
+    return Policy.from_spec(pipeline.spec.autoscaling, **merged)
 
 
 __all__ = [

@@ -145,7 +145,7 @@ class AutoscalerState:
 
 async def scale_once(ctx: Any, autoscaler: Autoscaler, key: Key) -> ScaleResult | None:
     """One autoscaling round for one pipeline (``ctx``: the operator's OperatorContext)."""
-    from streamherd.operator.handlers import _event_body, reconcile_key
+    from streamherd.operator.handlers import event_body, reconcile_key
     from streamherd.operator.reconciler import EventNote
 
     namespace, name = key
@@ -164,7 +164,8 @@ async def scale_once(ctx: Any, autoscaler: Autoscaler, key: Key) -> ScaleResult 
     status = body.get("status") or {}
     wanted = status.get("desiredReplicas")
     current = int(wanted) if isinstance(wanted, int) else spec_replicas
-    result = await autoscaler.evaluate(pipeline, current)
+    ready = int(((dep or {}).get("status") or {}).get("readyReplicas") or 0)
+    result = await autoscaler.evaluate(pipeline, current, running=min(ready, current))
     SCALING_DECISIONS.labels(result.reason).inc()
     if result.lag is not None:
         PIPELINE_LAG.labels(namespace, name).set(result.lag)
@@ -177,7 +178,7 @@ async def scale_once(ctx: Any, autoscaler: Autoscaler, key: Key) -> ScaleResult 
             "Normal", result.reason, f"{current} -> {result.desired}: {result.message}"
         )
         try:
-            await loop.run_in_executor(ctx.executor, kube.create_event, _event_body(body, note))
+            await loop.run_in_executor(ctx.executor, kube.create_event, event_body(body, note))
         except ApiError as e:  # events are best effort
             log.debug("could not post scaling event for %s/%s: %s", namespace, name, e)
         log.info(

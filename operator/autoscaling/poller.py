@@ -38,6 +38,7 @@ from streamherd.operator.autoscaling.decision import (
     Policy,
     Sample,
     decide,
+    policy_for,
 )
 from streamherd.workers.lagprobe import (
     ClusterConfig,
@@ -189,15 +190,21 @@ class Autoscaler:
     # ----------------------------------------------------------------------- deciding
 
     def policy(self, pipeline: StreamPipeline) -> Policy:
-        return Policy.from_spec(pipeline.spec.autoscaling, **self._tuning)
+        return policy_for(pipeline, **self._tuning)
 
     async def evaluate(
-        self, pipeline: StreamPipeline, current_replicas: int, now: float | None = None
+        self,
+        pipeline: StreamPipeline,
+        current_replicas: int,
+        now: float | None = None,
+        *,
+        running: int | None = None,
     ) -> ScaleResult:
         """Measure the pipeline's lag, add it to its history, and decide.
 
-        ``current_replicas``: the workers running (the Deployment's ready replicas is the
-        best figure: the throughput estimate divides by it).
+        ``current_replicas``: the replicas asked for now (the decision's starting point);
+        ``running``: the workers actually consuming (the Deployment's ready replicas), which
+        the throughput estimate divides by; the current replicas when not given.
         """
         key = (pipeline.namespace, pipeline.name)
         policy = self.policy(pipeline)
@@ -211,7 +218,11 @@ class Autoscaler:
         at = time.time() if now is None else now
         partitions = 0
         if isinstance(measured, GroupLag):
-            history = history.add(Sample.from_group_lag(measured, current_replicas, at))
+            history = history.add(
+                Sample.from_group_lag(
+                    measured, current_replicas if running is None else running, at
+                )
+            )
             partitions = measured.partition_count
         else:
             log.warning("lag of %s/%s not measured: %s", key[0], key[1], measured)
