@@ -15,7 +15,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 WORKER_CONFIG_VERSION: Final = "streamherd.io/worker-config/v1"
@@ -59,11 +66,28 @@ class Model(BaseModel):
     )
 
 
+def cel_rules(*rules: tuple[str, str]) -> ConfigDict:
+    """Model config plus CEL rules (rule, message) that the CRD generator copies into the
+    schema, so the API server refuses what the pydantic validators below refuse."""
+    validations: list[JsonValue] = [{"rule": r, "message": m} for r, m in rules]
+    return ConfigDict(
+        **Model.model_config, json_schema_extra={"x-kubernetes-validations": validations}
+    )
+
+
 # --------------------------------------------------------------------------- steps
 
 
 class MapStep(Model):
     """Reshape each record: keep some fields, rename some, compute new ones."""
+
+    model_config = cel_rules(
+        (
+            "has(self.select) || (has(self.rename) && size(self.rename) > 0) || "
+            "(has(self.set) && size(self.set) > 0)",
+            "a map step needs at least one of select, rename or set",
+        ),
+    )
 
     select: list[str] | None = Field(
         default=None,
@@ -92,6 +116,13 @@ AggregateFunction = Literal["count", "sum", "min", "max", "avg"]
 
 class Aggregate(Model):
     """One aggregate computed per key and window."""
+
+    model_config = cel_rules(
+        (
+            "self.function == 'count' || has(self.expression)",
+            "sum, min, max and avg need an expression",
+        ),
+    )
 
     name: str = Field(
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
@@ -135,6 +166,28 @@ class EventTime(Model):
 
 class WindowSpec(Model):
     """Keyed window aggregation: per key and event-time window, compute aggregates."""
+
+    model_config = cel_rules(
+        (
+            "duration(self.size) > duration('0s')",
+            "window size must be positive",
+        ),
+        (
+            "self.type != 'hopping' || has(self.slide)",
+            "a hopping window needs slide",
+        ),
+        (
+            "!has(self.slide) || self.type != 'hopping' || "
+            "(duration(self.slide) > duration('0s') && "
+            "duration(self.slide) <= duration(self.size) && "
+            "duration(self.size).getMilliseconds() % duration(self.slide).getMilliseconds() == 0)",
+            "slide must be positive, at most size, and divide size",
+        ),
+        (
+            "self.aggregates.all(a, self.aggregates.filter(b, b.name == a.name).size() == 1)",
+            "aggregate names must be unique",
+        ),
+    )
 
     key_by: str = Field(
         min_length=1,
@@ -187,6 +240,14 @@ class WindowSpec(Model):
 class Step(Model):
     """One processing step: exactly one of filter, map or window."""
 
+    model_config = cel_rules(
+        (
+            "(has(self.filter) ? 1 : 0) + (has(self.map) ? 1 : 0) + "
+            "(has(self.window) ? 1 : 0) == 1",
+            "a step needs exactly one of filter, map or window",
+        ),
+    )
+
     filter: str | None = Field(
         default=None,
         min_length=1,
@@ -231,6 +292,18 @@ class UserFunction(Model):
 
 class ProcessorConfig(Model):
     """What the engine does with each record, in order: steps, then the user function."""
+
+    model_config = cel_rules(
+        (
+            "!has(self.steps) || self.steps.filter(s, has(s.window)).size() <= 1",
+            "at most one window step is allowed",
+        ),
+        (
+            "!has(self.steps) || size(self.steps) == 0 || !self.steps.exists(s, has(s.window)) || "
+            "has(self.steps[size(self.steps) - 1].window)",
+            "the window step must be the last step",
+        ),
+    )
 
     steps: list[Step] = Field(
         default_factory=list,

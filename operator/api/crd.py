@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel
 
 from streamherd.operator.api import v1alpha1
+from streamherd.operator.api.v1alpha1 import MAX_NAME_LENGTH
 
 JSON = dict[str, Any]
 
@@ -182,6 +183,16 @@ def build_crd() -> JSON:
                             "type": "object",
                             "description": v1alpha1.StreamPipeline.__doc__,
                             "required": ["spec"],
+                            "x-kubernetes-validations": [
+                                {
+                                    # The metrics Service NAME-metrics is a DNS label (63).
+                                    "rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+                                    "message": (
+                                        f"metadata.name must be at most {MAX_NAME_LENGTH} "
+                                        "characters (the operator derives child names from it)"
+                                    ),
+                                }
+                            ],
                             "properties": {
                                 "apiVersion": {
                                     "type": "string",

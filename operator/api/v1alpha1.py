@@ -31,6 +31,8 @@ KIND = "StreamPipeline"
 PLURAL = "streampipelines"
 SINGULAR = "streampipeline"
 SHORT_NAMES = ["sp"]
+# The metrics Service "NAME-metrics" must be a DNS label (63 characters).
+MAX_NAME_LENGTH = 63 - len("-metrics")
 
 _NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _TOPIC = r"^[a-zA-Z0-9._-]{1,249}$"

@@ -12,6 +12,7 @@ import json
 from typing import Any, Final
 
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, VERSION, StreamPipeline
+from streamherd.operator.api.v1alpha1 import MAX_NAME_LENGTH as API_MAX_NAME_LENGTH
 
 Manifest = dict[str, Any]
 
@@ -29,9 +30,9 @@ CHECKPOINT_DIR: Final = "/var/lib/streamherd/checkpoints"
 TLS_DIR: Final = "/etc/streamherd/tls"
 RUN_AS_USER: Final = 10001
 
-# The longest pipeline name whose derived names all stay valid: `NAME-metrics` must be a
-# DNS-1035 label (63 characters) and NAME is also a label value (63 characters).
-MAX_NAME_LENGTH: Final = 55
+# The longest pipeline name whose derived names all stay valid (`NAME-metrics` is a
+# DNS-1035 label): defined with the API, which also enforces it with a CEL rule.
+MAX_NAME_LENGTH: Final = API_MAX_NAME_LENGTH
 
 
 def config_map_name(name: str) -> str:

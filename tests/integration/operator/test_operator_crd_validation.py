@@ -70,6 +70,22 @@ CASES = [
      "a secret needs a mountPath or env entries"),
     ("sink without brokers for a generator", LOCAL, "spec.sink", {"kafka": {"topic": "out"}},
      "sink.kafka.bootstrapServers is required when the source is not Kafka"),
+    ("step with two kinds", BASE, "spec.processor.steps",
+     [{"filter": "a > 1", "map": {"select": ["a"]}}],
+     "a step needs exactly one of filter, map or window"),
+    ("window not last", LOCAL, "spec.processor.steps",
+     [*LOCAL["spec"]["processor"]["steps"][::-1]], "the window step must be the last step"),
+    ("empty map", BASE, "spec.processor.steps", [{"map": {}}],
+     "a map step needs at least one of select, rename or set"),
+    ("sum without expression", BASE, "spec.processor.steps",
+     [{"window": {"keyBy": "page", "size": "60s",
+                  "aggregates": [{"name": "total", "function": "sum"}]}}],
+     "sum, min, max and avg need an expression"),
+    ("hopping slide does not divide size", BASE, "spec.processor.steps",
+     [{"window": {"keyBy": "page", "type": "hopping", "size": "60s", "slide": "25s",
+                  "aggregates": [{"name": "clicks", "function": "count"}]}}],
+     "slide must be positive, at most size, and divide size"),
+    ("name too long", BASE, "metadata.name", "p" * 56, "metadata.name must be at most 55"),
 ]  # fmt: skip
 
 
@@ -100,7 +116,8 @@ def test_invalid_manifest_is_refused_naming_the_field(
     expected: str,
 ) -> None:
     doc = _set(base, path, value)
-    doc["metadata"]["name"] = f"bad-{uuid.uuid4().hex[:6]}"
+    if path != "metadata.name":
+        doc["metadata"]["name"] = f"bad-{uuid.uuid4().hex[:6]}"
     proc = kube_cluster.kubectl("apply", "-n", namespace, "-f", "-",
                                 input=yaml.safe_dump(doc), check=False)  # fmt: skip
     assert proc.returncode != 0, f"{case}: the API server accepted it"
