@@ -221,7 +221,9 @@ def main() -> int:
 {args.records:,} JSON click events (~100 bytes, 1000 keys) pre-loaded into a
 {args.partitions}-partition topic of a local single-node Apache Kafka broker; one consumer
 process; median of {args.runs} runs.
-Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()}.
+Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()};
+1-minute load average at the end: {os.getloadavg()[0]:.1f} (other work on the machine slows
+both columns alike).
 
 | consumer | records/s | p99 batch time (5000 records) |
 | --- | ---: | ---: |
