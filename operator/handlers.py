@@ -36,6 +36,7 @@ from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
 from streamherd.operator.autoscaling.handlers import register_autoscaler
 from streamherd.operator.builders.meta import MANAGED_BY, PIPELINE_LABEL
 from streamherd.operator.kube import ApiError, Kube, Manifest
+from streamherd.operator.peering import PeeringGate
 from streamherd.operator.reconciler import EventNote, ReconcileResult, reconcile
 from streamherd.operator.settings import OperatorSettings
 
@@ -56,6 +57,15 @@ class OperatorContext:
     # pipeline -> the Secrets it references, and the reverse index for Secret events
     secrets_of: dict[Key, tuple[str, ...]] = field(default_factory=dict)
     resync_task: asyncio.Task[None] | None = None
+    # HA: our own loops (resync, autoscaler) run only in the active replica (kopf pauses
+    # only its handlers). None: no peering, always active.
+    gate: PeeringGate | None = None
+
+    async def is_active(self) -> bool:
+        """Whether this replica should run background work now (see operator/peering.py)."""
+        if self.gate is None:
+            return True
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.gate.is_active)
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -158,7 +168,7 @@ async def resync_loop(ctx: OperatorContext) -> None:
         gap = interval / len(keys)
         for key in keys:
             await asyncio.sleep(gap)
-            if key in ctx.secrets_of:
+            if key in ctx.secrets_of and await ctx.is_active():
                 await reconcile_quietly(ctx, key)
 
 

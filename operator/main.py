@@ -12,14 +12,19 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import secrets
+import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import kopf
+import prometheus_client
 
 from streamherd.operator.handlers import OperatorContext, build_registry
 from streamherd.operator.kube import Kube
+from streamherd.operator.peering import PeeringGate
 from streamherd.operator.settings import OperatorSettings, settings_from_args
 
 
@@ -67,8 +72,22 @@ async def operate(
             max_workers=max(settings.max_workers, 1), thread_name_prefix="reconcile"
         ),
     )
+    # Our identity among kopf peers, known to us so the PeeringGate can find it: the pod
+    # name (POD_ID, kopf's own convention, set by the chart) or a unique local one.
+    identity = os.environ.get("POD_ID") or (
+        f"streamherd@{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+    )
+    if settings.peering:
+        ctx.gate = PeeringGate(
+            kube=kube,
+            peering=settings.peering,
+            identity=identity,
+            priority=settings.priority,
+            namespaces=settings.namespaces,
+        )
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     await kopf.operator(
+        identity=cast(Any, identity),
         registry=build_registry(settings),
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),
@@ -93,6 +112,9 @@ def run_operator(args: argparse.Namespace) -> int:
         settings.resync_interval_seconds,
         settings.worker_image,
     )
+    if settings.metrics_port:
+        # The operator's own metrics (reconciles, autoscaler decisions, lag, replicas).
+        prometheus_client.start_http_server(settings.metrics_port)
     try:
         asyncio.run(operate(settings, kube))
     except KeyboardInterrupt:

@@ -141,15 +141,21 @@ def test_only_the_higher_priority_operator_reconciles_and_the_other_takes_over(
         lambda: deployment_exists(kube_cluster, namespace, "first"),
         90,
     )
-    # The operator logs "reconciled NS/NAME: applied [...]" for every write it makes.
-    assert f"reconciled {namespace}/first" in high.text()
+    # The operator logs "reconciled NS/NAME: applied [...]" for every write it makes (the
+    # line may land a moment after the Deployment appears).
+    wait_for(
+        "the active operator to log its reconcile",
+        lambda: f"reconciled {namespace}/first" in high.text(),
+        30,
+    )
     assert f"reconciled {namespace}/first" not in low.text(), low.text()[-3000:]
 
     # The active operator dies without leaving the peering.
+    seen = len(low.text())  # the standby also logged "Resuming" once at start-up: skip it
     os.killpg(os.getpgid(high.pid), signal.SIGKILL)
     wait_for(
         "the standby operator to resume",
-        lambda: "Resuming operations after the pause" in low.text(),
+        lambda: "Resuming operations after the pause" in low.text()[seen:],
         TAKEOVER_TIMEOUT,
     )
     kube_cluster.apply(pipeline("second", namespace))
@@ -158,4 +164,8 @@ def test_only_the_higher_priority_operator_reconciles_and_the_other_takes_over(
         lambda: deployment_exists(kube_cluster, namespace, "second"),
         90,
     )
-    assert f"reconciled {namespace}/second" in low.text()
+    wait_for(
+        "the new active operator to log its reconcile",
+        lambda: f"reconciled {namespace}/second" in low.text(),
+        30,
+    )
