@@ -31,6 +31,11 @@ export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 log() { echo "[build-control-plane] $*" >&2; }
 
 build_kubernetes() {
+  local c missing=0
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    [[ -x "$BIN/$c" ]] || missing=1
+  done
+  ((missing)) || return 0
   local w="$CACHE/build/kubernetes-$KUBE_VERSION"
   mkdir -p "$w"
   local mod
@@ -89,6 +94,25 @@ write_kwok_stages() {
   mv "$BIN/kwok-stages.yaml.tmp" "$BIN/kwok-stages.yaml"
 }
 
+build_helm() {
+  [[ -x "$BIN/helm" ]] && return
+  local w="$CACHE/build/helm-$HELM_VERSION" kube ld p
+  mkdir -p "$w"
+  printf 'module streamherd.local/helmbin\n\ngo 1.26\n\nrequire helm.sh/helm/v3 %s\n\ntool helm.sh/helm/v3/cmd/helm\n' "$HELM_VERSION" > "$w/go.mod"
+  log "building helm $HELM_VERSION"
+  (cd "$w" && go mod tidy >&2)
+  # Stamped like helm's own Makefile does (its version; the default Kubernetes version that
+  # `helm template` reports as .Capabilities.KubeVersion, unstamped v1.20), except that the
+  # Kubernetes minor is our control plane's, so offline renders match the test cluster.
+  kube="${KUBE_VERSION#v1.}"; kube="${kube%%.*}"
+  ld="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ld+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$kube"
+  done
+  (cd "$w" && go build -trimpath -ldflags "$ld" -o "$BIN/helm.tmp" helm.sh/helm/v3/cmd/helm)
+  mv "$BIN/helm.tmp" "$BIN/helm"
+}
+
 build_simple() {  # name module version package
   [[ -x "$BIN/$1" ]] && return
   log "building $1 $3"
@@ -98,7 +122,7 @@ build_simple() {  # name module version package
 build_etcd
 build_simple kwok sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
 write_kwok_stages
-build_simple helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+build_helm
 build_kubernetes
 have_all || { echo "build incomplete in $BIN" >&2; exit 1; }
 echo "$BIN"
