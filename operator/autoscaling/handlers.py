@@ -214,7 +214,9 @@ def register_autoscaler(registry: Any, **autoscaler_kwargs: Any) -> AutoscalerSt
         state.autoscaler = autoscaler
 
         async def act(key: Key) -> None:
-            await scale_once(ctx, autoscaler, key)
+            # HA: kopf pauses its handlers in standby replicas, not this loop (peering.py).
+            if await ctx.is_active():
+                await scale_once(ctx, autoscaler, key)
 
         state.task = asyncio.create_task(
             autoscaler.run(state.managed, act), name="streamherd-autoscaler"
