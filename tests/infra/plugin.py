@@ -4,11 +4,13 @@ Loaded from tests/conftest.py (`pytest_plugins`). Fixtures:
 - kafka_broker: a KafkaBroker (tests/infra/kafka.py); reuses STREAMHERD_TEST_KAFKA if set.
 - kube_cluster: a KubeCluster (tests/infra/controlplane.py); reuses
   STREAMHERD_TEST_KUBECONFIG if set; `--cluster=kind` uses pytest-kind instead.
-When a test that used one of them fails, the report names the log files to read.
+When a test that used one of them fails, the report names the log files to read, and the
+throwaway directories are kept after the session (always with STREAMHERD_KEEP_INFRA_DIRS=1).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator, Iterator
 from typing import Any
 
@@ -18,6 +20,8 @@ from tests.infra import controlplane
 from tests.infra.controlplane import KubeCluster
 from tests.infra.kafka import KafkaBroker, reuse_from_env, start_kafka
 from tests.infra.processes import InfraError
+
+ENV_KEEP = "STREAMHERD_KEEP_INFRA_DIRS"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,8 +35,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def _keep_dirs(request: pytest.FixtureRequest) -> bool:
+    # The failure reports name the log files: keep them readable after a failed session.
+    return request.session.testsfailed > 0 or os.environ.get(ENV_KEEP, "") not in ("", "0")
+
+
 @pytest.fixture(scope="session")
-def kafka_broker() -> Iterator[KafkaBroker]:
+def kafka_broker(request: pytest.FixtureRequest) -> Iterator[KafkaBroker]:
     """A real Apache Kafka broker (KRaft) for the whole session; use unique topic names."""
     try:
         reused = reuse_from_env()
@@ -45,6 +54,7 @@ def kafka_broker() -> Iterator[KafkaBroker]:
     try:
         yield proc.broker
     finally:
+        proc.keep_dir = _keep_dirs(request)
         proc.stop()
 
 
@@ -70,6 +80,7 @@ def kube_cluster(request: pytest.FixtureRequest) -> Iterator[KubeCluster]:
     try:
         yield cp.cluster
     finally:
+        cp.keep_dir = _keep_dirs(request)
         cp.stop()
 
 
