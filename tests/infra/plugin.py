@@ -11,8 +11,9 @@ throwaway directories are kept after the session (always with STREAMHERD_KEEP_IN
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Iterator
-from typing import Any
+import sys
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, TypeVar
 
 import pytest
 
@@ -22,6 +23,7 @@ from tests.infra.kafka import KafkaBroker, reuse_from_env, start_kafka
 from tests.infra.processes import InfraError
 
 ENV_KEEP = "STREAMHERD_KEEP_INFRA_DIRS"
+T = TypeVar("T")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -33,6 +35,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="local: our own control plane (etcd, kube-apiserver, kwok; default). "
         "kind: pytest-kind's cluster (needs Docker/Podman and `pip install -e .[kind]`).",
     )
+
+
+def _twice(start: Callable[[], T]) -> T:
+    """Start once more after a failure: a free port can be taken between probe and bind."""
+    try:
+        return start()
+    except InfraError as first:
+        print(f"infrastructure start failed, retrying once: {first}", file=sys.stderr)
+        return start()
 
 
 def _keep_dirs(request: pytest.FixtureRequest) -> bool:
@@ -48,7 +59,7 @@ def kafka_broker(request: pytest.FixtureRequest) -> Iterator[KafkaBroker]:
         if reused is not None:
             yield reused
             return
-        proc = start_kafka()
+        proc = _twice(start_kafka)
     except InfraError as e:
         pytest.fail(f"Kafka broker could not start: {e}", pytrace=False)
     try:
@@ -74,7 +85,7 @@ def kube_cluster(request: pytest.FixtureRequest) -> Iterator[KubeCluster]:
         if reused is not None:
             yield reused
             return
-        cp = controlplane.start_control_plane()
+        cp = _twice(controlplane.start_control_plane)
     except InfraError as e:
         pytest.fail(f"Kubernetes control plane could not start: {e}", pytrace=False)
     try:
