@@ -435,16 +435,83 @@ class StdoutSinkConfig(Model):
     format: Literal["json"] = Field(default="json", description="Output format.")
 
 
+# --- PostgreSQL sink (issue 6; the sink itself is workers/sinks_postgres.py) ---------------
+
+SQL_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+SQL_TABLE = r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"
+
+
+class PostgresColumn(Model):
+    """One column the sink writes: a field of the result row, and its SQL type."""
+
+    name: str = Field(pattern=SQL_IDENTIFIER, description="Column (and result field) name.")
+    type: str | None = Field(
+        default=None,
+        pattern=r"^[a-z ]+$",
+        description="SQL type, used only by createTable (e.g. text, bigint, timestamptz).",
+    )
+
+
+class PostgresSinkConfig(Model):
+    """Upsert results into a PostgreSQL table (idempotent: a replay rewrites the same rows).
+
+    The connection comes from environment variables the pod fills from a Secret: a libpq
+    connection string (``dsn_env``) and/or separate fields; the worker joins them with
+    ``psycopg.conninfo.make_conninfo`` (separate fields win over the DSN's)."""
+
+    dsn_env: str | None = Field(
+        default=None, description="Env var holding a libpq DSN or postgresql:// URI."
+    )
+    host_env: str | None = Field(default=None, description="Env var holding the host.")
+    port_env: str | None = Field(default=None, description="Env var holding the port.")
+    user_env: str | None = Field(default=None, description="Env var holding the user.")
+    password_env: str | None = Field(default=None, description="Env var holding the password.")
+    dbname_env: str | None = Field(default=None, description="Env var holding the database.")
+    table: str = Field(pattern=SQL_TABLE, description="Table, optionally `schema.table`.")
+    columns: list[PostgresColumn] = Field(
+        min_length=1, description="Columns written, in order (fields of each result row)."
+    )
+    key_columns: list[str] = Field(
+        min_length=1, description="The upsert key: ON CONFLICT (these columns) DO UPDATE."
+    )
+    create_table: bool = Field(
+        default=False, description="CREATE TABLE IF NOT EXISTS at start-up (needs column types)."
+    )
+    batch_rows: int = Field(
+        default=2000, ge=1, le=100_000, description="Most rows one transaction writes."
+    )
+    max_pending_rows: int = Field(
+        default=50_000,
+        ge=1,
+        description="Rows held unconfirmed before consumption pauses (backpressure).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PostgresSinkConfig:
+        names = [c.name for c in self.columns]
+        if len(set(names)) != len(names):
+            raise ValueError("postgres sink: column names must be unique")
+        missing = [k for k in self.key_columns if k not in names]
+        if missing:
+            raise ValueError(f"postgres sink: key columns {missing} are not among the columns")
+        if self.create_table and any(c.type is None for c in self.columns):
+            raise ValueError("postgres sink: createTable needs a type for every column")
+        return self
+
+
 class SinkConfig(Model):
     """Exactly one sink."""
 
     kafka: KafkaSinkConfig | None = Field(default=None, description="A Kafka topic sink.")
     stdout: StdoutSinkConfig | None = Field(default=None, description="Standard output sink.")
+    postgres: PostgresSinkConfig | None = Field(  # issue 6: PostgreSQL sink
+        default=None, description="A PostgreSQL table (upserts)."
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SinkConfig:
-        if (self.kafka is None) == (self.stdout is None):
-            raise ValueError("sink needs exactly one of kafka or stdout")
+        if sum(s is not None for s in (self.kafka, self.stdout, self.postgres)) != 1:
+            raise ValueError("sink needs exactly one of kafka, stdout or postgres")
         return self
 
 

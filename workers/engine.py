@@ -124,7 +124,9 @@ class Engine:
         self.metrics = metrics or EngineMetrics(config.pipeline.name)
         self.processor = Processor.compile(config.processor)
         self.store = CheckpointStore(config.checkpoint.directory)
-        self.outputs = Outputs(config.sink, config.dead_letter, self.pipeline, out)
+        self.outputs = Outputs(
+            config.sink, config.dead_letter, self.pipeline, out, metrics=self.metrics
+        )
         self.partitions: dict[tuple[str, int], PartitionState] = {}
         self.counters = _Counters()
         self.heartbeat = time.monotonic()
@@ -159,6 +161,9 @@ class Engine:
             return ok, why
         if not self._running:
             return False, "not running"
+        sink_ok, sink_why = self.outputs.health()  # issue 6: e.g. the database is down
+        if not sink_ok:
+            return False, sink_why
         if self.generator is not None:
             return True, "generator running"
         if not self.partitions:
@@ -454,8 +459,12 @@ class Engine:
             log_event(log, logging.WARNING, "commit-failed", error=str(error))
 
     def _maybe_checkpoint(self) -> None:
-        if time.monotonic() - self._last_checkpoint >= self.config.checkpoint.interval_seconds:
-            self._checkpoint(list(self.partitions.values()), sync=False, reason="interval")
+        interval = self.config.checkpoint.interval_seconds
+        if time.monotonic() - self._last_checkpoint >= interval:
+            done = self._checkpoint(list(self.partitions.values()), sync=False, reason="interval")
+            if not done:
+                # issue 6: sink not confirmed (database down): retry in a while, not every loop
+                self._last_checkpoint = time.monotonic() - interval + min(interval, 5.0)
 
     # ------------------------------------------------------------------ lag and backpressure
 
@@ -548,6 +557,7 @@ class Engine:
             raise
         finally:
             self._running = False
+            self.outputs.close()  # issue 6: stops the PostgreSQL writer thread
         summary = self.summary(reason, finished=True)
         if self.progress is not None:
             self.progress(summary)

@@ -132,6 +132,38 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "gauge",
         "Unix time of the processing loop's last iteration (healthz uses it).",
     ),
+    # Sinks that confirm writes themselves (PostgreSQL, workers/sinks_postgres.py; issue 6).
+    MetricSpec(
+        "streamherd_sink_up",
+        "gauge",
+        "1 while the sink accepts writes, 0 during an outage (results wait, nothing is lost).",
+        ("pipeline", "sink"),
+    ),
+    MetricSpec(
+        "streamherd_sink_errors",
+        "counter",
+        "Failed sink write attempts, by kind: connection or sql (each is retried).",
+        ("pipeline", "sink", "kind"),
+    ),
+    MetricSpec(
+        "streamherd_sink_pending_records",
+        "gauge",
+        "Results queued for the sink and not yet confirmed (committed).",
+        ("pipeline", "sink"),
+    ),
+    MetricSpec(
+        "streamherd_sink_rows_written",
+        "counter",
+        "Results the sink confirmed (committed), replays included.",
+        ("pipeline", "sink"),
+    ),
+    MetricSpec(
+        "streamherd_sink_write_duration_seconds",
+        "histogram",
+        "Time to write and commit one batch of results.",
+        ("pipeline", "sink"),
+        _LATENCY_BUCKETS,
+    ),
 )
 
 METRICS_BY_NAME: Final = {spec.name: spec for spec in METRICS}

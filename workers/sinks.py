@@ -1,4 +1,4 @@
-"""Where results and failed records go: Kafka topic, stdout, and the dead-letter topic.
+"""Where results and failed records go: Kafka topic, stdout, PostgreSQL, dead-letter topic.
 
 Used by the engine (``streamherd.workers.engine``), which writes outputs as they are
 produced and calls :meth:`Outputs.flush` before every checkpoint: a checkpoint that drops
@@ -18,7 +18,9 @@ from confluent_kafka import KafkaError, Producer
 from streamherd.workers.config import DeadLetterConfig, KafkaEndpoint, SinkConfig
 from streamherd.workers.expressions import compile_expression
 from streamherd.workers.kafkaclients import producer_config
+from streamherd.workers.metrics import EngineMetrics
 from streamherd.workers.processing import Failure, encode_output, error_headers
+from streamherd.workers.sinks_postgres import PostgresSink
 from streamherd.workers.windowing import key_text
 
 log = logging.getLogger("streamherd.worker")
@@ -81,6 +83,7 @@ class Outputs:
         dead_letter: DeadLetterConfig | None,
         pipeline: str,
         out: TextIO,
+        metrics: EngineMetrics | None = None,
     ) -> None:
         self.pipeline = pipeline
         self._producers = _Producers()
@@ -99,6 +102,10 @@ class Outputs:
             self._topic = sink.kafka.topic
             self._key_fn = compile_expression(sink.kafka.key) if sink.kafka.key else None
             self._headers = [(k, v.encode()) for k, v in sink.kafka.headers.items()]
+        # issue 6: PostgreSQL sink (queued rows, confirmed by its writer thread)
+        self._postgres = (
+            PostgresSink(sink.postgres, pipeline, metrics) if sink.postgres is not None else None
+        )
         self._dlq_producer: Producer | None = None
         self._dlq_topic = ""
         if dead_letter is not None:
@@ -111,6 +118,9 @@ class Outputs:
 
     def write(self, rows: list[tuple[bytes | str | None, Mapping[str, Any] | bytes]]) -> None:
         """Write results: (default key, value). The sink's key expression wins when set."""
+        if self._postgres is not None:
+            self._postgres.write([value for _, value in rows])
+            return
         if self._sink_producer is None:
             lines = [encode_output(value).decode("utf-8", errors="replace") for _, value in rows]
             if lines:
@@ -145,10 +155,22 @@ class Outputs:
         self._dlq_producer.poll(0)
 
     def behind(self) -> bool:
+        if self._postgres is not None and self._postgres.behind():
+            return True
         return any(len(p) > HIGH_WATER for p in self._producers.all())
 
     def caught_up(self) -> bool:
+        if self._postgres is not None and not self._postgres.caught_up():
+            return False
         return all(len(p) < LOW_WATER for p in self._producers.all())
+
+    def health(self) -> tuple[bool, str]:
+        """Whether the sink can confirm writes now (/readyz reports it)."""
+        return self._postgres.health() if self._postgres is not None else (True, "ok")
+
+    def close(self) -> None:
+        if self._postgres is not None:
+            self._postgres.close()
 
     def poll(self, timeout: float = 0.0) -> None:
         for producer in self._producers.all():
@@ -157,6 +179,8 @@ class Outputs:
     def flush(self, timeout: float) -> bool:
         """Deliver everything written so far; False when time ran out. Raises DeliveryError."""
         self._out.flush()
+        if self._postgres is not None and not self._postgres.flush(timeout):
+            return False  # not confirmed by the database yet: no checkpoint may cover it
         pending = 0
         for producer in self._producers.all():
             pending += producer.flush(timeout)

@@ -193,23 +193,123 @@ class StdoutSink(Model):
     format: Literal["json"] = Field(default="json", description="Output format.")
 
 
-class Sink(Model):
-    """Where results go: exactly one of kafka or stdout."""
+# --- sink.postgres (issue 6) -------------------------------------------------------------
+
+_SQL_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+_SQL_TABLE = r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"
+#: Result fields of a window step that are not aggregates, in output order.
+WINDOW_KEY_COLUMNS = ("key", "window_start", "window_end")
+
+
+class PostgresSecretKeys(Model):
+    """Names of the keys in the connection Secret, when it holds separate fields."""
+
+    host: str = Field(default="host", min_length=1, max_length=253, description="Host key.")
+    port: str = Field(default="port", min_length=1, max_length=253, description="Port key.")
+    user: str = Field(default="user", min_length=1, max_length=253, description="User key.")
+    password: str = Field(
+        default="password", min_length=1, max_length=253, description="Password key."
+    )
+    dbname: str = Field(
+        default="dbname", min_length=1, max_length=253, description="Database name key."
+    )
+
+
+class PostgresConnection(Model):
+    """The database connection, from a Secret in the pipeline's namespace."""
 
     model_config = with_cel(
         cel(
-            "has(self.kafka) != has(self.stdout)",
-            "sink needs exactly one of kafka or stdout",
+            "!(has(self.dsnKey) && has(self.keys))",
+            "give either dsnKey or keys, not both",
+        )
+    )
+
+    secret_name: str = Field(pattern=_NAME, max_length=253, description="Secret name.")
+    dsn_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description=(
+            "Key holding a libpq connection string or `postgresql://` URI. When omitted, "
+            "the Secret holds separate fields named by `keys`."
+        ),
+    )
+    keys: PostgresSecretKeys | None = Field(
+        default=None,
+        description=(
+            "Keys of the separate fields (host, port, user, password, dbname by default; "
+            "e.g. `user: username` for a CloudNativePG app Secret)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> PostgresConnection:
+        if self.dsn_key is not None and self.keys is not None:
+            raise ValueError("postgres connection: give either dsnKey or keys, not both")
+        return self
+
+
+class PostgresSink(Model):
+    """Upsert results into a PostgreSQL table: replayed results rewrite the same rows."""
+
+    table: str = Field(
+        pattern=_SQL_TABLE, description="Table, optionally schema-qualified (`schema.table`)."
+    )
+    connection: PostgresConnection = Field(description="Where the database is.")
+    key_columns: list[Annotated[str, Field(pattern=_SQL_IDENTIFIER)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=32,
+        description=(
+            "The upsert key (a primary key or unique index on these columns must exist). "
+            "Window results: `key`, `window_start`, `window_end` when omitted. Required "
+            "without a window step."
+        ),
+    )
+    columns: list[Annotated[str, Field(pattern=_SQL_IDENTIFIER)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description=(
+            "Result fields written, one column each. Window results: every field when omitted. "
+            "Required without a window step (missing fields are written as NULL)."
+        ),
+    )
+    create_table: bool = Field(
+        default=False,
+        description=(
+            "Create the table at start-up if it does not exist (window results only): key "
+            "text, window_start/window_end timestamptz, count bigint, other aggregates double "
+            "precision, primary key on keyColumns."
+        ),
+    )
+    batch_size: int = Field(
+        default=2000, ge=1, le=100_000, description="Most rows one transaction writes."
+    )
+
+
+class Sink(Model):
+    """Where results go: exactly one of kafka, stdout or postgres."""
+
+    model_config = with_cel(
+        cel(
+            "(has(self.kafka) ? 1 : 0) + (has(self.stdout) ? 1 : 0) + "
+            "(has(self.postgres) ? 1 : 0) == 1",
+            "sink needs exactly one of kafka, stdout or postgres",
         )
     )
 
     kafka: KafkaSink | None = Field(default=None, description="A Kafka topic.")
     stdout: StdoutSink | None = Field(default=None, description="Standard output.")
+    postgres: PostgresSink | None = Field(
+        default=None, description="A PostgreSQL table (idempotent upserts)."
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Sink:
-        if (self.kafka is None) == (self.stdout is None):
-            raise ValueError("sink needs exactly one of kafka or stdout")
+        if sum(s is not None for s in (self.kafka, self.stdout, self.postgres)) != 1:
+            raise ValueError("sink needs exactly one of kafka, stdout or postgres")
         return self
 
 
@@ -424,6 +524,13 @@ class StreamPipelineSpec(Model):
             ".sink.kafka",
         ),
         cel(
+            "!has(self.sink.postgres) || (has(self.processor) && has(self.processor.steps) && "
+            "self.processor.steps.exists(s, has(s.window))) || (has(self.sink.postgres.columns) "
+            "&& has(self.sink.postgres.keyColumns) && !self.sink.postgres.createTable)",
+            "sink.postgres without a window step needs columns and keyColumns, and no createTable",
+            ".sink.postgres",
+        ),
+        cel(
             "self.checkpoint.volume.accessModes.all(m, m == 'ReadWriteMany') || "
             "(self.autoscaling.mode == 'none' ? self.replicas <= 1 : "
             "self.autoscaling.maxReplicas <= 1)",
@@ -498,6 +605,26 @@ class StreamPipelineSpec(Model):
             raise ValueError("sink.kafka.bootstrapServers is required when the source is not Kafka")
         if src is None and self.dead_letter and self.dead_letter.bootstrap_servers is None:
             raise ValueError("deadLetter.bootstrapServers is required when the source is not Kafka")
+        pg = self.sink.postgres
+        windowed = any(step.window is not None for step in self.processor.steps)
+        if (
+            pg is not None
+            and not windowed
+            and (pg.columns is None or pg.key_columns is None or pg.create_table)
+        ):
+            raise ValueError(
+                "sink.postgres without a window step needs columns and keyColumns, "
+                "and no createTable"
+            )
+        if pg is not None and (pg.columns is not None or pg.key_columns is not None):
+            fields = postgres_result_fields(self)
+            unknown = [c for c in pg.columns or [] if fields is not None and c not in fields]
+            if unknown:
+                raise ValueError(f"sink.postgres: columns {unknown} are not window result fields")
+            columns = pg.columns or list(fields or [])
+            missing = [k for k in pg.key_columns or WINDOW_KEY_COLUMNS if k not in columns]
+            if missing:
+                raise ValueError(f"sink.postgres: key columns {missing} are not written columns")
         shared = all(m == "ReadWriteMany" for m in self.checkpoint.volume.access_modes)
         most = self.replicas if a.mode == "none" else a.max_replicas
         if not shared and most > 1:
@@ -507,6 +634,14 @@ class StreamPipelineSpec(Model):
         for d in (a.scale_down_stabilization, a.idle_timeout, a.poll_interval):
             parse_duration(d)
         return self
+
+
+def postgres_result_fields(spec: StreamPipelineSpec) -> list[str] | None:
+    """The fields of a window result (key, window bounds, aggregates); None without a window."""
+    window = next((s.window for s in spec.processor.steps if s.window is not None), None)
+    if window is None:
+        return None
+    return [*WINDOW_KEY_COLUMNS, *(a.name for a in window.aggregates)]
 
 
 class Condition(Model):

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from streamherd.operator.api.v1alpha1 import KafkaAuth, StreamPipelineSpec
+from streamherd.operator.api.v1alpha1 import (
+    KafkaAuth,
+    PostgresConnection,
+    PostgresSecretKeys,
+    StreamPipelineSpec,
+)
 from streamherd.operator.builders.meta import TLS_DIR
 from streamherd.workers.config import KafkaSecurity
 
@@ -130,6 +135,28 @@ def dead_letter_auth(spec: StreamPipelineSpec) -> KafkaAuth | None:
     return None
 
 
+# --- sink.postgres (issue 6): the connection Secret's keys as env vars --------------------
+
+POSTGRES_ENV_PREFIX = "STREAMHERD_SINK_POSTGRES_"
+POSTGRES_FIELDS = ("host", "port", "user", "password", "dbname")
+
+
+def postgres_env(connection: PostgresConnection) -> dict[str, tuple[str, str]]:
+    """Connection field (``dsn`` or host/port/user/password/dbname) -> (env var, Secret key)."""
+    if connection.dsn_key is not None:
+        return {"dsn": (POSTGRES_ENV_PREFIX + "DSN", connection.dsn_key)}
+    keys = connection.keys or PostgresSecretKeys()
+    return {f: (POSTGRES_ENV_PREFIX + f.upper(), getattr(keys, f)) for f in POSTGRES_FIELDS}
+
+
+def _postgres_env(spec: StreamPipelineSpec) -> list[SecretEnvVar]:
+    pg = spec.sink.postgres
+    if pg is None:
+        return []
+    secret = pg.connection.secret_name
+    return [SecretEnvVar(env, secret, key) for env, key in postgres_env(pg.connection).values()]
+
+
 def credentials(spec: StreamPipelineSpec) -> Credentials:
     """Every Secret key the workers of a pipeline read, and where it goes in the pod."""
     src_auth = spec.source.kafka.auth if spec.source.kafka else None
@@ -148,6 +175,7 @@ def credentials(spec: StreamPipelineSpec) -> Credentials:
                 else f
                 for f in files
             ]
+    env += _postgres_env(spec)
     volumes: list[SecretVolume] = []
     for mount in spec.secrets:
         env += [SecretEnvVar(e.name, mount.secret_name, e.key) for e in mount.env or []]

@@ -9,8 +9,18 @@ from __future__ import annotations
 
 import json
 
-from streamherd.operator.api.v1alpha1 import StreamPipeline
-from streamherd.operator.builders.credentials import dead_letter_auth, security, sink_auth
+from streamherd.operator.api.v1alpha1 import (
+    WINDOW_KEY_COLUMNS,
+    PostgresSink,
+    StreamPipeline,
+    postgres_result_fields,
+)
+from streamherd.operator.builders.credentials import (
+    dead_letter_auth,
+    postgres_env,
+    security,
+    sink_auth,
+)
 from streamherd.operator.builders.meta import (
     CHECKPOINT_DIR,
     CONFIG_KEY,
@@ -26,6 +36,8 @@ from streamherd.workers.config import (
     KafkaSinkConfig,
     KafkaSourceConfig,
     PipelineRef,
+    PostgresColumn,
+    PostgresSinkConfig,
     RuntimeConfig,
     SinkConfig,
     SourceConfig,
@@ -70,6 +82,8 @@ def build_worker_config(pipeline: StreamPipeline, settings: OperatorSettings) ->
                 headers=dict(k.headers),
             )
         )
+    elif spec.sink.postgres is not None:
+        sink = SinkConfig(postgres=postgres_sink_config(pipeline, spec.sink.postgres))
     else:
         sink = SinkConfig(stdout=StdoutSinkConfig(format=spec.sink.stdout.format))  # type: ignore[union-attr]
 
@@ -97,6 +111,45 @@ def build_worker_config(pipeline: StreamPipeline, settings: OperatorSettings) ->
             log_level=spec.log_level,
             shutdown_grace_seconds=float(max(1, grace - _GRACE_MARGIN_SECONDS)),
         ),
+    )
+
+
+# --- sink.postgres (issue 6) -------------------------------------------------------------
+
+#: SQL types createTable gives window result columns (aggregates by function).
+_WINDOW_COLUMN_TYPES = {"key": "text", "window_start": "timestamptz", "window_end": "timestamptz"}
+_AGGREGATE_TYPES = {
+    "count": "bigint",
+    "sum": "double precision",
+    "avg": "double precision",
+    "min": "double precision",
+    "max": "double precision",
+}
+
+
+def postgres_sink_config(pipeline: StreamPipeline, pg: PostgresSink) -> PostgresSinkConfig:
+    """Columns (typed for window results), the upsert key, and the env vars of the DSN."""
+    spec = pipeline.spec
+    window = next((s.window for s in spec.processor.steps if s.window is not None), None)
+    types = dict(_WINDOW_COLUMN_TYPES)
+    if window is not None:
+        types.update({a.name: _AGGREGATE_TYPES[a.function] for a in window.aggregates})
+    names = pg.columns or postgres_result_fields(spec) or []
+    env = {field: var for field, (var, _key) in postgres_env(pg.connection).items()}
+    return PostgresSinkConfig(
+        dsn_env=env.get("dsn"),
+        host_env=env.get("host"),
+        port_env=env.get("port"),
+        user_env=env.get("user"),
+        password_env=env.get("password"),
+        dbname_env=env.get("dbname"),
+        table=pg.table,
+        columns=[
+            PostgresColumn(name=n, type=types.get(n) if window is not None else None) for n in names
+        ],
+        key_columns=list(pg.key_columns or WINDOW_KEY_COLUMNS),
+        create_table=pg.create_table,
+        batch_rows=pg.batch_size,
     )
 
 

@@ -65,7 +65,7 @@ CASES = [
      "deadLetter.topic must not be one of source.kafka.topics"),
     ("bad topic name", BASE, "spec.source.kafka.topics", ["bad topic!"],
      "spec.source.kafka.topics[0]: Invalid value"),
-    ("two sinks", BASE, "spec.sink.stdout", {}, "sink needs exactly one of kafka or stdout"),
+    ("two sinks", BASE, "spec.sink.stdout", {}, "sink needs exactly one of kafka, stdout or postgres"),
     ("secret with nothing to do", LOCAL, "spec.secrets", [{"secretName": "s"}],
      "a secret needs a mountPath or env entries"),
     ("sink without brokers for a generator", LOCAL, "spec.sink", {"kafka": {"topic": "out"}},

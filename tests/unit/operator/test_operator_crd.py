@@ -87,7 +87,7 @@ def test_the_expected_cel_rules_are_present() -> None:
     messages = _rules_in(schema())
     for expected in (
         "source needs exactly one of kafka or generator",
-        "sink needs exactly one of kafka or stdout",
+        "sink needs exactly one of kafka, stdout or postgres",
         "minReplicas must be less than or equal to maxReplicas",
         "sink.kafka.topic must not be one of source.kafka.topics (a feedback loop)",
         "a secret needs a mountPath or env entries",

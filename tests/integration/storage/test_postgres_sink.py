@@ -1,0 +1,170 @@
+"""The PostgreSQL sink on its own against a real PostgreSQL server: upserts, batching,
+createTable, an outage (server stopped and started again) and the metrics that show it.
+
+The engine-level guarantees (Kafka in, SIGKILL, restart) are in test_postgres_pipeline.py."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from streamherd.workers.config import PostgresSinkConfig
+from streamherd.workers.metrics import EngineMetrics
+from streamherd.workers.sinks_postgres import PostgresSink
+from tests.integration.storage.pgserver import PostgresServer
+
+pytestmark = [pytest.mark.integration]
+
+ENV = "STREAMHERD_TEST_PG_DSN"
+
+
+def window_config(**extra: Any) -> PostgresSinkConfig:
+    return PostgresSinkConfig.model_validate(
+        {
+            "dsnEnv": ENV,
+            "table": "public.clicks",
+            "columns": [
+                {"name": "key", "type": "text"},
+                {"name": "window_start", "type": "timestamptz"},
+                {"name": "window_end", "type": "timestamptz"},
+                {"name": "clicks", "type": "bigint"},
+                {"name": "kb", "type": "double precision"},
+            ],
+            "keyColumns": ["key", "window_start", "window_end"],
+            "createTable": True,
+            **extra,
+        }
+    )
+
+
+def row(user: int, minute: int, clicks: int) -> dict[str, Any]:
+    return {
+        "key": f"user-{user}",
+        "window_start": f"2026-01-01T00:{minute:02d}:00.000Z",
+        "window_end": f"2026-01-01T00:{minute + 1:02d}:00.000Z",
+        "clicks": clicks,
+        "kb": clicks / 4,
+    }
+
+
+def table(dsn: str) -> dict[tuple[str, int], tuple[int, float]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT key, extract(minute from window_start AT TIME ZONE 'UTC')::int, clicks, kb "
+            "FROM clicks"
+        ).fetchall()
+    got = {(k, m): (c, kb) for k, m, c, kb in rows}
+    assert len(got) == len(rows)
+    return got
+
+
+def sample(metrics: EngineMetrics, name: str, **labels: str) -> float | None:
+    value = metrics.registry.get_sample_value(name, {"pipeline": "p", "sink": "postgres", **labels})
+    return value
+
+
+def test_upserts_in_batches_and_replays_change_nothing(postgres_dsn: str) -> None:
+    metrics = EngineMetrics("p")
+    sink = PostgresSink(window_config(batchRows=7), "ns/p", metrics, env={ENV: postgres_dsn})
+    try:
+        first = [row(u, m, u * 10 + m) for u in range(20) for m in range(3)]
+        sink.write(first)
+        assert sink.flush(30)
+        assert sink.pending() == 0
+        # A replay (same rows again, with a duplicate key inside one batch) and an update.
+        sink.write([*first[:10], first[0], row(0, 0, 999)])
+        assert sink.flush(30)
+    finally:
+        sink.close()
+    got = table(postgres_dsn)
+    expected = {
+        (f"user-{u}", m): (u * 10 + m, (u * 10 + m) / 4) for u in range(20) for m in range(3)
+    }
+    expected[("user-0", 0)] = (999, 999 / 4)
+    assert got == expected
+    assert sample(metrics, "streamherd_sink_up") == 1
+    assert sample(metrics, "streamherd_sink_rows_written_total") == 60 + 12
+    assert (sample(metrics, "streamherd_sink_write_duration_seconds_count") or 0) >= 60 / 7
+
+
+def test_outage_keeps_rows_until_the_server_is_back(
+    postgres_server: PostgresServer, postgres_dsn: str
+) -> None:
+    metrics = EngineMetrics("p")
+    sink = PostgresSink(window_config(), "ns/p", metrics, env={ENV: postgres_dsn})
+    try:
+        sink.write([row(1, 0, 1)])
+        assert sink.flush(30)
+        postgres_server.stop("immediate")
+        try:
+            sink.write([row(u, 1, u) for u in range(50)])
+            started = time.monotonic()
+            assert not sink.flush(30)  # not confirmed: a checkpoint must wait
+            assert time.monotonic() - started < 10  # and it says so promptly while down
+            deadline = time.monotonic() + 20
+            while sink.up and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not sink.up
+            assert sink.behind()  # the engine pauses its partitions
+            assert sink.health()[0] is False
+            assert sink.pending() == 50
+            assert sample(metrics, "streamherd_sink_up") == 0
+            assert (sample(metrics, "streamherd_sink_errors_total", kind="connection") or 0) >= 1
+            assert sample(metrics, "streamherd_sink_pending_records") == 50
+        finally:
+            postgres_server.start()
+        deadline = time.monotonic() + 60
+        while not sink.flush(1):
+            assert time.monotonic() < deadline, "rows not confirmed after the server came back"
+        assert sink.up and sink.caught_up() and sink.health() == (True, "ok")
+    finally:
+        sink.close()
+    got = table(postgres_dsn)
+    assert got == {("user-1", 0): (1, 0.25), **{(f"user-{u}", 1): (u, u / 4) for u in range(50)}}
+
+
+def test_sql_errors_are_retried_not_skipped(postgres_dsn: str) -> None:
+    """A table without the upsert's unique key: the rows wait (no loss) until it is fixed."""
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE clicks (key text, window_start timestamptz, window_end timestamptz, "
+            "clicks bigint, kb double precision)"
+        )
+    metrics = EngineMetrics("p")
+    sink = PostgresSink(window_config(createTable=False), "ns/p", metrics, env={ENV: postgres_dsn})
+    try:
+        sink.write([row(1, 0, 5)])
+        assert not sink.flush(3)
+        assert (sample(metrics, "streamherd_sink_errors_total", kind="sql") or 0) >= 1
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute("ALTER TABLE clicks ADD PRIMARY KEY (key, window_start, window_end)")
+        deadline = time.monotonic() + 30
+        while not sink.flush(1):
+            assert time.monotonic() < deadline
+    finally:
+        sink.close()
+    assert table(postgres_dsn) == {("user-1", 0): (5, 1.25)}
+
+
+def test_separate_fields_connection(postgres_server: PostgresServer, postgres_dsn: str) -> None:
+    dbname = postgres_dsn.split("dbname=")[1].split(maxsplit=1)[0]
+    env = {
+        "H": "127.0.0.1",
+        "P": str(postgres_server.port),
+        "U": "streamherd",
+        "W": postgres_server.password,
+        "D": dbname,
+    }
+    config = window_config(
+        dsnEnv=None, hostEnv="H", portEnv="P", userEnv="U", passwordEnv="W", dbnameEnv="D"
+    )
+    sink = PostgresSink(config, "ns/p", None, env=env)
+    try:
+        sink.write([row(3, 2, 7)])
+        assert sink.flush(30)
+    finally:
+        sink.close()
+    assert table(postgres_dsn) == {("user-3", 2): (7, 1.75)}

@@ -1,0 +1,380 @@
+"""The PostgreSQL sink: results upserted into a table, confirmed before any checkpoint.
+
+Used by :class:`streamherd.workers.sinks.Outputs` when ``sink.postgres`` is configured. The
+engine thread only queues rows (:meth:`PostgresSink.write`); one writer thread takes them in
+batches, drops duplicates of a key within a batch (the last row wins, as a replay would) and
+runs ``INSERT ... ON CONFLICT (key columns) DO UPDATE`` in one transaction per batch.
+
+Why this keeps every result exactly once in the table although delivery is at-least-once:
+
+- the engine calls :meth:`flush` before every checkpoint and writes the checkpoint only when
+  it returns True, i.e. when every row queued so far is in a *committed* transaction; so a
+  checkpoint (and the Kafka offset commit after it) never covers a row the database has not
+  confirmed;
+- rows replayed after a crash carry the same key columns (key, window start, window end)
+  and the same values, so the upsert rewrites identical rows: no duplicate, no change;
+- an outage (connection refused, server restarted, ...) keeps the batch in hand and retries
+  it with exponential backoff until it commits; a commit whose answer was lost is retried
+  too, which the upsert makes harmless.
+
+While the database is down or slow the queue grows; :meth:`behind` then tells the engine to
+pause its partitions (backpressure) and :meth:`caught_up` to resume them. The outage shows
+in ``streamherd_sink_up`` (0), ``streamherd_sink_errors_total{kind}``, in ``/readyz`` (503,
+so the pipeline's Ready condition reports workers not ready) and in the logs.
+docs/storage.md describes the table layout and operations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Jsonb
+
+from streamherd.workers.config import PostgresSinkConfig
+from streamherd.workers.logs import log_event
+from streamherd.workers.metrics import EngineMetrics
+
+log = logging.getLogger("streamherd.worker")
+
+SINK_LABEL: Final = "postgres"
+#: PostgreSQL accepts at most 65535 bind parameters per statement.
+MAX_PARAMETERS: Final = 65_535
+BACKOFF_FIRST_SECONDS: Final = 0.2
+BACKOFF_MAX_SECONDS: Final = 10.0
+#: flush() waits at most this long while the database is down: a postponed checkpoint is
+#: cheap, a consume loop blocked for the whole flush timeout is not.
+DOWN_FLUSH_WAIT_SECONDS: Final = 1.0
+
+Row = tuple[Any, ...]
+
+
+class PostgresSinkError(RuntimeError):
+    """The writer thread ended unexpectedly: nothing more can be confirmed."""
+
+
+def conninfo_from_env(config: PostgresSinkConfig, env: Mapping[str, str]) -> str:
+    """The libpq connection string from the env vars the config names (values never logged)."""
+    dsn = env.get(config.dsn_env, "") if config.dsn_env else ""
+    fields = {
+        "host": config.host_env,
+        "port": config.port_env,
+        "user": config.user_env,
+        "password": config.password_env,
+        "dbname": config.dbname_env,
+    }
+    parts = {k: env[v] for k, v in fields.items() if v and env.get(v)}
+    if not dsn and not parts:
+        named = [n for n in (config.dsn_env, *fields.values()) if n]
+        raise ValueError(
+            "postgres sink: no connection settings; set "
+            + (" or ".join(named) if named else "dsnEnv or the field env vars")
+        )
+    return make_conninfo(dsn, **parts)
+
+
+def table_identifier(table: str) -> sql.Identifier:
+    return sql.Identifier(*table.split(".", 1))
+
+
+def upsert_statement(config: PostgresSinkConfig, rows: int) -> sql.Composed:
+    """``INSERT INTO t (cols) VALUES (...), ... ON CONFLICT (keys) DO UPDATE SET ...``."""
+    names = [c.name for c in config.columns]
+    one = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(names)))
+    updates = [n for n in names if n not in config.key_columns]
+    action = (
+        sql.SQL("DO UPDATE SET {}").format(
+            sql.SQL(", ").join(
+                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in updates
+            )
+        )
+        if updates
+        else sql.SQL("DO NOTHING")
+    )
+    return sql.SQL("INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) {}").format(
+        table_identifier(config.table),
+        sql.SQL(", ").join(map(sql.Identifier, names)),
+        sql.SQL(", ").join([one] * rows),
+        sql.SQL(", ").join(map(sql.Identifier, config.key_columns)),
+        action,
+    )
+
+
+def create_table_statement(config: PostgresSinkConfig) -> sql.Composed:
+    """``CREATE TABLE IF NOT EXISTS`` with the key columns as primary key (the upsert target)."""
+    columns = [
+        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type or "text"))
+        for c in config.columns
+    ]
+    return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))").format(
+        table_identifier(config.table),
+        sql.SQL(", ").join(columns),
+        sql.SQL(", ").join(map(sql.Identifier, config.key_columns)),
+    )
+
+
+def _adapt(value: Any) -> Any:
+    # Nested JSON values go to json/jsonb columns as such; scalars as psycopg adapts them
+    # (strings are sent untyped, so '2026-01-01T00:00:10.000Z' lands in a timestamptz).
+    if isinstance(value, dict | list):
+        return Jsonb(value)
+    return value
+
+
+def _dedupe(rows: Sequence[Row], key_index: Sequence[int]) -> list[Row]:
+    """The last row of each key, in first-seen order: one statement may not touch a row
+    twice (ON CONFLICT DO UPDATE refuses), and the last one is what a replay writes."""
+    by_key: dict[bytes, Row] = {}
+    for row in rows:
+        key = orjson.dumps([row[i] for i in key_index], default=str)
+        by_key[key] = row
+    return list(by_key.values())
+
+
+class PostgresSink:
+    """Queues rows from the engine thread; a writer thread upserts and confirms them."""
+
+    def __init__(
+        self,
+        config: PostgresSinkConfig,
+        pipeline: str,
+        metrics: EngineMetrics | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self._conninfo = conninfo_from_env(config, os.environ if env is None else env)
+        self._names = [c.name for c in config.columns]
+        self._key_index = [self._names.index(k) for k in config.key_columns]
+        self._per_statement = max(1, min(config.batch_rows, MAX_PARAMETERS // len(self._names)))
+        self._lock = threading.Condition()
+        self._queue: deque[Row] = deque()
+        self._queued = 0  # rows ever queued
+        self._confirmed = 0  # rows ever committed (in queue order)
+        self._up = False
+        self._failed: BaseException | None = None
+        self._stop = threading.Event()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._statements: dict[int, sql.Composed] = {}
+        self._metrics = metrics
+        self._labels = (metrics.pipeline, SINK_LABEL) if metrics else ("", SINK_LABEL)
+        if metrics is not None:
+            metrics.gauge("streamherd_sink_up").labels(*self._labels).set(0)
+            metrics.gauge("streamherd_sink_pending_records").labels(*self._labels).set(0)
+        self._thread = threading.Thread(
+            target=self._run, name="streamherd-postgres-sink", daemon=True
+        )
+        self._thread.start()
+
+    # ------------------------------------------------------------------ engine side
+
+    def write(self, values: Sequence[Mapping[str, Any] | bytes]) -> None:
+        rows: list[Row] = []
+        for value in values:
+            record = orjson.loads(value) if isinstance(value, bytes) else value
+            if not isinstance(record, Mapping):
+                raise TypeError("postgres sink: a result must be a JSON object")
+            rows.append(tuple(_adapt(record.get(n)) for n in self._names))
+        if not rows:
+            return
+        with self._lock:
+            self._queue.extend(rows)
+            self._queued += len(rows)
+            self._set_pending()
+            self._lock.notify_all()
+
+    def pending(self) -> int:
+        """Rows queued and not yet confirmed by a commit."""
+        with self._lock:
+            return self._queued - self._confirmed
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    def behind(self) -> bool:
+        """Pause consumption: too many unconfirmed rows, or the database is unreachable."""
+        pending = self.pending()
+        return pending > self.config.max_pending_rows or (pending > 0 and not self._up)
+
+    def caught_up(self) -> bool:
+        return self._up and self.pending() < self.config.max_pending_rows // 4
+
+    def health(self) -> tuple[bool, str]:
+        if self._failed is not None:
+            return False, f"postgres sink failed: {type(self._failed).__name__}"
+        if not self._up:
+            return False, f"postgres sink down: {self.pending()} results wait for the database"
+        return True, "ok"
+
+    def flush(self, timeout: float) -> bool:
+        """True once every row queued so far is committed; False if time ran out first
+        (at most about a second while the database is down). Raises if the writer died."""
+        deadline = time.monotonic() + timeout
+        down_deadline = time.monotonic() + min(timeout, DOWN_FLUSH_WAIT_SECONDS)
+        with self._lock:
+            target = self._queued
+            while self._confirmed < target:
+                if self._failed is not None:
+                    raise PostgresSinkError(f"postgres writer failed: {self._failed!r}")
+                now = time.monotonic()
+                limit = deadline if self._up else min(deadline, down_deadline)
+                if now >= limit:
+                    return False
+                self._lock.wait(min(limit - now, 0.2))
+            return True
+
+    def close(self) -> None:
+        """Stop the writer (queued rows that are not confirmed are simply not checkpointed)."""
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        self._thread.join(5)
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _set_pending(self) -> None:
+        if self._metrics is not None:
+            self._metrics.gauge("streamherd_sink_pending_records").labels(*self._labels).set(
+                self._queued - self._confirmed
+            )
+
+    def _set_up(self, up: bool) -> None:
+        if up != self._up:
+            log_event(
+                log,
+                logging.INFO if up else logging.WARNING,
+                "sink-up" if up else "sink-down",
+                sink=SINK_LABEL,
+                table=self.config.table,
+            )
+        self._up = up
+        if self._metrics is not None:
+            self._metrics.gauge("streamherd_sink_up").labels(*self._labels).set(1 if up else 0)
+
+    def _error(self, kind: str) -> None:
+        if self._metrics is not None:
+            self._metrics.counter("streamherd_sink_errors").labels(*self._labels, kind).inc()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(
+            self._conninfo,
+            autocommit=True,
+            connect_timeout=5,
+            application_name=f"streamherd {self.pipeline}"[:63],
+            # A silent network failure must surface as an error, not a hang.
+            keepalives=1,
+            keepalives_idle=10,
+            keepalives_interval=5,
+            keepalives_count=3,
+        )
+        if self.config.create_table:
+            conn.execute(create_table_statement(self.config))
+        return conn
+
+    def _take(self) -> list[Row] | None:
+        """The next batch (left in the queue until committed); [] to (re)connect; None: stop."""
+        with self._lock:
+            while not self._queue:
+                if self._stop.is_set():
+                    return None
+                if self._conn is None:
+                    return []  # connect eagerly: sink_up must be true while idle, too
+                self._lock.wait(0.5)
+            n = min(len(self._queue), self.config.batch_rows)
+            # Left queued until committed: pending() counts them, a retry takes the same.
+            return [self._queue[i] for i in range(n)]
+
+    def _write(self, rows: list[Row]) -> None:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect()
+        if not rows:
+            return
+        unique = _dedupe(rows, self._key_index)
+        started = time.perf_counter()
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            for i in range(0, len(unique), self._per_statement):
+                chunk = unique[i : i + self._per_statement]
+                statement = self._statements.get(len(chunk))
+                if statement is None:
+                    statement = self._statements[len(chunk)] = upsert_statement(
+                        self.config, len(chunk)
+                    )
+                cur.execute(statement, [v for row in chunk for v in row])
+        if self._metrics is not None:
+            self._metrics.histogram("streamherd_sink_write_duration_seconds").labels(
+                *self._labels
+            ).observe(time.perf_counter() - started)
+            self._metrics.counter("streamherd_sink_rows_written").labels(*self._labels).inc(
+                len(rows)
+            )
+
+    def _run(self) -> None:
+        delay = BACKOFF_FIRST_SECONDS
+        try:
+            while True:
+                rows = self._take()
+                if rows is None:
+                    return
+                try:
+                    self._write(rows)
+                except psycopg.Error as error:
+                    # Connection errors (outage, restart) and SQL errors (a missing table or
+                    # constraint, a value the column refuses) alike: keep the rows, back off
+                    # and retry. Skipping them would lose results; the outage shows in the
+                    # metrics, /readyz and the log below.
+                    self._failed_attempt(error, delay)
+                    if self._stop.wait(delay):
+                        return
+                    delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+                    continue
+                delay = BACKOFF_FIRST_SECONDS
+                if rows:
+                    with self._lock:
+                        for _ in rows:
+                            self._queue.popleft()
+                        self._confirmed += len(rows)
+                        self._set_pending()
+                        self._lock.notify_all()
+                self._set_up(True)
+        except BaseException as error:  # noqa: BLE001 - reported to the engine by flush()
+            with self._lock:
+                self._failed = error
+                self._lock.notify_all()
+            log_event(log, logging.ERROR, "sink-writer-died", error=repr(error)[:300])
+        finally:
+            self._close_connection()
+
+    def _failed_attempt(self, error: psycopg.Error, delay: float) -> None:
+        connection = isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
+        kind = "connection" if connection else "sql"
+        self._error(kind)
+        self._set_up(False)
+        text = str(error).strip()
+        log_event(
+            log,
+            logging.WARNING,
+            "sink-write-failed",
+            sink=SINK_LABEL,
+            kind=kind,
+            error=type(error).__name__,
+            message=text.splitlines()[0][:200] if text else "",
+            retry_in_s=round(delay, 2),
+        )
+        self._close_connection()
+
+    def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):  # already broken: nothing to release
+                conn.close()
