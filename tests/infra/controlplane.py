@@ -359,8 +359,17 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in _AMBIENT}
 
 
-def start_control_plane(workdir: Path | None = None, *, tie_to_parent: bool = True) -> ControlPlane:
-    """Start etcd, kube-apiserver, controller-manager, scheduler, kwok and two fake nodes."""
+def start_control_plane(
+    workdir: Path | None = None,
+    *,
+    tie_to_parent: bool = True,
+    extra_args: Mapping[str, Sequence[str]] | None = None,
+) -> ControlPlane:
+    """Start etcd, kube-apiserver, controller-manager, scheduler, kwok and two fake nodes.
+
+    extra_args: more flags per component name (e.g. {"kube-apiserver": ["--audit-log-path=.."]}),
+    appended after ours (bench/scale uses it for an audit log and controller QPS).
+    """
     bin_dir = binaries()
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="streamherd-kube-"))
@@ -386,6 +395,7 @@ def start_control_plane(workdir: Path | None = None, *, tie_to_parent: bool = Tr
     pids: list[int] = []
 
     def start(name: str, argv: Sequence[str]) -> None:
+        argv = [*argv, *(extra_args or {}).get(name, ())]
         child, proc = spawn(name, argv, logs / f"{name}.log", env=env, tie_to_parent=tie_to_parent)
         started.append((child, proc))
         pids.append(proc.pid)
