@@ -54,7 +54,7 @@ crds: setup ## Regenerate crds/ from the pydantic models, and the chart's copy
 
 .PHONY: binaries
 binaries: ## Build (once, cached) kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm
-	@echo "==> Kubernetes control-plane binaries (cold build: 30-40 min on 2 cores)"
+	@echo "==> Kubernetes control-plane binaries (cached by version; a cold build takes 20-40 min)"
 	@bash hack/build-control-plane.sh
 
 .PHONY: kafka-jars
