@@ -356,6 +356,11 @@ class _Checker:
             entry = _CMPOPS.get(type(op))
             if entry is None:
                 raise self.fail(node, f"comparison {type(op).__name__} is not allowed (use ==)")
+            if isinstance(op, ast.Eq | ast.NotEq):
+                # Plain Python semantics (null == null is true): emit the operator itself,
+                # one call less per record than the helper (filters are on the hot path).
+                parts.append(ast.Compare(left=operands[i], ops=[op], comparators=[operands[i + 1]]))
+                continue
             parts.append(self._call(entry[0], [operands[i], operands[i + 1]]))
         return parts[0] if len(parts) == 1 else ast.BoolOp(op=ast.And(), values=parts)
 

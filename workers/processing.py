@@ -151,7 +151,7 @@ def _per_record(
 
 
 def filter_stage(text: str) -> Stage:
-    predicate = compile_expression(text)
+    predicate = compile_expression(text).function  # the bare function: no wrapper call
 
     def run(items: list[Item], failures: list[Failure]) -> list[Item]:
         try:
