@@ -10,14 +10,16 @@ The rules (docs/autoscaling.md explains them and compares them with KEDA, HPA an
 - bounds: never below ``minReplicas`` nor above ``maxReplicas``, and never above the source's
   partition count (a consumer without a partition is idle), except that an explicit
   ``minReplicas`` larger than the partition count is honoured;
-- scale up promptly, in bounded steps (at most ``max(4, current)`` more per decision, like
-  the HPA default), to the replicas needed to absorb the input *and* drain the backlog within
-  ``catch_up_seconds`` once the per-replica throughput is known (measured while the workers
-  were saturated, like the Flink autoscaler's catch-up), else to ``ceil(lag / lagPerReplica)``
-  (KEDA's rule); then rounded up so partitions spread evenly over the replicas;
+- scale up promptly, in one decision, to the replicas needed to absorb the input *and* drain
+  the backlog within ``catch_up_seconds`` once the per-replica throughput is known (measured
+  while the workers were saturated, like the Flink autoscaler's catch-up), else to
+  ``ceil(lag / lagPerReplica)`` (KEDA's rule); bounded by max and the partitions (with
+  ``jump_to_need`` off: at most ``max(4, current)`` more per decision, the HPA default);
+  then rounded up so partitions spread evenly over the replicas;
 - scale down only when *every* sample of the stabilization window needed fewer replicas, and
   only to the largest number any of them needed (the HPA's stabilization): together with the
-  scale-up threshold this is a dead band, so noise around a steady load does not flap;
+  scale-up threshold this is a dead band, so noise around a steady load does not flap; never
+  below what the input needs at the best per-replica rate the workers have shown;
 - scale to zero (``minReplicas`` 0) after ``idleTimeout`` with neither lag nor input; wake up
   from zero as soon as lag exceeds ``activationLag``;
 - a partition whose position does not move while it has lag and others advance is *stuck*:
@@ -65,8 +67,13 @@ class Policy:
     catch_up_seconds: float = 120.0
     # Size for this fraction of the measured per-replica throughput (headroom).
     target_utilization: float = 0.8
-    # At most this many replicas (or the current count, whichever is larger) added at once.
+    # At most this many replicas (or the current count, whichever is larger) added at once,
+    # unless `jump_to_need` lets a scale-up go straight to what the backlog needs.
     max_step_up: int = 4
+    # Scale up (and wake up) straight to the replicas that absorb the input and drain the
+    # backlog within `catch_up_seconds` (bounded by max and the partitions), instead of
+    # the HPA's +max(4, n) per poll: a spike is drained by the workers it needs at once.
+    jump_to_need: bool = True
     # Round replica counts up so every replica gets the same number of partitions.
     align_to_partitions: bool = True
     # Workers commit offsets once per checkpoint (spec.checkpoint.interval): up to this many
@@ -261,6 +268,10 @@ def decide(
     recent = [s for s in samples if s.time >= now - policy.rate_window]
     input_rate = _rate(recent[0], latest, "log_end") if len(recent) > 1 else 0.0
     drain_rate = _rate(recent[0], latest, "position") if len(recent) > 1 else 0.0
+    # Scale-up sizes for the larger of the window's rate and the last interval's: a load
+    # step shows in the last interval at once, in the window's average only gradually.
+    last_rate = _rate(samples[-2], latest, "log_end") if len(samples) > 1 else 0.0
+    up_rate = max(input_rate, last_rate)
     # Backlog: the lag minus what only reflects the commit interval (none at zero workers:
     # nobody commits, so all of it is real).
     allowance = input_rate * policy.commit_interval if n > 0 else 0.0
@@ -284,12 +295,20 @@ def decide(
             capacity,
         )
 
-    step_cap = n + max(policy.max_step_up, n)
+    step_cap = hi if policy.jump_to_need else n + max(policy.max_step_up, n)
+
+    # Running workers commit once per checkpoint, so part of their lag is only commit
+    # staleness (input x commit interval). With a single sample the input rate, hence the
+    # backlog, is unknown: wait one poll rather than scale on staleness and undo it later.
+    if n > 0 and policy.commit_interval > 0 and len(samples) < 2:
+        if bounded != n:
+            return result(bounded, BOUNDS, f"replicas brought within [{policy.min_replicas}, {hi}]")
+        return result(n, STEADY, f"lag {lag}: measuring the input rate (first sample)")
 
     # ---- at zero: wake up on lag above the activation threshold
     if n == 0:
         if lag > policy.activation_lag and hi > 0:
-            need = max(1, _need_up(policy, lag, input_rate, capacity, partitions))
+            need = max(1, _need_up(policy, lag, up_rate, capacity, partitions))
             target = min(need, step_cap, hi)
             return result(target, WAKE_UP, f"lag {lag} > activationLag {policy.activation_lag}")
         if bounded != n:
@@ -297,8 +316,8 @@ def decide(
         return result(0, STEADY, f"idle: lag {lag} <= activationLag {policy.activation_lag}")
 
     # ---- scale up
-    need = _need_up(policy, lag, input_rate, capacity, partitions)
-    if capacity and _need_up(policy, lag, input_rate, capacity, partitions, utilization=1.0) <= n:
+    need = _need_up(policy, lag, up_rate, capacity, partitions)
+    if capacity and _need_up(policy, lag, up_rate, capacity, partitions, utilization=1.0) <= n:
         # Sized at the target utilization, but triggered only when the workers are short at
         # full speed: the band between the two is the hysteresis that keeps noise from
         # flapping (scale-down sizes at the target utilization too).
@@ -314,7 +333,7 @@ def decide(
     if need > n and n < hi:
         target = max(min(need, step_cap, hi), bounded)
         how = (
-            f"input {input_rate:.0f}/s + backlog {lag} over {policy.catch_up_seconds:.0f}s "
+            f"input {up_rate:.0f}/s + backlog {lag} over {policy.catch_up_seconds:.0f}s "
             f"at {capacity:.0f}/s per replica"
             if capacity
             else f"lag {lag} > {n} x lagPerReplica {policy.lag_per_replica}"
@@ -331,11 +350,15 @@ def decide(
     window = [s for s in samples if s.time >= now - policy.scale_down_stabilization]
     covered = samples[0].time <= now - policy.scale_down_stabilization + policy.poll_interval
     if covered and n > max(policy.min_replicas, 1):
+        # Without a measured throughput, size the input with the best per-replica rate the
+        # workers have shown (a lower bound of what they can do): never below what the
+        # input is proven to need, so going down cannot starve the workers and bounce back.
+        per_replica = capacity or _proven_rate(policy, samples)
         most = 0
         for prev, s in zip([None, *window[:-1]], window, strict=False):
             rate = _rate(prev, s, "log_end") if prev is not None else input_rate
             backlog = max(0, int(_lag_without(s, stuck) - rate * policy.commit_interval))
-            most = max(most, _need_steady(policy, backlog, rate, capacity))
+            most = max(most, _need_steady(policy, backlog, rate, per_replica))
         if policy.align_to_partitions:
             most = align(most, partitions)
         target = max(clamp(policy, partitions, most), 1)
@@ -381,6 +404,21 @@ def _need_steady(policy: Policy, lag: int, input_rate: float, capacity: float | 
     return need
 
 
+def _proven_rate(policy: Policy, samples: Sequence[Sample]) -> float | None:
+    """The most records/s per replica the workers processed over any poll of the history.
+
+    A lower bound of their throughput: committed positions may lag by one commit interval,
+    so each interval's replica-seconds are stretched by it. None if nothing was processed.
+    """
+    best = 0.0
+    for a, b in itertools.pairwise(samples):
+        length = b.time - a.time
+        replica_seconds = (a.replicas + b.replicas) / 2 * (length + policy.commit_interval)
+        if length > 0 and replica_seconds > 0:
+            best = max(best, (b.position - a.position) / replica_seconds)
+    return best or None
+
+
 def _idle(samples: Sequence[Sample], now: float, timeout: float) -> bool:
     """Neither lag nor input over the whole idle timeout (and the history covers it)."""
     if samples[0].time > now - timeout:
@@ -410,14 +448,39 @@ def _capacity(
     can do, not what the input let it do. Otherwise the learned value stands. Workers still
     starting or rebalancing make the estimate low, which errs on the side of more workers
     and is corrected by later saturated spans.
+
+    Until a first value is learned, a span of one poll interval is used as well, as a lower
+    bound: its committed positions may be up to one commit interval older at its end than
+    its length says, so what was drained is divided by replica-seconds stretched by one
+    commit interval. A load that arrives on too few workers is thus measured before the
+    first scale-up lands; without it the scale-down after a spike had no throughput to size
+    the input with and went to the lag rule's minimum, then straight back up (a flap).
     """
-    if len(samples) < 2:
+    observed = _span_throughput(policy, samples, stuck, 3 * policy.commit_interval, False)
+    if observed is None and learned is None:
+        observed = _span_throughput(policy, samples, stuck, 0.0, True)
+    if observed is None:
         return learned
+    # Smooth, but let a new measurement weigh: throughput changes with the data.
+    return observed if learned is None else 0.5 * learned + 0.5 * observed
+
+
+def _span_throughput(
+    policy: Policy,
+    samples: Sequence[Sample],
+    stuck: set[PartitionKey],
+    min_span: float,
+    lower_bound: bool,
+) -> float | None:
+    """Records/s per replica over the latest span of at least `min_span` (and a poll), if
+    the workers were saturated over it (see ``_capacity``); else None."""
+    if len(samples) < 2:
+        return None
     b = samples[-1]
-    span = max(policy.poll_interval, 3 * policy.commit_interval)
+    span = max(policy.poll_interval, min_span)
     older = [s for s in samples[:-1] if s.time <= b.time - span + 1e-9]
     if not older:
-        return learned
+        return None
     a = older[-1]
     seg = [s for s in samples if s.time >= a.time]
     allowance = _rate(a, b, "log_end") * policy.commit_interval
@@ -432,10 +495,11 @@ def _capacity(
     )
     drained = b.position - a.position
     if not (above or rising) or drained <= 0 or replica_seconds <= 0:
-        return learned
-    observed = drained / replica_seconds
-    # Smooth, but let a new measurement weigh: throughput changes with the data.
-    return observed if learned is None else 0.5 * learned + 0.5 * observed
+        return None
+    if lower_bound:
+        length = b.time - a.time
+        replica_seconds *= (length + policy.commit_interval) / length
+    return drained / replica_seconds
 
 
 def policy_for(pipeline: StreamPipeline, **tuning: float | int | bool) -> Policy:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -57,15 +58,24 @@ def test_no_data_holds_and_bounds_still_apply() -> None:
     assert (d.replicas, d.reason) == (5, BOUNDS)
 
 
+STEPPED = Policy(jump_to_need=False)  # the HPA-like bounded steps: +max(4, n) per decision
+
+
 @pytest.mark.parametrize(
     ("lag", "current", "partitions", "policy", "expected", "reason"),
     [
-        (5_000, 1, 10, Policy(), 5, SCALE_UP),  # ceil(5000/1000), step max(4,1)
-        (50_000, 2, 64, Policy(max_replicas=100), 6, SCALE_UP),  # bounded step: 2 + 4
-        (50_000, 8, 64, Policy(max_replicas=100), 16, SCALE_UP),  # bounded step: doubles
+        (5_000, 1, 10, STEPPED, 5, SCALE_UP),  # ceil(5000/1000), step max(4,1)
+        (50_000, 2, 64, replace(STEPPED, max_replicas=100), 6, SCALE_UP),  # step: 2 + 4
+        (50_000, 8, 64, replace(STEPPED, max_replicas=100), 16, SCALE_UP),  # step: doubles
+        (5_000, 1, 12, STEPPED, 5, SCALE_UP),  # 5 -> aligned 6, then step-bounded to 5
+        # jump_to_need (the default): straight to what the backlog needs
+        (5_000, 1, 10, Policy(), 5, SCALE_UP),
+        (50_000, 2, 64, Policy(max_replicas=100), 64, SCALE_UP),  # 50 -> aligned 64
+        (50_000, 8, 64, Policy(max_replicas=40), 40, SCALE_UP),  # never above max
+        (30_000, 1, 64, Policy(max_replicas=100), 32, SCALE_UP),  # 30 -> aligned 32
+        (5_000, 1, 12, Policy(), 6, SCALE_UP),  # 5 -> aligned 6
         (50_000, 2, 3, Policy(), 3, SCALE_UP),  # never above the partitions
         (50_000, 2, 64, Policy(max_replicas=4), 4, SCALE_UP),  # never above max
-        (5_000, 1, 12, Policy(), 5, SCALE_UP),  # 5 -> aligned 6, then step-bounded to 5
         (4_000, 2, 12, Policy(), 4, SCALE_UP),  # 4 divides 12
         (4_500, 2, 12, Policy(), 6, SCALE_UP),  # 5 replicas would leave 3 partitions on some
         (900, 1, 12, Policy(), 1, STEADY),  # below target
@@ -81,6 +91,38 @@ def test_scale_up_table(
     assert (d.replicas, d.reason) == (expected, reason), d.message
 
 
+def test_first_sample_with_commit_interval_waits_for_the_input_rate() -> None:
+    # 1 worker, 10 s commits: 300k of lag may be only 10 s of 30k/s input not yet committed.
+    p = Policy(commit_interval=10.0, lag_per_replica=50_000, max_replicas=8)
+    one = flat([300_000], replicas=1)
+    d = decide(p, one, 1, 8, now_of(one))
+    assert (d.replicas, d.reason) == (1, STEADY)
+    assert "first sample" in d.message
+    # Two samples: 30k/s of input, so 300k is the commit allowance, not backlog.
+    two = flat([300_000, 300_000], replicas=1, input_per_poll=450_000)
+    assert decide(p, two, 1, 8, now_of(two)).reason == STEADY
+    # ...and a backlog beyond it scales up at once.
+    two = flat([300_000, 900_000], replicas=1, input_per_poll=450_000)
+    assert decide(p, two, 1, 8, now_of(two)).reason == SCALE_UP
+    # At zero workers nobody commits: all the lag is backlog, act on the first sample.
+    zero = Policy(min_replicas=0, commit_interval=10.0, lag_per_replica=50_000)
+    d = decide(zero, flat([300_000], replicas=0), 0, 8, 0.0)
+    assert (d.replicas, d.reason) == (8, WAKE_UP)  # 6 -> aligned to 8 partitions: 8
+
+
+def test_a_spike_gets_the_replicas_it_needs_in_one_decision() -> None:
+    # 1 worker idling at 20k/s, then a poll sees 14 s of a 1M/s spike: KEDA's HPA would add
+    # 4, then double every 15 s; the catch-up jump goes to the 32 the backlog needs at once.
+    p = Policy(max_replicas=32, lag_per_replica=50_000, commit_interval=10.0)
+    quiet = flat([200_000] * 8, replicas=1, input_per_poll=300_000)
+    spike = Sample(quiet[-1].time + POLL, 1, 14_000_000, quiet[-1].log_end + 14_300_000,
+                   quiet[-1].log_end + 14_300_000 - 14_000_000)  # fmt: skip
+    d = decide(p, [*quiet, spike], 1, 32, spike.time)
+    assert (d.replicas, d.reason) == (32, SCALE_UP), d.message
+    stepped = replace(p, jump_to_need=False)
+    assert decide(stepped, [*quiet, spike], 1, 32, spike.time).replicas == 5
+
+
 @pytest.mark.parametrize(
     ("lag", "activation", "minimum", "expected", "reason"),
     [
@@ -88,7 +130,7 @@ def test_scale_up_table(
         (1, 1, 0, 0, STEADY),  # wake only *above* activationLag
         (2, 1, 0, 1, WAKE_UP),
         (3_500, 1, 0, 4, WAKE_UP),  # straight to what the lag needs (4 divides 12)
-        (90_000, 1, 0, 4, WAKE_UP),  # bounded first step from zero
+        (90_000, 1, 0, 10, WAKE_UP),  # straight to what it needs, up to max (10)
         (500, 1_000, 0, 0, STEADY),
         (0, 1, 1, 1, BOUNDS),  # at zero with min 1
     ],
@@ -157,10 +199,30 @@ def test_capacity_is_learned_when_saturated_and_sizes_the_catch_up() -> None:
     lag = samples[-1].lag
     expected = -(-(3000 + lag / 120) // 800)  # ceil((input + lag/T) / (cap * util))
     assert d.reason == SCALE_UP
-    assert d.replicas == min(int(expected), 2 + 4)
+    assert d.replicas == align(int(expected), 64)  # straight there (jump_to_need)
+    stepped = decide(replace(p, jump_to_need=False), samples, 2, 64, now_of(samples))
+    assert stepped.replicas == min(int(expected), 2 + 4)
     # Learned capacity is kept for later decisions (History.capacity).
     h = History(tuple(flat([0] * 3, replicas=2)), capacity=1000.0)
     assert decide(p, h, 2, 64, 30.0).capacity == 1000.0
+
+
+def test_first_capacity_from_one_saturated_poll_is_a_lower_bound() -> None:
+    # 1 worker doing 80k/s under 150k/s of input, 10 s commits, polls every 15 s: the
+    # committed position moves in 10 s steps, so one poll may show 10 s or 20 s of work.
+    p = Policy(max_replicas=32, lag_per_replica=50_000, commit_interval=10.0)
+    for phase in range(15):
+        samples = []
+        for i in range(1, 3):
+            t = i * POLL + phase
+            committed_at = (t // 10) * 10
+            end = 150_000 * t
+            pos = 80_000 * committed_at
+            samples.append(Sample(float(t), 1, int(end - pos), int(end), int(pos)))
+        d = decide(p, samples, 1, 32, samples[-1].time)
+        if d.capacity is not None:
+            assert 0.3 * 80_000 <= d.capacity <= 80_000, (phase, d.capacity)
+        assert d.reason == SCALE_UP
 
 
 def test_capacity_avoids_keda_overshoot_when_the_backlog_drains_in_time() -> None:
@@ -261,8 +323,15 @@ def test_bounds_step_and_purity(
     assert d.reason in REASONS
     assert p.min_replicas <= d.replicas <= p.max_replicas
     assert d.replicas <= max(partitions, p.min_replicas)
-    if d.replicas > current and p.min_replicas <= current:
-        assert d.replicas <= current + max(p.max_step_up, current)
+    if d.replicas > current and p.min_replicas <= current and d.capacity is None:
+        # A jump goes no further than the lag rule's need (aligned), else the HPA step.
+        lag = samples[-1].lag if samples else 0
+        need = align(-(-lag // p.lag_per_replica), partitions)
+        assert d.replicas <= max(current + max(p.max_step_up, current), need, current + 1)
+    stepped = replace(p, jump_to_need=False)
+    s = decide(stepped, samples, current, partitions, now)
+    if s.replicas > current and p.min_replicas <= current:
+        assert s.replicas <= current + max(p.max_step_up, current)
     assert decide(p, samples, current, partitions, now) == d  # pure
 
 
@@ -358,6 +427,32 @@ def test_noisy_steady_load_does_not_flap(
     # ...and it keeps up: the lag stays within its target (plus a poll and a commit of input).
     allowance = mean * (1 + noise) * (POLL + commit_interval)
     assert max(lags[80:]) <= max(settled) * target + allowance
+
+
+def flaps(replicas: list[int], window_polls: int) -> int:
+    """Changes that reverse the previous change within the stabilization window."""
+    moves = [(i, b - a) for i, (a, b) in enumerate(itertools.pairwise(replicas)) if a != b]
+    return sum(
+        1
+        for (i0, d0), (i1, d1) in itertools.pairwise(moves)
+        if (d0 > 0) != (d1 > 0) and i1 - i0 < window_polls
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(20_000, 400_000), st.integers(0, 2**32 - 1), st.sampled_from([0.0, 10.0]))
+def test_noisy_load_from_a_cold_start_never_flaps(
+    mean: float, seed: int, commit_interval: float
+) -> None:
+    # From one worker, a noisy load: the climb is allowed, a reversal within the
+    # stabilization window (300 s = 20 polls) is not, over the whole run.
+    rng = random.Random(seed)
+    rates = [mean * (1 + rng.uniform(-0.3, 0.3)) for _ in range(240)]
+    p = Policy(max_replicas=32, lag_per_replica=50_000, commit_interval=commit_interval)
+    replicas = simulate(
+        p, rates, per_replica=80_000, partitions=32, replicas=1, commit_interval=commit_interval
+    )
+    assert flaps(replicas, 20) == 0, replicas
 
 
 def test_step_then_quiet_scales_up_then_down_once() -> None:
