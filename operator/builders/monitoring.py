@@ -25,12 +25,14 @@ METRIC_RECORDS_IN: Final = "streamherd_records_in_total"
 METRIC_DEAD_LETTERED: Final = "streamherd_records_dead_lettered_total"
 METRIC_ERRORS: Final = "streamherd_errors_total"
 METRIC_CHECKPOINT_AGE: Final = "streamherd_checkpoint_age_seconds"
+METRIC_SINK_UP: Final = "streamherd_sink_up"
 ALERT_METRICS: Final = (
     METRIC_LAG,
     METRIC_RECORDS_IN,
     METRIC_DEAD_LETTERED,
     METRIC_ERRORS,
     METRIC_CHECKPOINT_AGE,
+    METRIC_SINK_UP,
 )
 
 
@@ -59,7 +61,9 @@ def _seconds(text: str) -> str:
 
 
 def build_prometheus_rule(pipeline: StreamPipeline, settings: OperatorSettings) -> Manifest:
-    """PrometheusRule `NAME`: alerts on lag, stalled progress, errors/DLQ and checkpoints."""
+    """PrometheusRule `NAME`: alerts on lag, stalled progress, errors/DLQ, checkpoints and
+    the sink. Each alert is unit-tested with promtool (tests/unit/monitoring/), and
+    docs/monitoring.md says what to do when it fires."""
     mon = pipeline.spec.monitoring
     sel = f'namespace="{pipeline.namespace}", pipeline="{pipeline.name}"'
     lag = f"sum({METRIC_LAG}{{{sel}}})"
@@ -97,8 +101,10 @@ def build_prometheus_rule(pipeline: StreamPipeline, settings: OperatorSettings) 
             "consumer lag has been growing for 15 minutes",
         ),
         alert(
+            # `unless ... > 0`, not `and ... == 0`: a worker stuck before its first record
+            # has no records_in series at all, and `and` with nothing is nothing.
             "StreamherdNoProgress",
-            f"{lag} > 0 and sum(rate({METRIC_RECORDS_IN}{{{sel}}}[10m])) == 0",
+            f"{lag} > 0 unless sum(rate({METRIC_RECORDS_IN}{{{sel}}}[10m])) > 0",
             "10m",
             "critical",
             "there is lag but no record has been consumed for 10 minutes",
@@ -123,6 +129,14 @@ def build_prometheus_rule(pipeline: StreamPipeline, settings: OperatorSettings) 
             "5m",
             "critical",
             f"the newest checkpoint is older than {mon.checkpoint_age_alert}",
+        ),
+        alert(
+            "StreamherdSinkDown",
+            f"min({METRIC_SINK_UP}{{{sel}}}) == 0",
+            "2m",
+            "critical",
+            "the sink refuses writes (e.g. the database is down); results wait, consumption "
+            "is paused",
         ),
     ]
     return {

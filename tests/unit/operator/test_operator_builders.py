@@ -401,6 +401,7 @@ def test_prometheus_rule_alerts() -> None:
         "StreamherdErrors",
         "StreamherdDeadLettering",
         "StreamherdCheckpointTooOld",
+        "StreamherdSinkDown",
     }
     for r in rules:
         assert 'pipeline="clicks-per-minute"' in r["expr"]

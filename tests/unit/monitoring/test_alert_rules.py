@@ -1,0 +1,166 @@
+"""The alert rules the operator generates (operator/builders/monitoring.py), checked and
+unit-tested by promtool.
+
+`promtool check rules` validates the PrometheusRule's groups as Prometheus loads them.
+`promtool test rules` then replays synthetic series (one scenario per case below, one sample
+a minute) through the real rule evaluator and compares the firing alerts, with their labels
+and annotations, at given times: each alert fires when it should and stays quiet when it
+should not (slow consumers, flat lag, a one-minute blip, a healthy pipeline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.unit.monitoring.promkit import pipeline, rule_groups, run_promtool, write_yaml
+
+NS, NAME = "shop", "clicks"
+SEL = f'namespace="{NS}", pipeline="{NAME}"'
+
+
+def series(metric: str, values: str, **labels: str) -> dict[str, str]:
+    extra = "".join(f', {k}="{v}"' for k, v in labels.items())
+    return {"series": f'{metric}{{{SEL}, pod="w-0"{extra}}}', "values": values}
+
+
+@dataclass(frozen=True)
+class Case:
+    """Input series and, at one evaluation time, whether `alert` must be firing."""
+
+    name: str
+    alert: str
+    at: str
+    fires: bool
+    input: list[dict[str, str]] = field(default_factory=list)
+
+
+LAG = "streamherd_consumer_lag_total"
+IN = "streamherd_records_in_total"
+CONSUMING = series(IN, "0+5000x60", topic="clicks", partition="0")
+
+CASES = [
+    # --- lag above the threshold (100000 by default) for 10 minutes
+    Case("lag high for 15m", "StreamherdLagAboveThreshold", "15m", True,
+         [series(LAG, "200000x30"), CONSUMING]),
+    Case("lag high for only 5m", "StreamherdLagAboveThreshold", "5m", False,
+         [series(LAG, "200000x30"), CONSUMING]),
+    Case("lag just under the threshold", "StreamherdLagAboveThreshold", "25m", False,
+         [series(LAG, "99999x30"), CONSUMING]),
+    # --- lag growing (positive slope over 15m, for 15m)
+    Case("lag grows steadily", "StreamherdLagGrowing", "40m", True,
+         [series(LAG, "0+100x60"), CONSUMING]),
+    Case("lag grew only for 10m", "StreamherdLagGrowing", "10m", False,
+         [series(LAG, "0+100x60"), CONSUMING]),
+    Case("lag flat", "StreamherdLagGrowing", "40m", False,
+         [series(LAG, "5000x60"), CONSUMING]),
+    Case("lag shrinking", "StreamherdLagGrowing", "40m", False,
+         [series(LAG, "60000-1000x60"), CONSUMING]),
+    # --- lag but nothing consumed
+    Case("stuck: counter flat", "StreamherdNoProgress", "25m", True,
+         [series(LAG, "500x40"), series(IN, "1000x40", topic="clicks", partition="0")]),
+    Case("stuck before the first record (no records_in series)", "StreamherdNoProgress",
+         "25m", True, [series(LAG, "500x40")]),
+    Case("slow but consuming", "StreamherdNoProgress", "25m", False,
+         [series(LAG, "500x40"), series(IN, "0+10x40", topic="clicks", partition="0")]),
+    Case("no lag, idle", "StreamherdNoProgress", "25m", False,
+         [series(LAG, "0x40"), series(IN, "1000x40", topic="clicks", partition="0")]),
+    # --- engine errors
+    Case("errors keep coming", "StreamherdErrors", "15m", True,
+         [series("streamherd_errors_total", "0+5x30", kind="consume")]),
+    Case("old errors only", "StreamherdErrors", "15m", False,
+         [series("streamherd_errors_total", "3x30", kind="consume")]),
+    # --- dead-lettering
+    Case("records dead-lettered", "StreamherdDeadLettering", "15m", True,
+         [series("streamherd_records_dead_lettered_total", "0+10x30", reason="decode")]),
+    Case("no new dead letters", "StreamherdDeadLettering", "15m", False,
+         [series("streamherd_records_dead_lettered_total", "7x30", reason="decode")]),
+    # --- checkpoints (10m by default)
+    Case("checkpoint age grows past 10m", "StreamherdCheckpointTooOld", "25m", True,
+         [series("streamherd_checkpoint_age_seconds", "0+60x30")]),
+    Case("checkpoint age just past 10m, not for 5m", "StreamherdCheckpointTooOld", "13m",
+         False, [series("streamherd_checkpoint_age_seconds", "0+60x30")]),
+    Case("checkpoints keep happening", "StreamherdCheckpointTooOld", "25m", False,
+         [series("streamherd_checkpoint_age_seconds", "5 10 15 4 9 14 3 8 13 2 7x20")]),
+    # --- sink down
+    Case("database down", "StreamherdSinkDown", "15m", True,
+         [series("streamherd_sink_up", "1x5 0x20", sink="postgres")]),
+    Case("one minute blip", "StreamherdSinkDown", "10m", False,
+         [series("streamherd_sink_up", "1x5 0 1x20", sink="postgres")]),
+    Case("sink up", "StreamherdSinkDown", "15m", False,
+         [series("streamherd_sink_up", "1x30", sink="postgres")]),
+]  # fmt: skip
+
+ALERTS = {
+    "StreamherdLagAboveThreshold",
+    "StreamherdLagGrowing",
+    "StreamherdNoProgress",
+    "StreamherdErrors",
+    "StreamherdDeadLettering",
+    "StreamherdCheckpointTooOld",
+    "StreamherdSinkDown",
+}
+
+
+def rules_file(tmp_path: Path) -> Path:
+    return write_yaml(tmp_path / "rules.yaml", rule_groups(pipeline(NAME, NS)))
+
+
+def expected_alerts(rules: dict[str, Any], case: Case) -> list[dict[str, Any]]:
+    if not case.fires:
+        return []
+    rule = next(r for r in rules["groups"][0]["rules"] if r["alert"] == case.alert)
+    # sum()/min()/max() drop the series labels: an alert carries the rule's labels only.
+    return [{"exp_labels": dict(rule["labels"]), "exp_annotations": dict(rule["annotations"])}]
+
+
+def test_the_cases_cover_every_alert_both_ways(tmp_path: Path) -> None:
+    generated = {r["alert"] for r in rule_groups(pipeline())["groups"][0]["rules"]}
+    assert generated == ALERTS
+    for alert in ALERTS:
+        assert {c.fires for c in CASES if c.alert == alert} == {True, False}, alert
+
+
+def test_promtool_check_rules_accepts_the_generated_rules(tmp_path: Path) -> None:
+    proc = run_promtool("check", "rules", str(rules_file(tmp_path)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(ALERTS)} rules found" in proc.stdout
+
+
+@pytest.mark.parametrize("monitoring", [{}, {"lagAlertThreshold": 5, "checkpointAgeAlert": "90s"}])
+def test_promtool_check_rules_with_custom_thresholds(
+    tmp_path: Path, monitoring: dict[str, Any]
+) -> None:
+    path = write_yaml(tmp_path / "rules.yaml", rule_groups(pipeline(**monitoring)))
+    proc = run_promtool("check", "rules", str(path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_each_alert_fires_when_it_should_and_only_then(tmp_path: Path) -> None:
+    path = rules_file(tmp_path)
+    rules = rule_groups(pipeline(NAME, NS))
+    tests = [
+        {
+            "name": case.name,
+            "interval": "1m",
+            "input_series": case.input,
+            "alert_rule_test": [
+                {
+                    "eval_time": case.at,
+                    "alertname": case.alert,
+                    "exp_alerts": expected_alerts(rules, case),
+                }
+            ],
+        }
+        for case in CASES
+    ]
+    test_file = write_yaml(
+        tmp_path / "alerts_test.yaml",
+        {"rule_files": [path.name], "evaluation_interval": "1m", "tests": tests},
+    )
+    proc = run_promtool("test", "rules", test_file.name, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout + proc.stderr
