@@ -5,8 +5,9 @@ in a thread (the kubernetes client is blocking) under a per-pipeline lock, on a 
 of the pipeline so it never works from a stale body:
 
 - on.resume / on.create / on.update of a StreamPipeline;
-- on.event of owned Deployments (status follows pods becoming Ready; a deleted Deployment
-  is recreated at once);
+- events of owned children from the operator's watch cache (kube.WatchCache): any change of
+  a Deployment (status follows pods becoming Ready), the deletion of any child (it is
+  recreated at once);
 - on.event of Secrets that some pipeline references (rotation rolls the workers), found
   through an in-memory index kept by on.event of the pipelines;
 - the builtin autoscaler's handlers (operator/autoscaling/handlers.py), which call
@@ -14,6 +15,12 @@ of the pipeline so it never works from a stale body:
 - one operator-wide resync loop that visits every known pipeline once per
   ``resync_interval``, spread evenly, so drift (a hand-edited or deleted child) is repaired.
   It replaces per-pipeline kopf timers, which would force a finalizer on every pipeline.
+
+Triggers that may fire in bursts (child events, the resync, the autoscaler) are coalesced:
+at most one reconcile per pipeline waits while one runs, and the waiting one reads the newest
+state, so a rollout's dozen Deployment updates cost two or three reconciles, not a dozen.
+Reads come from the watch cache (kube.py), so an unchanged pipeline costs no API call but
+the Secrets it references.
 
 Deletion needs no cleanup (children carry ownerReferences; the garbage collector removes
 them), so no on.delete handler and no finalizer. ``build_registry`` makes a fresh
@@ -34,6 +41,7 @@ import kopf
 
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
 from streamherd.operator.autoscaling.handlers import register_autoscaler
+from streamherd.operator.builders import CHILD_KINDS
 from streamherd.operator.builders.meta import MANAGED_BY, PIPELINE_LABEL
 from streamherd.operator.kube import ApiError, Kube, Manifest
 from streamherd.operator.peering import PeeringGate
@@ -43,6 +51,7 @@ from streamherd.operator.settings import OperatorSettings
 log = logging.getLogger(__name__)
 
 PREFIX: Final = "streamherd.io"
+CACHE_SYNC_TIMEOUT: Final = 60.0
 Key = tuple[str, str]  # (namespace, name)
 
 
@@ -57,6 +66,9 @@ class OperatorContext:
     # pipeline -> the Secrets it references, and the reverse index for Secret events
     secrets_of: dict[Key, tuple[str, ...]] = field(default_factory=dict)
     resync_task: asyncio.Task[None] | None = None
+    # Pipelines with a coalesced reconcile queued but not started (see reconcile_key).
+    pending: set[Key] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
     # HA: our own loops (resync, autoscaler) run only in the active replica (kopf pauses
     # only its handlers). None: no peering, always active.
     gate: PeeringGate | None = None
@@ -111,7 +123,14 @@ def _reconcile_blocking(
 ) -> tuple[Manifest | None, ReconcileResult | None]:
     """GET the pipeline, reconcile it, post the events. Runs in the thread pool."""
     namespace, name = key
+    if ctx.kube.cache is not None:
+        # After a (re)start, wait for the first lists rather than GET every child of every
+        # pipeline while they load (lookups fall back to GETs if this times out).
+        ctx.kube.cache.wait_synced(CACHE_SYNC_TIMEOUT)
     body = ctx.kube.get(f"{GROUP}/{VERSION}", KIND, namespace, name)
+    if body is None and ctx.kube.cache is not None:
+        # Not in the cache: created a moment ago (kopf's watch was faster) or deleted.
+        body = ctx.kube.get(f"{GROUP}/{VERSION}", KIND, namespace, name, cached=False)
     if body is None or body.get("metadata", {}).get("deletionTimestamp"):
         return body, None
     result = reconcile(body, ctx.kube, ctx.settings)
@@ -123,12 +142,22 @@ def _reconcile_blocking(
     return body, result
 
 
-async def reconcile_key(ctx: OperatorContext, key: Key) -> ReconcileResult | None:
+async def reconcile_key(
+    ctx: OperatorContext, key: Key, *, coalesce: bool = False
+) -> ReconcileResult | None:
     """Reconcile one pipeline by name (the autoscaler calls this after a decision).
 
+    coalesce: return at once (None) when a reconcile of this pipeline is already queued and
+    not started: that one will see whatever prompted this call.
     Raises kube.ApiError on transient API failures; None when the pipeline is gone.
     """
+    if coalesce:
+        if key in ctx.pending:
+            return None
+        ctx.pending.add(key)
     async with ctx.lock(key):
+        if coalesce:
+            ctx.pending.discard(key)
         loop = asyncio.get_running_loop()
         body, result = await loop.run_in_executor(ctx.executor, _reconcile_blocking, ctx, key)
     if body is None:
@@ -145,9 +174,10 @@ async def reconcile_key(ctx: OperatorContext, key: Key) -> ReconcileResult | Non
 
 
 async def reconcile_quietly(ctx: OperatorContext, key: Key) -> None:
-    """reconcile_key for background triggers: errors are logged, the next resync retries."""
+    """reconcile_key for background triggers (coalesced): errors are logged, the next resync
+    retries."""
     try:
-        await reconcile_key(ctx, key)
+        await reconcile_key(ctx, key, coalesce=True)
     except ApiError as e:
         if e.status == 404:  # deleted (or its namespace) while we worked: nothing to do
             log.debug("reconcile of %s/%s: gone: %s", key[0], key[1], e)
@@ -155,6 +185,51 @@ async def reconcile_quietly(ctx: OperatorContext, key: Key) -> None:
         log.warning("reconcile of %s/%s failed (will retry): %s", key[0], key[1], e)
     except Exception:
         log.exception("reconcile of %s/%s crashed (will retry)", key[0], key[1])
+
+
+def schedule(ctx: OperatorContext, key: Key) -> None:
+    """Queue a coalesced reconcile of a known pipeline (from the event loop's thread)."""
+    if key not in ctx.secrets_of or key in ctx.pending:
+        return
+    task = asyncio.get_running_loop().create_task(reconcile_quietly(ctx, key))
+    ctx.tasks.add(task)  # a reference, so the task is not garbage-collected
+    task.add_done_callback(ctx.tasks.discard)
+
+
+def cached_kinds(kube: Kube) -> list[tuple[str, str, str]]:
+    """What the watch cache holds: the pipelines, and every served child kind (ours only,
+    by label). Optional APIs installed later are read with GETs until the next start."""
+    own = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+    kinds = [(f"{GROUP}/{VERSION}", KIND, "")]
+    for child in CHILD_KINDS:
+        if not child.optional_api or kube.served(child.api_version, child.kind):
+            kinds.append((child.api_version, child.kind, own))
+    return kinds
+
+
+def start_watch_cache(ctx: OperatorContext, loop: asyncio.AbstractEventLoop) -> None:
+    """Blocking (run it in the executor): start the cache; child events schedule reconciles."""
+
+    def on_event(type_: str, kind: str, obj: Manifest) -> None:
+        # Called in a watch thread, after the cache took the change. A Deployment's every
+        # change matters (status follows its pods); other children only when deleted (a hand
+        # edit of them is repaired by the resync, as decision 0001 says).
+        meta = obj.get("metadata") or {}
+        if kind == KIND:
+            # A spec change the cache saw (kopf's on.update may have read an older copy).
+            observed = (obj.get("status") or {}).get("observedGeneration")
+            if type_ != "DELETED" and meta.get("generation") != observed:
+                key = _key(meta.get("namespace"), meta.get("name"))
+                loop.call_soon_threadsafe(schedule, ctx, key)
+            return
+        if kind != "Deployment" and type_ != "DELETED":
+            return
+        pipeline = (meta.get("labels") or {}).get(PIPELINE_LABEL)
+        if pipeline:
+            key = _key(meta.get("namespace"), pipeline)
+            loop.call_soon_threadsafe(schedule, ctx, key)
+
+    ctx.kube.start_cache(cached_kinds(ctx.kube), ctx.settings.namespaces, on_event)
 
 
 async def resync_loop(ctx: OperatorContext) -> None:
@@ -185,9 +260,11 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, ops: OperatorSettings) 
     kopf_settings.watching.server_timeout = 300
     kopf_settings.watching.client_timeout = 330
     kopf_settings.watching.connect_timeout = 30
-    kopf_settings.batching.worker_limit = ops.max_workers
+    kopf_settings.queueing.worker_limit = ops.max_workers
     kopf_settings.execution.max_workers = ops.max_workers
     kopf_settings.networking.request_timeout = 60
+    # Throttled (429) requests wait what the API server asks, not kopf's shorter backoffs.
+    kopf_settings.networking.enforce_retry_after = True
     if ops.peering:
         kopf_settings.peering.name = ops.peering
         kopf_settings.peering.priority = ops.priority
@@ -216,6 +293,8 @@ def build_registry(ops: OperatorSettings) -> Any:
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure_kopf(settings, ops)
         ctx: OperatorContext = memo["ctx"]
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(ctx.executor, start_watch_cache, ctx, loop)
         ctx.resync_task = asyncio.create_task(resync_loop(ctx), name="streamherd-resync")
 
     @kopf.on.cleanup(id="cleanup", registry=registry)
@@ -223,6 +302,8 @@ def build_registry(ops: OperatorSettings) -> Any:
         ctx: OperatorContext = memo["ctx"]
         if ctx.resync_task is not None:
             ctx.resync_task.cancel()
+        if ctx.kube.cache is not None:
+            ctx.kube.cache.stop()
         ctx.executor.shutdown(wait=False, cancel_futures=True)
 
     @kopf.on.resume(*resource, id="reconcile", registry=registry)
@@ -250,20 +331,6 @@ def build_registry(ops: OperatorSettings) -> Any:
         else:
             ctx.secrets_of.setdefault(key, ())
 
-    @kopf.on.event(
-        "apps", "v1", "deployments",
-        labels={"app.kubernetes.io/managed-by": MANAGED_BY, PIPELINE_LABEL: kopf.PRESENT},
-        id="deployment-changed", registry=registry,
-    )  # fmt: skip
-    async def deployment_event(
-        type: str | None, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
-    ) -> None:
-        ctx: OperatorContext = memo["ctx"]
-        key = _key(namespace, labels.get(PIPELINE_LABEL))
-        # Initial listing (type None) is covered by on.resume.
-        if type is not None and key in ctx.secrets_of:
-            await reconcile_quietly(ctx, key)
-
     def referenced(namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any) -> bool:
         ctx: OperatorContext = memo["ctx"]
         return bool(ctx.pipelines_using(str(namespace), str(name)))
@@ -278,7 +345,7 @@ def build_registry(ops: OperatorSettings) -> Any:
         for key in ctx.pipelines_using(str(namespace), str(name)):
             await reconcile_quietly(ctx, key)
 
-    _ = (login, startup, cleanup, changed, pipeline_event, deployment_event, secret_event)
+    _ = (login, startup, cleanup, changed, pipeline_event, secret_event)
     # The builtin autoscaler (operator/autoscaling/handlers.py) adds its index, its loop and
     # their start/stop; after a decision it calls reconcile_key() above.
     register_autoscaler(registry)

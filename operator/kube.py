@@ -6,6 +6,13 @@ patch, discovery of optional APIs (monitoring.coreos.com, keda.sh) cached briefl
 installed later are picked up, and reading Secrets for the rotation hash. The calls are
 blocking: kopf handlers run them through ``asyncio.to_thread``. Request bodies and Secret
 data are never logged.
+
+Built for a thousand pipelines: ``Kube.start_cache`` keeps a watch-fed copy of the
+StreamPipelines and of the children the operator labels as its own (one list+watch thread
+per kind, never one per pipeline; objects kept as compact JSON without managedFields), and
+``get`` answers those kinds from it once their first list is in. Writes go to the server and
+their answers into the cache (write-through), so the next reconcile sees them at once. A
+429 (API Priority and Fairness throttling) is retried after the server's Retry-After.
 """
 
 from __future__ import annotations
@@ -15,9 +22,12 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 from urllib.parse import quote
+
+import orjson
 
 from streamherd import __version__
 from streamherd.operator.api.v1alpha1 import GROUP, PLURAL, VERSION
@@ -29,6 +39,9 @@ Manifest = dict[str, Any]
 FIELD_MANAGER: Final = "streamherd-operator"
 DISCOVERY_TTL_SECONDS: Final = 60.0
 USER_AGENT: Final = f"streamherd-operator/{__version__}"
+# 429 answers (API Priority and Fairness) are retried this often, after Retry-After seconds.
+THROTTLE_RETRIES: Final = 5
+MAX_RETRY_AFTER_SECONDS: Final = 30.0
 
 
 class ApiError(Exception):
@@ -127,6 +140,8 @@ class Kube:
         self._discovery_ttl = discovery_ttl
         self._discovery: dict[str, tuple[float, frozenset[str]]] = {}
         self._lock = threading.Lock()
+        self.cache: WatchCache | None = None
+        self.throttled = 0  # 429 answers seen (each retried after Retry-After)
 
     @property
     def configuration(self) -> Any:
@@ -134,8 +149,14 @@ class Kube:
         return self._api.configuration
 
     @classmethod
-    def from_kubeconfig(cls, kubeconfig: str | None = None, **kwargs: Any) -> Kube:
-        """In-cluster config when running in a pod, else the kubeconfig (explicit or default)."""
+    def from_kubeconfig(
+        cls, kubeconfig: str | None = None, *, pool_size: int = 64, **kwargs: Any
+    ) -> Kube:
+        """In-cluster config when running in a pod, else the kubeconfig (explicit or default).
+
+        pool_size: kept-alive connections; it must exceed the reconcile threads plus the
+        watch threads, or each request beyond it pays a new TLS handshake.
+        """
         from kubernetes import client, config
 
         configuration = client.Configuration()
@@ -152,6 +173,7 @@ class Kube:
                 config.load_kube_config(  # type: ignore[no-untyped-call]
                     client_configuration=configuration
                 )
+        configuration.connection_pool_maxsize = pool_size
         api_client = client.ApiClient(configuration)
         # Our own User-Agent, so API server audit logs and metrics can tell our requests apart
         # (kopf's watches and annotation patches say kopf/<version>).
@@ -169,6 +191,25 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
     ) -> Any:
+        for attempt in range(THROTTLE_RETRIES + 1):
+            try:
+                return self._request_once(method, path, query, body, content_type)
+            except _Throttled as t:
+                self.throttled += 1
+                if attempt == THROTTLE_RETRIES:
+                    raise ApiError(429, "TooManyRequests", t.message) from None
+                # Honour the server's Retry-After (APF sends 1 s by default), capped.
+                time.sleep(min(MAX_RETRY_AFTER_SECONDS, max(t.retry_after, 0.1)))
+        raise AssertionError("unreachable")
+
+    def _request_once(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None,
+        body: Any,
+        content_type: str,
+    ) -> Any:
         from kubernetes.client.exceptions import ApiException
 
         headers = {"Accept": "application/json", "Content-Type": content_type}
@@ -184,6 +225,8 @@ class Kube:
             response = self._api.call_api(*request, _request_timeout=self._timeout)
             data = response.read()
         except ApiException as e:
+            if e.status == 429:
+                raise _Throttled(_retry_after(e.headers), _message(e.body)) from None
             raise ApiError(int(e.status or 0), str(e.reason), _message(e.body)) from None
         except OSError as e:  # connection refused, TLS, timeouts (urllib3 errors are OSErrors)
             raise ApiError(0, "Unreachable", str(e)) from None
@@ -191,13 +234,23 @@ class Kube:
             if type(e).__module__.startswith("urllib3"):
                 raise ApiError(0, "Unreachable", str(e)) from None
             raise
+        if response.status == 429:
+            raise _Throttled(_retry_after(response.headers), _message(data))
         if not 200 <= response.status <= 299:
             raise ApiError(response.status, str(response.reason), _message(data))
         return json.loads(data) if data else None
 
     # ------------------------------------------------------------------ objects
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None:
+    def get(
+        self, api_version: str, kind: str, namespace: str, name: str, *, cached: bool = True
+    ) -> Manifest | None:
+        """The object, None when it does not exist; from the watch cache unless `cached` is
+        False or the kind is not cached (yet)."""
+        if cached and self.cache is not None:
+            hit, obj = self.cache.lookup(api_version, kind, namespace, name)
+            if hit:
+                return obj
         info = resource_info(api_version, kind)
         try:
             result: Manifest = self._request("GET", info.item(namespace, name))
@@ -218,6 +271,8 @@ class Kube:
             body=manifest,
             content_type="application/apply-patch+yaml",
         )
+        if self.cache is not None:
+            self.cache.store(result)
         return result
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
@@ -233,6 +288,9 @@ class Kube:
             if e.status == 404:
                 return False
             raise
+        finally:
+            if self.cache is not None:
+                self.cache.drop(api_version, kind, namespace, name)
         return True
 
     def list(
@@ -253,11 +311,46 @@ class Kube:
             body={"status": status},
             content_type="application/merge-patch+json",
         )
+        if self.cache is not None:
+            self.cache.store(result)
         return result
 
     def create_event(self, event: Manifest) -> None:
         info = resource_info("v1", "Event")
         self._request("POST", info.collection(event["metadata"]["namespace"]), body=event)
+
+    # ------------------------------------------------------------------ watch cache
+
+    def start_cache(
+        self,
+        kinds: Iterable[tuple[str, str, str]],
+        namespaces: Sequence[str] = (),
+        on_event: Callable[[str, str, Manifest], None] | None = None,
+    ) -> WatchCache:
+        """Start watching (api_version, kind, label selector) kinds; ``get`` then uses them.
+
+        ``on_event(type, kind, object)`` is called from the watch threads after the cache
+        has taken the change (not for the first list).
+        """
+        cache = WatchCache(self, tuple(kinds), tuple(namespaces), on_event)
+        self.cache = cache
+        cache.start()
+        return cache
+
+    def stream(self, path: str, query: Sequence[tuple[str, str]], read_timeout: float) -> Any:
+        """A streaming GET (a watch): the raw urllib3 response, one JSON event per line."""
+        headers = {"Accept": "application/json"}
+        request = self._api.param_serialize(
+            "GET",
+            path,
+            query_params=list(query),
+            header_params=headers,
+            auth_settings=["BearerToken"],
+        )
+        response = self._api.call_api(*request, _request_timeout=(30.0, read_timeout))
+        if response.status != 200:
+            raise ApiError(response.status, str(response.reason), _message(response.read()))
+        return response.response
 
     # ------------------------------------------------------------------ discovery
 
@@ -301,6 +394,244 @@ class Kube:
         data: dict[str, str] = dict(secret.get("data") or {})
         # stringData is write-only; a Secret read back only has data.
         return data
+
+
+class _Throttled(Exception):
+    """A 429 answer: retried by Kube._request after `retry_after` seconds."""
+
+    def __init__(self, retry_after: float, message: str) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.message = message
+
+
+def _retry_after(headers: Any) -> float:
+    try:
+        return float((headers or {}).get("Retry-After") or 1.0)
+    except (TypeError, ValueError):
+        return 1.0
+
+
+def _compact(obj: Manifest) -> bytes:
+    """The object as compact JSON, without managedFields (the largest part we never read)."""
+    meta = obj.get("metadata") or {}
+    if "managedFields" in meta:
+        obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+    return orjson.dumps(obj)
+
+
+def _version(obj: Manifest) -> int:
+    # resourceVersions are opaque by contract, but etcd revisions in practice; only used to
+    # keep a write's answer from being replaced by an older watch event.
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+@dataclass
+class _Kind:
+    info: ResourceInfo
+    selector: str
+    objects: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    versions: dict[tuple[str, str], int] = field(default_factory=dict)
+    pending_lists: int = 0  # namespaces whose first list is not in yet
+    synced: threading.Event = field(default_factory=threading.Event)
+
+
+class WatchCache:
+    """Watch-fed copies of some kinds: one list+watch thread per kind and namespace.
+
+    Reads are answered from memory once a kind's first list is in (``lookup`` reports a miss
+    before that, so callers fall back to a GET). An expired watch (410 Gone) or a broken
+    connection relists; objects that vanished meanwhile are reported as DELETED.
+    """
+
+    def __init__(
+        self,
+        kube: Kube,
+        kinds: Sequence[tuple[str, str, str]],
+        namespaces: tuple[str, ...],
+        on_event: Callable[[str, str, Manifest], None] | None,
+        watch_timeout: int = 300,
+    ) -> None:
+        self._kube = kube
+        self._namespaces: tuple[str | None, ...] = namespaces or (None,)
+        self._on_event = on_event
+        self._watch_timeout = watch_timeout
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._kinds = {
+            (api_version, kind): _Kind(resource_info(api_version, kind), selector)
+            for api_version, kind, selector in kinds
+        }
+        for k in self._kinds.values():
+            k.pending_lists = len(self._namespaces)
+
+    def start(self) -> None:
+        for k in self._kinds.values():
+            for ns in self._namespaces:
+                threading.Thread(
+                    target=self._run, args=(k, ns), name=f"watch-{k.info.plural}", daemon=True
+                ).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait_synced(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        return all(
+            k.synced.wait(max(0.0, deadline - time.monotonic())) for k in self._kinds.values()
+        )
+
+    def size(self) -> int:
+        with self._lock:
+            return sum(len(k.objects) for k in self._kinds.values())
+
+    def lookup(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> tuple[bool, Manifest | None]:
+        """(hit, object): hit is False when the kind is not cached or not listed yet."""
+        k = self._kinds.get((api_version, kind))
+        if k is None or not k.synced.is_set():
+            return False, None
+        with self._lock:
+            raw = k.objects.get((namespace, name))
+        if raw is None:
+            return True, None
+        obj: Manifest = orjson.loads(raw)
+        return True, obj
+
+    def store(self, obj: Manifest) -> None:
+        """A write's answer (write-through); an older version never replaces a newer one."""
+        k = self._kinds.get((str(obj.get("apiVersion")), str(obj.get("kind"))))
+        if k is not None:
+            self._put(k, obj)
+
+    def drop(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        k = self._kinds.get((api_version, kind))
+        if k is not None:
+            with self._lock:
+                k.objects.pop((namespace, name), None)
+                k.versions.pop((namespace, name), None)
+
+    def _put(self, k: _Kind, obj: Manifest) -> bool:
+        meta = obj.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name")))
+        version = _version(obj)
+        raw = _compact(obj)
+        with self._lock:
+            if version and k.versions.get(key, 0) > version:
+                return False
+            k.objects[key] = raw
+            k.versions[key] = version
+        return True
+
+    def _notify(self, type_: str, k: _Kind, obj: Manifest) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(type_, k.info.kind, obj)
+        except Exception:
+            log.exception("watch callback for %s failed", k.info.kind)
+
+    def _run(self, k: _Kind, namespace: str | None) -> None:
+        backoff = 1.0
+        first = True
+        while not self._stop.is_set():
+            try:
+                version = self._list(k, namespace, notify=not first)
+                if first:
+                    first = False
+                    with self._lock:
+                        k.pending_lists -= 1
+                        if k.pending_lists <= 0:
+                            k.synced.set()
+                backoff = 1.0
+                while not self._stop.is_set():
+                    version = self._watch(k, namespace, version)
+            except _Gone:
+                continue  # relist at once
+            except Exception as e:  # noqa: BLE001 - any failure: relist after a pause
+                log.warning("watch of %s failed (relisting in %.0fs): %s", k.info.plural,
+                            backoff, e)  # fmt: skip
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _list(self, k: _Kind, namespace: str | None, *, notify: bool) -> str:
+        query = [("labelSelector", k.selector)] if k.selector else []
+        data = self._kube._request("GET", k.info.collection(namespace), query=query)
+        items: list[Manifest] = data.get("items") or []
+        api_version, kind = k.info.api_version, k.info.kind
+        listed = set()
+        for item in items:
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+            meta = item.get("metadata") or {}
+            key = (str(meta.get("namespace") or ""), str(meta.get("name")))
+            listed.add(key)
+            with self._lock:
+                known = k.versions.get(key)
+            if self._put(k, item) and notify and known != _version(item):
+                self._notify("MODIFIED", k, item)
+        with self._lock:
+            gone = [
+                key
+                for key in k.objects
+                if key not in listed and (namespace is None or key[0] == namespace)
+            ]
+            removed = [orjson.loads(k.objects.pop(key)) for key in gone]
+            for key in gone:
+                k.versions.pop(key, None)
+        for obj in removed:
+            if notify:
+                self._notify("DELETED", k, obj)
+        return str((data.get("metadata") or {}).get("resourceVersion") or "")
+
+    def _watch(self, k: _Kind, namespace: str | None, version: str) -> str:
+        query = [
+            ("watch", "true"),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(self._watch_timeout)),
+        ]
+        if version:
+            query.append(("resourceVersion", version))
+        if k.selector:
+            query.append(("labelSelector", k.selector))
+        response = self._kube.stream(
+            k.info.collection(namespace), query, read_timeout=self._watch_timeout + 30
+        )
+        try:
+            for line in response:
+                if self._stop.is_set():
+                    break
+                if not line.strip():
+                    continue
+                event = orjson.loads(line)
+                type_, obj = event.get("type"), event.get("object") or {}
+                if type_ == "ERROR":
+                    if obj.get("code") == 410:
+                        raise _Gone()
+                    raise ApiError(int(obj.get("code") or 0), "WatchError", str(obj))
+                new_version = (obj.get("metadata") or {}).get("resourceVersion")
+                if new_version:
+                    version = str(new_version)
+                if type_ == "BOOKMARK":
+                    continue
+                if type_ == "DELETED":
+                    meta = obj.get("metadata") or {}
+                    self.drop(k.info.api_version, k.info.kind, str(meta.get("namespace") or ""),
+                              str(meta.get("name")))  # fmt: skip
+                elif not self._put(k, obj):
+                    continue
+                self._notify(str(type_), k, obj)
+        finally:
+            response.release_conn()
+        return version
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion is too old: relist."""
 
 
 def _message(body: Any) -> str:

@@ -104,7 +104,10 @@ def run_operator(args: argparse.Namespace) -> int:
     # Optional APIs (monitoring.coreos.com, keda.sh) installed later are noticed within a
     # resync: discovery answers are cached for at most one resync interval (and 60 s).
     kube = Kube.from_kubeconfig(
-        args.kubeconfig, discovery_ttl=min(60.0, settings.resync_interval_seconds)
+        args.kubeconfig,
+        discovery_ttl=min(60.0, settings.resync_interval_seconds),
+        # reconcile threads + the autoscaler's + one watch per cached kind and namespace
+        pool_size=settings.max_workers + 16 + 12 * max(1, len(settings.namespaces)),
     )
     logging.getLogger(__name__).info(
         "streamherd operator starting: namespaces=%s resync=%ss worker image %s",

@@ -212,10 +212,16 @@ def _ref(obj: Manifest) -> str:
     return f"{obj['kind']}/{obj['metadata']['name']}"
 
 
+# Apply order: what the workers mount, then the workers, then the rest. The Deployment goes
+# before the Service: at scale a Service's create (ClusterIP allocation) is the slowest
+# write, and nothing in the workers waits for it.
+_APPLY_FIRST = {"ConfigMap": 0, "PersistentVolumeClaim": 1, "Deployment": 2}
+
+
 def _apply_children(
     pipeline: StreamPipeline, desired: Sequence[Manifest], kube: KubeApi, out: _Outcome
 ) -> None:
-    for child in desired:
+    for child in sorted(desired, key=lambda c: _APPLY_FIRST.get(c["kind"], 3)):
         meta = child["metadata"]
         live = kube.get(child["apiVersion"], child["kind"], meta["namespace"], meta["name"])
         if up_to_date(child, live):

@@ -51,8 +51,8 @@ def test_first_reconcile_creates_every_child_and_reports_progress() -> None:
     assert list(result.applied) == [
         "ConfigMap/clicks-per-minute-config",
         "PersistentVolumeClaim/clicks-per-minute-checkpoints",
+        "Deployment/clicks-per-minute",  # before the Service (reconciler._APPLY_FIRST)
         "Service/clicks-per-minute-metrics",
-        "Deployment/clicks-per-minute",
         "PodDisruptionBudget/clicks-per-minute",
         "ServiceMonitor/clicks-per-minute",
         "PrometheusRule/clicks-per-minute",
