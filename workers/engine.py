@@ -38,6 +38,7 @@ from streamherd.workers.checkpointing import Checkpoint, CheckpointStore
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.generating import GENERATOR_TOPIC, ClickGenerator
 from streamherd.workers.kafkaclients import consumer_config
+from streamherd.workers.lagprobe import StartFrom, partition_lag
 from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics
 from streamherd.workers.processing import (
@@ -494,17 +495,24 @@ class Engine:
             return None
         tp = TopicPartition(st.topic, st.partition)
         try:
+            # The cached figures come with every fetch response (log start included, so a
+            # retention deletion shows up too); ask the broker only while they are unknown.
             low, high = consumer.get_watermark_offsets(tp, cached=True)
-            if high < 0 or (st.next_offset is None and st.committed is None and low < 0):
+            if high < 0 or low < 0:
                 low, high = consumer.get_watermark_offsets(tp, timeout=2, cached=False)
         except KafkaException:
             return None
+        if low < 0 or high < 0:
+            return None
         st.low, st.high = low, high
-        position = st.next_offset if st.next_offset is not None else st.committed
-        if position is None:
-            source = self.config.source.kafka
-            position = low if source is None or source.start_from == "earliest" else high
-        return max(high - position, 0)
+        # The lag probe's rule (workers/lagprobe.py), so the exported figure, the operator's
+        # probe and the broker's view agree: log end - committed; nothing committed yet ->
+        # startFrom; committed behind the log start (retention) -> log end - log start.
+        source = self.config.source.kafka
+        start_from: StartFrom = (
+            "latest" if source is not None and source.start_from == "latest" else "earliest"
+        )
+        return partition_lag(low, high, st.committed, start_from)
 
     def _backpressure(self) -> None:
         consumer = self.consumer

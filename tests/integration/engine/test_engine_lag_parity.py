@@ -1,0 +1,214 @@
+"""Issue 3, item 7: the lag a worker exports equals the lag probe's figure and the broker's
+view, while the lag is NOT zero, and in the no-commit and retention-deleted cases.
+
+Real broker, real `streamherd-worker` subprocesses. To freeze the figures, a worker runs
+with a checkpoint interval of an hour after the input stopped growing: it reads every
+record but commits nothing, so log end, log start and the committed offset all stand still
+and the three views can be compared at leisure (twice, 1.5 s apart, to show they are
+stable). The broker's view is computed here from raw broker answers (watermarks and the
+group's committed offsets), independently of workers/lagprobe.py:
+
+- committed and inside the log: log end - committed;
+- committed below the log start (records deleted by retention / DeleteRecords): the group
+  will restart at the log start, so log end - log start;
+- nothing committed: startFrom earliest -> log end - log start, latest -> 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from streamherd.workers.lagprobe import ClusterConfig, GroupSpec, LagProbe
+from tests.infra.kafka import KafkaBroker
+from tests.integration.engine.enginekit import Worker, clicks, pipeline_config, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka]
+
+PARTITIONS = 4
+
+
+def watermarks(broker: KafkaBroker, topic: str) -> dict[int, tuple[int, int]]:
+    consumer = Consumer(broker.client_config(**{"group.id": f"wm-{uuid.uuid4().hex[:8]}"}))
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+            for p in range(PARTITIONS)
+        }
+    finally:
+        consumer.close()
+
+
+def broker_view(broker: KafkaBroker, group: str, topic: str, start_from: str) -> dict[int, int]:
+    marks = watermarks(broker, topic)
+    committed = broker.committed(group, topic)
+    out = {}
+    for p, (low, high) in marks.items():
+        done = committed[p]
+        if done < 0:
+            out[p] = high - low if start_from == "earliest" else 0
+        elif done < low:
+            out[p] = high - low
+        else:
+            out[p] = high - done
+    return out
+
+
+def probe_view(broker: KafkaBroker, group: str, topic: str, start_from: Any) -> dict[int, int]:
+    with LagProbe(ClusterConfig.of(broker.bootstrap)) as probe:
+        lag = probe.measure(GroupSpec(group, (topic,), start_from))
+    return {p: v for (_, p), v in lag.by_partition().items()}
+
+
+def exported_view(worker: Worker, topic: str) -> dict[int, float | None]:
+    metrics = worker.metrics()
+    return {
+        p: metrics.get(
+            f'streamherd_consumer_lag{{partition="{p}",pipeline="clicks",topic="{topic}"}}'
+        )
+        for p in range(PARTITIONS)
+    }
+
+
+def records_in(worker: Worker) -> float:
+    return sum(
+        v for k, v in worker.metrics().items() if k.startswith("streamherd_records_in_total")
+    )
+
+
+def assert_three_views_agree(
+    broker: KafkaBroker, worker: Worker, group: str, topic: str, start_from: str, read: int
+) -> dict[int, int]:
+    """Wait until the worker has read `read` records and its figure settled, then compare."""
+    wait_until(f"{read} records read", lambda: records_in(worker) == read, 90, [worker])
+
+    def agree() -> bool:
+        exported = exported_view(worker, topic)
+        return (
+            exported
+            == probe_view(broker, group, topic, start_from)
+            == broker_view(broker, group, topic, start_from)
+        )
+
+    wait_until("exported lag == probe == broker", agree, 30, [worker])
+    first = broker_view(broker, group, topic, start_from)
+    time.sleep(1.5)  # two more lag refreshes of the worker: still the same, all three
+    exported = exported_view(worker, topic)
+    probed = probe_view(broker, group, topic, start_from)
+    seen = broker_view(broker, group, topic, start_from)
+    assert exported == probed == seen == first, (exported, probed, seen, first)
+    total = worker.metrics()['streamherd_consumer_lag_total{pipeline="clicks"}']
+    assert total == sum(seen.values())
+    return seen
+
+
+def delete_records(broker: KafkaBroker, requests: list[TopicPartition]) -> None:
+    admin = broker.admin()  # held until the answers are in: a dropped client never answers
+    for future in admin.delete_records(requests).values():
+        future.result(30)
+
+
+def frozen_config(config: dict[str, Any]) -> dict[str, Any]:
+    """No interval checkpoint (hence no commit) while the test looks."""
+    return {**config, "checkpoint": {**config["checkpoint"], "intervalSeconds": 3600}}
+
+
+def test_lag_parity_with_commits_and_after_retention(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    src = kafka_broker.create_topic(kafka_broker.unique_topic("lag"), PARTITIONS)
+    sink = kafka_broker.create_topic(kafka_broker.unique_topic("lag-out"), PARTITIONS)
+    group = f"g-{src}"
+    config = pipeline_config(
+        kafka_broker, source=src, sink=sink, dlq=None, group=group, checkpoints=tmp_path / "ck"
+    )
+    kafka_broker.produce(src, clicks(0, 8000))
+
+    # 1. A worker reads everything and commits; SIGTERM leaves the final commit.
+    first = Worker.create(tmp_path, "w1", config).start()
+    try:
+        wait_until(
+            "committed to the end",
+            lambda: kafka_broker.committed(group, src) == kafka_broker.end_offsets(src),
+            90,
+            [first],
+        )
+        first.signal(signal.SIGTERM)
+        assert first.wait(20) == 0, first.log_tail()
+    finally:
+        first.stop()
+    committed = kafka_broker.committed(group, src)
+
+    # 2. 4000 more records; a worker that reads them all but does not commit: the lag is
+    #    the 4000 records past the committed offsets, frozen.
+    kafka_broker.produce(src, clicks(8000, 4000))
+    ends = kafka_broker.end_offsets(src)
+    second = Worker.create(tmp_path, "w2", frozen_config(config)).start()
+    try:
+        seen = assert_three_views_agree(kafka_broker, second, group, src, "earliest", 4000)
+        assert seen == {p: ends[p] - committed[p] for p in range(PARTITIONS)}
+        assert sum(seen.values()) == 4000
+        assert all(v > 0 for v in seen.values()), seen
+
+        # 3. Retention (DeleteRecords) removes records past the committed offset of every
+        #    partition: the lag is what is left, log end - log start.
+        cut = {p: committed[p] + (ends[p] - committed[p]) // 2 for p in range(PARTITIONS)}
+        requests = [TopicPartition(src, p, cut[p]) for p in range(PARTITIONS)]
+        delete_records(kafka_broker, requests)
+        assert all(low == cut[p] for p, (low, _) in watermarks(kafka_broker, src).items())
+        assert kafka_broker.committed(group, src) == committed  # still behind the log start
+
+        def agree_after_cut() -> bool:
+            exported = exported_view(second, src)
+            return exported == {p: ends[p] - cut[p] for p in range(PARTITIONS)}
+
+        wait_until("exported lag sees the new log start", agree_after_cut, 30, [second])
+        seen = assert_three_views_agree(kafka_broker, second, group, src, "earliest", 4000)
+        assert seen == {p: ends[p] - cut[p] for p in range(PARTITIONS)}
+    finally:
+        second.stop()
+
+
+@pytest.mark.parametrize("start_from", ["earliest", "latest"])
+def test_lag_parity_without_any_commit(
+    kafka_broker: KafkaBroker, tmp_path: Path, start_from: str
+) -> None:
+    src = kafka_broker.create_topic(kafka_broker.unique_topic("lag-nc"), PARTITIONS)
+    sink = kafka_broker.create_topic(kafka_broker.unique_topic("lag-nc-out"), PARTITIONS)
+    kafka_broker.produce(src, clicks(0, 3000))
+    # Retention moved the log start too, so "earliest" means the log start, not offset 0.
+    requests = [TopicPartition(src, p, 100) for p in range(PARTITIONS)]
+    delete_records(kafka_broker, requests)
+    group = f"g-{src}"  # a fresh group: nothing committed, ever (commits are an hour away)
+    config = pipeline_config(
+        kafka_broker, source=src, sink=sink, dlq=None, group=group, checkpoints=tmp_path / "ck"
+    )
+    config["source"]["kafka"]["startFrom"] = start_from
+    worker = Worker.create(tmp_path, "w", frozen_config(config)).start()
+    try:
+        wait_until("partitions assigned", lambda: worker.get("/readyz")[0] == 200, 60, [worker])
+        marks = watermarks(kafka_broker, src)
+        retained = sum(high - low for low, high in marks.values())
+        if start_from == "latest":
+            # Records written after the worker joined are read; nothing is ever committed.
+            time.sleep(2)  # the consumer has fetched its "latest" position by now
+            kafka_broker.produce(src, clicks(3000, 1000))
+            read = 1000
+        else:
+            read = retained
+        seen = assert_three_views_agree(kafka_broker, worker, group, src, start_from, read)
+        assert all(v < 0 for v in kafka_broker.committed(group, src).values())
+        if start_from == "earliest":
+            marks = watermarks(kafka_broker, src)
+            assert seen == {p: high - low for p, (low, high) in marks.items()}
+            assert sum(seen.values()) == retained == 3000 - 4 * 100
+        else:
+            assert seen == dict.fromkeys(range(PARTITIONS), 0)
+    finally:
+        worker.stop()
