@@ -274,17 +274,26 @@ class KafkaBroker:
         finally:
             consumer.close()
 
-    def end_offsets(self, topic: str) -> dict[int, int]:
-        """The log-end offset (high watermark) of every partition."""
+    def watermarks(self, topic: str) -> dict[int, tuple[int, int]]:
+        """{partition: (log-start offset, log-end offset)}: low and high watermarks."""
         consumer = Consumer(self.client_config(**{"group.id": "streamherd-test-offsets"}))
         try:
             md = consumer.list_topics(topic, timeout=10).topics[topic]
-            return {
-                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in sorted(md.partitions)
-            }
+            out: dict[int, tuple[int, int]] = {}
+            for p in sorted(md.partitions):
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                out[p] = (low, high)
+            return out
         finally:
             consumer.close()
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        """The log-end offset (high watermark) of every partition."""
+        return {p: high for p, (_low, high) in self.watermarks(topic).items()}
+
+    def start_offsets(self, topic: str) -> dict[int, int]:
+        """The log-start offset of every partition (moves when retention deletes segments)."""
+        return {p: low for p, (low, _high) in self.watermarks(topic).items()}
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
         """The committed offsets of a consumer group on a topic (-1001: none committed)."""

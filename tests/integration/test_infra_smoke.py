@@ -6,6 +6,7 @@ If these fail, every other integration test would too: they check the fixtures t
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -45,6 +46,28 @@ def test_kafka_explicit_partition_and_raw_values(kafka_broker: KafkaBroker) -> N
     records = kafka_broker.consume_all(topic, timeout=30)
 
     assert [(r.partition, r.value) for r in records] == [(2, b"raw"), (2, b"text"), (2, None)]
+
+
+@pytest.mark.kafka
+def test_kafka_retention_deletes_old_segments_within_seconds(kafka_broker: KafkaBroker) -> None:
+    # The broker checks retention every second (TEST_SETTINGS): retention tests stay short.
+    topic = kafka_broker.create_topic(
+        kafka_broker.unique_topic("retention"),
+        partitions=1,
+        config={"retention.ms": "1000", "segment.ms": "200"},
+    )
+    kafka_broker.produce(topic, [b"old"] * 100)
+    time.sleep(1.5)  # older than retention.ms; the next write rolls their segment
+    kafka_broker.produce(topic, [b"new"] * 10)
+
+    wait_for(
+        "retention to delete the first segment",
+        lambda: kafka_broker.start_offsets(topic)[0] >= 100,
+        timeout=60,
+    )
+
+    assert all(r.value == b"new" for r in kafka_broker.consume_all(topic))
+    assert kafka_broker.end_offsets(topic) == {0: 110}
 
 
 def _deployment(name: str, replicas: int) -> dict[str, Any]:
