@@ -27,6 +27,7 @@ PREFIX: Final = "streamherd_"
 Kind = Literal["counter", "gauge", "histogram"]
 
 PARTITION_LABELS: Final = ("pipeline", "topic", "partition")
+DEAD_LETTER_REASONS: Final = ("decode", "expression", "function", "late")
 
 _LATENCY_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -48,8 +49,9 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     MetricSpec(
         "streamherd_consumer_lag",
         "gauge",
-        "Records behind per partition: log end offset (high watermark) minus the engine's "
-        "position (committed offset or the startFrom rule before the first record).",
+        "Records behind per partition, the lag probe's rule: log end minus the committed "
+        "offset; nothing committed: startFrom (earliest: log end minus log start, latest: "
+        "0); committed below the log start: log end minus log start.",
         PARTITION_LABELS,
     ),
     MetricSpec(
@@ -207,6 +209,10 @@ class EngineMetrics:
         self.commits = self.counter("streamherd_offset_commits").labels(p)
         self.paused = self.gauge("streamherd_paused").labels(p)
         self.heartbeat = self.gauge("streamherd_heartbeat_timestamp_seconds").labels(p)
+        # Every dead-letter reason exists from the start at 0: a counter born with its first
+        # burst already in it shows no rate() or increase(), and the DLQ alert would miss it.
+        for reason in DEAD_LETTER_REASONS:
+            self.counter("streamherd_records_dead_lettered").labels(p, reason)
         self._last_checkpoint = time.time()
         self.gauge("streamherd_checkpoint_age_seconds").labels(p).set_function(
             lambda: time.time() - self._last_checkpoint
