@@ -44,6 +44,10 @@ run: setup ## Set up, then run a pipeline locally (EXAMPLE=examples/01-clicks-lo
 	@echo "==> streamherd run $(EXAMPLE)"
 	@$(VENV)/bin/streamherd run $(EXAMPLE)
 
+.PHONY: demo
+demo: setup infra ## Local control plane + Kafka + operator; a burst of clicks; watch lag and replicas (Ctrl-C cleans up)
+	@$(PY) bench/demo.py $(DEMO_ARGS)
+
 .PHONY: crds
 crds: setup ## Regenerate crds/ from the pydantic models, and the chart's copy
 	@$(VENV)/bin/streamherd crd > crds/streampipelines.streamherd.io.yaml

@@ -1,0 +1,393 @@
+"""The e2e harness: the operator as a process, and a pod mirror that runs the workers.
+
+Used by the e2e tests (tests/e2e/) and by the demo (bench/demo.py). The control plane from
+tests/infra has kwok nodes: pods become Running but no container runs. :class:`PodMirror`
+stands in for the kubelet: for every Running pod of a pipeline it starts a local process
+with the **command, args and environment of that pod's spec** (fieldRefs and secretKeyRefs
+resolved), after materialising its volumes on disk (projected ConfigMap/Secret items into a
+per-pod directory, the PVC into one directory shared by every pod of the claim, emptyDirs
+per pod). Container paths in args and in the mounted config are translated to those
+directories, and each worker's metrics port (a per-pod port in Kubernetes) becomes a free
+local one. When a pod goes away its process gets SIGTERM, as from the kubelet.
+
+:class:`Timeline` samples the Deployment's replicas and the pipeline's status while a test
+runs, so a test can assert on every value seen ("never above 8", "one scale change").
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from tests.infra.controlplane import KubeCluster
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_FILE = ROOT / "crds" / "streampipelines.streamherd.io.yaml"
+VENV_BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+
+class WaitTimeout(AssertionError):
+    pass
+
+
+def wait_until(
+    what: str, probe: Callable[[], T | None], timeout: float = 120.0, interval: float = 0.5
+) -> T:
+    """Poll `probe` until it returns something truthy; raise with `what` if it never does."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise WaitTimeout(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def install_crd(cluster: KubeCluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/streampipelines.streamherd.io"
+    )
+
+
+class Operator:
+    """`streamherd operator` watching one namespace, log captured."""
+
+    def __init__(self, cluster: KubeCluster, namespace: str, log: Path, resync: int = 3) -> None:
+        self.log = log
+        env = {**cluster.env, "PYTHONUNBUFFERED": "1"}
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "streamherd.cli", "operator",
+                    f"--kubeconfig={cluster.kubeconfig}", f"--namespace={namespace}",
+                    f"--resync-interval={resync}", "--health-port=0", "--metrics-port=0",
+                    "--worker-image=ghcr.io/streamherd/streamherd:e2e", "--log-level=info",
+                ],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+            )  # fmt: skip
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+class Namespace:
+    """One namespace of the test cluster, with the kubectl helpers the e2e tests use."""
+
+    def __init__(self, cluster: KubeCluster, name: str) -> None:
+        self.cluster = cluster
+        self.ns = name
+        self.pvs: list[str] = []
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> Any:
+        return self.cluster.kubectl("-n", self.ns, *args, check=check, input=input)
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        proc = self.kubectl("get", kind, name, "-o", "json", check=False)
+        if proc.returncode != 0:
+            return None
+        obj: dict[str, Any] = json.loads(proc.stdout)
+        return obj
+
+    def items(self, kind: str, selector: str = "") -> list[dict[str, Any]]:
+        args = ["get", kind, "-o", "json"] + (["-l", selector] if selector else [])
+        items: list[dict[str, Any]] = json.loads(self.kubectl(*args).stdout)["items"]
+        return items
+
+    def apply(self, doc: dict[str, Any]) -> None:
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+
+    def status(self, pipeline: str) -> dict[str, Any]:
+        obj = self.get("streampipeline", pipeline) or {}
+        status: dict[str, Any] = obj.get("status") or {}
+        return status
+
+    def condition(self, pipeline: str, type_: str) -> dict[str, Any]:
+        for cond in self.status(pipeline).get("conditions", []):
+            if cond.get("type") == type_:
+                found: dict[str, Any] = cond
+                return found
+        return {}
+
+    def deployment_replicas(self, pipeline: str) -> int | None:
+        dep = self.get("deployment", pipeline)
+        return None if dep is None else int(dep["spec"].get("replicas", 0))
+
+    def event_reasons(self, pipeline: str) -> list[str]:
+        return [
+            e.get("reason", "")
+            for e in self.items("events")
+            if e.get("involvedObject", {}).get("kind") == "StreamPipeline"
+            and e.get("involvedObject", {}).get("name") == pipeline
+        ]
+
+    def running_pods(self, pipeline: str) -> list[dict[str, Any]]:
+        pods = self.items("pods", f"app.kubernetes.io/instance={pipeline}")
+        return [
+            p
+            for p in pods
+            if p.get("status", {}).get("phase") == "Running"
+            and not p["metadata"].get("deletionTimestamp")
+        ]
+
+    def bind_checkpoint_volume(self, pipeline: str) -> None:
+        """A PersistentVolume pre-bound to the pipeline's checkpoint PVC: the cluster has no
+        storage provisioner, and the scheduler only places pods whose PVCs are bound."""
+        name = f"pv-{self.ns}-{pipeline}"[:63]
+        self.pvs.append(name)
+        self.cluster.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": name},
+                "spec": {
+                    "capacity": {"storage": "10Gi"},
+                    "accessModes": ["ReadWriteMany"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": "",
+                    "hostPath": {"path": f"/tmp/streamherd-e2e/{name}"},
+                    "claimRef": {"namespace": self.ns, "name": f"{pipeline}-checkpoints"},
+                },
+            }
+        )
+
+    def delete(self) -> None:
+        self.cluster.kubectl("delete", "namespace", self.ns, "--wait=false", check=False)
+        for pv in self.pvs:
+            self.cluster.kubectl("delete", "pv", pv, "--wait=false", check=False)
+
+
+# --------------------------------------------------------------------------- the pod mirror
+
+
+def _b64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+class PodMirror:
+    """Runs one local process per Running pod of a pipeline, from the pod's own spec."""
+
+    def __init__(self, ns: Namespace, pipeline: str, workdir: Path) -> None:
+        self.ns = ns
+        self.pipeline = pipeline
+        self.workdir = workdir
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.started: list[str] = []
+        self.errors: list[str] = []
+        self.stopping: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="pod-mirror", daemon=True)
+
+    def __enter__(self) -> PodMirror:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        for name in list(self.workers):
+            self._kill(name)
+
+    # -- volumes and paths
+
+    def _volume_dirs(self, pod: dict[str, Any], base: Path) -> dict[str, Path]:
+        """Materialise the pod's volumes; volume name -> local directory."""
+        dirs: dict[str, Path] = {}
+        for vol in pod["spec"].get("volumes", []):
+            name = vol["name"]
+            if "persistentVolumeClaim" in vol:
+                d = self.workdir / "pvc" / vol["persistentVolumeClaim"]["claimName"]
+            else:
+                d = base / "volumes" / name
+            d.mkdir(parents=True, exist_ok=True)
+            sources = vol.get("projected", {}).get("sources", [])
+            if "configMap" in vol:
+                sources = [{"configMap": vol["configMap"]}]
+            if "secret" in vol:
+                sources = [{"secret": {"name": vol["secret"]["secretName"], **vol["secret"]}}]
+            for src in sources:
+                kind = "configmap" if "configMap" in src else "secret"
+                ref = src.get("configMap") or src.get("secret") or {}
+                obj = self.ns.get(kind, ref["name"])
+                if obj is None:
+                    raise RuntimeError(f"{kind} {ref['name']} of pod {pod['metadata']['name']}")
+                data = obj.get("data") or {}
+                items = ref.get("items") or [{"key": k, "path": k} for k in data]
+                for item in items:
+                    raw = data[item["key"]]
+                    target = d / item["path"]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(raw.encode() if kind == "configmap" else _b64(raw))
+            dirs[name] = d
+        return dirs
+
+    def _env(self, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+        env = {"PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        fields = {
+            "metadata.name": pod["metadata"]["name"],
+            "metadata.namespace": pod["metadata"]["namespace"],
+        }
+        for var in container.get("env", []):
+            if "value" in var:
+                env[var["name"]] = var["value"]
+                continue
+            src = var.get("valueFrom", {})
+            if "fieldRef" in src:
+                env[var["name"]] = fields[src["fieldRef"]["fieldPath"]]
+            elif "secretKeyRef" in src:
+                ref = src["secretKeyRef"]
+                secret = self.ns.get("secret", ref["name"]) or {}
+                env[var["name"]] = _b64((secret.get("data") or {})[ref["key"]]).decode()
+            else:
+                raise RuntimeError(f"unsupported env source {src}")
+        return env
+
+    def _start(self, pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
+        base = self.workdir / name
+        base.mkdir(parents=True, exist_ok=True)
+        container = pod["spec"]["containers"][0]
+        dirs = self._volume_dirs(pod, base)
+        mounts = sorted(
+            ((m["mountPath"], dirs[m["name"]]) for m in container.get("volumeMounts", [])),
+            key=lambda m: -len(m[0]),
+        )
+
+        def local(text: str) -> str:
+            for path, d in mounts:
+                if text == path or text.startswith(path + "/"):
+                    return str(d) + text[len(path) :]
+            return text
+
+        # The mounted worker config names container paths and a per-pod port: translate.
+        for _path, d in mounts:
+            for cfg in d.glob("*.json"):
+                config = json.loads(cfg.read_text())
+                if "checkpoint" in config:
+                    config["checkpoint"]["directory"] = local(config["checkpoint"]["directory"])
+                    config.setdefault("runtime", {})["metricsPort"] = free_port()
+                    cfg.write_text(json.dumps(config))
+        argv = [local(a) for a in [*container.get("command", []), *container.get("args", [])]]
+        log = (base / "worker.log").open("wb")
+        self.workers[name] = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=base, env=self._env(pod, container)
+        )
+        self.started.append(name)
+
+    def _kill(self, pod: str) -> None:
+        proc = self.workers.pop(pod)
+        self.stopping.add(pod)
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                pods = {p["metadata"]["name"]: p for p in self.ns.running_pods(self.pipeline)}
+                for name in set(pods) - set(self.workers):
+                    self._start(pods[name])
+                for name in set(self.workers) - set(pods):
+                    self._kill(name)
+                for name, proc in self.workers.items():
+                    if proc.poll() is not None:
+                        msg = f"worker for {name} exited with {proc.returncode}"
+                        if msg not in self.errors:
+                            self.errors.append(msg)
+            except Exception as e:  # surfaced by the test, never swallowed
+                self.errors.append(repr(e))
+            self._stop.wait(0.5)
+
+
+# --------------------------------------------------------------------------- the timeline
+
+
+@dataclass(frozen=True)
+class Point:
+    t: float  # time.time()
+    replicas: int | None  # the Deployment's spec.replicas
+    desired: int | None  # status.desiredReplicas
+    lag: int | None  # status.lag
+    workers: int  # local worker processes
+
+
+class Timeline:
+    """Samples replicas, desired replicas, lag and running workers every `every` seconds."""
+
+    def __init__(
+        self, ns: Namespace, pipeline: str, mirror: PodMirror | None, every: float = 1.0
+    ) -> None:
+        self.ns = ns
+        self.pipeline = pipeline
+        self.mirror = mirror
+        self.every = every
+        self.points: list[Point] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="timeline", daemon=True)
+
+    def __enter__(self) -> Timeline:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status = self.ns.status(self.pipeline)
+                self.points.append(
+                    Point(
+                        time.time(),
+                        self.ns.deployment_replicas(self.pipeline),
+                        status.get("desiredReplicas"),
+                        status.get("lag"),
+                        len(self.mirror.workers) if self.mirror else 0,
+                    )
+                )
+            except Exception:  # a slow API server: the next sample will do
+                pass
+            self._stop.wait(self.every)
+
+    def replica_values(self) -> list[int]:
+        return [p.replicas for p in self.points if p.replicas is not None]
+
+    def changes(self, since: float = 0.0) -> list[tuple[float, int, int]]:
+        """(time, from, to) for every change of the Deployment's replicas seen."""
+        seen = [(p.t, p.replicas) for p in self.points if p.replicas is not None and p.t >= since]
+        return [(t, a, b) for (_, a), (t, b) in itertools.pairwise(seen) if a != b]
