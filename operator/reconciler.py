@@ -464,8 +464,12 @@ def reconcile(
         )
     degraded = out.failures + ([stuck] if stuck else [])
 
+    keda_missing = spec.autoscaling.mode == "keda" and not spec.suspend and not caps.keda
     if spec.suspend:
         ready_c = ("True", "Suspended", "suspended: workers scaled to zero; state is kept")
+    elif keda_missing:
+        # Nobody would scale the workers: not ready, whatever the Deployment says.
+        ready_c = ("False", "KedaNotInstalled", out.failures[-1])
     elif settled and want == 0:
         ready_c = ("True", "ScaledToZero", "no workers needed: no lag")
     elif settled:

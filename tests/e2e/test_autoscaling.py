@@ -242,7 +242,7 @@ def test_steady_noisy_load_changes_scale_at_most_once(
             stop.set()
             producer.join(timeout=60)
         changes = timeline.changes(since)
-    assert sent[0] > 20_000
+    assert sent[0] > 5_000  # the load really ran
     assert len(changes) <= 1, changes
     reasons = [r for r in ns.event_reasons(name) if r in ("ScaleUp", "ScaleDown")]
     assert len(reasons) <= 1, reasons
