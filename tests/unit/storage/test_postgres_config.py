@@ -1,0 +1,154 @@
+"""sink.postgres from the manifest to the worker: API validation, the WorkerConfig the
+operator renders (typed columns, upsert key, env var names), the Secret keys the pod reads,
+and the SQL the sink runs. Pure: no database here (tests/integration/storage/ has one)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.builders.credentials import credentials
+from streamherd.operator.builders.worker_config import build_worker_config
+from streamherd.operator.builders.workload import build_deployment
+from streamherd.operator.settings import OperatorSettings
+from streamherd.workers.config import PostgresSinkConfig
+from streamherd.workers.sinks_postgres import (
+    _dedupe,
+    conninfo_from_env,
+    create_table_statement,
+    upsert_statement,
+)
+from tests.unit.monitoring.promkit import ROOT
+
+SETTINGS = OperatorSettings(worker_image="ghcr.io/streamherd/streamherd:test")
+
+
+def manifest(postgres: dict[str, Any], windowed: bool = True) -> dict[str, Any]:
+    doc = yaml.safe_load((ROOT / "examples" / "02-clicks-per-minute.yaml").read_text())
+    doc["metadata"] = {"name": "clicks", "namespace": "shop"}
+    doc["spec"]["sink"] = {"postgres": postgres}
+    if not windowed:
+        doc["spec"]["processor"]["steps"] = doc["spec"]["processor"]["steps"][:1]
+    return doc
+
+
+PG = {"table": "analytics.clicks", "connection": {"secretName": "db", "dsnKey": "uri"}}
+
+
+def test_window_results_get_typed_columns_and_the_window_key() -> None:
+    p = StreamPipeline.model_validate(manifest({**PG, "createTable": True}))
+    sink = build_worker_config(p, SETTINGS).sink.postgres
+    assert sink is not None
+    assert [(c.name, c.type) for c in sink.columns] == [
+        ("key", "text"),
+        ("window_start", "timestamptz"),
+        ("window_end", "timestamptz"),
+        ("clicks", "bigint"),
+        ("bytes", "double precision"),
+        ("maxLatencyMs", "double precision"),
+    ]
+    assert sink.key_columns == ["key", "window_start", "window_end"]
+    assert sink.dsn_env == "STREAMHERD_SINK_POSTGRES_DSN" and sink.password_env is None
+    assert sink.create_table
+
+
+def test_the_dsn_reaches_the_pod_only_as_a_secret_reference() -> None:
+    p = StreamPipeline.model_validate(manifest(PG))
+    creds = credentials(p.spec)
+    assert creds.required_keys() == {"db": {"uri"}}
+    dep = build_deployment(p, SETTINGS, secrets_hash="x")
+    env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    [var] = [e for e in env if e["name"] == "STREAMHERD_SINK_POSTGRES_DSN"]
+    assert var["valueFrom"]["secretKeyRef"] == {"name": "db", "key": "uri"}
+
+
+def test_separate_fields_with_renamed_keys() -> None:
+    conn = {"secretName": "app", "keys": {"user": "username"}}
+    p = StreamPipeline.model_validate(manifest({**PG, "connection": conn}))
+    assert credentials(p.spec).required_keys() == {
+        "app": {"host", "port", "username", "password", "dbname"}
+    }
+    sink = build_worker_config(p, SETTINGS).sink.postgres
+    assert sink is not None and sink.user_env == "STREAMHERD_SINK_POSTGRES_USER"
+    default = {"secretName": "app"}
+    p2 = StreamPipeline.model_validate(manifest({**PG, "connection": default}))
+    assert credentials(p2.spec).required_keys() == {
+        "app": {"host", "port", "user", "password", "dbname"}
+    }
+
+
+def test_stateless_pipelines_name_their_columns_and_key() -> None:
+    pg = {**PG, "columns": ["page", "status", "ts"], "keyColumns": ["page", "ts"]}
+    p = StreamPipeline.model_validate(manifest(pg, windowed=False))
+    sink = build_worker_config(p, SETTINGS).sink.postgres
+    assert sink is not None
+    assert [c.name for c in sink.columns] == ["page", "status", "ts"]
+    assert all(c.type is None for c in sink.columns)
+
+
+@pytest.mark.parametrize(
+    ("change", "windowed", "message"),
+    [
+        ({"connection": {"secretName": "db", "dsnKey": "u", "keys": {}}}, True, "not both"),
+        ({}, False, "needs columns and keyColumns"),
+        ({"columns": ["a"], "keyColumns": ["a"], "createTable": True}, False, "no createTable"),
+        ({"keyColumns": ["nope"]}, True, "not written columns"),
+        ({"columns": ["key", "window_start", "whatever"]}, True, "not window result fields"),
+        ({"table": "a.b.c"}, True, "pattern"),
+    ],
+)
+def test_refused(change: dict[str, Any], windowed: bool, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        StreamPipeline.model_validate(manifest({**PG, **change}, windowed))
+
+
+def test_exactly_one_sink() -> None:
+    doc = manifest(PG)
+    doc["spec"]["sink"]["stdout"] = {}
+    with pytest.raises(ValidationError, match="exactly one of kafka, stdout or postgres"):
+        StreamPipeline.model_validate(doc)
+
+
+def config(**extra: Any) -> PostgresSinkConfig:
+    base = copy.deepcopy(
+        {
+            "dsnEnv": "D",
+            "table": "s.t",
+            "columns": [{"name": "k", "type": "text"}, {"name": "v", "type": "bigint"}],
+            "keyColumns": ["k"],
+        }
+    )
+    return PostgresSinkConfig.model_validate({**base, **extra})
+
+
+def test_sql_is_quoted_and_upserts() -> None:
+    stmt = upsert_statement(config(), 2).as_string(None)
+    assert stmt == (
+        'INSERT INTO "s"."t" ("k", "v") VALUES (%s, %s), (%s, %s) '
+        'ON CONFLICT ("k") DO UPDATE SET "v" = EXCLUDED."v"'
+    )
+    only_keys = config(columns=[{"name": "k"}])
+    assert upsert_statement(only_keys, 1).as_string(None).endswith("DO NOTHING")
+    assert create_table_statement(config()).as_string(None) == (
+        'CREATE TABLE IF NOT EXISTS "s"."t" ("k" text, "v" bigint, PRIMARY KEY ("k"))'
+    )
+
+
+def test_last_row_of_a_key_wins_within_a_batch() -> None:
+    rows = [("a", 1), ("b", 2), ("a", 3)]
+    assert _dedupe(rows, [0]) == [("a", 3), ("b", 2)]
+
+
+def test_connection_settings_come_from_the_environment() -> None:
+    cfg = config(dsnEnv="D", passwordEnv="P")
+    info = conninfo_from_env(cfg, {"D": "host=db dbname=x user=u", "P": "s3cret"})
+    assert "password=s3cret" in info and "host=db" in info
+    with pytest.raises(ValueError, match="no connection settings"):
+        conninfo_from_env(cfg, {})
+    with pytest.raises(ValidationError, match="createTable needs a type"):
+        config(createTable=True, columns=[{"name": "k"}])
