@@ -4,6 +4,8 @@ The chart gives each replica of the operator StatefulSet its own kopf peering pr
 two real operator processes (the same program the pods run) join one KopfPeering against the
 real control plane with priorities 10 and 20. Only the higher one reconciles; when it is
 killed (SIGKILL: no goodbye) the other resumes after the peering lifetime and reconciles.
+Both run as the chart's ServiceAccount with the RBAC of `watchNamespaces: [NS]` and
+`peering.enabled` (chart_identity.py): the Role's peering rules are enough, nothing else is.
 Uses kube_cluster (tests/infra) and the chart's kopf peering CRDs.
 """
 
@@ -24,6 +26,12 @@ import yaml
 
 from tests.infra.controlplane import KubeCluster
 from tests.infra.processes import spawn, stop_group, wait_for
+from tests.integration.chart.chart_identity import (
+    apply_crd,
+    install_operator_identity,
+    rbac_refusals,
+    remove_operator_identity,
+)
 from tests.unit.chart.helmtool import CHART_DIR
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
@@ -73,13 +81,7 @@ def peering_namespace(kube_cluster: KubeCluster) -> tuple[str, str]:
         (CHART_DIR / "files" / "crds" / "streampipelines.streamherd.io.yaml").read_text()
     )
     for crd in [*crds, main_crd]:
-        kube_cluster.kubectl(
-            "apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump(crd)
-        )
-        kube_cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s",
-            f"crd/{crd['metadata']['name']}",
-        )  # fmt: skip
+        apply_crd(kube_cluster, crd)
     namespace = kube_cluster.create_namespace("ha")
     peering = f"ha-{uuid.uuid4().hex[:6]}"
     kube_cluster.apply(
@@ -98,12 +100,19 @@ def operators(
 ) -> Iterator[dict[str, OperatorProcess]]:
     namespace, peering = peering_namespace
     logdir = Path(tempfile.mkdtemp(prefix="streamherd-ha-"))
+    identity = install_operator_identity(
+        kube_cluster, logdir, watch_namespaces=[namespace], sets=["peering.enabled=true"]
+    )
     started: dict[str, OperatorProcess] = {}
     for name, priority in (("low", 10), ("high", 20)):
-        env = {**kube_cluster.env, "POD_ID": f"operator-{name}"}
+        env = {
+            **kube_cluster.env,
+            "POD_ID": f"operator-{name}",
+            "KUBECONFIG": str(identity.kubeconfig),
+        }
         argv = [
             sys.executable, "-m", "streamherd", "operator",
-            "--kubeconfig", str(kube_cluster.kubeconfig),
+            "--kubeconfig", str(identity.kubeconfig),
             "--namespace", namespace,
             "--peering", peering, "--priority", str(priority),
             "--health-port", "0", "--metrics-port", "0",
@@ -116,6 +125,7 @@ def operators(
     finally:
         for op in started.values():
             stop_group(op.pid, grace=5.0)
+        remove_operator_identity(kube_cluster, identity)
 
 
 def test_only_the_higher_priority_operator_reconciles_and_the_other_takes_over(
@@ -169,3 +179,5 @@ def test_only_the_higher_priority_operator_reconciles_and_the_other_takes_over(
         lambda: f"reconciled {namespace}/second" in low.text(),
         30,
     )
+    # All of it with the chart's RBAC: nothing either operator did was refused.
+    assert rbac_refusals(low.text() + high.text()) == []

@@ -2,6 +2,10 @@
 operator as a subprocess (`streamherd operator --kubeconfig ...`, restartable, its log
 captured), a per-test namespace with kubectl helpers, and polling.
 
+The operator runs with its own kubeconfig: the Helm chart's ServiceAccount token
+(tests/integration/chart/chart_identity.py), so every test also proves the chart's RBAC is
+enough; the tests act through the admin kubeconfig, like a user.
+
 The fixtures that use them live in conftest.py next to this file.
 """
 
@@ -19,6 +23,7 @@ import pytest
 import yaml
 
 from tests.infra.controlplane import KubeCluster
+from tests.integration.chart.chart_identity import rbac_refusals
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD_FILE = ROOT / "crds" / "streampipelines.streamherd.io.yaml"
@@ -42,11 +47,15 @@ def wait_until(
 
 
 class OperatorProcess:
-    """`streamherd operator` against the test cluster, restartable, log captured."""
+    """`streamherd operator` against the test cluster, restartable, log captured.
 
-    def __init__(self, cluster: KubeCluster, log_dir: Path) -> None:
+    kubeconfig: the operator's credentials (default: the admin kubeconfig).
+    """
+
+    def __init__(self, cluster: KubeCluster, log_dir: Path, kubeconfig: Path | None = None) -> None:
         self.cluster = cluster
         self.log_dir = log_dir
+        self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.logs: list[Path] = []
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -55,11 +64,12 @@ class OperatorProcess:
         self.logs.append(log)
         env = dict(self.cluster.env)
         env["PYTHONUNBUFFERED"] = "1"
+        env["KUBECONFIG"] = str(self.kubeconfig)  # nothing falls back to the admin's
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [
                     sys.executable, "-m", "streamherd.cli", "operator",
-                    f"--kubeconfig={self.cluster.kubeconfig}",
+                    f"--kubeconfig={self.kubeconfig}",
                     f"--resync-interval={RESYNC_SECONDS}",
                     "--health-port=0", "--metrics-port=0",
                     "--worker-image=ghcr.io/streamherd/streamherd:test",
@@ -88,6 +98,10 @@ class OperatorProcess:
 
     def log_text(self) -> str:
         return "".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+
+    def forbidden_lines(self, start: int = 0) -> list[str]:
+        """Log lines from character `start` on that report an RBAC refusal."""
+        return rbac_refusals(self.log_text()[start:])
 
 
 class Env:

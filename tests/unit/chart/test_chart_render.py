@@ -264,6 +264,8 @@ def test_default_rbac_is_one_cluster_role_with_the_operator_calls(
     assert not allowed(role, "", "events", "delete")
     assert allowed(role, "apiextensions.k8s.io", "customresourcedefinitions", "watch")
     assert not allowed(role, "apiextensions.k8s.io", "customresourcedefinitions", "create")
+    # kopf serving all namespaces never lists them (only with watchNamespaces).
+    assert not allowed(role, "", "namespaces", "list")
     # No peering without HA/peering: no rights on kopf's objects either.
     assert not any(g == "kopf.dev" for g, _, _ in rules_of(role))
 
@@ -347,14 +349,16 @@ def test_watch_namespaces_gets_roles_per_namespace(helm: Helm) -> None:
         assert allowed(r, "streamherd.io", "streampipelines", "watch")
         assert allowed(r, "apps", "deployments", "create")
         assert allowed(r, "", "secrets", "get")
-    # The cluster-wide part is exactly the CRD read: no namespaced resource, no secrets.
+    # The cluster-wide part is exactly kopf's reads of CRDs and Namespaces: no namespaced
+    # resource, no secrets.
     cluster_role = one(objs, "ClusterRole", "streamherd-operator")
     assert rules_of(cluster_role) == [
         (
             "apiextensions.k8s.io",
             "customresourcedefinitions",
             frozenset({"get", "list", "watch"}),
-        )
+        ),
+        ("", "namespaces", frozenset({"list", "watch"})),
     ]
     env = env_of(container(objs))
     assert env["STREAMHERD_WATCH_NAMESPACES"] == "team-a,team-b"
