@@ -87,17 +87,8 @@ typecheck: $(STAMP) ## mypy --strict on the streamherd package
 	@echo "==> mypy"
 	@$(VENV)/bin/mypy -p streamherd
 
-.PHONY: lint-imports
-lint-imports: $(STAMP) ## import-linter contracts (when configured in pyproject.toml or .importlinter)
-	@echo "==> import-linter"
-	@if grep -q '^\[tool.importlinter\]' pyproject.toml || test -f .importlinter; then \
-	  $(VENV)/bin/lint-imports; \
-	else \
-	  echo "no import-linter contracts configured; tests/unit/test_layout.py checks the layering"; \
-	fi
-
 .PHONY: check
-check: lint typecheck lint-imports ## All static checks
+check: lint typecheck ## All static checks (the layering is a unit test: tests/unit/test_layout.py)
 
 ##@ Tests
 
@@ -114,7 +105,7 @@ endef
 .PHONY: test
 test: setup infra ## Set up, then lint, type-check and run every test tier
 	@failed=(); \
-	for step in lint typecheck lint-imports test-all; do \
+	for step in lint typecheck test-all; do \
 	  $(MAKE) $$step || failed+=("$$step"); \
 	done; \
 	if (( $${#failed[@]} )); then echo "==> make test FAILED: $${failed[*]}" >&2; exit 1; fi; \
