@@ -491,6 +491,12 @@ def test_servicemonitor_without_service_fails_with_a_reason(helm: Helm) -> None:
         helm.template(sets=["metrics.serviceMonitor.enabled=true", "metrics.service.enabled=false"])
 
 
+def test_metrics_and_health_ports_must_differ(helm: Helm) -> None:
+    # prometheus_client's server and kopf's liveness server cannot share a port.
+    with pytest.raises(HelmError, match=r"metricsPort and operator\.healthPort must differ"):
+        helm.template(sets=["operator.metricsPort=9000", "operator.healthPort=9000"])
+
+
 @pytest.mark.parametrize("case_name", list(VALUES_CASES))
 def test_helm_lint_strict_passes(helm: Helm, case_name: str) -> None:
     args = ["lint", "--strict", str(CHART_DIR), "--kube-version", kube_version()]
