@@ -260,7 +260,11 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, ops: OperatorSettings) 
     kopf_settings.watching.server_timeout = 300
     kopf_settings.watching.client_timeout = 330
     kopf_settings.watching.connect_timeout = 30
-    kopf_settings.queueing.worker_limit = ops.max_workers
+    # No cap on kopf's per-object workers: each lingers idle_timeout (5 s) after its last
+    # event while holding its slot, so a cap of 20 let kopf start at most 4 pipelines a
+    # second (300 pipelines took 75 s to resume; decision 0030). They are cheap asyncio
+    # tasks; what bounds the load on the API server is the reconcile thread pool.
+    kopf_settings.queueing.worker_limit = None
     kopf_settings.execution.max_workers = ops.max_workers
     kopf_settings.networking.request_timeout = 60
     # Throttled (429) requests wait what the API server asks, not kopf's shorter backoffs.
