@@ -198,3 +198,41 @@ def test_late_decisions_do_not_depend_on_batching(
         return accepted, out
 
     assert run(cut_a) == run(cut_b)
+
+
+@settings(max_examples=100, deadline=None)
+@given(records=records_strategy, hopping=st.booleans(), cut=st.integers(1, 40))
+def test_fold_equals_add_record_by_record(
+    records: list[tuple[str, int, int | None]], hopping: bool, cut: int
+) -> None:
+    """The engine's batch fold (tumbling case inlined) decides and aggregates exactly as
+    add() does record by record, late records and bad values included."""
+    spec: dict[str, Any] = {"allowedLateness": "3s"}
+    if hopping:
+        spec.update(type="hopping", size="10s", slide="2s")
+    p = plan(**spec)
+    rows = [{"k": k, "t": t, "v": v} for k, t, v in records]
+    if rows:
+        rows.insert(len(rows) // 2, {"k": "a", "t": 5, "v": "text"})  # sum needs a number
+    by_add, by_fold = PartitionWindows(p), PartitionWindows(p)
+    expected_late: list[int] = []
+    expected_errors: list[int] = []
+    for i, r in enumerate(rows):
+        try:
+            values = p.values(r)
+        except TypeError:
+            expected_errors.append(i)
+            continue
+        if not by_add.add(p.key(r), p.event_time(r, None), values):
+            expected_late.append(i)
+    late: list[int] = []
+    errors: list[int] = []
+    for start in range(0, len(rows), cut):
+        batch = [(r, start + j) for j, r in enumerate(rows[start : start + cut])]
+        failed, refused = by_fold.fold(batch, lambda _source: None)
+        errors += [source for source, _ in failed]
+        late += [source for source, _ in refused]
+    assert errors == expected_errors
+    assert late == expected_late
+    assert by_fold.windows == by_add.windows
+    assert by_fold.max_event_ms == by_add.max_event_ms
