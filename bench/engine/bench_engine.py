@@ -120,7 +120,10 @@ def preload(bootstrap: str, topic: str, n: int, partitions: int) -> float:
 
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
+    # No retention: Quix stamps its results with the window's event time (2026-01-01 here),
+    # which the broker's time retention would delete at once, emptying the topic.
+    new = NewTopic(topic, partitions, 1, config={"retention.ms": "-1"})
+    admin.create_topics([new])[topic].result(30)
 
 
 def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
@@ -422,17 +425,20 @@ def render(
     b_rate, b_cpu, _ = stats("bare")
     lines = [
         f"vs the bare loop: {e_rate / b_rate:.0%} of its records/s, "
-        f"{e_cpu / b_cpu:.0%} of its records per CPU-second (goal: at least 50%)."
+        f"{e_cpu / b_cpu:.0%} of its records per CPU-second (goal: at least 50% per core: "
+        f"{'met' if e_cpu / b_cpu >= 0.5 else 'MISSED'})."
     ]
     for impl in ("quix", "quix-nolog"):
         if results.get(impl):
             q_rate, q_cpu, _ = stats(impl)
             lines.append(
                 f"vs {labels[impl]}: {e_rate / q_rate:.1f}x its records/s, "
-                f"{e_cpu / q_cpu:.1f}x its records per CPU-second (goal: at least 5x)."
+                f"{e_cpu / q_cpu:.1f}x its records per CPU-second (goal: at least 5x: "
+                f"{'met' if e_cpu / q_cpu >= 5 else 'MISSED'})."
             )
+    shown = [i for i in IMPLS if results.get(i)]
     load_rows = "\n".join(
-        f"| {i + 1} | " + " | ".join(f"{row.get(impl, float('nan')):.2f}" for impl in IMPLS) + " |"
+        f"| {i + 1} | " + " | ".join(f"{row[impl]:.2f}" for impl in shown) + " |"
         for i, row in enumerate(loads)
     )
     summary, *diffs = agreement or ["not run"]
@@ -479,8 +485,8 @@ read back and compared window by window ((user, window start) -> (count, sum)): 
 
 1-minute load average before each run (other work on this shared machine slows a run):
 
-| round | {" | ".join(IMPLS)} |
-| --- | {" | ".join("---:" for _ in IMPLS)} |
+| round | {" | ".join(shown)} |
+| --- | {" | ".join("---:" for _ in shown)} |
 {load_rows}
 """
 

@@ -88,7 +88,7 @@ def main() -> int:
         .agg(clicks=Count(), bytes=Sum("bytes"))
         .final()
     )
-    sdf.to_topic(sink)
+    sdf = sdf.to_topic(sink)  # Quix operations return a new frame: keep it
     app.run()
     wall = time.perf_counter() - first[0]
     cpu = time.process_time() - first[1]
