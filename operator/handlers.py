@@ -187,11 +187,17 @@ async def reconcile_quietly(ctx: OperatorContext, key: Key) -> None:
         log.exception("reconcile of %s/%s crashed (will retry)", key[0], key[1])
 
 
+async def _reconcile_if_active(ctx: OperatorContext, key: Key) -> None:
+    # HA: kopf pauses its own handlers in a standby replica, not our cache's callbacks.
+    if await ctx.is_active():
+        await reconcile_quietly(ctx, key)
+
+
 def schedule(ctx: OperatorContext, key: Key) -> None:
     """Queue a coalesced reconcile of a known pipeline (from the event loop's thread)."""
     if key not in ctx.secrets_of or key in ctx.pending:
         return
-    task = asyncio.get_running_loop().create_task(reconcile_quietly(ctx, key))
+    task = asyncio.get_running_loop().create_task(_reconcile_if_active(ctx, key))
     ctx.tasks.add(task)  # a reference, so the task is not garbage-collected
     task.add_done_callback(ctx.tasks.discard)
 
