@@ -120,6 +120,17 @@ def operators(
         ]  # fmt: skip
         child, proc = spawn(f"operator-{name}", argv, logdir / f"{name}.log", env=env)
         started[name] = OperatorProcess(name, proc.pid, child.log)
+        if name == "low":
+            # Start one after the other, as a rolling deploy does: the low-priority replica is
+            # running its peering loop before the high one appears. (Two kopf processes
+            # started in the same instant on a loaded machine sometimes left one with its
+            # peering stream unprocessed, a start-up race outside what this test proves.)
+            wait_for(
+                "the first operator's peering loop",
+                lambda: "Resuming operations" in started["low"].text(),
+                90,
+                children=[(child, proc)],
+            )
     try:
         yield started
     finally:
