@@ -302,7 +302,10 @@ class Sample:
 class Operator:
     """The operator subprocess, with a /proc sampler (RSS, CPU seconds) every second."""
 
-    def __init__(self, kubeconfig: Path, workdir: Path, broker_stats: Path) -> None:
+    def __init__(
+        self, kubeconfig: Path, workdir: Path, broker_stats: Path, extra: list[str]
+    ) -> None:
+        self.extra = extra
         self.kubeconfig = kubeconfig
         self.workdir = workdir
         self.broker_stats = broker_stats
@@ -324,7 +327,7 @@ class Operator:
                     f"--kubeconfig={self.kubeconfig}",
                     "--health-port=0", "--metrics-port=0",
                     "--worker-image=ghcr.io/streamherd/streamherd:bench",
-                    "--log-level=info",
+                    "--log-level=info", *self.extra,
                 ],
                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
             )  # fmt: skip
@@ -519,7 +522,7 @@ def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str,
         api.configuration.connection_pool_maxsize = 16
         custom = client.CustomObjectsApi(api)
 
-        operator = Operator(op_kubeconfig, base, base / "broker-stats.json")
+        operator = Operator(op_kubeconfig, base, base / "broker-stats.json", args.operator_arg)
         operator.start()
         time.sleep(args.operator_warmup)
         watcher = Watcher(api)
@@ -616,6 +619,7 @@ def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str,
         idle_s = t_idle1 - t_idle0
         result: dict[str, Any] = {
             "n": n,
+            "variant": " ".join(args.operator_arg),
             "when": time.strftime("%Y-%m-%d %H:%M:%S"),
             "created_s": t_created - t0,
             "all_ready": all_ready,
@@ -739,7 +743,7 @@ def report(results: list[dict[str, Any]]) -> str:
             else f"not all: {r['ready_count']}"
         )
         rows.append(
-            f"| {r['n']} | {ready}"
+            f"| {r['n']}{' (' + r['variant'] + ')' if r.get('variant') else ''} | {ready}"
             f" | {r['created_s']:.1f} | {r['deploy_latency_p50_s']:.2f} / "
             f"{r['deploy_latency_p99_s']:.2f} | {r['rss_peak_mb']:.0f} / {r['rss_idle_mb']:.0f}"
             f" | {r['cpu_convergence_s']:.0f} s / {r['cpu_idle_pct']:.1f} %"
@@ -751,7 +755,8 @@ def report(results: list[dict[str, Any]]) -> str:
     details = []
     for r in results:
         details.append(
-            f"- **N={r['n']}** ({r['when']}): convergence requests {fmt_kind(r['convergence'])};"
+            f"- **N={r['n']}{' ' + r['variant'] if r.get('variant') else ''}** ({r['when']}):"
+            f" convergence requests {fmt_kind(r['convergence'])};"
             f" idle {r['idle_s'] / 60:.1f} min: {fmt_kind(r['idle_by_kind'])};"
             f" restart resync writes: {fmt_kind(r['restart_by_kind'])};"
             f" broker, {r['builtin_pipelines']} builtin pipelines: "
@@ -761,13 +766,13 @@ def report(results: list[dict[str, Any]]) -> str:
         )
     return f"""## Operator at scale
 
-`bench/scale/bench_scale.py`: one operator process and N StreamPipelines (examples 01, 02, 03
-round robin) on the real control plane (kube-apiserver {kube}, kwok fake nodes) and one real
-Kafka broker, on this machine ({os.cpu_count()} cores, {platform.machine()}, Python
-{platform.python_version()}, kopf {package_version("kopf")}, streamherd {__version__}). One run per
-N (not a median: each N takes minutes of a shared machine); the load average (1 min) is
-recorded with each measurement, since other engineers' tests share the 2 cores. Method and
-analysis: [scale.md](scale.md).
+`bench/scale/bench_scale.py`: one operator process and N StreamPipelines (examples 01, 02,
+03 round robin) on the real control plane (kube-apiserver {kube}, kwok fake nodes) and one
+real Kafka broker. Machine: {os.cpu_count()} cores, {platform.machine()}; Python
+{platform.python_version()}, kopf {package_version("kopf")}, streamherd {__version__}.
+One run per N, not a median: each N takes minutes of a shared machine, and the load average
+(1 min) is recorded with each measurement since other engineers' tests share the 2 cores.
+Goals met and missed, method and analysis: [scale.md](scale.md).
 
 {HEADER}
 | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
@@ -790,7 +795,8 @@ def plots(results: list[dict[str, Any]]) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in results:
         curve = r["ready_curve"]
-        ax.plot(curve, range(1, len(curve) + 1), label=f"N={r['n']}")
+        label = f"N={r['n']} {r.get('variant', '')}".strip()
+        ax.plot(curve, range(1, len(curve) + 1), label=label)
     ax.set_xlabel("seconds since the first create")
     ax.set_ylabel("pipelines Ready")
     ax.axvline(60, color="grey", linestyle=":", label="goal: 60 s")
@@ -802,9 +808,10 @@ def plots(results: list[dict[str, Any]]) -> None:
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     for r in results:
         series = r["convergence_series"]
-        ax1.plot(range(len(series)), series, label=f"N={r['n']}")
+        label = f"N={r['n']} {r.get('variant', '')}".strip()
+        ax1.plot(range(len(series)), series, label=label)
         rss = r["rss_series"]
-        ax2.plot([t for t, _ in rss], [m for _, m in rss], label=f"N={r['n']}")
+        ax2.plot([t for t, _ in rss], [m for _, m in rss], label=label)
     ax1.set_ylabel("operator API requests/s")
     ax2.set_ylabel("operator RSS (MB)")
     ax2.set_xlabel("seconds since the first create (RSS: through idle and restart)")
@@ -816,7 +823,8 @@ def plots(results: list[dict[str, Any]]) -> None:
 
 def write_docs() -> None:
     results = sorted(
-        (json.loads(p.read_text()) for p in RESULTS.glob("*.json")), key=lambda r: r["n"]
+        (json.loads(p.read_text()) for p in RESULTS.glob("*.json")),
+        key=lambda r: (r["n"], r.get("variant", "")),
     )
     if not results:
         print("no results to report", file=sys.stderr)
@@ -858,6 +866,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the control plane dirs")
     parser.add_argument("--workdir", default="/tmp/streamherd-scale")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--operator-arg", action="append", default=[], help="extra `streamherd operator` flag"
+    )
     args = parser.parse_args()
     if args.report_only:
         write_docs()
@@ -869,7 +880,10 @@ def main() -> int:
             kafka.broker.create_topic(topic, partitions=3)
         for n in (int(s) for s in args.sizes.split(",")):
             result = run_size(n, kafka, args)
-            (RESULTS / f"{n}.json").write_text(json.dumps(result, indent=1))
+            tag = "-".join(a.lstrip("-").replace("=", "") for a in args.operator_arg)
+            (RESULTS / f"{n}{'-' + tag if tag else ''}.json").write_text(
+                json.dumps(result, indent=1)
+            )
             print(json.dumps({k: v for k, v in result.items() if not k.endswith(("curve",
                   "series"))}, indent=1), flush=True)  # fmt: skip
     finally:
