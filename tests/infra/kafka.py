@@ -334,7 +334,12 @@ def answers(bootstrap: str, timeout: float = 3.0) -> bool:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A KRaft cluster id: 22 base64url characters. One starting with '-' reads as an option
+    to the storage tool's argument parser, so draw again (1 in 64 would fail)."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
 
 
 def _log4j2_config(path: Path, log_file: Path) -> None:
