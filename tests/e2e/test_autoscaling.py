@@ -73,6 +73,7 @@ def pipeline(
     bootstrap: str,
     autoscaling: dict[str, Any],
     sink: dict[str, Any] | None = None,
+    checkpoint_interval: str = "1s",
 ) -> dict[str, Any]:
     return {
         "apiVersion": "streamherd.io/v1alpha1",
@@ -88,7 +89,7 @@ def pipeline(
                 }
             },
             "sink": sink or {"stdout": {}},
-            "checkpoint": {"interval": "1s"},
+            "checkpoint": {"interval": checkpoint_interval},
             "autoscaling": {"pollInterval": f"{POLL}s", **autoscaling},
         },
     }
@@ -105,11 +106,17 @@ def test_backlog_scales_out_drains_and_returns_to_min(
     name = "backlog"
     records = 200_000
     topic = kafka_broker.create_topic(kafka_broker.unique_topic("e2e-backlog"), partitions=8)
+    # Workers commit (and so show progress at the broker) once per checkpoint. With 1 s
+    # checkpoints one fast worker can be measured draining the whole backlog within a poll or
+    # two, and the autoscaler then rightly keeps one worker (it catches up in time); a 10 s
+    # checkpoint interval makes the 200k backlog the one-worker-is-not-enough case the issue
+    # describes, on any machine speed.
     ns.apply(
         pipeline(
             ns, name, topic, kafka_broker.bootstrap,
             {"mode": "builtin", "minReplicas": 1, "maxReplicas": 8, "lagPerReplica": 10_000,
              "scaleDownStabilization": "20s"},
+            checkpoint_interval="10s",
         )
     )  # fmt: skip
     ns.bind_checkpoint_volume(name)
