@@ -106,11 +106,12 @@ def test_backlog_scales_out_drains_and_returns_to_min(
     name = "backlog"
     records = 200_000
     topic = kafka_broker.create_topic(kafka_broker.unique_topic("e2e-backlog"), partitions=8)
-    # Workers commit (and so show progress at the broker) once per checkpoint. With 1 s
-    # checkpoints one fast worker can be measured draining the whole backlog within a poll or
-    # two, and the autoscaler then rightly keeps one worker (it catches up in time); a 10 s
-    # checkpoint interval makes the 200k backlog the one-worker-is-not-enough case the issue
-    # describes, on any machine speed.
+    # The backlog is there before the pipeline: lag is measured from committed offsets, so a
+    # burst that arrives while a worker runs is, for up to one checkpoint interval, hard to
+    # tell from records already read but not yet committed (docs/autoscaling.md), and a fast
+    # machine's single worker may clear 200k within that interval (then keeping one worker is
+    # the right call). A backlog waiting for the pipeline is the issue's case on any machine.
+    kafka_broker.produce(topic, (f"r{i}".encode() for i in range(records)))
     ns.apply(
         pipeline(
             ns, name, topic, kafka_broker.bootstrap,
@@ -121,20 +122,20 @@ def test_backlog_scales_out_drains_and_returns_to_min(
     )  # fmt: skip
     ns.bind_checkpoint_volume(name)
     with PodMirror(ns, name, tmp_path) as mirror, Timeline(ns, name, mirror) as timeline:
-        wait_until("one idle worker", lambda: len(mirror.workers) == 1, timeout=180)
-        wait_until("lag measured", lambda: ns.status(name).get("lag") == 0, timeout=120)
-
-        start = time.time()
-        kafka_broker.produce(topic, (f"r{i}".encode() for i in range(records)))
-        produced = time.time()
+        wait_until(
+            "the backlog measured", lambda: ns.status(name).get("lag", 0) >= records // 2,
+            timeout=120, interval=0.2,
+        )  # fmt: skip
+        seen = time.time()
         up = wait_until(
             "scale up",
             lambda: (s := ns.status(name)).get("desiredReplicas", 0) > 1 and s,
             timeout=120,
         )
         assert up["lastScaleReason"].startswith("ScaleUp"), up
-        # Within two poll intervals of the backlog being there (1 s: the timestamp's grain).
-        assert scale_time(up) - produced <= 2 * POLL + 1, (up, start, produced)
+        # Within two poll intervals of the autoscaler first seeing the backlog (+1 s: the
+        # timestamp's grain).
+        assert scale_time(up) - seen <= 2 * POLL + 1, (up, seen)
 
         wait_until(
             "backlog drained",
