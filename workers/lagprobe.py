@@ -16,14 +16,24 @@ module only depends on confluent_kafka (the workers never import the operator).
 
 Requests per :meth:`LagProbe.measure_many` call, whatever the number of groups: one Metadata
 request (partition counts), one ListOffsets fan-out for log starts and one for log ends (all
-partitions of all topics; librdkafka groups them by partition leader), and one OffsetFetch per
-group. librdkafka's ListConsumerGroupOffsets accepts a single group per request (see the
-confluent-kafka docstring: "Currently, the API supports only a single group"), so those are
-issued all at once and awaited together: they are pipelined, not sequential.
+partitions of all topics plus the high watermarks of ``__consumer_offsets``; librdkafka groups
+them by partition leader), one ListOffsets for the last stable offsets of
+``__consumer_offsets``, and the Fetch requests that bring the committed offsets up to date
+(:mod:`streamherd.workers.offsetstopic`: one consumer per probe reads every group's commits
+from ``__consumer_offsets``, up to the offsets just listed, so a commit acknowledged before
+the call is always seen).
+
+OffsetFetch is the fallback, one request per group (plus a FindCoordinator), pipelined:
+librdkafka's ListConsumerGroupOffsets accepts a single group per request. It measures the
+groups whose ``__consumer_offsets`` partition holds an open transaction or was not read to
+its end within half the request timeout (start-up on a big cluster), and every group when the
+offsets topic cannot be read (not authorized: logged once, then OffsetFetch for good) or
+when ``read_offsets_topic=False``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -33,16 +43,30 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import (
+    ConsumerGroupTopicPartitions,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec as _OffsetSpec
 
 from streamherd.workers.config import KafkaEndpoint
+from streamherd.workers.offsetstopic import (
+    OFFSETS_TOPIC,
+    PERMANENT_ERRORS,
+    CatchUp,
+    OffsetsTopicReader,
+)
 
 StartFrom = Literal["earliest", "latest"]
 
 # OffsetSpec's factory methods are untyped in confluent-kafka's stubs.
 OffsetSpec: Any = _OffsetSpec
+
+log = logging.getLogger(__name__)
 
 _SECRET_KEYS = frozenset({"sasl.password", "ssl.key.password", "ssl.key.pem"})
 
@@ -184,11 +208,22 @@ class ClusterConfig:
 # --------------------------------------------------------------------------- the probe
 
 
-class LagProbe:
-    """One AdminClient for one cluster, measuring the lag of many groups at once.
+@dataclass
+class ProbeCounters:
+    """What a probe did so far (benchmarks and tests read it; the operator does not)."""
 
-    Thread-safe (librdkafka's admin client is), but every call blocks: the operator runs it
-    in a small executor. Close it when done.
+    calls: int = 0
+    groups: int = 0
+    from_topic: int = 0  # groups whose committed offsets came from __consumer_offsets
+    from_fetch: int = 0  # groups measured with an OffsetFetch (fallback)
+
+
+class LagProbe:
+    """One AdminClient (and one ``__consumer_offsets`` reader) for one cluster, measuring
+    the lag of many groups at once.
+
+    Thread-safe (librdkafka's clients are; the reader serialises itself), but every call
+    blocks: the operator runs it in a small executor. Close it when done.
     """
 
     def __init__(
@@ -197,21 +232,40 @@ class LagProbe:
         *,
         request_timeout: float = 10.0,
         extra_config: Mapping[str, Any] | None = None,
+        read_offsets_topic: bool = True,
     ) -> None:
         self.cluster = cluster
         self.request_timeout = request_timeout
-        conf: dict[str, Any] = {**cluster.client_config(), **(extra_config or {})}
-        self._admin = AdminClient(conf)
+        self._conf: dict[str, Any] = {**cluster.client_config(), **(extra_config or {})}
+        self._admin = AdminClient(self._conf)
+        self._reader: OffsetsTopicReader | None = None
+        # None while the offsets topic may be read; otherwise why it is not (for good).
+        self._disabled: str | None = None if read_offsets_topic else "read_offsets_topic=False"
+        self._logged: set[str] = set()
+        self.counters = ProbeCounters()
 
     def close(self) -> None:
         # AdminClient has no close(); dropping the reference lets librdkafka tear down.
         self._admin = None  # type: ignore[assignment]
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def __enter__(self) -> LagProbe:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def reader(self) -> OffsetsTopicReader | None:
+        """The offsets-topic reader, once started (None before and after giving up)."""
+        return self._reader
+
+    @property
+    def offsets_topic_disabled(self) -> str | None:
+        """Why committed offsets come from OffsetFetch for good, or None."""
+        return self._disabled
 
     def measure(self, spec: GroupSpec) -> GroupLag:
         result = self.measure_many([spec])[spec.group]
@@ -223,36 +277,68 @@ class LagProbe:
         """Measure every group; a group that fails gets a LagProbeError, the others do not."""
         if not specs:
             return {}
-        deadline = time.monotonic() + self.request_timeout
-        partitions = self._partitions({t for s in specs for t in s.topics})
+        started = time.monotonic()
+        deadline = started + self.request_timeout
+        partitions, offsets_topic = self._partitions({t for s in specs for t in s.topics})
         all_tps = sorted({tp for tps in partitions.values() for tp in tps})
-        # Issue every request before waiting for any: they travel concurrently.
+        use_topic = self._disabled is None
+        if use_topic and offsets_topic is None:
+            # Missing from the metadata: no group ever committed on this cluster, or we may
+            # not describe it. Only OffsetFetch tells the two apart.
+            self._note("absent", f"{OFFSETS_TOPIC} is not in the metadata", level=logging.INFO)
+            use_topic = False
+        topic_tps = [(OFFSETS_TOPIC, p) for p in range(offsets_topic or 0)] if use_topic else []
+        # Issue every request before waiting for any: they travel concurrently. The offsets
+        # topic's high watermarks ride in the log-end request.
         starts = self._list_offsets(all_tps, OffsetSpec.earliest())
-        ends = self._list_offsets(all_tps, OffsetSpec.latest())
-        fetches: dict[str, Future[Any]] = {}
-        for spec in specs:
-            tps = [tp for t in spec.topics for tp in partitions.get(t, ())]
-            if tps and spec.group not in fetches:
-                request = ConsumerGroupTopicPartitions(
-                    spec.group, [TopicPartition(t, p) for t, p in tps]
-                )
-                fetches.update(
-                    self._admin.list_consumer_group_offsets(
-                        [request], request_timeout=self.request_timeout
-                    )
-                )
+        ends = self._list_offsets(all_tps + topic_tps, OffsetSpec.latest())
+        stable = self._list_offsets(topic_tps, OffsetSpec.latest(), IsolationLevel.READ_COMMITTED)
         start_offsets, start_errors = _offsets(starts, deadline)
         end_offsets, end_errors = _offsets(ends, deadline)
+        caught: CatchUp | None = None
+        if topic_tps:
+            budget = min(deadline, started + self.request_timeout / 2)
+            caught = self._catch_up(len(topic_tps), end_offsets, end_errors, stable, budget)
+        fetches: dict[str, Future[Any]] = {}
+        from_topic: dict[str, Mapping[tuple[str, int], int]] = {}
+        for spec in specs:
+            tps = [tp for t in spec.topics for tp in partitions.get(t, ())]
+            if not tps or spec.group in fetches or spec.group in from_topic:
+                continue
+            reader = self._reader
+            if (
+                caught is not None
+                and reader is not None
+                and reader.group_partition(spec.group) in caught.current
+            ):
+                from_topic[spec.group] = reader.committed(spec.group)
+                continue
+            request = ConsumerGroupTopicPartitions(
+                spec.group, [TopicPartition(t, p) for t, p in tps]
+            )
+            fetches.update(
+                self._admin.list_consumer_group_offsets(
+                    [request], request_timeout=self.request_timeout
+                )
+            )
         measured_at = time.time()
+        self.counters.calls += 1
+        self.counters.groups += len(specs)
+        self.counters.from_topic += len(from_topic)
+        self.counters.from_fetch += len(fetches)
+        errors = {
+            tp: msg for tp, msg in {**start_errors, **end_errors}.items() if tp[0] != OFFSETS_TOPIC
+        }
         out: dict[str, GroupLag | LagProbeError] = {}
         for spec in specs:
             out[spec.group] = self._assemble(
                 spec,
                 partitions=partitions,
                 fetch=fetches.get(spec.group),
+                known=from_topic.get(spec.group),
                 starts=start_offsets,
                 ends=end_offsets,
-                errors={**start_errors, **end_errors},
+                errors={tp: repr(e) for tp, e in errors.items()},
                 deadline=deadline,
                 measured_at=measured_at,
             )
@@ -260,8 +346,64 @@ class LagProbe:
 
     # ----------------------------------------------------------------------- internals
 
-    def _partitions(self, topics: Iterable[str]) -> dict[str, list[tuple[str, int]]]:
-        """Partitions of each existing topic, from one Metadata request for all topics.
+    def _note(self, kind: str, reason: str, *, level: int = logging.WARNING) -> None:
+        """Log why OffsetFetch is used, once per kind (later ones at debug level)."""
+        if kind in self._logged:
+            log.debug("lag probe %s: %s", self.cluster.describe(), reason)
+            return
+        self._logged.add(kind)
+        log.log(
+            level,
+            "lag probe %s: committed offsets from OffsetFetch (one request per group): %s",
+            self.cluster.describe(),
+            reason,
+        )
+
+    def _give_up(self, reason: str) -> None:
+        self._disabled = reason
+        self._note("disabled", f"{reason}; not reading {OFFSETS_TOPIC} again")
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def _catch_up(
+        self,
+        count: int,
+        ends: Mapping[tuple[str, int], int],
+        end_errors: Mapping[tuple[str, int], Exception],
+        stable: Mapping[Any, Future[Any]],
+        deadline: float,
+    ) -> CatchUp | None:
+        """Bring the reader up to the offsets topic's ends; None when it cannot be read."""
+        lso, lso_errors = _offsets(stable, deadline)
+        failures = [e for tp, e in {**end_errors, **lso_errors}.items() if tp[0] == OFFSETS_TOPIC]
+        try:
+            for exc in failures:
+                raise exc
+            if self._reader is None:
+                self._reader = OffsetsTopicReader(self._conf)
+            targets = {p: (lso[(OFFSETS_TOPIC, p)], ends[(OFFSETS_TOPIC, p)]) for p in range(count)}
+            caught = self._reader.catch_up(count, targets, deadline)
+        except (KafkaException, FutureTimeout) as exc:
+            if permanent_failure(exc):
+                self._give_up(f"cannot read {OFFSETS_TOPIC}: {exc}")
+            else:
+                self._note("transient", f"cannot read {OFFSETS_TOPIC} this time: {exc!r}")
+            return None
+        if caught.reason:
+            # Open transactions come and go in normal operation: debug. Being behind is
+            # expected once, at start-up on a big cluster.
+            kind = "behind" if "in time" in caught.reason else "transactions"
+            self._note(
+                kind, caught.reason, level=logging.INFO if kind == "behind" else logging.DEBUG
+            )
+        return caught
+
+    def _partitions(
+        self, topics: Iterable[str]
+    ) -> tuple[dict[str, list[tuple[str, int]]], int | None]:
+        """Partitions of each existing topic, from one Metadata request for all topics, and
+        the partition count of ``__consumer_offsets`` (None when it is not listed).
 
         Asking for all topics, not named ones, never auto-creates a topic on brokers with
         auto.create.topics.enable.
@@ -277,15 +419,20 @@ class LagProbe:
         for name, topic in meta.topics.items():
             if name in wanted and topic.error is None:
                 out[name] = [(name, p) for p in sorted(topic.partitions)]
-        return out
+        offsets = meta.topics.get(OFFSETS_TOPIC)
+        count = len(offsets.partitions) if offsets is not None and offsets.error is None else None
+        return out, count or None
 
-    def _list_offsets(self, tps: list[tuple[str, int]], spec: Any) -> dict[Any, Any]:
+    def _list_offsets(
+        self, tps: list[tuple[str, int]], spec: Any, isolation: Any = None
+    ) -> dict[Any, Any]:
         if not tps:
             return {}
         request = {TopicPartition(t, p): spec for t, p in tps}
-        futures: dict[Any, Any] = self._admin.list_offsets(
-            request, request_timeout=self.request_timeout
-        )
+        kwargs: dict[str, Any] = {"request_timeout": self.request_timeout}
+        if isolation is not None:
+            kwargs["isolation_level"] = isolation
+        futures: dict[Any, Any] = self._admin.list_offsets(request, **kwargs)
         return futures
 
     def _assemble(
@@ -294,6 +441,7 @@ class LagProbe:
         *,
         partitions: Mapping[str, list[tuple[str, int]]],
         fetch: Future[Any] | None,
+        known: Mapping[tuple[str, int], int] | None,
         starts: Mapping[tuple[str, int], int],
         ends: Mapping[tuple[str, int], int],
         errors: Mapping[tuple[str, int], str],
@@ -305,7 +453,7 @@ class LagProbe:
         bad = [f"{t}[{p}]: {errors[(t, p)]}" for t, p in tps if (t, p) in errors]
         if bad:
             return LagProbeError(f"group {spec.group}: offsets unavailable: {'; '.join(bad)}")
-        committed: dict[tuple[str, int], int | None] = {}
+        committed: dict[tuple[str, int], int | None] = dict(known or {})
         if fetch is not None:
             try:
                 answer = fetch.result(timeout=max(0.0, deadline - time.monotonic()))
@@ -329,17 +477,25 @@ class LagProbe:
         return GroupLag(spec.group, tuple(rows), measured_at, missing)
 
 
+def permanent_failure(exc: BaseException) -> bool:
+    """Whether reading the offsets topic failed for a reason retrying will not fix (ACLs)."""
+    if not isinstance(exc, KafkaException) or not exc.args:
+        return False
+    err = exc.args[0]
+    return isinstance(err, KafkaError) and err.code() in PERMANENT_ERRORS
+
+
 def _offsets(
     futures: Mapping[Any, Future[Any]], deadline: float
-) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], str]]:
+) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], Exception]]:
     offsets: dict[tuple[str, int], int] = {}
-    errors: dict[tuple[str, int], str] = {}
+    errors: dict[tuple[str, int], Exception] = {}
     for tp, future in futures.items():
         key = (tp.topic, tp.partition)
         try:
             offsets[key] = int(future.result(timeout=max(0.0, deadline - time.monotonic())).offset)
         except (KafkaException, FutureTimeout) as exc:
-            errors[key] = repr(exc)
+            errors[key] = exc
     return offsets, errors
 
 
@@ -361,7 +517,9 @@ __all__ = [
     "LagProbe",
     "LagProbeError",
     "PartitionLag",
+    "ProbeCounters",
     "StartFrom",
     "lag_rate",
     "partition_lag",
+    "permanent_failure",
 ]

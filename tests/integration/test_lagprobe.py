@@ -4,26 +4,63 @@ Covers the cases of the lag arithmetic that only a broker can show: normal lag, 
 offset (earliest and latest), records deleted past the committed offset (DeleteRecords, the
 broker operation retention performs), several groups measured in one call, and that the
 figure is exactly what a consumer of the group then reads.
+
+The probe reads committed offsets from ``__consumer_offsets`` (workers/offsetstopic.py);
+the tests check that they came that way (``probe.counters``), that they equal the admin
+API's per-group answers for 200 groups, that a commit acknowledged just before a poll is
+seen, that deleted offsets read as "no commit", and that a partition of the offsets topic
+holding an open transaction is measured with OffsetFetch instead, exactly.
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
-from streamherd.workers.lagprobe import ClusterConfig, GroupSpec, LagProbe, LagProbeError
+from streamherd.workers.lagprobe import (
+    ClusterConfig,
+    GroupLag,
+    GroupSpec,
+    LagProbe,
+    LagProbeError,
+)
 from tests.infra.kafka import KafkaBroker
-from tests.infra.processes import free_port
+from tests.infra.processes import free_port, run_hack_script
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
 
 @pytest.fixture
-def probe(kafka_broker: KafkaBroker) -> LagProbe:
-    return LagProbe(ClusterConfig.of(kafka_broker.bootstrap), request_timeout=20.0)
+def probe(kafka_broker: KafkaBroker) -> Iterator[LagProbe]:
+    # The offsets topic exists once some group has committed; on a fresh broker the probe
+    # would (correctly) use OffsetFetch, and these tests are about the topic path.
+    _commit(kafka_broker, _group(), _any_topic(kafka_broker), {0: 0})
+    with LagProbe(ClusterConfig.of(kafka_broker.bootstrap), request_timeout=20.0) as p:
+        yield p
+
+
+def _any_topic(broker: KafkaBroker) -> str:
+    return broker.create_topic(broker.unique_topic("seed"), partitions=1)
+
+
+def _from_topic(probe: LagProbe, groups: int) -> None:
+    """Every group so far was answered from __consumer_offsets, none by OffsetFetch."""
+    assert probe.offsets_topic_disabled is None
+    assert (probe.counters.from_topic, probe.counters.from_fetch) == (groups, 0)
 
 
 def _group() -> str:
@@ -109,6 +146,7 @@ def test_normal_lag_per_partition(kafka_broker: KafkaBroker, probe: LagProbe) ->
         (0, 50, 0, 50),
     ]
     assert lag.total == 110 and lag.partition_count == 3 and lag.missing_topics == ()
+    _from_topic(probe, 1)
     assert {r.topic for r in lag.partitions} == {topic}
     assert _consume_as_group(kafka_broker, group, topic, "earliest", 3) == {0: 60, 1: 0, 2: 50}
 
@@ -125,6 +163,7 @@ def test_nothing_committed_follows_start_from(
 
     assert all(p.committed is None for p in lag.partitions)
     assert lag.total == expected
+    _from_topic(probe, 1)
     seen = _consume_as_group(kafka_broker, group, topic, start_from, 2)
     assert sum(seen.values()) == expected
     assert {p.partition: p.lag for p in lag.partitions} == seen
@@ -145,6 +184,7 @@ def test_records_deleted_past_the_commit(kafka_broker: KafkaBroker, probe: LagPr
     rows = {p.partition: p for p in lag.partitions}
     assert (rows[0].log_start, rows[0].committed, rows[0].lag) == (60, 10, 40)  # not 90
     assert (rows[1].log_start, rows[1].committed, rows[1].lag) == (60, 80, 20)
+    _from_topic(probe, 1)
     # A consumer whose offset fell off the log resets (earliest) and reads what is retained.
     assert _consume_as_group(kafka_broker, group, topic, "earliest", 2) == {0: 40, 1: 20}
 
@@ -172,6 +212,7 @@ def test_many_groups_in_one_call(kafka_broker: KafkaBroker, probe: LagProbe) -> 
     assert not isinstance(lonely, Exception)
     assert lonely.missing_topics == (missing,) and lonely.total == 0
     assert lonely.partition_count == 0
+    _from_topic(probe, 12)  # the group of a missing topic has nothing to look up
 
 
 def test_progress_shows_in_the_next_measurement(kafka_broker: KafkaBroker, probe: LagProbe) -> None:
@@ -185,6 +226,7 @@ def test_progress_shows_in_the_next_measurement(kafka_broker: KafkaBroker, probe
     assert (first.total, second.total) == (200, 75)
     assert (second.log_end_total, second.position_total) == (225, 150)
     assert second.measured_at >= first.measured_at
+    _from_topic(probe, 2)
 
 
 def test_unreachable_cluster_is_an_error_not_a_zero() -> None:
@@ -195,3 +237,256 @@ def test_unreachable_cluster_is_an_error_not_a_zero() -> None:
     )
     with pytest.raises(LagProbeError, match="cannot read metadata"):
         dead.measure(GroupSpec("g", ("t",)))
+
+
+# --------------------------------------------------------------------------- committed offsets
+# from __consumer_offsets
+
+
+def _admin_committed(
+    broker: KafkaBroker, groups: list[str], tps: list[tuple[str, int]]
+) -> dict[str, dict[tuple[str, int], int | None]]:
+    """Each group's committed offsets as the admin API (OffsetFetch) answers them."""
+    admin = broker.admin()
+    futures = {}
+    for g in groups:
+        request = ConsumerGroupTopicPartitions(g, [TopicPartition(t, p) for t, p in tps])
+        futures.update(admin.list_consumer_group_offsets([request], request_timeout=30))
+    out = {}
+    for g, f in futures.items():
+        answer = f.result(60)
+        out[g] = {
+            (tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None)
+            for tp in answer.topic_partitions
+        }
+    return out
+
+
+def _committed(lag: GroupLag | LagProbeError) -> dict[tuple[str, int], int | None]:
+    assert isinstance(lag, GroupLag), lag
+    return {(p.topic, p.partition): p.committed for p in lag.partitions}
+
+
+def test_200_groups_equal_the_admin_api(kafka_broker: KafkaBroker, probe: LagProbe) -> None:
+    a = kafka_broker.create_topic(kafka_broker.unique_topic("g200"), partitions=3)
+    b = kafka_broker.create_topic(kafka_broker.unique_topic("g200"), partitions=2)
+    _fill(kafka_broker, a, [50, 50, 50])
+    _fill(kafka_broker, b, [40, 40])
+    groups = [_group() for _ in range(200)]
+    admin = kafka_broker.admin()
+    futures = []
+    for i, g in enumerate(groups):
+        if i % 10 == 9:
+            continue  # a group with no commit at all
+        offsets = [TopicPartition(a, p, (i + 7 * p) % 51) for p in range(3)]
+        if i % 3 == 0:
+            offsets.append(TopicPartition(b, i % 2, i % 41))  # one partition of b only
+        futures.extend(
+            admin.alter_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(g, offsets)], request_timeout=30
+            ).values()
+        )
+    for f in futures:
+        f.result(60)
+    tps = [(a, 0), (a, 1), (a, 2), (b, 0), (b, 1)]
+
+    results = probe.measure_many([GroupSpec(g, (a, b)) for g in groups])
+    expected = _admin_committed(kafka_broker, groups, tps)
+
+    assert {g: _committed(results[g]) for g in groups} == expected
+    # Spot-check the inputs went where intended (the comparison alone would pass on zeros).
+    assert expected[groups[3]] == {
+        (a, 0): 3,
+        (a, 1): 10,
+        (a, 2): 17,
+        (b, 0): None,
+        (b, 1): 3,
+    }
+    assert all(v is None for v in expected[groups[9]].values())
+    _from_topic(probe, 200)
+
+
+def test_a_commit_just_before_the_poll_is_seen(kafka_broker: KafkaBroker, probe: LagProbe) -> None:
+    topic = kafka_broker.create_topic(kafka_broker.unique_topic("fresh"), partitions=2)
+    _fill(kafka_broker, topic, [100, 100])
+    group = _group()
+    consumer = Consumer(
+        kafka_broker.client_config(**{"group.id": group, "enable.auto.commit": False})
+    )
+    seen = []
+    try:
+        probe.measure(GroupSpec(group, (topic,)))  # the reader is running and caught up
+        for k in range(1, 21):
+            # Synchronous: returns once the broker acknowledged the commit.
+            consumer.commit(
+                offsets=[TopicPartition(topic, 0, 5 * k), TopicPartition(topic, 1, k)],
+                asynchronous=False,
+            )
+            seen.append(_committed(probe.measure(GroupSpec(group, (topic,)))))
+    finally:
+        consumer.close()
+    assert seen == [{(topic, 0): 5 * k, (topic, 1): k} for k in range(1, 21)]
+    _from_topic(probe, 21)
+
+
+_DELETE_OFFSETS_JAVA = """
+import java.util.*;
+import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.common.TopicPartition;
+
+public class DeleteOffsets {
+    public static void main(String[] a) throws Exception {
+        try (Admin admin = Admin.create(Map.of("bootstrap.servers", (Object) a[0]))) {
+            admin.deleteConsumerGroupOffsets(
+                a[1], Set.of(new TopicPartition(a[2], Integer.parseInt(a[3])))
+            ).all().get();
+        }
+    }
+}
+"""
+
+
+def _delete_group_offset(
+    broker: KafkaBroker, group: str, topic: str, partition: int, workdir: Path
+) -> None:
+    """DeleteConsumerGroupOffsets, which confluent-kafka's Python admin client lacks: Kafka's
+    own Java Admin client, from the broker's jars (a single-file Java program)."""
+    source = workdir / "DeleteOffsets.java"
+    source.write_text(_DELETE_OFFSETS_JAVA)
+    libs = run_hack_script("fetch-kafka.sh")
+    java = shutil.which("java")
+    assert java is not None, "java runs the test broker, so it is installed"
+    subprocess.run(
+        [java, "-cp", f"{libs}/*", str(source), broker.bootstrap, group, topic, str(partition)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def test_deleted_offsets_read_as_no_commit(
+    kafka_broker: KafkaBroker, probe: LagProbe, tmp_path: Path
+) -> None:
+    topic = kafka_broker.create_topic(kafka_broker.unique_topic("del"), partitions=2)
+    _fill(kafka_broker, topic, [30, 30])
+    group = _group()
+    spec = GroupSpec(group, (topic,))
+    _commit(kafka_broker, group, topic, {0: 10, 1: 20})
+    assert _committed(probe.measure(spec)) == {(topic, 0): 10, (topic, 1): 20}
+    admin = kafka_broker.admin()
+
+    _delete_group_offset(kafka_broker, group, topic, 0, tmp_path)
+    after_offset_delete = probe.measure(spec)
+    for f in admin.delete_consumer_groups([group], request_timeout=30).values():
+        f.result(60)
+    after_group_delete = probe.measure(spec)
+
+    assert _committed(after_offset_delete) == {(topic, 0): None, (topic, 1): 20}
+    assert after_offset_delete.total == 30 + 10  # partition 0 starts over (earliest)
+    assert _committed(after_group_delete) == {(topic, 0): None, (topic, 1): None}
+    assert _admin_committed(kafka_broker, [group], [(topic, 0), (topic, 1)]) == {
+        group: {(topic, 0): None, (topic, 1): None}
+    }
+    _from_topic(probe, 3)
+
+
+def _wait_until_from_topic(probe: LagProbe, specs: list[GroupSpec]) -> dict[str, GroupLag]:
+    """Measure until a call is answered wholly from the offsets topic (the transaction's
+    markers are written asynchronously after the commit returns)."""
+    deadline = time.monotonic() + 30
+    while True:
+        before = probe.counters.from_fetch
+        results = probe.measure_many(specs)
+        if probe.counters.from_fetch == before:
+            out = {}
+            for g, r in results.items():
+                assert isinstance(r, GroupLag), r
+                out[g] = r
+            return out
+        assert time.monotonic() < deadline, "the offsets topic stayed unstable"
+        time.sleep(0.2)
+
+
+def test_open_transaction_uses_offset_fetch_exactly(
+    kafka_broker: KafkaBroker, probe: LagProbe
+) -> None:
+    topic = kafka_broker.create_topic(kafka_broker.unique_topic("txn"), partitions=1)
+    _fill(kafka_broker, topic, [20])
+    txn_group, plain_group = _group(), _group()
+    specs = [GroupSpec(txn_group, (topic,)), GroupSpec(plain_group, (topic,))]
+    probe.measure_many(specs)
+    producer = Producer(kafka_broker.client_config(**{"transactional.id": _group()}))
+    # The identity of the group whose offsets the transaction commits.
+    meta_source = Consumer(kafka_broker.client_config(**{"group.id": txn_group}))
+    try:
+        producer.init_transactions(30)
+        producer.begin_transaction()
+        producer.send_offsets_to_transaction(
+            [TopicPartition(topic, 0, 7)], meta_source.consumer_group_metadata(), 30
+        )
+        # The test broker's offsets topic has one partition: this plain commit lands behind
+        # the open transaction, where a read-committed reader cannot see it yet.
+        _commit(kafka_broker, plain_group, topic, {0: 3})
+        fetched_before = probe.counters.from_fetch
+        during = probe.measure_many(specs)
+        fetched_during = probe.counters.from_fetch - fetched_before
+
+        producer.commit_transaction(30)
+        after_commit = _wait_until_from_topic(probe, specs)
+
+        producer.begin_transaction()
+        producer.send_offsets_to_transaction(
+            [TopicPartition(topic, 0, 15)], meta_source.consumer_group_metadata(), 30
+        )
+        producer.abort_transaction(30)
+        after_abort = _wait_until_from_topic(probe, specs)
+    finally:
+        meta_source.close()
+    assert fetched_during == 2  # both groups live in the partition with the open transaction
+    # As OffsetFetch answers: the plain commit is seen, the pending one is not yet.
+    assert _committed(during[plain_group]) == {(topic, 0): 3}
+    assert _committed(during[txn_group]) == {(topic, 0): None}
+    assert _committed(after_commit[txn_group]) == {(topic, 0): 7}
+    assert _committed(after_commit[plain_group]) == {(topic, 0): 3}
+    assert _committed(after_abort[txn_group]) == {(topic, 0): 7}  # the aborted 15 never counts
+    assert _admin_committed(kafka_broker, [txn_group], [(topic, 0)]) == {txn_group: {(topic, 0): 7}}
+
+
+def test_offset_fetch_path_gives_the_same_answers(
+    kafka_broker: KafkaBroker, probe: LagProbe
+) -> None:
+    topic = kafka_broker.create_topic(kafka_broker.unique_topic("same"), partitions=2)
+    _fill(kafka_broker, topic, [40, 10])
+    groups = [_group() for _ in range(6)]
+    for i, g in enumerate(groups[:4]):
+        _commit(kafka_broker, g, topic, {0: 10 * i, 1: i})
+    specs = [
+        GroupSpec(g, (topic,), "latest" if i % 2 else "earliest") for i, g in enumerate(groups)
+    ]
+    with LagProbe(
+        ClusterConfig.of(kafka_broker.bootstrap), request_timeout=20.0, read_offsets_topic=False
+    ) as old:
+        by_fetch = old.measure_many(specs)
+        assert (old.counters.from_topic, old.counters.from_fetch) == (0, 6)
+        assert old.reader is None  # never started
+    by_topic = probe.measure_many(specs)
+
+    def rows(results: dict[str, GroupLag | LagProbeError]) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for g, r in results.items():
+            assert isinstance(r, GroupLag), r
+            out[g] = [
+                (p.partition, p.log_start, p.log_end, p.committed, p.lag) for p in r.partitions
+            ]
+        return out
+
+    assert rows(by_topic) == rows(by_fetch)
+    assert [r.total for r in by_topic.values() if isinstance(r, GroupLag)] == [
+        50,
+        39,
+        28,  # (40 - 20) + (10 - 2)
+        17,
+        50,
+        0,
+    ]
+    _from_topic(probe, 6)
