@@ -26,6 +26,11 @@ METRIC_DEAD_LETTERED: Final = "streamherd_records_dead_lettered_total"
 METRIC_ERRORS: Final = "streamherd_errors_total"
 METRIC_CHECKPOINT_AGE: Final = "streamherd_checkpoint_age_seconds"
 METRIC_SINK_UP: Final = "streamherd_sink_up"
+# When each dead-letter counter was created (prometheus_client exports `_created` with every
+# counter; the engine creates one per reason at start): the DLQ alert's view of a worker
+# whose dead letters all came before Prometheus first scraped it.
+METRIC_DEAD_LETTERED_CREATED: Final = "streamherd_records_dead_lettered_created"
+DEAD_LETTER_WINDOW: Final = "10m"
 ALERT_METRICS: Final = (
     METRIC_LAG,
     METRIC_RECORDS_IN,
@@ -68,6 +73,7 @@ def build_prometheus_rule(pipeline: StreamPipeline, settings: OperatorSettings) 
     sel = f'namespace="{pipeline.namespace}", pipeline="{pipeline.name}"'
     lag = f"sum({METRIC_LAG}{{{sel}}})"
     alert_labels = {"namespace": pipeline.namespace, "pipeline": pipeline.name}
+    dlq_window, dlq_seconds = DEAD_LETTER_WINDOW, _seconds(DEAD_LETTER_WINDOW)
 
     def alert(name: str, expr: str, duration: str, severity: str, summary: str) -> Manifest:
         return {
@@ -117,11 +123,20 @@ def build_prometheus_rule(pipeline: StreamPipeline, settings: OperatorSettings) 
             "records are failing",
         ),
         alert(
+            # Any dead letter within the window, held `for` 5m: it fires 5 minutes after a
+            # burst and resolves 10 minutes after the last one. increase() only sees what
+            # happened between two scrapes; a worker that dead-letters a burst before its
+            # first scrape has a counter that is never seen to move. So, too: a counter
+            # above 0 that was created (at the worker's start) within the window, whose
+            # every dead letter is therefore that recent. (`x unless x offset 10m` would
+            # see new series too, but also every old one after a gap in Prometheus' data.)
             "StreamherdDeadLettering",
-            f"sum(rate({METRIC_DEAD_LETTERED}{{{sel}}}[5m])) > 0",
+            f"sum(increase({METRIC_DEAD_LETTERED}{{{sel}}}[{dlq_window}])) > 0"
+            f" or sum({METRIC_DEAD_LETTERED}{{{sel}}} > 0"
+            f" and (time() - {METRIC_DEAD_LETTERED_CREATED}{{{sel}}}) < {dlq_seconds})",
             "5m",
             "warning",
-            "records are being sent to the dead-letter topic",
+            "records were sent to the dead-letter topic in the last 10 minutes",
         ),
         alert(
             "StreamherdCheckpointTooOld",

@@ -5,7 +5,8 @@ dead-letter topic. Prometheus (tests/integration/monitoring/promserver.py) scrap
 second with the target labels the Prometheus Operator would add (namespace, pod) and loads
 the PrometheusRule the operator generates for the pipeline. The documented series must be
 there with their labels, the dashboard's kinds of queries must answer, and the generated
-alert for dead-lettering must see the real series (pending).
+alert for dead-lettering must see the real series (pending), also for a worker that
+dead-lettered its records before Prometheus first scraped it.
 
 Operator: `streamherd operator --metrics-port` against the real control plane, watching a
 pipeline whose source is the real broker; Prometheus scrapes it like the chart's
@@ -15,12 +16,14 @@ ServiceMonitor does (honorLabels, so the pipeline's namespace label survives the
 from __future__ import annotations
 
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from streamherd.operator.builders.monitoring import METRIC_DEAD_LETTERED
 from streamherd.workers.metrics import METRICS
 from tests.infra.controlplane import KubeCluster
 from tests.infra.kafka import KafkaBroker
@@ -60,6 +63,20 @@ def worker_rules(tmp_path: Path) -> Path:
     return path
 
 
+def scrape(worker: Worker, tmp_path: Path) -> PrometheusServer:
+    """Prometheus scraping the worker as pod w-0 of namespace NS, with the pipeline's rules."""
+    return start_prometheus(
+        [
+            ScrapeJob(
+                "streamherd-worker",
+                (f"127.0.0.1:{worker.metrics_port}",),
+                {"namespace": NS, "pod": "w-0"},
+            )
+        ],
+        [worker_rules(tmp_path)],
+    )
+
+
 @pytest.fixture
 def scraped_worker(
     kafka_broker: KafkaBroker, tmp_path: Path
@@ -72,16 +89,7 @@ def scraped_worker(
         kafka_broker, source=src, sink=out, dlq=dlq, group=f"g-{src}", checkpoints=tmp_path
     )
     worker = Worker.create(tmp_path, "w", config).start()
-    server = start_prometheus(
-        [
-            ScrapeJob(
-                "streamherd-worker",
-                (f"127.0.0.1:{worker.metrics_port}",),
-                {"namespace": NS, "pod": "w-0"},
-            )
-        ],
-        [worker_rules(tmp_path)],
-    )
+    server = scrape(worker, tmp_path)
     try:
         yield worker, server, kafka_broker, src
     finally:
@@ -157,6 +165,56 @@ def test_prometheus_scrapes_the_documented_worker_series(
     )
     assert pending[0]["metric"]["pipeline"] == NAME
     assert prom.query('ALERTS{alertname="StreamherdNoProgress"}') == []
+
+
+def worker_series(worker: Worker, name: str) -> dict[str, float]:
+    """The worker's own /metrics: {label text: value} of one metric."""
+    url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        line[len(name) : line.rindex(" ")]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{")
+    }
+
+
+def test_dead_letters_before_the_first_scrape_still_alert(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """A new worker dead-letters its whole burst before Prometheus first scrapes it: the
+    counter is never seen to move (no rate, no increase), yet the alert goes pending."""
+    src = kafka_broker.create_topic(kafka_broker.unique_topic("mon-early-in"), 1)
+    out = kafka_broker.create_topic(kafka_broker.unique_topic("mon-early-out"), 1)
+    dlq = kafka_broker.create_topic(kafka_broker.unique_topic("mon-early-dlq"), 1)
+    kafka_broker.produce(src, [(f"bad-{i}", b"{not json") for i in range(POISON)])
+    kafka_broker.produce(src, clicks(0, 100))
+    config = pipeline_config(
+        kafka_broker, source=src, sink=out, dlq=dlq, group=f"g-{src}", checkpoints=tmp_path
+    )
+    worker = Worker.create(tmp_path, "w", config).start()
+    prom: PrometheusServer | None = None
+    try:
+        wait_until(
+            "the worker to dead-letter the burst",
+            lambda: sum(worker_series(worker, METRIC_DEAD_LETTERED).values()) == POISON,
+            120,
+            [worker],
+        )
+        prom = scrape(worker, tmp_path)
+        pending = wait_for_query(
+            prom, 'ALERTS{alertname="StreamherdDeadLettering", alertstate="pending"}', 60
+        )
+        assert pending[0]["metric"]["pipeline"] == NAME
+        # Prometheus never saw the counter below the burst: the alert came from the
+        # counter's creation time, not from a rate.
+        low = prom.query(f'min_over_time({METRIC_DEAD_LETTERED}{{{SEL}, reason="decode"}}[1h])')
+        assert [float(s["value"][1]) for s in low] == [POISON]
+        assert prom.query(f"sum(increase({METRIC_DEAD_LETTERED}{{{SEL}}}[10m])) > 0") == []
+    finally:
+        if prom is not None:
+            prom.stop()
+        worker.stop()
 
 
 # --------------------------------------------------------------------------- operator

@@ -16,6 +16,11 @@ from typing import Any
 
 import pytest
 
+from streamherd.operator.builders.monitoring import (
+    METRIC_DEAD_LETTERED,
+    METRIC_DEAD_LETTERED_CREATED,
+)
+from streamherd.workers.metrics import DEAD_LETTER_REASONS, EngineMetrics
 from tests.unit.monitoring.promkit import pipeline, rule_groups, run_promtool, write_yaml
 
 NS, NAME = "shop", "clicks"
@@ -41,6 +46,16 @@ class Case:
 LAG = "streamherd_consumer_lag_total"
 IN = "streamherd_records_in_total"
 CONSUMING = series(IN, "0+5000x60", topic="clicks", partition="0")
+LONG_AGO = "-86400x40"  # a `_created` timestamp a day before the test's time 0
+
+
+def dead_letters(values: str) -> dict[str, str]:
+    return series("streamherd_records_dead_lettered_total", values, reason="decode")
+
+
+def dead_letters_created(values: str) -> dict[str, str]:
+    return series("streamherd_records_dead_lettered_created", values, reason="decode")
+
 
 CASES = [
     # --- lag above the threshold (100000 by default) for 10 minutes
@@ -73,11 +88,26 @@ CASES = [
          [series("streamherd_errors_total", "0+5x30", kind="consume")]),
     Case("old errors only", "StreamherdErrors", "15m", False,
          [series("streamherd_errors_total", "3x30", kind="consume")]),
-    # --- dead-lettering
+    # --- dead-lettering: any dead letter within 10 minutes, for 5m. `_created` is when the
+    # worker made its counters (at start); LONG_AGO: a worker running for a day already.
     Case("records dead-lettered", "StreamherdDeadLettering", "15m", True,
-         [series("streamherd_records_dead_lettered_total", "0+10x30", reason="decode")]),
+         [dead_letters("0+10x30"), dead_letters_created(LONG_AGO)]),
     Case("no new dead letters", "StreamherdDeadLettering", "15m", False,
-         [series("streamherd_records_dead_lettered_total", "7x30", reason="decode")]),
+         [dead_letters("7x30"), dead_letters_created(LONG_AGO)]),
+    Case("old dead letters, even before 10 minutes of data", "StreamherdDeadLettering", "6m",
+         False, [dead_letters("7x30"), dead_letters_created(LONG_AGO)]),
+    Case("one burst in a running worker", "StreamherdDeadLettering", "16m", True,
+         [dead_letters("0x10 40x30"), dead_letters_created(LONG_AGO)]),
+    Case("one burst, over 10 minutes ago", "StreamherdDeadLettering", "25m", False,
+         [dead_letters("0x10 40x30"), dead_letters_created(LONG_AGO)]),
+    # A new worker that dead-letters a burst before Prometheus' first scrape: its counter
+    # is never seen to move (rate() and increase() are 0), only seen new and above 0.
+    Case("burst before the first scrape", "StreamherdDeadLettering", "6m", True,
+         [dead_letters("25x30"), dead_letters_created("0x30")]),
+    Case("burst before the first scrape, 10 minutes on", "StreamherdDeadLettering", "12m",
+         False, [dead_letters("25x30"), dead_letters_created("0x30")]),
+    Case("new quiet worker", "StreamherdDeadLettering", "6m", False,
+         [dead_letters("0x30"), dead_letters_created("0x30")]),
     # --- checkpoints (10m by default)
     Case("checkpoint age grows past 10m", "StreamherdCheckpointTooOld", "25m", True,
          [series("streamherd_checkpoint_age_seconds", "0+60x30")]),
@@ -164,3 +194,13 @@ def test_each_alert_fires_when_it_should_and_only_then(tmp_path: Path) -> None:
     proc = run_promtool("test", "rules", test_file.name, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout + proc.stderr
+
+
+def test_the_engine_exports_when_its_dead_letter_counters_were_created() -> None:
+    """The DLQ alert's view of a burst before the first scrape: every reason's counter and
+    its `_created` series, as a worker's /metrics serves them."""
+    text = EngineMetrics("clicks").render().decode()
+    for reason in DEAD_LETTER_REASONS:
+        labels = f'{{pipeline="clicks",reason="{reason}"}}'
+        assert f"{METRIC_DEAD_LETTERED}{labels} 0.0" in text
+        assert f"{METRIC_DEAD_LETTERED_CREATED}{labels} " in text
