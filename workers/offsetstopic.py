@@ -222,9 +222,9 @@ class _State:
 class OffsetsTopicReader:
     """One consumer of ``__consumer_offsets`` and the committed offsets it has read.
 
-    Never joins a group nor commits: the partitions are assigned, from the beginning, and
-    paused between catch-ups so that the reader costs no Fetch request while the operator is
-    not polling. Calls are serialised by a lock.
+    Never joins a group nor commits: partitions are assigned only during a catch-up, from
+    where the previous one stopped (the beginning, the first time), so the reader costs no
+    Fetch request while the operator is not polling. Calls are serialised by a lock.
     """
 
     def __init__(
@@ -250,7 +250,7 @@ class OffsetsTopicReader:
         self._consumer: Consumer | None = Consumer(conf)
         self._lock = threading.Lock()
         self._state = _State()
-        self._assigned = 0  # number of offsets-topic partitions assigned
+        self._count = 0  # partitions of the offsets topic
 
     def close(self) -> None:
         with self._lock:
@@ -260,7 +260,7 @@ class OffsetsTopicReader:
 
     @property
     def partitions(self) -> int:
-        return self._assigned
+        return self._count
 
     def committed(self, group: str) -> Mapping[tuple[str, int], int]:
         """A copy of the group's committed offsets as last read (exact for the groups of
@@ -271,7 +271,7 @@ class OffsetsTopicReader:
     def group_partition(self, group: str) -> int:
         """Where the group's commits live: where they were read from, else Kafka's hash."""
         home = self._state.home.get(group)
-        return home if home is not None else offsets_partition_for(group, self._assigned)
+        return home if home is not None else offsets_partition_for(group, self._count)
 
     def stats(self) -> dict[str, int]:
         s = self._state
@@ -281,6 +281,13 @@ class OffsetsTopicReader:
             "records": s.records,
             "skipped": s.skipped,
         }
+
+    def serve(self) -> None:
+        """Serve the consumer's callbacks (statistics) between catch-ups; any record already
+        delivered is applied, never dropped."""
+        with self._lock:
+            if self._consumer is not None:
+                self._apply(self._consumer.consume(num_messages=5000, timeout=0))
 
     def catch_up(
         self, partitions: int, targets: Mapping[int, tuple[int, int]], deadline: float
@@ -295,26 +302,37 @@ class OffsetsTopicReader:
             consumer = self._consumer
             if consumer is None:
                 raise KafkaException(KafkaError(KafkaError._DESTROY, "reader closed"))
-            self._assign(consumer, partitions)
+            self._resize(partitions)
             state = self._state
             before = state.records
-            # Unstable (open transaction) partitions are read too, but not waited for.
+            # A partition with an open transaction is not waited for (nor read): its groups
+            # are measured another way until it is stable again.
             wanted = {p: lso for p, (lso, hw) in targets.items() if lso >= hw}
             unstable = sorted(set(targets) - set(wanted))
-            tps = [TopicPartition(OFFSETS_TOPIC, p) for p in range(partitions)]
             behind = [p for p, t in wanted.items() if state.reached.get(p, 0) < t]
-            if behind or unstable:
-                consumer.resume(tps)
+            if behind:
+                # Assigned only while catching up, from where the last catch-up stopped:
+                # no Fetch between polls, and the first Fetch leaves at once (a resume
+                # after pause() waited about a second for librdkafka's next fetch cycle).
+                consumer.assign(
+                    [
+                        TopicPartition(OFFSETS_TOPIC, p, state.reached.get(p, OFFSET_BEGINNING))
+                        for p in behind
+                    ]
+                )
+                tps = [TopicPartition(OFFSETS_TOPIC, p) for p in behind]
                 try:
                     while behind and time.monotonic() < deadline:
-                        wait = min(0.2, max(0.0, deadline - time.monotonic()))
+                        wait = min(0.01, max(0.0, deadline - time.monotonic()))
                         failed = self._apply(consumer.consume(num_messages=5000, timeout=wait))
                         self._positions(consumer, tps)
                         if failed is not None:
                             raise KafkaException(failed)
                         behind = [p for p in behind if state.reached.get(p, 0) < wanted[p]]
                 finally:
-                    consumer.pause(tps)
+                    # Records fetched but not consumed are dropped here and fetched again
+                    # next time, from the offset reached (which only consumed ones move).
+                    consumer.unassign()
             reasons = []
             if unstable:
                 reasons.append(f"open transactions in partitions {unstable}")
@@ -328,17 +346,13 @@ class OffsetsTopicReader:
 
     # ----------------------------------------------------------------------- internals
 
-    def _assign(self, consumer: Consumer, partitions: int) -> None:
-        if partitions == self._assigned:
+    def _resize(self, partitions: int) -> None:
+        if partitions == self._count:
             return
         # The partition count of the offsets topic is fixed for a cluster's life; a change
-        # (a new count, or a first assignment) starts over from the beginning.
+        # (a new count, or the first catch-up) starts over from the beginning.
         self._state = _State()
-        consumer.assign(
-            [TopicPartition(OFFSETS_TOPIC, p, OFFSET_BEGINNING) for p in range(partitions)]
-        )
-        consumer.pause([TopicPartition(OFFSETS_TOPIC, p) for p in range(partitions)])
-        self._assigned = partitions
+        self._count = partitions
 
     def _positions(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
         # The position moves past control records (transaction markers) that are never

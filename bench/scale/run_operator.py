@@ -5,11 +5,13 @@ can count what the builtin autoscaler asks of the Kafka brokers. Nothing else ch
 operator, its handlers and its lag probe are the real ones. The probe class the autoscaler
 builds per cluster (``poller.LagProbe``) is swapped for a subclass that
 
-- turns on librdkafka's statistics (``statistics.interval.ms``): per broker, ``tx`` counts
-  every request the client really sent, and ``req`` some of them by type (Metadata,
-  ListOffsets, FindCoordinator, ...; OffsetFetch is not among them, so the rest is reported
-  as "other");
-- counts ``measure_many`` calls and the groups in them;
+- turns on librdkafka's statistics (``statistics.interval.ms``) on both clients of the probe,
+  the admin client and the ``__consumer_offsets`` reader (brokerstats.py): per broker,
+  ``tx`` counts every request the client really sent, and ``req`` some of them by type
+  (Metadata, ListOffsets, Fetch, FindCoordinator, ...; OffsetFetch is not among them, so
+  the rest is reported as "other");
+- counts ``measure_many`` calls and the groups in them, and how many groups were answered
+  from the offsets topic or by OffsetFetch (the fallback);
 
 and writes the running totals, as JSON, to the file named by STREAMHERD_BENCH_BROKER_STATS
 after every call (atomically: temp file + rename).
@@ -30,6 +32,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from brokerstats import RequestCounter  # noqa: E402
 
 from streamherd import cli  # noqa: E402
 from streamherd.operator.autoscaling import poller  # noqa: E402
@@ -44,13 +49,16 @@ from streamherd.workers.lagprobe import (  # noqa: E402
 STATS_FILE = os.environ.get("STREAMHERD_BENCH_BROKER_STATS")
 _lock = threading.Lock()
 _poll_lock = threading.Lock()
-# cluster description -> {"calls", "groups", "requests": {type: count}}
+# cluster description -> {"calls", "groups", "from_topic", "from_fetch", "requests": {...}}
 _totals: dict[str, dict[str, Any]] = {}
+_counters: dict[str, RequestCounter] = {}
 
 
 def _write() -> None:
     if not STATS_FILE:
         return
+    for name, counter in _counters.items():
+        _totals[name]["requests"] = counter.totals()
     tmp = Path(f"{STATS_FILE}.tmp")
     tmp.write_text(json.dumps({"time": time.time(), "clusters": _totals}))
     tmp.replace(STATS_FILE)
@@ -65,44 +73,40 @@ class CountingProbe(LagProbe):
         *,
         request_timeout: float = 10.0,
         extra_config: Mapping[str, Any] | None = None,
+        read_offsets_topic: bool = True,
     ) -> None:
         self._name = cluster.describe()
         with _lock:
-            _totals.setdefault(self._name, {"calls": 0, "groups": 0, "requests": {}})
-        extra = {
-            **(extra_config or {}),
-            "statistics.interval.ms": 1000,
-            "stats_cb": self._on_stats,
-        }
-        super().__init__(cluster, request_timeout=request_timeout, extra_config=extra)
-
-    def _on_stats(self, text: str) -> None:
-        stats = json.loads(text)
-        requests: dict[str, int] = {}
-        sent = 0
-        for broker in (stats.get("brokers") or {}).values():
-            sent += int(broker.get("tx") or 0)
-            for kind, count in (broker.get("req") or {}).items():
-                requests[kind] = requests.get(kind, 0) + int(count)
-        requests = {k: v for k, v in requests.items() if v}
-        # librdkafka's `req` leaves some request types out (OffsetFetch among them); `tx`
-        # counts every request sent, so the difference is reported as "other".
-        requests["other (OffsetFetch...)"] = sent - sum(requests.values())
-        with _lock:
-            _totals[self._name]["requests"] = requests
-            _write()
+            _totals.setdefault(
+                self._name,
+                {"calls": 0, "groups": 0, "from_topic": 0, "from_fetch": 0, "requests": {}},
+            )
+            counter = _counters.setdefault(self._name, RequestCounter())
+        extra = {**(extra_config or {}), **counter.config()}
+        super().__init__(
+            cluster,
+            request_timeout=request_timeout,
+            extra_config=extra,
+            read_offsets_topic=read_offsets_topic,
+        )
 
     def measure_many(self, specs: Sequence[GroupSpec]) -> dict[str, GroupLag | LagProbeError]:
+        before = (self.counters.from_topic, self.counters.from_fetch)
         result = super().measure_many(specs)
-        with _lock:
-            _totals[self._name]["calls"] += 1
-            _totals[self._name]["groups"] += len(specs)
-            _write()
-        # Statistics callbacks are served by poll() on the admin client's main queue; one
-        # thread at a time.
+        # Statistics callbacks are served by poll() on the admin client's main queue and by
+        # the reader's consumer; one thread at a time.
         with _poll_lock:
             if self._admin is not None:
                 self._admin.poll(0)
+            if self.reader is not None:
+                self.reader.serve()
+        with _lock:
+            totals = _totals[self._name]
+            totals["calls"] += 1
+            totals["groups"] += len(specs)
+            totals["from_topic"] += self.counters.from_topic - before[0]
+            totals["from_fetch"] += self.counters.from_fetch - before[1]
+            _write()
         return result
 
 
