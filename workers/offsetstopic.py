@@ -271,7 +271,10 @@ class OffsetsTopicReader:
     def group_partition(self, group: str) -> int:
         """Where the group's commits live: where they were read from, else Kafka's hash."""
         home = self._state.home.get(group)
-        return home if home is not None else offsets_partition_for(group, self._count)
+        if home is not None:
+            return home
+        # -1, in no partition, before the first catch-up told the partition count.
+        return offsets_partition_for(group, self._count) if self._count else -1
 
     def stats(self) -> dict[str, int]:
         s = self._state

@@ -256,6 +256,7 @@ def run(broker: KafkaBroker, args: argparse.Namespace) -> dict[str, Any]:
             "confluent_kafka": package_version("confluent-kafka"),
             "librdkafka": confluent_kafka.libversion()[0],
             "kafka": _kafka_version(),
+            "load": " ".join(f"{x:.1f}" for x in os.getloadavg()) + " at the end",
         },
     }
 
@@ -286,7 +287,8 @@ def report(r: dict[str, Any]) -> str:
         'OffsetFetch is in "other"). Medians over '
         f"{len(r['intervals']['offsetfetch'])} intervals, after one warm-up interval. "
         f"Machine: {m['cpus']} cores, {m['arch']}; Python {m['python']}, confluent-kafka "
-        f"{m['confluent_kafka']} (librdkafka {m['librdkafka']}). Run {r['when']}.",
+        f"{m['confluent_kafka']} (librdkafka {m['librdkafka']}); load average "
+        f"{m.get('load', '?')} (2 cores shared with other work). Run {r['when']}.",
         "",
         "| path | requests per group per poll | requests per interval | per `measure_many` "
         "| requests by type (median interval) | seconds per `measure_many`, median |",
@@ -313,7 +315,8 @@ def report(r: dict[str, Any]) -> str:
         f"`measure_many` (start-up catch-up included) took "
         f"{r['first_call_seconds'].get('offsets-topic', float('nan')):.2f} s. "
         f"Committed offsets compared between the two probes for {r['compared']} group polls: "
-        f"{r['mismatches']} differed (a commit landing between the two calls of a tick). "
+        f"{r['mismatches']} differed (a difference could only come from a commit landing "
+        "between the two calls of a tick). "
         f"Groups answered from the offsets topic / by OffsetFetch: "
         f"{r['counters']['offsets-topic']['from_topic']} / "
         f"{r['counters']['offsets-topic']['from_fetch']}.",
