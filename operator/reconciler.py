@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -212,39 +213,84 @@ def _ref(obj: Manifest) -> str:
     return f"{obj['kind']}/{obj['metadata']['name']}"
 
 
-# Apply order: what the workers mount, then the workers, then the rest. The Deployment goes
-# before the Service: at scale a Service's create (ClusterIP allocation) is the slowest
-# write, and nothing in the workers waits for it.
-_APPLY_FIRST = {"ConfigMap": 0, "PersistentVolumeClaim": 1, "Deployment": 2}
+# Apply order, in waves: what the workers mount (ConfigMap, PVC), then the workers and the
+# rest (Deployment, Service, PDB, ...). Children of one wave do not depend on each other, so
+# with a pool they are applied concurrently: a reconcile then waits for two round trips
+# instead of five (at scale the operator is bound by the latency of its requests, not by
+# CPU; docs/scale.md). Without a pool the order inside a wave is Deployment first: a
+# Service's create (ClusterIP allocation) is the slowest write and the workers need none.
+_WAVES = {"ConfigMap": 0, "PersistentVolumeClaim": 0, "Deployment": 1}
+_IN_WAVE = {"ConfigMap": 0, "PersistentVolumeClaim": 1, "Deployment": 2}
+
+
+@dataclass(frozen=True)
+class _Applied:
+    """What applying one child found and did (result None: up to date or refused)."""
+
+    child: Manifest
+    live: Manifest | None
+    result: Manifest | None = None
+    error: ApiError | None = None
+
+
+def _apply_one(child: Manifest, kube: KubeApi) -> _Applied:
+    meta = child["metadata"]
+    live = kube.get(child["apiVersion"], child["kind"], meta["namespace"], meta["name"])
+    if up_to_date(child, live):
+        return _Applied(child, live)
+    try:
+        return _Applied(child, live, result=kube.apply(child))
+    except ApiError as e:
+        return _Applied(child, live, error=e)
+
+
+def _run_wave(wave: Sequence[Manifest], kube: KubeApi, pool: Executor | None) -> list[_Applied]:
+    if pool is None or len(wave) < 2:
+        return [_apply_one(c, kube) for c in wave]
+    # The calling thread applies the first child itself: a reconcile never waits for a
+    # free pool thread for all of its children.
+    rest = [pool.submit(_apply_one, c, kube) for c in wave[1:]]
+    first = _apply_one(wave[0], kube)
+    return [first, *(f.result() for f in rest)]
 
 
 def _apply_children(
-    pipeline: StreamPipeline, desired: Sequence[Manifest], kube: KubeApi, out: _Outcome
+    desired: Sequence[Manifest], kube: KubeApi, out: _Outcome, pool: Executor | None = None
 ) -> None:
-    for child in sorted(desired, key=lambda c: _APPLY_FIRST.get(c["kind"], 3)):
-        meta = child["metadata"]
-        live = kube.get(child["apiVersion"], child["kind"], meta["namespace"], meta["name"])
-        if up_to_date(child, live):
-            if child["kind"] == "Deployment":
-                out.deployment = live
-            continue
-        try:
-            result = kube.apply(child)
-        except ApiError as e:
-            if e.status == 0 or e.status >= 500 or e.status in (409, 429):
-                raise  # transient: kopf retries with backoff
-            # The server refuses this object (e.g. an immutable PVC field changed): report it
-            # in status and carry on with the other children.
-            out.failures.append(f"{_ref(child)}: {e.message}")
-            if child["kind"] == "Deployment":
-                out.deployment = live
-            continue
-        out.applied.append(_ref(child))
-        if live is None:
-            out.created.append(_ref(child))
-        if child["kind"] == "Deployment":
-            out.deployment = result
-            _note_rollout(child, live, out)
+    ordered = sorted(desired, key=lambda c: (_WAVES.get(c["kind"], 1), _IN_WAVE.get(c["kind"], 3)))
+    transient: ApiError | None = None
+    for wave_no in sorted({_WAVES.get(c["kind"], 1) for c in ordered}):
+        wave = [c for c in ordered if _WAVES.get(c["kind"], 1) == wave_no]
+        for done in _run_wave(wave, kube, pool):
+            transient = _record(done, out) or transient
+        if transient is not None:
+            raise transient  # kopf retries with backoff; the next wave waits for this one
+
+
+def _record(done: _Applied, out: _Outcome) -> ApiError | None:
+    """Note one child's outcome in `out`; returns a transient error to raise."""
+    child, live, e = done.child, done.live, done.error
+    is_deployment = child["kind"] == "Deployment"
+    if e is not None:
+        if e.status == 0 or e.status >= 500 or e.status in (409, 429):
+            return e
+        # The server refuses this object (e.g. an immutable PVC field changed): report it
+        # in status and carry on with the other children.
+        out.failures.append(f"{_ref(child)}: {e.message}")
+        if is_deployment:
+            out.deployment = live
+        return None
+    if done.result is None:  # up to date
+        if is_deployment:
+            out.deployment = live
+        return None
+    out.applied.append(_ref(child))
+    if live is None:
+        out.created.append(_ref(child))
+    if is_deployment:
+        out.deployment = done.result
+        _note_rollout(child, live, out)
+    return None
 
 
 def _note_rollout(desired: Manifest, live: Manifest | None, out: _Outcome) -> None:
@@ -296,10 +342,13 @@ def _delete_unwanted(
 # --------------------------------------------------------------------------- status
 
 
-def _deployment_state(dep: Manifest | None) -> tuple[int, int, int, int, bool, str | None]:
-    """(want, replicas, ready, updated, settled, stuck message) of a live Deployment."""
+def _deployment_state(
+    dep: Manifest | None,
+) -> tuple[int, int, int, int, bool, str | None, bool]:
+    """(want, replicas, ready, updated, settled, stuck message, observed) of a live
+    Deployment; observed: its controller has seen its latest generation."""
     if dep is None:
-        return 0, 0, 0, 0, False, None
+        return 0, 0, 0, 0, False, None, True
     spec, st = dep.get("spec") or {}, dep.get("status") or {}
     want = int(spec.get("replicas", 1))
     replicas = int(st.get("replicas") or 0)
@@ -315,7 +364,23 @@ def _deployment_state(dep: Manifest | None) -> tuple[int, int, int, int, bool, s
             stuck = f"Deployment: {cond.get('message', 'progress deadline exceeded')}"
         if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
             stuck = f"Deployment: {cond.get('message', 'replica failure')}"
-    return want, replicas, ready, updated, settled, stuck
+    return want, replicas, ready, updated, settled, stuck, current
+
+
+def _held(
+    conditions: Sequence[Condition], generation: int | None
+) -> tuple[tuple[str, str, str], tuple[str, str, str]] | None:
+    """Ready and Progressing as they are, if they were computed for this generation of the
+    pipeline (see the caller)."""
+    ready, progressing = get_condition(conditions, READY), get_condition(conditions, PROGRESSING)
+    if ready is None or progressing is None or generation is None:
+        return None
+    if ready.observed_generation != generation or progressing.observed_generation != generation:
+        return None
+    return (
+        (ready.status, ready.reason, ready.message),
+        (progressing.status, progressing.reason, progressing.message),
+    )
 
 
 def _monitoring_condition(pipeline: StreamPipeline, caps: Capabilities) -> tuple[str, str, str]:
@@ -355,6 +420,26 @@ def _changed(current: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
     return any(current.get(k) != v for k, v in patch.items())
 
 
+def _what_changed(current: Mapping[str, Any], patch: Mapping[str, Any]) -> str:
+    """The changed keys, and for conditions the changed types (status/reason/message)."""
+    out = []
+    for key, value in patch.items():
+        if current.get(key) == value:
+            continue
+        if key != "conditions":
+            out.append(f"{key}: {current.get(key)!r} -> {value!r}")
+            continue
+        was = {c.get("type"): c for c in current.get("conditions") or []}
+        for c in value:
+            old = was.get(c["type"]) or {}
+            if old != c:
+                out.append(
+                    f"{c['type']}: {old.get('status')}/{old.get('reason')}/{old.get('message')}"
+                    f" -> {c['status']}/{c['reason']}/{c['message']}"
+                )
+    return "; ".join(out)
+
+
 def _set_all(
     current: list[Condition],
     values: Mapping[str, tuple[str, str, str]],
@@ -384,8 +469,13 @@ def reconcile(
     settings: OperatorSettings,
     *,
     now: datetime | None = None,
+    pool: Executor | None = None,
 ) -> ReconcileResult:
-    """Bring one pipeline's children and status to the desired state (see module doc)."""
+    """Bring one pipeline's children and status to the desired state (see module doc).
+
+    pool: where to apply a wave's children concurrently (None: one after the other). It
+    must not be the pool this call runs in (a full pool would wait for itself).
+    """
     meta = body.get("metadata") or {}
     namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
     generation = meta.get("generation")
@@ -396,55 +486,55 @@ def reconcile(
     def finish(patch: Manifest, result_kwargs: dict[str, Any]) -> ReconcileResult:
         written = None
         if _changed(current_status, patch):
+            # Why a status is written (an idle pipeline must never get here; issue 7).
+            log.debug("status of %s/%s: %s", namespace, name, _what_changed(current_status, patch))
             kube.patch_status(namespace, name, patch)
             written = patch
         return ReconcileResult(status=written, **result_kwargs)
 
-    pipeline, invalid = _parse(body)
-    if pipeline is None:
-        assert invalid is not None
+    def blocked(
+        reason: str, message: str, waiting: str, **fields: Any
+    ) -> tuple[Manifest, tuple[EventNote, ...]]:
+        """Status and warning of a pipeline that cannot be run as it is (bad spec, missing
+        Secrets); the warning only when the reason or message is new."""
         was = get_condition(current_conditions, READY)
         conds = _set_all(
             current_conditions,
             {
-                READY: ("False", "InvalidSpec", invalid),
-                PROGRESSING: ("False", "InvalidSpec", "fix the spec to continue"),
-                DEGRADED: ("True", "InvalidSpec", invalid),
+                READY: ("False", reason, message),
+                PROGRESSING: ("False", reason, waiting),
+                DEGRADED: ("True", reason, message),
             },
             stamp,
             generation,
         )
         events: tuple[EventNote, ...] = ()
-        if was is None or was.reason != "InvalidSpec" or was.message != invalid:
-            events = (EventNote("Warning", "InvalidSpec", invalid),)
-        patch = _status_patch(body, conds, phase="Failed")
+        if was is None or was.reason != reason or was.message != message:
+            events = (EventNote("Warning", reason, message),)
+        return _status_patch(body, conds, **fields), events
+
+    pipeline, invalid = _parse(body)
+    if pipeline is None:
+        assert invalid is not None
+        patch, events = blocked("InvalidSpec", invalid, "fix the spec to continue", phase="Failed")
         return finish(patch, {"events": events, "invalid": invalid})
 
     sel = selector_string(pipeline)
     hash_, problems, secret_names = check_secrets(pipeline, kube)
     if hash_ is None:
-        message = "; ".join(problems)
-        was = get_condition(current_conditions, READY)
-        conds = _set_all(
-            current_conditions,
-            {
-                READY: ("False", "SecretNotFound", message),
-                PROGRESSING: ("False", "SecretNotFound", "waiting for the referenced Secrets"),
-                DEGRADED: ("True", "SecretNotFound", message),
-            },
-            stamp,
-            generation,
+        patch, events = blocked(
+            "SecretNotFound",
+            "; ".join(problems),
+            "waiting for the referenced Secrets",
+            phase="Pending",
+            selector=sel,
         )
-        warnings: tuple[EventNote, ...] = ()
-        if was is None or was.reason != "SecretNotFound" or was.message != message:
-            warnings = (EventNote("Warning", "SecretNotFound", message),)
-        patch = _status_patch(body, conds, phase="Pending", selector=sel)
-        return finish(patch, {"events": warnings, "secret_names": secret_names})
+        return finish(patch, {"events": events, "secret_names": secret_names})
 
     caps = capabilities(pipeline, kube)
     out = _Outcome()
     desired = build_all(pipeline, settings, secrets_hash=hash_, capabilities=caps)
-    _apply_children(pipeline, desired, kube, out)
+    _apply_children(desired, kube, out, pool)
     _delete_unwanted(pipeline, desired, kube, out)
     if out.created:
         out.events.insert(0, EventNote("Normal", "Created", "created " + ", ".join(out.created)))
@@ -456,7 +546,14 @@ def reconcile(
             EventNote("Normal", "Deleted", "deleted (no longer desired) " + ", ".join(out.deleted))
         )
 
-    want, replicas, ready, updated_n, settled, stuck = _deployment_state(out.deployment)
+    want, replicas, ready, updated_n, settled, stuck, observed = _deployment_state(out.deployment)
+    # A Deployment whose new generation its controller has not seen yet says nothing new
+    # about the workers. Its generation also moves on metadata changes (an annotation, the
+    # controller's own revision), so judging it "not settled" then made Ready flap
+    # True -> False -> True on an unchanged pipeline (two writes; issue 7). Keep what the
+    # status says for this pipeline generation; the controller's next status update is a
+    # Deployment event that triggers the next reconcile.
+    held = None if observed else _held(current_conditions, generation)
     spec = pipeline.spec
     if spec.autoscaling.mode == "keda" and not spec.suspend and not caps.keda:
         out.failures.append(
@@ -484,6 +581,8 @@ def reconcile(
             "RollingOut",
             f"{updated_n}/{want} workers updated, {ready}/{want} ready",
         )
+    if held is not None and not spec.suspend and not keda_missing:
+        ready_c, prog_c = held
     if degraded:
         reason = "ApplyFailed" if out.failures else "RolloutStuck"
         deg_c = ("True", reason, "; ".join(degraded))
@@ -516,6 +615,10 @@ def reconcile(
         phase = "Scaling"
     else:
         phase = "Running"  # a rollout with workers still serving
+    if held is not None and not spec.suspend and not degraded:
+        phase = current_status.get("phase") or phase
+        replicas = int(current_status.get("replicas") or 0)
+        ready = int(current_status.get("readyReplicas") or 0)
     input_hash = content_hash(
         [c["metadata"]["annotations"][INPUT_HASH_ANNOTATION] for c in desired]
     )

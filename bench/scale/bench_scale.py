@@ -100,6 +100,13 @@ AUDIT_POLICY = f"""apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived, ResponseStarted]
 rules:
+  # The status patches and Events with their bodies, so an idle write can be traced to the
+  # field it changed or the decision it reports; the rest at Metadata (no bodies).
+  - level: Request
+    users: ["{OPERATOR_USER}"]
+    resources:
+      - {{group: streamherd.io, resources: [streampipelines/status]}}
+      - {{group: "", resources: [events]}}
   - level: Metadata
     users: ["{OPERATOR_USER}"]
   - level: None
@@ -383,6 +390,7 @@ class Request:
     name: str
     agent: str
     code: int
+    body: Any = None  # the request body (status patches only: audit level Request)
 
 
 def _log_time(line: str) -> float:
@@ -412,6 +420,7 @@ def read_audit(path: Path) -> list[Request]:
                     name=ref.get("name", ""),
                     agent=ev.get("userAgent", "").split(" ")[0],
                     code=int((ev.get("responseStatus") or {}).get("code") or 0),
+                    body=ev.get("requestObject"),
                 )
             )
     return out
@@ -442,6 +451,88 @@ def classify(reqs: list[Request]) -> dict[str, int]:
         if r.code == 429:
             c["throttled"] += 1
     return dict(c)
+
+
+def _changed_fields(before: dict[str, Any], patch: dict[str, Any]) -> list[str]:
+    """The status fields a merge patch changes; conditions field by field, by type."""
+    out = []
+    for key, value in patch.items():
+        old = before.get(key)
+        if key == "conditions" and isinstance(value, list) and isinstance(old, list):
+            was = {c.get("type"): c for c in old}
+            for cond in value:
+                prev = was.get(cond.get("type")) or {}
+                out += [f"conditions[{cond.get('type')}].{f}" for f in sorted(cond)
+                        if prev.get(f) != cond[f]]  # fmt: skip
+        elif old != value:
+            out.append(key)
+    return out
+
+
+def _pipeline_of(r: Request) -> str:
+    """The pipeline a request is about: children carry its name (Deployment, PDB) or a
+    suffixed one; Events name it in involvedObject."""
+    if r.resource == "events":
+        return str(((r.body or {}).get("involvedObject") or {}).get("name") or "")
+    for suffix in ("-config", "-checkpoints", "-metrics"):
+        if r.name.endswith(suffix):
+            return r.name[: -len(suffix)]
+    return r.name
+
+
+def decision_writes(reqs: list[Request], t0: float, t1: float) -> dict[str, Any]:
+    """Split the writes in [t0, t1] into those of pipelines whose autoscaler made a scaling
+    decision in the window (a status patch with lastScaleReason: a real change, e.g. example
+    03 scaling to zero after its idleTimeout of 10 minutes without input) and the rest (the
+    goal: none)."""
+    window = [r for r in reqs if t0 <= r.t <= t1 and r.verb in WRITE_VERBS]
+    decided: Counter[str] = Counter()
+    names: set[str] = set()
+    for r in window:
+        status = ((r.body or {}).get("status") or {}) if isinstance(r.body, dict) else {}
+        if r.subresource == "status" and "lastScaleReason" in status:
+            decided[str(status["lastScaleReason"]).split(":")[0]] += 1
+            names.add(r.name)
+    of_decisions = [r for r in window if _pipeline_of(r) in names]
+    others = [r for r in window if _pipeline_of(r) not in names]
+    return {
+        "decisions": dict(decided),
+        "decision_writes": len(of_decisions),
+        "other_writes": len(others),
+        "other_by_kind": dict(
+            Counter(
+                f"{r.verb} {r.resource}{'/' + r.subresource if r.subresource else ''}"
+                for r in others
+            )
+        ),
+    }
+
+
+def status_changes(reqs: list[Request], t0: float, t1: float) -> dict[str, Any]:
+    """What the status patches in [t0, t1] changed, replaying every earlier patch of the
+    same pipeline (merge-patch semantics) to know what each one found."""
+    known: dict[str, dict[str, Any]] = {}
+    fields: Counter[str] = Counter()
+    examples: list[dict[str, Any]] = []
+    for r in sorted(reqs, key=lambda r: r.t):
+        if r.resource != "streampipelines" or r.subresource != "status" or r.verb != "patch":
+            continue
+        patch = ((r.body or {}).get("status") or {}) if isinstance(r.body, dict) else {}
+        before = known.setdefault(r.name, {})
+        if t0 <= r.t <= t1:
+            changed = _changed_fields(before, patch)
+            fields.update(changed or ["(nothing)"])
+            if len(examples) < 20:
+                examples.append(
+                    {
+                        "name": r.name,
+                        "t": r.t - t0,
+                        "changed": changed,
+                        "patch": {k: patch[k] for k in {c.split("[")[0] for c in changed}},
+                    }
+                )
+        before.update(patch)
+    return {"fields": dict(fields), "examples": examples}
 
 
 def per_second(reqs: list[Request], t0: float, t1: float) -> list[int]:
@@ -549,7 +640,9 @@ def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         t0 = time.time()
-        with ThreadPoolExecutor(4) as pool:
+        # Several clients at once (a user's `kubectl apply -f dir/` is sequential: the
+        # report gives the time from the first and from the last create).
+        with ThreadPoolExecutor(args.create_clients) as pool:
             list(pool.map(create, docs))
         t_created = time.time()
         print(f"  created in {t_created - t0:.1f}s; waiting for Ready", flush=True)
@@ -622,6 +715,7 @@ def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str,
             "variant": " ".join(args.operator_arg),
             "when": time.strftime("%Y-%m-%d %H:%M:%S"),
             "created_s": t_created - t0,
+            "create_clients": args.create_clients,
             "all_ready": all_ready,
             "ready_count": len(watcher.ready_at),
             "ready_s": t_ready - t0,
@@ -653,6 +747,8 @@ def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str,
                     if r.verb != "watch"
                 )
             ),
+            "idle_status_changes": status_changes(reqs, t_idle0, t_idle1),
+            "idle_attribution": decision_writes(reqs, t_idle0, t_idle1),
             "restart_resync_ok": resync_ok,
             "restart_resync_s": t_resynced - t_restart,
             "restart": classify(resync),
@@ -705,6 +801,16 @@ def profile_summary(path: Path, top: int = 25) -> list[tuple[str, float]]:
 # --------------------------------------------------------------------------- report
 
 
+def _attribution(r: dict[str, Any]) -> str:
+    att = r.get("idle_attribution")
+    if att is None:
+        return ""
+    return (
+        f" — scaling decisions {fmt_kind(att['decisions'])} ({att['decision_writes']} writes),"
+        f" other writes {fmt_kind(att['other_by_kind'])}"
+    )
+
+
 def fmt_kind(counts: dict[str, int]) -> str:
     return (
         ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
@@ -715,9 +821,21 @@ HEADER = (
     "| N | all Ready: s after first / last create | creates took (s) "
     "| apply->Deployment p50 / p99 (s) "
     "| RSS peak / idle (MB) | CPU converge / idle | API req/s converging "
-    "| idle reads / writes per pipeline per min | restart resync (s) "
+    "| idle min. | idle reads / writes per pipeline per min (writes of scaling decisions) "
+    "| restart resync (s) "
     "| child writes in resync | load converge / idle |"
 )
+
+
+def _idle_writes(r: dict[str, Any]) -> str:
+    """Idle writes per pipeline per minute that no scaling decision explains (the goal: 0),
+    and the writes of the decisions (a real change) apart."""
+    att = r.get("idle_attribution")
+    if att is None:  # results from before the attribution
+        return f"{r['idle_writes_per_pipeline_min']:.3f}"
+    other = att["other_writes"] / r["n"] / (r["idle_s"] / 60)
+    decisions = sum(att["decisions"].values())
+    return f"{other:.3f} ({att['decision_writes']} for {decisions} decisions)"
 
 
 def report(results: list[dict[str, Any]]) -> str:
@@ -747,8 +865,9 @@ def report(results: list[dict[str, Any]]) -> str:
             f" | {r['created_s']:.1f} | {r['deploy_latency_p50_s']:.2f} / "
             f"{r['deploy_latency_p99_s']:.2f} | {r['rss_peak_mb']:.0f} / {r['rss_idle_mb']:.0f}"
             f" | {r['cpu_convergence_s']:.0f} s / {r['cpu_idle_pct']:.1f} %"
-            f" | {r['convergence_rps']:.0f} | {r['idle_reads_per_pipeline_min']:.2f} / "
-            f"{r['idle_writes_per_pipeline_min']:.3f} | {r['restart_resync_s']:.1f} | "
+            f" | {r['convergence_rps']:.0f} | {r['idle_s'] / 60:.0f}"
+            f" | {r['idle_reads_per_pipeline_min']:.2f} / {_idle_writes(r)}"
+            f" | {r['restart_resync_s']:.1f} | "
             f"{r['restart'].get('child_writes', 0)} | {r['load_convergence']:.1f} / "
             f"{r['load_idle']:.1f} |"
         )
@@ -757,7 +876,8 @@ def report(results: list[dict[str, Any]]) -> str:
         details.append(
             f"- **N={r['n']}{' ' + r['variant'] if r.get('variant') else ''}** ({r['when']}):"
             f" convergence requests {fmt_kind(r['convergence'])};"
-            f" idle {r['idle_s'] / 60:.1f} min: {fmt_kind(r['idle_by_kind'])};"
+            f" idle {r['idle_s'] / 60:.1f} min: {fmt_kind(r['idle_by_kind'])}"
+            f"{_attribution(r)};"
             f" restart resync writes: {fmt_kind(r['restart_by_kind'])};"
             f" broker, {r['builtin_pipelines']} builtin pipelines: "
             f"{r['broker_rps']:.1f} requests/s ({fmt_kind(r['broker_requests'])}), "
@@ -775,7 +895,7 @@ One run per N, not a median: each N takes minutes of a shared machine, and the l
 Goals met and missed, method and analysis: [scale.md](scale.md).
 
 {HEADER}
-| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 {chr(10).join(rows)}
 
 {chr(10).join(details)}
@@ -857,8 +977,13 @@ def start_with_retries(attempts: int = 3) -> KafkaProcess:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100,300,1000")
-    parser.add_argument("--idle", type=float, default=120.0, help="idle window, seconds")
+    parser.add_argument(
+        "--idle", type=float, default=600.0, help="idle window, seconds (goal: 10 minutes)"
+    )
     parser.add_argument("--settle", type=float, default=25.0, help="pause before idle")
+    parser.add_argument(
+        "--create-clients", type=int, default=4, help="concurrent clients creating pipelines"
+    )
     parser.add_argument("--after-resync", type=float, default=10.0)
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     parser.add_argument("--operator-warmup", type=float, default=5.0)

@@ -1,0 +1,179 @@
+"""An idle pipeline costs no write, and the concurrent apply of children (issue 7).
+
+The reconciler against operator_testkit.FakeKube: once a pipeline's workers are ready,
+any number of later reconciles (the resync, Deployment events), at any later time, write
+nothing: no child, no status, no Event. And applying a wave of children through a pool
+gives the same children and status as applying them one by one; a transient error in the
+first wave (what the workers mount) stops the reconcile before the workers are written.
+The same idle property against the real API server: tests/integration/operator/.
+"""
+
+from __future__ import annotations
+
+import base64
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from operator_testkit import SETTINGS, FakeKube, Manifest, example_doc
+
+from streamherd.operator.kube import ApiError
+from streamherd.operator.reconciler import reconcile
+
+MON = ("monitoring.coreos.com/v1", "ServiceMonitor")
+RULE = ("monitoring.coreos.com/v1", "PrometheusRule")
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+EXAMPLES = ("01-clicks-local", "02-clicks-per-minute", "03-orders-secure")
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def make(example: str, kube: FakeKube | None = None) -> tuple[FakeKube, str]:
+    kube = kube or FakeKube(served={MON, RULE})
+    kube.secrets[("default", "kafka-orders-user")] = {"username": b64("u"), "password": b64("p")}
+    kube.secrets[("default", "kafka-cluster-ca")] = {"ca.crt": b64("CA")}
+    kube.secrets[("default", "fx-api")] = {"token": b64("t")}
+    body = kube.put(example_doc(example))
+    return kube, body["metadata"]["name"]
+
+
+def body_of(kube: FakeKube, name: str) -> Manifest:
+    obj = kube.find("StreamPipeline", name)
+    assert obj is not None
+    return obj
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_an_idle_pipeline_is_never_written_again(example: str) -> None:
+    kube, name = make(example)
+    with ThreadPoolExecutor(4) as pool:
+        first = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, pool=pool)
+        assert first.status is not None and first.applied  # created: Pending
+        kube.roll_out(name)
+        ready = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=5))
+        assert ready.status is not None  # Ready
+        kube.applies.clear()
+        kube.status_patches.clear()
+        settled = body_of(kube, name)["status"]
+        # An hour of resyncs and Deployment events: the clock moves, nothing else does.
+        for minute in range(1, 61):
+            result = reconcile(
+                body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(minutes=minute), pool=pool
+            )
+            assert (result.status, result.events, result.applied, result.deleted) == (
+                None, (), (), (),
+            )  # fmt: skip
+    assert kube.applies == []
+    assert kube.status_patches == []
+    assert body_of(kube, name)["status"] == settled
+    ready_cond = next(c for c in settled["conditions"] if c["type"] == "Ready")
+    assert ready_cond["status"] == "True"
+
+
+def test_an_autoscaler_key_in_status_does_not_make_the_reconciler_write() -> None:
+    # The autoscaler writes its own keys (desiredReplicas, lag, lastScale*); the reconciler
+    # compares only its own, so a status carrying both stays unwritten.
+    kube, name = make("02-clicks-per-minute")
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    kube.roll_out(name)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    kube.patch_status("default", name, {"desiredReplicas": 1, "lag": 0})
+    kube.status_patches.clear()
+    result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(hours=1))
+    assert result.status is None
+    assert kube.status_patches == []
+
+
+def children(kube: FakeKube) -> dict[tuple[str, str], Any]:
+    """The children without their uids (the fake hands them out in apply order)."""
+    out = {}
+    for (_, kind, _, name), obj in kube.objects.items():
+        if kind != "StreamPipeline":
+            meta = {k: v for k, v in obj["metadata"].items() if k != "uid"}
+            out[(kind, name)] = obj | {"metadata": meta}
+    return out
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_concurrent_apply_writes_what_the_sequential_one_does(example: str) -> None:
+    one, name = make(example)
+    other, _ = make(example)
+    plain = reconcile(body_of(one, name), one, SETTINGS, now=T0)
+    with ThreadPoolExecutor(4) as pool:
+        pooled = reconcile(body_of(other, name), other, SETTINGS, now=T0, pool=pool)
+    assert children(one) == children(other)
+    assert sorted(plain.applied) == sorted(pooled.applied)
+    assert plain.status == pooled.status
+    assert [(e.reason, sorted(e.message.split(", "))) for e in plain.events] == [
+        (e.reason, sorted(e.message.split(", "))) for e in pooled.events
+    ]
+    # what the workers mount is written before the workers, in both modes
+    for kube in (one, other):
+        order = kube.applies
+        assert max(order.index(f"ConfigMap/{name}-config"),
+                   order.index(f"PersistentVolumeClaim/{name}-checkpoints")) < order.index(
+            f"Deployment/{name}")  # fmt: skip
+
+
+class FailingPvc(FakeKube):
+    """The API server answers 503 to the PVC's apply."""
+
+    def apply(self, manifest: Manifest) -> Manifest:
+        if manifest["kind"] == "PersistentVolumeClaim":
+            self.applies.append(f"refused {manifest['kind']}")
+            raise ApiError(503, "ServiceUnavailable", "etcd is busy")
+        return super().apply(manifest)
+
+
+def test_a_transient_error_in_the_first_wave_stops_before_the_workers() -> None:
+    kube, name = make("02-clicks-per-minute", FailingPvc(served={MON, RULE}))
+    with ThreadPoolExecutor(4) as pool, pytest.raises(ApiError) as err:
+        reconcile(body_of(kube, name), kube, SETTINGS, now=T0, pool=pool)
+    assert err.value.status == 503
+    # the ConfigMap (same wave) was written; nothing of the second wave was
+    assert sorted(kube.applies) == sorted(
+        [f"ConfigMap/{name}-config", "refused PersistentVolumeClaim"]
+    )
+    assert kube.find("Deployment", name) is None
+    assert kube.status_patches == []
+
+
+def test_a_deployment_generation_its_controller_has_not_seen_changes_no_status() -> None:
+    # The API server bumps a Deployment's generation on metadata changes too (an
+    # annotation); until its controller has observed it, the status must not flap to
+    # Ready=False and back (found by the integration test of this property).
+    kube, name = make("01-clicks-local")
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    kube.roll_out(name)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    settled = body_of(kube, name)["status"]
+    dep = kube.find("Deployment", name)
+    assert dep is not None
+    dep["metadata"]["generation"] += 1
+    dep["metadata"].setdefault("annotations", {})["someone/else"] = "x"
+    kube.status_patches.clear()
+    result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=1))
+    assert result.status is None
+    kube.roll_out(name)  # the controller observed it: still nothing to write
+    result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=2))
+    assert result.status is None
+    assert kube.status_patches == []
+    assert body_of(kube, name)["status"] == settled
+
+
+def test_a_new_pipeline_generation_is_reported_even_before_the_deployment_is_observed() -> None:
+    kube, name = make("01-clicks-local")
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    kube.roll_out(name)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    sp = body_of(kube, name)
+    sp["spec"]["logLevel"] = "debug"
+    sp["metadata"]["generation"] = 2
+    result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=1))
+    assert result.status is not None
+    assert result.status["observedGeneration"] == 2
+    ready = next(c for c in result.status["conditions"] if c["type"] == "Progressing")
+    assert (ready["status"], ready["reason"]) == ("True", "RollingOut")
