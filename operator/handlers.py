@@ -62,6 +62,15 @@ class OperatorContext:
     settings: OperatorSettings
     kube: Kube
     executor: ThreadPoolExecutor
+    # A small pool for the reconciles that Deployment events trigger (pods became ready:
+    # mostly a status refresh), so Ready follows the pods instead of queueing behind a
+    # burst of creates in `executor` (None: they use `executor`).
+    refresh_executor: ThreadPoolExecutor | None = None
+    # Where a reconcile applies a wave of independent children concurrently (None: one
+    # after the other), and where Events are posted without the reconcile waiting for them
+    # (None: inline). Both must differ from the pools that run reconciles.
+    apply_pool: ThreadPoolExecutor | None = None
+    event_pool: ThreadPoolExecutor | None = None
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     # pipeline -> the Secrets it references, and the reverse index for Secret events
     secrets_of: dict[Key, tuple[str, ...]] = field(default_factory=dict)
@@ -133,22 +142,34 @@ def _reconcile_blocking(
         body = ctx.kube.get(f"{GROUP}/{VERSION}", KIND, namespace, name, cached=False)
     if body is None or body.get("metadata", {}).get("deletionTimestamp"):
         return body, None
-    result = reconcile(body, ctx.kube, ctx.settings)
+    result = reconcile(body, ctx.kube, ctx.settings, pool=ctx.apply_pool)
     for note in result.events:
-        try:
-            ctx.kube.create_event(event_body(body, note))
-        except ApiError as e:  # events are best effort
-            log.debug("could not post event %s for %s/%s: %s", note.reason, namespace, name, e)
+        event = event_body(body, note)
+        if ctx.event_pool is not None:
+            # Fire and forget: the reconcile thread does not wait for an Event's round trip.
+            ctx.event_pool.submit(_post_event, ctx.kube, event)
+        else:
+            _post_event(ctx.kube, event)
     return body, result
 
 
+def _post_event(kube: Kube, event: Manifest) -> None:
+    try:
+        kube.create_event(event)
+    except ApiError as e:  # events are best effort
+        obj = event["involvedObject"]
+        log.debug("could not post event %s for %s/%s: %s", event["reason"], obj["namespace"],
+                  obj["name"], e)  # fmt: skip
+
+
 async def reconcile_key(
-    ctx: OperatorContext, key: Key, *, coalesce: bool = False
+    ctx: OperatorContext, key: Key, *, coalesce: bool = False, refresh: bool = False
 ) -> ReconcileResult | None:
     """Reconcile one pipeline by name (the autoscaler calls this after a decision).
 
     coalesce: return at once (None) when a reconcile of this pipeline is already queued and
     not started: that one will see whatever prompted this call.
+    refresh: run in the refresh pool (a Deployment changed: mostly a status update).
     Raises kube.ApiError on transient API failures; None when the pipeline is gone.
     """
     if coalesce:
@@ -159,7 +180,8 @@ async def reconcile_key(
         if coalesce:
             ctx.pending.discard(key)
         loop = asyncio.get_running_loop()
-        body, result = await loop.run_in_executor(ctx.executor, _reconcile_blocking, ctx, key)
+        pool = ctx.refresh_executor if refresh and ctx.refresh_executor else ctx.executor
+        body, result = await loop.run_in_executor(pool, _reconcile_blocking, ctx, key)
     if body is None:
         ctx.secrets_of.pop(key, None)
         ctx.locks.pop(key, None)
@@ -170,14 +192,18 @@ async def reconcile_key(
                 "reconciled %s/%s: applied %s, deleted %s",
                 key[0], key[1], list(result.applied), list(result.deleted),
             )  # fmt: skip
+        elif result.status is None and not result.events:
+            # The idle case (tests/integration/operator counts these to prove that idle
+            # reconciles happen and write nothing).
+            log.debug("reconciled %s/%s: nothing to write", key[0], key[1])
     return result
 
 
-async def reconcile_quietly(ctx: OperatorContext, key: Key) -> None:
+async def reconcile_quietly(ctx: OperatorContext, key: Key, *, refresh: bool = False) -> None:
     """reconcile_key for background triggers (coalesced): errors are logged, the next resync
     retries."""
     try:
-        await reconcile_key(ctx, key, coalesce=True)
+        await reconcile_key(ctx, key, coalesce=True, refresh=refresh)
     except ApiError as e:
         if e.status == 404:  # deleted (or its namespace) while we worked: nothing to do
             log.debug("reconcile of %s/%s: gone: %s", key[0], key[1], e)
@@ -187,17 +213,18 @@ async def reconcile_quietly(ctx: OperatorContext, key: Key) -> None:
         log.exception("reconcile of %s/%s crashed (will retry)", key[0], key[1])
 
 
-async def _reconcile_if_active(ctx: OperatorContext, key: Key) -> None:
+async def _reconcile_if_active(ctx: OperatorContext, key: Key, refresh: bool) -> None:
     # HA: kopf pauses its own handlers in a standby replica, not our cache's callbacks.
     if await ctx.is_active():
-        await reconcile_quietly(ctx, key)
+        await reconcile_quietly(ctx, key, refresh=refresh)
 
 
-def schedule(ctx: OperatorContext, key: Key) -> None:
-    """Queue a coalesced reconcile of a known pipeline (from the event loop's thread)."""
+def schedule(ctx: OperatorContext, key: Key, refresh: bool = False) -> None:
+    """Queue a coalesced reconcile of a known pipeline (from the event loop's thread);
+    refresh: in the refresh pool (see OperatorContext.refresh_executor)."""
     if key not in ctx.secrets_of or key in ctx.pending:
         return
-    task = asyncio.get_running_loop().create_task(_reconcile_if_active(ctx, key))
+    task = asyncio.get_running_loop().create_task(_reconcile_if_active(ctx, key, refresh))
     ctx.tasks.add(task)  # a reference, so the task is not garbage-collected
     task.add_done_callback(ctx.tasks.discard)
 
@@ -233,7 +260,9 @@ def start_watch_cache(ctx: OperatorContext, loop: asyncio.AbstractEventLoop) -> 
         pipeline = (meta.get("labels") or {}).get(PIPELINE_LABEL)
         if pipeline:
             key = _key(meta.get("namespace"), pipeline)
-            loop.call_soon_threadsafe(schedule, ctx, key)
+            # A Deployment's change (its pods) is a status refresh: the small refresh pool.
+            # A deleted child is a real repair: the main pool.
+            loop.call_soon_threadsafe(schedule, ctx, key, type_ != "DELETED")
 
     ctx.kube.start_cache(cached_kinds(ctx.kube), ctx.settings.namespaces, on_event)
 
@@ -314,7 +343,9 @@ def build_registry(ops: OperatorSettings) -> Any:
             ctx.resync_task.cancel()
         if ctx.kube.cache is not None:
             ctx.kube.cache.stop()
-        ctx.executor.shutdown(wait=False, cancel_futures=True)
+        for pool in (ctx.executor, ctx.refresh_executor, ctx.apply_pool, ctx.event_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
     @kopf.on.resume(*resource, id="reconcile", registry=registry)
     @kopf.on.create(*resource, id="reconcile", registry=registry)
@@ -329,9 +360,21 @@ def build_registry(ops: OperatorSettings) -> Any:
             # The status already says why; kopf stops retrying until the spec changes.
             raise kopf.PermanentError(f"invalid spec: {result.invalid}")
 
+    # The builtin autoscaler (operator/autoscaling/handlers.py) adds its loop and its
+    # start/stop; after a decision it calls reconcile_key() above. Its index of managed
+    # pipelines is kept by our one on.event handler below: kopf runs (and logs) every
+    # on.event handler for every pipeline event, and our own status writes come back as
+    # events, so one handler instead of two halves that work.
+    autoscaler = register_autoscaler(registry, index_events=False)
+
     @kopf.on.event(*resource, id="track-pipeline", registry=registry)
     async def pipeline_event(
-        type: str | None, namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any
+        type: str | None,
+        body: kopf.Body,
+        namespace: str | None,
+        name: str | None,
+        memo: kopf.Memo,
+        **_: Any,
     ) -> None:
         ctx: OperatorContext = memo["ctx"]
         key = _key(namespace, name)
@@ -340,6 +383,7 @@ def build_registry(ops: OperatorSettings) -> Any:
             ctx.locks.pop(key, None)
         else:
             ctx.secrets_of.setdefault(key, ())
+        autoscaler.track(type, key, body)
 
     def referenced(namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any) -> bool:
         ctx: OperatorContext = memo["ctx"]
@@ -356,9 +400,6 @@ def build_registry(ops: OperatorSettings) -> Any:
             await reconcile_quietly(ctx, key)
 
     _ = (login, startup, cleanup, changed, pipeline_event, secret_event)
-    # The builtin autoscaler (operator/autoscaling/handlers.py) adds its index, its loop and
-    # their start/stop; after a decision it calls reconcile_key() above.
-    register_autoscaler(registry)
     return registry
 
 

@@ -65,12 +65,18 @@ async def operate(
     ready_flag: asyncio.Event | None = None,
 ) -> None:
     """Run the operator until stopped (a stop flag, or a signal)."""
+    workers, refresh = pool_sizes(settings)
     ctx = OperatorContext(
         settings=settings,
         kube=kube,
-        executor=ThreadPoolExecutor(
-            max_workers=max(settings.max_workers, 1), thread_name_prefix="reconcile"
+        executor=ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile"),
+        refresh_executor=ThreadPoolExecutor(max_workers=refresh, thread_name_prefix="refresh"),
+        # A reconcile applies at most four children of a wave besides the one it applies
+        # itself, and seldom more than two (docs/scale.md).
+        apply_pool=ThreadPoolExecutor(
+            max_workers=2 * (workers + refresh), thread_name_prefix="apply"
         ),
+        event_pool=ThreadPoolExecutor(max_workers=2, thread_name_prefix="event"),
     )
     # Our identity among kopf peers, known to us so the PeeringGate can find it: the pod
     # name (POD_ID, kopf's own convention, set by the chart) or a unique local one.
@@ -98,6 +104,13 @@ async def operate(
     )
 
 
+def pool_sizes(settings: OperatorSettings) -> tuple[int, int]:
+    """(reconcile threads, refresh threads): the refresh pool is a fifth of the reconcile
+    pool, at least two (it mostly writes a status after pods became ready)."""
+    workers = max(settings.max_workers, 1)
+    return workers, max(2, workers // 5)
+
+
 def run_operator(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
     settings = settings_from_args(args)
@@ -106,8 +119,9 @@ def run_operator(args: argparse.Namespace) -> int:
     kube = Kube.from_kubeconfig(
         args.kubeconfig,
         discovery_ttl=min(60.0, settings.resync_interval_seconds),
-        # reconcile threads + the autoscaler's + one watch per cached kind and namespace
-        pool_size=settings.max_workers + 16 + 12 * max(1, len(settings.namespaces)),
+        # every thread that may send a request at once: reconcile, refresh, apply (twice
+        # both), events, the autoscaler's, one watch per cached kind and namespace
+        pool_size=3 * sum(pool_sizes(settings)) + 2 + 16 + 12 * max(1, len(settings.namespaces)),
     )
     logging.getLogger(__name__).info(
         "streamherd operator starting: namespaces=%s resync=%ss worker image %s",

@@ -3,8 +3,10 @@
 ``register_autoscaler(registry)`` adds to the operator's kopf registry (built by
 ``streamherd.operator.handlers.build_registry``):
 
-- an on.event handler that keeps an index of the pipelines in ``builtin`` mode (not
-  suspended, with a Kafka source) and their poll intervals;
+- an index of the pipelines in ``builtin`` mode (not suspended, with a Kafka source) and
+  their poll intervals, fed by :meth:`AutoscalerState.track` from the operator's one
+  on.event handler of the pipelines (or, ``index_events=True``, by an on.event handler of
+  its own);
 - a start-up handler that starts one :meth:`Autoscaler.run` loop for all of them, and a
   clean-up handler that stops it and closes the Kafka admin connections.
 
@@ -138,28 +140,62 @@ class AutoscalerState:
     intervals: dict[Key, float] = field(default_factory=dict)
     autoscaler: Autoscaler | None = None
     task: asyncio.Task[None] | None = None
+    # The parsed pipeline per key and resourceVersion: an idle pipeline's body does not
+    # change between polls, and parsing it with the models was most of the idle CPU.
+    parsed: dict[Key, tuple[str, StreamPipeline]] = field(default_factory=dict)
 
     def managed(self) -> Iterable[tuple[Key, float]]:
         return list(self.intervals.items())
 
+    def track(self, type_: str | None, key: Key, body: Manifest | kopf.Body) -> None:
+        """Index a pipeline event (DELETED, or a body that may or may not be builtin)."""
+        interval = None if type_ == "DELETED" else wants_builtin(dict(body))
+        if interval is None:
+            self.intervals.pop(key, None)
+            self.parsed.pop(key, None)
+        else:
+            self.intervals[key] = interval
 
-async def scale_once(ctx: Any, autoscaler: Autoscaler, key: Key) -> ScaleResult | None:
-    """One autoscaling round for one pipeline (``ctx``: the operator's OperatorContext)."""
+
+def parse_cached(
+    body: Manifest, key: Key, cache: dict[Key, tuple[str, StreamPipeline]]
+) -> StreamPipeline:
+    """The pipeline model of `body`, parsed once per resourceVersion."""
+    version = str((body.get("metadata") or {}).get("resourceVersion") or "")
+    hit = cache.get(key)
+    if version and hit is not None and hit[0] == version:
+        return hit[1]
+    pipeline = StreamPipeline.model_validate(body)
+    if version:
+        cache[key] = (version, pipeline)
+    return pipeline
+
+
+async def scale_once(
+    ctx: Any,
+    autoscaler: Autoscaler,
+    key: Key,
+    parsed: dict[Key, tuple[str, StreamPipeline]] | None = None,
+) -> ScaleResult | None:
+    """One autoscaling round for one pipeline (``ctx``: the operator's OperatorContext;
+    ``parsed``: a cache of parsed pipelines, see :func:`parse_cached`)."""
     from streamherd.operator.handlers import event_body, reconcile_key
     from streamherd.operator.reconciler import EventNote
 
     namespace, name = key
     loop = asyncio.get_running_loop()
     kube = ctx.kube
-    body = await loop.run_in_executor(
-        ctx.executor, kube.get, f"{GROUP}/{VERSION}", KIND, namespace, name
-    )
+    # Writes go to the refresh pool when there is one: while a burst of creates fills the
+    # reconcile pool, the autoscaler's first decisions must not wait for all of it (they
+    # then landed after convergence, as writes of "idle" pipelines; docs/scale.md).
+    pool = getattr(ctx, "refresh_executor", None) or ctx.executor
+    body = await _read(kube, pool, f"{GROUP}/{VERSION}", KIND, namespace, name)
     if body is None or wants_builtin(body) is None:
         return None
-    pipeline = StreamPipeline.model_validate(body)
-    dep = await loop.run_in_executor(
-        ctx.executor, kube.get, "apps/v1", "Deployment", namespace, name
+    pipeline = (
+        StreamPipeline.model_validate(body) if parsed is None else parse_cached(body, key, parsed)
     )
+    dep = await _read(kube, pool, "apps/v1", "Deployment", namespace, name)
     spec_replicas = int(((dep or {}).get("spec") or {}).get("replicas") or 0)
     status = body.get("status") or {}
     wanted = status.get("desiredReplicas")
@@ -172,38 +208,57 @@ async def scale_once(ctx: Any, autoscaler: Autoscaler, key: Key) -> ScaleResult 
     DESIRED_REPLICAS.labels(namespace, name).set(result.desired)
     patch = status_patch(result, status, datetime.now(UTC))
     if patch:
-        await loop.run_in_executor(ctx.executor, kube.patch_status, namespace, name, patch)
+        await loop.run_in_executor(pool, kube.patch_status, namespace, name, patch)
     if "lastScaleTime" in patch:
         note = EventNote(
             "Normal", result.reason, f"{current} -> {result.desired}: {result.message}"
         )
         try:
-            await loop.run_in_executor(ctx.executor, kube.create_event, event_body(body, note))
+            await loop.run_in_executor(pool, kube.create_event, event_body(body, note))
         except ApiError as e:  # events are best effort
             log.debug("could not post scaling event for %s/%s: %s", namespace, name, e)
         log.info(
             "scaled %s/%s %d -> %d (%s)", namespace, name, current, result.desired, result.message
         )
-    if "desiredReplicas" in patch:
+    if "desiredReplicas" in patch and (dep is None or result.desired != spec_replicas):
+        # Only when the Deployment must change: a first decision that keeps the replicas
+        # (the common case for a new pipeline) needs no reconcile.
         await reconcile_key(ctx, key)
     return result
 
 
-def register_autoscaler(registry: Any, **autoscaler_kwargs: Any) -> AutoscalerState:
-    """Add the builtin autoscaler's handlers to a kopf registry; returns its state."""
+async def _read(kube: Any, pool: Any, *ref: str) -> Manifest | None:
+    """kube.get(api_version, kind, namespace, name) answered from the watch cache without a
+    thread when it can be (memory only), else in `pool`."""
+    cache = getattr(kube, "cache", None)
+    if cache is not None:
+        hit, obj = cache.lookup(*ref)
+        if hit:
+            found: Manifest | None = obj
+            return found
+    loop = asyncio.get_running_loop()
+    got: Manifest | None = await loop.run_in_executor(pool, kube.get, *ref)
+    return got
+
+
+def register_autoscaler(
+    registry: Any, *, index_events: bool = True, **autoscaler_kwargs: Any
+) -> AutoscalerState:
+    """Add the builtin autoscaler's handlers to a kopf registry; returns its state.
+
+    index_events: register an on.event handler of its own for the index; False when the
+    caller feeds :meth:`AutoscalerState.track` from its own handler (the operator does).
+    """
     state = AutoscalerState()
     resource = (GROUP, VERSION, PLURAL)
 
-    @kopf.on.event(*resource, id="autoscaler-index", registry=registry)
-    async def index(
-        type: str | None, body: kopf.Body, namespace: str | None, name: str | None, **_: Any
-    ) -> None:
-        key = (str(namespace or "default"), str(name or ""))
-        interval = None if type == "DELETED" else wants_builtin(dict(body))
-        if interval is None:
-            state.intervals.pop(key, None)
-        else:
-            state.intervals[key] = interval
+    if index_events:
+
+        @kopf.on.event(*resource, id="autoscaler-index", registry=registry)
+        async def index(
+            type: str | None, body: kopf.Body, namespace: str | None, name: str | None, **_: Any
+        ) -> None:
+            state.track(type, (str(namespace or "default"), str(name or "")), body)
 
     @kopf.on.startup(id="autoscaler-start", registry=registry)
     async def start(memo: kopf.Memo, **_: Any) -> None:
@@ -216,7 +271,7 @@ def register_autoscaler(registry: Any, **autoscaler_kwargs: Any) -> AutoscalerSt
         async def act(key: Key) -> None:
             # HA: kopf pauses its handlers in standby replicas, not this loop (peering.py).
             if await ctx.is_active():
-                await scale_once(ctx, autoscaler, key)
+                await scale_once(ctx, autoscaler, key, state.parsed)
 
         state.task = asyncio.create_task(
             autoscaler.run(state.managed, act), name="streamherd-autoscaler"
@@ -229,13 +284,14 @@ def register_autoscaler(registry: Any, **autoscaler_kwargs: Any) -> AutoscalerSt
         if state.autoscaler is not None:
             state.autoscaler.close()
 
-    _ = (index, start, stop)
+    _ = (start, stop)
     return state
 
 
 __all__ = [
     "AutoscalerState",
     "cluster_from_secrets",
+    "parse_cached",
     "register_autoscaler",
     "scale_once",
     "status_patch",
