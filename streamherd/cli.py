@@ -23,9 +23,20 @@ def _cmd_crd(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    import io
+
+    from streamherd.keying import write_keying_warnings
     from streamherd.operator.validation import validate_files
 
-    return validate_files(args.files, out=sys.stdout, err=sys.stderr)
+    stdin = None
+    if "-" in args.files:
+        # Both passes below read the documents: read stdin once and replay it.
+        stdin = sys.stdin = io.StringIO(sys.stdin.read())
+    status = validate_files(args.files, out=sys.stdout, err=sys.stderr)
+    if stdin is not None:
+        stdin.seek(0)
+    write_keying_warnings(args.files, err=sys.stderr)
+    return status
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
@@ -96,8 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "validate",
-        help="check StreamPipeline manifests offline (schema and semantic rules)",
-        description="Exit 0 when every document is valid; print each problem with its field.",
+        help="check StreamPipeline manifests offline (schema, semantic rules, window keying)",
+        description=(
+            "Exit 0 when every document is valid; print each problem with its field. "
+            "Also warns (on stderr; warnings never change the exit status) when a window's "
+            "results may not be global per key: window state is per source partition, so "
+            "the input must be keyed by the window's keyBy. The generator source is "
+            "checked; what a Kafka topic is keyed by is not declared in a manifest, so for "
+            "a Kafka source the requirement is stated once per pipeline with a window."
+        ),
     )
     p.add_argument("files", nargs="+", help="manifest files ('-' for stdin)")
     p.set_defaults(func=_cmd_validate)

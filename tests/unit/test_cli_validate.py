@@ -1,0 +1,150 @@
+"""`streamherd validate` through the CLI (streamherd/cli.py): its keying warnings
+(streamherd/keying.py) next to the valid/invalid verdicts, on stderr, exit status unchanged."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streamherd.cli import main
+from streamherd.keying import field_reference
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def example(stem: str) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((EXAMPLES / f"{stem}.yaml").read_text())
+    return doc
+
+
+def window_step(doc: dict[str, Any]) -> dict[str, Any]:
+    step: dict[str, Any] = next(s for s in doc["spec"]["processor"]["steps"] if "window" in s)
+    return step["window"]
+
+
+def validate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], *docs: dict[str, Any]
+) -> tuple[int, str, str]:
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump_all(list(docs)))
+    code = main(["validate", str(path)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_kafka_window_states_the_requirement_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = validate(tmp_path, capsys, example("02-clicks-per-minute"))
+    assert code == 0
+    assert out.endswith("StreamPipeline clicks-per-minute: valid\n")
+    (line,) = err.splitlines()
+    assert line.startswith(
+        f"{tmp_path / 'p.yaml'}: StreamPipeline clicks-per-minute: warning: "
+        "spec.processor.steps[1].window.keyBy: not checkable: window state is per source "
+        "partition, so results are global per key only if the records of topic clicks are "
+        "keyed by `page`"
+    )
+    assert "docs/engine.md, 'Keys and partitions'" in line
+
+
+def test_no_window_no_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = validate(tmp_path, capsys, example("03-orders-secure"))
+    assert (code, err) == (0, "")
+    assert out.endswith("StreamPipeline orders-enrich: valid\n")
+
+
+def test_generator_keyed_by_user_is_fine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = example("01-clicks-local")
+    assert window_step(doc)["keyBy"] == "user"
+    assert validate(tmp_path, capsys, doc)[2] == ""
+    window_step(doc)["keyBy"] = "r['user']"
+    assert validate(tmp_path, capsys, doc)[2] == ""
+
+
+def test_generator_keyed_by_another_field_is_warned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = example("01-clicks-local")
+    window_step(doc)["keyBy"] = "page"
+    code, _, err = validate(tmp_path, capsys, doc)
+    assert code == 0
+    assert "window.keyBy: window state is per source partition, and the generator source " in err
+    assert "in its 4 partitions by `user`, not by `page`" in err
+    # One partition: every key is in it.
+    doc["spec"]["source"]["generator"]["partitions"] = 1
+    assert validate(tmp_path, capsys, doc)[2] == ""
+
+
+def test_a_map_that_rewrites_the_key_field_is_warned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = example("01-clicks-local")
+    doc["spec"]["processor"]["steps"].insert(0, {"map": {"set": {"user": "page"}}})
+    _, _, err = validate(tmp_path, capsys, doc)
+    assert err.count(": warning: ") == 1
+    assert "partitions by `user`, which spec.processor.steps[0].map sets anew: " in err
+
+
+def test_raw_kafka_keyed_by_the_record_key_is_fine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = example("02-clicks-per-minute")
+    doc["spec"]["source"]["kafka"]["format"] = "raw"
+    doc["spec"]["processor"]["steps"] = [{"window": {**window_step(doc), "keyBy": "key"}}]
+    for agg in window_step(doc)["aggregates"]:
+        agg.pop("expression", None)
+        agg["function"] = "count"
+    window_step(doc)["eventTime"] = {}
+    code, out, err = validate(tmp_path, capsys, doc)
+    assert (code, err) == (0, ""), out
+    window_step(doc)["keyBy"] = "value"
+    code, _, err = validate(tmp_path, capsys, doc)
+    assert code == 0
+    assert "only if the records of topic clicks are keyed by `value`" in err
+
+
+def test_warnings_only_for_valid_pipelines_with_validates_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = example("02-clicks-per-minute")
+    bad["metadata"]["name"] = "bad-one"
+    bad["spec"]["replicas"] = -1
+    code, out, err = validate(tmp_path, capsys, example("02-clicks-per-minute"), bad)
+    assert code == 1
+    assert "clicks-per-minute: valid" in out
+    assert "bad-one: invalid" in err
+    assert err.count(": warning: ") == 1
+    assert "clicks-per-minute: warning:" in err and "bad-one: warning" not in err
+
+
+def test_stdin_is_read_once_for_both_passes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(yaml.safe_dump(example("02-clicks-per-minute"))))
+    code = main(["validate", "-"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert out == "-: StreamPipeline clicks-per-minute: valid\n"
+    assert err.startswith("-: StreamPipeline clicks-per-minute: warning: ")
+
+
+@pytest.mark.parametrize(
+    ("expression", "field"),
+    [("user", "user"), (" r['x-y'] ", "x-y"), ("geo.country", None), ("str(user)", None),
+     ("user + page", None), ("a ===", None)],
+)  # fmt: skip
+def test_field_reference(expression: str, field: str | None) -> None:
+    assert field_reference(expression) == field
+
+
+def test_help_mentions_the_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["validate", "--help"])
+    assert "keyed by the window's keyBy" in " ".join(capsys.readouterr().out.split())
