@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -411,7 +412,8 @@ class OffsetsTopicReader:
                 continue
             if offsets is None:
                 offsets = state.offsets[key.group] = {}
-            offsets[(key.topic, key.partition)] = decoded.offset
+            # Topic names repeat across groups: one string object each saves memory.
+            offsets[(sys.intern(key.topic), key.partition)] = decoded.offset
         return failed
 
 
