@@ -241,6 +241,19 @@ def _apply_one(child: Manifest, kube: KubeApi) -> _Applied:
     try:
         return _Applied(child, live, result=kube.apply(child))
     except ApiError as e:
+        if e.status == 422 and child["kind"] == "Service" and "clusterIP" in e.message and live:
+            # spec.clusterIP is immutable: a metrics Service made before it became headless
+            # is replaced (a scrape or two missed; nothing else addresses it).
+            return _replace(child, live, kube)
+        return _Applied(child, live, error=e)
+
+
+def _replace(child: Manifest, live: Manifest, kube: KubeApi) -> _Applied:
+    meta = child["metadata"]
+    try:
+        kube.delete(child["apiVersion"], child["kind"], meta["namespace"], meta["name"])
+        return _Applied(child, live, result=kube.apply(child))
+    except ApiError as e:
         return _Applied(child, live, error=e)
 
 

@@ -247,13 +247,19 @@ def build_pvc(pipeline: StreamPipeline, settings: OperatorSettings) -> Manifest:
 
 
 def build_service(pipeline: StreamPipeline, settings: OperatorSettings) -> Manifest:
-    """The metrics Service `NAME-metrics` (port `metrics`, 9100) that Prometheus scrapes."""
+    """The metrics Service `NAME-metrics` (port `metrics`, 9100) that Prometheus scrapes.
+
+    Headless (no cluster IP): Prometheus scrapes each worker through the endpoints, never
+    through a virtual IP, and allocating one was the slowest write of a new pipeline (at
+    1000 pipelines the API server created ~1 Service a second; docs/scale.md).
+    """
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": object_meta(pipeline, service_name(pipeline.name)),
         "spec": {
             "type": "ClusterIP",
+            "clusterIP": "None",
             "selector": selector_labels(pipeline),
             "ports": [
                 {

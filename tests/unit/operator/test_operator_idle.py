@@ -177,3 +177,39 @@ def test_a_new_pipeline_generation_is_reported_even_before_the_deployment_is_obs
     assert result.status["observedGeneration"] == 2
     ready = next(c for c in result.status["conditions"] if c["type"] == "Progressing")
     assert (ready["status"], ready["reason"]) == ("True", "RollingOut")
+
+
+class ImmutableClusterIp(FakeKube):
+    """Refuses to change a Service's clusterIP, as the API server does."""
+
+    def apply(self, manifest: Manifest) -> Manifest:
+        meta = manifest["metadata"]
+        live = self.get(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        if live is not None and manifest["kind"] == "Service":
+            want, have = manifest["spec"].get("clusterIP"), live["spec"].get("clusterIP")
+            if want != have:
+                raise ApiError(422, "Invalid", "spec.clusterIPs[0]: may not change once set")
+        return super().apply(manifest)
+
+
+def test_a_metrics_service_with_a_cluster_ip_is_replaced_by_the_headless_one() -> None:
+    kube, name = make("01-clicks-local", ImmutableClusterIp(served={MON, RULE}))
+    old = kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": f"{name}-metrics", "namespace": "default"},
+            "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.7", "ports": []},
+        }
+    )
+    with ThreadPoolExecutor(4) as pool:
+        result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, pool=pool)
+    svc = kube.find("Service", f"{name}-metrics")
+    assert svc is not None
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["metadata"]["uid"] != old["metadata"]["uid"]
+    assert kube.deletes == [f"Service/{name}-metrics"]
+    assert f"Service/{name}-metrics" in result.applied
+    assert result.status is not None
+    degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "False"
