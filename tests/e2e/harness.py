@@ -1,5 +1,9 @@
 """The e2e harness: the operator as a process, and a pod mirror that runs the workers.
 
+The operator process and the namespace helpers are the ones the operator's integration
+tests use too (tests/infra/operator_process.py, tests/infra/namespaces.py), and the
+operator runs as the Helm chart's ServiceAccount, as it does there.
+
 Used by the e2e tests (tests/e2e/) and by the demo (bench/demo.py). The control plane from
 tests/infra has kwok nodes: pods become Running but no container runs. :class:`PodMirror`
 stands in for the kubelet: for every Running pod of a pipeline it starts a local process
@@ -20,49 +24,39 @@ import base64
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-import yaml
+from typing import Any
 
 from tests.infra.controlplane import KubeCluster
+from tests.infra.namespaces import KubeNamespace
+from tests.infra.operator_process import OperatorProcess
+from tests.infra.processes import WaitTimeout, free_port, wait_until
+from tests.integration.chart.chart_identity import (
+    install_operator_identity,
+    rbac_refusals,
+    remove_operator_identity,
+)
+
+# wait_until and WaitTimeout are tests/infra's, offered here with the rest of the harness.
+__all__ = [
+    "Namespace",
+    "Operator",
+    "PodMirror",
+    "Point",
+    "Timeline",
+    "WaitTimeout",
+    "install_crd",
+    "wait_until",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "streampipelines.streamherd.io.yaml"
 VENV_BIN = Path(sys.executable).parent
-T = TypeVar("T")
-
-
-class WaitTimeout(AssertionError):
-    pass
-
-
-def wait_until(
-    what: str, probe: Callable[[], T | None], timeout: float = 120.0, interval: float = 0.5
-) -> T:
-    """Poll `probe` until it returns something truthy; raise with `what` if it never does."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise WaitTimeout(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def install_crd(cluster: KubeCluster) -> None:
@@ -72,61 +66,42 @@ def install_crd(cluster: KubeCluster) -> None:
     )
 
 
-class Operator:
-    """`streamherd operator` watching one namespace, log captured."""
+class Operator(OperatorProcess):
+    """`streamherd operator` watching one namespace, started at once, log captured.
+
+    Like the operator's integration tests, it runs as the Helm chart's ServiceAccount
+    (tests/integration/chart/chart_identity.py), here in the chart's namespaced mode: a Role
+    in the watched namespace (which must exist) and a token kubeconfig, so the e2e runs
+    also prove the chart's RBAC is enough. stop() removes that identity, and fails if the
+    RBAC refused the operator anything, even a call it coped with.
+    """
 
     def __init__(self, cluster: KubeCluster, namespace: str, log: Path, resync: int = 3) -> None:
-        self.log = log
-        env = {**cluster.env, "PYTHONUNBUFFERED": "1"}
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable, "-m", "streamherd.cli", "operator",
-                    f"--kubeconfig={cluster.kubeconfig}", f"--namespace={namespace}",
-                    f"--resync-interval={resync}", "--health-port=0", "--metrics-port=0",
-                    "--worker-image=ghcr.io/streamherd/streamherd:e2e", "--log-level=info",
-                ],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-            )  # fmt: skip
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+        self.identity = install_operator_identity(
+            cluster, log.parent / "identity", watch_namespaces=[namespace]
+        )
+        super().__init__(
+            cluster,
+            log,
+            kubeconfig=self.identity.kubeconfig,
+            namespace=namespace,
+            resync_seconds=resync,
+            worker_image="ghcr.io/streamherd/streamherd:e2e",
+        )
+        self.start()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        super().stop()
+        remove_operator_identity(self.cluster, self.identity)
+        refused = rbac_refusals(self.log_text())
+        if refused:
+            raise AssertionError(
+                f"the chart's RBAC refused the operator ({self.log}):\n" + "\n".join(refused[:20])
+            )
 
 
-class Namespace:
-    """One namespace of the test cluster, with the kubectl helpers the e2e tests use."""
-
-    def __init__(self, cluster: KubeCluster, name: str) -> None:
-        self.cluster = cluster
-        self.ns = name
-        self.pvs: list[str] = []
-
-    def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> Any:
-        return self.cluster.kubectl("-n", self.ns, *args, check=check, input=input)
-
-    def get(self, kind: str, name: str) -> dict[str, Any] | None:
-        proc = self.kubectl("get", kind, name, "-o", "json", check=False)
-        if proc.returncode != 0:
-            return None
-        obj: dict[str, Any] = json.loads(proc.stdout)
-        return obj
-
-    def items(self, kind: str, selector: str = "") -> list[dict[str, Any]]:
-        args = ["get", kind, "-o", "json"] + (["-l", selector] if selector else [])
-        items: list[dict[str, Any]] = json.loads(self.kubectl(*args).stdout)["items"]
-        return items
-
-    def apply(self, doc: dict[str, Any]) -> None:
-        self.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+class Namespace(KubeNamespace):
+    """One namespace of the test cluster, with the status helpers the e2e tests use."""
 
     def status(self, pipeline: str) -> dict[str, Any]:
         obj = self.get("streampipeline", pipeline) or {}
@@ -151,41 +126,6 @@ class Namespace:
             if e.get("involvedObject", {}).get("kind") == "StreamPipeline"
             and e.get("involvedObject", {}).get("name") == pipeline
         ]
-
-    def running_pods(self, pipeline: str) -> list[dict[str, Any]]:
-        pods = self.items("pods", f"app.kubernetes.io/instance={pipeline}")
-        return [
-            p
-            for p in pods
-            if p.get("status", {}).get("phase") == "Running"
-            and not p["metadata"].get("deletionTimestamp")
-        ]
-
-    def bind_checkpoint_volume(self, pipeline: str) -> None:
-        """A PersistentVolume pre-bound to the pipeline's checkpoint PVC: the cluster has no
-        storage provisioner, and the scheduler only places pods whose PVCs are bound."""
-        name = f"pv-{self.ns}-{pipeline}"[:63]
-        self.pvs.append(name)
-        self.cluster.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolume",
-                "metadata": {"name": name},
-                "spec": {
-                    "capacity": {"storage": "10Gi"},
-                    "accessModes": ["ReadWriteMany"],
-                    "persistentVolumeReclaimPolicy": "Retain",
-                    "storageClassName": "",
-                    "hostPath": {"path": f"/tmp/streamherd-e2e/{name}"},
-                    "claimRef": {"namespace": self.ns, "name": f"{pipeline}-checkpoints"},
-                },
-            }
-        )
-
-    def delete(self) -> None:
-        self.cluster.kubectl("delete", "namespace", self.ns, "--wait=false", check=False)
-        for pv in self.pvs:
-            self.cluster.kubectl("delete", "pv", pv, "--wait=false", check=False)
 
 
 # --------------------------------------------------------------------------- the pod mirror

@@ -16,7 +16,6 @@ Used by the `kube_cluster` fixture (tests/infra/plugin.py) and by developers:
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
@@ -36,13 +35,13 @@ import yaml
 
 from tests.infra.processes import (
     HACK_DIR,
-    REPO_ROOT,
     Child,
+    DevService,
     InfraError,
-    alive,
+    Launched,
     cache_dir,
     free_port,
-    run_dir,
+    run_dev_cli,
     run_hack_script,
     spawn,
     stop_group,
@@ -339,20 +338,12 @@ def _node(name: str) -> dict[str, Any]:
     }
 
 
-@dataclass
-class ControlPlane:
-    """Processes we started; stop() kills them (reverse order) and removes the directory."""
+@dataclass(kw_only=True)
+class ControlPlane(Launched):
+    """The processes we started (etcd first) and the cluster they make; stop() kills them
+    in reverse order and removes the directory."""
 
     cluster: KubeCluster
-    workdir: Path
-    pids: list[int]
-    keep_dir: bool = False
-
-    def stop(self) -> None:
-        for pid in reversed(self.pids):
-            stop_group(pid, grace=10.0)
-        if not self.keep_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _clean_env() -> dict[str, str]:
@@ -572,61 +563,25 @@ def reuse_from_env() -> KubeCluster | None:
 # --- developer CLI (`make cluster-up` / `make cluster-down`) -------------------------------
 
 
-def _state_file() -> Path:
-    return run_dir() / "cluster" / "state.json"
-
-
-def _cli_up() -> int:
-    state = _state_file()
-    if state.exists():
-        info = json.loads(state.read_text())
-        if all(alive(p) for p in info["pids"]):
-            print(f"export {ENV_REUSE}={info['kubeconfig']}")
-            return 0
-        _cli_down()
-    workdir = state.parent
-    shutil.rmtree(workdir, ignore_errors=True)
+def _dev_start(workdir: Path) -> tuple[Launched, str]:
     cp = start_control_plane(workdir, tie_to_parent=False)
-    state.write_text(json.dumps({"pids": cp.pids, "kubeconfig": str(cp.cluster.kubeconfig)}))
-    print(f"# control plane up (logs: {workdir}/logs); stop: make cluster-down", file=sys.stderr)
-    print(f"export {ENV_REUSE}={cp.cluster.kubeconfig}")
-    return 0
+    return cp, str(cp.cluster.kubeconfig)
 
 
-def _cli_env() -> int:
-    state = _state_file()
-    if not state.exists():
-        print("no cluster: run `make cluster-up`", file=sys.stderr)
-        return 1
-    kubeconfig = json.loads(state.read_text())["kubeconfig"]
-    print(f"export {ENV_REUSE}={kubeconfig}")
-    print(f"# for kubectl by hand: export KUBECONFIG={kubeconfig}")
-    return 0
-
-
-def _cli_down() -> int:
-    state = _state_file()
-    if state.exists():
-        for pid in reversed(json.loads(state.read_text())["pids"]):
-            stop_group(pid, grace=10.0)
-    shutil.rmtree(state.parent, ignore_errors=True)
-    return 0
+DEV_SERVICE = DevService(
+    what="control plane",
+    make="cluster",
+    state_dir="cluster",
+    env_var=ENV_REUSE,
+    key="kubeconfig",
+    logs="logs",
+    start=_dev_start,
+    env_hint="# for kubectl by hand: export KUBECONFIG={value}",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.infra.controlplane",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("command", choices=["up", "down", "env"])
-    args = parser.parse_args(argv)
-    os.chdir(REPO_ROOT)
-    try:
-        return {"up": _cli_up, "down": _cli_down, "env": _cli_env}[args.command]()
-    except InfraError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_dev_cli(DEV_SERVICE, "python -m tests.infra.controlplane", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ fixture in tests/infra/plugin.py and by `make kafka-up` / `make kafka-down`:
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -25,7 +23,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from confluent_kafka import (
@@ -42,11 +40,12 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from tests.infra.processes import (
+    DevService,
     InfraError,
-    alive,
+    Launched,
     free_port,
     port_open,
-    run_dir,
+    run_dev_cli,
     run_hack_script,
     spawn,
     stop_group,
@@ -369,19 +368,12 @@ def _java() -> str:
     return java
 
 
-@dataclass
-class KafkaProcess:
+@dataclass(kw_only=True)
+class KafkaProcess(Launched):
     """A broker process we started; stop() kills it and removes its directory."""
 
     broker: KafkaBroker
-    workdir: Path
-    pid: int
-    keep_dir: bool = False
-
-    def stop(self) -> None:
-        stop_group(self.pid, grace=15.0)
-        if not self.keep_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+    grace: ClassVar[float] = 15.0  # the broker flushes its logs on SIGTERM
 
 
 def start_kafka(
@@ -466,7 +458,7 @@ def start_kafka(
     except BaseException:
         stop_group(proc.pid)
         raise
-    return KafkaProcess(broker=broker, workdir=workdir, pid=proc.pid)
+    return KafkaProcess(broker=broker, workdir=workdir, pids=[proc.pid])
 
 
 def reuse_from_env() -> KafkaBroker | None:
@@ -496,60 +488,25 @@ def kafka_broker() -> Iterator[KafkaBroker]:
 # --- developer CLI (`make kafka-up` / `make kafka-down`) -----------------------------------
 
 
-def _state_file() -> Path:
-    return run_dir() / "kafka" / "state.json"
-
-
-def _cli_up() -> int:
-    state = _state_file()
-    if state.exists():
-        info = json.loads(state.read_text())
-        if alive(info["pid"]) and answers(info["bootstrap"]):
-            print(f"export {ENV_REUSE}={info['bootstrap']}")
-            return 0
-        _cli_down()
-    workdir = state.parent
-    shutil.rmtree(workdir, ignore_errors=True)
+def _dev_start(workdir: Path) -> tuple[Launched, str]:
     proc = start_kafka(workdir, tie_to_parent=False)
-    state.write_text(json.dumps({"pid": proc.pid, "bootstrap": proc.broker.bootstrap}))
-    print(
-        f"# Kafka broker running (logs: {workdir}/server.log); stop: make kafka-down",
-        file=sys.stderr,
-    )
-    print(f"export {ENV_REUSE}={proc.broker.bootstrap}")
-    return 0
+    return proc, proc.broker.bootstrap
 
 
-def _cli_env() -> int:
-    state = _state_file()
-    if not state.exists():
-        print("no broker: run `make kafka-up`", file=sys.stderr)
-        return 1
-    print(f"export {ENV_REUSE}={json.loads(state.read_text())['bootstrap']}")
-    return 0
-
-
-def _cli_down() -> int:
-    state = _state_file()
-    if state.exists():
-        stop_group(json.loads(state.read_text())["pid"], grace=15.0)
-    shutil.rmtree(state.parent, ignore_errors=True)
-    return 0
+DEV_SERVICE = DevService(
+    what="Kafka broker",
+    make="kafka",
+    state_dir="kafka",
+    env_var=ENV_REUSE,
+    key="bootstrap",
+    logs="server.log",
+    start=_dev_start,
+    answers=answers,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.infra.kafka",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("command", choices=["up", "down", "env"])
-    args = parser.parse_args(argv)
-    try:
-        return {"up": _cli_up, "down": _cli_down, "env": _cli_env}[args.command]()
-    except InfraError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_dev_cli(DEV_SERVICE, "python -m tests.infra.kafka", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Helpers shared by the control-plane and Kafka launchers: free ports, child processes.
+"""Helpers shared by the control-plane and Kafka launchers: free ports, child processes,
+what a launcher started (`Launched`) and the developer CLI of both (`make cluster-up`,
+`make kafka-up`: `run_dev_cli`). Also used by the operator process of the tests
+(tests/infra/operator_process.py).
 
 Every child gets its own process group (so a tear-down kills the whole tree) and writes its
 output to a log file in the launcher's throwaway directory, whose path ends up in any error.
@@ -6,17 +9,22 @@ output to a log file in the launcher's throwaway directory, whose path ends up i
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, TypeVar
 
+T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HACK_DIR = REPO_ROOT / "hack"
 
@@ -198,3 +206,135 @@ def wait_for(
             logs = "\n".join(f"--- {c.name}: {c.log}\n{tail(c.log, 20)}" for c, _ in children)
             raise InfraError(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}")
         time.sleep(interval)
+
+
+class WaitTimeout(AssertionError):
+    """A test's wait_until ran out: the test fails (not the infrastructure)."""
+
+
+def wait_until(
+    what: str, probe: Callable[[], T | None], timeout: float = 120.0, interval: float = 0.5
+) -> T:
+    """Poll `probe` until it returns something truthy, and return that; raise WaitTimeout
+    naming `what` and the last value if it never does. For the tests' own waits (the
+    operator harnesses); wait_for is the infrastructure's."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise WaitTimeout(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@dataclass(kw_only=True)
+class Launched:
+    """Processes a launcher started and their throwaway directory. stop() stops them, the
+    last started first, and removes the directory unless keep_dir (a failed session keeps
+    it for its logs)."""
+
+    workdir: Path
+    pids: list[int]
+    keep_dir: bool = False
+    grace: ClassVar[float] = 10.0  # seconds from SIGTERM to SIGKILL, per process
+
+    def stop(self) -> None:
+        for pid in reversed(self.pids):
+            stop_group(pid, grace=self.grace)
+        if not self.keep_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class DevService:
+    """One service of the developer CLI (`python -m tests.infra.<module> up|env|down`).
+
+    Its state lives in run_dir()/<state_dir>/ (the service's working directory too):
+    state.json holds the pids and `key`: the value that `export <env_var>=...` hands to the
+    tests, which then reuse the service instead of starting their own.
+    """
+
+    what: str  # "Kafka broker": for the messages
+    make: str  # "kafka": the make targets are <make>-up / -env / -down
+    state_dir: str
+    env_var: str
+    key: str  # the state's field for the exported value
+    logs: str  # where the logs are, relative to the state directory
+    start: Callable[[Path], tuple[Launched, str]]  # workdir -> (processes, exported value)
+    answers: Callable[[str], bool] = lambda _value: True  # is the running one still usable
+    env_hint: str = ""  # one more line for `env`, with {value}
+
+
+def _dev_state(service: DevService) -> Path:
+    return run_dir() / service.state_dir / "state.json"
+
+
+def _dev_read(state: Path, key: str) -> tuple[list[int], str]:
+    info = json.loads(state.read_text())
+    # The Kafka state of an earlier version held one "pid": a broker started then still stops.
+    pids = info.get("pids") or [info["pid"]]
+    return [int(p) for p in pids], str(info[key])
+
+
+def _dev_up(service: DevService) -> int:
+    state = _dev_state(service)
+    if state.exists():
+        pids, value = _dev_read(state, service.key)
+        if all(alive(p) for p in pids) and service.answers(value):
+            print(f"export {service.env_var}={value}")
+            return 0
+        _dev_down(service)
+    workdir = state.parent
+    shutil.rmtree(workdir, ignore_errors=True)
+    launched, value = service.start(workdir)
+    state.write_text(json.dumps({"pids": launched.pids, service.key: value}))
+    print(
+        f"# {service.what} running (logs: {workdir / service.logs}); "
+        f"stop: make {service.make}-down",
+        file=sys.stderr,
+    )
+    print(f"export {service.env_var}={value}")
+    return 0
+
+
+def _dev_env(service: DevService) -> int:
+    state = _dev_state(service)
+    if not state.exists():
+        print(f"no {service.what}: run `make {service.make}-up`", file=sys.stderr)
+        return 1
+    _pids, value = _dev_read(state, service.key)
+    print(f"export {service.env_var}={value}")
+    if service.env_hint:
+        print(service.env_hint.format(value=value))
+    return 0
+
+
+def _dev_down(service: DevService) -> int:
+    state = _dev_state(service)
+    if state.exists():
+        pids, _value = _dev_read(state, service.key)
+        for pid in reversed(pids):
+            stop_group(pid, grace=15.0)
+    shutil.rmtree(state.parent, ignore_errors=True)
+    return 0
+
+
+def run_dev_cli(
+    service: DevService, prog: str, description: str | None, argv: list[str] | None
+) -> int:
+    """`up` (start, or reuse the one running), `env` (print its export), `down`."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=["up", "down", "env"])
+    args = parser.parse_args(argv)
+    os.chdir(REPO_ROOT)
+    commands = {"up": _dev_up, "down": _dev_down, "env": _dev_env}
+    try:
+        return commands[args.command](service)
+    except InfraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
