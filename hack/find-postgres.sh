@@ -4,6 +4,7 @@
 # PATH under /usr/lib/postgresql/<major>/bin; the newest major found wins.
 # With --install and root, installs Debian's `postgresql` package when none is found.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 find_bin() {
   local dir
   for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k4,4 -n -r); do
@@ -16,13 +17,5 @@ find_bin() {
   fi
   return 1
 }
-if find_bin; then exit 0; fi
-if [[ "${1:-}" == "--install" && $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-  echo "[find-postgres] installing Debian's postgresql" >&2
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql \
-    </dev/null >&2
-  find_bin && exit 0
-fi
-echo "PostgreSQL server binaries not found (apt-get install postgresql)" >&2
-exit 1
+find_or_install find-postgres find_bin postgresql \
+  "PostgreSQL server binaries not found (apt-get install postgresql)" "${1:-}"

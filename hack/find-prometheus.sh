@@ -5,6 +5,7 @@
 # (which ships both) when they are missing. The package's systemd unit is not used: the
 # tests start their own server on a free loopback port.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 find_bin() {
   local p t
   p="$(command -v prometheus || true)"
@@ -14,13 +15,5 @@ find_bin() {
   fi
   return 1
 }
-if find_bin; then exit 0; fi
-if [[ "${1:-}" == "--install" && $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-  echo "[find-prometheus] installing Debian's prometheus" >&2
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
-    </dev/null >&2
-  find_bin && exit 0
-fi
-echo "prometheus/promtool not found (apt-get install prometheus)" >&2
-exit 1
+find_or_install find-prometheus find_bin prometheus \
+  "prometheus/promtool not found (apt-get install prometheus)" "${1:-}"
