@@ -36,6 +36,7 @@ from confluent_kafka import (
 
 from streamherd.workers.checkpointing import Checkpoint, CheckpointStore
 from streamherd.workers.config import WorkerConfig
+from streamherd.workers.fusing import fuse
 from streamherd.workers.generating import GENERATOR_TOPIC, ClickGenerator
 from streamherd.workers.kafkaclients import consumer_config
 from streamherd.workers.lagprobe import StartFrom, partition_lag
@@ -46,9 +47,11 @@ from streamherd.workers.processing import (
     Item,
     Processor,
     SourceMessage,
+    WindowBatch,
     decode_json,
     decode_raw,
     decode_synthetic,
+    window_batch,
 )
 from streamherd.workers.sinks import Outputs
 from streamherd.workers.windowing import PartitionWindows
@@ -117,6 +120,7 @@ class Engine:
         out: TextIO,
         progress: Callable[[RunSummary], None] | None = None,
         metrics: EngineMetrics | None = None,
+        fused: bool = True,
     ) -> None:
         self.config = config
         self.pipeline = f"{config.pipeline.namespace}/{config.pipeline.name}"
@@ -141,12 +145,34 @@ class Engine:
         # checkpoint or commit may be written (it could cover records whose output is lost).
         self._broken = False
         self._decode: Callable[[list[SourceMessage], list[Failure]], list[Item]]
+        topics = config.source.kafka.topics if config.source.kafka is not None else ()
+        # A pattern ("^...") may match several topics.
+        self._several_topics = len(topics) > 1 or any(t.startswith("^") for t in topics)
         if config.source.generator is not None:
             self._decode = decode_synthetic
         elif config.source.kafka is not None and config.source.kafka.format == "raw":
             self._decode = decode_raw
         else:
             self._decode = decode_json
+        # The window batch: the pipeline's fused function when its shape allows one (JSON
+        # from Kafka, filters, a window; workers/fusing.py), else the generic stage path.
+        # ``fused=False`` forces the generic path (benchmarks, tests).
+        self._window_batch: Callable[[list[SourceMessage], PartitionWindows], WindowBatch]
+        fused_batch = (
+            fuse(config.processor, self.processor.window)
+            if fused and self._decode is decode_json and self.processor.window is not None
+            else None
+        )
+        self.fused = fused_batch is not None
+        if fused_batch is not None:
+            self._window_batch = fused_batch.function
+        else:
+            processor, decode = self.processor, self._decode
+
+            def generic(messages: list[SourceMessage], windows: PartitionWindows) -> WindowBatch:
+                return window_batch(decode, processor, windows, messages)
+
+            self._window_batch = generic
 
     # ------------------------------------------------------------------ probes
 
@@ -264,10 +290,13 @@ class Engine:
         started = time.perf_counter()
         groups: dict[tuple[str, int], list[SourceMessage]] = {}
         # A batch holds runs of one partition (librdkafka hands out whole fetches), so the
-        # group is looked up only when the partition changes (profiled: per-message tuple
-        # keys and setdefault cost as much as the filter step).
-        last: tuple[str | None, int | None] = (None, None)
-        current: list[SourceMessage] = []
+        # group is looked up only when the partition changes, and the topic is only read
+        # per message when several topics are consumed (profiled: per-message calls here
+        # cost as much as a filter).
+        several_topics = self._several_topics
+        last_partition: int | None = None
+        last_topic: str | None = None
+        append: Callable[[SourceMessage], None] | None = None
         for m in messages:
             error = m.error()
             if error is not None:
@@ -277,11 +306,15 @@ class Engine:
                     if error.fatal():
                         raise KafkaException(error)
                 continue
-            partition, topic = m.partition(), m.topic()
-            if partition != last[1] or topic != last[0]:
-                last = (topic, partition)
-                current = groups.setdefault(last, [])  # type: ignore[arg-type]
-            current.append(m)
+            partition = m.partition()
+            if (
+                append is None
+                or partition != last_partition
+                or (several_topics and m.topic() != last_topic)
+            ):
+                last_partition, last_topic = partition, m.topic()
+                append = groups.setdefault((last_topic, partition), []).append
+            append(m)
         total = 0
         for tp, fetched in groups.items():
             st = self.partitions.get(tp)
@@ -301,23 +334,15 @@ class Engine:
             self.metrics.batch_duration.observe(time.perf_counter() - started)
 
     def _process_partition(self, st: PartitionState, messages: list[SourceMessage]) -> None:
-        failures: list[Failure] = []
         n_in = len(messages)
         self.counters.records_in += n_in
         self.metrics.records_in(st.topic, st.partition, n_in)
-        items = self._decode(messages, failures)
-        n_decoded = len(items)
-        items = self.processor.run(items, failures)
-        stage_failures = len(failures) - (n_in - n_decoded)
-        filtered = max(n_decoded - len(items) - stage_failures, 0)
         rows: list[tuple[bytes | str | None, Any]]
-        plan = self.processor.window
-        if plan is not None and st.windows is not None:
+        if self.processor.window is not None and st.windows is not None:
             windows = st.windows
-            errors, late_items = windows.fold(items, _kafka_timestamp)
-            failures.extend(Failure(m, "expression", error) for m, error in errors)
-            late = len(late_items)
-            for m, event_ms in late_items:
+            batch = self._window_batch(messages, windows)
+            failures, filtered, late = batch.failures, batch.filtered, len(batch.late)
+            for m, event_ms in batch.late:
                 failures.append(
                     Failure(
                         m,
@@ -348,6 +373,12 @@ class Engine:
                     (windows.watermark_ms or 0) / 1000,
                 )
         else:
+            failures = []
+            items = self._decode(messages, failures)
+            n_decoded = len(items)
+            items = self.processor.run(items, failures)
+            stage_failures = len(failures) - (n_in - n_decoded)
+            filtered = max(n_decoded - len(items) - stage_failures, 0)
             rows = [(m.key(), record) for record, m in items]
         if rows:
             self.outputs.write(rows)
@@ -647,6 +678,7 @@ class Engine:
             pipeline=self.pipeline,
             topics=",".join(source.topics),
             group=source.consumer_group,
+            batch="fused" if self.fused else "generic",
         )
         last_progress = [time.monotonic()]
         try:
@@ -679,11 +711,6 @@ class Engine:
             consumer.close()
             self.consumer = None
         return "stopped"
-
-
-def _kafka_timestamp(message: SourceMessage) -> int | None:
-    kind, ms = message.timestamp()
-    return ms if kind else None  # TIMESTAMP_NOT_AVAILABLE (0): none
 
 
 def _names(partitions: list[TopicPartition]) -> str:

@@ -26,7 +26,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["FUNCTIONS", "CompiledExpression", "ExpressionError", "compile_expression"]
+__all__ = [
+    "FUNCTIONS",
+    "RECORD_NAME",
+    "CompiledExpression",
+    "ExpressionError",
+    "ParsedExpression",
+    "compile_expression",
+    "expression_globals",
+    "parse_expression",
+]
 
 Record = Mapping[str, Any]
 
@@ -207,6 +216,29 @@ def _globals() -> dict[str, Any]:
 
 _GLOBALS: Final = _globals()
 
+#: The parameter name that stands for the record in a rewritten tree: every field read is
+#: ``__sh_r.get('<name>')`` (streamherd.workers.fusing replaces exactly that call shape).
+RECORD_NAME: Final = _RECORD
+
+
+def expression_globals() -> dict[str, Any]:
+    """A fresh copy of the only globals a compiled expression may see (helpers, no builtins)."""
+    return dict(_GLOBALS)
+
+
+@dataclass(frozen=True)
+class ParsedExpression:
+    """A checked expression: its rewritten tree and the top-level record fields it reads.
+
+    ``body`` only contains whitelisted nodes, the helpers of :func:`expression_globals` and
+    field reads of the form ``__sh_r.get('<name>')`` (one per name in ``names``).
+    """
+
+    text: str
+    body: ast.expr
+    fields: frozenset[str]
+    names: frozenset[str]
+
 
 @dataclass(frozen=True)
 class CompiledExpression:
@@ -226,6 +258,7 @@ class _Checker:
     def __init__(self, text: str) -> None:
         self.text = text
         self.fields: set[str] = set()
+        self.names: set[str] = set()  # top-level record fields read
         self._line_starts = [0]
         for i, ch in enumerate(text):
             if ch == "\n":
@@ -263,6 +296,7 @@ class _Checker:
             if node.id.startswith("__"):
                 raise self.fail(node, f"name {node.id!r} is not allowed (names starting '__')")
             self.fields.add(node.id)
+            self.names.add(node.id)
             return ast.Call(
                 func=ast.Attribute(
                     value=ast.Name(id=_RECORD, ctx=ast.Load()), attr="get", ctx=ast.Load()
@@ -382,8 +416,8 @@ class _Checker:
         return self._call(f"__sh_fn_{name}", [self.visit(a, depth) for a in node.args])
 
 
-def compile_expression(text: str) -> CompiledExpression:
-    """Check and compile ``text``; raises :class:`ExpressionError` with the problem's column."""
+def parse_expression(text: str) -> ParsedExpression:
+    """Check and rewrite ``text``; raises :class:`ExpressionError` with the problem's column."""
     if not isinstance(text, str) or not text.strip():
         raise ExpressionError("expression is empty", 0)
     if len(text) > _MAX_LENGTH:
@@ -401,6 +435,17 @@ def compile_expression(text: str) -> CompiledExpression:
             f"syntax error: {error.msg}", max(min(offset, len(text)), 0)
         ) from None
     body = checker.visit(tree.body)
+    return ParsedExpression(
+        text=text,
+        body=body,
+        fields=frozenset(checker.fields),
+        names=frozenset(checker.names),
+    )
+
+
+def compile_expression(text: str) -> CompiledExpression:
+    """Check and compile ``text``; raises :class:`ExpressionError` with the problem's column."""
+    parsed = parse_expression(text)
     lam = ast.Expression(
         body=ast.Lambda(
             args=ast.arguments(
@@ -410,7 +455,7 @@ def compile_expression(text: str) -> CompiledExpression:
                 kw_defaults=[],
                 defaults=[],
             ),
-            body=body,
+            body=parsed.body,
         )
     )
     ast.fix_missing_locations(lam)
@@ -418,4 +463,4 @@ def compile_expression(text: str) -> CompiledExpression:
     # The tree was whitelisted and rewritten above; the globals hold only our helpers and
     # an empty __builtins__, so this evaluates nothing the user wrote unchecked.
     function = eval(code, dict(_GLOBALS))  # noqa: S307
-    return CompiledExpression(text=text, fields=frozenset(checker.fields), function=function)
+    return CompiledExpression(text=text, fields=parsed.fields, function=function)

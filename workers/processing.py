@@ -23,7 +23,7 @@ import orjson
 
 from streamherd.workers.config import MapStep, ProcessorConfig, UserFunction
 from streamherd.workers.expressions import compile_expression
-from streamherd.workers.windowing import WindowPlan
+from streamherd.workers.windowing import PartitionWindows, WindowPlan
 
 
 class SourceMessage(Protocol):
@@ -98,6 +98,7 @@ class Failure:
 
 
 Stage = Callable[[list[Item], list[Failure]], list[Item]]
+Decoder = Callable[[list[SourceMessage], list[Failure]], list[Item]]
 
 
 def decode_json(messages: list[SourceMessage], failures: list[Failure]) -> list[Item]:
@@ -280,6 +281,48 @@ class Processor:
                 break
             items = stage(items, failures)
         return items
+
+
+@dataclass(frozen=True)
+class WindowBatch:
+    """What one partition's batch did to its window state (state changed in place).
+
+    ``failures`` holds the decode failures, then each stage's, then the window's key, event
+    time and value errors, each in record order; ``late`` the late records with their event
+    time; ``filtered`` how many records the filters dropped.
+    """
+
+    failures: list[Failure]
+    late: list[tuple[SourceMessage, int]]
+    filtered: int
+
+
+def window_batch(
+    decode: Decoder,
+    processor: Processor,
+    windows: PartitionWindows,
+    messages: list[SourceMessage],
+) -> WindowBatch:
+    """The generic (reference) path: decode, every stage, then the fold, stage by stage.
+
+    ``streamherd.workers.fusing`` generates one function doing the same for the common
+    pipelines; this path runs everything else (and is what the fused one is tested against).
+    """
+    failures: list[Failure] = []
+    items = decode(messages, failures)
+    n_decoded = len(items)
+    items = processor.run(items, failures)
+    stage_failures = len(failures) - (len(messages) - n_decoded)
+    filtered = max(n_decoded - len(items) - stage_failures, 0)
+    errors, late = windows.fold(items, kafka_timestamp)
+    failures.extend(Failure(m, "expression", error) for m, error in errors)
+    return WindowBatch(failures, late, filtered)
+
+
+def kafka_timestamp(message: SourceMessage) -> int | None:
+    """The message's Kafka timestamp in ms, or None when it has none."""
+    kind, ms = message.timestamp()
+    return ms if kind else None  # TIMESTAMP_NOT_AVAILABLE (0): none
 
 
 def error_headers(failure: Failure, pipeline: str) -> list[tuple[str, bytes]]:

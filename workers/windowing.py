@@ -55,18 +55,8 @@ class EventTimeError(ValueError):
     """A record whose event time is missing or unreadable."""
 
 
-def _time_reader(spec: WindowSpec) -> Callable[[Record, int | None], int]:
-    field = spec.event_time.field
-    if field is None:
-
-        def kafka_time(record: Record, timestamp_ms: int | None) -> int:
-            if timestamp_ms is None or timestamp_ms < 0:
-                raise EventTimeError("record has no Kafka timestamp")
-            return timestamp_ms
-
-        return kafka_time
-    getter = compile_expression(field).function
-    fmt = spec.event_time.format
+def time_converter(field: str, fmt: str) -> Callable[[Any], int]:
+    """The event time in epoch ms of a field's value in format ``fmt``; raises EventTimeError."""
 
     def convert(value: Any) -> int:
         if value is None:
@@ -89,7 +79,23 @@ def _time_reader(spec: WindowSpec) -> Callable[[Record, int | None], int]:
                 f"event time field {field!r}={value!r} is not {fmt}: {error}"
             ) from None
 
-    if fmt == "epochMillis":
+    return convert
+
+
+def _time_reader(spec: WindowSpec) -> Callable[[Record, int | None], int]:
+    field = spec.event_time.field
+    if field is None:
+
+        def kafka_time(record: Record, timestamp_ms: int | None) -> int:
+            if timestamp_ms is None or timestamp_ms < 0:
+                raise EventTimeError("record has no Kafka timestamp")
+            return timestamp_ms
+
+        return kafka_time
+    getter = compile_expression(field).function
+    convert = time_converter(field, spec.event_time.format)
+
+    if spec.event_time.format == "epochMillis":
 
         def millis_time(record: Record, timestamp_ms: int | None) -> int:
             # Hot path (profiled): an int needs no conversion; anything else is checked.
@@ -109,6 +115,18 @@ class AggregatePlan:
     name: str
     function: str
     value: ValueFn | None
+
+    def check(self, value: Any) -> Any:
+        """``value`` if this aggregate can take it (callers pass int/float/None through)."""
+        # min/max also order strings; sum/avg need numbers. Anything else is the record's
+        # error (dead-lettered), not a crash.
+        if (isinstance(value, int | float) and not isinstance(value, bool)) or (
+            type(value) is str and self.function in ("min", "max")
+        ):
+            return value
+        raise TypeError(
+            f"aggregate {self.name!r} ({self.function}) needs a number, got {type(value).__name__}"
+        )
 
 
 @dataclass(frozen=True)
@@ -176,21 +194,9 @@ class WindowPlan:
                 continue
             value = agg.value(record)
             kind = type(value)
-            # min/max also order strings; sum/avg need numbers. Anything else is the record's
-            # error (dead-lettered), not a crash. int/float first: the hot path (profiled).
-            if (
-                kind is not int
-                and kind is not float
-                and value is not None
-                and not (
-                    (isinstance(value, int | float) and not isinstance(value, bool))
-                    or (kind is str and agg.function in ("min", "max"))
-                )
-            ):
-                raise TypeError(
-                    f"aggregate {agg.name!r} ({agg.function}) needs a number, got "
-                    f"{type(value).__name__}"
-                )
+            # int/float first: the hot path (profiled); the rest is checked.
+            if kind is not int and kind is not float and value is not None:
+                value = agg.check(value)
             out.append(value)
         return out
 
@@ -215,12 +221,12 @@ class WindowPlan:
                 acc[i][0] += value
                 acc[i][1] += 1
 
-    def result(self, key: Any, start_ms: int, acc: list[Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "key": key,
-            "window_start": iso_ms(start_ms),
-            "window_end": iso_ms(start_ms + self.size_ms),
-        }
+    def result(
+        self, key: Any, start_ms: int, acc: list[Any], texts: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The output record of a window; ``texts``: its start and end already as text."""
+        start, end = texts or (iso_ms(start_ms), iso_ms(start_ms + self.size_ms))
+        out: dict[str, Any] = {"key": key, "window_start": start, "window_end": end}
         for i, agg in enumerate(self.aggregates):
             if agg.function == "avg":
                 total, n = acc[i]
@@ -233,13 +239,25 @@ class WindowPlan:
 class PartitionWindows:
     """Open windows of one partition plus its watermark; checkpointed as one JSON value."""
 
-    __slots__ = ("max_event_ms", "plan", "windows")
+    __slots__ = ("first_end", "max_event_ms", "plan", "windows")
 
     def __init__(self, plan: WindowPlan) -> None:
         self.plan = plan
         self.max_event_ms: int | None = None
-        # (key, window start) -> accumulator; keys are JSON scalars (hashable).
+        # (key, window start) -> accumulator; keys are JSON scalars (hashable). Windows are
+        # only created through open_window(), which keeps first_end.
         self.windows: dict[tuple[Any, int], list[Any]] = {}
+        # The smallest end of an open window (None: none open), so that close() after each
+        # batch costs nothing until a window is due (profiled: it scanned every window).
+        self.first_end: int | None = None
+
+    def open_window(self, key: Any, start: int) -> list[Any]:
+        """A new, empty accumulator for window ``(key, start)`` (which must not exist)."""
+        acc = self.windows[(key, start)] = self.plan.new_accumulator()
+        end = start + self.plan.size_ms
+        if self.first_end is None or end < self.first_end:
+            self.first_end = end
+        return acc
 
     @property
     def watermark_ms(self) -> int | None:
@@ -260,7 +278,7 @@ class PartitionWindows:
                 return False
             acc = self.windows.get((key, start))
             if acc is None:
-                acc = self.windows[(key, start)] = plan.new_accumulator()
+                acc = self.open_window(key, start)
             plan.update(acc, values)
             return True
         starts = plan.window_starts(event_ms)
@@ -272,7 +290,7 @@ class PartitionWindows:
                 continue  # this (older, overlapping) window already closed
             acc = windows.get((key, start))
             if acc is None:
-                acc = windows[(key, start)] = plan.new_accumulator()
+                acc = self.open_window(key, start)
             plan.update(acc, values)
         return True
 
@@ -289,7 +307,7 @@ class PartitionWindows:
         """
         plan = self.plan
         key_of, time_of, values_of, update = plan.key, plan.event_time, plan.values, plan.update
-        new_acc = plan.new_accumulator
+        open_window = self.open_window
         use_kafka_time = plan.kafka_time
         size, lateness = plan.size_ms, plan.lateness_ms
         tumbling = size == plan.slide_ms
@@ -321,7 +339,7 @@ class PartitionWindows:
                 continue
             acc = get((key, start))
             if acc is None:
-                acc = windows[(key, start)] = new_acc()
+                acc = open_window(key, start)
             update(acc, values)
         self.max_event_ms = max_ms
         return errors, late
@@ -329,19 +347,30 @@ class PartitionWindows:
     def close(self, everything: bool = False) -> list[tuple[str, dict[str, Any]]]:
         """Remove and return the closed windows as (output key, result), in a stable order."""
         watermark = self.watermark_ms
-        if not everything and watermark is None:
+        first_end = self.first_end
+        if first_end is None:
             return []
-        size = self.plan.size_ms
+        if not everything and (watermark is None or first_end > watermark):
+            return []
+        plan = self.plan
+        size = plan.size_ms
+        windows = self.windows
         closed = [
             kw
-            for kw in self.windows
+            for kw in windows
             if everything or kw[1] + size <= watermark  # type: ignore[operator]
         ]
         closed.sort(key=lambda kw: (kw[1], key_text(kw[0])))
+        texts: dict[int, tuple[str, str]] = {}  # window start -> its start and end as text
         out = []
         for kw in closed:
-            acc = self.windows.pop(kw)
-            out.append((output_key(kw[0], kw[1]), self.plan.result(kw[0], kw[1], acc)))
+            key, start = kw
+            acc = windows.pop(kw)
+            text = texts.get(start)
+            if text is None:
+                text = texts[start] = (iso_ms(start), iso_ms(start + size))
+            out.append((f"{key_text(key)}|{text[0]}", plan.result(key, start, acc, text)))
+        self.first_end = min(s for _, s in windows) + size if windows else None
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -361,6 +390,8 @@ class PartitionWindows:
         state.max_event_ms = data.get("maxEventMs")
         for key, start, acc in data.get("windows", ()):
             state.windows[(key, int(start))] = acc
+        if state.windows:
+            state.first_end = min(s for _, s in state.windows) + plan.size_ms
         return state
 
 

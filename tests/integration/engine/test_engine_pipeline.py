@@ -126,6 +126,72 @@ def test_poison_records_go_to_the_dead_letter_topic(
     assert dict(by_reason[b"late"].headers)["streamherd.source.offset"] == b"10003"
 
 
+def test_fused_path_dead_letters_poison_with_the_same_headers(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """No user function: the engine runs the pipeline's fused batch function
+    (workers/fusing.py); bad records still land in the dead-letter topic with the headers
+    of the generic path and the good ones around them are counted exactly once."""
+    src, sink, dlq = topics(kafka_broker, partitions=1)
+    good = list(clicks(0, 10_000))
+    kafka_broker.produce(src, good[:5000])
+    kafka_broker.produce(
+        src,
+        [
+            ("user-1", b"{not json"),  # offset 5000
+            ("user-1", b"[1, 2]"),  # 5001: JSON, not an object
+            ("user-1", {"id": -2, "user": "user-1", "bytes": "lots", "ts": BASE_TS + 10_001}),
+            ("user-1", {"id": -3, "user": ["x"], "bytes": 1, "ts": BASE_TS + 10_002}),
+        ],
+    )
+    kafka_broker.produce(src, good[5000:])
+    kafka_broker.produce(src, [("user-1", {"id": -4, "user": "user-1", "bytes": 1, "ts": BASE_TS})])
+    flush_markers(kafka_broker, src, 1, good[-1][1]["ts"])
+    config = pipeline_config(
+        kafka_broker,
+        source=src,
+        sink=sink,
+        dlq=dlq,
+        group=f"g-{src}",
+        checkpoints=tmp_path / "ck",
+        lateness="0s",
+        steps=[{"filter": "bytes != null or user != null"}],
+    )
+    worker = Worker.create(tmp_path, "w", config).start()
+    try:
+        expected = reference(good)
+        got = latest_by_key(kafka_broker.consume_all(sink, min_records=len(expected), timeout=90))
+        assert_matches(got, expected)
+        dead = kafka_broker.consume_all(dlq, min_records=5, timeout=30)
+        assert "batch=fused" in worker.log_tail(400)
+    finally:
+        worker.stop()
+    headers = [dict(d.headers) for d in dead]
+    assert [
+        (
+            h["streamherd.source.offset"],
+            h["streamherd.error.reason"],
+            h["streamherd.error"],
+        )
+        for h in headers
+    ] == [
+        (b"5000", b"decode", b"JSONDecodeError"),
+        (b"5001", b"decode", b"ValueError"),
+        (b"5002", b"expression", b"TypeError"),
+        (b"5003", b"expression", b"TypeError"),
+        (b"10004", b"late", b"LateRecordError"),
+    ]
+    assert [d.value for d in dead[:2]] == [b"{not json", b"[1, 2]"]  # original bytes
+    for h in headers:
+        assert h["streamherd.source.topic"] == src.encode()
+        assert h["streamherd.source.partition"] == b"0"
+        assert h["streamherd.pipeline"] == b"test/clicks"
+        assert h["streamherd.error.message"]
+    assert headers[1]["streamherd.error.message"] == b"not a JSON object: list"
+    assert b"needs a number, got str" in headers[2]["streamherd.error.message"]
+    assert b"unhashable type: 'list'" in headers[3]["streamherd.error.message"]
+
+
 def test_sigterm_checkpoints_commits_and_exits_within_grace(
     kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:

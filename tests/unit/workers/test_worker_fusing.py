@@ -1,0 +1,304 @@
+"""The fused batch function (workers/fusing.py) against the generic path and a naive reference.
+
+For random pipelines of the fusable shape (filters, one tumbling or hopping window, every
+event-time format, every aggregate) and random records — good ones, poison ones (invalid
+JSON, not an object, wrong types, containers and huge integers in read fields, invalid
+UTF-8 in an unread field, a missing value) — cut into random batches, the fused function
+must leave the same window state, dead-letter the same records with the same errors in the
+same order, and count the same filtered and late records as the generic stage-by-stage path
+(``processing.window_batch``) and as a naive record-by-record reference.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamherd.workers.config import ProcessorConfig
+from streamherd.workers.expressions import compile_expression
+from streamherd.workers.fusing import fuse
+from streamherd.workers.processing import (
+    Processor,
+    SyntheticMessage,
+    WindowBatch,
+    decode_json,
+    kafka_timestamp,
+    window_batch,
+)
+from streamherd.workers.windowing import PartitionWindows, WindowPlan
+
+BASE = 1_767_225_600_000
+
+
+class Msg(SyntheticMessage):
+    """A Kafka-like message whose value is arbitrary bytes (or None: a tombstone)."""
+
+    def __init__(self, offset: int, value: bytes | None, timestamp_ms: int = BASE) -> None:
+        super().__init__("in", 1, offset, b"k", {}, timestamp_ms)
+        self._raw = value
+
+    def value(self) -> bytes:
+        return self._raw  # type: ignore[return-value]
+
+
+def config(
+    filters: list[str],
+    *,
+    size: str = "10s",
+    slide: str | None = None,
+    lateness: str = "0s",
+    event_time: dict[str, Any] | None = None,
+    aggregates: list[dict[str, Any]] | None = None,
+    key: str = "user",
+) -> ProcessorConfig:
+    window: dict[str, Any] = {
+        "keyBy": key,
+        "size": size,
+        "allowedLateness": lateness,
+        "eventTime": event_time if event_time is not None else {"field": "ts"},
+        "aggregates": aggregates
+        or [
+            {"name": "n", "function": "count"},
+            {"name": "total", "function": "sum", "expression": "bytes"},
+        ],
+    }
+    if slide is not None:
+        window["type"] = "hopping"
+        window["slide"] = slide
+    steps: list[dict[str, Any]] = [{"filter": f} for f in filters]
+    return ProcessorConfig.model_validate({"steps": [*steps, {"window": window}]})
+
+
+def summary(batch: WindowBatch) -> tuple[Any, ...]:
+    return (
+        [
+            (f.message.offset(), f.reason, type(f.error).__name__, str(f.error))
+            for f in batch.failures
+        ],
+        [(m.offset(), t) for m, t in batch.late],
+        batch.filtered,
+    )
+
+
+def naive(
+    cfg: ProcessorConfig, plan: WindowPlan, state: PartitionWindows, messages: list[Msg]
+) -> tuple[Any, ...]:
+    """Record by record: orjson, each filter, then key/time/values and ``add()``."""
+    filters = [compile_expression(s.filter).function for s in cfg.steps if s.filter]
+    decode_f: list[Any] = []
+    stage_f: list[list[Any]] = [[] for _ in filters]
+    errors: list[Any] = []
+    late: list[Any] = []
+    filtered = 0
+    for m in messages:
+        try:
+            record = orjson.loads(m.value())
+            if type(record) is not dict:
+                raise ValueError(f"not a JSON object: {type(record).__name__}")
+        except (orjson.JSONDecodeError, TypeError, ValueError) as error:
+            decode_f.append((m.offset(), "decode", type(error).__name__, str(error)))
+            continue
+        dropped = False
+        for i, predicate in enumerate(filters):
+            try:
+                keep = predicate(record)
+            except Exception as error:
+                stage_f[i].append((m.offset(), "expression", type(error).__name__, str(error)))
+                dropped = True
+                break
+            if not keep:
+                filtered += 1
+                dropped = True
+                break
+        if dropped:
+            continue
+        try:
+            key = plan.key(record)
+            hash(key)
+            event_ms = plan.event_time(record, kafka_timestamp(m) if plan.kafka_time else None)
+            values = plan.values(record)
+        except Exception as error:
+            errors.append((m.offset(), "expression", type(error).__name__, str(error)))
+            continue
+        if not state.add(key, event_ms, values):
+            late.append((m.offset(), event_ms))
+    failures = decode_f + [f for stage in stage_f for f in stage] + errors
+    return failures, late, filtered
+
+
+def run_all(cfg: ProcessorConfig, messages: list[Msg], cuts: list[int]) -> None:
+    """Feed the same batches to fused, generic and naive; compare after every batch."""
+    processor = Processor.compile(cfg)
+    plan = processor.window
+    assert plan is not None
+    fused = fuse(cfg, plan)
+    assert fused is not None
+    states = [PartitionWindows(plan) for _ in range(3)]
+    start = 0
+    for cut in [*cuts, len(messages)]:
+        batch = messages[start : start + cut] if cut else []
+        start += len(batch)
+        if not batch:
+            continue
+        got_fused = summary(fused(batch, states[0]))  # type: ignore[arg-type]
+        got_generic = summary(window_batch(decode_json, processor, states[1], batch))  # type: ignore[arg-type]
+        got_naive = naive(cfg, plan, states[2], batch)
+        assert got_fused == got_generic
+        assert got_fused == got_naive
+        closed = [s.close() for s in states]
+        assert closed[0] == closed[1] == closed[2]
+        dumps = [json.dumps(s.to_json()) for s in states]  # exact floats, big ints
+        assert dumps[0] == dumps[1] == dumps[2]
+        if start >= len(messages):
+            break
+
+
+def test_fuse_only_the_fusable_shape() -> None:
+    plan_cfg = config(["status == 200"])
+    plan = Processor.compile(plan_cfg).window
+    assert plan is not None
+    fused = fuse(plan_cfg, plan)
+    assert fused is not None
+    assert fused.fields == ("bytes", "status", "ts", "user")
+    assert "rec.f1 == 200" in fused.source  # the filter is inlined, not called
+    with_map = ProcessorConfig.model_validate(
+        {"steps": [{"map": {"set": {"x": "1"}}}, *plan_cfg.model_dump(by_alias=True)["steps"]]}
+    )
+    assert fuse(with_map, plan) is None
+    with_function = plan_cfg.model_copy(
+        update={"function": {"callable": "tests.unit.workers.userfuncs:tag"}}
+    )
+    assert fuse(with_function, plan) is None
+
+
+POISON = [
+    b"{not json",
+    b"[1, 2]",
+    b"null",
+    b"",
+    b'{"user": "u1", "ts": 1767225600001, "bytes": "many", "status": 200}',  # sum of a string
+    b'{"user": ["a"], "ts": 1767225600002, "bytes": 1, "status": 200}',  # unhashable key
+    b'{"user": {"x": 1}, "ts": 1767225600003, "bytes": 1, "status": 200}',  # dict key
+    b'{"user": "u1", "ts": "soon", "bytes": 1, "status": 200}',  # bad event time
+    b'{"user": "u1", "bytes": 1, "status": 200}',  # no event time
+    b'{"user": "u1", "ts": 1767225600004, "bytes": 1, "status": "x"}',  # filter on a string
+    b'{"user": "u2", "ts": 1767225600005, "bytes": 123456789012345678901234567890, '
+    b'"status": 200}',  # orjson: a float beyond 64 bits
+    b'{"user": "u2", "ts": 1767225600006, "bytes": 18446744073709551615, "status": 200}',
+    b'{"user": "u2", "ts": 1767225600007, "bytes": 1, "status": 200, "page": "\xff"}',
+    b'{"user": "u\xc3\xa9", "ts": 1767225600008, "bytes": 2, "status": 200}',  # valid UTF-8
+    b'{"user": "u3", "ts": 1767225600009, "bytes": 3.5, "status": 200, "status": 404}',
+    b'{"user": "u3", "ts": 1767225600010, "bytes": true, "status": 200}',  # bool is no number
+    b'{"user": "u3", "ts": 1767225600011.7, "bytes": 1, "status": 200}',  # float ms
+    b'{"user": "u3", "ts": 1767225600012, "bytes": 1, "status": 200, "x": ['
+    + b"[" * 1010
+    + b"]" * 1010
+    + b"]}",  # deep nesting in an unread field
+    b'{"user": "u4", "ts": 1767225600013, "bytes": 1, "status": 200}   ',
+    b'{"user": "u4", "ts": 1767225590000, "bytes": 1, "status": 200}',  # late by 10 s
+    None,  # a tombstone
+]
+
+
+@pytest.mark.parametrize("cuts", [[100], [1], [3, 2, 7]])
+def test_poison_records_are_routed_like_the_generic_path(cuts: list[int]) -> None:
+    good = [
+        orjson.dumps({"user": f"u{i % 3}", "ts": BASE + i * 700, "bytes": i, "status": 200})
+        for i in range(20)
+    ]
+    values = [v for pair in zip(good, POISON, strict=False) for v in pair] + good[len(POISON) :]
+    messages = [Msg(i, v) for i, v in enumerate(values)]
+    run_all(config(["status == 200"]), messages, cuts)
+    run_all(config(["status == 200"], lateness="5s", slide="2s"), messages, cuts)
+
+
+# --------------------------------------------------------------------------- property
+
+scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=4),
+)
+field_value = st.one_of(
+    scalar, st.lists(scalar, max_size=2), st.dictionaries(st.text(max_size=2), scalar, max_size=2)
+)
+
+
+def dumps(value: Any) -> bytes:
+    # The stdlib writes integers of any size (orjson refuses those beyond 64 bits).
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
+@st.composite
+def record_bytes(draw: st.DrawFn) -> bytes | None:
+    kind = draw(st.integers(0, 19))
+    if kind == 0:
+        return None
+    if kind == 1:
+        return draw(st.binary(max_size=30))
+    if kind == 2:
+        return dumps(draw(field_value))  # a JSON value that is not a record (mostly)
+    record: dict[str, Any] = {
+        "user": draw(st.one_of(st.sampled_from(["a", "b", "c", "é"]), field_value))
+        if kind == 3
+        else draw(st.sampled_from(["a", "b", "c", "é"])),
+        "ts": BASE + draw(st.integers(0, 60_000)) if kind != 4 else draw(field_value),
+        "bytes": draw(st.integers(-1000, 1000)) if kind != 5 else draw(field_value),
+        "status": draw(st.sampled_from([200, 200, 200, 404])) if kind != 6 else draw(scalar),
+    }
+    if kind == 7:
+        del record["ts"]
+    if draw(st.booleans()):
+        record["extra"] = draw(field_value)
+    raw = dumps(record)
+    if kind == 8:  # invalid UTF-8 or a stray byte somewhere
+        at = draw(st.integers(0, len(raw)))
+        raw = raw[:at] + draw(st.sampled_from([b"\xff", b"\xc3", b"}", b",", b" "])) + raw[at:]
+    return raw
+
+
+PIPELINES = [
+    config(["status == 200"]),
+    config(["status == 200", "bytes > 0"], lateness="3s"),
+    config([], slide="5s", lateness="2s"),
+    config(
+        ["status != 404"],
+        event_time={"field": "ts / 1000", "format": "epochSeconds"},
+        aggregates=[
+            {"name": "lo", "function": "min", "expression": "bytes"},
+            {"name": "hi", "function": "max", "expression": "bytes * 2"},
+            {"name": "mean", "function": "avg", "expression": "bytes"},
+        ],
+        key="user + ':' + str(status)",
+    ),
+    config(["coalesce(bytes, 0) >= 0"], event_time={}, size="20s", slide="10s"),
+]
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    values=st.lists(record_bytes(), max_size=40),
+    times=st.lists(st.integers(-5, 80_000), min_size=40, max_size=40),
+    pipeline=st.integers(0, len(PIPELINES) - 1),
+    cuts=st.lists(st.integers(1, 15), max_size=4),
+)
+def test_fused_equals_generic_equals_naive(
+    values: list[bytes | None], times: list[int], pipeline: int, cuts: list[int]
+) -> None:
+    # Kafka timestamps (used by the pipeline without an event-time field), some missing.
+    messages = [
+        Msg(i, v, BASE + t if t >= 0 else -1)
+        for i, (v, t) in enumerate(zip(values, times, strict=False))
+    ]
+    run_all(PIPELINES[pipeline], messages, cuts)
