@@ -51,7 +51,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import confluent_kafka  # noqa: E402
 from brokerstats import RequestCounter, difference  # noqa: E402
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition  # noqa: E402
+from confluent_kafka import (  # noqa: E402
+    ConsumerGroupTopicPartitions,
+    KafkaException,
+    TopicPartition,
+)
 
 from streamherd.workers.lagprobe import (  # noqa: E402
     ClusterConfig,
@@ -110,15 +114,27 @@ class Workload:
         return out
 
     def commit(self, specs: list[GroupSpec], round_: int) -> None:
-        futures = []
-        for s in specs:
-            request = ConsumerGroupTopicPartitions(s.group, self._offsets(s, round_))
-            futures.extend(
-                self._admin.alter_consumer_group_offsets([request], request_timeout=30).values()
-            )
-        for f in futures:
-            f.result(60)
-        self.commits += len(specs)
+        """Commit for these groups, retrying a group until all its partitions are committed
+        (a coordinator still loading answers with an error inside the result)."""
+        pending = list(specs)
+        for _ in range(50):
+            futures = {}
+            for s in pending:
+                request = ConsumerGroupTopicPartitions(s.group, self._offsets(s, round_))
+                futures.update(
+                    self._admin.alter_consumer_group_offsets([request], request_timeout=30)
+                )
+            ok = set()
+            for group, f in futures.items():
+                with contextlib.suppress(KafkaException):
+                    if all(tp.error is None for tp in f.result(60).topic_partitions):
+                        ok.add(group)
+            self.commits += len(ok)
+            pending = [s for s in pending if s.group not in ok]
+            if not pending:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{len(pending)} groups could not commit")
 
     def start(self) -> None:
         self.commit(self.committing, 0)
