@@ -511,3 +511,44 @@ def test_offset_fetch_path_gives_the_same_answers(
         0,
     ]
     _from_topic(probe, 6)
+
+
+def test_kip848_consumer_group_commits(kafka_broker: KafkaBroker, probe: LagProbe) -> None:
+    """A group on the new consumer protocol (KIP-848) writes its own record types (key
+    versions 3 and up) next to its offset commits: skipped, while its commits count."""
+    topic = kafka_broker.create_topic(kafka_broker.unique_topic("kip848"), partitions=2)
+    _fill(kafka_broker, topic, [30, 20])
+    group = _group()
+    consumer = Consumer(
+        kafka_broker.client_config(
+            **{
+                "group.id": group,
+                "group.protocol": "consumer",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
+    )
+    probe.measure(GroupSpec(group, (topic,)))  # the reader has read everything before
+    reader = probe.reader
+    assert reader is not None
+    skipped_before = reader.stats()["skipped"]
+    read = 0
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + 60
+        while read < 25:
+            assert time.monotonic() < deadline, f"read only {read} records"
+            for msg in consumer.consume(num_messages=25 - read, timeout=0.5):
+                assert msg.error() is None, msg.error()
+                read += 1
+        consumer.commit(asynchronous=False)
+        lag = probe.measure(GroupSpec(group, (topic,)))
+    finally:
+        consumer.close()
+    expected = _admin_committed(kafka_broker, [group], [(topic, 0), (topic, 1)])[group]
+    assert _committed(lag) == expected
+    assert sum(v or 0 for v in expected.values()) == 25  # what was read, committed
+    assert lag.total == 50 - 25
+    assert reader.stats()["skipped"] > skipped_before  # this group's KIP-848 records
+    _from_topic(probe, 2)
