@@ -105,10 +105,11 @@ async def operate(
 
 
 def pool_sizes(settings: OperatorSettings) -> tuple[int, int]:
-    """(reconcile threads, refresh threads): the refresh pool is a fifth of the reconcile
-    pool, at least two (it mostly writes a status after pods became ready)."""
+    """(reconcile threads, refresh threads): the refresh pool is half the reconcile pool,
+    at least two. A refresh mostly writes a status after pods became ready; at N=1000 a
+    fifth (4) fell ~140 pipelines behind their pods (docs/scale.md)."""
     workers = max(settings.max_workers, 1)
-    return workers, max(2, workers // 5)
+    return workers, max(2, workers // 2)
 
 
 def run_operator(args: argparse.Namespace) -> int:
