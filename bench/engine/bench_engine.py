@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import confluent_kafka
+import msgspec
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -396,44 +397,47 @@ def machine() -> dict[str, Any]:
         "confluent-kafka": version("confluent-kafka"),
         "librdkafka": confluent_kafka.libversion()[0],
         "orjson": orjson.__version__,
+        "msgspec": msgspec.__version__,
     }
 
 
 # Written from the profile runs (`--child engine --profile FILE`); kept here because the
 # whole section between the markers is rewritten by every run of this script.
 PROFILE_NOTES = """
-### Where the engine's time goes (pyinstrument, 2,000,000 records, before the fixes)
+### Where the engine's time goes now (fused batch function)
 
-`--child engine --profile FILE` on the workload above; shares of the 217 s wall time (the
-machine was loaded; the shares are what matter):
+The CPU table above is the profile: it is measured in the same run with `thread_time`
+around each part (pyinstrument, `--profile FILE`, hooks every call, which inflates
+C-call-heavy code, so its shares mislead at this level). Per record, the engine pays:
 
-| part | share |
+- the same `consume()` as the read-only loop (its *main thread* figure is mostly
+  `consume()`: librdkafka handing over messages and building their Python objects) and
+  the same librdkafka background threads (fetching, decompressing; plus the output
+  producer, which carries ~1 window result per 60 records);
+- the handling of the batch (*process*): grouping the messages by partition
+  (`m.error()`, `m.partition()`, one append: ~0.1-0.15 us), the per-partition work
+  (counters, metrics, `close()`, which now returns at once until a window is due, and the
+  results when one is), and the fused batch function (*batch*).
+
+Inside the batch function, measured by cutting its generated source after each part
+(in-process, 200,000 real `confluent_kafka.Message`s of the workload, best of 9,
+load ~10; cumulative ns per record):
+
+| part of the fused function | ns per record |
 | --- | ---: |
-| `consume()` (librdkafka, in C) | 7% |
-| decode: `orjson.loads` 6%, the comprehension around it (a `value()` call, a tuple) 11% | 20% |
-| filter `status == 200` (lambda called through a wrapper, `==` through a helper) | 8% |
-| grouping the batch by partition (a tuple key and `setdefault` per record) | 7% |
-| window fold: key, event time, values (compiled lambdas), unused Kafka timestamp, `add()` | 50% |
-| closing windows, producing ~34,000 results | 2% |
-| checkpoints (every 5 s), commits, metrics | < 1% |
+| the loop and `m.value()` | ~40 |
+| msgspec decode of the 4 read fields into a Struct (+ ASCII check) | ~360 |
+| the filter `status == 200` (an attribute and a comparison, inline) | ~25 |
+| key, event time, aggregate value with their type checks | ~15-50 |
+| the tumbling fold (window reuse, max event time, accumulator cache, count and sum) | ~280 |
+| whole function | ~720-780 |
 
-So the engine is interpreter-bound: per record it makes about ten Python-level calls
-(decode, filter, key, event time, values, fold), each around 0.2-0.5 us on this machine,
-against ~3 us per record for the whole bare loop. msgspec was tried for decoding and
-lost to orjson on these records (290,000 vs 341,000 decodes/s).
-
-Cheapest wins taken (commit "Engine: fused window fold ..."): the fold is one method
-over the batch with the tumbling case inlined and the Kafka timestamp read only when it is
-the event time; grouping looks the partition up only when it changes; `==`/`!=` compile to
-the operator; the filter calls the bare compiled function; `epochMillis` event times that
-are already ints skip conversion. Same workload, back to back, one run each, load ~7.5:
-**85,861 -> 98,874 records per CPU-second (+15%)**; the bare loop measured 324,510 and
-326,092 in the same two runs.
-
-What it would take to reach 50% of the bare loop: cutting the per-record calls, i.e.
-generating one Python function per pipeline that inlines the filter, key, event-time and
-aggregate expressions (they are already ASTs) into the fold loop, and decoding only the
-fields the pipeline reads. Not done here.
+So the decode is now half of the engine's own work, and the rest is a handful of
+inline bytecodes per record; what remains above the read-only loop is roughly one
+decode plus one dictionary update per record. Before (generic path, the previous
+profile): ~10 Python calls per record, decode 20% and fold 50% of the time; orjson's
+full dict alone cost ~1.2 us per record against msgspec's ~0.36 us for the read fields
+(same machine, same records).
 """
 
 
@@ -548,9 +552,9 @@ same broker and input topic; {args.runs} rounds, medians reported.
 
 Machine: {info["cpu"]}, {info["cores"]} cores (the broker runs on the same cores), Python
 {info["python"]} ({info["arch"]}); streamherd side confluent-kafka {info["confluent-kafka"]}
-(librdkafka {info["librdkafka"]}), orjson {info["orjson"]}; Quix side quixstreams
-{quix_versions.get("quixstreams", "?")}, confluent-kafka {quix_versions.get("confluent-kafka", "?")}
-(librdkafka {quix_versions.get("librdkafka", "?")}).
+(librdkafka {info["librdkafka"]}), orjson {info["orjson"]}, msgspec {info["msgspec"]}; Quix side
+quixstreams {quix_versions.get("quixstreams", "?")}, confluent-kafka
+{quix_versions.get("confluent-kafka", "?")} (librdkafka {quix_versions.get("librdkafka", "?")}).
 
 | implementation | records/s | records per CPU-second | p99 batch time | runs (records/s) |
 | --- | ---: | ---: | ---: | --- |
