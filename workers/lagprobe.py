@@ -11,8 +11,10 @@ cases a naive subtraction gets wrong:
 
 The operator's autoscaler (``streamherd.operator.autoscaling``) uses a :class:`LagProbe` per
 Kafka cluster to measure many pipelines' groups in a few requests, which is what lets it scale
-a pipeline that has zero workers, whatever image they run. The workers may use it too. This
-module only depends on confluent_kafka (the workers never import the operator).
+a pipeline that has zero workers, whatever image they run. The workers use only
+:func:`partition_lag` (their exported lag follows the same rule) and never build a
+:class:`LagProbe`, which would start an offsets-topic reader. This module only depends on
+confluent_kafka (the workers never import the operator).
 
 Requests per :meth:`LagProbe.measure_many` call, whatever the number of groups: one Metadata
 request (partition counts), one ListOffsets fan-out for log starts and one for log ends (all
@@ -378,8 +380,8 @@ class LagProbe:
         lso, lso_errors = _offsets(stable, deadline)
         failures = [e for tp, e in {**end_errors, **lso_errors}.items() if tp[0] == OFFSETS_TOPIC]
         try:
-            for exc in failures:
-                raise exc
+            if failures:
+                raise failures[0]
             if self._reader is None:
                 self._reader = OffsetsTopicReader(self._conf)
             targets = {p: (lso[(OFFSETS_TOPIC, p)], ends[(OFFSETS_TOPIC, p)]) for p in range(count)}
@@ -390,13 +392,12 @@ class LagProbe:
             else:
                 self._note("transient", f"cannot read {OFFSETS_TOPIC} this time: {exc!r}")
             return None
-        if caught.reason:
-            # Open transactions come and go in normal operation: debug. Being behind is
-            # expected once, at start-up on a big cluster.
-            kind = "behind" if "in time" in caught.reason else "transactions"
-            self._note(
-                kind, caught.reason, level=logging.INFO if kind == "behind" else logging.DEBUG
-            )
+        # Open transactions come and go in normal operation: debug. Being behind is expected
+        # once, at start-up on a big cluster.
+        if caught.behind:
+            self._note("behind", caught.reason, level=logging.INFO)
+        elif caught.unstable:
+            self._note("transactions", caught.reason, level=logging.DEBUG)
         return caught
 
     def _partitions(

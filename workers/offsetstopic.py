@@ -206,7 +206,22 @@ class CatchUp:
     current: frozenset[int]
     partitions: int
     records: int  # records applied during this catch-up
-    reason: str = ""  # why some partitions are not current
+    unstable: tuple[int, ...] = ()  # open transaction (or no valid end offset)
+    behind: tuple[int, ...] = ()  # not read up to the end before the deadline
+    left: int = 0  # records the behind partitions still had to read
+
+    @property
+    def reason(self) -> str:
+        """Why some partitions are not current ("" when all are)."""
+        out = []
+        if self.unstable:
+            out.append(f"open transactions in partitions {list(self.unstable)}")
+        if self.behind:
+            out.append(
+                f"partitions {list(self.behind)} not read up to their end in time "
+                f"({self.left} records left)"
+            )
+        return "; ".join(out)
 
 
 @dataclass
@@ -311,7 +326,7 @@ class OffsetsTopicReader:
             before = state.records
             # A partition with an open transaction is not waited for (nor read): its groups
             # are measured another way until it is stable again.
-            wanted = {p: lso for p, (lso, hw) in targets.items() if lso >= hw}
+            wanted = {p: lso for p, (lso, hw) in targets.items() if lso >= hw >= 0}
             unstable = sorted(set(targets) - set(wanted))
             behind = [p for p, t in wanted.items() if state.reached.get(p, 0) < t]
             if behind:
@@ -337,16 +352,16 @@ class OffsetsTopicReader:
                     # Records fetched but not consumed are dropped here and fetched again
                     # next time, from the offset reached (which only consumed ones move).
                     consumer.unassign()
-            reasons = []
-            if unstable:
-                reasons.append(f"open transactions in partitions {unstable}")
-            if behind:
-                reasons.append(
-                    f"partitions {sorted(behind)} not read up to their end in time "
-                    f"({sum(wanted[p] - state.reached.get(p, 0) for p in behind)} records left)"
-                )
+            left = sum(wanted[p] - state.reached.get(p, 0) for p in behind)
             current = frozenset(targets) - set(unstable) - set(behind)
-            return CatchUp(current, partitions, state.records - before, "; ".join(reasons))
+            return CatchUp(
+                current,
+                partitions,
+                state.records - before,
+                tuple(unstable),
+                tuple(sorted(behind)),
+                left,
+            )
 
     # ----------------------------------------------------------------------- internals
 
