@@ -9,10 +9,14 @@ never a mix: no record is lost and none is counted twice in the state.
 
 Layout: ``<directory>/<topic>/<partition>.ckpt``. The file is JSON (orjson) wrapped in a
 small envelope with a CRC32, so a torn or corrupted file is detected instead of trusted.
+A state orjson cannot write (an integer beyond 64 bits, e.g. a large ``sum``) is written by
+the stdlib ``json`` instead, and the envelope says so (``"encoding": "json"``): orjson would
+read such an integer back as a float, the stdlib reads it back exactly.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import zlib
@@ -24,6 +28,7 @@ from typing import Any, Final
 import orjson
 
 FORMAT: Final = "streamherd.io/checkpoint/v1"
+STDLIB: Final = "json"  # the envelope's "encoding" when the body was written by the stdlib
 
 
 class CheckpointError(RuntimeError):
@@ -43,17 +48,21 @@ class Checkpoint:
 
 
 def encode(checkpoint: Checkpoint) -> bytes:
-    body = orjson.dumps(
-        {
-            "topic": checkpoint.topic,
-            "partition": checkpoint.partition,
-            "nextOffset": checkpoint.next_offset,
-            "pipeline": checkpoint.pipeline,
-            "writtenAt": checkpoint.written_at or time.time(),
-            "state": checkpoint.state,
-        }
-    )
-    header = orjson.dumps({"format": FORMAT, "crc32": zlib.crc32(body), "length": len(body)})
+    doc = {
+        "topic": checkpoint.topic,
+        "partition": checkpoint.partition,
+        "nextOffset": checkpoint.next_offset,
+        "pipeline": checkpoint.pipeline,
+        "writtenAt": checkpoint.written_at or time.time(),
+        "state": checkpoint.state,
+    }
+    envelope: dict[str, Any] = {"format": FORMAT}
+    try:
+        body = orjson.dumps(doc)
+    except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits; rare, so slower
+        body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        envelope["encoding"] = STDLIB
+    header = orjson.dumps({**envelope, "crc32": zlib.crc32(body), "length": len(body)})
     return header + b"\n" + body + b"\n"
 
 
@@ -66,7 +75,7 @@ def decode(data: bytes) -> Checkpoint:
             raise CheckpointError(f"unknown checkpoint format {header.get('format')!r}")
         if len(body) != header["length"] or zlib.crc32(body) != header["crc32"]:
             raise CheckpointError("checkpoint checksum mismatch (torn or corrupted file)")
-        doc = orjson.loads(body)
+        doc = json.loads(body) if header.get("encoding") == STDLIB else orjson.loads(body)
         return Checkpoint(
             topic=doc["topic"],
             partition=int(doc["partition"]),

@@ -191,6 +191,8 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
             "__sh_Failure": Failure,
             "__sh_WindowBatch": WindowBatch,
             "__sh_checks": [a.check for a in plan.aggregates],
+            "__sh_mismatch": plan.mismatch,
+            "__sh_TypeError": TypeError,
             "__sh_convert": time_converter(spec.event_time.field or "", spec.event_time.format),
             "__sh_time_of": plan.event_time,
             "__sh_kafka_timestamp": kafka_timestamp,
@@ -222,7 +224,7 @@ def _template(
         "    decode, slow, Failure, type, hash = "
         "__sh_decode, __sh_slow, __sh_Failure, __sh_type, __sh_hash",
         "    str, int, float = __sh_str, __sh_int, __sh_float",
-        "    convert, checks = __sh_convert, __sh_checks",
+        "    convert, checks, mismatch = __sh_convert, __sh_checks, __sh_mismatch",
         "    decode_failures = []",
         *[f"    stage{i} = []" for i in range(n_filters)],
         "    errors = []",
@@ -288,6 +290,10 @@ def _template(
         "            errors.append((m, error))",
         "            continue",
     ]
+    # The min/max aggregates with a value: their comparisons can raise (a string against a
+    # number), so they run first and nothing changes before all of them passed.
+    ordered = [i for i, _ in plan.ordered]
+    all_values = ", ".join(f"a{i}" if has_value[i] else "None" for i in range(len(has_value)))
     if inline:
         # Multi-digit ints (epoch ms) make every arithmetic operation a slow path, so:
         # the window of the previous record is reused while t falls in it; a record that
@@ -299,6 +305,7 @@ def _template(
             "            cur_start = t - t % size",
             "            cur_end = cur_start + size",
             "            cache = {}",
+            *(["        before = max_ms"] if ordered else []),
             "        if t > max_ms:",
             "            max_ms = t",
             "        elif cur_end <= max_ms - lateness:",
@@ -311,14 +318,43 @@ def _template(
             "                acc = open_window(key, cur_start)",
             "            cache[key] = acc",
         ]
+        if ordered:
+            # All but the last comparison only note their outcome; the last one updates
+            # directly (it raises before its own change). A refused record leaves acc and
+            # max_ms as they were (a new window cannot refuse: it holds nothing yet).
+            out.append("        try:")
+            for i in ordered[:-1]:
+                op = "<" if plan.aggregates[i].function == "min" else ">"
+                test = f"acc[{i}] is None or a{i} {op} acc[{i}]"
+                out.append(f"            w{i} = a{i} is not None and ({test})")
+            last = ordered[-1]
+            out += ["    " + line for line in _update(last, plan.aggregates[last].function, True)]
+            out += [
+                "        except __sh_TypeError:",
+                "            max_ms = before",
+                f"            errors.append((m, mismatch(acc, [{all_values}])))",
+                "            continue",
+            ]
+            for i in ordered[:-1]:
+                out += [f"        if w{i}:", f"            acc[{i}] = a{i}"]
         for i, agg in enumerate(plan.aggregates):
-            out += _update(i, agg.function, has_value[i])
+            if i not in ordered:
+                out += _update(i, agg.function, has_value[i])
     else:
         values = ", ".join(f"a{i}" for i in range(len(has_value)))
         out += [
             "        state.max_event_ms = None if max_ms == __sh_before_all else max_ms",
-            f"        if not add(key, t, [{values}]):",
-            "            late.append((m, t))",
+            *(["        try:"] if ordered else []),
+            f"{'    ' if ordered else ''}        if not add(key, t, [{values}]):",
+            f"{'    ' if ordered else ''}            late.append((m, t))",
+            *(
+                [
+                    "        except __sh_TypeError as error:  # add() changed nothing",
+                    "            errors.append((m, error))",
+                ]
+                if ordered
+                else []
+            ),
             "        max_ms = state.max_event_ms",
         ]
     stages = "".join(f" + stage{i}" for i in range(n_filters))

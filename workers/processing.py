@@ -15,6 +15,8 @@ step's Kafka timestamp. The window step itself lives in ``streamherd.workers.win
 from __future__ import annotations
 
 import importlib
+import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -344,7 +346,27 @@ def encode_output(value: Mapping[str, Any] | bytes) -> bytes:
     """An output record as bytes: raw values pass through, records become JSON."""
     if isinstance(value, bytes):
         return value
-    return orjson.dumps(value, default=_json_default)
+    try:
+        return orjson.dumps(value, default=_json_default)
+    except TypeError:  # orjson.JSONEncodeError; an integer beyond 64 bits (a large sum)
+        pass
+    # The stdlib writes integers of any size; it is slower, so only for such a record. Same
+    # output otherwise: compact, UTF-8, NaN and infinities as null (what orjson writes).
+    text = json.dumps(
+        _finite(value), ensure_ascii=False, separators=(",", ":"), default=_json_default
+    )
+    return text.encode()
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as None (the stdlib would write invalid JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _json_default(value: Any) -> Any:

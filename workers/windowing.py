@@ -12,13 +12,17 @@ Semantics (docs/engine.md has the long form):
   order of the partition, never on how it was cut into batches (replays are identical);
 - a record is late when every window it belongs to has already closed (end <= watermark);
 - windows close, and are emitted once, when the watermark reaches their end;
-- only windows that received a record exist, so empty windows are never emitted.
+- only windows that received a record exist, so empty windows are never emitted;
+- a record is folded all or nothing: a value an aggregate cannot take (a string for sum, a
+  string for a min that holds numbers) raises TypeError before any window, accumulator or
+  the watermark changed, and the caller dead-letters the record.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -43,7 +47,10 @@ def key_text(key: Any) -> str:
     """The key as text in output keys: strings as they are, anything else as JSON."""
     if isinstance(key, str):
         return key
-    return orjson.dumps(key).decode()
+    try:
+        return orjson.dumps(key).decode()
+    except TypeError:  # an integer beyond 64 bits (orjson refuses those): the stdlib writes it
+        return json.dumps(key, ensure_ascii=False, separators=(",", ":"))
 
 
 def output_key(key: Any, window_start_ms: int) -> str:
@@ -141,6 +148,18 @@ class WindowPlan:
     aggregates: tuple[AggregatePlan, ...]
     kafka_time: bool = False  # event time is the Kafka timestamp, not a field
 
+    # (index, is_min) of the min/max aggregates with a value: the only updates that can fail
+    # (a comparison between types without an order). Derived from ``aggregates``.
+    ordered: tuple[tuple[int, bool], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ordered = tuple(
+            (i, agg.function == "min")
+            for i, agg in enumerate(self.aggregates)
+            if agg.function in ("min", "max") and agg.value is not None
+        )
+        object.__setattr__(self, "ordered", ordered)  # frozen: set once, here
+
     @classmethod
     def compile(cls, spec: WindowSpec) -> WindowPlan:
         size = round(parse_duration(spec.size) * 1000)
@@ -200,7 +219,45 @@ class WindowPlan:
             out.append(value)
         return out
 
+    def prepare(self, acc: list[Any], values: list[Any]) -> list[int]:
+        """The min/max aggregates whose value replaces the window's; changes nothing.
+
+        Raises TypeError when a value has no order with the one the window holds (a string
+        against a number, ...): the record's fault, dead-lettered, with the window intact.
+        """
+        better: list[int] = []
+        for i, is_min in self.ordered:
+            value = values[i]
+            if value is None:
+                continue
+            prev = acc[i]
+            try:
+                if prev is None or (value < prev if is_min else value > prev):
+                    better.append(i)
+            except TypeError:
+                agg = self.aggregates[i]
+                raise TypeError(
+                    f"aggregate {agg.name!r} ({agg.function}) cannot compare "
+                    f"{type(value).__name__} with the {type(prev).__name__} this window holds"
+                ) from None
+        return better
+
+    def mismatch(self, acc: list[Any], values: list[Any]) -> TypeError:
+        """The error :meth:`prepare` raises for these values (the fused path's slow lane)."""
+        try:
+            self.prepare(acc, values)
+        except TypeError as error:
+            return error
+        return TypeError("aggregate values cannot be compared with the window's")
+
     def update(self, acc: list[Any], values: list[Any]) -> None:
+        """Fold one record's values into a window: all or nothing (see :meth:`prepare`)."""
+        self.apply(acc, values, self.prepare(acc, values))
+
+    def apply(self, acc: list[Any], values: list[Any], better: list[int]) -> None:
+        """Fold values whose min/max outcome :meth:`prepare` decided; cannot fail."""
+        for i in better:
+            acc[i] = values[i]
         for i, agg in enumerate(self.aggregates):
             fn = agg.function
             if fn == "count":
@@ -211,15 +268,10 @@ class WindowPlan:
                 continue
             if fn == "sum":
                 acc[i] = value if acc[i] is None else acc[i] + value
-            elif fn == "min":
-                if acc[i] is None or value < acc[i]:
-                    acc[i] = value
-            elif fn == "max":
-                if acc[i] is None or value > acc[i]:
-                    acc[i] = value
-            else:  # avg
+            elif fn == "avg":
                 acc[i][0] += value
                 acc[i][1] += 1
+            # min/max: done above
 
     def result(
         self, key: Any, start_ms: int, acc: list[Any], texts: tuple[str, str] | None = None
@@ -266,32 +318,46 @@ class PartitionWindows:
         return self.max_event_ms - self.plan.lateness_ms
 
     def add(self, key: Any, event_ms: int, values: list[Any]) -> bool:
-        """Fold one record in; False (and no change) when it is late."""
+        """Fold one record in; False (and no change) when it is late.
+
+        All or nothing: TypeError (see :meth:`WindowPlan.prepare`) before any window or the
+        watermark changed.
+        """
         plan = self.plan
-        if self.max_event_ms is None or event_ms > self.max_event_ms:
-            self.max_event_ms = event_ms
-        watermark = self.max_event_ms - plan.lateness_ms
+        top = self.max_event_ms
+        if top is None or event_ms > top:
+            top = event_ms  # the record moves the watermark, once it is folded
+        watermark = top - plan.lateness_ms
         size = plan.size_ms
         if size == plan.slide_ms:  # tumbling: exactly one window, the common case
             start = event_ms - event_ms % size
             if start + size <= watermark:
+                self.max_event_ms = top
                 return False
             acc = self.windows.get((key, start))
-            if acc is None:
+            if acc is None:  # a new accumulator takes any value: nothing to compare with
                 acc = self.open_window(key, start)
             plan.update(acc, values)
+            self.max_event_ms = top
             return True
         starts = plan.window_starts(event_ms)
-        if starts[-1] + plan.size_ms <= watermark:
-            return False
         windows = self.windows
+        if starts[-1] + size <= watermark:
+            self.max_event_ms = top
+            return False
+        # Every open window first (each may refuse the values), then every change; windows
+        # that closed already (older, overlapping ones) are skipped.
+        pending: list[tuple[int, list[Any] | None, list[int] | None]] = []
         for start in starts:
-            if start + plan.size_ms <= watermark:
-                continue  # this (older, overlapping) window already closed
-            acc = windows.get((key, start))
-            if acc is None:
-                acc = self.open_window(key, start)
-            plan.update(acc, values)
+            if start + size > watermark:
+                acc = windows.get((key, start))
+                pending.append((start, acc, None if acc is None else plan.prepare(acc, values)))
+        for start, acc, better in pending:
+            if acc is None or better is None:
+                plan.update(self.open_window(key, start), values)
+            else:
+                plan.apply(acc, values, better)
+        self.max_event_ms = top
         return True
 
     def fold(
@@ -301,9 +367,10 @@ class PartitionWindows:
 
         Same result as :meth:`add` per record (the tumbling case is inlined, locals bound
         once: profiling showed the per-record calls dominating). Returns the sources whose
-        key, event time or values failed (with the error) and the late ones (with their
-        event time); neither changed the state. ``kafka_time(source)`` is only called when
-        the plan takes event time from the Kafka timestamp.
+        key, event time or values failed or whose values the window refused (with the
+        error), and the late ones (with their event time); neither changed the state.
+        ``kafka_time(source)`` is only called when the plan takes event time from the Kafka
+        timestamp.
         """
         plan = self.plan
         key_of, time_of, values_of, update = plan.key, plan.event_time, plan.values, plan.update
@@ -327,20 +394,27 @@ class PartitionWindows:
                 continue
             if not tumbling:
                 self.max_event_ms = max_ms
-                if not self.add(key, event_ms, values):
-                    late.append((source, event_ms))
+                try:
+                    if not self.add(key, event_ms, values):
+                        late.append((source, event_ms))
+                except TypeError as error:  # nothing changed: the record's error
+                    errors.append((source, error))
                 max_ms = self.max_event_ms
                 continue
-            if max_ms is None or event_ms > max_ms:
-                max_ms = event_ms
+            top = max_ms if max_ms is not None and event_ms <= max_ms else event_ms
             start = event_ms - event_ms % size
-            if start + size <= max_ms - lateness:
+            if start + size <= top - lateness:
                 late.append((source, event_ms))
                 continue
             acc = get((key, start))
-            if acc is None:
+            if acc is None:  # a new accumulator takes any value: nothing to compare with
                 acc = open_window(key, start)
-            update(acc, values)
+            try:
+                update(acc, values)
+            except TypeError as error:  # all or nothing: neither acc nor max_ms changed
+                errors.append((source, error))
+                continue
+            max_ms = top
         self.max_event_ms = max_ms
         return errors, late
 
@@ -403,5 +477,5 @@ def reference_aggregate(
     for key, event_ms, values in records:
         for start in plan.window_starts(event_ms):
             acc = accs.setdefault((key, start), plan.new_accumulator())
-            plan.update(acc, values)
+            plan.update(acc, values)  # TypeError: the caller passes foldable values only
     return {output_key(k, s): plan.result(k, s, acc) for (k, s), acc in accs.items()}

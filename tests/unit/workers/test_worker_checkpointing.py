@@ -51,3 +51,30 @@ def test_file_of_another_partition_is_refused(tmp_path: Path) -> None:
     (tmp_path / "t" / "0.ckpt").rename(tmp_path / "t" / "1.ckpt")
     with pytest.raises(CheckpointError, match="holds"):
         store.load("t", 1)
+
+
+def test_state_beyond_64_bits_round_trips_exactly(tmp_path: Path) -> None:
+    # A sum past 64 bits (orjson writes up to 2**64 - 1, refuses more): written by the stdlib,
+    # read back as the same int, never as a float. Other values keep their type.
+    big = 2**64 + 12345
+    state = {"v": 1, "maxEventMs": 10, "windows": [["a", 0, [3, big, 0.1, "s", [big, 2]]]]}
+    data = encode(Checkpoint("clicks", 0, 99, state, "ns/p"))
+    assert b'"encoding":"json"' in data.split(b"\n", 1)[0]
+    back = decode(data)
+    assert back.state == state
+    windows = back.state["windows"] if back.state else []
+    assert type(windows[0][2][1]) is int
+    negative = {"v": 1, "windows": [["a", 0, [-(2**63) - 1]]]}
+    assert decode(encode(Checkpoint("clicks", 0, 99, negative))).state == negative
+    store = CheckpointStore(tmp_path)
+    store.save([Checkpoint("clicks", 0, 99, state)])
+    loaded = store.load("clicks", 0)
+    assert loaded is not None
+    assert loaded.state == state
+
+
+def test_small_state_stays_orjson() -> None:
+    state = {"v": 1, "windows": [["a", 0, [2**63 + 1, 2**64 - 1, -(2**63)]]]}
+    data = encode(Checkpoint("t", 0, 1, state))
+    assert b"encoding" not in data.split(b"\n", 1)[0]
+    assert decode(data).state == state

@@ -3,10 +3,12 @@
 For random pipelines of the fusable shape (filters, one tumbling or hopping window, every
 event-time format, every aggregate) and random records — good ones, poison ones (invalid
 JSON, not an object, wrong types, containers and huge integers in read fields, invalid
-UTF-8 in an unread field, a missing value) — cut into random batches, the fused function
-must leave the same window state, dead-letter the same records with the same errors in the
-same order, and count the same filtered and late records as the generic stage-by-stage path
-(``processing.window_batch``) and as a naive record-by-record reference.
+UTF-8 in an unread field, a missing value, strings and numbers for one min/max, sums beyond
+64 bits) — cut into random batches, the fused function must leave the same window state,
+dead-letter the same records with the same errors in the same order, and count the same
+filtered and late records as the generic stage-by-stage path (``processing.window_batch``)
+and as a naive record-by-record reference. The states are compared as checkpoints (orjson,
+or the stdlib for integers beyond 64 bits), which must also read back exactly.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streamherd.workers.checkpointing import Checkpoint, decode, encode
 from streamherd.workers.config import ProcessorConfig
 from streamherd.workers.expressions import compile_expression
 from streamherd.workers.fusing import fuse
@@ -125,8 +128,11 @@ def naive(
         except Exception as error:
             errors.append((m.offset(), "expression", type(error).__name__, str(error)))
             continue
-        if not state.add(key, event_ms, values):
-            late.append((m.offset(), event_ms))
+        try:
+            if not state.add(key, event_ms, values):
+                late.append((m.offset(), event_ms))
+        except TypeError as error:  # a min/max value without an order against the window's
+            errors.append((m.offset(), "expression", type(error).__name__, str(error)))
     failures = decode_f + [f for stage in stage_f for f in stage] + errors
     return failures, late, filtered
 
@@ -152,8 +158,12 @@ def run_all(cfg: ProcessorConfig, messages: list[Msg], cuts: list[int]) -> None:
         assert got_fused == got_naive
         closed = [s.close() for s in states]
         assert closed[0] == closed[1] == closed[2]
-        dumps = [json.dumps(s.to_json()) for s in states]  # exact floats, big ints
+        # As checkpoints: orjson, or the stdlib when a sum went beyond 64 bits.
+        dumps = [encode(Checkpoint("in", 1, start, s.to_json(), written_at=1.0)) for s in states]
         assert dumps[0] == dumps[1] == dumps[2]
+        restored = PartitionWindows.from_json(plan, decode(dumps[0]).state)
+        assert restored.to_json() == states[0].to_json()  # exactly: ints stay ints
+        assert restored.max_event_ms == states[0].max_event_ms
         if start >= len(messages):
             break
 
@@ -215,6 +225,64 @@ def test_poison_records_are_routed_like_the_generic_path(cuts: list[int]) -> Non
     messages = [Msg(i, v) for i, v in enumerate(values)]
     run_all(config(["status == 200"]), messages, cuts)
     run_all(config(["status == 200"], lateness="5s", slide="2s"), messages, cuts)
+    run_all(MIN_MAX, messages, cuts)  # "many" and true against numbers
+    run_all(MIN_MAX.model_copy(update={"steps": MIN_MAX.steps[1:]}), messages, cuts)
+
+
+MIN_MAX_AGGREGATES = [
+    {"name": "n", "function": "count"},
+    {"name": "lo", "function": "min", "expression": "bytes"},
+    {"name": "hi", "function": "max", "expression": "bytes"},
+    {"name": "s", "function": "sum", "expression": "status"},
+]
+MIN_MAX = config(["status == 200"], aggregates=MIN_MAX_AGGREGATES)
+
+
+@pytest.mark.parametrize("hopping", [False, True])
+def test_min_max_of_a_string_and_numbers_is_dead_lettered_and_changes_nothing(
+    hopping: bool,
+) -> None:
+    # Hopping 10 s / 5 s, lateness 5 s: the string record at +3 s belongs to a new window
+    # [-5 s, 5 s) and to [0, 10 s), which holds numbers: refused before the new one opens.
+    cfg = (
+        config([], slide="5s", lateness="5s", aggregates=MIN_MAX_AGGREGATES) if hopping else MIN_MAX
+    )
+    processor = Processor.compile(cfg)
+    plan = processor.window
+    assert plan is not None
+    fused = fuse(cfg, plan)
+    assert fused is not None
+    good = Msg(0, orjson.dumps({"user": "a", "ts": BASE + 7000, "bytes": 5, "status": 200}))
+    mixed = [
+        Msg(1, orjson.dumps({"user": "a", "ts": BASE + 3000, "bytes": "x", "status": 200})),
+        Msg(2, orjson.dumps({"user": "a", "ts": BASE + 9000, "bytes": "y", "status": 200})),
+    ]
+    later = Msg(3, orjson.dumps({"user": "a", "ts": BASE + 8000, "bytes": 2, "status": 200}))
+    for batch_of in (fused, lambda ms, w: window_batch(decode_json, processor, w, ms)):
+        state = PartitionWindows(plan)
+        batch_of([good], state)  # type: ignore[operator]
+        before = state.to_json()
+        batch = batch_of(mixed, state)  # type: ignore[operator]
+        assert summary(batch) == (
+            [
+                (
+                    i,
+                    "expression",
+                    "TypeError",
+                    "aggregate 'lo' (min) cannot compare str with the int this window holds",
+                )
+                for i in (1, 2)
+            ],
+            [],
+            0,
+        )
+        assert state.to_json() == before  # no window, count, sum or watermark moved
+        assert summary(batch_of([later], state)) == ([], [], 0)  # type: ignore[operator]
+        assert state.max_event_ms == BASE + 8000
+        rows = [r for _, r in state.close(everything=True)]
+        assert [(r["n"], r["lo"], r["hi"], r["s"]) for r in rows] == (
+            [(2, 2, 5, 400)] * 2 if hopping else [(2, 2, 5, 400)]
+        )
 
 
 # --------------------------------------------------------------------------- property
@@ -231,9 +299,22 @@ field_value = st.one_of(
 )
 
 
-def dumps(value: Any) -> bytes:
+def json_bytes(value: Any) -> bytes:
     # The stdlib writes integers of any size (orjson refuses those beyond 64 bits).
     return json.dumps(value, ensure_ascii=False).encode()
+
+
+# Mostly small ints; some strings (a min/max then compares a string with a number: the
+# record is dead-lettered, the window intact) and some near +-2**63: sums beyond 64 bits
+# (orjson writes -2**63 .. 2**64 - 1).
+bytes_value = st.one_of(
+    st.integers(-1000, 1000),
+    st.integers(-1000, 1000),
+    st.integers(-1000, 1000),
+    st.sampled_from(["a", "zz", "", "5"]),
+    st.integers(2**62, 2**63 - 1),
+    st.integers(-(2**63), -(2**62)),
+)
 
 
 @st.composite
@@ -244,20 +325,20 @@ def record_bytes(draw: st.DrawFn) -> bytes | None:
     if kind == 1:
         return draw(st.binary(max_size=30))
     if kind == 2:
-        return dumps(draw(field_value))  # a JSON value that is not a record (mostly)
+        return json_bytes(draw(field_value))  # a JSON value that is not a record (mostly)
     record: dict[str, Any] = {
         "user": draw(st.one_of(st.sampled_from(["a", "b", "c", "é"]), field_value))
         if kind == 3
         else draw(st.sampled_from(["a", "b", "c", "é"])),
         "ts": BASE + draw(st.integers(0, 60_000)) if kind != 4 else draw(field_value),
-        "bytes": draw(st.integers(-1000, 1000)) if kind != 5 else draw(field_value),
+        "bytes": draw(bytes_value) if kind != 5 else draw(field_value),
         "status": draw(st.sampled_from([200, 200, 200, 404])) if kind != 6 else draw(scalar),
     }
     if kind == 7:
         del record["ts"]
     if draw(st.booleans()):
         record["extra"] = draw(field_value)
-    raw = dumps(record)
+    raw = json_bytes(record)
     if kind == 8:  # invalid UTF-8 or a stray byte somewhere
         at = draw(st.integers(0, len(raw)))
         raw = raw[:at] + draw(st.sampled_from([b"\xff", b"\xc3", b"}", b",", b" "])) + raw[at:]
@@ -279,6 +360,25 @@ PIPELINES = [
         key="user + ':' + str(status)",
     ),
     config(["coalesce(bytes, 0) >= 0"], event_time={}, size="20s", slide="10s"),
+    config(  # min/max of strings and numbers; two comparisons per record; a sum after them
+        ["status == 200"],
+        aggregates=[
+            {"name": "n", "function": "count"},
+            {"name": "lo", "function": "min", "expression": "bytes"},
+            {"name": "hi", "function": "max", "expression": "bytes"},
+            {"name": "s", "function": "sum", "expression": "status"},
+            {"name": "top", "function": "max", "expression": "user"},
+        ],
+    ),
+    config(
+        [],
+        slide="2s",
+        lateness="3s",
+        aggregates=[
+            {"name": "hi", "function": "max", "expression": "bytes"},
+            {"name": "lo", "function": "min", "expression": "coalesce(extra, 0)"},
+        ],
+    ),
 ]
 
 

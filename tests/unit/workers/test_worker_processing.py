@@ -14,6 +14,7 @@ from streamherd.workers.processing import (
     SyntheticMessage,
     decode_json,
     decode_raw,
+    encode_output,
     error_headers,
     filter_stage,
     function_stage,
@@ -138,3 +139,11 @@ def test_error_headers() -> None:
         "streamherd.source.offset": b"41",
         "streamherd.pipeline": b"ns/p",
     }
+
+
+def test_encode_output_beyond_64_bits() -> None:
+    # orjson refuses the int; the stdlib writes it, with orjson's other choices kept.
+    big = 2**64 + 1
+    out = encode_output({"key": "é", "s": big, "inf": float("inf"), "b": b"x", "l": [1.5]})
+    assert out == '{"key":"é","s":18446744073709551617,"inf":null,"b":"x","l":[1.5]}'.encode()
+    assert encode_output({"s": 1, "inf": float("inf")}) == b'{"s":1,"inf":null}'

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +14,7 @@ from streamherd.workers.windowing import (
     PartitionWindows,
     WindowPlan,
     iso_ms,
+    key_text,
     output_key,
     reference_aggregate,
 )
@@ -236,3 +238,34 @@ def test_fold_equals_add_record_by_record(
     assert late == expected_late
     assert by_fold.windows == by_add.windows
     assert by_fold.max_event_ms == by_add.max_event_ms
+
+
+def test_min_max_refuse_values_without_an_order_all_or_nothing() -> None:
+    # Hopping 10 s / 5 s: the record at t=3 s belongs to [-5 s, 5 s) (new) and [0, 10 s)
+    # (holding numbers). Its string min is refused before anything changes: no new window,
+    # no count, no sum, no watermark move.
+    w = PartitionWindows(plan(type="hopping", slide="5s", allowedLateness="5s"))
+    feed(w, [{"k": "a", "t": 7_000, "v": 5}])
+    before = w.to_json()
+    with pytest.raises(TypeError, match=r"'lo' \(min\) cannot compare str with the int"):
+        w.add("a", 3_000, [None, 1, "x", 1, 1])
+    with pytest.raises(TypeError, match=r"'hi' \(max\) cannot compare str with the int"):
+        w.add("a", 8_000, [None, 1, 1, "x", 1])  # both windows exist; lo would move
+    assert w.to_json() == before
+    # A string where the window holds strings is fine; a later number is refused.
+    w2 = PartitionWindows(plan(aggregates=[{"name": "lo", "function": "min", "expression": "v"}]))
+    assert feed(w2, [{"k": "a", "t": 1, "v": "b"}, {"k": "a", "t": 2, "v": "a"}]) == [True, True]
+    with pytest.raises(TypeError, match="cannot compare int with the str this window holds"):
+        feed(w2, [{"k": "a", "t": 3, "v": 1}])
+    assert w2.close(everything=True)[0][1]["lo"] == "a"
+    assert w2.max_event_ms == 2
+
+
+def test_sum_beyond_64_bits_closes_and_keys() -> None:
+    w = PartitionWindows(plan())
+    feed(w, [{"k": 2**64, "t": 1, "v": 2**63 - 1}, {"k": 2**64, "t": 2, "v": 2**63 - 1}])
+    [(key, result)] = w.close(everything=True)
+    assert key == "18446744073709551616|1970-01-01T00:00:00.000Z"
+    assert key_text(2**64) == "18446744073709551616"
+    assert result["s"] == 2**64 - 2
+    assert type(result["s"]) is int
