@@ -942,8 +942,9 @@ def plots(results: list[dict[str, Any]]) -> None:
 
 
 def write_docs() -> None:
+    # Only this bench's files (N.json, N-variant.json): bench_lagprobe.py writes here too.
     results = sorted(
-        (json.loads(p.read_text()) for p in RESULTS.glob("*.json")),
+        (json.loads(p.read_text()) for p in RESULTS.glob("[0-9]*.json")),
         key=lambda r: (r["n"], r.get("variant", "")),
     )
     if not results:
