@@ -217,8 +217,8 @@ def _ref(obj: Manifest) -> str:
 # rest (Deployment, Service, PDB, ...). Children of one wave do not depend on each other, so
 # with a pool they are applied concurrently: a reconcile then waits for two round trips
 # instead of five (at scale the operator is bound by the latency of its requests, not by
-# CPU; docs/scale.md). Without a pool the order inside a wave is Deployment first: a
-# Service's create (ClusterIP allocation) is the slowest write and the workers need none.
+# CPU; docs/scale.md). Without a pool the order inside a wave is Deployment first: the
+# workers need nothing else, so they start as early as they can.
 _WAVES = {"ConfigMap": 0, "PersistentVolumeClaim": 0, "Deployment": 1}
 _IN_WAVE = {"ConfigMap": 0, "PersistentVolumeClaim": 1, "Deployment": 2}
 
