@@ -44,6 +44,7 @@ def pipeline_config(
     lateness: str = "1h",
     steps: list[dict[str, Any]] | None = None,
     function: dict[str, Any] | None = None,
+    extra_aggregates: list[dict[str, Any]] | None = None,
     **runtime: Any,
 ) -> dict[str, Any]:
     window = {
@@ -55,6 +56,7 @@ def pipeline_config(
             "aggregates": [
                 {"name": "clicks", "function": "count"},
                 {"name": "bytes", "function": "sum", "expression": "bytes"},
+                *(extra_aggregates or []),
             ],
         }
     }

@@ -17,6 +17,7 @@ from tests.integration.engine.enginekit import (
     assert_matches,
     clicks,
     flush_markers,
+    iso,
     latest_by_key,
     pipeline_config,
     reference,
@@ -131,9 +132,12 @@ def test_fused_path_dead_letters_poison_with_the_same_headers(
 ) -> None:
     """No user function: the engine runs the pipeline's fused batch function
     (workers/fusing.py); bad records still land in the dead-letter topic with the headers
-    of the generic path and the good ones around them are counted exactly once."""
+    of the generic path and the good ones around them are counted exactly once. A string
+    page where the window's min/max hold a number is dead-lettered too, changing nothing."""
     src, sink, dlq = topics(kafka_broker, partitions=1)
     good = list(clicks(0, 10_000))
+    page_3 = {"id": -5, "user": "user-1", "bytes": 7, "ts": BASE_TS + 10_004, "page": 3}
+    numbered = ("user-1", page_3)
     kafka_broker.produce(src, good[:5000])
     kafka_broker.produce(
         src,
@@ -142,6 +146,12 @@ def test_fused_path_dead_letters_poison_with_the_same_headers(
             ("user-1", b"[1, 2]"),  # 5001: JSON, not an object
             ("user-1", {"id": -2, "user": "user-1", "bytes": "lots", "ts": BASE_TS + 10_001}),
             ("user-1", {"id": -3, "user": ["x"], "bytes": 1, "ts": BASE_TS + 10_002}),
+            numbered,  # 5004: a good record, the first page of its window: a number
+            # 5005: a string page against it; its window must not count it (nor its bytes)
+            (
+                "user-1",
+                {"id": -6, "user": "user-1", "bytes": 50, "ts": BASE_TS + 10_005, "page": "home"},
+            ),
         ],
     )
     kafka_broker.produce(src, good[5000:])
@@ -156,13 +166,17 @@ def test_fused_path_dead_letters_poison_with_the_same_headers(
         checkpoints=tmp_path / "ck",
         lateness="0s",
         steps=[{"filter": "bytes != null or user != null"}],
+        extra_aggregates=[
+            {"name": "first_page", "function": "min", "expression": "page"},
+            {"name": "last_page", "function": "max", "expression": "page"},
+        ],
     )
     worker = Worker.create(tmp_path, "w", config).start()
     try:
-        expected = reference(good)
+        expected = reference([*good, numbered])
         got = latest_by_key(kafka_broker.consume_all(sink, min_records=len(expected), timeout=90))
         assert_matches(got, expected)
-        dead = kafka_broker.consume_all(dlq, min_records=5, timeout=30)
+        dead = kafka_broker.consume_all(dlq, min_records=6, timeout=30)
         assert "batch=fused" in worker.log_tail(400)
     finally:
         worker.stop()
@@ -179,7 +193,8 @@ def test_fused_path_dead_letters_poison_with_the_same_headers(
         (b"5001", b"decode", b"ValueError"),
         (b"5002", b"expression", b"TypeError"),
         (b"5003", b"expression", b"TypeError"),
-        (b"10004", b"late", b"LateRecordError"),
+        (b"5005", b"expression", b"TypeError"),
+        (b"10006", b"late", b"LateRecordError"),
     ]
     assert [d.value for d in dead[:2]] == [b"{not json", b"[1, 2]"]  # original bytes
     for h in headers:
@@ -190,6 +205,14 @@ def test_fused_path_dead_letters_poison_with_the_same_headers(
     assert headers[1]["streamherd.error.message"] == b"not a JSON object: list"
     assert b"needs a number, got str" in headers[2]["streamherd.error.message"]
     assert b"unhashable type: 'list'" in headers[3]["streamherd.error.message"]
+    assert headers[4]["streamherd.error.message"] == (
+        b"aggregate 'first_page' (min) cannot compare str with the int this window holds"
+    )
+    paged = f"user-1|{iso(BASE_TS + 10_000)}"
+    assert (got[paged]["first_page"], got[paged]["last_page"]) == (3, 3)
+    others = [r for k, r in got.items() if k != paged]
+    assert others
+    assert all(r["first_page"] is None and r["last_page"] is None for r in others)
 
 
 def test_sigterm_checkpoints_commits_and_exits_within_grace(
