@@ -29,6 +29,11 @@ int64 — takes the slow lane: the generic orjson decode of that one record, so 
 is dead-lettered with exactly the generic error, and a good one continues with exactly the
 values orjson gives (e.g. orjson turns integers beyond 64 bits into floats). Non-ASCII
 values are checked to be valid UTF-8 (msgspec does not check fields it skips).
+
+Folding: a record is folded all or nothing, like ``WindowPlan.update``. Only a min/max
+comparison can fail (a string against a number): those run first, inside one ``try`` (free
+until it raises), noting their outcome; the changes follow. A refused record puts the
+watermark back and is dead-lettered with ``WindowPlan.mismatch``'s error, the generic one.
 """
 
 from __future__ import annotations
@@ -219,12 +224,16 @@ def _template(
     """The batch function's source with placeholders ``__sh_F<i>``, ``__sh_KEY``, ..."""
     # Tumbling windows are folded inline; hopping ones through PartitionWindows.add().
     inline = plan.size_ms == plan.slide_ms and plan.lateness_ms >= 0
+    # The min/max aggregates with a value: their comparisons can raise (a string against a
+    # number), so they run first and nothing changes before all of them passed.
+    ordered = [i for i, _ in plan.ordered]
     out = [
         "def __sh_batch(messages, state):",
         "    decode, slow, Failure, type, hash = "
         "__sh_decode, __sh_slow, __sh_Failure, __sh_type, __sh_hash",
         "    str, int, float = __sh_str, __sh_int, __sh_float",
-        "    convert, checks, mismatch = __sh_convert, __sh_checks, __sh_mismatch",
+        "    convert, checks = __sh_convert, __sh_checks",
+        *(["    mismatch = __sh_mismatch"] if ordered and inline else []),
         "    decode_failures = []",
         *[f"    stage{i} = []" for i in range(n_filters)],
         "    errors = []",
@@ -290,9 +299,6 @@ def _template(
         "            errors.append((m, error))",
         "            continue",
     ]
-    # The min/max aggregates with a value: their comparisons can raise (a string against a
-    # number), so they run first and nothing changes before all of them passed.
-    ordered = [i for i, _ in plan.ordered]
     all_values = ", ".join(f"a{i}" if has_value[i] else "None" for i in range(len(has_value)))
     if inline:
         # Multi-digit ints (epoch ms) make every arithmetic operation a slow path, so:
