@@ -92,7 +92,12 @@ class PartitionState:
     next_offset: int | None = None
     windows: PartitionWindows | None = None
     dirty: bool = False
+    # The offset the broker has confirmed as committed for our group (None: nothing), and
+    # the offset of an asynchronous commit still in flight. Only a confirmed commit counts:
+    # a commit that fails (e.g. during a rebalance) must be sent again, and the lag we
+    # export must be the broker's view.
     committed: int | None = None
+    committing: int | None = None
     low: int | None = None
     high: int | None = None
 
@@ -237,24 +242,35 @@ class Engine:
             st = self._new_state(tp.topic, tp.partition)
             offset = st.next_offset if st.next_offset is not None else OFFSET_INVALID
             start.append(TopicPartition(tp.topic, tp.partition, offset))
-        missing = [tp for tp in start if tp.offset == OFFSET_INVALID]
-        if missing:
-            # No checkpoint: Kafka's committed offset (or startFrom) decides; remember the
-            # committed offset for the lag of a partition we have not read from yet.
-            try:
-                for tp in consumer.committed(missing, timeout=10):
-                    if tp.offset >= 0:
-                        self.partitions[(tp.topic, tp.partition)].committed = tp.offset
-                        log_event(
-                            log,
-                            logging.WARNING,
-                            "no-checkpoint-using-committed-offset",
-                            topic=tp.topic,
-                            partition=tp.partition,
-                            offset=tp.offset,
-                        )
-            except KafkaException as error:
-                log_event(log, logging.WARNING, "committed-lookup-failed", error=str(error))
+        # The broker's committed offsets, for every partition: a partition restored from its
+        # checkpoint may be ahead of them (the previous owner died, or its last commit
+        # failed, after the checkpoint was durable). The next checkpoint commits it; until
+        # then the exported lag is the broker's view, like the lag probe's.
+        try:
+            for tp in consumer.committed(start, timeout=10):
+                st = self.partitions[(tp.topic, tp.partition)]
+                st.committed = tp.offset if tp.offset >= 0 else None
+                if st.next_offset is None and st.committed is not None:
+                    log_event(
+                        log,
+                        logging.WARNING,
+                        "no-checkpoint-using-committed-offset",
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        offset=tp.offset,
+                    )
+                elif st.next_offset is not None and st.committed != st.next_offset:
+                    log_event(
+                        log,
+                        logging.INFO,
+                        "commit-behind-checkpoint",
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        committed=st.committed,
+                        checkpoint=st.next_offset,
+                    )
+        except KafkaException as error:
+            log_event(log, logging.WARNING, "committed-lookup-failed", error=str(error))
         consumer.incremental_assign(start)
         if self._paused:
             consumer.pause(start)
@@ -468,26 +484,58 @@ class Engine:
     def _commit(self, states: list[PartitionState], *, sync: bool) -> None:
         if self.consumer is None:
             return
-        offsets = [
-            TopicPartition(st.topic, st.partition, st.next_offset)
+        pending = [
+            st
             for st in states
-            if st.next_offset is not None and st.next_offset != st.committed
+            if st.next_offset is not None
+            and st.next_offset != st.committed
+            # An asynchronous commit of this offset is on its way; a synchronous one (revoke,
+            # shutdown) sends it again rather than trust a commit nobody has confirmed.
+            and (sync or st.next_offset != st.committing)
         ]
-        if not offsets:
+        if not pending:
             return
+        offsets = [TopicPartition(st.topic, st.partition, st.next_offset or 0) for st in pending]
         try:
             if sync:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
+                confirmed = self.consumer.commit(offsets=offsets, asynchronous=False)
+                self._on_committed(None, confirmed or [])
             else:
                 self.consumer.commit(offsets=offsets, asynchronous=True)
-            for st in states:
-                if st.next_offset is not None:
-                    st.committed = st.next_offset
+                for st in pending:
+                    st.committing = st.next_offset
             self.metrics.commits.inc()
         except KafkaException as error:
-            # The checkpoint file is the truth; a failed commit only delays the broker's view.
+            # The checkpoint file is the truth; a failed commit only delays the broker's view
+            # and is sent again with the next checkpoint.
             self.metrics.error("commit")
             log_event(log, logging.WARNING, "commit-failed", error=str(error))
+
+    def _on_committed(self, error: Any, partitions: list[TopicPartition]) -> None:
+        """librdkafka's answer to a commit (served from consume(), and for synchronous ones
+        from _commit): record what the broker confirmed; forget what failed, to resend it."""
+        failed = []
+        for tp in partitions:
+            st = self.partitions.get((tp.topic, tp.partition))
+            if st is None:
+                continue  # revoked meanwhile: the next owner reads the broker's offset
+            if st.committing == tp.offset:
+                st.committing = None
+            if error is None and tp.error is None:
+                # Commits of one member reach the broker in order: never step backwards.
+                if st.committed is None or tp.offset > st.committed:
+                    st.committed = tp.offset
+            else:
+                failed.append(f"{tp.topic}[{tp.partition}]@{tp.offset}")
+        if error is not None or failed:
+            self.metrics.error("commit")
+            log_event(
+                log,
+                logging.WARNING,
+                "commit-failed",
+                error=str(error) if error is not None else "partition errors",
+                partitions=",".join(failed),
+            )
 
     def _maybe_checkpoint(self) -> None:
         interval = self.config.checkpoint.interval_seconds
@@ -662,7 +710,9 @@ class Engine:
     def _run_kafka(self) -> str:
         source = self.config.source.kafka
         assert source is not None
-        consumer = self.consumer = Consumer(consumer_config(source))
+        consumer = self.consumer = Consumer(
+            {**consumer_config(source), "on_commit": self._on_committed}
+        )
         runtime = self.config.runtime
         consumer.subscribe(
             list(source.topics),
