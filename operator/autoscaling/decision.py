@@ -184,7 +184,14 @@ class Decision:
 
 
 def upper_bound(policy: Policy, partitions: int) -> int:
-    """Most replicas that make sense: max, the partition count, an explicit min."""
+    """Most replicas that make sense: max, the partition count, an explicit min.
+
+    ``partitions <= 0`` means not known (nothing measured yet; a topic has at least one):
+    then only min and max apply. Capping at 0 partitions would scale a pipeline with
+    ``minReplicas: 0`` to zero merely because its lag could not be measured.
+    """
+    if partitions <= 0:
+        return max(policy.min_replicas, policy.max_replicas)
     return max(policy.min_replicas, min(policy.max_replicas, partitions))
 
 

@@ -58,6 +58,18 @@ def test_no_data_holds_and_bounds_still_apply() -> None:
     assert (d.replicas, d.reason) == (5, BOUNDS)
 
 
+@pytest.mark.parametrize("minimum", [0, 1])
+def test_no_data_with_unknown_partitions_holds(minimum: int) -> None:
+    """Found by the e2e tier: the first poll of a new pipeline failed (its group's
+    coordinator was still loading), the partition count was unknown (0), and the partition
+    cap brought the one worker down to minReplicas 0 ("Bounds"): a measurement failure must
+    never scale a pipeline."""
+    p = Policy(min_replicas=minimum, max_replicas=4)
+    d = decide(p, [], 1, 0, 100.0)
+    assert (d.replicas, d.reason) == (1, NO_DATA)
+    assert decide(p, [], 6, 0, 100.0).replicas == 4  # min and max still apply
+
+
 STEPPED = Policy(jump_to_need=False)  # the HPA-like bounded steps: +max(4, n) per decision
 
 
@@ -322,7 +334,11 @@ def test_bounds_step_and_purity(
     d = decide(p, samples, current, partitions, now)
     assert d.reason in REASONS
     assert p.min_replicas <= d.replicas <= p.max_replicas
-    assert d.replicas <= max(partitions, p.min_replicas)
+    if partitions > 0:
+        assert d.replicas <= max(partitions, p.min_replicas)
+    elif d.reason in (NO_DATA, BOUNDS):
+        # Partitions unknown (nothing measured): hold, within min and max only.
+        assert d.replicas == min(max(current, p.min_replicas), p.max_replicas)
     if d.replicas > current and p.min_replicas <= current and d.capacity is None:
         # A jump goes no further than the lag rule's need (aligned), else the HPA step.
         lag = samples[-1].lag if samples else 0
