@@ -356,7 +356,12 @@ def decide(
     # ---- scale down: every sample of the window must agree, to the largest need among them
     window = [s for s in samples if s.time >= now - policy.scale_down_stabilization]
     covered = samples[0].time <= now - policy.scale_down_stabilization + policy.poll_interval
-    if covered and n > max(policy.min_replicas, 1):
+    # A scale-up inside the window (a sample taken with fewer workers than now) is not
+    # undone until a whole window has passed since: the HPA's rule (the largest decision of
+    # the window wins). A scale-up sized on a noisy interval would otherwise be reversed as
+    # soon as the backlog it was sized for had drained (1 -> 4 -> 2 within 200 s).
+    raised = any(s.replicas < n for s in window)
+    if covered and not raised and n > max(policy.min_replicas, 1):
         # Without a measured throughput, size the input with the best per-replica rate the
         # workers have shown (a lower bound of what they can do): never below what the
         # input is proven to need, so going down cannot starve the workers and bounce back.
