@@ -136,7 +136,11 @@ def _dedupe(rows: Sequence[Row], key_index: Sequence[int]) -> list[Row]:
     twice (ON CONFLICT DO UPDATE refuses), and the last one is what a replay writes."""
     by_key: dict[bytes, Row] = {}
     for row in rows:
-        key = orjson.dumps([row[i] for i in key_index], default=str)
+        values = [row[i] for i in key_index]
+        try:
+            key = orjson.dumps(values, default=str)
+        except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits in a key
+            key = repr(values).encode()
         by_key[key] = row
     return list(by_key.values())
 
