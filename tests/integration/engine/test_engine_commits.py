@@ -68,9 +68,7 @@ def test_restored_checkpoint_ahead_of_the_commit_is_committed(
     try:
         wait_until(
             "the first worker to checkpoint and commit everything",
-            lambda: (
-                checkpointed(store, src) == ends and kafka_broker.committed(group, src) == ends
-            ),
+            lambda: checkpointed(store, src) == ends and kafka_broker.committed(group, src) == ends,
             90,
             [first],
         )
