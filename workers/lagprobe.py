@@ -25,12 +25,22 @@ them by partition leader), one ListOffsets for the last stable offsets of
 from ``__consumer_offsets``, up to the offsets just listed, so a commit acknowledged before
 the call is always seen).
 
-OffsetFetch is the fallback, one request per group (plus a FindCoordinator), pipelined:
-librdkafka's ListConsumerGroupOffsets accepts a single group per request. It measures the
+OffsetFetch is the fallback, one request per group (plus a FindCoordinator). It measures the
 groups whose ``__consumer_offsets`` partition holds an open transaction or was not read to
 its end within half the request timeout (start-up on a big cluster), and every group when the
 offsets topic cannot be read (not authorized: logged once, then OffsetFetch for good) or
-when ``read_offsets_topic=False``.
+when ``read_offsets_topic=False``. It is sent by a short-lived consumer *of that group*
+(``Consumer.committed``), a few at a time, never by the admin client: librdkafka (2.16
+included, confluentinc/librdkafka#5040) dereferences the handle's consumer group when an
+OffsetFetch answer says NOT_COORDINATOR or COORDINATOR_NOT_AVAILABLE, and an admin client
+has none, so ListConsumerGroupOffsets kills the whole process with a segfault in thread
+``rdk:main`` whenever a coordinator is not ready (a fresh cluster creating
+``__consumer_offsets``, a coordinator moving). Decision 0031 has the details.
+
+A probe may be used by several threads at once (the operator's executor) and closed while
+they run: the admin client is thread-safe, the reader serialises its consumer behind its own
+lock, the probe's lock guards creating and closing what it owns, and a call on a closed
+probe fails with :class:`LagProbeError`.
 """
 
 from __future__ import annotations
@@ -38,15 +48,16 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from confluent_kafka import (
-    ConsumerGroupTopicPartitions,
+    Consumer,
     IsolationLevel,
     KafkaError,
     KafkaException,
@@ -71,6 +82,10 @@ OffsetSpec: Any = _OffsetSpec
 log = logging.getLogger(__name__)
 
 _SECRET_KEYS = frozenset({"sasl.password", "ssl.key.password", "ssl.key.pem"})
+
+# OffsetFetch fallback: consumers in flight at once per probe (each one has a few librdkafka
+# threads and connections for its short life).
+FETCH_CONCURRENCY = 8
 
 
 class LagProbeError(RuntimeError):
@@ -224,8 +239,9 @@ class LagProbe:
     """One AdminClient (and one ``__consumer_offsets`` reader) for one cluster, measuring
     the lag of many groups at once.
 
-    Thread-safe (librdkafka's clients are; the reader serialises itself), but every call
-    blocks: the operator runs it in a small executor. Close it when done.
+    Thread-safe (see the module docstring), but every call blocks: the operator runs it in a
+    small executor. Close it when done; calls after (or during) close fail with
+    :class:`LagProbeError`.
     """
 
     def __init__(
@@ -239,19 +255,30 @@ class LagProbe:
         self.cluster = cluster
         self.request_timeout = request_timeout
         self._conf: dict[str, Any] = {**cluster.client_config(), **(extra_config or {})}
-        self._admin = AdminClient(self._conf)
+        self._admin: AdminClient | None = AdminClient(self._conf)
+        # Guards creating and closing the reader and the fetch pool, and the counters.
+        self._lock = threading.Lock()
         self._reader: OffsetsTopicReader | None = None
+        self._fetcher: ThreadPoolExecutor | None = None
         # None while the offsets topic may be read; otherwise why it is not (for good).
         self._disabled: str | None = None if read_offsets_topic else "read_offsets_topic=False"
         self._logged: set[str] = set()
         self.counters = ProbeCounters()
 
     def close(self) -> None:
-        # AdminClient has no close(); dropping the reference lets librdkafka tear down.
-        self._admin = None  # type: ignore[assignment]
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        with self._lock:
+            # AdminClient has no close(); dropping the reference lets librdkafka tear down
+            # once no running call holds it any more.
+            self._admin = None
+            reader, self._reader = self._reader, None
+            fetcher, self._fetcher = self._fetcher, None
+        if reader is not None:
+            # Waits for a catch-up in progress (the reader's lock); that call then reports
+            # the reader closed.
+            reader.close()
+        if fetcher is not None:
+            # Fetches already running end by their deadline and close their consumer.
+            fetcher.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> LagProbe:
         return self
@@ -279,9 +306,10 @@ class LagProbe:
         """Measure every group; a group that fails gets a LagProbeError, the others do not."""
         if not specs:
             return {}
+        admin = self._client()
         started = time.monotonic()
         deadline = started + self.request_timeout
-        partitions, offsets_topic = self._partitions({t for s in specs for t in s.topics})
+        partitions, offsets_topic = self._partitions(admin, {t for s in specs for t in s.topics})
         all_tps = sorted({tp for tps in partitions.values() for tp in tps})
         use_topic = self._disabled is None
         if use_topic and offsets_topic is None:
@@ -292,16 +320,18 @@ class LagProbe:
         topic_tps = [(OFFSETS_TOPIC, p) for p in range(offsets_topic or 0)] if use_topic else []
         # Issue every request before waiting for any: they travel concurrently. The offsets
         # topic's high watermarks ride in the log-end request.
-        starts = self._list_offsets(all_tps, OffsetSpec.earliest())
-        ends = self._list_offsets(all_tps + topic_tps, OffsetSpec.latest())
-        stable = self._list_offsets(topic_tps, OffsetSpec.latest(), IsolationLevel.READ_COMMITTED)
+        starts = self._list_offsets(admin, all_tps, OffsetSpec.earliest())
+        ends = self._list_offsets(admin, all_tps + topic_tps, OffsetSpec.latest())
+        stable = self._list_offsets(
+            admin, topic_tps, OffsetSpec.latest(), IsolationLevel.READ_COMMITTED
+        )
         start_offsets, start_errors = _offsets(starts, deadline)
         end_offsets, end_errors = _offsets(ends, deadline)
         caught: CatchUp | None = None
         if topic_tps:
             budget = min(deadline, started + self.request_timeout / 2)
             caught = self._catch_up(len(topic_tps), end_offsets, end_errors, stable, budget)
-        fetches: dict[str, Future[Any]] = {}
+        fetches: dict[str, Future[dict[tuple[str, int], int | None]]] = {}
         from_topic: dict[str, Mapping[tuple[str, int], int]] = {}
         for spec in specs:
             tps = [tp for t in spec.topics for tp in partitions.get(t, ())]
@@ -315,19 +345,18 @@ class LagProbe:
             ):
                 from_topic[spec.group] = reader.committed(spec.group)
                 continue
-            request = ConsumerGroupTopicPartitions(
-                spec.group, [TopicPartition(t, p) for t, p in tps]
-            )
-            fetches.update(
-                self._admin.list_consumer_group_offsets(
-                    [request], request_timeout=self.request_timeout
+            try:
+                fetches[spec.group] = self._fetch_pool().submit(
+                    fetch_committed, self._conf, spec.group, tps, deadline
                 )
-            )
+            except RuntimeError as exc:  # the pool was shut down: closed meanwhile
+                raise LagProbeError(f"lag probe for {self.cluster.describe()} closed") from exc
         measured_at = time.time()
-        self.counters.calls += 1
-        self.counters.groups += len(specs)
-        self.counters.from_topic += len(from_topic)
-        self.counters.from_fetch += len(fetches)
+        with self._lock:
+            self.counters.calls += 1
+            self.counters.groups += len(specs)
+            self.counters.from_topic += len(from_topic)
+            self.counters.from_fetch += len(fetches)
         errors = {
             tp: msg for tp, msg in {**start_errors, **end_errors}.items() if tp[0] != OFFSETS_TOPIC
         }
@@ -348,6 +377,22 @@ class LagProbe:
 
     # ----------------------------------------------------------------------- internals
 
+    def _client(self) -> AdminClient:
+        admin = self._admin
+        if admin is None:
+            raise LagProbeError(f"lag probe for {self.cluster.describe()} is closed")
+        return admin
+
+    def _fetch_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._admin is None:
+                raise LagProbeError(f"lag probe for {self.cluster.describe()} is closed")
+            if self._fetcher is None:
+                self._fetcher = ThreadPoolExecutor(
+                    FETCH_CONCURRENCY, thread_name_prefix="streamherd-offsetfetch"
+                )
+            return self._fetcher
+
     def _note(self, kind: str, reason: str, *, level: int = logging.WARNING) -> None:
         """Log why OffsetFetch is used, once per kind (later ones at debug level)."""
         if kind in self._logged:
@@ -364,9 +409,19 @@ class LagProbe:
     def _give_up(self, reason: str) -> None:
         self._disabled = reason
         self._note("disabled", f"{reason}; not reading {OFFSETS_TOPIC} again")
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        with self._lock:
+            reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
+    def _reader_for_catch_up(self) -> OffsetsTopicReader:
+        """The reader, started on first use; one per probe even when calls race."""
+        with self._lock:
+            if self._admin is None:
+                raise KafkaException(KafkaError(KafkaError._DESTROY, "lag probe closed"))
+            if self._reader is None:
+                self._reader = OffsetsTopicReader(self._conf)
+            return self._reader
 
     def _catch_up(
         self,
@@ -382,10 +437,9 @@ class LagProbe:
         try:
             if failures:
                 raise failures[0]
-            if self._reader is None:
-                self._reader = OffsetsTopicReader(self._conf)
+            reader = self._reader_for_catch_up()
             targets = {p: (lso[(OFFSETS_TOPIC, p)], ends[(OFFSETS_TOPIC, p)]) for p in range(count)}
-            caught = self._reader.catch_up(count, targets, deadline)
+            caught = reader.catch_up(count, targets, deadline)
         except (KafkaException, FutureTimeout) as exc:
             if permanent_failure(exc):
                 self._give_up(f"cannot read {OFFSETS_TOPIC}: {exc}")
@@ -401,7 +455,7 @@ class LagProbe:
         return caught
 
     def _partitions(
-        self, topics: Iterable[str]
+        self, admin: AdminClient, topics: Iterable[str]
     ) -> tuple[dict[str, list[tuple[str, int]]], int | None]:
         """Partitions of each existing topic, from one Metadata request for all topics, and
         the partition count of ``__consumer_offsets`` (None when it is not listed).
@@ -411,7 +465,7 @@ class LagProbe:
         """
         wanted = set(topics)
         try:
-            meta = self._admin.list_topics(timeout=self.request_timeout)
+            meta = admin.list_topics(timeout=self.request_timeout)
         except KafkaException as exc:
             raise LagProbeError(
                 f"cannot read metadata from {self.cluster.describe()}: {exc}"
@@ -425,7 +479,7 @@ class LagProbe:
         return out, count or None
 
     def _list_offsets(
-        self, tps: list[tuple[str, int]], spec: Any, isolation: Any = None
+        self, admin: AdminClient, tps: list[tuple[str, int]], spec: Any, isolation: Any = None
     ) -> dict[Any, Any]:
         if not tps:
             return {}
@@ -433,7 +487,7 @@ class LagProbe:
         kwargs: dict[str, Any] = {"request_timeout": self.request_timeout}
         if isolation is not None:
             kwargs["isolation_level"] = isolation
-        futures: dict[Any, Any] = self._admin.list_offsets(request, **kwargs)
+        futures: dict[Any, Any] = admin.list_offsets(request, **kwargs)
         return futures
 
     def _assemble(
@@ -441,7 +495,7 @@ class LagProbe:
         spec: GroupSpec,
         *,
         partitions: Mapping[str, list[tuple[str, int]]],
-        fetch: Future[Any] | None,
+        fetch: Future[dict[tuple[str, int], int | None]] | None,
         known: Mapping[tuple[str, int], int] | None,
         starts: Mapping[tuple[str, int], int],
         ends: Mapping[tuple[str, int], int],
@@ -457,16 +511,11 @@ class LagProbe:
         committed: dict[tuple[str, int], int | None] = dict(known or {})
         if fetch is not None:
             try:
-                answer = fetch.result(timeout=max(0.0, deadline - time.monotonic()))
-            except (KafkaException, FutureTimeout) as exc:
+                committed.update(fetch.result(timeout=max(0.0, deadline - time.monotonic())))
+            except LagProbeError as exc:
+                return exc
+            except (KafkaException, FutureTimeout, CancelledError) as exc:
                 return LagProbeError(f"group {spec.group}: committed offsets unavailable: {exc!r}")
-            for tp in answer.topic_partitions:
-                if tp.error is not None:
-                    return LagProbeError(
-                        f"group {spec.group}: {tp.topic}[{tp.partition}]: {tp.error}"
-                    )
-                # A negative offset (OFFSET_INVALID, -1001) means: nothing committed.
-                committed[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
         rows = []
         for t, p in tps:
             start, end, done = starts[(t, p)], ends[(t, p)], committed.get((t, p))
@@ -476,6 +525,45 @@ class LagProbe:
                 )
             )
         return GroupLag(spec.group, tuple(rows), measured_at, missing)
+
+
+def fetch_committed(
+    client_config: Mapping[str, Any],
+    group: str,
+    tps: Sequence[tuple[str, int]],
+    deadline: float,
+) -> dict[tuple[str, int], int | None]:
+    """The group's committed offsets by OffsetFetch, sent by a consumer of that group.
+
+    The consumer never subscribes (no JoinGroup, no LeaveGroup) nor commits; it exists
+    because librdkafka retries an OffsetFetch answered NOT_COORDINATOR safely only on a
+    handle that has a consumer group (on an admin client the same answer is a segfault).
+    Read-uncommitted, so librdkafka does not ask for stable offsets: like the admin API,
+    the answer does not wait for a group's open transaction. ``deadline`` is a
+    ``time.monotonic()`` value. None means: nothing committed.
+    """
+    timeout = deadline - time.monotonic()
+    if timeout <= 0:
+        raise LagProbeError(f"group {group}: no time left for OffsetFetch")
+    consumer = Consumer(
+        {
+            **client_config,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "isolation.level": "read_uncommitted",
+        }
+    )
+    try:
+        answer = consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=timeout)
+    finally:
+        consumer.close()
+    out: dict[tuple[str, int], int | None] = {}
+    for tp in answer:
+        if tp.error is not None:
+            raise LagProbeError(f"group {group}: {tp.topic}[{tp.partition}]: {tp.error}")
+        # A negative offset (OFFSET_INVALID, -1001) means: nothing committed.
+        out[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
+    return out
 
 
 def permanent_failure(exc: BaseException) -> bool:
@@ -520,6 +608,7 @@ __all__ = [
     "PartitionLag",
     "ProbeCounters",
     "StartFrom",
+    "fetch_committed",
     "lag_rate",
     "partition_lag",
     "permanent_failure",

@@ -4,8 +4,9 @@ A :class:`~streamherd.workers.lagprobe.LagProbe` has one admin client and, when 
 ``__consumer_offsets``, one consumer; both get ``statistics.interval.ms`` and this counter's
 callback through ``extra_config``. Per client and broker, librdkafka's ``tx`` counts every
 request really sent and ``req`` counts them by type for most types; the ones ``req`` leaves
-out (OffsetFetch among them) are reported as "other". Used by run_operator.py (the operator
-at scale) and bench_lagprobe.py (the probe alone).
+out are reported as "other". The probe's OffsetFetch fallback is sent by short-lived
+per-group consumers that never serve callbacks, so its requests are not counted here.
+Used by run_operator.py (the operator at scale) and bench_lagprobe.py (the probe alone).
 """
 
 from __future__ import annotations

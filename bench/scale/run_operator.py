@@ -5,11 +5,13 @@ can count what the builtin autoscaler asks of the Kafka brokers. Nothing else ch
 operator, its handlers and its lag probe are the real ones. The probe class the autoscaler
 builds per cluster (``poller.LagProbe``) is swapped for a subclass that
 
-- turns on librdkafka's statistics (``statistics.interval.ms``) on both clients of the probe,
-  the admin client and the ``__consumer_offsets`` reader (brokerstats.py): per broker,
-  ``tx`` counts every request the client really sent, and ``req`` some of them by type
-  (Metadata, ListOffsets, Fetch, FindCoordinator, ...; OffsetFetch is not among them, so
-  the rest is reported as "other");
+- turns on librdkafka's statistics (``statistics.interval.ms``) on both long-lived clients
+  of the probe, the admin client and the ``__consumer_offsets`` reader (brokerstats.py):
+  per broker, ``tx`` counts every request the client really sent, and ``req`` some of them
+  by type (Metadata, ListOffsets, Fetch, FindCoordinator, ...; the rest is "other"). The
+  OffsetFetch fallback's short-lived per-group consumers live for one request and are never
+  polled, so they report no statistics: the fallback shows in ``from_fetch`` (groups), not
+  in the request counts;
 - counts ``measure_many`` calls and the groups in them, and how many groups were answered
   from the offsets topic or by OffsetFetch (the fallback);
 
@@ -95,11 +97,13 @@ class CountingProbe(LagProbe):
         result = super().measure_many(specs)
         # Statistics callbacks are served by poll() on the admin client's main queue and by
         # the reader's consumer; one thread at a time.
+        # Local references: a concurrent close() may drop the probe's own.
+        admin, reader = self._admin, self.reader
         with _poll_lock:
-            if self._admin is not None:
-                self._admin.poll(0)
-            if self.reader is not None:
-                self.reader.serve()
+            if admin is not None:
+                admin.poll(0)
+            if reader is not None:
+                reader.serve()
         with _lock:
             totals = _totals[self._name]
             totals["calls"] += 1

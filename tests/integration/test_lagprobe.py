@@ -9,16 +9,22 @@ The probe reads committed offsets from ``__consumer_offsets`` (workers/offsetsto
 the tests check that they came that way (``probe.counters``), that they equal the admin
 API's per-group answers for 200 groups, that a commit acknowledged just before a poll is
 seen, that deleted offsets read as "no commit", and that a partition of the offsets topic
-holding an open transaction is measured with OffsetFetch instead, exactly.
+holding an open transaction is measured with OffsetFetch instead, exactly. Also: OffsetFetch
+on a broker that has just started (where librdkafka's admin client segfaulted), and one
+probe shared by several threads and closed while they run.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -552,3 +558,130 @@ def test_kip848_consumer_group_commits(kafka_broker: KafkaBroker, probe: LagProb
     assert lag.total == 50 - 25
     assert reader.stats()["skipped"] > skipped_before  # this group's KIP-848 records
     _from_topic(probe, 2)
+
+
+# A fresh cluster: no __consumer_offsets yet, so the probe measures every group with
+# OffsetFetch while the broker activates its group coordinator, creates the topic and loads
+# its partitions, answering NOT_COORDINATOR / COORDINATOR_NOT_AVAILABLE meanwhile.
+# librdkafka's admin client (ListConsumerGroupOffsets) turned that answer into a segfault in
+# thread rdk:main (confluentinc/librdkafka#5040): the operator died 10 s after start in the
+# N=1000 benchmark. The window is the broker's first moments, so the child process starts
+# the broker itself and polls as soon as it answers; the old code died there in 1 run out
+# of 5 (a timing window, not a certainty). A child process, so a crash shows as a
+# signal in the return code instead of killing pytest; its broker dies with it.
+_FRESH_CLUSTER_CHILD = r"""
+import json, sys, time
+from pathlib import Path
+from confluent_kafka.admin import AdminClient, NewTopic
+from streamherd.workers.lagprobe import ClusterConfig, GroupLag, GroupSpec, LagProbe
+from tests.infra.kafka import start_kafka
+
+fresh = start_kafka(Path(sys.argv[1]))
+try:
+    bootstrap = fresh.broker.bootstrap
+    started = time.monotonic()
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.create_topics([NewTopic("fresh", 2, 1)]).values():
+        f.result(30)
+    waves = []
+    cluster = ClusterConfig.of(bootstrap)
+    with LagProbe(cluster, request_timeout=10.0, read_offsets_topic=False) as probe:
+        while time.monotonic() < started + 5 or len(waves) < 2:
+            w = len(waves)
+            out = probe.measure_many([GroupSpec(f"fresh-{w}-{i}", ("fresh",)) for i in range(100)])
+            waves.append({
+                "ok": sum(isinstance(r, GroupLag) for r in out.values()),
+                "committed": sorted({
+                    str(p.committed) for r in out.values() if isinstance(r, GroupLag)
+                    for p in r.partitions
+                }),
+                "errors": sorted({
+                    repr(r)[:200] for r in out.values() if not isinstance(r, GroupLag)
+                }),
+            })
+        fetched = probe.counters.from_fetch
+    print(json.dumps({"waves": waves, "from_fetch": fetched}))
+finally:
+    fresh.stop()
+"""
+
+
+def test_offset_fetch_while_a_fresh_cluster_starts(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    child = subprocess.run(
+        [sys.executable, "-c", _FRESH_CLUSTER_CHILD, str(tmp_path / "kafka")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert child.returncode == 0, f"child died ({child.returncode}): {child.stderr[-3000:]}"
+    summary = json.loads(child.stdout.strip().splitlines()[-1])
+    waves = summary["waves"]
+    assert len(waves) >= 2
+    assert summary["from_fetch"] == 100 * len(waves)  # every group by OffsetFetch
+    # No group of this cluster ever committed: once the coordinator is up, every group is
+    # measured, with nothing committed.
+    assert waves[-1] == {"ok": 100, "committed": ["None"], "errors": []}, summary
+
+
+def test_concurrent_calls_and_close_during_use(kafka_broker: KafkaBroker) -> None:
+    """Several threads share one probe, as in the operator's executor, on both paths
+    (offsets topic and OffsetFetch); closing it while they run ends their calls with
+    LagProbeError, never anything else (nor a crash)."""
+    topic = kafka_broker.create_topic(kafka_broker.unique_topic("conc"), partitions=2)
+    _fill(kafka_broker, topic, [30, 20])
+    groups = [_group() for _ in range(12)]
+    for i, g in enumerate(groups[:8]):
+        _commit(kafka_broker, g, topic, {0: i, 1: 2 * i})
+    expected = {g: 50 - 3 * i if i < 8 else 50 for i, g in enumerate(groups)}
+    specs = [GroupSpec(g, (topic,)) for g in groups]
+    cluster = ClusterConfig.of(kafka_broker.bootstrap)
+
+    def hammer(probe: LagProbe, rounds: int, failures: list[BaseException]) -> list[dict[str, int]]:
+        seen: list[dict[str, int]] = []
+        for _ in range(rounds):
+            try:
+                out = probe.measure_many(specs)
+            except LagProbeError as exc:
+                failures.append(exc)
+                break
+            for r in out.values():
+                if isinstance(r, LagProbeError):
+                    failures.append(r)
+            seen.append({g: r.total for g, r in out.items() if isinstance(r, GroupLag)})
+        return seen
+
+    for read_topic in (True, False):
+        with LagProbe(cluster, request_timeout=20.0, read_offsets_topic=read_topic) as probe:
+            failures: list[BaseException] = []
+            with ThreadPoolExecutor(4) as pool:
+                runs = [pool.submit(hammer, probe, 5, failures) for _ in range(4)]
+                results = [r for run in runs for r in run.result(timeout=300)]
+            assert failures == []
+            assert results == [expected] * 20
+            assert probe.counters.calls == 20
+            if read_topic:
+                assert probe.counters.from_fetch == 0  # all from the offsets topic
+            else:
+                assert probe.counters.from_topic == 0
+
+    for read_topic in (True, False):
+        probe = LagProbe(cluster, request_timeout=20.0, read_offsets_topic=read_topic)
+        first = probe.measure_many(specs)[groups[0]]
+        assert isinstance(first, GroupLag) and first.total == expected[groups[0]]
+        failures = []
+        with ThreadPoolExecutor(4) as pool:
+            runs = [pool.submit(hammer, probe, 1000, failures) for _ in range(4)]
+            time.sleep(0.5)
+            probe.close()
+            probe.close()  # idempotent
+            results = [r for run in runs for r in run.result(timeout=120)]
+        # Every call that completed before the close is exact; every thread then stopped
+        # on a LagProbeError (its call, or a group of it, met the closed probe).
+        assert all(r == expected for r in results if len(r) == len(groups))
+        assert failures and all(isinstance(f, LagProbeError) for f in failures)
+        with pytest.raises(LagProbeError, match="closed"):
+            probe.measure_many(specs)
