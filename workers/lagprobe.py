@@ -50,7 +50,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -251,8 +251,11 @@ class LagProbe:
         request_timeout: float = 10.0,
         extra_config: Mapping[str, Any] | None = None,
         read_offsets_topic: bool = True,
+        fetch_hook: Callable[[Consumer], None] | None = None,
     ) -> None:
         self.cluster = cluster
+        # Benchmarks only (see fetch_committed); the operator passes none.
+        self._fetch_hook = fetch_hook
         self.request_timeout = request_timeout
         self._conf: dict[str, Any] = {**cluster.client_config(), **(extra_config or {})}
         self._admin: AdminClient | None = AdminClient(self._conf)
@@ -347,7 +350,12 @@ class LagProbe:
                 continue
             try:
                 fetches[spec.group] = self._fetch_pool().submit(
-                    fetch_committed, self._conf, spec.group, tps, deadline
+                    fetch_committed,
+                    self._conf,
+                    spec.group,
+                    tps,
+                    deadline,
+                    before_close=self._fetch_hook,
                 )
             except RuntimeError as exc:  # the pool was shut down: closed meanwhile
                 raise LagProbeError(f"lag probe for {self.cluster.describe()} closed") from exc
@@ -532,6 +540,8 @@ def fetch_committed(
     group: str,
     tps: Sequence[tuple[str, int]],
     deadline: float,
+    *,
+    before_close: Callable[[Consumer], None] | None = None,
 ) -> dict[tuple[str, int], int | None]:
     """The group's committed offsets by OffsetFetch, sent by a consumer of that group.
 
@@ -541,6 +551,10 @@ def fetch_committed(
     Read-uncommitted, so librdkafka does not ask for stable offsets: like the admin API,
     the answer does not wait for a group's open transaction. ``deadline`` is a
     ``time.monotonic()`` value. None means: nothing committed.
+
+    ``before_close`` (benchmarks only; the operator passes none) is called with the consumer
+    after the OffsetFetch answered, before it closes: a bench serves its statistics there,
+    which this short-lived consumer would otherwise never report.
     """
     timeout = deadline - time.monotonic()
     if timeout <= 0:
@@ -555,6 +569,8 @@ def fetch_committed(
     )
     try:
         answer = consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=timeout)
+        if before_close is not None:
+            before_close(consumer)
     finally:
         consumer.close()
     out: dict[tuple[str, int], int | None] = {}

@@ -5,15 +5,22 @@ A :class:`~streamherd.workers.lagprobe.LagProbe` has one admin client and, when 
 callback through ``extra_config``. Per client and broker, librdkafka's ``tx`` counts every
 request really sent and ``req`` counts them by type for most types; the ones ``req`` leaves
 out are reported as "other". The probe's OffsetFetch fallback is sent by short-lived
-per-group consumers that never serve callbacks, so its requests are not counted here.
-Used by run_operator.py (the operator at scale) and bench_lagprobe.py (the probe alone).
+per-group consumers (``fetch_committed``) that close long before librdkafka's first
+statistics tick; :meth:`RequestCounter.fetch_hook`, passed as the probe's ``fetch_hook``,
+keeps each of them open until it reported once after its OffsetFetch answered, so their
+requests are counted too (bench_lagprobe.py; the operator passes no hook, so
+run_operator.py, which counts the operator's own probes, does not see them). Used by
+run_operator.py (the operator at scale) and bench_lagprobe.py (the probe alone).
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
+
+from confluent_kafka import Consumer
 
 OTHER = "other (OffsetFetch...)"
 
@@ -24,13 +31,44 @@ class RequestCounter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._clients: dict[str, dict[str, int]] = {}
+        # The librdkafka time (rd_clock: CLOCK_MONOTONIC, microseconds) of the newest report
+        # served on this thread: fetch_hook waits for one newer than its start.
+        self._served = threading.local()
+        self.hook_seconds = 0.0  # total time fetch_hook waited (all threads)
+        self.hooked = 0  # fallback consumers that reported through fetch_hook
+        self.hook_timeouts = 0  # ... and those that did not report in time (not counted)
 
-    def config(self) -> dict[str, Any]:
-        """librdkafka properties that make a client report here every second."""
-        return {"statistics.interval.ms": 1000, "stats_cb": self.on_stats}
+    def config(self, interval_ms: int = 1000) -> dict[str, Any]:
+        """librdkafka properties that make a client report here every ``interval_ms``."""
+        return {"statistics.interval.ms": interval_ms, "stats_cb": self.on_stats}
+
+    def fetch_hook(self, consumer: Consumer, timeout: float = 5.0) -> None:
+        """Serve ``consumer``'s statistics until it reported once after this call began.
+
+        Called by ``fetch_committed`` after the OffsetFetch answered and before close: every
+        request that consumer sends (connections, FindCoordinator, OffsetFetch) is then in
+        ``tx``. Waits up to one statistics interval (the consumer's, from ``config``).
+        """
+        began = time.monotonic()
+        self._served.ts = None
+        while True:
+            # poll() on a consumer that never subscribed returns no message; it serves the
+            # statistics callback (on this thread, hence the thread-local).
+            consumer.poll(0.005)
+            ts = self._served.ts
+            reported = ts is not None and ts / 1e6 >= began
+            if reported or time.monotonic() - began > timeout:
+                break
+        with self._lock:
+            self.hook_seconds += time.monotonic() - began
+            if reported:
+                self.hooked += 1
+            else:
+                self.hook_timeouts += 1
 
     def on_stats(self, text: str) -> None:
         stats = json.loads(text)
+        self._served.ts = int(stats.get("ts") or 0)
         requests: dict[str, int] = {}
         sent = 0
         for broker in (stats.get("brokers") or {}).values():
