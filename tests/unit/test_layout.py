@@ -66,3 +66,16 @@ def test_workers_never_import_the_operator() -> None:
         if any(name == bad or name.startswith(bad + ".") for bad in FORBIDDEN_IN_WORKERS)
     }
     assert not offenders, offenders
+
+
+def test_test_module_basenames_are_unique() -> None:
+    """pytest imports test modules by basename (rootdir mode, no __init__.py in the tiers):
+    two files of the same name in different tiers abort the whole collection."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(ROOT)} vs {path.relative_to(ROOT)}")
+        seen.setdefault(path.name, path)
+    assert len(seen) > 20
+    assert not clashes, clashes
