@@ -1,6 +1,9 @@
 """Fixtures for the operator's integration tests: the CRD installed in the real control
 plane (tests/infra `kube_cluster`), the operator running as a subprocess with a short
 resync interval, and one fresh namespace per test (operator_harness.py has the helpers).
+The operator lives per test module: a cluster-wide operator left running for the rest of
+the session would also reconcile the pipelines of later tiers (tests/integration/chart runs
+its own operators, and failed when it ran after this directory).
 
 The operator runs as the Helm chart's ServiceAccount (cluster-wide mode: the tests use many
 namespaces) with a token kubeconfig (tests/integration/chart/chart_identity.py): every test
@@ -51,7 +54,7 @@ def operator_identity(
         remove_operator_identity(kube_cluster, identity)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def operator(
     kube_cluster: KubeCluster,
     crd: str,
