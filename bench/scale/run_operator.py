@@ -73,9 +73,8 @@ class CountingProbe(LagProbe):
         self,
         cluster: ClusterConfig,
         *,
-        request_timeout: float = 10.0,
         extra_config: Mapping[str, Any] | None = None,
-        read_offsets_topic: bool = True,
+        **options: Any,
     ) -> None:
         self._name = cluster.describe()
         with _lock:
@@ -84,12 +83,9 @@ class CountingProbe(LagProbe):
                 {"calls": 0, "groups": 0, "from_topic": 0, "from_fetch": 0, "requests": {}},
             )
             counter = _counters.setdefault(self._name, RequestCounter())
-        extra = {**(extra_config or {}), **counter.config()}
+        # Everything else (timeouts, read_offsets_topic, fetch_hook) is LagProbe's own.
         super().__init__(
-            cluster,
-            request_timeout=request_timeout,
-            extra_config=extra,
-            read_offsets_topic=read_offsets_topic,
+            cluster, extra_config={**(extra_config or {}), **counter.config()}, **options
         )
 
     def measure_many(self, specs: Sequence[GroupSpec]) -> dict[str, GroupLag | LagProbeError]:
