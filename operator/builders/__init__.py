@@ -35,6 +35,8 @@ from streamherd.operator.builders.workload import (
     build_pvc,
     build_service,
     desired_replicas,
+    pdb_protects,
+    replica_ceiling,
 )
 from streamherd.operator.settings import OperatorSettings
 
@@ -67,7 +69,8 @@ def _same(name: str) -> str:
 
 # Every kind a pipeline can own, in apply order: config and storage before the workers
 # that mount them. The reconciler deletes children of these kinds that are no longer
-# desired (monitoring switched off, autoscaling mode changed).
+# desired (monitoring switched off, autoscaling mode changed, the replica ceiling down to
+# one worker so the PodDisruptionBudget goes).
 CHILD_KINDS: Final = (
     ChildKind("v1", "ConfigMap", config_map_name),
     ChildKind("v1", "PersistentVolumeClaim", pvc_name),
@@ -108,8 +111,10 @@ def build_all(
         build_pvc(pipeline, settings),
         build_service(pipeline, settings),
         build_deployment(pipeline, settings, secrets_hash),
-        build_pdb(pipeline, settings),
     ]
+    # At most one worker: a budget would allow every eviction anyway (pdb_protects says why).
+    if pdb_protects(pipeline):
+        children.append(build_pdb(pipeline, settings))
     if monitoring.service_monitor and capabilities.service_monitor:
         children.append(build_service_monitor(pipeline, settings))
     if monitoring.prometheus_rule and capabilities.prometheus_rule:
@@ -136,4 +141,6 @@ __all__ = [
     "build_service_monitor",
     "build_worker_config",
     "desired_replicas",
+    "pdb_protects",
+    "replica_ceiling",
 ]

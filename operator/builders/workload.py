@@ -1,4 +1,5 @@
-"""The worker workload: Deployment, checkpoint PVC, metrics Service, PodDisruptionBudget.
+"""The worker workload: Deployment, checkpoint PVC, metrics Service, PodDisruptionBudget
+(the last only for a pipeline that can run more than one worker: ``pdb_protects``).
 
 Pure functions of (pipeline, settings, ...): no API calls, no clocks, the input never
 mutated, the same output every call (golden files in tests/unit/operator/golden/ hold it).
@@ -273,8 +274,35 @@ def build_service(pipeline: StreamPipeline, settings: OperatorSettings) -> Manif
     }
 
 
+def replica_ceiling(pipeline: StreamPipeline) -> int:
+    """The most workers the pipeline can run as its spec stands: 0 while suspended,
+    spec.replicas in mode none, autoscaling.maxReplicas in the other modes (builtin, hpa,
+    keda: whoever scales stays within it)."""
+    spec = pipeline.spec
+    if spec.suspend:
+        return 0
+    if spec.autoscaling.mode == "none":
+        return spec.replicas
+    return spec.autoscaling.max_replicas
+
+
+def pdb_protects(pipeline: StreamPipeline) -> bool:
+    """Whether a PodDisruptionBudget would protect anything: only above one worker.
+
+    With maxUnavailable 1 and at most one worker, the budget allows every eviction
+    (disruptionsAllowed 1 with its one healthy pod), so it protects nothing; it would still
+    cost an object, an apply and the disruption controller's status write on every pod
+    change (issue 7: a third of the 1000-pipeline bench runs one worker). The reconciler
+    deletes the budget when the ceiling drops to 1 and creates it when it rises again.
+    """
+    return replica_ceiling(pipeline) > 1
+
+
 def build_pdb(pipeline: StreamPipeline, settings: OperatorSettings) -> Manifest:
-    """PodDisruptionBudget `NAME`: voluntary evictions take one worker at a time."""
+    """PodDisruptionBudget `NAME`: voluntary evictions take one worker at a time.
+
+    Built only when ``pdb_protects(pipeline)`` (see build_all).
+    """
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",

@@ -23,8 +23,7 @@ CHILDREN = (
     ("persistentvolumeclaim", "{}-checkpoints"),
     ("service", "{}-metrics"),
     ("deployment", "{}"),
-    ("poddisruptionbudget", "{}"),
-)
+)  # and no PodDisruptionBudget: example 01 runs one worker at most
 IDLE_RECONCILES = 10
 
 

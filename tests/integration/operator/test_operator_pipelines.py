@@ -30,8 +30,9 @@ CHILDREN = (
     ("persistentvolumeclaim", "{}-checkpoints"),
     ("service", "{}-metrics"),
     ("deployment", "{}"),
-    ("poddisruptionbudget", "{}"),
 )
+# Only for a pipeline that can run more than one worker (02, 03; not 01: replicas 1).
+PDB = ("poddisruptionbudget", "{}")
 
 
 def orders_secrets(env: Env, password: str = PASSWORD) -> None:
@@ -70,7 +71,9 @@ def test_example_gets_owned_children_running_pods_and_ready(env: Env, stem: str)
     env.wait_condition(name, "Ready", "True", "WorkersReady", timeout=150)
     sp = env.pipeline(name)
     uid = sp["metadata"]["uid"]
-    for kind, pattern in CHILDREN:
+    if stem.startswith("01"):
+        assert env.get(PDB[0], name) is None, "01 runs one worker: a PDB would protect nothing"
+    for kind, pattern in CHILDREN if stem.startswith("01") else (*CHILDREN, PDB):
         obj = env.get(kind, pattern.format(name))
         assert obj is not None, f"{kind} {pattern.format(name)} missing"
         (ref,) = obj["metadata"]["ownerReferences"]
@@ -213,11 +216,12 @@ def test_operator_restart_leaves_no_duplicates_or_orphans(env: Env) -> None:
     ), 90)  # fmt: skip
     uid = env.pipeline(name)["metadata"]["uid"]
     selector = f"streamherd.io/pipeline={name}"
-    for kind in ("configmaps", "deployments", "services", "persistentvolumeclaims",
-                 "poddisruptionbudgets"):  # fmt: skip
+    for kind in ("configmaps", "deployments", "services", "persistentvolumeclaims"):
         objs = env.items(kind, selector)
         assert len(objs) == 1, f"{kind}: {[o['metadata']['name'] for o in objs]}"
         assert [r["uid"] for r in objs[0]["metadata"]["ownerReferences"]] == [uid]
+    # 01 runs one worker at most: no PodDisruptionBudget, before or after the restart
+    assert env.items("poddisruptionbudgets", selector) == []
     # no finalizer: deletion needs no cleanup from us
     assert not env.pipeline(name)["metadata"].get("finalizers")
 

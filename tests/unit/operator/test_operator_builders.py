@@ -22,6 +22,8 @@ from streamherd.operator.builders import (
     build_service_monitor,
     build_worker_config,
     desired_replicas,
+    pdb_protects,
+    replica_ceiling,
 )
 from streamherd.operator.builders.credentials import credentials
 from streamherd.operator.builders.meta import INPUT_HASH_ANNOTATION, SECRETS_HASH_ANNOTATION
@@ -359,6 +361,50 @@ def test_desired_replicas(
         assert "replicas" not in dep["spec"]  # the HPA / KEDA owns the field
     else:
         assert dep["spec"]["replicas"] == expected
+
+
+@pytest.mark.parametrize(
+    ("autoscaling", "replicas", "suspend", "ceiling"),
+    [
+        ({"mode": "none"}, 1, False, 1),
+        ({"mode": "none"}, 0, False, 0),
+        ({"mode": "none"}, 3, False, 3),
+        ({"mode": "none"}, 3, True, 0),
+        # the autoscaling modes: maxReplicas, whatever spec.replicas says
+        ({"mode": "builtin", "minReplicas": 0, "maxReplicas": 1}, 5, False, 1),
+        ({"mode": "builtin", "minReplicas": 1, "maxReplicas": 8}, 1, False, 8),
+        ({"mode": "builtin", "minReplicas": 1, "maxReplicas": 8}, 1, True, 0),
+        ({"mode": "hpa", "minReplicas": 1, "maxReplicas": 1}, 3, False, 1),
+        ({"mode": "hpa", "minReplicas": 1, "maxReplicas": 2}, 1, False, 2),
+        ({"mode": "keda", "minReplicas": 0, "maxReplicas": 1}, 1, False, 1),
+        ({"mode": "keda", "minReplicas": 0, "maxReplicas": 4}, 1, False, 4),
+        ({"mode": "keda", "minReplicas": 0, "maxReplicas": 4}, 1, True, 0),
+    ],
+)
+def test_pdb_only_above_one_worker(
+    autoscaling: dict[str, Any], replicas: int, suspend: bool, ceiling: int
+) -> None:
+    p = clicks(autoscaling=autoscaling, replicas=replicas, suspend=suspend)
+    assert replica_ceiling(p) == ceiling
+    assert pdb_protects(p) is (ceiling > 1)
+    kinds = [
+        c["kind"] for c in build_all(p, SETTINGS, secrets_hash="h", capabilities=Capabilities())
+    ]
+    assert kinds.count("PodDisruptionBudget") == (1 if ceiling > 1 else 0)
+
+
+def test_examples_pdb_follows_their_replica_ceiling() -> None:
+    def kinds(stem: str) -> list[str]:
+        p = pipeline_from(example_doc(stem), namespace="ns", uid=UID)
+        return [
+            c["kind"] for c in build_all(p, SETTINGS, secrets_hash="h", capabilities=Capabilities())
+        ]
+
+    # 01: mode none, replicas 1: a budget would allow every eviction, so there is none.
+    assert "PodDisruptionBudget" not in kinds("01-clicks-local")
+    # 02: builtin up to 8 workers; 03: builtin up to 6.
+    assert kinds("02-clicks-per-minute").count("PodDisruptionBudget") == 1
+    assert kinds("03-orders-secure").count("PodDisruptionBudget") == 1
 
 
 # ----------------------------------------------------------------------------- others

@@ -92,7 +92,10 @@ def test_render_prints_every_child_offline() -> None:
     )
     assert code == 0, err.getvalue()
     docs = list(yaml.safe_load_all(out.getvalue()))
-    assert len(docs) == 7 * len(EXAMPLES)
+    # 7 children each, but 01 (one worker at most) has no PodDisruptionBudget
+    assert len(docs) == 7 * len(EXAMPLES) - 1
+    pdbs = [d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert pdbs == ["clicks-per-minute", "orders-enrich"]
     assert {d["metadata"]["namespace"] for d in docs} == {"demo"}
     deps = [d for d in docs if d["kind"] == "Deployment"]
     images = {d["spec"]["template"]["spec"]["containers"][0]["image"] for d in deps}

@@ -162,6 +162,47 @@ def test_children_no_longer_desired_are_deleted() -> None:
     assert cond(kube, name, "MonitoringAvailable")["reason"] == "Disabled"
 
 
+def test_pdb_follows_the_replica_ceiling() -> None:
+    kube, name = setup()
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    assert kube.find("PodDisruptionBudget", name) is not None  # builtin, up to 8 workers
+    # the ceiling drops to one worker: the budget would protect nothing, so it goes
+    body = body_of(kube, name)
+    body["spec"]["autoscaling"]["maxReplicas"] = 1
+    body["metadata"]["generation"] = 2
+    result = reconcile(body, kube, SETTINGS, now=T1)
+    assert result.deleted == ("PodDisruptionBudget/clicks-per-minute",)
+    assert kube.find("PodDisruptionBudget", name) is None
+    assert any(
+        e.reason == "Deleted" and "PodDisruptionBudget/clicks-per-minute" in e.message
+        for e in result.events
+    )
+    # and back up to four: it is created again
+    body = body_of(kube, name)
+    body["spec"]["autoscaling"]["maxReplicas"] = 4
+    body["metadata"]["generation"] = 3
+    kube.applies.clear()
+    result = reconcile(body, kube, SETTINGS, now=T1)
+    assert kube.applies == ["PodDisruptionBudget/clicks-per-minute"]
+    assert "PodDisruptionBudget/clicks-per-minute" in result.applied
+    assert result.deleted == ()
+    pdb = kube.find("PodDisruptionBudget", name)
+    assert pdb is not None and pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_single_worker_pipeline_gets_no_pdb() -> None:
+    kube, name = setup("01-clicks-local", served=False)
+    result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    assert list(result.applied) == [
+        "ConfigMap/clicks-local-config",
+        "PersistentVolumeClaim/clicks-local-checkpoints",
+        "Deployment/clicks-local",
+        "Service/clicks-local-metrics",
+    ]
+    assert result.deleted == ()
+    assert kube.find("PodDisruptionBudget", name) is None
+
+
 def test_objects_we_do_not_control_are_never_deleted() -> None:
     kube, name = setup()
     kube.put(
