@@ -43,9 +43,10 @@ from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
 from streamherd.operator.autoscaling.handlers import register_autoscaler
 from streamherd.operator.builders import CHILD_KINDS
 from streamherd.operator.builders.meta import MANAGED_BY, PIPELINE_LABEL
+from streamherd.operator.diffbase import InMemoryDiffBaseStorage
 from streamherd.operator.kube import ApiError, Kube, Manifest
 from streamherd.operator.peering import PeeringGate
-from streamherd.operator.reconciler import EventNote, ReconcileResult, reconcile
+from streamherd.operator.reconciler import EventNote, ReconcileMemo, ReconcileResult, reconcile
 from streamherd.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class OperatorContext:
     apply_pool: ThreadPoolExecutor | None = None
     event_pool: ThreadPoolExecutor | None = None
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    # The parsed spec and desired children of recent reconciles (reconciler.ReconcileMemo).
+    memo: ReconcileMemo = field(default_factory=ReconcileMemo)
     # pipeline -> the Secrets it references, and the reverse index for Secret events
     secrets_of: dict[Key, tuple[str, ...]] = field(default_factory=dict)
     resync_task: asyncio.Task[None] | None = None
@@ -142,7 +145,7 @@ def _reconcile_blocking(
         body = ctx.kube.get(f"{GROUP}/{VERSION}", KIND, namespace, name, cached=False)
     if body is None or body.get("metadata", {}).get("deletionTimestamp"):
         return body, None
-    result = reconcile(body, ctx.kube, ctx.settings, pool=ctx.apply_pool)
+    result = reconcile(body, ctx.kube, ctx.settings, pool=ctx.apply_pool, memo=ctx.memo)
     for note in result.events:
         event = event_body(body, note)
         if ctx.event_pool is not None:
@@ -282,18 +285,23 @@ async def resync_loop(ctx: OperatorContext) -> None:
                 await reconcile_quietly(ctx, key)
 
 
-def configure_kopf(kopf_settings: kopf.OperatorSettings, ops: OperatorSettings) -> None:
-    """kopf's own settings (docs/operator.md explains each choice)."""
+def configure_kopf(
+    kopf_settings: kopf.OperatorSettings,
+    ops: OperatorSettings,
+    diffbase: InMemoryDiffBaseStorage | None = None,
+) -> None:
+    """kopf's own settings (docs/operator.md explains each choice). diffbase: the registry's
+    storage (see build_registry), so deleted pipelines can be forgotten."""
+    diffbase = diffbase if diffbase is not None else InMemoryDiffBaseStorage()
     kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration"
-    )
+    # The last handled state in memory, not in an annotation: no PATCH per handled change
+    # (operator/diffbase.py says why that is safe for a level-based reconcile).
+    kopf_settings.persistence.diffbase_storage = diffbase
     kopf_settings.persistence.finalizer = f"{PREFIX}/finalizer"
-    # After its annotation patch kopf waits this long for the patched version to come back
-    # through its watch before it trusts an event again. At the default 5 s a busy API server
-    # (N=1000: watch events seconds late) let kopf read a pre-patch event, see no
-    # last-handled-configuration, and handle the creation again: 1366 annotation patches and
-    # reconciles for 1000 pipelines. Only that object's kopf worker waits.
+    # After a patch of its own (now only progress annotations, when a handler is retried)
+    # kopf waits this long for the patched version to come back through its watch before it
+    # trusts an event of that object again. At the default 5 s a busy API server (N=1000:
+    # watch events seconds late) let kopf read a pre-patch event and handle it twice.
     kopf_settings.persistence.consistency_timeout = 30
     # We post our own Events; kopf adds one only for warnings and errors (handler failures).
     kopf_settings.posting.level = logging.WARNING
@@ -328,6 +336,7 @@ def build_registry(ops: OperatorSettings) -> Any:
     registry = kopf.OperatorRegistry()
     resource = (GROUP, VERSION, PLURAL)
     backoff = 5.0
+    diffbase = InMemoryDiffBaseStorage()
 
     @kopf.on.login(id="login", registry=registry)
     def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
@@ -336,7 +345,7 @@ def build_registry(ops: OperatorSettings) -> Any:
 
     @kopf.on.startup(id="configure", registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        configure_kopf(settings, ops)
+        configure_kopf(settings, ops, diffbase)
         ctx: OperatorContext = memo["ctx"]
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(ctx.executor, start_watch_cache, ctx, loop)
@@ -387,6 +396,7 @@ def build_registry(ops: OperatorSettings) -> Any:
         if type == "DELETED":
             ctx.secrets_of.pop(key, None)
             ctx.locks.pop(key, None)
+            diffbase.forget(body.get("metadata", {}).get("uid"))
         else:
             ctx.secrets_of.setdefault(key, ())
         autoscaler.track(type, key, body)
