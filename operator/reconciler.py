@@ -18,6 +18,8 @@ an unchanged pipeline costs only GETs, and drift is repaired on the next resync.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -154,11 +156,62 @@ def controlled_by(obj: Manifest, uid: str) -> bool:
     return any(r.get("uid") == uid and r.get("controller") for r in refs)
 
 
+# --------------------------------------------------------------------------- memo
+
+
+class ReconcileMemo:
+    """What one reconcile of a pipeline can reuse from the previous ones: the parsed and
+    checked spec, and the desired children built from it.
+
+    A new pipeline is reconciled four or five times while it starts (created; its
+    Deployment's status updates; the autoscaler's first decision), each time with the same
+    spec; parsing it (pydantic, the expression compiler) and building its children were a
+    sixth of the operator's CPU at N=1000 (docs/scale.md). Keys hold everything the result
+    depends on: the object's uid and generation (the API server bumps the generation on
+    every spec change; the builders read no other metadata than name, namespace and uid),
+    and for the children also the Secrets hash, the served APIs and the autoscaler's
+    status.desiredReplicas. Bounded (least recently used out) and thread-safe; the values
+    are shared, so nobody may mutate them (the reconciler only reads and serializes them).
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._items: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...]) -> Any | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: tuple[Any, ...], value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+def _spec_key(body: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """(uid, generation) of a stored pipeline; None when either is missing (tests, render)."""
+    meta = body.get("metadata") or {}
+    uid, generation = meta.get("uid"), meta.get("generation")
+    if not uid or generation is None:
+        return None
+    return (str(uid), int(generation))
+
+
 # --------------------------------------------------------------------------- pieces
 
 
-def _parse(body: Mapping[str, Any]) -> tuple[StreamPipeline | None, str | None]:
-    """The pipeline (status parsed leniently) or the readable reason it is invalid."""
+def _parse_spec(body: Mapping[str, Any]) -> tuple[StreamPipeline | None, str | None]:
+    """The pipeline without status, or the readable reason it is invalid."""
     doc = {k: v for k, v in body.items() if k != "status"}
     try:
         pipeline = StreamPipeline.model_validate(doc)
@@ -167,6 +220,22 @@ def _parse(body: Mapping[str, Any]) -> tuple[StreamPipeline | None, str | None]:
     problems = semantic_errors(pipeline)
     if problems:
         return None, "; ".join(problems)
+    return pipeline, None
+
+
+def _parse(
+    body: Mapping[str, Any], memo: ReconcileMemo | None = None
+) -> tuple[StreamPipeline | None, str | None]:
+    """The pipeline (status parsed leniently) or the readable reason it is invalid."""
+    key = _spec_key(body) if memo is not None else None
+    parsed = memo.get(("spec", *key)) if memo is not None and key is not None else None
+    if parsed is None:
+        parsed = _parse_spec(body)
+        if memo is not None and key is not None:
+            memo.put(("spec", *key), parsed)
+    pipeline, invalid = parsed
+    if pipeline is None:
+        return None, invalid
     raw_status = dict(body.get("status") or {})
     try:
         status = StreamPipelineStatus.model_validate(
@@ -473,6 +542,28 @@ def _set_all(
     return conds
 
 
+def _desired(
+    pipeline: StreamPipeline,
+    body: Mapping[str, Any],
+    settings: OperatorSettings,
+    *,
+    secrets_hash: str,
+    caps: Capabilities,
+    memo: ReconcileMemo | None,
+) -> list[Manifest]:
+    """build_all, or what it built for the same inputs before (see ReconcileMemo)."""
+    spec_key = _spec_key(body)
+    if memo is None or spec_key is None:
+        return build_all(pipeline, settings, secrets_hash=secrets_hash, capabilities=caps)
+    desired_replicas = pipeline.status.desired_replicas if pipeline.status else None
+    key = ("children", *spec_key, id(settings), secrets_hash, caps, desired_replicas)
+    cached: list[Manifest] | None = memo.get(key)
+    if cached is None:
+        cached = build_all(pipeline, settings, secrets_hash=secrets_hash, capabilities=caps)
+        memo.put(key, cached)
+    return cached
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -483,11 +574,13 @@ def reconcile(
     *,
     now: datetime | None = None,
     pool: Executor | None = None,
+    memo: ReconcileMemo | None = None,
 ) -> ReconcileResult:
     """Bring one pipeline's children and status to the desired state (see module doc).
 
     pool: where to apply a wave's children concurrently (None: one after the other). It
     must not be the pool this call runs in (a full pool would wait for itself).
+    memo: what earlier reconciles of the same spec parsed and built (None: nothing kept).
     """
     meta = body.get("metadata") or {}
     namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
@@ -526,7 +619,7 @@ def reconcile(
             events = (EventNote("Warning", reason, message),)
         return _status_patch(body, conds, **fields), events
 
-    pipeline, invalid = _parse(body)
+    pipeline, invalid = _parse(body, memo)
     if pipeline is None:
         assert invalid is not None
         patch, events = blocked("InvalidSpec", invalid, "fix the spec to continue", phase="Failed")
@@ -546,7 +639,7 @@ def reconcile(
 
     caps = capabilities(pipeline, kube)
     out = _Outcome()
-    desired = build_all(pipeline, settings, secrets_hash=hash_, capabilities=caps)
+    desired = _desired(pipeline, body, settings, secrets_hash=hash_, caps=caps, memo=memo)
     _apply_children(desired, kube, out, pool)
     _delete_unwanted(pipeline, desired, kube, out)
     if out.created:
