@@ -95,6 +95,7 @@ CHILD_RESOURCES = frozenset(
 )
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 POLL_INTERVAL = 15.0  # the examples' (default) autoscaling poll interval
+HANDLED = ("Creation is processed", "Resuming is processed")  # kopf's log, one per pipeline
 
 AUDIT_POLICY = f"""apiVersion: audit.k8s.io/v1
 kind: Policy
@@ -134,8 +135,9 @@ profiles:
 # --------------------------------------------------------------------------- set-up
 
 
-def control_plane(workdir: Path) -> tuple[ControlPlane, Path]:
-    """A control plane with an audit log of the operator's requests; returns the log path."""
+def control_plane(workdir: Path, profiling: bool = False) -> tuple[ControlPlane, Path]:
+    """A control plane with an audit log of the operator's requests; returns the log path.
+    profiling: serve the API server's /debug/pprof (tests/infra turns it off)."""
     workdir.mkdir(parents=True, exist_ok=True)
     policy = workdir / "audit-policy.yaml"
     policy.write_text(AUDIT_POLICY)
@@ -152,6 +154,7 @@ def control_plane(workdir: Path) -> tuple[ControlPlane, Path]:
                 f"--audit-log-path={audit}",
                 "--audit-log-format=json",
                 "--audit-log-maxsize=0",
+                *(["--profiling=true"] if profiling else []),
             ],
             # The defaults (20 QPS) would make the controller-manager, not the operator,
             # the bottleneck: 1000 Deployments need ~6000 of its requests (ReplicaSets,
@@ -161,6 +164,11 @@ def control_plane(workdir: Path) -> tuple[ControlPlane, Path]:
                 "--kube-api-burst=600",
                 "--concurrent-deployment-syncs=10",
                 "--concurrent-replicaset-syncs=10",
+                # No storage here (no provisioner, no kubelet): the binder would only post a
+                # FailedBinding Event for every Pending claim, again and again (3815 Events
+                # and patches for 1000 claims in 4 minutes: load no real cluster has, since
+                # there a provisioner binds the claim). See scale.md.
+                "--controllers=*,-persistentvolume-binder-controller",
             ],
             "kube-scheduler": [f"--config={scheduler}"],
         },
@@ -239,6 +247,7 @@ class Watcher:
     each pipeline first became Ready."""
 
     api: Any
+    on_deployment: Any = None  # called with every Deployment event's object (the floor)
     deployment_seen: dict[str, float] = field(default_factory=dict)
     ready_at: dict[str, float] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -274,6 +283,8 @@ class Watcher:
 
         def on(obj: dict[str, Any]) -> None:
             self.deployment_seen.setdefault(obj["metadata"]["name"], time.time())
+            if self.on_deployment is not None:
+                self.on_deployment(obj)
 
         self._stream(apps.list_namespaced_deployment, NAMESPACE, on=on)
 
@@ -293,6 +304,76 @@ class Watcher:
             )
 
         self._stream(lister, on=on)
+
+
+# --------------------------------------------------------------------------- the floor
+
+
+def call(api: Any, method: str, path: str, body: Any, content_type: str | None = None) -> Any:
+    """One REST call with the kubernetes client's connection; the answer's JSON."""
+    headers = {"Content-Type": content_type} if content_type else None
+    request = api.param_serialize(method, path, header_params=headers, body=body)
+    response = api.call_api(*request, _request_timeout=60)
+    data = response.read()
+    if response.status >= 300:
+        raise RuntimeError(f"{method} {path}: {response.status} {data[:300]!r}")
+    return json.loads(data)
+
+
+class Floor:
+    """The cluster's own share, with no operator: what an ideal operator that costs
+    nothing would leave. For each pipeline the bench POSTs the very children the operator
+    would apply (streamherd's builders, the same settings), and when the pipeline's
+    Deployment is available it writes the one status patch that says Ready. So the API
+    server gets the user's creates, the minimum of operator writes (children + one status)
+    and everything the controllers, the scheduler and kwok do for them; the time until all
+    are Ready is a floor no operator can beat on this machine and control plane."""
+
+    def __init__(self, api: Any, clients: int) -> None:
+        from streamherd.operator.settings import OperatorSettings
+
+        self.api = api
+        self.settings = OperatorSettings(worker_image="ghcr.io/streamherd/streamherd:bench")
+        self.pool = ThreadPoolExecutor(clients)
+        self.patched: set[str] = set()
+        self.lock = threading.Lock()
+
+    def children(self, created: dict[str, Any]) -> None:
+        """POST the children of one just-created pipeline (its body as the API returned it)."""
+        from streamherd.operator.api.v1alpha1 import StreamPipeline
+        from streamherd.operator.builders import Capabilities, build_all
+        from streamherd.operator.kube import resource_info
+
+        pipeline = StreamPipeline.model_validate(
+            {k: v for k, v in created.items() if k != "status"}
+        )
+        none = Capabilities(service_monitor=False, prometheus_rule=False, keda=False)
+        for child in build_all(pipeline, self.settings, secrets_hash="floor", capabilities=none):
+            info = resource_info(child["apiVersion"], child["kind"])
+            call(self.api, "POST", info.collection(NAMESPACE), child)
+
+    def on_deployment(self, obj: dict[str, Any]) -> None:
+        """The Deployment of a pipeline became available: write its Ready status (once)."""
+        st = obj.get("status") or {}
+        want = (obj.get("spec") or {}).get("replicas", 1)
+        name = obj["metadata"]["name"]
+        if int(st.get("availableReplicas") or 0) < want or int(
+            st.get("observedGeneration") or 0
+        ) < int(obj["metadata"].get("generation") or 0):
+            return
+        with self.lock:
+            if name in self.patched:
+                return
+            self.patched.add(name)
+        self.pool.submit(self._ready, name)
+
+    def _ready(self, name: str) -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        status = {"status": {"observedGeneration": 1, "conditions": [
+            {"type": "Ready", "status": "True", "reason": "WorkersReady",
+             "message": "1/1 workers ready", "lastTransitionTime": now}]}}  # fmt: skip
+        path = f"/apis/streamherd.io/v1alpha1/namespaces/{NAMESPACE}/streampipelines/{name}"
+        call(self.api, "PATCH", f"{path}/status", status, "application/merge-patch+json")
 
 
 # --------------------------------------------------------------------------- the operator
@@ -543,6 +624,98 @@ def per_second(reqs: list[Request], t0: float, t1: float) -> list[int]:
     return bins
 
 
+# --------------------------------------------------------------------------- the machine
+
+# Command names (/proc/<pid>/comm, 15 characters at most) of the control plane's binaries.
+COMPONENTS = ("kube-apiserver", "etcd", "kube-controller", "kube-scheduler", "kwok")
+
+
+def cpu_snapshot() -> dict[int, tuple[str, str, float]]:
+    """pid -> (command name, command line, CPU seconds) of every process on the machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(entry.name)] = (comm, cmd, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def cpu_by_component(
+    before: dict[int, tuple[str, str, float]],
+    after: dict[int, tuple[str, str, float]],
+    operator_pid: int,
+) -> dict[str, float]:
+    """CPU seconds spent between two snapshots, per part of the bench: each control-plane
+    binary, the broker, the operator, this bench, and everything else on the machine."""
+    out: dict[str, float] = {}
+    for pid, (comm, cmd, cpu) in after.items():
+        was = before.get(pid)
+        spent = cpu - (was[2] if was is not None and was[0] == comm else 0.0)
+        if spent <= 0:
+            continue
+        if pid == operator_pid:
+            part = "operator"
+        elif pid == os.getpid():
+            part = "bench"
+        elif comm in COMPONENTS:
+            part = comm
+        elif comm == "java" and "kafka" in cmd:
+            part = "kafka"
+        else:
+            part = "other"
+        out[part] = out.get(part, 0.0) + spent
+    return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+
+
+def apiserver_requests(cluster: KubeCluster) -> Counter[str]:
+    """The API server's request counters of all clients, by verb and resource (its
+    /metrics: apiserver_request_total, which has no user label)."""
+    text = cluster.kubectl("get", "--raw", "/metrics").stdout
+    out: Counter[str] = Counter()
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels_text, _, value = line.rpartition(" ")
+        labels = dict(
+            part.split("=", 1) for part in labels_text[len("apiserver_request_total{") : -1]
+            .replace('"', "").split(",") if "=" in part
+        )  # fmt: skip
+        if labels.get("verb") in ("WATCH", "CONNECT"):
+            continue
+        sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
+        out[f"{labels.get('verb')} {labels.get('resource')}{sub}"] += int(float(value))
+    return out
+
+
+def apiserver_profile(cluster: KubeCluster, path: Path, seconds: int) -> None:
+    """A CPU profile of the API server (pprof format) over `seconds`, written to `path`."""
+    done = subprocess.run(
+        [cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "get", "--raw",
+         f"/debug/pprof/profile?seconds={seconds}"],
+        capture_output=True, timeout=seconds + 60, check=False,
+    )  # fmt: skip
+    path.write_bytes(done.stdout)
+
+
+def pprof_top(path: Path, top: int = 30) -> list[str]:
+    """`go tool pprof -top` of a profile (cumulative), if Go is installed."""
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    done = subprocess.run(
+        ["go", "tool", "pprof", "-top", "-cum", f"-nodecount={top}", str(path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    return done.stdout.splitlines()
+
+
 # --------------------------------------------------------------------------- one size
 
 
@@ -576,6 +749,91 @@ def wait(what: str, probe: Any, timeout: float, interval: float = 0.5) -> bool:
     return False
 
 
+def prepare(cluster: KubeCluster, n: int) -> None:
+    """The CRD, enough fake nodes, the namespace and the Secret example 03 references."""
+    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    wait(
+        "the CRD to be established",
+        lambda: cluster.kubectl(
+            "wait", "--for=condition=Established", "crd/streampipelines.streamherd.io",
+            "--timeout=10s", check=False,
+        ).returncode == 0,
+        60,
+    )  # fmt: skip
+    cluster.apply(nodes(max(1, math.ceil(n / 400)) + 1))
+    cluster.kubectl("create", "namespace", NAMESPACE)
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "fx-api", "namespace": NAMESPACE},
+            "stringData": {"token": "bench-token"},
+        }
+    )
+
+
+def run_floor(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str, Any]:
+    """N pipelines with no operator: the bench creates their children (see Floor)."""
+    base = Path(args.workdir) / f"floor{n}"
+    if base.exists():
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+    print(f"== floor, N={n}: starting the control plane", flush=True)
+    cp, _ = control_plane(base / "cluster")
+    watcher: Watcher | None = None
+    try:
+        cluster = cp.cluster
+        prepare(cluster, n)
+        docs = pipelines(n, kafka.broker.bootstrap)
+        api = cluster.api_client()
+        api.configuration.connection_pool_maxsize = 16
+        floor = Floor(api, args.create_clients)
+        watcher = Watcher(api, on_deployment=floor.on_deployment)
+        watcher.start()
+        time.sleep(1.0)
+        print(f"  creating {n} pipelines and their children", flush=True)
+
+        def create(doc: dict[str, Any]) -> None:
+            path = f"/apis/streamherd.io/v1alpha1/namespaces/{NAMESPACE}/streampipelines"
+            floor.children(call(api, "POST", path, doc))
+
+        api_before = apiserver_requests(cluster)
+        cpu_before = cpu_snapshot()
+        t0 = time.time()
+        with ThreadPoolExecutor(args.create_clients) as pool:
+            list(pool.map(create, docs))
+        t_created = time.time()
+        print(f"  created in {t_created - t0:.1f}s; waiting for Ready", flush=True)
+        all_ready = wait(
+            f"{n} pipelines Ready", lambda: len(watcher.ready_at) >= n, args.ready_timeout
+        )
+        t_ready = max(watcher.ready_at.values()) if all_ready else time.time()
+        cpu_after = cpu_snapshot()
+        api_after = apiserver_requests(cluster)
+        print(
+            f"  Ready: {len(watcher.ready_at)}/{n} after {t_ready - t0:.1f}s "
+            f"(load {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
+        return {
+            "n": n,
+            "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "created_s": t_created - t0,
+            "create_clients": args.create_clients,
+            "all_ready": all_ready,
+            "ready_count": len(watcher.ready_at),
+            "ready_s": t_ready - t0,
+            "ready_curve": sorted(t - t0 for t in watcher.ready_at.values()),
+            "load": os.getloadavg()[0],
+            "cpu_by_component": cpu_by_component(cpu_before, cpu_after, -1),
+            "apiserver_requests": dict((api_after - api_before).most_common()),
+        }
+    finally:
+        if watcher is not None:
+            watcher.stop.set()
+        cp.keep_dir = args.keep
+        cp.stop()
+
+
 def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str, Any]:
     from kubernetes import client
 
@@ -583,31 +841,13 @@ def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str,
     if base.exists():
         subprocess.run(["rm", "-rf", str(base)], check=False)
     print(f"== N={n}: starting the control plane", flush=True)
-    cp, audit = control_plane(base / "cluster")
+    cp, audit = control_plane(base / "cluster", profiling=args.profile)
     operator: Operator | None = None
     watcher: Watcher | None = None
     try:
         cluster = cp.cluster
         op_kubeconfig = operator_kubeconfig(cluster, base / "cluster")
-        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        wait(
-            "the CRD to be established",
-            lambda: cluster.kubectl(
-                "wait", "--for=condition=Established", "crd/streampipelines.streamherd.io",
-                "--timeout=10s", check=False,
-            ).returncode == 0,
-            60,
-        )  # fmt: skip
-        cluster.apply(nodes(max(1, math.ceil(n / 400)) + 1))
-        cluster.kubectl("create", "namespace", NAMESPACE)
-        cluster.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": "fx-api", "namespace": NAMESPACE},
-                "stringData": {"token": "bench-token"},
-            }
-        )
+        prepare(cluster, n)
         docs = pipelines(n, kafka.broker.bootstrap)
         api = cluster.api_client()
         api.configuration.connection_pool_maxsize = 16
@@ -639,6 +879,16 @@ def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str,
                 ],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
+        profile_thread = None
+        if args.profile:
+            profile_thread = threading.Thread(
+                target=apiserver_profile, args=(cluster, base / "apiserver.pprof", 60),
+                daemon=True,
+            )  # fmt: skip
+            profile_thread.start()
+        operator_pid = operator.pid
+        api_before = apiserver_requests(cluster)
+        cpu_before = cpu_snapshot()
         t0 = time.time()
         # Several clients at once (a user's `kubectl apply -f dir/` is sequential: the
         # report gives the time from the first and from the last create).
@@ -650,6 +900,8 @@ def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str,
             f"{n} pipelines Ready", lambda: len(watcher.ready_at) >= n, args.ready_timeout
         )
         t_ready = max(watcher.ready_at.values()) if all_ready else time.time()
+        cpu_after = cpu_snapshot()
+        api_after = apiserver_requests(cluster)
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(timeout=60)
@@ -680,11 +932,13 @@ def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str,
         log = base / f"operator-{operator.runs - 1}.log"
 
         def resumed() -> list[float]:
-            # kopf logs one line per pipeline when its on.resume handler (our reconcile) is
-            # done; with the watch cache an unchanged pipeline makes no request to see in
-            # the audit log.
-            return [_log_time(line) for line in log.read_text(errors="replace").splitlines()
-                    if "Resuming is processed" in line]  # fmt: skip
+            # kopf logs one line per pipeline when its handler (our reconcile) is done: a
+            # "creation" since its last-handled state lives in memory (operator/diffbase.py),
+            # a "resuming" before; with the watch cache an unchanged pipeline makes no
+            # request to see in the audit log.
+            lines = log.read_text(errors="replace").splitlines()
+            return [_log_time(line) for line in lines
+                    if any(done in line for done in HANDLED)]  # fmt: skip
 
         resync_ok = wait(
             "the restart resync", lambda: len(resumed()) >= n, args.ready_timeout, interval=1.0
@@ -769,8 +1023,13 @@ def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str,
             / max(1, builtin)
             / (idle_s / POLL_INTERVAL),
         }
+        result["cpu_by_component"] = cpu_by_component(cpu_before, cpu_after, operator_pid)
+        result["apiserver_requests"] = dict((api_after - api_before).most_common())
         if args.profile and (base / "profile.txt").exists():
             result["profile_top"] = profile_summary(base / "profile.txt")
+        if profile_thread is not None:
+            profile_thread.join(timeout=120)
+            result["apiserver_profile_top"] = pprof_top(base / "apiserver.pprof")
         return result
     finally:
         if watcher is not None:
@@ -993,6 +1252,16 @@ def main() -> int:
     parser.add_argument("--workdir", default="/tmp/streamherd-scale")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="no operator: the bench creates the children itself (the cluster's own share)",
+    )
+    parser.add_argument(
+        "--scratch",
+        action="store_true",
+        help="an experiment: results in --workdir, benchmarks.md and the plots left alone",
+    )
+    parser.add_argument(
         "--operator-arg", action="append", default=[], help="extra `streamherd operator` flag"
     )
     args = parser.parse_args()
@@ -1005,16 +1274,24 @@ def main() -> int:
         for topic in ("clicks", "orders"):
             kafka.broker.create_topic(topic, partitions=3)
         for n in (int(s) for s in args.sizes.split(",")):
+            out_dir = Path(args.workdir) if args.scratch else RESULTS
+            if args.floor:
+                result = run_floor(n, kafka, args)
+                (out_dir / f"floor-{n}.json").write_text(json.dumps(result, indent=1))
+                print(json.dumps({k: v for k, v in result.items() if k != "ready_curve"},
+                                 indent=1), flush=True)  # fmt: skip
+                continue
             result = run_size(n, kafka, args)
             tag = "-".join(a.lstrip("-").replace("=", "") for a in args.operator_arg)
-            (RESULTS / f"{n}{'-' + tag if tag else ''}.json").write_text(
+            (out_dir / f"{n}{'-' + tag if tag else ''}.json").write_text(
                 json.dumps(result, indent=1)
             )
             print(json.dumps({k: v for k, v in result.items() if not k.endswith(("curve",
                   "series"))}, indent=1), flush=True)  # fmt: skip
     finally:
         kafka.stop()
-    write_docs()
+    if not args.scratch:
+        write_docs()
     return 0
 
 
