@@ -43,10 +43,16 @@ from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
 from streamherd.operator.autoscaling.handlers import register_autoscaler
 from streamherd.operator.builders import CHILD_KINDS
 from streamherd.operator.builders.meta import MANAGED_BY, PIPELINE_LABEL
-from streamherd.operator.diffbase import InMemoryDiffBaseStorage
+from streamherd.operator.kopfstate import InMemoryDiffBaseStorage, QuietProgressStorage
 from streamherd.operator.kube import ApiError, Kube, Manifest
 from streamherd.operator.peering import PeeringGate
-from streamherd.operator.reconciler import EventNote, ReconcileMemo, ReconcileResult, reconcile
+from streamherd.operator.reconciler import (
+    FIRST_STATUS_DELAY_SECONDS,
+    EventNote,
+    ReconcileMemo,
+    ReconcileResult,
+    reconcile,
+)
 from streamherd.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -190,6 +196,12 @@ async def reconcile_key(
         ctx.locks.pop(key, None)
     if result is not None:
         ctx.secrets_of[key] = result.secret_names
+        if result.status_deferred:
+            # The first status waits for the workers' first news (reconciler.py); the
+            # Deployment's status update usually triggers that reconcile before this does.
+            asyncio.get_running_loop().call_later(
+                FIRST_STATUS_DELAY_SECONDS, schedule, ctx, key, True
+            )
         if result.applied or result.deleted:
             log.info(
                 "reconciled %s/%s: applied %s, deleted %s",
@@ -293,9 +305,10 @@ def configure_kopf(
     """kopf's own settings (docs/operator.md explains each choice). diffbase: the registry's
     storage (see build_registry), so deleted pipelines can be forgotten."""
     diffbase = diffbase if diffbase is not None else InMemoryDiffBaseStorage()
-    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    # Progress annotations only while a handler is retried (operator/kopfstate.py).
+    kopf_settings.persistence.progress_storage = QuietProgressStorage(prefix=PREFIX)
     # The last handled state in memory, not in an annotation: no PATCH per handled change
-    # (operator/diffbase.py says why that is safe for a level-based reconcile).
+    # (operator/kopfstate.py says why that is safe for a level-based reconcile).
     kopf_settings.persistence.diffbase_storage = diffbase
     kopf_settings.persistence.finalizer = f"{PREFIX}/finalizer"
     # After a patch of its own (now only progress annotations, when a handler is retried)

@@ -57,6 +57,11 @@ log = logging.getLogger(__name__)
 Manifest = dict[str, Any]
 Phase = Literal["Pending", "Running", "Scaling", "Suspended", "Degraded", "Failed"]
 
+# How long a new pipeline may go without a status once its children exist (see
+# ReconcileResult.status_deferred): at most this, usually until its Deployment's controller
+# first answers, which is sooner.
+FIRST_STATUS_DELAY_SECONDS = 2.0
+
 # The condition types this module owns; others (e.g. the autoscaler's) are kept as found.
 READY = "Ready"
 PROGRESSING = "Progressing"
@@ -95,6 +100,10 @@ class ReconcileResult:
     applied: tuple[str, ...] = ()  # "Kind/name" of every child written
     deleted: tuple[str, ...] = ()
     secret_names: tuple[str, ...] = ()  # Secrets this pipeline references (for the index)
+    # The first status of a new pipeline was not written yet: its Deployment was created a
+    # moment ago and has nothing to say about its workers. The caller reconciles again
+    # after FIRST_STATUS_DELAY_SECONDS (or sooner, on the Deployment's first status update).
+    status_deferred: bool = False
 
 
 @dataclass
@@ -589,8 +598,16 @@ def reconcile(
     current_conditions = conditions_from_status(current_status.get("conditions"))
     stamp = now_rfc3339(now)
 
-    def finish(patch: Manifest, result_kwargs: dict[str, Any]) -> ReconcileResult:
+    def finish(
+        patch: Manifest, result_kwargs: dict[str, Any], defer: bool = False
+    ) -> ReconcileResult:
         written = None
+        if defer and not current_status:
+            # A new pipeline whose children were just created: its first status would say
+            # "0 workers ready", and the next one, a moment later, what its workers do. At
+            # scale that first write is 1000 status writes (and as many watch events for
+            # every watcher) that nobody reads; the next reconcile writes the status.
+            return ReconcileResult(status=None, status_deferred=True, **result_kwargs)
         if _changed(current_status, patch):
             # Why a status is written (an idle pipeline must never get here; issue 7).
             log.debug("status of %s/%s: %s", namespace, name, _what_changed(current_status, patch))
@@ -737,6 +754,7 @@ def reconcile(
         selector=sel,
         inputHash=input_hash,
     )
+    deployment_created = any(c.startswith("Deployment/") for c in out.created)
     return finish(
         patch,
         {
@@ -745,4 +763,5 @@ def reconcile(
             "deleted": tuple(out.deleted),
             "secret_names": secret_names,
         },
+        defer=deployment_created and not degraded and not spec.suspend,
     )

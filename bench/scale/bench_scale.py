@@ -933,7 +933,7 @@ def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str,
 
         def resumed() -> list[float]:
             # kopf logs one line per pipeline when its handler (our reconcile) is done: a
-            # "creation" since its last-handled state lives in memory (operator/diffbase.py),
+            # "creation" since its last-handled state lives in memory (operator/kopfstate.py),
             # a "resuming" before; with the watch cache an unchanged pipeline makes no
             # request to see in the audit log.
             lines = log.read_text(errors="replace").splitlines()
