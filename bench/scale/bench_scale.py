@@ -1097,7 +1097,55 @@ def _idle_writes(r: dict[str, Any]) -> str:
     return f"{other:.3f} ({att['decision_writes']} for {decisions} decisions)"
 
 
-def report(results: list[dict[str, Any]]) -> str:
+def _cpu(parts: dict[str, float]) -> str:
+    total = sum(parts.values())
+    shown = ", ".join(f"{k} {v:.0f}" for k, v in parts.items() if v >= 1)
+    return f"{total:.0f} ({shown})"
+
+
+FLOOR_HEADER = (
+    "| N | creates took (s) | all Ready: s after first / last create | operator run / floor "
+    "| CPU-s, floor (by part) | CPU-s, operator run (by part) | API requests, floor "
+    "| API requests, operator run | load (when) |\n"
+    "| ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | --- |"
+)
+
+
+def floor_report(floors: list[dict[str, Any]], results: list[dict[str, Any]]) -> str:
+    """The floor runs (no operator) next to the operator's runs of the same N."""
+    if not floors:
+        return ""
+    by_n = {r["n"]: r for r in results if not r.get("variant")}
+    rows = []
+    for f in floors:
+        op = by_n.get(f["n"])
+        ratio = f"{op['ready_s'] / f['ready_s']:.2f}" if op and op["all_ready"] else "—"
+        op_cpu = _cpu(op["cpu_by_component"]) if op and "cpu_by_component" in op else "—"
+        op_api = sum(op["apiserver_requests"].values()) if op and "apiserver_requests" in op else 0
+        ready = f"{f['ready_s']:.0f} / {f['ready_s'] - f['created_s']:.0f}"
+        rows.append(
+            f"| {f['n']} | {f['created_s']:.0f} | {ready} | {ratio}"
+            f" | {_cpu(f['cpu_by_component'])}"
+            f" | {op_cpu} | {sum(f['apiserver_requests'].values())} | {op_api or '—'}"
+            f" | {f['load']:.1f} ({f['when']}) |"
+        )
+    return f"""
+### The floor: the same N with no operator
+
+`bench_scale.py --floor`: the same control plane and pipelines, no operator; the bench
+POSTs each pipeline's children itself (streamherd's builders) right after the pipeline and
+writes the one Ready status when its Deployment is available: an operator that costs
+nothing and writes the least. All Ready in this run is what the machine and the control
+plane need anyway; the operator's run divided by it is the operator's overhead. CPU seconds
+are per process, from /proc, from the first create until all are Ready; requests are the
+API server's own counters (all clients).
+
+{FLOOR_HEADER}
+{chr(10).join(rows)}
+"""
+
+
+def report(results: list[dict[str, Any]], floors: list[dict[str, Any]] | None = None) -> str:
     from importlib.metadata import version as package_version
 
     from streamherd import __version__
@@ -1158,7 +1206,7 @@ Goals met and missed, method and analysis: [scale.md](scale.md).
 {chr(10).join(rows)}
 
 {chr(10).join(details)}
-
+{floor_report(floors or [], results)}
 ![pipelines Ready over time](scale-ready.png)
 
 ![operator API requests per second while converging](scale-requests.png)
@@ -1209,10 +1257,13 @@ def write_docs() -> None:
     if not results:
         print("no results to report", file=sys.stderr)
         return
+    floors = sorted(
+        (json.loads(p.read_text()) for p in RESULTS.glob("floor-*.json")), key=lambda r: r["n"]
+    )
     plots(results)
     path = DOCS / "benchmarks.md"
     text = path.read_text()
-    section = f"{BEGIN}\n{report(results)}{END}"
+    section = f"{BEGIN}\n{report(results, floors)}{END}"
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         text = head + section + rest.split(END, 1)[1]
