@@ -63,9 +63,18 @@ class QuietProgressStorage(kopf.AnnotationsProgressStorage):
     def purge(self, *, key: Any, body: kopf.Body, patch: kopf.Patch) -> None:
         super().purge(key=key, body=body, patch=patch)
         marker = f"{self.prefix}/kopf-managed"
-        annotations = patch.metadata.annotations
-        if marker not in annotations or marker in body.metadata.annotations:
+        # The raw dicts: kopf's patch views create the stanzas they are asked for.
+        metadata = patch.get("metadata")
+        if not isinstance(metadata, dict) or not isinstance(metadata.get("annotations"), dict):
             return
-        ours = [k for k in annotations if k.startswith(f"{self.prefix}/") and k != marker]
-        if not ours:  # every record was purged: nothing the marker would mark
-            del annotations[marker]
+        annotations: dict[str, Any] = metadata["annotations"]
+        if marker in annotations and marker not in body.metadata.annotations:
+            ours = [k for k in annotations if k.startswith(f"{self.prefix}/") and k != marker]
+            if not ours:  # every record was purged: nothing the marker would mark
+                del annotations[marker]
+        # An empty stanza left behind would still make a (no-op) PATCH: kopf sends any
+        # non-empty patch.
+        if not annotations:
+            del metadata["annotations"]
+            if not metadata:
+                del patch["metadata"]

@@ -106,6 +106,7 @@ def test_handling_a_new_pipeline_writes_only_its_status(env: Env) -> None:
     doc = load_example("01-clicks-local")
     name: str = doc["metadata"]["name"]
     env.bind_checkpoint_volume(name)
+    log_start = len(env.operator.log_text())
     env.apply(doc)
     env.wait_condition(name, "Ready", "True", "WorkersReady", timeout=150)
     sp = with_managed_fields(env, "streampipeline", name)
@@ -131,3 +132,8 @@ def test_handling_a_new_pipeline_writes_only_its_status(env: Env) -> None:
     assert {s for _, _, s, _ in our_writes(with_managed_fields(env, "streampipeline", name))} == {
         "status"
     }
+    # nor a PATCH that changes nothing (managedFields cannot show those; kopf logs each
+    # patch of the object at debug level, which this module's operator runs at)
+    patches = [line for line in env.operator.log_text()[log_start:].splitlines()
+               if "patching the resource with" in line]  # fmt: skip
+    assert patches == []
