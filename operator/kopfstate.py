@@ -24,8 +24,10 @@ Used by handlers.configure_kopf; handlers.pipeline_event forgets deleted pipelin
 
 from __future__ import annotations
 
+import copy
 import threading
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import kopf
 
@@ -37,6 +39,18 @@ class InMemoryDiffBaseStorage(kopf.DiffBaseStorage):
         super().__init__()
         self._essences: dict[str, kopf.BodyEssence] = {}
         self._lock = threading.Lock()  # kopf calls from its event loop; forget() may not
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        """The spec only. kopf's own essence deep-copies the whole body (status, metadata
+        with managedFields and kubectl's copy of the spec) to keep the spec, labels and
+        annotations: a fifteenth of the operator's CPU at N=1000, on every pipeline event,
+        our own status writes included. Nothing but the spec changes what the reconcile
+        builds (the builders read no labels or annotations), and a spec change is exactly
+        what must make kopf call the handler again; extra_fields are for handlers that
+        filter on fields, which we have none of."""
+        return cast(kopf.BodyEssence, {"spec": copy.deepcopy(dict(body.get("spec") or {}))})
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
         with self._lock:

@@ -95,3 +95,20 @@ def test_a_retried_handler_keeps_its_progress_and_the_marker() -> None:
     purge = kopf.Patch()
     storage.purge(key="reconcile", body=stored, patch=purge)
     assert dict(purge.metadata.annotations) == {"streamherd.io/reconcile": None}
+
+
+def test_the_essence_is_a_copy_of_the_spec_only() -> None:
+    storage = InMemoryDiffBaseStorage()
+    base = body("uid-1", 1)
+    essence = storage.build(body=base)
+    assert essence == {"spec": {"replicas": 1}}
+    # status, labels, annotations and managedFields changes are not changes to kopf
+    noise = kopf.Body({**base, "status": {"phase": "Pending"}, "metadata": {
+        **base["metadata"], "labels": {"team": "a"}, "annotations": {"note": "x"},
+        "managedFields": [{"manager": "kubectl"}], "resourceVersion": "42"}})  # fmt: skip
+    assert storage.build(body=noise) == essence
+    assert storage.build(body=body("uid-1", 2)) != essence
+    raw = {"apiVersion": "v1", "kind": "X", "metadata": {"uid": "u"}, "spec": {"a": {"b": 1}}}
+    copied = storage.build(body=kopf.Body(raw))
+    raw["spec"]["a"]["b"] = 2
+    assert copied == {"spec": {"a": {"b": 1}}}
