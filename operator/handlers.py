@@ -47,7 +47,6 @@ from streamherd.operator.kopfstate import InMemoryDiffBaseStorage, QuietProgress
 from streamherd.operator.kube import ApiError, Kube, Manifest
 from streamherd.operator.peering import PeeringGate
 from streamherd.operator.reconciler import (
-    FIRST_STATUS_DELAY_SECONDS,
     EventNote,
     ReconcileMemo,
     ReconcileResult,
@@ -196,12 +195,10 @@ async def reconcile_key(
         ctx.locks.pop(key, None)
     if result is not None:
         ctx.secrets_of[key] = result.secret_names
-        if result.status_deferred:
-            # The first status waits for the workers' first news (reconciler.py); the
-            # Deployment's status update usually triggers that reconcile before this does.
-            asyncio.get_running_loop().call_later(
-                FIRST_STATUS_DELAY_SECONDS, schedule, ctx, key, True
-            )
+        if result.status_deferred is not None:
+            # A new pipeline's first status waits for its workers (reconciler.py); Deployment
+            # events may reconcile it sooner. A refresh: the children exist.
+            asyncio.get_running_loop().call_later(result.status_deferred, schedule, ctx, key, True)
         if result.applied or result.deleted:
             log.info(
                 "reconciled %s/%s: applied %s, deleted %s",

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -57,10 +57,9 @@ log = logging.getLogger(__name__)
 Manifest = dict[str, Any]
 Phase = Literal["Pending", "Running", "Scaling", "Suspended", "Degraded", "Failed"]
 
-# How long a new pipeline may go without a status once its children exist (see
-# ReconcileResult.status_deferred): at most this, usually until its Deployment's controller
-# first answers, which is sooner.
-FIRST_STATUS_DELAY_SECONDS = 2.0
+# How long after its creation a new pipeline may go without a status while its workers
+# start (see ReconcileResult.status_deferred).
+FIRST_STATUS_DELAY_SECONDS = 5.0
 
 # The condition types this module owns; others (e.g. the autoscaler's) are kept as found.
 READY = "Ready"
@@ -100,10 +99,10 @@ class ReconcileResult:
     applied: tuple[str, ...] = ()  # "Kind/name" of every child written
     deleted: tuple[str, ...] = ()
     secret_names: tuple[str, ...] = ()  # Secrets this pipeline references (for the index)
-    # The first status of a new pipeline was not written yet: its Deployment was created a
-    # moment ago and has nothing to say about its workers. The caller reconciles again
-    # after FIRST_STATUS_DELAY_SECONDS (or sooner, on the Deployment's first status update).
-    status_deferred: bool = False
+    # A new pipeline's first status was not written: its workers are starting, and it is
+    # younger than FIRST_STATUS_DELAY_SECONDS. The caller reconciles again after this many
+    # seconds (Deployment events may do so sooner). None: nothing deferred.
+    status_deferred: float | None = None
 
 
 @dataclass
@@ -573,6 +572,21 @@ def _desired(
     return cached
 
 
+def _first_status_wait(created: Any, now: datetime | None) -> float | None:
+    """Seconds a pipeline created at `created` (RFC 3339) may still go without a status;
+    None when that time is over, or unknown, or our clock is behind the API server's."""
+    if not isinstance(created, str):
+        return None
+    try:
+        born = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    age = ((now or datetime.now(UTC)) - born).total_seconds()
+    if age < 0 or age >= FIRST_STATUS_DELAY_SECONDS:
+        return None
+    return FIRST_STATUS_DELAY_SECONDS - age
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -599,15 +613,11 @@ def reconcile(
     stamp = now_rfc3339(now)
 
     def finish(
-        patch: Manifest, result_kwargs: dict[str, Any], defer: bool = False
+        patch: Manifest, result_kwargs: dict[str, Any], defer: float | None = None
     ) -> ReconcileResult:
         written = None
-        if defer and not current_status:
-            # A new pipeline whose children were just created: its first status would say
-            # "0 workers ready", and the next one, a moment later, what its workers do. At
-            # scale that first write is 1000 status writes (and as many watch events for
-            # every watcher) that nobody reads; the next reconcile writes the status.
-            return ReconcileResult(status=None, status_deferred=True, **result_kwargs)
+        if defer is not None and not current_status:
+            return ReconcileResult(status=None, status_deferred=defer, **result_kwargs)
         if _changed(current_status, patch):
             # Why a status is written (an idle pipeline must never get here; issue 7).
             log.debug("status of %s/%s: %s", namespace, name, _what_changed(current_status, patch))
@@ -754,7 +764,13 @@ def reconcile(
         selector=sel,
         inputHash=input_hash,
     )
-    deployment_created = any(c.startswith("Deployment/") for c in out.created)
+    # A new pipeline's first status says what its workers do once they run, or after
+    # FIRST_STATUS_DELAY_SECONDS what they are doing. Written at once it said "0 workers
+    # ready" and was replaced a moment later: at N=1000, 1000 status writes (and as many
+    # watch events for every watcher) that nobody reads. Anything wrong is written at once.
+    defer = None
+    if not settled and not degraded and not spec.suspend:
+        defer = _first_status_wait(meta.get("creationTimestamp"), now)
     return finish(
         patch,
         {
@@ -763,5 +779,5 @@ def reconcile(
             "deleted": tuple(out.deleted),
             "secret_names": secret_names,
         },
-        defer=deployment_created and not degraded and not spec.suspend,
+        defer=defer,
     )

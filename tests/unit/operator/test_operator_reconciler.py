@@ -45,12 +45,9 @@ def cond(kube: FakeKube, name: str, type_: str) -> dict[str, Any]:
     return found
 
 
-def test_first_reconcile_creates_every_child_and_the_next_reports_progress() -> None:
+def test_first_reconcile_creates_every_child_and_reports_progress() -> None:
     kube, name = setup()
     result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
-    # The Deployment was just created: no status yet (the caller reconciles again soon).
-    assert result.status is None and result.status_deferred
-    assert kube.status_patches == []
     assert list(result.applied) == [
         "ConfigMap/clicks-per-minute-config",
         "PersistentVolumeClaim/clicks-per-minute-checkpoints",
@@ -61,10 +58,7 @@ def test_first_reconcile_creates_every_child_and_the_next_reports_progress() -> 
         "PrometheusRule/clicks-per-minute",
     ]
     assert result.events[0].reason == "Created"
-    again = reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
-    assert again.applied == () and not again.status_deferred
     status = body_of(kube, name)["status"]
-    assert again.status is not None and len(kube.status_patches) == 1
     assert status["observedGeneration"] == 1
     assert status["phase"] == "Pending"
     assert status["selector"] == (
@@ -146,7 +140,6 @@ def test_monitoring_not_served_gives_a_clear_condition() -> None:
     kube, name = setup(served=False)
     result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
     assert not any("ServiceMonitor" in a or "PrometheusRule" in a for a in result.applied)
-    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)  # the first status (deferred)
     mon = cond(kube, name, "MonitoringAvailable")
     assert (mon["status"], mon["reason"]) == ("False", "MonitoringAPINotServed")
     assert "install the Prometheus Operator CRDs" in mon["message"]
@@ -312,7 +305,6 @@ def test_suspend_pins_replicas_to_zero_and_resume_restores() -> None:
 def test_autoscaler_decision_sets_deployment_replicas() -> None:
     kube, name = setup()
     reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
-    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)  # the first status (deferred)
     body = body_of(kube, name)
     body["status"]["desiredReplicas"] = 4
     reconcile(body, kube, SETTINGS, now=T1)
