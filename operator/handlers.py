@@ -46,12 +46,7 @@ from streamherd.operator.builders.meta import MANAGED_BY, PIPELINE_LABEL
 from streamherd.operator.kopfstate import InMemoryDiffBaseStorage, QuietProgressStorage
 from streamherd.operator.kube import ApiError, Kube, Manifest
 from streamherd.operator.peering import PeeringGate
-from streamherd.operator.reconciler import (
-    EventNote,
-    ReconcileMemo,
-    ReconcileResult,
-    reconcile,
-)
+from streamherd.operator.reconciler import EventNote, ReconcileMemo, ReconcileResult, reconcile
 from streamherd.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -195,10 +190,6 @@ async def reconcile_key(
         ctx.locks.pop(key, None)
     if result is not None:
         ctx.secrets_of[key] = result.secret_names
-        if result.status_deferred is not None:
-            # A new pipeline's first status waits for its workers (reconciler.py); Deployment
-            # events may reconcile it sooner. A refresh: the children exist.
-            asyncio.get_running_loop().call_later(result.status_deferred, schedule, ctx, key, True)
         if result.applied or result.deleted:
             log.info(
                 "reconciled %s/%s: applied %s, deleted %s",

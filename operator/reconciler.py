@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -56,10 +56,6 @@ log = logging.getLogger(__name__)
 
 Manifest = dict[str, Any]
 Phase = Literal["Pending", "Running", "Scaling", "Suspended", "Degraded", "Failed"]
-
-# How long after its creation a new pipeline may go without a status while its workers
-# start (see ReconcileResult.status_deferred).
-FIRST_STATUS_DELAY_SECONDS = 5.0
 
 # The condition types this module owns; others (e.g. the autoscaler's) are kept as found.
 READY = "Ready"
@@ -99,10 +95,6 @@ class ReconcileResult:
     applied: tuple[str, ...] = ()  # "Kind/name" of every child written
     deleted: tuple[str, ...] = ()
     secret_names: tuple[str, ...] = ()  # Secrets this pipeline references (for the index)
-    # A new pipeline's first status was not written: its workers are starting, and it is
-    # younger than FIRST_STATUS_DELAY_SECONDS. The caller reconciles again after this many
-    # seconds (Deployment events may do so sooner). None: nothing deferred.
-    status_deferred: float | None = None
 
 
 @dataclass
@@ -572,21 +564,6 @@ def _desired(
     return cached
 
 
-def _first_status_wait(created: Any, now: datetime | None) -> float | None:
-    """Seconds a pipeline created at `created` (RFC 3339) may still go without a status;
-    None when that time is over, or unknown, or our clock is behind the API server's."""
-    if not isinstance(created, str):
-        return None
-    try:
-        born = datetime.fromisoformat(created.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    age = ((now or datetime.now(UTC)) - born).total_seconds()
-    if age < 0 or age >= FIRST_STATUS_DELAY_SECONDS:
-        return None
-    return FIRST_STATUS_DELAY_SECONDS - age
-
-
 # --------------------------------------------------------------------------- entry point
 
 
@@ -612,12 +589,8 @@ def reconcile(
     current_conditions = conditions_from_status(current_status.get("conditions"))
     stamp = now_rfc3339(now)
 
-    def finish(
-        patch: Manifest, result_kwargs: dict[str, Any], defer: float | None = None
-    ) -> ReconcileResult:
+    def finish(patch: Manifest, result_kwargs: dict[str, Any]) -> ReconcileResult:
         written = None
-        if defer is not None and not current_status:
-            return ReconcileResult(status=None, status_deferred=defer, **result_kwargs)
         if _changed(current_status, patch):
             # Why a status is written (an idle pipeline must never get here; issue 7).
             log.debug("status of %s/%s: %s", namespace, name, _what_changed(current_status, patch))
@@ -764,13 +737,6 @@ def reconcile(
         selector=sel,
         inputHash=input_hash,
     )
-    # A new pipeline's first status says what its workers do once they run, or after
-    # FIRST_STATUS_DELAY_SECONDS what they are doing. Written at once it said "0 workers
-    # ready" and was replaced a moment later: at N=1000, 1000 status writes (and as many
-    # watch events for every watcher) that nobody reads. Anything wrong is written at once.
-    defer = None
-    if not settled and not degraded and not spec.suspend:
-        defer = _first_status_wait(meta.get("creationTimestamp"), now)
     return finish(
         patch,
         {
@@ -779,5 +745,4 @@ def reconcile(
             "deleted": tuple(out.deleted),
             "secret_names": secret_names,
         },
-        defer=defer,
     )
