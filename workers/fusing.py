@@ -31,9 +31,11 @@ values orjson gives (e.g. orjson turns integers beyond 64 bits into floats). Non
 values are checked to be valid UTF-8 (msgspec does not check fields it skips).
 
 Folding: a record is folded all or nothing, like ``WindowPlan.update``. Only a min/max
-comparison can fail (a string against a number): those run first, inside one ``try`` (free
-until it raises), noting their outcome; the changes follow. A refused record puts the
-watermark back and is dead-lettered with ``WindowPlan.mismatch``'s error, the generic one.
+comparison (a string against a number) and a sum/avg addition (a float and an integer
+beyond the float range, which an expression can compute) can fail: those run first, inside
+one ``try`` (free until it raises), noting their outcome in locals, except the last one,
+which raises before its own change; the other changes follow. A refused record puts the
+watermark back and is dead-lettered with ``WindowPlan.refusal``'s error, the generic one.
 """
 
 from __future__ import annotations
@@ -60,7 +62,14 @@ from streamherd.workers.processing import (
     decode_json,
     kafka_timestamp,
 )
-from streamherd.workers.windowing import PartitionWindows, WindowPlan, time_converter
+from streamherd.workers.windowing import (
+    FLOAT_MAX,
+    FLOAT_MIN,
+    REFUSED,
+    PartitionWindows,
+    WindowPlan,
+    time_converter,
+)
 
 __all__ = ["FusedBatch", "fuse"]
 
@@ -175,7 +184,14 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
             trees[f"__sh_A{i}"] = tree(v)
 
     time_format = spec.event_time.format if event is not None else None
-    source = _template(plan, len(filters), [v is not None for v in values], time_format)
+    # An avg's integers beyond the float range are refused (WindowPlan.check); a field read
+    # as is cannot hold one (msgspec: int64; the slow lane: orjson, at most 64 bits).
+    bounded = [
+        a.function == "avg" and not isinstance(trees.get(f"__sh_A{i}"), ast.Attribute)
+        for i, a in enumerate(plan.aggregates)
+    ]
+    has_value = [v is not None for v in values]
+    source = _template(plan, len(filters), has_value, bounded, time_format)
     module = ast.parse(source)
     module = _Splice(trees).visit(module)
     ast.fix_missing_locations(module)
@@ -196,8 +212,10 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
             "__sh_Failure": Failure,
             "__sh_WindowBatch": WindowBatch,
             "__sh_checks": [a.check for a in plan.aggregates],
-            "__sh_mismatch": plan.mismatch,
-            "__sh_TypeError": TypeError,
+            "__sh_refusal": plan.refusal,
+            "__sh_REFUSED": REFUSED,
+            "__sh_fmin": FLOAT_MIN,
+            "__sh_fmax": FLOAT_MAX,
             "__sh_convert": time_converter(spec.event_time.field or "", spec.event_time.format),
             "__sh_time_of": plan.event_time,
             "__sh_kafka_timestamp": kafka_timestamp,
@@ -219,21 +237,28 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
 
 
 def _template(
-    plan: WindowPlan, n_filters: int, has_value: list[bool], time_format: str | None
+    plan: WindowPlan,
+    n_filters: int,
+    has_value: list[bool],
+    bounded: list[bool],
+    time_format: str | None,
 ) -> str:
     """The batch function's source with placeholders ``__sh_F<i>``, ``__sh_KEY``, ..."""
     # Tumbling windows are folded inline; hopping ones through PartitionWindows.add().
     inline = plan.size_ms == plan.slide_ms and plan.lateness_ms >= 0
-    # The min/max aggregates with a value: their comparisons can raise (a string against a
-    # number), so they run first and nothing changes before all of them passed.
+    # The min/max aggregates with a value, then the sum/avg ones: their comparisons and
+    # additions can raise (a string against a number; a float and an integer beyond the float
+    # range), so they run first and nothing changes before all of them passed.
     ordered = [i for i, _ in plan.ordered]
+    fallible = ordered + [i for i, _ in plan.added]
     out = [
         "def __sh_batch(messages, state):",
         "    decode, slow, Failure, type, hash = "
         "__sh_decode, __sh_slow, __sh_Failure, __sh_type, __sh_hash",
         "    str, int, float = __sh_str, __sh_int, __sh_float",
         "    convert, checks = __sh_convert, __sh_checks",
-        *(["    mismatch = __sh_mismatch"] if ordered and inline else []),
+        *(["    refusal, REFUSED = __sh_refusal, __sh_REFUSED"] if fallible else []),
+        *(["    fmin, fmax = __sh_fmin, __sh_fmax"] if any(bounded) else []),
         "    decode_failures = []",
         *[f"    stage{i} = []" for i in range(n_filters)],
         "    errors = []",
@@ -291,7 +316,8 @@ def _template(
         out += [
             f"            a{i} = __sh_A{i}",
             f"            if type(a{i}) is not int and type(a{i}) is not float "
-            f"and a{i} is not None:",
+            f"and a{i} is not None"
+            + (f" or type(a{i}) is int and not fmin <= a{i} <= fmax:" if bounded[i] else ":"),
             f"                a{i} = checks[{i}](a{i})",
         ]
     out += [
@@ -311,7 +337,7 @@ def _template(
             "            cur_start = t - t % size",
             "            cur_end = cur_start + size",
             "            cache = {}",
-            *(["        before = max_ms"] if ordered else []),
+            *(["        before = max_ms"] if fallible else []),
             "        if t > max_ms:",
             "            max_ms = t",
             "        elif cur_end <= max_ms - lateness:",
@@ -324,41 +350,39 @@ def _template(
             "                acc = open_window(key, cur_start)",
             "            cache[key] = acc",
         ]
-        if ordered:
-            # All but the last comparison only note their outcome; the last one updates
-            # directly (it raises before its own change). A refused record leaves acc and
-            # max_ms as they were (a new window cannot refuse: it holds nothing yet).
+        if fallible:
+            # All but the last comparison or addition only note their outcome; the last one
+            # updates directly (it raises before its own change). A refused record leaves acc
+            # and max_ms as they were (a new window cannot refuse: it holds nothing yet).
+            last = fallible[-1]
             out.append("        try:")
-            for i in ordered[:-1]:
-                op = "<" if plan.aggregates[i].function == "min" else ">"
-                test = f"acc[{i}] is None or a{i} {op} acc[{i}]"
-                out.append(f"            w{i} = a{i} is not None and ({test})")
-            last = ordered[-1]
+            for i in fallible[:-1]:
+                out += ["    " + line for line in _outcome(i, plan.aggregates[i].function)]
             out += ["    " + line for line in _update(last, plan.aggregates[last].function, True)]
             out += [
-                "        except __sh_TypeError:",
+                "        except REFUSED:",
                 "            max_ms = before",
-                f"            errors.append((m, mismatch(acc, [{all_values}])))",
+                f"            errors.append((m, refusal(acc, [{all_values}])))",
                 "            continue",
             ]
-            for i in ordered[:-1]:
-                out += [f"        if w{i}:", f"            acc[{i}] = a{i}"]
+            for i in fallible[:-1]:
+                out += _store(i, plan.aggregates[i].function)
         for i, agg in enumerate(plan.aggregates):
-            if i not in ordered:
+            if i not in fallible:
                 out += _update(i, agg.function, has_value[i])
     else:
         values = ", ".join(f"a{i}" for i in range(len(has_value)))
         out += [
             "        state.max_event_ms = None if max_ms == __sh_before_all else max_ms",
-            *(["        try:"] if ordered else []),
-            f"{'    ' if ordered else ''}        if not add(key, t, [{values}]):",
-            f"{'    ' if ordered else ''}            late.append((m, t))",
+            *(["        try:"] if fallible else []),
+            f"{'    ' if fallible else ''}        if not add(key, t, [{values}]):",
+            f"{'    ' if fallible else ''}            late.append((m, t))",
             *(
                 [
-                    "        except __sh_TypeError as error:  # add() changed nothing",
+                    "        except REFUSED as error:  # add() changed nothing",
                     "            errors.append((m, error))",
                 ]
-                if ordered
+                if fallible
                 else []
             ),
             "        max_ms = state.max_event_ms",
@@ -390,3 +414,31 @@ def _update(i: int, function: str, has_value: bool) -> list[str]:
             f"                acc[{i}] = a{i}",
         ]
     return [*head, f"            prev[0] += a{i}", "            prev[1] += 1"]  # avg
+
+
+def _outcome(i: int, function: str) -> list[str]:
+    """The comparison or addition of aggregate ``i`` into a local (``w<i>``, ``s<i>``)."""
+    if function in ("min", "max"):
+        op = "<" if function == "min" else ">"
+        return [f"        w{i} = a{i} is not None and (acc[{i}] is None or a{i} {op} acc[{i}])"]
+    if function == "sum":
+        return [
+            f"        if a{i} is not None:",
+            f"            prev = acc[{i}]",
+            f"            s{i} = a{i} if prev is None else prev + a{i}",
+        ]
+    return [f"        if a{i} is not None:", f"            s{i} = acc[{i}][0] + a{i}"]  # avg
+
+
+def _store(i: int, function: str) -> list[str]:
+    """Store the outcome :func:`_outcome` noted (after every one of them passed)."""
+    if function in ("min", "max"):
+        return [f"        if w{i}:", f"            acc[{i}] = a{i}"]
+    if function == "sum":
+        return [f"        if a{i} is not None:", f"            acc[{i}] = s{i}"]
+    return [  # avg
+        f"        if a{i} is not None:",
+        f"            prev = acc[{i}]",
+        f"            prev[0] = s{i}",
+        "            prev[1] += 1",
+    ]

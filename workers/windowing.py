@@ -14,13 +14,16 @@ Semantics (docs/engine.md has the long form):
 - windows close, and are emitted once, when the watermark reaches their end;
 - only windows that received a record exist, so empty windows are never emitted;
 - a record is folded all or nothing: a value an aggregate cannot take (a string for sum, a
-  string for a min that holds numbers) raises TypeError before any window, accumulator or
-  the watermark changed, and the caller dead-letters the record.
+  string for a min that holds numbers) raises TypeError, and one whose sum cannot be
+  represented (a float added to an integer beyond the float range, which an expression can
+  compute, or such an integer for an avg, whose result is a float) raises OverflowError,
+  before any window, accumulator or the watermark changed; the caller dead-letters it.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +38,13 @@ Record = Mapping[str, Any]
 ValueFn = Callable[[Record], Any]
 
 STATE_VERSION: Final = 1
+
+# The largest float as an int: an avg takes integers up to it, so its mean (a float) exists.
+FLOAT_MAX: Final = int(sys.float_info.max)
+FLOAT_MIN: Final = -FLOAT_MAX
+
+# What folding a record's values into a window can raise (the record's fault, nothing changed).
+REFUSED: Final = (TypeError, OverflowError)
 
 
 def iso_ms(epoch_ms: int) -> str:
@@ -124,9 +134,18 @@ class AggregatePlan:
     value: ValueFn | None
 
     def check(self, value: Any) -> Any:
-        """``value`` if this aggregate can take it (callers pass int/float/None through)."""
+        """``value`` if this aggregate can take it.
+
+        Callers pass floats, None and ints through, except an avg's ints beyond the float
+        range, which raise OverflowError here: the mean is a float, it would not exist.
+        """
         # min/max also order strings; sum/avg need numbers. Anything else is the record's
         # error (dead-lettered), not a crash.
+        if type(value) is int and self.function == "avg" and not FLOAT_MIN <= value <= FLOAT_MAX:
+            raise OverflowError(
+                f"aggregate {self.name!r} (avg) takes numbers within the float range, "
+                f"got an integer of {value.bit_length()} bits"
+            )
         if (isinstance(value, int | float) and not isinstance(value, bool)) or (
             type(value) is str and self.function in ("min", "max")
         ):
@@ -148,17 +167,32 @@ class WindowPlan:
     aggregates: tuple[AggregatePlan, ...]
     kafka_time: bool = False  # event time is the Kafka timestamp, not a field
 
-    # (index, is_min) of the min/max aggregates with a value: the only updates that can fail
-    # (a comparison between types without an order). Derived from ``aggregates``.
+    # (index, is_min) of the min/max aggregates with a value: their comparisons can fail
+    # (types without an order). Derived from ``aggregates``, like the two below.
     ordered: tuple[tuple[int, bool], ...] = field(init=False, repr=False, compare=False)
+    # (index, is_avg) of the sum/avg aggregates with a value: their additions can fail (a
+    # float and an integer beyond the float range).
+    added: tuple[tuple[int, bool], ...] = field(init=False, repr=False, compare=False)
+    counted: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        aggregates = list(enumerate(self.aggregates))
         ordered = tuple(
             (i, agg.function == "min")
-            for i, agg in enumerate(self.aggregates)
+            for i, agg in aggregates
             if agg.function in ("min", "max") and agg.value is not None
         )
-        object.__setattr__(self, "ordered", ordered)  # frozen: set once, here
+        added = tuple(
+            (i, agg.function == "avg")
+            for i, agg in aggregates
+            if agg.function in ("sum", "avg") and agg.value is not None
+        )
+        # frozen: set once, here
+        object.__setattr__(self, "ordered", ordered)
+        object.__setattr__(self, "added", added)
+        object.__setattr__(
+            self, "counted", tuple(i for i, a in aggregates if a.function == "count")
+        )
 
     @classmethod
     def compile(cls, spec: WindowSpec) -> WindowPlan:
@@ -213,19 +247,26 @@ class WindowPlan:
                 continue
             value = agg.value(record)
             kind = type(value)
-            # int/float first: the hot path (profiled); the rest is checked.
-            if kind is not int and kind is not float and value is not None:
+            # int/float first: the hot path (profiled); the rest is checked, and so are an
+            # avg's integers beyond the float range (see check()).
+            if (kind is not int and kind is not float and value is not None) or (
+                kind is int and (value > FLOAT_MAX or value < FLOAT_MIN)
+            ):
                 value = agg.check(value)
             out.append(value)
         return out
 
-    def prepare(self, acc: list[Any], values: list[Any]) -> list[int]:
-        """The min/max aggregates whose value replaces the window's; changes nothing.
+    def prepare(self, acc: list[Any], values: list[Any]) -> list[tuple[int, Any]]:
+        """The changes of one record to a window, ``(aggregate, new value)``; changes nothing.
 
-        Raises TypeError when a value has no order with the one the window holds (a string
-        against a number, ...): the record's fault, dead-lettered, with the window intact.
+        A min/max appears when its value replaces the window's, a sum or avg with its new
+        total (an avg's count goes up by one with it); counts are not listed. Raises
+        TypeError when a min/max value has no order with the one the window holds (a string
+        against a number, ...), then OverflowError when a sum or avg cannot add its value (a
+        float and an integer beyond the float range): the record's fault, dead-lettered,
+        with the window intact.
         """
-        better: list[int] = []
+        changes: list[tuple[int, Any]] = []
         for i, is_min in self.ordered:
             value = values[i]
             if value is None:
@@ -233,45 +274,52 @@ class WindowPlan:
             prev = acc[i]
             try:
                 if prev is None or (value < prev if is_min else value > prev):
-                    better.append(i)
+                    changes.append((i, value))
             except TypeError:
                 agg = self.aggregates[i]
                 raise TypeError(
                     f"aggregate {agg.name!r} ({agg.function}) cannot compare "
                     f"{type(value).__name__} with the {type(prev).__name__} this window holds"
                 ) from None
-        return better
-
-    def mismatch(self, acc: list[Any], values: list[Any]) -> TypeError:
-        """The error :meth:`prepare` raises for these values (the fused path's slow lane)."""
-        try:
-            self.prepare(acc, values)
-        except TypeError as error:
-            return error
-        return TypeError("aggregate values cannot be compared with the window's")
-
-    def update(self, acc: list[Any], values: list[Any]) -> None:
-        """Fold one record's values into a window: all or nothing (see :meth:`prepare`)."""
-        self.apply(acc, values, self.prepare(acc, values))
-
-    def apply(self, acc: list[Any], values: list[Any], better: list[int]) -> None:
-        """Fold values whose min/max outcome :meth:`prepare` decided; cannot fail."""
-        for i in better:
-            acc[i] = values[i]
-        for i, agg in enumerate(self.aggregates):
-            fn = agg.function
-            if fn == "count":
-                acc[i] += 1
-                continue
+        for i, is_avg in self.added:
             value = values[i]
             if value is None:
                 continue
-            if fn == "sum":
-                acc[i] = value if acc[i] is None else acc[i] + value
-            elif fn == "avg":
-                acc[i][0] += value
-                acc[i][1] += 1
-            # min/max: done above
+            prev = acc[i][0] if is_avg else acc[i]
+            try:
+                changes.append((i, value if prev is None else prev + value))
+            except OverflowError:
+                agg = self.aggregates[i]
+                raise OverflowError(
+                    f"aggregate {agg.name!r} ({agg.function}) cannot add "
+                    f"{type(value).__name__} to the {type(prev).__name__} this window holds: "
+                    "an integer beyond the float range and a float have no sum"
+                ) from None
+        return changes
+
+    def refusal(self, acc: list[Any], values: list[Any]) -> Exception:
+        """The error :meth:`prepare` raises for these values (the fused path's slow lane)."""
+        try:
+            self.prepare(acc, values)
+        except REFUSED as error:
+            return error
+        return TypeError("aggregate values cannot be folded into the window's")
+
+    def update(self, acc: list[Any], values: list[Any]) -> None:
+        """Fold one record's values into a window: all or nothing (see :meth:`prepare`)."""
+        self.apply(acc, self.prepare(acc, values))
+
+    def apply(self, acc: list[Any], changes: list[tuple[int, Any]]) -> None:
+        """Fold one record's changes from :meth:`prepare` (and count it); cannot fail."""
+        for i in self.counted:
+            acc[i] += 1
+        for i, new in changes:
+            slot = acc[i]
+            if type(slot) is list:  # an avg: [total, count]; other aggregates hold scalars
+                slot[0] = new
+                slot[1] += 1
+            else:
+                acc[i] = new
 
     def result(
         self, key: Any, start_ms: int, acc: list[Any], texts: tuple[str, str] | None = None
@@ -320,8 +368,8 @@ class PartitionWindows:
     def add(self, key: Any, event_ms: int, values: list[Any]) -> bool:
         """Fold one record in; False (and no change) when it is late.
 
-        All or nothing: TypeError (see :meth:`WindowPlan.prepare`) before any window or the
-        watermark changed.
+        All or nothing: TypeError or OverflowError (see :meth:`WindowPlan.prepare`) before any
+        window or the watermark changed.
         """
         plan = self.plan
         top = self.max_event_ms
@@ -347,16 +395,16 @@ class PartitionWindows:
             return False
         # Every open window first (each may refuse the values), then every change; windows
         # that closed already (older, overlapping ones) are skipped.
-        pending: list[tuple[int, list[Any] | None, list[int] | None]] = []
+        pending: list[tuple[int, list[Any] | None, list[tuple[int, Any]] | None]] = []
         for start in starts:
             if start + size > watermark:
                 acc = windows.get((key, start))
                 pending.append((start, acc, None if acc is None else plan.prepare(acc, values)))
-        for start, acc, better in pending:
-            if acc is None or better is None:
+        for start, acc, changes in pending:
+            if acc is None or changes is None:
                 plan.update(self.open_window(key, start), values)
             else:
-                plan.apply(acc, values, better)
+                plan.apply(acc, changes)
         self.max_event_ms = top
         return True
 
@@ -397,7 +445,7 @@ class PartitionWindows:
                 try:
                     if not self.add(key, event_ms, values):
                         late.append((source, event_ms))
-                except TypeError as error:  # nothing changed: the record's error
+                except REFUSED as error:  # nothing changed: the record's error
                     errors.append((source, error))
                 max_ms = self.max_event_ms
                 continue
@@ -411,7 +459,7 @@ class PartitionWindows:
                 acc = open_window(key, start)
             try:
                 update(acc, values)
-            except TypeError as error:  # all or nothing: neither acc nor max_ms changed
+            except REFUSED as error:  # all or nothing: neither acc nor max_ms changed
                 errors.append((source, error))
                 continue
             max_ms = top
@@ -477,5 +525,5 @@ def reference_aggregate(
     for key, event_ms, values in records:
         for start in plan.window_starts(event_ms):
             acc = accs.setdefault((key, start), plan.new_accumulator())
-            plan.update(acc, values)  # TypeError: the caller passes foldable values only
+            plan.update(acc, values)  # REFUSED: the caller passes foldable values only
     return {output_key(k, s): plan.result(k, s, acc) for (k, s), acc in accs.items()}

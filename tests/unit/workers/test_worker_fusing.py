@@ -4,11 +4,12 @@ For random pipelines of the fusable shape (filters, one tumbling or hopping wind
 event-time format, every aggregate) and random records — good ones, poison ones (invalid
 JSON, not an object, wrong types, containers and huge integers in read fields, invalid
 UTF-8 in an unread field, a missing value, strings and numbers for one min/max, sums beyond
-64 bits) — cut into random batches, the fused function must leave the same window state,
-dead-letter the same records with the same errors in the same order, and count the same
-filtered and late records as the generic stage-by-stage path (``processing.window_batch``)
-and as a naive record-by-record reference. The states are compared as checkpoints (orjson,
-or the stdlib for integers beyond 64 bits), which must also read back exactly.
+64 bits, floats against integers beyond the float range computed by an expression) — cut
+into random batches, the fused function must leave the same window state, dead-letter the
+same records with the same errors in the same order, and count the same filtered and late
+records as the generic stage-by-stage path (``processing.window_batch``) and as a naive
+record-by-record reference. The states are compared as checkpoints (orjson, or the stdlib
+for integers beyond 64 bits), which must also read back exactly.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from streamherd.workers.processing import (
     kafka_timestamp,
     window_batch,
 )
-from streamherd.workers.windowing import PartitionWindows, WindowPlan
+from streamherd.workers.windowing import REFUSED, PartitionWindows, WindowPlan
 
 BASE = 1_767_225_600_000
 
@@ -131,7 +132,7 @@ def naive(
         try:
             if not state.add(key, event_ms, values):
                 late.append((m.offset(), event_ms))
-        except TypeError as error:  # a min/max value without an order against the window's
+        except REFUSED as error:  # a value the window cannot fold (nothing changed)
             errors.append((m.offset(), "expression", type(error).__name__, str(error)))
     failures = decode_f + [f for stage in stage_f for f in stage] + errors
     return failures, late, filtered
@@ -285,6 +286,15 @@ def test_min_max_of_a_string_and_numbers_is_dead_lettered_and_changes_nothing(
         )
 
 
+# An integer beyond the float range (about 1.8e308) cannot come from JSON (orjson reads a
+# long integer as a float, or refuses it as infinity), but an expression can compute one:
+# here 5 * int(1e300) * 1e8, about 5e308, as an exact int. Integral values only: a float
+# times 1e308 is a float infinity, which is no error (and which a checkpoint cannot hold:
+# orjson writes null), not what these tests are about.
+HUGE = "int(bytes) * int(1e300) * 100000000 if bytes > 4 and int(bytes) == bytes else bytes"
+FIVE_E308 = 5 * int(1e300) * 100000000
+
+
 # --------------------------------------------------------------------------- property
 
 scalar = st.one_of(
@@ -304,13 +314,17 @@ def json_bytes(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode()
 
 
-# Mostly small ints; some strings (a min/max then compares a string with a number: the
-# record is dead-lettered, the window intact) and some near +-2**63: sums beyond 64 bits
-# (orjson writes -2**63 .. 2**64 - 1).
+# Mostly small ints; some floats; some strings (a min/max then compares a string with a
+# number: the record is dead-lettered, the window intact) and some near +-2**63: sums beyond
+# 64 bits (orjson writes -2**63 .. 2**64 - 1).
 bytes_value = st.one_of(
     st.integers(-1000, 1000),
     st.integers(-1000, 1000),
     st.integers(-1000, 1000),
+    st.floats(-1000, 1000),
+    st.sampled_from([1.5, -0.25, 120.0]),
+    st.sampled_from([7, 150, 150, 400]),  # see HUGE_MIX (twice: mixes in one window)
+    st.sampled_from([7, 150, 150, 400]),
     st.sampled_from(["a", "zz", "", "5"]),
     st.integers(2**62, 2**63 - 1),
     st.integers(-(2**63), -(2**62)),
@@ -344,6 +358,17 @@ def record_bytes(draw: st.DrawFn) -> bytes | None:
         raw = raw[:at] + draw(st.sampled_from([b"\xff", b"\xc3", b"}", b",", b" "])) + raw[at:]
     return raw
 
+
+# Integers beyond the float range (HUGE: from bytes 5 on) and just within it (bytes 100 to
+# 179: two make an avg's total leave the float range; 180 on: beyond it), mixed with floats.
+NEAR_MAX = "int(bytes) * int(1e300) * 1000000 if bytes >= 100 and int(bytes) == bytes else bytes"
+HUGE_MIX = [
+    {"name": "n", "function": "count"},
+    {"name": "lo", "function": "min", "expression": "bytes"},
+    {"name": "s", "function": "sum", "expression": HUGE},
+    {"name": "mean", "function": "avg", "expression": NEAR_MAX},
+    {"name": "s2", "function": "sum", "expression": NEAR_MAX},
+]
 
 PIPELINES = [
     config(["status == 200"]),
@@ -379,6 +404,18 @@ PIPELINES = [
             {"name": "lo", "function": "min", "expression": "coalesce(extra, 0)"},
         ],
     ),
+    config(["status == 200"], aggregates=HUGE_MIX),
+    config(  # the sum is the last aggregate that can refuse; the avg of a field read as is
+        [],
+        slide="5s",
+        lateness="2s",
+        aggregates=[
+            {"name": "hi", "function": "max", "expression": "bytes"},
+            {"name": "mean", "function": "avg", "expression": "bytes"},
+            {"name": "s", "function": "sum", "expression": HUGE},
+            {"name": "n", "function": "count"},
+        ],
+    ),
 ]
 
 
@@ -402,3 +439,118 @@ def test_fused_equals_generic_equals_naive(
         for i, (v, t) in enumerate(zip(values, times, strict=False))
     ]
     run_all(PIPELINES[pipeline], messages, cuts)
+
+
+def _fold_each_way(cfg: ProcessorConfig, records: list[dict[str, Any]]) -> Any:
+    """Fused, then generic (must agree): the batch summary, the watermark, the closed rows."""
+    processor = Processor.compile(cfg)
+    plan = processor.window
+    assert plan is not None
+    fused = fuse(cfg, plan)
+    assert fused is not None
+    messages = [Msg(i, orjson.dumps(r)) for i, r in enumerate(records)]
+    out = []
+    for batch_of in (fused, lambda ms, w: window_batch(decode_json, processor, w, ms)):
+        state = PartitionWindows(plan)
+        got = summary(batch_of(messages, state))  # type: ignore[operator]
+        rows = [r for _, r in state.close(everything=True)]
+        out.append((got, state.max_event_ms, rows))
+    assert out[0] == out[1]
+    return out[0]
+
+
+@pytest.mark.parametrize("hopping", [False, True])
+def test_a_float_against_an_integer_beyond_the_float_range_is_dead_lettered(
+    hopping: bool,
+) -> None:
+    # 1.5 + 5e308 (an int) raises OverflowError in Python: the record is refused (and only
+    # it), no aggregate of any window it belongs to changes (count, min, the avg after the
+    # sum), the watermark stays; later records still fold.
+    aggregates = [
+        {"name": "n", "function": "count"},
+        {"name": "lo", "function": "min", "expression": "bytes"},
+        {"name": "s", "function": "sum", "expression": HUGE},
+        {"name": "mean", "function": "avg", "expression": "bytes"},
+    ]
+    cfg = config(
+        [], aggregates=aggregates, **({"slide": "5s", "lateness": "5s"} if hopping else {})
+    )
+    records = [
+        {"user": "a", "ts": BASE + 6000, "bytes": 1.5},
+        {"user": "a", "ts": BASE + 9000, "bytes": 5},  # sum: 1.5 + 5e308
+        {"user": "a", "ts": BASE + 8000, "bytes": 2.0},
+    ]
+    (failures, late, filtered), max_ms, rows = _fold_each_way(cfg, records)
+    assert failures == [
+        (
+            1,
+            "expression",
+            "OverflowError",
+            "aggregate 's' (sum) cannot add int to the float this window holds: "
+            "an integer beyond the float range and a float have no sum",
+        )
+    ]
+    assert (late, filtered, max_ms) == ([], 0, BASE + 8000)
+    expected = (2, 1.5, 3.5, 1.75)
+    assert [(r["n"], r["lo"], r["s"], r["mean"]) for r in rows] == [expected] * (1 + hopping)
+
+
+def test_a_sum_beyond_the_float_range_stays_an_exact_integer_and_refuses_floats() -> None:
+    cfg = config([], aggregates=[{"name": "s", "function": "sum", "expression": HUGE}])
+    records = [
+        {"user": "a", "ts": BASE + 6000, "bytes": 5},
+        {"user": "a", "ts": BASE + 7000, "bytes": 1.5},  # 5e308 + 1.5: refused
+        {"user": "a", "ts": BASE + 8000, "bytes": 3},
+    ]
+    (failures, _, _), _, rows = _fold_each_way(cfg, records)
+    assert [(o, kind) for o, _, kind, _ in failures] == [(1, "OverflowError")]
+    assert [r["s"] for r in rows] == [FIVE_E308 + 3]
+
+
+def test_an_avg_refuses_an_integer_beyond_the_float_range() -> None:
+    # Its result is a float: 5e308 / 1 would raise OverflowError when the window closes
+    # (and again after every restart from the checkpoint), so the record is refused.
+    cfg = config(
+        [],
+        aggregates=[
+            {"name": "n", "function": "count"},
+            {"name": "mean", "function": "avg", "expression": HUGE},
+        ],
+    )
+    records = [
+        {"user": "a", "ts": BASE + 6000, "bytes": 5},
+        {"user": "a", "ts": BASE + 7000, "bytes": 3},
+        {"user": "a", "ts": BASE + 8000, "bytes": -6},
+    ]
+    (failures, _, _), _, rows = _fold_each_way(cfg, records)
+    assert failures == [
+        (
+            0,
+            "expression",
+            "OverflowError",
+            "aggregate 'mean' (avg) takes numbers within the float range, "
+            "got an integer of 1026 bits",
+        )
+    ]
+    assert [(r["n"], r["mean"]) for r in rows] == [(2, -1.5)]
+
+
+def test_an_avg_whose_total_left_the_float_range_refuses_floats() -> None:
+    # Two values of about 1e308 (each within the float range) make an int total of 2e308;
+    # a float then cannot be added (the record is refused); the mean is still a float.
+    near_max = "bytes * int(1e300) * 1000000 if bytes > 50 else bytes"
+    cfg = config(
+        [],
+        aggregates=[
+            {"name": "n", "function": "count"},
+            {"name": "mean", "function": "avg", "expression": near_max},
+        ],
+    )
+    records = [
+        {"user": "a", "ts": BASE + 6000 + i, "bytes": b} for i, b in enumerate([100, 100, 1.5, 100])
+    ]
+    (failures, _, _), _, rows = _fold_each_way(cfg, records)
+    assert [(o, kind) for o, _, kind, _ in failures] == [(2, "OverflowError")]
+    assert "'mean' (avg) cannot add float to the int" in failures[0][3]
+    value = 100 * int(1e300) * 1000000
+    assert [(r["n"], r["mean"]) for r in rows] == [(3, 3 * value / 3)]
