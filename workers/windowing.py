@@ -23,6 +23,7 @@ Semantics (docs/engine.md has the long form):
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -330,7 +331,11 @@ class WindowPlan:
         for i, agg in enumerate(self.aggregates):
             if agg.function == "avg":
                 total, n = acc[i]
-                out[agg.name] = total / n if n else None
+                try:
+                    out[agg.name] = total / n if n else None
+                except OverflowError:  # an int total from a checkpoint written before avg
+                    # refused integers beyond the float range: the mean is an infinity
+                    out[agg.name] = math.inf if total > 0 else -math.inf
             else:
                 out[agg.name] = acc[i]
         return out

@@ -269,3 +269,48 @@ def test_sum_beyond_64_bits_closes_and_keys() -> None:
     assert key_text(2**64) == "18446744073709551616"
     assert result["s"] == 2**64 - 2
     assert type(result["s"]) is int
+
+
+def test_a_float_and_an_integer_beyond_the_float_range_are_refused_all_or_nothing() -> None:
+    # Hopping 10 s / 5 s: the record at t=8 s belongs to [0, 10 s) and [5 s, 15 s), both
+    # open. Its sum cannot be added in the second one (a float there, an int beyond the
+    # float range in the record): refused before either window changed.
+    huge = 10**400
+    w = PartitionWindows(
+        plan(
+            type="hopping",
+            slide="5s",
+            allowedLateness="5s",
+            aggregates=[
+                {"name": "n", "function": "count"},
+                {"name": "lo", "function": "min", "expression": "v"},
+                {"name": "s", "function": "sum", "expression": "v"},
+            ],
+        )
+    )
+    assert w.add("a", 4_000, [None, 1, 1]) is True  # [-5 s, 5 s) and [0, 10 s)
+    assert w.add("a", 6_000, [None, 1, 0.5]) is True  # [0, 10 s) and [5 s, 15 s): floats
+    before = w.to_json()
+    with pytest.raises(OverflowError, match=r"'s' \(sum\) cannot add int to the float"):
+        w.add("a", 8_000, [None, -huge, huge])
+    assert w.to_json() == before  # no count, min or sum moved, no watermark
+    # Where the sum holds the exact int, a float is refused the same way.
+    assert w.add("a", 16_000, [None, 1, huge]) is True  # new: [10 s, 20 s), [15 s, 25 s)
+    with pytest.raises(OverflowError, match=r"cannot add float to the int this window holds"):
+        w.add("a", 16_500, [None, 1, 2.5])
+    # An avg refuses such an integer as a value: its mean is a float.
+    p = plan()
+    with pytest.raises(OverflowError, match=r"'mean' \(avg\) takes numbers within the float"):
+        p.values({"k": "a", "t": 1, "v": huge})
+
+
+def test_an_avg_total_beyond_the_float_range_from_an_old_checkpoint_closes() -> None:
+    # Before avg refused integers beyond the float range, such a total could be
+    # checkpointed; closing its window must not crash (the mean is an infinity: JSON null).
+    p = plan()
+    state = PartitionWindows.from_json(
+        p, {"v": 1, "maxEventMs": 5, "windows": [["a", 0, [1, 10**400, 1, 1, [-(10**400), 1]]]]}
+    )
+    [(_, result)] = state.close(everything=True)
+    assert result["mean"] == float("-inf")
+    assert result["s"] == 10**400
