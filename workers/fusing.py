@@ -68,6 +68,7 @@ from streamherd.workers.windowing import (
     REFUSED,
     PartitionWindows,
     WindowPlan,
+    time_bounds,
     time_converter,
 )
 
@@ -216,7 +217,10 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
             "__sh_REFUSED": REFUSED,
             "__sh_fmin": FLOAT_MIN,
             "__sh_fmax": FLOAT_MAX,
-            "__sh_convert": time_converter(spec.event_time.field or "", spec.event_time.format),
+            "__sh_convert": time_converter(
+                spec.event_time.field or "", spec.event_time.format, time_bounds(spec)
+            ),
+            "__sh_time_bounds": time_bounds(spec),
             "__sh_time_of": plan.event_time,
             "__sh_kafka_timestamp": kafka_timestamp,
             "__sh_size": plan.size_ms,
@@ -257,6 +261,7 @@ def _template(
         "__sh_decode, __sh_slow, __sh_Failure, __sh_type, __sh_hash",
         "    str, int, float = __sh_str, __sh_int, __sh_float",
         "    convert, checks = __sh_convert, __sh_checks",
+        "    tlo, thi = __sh_time_bounds",
         *(["    refusal, REFUSED = __sh_refusal, __sh_REFUSED"] if fallible else []),
         *(["    fmin, fmax = __sh_fmin, __sh_fmax"] if any(bounded) else []),
         "    decode_failures = []",
@@ -304,7 +309,10 @@ def _template(
     if time_format is None:  # the Kafka timestamp, through the generic reader
         out.append("            t = __sh_time_of(None, __sh_kafka_timestamp(m))")
     elif time_format == "epochMillis":  # an int needs no conversion
-        out += ["            t = __sh_TIME", "            if type(t) is not int:"]
+        out += [
+            "            t = __sh_TIME",
+            "            if type(t) is not int or not tlo <= t <= thi:",
+        ]
         out.append("                t = convert(t)")
     else:
         out.append("            t = convert(__sh_TIME)")

@@ -73,8 +73,25 @@ class EventTimeError(ValueError):
     """A record whose event time is missing or unreadable."""
 
 
-def time_converter(field: str, fmt: str) -> Callable[[Any], int]:
-    """The event time in epoch ms of a field's value in format ``fmt``; raises EventTimeError."""
+# Window starts and ends are written as ISO 8601 (iso_ms), which has the years 1 to 9999.
+ISO_MIN_MS: Final = -62_135_596_800_000  # 0001-01-01T00:00:00.000Z
+ISO_MAX_MS: Final = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
+def time_bounds(spec: WindowSpec) -> tuple[int, int]:
+    """The event times (epoch ms) whose windows start and end within :data:`ISO_MIN_MS`
+    and :data:`ISO_MAX_MS`: a record beyond them is refused, else closing its window
+    would fail (and fail again after every restart from the checkpoint)."""
+    size = round(parse_duration(spec.size) * 1000)
+    return ISO_MIN_MS + size, ISO_MAX_MS - size
+
+
+def time_converter(
+    field: str, fmt: str, bounds: tuple[int, int] = (ISO_MIN_MS, ISO_MAX_MS)
+) -> Callable[[Any], int]:
+    """The event time in epoch ms of a field's value in format ``fmt``, within ``bounds``
+    (:func:`time_bounds`); raises EventTimeError."""
+    low, high = bounds
 
     def convert(value: Any) -> int:
         if value is None:
@@ -83,42 +100,55 @@ def time_converter(field: str, fmt: str) -> Callable[[Any], int]:
             if fmt == "epochMillis":
                 if isinstance(value, bool):
                     raise TypeError("bool")
-                return int(value)
-            if fmt == "epochSeconds":
+                ms = int(value)
+            elif fmt == "epochSeconds":
                 if isinstance(value, bool):
                     raise TypeError("bool")
-                return round(float(value) * 1000)
-            moment = datetime.fromisoformat(value)
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
-            return round(moment.timestamp() * 1000)
-        except (TypeError, ValueError) as error:
+                ms = round(float(value) * 1000)
+            else:
+                moment = datetime.fromisoformat(value)
+                if moment.tzinfo is None:
+                    moment = moment.replace(tzinfo=UTC)
+                ms = round(moment.timestamp() * 1000)
+        except (TypeError, ValueError, OverflowError) as error:  # Overflow: inf, 1e400
             raise EventTimeError(
                 f"event time field {field!r}={value!r} is not {fmt}: {error}"
             ) from None
+        if not low <= ms <= high:
+            raise EventTimeError(
+                f"event time field {field!r}={value!r} is beyond the years 1 to 9999 "
+                "(window start and end are written as ISO 8601 times)"
+            )
+        return ms
 
     return convert
 
 
 def _time_reader(spec: WindowSpec) -> Callable[[Record, int | None], int]:
     field = spec.event_time.field
+    low, high = bounds = time_bounds(spec)
     if field is None:
 
         def kafka_time(record: Record, timestamp_ms: int | None) -> int:
             if timestamp_ms is None or timestamp_ms < 0:
                 raise EventTimeError("record has no Kafka timestamp")
+            if timestamp_ms > high:  # any int64 can be set by a producer
+                raise EventTimeError(
+                    f"Kafka timestamp {timestamp_ms} is beyond the year 9999 "
+                    "(window start and end are written as ISO 8601 times)"
+                )
             return timestamp_ms
 
         return kafka_time
     getter = compile_expression(field).function
-    convert = time_converter(field, spec.event_time.format)
+    convert = time_converter(field, spec.event_time.format, bounds)
 
     if spec.event_time.format == "epochMillis":
 
         def millis_time(record: Record, timestamp_ms: int | None) -> int:
-            # Hot path (profiled): an int needs no conversion; anything else is checked.
+            # Hot path (profiled): an int in range needs no conversion; the rest is checked.
             value = getter(record)
-            return value if type(value) is int else convert(value)
+            return value if type(value) is int and low <= value <= high else convert(value)
 
         return millis_time
 

@@ -554,3 +554,47 @@ def test_an_avg_whose_total_left_the_float_range_refuses_floats() -> None:
     assert "'mean' (avg) cannot add float to the int" in failures[0][3]
     value = 100 * int(1e300) * 1000000
     assert [(r["n"], r["mean"]) for r in rows] == [(3, 3 * value / 3)]
+
+
+@pytest.mark.parametrize(
+    ("event_time", "bad"),
+    [
+        ({"field": "ts"}, {"ts": 9_000_000_000_000_000_000}),  # year 285 million
+        ({"field": "ts"}, {"ts": -(2**63)}),
+        ({"field": "ts"}, {"ts": 253_402_300_799_999}),  # 9999-12-31: its window ends after
+        ({"field": "ts", "format": "epochSeconds"}, {"ts": 1e15}),
+        ({"field": "ts", "format": "epochSeconds"}, {"ts": 1e300}),
+        ({"field": "ts", "format": "iso8601"}, {"ts": "0001-01-01T00:00:01"}),
+        ({}, {"kafka": 2**63 - 1}),  # a producer may set any int64 timestamp
+    ],
+)
+def test_an_event_time_beyond_the_years_1_to_9999_is_dead_lettered(
+    event_time: dict[str, Any], bad: dict[str, Any]
+) -> None:
+    # Its window's start or end cannot be written as ISO 8601: closing it would fail (and
+    # fail again after every restart from the checkpoint holding it).
+    cfg = config([], event_time=event_time, aggregates=[{"name": "n", "function": "count"}])
+    processor = Processor.compile(cfg)
+    plan = processor.window
+    assert plan is not None
+    fused = fuse(cfg, plan)
+    assert fused is not None
+    fmt = event_time.get("format", "epochMillis")
+    good = {"epochMillis": BASE, "epochSeconds": BASE / 1000, "iso8601": "2026-01-01T00:00:00"}
+    values = [{"user": "a", "ts": bad.get("ts", good[fmt])}, {"user": "a", "ts": good[fmt]}]
+    times = [bad.get("kafka", BASE), BASE]
+    messages = [
+        Msg(i, orjson.dumps(v), t) for i, (v, t) in enumerate(zip(values, times, strict=True))
+    ]
+    results = []
+    for batch_of in (fused, lambda ms, w: window_batch(decode_json, processor, w, ms)):
+        state = PartitionWindows(plan)
+        failures, late, filtered = summary(batch_of(messages, state))  # type: ignore[operator]
+        rows = [r for _, r in state.close(everything=True)]
+        results.append((failures, late, filtered, rows))
+        assert [(o, reason, kind) for o, reason, kind, _ in failures] == [
+            (0, "expression", "EventTimeError")
+        ]
+        assert "beyond the year" in failures[0][3] or "is not epochSeconds" in failures[0][3]
+        assert [(r["n"], r["window_start"]) for r in rows] == [(1, "2026-01-01T00:00:00.000Z")]
+    assert results[0] == results[1]
