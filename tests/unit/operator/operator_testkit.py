@@ -132,6 +132,13 @@ ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 
+def body_of(kube: FakeKube, name: str) -> Manifest:
+    """The stored pipeline `name` (its status as the reconciler left it)."""
+    obj = kube.find("StreamPipeline", name)
+    assert obj is not None
+    return obj
+
+
 def example_doc(stem: str) -> dict[str, Any]:
     path = next(p for p in EXAMPLES if p.stem == stem)
     doc: dict[str, Any] = yaml.safe_load(path.read_text())

@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from operator_testkit import SETTINGS, FakeKube, example_doc
+from operator_testkit import SETTINGS, FakeKube, body_of, example_doc
 
 from streamherd.operator.builders.meta import SECRETS_HASH_ANNOTATION
 from streamherd.operator.reconciler import contains, reconcile
@@ -31,12 +31,6 @@ def setup(example: str = "02-clicks-per-minute", served: bool = True) -> tuple[F
     kube = FakeKube(served={MON, RULE} if served else set())
     body = kube.put(example_doc(example))
     return kube, body["metadata"]["name"]
-
-
-def body_of(kube: FakeKube, name: str) -> dict[str, Any]:
-    obj = kube.find("StreamPipeline", name)
-    assert obj is not None
-    return obj
 
 
 def cond(kube: FakeKube, name: str, type_: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import copy
 from datetime import UTC, datetime
 from typing import Any
 
-from operator_testkit import SETTINGS, FakeKube, example_doc
+from operator_testkit import SETTINGS, FakeKube, body_of, example_doc
 
 from streamherd.operator.reconciler import ReconcileMemo, reconcile
 
@@ -20,12 +20,6 @@ def setup(example: str) -> tuple[FakeKube, str]:
     kube = FakeKube()
     body = kube.put(example_doc(example))
     return kube, body["metadata"]["name"]
-
-
-def body_of(kube: FakeKube, name: str) -> dict[str, Any]:
-    obj = kube.find("StreamPipeline", name)
-    assert obj is not None
-    return obj
 
 
 def deployment(kube: FakeKube, name: str) -> dict[str, Any]:

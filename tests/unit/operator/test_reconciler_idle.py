@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from operator_testkit import SETTINGS, FakeKube, Manifest, example_doc
+from operator_testkit import SETTINGS, FakeKube, Manifest, body_of, example_doc
 
 from streamherd.operator.kube import ApiError
 from streamherd.operator.reconciler import reconcile
@@ -38,12 +38,6 @@ def make(example: str, kube: FakeKube | None = None) -> tuple[FakeKube, str]:
     kube.secrets[("default", "fx-api")] = {"token": b64("t")}
     body = kube.put(example_doc(example))
     return kube, body["metadata"]["name"]
-
-
-def body_of(kube: FakeKube, name: str) -> Manifest:
-    obj = kube.find("StreamPipeline", name)
-    assert obj is not None
-    return obj
 
 
 @pytest.mark.parametrize("example", EXAMPLES)
