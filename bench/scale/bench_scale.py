@@ -772,6 +772,50 @@ def prepare(cluster: KubeCluster, n: int) -> None:
     )
 
 
+@dataclass
+class Convergence:
+    """One burst of creates until every pipeline is Ready, with the machine's CPU and the
+    API server's request counters read at its start and end."""
+
+    t0: float
+    t_created: float
+    t_ready: float
+    all_ready: bool
+    cpu_before: dict[int, tuple[str, str, float]]
+    cpu_after: dict[int, tuple[str, str, float]]
+    api: Counter[str]
+
+
+def converge(
+    cluster: KubeCluster,
+    watcher: Watcher,
+    create: Any,
+    docs: list[dict[str, Any]],
+    args: argparse.Namespace,
+) -> Convergence:
+    """Create `docs` with --create-clients clients (a user's `kubectl apply -f dir/` is
+    sequential: the report gives the time from the first and from the last create) and wait
+    until the watcher has seen every pipeline Ready."""
+    n = len(docs)
+    api_before = apiserver_requests(cluster)
+    cpu_before = cpu_snapshot()
+    t0 = time.time()
+    with ThreadPoolExecutor(args.create_clients) as pool:
+        list(pool.map(create, docs))
+    t_created = time.time()
+    print(f"  created in {t_created - t0:.1f}s; waiting for Ready", flush=True)
+    all_ready = wait(f"{n} pipelines Ready", lambda: len(watcher.ready_at) >= n, args.ready_timeout)
+    t_ready = max(watcher.ready_at.values()) if all_ready else time.time()
+    cpu_after = cpu_snapshot()
+    api = apiserver_requests(cluster) - api_before
+    print(
+        f"  Ready: {len(watcher.ready_at)}/{n} after {t_ready - t0:.1f}s "
+        f"(load {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
+    return Convergence(t0, t_created, t_ready, all_ready, cpu_before, cpu_after, api)
+
+
 def run_floor(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str, Any]:
     """N pipelines with no operator: the bench creates their children (see Floor)."""
     base = Path(args.workdir) / f"floor{n}"
@@ -796,24 +840,8 @@ def run_floor(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str
             path = f"/apis/streamherd.io/v1alpha1/namespaces/{NAMESPACE}/streampipelines"
             floor.children(call(api, "POST", path, doc))
 
-        api_before = apiserver_requests(cluster)
-        cpu_before = cpu_snapshot()
-        t0 = time.time()
-        with ThreadPoolExecutor(args.create_clients) as pool:
-            list(pool.map(create, docs))
-        t_created = time.time()
-        print(f"  created in {t_created - t0:.1f}s; waiting for Ready", flush=True)
-        all_ready = wait(
-            f"{n} pipelines Ready", lambda: len(watcher.ready_at) >= n, args.ready_timeout
-        )
-        t_ready = max(watcher.ready_at.values()) if all_ready else time.time()
-        cpu_after = cpu_snapshot()
-        api_after = apiserver_requests(cluster)
-        print(
-            f"  Ready: {len(watcher.ready_at)}/{n} after {t_ready - t0:.1f}s "
-            f"(load {os.getloadavg()[0]:.1f})",
-            flush=True,
-        )
+        c = converge(cluster, watcher, create, docs, args)
+        t0, t_created, t_ready, all_ready = c.t0, c.t_created, c.t_ready, c.all_ready
         return {
             "n": n,
             "when": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -824,8 +852,8 @@ def run_floor(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str
             "ready_s": t_ready - t0,
             "ready_curve": sorted(t - t0 for t in watcher.ready_at.values()),
             "load": os.getloadavg()[0],
-            "cpu_by_component": cpu_by_component(cpu_before, cpu_after, -1),
-            "apiserver_requests": dict((api_after - api_before).most_common()),
+            "cpu_by_component": cpu_by_component(c.cpu_before, c.cpu_after, -1),
+            "apiserver_requests": dict(c.api.most_common()),
         }
     finally:
         if watcher is not None:
@@ -887,29 +915,11 @@ def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str,
             )  # fmt: skip
             profile_thread.start()
         operator_pid = operator.pid
-        api_before = apiserver_requests(cluster)
-        cpu_before = cpu_snapshot()
-        t0 = time.time()
-        # Several clients at once (a user's `kubectl apply -f dir/` is sequential: the
-        # report gives the time from the first and from the last create).
-        with ThreadPoolExecutor(args.create_clients) as pool:
-            list(pool.map(create, docs))
-        t_created = time.time()
-        print(f"  created in {t_created - t0:.1f}s; waiting for Ready", flush=True)
-        all_ready = wait(
-            f"{n} pipelines Ready", lambda: len(watcher.ready_at) >= n, args.ready_timeout
-        )
-        t_ready = max(watcher.ready_at.values()) if all_ready else time.time()
-        cpu_after = cpu_snapshot()
-        api_after = apiserver_requests(cluster)
+        c = converge(cluster, watcher, create, docs, args)
+        t0, t_created, t_ready, all_ready = c.t0, c.t_created, c.t_ready, c.all_ready
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(timeout=60)
-        print(
-            f"  Ready: {len(watcher.ready_at)}/{n} after {t_ready - t0:.1f}s "
-            f"(load {os.getloadavg()[0]:.1f})",
-            flush=True,
-        )
         latencies = [watcher.deployment_seen[k] - created[k]
                      for k in created if k in watcher.deployment_seen]  # fmt: skip
 
@@ -1023,8 +1033,8 @@ def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str,
             / max(1, builtin)
             / (idle_s / POLL_INTERVAL),
         }
-        result["cpu_by_component"] = cpu_by_component(cpu_before, cpu_after, operator_pid)
-        result["apiserver_requests"] = dict((api_after - api_before).most_common())
+        result["cpu_by_component"] = cpu_by_component(c.cpu_before, c.cpu_after, operator_pid)
+        result["apiserver_requests"] = dict(c.api.most_common())
         if args.profile and (base / "profile.txt").exists():
             result["profile_top"] = profile_summary(base / "profile.txt")
         if profile_thread is not None:
