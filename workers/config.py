@@ -217,6 +217,17 @@ class WindowSpec(Model):
     aggregates: list[Aggregate] = Field(
         min_length=1, max_length=32, description="The aggregates computed per key and window."
     )
+    repartition: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description=(
+            "Whether records are re-keyed by `keyBy` through an internal repartition topic "
+            "before the window, so that each (key, window) has exactly one result whatever "
+            "the input topic is keyed by. auto (default): repartition unless the manifest says "
+            "the input is keyed by `keyBy` (source.kafka.keyedBy, a raw source's `key`, the "
+            "generator's `user`); always; never (the input is known to be keyed by keyBy; "
+            "results are per source partition otherwise)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_slide(self) -> WindowSpec:
@@ -370,6 +381,14 @@ class KafkaSourceConfig(KafkaEndpoint):
     format: Literal["json", "raw"] = Field(
         default="json",
         description="json: each value is a JSON object; raw: bytes passed through as `value`.",
+    )
+    idle_timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "A partition with no new record for this long (and nothing left to read) stops "
+            "holding back event time: its open windows close and are emitted. None: never."
+        ),
     )
 
 
@@ -545,6 +564,29 @@ class RuntimeConfig(Model):
     )
 
 
+class RepartitionConfig(Model):
+    """The internal topic that re-keys records by the window's key (workers/repartitioning.py).
+
+    Rendered only when the pipeline repartitions; the same worker pool consumes the source
+    topics (stateless steps, then produce re-keyed) and this topic (the window)."""
+
+    topic: str = Field(min_length=1, max_length=249, description="Internal topic name.")
+    partitions: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Partitions when the worker creates it; the source's most when omitted.",
+    )
+    retention_ms: int = Field(
+        default=7 * 24 * 3600 * 1000,
+        ge=60_000,
+        description="retention.ms of the topic when the worker creates it.",
+    )
+
+
+DeliveryMode = Literal["atLeastOnce", "exactlyOnce"]
+
+
 class PipelineRef(Model):
     """Which StreamPipeline this worker belongs to (labels metrics and logs)."""
 
@@ -571,3 +613,15 @@ class WorkerConfig(Model):
         default_factory=CheckpointConfig, description="Checkpointing."
     )
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Engine tuning.")
+    repartition: RepartitionConfig | None = Field(
+        default=None,
+        description="The internal repartition topic, when the window's key is not the input's.",
+    )
+    delivery: DeliveryMode = Field(
+        default="atLeastOnce",
+        description=(
+            "atLeastOnce: outputs are flushed before each checkpoint (deterministic keys make "
+            "a replay overwrite); exactlyOnce: outputs, dead letters, repartition records and "
+            "input offsets are committed in one Kafka transaction per checkpoint."
+        ),
+    )

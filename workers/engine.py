@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
+import orjson
 from confluent_kafka import (
     OFFSET_INVALID,
     Consumer,
@@ -33,12 +34,13 @@ from confluent_kafka import (
     KafkaException,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 
 from streamherd.workers.checkpointing import Checkpoint, CheckpointStore
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.fusing import fuse
 from streamherd.workers.generating import GENERATOR_TOPIC, ClickGenerator
-from streamherd.workers.kafkaclients import consumer_config
+from streamherd.workers.kafkaclients import client_config, consumer_config
 from streamherd.workers.lagprobe import StartFrom, partition_lag
 from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics
@@ -51,16 +53,35 @@ from streamherd.workers.processing import (
     decode_json,
     decode_raw,
     decode_synthetic,
+    encode_output,
+    kafka_timestamp,
     window_batch,
 )
+from streamherd.workers.repartitioning import (
+    UPSTREAM_HEADER,
+    WATERMARK_HEADER,
+    RepartitionError,
+    Upstream,
+    UpstreamClock,
+    UpstreamMessage,
+    close_windows,
+    ensure_topic,
+    idle_close,
+    read_mark,
+    source_partitions,
+    upstream_header,
+    watermark_header,
+)
 from streamherd.workers.sinks import Outputs
-from streamherd.workers.windowing import PartitionWindows
+from streamherd.workers.windowing import PartitionWindows, key_text
 
 log = logging.getLogger("streamherd.worker")
 
 LAG_REFRESH_SECONDS: Final = 1.0
 PROGRESS_SECONDS: Final = 1.0
 HEARTBEAT_STALE_SECONDS: Final = 60.0
+#: Least time between two progress markers of one source partition (repartitioned pipelines).
+MARKER_SECONDS: Final = 0.5
 
 
 class LateRecordError(Exception):
@@ -100,6 +121,17 @@ class PartitionState:
     committing: int | None = None
     low: int | None = None
     high: int | None = None
+    # What the partition is to a repartitioned pipeline (workers/repartitioning.py):
+    # "direct" (no repartition: the window is here), "upstream" (a source partition: the
+    # stateless steps, then re-keyed to the repartition topic) or "downstream" (a partition
+    # of the repartition topic: the window).
+    role: str = "direct"
+    clock: UpstreamClock | None = None  # downstream: what each source partition said
+    max_event_ms: int | None = None  # upstream: the largest event time so far
+    marked: tuple[int, int | None] | None = None  # upstream: (offset, max) of the last marker
+    marked_at: float = 0.0
+    idle: bool = False  # upstream/direct: quiet for idleTimeout, and said so
+    last_record_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -111,6 +143,8 @@ class _Counters:
     late: int = 0
     windows_emitted: int = 0
     checkpoints: int = 0
+    repartitioned: int = 0
+    duplicates: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -135,7 +169,12 @@ class Engine:
         self.processor = Processor.compile(config.processor)
         self.store = CheckpointStore(config.checkpoint.directory)
         self.outputs = Outputs(
-            config.sink, config.dead_letter, self.pipeline, out, metrics=self.metrics
+            config.sink,
+            config.dead_letter,
+            self.pipeline,
+            out,
+            metrics=self.metrics,
+            source=config.source.kafka,
         )
         self.partitions: dict[tuple[str, int], PartitionState] = {}
         self.counters = _Counters()
@@ -151,6 +190,10 @@ class Engine:
         self._broken = False
         self._decode: Callable[[list[SourceMessage], list[Failure]], list[Item]]
         topics = config.source.kafka.topics if config.source.kafka is not None else ()
+        self.repartition = config.repartition if config.source.kafka is not None else None
+        self._repartition_partitions = 0
+        self._upstreams: frozenset[Upstream] = frozenset()
+        self._admin: AdminClient | None = None
         # A pattern ("^...") may match several topics.
         self._several_topics = len(topics) > 1 or any(t.startswith("^") for t in topics)
         if config.source.generator is not None:
@@ -165,7 +208,10 @@ class Engine:
         self._window_batch: Callable[[list[SourceMessage], PartitionWindows], WindowBatch]
         fused_batch = (
             fuse(config.processor, self.processor.window)
-            if fused and self._decode is decode_json and self.processor.window is not None
+            if fused
+            and self._decode is decode_json
+            and self.processor.window is not None
+            and self.repartition is None
             else None
         )
         self.fused = fused_batch is not None
@@ -208,13 +254,22 @@ class Engine:
         st = PartitionState(topic, partition)
         checkpoint = self.store.load(topic, partition)
         plan = self.processor.window
+        state = checkpoint.state if checkpoint is not None else None
         if checkpoint is not None:
             st.next_offset = checkpoint.next_offset
             st.committed = checkpoint.next_offset
-        if plan is not None:
-            st.windows = PartitionWindows.from_json(
-                plan, checkpoint.state if checkpoint is not None else None
-            )
+        if self.repartition is not None and plan is not None:
+            if topic == self.repartition.topic:
+                st.role = "downstream"
+                st.windows = PartitionWindows.from_json(plan, state)
+                st.clock = UpstreamClock.from_json(state)
+                st.clock.known = self._upstreams
+            else:
+                st.role = "upstream"
+                top = (state or {}).get("maxEventMs")
+                st.max_event_ms = None if top is None else int(top)
+        elif plan is not None:
+            st.windows = PartitionWindows.from_json(plan, state)
         self.partitions[(topic, partition)] = st
         self.metrics.assigned.set(len(self.partitions))
         log_event(
@@ -350,6 +405,19 @@ class Engine:
             self.metrics.batch_duration.observe(time.perf_counter() - started)
 
     def _process_partition(self, st: PartitionState, messages: list[SourceMessage]) -> None:
+        if st.role == "upstream":
+            self._process_upstream(st, messages)
+        elif st.role == "downstream":
+            self._process_downstream(st, messages)
+        else:
+            self._process_direct(st, messages)
+        st.last_record_at = time.monotonic()
+        last = messages[-1].offset()
+        assert last is not None
+        st.next_offset = last + 1
+        st.dirty = True
+
+    def _process_direct(self, st: PartitionState, messages: list[SourceMessage]) -> None:
         n_in = len(messages)
         self.counters.records_in += n_in
         self.metrics.records_in(st.topic, st.partition, n_in)
@@ -404,10 +472,125 @@ class Engine:
         self.counters.filtered += filtered
         self.metrics.records_out.inc(len(rows))
         self.metrics.filtered.inc(filtered)
+        st.idle = False
+
+    def _process_upstream(self, st: PartitionState, messages: list[SourceMessage]) -> None:
+        """A source partition of a repartitioned pipeline: the stateless steps, the window's
+        key and event time, then each record re-keyed to the repartition topic."""
+        assert self.repartition is not None and self.processor.window is not None
+        n_in = len(messages)
+        self.counters.records_in += n_in
+        self.metrics.records_in(st.topic, st.partition, n_in)
+        failures: list[Failure] = []
+        items = self._decode(messages, failures)
+        n_decoded = len(items)
+        items = self.processor.run(items, failures)
+        stage_failures = len(failures) - (n_in - n_decoded)
+        filtered = max(n_decoded - len(items) - stage_failures, 0)
+        plan = self.processor.window
+        key_of, time_of, kafka_time = plan.key, plan.event_time, plan.kafka_time
+        top = st.max_event_ms
+        rows: list[tuple[str, bytes, int, int, list[tuple[str, bytes]]]] = []
+        for record, m in items:
+            offset = m.offset()
+            assert offset is not None
+            try:
+                key = key_of(record)
+                hash(key)  # a list/dict key is the record's error
+                stamp = kafka_timestamp(m)
+                event_ms = time_of(record, stamp if kafka_time else None)
+                value = encode_output(record)
+            except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
+                failures.append(Failure(m, "expression", error))
+                continue
+            header = upstream_header(st.topic, st.partition, offset, top)
+            when = stamp if stamp is not None and stamp > 0 else 0  # 0: the producer's clock
+            rows.append((key_text(key), value, when, offset, [(UPSTREAM_HEADER, header)]))
+            if top is None or event_ms > top:
+                top = event_ms
+        st.max_event_ms = top
+        if rows:
+            self.outputs.repartition(self.repartition.topic, self._repartition_partitions, rows)
+        if failures:
+            self._dead_letter(failures)
+        self.counters.repartitioned += len(rows)
+        self.counters.filtered += filtered
+        self.metrics.filtered.inc(filtered)
         last = messages[-1].offset()
         assert last is not None
-        st.next_offset = last + 1
-        st.dirty = True
+        self._mark(st, last, force=st.idle)
+        st.idle = False
+
+    def _mark(self, st: PartitionState, offset: int, *, force: bool = False) -> None:
+        """Tell every downstream partition how far this source partition has got."""
+        assert self.repartition is not None
+        now = time.monotonic()
+        mark = (offset, st.max_event_ms)
+        if not force and (mark == st.marked or now - st.marked_at < MARKER_SECONDS):
+            return
+        header = watermark_header(st.topic, st.partition, offset, st.max_event_ms, st.idle)
+        self.outputs.repartition_marker(
+            self.repartition.topic, self._repartition_partitions, [(WATERMARK_HEADER, header)]
+        )
+        st.marked, st.marked_at = mark, now
+
+    def _process_downstream(self, st: PartitionState, messages: list[SourceMessage]) -> None:
+        """A partition of the repartition topic: drop replays, fold each record with its
+        source partition's lateness, close what the slowest source partition allows."""
+        windows, clock = st.windows, st.clock
+        assert windows is not None and clock is not None
+        failures: list[Failure] = []
+        late = 0
+        duplicates = 0
+        loads = orjson.loads
+        for m in messages:
+            try:
+                mark = read_mark(m.headers())  # type: ignore[attr-defined]
+            except RepartitionError as error:
+                failures.append(Failure(m, "decode", error))
+                continue
+            if not clock.take(mark):
+                duplicates += not mark.marker
+                continue
+            if mark.marker:
+                continue
+            source = UpstreamMessage(m, mark)
+            try:
+                record = loads(m.value())  # type: ignore[arg-type]
+                if type(record) is not dict:
+                    raise ValueError(f"not a JSON object: {type(record).__name__}")
+            except (orjson.JSONDecodeError, TypeError, ValueError) as error:
+                failures.append(Failure(source, "decode", error))
+                continue
+            windows.max_event_ms = clock.level_before(mark)
+            errors, late_ones = windows.fold([(record, source)], kafka_timestamp)
+            failures.extend(Failure(s, "expression", e) for s, e in errors)
+            for s, event_ms in late_ones:
+                late += 1
+                failures.append(
+                    Failure(
+                        s,
+                        "late",
+                        LateRecordError(
+                            f"event time {event_ms} is behind its source partition's "
+                            "watermark by more than the allowed lateness"
+                        ),
+                    )
+                )
+        rows = close_windows(windows, clock)
+        level = clock.closing_level()
+        windows.max_event_ms = level if type(level) is int else None
+        if rows:
+            self.outputs.write(list(rows))
+        if failures:
+            self._dead_letter(failures)
+        self.counters.windows_emitted += len(rows)
+        self.counters.records_out += len(rows)
+        self.counters.late += late
+        self.counters.duplicates += duplicates
+        self.metrics.windows_emitted.inc(len(rows))
+        self.metrics.records_out.inc(len(rows))
+        self.metrics.late.inc(late)
 
     def _dead_letter(self, failures: list[Failure]) -> None:
         self.outputs.dead_letter(failures)
@@ -440,6 +623,11 @@ class Engine:
         if self._broken:
             return False
         started = time.perf_counter()
+        for st in states:
+            if st.role == "upstream" and st.next_offset is not None:
+                self._mark(
+                    st, st.next_offset - 1, force=st.marked != (st.next_offset - 1, st.max_event_ms)
+                )
         try:
             flushed = self.outputs.flush(timeout)
         except Exception:
@@ -457,7 +645,7 @@ class Engine:
                         topic=st.topic,
                         partition=st.partition,
                         next_offset=st.next_offset,  # type: ignore[arg-type]
-                        state=st.windows.to_json() if st.windows is not None else None,
+                        state=self._state_of(st),
                         pipeline=self.pipeline,
                     )
                     for st in dirty
@@ -480,6 +668,17 @@ class Engine:
             )
         self._commit(states, sync=sync)
         return True
+
+    @staticmethod
+    def _state_of(st: PartitionState) -> dict[str, Any] | None:
+        if st.role == "upstream":
+            return {"maxEventMs": st.max_event_ms}
+        if st.windows is None:
+            return None
+        state = st.windows.to_json()
+        if st.clock is not None:
+            state.update(st.clock.to_json())
+        return state
 
     def _commit(self, states: list[PartitionState], *, sync: bool) -> None:
         if self.consumer is None:
@@ -593,6 +792,49 @@ class Engine:
         )
         return partition_lag(low, high, st.committed, start_from)
 
+    def _check_idle(self) -> None:
+        """Partitions with nothing new for idleTimeout and nothing left to read stop holding
+        event time back: a direct window closes its open windows, a source partition of a
+        repartitioned pipeline tells the downstream partitions not to wait for it."""
+        source = self.config.source.kafka
+        timeout = source.idle_timeout_seconds if source is not None else None
+        if timeout is None:
+            return
+        now = time.monotonic()
+        for st in list(self.partitions.values()):
+            if st.idle or st.role == "downstream" or now - st.last_record_at < timeout:
+                continue
+            if st.high is None:
+                continue
+            position = st.next_offset if st.next_offset is not None else st.committed
+            if position is None:
+                position = st.low if st.low is not None else 0
+            if position < st.high:
+                continue  # records are waiting: not quiet, only slow
+            st.idle = True
+            if st.role == "upstream":
+                self._mark(st, position - 1, force=True)
+                self.outputs.poll(0)
+                log_event(
+                    log, logging.INFO, "partition-idle", topic=st.topic, partition=st.partition
+                )
+            elif st.windows is not None and st.windows.windows:
+                rows = idle_close(st.windows)
+                self.outputs.write(list(rows))
+                st.dirty = True
+                self.counters.windows_emitted += len(rows)
+                self.counters.records_out += len(rows)
+                self.metrics.windows_emitted.inc(len(rows))
+                self.metrics.records_out.inc(len(rows))
+                log_event(
+                    log,
+                    logging.INFO,
+                    "partition-idle",
+                    topic=st.topic,
+                    partition=st.partition,
+                    closed=len(rows),
+                )
+
     def _backpressure(self) -> None:
         consumer = self.consumer
         if consumer is None:
@@ -661,6 +903,7 @@ class Engine:
     def _tick(self, last_progress: list[float]) -> None:
         self._beat()
         self._refresh_lag()
+        self._check_idle()
         if self.progress is not None and time.monotonic() - last_progress[0] >= PROGRESS_SECONDS:
             last_progress[0] = time.monotonic()
             self.progress(self.summary("running", finished=False))
@@ -714,8 +957,23 @@ class Engine:
             {**consumer_config(source), "on_commit": self._on_committed}
         )
         runtime = self.config.runtime
+        topics = list(source.topics)
+        if self.repartition is not None:
+            admin = self._admin = AdminClient(client_config(source))
+            self._upstreams = source_partitions(admin, source.topics)
+            wanted = self.repartition.partitions or max(
+                (
+                    sum(1 for t, _ in self._upstreams if t == name)
+                    for name in {t for t, _ in self._upstreams}
+                ),
+                default=1,
+            )
+            self._repartition_partitions = ensure_topic(
+                admin, self.repartition.topic, wanted, self.repartition.retention_ms
+            )
+            topics.append(self.repartition.topic)
         consumer.subscribe(
-            list(source.topics),
+            topics,
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,

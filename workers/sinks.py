@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import logging
 import threading
+import zlib
 from collections.abc import Mapping
 from typing import Any, TextIO
 
 from confluent_kafka import KafkaError, Producer
 
-from streamherd.workers.config import DeadLetterConfig, KafkaEndpoint, SinkConfig
+from streamherd.workers.config import (
+    DeadLetterConfig,
+    KafkaEndpoint,
+    KafkaSourceConfig,
+    SinkConfig,
+)
 from streamherd.workers.expressions import compile_expression
 from streamherd.workers.kafkaclients import producer_config
 from streamherd.workers.metrics import EngineMetrics
@@ -83,7 +89,9 @@ class Outputs:
         dead_letter: DeadLetterConfig | None,
         pipeline: str,
         out: TextIO,
+        *,
         metrics: EngineMetrics | None = None,
+        source: KafkaSourceConfig | None = None,
     ) -> None:
         self.pipeline = pipeline
         self._producers = _Producers()
@@ -111,6 +119,13 @@ class Outputs:
         if dead_letter is not None:
             self._dlq_producer = self._producers.get(dead_letter)
             self._dlq_topic = dead_letter.topic
+        # The repartition topic lives on the source's cluster (same endpoint: one producer
+        # with the sink's when they share it).
+        self._source_endpoint = (
+            KafkaEndpoint(bootstrap_servers=source.bootstrap_servers, security=source.security)
+            if source is not None
+            else None
+        )
 
     @property
     def has_dead_letter(self) -> bool:
@@ -153,6 +168,39 @@ class Outputs:
                 headers=error_headers(failure, self.pipeline),
             )
         self._dlq_producer.poll(0)
+
+    def repartition(
+        self,
+        topic: str,
+        partitions: int,
+        rows: list[tuple[str, bytes, int, int, list[tuple[str, bytes]]]],
+    ) -> None:
+        """Re-keyed records ``(key text, value, timestamp ms, source offset, headers)`` to
+        the repartition topic; the partition is CRC-32 of the key (stable across versions
+        and clients), so every record of a key meets the same window state."""
+        assert self._source_endpoint is not None
+        producer = self._producers.get(self._source_endpoint)
+        for key, value, stamp, _offset, headers in rows:
+            raw = key.encode("utf-8", errors="surrogatepass")
+            _produce(
+                producer,
+                topic=topic,
+                partition=zlib.crc32(raw) % partitions,
+                key=raw,
+                value=value,
+                timestamp=stamp,
+                headers=headers,
+            )
+        producer.poll(0)
+
+    def repartition_marker(
+        self, topic: str, partitions: int, headers: list[tuple[str, bytes]]
+    ) -> None:
+        """A progress marker to every partition of the repartition topic."""
+        assert self._source_endpoint is not None
+        producer = self._producers.get(self._source_endpoint)
+        for partition in range(partitions):
+            _produce(producer, topic=topic, partition=partition, value=b"", headers=headers)
 
     def behind(self) -> bool:
         if self._postgres is not None and self._postgres.behind():

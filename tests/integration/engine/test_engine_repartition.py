@@ -1,0 +1,280 @@
+"""Right results whatever the input keying: a repartitioned pipeline on the real broker.
+
+The input topic is keyed (and so partitioned) by user; the window counts per page. Without
+a repartition each source partition would hold a part of every page and emit one partial
+row per partition. With it, every (page, window) must come out with the reference value,
+computed here without the engine, with workers joining, leaving and SIGKILLed on the way,
+and a partition that goes quiet must still have its windows emitted.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.infra.kafka import KafkaBroker, Record
+from tests.integration.engine.enginekit import (
+    BASE_TS,
+    WINDOW_MS,
+    Worker,
+    iso,
+    pipeline_config,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.slow]
+
+PAGES = 13
+PARTITIONS = 4
+
+
+def page_clicks(start: int, count: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Clicks keyed by user (the topic's key), each on a page unrelated to the user."""
+    for i in range(start, start + count):
+        user = f"user-{(i * 7919) % 97}"
+        page = f"/p{(i * 104729) % PAGES}"
+        yield (
+            user,
+            {"id": i, "user": user, "page": page, "bytes": (i * 31) % 997, "ts": BASE_TS + i * 3},
+        )
+
+
+def page_reference(records: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = defaultdict(lambda: {"clicks": 0, "bytes": 0})
+    for _user, rec in records:
+        start = rec["ts"] - rec["ts"] % WINDOW_MS
+        row = out[f"{rec['page']}|{iso(start)}"]
+        row["clicks"] += 1
+        row["bytes"] += rec["bytes"]
+    return dict(out)
+
+
+def repartitioned_config(
+    broker: KafkaBroker, src: str, sink: str, dlq: str, checkpoints: Path, **extra: Any
+) -> dict[str, Any]:
+    config = pipeline_config(
+        broker,
+        source=src,
+        sink=sink,
+        dlq=dlq,
+        group=f"g-{src}",
+        checkpoints=checkpoints,
+        batchSize=500,
+    )
+    config["processor"]["steps"][-1]["window"]["keyBy"] = "page"
+    config["repartition"] = {"topic": f"{src}.repartition"}
+    config["source"]["kafka"].update(extra)
+    return config
+
+
+def by_key(records: list[Record]) -> tuple[dict[str, dict[str, Any]], Counter[str]]:
+    latest: dict[str, dict[str, Any]] = {}
+    seen: Counter[str] = Counter()
+    for rec in sorted(records, key=lambda r: (r.partition, r.offset)):
+        assert rec.key is not None
+        key = rec.key.decode()
+        if key.startswith("zz-flush|"):
+            continue
+        latest[key] = rec.json()
+        seen[key] += 1
+    return latest, seen
+
+
+def check(got: dict[str, dict[str, Any]], expected: dict[str, dict[str, int]]) -> None:
+    assert set(got) == set(expected), (
+        f"missing {sorted(set(expected) - set(got))[:3]}, "
+        f"extra {sorted(set(got) - set(expected))[:3]}"
+    )
+    wrong = [
+        (k, got[k]["clicks"], v["clicks"], got[k]["bytes"], v["bytes"])
+        for k, v in expected.items()
+        if (got[k]["clicks"], got[k]["bytes"]) != (v["clicks"], v["bytes"])
+    ]
+    assert not wrong, f"{len(wrong)} of {len(expected)} windows wrong, e.g. {wrong[:3]}"
+
+
+def topics(broker: KafkaBroker) -> tuple[str, str, str]:
+    src = broker.create_topic(broker.unique_topic("clicks"), PARTITIONS)
+    sink = broker.create_topic(broker.unique_topic("pages"), 3)
+    dlq = broker.create_topic(broker.unique_topic("dlq"), 1)
+    return src, sink, dlq
+
+
+def flush(broker: KafkaBroker, src: str, last_ts: int) -> None:
+    """A far-future record on every source partition: every earlier window can close."""
+    for p in range(PARTITIONS):
+        broker.produce(
+            src,
+            [
+                (
+                    "zz",
+                    {
+                        "id": -1,
+                        "user": "zz",
+                        "page": "zz-flush",
+                        "bytes": 0,
+                        "ts": last_ts + 86_400_000,
+                    },
+                )
+            ],
+            partition=p,
+        )
+
+
+def test_windows_by_another_key_than_the_topic_have_one_exact_result(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    src, sink, dlq = topics(kafka_broker)
+    records = list(page_clicks(0, 24_000))
+    kafka_broker.produce(src, records[:12_000])  # keyed by user: every page on every partition
+    config = repartitioned_config(kafka_broker, src, sink, dlq, tmp_path / "ck")
+    a = Worker.create(tmp_path, "a", config).start()
+    b = Worker.create(tmp_path, "b", {**config, "runtime": {**config["runtime"], "metricsPort": 0}})
+    try:
+        wait_until("worker a ready", lambda: a.get("/readyz")[0] == 200, 60, [a])
+        b.start()
+        kafka_broker.produce(src, records[12_000:])
+        flush(kafka_broker, src, records[-1][1]["ts"])
+        expected = page_reference(records)
+        got: dict[str, dict[str, Any]] = {}
+        counts: Counter[str] = Counter()
+
+        def complete() -> bool:
+            latest, seen = by_key(kafka_broker.consume_all(sink, timeout=60))
+            got.clear()
+            got.update(latest)
+            counts.clear()
+            counts.update(seen)
+            return set(expected) <= set(got)
+
+        wait_until("every (page, window) in the sink", complete, 120, [a, b])
+        check(got, expected)
+        twice = {k: n for k, n in counts.items() if n > 1}
+        assert not twice, f"{len(twice)} windows emitted more than once, e.g. {list(twice)[:3]}"
+        assert kafka_broker.consume_all(dlq) == []
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_sigkills_and_rebalances_change_no_result(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    src, sink, dlq = topics(kafka_broker)
+    records = list(page_clicks(0, 30_000))
+    config = repartitioned_config(kafka_broker, src, sink, dlq, tmp_path / "ck")
+    config["checkpoint"]["intervalSeconds"] = 0.5
+    workers = [
+        Worker.create(
+            tmp_path, name, {**config, "runtime": {**config["runtime"], "metricsPort": 0}}
+        )
+        for name in ("a", "b")
+    ]
+    rng = random.Random(14)
+    try:
+        for w in workers:
+            w.start()
+        chunks = [records[i : i + 2_000] for i in range(0, len(records), 2_000)]
+        kills = 0
+        for i, chunk in enumerate(chunks):
+            kafka_broker.produce(src, chunk)
+            if i % 2 == 1 and kills < 6:
+                victim = rng.choice(workers)
+                time.sleep(rng.uniform(0.1, 1.5))
+                victim.kill()
+                kills += 1
+                victim.start()
+        flush(kafka_broker, src, records[-1][1]["ts"])
+        expected = page_reference(records)
+        got: dict[str, dict[str, Any]] = {}
+
+        def complete() -> bool:
+            latest, _ = by_key(kafka_broker.consume_all(sink, timeout=60))
+            got.clear()
+            got.update(latest)
+            return set(expected) <= set(got)
+
+        wait_until("every (page, window) in the sink", complete, 180, workers)
+        check(got, expected)
+        assert kafka_broker.consume_all(dlq) == []
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def test_a_quiet_unpartitioned_window_closes_after_idle_timeout(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    src, sink, dlq = topics(kafka_broker)
+    records = list(page_clicks(0, 300))
+    config = repartitioned_config(
+        kafka_broker, src, sink, dlq, tmp_path / "ck", idleTimeoutSeconds=2.0
+    )
+    del config["repartition"]  # one partition holds every record: no re-keying needed
+    w = Worker.create(tmp_path, "w", config).start()
+    try:
+        wait_until("worker ready", lambda: w.get("/readyz")[0] == 200, 60, [w])
+        kafka_broker.produce(src, records, partition=2)
+        expected = page_reference(records)
+        got: dict[str, dict[str, Any]] = {}
+
+        def complete() -> bool:
+            latest, _ = by_key(kafka_broker.consume_all(sink, timeout=30))
+            got.clear()
+            got.update(latest)
+            return set(expected) <= set(got)
+
+        wait_until("the quiet partition's windows", complete, 30, [w])
+        check(got, expected)
+        # A record for a window that idleness closed is late, never a second result.
+        kafka_broker.produce(src, records[:1], partition=2)
+        wait_until(
+            "the late record dead-lettered",
+            lambda: len(kafka_broker.consume_all(dlq)) == 1,
+            30,
+            [w],
+        )
+        _, seen = by_key(kafka_broker.consume_all(sink, timeout=30))
+        assert max(seen.values()) == 1
+    finally:
+        w.stop()
+
+
+def test_a_quiet_partition_closes_its_windows_after_idle_timeout(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    src, sink, dlq = topics(kafka_broker)
+    # Only partition 0 gets records, and far fewer than a window: nothing would ever close
+    # them without idleness (the other partitions never say anything at all).
+    records = list(page_clicks(0, 300))
+    config = repartitioned_config(
+        kafka_broker, src, sink, dlq, tmp_path / "ck", idleTimeoutSeconds=2.0
+    )
+    w = Worker.create(tmp_path, "w", config).start()
+    try:
+        wait_until("worker ready", lambda: w.get("/readyz")[0] == 200, 60, [w])
+        kafka_broker.produce(src, records, partition=0)
+        sent = time.monotonic()
+        expected = page_reference(records)
+        got: dict[str, dict[str, Any]] = {}
+
+        def complete() -> bool:
+            latest, _ = by_key(kafka_broker.consume_all(sink, timeout=30))
+            got.clear()
+            got.update(latest)
+            return set(expected) <= set(got)
+
+        # The bound: idleTimeout (2 s) plus consuming 300 records and a poll, with room for
+        # a busy 2-core machine; without idleness they would never come.
+        wait_until("the quiet partition's windows", complete, 30, [w])
+        print(f"windows of the quiet partition out {time.monotonic() - sent:.1f}s after")
+        check(got, expected)
+        assert "partition-idle" in w.log_path.read_text()
+    finally:
+        w.stop()

@@ -1,0 +1,340 @@
+"""Re-keying through an internal topic, so that a window sees every record of its key.
+
+A window's state lives with a partition. When the input topic is not keyed by the window's
+``keyBy`` (a click stream keyed by user, counted per page), each source partition holds a
+part of every key, and per-partition windows give one partial result per partition. The
+engine (``streamherd.workers.engine``) then runs the pipeline in two stages, in the same
+worker pool and the same consumer group (the Kafka Streams shape):
+
+1. **upstream** (the source partitions): decode, the stateless steps, the window's key and
+   event time; each surviving record is produced to the repartition topic keyed by
+   :func:`~streamherd.workers.windowing.key_text` of its key (murmur2, like Kafka's
+   default partitioner), with a header naming its source partition and offset and the
+   largest event time of that source partition *before* it;
+2. **downstream** (the repartition partitions): the window, folded per record with the
+   lateness its source partition alone decides, and closed by the slowest source partition.
+
+Why the results do not depend on timing (restarts, rebalances, batch sizes, interleaving):
+
+- *lateness* is decided by the record's own source partition: the header carries that
+  partition's running maximum event time before the record, computed upstream in offset
+  order (and checkpointed with the offset), so a record is late exactly when it would be
+  late in an unpartitioned run of that source partition;
+- *closing* uses the minimum over every source partition's maximum (records and
+  :data:`WATERMARK_HEADER` markers tell each downstream partition how far every upstream
+  has got), so a window closes only once no source partition can still add to it: a
+  window's end is at most every upstream's own watermark, so a record that could land in a
+  closed window is late by its own partition's rule;
+- *duplicates* (an upstream replayed after a crash, or a zombie's late writes) carry the
+  same source offsets: each downstream partition keeps the last offset it took from every
+  source partition and drops anything at or below it. An upstream writes one source
+  partition's records in offset order, so this is exact, in at-least-once mode too.
+
+The one rule that depends on wall-clock time is idleness (Flink's ``withIdleness``): a
+source partition with nothing new for ``idleTimeout`` says so in a marker, and the
+downstream partitions stop waiting for it. If every upstream is idle, the open windows
+close; records that arrive later for a closed window are late.
+
+Float sums in repartitioned pipelines are added in arrival order, which interleaves source
+partitions: the last bits of a float ``sum``/``avg`` can differ between runs (integers and
+count/min/max are exact).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+
+# The same class as confluent_kafka.admin.NewTopic, whose type stub does not re-export it.
+from confluent_kafka.cimpl import NewTopic
+
+from streamherd.workers.windowing import PartitionWindows
+
+log = logging.getLogger("streamherd.worker")
+
+#: Header of a re-keyed record: ``topic SEP partition SEP offset SEP max event ms before``.
+UPSTREAM_HEADER: Final = "streamherd.upstream"
+#: Header of a progress marker: ``topic SEP partition SEP offset SEP max event ms SEP idle``.
+WATERMARK_HEADER: Final = "streamherd.watermark"
+_SEP: Final = "\x1f"
+
+Upstream = tuple[str, int]
+
+
+class RepartitionError(ValueError):
+    """A record on the repartition topic that no streamherd upstream wrote."""
+
+
+def upstream_header(topic: str, partition: int, offset: int, max_before: int | None) -> bytes:
+    return _SEP.join((topic, str(partition), str(offset), _opt(max_before))).encode()
+
+
+def watermark_header(
+    topic: str, partition: int, offset: int, max_event_ms: int | None, idle: bool
+) -> bytes:
+    return _SEP.join(
+        (topic, str(partition), str(offset), _opt(max_event_ms), "1" if idle else "0")
+    ).encode()
+
+
+def _opt(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class Mark:
+    """What one repartition message says about its upstream (record or marker)."""
+
+    upstream: Upstream
+    offset: int
+    max_event_ms: int | None
+    marker: bool
+    idle: bool = False
+
+
+def read_mark(headers: Sequence[tuple[str, bytes | None]] | None) -> Mark:
+    """The upstream of a repartition message, from its header; RepartitionError if none."""
+    for name, raw in headers or ():
+        if name not in (UPSTREAM_HEADER, WATERMARK_HEADER) or raw is None:
+            continue
+        try:
+            parts = raw.decode().split(_SEP)
+            marker = name == WATERMARK_HEADER
+            topic, partition, offset, top = parts[:4]
+            if len(parts) != (5 if marker else 4):
+                raise ValueError(f"{len(parts)} fields")
+            return Mark(
+                (topic, int(partition)),
+                int(offset),
+                int(top) if top else None,
+                marker,
+                marker and parts[4] == "1",
+            )
+        except (UnicodeDecodeError, ValueError) as error:
+            raise RepartitionError(f"malformed {name} header: {error}") from None
+    raise RepartitionError("a record on the repartition topic without a streamherd header")
+
+
+@dataclass
+class UpstreamState:
+    """What a downstream partition knows of one source partition."""
+
+    offset: int = -1  # the last source offset taken (records) or reported (markers)
+    max_event_ms: int | None = None
+    idle: bool = False
+
+
+@dataclass
+class UpstreamClock:
+    """One downstream partition's view of every source partition: dedupe and watermark.
+
+    ``floor`` is the event-time level up to which windows were closed (as a maximum event
+    time, like ``PartitionWindows.max_event_ms``): a record below it is late.
+    """
+
+    upstreams: dict[Upstream, UpstreamState] = field(default_factory=dict)
+    known: frozenset[Upstream] = frozenset()
+    floor: int | None = None
+
+    def take(self, mark: Mark) -> bool:
+        """Record ``mark``; False for a duplicate (or stale) message, which must be dropped."""
+        st = self.upstreams.get(mark.upstream)
+        if st is None:
+            st = self.upstreams[mark.upstream] = UpstreamState()
+        if mark.marker:
+            if mark.offset < st.offset:
+                return False  # a replayed upstream's old marker: it says nothing new
+            st.offset = mark.offset
+            st.idle = mark.idle
+        else:
+            if mark.offset <= st.offset:
+                return False
+            st.offset = mark.offset
+            st.idle = False
+        if mark.max_event_ms is not None and (
+            st.max_event_ms is None or mark.max_event_ms > st.max_event_ms
+        ):
+            st.max_event_ms = mark.max_event_ms
+        return True
+
+    def level_before(self, mark: Mark) -> int | None:
+        """The max event time a record of ``mark`` folds against: its upstream's, or the
+        floor of windows already closed, whichever is higher."""
+        top, floor = mark.max_event_ms, self.floor
+        if floor is None:
+            return top
+        return floor if top is None or floor > top else top
+
+    def closing_level(self) -> int | bool | None:
+        """The max event time up to which windows may close: the minimum over the known,
+        non-idle source partitions; None when one has said nothing yet; True when every
+        source partition is idle (close everything)."""
+        level: int | None = None
+        active = 0
+        for upstream in self.known | self.upstreams.keys():
+            st = self.upstreams.get(upstream)
+            if st is not None and st.idle:
+                continue
+            active += 1
+            if st is None or st.max_event_ms is None:
+                return None
+            if level is None or st.max_event_ms < level:
+                level = st.max_event_ms
+        if active == 0:
+            return True if self.upstreams or self.known else None
+        return level
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "upstreams": [
+                [t, p, st.offset, st.max_event_ms, st.idle]
+                for (t, p), st in sorted(self.upstreams.items())
+            ],
+            "floor": self.floor,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> UpstreamClock:
+        clock = cls()
+        if not data:
+            return clock
+        for topic, partition, offset, top, idle in data.get("upstreams", ()):
+            clock.upstreams[(str(topic), int(partition))] = UpstreamState(
+                int(offset), None if top is None else int(top), bool(idle)
+            )
+        floor = data.get("floor")
+        clock.floor = None if floor is None else int(floor)
+        return clock
+
+
+def close_windows(
+    windows: PartitionWindows, clock: UpstreamClock
+) -> list[tuple[str, dict[str, Any]]]:
+    """Close what the slowest upstream allows (everything when all are idle)."""
+    level = clock.closing_level()
+    if level is None:
+        return []
+    saved = windows.max_event_ms
+    try:
+        if level is True:
+            rows, top = close_everything(windows)
+            if top is not None and (clock.floor is None or top > clock.floor):
+                clock.floor = top
+            return rows
+        windows.max_event_ms = level
+        rows = windows.close()
+        if clock.floor is None or level > clock.floor:
+            clock.floor = level
+        return rows
+    finally:
+        windows.max_event_ms = saved
+
+
+def close_everything(
+    windows: PartitionWindows,
+) -> tuple[list[tuple[str, dict[str, Any]]], int | None]:
+    """Close every open window (idleness); returns the rows and the max event time level
+    from which each closed window counts as closed (a later record for it is late)."""
+    if not windows.windows:
+        return [], None
+    plan = windows.plan
+    last_end = max(start for _, start in windows.windows) + plan.size_ms
+    rows = windows.close(everything=True)
+    return rows, last_end + plan.lateness_ms
+
+
+def idle_close(windows: PartitionWindows) -> list[tuple[str, dict[str, Any]]]:
+    """An unpartitioned window's partition went quiet: close everything, and move its
+    watermark past the closed windows so that a record for one of them is late."""
+    rows, top = close_everything(windows)
+    if top is not None and (windows.max_event_ms is None or top > windows.max_event_ms):
+        windows.max_event_ms = top
+    return rows
+
+
+def ensure_topic(
+    admin: AdminClient, name: str, partitions: int, retention_ms: int, timeout: float = 30.0
+) -> int:
+    """Create the repartition topic if it is missing; its partition count either way."""
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                name,
+                num_partitions=partitions,
+                config={"cleanup.policy": "delete", "retention.ms": str(retention_ms)},
+            )
+        ],
+        request_timeout=timeout,
+    )
+    try:
+        futures[name].result(timeout)
+        log.info("repartition topic %s created with %d partitions", name, partitions)
+    except KafkaException as error:
+        if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise
+    metadata = admin.list_topics(name, timeout=timeout)
+    topic = metadata.topics.get(name)
+    if topic is None or topic.error is not None or not topic.partitions:
+        raise RuntimeError(f"repartition topic {name} is not available: {topic and topic.error}")
+    return len(topic.partitions)
+
+
+def source_partitions(
+    admin: AdminClient, topics: Iterable[str], timeout: float = 30.0
+) -> frozenset[Upstream]:
+    """Every partition of the source topics (the upstreams a downstream partition waits
+    for); a topic starting with ``^`` is a pattern, as in the consumer's subscription."""
+    metadata = admin.list_topics(timeout=timeout)
+    patterns = [re.compile(t) for t in topics if t.startswith("^")]
+    names = {t for t in topics if not t.startswith("^")}
+    out: set[Upstream] = set()
+    for name, topic in metadata.topics.items():
+        if topic.error is not None:
+            continue
+        if name in names or any(p.match(name) for p in patterns):
+            out.update((name, p) for p in topic.partitions)
+    return frozenset(out)
+
+
+class UpstreamMessage:
+    """A repartition message seen as the source record it came from (dead-letter headers
+    name the source topic, partition and offset); everything else is the message's own."""
+
+    __slots__ = ("_mark", "_message")
+
+    def __init__(self, message: Any, mark: Mark) -> None:
+        self._message = message
+        self._mark = mark
+
+    def topic(self) -> str:
+        return self._mark.upstream[0]
+
+    def partition(self) -> int:
+        return self._mark.upstream[1]
+
+    def offset(self) -> int:
+        return self._mark.offset
+
+    def key(self) -> bytes | None:
+        key: bytes | None = self._message.key()
+        return key
+
+    def value(self) -> bytes | None:
+        value: bytes | None = self._message.value()
+        return value
+
+    def timestamp(self) -> tuple[int, int]:
+        stamp: tuple[int, int] = self._message.timestamp()
+        return stamp
+
+    def headers(self) -> Any:
+        return self._message.headers()
+
+    def error(self) -> None:
+        return None
