@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
-import orjson
 from confluent_kafka import (
     OFFSET_INVALID,
     Consumer,
@@ -47,6 +46,7 @@ from streamherd.workers.metrics import EngineMetrics
 from streamherd.workers.processing import (
     Failure,
     Item,
+    LateRecordError,
     Processor,
     SourceMessage,
     WindowBatch,
@@ -60,14 +60,12 @@ from streamherd.workers.processing import (
 from streamherd.workers.repartitioning import (
     UPSTREAM_HEADER,
     WATERMARK_HEADER,
-    RepartitionError,
     Upstream,
     UpstreamClock,
-    UpstreamMessage,
     close_windows,
     ensure_topic,
+    fold_downstream,
     idle_close,
-    read_mark,
     source_partitions,
     upstream_header,
     watermark_header,
@@ -82,10 +80,6 @@ PROGRESS_SECONDS: Final = 1.0
 HEARTBEAT_STALE_SECONDS: Final = 60.0
 #: Least time between two progress markers of one source partition (repartitioned pipelines).
 MARKER_SECONDS: Final = 0.5
-
-
-class LateRecordError(Exception):
-    """A record whose every window had already closed when it arrived."""
 
 
 @dataclass(frozen=True)
@@ -539,44 +533,7 @@ class Engine:
         source partition's lateness, close what the slowest source partition allows."""
         windows, clock = st.windows, st.clock
         assert windows is not None and clock is not None
-        failures: list[Failure] = []
-        late = 0
-        duplicates = 0
-        loads = orjson.loads
-        for m in messages:
-            try:
-                mark = read_mark(m.headers())  # type: ignore[attr-defined]
-            except RepartitionError as error:
-                failures.append(Failure(m, "decode", error))
-                continue
-            if not clock.take(mark):
-                duplicates += not mark.marker
-                continue
-            if mark.marker:
-                continue
-            source = UpstreamMessage(m, mark)
-            try:
-                record = loads(m.value())  # type: ignore[arg-type]
-                if type(record) is not dict:
-                    raise ValueError(f"not a JSON object: {type(record).__name__}")
-            except (orjson.JSONDecodeError, TypeError, ValueError) as error:
-                failures.append(Failure(source, "decode", error))
-                continue
-            windows.max_event_ms = clock.level_before(mark)
-            errors, late_ones = windows.fold([(record, source)], kafka_timestamp)
-            failures.extend(Failure(s, "expression", e) for s, e in errors)
-            for s, event_ms in late_ones:
-                late += 1
-                failures.append(
-                    Failure(
-                        s,
-                        "late",
-                        LateRecordError(
-                            f"event time {event_ms} is behind its source partition's "
-                            "watermark by more than the allowed lateness"
-                        ),
-                    )
-                )
+        failures, late, duplicates = fold_downstream(windows, clock, messages)
         rows = close_windows(windows, clock)
         level = clock.closing_level()
         windows.max_event_ms = level if type(level) is int else None

@@ -99,6 +99,10 @@ class Failure:
     error: BaseException
 
 
+class LateRecordError(Exception):
+    """A record whose every window had already closed when it arrived."""
+
+
 Stage = Callable[[list[Item], list[Failure]], list[Item]]
 Decoder = Callable[[list[SourceMessage], list[Failure]], list[Item]]
 

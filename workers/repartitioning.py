@@ -48,12 +48,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 # The same class as confluent_kafka.admin.NewTopic, whose type stub does not re-export it.
 from confluent_kafka.cimpl import NewTopic
 
+from streamherd.workers.processing import Failure, LateRecordError, kafka_timestamp
 from streamherd.workers.windowing import PartitionWindows
 
 log = logging.getLogger("streamherd.worker")
@@ -211,6 +213,53 @@ class UpstreamClock:
         floor = data.get("floor")
         clock.floor = None if floor is None else int(floor)
         return clock
+
+
+def fold_downstream(
+    windows: PartitionWindows, clock: UpstreamClock, messages: Sequence[Any]
+) -> tuple[list[Failure], int, int]:
+    """Fold one batch of a repartition partition: drop replays, fold each record with its
+    source partition's lateness. Returns the failures (decode, expression and late ones,
+    naming the source record), how many were late, and how many were duplicates."""
+    failures: list[Failure] = []
+    late = 0
+    duplicates = 0
+    loads = orjson.loads
+    for m in messages:
+        try:
+            mark = read_mark(m.headers())
+        except RepartitionError as error:
+            failures.append(Failure(m, "decode", error))
+            continue
+        if not clock.take(mark):
+            duplicates += not mark.marker
+            continue
+        if mark.marker:
+            continue
+        source = UpstreamMessage(m, mark)
+        try:
+            record = loads(m.value())
+            if type(record) is not dict:
+                raise ValueError(f"not a JSON object: {type(record).__name__}")
+        except (orjson.JSONDecodeError, TypeError, ValueError) as error:
+            failures.append(Failure(source, "decode", error))
+            continue
+        windows.max_event_ms = clock.level_before(mark)
+        errors, late_ones = windows.fold([(record, source)], kafka_timestamp)
+        failures.extend(Failure(s, "expression", e) for s, e in errors)
+        for s, event_ms in late_ones:
+            late += 1
+            failures.append(
+                Failure(
+                    s,
+                    "late",
+                    LateRecordError(
+                        f"event time {event_ms} is behind its source partition's "
+                        "watermark by more than the allowed lateness"
+                    ),
+                )
+            )
+    return failures, late, duplicates
 
 
 def close_windows(

@@ -135,6 +135,25 @@ class KafkaSource(KafkaConnection):
         default="json",
         description="json: each value is a JSON object; raw: bytes passed through as `value`.",
     )
+    keyed_by: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$",
+        description=(
+            "The record field the topics' Kafka keys (and so their partitions) are made from, "
+            "e.g. `user`, if you know it. A window whose keyBy reads just this field needs no "
+            "repartition (window.repartition: auto); when omitted, windows repartition."
+        ),
+    )
+    idle_timeout: Duration | None = Field(
+        default="30s",
+        description=(
+            "A partition with no new record for this long, and nothing left to read, stops "
+            "holding back event time (like Flink's idleness): its open windows close and are "
+            "emitted, and a repartitioned window stops waiting for it. A later record for a "
+            "closed window is late. null: partitions never count as idle. Format: a duration "
+            "such as 30s or 5m."
+        ),
+    )
 
 
 class Source(Model):

@@ -21,6 +21,7 @@ from streamherd.operator.builders.credentials import (
     security,
     sink_auth,
 )
+from streamherd.operator.builders.keying import repartition_topic
 from streamherd.operator.builders.meta import (
     CHECKPOINT_DIR,
     CONFIG_KEY,
@@ -38,6 +39,7 @@ from streamherd.workers.config import (
     PipelineRef,
     PostgresColumn,
     PostgresSinkConfig,
+    RepartitionConfig,
     RuntimeConfig,
     SinkConfig,
     SourceConfig,
@@ -63,6 +65,9 @@ def build_worker_config(pipeline: StreamPipeline, settings: OperatorSettings) ->
                 consumer_group=pipeline.consumer_group or f"{pipeline.namespace}.{pipeline.name}",
                 start_from=src.start_from,
                 format=src.format,
+                idle_timeout_seconds=(
+                    parse_duration(src.idle_timeout) if src.idle_timeout is not None else None
+                ),
             )
         )
     else:
@@ -97,6 +102,7 @@ def build_worker_config(pipeline: StreamPipeline, settings: OperatorSettings) ->
         )
 
     grace = spec.pod.termination_grace_period_seconds
+    topic = repartition_topic(pipeline)
     return WorkerConfig(
         pipeline=PipelineRef(namespace=pipeline.namespace, name=pipeline.name),
         source=source,
@@ -111,6 +117,7 @@ def build_worker_config(pipeline: StreamPipeline, settings: OperatorSettings) ->
             log_level=spec.log_level,
             shutdown_grace_seconds=float(max(1, grace - _GRACE_MARGIN_SECONDS)),
         ),
+        repartition=RepartitionConfig(topic=topic) if topic is not None else None,
     )
 
 

@@ -36,20 +36,37 @@ def validate(
     return code, out, err
 
 
-def test_kafka_window_states_the_requirement_once(
+def never_repartitioned(stem: str = "02-clicks-per-minute") -> dict[str, Any]:
+    doc = example(stem)
+    window_step(doc)["repartition"] = "never"
+    return doc
+
+
+def test_kafka_window_repartitions_so_no_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = validate(tmp_path, capsys, example("02-clicks-per-minute"))
+    assert (code, err) == (0, "")
+    assert out.endswith("StreamPipeline clicks-per-minute: valid\n")
+
+
+def test_kafka_window_that_never_repartitions_states_the_requirement_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = validate(tmp_path, capsys, never_repartitioned())
     assert code == 0
     assert out.endswith("StreamPipeline clicks-per-minute: valid\n")
     (line,) = err.splitlines()
     assert line.startswith(
         f"{tmp_path / 'p.yaml'}: StreamPipeline clicks-per-minute: warning: "
-        "spec.processor.steps[1].window.keyBy: not checkable: window state is per source "
-        "partition, so results are global per key only if the records of topic clicks are "
-        "keyed by `page`"
+        "spec.processor.steps[1].window.keyBy: repartition is never, and the manifest does "
+        "not say the input is keyed by `page`"
     )
     assert "docs/engine.md, 'Keys and partitions'" in line
+    # Declaring the input's keying answers it.
+    doc = never_repartitioned()
+    doc["spec"]["source"]["kafka"]["keyedBy"] = "page"
+    assert validate(tmp_path, capsys, doc)[2] == ""
 
 
 def test_no_window_no_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -89,7 +106,7 @@ def test_a_map_that_rewrites_the_key_field_is_warned(
     doc["spec"]["processor"]["steps"].insert(0, {"map": {"set": {"user": "page"}}})
     _, _, err = validate(tmp_path, capsys, doc)
     assert err.count(": warning: ") == 1
-    assert "partitions by `user`, which spec.processor.steps[0].map sets anew: " in err
+    assert "partitions by `user`, which spec.processor.steps[0].map sets anew, " in err
 
 
 def test_raw_kafka_keyed_by_the_record_key_is_fine(
@@ -105,18 +122,20 @@ def test_raw_kafka_keyed_by_the_record_key_is_fine(
     code, out, err = validate(tmp_path, capsys, doc)
     assert (code, err) == (0, ""), out
     window_step(doc)["keyBy"] = "value"
+    assert validate(tmp_path, capsys, doc)[2] == ""  # repartitioned by value
+    window_step(doc)["repartition"] = "never"
     code, _, err = validate(tmp_path, capsys, doc)
     assert code == 0
-    assert "only if the records of topic clicks are keyed by `value`" in err
+    assert "does not say the input is keyed by `value`" in err
 
 
 def test_warnings_only_for_valid_pipelines_with_validates_status(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bad = example("02-clicks-per-minute")
+    bad = never_repartitioned()
     bad["metadata"]["name"] = "bad-one"
     bad["spec"]["replicas"] = -1
-    code, out, err = validate(tmp_path, capsys, example("02-clicks-per-minute"), bad)
+    code, out, err = validate(tmp_path, capsys, never_repartitioned(), bad)
     assert code == 1
     assert "clicks-per-minute: valid" in out
     assert "bad-one: invalid" in err
@@ -127,7 +146,7 @@ def test_warnings_only_for_valid_pipelines_with_validates_status(
 def test_stdin_is_read_once_for_both_passes(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr("sys.stdin", io.StringIO(yaml.safe_dump(example("02-clicks-per-minute"))))
+    monkeypatch.setattr("sys.stdin", io.StringIO(yaml.safe_dump(never_repartitioned())))
     code = main(["validate", "-"])
     out, err = capsys.readouterr()
     assert code == 0
