@@ -45,6 +45,9 @@ class Checkpoint:
     state: Mapping[str, Any] | None = None
     pipeline: str = ""
     written_at: float = field(default=0.0, compare=False)
+    # Exactly-once mode: the id committed with the offsets (as offset metadata) in the
+    # transaction this checkpoint belongs to; empty in at-least-once mode.
+    generation: str = ""
 
 
 def encode(checkpoint: Checkpoint) -> bytes:
@@ -56,6 +59,8 @@ def encode(checkpoint: Checkpoint) -> bytes:
         "writtenAt": checkpoint.written_at or time.time(),
         "state": checkpoint.state,
     }
+    if checkpoint.generation:
+        doc["generation"] = checkpoint.generation
     envelope: dict[str, Any] = {"format": FORMAT}
     try:
         body = orjson.dumps(doc)
@@ -83,6 +88,7 @@ def decode(data: bytes) -> Checkpoint:
             state=doc.get("state"),
             pipeline=doc.get("pipeline", ""),
             written_at=float(doc.get("writtenAt", 0.0)),
+            generation=str(doc.get("generation", "")),
         )
     except CheckpointError:
         raise
@@ -104,11 +110,11 @@ class CheckpointStore:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
 
-    def path(self, topic: str, partition: int) -> Path:
-        return self.directory / topic / f"{partition}.ckpt"
+    def path(self, topic: str, partition: int, *, pending: bool = False) -> Path:
+        return self.directory / topic / f"{partition}{'.pending' if pending else ''}.ckpt"
 
-    def load(self, topic: str, partition: int) -> Checkpoint | None:
-        path = self.path(topic, partition)
+    def load(self, topic: str, partition: int, *, pending: bool = False) -> Checkpoint | None:
+        path = self.path(topic, partition, pending=pending)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -118,11 +124,14 @@ class CheckpointStore:
             raise CheckpointError(f"{path} holds {checkpoint.topic}[{checkpoint.partition}]")
         return checkpoint
 
-    def save(self, checkpoints: list[Checkpoint]) -> None:
-        """Write each checkpoint atomically; durable (directory fsynced) when this returns."""
+    def save(self, checkpoints: list[Checkpoint], *, pending: bool = False) -> None:
+        """Write each checkpoint atomically; durable (directory fsynced) when this returns.
+
+        ``pending``: the exactly-once mode's checkpoint of a transaction not yet committed,
+        beside the last committed one; :meth:`promote` makes it the committed one."""
         dirs: set[Path] = set()
         for checkpoint in checkpoints:
-            target = self.path(checkpoint.topic, checkpoint.partition)
+            target = self.path(checkpoint.topic, checkpoint.partition, pending=pending)
             target.parent.mkdir(parents=True, exist_ok=True)
             temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             with temp.open("wb") as handle:
@@ -134,3 +143,17 @@ class CheckpointStore:
             dirs.add(target.parent)
         for directory in dirs:
             _fsync_dir(directory)
+
+    def promote(self, partitions: list[tuple[str, int]]) -> None:
+        """The pending checkpoints of these partitions become the committed ones (atomic
+        renames, then one fsync per directory)."""
+        dirs: set[Path] = set()
+        for topic, partition in partitions:
+            pending = self.path(topic, partition, pending=True)
+            pending.replace(self.path(topic, partition))
+            dirs.add(pending.parent)
+        for directory in dirs:
+            _fsync_dir(directory)
+
+    def discard_pending(self, topic: str, partition: int) -> None:
+        self.path(topic, partition, pending=True).unlink(missing_ok=True)

@@ -625,3 +625,29 @@ class WorkerConfig(Model):
             "input offsets are committed in one Kafka transaction per checkpoint."
         ),
     )
+
+    @model_validator(mode="after")
+    def _exactly_once_is_possible(self) -> WorkerConfig:
+        if self.delivery == "exactlyOnce":
+            problem = exactly_once_problem(self)
+            if problem is not None:
+                raise ValueError(f"delivery exactlyOnce: {problem}")
+        return self
+
+
+def exactly_once_problem(config: WorkerConfig) -> str | None:
+    """Why this pipeline cannot be exactly-once, or None: one Kafka transaction must hold
+    every output, so the source, the sink and the dead-letter topic share one cluster."""
+    source = config.source.kafka
+    if source is None:
+        return "needs a Kafka source (its offsets are committed in the transaction)"
+    sink = config.sink.kafka
+    if sink is None:
+        return "needs a Kafka sink (a PostgreSQL or stdout sink is not transactional here)"
+    endpoint = (source.bootstrap_servers, source.security)
+    if (sink.bootstrap_servers, sink.security) != endpoint:
+        return "the sink must be on the source's Kafka cluster (one transaction)"
+    dead = config.dead_letter
+    if dead is not None and (dead.bootstrap_servers, dead.security) != endpoint:
+        return "the dead-letter topic must be on the source's Kafka cluster (one transaction)"
+    return None

@@ -20,8 +20,11 @@ are emitted again with the same deterministic key (at-least-once output).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
@@ -80,6 +83,22 @@ PROGRESS_SECONDS: Final = 1.0
 HEARTBEAT_STALE_SECONDS: Final = 60.0
 #: Least time between two progress markers of one source partition (repartitioned pipelines).
 MARKER_SECONDS: Final = 0.5
+#: Exactly-once: the least transaction timeout; a worker that died inside a transaction
+#: holds read_committed readers back until it passes (or until its successor, with the same
+#: transactional.id, starts: pods keep their name across container restarts).
+TRANSACTION_TIMEOUT_MS: Final = 60_000
+
+
+class TransactionError(RuntimeError):
+    """The transaction of a checkpoint could not be committed (fenced, or the broker
+    refused it): it was aborted, and the partitions restart from the last commit."""
+
+
+def transactional_id(config: WorkerConfig) -> str:
+    """Stable per worker (the pod name), so that a restarted worker aborts its predecessor's
+    open transaction at once; ``STREAMHERD_WORKER_ID`` overrides (several on one host)."""
+    worker = os.environ.get("STREAMHERD_WORKER_ID") or socket.gethostname()
+    return f"streamherd.{config.pipeline.namespace}.{config.pipeline.name}.{worker}"
 
 
 @dataclass(frozen=True)
@@ -162,6 +181,8 @@ class Engine:
         self.metrics = metrics or EngineMetrics(config.pipeline.name)
         self.processor = Processor.compile(config.processor)
         self.store = CheckpointStore(config.checkpoint.directory)
+        self.exactly_once = config.delivery == "exactlyOnce"
+        interval_ms = round(config.checkpoint.interval_seconds * 1000)
         self.outputs = Outputs(
             config.sink,
             config.dead_letter,
@@ -169,7 +190,17 @@ class Engine:
             out,
             metrics=self.metrics,
             source=config.source.kafka,
+            transactional={
+                "transactional.id": transactional_id(config),
+                "transaction.timeout.ms": max(TRANSACTION_TIMEOUT_MS, 6 * interval_ms),
+            }
+            if self.exactly_once
+            else None,
         )
+        # Exactly-once: each transaction's id, committed as offset metadata with its offsets
+        # and written into the checkpoints it covers (restore picks the one that committed).
+        self._generation_prefix = uuid.uuid4().hex[:12]
+        self._transactions = 0
         self.partitions: dict[tuple[str, int], PartitionState] = {}
         self.counters = _Counters()
         self.heartbeat = time.monotonic()
@@ -244,14 +275,57 @@ class Engine:
 
     # ------------------------------------------------------------------ state
 
-    def _new_state(self, topic: str, partition: int) -> PartitionState:
+    def _restore(
+        self, topic: str, partition: int, committed: tuple[int, str] | None
+    ) -> tuple[Checkpoint | None, int | None]:
+        """Exactly-once: the checkpoint that belongs to the group's committed offset, and
+        the offset to start from. A transaction commits the offsets with its id as metadata
+        after writing its checkpoints as pending: the pending one is the committed one when
+        the ids match (the worker died before promoting it); a committed offset that matches
+        no checkpoint (reset with Kafka's tools, or state lost) starts there, empty."""
+        main = self.store.load(topic, partition)
+        pending = self.store.load(topic, partition, pending=True)
+        offset, generation = committed if committed is not None else (None, "")
+        chosen: Checkpoint | None = None
+        if pending is not None and generation and pending.generation == generation:
+            self.store.promote([(topic, partition)])
+            chosen = pending
+        elif main is not None and (
+            main.generation == generation
+            if generation
+            else offset is None or main.next_offset == offset
+        ):
+            chosen = main
+        if pending is not None and chosen is not pending:
+            self.store.discard_pending(topic, partition)
+        if chosen is None and (main is not None or offset is not None):
+            self.metrics.error("checkpoint-mismatch")
+            log_event(
+                log,
+                logging.WARNING,
+                "checkpoint-does-not-match-commit",
+                topic=topic,
+                partition=partition,
+                committed=offset,
+                checkpoint=main.next_offset if main is not None else None,
+                action="starting from the committed offset with empty state",
+            )
+        return chosen, (chosen.next_offset if chosen is not None else offset)
+
+    def _new_state(
+        self, topic: str, partition: int, committed: tuple[int, str] | None = None
+    ) -> PartitionState:
         st = PartitionState(topic, partition)
-        checkpoint = self.store.load(topic, partition)
+        if self.exactly_once:
+            checkpoint, start = self._restore(topic, partition, committed)
+        else:
+            checkpoint = self.store.load(topic, partition)
+            start = checkpoint.next_offset if checkpoint is not None else None
         plan = self.processor.window
         state = checkpoint.state if checkpoint is not None else None
-        if checkpoint is not None:
-            st.next_offset = checkpoint.next_offset
-            st.committed = checkpoint.next_offset
+        if start is not None:
+            st.next_offset = start
+            st.committed = start
         if self.repartition is not None and plan is not None:
             if topic == self.repartition.topic:
                 st.role = "downstream"
@@ -284,11 +358,23 @@ class Engine:
 
     # ------------------------------------------------------------------ rebalance callbacks
 
+    def _committed_with_metadata(
+        self, consumer: Consumer, partitions: list[TopicPartition]
+    ) -> dict[tuple[str, int], tuple[int, str]]:
+        asked = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        return {
+            (tp.topic, tp.partition): (tp.offset, tp.metadata or "")
+            for tp in consumer.committed(asked, timeout=10)
+            if tp.offset >= 0
+        }
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalance("assign")
         start: list[TopicPartition] = []
+        # Exactly-once restores from what the group committed: without it, no guess.
+        committed = self._committed_with_metadata(consumer, partitions) if self.exactly_once else {}
         for tp in partitions:
-            st = self._new_state(tp.topic, tp.partition)
+            st = self._new_state(tp.topic, tp.partition, committed.get((tp.topic, tp.partition)))
             offset = st.next_offset if st.next_offset is not None else OFFSET_INVALID
             start.append(TopicPartition(tp.topic, tp.partition, offset))
         # The broker's committed offsets, for every partition: a partition restored from its
@@ -347,6 +433,10 @@ class Engine:
         for tp in partitions:
             self._drop_state(tp.topic, tp.partition)
         consumer.incremental_unassign(partitions)
+        if self.exactly_once:
+            # The open transaction may hold outputs of the lost partitions: it can never
+            # commit (the group moved on). Abort it and rewind what is left to its commit.
+            self._abort_and_rewind(consumer, "partitions lost")
         log_event(log, logging.WARNING, "partitions-lost", partitions=_names(partitions))
 
     # ------------------------------------------------------------------ processing
@@ -579,6 +669,8 @@ class Engine:
         """Flush outputs, write state+offset files, then commit. False if not yet possible."""
         if self._broken:
             return False
+        if self.exactly_once:
+            return self._commit_transaction(reason, timeout)
         started = time.perf_counter()
         for st in states:
             if st.role == "upstream" and st.next_offset is not None:
@@ -625,6 +717,100 @@ class Engine:
             )
         self._commit(states, sync=sync)
         return True
+
+    def _commit_transaction(self, reason: str, timeout: float, *, final: bool = False) -> bool:
+        """Exactly-once checkpoint: every owned partition's pending checkpoint, then one
+        transaction commit with the outputs, dead letters, repartition records and the
+        offsets (fenced by the group's generation, KIP-447), then the pending checkpoints
+        become the committed ones, and the next transaction begins."""
+        consumer = self.consumer
+        if consumer is None:
+            return True
+        producer = self.outputs.transaction
+        started = time.perf_counter()
+        states = list(self.partitions.values())
+        for st in states:
+            if st.role == "upstream" and st.next_offset is not None:
+                mark = (st.next_offset - 1, st.max_event_ms)
+                self._mark(st, st.next_offset - 1, force=st.marked != mark)
+        dirty = [st for st in states if st.dirty and st.next_offset is not None]
+        self._transactions += 1
+        generation = f"{self._generation_prefix}-{self._transactions}"
+        if dirty:
+            self.store.save(
+                [
+                    Checkpoint(
+                        topic=st.topic,
+                        partition=st.partition,
+                        next_offset=st.next_offset,  # type: ignore[arg-type]
+                        state=self._state_of(st),
+                        pipeline=self.pipeline,
+                        generation=generation,
+                    )
+                    for st in dirty
+                ],
+                pending=True,
+            )
+        try:
+            if dirty:
+                offsets = [
+                    TopicPartition(
+                        st.topic, st.partition, st.next_offset or 0, metadata=generation
+                    )
+                    for st in dirty
+                ]
+                producer.send_offsets_to_transaction(
+                    offsets, consumer.consumer_group_metadata(), timeout
+                )
+            producer.commit_transaction(timeout)
+        except KafkaException as error:
+            self.metrics.error("transaction")
+            log_event(log, logging.WARNING, "transaction-failed", reason=reason, error=str(error))
+            if error.args[0].fatal():
+                self._broken = True
+                raise TransactionError(f"transaction failed fatally: {error}") from error
+            self._abort_and_rewind(consumer, str(error))
+            return False
+        if dirty:
+            self.store.promote([(st.topic, st.partition) for st in dirty])
+            for st in dirty:
+                st.dirty = False
+                st.committed = st.next_offset
+            self.counters.checkpoints += 1
+        self.outputs.take_errors()  # a committed transaction delivered everything
+        if not final:
+            producer.begin_transaction()
+        duration = time.perf_counter() - started
+        self.metrics.checkpointed(duration)
+        self.metrics.commits.inc()
+        self._last_checkpoint = time.monotonic()
+        log_event(
+            log,
+            logging.DEBUG,
+            "transaction-committed",
+            reason=reason,
+            partitions=len(dirty),
+            duration_ms=round(duration * 1000, 1),
+        )
+        return True
+
+    def _abort_and_rewind(self, consumer: Consumer, why: str) -> None:
+        """Abort the open transaction; every owned partition goes back to its committed
+        checkpoint and offset (the aborted outputs' effects on state are forgotten)."""
+        producer = self.outputs.transaction
+        try:
+            producer.abort_transaction(30)
+        except KafkaException as error:
+            self._broken = True
+            raise TransactionError(f"cannot abort the transaction: {error}") from error
+        owned = [TopicPartition(t, p) for t, p in self.partitions]
+        committed = self._committed_with_metadata(consumer, owned) if owned else {}
+        for tp in owned:
+            st = self._new_state(tp.topic, tp.partition, committed.get((tp.topic, tp.partition)))
+            if st.next_offset is not None:
+                consumer.seek(TopicPartition(tp.topic, tp.partition, st.next_offset))
+        producer.begin_transaction()
+        log_event(log, logging.WARNING, "transaction-aborted", why=why, partitions=len(owned))
 
     @staticmethod
     def _state_of(st: PartitionState) -> dict[str, Any] | None:
@@ -929,6 +1115,12 @@ class Engine:
                 admin, self.repartition.topic, wanted, self.repartition.retention_ms
             )
             topics.append(self.repartition.topic)
+        if self.exactly_once:
+            # Fences an earlier incarnation with the same transactional.id and aborts its
+            # open transaction, then opens ours: every output from here on is inside one.
+            producer = self.outputs.transaction
+            producer.init_transactions(30)
+            producer.begin_transaction()
         consumer.subscribe(
             topics,
             on_assign=self._on_assign,
@@ -944,6 +1136,7 @@ class Engine:
             topics=",".join(source.topics),
             group=source.consumer_group,
             batch="fused" if self.fused else "generic",
+            delivery=self.config.delivery,
         )
         last_progress = [time.monotonic()]
         try:

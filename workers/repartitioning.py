@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -310,7 +311,12 @@ def idle_close(windows: PartitionWindows) -> list[tuple[str, dict[str, Any]]]:
 def ensure_topic(
     admin: AdminClient, name: str, partitions: int, retention_ms: int, timeout: float = 30.0
 ) -> int:
-    """Create the repartition topic if it is missing; its partition count either way."""
+    """Create the repartition topic if it is missing; its partition count either way.
+
+    Every worker must partition by the same count, or one key's records would meet two
+    window states: so the count is read only once the broker shows every partition with a
+    leader, and (for a topic another worker is creating at the same moment) the same count
+    twice in a row."""
     futures = admin.create_topics(
         [
             NewTopic(
@@ -321,17 +327,34 @@ def ensure_topic(
         ],
         request_timeout=timeout,
     )
+    created = False
     try:
         futures[name].result(timeout)
+        created = True
         log.info("repartition topic %s created with %d partitions", name, partitions)
     except KafkaException as error:
         if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
             raise
-    metadata = admin.list_topics(name, timeout=timeout)
-    topic = metadata.topics.get(name)
-    if topic is None or topic.error is not None or not topic.partitions:
-        raise RuntimeError(f"repartition topic {name} is not available: {topic and topic.error}")
-    return len(topic.partitions)
+    deadline = time.monotonic() + timeout
+    last: int | None = None
+    while True:
+        topic = admin.list_topics(name, timeout=timeout).topics.get(name)
+        count: int | None = None
+        if (
+            topic is not None
+            and topic.error is None
+            and topic.partitions
+            and all(p.leader >= 0 for p in topic.partitions.values())
+        ):
+            count = len(topic.partitions)
+        if count is not None and (count == partitions if created else count == last):
+            return count
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"repartition topic {name} is not ready: {topic.error if topic else 'missing'}"
+            )
+        last = count
+        time.sleep(0.2)
 
 
 def source_partitions(

@@ -41,12 +41,16 @@ class DeliveryError(RuntimeError):
 
 
 class _Producers:
-    """One idempotent producer per distinct endpoint (sink and DLQ usually share one)."""
+    """One idempotent producer per distinct endpoint (sink and DLQ usually share one); in
+    exactly-once mode one transactional producer for every endpoint (the configuration
+    has checked they are one cluster: workers/config.py exactly_once_problem)."""
 
-    def __init__(self) -> None:
+    def __init__(self, transactional: dict[str, Any] | None = None) -> None:
         self._by_endpoint: dict[str, Producer] = {}
         self._errors: list[str] = []
         self._lock = threading.Lock()
+        self.transactional: Producer | None = None
+        self._transactional_conf = transactional
 
     def _on_delivery(self, error: KafkaError | None, _message: Any) -> None:
         if error is not None:
@@ -54,6 +58,12 @@ class _Producers:
                 self._errors.append(str(error))
 
     def get(self, endpoint: KafkaEndpoint) -> Producer:
+        if self._transactional_conf is not None:
+            if self.transactional is None:
+                conf = {**producer_config(endpoint), **self._transactional_conf}
+                conf["on_delivery"] = self._on_delivery
+                self.transactional = Producer(conf)
+            return self.transactional
         ident = endpoint.model_dump_json()
         producer = self._by_endpoint.get(ident)
         if producer is None:
@@ -92,14 +102,19 @@ class Outputs:
         *,
         metrics: EngineMetrics | None = None,
         source: KafkaSourceConfig | None = None,
+        transactional: dict[str, Any] | None = None,
     ) -> None:
         self.pipeline = pipeline
-        self._producers = _Producers()
+        # Exactly-once: librdkafka settings of the one transactional producer
+        # (transactional.id, transaction.timeout.ms), created with the first output.
+        self._producers = _Producers(transactional)
         self._out = out
         self._sink_producer: Producer | None = None
         self._topic = ""
         self._key_fn = None
         self._headers: list[tuple[str, bytes]] = []
+        if transactional is not None and source is not None:
+            self._producers.get(source)  # the transaction's producer exists from the start
         if sink.kafka is not None:
             if sink.kafka.transactional:
                 raise ValueError(
@@ -201,6 +216,16 @@ class Outputs:
         producer = self._producers.get(self._source_endpoint)
         for partition in range(partitions):
             _produce(producer, topic=topic, partition=partition, value=b"", headers=headers)
+
+    @property
+    def transaction(self) -> Producer:
+        """The transactional producer (exactly-once mode only)."""
+        producer = self._producers.transactional
+        assert producer is not None, "not in exactly-once mode"
+        return producer
+
+    def take_errors(self) -> list[str]:
+        return self._producers.take_errors()
 
     def behind(self) -> bool:
         if self._postgres is not None and self._postgres.behind():

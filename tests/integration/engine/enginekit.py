@@ -158,6 +158,7 @@ class Worker:
     log_path: Path
     metrics_port: int
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] | None = None  # added to the environment (e.g. STREAMHERD_WORKER_ID)
 
     @classmethod
     def create(cls, tmp: Path, name: str, config: dict[str, Any]) -> Worker:
@@ -168,7 +169,7 @@ class Worker:
         return cls(name, path, tmp / f"{name}.log", port)
 
     def start(self) -> Worker:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **(self.env or {})}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [str(WORKER), "--config", str(self.config_path)],
