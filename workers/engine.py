@@ -754,9 +754,7 @@ class Engine:
         try:
             if dirty:
                 offsets = [
-                    TopicPartition(
-                        st.topic, st.partition, st.next_offset or 0, metadata=generation
-                    )
+                    TopicPartition(st.topic, st.partition, st.next_offset or 0, metadata=generation)
                     for st in dirty
                 ]
                 producer.send_offsets_to_transaction(
