@@ -512,6 +512,17 @@ class Monitoring(Model):
 # --------------------------------------------------------------------------- spec/status
 
 
+#: The CEL twin of exactly_once_spec_problem (StreamPipelineSpec's rules).
+EXACTLY_ONCE_RULE = (
+    "self.delivery != 'exactlyOnce' || (has(self.source.kafka) && has(self.sink.kafka) && "
+    "(!has(self.sink.kafka.bootstrapServers) || "
+    "self.sink.kafka.bootstrapServers == self.source.kafka.bootstrapServers) && "
+    "!has(self.sink.kafka.auth) && (!has(self.deadLetter) || "
+    "!has(self.deadLetter.bootstrapServers) || "
+    "self.deadLetter.bootstrapServers == self.source.kafka.bootstrapServers))"
+)
+
+
 class StreamPipelineSpec(Model):
     """The desired state of a stream-processing pipeline."""
 
@@ -548,6 +559,12 @@ class StreamPipelineSpec(Model):
             "&& has(self.sink.postgres.keyColumns) && !self.sink.postgres.createTable)",
             "sink.postgres without a window step needs columns and keyColumns, and no createTable",
             ".sink.postgres",
+        ),
+        cel(
+            EXACTLY_ONCE_RULE,
+            "delivery exactlyOnce needs a Kafka source and a Kafka sink and dead-letter topic "
+            "on the source's cluster with the source's auth",
+            ".delivery",
         ),
         cel(
             "self.checkpoint.volume.accessModes.all(m, m == 'ReadWriteMany') || "
@@ -602,6 +619,18 @@ class StreamPipelineSpec(Model):
         default=False,
         description="Scale the workers to zero and stop autoscaling; state is kept.",
     )
+    delivery: Literal["atLeastOnce", "exactlyOnce"] = Field(
+        default="atLeastOnce",
+        description=(
+            "atLeastOnce (default): results are flushed before each checkpoint and a replay "
+            "after a crash writes them again under the same deterministic key. exactlyOnce: "
+            "results, dead letters, repartition records and the input offsets are committed "
+            "in one Kafka transaction per checkpoint interval, so a `read_committed` reader "
+            "sees each result once; needs a Kafka source and a Kafka sink (and dead-letter "
+            "topic) on the source's cluster with the source's auth. Results become visible "
+            "when their transaction commits (checkpoint.interval)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> StreamPipelineSpec:
@@ -644,6 +673,10 @@ class StreamPipelineSpec(Model):
             missing = [k for k in pg.key_columns or WINDOW_KEY_COLUMNS if k not in columns]
             if missing:
                 raise ValueError(f"sink.postgres: key columns {missing} are not written columns")
+        if self.delivery == "exactlyOnce":
+            problem = exactly_once_spec_problem(self)
+            if problem is not None:
+                raise ValueError(f"delivery exactlyOnce: {problem}")
         shared = all(m == "ReadWriteMany" for m in self.checkpoint.volume.access_modes)
         most = self.replicas if a.mode == "none" else a.max_replicas
         if not shared and most > 1:
@@ -653,6 +686,21 @@ class StreamPipelineSpec(Model):
         for d in (a.scale_down_stabilization, a.idle_timeout, a.poll_interval):
             parse_duration(d)
         return self
+
+
+def exactly_once_spec_problem(spec: StreamPipelineSpec) -> str | None:
+    """Why one Kafka transaction cannot hold every output of this pipeline, or None."""
+    src, sink = spec.source.kafka, spec.sink.kafka
+    if src is None:
+        return "needs a Kafka source (its offsets are committed in the transaction)"
+    if sink is None:
+        return "needs a Kafka sink (a PostgreSQL or stdout sink is not transactional)"
+    if sink.bootstrap_servers not in (None, src.bootstrap_servers) or sink.auth is not None:
+        return "sink.kafka must be on the source's cluster with the source's auth"
+    dead = spec.dead_letter
+    if dead is not None and dead.bootstrap_servers not in (None, src.bootstrap_servers):
+        return "deadLetter must be on the source's cluster"
+    return None
 
 
 def postgres_result_fields(spec: StreamPipelineSpec) -> list[str] | None:

@@ -118,6 +118,7 @@ def build_worker_config(pipeline: StreamPipeline, settings: OperatorSettings) ->
             shutdown_grace_seconds=float(max(1, grace - _GRACE_MARGIN_SECONDS)),
         ),
         repartition=RepartitionConfig(topic=topic) if topic is not None else None,
+        delivery=spec.delivery,
     )
 
 

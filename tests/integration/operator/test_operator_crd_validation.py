@@ -87,6 +87,19 @@ CASES = [
                   "aggregates": [{"name": "clicks", "function": "count"}]}}],
      "slide must be positive, at most size, and divide size"),
     ("name too long", BASE, "metadata.name", "p" * 56, "metadata.name must be at most 55"),
+    ("exactly once to stdout", LOCAL, "spec.delivery", "exactlyOnce",
+     "delivery exactlyOnce needs a Kafka source and a Kafka sink"),
+    ("exactly once across clusters", _set(BASE, "spec.sink.kafka.bootstrapServers", "other:9092"),
+     "spec.delivery", "exactlyOnce", "delivery exactlyOnce needs a Kafka source"),
+    ("bad delivery", BASE, "spec.delivery", "maybeOnce", "spec.delivery: Unsupported value"),
+    ("bad idle timeout", BASE, "spec.source.kafka.idleTimeout", "soon",
+     "spec.source.kafka.idleTimeout: Invalid value"),
+    ("bad keyedBy", BASE, "spec.source.kafka.keyedBy", "user id",
+     "spec.source.kafka.keyedBy: Invalid value"),
+    ("bad repartition", BASE, "spec.processor.steps",
+     [{**BASE["spec"]["processor"]["steps"][-1],
+       "window": {**BASE["spec"]["processor"]["steps"][-1]["window"], "repartition": "often"}}],
+     "repartition: Unsupported value"),
 ]  # fmt: skip
 
 

@@ -1,0 +1,138 @@
+"""delivery exactlyOnce and the repartition decision, as the models and the builder see them.
+
+The rule that a pipeline can be exactly-once is declared once per layer and must agree:
+the spec (validate and the operator), its CEL twin (the API server: the integration
+tier's test_operator_crd_validation), and the WorkerConfig the worker checks again."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from streamherd.operator.api.v1alpha1 import StreamPipeline, exactly_once_spec_problem
+from streamherd.operator.builders.keying import repartition_topic
+from streamherd.operator.builders.worker_config import build_worker_config
+from streamherd.operator.settings import OperatorSettings
+from streamherd.workers.config import WorkerConfig
+
+WINDOW = {
+    "window": {
+        "keyBy": "page",
+        "size": "10s",
+        "aggregates": [{"name": "n", "function": "count"}],
+    }
+}
+BASE: dict[str, Any] = {
+    "apiVersion": "streamherd.io/v1alpha1",
+    "kind": "StreamPipeline",
+    "metadata": {"name": "clicks", "namespace": "team"},
+    "spec": {
+        "source": {"kafka": {"bootstrapServers": "k:9092", "topics": ["in"]}},
+        "processor": {"steps": [WINDOW]},
+        "sink": {"kafka": {"topic": "out"}},
+        "deadLetter": {"topic": "dlq"},
+    },
+}
+
+
+def pipeline(**spec: Any) -> StreamPipeline:
+    doc = copy.deepcopy(BASE)
+    for path, value in spec.items():
+        node = doc["spec"]
+        keys = path.split("__")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return StreamPipeline.model_validate(doc)
+
+
+def test_exactly_once_renders_into_the_worker_config() -> None:
+    p = pipeline(delivery="exactlyOnce")
+    config = build_worker_config(p, OperatorSettings())
+    assert config.delivery == "exactlyOnce"
+    assert exactly_once_spec_problem(p.spec) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sink": {"stdout": {}}}, "needs a Kafka sink"),
+        ({"sink__kafka__bootstrapServers": "other:9092"}, "source's cluster"),
+        ({"deadLetter__bootstrapServers": "other:9092"}, "deadLetter must be on"),
+        (
+            {
+                "source": {"generator": {"count": 10}},
+                "sink__kafka__bootstrapServers": "k:9092",
+                "deadLetter__bootstrapServers": "k:9092",
+            },
+            "needs a Kafka source",
+        ),
+    ],
+)
+def test_exactly_once_that_no_transaction_can_hold_is_refused(
+    change: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        pipeline(delivery="exactlyOnce", **change)
+    pipeline(**change)  # the same pipeline at least once is fine
+
+
+def test_the_worker_refuses_what_the_spec_refuses() -> None:
+    config = build_worker_config(pipeline(delivery="exactlyOnce"), OperatorSettings())
+    data = config.model_dump(by_alias=True)
+    data["sink"]["kafka"]["bootstrapServers"] = "elsewhere:9092"
+    with pytest.raises(ValidationError, match="sink must be on the source's Kafka cluster"):
+        WorkerConfig.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    ("change", "repartitions"),
+    [
+        ({}, True),  # nothing says the topic is keyed by page
+        ({"source__kafka__keyedBy": "page"}, False),
+        ({"source__kafka__keyedBy": "user"}, True),
+        ({"source__kafka__format": "raw"}, True),
+        (
+            {"processor": {"steps": [{"window": {**WINDOW["window"], "repartition": "never"}}]}},
+            False,
+        ),
+        (
+            {
+                "source__kafka__keyedBy": "page",
+                "processor": {"steps": [{"window": {**WINDOW["window"], "repartition": "always"}}]},
+            },
+            True,
+        ),
+        (
+            {
+                "source__kafka__keyedBy": "page",
+                "processor": {"steps": [{"map": {"set": {"page": "user"}}}, WINDOW]},
+            },
+            True,  # the map computes page anew: no longer the source's key
+        ),
+        ({"source__kafka__keyedBy": "page", "processor": {"steps": []}}, False),  # no window
+    ],
+)
+def test_repartition_is_decided_from_the_manifest(
+    change: dict[str, Any], repartitions: bool
+) -> None:
+    p = pipeline(**change)
+    topic = repartition_topic(p)
+    assert (topic is not None) == repartitions
+    config = build_worker_config(p, OperatorSettings())
+    if repartitions:
+        assert topic == "streamherd.team.clicks.repartition"
+        assert config.repartition is not None and config.repartition.topic == topic
+    else:
+        assert config.repartition is None
+
+
+def test_idle_timeout_defaults_to_30s_and_null_turns_it_off() -> None:
+    assert (
+        build_worker_config(pipeline(), OperatorSettings()).source.kafka.idle_timeout_seconds == 30
+    )  # type: ignore[union-attr]
+    off = build_worker_config(pipeline(source__kafka__idleTimeout=None), OperatorSettings())
+    assert off.source.kafka is not None and off.source.kafka.idle_timeout_seconds is None
