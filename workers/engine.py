@@ -156,7 +156,8 @@ class _Counters:
     late: int = 0
     windows_emitted: int = 0
     checkpoints: int = 0
-    repartitioned: int = 0
+    repartitioned: int = 0  # records an upstream produced to the repartition topic
+    rekeyed_in: int = 0  # records a downstream took from it (duplicates excluded)
     duplicates: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -623,7 +624,8 @@ class Engine:
         source partition's lateness, close what the slowest source partition allows."""
         windows, clock = st.windows, st.clock
         assert windows is not None and clock is not None
-        failures, late, duplicates = fold_downstream(windows, clock, messages)
+        failures, late, duplicates, taken = fold_downstream(windows, clock, messages)
+        self.counters.rekeyed_in += taken
         rows = close_windows(windows, clock)
         level = clock.closing_level()
         windows.max_event_ms = level if type(level) is int else None

@@ -178,6 +178,8 @@ class UpstreamClock:
         """The max event time up to which windows may close: the minimum over the known,
         non-idle source partitions; None when one has said nothing yet; True when every
         source partition is idle (close everything)."""
+        if not self.known:
+            return None  # the source's partitions are not known: nothing may close yet
         level: int | None = None
         active = 0
         for upstream in self.known | self.upstreams.keys():
@@ -218,13 +220,15 @@ class UpstreamClock:
 
 def fold_downstream(
     windows: PartitionWindows, clock: UpstreamClock, messages: Sequence[Any]
-) -> tuple[list[Failure], int, int]:
+) -> tuple[list[Failure], int, int, int]:
     """Fold one batch of a repartition partition: drop replays, fold each record with its
     source partition's lateness. Returns the failures (decode, expression and late ones,
-    naming the source record), how many were late, and how many were duplicates."""
+    naming the source record), how many were late, how many were duplicates, and how many
+    records were taken (folded, late or failed: each once)."""
     failures: list[Failure] = []
     late = 0
     duplicates = 0
+    taken = 0
     loads = orjson.loads
     for m in messages:
         try:
@@ -237,6 +241,7 @@ def fold_downstream(
             continue
         if mark.marker:
             continue
+        taken += 1
         source = UpstreamMessage(m, mark)
         try:
             record = loads(m.value())
@@ -260,7 +265,7 @@ def fold_downstream(
                     ),
                 )
             )
-    return failures, late, duplicates
+    return failures, late, duplicates, taken
 
 
 def close_windows(
@@ -361,17 +366,27 @@ def source_partitions(
     admin: AdminClient, topics: Iterable[str], timeout: float = 30.0
 ) -> frozenset[Upstream]:
     """Every partition of the source topics (the upstreams a downstream partition waits
-    for); a topic starting with ``^`` is a pattern, as in the consumer's subscription."""
-    metadata = admin.list_topics(timeout=timeout)
+    for); a topic starting with ``^`` is a pattern, as in the consumer's subscription.
+    Waits until every named topic shows its partitions, each with a leader: a partial
+    list would let windows close before a source partition had its say."""
     patterns = [re.compile(t) for t in topics if t.startswith("^")]
     names = {t for t in topics if not t.startswith("^")}
-    out: set[Upstream] = set()
-    for name, topic in metadata.topics.items():
-        if topic.error is not None:
-            continue
-        if name in names or any(p.match(name) for p in patterns):
-            out.update((name, p) for p in topic.partitions)
-    return frozenset(out)
+    deadline = time.monotonic() + timeout
+    while True:
+        metadata = admin.list_topics(timeout=timeout)
+        out: set[Upstream] = set()
+        seen: set[str] = set()
+        for name, topic in metadata.topics.items():
+            if topic.error is not None or not topic.partitions:
+                continue
+            if any(p.leader < 0 for p in topic.partitions.values()):
+                continue
+            if name in names or any(p.match(name) for p in patterns):
+                seen.add(name)
+                out.update((name, p) for p in topic.partitions)
+        if names <= seen or time.monotonic() > deadline:
+            return frozenset(out)
+        time.sleep(0.2)
 
 
 class UpstreamMessage:

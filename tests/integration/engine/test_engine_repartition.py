@@ -201,6 +201,8 @@ def test_sigkills_and_rebalances_change_no_result(
             return set(expected) <= set(got)
 
         wait_until("every (page, window) in the sink", complete, 180, workers)
+        dead = kafka_broker.consume_all(dlq)
+        assert dead == [], f"{len(dead)} dead letters, e.g. {dead[0].headers}"
         check(got, expected)
         assert kafka_broker.consume_all(dlq) == []
     finally:

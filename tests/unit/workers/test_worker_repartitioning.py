@@ -165,7 +165,7 @@ def test_results_do_not_depend_on_interleaving_batching_or_replays(
         i = 0
         while i < len(merged):
             n = data.draw(st.integers(1, 7), label="batch")
-            failures, _late, _dups = fold_downstream(windows, clock, merged[i : i + n])
+            failures, _late, _dups, _taken = fold_downstream(windows, clock, merged[i : i + n])
             assert all(f.reason == "late" for f in failures), failures
             for key, row in close_windows(windows, clock):
                 assert key not in emitted, f"{key} emitted twice"
@@ -194,7 +194,7 @@ def test_headers_round_trip_and_foreign_records_are_refused() -> None:
         [("streamherd.upstream", b"t\x1f1")],
         [("streamherd.upstream", b"\xff")],
     ):
-        failures, _, _ = fold_downstream(
+        failures, _, _, _ = fold_downstream(
             PartitionWindows(plan_for(0)), UpstreamClock(), [Msg(b"{}", headers or [])]
         )
         assert [f.reason for f in failures] == ["decode"]
