@@ -27,13 +27,23 @@ from pydantic.alias_generators import to_camel
 
 WORKER_CONFIG_VERSION: Final = "streamherd.io/worker-config/v1"
 
-_DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
-DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
+# Units in this order, each at most once (`1h1h` and `5s1m` are refused), with digit counts
+# that keep the sum below 2^63 ns: the API server's CEL `duration()` reads the same text and
+# fails on an overflow. One grammar for the CRD's pattern and for parse_duration.
+DURATION_PATTERN = (
+    r"^([0-9]{1,6}h([0-9]{1,7}m)?([0-9]{1,9}s)?([0-9]{1,12}ms)?"
+    r"|[0-9]{1,7}m([0-9]{1,9}s)?([0-9]{1,12}ms)?"
+    r"|[0-9]{1,9}s([0-9]{1,12}ms)?"
+    r"|[0-9]{1,12}ms)$"
+)
+_DURATION_RE = re.compile(
+    r"^(?:([0-9]{1,6})h)?(?:([0-9]{1,7})m(?!s))?(?:([0-9]{1,9})s)?(?:([0-9]{1,12})ms)?$"
+)
 
 
 def parse_duration(text: str) -> float:
     """Seconds in a Kubernetes-style duration such as ``90s``, ``5m``, ``1h30m``, ``250ms``."""
-    match = _DURATION_RE.match(text)
+    match = _DURATION_RE.fullmatch(text) if isinstance(text, str) else None
     if not text or match is None or not any(match.groups()):
         raise ValueError(f"invalid duration {text!r}: use e.g. 500ms, 30s, 5m, 1h30m")
     hours, minutes, seconds, millis = (int(g) if g else 0 for g in match.groups())

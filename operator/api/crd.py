@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel
 
 from streamherd.operator.api import v1alpha1
-from streamherd.operator.api.v1alpha1 import MAX_NAME_LENGTH
+from streamherd.operator.api.rules import cel_rules_at, rule_paths
 
 JSON = dict[str, Any]
 
@@ -123,6 +123,28 @@ def structural_schema(model: type[BaseModel]) -> JSON:
     return schema
 
 
+def schema_node(root: JSON, at: str) -> JSON:
+    """The schema of the manifest path `at` (rules.py's spelling: `spec.processor.steps[]`,
+    `spec.resources.requests{}`; `""` is the root)."""
+    node = root
+    for part in [p for p in at.split(".") if p]:
+        name = part.rstrip("[]{}")
+        node = node["properties"][name]
+        if part.endswith("[]"):
+            node = node["items"]
+        elif part.endswith("{}"):
+            node = node["additionalProperties"]
+    return node
+
+
+def add_rules(root: JSON) -> JSON:
+    """Copy every CEL rule of operator/api/rules.py into the schema node it is declared at."""
+    for at in rule_paths():
+        node = schema_node(root, at)
+        node.setdefault("x-kubernetes-validations", []).extend(cel_rules_at(at))
+    return root
+
+
 def build_crd() -> JSON:
     """The StreamPipeline CustomResourceDefinition, as a dict."""
     spec = structural_schema(v1alpha1.StreamPipelineSpec)
@@ -179,34 +201,26 @@ def build_crd() -> JSON:
                         },
                     ],
                     "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": v1alpha1.StreamPipeline.__doc__,
-                            "required": ["spec"],
-                            "x-kubernetes-validations": [
-                                {
-                                    # The metrics Service NAME-metrics is a DNS label (63).
-                                    "rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
-                                    "message": (
-                                        f"metadata.name must be at most {MAX_NAME_LENGTH} "
-                                        "characters (the operator derives child names from it)"
-                                    ),
-                                }
-                            ],
-                            "properties": {
-                                "apiVersion": {
-                                    "type": "string",
-                                    "description": "API version: streamherd.io/v1alpha1.",
+                        "openAPIV3Schema": add_rules(
+                            {
+                                "type": "object",
+                                "description": v1alpha1.StreamPipeline.__doc__,
+                                "required": ["spec"],
+                                "properties": {
+                                    "apiVersion": {
+                                        "type": "string",
+                                        "description": "API version: streamherd.io/v1alpha1.",
+                                    },
+                                    "kind": {
+                                        "type": "string",
+                                        "description": "Kind: StreamPipeline.",
+                                    },
+                                    "metadata": {"type": "object"},
+                                    "spec": spec,
+                                    "status": status,
                                 },
-                                "kind": {
-                                    "type": "string",
-                                    "description": "Kind: StreamPipeline.",
-                                },
-                                "metadata": {"type": "object"},
-                                "spec": spec,
-                                "status": status,
-                            },
-                        }
+                            }
+                        )
                     },
                 }
             ],

@@ -36,7 +36,16 @@ MAX_NAME_LENGTH = 63 - len("-metrics")
 
 _NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _TOPIC = r"^[a-zA-Z0-9._-]{1,249}$"
-_QUANTITY = r"^(\+?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+#: A DNS-1123 subdomain: names of PriorityClasses, StorageClasses, ServiceAccounts.
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: A label value (empty, or 63 characters at most starting and ending alphanumeric).
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+#: An absolute path of plain segments: no '.', '..', '//', ':' or trailing '/'.
+MOUNT_PATH = r"^(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$"
+#: A Kubernetes quantity is checked by the API server's own parser (operator/api/rules.py);
+#: the schema only bounds its length.
+QUANTITY_MAX_LENGTH = 64
+Quantity = Annotated[str, Field(min_length=1, max_length=QUANTITY_MAX_LENGTH)]
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
@@ -61,15 +70,20 @@ def with_cel(*rules: dict[str, str]) -> ConfigDict:
 class SecretKeyRef(Model):
     """A key in a Secret in the pipeline's namespace."""
 
-    name: str = Field(pattern=_NAME, max_length=253, description="Secret name.")
-    key: str = Field(min_length=1, max_length=253, description="Key within the Secret.")
+    name: str = Field(
+        pattern=_NAME,
+        max_length=253,
+        description="Name of the Secret (in the pipeline's namespace) that holds the value.",
+    )
+    key: str = Field(min_length=1, max_length=253, description="Key within that Secret's data.")
 
 
 class SaslAuth(Model):
     """SASL authentication; username and password come from Secrets."""
 
     mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
-        default="SCRAM-SHA-512", description="SASL mechanism."
+        default="SCRAM-SHA-512",
+        description="SASL mechanism the brokers expect: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.",
     )
     username: SecretKeyRef = Field(description="Secret key holding the username.")
     password: SecretKeyRef = Field(description="Secret key holding the password.")
@@ -94,8 +108,13 @@ class TlsAuth(Model):
 class KafkaAuth(Model):
     """How workers authenticate to Kafka."""
 
-    sasl: SaslAuth | None = Field(default=None, description="SASL settings.")
-    tls: TlsAuth | None = Field(default=None, description="TLS settings.")
+    sasl: SaslAuth | None = Field(
+        default=None,
+        description="SASL username/password authentication; no SASL when omitted.",
+    )
+    tls: TlsAuth | None = Field(
+        default=None, description="TLS to the brokers; plaintext when omitted."
+    )
 
 
 class KafkaConnection(Model):
@@ -106,7 +125,10 @@ class KafkaConnection(Model):
         max_length=2048,
         description="Comma-separated host:port list, e.g. `my-kafka-bootstrap.kafka:9092`.",
     )
-    auth: KafkaAuth | None = Field(default=None, description="SASL and/or TLS.")
+    auth: KafkaAuth | None = Field(
+        default=None,
+        description="How the workers authenticate: SASL and/or TLS; none when omitted.",
+    )
 
 
 # --------------------------------------------------------------------------- source
@@ -116,7 +138,9 @@ class KafkaSource(KafkaConnection):
     """Consume one or more Kafka topics as a consumer group."""
 
     topics: list[Annotated[str, Field(pattern=_TOPIC)]] = Field(
-        min_length=1, max_length=64, description="Topics to consume."
+        min_length=1,
+        max_length=64,
+        description="Topics to consume (Kafka topic names: letters, digits, '.', '_', '-').",
     )
     consumer_group: str | None = Field(
         default=None,
@@ -147,7 +171,9 @@ class Source(Model):
         )
     )
 
-    kafka: KafkaSource | None = Field(default=None, description="Consume Kafka topics.")
+    kafka: KafkaSource | None = Field(
+        default=None, description="Consume Kafka topics as a consumer group."
+    )
     generator: GeneratorSourceConfig | None = Field(
         default=None, description="Synthetic click events for demos and local runs."
     )
@@ -165,7 +191,10 @@ class Source(Model):
 class KafkaSink(Model):
     """Write results to a Kafka topic."""
 
-    topic: str = Field(pattern=_TOPIC, description="Output topic.")
+    topic: str = Field(
+        pattern=_TOPIC,
+        description="Topic the results are written to; must not be a source topic.",
+    )
     bootstrap_servers: str | None = Field(
         default=None,
         max_length=2048,
@@ -183,14 +212,17 @@ class KafkaSink(Model):
         ),
     )
     headers: dict[str, str] = Field(
-        default_factory=dict, description="Static headers added to every output record."
+        default_factory=dict,
+        description="Static headers (name: value) added to every output record; none by default.",
     )
 
 
 class StdoutSink(Model):
     """Print results, one JSON object per line (demos, local runs)."""
 
-    format: Literal["json"] = Field(default="json", description="Output format.")
+    format: Literal["json"] = Field(
+        default="json", description="Output format; only json (one object per line) for now."
+    )
 
 
 # --- sink.postgres (issue 6) -------------------------------------------------------------
@@ -204,15 +236,34 @@ WINDOW_KEY_COLUMNS = ("key", "window_start", "window_end")
 class PostgresSecretKeys(Model):
     """Names of the keys in the connection Secret, when it holds separate fields."""
 
-    host: str = Field(default="host", min_length=1, max_length=253, description="Host key.")
-    port: str = Field(default="port", min_length=1, max_length=253, description="Port key.")
-    user: str = Field(default="user", min_length=1, max_length=253, description="User key.")
+    host: str = Field(
+        default="host",
+        min_length=1,
+        max_length=253,
+        description="Key of the Secret holding the database host name.",
+    )
+    port: str = Field(
+        default="port",
+        min_length=1,
+        max_length=253,
+        description="Key of the Secret holding the database port.",
+    )
+    user: str = Field(
+        default="user",
+        min_length=1,
+        max_length=253,
+        description="Key of the Secret holding the database user name.",
+    )
     password: str = Field(
-        default="password", min_length=1, max_length=253, description="Password key."
+        default="password",
+        min_length=1,
+        max_length=253,
+        description="Key of the Secret holding the database password.",
     )
     dbname: str = Field(
-        default="dbname", min_length=1, max_length=253, description="Database name key."
-    )
+        default="dbname", min_length=1, max_length=253,
+        description="Key of the Secret holding the database name.",
+    )  # fmt: skip
 
 
 class PostgresConnection(Model):
@@ -225,7 +276,11 @@ class PostgresConnection(Model):
         )
     )
 
-    secret_name: str = Field(pattern=_NAME, max_length=253, description="Secret name.")
+    secret_name: str = Field(
+        pattern=_NAME,
+        max_length=253,
+        description="Secret (in the pipeline's namespace) holding the connection settings.",
+    )
     dsn_key: str | None = Field(
         default=None,
         min_length=1,
@@ -256,7 +311,9 @@ class PostgresSink(Model):
     table: str = Field(
         pattern=_SQL_TABLE, description="Table, optionally schema-qualified (`schema.table`)."
     )
-    connection: PostgresConnection = Field(description="Where the database is.")
+    connection: PostgresConnection = Field(
+        description="Where the database is and how to log in, from a Secret."
+    )
     key_columns: list[Annotated[str, Field(pattern=_SQL_IDENTIFIER)]] | None = Field(
         default=None,
         min_length=1,
@@ -285,7 +342,10 @@ class PostgresSink(Model):
         ),
     )
     batch_size: int = Field(
-        default=2000, ge=1, le=100_000, description="Most rows one transaction writes."
+        default=2000,
+        ge=1,
+        le=100_000,
+        description="Most rows one transaction writes (rows).",
     )
 
 
@@ -300,8 +360,10 @@ class Sink(Model):
         )
     )
 
-    kafka: KafkaSink | None = Field(default=None, description="A Kafka topic.")
-    stdout: StdoutSink | None = Field(default=None, description="Standard output.")
+    kafka: KafkaSink | None = Field(default=None, description="Write results to a Kafka topic.")
+    stdout: StdoutSink | None = Field(
+        default=None, description="Print results on the workers' standard output (demos)."
+    )
     postgres: PostgresSink | None = Field(
         default=None, description="A PostgreSQL table (idempotent upserts)."
     )
@@ -316,7 +378,13 @@ class Sink(Model):
 class DeadLetter(Model):
     """Records that fail (decoding, expressions, the user function, too late) go here."""
 
-    topic: str = Field(pattern=_TOPIC, description="Dead-letter topic.")
+    topic: str = Field(
+        pattern=_TOPIC,
+        description=(
+            "Topic failed records are written to, with headers naming the error; must be "
+            "neither a source topic nor the sink topic."
+        ),
+    )
     bootstrap_servers: str | None = Field(
         default=None, max_length=2048, description="The source's cluster when omitted."
     )
@@ -350,7 +418,12 @@ class Autoscaling(Model):
             "spec.replicas (and `kubectl scale`)."
         ),
     )
-    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest workers (0 allowed).")
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Fewest workers (0 lets builtin and keda scale to zero; hpa needs 1).",
+    )
     max_replicas: int = Field(
         default=10,
         ge=1,
@@ -358,10 +431,12 @@ class Autoscaling(Model):
         description="Most workers; never more than the source's partition count is used.",
     )
     lag_per_replica: int = Field(
-        default=1000, ge=1, description="Target lag (records) each worker should carry."
+        default=1000, ge=1, description="Target lag each worker should carry (records)."
     )
     activation_lag: int = Field(
-        default=1, ge=0, description="Lag above which a pipeline at zero replicas wakes up."
+        default=1,
+        ge=0,
+        description="Lag above which a pipeline at zero replicas wakes up (records).",
     )
     scale_down_stabilization: Duration = Field(
         default="300s",
@@ -371,15 +446,23 @@ class Autoscaling(Model):
         default="600s",
         description="With minReplicas 0: no lag and no input this long scales to zero.",
     )
-    poll_interval: Duration = Field(default="15s", description="How often lag is measured.")
+    poll_interval: Duration = Field(
+        default="15s", description="How often lag is measured (builtin mode)."
+    )
 
 
 class CheckpointVolume(Model):
     """The PersistentVolumeClaim that holds checkpoints, shared by all workers."""
 
-    size: str = Field(default="1Gi", pattern=_QUANTITY, description="Requested size, e.g. 1Gi.")
+    size: Quantity = Field(
+        default="1Gi",
+        description="Requested size of the volume, a Kubernetes quantity such as 1Gi or 500Mi.",
+    )
     storage_class_name: str | None = Field(
-        default=None, description="StorageClass; the cluster default when omitted."
+        default=None,
+        pattern=DNS1123_SUBDOMAIN,
+        max_length=253,
+        description="StorageClass of the volume; the cluster's default class when omitted.",
     )
     access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
         # A static default (pydantic copies it per instance), not a factory: the CRD needs
@@ -397,9 +480,16 @@ class CheckpointVolume(Model):
 class Checkpoint(Model):
     """How often state and offsets are checkpointed, and where."""
 
-    interval: Duration = Field(default="10s", description="Checkpoint interval.")
+    interval: Duration = Field(
+        default="10s",
+        description=(
+            "How often each worker writes its state and offsets; a crash replays at most "
+            "this much input."
+        ),
+    )
     volume: CheckpointVolume = Field(
-        default_factory=CheckpointVolume, description="The checkpoint volume."
+        default_factory=CheckpointVolume,
+        description="The PersistentVolumeClaim the checkpoints are written to.",
     )
 
 
@@ -409,8 +499,16 @@ class Checkpoint(Model):
 class SecretEnv(Model):
     """One environment variable from a Secret key."""
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Variable name.")
-    key: str = Field(min_length=1, description="Key in the Secret.")
+    name: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        max_length=253,
+        description=(
+            "Name of the environment variable; names starting with STREAMHERD_ are the operator's."
+        ),
+    )
+    key: str = Field(
+        min_length=1, max_length=253, description="Key of the Secret whose value it gets."
+    )
 
 
 class SecretMount(Model):
@@ -423,12 +521,24 @@ class SecretMount(Model):
         )
     )
 
-    secret_name: str = Field(pattern=_NAME, max_length=253, description="Secret name.")
+    secret_name: str = Field(
+        pattern=_NAME,
+        max_length=253,
+        description="Name of the Secret, in the pipeline's namespace.",
+    )
     mount_path: str | None = Field(
-        default=None, pattern=r"^/", description="Mount the Secret's keys as files here."
+        default=None,
+        pattern=MOUNT_PATH,
+        max_length=1024,
+        description=(
+            "Absolute directory where the Secret's keys appear as files (read-only); not "
+            "/etc/streamherd, /var/lib/streamherd/checkpoints or /tmp, nor above or inside them."
+        ),
     )
     env: list[SecretEnv] | None = Field(
-        default=None, description="Expose keys as environment variables."
+        default=None,
+        max_length=64,
+        description="Keys of the Secret exposed as environment variables.",
     )
 
     @model_validator(mode="after")
@@ -441,18 +551,31 @@ class SecretMount(Model):
 class Resources(Model):
     """Compute resources of each worker container."""
 
-    requests: dict[str, str] = Field(
-        default_factory=lambda: {"cpu": "250m", "memory": "256Mi"}, description="Requests."
+    requests: dict[str, Quantity] = Field(
+        default_factory=lambda: {"cpu": "250m", "memory": "256Mi"},
+        max_length=16,
+        description=(
+            "What the scheduler reserves for each worker: resource name (cpu, memory, "
+            "ephemeral-storage, ...) -> Kubernetes quantity (250m, 1.5, 256Mi)."
+        ),
     )
-    limits: dict[str, str] = Field(
-        default_factory=lambda: {"memory": "512Mi"}, description="Limits."
+    limits: dict[str, Quantity] = Field(
+        default_factory=lambda: {"memory": "512Mi"},
+        max_length=16,
+        description=(
+            "The most each worker may use: resource name -> Kubernetes quantity; a request "
+            "may not exceed its limit."
+        ),
     )
 
 
 class PodOverrides(Model):
     """Scheduling and identity of the worker pods."""
 
-    node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector.")
+    node_selector: dict[str, Annotated[str, Field(pattern=LABEL_VALUE, max_length=63)]] = Field(
+        default_factory=dict,
+        description="Node labels a node must have to run the workers (label key -> value).",
+    )
     tolerations: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Tolerations (core/v1 Toleration objects).",
@@ -466,24 +589,50 @@ class PodOverrides(Model):
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     service_account_name: str | None = Field(
-        default=None, pattern=_NAME, description="ServiceAccount of the worker pods."
+        default=None,
+        pattern=DNS1123_SUBDOMAIN,
+        max_length=253,
+        description="ServiceAccount the worker pods run as; the namespace's default when omitted.",
     )
-    priority_class_name: str | None = Field(default=None, description="PriorityClass.")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
+    priority_class_name: str | None = Field(
+        default=None,
+        pattern=DNS1123_SUBDOMAIN,
+        max_length=253,
+        description="PriorityClass of the worker pods (a DNS subdomain name).",
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra annotations of the worker pods (the operator's own keys win).",
+    )
+    labels: dict[str, Annotated[str, Field(pattern=LABEL_VALUE, max_length=63)]] = Field(
+        default_factory=dict,
+        description="Extra labels of the worker pods (the operator's own labels win).",
+    )
     termination_grace_period_seconds: int = Field(
-        default=30, ge=1, le=3600, description="Time a worker has to checkpoint on shutdown."
+        default=30,
+        ge=1,
+        le=3600,
+        description="Time a worker has to checkpoint and exit on shutdown (seconds).",
     )
 
 
 class Monitoring(Model):
     """Prometheus integration (needs the monitoring.coreos.com API in the cluster)."""
 
-    service_monitor: bool = Field(default=True, description="Create a ServiceMonitor.")
-    prometheus_rule: bool = Field(default=True, description="Create a PrometheusRule.")
-    scrape_interval: Duration = Field(default="30s", description="Scrape interval.")
+    service_monitor: bool = Field(
+        default=True,
+        description="Create a ServiceMonitor so Prometheus scrapes the workers' metrics.",
+    )
+    prometheus_rule: bool = Field(
+        default=True, description="Create a PrometheusRule with the pipeline's alerts."
+    )
+    scrape_interval: Duration = Field(
+        default="30s", description="How often Prometheus scrapes each worker."
+    )
     lag_alert_threshold: int = Field(
-        default=100_000, ge=1, description="Alert when total lag stays above this."
+        default=100_000,
+        ge=1,
+        description="Alert when the total lag stays above this many records.",
     )
     checkpoint_age_alert: Duration = Field(
         default="10m", description="Alert when the newest checkpoint is older than this."
@@ -553,12 +702,15 @@ class StreamPipelineSpec(Model):
         default=1,
         ge=0,
         le=1000,
-        description="Workers when autoscaling.mode is none (the scale subresource).",
+        description="Workers when autoscaling.mode is none (`kubectl scale` sets it).",
     )
     autoscaling: Autoscaling = Field(
         default_factory=Autoscaling, description="Lag-driven autoscaling."
     )
-    checkpoint: Checkpoint = Field(default_factory=Checkpoint, description="Checkpoints.")
+    checkpoint: Checkpoint = Field(
+        default_factory=Checkpoint,
+        description="How often state and offsets are checkpointed, and on which volume.",
+    )
     secrets: list[SecretMount] = Field(
         default_factory=list,
         max_length=32,
@@ -571,13 +723,23 @@ class StreamPipelineSpec(Model):
         "built FROM the streamherd image (for user functions).",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
-        default="IfNotPresent", description="imagePullPolicy."
+        default="IfNotPresent",
+        description="When the kubelet pulls the worker image: Always, IfNotPresent or Never.",
     )
-    resources: Resources = Field(default_factory=Resources, description="Worker resources.")
-    pod: PodOverrides = Field(default_factory=PodOverrides, description="Pod overrides.")
-    monitoring: Monitoring = Field(default_factory=Monitoring, description="Monitoring.")
+    resources: Resources = Field(
+        default_factory=Resources,
+        description="CPU and memory requests and limits of each worker container.",
+    )
+    pod: PodOverrides = Field(
+        default_factory=PodOverrides,
+        description="Scheduling and identity of the worker pods (node selector, labels, ...).",
+    )
+    monitoring: Monitoring = Field(
+        default_factory=Monitoring,
+        description="Prometheus objects (ServiceMonitor, PrometheusRule) and alert thresholds.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        default="info", description="Worker log level."
+        default="info", description="Least severe level the workers log."
     )
     suspend: bool = Field(
         default=False,
