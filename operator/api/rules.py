@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import MAX_EMAX, MIN_EMIN, ROUND_CEILING, ROUND_FLOOR, Context, Decimal, localcontext
 from typing import Any, Final
 
 from pydantic import BaseModel
@@ -106,14 +106,17 @@ def parse_quantity(text: str) -> Decimal | None:
         fast = False
     if not fast and not any(c.isdigit() for c in value):
         return None
-    amount = Decimal(f"{num}.{denom or '0'}") * (Decimal(base) ** exponent)
-    if not positive:
-        amount = -amount
-    # The API server rounds a non-zero amount up (away from zero) to whole nano units.
-    rounding = ROUND_CEILING if amount > 0 else ROUND_FLOOR
-    amount = amount.quantize(Decimal("1e-9"), rounding=rounding) if amount else amount
-    if binary and amount > _INT64_MAX:
-        amount = Decimal(_INT64_MAX)
+    with localcontext(Context(prec=200, Emax=MAX_EMAX, Emin=MIN_EMIN)):
+        amount = Decimal(f"{num}.{denom or '0'}")
+        amount = amount.scaleb(exponent) if base == 10 else amount * (2**exponent)
+        if not positive:
+            amount = -amount
+        # The API server rounds a non-zero amount up (away from zero) to whole nano units.
+        if amount and amount.as_tuple().exponent < -9:  # type: ignore[operator]
+            rounding = ROUND_CEILING if amount > 0 else ROUND_FLOOR
+            amount = amount.quantize(Decimal("1e-9"), rounding=rounding)
+        if binary and amount > _INT64_MAX:
+            amount = Decimal(_INT64_MAX)
     return amount
 
 
