@@ -36,6 +36,7 @@ from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION, Strea
 from streamherd.operator.autoscaling.decision import NO_DATA, STEADY
 from streamherd.operator.autoscaling.poller import Autoscaler, ScaleResult
 from streamherd.operator.kube import ApiError, KubeApi, Manifest
+from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.config import parse_duration
 from streamherd.workers.lagprobe import ClusterConfig
 
@@ -142,7 +143,7 @@ class AutoscalerState:
     task: asyncio.Task[None] | None = None
     # The parsed pipeline per key and resourceVersion: an idle pipeline's body does not
     # change between polls, and parsing it with the models was most of the idle CPU.
-    parsed: dict[Key, tuple[str, StreamPipeline]] = field(default_factory=dict)
+    parsed: dict[Key, tuple[str, StreamPipeline | None]] = field(default_factory=dict)
 
     def managed(self) -> Iterable[tuple[Key, float]]:
         return list(self.intervals.items())
@@ -157,15 +158,25 @@ class AutoscalerState:
             self.intervals[key] = interval
 
 
+def valid_pipeline(body: Manifest) -> StreamPipeline | None:
+    """The pipeline model of `body`, or None when the reconciler refuses it (the same rule
+    set: operator/validation.py): the autoscaler leaves such a pipeline alone, quietly,
+    since its status already says what is wrong."""
+    pipeline, problems = parse_pipeline({k: v for k, v in body.items() if k != "status"})
+    if pipeline is None or problems:
+        return None
+    return StreamPipeline.model_validate(body)
+
+
 def parse_cached(
-    body: Manifest, key: Key, cache: dict[Key, tuple[str, StreamPipeline]]
-) -> StreamPipeline:
-    """The pipeline model of `body`, parsed once per resourceVersion."""
+    body: Manifest, key: Key, cache: dict[Key, tuple[str, StreamPipeline | None]]
+) -> StreamPipeline | None:
+    """valid_pipeline(body), parsed once per resourceVersion."""
     version = str((body.get("metadata") or {}).get("resourceVersion") or "")
     hit = cache.get(key)
     if version and hit is not None and hit[0] == version:
         return hit[1]
-    pipeline = StreamPipeline.model_validate(body)
+    pipeline = valid_pipeline(body)
     if version:
         cache[key] = (version, pipeline)
     return pipeline
@@ -175,7 +186,7 @@ async def scale_once(
     ctx: Any,
     autoscaler: Autoscaler,
     key: Key,
-    parsed: dict[Key, tuple[str, StreamPipeline]] | None = None,
+    parsed: dict[Key, tuple[str, StreamPipeline | None]] | None = None,
 ) -> ScaleResult | None:
     """One autoscaling round for one pipeline (``ctx``: the operator's OperatorContext;
     ``parsed``: a cache of parsed pipelines, see :func:`parse_cached`)."""
@@ -192,9 +203,9 @@ async def scale_once(
     body = await _read(kube, pool, f"{GROUP}/{VERSION}", KIND, namespace, name)
     if body is None or wants_builtin(body) is None:
         return None
-    pipeline = (
-        StreamPipeline.model_validate(body) if parsed is None else parse_cached(body, key, parsed)
-    )
+    pipeline = valid_pipeline(body) if parsed is None else parse_cached(body, key, parsed)
+    if pipeline is None:
+        return None  # invalid: the reconciler's status says why; nothing to scale
     dep = await _read(kube, pool, "apps/v1", "Deployment", namespace, name)
     spec_replicas = int(((dep or {}).get("spec") or {}).get("replicas") or 0)
     status = body.get("status") or {}
