@@ -28,6 +28,7 @@ from typing import Any, Final, Literal
 
 from pydantic import ValidationError
 
+from streamherd.operator.api.rules import parse_quantity
 from streamherd.operator.api.v1alpha1 import (
     Condition,
     StreamPipeline,
@@ -118,11 +119,27 @@ def _empty(value: Any) -> bool:
     return value is None or value in ({}, [])
 
 
-def contains(desired: Any, live: Any) -> bool:
+#: Fields of the children whose values are Kubernetes quantities: the API server stores
+#: them in canonical form (`1000` as `1k`, `0.5` as `500m`, `1024Mi` as `1Gi`), so they are
+#: compared by value. Maps under `requests`/`limits` (containers, PVCs) hold quantities too.
+QUANTITY_FIELDS: Final = frozenset({"averageValue", "averageUtilization", "sizeLimit"})
+QUANTITY_MAPS: Final = frozenset({"requests", "limits"})
+
+
+def same_quantity(desired: Any, live: Any) -> bool:
+    """Whether two spellings are the same quantity (both must parse)."""
+    if not isinstance(desired, str) or not isinstance(live, str):
+        return False
+    want, have = parse_quantity(desired), parse_quantity(live)
+    return want is not None and want == have
+
+
+def contains(desired: Any, live: Any, quantity: bool = False) -> bool:
     """Whether `live` holds every field of `desired` (fields the server added are fine).
 
     Lists compare element-wise with equal length (env, ports, containers are ordered);
-    an empty desired map or list matches an absent one (the server drops empty maps).
+    an empty desired map or list matches an absent one (the server drops empty maps);
+    quantities (`quantity`: the caller knows the field holds one) compare by value.
     """
     if isinstance(desired, Mapping):
         if not isinstance(live, Mapping):
@@ -131,13 +148,23 @@ def contains(desired: Any, live: Any) -> bool:
             if _empty(value):
                 if not _empty(live.get(key)):
                     return False
-            elif key not in live or not contains(value, live[key]):
+                continue
+            if key not in live:
+                return False
+            if isinstance(value, Mapping) and key in QUANTITY_MAPS:
+                if not isinstance(live[key], Mapping):
+                    return False
+                if not all(contains(v, live[key].get(k), True) for k, v in value.items()):
+                    return False
+            elif not contains(value, live[key], key in QUANTITY_FIELDS):
                 return False
         return True
     if isinstance(desired, list):
         if not isinstance(live, list) or len(desired) != len(live):
             return False
         return all(contains(d, v) for d, v in zip(desired, live, strict=True))
+    if quantity and desired != live and same_quantity(desired, live):
+        return True
     if isinstance(desired, bool) or isinstance(live, bool):
         return desired is live
     if isinstance(desired, int | float) and isinstance(live, int | float):
