@@ -293,24 +293,24 @@ def _parse(
 def check_secrets(
     pipeline: StreamPipeline, kube: KubeApi
 ) -> tuple[str | None, list[str], tuple[str, ...]]:
-    """(secrets hash, problems, referenced secret names). Values never leave this function
-    except through the hash."""
+    """(secrets hash, problems, referenced secret names). The reconciler never reads a
+    Secret's values: only its keys and its version (kube.SecretVersion)."""
     needed = credentials(pipeline.spec).required_keys()
     problems: list[str] = []
-    datas: dict[str, dict[str, str]] = {}
+    versions: dict[str, str] = {}
     for name in sorted(needed):
-        data = kube.secret_data(pipeline.namespace, name)
-        if data is None:
+        found = kube.secret_version(pipeline.namespace, name)
+        if found is None:
             keys = ", ".join(sorted(needed[name])) or "(mounted whole)"
             problems.append(f'Secret "{name}" not found (needed keys: {keys})')
             continue
-        missing = sorted(needed[name] - set(data))
+        missing = sorted(needed[name] - found.keys)
         if missing:
             problems.append(f'Secret "{name}" has no key {", ".join(repr(k) for k in missing)}')
-        datas[name] = data
+        versions[name] = found.version
     if problems:
         return None, problems, tuple(sorted(needed))
-    return secrets_hash(datas), [], tuple(sorted(needed))
+    return secrets_hash(versions), [], tuple(sorted(needed))
 
 
 def capabilities(pipeline: StreamPipeline, kube: KubeApi) -> Capabilities:
