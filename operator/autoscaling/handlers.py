@@ -35,10 +35,11 @@ from prometheus_client import Counter, Gauge
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION, StreamPipeline
 from streamherd.operator.autoscaling.decision import NO_DATA, STEADY
 from streamherd.operator.autoscaling.poller import Autoscaler, ScaleResult
+from streamherd.operator.kafkalogging import KafkaLog
 from streamherd.operator.kube import ApiError, KubeApi, Manifest
 from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.config import parse_duration
-from streamherd.workers.lagprobe import ClusterConfig
+from streamherd.workers.lagprobe import ClusterConfig, LagProbe
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +253,11 @@ async def _read(kube: Any, pool: Any, *ref: str) -> Manifest | None:
     return got
 
 
+def logged_probe(cluster: ClusterConfig) -> LagProbe:
+    """A lag probe whose librdkafka lines go through our logger (operator/kafkalogging.py)."""
+    return LagProbe(cluster, extra_config={"logger": KafkaLog(cluster.describe())})
+
+
 def register_autoscaler(
     registry: Any, *, index_events: bool = True, **autoscaler_kwargs: Any
 ) -> AutoscalerState:
@@ -274,8 +280,9 @@ def register_autoscaler(
     @kopf.on.startup(id="autoscaler-start", registry=registry)
     async def start(memo: kopf.Memo, **_: Any) -> None:
         ctx = memo["ctx"]
+        kwargs = {"probe_factory": logged_probe, **autoscaler_kwargs}
         autoscaler = Autoscaler(
-            resolve_cluster=lambda p: cluster_from_secrets(ctx.kube, p), **autoscaler_kwargs
+            resolve_cluster=lambda p: cluster_from_secrets(ctx.kube, p), **kwargs
         )
         state.autoscaler = autoscaler
 
