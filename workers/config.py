@@ -271,7 +271,10 @@ class Step(Model):
     map: MapStep | None = Field(
         default=None, description="Reshape each record: select, rename and computed fields."
     )
-    window: WindowSpec | None = Field(default=None, description="Keyed window aggregation.")
+    window: WindowSpec | None = Field(
+        default=None,
+        description="Aggregate records per key and event-time window (count, sum, ...).",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Step:
@@ -393,7 +396,9 @@ class GeneratorSourceConfig(Model):
         default=None, ge=0, description="Stop after this many records; endless when omitted."
     )
     keys: int = Field(default=100, ge=1, le=10_000_000, description="Number of distinct users.")
-    partitions: int = Field(default=4, ge=1, le=1024, description="Simulated partitions.")
+    partitions: int = Field(
+        default=4, ge=1, le=1024, description="Partitions the generator simulates."
+    )
     seed: int = Field(default=1, description="Random seed, so runs are reproducible.")
     start_time_ms: int | None = Field(
         default=None,

@@ -693,7 +693,7 @@ class StreamPipelineSpec(Model):
     processor: ProcessorConfig = Field(
         default_factory=ProcessorConfig, description="What is done to each record."
     )
-    sink: Sink = Field(description="Where results go.")
+    sink: Sink = Field(description="Where the results go: Kafka, stdout or PostgreSQL.")
     dead_letter: DeadLetter | None = Field(
         default=None,
         description="Where failed records go; without it they are counted and dropped.",
@@ -705,7 +705,8 @@ class StreamPipelineSpec(Model):
         description="Workers when autoscaling.mode is none (`kubectl scale` sets it).",
     )
     autoscaling: Autoscaling = Field(
-        default_factory=Autoscaling, description="Lag-driven autoscaling."
+        default_factory=Autoscaling,
+        description="How the number of workers follows the consumer lag.",
     )
     checkpoint: Checkpoint = Field(
         default_factory=Checkpoint,
@@ -811,7 +812,7 @@ class Condition(Model):
 
     type: str = Field(description="Ready, Progressing, Degraded, MonitoringAvailable, ...")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: str = Field(default="", description="CamelCase reason.")
+    reason: str = Field(default="", description="Why the status is what it is, in CamelCase.")
     message: str = Field(default="", description="What happened and what to do.")
     last_transition_time: str | None = Field(
         default=None, description="When status last changed (RFC 3339)."
@@ -831,18 +832,25 @@ class StreamPipelineStatus(Model):
         Field(default=None, description="A one-word summary; see conditions for details.")
     )
     replicas: int | None = Field(default=None, description="Worker pods (from the Deployment).")
-    ready_replicas: int | None = Field(default=None, description="Ready worker pods.")
+    ready_replicas: int | None = Field(
+        default=None, description="Worker pods that pass their readiness probe."
+    )
     desired_replicas: int | None = Field(default=None, description="What the autoscaler wants.")
     selector: str | None = Field(
         default=None, description="Label selector of the worker pods (scale subresource)."
     )
     lag: int | None = Field(default=None, description="Total consumer lag (records).")
-    last_scale_time: str | None = Field(default=None, description="Last scaling decision.")
+    last_scale_time: str | None = Field(
+        default=None, description="When the autoscaler last changed the replicas (RFC 3339)."
+    )
     last_scale_reason: str | None = Field(default=None, description="Why it was made.")
     input_hash: str | None = Field(
         default=None, description="Hash of the desired children last applied."
     )
-    conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Progressing, Degraded and MonitoringAvailable, with reasons.",
+    )
 
 
 class StreamPipeline(Model):

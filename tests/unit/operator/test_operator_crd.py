@@ -101,3 +101,41 @@ def test_crd_file_is_a_valid_crd_document() -> None:
     version = doc["spec"]["versions"][0]
     assert version["subresources"]["status"] == {}
     assert version["subresources"]["scale"]["labelSelectorPath"] == ".status.selector"
+
+
+def _fields(node: dict[str, Any], path: str = "") -> list[tuple[str, str, dict[str, Any]]]:
+    out = []
+    for name, sub in node.get("properties", {}).items():
+        out.append((f"{path}.{name}", name, sub))
+        out += _fields(sub, f"{path}.{name}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            out += _fields(node[key], f"{path}[]")
+    return out
+
+
+def _words(text: str) -> list[str]:
+    spaced = "".join(f" {c}" if c.isupper() else c for c in text)
+    return [w for w in "".join(c if c.isalnum() else " " for c in spaced.lower()).split() if w]
+
+
+EXPLAINED = [f for f in _fields(schema()) if f[1] != "metadata"]
+
+
+@pytest.mark.parametrize(("path", "name", "node"), EXPLAINED, ids=[f[0] for f in EXPLAINED])
+def test_kubectl_explain_teaches(path: str, name: str, node: dict[str, Any]) -> None:
+    """What a field does (more than its own name), its default, its format and its limits."""
+    text = node["description"]
+    purpose = text.split(" Format:")[0].split(" Default:")[0].split(" Range:")[0]
+    words = _words(purpose)
+    assert len(words) >= 4, f"{path}: {text!r} says too little"
+    assert words != _words(name), f"{path}: {text!r} repeats the field name"
+    if "default" in node:
+        assert "Default" in text or "default" in text, f"{path}: default not mentioned"
+    for limit in ("minimum", "maximum", "maxLength", "maxItems", "maxProperties"):
+        if limit in node:
+            assert str(node[limit]) in text, f"{path}: {limit} {node[limit]} not mentioned"
+    if "pattern" in node:
+        assert "Format:" in text, f"{path}: format not mentioned"
+    if "enum" in node:
+        assert all(str(v) in text for v in node["enum"]), f"{path}: choices not listed"
