@@ -205,8 +205,9 @@ class Rule:
                 else:
                     assert self.problem is not None
                     message = self.problem(node)
-            except (ValueError, ArithmeticError) as e:  # a value the predicate cannot read
-                message = f"{self.message} ({e})"
+            except Exception as e:  # noqa: BLE001 - a value the predicate cannot read
+                # A refusal that names the field, never a crash of validate or the reconcile.
+                message = f"{self.message} ({type(e).__name__}: {e})"
             if message is not None:
                 yield f"{where}: {message}" if where else message
 

@@ -190,3 +190,16 @@ def test_a_new_rule_is_one_declaration() -> None:
 def test_a_rule_needs_one_predicate() -> None:
     with pytest.raises(ValueError, match="exactly one of holds or problem"):
         rules.Rule(name="x", at="spec", message="m")
+
+
+def test_a_predicate_that_raises_is_a_refusal_naming_the_field() -> None:
+    def broken(_: object) -> bool:
+        raise TypeError("unexpected shape")
+
+    rule = rules.Rule(
+        name="x", at="spec.checkpoint", field=".interval", message="bad", holds=broken
+    )
+    pipeline = StreamPipeline.model_validate(KAFKA)
+    assert list(rule.violations(pipeline)) == [
+        "spec.checkpoint.interval: bad (TypeError: unexpected shape)"
+    ]
