@@ -423,9 +423,10 @@ RULES: Final[tuple[Rule, ...]] = (
         field=".requests",
         message="requests and limits must not be negative",
         cel=(
-            "self.requests.all(k, !isQuantity(self.requests[k]) || "
-            "quantity(self.requests[k]).sign() >= 0) && self.limits.all(k, "
-            "!isQuantity(self.limits[k]) || quantity(self.limits[k]).sign() >= 0)"
+            "(!has(self.requests) || self.requests.all(k, !isQuantity(self.requests[k]) || "
+            "quantity(self.requests[k]).compareTo(quantity('0')) >= 0)) && "
+            "(!has(self.limits) || self.limits.all(k, !isQuantity(self.limits[k]) || "
+            "quantity(self.limits[k]).compareTo(quantity('0')) >= 0))"
         ),
         holds=lambda r: all(
             (q := parse_quantity(v)) is None or q >= 0
@@ -441,10 +442,10 @@ RULES: Final[tuple[Rule, ...]] = (
             "extended resource such as example.com/gpu"
         ),
         cel=(
-            "self.requests.all(k, k in ['cpu', 'memory', 'ephemeral-storage'] || "
-            "k.startsWith('hugepages-') || k.contains('/')) && self.limits.all(k, k in "
-            "['cpu', 'memory', 'ephemeral-storage'] || k.startsWith('hugepages-') || "
-            "k.contains('/'))"
+            "(!has(self.requests) || self.requests.all(k, k in ['cpu', 'memory', "
+            "'ephemeral-storage'] || k.startsWith('hugepages-') || k.contains('/'))) && "
+            "(!has(self.limits) || self.limits.all(k, k in ['cpu', 'memory', "
+            "'ephemeral-storage'] || k.startsWith('hugepages-') || k.contains('/')))"
         ),
         holds=lambda r: all(
             k in STANDARD_RESOURCES or k.startswith("hugepages-") or "/" in k
@@ -457,7 +458,8 @@ RULES: Final[tuple[Rule, ...]] = (
         field=".requests",
         message="a request must not be more than the limit of the same resource",
         cel=(
-            "self.requests.all(k, !(k in self.limits) || !isQuantity(self.requests[k]) || "
+            "!has(self.requests) || !has(self.limits) || self.requests.all(k, "
+            "!(k in self.limits) || !isQuantity(self.requests[k]) || "
             "!isQuantity(self.limits[k]) || "
             "quantity(self.requests[k]).compareTo(quantity(self.limits[k])) <= 0)"
         ),
@@ -468,7 +470,7 @@ RULES: Final[tuple[Rule, ...]] = (
         at="spec.checkpoint.volume",
         field=".size",
         message="size must be a positive Kubernetes quantity such as 1Gi or 500Mi",
-        cel="isQuantity(self.size) && quantity(self.size).sign() > 0",
+        cel="isQuantity(self.size) && quantity(self.size).compareTo(quantity('0')) > 0",
         holds=lambda v: (q := parse_quantity(v.size)) is not None and q > 0,
     ),
     # -- durations the engine and the operator divide or sleep by
@@ -553,8 +555,8 @@ RULES: Final[tuple[Rule, ...]] = (
         field=".secrets",
         message="two secrets may not be mounted at the same mountPath",
         cel=(
-            "self.secrets.all(s, !has(s.mountPath) || "
-            "self.secrets.filter(t, has(t.mountPath) && t.mountPath == s.mountPath).size() == 1)"
+            "!has(self.secrets) || self.secrets.filter(s, has(s.mountPath)).map(s, "
+            "s.mountPath).distinct().size() == self.secrets.filter(s, has(s.mountPath)).size()"
         ),
         holds=lambda s: len(set(_mount_paths(s))) == len(_mount_paths(s)),
     ),
@@ -575,9 +577,9 @@ RULES: Final[tuple[Rule, ...]] = (
         field=".secrets",
         message="an environment variable may be set by only one secrets[].env entry",
         cel=(
-            "self.secrets.all(s, !has(s.env) || s.env.all(e, self.secrets.filter(t, "
-            "has(t.env) && t.env.exists(f, f.name == e.name)).size() == 1 && "
-            "s.env.filter(f, f.name == e.name).size() == 1))"
+            "!has(self.secrets) || self.secrets.map(s, has(s.env) ? s.env.map(e, e.name) : "
+            "[]).flatten().distinct().size() == self.secrets.map(s, has(s.env) ? "
+            "s.env.map(e, e.name) : []).flatten().size()"
         ),
         holds=lambda s: len(set(_env_names(s))) == len(_env_names(s)),
     ),

@@ -19,7 +19,6 @@ import json
 from typing import Any
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from operator_harness import Env, wait_until
 
@@ -33,7 +32,8 @@ NUMBERS = itertools.count()
 
 
 def _accepted(env: Env, doc: dict[str, Any]) -> bool:
-    proc = env.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(doc),
+    # JSON, not YAML: kubectl reads YAML 1.2 (an unquoted `2e3` is a number), PyYAML 1.1.
+    proc = env.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(doc),
                        check=False)  # fmt: skip
     return bool(proc.returncode == 0)
 
@@ -79,7 +79,7 @@ def test_every_accepted_pipeline_ends_in_a_status(creds: Env, doc: dict[str, Any
     name = f"{doc['metadata']['name'][:51]}-{next(NUMBERS):03d}"
     doc = set_path(doc, "metadata.name", name)
     start = len(env.operator.log_text())
-    env.apply(doc)
+    env.apply(json.dumps(doc))
     status = wait_until(f"{name}: a phase and Ready", lambda: _settled_status(env, name),
                         timeout=STATUS_BOUND)  # fmt: skip
     assert status["phase"] in ("Pending", "Running", "Scaling", "Suspended", "Degraded")

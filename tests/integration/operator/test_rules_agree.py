@@ -9,6 +9,7 @@ operator on what the API server accepts.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,13 +17,14 @@ from typing import Any
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from streamherd.operator.api import rules
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.validation import parse_pipeline, readable_errors
 from tests.infra.controlplane import KubeCluster
-from tests.invalid_manifests import BOTH, KAFKA, LOCAL, OFFLINE_ONLY, Case
+from tests.invalid_manifests import BOTH, KAFKA, LOCAL, OFFLINE_ONLY, Case, set_path
 from tests.manifest_strategies import manifests
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
@@ -37,9 +39,10 @@ def namespace(kube_cluster: KubeCluster, crd: str) -> Iterator[str]:
 
 
 def server_verdict(cluster: KubeCluster, namespace: str, doc: dict[str, Any]) -> str | None:
-    """None when the API server accepts `doc` (dry run), else its message."""
+    """None when the API server accepts `doc` (dry run), else its message. Sent as JSON:
+    kubectl reads YAML 1.2 (an unquoted `2e3` is a number), PyYAML 1.1 (a string)."""
     proc = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
-                           input=yaml.safe_dump(doc), check=False)  # fmt: skip
+                           input=json.dumps(doc), check=False)  # fmt: skip
     return None if proc.returncode == 0 else proc.stderr
 
 
@@ -115,3 +118,23 @@ def test_generated_manifests_get_one_verdict(
     if refused is not None:
         named = [f for f in _fields(problems) if f in refused]
         assert named, f"no field of {problems} in the server's answer:\n{refused}"
+
+
+QUANTITY_TEXT = st.text(alphabet="0123456789.+-eEinumkKMGTP", min_size=1, max_size=8)
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(text=QUANTITY_TEXT)
+def test_the_quantity_grammar_is_the_api_servers(
+    kube_cluster: KubeCluster, namespace: str, text: str
+) -> None:  # fmt: skip
+    """rules.parse_quantity against the API server's isQuantity (a request and its sign)."""
+    doc = set_path(KAFKA, "spec.resources", {"requests": {"cpu": text}, "limits": {}})
+    refused = server_verdict(kube_cluster, namespace, doc)
+    value = rules.parse_quantity(text)
+    assert (refused is None) == (value is not None and value >= 0), (text, value, refused)
