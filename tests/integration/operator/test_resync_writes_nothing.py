@@ -3,7 +3,8 @@ mode, counted from the API server's audit log (as bench/scale does).
 
 Its own control plane (the session's has no audit log), with an audit policy that records
 every request at Metadata level; the operator's requests are told apart by their
-User-Agent (streamherd's client, kopf's). One pipeline per mode, with quantities the API
+User-Agent (streamherd's client, kopf's). One pipeline per mode (every child kind: the
+ScaledObject, ServiceMonitor and PrometheusRule through stand-in CRDs), with quantities the API
 server respells (`lagPerReplica: 1000` -> HPA `averageValue: 1k`, `cpu: 0.5` -> `500m`,
 `memory: 1024Mi` -> `1Gi`): once each has been reconciled with nothing to write, several more
 resyncs go by and the audit log must show no create, update, patch or delete by the operator.
@@ -38,20 +39,32 @@ WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollectio
 OPERATOR_AGENTS = ("streamherd", "kopf")
 MODES = ("builtin", "hpa", "keda", "none")
 IDLE_RESYNCS = 4
-KEDA_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "scaledobjects.keda.sh"},
-    "spec": {
-        "group": "keda.sh",
-        "names": {"kind": "ScaledObject", "listKind": "ScaledObjectList",
-                  "plural": "scaledobjects", "singular": "scaledobject"},
-        "scope": "Namespaced",
-        "versions": [{"name": "v1alpha1", "served": True, "storage": True,
-                      "schema": {"openAPIV3Schema": {
-                          "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
-    },
-}  # fmt: skip
+
+
+def stand_in_crd(group: str, version: str, kind: str, plural: str) -> dict[str, Any]:
+    """A CRD that serves `kind` and keeps whatever it is given (KEDA's and the Prometheus
+    Operator's own are not installed here), so every child kind of every mode is applied."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural,
+                      "singular": kind.lower()},
+            "scope": "Namespaced",
+            "versions": [{"name": version, "served": True, "storage": True,
+                          "schema": {"openAPIV3Schema": {
+                              "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
+        },
+    }  # fmt: skip
+
+
+STAND_INS = [
+    stand_in_crd("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects"),
+    stand_in_crd("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors"),
+    stand_in_crd("monitoring.coreos.com", "v1", "PrometheusRule", "prometheusrules"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +84,8 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KubeClus
         pytest.fail(f"control plane with an audit log could not start: {e}", pytrace=False)
     try:
         apply_crd(cp.cluster, yaml.safe_load(CRD_FILE.read_text()))
-        apply_crd(cp.cluster, KEDA_CRD)
+        for stand_in in STAND_INS:
+            apply_crd(cp.cluster, stand_in)
         yield cp.cluster, audit
     finally:
         cp.stop()
@@ -120,6 +134,9 @@ def test_an_unchanged_resync_writes_nothing_in_every_mode(
 
         hpa = wait_until("the HPA", hpa_json)
         assert json.loads(hpa)["spec"]["metrics"][0]["external"]["target"]["averageValue"] == "1k"
+        for kind in ("scaledobject/by-keda", "servicemonitor/by-none", "prometheusrule/by-none"):
+            wait_until(kind, lambda kind=kind: cluster.kubectl(
+                "get", kind, "-n", ns, check=False).returncode == 0 or None)  # fmt: skip
         markers = [f"reconciled {ns}/by-{mode}: nothing to write" for mode in MODES]
 
         def idle(count: int) -> bool | None:
