@@ -9,6 +9,7 @@ manifest spells it (``spec.autoscaling.minReplicas: ...``). ``readable_errors`` 
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -86,6 +87,16 @@ class StrictLoader(yaml.SafeLoader):
             if isinstance(key, Hashable):
                 seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
+
+
+# kubectl reads manifests with go-yaml, for which an exponent without a dot (`2e3`, `1e9`)
+# is a float; for PyYAML it is a string. Read it as kubectl sends it, so that validate and
+# the API server see the same value (a quantity written `2e3` unquoted is a number for both).
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def load_documents(files: Sequence[str]) -> Iterator[tuple[str, int, Any]]:

@@ -111,6 +111,12 @@ BOTH: list[Case] = [
          ("spec.pod.labels", {"team": "data eng"})),
     case("node selector value of 64 characters", KAFKA, "spec.pod.nodeSelector",
          ("spec.pod.nodeSelector", {"pool": "p" * 64})),
+    case("pod label key with a blank", KAFKA, "spec.pod.labels",
+         ("spec.pod.labels", {"my team": "data"})),
+    case("annotation key with two slashes", KAFKA, "spec.pod.annotations",
+         ("spec.pod.annotations", {"example.com/a/b": "x"})),
+    case("node selector key ending with a dash", KAFKA, "spec.pod.nodeSelector",
+         ("spec.pod.nodeSelector", {"pool-": "a"})),
     # reserved output names
     case("aggregate named key", KAFKA, f"{W}.aggregates[0].name",
          (f"{W}.aggregates[0].name", "key")),

@@ -55,6 +55,13 @@ RESERVED_MOUNT_PATHS: Final = ("/etc/streamherd", "/var/lib/streamherd/checkpoin
 #: Environment variables of the worker container that the operator sets; a Secret's env
 #: entry may not shadow them (nor any future one: the whole prefix is reserved).
 RESERVED_ENV_PREFIX: Final = "STREAMHERD_"
+#: A qualified name, the key of a label or an annotation: an optional DNS-subdomain prefix
+#: and `/`, then up to 63 characters starting and ending alphanumeric. (`[.]`, not an
+#: escaped dot: the pattern goes into a CEL string literal, where `\.` is no escape.)
+QUALIFIED_NAME: Final = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
 #: Resource names a worker container may request besides extended resources (`domain/name`).
 STANDARD_RESOURCES: Final = ("cpu", "memory", "ephemeral-storage")
 #: Hook for the engine's cap on the windows one record can fall into (a hopping window of
@@ -321,6 +328,15 @@ def mount_overlaps(path: str) -> bool:
     )
 
 
+def _keys_qualified(attr: str) -> Callable[[Any], bool]:
+    """Whether every key of the map `attr` of a node is a QUALIFIED_NAME."""
+
+    def holds(node: Any) -> bool:
+        return all(re.fullmatch(QUALIFIED_NAME[1:-1], k) for k in getattr(node, attr))
+
+    return holds
+
+
 def _quantities_ok(resources: Any) -> bool:
     requests, limits = _child(resources, "requests") or {}, _child(resources, "limits") or {}
     for name, request in requests.items():
@@ -535,6 +551,24 @@ RULES: Final[tuple[Rule, ...]] = (
         ),
         cel="self.autoscaling.mode != 'keda' || has(self.source.kafka)",
         holds=lambda s: s.autoscaling.mode != "keda" or s.source.kafka is not None,
+    ),
+    *(
+        Rule(
+            name=f"pod {field} keys are qualified names",
+            at="spec.pod",
+            field=f".{field}",
+            message=(
+                f"{field} keys must be qualified names: an optional DNS prefix and '/', then "
+                "at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric"
+            ),
+            cel=f"!has(self.{field}) || self.{field}.all(k, k.matches('{QUALIFIED_NAME}'))",
+            holds=_keys_qualified(attr),
+        )
+        for field, attr in (
+            ("labels", "labels"),
+            ("nodeSelector", "node_selector"),
+            ("annotations", "annotations"),
+        )
     ),
     # -- the worker pod: what the operator mounts and sets itself
     Rule(

@@ -574,6 +574,7 @@ class PodOverrides(Model):
 
     node_selector: dict[str, Annotated[str, Field(pattern=LABEL_VALUE, max_length=63)]] = Field(
         default_factory=dict,
+        max_length=64,
         description="Node labels a node must have to run the workers (label key -> value).",
     )
     tolerations: list[dict[str, Any]] = Field(
@@ -602,10 +603,12 @@ class PodOverrides(Model):
     )
     annotations: dict[str, str] = Field(
         default_factory=dict,
+        max_length=64,
         description="Extra annotations of the worker pods (the operator's own keys win).",
     )
     labels: dict[str, Annotated[str, Field(pattern=LABEL_VALUE, max_length=63)]] = Field(
         default_factory=dict,
+        max_length=64,
         description="Extra labels of the worker pods (the operator's own labels win).",
     )
     termination_grace_period_seconds: int = Field(
