@@ -36,8 +36,10 @@ from pydantic import BaseModel
 
 from streamherd.operator.api.v1alpha1 import (
     MAX_NAME_LENGTH,
+    WINDOW_KEY_COLUMNS,
     StreamPipeline,
     StreamPipelineSpec,
+    postgres_result_fields,
 )
 from streamherd.workers.config import parse_duration
 from streamherd.workers.expressions import ExpressionError, compile_expression
@@ -371,6 +373,41 @@ def _sink_is_not_dead_letter(spec: StreamPipelineSpec) -> bool:
     )
 
 
+def _no_feedback_loop(spec: Any) -> bool:
+    src, sink = spec.source.kafka, spec.sink.kafka
+    if src is None or sink is None or sink.topic not in src.topics:
+        return True
+    return sink.bootstrap_servers not in (None, src.bootstrap_servers)
+
+
+def _windowed(spec: Any) -> bool:
+    return any(step.window is not None for step in spec.processor.steps)
+
+
+def _postgres_without_window(spec: Any) -> bool:
+    pg = spec.sink.postgres
+    if pg is None or _windowed(spec):
+        return True
+    return pg.columns is not None and pg.key_columns is not None and not pg.create_table
+
+
+def _postgres_columns_problem(spec: Any) -> str | None:
+    """The columns a windowed PostgreSQL sink writes must be result fields, and its key
+    columns written columns (no CEL form: the rule would exceed the API server's cost)."""
+    pg = spec.sink.postgres
+    if pg is None or (pg.columns is None and pg.key_columns is None):
+        return None
+    fields = postgres_result_fields(spec)
+    unknown = [c for c in pg.columns or [] if fields is not None and c not in fields]
+    if unknown:
+        return f"columns {unknown} are not window result fields"
+    columns = pg.columns or list(fields or [])
+    missing = [k for k in pg.key_columns or WINDOW_KEY_COLUMNS if k not in columns]
+    if missing:
+        return f"key columns {missing} are not written columns"
+    return None
+
+
 def _windows_per_record(window: Any) -> float:
     if window.type != "hopping" or window.slide is None:
         return 1
@@ -396,6 +433,154 @@ STEP = "spec.processor.steps[]"
 WINDOW = f"{STEP}.window"
 
 RULES: Final[tuple[Rule, ...]] = (
+    # -- one of several kinds
+    Rule(
+        name="source has exactly one kind",
+        at="spec.source",
+        message="source needs exactly one of kafka or generator",
+        cel="has(self.kafka) != has(self.generator)",
+        holds=lambda s: (s.kafka is None) != (s.generator is None),
+    ),
+    Rule(
+        name="sink has exactly one kind",
+        at="spec.sink",
+        message="sink needs exactly one of kafka, stdout or postgres",
+        cel=(
+            "(has(self.kafka) ? 1 : 0) + (has(self.stdout) ? 1 : 0) + "
+            "(has(self.postgres) ? 1 : 0) == 1"
+        ),
+        holds=lambda s: sum(x is not None for x in (s.kafka, s.stdout, s.postgres)) == 1,
+    ),
+    Rule(
+        name="postgres connection has one form",
+        at="spec.sink.postgres.connection",
+        message="give either dsnKey or keys, not both",
+        cel="!(has(self.dsnKey) && has(self.keys))",
+        holds=lambda c: c.dsn_key is None or c.keys is None,
+    ),
+    Rule(
+        name="a secret is used",
+        at="spec.secrets[]",
+        message="a secret needs a mountPath or env entries",
+        cel="has(self.mountPath) || (has(self.env) && size(self.env) > 0)",
+        holds=lambda s: s.mount_path is not None or bool(s.env),
+    ),
+    # -- scaling
+    Rule(
+        name="minReplicas <= maxReplicas",
+        at="spec.autoscaling",
+        field=".minReplicas",
+        message="minReplicas must be less than or equal to maxReplicas",
+        cel="self.minReplicas <= self.maxReplicas",
+        holds=lambda a: a.min_replicas <= a.max_replicas,
+    ),
+    Rule(
+        name="hpa cannot scale to zero",
+        at="spec.autoscaling",
+        field=".minReplicas",
+        message="hpa mode cannot scale to zero: use builtin or keda for minReplicas 0",
+        cel="self.mode != 'hpa' || self.minReplicas >= 1",
+        holds=lambda a: a.mode != "hpa" or a.min_replicas >= 1,
+    ),
+    Rule(
+        name="a ReadWriteOnce volume serves one worker",
+        at="spec",
+        field=".checkpoint.volume.accessModes",
+        message=(
+            "a ReadWriteOnce checkpoint volume cannot be shared by several workers: "
+            "use ReadWriteMany or at most 1 replica"
+        ),
+        cel=(
+            "self.checkpoint.volume.accessModes.all(m, m == 'ReadWriteMany') || "
+            "(self.autoscaling.mode == 'none' ? self.replicas <= 1 : "
+            "self.autoscaling.maxReplicas <= 1)"
+        ),
+        holds=lambda s: (
+            all(m == "ReadWriteMany" for m in s.checkpoint.volume.access_modes)
+            or (s.replicas if s.autoscaling.mode == "none" else s.autoscaling.max_replicas) <= 1
+        ),
+    ),
+    # -- topics and clusters
+    Rule(
+        name="the sink does not feed the source",
+        at="spec",
+        field=".sink.kafka.topic",
+        message="sink.kafka.topic must not be one of source.kafka.topics (a feedback loop)",
+        cel=(
+            "!has(self.sink.kafka) || !has(self.source.kafka) || "
+            "!(self.sink.kafka.topic in self.source.kafka.topics) || "
+            "(has(self.sink.kafka.bootstrapServers) && "
+            "self.sink.kafka.bootstrapServers != self.source.kafka.bootstrapServers)"
+        ),
+        holds=_no_feedback_loop,
+    ),
+    Rule(
+        name="the dead letters do not feed the source",
+        at="spec",
+        field=".deadLetter.topic",
+        message="deadLetter.topic must not be one of source.kafka.topics",
+        cel=(
+            "!has(self.deadLetter) || !has(self.source.kafka) || "
+            "!(self.deadLetter.topic in self.source.kafka.topics)"
+        ),
+        holds=lambda s: (
+            s.dead_letter is None
+            or s.source.kafka is None
+            or s.dead_letter.topic not in s.source.kafka.topics
+        ),
+    ),
+    Rule(
+        name="the dead-letter cluster is known",
+        at="spec",
+        field=".deadLetter",
+        message="deadLetter.bootstrapServers is required when the source is not Kafka",
+        cel=(
+            "!has(self.deadLetter) || has(self.source.kafka) || "
+            "has(self.deadLetter.bootstrapServers)"
+        ),
+        holds=lambda s: (
+            s.dead_letter is None
+            or s.source.kafka is not None
+            or s.dead_letter.bootstrap_servers is not None
+        ),
+    ),
+    Rule(
+        name="the sink cluster is known",
+        at="spec",
+        field=".sink.kafka",
+        message="sink.kafka.bootstrapServers is required when the source is not Kafka",
+        cel=(
+            "!has(self.sink.kafka) || has(self.source.kafka) || "
+            "has(self.sink.kafka.bootstrapServers)"
+        ),
+        holds=lambda s: (
+            s.sink.kafka is None
+            or s.source.kafka is not None
+            or s.sink.kafka.bootstrap_servers is not None
+        ),
+    ),
+    # -- the PostgreSQL sink's columns
+    Rule(
+        name="postgres without a window names its columns",
+        at="spec",
+        field=".sink.postgres",
+        message=(
+            "sink.postgres without a window step needs columns and keyColumns, and no createTable"
+        ),
+        cel=(
+            "!has(self.sink.postgres) || (has(self.processor) && has(self.processor.steps) && "
+            "self.processor.steps.exists(s, has(s.window))) || (has(self.sink.postgres.columns) "
+            "&& has(self.sink.postgres.keyColumns) && !self.sink.postgres.createTable)"
+        ),
+        holds=_postgres_without_window,
+    ),
+    Rule(
+        name="postgres columns are result fields",
+        at="spec",
+        field=".sink.postgres.columns",
+        message="columns must be fields of the window result",
+        problem=_postgres_columns_problem,
+    ),
     # -- names Kubernetes derives from the pipeline's name
     Rule(
         name="metadata.name is a DNS-1035 label",

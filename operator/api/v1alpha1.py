@@ -2,9 +2,10 @@
 
 ``streamherd crd`` (and ``make crds``) generates ``crds/streampipelines.streamherd.io.yaml``
 from these models; the operator parses every object it receives with them; ``streamherd
-validate`` and ``streamherd render`` use them offline. Cross-field rules exist twice on
-purpose: as CEL (``x-kubernetes-validations``, enforced by the API server) and as pydantic
-validators (enforced offline and in the operator), and a unit test checks both agree.
+validate`` and ``streamherd render`` use them offline. What a JSON-schema keyword can say
+(patterns, lengths, bounds, choices) is on the fields here; every other rule (cross-field,
+quantities, derived names, ...) is declared once in ``operator/api/rules.py``, which the CRD
+generator turns into CEL and validate and the operator run on the parsed models.
 
 Processing steps are the engine's own models (``streamherd.workers.config``), so the CRD and
 the worker cannot drift apart.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, JsonValue, model_validator
+from pydantic import ConfigDict, Field
 
 from streamherd.workers.config import (
     DURATION_PATTERN,
@@ -22,7 +23,6 @@ from streamherd.workers.config import (
     GeneratorSourceConfig,
     Model,
     ProcessorConfig,
-    parse_duration,
 )
 
 GROUP = "streamherd.io"
@@ -33,6 +33,8 @@ SINGULAR = "streampipeline"
 SHORT_NAMES = ["sp"]
 # The metrics Service "NAME-metrics" must be a DNS label (63 characters).
 MAX_NAME_LENGTH = 63 - len("-metrics")
+#: Result fields of a window step that are not aggregates, in output order.
+WINDOW_KEY_COLUMNS = ("key", "window_start", "window_end")
 
 _NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _TOPIC = r"^[a-zA-Z0-9._-]{1,249}$"
@@ -46,22 +48,6 @@ MOUNT_PATH = r"^(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$"
 #: the schema only bounds its length.
 QUANTITY_MAX_LENGTH = 64
 Quantity = Annotated[str, Field(min_length=1, max_length=QUANTITY_MAX_LENGTH)]
-
-
-def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
-    """One x-kubernetes-validations entry (a CEL rule the API server enforces)."""
-    entry = {"rule": rule, "message": message}
-    if field_path:
-        entry["fieldPath"] = field_path
-    return entry
-
-
-def with_cel(*rules: dict[str, str]) -> ConfigDict:
-    """The base model config plus CEL rules that the CRD generator copies into the schema."""
-    validations: list[JsonValue] = [dict(r) for r in rules]
-    return ConfigDict(
-        **Model.model_config, json_schema_extra={"x-kubernetes-validations": validations}
-    )
 
 
 # --------------------------------------------------------------------------- references
@@ -164,25 +150,12 @@ class KafkaSource(KafkaConnection):
 class Source(Model):
     """Where records come from: exactly one of kafka or generator."""
 
-    model_config = with_cel(
-        cel(
-            "has(self.kafka) != has(self.generator)",
-            "source needs exactly one of kafka or generator",
-        )
-    )
-
     kafka: KafkaSource | None = Field(
         default=None, description="Consume Kafka topics as a consumer group."
     )
     generator: GeneratorSourceConfig | None = Field(
         default=None, description="Synthetic click events for demos and local runs."
     )
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Source:
-        if (self.kafka is None) == (self.generator is None):
-            raise ValueError("source needs exactly one of kafka or generator")
-        return self
 
 
 # --------------------------------------------------------------------------- sink
@@ -229,8 +202,6 @@ class StdoutSink(Model):
 
 _SQL_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 _SQL_TABLE = r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"
-#: Result fields of a window step that are not aggregates, in output order.
-WINDOW_KEY_COLUMNS = ("key", "window_start", "window_end")
 
 
 class PostgresSecretKeys(Model):
@@ -269,13 +240,6 @@ class PostgresSecretKeys(Model):
 class PostgresConnection(Model):
     """The database connection, from a Secret in the pipeline's namespace."""
 
-    model_config = with_cel(
-        cel(
-            "!(has(self.dsnKey) && has(self.keys))",
-            "give either dsnKey or keys, not both",
-        )
-    )
-
     secret_name: str = Field(
         pattern=_NAME,
         max_length=253,
@@ -297,12 +261,6 @@ class PostgresConnection(Model):
             "e.g. `user: username` for a CloudNativePG app Secret)."
         ),
     )
-
-    @model_validator(mode="after")
-    def _one_form(self) -> PostgresConnection:
-        if self.dsn_key is not None and self.keys is not None:
-            raise ValueError("postgres connection: give either dsnKey or keys, not both")
-        return self
 
 
 class PostgresSink(Model):
@@ -352,14 +310,6 @@ class PostgresSink(Model):
 class Sink(Model):
     """Where results go: exactly one of kafka, stdout or postgres."""
 
-    model_config = with_cel(
-        cel(
-            "(has(self.kafka) ? 1 : 0) + (has(self.stdout) ? 1 : 0) + "
-            "(has(self.postgres) ? 1 : 0) == 1",
-            "sink needs exactly one of kafka, stdout or postgres",
-        )
-    )
-
     kafka: KafkaSink | None = Field(default=None, description="Write results to a Kafka topic.")
     stdout: StdoutSink | None = Field(
         default=None, description="Print results on the workers' standard output (demos)."
@@ -367,12 +317,6 @@ class Sink(Model):
     postgres: PostgresSink | None = Field(
         default=None, description="A PostgreSQL table (idempotent upserts)."
     )
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Sink:
-        if sum(s is not None for s in (self.kafka, self.stdout, self.postgres)) != 1:
-            raise ValueError("sink needs exactly one of kafka, stdout or postgres")
-        return self
 
 
 class DeadLetter(Model):
@@ -395,19 +339,6 @@ class DeadLetter(Model):
 
 class Autoscaling(Model):
     """How the number of workers follows consumer lag."""
-
-    model_config = with_cel(
-        cel(
-            "self.minReplicas <= self.maxReplicas",
-            "minReplicas must be less than or equal to maxReplicas",
-            ".minReplicas",
-        ),
-        cel(
-            "self.mode != 'hpa' || self.minReplicas >= 1",
-            "hpa mode cannot scale to zero: use builtin or keda for minReplicas 0",
-            ".minReplicas",
-        ),
-    )
 
     mode: Literal["builtin", "hpa", "keda", "none"] = Field(
         default="builtin",
@@ -514,13 +445,6 @@ class SecretEnv(Model):
 class SecretMount(Model):
     """A Secret made available to the workers (for user functions)."""
 
-    model_config = with_cel(
-        cel(
-            "has(self.mountPath) || (has(self.env) && size(self.env) > 0)",
-            "a secret needs a mountPath or env entries",
-        )
-    )
-
     secret_name: str = Field(
         pattern=_NAME,
         max_length=253,
@@ -540,12 +464,6 @@ class SecretMount(Model):
         max_length=64,
         description="Keys of the Secret exposed as environment variables.",
     )
-
-    @model_validator(mode="after")
-    def _something(self) -> SecretMount:
-        if self.mount_path is None and not self.env:
-            raise ValueError("a secret needs a mountPath or env entries")
-        return self
 
 
 class Resources(Model):
@@ -648,50 +566,6 @@ class Monitoring(Model):
 class StreamPipelineSpec(Model):
     """The desired state of a stream-processing pipeline."""
 
-    model_config = with_cel(
-        cel(
-            "!has(self.sink.kafka) || !has(self.source.kafka) || "
-            "!(self.sink.kafka.topic in self.source.kafka.topics) || "
-            "(has(self.sink.kafka.bootstrapServers) && "
-            "self.sink.kafka.bootstrapServers != self.source.kafka.bootstrapServers)",
-            "sink.kafka.topic must not be one of source.kafka.topics (a feedback loop)",
-            ".sink.kafka.topic",
-        ),
-        cel(
-            "!has(self.deadLetter) || !has(self.source.kafka) || "
-            "!(self.deadLetter.topic in self.source.kafka.topics)",
-            "deadLetter.topic must not be one of source.kafka.topics",
-            ".deadLetter.topic",
-        ),
-        cel(
-            "!has(self.deadLetter) || has(self.source.kafka) || "
-            "has(self.deadLetter.bootstrapServers)",
-            "deadLetter.bootstrapServers is required when the source is not Kafka",
-            ".deadLetter",
-        ),
-        cel(
-            "!has(self.sink.kafka) || has(self.source.kafka) || "
-            "has(self.sink.kafka.bootstrapServers)",
-            "sink.kafka.bootstrapServers is required when the source is not Kafka",
-            ".sink.kafka",
-        ),
-        cel(
-            "!has(self.sink.postgres) || (has(self.processor) && has(self.processor.steps) && "
-            "self.processor.steps.exists(s, has(s.window))) || (has(self.sink.postgres.columns) "
-            "&& has(self.sink.postgres.keyColumns) && !self.sink.postgres.createTable)",
-            "sink.postgres without a window step needs columns and keyColumns, and no createTable",
-            ".sink.postgres",
-        ),
-        cel(
-            "self.checkpoint.volume.accessModes.all(m, m == 'ReadWriteMany') || "
-            "(self.autoscaling.mode == 'none' ? self.replicas <= 1 : "
-            "self.autoscaling.maxReplicas <= 1)",
-            "a ReadWriteOnce checkpoint volume cannot be shared by several workers: "
-            "use ReadWriteMany or at most 1 replica",
-            ".checkpoint.volume.accessModes",
-        ),
-    )
-
     source: Source = Field(description="Where records come from.")
     processor: ProcessorConfig = Field(
         default_factory=ProcessorConfig, description="What is done to each record."
@@ -749,57 +623,6 @@ class StreamPipelineSpec(Model):
         default=False,
         description="Scale the workers to zero and stop autoscaling; state is kept.",
     )
-
-    @model_validator(mode="after")
-    def _cross_field(self) -> StreamPipelineSpec:
-        a = self.autoscaling
-        if a.min_replicas > a.max_replicas:
-            raise ValueError("autoscaling.minReplicas must be less than or equal to maxReplicas")
-        if a.mode == "hpa" and a.min_replicas < 1:
-            raise ValueError("autoscaling: hpa mode cannot scale to zero")
-        src, sink = self.source.kafka, self.sink.kafka
-        if (
-            src
-            and sink
-            and sink.topic in src.topics
-            and (sink.bootstrap_servers in (None, src.bootstrap_servers))
-        ):
-            raise ValueError("sink.kafka.topic must not be one of source.kafka.topics")
-        if src and self.dead_letter and self.dead_letter.topic in src.topics:
-            raise ValueError("deadLetter.topic must not be one of source.kafka.topics")
-        if src is None and sink is not None and sink.bootstrap_servers is None:
-            raise ValueError("sink.kafka.bootstrapServers is required when the source is not Kafka")
-        if src is None and self.dead_letter and self.dead_letter.bootstrap_servers is None:
-            raise ValueError("deadLetter.bootstrapServers is required when the source is not Kafka")
-        pg = self.sink.postgres
-        windowed = any(step.window is not None for step in self.processor.steps)
-        if (
-            pg is not None
-            and not windowed
-            and (pg.columns is None or pg.key_columns is None or pg.create_table)
-        ):
-            raise ValueError(
-                "sink.postgres without a window step needs columns and keyColumns, "
-                "and no createTable"
-            )
-        if pg is not None and (pg.columns is not None or pg.key_columns is not None):
-            fields = postgres_result_fields(self)
-            unknown = [c for c in pg.columns or [] if fields is not None and c not in fields]
-            if unknown:
-                raise ValueError(f"sink.postgres: columns {unknown} are not window result fields")
-            columns = pg.columns or list(fields or [])
-            missing = [k for k in pg.key_columns or WINDOW_KEY_COLUMNS if k not in columns]
-            if missing:
-                raise ValueError(f"sink.postgres: key columns {missing} are not written columns")
-        shared = all(m == "ReadWriteMany" for m in self.checkpoint.volume.access_modes)
-        most = self.replicas if a.mode == "none" else a.max_replicas
-        if not shared and most > 1:
-            raise ValueError(
-                "a ReadWriteOnce checkpoint volume cannot be shared by several workers"
-            )
-        for d in (a.scale_down_stabilization, a.idle_timeout, a.poll_interval):
-            parse_duration(d)
-        return self
 
 
 def postgres_result_fields(spec: StreamPipelineSpec) -> list[str] | None:
