@@ -22,7 +22,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 from urllib.parse import quote
@@ -121,6 +121,17 @@ class KubeApi(Protocol):
     def served(self, api_version: str, kind: str) -> bool: ...
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str] | None: ...
+
+    def secret_version(self, namespace: str, name: str) -> SecretVersion | None: ...
+
+
+@dataclass(frozen=True)
+class SecretVersion:
+    """What the reconciler needs of a Secret, and nothing of its values: the keys it holds
+    and which version of the object it is (uid and resourceVersion)."""
+
+    keys: frozenset[str]
+    version: str
 
 
 class Kube:
@@ -395,6 +406,17 @@ class Kube:
         # stringData is write-only; a Secret read back only has data.
         return data
 
+    def secret_version(self, namespace: str, name: str) -> SecretVersion | None:
+        """The Secret's keys and `uid/resourceVersion`, or None when it does not exist."""
+        secret = self.get("v1", "Secret", namespace, name)
+        if secret is None:
+            return None
+        meta = secret.get("metadata") or {}
+        return SecretVersion(
+            keys=frozenset(secret.get("data") or {}),
+            version=f"{meta.get('uid', '')}/{meta.get('resourceVersion', '')}",
+        )
+
 
 class _Throttled(Exception):
     """A 429 answer: retried by Kube._request after `retry_after` seconds."""
@@ -649,16 +671,15 @@ def _message(body: Any) -> str:
     return ""
 
 
-def secrets_hash(secrets: dict[str, dict[str, str]]) -> str:
-    """SHA-256 over the referenced Secrets' data: secret names, keys and values, sorted.
+def secrets_hash(versions: Mapping[str, str]) -> str:
+    """SHA-256 over the referenced Secrets' names and versions (``uid/resourceVersion``).
 
-    Only this digest leaves the operator (in the pod-template annotation); a changed value
-    changes it, so the Deployment rolls. An empty mapping hashes to a constant.
+    It goes into the pod template (``streamherd.io/secrets-hash``), so a changed Secret
+    rolls the workers. It is computed from no value at all, so a reader of the Deployment
+    (the ``view`` role, which cannot read Secrets) learns nothing about the values from it:
+    docs/decisions/0045-secrets-hash-from-versions.md. An empty mapping hashes to a constant.
     """
     digest = hashlib.sha256()
-    for name in sorted(secrets):
-        digest.update(name.encode() + b"\0")
-        for key in sorted(secrets[name]):
-            digest.update(key.encode() + b"\0" + secrets[name][key].encode() + b"\0")
-        digest.update(b"\1")
+    for name in sorted(versions):
+        digest.update(name.encode() + b"\0" + versions[name].encode() + b"\1")
     return digest.hexdigest()

@@ -27,6 +27,9 @@ from streamherd.operator.kube import Kube
 from streamherd.operator.peering import PeeringGate
 from streamherd.operator.settings import OperatorSettings, settings_from_args
 
+#: Fields our loggers pass with `extra=` that a JSON line carries (operator/kafkalogging.py).
+EXTRA_FIELDS = ("kafka_cluster", "kafka_facility")
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line (for log collectors)."""
@@ -38,9 +41,12 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key in EXTRA_FIELDS:
+            if hasattr(record, key):
+                data[key] = getattr(record, key)
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data)
+        return json.dumps(data, default=str)
 
 
 def configure_logging(level: str, fmt: str) -> None:

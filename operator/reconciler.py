@@ -20,14 +20,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import ValidationError
 
+from streamherd.operator.api.rules import parse_quantity
 from streamherd.operator.api.v1alpha1 import (
     Condition,
     StreamPipeline,
@@ -107,6 +108,8 @@ class _Outcome:
     deleted: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     deployment: Manifest | None = None
+    # The API server's refusal of this generation's Deployment: whatever runs is an older one.
+    deployment_refused: str | None = None
 
 
 # --------------------------------------------------------------------------- comparison
@@ -116,11 +119,27 @@ def _empty(value: Any) -> bool:
     return value is None or value in ({}, [])
 
 
-def contains(desired: Any, live: Any) -> bool:
+#: Fields of the children whose values are Kubernetes quantities: the API server stores
+#: them in canonical form (`1000` as `1k`, `0.5` as `500m`, `1024Mi` as `1Gi`), so they are
+#: compared by value. Maps under `requests`/`limits` (containers, PVCs) hold quantities too.
+QUANTITY_FIELDS: Final = frozenset({"averageValue", "averageUtilization", "sizeLimit"})
+QUANTITY_MAPS: Final = frozenset({"requests", "limits"})
+
+
+def same_quantity(desired: Any, live: Any) -> bool:
+    """Whether two spellings are the same quantity (both must parse)."""
+    if not isinstance(desired, str) or not isinstance(live, str):
+        return False
+    want, have = parse_quantity(desired), parse_quantity(live)
+    return want is not None and want == have
+
+
+def contains(desired: Any, live: Any, quantity: bool = False) -> bool:
     """Whether `live` holds every field of `desired` (fields the server added are fine).
 
     Lists compare element-wise with equal length (env, ports, containers are ordered);
-    an empty desired map or list matches an absent one (the server drops empty maps).
+    an empty desired map or list matches an absent one (the server drops empty maps);
+    quantities (`quantity`: the caller knows the field holds one) compare by value.
     """
     if isinstance(desired, Mapping):
         if not isinstance(live, Mapping):
@@ -129,13 +148,23 @@ def contains(desired: Any, live: Any) -> bool:
             if _empty(value):
                 if not _empty(live.get(key)):
                     return False
-            elif key not in live or not contains(value, live[key]):
+                continue
+            if key not in live:
+                return False
+            if isinstance(value, Mapping) and key in QUANTITY_MAPS:
+                if not isinstance(live[key], Mapping):
+                    return False
+                if not all(contains(v, live[key].get(k), True) for k, v in value.items()):
+                    return False
+            elif not contains(value, live[key], key in QUANTITY_FIELDS):
                 return False
         return True
     if isinstance(desired, list):
         if not isinstance(live, list) or len(desired) != len(live):
             return False
         return all(contains(d, v) for d, v in zip(desired, live, strict=True))
+    if quantity and desired != live and same_quantity(desired, live):
+        return True
     if isinstance(desired, bool) or isinstance(live, bool):
         return desired is live
     if isinstance(desired, int | float) and isinstance(live, int | float):
@@ -202,6 +231,16 @@ class ReconcileMemo:
         with self._lock:
             return len(self._items)
 
+    def count(self, key: tuple[Any, ...]) -> int:
+        """Add one to the counter `key` (kept like any entry) and return it."""
+        with self._lock:
+            n = int(self._items.get(key) or 0) + 1
+            self._items[key] = n
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+            return n
+
 
 def _spec_key(body: Mapping[str, Any]) -> tuple[Any, ...] | None:
     """(uid, generation) of a stored pipeline; None when either is missing (tests, render)."""
@@ -254,24 +293,24 @@ def _parse(
 def check_secrets(
     pipeline: StreamPipeline, kube: KubeApi
 ) -> tuple[str | None, list[str], tuple[str, ...]]:
-    """(secrets hash, problems, referenced secret names). Values never leave this function
-    except through the hash."""
+    """(secrets hash, problems, referenced secret names). The reconciler never reads a
+    Secret's values: only its keys and its version (kube.SecretVersion)."""
     needed = credentials(pipeline.spec).required_keys()
     problems: list[str] = []
-    datas: dict[str, dict[str, str]] = {}
+    versions: dict[str, str] = {}
     for name in sorted(needed):
-        data = kube.secret_data(pipeline.namespace, name)
-        if data is None:
+        found = kube.secret_version(pipeline.namespace, name)
+        if found is None:
             keys = ", ".join(sorted(needed[name])) or "(mounted whole)"
             problems.append(f'Secret "{name}" not found (needed keys: {keys})')
             continue
-        missing = sorted(needed[name] - set(data))
+        missing = sorted(needed[name] - found.keys)
         if missing:
             problems.append(f'Secret "{name}" has no key {", ".join(repr(k) for k in missing)}')
-        datas[name] = data
+        versions[name] = found.version
     if problems:
         return None, problems, tuple(sorted(needed))
-    return secrets_hash(datas), [], tuple(sorted(needed))
+    return secrets_hash(versions), [], tuple(sorted(needed))
 
 
 def capabilities(pipeline: StreamPipeline, kube: KubeApi) -> Capabilities:
@@ -342,30 +381,71 @@ def _run_wave(wave: Sequence[Manifest], kube: KubeApi, pool: Executor | None) ->
 
 
 def _apply_children(
-    desired: Sequence[Manifest], kube: KubeApi, out: _Outcome, pool: Executor | None = None
+    desired: Sequence[Manifest],
+    kube: KubeApi,
+    out: _Outcome,
+    pool: Executor | None = None,
+    final: Callable[[ApiError, Manifest], bool] | None = None,
 ) -> None:
     ordered = sorted(desired, key=lambda c: (_WAVES.get(c["kind"], 1), _IN_WAVE.get(c["kind"], 3)))
     transient: ApiError | None = None
     for wave_no in sorted({_WAVES.get(c["kind"], 1) for c in ordered}):
         wave = [c for c in ordered if _WAVES.get(c["kind"], 1) == wave_no]
         for done in _run_wave(wave, kube, pool):
-            transient = _record(done, out) or transient
+            transient = _record(done, out, final or _refused_at_once) or transient
         if transient is not None:
             raise transient  # kopf retries with backoff; the next wave waits for this one
 
 
-def _record(done: _Applied, out: _Outcome) -> ApiError | None:
+#: Statuses that say nothing about the object sent: the server was unreachable (0), busy
+#: (429, 503), timed out (504) or raced another writer (409). Always retried.
+TRANSIENT_STATUSES: Final = frozenset({0, 409, 429, 503, 504})
+#: How often an apply may fail with any other 5xx before the refusal is taken as being about
+#: the object itself: the API server answers 500 to some contents (an unparsable quantity
+#: in a pod template, a volume mount it cannot merge) while every other request succeeds.
+MAX_SERVER_ERROR_TRIES: Final = 3
+
+
+def refusal_is_final(
+    e: ApiError, child: Manifest, uid: str, generation: Any, memo: ReconcileMemo | None
+) -> bool:
+    """Whether the API server's refusal of `child` is about its content (report it) rather
+    than a passing failure (raise, so kopf retries with backoff).
+
+    4xx other than 409/429: at once. 5xx other than 503/504: when the same child of the same
+    pipeline generation got the same answer MAX_SERVER_ERROR_TRIES times (counted in the
+    memo; without one, e.g. in unit tests of one reconcile, never).
+    """
+    if e.status in TRANSIENT_STATUSES:
+        return False
+    if e.status < 500:
+        return True
+    if memo is None or not uid:
+        return False
+    key = ("refused", uid, generation, _ref(child), e.status, e.message)
+    return memo.count(key) >= MAX_SERVER_ERROR_TRIES
+
+
+def _refused_at_once(e: ApiError, child: Manifest) -> bool:
+    """Without a memo to count tries in: only a 4xx about the object is final."""
+    return e.status < 500 and e.status not in TRANSIENT_STATUSES
+
+
+def _record(
+    done: _Applied, out: _Outcome, final: Callable[[ApiError, Manifest], bool]
+) -> ApiError | None:
     """Note one child's outcome in `out`; returns a transient error to raise."""
     child, live, e = done.child, done.live, done.error
     is_deployment = child["kind"] == "Deployment"
     if e is not None:
-        if e.status == 0 or e.status >= 500 or e.status in (409, 429):
+        if not final(e, child):
             return e
-        # The server refuses this object (e.g. an immutable PVC field changed): report it
-        # in status and carry on with the other children.
-        out.failures.append(f"{_ref(child)}: {e.message}")
+        # The server refuses this object (an immutable PVC field changed, a value it cannot
+        # read): report it in status with its words and carry on with the other children.
+        out.failures.append(f"{_ref(child)} refused by the API server ({e.status}): {e.message}")
         if is_deployment:
             out.deployment = live
+            out.deployment_refused = out.failures[-1]
         return None
     if done.result is None:  # up to date
         if is_deployment:
@@ -644,8 +724,23 @@ def reconcile(
 
     caps = capabilities(pipeline, kube)
     out = _Outcome()
-    desired = _desired(pipeline, body, settings, secrets_hash=hash_, caps=caps, memo=memo)
-    _apply_children(desired, kube, out, pool)
+    try:
+        desired = _desired(pipeline, body, settings, secrets_hash=hash_, caps=caps, memo=memo)
+    except Exception as e:  # a spec the rules let through and a builder cannot build
+        # A gap in operator/api/rules.py: say so in the status instead of crash-looping.
+        log.error("cannot build the children of %s/%s: %r", namespace, name, e)
+        log.debug("build failure of %s/%s", namespace, name, exc_info=True)
+        message = f"the operator cannot build this spec: {e}"
+        patch, events = blocked("InvalidSpec", message, "fix the spec to continue", phase="Failed")
+        return finish(patch, {"events": events, "invalid": message, "secret_names": secret_names})
+    uid = str(meta.get("uid") or "")
+    _apply_children(
+        desired,
+        kube,
+        out,
+        pool,
+        final=lambda e, child: refusal_is_final(e, child, uid, generation, memo),
+    )
     _delete_unwanted(pipeline, desired, kube, out)
     if out.created:
         out.events.insert(0, EventNote("Normal", "Created", "created " + ", ".join(out.created)))
@@ -678,6 +773,13 @@ def reconcile(
     elif keda_missing:
         # Nobody would scale the workers: not ready, whatever the Deployment says.
         ready_c = ("False", "KedaNotInstalled", out.failures[-1])
+    elif out.deployment_refused:
+        # The workers that run (if any) are an older generation's: not ready for this one.
+        ready_c = (
+            "False",
+            "ApplyFailed",
+            f"generation {generation}: {out.deployment_refused}",
+        )
     elif settled and want == 0:
         ready_c = ("True", "ScaledToZero", "no workers needed: no lag")
     elif settled:
@@ -692,7 +794,9 @@ def reconcile(
             "RollingOut",
             f"{updated_n}/{want} workers updated, {ready}/{want} ready",
         )
-    if held is not None and not spec.suspend and not keda_missing:
+    if out.deployment_refused:
+        prog_c = ("False", "ApplyFailed", "fix the spec: the API server refuses its Deployment")
+    if held is not None and not spec.suspend and not keda_missing and not out.deployment_refused:
         ready_c, prog_c = held
     if degraded:
         reason = "ApplyFailed" if out.failures else "RolloutStuck"

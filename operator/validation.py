@@ -9,18 +9,17 @@ manifest spells it (``spec.autoscaling.minReplicas: ...``). ``readable_errors`` 
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 from pydantic import ValidationError
 
+from streamherd.operator.api.rules import violations
 from streamherd.operator.api.v1alpha1 import KIND, StreamPipeline
-from streamherd.operator.builders.meta import MAX_NAME_LENGTH
-from streamherd.workers.config import ProcessorConfig
-from streamherd.workers.expressions import ExpressionError, compile_expression
 
 
 def _path(loc: Sequence[int | str]) -> str:
@@ -46,42 +45,10 @@ def readable_errors(error: ValidationError, prefix: str = "") -> list[str]:
     return lines
 
 
-def _expressions(processor: ProcessorConfig) -> Iterator[tuple[str, str]]:
-    """(field path, expression) for every expression in the processor."""
-    for i, step in enumerate(processor.steps):
-        base = f"spec.processor.steps[{i}]"
-        if step.filter is not None:
-            yield f"{base}.filter", step.filter
-        if step.map is not None:
-            for field, expr in step.map.set.items():
-                yield f"{base}.map.set.{field}", expr
-        if step.window is not None:
-            yield f"{base}.window.keyBy", step.window.key_by
-            for j, agg in enumerate(step.window.aggregates):
-                if agg.expression:
-                    yield f"{base}.window.aggregates[{j}].expression", agg.expression
-
-
 def semantic_errors(pipeline: StreamPipeline) -> list[str]:
-    """What the schema cannot check: name length (children's names) and expressions."""
-    errors = []
-    if len(pipeline.name) > MAX_NAME_LENGTH:
-        errors.append(
-            f"metadata.name: at most {MAX_NAME_LENGTH} characters (the metrics Service is "
-            f"named NAME-metrics and must fit in 63)"
-        )
-    for path, expr in _expressions(pipeline.spec.processor):
-        try:
-            compile_expression(expr)
-        except ExpressionError as e:
-            errors.append(f"{path}: {e}")
-    sink = pipeline.spec.sink.kafka
-    if sink is not None and sink.key:
-        try:
-            compile_expression(sink.key)
-        except ExpressionError as e:
-            errors.append(f"spec.sink.kafka.key: {e}")
-    return errors
+    """What the schema alone cannot say: every rule of operator/api/rules.py (the same rules
+    the CRD's CEL enforces, plus the expressions compiled by the engine's compiler)."""
+    return violations(pipeline)
 
 
 def parse_pipeline(doc: Mapping[str, Any]) -> tuple[StreamPipeline | None, list[str]]:
@@ -93,11 +60,56 @@ def parse_pipeline(doc: Mapping[str, Any]) -> tuple[StreamPipeline | None, list[
     return pipeline, semantic_errors(pipeline)
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping that names one key twice (YAML says keys are unique; PyYAML keeps the last,
+    and so does the API server's decoder, silently dropping what the user wrote first)."""
+
+
+class ManifestError(yaml.YAMLError):
+    """A manifest file that cannot be read as written (the message names file and line);
+    a YAMLError, so every reader of manifests reports it like a syntax error."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate mapping keys, naming the key and its line."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Hashable, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable) and key in seen:
+                raise DuplicateKeyError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"duplicate key {key!r} (first at line {seen[key].line + 1})",
+                    key_node.start_mark,
+                )
+            if isinstance(key, Hashable):
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+# kubectl reads manifests with go-yaml, for which an exponent without a dot (`2e3`, `1e9`)
+# is a float; for PyYAML it is a string. Read it as kubectl sends it, so that validate and
+# the API server see the same value (a quantity written `2e3` unquoted is a number for both).
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def load_documents(files: Sequence[str]) -> Iterator[tuple[str, int, Any]]:
-    """(file, index, document) for each YAML document; '-' reads stdin."""
+    """(file, index, document) for each YAML document; '-' reads stdin. Duplicate keys are
+    an error (yaml.YAMLError), not a silent last-one-wins."""
     for file in files:
         text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
-        for i, doc in enumerate(yaml.safe_load_all(text)):
+        try:
+            docs = list(yaml.load_all(text, Loader=StrictLoader))
+        except DuplicateKeyError as e:
+            line = e.problem_mark.line + 1 if e.problem_mark else "?"
+            raise ManifestError(f"{file}: line {line}: {e.problem}") from None
+        for i, doc in enumerate(docs):
             if doc is not None:
                 yield file, i, doc
 

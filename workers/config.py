@@ -27,13 +27,23 @@ from pydantic.alias_generators import to_camel
 
 WORKER_CONFIG_VERSION: Final = "streamherd.io/worker-config/v1"
 
-_DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
-DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
+# Units in this order, each at most once (`1h1h` and `5s1m` are refused), with digit counts
+# that keep the sum below 2^63 ns: the API server's CEL `duration()` reads the same text and
+# fails on an overflow. One grammar for the CRD's pattern and for parse_duration.
+DURATION_PATTERN = (
+    r"^([0-9]{1,6}h([0-9]{1,7}m)?([0-9]{1,9}s)?([0-9]{1,12}ms)?"
+    r"|[0-9]{1,7}m([0-9]{1,9}s)?([0-9]{1,12}ms)?"
+    r"|[0-9]{1,9}s([0-9]{1,12}ms)?"
+    r"|[0-9]{1,12}ms)$"
+)
+_DURATION_RE = re.compile(
+    r"^(?:([0-9]{1,6})h)?(?:([0-9]{1,7})m(?!s))?(?:([0-9]{1,9})s)?(?:([0-9]{1,12})ms)?$"
+)
 
 
 def parse_duration(text: str) -> float:
     """Seconds in a Kubernetes-style duration such as ``90s``, ``5m``, ``1h30m``, ``250ms``."""
-    match = _DURATION_RE.match(text)
+    match = _DURATION_RE.fullmatch(text) if isinstance(text, str) else None
     if not text or match is None or not any(match.groups()):
         raise ValueError(f"invalid duration {text!r}: use e.g. 500ms, 30s, 5m, 1h30m")
     hours, minutes, seconds, millis = (int(g) if g else 0 for g in match.groups())
@@ -272,7 +282,10 @@ class Step(Model):
     map: MapStep | None = Field(
         default=None, description="Reshape each record: select, rename and computed fields."
     )
-    window: WindowSpec | None = Field(default=None, description="Keyed window aggregation.")
+    window: WindowSpec | None = Field(
+        default=None,
+        description="Aggregate records per key and event-time window (count, sum, ...).",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Step:
@@ -402,7 +415,9 @@ class GeneratorSourceConfig(Model):
         default=None, ge=0, description="Stop after this many records; endless when omitted."
     )
     keys: int = Field(default=100, ge=1, le=10_000_000, description="Number of distinct users.")
-    partitions: int = Field(default=4, ge=1, le=1024, description="Simulated partitions.")
+    partitions: int = Field(
+        default=4, ge=1, le=1024, description="Partitions the generator simulates."
+    )
     seed: int = Field(default=1, description="Random seed, so runs are reproducible.")
     start_time_ms: int | None = Field(
         default=None,

@@ -21,7 +21,9 @@ the engine sends that record to the dead-letter topic with reason ``expression``
 from __future__ import annotations
 
 import ast
+import io
 import math
+import tokenize
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -198,6 +200,9 @@ _CONSTANT_NAMES: Final[Mapping[str, Any]] = {
 }
 
 _RECORD: Final = "__sh_r"
+# `r['x-y']` reads field x-y: the one spelling for field names that are not identifiers
+# (a plain `r`, or `r.x`, is still the field named r).
+_RECORD_ALIAS: Final = "r"
 _MAX_LENGTH: Final = 4096
 _MAX_DEPTH: Final = 64
 
@@ -295,15 +300,7 @@ class _Checker:
                 return ast.Constant(value=_CONSTANT_NAMES[node.id])
             if node.id.startswith("__"):
                 raise self.fail(node, f"name {node.id!r} is not allowed (names starting '__')")
-            self.fields.add(node.id)
-            self.names.add(node.id)
-            return ast.Call(
-                func=ast.Attribute(
-                    value=ast.Name(id=_RECORD, ctx=ast.Load()), attr="get", ctx=ast.Load()
-                ),
-                args=[ast.Constant(value=node.id)],
-                keywords=[],
-            )
+            return self._read(node.id)
         if isinstance(node, ast.Attribute):
             if node.attr.startswith("_"):
                 error = self.fail(node, f"attribute {node.attr!r} is not allowed")
@@ -322,6 +319,13 @@ class _Checker:
                 "__sh_field", [self.visit(node.value, depth), ast.Constant(node.attr)]
             )
         if isinstance(node, ast.Subscript):
+            if isinstance(node.value, ast.Name) and node.value.id == _RECORD_ALIAS:
+                # r['x-y'] is the record's field x-y (names that are not identifiers).
+                if not isinstance(node.slice, ast.Constant) or not isinstance(
+                    node.slice.value, str
+                ):
+                    raise self.fail(node, "r[...] takes a quoted field name, e.g. r['x-y']")
+                return self._read(node.slice.value)
             if isinstance(node.slice, ast.Slice):
                 raise self.fail(node, "slices are not allowed")
             return self._call(
@@ -373,6 +377,18 @@ class _Checker:
         }.get(type(node), type(node).__name__)
         raise self.fail(node, f"{kind} is not allowed in an expression")
 
+    def _read(self, name: str) -> ast.expr:
+        """A read of the record's top-level field `name`: ``__sh_r.get('<name>')``."""
+        self.fields.add(name)
+        self.names.add(name)
+        return ast.Call(
+            func=ast.Attribute(
+                value=ast.Name(id=_RECORD, ctx=ast.Load()), attr="get", ctx=ast.Load()
+            ),
+            args=[ast.Constant(value=name)],
+            keywords=[],
+        )
+
     def _dotted(self, node: ast.expr) -> str | None:
         if isinstance(node, ast.Name):
             return node.id
@@ -416,10 +432,24 @@ class _Checker:
         return self._call(f"__sh_fn_{name}", [self.visit(a, depth) for a in node.args])
 
 
+def _only_comments(text: str) -> bool:
+    """Whether `text` holds nothing but comments and blanks (wrapped in "(...)" it would
+    otherwise parse as an empty tuple)."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return False  # the parser reports it with a position
+    ignorable = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.ENDMARKER,
+                 tokenize.INDENT, tokenize.DEDENT}  # fmt: skip
+    return all(t.type in ignorable for t in tokens)
+
+
 def parse_expression(text: str) -> ParsedExpression:
     """Check and rewrite ``text``; raises :class:`ExpressionError` with the problem's column."""
     if not isinstance(text, str) or not text.strip():
         raise ExpressionError("expression is empty", 0)
+    if _only_comments(text):
+        raise ExpressionError("expression is empty (only a comment)", 0)
     if len(text) > _MAX_LENGTH:
         raise ExpressionError(f"expression longer than {_MAX_LENGTH} characters", _MAX_LENGTH)
     # Parenthesised, so an expression may span lines and start with blanks (YAML blocks).

@@ -310,6 +310,9 @@ class LagProbe:
         if not specs:
             return {}
         admin = self._client()
+        # Serve queued client events: with a `logger` in the configuration, librdkafka's log
+        # lines wait on this queue until polled (the operator's go to its own logger).
+        admin.poll(0)
         started = time.monotonic()
         deadline = started + self.request_timeout
         partitions, offsets_topic = self._partitions(admin, {t for s in specs for t in s.topics})

@@ -17,7 +17,8 @@ import yaml
 from pydantic import BaseModel
 
 from streamherd.operator.api import v1alpha1
-from streamherd.operator.api.v1alpha1 import MAX_NAME_LENGTH
+from streamherd.operator.api.rules import cel_rules_at, rule_paths
+from streamherd.workers.config import DURATION_PATTERN
 
 JSON = dict[str, Any]
 
@@ -105,6 +106,70 @@ def _filled_defaults(schema: JSON) -> JSON:
     return value
 
 
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value or '""'
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _facts(node: JSON) -> list[str]:
+    """What `kubectl explain` should say besides the field's purpose: its default, format
+    and limits, read from the schema itself (so they cannot go stale)."""
+    facts: list[str] = []
+    if node.get("pattern") == DURATION_PATTERN:
+        facts.append(
+            "Format: a duration such as 30s, 5m, 1h30m or 250ms (units h, m, s, ms, each at "
+            "most once, in that order)."
+        )
+    elif "pattern" in node:
+        facts.append(f"Format: matches the regular expression {node['pattern']}.")
+    if "enum" in node:
+        facts.append("One of: " + ", ".join(_value(v) for v in node["enum"]) + ".")
+    low, high = node.get("minimum"), node.get("maximum")
+    if low is not None and high is not None:
+        facts.append(f"Range: {low} to {high}.")
+    elif low is not None:
+        facts.append(f"Minimum: {low}{' (exclusive)' if node.get('exclusiveMinimum') else ''}.")
+    elif high is not None:
+        facts.append(f"Maximum: {high}.")
+    for lo, hi, unit in (("minLength", "maxLength", "characters"),
+                         ("minItems", "maxItems", "items"),
+                         ("minProperties", "maxProperties", "entries")):  # fmt: skip
+        a, b = node.get(lo), node.get(hi)
+        if a is not None and b is not None:
+            facts.append(f"{a} to {b} {unit}.")
+        elif b is not None:
+            facts.append(f"At most {b} {unit}.")
+        elif a is not None and a > 0:
+            facts.append(f"At least {a} {unit}.")
+    if "default" in node:
+        default = node["default"]
+        if isinstance(default, dict):
+            facts.append("Default: each field's own default when omitted.")
+        elif default in ([], ""):
+            facts.append("Default: empty.")
+        else:
+            facts.append(f"Default: {_value(default)}.")
+    return facts
+
+
+def _explain(schema: JSON) -> None:
+    """Append each property's default, format and limits to its description."""
+    for sub in schema.get("properties", {}).values():
+        facts = _facts(sub)
+        if facts and sub.get("description"):
+            sub["description"] = f"{sub['description'].rstrip()} {' '.join(facts)}"
+        _explain(sub)
+    if isinstance(schema.get("items"), dict):
+        _explain(schema["items"])
+    if isinstance(schema.get("additionalProperties"), dict):
+        _explain(schema["additionalProperties"])
+
+
 def _check_described(schema: JSON, path: str = "spec") -> None:
     for name, sub in schema.get("properties", {}).items():
         if not sub.get("description"):
@@ -120,7 +185,30 @@ def structural_schema(model: type[BaseModel]) -> JSON:
     defs = raw.pop("$defs", {})
     schema: JSON = _resolve(raw, defs)
     _check_described(schema)
+    _explain(schema)
     return schema
+
+
+def schema_node(root: JSON, at: str) -> JSON:
+    """The schema of the manifest path `at` (rules.py's spelling: `spec.processor.steps[]`,
+    `spec.resources.requests{}`; `""` is the root)."""
+    node = root
+    for part in [p for p in at.split(".") if p]:
+        name = part.rstrip("[]{}")
+        node = node["properties"][name]
+        if part.endswith("[]"):
+            node = node["items"]
+        elif part.endswith("{}"):
+            node = node["additionalProperties"]
+    return node
+
+
+def add_rules(root: JSON) -> JSON:
+    """Copy every CEL rule of operator/api/rules.py into the schema node it is declared at."""
+    for at in rule_paths():
+        node = schema_node(root, at)
+        node.setdefault("x-kubernetes-validations", []).extend(cel_rules_at(at))
+    return root
 
 
 def build_crd() -> JSON:
@@ -179,34 +267,26 @@ def build_crd() -> JSON:
                         },
                     ],
                     "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": v1alpha1.StreamPipeline.__doc__,
-                            "required": ["spec"],
-                            "x-kubernetes-validations": [
-                                {
-                                    # The metrics Service NAME-metrics is a DNS label (63).
-                                    "rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
-                                    "message": (
-                                        f"metadata.name must be at most {MAX_NAME_LENGTH} "
-                                        "characters (the operator derives child names from it)"
-                                    ),
-                                }
-                            ],
-                            "properties": {
-                                "apiVersion": {
-                                    "type": "string",
-                                    "description": "API version: streamherd.io/v1alpha1.",
+                        "openAPIV3Schema": add_rules(
+                            {
+                                "type": "object",
+                                "description": v1alpha1.StreamPipeline.__doc__,
+                                "required": ["spec"],
+                                "properties": {
+                                    "apiVersion": {
+                                        "type": "string",
+                                        "description": "API version: streamherd.io/v1alpha1.",
+                                    },
+                                    "kind": {
+                                        "type": "string",
+                                        "description": "The kind of this object: StreamPipeline.",
+                                    },
+                                    "metadata": {"type": "object"},
+                                    "spec": spec,
+                                    "status": status,
                                 },
-                                "kind": {
-                                    "type": "string",
-                                    "description": "Kind: StreamPipeline.",
-                                },
-                                "metadata": {"type": "object"},
-                                "spec": spec,
-                                "status": status,
-                            },
-                        }
+                            }
+                        )
                     },
                 }
             ],

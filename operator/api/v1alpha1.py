@@ -2,9 +2,10 @@
 
 ``streamherd crd`` (and ``make crds``) generates ``crds/streampipelines.streamherd.io.yaml``
 from these models; the operator parses every object it receives with them; ``streamherd
-validate`` and ``streamherd render`` use them offline. Cross-field rules exist twice on
-purpose: as CEL (``x-kubernetes-validations``, enforced by the API server) and as pydantic
-validators (enforced offline and in the operator), and a unit test checks both agree.
+validate`` and ``streamherd render`` use them offline. What a JSON-schema keyword can say
+(patterns, lengths, bounds, choices) is on the fields here; every other rule (cross-field,
+quantities, derived names, ...) is declared once in ``operator/api/rules.py``, which the CRD
+generator turns into CEL and validate and the operator run on the parsed models.
 
 Processing steps are the engine's own models (``streamherd.workers.config``), so the CRD and
 the worker cannot drift apart.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, JsonValue, model_validator
+from pydantic import ConfigDict, Field
 
 from streamherd.workers.config import (
     DURATION_PATTERN,
@@ -22,7 +23,6 @@ from streamherd.workers.config import (
     GeneratorSourceConfig,
     Model,
     ProcessorConfig,
-    parse_duration,
 )
 
 GROUP = "streamherd.io"
@@ -33,26 +33,21 @@ SINGULAR = "streampipeline"
 SHORT_NAMES = ["sp"]
 # The metrics Service "NAME-metrics" must be a DNS label (63 characters).
 MAX_NAME_LENGTH = 63 - len("-metrics")
+#: Result fields of a window step that are not aggregates, in output order.
+WINDOW_KEY_COLUMNS = ("key", "window_start", "window_end")
 
 _NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _TOPIC = r"^[a-zA-Z0-9._-]{1,249}$"
-_QUANTITY = r"^(\+?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
-
-
-def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
-    """One x-kubernetes-validations entry (a CEL rule the API server enforces)."""
-    entry = {"rule": rule, "message": message}
-    if field_path:
-        entry["fieldPath"] = field_path
-    return entry
-
-
-def with_cel(*rules: dict[str, str]) -> ConfigDict:
-    """The base model config plus CEL rules that the CRD generator copies into the schema."""
-    validations: list[JsonValue] = [dict(r) for r in rules]
-    return ConfigDict(
-        **Model.model_config, json_schema_extra={"x-kubernetes-validations": validations}
-    )
+#: A DNS-1123 subdomain: names of PriorityClasses, StorageClasses, ServiceAccounts.
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: A label value (empty, or 63 characters at most starting and ending alphanumeric).
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+#: An absolute path of plain segments: no '.', '..', '//', ':' or trailing '/'.
+MOUNT_PATH = r"^(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$"
+#: A Kubernetes quantity is checked by the API server's own parser (operator/api/rules.py);
+#: the schema only bounds its length.
+QUANTITY_MAX_LENGTH = 64
+Quantity = Annotated[str, Field(min_length=1, max_length=QUANTITY_MAX_LENGTH)]
 
 
 # --------------------------------------------------------------------------- references
@@ -61,15 +56,20 @@ def with_cel(*rules: dict[str, str]) -> ConfigDict:
 class SecretKeyRef(Model):
     """A key in a Secret in the pipeline's namespace."""
 
-    name: str = Field(pattern=_NAME, max_length=253, description="Secret name.")
-    key: str = Field(min_length=1, max_length=253, description="Key within the Secret.")
+    name: str = Field(
+        pattern=_NAME,
+        max_length=253,
+        description="Name of the Secret (in the pipeline's namespace) that holds the value.",
+    )
+    key: str = Field(min_length=1, max_length=253, description="Key within that Secret's data.")
 
 
 class SaslAuth(Model):
     """SASL authentication; username and password come from Secrets."""
 
     mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
-        default="SCRAM-SHA-512", description="SASL mechanism."
+        default="SCRAM-SHA-512",
+        description="SASL mechanism the brokers expect: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.",
     )
     username: SecretKeyRef = Field(description="Secret key holding the username.")
     password: SecretKeyRef = Field(description="Secret key holding the password.")
@@ -94,8 +94,13 @@ class TlsAuth(Model):
 class KafkaAuth(Model):
     """How workers authenticate to Kafka."""
 
-    sasl: SaslAuth | None = Field(default=None, description="SASL settings.")
-    tls: TlsAuth | None = Field(default=None, description="TLS settings.")
+    sasl: SaslAuth | None = Field(
+        default=None,
+        description="SASL username/password authentication; no SASL when omitted.",
+    )
+    tls: TlsAuth | None = Field(
+        default=None, description="TLS to the brokers; plaintext when omitted."
+    )
 
 
 class KafkaConnection(Model):
@@ -106,7 +111,10 @@ class KafkaConnection(Model):
         max_length=2048,
         description="Comma-separated host:port list, e.g. `my-kafka-bootstrap.kafka:9092`.",
     )
-    auth: KafkaAuth | None = Field(default=None, description="SASL and/or TLS.")
+    auth: KafkaAuth | None = Field(
+        default=None,
+        description="How the workers authenticate: SASL and/or TLS; none when omitted.",
+    )
 
 
 # --------------------------------------------------------------------------- source
@@ -116,7 +124,9 @@ class KafkaSource(KafkaConnection):
     """Consume one or more Kafka topics as a consumer group."""
 
     topics: list[Annotated[str, Field(pattern=_TOPIC)]] = Field(
-        min_length=1, max_length=64, description="Topics to consume."
+        min_length=1,
+        max_length=64,
+        description="Topics to consume (Kafka topic names: letters, digits, '.', '_', '-').",
     )
     consumer_group: str | None = Field(
         default=None,
@@ -159,23 +169,12 @@ class KafkaSource(KafkaConnection):
 class Source(Model):
     """Where records come from: exactly one of kafka or generator."""
 
-    model_config = with_cel(
-        cel(
-            "has(self.kafka) != has(self.generator)",
-            "source needs exactly one of kafka or generator",
-        )
+    kafka: KafkaSource | None = Field(
+        default=None, description="Consume Kafka topics as a consumer group."
     )
-
-    kafka: KafkaSource | None = Field(default=None, description="Consume Kafka topics.")
     generator: GeneratorSourceConfig | None = Field(
         default=None, description="Synthetic click events for demos and local runs."
     )
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Source:
-        if (self.kafka is None) == (self.generator is None):
-            raise ValueError("source needs exactly one of kafka or generator")
-        return self
 
 
 # --------------------------------------------------------------------------- sink
@@ -184,7 +183,10 @@ class Source(Model):
 class KafkaSink(Model):
     """Write results to a Kafka topic."""
 
-    topic: str = Field(pattern=_TOPIC, description="Output topic.")
+    topic: str = Field(
+        pattern=_TOPIC,
+        description="Topic the results are written to; must not be a source topic.",
+    )
     bootstrap_servers: str | None = Field(
         default=None,
         max_length=2048,
@@ -202,49 +204,66 @@ class KafkaSink(Model):
         ),
     )
     headers: dict[str, str] = Field(
-        default_factory=dict, description="Static headers added to every output record."
+        default_factory=dict,
+        description="Static headers (name: value) added to every output record; none by default.",
     )
 
 
 class StdoutSink(Model):
     """Print results, one JSON object per line (demos, local runs)."""
 
-    format: Literal["json"] = Field(default="json", description="Output format.")
+    format: Literal["json"] = Field(
+        default="json", description="Output format; only json (one object per line) for now."
+    )
 
 
 # --- sink.postgres (issue 6) -------------------------------------------------------------
 
 _SQL_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 _SQL_TABLE = r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"
-#: Result fields of a window step that are not aggregates, in output order.
-WINDOW_KEY_COLUMNS = ("key", "window_start", "window_end")
 
 
 class PostgresSecretKeys(Model):
     """Names of the keys in the connection Secret, when it holds separate fields."""
 
-    host: str = Field(default="host", min_length=1, max_length=253, description="Host key.")
-    port: str = Field(default="port", min_length=1, max_length=253, description="Port key.")
-    user: str = Field(default="user", min_length=1, max_length=253, description="User key.")
+    host: str = Field(
+        default="host",
+        min_length=1,
+        max_length=253,
+        description="Key of the Secret holding the database host name.",
+    )
+    port: str = Field(
+        default="port",
+        min_length=1,
+        max_length=253,
+        description="Key of the Secret holding the database port.",
+    )
+    user: str = Field(
+        default="user",
+        min_length=1,
+        max_length=253,
+        description="Key of the Secret holding the database user name.",
+    )
     password: str = Field(
-        default="password", min_length=1, max_length=253, description="Password key."
+        default="password",
+        min_length=1,
+        max_length=253,
+        description="Key of the Secret holding the database password.",
     )
     dbname: str = Field(
-        default="dbname", min_length=1, max_length=253, description="Database name key."
-    )
+        default="dbname", min_length=1, max_length=253,
+        description="Key of the Secret holding the database name.",
+    )  # fmt: skip
 
 
 class PostgresConnection(Model):
     """The database connection, from a Secret in the pipeline's namespace."""
 
-    model_config = with_cel(
-        cel(
-            "!(has(self.dsnKey) && has(self.keys))",
-            "give either dsnKey or keys, not both",
-        )
+    secret_name: str = Field(
+        pattern=_NAME,
+        max_length=253,
+        description="Secret (in the pipeline's namespace) holding the connection settings.",
     )
-
-    secret_name: str = Field(pattern=_NAME, max_length=253, description="Secret name.")
     dsn_key: str | None = Field(
         default=None,
         min_length=1,
@@ -262,12 +281,6 @@ class PostgresConnection(Model):
         ),
     )
 
-    @model_validator(mode="after")
-    def _one_form(self) -> PostgresConnection:
-        if self.dsn_key is not None and self.keys is not None:
-            raise ValueError("postgres connection: give either dsnKey or keys, not both")
-        return self
-
 
 class PostgresSink(Model):
     """Upsert results into a PostgreSQL table: replayed results rewrite the same rows."""
@@ -275,7 +288,9 @@ class PostgresSink(Model):
     table: str = Field(
         pattern=_SQL_TABLE, description="Table, optionally schema-qualified (`schema.table`)."
     )
-    connection: PostgresConnection = Field(description="Where the database is.")
+    connection: PostgresConnection = Field(
+        description="Where the database is and how to log in, from a Secret."
+    )
     key_columns: list[Annotated[str, Field(pattern=_SQL_IDENTIFIER)]] | None = Field(
         default=None,
         min_length=1,
@@ -304,38 +319,35 @@ class PostgresSink(Model):
         ),
     )
     batch_size: int = Field(
-        default=2000, ge=1, le=100_000, description="Most rows one transaction writes."
+        default=2000,
+        ge=1,
+        le=100_000,
+        description="Most rows one transaction writes (rows).",
     )
 
 
 class Sink(Model):
     """Where results go: exactly one of kafka, stdout or postgres."""
 
-    model_config = with_cel(
-        cel(
-            "(has(self.kafka) ? 1 : 0) + (has(self.stdout) ? 1 : 0) + "
-            "(has(self.postgres) ? 1 : 0) == 1",
-            "sink needs exactly one of kafka, stdout or postgres",
-        )
+    kafka: KafkaSink | None = Field(default=None, description="Write results to a Kafka topic.")
+    stdout: StdoutSink | None = Field(
+        default=None, description="Print results on the workers' standard output (demos)."
     )
-
-    kafka: KafkaSink | None = Field(default=None, description="A Kafka topic.")
-    stdout: StdoutSink | None = Field(default=None, description="Standard output.")
     postgres: PostgresSink | None = Field(
         default=None, description="A PostgreSQL table (idempotent upserts)."
     )
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Sink:
-        if sum(s is not None for s in (self.kafka, self.stdout, self.postgres)) != 1:
-            raise ValueError("sink needs exactly one of kafka, stdout or postgres")
-        return self
 
 
 class DeadLetter(Model):
     """Records that fail (decoding, expressions, the user function, too late) go here."""
 
-    topic: str = Field(pattern=_TOPIC, description="Dead-letter topic.")
+    topic: str = Field(
+        pattern=_TOPIC,
+        description=(
+            "Topic failed records are written to, with headers naming the error; must be "
+            "neither a source topic nor the sink topic."
+        ),
+    )
     bootstrap_servers: str | None = Field(
         default=None, max_length=2048, description="The source's cluster when omitted."
     )
@@ -347,19 +359,6 @@ class DeadLetter(Model):
 class Autoscaling(Model):
     """How the number of workers follows consumer lag."""
 
-    model_config = with_cel(
-        cel(
-            "self.minReplicas <= self.maxReplicas",
-            "minReplicas must be less than or equal to maxReplicas",
-            ".minReplicas",
-        ),
-        cel(
-            "self.mode != 'hpa' || self.minReplicas >= 1",
-            "hpa mode cannot scale to zero: use builtin or keda for minReplicas 0",
-            ".minReplicas",
-        ),
-    )
-
     mode: Literal["builtin", "hpa", "keda", "none"] = Field(
         default="builtin",
         description=(
@@ -369,7 +368,12 @@ class Autoscaling(Model):
             "spec.replicas (and `kubectl scale`)."
         ),
     )
-    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest workers (0 allowed).")
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Fewest workers (0 lets builtin and keda scale to zero; hpa needs 1).",
+    )
     max_replicas: int = Field(
         default=10,
         ge=1,
@@ -377,10 +381,12 @@ class Autoscaling(Model):
         description="Most workers; never more than the source's partition count is used.",
     )
     lag_per_replica: int = Field(
-        default=1000, ge=1, description="Target lag (records) each worker should carry."
+        default=1000, ge=1, description="Target lag each worker should carry (records)."
     )
     activation_lag: int = Field(
-        default=1, ge=0, description="Lag above which a pipeline at zero replicas wakes up."
+        default=1,
+        ge=0,
+        description="Lag above which a pipeline at zero replicas wakes up (records).",
     )
     scale_down_stabilization: Duration = Field(
         default="300s",
@@ -390,15 +396,23 @@ class Autoscaling(Model):
         default="600s",
         description="With minReplicas 0: no lag and no input this long scales to zero.",
     )
-    poll_interval: Duration = Field(default="15s", description="How often lag is measured.")
+    poll_interval: Duration = Field(
+        default="15s", description="How often lag is measured (builtin mode)."
+    )
 
 
 class CheckpointVolume(Model):
     """The PersistentVolumeClaim that holds checkpoints, shared by all workers."""
 
-    size: str = Field(default="1Gi", pattern=_QUANTITY, description="Requested size, e.g. 1Gi.")
+    size: Quantity = Field(
+        default="1Gi",
+        description="Requested size of the volume, a Kubernetes quantity such as 1Gi or 500Mi.",
+    )
     storage_class_name: str | None = Field(
-        default=None, description="StorageClass; the cluster default when omitted."
+        default=None,
+        pattern=DNS1123_SUBDOMAIN,
+        max_length=253,
+        description="StorageClass of the volume; the cluster's default class when omitted.",
     )
     access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
         # A static default (pydantic copies it per instance), not a factory: the CRD needs
@@ -416,9 +430,16 @@ class CheckpointVolume(Model):
 class Checkpoint(Model):
     """How often state and offsets are checkpointed, and where."""
 
-    interval: Duration = Field(default="10s", description="Checkpoint interval.")
+    interval: Duration = Field(
+        default="10s",
+        description=(
+            "How often each worker writes its state and offsets; a crash replays at most "
+            "this much input."
+        ),
+    )
     volume: CheckpointVolume = Field(
-        default_factory=CheckpointVolume, description="The checkpoint volume."
+        default_factory=CheckpointVolume,
+        description="The PersistentVolumeClaim the checkpoints are written to.",
     )
 
 
@@ -428,50 +449,71 @@ class Checkpoint(Model):
 class SecretEnv(Model):
     """One environment variable from a Secret key."""
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Variable name.")
-    key: str = Field(min_length=1, description="Key in the Secret.")
+    name: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        max_length=253,
+        description=(
+            "Name of the environment variable; names starting with STREAMHERD_ are the operator's."
+        ),
+    )
+    key: str = Field(
+        min_length=1, max_length=253, description="Key of the Secret whose value it gets."
+    )
 
 
 class SecretMount(Model):
     """A Secret made available to the workers (for user functions)."""
 
-    model_config = with_cel(
-        cel(
-            "has(self.mountPath) || (has(self.env) && size(self.env) > 0)",
-            "a secret needs a mountPath or env entries",
-        )
+    secret_name: str = Field(
+        pattern=_NAME,
+        max_length=253,
+        description="Name of the Secret, in the pipeline's namespace.",
     )
-
-    secret_name: str = Field(pattern=_NAME, max_length=253, description="Secret name.")
     mount_path: str | None = Field(
-        default=None, pattern=r"^/", description="Mount the Secret's keys as files here."
+        default=None,
+        pattern=MOUNT_PATH,
+        max_length=1024,
+        description=(
+            "Absolute directory where the Secret's keys appear as files (read-only); not "
+            "/etc/streamherd, /var/lib/streamherd/checkpoints or /tmp, nor above or inside them."
+        ),
     )
     env: list[SecretEnv] | None = Field(
-        default=None, description="Expose keys as environment variables."
+        default=None,
+        max_length=64,
+        description="Keys of the Secret exposed as environment variables.",
     )
-
-    @model_validator(mode="after")
-    def _something(self) -> SecretMount:
-        if self.mount_path is None and not self.env:
-            raise ValueError("a secret needs a mountPath or env entries")
-        return self
 
 
 class Resources(Model):
     """Compute resources of each worker container."""
 
-    requests: dict[str, str] = Field(
-        default_factory=lambda: {"cpu": "250m", "memory": "256Mi"}, description="Requests."
+    requests: dict[str, Quantity] = Field(
+        default_factory=lambda: {"cpu": "250m", "memory": "256Mi"},
+        max_length=16,
+        description=(
+            "What the scheduler reserves for each worker: resource name (cpu, memory, "
+            "ephemeral-storage, ...) -> Kubernetes quantity (250m, 1.5, 256Mi)."
+        ),
     )
-    limits: dict[str, str] = Field(
-        default_factory=lambda: {"memory": "512Mi"}, description="Limits."
+    limits: dict[str, Quantity] = Field(
+        default_factory=lambda: {"memory": "512Mi"},
+        max_length=16,
+        description=(
+            "The most each worker may use: resource name -> Kubernetes quantity; a request "
+            "may not exceed its limit."
+        ),
     )
 
 
 class PodOverrides(Model):
     """Scheduling and identity of the worker pods."""
 
-    node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector.")
+    node_selector: dict[str, Annotated[str, Field(pattern=LABEL_VALUE, max_length=63)]] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Node labels a node must have to run the workers (label key -> value).",
+    )
     tolerations: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Tolerations (core/v1 Toleration objects).",
@@ -485,24 +527,52 @@ class PodOverrides(Model):
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     service_account_name: str | None = Field(
-        default=None, pattern=_NAME, description="ServiceAccount of the worker pods."
+        default=None,
+        pattern=DNS1123_SUBDOMAIN,
+        max_length=253,
+        description="ServiceAccount the worker pods run as; the namespace's default when omitted.",
     )
-    priority_class_name: str | None = Field(default=None, description="PriorityClass.")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
+    priority_class_name: str | None = Field(
+        default=None,
+        pattern=DNS1123_SUBDOMAIN,
+        max_length=253,
+        description="PriorityClass of the worker pods (a DNS subdomain name).",
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Extra annotations of the worker pods (the operator's own keys win).",
+    )
+    labels: dict[str, Annotated[str, Field(pattern=LABEL_VALUE, max_length=63)]] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Extra labels of the worker pods (the operator's own labels win).",
+    )
     termination_grace_period_seconds: int = Field(
-        default=30, ge=1, le=3600, description="Time a worker has to checkpoint on shutdown."
+        default=30,
+        ge=1,
+        le=3600,
+        description="Time a worker has to checkpoint and exit on shutdown (seconds).",
     )
 
 
 class Monitoring(Model):
     """Prometheus integration (needs the monitoring.coreos.com API in the cluster)."""
 
-    service_monitor: bool = Field(default=True, description="Create a ServiceMonitor.")
-    prometheus_rule: bool = Field(default=True, description="Create a PrometheusRule.")
-    scrape_interval: Duration = Field(default="30s", description="Scrape interval.")
+    service_monitor: bool = Field(
+        default=True,
+        description="Create a ServiceMonitor so Prometheus scrapes the workers' metrics.",
+    )
+    prometheus_rule: bool = Field(
+        default=True, description="Create a PrometheusRule with the pipeline's alerts."
+    )
+    scrape_interval: Duration = Field(
+        default="30s", description="How often Prometheus scrapes each worker."
+    )
     lag_alert_threshold: int = Field(
-        default=100_000, ge=1, description="Alert when total lag stays above this."
+        default=100_000,
+        ge=1,
+        description="Alert when the total lag stays above this many records.",
     )
     checkpoint_age_alert: Duration = Field(
         default="10m", description="Alert when the newest checkpoint is older than this."
@@ -512,75 +582,14 @@ class Monitoring(Model):
 # --------------------------------------------------------------------------- spec/status
 
 
-#: The CEL twin of exactly_once_spec_problem (StreamPipelineSpec's rules).
-EXACTLY_ONCE_RULE = (
-    "self.delivery != 'exactlyOnce' || (has(self.source.kafka) && has(self.sink.kafka) && "
-    "(!has(self.sink.kafka.bootstrapServers) || "
-    "self.sink.kafka.bootstrapServers == self.source.kafka.bootstrapServers) && "
-    "!has(self.sink.kafka.auth) && (!has(self.deadLetter) || "
-    "!has(self.deadLetter.bootstrapServers) || "
-    "self.deadLetter.bootstrapServers == self.source.kafka.bootstrapServers))"
-)
-
-
 class StreamPipelineSpec(Model):
     """The desired state of a stream-processing pipeline."""
-
-    model_config = with_cel(
-        cel(
-            "!has(self.sink.kafka) || !has(self.source.kafka) || "
-            "!(self.sink.kafka.topic in self.source.kafka.topics) || "
-            "(has(self.sink.kafka.bootstrapServers) && "
-            "self.sink.kafka.bootstrapServers != self.source.kafka.bootstrapServers)",
-            "sink.kafka.topic must not be one of source.kafka.topics (a feedback loop)",
-            ".sink.kafka.topic",
-        ),
-        cel(
-            "!has(self.deadLetter) || !has(self.source.kafka) || "
-            "!(self.deadLetter.topic in self.source.kafka.topics)",
-            "deadLetter.topic must not be one of source.kafka.topics",
-            ".deadLetter.topic",
-        ),
-        cel(
-            "!has(self.deadLetter) || has(self.source.kafka) || "
-            "has(self.deadLetter.bootstrapServers)",
-            "deadLetter.bootstrapServers is required when the source is not Kafka",
-            ".deadLetter",
-        ),
-        cel(
-            "!has(self.sink.kafka) || has(self.source.kafka) || "
-            "has(self.sink.kafka.bootstrapServers)",
-            "sink.kafka.bootstrapServers is required when the source is not Kafka",
-            ".sink.kafka",
-        ),
-        cel(
-            "!has(self.sink.postgres) || (has(self.processor) && has(self.processor.steps) && "
-            "self.processor.steps.exists(s, has(s.window))) || (has(self.sink.postgres.columns) "
-            "&& has(self.sink.postgres.keyColumns) && !self.sink.postgres.createTable)",
-            "sink.postgres without a window step needs columns and keyColumns, and no createTable",
-            ".sink.postgres",
-        ),
-        cel(
-            EXACTLY_ONCE_RULE,
-            "delivery exactlyOnce needs a Kafka source and a Kafka sink and dead-letter topic "
-            "on the source's cluster with the source's auth",
-            ".delivery",
-        ),
-        cel(
-            "self.checkpoint.volume.accessModes.all(m, m == 'ReadWriteMany') || "
-            "(self.autoscaling.mode == 'none' ? self.replicas <= 1 : "
-            "self.autoscaling.maxReplicas <= 1)",
-            "a ReadWriteOnce checkpoint volume cannot be shared by several workers: "
-            "use ReadWriteMany or at most 1 replica",
-            ".checkpoint.volume.accessModes",
-        ),
-    )
 
     source: Source = Field(description="Where records come from.")
     processor: ProcessorConfig = Field(
         default_factory=ProcessorConfig, description="What is done to each record."
     )
-    sink: Sink = Field(description="Where results go.")
+    sink: Sink = Field(description="Where the results go: Kafka, stdout or PostgreSQL.")
     dead_letter: DeadLetter | None = Field(
         default=None,
         description="Where failed records go; without it they are counted and dropped.",
@@ -589,12 +598,16 @@ class StreamPipelineSpec(Model):
         default=1,
         ge=0,
         le=1000,
-        description="Workers when autoscaling.mode is none (the scale subresource).",
+        description="Workers when autoscaling.mode is none (`kubectl scale` sets it).",
     )
     autoscaling: Autoscaling = Field(
-        default_factory=Autoscaling, description="Lag-driven autoscaling."
+        default_factory=Autoscaling,
+        description="How the number of workers follows the consumer lag.",
     )
-    checkpoint: Checkpoint = Field(default_factory=Checkpoint, description="Checkpoints.")
+    checkpoint: Checkpoint = Field(
+        default_factory=Checkpoint,
+        description="How often state and offsets are checkpointed, and on which volume.",
+    )
     secrets: list[SecretMount] = Field(
         default_factory=list,
         max_length=32,
@@ -607,13 +620,23 @@ class StreamPipelineSpec(Model):
         "built FROM the streamherd image (for user functions).",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
-        default="IfNotPresent", description="imagePullPolicy."
+        default="IfNotPresent",
+        description="When the kubelet pulls the worker image: Always, IfNotPresent or Never.",
     )
-    resources: Resources = Field(default_factory=Resources, description="Worker resources.")
-    pod: PodOverrides = Field(default_factory=PodOverrides, description="Pod overrides.")
-    monitoring: Monitoring = Field(default_factory=Monitoring, description="Monitoring.")
+    resources: Resources = Field(
+        default_factory=Resources,
+        description="CPU and memory requests and limits of each worker container.",
+    )
+    pod: PodOverrides = Field(
+        default_factory=PodOverrides,
+        description="Scheduling and identity of the worker pods (node selector, labels, ...).",
+    )
+    monitoring: Monitoring = Field(
+        default_factory=Monitoring,
+        description="Prometheus objects (ServiceMonitor, PrometheusRule) and alert thresholds.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        default="info", description="Worker log level."
+        default="info", description="Least severe level the workers log."
     )
     suspend: bool = Field(
         default=False,
@@ -631,61 +654,6 @@ class StreamPipelineSpec(Model):
             "when their transaction commits (checkpoint.interval)."
         ),
     )
-
-    @model_validator(mode="after")
-    def _cross_field(self) -> StreamPipelineSpec:
-        a = self.autoscaling
-        if a.min_replicas > a.max_replicas:
-            raise ValueError("autoscaling.minReplicas must be less than or equal to maxReplicas")
-        if a.mode == "hpa" and a.min_replicas < 1:
-            raise ValueError("autoscaling: hpa mode cannot scale to zero")
-        src, sink = self.source.kafka, self.sink.kafka
-        if (
-            src
-            and sink
-            and sink.topic in src.topics
-            and (sink.bootstrap_servers in (None, src.bootstrap_servers))
-        ):
-            raise ValueError("sink.kafka.topic must not be one of source.kafka.topics")
-        if src and self.dead_letter and self.dead_letter.topic in src.topics:
-            raise ValueError("deadLetter.topic must not be one of source.kafka.topics")
-        if src is None and sink is not None and sink.bootstrap_servers is None:
-            raise ValueError("sink.kafka.bootstrapServers is required when the source is not Kafka")
-        if src is None and self.dead_letter and self.dead_letter.bootstrap_servers is None:
-            raise ValueError("deadLetter.bootstrapServers is required when the source is not Kafka")
-        pg = self.sink.postgres
-        windowed = any(step.window is not None for step in self.processor.steps)
-        if (
-            pg is not None
-            and not windowed
-            and (pg.columns is None or pg.key_columns is None or pg.create_table)
-        ):
-            raise ValueError(
-                "sink.postgres without a window step needs columns and keyColumns, "
-                "and no createTable"
-            )
-        if pg is not None and (pg.columns is not None or pg.key_columns is not None):
-            fields = postgres_result_fields(self)
-            unknown = [c for c in pg.columns or [] if fields is not None and c not in fields]
-            if unknown:
-                raise ValueError(f"sink.postgres: columns {unknown} are not window result fields")
-            columns = pg.columns or list(fields or [])
-            missing = [k for k in pg.key_columns or WINDOW_KEY_COLUMNS if k not in columns]
-            if missing:
-                raise ValueError(f"sink.postgres: key columns {missing} are not written columns")
-        if self.delivery == "exactlyOnce":
-            problem = exactly_once_spec_problem(self)
-            if problem is not None:
-                raise ValueError(f"delivery exactlyOnce: {problem}")
-        shared = all(m == "ReadWriteMany" for m in self.checkpoint.volume.access_modes)
-        most = self.replicas if a.mode == "none" else a.max_replicas
-        if not shared and most > 1:
-            raise ValueError(
-                "a ReadWriteOnce checkpoint volume cannot be shared by several workers"
-            )
-        for d in (a.scale_down_stabilization, a.idle_timeout, a.poll_interval):
-            parse_duration(d)
-        return self
 
 
 def exactly_once_spec_problem(spec: StreamPipelineSpec) -> str | None:
@@ -716,7 +684,7 @@ class Condition(Model):
 
     type: str = Field(description="Ready, Progressing, Degraded, MonitoringAvailable, ...")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: str = Field(default="", description="CamelCase reason.")
+    reason: str = Field(default="", description="Why the status is what it is, in CamelCase.")
     message: str = Field(default="", description="What happened and what to do.")
     last_transition_time: str | None = Field(
         default=None, description="When status last changed (RFC 3339)."
@@ -736,18 +704,25 @@ class StreamPipelineStatus(Model):
         Field(default=None, description="A one-word summary; see conditions for details.")
     )
     replicas: int | None = Field(default=None, description="Worker pods (from the Deployment).")
-    ready_replicas: int | None = Field(default=None, description="Ready worker pods.")
+    ready_replicas: int | None = Field(
+        default=None, description="Worker pods that pass their readiness probe."
+    )
     desired_replicas: int | None = Field(default=None, description="What the autoscaler wants.")
     selector: str | None = Field(
         default=None, description="Label selector of the worker pods (scale subresource)."
     )
     lag: int | None = Field(default=None, description="Total consumer lag (records).")
-    last_scale_time: str | None = Field(default=None, description="Last scaling decision.")
+    last_scale_time: str | None = Field(
+        default=None, description="When the autoscaler last changed the replicas (RFC 3339)."
+    )
     last_scale_reason: str | None = Field(default=None, description="Why it was made.")
     input_hash: str | None = Field(
         default=None, description="Hash of the desired children last applied."
     )
-    conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Progressing, Degraded and MonitoringAvailable, with reasons.",
+    )
 
 
 class StreamPipeline(Model):

@@ -35,9 +35,11 @@ from prometheus_client import Counter, Gauge
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION, StreamPipeline
 from streamherd.operator.autoscaling.decision import NO_DATA, STEADY
 from streamherd.operator.autoscaling.poller import Autoscaler, ScaleResult
+from streamherd.operator.kafkalogging import KafkaLog
 from streamherd.operator.kube import ApiError, KubeApi, Manifest
+from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.config import parse_duration
-from streamherd.workers.lagprobe import ClusterConfig
+from streamherd.workers.lagprobe import ClusterConfig, LagProbe
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +144,7 @@ class AutoscalerState:
     task: asyncio.Task[None] | None = None
     # The parsed pipeline per key and resourceVersion: an idle pipeline's body does not
     # change between polls, and parsing it with the models was most of the idle CPU.
-    parsed: dict[Key, tuple[str, StreamPipeline]] = field(default_factory=dict)
+    parsed: dict[Key, tuple[str, StreamPipeline | None]] = field(default_factory=dict)
 
     def managed(self) -> Iterable[tuple[Key, float]]:
         return list(self.intervals.items())
@@ -157,15 +159,25 @@ class AutoscalerState:
             self.intervals[key] = interval
 
 
+def valid_pipeline(body: Manifest) -> StreamPipeline | None:
+    """The pipeline model of `body`, or None when the reconciler refuses it (the same rule
+    set: operator/validation.py): the autoscaler leaves such a pipeline alone, quietly,
+    since its status already says what is wrong."""
+    pipeline, problems = parse_pipeline({k: v for k, v in body.items() if k != "status"})
+    if pipeline is None or problems:
+        return None
+    return StreamPipeline.model_validate(body)
+
+
 def parse_cached(
-    body: Manifest, key: Key, cache: dict[Key, tuple[str, StreamPipeline]]
-) -> StreamPipeline:
-    """The pipeline model of `body`, parsed once per resourceVersion."""
+    body: Manifest, key: Key, cache: dict[Key, tuple[str, StreamPipeline | None]]
+) -> StreamPipeline | None:
+    """valid_pipeline(body), parsed once per resourceVersion."""
     version = str((body.get("metadata") or {}).get("resourceVersion") or "")
     hit = cache.get(key)
     if version and hit is not None and hit[0] == version:
         return hit[1]
-    pipeline = StreamPipeline.model_validate(body)
+    pipeline = valid_pipeline(body)
     if version:
         cache[key] = (version, pipeline)
     return pipeline
@@ -175,7 +187,7 @@ async def scale_once(
     ctx: Any,
     autoscaler: Autoscaler,
     key: Key,
-    parsed: dict[Key, tuple[str, StreamPipeline]] | None = None,
+    parsed: dict[Key, tuple[str, StreamPipeline | None]] | None = None,
 ) -> ScaleResult | None:
     """One autoscaling round for one pipeline (``ctx``: the operator's OperatorContext;
     ``parsed``: a cache of parsed pipelines, see :func:`parse_cached`)."""
@@ -192,9 +204,9 @@ async def scale_once(
     body = await _read(kube, pool, f"{GROUP}/{VERSION}", KIND, namespace, name)
     if body is None or wants_builtin(body) is None:
         return None
-    pipeline = (
-        StreamPipeline.model_validate(body) if parsed is None else parse_cached(body, key, parsed)
-    )
+    pipeline = valid_pipeline(body) if parsed is None else parse_cached(body, key, parsed)
+    if pipeline is None:
+        return None  # invalid: the reconciler's status says why; nothing to scale
     dep = await _read(kube, pool, "apps/v1", "Deployment", namespace, name)
     spec_replicas = int(((dep or {}).get("spec") or {}).get("replicas") or 0)
     status = body.get("status") or {}
@@ -241,6 +253,11 @@ async def _read(kube: Any, pool: Any, *ref: str) -> Manifest | None:
     return got
 
 
+def logged_probe(cluster: ClusterConfig) -> LagProbe:
+    """A lag probe whose librdkafka lines go through our logger (operator/kafkalogging.py)."""
+    return LagProbe(cluster, extra_config={"logger": KafkaLog(cluster.describe())})
+
+
 def register_autoscaler(
     registry: Any, *, index_events: bool = True, **autoscaler_kwargs: Any
 ) -> AutoscalerState:
@@ -263,8 +280,9 @@ def register_autoscaler(
     @kopf.on.startup(id="autoscaler-start", registry=registry)
     async def start(memo: kopf.Memo, **_: Any) -> None:
         ctx = memo["ctx"]
+        kwargs = {"probe_factory": logged_probe, **autoscaler_kwargs}
         autoscaler = Autoscaler(
-            resolve_cluster=lambda p: cluster_from_secrets(ctx.kube, p), **autoscaler_kwargs
+            resolve_cluster=lambda p: cluster_from_secrets(ctx.kube, p), **kwargs
         )
         state.autoscaler = autoscaler
 

@@ -134,7 +134,7 @@ def build_deployment(
 ) -> Manifest:
     """The worker Deployment `NAME`.
 
-    `secrets_hash` is the SHA-256 of the referenced Secrets' data (computed by the
+    `secrets_hash` is the hash of the referenced Secrets' versions (computed by the
     reconciler from the live Secrets); it goes into the pod template so a rotation rolls
     the workers. The data itself never reaches this function.
     """

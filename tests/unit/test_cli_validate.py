@@ -167,3 +167,16 @@ def test_help_mentions_the_warning(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["validate", "--help"])
     assert "keyed by the window's keyBy" in " ".join(capsys.readouterr().out.split())
+
+
+def test_an_unquoted_exponent_is_a_number_as_kubectl_reads_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`2e3` unquoted is a float for kubectl (go-yaml) and so for validate: not a quantity."""
+    text = yaml.safe_dump(example("01-clicks-local")) + "  resources:\n    requests:\n"
+    path = tmp_path / "p.yaml"
+    path.write_text(text + "      memory: 2e3\n")
+    assert main(["validate", str(path)]) == 1
+    assert "spec.resources.requests.memory" in capsys.readouterr().err
+    path.write_text(text + "      memory: '2e3'\n")
+    assert main(["validate", str(path)]) == 0

@@ -16,6 +16,7 @@ from streamherd.operator.api.v1alpha1 import StreamPipeline, exactly_once_spec_p
 from streamherd.operator.builders.keying import repartition_topic
 from streamherd.operator.builders.worker_config import build_worker_config
 from streamherd.operator.settings import OperatorSettings
+from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.config import WorkerConfig
 
 WINDOW = {
@@ -38,7 +39,7 @@ BASE: dict[str, Any] = {
 }
 
 
-def pipeline(**spec: Any) -> StreamPipeline:
+def document(**spec: Any) -> dict[str, Any]:
     doc = copy.deepcopy(BASE)
     for path, value in spec.items():
         node = doc["spec"]
@@ -46,7 +47,15 @@ def pipeline(**spec: Any) -> StreamPipeline:
         for key in keys[:-1]:
             node = node.setdefault(key, {})
         node[keys[-1]] = value
-    return StreamPipeline.model_validate(doc)
+    return doc
+
+
+def pipeline(**spec: Any) -> StreamPipeline:
+    """The pipeline as validate and the operator parse it (schema, then the rule set)."""
+    parsed, problems = parse_pipeline(document(**spec))
+    if parsed is None or problems:
+        raise ValueError("; ".join(problems))
+    return parsed
 
 
 def test_exactly_once_renders_into_the_worker_config() -> None:
@@ -75,8 +84,10 @@ def test_exactly_once_renders_into_the_worker_config() -> None:
 def test_exactly_once_that_no_transaction_can_hold_is_refused(
     change: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(ValueError, match=r"spec\.delivery: delivery exactlyOnce needs"):
         pipeline(delivery="exactlyOnce", **change)
+    spec = StreamPipeline.model_validate(document(delivery="exactlyOnce", **change)).spec
+    assert message in (exactly_once_spec_problem(spec) or "")
     pipeline(**change)  # the same pipeline at least once is fine
 
 
@@ -128,6 +139,22 @@ def test_repartition_is_decided_from_the_manifest(
         assert config.repartition is not None and config.repartition.topic == topic
     else:
         assert config.repartition is None
+
+
+def test_repartition_always_needs_a_kafka_source_and_idleness_a_positive_timeout() -> None:
+    generator = {
+        "source": {"generator": {"count": 10}},
+        "sink__kafka__bootstrapServers": "k:9092",
+        "deadLetter__bootstrapServers": "k:9092",
+    }
+    pipeline(**generator)
+    with pytest.raises(ValueError, match="repartition always needs a Kafka source"):
+        pipeline(
+            **generator,
+            processor={"steps": [{"window": {**WINDOW["window"], "repartition": "always"}}]},
+        )
+    with pytest.raises(ValueError, match="idleTimeout must be longer than 0s"):
+        pipeline(source__kafka__idleTimeout="0s")
 
 
 def test_idle_timeout_defaults_to_30s_and_null_turns_it_off() -> None:

@@ -8,16 +8,26 @@ pipelines that become, stay or stop being builtin-managed.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import yaml
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.autoscaling.decision import STEADY, Decision
-from streamherd.operator.autoscaling.handlers import AutoscalerState, parse_cached, status_patch
+from streamherd.operator.autoscaling.handlers import (
+    AutoscalerState,
+    parse_cached,
+    scale_once,
+    status_patch,
+)
 from streamherd.operator.autoscaling.poller import ScaleResult
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -38,7 +48,7 @@ def test_a_steady_decision_with_the_same_lag_writes_nothing_poll_after_poll() ->
 
 
 def test_the_parsed_pipeline_is_reused_until_its_resource_version_moves() -> None:
-    cache: dict[tuple[str, str], tuple[str, StreamPipeline]] = {}
+    cache: dict[tuple[str, str], tuple[str, StreamPipeline | None]] = {}
     body = example()
     first = parse_cached(body, KEY, cache)
     assert parse_cached(copy.deepcopy(body), KEY, cache) is first
@@ -46,6 +56,7 @@ def test_the_parsed_pipeline_is_reused_until_its_resource_version_moves() -> Non
     body["spec"]["autoscaling"]["maxReplicas"] = 3
     second = parse_cached(body, KEY, cache)
     assert second is not first
+    assert second is not None
     assert second.spec.autoscaling.max_replicas == 3
     # no resourceVersion (a body built by hand): parsed every time, never cached
     body["metadata"].pop("resourceVersion")
@@ -69,3 +80,39 @@ def test_the_index_follows_builtin_pipelines_and_forgets_the_rest() -> None:
     state.track("MODIFIED", KEY, body)
     state.track("DELETED", KEY, body)
     assert dict(state.managed()) == {}
+
+
+def test_an_invalid_pipeline_is_parsed_once_to_none() -> None:
+    cache: dict[tuple[str, str], tuple[str, StreamPipeline | None]] = {}
+    body = example()
+    body["spec"]["checkpoint"]["interval"] = "0s"  # the schema takes it, the rules do not
+    assert parse_cached(body, KEY, cache) is None
+    assert cache[KEY] == ("41", None)
+
+
+class _NeverScale:
+    async def evaluate(self, *_: Any, **__: Any) -> Any:
+        raise AssertionError("an invalid pipeline was evaluated")
+
+
+class _Kube:
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Any:
+        return copy.deepcopy(self.body) if kind == "StreamPipeline" else None
+
+
+def test_the_autoscaler_leaves_invalid_pipelines_alone_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    body = example()
+    body["metadata"]["name"] = "clicks.v2"  # the API server takes it; the CEL rule does not
+    ctx = SimpleNamespace(kube=_Kube(body), executor=ThreadPoolExecutor(1))
+    state = AutoscalerState()
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(3):
+            result = asyncio.run(scale_once(ctx, _NeverScale(), KEY, state.parsed))  # type: ignore[arg-type]
+            assert result is None
+    ctx.executor.shutdown()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -11,12 +11,15 @@ tests/integration/operator/.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.kube import SecretVersion
 from streamherd.operator.settings import OperatorSettings
 
 Manifest = dict[str, Any]
@@ -112,6 +115,15 @@ class FakeKube:
     def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         data = self.secrets.get((namespace, name))
         return dict(data) if data is not None else None
+
+    def secret_version(self, namespace: str, name: str) -> SecretVersion | None:
+        """A version that moves when the test changes the Secret (as a resourceVersion
+        would); the fake derives it from the content, the real server counts writes."""
+        data = self.secrets.get((namespace, name))
+        if data is None:
+            return None
+        version = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+        return SecretVersion(keys=frozenset(data), version=f"uid-{name}/{version}")
 
     # test conveniences
     def roll_out(self, name: str, namespace: str = "default") -> None:

@@ -112,6 +112,30 @@ def test_render_refuses_invalid_manifests(tmp_path: Path) -> None:
     assert "spec.replicas" in err.getvalue()
 
 
+def test_render_reports_what_no_rule_caught_instead_of_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: Any, **__: Any) -> list[dict[str, Any]]:
+        raise ValueError("keda mode needs a Kafka source")
+
+    monkeypatch.setattr("streamherd.operator.rendering.build_all", broken)
+    out, err = io.StringIO(), io.StringIO()
+    assert (
+        render_files([write(tmp_path, example_doc("01-clicks-local"))], None, None, out, err) == 1
+    )
+    assert "cannot build this StreamPipeline: keda mode needs a Kafka source" in err.getvalue()
+
+
+def test_render_refuses_keda_with_a_generator_naming_the_field(tmp_path: Path) -> None:
+    doc = example_doc("01-clicks-local")
+    doc["spec"]["autoscaling"] = {"mode": "keda", "minReplicas": 0}
+    doc["spec"]["checkpoint"] = {"interval": "0s"}
+    out, err = io.StringIO(), io.StringIO()
+    assert render_files([write(tmp_path, doc)], None, None, out, err) == 1
+    assert "spec.autoscaling.mode: autoscaling.mode keda needs a Kafka source" in err.getvalue()
+    assert "spec.checkpoint.interval: interval must be longer than 0s" in err.getvalue()
+
+
 def _run_args(file: str, tmp_path: Path, **kw: Any) -> argparse.Namespace:
     defaults: dict[str, Any] = {
         "file": file,

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from streamherd.operator.api import v1alpha1
 from streamherd.operator.api.crd import build_crd, crd_yaml
+from streamherd.workers import config as worker_config
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD_FILE = ROOT / "crds" / "streampipelines.streamherd.io.yaml"
@@ -47,16 +48,37 @@ def test_every_property_is_described() -> None:
 
 
 def _models_with_cross_field_validators() -> list[type[BaseModel]]:
+    """Models that still check a rule in a pydantic validator: the engine's own (the
+    WorkerConfig contract, workers/config.py), whose step models the CRD reuses. The API's
+    cross-field rules are in operator/api/rules.py (each once: test_rules.py)."""
     found = []
-    for _, obj in inspect.getmembers(v1alpha1, inspect.isclass):
-        if (
-            issubclass(obj, BaseModel)
-            and obj.__module__ == v1alpha1.__name__
-            and obj.__pydantic_decorators__.model_validators
-            and obj is not v1alpha1.StreamPipeline
-        ):
-            found.append(obj)
+    for module in (v1alpha1, worker_config):
+        for _, obj in inspect.getmembers(module, inspect.isclass):
+            if (
+                issubclass(obj, BaseModel)
+                and obj.__module__ == module.__name__
+                and obj.__pydantic_decorators__.model_validators
+                and obj is not v1alpha1.StreamPipeline
+                and _in_crd(obj)
+            ):
+                found.append(obj)
     return found
+
+
+def _in_crd(model: type[BaseModel]) -> bool:
+    """Whether the StreamPipeline schema uses this model (the WorkerConfig-only ones not)."""
+    return model.__name__ in v1alpha1.StreamPipelineSpec.model_json_schema().get("$defs", {})
+
+
+def test_the_api_models_check_no_rule_of_their_own() -> None:
+    """Every cross-field rule of the API is one declaration in operator/api/rules.py."""
+    assert [
+        m.__name__
+        for _, m in inspect.getmembers(v1alpha1, inspect.isclass)
+        if issubclass(m, BaseModel)
+        and m.__module__ == v1alpha1.__name__
+        and m.__pydantic_decorators__.model_validators
+    ] == []
 
 
 def _rules_in(node: Any) -> list[str]:
@@ -101,3 +123,41 @@ def test_crd_file_is_a_valid_crd_document() -> None:
     version = doc["spec"]["versions"][0]
     assert version["subresources"]["status"] == {}
     assert version["subresources"]["scale"]["labelSelectorPath"] == ".status.selector"
+
+
+def _fields(node: dict[str, Any], path: str = "") -> list[tuple[str, str, dict[str, Any]]]:
+    out = []
+    for name, sub in node.get("properties", {}).items():
+        out.append((f"{path}.{name}", name, sub))
+        out += _fields(sub, f"{path}.{name}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            out += _fields(node[key], f"{path}[]")
+    return out
+
+
+def _words(text: str) -> list[str]:
+    spaced = "".join(f" {c}" if c.isupper() else c for c in text)
+    return [w for w in "".join(c if c.isalnum() else " " for c in spaced.lower()).split() if w]
+
+
+EXPLAINED = [f for f in _fields(schema()) if f[1] != "metadata"]
+
+
+@pytest.mark.parametrize(("path", "name", "node"), EXPLAINED, ids=[f[0] for f in EXPLAINED])
+def test_kubectl_explain_teaches(path: str, name: str, node: dict[str, Any]) -> None:
+    """What a field does (more than its own name), its default, its format and its limits."""
+    text = node["description"]
+    purpose = text.split(" Format:")[0].split(" Default:")[0].split(" Range:")[0]
+    words = _words(purpose)
+    assert len(words) >= 4, f"{path}: {text!r} says too little"
+    assert words != _words(name), f"{path}: {text!r} repeats the field name"
+    if "default" in node:
+        assert "Default" in text or "default" in text, f"{path}: default not mentioned"
+    for limit in ("minimum", "maximum", "maxLength", "maxItems", "maxProperties"):
+        if limit in node:
+            assert str(node[limit]) in text, f"{path}: {limit} {node[limit]} not mentioned"
+    if "pattern" in node:
+        assert "Format:" in text, f"{path}: format not mentioned"
+    if "enum" in node:
+        assert all(str(v) in text for v in node["enum"]), f"{path}: choices not listed"

@@ -24,7 +24,11 @@ from streamherd.workers.expressions import ExpressionError, compile_expression
         ("geo.country", {"geo": {"country": "fr"}}, "fr"),
         ("geo.city.name", {"geo": {"city": {"name": "Lyon"}}}, "Lyon"),
         ("geo.country", {"geo": "not a dict"}, None),
-        ("r['x-y']", {"r": {"x-y": 1}}, 1),
+        # r['x-y'] is the record's field x-y (docs/engine.md), not field r indexed by 'x-y'.
+        ("r['x-y']", {"x-y": 1, "r": {"x-y": 2}}, 1),
+        ("r['x-y']", {"r": {"x-y": 2}}, None),
+        ("r['a']['b']", {"a": {"b": 3}}, 3),
+        ("r.x", {"r": {"x": 4}}, 4),
         ("tags[0]", {"tags": ["a", "b"]}, "a"),
         ("tags[5]", {"tags": ["a"]}, None),
         ("lower(user) in ['ann', 'bob']", {"user": "ANN"}, True),
@@ -97,6 +101,10 @@ def test_type_errors_raise_at_evaluation() -> None:
         ("round(x, ndigits=1)", 10, "keyword arguments"),
         ("", 1, "empty"),
         ("b'bytes'", 1, "literal of type bytes"),
+        ("# status >= 500", 1, "only a comment"),
+        ("  # one\n  # two\n", 1, "only a comment"),
+        ("r[name]", 1, "r[...] takes a quoted field name"),
+        ("r[1]", 1, "r[...] takes a quoted field name"),
     ],
 )
 def test_refused_with_position(text: str, column: int, fragment: str) -> None:

@@ -1,0 +1,154 @@
+"""Every pipeline the API server accepts ends in a true status, with the real API server and
+the real operator (as the chart's ServiceAccount, conftest.py):
+
+- generated manifests (tests/manifest_strategies.py) that the API server accepts each end
+  with a phase and a Ready condition for their generation, within a bound, and the
+  operator's log holds no traceback;
+- a child the API server refuses by its content becomes Ready=False/Degraded=True with
+  reason ApplyFailed, the server's words, the generation and a Warning event, after a
+  bounded number of tries; a fixed spec recovers;
+- a pipeline only the operator can refuse (an expression) is InvalidSpec, and the builtin
+  autoscaler leaves it alone without a warning per poll.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from operator_harness import Env, wait_until
+
+from tests.invalid_manifests import KAFKA, set_path
+from tests.manifest_strategies import manifests
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
+
+STATUS_BOUND = 60.0  # seconds from apply to a phase and a Ready condition
+NUMBERS = itertools.count()
+
+
+def _accepted(env: Env, doc: dict[str, Any]) -> bool:
+    # JSON, not YAML: kubectl reads YAML 1.2 (an unquoted `2e3` is a number), PyYAML 1.1.
+    proc = env.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(doc),
+                       check=False)  # fmt: skip
+    return bool(proc.returncode == 0)
+
+
+def _settled_status(env: Env, name: str) -> dict[str, Any] | None:
+    """The status once it describes the current generation with a phase and Ready."""
+    obj = env.get("streampipeline", name)
+    if obj is None:
+        return None
+    status = obj.get("status") or {}
+    ready = [c for c in status.get("conditions") or [] if c["type"] == "Ready"]
+    generation = obj["metadata"]["generation"]
+    if (
+        status.get("phase")
+        and status.get("observedGeneration") == generation
+        and ready
+        and ready[0].get("observedGeneration") == generation
+    ):
+        return dict(status)
+    return None
+
+
+def _tracebacks(env: Env, start: int) -> list[str]:
+    text = env.operator.log_text()[start:]
+    return [line for line in text.splitlines() if "Traceback" in line]
+
+
+@pytest.fixture
+def creds(env: Env) -> Env:
+    env.secret("creds", {"k": "v"})
+    return env
+
+
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                 HealthCheck.filter_too_much])  # fmt: skip
+@given(doc=manifests())
+def test_every_accepted_pipeline_ends_in_a_status(creds: Env, doc: dict[str, Any]) -> None:
+    env = creds
+    # Only what the API server accepts counts as an example (agreement with validate on the
+    # rest is test_rules_agree.py's).
+    assume(_accepted(env, doc))
+    # A fresh name per example (the strategy's names repeat), of the same shape and length.
+    name = f"{doc['metadata']['name'][:51]}-{next(NUMBERS):03d}"
+    doc = set_path(doc, "metadata.name", name)
+    start = len(env.operator.log_text())
+    env.apply(json.dumps(doc))
+    status = wait_until(f"{name}: a phase and Ready", lambda: _settled_status(env, name),
+                        timeout=STATUS_BOUND)  # fmt: skip
+    assert status["phase"] in ("Pending", "Running", "Scaling", "Suspended", "Degraded")
+    assert _tracebacks(env, start) == []
+
+
+def _events(env: Env, name: str, reason: str) -> list[dict[str, Any]]:
+    return [
+        e for e in env.items("event")
+        if e["involvedObject"].get("name") == name and e["reason"] == reason
+    ]  # fmt: skip
+
+
+def test_a_refused_deployment_is_reported_with_the_servers_words(env: Env) -> None:
+    """The CRD cannot check a pod affinity (any object); the API server refuses one of the
+    wrong shape when the operator applies the Deployment."""
+    doc = set_path(KAFKA, "spec.pod.affinity",
+                   {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                                     {"nodeSelectorTerms": "not-a-list"}}})  # fmt: skip
+    name = doc["metadata"]["name"]
+    start = len(env.operator.log_text())
+    env.apply(doc)
+    ready = env.wait_condition(name, "Ready", "False", "ApplyFailed", timeout=STATUS_BOUND)
+    generation = env.pipeline(name)["metadata"]["generation"]
+    assert f"generation {generation}" in ready["message"]
+    assert f"Deployment/{name} refused by the API server" in ready["message"]
+    assert "nodeSelectorTerms" in ready["message"]  # the server's own words
+    degraded = env.condition(name, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ApplyFailed")
+    status = env.pipeline(name)["status"]
+    assert status["observedGeneration"] == generation and status["phase"] == "Degraded"
+    wait_until("an ApplyFailed event", lambda: _events(env, name, "ApplyFailed") or None, 30)
+    assert _tracebacks(env, start) == []
+    # Bounded: the log shows at most MAX_SERVER_ERROR_TRIES retried failures (a 5xx) or none
+    # (a 4xx) for this pipeline, then no more retries while nothing changes.
+    retried = [
+        line for line in env.operator.log_text()[start:].splitlines()
+        if name in line and ("failed temporarily" in line or "TemporaryError" in line)
+    ]  # fmt: skip
+    assert len(retried) <= 3, retried
+    # A fixed spec recovers.
+    env.kubectl("patch", "streampipeline", name, "--type=json",
+                "-p", json.dumps([{"op": "remove", "path": "/spec/pod/affinity"}]))  # fmt: skip
+    wait_until("Degraded to clear",
+               lambda: env.condition(name, "Degraded").get("status") == "False" or None,
+               timeout=STATUS_BOUND)  # fmt: skip
+    assert env.get("deployment", name) is not None
+
+
+def test_an_expression_only_the_operator_checks_is_invalid_and_not_autoscaled(env: Env) -> None:
+    doc = copy.deepcopy(KAFKA)
+    doc["spec"]["processor"]["steps"][0]["filter"] = "# status < 500"
+    doc["spec"]["autoscaling"]["pollInterval"] = "1s"
+    name = doc["metadata"]["name"]
+    start = len(env.operator.log_text())
+    env.apply(doc)
+    ready = env.wait_condition(name, "Ready", "False", "InvalidSpec", timeout=STATUS_BOUND)
+    assert "spec.processor.steps[0].filter" in ready["message"]
+    assert "only a comment" in ready["message"]
+    assert env.pipeline(name)["status"]["phase"] == "Failed"
+    # Ten poll intervals: the autoscaler neither measures nor warns about it.
+    marker = f"reconciled {env.ns}/{name}: nothing to write"
+    seen = env.operator.log_text().count(marker)
+    wait_until("two idle resyncs", lambda: env.operator.log_text().count(marker) >= seen + 2
+               or None, timeout=60)  # fmt: skip
+    lines = [
+        line for line in env.operator.log_text()[start:].splitlines()
+        if f"{env.ns}/{name}" in line and ("WARNING" in line.upper() or "ERROR" in line)
+    ]  # fmt: skip
+    assert lines == []
+    assert _tracebacks(env, start) == []

@@ -1,0 +1,140 @@
+"""The real API server with the generated CRD and `streamherd validate` agree: the same
+manifests are refused, naming the same field (operator/api/rules.py declares each rule once).
+
+No operator needed: `kubectl apply --dry-run=server` runs the CRD's schema and CEL rules.
+The operator's own check is the function validate runs (the unit tests show the reconciler
+reports its words); tests/integration/operator/test_operator_hardening.py runs the real
+operator on what the API server accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from streamherd.operator.api import rules
+from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.validation import parse_pipeline, readable_errors
+from tests.infra.controlplane import KubeCluster
+from tests.invalid_manifests import BOTH, KAFKA, LOCAL, OFFLINE_ONLY, Case, set_path
+from tests.manifest_strategies import manifests
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+
+
+@pytest.fixture(scope="module")
+def namespace(kube_cluster: KubeCluster, crd: str) -> Iterator[str]:
+    ns = f"rules-{uuid.uuid4().hex[:8]}"
+    kube_cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    yield ns
+    kube_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def server_verdict(cluster: KubeCluster, namespace: str, doc: dict[str, Any]) -> str | None:
+    """None when the API server accepts `doc` (dry run), else its message. Sent as JSON:
+    kubectl reads YAML 1.2 (an unquoted `2e3` is a number), PyYAML 1.1 (a string)."""
+    proc = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
+                           input=json.dumps(doc), check=False)  # fmt: skip
+    return None if proc.returncode == 0 else proc.stderr
+
+
+def offline_problems(doc: dict[str, Any]) -> list[str]:
+    """What validate says minus what no API server can check (an expression's grammar):
+    the schema and every rule that has a CEL form."""
+    try:
+        pipeline = StreamPipeline.model_validate(doc)
+    except ValidationError as e:
+        return readable_errors(e)
+    return rules.violations(pipeline, [r for r in rules.RULES if r.cel is not None])
+
+
+def test_the_base_manifests_are_accepted(kube_cluster: KubeCluster, namespace: str) -> None:
+    for doc in (KAFKA, LOCAL):
+        assert server_verdict(kube_cluster, namespace, doc) is None
+
+
+@pytest.mark.parametrize("case", BOTH, ids=lambda c: c.id)
+def test_both_refuse_naming_the_field(
+    kube_cluster: KubeCluster, namespace: str, case: Case
+) -> None:
+    refused = server_verdict(kube_cluster, namespace, case.doc)
+    assert refused is not None, f"{case.id}: the API server accepted it"
+    assert case.field in refused, refused
+    _, problems = parse_pipeline(case.doc)
+    assert any(case.field in p for p in problems), problems
+
+
+@pytest.mark.parametrize("case", OFFLINE_ONLY, ids=lambda c: c.id)
+def test_what_only_validate_can_check(
+    kube_cluster: KubeCluster, namespace: str, case: Case
+) -> None:
+    """An expression's grammar is beyond CEL: the API server accepts these, validate (and so
+    the operator, with InvalidSpec) refuses them naming the field."""
+    assert server_verdict(kube_cluster, namespace, case.doc) is None
+    _, problems = parse_pipeline(case.doc)
+    assert any(case.field in p for p in problems), problems
+
+
+def _fields(problems: list[str]) -> set[str]:
+    """The field paths validate names (`spec.x.y: message`), also in the API server's
+    spelling of a map entry (pydantic's `requests.cpu` is the server's `requests[cpu]`)."""
+    out = set()
+    for line in problems:
+        head = line.split(": ", 1)[0]
+        if " " in head:  # a rule about the whole object: "metadata.name must be ..."
+            out.add(line.split(" ", 1)[0])
+            continue
+        out |= {head, head.split("[")[0]}
+        parent, _, last = head.rpartition(".")
+        if parent:
+            out.add(f"{parent}[{last}]")
+    return out
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(doc=manifests())
+def test_generated_manifests_get_one_verdict(
+    kube_cluster: KubeCluster, namespace: str, doc: dict[str, Any]
+) -> None:  # fmt: skip
+    problems = offline_problems(doc)
+    refused = server_verdict(kube_cluster, namespace, doc)
+    assert (refused is not None) == bool(problems), (
+        f"validate: {problems or 'valid'}\nAPI server: {refused or 'accepted'}\n"
+        f"{yaml.safe_dump(doc)}"
+    )
+    if refused is not None:
+        named = [f for f in _fields(problems) if f in refused]
+        assert named, f"no field of {problems} in the server's answer:\n{refused}"
+
+
+QUANTITY_TEXT = st.text(alphabet="0123456789.+-eEinumkKMGTP", min_size=1, max_size=8)
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(text=QUANTITY_TEXT)
+def test_the_quantity_grammar_is_the_api_servers(
+    kube_cluster: KubeCluster, namespace: str, text: str
+) -> None:  # fmt: skip
+    """rules.parse_quantity against the API server's isQuantity (a request and its sign)."""
+    doc = set_path(KAFKA, "spec.resources", {"requests": {"cpu": text}, "limits": {}})
+    refused = server_verdict(kube_cluster, namespace, doc)
+    value = rules.parse_quantity(text)
+    assert (refused is None) == (value is not None and value >= 0), (text, value, refused)

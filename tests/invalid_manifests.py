@@ -1,0 +1,195 @@
+"""Invalid StreamPipeline manifests, each with the field its refusal must name.
+
+Shared by the unit tests (``streamherd validate`` and the operator's semantic check refuse
+each one naming the field: tests/unit/api/test_rules.py) and the integration tests (the
+real API server with the generated CRD refuses each one naming the same field:
+tests/integration/operator/test_rules_agree.py). Every case is one small edit of an example
+manifest, so it is invalid for exactly one reason.
+
+BOTH: refused by validate and by the API server. OFFLINE_ONLY: what the API server cannot
+check (an expression's grammar), refused by validate and the operator only.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(stem: str) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((EXAMPLES / f"{stem}.yaml").read_text())
+    return doc
+
+
+KAFKA = load_example("02-clicks-per-minute")
+LOCAL = load_example("01-clicks-local")
+_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def set_path(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of `doc` with `path` (`spec.secrets[0].env[1].name`) set to `value`; missing
+    maps on the way are created."""
+    doc = copy.deepcopy(doc)
+    parts: list[str | int] = [int(i) if i else str(k) for k, i in _PART.findall(path) if k or i]
+    node: Any = doc
+    for here, after in itertools.pairwise(parts):
+        if isinstance(here, int):
+            node = node[here]
+        else:
+            node = node.setdefault(here, [] if isinstance(after, int) else {})
+    node[parts[-1]] = value
+    return doc
+
+
+@dataclass(frozen=True)
+class Case:
+    """An invalid manifest and the field path its refusal names."""
+
+    id: str
+    doc: dict[str, Any]
+    field: str
+
+
+def case(id: str, base: dict[str, Any], field: str, *edits: tuple[str, Any]) -> Case:
+    doc = base
+    for path, value in edits:
+        doc = set_path(doc, path, value)
+    return Case(id, doc, field)
+
+
+W = "spec.processor.steps[1].window"  # the window step of KAFKA
+LW = "spec.processor.steps[2].window"  # the window step of LOCAL
+SECRET = {"secretName": "creds", "mountPath": "/var/run/creds"}
+
+BOTH: list[Case] = [
+    # names Kubernetes derives from the pipeline's name
+    case("name with a dot", KAFKA, "metadata.name", ("metadata.name", "clicks.v2")),
+    case("name starting with a digit", KAFKA, "metadata.name", ("metadata.name", "1clicks")),
+    case("name ending with a dash", KAFKA, "metadata.name", ("metadata.name", "clicks-")),
+    # quantities, by the API server's own grammar
+    case("cpu lots", KAFKA, "spec.resources.requests",
+         ("spec.resources.requests", {"cpu": "lots", "memory": "256Mi"})),
+    case("memory 1.5.5Gi", KAFKA, "spec.resources.limits",
+         ("spec.resources.limits", {"memory": "1.5.5Gi"})),
+    case("memory 1.2.3GiGi", KAFKA, "spec.resources.requests",
+         ("spec.resources.requests", {"memory": "1.2.3GiGi"})),
+    case("cpu with a bare exponent", KAFKA, "spec.resources.requests",
+         ("spec.resources.requests", {"cpu": "1e"})),
+    case("memory with digits after the suffix", KAFKA, "spec.resources.limits",
+         ("spec.resources.limits", {"memory": "1Gi5"})),
+    case("negative cpu", KAFKA, "spec.resources.requests",
+         ("spec.resources.requests", {"cpu": "-1"})),
+    case("request above its limit", KAFKA, "spec.resources.requests",
+         ("spec.resources.requests", {"memory": "1Gi"}),
+         ("spec.resources.limits", {"memory": "512Mi"})),
+    case("unknown resource name", KAFKA, "spec.resources.requests",
+         ("spec.resources.requests", {"gpu": "1"})),
+    case("volume size 1.5.5Gi", KAFKA, "spec.checkpoint.volume.size",
+         ("spec.checkpoint.volume.size", "1.5.5Gi")),
+    case("volume size lots", KAFKA, "spec.checkpoint.volume.size",
+         ("spec.checkpoint.volume.size", "lots")),
+    case("volume size zero", KAFKA, "spec.checkpoint.volume.size",
+         ("spec.checkpoint.volume.size", "0")),
+    # names of other objects
+    case("priority class with an underscore", KAFKA, "spec.pod.priorityClassName",
+         ("spec.pod.priorityClassName", "high_priority")),
+    case("priority class with two dots", KAFKA, "spec.pod.priorityClassName",
+         ("spec.pod.priorityClassName", "high..priority")),
+    case("storage class with a blank", KAFKA, "spec.checkpoint.volume.storageClassName",
+         ("spec.checkpoint.volume.storageClassName", "fast ssd")),
+    case("service account in capitals", KAFKA, "spec.pod.serviceAccountName",
+         ("spec.pod.serviceAccountName", "Workers")),
+    case("pod label value with a blank", KAFKA, "spec.pod.labels",
+         ("spec.pod.labels", {"team": "data eng"})),
+    case("node selector value of 64 characters", KAFKA, "spec.pod.nodeSelector",
+         ("spec.pod.nodeSelector", {"pool": "p" * 64})),
+    case("pod label key with a blank", KAFKA, "spec.pod.labels",
+         ("spec.pod.labels", {"my team": "data"})),
+    case("annotation key with two slashes", KAFKA, "spec.pod.annotations",
+         ("spec.pod.annotations", {"example.com/a/b": "x"})),
+    case("node selector key ending with a dash", KAFKA, "spec.pod.nodeSelector",
+         ("spec.pod.nodeSelector", {"pool-": "a"})),
+    # reserved output names
+    case("aggregate named key", KAFKA, f"{W}.aggregates[0].name",
+         (f"{W}.aggregates[0].name", "key")),
+    case("aggregate named window_start", KAFKA, f"{W}.aggregates[1].name",
+         (f"{W}.aggregates[1].name", "window_start")),
+    case("aggregate named window_end", LOCAL, f"{LW}.aggregates[0].name",
+         (f"{LW}.aggregates[0].name", "window_end")),
+    # topics
+    case("sink topic is the dead-letter topic", KAFKA, "spec.deadLetter.topic",
+         ("spec.deadLetter.topic", "clicks-per-minute")),
+    case("sink and dead letter on one named cluster and topic", KAFKA, "spec.deadLetter.topic",
+         ("spec.deadLetter", {"topic": "out", "bootstrapServers": "kafka-bootstrap.kafka:9092"}),
+         ("spec.sink.kafka.topic", "out")),
+    # durations
+    case("checkpoint interval 1h1h", KAFKA, "spec.checkpoint.interval",
+         ("spec.checkpoint.interval", "1h1h")),
+    case("checkpoint interval 0s", KAFKA, "spec.checkpoint.interval",
+         ("spec.checkpoint.interval", "0s")),
+    case("checkpoint interval empty", KAFKA, "spec.checkpoint.interval",
+         ("spec.checkpoint.interval", "")),
+    case("poll interval with units out of order", KAFKA, "spec.autoscaling.pollInterval",
+         ("spec.autoscaling.pollInterval", "5s1m")),
+    case("idle timeout 0s", KAFKA, "spec.autoscaling.idleTimeout",
+         ("spec.autoscaling.idleTimeout", "0s")),
+    case("scrape interval 0ms", KAFKA, "spec.monitoring.scrapeInterval",
+         ("spec.monitoring.scrapeInterval", "0ms")),
+    case("checkpoint age alert 0m", KAFKA, "spec.monitoring.checkpointAgeAlert",
+         ("spec.monitoring.checkpointAgeAlert", "0m")),
+    case("duration beyond what the API server can hold", KAFKA, "spec.checkpoint.interval",
+         ("spec.checkpoint.interval", "9999999h")),
+    case("window size 1h1h", KAFKA, f"{W}.size", (f"{W}.size", "1h1h")),
+    case("allowed lateness without a unit", KAFKA, f"{W}.allowedLateness",
+         (f"{W}.allowedLateness", "10")),
+    case("hopping window of 24h sliding by 1ms", KAFKA, f"{W}.slide",
+         (f"{W}.type", "hopping"), (f"{W}.size", "24h"), (f"{W}.slide", "1ms")),
+    # modes the source cannot serve
+    case("keda with a generator source", LOCAL, "spec.autoscaling.mode",
+         ("spec.autoscaling", {"mode": "keda", "minReplicas": 0, "maxReplicas": 1})),
+    # the worker pod's own directories and variables
+    case("secret mounted over the config directory", KAFKA, "spec.secrets[0].mountPath",
+         ("spec.secrets", [{**SECRET, "mountPath": "/etc/streamherd"}])),
+    case("secret mounted inside the config directory", KAFKA, "spec.secrets[0].mountPath",
+         ("spec.secrets", [{**SECRET, "mountPath": "/etc/streamherd/tls"}])),
+    case("secret mounted above the config directory", KAFKA, "spec.secrets[0].mountPath",
+         ("spec.secrets", [{**SECRET, "mountPath": "/etc"}])),
+    case("secret mounted over /tmp", KAFKA, "spec.secrets[0].mountPath",
+         ("spec.secrets", [{**SECRET, "mountPath": "/tmp"}])),
+    case("secret mounted inside the checkpoints", KAFKA, "spec.secrets[0].mountPath",
+         ("spec.secrets", [{**SECRET, "mountPath": "/var/lib/streamherd/checkpoints/x"}])),
+    case("relative mount path", KAFKA, "spec.secrets[0].mountPath",
+         ("spec.secrets", [{**SECRET, "mountPath": "var/run/creds"}])),
+    case("mount path with ..", KAFKA, "spec.secrets[0].mountPath",
+         ("spec.secrets", [{**SECRET, "mountPath": "/var/../etc/streamherd"}])),
+    case("mount path with a trailing slash", KAFKA, "spec.secrets[0].mountPath",
+         ("spec.secrets", [{**SECRET, "mountPath": "/etc/streamherd/"}])),
+    case("two secrets at one mount path", KAFKA, "spec.secrets",
+         ("spec.secrets", [SECRET, {**SECRET, "secretName": "other"}])),
+    case("env name shadowing the operator's", KAFKA, "spec.secrets[0].env[0].name",
+         ("spec.secrets", [{"secretName": "creds",
+                            "env": [{"name": "STREAMHERD_POD_NAME", "key": "k"}]}])),
+    case("one env name from two secrets", KAFKA, "spec.secrets",
+         ("spec.secrets", [{"secretName": "a", "env": [{"name": "TOKEN", "key": "k"}]},
+                           {"secretName": "b", "env": [{"name": "TOKEN", "key": "k"}]}])),
+]  # fmt: skip
+
+OFFLINE_ONLY: list[Case] = [
+    case("comment-only filter", KAFKA, "spec.processor.steps[0].filter",
+         ("spec.processor.steps[0].filter", "# status < 500")),
+    case("event time field that does not compile", KAFKA, f"{W}.eventTime.field",
+         (f"{W}.eventTime.field", "ts +")),
+    case("event time field calling a function", KAFKA, f"{W}.eventTime.field",
+         (f"{W}.eventTime.field", "open('x')")),
+    case("map value that does not compile", LOCAL, "spec.processor.steps[1].map.set",
+         ("spec.processor.steps[1].map.set", {"kb": "bytes //"})),
+    case("r[...] without a quoted name", KAFKA, f"{W}.keyBy", (f"{W}.keyBy", "r[page]")),
+]  # fmt: skip

@@ -1,0 +1,121 @@
+"""Hypothesis strategies for StreamPipeline manifests: every mode, source, sink, volume and
+secret shape, with odd quantities, durations, names and expressions mixed in.
+
+Most values are drawn from short lists of valid and invalid spellings (the edges the rules
+are about: `1h1h`, `0s`, `1.5.5Gi`, `.`, `a.b`, an aggregate named `key`, a Secret over
+/etc/streamherd, ...), so a few hundred examples meet each rule on both sides. Shared by the
+unit property tests (tests/unit/api/test_rules_property.py) and the integration ones against
+the real API server and operator (tests/integration/operator/test_rules_agree.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import strategies as st
+
+
+def mix(valid: list[Any], odd: list[Any]) -> st.SearchStrategy[Any]:
+    """A value of `valid` six times out of seven (so whole manifests are often valid), else
+    one of the edges in `odd` (most of them invalid)."""
+    return st.sampled_from(valid * 6 + odd)
+
+
+NAMES = mix(["p", "clicks", "clicks-v2", "a1", "x" * 55], ["clicks.v2", "1clicks"])
+DURATIONS = mix(["10s", "1s", "250ms", "5m", "1h30m", "1m5s", "1h2m3s4ms", "60s"],
+                ["0s", "0ms", "1h1h", "5s1m", "10", "999999h"])  # fmt: skip
+QUANTITIES = mix(["250m", "1", "0.5", "512Mi", "1Gi", "100M", "1Ki"],
+                 ["2e3", "1k", "1000", ".", "0", "+1", "1.Gi", "lots", "1.5.5Gi", "1.2.3GiGi",
+                  "1e", "-1"])  # fmt: skip
+SIZES = mix(["1Gi", "500Mi", "2G"], ["1.5.5Gi", "0", "lots", "1e9", ".5Gi"])
+EXPRESSIONS = mix(["status < 500", "page != '/healthz'", "r['x-y'] > 1", "len(tags) > 0",
+                   "bytes / 1024 > 1"],
+                  ["# only a comment", "lower(user)", "a +"])  # fmt: skip
+AGGREGATE_NAMES = mix(["clicks", "total", "kb"], ["key", "window_start", "window_end"])
+MOUNTS = mix(["/var/run/creds", "/opt/secret"],
+             ["/etc/streamherd", "/etc", "/tmp", "/var/lib/streamherd/checkpoints/x",
+              "/etc/streamherd/tls"])  # fmt: skip
+ENV_NAMES = mix(["TOKEN", "API_KEY"], ["STREAMHERD_POD_NAME", "STREAMHERD_X"])
+PRIORITY_CLASSES = mix([None, "high", "system-cluster-critical"], ["high_priority", "a..b", "a.b"])
+TOPICS = mix(["out"], ["dlq"])
+
+
+def _window(draw: st.DrawFn) -> dict[str, Any]:
+    hopping = draw(st.booleans())
+    window: dict[str, Any] = {
+        "keyBy": draw(mix(["user", "page", "r['user']"], ["user +"])),
+        "size": draw(mix(["60s", "10s", "24h"], ["1h1h", "0s"])),
+        "aggregates": [
+            {"name": name, "function": "count"}
+            for name in draw(st.lists(AGGREGATE_NAMES, min_size=1, max_size=2, unique=True))
+        ],
+    }  # fmt: skip
+    if hopping:
+        window["type"] = "hopping"
+        window["slide"] = draw(mix(["10s", "20s", "60s"], ["1ms"]))
+    if draw(st.booleans()):
+        window["eventTime"] = {"field": draw(mix(["ts", "event.time"], ["ts +"]))}
+    return window
+
+
+@st.composite
+def manifests(draw: st.DrawFn) -> dict[str, Any]:
+    """One StreamPipeline manifest, valid or not."""
+    kafka = draw(st.booleans())
+    spec: dict[str, Any] = {}
+    if kafka:
+        spec["source"] = {"kafka": {"bootstrapServers": "kafka:9092", "topics": ["clicks"]}}
+    else:
+        spec["source"] = {"generator": {"count": 10, "keys": 5}}
+    steps: list[dict[str, Any]] = []
+    if draw(st.booleans()):
+        steps.append({"filter": draw(EXPRESSIONS)})
+    if draw(st.booleans()):
+        steps.append({"window": _window(draw)})
+    if steps:
+        spec["processor"] = {"steps": steps}
+    sink = draw(st.sampled_from(["kafka", "stdout"]))
+    if sink == "kafka":
+        spec["sink"] = {"kafka": {"topic": draw(TOPICS)}}
+        if not kafka:
+            spec["sink"]["kafka"]["bootstrapServers"] = "kafka:9092"
+    else:
+        spec["sink"] = {"stdout": {}}
+    if draw(st.booleans()):
+        spec["deadLetter"] = {"topic": draw(TOPICS)}
+        if not kafka:
+            spec["deadLetter"]["bootstrapServers"] = "kafka:9092"
+    mode = draw(st.sampled_from(["builtin", "hpa", "keda", "none"]))
+    low = draw(st.integers(0 if mode in ("builtin", "keda") else 1, 2))
+    spec["autoscaling"] = {
+        "mode": mode,
+        "minReplicas": low,
+        "maxReplicas": draw(st.integers(max(low, 1), 3)),
+        "pollInterval": draw(DURATIONS),
+    }
+    spec["checkpoint"] = {
+        "interval": draw(DURATIONS),
+        "volume": {"size": draw(SIZES)},
+    }
+    spec["resources"] = {
+        "requests": {"cpu": draw(QUANTITIES),
+                     "memory": draw(QUANTITIES)},
+        "limits": {"memory": draw(QUANTITIES)},
+    }  # fmt: skip
+    if draw(st.booleans()):
+        secret: dict[str, Any] = {"secretName": "creds"}
+        if draw(st.booleans()):
+            secret["mountPath"] = draw(MOUNTS)
+        secret["env"] = [{"name": draw(ENV_NAMES), "key": "k"}]
+        spec["secrets"] = [secret]
+    priority = draw(PRIORITY_CLASSES)
+    if priority is not None:
+        spec["pod"] = {"priorityClassName": priority}
+    if draw(st.booleans()):
+        spec["monitoring"] = {"scrapeInterval": draw(DURATIONS)}
+    return {
+        "apiVersion": "streamherd.io/v1alpha1",
+        "kind": "StreamPipeline",
+        "metadata": {"name": draw(NAMES)},
+        "spec": spec,
+    }
