@@ -62,6 +62,7 @@ from streamherd.workers.processing import (
     decode_json,
     kafka_timestamp,
 )
+from streamherd.workers.values import canonical_key
 from streamherd.workers.windowing import (
     FLOAT_MAX,
     FLOAT_MIN,
@@ -213,6 +214,7 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
             "__sh_Failure": Failure,
             "__sh_WindowBatch": WindowBatch,
             "__sh_checks": [a.check for a in plan.aggregates],
+            "__sh_canon": canonical_key,
             "__sh_refusal": plan.refusal,
             "__sh_REFUSED": REFUSED,
             "__sh_fmin": FLOAT_MIN,
@@ -260,7 +262,7 @@ def _template(
         "    decode, slow, Failure, type, hash = "
         "__sh_decode, __sh_slow, __sh_Failure, __sh_type, __sh_hash",
         "    str, int, float = __sh_str, __sh_int, __sh_float",
-        "    convert, checks = __sh_convert, __sh_checks",
+        "    convert, checks, canon = __sh_convert, __sh_checks, __sh_canon",
         "    tlo, thi = __sh_time_bounds",
         *(["    refusal, REFUSED = __sh_refusal, __sh_REFUSED"] if fallible else []),
         *(["    fmin, fmax = __sh_fmin, __sh_fmax"] if any(bounded) else []),
@@ -304,7 +306,7 @@ def _template(
         "        try:",
         "            key = __sh_KEY",
         "            if type(key) is not str:",
-        "                hash(key)  # a list/dict key is the record's error",
+        "                key = canon(key)  # values.canonical_key: 1, 1.0, true differ",
     ]
     if time_format is None:  # the Kafka timestamp, through the generic reader
         out.append("            t = __sh_time_of(None, __sh_kafka_timestamp(m))")

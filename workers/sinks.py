@@ -21,7 +21,7 @@ from streamherd.workers.kafkaclients import producer_config
 from streamherd.workers.metrics import EngineMetrics
 from streamherd.workers.processing import Failure, encode_output, error_headers
 from streamherd.workers.sinks_postgres import PostgresSink
-from streamherd.workers.windowing import key_text
+from streamherd.workers.values import text_of
 
 log = logging.getLogger("streamherd.worker")
 
@@ -136,7 +136,7 @@ class Outputs:
             key = default_key
             if key_fn is not None and not isinstance(value, bytes):
                 computed = key_fn(value)
-                key = None if computed is None else key_text(computed)
+                key = None if computed is None else text_of(computed)
             _produce(producer, topic=topic, key=key, value=encode_output(value), headers=headers)
         producer.poll(0)
 

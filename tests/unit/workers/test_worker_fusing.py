@@ -34,6 +34,7 @@ from streamherd.workers.processing import (
     kafka_timestamp,
     window_batch,
 )
+from streamherd.workers.values import canonical_key
 from streamherd.workers.windowing import REFUSED, PartitionWindows, WindowPlan
 
 BASE = 1_767_225_600_000
@@ -123,7 +124,8 @@ def naive(
             continue
         try:
             key = plan.key(record)
-            hash(key)
+            if type(key) is not str:
+                key = canonical_key(key)
             event_ms = plan.event_time(record, kafka_timestamp(m) if plan.kafka_time else None)
             values = plan.values(record)
         except Exception as error:
