@@ -48,6 +48,7 @@ from streamherd.workers.processing import (
     Processor,
     SourceMessage,
     WindowBatch,
+    contributing,
     decode_json,
     decode_raw,
     decode_synthetic,
@@ -107,6 +108,7 @@ class _Counters:
     records_in: int = 0
     records_out: int = 0
     filtered: int = 0
+    contributing: int = 0
     dead_lettered: int = 0
     late: int = 0
     windows_emitted: int = 0
@@ -354,6 +356,7 @@ class Engine:
         self.counters.records_in += n_in
         self.metrics.records_in(st.topic, st.partition, n_in)
         rows: list[tuple[bytes | str | None, Any]]
+        sources: list[SourceMessage] = []
         if self.processor.window is not None and st.windows is not None:
             windows = st.windows
             batch = self._window_batch(messages, windows)
@@ -394,16 +397,21 @@ class Engine:
             n_decoded = len(items)
             items = self.processor.run(items, failures)
             stage_failures = len(failures) - (n_in - n_decoded)
-            filtered = max(n_decoded - len(items) - stage_failures, 0)
+            filtered = n_decoded - self.processor.survivors(items) - stage_failures
             rows = [(m.key(), record) for record, m in items]
+            sources = [m for _, m in items]
         if rows:
-            self.outputs.write(rows)
+            # A result the sink refuses is dead-lettered with the coordinates of its record
+            # (a window's: the record of the batch that closed it).
+            self.outputs.write(rows, sources if self.processor.window is None else messages[-1])
         if failures:
             self._dead_letter(failures)
         self.counters.records_out += len(rows)
         self.counters.filtered += filtered
+        self.counters.contributing += contributing(n_in, filtered, len(failures))
         self.metrics.records_out.inc(len(rows))
         self.metrics.filtered.inc(filtered)
+        self.metrics.contributing.inc(contributing(n_in, filtered, len(failures)))
         last = messages[-1].offset()
         assert last is not None
         st.next_offset = last + 1

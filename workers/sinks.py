@@ -8,18 +8,21 @@ is what makes output at-least-once (docs/decisions/0002-delivery-guarantees.md).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Mapping
-from typing import Any, TextIO
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, TextIO
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from streamherd.workers.config import DeadLetterConfig, KafkaEndpoint, SinkConfig
 from streamherd.workers.expressions import compile_expression
 from streamherd.workers.kafkaclients import producer_config
+from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics
-from streamherd.workers.processing import Failure, encode_output, error_headers
+from streamherd.workers.processing import Failure, SourceMessage, encode_output, error_headers
 from streamherd.workers.sinks_postgres import PostgresSink
 from streamherd.workers.values import text_of
 
@@ -32,6 +35,136 @@ LOW_WATER = 50_000
 
 class DeliveryError(RuntimeError):
     """The broker refused or never acknowledged an output record: do not checkpoint."""
+
+
+class SinkRefusedError(RuntimeError):
+    """The sink refused a result as too large (it is dead-lettered with reason ``sink``)."""
+
+
+#: librdkafka's default ``message.max.bytes``: the producer refuses larger messages itself.
+DEFAULT_MESSAGE_MAX_BYTES: Final = 1_000_000
+#: Room left under ``message.max.bytes`` for the record's framing (librdkafka counts it).
+FRAMING_BYTES: Final = 1024
+#: A dead letter the broker refused as too large is sent again with at most this much of the
+#: original value (and then with none, headers only).
+SHORT_VALUE_BYTES: Final = 1024
+#: Broker and producer errors that say "this record is too large", not "the sink is down".
+SIZE_ERRORS: Final = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,  # the producer's message.max.bytes, or the broker's
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_MSG_SIZE,
+    }
+)
+
+Headers = list[tuple[str, bytes]]
+
+# Header names of a truncated dead letter.
+TRUNCATED: Final = "streamherd.truncated"
+TRUNCATED_REASON: Final = "streamherd.truncated.reason"
+ORIGINAL_SIZE: Final = "streamherd.original.size"
+ORIGINAL_KEY_SIZE: Final = "streamherd.original.key.size"
+
+
+def message_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    """Bytes of a record as the producer counts them, framing aside."""
+    return len(key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers)
+
+
+def truncate(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers,
+    why: str,
+    *,
+    value_bytes: int,
+    key_bytes: int,
+) -> tuple[bytes | None, bytes | None, Headers]:
+    """The dead letter with its value cut to ``value_bytes`` and its key to ``key_bytes``;
+    headers say so, with the original sizes (kept from an earlier cut) and why."""
+    known = {k for k, _ in headers}
+    kept = [(k, v) for k, v in headers if k not in (TRUNCATED, TRUNCATED_REASON)]
+    kept += [(TRUNCATED, b"true"), (TRUNCATED_REASON, why.encode(errors="replace")[:300])]
+    if ORIGINAL_SIZE not in known:
+        kept.append((ORIGINAL_SIZE, str(len(value or b"")).encode()))
+    if ORIGINAL_KEY_SIZE not in known:
+        kept.append((ORIGINAL_KEY_SIZE, str(len(key or b"")).encode()))
+    if key is not None:
+        key = key[: max(key_bytes, 0)]
+    if value is not None:
+        value = value[: max(value_bytes, 0)]
+    return key, value, kept
+
+
+def fit(
+    key: bytes | None, value: bytes | None, headers: Headers, limit: int, why: str
+) -> tuple[bytes | None, bytes | None, Headers]:
+    """The dead letter cut to fit ``limit`` bytes, framing and the added headers included:
+    the key keeps at most a quarter of the room, the value the rest."""
+    room = limit - FRAMING_BYTES - message_size(None, None, headers) - 400  # added headers
+    key_bytes = min(len(key or b""), max(room // 4, 0))
+    return truncate(key, value, headers, why, value_bytes=room - key_bytes, key_bytes=key_bytes)
+
+
+def shorter(
+    key: bytes | None, value: bytes | None, headers: Headers, why: str
+) -> tuple[bytes | None, bytes | None, Headers] | None:
+    """The next, shorter form of a dead letter the broker refused as too large: at most
+    :data:`SHORT_VALUE_BYTES` of the value, then none (headers only); None after that."""
+    size = len(key or b"") + len(value or b"")
+    if size > SHORT_VALUE_BYTES:
+        return truncate(
+            key,
+            value,
+            headers,
+            why,
+            value_bytes=SHORT_VALUE_BYTES,
+            key_bytes=SHORT_VALUE_BYTES // 4,
+        )
+    if size:
+        return truncate(key, value, headers, why, value_bytes=0, key_bytes=0)
+    return None
+
+
+def is_size_error(error: KafkaError | None) -> bool:
+    return error is not None and error.code() in SIZE_ERRORS
+
+
+class _ResultMessage:
+    """A result the sink refused, as a message for the dead-letter path: the result's key
+    and value with the coordinates of the record it came from."""
+
+    __slots__ = ("_key", "_source", "_value")
+
+    def __init__(self, source: Any, key: bytes | None, value: bytes | None) -> None:
+        self._source, self._key, self._value = source, key, value
+
+    def topic(self) -> str | None:
+        return self._source.topic() if self._source is not None else None
+
+    def partition(self) -> int | None:
+        return self._source.partition() if self._source is not None else None
+
+    def offset(self) -> int | None:
+        return self._source.offset() if self._source is not None else None
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def timestamp(self) -> tuple[int, int]:
+        return self._source.timestamp() if self._source is not None else (0, 0)
+
+    def error(self) -> None:
+        return None
+
+
+def _as_bytes(value: Any) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return str(value).encode(errors="replace")
 
 
 class _Producers:
@@ -108,23 +241,53 @@ class Outputs:
         )
         self._dlq_producer: Producer | None = None
         self._dlq_topic = ""
+        self._dlq_max_bytes = DEFAULT_MESSAGE_MAX_BYTES
         if dead_letter is not None:
             self._dlq_producer = self._producers.get(dead_letter)
             self._dlq_topic = dead_letter.topic
+            self._dlq_max_bytes = int(
+                producer_config(dead_letter).get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES)
+            )
+        self._metrics = metrics
+        # Refused as too large by the broker (delivery reports): (source, key, value, error)
+        # of sink results, (key, value, headers, why) of dead letters. Sent on the next poll.
+        self._lock = threading.Lock()
+        self._refused_results: list[tuple[Any, Any, Any, BaseException]] = []
+        self._refused_dead_letters: list[tuple[Any, Any, Headers, str]] = []
 
     @property
     def has_dead_letter(self) -> bool:
         return self._dlq_producer is not None
 
-    def write(self, rows: list[tuple[bytes | str | None, Mapping[str, Any] | bytes]]) -> None:
-        """Write results: (default key, value). The sink's key expression wins when set."""
+    def write(
+        self,
+        rows: list[tuple[bytes | str | None, Mapping[str, Any] | bytes]],
+        sources: Sequence[SourceMessage] | SourceMessage | None = None,
+    ) -> None:
+        """Write results: (default key, value). The sink's key expression wins when set.
+
+        ``sources``: the record each row came from (one per row, or one for all), named in
+        the dead letter of a result the sink refuses: one it cannot encode, whose key
+        expression fails, or that is too large for it (now, or when the broker answers).
+        """
+        many = isinstance(sources, Sequence)
+
+        def source_of(i: int) -> Any:
+            return sources[i] if many else sources  # type: ignore[index]
+
         if self._postgres is not None:
             self._postgres.write([value for _, value in rows])
             return
         if self._sink_producer is None:
-            lines = [encode_output(value).decode("utf-8", errors="replace") for _, value in rows]
+            lines = []
+            for i, (_, value) in enumerate(rows):
+                try:
+                    lines.append(encode_output(value).decode("utf-8", errors="replace"))
+                except Exception as error:  # noqa: BLE001 - the result's fault: dead-letter it
+                    self._refuse(source_of(i), None, value, error)
             if lines:
                 self._out.write("\n".join(lines) + "\n")
+            self._drain_refusals()
             return
         producer, topic, headers, key_fn = (
             self._sink_producer,
@@ -132,27 +295,151 @@ class Outputs:
             self._headers or None,
             self._key_fn,
         )
-        for default_key, value in rows:
-            key = default_key
-            if key_fn is not None and not isinstance(value, bytes):
-                computed = key_fn(value)
-                key = None if computed is None else text_of(computed)
-            _produce(producer, topic=topic, key=key, value=encode_output(value), headers=headers)
+        delivered = self._sink_delivered
+        for i, (default_key, value) in enumerate(rows):
+            source = source_of(i)
+            try:
+                key = default_key
+                if key_fn is not None and not isinstance(value, bytes):
+                    computed = key_fn(value)
+                    key = None if computed is None else text_of(computed)
+                data = encode_output(value)
+            except Exception as error:  # noqa: BLE001 - the result's fault: dead-letter it
+                self._refuse(source, default_key, value, error)
+                continue
+            try:
+                _produce(
+                    producer,
+                    topic=topic,
+                    key=key,
+                    value=data,
+                    headers=headers,
+                    on_delivery=functools.partial(delivered, source),
+                )
+            except KafkaException as error:
+                if not is_size_error(error.args[0]):
+                    raise
+                self._refuse(source, key, data, SinkRefusedError(str(error.args[0])))
         producer.poll(0)
+        self._drain_refusals()
+
+    def _sink_delivered(self, source: Any, error: KafkaError | None, message: Any) -> None:
+        """A sink record's delivery report (served from poll and flush)."""
+        if error is None:
+            return
+        if is_size_error(error):
+            # The broker refused it as too large: the result is dead-lettered instead.
+            with self._lock:
+                self._refused_results.append(
+                    (source, message.key(), message.value(), SinkRefusedError(str(error)))
+                )
+        else:
+            self._producers._on_delivery(error, message)
+
+    def _refuse(self, source: Any, key: Any, value: Any, error: BaseException) -> None:
+        """Dead-letter a result the sink cannot take (reason ``sink``)."""
+        try:
+            data = encode_output(value)
+        except Exception:  # noqa: BLE001 - not encodable: the headers still name its record
+            data = f"<a {type(value).__name__} result that cannot be encoded>".encode()
+        message = _ResultMessage(source, _as_bytes(key), data)
+        if self._metrics is not None:
+            self._metrics.results_dead_lettered.inc()
+        log_event(
+            log,
+            logging.WARNING,
+            "result-dead-lettered",
+            error=type(error).__name__,
+            message=str(error)[:200],
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+        )
+        self.dead_letter([Failure(message, "sink", error)])
 
     def dead_letter(self, failures: list[Failure]) -> None:
+        """Send failed records to the dead-letter topic, each whole or, when it is too large
+        for the producer, truncated (:func:`fit`); headers name the error and the origin."""
         if self._dlq_producer is None:
             return
         for failure in failures:
             m = failure.message
-            _produce(
-                self._dlq_producer,
-                topic=self._dlq_topic,
-                key=m.key(),
-                value=m.value(),
-                headers=error_headers(failure, self.pipeline),
-            )
+            self._send_dead_letter(m.key(), m.value(), error_headers(failure, self.pipeline))
         self._dlq_producer.poll(0)
+
+    def _send_dead_letter(
+        self, key: bytes | None, value: bytes | None, headers: Headers, cut: bool = False
+    ) -> None:
+        producer = self._dlq_producer
+        assert producer is not None
+        if not cut and message_size(key, value, headers) + FRAMING_BYTES > self._dlq_max_bytes:
+            why = f"larger than the producer's message.max.bytes ({self._dlq_max_bytes})"
+            key, value, headers = fit(key, value, headers, self._dlq_max_bytes, why)
+            cut = True
+        while True:
+            try:
+                _produce(
+                    producer,
+                    topic=self._dlq_topic,
+                    key=key,
+                    value=value,
+                    headers=headers,
+                    on_delivery=self._dead_letter_delivered,
+                )
+                break
+            except KafkaException as error:
+                if not is_size_error(error.args[0]):
+                    raise
+                smaller = shorter(key, value, headers, str(error.args[0]))
+                if smaller is None:
+                    self._dead_letter_lost(headers, str(error.args[0]))
+                    return
+                key, value, headers = smaller
+                cut = True
+        if cut and self._metrics is not None:
+            self._metrics.truncated.inc()
+
+    def _dead_letter_delivered(self, error: KafkaError | None, message: Any) -> None:
+        if error is None:
+            return
+        if is_size_error(error):  # the topic's max.message.bytes: send it again, shorter
+            with self._lock:
+                self._refused_dead_letters.append(
+                    (message.key(), message.value(), list(message.headers() or []), str(error))
+                )
+        else:
+            self._producers._on_delivery(error, message)
+
+    def _dead_letter_lost(self, headers: Headers, why: str) -> None:
+        """Even the headers alone were refused: count and log it (nothing else can be done)."""
+        if self._metrics is not None:
+            self._metrics.error("dead-letter-refused")
+        named = dict(headers)
+        log_event(
+            log,
+            logging.ERROR,
+            "dead-letter-refused",
+            error=why,
+            topic=named.get("streamherd.source.topic", b"").decode(errors="replace"),
+            partition=named.get("streamherd.source.partition", b"").decode(errors="replace"),
+            offset=named.get("streamherd.source.offset", b"").decode(errors="replace"),
+        )
+
+    def _drain_refusals(self) -> bool:
+        """Dead-letter what the broker refused as too large since the last call (results of
+        the sink; dead letters, shorter); True when something was sent."""
+        with self._lock:
+            results, self._refused_results = self._refused_results, []
+            letters, self._refused_dead_letters = self._refused_dead_letters, []
+        for source, key, value, error in results:
+            self._refuse(source, key, value, error)
+        for key, value, headers, why in letters:
+            smaller = shorter(key, value, headers, why)
+            if smaller is None:
+                self._dead_letter_lost(headers, why)
+            else:
+                self._send_dead_letter(*smaller, cut=True)
+        return bool(results or letters)
 
     def behind(self) -> bool:
         if self._postgres is not None and self._postgres.behind():
@@ -175,15 +462,26 @@ class Outputs:
     def poll(self, timeout: float = 0.0) -> None:
         for producer in self._producers.all():
             producer.poll(timeout)
+        self._drain_refusals()
 
     def flush(self, timeout: float) -> bool:
-        """Deliver everything written so far; False when time ran out. Raises DeliveryError."""
+        """Deliver everything written so far; False when time ran out. Raises DeliveryError.
+
+        A record the broker refuses as too large is dead-lettered (shorter each time), and
+        that dead letter is delivered too before this returns True."""
         self._out.flush()
         if self._postgres is not None and not self._postgres.flush(timeout):
             return False  # not confirmed by the database yet: no checkpoint may cover it
+        deadline = time.monotonic() + timeout
         pending = 0
-        for producer in self._producers.all():
-            pending += producer.flush(timeout)
+        # A refused result becomes a dead letter, which may be refused and sent shorter:
+        # value, then 1 KiB of it, then headers only. Each round waits for the previous.
+        for _ in range(5):
+            pending = 0
+            for producer in self._producers.all():
+                pending += producer.flush(max(deadline - time.monotonic(), 0.0))
+            if not self._drain_refusals():
+                break
         errors = self._producers.take_errors()
         if errors:
             raise DeliveryError(f"{len(errors)} output records failed: {errors[0]}")
