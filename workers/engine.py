@@ -40,6 +40,7 @@ from streamherd.workers.fusing import fuse
 from streamherd.workers.generating import GENERATOR_TOPIC, ClickGenerator
 from streamherd.workers.kafkaclients import consumer_config
 from streamherd.workers.lagprobe import StartFrom, partition_lag
+from streamherd.workers.limits import ensure_recursion_headroom
 from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics
 from streamherd.workers.processing import (
@@ -129,6 +130,7 @@ class Engine:
         metrics: EngineMetrics | None = None,
         fused: bool = True,
     ) -> None:
+        ensure_recursion_headroom()  # no record's depth may decide its fate (limits.py)
         self.config = config
         self.pipeline = f"{config.pipeline.namespace}/{config.pipeline.name}"
         self.stop = stop

@@ -28,7 +28,9 @@ invalid JSON, not an object, a read field holding an object, array or an integer
 int64 — takes the slow lane: the generic orjson decode of that one record, so a bad record
 is dead-lettered with exactly the generic error, and a good one continues with exactly the
 values orjson gives (e.g. orjson turns integers beyond 64 bits into floats). Non-ASCII
-values are checked to be valid UTF-8 (msgspec does not check fields it skips).
+values are checked to be valid UTF-8 (msgspec does not check fields it skips), and a
+record with more than 1024 brackets takes the slow lane (orjson refuses nesting deeper than
+1024 levels; msgspec skips an unread field of any depth).
 
 Folding: a record is folded all or nothing, like ``WindowPlan.update``. Only a min/max
 comparison (a string against a number) and a sum/avg addition (a float and an integer
@@ -79,6 +81,11 @@ _INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 # Only JSON scalars: containers and big integers in a read field go to the slow lane
 # (orjson), which is what keeps the fused values identical to the generic ones.
 _SCALAR: Final = Union[_INT64, float, str, bool, None]  # noqa: UP007 - a runtime type object
+
+# orjson refuses JSON nested deeper than this; msgspec skips an unread field of any depth. A
+# record that may be that deep (more brackets than this, so at least twice as many bytes)
+# takes the slow lane, where orjson gives the generic verdict.
+ORJSON_MAX_DEPTH: Final = 1024
 
 BatchFunction = Callable[[list[SourceMessage], PartitionWindows], WindowBatch]
 
@@ -215,6 +222,8 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
             "__sh_WindowBatch": WindowBatch,
             "__sh_checks": [a.check for a in plan.aggregates],
             "__sh_canon": canonical_key,
+            "__sh_deep": ORJSON_MAX_DEPTH,
+            "__sh_deep_bytes": 2 * ORJSON_MAX_DEPTH,
             "__sh_refusal": plan.refusal,
             "__sh_REFUSED": REFUSED,
             "__sh_fmin": FLOAT_MIN,
@@ -287,6 +296,9 @@ def _template(
         "            rec = decode(value)",
         "            if not value.isascii():",
         "                value.decode()  # msgspec skips unread fields unchecked",
+        "            if len(value) > __sh_deep_bytes and "
+        "value.count(b'[') + value.count(b'{') > __sh_deep:",
+        "                raise ValueError  # maybe nested past orjson's limit: its verdict",
         "        except __sh_Exception:",
         "            rec = slow(m, decode_failures)",
         "            if rec is None:",

@@ -14,6 +14,7 @@ windows. Each limit is far above what a real pipeline needs (docs/engine.md, "Li
 
 from __future__ import annotations
 
+import sys
 from typing import Final
 
 __all__ = [
@@ -28,8 +29,10 @@ __all__ = [
     "MAX_STRING_LENGTH",
     "MAX_STRING_LITERAL",
     "MAX_WINDOWS_PER_RECORD",
+    "RECURSION_LIMIT",
     "LimitError",
     "check_window_count",
+    "ensure_recursion_headroom",
     "windows_per_record",
 ]
 
@@ -54,8 +57,10 @@ MAX_NUMBER_LITERAL: Final = 64
 #: Bits of an integer an expression computes (about 1233 decimal digits: far from Python's
 #: 4300-digit limit on int/str conversion, so every such integer can be written as text).
 MAX_INT_BITS: Final = 4096
-#: Characters of a string an expression computes (joins, ``str()``, ``upper()``, ...).
-MAX_STRING_LENGTH: Final = 1 << 20
+#: Characters of a string an expression computes (joins, ``str()``, ``upper()``, ...). An
+#: expression holds at most one such value per nesting level while it is evaluated, so the
+#: worst case is MAX_EXPRESSION_DEPTH x 256 Ki characters x 4 bytes = 64 MiB.
+MAX_STRING_LENGTH: Final = 1 << 18
 #: Items of an array an expression computes (``tags + more``).
 MAX_SEQUENCE_LENGTH: Final = 1 << 16
 #: ``round(x, n)``: ``abs(n)`` at most this (``round(5, -10**9)`` would compute 10**10**9).
@@ -69,6 +74,19 @@ MAX_COMPOSITE_KEY_ITEMS: Final = 64
 #: Windows one record belongs to (size / slide of a hopping window): a day of windows
 #: sliding every 24 s, or an hour sliding every second. Each is one accumulator per key.
 MAX_WINDOWS_PER_RECORD: Final = 3600
+
+
+#: Python's recursion limit in a worker. A decoded record is at most 1024 levels deep (the
+#: JSON decoder's limit), and comparing, joining or printing such a value recurses once per
+#: level: with this headroom no record makes it raise RecursionError, so the outcome never
+#: depends on how deep in the stack the batch path evaluating it is (fused or generic).
+RECURSION_LIMIT: Final = 10_000
+
+
+def ensure_recursion_headroom() -> None:
+    """Raise the interpreter's recursion limit to :data:`RECURSION_LIMIT` (never lower it)."""
+    if sys.getrecursionlimit() < RECURSION_LIMIT:
+        sys.setrecursionlimit(RECURSION_LIMIT)
 
 
 def windows_per_record(size_ms: int, slide_ms: int) -> int:
