@@ -111,8 +111,7 @@ def shorter(
 ) -> tuple[bytes | None, bytes | None, Headers] | None:
     """The next, shorter form of a dead letter the broker refused as too large: at most
     :data:`SHORT_VALUE_BYTES` of the value, then none (headers only); None after that."""
-    size = len(key or b"") + len(value or b"")
-    if size > SHORT_VALUE_BYTES:
+    if len(value or b"") > SHORT_VALUE_BYTES or len(key or b"") > SHORT_VALUE_BYTES // 4:
         return truncate(
             key,
             value,
@@ -121,7 +120,7 @@ def shorter(
             value_bytes=SHORT_VALUE_BYTES,
             key_bytes=SHORT_VALUE_BYTES // 4,
         )
-    if size:
+    if key or value:
         return truncate(key, value, headers, why, value_bytes=0, key_bytes=0)
     return None
 
