@@ -224,6 +224,7 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
             "__sh_canon": canonical_key,
             "__sh_deep": ORJSON_MAX_DEPTH,
             "__sh_deep_bytes": 2 * ORJSON_MAX_DEPTH,
+            "__sh_len": len,
             "__sh_refusal": plan.refusal,
             "__sh_REFUSED": REFUSED,
             "__sh_fmin": FLOAT_MIN,
@@ -296,7 +297,7 @@ def _template(
         "            rec = decode(value)",
         "            if not value.isascii():",
         "                value.decode()  # msgspec skips unread fields unchecked",
-        "            if len(value) > __sh_deep_bytes and "
+        "            if __sh_len(value) > __sh_deep_bytes and "
         "value.count(b'[') + value.count(b'{') > __sh_deep:",
         "                raise ValueError  # maybe nested past orjson's limit: its verdict",
         "        except __sh_Exception:",

@@ -432,3 +432,24 @@ def test_checkpoint_and_restore_at_random_points_gives_the_uninterrupted_results
                 state = PartitionWindows.from_json(plan, loaded.state)
         interrupted += state.close(everything=True)
     assert exact(interrupted) == exact(straight)
+
+
+def test_ordinary_records_take_the_fast_lane() -> None:
+    # The slow lane gives the same results (so the equality tests cannot see it), only
+    # slower: a mistake in the fast lane's checks would send every record there unnoticed.
+    cfg = pipeline(["uid % 10 == 0"], "user", [{"name": "s", "function": "sum", "expression": "x"}])
+    processor = Processor.compile(cfg)
+    plan = processor.window
+    assert plan is not None
+    fused = fuse(cfg, plan)
+    assert fused is not None
+    lanes: list[Any] = []
+    fused.function.__globals__["__sh_slow"] = lambda m, failures: lanes.append(m.offset())
+    records = [
+        {"user": "a", "ts": BASE, "uid": 10, "x": 1},
+        {"user": "b", "ts": BASE, "uid": 20, "x": 2, "text": "ab" * 3000},  # long, flat
+        {"user": "c", "ts": BASE, "uid": 30, "x": 3, "deep": nested(1100)},  # too deep
+    ]
+    messages = [Msg(i, json.dumps(r).encode()) for i, r in enumerate(records)]
+    fused(messages, PartitionWindows(plan))  # type: ignore[arg-type]
+    assert lanes == [2]
