@@ -345,7 +345,7 @@ def _template(
         ]
     out += [
         "        except __sh_Exception as error:",
-        "            errors.append((m, error))",
+        "            errors.append((m, error.with_traceback(None)))  # frames hold the record",
         "            continue",
     ]
     all_values = ", ".join(f"a{i}" if has_value[i] else "None" for i in range(len(has_value)))
@@ -403,7 +403,7 @@ def _template(
             *(
                 [
                     "        except REFUSED as error:  # add() changed nothing",
-                    "            errors.append((m, error))",
+                    "            errors.append((m, error.with_traceback(None)))",
                 ]
                 if fallible
                 else []

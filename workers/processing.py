@@ -91,6 +91,9 @@ class SyntheticMessage:
 Item = tuple[dict[str, Any], SourceMessage]
 
 
+#: Characters of an error message kept in a dead letter's header.
+MESSAGE_CHARACTERS: Final = 1000
+
 #: What makes an expression's failure a ``limit`` one: a value over its budget
 #: (streamherd.workers.limits), or Python running out of stack or memory on the record.
 LIMIT_ERRORS: Final = (LimitError, RecursionError, MemoryError)
@@ -110,6 +113,14 @@ class Failure:
     error: BaseException
 
     def __post_init__(self) -> None:
+        # Only the type and the message are kept: a traceback's frames hold the record and
+        # every value computed from it (megabytes for a hostile record) until the batch ends.
+        self.error.__traceback__ = None
+        # Some messages repeat the value (float('x...') quotes all of it): keep what the
+        # dead-letter header can hold.
+        text = str(self.error)
+        if len(text) > MESSAGE_CHARACTERS and len(self.error.args) == 1:
+            self.error.args = (text[:MESSAGE_CHARACTERS] + "...",)
         if self.reason == "expression" and isinstance(self.error, LIMIT_ERRORS):
             object.__setattr__(self, "reason", "limit")  # frozen: set once, here
 
@@ -361,7 +372,7 @@ def kafka_timestamp(message: SourceMessage) -> int | None:
 def error_headers(failure: Failure, pipeline: str) -> list[tuple[str, bytes]]:
     """Dead-letter headers naming the error and the record's origin."""
     m = failure.message
-    message = str(failure.error)[:1000]
+    message = str(failure.error)[:MESSAGE_CHARACTERS]
     return [
         ("streamherd.error", type(failure.error).__name__.encode()),
         ("streamherd.error.reason", failure.reason.encode()),

@@ -473,7 +473,7 @@ class PartitionWindows:
                 event_ms = time_of(record, kafka_time(source) if use_kafka_time else None)
                 values = values_of(record)
             except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
-                errors.append((source, error))
+                errors.append((source, error.with_traceback(None)))
                 continue
             if not tumbling:
                 self.max_event_ms = max_ms
@@ -481,7 +481,7 @@ class PartitionWindows:
                     if not self.add(key, event_ms, values):
                         late.append((source, event_ms))
                 except REFUSED as error:  # nothing changed: the record's error
-                    errors.append((source, error))
+                    errors.append((source, error.with_traceback(None)))
                 max_ms = self.max_event_ms
                 continue
             top = max_ms if max_ms is not None and event_ms <= max_ms else event_ms
@@ -495,7 +495,7 @@ class PartitionWindows:
             try:
                 update(acc, values)
             except REFUSED as error:  # all or nothing: neither acc nor max_ms changed
-                errors.append((source, error))
+                errors.append((source, error.with_traceback(None)))
                 continue
             max_ms = top
         self.max_event_ms = max_ms

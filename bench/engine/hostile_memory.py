@@ -95,6 +95,12 @@ CASES: list[tuple[str, str, dict[str, Any], bytes]] = [
         record(s="9" * NEAR_MB),
     ),
     (
+        "float-message",
+        "`float(s)`, `s` a 900 KB non-number (the error message quotes all of it)",
+        {"steps": [window("user", [{"name": "f", "function": "sum", "expression": "float(s)"}])]},
+        record(s="x" * NEAR_MB),
+    ),
+    (
         "int-growth",
         "`int(s) * int(s) * ...` (8 factors), `s` 1300 digits",
         {"steps": [window("user", [{"name": "s", "function": "sum", "expression": PRODUCT}])]},

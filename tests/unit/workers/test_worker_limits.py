@@ -152,3 +152,15 @@ def test_windows_per_record_are_capped() -> None:
     )
     with pytest.raises(ValueError, match="at most 3600"):
         WindowPlan.compile(spec)
+
+
+def test_a_failure_keeps_no_frames_and_a_bounded_message() -> None:
+    # A traceback's frames would hold the record and every value computed from it until the
+    # batch ends; float('x...') quotes the whole value in its message.
+    message = SyntheticMessage("t", 0, 1, None, {}, 0)
+    try:
+        compile_expression("float(s)")({"s": "x" * 900_000})
+    except ValueError as error:
+        failure = Failure(message, "expression", error)
+    assert failure.error.__traceback__ is None
+    assert 1000 <= len(str(failure.error)) <= 1003
