@@ -39,6 +39,7 @@ from streamherd.workers.processing import (
     SyntheticMessage,
     WindowBatch,
     decode_json,
+    decode_raw,
     window_batch,
 )
 from streamherd.workers.values import encode_value
@@ -453,3 +454,36 @@ def test_ordinary_records_take_the_fast_lane() -> None:
     messages = [Msg(i, json.dumps(r).encode()) for i, r in enumerate(records)]
     fused(messages, PartitionWindows(plan))  # type: ignore[arg-type]
     assert lanes == [2]
+
+
+def test_raw_format_byte_keys_survive_a_checkpoint() -> None:
+    # format: raw gives the Kafka key as bytes (keyBy: key): a window key JSON cannot hold.
+    cfg = ProcessorConfig.model_validate(
+        {
+            "steps": [
+                {
+                    "window": {
+                        "keyBy": "key",
+                        "size": "10s",
+                        "aggregates": [{"name": "n", "function": "count"}],
+                    }
+                }
+            ]
+        }
+    )
+    processor = Processor.compile(cfg)
+    plan = processor.window
+    assert plan is not None
+    messages = [
+        SyntheticMessage("in", 0, i, k, {}, BASE + i) for i, k in enumerate([b"\xff\x00", b"a"])
+    ]
+
+    state = PartitionWindows(plan)
+    window_batch(decode_raw, processor, state, messages)  # type: ignore[arg-type]
+    restored = round_trip(state, 2)
+    assert set(restored.windows) == {(b"\xff\x00", BASE), (b"a", BASE)}
+    rows = restored.close(everything=True)
+    assert [k for k, _ in rows] == [
+        "a|2026-01-01T00:00:00.000Z",
+        "\ufffd\x00|2026-01-01T00:00:00.000Z",
+    ]
