@@ -48,6 +48,8 @@ FRAMING_BYTES: Final = 1024
 #: A dead letter the broker refused as too large is sent again with at most this much of the
 #: original value (and then with none, headers only).
 SHORT_VALUE_BYTES: Final = 1024
+#: How long a record sent again alone (after a refused batch) is waited for.
+ALONE_SECONDS: Final = 10.0
 #: Broker and producer errors that say "this record is too large", not "the sink is down".
 SIZE_ERRORS: Final = frozenset(
     {
@@ -251,7 +253,9 @@ class Outputs:
         # Refused as too large by the broker (delivery reports): (source, key, value, error)
         # of sink results, (key, value, headers, why) of dead letters. Sent on the next poll.
         self._lock = threading.Lock()
+        self._retry_results: list[tuple[Any, Any]] = []  # (source, message): again, alone
         self._refused_results: list[tuple[Any, Any, Any, BaseException]] = []
+        self._retry_dead_letters: list[Any] = []  # messages: again, alone
         self._refused_dead_letters: list[tuple[Any, Any, Headers, str]] = []
 
     @property
@@ -322,12 +326,24 @@ class Outputs:
         producer.poll(0)
         self._drain_refusals()
 
+    # A broker refuses a whole batch when it is over the topic's max.message.bytes, so a
+    # record refused in a batch is first sent again alone (produce, then flush: a batch of
+    # its own); only a refusal of it alone makes it too large. Refusals are collected by
+    # the delivery reports (served from poll and flush) and handled by _drain_refusals.
+
     def _sink_delivered(self, source: Any, error: KafkaError | None, message: Any) -> None:
-        """A sink record's delivery report (served from poll and flush)."""
         if error is None:
             return
         if is_size_error(error):
-            # The broker refused it as too large: the result is dead-lettered instead.
+            with self._lock:
+                self._retry_results.append((source, message))
+        else:
+            self._producers._on_delivery(error, message)
+
+    def _sink_delivered_alone(self, source: Any, error: KafkaError | None, message: Any) -> None:
+        if error is None:
+            return
+        if is_size_error(error):  # too large for the sink topic: dead-letter the result
             with self._lock:
                 self._refused_results.append(
                     (source, message.key(), message.value(), SinkRefusedError(str(error)))
@@ -335,7 +351,9 @@ class Outputs:
         else:
             self._producers._on_delivery(error, message)
 
-    def _refuse(self, source: Any, key: Any, value: Any, error: BaseException) -> None:
+    def _refuse(
+        self, source: Any, key: Any, value: Any, error: BaseException, alone: bool = False
+    ) -> None:
         """Dead-letter a result the sink cannot take (reason ``sink``)."""
         try:
             data = encode_output(value)
@@ -354,20 +372,27 @@ class Outputs:
             partition=message.partition(),
             offset=message.offset(),
         )
-        self.dead_letter([Failure(message, "sink", error)])
+        self.dead_letter([Failure(message, "sink", error)], alone=alone)
 
-    def dead_letter(self, failures: list[Failure]) -> None:
+    def dead_letter(self, failures: list[Failure], alone: bool = False) -> None:
         """Send failed records to the dead-letter topic, each whole or, when it is too large
         for the producer, truncated (:func:`fit`); headers name the error and the origin."""
         if self._dlq_producer is None:
             return
         for failure in failures:
             m = failure.message
-            self._send_dead_letter(m.key(), m.value(), error_headers(failure, self.pipeline))
+            headers = error_headers(failure, self.pipeline)
+            self._send_dead_letter(m.key(), m.value(), headers, alone=alone)
         self._dlq_producer.poll(0)
 
     def _send_dead_letter(
-        self, key: bytes | None, value: bytes | None, headers: Headers, cut: bool = False
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+        *,
+        cut: bool = False,
+        alone: bool = False,
     ) -> None:
         producer = self._dlq_producer
         assert producer is not None
@@ -383,7 +408,7 @@ class Outputs:
                     key=key,
                     value=value,
                     headers=headers,
-                    on_delivery=self._dead_letter_delivered,
+                    on_delivery=self._dead_letter_alone if alone else self._dead_letter_delivered,
                 )
                 break
             except KafkaException as error:
@@ -397,8 +422,19 @@ class Outputs:
                 cut = True
         if cut and self._metrics is not None:
             self._metrics.truncated.inc()
+        if alone:
+            producer.flush(ALONE_SECONDS)
 
     def _dead_letter_delivered(self, error: KafkaError | None, message: Any) -> None:
+        if error is None:
+            return
+        if is_size_error(error):
+            with self._lock:
+                self._retry_dead_letters.append(message)
+        else:
+            self._producers._on_delivery(error, message)
+
+    def _dead_letter_alone(self, error: KafkaError | None, message: Any) -> None:
         if error is None:
             return
         if is_size_error(error):  # the topic's max.message.bytes: send it again, shorter
@@ -425,20 +461,41 @@ class Outputs:
         )
 
     def _drain_refusals(self) -> bool:
-        """Dead-letter what the broker refused as too large since the last call (results of
-        the sink; dead letters, shorter); True when something was sent."""
+        """Handle what the broker refused as too large since the last call; True when
+        something was sent again (see the comment above :meth:`_sink_delivered`)."""
         with self._lock:
+            retry_results, self._retry_results = self._retry_results, []
             results, self._refused_results = self._refused_results, []
+            retry_letters, self._retry_dead_letters = self._retry_dead_letters, []
             letters, self._refused_dead_letters = self._refused_dead_letters, []
+        for source, message in retry_results:
+            producer = self._sink_producer
+            assert producer is not None
+            _produce(
+                producer,
+                topic=message.topic(),
+                key=message.key(),
+                value=message.value(),
+                headers=message.headers(),
+                on_delivery=functools.partial(self._sink_delivered_alone, source),
+            )
+            producer.flush(ALONE_SECONDS)
         for source, key, value, error in results:
-            self._refuse(source, key, value, error)
+            self._refuse(source, key, value, error, alone=True)
+        for message in retry_letters:
+            self._send_dead_letter(
+                message.key(),
+                message.value(),
+                list(message.headers() or []),
+                alone=True,
+            )
         for key, value, headers, why in letters:
             smaller = shorter(key, value, headers, why)
             if smaller is None:
                 self._dead_letter_lost(headers, why)
             else:
-                self._send_dead_letter(*smaller, cut=True)
-        return bool(results or letters)
+                self._send_dead_letter(*smaller, cut=True, alone=True)
+        return bool(retry_results or results or retry_letters or letters)
 
     def behind(self) -> bool:
         if self._postgres is not None and self._postgres.behind():
@@ -473,9 +530,10 @@ class Outputs:
             return False  # not confirmed by the database yet: no checkpoint may cover it
         deadline = time.monotonic() + timeout
         pending = 0
-        # A refused result becomes a dead letter, which may be refused and sent shorter:
-        # value, then 1 KiB of it, then headers only. Each round waits for the previous.
-        for _ in range(5):
+        # A refused record is sent again alone; a result refused alone becomes a dead
+        # letter, which may be refused (in a batch, then alone) and sent shorter: 1 KiB of
+        # its value, then headers only. Each round handles the previous one's refusals.
+        for _ in range(8):
             pending = 0
             for producer in self._producers.all():
                 pending += producer.flush(max(deadline - time.monotonic(), 0.0))
