@@ -239,7 +239,6 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
             "__sh_lateness": plan.lateness_ms,
             "__sh_before_all": float("-inf"),
             "__sh_type": type,
-            "__sh_hash": hash,
             "__sh_str": str,
             "__sh_int": int,
             "__sh_float": float,
@@ -269,8 +268,7 @@ def _template(
     fallible = ordered + [i for i, _ in plan.added]
     out = [
         "def __sh_batch(messages, state):",
-        "    decode, slow, Failure, type, hash = "
-        "__sh_decode, __sh_slow, __sh_Failure, __sh_type, __sh_hash",
+        "    decode, slow, Failure, type = __sh_decode, __sh_slow, __sh_Failure, __sh_type",
         "    str, int, float = __sh_str, __sh_int, __sh_float",
         "    convert, checks, canon = __sh_convert, __sh_checks, __sh_canon",
         "    tlo, thi = __sh_time_bounds",

@@ -378,7 +378,7 @@ class PartitionWindows:
     def __init__(self, plan: WindowPlan) -> None:
         self.plan = plan
         self.max_event_ms: int | None = None
-        # (key, window start) -> accumulator; keys are JSON scalars (hashable). Windows are
+        # (key, window start) -> accumulator; keys in values.canonical_key's form. Windows are
         # only created through open_window(), which keeps first_end.
         self.windows: dict[tuple[Any, int], list[Any]] = {}
         # The smallest end of an open window (None: none open), so that close() after each
