@@ -487,3 +487,34 @@ def test_raw_format_byte_keys_survive_a_checkpoint() -> None:
         "a|2026-01-01T00:00:00.000Z",
         "\ufffd\x00|2026-01-01T00:00:00.000Z",
     ]
+
+
+STATELESS = ProcessorConfig.model_validate(
+    {
+        "steps": [
+            {"filter": "not (x > 5)"},
+            {"map": {"set": {"y": "s + s", "z": "int(s) % 7", "k": "[user, x]", "u": "upper(s)"}}},
+            {"filter": "str(deep) != '' or z == 1"},
+        ]
+    }
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=st.lists(record_bytes(), min_size=1, max_size=25))
+def test_hostile_records_in_a_stateless_pipeline_each_have_one_fate(
+    values: list[bytes | None],
+) -> None:
+    processor = Processor.compile(STATELESS)
+    messages = [Msg(i, v) for i, v in enumerate(values)]
+    failures: list[Any] = []
+    items = processor.run(decode_json(messages, failures), failures)  # type: ignore[arg-type]
+    failed = [f.message.offset() for f in failures]
+    kept = [m.offset() for _, m in items]
+    assert len(set(failed)) == len(failed)  # one dead letter per failed record
+    assert not set(failed) & set(kept)
+    assert {f.reason for f in failures} <= {"decode", "expression", "limit"}
+    for record, _ in items:  # a kept record has its computed fields, exactly
+        text = record.get("s")
+        assert record["y"] == (None if text is None else text + text)
+        assert record["k"] == (record.get("user"), record.get("x"))
