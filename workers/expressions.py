@@ -25,6 +25,7 @@ import contextlib
 import io
 import math
 import tokenize
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -616,7 +617,10 @@ def parse_expression(text: str) -> ParsedExpression:
     checker = _Checker(wrapped)
     _check_literals(wrapped, checker)
     try:
-        tree = ast.parse(wrapped, mode="eval")
+        with warnings.catch_warnings():
+            # e.g. "invalid decimal literal" for `1a`: printed on stderr, not a refusal.
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(wrapped, mode="eval")
     except SyntaxError as error:
         line = max(error.lineno or 1, 1)
         start = checker._line_starts[min(line, len(checker._line_starts)) - 1]
