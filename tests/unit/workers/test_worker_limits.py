@@ -11,6 +11,8 @@ window putting a record into more than MAX_WINDOWS_PER_RECORD windows is refused
 from __future__ import annotations
 
 import contextlib
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +33,7 @@ from streamherd.workers.limits import (
     check_window_count,
     windows_per_record,
 )
+from streamherd.workers.main import main
 from streamherd.workers.processing import Failure, SyntheticMessage
 from streamherd.workers.windowing import WindowPlan
 
@@ -164,3 +167,29 @@ def test_a_failure_keeps_no_frames_and_a_bounded_message() -> None:
         failure = Failure(message, "expression", error)
     assert failure.error.__traceback__ is None
     assert 1000 <= len(str(failure.error)) <= 1003
+
+
+def test_the_worker_refuses_a_window_over_the_cap_as_a_config_error(tmp_path: Path) -> None:
+    config = {
+        "pipeline": {"namespace": "t", "name": "p"},
+        "source": {"generator": {"count": 10}},
+        "processor": {
+            "steps": [
+                {
+                    "window": {
+                        "keyBy": "user",
+                        "type": "hopping",
+                        "size": "24h",
+                        "slide": "1ms",
+                        "aggregates": [{"name": "n", "function": "count"}],
+                    }
+                }
+            ]
+        },
+        "sink": {"stdout": {}},
+        "checkpoint": {"directory": str(tmp_path / "ck")},
+    }
+    path = tmp_path / "worker.json"
+    path.write_text(json.dumps(config))
+    assert main(["--config", str(path)]) == 2  # bad-config, before anything runs
+    assert not (tmp_path / "ck").exists()
