@@ -255,7 +255,7 @@ class Outputs:
         self._lock = threading.Lock()
         self._retry_results: list[tuple[Any, Any]] = []  # (source, message): again, alone
         self._refused_results: list[tuple[Any, Any, Any, BaseException]] = []
-        self._retry_dead_letters: list[Any] = []  # messages: again, alone
+        self._retry_dead_letters: list[tuple[Any, Any, Headers]] = []  # again, alone
         self._refused_dead_letters: list[tuple[Any, Any, Headers, str]] = []
 
     @property
@@ -408,7 +408,10 @@ class Outputs:
                     key=key,
                     value=value,
                     headers=headers,
-                    on_delivery=self._dead_letter_alone if alone else self._dead_letter_delivered,
+                    # The headers ride along: a delivery report does not carry them.
+                    on_delivery=functools.partial(
+                        self._dead_letter_alone if alone else self._dead_letter_delivered, headers
+                    ),
                 )
                 break
             except KafkaException as error:
@@ -425,22 +428,24 @@ class Outputs:
         if alone:
             producer.flush(ALONE_SECONDS)
 
-    def _dead_letter_delivered(self, error: KafkaError | None, message: Any) -> None:
+    def _dead_letter_delivered(
+        self, headers: Headers, error: KafkaError | None, message: Any
+    ) -> None:
         if error is None:
             return
         if is_size_error(error):
             with self._lock:
-                self._retry_dead_letters.append(message)
+                self._retry_dead_letters.append((message.key(), message.value(), headers))
         else:
             self._producers._on_delivery(error, message)
 
-    def _dead_letter_alone(self, error: KafkaError | None, message: Any) -> None:
+    def _dead_letter_alone(self, headers: Headers, error: KafkaError | None, message: Any) -> None:
         if error is None:
             return
         if is_size_error(error):  # the topic's max.message.bytes: send it again, shorter
             with self._lock:
                 self._refused_dead_letters.append(
-                    (message.key(), message.value(), list(message.headers() or []), str(error))
+                    (message.key(), message.value(), headers, str(error))
                 )
         else:
             self._producers._on_delivery(error, message)
@@ -476,19 +481,14 @@ class Outputs:
                 topic=message.topic(),
                 key=message.key(),
                 value=message.value(),
-                headers=message.headers(),
+                headers=self._headers or None,
                 on_delivery=functools.partial(self._sink_delivered_alone, source),
             )
             producer.flush(ALONE_SECONDS)
         for source, key, value, error in results:
             self._refuse(source, key, value, error, alone=True)
-        for message in retry_letters:
-            self._send_dead_letter(
-                message.key(),
-                message.value(),
-                list(message.headers() or []),
-                alone=True,
-            )
+        for key, value, headers in retry_letters:
+            self._send_dead_letter(key, value, headers, alone=True)
         for key, value, headers, why in letters:
             smaller = shorter(key, value, headers, why)
             if smaller is None:
