@@ -195,7 +195,7 @@ POISON = [
     b"null",
     b"",
     b'{"user": "u1", "ts": 1767225600001, "bytes": "many", "status": 200}',  # sum of a string
-    b'{"user": ["a"], "ts": 1767225600002, "bytes": 1, "status": 200}',  # unhashable key
+    b'{"user": ["a"], "ts": 1767225600002, "bytes": 1, "status": 200}',  # array: composite key
     b'{"user": {"x": 1}, "ts": 1767225600003, "bytes": 1, "status": 200}',  # dict key
     b'{"user": "u1", "ts": "soon", "bytes": 1, "status": 200}',  # bad event time
     b'{"user": "u1", "bytes": 1, "status": 200}',  # no event time
