@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import struct
 import tempfile
 from typing import Any
 
@@ -42,7 +43,7 @@ from streamherd.workers.processing import (
     decode_raw,
     window_batch,
 )
-from streamherd.workers.values import encode_value
+from streamherd.workers.values import canonical_key, encode_value
 from streamherd.workers.windowing import PartitionWindows
 
 BASE = 1_767_225_600_000
@@ -518,3 +519,53 @@ def test_hostile_records_in_a_stateless_pipeline_each_have_one_fate(
         text = record.get("s")
         assert record["y"] == (None if text is None else text + text)
         assert record["k"] == (record.get("user"), record.get("x"))
+
+
+def bits(value: Any) -> Any:
+    """A form that tells apart every float bit pattern (NaN payloads, -0.0) and type."""
+    if isinstance(value, float):
+        return ("f", struct.pack(">d", value))
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, [bits(v) for v in value])
+    return (type(value).__name__, value)
+
+
+any_float = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(0, 2**64 - 1).map(lambda b: struct.unpack(">d", b.to_bytes(8, "big"))[0]),
+    st.sampled_from([0.0, -0.0, float("inf"), float("-inf"), float("nan"), -float("nan")]),
+)
+any_int = st.one_of(
+    st.integers(), st.integers(-(2**20000), 2**20000), st.sampled_from([2**63, -(2**63) - 1, 2**64])
+)
+scalar_key = st.one_of(
+    st.text(max_size=5), st.integers(-(2**70), 2**70), st.booleans(), st.none(),
+    st.floats(allow_nan=False, allow_infinity=False), st.binary(max_size=4),
+)  # fmt: skip
+any_key = st.recursive(scalar_key, lambda inner: st.lists(inner, max_size=3), max_leaves=6)
+slot = st.one_of(any_int, any_float, st.text(max_size=5), st.none())
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    windows=st.lists(
+        st.tuples(any_key, st.integers(-(10**12), 10**12), st.lists(slot, min_size=1, max_size=4)),
+        max_size=6,
+    ),
+    avg=st.tuples(st.one_of(any_int, any_float), st.integers(0, 2**40)),
+    max_event=st.one_of(st.none(), st.integers(-(10**14), 10**14)),
+)
+def test_random_states_survive_a_checkpoint_bit_for_bit(
+    windows: list[tuple[Any, int, list[Any]]], avg: tuple[Any, int], max_event: int | None
+) -> None:
+    plan = Processor.compile(PIPELINES[0]).window
+    assert plan is not None
+    state = PartitionWindows(plan)
+    state.max_event_ms = max_event
+    for key, start, acc in windows:
+        state.windows[(canonical_key(key), start)] = [*acc, list(avg)]  # an avg's [total, n]
+    restored = round_trip(state, 7)
+    assert restored.max_event_ms == max_event
+    assert [(bits(list(k)), bits(v)) for k, v in restored.windows.items()] == [
+        (bits(list(k)), bits(v)) for k, v in state.windows.items()
+    ]
