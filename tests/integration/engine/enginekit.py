@@ -158,6 +158,8 @@ class Worker:
     log_path: Path
     metrics_port: int
     proc: subprocess.Popen[bytes] | None = None
+    # Words run before the worker's command (e.g. joining a memory cgroup), then exec.
+    prefix: tuple[str, ...] = ()
 
     @classmethod
     def create(cls, tmp: Path, name: str, config: dict[str, Any]) -> Worker:
@@ -171,7 +173,7 @@ class Worker:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [str(WORKER), "--config", str(self.config_path)],
+            [*self.prefix, str(WORKER), "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -12,11 +12,13 @@
    coordinates of its record.
 
 Both: the worker never exits, and read = contributing + filtered + dead-lettered in its
-metrics.
+metrics. Where the machine lets the test create a cgroup v1 memory cgroup, the first
+worker runs in one limited to 512 MiB (a pod's limit) and its peak usage is checked.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,22 @@ def incompressible(n: int) -> bytes:
     rng = random.Random(n)
     alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
     return bytes(rng.choice(alphabet) for _ in range(n))
+
+
+MEMORY_LIMIT = 512 * 2**20
+CGROUP_MEMORY = Path("/sys/fs/cgroup/memory")
+
+
+def memory_cgroup(name: str) -> Path | None:
+    """A cgroup v1 memory cgroup limited to 512 MiB, or None where this machine has none
+    we may create (then the worker runs without a limit; the peak is not checked)."""
+    path = CGROUP_MEMORY / name
+    try:
+        path.mkdir()
+        (path / "memory.limit_in_bytes").write_text(str(MEMORY_LIMIT))
+    except OSError:
+        return None
+    return path
 
 
 def committed_to(broker: KafkaBroker, group: str, topic: str, end: int) -> bool:
@@ -120,7 +138,11 @@ def test_a_record_over_the_producer_limit_is_dead_lettered_truncated(
         group=group,
         checkpoints=tmp_path / "ck",
     )
-    worker = Worker.create(tmp_path, "w", config).start()
+    worker = Worker.create(tmp_path, "w", config)
+    group_dir = memory_cgroup(f"streamherd-oversize-{os.getpid()}")
+    if group_dir is not None:  # a pod's limit: 512 MiB of memory, the kernel enforces it
+        worker.prefix = ("sh", "-c", f'echo $$ > {group_dir}/cgroup.procs && exec "$@"', "sh")
+    worker.start()
     try:
         wait_until(
             "the partition to advance past the oversized records",
@@ -168,6 +190,14 @@ def test_a_record_over_the_producer_limit_is_dead_lettered_truncated(
         assert worker.alive()
     finally:
         worker.stop()
+        if group_dir is not None:
+            peak = int((group_dir / "memory.max_usage_in_bytes").read_text())
+            oom = (group_dir / "memory.oom_control").read_text()
+            group_dir.rmdir()
+    if group_dir is not None:
+        print(f"worker peak memory under the 512 MiB cgroup: {peak / 2**20:.1f} MiB")
+        assert "oom_kill 0" in oom or "oom_kill" not in oom
+        assert peak < MEMORY_LIMIT
 
 
 def test_a_topic_that_refuses_gets_a_shorter_dead_letter_and_refused_results_are_dead_lettered(
