@@ -44,6 +44,7 @@ from streamherd.workers.fusing import fuse
 from streamherd.workers.generating import GENERATOR_TOPIC, ClickGenerator
 from streamherd.workers.kafkaclients import client_config, consumer_config
 from streamherd.workers.lagprobe import StartFrom, partition_lag
+from streamherd.workers.limits import ensure_recursion_headroom
 from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics
 from streamherd.workers.processing import (
@@ -53,6 +54,7 @@ from streamherd.workers.processing import (
     Processor,
     SourceMessage,
     WindowBatch,
+    contributing,
     decode_json,
     decode_raw,
     decode_synthetic,
@@ -74,7 +76,8 @@ from streamherd.workers.repartitioning import (
     watermark_header,
 )
 from streamherd.workers.sinks import Outputs
-from streamherd.workers.windowing import PartitionWindows, key_text
+from streamherd.workers.values import canonical_key, key_text
+from streamherd.workers.windowing import PartitionWindows
 
 log = logging.getLogger("streamherd.worker")
 
@@ -152,6 +155,7 @@ class _Counters:
     records_in: int = 0
     records_out: int = 0
     filtered: int = 0
+    contributing: int = 0
     dead_lettered: int = 0
     late: int = 0
     windows_emitted: int = 0
@@ -175,6 +179,7 @@ class Engine:
         metrics: EngineMetrics | None = None,
         fused: bool = True,
     ) -> None:
+        ensure_recursion_headroom()  # no record's depth may decide its fate (limits.py)
         self.config = config
         self.pipeline = f"{config.pipeline.namespace}/{config.pipeline.name}"
         self.stop = stop
@@ -507,6 +512,7 @@ class Engine:
         self.counters.records_in += n_in
         self.metrics.records_in(st.topic, st.partition, n_in)
         rows: list[tuple[bytes | str | None, Any]]
+        sources: list[SourceMessage] = []
         if self.processor.window is not None and st.windows is not None:
             windows = st.windows
             batch = self._window_batch(messages, windows)
@@ -547,16 +553,21 @@ class Engine:
             n_decoded = len(items)
             items = self.processor.run(items, failures)
             stage_failures = len(failures) - (n_in - n_decoded)
-            filtered = max(n_decoded - len(items) - stage_failures, 0)
+            filtered = n_decoded - self.processor.survivors(items) - stage_failures
             rows = [(m.key(), record) for record, m in items]
+            sources = [m for _, m in items]
         if rows:
-            self.outputs.write(rows)
+            # A result the sink refuses is dead-lettered with the coordinates of its record
+            # (a window's: the record of the batch that closed it).
+            self.outputs.write(rows, sources if self.processor.window is None else messages[-1])
         if failures:
             self._dead_letter(failures)
         self.counters.records_out += len(rows)
         self.counters.filtered += filtered
+        self.counters.contributing += contributing(n_in, filtered, len(failures))
         self.metrics.records_out.inc(len(rows))
         self.metrics.filtered.inc(filtered)
+        self.metrics.contributing.inc(contributing(n_in, filtered, len(failures)))
         st.idle = False
 
     def _process_upstream(self, st: PartitionState, messages: list[SourceMessage]) -> None:
@@ -580,8 +591,7 @@ class Engine:
             offset = m.offset()
             assert offset is not None
             try:
-                key = key_of(record)
-                hash(key)  # a list/dict key is the record's error
+                key = canonical_key(key_of(record))  # NaN, objects: the record's error
                 stamp = kafka_timestamp(m)
                 event_ms = time_of(record, stamp if kafka_time else None)
                 value = encode_output(record)
@@ -601,6 +611,10 @@ class Engine:
         self.counters.repartitioned += len(rows)
         self.counters.filtered += filtered
         self.metrics.filtered.inc(filtered)
+        # Contributing here means: on its way to the window (a downstream failure or a
+        # late record is dead-lettered there, and counted there as well).
+        self.counters.contributing += contributing(n_in, filtered, len(failures))
+        self.metrics.contributing.inc(contributing(n_in, filtered, len(failures)))
         last = messages[-1].offset()
         assert last is not None
         self._mark(st, last, force=st.idle)

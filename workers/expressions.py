@@ -21,12 +21,26 @@ the engine sends that record to the dead-letter topic with reason ``expression``
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import math
 import tokenize
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+
+from streamherd.workers.limits import (
+    MAX_EXPRESSION_DEPTH,
+    MAX_EXPRESSION_LENGTH,
+    MAX_INT_BITS,
+    MAX_NUMBER_LITERAL,
+    MAX_ROUND_DIGITS,
+    MAX_SEQUENCE_LENGTH,
+    MAX_STRING_LENGTH,
+    MAX_STRING_LITERAL,
+    LimitError,
+)
 
 __all__ = [
     "FUNCTIONS",
@@ -82,19 +96,96 @@ def _index(value: Any, index: Any) -> Any:
     raise TypeError(f"cannot index {type(value).__name__} with {type(index).__name__}")
 
 
-def _binop(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    def apply(a: Any, b: Any) -> Any:
-        if a is None or b is None:
-            return None
-        return op(a, b)
+def _int_result(value: Any) -> Any:
+    """``value``, refused when it is an integer over the bit budget."""
+    if type(value) is int and value.bit_length() > MAX_INT_BITS:
+        raise LimitError(f"integer of {value.bit_length()} bits (at most {MAX_INT_BITS})")
+    return value
 
-    return apply
+
+def _sized(value: Any) -> Any:
+    """``value``, refused when it is a string or array over its length budget."""
+    kind = type(value)
+    if kind is str:
+        if len(value) > MAX_STRING_LENGTH:
+            raise LimitError(f"string of {len(value)} characters (at most {MAX_STRING_LENGTH})")
+    elif kind is int:
+        return _int_result(value)
+    elif (kind is list or kind is tuple) and len(value) > MAX_SEQUENCE_LENGTH:
+        raise LimitError(f"array of {len(value)} items (at most {MAX_SEQUENCE_LENGTH})")
+    return value
+
+
+def _numbers(symbol: str, a: Any, b: Any) -> None:
+    """Refuse anything but numbers: ``*`` would repeat strings and arrays, ``%`` format."""
+    for value in (a, b):
+        if not isinstance(value, int | float):
+            raise TypeError(
+                f"'{symbol}' takes numbers, got {type(value).__name__} "
+                "(string repetition and formatting are not part of the language)"
+            )
+
+
+def _add(a: Any, b: Any) -> Any:
+    if a is None or b is None:
+        return None
+    if isinstance(a, str | list | tuple) and isinstance(b, str | list | tuple):
+        # Checked before the join is built: two large strings must not make a larger one.
+        most = MAX_STRING_LENGTH if type(a) is str else MAX_SEQUENCE_LENGTH
+        if len(a) + len(b) > most:
+            raise LimitError(f"joining {len(a)} and {len(b)} items (at most {most})")
+    result: Any = a
+    result = result + b
+    return _int_result(result) if type(result) is int else result
+
+
+def _sub(a: Any, b: Any) -> Any:
+    if a is None or b is None:
+        return None
+    result = a - b
+    return _int_result(result) if type(result) is int else result
+
+
+def _mul(a: Any, b: Any) -> Any:
+    if a is None or b is None:
+        return None
+    _numbers("*", a, b)
+    if type(a) is int and type(b) is int and a.bit_length() + b.bit_length() > MAX_INT_BITS + 1:
+        # Checked before multiplying: the product has about as many bits as both together.
+        raise LimitError(
+            f"product of integers of {a.bit_length()} and {b.bit_length()} bits "
+            f"(at most {MAX_INT_BITS})"
+        )
+    result = a * b
+    return _int_result(result) if type(result) is int else result
+
+
+def _mod(a: Any, b: Any) -> Any:
+    if a is None or b is None:
+        return None
+    _numbers("%", a, b)
+    return a % b
+
+
+def _floordiv(a: Any, b: Any) -> Any:
+    if a is None or b is None:
+        return None
+    return a // b
 
 
 def _div(a: Any, b: Any) -> Any:
     if a is None or b is None:
         return None
     return a / b
+
+
+def _order(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def apply(a: Any, b: Any) -> Any:
+        if a is None or b is None:
+            return None
+        return op(a, b)
+
+    return apply
 
 
 def _in(a: Any, b: Any) -> Any:
@@ -120,6 +211,15 @@ def _null_safe(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+def _checked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A null-safe function whose result is held to the size budget."""
+
+    def call(value: Any, *rest: Any) -> Any:
+        return None if value is None else _sized(fn(value, *rest))
+
+    return call
+
+
 def _coalesce(*values: Any) -> Any:
     for value in values:
         if value is not None:
@@ -132,13 +232,28 @@ def _str(value: Any) -> Any:
         return None
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    if isinstance(value, list | tuple | dict) and len(value) > MAX_SEQUENCE_LENGTH:
+        raise LimitError(f"str() of {len(value)} items (at most {MAX_SEQUENCE_LENGTH})")
+    return _sized(str(value))
+
+
+def _int(value: Any) -> Any:
+    if value is None:
+        return None
+    if type(value) is str and len(value) > MAX_INT_BITS // 3:
+        # Python refuses more than 4300 digits with a ValueError; refuse earlier, as a limit.
+        raise LimitError(f"int() of a string of {len(value)} characters")
+    return _int_result(int(value))
 
 
 def _round(value: Any, digits: Any = None) -> Any:
     if value is None:
         return None
-    return round(value) if digits is None else round(value, digits)
+    if digits is None:
+        return _int_result(round(value))
+    if isinstance(digits, int) and not -MAX_ROUND_DIGITS <= digits <= MAX_ROUND_DIGITS:
+        raise LimitError(f"round() to {digits} digits (at most {MAX_ROUND_DIGITS} either way)")
+    return round(value, digits)
 
 
 def _minmax(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -151,15 +266,15 @@ def _minmax(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 #: Functions an expression may call: name -> (implementation, min args, max args).
 FUNCTIONS: Final[Mapping[str, tuple[Callable[..., Any], int, int]]] = {
-    "lower": (_null_safe(str.lower), 1, 1),
-    "upper": (_null_safe(str.upper), 1, 1),
+    "lower": (_checked(str.lower), 1, 1),
+    "upper": (_checked(str.upper), 1, 1),  # may grow: 'ß' -> 'SS'
     "trim": (_null_safe(str.strip), 1, 1),
     "len": (_null_safe(len), 1, 1),
     "abs": (_null_safe(abs), 1, 1),
     "round": (_round, 1, 2),
-    "floor": (_null_safe(math.floor), 1, 1),
-    "ceil": (_null_safe(math.ceil), 1, 1),
-    "int": (_null_safe(int), 1, 1),
+    "floor": (_checked(math.floor), 1, 1),
+    "ceil": (_checked(math.ceil), 1, 1),
+    "int": (_int, 1, 1),
     "float": (_null_safe(float), 1, 1),
     "str": (_str, 1, 1),
     "coalesce": (_coalesce, 1, 64),
@@ -170,21 +285,21 @@ FUNCTIONS: Final[Mapping[str, tuple[Callable[..., Any], int, int]]] = {
 }
 
 _BINOPS: Final[Mapping[type[ast.operator], tuple[str, Callable[[Any, Any], Any]]]] = {
-    ast.Add: ("__sh_add", _binop(lambda a, b: a + b)),
-    ast.Sub: ("__sh_sub", _binop(lambda a, b: a - b)),
-    ast.Mult: ("__sh_mul", _binop(lambda a, b: a * b)),
+    ast.Add: ("__sh_add", _add),
+    ast.Sub: ("__sh_sub", _sub),
+    ast.Mult: ("__sh_mul", _mul),
     ast.Div: ("__sh_div", _div),
-    ast.FloorDiv: ("__sh_floordiv", _binop(lambda a, b: a // b)),
-    ast.Mod: ("__sh_mod", _binop(lambda a, b: a % b)),
+    ast.FloorDiv: ("__sh_floordiv", _floordiv),
+    ast.Mod: ("__sh_mod", _mod),
 }
 
 _CMPOPS: Final[Mapping[type[ast.cmpop], tuple[str, Callable[[Any, Any], Any]]]] = {
     ast.Eq: ("__sh_eq", lambda a, b: a == b),
     ast.NotEq: ("__sh_ne", lambda a, b: a != b),
-    ast.Lt: ("__sh_lt", _binop(lambda a, b: a < b)),
-    ast.LtE: ("__sh_le", _binop(lambda a, b: a <= b)),
-    ast.Gt: ("__sh_gt", _binop(lambda a, b: a > b)),
-    ast.GtE: ("__sh_ge", _binop(lambda a, b: a >= b)),
+    ast.Lt: ("__sh_lt", _order(lambda a, b: a < b)),
+    ast.LtE: ("__sh_le", _order(lambda a, b: a <= b)),
+    ast.Gt: ("__sh_gt", _order(lambda a, b: a > b)),
+    ast.GtE: ("__sh_ge", _order(lambda a, b: a >= b)),
     ast.In: ("__sh_in", _in),
     ast.NotIn: ("__sh_notin", _not_in),
 }
@@ -203,8 +318,8 @@ _RECORD: Final = "__sh_r"
 # `r['x-y']` reads field x-y: the one spelling for field names that are not identifiers
 # (a plain `r`, or `r.x`, is still the field named r).
 _RECORD_ALIAS: Final = "r"
-_MAX_LENGTH: Final = 4096
-_MAX_DEPTH: Final = 64
+_MAX_LENGTH: Final = MAX_EXPRESSION_LENGTH
+_MAX_DEPTH: Final = MAX_EXPRESSION_DEPTH
 
 
 def _globals() -> dict[str, Any]:
@@ -294,6 +409,12 @@ class _Checker:
         if isinstance(node, ast.Constant):
             if not isinstance(node.value, str | int | float | bool | type(None)):
                 raise self.fail(node, f"literal of type {type(node.value).__name__} not allowed")
+            if isinstance(node.value, str) and len(node.value) > MAX_STRING_LITERAL:
+                raise self.fail(
+                    node,
+                    f"string literal of {len(node.value)} characters "
+                    f"(at most {MAX_STRING_LITERAL})",
+                )
             return node
         if isinstance(node, ast.Name):
             if node.id in _CONSTANT_NAMES:
@@ -314,6 +435,13 @@ class _Checker:
             path = self._dotted(node)
             if path is None:
                 raise self.fail(node, "attribute access is only allowed on record fields (a.b)")
+            segments = path.count(".") + 1
+            if depth + segments > _MAX_DEPTH:
+                raise self.fail(
+                    node,
+                    f"dotted path of {segments} segments is nested too deeply "
+                    f"(at most {_MAX_DEPTH} levels)",
+                )
             self.fields.add(path)
             return self._call(
                 "__sh_field", [self.visit(node.value, depth), ast.Constant(node.attr)]
@@ -390,12 +518,15 @@ class _Checker:
         )
 
     def _dotted(self, node: ast.expr) -> str | None:
-        if isinstance(node, ast.Name):
-            return node.id
-        if isinstance(node, ast.Attribute):
-            inner = self._dotted(node.value)
-            return None if inner is None else f"{inner}.{node.attr}"
-        return None
+        # A loop, not recursion: a path of a thousand segments must not exhaust the stack.
+        parts: list[str] = []
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        if not isinstance(node, ast.Name):
+            return None
+        parts.append(node.id)
+        return ".".join(reversed(parts))
 
     def _compare(self, node: ast.Compare, depth: int) -> ast.expr:
         # a < b < c  ->  lt(a, b) and lt(b, c); operands are evaluated once each per pair,
@@ -444,6 +575,63 @@ def _only_comments(text: str) -> bool:
     return all(t.type in ignorable for t in tokens)
 
 
+def _tokens(wrapped: str) -> list[tokenize.TokenInfo]:
+    """The tokens of ``wrapped`` as far as they can be read (a syntax error is ast's to name)."""
+    tokens: list[tokenize.TokenInfo] = []
+    with contextlib.suppress(tokenize.TokenError, SyntaxError):
+        tokens.extend(tokenize.generate_tokens(io.StringIO(wrapped).readline))
+    return tokens
+
+
+def _offset(checker: _Checker, token: tokenize.TokenInfo) -> int:
+    line, col = token.start  # tokenize counts characters, not bytes
+    start = checker._line_starts[min(line, len(checker._line_starts)) - 1]
+    return max(start + col - 1, 0)  # -1: the "(" the text was wrapped in
+
+
+def _check_literals(wrapped: str, checker: _Checker) -> None:
+    """Refuse number and string literals over their size limits, at their position."""
+    if len(wrapped) <= MAX_NUMBER_LITERAL:
+        return  # no literal can be too long
+    for token in _tokens(wrapped):
+        if token.type == tokenize.NUMBER and len(token.string) > MAX_NUMBER_LITERAL:
+            raise ExpressionError(
+                f"number literal of {len(token.string)} characters (at most {MAX_NUMBER_LITERAL})",
+                _offset(checker, token),
+            )
+        if token.type == tokenize.STRING and len(token.string) > MAX_STRING_LITERAL + 2:
+            raise ExpressionError(
+                f"string literal of {len(token.string) - 2} characters "
+                f"(at most {MAX_STRING_LITERAL})",
+                _offset(checker, token),
+            )
+
+
+_NESTING_WORDS: Final = frozenset({"not", "and", "or", "if", "else", "in", "is"})
+
+
+def _too_deep_at(wrapped: str, checker: _Checker) -> int:
+    """Where an expression too deep for Python's parser goes beyond the depth limit.
+
+    An estimate from the tokens (the parser gave up, there is no tree): each open bracket
+    is a level, and so is each operator since the innermost bracket opened (a chain of
+    unary minus signs, of `+`, of dots). The first token past the limit is the position.
+    """
+    levels = [0]
+    for token in _tokens(wrapped):
+        text = token.string
+        if token.type == tokenize.OP and text in "([{":
+            levels.append(0)
+        elif token.type == tokenize.OP and text in ")]}":
+            if len(levels) > 1:
+                levels.pop()
+        elif (token.type == tokenize.OP and text not in ",:") or text in _NESTING_WORDS:
+            levels[-1] += 1
+        if len(levels) - 1 + sum(levels) > _MAX_DEPTH:
+            return min(_offset(checker, token), len(wrapped) - 3)
+    return 0
+
+
 def parse_expression(text: str) -> ParsedExpression:
     """Check and rewrite ``text``; raises :class:`ExpressionError` with the problem's column."""
     if not isinstance(text, str) or not text.strip():
@@ -455,8 +643,12 @@ def parse_expression(text: str) -> ParsedExpression:
     # Parenthesised, so an expression may span lines and start with blanks (YAML blocks).
     wrapped = f"({text}\n)"
     checker = _Checker(wrapped)
+    _check_literals(wrapped, checker)
     try:
-        tree = ast.parse(wrapped, mode="eval")
+        with warnings.catch_warnings():
+            # e.g. "invalid decimal literal" for `1a`: printed on stderr, not a refusal.
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(wrapped, mode="eval")
     except SyntaxError as error:
         line = max(error.lineno or 1, 1)
         start = checker._line_starts[min(line, len(checker._line_starts)) - 1]
@@ -464,6 +656,14 @@ def parse_expression(text: str) -> ParsedExpression:
         raise ExpressionError(
             f"syntax error: {error.msg}", max(min(offset, len(text)), 0)
         ) from None
+    except (RecursionError, MemoryError):
+        # Python's parser gives up on a few hundred nested levels (e.g. `- - - ... x`).
+        raise ExpressionError(
+            f"expression is nested too deeply (at most {_MAX_DEPTH} levels)",
+            _too_deep_at(wrapped, checker),
+        ) from None
+    except ValueError as error:  # a NUL character (Python 3.11 raises ValueError)
+        raise ExpressionError(f"syntax error: {error}", 0) from None
     body = checker.visit(tree.body)
     return ParsedExpression(
         text=text,

@@ -28,7 +28,9 @@ invalid JSON, not an object, a read field holding an object, array or an integer
 int64 — takes the slow lane: the generic orjson decode of that one record, so a bad record
 is dead-lettered with exactly the generic error, and a good one continues with exactly the
 values orjson gives (e.g. orjson turns integers beyond 64 bits into floats). Non-ASCII
-values are checked to be valid UTF-8 (msgspec does not check fields it skips).
+values are checked to be valid UTF-8 (msgspec does not check fields it skips), and a
+record with more than 1024 brackets takes the slow lane (orjson refuses nesting deeper than
+1024 levels; msgspec skips an unread field of any depth).
 
 Folding: a record is folded all or nothing, like ``WindowPlan.update``. Only a min/max
 comparison (a string against a number) and a sum/avg addition (a float and an integer
@@ -62,6 +64,7 @@ from streamherd.workers.processing import (
     decode_json,
     kafka_timestamp,
 )
+from streamherd.workers.values import canonical_key
 from streamherd.workers.windowing import (
     FLOAT_MAX,
     FLOAT_MIN,
@@ -78,6 +81,11 @@ _INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 # Only JSON scalars: containers and big integers in a read field go to the slow lane
 # (orjson), which is what keeps the fused values identical to the generic ones.
 _SCALAR: Final = Union[_INT64, float, str, bool, None]  # noqa: UP007 - a runtime type object
+
+# orjson refuses JSON nested deeper than this; msgspec skips an unread field of any depth. A
+# record that may be that deep (more brackets than this, so at least twice as many bytes)
+# takes the slow lane, where orjson gives the generic verdict.
+ORJSON_MAX_DEPTH: Final = 1024
 
 BatchFunction = Callable[[list[SourceMessage], PartitionWindows], WindowBatch]
 
@@ -213,6 +221,10 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
             "__sh_Failure": Failure,
             "__sh_WindowBatch": WindowBatch,
             "__sh_checks": [a.check for a in plan.aggregates],
+            "__sh_canon": canonical_key,
+            "__sh_deep": ORJSON_MAX_DEPTH,
+            "__sh_deep_bytes": 2 * ORJSON_MAX_DEPTH,
+            "__sh_len": len,
             "__sh_refusal": plan.refusal,
             "__sh_REFUSED": REFUSED,
             "__sh_fmin": FLOAT_MIN,
@@ -227,7 +239,6 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
             "__sh_lateness": plan.lateness_ms,
             "__sh_before_all": float("-inf"),
             "__sh_type": type,
-            "__sh_hash": hash,
             "__sh_str": str,
             "__sh_int": int,
             "__sh_float": float,
@@ -257,10 +268,9 @@ def _template(
     fallible = ordered + [i for i, _ in plan.added]
     out = [
         "def __sh_batch(messages, state):",
-        "    decode, slow, Failure, type, hash = "
-        "__sh_decode, __sh_slow, __sh_Failure, __sh_type, __sh_hash",
+        "    decode, slow, Failure, type = __sh_decode, __sh_slow, __sh_Failure, __sh_type",
         "    str, int, float = __sh_str, __sh_int, __sh_float",
-        "    convert, checks = __sh_convert, __sh_checks",
+        "    convert, checks, canon = __sh_convert, __sh_checks, __sh_canon",
         "    tlo, thi = __sh_time_bounds",
         *(["    refusal, REFUSED = __sh_refusal, __sh_REFUSED"] if fallible else []),
         *(["    fmin, fmax = __sh_fmin, __sh_fmax"] if any(bounded) else []),
@@ -285,6 +295,9 @@ def _template(
         "            rec = decode(value)",
         "            if not value.isascii():",
         "                value.decode()  # msgspec skips unread fields unchecked",
+        "            if __sh_len(value) > __sh_deep_bytes and "
+        "value.count(b'[') + value.count(b'{') > __sh_deep:",
+        "                raise ValueError  # maybe nested past orjson's limit: its verdict",
         "        except __sh_Exception:",
         "            rec = slow(m, decode_failures)",
         "            if rec is None:",
@@ -304,7 +317,7 @@ def _template(
         "        try:",
         "            key = __sh_KEY",
         "            if type(key) is not str:",
-        "                hash(key)  # a list/dict key is the record's error",
+        "                key = canon(key)  # values.canonical_key: 1, 1.0, true differ",
     ]
     if time_format is None:  # the Kafka timestamp, through the generic reader
         out.append("            t = __sh_time_of(None, __sh_kafka_timestamp(m))")
@@ -330,7 +343,7 @@ def _template(
         ]
     out += [
         "        except __sh_Exception as error:",
-        "            errors.append((m, error))",
+        "            errors.append((m, error.with_traceback(None)))  # frames hold the record",
         "            continue",
     ]
     all_values = ", ".join(f"a{i}" if has_value[i] else "None" for i in range(len(has_value)))
@@ -388,7 +401,7 @@ def _template(
             *(
                 [
                     "        except REFUSED as error:  # add() changed nothing",
-                    "            errors.append((m, error))",
+                    "            errors.append((m, error.with_traceback(None)))",
                 ]
                 if fallible
                 else []

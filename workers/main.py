@@ -28,6 +28,7 @@ from streamherd.workers.config import WorkerConfig
 from streamherd.workers.engine import Engine, RunSummary
 from streamherd.workers.logs import configure, log_event
 from streamherd.workers.metrics import EngineMetrics, MetricsServer
+from streamherd.workers.processing import Processor
 
 __all__ = ["RunSummary", "load_config", "main", "run_pipeline"]
 
@@ -86,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure("info")
     try:
         config = load_config(args.config)
+        # Expressions and window limits (limits.py) are the config's errors, not a crash.
+        Processor.compile(config.processor)
     except (OSError, ValueError) as error:
         log_event(log, logging.ERROR, "bad-config", path=args.config, error=str(error))
         return 2

@@ -27,7 +27,7 @@ PREFIX: Final = "streamherd_"
 Kind = Literal["counter", "gauge", "histogram"]
 
 PARTITION_LABELS: Final = ("pipeline", "topic", "partition")
-DEAD_LETTER_REASONS: Final = ("decode", "expression", "function", "late")
+DEAD_LETTER_REASONS: Final = ("decode", "expression", "function", "late", "limit")
 
 _LATENCY_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -68,13 +68,35 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     MetricSpec(
         "streamherd_records_out", "counter", "Records written to the sink (incl. window results)."
     ),
-    MetricSpec("streamherd_records_filtered", "counter", "Records dropped by filter steps."),
+    MetricSpec(
+        "streamherd_records_filtered",
+        "counter",
+        "Records dropped by filter steps (or by a user function returning nothing).",
+    ),
+    MetricSpec(
+        "streamherd_records_contributing",
+        "counter",
+        "Records folded into a window or written as a result. Every record read is counted "
+        "once: records_in = records_contributing + records_filtered + records_dead_lettered.",
+    ),
     MetricSpec(
         "streamherd_records_dead_lettered",
         "counter",
         "Records sent to the dead-letter topic (or only counted when none is set), by reason: "
-        "decode, expression, function, late.",
+        "decode, expression, function, late, limit.",
         ("pipeline", "reason"),
+    ),
+    MetricSpec(
+        "streamherd_results_dead_lettered",
+        "counter",
+        "Results the sink refused (too large for it, not encodable, its key expression "
+        "failed), sent to the dead-letter topic with reason sink.",
+    ),
+    MetricSpec(
+        "streamherd_dead_letters_truncated",
+        "counter",
+        "Dead letters written truncated because the dead-letter topic could not take them "
+        "whole (headers give the original size).",
     ),
     MetricSpec(
         "streamherd_records_late",
@@ -198,6 +220,9 @@ class EngineMetrics:
         self.records_out = self.counter("streamherd_records_out").labels(p)
         self.filtered = self.counter("streamherd_records_filtered").labels(p)
         self.late = self.counter("streamherd_records_late").labels(p)
+        self.contributing = self.counter("streamherd_records_contributing").labels(p)
+        self.results_dead_lettered = self.counter("streamherd_results_dead_lettered").labels(p)
+        self.truncated = self.counter("streamherd_dead_letters_truncated").labels(p)
         self.windows_emitted = self.counter("streamherd_windows_emitted").labels(p)
         self.batch_duration = self.histogram("streamherd_batch_duration_seconds").labels(p)
         self.batch_size = self.gauge("streamherd_batch_size").labels(p)

@@ -19,12 +19,13 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 
 from streamherd.workers.config import MapStep, ProcessorConfig, UserFunction
 from streamherd.workers.expressions import compile_expression
+from streamherd.workers.limits import LimitError
 from streamherd.workers.windowing import PartitionWindows, WindowPlan
 
 
@@ -90,13 +91,38 @@ class SyntheticMessage:
 Item = tuple[dict[str, Any], SourceMessage]
 
 
+#: Characters of an error message kept in a dead letter's header.
+MESSAGE_CHARACTERS: Final = 1000
+
+#: What makes an expression's failure a ``limit`` one: a value over its budget
+#: (streamherd.workers.limits), or Python running out of stack or memory on the record.
+LIMIT_ERRORS: Final = (LimitError, RecursionError, MemoryError)
+
+
 @dataclass(frozen=True)
 class Failure:
-    """A record that failed a stage: where it came from, why, and the exception."""
+    """A record that failed a stage: where it came from, why, and the exception.
+
+    ``reason``: decode | expression | function | late | limit | sink. An ``expression``
+    failure whose error is one of :data:`LIMIT_ERRORS` becomes ``limit`` here, in one place
+    for both batch paths.
+    """
 
     message: SourceMessage
-    reason: str  # decode | expression | function | late
+    reason: str
     error: BaseException
+
+    def __post_init__(self) -> None:
+        # Only the type and the message are kept: a traceback's frames hold the record and
+        # every value computed from it (megabytes for a hostile record) until the batch ends.
+        self.error.__traceback__ = None
+        # Some messages repeat the value (float('x...') quotes all of it): keep what the
+        # dead-letter header can hold.
+        text = str(self.error)
+        if len(text) > MESSAGE_CHARACTERS and len(self.error.args) == 1:
+            self.error.args = (text[:MESSAGE_CHARACTERS] + "...",)
+        if self.reason == "expression" and isinstance(self.error, LIMIT_ERRORS):
+            object.__setattr__(self, "reason", "limit")  # frozen: set once, here
 
 
 class LateRecordError(Exception):
@@ -260,10 +286,15 @@ def function_stage(spec: UserFunction) -> Stage:
 
 @dataclass(frozen=True)
 class Processor:
-    """A ProcessorConfig compiled once: stateless stages and the optional window plan."""
+    """A ProcessorConfig compiled once: stateless stages and the optional window plan.
+
+    ``one_to_one``: every stage keeps or drops each record (no user function, which may
+    turn one record into several), so surviving items and source records correspond.
+    """
 
     stages: tuple[Stage, ...]
     window: WindowPlan | None
+    one_to_one: bool = True
 
     @classmethod
     def compile(cls, config: ProcessorConfig) -> Processor:
@@ -279,7 +310,11 @@ class Processor:
         for step in config.steps:
             if step.window is not None:
                 window = WindowPlan.compile(step.window)
-        return cls(tuple(stages), window)
+        return cls(tuple(stages), window, config.function is None)
+
+    def survivors(self, items: list[Item]) -> int:
+        """How many source records have at least one item in ``items``."""
+        return len(items) if self.one_to_one else len({id(m) for _, m in items})
 
     def run(self, items: list[Item], failures: list[Failure]) -> list[Item]:
         for stage in self.stages:
@@ -295,12 +330,19 @@ class WindowBatch:
 
     ``failures`` holds the decode failures, then each stage's, then the window's key, event
     time and value errors, each in record order; ``late`` the late records with their event
-    time; ``filtered`` how many records the filters dropped.
+    time; ``filtered`` how many records the filters (or a user function) dropped. Every
+    other record was folded into the state (:func:`contributing`).
     """
 
     failures: list[Failure]
     late: list[tuple[SourceMessage, int]]
     filtered: int
+
+
+def contributing(n_in: int, filtered: int, failed: int) -> int:
+    """Records of a batch that reached the window or the sink: the rest of
+    ``in = contributing + filtered + dead-lettered`` (late records are dead-lettered)."""
+    return n_in - filtered - failed
 
 
 def window_batch(
@@ -319,7 +361,7 @@ def window_batch(
     n_decoded = len(items)
     items = processor.run(items, failures)
     stage_failures = len(failures) - (len(messages) - n_decoded)
-    filtered = max(n_decoded - len(items) - stage_failures, 0)
+    filtered = n_decoded - processor.survivors(items) - stage_failures
     errors, late = windows.fold(items, kafka_timestamp)
     failures.extend(Failure(m, "expression", error) for m, error in errors)
     return WindowBatch(failures, late, filtered)
@@ -334,7 +376,7 @@ def kafka_timestamp(message: SourceMessage) -> int | None:
 def error_headers(failure: Failure, pipeline: str) -> list[tuple[str, bytes]]:
     """Dead-letter headers naming the error and the record's origin."""
     m = failure.message
-    message = str(failure.error)[:1000]
+    message = str(failure.error)[:MESSAGE_CHARACTERS]
     return [
         ("streamherd.error", type(failure.error).__name__.encode()),
         ("streamherd.error.reason", failure.reason.encode()),

@@ -8,13 +8,15 @@ is what makes output at-least-once (docs/decisions/0002-delivery-guarantees.md).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
 import zlib
-from collections.abc import Mapping
-from typing import Any, TextIO
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, TextIO
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from streamherd.workers.config import (
     DeadLetterConfig,
@@ -24,10 +26,11 @@ from streamherd.workers.config import (
 )
 from streamherd.workers.expressions import compile_expression
 from streamherd.workers.kafkaclients import producer_config
+from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics
-from streamherd.workers.processing import Failure, encode_output, error_headers
+from streamherd.workers.processing import Failure, SourceMessage, encode_output, error_headers
 from streamherd.workers.sinks_postgres import PostgresSink
-from streamherd.workers.windowing import key_text
+from streamherd.workers.values import text_of
 
 log = logging.getLogger("streamherd.worker")
 
@@ -38,6 +41,137 @@ LOW_WATER = 50_000
 
 class DeliveryError(RuntimeError):
     """The broker refused or never acknowledged an output record: do not checkpoint."""
+
+
+class SinkRefusedError(RuntimeError):
+    """The sink refused a result as too large (it is dead-lettered with reason ``sink``)."""
+
+
+#: librdkafka's default ``message.max.bytes``: the producer refuses larger messages itself.
+DEFAULT_MESSAGE_MAX_BYTES: Final = 1_000_000
+#: Room left under ``message.max.bytes`` for the record's framing (librdkafka counts it).
+FRAMING_BYTES: Final = 1024
+#: A dead letter the broker refused as too large is sent again with at most this much of the
+#: original value (and then with none, headers only).
+SHORT_VALUE_BYTES: Final = 1024
+#: How long a record sent again alone (after a refused batch) is waited for.
+ALONE_SECONDS: Final = 10.0
+#: Broker and producer errors that say "this record is too large", not "the sink is down".
+SIZE_ERRORS: Final = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,  # the producer's message.max.bytes, or the broker's
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_MSG_SIZE,
+    }
+)
+
+Headers = list[tuple[str, bytes]]
+
+# Header names of a truncated dead letter.
+TRUNCATED: Final = "streamherd.truncated"
+TRUNCATED_REASON: Final = "streamherd.truncated.reason"
+ORIGINAL_SIZE: Final = "streamherd.original.size"
+ORIGINAL_KEY_SIZE: Final = "streamherd.original.key.size"
+
+
+def message_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    """Bytes of a record as the producer counts them, framing aside."""
+    return len(key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers)
+
+
+def truncate(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers,
+    why: str,
+    *,
+    value_bytes: int,
+    key_bytes: int,
+) -> tuple[bytes | None, bytes | None, Headers]:
+    """The dead letter with its value cut to ``value_bytes`` and its key to ``key_bytes``;
+    headers say so, with the original sizes (kept from an earlier cut) and why."""
+    known = {k for k, _ in headers}
+    kept = [(k, v) for k, v in headers if k not in (TRUNCATED, TRUNCATED_REASON)]
+    kept += [(TRUNCATED, b"true"), (TRUNCATED_REASON, why.encode(errors="replace")[:300])]
+    if ORIGINAL_SIZE not in known:
+        kept.append((ORIGINAL_SIZE, str(len(value or b"")).encode()))
+    if ORIGINAL_KEY_SIZE not in known:
+        kept.append((ORIGINAL_KEY_SIZE, str(len(key or b"")).encode()))
+    if key is not None:
+        key = key[: max(key_bytes, 0)]
+    if value is not None:
+        value = value[: max(value_bytes, 0)]
+    return key, value, kept
+
+
+def fit(
+    key: bytes | None, value: bytes | None, headers: Headers, limit: int, why: str
+) -> tuple[bytes | None, bytes | None, Headers]:
+    """The dead letter cut to fit ``limit`` bytes, framing and the added headers included:
+    the key keeps at most a quarter of the room, the value the rest."""
+    room = limit - FRAMING_BYTES - message_size(None, None, headers) - 400  # added headers
+    key_bytes = min(len(key or b""), max(room // 4, 0))
+    return truncate(key, value, headers, why, value_bytes=room - key_bytes, key_bytes=key_bytes)
+
+
+def shorter(
+    key: bytes | None, value: bytes | None, headers: Headers, why: str
+) -> tuple[bytes | None, bytes | None, Headers] | None:
+    """The next, shorter form of a dead letter the broker refused as too large: at most
+    :data:`SHORT_VALUE_BYTES` of the value, then none (headers only); None after that."""
+    if len(value or b"") > SHORT_VALUE_BYTES or len(key or b"") > SHORT_VALUE_BYTES // 4:
+        return truncate(
+            key,
+            value,
+            headers,
+            why,
+            value_bytes=SHORT_VALUE_BYTES,
+            key_bytes=SHORT_VALUE_BYTES // 4,
+        )
+    if key or value:
+        return truncate(key, value, headers, why, value_bytes=0, key_bytes=0)
+    return None
+
+
+def is_size_error(error: KafkaError | None) -> bool:
+    return error is not None and error.code() in SIZE_ERRORS
+
+
+class _ResultMessage:
+    """A result the sink refused, as a message for the dead-letter path: the result's key
+    and value with the coordinates of the record it came from."""
+
+    __slots__ = ("_key", "_source", "_value")
+
+    def __init__(self, source: Any, key: bytes | None, value: bytes | None) -> None:
+        self._source, self._key, self._value = source, key, value
+
+    def topic(self) -> str | None:
+        return self._source.topic() if self._source is not None else None
+
+    def partition(self) -> int | None:
+        return self._source.partition() if self._source is not None else None
+
+    def offset(self) -> int | None:
+        return self._source.offset() if self._source is not None else None
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def timestamp(self) -> tuple[int, int]:
+        return self._source.timestamp() if self._source is not None else (0, 0)
+
+    def error(self) -> None:
+        return None
+
+
+def _as_bytes(value: Any) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return str(value).encode(errors="replace")
 
 
 class _Producers:
@@ -131,9 +265,21 @@ class Outputs:
         )
         self._dlq_producer: Producer | None = None
         self._dlq_topic = ""
+        self._dlq_max_bytes = DEFAULT_MESSAGE_MAX_BYTES
         if dead_letter is not None:
             self._dlq_producer = self._producers.get(dead_letter)
             self._dlq_topic = dead_letter.topic
+            self._dlq_max_bytes = int(
+                producer_config(dead_letter).get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES)
+            )
+        self._metrics = metrics
+        # Refused as too large by the broker (delivery reports): (source, key, value, error)
+        # of sink results, (key, value, headers, why) of dead letters. Sent on the next poll.
+        self._lock = threading.Lock()
+        self._retry_results: list[tuple[Any, Any]] = []  # (source, message): again, alone
+        self._refused_results: list[tuple[Any, Any, Any, BaseException]] = []
+        self._retry_dead_letters: list[tuple[Any, Any, Headers]] = []  # again, alone
+        self._refused_dead_letters: list[tuple[Any, Any, Headers, str]] = []
         # The repartition topic lives on the source's cluster (same endpoint: one producer
         # with the sink's when they share it).
         self._source_endpoint = (
@@ -146,15 +292,35 @@ class Outputs:
     def has_dead_letter(self) -> bool:
         return self._dlq_producer is not None
 
-    def write(self, rows: list[tuple[bytes | str | None, Mapping[str, Any] | bytes]]) -> None:
-        """Write results: (default key, value). The sink's key expression wins when set."""
+    def write(
+        self,
+        rows: list[tuple[bytes | str | None, Mapping[str, Any] | bytes]],
+        sources: Sequence[SourceMessage] | SourceMessage | None = None,
+    ) -> None:
+        """Write results: (default key, value). The sink's key expression wins when set.
+
+        ``sources``: the record each row came from (one per row, or one for all), named in
+        the dead letter of a result the sink refuses: one it cannot encode, whose key
+        expression fails, or that is too large for it (now, or when the broker answers).
+        """
+        many = isinstance(sources, Sequence)
+
+        def source_of(i: int) -> Any:
+            return sources[i] if many else sources  # type: ignore[index]
+
         if self._postgres is not None:
             self._postgres.write([value for _, value in rows])
             return
         if self._sink_producer is None:
-            lines = [encode_output(value).decode("utf-8", errors="replace") for _, value in rows]
+            lines = []
+            for i, (_, value) in enumerate(rows):
+                try:
+                    lines.append(encode_output(value).decode("utf-8", errors="replace"))
+                except Exception as error:  # noqa: BLE001 - the result's fault: dead-letter it
+                    self._refuse(source_of(i), None, value, error)
             if lines:
                 self._out.write("\n".join(lines) + "\n")
+            self._drain_refusals()
             return
         producer, topic, headers, key_fn = (
             self._sink_producer,
@@ -162,26 +328,91 @@ class Outputs:
             self._headers or None,
             self._key_fn,
         )
-        for default_key, value in rows:
-            key = default_key
-            if key_fn is not None and not isinstance(value, bytes):
-                computed = key_fn(value)
-                key = None if computed is None else key_text(computed)
-            _produce(producer, topic=topic, key=key, value=encode_output(value), headers=headers)
+        delivered = self._sink_delivered
+        for i, (default_key, value) in enumerate(rows):
+            source = source_of(i)
+            try:
+                key = default_key
+                if key_fn is not None and not isinstance(value, bytes):
+                    computed = key_fn(value)
+                    key = None if computed is None else text_of(computed)
+                data = encode_output(value)
+            except Exception as error:  # noqa: BLE001 - the result's fault: dead-letter it
+                self._refuse(source, default_key, value, error)
+                continue
+            try:
+                _produce(
+                    producer,
+                    topic=topic,
+                    key=key,
+                    value=data,
+                    headers=headers,
+                    on_delivery=functools.partial(delivered, source),
+                )
+            except KafkaException as error:
+                if not is_size_error(error.args[0]):
+                    raise
+                self._refuse(source, key, data, SinkRefusedError(str(error.args[0])))
         producer.poll(0)
+        self._drain_refusals()
 
-    def dead_letter(self, failures: list[Failure]) -> None:
+    # A broker refuses a whole batch when it is over the topic's max.message.bytes, so a
+    # record refused in a batch is first sent again alone (produce, then flush: a batch of
+    # its own); only a refusal of it alone makes it too large. Refusals are collected by
+    # the delivery reports (served from poll and flush) and handled by _drain_refusals.
+
+    def _sink_delivered(self, source: Any, error: KafkaError | None, message: Any) -> None:
+        if error is None:
+            return
+        if is_size_error(error):
+            with self._lock:
+                self._retry_results.append((source, message))
+        else:
+            self._producers._on_delivery(error, message)
+
+    def _sink_delivered_alone(self, source: Any, error: KafkaError | None, message: Any) -> None:
+        if error is None:
+            return
+        if is_size_error(error):  # too large for the sink topic: dead-letter the result
+            with self._lock:
+                self._refused_results.append(
+                    (source, message.key(), message.value(), SinkRefusedError(str(error)))
+                )
+        else:
+            self._producers._on_delivery(error, message)
+
+    def _refuse(
+        self, source: Any, key: Any, value: Any, error: BaseException, alone: bool = False
+    ) -> None:
+        """Dead-letter a result the sink cannot take (reason ``sink``)."""
+        try:
+            data = encode_output(value)
+        except Exception:  # noqa: BLE001 - not encodable: the headers still name its record
+            data = f"<a {type(value).__name__} result that cannot be encoded>".encode()
+        message = _ResultMessage(source, _as_bytes(key), data)
+        if self._metrics is not None:
+            self._metrics.results_dead_lettered.inc()
+        log_event(
+            log,
+            logging.WARNING,
+            "result-dead-lettered",
+            error=type(error).__name__,
+            message=str(error)[:200],
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+        )
+        self.dead_letter([Failure(message, "sink", error)], alone=alone)
+
+    def dead_letter(self, failures: list[Failure], alone: bool = False) -> None:
+        """Send failed records to the dead-letter topic, each whole or, when it is too large
+        for the producer, truncated (:func:`fit`); headers name the error and the origin."""
         if self._dlq_producer is None:
             return
         for failure in failures:
             m = failure.message
-            _produce(
-                self._dlq_producer,
-                topic=self._dlq_topic,
-                key=m.key(),
-                value=m.value(),
-                headers=error_headers(failure, self.pipeline),
-            )
+            headers = error_headers(failure, self.pipeline)
+            self._send_dead_letter(m.key(), m.value(), headers, alone=alone)
         self._dlq_producer.poll(0)
 
     def repartition(
@@ -227,6 +458,118 @@ class Outputs:
     def take_errors(self) -> list[str]:
         return self._producers.take_errors()
 
+    def _send_dead_letter(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+        *,
+        cut: bool = False,
+        alone: bool = False,
+    ) -> None:
+        producer = self._dlq_producer
+        assert producer is not None
+        if not cut and message_size(key, value, headers) + FRAMING_BYTES > self._dlq_max_bytes:
+            why = f"larger than the producer's message.max.bytes ({self._dlq_max_bytes})"
+            key, value, headers = fit(key, value, headers, self._dlq_max_bytes, why)
+            cut = True
+        while True:
+            try:
+                _produce(
+                    producer,
+                    topic=self._dlq_topic,
+                    key=key,
+                    value=value,
+                    headers=headers,
+                    # The headers ride along: a delivery report does not carry them.
+                    on_delivery=functools.partial(
+                        self._dead_letter_alone if alone else self._dead_letter_delivered, headers
+                    ),
+                )
+                break
+            except KafkaException as error:
+                if not is_size_error(error.args[0]):
+                    raise
+                smaller = shorter(key, value, headers, str(error.args[0]))
+                if smaller is None:
+                    self._dead_letter_lost(headers, str(error.args[0]))
+                    return
+                key, value, headers = smaller
+                cut = True
+        if cut and self._metrics is not None:
+            self._metrics.truncated.inc()
+        if alone:
+            producer.flush(ALONE_SECONDS)
+
+    def _dead_letter_delivered(
+        self, headers: Headers, error: KafkaError | None, message: Any
+    ) -> None:
+        if error is None:
+            return
+        if is_size_error(error):
+            with self._lock:
+                self._retry_dead_letters.append((message.key(), message.value(), headers))
+        else:
+            self._producers._on_delivery(error, message)
+
+    def _dead_letter_alone(self, headers: Headers, error: KafkaError | None, message: Any) -> None:
+        if error is None:
+            return
+        if is_size_error(error):  # the topic's max.message.bytes: send it again, shorter
+            with self._lock:
+                self._refused_dead_letters.append(
+                    (message.key(), message.value(), headers, str(error))
+                )
+        else:
+            self._producers._on_delivery(error, message)
+
+    def _dead_letter_lost(self, headers: Headers, why: str) -> None:
+        """Even the headers alone were refused: count and log it (nothing else can be done)."""
+        if self._metrics is not None:
+            self._metrics.error("dead-letter-refused")
+        named = dict(headers)
+        log_event(
+            log,
+            logging.ERROR,
+            "dead-letter-refused",
+            error=why,
+            topic=named.get("streamherd.source.topic", b"").decode(errors="replace"),
+            partition=named.get("streamherd.source.partition", b"").decode(errors="replace"),
+            offset=named.get("streamherd.source.offset", b"").decode(errors="replace"),
+        )
+
+    def _drain_refusals(self) -> bool:
+        """Handle what the broker refused as too large since the last call; True when
+        something was sent again (see the comment above :meth:`_sink_delivered`)."""
+        with self._lock:
+            retry_results, self._retry_results = self._retry_results, []
+            results, self._refused_results = self._refused_results, []
+            retry_letters, self._retry_dead_letters = self._retry_dead_letters, []
+            letters, self._refused_dead_letters = self._refused_dead_letters, []
+        for source, message in retry_results:
+            producer = self._sink_producer
+            assert producer is not None
+            _produce(
+                producer,
+                topic=message.topic(),
+                key=message.key(),
+                value=message.value(),
+                headers=self._headers or None,
+                on_delivery=functools.partial(self._sink_delivered_alone, source),
+            )
+            producer.flush(ALONE_SECONDS)
+        for source, key, value, error in results:
+            self._refuse(source, key, value, error, alone=True)
+        for key, value, headers in retry_letters:
+            self._send_dead_letter(key, value, headers, alone=True)
+        for key, value, headers, why in letters:
+            smaller = shorter(key, value, headers, why)
+            if smaller is None:
+                self._dead_letter_lost(headers, why)
+            else:
+                self._send_dead_letter(*smaller, cut=True, alone=True)
+        return bool(retry_results or results or retry_letters or letters)
+
     def behind(self) -> bool:
         if self._postgres is not None and self._postgres.behind():
             return True
@@ -248,15 +591,27 @@ class Outputs:
     def poll(self, timeout: float = 0.0) -> None:
         for producer in self._producers.all():
             producer.poll(timeout)
+        self._drain_refusals()
 
     def flush(self, timeout: float) -> bool:
-        """Deliver everything written so far; False when time ran out. Raises DeliveryError."""
+        """Deliver everything written so far; False when time ran out. Raises DeliveryError.
+
+        A record the broker refuses as too large is dead-lettered (shorter each time), and
+        that dead letter is delivered too before this returns True."""
         self._out.flush()
         if self._postgres is not None and not self._postgres.flush(timeout):
             return False  # not confirmed by the database yet: no checkpoint may cover it
+        deadline = time.monotonic() + timeout
         pending = 0
-        for producer in self._producers.all():
-            pending += producer.flush(timeout)
+        # A refused record is sent again alone; a result refused alone becomes a dead
+        # letter, which may be refused (in a batch, then alone) and sent shorter: 1 KiB of
+        # its value, then headers only. Each round handles the previous one's refusals.
+        for _ in range(8):
+            pending = 0
+            for producer in self._producers.all():
+                pending += producer.flush(max(deadline - time.monotonic(), 0.0))
+            if not self._drain_refusals():
+                break
         errors = self._producers.take_errors()
         if errors:
             raise DeliveryError(f"{len(errors)} output records failed: {errors[0]}")

@@ -22,7 +22,6 @@ Semantics (docs/engine.md has the long form):
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -30,15 +29,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import orjson
-
 from streamherd.workers.config import WindowSpec, parse_duration
 from streamherd.workers.expressions import compile_expression
+from streamherd.workers.limits import check_window_count
+from streamherd.workers.values import (
+    canonical_key,
+    decode_value,
+    encode_value,
+    key_text,
+    key_value,
+)
 
 Record = Mapping[str, Any]
 ValueFn = Callable[[Record], Any]
 
-STATE_VERSION: Final = 1
+# 2: values written by values.encode_value (exact floats, integers, bytes), keys as their
+# JSON value. 1 (read too): plain JSON, whose non-finite floats had become null.
+STATE_VERSION: Final = 2
 
 # The largest float as an int: an avg takes integers up to it, so its mean (a float) exists.
 FLOAT_MAX: Final = int(sys.float_info.max)
@@ -54,18 +61,9 @@ def iso_ms(epoch_ms: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
 
 
-def key_text(key: Any) -> str:
-    """The key as text in output keys: strings as they are, anything else as JSON."""
-    if isinstance(key, str):
-        return key
-    try:
-        return orjson.dumps(key).decode()
-    except TypeError:  # an integer beyond 64 bits (orjson refuses those): the stdlib writes it
-        return json.dumps(key, ensure_ascii=False, separators=(",", ":"))
-
-
 def output_key(key: Any, window_start_ms: int) -> str:
-    """Deterministic output key ``<key>|<window_start>``: a replayed window overwrites."""
+    """Deterministic output key ``<key>|<window_start>`` of a key in state form
+    (``values.canonical_key``): a replayed window overwrites."""
     return f"{key_text(key)}|{iso_ms(window_start_ms)}"
 
 
@@ -233,6 +231,7 @@ class WindowPlan:
             if spec.type == "hopping" and spec.slide
             else size
         )
+        check_window_count(size, slide)
         return cls(
             size_ms=size,
             slide_ms=slide,
@@ -357,7 +356,7 @@ class WindowPlan:
     ) -> dict[str, Any]:
         """The output record of a window; ``texts``: its start and end already as text."""
         start, end = texts or (iso_ms(start_ms), iso_ms(start_ms + self.size_ms))
-        out: dict[str, Any] = {"key": key, "window_start": start, "window_end": end}
+        out: dict[str, Any] = {"key": key_value(key), "window_start": start, "window_end": end}
         for i, agg in enumerate(self.aggregates):
             if agg.function == "avg":
                 total, n = acc[i]
@@ -379,7 +378,7 @@ class PartitionWindows:
     def __init__(self, plan: WindowPlan) -> None:
         self.plan = plan
         self.max_event_ms: int | None = None
-        # (key, window start) -> accumulator; keys are JSON scalars (hashable). Windows are
+        # (key, window start) -> accumulator; keys in values.canonical_key's form. Windows are
         # only created through open_window(), which keeps first_end.
         self.windows: dict[tuple[Any, int], list[Any]] = {}
         # The smallest end of an open window (None: none open), so that close() after each
@@ -469,11 +468,12 @@ class PartitionWindows:
         for record, source in items:
             try:
                 key = key_of(record)
-                hash(key)  # a list/dict key is the record's error, caught here
+                if type(key) is not str:  # see values.canonical_key: 1, 1.0, true differ
+                    key = canonical_key(key)
                 event_ms = time_of(record, kafka_time(source) if use_kafka_time else None)
                 values = values_of(record)
             except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
-                errors.append((source, error))
+                errors.append((source, error.with_traceback(None)))
                 continue
             if not tumbling:
                 self.max_event_ms = max_ms
@@ -481,7 +481,7 @@ class PartitionWindows:
                     if not self.add(key, event_ms, values):
                         late.append((source, event_ms))
                 except REFUSED as error:  # nothing changed: the record's error
-                    errors.append((source, error))
+                    errors.append((source, error.with_traceback(None)))
                 max_ms = self.max_event_ms
                 continue
             top = max_ms if max_ms is not None and event_ms <= max_ms else event_ms
@@ -495,7 +495,7 @@ class PartitionWindows:
             try:
                 update(acc, values)
             except REFUSED as error:  # all or nothing: neither acc nor max_ms changed
-                errors.append((source, error))
+                errors.append((source, error.with_traceback(None)))
                 continue
             max_ms = top
         self.max_event_ms = max_ms
@@ -531,10 +531,15 @@ class PartitionWindows:
         return out
 
     def to_json(self) -> dict[str, Any]:
+        """The state as plain JSON, exactly (``values.encode_value``): keys as their JSON
+        value, accumulators with their NaN, infinities and integers of any size."""
         return {
             "v": STATE_VERSION,
             "maxEventMs": self.max_event_ms,
-            "windows": [[k, s, acc] for (k, s), acc in self.windows.items()],
+            "windows": [
+                [encode_value(key_value(k)), s, encode_value(acc)]
+                for (k, s), acc in self.windows.items()
+            ],
         }
 
     @classmethod
@@ -542,11 +547,12 @@ class PartitionWindows:
         state = cls(plan)
         if not data:
             return state
-        if data.get("v") != STATE_VERSION:
+        if data.get("v") not in (1, STATE_VERSION):
             raise ValueError(f"unsupported window state version {data.get('v')!r}")
         state.max_event_ms = data.get("maxEventMs")
         for key, start, acc in data.get("windows", ()):
-            state.windows[(key, int(start))] = acc
+            # Version 1 wrote keys as they were held: a list-literal key as an array.
+            state.windows[(canonical_key(decode_value(key)), int(start))] = decode_value(acc)
         if state.windows:
             state.first_end = min(s for _, s in state.windows) + plan.size_ms
         return state
@@ -557,7 +563,8 @@ def reference_aggregate(
 ) -> dict[str, dict[str, Any]]:
     """Naive reference (no lateness, every window): output key -> result. Used by tests."""
     accs: dict[tuple[Any, int], list[Any]] = {}
-    for key, event_ms, values in records:
+    for raw_key, event_ms, values in records:
+        key = canonical_key(raw_key)
         for start in plan.window_starts(event_ms):
             acc = accs.setdefault((key, start), plan.new_accumulator())
             plan.update(acc, values)  # REFUSED: the caller passes foldable values only

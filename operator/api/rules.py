@@ -44,6 +44,7 @@ from streamherd.operator.api.v1alpha1 import (
 )
 from streamherd.workers.config import parse_duration
 from streamherd.workers.expressions import ExpressionError, compile_expression
+from streamherd.workers.limits import MAX_WINDOWS_PER_RECORD
 
 # --------------------------------------------------------------------------- constants
 
@@ -67,10 +68,6 @@ QUALIFIED_NAME: Final = (
 )
 #: Resource names a worker container may request besides extended resources (`domain/name`).
 STANDARD_RESOURCES: Final = ("cpu", "memory", "ephemeral-storage")
-#: Hook for the engine's cap on the windows one record can fall into (a hopping window of
-#: `size` sliding by `slide` opens size/slide windows per record). The engine owns the real
-#: limit (workers/); this constant must equal it.
-MAX_WINDOWS_PER_RECORD: Final = 1000
 
 
 # --------------------------------------------------------------------------- quantities

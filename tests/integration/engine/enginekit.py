@@ -159,6 +159,8 @@ class Worker:
     metrics_port: int
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] | None = None  # added to the environment (e.g. STREAMHERD_WORKER_ID)
+    # Words run before the worker's command (e.g. joining a memory cgroup), then exec.
+    prefix: tuple[str, ...] = ()
 
     @classmethod
     def create(cls, tmp: Path, name: str, config: dict[str, Any]) -> Worker:
@@ -172,7 +174,7 @@ class Worker:
         env = {**os.environ, "PYTHONPATH": str(ROOT), **(self.env or {})}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [str(WORKER), "--config", str(self.config_path)],
+            [*self.prefix, str(WORKER), "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

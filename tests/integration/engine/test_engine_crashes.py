@@ -3,20 +3,34 @@ and a second worker joining and leaving mid-stream, while records keep arriving.
 
 Afterwards the sink, deduplicated by its deterministic key (last wins), must hold every
 window of the input with exactly the reference aggregates: each input record reflected
-once, none lost, none twice, and no window missing."""
+once, none lost, none twice, and no window missing. The same holds for state that JSON
+cannot hold as is (infinities, NaN, integers beyond 64 bits, composite keys, keys 1, 1.0
+and true): the results equal those of the engine's own batch path run uninterrupted."""
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from streamherd.workers.config import ProcessorConfig
+from streamherd.workers.processing import (
+    Processor,
+    SyntheticMessage,
+    decode_json,
+    encode_output,
+    window_batch,
+)
+from streamherd.workers.windowing import PartitionWindows
 from tests.infra.kafka import KafkaBroker
 from tests.integration.engine.enginekit import (
+    BASE_TS,
     Worker,
     assert_matches,
     clicks,
@@ -171,3 +185,121 @@ def test_second_worker_joins_and_leaves_mid_stream(
     finally:
         first.stop()
         second.stop()
+
+
+HOSTILE_WINDOW: dict[str, Any] = {
+    "keyBy": "[user, x]",  # a composite key; x is 1, 1.0 or true: three different keys
+    "size": "10s",
+    "eventTime": {"field": "ts"},
+    "allowedLateness": "1h",
+    "aggregates": [
+        {"name": "n", "function": "count"},
+        {"name": "hi", "function": "max", "expression": "float(s) if s != 'nan' else null"},
+        {"name": "lo", "function": "min", "expression": "float(s) if s != 'nan' else null"},
+        {"name": "big", "function": "sum", "expression": "i * 18446744073709551616"},
+        {"name": "mean", "function": "avg", "expression": "float(s)"},
+    ],
+}
+
+
+def hostile_records(total: int) -> list[tuple[int, dict[str, Any]]]:
+    """(partition, record): every key in one partition (by user), event time growing."""
+    xs: list[Any] = [1, 1.0, True]
+    out = []
+    for i in range(total):
+        user = i % 40
+        record = {
+            "user": f"u{user}",
+            "x": xs[(i // 40) % 3],
+            "s": "inf"
+            if i % 97 == 0
+            else "-inf"
+            if i % 89 == 0
+            else "nan"
+            if i % 83 == 0
+            else str((i * 37) % 1000 / 8),
+            "i": i,
+            "ts": BASE_TS + i * 3,
+        }
+        out.append((user % 2, record))
+    return out
+
+
+def uninterrupted(records: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """The engine's own generic batch path over each partition in order, never stopped."""
+    cfg = ProcessorConfig.model_validate({"steps": [{"window": HOSTILE_WINDOW}]})
+    processor = Processor.compile(cfg)
+    assert processor.window is not None
+    out: dict[str, Any] = {}
+    for partition in (0, 1):
+        state = PartitionWindows(processor.window)
+        messages = [
+            SyntheticMessage("in", partition, i, None, r, 0)
+            for i, r in enumerate(r for p, r in records if p == partition)
+        ]
+        batch = window_batch(decode_json, processor, state, messages)  # type: ignore[arg-type]
+        assert batch.failures == [] and batch.late == []
+        for key, row in state.close(everything=True):
+            out[key] = json.loads(encode_output(row))  # as the sink writes it (exact ints)
+    return out
+
+
+def test_sigkill_with_hostile_values_gives_the_uninterrupted_results(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    src = kafka_broker.create_topic(kafka_broker.unique_topic("in"), 2)
+    sink = kafka_broker.create_topic(kafka_broker.unique_topic("out"), 2)
+    dlq = kafka_broker.create_topic(kafka_broker.unique_topic("dlq"), 1)
+    records = hostile_records(24_000)
+    config = pipeline_config(
+        kafka_broker,
+        source=src,
+        sink=sink,
+        dlq=dlq,
+        group=f"g-{src}",
+        checkpoints=tmp_path / "ck",
+        batchSize=300,
+    )
+    config["processor"] = {"steps": [{"window": HOSTILE_WINDOW}]}
+    config["checkpoint"]["intervalSeconds"] = 0.3
+    worker = Worker.create(tmp_path, "w", config).start()
+    rng = random.Random(20261203)
+    chunk = 2000
+    try:
+        for start in range(0, len(records), chunk):
+            for partition in (0, 1):
+                part = [(None, r) for p, r in records[start : start + chunk] if p == partition]
+                kafka_broker.produce(src, part, partition=partition)
+            if start // chunk % 3 == 1:  # a kill every third chunk, at a random moment
+                wait_until(
+                    "the worker to own partitions",
+                    lambda: worker.get("/readyz")[0] == 200,
+                    60,
+                    [worker],
+                )
+                time.sleep(rng.uniform(0.1, 1.5))
+                worker.kill()
+                worker.start()
+        last = records[-1][1]["ts"]
+        for partition in (0, 1):
+            marker = {"user": "zz-flush", "x": 0, "s": "0", "i": 0, "ts": last + 86_400_000}
+            kafka_broker.produce(src, [(None, marker)], partition=partition)
+        expected = uninterrupted(records)
+        seen: dict[str, Any] = {}
+
+        def complete() -> bool:
+            seen.clear()
+            for rec in sorted(
+                kafka_broker.consume_all(sink), key=lambda r: (r.partition, r.offset)
+            ):
+                assert rec.key is not None
+                if not rec.key.startswith(b'["zz-flush"'):
+                    seen[rec.key.decode()] = json.loads(rec.value or b"null")
+            return set(expected) <= set(seen)
+
+        wait_until("every window in the sink", complete, 120, [worker])
+        assert seen == expected
+        assert kafka_broker.consume_all(dlq) == []
+    finally:
+        worker.stop()
+    assert worker.log_path.read_text().count("event=partition-restored") >= 2

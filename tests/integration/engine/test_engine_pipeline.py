@@ -145,7 +145,8 @@ def test_fused_path_dead_letters_poison_with_the_same_headers(
             ("user-1", b"{not json"),  # offset 5000
             ("user-1", b"[1, 2]"),  # 5001: JSON, not an object
             ("user-1", {"id": -2, "user": "user-1", "bytes": "lots", "ts": BASE_TS + 10_001}),
-            ("user-1", {"id": -3, "user": ["x"], "bytes": 1, "ts": BASE_TS + 10_002}),
+            # An object cannot be a key (an array can: a composite key, decision 0040).
+            ("user-1", {"id": -3, "user": {"x": 1}, "bytes": 1, "ts": BASE_TS + 10_002}),
             numbered,  # 5004: a good record, the first page of its window: a number
             # 5005: a string page against it; its window must not count it (nor its bytes)
             (
@@ -192,7 +193,7 @@ def test_fused_path_dead_letters_poison_with_the_same_headers(
         (b"5000", b"decode", b"JSONDecodeError"),
         (b"5001", b"decode", b"ValueError"),
         (b"5002", b"expression", b"TypeError"),
-        (b"5003", b"expression", b"TypeError"),
+        (b"5003", b"expression", b"WindowKeyError"),
         (b"5005", b"expression", b"TypeError"),
         (b"10006", b"late", b"LateRecordError"),
     ]
@@ -204,7 +205,9 @@ def test_fused_path_dead_letters_poison_with_the_same_headers(
         assert h["streamherd.error.message"]
     assert headers[1]["streamherd.error.message"] == b"not a JSON object: list"
     assert b"needs a number, got str" in headers[2]["streamherd.error.message"]
-    assert b"unhashable type: 'list'" in headers[3]["streamherd.error.message"]
+    assert headers[3]["streamherd.error.message"] == (
+        b"a key must be a string, number, boolean, null or an array of those, got object"
+    )
     assert headers[4]["streamherd.error.message"] == (
         b"aggregate 'first_page' (min) cannot compare str with the int this window holds"
     )

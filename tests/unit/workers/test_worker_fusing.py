@@ -34,6 +34,7 @@ from streamherd.workers.processing import (
     kafka_timestamp,
     window_batch,
 )
+from streamherd.workers.values import canonical_key
 from streamherd.workers.windowing import REFUSED, PartitionWindows, WindowPlan
 
 BASE = 1_767_225_600_000
@@ -123,7 +124,8 @@ def naive(
             continue
         try:
             key = plan.key(record)
-            hash(key)
+            if type(key) is not str:
+                key = canonical_key(key)
             event_ms = plan.event_time(record, kafka_timestamp(m) if plan.kafka_time else None)
             values = plan.values(record)
         except Exception as error:
@@ -193,7 +195,7 @@ POISON = [
     b"null",
     b"",
     b'{"user": "u1", "ts": 1767225600001, "bytes": "many", "status": 200}',  # sum of a string
-    b'{"user": ["a"], "ts": 1767225600002, "bytes": 1, "status": 200}',  # unhashable key
+    b'{"user": ["a"], "ts": 1767225600002, "bytes": 1, "status": 200}',  # array: composite key
     b'{"user": {"x": 1}, "ts": 1767225600003, "bytes": 1, "status": 200}',  # dict key
     b'{"user": "u1", "ts": "soon", "bytes": 1, "status": 200}',  # bad event time
     b'{"user": "u1", "bytes": 1, "status": 200}',  # no event time

@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamherd.workers.config import WindowSpec
+from streamherd.workers.values import key_text
 from streamherd.workers.windowing import (
     PartitionWindows,
     WindowPlan,
     iso_ms,
-    key_text,
     output_key,
     reference_aggregate,
 )

@@ -1,0 +1,267 @@
+"""Records the dead-letter topic cannot take whole, against the real broker.
+
+1. The broker's default limits (``max.message.bytes`` 1048588) and the worker's producer
+   default (``message.max.bytes`` 1000000): a failing record of about 1,040,000 bytes can
+   sit in the source topic but cannot be dead-lettered as it is. It is dead-lettered
+   truncated, with headers giving its original size, the reason and its source; the
+   partition advances (the group's committed offset reaches the end) and the records after
+   it are processed.
+2. A dead-letter topic whose own ``max.message.bytes`` is small: the broker refuses the dead
+   letter after the producer accepted it; it is sent again shorter. A sink topic with a
+   small limit refuses a result: the result is dead-lettered with reason ``sink`` and the
+   coordinates of its record.
+
+Both: the worker never exits, and read = contributing + filtered + dead-lettered in its
+metrics. Where the machine lets the test create a cgroup v1 memory cgroup, the first
+worker runs in one limited to 512 MiB (a pod's limit) and its peak usage is checked.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import KafkaException, Producer
+
+from tests.infra.kafka import KafkaBroker, Record
+from tests.integration.engine.enginekit import (
+    BASE_TS,
+    Worker,
+    clicks,
+    flush_markers,
+    latest_by_key,
+    pipeline_config,
+    reference,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka]
+
+BIG = 1_040_000  # under the broker's default 1048588, over the producer's default 1000000
+
+
+def produce_raw(broker: KafkaBroker, topic: str, values: list[bytes]) -> None:
+    """Produce exact bytes with a producer allowed up to the broker's default limit."""
+    producer = Producer(
+        broker.client_config(**{"message.max.bytes": 1_048_576, "compression.type": "none"})
+    )
+    errors: list[Any] = []
+    for value in values:
+        producer.produce(
+            topic, key=b"big", value=value, on_delivery=lambda e, _m: e and errors.append(e)
+        )
+        producer.flush(30)
+    assert not errors, errors
+
+
+def incompressible(n: int) -> bytes:
+    rng = random.Random(n)
+    alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    return bytes(rng.choice(alphabet) for _ in range(n))
+
+
+MEMORY_LIMIT = 512 * 2**20
+CGROUP_MEMORY = Path("/sys/fs/cgroup/memory")
+
+
+def memory_cgroup(name: str) -> Path | None:
+    """A cgroup v1 memory cgroup limited to 512 MiB, or None where this machine has none
+    we may create (then the worker runs without a limit; the peak is not checked)."""
+    path = CGROUP_MEMORY / name
+    try:
+        path.mkdir()
+        (path / "memory.limit_in_bytes").write_text(str(MEMORY_LIMIT))
+    except OSError:
+        return None
+    return path
+
+
+def committed_to(broker: KafkaBroker, group: str, topic: str, end: int) -> bool:
+    """The group's committed offset of partition 0 is ``end`` (a busy coordinator: not yet)."""
+    try:
+        return broker.committed(group, topic) == {0: end}
+    except KafkaException:
+        return False
+
+
+def headers_of(record: Record) -> dict[str, bytes | None]:
+    return dict(record.headers)
+
+
+def accounted(worker: Worker) -> tuple[float, float]:
+    """(records read, contributing + filtered + dead-lettered) from the worker's metrics."""
+    metrics = worker.metrics()
+    read = sum(v for k, v in metrics.items() if k.startswith("streamherd_records_in_total"))
+    rest = sum(
+        v
+        for k, v in metrics.items()
+        if k.startswith(
+            (
+                "streamherd_records_contributing_total",
+                "streamherd_records_filtered_total",
+                "streamherd_records_dead_lettered_total",
+            )
+        )
+    )
+    return read, rest
+
+
+def test_a_record_over_the_producer_limit_is_dead_lettered_truncated(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    src = kafka_broker.create_topic(kafka_broker.unique_topic("in"), 1)
+    sink = kafka_broker.create_topic(kafka_broker.unique_topic("out"), 1)
+    dlq = kafka_broker.create_topic(kafka_broker.unique_topic("dlq"), 1)
+    group = f"g-{src}"
+    before = list(clicks(0, 300))
+    after = list(clicks(300, 300))
+    kafka_broker.produce(src, before)
+    # A valid record whose sum fails (a string), and a value that is no JSON at all.
+    failing = (
+        b'{"user": "big", "ts": %d, "bytes": "' % (BASE_TS + 700) + incompressible(BIG) + b'"}'
+    )
+    malformed = b"{" + incompressible(BIG)
+    produce_raw(kafka_broker, src, [failing, malformed])
+    kafka_broker.produce(src, after)
+    flush_markers(kafka_broker, src, 1, after[-1][1]["ts"])
+    end = kafka_broker.end_offsets(src)[0]
+
+    config = pipeline_config(
+        kafka_broker,
+        source=src,
+        sink=sink,
+        dlq=dlq,
+        group=group,
+        checkpoints=tmp_path / "ck",
+    )
+    worker = Worker.create(tmp_path, "w", config)
+    group_dir = memory_cgroup(f"streamherd-oversize-{os.getpid()}")
+    if group_dir is not None:  # a pod's limit: 512 MiB of memory, the kernel enforces it
+        worker.prefix = ("sh", "-c", f'echo $$ > {group_dir}/cgroup.procs && exec "$@"', "sh")
+    worker.start()
+    try:
+        wait_until(
+            "the partition to advance past the oversized records",
+            lambda: committed_to(kafka_broker, group, src, end),
+            90,
+            [worker],
+        )
+        letters = sorted(  # a batch's decode failures come before its expression failures
+            kafka_broker.consume_all(dlq, min_records=2, timeout=60),
+            key=lambda r: int(headers_of(r)["streamherd.source.offset"] or b"0"),
+        )
+        assert len(letters) == 2
+        for letter, original, reason, offset in (
+            (letters[0], failing, b"expression", 300),
+            (letters[1], malformed, b"decode", 301),
+        ):
+            named = headers_of(letter)
+            assert named["streamherd.truncated"] == b"true"
+            assert named["streamherd.original.size"] == str(len(original)).encode()
+            assert named["streamherd.original.key.size"] == b"3"
+            assert b"message.max.bytes" in (named["streamherd.truncated.reason"] or b"")
+            assert named["streamherd.error.reason"] == reason
+            assert named["streamherd.source.topic"] == src.encode()
+            assert named["streamherd.source.partition"] == b"0"
+            assert named["streamherd.source.offset"] == str(offset).encode()
+            assert letter.key == b"big"
+            assert letter.value is not None and 900_000 < len(letter.value) < len(original)
+            assert original.startswith(letter.value)
+        # The records after them were processed: every window of the good records is there.
+        expected = reference(before + after)
+
+        def complete() -> bool:
+            return set(expected) <= set(latest_by_key(kafka_broker.consume_all(sink)))
+
+        wait_until("every window in the sink", complete, 60, [worker])
+        got = latest_by_key(kafka_broker.consume_all(sink))
+        assert {k: (v["clicks"], v["bytes"]) for k, v in got.items() if k in expected} == {
+            k: (v["clicks"], v["bytes"]) for k, v in expected.items()
+        }
+        wait_until("the counters", lambda: accounted(worker)[0] == end, 30, [worker])
+        read, rest = accounted(worker)
+        assert read == rest == end
+        metrics = worker.metrics()
+        assert metrics['streamherd_dead_letters_truncated_total{pipeline="clicks"}'] == 2
+        assert worker.alive()
+    finally:
+        worker.stop()
+        if group_dir is not None:
+            peak = int((group_dir / "memory.max_usage_in_bytes").read_text())
+            oom = (group_dir / "memory.oom_control").read_text()
+            group_dir.rmdir()
+    if group_dir is not None:
+        print(f"worker peak memory under the 512 MiB cgroup: {peak / 2**20:.1f} MiB")
+        assert "oom_kill 0" in oom or "oom_kill" not in oom
+        assert peak < MEMORY_LIMIT
+
+
+def test_a_topic_that_refuses_gets_a_shorter_dead_letter_and_refused_results_are_dead_lettered(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    src = kafka_broker.create_topic(kafka_broker.unique_topic("in"), 1)
+    small = {"max.message.bytes": "4096"}
+    sink = kafka_broker.create_topic(kafka_broker.unique_topic("out"), 1, config=small)
+    dlq = kafka_broker.create_topic(kafka_broker.unique_topic("dlq"), 1, config=small)
+    group = f"g-{src}"
+    # A stateless pipeline: records with ok=true are written to the sink as they are.
+    config = pipeline_config(
+        kafka_broker,
+        source=src,
+        sink=sink,
+        dlq=dlq,
+        group=group,
+        checkpoints=tmp_path / "ck",
+    )
+    config["processor"] = {"steps": [{"filter": "ok"}]}
+    config["sink"]["kafka"]["key"] = "name"
+    text = incompressible(50_000)
+    kafka_broker.produce(
+        src,
+        [
+            orjson.dumps({"name": "small", "ok": True}),  # 0: to the sink
+            b'{"name": "large-result", "ok": true, "text": "' + text + b'"}',  # 1: refused
+            b'{"name": "malformed", "text": "' + text + b'", "x": }',  # 2: decode failure
+            orjson.dumps({"name": "dropped", "ok": False}),  # 3: filtered
+            orjson.dumps({"name": "small-2", "ok": True}),  # 4: to the sink
+        ],
+    )
+    end = kafka_broker.end_offsets(src)[0]
+    worker = Worker.create(tmp_path, "w", config).start()
+    try:
+        wait_until(
+            "the partition to advance",
+            lambda: committed_to(kafka_broker, group, src, end),
+            90,
+            [worker],
+        )
+        out = kafka_broker.consume_all(sink)
+        assert sorted(r.key for r in out) == [b"small", b"small-2"]
+        letters = sorted(
+            kafka_broker.consume_all(dlq, min_records=2, timeout=60),
+            key=lambda r: int(headers_of(r)["streamherd.source.offset"] or b"0"),
+        )
+        assert len(letters) == 2
+        result, failure = (headers_of(letter) for letter in letters)
+        assert result["streamherd.error.reason"] == b"sink"
+        assert result["streamherd.source.offset"] == b"1"
+        assert result["streamherd.truncated"] == b"true"
+        assert b"too large" in (result["streamherd.truncated.reason"] or b"").lower()
+        assert failure["streamherd.error.reason"] == b"decode"
+        assert failure["streamherd.source.offset"] == b"2"
+        assert failure["streamherd.truncated"] == b"true"
+        for letter, named in zip(letters, (result, failure), strict=True):
+            assert int(named["streamherd.original.size"] or b"0") > 50_000
+            assert letter.value is not None and len(letter.value) <= 1024
+        wait_until("the counters", lambda: accounted(worker)[0] == end, 30, [worker])
+        read, rest = accounted(worker)
+        assert read == rest == end
+        metrics = worker.metrics()
+        assert metrics['streamherd_results_dead_lettered_total{pipeline="clicks"}'] == 1
+        assert worker.alive()
+    finally:
+        worker.stop()

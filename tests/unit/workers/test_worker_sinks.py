@@ -1,0 +1,86 @@
+"""Dead letters that do not fit (workers/sinks.py): cut to the producer's limit, then shorter
+after each broker refusal, with headers giving the original sizes and why; results a sink
+cannot encode are dead-lettered, not raised. The real broker's side of it (its default limits,
+a topic that refuses) is tests/integration/engine/test_engine_oversize.py."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamherd.workers.config import SinkConfig
+from streamherd.workers.metrics import EngineMetrics
+from streamherd.workers.processing import SyntheticMessage
+from streamherd.workers.sinks import (
+    FRAMING_BYTES,
+    ORIGINAL_KEY_SIZE,
+    ORIGINAL_SIZE,
+    SHORT_VALUE_BYTES,
+    TRUNCATED,
+    TRUNCATED_REASON,
+    Outputs,
+    fit,
+    message_size,
+    shorter,
+)
+
+HEADERS = [("streamherd.error", b"TypeError"), ("streamherd.source.offset", b"7")]
+
+
+@given(
+    key=st.one_of(st.none(), st.binary(max_size=50)).map(lambda k: k and k * 300),
+    value=st.one_of(st.none(), st.integers(0, 3_000_000).map(lambda n: b"v" * n)),
+    limit=st.sampled_from([4096, 65_536, 1_000_000]),
+)
+def test_fit_cuts_to_the_limit_and_says_what_it_cut(
+    key: bytes | None, value: bytes | None, limit: int
+) -> None:
+    cut_key, cut_value, headers = fit(key, value, HEADERS, limit, "too large")
+    assert message_size(cut_key, cut_value, headers) + FRAMING_BYTES <= limit
+    named = dict(headers)
+    assert named[ORIGINAL_SIZE] == str(len(value or b"")).encode()
+    assert named[ORIGINAL_KEY_SIZE] == str(len(key or b"")).encode()
+    assert named[TRUNCATED] == b"true"
+    assert named[TRUNCATED_REASON] == b"too large"
+    assert named["streamherd.source.offset"] == b"7"  # the record's coordinates stay
+    assert (cut_value or b"") == (value or b"")[: len(cut_value or b"")]  # a prefix
+    assert (cut_key is None) == (key is None) and (cut_value is None) == (value is None)
+
+
+def test_each_refusal_makes_it_shorter_until_only_headers_are_left() -> None:
+    key, value, headers = fit(b"k" * 10, b"v" * 900_000, HEADERS, 1_000_000, "producer")
+    steps = []
+    while True:
+        smaller = shorter(key, value, headers, "Broker: Message size too large")
+        if smaller is None:
+            break
+        key, value, headers = smaller
+        steps.append(len(value or b""))
+    assert steps == [SHORT_VALUE_BYTES, 0]
+    named = dict(headers)
+    assert named[ORIGINAL_SIZE] == b"900000"  # the first cut's original size is kept
+    assert named[TRUNCATED_REASON] == b"Broker: Message size too large"
+    assert [k for k, _ in headers].count(TRUNCATED) == 1
+
+
+class Unencodable:
+    """A value no JSON encoder writes (a user function could return one)."""
+
+
+def test_a_result_the_stdout_sink_cannot_encode_is_counted_not_raised() -> None:
+    out = io.StringIO()
+    metrics = EngineMetrics("p")
+    outputs = Outputs(SinkConfig.model_validate({"stdout": {}}), None, "ns/p", out, metrics=metrics)
+    deep: Any = []
+    for _ in range(5000):
+        deep = [deep]
+    source = SyntheticMessage("in", 3, 42, None, {}, 0)
+    outputs.write(
+        [(None, {"a": 1}), (None, {"bad": Unencodable()}), (None, {"deep": deep})], source
+    )
+    assert out.getvalue() == '{"a":1}\n'
+    sample = metrics.registry.get_sample_value
+    assert sample("streamherd_results_dead_lettered_total", {"pipeline": "p"}) == 2

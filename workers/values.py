@@ -1,0 +1,141 @@
+"""The values the engine holds in state: key identity and their exact checkpoint form.
+
+Used by ``streamherd.workers.windowing`` (window keys, ``to_json``/``from_json``) and
+``streamherd.workers.fusing`` (the same key rule inlined in the fused batch function).
+
+**Keys.** A window key is identified by its JSON type and value: ``1``, ``1.0`` and ``true``
+are three keys (Python would make them one dict key, since ``1 == 1.0 == True``).
+:func:`canonical_key` gives each key its state form: strings, integers (not booleans),
+``null`` and bytes (the raw format's Kafka key) as they are; a float as ``("f", x)`` (with
+``-0.0`` as ``0.0``: equal values, one key); a boolean as ``("b", x)``; an array (a
+list-literal ``keyBy`` or a record's array) as ``("a", (items...))``. NaN and infinities
+(no JSON value) and objects are refused: the record is dead-lettered. :func:`key_value`
+gives the JSON value back, and the output key and the result's ``key`` field use it.
+
+**Checkpoints.** :func:`encode_value` writes a state value as JSON without loss: finite
+floats and integers within 64 bits as themselves, and otherwise a one-entry object (a state
+value is never an object, so an object is always such a tag): ``{"f64": "<16 hex digits>"}``
+for NaN and infinities (their exact bits), ``{"int": "<hex>"}`` for integers beyond 64 bits
+(hex has no digit limit, unlike ``int(str)``), ``{"bytes": "<base64>"}``. Tuples are written
+as arrays. :func:`decode_value` reverses it, so a restored state equals the saved one bit
+for bit.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import struct
+from typing import Any, Final
+
+import orjson
+
+from streamherd.workers.limits import MAX_COMPOSITE_KEY_DEPTH, MAX_COMPOSITE_KEY_ITEMS, LimitError
+
+__all__ = [
+    "WindowKeyError",
+    "canonical_key",
+    "decode_value",
+    "encode_value",
+    "key_text",
+    "key_value",
+    "text_of",
+]
+
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+
+
+class WindowKeyError(ValueError):
+    """A window key that cannot identify a window (NaN, an infinity, an object)."""
+
+
+def canonical_key(key: Any, depth: int = 0) -> Any:
+    """The state form of a key (see the module docstring); raises WindowKeyError or LimitError."""
+    kind = type(key)
+    if kind is str or kind is int or key is None or kind is bytes:
+        return key
+    if kind is float:
+        if not math.isfinite(key):
+            raise WindowKeyError(
+                f"key {key!r} is not a JSON number (NaN and infinities have no key)"
+            )
+        return ("f", key + 0.0)  # -0.0 + 0.0 is 0.0
+    if kind is bool:
+        return ("b", key)
+    if kind is list or kind is tuple:
+        if depth >= MAX_COMPOSITE_KEY_DEPTH or len(key) > MAX_COMPOSITE_KEY_ITEMS:
+            raise LimitError(
+                f"array key of {len(key)} items or nested more than {MAX_COMPOSITE_KEY_DEPTH} "
+                f"deep (at most {MAX_COMPOSITE_KEY_ITEMS} items)"
+            )
+        return ("a", tuple(canonical_key(item, depth + 1) for item in key))
+    raise WindowKeyError(
+        f"a key must be a string, number, boolean, null or an array of those, "
+        f"got {'object' if kind is dict else kind.__name__}"
+    )
+
+
+def key_value(key: Any) -> Any:
+    """The JSON value of a key in state form (arrays as lists)."""
+    if type(key) is tuple:
+        tag, value = key
+        if tag == "a":
+            return [key_value(item) for item in value]
+        return value
+    return key
+
+
+def key_text(key: Any) -> str:
+    """A key in state form as text in output keys (:func:`text_of` its JSON value)."""
+    return key if type(key) is str else text_of(key_value(key))
+
+
+def text_of(value: Any) -> str:
+    """A JSON value as key text: strings as they are, bytes as UTF-8 (invalid bytes
+    replaced), anything else as compact JSON (integers of any size)."""
+    if type(value) is str:
+        return value
+    if type(value) is bytes:
+        return value.decode("utf-8", errors="replace")
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # an integer beyond 64 bits, or bytes in an array: the stdlib
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_text_of_bytes)
+
+
+def _text_of_bytes(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    raise TypeError(f"cannot write {type(value).__name__} in a key")
+
+
+def encode_value(value: Any) -> Any:
+    """``value`` as plain JSON, without loss (see the module docstring)."""
+    kind = type(value)
+    if kind is float:
+        return value if math.isfinite(value) else {"f64": struct.pack(">d", value).hex()}
+    if kind is int:
+        return value if _INT64_MIN <= value <= _INT64_MAX else {"int": hex(value)}
+    if kind is list or kind is tuple:
+        return [encode_value(item) for item in value]
+    if kind is bytes:
+        return {"bytes": base64.b64encode(value).decode()}
+    return value  # str, bool, None
+
+
+def decode_value(value: Any) -> Any:
+    """The value :func:`encode_value` wrote (arrays as lists)."""
+    kind = type(value)
+    if kind is list:
+        return [decode_value(item) for item in value]
+    if kind is dict:
+        if "f64" in value:
+            return struct.unpack(">d", bytes.fromhex(value["f64"]))[0]
+        if "int" in value:
+            return int(value["int"], 16)
+        if "bytes" in value:
+            return base64.b64decode(value["bytes"])
+        raise ValueError(f"unknown value tag in state: {sorted(value)}")
+    return value
