@@ -12,6 +12,10 @@ small envelope with a CRC32, so a torn or corrupted file is detected instead of 
 A state orjson cannot write (an integer beyond 64 bits, e.g. a large ``sum``) is written by
 the stdlib ``json`` instead, and the envelope says so (``"encoding": "json"``): orjson would
 read such an integer back as a float, the stdlib reads it back exactly.
+
+Each file also records the state fingerprint it was written under (``fingerprint`` and its
+description ``stateShape``, from ``streamherd.workers.fingerprint``), so the engine can refuse
+state written for another window or aggregate list; files without them are legacy files.
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ class Checkpoint:
     state: Mapping[str, Any] | None = None
     pipeline: str = ""
     written_at: float = field(default=0.0, compare=False)
+    # The state fingerprint it was written under (workers/fingerprint.py) and its structured
+    # description; None in a checkpoint written before fingerprints existed (a legacy one).
+    fingerprint: str | None = None
+    state_shape: Mapping[str, Any] | None = None
 
 
 def encode(checkpoint: Checkpoint) -> bytes:
@@ -56,6 +64,9 @@ def encode(checkpoint: Checkpoint) -> bytes:
         "writtenAt": checkpoint.written_at or time.time(),
         "state": checkpoint.state,
     }
+    if checkpoint.fingerprint is not None:
+        doc["fingerprint"] = checkpoint.fingerprint
+        doc["stateShape"] = checkpoint.state_shape
     envelope: dict[str, Any] = {"format": FORMAT}
     try:
         body = orjson.dumps(doc)
@@ -83,6 +94,8 @@ def decode(data: bytes) -> Checkpoint:
             state=doc.get("state"),
             pipeline=doc.get("pipeline", ""),
             written_at=float(doc.get("writtenAt", 0.0)),
+            fingerprint=doc.get("fingerprint"),
+            state_shape=doc.get("stateShape"),
         )
     except CheckpointError:
         raise

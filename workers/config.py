@@ -531,6 +531,32 @@ class CheckpointConfig(Model):
     interval_seconds: float = Field(default=10.0, gt=0, description="Checkpoint interval.")
 
 
+class StateConfig(Model):
+    """What the worker does with a checkpoint written under another state fingerprint
+    (``streamherd.workers.fingerprint``): the operator sets it from the pipeline's
+    ``spec.upgrade`` once it has decided how an edit that changes the state is rolled out."""
+
+    on_fingerprint_mismatch: Literal["refuse", "reset", "replay"] = Field(
+        default="refuse",
+        description=(
+            "refuse: hold the partition (not consumed, not checkpointed; the worker is not "
+            "ready and says why); reset: discard the state and go on from the checkpoint's "
+            "offset; replay: discard the state and start again from `replayFromMs`."
+        ),
+    )
+    replay_from_ms: int | None = Field(
+        default=None,
+        ge=0,
+        description="Event time (Unix ms) a replay starts from (offsets for times).",
+    )
+
+    @model_validator(mode="after")
+    def _replay_needs_time(self) -> StateConfig:
+        if self.on_fingerprint_mismatch == "replay" and self.replay_from_ms is None:
+            raise ValueError("state: replay needs replayFromMs")
+        return self
+
+
 class RuntimeConfig(Model):
     """Engine tuning knobs."""
 
@@ -571,3 +597,9 @@ class WorkerConfig(Model):
         default_factory=CheckpointConfig, description="Checkpointing."
     )
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Engine tuning.")
+    # None (not an empty StateConfig) by default: a new field with a default would change
+    # every rendered ConfigMap, and so roll every running worker on an operator upgrade.
+    state: StateConfig | None = Field(
+        default=None,
+        description="What to do with checkpointed state of another fingerprint (refuse if unset).",
+    )

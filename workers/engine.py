@@ -35,7 +35,8 @@ from confluent_kafka import (
 )
 
 from streamherd.workers.checkpointing import Checkpoint, CheckpointStore
-from streamherd.workers.config import WorkerConfig
+from streamherd.workers.config import StateConfig, WorkerConfig
+from streamherd.workers.fingerprint import changed_fields, processor_fingerprint
 from streamherd.workers.fusing import fuse
 from streamherd.workers.generating import GENERATOR_TOPIC, ClickGenerator
 from streamherd.workers.kafkaclients import consumer_config
@@ -100,6 +101,11 @@ class PartitionState:
     committing: int | None = None
     low: int | None = None
     high: int | None = None
+    # Why this partition is held (its checkpoint's state fingerprint differs and the policy
+    # is refuse): not consumed, never checkpointed or committed, the worker not ready.
+    held: str | None = None
+    # A replay start time (Unix ms) still to be turned into an offset on assign.
+    replay_from_ms: int | None = None
 
 
 @dataclass
@@ -134,6 +140,9 @@ class Engine:
         self.metrics = metrics or EngineMetrics(config.pipeline.name)
         self.processor = Processor.compile(config.processor)
         self.store = CheckpointStore(config.checkpoint.directory)
+        # What shapes this pipeline's state; stamped on every checkpoint, compared on restore.
+        self.fingerprint, self.state_shape = processor_fingerprint(config.processor)
+        self.state_policy = config.state or StateConfig()
         self.outputs = Outputs(
             config.sink, config.dead_letter, self.pipeline, out, metrics=self.metrics
         )
@@ -196,6 +205,9 @@ class Engine:
         sink_ok, sink_why = self.outputs.health()  # issue 6: e.g. the database is down
         if not sink_ok:
             return False, sink_why
+        held = [st for st in self.partitions.values() if st.held is not None]
+        if held:
+            return False, f"{len(held)} partitions held: {held[0].held}"
         if self.generator is not None:
             return True, "generator running"
         if not self.partitions:
@@ -211,10 +223,12 @@ class Engine:
         if checkpoint is not None:
             st.next_offset = checkpoint.next_offset
             st.committed = checkpoint.next_offset
-        if plan is not None:
-            st.windows = PartitionWindows.from_json(
-                plan, checkpoint.state if checkpoint is not None else None
-            )
+        restored = checkpoint.state if checkpoint is not None else None
+        if checkpoint is not None and self._foreign_state(checkpoint):
+            self._mismatch(st, checkpoint)
+            restored = None
+        if plan is not None and st.held is None:
+            st.windows = PartitionWindows.from_json(plan, restored)
         self.partitions[(topic, partition)] = st
         self.metrics.assigned.set(len(self.partitions))
         log_event(
@@ -225,8 +239,63 @@ class Engine:
             partition=partition,
             next_offset=st.next_offset,
             open_windows=len(st.windows.windows) if st.windows else 0,
+            fingerprint=checkpoint.fingerprint if checkpoint else self.fingerprint,
         )
         return st
+
+    def _foreign_state(self, checkpoint: Checkpoint) -> bool:
+        """Whether a checkpoint holds state written under another fingerprint.
+
+        A checkpoint without state (a stateless pipeline's) holds only an offset: any
+        pipeline may go on from it. One without a fingerprint was written before
+        fingerprints existed (legacy): it is adopted, as every earlier version did, and
+        the next checkpoint stamps it (docs/lifecycle.md: legacy checkpoints)."""
+        if checkpoint.state is None or checkpoint.fingerprint is None:
+            return False
+        return checkpoint.fingerprint != self.fingerprint
+
+    def _mismatch(self, st: PartitionState, checkpoint: Checkpoint) -> None:
+        """Apply the state policy to a partition whose checkpoint has another fingerprint:
+        hold it (refuse), or start it from empty state (reset: at the checkpoint's offset;
+        replay: at the replay time). Never restores the foreign state, so nothing mixes."""
+        policy = self.state_policy.on_fingerprint_mismatch
+        changes = changed_fields(checkpoint.state_shape, self.state_shape)
+        what = "; ".join(changes) or "unknown fields"
+        fields = dict(
+            topic=st.topic,
+            partition=st.partition,
+            checkpoint_fingerprint=checkpoint.fingerprint,
+            fingerprint=self.fingerprint,
+            changed=what,
+        )
+        if policy == "refuse":
+            st.held = (
+                f"{st.topic}[{st.partition}]: checkpoint state fingerprint "
+                f"{checkpoint.fingerprint} differs from this pipeline's {self.fingerprint} "
+                f"({what}); refused to restore it (spec.upgrade.onStateChange: refuse)"
+            )
+            self.metrics.set_partition(
+                "streamherd_state_restore_refused", st.topic, st.partition, 1
+            )
+            log_event(log, logging.ERROR, "state-restore-refused", **fields)
+            return
+        self.metrics.counter("streamherd_state_discarded").labels(
+            self.metrics.pipeline, policy
+        ).inc()
+        # Written at the next checkpoint even if no record arrives, so a restart does not
+        # apply the policy a second time (a replay would go back again).
+        st.dirty = True
+        if policy == "replay":
+            st.replay_from_ms = self.state_policy.replay_from_ms
+        log_event(
+            log,
+            logging.WARNING,
+            "state-discarded",
+            policy=policy,
+            replay_from_ms=st.replay_from_ms,
+            open_windows_dropped=len((checkpoint.state or {}).get("windows") or ()),
+            **fields,
+        )
 
     def _drop_state(self, topic: str, partition: int) -> None:
         self.partitions.pop((topic, partition), None)
@@ -271,10 +340,67 @@ class Engine:
                     )
         except KafkaException as error:
             log_event(log, logging.WARNING, "committed-lookup-failed", error=str(error))
+        start = self._replay_offsets(consumer, start)
         consumer.incremental_assign(start)
+        held = [tp for tp in start if self.partitions[(tp.topic, tp.partition)].held]
         if self._paused:
             consumer.pause(start)
+        elif held:
+            consumer.pause(held)
         log_event(log, logging.INFO, "assigned", partitions=_names(partitions))
+
+    def _replay_offsets(
+        self, consumer: Consumer, start: list[TopicPartition]
+    ) -> list[TopicPartition]:
+        """`start` with each partition to replay moved to the first offset at or after its
+        replay time (the broker's offsets for times; past the last record: the log end)."""
+        wanted = [
+            TopicPartition(tp.topic, tp.partition, st.replay_from_ms)
+            for tp in start
+            if (st := self.partitions[(tp.topic, tp.partition)]).replay_from_ms is not None
+        ]
+        if not wanted:
+            return start
+        try:
+            found = {(tp.topic, tp.partition): tp for tp in consumer.offsets_for_times(wanted, 10)}
+        except KafkaException as error:
+            found = {}
+            log_event(log, logging.WARNING, "replay-offset-lookup-failed", error=str(error))
+        moved: list[TopicPartition] = []
+        for tp in start:
+            st = self.partitions[(tp.topic, tp.partition)]
+            if st.replay_from_ms is None:
+                moved.append(tp)
+                continue
+            hit = found.get((tp.topic, tp.partition))
+            if hit is None or hit.error is not None:
+                # Without the offset the replay cannot start where it must: hold the
+                # partition (never guess), the next assignment asks again.
+                st.held = (
+                    f"{tp.topic}[{tp.partition}]: no offset for replay time {st.replay_from_ms}"
+                )
+                st.windows = None
+                moved.append(tp)
+                continue
+            offset = hit.offset
+            if offset < 0:  # no record at or after that time: start at the log end
+                offset = consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+            log_event(
+                log,
+                logging.WARNING,
+                "replay-from",
+                topic=tp.topic,
+                partition=tp.partition,
+                replay_from_ms=st.replay_from_ms,
+                offset=offset,
+                checkpoint_offset=st.next_offset,
+            )
+            st.next_offset = offset
+            # The group's committed offset will step back to it with the next checkpoint.
+            st.committed = None
+            st.replay_from_ms = None
+            moved.append(TopicPartition(tp.topic, tp.partition, offset))
+        return moved
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalance("revoke")
@@ -334,8 +460,9 @@ class Engine:
         total = 0
         for tp, fetched in groups.items():
             st = self.partitions.get(tp)
-            if st is None:
-                continue  # a message of a partition revoked within this consume call
+            if st is None or st.held is not None:
+                # Revoked within this consume call, or held (fetched before its pause).
+                continue
             group = fetched
             start = st.next_offset
             if start is not None and (group[0].offset() or 0) < start:
@@ -439,6 +566,8 @@ class Engine:
         """Flush outputs, write state+offset files, then commit. False if not yet possible."""
         if self._broken:
             return False
+        # A held partition's checkpoint and committed offset stay exactly as found.
+        states = [st for st in states if st.held is None]
         started = time.perf_counter()
         try:
             flushed = self.outputs.flush(timeout)
@@ -459,6 +588,8 @@ class Engine:
                         next_offset=st.next_offset,  # type: ignore[arg-type]
                         state=st.windows.to_json() if st.windows is not None else None,
                         pipeline=self.pipeline,
+                        fingerprint=self.fingerprint,
+                        state_shape=self.state_shape,
                     )
                     for st in dirty
                 ]
@@ -604,7 +735,9 @@ class Engine:
             self.metrics.paused.set(1)
             log_event(log, logging.INFO, "paused", reason="sink behind")
         elif self._paused and self.outputs.caught_up():
-            assigned = [TopicPartition(t, p) for t, p in self.partitions]
+            assigned = [
+                TopicPartition(t, p) for (t, p), st in self.partitions.items() if st.held is None
+            ]
             consumer.resume(assigned)
             self._paused = False
             self.metrics.paused.set(0)
@@ -671,6 +804,12 @@ class Engine:
         resume: dict[int, int] = {}
         for partition in range(gen_config.partitions):
             st = self._new_state(GENERATOR_TOPIC, partition)
+            if st.replay_from_ms is not None:
+                # The generator has no offsets for times: its state starts empty at the
+                # checkpoint's offset (a reset), and the log says so.
+                log_event(log, logging.WARNING, "replay-unsupported-by-generator",
+                          partition=partition, offset=st.next_offset)  # fmt: skip
+                st.replay_from_ms = None
             resume[partition] = st.next_offset or 0
         self.generator = generator = ClickGenerator(gen_config, resume)
         batch_size = self.config.runtime.batch_size

@@ -130,6 +130,20 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     ),
     MetricSpec("streamherd_errors", "counter", "Engine errors, by kind.", ("pipeline", "kind")),
     MetricSpec(
+        "streamherd_state_restore_refused",
+        "gauge",
+        "1 while a partition is held (not consumed, not checkpointed) because its checkpoint "
+        "was written under another state fingerprint and the policy is refuse.",
+        PARTITION_LABELS,
+    ),
+    MetricSpec(
+        "streamherd_state_discarded",
+        "counter",
+        "Partition states discarded on purpose because their fingerprint differed, by the "
+        "upgrade policy that chose it: reset or replay.",
+        ("pipeline", "policy"),
+    ),
+    MetricSpec(
         "streamherd_heartbeat_timestamp_seconds",
         "gauge",
         "Unix time of the processing loop's last iteration (healthz uses it).",
@@ -261,6 +275,7 @@ class EngineMetrics:
             "streamherd_consumer_lag",
             "streamherd_event_time_lag_seconds",
             "streamherd_watermark_seconds",
+            "streamherd_state_restore_refused",
         ):
             with contextlib.suppress(KeyError):
                 self.gauge(name).remove(self.pipeline, topic, str(partition))
