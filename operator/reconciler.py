@@ -50,7 +50,15 @@ from streamherd.operator.conditions import (
 )
 from streamherd.operator.kube import ApiError, KubeApi, secrets_hash
 from streamherd.operator.settings import OperatorSettings
+from streamherd.operator.upgrades import (
+    HELD_KINDS,
+    STATE_COMPATIBLE,
+    Decision,
+    config_description,
+    decide,
+)
 from streamherd.operator.validation import readable_errors, semantic_errors
+from streamherd.workers.fingerprint import Description
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +70,7 @@ READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 MONITORING = "MonitoringAvailable"
-OWN_CONDITIONS = (READY, PROGRESSING, DEGRADED, MONITORING)
+OWN_CONDITIONS = (READY, PROGRESSING, DEGRADED, MONITORING, STATE_COMPATIBLE)
 # The status keys this module writes; others (desiredReplicas, lag, lastScale*) belong to
 # the autoscaler and are never touched here.
 OWN_STATUS_KEYS = (
@@ -72,6 +80,8 @@ OWN_STATUS_KEYS = (
     "readyReplicas",
     "selector",
     "inputHash",
+    "stateFingerprint",
+    "pendingStateChanges",
     "conditions",
 )
 
@@ -569,6 +579,62 @@ def _desired(
     return cached
 
 
+# --------------------------------------------------------------------------- upgrades
+
+
+def _desired_state(config_map: Manifest, memo: ReconcileMemo | None) -> Description:
+    """The state description of the desired ConfigMap (memoized by its content hash)."""
+    key = ("state", config_map["metadata"]["annotations"][INPUT_HASH_ANNOTATION])
+    found: Description | None = memo.get(key) if memo is not None else None
+    if found is None:
+        found = config_description(config_map)
+        assert found is not None  # the builders rendered it: it parses
+        if memo is not None:
+            memo.put(key, found)
+    return found
+
+
+def _upgrade(
+    pipeline: StreamPipeline,
+    desired: Sequence[Manifest],
+    kube: KubeApi,
+    memo: ReconcileMemo | None,
+    generation: int | None,
+) -> Decision:
+    """Compare the running workers' state with the desired one before anything is applied
+    (operator/upgrades.py). The live ConfigMap is what the workers run; it is read from the
+    watch cache, and parsed only when it differs from the desired one."""
+    config_map = next(c for c in desired if c["kind"] == "ConfigMap")
+    want = _desired_state(config_map, memo)
+    meta = config_map["metadata"]
+    live = kube.get("v1", "ConfigMap", meta["namespace"], meta["name"])
+    if live is None:
+        running = None
+    elif (live.get("metadata", {}).get("annotations") or {}).get(INPUT_HASH_ANNOTATION) == meta[
+        "annotations"
+    ][INPUT_HASH_ANNOTATION]:
+        running = want
+    else:
+        running = config_description(live)
+    return decide(running, want, pipeline.spec.upgrade, generation=generation)
+
+
+def _state_condition(
+    decision: Decision, current: Sequence[Condition], status: Mapping[str, Any]
+) -> tuple[str, str, str]:
+    """StateCompatible: the decision's, except that a reset or replay is still reported
+    once it is rolled out (until the state changes again), not replaced by Compatible."""
+    was = get_condition(current, STATE_COMPATIBLE)
+    if (
+        decision.action == "roll"
+        and was is not None
+        and was.reason in ("StateReset", "StateReplay")
+        and status.get("stateFingerprint") == decision.fingerprint
+    ):
+        return was.status, was.reason, was.message
+    return decision.condition
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -645,8 +711,21 @@ def reconcile(
     caps = capabilities(pipeline, kube)
     out = _Outcome()
     desired = _desired(pipeline, body, settings, secrets_hash=hash_, caps=caps, memo=memo)
-    _apply_children(desired, kube, out, pool)
+    upgrade = _upgrade(pipeline, desired, kube, memo, generation)
+    if upgrade.holds:
+        # The workers stay exactly as they are: their ConfigMap and Deployment are not
+        # applied (the rest of the edit is, e.g. monitoring), and not deleted either.
+        _apply_children([c for c in desired if c["kind"] not in HELD_KINDS], kube, out, pool)
+        out.deployment = kube.get("apps/v1", "Deployment", namespace, pipeline.name)
+    else:
+        _apply_children(desired, kube, out, pool)
     _delete_unwanted(pipeline, desired, kube, out)
+    state_c = _state_condition(upgrade, current_conditions, current_status)
+    was_state = get_condition(current_conditions, STATE_COMPATIBLE)
+    if upgrade.event is not None and (
+        was_state is None or (was_state.reason, was_state.message) != state_c[1:]
+    ):
+        out.events.append(EventNote(*upgrade.event))
     if out.created:
         out.events.insert(0, EventNote("Normal", "Created", "created " + ", ".join(out.created)))
     updated = [a for a in out.applied if a not in out.created]
@@ -706,6 +785,7 @@ def reconcile(
             PROGRESSING: prog_c,
             DEGRADED: deg_c,
             MONITORING: _monitoring_condition(pipeline, caps),
+            STATE_COMPATIBLE: state_c,
         },
         stamp,
         generation,
@@ -741,6 +821,8 @@ def reconcile(
         readyReplicas=ready,
         selector=sel,
         inputHash=input_hash,
+        stateFingerprint=upgrade.fingerprint,
+        pendingStateChanges=list(upgrade.changes) if upgrade.holds else None,
     )
     return finish(
         patch,

@@ -36,7 +36,7 @@ from confluent_kafka import (
 
 from streamherd.workers.checkpointing import Checkpoint, CheckpointStore
 from streamherd.workers.config import StateConfig, WorkerConfig
-from streamherd.workers.fingerprint import changed_fields, processor_fingerprint
+from streamherd.workers.fingerprint import changed_fields, config_fingerprint
 from streamherd.workers.fusing import fuse
 from streamherd.workers.generating import GENERATOR_TOPIC, ClickGenerator
 from streamherd.workers.kafkaclients import consumer_config
@@ -141,7 +141,7 @@ class Engine:
         self.processor = Processor.compile(config.processor)
         self.store = CheckpointStore(config.checkpoint.directory)
         # What shapes this pipeline's state; stamped on every checkpoint, compared on restore.
-        self.fingerprint, self.state_shape = processor_fingerprint(config.processor)
+        self.fingerprint, self.state_shape = config_fingerprint(config)
         self.state_policy = config.state or StateConfig()
         self.outputs = Outputs(
             config.sink, config.dead_letter, self.pipeline, out, metrics=self.metrics

@@ -31,7 +31,7 @@ import tokenize
 from collections.abc import Mapping
 from typing import Any, Final
 
-from streamherd.workers.config import ProcessorConfig, WindowSpec, parse_duration
+from streamherd.workers.config import ProcessorConfig, WindowSpec, WorkerConfig, parse_duration
 
 #: Version of the description's layout; a new layout is a new fingerprint for every pipeline.
 DESCRIPTION_VERSION: Final = 1
@@ -124,6 +124,12 @@ def processor_fingerprint(processor: ProcessorConfig) -> tuple[str, Description]
     """(hash, description) of a processor's state."""
     description = describe(processor)
     return fingerprint(description), description
+
+
+def config_fingerprint(config: WorkerConfig) -> tuple[str, Description]:
+    """(hash, description) of the state a WorkerConfig's workers keep: the one function the
+    engine (what it stamps and checks) and the operator (what it compares) both use."""
+    return processor_fingerprint(config.processor)
 
 
 def has_state(description: Mapping[str, Any] | None) -> bool:

@@ -12,6 +12,7 @@ the worker cannot drift apart.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, JsonValue, model_validator
@@ -403,6 +404,68 @@ class Checkpoint(Model):
     )
 
 
+# --------------------------------------------------------------------------- upgrades
+
+_RFC3339 = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})$"
+)
+
+
+def parse_time_ms(text: str) -> int:
+    """Unix milliseconds of an RFC 3339 time with a zone, e.g. ``2026-01-01T00:00:00Z``."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone: end it with Z or +HH:MM")
+    return round(moment.timestamp() * 1000)
+
+
+class Upgrade(Model):
+    """How an edit that changes the pipeline's state is rolled out.
+
+    The operator compares the state fingerprint of the edited spec (keyBy, window type, size,
+    slide, lateness, event time, the aggregates in order) with the running workers' before it
+    touches them. Edits that keep it (filters, maps, the sink, scaling, resources, the image)
+    roll as usual; the others follow `onStateChange`."""
+
+    model_config = with_cel(
+        cel(
+            "self.onStateChange != 'replay' || has(self.replayFrom)",
+            "onStateChange replay needs replayFrom",
+            ".replayFrom",
+        )
+    )
+
+    on_state_change: Literal["refuse", "reset", "replay"] = Field(
+        default="refuse",
+        description=(
+            "refuse: keep the running workers exactly as they are and say why in the "
+            "StateCompatible condition (revert the edit or choose reset/replay); reset: start "
+            "from empty state at the offsets the state was checkpointed at (open windows are "
+            "dropped); replay: start from empty state at `replayFrom` (the results from then "
+            "on are recomputed under the new spec)."
+        ),
+    )
+    replay_from: str | None = Field(
+        default=None,
+        pattern=_RFC3339,
+        max_length=64,
+        description=(
+            "With replay: the time to replay from, RFC 3339 (e.g. 2026-01-01T00:00:00Z); each "
+            "partition starts at its first record at or after it (Kafka's offsets for times)."
+        ),
+        json_schema_extra={"format": "date-time"},
+    )
+
+    @model_validator(mode="after")
+    def _replay_time(self) -> Upgrade:
+        if self.on_state_change == "replay" and self.replay_from is None:
+            raise ValueError("upgrade: onStateChange replay needs replayFrom")
+        if self.replay_from is not None:
+            parse_time_ms(self.replay_from)
+        return self
+
+
 # --------------------------------------------------------------------------- pods
 
 
@@ -583,6 +646,10 @@ class StreamPipelineSpec(Model):
         default=False,
         description="Scale the workers to zero and stop autoscaling; state is kept.",
     )
+    upgrade: Upgrade = Field(
+        default_factory=Upgrade,
+        description="What an edit that changes the state does (docs/lifecycle.md).",
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> StreamPipelineSpec:
@@ -679,6 +746,17 @@ class StreamPipelineStatus(Model):
     last_scale_reason: str | None = Field(default=None, description="Why it was made.")
     input_hash: str | None = Field(
         default=None, description="Hash of the desired children last applied."
+    )
+    state_fingerprint: str | None = Field(
+        default=None,
+        description=(
+            "Fingerprint of the state the workers run (keyBy, window, aggregates); while an "
+            "edit that changes it is refused, the running one, not the spec's."
+        ),
+    )
+    pending_state_changes: list[str] | None = Field(
+        default=None,
+        description="While an edit is refused: the state fields it changes.",
     )
     conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
 

@@ -13,6 +13,8 @@ from streamherd.operator.api.v1alpha1 import (
     WINDOW_KEY_COLUMNS,
     PostgresSink,
     StreamPipeline,
+    Upgrade,
+    parse_time_ms,
     postgres_result_fields,
 )
 from streamherd.operator.builders.credentials import (
@@ -41,6 +43,7 @@ from streamherd.workers.config import (
     RuntimeConfig,
     SinkConfig,
     SourceConfig,
+    StateConfig,
     StdoutSinkConfig,
     WorkerConfig,
     parse_duration,
@@ -111,6 +114,19 @@ def build_worker_config(pipeline: StreamPipeline, settings: OperatorSettings) ->
             log_level=spec.log_level,
             shutdown_grace_seconds=float(max(1, grace - _GRACE_MARGIN_SECONDS)),
         ),
+        state=state_config(spec.upgrade),
+    )
+
+
+def state_config(upgrade: Upgrade) -> StateConfig | None:
+    """WorkerConfig.state for a spec's upgrade policy; None for refuse (the engine's
+    default), so pipelines that never set a policy render the ConfigMap they always did."""
+    if upgrade.on_state_change == "refuse":
+        return None
+    replay_ms = parse_time_ms(upgrade.replay_from) if upgrade.replay_from is not None else None
+    return StateConfig(
+        on_fingerprint_mismatch=upgrade.on_state_change,
+        replay_from_ms=replay_ms if upgrade.on_state_change == "replay" else None,
     )
 
 
