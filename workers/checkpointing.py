@@ -15,7 +15,9 @@ read such an integer back as a float, the stdlib reads it back exactly.
 
 Each file also records the state fingerprint it was written under (``fingerprint`` and its
 description ``stateShape``, from ``streamherd.workers.fingerprint``), so the engine can refuse
-state written for another window or aggregate list; files without them are legacy files.
+state written for another window or aggregate list, and, for a Kafka source, the consumer
+group and the committed offset it was written with (``group``, ``committed``), so the engine
+notices an offset reset made with Kafka's own tools; files without them are legacy files.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ class Checkpoint:
     # description; None in a checkpoint written before fingerprints existed (a legacy one).
     fingerprint: str | None = None
     state_shape: Mapping[str, Any] | None = None
+    # The consumer group it belongs to and the group's committed offset the broker had
+    # confirmed when it was written (None: nothing yet). With next_offset they bound what the
+    # group's committed offset can be if only this pipeline moved it (docs/lifecycle.md).
+    group: str | None = None
+    committed: int | None = None
 
 
 def encode(checkpoint: Checkpoint) -> bytes:
@@ -67,6 +74,9 @@ def encode(checkpoint: Checkpoint) -> bytes:
     if checkpoint.fingerprint is not None:
         doc["fingerprint"] = checkpoint.fingerprint
         doc["stateShape"] = checkpoint.state_shape
+    if checkpoint.group is not None:
+        doc["group"] = checkpoint.group
+        doc["committed"] = checkpoint.committed
     envelope: dict[str, Any] = {"format": FORMAT}
     try:
         body = orjson.dumps(doc)
@@ -96,6 +106,8 @@ def decode(data: bytes) -> Checkpoint:
             written_at=float(doc.get("writtenAt", 0.0)),
             fingerprint=doc.get("fingerprint"),
             state_shape=doc.get("stateShape"),
+            group=doc.get("group"),
+            committed=doc.get("committed"),
         )
     except CheckpointError:
         raise

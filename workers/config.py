@@ -367,6 +367,14 @@ class KafkaSourceConfig(KafkaEndpoint):
         default="earliest",
         description="Where a partition with no committed offset starts.",
     )
+    start_from_time_ms: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Where a partition with no checkpoint and no committed offset starts, as a time "
+            "(Unix ms; Kafka's offsets for times); `startFrom` is then the fallback."
+        ),
+    )
     format: Literal["json", "raw"] = Field(
         default="json",
         description="json: each value is a JSON object; raw: bytes passed through as `value`.",

@@ -106,6 +106,11 @@ class PartitionState:
     held: str | None = None
     # A replay start time (Unix ms) still to be turned into an offset on assign.
     replay_from_ms: int | None = None
+    # Restored from a checkpoint: the group it was written for and the committed offset it
+    # was written with (None in legacy checkpoints), to notice an offset reset on assign.
+    restored: bool = False
+    checkpoint_group: str | None = None
+    checkpoint_committed: int | None = None
 
 
 @dataclass
@@ -223,6 +228,8 @@ class Engine:
         if checkpoint is not None:
             st.next_offset = checkpoint.next_offset
             st.committed = checkpoint.next_offset
+            st.restored = True
+            st.checkpoint_group, st.checkpoint_committed = checkpoint.group, checkpoint.committed
         restored = checkpoint.state if checkpoint is not None else None
         if checkpoint is not None and self._foreign_state(checkpoint):
             self._mismatch(st, checkpoint)
@@ -306,17 +313,15 @@ class Engine:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalance("assign")
-        start: list[TopicPartition] = []
-        for tp in partitions:
-            st = self._new_state(tp.topic, tp.partition)
-            offset = st.next_offset if st.next_offset is not None else OFFSET_INVALID
-            start.append(TopicPartition(tp.topic, tp.partition, offset))
+        states = [self._new_state(tp.topic, tp.partition) for tp in partitions]
         # The broker's committed offsets, for every partition: a partition restored from its
         # checkpoint may be ahead of them (the previous owner died, or its last commit
         # failed, after the checkpoint was durable). The next checkpoint commits it; until
-        # then the exported lag is the broker's view, like the lag probe's.
+        # then the exported lag is the broker's view, like the lag probe's. They also show
+        # an offset reset made with Kafka's own tools, which is honoured.
         try:
-            for tp in consumer.committed(start, timeout=10):
+            asked = [TopicPartition(st.topic, st.partition) for st in states]
+            for tp in consumer.committed(asked, timeout=10):
                 st = self.partitions[(tp.topic, tp.partition)]
                 st.committed = tp.offset if tp.offset >= 0 else None
                 if st.next_offset is None and st.committed is not None:
@@ -328,6 +333,8 @@ class Engine:
                         partition=tp.partition,
                         offset=tp.offset,
                     )
+                elif self._offset_reset(st):
+                    pass
                 elif st.next_offset is not None and st.committed != st.next_offset:
                     log_event(
                         log,
@@ -338,8 +345,17 @@ class Engine:
                         committed=st.committed,
                         checkpoint=st.next_offset,
                     )
+                self._start_from_time(st)
         except KafkaException as error:
             log_event(log, logging.WARNING, "committed-lookup-failed", error=str(error))
+        start = [
+            TopicPartition(
+                st.topic,
+                st.partition,
+                st.next_offset if st.next_offset is not None else OFFSET_INVALID,
+            )
+            for st in states
+        ]
         start = self._replay_offsets(consumer, start)
         consumer.incremental_assign(start)
         held = [tp for tp in start if self.partitions[(tp.topic, tp.partition)].held]
@@ -348,6 +364,69 @@ class Engine:
         elif held:
             consumer.pause(held)
         log_event(log, logging.INFO, "assigned", partitions=_names(partitions))
+
+    def _offset_reset(self, st: PartitionState) -> bool:
+        """Whether the group's committed offset (just read into ``st.committed``) was moved
+        by someone else since the checkpoint, e.g. ``kafka-consumer-groups.sh
+        --reset-offsets``; if so, honour it: empty state at that offset.
+
+        The checkpoint knows the committed offset it was written with and its own next
+        offset; this pipeline only ever commits offsets between the two (the ones of its own
+        checkpoints, in order), so a committed offset outside them was set by someone else.
+        A checkpoint of another consumer group belongs to that group: the group's own
+        committed offset (or startFrom) wins. A group with no committed offset at all (its
+        offsets expired while the pipeline was suspended, or it was deleted) is not a reset:
+        the checkpoint stands."""
+        source = self.config.source.kafka
+        if source is None or st.held is not None or not st.restored:
+            return False
+        if st.checkpoint_group is None:  # a legacy checkpoint: nothing to compare with
+            return False
+        group = source.consumer_group
+        if st.checkpoint_group == group:
+            if st.committed is None or st.next_offset is None:
+                return False
+            low = st.checkpoint_committed if st.checkpoint_committed is not None else -1
+            if low <= st.committed <= st.next_offset:
+                return False
+            why = "the group's committed offset moved without this pipeline"
+        else:
+            why = f"the checkpoint belongs to consumer group {st.checkpoint_group}"
+        log_event(
+            log,
+            logging.WARNING,
+            "offset-reset-detected",
+            topic=st.topic,
+            partition=st.partition,
+            group=group,
+            reason=why,
+            checkpoint_offset=st.next_offset,
+            checkpoint_committed=st.checkpoint_committed,
+            committed=st.committed,
+            open_windows_dropped=len(st.windows.windows) if st.windows else 0,
+        )
+        self.metrics.counter("streamherd_state_discarded").labels(
+            self.metrics.pipeline, "offset-reset"
+        ).inc()
+        plan = self.processor.window
+        st.windows = PartitionWindows.from_json(plan, None) if plan is not None else None
+        st.next_offset = st.committed  # None: nothing committed, startFrom decides
+        st.restored = False
+        st.dirty = st.next_offset is not None
+        return True
+
+    def _start_from_time(self, st: PartitionState) -> None:
+        """A partition with nothing to resume from (no checkpoint, no committed offset)
+        starts at ``startFrom``'s time, when it is one."""
+        source = self.config.source.kafka
+        if (
+            source is not None
+            and source.start_from_time_ms is not None
+            and st.next_offset is None
+            and st.committed is None
+            and st.held is None
+        ):
+            st.replay_from_ms = source.start_from_time_ms
 
     def _replay_offsets(
         self, consumer: Consumer, start: list[TopicPartition]
@@ -387,8 +466,8 @@ class Engine:
                 offset = consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
             log_event(
                 log,
-                logging.WARNING,
-                "replay-from",
+                logging.WARNING if st.restored else logging.INFO,
+                "seek-to-time",
                 topic=tp.topic,
                 partition=tp.partition,
                 replay_from_ms=st.replay_from_ms,
@@ -579,6 +658,8 @@ class Engine:
             log_event(log, logging.WARNING, "checkpoint-postponed", reason="sink flush timeout")
             return False
         dirty = [st for st in states if st.dirty and st.next_offset is not None]
+        source = self.config.source.kafka
+        group = source.consumer_group if source is not None else None
         if dirty:
             self.store.save(
                 [
@@ -590,6 +671,8 @@ class Engine:
                         pipeline=self.pipeline,
                         fingerprint=self.fingerprint,
                         state_shape=self.state_shape,
+                        group=group,
+                        committed=st.committed,
                     )
                     for st in dirty
                 ]

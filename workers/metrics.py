@@ -139,9 +139,10 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     MetricSpec(
         "streamherd_state_discarded",
         "counter",
-        "Partition states discarded on purpose because their fingerprint differed, by the "
-        "upgrade policy that chose it: reset or replay.",
-        ("pipeline", "policy"),
+        "Partition states discarded on purpose, by reason: reset or replay (the upgrade "
+        "policy for a checkpoint of another state fingerprint), offset-reset (the group's "
+        "committed offset was moved with Kafka's tools, or the checkpoint is another group's).",
+        ("pipeline", "reason"),
     ),
     MetricSpec(
         "streamherd_heartbeat_timestamp_seconds",

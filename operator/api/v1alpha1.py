@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, JsonValue, model_validator
+from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from streamherd.workers.config import (
     DURATION_PATTERN,
@@ -38,6 +38,22 @@ MAX_NAME_LENGTH = 63 - len("-metrics")
 _NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _TOPIC = r"^[a-zA-Z0-9._-]{1,249}$"
 _QUANTITY = r"^(\+?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+
+_RFC3339 = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})$"
+)
+
+
+def parse_time_ms(text: str) -> int:
+    """Unix milliseconds of an RFC 3339 time with a zone, e.g. ``2026-01-01T00:00:00Z``."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone: end it with Z or +HH:MM")
+    return round(moment.timestamp() * 1000)
+
+
+_START_FROM = "^(earliest|latest|" + _RFC3339[1:-1] + ")$"
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
@@ -125,17 +141,41 @@ class KafkaSource(KafkaConnection):
         max_length=255,
         description="Consumer group id; `<namespace>.<name>` when omitted.",
     )
-    start_from: Literal["earliest", "latest"] = Field(
+    start_from: str = Field(
         default="earliest",
+        pattern=_START_FROM,
+        max_length=64,
         description=(
-            "Where a partition with no committed offset starts: earliest (the whole "
-            "retained log) or latest (only new records)."
+            "Where a partition with no checkpoint and no committed offset starts: earliest "
+            "(the whole retained log), latest (only new records), or a time, RFC 3339 (e.g. "
+            "2026-01-01T00:00:00Z: its first record at or after that time, by the records' "
+            "Kafka timestamps)."
         ),
     )
     format: Literal["json", "raw"] = Field(
         default="json",
         description="json: each value is a JSON object; raw: bytes passed through as `value`.",
     )
+
+    @field_validator("start_from")
+    @classmethod
+    def _start_time(cls, value: str) -> str:
+        if value not in ("earliest", "latest"):
+            parse_time_ms(value)  # a real date, not just its shape (month 13 is refused)
+        return value
+
+    @property
+    def start_policy(self) -> Literal["earliest", "latest"]:
+        """earliest or latest: a time starts like earliest where Kafka has no time to go by
+        (librdkafka's auto.offset.reset, the lag of a group that has committed nothing)."""
+        return "latest" if self.start_from == "latest" else "earliest"
+
+    @property
+    def start_time_ms(self) -> int | None:
+        """Unix ms of a startFrom time; None for earliest and latest."""
+        if self.start_from in ("earliest", "latest"):
+            return None
+        return parse_time_ms(self.start_from)
 
 
 class Source(Model):
@@ -405,19 +445,6 @@ class Checkpoint(Model):
 
 
 # --------------------------------------------------------------------------- upgrades
-
-_RFC3339 = (
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
-    r"(Z|[+-][0-9]{2}:[0-9]{2})$"
-)
-
-
-def parse_time_ms(text: str) -> int:
-    """Unix milliseconds of an RFC 3339 time with a zone, e.g. ``2026-01-01T00:00:00Z``."""
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        raise ValueError(f"{text!r} has no time zone: end it with Z or +HH:MM")
-    return round(moment.timestamp() * 1000)
 
 
 class Upgrade(Model):

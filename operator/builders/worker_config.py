@@ -64,7 +64,8 @@ def build_worker_config(pipeline: StreamPipeline, settings: OperatorSettings) ->
                 security=security(src.auth, "SOURCE"),
                 topics=list(src.topics),
                 consumer_group=pipeline.consumer_group or f"{pipeline.namespace}.{pipeline.name}",
-                start_from=src.start_from,
+                start_from=src.start_policy,
+                start_from_time_ms=src.start_time_ms,
                 format=src.format,
             )
         )
