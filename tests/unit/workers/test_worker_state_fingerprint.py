@@ -170,7 +170,7 @@ def test_reset_starts_empty_at_the_checkpointed_offsets(tmp_path: Path) -> None:
     engine, out = run(config(tmp_path, NEW_WINDOW, onFingerprintMismatch="reset"))
     assert first_in + engine.counters.records_in == GENERATOR["count"]  # nothing read twice
     discarded = engine.metrics.registry.get_sample_value(
-        "streamherd_state_discarded_total", {"pipeline": "fp", "policy": "reset"}
+        "streamherd_state_discarded_total", {"pipeline": "fp", "reason": "reset"}
     )
     assert discarded == 4
     got = {}
