@@ -15,18 +15,24 @@ changes it follows ``spec.upgrade.onStateChange``:
 
 The workers check the same fingerprint again when they restore (a second line of defence
 for ConfigMaps edited by hand, or rollouts the operator did not make).
+
+``state_diff_files`` is ``streamherd state-diff BEFORE AFTER``: the same decision offline,
+before an edit is applied.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TextIO
 
 import orjson
+import yaml
 from pydantic import ValidationError
 
-from streamherd.operator.api.v1alpha1 import Upgrade
+from streamherd.operator.api.v1alpha1 import KIND, Upgrade
 from streamherd.operator.builders.meta import CONFIG_KEY, Manifest
+from streamherd.operator.validation import load_documents, parse_pipeline
 from streamherd.workers.config import ProcessorConfig, WorkerConfig
 from streamherd.workers.fingerprint import (
     Description,
@@ -144,3 +150,41 @@ def decide(
         "replay", want, want, changes, ("True", "StateReplay", message),
         ("Warning", "StateReplay", message),
     )  # fmt: skip
+
+
+def state_diff_files(files: Sequence[str], out: TextIO, err: TextIO) -> int:
+    """``streamherd state-diff BEFORE AFTER``: what the operator would do with the edit from
+    the first manifest to the second. Exit status 0: the state is kept (the edit rolls as
+    usual); 1: the edit changes the state (the changed fields and the policy's outcome are
+    printed); 2: a manifest cannot be read or is invalid."""
+    pipelines = []
+    for file in files:
+        try:
+            docs = [d for _, _, d in load_documents([file])
+                    if isinstance(d, dict) and d.get("kind") == KIND]  # fmt: skip
+        except (OSError, yaml.YAMLError) as e:
+            err.write(f"error: {e}\n")
+            return 2
+        if len(docs) != 1:
+            err.write(f"{file}: expected one {KIND}, found {len(docs)}\n")
+            return 2
+        pipeline, problems = parse_pipeline(docs[0])
+        if pipeline is None or problems:
+            err.write(f"{file}: invalid\n" + "".join(f"  {p}\n" for p in problems))
+            return 2
+        pipelines.append(pipeline)
+    before, after = (describe(p.spec.processor) for p in pipelines)
+    decision = decide(before, after, pipelines[1].spec.upgrade)
+    out.write(f"state fingerprint: {fingerprint(before)} -> {decision.desired_fingerprint}\n")
+    if decision.action == "roll":
+        out.write("compatible: the edit keeps the state and rolls as usual\n")
+        return 0
+    out.write("the edit changes the state:\n")
+    out.write("".join(f"  {change}\n" for change in decision.changes))
+    outcome = {
+        "hold": "refused (onStateChange: refuse): the running workers are kept as they are",
+        "reset": "reset: empty state from the checkpointed offsets",
+        "replay": f"replay: empty state from {pipelines[1].spec.upgrade.replay_from}",
+    }[decision.action]
+    out.write(f"the operator would: {outcome}\n")
+    return 1
