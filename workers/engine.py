@@ -111,6 +111,10 @@ class PartitionState:
     restored: bool = False
     checkpoint_group: str | None = None
     checkpoint_committed: int | None = None
+    # The group's committed offset before a seek back in time (a replay), recorded in the
+    # checkpoints until a commit of the new position is confirmed: until then the broker
+    # still holds it, and it must not look like someone else's offset reset.
+    committed_before_seek: int | None = None
 
 
 @dataclass
@@ -386,8 +390,10 @@ class Engine:
         if st.checkpoint_group == group:
             if st.committed is None or st.next_offset is None:
                 return False
-            low = st.checkpoint_committed if st.checkpoint_committed is not None else -1
-            if low <= st.committed <= st.next_offset:
+            # Between the committed offset the checkpoint was written with and its own next
+            # offset, in either order (a replay moves the group's offset back).
+            known = st.checkpoint_committed if st.checkpoint_committed is not None else -1
+            if min(known, st.next_offset) <= st.committed <= max(known, st.next_offset):
                 return False
             why = "the group's committed offset moved without this pipeline"
         else:
@@ -476,6 +482,7 @@ class Engine:
             )
             st.next_offset = offset
             # The group's committed offset will step back to it with the next checkpoint.
+            st.committed_before_seek = st.committed
             st.committed = None
             st.replay_from_ms = None
             moved.append(TopicPartition(tp.topic, tp.partition, offset))
@@ -672,7 +679,9 @@ class Engine:
                         fingerprint=self.fingerprint,
                         state_shape=self.state_shape,
                         group=group,
-                        committed=st.committed,
+                        committed=st.committed
+                        if st.committed is not None
+                        else st.committed_before_seek,
                     )
                     for st in dirty
                 ]
