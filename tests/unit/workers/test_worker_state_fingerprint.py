@@ -88,17 +88,15 @@ def run(cfg: WorkerConfig, *, stop_after: int | None = None) -> tuple[Engine, st
 
 
 def readiness_while_running(cfg: WorkerConfig) -> tuple[Engine, tuple[bool, str]]:
-    """Run an endless engine in a thread until ready() gives its verdict on the restored
-    partitions (ready, or partitions held), then stop it."""
+    """Run an endless engine in a thread until its partitions are set up; what ready() says
+    then; stop it."""
     stop = threading.Event()
     engine = Engine(cfg, stop=stop, out=io.StringIO(), metrics=EngineMetrics("fp"))
     thread = threading.Thread(target=engine.run, daemon=True)
     thread.start()
-    said = wait_until(
-        "the engine reports its readiness",
-        lambda: r if (r := engine.ready())[0] or "held" in r[1] else None,
-        timeout=30,
-    )
+    # Every partition's state is set up before the generator starts.
+    wait_until("the engine's partitions set up", lambda: engine.generator is not None, timeout=30)
+    said = engine.ready()
     stop.set()
     thread.join(30)
     assert not thread.is_alive()
