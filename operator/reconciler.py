@@ -82,6 +82,7 @@ OWN_STATUS_KEYS = (
     "inputHash",
     "stateFingerprint",
     "pendingStateChanges",
+    "snapshots",
     "conditions",
 )
 
@@ -619,6 +620,29 @@ def _upgrade(
     return decide(running, want, pipeline.spec.upgrade, generation=generation)
 
 
+#: How many kept snapshots status lists.
+MAX_SNAPSHOTS = 20
+
+
+def _snapshots(
+    decision: Decision, status: Mapping[str, Any], generation: int | None, stamp: str
+) -> list[Any] | None:
+    """status.snapshots with the one the workers keep for this decision (reset, replay)."""
+    listed = [s for s in status.get("snapshots") or [] if isinstance(s, Mapping)]
+    if decision.snapshot is None:
+        return listed or None
+    if all(s.get("name") != decision.snapshot for s in listed):
+        listed.append(
+            {
+                "name": decision.snapshot,
+                "fingerprint": decision.snapshot.split("-to-")[0],
+                "reason": f"kept before the {decision.action} of generation {generation}",
+                "time": stamp,
+            }
+        )
+    return listed[-MAX_SNAPSHOTS:]
+
+
 def _state_condition(
     decision: Decision, current: Sequence[Condition], status: Mapping[str, Any]
 ) -> tuple[str, str, str]:
@@ -823,6 +847,7 @@ def reconcile(
         inputHash=input_hash,
         stateFingerprint=upgrade.fingerprint,
         pendingStateChanges=list(upgrade.changes) if upgrade.holds else None,
+        snapshots=_snapshots(upgrade, current_status, generation, stamp),
     )
     return finish(
         patch,

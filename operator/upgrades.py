@@ -41,6 +41,7 @@ from streamherd.workers.fingerprint import (
     describe,
     fingerprint,
     has_state,
+    snapshot_name,
 )
 
 #: The condition this module's decisions set.
@@ -63,6 +64,8 @@ class Decision:
     changes: tuple[str, ...] = ()
     condition: ConditionValue = ("True", "Compatible", "")
     event: EventValue | None = None
+    # The snapshot the workers keep before they discard the running state (reset, replay).
+    snapshot: str | None = None
 
     @property
     def holds(self) -> bool:
@@ -136,19 +139,20 @@ def decide(
         message = (
             f"{edit} changes the state ({what}): onStateChange reset, the workers start "
             f"from empty state at their checkpointed offsets (fingerprint {have} -> {want}; "
-            "the open windows of the old state are dropped)"
+            f"the old state is kept as snapshot {snapshot_name(have, want)})"
         )
         return Decision(
             "reset", want, want, changes, ("True", "StateReset", message),
-            ("Warning", "StateReset", message),
+            ("Warning", "StateReset", message), snapshot_name(have, want),
         )  # fmt: skip
     message = (
         f"{edit} changes the state ({what}): onStateChange replay, the workers start from "
-        f"empty state at {upgrade.replay_from} (fingerprint {have} -> {want})"
+        f"empty state at {upgrade.replay_from} (fingerprint {have} -> {want}; the old "
+        f"state is kept as snapshot {snapshot_name(have, want)})"
     )
     return Decision(
         "replay", want, want, changes, ("True", "StateReplay", message),
-        ("Warning", "StateReplay", message),
+        ("Warning", "StateReplay", message), snapshot_name(have, want),
     )  # fmt: skip
 
 

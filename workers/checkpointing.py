@@ -34,6 +34,9 @@ from typing import Any, Final
 import orjson
 
 FORMAT: Final = "streamherd.io/checkpoint/v1"
+#: Where kept copies of checkpoints go, under the checkpoint directory: '@' is not allowed in
+#: a Kafka topic name, so no topic's folder can ever be this one.
+SNAPSHOTS: Final = "@snapshots"
 STDLIB: Final = "json"  # the envelope's "encoding" when the body was written by the stdlib
 
 
@@ -159,3 +162,25 @@ class CheckpointStore:
             dirs.add(target.parent)
         for directory in dirs:
             _fsync_dir(directory)
+
+    def snapshot_path(self, name: str, topic: str, partition: int) -> Path:
+        return self.directory / SNAPSHOTS / name / topic / f"{partition}.ckpt"
+
+    def keep(self, name: str, topic: str, partition: int) -> Path | None:
+        """Copy the partition's checkpoint file, byte for byte, into snapshot `name`
+        (atomically, durable when this returns); its path, or None when there is no file.
+        The engine keeps a checkpoint this way before it discards its state on purpose."""
+        try:
+            data = self.path(topic, partition).read_bytes()
+        except FileNotFoundError:
+            return None
+        target = self.snapshot_path(name, topic, partition)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        with temp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temp.replace(target)
+        _fsync_dir(target.parent)
+        return target

@@ -36,7 +36,7 @@ from confluent_kafka import (
 
 from streamherd.workers.checkpointing import Checkpoint, CheckpointStore
 from streamherd.workers.config import StateConfig, WorkerConfig
-from streamherd.workers.fingerprint import changed_fields, config_fingerprint
+from streamherd.workers.fingerprint import changed_fields, config_fingerprint, snapshot_name
 from streamherd.workers.fusing import fuse
 from streamherd.workers.generating import GENERATOR_TOPIC, ClickGenerator
 from streamherd.workers.kafkaclients import consumer_config
@@ -290,6 +290,18 @@ class Engine:
             )
             log_event(log, logging.ERROR, "state-restore-refused", **fields)
             return
+        # Kept before it is discarded: the open windows of the old spec stay recoverable.
+        name = snapshot_name(checkpoint.fingerprint or "legacy", self.fingerprint)
+        try:
+            kept = self.store.keep(name, st.topic, st.partition)
+        except OSError as error:
+            # Never discard what could not be kept: hold the partition instead.
+            st.held = f"{st.topic}[{st.partition}]: cannot keep a snapshot before {policy}: {error}"
+            self.metrics.set_partition(
+                "streamherd_state_restore_refused", st.topic, st.partition, 1
+            )
+            log_event(log, logging.ERROR, "state-snapshot-failed", error=str(error), **fields)
+            return
         self.metrics.counter("streamherd_state_discarded").labels(
             self.metrics.pipeline, policy
         ).inc()
@@ -303,6 +315,7 @@ class Engine:
             logging.WARNING,
             "state-discarded",
             policy=policy,
+            snapshot=str(kept),
             replay_from_ms=st.replay_from_ms,
             open_windows_dropped=len((checkpoint.state or {}).get("windows") or ()),
             **fields,

@@ -132,6 +132,12 @@ def config_fingerprint(config: WorkerConfig) -> tuple[str, Description]:
     return processor_fingerprint(config.processor)
 
 
+def snapshot_name(old: str, new: str) -> str:
+    """The name of the snapshot kept when state of fingerprint `old` is discarded for `new`
+    (workers/checkpointing.py ``CheckpointStore.keep``); the operator lists the same name."""
+    return f"{old}-to-{new}"
+
+
 def has_state(description: Mapping[str, Any] | None) -> bool:
     """Whether a description holds any state (a window or a repartition)."""
     if not description:

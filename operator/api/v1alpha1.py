@@ -753,6 +753,16 @@ class Condition(Model):
     )
 
 
+class StateSnapshot(Model):
+    """A copy of checkpointed state the workers keep in the checkpoint volume
+    (`@snapshots/<name>/`) before they discard it on purpose (reset or replay)."""
+
+    name: str = Field(description="`<old fingerprint>-to-<new fingerprint>`.")
+    fingerprint: str = Field(description="The state fingerprint of the state kept.")
+    reason: str = Field(default="", description="Why it was kept.")
+    time: str | None = Field(default=None, description="When it was decided (RFC 3339).")
+
+
 class StreamPipelineStatus(Model):
     """The observed state, written by the operator."""
 
@@ -784,6 +794,11 @@ class StreamPipelineStatus(Model):
     pending_state_changes: list[str] | None = Field(
         default=None,
         description="While an edit is refused: the state fields it changes.",
+    )
+    snapshots: list[StateSnapshot] | None = Field(
+        default=None,
+        max_length=20,
+        description="State kept before each reset or replay, newest last (the last 20).",
     )
     conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
 

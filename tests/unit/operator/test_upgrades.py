@@ -261,11 +261,17 @@ def test_reset_and_replay_roll_with_the_policy_in_the_worker_config(name_: str) 
     status = body_of(kube, name)["status"]
     assert status["stateFingerprint"] != old_fp
     assert condition(kube, name, STATE_COMPATIBLE)["reason"] == reason
+    # The snapshot the workers keep before discarding the old state is listed.
+    kept = f"{old_fp}-to-{status['stateFingerprint']}"
+    assert [s["name"] for s in status["snapshots"]] == [kept]
+    assert status["snapshots"][0]["fingerprint"] == old_fp
+    assert kept in condition(kube, name, STATE_COMPATIBLE)["message"]
     # The next reconcile keeps reporting what was done, and says it only once.
     kube.roll_out(name)
     again = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
     assert condition(kube, name, STATE_COMPATIBLE)["reason"] == reason
     assert reason not in [e.reason for e in again.events]
+    assert [s["name"] for s in body_of(kube, name)["status"]["snapshots"]] == [kept]
 
 
 def test_a_compatible_edit_rolls_as_before() -> None:

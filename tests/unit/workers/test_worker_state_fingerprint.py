@@ -19,6 +19,7 @@ import orjson
 from streamherd.workers.checkpointing import CheckpointStore, decode, encode
 from streamherd.workers.config import GeneratorSourceConfig, WorkerConfig
 from streamherd.workers.engine import Engine
+from streamherd.workers.fingerprint import snapshot_name
 from streamherd.workers.generating import GENERATOR_TOPIC, ClickGenerator
 from streamherd.workers.metrics import EngineMetrics
 from tests.infra.processes import wait_until
@@ -183,6 +184,16 @@ def test_reset_starts_empty_at_the_checkpointed_offsets(tmp_path: Path) -> None:
         assert abs(row["kb"] - expected[k]["kb"]) < 1e-6, k
     for data in files(tmp_path).values():
         assert decode(data).fingerprint == engine.fingerprint
+    # The discarded state was kept first, byte for byte, under <old>-to-<new>.
+    old = decode(next(iter(before.values()))).fingerprint
+    assert old is not None
+    store = CheckpointStore(tmp_path)
+    for file_name, data in before.items():
+        partition = int(file_name.split(".")[0])
+        kept = store.snapshot_path(
+            snapshot_name(old, engine.fingerprint), GENERATOR_TOPIC, partition
+        )
+        assert kept.read_bytes() == data
 
 
 def test_a_legacy_checkpoint_is_adopted_and_stamped(tmp_path: Path) -> None:

@@ -1,0 +1,268 @@
+"""A running pipeline's state through edits, end to end: the real API server, the operator,
+the broker, and the workers (local processes started from the pods' specs by the pod
+mirror, tests/e2e/harness.py), all in one namespace.
+
+Each class of incompatible edit is first checked by the operator with the default policy
+(refuse): the workers are untouched (same ConfigMap, same Deployment generation, the same
+worker process), the output continues, and the StateCompatible condition names the fields,
+with one Warning event. One edit (a new size and the aggregates reordered) then goes on
+with `reset`: the workers roll, start from empty state at the checkpointed offsets, and
+the new results equal a reference for the new spec, computed without the engine.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from streamherd.workers.checkpointing import decode
+from streamherd.workers.windowing import iso_ms
+from tests.e2e.harness import Namespace, Operator, PodMirror, install_crd, wait_until
+from tests.infra.controlplane import KubeCluster
+from tests.infra.kafka import KafkaBroker
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.kafka,
+    pytest.mark.cluster,
+    pytest.mark.e2e,
+    pytest.mark.slow,
+]
+
+BASE_TS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+STEP_MS = 10
+PARTITIONS = 2
+
+
+@pytest.fixture(scope="module")
+def ns(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Namespace]:
+    install_crd(kube_cluster)
+    name = f"life-{uuid.uuid4().hex[:8]}"
+    kube_cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    operator = Operator(kube_cluster, name, log)
+    namespace = Namespace(kube_cluster, name)
+    try:
+        yield namespace
+    finally:
+        operator.stop()
+        print(f"operator log: {log}")
+        namespace.delete()
+
+
+def clicks(start: int, count: int) -> list[tuple[int, tuple[str, dict[str, Any]]]]:
+    """(partition, (key, record)): user u always in partition u % 2."""
+    out = []
+    for i in range(start, start + count):
+        u = (i * 7919) % 40
+        rec = {"user": f"user-{u}", "bytes": (i * 31) % 997, "ts": BASE_TS + i * STEP_MS}
+        out.append((u % PARTITIONS, (rec["user"], rec)))
+    return out
+
+
+def produce(broker: KafkaBroker, topic: str, records: list[Any]) -> None:
+    for p in range(PARTITIONS):
+        broker.produce(topic, [r for part, r in records if part == p], partition=p)
+
+
+def reference(records: list[Any], window_ms: int) -> dict[str, dict[str, int]]:
+    """Expected results by output key (`user|window start`), computed without the engine."""
+    out: dict[str, dict[str, int]] = defaultdict(lambda: {"clicks": 0, "bytes": 0})
+    for _, (user, rec) in records:
+        key = f"{user}|{iso_ms(rec['ts'] - rec['ts'] % window_ms)}"
+        out[key]["clicks"] += 1
+        out[key]["bytes"] += rec["bytes"]
+    return dict(out)
+
+
+WINDOW: dict[str, Any] = {
+    "keyBy": "user",
+    "type": "tumbling",
+    "size": "10s",
+    "eventTime": {"field": "ts"},
+    "allowedLateness": "0s",
+    "aggregates": [
+        {"name": "clicks", "function": "count"},
+        {"name": "bytes", "function": "sum", "expression": "bytes"},
+    ],
+}
+
+
+def manifest(
+    ns: Namespace,
+    name: str,
+    source: str,
+    sink: str,
+    bootstrap: str,
+    window: dict[str, Any],
+    upgrade: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "source": {"kafka": {"bootstrapServers": bootstrap, "topics": [source]}},
+        "processor": {"steps": [{"filter": "bytes >= 0"}, {"window": window}]},
+        "sink": {"kafka": {"topic": sink}},
+        "checkpoint": {"interval": "1s"},
+        "autoscaling": {"mode": "none"},
+        "replicas": 1,
+        "monitoring": {"serviceMonitor": False, "prometheusRule": False},
+    }
+    if upgrade is not None:
+        spec["upgrade"] = upgrade
+    return {
+        "apiVersion": "streamherd.io/v1alpha1",
+        "kind": "StreamPipeline",
+        "metadata": {"name": name, "namespace": ns.ns},
+        "spec": spec,
+    }
+
+
+def edited(change: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+    window = copy.deepcopy(WINDOW)
+    change(window)
+    return window
+
+
+# The classes of incompatible edit, and what the condition must name for each.
+EDITS: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
+    "aggregate added": (
+        lambda w: w["aggregates"].append({"name": "top", "function": "max", "expression": "bytes"}),
+        "window.aggregates: added top",
+    ),
+    "aggregate removed": (lambda w: w["aggregates"].pop(), "window.aggregates: removed bytes"),
+    "aggregates reordered": (lambda w: w["aggregates"].reverse(), "window.aggregates: reordered"),
+    "function changed": (
+        lambda w: w["aggregates"][1].update(function="avg"),
+        "window.aggregates[bytes].function: sum -> avg",
+    ),
+    "size": (lambda w: w.update(size="5s"), "window.size: 10000 -> 5000"),
+    "slide": (lambda w: w.update(type="hopping", slide="5s"), "window.slide"),
+    "keyBy": (lambda w: w.update(keyBy="bytes % 7"), "window.keyBy: user -> bytes % 7"),
+    "window type": (lambda w: w.update(type="hopping", slide="10s"), "window.type"),
+}
+
+
+def checkpoints(pvc: Path, topic: str) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((pvc / topic).glob("*.ckpt"))}
+
+
+def test_incompatible_edits_are_refused_then_reset_gives_the_new_specs_results(
+    ns: Namespace, kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    name = "life"
+    source = kafka_broker.create_topic(kafka_broker.unique_topic("life"), partitions=PARTITIONS)
+    sink = kafka_broker.create_topic(kafka_broker.unique_topic("life-out"), partitions=PARTITIONS)
+    group = f"{ns.ns}.{name}"
+    bootstrap = kafka_broker.bootstrap
+
+    def caught_up() -> bool:
+        return kafka_broker.committed(group, source) == kafka_broker.end_offsets(source)
+
+    produce(kafka_broker, source, clicks(0, 3000))
+    ns.apply(manifest(ns, name, source, sink, bootstrap, WINDOW))
+    ns.bind_checkpoint_volume(name)
+    pvc = tmp_path / "pvc" / f"{name}-checkpoints"
+    with PodMirror(ns, name, tmp_path) as mirror:
+        wait_until("the first worker caught up", caught_up, timeout=180)
+        status = wait_until(
+            "the state fingerprint in status",
+            lambda: (s := ns.status(name)).get("stateFingerprint") and s,
+            timeout=60,
+        )
+        running_fp = status["stateFingerprint"]
+        assert ns.condition(name, "StateCompatible")["reason"] == "Compatible"
+        assert {decode(d).fingerprint for d in checkpoints(pvc, source).values()} == {running_fp}
+        config_map = ns.get("configmap", f"{name}-config")
+        deployment = ns.get("deployment", name)
+        assert config_map is not None and deployment is not None
+        workers = list(mirror.workers)
+        assert len(workers) == 1
+
+        produced = 3000
+        for edit, (change, field) in EDITS.items():
+            ns.apply(manifest(ns, name, source, sink, bootstrap, edited(change)))
+            cond = wait_until(
+                f"the {edit} edit refused",
+                lambda field=field: (
+                    (c := ns.condition(name, "StateCompatible")).get("reason")
+                    == "StateChangeRefused"
+                    and field in c.get("message", "")
+                    and c
+                ),
+                timeout=60,
+            )
+            assert "spec.upgrade.onStateChange" in cond["message"], cond
+            status = ns.status(name)
+            assert status["stateFingerprint"] == running_fp
+            assert any(c.startswith(field) for c in status["pendingStateChanges"]), status
+            # The workers are exactly as they were...
+            now_cm = ns.get("configmap", f"{name}-config") or {}
+            now_dep = ns.get("deployment", name) or {}
+            assert (
+                now_cm["metadata"]["resourceVersion"] == config_map["metadata"]["resourceVersion"]
+            )
+            assert now_dep["metadata"]["generation"] == deployment["metadata"]["generation"]
+            assert list(mirror.workers) == workers and not mirror.errors, mirror.errors
+            # ...and they go on: new records are consumed and committed.
+            produce(kafka_broker, source, clicks(produced, 300))
+            produced += 300
+            wait_until(f"the output goes on after the {edit} edit", caught_up, timeout=120)
+        assert ns.event_reasons(name).count("StateChangeRefused") >= len(EDITS)
+        outputs_before_reset = len(kafka_broker.consume_all(sink))
+        assert outputs_before_reset > 0
+
+        # Reset: a new size and the aggregates reordered, from empty state at the offsets
+        # the running workers checkpointed (all produced so far: caught up above).
+        new_window = edited(lambda w: (w.update(size="5s"), w["aggregates"].reverse()))
+        ns.apply(
+            manifest(ns, name, source, sink, bootstrap, new_window, {"onStateChange": "reset"})
+        )
+        wait_until(
+            "the reset reported",
+            lambda: ns.condition(name, "StateCompatible").get("reason") == "StateReset",
+            timeout=60,
+        )
+        new_fp = ns.status(name)["stateFingerprint"]
+        assert new_fp != running_fp
+        assert "StateReset" in ns.event_reasons(name)
+        wait_until(
+            "a new worker running the new spec",
+            lambda: set(mirror.workers) - set(workers) and len(mirror.workers) == 1,
+            timeout=120,
+        )
+        wait_until(
+            "every partition's state reset (new fingerprint on disk)",
+            lambda: {decode(d).fingerprint for d in checkpoints(pvc, source).values()} == {new_fp},
+            timeout=120,
+        )
+        after = clicks(produced, 2000)
+        produce(kafka_broker, source, after)
+        # A far-future record per partition closes every window.
+        far = [(p, ("zz", {"user": "zz", "bytes": 0, "ts": BASE_TS + 10**9})) for p in range(2)]
+        produce(kafka_broker, source, far)
+        wait_until("the new spec caught up", caught_up, timeout=180)
+        assert not mirror.errors, mirror.errors
+
+    rows: dict[str, dict[str, Any]] = {}
+    for rec in kafka_broker.consume_all(sink):
+        doc = orjson.loads(rec.value or b"{}")
+        if doc.get("key") == "zz":
+            continue
+        width = datetime.fromisoformat(doc["window_end"]) - datetime.fromisoformat(
+            doc["window_start"]
+        )
+        if width.total_seconds() == 5:  # the new spec's results
+            assert list(doc)[3:] == ["bytes", "clicks"], doc
+            rows[rec.key.decode() if rec.key else ""] = doc
+    expected = reference(after, 5000)
+    assert set(rows) == set(expected)
+    wrong = {k for k, e in expected.items() if (rows[k]["clicks"], rows[k]["bytes"]) !=
+             (e["clicks"], e["bytes"])}  # fmt: skip
+    assert not wrong, sorted(wrong)[:5]
