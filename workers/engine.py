@@ -115,6 +115,8 @@ class PartitionState:
     # checkpoints until a commit of the new position is confirmed: until then the broker
     # still holds it, and it must not look like someone else's offset reset.
     committed_before_seek: int | None = None
+    # The committed offset the partition's checkpoint file records (as last written/read).
+    written_committed: int | None = None
 
 
 @dataclass
@@ -234,6 +236,7 @@ class Engine:
             st.committed = checkpoint.next_offset
             st.restored = True
             st.checkpoint_group, st.checkpoint_committed = checkpoint.group, checkpoint.committed
+            st.written_committed = checkpoint.committed
         restored = checkpoint.state if checkpoint is not None else None
         if checkpoint is not None and self._foreign_state(checkpoint):
             self._mismatch(st, checkpoint)
@@ -678,29 +681,8 @@ class Engine:
             log_event(log, logging.WARNING, "checkpoint-postponed", reason="sink flush timeout")
             return False
         dirty = [st for st in states if st.dirty and st.next_offset is not None]
-        source = self.config.source.kafka
-        group = source.consumer_group if source is not None else None
         if dirty:
-            self.store.save(
-                [
-                    Checkpoint(
-                        topic=st.topic,
-                        partition=st.partition,
-                        next_offset=st.next_offset,  # type: ignore[arg-type]
-                        state=st.windows.to_json() if st.windows is not None else None,
-                        pipeline=self.pipeline,
-                        fingerprint=self.fingerprint,
-                        state_shape=self.state_shape,
-                        group=group,
-                        committed=st.committed
-                        if st.committed is not None
-                        else st.committed_before_seek,
-                    )
-                    for st in dirty
-                ]
-            )
-            for st in dirty:
-                st.dirty = False
+            self._save(dirty)
             self.counters.checkpoints += 1
         duration = time.perf_counter() - started
         self.metrics.checkpointed(duration)
@@ -715,7 +697,38 @@ class Engine:
                 duration_ms=round(duration * 1000, 1),
             )
         self._commit(states, sync=sync)
+        if sync:
+            # The confirmed commit goes into the files too (see _on_committed): the last
+            # checkpoint before a stop then names the exact committed offset.
+            confirmed = [st for st in states if st.dirty and st.next_offset is not None]
+            if confirmed:
+                self._save(confirmed)
         return True
+
+    def _save(self, states: list[PartitionState]) -> None:
+        """Write the checkpoint files of `states` (durable when this returns)."""
+        source = self.config.source.kafka
+        group = source.consumer_group if source is not None else None
+        checkpoints = []
+        for st in states:
+            committed = st.committed if st.committed is not None else st.committed_before_seek
+            checkpoints.append(
+                Checkpoint(
+                    topic=st.topic,
+                    partition=st.partition,
+                    next_offset=st.next_offset,  # type: ignore[arg-type]
+                    state=st.windows.to_json() if st.windows is not None else None,
+                    pipeline=self.pipeline,
+                    fingerprint=self.fingerprint,
+                    state_shape=self.state_shape,
+                    group=group,
+                    committed=committed,
+                )
+            )
+        self.store.save(checkpoints)
+        for st in states:
+            st.dirty = False
+            st.written_committed = st.committed
 
     def _commit(self, states: list[PartitionState], *, sync: bool) -> None:
         if self.consumer is None:
@@ -761,6 +774,12 @@ class Engine:
                 # Commits of one member reach the broker in order: never step backwards.
                 if st.committed is None or tp.offset > st.committed:
                     st.committed = tp.offset
+                # Once the commit of the checkpointed offset is confirmed, the next
+                # checkpoint records it (one more write per partition when idle), so the
+                # committed offsets this pipeline may have set narrow down to exactly one
+                # and any offset reset made meanwhile is noticed (_offset_reset).
+                if st.committed == st.next_offset and st.written_committed != st.committed:
+                    st.dirty = True
             else:
                 failed.append(f"{tp.topic}[{tp.partition}]@{tp.offset}")
         if error is not None or failed:

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streamherd.workers.checkpointing import decode
 from tests.infra.kafka import KafkaBroker
@@ -42,6 +42,7 @@ from tests.integration.engine.enginekit import (
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
 PARTITIONS = 2
+KEEP = {"retention.ms": "-1"}
 STEP_MS = 10  # event time between consecutive records: 4000 records span 40 s
 
 
@@ -104,7 +105,12 @@ def checkpoint_files(directory: Path, topic: str) -> dict[str, bytes]:
 
 
 def caught_up(broker: KafkaBroker, group: str, topic: str) -> bool:
-    return broker.committed(group, topic) == broker.end_offsets(topic)
+    """The group has committed every record of the topic (False while the group's
+    coordinator is still moving, which a fresh broker reports as NOT_COORDINATOR)."""
+    try:
+        return broker.committed(group, topic) == broker.end_offsets(topic)
+    except KafkaException:
+        return False
 
 
 def stop_cleanly(worker: Worker) -> None:
@@ -127,7 +133,11 @@ def records_in(worker: Worker) -> float:
 
 
 def setup(broker: KafkaBroker, tmp_path: Path, tag: str) -> tuple[str, str, Path, dict[str, Any]]:
-    source = broker.create_topic(broker.unique_topic(f"life-{tag}"), partitions=PARTITIONS)
+    # Kept forever: the records' timestamps are in 2026-01 (event time), and the broker
+    # deletes by record timestamp, so the default retention would delete them at once.
+    source = broker.create_topic(
+        broker.unique_topic(f"life-{tag}"), partitions=PARTITIONS, config=KEEP
+    )
     sink = broker.create_topic(broker.unique_topic(f"life-{tag}-out"), partitions=PARTITIONS)
     checkpoints = tmp_path / "checkpoints"
     cfg = pipeline_config(
@@ -142,6 +152,12 @@ def setup(broker: KafkaBroker, tmp_path: Path, tag: str) -> tuple[str, str, Path
     return source, sink, checkpoints, cfg
 
 
+def with_sink(cfg: dict[str, Any], sink: str) -> dict[str, Any]:
+    new = copy.deepcopy(cfg)
+    new["sink"]["kafka"]["topic"] = sink
+    return new
+
+
 def with_new_state(cfg: dict[str, Any], sink: str, **state: Any) -> dict[str, Any]:
     """The same pipeline with 5 s windows and its aggregates in the other order, writing to
     `sink`; `state` is WorkerConfig.state (the policy)."""
@@ -149,7 +165,7 @@ def with_new_state(cfg: dict[str, Any], sink: str, **state: Any) -> dict[str, An
     window = new["processor"]["steps"][-1]["window"]
     window["size"] = "5s"
     window["aggregates"].reverse()
-    new["sink"]["topic"] = sink
+    new["sink"]["kafka"]["topic"] = sink
     if state:
         new["state"] = state
     return new
@@ -262,8 +278,7 @@ def test_an_offset_reset_by_kafkas_tool_is_honoured(
     second_sink = kafka_broker.create_topic(
         kafka_broker.unique_topic("life-reset-out2"), partitions=PARTITIONS
     )
-    second = Worker.create(tmp_path, "second", {**cfg, "sink": {
-        **cfg["sink"], "topic": second_sink}}).start()  # fmt: skip
+    second = Worker.create(tmp_path, "second", with_sink(cfg, second_sink)).start()
     try:
         wait_until("caught up again", lambda: caught_up(kafka_broker, group, source), 120,
                    [second])  # fmt: skip
