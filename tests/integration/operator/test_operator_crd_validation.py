@@ -87,6 +87,15 @@ CASES = [
                   "aggregates": [{"name": "clicks", "function": "count"}]}}],
      "slide must be positive, at most size, and divide size"),
     ("name too long", BASE, "metadata.name", "p" * 56, "metadata.name must be at most 55"),
+    ("replay without a time", BASE, "spec.upgrade", {"onStateChange": "replay"},
+     "onStateChange replay needs replayFrom"),
+    ("unknown upgrade policy", BASE, "spec.upgrade.onStateChange", "merge",
+     "spec.upgrade.onStateChange: Unsupported value"),
+    ("replay time without a zone", BASE, "spec.upgrade",
+     {"onStateChange": "replay", "replayFrom": "2026-01-01T00:00:00"},
+     "spec.upgrade.replayFrom: Invalid value"),
+    ("startFrom neither a word nor a time", BASE, "spec.source.kafka.startFrom", "yesterday",
+     "spec.source.kafka.startFrom: Invalid value"),
 ]  # fmt: skip
 
 
@@ -99,7 +108,10 @@ def namespace(kube_cluster: KubeCluster, crd: str) -> Iterator[str]:
 
 
 def test_the_base_manifests_are_accepted(kube_cluster: KubeCluster, namespace: str) -> None:
-    for doc in (BASE, LOCAL):
+    timed = _set(BASE, "spec.source.kafka.startFrom", "2026-01-01T00:00:00.5+01:00")
+    timed = _set(timed, "spec.upgrade", {"onStateChange": "replay",
+                                         "replayFrom": "2026-01-01T00:00:00Z"})  # fmt: skip
+    for doc in (BASE, LOCAL, timed):
         proc = kube_cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
                                     input=yaml.safe_dump(doc), check=False)  # fmt: skip
         assert proc.returncode == 0, proc.stderr
