@@ -617,7 +617,13 @@ def _upgrade(
         running = want
     else:
         running = config_description(live)
-    return decide(running, want, pipeline.spec.upgrade, generation=generation)
+    return decide(
+        running,
+        want,
+        pipeline.spec.upgrade,
+        generation=generation,
+        restore_from=pipeline.spec.state.restore_from,
+    )
 
 
 #: How many kept snapshots status lists.
@@ -635,7 +641,7 @@ def _snapshots(
         listed.append(
             {
                 "name": decision.snapshot,
-                "fingerprint": decision.snapshot.split("-to-")[0],
+                "fingerprint": decision.snapshot.split("-to-", maxsplit=1)[0],
                 "reason": f"kept before the {decision.action} of generation {generation}",
                 "time": stamp,
             }
@@ -652,7 +658,7 @@ def _state_condition(
     if (
         decision.action == "roll"
         and was is not None
-        and was.reason in ("StateReset", "StateReplay")
+        and was.reason in ("StateReset", "StateReplay", "StateRestored")
         and status.get("stateFingerprint") == decision.fingerprint
     ):
         return was.status, was.reason, was.message

@@ -49,7 +49,7 @@ STATE_COMPATIBLE: Final = "StateCompatible"
 #: The children a held edit leaves untouched (what the workers run).
 HELD_KINDS: Final = ("ConfigMap", "Deployment")
 
-Action = Literal["roll", "hold", "reset", "replay"]
+Action = Literal["roll", "hold", "reset", "replay", "restore"]
 ConditionValue = tuple[str, str, str]  # status, reason, message
 EventValue = tuple[Literal["Normal", "Warning"], str, str]  # type, reason, message
 
@@ -102,10 +102,14 @@ def decide(
     upgrade: Upgrade,
     *,
     generation: int | None = None,
+    restore_from: str | None = None,
 ) -> Decision:
-    """Roll, hold, reset or replay an edit whose desired state is `desired`, the workers
-    running `running` (None: nothing known to run, e.g. a new pipeline)."""
+    """Roll, hold, reset, replay or restore an edit whose desired state is `desired`, the
+    workers running `running` (None: nothing known to run, e.g. a new pipeline), with
+    `restore_from` the snapshot spec.state.restoreFrom names (None: none)."""
     want = fingerprint(desired)
+    if restore_from is not None:
+        return _restore(running, want, restore_from, generation)
     if running is None or not has_state(running):
         # Nothing to keep (new, or stateless until now: its checkpoints hold offsets only).
         return Decision(
@@ -153,6 +157,35 @@ def decide(
     return Decision(
         "replay", want, want, changes, ("True", "StateReplay", message),
         ("Warning", "StateReplay", message), snapshot_name(have, want),
+    )  # fmt: skip
+
+
+def _restore(running: Description | None, want: str, name: str, generation: int | None) -> Decision:
+    """spec.state.restoreFrom: roll when the snapshot holds the spec's state (the first
+    fingerprint of its name), else hold: the workers would refuse it partition by partition."""
+    edit = f"spec generation {generation}" if generation is not None else "the spec"
+    held = name.split("-to-", maxsplit=1)[0]
+    have = fingerprint(running) if running is not None else want
+    if held != want:
+        message = (
+            f"{edit}: spec.state.restoreFrom {name} holds state of fingerprint {held}, but "
+            f"the spec's is {want}: restore it with the window and aggregates it was taken "
+            "under, or remove spec.state.restoreFrom; the workers keep running as they are"
+        )
+        return Decision(
+            "hold", have, want, (f"state.restoreFrom: {held} -> {want}",),
+            ("False", "SnapshotMismatch", message), ("Warning", "SnapshotMismatch", message),
+        )  # fmt: skip
+    message = (
+        f"{edit}: each partition's state and offset are restored once from snapshot {name} "
+        f"(fingerprint {want})"
+    )
+    if running is not None and fingerprint(running) == want:
+        # Nothing changes for the workers' state (or the restore has rolled out already).
+        return Decision("roll", want, want, condition=("True", "StateRestored", message))
+    return Decision(
+        "restore", want, want, (), ("True", "StateRestored", message),
+        ("Normal", "StateRestored", message),
     )  # fmt: skip
 
 

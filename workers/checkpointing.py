@@ -63,6 +63,9 @@ class Checkpoint:
     # group's committed offset can be if only this pipeline moved it (docs/lifecycle.md).
     group: str | None = None
     committed: int | None = None
+    # The snapshot this partition's state was restored from (carried by every later
+    # checkpoint, so a restart does not restore it again); None if never restored.
+    restored_from: str | None = None
 
 
 def encode(checkpoint: Checkpoint) -> bytes:
@@ -80,6 +83,8 @@ def encode(checkpoint: Checkpoint) -> bytes:
     if checkpoint.group is not None:
         doc["group"] = checkpoint.group
         doc["committed"] = checkpoint.committed
+    if checkpoint.restored_from is not None:
+        doc["restoredFrom"] = checkpoint.restored_from
     envelope: dict[str, Any] = {"format": FORMAT}
     try:
         body = orjson.dumps(doc)
@@ -111,6 +116,7 @@ def decode(data: bytes) -> Checkpoint:
             state_shape=doc.get("stateShape"),
             group=doc.get("group"),
             committed=doc.get("committed"),
+            restored_from=doc.get("restoredFrom"),
         )
     except CheckpointError:
         raise
@@ -165,6 +171,18 @@ class CheckpointStore:
 
     def snapshot_path(self, name: str, topic: str, partition: int) -> Path:
         return self.directory / SNAPSHOTS / name / topic / f"{partition}.ckpt"
+
+    def load_snapshot(self, name: str, topic: str, partition: int) -> Checkpoint | None:
+        """A partition's checkpoint as kept in snapshot `name`; None if it holds none."""
+        path = self.snapshot_path(name, topic, partition)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        checkpoint = decode(data)
+        if checkpoint.topic != topic or checkpoint.partition != partition:
+            raise CheckpointError(f"{path} holds {checkpoint.topic}[{checkpoint.partition}]")
+        return checkpoint
 
     def keep(self, name: str, topic: str, partition: int) -> Path | None:
         """Copy the partition's checkpoint file, byte for byte, into snapshot `name`

@@ -557,6 +557,14 @@ class StateConfig(Model):
         ge=0,
         description="Event time (Unix ms) a replay starts from (offsets for times).",
     )
+    restore_from: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{1,64}-to-[0-9a-f]{1,64}$",
+        description=(
+            "A snapshot (`<old>-to-<new>`, kept in the checkpoint volume before a reset or "
+            "replay) to restore each partition's state and offset from, once."
+        ),
+    )
 
     @model_validator(mode="after")
     def _replay_needs_time(self) -> StateConfig:

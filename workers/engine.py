@@ -117,6 +117,10 @@ class PartitionState:
     committed_before_seek: int | None = None
     # The committed offset the partition's checkpoint file records (as last written/read).
     written_committed: int | None = None
+    # The snapshot its state came from (WorkerConfig.state.restoreFrom), carried on.
+    restored_from: str | None = None
+    # Restored from a snapshot just now: the group's offset is expected to be elsewhere.
+    from_snapshot: bool = False
 
 
 @dataclass
@@ -229,7 +233,7 @@ class Engine:
 
     def _new_state(self, topic: str, partition: int) -> PartitionState:
         st = PartitionState(topic, partition)
-        checkpoint = self.store.load(topic, partition)
+        checkpoint = self._restore_point(st)
         plan = self.processor.window
         if checkpoint is not None:
             st.next_offset = checkpoint.next_offset
@@ -239,7 +243,18 @@ class Engine:
             st.written_committed = checkpoint.committed
         restored = checkpoint.state if checkpoint is not None else None
         if checkpoint is not None and self._foreign_state(checkpoint):
-            self._mismatch(st, checkpoint)
+            if st.from_snapshot:
+                # A snapshot is restored as it is, or not at all: never reset or replayed.
+                st.held = (
+                    f"{topic}[{partition}]: snapshot {st.restored_from} holds state of "
+                    f"fingerprint {checkpoint.fingerprint}, not this pipeline's "
+                    f"{self.fingerprint}: restore it with the spec it was taken under"
+                )
+                self.metrics.set_partition("streamherd_state_restore_refused", topic, partition, 1)
+                log_event(log, logging.ERROR, "state-restore-refused", snapshot=st.restored_from,
+                          topic=topic, partition=partition)  # fmt: skip
+            else:
+                self._mismatch(st, checkpoint)
             restored = None
         if plan is not None and st.held is None:
             st.windows = PartitionWindows.from_json(plan, restored)
@@ -256,6 +271,36 @@ class Engine:
             fingerprint=checkpoint.fingerprint if checkpoint else self.fingerprint,
         )
         return st
+
+    def _restore_point(self, st: PartitionState) -> Checkpoint | None:
+        """The checkpoint to restore: the partition's own, or, with ``state.restoreFrom``,
+        the snapshot's, unless the own one says it was already restored from it."""
+        own = self.store.load(st.topic, st.partition)
+        name = self.state_policy.restore_from
+        if name is None:
+            return own
+        if own is not None and own.restored_from == name:
+            st.restored_from = name
+            return own
+        kept = self.store.load_snapshot(name, st.topic, st.partition)
+        if kept is None:
+            log_event(log, logging.WARNING, "snapshot-has-no-partition", snapshot=name,
+                      topic=st.topic, partition=st.partition)  # fmt: skip
+            return own
+        log_event(
+            log,
+            logging.WARNING,
+            "restoring-snapshot",
+            snapshot=name,
+            topic=st.topic,
+            partition=st.partition,
+            next_offset=kept.next_offset,
+            replacing=own.next_offset if own is not None else None,
+        )
+        st.restored_from = name
+        st.from_snapshot = True
+        st.dirty = True  # recorded at once: a restart must not restore it a second time
+        return kept
 
     def _foreign_state(self, checkpoint: Checkpoint) -> bool:
         """Whether a checkpoint holds state written under another fingerprint.
@@ -400,6 +445,11 @@ class Engine:
         source = self.config.source.kafka
         if source is None or st.held is not None or not st.restored:
             return False
+        if st.from_snapshot:
+            # Going back to a snapshot moves the group's offset on purpose, like a replay:
+            # handled here, not someone else's reset.
+            st.committed_before_seek, st.committed = st.committed, None
+            return True
         if st.checkpoint_group is None:  # a legacy checkpoint: nothing to compare with
             return False
         group = source.consumer_group
@@ -723,6 +773,7 @@ class Engine:
                     state_shape=self.state_shape,
                     group=group,
                     committed=committed,
+                    restored_from=st.restored_from,
                 )
             )
         self.store.save(checkpoints)

@@ -493,6 +493,22 @@ class Upgrade(Model):
         return self
 
 
+class StateSpec(Model):
+    """The pipeline's checkpointed state."""
+
+    restore_from: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{1,64}-to-[0-9a-f]{1,64}$",
+        max_length=140,
+        description=(
+            "Restore each partition's state and offset, once, from this snapshot (a name "
+            "from status.snapshots, `<fingerprint>-to-<fingerprint>`). The spec's state "
+            "fingerprint must be the snapshot's (the first one): restore it with the window "
+            "and aggregates it was taken under. Later restarts resume from the checkpoints."
+        ),
+    )
+
+
 # --------------------------------------------------------------------------- pods
 
 
@@ -676,6 +692,10 @@ class StreamPipelineSpec(Model):
     upgrade: Upgrade = Field(
         default_factory=Upgrade,
         description="What an edit that changes the state does (docs/lifecycle.md).",
+    )
+    state: StateSpec = Field(
+        default_factory=StateSpec,
+        description="The checkpointed state: restore it from a snapshot (docs/lifecycle.md).",
     )
 
     @model_validator(mode="after")

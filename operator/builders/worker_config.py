@@ -12,6 +12,7 @@ import json
 from streamherd.operator.api.v1alpha1 import (
     WINDOW_KEY_COLUMNS,
     PostgresSink,
+    StateSpec,
     StreamPipeline,
     Upgrade,
     parse_time_ms,
@@ -115,19 +116,21 @@ def build_worker_config(pipeline: StreamPipeline, settings: OperatorSettings) ->
             log_level=spec.log_level,
             shutdown_grace_seconds=float(max(1, grace - _GRACE_MARGIN_SECONDS)),
         ),
-        state=state_config(spec.upgrade),
+        state=state_config(spec.upgrade, spec.state),
     )
 
 
-def state_config(upgrade: Upgrade) -> StateConfig | None:
-    """WorkerConfig.state for a spec's upgrade policy; None for refuse (the engine's
-    default), so pipelines that never set a policy render the ConfigMap they always did."""
-    if upgrade.on_state_change == "refuse":
+def state_config(upgrade: Upgrade, state: StateSpec) -> StateConfig | None:
+    """WorkerConfig.state for a spec's upgrade policy and restore; None for the defaults
+    (refuse, no restore), so pipelines that never set them render the ConfigMap they always
+    did."""
+    if upgrade.on_state_change == "refuse" and state.restore_from is None:
         return None
     replay_ms = parse_time_ms(upgrade.replay_from) if upgrade.replay_from is not None else None
     return StateConfig(
         on_fingerprint_mismatch=upgrade.on_state_change,
         replay_from_ms=replay_ms if upgrade.on_state_change == "replay" else None,
+        restore_from=state.restore_from,
     )
 
 
