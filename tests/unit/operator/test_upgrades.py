@@ -290,3 +290,22 @@ def test_the_default_policy_changes_no_rendered_config_map() -> None:
     kube, name, _ = running_pipeline()
     worker = json.loads(children(kube, name)[0]["data"]["worker.json"])
     assert "state" not in worker  # an operator upgrade rolls no worker
+
+
+def test_a_restore_rolls_only_a_snapshot_of_the_specs_state() -> None:
+    old, new = described(), described(EDITS["size"][0])
+    name = f"{fingerprint(old)}-to-{fingerprint(new)}"
+    # Back to the old spec with its snapshot: rolled, whatever the policy.
+    for policy_name in POLICIES:
+        decision = decide(new, old, policy(policy_name), restore_from=name, generation=4)
+        assert decision.action == "restore" and decision.fingerprint == fingerprint(old)
+        assert decision.condition[:2] == ("True", "StateRestored") and name in decision.condition[2]
+        assert decision.event is not None and decision.event[:2] == ("Normal", "StateRestored")
+    # The restore rolled out: the same decision is now a plain roll that still says so.
+    done = decide(old, old, policy("refuse"), restore_from=name)
+    assert done.action == "roll" and done.condition[1] == "StateRestored" and done.event is None
+    # A snapshot of another state than the spec's is held, naming both fingerprints.
+    wrong = decide(old, new, policy("reset"), restore_from=name, generation=5)
+    assert wrong.action == "hold" and wrong.fingerprint == fingerprint(old)
+    assert wrong.condition[:2] == ("False", "SnapshotMismatch")
+    assert fingerprint(old) in wrong.condition[2] and fingerprint(new) in wrong.condition[2]

@@ -231,3 +231,63 @@ def test_state_from_a_stateless_pipeline_is_only_an_offset(tmp_path: Path) -> No
     assert all(decode(d).state is None for d in files(tmp_path).values())
     engine, _ = run(config(tmp_path, OLD_WINDOW))
     assert engine.counters.records_in == GENERATOR["count"] - sum(offsets.values())
+
+
+def reference_old(start: dict[int, int] | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+    """OLD_WINDOW's results (10 s, clicks and kB) over every click, or over those at or after
+    each partition's offset in `start`."""
+    return reference(10_000, start or dict.fromkeys(range(4), 0))
+
+
+def test_a_kept_snapshot_restores_the_old_results(tmp_path: Path) -> None:
+    """Reset to a new spec (the old state is kept), run it a while, then restore the kept
+    snapshot under the old spec: the old spec's results come out as if it had never been
+    replaced, and a restart does not restore it a second time."""
+    stop = threading.Event()
+    first_out = StopAfter(stop, 30)
+    first = Engine(config(tmp_path, OLD_WINDOW), stop=stop, out=first_out)
+    first.run()
+    old_fp = first.fingerprint
+    snapshot_offsets = {
+        int(n.split(".")[0]): decode(d).next_offset for n, d in files(tmp_path).items()
+    }
+    # The new spec (reset) runs for a while, past the snapshot's offsets.
+    new_engine, _ = run(config(tmp_path, NEW_WINDOW, onFingerprintMismatch="reset"), stop_after=20)
+    name = snapshot_name(old_fp, new_engine.fingerprint)
+    assert sum(decode(d).next_offset for d in files(tmp_path).values()) > sum(
+        snapshot_offsets.values()
+    )
+    # Restore the snapshot with the spec it was taken under.
+    restored, out = run(config(tmp_path, OLD_WINDOW, restoreFrom=name))
+    assert restored.counters.records_in == GENERATOR["count"] - sum(snapshot_offsets.values())
+    got = {}
+    for line in first_out.getvalue().splitlines() + out.splitlines():
+        doc = orjson.loads(line)
+        got[(doc["key"], doc["window_start"])] = doc  # later rows replace earlier ones
+    expected = reference_old()
+    assert set(got) == set(expected)
+    for k, row in got.items():
+        assert row["clicks"] == expected[k]["clicks"], k
+        assert abs(row["kb"] - expected[k]["kb"]) < 1e-6, k
+    for data in files(tmp_path).values():
+        checkpoint = decode(data)
+        assert checkpoint.fingerprint == old_fp and checkpoint.restored_from == name
+    # A restart with the same config resumes from its own checkpoints (at the end).
+    again, again_out = run(config(tmp_path, OLD_WINDOW, restoreFrom=name))
+    assert again.counters.records_in == 0 and again_out == ""
+
+
+def test_a_snapshot_of_another_state_is_held_not_reset(tmp_path: Path) -> None:
+    started(tmp_path)
+    old_fp = decode(next(iter(files(tmp_path).values()))).fingerprint
+    assert old_fp is not None
+    new_engine, _ = run(config(tmp_path, NEW_WINDOW, onFingerprintMismatch="reset"), stop_after=5)
+    name = snapshot_name(old_fp, new_engine.fingerprint)
+    # The snapshot holds OLD_WINDOW's state: restoring it under NEW_WINDOW is refused even
+    # with the reset policy (a snapshot is restored as it is, or not at all).
+    cfg = config(
+        tmp_path, NEW_WINDOW, endless=True, onFingerprintMismatch="reset", restoreFrom=name
+    )
+    engine, (ok, why) = readiness_while_running(cfg)
+    assert not ok and f"snapshot {name} holds state of fingerprint {old_fp}" in why, why
+    assert engine.counters.records_in == 0
