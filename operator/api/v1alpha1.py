@@ -507,6 +507,16 @@ class StateSpec(Model):
             "and aggregates it was taken under. Later restarts resume from the checkpoints."
         ),
     )
+    retain_on_delete: bool = Field(
+        default=False,
+        description=(
+            "Keep the checkpoint volume (state, offsets and snapshots) when the pipeline is "
+            "deleted: the PersistentVolumeClaim then has no owner and is labelled "
+            "streamherd.io/retained=true; a pipeline created again with the same name (and "
+            "so the same consumer group) adopts it and resumes where this one stopped. "
+            "Delete the claim yourself when you no longer want it."
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- pods
