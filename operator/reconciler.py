@@ -49,6 +49,13 @@ from streamherd.operator.conditions import (
     set_condition,
 )
 from streamherd.operator.kube import ApiError, KubeApi, secrets_hash
+from streamherd.operator.rollback import (
+    ROLLED_BACK,
+    build_last_good,
+    last_good,
+    last_good_name,
+    rollback_due,
+)
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.upgrades import (
     HELD_KINDS,
@@ -70,7 +77,7 @@ READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 MONITORING = "MonitoringAvailable"
-OWN_CONDITIONS = (READY, PROGRESSING, DEGRADED, MONITORING, STATE_COMPATIBLE)
+OWN_CONDITIONS = (READY, PROGRESSING, DEGRADED, MONITORING, STATE_COMPATIBLE, ROLLED_BACK)
 # The status keys this module writes; others (desiredReplicas, lag, lastScale*) belong to
 # the autoscaler and are never touched here.
 OWN_STATUS_KEYS = (
@@ -83,6 +90,8 @@ OWN_STATUS_KEYS = (
     "stateFingerprint",
     "pendingStateChanges",
     "snapshots",
+    "lastGoodGeneration",
+    "rolledBackGeneration",
     "conditions",
 )
 
@@ -665,6 +674,29 @@ def _state_condition(
     return decision.condition
 
 
+def _rollback_condition(
+    pipeline: StreamPipeline,
+    good: tuple[StreamPipeline, int] | None,
+    generation: int | None,
+    last_good_generation: int | None,
+) -> tuple[str, str, str]:
+    """RolledBack, for a pipeline with rollback auto."""
+    if good is None:
+        return (
+            "False",
+            "CurrentSpec",
+            f"the spec's generation {generation} runs (last good generation: "
+            f"{last_good_generation})",
+        )
+    after = pipeline.spec.upgrade.rollback_after
+    return (
+        "True",
+        "RolledBack",
+        f"generation {generation} did not settle within {after} (its workers were not all "
+        f"ready): rolled back to the spec of generation {good[1]}; edit the spec to try again",
+    )
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -740,8 +772,25 @@ def reconcile(
 
     caps = capabilities(pipeline, kube)
     out = _Outcome()
-    desired = _desired(pipeline, body, settings, secrets_hash=hash_, caps=caps, memo=memo)
-    upgrade = _upgrade(pipeline, desired, kube, memo, generation)
+    # rollback auto: a generation that did not settle in time is built from the last good
+    # spec instead (operator/rollback.py); the memo is keyed by generation, so not used.
+    good: tuple[StreamPipeline, int] | None = None
+    if rollback_due(
+        enabled=pipeline.spec.upgrade.rollback == "auto",
+        after=pipeline.spec.upgrade.rollback_after,
+        generation=generation,
+        status=current_status,
+        conditions=current_conditions,
+        now=datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z"),
+    ):
+        good = last_good(
+            pipeline, kube.get("v1", "ConfigMap", namespace, last_good_name(pipeline.name))
+        )
+    running = good[0] if good is not None else pipeline
+    desired = _desired(
+        running, body, settings, secrets_hash=hash_, caps=caps, memo=None if good else memo
+    )
+    upgrade = _upgrade(running, desired, kube, memo, generation)
     if upgrade.holds:
         # The workers stay exactly as they are: their ConfigMap and Deployment are not
         # applied (the rest of the edit is, e.g. monitoring), and not deleted either.
@@ -774,7 +823,7 @@ def reconcile(
     # status says for this pipeline generation; the controller's next status update is a
     # Deployment event that triggers the next reconcile.
     held = None if observed else _held(current_conditions, generation)
-    spec = pipeline.spec
+    spec = running.spec
     if spec.autoscaling.mode == "keda" and not spec.suspend and not caps.keda:
         out.failures.append(
             "autoscaling.mode keda: keda.sh/v1alpha1 ScaledObject is not served (install KEDA)"
@@ -840,6 +889,24 @@ def reconcile(
         phase = current_status.get("phase") or phase
         replicas = int(current_status.get("replicas") or 0)
         ready = int(current_status.get("readyReplicas") or 0)
+    last_good_generation = current_status.get("lastGoodGeneration")
+    if pipeline.spec.upgrade.rollback == "auto":
+        if (
+            good is None
+            and settled
+            and observed
+            and not upgrade.holds
+            and ready_c[0] == "True"
+            and generation is not None
+            and last_good_generation != generation
+        ):
+            # This generation's workers are all ready: it is the one to come back to.
+            kube.apply(build_last_good(pipeline, int(generation)))
+            last_good_generation = generation
+        rolled_c = _rollback_condition(pipeline, good, generation, last_good_generation)
+        conds = _set_all(conds, {ROLLED_BACK: rolled_c}, stamp, generation)
+        if good is not None and current_status.get("rolledBackGeneration") != generation:
+            out.events.append(EventNote("Warning", rolled_c[1], rolled_c[2]))
     input_hash = content_hash(
         [c["metadata"]["annotations"][INPUT_HASH_ANNOTATION] for c in desired]
     )
@@ -854,6 +921,8 @@ def reconcile(
         stateFingerprint=upgrade.fingerprint,
         pendingStateChanges=list(upgrade.changes) if upgrade.holds else None,
         snapshots=_snapshots(upgrade, current_status, generation, stamp),
+        lastGoodGeneration=last_good_generation,
+        rolledBackGeneration=generation if good is not None else None,
     )
     return finish(
         patch,

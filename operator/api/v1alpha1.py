@@ -484,6 +484,23 @@ class Upgrade(Model):
         json_schema_extra={"format": "date-time"},
     )
 
+    rollback: Literal["off", "auto"] = Field(
+        default="off",
+        description=(
+            "auto: when the workers of an edited spec are still not all ready and up to date "
+            "`rollbackAfter` after the rollout began (a crash loop, pods that cannot be "
+            "scheduled), go back to the last spec whose workers were, and say so in the "
+            "RolledBack condition and an event; the next edit is tried afresh. off: never."
+        ),
+    )
+    rollback_after: Duration = Field(
+        default="5m",
+        description=(
+            "How long a rollout may go without settling before rollback auto undoes it "
+            "(checked on every reconcile: Deployment events and the resync interval)."
+        ),
+    )
+
     @model_validator(mode="after")
     def _replay_time(self) -> Upgrade:
         if self.on_state_change == "replay" and self.replay_from is None:
@@ -824,6 +841,14 @@ class StreamPipelineStatus(Model):
     pending_state_changes: list[str] | None = Field(
         default=None,
         description="While an edit is refused: the state fields it changes.",
+    )
+    last_good_generation: int | None = Field(
+        default=None,
+        description="The newest generation whose workers were all ready (rollback auto).",
+    )
+    rolled_back_generation: int | None = Field(
+        default=None,
+        description="A generation rolled back to lastGoodGeneration (until the next edit).",
     )
     snapshots: list[StateSnapshot] | None = Field(
         default=None,
