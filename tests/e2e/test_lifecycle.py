@@ -395,3 +395,54 @@ def test_delete_with_retention_then_recreate_loses_and_repeats_nothing(
     wrong = {k for k, e in expected.items() if (rows[k]["clicks"], rows[k]["bytes"]) !=
              (e["clicks"], e["bytes"])}  # fmt: skip
     assert not wrong, sorted(wrong)[:5]
+
+
+def test_a_revision_that_never_gets_ready_is_rolled_back_and_output_goes_on(
+    ns: Namespace, kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """rollback auto: an edit whose worker can never be scheduled (no node matches its
+    nodeSelector) is rolled back once it has not settled for rollbackAfter; the workers of
+    the good revision serve throughout."""
+    name = "rollback"
+    source = kafka_broker.create_topic(kafka_broker.unique_topic("rb"), partitions=PARTITIONS)
+    sink = kafka_broker.create_topic(kafka_broker.unique_topic("rb-out"), partitions=PARTITIONS)
+    group = f"{ns.ns}.{name}"
+
+    def caught_up() -> bool:
+        return kafka_broker.committed(group, source) == kafka_broker.end_offsets(source)
+
+    good = manifest(ns, name, source, sink, kafka_broker.bootstrap, WINDOW,
+                    upgrade={"rollback": "auto", "rollbackAfter": "10s"})  # fmt: skip
+    produce(kafka_broker, source, clicks(0, 1000))
+    ns.apply(good)
+    ns.bind_checkpoint_volume(name)
+    with PodMirror(ns, name, tmp_path) as mirror:
+        wait_until("the first revision kept as the good one",
+                   lambda: ns.status(name).get("lastGoodGeneration") == 1, timeout=120)  # fmt: skip
+        wait_until("the first worker caught up", caught_up, timeout=180)
+        workers = set(mirror.workers)
+        assert len(workers) == 1
+        bad = copy.deepcopy(good)
+        bad["spec"]["pod"] = {"nodeSelector": {"streamherd.io/no-such-node": "true"}}
+        ns.apply(bad)
+        cond = wait_until(
+            "the rollback",
+            lambda: (c := ns.condition(name, "RolledBack")).get("status") == "True" and c,
+            timeout=120,
+        )
+        assert "generation 2" in cond["message"] and "generation 1" in cond["message"], cond
+        assert "RolledBack" in ns.event_reasons(name)
+        status = ns.status(name)
+        assert status["rolledBackGeneration"] == 2 and status["lastGoodGeneration"] == 1
+        # The Deployment is the good revision again (the nodeSelector gone), and settles.
+        wait_until(
+            "the good revision settled",
+            lambda: not ((ns.get("deployment", name) or {})["spec"]["template"]["spec"]
+                         .get("nodeSelector"))
+            and ns.condition(name, "Ready").get("status") == "True",
+            timeout=120,
+        )  # fmt: skip
+        # The good revision's worker never stopped, and the output goes on.
+        produce(kafka_broker, source, clicks(1000, 500))
+        wait_until("the output goes on", caught_up, timeout=120)
+        assert set(mirror.workers) == workers and not mirror.errors, mirror.errors
