@@ -523,36 +523,82 @@ class Engine:
             if st.replay_from_ms is None:
                 moved.append(tp)
                 continue
-            hit = found.get((tp.topic, tp.partition))
-            if hit is None or hit.error is not None:
+            offset = self._offset_for_time(consumer, tp, found.get((tp.topic, tp.partition)))
+            if offset is None:
                 # Without the offset the replay cannot start where it must: hold the
-                # partition (never guess), the next assignment asks again.
+                # partition (never guess); the loop asks again (_retry_seeks).
                 st.held = (
                     f"{tp.topic}[{tp.partition}]: no offset for replay time {st.replay_from_ms}"
+                    " yet (asking the broker again)"
                 )
-                st.windows = None
                 moved.append(tp)
                 continue
-            offset = hit.offset
-            if offset < 0:  # no record at or after that time: start at the log end
-                offset = consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
-            log_event(
-                log,
-                logging.WARNING if st.restored else logging.INFO,
-                "seek-to-time",
-                topic=tp.topic,
-                partition=tp.partition,
-                replay_from_ms=st.replay_from_ms,
-                offset=offset,
-                checkpoint_offset=st.next_offset,
-            )
-            st.next_offset = offset
-            # The group's committed offset will step back to it with the next checkpoint.
-            st.committed_before_seek = st.committed
-            st.committed = None
-            st.replay_from_ms = None
+            self._seek_to_time(st, offset)
             moved.append(TopicPartition(tp.topic, tp.partition, offset))
         return moved
+
+    @staticmethod
+    def _offset_for_time(
+        consumer: Consumer, tp: TopicPartition, hit: TopicPartition | None
+    ) -> int | None:
+        """The offset the broker gave for a time (past the last record: the log end);
+        None when it gave none or the log end cannot be read."""
+        if hit is None or hit.error is not None:
+            return None
+        if hit.offset >= 0:
+            return int(hit.offset)
+        try:
+            return int(consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1])
+        except KafkaException:
+            return None
+
+    def _seek_to_time(self, st: PartitionState, offset: int) -> None:
+        """Start `st` at `offset` (its replay or startFrom time's) from empty state."""
+        log_event(
+            log,
+            logging.WARNING if st.restored else logging.INFO,
+            "seek-to-time",
+            topic=st.topic,
+            partition=st.partition,
+            replay_from_ms=st.replay_from_ms,
+            offset=offset,
+            checkpoint_offset=st.next_offset,
+        )
+        st.next_offset = offset
+        # The group's committed offset will step back to it with the next checkpoint.
+        st.committed_before_seek = st.committed
+        st.committed = None
+        st.replay_from_ms = None
+        st.dirty = True
+
+    def _retry_seeks(self) -> None:
+        """Partitions held because the broker gave no offset for their replay or startFrom
+        time: ask again (once per lag refresh), seek and resume them when it answers."""
+        consumer = self.consumer
+        waiting = [
+            st
+            for st in self.partitions.values()
+            if st.held is not None and st.replay_from_ms is not None
+        ]
+        if consumer is None or not waiting:
+            return
+        wanted = [TopicPartition(st.topic, st.partition, st.replay_from_ms or 0) for st in waiting]
+        try:
+            found = {(tp.topic, tp.partition): tp for tp in consumer.offsets_for_times(wanted, 5)}
+        except KafkaException:
+            return
+        for st in waiting:
+            tp = TopicPartition(st.topic, st.partition)
+            offset = self._offset_for_time(consumer, tp, found.get((st.topic, st.partition)))
+            if offset is None:
+                continue
+            self._seek_to_time(st, offset)
+            if self.processor.window is not None:
+                st.windows = PartitionWindows.from_json(self.processor.window, None)
+            st.held = None
+            consumer.seek(TopicPartition(st.topic, st.partition, offset))
+            if not self._paused:
+                consumer.resume([tp])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalance("revoke")
@@ -858,6 +904,7 @@ class Engine:
         if not force and now - self._last_lag < LAG_REFRESH_SECONDS:
             return
         self._last_lag = now
+        self._retry_seeks()
         total = 0
         open_windows = 0
         for st in list(self.partitions.values()):
