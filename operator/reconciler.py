@@ -50,8 +50,23 @@ from streamherd.operator.conditions import (
     set_condition,
 )
 from streamherd.operator.kube import ApiError, KubeApi, secrets_hash
+from streamherd.operator.rollback import (
+    ROLLED_BACK,
+    build_last_good,
+    last_good,
+    last_good_name,
+    rollback_due,
+)
 from streamherd.operator.settings import OperatorSettings
+from streamherd.operator.upgrades import (
+    HELD_KINDS,
+    STATE_COMPATIBLE,
+    Decision,
+    config_description,
+    decide,
+)
 from streamherd.operator.validation import readable_errors, semantic_errors
+from streamherd.workers.fingerprint import Description
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +78,7 @@ READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 MONITORING = "MonitoringAvailable"
-OWN_CONDITIONS = (READY, PROGRESSING, DEGRADED, MONITORING)
+OWN_CONDITIONS = (READY, PROGRESSING, DEGRADED, MONITORING, STATE_COMPATIBLE, ROLLED_BACK)
 # The status keys this module writes; others (desiredReplicas, lag, lastScale*) belong to
 # the autoscaler and are never touched here.
 OWN_STATUS_KEYS = (
@@ -73,6 +88,11 @@ OWN_STATUS_KEYS = (
     "readyReplicas",
     "selector",
     "inputHash",
+    "stateFingerprint",
+    "pendingStateChanges",
+    "snapshots",
+    "lastGoodGeneration",
+    "rolledBackGeneration",
     "conditions",
 )
 
@@ -649,6 +669,114 @@ def _desired(
     return cached
 
 
+# --------------------------------------------------------------------------- upgrades
+
+
+def _desired_state(config_map: Manifest, memo: ReconcileMemo | None) -> Description:
+    """The state description of the desired ConfigMap (memoized by its content hash)."""
+    key = ("state", config_map["metadata"]["annotations"][INPUT_HASH_ANNOTATION])
+    found: Description | None = memo.get(key) if memo is not None else None
+    if found is None:
+        found = config_description(config_map)
+        assert found is not None  # the builders rendered it: it parses
+        if memo is not None:
+            memo.put(key, found)
+    return found
+
+
+def _upgrade(
+    pipeline: StreamPipeline,
+    desired: Sequence[Manifest],
+    kube: KubeApi,
+    memo: ReconcileMemo | None,
+    generation: int | None,
+) -> Decision:
+    """Compare the running workers' state with the desired one before anything is applied
+    (operator/upgrades.py). The live ConfigMap is what the workers run; it is read from the
+    watch cache, and parsed only when it differs from the desired one."""
+    config_map = next(c for c in desired if c["kind"] == "ConfigMap")
+    want = _desired_state(config_map, memo)
+    meta = config_map["metadata"]
+    live = kube.get("v1", "ConfigMap", meta["namespace"], meta["name"])
+    if live is None:
+        running = None
+    elif (live.get("metadata", {}).get("annotations") or {}).get(INPUT_HASH_ANNOTATION) == meta[
+        "annotations"
+    ][INPUT_HASH_ANNOTATION]:
+        running = want
+    else:
+        running = config_description(live)
+    return decide(
+        running,
+        want,
+        pipeline.spec.upgrade,
+        generation=generation,
+        restore_from=pipeline.spec.state.restore_from,
+    )
+
+
+#: How many kept snapshots status lists.
+MAX_SNAPSHOTS = 20
+
+
+def _snapshots(
+    decision: Decision, status: Mapping[str, Any], generation: int | None, stamp: str
+) -> list[Any] | None:
+    """status.snapshots with the one the workers keep for this decision (reset, replay)."""
+    listed = [s for s in status.get("snapshots") or [] if isinstance(s, Mapping)]
+    if decision.snapshot is None:
+        return listed or None
+    if all(s.get("name") != decision.snapshot for s in listed):
+        listed.append(
+            {
+                "name": decision.snapshot,
+                "fingerprint": decision.snapshot.split("-to-", maxsplit=1)[0],
+                "reason": f"kept before the {decision.action} of generation {generation}",
+                "time": stamp,
+            }
+        )
+    return listed[-MAX_SNAPSHOTS:]
+
+
+def _state_condition(
+    decision: Decision, current: Sequence[Condition], status: Mapping[str, Any]
+) -> tuple[str, str, str]:
+    """StateCompatible: the decision's, except that a reset or replay is still reported
+    once it is rolled out (until the state changes again), not replaced by Compatible."""
+    was = get_condition(current, STATE_COMPATIBLE)
+    if (
+        decision.action == "roll"
+        and was is not None
+        and was.reason in ("StateReset", "StateReplay", "StateRestored")
+        and status.get("stateFingerprint") == decision.fingerprint
+    ):
+        return was.status, was.reason, was.message
+    return decision.condition
+
+
+def _rollback_condition(
+    pipeline: StreamPipeline,
+    good: tuple[StreamPipeline, int] | None,
+    generation: int | None,
+    last_good_generation: int | None,
+) -> tuple[str, str, str]:
+    """RolledBack, for a pipeline with rollback auto."""
+    if good is None:
+        return (
+            "False",
+            "CurrentSpec",
+            f"the spec's generation {generation} runs (last good generation: "
+            f"{last_good_generation})",
+        )
+    after = pipeline.spec.upgrade.rollback_after
+    return (
+        "True",
+        "RolledBack",
+        f"generation {generation} did not settle within {after} (its workers were not all "
+        f"ready): rolled back to the spec of generation {good[1]}; edit the spec to try again",
+    )
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -724,8 +852,25 @@ def reconcile(
 
     caps = capabilities(pipeline, kube)
     out = _Outcome()
+    # rollback auto: a generation that did not settle in time is built from the last good
+    # spec instead (operator/rollback.py); the memo is keyed by generation, so not used.
+    good: tuple[StreamPipeline, int] | None = None
+    if rollback_due(
+        enabled=pipeline.spec.upgrade.rollback == "auto",
+        after=pipeline.spec.upgrade.rollback_after,
+        generation=generation,
+        status=current_status,
+        conditions=current_conditions,
+        now=datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z"),
+    ):
+        good = last_good(
+            pipeline, kube.get("v1", "ConfigMap", namespace, last_good_name(pipeline.name))
+        )
+    running = good[0] if good is not None else pipeline
     try:
-        desired = _desired(pipeline, body, settings, secrets_hash=hash_, caps=caps, memo=memo)
+        desired = _desired(
+            running, body, settings, secrets_hash=hash_, caps=caps, memo=None if good else memo
+        )
     except Exception as e:  # a spec the rules let through and a builder cannot build
         # A gap in operator/api/rules.py: say so in the status instead of crash-looping.
         log.error("cannot build the children of %s/%s: %r", namespace, name, e)
@@ -734,14 +879,26 @@ def reconcile(
         patch, events = blocked("InvalidSpec", message, "fix the spec to continue", phase="Failed")
         return finish(patch, {"events": events, "invalid": message, "secret_names": secret_names})
     uid = str(meta.get("uid") or "")
-    _apply_children(
-        desired,
-        kube,
-        out,
-        pool,
-        final=lambda e, child: refusal_is_final(e, child, uid, generation, memo),
-    )
+
+    def final(e: ApiError, child: Manifest) -> bool:
+        return refusal_is_final(e, child, uid, generation, memo)
+
+    upgrade = _upgrade(running, desired, kube, memo, generation)
+    if upgrade.holds:
+        # The workers stay exactly as they are: their ConfigMap and Deployment are not
+        # applied (the rest of the edit is, e.g. monitoring), and not deleted either.
+        kept = [c for c in desired if c["kind"] not in HELD_KINDS]
+        _apply_children(kept, kube, out, pool, final=final)
+        out.deployment = kube.get("apps/v1", "Deployment", namespace, pipeline.name)
+    else:
+        _apply_children(desired, kube, out, pool, final=final)
     _delete_unwanted(pipeline, desired, kube, out)
+    state_c = _state_condition(upgrade, current_conditions, current_status)
+    was_state = get_condition(current_conditions, STATE_COMPATIBLE)
+    if upgrade.event is not None and (
+        was_state is None or (was_state.reason, was_state.message) != state_c[1:]
+    ):
+        out.events.append(EventNote(*upgrade.event))
     if out.created:
         out.events.insert(0, EventNote("Normal", "Created", "created " + ", ".join(out.created)))
     updated = [a for a in out.applied if a not in out.created]
@@ -760,7 +917,7 @@ def reconcile(
     # status says for this pipeline generation; the controller's next status update is a
     # Deployment event that triggers the next reconcile.
     held = None if observed else _held(current_conditions, generation)
-    spec = pipeline.spec
+    spec = running.spec
     if spec.autoscaling.mode == "keda" and not spec.suspend and not caps.keda:
         out.failures.append(
             "autoscaling.mode keda: keda.sh/v1alpha1 ScaledObject is not served (install KEDA)"
@@ -810,6 +967,7 @@ def reconcile(
             PROGRESSING: prog_c,
             DEGRADED: deg_c,
             MONITORING: _monitoring_condition(pipeline, caps),
+            STATE_COMPATIBLE: state_c,
         },
         stamp,
         generation,
@@ -834,6 +992,24 @@ def reconcile(
         phase = current_status.get("phase") or phase
         replicas = int(current_status.get("replicas") or 0)
         ready = int(current_status.get("readyReplicas") or 0)
+    last_good_generation = current_status.get("lastGoodGeneration")
+    if pipeline.spec.upgrade.rollback == "auto":
+        if (
+            good is None
+            and settled
+            and observed
+            and not upgrade.holds
+            and ready_c[0] == "True"
+            and generation is not None
+            and last_good_generation != generation
+        ):
+            # This generation's workers are all ready: it is the one to come back to.
+            kube.apply(build_last_good(pipeline, int(generation)))
+            last_good_generation = generation
+        rolled_c = _rollback_condition(pipeline, good, generation, last_good_generation)
+        conds = _set_all(conds, {ROLLED_BACK: rolled_c}, stamp, generation)
+        if good is not None and current_status.get("rolledBackGeneration") != generation:
+            out.events.append(EventNote("Warning", rolled_c[1], rolled_c[2]))
     input_hash = content_hash(
         [c["metadata"]["annotations"][INPUT_HASH_ANNOTATION] for c in desired]
     )
@@ -845,6 +1021,11 @@ def reconcile(
         readyReplicas=ready,
         selector=sel,
         inputHash=input_hash,
+        stateFingerprint=upgrade.fingerprint,
+        pendingStateChanges=list(upgrade.changes) if upgrade.holds else None,
+        snapshots=_snapshots(upgrade, current_status, generation, stamp),
+        lastGoodGeneration=last_good_generation,
+        rolledBackGeneration=generation if good is not None else None,
     )
     return finish(
         patch,

@@ -39,6 +39,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return status
 
 
+def _cmd_state_diff(args: argparse.Namespace) -> int:
+    from streamherd.operator.upgrades import state_diff_files
+
+    return state_diff_files([args.before, args.after], out=sys.stdout, err=sys.stderr)
+
+
 def _cmd_render(args: argparse.Namespace) -> int:
     from streamherd.operator.rendering import render_files
 
@@ -119,6 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("files", nargs="+", help="manifest files ('-' for stdin)")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser(
+        "state-diff",
+        help="would an edit keep a running pipeline's state? (what the operator will do)",
+        description=(
+            "Compare the state fingerprints (keyBy, window, aggregates) of two versions of a "
+            "StreamPipeline, name the fields that change the state, and say what the "
+            "operator does with the edit under the AFTER manifest's spec.upgrade. Exit 0: "
+            "compatible; 1: the state changes; 2: a manifest is unreadable or invalid."
+        ),
+    )
+    p.add_argument("before", help="the manifest as it runs (e.g. kubectl get sp NAME -o yaml)")
+    p.add_argument("after", help="the edited manifest")
+    p.set_defaults(func=_cmd_state_diff)
 
     p = sub.add_parser(
         "render",

@@ -12,6 +12,12 @@ small envelope with a CRC32, so a torn or corrupted file is detected instead of 
 A state orjson cannot write (an integer beyond 64 bits, e.g. a large ``sum``) is written by
 the stdlib ``json`` instead, and the envelope says so (``"encoding": "json"``): orjson would
 read such an integer back as a float, the stdlib reads it back exactly.
+
+Each file also records the state fingerprint it was written under (``fingerprint`` and its
+description ``stateShape``, from ``streamherd.workers.fingerprint``), so the engine can refuse
+state written for another window or aggregate list, and, for a Kafka source, the consumer
+group and the committed offset it was written with (``group``, ``committed``), so the engine
+notices an offset reset made with Kafka's own tools; files without them are legacy files.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from typing import Any, Final
 import orjson
 
 FORMAT: Final = "streamherd.io/checkpoint/v1"
+#: Where kept copies of checkpoints go, under the checkpoint directory: '@' is not allowed in
+#: a Kafka topic name, so no topic's folder can ever be this one.
+SNAPSHOTS: Final = "@snapshots"
 STDLIB: Final = "json"  # the envelope's "encoding" when the body was written by the stdlib
 
 
@@ -48,6 +57,18 @@ class Checkpoint:
     # Exactly-once mode: the id committed with the offsets (as offset metadata) in the
     # transaction this checkpoint belongs to; empty in at-least-once mode.
     generation: str = ""
+    # The state fingerprint it was written under (workers/fingerprint.py) and its structured
+    # description; None in a checkpoint written before fingerprints existed (a legacy one).
+    fingerprint: str | None = None
+    state_shape: Mapping[str, Any] | None = None
+    # The consumer group it belongs to and the group's committed offset the broker had
+    # confirmed when it was written (None: nothing yet). With next_offset they bound what the
+    # group's committed offset can be if only this pipeline moved it (docs/lifecycle.md).
+    group: str | None = None
+    committed: int | None = None
+    # The snapshot this partition's state was restored from (carried by every later
+    # checkpoint, so a restart does not restore it again); None if never restored.
+    restored_from: str | None = None
 
 
 def encode(checkpoint: Checkpoint) -> bytes:
@@ -61,6 +82,14 @@ def encode(checkpoint: Checkpoint) -> bytes:
     }
     if checkpoint.generation:
         doc["generation"] = checkpoint.generation
+    if checkpoint.fingerprint is not None:
+        doc["fingerprint"] = checkpoint.fingerprint
+        doc["stateShape"] = checkpoint.state_shape
+    if checkpoint.group is not None:
+        doc["group"] = checkpoint.group
+        doc["committed"] = checkpoint.committed
+    if checkpoint.restored_from is not None:
+        doc["restoredFrom"] = checkpoint.restored_from
     envelope: dict[str, Any] = {"format": FORMAT}
     try:
         body = orjson.dumps(doc)
@@ -89,6 +118,11 @@ def decode(data: bytes) -> Checkpoint:
             pipeline=doc.get("pipeline", ""),
             written_at=float(doc.get("writtenAt", 0.0)),
             generation=str(doc.get("generation", "")),
+            fingerprint=doc.get("fingerprint"),
+            state_shape=doc.get("stateShape"),
+            group=doc.get("group"),
+            committed=doc.get("committed"),
+            restored_from=doc.get("restoredFrom"),
         )
     except CheckpointError:
         raise
@@ -157,3 +191,37 @@ class CheckpointStore:
 
     def discard_pending(self, topic: str, partition: int) -> None:
         self.path(topic, partition, pending=True).unlink(missing_ok=True)
+
+    def snapshot_path(self, name: str, topic: str, partition: int) -> Path:
+        return self.directory / SNAPSHOTS / name / topic / f"{partition}.ckpt"
+
+    def load_snapshot(self, name: str, topic: str, partition: int) -> Checkpoint | None:
+        """A partition's checkpoint as kept in snapshot `name`; None if it holds none."""
+        path = self.snapshot_path(name, topic, partition)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        checkpoint = decode(data)
+        if checkpoint.topic != topic or checkpoint.partition != partition:
+            raise CheckpointError(f"{path} holds {checkpoint.topic}[{checkpoint.partition}]")
+        return checkpoint
+
+    def keep(self, name: str, topic: str, partition: int) -> Path | None:
+        """Copy the partition's checkpoint file, byte for byte, into snapshot `name`
+        (atomically, durable when this returns); its path, or None when there is no file.
+        The engine keeps a checkpoint this way before it discards its state on purpose."""
+        try:
+            data = self.path(topic, partition).read_bytes()
+        except FileNotFoundError:
+            return None
+        target = self.snapshot_path(name, topic, partition)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        with temp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temp.replace(target)
+        _fsync_dir(target.parent)
+        return target

@@ -391,6 +391,14 @@ class KafkaSourceConfig(KafkaEndpoint):
         default="earliest",
         description="Where a partition with no committed offset starts.",
     )
+    start_from_time_ms: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Where a partition with no checkpoint and no committed offset starts, as a time "
+            "(Unix ms; Kafka's offsets for times); `startFrom` is then the fallback."
+        ),
+    )
     format: Literal["json", "raw"] = Field(
         default="json",
         description="json: each value is a JSON object; raw: bytes passed through as `value`.",
@@ -565,6 +573,40 @@ class CheckpointConfig(Model):
     interval_seconds: float = Field(default=10.0, gt=0, description="Checkpoint interval.")
 
 
+class StateConfig(Model):
+    """What the worker does with a checkpoint written under another state fingerprint
+    (``streamherd.workers.fingerprint``): the operator sets it from the pipeline's
+    ``spec.upgrade`` once it has decided how an edit that changes the state is rolled out."""
+
+    on_fingerprint_mismatch: Literal["refuse", "reset", "replay"] = Field(
+        default="refuse",
+        description=(
+            "refuse: hold the partition (not consumed, not checkpointed; the worker is not "
+            "ready and says why); reset: discard the state and go on from the checkpoint's "
+            "offset; replay: discard the state and start again from `replayFromMs`."
+        ),
+    )
+    replay_from_ms: int | None = Field(
+        default=None,
+        ge=0,
+        description="Event time (Unix ms) a replay starts from (offsets for times).",
+    )
+    restore_from: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{1,64}-to-[0-9a-f]{1,64}$",
+        description=(
+            "A snapshot (`<old>-to-<new>`, kept in the checkpoint volume before a reset or "
+            "replay) to restore each partition's state and offset from, once."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _replay_needs_time(self) -> StateConfig:
+        if self.on_fingerprint_mismatch == "replay" and self.replay_from_ms is None:
+            raise ValueError("state: replay needs replayFromMs")
+        return self
+
+
 class RuntimeConfig(Model):
     """Engine tuning knobs."""
 
@@ -639,6 +681,13 @@ class WorkerConfig(Model):
             "a replay overwrite); exactlyOnce: outputs, dead letters, repartition records and "
             "input offsets are committed in one Kafka transaction per checkpoint."
         ),
+    )
+
+    # None (not an empty StateConfig) by default: a new field with a default would change
+    # every rendered ConfigMap, and so roll every running worker on an operator upgrade.
+    state: StateConfig | None = Field(
+        default=None,
+        description="What to do with checkpointed state of another fingerprint (refuse if unset).",
     )
 
     @model_validator(mode="after")

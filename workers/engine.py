@@ -39,7 +39,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from streamherd.workers.checkpointing import Checkpoint, CheckpointStore
-from streamherd.workers.config import WorkerConfig
+from streamherd.workers.config import StateConfig, WorkerConfig
+from streamherd.workers.fingerprint import changed_fields, config_fingerprint, snapshot_name
 from streamherd.workers.fusing import fuse
 from streamherd.workers.generating import GENERATOR_TOPIC, ClickGenerator
 from streamherd.workers.kafkaclients import client_config, consumer_config
@@ -148,6 +149,26 @@ class PartitionState:
     marked_at: float = 0.0
     idle: bool = False  # upstream/direct: quiet for idleTimeout, and said so
     last_record_at: float = field(default_factory=time.monotonic)
+    # Why this partition is held (its checkpoint's state fingerprint differs and the policy
+    # is refuse): not consumed, never checkpointed or committed, the worker not ready.
+    held: str | None = None
+    # A replay start time (Unix ms) still to be turned into an offset on assign.
+    replay_from_ms: int | None = None
+    # Restored from a checkpoint: the group it was written for and the committed offset it
+    # was written with (None in legacy checkpoints), to notice an offset reset on assign.
+    restored: bool = False
+    checkpoint_group: str | None = None
+    checkpoint_committed: int | None = None
+    # The group's committed offset before a seek back in time (a replay), recorded in the
+    # checkpoints until a commit of the new position is confirmed: until then the broker
+    # still holds it, and it must not look like someone else's offset reset.
+    committed_before_seek: int | None = None
+    # The committed offset the partition's checkpoint file records (as last written/read).
+    written_committed: int | None = None
+    # The snapshot its state came from (WorkerConfig.state.restoreFrom), carried on.
+    restored_from: str | None = None
+    # Restored from a snapshot just now: the group's offset is expected to be elsewhere.
+    from_snapshot: bool = False
 
 
 @dataclass
@@ -189,6 +210,9 @@ class Engine:
         self.store = CheckpointStore(config.checkpoint.directory)
         self.exactly_once = config.delivery == "exactlyOnce"
         interval_ms = round(config.checkpoint.interval_seconds * 1000)
+        # What shapes this pipeline's state; stamped on every checkpoint, compared on restore.
+        self.fingerprint, self.state_shape = config_fingerprint(config)
+        self.state_policy = config.state or StateConfig()
         self.outputs = Outputs(
             config.sink,
             config.dead_letter,
@@ -273,6 +297,9 @@ class Engine:
         sink_ok, sink_why = self.outputs.health()  # issue 6: e.g. the database is down
         if not sink_ok:
             return False, sink_why
+        held = [st for st in self.partitions.values() if st.held is not None]
+        if held:
+            return False, f"{len(held)} partitions held: {held[0].held}"
         if self.generator is not None:
             return True, "generator running"
         if not self.partitions:
@@ -322,28 +349,49 @@ class Engine:
         self, topic: str, partition: int, committed: tuple[int, str] | None = None
     ) -> PartitionState:
         st = PartitionState(topic, partition)
+        start: int | None = None
         if self.exactly_once:
             checkpoint, start = self._restore(topic, partition, committed)
         else:
-            checkpoint = self.store.load(topic, partition)
-            start = checkpoint.next_offset if checkpoint is not None else None
+            checkpoint = self._restore_point(st)
         plan = self.processor.window
-        state = checkpoint.state if checkpoint is not None else None
-        if start is not None:
+        if checkpoint is not None:
+            st.next_offset = checkpoint.next_offset
+            st.committed = checkpoint.next_offset
+            st.restored = True
+            st.checkpoint_group, st.checkpoint_committed = checkpoint.group, checkpoint.committed
+            st.written_committed = checkpoint.committed
+        elif start is not None:  # exactly-once, nothing to restore: the group's offset
             st.next_offset = start
             st.committed = start
+        restored = checkpoint.state if checkpoint is not None else None
+        if checkpoint is not None and self._foreign_state(checkpoint):
+            if st.from_snapshot:
+                # A snapshot is restored as it is, or not at all: never reset or replayed.
+                st.held = (
+                    f"{topic}[{partition}]: snapshot {st.restored_from} holds state of "
+                    f"fingerprint {checkpoint.fingerprint}, not this pipeline's "
+                    f"{self.fingerprint}: restore it with the spec it was taken under"
+                )
+                self.metrics.set_partition("streamherd_state_restore_refused", topic, partition, 1)
+                log_event(log, logging.ERROR, "state-restore-refused", snapshot=st.restored_from,
+                          topic=topic, partition=partition)  # fmt: skip
+            else:
+                self._mismatch(st, checkpoint)
+            restored = None
         if self.repartition is not None and plan is not None:
             if topic == self.repartition.topic:
                 st.role = "downstream"
-                st.windows = PartitionWindows.from_json(plan, state)
-                st.clock = UpstreamClock.from_json(state)
+                if st.held is None:
+                    st.windows = PartitionWindows.from_json(plan, restored)
+                st.clock = UpstreamClock.from_json(restored)
                 st.clock.known = self._upstreams
             else:
                 st.role = "upstream"
-                top = (state or {}).get("maxEventMs")
+                top = (restored or {}).get("maxEventMs")
                 st.max_event_ms = None if top is None else int(top)
-        elif plan is not None:
-            st.windows = PartitionWindows.from_json(plan, state)
+        elif plan is not None and st.held is None:
+            st.windows = PartitionWindows.from_json(plan, restored)
         self.partitions[(topic, partition)] = st
         self.metrics.assigned.set(len(self.partitions))
         log_event(
@@ -354,8 +402,106 @@ class Engine:
             partition=partition,
             next_offset=st.next_offset,
             open_windows=len(st.windows.windows) if st.windows else 0,
+            fingerprint=checkpoint.fingerprint if checkpoint else self.fingerprint,
         )
         return st
+
+    def _restore_point(self, st: PartitionState) -> Checkpoint | None:
+        """The checkpoint to restore: the partition's own, or, with ``state.restoreFrom``,
+        the snapshot's, unless the own one says it was already restored from it."""
+        own = self.store.load(st.topic, st.partition)
+        name = self.state_policy.restore_from
+        if name is None:
+            return own
+        if own is not None and own.restored_from == name:
+            st.restored_from = name
+            return own
+        kept = self.store.load_snapshot(name, st.topic, st.partition)
+        if kept is None:
+            log_event(log, logging.WARNING, "snapshot-has-no-partition", snapshot=name,
+                      topic=st.topic, partition=st.partition)  # fmt: skip
+            return own
+        log_event(
+            log,
+            logging.WARNING,
+            "restoring-snapshot",
+            snapshot=name,
+            topic=st.topic,
+            partition=st.partition,
+            next_offset=kept.next_offset,
+            replacing=own.next_offset if own is not None else None,
+        )
+        st.restored_from = name
+        st.from_snapshot = True
+        st.dirty = True  # recorded at once: a restart must not restore it a second time
+        return kept
+
+    def _foreign_state(self, checkpoint: Checkpoint) -> bool:
+        """Whether a checkpoint holds state written under another fingerprint.
+
+        A checkpoint without state (a stateless pipeline's) holds only an offset: any
+        pipeline may go on from it. One without a fingerprint was written before
+        fingerprints existed (legacy): it is adopted, as every earlier version did, and
+        the next checkpoint stamps it (docs/lifecycle.md: legacy checkpoints)."""
+        if checkpoint.state is None or checkpoint.fingerprint is None:
+            return False
+        return checkpoint.fingerprint != self.fingerprint
+
+    def _mismatch(self, st: PartitionState, checkpoint: Checkpoint) -> None:
+        """Apply the state policy to a partition whose checkpoint has another fingerprint:
+        hold it (refuse), or start it from empty state (reset: at the checkpoint's offset;
+        replay: at the replay time). Never restores the foreign state, so nothing mixes."""
+        policy = self.state_policy.on_fingerprint_mismatch
+        changes = changed_fields(checkpoint.state_shape, self.state_shape)
+        what = "; ".join(changes) or "unknown fields"
+        fields = dict(
+            topic=st.topic,
+            partition=st.partition,
+            checkpoint_fingerprint=checkpoint.fingerprint,
+            fingerprint=self.fingerprint,
+            changed=what,
+        )
+        if policy == "refuse":
+            st.held = (
+                f"{st.topic}[{st.partition}]: checkpoint state fingerprint "
+                f"{checkpoint.fingerprint} differs from this pipeline's {self.fingerprint} "
+                f"({what}); refused to restore it (spec.upgrade.onStateChange: refuse)"
+            )
+            self.metrics.set_partition(
+                "streamherd_state_restore_refused", st.topic, st.partition, 1
+            )
+            log_event(log, logging.ERROR, "state-restore-refused", **fields)
+            return
+        # Kept before it is discarded: the open windows of the old spec stay recoverable.
+        name = snapshot_name(checkpoint.fingerprint or "legacy", self.fingerprint)
+        try:
+            kept = self.store.keep(name, st.topic, st.partition)
+        except OSError as error:
+            # Never discard what could not be kept: hold the partition instead.
+            st.held = f"{st.topic}[{st.partition}]: cannot keep a snapshot before {policy}: {error}"
+            self.metrics.set_partition(
+                "streamherd_state_restore_refused", st.topic, st.partition, 1
+            )
+            log_event(log, logging.ERROR, "state-snapshot-failed", error=str(error), **fields)
+            return
+        self.metrics.counter("streamherd_state_discarded").labels(
+            self.metrics.pipeline, policy
+        ).inc()
+        # Written at the next checkpoint even if no record arrives, so a restart does not
+        # apply the policy a second time (a replay would go back again).
+        st.dirty = True
+        if policy == "replay":
+            st.replay_from_ms = self.state_policy.replay_from_ms
+        log_event(
+            log,
+            logging.WARNING,
+            "state-discarded",
+            policy=policy,
+            snapshot=str(kept),
+            replay_from_ms=st.replay_from_ms,
+            open_windows_dropped=len((checkpoint.state or {}).get("windows") or ()),
+            **fields,
+        )
 
     def _drop_state(self, topic: str, partition: int) -> None:
         self.partitions.pop((topic, partition), None)
@@ -376,19 +522,20 @@ class Engine:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalance("assign")
-        start: list[TopicPartition] = []
-        # Exactly-once restores from what the group committed: without it, no guess.
+        # Exactly-once restores from what the group committed (offset and transaction id).
         committed = self._committed_with_metadata(consumer, partitions) if self.exactly_once else {}
-        for tp in partitions:
-            st = self._new_state(tp.topic, tp.partition, committed.get((tp.topic, tp.partition)))
-            offset = st.next_offset if st.next_offset is not None else OFFSET_INVALID
-            start.append(TopicPartition(tp.topic, tp.partition, offset))
+        states = [
+            self._new_state(tp.topic, tp.partition, committed.get((tp.topic, tp.partition)))
+            for tp in partitions
+        ]
         # The broker's committed offsets, for every partition: a partition restored from its
         # checkpoint may be ahead of them (the previous owner died, or its last commit
         # failed, after the checkpoint was durable). The next checkpoint commits it; until
-        # then the exported lag is the broker's view, like the lag probe's.
+        # then the exported lag is the broker's view, like the lag probe's. They also show
+        # an offset reset made with Kafka's own tools, which is honoured.
         try:
-            for tp in consumer.committed(start, timeout=10):
+            asked = [TopicPartition(st.topic, st.partition) for st in states]
+            for tp in consumer.committed(asked, timeout=10):
                 st = self.partitions[(tp.topic, tp.partition)]
                 st.committed = tp.offset if tp.offset >= 0 else None
                 if st.next_offset is None and st.committed is not None:
@@ -400,6 +547,8 @@ class Engine:
                         partition=tp.partition,
                         offset=tp.offset,
                     )
+                elif self._offset_reset(st):
+                    pass
                 elif st.next_offset is not None and st.committed != st.next_offset:
                     log_event(
                         log,
@@ -410,12 +559,195 @@ class Engine:
                         committed=st.committed,
                         checkpoint=st.next_offset,
                     )
+                self._start_from_time(st)
         except KafkaException as error:
             log_event(log, logging.WARNING, "committed-lookup-failed", error=str(error))
+        start = [
+            TopicPartition(
+                st.topic,
+                st.partition,
+                st.next_offset if st.next_offset is not None else OFFSET_INVALID,
+            )
+            for st in states
+        ]
+        start = self._replay_offsets(consumer, start)
         consumer.incremental_assign(start)
+        held = [tp for tp in start if self.partitions[(tp.topic, tp.partition)].held]
         if self._paused:
             consumer.pause(start)
+        elif held:
+            consumer.pause(held)
         log_event(log, logging.INFO, "assigned", partitions=_names(partitions))
+
+    def _offset_reset(self, st: PartitionState) -> bool:
+        """Whether the group's committed offset (just read into ``st.committed``) was moved
+        by someone else since the checkpoint, e.g. ``kafka-consumer-groups.sh
+        --reset-offsets``; if so, honour it: empty state at that offset.
+
+        The checkpoint knows the committed offset it was written with and its own next
+        offset; this pipeline only ever commits offsets between the two (the ones of its own
+        checkpoints, in order), so a committed offset outside them was set by someone else.
+        A checkpoint of another consumer group belongs to that group: the group's own
+        committed offset (or startFrom) wins. A group with no committed offset at all (its
+        offsets expired while the pipeline was suspended, or it was deleted) is not a reset:
+        the checkpoint stands."""
+        source = self.config.source.kafka
+        if source is None or st.held is not None or not st.restored:
+            return False
+        if st.from_snapshot:
+            # Going back to a snapshot moves the group's offset on purpose, like a replay:
+            # handled here, not someone else's reset.
+            st.committed_before_seek, st.committed = st.committed, None
+            return True
+        if st.checkpoint_group is None:  # a legacy checkpoint: nothing to compare with
+            return False
+        group = source.consumer_group
+        if st.checkpoint_group == group:
+            if st.committed is None or st.next_offset is None:
+                return False
+            # Between the committed offset the checkpoint was written with and its own next
+            # offset, in either order (a replay moves the group's offset back).
+            known = st.checkpoint_committed if st.checkpoint_committed is not None else -1
+            if min(known, st.next_offset) <= st.committed <= max(known, st.next_offset):
+                return False
+            why = "the group's committed offset moved without this pipeline"
+        else:
+            why = f"the checkpoint belongs to consumer group {st.checkpoint_group}"
+        log_event(
+            log,
+            logging.WARNING,
+            "offset-reset-detected",
+            topic=st.topic,
+            partition=st.partition,
+            group=group,
+            reason=why,
+            checkpoint_offset=st.next_offset,
+            checkpoint_committed=st.checkpoint_committed,
+            committed=st.committed,
+            open_windows_dropped=len(st.windows.windows) if st.windows else 0,
+        )
+        self.metrics.counter("streamherd_state_discarded").labels(
+            self.metrics.pipeline, "offset-reset"
+        ).inc()
+        plan = self.processor.window
+        st.windows = PartitionWindows.from_json(plan, None) if plan is not None else None
+        st.next_offset = st.committed  # None: nothing committed, startFrom decides
+        st.restored = False
+        st.dirty = st.next_offset is not None
+        return True
+
+    def _start_from_time(self, st: PartitionState) -> None:
+        """A partition with nothing to resume from (no checkpoint, no committed offset)
+        starts at ``startFrom``'s time, when it is one."""
+        source = self.config.source.kafka
+        if (
+            source is not None
+            and source.start_from_time_ms is not None
+            and st.next_offset is None
+            and st.committed is None
+            and st.held is None
+        ):
+            st.replay_from_ms = source.start_from_time_ms
+
+    def _replay_offsets(
+        self, consumer: Consumer, start: list[TopicPartition]
+    ) -> list[TopicPartition]:
+        """`start` with each partition to replay moved to the first offset at or after its
+        replay time (the broker's offsets for times; past the last record: the log end)."""
+        wanted = [
+            TopicPartition(tp.topic, tp.partition, st.replay_from_ms)
+            for tp in start
+            if (st := self.partitions[(tp.topic, tp.partition)]).replay_from_ms is not None
+        ]
+        if not wanted:
+            return start
+        try:
+            found = {(tp.topic, tp.partition): tp for tp in consumer.offsets_for_times(wanted, 10)}
+        except KafkaException as error:
+            found = {}
+            log_event(log, logging.WARNING, "replay-offset-lookup-failed", error=str(error))
+        moved: list[TopicPartition] = []
+        for tp in start:
+            st = self.partitions[(tp.topic, tp.partition)]
+            if st.replay_from_ms is None:
+                moved.append(tp)
+                continue
+            offset = self._offset_for_time(consumer, tp, found.get((tp.topic, tp.partition)))
+            if offset is None:
+                # Without the offset the replay cannot start where it must: hold the
+                # partition (never guess); the loop asks again (_retry_seeks).
+                st.held = (
+                    f"{tp.topic}[{tp.partition}]: no offset for replay time {st.replay_from_ms}"
+                    " yet (asking the broker again)"
+                )
+                moved.append(tp)
+                continue
+            self._seek_to_time(st, offset)
+            moved.append(TopicPartition(tp.topic, tp.partition, offset))
+        return moved
+
+    @staticmethod
+    def _offset_for_time(
+        consumer: Consumer, tp: TopicPartition, hit: TopicPartition | None
+    ) -> int | None:
+        """The offset the broker gave for a time (past the last record: the log end);
+        None when it gave none or the log end cannot be read."""
+        if hit is None or hit.error is not None:
+            return None
+        if hit.offset >= 0:
+            return int(hit.offset)
+        try:
+            return int(consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1])
+        except KafkaException:
+            return None
+
+    def _seek_to_time(self, st: PartitionState, offset: int) -> None:
+        """Start `st` at `offset` (its replay or startFrom time's) from empty state."""
+        log_event(
+            log,
+            logging.WARNING if st.restored else logging.INFO,
+            "seek-to-time",
+            topic=st.topic,
+            partition=st.partition,
+            replay_from_ms=st.replay_from_ms,
+            offset=offset,
+            checkpoint_offset=st.next_offset,
+        )
+        st.next_offset = offset
+        # The group's committed offset will step back to it with the next checkpoint.
+        st.committed_before_seek = st.committed
+        st.committed = None
+        st.replay_from_ms = None
+        st.dirty = True
+
+    def _retry_seeks(self) -> None:
+        """Partitions held because the broker gave no offset for their replay or startFrom
+        time: ask again (once per lag refresh), seek and resume them when it answers."""
+        consumer = self.consumer
+        waiting = [
+            st
+            for st in self.partitions.values()
+            if st.held is not None and st.replay_from_ms is not None
+        ]
+        if consumer is None or not waiting:
+            return
+        wanted = [TopicPartition(st.topic, st.partition, st.replay_from_ms or 0) for st in waiting]
+        try:
+            found = {(tp.topic, tp.partition): tp for tp in consumer.offsets_for_times(wanted, 5)}
+        except KafkaException:
+            return
+        for st in waiting:
+            tp = TopicPartition(st.topic, st.partition)
+            offset = self._offset_for_time(consumer, tp, found.get((st.topic, st.partition)))
+            if offset is None:
+                continue
+            self._seek_to_time(st, offset)
+            if self.processor.window is not None:
+                st.windows = PartitionWindows.from_json(self.processor.window, None)
+            st.held = None
+            consumer.seek(TopicPartition(st.topic, st.partition, offset))
+            if not self._paused:
+                consumer.resume([tp])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalance("revoke")
@@ -479,8 +811,9 @@ class Engine:
         total = 0
         for tp, fetched in groups.items():
             st = self.partitions.get(tp)
-            if st is None:
-                continue  # a message of a partition revoked within this consume call
+            if st is None or st.held is not None:
+                # Revoked within this consume call, or held (fetched before its pause).
+                continue
             group = fetched
             start = st.next_offset
             if start is not None and (group[0].offset() or 0) < start:
@@ -685,6 +1018,8 @@ class Engine:
         """Flush outputs, write state+offset files, then commit. False if not yet possible."""
         if self._broken:
             return False
+        # A held partition's checkpoint and committed offset stay exactly as found.
+        states = [st for st in states if st.held is None]
         if self.exactly_once:
             return self._commit_transaction(reason, timeout)
         started = time.perf_counter()
@@ -704,20 +1039,7 @@ class Engine:
             return False
         dirty = [st for st in states if st.dirty and st.next_offset is not None]
         if dirty:
-            self.store.save(
-                [
-                    Checkpoint(
-                        topic=st.topic,
-                        partition=st.partition,
-                        next_offset=st.next_offset,  # type: ignore[arg-type]
-                        state=self._state_of(st),
-                        pipeline=self.pipeline,
-                    )
-                    for st in dirty
-                ]
-            )
-            for st in dirty:
-                st.dirty = False
+            self._save(dirty)
             self.counters.checkpoints += 1
         duration = time.perf_counter() - started
         self.metrics.checkpointed(duration)
@@ -732,6 +1054,12 @@ class Engine:
                 duration_ms=round(duration * 1000, 1),
             )
         self._commit(states, sync=sync)
+        if sync:
+            # The confirmed commit goes into the files too (see _on_committed): the last
+            # checkpoint before a stop then names the exact committed offset.
+            confirmed = [st for st in states if st.dirty and st.next_offset is not None]
+            if confirmed:
+                self._save(confirmed)
         return True
 
     def _commit_transaction(self, reason: str, timeout: float, *, final: bool = False) -> bool:
@@ -744,7 +1072,7 @@ class Engine:
             return True
         producer = self.outputs.transaction
         started = time.perf_counter()
-        states = list(self.partitions.values())
+        states = [st for st in self.partitions.values() if st.held is None]
         for st in states:
             if st.role == "upstream" and st.next_offset is not None:
                 mark = (st.next_offset - 1, st.max_event_ms)
@@ -753,20 +1081,7 @@ class Engine:
         self._transactions += 1
         generation = f"{self._generation_prefix}-{self._transactions}"
         if dirty:
-            self.store.save(
-                [
-                    Checkpoint(
-                        topic=st.topic,
-                        partition=st.partition,
-                        next_offset=st.next_offset,  # type: ignore[arg-type]
-                        state=self._state_of(st),
-                        pipeline=self.pipeline,
-                        generation=generation,
-                    )
-                    for st in dirty
-                ],
-                pending=True,
-            )
+            self._save(dirty, pending=True, generation=generation)
         try:
             if dirty:
                 offsets = [
@@ -790,6 +1105,7 @@ class Engine:
             for st in dirty:
                 st.dirty = False
                 st.committed = st.next_offset
+                st.written_committed = st.committed
             self.counters.checkpoints += 1
         self.outputs.take_errors()  # a committed transaction delivered everything
         if not final:
@@ -837,6 +1153,38 @@ class Engine:
             state.update(st.clock.to_json())
         return state
 
+    def _save(
+        self, states: list[PartitionState], *, pending: bool = False, generation: str = ""
+    ) -> None:
+        """Write the checkpoint files of `states` (durable when this returns); exactly-once
+        writes them pending, stamped with the transaction's id, until it commits."""
+        source = self.config.source.kafka
+        group = source.consumer_group if source is not None else None
+        checkpoints = []
+        for st in states:
+            committed = st.committed if st.committed is not None else st.committed_before_seek
+            checkpoints.append(
+                Checkpoint(
+                    topic=st.topic,
+                    partition=st.partition,
+                    next_offset=st.next_offset,  # type: ignore[arg-type]
+                    state=self._state_of(st),
+                    pipeline=self.pipeline,
+                    fingerprint=self.fingerprint,
+                    state_shape=self.state_shape,
+                    group=group,
+                    committed=committed,
+                    restored_from=st.restored_from,
+                    generation=generation,
+                )
+            )
+        self.store.save(checkpoints, pending=pending)
+        if pending:
+            return
+        for st in states:
+            st.dirty = False
+            st.written_committed = st.committed
+
     def _commit(self, states: list[PartitionState], *, sync: bool) -> None:
         if self.consumer is None:
             return
@@ -881,6 +1229,12 @@ class Engine:
                 # Commits of one member reach the broker in order: never step backwards.
                 if st.committed is None or tp.offset > st.committed:
                     st.committed = tp.offset
+                # Once the commit of the checkpointed offset is confirmed, the next
+                # checkpoint records it (one more write per partition when idle), so the
+                # committed offsets this pipeline may have set narrow down to exactly one
+                # and any offset reset made meanwhile is noticed (_offset_reset).
+                if st.committed == st.next_offset and st.written_committed != st.committed:
+                    st.dirty = True
             else:
                 failed.append(f"{tp.topic}[{tp.partition}]@{tp.offset}")
         if error is not None or failed:
@@ -908,6 +1262,7 @@ class Engine:
         if not force and now - self._last_lag < LAG_REFRESH_SECONDS:
             return
         self._last_lag = now
+        self._retry_seeks()
         total = 0
         open_windows = 0
         for st in list(self.partitions.values()):
@@ -1003,7 +1358,9 @@ class Engine:
             self.metrics.paused.set(1)
             log_event(log, logging.INFO, "paused", reason="sink behind")
         elif self._paused and self.outputs.caught_up():
-            assigned = [TopicPartition(t, p) for t, p in self.partitions]
+            assigned = [
+                TopicPartition(t, p) for (t, p), st in self.partitions.items() if st.held is None
+            ]
             consumer.resume(assigned)
             self._paused = False
             self.metrics.paused.set(0)
@@ -1071,6 +1428,12 @@ class Engine:
         resume: dict[int, int] = {}
         for partition in range(gen_config.partitions):
             st = self._new_state(GENERATOR_TOPIC, partition)
+            if st.replay_from_ms is not None:
+                # The generator has no offsets for times: its state starts empty at the
+                # checkpoint's offset (a reset), and the log says so.
+                log_event(log, logging.WARNING, "replay-unsupported-by-generator",
+                          partition=partition, offset=st.next_offset)  # fmt: skip
+                st.replay_from_ms = None
             resume[partition] = st.next_offset or 0
         self.generator = generator = ClickGenerator(gen_config, resume)
         batch_size = self.config.runtime.batch_size

@@ -152,6 +152,21 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     ),
     MetricSpec("streamherd_errors", "counter", "Engine errors, by kind.", ("pipeline", "kind")),
     MetricSpec(
+        "streamherd_state_restore_refused",
+        "gauge",
+        "1 while a partition is held (not consumed, not checkpointed) because its checkpoint "
+        "was written under another state fingerprint and the policy is refuse.",
+        PARTITION_LABELS,
+    ),
+    MetricSpec(
+        "streamherd_state_discarded",
+        "counter",
+        "Partition states discarded on purpose, by reason: reset or replay (the upgrade "
+        "policy for a checkpoint of another state fingerprint), offset-reset (the group's "
+        "committed offset was moved with Kafka's tools, or the checkpoint is another group's).",
+        ("pipeline", "reason"),
+    ),
+    MetricSpec(
         "streamherd_heartbeat_timestamp_seconds",
         "gauge",
         "Unix time of the processing loop's last iteration (healthz uses it).",
@@ -286,6 +301,7 @@ class EngineMetrics:
             "streamherd_consumer_lag",
             "streamherd_event_time_lag_seconds",
             "streamherd_watermark_seconds",
+            "streamherd_state_restore_refused",
         ):
             with contextlib.suppress(KeyError):
                 self.gauge(name).remove(self.pipeline, topic, str(partition))

@@ -723,6 +723,15 @@ RULES: Final[tuple[Rule, ...]] = (
         ),
         holds=_sink_is_not_dead_letter,
     ),
+    # -- upgrades
+    Rule(
+        name="replay needs a time",
+        at="spec.upgrade",
+        field=".replayFrom",
+        message="onStateChange replay needs replayFrom",
+        cel="self.onStateChange != 'replay' || has(self.replayFrom)",
+        holds=lambda u: u.on_state_change != "replay" or u.replay_from is not None,
+    ),
     # -- exactly-once: one Kafka transaction must hold every output
     Rule(
         name="exactly-once fits one transaction",

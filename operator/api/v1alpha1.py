@@ -13,9 +13,10 @@ the worker cannot drift apart.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, JsonValue, field_validator
 
 from streamherd.workers.config import (
     DURATION_PATTERN,
@@ -48,6 +49,38 @@ MOUNT_PATH = r"^(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$"
 #: the schema only bounds its length.
 QUANTITY_MAX_LENGTH = 64
 Quantity = Annotated[str, Field(min_length=1, max_length=QUANTITY_MAX_LENGTH)]
+
+_RFC3339 = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})$"
+)
+
+
+def parse_time_ms(text: str) -> int:
+    """Unix milliseconds of an RFC 3339 time with a zone, e.g. ``2026-01-01T00:00:00Z``."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone: end it with Z or +HH:MM")
+    return round(moment.timestamp() * 1000)
+
+
+_START_FROM = "^(earliest|latest|" + _RFC3339[1:-1] + ")$"
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One x-kubernetes-validations entry (a CEL rule the API server enforces)."""
+    entry = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+def with_cel(*rules: dict[str, str]) -> ConfigDict:
+    """The base model config plus CEL rules that the CRD generator copies into the schema."""
+    validations: list[JsonValue] = [dict(r) for r in rules]
+    return ConfigDict(
+        **Model.model_config, json_schema_extra={"x-kubernetes-validations": validations}
+    )
 
 
 # --------------------------------------------------------------------------- references
@@ -134,11 +167,15 @@ class KafkaSource(KafkaConnection):
         max_length=255,
         description="Consumer group id; `<namespace>.<name>` when omitted.",
     )
-    start_from: Literal["earliest", "latest"] = Field(
+    start_from: str = Field(
         default="earliest",
+        pattern=_START_FROM,
+        max_length=64,
         description=(
-            "Where a partition with no committed offset starts: earliest (the whole "
-            "retained log) or latest (only new records)."
+            "Where a partition with no checkpoint and no committed offset starts: earliest "
+            "(the whole retained log), latest (only new records), or a time, RFC 3339 (e.g. "
+            "2026-01-01T00:00:00Z: its first record at or after that time, by the records' "
+            "Kafka timestamps)."
         ),
     )
     format: Literal["json", "raw"] = Field(
@@ -164,6 +201,26 @@ class KafkaSource(KafkaConnection):
             "such as 30s or 5m."
         ),
     )
+
+    @field_validator("start_from")
+    @classmethod
+    def _start_time(cls, value: str) -> str:
+        if value not in ("earliest", "latest"):
+            parse_time_ms(value)  # a real date, not just its shape (month 13 is refused)
+        return value
+
+    @property
+    def start_policy(self) -> Literal["earliest", "latest"]:
+        """earliest or latest: a time starts like earliest where Kafka has no time to go by
+        (librdkafka's auto.offset.reset, the lag of a group that has committed nothing)."""
+        return "latest" if self.start_from == "latest" else "earliest"
+
+    @property
+    def start_time_ms(self) -> int | None:
+        """Unix ms of a startFrom time; None for earliest and latest."""
+        if self.start_from in ("earliest", "latest"):
+            return None
+        return parse_time_ms(self.start_from)
 
 
 class Source(Model):
@@ -443,6 +500,89 @@ class Checkpoint(Model):
     )
 
 
+# --------------------------------------------------------------------------- upgrades
+
+
+class Upgrade(Model):
+    """How an edit that changes the pipeline's state is rolled out.
+
+    The operator compares the state fingerprint of the edited spec (keyBy, window type, size,
+    slide, lateness, event time, the aggregates in order) with the running workers' before it
+    touches them. Edits that keep it (filters, maps, the sink, scaling, resources, the image)
+    roll as usual; the others follow `onStateChange`."""
+
+    on_state_change: Literal["refuse", "reset", "replay"] = Field(
+        default="refuse",
+        description=(
+            "refuse: keep the running workers exactly as they are and say why in the "
+            "StateCompatible condition (revert the edit or choose reset/replay); reset: start "
+            "from empty state at the offsets the state was checkpointed at (open windows are "
+            "dropped); replay: start from empty state at `replayFrom` (the results from then "
+            "on are recomputed under the new spec)."
+        ),
+    )
+    replay_from: str | None = Field(
+        default=None,
+        pattern=_RFC3339,
+        max_length=64,
+        description=(
+            "With replay: the time to replay from, RFC 3339 (e.g. 2026-01-01T00:00:00Z); each "
+            "partition starts at its first record at or after it (Kafka's offsets for times)."
+        ),
+        json_schema_extra={"format": "date-time"},
+    )
+
+    rollback: Literal["off", "auto"] = Field(
+        default="off",
+        description=(
+            "auto: when the workers of an edited spec are still not all ready and up to date "
+            "`rollbackAfter` after the rollout began (a crash loop, pods that cannot be "
+            "scheduled), go back to the last spec whose workers were, and say so in the "
+            "RolledBack condition and an event; the next edit is tried afresh. off: never."
+        ),
+    )
+    rollback_after: Duration = Field(
+        default="5m",
+        description=(
+            "How long a rollout may go without settling before rollback auto undoes it "
+            "(checked on every reconcile: Deployment events and the resync interval)."
+        ),
+    )
+
+    @field_validator("replay_from")
+    @classmethod
+    def _replay_time(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_time_ms(value)  # a real date, not just its shape
+        return value
+
+
+class StateSpec(Model):
+    """The pipeline's checkpointed state."""
+
+    restore_from: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{1,64}-to-[0-9a-f]{1,64}$",
+        max_length=140,
+        description=(
+            "Restore each partition's state and offset, once, from this snapshot (a name "
+            "from status.snapshots, `<fingerprint>-to-<fingerprint>`). The spec's state "
+            "fingerprint must be the snapshot's (the first one): restore it with the window "
+            "and aggregates it was taken under. Later restarts resume from the checkpoints."
+        ),
+    )
+    retain_on_delete: bool = Field(
+        default=False,
+        description=(
+            "Keep the checkpoint volume (state, offsets and snapshots) when the pipeline is "
+            "deleted: the PersistentVolumeClaim then has no owner and is labelled "
+            "streamherd.io/retained=true; a pipeline created again with the same name (and "
+            "so the same consumer group) adopts it and resumes where this one stopped. "
+            "Delete the claim yourself when you no longer want it."
+        ),
+    )
+
+
 # --------------------------------------------------------------------------- pods
 
 
@@ -654,6 +794,14 @@ class StreamPipelineSpec(Model):
             "when their transaction commits (checkpoint.interval)."
         ),
     )
+    upgrade: Upgrade = Field(
+        default_factory=Upgrade,
+        description="What an edit that changes the state does (docs/lifecycle.md).",
+    )
+    state: StateSpec = Field(
+        default_factory=StateSpec,
+        description="The checkpointed state: restore it from a snapshot (docs/lifecycle.md).",
+    )
 
 
 def exactly_once_spec_problem(spec: StreamPipelineSpec) -> str | None:
@@ -694,6 +842,16 @@ class Condition(Model):
     )
 
 
+class StateSnapshot(Model):
+    """A copy of checkpointed state the workers keep in the checkpoint volume
+    (`@snapshots/<name>/`) before they discard it on purpose (reset or replay)."""
+
+    name: str = Field(description="`<old fingerprint>-to-<new fingerprint>`.")
+    fingerprint: str = Field(description="The state fingerprint of the state kept.")
+    reason: str = Field(default="", description="Why it was kept.")
+    time: str | None = Field(default=None, description="When it was decided (RFC 3339).")
+
+
 class StreamPipelineStatus(Model):
     """The observed state, written by the operator."""
 
@@ -718,6 +876,30 @@ class StreamPipelineStatus(Model):
     last_scale_reason: str | None = Field(default=None, description="Why it was made.")
     input_hash: str | None = Field(
         default=None, description="Hash of the desired children last applied."
+    )
+    state_fingerprint: str | None = Field(
+        default=None,
+        description=(
+            "Fingerprint of the state the workers run (keyBy, window, aggregates); while an "
+            "edit that changes it is refused, the running one, not the spec's."
+        ),
+    )
+    pending_state_changes: list[str] | None = Field(
+        default=None,
+        description="While an edit is refused: the state fields it changes.",
+    )
+    last_good_generation: int | None = Field(
+        default=None,
+        description="The newest generation whose workers were all ready (rollback auto).",
+    )
+    rolled_back_generation: int | None = Field(
+        default=None,
+        description="A generation rolled back to lastGoodGeneration (until the next edit).",
+    )
+    snapshots: list[StateSnapshot] | None = Field(
+        default=None,
+        max_length=20,
+        description="State kept before each reset or replay, newest last (the last 20).",
     )
     conditions: list[Condition] = Field(
         default_factory=list,

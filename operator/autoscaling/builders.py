@@ -161,7 +161,7 @@ def build_scaled_object(pipeline: StreamPipeline, settings: OperatorSettings) ->
             "topic": topic,
             "lagThreshold": str(a.lag_per_replica),
             "activationLagThreshold": str(a.activation_lag),
-            "offsetResetPolicy": kafka.start_from,
+            "offsetResetPolicy": kafka.start_policy,
             "allowIdleConsumers": "false",
         }
         if kafka.auth is not None and kafka.auth.sasl is not None:

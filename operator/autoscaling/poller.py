@@ -156,7 +156,7 @@ class Autoscaler:
         # measurement failure for this pipeline, never a crash of the shared loop.
         except Exception as exc:  # noqa: BLE001
             return LagProbeError(f"cannot build the Kafka connection: {exc}")
-        spec = GroupSpec(group, tuple(kafka.topics), kafka.start_from)
+        spec = GroupSpec(group, tuple(kafka.topics), kafka.start_policy)
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[GroupLag | LagProbeError] = loop.create_future()
         batch = self._batches.get(cluster)

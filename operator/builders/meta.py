@@ -21,6 +21,8 @@ MANAGED_BY: Final = "streamherd-operator"
 PIPELINE_LABEL: Final = "streamherd.io/pipeline"
 INPUT_HASH_ANNOTATION: Final = "streamherd.io/input-hash"
 SECRETS_HASH_ANNOTATION: Final = "streamherd.io/secrets-hash"
+#: On a checkpoint claim kept when its pipeline is deleted (spec.state.retainOnDelete).
+RETAINED_LABEL: Final = "streamherd.io/retained"
 CONFIG_HASH_ANNOTATION: Final = "streamherd.io/config-hash"
 
 METRICS_PORT: Final = 9100

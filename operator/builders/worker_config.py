@@ -12,7 +12,10 @@ import json
 from streamherd.operator.api.v1alpha1 import (
     WINDOW_KEY_COLUMNS,
     PostgresSink,
+    StateSpec,
     StreamPipeline,
+    Upgrade,
+    parse_time_ms,
     postgres_result_fields,
 )
 from streamherd.operator.builders.credentials import (
@@ -43,6 +46,7 @@ from streamherd.workers.config import (
     RuntimeConfig,
     SinkConfig,
     SourceConfig,
+    StateConfig,
     StdoutSinkConfig,
     WorkerConfig,
     parse_duration,
@@ -63,7 +67,8 @@ def build_worker_config(pipeline: StreamPipeline, settings: OperatorSettings) ->
                 security=security(src.auth, "SOURCE"),
                 topics=list(src.topics),
                 consumer_group=pipeline.consumer_group or f"{pipeline.namespace}.{pipeline.name}",
-                start_from=src.start_from,
+                start_from=src.start_policy,
+                start_from_time_ms=src.start_time_ms,
                 format=src.format,
                 idle_timeout_seconds=(
                     parse_duration(src.idle_timeout) if src.idle_timeout is not None else None
@@ -119,6 +124,21 @@ def build_worker_config(pipeline: StreamPipeline, settings: OperatorSettings) ->
         ),
         repartition=RepartitionConfig(topic=topic) if topic is not None else None,
         delivery=spec.delivery,
+        state=state_config(spec.upgrade, spec.state),
+    )
+
+
+def state_config(upgrade: Upgrade, state: StateSpec) -> StateConfig | None:
+    """WorkerConfig.state for a spec's upgrade policy and restore; None for the defaults
+    (refuse, no restore), so pipelines that never set them render the ConfigMap they always
+    did."""
+    if upgrade.on_state_change == "refuse" and state.restore_from is None:
+        return None
+    replay_ms = parse_time_ms(upgrade.replay_from) if upgrade.replay_from is not None else None
+    return StateConfig(
+        on_fingerprint_mismatch=upgrade.on_state_change,
+        replay_from_ms=replay_ms if upgrade.on_state_change == "replay" else None,
+        restore_from=state.restore_from,
     )
 
 

@@ -17,6 +17,7 @@ from streamherd.operator.builders.meta import (
     CONFIG_HASH_ANNOTATION,
     CONFIG_KEY,
     METRICS_PORT,
+    RETAINED_LABEL,
     RUN_AS_USER,
     SECRETS_HASH_ANNOTATION,
     TLS_DIR,
@@ -239,10 +240,16 @@ def build_pvc(pipeline: StreamPipeline, settings: OperatorSettings) -> Manifest:
     }
     if volume.storage_class_name:
         spec["storageClassName"] = volume.storage_class_name
+    meta = object_meta(pipeline, pvc_name(pipeline.name))
+    if pipeline.spec.state.retain_on_delete:
+        # No owner, so the garbage collector leaves it when the pipeline goes: a pipeline
+        # re-created with the same name applies this very claim again and adopts it.
+        meta.pop("ownerReferences", None)
+        meta["labels"] = {**meta["labels"], RETAINED_LABEL: "true"}
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": object_meta(pipeline, pvc_name(pipeline.name)),
+        "metadata": meta,
         "spec": spec,
     }
 

@@ -8,11 +8,16 @@ otherwise the broker's view (and the autoscaler's lag probe, which reads it) sho
 no worker will ever consume, and a pipeline with ``minReplicas: 0`` never goes back to zero.
 
 Real broker, real ``streamherd-worker`` subprocesses. The lost commit is reproduced by moving
-the stopped group's committed offsets back with the admin API.
+the stopped group's committed offsets back with the admin API, and by writing into the
+checkpoints the committed offset they would hold had they been written while the group was
+there (each checkpoint records the group's confirmed committed offset; an offset outside
+what the pipeline itself committed is someone else's reset, tests/integration/engine/
+test_engine_lifecycle.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from pathlib import Path
 
@@ -80,6 +85,9 @@ def test_restored_checkpoint_ahead_of_the_commit_is_committed(
     # The commit that should have followed the checkpoint never reached the broker.
     rewind(kafka_broker, group, src, BEHIND)
     assert kafka_broker.committed(group, src) == dict.fromkeys(range(PARTITIONS), BEHIND)
+    # ...so the checkpoint was written while the group's committed offset was BEHIND.
+    restored = [store.load(src, p) for p in range(PARTITIONS)]
+    store.save([dataclasses.replace(cp, committed=BEHIND) for cp in restored if cp is not None])
 
     second = Worker.create(tmp_path, "second", config).start()
     try:

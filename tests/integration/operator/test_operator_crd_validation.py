@@ -100,6 +100,15 @@ CASES = [
      [{**BASE["spec"]["processor"]["steps"][-1],
        "window": {**BASE["spec"]["processor"]["steps"][-1]["window"], "repartition": "often"}}],
      "repartition: Unsupported value"),
+    ("replay without a time", BASE, "spec.upgrade", {"onStateChange": "replay"},
+     "onStateChange replay needs replayFrom"),
+    ("unknown upgrade policy", BASE, "spec.upgrade.onStateChange", "merge",
+     "spec.upgrade.onStateChange: Unsupported value"),
+    ("replay time without a zone", BASE, "spec.upgrade",
+     {"onStateChange": "replay", "replayFrom": "2026-01-01T00:00:00"},
+     "spec.upgrade.replayFrom: Invalid value"),
+    ("startFrom neither a word nor a time", BASE, "spec.source.kafka.startFrom", "yesterday",
+     "spec.source.kafka.startFrom: Invalid value"),
 ]  # fmt: skip
 
 
@@ -112,7 +121,10 @@ def namespace(kube_cluster: KubeCluster, crd: str) -> Iterator[str]:
 
 
 def test_the_base_manifests_are_accepted(kube_cluster: KubeCluster, namespace: str) -> None:
-    for doc in (BASE, LOCAL):
+    timed = _set(BASE, "spec.source.kafka.startFrom", "2026-01-01T00:00:00.5+01:00")
+    timed = _set(timed, "spec.upgrade", {"onStateChange": "replay",
+                                         "replayFrom": "2026-01-01T00:00:00Z"})  # fmt: skip
+    for doc in (BASE, LOCAL, timed):
         proc = kube_cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
                                     input=yaml.safe_dump(doc), check=False)  # fmt: skip
         assert proc.returncode == 0, proc.stderr

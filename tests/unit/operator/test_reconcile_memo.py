@@ -40,10 +40,10 @@ def test_the_same_spec_is_parsed_and_built_once() -> None:
     memo = ReconcileMemo()
     first = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
     assert first.applied  # children created
-    assert len(memo) == 2  # the parsed spec and the children
+    assert len(memo) == 3  # the parsed spec, the children and their state description
     again = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
     assert again.applied == () and again.status is None  # nothing to write
-    assert len(memo) == 2  # reused, nothing new
+    assert len(memo) == 3  # reused, nothing new
 
 
 def test_a_spec_edit_is_parsed_again_and_applied() -> None:

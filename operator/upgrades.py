@@ -1,0 +1,227 @@
+"""Upgrades that look before they roll: compare state fingerprints, decide, explain.
+
+The reconciler (``streamherd.operator.reconciler``) calls this before it applies a pipeline's
+ConfigMap and Deployment, whenever the desired ConfigMap differs from the live one: the live
+ConfigMap is what the workers run, so its WorkerConfig gives the running state fingerprint
+(``streamherd.workers.fingerprint``), and the desired one the edited spec's. ``decide`` is
+the pure step (table-tested): an edit that keeps the fingerprint rolls as usual; one that
+changes it follows ``spec.upgrade.onStateChange``:
+
+- ``refuse`` (default): hold. The ConfigMap and the Deployment stay exactly as they are, the
+  StateCompatible condition names the changed fields and a Warning event says it once;
+- ``reset`` / ``replay``: roll, with ``WorkerConfig.state`` (builders/worker_config.py:
+  ``state_config``) telling the workers to discard state of another fingerprint and start
+  from the checkpointed offsets / from a time.
+
+The workers check the same fingerprint again when they restore (a second line of defence
+for ConfigMaps edited by hand, or rollouts the operator did not make).
+
+``state_diff_files`` is ``streamherd state-diff BEFORE AFTER``: the same decision offline,
+before an edit is applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TextIO
+
+import orjson
+import yaml
+from pydantic import ValidationError
+
+from streamherd.operator.api.v1alpha1 import KIND, Upgrade
+from streamherd.operator.builders.meta import CONFIG_KEY, Manifest
+from streamherd.operator.validation import load_documents, parse_pipeline
+from streamherd.workers.config import ProcessorConfig, WorkerConfig
+from streamherd.workers.fingerprint import (
+    Description,
+    changed_fields,
+    config_fingerprint,
+    describe,
+    fingerprint,
+    has_state,
+    snapshot_name,
+)
+
+#: The condition this module's decisions set.
+STATE_COMPATIBLE: Final = "StateCompatible"
+#: The children a held edit leaves untouched (what the workers run).
+HELD_KINDS: Final = ("ConfigMap", "Deployment")
+
+Action = Literal["roll", "hold", "reset", "replay", "restore"]
+ConditionValue = tuple[str, str, str]  # status, reason, message
+EventValue = tuple[Literal["Normal", "Warning"], str, str]  # type, reason, message
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with an edit, and what to tell the user."""
+
+    action: Action
+    fingerprint: str  # the state fingerprint the workers run once this decision is applied
+    desired_fingerprint: str
+    changes: tuple[str, ...] = ()
+    condition: ConditionValue = ("True", "Compatible", "")
+    event: EventValue | None = None
+    # The snapshot the workers keep before they discard the running state (reset, replay).
+    snapshot: str | None = None
+
+    @property
+    def holds(self) -> bool:
+        return self.action == "hold"
+
+
+def config_description(config_map: Manifest | None) -> Description | None:
+    """The state description of the WorkerConfig in a ConfigMap; None when there is none or
+    it cannot be read (then nothing is known to be running)."""
+    if config_map is None:
+        return None
+    text = (config_map.get("data") or {}).get(CONFIG_KEY)
+    if not isinstance(text, str):
+        return None
+    try:
+        return config_fingerprint(WorkerConfig.model_validate_json(text))[1]
+    except ValidationError:
+        pass
+    # A WorkerConfig of another operator version: its processor alone decides the state.
+    try:
+        doc: Any = orjson.loads(text)
+        return describe(ProcessorConfig.model_validate(doc["processor"]))
+    except (orjson.JSONDecodeError, ValidationError, KeyError, TypeError):
+        return None
+
+
+def _fields(changes: tuple[str, ...]) -> str:
+    return "; ".join(changes)
+
+
+def decide(
+    running: Description | None,
+    desired: Description,
+    upgrade: Upgrade,
+    *,
+    generation: int | None = None,
+    restore_from: str | None = None,
+) -> Decision:
+    """Roll, hold, reset, replay or restore an edit whose desired state is `desired`, the
+    workers running `running` (None: nothing known to run, e.g. a new pipeline), with
+    `restore_from` the snapshot spec.state.restoreFrom names (None: none)."""
+    want = fingerprint(desired)
+    if restore_from is not None:
+        return _restore(running, want, restore_from, generation)
+    if running is None or not has_state(running):
+        # Nothing to keep (new, or stateless until now: its checkpoints hold offsets only).
+        return Decision(
+            "roll", want, want, condition=("True", "Compatible", f"state fingerprint {want}")
+        )
+    have = fingerprint(running)
+    changes = tuple(changed_fields(running, desired))
+    if not changes:
+        return Decision(
+            "roll", want, want, condition=("True", "Compatible", f"state fingerprint {want}")
+        )
+    edit = f"spec generation {generation}" if generation is not None else "the spec"
+    what = _fields(changes)
+    policy = upgrade.on_state_change
+    if policy == "refuse":
+        message = (
+            f"{edit} changes the state ({what}): refused, the workers keep running the "
+            f"previous spec (state fingerprint {have}, the spec's is {want}). Revert the "
+            "edit, or set spec.upgrade.onStateChange to reset (empty state from the "
+            "checkpointed offsets) or replay (empty state from spec.upgrade.replayFrom)"
+        )
+        return Decision(
+            "hold",
+            have,
+            want,
+            changes,
+            ("False", "StateChangeRefused", message),
+            ("Warning", "StateChangeRefused", message),
+        )
+    if policy == "reset":
+        message = (
+            f"{edit} changes the state ({what}): onStateChange reset, the workers start "
+            f"from empty state at their checkpointed offsets (fingerprint {have} -> {want}; "
+            f"the old state is kept as snapshot {snapshot_name(have, want)})"
+        )
+        return Decision(
+            "reset", want, want, changes, ("True", "StateReset", message),
+            ("Warning", "StateReset", message), snapshot_name(have, want),
+        )  # fmt: skip
+    message = (
+        f"{edit} changes the state ({what}): onStateChange replay, the workers start from "
+        f"empty state at {upgrade.replay_from} (fingerprint {have} -> {want}; the old "
+        f"state is kept as snapshot {snapshot_name(have, want)})"
+    )
+    return Decision(
+        "replay", want, want, changes, ("True", "StateReplay", message),
+        ("Warning", "StateReplay", message), snapshot_name(have, want),
+    )  # fmt: skip
+
+
+def _restore(running: Description | None, want: str, name: str, generation: int | None) -> Decision:
+    """spec.state.restoreFrom: roll when the snapshot holds the spec's state (the first
+    fingerprint of its name), else hold: the workers would refuse it partition by partition."""
+    edit = f"spec generation {generation}" if generation is not None else "the spec"
+    held = name.split("-to-", maxsplit=1)[0]
+    have = fingerprint(running) if running is not None else want
+    if held != want:
+        message = (
+            f"{edit}: spec.state.restoreFrom {name} holds state of fingerprint {held}, but "
+            f"the spec's is {want}: restore it with the window and aggregates it was taken "
+            "under, or remove spec.state.restoreFrom; the workers keep running as they are"
+        )
+        return Decision(
+            "hold", have, want, (f"state.restoreFrom: {held} -> {want}",),
+            ("False", "SnapshotMismatch", message), ("Warning", "SnapshotMismatch", message),
+        )  # fmt: skip
+    message = (
+        f"{edit}: each partition's state and offset are restored once from snapshot {name} "
+        f"(fingerprint {want})"
+    )
+    if running is not None and fingerprint(running) == want:
+        # Nothing changes for the workers' state (or the restore has rolled out already).
+        return Decision("roll", want, want, condition=("True", "StateRestored", message))
+    return Decision(
+        "restore", want, want, (), ("True", "StateRestored", message),
+        ("Normal", "StateRestored", message),
+    )  # fmt: skip
+
+
+def state_diff_files(files: Sequence[str], out: TextIO, err: TextIO) -> int:
+    """``streamherd state-diff BEFORE AFTER``: what the operator would do with the edit from
+    the first manifest to the second. Exit status 0: the state is kept (the edit rolls as
+    usual); 1: the edit changes the state (the changed fields and the policy's outcome are
+    printed); 2: a manifest cannot be read or is invalid."""
+    pipelines = []
+    for file in files:
+        try:
+            docs = [d for _, _, d in load_documents([file])
+                    if isinstance(d, dict) and d.get("kind") == KIND]  # fmt: skip
+        except (OSError, yaml.YAMLError) as e:
+            err.write(f"error: {e}\n")
+            return 2
+        if len(docs) != 1:
+            err.write(f"{file}: expected one {KIND}, found {len(docs)}\n")
+            return 2
+        pipeline, problems = parse_pipeline(docs[0])
+        if pipeline is None or problems:
+            err.write(f"{file}: invalid\n" + "".join(f"  {p}\n" for p in problems))
+            return 2
+        pipelines.append(pipeline)
+    before, after = (describe(p.spec.processor) for p in pipelines)
+    decision = decide(before, after, pipelines[1].spec.upgrade)
+    out.write(f"state fingerprint: {fingerprint(before)} -> {decision.desired_fingerprint}\n")
+    if decision.action == "roll":
+        out.write("compatible: the edit keeps the state and rolls as usual\n")
+        return 0
+    out.write("the edit changes the state:\n")
+    out.write("".join(f"  {change}\n" for change in decision.changes))
+    outcome = {
+        "hold": "refused (onStateChange: refuse): the running workers are kept as they are",
+        "reset": "reset: empty state from the checkpointed offsets",
+        "replay": f"replay: empty state from {pipelines[1].spec.upgrade.replay_from}",
+    }[decision.action]
+    out.write(f"the operator would: {outcome}\n")
+    return 1

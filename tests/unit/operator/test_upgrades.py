@@ -1,0 +1,311 @@
+"""Upgrades that look before they roll (operator/upgrades.py and the reconciler's use of it).
+
+The pure decision, as a table over every class of state edit and every policy, plus a
+property over generated specs; then the reconciler against FakeKube: a refused edit leaves
+the ConfigMap and Deployment exactly as they were and says why once; reset and replay roll
+with the policy in the WorkerConfig; compatible edits roll as before.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from operator_testkit import SETTINGS, FakeKube, body_of, example_doc
+
+from streamherd.operator.api.v1alpha1 import Upgrade
+from streamherd.operator.reconciler import ReconcileMemo, reconcile
+from streamherd.operator.upgrades import STATE_COMPATIBLE, config_description, decide
+from streamherd.workers.config import ProcessorConfig
+from streamherd.workers.fingerprint import describe, fingerprint
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+WINDOW: dict[str, Any] = {
+    "keyBy": "page",
+    "type": "hopping",
+    "size": "60s",
+    "slide": "30s",
+    "eventTime": {"field": "ts"},
+    "aggregates": [
+        {"name": "clicks", "function": "count"},
+        {"name": "bytes", "function": "sum", "expression": "bytes"},
+        {"name": "slowest", "function": "max", "expression": "latency_ms"},
+    ],
+}
+
+
+def described(change: Any = None, steps_before: list[dict[str, Any]] | None = None) -> Any:
+    window = copy.deepcopy(WINDOW)
+    if change is not None:
+        change(window)
+    return describe(
+        ProcessorConfig.model_validate({"steps": [*(steps_before or []), {"window": window}]})
+    )
+
+
+def aggs(w: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = w["aggregates"]
+    return out
+
+
+# Each class of incompatible edit the issue names, with the field the condition must name.
+EDITS = {
+    "aggregate added": (
+        lambda w: aggs(w).append({"name": "n", "function": "min", "expression": "x"}),
+        "window.aggregates: added n",
+    ),
+    "aggregate removed": (lambda w: aggs(w).pop(), "window.aggregates: removed slowest"),
+    "aggregates reordered": (lambda w: aggs(w).reverse(), "window.aggregates: reordered"),
+    "function changed": (
+        lambda w: aggs(w)[1].update(function="avg"),
+        "window.aggregates[bytes].function: sum -> avg",
+    ),
+    "size": (lambda w: w.update(size="120s"), "window.size: 60000 -> 120000"),
+    "slide": (lambda w: w.update(slide="20s"), "window.slide: 30000 -> 20000"),
+    "keyBy": (lambda w: w.update(keyBy="user"), "window.keyBy: page -> user"),
+    "window type": (lambda w: (w.update(type="tumbling"), w.pop("slide")), "window.type"),
+}
+POLICIES = {
+    "refuse": ("hold", "False", "StateChangeRefused"),
+    "reset": ("reset", "True", "StateReset"),
+    "replay": ("replay", "True", "StateReplay"),
+}
+
+
+def policy(name: str) -> Upgrade:
+    extra = {"replayFrom": "2026-01-01T00:00:00Z"} if name == "replay" else {}
+    return Upgrade.model_validate({"onStateChange": name, **extra})
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_every_incompatible_edit_follows_the_policy(edit: str, name: str) -> None:
+    change, field = EDITS[edit]
+    running, desired = described(), described(change)
+    decision = decide(running, desired, policy(name), generation=7)
+    action, status, reason = POLICIES[name]
+    assert decision.action == action
+    assert decision.condition[:2] == (status, reason)
+    assert field in decision.condition[2] and "spec generation 7" in decision.condition[2]
+    assert decision.event is not None and decision.event[1] == reason
+    assert any(c.startswith(field) for c in decision.changes)
+    # Held: the workers keep the running fingerprint; otherwise they take the new one.
+    expected = fingerprint(running) if action == "hold" else fingerprint(desired)
+    assert decision.fingerprint == expected
+    assert decision.desired_fingerprint == fingerprint(desired)
+
+
+COMPATIBLE = {
+    "nothing": None,
+    "spacing in an expression": lambda w: aggs(w)[2].update(expression=" latency_ms "),
+    "size written in minutes": lambda w: w.update(size="1m"),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(COMPATIBLE))
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_compatible_edits_roll_whatever_the_policy(edit: str, name: str) -> None:
+    decision = decide(described(), described(COMPATIBLE[edit]), policy(name))
+    assert (decision.action, decision.condition[:2]) == ("roll", ("True", "Compatible"))
+    assert decision.event is None and decision.changes == ()
+
+
+def test_a_filter_before_the_window_is_compatible() -> None:
+    edited = described(steps_before=[{"filter": "status < 500"}])
+    assert decide(described(), edited, policy("refuse")).action == "roll"
+
+
+def test_nothing_running_or_nothing_stateful_rolls() -> None:
+    stateless = describe(ProcessorConfig.model_validate({"steps": [{"filter": "x > 1"}]}))
+    for running in (None, stateless):
+        decision = decide(running, described(), policy("refuse"))
+        assert decision.action == "roll" and decision.fingerprint == fingerprint(described())
+
+
+procs = st.builds(
+    lambda key, size, order, fn: {
+        "keyBy": key,
+        "size": size,
+        "aggregates": [
+            {"name": "a", "function": "count"},
+            {"name": "b", "function": fn, "expression": "x"},
+        ][:: 1 if order else -1],
+    },
+    st.sampled_from(["user", "page"]),
+    st.sampled_from(["10s", "60s", "1m"]),
+    st.booleans(),
+    st.sampled_from(["sum", "avg"]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(procs, procs, st.sampled_from(sorted(POLICIES)))
+def test_hold_exactly_when_refused_and_different(
+    old: dict[str, Any], new: dict[str, Any], name: str
+) -> None:
+    running = describe(ProcessorConfig.model_validate({"steps": [{"window": old}]}))
+    desired = describe(ProcessorConfig.model_validate({"steps": [{"window": new}]}))
+    decision = decide(running, desired, policy(name))
+    differs = fingerprint(running) != fingerprint(desired)
+    assert (decision.action == "hold") == (differs and name == "refuse")
+    assert (decision.action == "roll") == (not differs)
+    assert bool(decision.changes) == differs
+
+
+def test_an_unreadable_config_map_is_nothing_known() -> None:
+    assert config_description(None) is None
+    assert config_description({"data": {"worker.json": "{not json"}}) is None
+    assert config_description({"data": {}}) is None
+    # Another operator version's WorkerConfig: its processor still decides.
+    doc = {"apiVersion": "elsewhere", "processor": {"steps": [{"window": WINDOW}]}}
+    assert config_description({"data": {"worker.json": json.dumps(doc)}}) == described()
+
+
+# --------------------------------------------------------------------------- reconciler
+
+
+def running_pipeline() -> tuple[FakeKube, str, ReconcileMemo]:
+    kube = FakeKube()
+    name = kube.put(example_doc("02-clicks-per-minute"))["metadata"]["name"]
+    memo = ReconcileMemo()
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    kube.roll_out(name)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    return kube, name, memo
+
+
+def edit(kube: FakeKube, name: str, change: Any) -> None:
+    body = body_of(kube, name)
+    change(body["spec"])
+    body["metadata"]["generation"] += 1
+
+
+def window_of(spec: dict[str, Any]) -> dict[str, Any]:
+    w: dict[str, Any] = spec["processor"]["steps"][-1]["window"]
+    return w
+
+
+def children(kube: FakeKube, name: str) -> tuple[Any, Any]:
+    return copy.deepcopy(kube.find("ConfigMap", f"{name}-config")), copy.deepcopy(
+        kube.find("Deployment", name)
+    )
+
+
+def condition(kube: FakeKube, name: str, type_: str) -> dict[str, Any]:
+    conds = body_of(kube, name)["status"]["conditions"]
+    return next(c for c in conds if c["type"] == type_)
+
+
+def test_a_refused_edit_leaves_the_workers_exactly_as_they_are() -> None:
+    kube, name, memo = running_pipeline()
+    running_fp = body_of(kube, name)["status"]["stateFingerprint"]
+    assert condition(kube, name, STATE_COMPATIBLE)["reason"] == "Compatible"
+    before = children(kube, name)
+    edit(kube, name, lambda s: window_of(s).update(size="30s"))
+    result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    assert children(kube, name) == before
+    assert not {"ConfigMap/clicks-per-minute-config", "Deployment/clicks-per-minute"} & set(
+        result.applied
+    )
+    status = body_of(kube, name)["status"]
+    assert status["stateFingerprint"] == running_fp
+    assert status["pendingStateChanges"] == ["window.size: 60000 -> 30000"]
+    cond = condition(kube, name, STATE_COMPATIBLE)
+    assert (cond["status"], cond["reason"]) == ("False", "StateChangeRefused")
+    assert "window.size: 60000 -> 30000" in cond["message"]
+    assert condition(kube, name, "Ready")["status"] == "True"  # the workers still serve
+    assert [e.reason for e in result.events] == ["StateChangeRefused"]
+    # Said once: the next reconcile writes nothing and posts nothing.
+    again = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    assert again.events == () and again.status is None and children(kube, name) == before
+    # Reverting the edit is compatible again, and nothing rolls.
+    edit(kube, name, lambda s: window_of(s).update(size="60s"))
+    back = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    assert children(kube, name)[0] == before[0]
+    assert condition(kube, name, STATE_COMPATIBLE)["reason"] == "Compatible"
+    assert "pendingStateChanges" not in body_of(kube, name)["status"] or (
+        body_of(kube, name)["status"]["pendingStateChanges"] is None
+    )
+    assert back.events == ()
+
+
+@pytest.mark.parametrize("name_", ["reset", "replay"])
+def test_reset_and_replay_roll_with_the_policy_in_the_worker_config(name_: str) -> None:
+    kube, name, memo = running_pipeline()
+    old_fp = body_of(kube, name)["status"]["stateFingerprint"]
+    before = children(kube, name)
+
+    def change(spec: dict[str, Any]) -> None:
+        window_of(spec)["aggregates"].reverse()
+        spec["upgrade"] = {"onStateChange": name_}
+        if name_ == "replay":
+            spec["upgrade"]["replayFrom"] = "2026-01-01T00:00:00Z"
+
+    edit(kube, name, change)
+    result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    config_map, deployment = children(kube, name)
+    assert config_map != before[0] and deployment != before[1]  # rolled
+    worker = json.loads(config_map["data"]["worker.json"])
+    expected_state: dict[str, Any] = {"onFingerprintMismatch": name_}
+    if name_ == "replay":
+        expected_state["replayFromMs"] = 1767225600000
+    assert worker["state"] == expected_state
+    reason = POLICIES[name_][2]
+    assert reason in [e.reason for e in result.events]
+    status = body_of(kube, name)["status"]
+    assert status["stateFingerprint"] != old_fp
+    assert condition(kube, name, STATE_COMPATIBLE)["reason"] == reason
+    # The snapshot the workers keep before discarding the old state is listed.
+    kept = f"{old_fp}-to-{status['stateFingerprint']}"
+    assert [s["name"] for s in status["snapshots"]] == [kept]
+    assert status["snapshots"][0]["fingerprint"] == old_fp
+    assert kept in condition(kube, name, STATE_COMPATIBLE)["message"]
+    # The next reconcile keeps reporting what was done, and says it only once.
+    kube.roll_out(name)
+    again = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    assert condition(kube, name, STATE_COMPATIBLE)["reason"] == reason
+    assert reason not in [e.reason for e in again.events]
+    assert [s["name"] for s in body_of(kube, name)["status"]["snapshots"]] == [kept]
+
+
+def test_a_compatible_edit_rolls_as_before() -> None:
+    kube, name, memo = running_pipeline()
+    fp = body_of(kube, name)["status"]["stateFingerprint"]
+    before = children(kube, name)
+    edit(kube, name, lambda s: s["processor"]["steps"][0].update(filter="status < 400"))
+    result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    assert children(kube, name)[0] != before[0]
+    assert f"Deployment/{name}" in result.applied
+    assert body_of(kube, name)["status"]["stateFingerprint"] == fp
+    assert condition(kube, name, STATE_COMPATIBLE)["reason"] == "Compatible"
+
+
+def test_the_default_policy_changes_no_rendered_config_map() -> None:
+    kube, name, _ = running_pipeline()
+    worker = json.loads(children(kube, name)[0]["data"]["worker.json"])
+    assert "state" not in worker  # an operator upgrade rolls no worker
+
+
+def test_a_restore_rolls_only_a_snapshot_of_the_specs_state() -> None:
+    old, new = described(), described(EDITS["size"][0])
+    name = f"{fingerprint(old)}-to-{fingerprint(new)}"
+    # Back to the old spec with its snapshot: rolled, whatever the policy.
+    for policy_name in POLICIES:
+        decision = decide(new, old, policy(policy_name), restore_from=name, generation=4)
+        assert decision.action == "restore" and decision.fingerprint == fingerprint(old)
+        assert decision.condition[:2] == ("True", "StateRestored") and name in decision.condition[2]
+        assert decision.event is not None and decision.event[:2] == ("Normal", "StateRestored")
+    # The restore rolled out: the same decision is now a plain roll that still says so.
+    done = decide(old, old, policy("refuse"), restore_from=name)
+    assert done.action == "roll" and done.condition[1] == "StateRestored" and done.event is None
+    # A snapshot of another state than the spec's is held, naming both fingerprints.
+    wrong = decide(old, new, policy("reset"), restore_from=name, generation=5)
+    assert wrong.action == "hold" and wrong.fingerprint == fingerprint(old)
+    assert wrong.condition[:2] == ("False", "SnapshotMismatch")
+    assert fingerprint(old) in wrong.condition[2] and fingerprint(new) in wrong.condition[2]

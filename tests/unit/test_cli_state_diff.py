@@ -1,0 +1,79 @@
+"""`streamherd state-diff BEFORE AFTER`: the operator's upgrade decision, offline. Exit 0 for
+an edit that keeps the state, 1 with the changed fields and the policy's outcome, 2 for a
+manifest that cannot be compared."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streamherd.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+BEFORE: dict[str, Any] = yaml.safe_load((EXAMPLES / "02-clicks-per-minute.yaml").read_text())
+
+
+def window(doc: dict[str, Any]) -> dict[str, Any]:
+    w: dict[str, Any] = doc["spec"]["processor"]["steps"][-1]["window"]
+    return w
+
+
+def diff(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], after: dict[str, Any] | str
+) -> tuple[int, str, str]:
+    (tmp_path / "before.yaml").write_text(yaml.safe_dump(BEFORE))
+    text = after if isinstance(after, str) else yaml.safe_dump(after)
+    (tmp_path / "after.yaml").write_text(text)
+    code = main(["state-diff", str(tmp_path / "before.yaml"), str(tmp_path / "after.yaml")])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_compatible_edit_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    after = copy.deepcopy(BEFORE)
+    after["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
+    after["spec"]["autoscaling"]["maxReplicas"] = 3
+    code, out, _ = diff(tmp_path, capsys, after)
+    assert code == 0 and "compatible" in out
+
+
+@pytest.mark.parametrize(
+    ("upgrade", "outcome"),
+    [
+        (None, "refused (onStateChange: refuse): the running workers are kept as they are"),
+        ({"onStateChange": "reset"}, "reset: empty state from the checkpointed offsets"),
+        (
+            {"onStateChange": "replay", "replayFrom": "2026-01-01T00:00:00Z"},
+            "replay: empty state from 2026-01-01T00:00:00Z",
+        ),
+    ],
+)
+def test_a_state_edit_names_the_fields_and_the_outcome(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    upgrade: dict[str, Any] | None,
+    outcome: str,
+) -> None:
+    after = copy.deepcopy(BEFORE)
+    window(after)["size"] = "30s"
+    window(after)["aggregates"][1]["function"] = "avg"
+    if upgrade is not None:
+        after["spec"]["upgrade"] = upgrade
+    code, out, _ = diff(tmp_path, capsys, after)
+    assert code == 1
+    assert "  window.size: 60000 -> 30000\n" in out
+    assert "  window.aggregates[bytes].function: sum -> avg\n" in out
+    assert f"the operator would: {outcome}\n" in out
+
+
+def test_an_invalid_manifest_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    after = copy.deepcopy(BEFORE)
+    after["spec"]["upgrade"] = {"onStateChange": "replay"}
+    code, _, err = diff(tmp_path, capsys, after)
+    assert code == 2 and "replayFrom" in err
+    code, _, err = diff(tmp_path, capsys, "kind: ConfigMap\n")
+    assert code == 2 and "expected one StreamPipeline" in err

@@ -1,0 +1,293 @@
+"""The engine and the state fingerprint: checkpoints carry it; state of another fingerprint is
+never restored. With `refuse` the partitions are held (nothing consumed, the checkpoint files
+byte for byte as found, the worker not ready and saying why, a metric); with `reset` the state
+starts empty at the checkpoint's offsets and the results are those of the new spec; a legacy
+checkpoint (no fingerprint) is adopted and stamped. Generator source, real checkpoint files.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streamherd.workers.checkpointing import CheckpointStore, decode, encode
+from streamherd.workers.config import GeneratorSourceConfig, WorkerConfig
+from streamherd.workers.engine import Engine
+from streamherd.workers.fingerprint import snapshot_name
+from streamherd.workers.generating import GENERATOR_TOPIC, ClickGenerator
+from streamherd.workers.metrics import EngineMetrics
+from tests.infra.processes import wait_until
+
+GENERATOR = {
+    "count": 12000,
+    "keys": 40,
+    "partitions": 4,
+    "startTimeMs": 1767225600000,
+    "timeStepMs": 5,
+}
+OLD_WINDOW: dict[str, Any] = {
+    "keyBy": "user",
+    "size": "10s",
+    "eventTime": {"field": "ts"},
+    "aggregates": [
+        {"name": "clicks", "function": "count"},
+        {"name": "kb", "function": "sum", "expression": "bytes / 1024"},
+    ],
+}
+# Two edits at once: a new size and the aggregates swapped (values would be swapped).
+NEW_WINDOW: dict[str, Any] = {
+    **OLD_WINDOW,
+    "size": "5s",
+    "aggregates": list(reversed(OLD_WINDOW["aggregates"])),
+}
+
+
+def config(
+    checkpoints: Path, window: dict[str, Any], *, endless: bool = False, **state: Any
+) -> WorkerConfig:
+    generator = {**GENERATOR, "count": None} if endless else GENERATOR
+    return WorkerConfig.model_validate(
+        {
+            "pipeline": {"name": "fp"},
+            "source": {"generator": generator},
+            "processor": {"steps": [{"window": window}]},
+            "sink": {"stdout": {}},
+            "checkpoint": {"directory": str(checkpoints), "intervalSeconds": 3600},
+            "runtime": {"metricsPort": 0, "batchSize": 500},
+            **({"state": state} if state else {}),
+        }
+    )
+
+
+class StopAfter(io.StringIO):
+    """A stdout sink that stops the run once `lines` results were written."""
+
+    def __init__(self, stop: threading.Event, lines: int) -> None:
+        super().__init__()
+        self.stop, self.lines = stop, lines
+
+    def write(self, s: str) -> int:
+        n = super().write(s)
+        if self.getvalue().count("\n") >= self.lines:
+            self.stop.set()
+        return n
+
+
+def run(cfg: WorkerConfig, *, stop_after: int | None = None) -> tuple[Engine, str]:
+    """Run an engine to its end (or `stop_after` results); returns it and its output."""
+    stop = threading.Event()
+    out: io.StringIO = StopAfter(stop, stop_after) if stop_after else io.StringIO()
+    engine = Engine(cfg, stop=stop, out=out, metrics=EngineMetrics("fp"))
+    engine.run()
+    return engine, out.getvalue()
+
+
+def readiness_while_running(cfg: WorkerConfig) -> tuple[Engine, tuple[bool, str]]:
+    """Run an endless engine in a thread until its partitions are set up; what ready() says
+    then; stop it."""
+    stop = threading.Event()
+    engine = Engine(cfg, stop=stop, out=io.StringIO(), metrics=EngineMetrics("fp"))
+    thread = threading.Thread(target=engine.run, daemon=True)
+    thread.start()
+    # Every partition's state is set up before the generator starts.
+    wait_until("the engine's partitions set up", lambda: engine.generator is not None, timeout=30)
+    said = engine.ready()
+    stop.set()
+    thread.join(30)
+    assert not thread.is_alive()
+    return engine, said
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((directory / GENERATOR_TOPIC).glob("*.ckpt"))}
+
+
+def started(tmp_path: Path) -> tuple[dict[str, bytes], int]:
+    """A first run under OLD_WINDOW stopped with open windows; (its files, records read)."""
+    engine, _ = run(config(tmp_path, OLD_WINDOW), stop_after=30)
+    found = files(tmp_path)
+    assert len(found) == 4
+    assert any(decode(data).state["windows"] for data in found.values())  # type: ignore[index]
+    assert 0 < engine.counters.records_in < GENERATOR["count"]
+    return found, engine.counters.records_in
+
+
+def test_checkpoints_carry_the_fingerprint(tmp_path: Path) -> None:
+    started(tmp_path)
+    engine = Engine(config(tmp_path, OLD_WINDOW), stop=threading.Event(), out=io.StringIO())
+    for data in files(tmp_path).values():
+        checkpoint = decode(data)
+        assert checkpoint.fingerprint == engine.fingerprint
+        assert checkpoint.state_shape == engine.state_shape
+
+
+def test_refuse_holds_the_partitions_and_touches_nothing(tmp_path: Path) -> None:
+    before, first_in = started(tmp_path)
+    engine, (ok, why) = readiness_while_running(config(tmp_path, NEW_WINDOW, endless=True))
+    assert engine.counters.records_in == 0
+    assert files(tmp_path) == before  # byte for byte: never overwritten, never mixed
+    assert not ok
+    assert "4 partitions held" in why and "window.size: 10000 -> 5000" in why, why
+    assert "window.aggregates: reordered" in why and "refused" in why
+    for p in range(4):
+        value = engine.metrics.registry.get_sample_value(
+            "streamherd_state_restore_refused",
+            {"pipeline": "fp", "topic": GENERATOR_TOPIC, "partition": str(p)},
+        )
+        assert value == 1
+    # Going back to the spec the state was written for resumes it exactly.
+    back, _ = run(config(tmp_path, OLD_WINDOW))
+    assert first_in + back.counters.records_in == GENERATOR["count"]
+
+
+def reference(window_ms: int, start: dict[int, int]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Counts and kB per (user, window) of the clicks at or after each partition's offset."""
+    gen = ClickGenerator(GeneratorSourceConfig.model_validate(GENERATOR))
+    out: dict[tuple[str, str], dict[str, Any]] = defaultdict(lambda: {"clicks": 0, "kb": 0.0})
+    while not gen.exhausted:
+        for msg in gen.poll(1000):
+            if (msg.offset() or 0) < start[msg.partition() or 0]:
+                continue
+            rec = msg.record()
+            begin = rec["ts"] - rec["ts"] % window_ms
+            iso = datetime.fromtimestamp(begin / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            row = out[(rec["user"], iso)]
+            row["clicks"] += 1
+            row["kb"] += rec["bytes"] / 1024
+    return dict(out)
+
+
+def test_reset_starts_empty_at_the_checkpointed_offsets(tmp_path: Path) -> None:
+    before, first_in = started(tmp_path)
+    offsets = {int(name.split(".")[0]): decode(data).next_offset for name, data in before.items()}
+    engine, out = run(config(tmp_path, NEW_WINDOW, onFingerprintMismatch="reset"))
+    assert first_in + engine.counters.records_in == GENERATOR["count"]  # nothing read twice
+    discarded = engine.metrics.registry.get_sample_value(
+        "streamherd_state_discarded_total", {"pipeline": "fp", "reason": "reset"}
+    )
+    assert discarded == 4
+    got = {}
+    for line in out.splitlines():
+        doc = orjson.loads(line)
+        assert list(doc) == ["key", "window_start", "window_end", "kb", "clicks"]
+        got[(doc["key"], doc["window_start"])] = doc
+    expected = reference(5000, offsets)
+    assert set(got) == set(expected)
+    for k, row in got.items():
+        assert row["clicks"] == expected[k]["clicks"], k
+        assert abs(row["kb"] - expected[k]["kb"]) < 1e-6, k
+    for data in files(tmp_path).values():
+        assert decode(data).fingerprint == engine.fingerprint
+    # The discarded state was kept first, byte for byte, under <old>-to-<new>.
+    old = decode(next(iter(before.values()))).fingerprint
+    assert old is not None
+    store = CheckpointStore(tmp_path)
+    for file_name, data in before.items():
+        partition = int(file_name.split(".")[0])
+        kept = store.snapshot_path(
+            snapshot_name(old, engine.fingerprint), GENERATOR_TOPIC, partition
+        )
+        assert kept.read_bytes() == data
+
+
+def test_a_legacy_checkpoint_is_adopted_and_stamped(tmp_path: Path) -> None:
+    before, first_in = started(tmp_path)
+    store = CheckpointStore(tmp_path)
+    legacy = []
+    for data in before.values():
+        checkpoint = decode(data)
+        legacy.append(
+            type(checkpoint)(
+                topic=checkpoint.topic,
+                partition=checkpoint.partition,
+                next_offset=checkpoint.next_offset,
+                state=checkpoint.state,
+                pipeline=checkpoint.pipeline,
+            )
+        )
+    store.save(legacy)
+    assert all(b"fingerprint" not in encode(c) for c in legacy)
+    engine, _ = run(config(tmp_path, OLD_WINDOW))
+    assert first_in + engine.counters.records_in == GENERATOR["count"]
+    for data in files(tmp_path).values():
+        assert decode(data).fingerprint == engine.fingerprint
+
+
+def test_state_from_a_stateless_pipeline_is_only_an_offset(tmp_path: Path) -> None:
+    stateless = WorkerConfig.model_validate(
+        {
+            **config(tmp_path, OLD_WINDOW).model_dump(by_alias=True),
+            "processor": {"steps": [{"filter": "bytes > 0"}]},
+        }
+    )
+    run(stateless, stop_after=2000)
+    offsets = {n: decode(d).next_offset for n, d in files(tmp_path).items()}
+    assert all(decode(d).state is None for d in files(tmp_path).values())
+    engine, _ = run(config(tmp_path, OLD_WINDOW))
+    assert engine.counters.records_in == GENERATOR["count"] - sum(offsets.values())
+
+
+def reference_old(start: dict[int, int] | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+    """OLD_WINDOW's results (10 s, clicks and kB) over every click, or over those at or after
+    each partition's offset in `start`."""
+    return reference(10_000, start or dict.fromkeys(range(4), 0))
+
+
+def test_a_kept_snapshot_restores_the_old_results(tmp_path: Path) -> None:
+    """Reset to a new spec (the old state is kept), run it a while, then restore the kept
+    snapshot under the old spec: the old spec's results come out as if it had never been
+    replaced, and a restart does not restore it a second time."""
+    stop = threading.Event()
+    first_out = StopAfter(stop, 30)
+    first = Engine(config(tmp_path, OLD_WINDOW), stop=stop, out=first_out)
+    first.run()
+    old_fp = first.fingerprint
+    snapshot_offsets = {
+        int(n.split(".")[0]): decode(d).next_offset for n, d in files(tmp_path).items()
+    }
+    # The new spec (reset) runs for a while, past the snapshot's offsets.
+    new_engine, _ = run(config(tmp_path, NEW_WINDOW, onFingerprintMismatch="reset"), stop_after=20)
+    name = snapshot_name(old_fp, new_engine.fingerprint)
+    assert sum(decode(d).next_offset for d in files(tmp_path).values()) > sum(
+        snapshot_offsets.values()
+    )
+    # Restore the snapshot with the spec it was taken under.
+    restored, out = run(config(tmp_path, OLD_WINDOW, restoreFrom=name))
+    assert restored.counters.records_in == GENERATOR["count"] - sum(snapshot_offsets.values())
+    got = {}
+    for line in first_out.getvalue().splitlines() + out.splitlines():
+        doc = orjson.loads(line)
+        got[(doc["key"], doc["window_start"])] = doc  # later rows replace earlier ones
+    expected = reference_old()
+    assert set(got) == set(expected)
+    for k, row in got.items():
+        assert row["clicks"] == expected[k]["clicks"], k
+        assert abs(row["kb"] - expected[k]["kb"]) < 1e-6, k
+    for data in files(tmp_path).values():
+        checkpoint = decode(data)
+        assert checkpoint.fingerprint == old_fp and checkpoint.restored_from == name
+    # A restart with the same config resumes from its own checkpoints (at the end).
+    again, again_out = run(config(tmp_path, OLD_WINDOW, restoreFrom=name))
+    assert again.counters.records_in == 0 and again_out == ""
+
+
+def test_a_snapshot_of_another_state_is_held_not_reset(tmp_path: Path) -> None:
+    started(tmp_path)
+    old_fp = decode(next(iter(files(tmp_path).values()))).fingerprint
+    assert old_fp is not None
+    new_engine, _ = run(config(tmp_path, NEW_WINDOW, onFingerprintMismatch="reset"), stop_after=5)
+    name = snapshot_name(old_fp, new_engine.fingerprint)
+    # The snapshot holds OLD_WINDOW's state: restoring it under NEW_WINDOW is refused even
+    # with the reset policy (a snapshot is restored as it is, or not at all).
+    cfg = config(
+        tmp_path, NEW_WINDOW, endless=True, onFingerprintMismatch="reset", restoreFrom=name
+    )
+    engine, (ok, why) = readiness_while_running(cfg)
+    assert not ok and f"snapshot {name} holds state of fingerprint {old_fp}" in why, why
+    assert engine.counters.records_in == 0

@@ -1,0 +1,242 @@
+"""The state fingerprint: a stable hash of everything that shapes a pipeline's state.
+
+A worker's state is its open windows: per key and window start, one accumulator slot per
+aggregate, filled by the aggregates' expressions, placed by the key, the window type, size
+and slide, closed by the watermark (event time and allowed lateness). State written under
+one of these and read under another is wrong without any error: a reordered aggregate swaps
+values, a new size misaligns windows, a new ``keyBy`` mixes keys. So each checkpoint carries
+the fingerprint it was written under, the engine (``streamherd.workers.engine``) refuses to
+restore a different one, and the operator (``streamherd.operator.upgrades``) compares the
+running fingerprint with an edited spec's before it rolls any worker.
+
+``describe(processor)`` gives the structured form (a JSON object with named fields, so a
+difference can name them), ``fingerprint(description)`` its short hash, and
+``changed_fields(old, new)`` the names of what differs. Pure functions, no I/O; used by the
+engine, the operator and ``streamherd validate``.
+
+What is deliberately not in it: filters, map steps and user functions (they choose and
+reshape records, not the state's layout: editing them is a compatible change, like Flink's
+operator logic), the sink, scaling and resources. Expressions are compared token by token,
+so spacing does not matter and anything else does (``(bytes)`` differs from ``bytes``:
+erring on the side of "different" only ever asks the user to choose, it never mixes state).
+Durations are compared as milliseconds (``60s`` equals ``1m``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tokenize
+from collections.abc import Mapping
+from typing import Any, Final
+
+from streamherd.workers.config import ProcessorConfig, WindowSpec, WorkerConfig, parse_duration
+
+#: Version of the description's layout; a new layout is a new fingerprint for every pipeline.
+DESCRIPTION_VERSION: Final = 1
+#: Hex digits of the SHA-256 kept (64 bits: collisions between one pipeline's revisions are
+#: out of reach, and it stays readable in status and logs).
+HASH_DIGITS: Final = 16
+
+Description = dict[str, Any]
+
+
+def normalize_expression(text: str | None) -> str | None:
+    """The expression's tokens joined by single spaces (spacing and line breaks dropped).
+
+    Falls back to the stripped text when it does not tokenize (the expression compiler
+    refuses such text anyway; the fingerprint must never raise on what it is given)."""
+    if text is None:
+        return None
+    skip = {tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER, tokenize.INDENT,
+            tokenize.DEDENT, tokenize.COMMENT}  # fmt: skip
+    try:
+        tokens = tokenize.generate_tokens(io.StringIO(text.strip()).readline)
+        return " ".join(t.string for t in tokens if t.type not in skip)
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        return text.strip()
+
+
+def _millis(duration: str) -> int:
+    return round(parse_duration(duration) * 1000)
+
+
+def describe_window(window: WindowSpec) -> Description:
+    """The fields of one window step that shape its state, normalized."""
+    size_ms = _millis(window.size)
+    event_time: dict[str, str | None] = (
+        {"source": "field", "field": window.event_time.field, "format": window.event_time.format}
+        if window.event_time.field is not None
+        else {"source": "kafkaTimestamp"}
+    )
+    return {
+        "keyBy": normalize_expression(window.key_by),
+        "type": window.type,
+        "sizeMs": size_ms,
+        # The engine ignores a `slide` on a tumbling window, so the fingerprint does too.
+        "slideMs": _millis(window.slide)
+        if window.type == "hopping" and window.slide is not None
+        else None,
+        "allowedLatenessMs": _millis(window.allowed_lateness),
+        "eventTime": event_time,
+        "aggregates": [
+            {
+                "name": a.name,
+                "function": a.function,
+                "expression": None if a.function == "count" else normalize_expression(a.expression),
+            }
+            for a in window.aggregates
+        ],
+    }
+
+
+def describe(
+    processor: ProcessorConfig, *, repartition: Mapping[str, Any] | None = None
+) -> Description:
+    """The structured description of the state `processor` builds.
+
+    repartition: how records are re-keyed before the window when the engine repartitions
+    through an internal topic (its key expression, topic, partition count), or None; it is
+    part of the state's identity because it decides which partition, and so which state,
+    a key lives in."""
+    window = next((s.window for s in processor.steps if s.window is not None), None)
+    description: Description = {
+        "v": DESCRIPTION_VERSION,
+        "window": describe_window(window) if window is not None else None,
+    }
+    if repartition is not None:
+        description["repartition"] = dict(repartition)
+    return description
+
+
+def canonical(description: Mapping[str, Any]) -> bytes:
+    """The description as canonical JSON (sorted keys, no spaces): what the hash covers."""
+    return json.dumps(description, sort_keys=True, separators=(",", ":")).encode()
+
+
+def fingerprint(description: Mapping[str, Any]) -> str:
+    """The short hash of a description, e.g. ``9f2c4e1a77b0d3c5``."""
+    return hashlib.sha256(canonical(description)).hexdigest()[:HASH_DIGITS]
+
+
+def processor_fingerprint(processor: ProcessorConfig) -> tuple[str, Description]:
+    """(hash, description) of a processor's state."""
+    description = describe(processor)
+    return fingerprint(description), description
+
+
+def config_fingerprint(config: WorkerConfig) -> tuple[str, Description]:
+    """(hash, description) of the state a WorkerConfig's workers keep: the one function the
+    engine (what it stamps and checks) and the operator (what it compares) both use."""
+    # A repartition decides which partition, and so which state, a key lives in: the
+    # internal topic is part of the state's identity (None for an unpartitioned window).
+    repartition = {"topic": config.repartition.topic} if config.repartition is not None else None
+    description = describe(config.processor, repartition=repartition)
+    return fingerprint(description), description
+
+
+def snapshot_name(old: str, new: str) -> str:
+    """The name of the snapshot kept when state of fingerprint `old` is discarded for `new`
+    (workers/checkpointing.py ``CheckpointStore.keep``); the operator lists the same name."""
+    return f"{old}-to-{new}"
+
+
+def has_state(description: Mapping[str, Any] | None) -> bool:
+    """Whether a description holds any state (a window or a repartition)."""
+    if not description:
+        return False
+    return description.get("window") is not None or description.get("repartition") is not None
+
+
+def _aggregate_changes(old: list[Any], new: list[Any]) -> list[str]:
+    old_names = [a.get("name") for a in old]
+    new_names = [a.get("name") for a in new]
+    changes: list[str] = []
+    added = [n for n in new_names if n not in old_names]
+    removed = [n for n in old_names if n not in new_names]
+    if added:
+        changes.append(f"window.aggregates: added {', '.join(map(str, added))}")
+    if removed:
+        changes.append(f"window.aggregates: removed {', '.join(map(str, removed))}")
+    kept_old = [n for n in old_names if n in new_names]
+    kept_new = [n for n in new_names if n in old_names]
+    if kept_old != kept_new:
+        changes.append(
+            f"window.aggregates: reordered ({', '.join(map(str, kept_old))} -> "
+            f"{', '.join(map(str, kept_new))})"
+        )
+    by_name = {a.get("name"): a for a in old}
+    for agg in new:
+        before = by_name.get(agg.get("name"))
+        if before is None:
+            continue
+        for key in ("function", "expression"):
+            if before.get(key) != agg.get(key):
+                changes.append(
+                    f"window.aggregates[{agg.get('name')}].{key}: "
+                    f"{before.get(key)} -> {agg.get(key)}"
+                )
+    if not changes and old != new:  # e.g. a duplicated name: still name the field
+        changes.append("window.aggregates")
+    return changes
+
+
+_WINDOW_FIELDS: Final = (
+    ("keyBy", "window.keyBy"),
+    ("type", "window.type"),
+    ("sizeMs", "window.size"),
+    ("slideMs", "window.slide"),
+    ("allowedLatenessMs", "window.allowedLateness"),
+    ("eventTime", "window.eventTime"),
+)
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
+
+
+def changed_fields(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[str]:
+    """What differs between two descriptions, each entry naming a field, e.g.
+    ``window.size: 60000 -> 30000`` or ``window.aggregates: added kb``. Empty when they are
+    the same state. Unknown or missing descriptions compare as their raw JSON."""
+    old = old or {}
+    new = new or {}
+    changes: list[str] = []
+    if old.get("v") != new.get("v"):
+        changes.append(f"fingerprint layout: v{old.get('v')} -> v{new.get('v')}")
+    old_w, new_w = old.get("window"), new.get("window")
+    if old_w is None and new_w is not None:
+        changes.append("window: added")
+    elif old_w is not None and new_w is None:
+        changes.append("window: removed")
+    elif isinstance(old_w, Mapping) and isinstance(new_w, Mapping):
+        for key, name in _WINDOW_FIELDS:
+            if old_w.get(key) != new_w.get(key):
+                changes.append(f"{name}: {_show(old_w.get(key))} -> {_show(new_w.get(key))}")
+        changes.extend(_aggregate_changes(old_w.get("aggregates") or [],
+                                          new_w.get("aggregates") or []))  # fmt: skip
+        known = {k for k, _ in _WINDOW_FIELDS} | {"aggregates"}
+        for key in sorted((set(old_w) | set(new_w)) - known):
+            if old_w.get(key) != new_w.get(key):
+                changes.append(f"window.{key}")
+    if old.get("repartition") != new.get("repartition"):
+        changes.append(
+            f"repartition: {_show(old.get('repartition'))} -> {_show(new.get('repartition'))}"
+        )
+    for key in sorted((set(old) | set(new)) - {"v", "window", "repartition"}):
+        if old.get(key) != new.get(key):
+            changes.append(key)
+    if not changes and canonical(old) != canonical(new):
+        changes.append("state")
+    return changes
+
+
+def field_names(changes: list[str]) -> list[str]:
+    """Just the field names of ``changed_fields`` entries (before the first ':')."""
+    names: list[str] = []
+    for change in changes:
+        name = change.split(":", 1)[0]
+        if name not in names:
+            names.append(name)
+    return names
