@@ -25,15 +25,33 @@ help: ## List the targets
 	  /^##@/ {printf "\n%s\n", substr($$0, 5)} \
 	  /^[a-zA-Z0-9_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
-	@echo "==> python virtualenv $(VENV) (pip install -e '.[dev]')"
+# The virtualenv installs the pinned, hashed dependency set of requirements/dev.lock (the
+# image installs requirements/runtime.lock): the same bytes on every machine. pyproject.toml
+# keeps the ranges for library users; `make lock` refreshes the locks from them.
+LOCKS := requirements/build.lock requirements/runtime.lock requirements/dev.lock
+$(STAMP): pyproject.toml $(LOCKS)
+	@echo "==> python virtualenv $(VENV) (requirements/dev.lock, then the project, editable)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -e '.[dev]'
+	@$(PY) -m pip install -q --require-hashes --no-deps -r requirements/dev.lock
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@$(PY) -m pip check -q >/dev/null || { $(PY) -m pip check; exit 1; }
 	@touch $@
 
 .PHONY: setup
-setup: $(STAMP) ## Create .venv and install the project with its dev extra
+setup: $(STAMP) ## Create .venv and install the locked dev dependency set and the project
+
+# uv pip compile: --universal so one lock serves every platform the image is built for
+# (hashes of every wheel of a pinned version), dev constrained to runtime's pins so both
+# sets agree. LOCK_ARGS=--upgrade moves every pin to the newest version the ranges allow.
+UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes $(LOCK_ARGS)
+.PHONY: lock
+lock: ## Refresh requirements/*.lock from pyproject.toml's ranges (LOCK_ARGS=--upgrade to bump)
+	@test -x $(VENV)/bin/uv || { $(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q uv; }
+	@$(UV_COMPILE) requirements/build.in -o requirements/build.lock
+	@$(UV_COMPILE) pyproject.toml -o requirements/runtime.lock
+	@$(UV_COMPILE) pyproject.toml --extra dev requirements/build.in -c requirements/runtime.lock \
+	  -o requirements/dev.lock
+	@echo "==> requirements/*.lock refreshed; run make setup to install them"
 
 ##@ Run
 
