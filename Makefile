@@ -192,5 +192,5 @@ hadolint: $(STAMP) ## Lint the Dockerfiles (hadolint from the dev extra)
 	@$(VENV)/bin/hadolint Dockerfile examples/custom-image/Dockerfile
 
 .PHONY: image
-image: ## Build the streamherd image (needs Docker or Podman)
-	@docker build -t streamherd:$$($(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])') .
+image: ## Build the image (Docker or Podman; a local Debian base when no registry answers), report its size, run its entry points
+	@bash hack/build-image.sh
