@@ -1,10 +1,17 @@
-"""The node tier's shared fixtures: the image built once per session (tests/infra/image.py)."""
+"""The node tier's fixtures: the image built once per session (tests/infra/image.py) and the
+real node (tests/infra/node.py) with the image imported into its containerd."""
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
+from tests.infra.controlplane import KubeCluster
 from tests.infra.image import Image, build_image
+from tests.infra.node import Node, describe_failure, start_node
 from tests.infra.processes import InfraError
 
 
@@ -15,3 +22,28 @@ def streamherd_image() -> Image:
         return build_image()
     except InfraError as e:
         pytest.fail(f"the image could not be built: {e}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def real_node(request: pytest.FixtureRequest, streamherd_image: Image) -> Iterator[Node]:
+    """A Ready node (containerd, kubelet, kube-proxy) joined to the tier's control plane,
+    with the streamherd image imported; undone at the end of the session."""
+    try:
+        node = start_node()
+    except InfraError as e:
+        pytest.fail(f"the node could not start: {e}", pytrace=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="streamherd-image-") as tmp:
+            node.import_image(streamherd_image.save_oci(Path(tmp) / "image.tar"))
+        yield node
+    finally:
+        node.keep_dir = request.session.testsfailed > 0
+        if node.keep_dir:
+            print(f"\nnode logs kept:\n{describe_failure(node)}")
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def node_cluster(real_node: Node) -> KubeCluster:
+    """The tier's control plane (the real node and two tainted kwok nodes)."""
+    return real_node.control_plane.cluster
