@@ -11,6 +11,7 @@ import pytest
 
 from tests.infra.controlplane import KubeCluster
 from tests.infra.image import Image, build_image
+from tests.infra.kafka import KafkaBroker, start_kafka
 from tests.infra.node import Node, describe_failure, start_node
 from tests.infra.processes import InfraError
 
@@ -41,6 +42,20 @@ def real_node(request: pytest.FixtureRequest, streamherd_image: Image) -> Iterat
         if node.keep_dir:
             print(f"\nnode logs kept:\n{describe_failure(node)}")
         node.stop()
+
+
+@pytest.fixture(scope="session")
+def node_kafka(request: pytest.FixtureRequest, real_node: Node) -> Iterator[KafkaBroker]:
+    """A real Kafka broker listening on the node's bridge address (pods reach it there)."""
+    try:
+        proc = start_kafka(address=real_node.ip)
+    except InfraError as e:
+        pytest.fail(f"Kafka could not start on {real_node.ip}: {e}", pytrace=False)
+    try:
+        yield proc.broker
+    finally:
+        proc.keep_dir = request.session.testsfailed > 0
+        proc.stop()
 
 
 @pytest.fixture(scope="session")
