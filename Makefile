@@ -84,8 +84,13 @@ kafka-jars: ## Fetch (once, cached) the Apache Kafka broker jars from Maven Cent
 	@echo "==> Apache Kafka jars"
 	@bash hack/fetch-kafka.sh
 
+.PHONY: node-binaries
+node-binaries: ## Build (once, cached) kubelet, kube-proxy and the pause image for the node tier
+	@echo "==> kubelet, kube-proxy, pause image (cached by version)"
+	@bash hack/build-node.sh
+
 .PHONY: infra
-infra: binaries kafka-jars ## Both of the above
+infra: binaries kafka-jars node-binaries ## All of the above
 
 ##@ Quality
 
@@ -144,6 +149,10 @@ test-integration: setup infra ## Integration tests (real control plane + real Ka
 .PHONY: test-e2e
 test-e2e: setup infra ## End-to-end tests
 	$(call run_pytest,tests/e2e)
+
+.PHONY: test-node
+test-node: setup infra ## The image and real-node tier (Podman, containerd, kubelet; root)
+	$(call run_pytest,tests/node)
 
 .PHONY: test-smoke
 test-smoke: setup infra ## The test-infrastructure smoke tests
