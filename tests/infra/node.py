@@ -180,10 +180,11 @@ class Node:
             except Exception as e:  # every undo step must run
                 errors.append(f"{kind}: {e}")
         self._undo.clear()
+        after = sysctl_snapshot()
         changed = {
-            path: (before, now)
+            path: (before, after[path])
             for path, before in self.sysctls_before.items()
-            if (now := sysctl_snapshot().get(path, before)) != before
+            if after.get(path, before) != before
         }
         for path, (before, _) in changed.items():
             with contextlib.suppress(OSError):
@@ -464,7 +465,7 @@ def _start(node: Node, subnet: ipaddress.IPv4Network, cp_args: dict[str, list[st
     node._undo.append(("bridge", node.bridge))
     _run("ip", "addr", "add", f"{ip}/{subnet.prefixlen}", "dev", node.bridge)
     _run("ip", "link", "set", node.bridge, "up")
-    _run("sysctl", "-q", "-w", f"net.ipv4.conf.{node.bridge}.forwarding=1")
+    Path(f"/proc/sys/net/ipv4/conf/{node.bridge}/forwarding").write_text("1\n")
     # What a pod sends anywhere but the bridge is dropped, never forwarded off the machine.
     guard = ["FORWARD", "-i", node.bridge, "!", "-o", node.bridge, "-j", "DROP"]
     _run("iptables", "-I", *guard)
