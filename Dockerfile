@@ -14,14 +14,23 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+# The locked dependency sets first (requirements/*.lock: pinned, every file hashed; `make lock`
+# refreshes them), so a source change reuses this layer. /opt/build holds only the wheel's
+# build tools (build.lock); the runtime venv gets exactly runtime.lock, nothing resolved at
+# build time. Its pip stays: images built FROM this one `pip install` their functions' libraries.
+COPY requirements/build.lock requirements/runtime.lock requirements/
+RUN python -m venv /opt/build \
+    && /opt/build/bin/pip install --require-hashes --no-deps -r requirements/build.lock \
+    && python -m venv /opt/streamherd \
+    && /opt/streamherd/bin/pip install --require-hashes --no-deps -r requirements/runtime.lock
 # streamherd/operator and streamherd/workers are symlinks to the top-level folders: copy both.
 COPY pyproject.toml README.md ./
 COPY streamherd/ streamherd/
 COPY operator/ operator/
 COPY workers/ workers/
-RUN python -m venv /opt/streamherd \
-    && python -m pip wheel --no-deps --wheel-dir /wheels . \
-    && /opt/streamherd/bin/pip install /wheels/streamherd-*.whl \
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
+    && /opt/streamherd/bin/pip install --no-deps /wheels/streamherd-*.whl \
+    && /opt/streamherd/bin/pip check \
     && /opt/streamherd/bin/python -m compileall -q /opt/streamherd/lib \
     # fail the build, not the first pod, if an entry point is missing
     && /opt/streamherd/bin/streamherd --version \

@@ -25,15 +25,33 @@ help: ## List the targets
 	  /^##@/ {printf "\n%s\n", substr($$0, 5)} \
 	  /^[a-zA-Z0-9_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
-	@echo "==> python virtualenv $(VENV) (pip install -e '.[dev]')"
+# The virtualenv installs the pinned, hashed dependency set of requirements/dev.lock (the
+# image installs requirements/runtime.lock): the same bytes on every machine. pyproject.toml
+# keeps the ranges for library users; `make lock` refreshes the locks from them.
+LOCKS := requirements/build.lock requirements/runtime.lock requirements/dev.lock
+$(STAMP): pyproject.toml $(LOCKS)
+	@echo "==> python virtualenv $(VENV) (requirements/dev.lock, then the project, editable)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -e '.[dev]'
+	@$(PY) -m pip install -q --require-hashes --no-deps -r requirements/dev.lock
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@$(PY) -m pip check -q >/dev/null || { $(PY) -m pip check; exit 1; }
 	@touch $@
 
 .PHONY: setup
-setup: $(STAMP) ## Create .venv and install the project with its dev extra
+setup: $(STAMP) ## Create .venv and install the locked dev dependency set and the project
+
+# uv pip compile: --universal so one lock serves every platform the image is built for
+# (hashes of every wheel of a pinned version), dev constrained to runtime's pins so both
+# sets agree. LOCK_ARGS=--upgrade moves every pin to the newest version the ranges allow.
+UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes $(LOCK_ARGS)
+.PHONY: lock
+lock: ## Refresh requirements/*.lock from pyproject.toml's ranges (LOCK_ARGS=--upgrade to bump)
+	@test -x $(VENV)/bin/uv || { $(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q uv; }
+	@$(UV_COMPILE) requirements/build.in -o requirements/build.lock
+	@$(UV_COMPILE) pyproject.toml -o requirements/runtime.lock
+	@$(UV_COMPILE) pyproject.toml --extra dev requirements/build.in -c requirements/runtime.lock \
+	  -o requirements/dev.lock
+	@echo "==> requirements/*.lock refreshed; run make setup to install them"
 
 ##@ Run
 
@@ -66,8 +84,13 @@ kafka-jars: ## Fetch (once, cached) the Apache Kafka broker jars from Maven Cent
 	@echo "==> Apache Kafka jars"
 	@bash hack/fetch-kafka.sh
 
+.PHONY: node-binaries
+node-binaries: ## Build (once, cached) kubelet, kube-proxy and the pause image for the node tier
+	@echo "==> kubelet, kube-proxy, pause image (cached by version)"
+	@bash hack/build-node.sh
+
 .PHONY: infra
-infra: binaries kafka-jars ## Both of the above
+infra: binaries kafka-jars node-binaries ## All of the above
 
 ##@ Quality
 
@@ -127,6 +150,10 @@ test-integration: setup infra ## Integration tests (real control plane + real Ka
 test-e2e: setup infra ## End-to-end tests
 	$(call run_pytest,tests/e2e)
 
+.PHONY: test-node
+test-node: setup infra ## The image and real-node tier (Podman, containerd, kubelet; root)
+	$(call run_pytest,tests/node)
+
 .PHONY: test-smoke
 test-smoke: setup infra ## The test-infrastructure smoke tests
 	$(call run_pytest,tests/integration/test_infra_smoke.py)
@@ -174,5 +201,5 @@ hadolint: $(STAMP) ## Lint the Dockerfiles (hadolint from the dev extra)
 	@$(VENV)/bin/hadolint Dockerfile examples/custom-image/Dockerfile
 
 .PHONY: image
-image: ## Build the streamherd image (needs Docker or Podman)
-	@docker build -t streamherd:$$($(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])') .
+image: ## Build the image (Docker or Podman; a local Debian base when no registry answers), report its size, run its entry points
+	@bash hack/build-image.sh

@@ -5,30 +5,31 @@
 # kwok's own default "fast" Stages (node-initialize, node-heartbeat-with-lease, pod-ready,
 # pod-complete, pod-delete) taken from the kwok module of the pinned version; the kwok
 # controller does nothing to nodes and pods without Stages.
-# Output: $STREAMHERD_CACHE/bin/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION/
-# Re-running is free once the binaries are there. Cold: ~20-40 min on 2 cores.
+# Output (printed): $STREAMHERD_CACHE/bin/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION/
+# Re-running is free once the binaries are there; concurrent runs wait for one build.
+# Cold: ~20-40 min on 2 cores.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 CACHE="${STREAMHERD_CACHE:-$HOME/.cache/streamherd}"
-BIN="$CACHE/bin/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"
+DEST="$CACHE/bin/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"
 WANT=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm)
 
-have_all() {
-  for b in "${WANT[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done
-  [[ -s "$BIN/kwok-stages.yaml" ]]
+have_all() {  # DIR: every binary and the stages file are there (the cache_fill CHECK)
+  local b
+  for b in "${WANT[@]}"; do [[ -x "$1/$b" ]] || return 1; done
+  [[ -s "$1/kwok-stages.yaml" ]]
 }
-if have_all; then echo "$BIN"; exit 0; fi
+if have_all "$DEST"; then echo "$DEST"; exit 0; fi
 
 command -v go >/dev/null || { echo "go (>= 1.26) is required on PATH to build the control plane" >&2; exit 1; }
-mkdir -p "$BIN"
-# One build at a time per cache (parallel test sessions, make -j): wait for the other one.
-exec 9>"$CACHE/bin/.build.lock"
-flock 9
-if have_all; then echo "$BIN"; exit 0; fi
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 log() { echo "[build-control-plane] $*" >&2; }
+# The build functions write into $BIN: the stage that cache_fill publishes when complete.
+BIN=
 
 build_kubernetes() {
   local c missing=0
@@ -37,35 +38,11 @@ build_kubernetes() {
   done
   ((missing)) || return 0
   local w="$CACHE/build/kubernetes-$KUBE_VERSION"
-  mkdir -p "$w"
-  local mod
-  mod="$(cd "$w" && go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
-  local minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
-  {
-    echo "module streamherd.local/kubebins"
-    grep -m1 '^go ' "$mod"
-    grep -m1 '^godebug ' "$mod" || true
-    echo "require k8s.io/kubernetes $KUBE_VERSION"
-    echo "replace ("
-    # every staging module at the matching published version (v0.<minor>.<patch>)
-    sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$mod" | while read -r m; do
-      echo "  $m => $m v0.${KUBE_VERSION#v1.}"
-    done
-    echo ")"
-    echo "tool ("
-    for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do echo "  k8s.io/kubernetes/cmd/$c"; done
-    echo ")"
-  } > "$w/go.mod"
-  log "resolving k8s.io/kubernetes $KUBE_VERSION modules"
-  (cd "$w" && go mod tidy >&2)
-  local ld="-s -w"
-  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ld+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
-  done
+  kube_wrapper_module "$w" kube-apiserver kube-controller-manager kube-scheduler kubectl
   for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
     [[ -x "$BIN/$c" ]] && continue
     log "building $c (slow)"
-    (cd "$w" && go build -trimpath -ldflags "$ld" -o "$BIN/$c.tmp" "k8s.io/kubernetes/cmd/$c" && mv "$BIN/$c.tmp" "$BIN/$c")
+    kube_build "$w" "$c" "$BIN"
   done
 }
 
@@ -75,7 +52,8 @@ build_etcd() {
   mkdir -p "$w"
   printf 'module streamherd.local/etcdbin\n\ngo 1.26\n\nrequire go.etcd.io/etcd/server/v3 %s\n\ntool go.etcd.io/etcd/server/v3\n' "$ETCD_VERSION" > "$w/go.mod"
   log "building etcd $ETCD_VERSION"
-  (cd "$w" && go mod tidy >&2 && go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3)
+  (cd "$w" && go mod tidy >&2 && go build -trimpath -ldflags "-s -w" -o "$BIN/etcd.tmp" go.etcd.io/etcd/server/v3)
+  mv "$BIN/etcd.tmp" "$BIN/etcd"
 }
 
 write_kwok_stages() {
@@ -119,10 +97,21 @@ build_simple() {  # name module version package
   GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "$4@$3"
 }
 
-build_etcd
-build_simple kwok sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
-write_kwok_stages
-build_helm
-build_kubernetes
-have_all || { echo "build incomplete in $BIN" >&2; exit 1; }
-echo "$BIN"
+fill_control_plane() {  # STAGE: build what is missing there (a resumed stage keeps its parts)
+  BIN="$1"
+  build_etcd
+  build_simple kwok sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
+  write_kwok_stages
+  build_helm
+  build_kubernetes
+}
+
+# One build per cache, published complete by an atomic rename (cache_fill in lib.sh): a
+# concurrent set-up waits and reuses it. The directory the older in-place script filled
+# counts as it is when it has every binary.
+if [[ "${1:-}" == --fill ]]; then fill_control_plane "$2"; exit 0; fi
+cache_fill build-control-plane "$DEST" have_all bash "$here/build-control-plane.sh" --fill || {
+  echo "build incomplete in $DEST.partial" >&2
+  exit 1
+}
+echo "$DEST"

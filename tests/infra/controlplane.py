@@ -53,6 +53,8 @@ FAKE_NODES = ("kwok-node-0", "kwok-node-1")
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
+# The API server's user name towards kubelets (its client certificate's CN).
+KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"
 STARTUP_TIMEOUT = 180.0
 # Variables of the user's shell that must never leak into our tools: they would point
 # kubectl or helm at the user's own cluster.
@@ -221,8 +223,9 @@ def _issue(pki: Path, name: str, subject: str, ext: str) -> None:
     )  # fmt: skip
 
 
-def make_pki(pki: Path) -> None:
-    """CA, apiserver serving cert, admin client cert (system:masters), service-account keys."""
+def make_pki(pki: Path, extra_ips: Sequence[str] = ()) -> None:
+    """CA, apiserver serving cert (127.0.0.1 and extra_ips), admin client cert
+    (system:masters), the API server's client cert for kubelets, service-account keys."""
     if shutil.which("openssl") is None:
         raise InfraError("openssl is required to make the test cluster's certificates")
     pki.mkdir(parents=True, exist_ok=True)
@@ -234,6 +237,7 @@ def make_pki(pki: Path) -> None:
     sans = ",".join(
         [
             "IP:127.0.0.1",
+            *(f"IP:{ip}" for ip in extra_ips),
             f"IP:{SERVICE_IP}",
             "DNS:localhost",
             "DNS:kubernetes",
@@ -253,6 +257,15 @@ def make_pki(pki: Path) -> None:
         pki,
         "admin",
         "/O=system:masters/CN=streamherd-admin",
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=clientAuth\n",
+    )
+    # kube-apiserver -> kubelet (logs, exec, port-forward): a real kubelet authenticates it
+    # by this certificate and asks the API server whether it may (webhook authorization).
+    _issue(
+        pki,
+        "apiserver-kubelet-client",
+        f"/CN={KUBELET_CLIENT_USER}",
         "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=clientAuth\n",
     )
@@ -355,11 +368,14 @@ def start_control_plane(
     *,
     tie_to_parent: bool = True,
     extra_args: Mapping[str, Sequence[str]] | None = None,
+    address: str = "127.0.0.1",
 ) -> ControlPlane:
     """Start etcd, kube-apiserver, controller-manager, scheduler, kwok and two fake nodes.
 
     extra_args: more flags per component name (e.g. {"kube-apiserver": ["--audit-log-path=.."]}),
     appended after ours (bench/scale uses it for an audit log and controller QPS).
+    address: where the API server listens and what it advertises (the `kubernetes` Service's
+    endpoint): loopback, or the node tier's bridge address, which its pods can reach.
     """
     bin_dir = binaries()
     if workdir is None:
@@ -367,9 +383,9 @@ def start_control_plane(
     workdir.mkdir(parents=True, exist_ok=True)
     logs = workdir / "logs"
     pki = workdir / "pki"
-    make_pki(pki)
+    make_pki(pki, extra_ips=() if address == "127.0.0.1" else (address,))
     api_port = free_port()
-    server = f"https://127.0.0.1:{api_port}"
+    server = f"https://{address}:{api_port}"
     kubeconfig = workdir / "admin.kubeconfig"
     write_kubeconfig(kubeconfig, server, pki)
     cluster = KubeCluster(
@@ -413,8 +429,8 @@ def start_control_plane(
             [
                 str(bin_dir / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={address}",
+                f"--advertise-address={address}",
                 f"--secure-port={api_port}",
                 f"--cert-dir={pki}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -427,6 +443,8 @@ def start_control_plane(
                 "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
                 f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",

@@ -381,8 +381,13 @@ def start_kafka(
     *,
     tie_to_parent: bool = True,
     startup_timeout: float = 90.0,
+    address: str = "127.0.0.1",
 ) -> KafkaProcess:
-    """Format and start a KRaft broker in workdir (a new temp dir by default); wait until ready."""
+    """Format and start a KRaft broker in workdir (a new temp dir by default); wait until ready.
+
+    address: where clients connect (listener and advertised listener): loopback, or the node
+    tier's bridge address, which its pods reach. The controller stays on loopback.
+    """
     java = _java()
     libs = run_hack_script("fetch-kafka.sh")
     if workdir is None:
@@ -394,8 +399,8 @@ def start_kafka(
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@127.0.0.1:{cport}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "listeners": f"PLAINTEXT://{address}:{port},CONTROLLER://127.0.0.1:{cport}",
+        "advertised.listeners": f"PLAINTEXT://{address}:{port}",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
@@ -445,7 +450,7 @@ def start_kafka(
         env=env,
         tie_to_parent=tie_to_parent,
     )
-    bootstrap = f"127.0.0.1:{port}"
+    bootstrap = f"{address}:{port}"
     broker = KafkaBroker(bootstrap=bootstrap, log_dir=workdir, log_files=(server_log, stdout_log))
     try:
         wait_for(
