@@ -250,7 +250,13 @@ class Engine:
         self._upstreams: frozenset[Upstream] = frozenset()
         self._admin: AdminClient | None = None
         # A pattern ("^...") may match several topics.
-        self._several_topics = len(topics) > 1 or any(t.startswith("^") for t in topics)
+        # A repartitioned pipeline consumes the repartition topic too: its partition 1 and
+        # a source topic's partition 1 are different partitions with different roles.
+        self._several_topics = (
+            len(topics) > 1
+            or any(t.startswith("^") for t in topics)
+            or self.repartition is not None
+        )
         if config.source.generator is not None:
             self._decode = decode_synthetic
         elif config.source.kafka is not None and config.source.kafka.format == "raw":

@@ -10,6 +10,8 @@ reference that decides lateness per source partition, in offset order, with plai
 
 from __future__ import annotations
 
+import io
+import threading
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass
@@ -19,7 +21,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamherd.workers.config import WindowSpec
+from streamherd.workers.config import WindowSpec, WorkerConfig
+from streamherd.workers.engine import Engine, PartitionState
 from streamherd.workers.repartitioning import (
     WATERMARK_HEADER,
     UpstreamClock,
@@ -207,3 +210,61 @@ def test_the_clock_survives_a_checkpoint() -> None:
     data: dict[str, Any] = orjson.loads(orjson.dumps(clock.to_json()))
     again = UpstreamClock.from_json(data)
     assert again.upstreams == clock.upstreams and again.floor == 1_234
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A consumed message: only what the engine's batch grouping reads."""
+
+    topic_: str
+    partition_: int
+    offset_: int
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self.topic_
+
+    def partition(self) -> int:
+        return self.partition_
+
+    def offset(self) -> int:
+        return self.offset_
+
+
+def test_a_batch_is_grouped_by_topic_too_when_the_engine_repartitions() -> None:
+    """Partition 1 of the source and partition 1 of the repartition topic are two partitions
+    with two roles: one consume() batch holding both must not mix them."""
+    config = WorkerConfig.model_validate(
+        {
+            "pipeline": {"name": "p"},
+            "source": {
+                "kafka": {"bootstrapServers": "127.0.0.1:9", "topics": ["in"], "consumerGroup": "g"}
+            },
+            "processor": {
+                "steps": [
+                    {
+                        "window": {
+                            "keyBy": "page",
+                            "size": "1s",
+                            "aggregates": [{"name": "n", "function": "count"}],
+                        }
+                    }
+                ]
+            },
+            "sink": {"stdout": {}},
+            "repartition": {"topic": "in.rp"},
+        }
+    )
+    engine = Engine(config, stop=threading.Event(), out=io.StringIO())
+    seen: list[tuple[str, list[tuple[str, int]]]] = []
+    for topic in ("in", "in.rp"):
+        engine.partitions[(topic, 1)] = PartitionState(topic, 1)
+
+    def record(st: PartitionState, messages: list[Any]) -> None:
+        seen.append((st.topic, [(m.topic(), m.offset()) for m in messages]))
+
+    engine._process_partition = record  # type: ignore[method-assign]
+    engine._process([Fetched("in", 1, 5), Fetched("in.rp", 1, 7), Fetched("in", 1, 6)])
+    assert sorted(seen) == [("in", [("in", 5), ("in", 6)]), ("in.rp", [("in.rp", 7)])]
