@@ -23,12 +23,12 @@ import pytest
 from tests.infra.kafka import KafkaBroker
 from tests.integration.engine.enginekit import Worker, wait_until
 from tests.integration.engine.test_engine_repartition import (
-    by_key,
     check,
     flush,
     page_clicks,
     page_reference,
     repartitioned_config,
+    sink_windows,
     topics,
 )
 
@@ -57,18 +57,9 @@ def verify(
     bad: int,
     workers: list[Worker],
 ) -> None:
-    got: dict[str, dict[str, Any]] = {}
-    counts: Counter[str] = Counter()
-
-    def complete() -> bool:
-        latest, seen = by_key(broker.consume_all(sink, timeout=60))  # read_committed
-        got.clear()
-        got.update(latest)
-        counts.clear()
-        counts.update(seen)
-        return set(expected) <= set(got)
-
-    wait_until("every (page, window) committed", complete, 180, workers)
+    got, counts = sink_windows(
+        broker, sink, expected, "every (page, window) committed", 180, workers
+    )
     check(got, expected)
     twice = {k: n for k, n in counts.items() if n > 1}
     assert not twice, (

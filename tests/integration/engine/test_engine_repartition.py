@@ -86,6 +86,31 @@ def by_key(records: list[Record]) -> tuple[dict[str, dict[str, Any]], Counter[st
     return latest, seen
 
 
+def sink_windows(
+    broker: KafkaBroker,
+    sink: str,
+    expected: dict[str, dict[str, int]],
+    what: str,
+    timeout: float,
+    workers: list[Worker],
+) -> tuple[dict[str, dict[str, Any]], Counter[str]]:
+    """Wait until the sink (read_committed) holds every expected window; the latest row per
+    output key and how often each key was written."""
+    got: dict[str, dict[str, Any]] = {}
+    counts: Counter[str] = Counter()
+
+    def complete() -> bool:
+        latest, seen = by_key(broker.consume_all(sink, timeout=60))
+        got.clear()
+        got.update(latest)
+        counts.clear()
+        counts.update(seen)
+        return set(expected) <= set(got)
+
+    wait_until(what, complete, timeout, workers)
+    return got, counts
+
+
 def check(got: dict[str, dict[str, Any]], expected: dict[str, dict[str, int]]) -> None:
     assert set(got) == set(expected), (
         f"missing {sorted(set(expected) - set(got))[:3]}, "
@@ -142,18 +167,9 @@ def test_windows_by_another_key_than_the_topic_have_one_exact_result(
         kafka_broker.produce(src, records[12_000:])
         flush(kafka_broker, src, records[-1][1]["ts"])
         expected = page_reference(records)
-        got: dict[str, dict[str, Any]] = {}
-        counts: Counter[str] = Counter()
-
-        def complete() -> bool:
-            latest, seen = by_key(kafka_broker.consume_all(sink, timeout=60))
-            got.clear()
-            got.update(latest)
-            counts.clear()
-            counts.update(seen)
-            return set(expected) <= set(got)
-
-        wait_until("every (page, window) in the sink", complete, 120, [a, b])
+        got, counts = sink_windows(
+            kafka_broker, sink, expected, "every (page, window) in the sink", 120, [a, b]
+        )
         check(got, expected)
         twice = {k: n for k, n in counts.items() if n > 1}
         assert not twice, f"{len(twice)} windows emitted more than once, e.g. {list(twice)[:3]}"
@@ -192,15 +208,9 @@ def test_sigkills_and_rebalances_change_no_result(
                 victim.start()
         flush(kafka_broker, src, records[-1][1]["ts"])
         expected = page_reference(records)
-        got: dict[str, dict[str, Any]] = {}
-
-        def complete() -> bool:
-            latest, _ = by_key(kafka_broker.consume_all(sink, timeout=60))
-            got.clear()
-            got.update(latest)
-            return set(expected) <= set(got)
-
-        wait_until("every (page, window) in the sink", complete, 180, workers)
+        got, _counts = sink_windows(
+            kafka_broker, sink, expected, "every (page, window) in the sink", 180, workers
+        )
         dead = kafka_broker.consume_all(dlq)
         assert dead == [], f"{len(dead)} dead letters, e.g. {dead[0].headers}"
         check(got, expected)
@@ -224,15 +234,9 @@ def test_a_quiet_unpartitioned_window_closes_after_idle_timeout(
         wait_until("worker ready", lambda: w.get("/readyz")[0] == 200, 60, [w])
         kafka_broker.produce(src, records, partition=2)
         expected = page_reference(records)
-        got: dict[str, dict[str, Any]] = {}
-
-        def complete() -> bool:
-            latest, _ = by_key(kafka_broker.consume_all(sink, timeout=30))
-            got.clear()
-            got.update(latest)
-            return set(expected) <= set(got)
-
-        wait_until("the quiet partition's windows", complete, 30, [w])
+        got, _counts = sink_windows(
+            kafka_broker, sink, expected, "the quiet partition's windows", 30, [w]
+        )
         check(got, expected)
         # A record for a window that idleness closed is late, never a second result.
         kafka_broker.produce(src, records[:1], partition=2)
@@ -264,17 +268,9 @@ def test_a_quiet_partition_closes_its_windows_after_idle_timeout(
         kafka_broker.produce(src, records, partition=0)
         sent = time.monotonic()
         expected = page_reference(records)
-        got: dict[str, dict[str, Any]] = {}
-
-        def complete() -> bool:
-            latest, _ = by_key(kafka_broker.consume_all(sink, timeout=30))
-            got.clear()
-            got.update(latest)
-            return set(expected) <= set(got)
-
-        # The bound: idleTimeout (2 s) plus consuming 300 records and a poll, with room for
-        # a busy 2-core machine; without idleness they would never come.
-        wait_until("the quiet partition's windows", complete, 30, [w])
+        got, _counts = sink_windows(
+            kafka_broker, sink, expected, "the quiet partition's windows", 30, [w]
+        )
         print(f"windows of the quiet partition out {time.monotonic() - sent:.1f}s after")
         check(got, expected)
         assert "partition-idle" in w.log_path.read_text()
