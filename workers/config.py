@@ -566,11 +566,34 @@ class DeadLetterConfig(KafkaEndpoint):
 # --------------------------------------------------------------------------- engine
 
 
+class ChangelogConfig(Model):
+    """The Kafka state backend: a compacted changelog topic per pipeline, on the source's
+    cluster, that holds each partition's latest checkpoint (state and offset) and is restored
+    from on assign, so that no volume is needed."""
+
+    topic: str = Field(min_length=1, max_length=249, description="Internal changelog topic.")
+    partitions: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Partitions when the worker creates it; the source's most when omitted.",
+    )
+
+
 class CheckpointConfig(Model):
     """Where and how often per-partition state and offsets are checkpointed."""
 
     directory: str = Field(default="/var/lib/streamherd/checkpoints", description="Directory.")
     interval_seconds: float = Field(default=10.0, gt=0, description="Checkpoint interval.")
+    # None (the volume backend) by default, so that ConfigMaps rendered before the Kafka
+    # backend existed stay byte for byte the same (exclude_none) and no worker rolls.
+    changelog: ChangelogConfig | None = Field(
+        default=None,
+        description=(
+            "The Kafka state backend's changelog topic; checkpoints go to `directory` (the "
+            "volume backend) when unset."
+        ),
+    )
 
 
 class StateConfig(Model):

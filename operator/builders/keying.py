@@ -85,4 +85,10 @@ def repartition_topic(pipeline: StreamPipeline) -> str | None:
         return None
     if window.repartition == "auto" and keyed_by_window(pipeline):
         return None
-    return f"streamherd.{pipeline.namespace}.{pipeline.name}.repartition"
+    return internal_topic(pipeline, "repartition")
+
+
+def internal_topic(pipeline: StreamPipeline, purpose: str) -> str:
+    """The name of one of a pipeline's internal topics (`repartition`, `changelog`), on its
+    source's cluster: unique per namespace and name, and recognisable by its prefix."""
+    return f"streamherd.{pipeline.namespace}.{pipeline.name}.{purpose}"
