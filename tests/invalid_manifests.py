@@ -180,6 +180,27 @@ BOTH: list[Case] = [
     case("one env name from two secrets", KAFKA, "spec.secrets",
          ("spec.secrets", [{"secretName": "a", "env": [{"name": "TOKEN", "key": "k"}]},
                            {"secretName": "b", "env": [{"name": "TOKEN", "key": "k"}]}])),
+    # scheduling: typed core/v1 objects (operator/api/scheduling.py)
+    case("affinity terms that are not a list", KAFKA,
+         "spec.pod.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+         ".nodeSelectorTerms",
+         ("spec.pod.affinity", {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                                                 {"nodeSelectorTerms": "not-a-list"}}})),
+    case("pod affinity term without a topology key", KAFKA,
+         "spec.pod.affinity.podAffinity.requiredDuringSchedulingIgnoredDuringExecution[0]"
+         ".topologyKey",
+         ("spec.pod.affinity", {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                                                [{"namespaces": ["a"]}]}})),
+    case("preferred node term of weight 101", KAFKA,
+         "spec.pod.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0]"
+         ".weight",
+         ("spec.pod.affinity", {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution":
+                                                 [{"weight": 101, "preference": {}}]}})),
+    # kubectl validates fields strictly (its default): an unknown field is refused, not dropped
+    case("affinity field misspelt", KAFKA, "spec.pod.affinity.nodeAffinity",
+         ("spec.pod.affinity", {"nodeAffinity": {"requiredDuringScheduling": {}}})),
+    case("toleration with an unknown effect", KAFKA, "spec.pod.tolerations[0].effect",
+         ("spec.pod.tolerations", [{"key": "k", "effect": "NoScheduling"}])),
 ]  # fmt: skip
 
 OFFLINE_ONLY: list[Case] = [

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, JsonValue, field_validator
 
+from streamherd.operator.api.scheduling import Affinity, Toleration
 from streamherd.workers.config import (
     DURATION_PATTERN,
     Duration,
@@ -654,17 +655,17 @@ class PodOverrides(Model):
         max_length=64,
         description="Node labels a node must have to run the workers (label key -> value).",
     )
-    tolerations: list[dict[str, Any]] = Field(
+    tolerations: list[Toleration] = Field(
         default_factory=list,
-        description="Tolerations (core/v1 Toleration objects).",
-        json_schema_extra={
-            "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-        },
+        max_length=64,
+        description="Taints the workers tolerate (core/v1 Tolerations).",
     )
-    affinity: dict[str, Any] | None = Field(
+    affinity: Affinity | None = Field(
         default=None,
-        description="Affinity (a core/v1 Affinity object).",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description=(
+            "Node and pod affinity of the workers (a core/v1 Affinity; fields and values as "
+            "in a Pod spec)."
+        ),
     )
     service_account_name: str | None = Field(
         default=None,

@@ -82,6 +82,21 @@ def _offset(key: Key, interval: float) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64 * interval
 
 
+# How often a pipeline whose lag keeps failing to be measured for the same reason is
+# warned about again (seconds); the polls in between log at debug level.
+UNMEASURED_REMINDER = 600.0
+
+
+@dataclass
+class _Unmeasured:
+    """Why a pipeline's lag is not measured, since when, when it was last warned about."""
+
+    why: str
+    since: float
+    warned: float
+    polls: int
+
+
 @dataclass
 class _Batch:
     specs: dict[str, GroupSpec] = field(default_factory=dict)
@@ -116,6 +131,7 @@ class Autoscaler:
         self._batches: dict[ClusterConfig, _Batch] = {}
         self._histories: dict[Key, History] = {}
         self._due: dict[Key, float] = {}
+        self._unmeasured: dict[Key, _Unmeasured] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ----------------------------------------------------------------------- measuring
@@ -130,6 +146,33 @@ class Autoscaler:
         """Drop a deleted pipeline's history and schedule."""
         self._histories.pop(key, None)
         self._due.pop(key, None)
+        self._unmeasured.pop(key, None)
+
+    def _report_unmeasured(self, key: Key, why: str, at: float) -> None:
+        """A warning when a pipeline's lag stops being measured or fails for a new reason,
+        then one reminder every UNMEASURED_REMINDER seconds, not one line per poll (an
+        unreachable broker would otherwise write a warning per pipeline per poll)."""
+        known = self._unmeasured.get(key)
+        if known is None or known.why != why:
+            log.warning("lag of %s/%s not measured: %s", key[0], key[1], why)
+            self._unmeasured[key] = _Unmeasured(why, at, at, 1)
+            return
+        known.polls += 1
+        if at - known.warned >= UNMEASURED_REMINDER:
+            log.warning(
+                "lag of %s/%s still not measured after %d polls over %.0fs: %s",
+                key[0], key[1], known.polls, at - known.since, why,
+            )  # fmt: skip
+            known.warned = at
+        else:
+            log.debug("lag of %s/%s not measured: %s", key[0], key[1], why)
+
+    def _report_measured(self, key: Key) -> None:
+        known = self._unmeasured.pop(key, None)
+        if known is not None:
+            log.info(
+                "lag of %s/%s measured again after %d failed polls", key[0], key[1], known.polls
+            )
 
     def close(self) -> None:
         for probe in self._probes.values():
@@ -224,8 +267,9 @@ class Autoscaler:
                 )
             )
             partitions = measured.partition_count
+            self._report_measured(key)
         else:
-            log.warning("lag of %s/%s not measured: %s", key[0], key[1], measured)
+            self._report_unmeasured(key, str(measured), at)
             last = history.samples[-1] if history.samples else None
             partitions = len(last.partitions) if last else 0
         decision = decide(policy, history, current_replicas, partitions, at)

@@ -9,6 +9,8 @@ empty maps and the reconciler's drift check compares desired fields against live
 
 from __future__ import annotations
 
+from pydantic import BaseModel
+
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.builders.credentials import credentials
 from streamherd.operator.builders.meta import (
@@ -118,6 +120,11 @@ def _volumes(pipeline: StreamPipeline) -> tuple[list[Manifest], list[Manifest]]:
     return volumes, mounts
 
 
+def _core(model: BaseModel) -> Manifest:
+    """A typed core/v1 object (operator/api/scheduling.py) as the API server stores it."""
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
 def _probe(path: str, *, period: int, failures: int, delay: int = 0) -> Manifest:
     probe: Manifest = {
         "httpGet": {"path": path, "port": "metrics"},
@@ -191,9 +198,9 @@ def build_deployment(
     if pod.node_selector:
         pod_spec["nodeSelector"] = dict(pod.node_selector)
     if pod.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in pod.tolerations]
+        pod_spec["tolerations"] = [_core(t) for t in pod.tolerations]
     if pod.affinity:
-        pod_spec["affinity"] = dict(pod.affinity)
+        pod_spec["affinity"] = _core(pod.affinity)
 
     # User labels and annotations first: ours win, so selectors and hashes stay intact.
     template_labels = {**pod.labels, **labels(pipeline)}

@@ -94,40 +94,107 @@ def _events(env: Env, name: str, reason: str) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+POLICY = "streamherd-test-refuse-labelled"
+REFUSED_LABEL = "refused-by-policy"
+
+
+def _refusing_policy() -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy of the cluster's own, such as Kyverno or Gatekeeper users
+    have: the operator cannot foresee it, only report it. Deployments whose pods carry
+    REFUSED_LABEL are refused (422, reason Invalid)."""
+    # fmt: off
+    return [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": POLICY},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{
+                    "apiGroups": ["apps"], "apiVersions": ["v1"],
+                    "operations": ["CREATE", "UPDATE"], "resources": ["deployments"],
+                }]},
+                "validations": [{
+                    "expression": "!has(object.spec.template.metadata.labels) || "
+                                  f"!('{REFUSED_LABEL}' in object.spec.template.metadata.labels)",
+                    "message": f"pods labelled {REFUSED_LABEL} are not allowed in this cluster",
+                    "reason": "Invalid",
+                }],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": POLICY},
+            "spec": {"policyName": POLICY, "validationActions": ["Deny"]},
+        },
+    ]
+    # fmt: on
+
+
 def test_a_refused_deployment_is_reported_with_the_servers_words(env: Env) -> None:
-    """The CRD cannot check a pod affinity (any object); the API server refuses one of the
-    wrong shape when the operator applies the Deployment."""
-    doc = set_path(KAFKA, "spec.pod.affinity",
-                   {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
-                                     {"nodeSelectorTerms": "not-a-list"}}})  # fmt: skip
-    name = doc["metadata"]["name"]
-    start = len(env.operator.log_text())
-    env.apply(doc)
-    ready = env.wait_condition(name, "Ready", "False", "ApplyFailed", timeout=STATUS_BOUND)
-    generation = env.pipeline(name)["metadata"]["generation"]
-    assert f"generation {generation}" in ready["message"]
-    assert f"Deployment/{name} refused by the API server" in ready["message"]
-    assert "nodeSelectorTerms" in ready["message"]  # the server's own words
-    degraded = env.condition(name, "Degraded")
-    assert (degraded["status"], degraded["reason"]) == ("True", "ApplyFailed")
-    status = env.pipeline(name)["status"]
-    assert status["observedGeneration"] == generation and status["phase"] == "Degraded"
-    wait_until("an ApplyFailed event", lambda: _events(env, name, "ApplyFailed") or None, 30)
-    assert _tracebacks(env, start) == []
-    # Bounded: the log shows at most MAX_SERVER_ERROR_TRIES retried failures (a 5xx) or none
-    # (a 4xx) for this pipeline, then no more retries while nothing changes.
-    retried = [
-        line for line in env.operator.log_text()[start:].splitlines()
-        if name in line and ("failed temporarily" in line or "TemporaryError" in line)
-    ]  # fmt: skip
-    assert len(retried) <= 3, retried
-    # A fixed spec recovers.
-    env.kubectl("patch", "streampipeline", name, "--type=json",
-                "-p", json.dumps([{"op": "remove", "path": "/spec/pod/affinity"}]))  # fmt: skip
-    wait_until("Degraded to clear",
-               lambda: env.condition(name, "Degraded").get("status") == "False" or None,
-               timeout=STATUS_BOUND)  # fmt: skip
-    assert env.get("deployment", name) is not None
+    """The cluster's own admission policy refuses the Deployment the operator applies: the
+    status says so in the server's words, bounded tries, and a fixed spec recovers."""
+    policy = _refusing_policy()
+    env.cluster.apply(policy)
+    try:
+        doc = set_path(KAFKA, "spec.pod.labels", {REFUSED_LABEL: "yes"})
+        name = doc["metadata"]["name"]
+        # The policy takes effect once the API server has loaded it: wait on a dry run.
+        probe = {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "policy-probe", "namespace": env.ns},
+            "spec": {
+                "selector": {"matchLabels": {"app": "p"}},
+                "template": {
+                    "metadata": {"labels": {"app": "p", REFUSED_LABEL: "yes"}},
+                    "spec": {"containers": [{"name": "c", "image": "x"}]},
+                },
+            },
+        }  # fmt: skip
+        wait_until(
+            "the admission policy to refuse",
+            lambda: (
+                env.cluster.kubectl(
+                    "apply", "--dry-run=server", "-f", "-", input=json.dumps(probe), check=False
+                ).returncode
+                != 0
+                or None
+            ),
+            timeout=30,
+        )
+        start = len(env.operator.log_text())
+        env.apply(doc)
+        ready = env.wait_condition(name, "Ready", "False", "ApplyFailed", timeout=STATUS_BOUND)
+        generation = env.pipeline(name)["metadata"]["generation"]
+        assert f"generation {generation}" in ready["message"]
+        assert f"Deployment/{name} refused by the API server" in ready["message"]
+        assert f"pods labelled {REFUSED_LABEL}" in ready["message"]  # the server's own words
+        degraded = env.condition(name, "Degraded")
+        assert (degraded["status"], degraded["reason"]) == ("True", "ApplyFailed")
+        status = env.pipeline(name)["status"]
+        assert status["observedGeneration"] == generation and status["phase"] == "Degraded"
+        wait_until("an ApplyFailed event", lambda: _events(env, name, "ApplyFailed") or None, 30)
+        assert _tracebacks(env, start) == []
+        # Bounded: the log shows at most MAX_SERVER_ERROR_TRIES retried failures (a 5xx) or
+        # none (a 4xx) for this pipeline, then no more retries while nothing changes.
+        retried = [
+            line for line in env.operator.log_text()[start:].splitlines()
+            if name in line and ("failed temporarily" in line or "TemporaryError" in line)
+        ]  # fmt: skip
+        assert len(retried) <= 3, retried
+        # A fixed spec recovers.
+        env.kubectl("patch", "streampipeline", name, "--type=json",
+                    "-p", json.dumps([{"op": "remove", "path": "/spec/pod/labels"}]))  # fmt: skip
+        wait_until("Degraded to clear",
+                   lambda: env.condition(name, "Degraded").get("status") == "False" or None,
+                   timeout=STATUS_BOUND)  # fmt: skip
+        assert env.get("deployment", name) is not None
+    finally:
+        for obj in reversed(policy):
+            env.cluster.kubectl(
+                "delete", obj["kind"].lower(), POLICY, "--ignore-not-found", check=False
+            )
 
 
 def test_an_expression_only_the_operator_checks_is_invalid_and_not_autoscaled(env: Env) -> None:

@@ -112,6 +112,16 @@ def pipeline(namespace: str, mode: str) -> dict[str, Any]:
                                   "lagPerReplica": 1000}  # fmt: skip
     doc["spec"]["resources"] = {"requests": {"cpu": "0.5", "memory": "1024Mi"},
                                 "limits": {"memory": "2048Mi"}}  # fmt: skip
+    # Typed scheduling objects (operator/api/scheduling.py) render as the server stores them.
+    doc["spec"]["pod"] = {
+        "tolerations": [{"key": "pool", "operator": "Equal", "value": "stream",
+                         "effect": "NoExecute", "tolerationSeconds": 60}],
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 50, "podAffinityTerm": {
+                "labelSelector": {"matchExpressions": [
+                    {"key": "app", "operator": "In", "values": [f"by-{mode}"]}]},
+                "topologyKey": "kubernetes.io/hostname"}}]}},
+    }  # fmt: skip
     # An unreachable broker: the builtin autoscaler measures nothing, decides nothing.
     doc["spec"]["source"]["kafka"]["bootstrapServers"] = "127.0.0.1:1"
     return doc
