@@ -1,7 +1,9 @@
 """The real API server with the generated CRD and `streamherd validate` agree: the same
 manifests are refused, naming the same field (operator/api/rules.py declares each rule once).
 
-No operator needed: `kubectl apply --dry-run=server` runs the CRD's schema and CEL rules.
+No operator needed: a server-side dry run with strict field validation (what `kubectl apply
+--dry-run=server` sends) runs the CRD's schema and CEL rules. It is sent over one HTTP
+connection, not one kubectl process per manifest: the same answers, ~50x sooner.
 The operator's own check is the function validate runs (the unit tests show the reconciler
 reports its words); tests/integration/operator/test_operator_hardening.py runs the real
 operator on what the API server accepts.
@@ -18,6 +20,8 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kubernetes.client import CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from streamherd.operator.api import rules
@@ -38,12 +42,28 @@ def namespace(kube_cluster: KubeCluster, crd: str) -> Iterator[str]:
     kube_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
-def server_verdict(cluster: KubeCluster, namespace: str, doc: dict[str, Any]) -> str | None:
-    """None when the API server accepts `doc` (dry run), else its message. Sent as JSON:
-    kubectl reads YAML 1.2 (an unquoted `2e3` is a number), PyYAML 1.1 (a string)."""
-    proc = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
-                           input=json.dumps(doc), check=False)  # fmt: skip
-    return None if proc.returncode == 0 else proc.stderr
+@pytest.fixture(scope="module")
+def api(kube_cluster: KubeCluster) -> Iterator[CustomObjectsApi]:
+    client = kube_cluster.api_client()
+    try:
+        yield CustomObjectsApi(client)
+    finally:
+        client.close()
+
+
+def server_verdict(api: CustomObjectsApi, namespace: str, doc: dict[str, Any]) -> str | None:
+    """None when the API server accepts `doc` (a dry run, fields validated strictly, as
+    kubectl does), else its message."""
+    try:
+        api.create_namespaced_custom_object(
+            "streamherd.io", "v1alpha1", namespace, "streampipelines", doc,
+            dry_run="All", field_validation="Strict",
+        )  # fmt: skip
+    except ApiException as refused:
+        assert refused.status in (400, 422), (refused.status, refused.body)
+        message: str = json.loads(refused.body)["message"]
+        return message
+    return None
 
 
 def offline_problems(doc: dict[str, Any]) -> list[str]:
@@ -56,16 +76,14 @@ def offline_problems(doc: dict[str, Any]) -> list[str]:
     return rules.violations(pipeline, [r for r in rules.RULES if r.cel is not None])
 
 
-def test_the_base_manifests_are_accepted(kube_cluster: KubeCluster, namespace: str) -> None:
+def test_the_base_manifests_are_accepted(api: CustomObjectsApi, namespace: str) -> None:
     for doc in (KAFKA, LOCAL):
-        assert server_verdict(kube_cluster, namespace, doc) is None
+        assert server_verdict(api, namespace, doc) is None
 
 
 @pytest.mark.parametrize("case", BOTH, ids=lambda c: c.id)
-def test_both_refuse_naming_the_field(
-    kube_cluster: KubeCluster, namespace: str, case: Case
-) -> None:
-    refused = server_verdict(kube_cluster, namespace, case.doc)
+def test_both_refuse_naming_the_field(api: CustomObjectsApi, namespace: str, case: Case) -> None:
+    refused = server_verdict(api, namespace, case.doc)
     assert refused is not None, f"{case.id}: the API server accepted it"
     assert case.field in refused, refused
     _, problems = parse_pipeline(case.doc)
@@ -73,12 +91,10 @@ def test_both_refuse_naming_the_field(
 
 
 @pytest.mark.parametrize("case", OFFLINE_ONLY, ids=lambda c: c.id)
-def test_what_only_validate_can_check(
-    kube_cluster: KubeCluster, namespace: str, case: Case
-) -> None:
+def test_what_only_validate_can_check(api: CustomObjectsApi, namespace: str, case: Case) -> None:
     """An expression's grammar is beyond CEL: the API server accepts these, validate (and so
     the operator, with InvalidSpec) refuses them naming the field."""
-    assert server_verdict(kube_cluster, namespace, case.doc) is None
+    assert server_verdict(api, namespace, case.doc) is None
     _, problems = parse_pipeline(case.doc)
     assert any(case.field in p for p in problems), problems
 
@@ -107,10 +123,10 @@ def _fields(problems: list[str]) -> set[str]:
 )
 @given(doc=manifests())
 def test_generated_manifests_get_one_verdict(
-    kube_cluster: KubeCluster, namespace: str, doc: dict[str, Any]
+    api: CustomObjectsApi, namespace: str, doc: dict[str, Any]
 ) -> None:  # fmt: skip
     problems = offline_problems(doc)
-    refused = server_verdict(kube_cluster, namespace, doc)
+    refused = server_verdict(api, namespace, doc)
     assert (refused is not None) == bool(problems), (
         f"validate: {problems or 'valid'}\nAPI server: {refused or 'accepted'}\n"
         f"{yaml.safe_dump(doc)}"
@@ -131,10 +147,10 @@ QUANTITY_TEXT = st.text(alphabet="0123456789.+-eEinumkKMGTP", min_size=1, max_si
 )
 @given(text=QUANTITY_TEXT)
 def test_the_quantity_grammar_is_the_api_servers(
-    kube_cluster: KubeCluster, namespace: str, text: str
+    api: CustomObjectsApi, namespace: str, text: str
 ) -> None:  # fmt: skip
     """rules.parse_quantity against the API server's isQuantity (a request and its sign)."""
     doc = set_path(KAFKA, "spec.resources", {"requests": {"cpu": text}, "limits": {}})
-    refused = server_verdict(kube_cluster, namespace, doc)
+    refused = server_verdict(api, namespace, doc)
     value = rules.parse_quantity(text)
     assert (refused is None) == (value is not None and value >= 0), (text, value, refused)
