@@ -66,8 +66,8 @@ class ShadowKafka(Protocol):
         """Delete the topics that exist (best effort)."""
         ...
 
-    def delete_groups(self, groups: Iterable[str]) -> None:
-        """Delete the groups that are empty (best effort)."""
+    def delete_groups(self, groups: Iterable[str]) -> list[str]:
+        """Delete the groups; returns those still there (members have not left yet)."""
         ...
 
 
@@ -76,7 +76,10 @@ class KafkaShadowClient:
 
     def __init__(self, cluster: ClusterConfig) -> None:
         self._config = cluster.client_config()
-        self._admin = AdminClient(dict(self._config))
+        try:
+            self._admin = AdminClient(dict(self._config))
+        except KafkaException as e:
+            raise ShadowKafkaError(f"cannot connect to {cluster.describe()}: {e}") from e
 
     def close(self) -> None:
         # AdminClient has no close; dropping it frees its threads.
@@ -190,16 +193,20 @@ class KafkaShadowClient:
                 if e.args and e.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
                     log.warning("could not delete shadow topic %s: %s", name, e)
 
-    def delete_groups(self, groups: Iterable[str]) -> None:
+    def delete_groups(self, groups: Iterable[str]) -> list[str]:
         wanted = list(groups)
         if not wanted:
-            return
+            return []
+        left = []
         for group, future in self._admin.delete_consumer_groups(
             wanted, request_timeout=TIMEOUT
         ).items():
             try:
                 future.result(TIMEOUT)
             except KafkaException as e:
-                # Still has members (the shadow pods are going away) or never existed: its
-                # offsets expire with offsets.retention.minutes.
-                log.info("shadow consumer group %s not deleted: %s", group, e)
+                if e.args and e.args[0].code() == KafkaError.GROUP_ID_NOT_FOUND:
+                    continue
+                # Still has members (the shadow pods are going away): tried again later.
+                log.info("shadow consumer group %s not deleted yet: %s", group, e)
+                left.append(group)
+        return left

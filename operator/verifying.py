@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
@@ -346,19 +347,52 @@ def _names(pipeline: StreamPipeline, run: str) -> tuple[list[str], list[str]]:
     return topics, [shadow_group(group, run, role) for role in ROLES]
 
 
-def remove_shadows(
-    pipeline: StreamPipeline, kube: KubeApi, kafka: ShadowKafka | None, run: str | None
-) -> None:
-    """Delete the shadows (Deployments, ConfigMaps) and, with `run`, its topics and groups."""
+def remove_shadows(pipeline: StreamPipeline, kube: KubeApi, kafka: ShadowKafka, run: str) -> bool:
+    """Delete the shadows (Deployments, ConfigMaps), the run's topics and its groups;
+    whether all is gone (a group whose members have not left yet stays: call again)."""
     for role in ROLES:
         name = shadow_name(pipeline.name, role)
         for api, kind in (("apps/v1", "Deployment"), ("v1", "ConfigMap")):
             if kube.get(api, kind, pipeline.namespace, name) is not None:
                 kube.delete(api, kind, pipeline.namespace, name)
-    if kafka is not None and run:
-        topics, groups = _names(pipeline, run)
-        kafka.delete_topics(topics)
-        kafka.delete_groups(groups)
+    topics, groups = _names(pipeline, run)
+    kafka.delete_topics(topics)
+    return not kafka.delete_groups(groups)
+
+
+@contextmanager
+def _connected(pipeline: StreamPipeline, factory: KafkaFactory | None) -> Iterator[ShadowKafka]:
+    """The pipeline's source cluster for one step; ShadowKafkaError when out of reach."""
+    if factory is None:
+        raise ShadowKafkaError("the operator has no Kafka access to run a shadow verification")
+    try:
+        kafka = factory(pipeline)
+    except ValueError as e:  # a Secret of the source's auth is missing (named, no value)
+        raise ShadowKafkaError(f"cannot reach the source cluster: {e}") from e
+    try:
+        yield kafka
+    finally:
+        close = getattr(kafka, "close", None)
+        if close is not None:
+            close()
+
+
+def _tidy(
+    pipeline: StreamPipeline,
+    kube: KubeApi,
+    factory: KafkaFactory | None,
+    current: VerificationStatus,
+) -> VerificationStatus:
+    """`current` after another try at deleting what its run left (its groups, mostly)."""
+    if current.cleaned:
+        return current
+    try:
+        with _connected(pipeline, factory) as kafka:
+            done = remove_shadows(pipeline, kube, kafka, current.run)
+    except ShadowKafkaError as e:
+        log.info("%s/%s: shadows not removed yet: %s", pipeline.namespace, pipeline.name, e)
+        return current
+    return current.model_copy(update={"cleaned": True}) if done else current
 
 
 @dataclass(frozen=True)
@@ -430,37 +464,34 @@ def gate(
         return _promote(pipeline, kube, kafka_factory, current, verify)
     if step == "hold":
         assert current is not None
+        current = _tidy(pipeline, kube, kafka_factory, current)
         _, reason, message = judge(
             current.compared_windows or 0, current.differing_windows or 0, verify
         )
         return Gate(True, _status(current), ("False", reason, _with_sample(message, current)))
-    if kafka_factory is None:
-        message = "the operator has no Kafka access to run a shadow verification"
-        return Gate(True, _status(current) if current else None, ("False", "CannotVerify", message))
-    kafka = kafka_factory(pipeline)
-    try:
-        if step == "start":
-            return _start(edit, kafka, current, stamp, generation)
+    if step == "run":
         assert current is not None
         _apply_shadows(edit, current.run)
-        if step == "run":
-            return _running(current, verify, now)
-        if step == "end":
-            topics, _ = _source(pipeline)
-            ends = {_tp_key(tp): o for tp, o in sorted(kafka.end_offsets(topics).items())}
-            current = current.model_copy(
-                update={"phase": "Comparing", "end_offsets": ends, "message": _waiting(ends)}
-            )
-            return Gate(True, _status(current), ("Unknown", "Comparing", current.message or ""))
-        return _compare(pipeline, kube, kafka, current, verify)
+        return _running(current, verify, now)
+    try:
+        with _connected(pipeline, kafka_factory) as kafka:
+            if step == "start":
+                return _start(edit, kafka, current, stamp, generation)
+            assert current is not None
+            _apply_shadows(edit, current.run)
+            if step == "end":
+                topics, _ = _source(pipeline)
+                ends = {_tp_key(tp): o for tp, o in sorted(kafka.end_offsets(topics).items())}
+                current = current.model_copy(
+                    update={"phase": "Comparing", "end_offsets": ends, "message": _waiting(ends)}
+                )
+                return Gate(True, _status(current), ("Unknown", "Comparing", current.message or ""))
+            return _compare(pipeline, kube, kafka, current, verify)
     except ShadowKafkaError as e:
         message = f"shadow verification: {e} (tried again on the next reconcile)"
         log.warning("%s/%s: %s", pipeline.namespace, pipeline.name, message)
-        return Gate(True, _status(current) if current else None, ("Unknown", "KafkaError", message))
-    finally:
-        close = getattr(kafka, "close", None)
-        if close is not None:
-            close()
+        reason = "CannotVerify" if kafka_factory is None else "KafkaError"
+        return Gate(True, _status(current) if current else None, ("Unknown", reason, message))
 
 
 def _image(deployment: Manifest | None) -> str | None:
@@ -488,19 +519,15 @@ def _idle(
     left from an edit since reverted is removed, and its status cleared; a pass is kept."""
     if current is None:
         return Gate(condition=("True", "NothingToVerify", _NOTHING) if enabled else None)
-    if current.phase in ("Running", "Comparing"):
-        kafka = kafka_factory(pipeline) if kafka_factory is not None else None
-        try:
-            remove_shadows(pipeline, kube, kafka, current.run)
-        except ShadowKafkaError as e:
-            log.warning("%s/%s: removing shadows: %s", pipeline.namespace, pipeline.name, e)
-        finally:
-            close = getattr(kafka, "close", None)
-            if close is not None:
-                close()
     if current.phase == "Passed":
-        return Gate(verification=_status(current))
-    return Gate(condition=("True", "NothingToVerify", _NOTHING) if enabled else None)
+        return Gate(verification=_status(_tidy(pipeline, kube, kafka_factory, current)))
+    if _tidy(pipeline, kube, kafka_factory, current).cleaned:
+        return Gate(condition=("True", "NothingToVerify", _NOTHING) if enabled else None)
+    # Not all removed yet (a group still has members): tried again on the next reconcile.
+    return Gate(
+        verification=_status(current),
+        condition=("True", "NothingToVerify", _NOTHING) if enabled else None,
+    )
 
 
 _NOTHING = "the workers run the spec's processing: nothing to verify"
@@ -515,7 +542,7 @@ def _start(
 ) -> Gate:
     pipeline, kube, verify = edit.pipeline, edit.kube, edit.verify
     baseline, candidate = edit.baseline, edit.candidate
-    if current is not None:  # a run of an earlier edit: gone, this one replaces it
+    if current is not None and not current.cleaned:  # an earlier edit's run: replaced
         remove_shadows(pipeline, kube, kafka, current.run)
     run = content_hash([baseline, candidate, generation, stamp], length=8)
     topics, group = _source(pipeline)
@@ -582,7 +609,7 @@ def _compare(
             "message": message,
         }
     )
-    remove_shadows(pipeline, kube, kafka, current.run)
+    done = done.model_copy(update={"cleaned": remove_shadows(pipeline, kube, kafka, current.run)})
     event: EventValue = (
         ("Normal", "VerificationPassed", message)
         if passed
@@ -602,6 +629,7 @@ def _promote(
 ) -> Gate:
     """Passed (now or before, or a failure within a tolerance edited since): apply."""
     assert current is not None
+    current = _tidy(pipeline, kube, kafka_factory, current)
     events: list[EventValue] = []
     if current.phase != "Passed":
         _, _, message = judge(current.compared_windows or 0, current.differing_windows or 0,

@@ -944,6 +944,10 @@ class VerificationStatus(Model):
         default=None, max_length=10, description="A sample of the differing windows."
     )
     message: str | None = Field(default=None, description="What happened, for a person.")
+    cleaned: bool | None = Field(
+        default=None,
+        description="The shadows, their topics and their consumer groups are all deleted.",
+    )
 
 
 class StreamPipelineStatus(Model):

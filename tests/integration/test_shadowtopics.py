@@ -8,11 +8,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from streamherd.operator.shadowtopics import NO_OFFSET, KafkaShadowClient, ShadowKafkaError
 from streamherd.workers.lagprobe import ClusterConfig
 from tests.infra.kafka import KafkaBroker
+from tests.infra.processes import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
@@ -54,7 +55,18 @@ def test_offsets_topics_and_reads_against_the_broker(kafka_broker: KafkaBroker) 
         client.delete_topics([out, kafka_broker.unique_topic("never-made")])
         with pytest.raises(ShadowKafkaError):
             client.read_all(out)
-        client.delete_groups([group, f"never-{uuid.uuid4().hex[:8]}"])
+        # A group with a member is not deleted (returned), an unknown one counts as gone.
+        member = Consumer(kafka_broker.client_config(**{"group.id": group}))
+        member.subscribe([source])
+
+        def joined() -> bool:
+            member.poll(0.5)
+            return bool(member.assignment())
+
+        wait_until("a member in the group", joined, timeout=60)
+        assert client.delete_groups([group, f"never-{uuid.uuid4().hex[:8]}"]) == [group]
+        member.close()
+        assert client.delete_groups([group]) == []
         assert client.committed(group, [source]) == {(source, 0): NO_OFFSET,
                                                      (source, 1): NO_OFFSET}  # fmt: skip
     finally:

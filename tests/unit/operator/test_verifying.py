@@ -319,6 +319,7 @@ class FakeKafka:
         self.topics: dict[str, list[bytes | None]] = {}
         self.deleted_topics: list[str] = []
         self.deleted_groups: list[str] = []
+        self.members: set[str] = set()  # groups with members: not deletable yet
 
     def committed(self, group: str, topics: Sequence[str]) -> Offsets:
         have = self.groups.get(group, {})
@@ -341,10 +342,14 @@ class FakeKafka:
             if self.topics.pop(name, None) is not None:
                 self.deleted_topics.append(name)
 
-    def delete_groups(self, groups: Iterable[str]) -> None:
+    def delete_groups(self, groups: Iterable[str]) -> list[str]:
+        left = []
         for group in groups:
-            if self.groups.pop(group, None) is not None:
+            if group in self.members:
+                left.append(group)
+            elif self.groups.pop(group, None) is not None:
                 self.deleted_groups.append(group)
+        return left
 
 
 def cond(kube: FakeKube, name: str) -> dict[str, Any]:
@@ -435,6 +440,7 @@ def run_edit(
     assert not kafka.topics
     assert not [g for g in kafka.groups if ".shadow." in g]
     final = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    assert final.cleaned
     return final, reasons
 
 
@@ -500,5 +506,75 @@ def test_without_kafka_access_the_edit_waits_and_says_why() -> None:
     body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
     body["metadata"]["generation"] += 1
     reconcile(body, kube, SETTINGS, now=T0, memo=memo)
-    assert cond(kube, name)["reason"] == "CannotVerify"
+    c = cond(kube, name)
+    assert (c["status"], c["reason"]) == ("Unknown", "CannotVerify")
+    assert live(kube, name) == before
+
+
+def test_a_group_that_still_has_members_is_deleted_on_a_later_reconcile() -> None:
+    kube, kafka, name, memo = running()
+    same = [row("/a", 0, clicks=3)]
+    body = body_of(kube, name)
+    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
+    body["metadata"]["generation"] += 1
+    reconcile(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=61), memo=memo,
+              kafka=lambda p: kafka)  # fmt: skip
+    v = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    groups = [f"default.clicks-per-minute.shadow.{v.run}.{role}" for role in ROLES]
+    for role, group in zip(ROLES, groups, strict=True):
+        kafka.groups[group] = dict(kafka.ends)
+        kafka.topics[f"streamherd.default.clicks-per-minute.shadow.{v.run}.{role}"] = [
+            orjson.dumps(r) for r in same
+        ]
+    kafka.members = set(groups)  # the shadow workers have not left their groups yet
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=62), memo=memo,
+              kafka=lambda p: kafka)  # fmt: skip
+    v = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    assert v.phase == "Passed" and not v.cleaned and set(groups) <= set(kafka.groups)
+    kafka.members = set()
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=63), memo=memo,
+              kafka=lambda p: kafka)  # fmt: skip
+    v = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    assert v.cleaned and not set(groups) & set(kafka.groups)
+    # Once clean, an idle pipeline asks nothing of Kafka.
+    idle = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=64),
+                     memo=memo, kafka=lambda p: pytest.fail("Kafka asked"))  # fmt: skip
+    assert idle.status is None
+
+
+def test_an_edit_during_a_run_replaces_the_run() -> None:
+    kube, kafka, name, memo = running()
+    body = body_of(kube, name)
+    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
+    body["metadata"]["generation"] += 1
+    reconcile(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    first = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    body = body_of(kube, name)
+    body["spec"]["processor"]["steps"][0]["filter"] = "status < 300"
+    body["metadata"]["generation"] += 1
+    reconcile(body, kube, SETTINGS, now=T0 + timedelta(seconds=5), memo=memo,
+              kafka=lambda p: kafka)  # fmt: skip
+    second = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    assert second.run != first.run and second.phase == "Running"
+    assert second.candidate != first.candidate and second.baseline == first.baseline
+    assert not [t for t in kafka.topics if first.run in t]
+    assert not [g for g in kafka.groups if first.run in g]
+    assert [t for t in kafka.topics if second.run in t]
+
+
+def test_a_missing_auth_secret_holds_the_edit_and_names_it() -> None:
+    kube, _kafka, name, memo = running()
+    before = live(kube, name)
+    body = body_of(kube, name)
+    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
+    body["metadata"]["generation"] += 1
+
+    def unreachable(p: Any) -> Any:
+        raise ValueError("Secret kafka-creds (key password) not found")
+
+    reconcile(body, kube, SETTINGS, now=T0, memo=memo, kafka=unreachable)
+    c = cond(kube, name)
+    assert (c["status"], c["reason"]) == ("Unknown", "KafkaError")
+    assert "kafka-creds" in c["message"]
     assert live(kube, name) == before
