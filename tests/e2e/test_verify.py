@@ -137,6 +137,10 @@ def test_a_change_of_results_is_held_with_its_count_and_an_equal_one_is_promoted
         listed = kafka_broker.admin().list_topics(timeout=10).topics
         return sorted(t for t in listed if t.startswith(f"streamherd.{ns.ns}.{name}.shadow."))
 
+    def shadow_groups() -> list[str]:
+        listed = kafka_broker.admin().list_consumer_groups().result(30).valid
+        return sorted(g.group_id for g in listed if g.group_id.startswith(f"{group}.shadow."))
+
     produce(kafka_broker, source, clicks(0, 3000))  # event time 0s..30s
     ns.apply(manifest(ns, name, source, sink, bootstrap, "bytes >= 0"))
     ns.bind_checkpoint_volume(name)
@@ -206,6 +210,11 @@ def test_a_change_of_results_is_held_with_its_count_and_an_equal_one_is_promoted
             timeout=120,
         )
         wait_until("the workers go on", caught_up, timeout=120)
+        wait_until(
+            "the shadows' groups deleted",
+            lambda: verification(ns, name).get("cleaned") is True and not shadow_groups(),
+            timeout=120,
+        )
 
         # 2. An edit that keeps the results (the same filter spelt otherwise): promoted.
         ns.apply(manifest(ns, name, source, sink, bootstrap, "bytes > -1"))
@@ -246,6 +255,11 @@ def test_a_change_of_results_is_held_with_its_count_and_an_equal_one_is_promoted
         wait_until(
             "the shadows removed again",
             lambda: not [p for p in mirror.workers if "-shadow-" in p] and not shadow_topics(),
+            timeout=120,
+        )
+        wait_until(
+            "the second run's groups deleted",
+            lambda: verification(ns, name).get("cleaned") is True and not shadow_groups(),
             timeout=120,
         )
         produce(kafka_broker, source, clicks(7000, 500))
