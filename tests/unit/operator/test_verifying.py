@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from streamherd.operator.api.v1alpha1 import VerificationStatus, Verify
@@ -21,6 +21,7 @@ from streamherd.operator.builders import Capabilities, build_all
 from streamherd.operator.builders.shadow import ROLES, build_shadow, shadow_config
 from streamherd.operator.reconciler import ReconcileMemo, reconcile
 from streamherd.operator.shadowtopics import NO_OFFSET, Offsets
+from streamherd.operator.validation import parse_pipeline
 from streamherd.operator.verifying import (
     VERIFIED,
     Comparison,
@@ -34,7 +35,9 @@ from streamherd.operator.verifying import (
     start_offsets,
     window_rows,
 )
+from streamherd.workers.config import WorkerConfig
 from streamherd.workers.windowing import iso_ms
+from tests.manifest_strategies import manifests
 from tests.unit.operator.operator_testkit import (
     SETTINGS,
     FakeKube,
@@ -287,6 +290,51 @@ def test_a_shadow_shares_nothing_it_could_write_with_its_pipeline() -> None:
         for c in build_all(pipeline, SETTINGS, secrets_hash="h", capabilities=Capabilities())
         if c["kind"] == "Deployment"
     )
+
+
+@settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(manifests())
+def test_every_accepted_verified_manifest_builds_isolated_shadows(doc: dict[str, Any]) -> None:
+    # Any generated manifest, made verifiable: a Kafka source, a window, verify shadow.
+    doc = copy.deepcopy(doc)
+    spec = doc["spec"]
+    spec["source"] = {"kafka": {"bootstrapServers": "kafka:9092", "topics": ["clicks"]}}
+    steps = spec.setdefault("processor", {}).setdefault("steps", [])
+    if not any("window" in s for s in steps):
+        steps.append({"window": {"keyBy": "user", "size": "10s",
+                                 "aggregates": [{"name": "n", "function": "count"}]}})  # fmt: skip
+    spec["upgrade"] = {"verify": {"mode": "shadow"}}
+    doc["metadata"] = {**doc["metadata"], "namespace": "ns", "uid": "u"}
+    pipeline, problems = parse_pipeline(doc)
+    assume(pipeline is not None and not problems)  # other fields the strategy made odd
+    assert pipeline is not None
+    children = build_all(pipeline, SETTINGS, secrets_hash="h", capabilities=Capabilities())
+    config = config_of(next(c for c in children if c["kind"] == "ConfigMap"))
+    deployment = next(c for c in children if c["kind"] == "Deployment")
+    assert config is not None and config.source.kafka is not None
+    names = set()
+    for role in ROLES:
+        cm, dep = build_shadow(pipeline, deployment, config, run="r", role=role)
+        shadow = WorkerConfig.model_validate_json(cm["data"]["worker.json"])  # the worker's read
+        assert shadow.processor == config.processor
+        assert shadow.source.kafka is not None and shadow.sink.kafka is not None
+        written = {shadow.sink.kafka.topic, shadow.source.kafka.consumer_group}
+        if shadow.repartition is not None:
+            written.add(shadow.repartition.topic)
+        own = {config.source.kafka.consumer_group, *(
+            [config.sink.kafka.topic] if config.sink.kafka else []), *(
+            [config.dead_letter.topic] if config.dead_letter else []), *(
+            [config.repartition.topic] if config.repartition else []),
+            *config.source.kafka.topics}  # fmt: skip
+        assert not written & own and not written & names
+        names |= written
+        assert shadow.dead_letter is None
+        pod = dep["spec"]["template"]["spec"]
+        assert not any("persistentVolumeClaim" in v for v in pod["volumes"])
 
 
 def test_only_the_processing_is_in_the_results_fingerprint() -> None:
