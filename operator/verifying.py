@@ -447,15 +447,24 @@ def gate(
     verify = pipeline.spec.upgrade.verify
     current = _current(status)
     enabled = verify is not None and verify.mode == "shadow" and not pipeline.spec.suspend
+    if not enabled or not applies:
+        # The common case costs nothing: no parse, no lookup (a thousand pipelines).
+        return _idle(pipeline, kube, kafka_factory, current, enabled)
     config_map = next(c for c in desired if c["kind"] == "ConfigMap")
     deployment = next(c for c in desired if c["kind"] == "Deployment")
     meta = config_map["metadata"]
-    live_cm = kube.get("v1", "ConfigMap", meta["namespace"], meta["name"]) if enabled else None
+    live_cm = kube.get("v1", "ConfigMap", meta["namespace"], meta["name"])
+    if (
+        live_cm is not None
+        and (live_cm.get("metadata", {}).get("annotations") or {}).get(INPUT_HASH_ANNOTATION)
+        == meta["annotations"][INPUT_HASH_ANNOTATION]
+    ):
+        return _idle(pipeline, kube, kafka_factory, current, enabled)  # nothing changes
     running = config_of(live_cm)
     wanted = config_of(config_map)
     baseline = results_fingerprint(running) if running is not None else None
     candidate = results_fingerprint(wanted) if wanted is not None else None
-    if not enabled or not applies or running is None or baseline == candidate:
+    if running is None or baseline == candidate:
         return _idle(pipeline, kube, kafka_factory, current, enabled)
     assert verify is not None and wanted is not None and baseline and candidate
     edit = _Edit(pipeline, kube, verify, baseline, candidate, running, wanted, deployment)
