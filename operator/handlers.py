@@ -39,8 +39,8 @@ from typing import Any, Final
 
 import kopf
 
-from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
-from streamherd.operator.autoscaling.handlers import register_autoscaler
+from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION, StreamPipeline
+from streamherd.operator.autoscaling.handlers import cluster_from_secrets, register_autoscaler
 from streamherd.operator.builders import CHILD_KINDS
 from streamherd.operator.builders.meta import MANAGED_BY, PIPELINE_LABEL
 from streamherd.operator.kopfstate import InMemoryDiffBaseStorage, QuietProgressStorage
@@ -48,6 +48,7 @@ from streamherd.operator.kube import ApiError, Kube, Manifest
 from streamherd.operator.peering import PeeringGate
 from streamherd.operator.reconciler import EventNote, ReconcileMemo, ReconcileResult, reconcile
 from streamherd.operator.settings import OperatorSettings
+from streamherd.operator.shadowtopics import KafkaShadowClient
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,10 @@ def _reconcile_blocking(
         body = ctx.kube.get(f"{GROUP}/{VERSION}", KIND, namespace, name, cached=False)
     if body is None or body.get("metadata", {}).get("deletionTimestamp"):
         return body, None
-    result = reconcile(body, ctx.kube, ctx.settings, pool=ctx.apply_pool, memo=ctx.memo)
+    result = reconcile(
+        body, ctx.kube, ctx.settings, pool=ctx.apply_pool, memo=ctx.memo,
+        kafka=lambda p: _shadow_kafka(ctx, p),
+    )  # fmt: skip
     for note in result.events:
         event = event_body(body, note)
         if ctx.event_pool is not None:
@@ -154,6 +158,12 @@ def _reconcile_blocking(
         else:
             _post_event(ctx.kube, event)
     return body, result
+
+
+def _shadow_kafka(ctx: OperatorContext, pipeline: StreamPipeline) -> KafkaShadowClient:
+    """The source cluster of a pipeline under shadow verification (operator/verifying.py),
+    with its credentials; created only when a verification needs it."""
+    return KafkaShadowClient(cluster_from_secrets(ctx.kube, pipeline))
 
 
 def _post_event(kube: Kube, event: Manifest) -> None:

@@ -66,6 +66,7 @@ from streamherd.operator.upgrades import (
     decide,
 )
 from streamherd.operator.validation import readable_errors, semantic_errors
+from streamherd.operator.verifying import VERIFIED, KafkaFactory, gate
 from streamherd.workers.fingerprint import Description
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,9 @@ READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 MONITORING = "MonitoringAvailable"
-OWN_CONDITIONS = (READY, PROGRESSING, DEGRADED, MONITORING, STATE_COMPATIBLE, ROLLED_BACK)
+OWN_CONDITIONS = (
+    READY, PROGRESSING, DEGRADED, MONITORING, STATE_COMPATIBLE, ROLLED_BACK, VERIFIED,
+)  # fmt: skip
 # The status keys this module writes; others (desiredReplicas, lag, lastScale*) belong to
 # the autoscaler and are never touched here.
 OWN_STATUS_KEYS = (
@@ -93,6 +96,7 @@ OWN_STATUS_KEYS = (
     "snapshots",
     "lastGoodGeneration",
     "rolledBackGeneration",
+    "verification",
     "conditions",
 )
 
@@ -715,6 +719,8 @@ def _upgrade(
     )
 
 
+#: A decision that keeps no snapshot (while a verification holds the edit).
+_NO_DECISION = Decision("roll", "", "")
 #: How many kept snapshots status lists.
 MAX_SNAPSHOTS = 20
 
@@ -788,12 +794,15 @@ def reconcile(
     now: datetime | None = None,
     pool: Executor | None = None,
     memo: ReconcileMemo | None = None,
+    kafka: KafkaFactory | None = None,
 ) -> ReconcileResult:
     """Bring one pipeline's children and status to the desired state (see module doc).
 
     pool: where to apply a wave's children concurrently (None: one after the other). It
     must not be the pool this call runs in (a full pool would wait for itself).
     memo: what earlier reconciles of the same spec parsed and built (None: nothing kept).
+    kafka: the Kafka access of a shadow verification (operator/verifying.py; None: none, a
+    verification then waits and says so).
     """
     meta = body.get("metadata") or {}
     namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
@@ -884,7 +893,13 @@ def reconcile(
         return refusal_is_final(e, child, uid, generation, memo)
 
     upgrade = _upgrade(running, desired, kube, memo, generation)
-    if upgrade.holds:
+    # spec.upgrade.verify: an edit of the processing runs on shadows first (verifying.py).
+    verification = gate(
+        pipeline, desired, kube, kafka, current_status,
+        now=datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z"), stamp=stamp, generation=generation,
+        applies=good is None and upgrade.action in ("roll", "reset", "replay"),
+    )  # fmt: skip
+    if upgrade.holds or verification.holds:
         # The workers stay exactly as they are: their ConfigMap and Deployment are not
         # applied (the rest of the edit is, e.g. monitoring), and not deleted either.
         kept = [c for c in desired if c["kind"] not in HELD_KINDS]
@@ -895,8 +910,16 @@ def reconcile(
     _delete_unwanted(pipeline, desired, kube, out)
     state_c = _state_condition(upgrade, current_conditions, current_status)
     was_state = get_condition(current_conditions, STATE_COMPATIBLE)
-    if upgrade.event is not None and (
-        was_state is None or (was_state.reason, was_state.message) != state_c[1:]
+    if verification.holds and not upgrade.holds:
+        # Nothing is decided about the state until the verdict: say what runs.
+        state_c = (was_state.status, was_state.reason, was_state.message) if was_state else (
+            "True", "Compatible", f"state fingerprint {current_status.get('stateFingerprint')}"
+        )  # fmt: skip
+    out.events.extend(EventNote(*e) for e in verification.events)
+    if (
+        upgrade.event is not None
+        and not verification.holds
+        and (was_state is None or (was_state.reason, was_state.message) != state_c[1:])
     ):
         out.events.append(EventNote(*upgrade.event))
     if out.created:
@@ -968,6 +991,7 @@ def reconcile(
             DEGRADED: deg_c,
             MONITORING: _monitoring_condition(pipeline, caps),
             STATE_COMPATIBLE: state_c,
+            **({VERIFIED: verification.condition} if verification.condition else {}),
         },
         stamp,
         generation,
@@ -998,7 +1022,7 @@ def reconcile(
             good is None
             and settled
             and observed
-            and not upgrade.holds
+            and not (upgrade.holds or verification.holds)
             and ready_c[0] == "True"
             and generation is not None
             and last_good_generation != generation
@@ -1021,9 +1045,16 @@ def reconcile(
         readyReplicas=ready,
         selector=sel,
         inputHash=input_hash,
-        stateFingerprint=upgrade.fingerprint,
+        stateFingerprint=(
+            current_status.get("stateFingerprint") or upgrade.fingerprint
+            if verification.holds and not upgrade.holds
+            else upgrade.fingerprint
+        ),
         pendingStateChanges=list(upgrade.changes) if upgrade.holds else None,
-        snapshots=_snapshots(upgrade, current_status, generation, stamp),
+        snapshots=_snapshots(
+            upgrade if not verification.holds else _NO_DECISION, current_status, generation, stamp
+        ),
+        verification=verification.verification,
         lastGoodGeneration=last_good_generation,
         rolledBackGeneration=generation if good is not None else None,
     )

@@ -152,6 +152,14 @@ BOTH: list[Case] = [
          (f"{W}.allowedLateness", "10")),
     case("hopping window of 24h sliding by 1ms", KAFKA, f"{W}.slide",
          (f"{W}.type", "hopping"), (f"{W}.size", "24h"), (f"{W}.slide", "1ms")),
+    # shadow verification (spec.upgrade.verify)
+    case("shadow verification of a generator source", LOCAL, "spec.upgrade.verify",
+         ("spec.upgrade", {"verify": {"mode": "shadow"}})),
+    case("shadow verification without a window", KAFKA, "spec.upgrade.verify",
+         ("spec.processor.steps", [{"filter": "status < 500"}]),
+         ("spec.upgrade", {"verify": {"mode": "shadow"}})),
+    case("verify tolerance above 100%", KAFKA, "spec.upgrade.verify.tolerance",
+         ("spec.upgrade", {"verify": {"tolerance": "101%"}})),
     # modes the source cannot serve
     case("keda with a generator source", LOCAL, "spec.autoscaling.mode",
          ("spec.autoscaling", {"mode": "keda", "minReplicas": 0, "maxReplicas": 1})),

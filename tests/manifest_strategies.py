@@ -113,6 +113,14 @@ def manifests(draw: st.DrawFn) -> dict[str, Any]:
         spec["pod"] = {"priorityClassName": priority}
     if draw(st.booleans()):
         spec["monitoring"] = {"scrapeInterval": draw(DURATIONS)}
+    if draw(st.booleans()):
+        spec["upgrade"] = {
+            "verify": {
+                "mode": draw(st.sampled_from(["shadow", "none"])),
+                "duration": draw(DURATIONS),
+                "tolerance": draw(mix(["0", "3", "1%", "100%"], ["101%", "-1", "1.5%", ""])),
+            }
+        }
     return {
         "apiVersion": "streamherd.io/v1alpha1",
         "kind": "StreamPipeline",

@@ -732,6 +732,27 @@ RULES: Final[tuple[Rule, ...]] = (
         cel="self.onStateChange != 'replay' || has(self.replayFrom)",
         holds=lambda u: u.on_state_change != "replay" or u.replay_from is not None,
     ),
+    Rule(
+        name="shadow verification needs a Kafka source and a window",
+        at="spec",
+        field=".upgrade.verify",
+        message=(
+            "upgrade.verify shadow needs a Kafka source (the shadows read it in their own "
+            "consumer groups and write to internal topics on its cluster) and a window step "
+            "(results are compared window by window)"
+        ),
+        cel=(
+            "!has(self.upgrade) || !has(self.upgrade.verify) || "
+            "(has(self.upgrade.verify.mode) && self.upgrade.verify.mode == 'none') || "
+            "(has(self.source.kafka) && has(self.processor) && has(self.processor.steps) && "
+            "self.processor.steps.exists(s, has(s.window)))"
+        ),
+        holds=lambda s: (
+            s.upgrade.verify is None
+            or s.upgrade.verify.mode == "none"
+            or (s.source.kafka is not None and _windowed(s))
+        ),
+    ),
     # -- exactly-once: one Kafka transaction must hold every output
     Rule(
         name="exactly-once fits one transaction",

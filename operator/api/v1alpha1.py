@@ -504,6 +504,53 @@ class Checkpoint(Model):
 # --------------------------------------------------------------------------- upgrades
 
 
+#: Tolerance of a shadow verification: a count of differing windows, or a percentage of
+#: the windows compared (0% to 100%).
+TOLERANCE_PATTERN = r"^([0-9]{1,9}|([0-9]|[1-9][0-9]|100)%)$"
+
+
+class Verify(Model):
+    """Verify an edit of the processing on a shadow run before it reaches the workers."""
+
+    mode: Literal["none", "shadow"] = Field(
+        default="shadow",
+        description=(
+            "shadow: an edit that changes what the workers compute (processor steps, user "
+            "function, source format) first runs on two shadow workers, the running spec "
+            "and the edited one, each in its own consumer group from the same offsets (the "
+            "running workers' committed ones) writing to its own internal topic; after "
+            "`duration` their results are compared window by window, and the edit is rolled "
+            "out only when at most `tolerance` windows differ. The running workers are not "
+            "touched until then. none: roll edits as usual."
+        ),
+    )
+    duration: Duration = Field(
+        default="5m",
+        description=(
+            "How long the shadows read the input before their results are compared (then "
+            "both must have read up to the input's end at that moment)."
+        ),
+    )
+    tolerance: str = Field(
+        default="0",
+        pattern=TOLERANCE_PATTERN,
+        max_length=12,
+        description=(
+            "Differing windows allowed for the edit to be promoted: a count (`0`: every "
+            "compared window must be equal) or a percentage of the windows compared (`1%`)."
+        ),
+    )
+    min_windows: int = Field(
+        default=1,
+        ge=0,
+        le=1_000_000_000,
+        description=(
+            "Fewest windows that must be compared for a verdict: a run that saw fewer fails "
+            "(no evidence is not a pass). 0 accepts a run without results."
+        ),
+    )
+
+
 class Upgrade(Model):
     """How an edit that changes the pipeline's state is rolled out.
 
@@ -547,6 +594,14 @@ class Upgrade(Model):
         description=(
             "How long a rollout may go without settling before rollback auto undoes it "
             "(checked on every reconcile: Deployment events and the resync interval)."
+        ),
+    )
+
+    verify: Verify | None = Field(
+        default=None,
+        description=(
+            "Verify an edit of the processing on a shadow run and promote it only within a "
+            "tolerance (docs/lifecycle.md, 'Verify before promote'); none when omitted."
         ),
     )
 
@@ -853,6 +908,49 @@ class StateSnapshot(Model):
     time: str | None = Field(default=None, description="When it was decided (RFC 3339).")
 
 
+class VerificationStatus(Model):
+    """The shadow verification of an edit (spec.upgrade.verify), its progress and result."""
+
+    phase: Literal["Running", "Comparing", "Passed", "Failed"] = Field(
+        description=(
+            "Running: the shadows read the input for `duration`; Comparing: waiting for both "
+            "to reach the input's end at that moment, then comparing; Passed: promoted; "
+            "Failed: not promoted (the running workers are kept)."
+        )
+    )
+    run: str = Field(description="Id of the run (in the shadows' names, groups and topics).")
+    generation: int | None = Field(default=None, description="The spec generation verified.")
+    baseline: str = Field(description="Results fingerprint of the running spec.")
+    candidate: str = Field(description="Results fingerprint of the edited spec.")
+    started_at: str | None = Field(default=None, description="When the shadows started.")
+    end_offsets: dict[str, int] | None = Field(
+        default=None,
+        description=(
+            "The input's end offsets (`topic/partition`) when `duration` was over: both "
+            "shadows must have read up to them before they are compared."
+        ),
+    )
+    compared_windows: int | None = Field(
+        default=None, description="Windows both runs closed, compared value by value."
+    )
+    differing_windows: int | None = Field(
+        default=None,
+        description="Compared windows whose results differ (or that only one run produced).",
+    )
+    pending_windows: int | None = Field(
+        default=None,
+        description="Windows left out: not yet closed in both runs when they were compared.",
+    )
+    differing: list[str] | None = Field(
+        default=None, max_length=10, description="A sample of the differing windows."
+    )
+    message: str | None = Field(default=None, description="What happened, for a person.")
+    cleaned: bool | None = Field(
+        default=None,
+        description="The shadows, their topics and their consumer groups are all deleted.",
+    )
+
+
 class StreamPipelineStatus(Model):
     """The observed state, written by the operator."""
 
@@ -896,6 +994,10 @@ class StreamPipelineStatus(Model):
     rolled_back_generation: int | None = Field(
         default=None,
         description="A generation rolled back to lastGoodGeneration (until the next edit).",
+    )
+    verification: VerificationStatus | None = Field(
+        default=None,
+        description="The shadow verification of the last verified edit (spec.upgrade.verify).",
     )
     snapshots: list[StateSnapshot] | None = Field(
         default=None,

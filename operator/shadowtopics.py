@@ -1,0 +1,212 @@
+"""The Kafka side of a shadow verification (operator/verifying.py): offsets, topics, reads.
+
+A shadow run needs a few things from the pipeline's source cluster that the rest of the
+operator does not: the running consumer group's committed offsets, the input's end offsets,
+an internal output topic per shadow (created before the shadows start, deleted after), the
+shadows' own groups seeded with the running group's offsets, and a full read of each
+shadow's output topic. :class:`ShadowKafka` is that surface (a Protocol, so the reconciler's
+unit tests use a fake); :class:`KafkaShadowClient` implements it with confluent-kafka, one
+admin client and short-lived consumers, per reconcile that needs it.
+
+Kept small and self-contained on purpose: creating and deleting internal topics is also
+what the repartition and changelog topics need, and this is meant to fold into that code.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+# The same class as confluent_kafka.admin.NewTopic, whose type stub does not re-export it.
+from confluent_kafka.cimpl import NewTopic
+
+from streamherd.workers.lagprobe import ClusterConfig
+
+log = logging.getLogger(__name__)
+
+Offsets = dict[tuple[str, int], int]
+#: librdkafka's "no committed offset".
+NO_OFFSET: Final = -1001
+TIMEOUT: Final = 15.0
+
+
+class ShadowKafkaError(Exception):
+    """A Kafka call of a shadow verification failed (the reconcile retries later)."""
+
+
+class ShadowKafka(Protocol):
+    """What a shadow verification asks of the source cluster."""
+
+    def committed(self, group: str, topics: Sequence[str]) -> Offsets:
+        """The group's committed offset of every partition of `topics` (NO_OFFSET: none)."""
+        ...
+
+    def end_offsets(self, topics: Sequence[str]) -> Offsets:
+        """The log-end offset of every partition of `topics`."""
+        ...
+
+    def commit(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Commit `offsets` for `group` (a new group: nobody consumes in it yet)."""
+        ...
+
+    def create_topic(self, name: str, partitions: int) -> None:
+        """Create `name` unless it exists."""
+        ...
+
+    def read_all(self, topic: str) -> list[bytes | None]:
+        """Every value of `topic` from its start to its current end, read_committed."""
+        ...
+
+    def delete_topics(self, names: Iterable[str]) -> None:
+        """Delete the topics that exist (best effort)."""
+        ...
+
+    def delete_groups(self, groups: Iterable[str]) -> list[str]:
+        """Delete the groups; returns those still there (members have not left yet)."""
+        ...
+
+
+class KafkaShadowClient:
+    """:class:`ShadowKafka` over confluent-kafka; `close()` when done."""
+
+    def __init__(self, cluster: ClusterConfig) -> None:
+        self._config = cluster.client_config()
+        try:
+            self._admin = AdminClient(dict(self._config))
+        except KafkaException as e:
+            raise ShadowKafkaError(f"cannot connect to {cluster.describe()}: {e}") from e
+
+    def close(self) -> None:
+        # AdminClient has no close; dropping it frees its threads.
+        del self._admin
+
+    def _consumer(self, group: str | None = None) -> Any:
+        return Consumer(
+            {
+                **self._config,
+                "group.id": group or f"streamherd-operator-reader-{uuid.uuid4().hex[:12]}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+            }
+        )
+
+    def _partitions(self, consumer: Any, topics: Sequence[str]) -> list[TopicPartition]:
+        out = []
+        for topic in topics:
+            md = consumer.list_topics(topic, timeout=TIMEOUT).topics.get(topic)
+            if md is None or md.error is not None:
+                raise ShadowKafkaError(f"topic {topic}: {md.error if md else 'not found'}")
+            out += [TopicPartition(topic, p) for p in sorted(md.partitions)]
+        return out
+
+    def committed(self, group: str, topics: Sequence[str]) -> Offsets:
+        consumer = self._consumer(group)
+        try:
+            tps = self._partitions(consumer, topics)
+            return {(tp.topic, tp.partition): tp.offset
+                    for tp in consumer.committed(tps, timeout=TIMEOUT)}  # fmt: skip
+        except KafkaException as e:
+            raise ShadowKafkaError(f"committed offsets of {group}: {e}") from e
+        finally:
+            consumer.close()
+
+    def end_offsets(self, topics: Sequence[str]) -> Offsets:
+        consumer = self._consumer()
+        try:
+            out: Offsets = {}
+            for tp in self._partitions(consumer, topics):
+                _low, high = consumer.get_watermark_offsets(tp, timeout=TIMEOUT)
+                out[(tp.topic, tp.partition)] = high
+            return out
+        except KafkaException as e:
+            raise ShadowKafkaError(f"end offsets of {list(topics)}: {e}") from e
+        finally:
+            consumer.close()
+
+    def commit(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
+        consumer = self._consumer(group)
+        try:
+            tps = [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())]
+            if tps:
+                consumer.commit(offsets=tps, asynchronous=False)
+        except KafkaException as e:
+            raise ShadowKafkaError(f"committing the start offsets of {group}: {e}") from e
+        finally:
+            consumer.close()
+
+    def create_topic(self, name: str, partitions: int) -> None:
+        topic = NewTopic(name, num_partitions=partitions, replication_factor=-1)
+        try:
+            self._admin.create_topics([topic], operation_timeout=TIMEOUT)[name].result(TIMEOUT)
+        except KafkaException as e:
+            if e.args and e.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                return
+            raise ShadowKafkaError(f"creating topic {name}: {e}") from e
+
+    def read_all(self, topic: str) -> list[bytes | None]:
+        consumer = self._consumer()
+        try:
+            tps = self._partitions(consumer, [topic])
+            ends = {}
+            for tp in tps:
+                low, high = consumer.get_watermark_offsets(tp, timeout=TIMEOUT)
+                if high > low:
+                    ends[tp.partition] = high
+            if not ends:
+                return []
+            consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+            values: list[bytes | None] = []
+            left = set(ends)
+            while left:
+                msg = consumer.poll(TIMEOUT)
+                if msg is None:
+                    raise ShadowKafkaError(f"reading {topic}: no record within {TIMEOUT}s")
+                if msg.error() is not None:
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        left.discard(msg.partition())
+                        continue
+                    raise ShadowKafkaError(f"reading {topic}: {msg.error()}")
+                values.append(msg.value())
+                if (msg.offset() or 0) + 1 >= ends[msg.partition()]:
+                    left.discard(msg.partition())
+            return values
+        except KafkaException as e:
+            raise ShadowKafkaError(f"reading {topic}: {e}") from e
+        finally:
+            consumer.close()
+
+    def delete_topics(self, names: Iterable[str]) -> None:
+        wanted = list(names)
+        if not wanted:
+            return
+        for name, future in self._admin.delete_topics(wanted, operation_timeout=TIMEOUT).items():
+            try:
+                future.result(TIMEOUT)
+            except KafkaException as e:
+                if e.args and e.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    log.warning("could not delete shadow topic %s: %s", name, e)
+
+    def delete_groups(self, groups: Iterable[str]) -> list[str]:
+        wanted = list(groups)
+        if not wanted:
+            return []
+        left = []
+        for group, future in self._admin.delete_consumer_groups(
+            wanted, request_timeout=TIMEOUT
+        ).items():
+            try:
+                future.result(TIMEOUT)
+            except KafkaException as e:
+                if e.args and e.args[0].code() == KafkaError.GROUP_ID_NOT_FOUND:
+                    continue
+                # Still has members (the shadow pods are going away): tried again later.
+                log.info("shadow consumer group %s not deleted yet: %s", group, e)
+                left.append(group)
+        return left

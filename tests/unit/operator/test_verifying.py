@@ -1,0 +1,628 @@
+"""Verify before promote (operator/verifying.py, operator/builders/shadow.py): the pure
+comparison and verdict (tables and properties), the shadow builder's isolation from the
+pipeline, and the whole gate through the reconciler against the in-memory API server and
+an in-memory Kafka. The real API server, operator, broker and workers:
+tests/e2e/test_verify.py."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from streamherd.operator.api.v1alpha1 import VerificationStatus, Verify
+from streamherd.operator.builders import Capabilities, build_all
+from streamherd.operator.builders.shadow import ROLES, build_shadow, shadow_config
+from streamherd.operator.reconciler import ReconcileMemo, reconcile
+from streamherd.operator.shadowtopics import NO_OFFSET, Offsets
+from streamherd.operator.validation import parse_pipeline
+from streamherd.operator.verifying import (
+    VERIFIED,
+    Comparison,
+    allowed_differences,
+    compare,
+    config_of,
+    judge,
+    next_step,
+    results_fingerprint,
+    same_value,
+    start_offsets,
+    window_rows,
+)
+from streamherd.workers.config import WorkerConfig
+from streamherd.workers.windowing import iso_ms
+from tests.manifest_strategies import manifests
+from tests.unit.operator.operator_testkit import (
+    SETTINGS,
+    FakeKube,
+    body_of,
+    example_doc,
+    pipeline_from,
+)
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+SIZE = 60_000
+
+
+def row(key: Any, start_ms: int, **aggs: Any) -> dict[str, Any]:
+    return {
+        "key": key,
+        "window_start": iso_ms(start_ms),
+        "window_end": iso_ms(start_ms + SIZE),
+        **aggs,
+    }
+
+
+def rows(*items: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return window_rows(orjson.dumps(r) for r in items)
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def test_equal_runs_compare_every_closed_window_and_differ_in_none() -> None:
+    a = rows(row("u1", 0, n=1), row("u2", 0, n=2), row("u1", SIZE, n=3))
+    result = compare(a, copy.deepcopy(a))
+    assert result == Comparison(3, 0, 0, (), 3, 3)
+
+
+def test_a_changed_value_a_missing_window_and_an_extra_one_each_differ() -> None:
+    a = rows(row("u1", 0, n=1, s=2.5), row("u2", 0, n=2), row("u3", SIZE, n=1))
+    b = rows(row("u1", 0, n=1, s=3.0), row("u4", 0, n=7), row("u3", SIZE, n=1))
+    result = compare(a, b)
+    assert (result.compared, result.differing, result.pending) == (4, 3, 0)
+    assert result.sample == (
+        '"u1"|1970-01-01T00:00:00.000Z: s 2.5 -> 3.0',
+        '"u2"|1970-01-01T00:00:00.000Z: missing with the edited spec',
+        '"u4"|1970-01-01T00:00:00.000Z: only the edited spec has it',
+    )
+
+
+def test_windows_after_the_earlier_horizon_are_pending_not_differing() -> None:
+    # The candidate has not closed the second window yet: it is not counted either way.
+    a = rows(row("u1", 0, n=1), row("u1", SIZE, n=1), row("u1", 2 * SIZE, n=1))
+    b = rows(row("u1", 0, n=1), row("u1", SIZE, n=1))
+    result = compare(a, b)
+    assert (result.compared, result.differing, result.pending) == (2, 0, 1)
+
+
+def test_a_run_without_results_differs_in_every_window_of_the_other() -> None:
+    a = rows(row("u1", 0, n=1), row("u2", SIZE, n=1))
+    assert (compare(a, {}).compared, compare(a, {}).differing) == (2, 2)
+    assert compare({}, {}) == Comparison()
+
+
+def test_values_compare_by_meaning() -> None:
+    assert same_value(0.1 + 0.2, 0.3)  # a float sum added in another order
+    assert not same_value(1.0, 1.001)
+    assert not same_value(1, True) and not same_value(True, 1)
+    assert same_value(2, 2.0)
+    assert not same_value(2**64, 2**64 + 1)
+    assert same_value({"a": 1, "b": [1, 2]}, {"b": [1, 2], "a": 1})
+    assert not same_value({"a": None}, {"a": 0})
+    assert same_value(float("nan"), float("nan"))
+
+
+def test_window_rows_keep_the_last_value_and_skip_what_is_no_window() -> None:
+    found = window_rows(
+        [
+            orjson.dumps(row(["a", 1], 0, n=1)),
+            b"not json",
+            None,
+            orjson.dumps({"n": 1}),
+            orjson.dumps(row(["a", 1], 0, n=2)),
+        ]
+    )
+    assert list(found.values()) == [row(["a", 1], 0, n=2)]
+
+
+keys = st.sampled_from(["u1", "u2", "u3", 1, 1.5, True, None, ["a", 2]])
+windows = st.dictionaries(
+    st.tuples(keys.map(lambda k: orjson.dumps(k).decode()), st.integers(0, 20)),
+    st.integers(0, 5),
+    max_size=40,
+)
+
+
+def as_rows(d: Mapping[tuple[str, int], int]) -> dict[tuple[str, str], dict[str, Any]]:
+    return rows(*(row(orjson.loads(k), i * SIZE, n=v) for (k, i), v in d.items()))
+
+
+@settings(max_examples=200, deadline=None)
+@given(windows, windows)
+def test_comparison_invariants(a: dict[Any, int], b: dict[Any, int]) -> None:
+    ra, rb = as_rows(a), as_rows(b)
+    result, back = compare(ra, rb), compare(rb, ra)
+    # Symmetric, and every window is either compared or pending.
+    assert (result.compared, result.differing, result.pending) == (
+        back.compared,
+        back.differing,
+        back.pending,
+    )
+    assert result.compared + result.pending == len(ra.keys() | rb.keys())
+    assert 0 <= result.differing <= result.compared
+    assert len(result.sample) == min(result.differing, 5)
+    # A run compared with itself never differs, and pends nothing.
+    same = compare(ra, copy.deepcopy(ra))
+    assert (same.differing, same.pending, same.compared) == (0, 0, len(ra))
+
+
+@settings(max_examples=200, deadline=None)
+@given(windows, st.data())
+def test_changing_k_closed_windows_counts_exactly_k(a: dict[Any, int], data: Any) -> None:
+    ra = as_rows(a)
+    if not ra:
+        return
+    horizon = max(r["window_end"] for r in ra.values())
+    closed = sorted(k for k, r in ra.items() if r["window_end"] <= horizon)
+    changed = data.draw(st.sets(st.sampled_from(closed)))
+    rb = copy.deepcopy(ra)
+    for k in changed:
+        rb[k]["n"] += 1
+    assert compare(ra, rb).differing == len(changed)
+
+
+# --------------------------------------------------------------------------- the verdict
+
+
+@pytest.mark.parametrize(
+    ("tolerance", "compared", "allowed"),
+    [("0", 100, 0), ("3", 100, 3), ("3", 0, 3), ("1%", 100, 1), ("1%", 99, 0),
+     ("50%", 7, 3), ("100%", 7, 7), ("0%", 7, 0)],
+)  # fmt: skip
+def test_tolerance(tolerance: str, compared: int, allowed: int) -> None:
+    assert allowed_differences(tolerance, compared) == allowed
+
+
+@pytest.mark.parametrize(
+    ("verify", "compared", "differing", "reason"),
+    [
+        (Verify(), 10, 0, "Passed"),
+        (Verify(), 10, 1, "ResultsDiffer"),
+        (Verify(tolerance="1"), 10, 1, "Passed"),
+        (Verify(tolerance="10%"), 10, 1, "Passed"),
+        (Verify(tolerance="10%"), 10, 2, "ResultsDiffer"),
+        (Verify(), 0, 0, "TooFewWindows"),
+        (Verify(min_windows=20), 10, 0, "TooFewWindows"),
+        (Verify(min_windows=0), 0, 0, "Passed"),
+    ],
+)
+def test_judge(verify: Verify, compared: int, differing: int, reason: str) -> None:
+    passed, got, message = judge(compared, differing, verify)
+    assert (passed, got) == (reason == "Passed", reason)
+    if reason == "ResultsDiffer":
+        assert f"{differing} of {compared} windows differ" in message
+        assert "not promoted" in message
+
+
+def status(phase: str, **extra: Any) -> VerificationStatus:
+    return VerificationStatus.model_validate(
+        {"phase": phase, "run": "r1", "baseline": "b", "candidate": "c",
+         "startedAt": "2026-03-01T12:00:00Z", **extra}
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("current", "now", "step"),
+    [
+        (None, T0, "start"),
+        (status("Running", candidate="other"), T0, "start"),
+        (status("Passed", baseline="other"), T0, "start"),
+        (status("Running"), T0 + timedelta(seconds=59), "run"),
+        (status("Running"), T0 + timedelta(seconds=60), "end"),
+        (status("Comparing"), T0 + timedelta(hours=1), "compare"),
+        (status("Passed"), T0, "promote"),
+        (status("Failed", comparedWindows=10, differingWindows=1), T0, "hold"),
+        (status("Failed", comparedWindows=10, differingWindows=0), T0, "promote"),
+    ],
+)
+def test_next_step(current: VerificationStatus | None, now: datetime, step: str) -> None:
+    assert next_step(current, "b", "c", Verify(duration="60s"), now) == step
+
+
+def test_a_failure_is_judged_again_under_an_edited_tolerance() -> None:
+    failed = status("Failed", comparedWindows=10, differingWindows=2)
+    assert next_step(failed, "b", "c", Verify(), T0) == "hold"
+    assert next_step(failed, "b", "c", Verify(tolerance="2"), T0) == "promote"
+    assert next_step(failed, "b", "c", Verify(tolerance="20%"), T0) == "promote"
+
+
+def test_start_offsets_are_the_running_groups_or_the_end() -> None:
+    committed = {("t", 0): 5, ("t", 1): NO_OFFSET}
+    ends = {("t", 0): 9, ("t", 1): 4}
+    assert start_offsets(committed, ends) == {("t", 0): 5, ("t", 1): 4}
+
+
+# --------------------------------------------------------------------------- the shadows
+
+
+def verified_doc(**verify: Any) -> dict[str, Any]:
+    doc = example_doc("02-clicks-per-minute")
+    doc["spec"]["upgrade"] = {"verify": {"mode": "shadow", "duration": "60s", **verify}}
+    doc["spec"]["autoscaling"] = {"mode": "none"}
+    return doc
+
+
+def test_a_shadow_shares_nothing_it_could_write_with_its_pipeline() -> None:
+    pipeline = pipeline_from(verified_doc(), namespace="ns", uid="u1")
+    children = build_all(pipeline, SETTINGS, secrets_hash="h", capabilities=Capabilities())
+    config_map = next(c for c in children if c["kind"] == "ConfigMap")
+    deployment = next(c for c in children if c["kind"] == "Deployment")
+    live = config_of(config_map)
+    assert live is not None
+    for role in ROLES:
+        shadow = shadow_config(pipeline, live, "r1", role)
+        assert shadow.processor == live.processor
+        assert shadow.source.kafka is not None and live.source.kafka is not None
+        assert shadow.source.kafka.topics == live.source.kafka.topics
+        assert shadow.source.kafka.consumer_group == f"ns.clicks-per-minute.shadow.r1.{role}"
+        assert shadow.sink.kafka is not None
+        assert shadow.sink.kafka.topic == f"streamherd.ns.clicks-per-minute.shadow.r1.{role}"
+        assert shadow.dead_letter is None and shadow.state is None
+        assert shadow.checkpoint.changelog is None
+        cm, dep = build_shadow(pipeline, deployment, live, run="r1", role=role, image="img:old")
+        name = f"clicks-per-minute-shadow-{role}"
+        assert cm["metadata"]["name"] == dep["metadata"]["name"] == name
+        assert config_of(cm) == shadow
+        pod = dep["spec"]["template"]["spec"]
+        assert not any("persistentVolumeClaim" in v for v in pod["volumes"])
+        projected = next(v for v in pod["volumes"] if "projected" in v)
+        assert projected["projected"]["sources"][0]["configMap"]["name"] == cm["metadata"]["name"]
+        assert pod["containers"][0]["image"] == "img:old"
+        # No selector of the pipeline's matches a shadow pod.
+        pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+        for child in children:
+            selector = child.get("spec", {}).get("selector")
+            wanted = selector.get("matchLabels", selector) if isinstance(selector, dict) else None
+            if wanted:
+                assert not wanted.items() <= pod_labels.items(), child["kind"]
+        assert dep["spec"]["replicas"] == 1
+        assert dep["metadata"]["ownerReferences"][0]["uid"] == "u1"
+    # The pipeline's own Deployment is not changed by building its shadows.
+    assert deployment == next(
+        c
+        for c in build_all(pipeline, SETTINGS, secrets_hash="h", capabilities=Capabilities())
+        if c["kind"] == "Deployment"
+    )
+
+
+@settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(manifests())
+def test_every_accepted_verified_manifest_builds_isolated_shadows(doc: dict[str, Any]) -> None:
+    # Any generated manifest, made verifiable: a Kafka source, a window, verify shadow.
+    doc = copy.deepcopy(doc)
+    spec = doc["spec"]
+    spec["source"] = {"kafka": {"bootstrapServers": "kafka:9092", "topics": ["clicks"]}}
+    steps = spec.setdefault("processor", {}).setdefault("steps", [])
+    if not any("window" in s for s in steps):
+        steps.append({"window": {"keyBy": "user", "size": "10s",
+                                 "aggregates": [{"name": "n", "function": "count"}]}})  # fmt: skip
+    spec["upgrade"] = {"verify": {"mode": "shadow"}}
+    doc["metadata"] = {**doc["metadata"], "namespace": "ns", "uid": "u"}
+    pipeline, problems = parse_pipeline(doc)
+    assume(pipeline is not None and not problems)  # other fields the strategy made odd
+    assert pipeline is not None
+    children = build_all(pipeline, SETTINGS, secrets_hash="h", capabilities=Capabilities())
+    config = config_of(next(c for c in children if c["kind"] == "ConfigMap"))
+    deployment = next(c for c in children if c["kind"] == "Deployment")
+    assert config is not None and config.source.kafka is not None
+    names = set()
+    for role in ROLES:
+        cm, dep = build_shadow(pipeline, deployment, config, run="r", role=role)
+        shadow = WorkerConfig.model_validate_json(cm["data"]["worker.json"])  # the worker's read
+        assert shadow.processor == config.processor
+        assert shadow.source.kafka is not None and shadow.sink.kafka is not None
+        written = {shadow.sink.kafka.topic, shadow.source.kafka.consumer_group}
+        if shadow.repartition is not None:
+            written.add(shadow.repartition.topic)
+        own = {config.source.kafka.consumer_group, *(
+            [config.sink.kafka.topic] if config.sink.kafka else []), *(
+            [config.dead_letter.topic] if config.dead_letter else []), *(
+            [config.repartition.topic] if config.repartition else []),
+            *config.source.kafka.topics}  # fmt: skip
+        assert not written & own and not written & names
+        names |= written
+        assert shadow.dead_letter is None
+        pod = dep["spec"]["template"]["spec"]
+        assert not any("persistentVolumeClaim" in v for v in pod["volumes"])
+
+
+def test_only_the_processing_is_in_the_results_fingerprint() -> None:
+    def fingerprint(change: Any) -> str:
+        doc = verified_doc()
+        change(doc["spec"])
+        pipeline = pipeline_from(doc, namespace="ns")
+        children = build_all(pipeline, SETTINGS, secrets_hash="h", capabilities=Capabilities())
+        config = config_of(next(c for c in children if c["kind"] == "ConfigMap"))
+        assert config is not None
+        return results_fingerprint(config)
+
+    same = fingerprint(lambda s: None)
+    assert fingerprint(lambda s: s.update(replicas=3)) == same
+    assert fingerprint(lambda s: s["sink"]["kafka"].update(topic="elsewhere")) == same
+    assert fingerprint(lambda s: s["checkpoint"].update(interval="5s")) == same
+    assert fingerprint(lambda s: s["processor"]["steps"][0].update(filter="status < 400")) != same
+    assert fingerprint(lambda s: s["source"]["kafka"].update(format="raw")) != same
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+class FakeKafka:
+    """The source cluster, in memory: committed offsets, end offsets, topics."""
+
+    def __init__(self, ends: Offsets) -> None:
+        self.ends = dict(ends)
+        self.groups: dict[str, Offsets] = {}
+        self.topics: dict[str, list[bytes | None]] = {}
+        self.deleted_topics: list[str] = []
+        self.deleted_groups: list[str] = []
+        self.members: set[str] = set()  # groups with members: not deletable yet
+
+    def committed(self, group: str, topics: Sequence[str]) -> Offsets:
+        have = self.groups.get(group, {})
+        return {tp: have.get(tp, NO_OFFSET) for tp in self.ends if tp[0] in topics}
+
+    def end_offsets(self, topics: Sequence[str]) -> Offsets:
+        return {tp: o for tp, o in self.ends.items() if tp[0] in topics}
+
+    def commit(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
+        self.groups.setdefault(group, {}).update(offsets)
+
+    def create_topic(self, name: str, partitions: int) -> None:
+        self.topics.setdefault(name, [])
+
+    def read_all(self, topic: str) -> list[bytes | None]:
+        return list(self.topics[topic])
+
+    def delete_topics(self, names: Iterable[str]) -> None:
+        for name in names:
+            if self.topics.pop(name, None) is not None:
+                self.deleted_topics.append(name)
+
+    def delete_groups(self, groups: Iterable[str]) -> list[str]:
+        left = []
+        for group in groups:
+            if group in self.members:
+                left.append(group)
+            elif self.groups.pop(group, None) is not None:
+                self.deleted_groups.append(group)
+        return left
+
+
+def cond(kube: FakeKube, name: str) -> dict[str, Any]:
+    conds = body_of(kube, name)["status"]["conditions"]
+    return next(c for c in conds if c["type"] == VERIFIED)
+
+
+def running(**verify: Any) -> tuple[FakeKube, FakeKafka, str, ReconcileMemo]:
+    kube = FakeKube()
+    name = kube.put(verified_doc(**verify))["metadata"]["name"]
+    kafka = FakeKafka({("clicks", 0): 100, ("clicks", 1): 50})
+    kafka.commit("default.clicks-per-minute", {("clicks", 0): 90})
+    memo = ReconcileMemo()
+    for _ in range(2):
+        reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+        kube.roll_out(name)
+    return kube, kafka, name, memo
+
+
+def live(kube: FakeKube, name: str) -> tuple[Any, Any]:
+    return copy.deepcopy(kube.find("ConfigMap", f"{name}-config")), copy.deepcopy(
+        kube.find("Deployment", name)
+    )
+
+
+def test_nothing_to_verify_rolls_as_usual() -> None:
+    kube, kafka, name, memo = running()
+    assert cond(kube, name)["reason"] == "NothingToVerify"
+    body = body_of(kube, name)
+    body["spec"]["replicas"] = 1
+    body["spec"]["checkpoint"]["interval"] = "5s"  # not a results edit
+    body["metadata"]["generation"] += 1
+    result = reconcile(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    assert "ConfigMap/clicks-per-minute-config" in result.applied
+    assert not kafka.topics and kube.find("Deployment", f"{name}-shadow-candidate") is None
+
+
+def run_edit(
+    kube: FakeKube,
+    kafka: FakeKafka,
+    name: str,
+    memo: ReconcileMemo,
+    baseline_rows: list[dict[str, Any]],
+    candidate_rows: list[dict[str, Any]],
+) -> tuple[VerificationStatus, list[str]]:
+    """Edit the filter, then walk the verification to its verdict; returns the final
+    status.verification and the event reasons of every reconcile."""
+    before = live(kube, name)
+    body = body_of(kube, name)
+    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
+    body["metadata"]["generation"] += 1
+    reasons: list[str] = []
+
+    def step(at: datetime) -> Any:
+        result = reconcile(body_of(kube, name), kube, SETTINGS, now=at, memo=memo,
+                           kafka=lambda p: kafka)  # fmt: skip
+        reasons.extend(e.reason for e in result.events)
+        return result
+
+    step(T0)
+    v = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    assert v.phase == "Running" and cond(kube, name)["reason"] == "Verifying"
+    assert live(kube, name) == before  # the workers are not touched
+    for role in ROLES:
+        group = f"default.clicks-per-minute.shadow.{v.run}.{role}"
+        # Seeded with the running group's offsets (its end where it committed nothing).
+        assert kafka.groups[group] == {("clicks", 0): 90, ("clicks", 1): 50}
+        assert kube.find("Deployment", f"{name}-shadow-{role}") is not None
+    step(T0 + timedelta(seconds=30))
+    assert live(kube, name) == before
+    kafka.ends[("clicks", 0)] = 120  # input goes on
+    step(T0 + timedelta(seconds=61))
+    v = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    assert v.phase == "Comparing" and v.end_offsets == {"clicks/0": 120, "clicks/1": 50}
+    step(T0 + timedelta(seconds=62))  # the shadows have not read that far yet
+    assert "still reading: baseline, candidate" in cond(kube, name)["message"]
+    assert live(kube, name) == before
+    for role, out in (("baseline", baseline_rows), ("candidate", candidate_rows)):
+        kafka.groups[f"default.clicks-per-minute.shadow.{v.run}.{role}"] = dict(kafka.ends)
+        kafka.topics[f"streamherd.default.clicks-per-minute.shadow.{v.run}.{role}"] = [
+            orjson.dumps(r) for r in out
+        ]
+    step(T0 + timedelta(seconds=63))
+    # Whatever the verdict, the shadows, their topics and their groups are gone.
+    for role in ROLES:
+        assert kube.find("Deployment", f"{name}-shadow-{role}") is None
+        assert kube.find("ConfigMap", f"{name}-shadow-{role}") is None
+    assert not kafka.topics
+    assert not [g for g in kafka.groups if ".shadow." in g]
+    final = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    assert final.cleaned
+    return final, reasons
+
+
+def test_an_edit_that_keeps_the_results_is_promoted() -> None:
+    kube, kafka, name, memo = running()
+    before = live(kube, name)
+    same = [row("/a", 0, clicks=3), row("/b", 0, clicks=1), row("/a", SIZE, clicks=2)]
+    v, reasons = run_edit(kube, kafka, name, memo, same, same)
+    assert (v.phase, v.compared_windows, v.differing_windows) == ("Passed", 3, 0)
+    assert cond(kube, name)["status"] == "True" and cond(kube, name)["reason"] == "Passed"
+    assert reasons.count("VerificationStarted") == 1 and "VerificationPassed" in reasons
+    cm, _ = live(kube, name)
+    assert cm != before[0] and "status < 400" in cm["data"]["worker.json"]
+
+
+def test_an_edit_that_changes_the_results_is_held_with_the_count() -> None:
+    kube, kafka, name, memo = running()
+    before = live(kube, name)
+    base = [row("/a", 0, clicks=3), row("/b", 0, clicks=1), row("/a", SIZE, clicks=2)]
+    cand = [row("/a", 0, clicks=2), row("/b", 0, clicks=1), row("/a", SIZE, clicks=1)]
+    v, reasons = run_edit(kube, kafka, name, memo, base, cand)
+    assert (v.phase, v.compared_windows, v.differing_windows) == ("Failed", 3, 2)
+    c = cond(kube, name)
+    assert (c["status"], c["reason"]) == ("False", "ResultsDiffer")
+    assert "2 of 3 windows differ" in c["message"] and "clicks 3 -> 2" in c["message"]
+    assert "VerificationFailed" in reasons
+    assert live(kube, name) == before  # never promoted
+    # Said once; the next reconciles hold quietly.
+    again = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(hours=1),
+                      memo=memo, kafka=lambda p: kafka)  # fmt: skip
+    assert again.events == () and live(kube, name) == before
+    # Accepting the difference (a tolerance edit) promotes without running again.
+    body = body_of(kube, name)
+    body["spec"]["upgrade"]["verify"]["tolerance"] = "2"
+    body["metadata"]["generation"] += 1
+    reconcile(body, kube, SETTINGS, now=T0 + timedelta(hours=1), memo=memo, kafka=lambda p: kafka)
+    assert cond(kube, name)["reason"] == "Passed"
+    assert "status < 400" in live(kube, name)[0]["data"]["worker.json"]
+
+
+def test_reverting_during_a_run_removes_the_shadows() -> None:
+    kube, kafka, name, memo = running()
+    before = live(kube, name)
+    body = body_of(kube, name)
+    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
+    body["metadata"]["generation"] += 1
+    reconcile(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    assert kafka.topics and kube.find("Deployment", f"{name}-shadow-candidate") is not None
+    body = body_of(kube, name)
+    body["spec"]["processor"]["steps"][0]["filter"] = "status < 500 and page != '/healthz'"
+    body["metadata"]["generation"] += 1
+    reconcile(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    assert not kafka.topics and kube.find("Deployment", f"{name}-shadow-candidate") is None
+    assert body_of(kube, name)["status"].get("verification") is None
+    assert cond(kube, name)["reason"] == "NothingToVerify"
+    assert live(kube, name)[0] == before[0]
+
+
+def test_without_kafka_access_the_edit_waits_and_says_why() -> None:
+    kube, _kafka, name, memo = running()
+    before = live(kube, name)
+    body = body_of(kube, name)
+    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
+    body["metadata"]["generation"] += 1
+    reconcile(body, kube, SETTINGS, now=T0, memo=memo)
+    c = cond(kube, name)
+    assert (c["status"], c["reason"]) == ("Unknown", "CannotVerify")
+    assert live(kube, name) == before
+
+
+def test_a_group_that_still_has_members_is_deleted_on_a_later_reconcile() -> None:
+    kube, kafka, name, memo = running()
+    same = [row("/a", 0, clicks=3)]
+    body = body_of(kube, name)
+    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
+    body["metadata"]["generation"] += 1
+    reconcile(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=61), memo=memo,
+              kafka=lambda p: kafka)  # fmt: skip
+    v = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    groups = [f"default.clicks-per-minute.shadow.{v.run}.{role}" for role in ROLES]
+    for role, group in zip(ROLES, groups, strict=True):
+        kafka.groups[group] = dict(kafka.ends)
+        kafka.topics[f"streamherd.default.clicks-per-minute.shadow.{v.run}.{role}"] = [
+            orjson.dumps(r) for r in same
+        ]
+    kafka.members = set(groups)  # the shadow workers have not left their groups yet
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=62), memo=memo,
+              kafka=lambda p: kafka)  # fmt: skip
+    v = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    assert v.phase == "Passed" and not v.cleaned and set(groups) <= set(kafka.groups)
+    kafka.members = set()
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=63), memo=memo,
+              kafka=lambda p: kafka)  # fmt: skip
+    v = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    assert v.cleaned and not set(groups) & set(kafka.groups)
+    # Once clean, an idle pipeline asks nothing of Kafka.
+    idle = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=64),
+                     memo=memo, kafka=lambda p: pytest.fail("Kafka asked"))  # fmt: skip
+    assert idle.status is None
+
+
+def test_an_edit_during_a_run_replaces_the_run() -> None:
+    kube, kafka, name, memo = running()
+    body = body_of(kube, name)
+    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
+    body["metadata"]["generation"] += 1
+    reconcile(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    first = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    body = body_of(kube, name)
+    body["spec"]["processor"]["steps"][0]["filter"] = "status < 300"
+    body["metadata"]["generation"] += 1
+    reconcile(body, kube, SETTINGS, now=T0 + timedelta(seconds=5), memo=memo,
+              kafka=lambda p: kafka)  # fmt: skip
+    second = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    assert second.run != first.run and second.phase == "Running"
+    assert second.candidate != first.candidate and second.baseline == first.baseline
+    assert not [t for t in kafka.topics if first.run in t]
+    assert not [g for g in kafka.groups if first.run in g]
+    assert [t for t in kafka.topics if second.run in t]
+
+
+def test_a_missing_auth_secret_holds_the_edit_and_names_it() -> None:
+    kube, _kafka, name, memo = running()
+    before = live(kube, name)
+    body = body_of(kube, name)
+    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
+    body["metadata"]["generation"] += 1
+
+    def unreachable(p: Any) -> Any:
+        raise ValueError("Secret kafka-creds (key password) not found")
+
+    reconcile(body, kube, SETTINGS, now=T0, memo=memo, kafka=unreachable)
+    c = cond(kube, name)
+    assert (c["status"], c["reason"]) == ("Unknown", "KafkaError")
+    assert "kafka-creds" in c["message"]
+    assert live(kube, name) == before
