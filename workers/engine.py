@@ -541,11 +541,13 @@ class Engine:
         self.metrics.rebalance("assign")
         # Exactly-once restores from what the group committed (offset and transaction id).
         committed = self._committed_with_metadata(source, partitions) if self.exactly_once else {}
+        restoring = time.perf_counter()
         self.state.prepare([(tp.topic, tp.partition) for tp in partitions])
         states = [
             self._new_state(tp.topic, tp.partition, committed.get((tp.topic, tp.partition)))
             for tp in partitions
         ]
+        self.metrics.state_restore.observe(time.perf_counter() - restoring)
         # The broker's committed offsets, for every partition: a partition restored from its
         # checkpoint may be ahead of them (the previous owner died, or its last commit
         # failed, after the checkpoint was durable). The next checkpoint commits it; until

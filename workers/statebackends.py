@@ -1,15 +1,16 @@
 """State backends behind the engine's ``StateBackend`` seam (``streamherd.workers.seams``).
 
 ``VolumeBackend``: per-partition checkpoint files on a volume (``workers/checkpointing.py``;
-all workers of a pipeline share it, ReadWriteMany). The Kafka changelog backend lives in
-``workers/changelog.py``. ``open_state_backend`` is the one place that maps a
-``WorkerConfig`` to a backend; the engine only sees the protocol.
+all workers of a pipeline share it, ReadWriteMany). ``ChangelogBackend``
+(``workers/changelog.py``): a compacted Kafka topic, no volume. ``open_state_backend`` is
+the one place that maps a ``WorkerConfig`` to a backend; the engine only sees the protocol.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from streamherd.workers.changelog import ChangelogBackend
 from streamherd.workers.checkpointing import Checkpoint, CheckpointStore
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.metrics import EngineMetrics
@@ -76,4 +77,16 @@ def open_state_backend(
     ``transaction``: exactly-once mode's producer, whose transactions the changelog joins;
     ``transactional_id``: the worker's, from which the changelog's own producer (at-least-once
     mode) takes its id."""
-    return VolumeBackend(config.checkpoint.directory)
+    changelog = config.checkpoint.changelog
+    if changelog is None:
+        return VolumeBackend(config.checkpoint.directory)
+    source = config.source.kafka
+    if source is None:
+        raise ValueError("checkpoint.changelog needs a Kafka source (the changelog's cluster)")
+    return ChangelogBackend(
+        source,
+        changelog,
+        transactional_id=f"{transactional_id}.changelog",
+        transaction=transaction,
+        metrics=metrics,
+    )
