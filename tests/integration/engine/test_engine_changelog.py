@@ -9,6 +9,8 @@ repartitioned pipeline, 4 partitions), 3 worker processes:
   the reference value computed here, and no duplicate;
 - at-least-once, SIGKILLs: the state is still exact (the changelog's own transactions keep
   state and offset together), so every window's value is the reference's;
+- the lifecycle rules: a foreign fingerprint held, then reset with a snapshot kept in the
+  changelog;
 - the backend alone: a restore reads the changelog to its end, tombstones included, and waits
   for a transaction a dead writer left open rather than miss a checkpoint committed after it.
 """
@@ -28,9 +30,20 @@ from confluent_kafka import Producer
 from streamherd.workers.changelog import ChangelogBackend
 from streamherd.workers.checkpointing import Checkpoint
 from streamherd.workers.config import ChangelogConfig, KafkaSourceConfig
+from streamherd.workers.fingerprint import snapshot_name
 from tests.infra.kafka import KafkaBroker
 from tests.integration.engine.enginekit import Worker, wait_until
 from tests.integration.engine.test_engine_exactly_once import verify
+from tests.integration.engine.test_engine_lifecycle import PARTITIONS as LIFE_PARTITIONS
+from tests.integration.engine.test_engine_lifecycle import (
+    caught_up,
+    gauge,
+    produce_timed,
+    records_in,
+    setup,
+    stop_cleanly,
+    with_new_state,
+)
 from tests.integration.engine.test_engine_repartition import (
     PARTITIONS,
     check,
@@ -278,3 +291,89 @@ def test_restore_reads_to_the_end_through_tombstones_and_open_transactions(
             late.close()
     finally:
         writer.close()
+
+
+def test_fingerprint_refuse_then_reset_with_the_changelog_backend(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """The lifecycle rules (docs/lifecycle.md) through the changelog: a foreign state is
+    held (not ready, nothing read, the changelog and the group's offsets untouched), then a
+    reset discards it after keeping it as a snapshot in the changelog itself."""
+    source, _sink, _unused, cfg = setup(kafka_broker, tmp_path, "cl")
+    topic = f"{source}.changelog"
+    cfg["checkpoint"]["changelog"] = {"topic": topic}
+    group = cfg["source"]["kafka"]["consumerGroup"]
+    dirs = iter(range(100))
+
+    def start(name: str, config: dict[str, Any]) -> Worker:
+        directory = tmp_path / f"ck-{name}-{next(dirs)}"  # never shared, never reused
+        config = {**config, "checkpoint": {**config["checkpoint"], "directory": str(directory)}}
+        w = Worker.create(tmp_path, name, config)
+        w.env = {"STREAMHERD_WORKER_ID": name}
+        return w.start()
+
+    def checkpoints(reader: str) -> dict[int, Checkpoint | None]:
+        b = backend(kafka_broker, source, topic, reader)
+        try:
+            b.prepare([(source, p) for p in range(LIFE_PARTITIONS)])
+            return {p: b.load(source, p) for p in range(LIFE_PARTITIONS)}
+        finally:
+            b.close()
+
+    produce_timed(kafka_broker, source, 0, 4000)
+    first = start("old", cfg)
+    try:
+        wait_until("the old spec caught up", lambda: caught_up(kafka_broker, group, source), 120,
+                   [first])  # fmt: skip
+        stop_cleanly(first)
+    finally:
+        first.stop()
+    before = checkpoints("r1")
+    committed = kafka_broker.committed(group, source)
+    assert all(c is not None and c.state and c.state["windows"] for c in before.values())
+    old_fp = next(iter(before.values())).fingerprint  # type: ignore[union-attr]
+
+    held = start("refused", with_new_state(cfg, _sink))
+    try:
+        wait_until(
+            "every partition held",
+            lambda: all(
+                gauge(held, "streamherd_state_restore_refused", partition=str(p)) == 1
+                for p in range(LIFE_PARTITIONS)
+            ),
+            60,
+            [held],
+        )
+        status, body = held.get("/readyz")
+        assert status == 503 and "window.size: 10000 -> 5000" in body, body
+        assert records_in(held) == 0
+        stop_cleanly(held)
+    finally:
+        held.stop()
+    assert checkpoints("r2") == before
+    assert kafka_broker.committed(group, source) == committed
+
+    reset = start("reset", with_new_state(cfg, _sink, onFingerprintMismatch="reset"))
+    try:
+        wait_until(
+            "every partition's state discarded",
+            lambda: (
+                gauge(reset, "streamherd_state_discarded_total", reason="reset") == LIFE_PARTITIONS
+            ),
+            60,
+            [reset],
+        )
+        stop_cleanly(reset)
+    finally:
+        reset.stop()
+    after = checkpoints("r3")
+    new_fp = next(iter(after.values())).fingerprint  # type: ignore[union-attr]
+    assert new_fp != old_fp and all(c is not None and c.fingerprint == new_fp
+                                    for c in after.values())  # fmt: skip
+    b = backend(kafka_broker, source, topic, "r4")
+    try:
+        name = snapshot_name(old_fp or "legacy", new_fp or "")
+        for p in range(LIFE_PARTITIONS):
+            assert b.load_snapshot(name, source, p) == before[p]
+    finally:
+        b.close()
