@@ -267,6 +267,10 @@ class ChangelogBackend:
 
     # ------------------------------------------------------------------ set-up
 
+    def open(self) -> None:
+        """Create the topic if missing, the producer and the readers (at the first use)."""
+        self._open()
+
     def _open(self) -> None:
         if self._partitions:
             return
@@ -298,6 +302,7 @@ class ChangelogBackend:
                 "isolation.level": "read_committed",
                 "auto.offset.reset": "earliest",
                 "fetch.max.bytes": 52_428_800,
+                "max.partition.fetch.bytes": 16_777_216,
             }
         )
         self._reader = Consumer(conf)
@@ -347,9 +352,14 @@ class ChangelogBackend:
         reader.assign([TopicPartition(self.topic, cp, OFFSET_BEGINNING)])
         deadline = time.monotonic() + RESTORE_TIMEOUT_SECONDS
         count = 0
+        # A record's key starts with its (topic, partition) as JSON: matched by prefix (a
+        # changelog partition holds few owners), no JSON parsing per record.
+        prefixes = [(record_key(t, p)[:-1] + b",", records) for (t, p), records in found.items()]
         try:
             while True:
-                batch = reader.consume(100_000, 0.5)
+                # consume() waits for the whole count or the timeout: a count a fetch fills
+                # quickly, a short timeout for the last batch.
+                batch = reader.consume(10_000, 0.1)
                 reached = False
                 for m in batch:
                     error = m.error()
@@ -365,8 +375,11 @@ class ChangelogBackend:
                     key = m.key()
                     if key is None:
                         continue
-                    who = owner(key)
-                    records = found.get(who) if who is not None else None
+                    records = None
+                    for prefix, candidate in prefixes:
+                        if key.startswith(prefix):
+                            records = candidate
+                            break
                     if records is None:
                         continue
                     count += 1
