@@ -191,7 +191,9 @@ def delta(before: Mapping[bytes, bytes], checkpoint: Checkpoint) -> Delta:
     checkpoint record is always written (its time and offset move)."""
     now = encode(checkpoint)
     out: Delta = {k: v for k, v in now.items() if before.get(k) != v}
-    out.update({k: None for k in live(before) if k not in now})
+    # Snapshot records stay: told apart by their kind right after (topic, partition).
+    snapshots = record_key(checkpoint.topic, checkpoint.partition)[:-1] + b',"s"'
+    out.update({k: None for k in before if k not in now and not k.startswith(snapshots)})
     return out
 
 
