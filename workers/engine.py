@@ -200,7 +200,11 @@ class Engine:
         progress: Callable[[RunSummary], None] | None = None,
         metrics: EngineMetrics | None = None,
         fused: bool = True,
+        source: Source | None = None,
+        state: StateBackend | None = None,
     ) -> None:
+        """``source`` and ``state`` replace the ones the config names (any implementation
+        of the seams' protocols: workers/seams.py)."""
         ensure_recursion_headroom()  # no record's depth may decide its fate (limits.py)
         self.config = config
         self.pipeline = f"{config.pipeline.namespace}/{config.pipeline.name}"
@@ -229,12 +233,13 @@ class Engine:
         )
         # Where checkpoints live (workers/statebackends.py); exactly-once joins its writes to
         # the outputs' transaction.
-        self.state: StateBackend = open_state_backend(
+        self.state: StateBackend = state or open_state_backend(
             config,
             transactional_id=transactional_id(config),
             transaction=self.outputs.transaction if self.exactly_once else None,
             metrics=self.metrics,
         )
+        self._given_source = source
         # Exactly-once: each transaction's id, committed as offset metadata with its offsets
         # and written into the checkpoints it covers (restore picks the one that committed).
         self._generation_prefix = uuid.uuid4().hex[:12]
@@ -1471,7 +1476,9 @@ class Engine:
     def _run(self) -> str:
         """The one processing loop, whatever the source, sink or state backend."""
         runtime = self.config.runtime
-        source = self.source = open_source(self.config, self._topics(), self._on_committed)
+        source = self.source = self._given_source or open_source(
+            self.config, self._topics(), self._on_committed
+        )
         if self.exactly_once:
             # Fences an earlier incarnation with the same transactional.id and aborts its
             # open transaction, then opens ours: every output from here on is inside one.
