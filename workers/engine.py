@@ -31,19 +31,17 @@ from typing import Any, Final, TextIO
 
 from confluent_kafka import (
     OFFSET_INVALID,
-    Consumer,
     KafkaError,
     KafkaException,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
 
-from streamherd.workers.checkpointing import Checkpoint, CheckpointStore
+from streamherd.workers.checkpointing import Checkpoint
 from streamherd.workers.config import StateConfig, WorkerConfig
 from streamherd.workers.fingerprint import changed_fields, config_fingerprint, snapshot_name
 from streamherd.workers.fusing import fuse
-from streamherd.workers.generating import GENERATOR_TOPIC, ClickGenerator
-from streamherd.workers.kafkaclients import client_config, consumer_config
+from streamherd.workers.kafkaclients import client_config
 from streamherd.workers.lagprobe import StartFrom, partition_lag
 from streamherd.workers.limits import ensure_recursion_headroom
 from streamherd.workers.logs import log_event
@@ -76,7 +74,10 @@ from streamherd.workers.repartitioning import (
     upstream_header,
     watermark_header,
 )
+from streamherd.workers.seams import Sink, Source, StateBackend
 from streamherd.workers.sinks import Outputs
+from streamherd.workers.sources import open_source
+from streamherd.workers.statebackends import open_state_backend
 from streamherd.workers.values import canonical_key, key_text
 from streamherd.workers.windowing import PartitionWindows
 
@@ -199,7 +200,11 @@ class Engine:
         progress: Callable[[RunSummary], None] | None = None,
         metrics: EngineMetrics | None = None,
         fused: bool = True,
+        source: Source | None = None,
+        state: StateBackend | None = None,
     ) -> None:
+        """``source`` and ``state`` replace the ones the config names (any implementation
+        of the seams' protocols: workers/seams.py)."""
         ensure_recursion_headroom()  # no record's depth may decide its fate (limits.py)
         self.config = config
         self.pipeline = f"{config.pipeline.namespace}/{config.pipeline.name}"
@@ -207,13 +212,12 @@ class Engine:
         self.progress = progress
         self.metrics = metrics or EngineMetrics(config.pipeline.name)
         self.processor = Processor.compile(config.processor)
-        self.store = CheckpointStore(config.checkpoint.directory)
         self.exactly_once = config.delivery == "exactlyOnce"
         interval_ms = round(config.checkpoint.interval_seconds * 1000)
         # What shapes this pipeline's state; stamped on every checkpoint, compared on restore.
         self.fingerprint, self.state_shape = config_fingerprint(config)
         self.state_policy = config.state or StateConfig()
-        self.outputs = Outputs(
+        self.outputs: Sink = Outputs(
             config.sink,
             config.dead_letter,
             self.pipeline,
@@ -227,6 +231,15 @@ class Engine:
             if self.exactly_once
             else None,
         )
+        # Where checkpoints live (workers/statebackends.py); exactly-once joins its writes to
+        # the outputs' transaction.
+        self.state: StateBackend = state or open_state_backend(
+            config,
+            transactional_id=transactional_id(config),
+            transaction=self.outputs.transaction if self.exactly_once else None,
+            metrics=self.metrics,
+        )
+        self._given_source = source
         # Exactly-once: each transaction's id, committed as offset metadata with its offsets
         # and written into the checkpoints it covers (restore picks the one that committed).
         self._generation_prefix = uuid.uuid4().hex[:12]
@@ -234,8 +247,8 @@ class Engine:
         self.partitions: dict[tuple[str, int], PartitionState] = {}
         self.counters = _Counters()
         self.heartbeat = time.monotonic()
-        self.consumer: Consumer | None = None
-        self.generator: ClickGenerator | None = None
+        # The source (workers/sources.py) while run() runs; None before and after.
+        self.source: Source | None = None
         self._paused = False
         self._last_checkpoint = time.monotonic()
         self._last_lag = 0.0
@@ -306,8 +319,8 @@ class Engine:
         held = [st for st in self.partitions.values() if st.held is not None]
         if held:
             return False, f"{len(held)} partitions held: {held[0].held}"
-        if self.generator is not None:
-            return True, "generator running"
+        if self.source is not None and not self.source.group_offsets:
+            return True, f"{self.source.name} running"
         if not self.partitions:
             return False, "no partitions assigned"
         return True, f"{len(self.partitions)} partitions assigned"
@@ -322,12 +335,12 @@ class Engine:
         after writing its checkpoints as pending: the pending one is the committed one when
         the ids match (the worker died before promoting it); a committed offset that matches
         no checkpoint (reset with Kafka's tools, or state lost) starts there, empty."""
-        main = self.store.load(topic, partition)
-        pending = self.store.load(topic, partition, pending=True)
+        main = self.state.load(topic, partition)
+        pending = self.state.load_pending(topic, partition)
         offset, generation = committed if committed is not None else (None, "")
         chosen: Checkpoint | None = None
         if pending is not None and generation and pending.generation == generation:
-            self.store.promote([(topic, partition)])
+            self.state.promote([(topic, partition)])
             chosen = pending
         elif main is not None and (
             main.generation == generation
@@ -336,7 +349,7 @@ class Engine:
         ):
             chosen = main
         if pending is not None and chosen is not pending:
-            self.store.discard_pending(topic, partition)
+            self.state.discard_pending(topic, partition)
         if chosen is None and (main is not None or offset is not None):
             self.metrics.error("checkpoint-mismatch")
             log_event(
@@ -415,14 +428,14 @@ class Engine:
     def _restore_point(self, st: PartitionState) -> Checkpoint | None:
         """The checkpoint to restore: the partition's own, or, with ``state.restoreFrom``,
         the snapshot's, unless the own one says it was already restored from it."""
-        own = self.store.load(st.topic, st.partition)
+        own = self.state.load(st.topic, st.partition)
         name = self.state_policy.restore_from
         if name is None:
             return own
         if own is not None and own.restored_from == name:
             st.restored_from = name
             return own
-        kept = self.store.load_snapshot(name, st.topic, st.partition)
+        kept = self.state.load_snapshot(name, st.topic, st.partition)
         if kept is None:
             log_event(log, logging.WARNING, "snapshot-has-no-partition", snapshot=name,
                       topic=st.topic, partition=st.partition)  # fmt: skip
@@ -481,7 +494,7 @@ class Engine:
         # Kept before it is discarded: the open windows of the old spec stay recoverable.
         name = snapshot_name(checkpoint.fingerprint or "legacy", self.fingerprint)
         try:
-            kept = self.store.keep(name, st.topic, st.partition)
+            kept = self.state.keep(name, st.topic, st.partition)
         except OSError as error:
             # Never discard what could not be kept: hold the partition instead.
             st.held = f"{st.topic}[{st.partition}]: cannot keep a snapshot before {policy}: {error}"
@@ -511,37 +524,54 @@ class Engine:
 
     def _drop_state(self, topic: str, partition: int) -> None:
         self.partitions.pop((topic, partition), None)
+        self.state.release(topic, partition)
         self.metrics.forget_partition(topic, partition)
         self.metrics.assigned.set(len(self.partitions))
 
     # ------------------------------------------------------------------ rebalance callbacks
 
     def _committed_with_metadata(
-        self, consumer: Consumer, partitions: list[TopicPartition]
+        self, source: Source, partitions: list[TopicPartition]
     ) -> dict[tuple[str, int], tuple[int, str]]:
         asked = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
         return {
             (tp.topic, tp.partition): (tp.offset, tp.metadata or "")
-            for tp in consumer.committed(asked, timeout=10)
+            for tp in source.committed(asked, timeout=10)
             if tp.offset >= 0
         }
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, partitions: list[TopicPartition]) -> None:
+        source = self.source
+        assert source is not None
         self.metrics.rebalance("assign")
         # Exactly-once restores from what the group committed (offset and transaction id).
-        committed = self._committed_with_metadata(consumer, partitions) if self.exactly_once else {}
+        committed = self._committed_with_metadata(source, partitions) if self.exactly_once else {}
+        restoring = time.perf_counter()
+        self.state.prepare([(tp.topic, tp.partition) for tp in partitions])
         states = [
             self._new_state(tp.topic, tp.partition, committed.get((tp.topic, tp.partition)))
             for tp in partitions
         ]
+        self.metrics.state_restore.observe(time.perf_counter() - restoring)
         # The broker's committed offsets, for every partition: a partition restored from its
         # checkpoint may be ahead of them (the previous owner died, or its last commit
         # failed, after the checkpoint was durable). The next checkpoint commits it; until
         # then the exported lag is the broker's view, like the lag probe's. They also show
         # an offset reset made with Kafka's own tools, which is honoured.
+        if not source.group_offsets:
+            # No consumer group (the generator): the checkpoints are the only offsets, and
+            # there are no offsets for times to replay from.
+            for st in states:
+                if st.replay_from_ms is not None:
+                    # Its state starts empty at the checkpoint's offset (a reset), and the
+                    # log says so.
+                    log_event(log, logging.WARNING, "replay-unsupported-by-source",
+                              source=source.name, partition=st.partition,
+                              offset=st.next_offset)  # fmt: skip
+                    st.replay_from_ms = None
         try:
             asked = [TopicPartition(st.topic, st.partition) for st in states]
-            for tp in consumer.committed(asked, timeout=10):
+            for tp in source.committed(asked, timeout=10) if source.group_offsets else ():
                 st = self.partitions[(tp.topic, tp.partition)]
                 st.committed = tp.offset if tp.offset >= 0 else None
                 if st.next_offset is None and st.committed is not None:
@@ -576,13 +606,13 @@ class Engine:
             )
             for st in states
         ]
-        start = self._replay_offsets(consumer, start)
-        consumer.incremental_assign(start)
+        start = self._replay_offsets(source, start)
+        source.assign(start)
         held = [tp for tp in start if self.partitions[(tp.topic, tp.partition)].held]
         if self._paused:
-            consumer.pause(start)
+            source.pause(start)
         elif held:
-            consumer.pause(held)
+            source.pause(held)
         log_event(log, logging.INFO, "assigned", partitions=_names(partitions))
 
     def _offset_reset(self, st: PartitionState) -> bool:
@@ -655,9 +685,7 @@ class Engine:
         ):
             st.replay_from_ms = source.start_from_time_ms
 
-    def _replay_offsets(
-        self, consumer: Consumer, start: list[TopicPartition]
-    ) -> list[TopicPartition]:
+    def _replay_offsets(self, source: Source, start: list[TopicPartition]) -> list[TopicPartition]:
         """`start` with each partition to replay moved to the first offset at or after its
         replay time (the broker's offsets for times; past the last record: the log end)."""
         wanted = [
@@ -668,7 +696,7 @@ class Engine:
         if not wanted:
             return start
         try:
-            found = {(tp.topic, tp.partition): tp for tp in consumer.offsets_for_times(wanted, 10)}
+            found = {(tp.topic, tp.partition): tp for tp in source.offsets_for_times(wanted, 10)}
         except KafkaException as error:
             found = {}
             log_event(log, logging.WARNING, "replay-offset-lookup-failed", error=str(error))
@@ -678,7 +706,7 @@ class Engine:
             if st.replay_from_ms is None:
                 moved.append(tp)
                 continue
-            offset = self._offset_for_time(consumer, tp, found.get((tp.topic, tp.partition)))
+            offset = self._offset_for_time(source, tp, found.get((tp.topic, tp.partition)))
             if offset is None:
                 # Without the offset the replay cannot start where it must: hold the
                 # partition (never guess); the loop asks again (_retry_seeks).
@@ -694,7 +722,7 @@ class Engine:
 
     @staticmethod
     def _offset_for_time(
-        consumer: Consumer, tp: TopicPartition, hit: TopicPartition | None
+        source: Source, tp: TopicPartition, hit: TopicPartition | None
     ) -> int | None:
         """The offset the broker gave for a time (past the last record: the log end);
         None when it gave none or the log end cannot be read."""
@@ -702,10 +730,8 @@ class Engine:
             return None
         if hit.offset >= 0:
             return int(hit.offset)
-        try:
-            return int(consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1])
-        except KafkaException:
-            return None
+        marks = source.watermarks(tp, fresh=True)
+        return None if marks is None else marks[1]
 
     def _seek_to_time(self, st: PartitionState, offset: int) -> None:
         """Start `st` at `offset` (its replay or startFrom time's) from empty state."""
@@ -729,33 +755,35 @@ class Engine:
     def _retry_seeks(self) -> None:
         """Partitions held because the broker gave no offset for their replay or startFrom
         time: ask again (once per lag refresh), seek and resume them when it answers."""
-        consumer = self.consumer
+        source = self.source
         waiting = [
             st
             for st in self.partitions.values()
             if st.held is not None and st.replay_from_ms is not None
         ]
-        if consumer is None or not waiting:
+        if source is None or not waiting:
             return
         wanted = [TopicPartition(st.topic, st.partition, st.replay_from_ms or 0) for st in waiting]
         try:
-            found = {(tp.topic, tp.partition): tp for tp in consumer.offsets_for_times(wanted, 5)}
+            found = {(tp.topic, tp.partition): tp for tp in source.offsets_for_times(wanted, 5)}
         except KafkaException:
             return
         for st in waiting:
             tp = TopicPartition(st.topic, st.partition)
-            offset = self._offset_for_time(consumer, tp, found.get((st.topic, st.partition)))
+            offset = self._offset_for_time(source, tp, found.get((st.topic, st.partition)))
             if offset is None:
                 continue
             self._seek_to_time(st, offset)
             if self.processor.window is not None:
                 st.windows = PartitionWindows.from_json(self.processor.window, None)
             st.held = None
-            consumer.seek(TopicPartition(st.topic, st.partition, offset))
+            source.seek(TopicPartition(st.topic, st.partition, offset))
             if not self._paused:
-                consumer.resume([tp])
+                source.resume([tp])
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, partitions: list[TopicPartition]) -> None:
+        source = self.source
+        assert source is not None
         self.metrics.rebalance("revoke")
         states = [
             self.partitions[(tp.topic, tp.partition)]
@@ -767,20 +795,22 @@ class Engine:
         self._checkpoint(states, sync=True, reason="revoke")
         for tp in partitions:
             self._drop_state(tp.topic, tp.partition)
-        consumer.incremental_unassign(partitions)
+        source.unassign(partitions)
         log_event(log, logging.INFO, "revoked", partitions=_names(partitions))
 
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_lost(self, partitions: list[TopicPartition]) -> None:
+        source = self.source
+        assert source is not None
         # Another worker may own them already: writing a checkpoint or committing now
         # could only go backwards. Drop the state; the owner restores the last checkpoint.
         self.metrics.rebalance("lost")
         for tp in partitions:
             self._drop_state(tp.topic, tp.partition)
-        consumer.incremental_unassign(partitions)
+        source.unassign(partitions)
         if self.exactly_once:
             # The open transaction may hold outputs of the lost partitions: it can never
             # commit (the group moved on). Abort it and rewind what is left to its commit.
-            self._abort_and_rewind(consumer, "partitions lost")
+            self._abort_and_rewind(source, "partitions lost")
         log_event(log, logging.WARNING, "partitions-lost", partitions=_names(partitions))
 
     # ------------------------------------------------------------------ processing
@@ -1073,8 +1103,8 @@ class Engine:
         transaction commit with the outputs, dead letters, repartition records and the
         offsets (fenced by the group's generation, KIP-447), then the pending checkpoints
         become the committed ones, and the next transaction begins."""
-        consumer = self.consumer
-        if consumer is None:
+        source = self.source
+        if source is None:
             return True
         producer = self.outputs.transaction
         started = time.perf_counter()
@@ -1087,16 +1117,14 @@ class Engine:
         self._transactions += 1
         generation = f"{self._generation_prefix}-{self._transactions}"
         if dirty:
-            self._save(dirty, pending=True, generation=generation)
+            self._save(dirty, pending=True, generation=generation)  # joins the transaction
         try:
             if dirty:
                 offsets = [
                     TopicPartition(st.topic, st.partition, st.next_offset or 0, metadata=generation)
                     for st in dirty
                 ]
-                producer.send_offsets_to_transaction(
-                    offsets, consumer.consumer_group_metadata(), timeout
-                )
+                producer.send_offsets_to_transaction(offsets, source.group_metadata(), timeout)
             producer.commit_transaction(timeout)
         except KafkaException as error:
             self.metrics.error("transaction")
@@ -1104,10 +1132,10 @@ class Engine:
             if error.args[0].fatal():
                 self._broken = True
                 raise TransactionError(f"transaction failed fatally: {error}") from error
-            self._abort_and_rewind(consumer, str(error))
+            self._abort_and_rewind(source, str(error))
             return False
         if dirty:
-            self.store.promote([(st.topic, st.partition) for st in dirty])
+            self.state.promote([(st.topic, st.partition) for st in dirty])
             for st in dirty:
                 st.dirty = False
                 st.committed = st.next_offset
@@ -1130,7 +1158,7 @@ class Engine:
         )
         return True
 
-    def _abort_and_rewind(self, consumer: Consumer, why: str) -> None:
+    def _abort_and_rewind(self, source: Source, why: str) -> None:
         """Abort the open transaction; every owned partition goes back to its committed
         checkpoint and offset (the aborted outputs' effects on state are forgotten)."""
         producer = self.outputs.transaction
@@ -1139,12 +1167,13 @@ class Engine:
         except KafkaException as error:
             self._broken = True
             raise TransactionError(f"cannot abort the transaction: {error}") from error
+        self.state.abort()
         owned = [TopicPartition(t, p) for t, p in self.partitions]
-        committed = self._committed_with_metadata(consumer, owned) if owned else {}
+        committed = self._committed_with_metadata(source, owned) if owned else {}
         for tp in owned:
             st = self._new_state(tp.topic, tp.partition, committed.get((tp.topic, tp.partition)))
             if st.next_offset is not None:
-                consumer.seek(TopicPartition(tp.topic, tp.partition, st.next_offset))
+                source.seek(TopicPartition(tp.topic, tp.partition, st.next_offset))
         producer.begin_transaction()
         log_event(log, logging.WARNING, "transaction-aborted", why=why, partitions=len(owned))
 
@@ -1184,15 +1213,17 @@ class Engine:
                     generation=generation,
                 )
             )
-        self.store.save(checkpoints, pending=pending)
         if pending:
+            self.state.stage(checkpoints)
             return
+        self.state.save(checkpoints)
         for st in states:
             st.dirty = False
             st.written_committed = st.committed
 
     def _commit(self, states: list[PartitionState], *, sync: bool) -> None:
-        if self.consumer is None:
+        source = self.source
+        if source is None or not source.group_offsets:
             return
         pending = [
             st
@@ -1208,10 +1239,10 @@ class Engine:
         offsets = [TopicPartition(st.topic, st.partition, st.next_offset or 0) for st in pending]
         try:
             if sync:
-                confirmed = self.consumer.commit(offsets=offsets, asynchronous=False)
-                self._on_committed(None, confirmed or [])
+                confirmed = source.commit(offsets, asynchronous=False)
+                self._on_committed(None, confirmed)
             else:
-                self.consumer.commit(offsets=offsets, asynchronous=True)
+                source.commit(offsets, asynchronous=True)
                 for st in pending:
                     st.committing = st.next_offset
             self.metrics.commits.inc()
@@ -1283,30 +1314,23 @@ class Engine:
         self.metrics.open_windows.set(open_windows)
 
     def _partition_lag(self, st: PartitionState) -> int | None:
-        if self.generator is not None:
-            end = self.generator.end_offsets().get(st.partition, 0)
-            return max(end - (st.next_offset or 0), 0)
-        consumer = self.consumer
-        if consumer is None:
+        source = self.source
+        if source is None:
             return None
-        tp = TopicPartition(st.topic, st.partition)
-        try:
-            # The cached figures come with every fetch response (log start included, so a
-            # retention deletion shows up too); ask the broker only while they are unknown.
-            low, high = consumer.get_watermark_offsets(tp, cached=True)
-            if high < 0 or low < 0:
-                low, high = consumer.get_watermark_offsets(tp, timeout=2, cached=False)
-        except KafkaException:
+        marks = source.watermarks(TopicPartition(st.topic, st.partition))
+        if marks is None:
             return None
-        if low < 0 or high < 0:
-            return None
+        low, high = marks
+        if not source.group_offsets:
+            # No consumer group: nothing is committed; the lag is what is left to read.
+            return max(high - (st.next_offset or 0), 0)
         st.low, st.high = low, high
         # The lag probe's rule (workers/lagprobe.py), so the exported figure, the operator's
         # probe and the broker's view agree: log end - committed; nothing committed yet ->
         # startFrom; committed behind the log start (retention) -> log end - log start.
-        source = self.config.source.kafka
+        kafka = self.config.source.kafka
         start_from: StartFrom = (
-            "latest" if source is not None and source.start_from == "latest" else "earliest"
+            "latest" if kafka is not None and kafka.start_from == "latest" else "earliest"
         )
         return partition_lag(low, high, st.committed, start_from)
 
@@ -1354,12 +1378,12 @@ class Engine:
                 )
 
     def _backpressure(self) -> None:
-        consumer = self.consumer
-        if consumer is None:
+        source = self.source
+        if source is None:
             return
         if not self._paused and self.outputs.behind():
             assigned = [TopicPartition(t, p) for t, p in self.partitions]
-            consumer.pause(assigned)
+            source.pause(assigned)
             self._paused = True
             self.metrics.paused.set(1)
             log_event(log, logging.INFO, "paused", reason="sink behind")
@@ -1367,7 +1391,7 @@ class Engine:
             assigned = [
                 TopicPartition(t, p) for (t, p), st in self.partitions.items() if st.held is None
             ]
-            consumer.resume(assigned)
+            source.resume(assigned)
             self._paused = False
             self.metrics.paused.set(0)
             log_event(log, logging.INFO, "resumed")
@@ -1396,16 +1420,14 @@ class Engine:
     def run(self) -> RunSummary:
         self._running = True
         try:
-            if self.config.source.generator is not None:
-                reason = self._run_generator()
-            else:
-                reason = self._run_kafka()
+            reason = self._run()
         except BaseException:
             self._broken = True
             raise
         finally:
             self._running = False
             self.outputs.close()  # issue 6: stops the PostgreSQL writer thread
+            self.state.close()
         summary = self.summary(reason, finished=True)
         if self.progress is not None:
             self.progress(summary)
@@ -1428,65 +1450,16 @@ class Engine:
             last_progress[0] = time.monotonic()
             self.progress(self.summary("running", finished=False))
 
-    def _run_generator(self) -> str:
-        gen_config = self.config.source.generator
-        assert gen_config is not None
-        resume: dict[int, int] = {}
-        for partition in range(gen_config.partitions):
-            st = self._new_state(GENERATOR_TOPIC, partition)
-            if st.replay_from_ms is not None:
-                # The generator has no offsets for times: its state starts empty at the
-                # checkpoint's offset (a reset), and the log says so.
-                log_event(log, logging.WARNING, "replay-unsupported-by-generator",
-                          partition=partition, offset=st.next_offset)  # fmt: skip
-                st.replay_from_ms = None
-            resume[partition] = st.next_offset or 0
-        self.generator = generator = ClickGenerator(gen_config, resume)
-        batch_size = self.config.runtime.batch_size
-        last_progress = [time.monotonic()]
-        log_event(log, logging.INFO, "started", source="generator", pipeline=self.pipeline)
-        while not self.stop.is_set():
-            if generator.exhausted:
-                break
-            messages = generator.poll(batch_size)
-            if messages:
-                self._process(messages)
-            self._maybe_checkpoint()
-            self._tick(last_progress)
-        states = list(self.partitions.values())
-        if generator.exhausted and not self.stop.is_set():
-            # A finite source has ended: every window is complete, emit them all.
-            for st in states:
-                if st.windows is not None and st.windows.windows:
-                    rows: list[tuple[bytes | str | None, Any]] = list(
-                        st.windows.close(everything=True)
-                    )
-                    self.outputs.write(rows)
-                    self.counters.windows_emitted += len(rows)
-                    self.counters.records_out += len(rows)
-                    self.metrics.windows_emitted.inc(len(rows))
-                    self.metrics.records_out.inc(len(rows))
-                    st.dirty = True
-            reason = "exhausted"
-        else:
-            reason = "stopped"
-        self._checkpoint(
-            states, sync=True, reason=reason, timeout=self.config.runtime.shutdown_grace_seconds
-        )
-        self._refresh_lag(force=True)
-        return reason
-
-    def _run_kafka(self) -> str:
-        source = self.config.source.kafka
-        assert source is not None
-        consumer = self.consumer = Consumer(
-            {**consumer_config(source), "on_commit": self._on_committed}
-        )
-        runtime = self.config.runtime
-        topics = list(source.topics)
+    def _topics(self) -> list[str]:
+        """What to consume: the source's topics and, for a repartitioned pipeline, the
+        repartition topic (created here when missing)."""
+        kafka = self.config.source.kafka
+        if kafka is None:
+            return []
+        topics = list(kafka.topics)
         if self.repartition is not None:
-            admin = self._admin = AdminClient(client_config(source))
-            self._upstreams = source_partitions(admin, source.topics)
+            admin = self._admin = AdminClient(client_config(kafka))
+            self._upstreams = source_partitions(admin, kafka.topics)
             wanted = self.repartition.partitions or max(
                 (
                     sum(1 for t, _ in self._upstreams if t == name)
@@ -1498,35 +1471,36 @@ class Engine:
                 admin, self.repartition.topic, wanted, self.repartition.retention_ms
             )
             topics.append(self.repartition.topic)
+        return topics
+
+    def _run(self) -> str:
+        """The one processing loop, whatever the source, sink or state backend."""
+        runtime = self.config.runtime
+        source = self.source = self._given_source or open_source(
+            self.config, self._topics(), self._on_committed
+        )
         if self.exactly_once:
             # Fences an earlier incarnation with the same transactional.id and aborts its
             # open transaction, then opens ours: every output from here on is inside one.
             producer = self.outputs.transaction
             producer.init_transactions(30)
             producer.begin_transaction()
-        consumer.subscribe(
-            topics,
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
-        )
-        log_event(
-            log,
-            logging.INFO,
-            "started",
-            source="kafka",
-            pipeline=self.pipeline,
-            topics=",".join(source.topics),
-            group=source.consumer_group,
-            batch="fused" if self.fused else "generic",
-            delivery=self.config.delivery,
-        )
-        last_progress = [time.monotonic()]
         try:
-            while not self.stop.is_set():
-                if self._broken:
-                    break
-                messages = consumer.consume(runtime.batch_size, runtime.batch_timeout_seconds)
+            # Partition events come from inside poll() (a consumer group's rebalances), or
+            # at once from here (a source that owns every partition: the generator).
+            source.open(self._on_assign, self._on_revoke, self._on_lost)
+            log_event(
+                log,
+                logging.INFO,
+                "started",
+                **source.describe(),
+                pipeline=self.pipeline,
+                batch="fused" if self.fused else "generic",
+                delivery=self.config.delivery,
+            )
+            last_progress = [time.monotonic()]
+            while not self.stop.is_set() and not self._broken and not source.exhausted:
+                messages = source.poll(runtime.batch_size, runtime.batch_timeout_seconds)
                 if messages:
                     self._process(messages)
                 self.outputs.poll(0)
@@ -1535,23 +1509,42 @@ class Engine:
                 self._tick(last_progress)
             if self._broken:
                 return "failed"
+            states = list(self.partitions.values())
+            if source.exhausted and not self.stop.is_set():
+                # A finite source has ended: every window is complete, emit them all.
+                for st in states:
+                    if st.windows is not None and st.windows.windows:
+                        rows: list[tuple[bytes | str | None, Any]] = list(
+                            st.windows.close(everything=True)
+                        )
+                        self.outputs.write(rows)
+                        self.counters.windows_emitted += len(rows)
+                        self.counters.records_out += len(rows)
+                        self.metrics.windows_emitted.inc(len(rows))
+                        self.metrics.records_out.inc(len(rows))
+                        st.dirty = True
+                reason = "exhausted"
+            else:
+                reason = "stopped"
             # Graceful stop: finish (done: the batch above completed), checkpoint, commit,
-            # leave the group. close() revokes our partitions through _on_revoke.
+            # leave. A consumer group's close() then revokes the partitions through
+            # _on_revoke, which needs a little of the grace period.
+            reserve = 2.0 if source.group_offsets else 0.0
             deadline = time.monotonic() + runtime.shutdown_grace_seconds
             self._checkpoint(
-                list(self.partitions.values()),
+                states,
                 sync=True,
-                reason="shutdown",
-                timeout=max(deadline - time.monotonic() - 2.0, 1.0),
+                reason="shutdown" if source.group_offsets else reason,
+                timeout=max(deadline - time.monotonic() - reserve, 1.0),
             )
             self._refresh_lag(force=True)
         except BaseException:
             self._broken = True  # before close(): its revoke callback must not checkpoint
             raise
         finally:
-            consumer.close()
-            self.consumer = None
-        return "stopped"
+            source.close()
+            self.source = None
+        return reason
 
 
 def _names(partitions: list[TopicPartition]) -> str:

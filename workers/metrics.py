@@ -32,6 +32,9 @@ DEAD_LETTER_REASONS: Final = ("decode", "expression", "function", "late", "limit
 _LATENCY_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+_RESTORE_BUCKETS: Final = (
+    0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,13 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "histogram",
         "Time to make a checkpoint durable: flush the sink, write and fsync the files.",
         buckets=_LATENCY_BUCKETS,
+    ),
+    MetricSpec(
+        "streamherd_state_restore_seconds",
+        "histogram",
+        "Time to restore the state of the partitions of one assignment from the state backend "
+        "(the checkpoint files, or the changelog topic read to its end).",
+        buckets=_RESTORE_BUCKETS,
     ),
     MetricSpec(
         "streamherd_checkpoint_age_seconds",
@@ -245,6 +255,7 @@ class EngineMetrics:
         self.checkpoint_duration = self.histogram("streamherd_checkpoint_duration_seconds").labels(
             p
         )
+        self.state_restore = self.histogram("streamherd_state_restore_seconds").labels(p)
         self.checkpoints = self.counter("streamherd_checkpoints").labels(p)
         self.commits = self.counter("streamherd_offset_commits").labels(p)
         self.paused = self.gauge("streamherd_paused").labels(p)

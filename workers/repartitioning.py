@@ -314,29 +314,36 @@ def idle_close(windows: PartitionWindows) -> list[tuple[str, dict[str, Any]]]:
 
 
 def ensure_topic(
-    admin: AdminClient, name: str, partitions: int, retention_ms: int, timeout: float = 30.0
+    admin: AdminClient,
+    name: str,
+    partitions: int,
+    retention_ms: int,
+    timeout: float = 30.0,
+    *,
+    config: Mapping[str, str] | None = None,
+    what: str = "repartition",
 ) -> int:
     """Create the repartition topic if it is missing; its partition count either way.
+    ``config`` replaces its topic configuration (the changelog topic: compacted).
 
     Every worker must partition by the same count, or one key's records would meet two
     window states: so the count is read only once the broker shows every partition with a
     leader, and (for a topic another worker is creating at the same moment) the same count
     twice in a row."""
+    topic_config = (
+        dict(config)
+        if config is not None
+        else {"cleanup.policy": "delete", "retention.ms": str(retention_ms)}
+    )
     futures = admin.create_topics(
-        [
-            NewTopic(
-                name,
-                num_partitions=partitions,
-                config={"cleanup.policy": "delete", "retention.ms": str(retention_ms)},
-            )
-        ],
+        [NewTopic(name, num_partitions=partitions, config=topic_config)],
         request_timeout=timeout,
     )
     created = False
     try:
         futures[name].result(timeout)
         created = True
-        log.info("repartition topic %s created with %d partitions", name, partitions)
+        log.info("%s topic %s created with %d partitions", what, name, partitions)
     except KafkaException as error:
         if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
             raise
@@ -356,7 +363,7 @@ def ensure_topic(
             return count
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"repartition topic {name} is not ready: {topic.error if topic else 'missing'}"
+                f"{what} topic {name} is not ready: {topic.error if topic else 'missing'}"
             )
         last = count
         time.sleep(0.2)

@@ -96,7 +96,11 @@ def readiness_while_running(cfg: WorkerConfig) -> tuple[Engine, tuple[bool, str]
     thread = threading.Thread(target=engine.run, daemon=True)
     thread.start()
     # Every partition's state is set up before the generator starts.
-    wait_until("the engine's partitions set up", lambda: engine.generator is not None, timeout=30)
+    assert cfg.source.generator is not None
+    wanted = cfg.source.generator.partitions
+    wait_until(
+        "the engine's partitions set up", lambda: len(engine.partitions) == wanted, timeout=30
+    )
     said = engine.ready()
     stop.set()
     thread.join(30)

@@ -1,0 +1,240 @@
+"""Benchmark: how long the Kafka changelog state backend takes to restore a partition.
+
+One partition's state of N open windows (a count and a sum each, string keys, the engine's
+exact state form) is checkpointed through ``ChangelogBackend.save`` (one transaction), then
+changed once more (10% of the windows updated, 10% closed: tombstones, 5% new), so the
+changelog holds about 1.25 N records before compaction, as a busy partition's does between
+two cleanings. A fresh backend (a new worker) then restores it: reads the changelog
+partition to its end ``read_committed`` and rebuilds the windows
+(``PartitionWindows.from_json``). For comparison the volume backend writes and reads the same
+state as one checkpoint file. Medians of ``--runs`` runs per size, against a real broker.
+
+Writes its section of docs/benchmarks.md (between ``<!-- changelog:begin -->`` and
+``<!-- changelog:end -->``).
+
+    .venv/bin/python bench/engine/bench_changelog.py              # starts a broker
+    .venv/bin/python bench/engine/bench_changelog.py --keys 100000 1000000 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench_engine import machine
+
+from streamherd.workers.changelog import ChangelogBackend
+from streamherd.workers.checkpointing import Checkpoint, CheckpointStore
+from streamherd.workers.config import ChangelogConfig, KafkaSourceConfig, ProcessorConfig
+from streamherd.workers.processing import Processor
+from streamherd.workers.windowing import PartitionWindows, WindowPlan
+from tests.infra.kafka import start_kafka
+
+ROOT = Path(__file__).resolve().parents[2]
+BEGIN, END = "<!-- changelog:begin -->", "<!-- changelog:end -->"
+SOURCE = "bench-changelog-source"
+
+
+def plan() -> WindowPlan:
+    window = {
+        "keyBy": "user",
+        "size": "60s",
+        "eventTime": {"field": "ts"},
+        "aggregates": [
+            {"name": "clicks", "function": "count"},
+            {"name": "bytes", "function": "sum", "expression": "bytes"},
+        ],
+    }
+    compiled = Processor.compile(ProcessorConfig.model_validate({"steps": [{"window": window}]}))
+    assert compiled.window is not None
+    return compiled.window
+
+
+def state(keys: int, *, step: int = 0) -> dict[str, Any]:
+    """The exact state form (``PartitionWindows.to_json``) of ``keys`` open windows; ``step``
+    1 is the next checkpoint: 10% updated, 10% closed, 5% new."""
+    windows = []
+    for i in range(keys):
+        if step and i % 10 == 1:
+            continue  # closed: a tombstone
+        value = i * 7 + (1 if step and i % 10 == 0 else 0)
+        windows.append([f"user-{i}", 1_767_225_600_000, [i % 97 + 1, value]])
+    if step:
+        windows.extend([f"user-new-{i}", 1_767_225_660_000, [1, i]] for i in range(keys // 20))
+    return {"v": 2, "maxEventMs": 1_767_225_659_000, "windows": windows}
+
+
+def checkpoint(keys: int, step: int) -> Checkpoint:
+    return Checkpoint(
+        SOURCE,
+        0,
+        1_000 + step,
+        state(keys, step=step),
+        pipeline="bench/changelog",
+        fingerprint="0" * 16,
+        group="bench",
+        committed=999 + step,
+    )
+
+
+def backend(bootstrap: str, topic: str, worker: str) -> ChangelogBackend:
+    source = KafkaSourceConfig.model_validate(
+        {"bootstrapServers": bootstrap, "topics": [SOURCE], "consumerGroup": "bench"}
+    )
+    return ChangelogBackend(
+        source,
+        ChangelogConfig(topic=topic, partitions=1),
+        transactional_id=f"bench.{topic}.{worker}",
+    )
+
+
+def one_run(bootstrap: str, keys: int, window_plan: WindowPlan) -> dict[str, float]:
+    topic = f"bench-changelog-{uuid.uuid4().hex[:8]}"
+    writer = backend(bootstrap, topic, "writer")
+    first, second = checkpoint(keys, 0), checkpoint(keys, 1)
+    try:
+        writer.open()
+        writer.prepare([(SOURCE, 0)])
+        started = time.perf_counter()
+        writer.save([first])
+        write_full = time.perf_counter() - started
+        started = time.perf_counter()
+        writer.save([second])
+        write_delta = time.perf_counter() - started
+    finally:
+        writer.close()
+    reader = backend(bootstrap, topic, "reader")
+    try:
+        reader.open()  # a worker does it once, at its first assignment
+        started = time.perf_counter()
+        reader.prepare([(SOURCE, 0)])
+        read = time.perf_counter() - started
+        loaded = reader.load(SOURCE, 0)
+        assert loaded is not None
+        windows = PartitionWindows.from_json(window_plan, loaded.state)
+        restore = time.perf_counter() - started
+        records = reader.last_restore.records
+    finally:
+        reader.close()
+    expected = PartitionWindows.from_json(window_plan, second.state)
+    assert windows.windows == expected.windows, "the restored state differs"
+    with tempfile.TemporaryDirectory() as tmp:
+        store = CheckpointStore(tmp)
+        started = time.perf_counter()
+        store.save([second])
+        file_write = time.perf_counter() - started
+        started = time.perf_counter()
+        back = store.load(SOURCE, 0)
+        assert back is not None
+        PartitionWindows.from_json(window_plan, back.state)
+        file_restore = time.perf_counter() - started
+        file_bytes = store.path(SOURCE, 0).stat().st_size
+    return {
+        "live": float(len(expected.windows)),
+        "records": float(records),
+        "write_full": write_full,
+        "write_delta": write_delta,
+        "read": read,
+        "restore": restore,
+        "file_write": file_write,
+        "file_restore": file_restore,
+        "file_bytes": float(file_bytes),
+    }
+
+
+def render(args: argparse.Namespace, results: dict[int, list[dict[str, float]]]) -> str:
+    def med(keys: int, what: str) -> float:
+        return statistics.median(r[what] for r in results[keys])
+
+    rows = []
+    for keys in args.keys:
+        live = med(keys, "live")
+        rows.append(
+            f"| {keys:,} | {med(keys, 'records'):,.0f} | {med(keys, 'write_full'):.2f} s | "
+            f"{med(keys, 'write_delta'):.2f} s | {med(keys, 'read'):.2f} s | "
+            f"{med(keys, 'restore'):.2f} s | {live / med(keys, 'restore'):,.0f} | "
+            f"{med(keys, 'file_restore'):.2f} s ({med(keys, 'file_bytes') / 1e6:.0f} MB) |"
+        )
+    m = machine()
+    return "\n".join(
+        [
+            BEGIN,
+            "## Changelog state backend: restore time (bench/engine/bench_changelog.py)",
+            "",
+            f"One partition's state of N windows written through the changelog backend, then "
+            f"one more checkpoint (10% updated, 10% closed, 5% new: the log holds ~1.25 N "
+            f"records, nothing compacted yet); a new backend restores it (read to the end "
+            f"read_committed + rebuild the windows). Medians of {args.runs} runs; measured "
+            f"{time.strftime('%Y-%m-%d')} on {m.get('cpu', '?')} ({m.get('cores', '?')} "
+            f"cores), load average at start {args.load:.1f}; Python {m.get('python')}, "
+            f"confluent-kafka {m.get('confluent-kafka')}, librdkafka {m.get('librdkafka')}, "
+            "Kafka 4.3.1 (one local broker).",
+            "",
+            "| keys | records read | first write | next checkpoint (delta) | read to end "
+            "| restore total | live keys per second | volume file restore |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            *rows,
+            "",
+            "The restore bound used in docs/engine.md is the live-keys-per-second column: "
+            "restore time ~ (live keys + changes since the last compaction) / that rate.",
+            END,
+        ]
+    )
+
+
+def write_section(text: str) -> None:
+    path = ROOT / "docs" / "benchmarks.md"
+    doc = path.read_text()
+    if BEGIN in doc:
+        head, rest = doc.split(BEGIN, 1)
+        doc = head + text + rest.split(END, 1)[1]
+    else:
+        doc = doc.rstrip() + "\n\n" + text + "\n"
+    path.write_text(doc)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--bootstrap", default=os.environ.get("STREAMHERD_TEST_KAFKA"))
+    parser.add_argument("--keys", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    args.load = os.getloadavg()[0]
+    broker = None
+    if not args.bootstrap:
+        broker = start_kafka()
+        args.bootstrap = broker.broker.bootstrap
+    window_plan = plan()
+    results: dict[int, list[dict[str, float]]] = {k: [] for k in args.keys}
+    try:
+        for run in range(args.runs):
+            for keys in args.keys:
+                result = one_run(args.bootstrap, keys, window_plan)
+                results[keys].append(result)
+                print(
+                    f"run {run + 1} keys {keys:>9,}: records {result['records']:,.0f} "
+                    f"write {result['write_full']:.2f}s delta {result['write_delta']:.2f}s "
+                    f"restore {result['restore']:.2f}s (read {result['read']:.2f}s) "
+                    f"file {result['file_restore']:.2f}s",
+                    flush=True,
+                )
+    finally:
+        if broker is not None:
+            broker.stop()
+    section = render(args, results)
+    print(section)
+    if not args.no_write:
+        write_section(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,379 @@
+"""State in a Kafka changelog topic (workers/changelog.py), proven on the real broker.
+
+No checkpoint directory is shared: every worker gets its own empty directory, a new one at
+every restart, and none may write anything there. Input keyed by user, windows per page (a
+repartitioned pipeline, 4 partitions), 3 worker processes:
+
+- exactly-once, 12 SIGKILLs at random moments, then every worker killed and restarted with
+  fresh directories: the read_committed output holds every (page, window) exactly once with
+  the reference value computed here, and no duplicate;
+- at-least-once, SIGKILLs: the state is still exact (the changelog's own transactions keep
+  state and offset together), so every window's value is the reference's;
+- the lifecycle rules: a foreign fingerprint held, then reset with a snapshot kept in the
+  changelog;
+- the backend alone: a restore reads the changelog to its end, tombstones included, and waits
+  for a transaction a dead writer left open rather than miss a checkpoint committed after it.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+
+from streamherd.workers.changelog import ChangelogBackend
+from streamherd.workers.checkpointing import Checkpoint
+from streamherd.workers.config import ChangelogConfig, KafkaSourceConfig
+from streamherd.workers.fingerprint import snapshot_name
+from tests.infra.kafka import KafkaBroker
+from tests.integration.engine.enginekit import Worker, wait_until
+from tests.integration.engine.test_engine_exactly_once import verify
+from tests.integration.engine.test_engine_lifecycle import PARTITIONS as LIFE_PARTITIONS
+from tests.integration.engine.test_engine_lifecycle import (
+    caught_up,
+    gauge,
+    produce_timed,
+    records_in,
+    setup,
+    stop_cleanly,
+    with_new_state,
+)
+from tests.integration.engine.test_engine_repartition import (
+    PARTITIONS,
+    check,
+    flush,
+    page_clicks,
+    page_reference,
+    repartitioned_config,
+    sink_windows,
+    topics,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.slow]
+
+NAMES = ("a", "b", "c")
+
+
+def changelog_config(
+    broker: KafkaBroker, tmp: Path, delivery: str
+) -> tuple[dict[str, Any], str, str, str]:
+    src, sink, dlq = topics(broker)
+    config = repartitioned_config(broker, src, sink, dlq, tmp / "unused")
+    config["delivery"] = delivery
+    config["checkpoint"]["intervalSeconds"] = 0.5
+    config["checkpoint"]["changelog"] = {"topic": f"{src}.changelog"}
+    return config, src, sink, dlq
+
+
+class Fresh:
+    """Workers that each start, every time, with a new empty checkpoint directory."""
+
+    def __init__(self, tmp: Path, config: dict[str, Any]) -> None:
+        self.tmp = tmp
+        self.config = config
+        self.starts = 0
+        self.dirs: list[Path] = []  # every directory any worker was ever given
+        self.workers = {name: self._make(name) for name in NAMES}
+
+    def _make(self, name: str) -> Worker:
+        self.starts += 1
+        directory = self.tmp / f"ck-{name}-{self.starts}"
+        directory.mkdir()
+        self.dirs.append(directory)
+        config = {
+            **self.config,
+            "checkpoint": {**self.config["checkpoint"], "directory": str(directory)},
+            "runtime": {**self.config["runtime"], "metricsPort": 0},
+        }
+        w = Worker.create(self.tmp, f"{name}-{self.starts}", config)
+        w.env = {"STREAMHERD_WORKER_ID": name}  # a restart fences its predecessor
+        return w
+
+    def restart(self, name: str, rng: random.Random) -> None:
+        """SIGKILL at a random moment once the worker holds partitions (so inside its
+        processing, checkpoints and transactions), then the same worker identity with a new
+        empty directory (a pod whose volume went away: nothing may come from the old one)."""
+        victim = self.workers[name]
+        wait_until("the victim to hold partitions", lambda: holds(victim), 90, [victim])
+        time.sleep(rng.uniform(0.05, 1.5))
+        victim.kill()
+        self.workers[name] = self._make(name).start()
+
+    def all(self) -> list[Worker]:
+        return list(self.workers.values())
+
+    def assert_restored_from_changelog(self, broker: KafkaBroker, src: str) -> None:
+        """Every source and repartition partition has its checkpoint record there."""
+        heads = {
+            tuple(orjson.loads(r.key)[:2])
+            for r in broker.consume_all(f"{src}.changelog", timeout=60)
+            if r.key is not None and r.value is not None and orjson.loads(r.key)[2] == "c"
+        }
+        wanted = {(t, p) for t in (src, f"{src}.repartition") for p in range(PARTITIONS)}
+        assert wanted <= heads, sorted(wanted - heads)
+
+    def assert_no_files(self) -> None:
+        written = [p for d in self.dirs for p in d.rglob("*")]
+        assert written == [], f"the changelog backend wrote files: {written[:5]}"
+
+
+def holds(w: Worker) -> bool:
+    owned = [v for k, v in w.metrics().items() if k.startswith("streamherd_assigned_partitions")]
+    return bool(owned) and owned[0] > 0
+
+
+def test_exactly_once_with_changelog_state_across_sigkills_and_a_full_restart(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    config, src, sink, dlq = changelog_config(kafka_broker, tmp_path, "exactlyOnce")
+    records = list(page_clicks(0, 36_000))
+    fresh = Fresh(tmp_path, config)
+    rng = random.Random(60)
+    bad = 0
+    try:
+        for w in fresh.all():
+            w.start()
+        kills = 0
+        half = len(records) * 2 // 3
+        for i in range(0, half, 1_500):
+            kafka_broker.produce(src, records[i : i + 1_500])
+            kafka_broker.produce(src, [("bad", b"not json %d" % i)])
+            bad += 1
+            if kills < 12:
+                fresh.restart(rng.choice(NAMES), rng)
+                kills += 1
+        assert kills == 12
+        # Every worker at once: the state lives only in the changelog now.
+        for w in fresh.all():
+            w.kill()
+        for name in NAMES:
+            fresh.workers[name] = fresh._make(name).start()
+        kafka_broker.produce(src, records[half:])
+        flush(kafka_broker, src, records[-1][1]["ts"])
+        verify(kafka_broker, sink, dlq, page_reference(records), bad, fresh.all())
+        restores = [
+            v
+            for w in fresh.all()
+            for k, v in w.metrics().items()
+            if k.startswith("streamherd_state_restore_seconds_count")
+        ]
+        assert restores and min(restores) >= 1, restores
+        fresh.assert_restored_from_changelog(kafka_broker, src)
+        fresh.assert_no_files()
+    finally:
+        for w in fresh.all():
+            w.stop()
+
+
+def test_at_least_once_changelog_state_stays_exact_across_sigkills(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    config, src, sink, dlq = changelog_config(kafka_broker, tmp_path, "atLeastOnce")
+    records = list(page_clicks(0, 30_000))
+    fresh = Fresh(tmp_path, config)
+    rng = random.Random(61)
+    try:
+        for w in fresh.all():
+            w.start()
+        kills = 0
+        for i in range(0, len(records), 2_000):
+            kafka_broker.produce(src, records[i : i + 2_000])
+            if kills < 10:
+                fresh.restart(rng.choice(NAMES), rng)
+                kills += 1
+        flush(kafka_broker, src, records[-1][1]["ts"])
+        expected = page_reference(records)
+        # At-least-once output: a window may be written again after a crash, but always
+        # with its exact value (the state never counted a record twice).
+        got, _counts = sink_windows(
+            kafka_broker, sink, expected, "every (page, window) in the sink", 180, fresh.all()
+        )
+        check(got, expected)
+        for rec in kafka_broker.consume_all(sink, timeout=30):
+            assert rec.key is not None
+            key = rec.key.decode()
+            if key in expected:
+                row = rec.json()
+                assert (row["clicks"], row["bytes"]) == (
+                    expected[key]["clicks"],
+                    expected[key]["bytes"],
+                ), (key, row)
+        assert kafka_broker.consume_all(dlq) == []
+        fresh.assert_restored_from_changelog(kafka_broker, src)
+        fresh.assert_no_files()
+    finally:
+        for w in fresh.all():
+            w.stop()
+
+
+def backend(broker: KafkaBroker, src: str, topic: str, worker: str) -> ChangelogBackend:
+    source = KafkaSourceConfig.model_validate(
+        {"bootstrapServers": broker.bootstrap, "topics": [src], "consumerGroup": f"g-{src}"}
+    )
+    return ChangelogBackend(
+        source, ChangelogConfig(topic=topic), transactional_id=f"test.{topic}.{worker}"
+    )
+
+
+def windows_state(n: int, start: int, value: int) -> dict[str, Any]:
+    return {
+        "v": 2,
+        "maxEventMs": start,
+        "windows": [[f"k{i}", start, [value + i, None]] for i in range(n)],
+    }
+
+
+def test_restore_reads_to_the_end_through_tombstones_and_open_transactions(
+    kafka_broker: KafkaBroker,
+) -> None:
+    src = kafka_broker.create_topic(kafka_broker.unique_topic("src"), 4)
+    topic = f"{src}.changelog"
+    writer = backend(kafka_broker, src, topic, "w")
+    try:
+        first = Checkpoint(src, 2, 100, windows_state(50, 0, 1), group="g", generation="g1")
+        writer.prepare([(src, 2)])
+        assert writer.load(src, 2) is None
+        writer.save([first])
+        # Fewer windows: the closed ones become tombstones.
+        second = Checkpoint(src, 2, 200, windows_state(20, 10_000, 7), group="g", generation="g2")
+        writer.save([second])
+        reader = backend(kafka_broker, src, topic, "r")
+        try:
+            reader.prepare([(src, 2)])
+            assert reader.load(src, 2) == second
+            assert reader.load(src, 1) is None  # another partition of the same topic
+        finally:
+            reader.close()
+        # A writer dies inside a transaction on the changelog partition; a checkpoint is
+        # committed after it. The restore must wait for the open one to end (here: the
+        # zombie's successor aborts it) and then see the later checkpoint, not stop at the
+        # last stable offset before it.
+        zombie = Producer(
+            {
+                **kafka_broker.client_config(),
+                "transactional.id": f"test.{topic}.zombie",
+                "transaction.timeout.ms": 120_000,
+            }
+        )
+        zombie.init_transactions(30)
+        zombie.begin_transaction()
+        zombie.produce(topic, key=b'["x", 2, "c"]', value=b"{}", partition=2)
+        zombie.flush(30)
+        third = Checkpoint(src, 2, 300, windows_state(5, 20_000, 9), group="g", generation="g3")
+        writer.save([third])
+        late = backend(kafka_broker, src, topic, "late")
+        try:
+            successor = Producer(
+                {**kafka_broker.client_config(), "transactional.id": f"test.{topic}.zombie"}
+            )
+            fencing = threading.Event()
+
+            def abort_soon() -> None:
+                time.sleep(3)
+                fencing.set()
+                successor.init_transactions(30)  # fences the zombie: its transaction aborts
+
+            thread = threading.Thread(target=abort_soon, daemon=True)
+            thread.start()
+            late.prepare([(src, 2)])
+            # It could only return once the open transaction was being decided, and then it
+            # holds the checkpoint committed after it.
+            assert fencing.is_set()
+            assert late.load(src, 2) == third
+            thread.join(60)
+        finally:
+            late.close()
+    finally:
+        writer.close()
+
+
+def test_fingerprint_refuse_then_reset_with_the_changelog_backend(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """The lifecycle rules (docs/lifecycle.md) through the changelog: a foreign state is
+    held (not ready, nothing read, the changelog and the group's offsets untouched), then a
+    reset discards it after keeping it as a snapshot in the changelog itself."""
+    source, _sink, _unused, cfg = setup(kafka_broker, tmp_path, "cl")
+    topic = f"{source}.changelog"
+    cfg["checkpoint"]["changelog"] = {"topic": topic}
+    group = cfg["source"]["kafka"]["consumerGroup"]
+    dirs = iter(range(100))
+
+    def start(name: str, config: dict[str, Any]) -> Worker:
+        directory = tmp_path / f"ck-{name}-{next(dirs)}"  # never shared, never reused
+        config = {**config, "checkpoint": {**config["checkpoint"], "directory": str(directory)}}
+        w = Worker.create(tmp_path, name, config)
+        w.env = {"STREAMHERD_WORKER_ID": name}
+        return w.start()
+
+    def checkpoints(reader: str) -> dict[int, Checkpoint | None]:
+        b = backend(kafka_broker, source, topic, reader)
+        try:
+            b.prepare([(source, p) for p in range(LIFE_PARTITIONS)])
+            return {p: b.load(source, p) for p in range(LIFE_PARTITIONS)}
+        finally:
+            b.close()
+
+    produce_timed(kafka_broker, source, 0, 4000)
+    first = start("old", cfg)
+    try:
+        wait_until("the old spec caught up", lambda: caught_up(kafka_broker, group, source), 120,
+                   [first])  # fmt: skip
+        stop_cleanly(first)
+    finally:
+        first.stop()
+    before = checkpoints("r1")
+    committed = kafka_broker.committed(group, source)
+    assert all(c is not None and c.state and c.state["windows"] for c in before.values())
+    old_fp = next(iter(before.values())).fingerprint  # type: ignore[union-attr]
+
+    held = start("refused", with_new_state(cfg, _sink))
+    try:
+        wait_until(
+            "every partition held",
+            lambda: all(
+                gauge(held, "streamherd_state_restore_refused", partition=str(p)) == 1
+                for p in range(LIFE_PARTITIONS)
+            ),
+            60,
+            [held],
+        )
+        status, body = held.get("/readyz")
+        assert status == 503 and "window.size: 10000 -> 5000" in body, body
+        assert records_in(held) == 0
+        stop_cleanly(held)
+    finally:
+        held.stop()
+    assert checkpoints("r2") == before
+    assert kafka_broker.committed(group, source) == committed
+
+    reset = start("reset", with_new_state(cfg, _sink, onFingerprintMismatch="reset"))
+    try:
+        wait_until(
+            "every partition's state discarded",
+            lambda: (
+                gauge(reset, "streamherd_state_discarded_total", reason="reset") == LIFE_PARTITIONS
+            ),
+            60,
+            [reset],
+        )
+        stop_cleanly(reset)
+    finally:
+        reset.stop()
+    after = checkpoints("r3")
+    new_fp = next(iter(after.values())).fingerprint  # type: ignore[union-attr]
+    assert new_fp != old_fp and all(c is not None and c.fingerprint == new_fp
+                                    for c in after.values())  # fmt: skip
+    b = backend(kafka_broker, source, topic, "r4")
+    try:
+        name = snapshot_name(old_fp or "legacy", new_fp or "")
+        for p in range(LIFE_PARTITIONS):
+            assert b.load_snapshot(name, source, p) == before[p]
+    finally:
+        b.close()

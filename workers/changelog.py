@@ -1,0 +1,531 @@
+"""The Kafka state backend: each partition's checkpoint in a compacted changelog topic.
+
+Behind the engine's ``StateBackend`` seam (``streamherd.workers.seams``), chosen by
+``WorkerConfig.checkpoint.changelog`` (``streamherd.workers.statebackends``). No volume is
+needed: a worker restores a partition it is assigned by reading the changelog to its end.
+
+Layout (docs/engine.md, decision 0060). The topic lives on the source's cluster,
+``cleanup.policy=compact``; changelog partition ``p % N`` holds the checkpoints of every
+consumed partition numbered ``p`` (source topics and the repartition topic alike). One
+checkpoint is several records, none of which grows with the key count:
+
+- one record per open window: key ``[topic, partition, "w", window key, window start]``,
+  value the accumulator (``values.encode_value``'s exact JSON); a window that closed is a
+  tombstone (null value);
+- one checkpoint record: key ``[topic, partition, "c"]``, value the next offset, fingerprint,
+  generation, group, committed offset and the state without its windows (watermark,
+  repartition clock);
+- snapshots kept before a reset or replay: the same records under
+  ``[topic, partition, "s", name, ...]``.
+
+Only what changed since the last checkpoint is written (the backend remembers the bytes of
+every record it read or wrote for the partitions it owns), so compaction, which keeps the
+latest value per key and drops tombstones, leaves exactly the last checkpoint.
+
+Atomicity: every checkpoint is written inside a Kafka transaction and read back
+``read_committed``, so a reader sees all of a checkpoint's records or none, and state never
+runs ahead of or behind its offset. In exactly-once mode the records join the engine's one
+transaction (outputs, dead letters, offsets); in at-least-once mode the backend has its own
+transactional producer (``<worker's transactional.id>.changelog``), one transaction per save,
+before the engine commits the offsets (as the volume backend's fsync comes before them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+
+from streamherd.workers.checkpointing import Checkpoint, CheckpointError
+from streamherd.workers.config import ChangelogConfig, KafkaSourceConfig
+from streamherd.workers.kafkaclients import client_config, producer_config
+from streamherd.workers.logs import log_event
+from streamherd.workers.metrics import EngineMetrics
+from streamherd.workers.repartitioning import ensure_topic, source_partitions
+
+log = logging.getLogger("streamherd.worker")
+
+CHECKPOINT: Final = "c"
+WINDOW: Final = "w"
+SNAPSHOT: Final = "s"
+#: The changelog's own transactions (at-least-once mode); a worker killed inside one holds
+#: read_committed readers of its partition back until its successor starts (same id) or
+#: this passes.
+TRANSACTION_TIMEOUT_MS: Final = 60_000
+#: Compaction settings of the topic the worker creates: segments roll at least hourly and
+#: are cleaned once half dirty, so a restore reads at most about twice the live records plus
+#: one hour of changes (docs/engine.md: restore time).
+TOPIC_CONFIG: Final = {
+    "cleanup.policy": "compact",
+    "segment.ms": str(3_600_000),
+    "min.cleanable.dirty.ratio": "0.5",
+    "delete.retention.ms": str(86_400_000),
+}
+#: Longest wait for a changelog partition to be read to its end (a transaction left open by
+#: a killed worker is aborted by the broker within its timeout).
+RESTORE_TIMEOUT_SECONDS: Final = 180.0
+
+Records = dict[bytes, bytes]
+Delta = dict[bytes, bytes | None]
+
+
+def _dumps(value: Any) -> bytes:
+    """Deterministic JSON bytes; the stdlib writes what orjson cannot (an integer beyond 64
+    bits outside ``values.encode_value``'s forms), marked by a leading space."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return b" " + json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _loads(data: bytes) -> Any:
+    return json.loads(data) if data[:1] == b" " else orjson.loads(data)
+
+
+def record_key(topic: str, partition: int, *rest: Any) -> bytes:
+    return _dumps([topic, partition, *rest])
+
+
+def owner(key: bytes) -> tuple[str, int] | None:
+    """The (topic, partition) a changelog record belongs to; None for a foreign record."""
+    try:
+        parts = _loads(key)
+    except (ValueError, TypeError):
+        return None
+    if type(parts) is not list or len(parts) < 3:
+        return None
+    topic, partition = parts[0], parts[1]
+    if type(topic) is not str or type(partition) is not int:
+        return None
+    return topic, partition
+
+
+def encode(checkpoint: Checkpoint) -> Records:
+    """The records of one checkpoint (its open windows and its checkpoint record)."""
+    t, p = checkpoint.topic, checkpoint.partition
+    state = checkpoint.state
+    records: Records = {}
+    rest: dict[str, Any] | None = None
+    windowed = False
+    if state is not None:
+        rest = {k: v for k, v in state.items() if k != "windows"}
+        windows = state.get("windows")
+        if windows is not None:
+            windowed = True
+            for key, start, acc in windows:
+                records[record_key(t, p, WINDOW, key, start)] = _dumps(acc)
+    doc: dict[str, Any] = {
+        "nextOffset": checkpoint.next_offset,
+        "pipeline": checkpoint.pipeline,
+        "writtenAt": checkpoint.written_at or time.time(),
+        "generation": checkpoint.generation,
+        "fingerprint": checkpoint.fingerprint,
+        "stateShape": checkpoint.state_shape,
+        "group": checkpoint.group,
+        "committed": checkpoint.committed,
+        "restoredFrom": checkpoint.restored_from,
+        "state": rest,
+        "windows": windowed,
+    }
+    records[record_key(t, p, CHECKPOINT)] = _dumps(doc)
+    return records
+
+
+def decode(topic: str, partition: int, records: Mapping[bytes, bytes]) -> Checkpoint | None:
+    """The checkpoint the live records of (topic, partition) hold; None without a checkpoint
+    record (nothing was ever checkpointed). Raises CheckpointError on unreadable records."""
+    head = records.get(record_key(topic, partition, CHECKPOINT))
+    if head is None:
+        return None
+    try:
+        doc = _loads(head)
+        state = doc.get("state")
+        if doc.get("windows"):
+            windows = []
+            for key, value in records.items():
+                parts = _loads(key)
+                if len(parts) == 5 and parts[2] == WINDOW:
+                    windows.append([parts[3], parts[4], _loads(value)])
+            state = {**(state or {}), "windows": windows}
+        return Checkpoint(
+            topic=topic,
+            partition=partition,
+            next_offset=int(doc["nextOffset"]),
+            state=state,
+            pipeline=doc.get("pipeline", ""),
+            written_at=float(doc.get("writtenAt", 0.0)),
+            generation=str(doc.get("generation") or ""),
+            fingerprint=doc.get("fingerprint"),
+            state_shape=doc.get("stateShape"),
+            group=doc.get("group"),
+            committed=doc.get("committed"),
+            restored_from=doc.get("restoredFrom"),
+        )
+    except (ValueError, KeyError, TypeError, IndexError) as error:
+        raise CheckpointError(f"unreadable changelog of {topic}[{partition}]: {error}") from None
+
+
+def live(records: Mapping[bytes, bytes]) -> Records:
+    """The records of the checkpoint itself (no snapshots)."""
+    return {k: v for k, v in records.items() if _loads(k)[2] != SNAPSHOT}
+
+
+def delta(before: Mapping[bytes, bytes], checkpoint: Checkpoint) -> Delta:
+    """What to write so that the live records become ``checkpoint``'s: the changed and new
+    records, and a tombstone for each record it no longer has (a closed window). The
+    checkpoint record is always written (its time and offset move)."""
+    now = encode(checkpoint)
+    out: Delta = {k: v for k, v in now.items() if before.get(k) != v}
+    # Snapshot records stay: told apart by their kind right after (topic, partition).
+    snapshots = record_key(checkpoint.topic, checkpoint.partition)[:-1] + b',"s"'
+    out.update({k: None for k in before if k not in now and not k.startswith(snapshots)})
+    return out
+
+
+def apply(records: Records, changes: Iterable[tuple[bytes, bytes | None]]) -> None:
+    """Fold changelog records in order: the latest value per key, a tombstone deletes."""
+    for key, value in changes:
+        if value is None:
+            records.pop(key, None)
+        else:
+            records[key] = value
+
+
+def snapshot_records(name: str, records: Mapping[bytes, bytes]) -> Records:
+    """The live records of one partition, copied under snapshot ``name``'s keys."""
+    out: Records = {}
+    for key, value in live(records).items():
+        parts = _loads(key)
+        out[record_key(parts[0], parts[1], SNAPSHOT, name, *parts[2:])] = value
+    return out
+
+
+def snapshot_of(name: str, topic: str, partition: int, records: Mapping[bytes, bytes]) -> Records:
+    """The live records snapshot ``name`` holds for (topic, partition), under their own keys."""
+    out: Records = {}
+    for key, value in records.items():
+        parts = _loads(key)
+        if len(parts) > 4 and parts[2] == SNAPSHOT and parts[3] == name:
+            out[record_key(topic, partition, *parts[4:])] = value
+    return out
+
+
+@dataclass
+class RestoreStats:
+    """What one read of a changelog partition took."""
+
+    records: int = 0
+    seconds: float = 0.0
+
+
+class ChangelogBackend:
+    """Checkpoints as records of a compacted Kafka topic (see the module docstring)."""
+
+    name = "changelog"
+
+    def __init__(
+        self,
+        source: KafkaSourceConfig,
+        changelog: ChangelogConfig,
+        *,
+        transactional_id: str,
+        transaction: Producer | None = None,
+        metrics: EngineMetrics | None = None,
+    ) -> None:
+        self.source = source
+        self.topic = changelog.topic
+        self._wanted_partitions = changelog.partitions
+        self._transactional_id = transactional_id
+        self._transaction = transaction  # exactly-once: the engine's producer
+        self._metrics = metrics
+        self._producer: Producer | None = None  # at-least-once: the changelog's own
+        self._reader: Consumer | None = None
+        self._probe: Consumer | None = None
+        self._partitions = 0
+        # The committed records of every partition this worker owns, as read or written.
+        self._committed: dict[tuple[str, int], Records] = {}
+        # Exactly-once: what the open transaction writes, applied when it commits.
+        self._staged: dict[tuple[str, int], Delta] = {}
+        # Exactly-once: the log end of each changelog partition before this worker's open
+        # transaction first wrote to it (a snapshot kept on assign): a restore reads up to
+        # there, never waiting for its own undecided transaction.
+        self._floors: dict[int, int] = {}
+        self.last_restore = RestoreStats()
+
+    # ------------------------------------------------------------------ set-up
+
+    def open(self) -> None:
+        """Create the topic if missing, the producer and the readers (at the first use)."""
+        self._open()
+
+    def _open(self) -> None:
+        if self._partitions:
+            return
+        admin = AdminClient(client_config(self.source))
+        wanted = self._wanted_partitions
+        if wanted is None:
+            upstreams = source_partitions(admin, self.source.topics)
+            wanted = max(
+                (sum(1 for t, _ in upstreams if t == name) for name in {t for t, _ in upstreams}),
+                default=1,
+            )
+        self._partitions = ensure_topic(
+            admin, self.topic, wanted, 0, config=TOPIC_CONFIG, what="changelog"
+        )
+        if self._transaction is None:
+            conf = producer_config(self.source)
+            conf["transactional.id"] = self._transactional_id
+            conf["transaction.timeout.ms"] = TRANSACTION_TIMEOUT_MS
+            self._producer = Producer(conf)
+            # Fences our predecessor (same id) and aborts its open transaction, so its
+            # half-written checkpoint never blocks or reaches a reader.
+            self._producer.init_transactions(30)
+        conf = client_config(self.source)
+        conf.update(
+            {
+                "group.id": f"{self._transactional_id}.restore",  # never joined or committed
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+                "fetch.max.bytes": 52_428_800,
+                "max.partition.fetch.bytes": 16_777_216,
+            }
+        )
+        self._reader = Consumer(conf)
+        # The log end including open transactions (a read_committed consumer's is the last
+        # stable offset): see _read_partition.
+        self._probe = Consumer({**conf, "isolation.level": "read_uncommitted"})
+
+    def changelog_partition(self, partition: int) -> int:
+        self._open()
+        return partition % self._partitions
+
+    # ------------------------------------------------------------------ reading
+
+    def _read(self, wanted: set[tuple[str, int]]) -> None:
+        """Read the changelog partitions of ``wanted`` to their end (read_committed: only
+        committed checkpoints) and keep each wanted partition's live records."""
+        self._open()
+        reader = self._reader
+        assert reader is not None
+        by_changelog: dict[int, set[tuple[str, int]]] = {}
+        for t, p in wanted:
+            by_changelog.setdefault(p % self._partitions, set()).add((t, p))
+        started = time.perf_counter()
+        total = 0
+        for cp, owners in sorted(by_changelog.items()):
+            found: dict[tuple[str, int], Records] = {o: {} for o in owners}
+            total += self._read_partition(reader, cp, found)
+            self._committed.update(found)
+        seconds = time.perf_counter() - started
+        self.last_restore = RestoreStats(total, seconds)
+        log_event(log, logging.INFO, "changelog-restored", topic=self.topic,
+                  partitions=len(wanted), records=total,
+                  seconds=round(seconds, 3))  # fmt: skip
+
+    def _read_partition(
+        self, reader: Consumer, cp: int, found: dict[tuple[str, int], Records]
+    ) -> int:
+        tp = TopicPartition(self.topic, cp)
+        # The log end as written, open transactions included: reading stops only once every
+        # transaction before it is decided, so a checkpoint committed after a transaction
+        # some dead worker left open is never missed.
+        low, end = self._log_end(cp)
+        if cp in self._floors:
+            end = min(end, self._floors[cp])
+        if end <= low:
+            return 0
+        reader.assign([TopicPartition(self.topic, cp, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + RESTORE_TIMEOUT_SECONDS
+        count = 0
+        # A record's key starts with its (topic, partition) as JSON: matched by prefix (a
+        # changelog partition holds few owners), no JSON parsing per record.
+        prefixes = [(record_key(t, p)[:-1] + b",", records) for (t, p), records in found.items()]
+        try:
+            while True:
+                # consume() waits for the whole count or the timeout: a count a fetch fills
+                # quickly, a short timeout for the last batch.
+                batch = reader.consume(10_000, 0.1)
+                reached = False
+                for m in batch:
+                    error = m.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            reached = (m.offset() or 0) >= end
+                            continue
+                        if error.fatal():
+                            raise KafkaException(error)
+                        log_event(log, logging.WARNING, "changelog-read-error",
+                                  topic=self.topic, partition=cp, error=str(error))  # fmt: skip
+                        continue
+                    key = m.key()
+                    if key is None:
+                        continue
+                    records = None
+                    for prefix, candidate in prefixes:
+                        if key.startswith(prefix):
+                            records = candidate
+                            break
+                    if records is None:
+                        continue
+                    count += 1
+                    value = m.value()
+                    if value is None:
+                        records.pop(key, None)
+                    else:
+                        records[key] = value
+                if not reached:
+                    position = reader.position([tp])[0].offset
+                    reached = position >= end
+                if reached:
+                    return count
+                if time.monotonic() > deadline:
+                    raise CheckpointError(
+                        f"changelog {self.topic}[{cp}] not read to its end ({end}) within "
+                        f"{RESTORE_TIMEOUT_SECONDS:.0f}s: a transaction stays undecided"
+                    )
+        finally:
+            reader.unassign()
+
+    def _log_end(self, cp: int) -> tuple[int, int]:
+        """(log start, log end) of a changelog partition; retried while the broker answers
+        with a passing error (a topic just created: its leaders not yet known everywhere)."""
+        assert self._probe is not None
+        deadline = time.monotonic() + 60.0
+        while True:
+            try:
+                low, high = self._probe.get_watermark_offsets(
+                    TopicPartition(self.topic, cp), timeout=10, cached=False
+                )
+                return int(low), int(high)
+            except KafkaException as error:
+                if error.args[0].fatal() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def prepare(self, partitions: list[tuple[str, int]]) -> None:
+        missing = {tp for tp in partitions if tp not in self._committed}
+        if missing:
+            self._read(missing)
+
+    def _records(self, topic: str, partition: int) -> Records:
+        if (topic, partition) not in self._committed:
+            self._read({(topic, partition)})
+        return self._committed[(topic, partition)]
+
+    def load(self, topic: str, partition: int) -> Checkpoint | None:
+        return decode(topic, partition, self._records(topic, partition))
+
+    def load_pending(self, topic: str, partition: int) -> Checkpoint | None:
+        return None  # a staged checkpoint committed with its transaction, or never
+
+    def load_snapshot(self, name: str, topic: str, partition: int) -> Checkpoint | None:
+        records = snapshot_of(name, topic, partition, self._records(topic, partition))
+        return decode(topic, partition, records)
+
+    # ------------------------------------------------------------------ writing
+
+    def _produce(self, producer: Producer, partition: int, changes: Delta) -> None:
+        for key, value in changes.items():
+            while True:
+                try:
+                    producer.produce(self.topic, key=key, value=value, partition=partition)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+
+    def _write_alone(self, deltas: dict[tuple[str, int], Delta]) -> None:
+        """At-least-once: one transaction of the changelog's own producer, committed (durable
+        and visible to read_committed readers) when this returns."""
+        producer = self._producer
+        assert producer is not None
+        producer.begin_transaction()
+        try:
+            for (_, p), changes in deltas.items():
+                self._produce(producer, self.changelog_partition(p), changes)
+            producer.commit_transaction(30)
+        except KafkaException:
+            with contextlib.suppress(KafkaException):  # else the next init (a restart) does
+                producer.abort_transaction(30)
+            raise
+        for tp, changes in deltas.items():
+            apply(self._committed.setdefault(tp, {}), changes.items())
+
+    def _deltas(self, checkpoints: list[Checkpoint]) -> dict[tuple[str, int], Delta]:
+        return {
+            (c.topic, c.partition): delta(self._records(c.topic, c.partition), c)
+            for c in checkpoints
+        }
+
+    def save(self, checkpoints: list[Checkpoint]) -> None:
+        if checkpoints:
+            self._write_alone(self._deltas(checkpoints))
+
+    def stage(self, checkpoints: list[Checkpoint]) -> None:
+        producer = self._transaction
+        assert producer is not None, "stage() is the exactly-once mode's"
+        for tp, changes in self._deltas(checkpoints).items():
+            self._produce(producer, self.changelog_partition(tp[1]), changes)
+            staged = self._staged.setdefault(tp, {})
+            staged.update(changes)
+
+    def promote(self, partitions: list[tuple[str, int]]) -> None:
+        self._floors.clear()  # the transaction is decided
+        for tp in partitions:
+            changes = self._staged.pop(tp, None)
+            if changes is not None:
+                apply(self._committed.setdefault(tp, {}), changes.items())
+
+    def discard_pending(self, topic: str, partition: int) -> None:
+        self._staged.pop((topic, partition), None)
+
+    def abort(self) -> None:
+        self._staged.clear()
+        self._floors.clear()
+
+    def release(self, topic: str, partition: int) -> None:
+        self._committed.pop((topic, partition), None)
+        self._staged.pop((topic, partition), None)
+
+    def keep(self, name: str, topic: str, partition: int) -> str | None:
+        records = self._records(topic, partition)
+        if decode(topic, partition, records) is None:
+            return None
+        copies: Delta = dict(snapshot_records(name, records))
+        try:
+            if self._transaction is not None:
+                # Exactly-once: with the open transaction, which also carries the discard.
+                cp = self.changelog_partition(partition)
+                if cp not in self._floors:
+                    self._floors[cp] = self._log_end(cp)[1]
+                self._produce(self._transaction, cp, copies)
+                self._staged.setdefault((topic, partition), {}).update(copies)
+            else:
+                self._write_alone({(topic, partition): copies})
+        except KafkaException as error:
+            raise OSError(f"changelog {self.topic}: {error}") from error
+        return f"changelog {self.topic}[{self.changelog_partition(partition)}] snapshot {name}"
+
+    def close(self) -> None:
+        for consumer in (self._reader, self._probe):
+            if consumer is not None:
+                consumer.close()
+        self._reader = self._probe = None
+        if self._producer is not None:
+            self._producer.flush(10)

@@ -1,0 +1,174 @@
+"""The engine's seams: what a source, the outputs and a state backend must offer the loop.
+
+``streamherd.workers.engine`` runs one processing loop over these three interfaces and knows
+no implementation: sources live in ``streamherd.workers.sources`` (Kafka, the generator),
+state backends in ``streamherd.workers.statebackends`` (volume files) and
+``streamherd.workers.changelog`` (a compacted Kafka topic), the sink in
+``streamherd.workers.sinks`` (Kafka, stdout, PostgreSQL, dead letters, repartition records).
+Each factory (``open_source``, ``open_state_backend``) is the one place that maps a
+``WorkerConfig`` to an implementation, so a new backend or sink is a module plus one line
+there. Protocols only: no behaviour here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from confluent_kafka import TopicPartition
+
+from streamherd.workers.checkpointing import Checkpoint
+from streamherd.workers.processing import Failure, SourceMessage
+
+#: A partition event handler: the partitions that were assigned, revoked or lost.
+PartitionEvent = Callable[[list[TopicPartition]], None]
+
+
+class Source(Protocol):
+    """Records per partition, with assign/revoke/lost events and offsets.
+
+    Mirrors the consumer operations the loop needs (a Kafka consumer's, in its terms, so the
+    Kafka source is a thin wrapper). A source without a consumer group (``group_offsets``
+    False: the generator) assigns every partition once in :meth:`open`, has no committed
+    offsets and no offsets for times; its commit is a no-op."""
+
+    name: str
+    group_offsets: bool
+
+    def open(self, assigned: PartitionEvent, revoked: PartitionEvent, lost: PartitionEvent) -> None:
+        """Start reading; partition events are served from inside :meth:`poll` (and, for a
+        source without a group, once from here)."""
+
+    def poll(self, max_records: int, timeout: float) -> list[Any]:
+        """The next batch (messages with ``error()``, ``topic()``, ``partition()``,
+        ``offset()``...); an empty list when nothing came within ``timeout``."""
+
+    @property
+    def exhausted(self) -> bool:
+        """A finite source that has produced its last record."""
+
+    def describe(self) -> Mapping[str, Any]:
+        """Fields for the ``started`` log line."""
+
+    def assign(self, start: list[TopicPartition]) -> None:
+        """Take the partitions of an assign event, each from its offset (OFFSET_INVALID:
+        the source's own start)."""
+
+    def unassign(self, partitions: list[TopicPartition]) -> None: ...
+
+    def pause(self, partitions: list[TopicPartition]) -> None: ...
+
+    def resume(self, partitions: list[TopicPartition]) -> None: ...
+
+    def seek(self, partition: TopicPartition) -> None: ...
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        """The group's committed offsets (with their metadata); offset < 0: none."""
+
+    def commit(self, offsets: list[TopicPartition], *, asynchronous: bool) -> list[TopicPartition]:
+        """Commit offsets; a synchronous commit returns what the broker confirmed."""
+
+    def offsets_for_times(
+        self, partitions: list[TopicPartition], timeout: float
+    ) -> list[TopicPartition]: ...
+
+    def watermarks(
+        self, partition: TopicPartition, *, fresh: bool = False
+    ) -> tuple[int, int] | None:
+        """(log start, log end) of a partition, or None when unknown; ``fresh``: asked from
+        the broker now, not the figures of the last fetch."""
+
+    def group_metadata(self) -> Any:
+        """The consumer group's metadata for a transaction's offsets (KIP-447)."""
+
+    def close(self) -> None:
+        """Leave: revokes every partition through the revoke event."""
+
+
+class Sink(Protocol):
+    """Everything the loop writes: results to the sink, dead letters, repartition records and
+    progress markers, with delivery checks (``streamherd.workers.sinks.Outputs``: the Kafka,
+    stdout and PostgreSQL sinks and the dead-letter topic behind one object). In exactly-once
+    mode every Kafka output goes through one transactional producer (``transaction``)."""
+
+    @property
+    def transaction(self) -> Any: ...
+
+    @property
+    def has_dead_letter(self) -> bool: ...
+
+    def write(
+        self,
+        rows: list[tuple[bytes | str | None, Mapping[str, Any] | bytes]],
+        sources: Sequence[SourceMessage] | SourceMessage | None = None,
+    ) -> None: ...
+
+    def dead_letter(self, failures: list[Failure], alone: bool = False) -> None: ...
+
+    def repartition(
+        self,
+        topic: str,
+        partitions: int,
+        rows: list[tuple[str, bytes, int, int, list[tuple[str, bytes]]]],
+    ) -> None: ...
+
+    def repartition_marker(
+        self, topic: str, partitions: int, headers: list[tuple[str, bytes]]
+    ) -> None: ...
+
+    def flush(self, timeout: float) -> bool:
+        """Every output delivered (True) or not within ``timeout``; raises when one was lost."""
+
+    def poll(self, timeout: float = 0.0) -> None: ...
+
+    def behind(self) -> bool: ...
+
+    def caught_up(self) -> bool: ...
+
+    def health(self) -> tuple[bool, str]: ...
+
+    def take_errors(self) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+class StateBackend(Protocol):
+    """Where each partition's checkpoint (state + next offset, as one unit) lives.
+
+    ``save`` is durable and atomic per checkpoint when it returns (at-least-once: the loop
+    commits offsets only afterwards). In exactly-once mode ``stage`` writes the checkpoints
+    of the open transaction (files: pending ones; Kafka: records in the transaction), and
+    ``promote`` follows the transaction's commit, ``abort`` its abort."""
+
+    name: str
+
+    def prepare(self, partitions: list[tuple[str, int]]) -> None:
+        """Partitions are about to be restored (an assign): read what they need at once."""
+
+    def load(self, topic: str, partition: int) -> Checkpoint | None:
+        """The partition's committed checkpoint."""
+
+    def load_pending(self, topic: str, partition: int) -> Checkpoint | None:
+        """Exactly-once: a staged checkpoint that may have committed after all."""
+
+    def save(self, checkpoints: list[Checkpoint]) -> None: ...
+
+    def stage(self, checkpoints: list[Checkpoint]) -> None: ...
+
+    def promote(self, partitions: list[tuple[str, int]]) -> None: ...
+
+    def discard_pending(self, topic: str, partition: int) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def release(self, topic: str, partition: int) -> None:
+        """The partition left this worker (revoke, lost): forget what is cached for it."""
+
+    def keep(self, name: str, topic: str, partition: int) -> str | None:
+        """Keep the partition's committed checkpoint as snapshot ``name`` before its state
+        is discarded on purpose; where it went, or None when there was none. Raises OSError
+        when it cannot (the engine then holds the partition rather than discard)."""
+
+    def load_snapshot(self, name: str, topic: str, partition: int) -> Checkpoint | None: ...
+
+    def close(self) -> None: ...

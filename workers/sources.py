@@ -1,0 +1,203 @@
+"""The sources behind the engine's ``Source`` seam (``streamherd.workers.seams``): a Kafka
+consumer group and the synthetic click generator.
+
+``open_source(config, on_commit)`` is the one place that maps a ``WorkerConfig`` to a source;
+the engine (``streamherd.workers.engine``) only sees the protocol.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from streamherd.workers.config import GeneratorSourceConfig, KafkaSourceConfig, WorkerConfig
+from streamherd.workers.generating import GENERATOR_TOPIC, ClickGenerator
+from streamherd.workers.kafkaclients import consumer_config
+from streamherd.workers.seams import PartitionEvent, Source
+
+CommitCallback = Callable[[Any, list[TopicPartition]], None]
+
+
+class KafkaSource:
+    """A consumer group member (cooperative-sticky, read_committed, manual commits):
+    partition events are librdkafka's rebalance callbacks, served from inside poll()."""
+
+    name = "kafka"
+    group_offsets = True
+
+    def __init__(
+        self, config: KafkaSourceConfig, topics: list[str], on_commit: CommitCallback
+    ) -> None:
+        self.config = config
+        self.topics = topics
+        self._on_commit = on_commit
+        self._consumer: Consumer | None = None
+
+    @property
+    def consumer(self) -> Consumer:
+        assert self._consumer is not None, "the source is not open"
+        return self._consumer
+
+    def open(self, assigned: PartitionEvent, revoked: PartitionEvent, lost: PartitionEvent) -> None:
+        self._consumer = Consumer({**consumer_config(self.config), "on_commit": self._on_commit})
+        self._consumer.subscribe(
+            self.topics,
+            on_assign=lambda _c, partitions: assigned(partitions),
+            on_revoke=lambda _c, partitions: revoked(partitions),
+            on_lost=lambda _c, partitions: lost(partitions),
+        )
+
+    def poll(self, max_records: int, timeout: float) -> list[Any]:
+        return self.consumer.consume(max_records, timeout)
+
+    @property
+    def exhausted(self) -> bool:
+        return False  # a topic never ends
+
+    def describe(self) -> Mapping[str, Any]:
+        return {
+            "source": "kafka",
+            "topics": ",".join(self.config.topics),
+            "group": self.config.consumer_group,
+        }
+
+    def assign(self, start: list[TopicPartition]) -> None:
+        self.consumer.incremental_assign(start)
+
+    def unassign(self, partitions: list[TopicPartition]) -> None:
+        self.consumer.incremental_unassign(partitions)
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.consumer.pause(partitions)
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.consumer.resume(partitions)
+
+    def seek(self, partition: TopicPartition) -> None:
+        self.consumer.seek(partition)
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return list(self.consumer.committed(partitions, timeout=timeout))
+
+    def commit(self, offsets: list[TopicPartition], *, asynchronous: bool) -> list[TopicPartition]:
+        if asynchronous:
+            self.consumer.commit(offsets=offsets, asynchronous=True)
+            return []
+        return list(self.consumer.commit(offsets=offsets, asynchronous=False) or [])
+
+    def offsets_for_times(
+        self, partitions: list[TopicPartition], timeout: float
+    ) -> list[TopicPartition]:
+        return list(self.consumer.offsets_for_times(partitions, timeout))
+
+    def watermarks(
+        self, partition: TopicPartition, *, fresh: bool = False
+    ) -> tuple[int, int] | None:
+        consumer = self.consumer
+        try:
+            if fresh:
+                low, high = consumer.get_watermark_offsets(partition, timeout=10, cached=False)
+            else:
+                # The cached figures come with every fetch response (log start included, so
+                # a retention deletion shows up too); ask the broker only while unknown.
+                low, high = consumer.get_watermark_offsets(partition, cached=True)
+                if high < 0 or low < 0:
+                    low, high = consumer.get_watermark_offsets(partition, timeout=2, cached=False)
+        except KafkaException:
+            return None
+        if low < 0 or high < 0:
+            return None
+        return int(low), int(high)
+
+    def group_metadata(self) -> Any:
+        return self.consumer.consumer_group_metadata()
+
+    def close(self) -> None:
+        # close() revokes every partition through the revoke event, whose checkpoint
+        # commits through this consumer: forgotten only afterwards.
+        if self._consumer is not None:
+            self._consumer.close()
+        self._consumer = None
+
+
+class GeneratorSource:
+    """The synthetic click generator (``workers/generating.py``): every partition is assigned
+    once, at open; each resumes from the offset the engine assigns it (its checkpoint's)."""
+
+    name = "generator"
+    group_offsets = False
+
+    def __init__(self, config: GeneratorSourceConfig) -> None:
+        self.config = config
+        self.generator: ClickGenerator | None = None
+        self._paused: set[int] = set()
+
+    def open(self, assigned: PartitionEvent, revoked: PartitionEvent, lost: PartitionEvent) -> None:
+        assigned([TopicPartition(GENERATOR_TOPIC, p) for p in range(self.config.partitions)])
+
+    def poll(self, max_records: int, timeout: float) -> list[Any]:
+        generator = self.generator
+        if generator is None:
+            return []
+        if self._paused and len(self._paused) >= self.config.partitions:
+            time.sleep(min(timeout, 0.1))
+            return []
+        return list(generator.poll(max_records))
+
+    @property
+    def exhausted(self) -> bool:
+        return self.generator is not None and self.generator.exhausted
+
+    def describe(self) -> Mapping[str, Any]:
+        return {"source": "generator"}
+
+    def assign(self, start: list[TopicPartition]) -> None:
+        resume = {tp.partition: max(tp.offset, 0) for tp in start}
+        self.generator = ClickGenerator(self.config, resume)
+
+    def unassign(self, partitions: list[TopicPartition]) -> None:
+        pass  # never revoked
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self._paused.update(tp.partition for tp in partitions)
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self._paused.difference_update(tp.partition for tp in partitions)
+
+    def seek(self, partition: TopicPartition) -> None:
+        raise NotImplementedError("the generator source cannot seek")
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return []  # no consumer group
+
+    def commit(self, offsets: list[TopicPartition], *, asynchronous: bool) -> list[TopicPartition]:
+        return []  # no consumer group: the checkpoint is the only record of progress
+
+    def offsets_for_times(
+        self, partitions: list[TopicPartition], timeout: float
+    ) -> list[TopicPartition]:
+        return []  # no offsets for times
+
+    def watermarks(
+        self, partition: TopicPartition, *, fresh: bool = False
+    ) -> tuple[int, int] | None:
+        if self.generator is None:
+            return None
+        return 0, self.generator.end_offsets().get(partition.partition, 0)
+
+    def group_metadata(self) -> Any:
+        raise NotImplementedError("the generator source has no consumer group")
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(config: WorkerConfig, topics: list[str], on_commit: CommitCallback) -> Source:
+    """The source a WorkerConfig names (not yet open: ``Source.open`` starts it)."""
+    if config.source.generator is not None:
+        return GeneratorSource(config.source.generator)
+    assert config.source.kafka is not None
+    return KafkaSource(config.source.kafka, topics, on_commit)
