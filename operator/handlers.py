@@ -48,6 +48,7 @@ from streamherd.operator.kube import ApiError, Kube, Manifest
 from streamherd.operator.peering import PeeringGate
 from streamherd.operator.reconciler import EventNote, ReconcileMemo, ReconcileResult, reconcile
 from streamherd.operator.settings import OperatorSettings
+from streamherd.operator.snapshots import register_snapshots
 
 log = logging.getLogger(__name__)
 
@@ -415,6 +416,9 @@ def build_registry(ops: OperatorSettings) -> Any:
             return
         for key in ctx.pipelines_using(str(namespace), str(name)):
             await reconcile_quietly(ctx, key)
+
+    # StreamPipelineSnapshots: taken on request, listed, deleted (operator/snapshots.py).
+    register_snapshots(registry)
 
     _ = (login, startup, cleanup, changed, pipeline_event, secret_event)
     return registry

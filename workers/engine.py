@@ -77,6 +77,13 @@ from streamherd.workers.repartitioning import (
     watermark_header,
 )
 from streamherd.workers.sinks import Outputs
+from streamherd.workers.snapshotting import (
+    SnapshotContents,
+    SnapshotTaker,
+    find_snapshot_topic,
+    is_volume_snapshot,
+    read_snapshot,
+)
 from streamherd.workers.values import canonical_key, key_text
 from streamherd.workers.windowing import PartitionWindows
 
@@ -243,6 +250,9 @@ class Engine:
         # Set when an error escaped the loop or an output was not delivered: from then on no
         # checkpoint or commit may be written (it could cover records whose output is lost).
         self._broken = False
+        # Snapshots on request, and a snapshot kept in Kafka to restore (snapshot hooks below).
+        self._snapshots: SnapshotTaker | None = None
+        self._kafka_snapshot: SnapshotContents | None = None
         self._decode: Callable[[list[SourceMessage], list[Failure]], list[Item]]
         topics = config.source.kafka.topics if config.source.kafka is not None else ()
         self.repartition = config.repartition if config.source.kafka is not None else None
@@ -422,7 +432,7 @@ class Engine:
         if own is not None and own.restored_from == name:
             st.restored_from = name
             return own
-        kept = self.store.load_snapshot(name, st.topic, st.partition)
+        kept = self._snapshot_checkpoint(name, st.topic, st.partition)
         if kept is None:
             log_event(log, logging.WARNING, "snapshot-has-no-partition", snapshot=name,
                       topic=st.topic, partition=st.partition)  # fmt: skip
@@ -508,6 +518,49 @@ class Engine:
             open_windows_dropped=len((checkpoint.state or {}).get("windows") or ()),
             **fields,
         )
+
+    # ------------------------------------------------------------------ snapshot hooks
+    # Snapshots on request and restoring one kept in Kafka (workers/snapshotting.py). The
+    # engine only says which partitions are at a checkpoint boundary and hands over the
+    # checkpoints it made durable; the snapshot module does the rest.
+
+    def _snapshot_wanted(self, states: list[PartitionState]) -> set[tuple[str, int]]:
+        """The partitions a requested snapshot still needs: checkpointed at this boundary
+        even when nothing changed (a snapshot holds every partition)."""
+        if self._snapshots is None or not states:
+            return set()
+        return self._snapshots.wanted((st.topic, st.partition) for st in states)
+
+    def _snapshot_taken(self, checkpoints: list[Checkpoint]) -> None:
+        if self._snapshots is None or not checkpoints:
+            return
+        try:
+            self._snapshots.taken(checkpoints)
+        except KafkaException as error:  # the next checkpoint tries again
+            self.metrics.error("snapshot")
+            log_event(log, logging.WARNING, "snapshot-write-failed", error=str(error))
+
+    def _snapshot_checkpoint(self, name: str, topic: str, partition: int) -> Checkpoint | None:
+        """A partition's checkpoint in snapshot `name`: kept in the checkpoint volume
+        (`<old>-to-<new>`), or in Kafka (a StreamPipelineSnapshot of the namespace, read once)."""
+        if is_volume_snapshot(name):
+            return self.store.load_snapshot(name, topic, partition)
+        source = self.config.source.kafka
+        if source is None:
+            return None
+        if self._kafka_snapshot is None:
+            conf = client_config(source)
+            if self.consumer is None:
+                return None
+            found = find_snapshot_topic(
+                self.consumer.list_topics(timeout=10).topics, self.config.pipeline.namespace, name
+            )
+            contents = read_snapshot(conf, found) if found is not None else None
+            if contents is None:
+                log_event(log, logging.WARNING, "snapshot-not-found", snapshot=name)
+                return None
+            self._kafka_snapshot = contents
+        return self._kafka_snapshot.checkpoints.get((topic, partition))
 
     def _drop_state(self, topic: str, partition: int) -> None:
         self.partitions.pop((topic, partition), None)
@@ -1043,9 +1096,14 @@ class Engine:
             self.metrics.error("flush-timeout")
             log_event(log, logging.WARNING, "checkpoint-postponed", reason="sink flush timeout")
             return False
-        dirty = [st for st in states if st.dirty and st.next_offset is not None]
+        wanted = self._snapshot_wanted(states)
+        dirty = [
+            st
+            for st in states
+            if (st.dirty or (st.topic, st.partition) in wanted) and st.next_offset is not None
+        ]
         if dirty:
-            self._save(dirty)
+            self._snapshot_taken(self._save(dirty))
             self.counters.checkpoints += 1
         duration = time.perf_counter() - started
         self.metrics.checkpointed(duration)
@@ -1083,11 +1141,17 @@ class Engine:
             if st.role == "upstream" and st.next_offset is not None:
                 mark = (st.next_offset - 1, st.max_event_ms)
                 self._mark(st, st.next_offset - 1, force=st.marked != mark)
-        dirty = [st for st in states if st.dirty and st.next_offset is not None]
+        wanted = self._snapshot_wanted(states)
+        dirty = [
+            st
+            for st in states
+            if (st.dirty or (st.topic, st.partition) in wanted) and st.next_offset is not None
+        ]
         self._transactions += 1
         generation = f"{self._generation_prefix}-{self._transactions}"
+        saved: list[Checkpoint] = []
         if dirty:
-            self._save(dirty, pending=True, generation=generation)
+            saved = self._save(dirty, pending=True, generation=generation)
         try:
             if dirty:
                 offsets = [
@@ -1113,6 +1177,7 @@ class Engine:
                 st.committed = st.next_offset
                 st.written_committed = st.committed
             self.counters.checkpoints += 1
+            self._snapshot_taken(saved)  # committed now: a snapshot may hold them
         self.outputs.take_errors()  # a committed transaction delivered everything
         if not final:
             producer.begin_transaction()
@@ -1161,7 +1226,7 @@ class Engine:
 
     def _save(
         self, states: list[PartitionState], *, pending: bool = False, generation: str = ""
-    ) -> None:
+    ) -> list[Checkpoint]:
         """Write the checkpoint files of `states` (durable when this returns); exactly-once
         writes them pending, stamped with the transaction's id, until it commits."""
         source = self.config.source.kafka
@@ -1186,10 +1251,11 @@ class Engine:
             )
         self.store.save(checkpoints, pending=pending)
         if pending:
-            return
+            return checkpoints
         for st in states:
             st.dirty = False
             st.written_committed = st.committed
+        return checkpoints
 
     def _commit(self, states: list[PartitionState], *, sync: bool) -> None:
         if self.consumer is None:
@@ -1482,6 +1548,12 @@ class Engine:
         consumer = self.consumer = Consumer(
             {**consumer_config(source), "on_commit": self._on_committed}
         )
+        self._snapshots = SnapshotTaker(
+            self.config.pipeline.namespace,
+            self.config.pipeline.name,
+            client_config(source),
+            lambda: consumer.list_topics(timeout=2).topics,
+        )
         runtime = self.config.runtime
         topics = list(source.topics)
         if self.repartition is not None:
@@ -1551,6 +1623,8 @@ class Engine:
         finally:
             consumer.close()
             self.consumer = None
+            if self._snapshots is not None:
+                self._snapshots.close()
         return "stopped"
 
 
