@@ -529,7 +529,12 @@ class Engine:
         even when nothing changed (a snapshot holds every partition)."""
         if self._snapshots is None or not states:
             return set()
-        return self._snapshots.wanted((st.topic, st.partition) for st in states)
+        wanted = self._snapshots.wanted((st.topic, st.partition) for st in states)
+        for st in states:
+            if (st.topic, st.partition) in wanted and st.next_offset is None:
+                # Nothing read yet: its state is empty at the group's committed offset.
+                st.next_offset = st.committed
+        return wanted
 
     def _snapshot_taken(self, checkpoints: list[Checkpoint]) -> None:
         if self._snapshots is None or not checkpoints:
