@@ -130,7 +130,8 @@ def delete_topic(kube: KubeApi, namespace: str, spec: Any, status: Any) -> str |
     if pipeline is None:
         return f"Kafka topic {topic} left on {status.get('bootstrapServers')}: {why}"
     conf: dict[str, Any] = dict(cluster_from_secrets(kube, pipeline).client_config())
-    futures = AdminClient(conf).delete_topics([topic], request_timeout=KAFKA_TIMEOUT)
+    admin = AdminClient(conf)  # kept referenced until the answer: a dropped client aborts it
+    futures = admin.delete_topics([topic], request_timeout=KAFKA_TIMEOUT)
     try:
         futures[topic].result(KAFKA_TIMEOUT)
     except KafkaException as error:

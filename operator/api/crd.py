@@ -359,6 +359,23 @@ def build_snapshot_crd() -> JSON:
                             "type": "object",
                             "description": snapshot.StreamPipelineSnapshot.__doc__,
                             "required": ["spec"],
+                            # Rules on the name live at the root (the API server refuses
+                            # anything under metadata but name and generateName).
+                            "x-kubernetes-validations": [
+                                {
+                                    "rule": "size(self.metadata.name) <= "
+                                    f"{snapshot.MAX_SNAPSHOT_NAME_LENGTH}",
+                                    "message": "a snapshot's name is at most "
+                                    f"{snapshot.MAX_SNAPSHOT_NAME_LENGTH} characters (it is "
+                                    "part of its Kafka topic's name)",
+                                },
+                                {
+                                    "rule": "!self.metadata.name.matches("
+                                    "'^[0-9a-f]{1,64}-to-[0-9a-f]{1,64}$')",
+                                    "message": "`<hex>-to-<hex>` names the snapshots kept in "
+                                    "a checkpoint volume: choose another name",
+                                },
+                            ],
                             "properties": {
                                 "apiVersion": {
                                     "type": "string",
@@ -368,24 +385,7 @@ def build_snapshot_crd() -> JSON:
                                     "type": "string",
                                     "description": "The kind: StreamPipelineSnapshot.",
                                 },
-                                "metadata": {
-                                    "type": "object",
-                                    "x-kubernetes-validations": [
-                                        {
-                                            "rule": "size(self.name) <= "
-                                            f"{snapshot.MAX_SNAPSHOT_NAME_LENGTH}",
-                                            "message": "a snapshot's name is at most "
-                                            f"{snapshot.MAX_SNAPSHOT_NAME_LENGTH} characters "
-                                            "(it is part of its Kafka topic's name)",
-                                        },
-                                        {
-                                            "rule": "!self.name.matches("
-                                            "'^[0-9a-f]{1,64}-to-[0-9a-f]{1,64}$')",
-                                            "message": "`<hex>-to-<hex>` names the snapshots "
-                                            "kept in a checkpoint volume: choose another name",
-                                        },
-                                    ],
-                                },
+                                "metadata": {"type": "object"},
                                 "spec": spec,
                                 "status": status,
                             },
