@@ -22,9 +22,12 @@ state, so a rollout's dozen Deployment updates cost two or three reconciles, not
 Reads come from the watch cache (kube.py), so an unchanged pipeline costs no API call but
 the Secrets it references.
 
-Deletion needs no cleanup (children carry ownerReferences; the garbage collector removes
-them), so no on.delete handler and no finalizer. ``build_registry`` makes a fresh
-registry for given settings: the operator and the tests each build their own.
+Deletion of a pipeline needs no cleanup (children carry ownerReferences; the garbage
+collector removes them), so no on.delete handler and no finalizer on pipelines. The
+StreamPipelineSnapshot handlers (operator/snapshots.py: timers, and an on.delete that deletes
+the snapshot's Kafka topic, so a finalizer on each snapshot) are registered here too.
+``build_registry`` makes a fresh registry for given settings: the operator and the tests
+each build their own.
 """
 
 from __future__ import annotations
