@@ -69,8 +69,9 @@ demo: setup infra ## Local control plane + Kafka + operator; a burst of clicks; 
 .PHONY: crds
 crds: setup ## Regenerate crds/ from the pydantic models, and the chart's copy
 	@$(VENV)/bin/streamherd crd > crds/streampipelines.streamherd.io.yaml
+	@$(VENV)/bin/streamherd crd snapshots > crds/streampipelinesnapshots.streamherd.io.yaml
 	@$(MAKE) chart-crds
-	@echo "==> crds/streampipelines.streamherd.io.yaml regenerated"
+	@echo "==> crds/streampipelines.streamherd.io.yaml, crds/streampipelinesnapshots.streamherd.io.yaml regenerated"
 
 ##@ Set-up (binaries)
 
@@ -188,7 +189,7 @@ kafka-down: ## Stop the broker started by kafka-up
 
 .PHONY: chart-crds
 chart-crds: ## Copy the generated crds/ into the chart (Helm cannot read files outside it)
-	@cp crds/streampipelines.streamherd.io.yaml charts/streamherd/files/crds/
+	@cp crds/streampipelines.streamherd.io.yaml crds/streampipelinesnapshots.streamherd.io.yaml charts/streamherd/files/crds/
 
 .PHONY: chart-lint
 chart-lint: chart-crds ## helm lint --strict the chart with its default and ci/ values

@@ -22,9 +22,12 @@ state, so a rollout's dozen Deployment updates cost two or three reconciles, not
 Reads come from the watch cache (kube.py), so an unchanged pipeline costs no API call but
 the Secrets it references.
 
-Deletion needs no cleanup (children carry ownerReferences; the garbage collector removes
-them), so no on.delete handler and no finalizer. ``build_registry`` makes a fresh
-registry for given settings: the operator and the tests each build their own.
+Deletion of a pipeline needs no cleanup (children carry ownerReferences; the garbage
+collector removes them), so no on.delete handler and no finalizer on pipelines. The
+StreamPipelineSnapshot handlers (operator/snapshots.py: timers, and an on.delete that deletes
+the snapshot's Kafka topic, so a finalizer on each snapshot) are registered here too.
+``build_registry`` makes a fresh registry for given settings: the operator and the tests
+each build their own.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from streamherd.operator.peering import PeeringGate
 from streamherd.operator.reconciler import EventNote, ReconcileMemo, ReconcileResult, reconcile
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.shadowtopics import KafkaShadowClient
+from streamherd.operator.snapshots import register_snapshots
 
 log = logging.getLogger(__name__)
 
@@ -425,6 +429,9 @@ def build_registry(ops: OperatorSettings) -> Any:
             return
         for key in ctx.pipelines_using(str(namespace), str(name)):
             await reconcile_quietly(ctx, key)
+
+    # StreamPipelineSnapshots: taken on request, listed, deleted (operator/snapshots.py).
+    register_snapshots(registry)
 
     _ = (login, startup, cleanup, changed, pipeline_event, secret_event)
     return registry

@@ -89,6 +89,7 @@ KNOWN_RESOURCES: Final = {
         ResourceInfo("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
         ResourceInfo("keda.sh/v1alpha1", "TriggerAuthentication", "triggerauthentications"),
         ResourceInfo(f"{GROUP}/{VERSION}", "StreamPipeline", PLURAL),
+        ResourceInfo(f"{GROUP}/{VERSION}", "StreamPipelineSnapshot", "streampipelinesnapshots"),
         # kopf's peering objects (read by operator/peering.py to pause our own loops).
         ResourceInfo("kopf.dev/v1", "KopfPeering", "kopfpeerings"),
         ResourceInfo("kopf.dev/v1", "ClusterKopfPeering", "clusterkopfpeerings", namespaced=False),

@@ -50,6 +50,7 @@ from streamherd.operator.conditions import (
     set_condition,
 )
 from streamherd.operator.kube import ApiError, KubeApi, secrets_hash
+from streamherd.operator.restoring import resource_snapshot, snapshot_not_ready
 from streamherd.operator.rollback import (
     ROLLED_BACK,
     build_last_good,
@@ -67,7 +68,8 @@ from streamherd.operator.upgrades import (
 )
 from streamherd.operator.validation import readable_errors, semantic_errors
 from streamherd.operator.verifying import VERIFIED, KafkaFactory, gate
-from streamherd.workers.fingerprint import Description
+from streamherd.workers.fingerprint import Description, fingerprint
+from streamherd.workers.snapshotting import is_volume_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -702,20 +704,32 @@ def _upgrade(
     want = _desired_state(config_map, memo)
     meta = config_map["metadata"]
     live = kube.get("v1", "ConfigMap", meta["namespace"], meta["name"])
+    rolled = False
     if live is None:
         running = None
     elif (live.get("metadata", {}).get("annotations") or {}).get(INPUT_HASH_ANNOTATION) == meta[
         "annotations"
     ][INPUT_HASH_ANNOTATION]:
-        running = want
+        running, rolled = want, True
     else:
         running = config_description(live)
+    restore = pipeline.spec.state.restore_from
+    held: str | None = None
+    if restore is not None and not is_volume_snapshot(restore):
+        # A StreamPipelineSnapshot (operator/restoring.py): read once per edit, not per resync.
+        if rolled:
+            held = fingerprint(want)
+        else:
+            held, why = resource_snapshot(kube, pipeline, restore)
+            if why is not None:
+                return snapshot_not_ready(running, fingerprint(want), restore, why, generation)
     return decide(
         running,
         want,
         pipeline.spec.upgrade,
         generation=generation,
-        restore_from=pipeline.spec.state.restore_from,
+        restore_from=restore,
+        snapshot_fingerprint=held,
     )
 
 

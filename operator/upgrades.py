@@ -103,13 +103,15 @@ def decide(
     *,
     generation: int | None = None,
     restore_from: str | None = None,
+    snapshot_fingerprint: str | None = None,
 ) -> Decision:
     """Roll, hold, reset, replay or restore an edit whose desired state is `desired`, the
     workers running `running` (None: nothing known to run, e.g. a new pipeline), with
-    `restore_from` the snapshot spec.state.restoreFrom names (None: none)."""
+    `restore_from` the snapshot spec.state.restoreFrom names (None: none) and
+    `snapshot_fingerprint` the state it holds (None: a volume snapshot, whose name says)."""
     want = fingerprint(desired)
     if restore_from is not None:
-        return _restore(running, want, restore_from, generation)
+        return _restore(running, want, restore_from, generation, snapshot_fingerprint)
     if running is None or not has_state(running):
         # Nothing to keep (new, or stateless until now: its checkpoints hold offsets only).
         return Decision(
@@ -160,11 +162,18 @@ def decide(
     )  # fmt: skip
 
 
-def _restore(running: Description | None, want: str, name: str, generation: int | None) -> Decision:
-    """spec.state.restoreFrom: roll when the snapshot holds the spec's state (the first
-    fingerprint of its name), else hold: the workers would refuse it partition by partition."""
+def _restore(
+    running: Description | None,
+    want: str,
+    name: str,
+    generation: int | None,
+    held: str | None = None,
+) -> Decision:
+    """spec.state.restoreFrom: roll when the snapshot holds the spec's state (`held`, or the
+    first fingerprint of a volume snapshot's name), else hold: the workers would refuse it
+    partition by partition."""
     edit = f"spec generation {generation}" if generation is not None else "the spec"
-    held = name.split("-to-", maxsplit=1)[0]
+    held = held if held is not None else name.split("-to-", maxsplit=1)[0]
     have = fingerprint(running) if running is not None else want
     if held != want:
         message = (

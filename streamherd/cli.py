@@ -16,9 +16,9 @@ from streamherd.operator.settings import add_operator_arguments
 
 
 def _cmd_crd(args: argparse.Namespace) -> int:
-    from streamherd.operator.api.crd import crd_yaml
+    from streamherd.operator.api.crd import crd_yaml, snapshot_crd_yaml
 
-    sys.stdout.write(crd_yaml())
+    sys.stdout.write(snapshot_crd_yaml() if args.which == "snapshots" else crd_yaml())
     return 0
 
 
@@ -153,7 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default=None, help="default worker image")
     p.set_defaults(func=_cmd_render)
 
-    p = sub.add_parser("crd", help="print the StreamPipeline CustomResourceDefinition")
+    p = sub.add_parser("crd", help="print a CustomResourceDefinition (StreamPipeline by default)")
+    p.add_argument(
+        "which",
+        nargs="?",
+        choices=["pipelines", "snapshots"],
+        default="pipelines",
+        help="pipelines: StreamPipeline; snapshots: StreamPipelineSnapshot",
+    )
     p.set_defaults(func=_cmd_crd)
 
     p = sub.add_parser(

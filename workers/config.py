@@ -616,10 +616,12 @@ class StateConfig(Model):
     )
     restore_from: str | None = Field(
         default=None,
-        pattern=r"^[0-9a-f]{1,64}-to-[0-9a-f]{1,64}$",
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        max_length=140,
         description=(
-            "A snapshot (`<old>-to-<new>`, kept in the checkpoint volume before a reset or "
-            "replay) to restore each partition's state and offset from, once."
+            "A snapshot to restore each partition's state and offset from, once: "
+            "`<old>-to-<new>` (kept in the checkpoint volume before a reset or replay), or "
+            "the name of a StreamPipelineSnapshot of the namespace (kept in Kafka)."
         ),
     )
 

@@ -76,6 +76,13 @@ from streamherd.workers.repartitioning import (
 )
 from streamherd.workers.seams import Sink, Source, StateBackend
 from streamherd.workers.sinks import Outputs
+from streamherd.workers.snapshotting import (
+    SnapshotContents,
+    SnapshotTaker,
+    find_snapshot_topic,
+    is_volume_snapshot,
+    read_snapshot,
+)
 from streamherd.workers.sources import open_source
 from streamherd.workers.statebackends import open_state_backend
 from streamherd.workers.values import canonical_key, key_text
@@ -256,6 +263,9 @@ class Engine:
         # Set when an error escaped the loop or an output was not delivered: from then on no
         # checkpoint or commit may be written (it could cover records whose output is lost).
         self._broken = False
+        # Snapshots on request, and a snapshot kept in Kafka to restore (snapshot hooks below).
+        self._snapshots: SnapshotTaker | None = None
+        self._kafka_snapshot: SnapshotContents | None = None
         self._decode: Callable[[list[SourceMessage], list[Failure]], list[Item]]
         topics = config.source.kafka.topics if config.source.kafka is not None else ()
         self.repartition = config.repartition if config.source.kafka is not None else None
@@ -435,7 +445,7 @@ class Engine:
         if own is not None and own.restored_from == name:
             st.restored_from = name
             return own
-        kept = self.state.load_snapshot(name, st.topic, st.partition)
+        kept = self._snapshot_checkpoint(name, st.topic, st.partition)
         if kept is None:
             log_event(log, logging.WARNING, "snapshot-has-no-partition", snapshot=name,
                       topic=st.topic, partition=st.partition)  # fmt: skip
@@ -521,6 +531,58 @@ class Engine:
             open_windows_dropped=len((checkpoint.state or {}).get("windows") or ()),
             **fields,
         )
+
+    # ------------------------------------------------------------------ snapshot hooks
+    # Snapshots on request and restoring one kept in Kafka (workers/snapshotting.py). The
+    # engine only says which partitions are at a checkpoint boundary and hands over the
+    # checkpoints it made durable; the snapshot module does the rest.
+
+    def _snapshot_wanted(self, states: list[PartitionState]) -> set[tuple[str, int]]:
+        """The partitions a requested snapshot still needs: checkpointed at this boundary
+        even when nothing changed (a snapshot holds every partition)."""
+        if self._snapshots is None or not states:
+            return set()
+        wanted = self._snapshots.wanted((st.topic, st.partition) for st in states)
+        for st in states:
+            if (st.topic, st.partition) in wanted and st.next_offset is None:
+                # Nothing read yet: its state is empty at the group's committed offset.
+                st.next_offset = st.committed
+        return wanted
+
+    def _snapshot_taken(self, checkpoints: list[Checkpoint]) -> None:
+        if self._snapshots is None or not checkpoints:
+            return
+        try:
+            self._snapshots.taken(checkpoints)
+        except KafkaException as error:  # the next checkpoint tries again
+            self.metrics.error("snapshot")
+            log_event(log, logging.WARNING, "snapshot-write-failed", error=str(error))
+
+    def _snapshot_checkpoint(self, name: str, topic: str, partition: int) -> Checkpoint | None:
+        """A partition's checkpoint in snapshot `name`: kept by the state backend before a
+        reset or replay (`<old>-to-<new>`), or in Kafka (a StreamPipelineSnapshot of the
+        namespace, read once)."""
+        if is_volume_snapshot(name):
+            return self.state.load_snapshot(name, topic, partition)
+        source = self.config.source.kafka
+        if source is None:
+            return None
+        if self._kafka_snapshot is None:
+            found = find_snapshot_topic(self._list_topics(), self.config.pipeline.namespace, name)
+            contents = read_snapshot(client_config(source), found) if found is not None else None
+            if contents is None:
+                log_event(log, logging.WARNING, "snapshot-not-found", snapshot=name)
+                return None
+            self._kafka_snapshot = contents
+        return self._kafka_snapshot.checkpoints.get((topic, partition))
+
+    def _list_topics(self, timeout: float = 10.0) -> list[str]:
+        """The topics of the source's cluster (snapshot topics are found by name)."""
+        source = self.config.source.kafka
+        assert source is not None
+        if self._admin is None:
+            self._admin = AdminClient(client_config(source))
+        return list(self._admin.list_topics(timeout=timeout).topics)
 
     def _drop_state(self, topic: str, partition: int) -> None:
         self.partitions.pop((topic, partition), None)
@@ -1073,9 +1135,14 @@ class Engine:
             self.metrics.error("flush-timeout")
             log_event(log, logging.WARNING, "checkpoint-postponed", reason="sink flush timeout")
             return False
-        dirty = [st for st in states if st.dirty and st.next_offset is not None]
+        wanted = self._snapshot_wanted(states)
+        dirty = [
+            st
+            for st in states
+            if (st.dirty or (st.topic, st.partition) in wanted) and st.next_offset is not None
+        ]
         if dirty:
-            self._save(dirty)
+            self._snapshot_taken(self._save(dirty))
             self.counters.checkpoints += 1
         duration = time.perf_counter() - started
         self.metrics.checkpointed(duration)
@@ -1113,11 +1180,17 @@ class Engine:
             if st.role == "upstream" and st.next_offset is not None:
                 mark = (st.next_offset - 1, st.max_event_ms)
                 self._mark(st, st.next_offset - 1, force=st.marked != mark)
-        dirty = [st for st in states if st.dirty and st.next_offset is not None]
+        wanted = self._snapshot_wanted(states)
+        dirty = [
+            st
+            for st in states
+            if (st.dirty or (st.topic, st.partition) in wanted) and st.next_offset is not None
+        ]
         self._transactions += 1
         generation = f"{self._generation_prefix}-{self._transactions}"
+        saved: list[Checkpoint] = []
         if dirty:
-            self._save(dirty, pending=True, generation=generation)  # joins the transaction
+            saved = self._save(dirty, pending=True, generation=generation)  # joins it
         try:
             if dirty:
                 offsets = [
@@ -1141,6 +1214,7 @@ class Engine:
                 st.committed = st.next_offset
                 st.written_committed = st.committed
             self.counters.checkpoints += 1
+            self._snapshot_taken(saved)  # committed now: a snapshot may hold them
         self.outputs.take_errors()  # a committed transaction delivered everything
         if not final:
             producer.begin_transaction()
@@ -1190,7 +1264,7 @@ class Engine:
 
     def _save(
         self, states: list[PartitionState], *, pending: bool = False, generation: str = ""
-    ) -> None:
+    ) -> list[Checkpoint]:
         """Write the checkpoint files of `states` (durable when this returns); exactly-once
         writes them pending, stamped with the transaction's id, until it commits."""
         source = self.config.source.kafka
@@ -1215,11 +1289,12 @@ class Engine:
             )
         if pending:
             self.state.stage(checkpoints)
-            return
+            return checkpoints
         self.state.save(checkpoints)
         for st in states:
             st.dirty = False
             st.written_committed = st.committed
+        return checkpoints
 
     def _commit(self, states: list[PartitionState], *, sync: bool) -> None:
         source = self.source
@@ -1485,6 +1560,13 @@ class Engine:
             producer = self.outputs.transaction
             producer.init_transactions(30)
             producer.begin_transaction()
+        if self.config.source.kafka is not None:
+            self._snapshots = SnapshotTaker(
+                self.config.pipeline.namespace,
+                self.config.pipeline.name,
+                client_config(self.config.source.kafka),
+                lambda: self._list_topics(timeout=2),
+            )
         try:
             # Partition events come from inside poll() (a consumer group's rebalances), or
             # at once from here (a source that owns every partition: the generator).
@@ -1544,6 +1626,9 @@ class Engine:
         finally:
             source.close()
             self.source = None
+            if self._snapshots is not None:
+                self._snapshots.close()
+                self._snapshots = None
         return reason
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from streamherd.operator.api import v1alpha1
+from streamherd.operator.api import snapshot, v1alpha1
 from streamherd.operator.api.rules import cel_rules_at, rule_paths
 from streamherd.workers.config import DURATION_PATTERN
 
@@ -301,3 +301,107 @@ def crd_yaml() -> str:
         "# Do not edit by hand: run `make crds`.\n"
     )
     return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
+
+
+def build_snapshot_crd() -> JSON:
+    """The StreamPipelineSnapshot CustomResourceDefinition, as a dict."""
+    spec = structural_schema(snapshot.StreamPipelineSnapshotSpec)
+    status = structural_schema(snapshot.StreamPipelineSnapshotStatus)
+    for sub in status["properties"].values():
+        sub.pop("default", None)
+    # The spec names what to copy once: a snapshot is never retaken under another name.
+    spec["x-kubernetes-validations"] = [
+        {"rule": "self == oldSelf", "message": "a snapshot's spec cannot change: create another"}
+    ]
+    column = {"type": "string"}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{snapshot.SNAPSHOT_PLURAL}.{v1alpha1.GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "streamherd"},
+        },
+        "spec": {
+            "group": v1alpha1.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": snapshot.SNAPSHOT_KIND,
+                "listKind": f"{snapshot.SNAPSHOT_KIND}List",
+                "plural": snapshot.SNAPSHOT_PLURAL,
+                "singular": snapshot.SNAPSHOT_SINGULAR,
+                "shortNames": snapshot.SNAPSHOT_SHORT_NAMES,
+                "categories": ["streamherd"],
+            },
+            "versions": [
+                {
+                    "name": v1alpha1.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Pipeline", **column, "jsonPath": ".spec.pipeline"},
+                        {"name": "Phase", **column, "jsonPath": ".status.phase"},
+                        {"name": "Fingerprint", **column, "jsonPath": ".status.fingerprint"},
+                        {
+                            "name": "Partitions",
+                            "type": "integer",
+                            "jsonPath": ".status.partitionCount",
+                        },
+                        {"name": "Size", "type": "integer", "jsonPath": ".status.sizeBytes"},
+                        {
+                            "name": "Age",
+                            "type": "date",
+                            "jsonPath": ".metadata.creationTimestamp",
+                        },
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": snapshot.StreamPipelineSnapshot.__doc__,
+                            "required": ["spec"],
+                            # Rules on the name live at the root (the API server refuses
+                            # anything under metadata but name and generateName).
+                            "x-kubernetes-validations": [
+                                {
+                                    "rule": "size(self.metadata.name) <= "
+                                    f"{snapshot.MAX_SNAPSHOT_NAME_LENGTH}",
+                                    "message": "a snapshot's name is at most "
+                                    f"{snapshot.MAX_SNAPSHOT_NAME_LENGTH} characters (it is "
+                                    "part of its Kafka topic's name)",
+                                },
+                                {
+                                    "rule": "!self.metadata.name.matches("
+                                    "'^[0-9a-f]{1,64}-to-[0-9a-f]{1,64}$')",
+                                    "message": "`<hex>-to-<hex>` names the snapshots kept in "
+                                    "a checkpoint volume: choose another name",
+                                },
+                            ],
+                            "properties": {
+                                "apiVersion": {
+                                    "type": "string",
+                                    "description": "API version: streamherd.io/v1alpha1.",
+                                },
+                                "kind": {
+                                    "type": "string",
+                                    "description": "The kind: StreamPipelineSnapshot.",
+                                },
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": status,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def snapshot_crd_yaml() -> str:
+    """The StreamPipelineSnapshot CRD as the YAML committed under crds/."""
+    header = (
+        "# Generated by `streamherd crd snapshots` from "
+        "streamherd/operator/api/snapshot.py.\n"
+        "# Do not edit: change the models and run `make crds`.\n"
+    )
+    return header + yaml.safe_dump(build_snapshot_crd(), sort_keys=False, width=100)

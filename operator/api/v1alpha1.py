@@ -618,12 +618,14 @@ class StateSpec(Model):
 
     restore_from: str | None = Field(
         default=None,
-        pattern=r"^[0-9a-f]{1,64}-to-[0-9a-f]{1,64}$",
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
         max_length=140,
         description=(
-            "Restore each partition's state and offset, once, from this snapshot (a name "
-            "from status.snapshots, `<fingerprint>-to-<fingerprint>`). The spec's state "
-            "fingerprint must be the snapshot's (the first one): restore it with the window "
+            "Restore each partition's state and offset, once, from this snapshot: a name "
+            "from status.snapshots, either `<fingerprint>-to-<fingerprint>` (kept in this "
+            "pipeline's checkpoint volume before a reset or replay) or a "
+            "StreamPipelineSnapshot of the namespace, taken from this or another pipeline. "
+            "The spec's state fingerprint must be the snapshot's: restore it with the window "
             "and aggregates it was taken under. Later restarts resume from the checkpoints."
         ),
     )
@@ -899,13 +901,22 @@ class Condition(Model):
 
 
 class StateSnapshot(Model):
-    """A copy of checkpointed state the workers keep in the checkpoint volume
-    (`@snapshots/<name>/`) before they discard it on purpose (reset or replay)."""
+    """A copy of checkpointed state: kept by the workers in the checkpoint volume
+    (`@snapshots/<name>/`) before they discard it on purpose (reset or replay), or a
+    StreamPipelineSnapshot taken on request (kept in Kafka)."""
 
-    name: str = Field(description="`<old fingerprint>-to-<new fingerprint>`.")
+    name: str = Field(
+        description="`<old fingerprint>-to-<new fingerprint>`, or the StreamPipelineSnapshot's."
+    )
     fingerprint: str = Field(description="The state fingerprint of the state kept.")
     reason: str = Field(default="", description="Why it was kept.")
-    time: str | None = Field(default=None, description="When it was decided (RFC 3339).")
+    time: str | None = Field(default=None, description="When it was decided, or taken (RFC 3339).")
+    partitions: int | None = Field(
+        default=None, description="How many partitions it holds (a StreamPipelineSnapshot)."
+    )
+    size_bytes: int | None = Field(
+        default=None, description="The size of the state it holds (a StreamPipelineSnapshot)."
+    )
 
 
 class VerificationStatus(Model):
@@ -1002,7 +1013,10 @@ class StreamPipelineStatus(Model):
     snapshots: list[StateSnapshot] | None = Field(
         default=None,
         max_length=20,
-        description="State kept before each reset or replay, newest last (the last 20).",
+        description=(
+            "State kept before each reset or replay, and StreamPipelineSnapshots taken of "
+            "this pipeline, newest last (the last 20)."
+        ),
     )
     conditions: list[Condition] = Field(
         default_factory=list,

@@ -56,14 +56,18 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "streampipelines.streamherd.io.yaml"
+SNAPSHOT_CRD_FILE = ROOT / "crds" / "streampipelinesnapshots.streamherd.io.yaml"
 VENV_BIN = Path(sys.executable).parent
 
 
 def install_crd(cluster: KubeCluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    """Both CRDs the chart installs: StreamPipeline and StreamPipelineSnapshot."""
+    for path in (CRD_FILE, SNAPSHOT_CRD_FILE):
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
     cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/streampipelines.streamherd.io"
-    )
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/streampipelines.streamherd.io", "crd/streampipelinesnapshots.streamherd.io",
+    )  # fmt: skip
 
 
 class Operator(OperatorProcess):

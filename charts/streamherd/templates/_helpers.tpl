@@ -116,6 +116,14 @@ kopf make (docs/decisions/0020-packaging.md lists who calls what). Used in the C
 - apiGroups: [streamherd.io]
   resources: [streampipelines/status]
   verbs: [patch]
+# StreamPipelineSnapshots: kopf watches them and patches their finalizer (the operator deletes
+# a snapshot's Kafka topic before the object goes) and their status.
+- apiGroups: [streamherd.io]
+  resources: [streampipelinesnapshots]
+  verbs: [get, list, watch, patch]
+- apiGroups: [streamherd.io]
+  resources: [streampipelinesnapshots/status]
+  verbs: [patch]
 # Children carry ownerReferences with blockOwnerDeletion: clusters that enable the
 # OwnerReferencesPermissionEnforcement admission plugin check update on this subresource.
 - apiGroups: [streamherd.io]

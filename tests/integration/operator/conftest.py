@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from operator_harness import CRD_FILE, Env, OperatorProcess
+from operator_harness import CRD_FILE, SNAPSHOT_CRD_FILE, Env, OperatorProcess
 
 from tests.infra.controlplane import KubeCluster
 from tests.infra.processes import InfraError
@@ -34,6 +34,8 @@ from tests.integration.chart.chart_identity import (
 @pytest.fixture(scope="session")
 def crd(kube_cluster: KubeCluster) -> str:
     apply_crd(kube_cluster, yaml.safe_load(CRD_FILE.read_text()))
+    # The chart installs both CRDs; the operator also serves StreamPipelineSnapshots.
+    apply_crd(kube_cluster, yaml.safe_load(SNAPSHOT_CRD_FILE.read_text()))
     return "streampipelines.streamherd.io"
 
 

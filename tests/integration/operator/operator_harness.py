@@ -26,6 +26,7 @@ from tests.integration.chart.chart_identity import rbac_refusals
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD_FILE = ROOT / "crds" / "streampipelines.streamherd.io.yaml"
+SNAPSHOT_CRD_FILE = ROOT / "crds" / "streampipelinesnapshots.streamherd.io.yaml"
 EXAMPLES = ROOT / "examples"
 RESYNC_SECONDS = 3
 T = TypeVar("T")

@@ -21,7 +21,13 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_harness import CRD_FILE, OperatorProcess, load_example, wait_until
+from operator_harness import (
+    CRD_FILE,
+    SNAPSHOT_CRD_FILE,
+    OperatorProcess,
+    load_example,
+    wait_until,
+)
 
 from tests.infra.controlplane import ControlPlane, KubeCluster, start_control_plane
 from tests.infra.processes import InfraError
@@ -84,6 +90,7 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KubeClus
         pytest.fail(f"control plane with an audit log could not start: {e}", pytrace=False)
     try:
         apply_crd(cp.cluster, yaml.safe_load(CRD_FILE.read_text()))
+        apply_crd(cp.cluster, yaml.safe_load(SNAPSHOT_CRD_FILE.read_text()))
         for stand_in in STAND_INS:
             apply_crd(cp.cluster, stand_in)
         yield cp.cluster, audit

@@ -38,6 +38,8 @@ STANDARD_LABELS = {
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 CRD_FILE = REPO_ROOT / "crds" / "streampipelines.streamherd.io.yaml"
 CHART_CRD_COPY = CHART_DIR / "files" / "crds" / "streampipelines.streamherd.io.yaml"
+SNAPSHOT_CRD_FILE = REPO_ROOT / "crds" / "streampipelinesnapshots.streamherd.io.yaml"
+SNAPSHOT_CRD_COPY = CHART_DIR / "files" / "crds" / "streampipelinesnapshots.streamherd.io.yaml"
 
 
 def workload(objs: list[dict[str, Any]]) -> Any:
@@ -239,6 +241,11 @@ def test_default_rbac_is_one_cluster_role_with_the_operator_calls(
         assert allowed(role, "streamherd.io", "streampipelines", verb)
     assert allowed(role, "streamherd.io", "streampipelines/status", "patch")
     assert allowed(role, "streamherd.io", "streampipelines/finalizers", "update")
+    # Snapshots: followed by kopf timers (patch: status, and kopf's finalizer on metadata).
+    for verb in ("get", "list", "watch", "patch"):
+        assert allowed(role, "streamherd.io", "streampipelinesnapshots", verb)
+    assert allowed(role, "streamherd.io", "streampipelinesnapshots/status", "patch")
+    assert not allowed(role, "streamherd.io", "streampipelinesnapshots", "create")
     # Writes are server-side apply (PATCH): no PUT, and nothing the operator never calls.
     assert not allowed(role, "streamherd.io", "streampipelines", "update")
     assert not allowed(role, "streamherd.io", "streampipelines/scale", "patch")
@@ -285,6 +292,12 @@ def test_aggregated_user_roles(default: list[dict[str, Any]]) -> None:
     assert allowed(edit, "streamherd.io", "streampipelines/scale", "patch")
     # Users never get to write the status the operator owns.
     assert not allowed(edit, "streamherd.io", "streampipelines/status", "patch")
+    # Snapshots: read by viewers, taken and dropped by editors, never edited (immutable).
+    assert allowed(view, "streamherd.io", "streampipelinesnapshots", "list")
+    assert not allowed(view, "streamherd.io", "streampipelinesnapshots", "create")
+    assert allowed(edit, "streamherd.io", "streampipelinesnapshots", "create")
+    assert allowed(edit, "streamherd.io", "streampipelinesnapshots", "delete")
+    assert not allowed(edit, "streamherd.io", "streampipelinesnapshots/status", "patch")
 
 
 def test_crd_is_the_generated_one_and_is_kept_on_uninstall(
@@ -295,6 +308,16 @@ def test_crd_is_the_generated_one_and_is_kept_on_uninstall(
     assert crd["spec"] == generated["spec"]
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert crd["metadata"]["labels"]["app.kubernetes.io/part-of"] == "streamherd"
+
+
+def test_snapshot_crd_is_the_generated_one_and_is_kept_on_uninstall(
+    default: list[dict[str, Any]],
+) -> None:
+    crd = one(default, "CustomResourceDefinition", "streampipelinesnapshots.streamherd.io")
+    generated = yaml.safe_load(SNAPSHOT_CRD_FILE.read_text())
+    assert crd["spec"] == generated["spec"]
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert SNAPSHOT_CRD_COPY.read_bytes() == SNAPSHOT_CRD_FILE.read_bytes(), "make chart-crds"
 
 
 def test_chart_crd_copy_is_not_stale() -> None:

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel
 
 from streamherd.operator.api import v1alpha1
-from streamherd.operator.api.crd import build_crd, crd_yaml
+from streamherd.operator.api.crd import build_crd, crd_yaml, snapshot_crd_yaml
 from streamherd.workers import config as worker_config
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -161,3 +161,24 @@ def test_kubectl_explain_teaches(path: str, name: str, node: dict[str, Any]) -> 
         assert "Format:" in text, f"{path}: format not mentioned"
     if "enum" in node:
         assert all(str(v) in text for v in node["enum"]), f"{path}: choices not listed"
+
+
+SNAPSHOT_CRD_FILE = ROOT / "crds" / "streampipelinesnapshots.streamherd.io.yaml"
+
+
+def test_committed_snapshot_crd_equals_the_generated_one() -> None:
+    assert SNAPSHOT_CRD_FILE.read_text() == snapshot_crd_yaml(), "crds/ is stale: `make crds`"
+
+
+def test_snapshot_crd_is_immutable_and_names_fit_a_topic() -> None:
+    doc = yaml.safe_load(SNAPSHOT_CRD_FILE.read_text())
+    version = doc["spec"]["versions"][0]
+    root = version["schema"]["openAPIV3Schema"]
+    assert [r["rule"] for r in root["properties"]["spec"]["x-kubernetes-validations"]] == [
+        "self == oldSelf"
+    ]
+    rules = " ".join(r["rule"] for r in root["x-kubernetes-validations"])
+    assert "size(self.metadata.name) <= 63" in rules and "-to-" in rules
+    assert version["subresources"] == {"status": {}}
+    assert doc["spec"]["names"]["shortNames"] == ["sps"]
+    assert root["properties"]["spec"]["required"] == ["pipeline"]

@@ -1,0 +1,224 @@
+"""The StreamPipelineSnapshot handlers: request, follow, list, delete (decision 0070).
+
+Registered by ``streamherd.operator.handlers.build_registry``. Level-based, like the
+pipeline reconciler: a timer looks at each snapshot that is not finished yet, every few
+seconds, and does what its state asks:
+
+- the pipeline does not exist (yet): Pending, with the reason;
+- otherwise the snapshot's Kafka topic (``streamherd.workers.snapshotting.snapshot_topic``)
+  is created on the pipeline's source cluster if it is not there: that is the request the
+  workers see (they write their partitions at their next checkpoint);
+- the topic is read back and its contents judged (``streamherd.operator.restoring.
+  snapshot_status``): Taking until every partition is in it, then Ready with the
+  fingerprint, offsets and sizes, and the pipeline's status.snapshots lists it.
+
+A slower timer keeps a Ready snapshot listed in its pipeline's status (the reconciler keeps
+entries it did not add, but a write of its own may race ours). Deleting the resource deletes
+its topic first (kopf's finalizer); a topic that cannot be reached any more (the pipeline
+and its credentials are gone) is named in a Warning event and left.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from streamherd.operator.api.snapshot import SNAPSHOT_PLURAL
+from streamherd.operator.api.v1alpha1 import GROUP, KIND, VERSION, StreamPipeline
+from streamherd.operator.autoscaling.handlers import cluster_from_secrets
+from streamherd.operator.builders.keying import repartition_topic
+from streamherd.operator.kube import ApiError, KubeApi
+from streamherd.operator.restoring import listed_snapshots, snapshot_status
+from streamherd.operator.validation import parse_pipeline
+from streamherd.workers.repartitioning import source_partitions
+from streamherd.workers.snapshotting import read_snapshot, snapshot_topic
+
+log = logging.getLogger(__name__)
+
+#: How often an unfinished snapshot is looked at, and a Ready one re-listed.
+FOLLOW_SECONDS = 3.0
+LIST_SECONDS = 60.0
+KAFKA_TIMEOUT = 10.0
+#: A topic per snapshot, one partition, kept until the resource is deleted.
+TOPIC_CONFIG = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+
+
+def _pipeline(kube: KubeApi, namespace: str, name: str) -> tuple[StreamPipeline | None, str]:
+    body = kube.get(f"{GROUP}/{VERSION}", KIND, namespace, name)
+    if body is None:
+        return None, f"{KIND} {name} not found in namespace {namespace}"
+    pipeline, problems = parse_pipeline({k: v for k, v in body.items() if k != "status"})
+    if pipeline is None or problems:
+        return None, f"{KIND} {name} is invalid: {'; '.join(problems)[:300]}"
+    return StreamPipeline.model_validate(body), ""
+
+
+def _ensure_topic(admin: AdminClient, topic: str) -> None:
+    futures = admin.create_topics(
+        [NewTopic(topic, num_partitions=1, replication_factor=-1, config=TOPIC_CONFIG)],
+        request_timeout=KAFKA_TIMEOUT,
+    )
+    try:
+        futures[topic].result(KAFKA_TIMEOUT)
+    except KafkaException as error:
+        if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise
+
+
+def follow(kube: KubeApi, namespace: str, name: str, spec: Any, status: Any) -> dict[str, Any]:
+    """One level-based step of a snapshot (see the module docstring): the status to write."""
+    wanted = str(spec.get("pipeline", ""))
+    pipeline, why = _pipeline(kube, namespace, wanted)
+    if pipeline is None:
+        if status.get("topic"):  # it was being taken: it never will be now
+            return {"phase": "Failed", "message": f"{why}: the snapshot cannot be completed"}
+        return {"phase": "Pending", "message": why}
+    source = pipeline.spec.source.kafka
+    if source is None:
+        return {"phase": "Failed", "message": f"{KIND} {wanted} has no Kafka source"}
+    uid = (pipeline.metadata or {}).get("uid")
+    if status.get("pipelineUid") not in (None, uid):
+        return {
+            "phase": "Failed",
+            "message": f"{KIND} {wanted} was deleted and created again while it was taken",
+        }
+    try:
+        cluster = cluster_from_secrets(kube, pipeline)
+    except ValueError as error:
+        return {"phase": "Pending", "message": f"cannot reach the source cluster: {error}"}
+    topic = snapshot_topic(namespace, wanted, name)
+    conf: dict[str, Any] = dict(cluster.client_config())
+    admin = AdminClient(conf)
+    _ensure_topic(admin, topic)
+    contents = read_snapshot(conf, topic, timeout=KAFKA_TIMEOUT)
+    if contents is None:  # created a moment ago: not in the metadata yet
+        return {"phase": "Taking", "message": "waiting for the snapshot topic", "topic": topic}
+    topics = list(source.topics)
+    internal = repartition_topic(pipeline)
+    if internal is not None:
+        topics.append(internal)
+    expected = {(u[0], u[1]) for u in source_partitions(admin, topics, timeout=KAFKA_TIMEOUT)}
+    result = snapshot_status(contents, expected, topic, source.bootstrap_servers)
+    result["pipelineUid"] = uid
+    return result
+
+
+def list_in_pipeline(
+    kube: KubeApi, namespace: str, name: str, pipeline: str, status: Any | None
+) -> None:
+    """Make `pipeline`'s status.snapshots list snapshot `name` as `status` says (None: not)."""
+    body = kube.get(f"{GROUP}/{VERSION}", KIND, namespace, pipeline)
+    if body is None:
+        return
+    current = (body.get("status") or {}).get("snapshots") or []
+    listed = listed_snapshots(current, name, status)
+    if listed is not None:
+        kube.patch_status(namespace, pipeline, {"snapshots": listed or None})
+
+
+def delete_topic(kube: KubeApi, namespace: str, spec: Any, status: Any) -> str | None:
+    """Delete a snapshot's topic; why it was left, or None."""
+    topic = status.get("topic")
+    if not topic:
+        return None
+    pipeline, why = _pipeline(kube, namespace, str(spec.get("pipeline", "")))
+    if pipeline is None:
+        return f"Kafka topic {topic} left on {status.get('bootstrapServers')}: {why}"
+    conf: dict[str, Any] = dict(cluster_from_secrets(kube, pipeline).client_config())
+    admin = AdminClient(conf)  # kept referenced until the answer: a dropped client aborts it
+    futures = admin.delete_topics([topic], request_timeout=KAFKA_TIMEOUT)
+    try:
+        futures[topic].result(KAFKA_TIMEOUT)
+    except KafkaException as error:
+        if error.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise
+    return None
+
+
+def _unfinished(status: Any, **_: Any) -> bool:
+    return bool(status.get("phase") not in ("Ready", "Failed"))
+
+
+def _ready(status: Any, **_: Any) -> bool:
+    return bool(status.get("phase") == "Ready")
+
+
+def register_snapshots(registry: Any) -> None:
+    """Add the StreamPipelineSnapshot handlers to a kopf registry."""
+    resource = (GROUP, VERSION, SNAPSHOT_PLURAL)
+
+    @kopf.timer(*resource, id="snapshot-follow", interval=FOLLOW_SECONDS, when=_unfinished,
+                registry=registry)  # fmt: skip
+    def follow_snapshot(
+        *,
+        namespace: str | None,
+        name: str | None,
+        spec: Any,
+        status: Any,
+        patch: kopf.Patch,
+        memo: kopf.Memo,
+        **_: Any,
+    ) -> None:
+        kube: KubeApi = memo["ctx"].kube
+        ns, snap = str(namespace), str(name)
+        try:
+            result = follow(kube, ns, snap, spec, status)
+        except (KafkaException, ApiError) as error:
+            result = {"message": f"retrying: {error}"[:500]}
+        changed = {k: v for k, v in result.items() if status.get(k) != v}
+        if changed:
+            patch.status.update(changed)
+        if result.get("phase") == "Ready":
+            list_in_pipeline(kube, ns, snap, str(spec.get("pipeline")), result)
+            log.info("snapshot %s/%s ready: %s", ns, snap, result.get("message"))
+
+    @kopf.timer(*resource, id="snapshot-listed", interval=LIST_SECONDS, when=_ready,
+                registry=registry)  # fmt: skip
+    def keep_listed(
+        *,
+        namespace: str | None,
+        name: str | None,
+        spec: Any,
+        status: Any,
+        memo: kopf.Memo,
+        **_: Any,
+    ) -> None:
+        kube: KubeApi = memo["ctx"].kube
+        list_in_pipeline(kube, str(namespace), str(name), str(spec.get("pipeline")), status)
+
+    @kopf.on.delete(*resource, id="snapshot-delete", registry=registry)
+    def delete_snapshot(
+        *,
+        namespace: str | None,
+        name: str | None,
+        spec: Any,
+        status: Any,
+        body: kopf.Body,
+        memo: kopf.Memo,
+        retry: int,
+        **_: Any,
+    ) -> None:
+        kube: KubeApi = memo["ctx"].kube
+        ns = str(namespace)
+        try:
+            left = delete_topic(kube, ns, spec, status)
+        except (KafkaException, ValueError) as error:
+            if retry < 5:
+                raise kopf.TemporaryError(
+                    f"deleting the snapshot topic: {error}", delay=5
+                ) from error
+            left = f"Kafka topic {status.get('topic')} left: {error}"
+        if left is not None:
+            kopf.warn(body, reason="SnapshotTopicLeft", message=left)
+        try:
+            list_in_pipeline(kube, ns, str(name), str(spec.get("pipeline")), None)
+        except ApiError as error:
+            if error.status != 404:
+                raise
+
+    _ = (follow_snapshot, keep_listed, delete_snapshot)

@@ -1,0 +1,139 @@
+"""Snapshots on request, against the real broker with real workers (decision 0070).
+
+A snapshot is requested the way the operator requests one (``operator/snapshots.py``: the
+snapshot's topic is created on the source cluster); a running worker writes every partition
+at its next checkpoint boundary; the topic, read back and judged by the operator's own
+function (``operator/restoring.py``: ``snapshot_status``), is Ready with the fingerprint and
+each partition's offset. Restored into a NEW pipeline (another name, consumer group,
+checkpoint directory and sink, ``startFrom: latest``), it gives the old pipeline's results:
+the windows that were open at the snapshot come out whole, equal to a reference computed
+here from the produced records and to what the old pipeline itself emits for them.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from streamherd.operator.restoring import snapshot_status
+from streamherd.operator.snapshots import _ensure_topic
+from streamherd.workers.checkpointing import decode
+from streamherd.workers.snapshotting import read_snapshot, snapshot_topic
+from tests.infra.kafka import KafkaBroker
+from tests.integration.engine.enginekit import (
+    BASE_TS,
+    Worker,
+    assert_matches,
+    latest_by_key,
+    wait_until,
+)
+from tests.integration.engine.test_engine_lifecycle import (
+    PARTITIONS,
+    STEP_MS,
+    caught_up,
+    checkpoint_files,
+    flush,
+    produce_timed,
+    reference,
+    setup,
+    stop_cleanly,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka]
+
+WINDOW_MS = 10_000
+
+
+def test_a_snapshot_on_request_restores_into_a_new_pipeline(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    source, sink, checkpoints, cfg = setup(kafka_broker, tmp_path, "snap")
+    group = cfg["source"]["kafka"]["consumerGroup"]
+    namespace, pipeline = cfg["pipeline"]["namespace"], cfg["pipeline"]["name"]
+    before = produce_timed(kafka_broker, source, 0, 3000)
+    old = Worker.create(tmp_path, "old", cfg).start()
+    try:
+        wait_until("the old pipeline caught up", lambda: caught_up(kafka_broker, group, source),
+                   120, [old])  # fmt: skip
+        # The request, as the operator makes it: the snapshot's topic on the source cluster.
+        topic = snapshot_topic(namespace, pipeline, "before-upgrade")
+        _ensure_topic(AdminClient(kafka_broker.client_config()), topic)
+        expected = {(source, p) for p in range(PARTITIONS)}
+        status: dict[str, Any] = {}
+
+        def ready() -> bool:
+            contents = read_snapshot(kafka_broker.client_config(), topic)
+            if contents is None:
+                return False
+            status.update(snapshot_status(contents, expected, topic, kafka_broker.bootstrap))
+            return status["phase"] == "Ready"
+
+        wait_until("the snapshot is Ready", ready, 60, [old])
+        # The old pipeline goes on after the snapshot, with more records.
+        after = produce_timed(kafka_broker, source, 3000, 1000)
+        wait_until("the old pipeline read them", lambda: caught_up(kafka_broker, group, source),
+                   120, [old])  # fmt: skip
+        files = {p: decode(d) for p, d in checkpoint_files(checkpoints, source).items()}
+    finally:
+        old_log = old.log_path.read_text()
+        if old.alive():
+            stop_cleanly(old)
+        old.stop()
+    assert "event=snapshot-partition-written" in old_log, old_log[-3000:]
+    # Listed with the fingerprint of the state it holds, every partition at the offset of
+    # the records before it (the worker was caught up: the end of each partition then).
+    fingerprints = {c.fingerprint for c in files.values()}
+    assert status["fingerprint"] in fingerprints and len(fingerprints) == 1
+    offsets = {(p["topic"], p["partition"]): p["nextOffset"] for p in status["partitions"]}
+    ends = {(source, p): 1 + max(s.offset for s in before if s.partition == p)
+            for p in range(PARTITIONS)}  # fmt: skip
+    assert offsets == ends
+    assert status["partitionCount"] == PARTITIONS and status["sizeBytes"] > 0
+    assert status["takenAt"].endswith("Z")
+
+    # A NEW pipeline restores it: another name, group, checkpoint directory and sink; it
+    # would start at the end (startFrom latest) if it did not take the snapshot's offsets.
+    new_sink = kafka_broker.create_topic(
+        kafka_broker.unique_topic("life-snap-new"), partitions=PARTITIONS
+    )
+    new_cfg = copy.deepcopy(cfg)
+    new_cfg["pipeline"]["name"] = "clicks-restored"
+    new_cfg["source"]["kafka"]["consumerGroup"] = f"g-new-{source}"
+    new_cfg["source"]["kafka"]["startFrom"] = "latest"
+    new_cfg["checkpoint"]["directory"] = str(tmp_path / "new-checkpoints")
+    new_cfg["sink"]["kafka"]["topic"] = new_sink
+    new_cfg["state"] = {"restoreFrom": "before-upgrade"}
+    new_group = new_cfg["source"]["kafka"]["consumerGroup"]
+    new = Worker.create(tmp_path, "new", new_cfg).start()
+    try:
+        wait_until("the new pipeline caught up",
+                   lambda: caught_up(kafka_broker, new_group, source), 120, [new])  # fmt: skip
+        flush(kafka_broker, source, BASE_TS + 5000 * STEP_MS)
+        wait_until("the flush closed every window",
+                   lambda: caught_up(kafka_broker, new_group, source), 60, [new])  # fmt: skip
+        stop_cleanly(new)
+    finally:
+        new.stop()
+    assert "event=restoring-snapshot" in new.log_path.read_text()
+    # What the new pipeline emits: per partition, the windows still open at the snapshot
+    # (their earlier records from the snapshot's state) and every later one, whole.
+    expected_rows: dict[str, dict[str, Any]] = {}
+    for p in range(PARTITIONS):
+        mine = [s for s in before if s.partition == p]
+        open_from = max(s.rec["ts"] for s in mine) // WINDOW_MS * WINDOW_MS
+        records = [s for s in mine + after if s.partition == p and s.rec["ts"] >= open_from]
+        expected_rows |= reference(records, WINDOW_MS)
+    got = latest_by_key(kafka_broker.consume_all(new_sink))
+    assert_matches(got, expected_rows)
+    # The old results: the old pipeline's own rows for those windows are the same.
+    old_rows = latest_by_key(kafka_broker.consume_all(sink))
+    closed_by_old = {k: v for k, v in got.items() if k in old_rows}
+    assert closed_by_old, "the old pipeline closed none of the restored windows"
+    assert all(old_rows[k] == v for k, v in closed_by_old.items())
+    # Restarting the new pipeline resumes from its own checkpoints, not the snapshot again.
+    for data in checkpoint_files(tmp_path / "new-checkpoints", source).values():
+        assert decode(data).restored_from == "before-upgrade"

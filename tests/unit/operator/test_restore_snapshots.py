@@ -1,0 +1,113 @@
+"""spec.state.restoreFrom naming a StreamPipelineSnapshot (operator/restoring.py, the
+reconciler's _upgrade): a NEW pipeline waits, with nothing rolled, until the snapshot is Ready
+on its own Kafka cluster and holds its state; then it rolls with the restore in its
+WorkerConfig; a snapshot of another state is held as a mismatch, and so is a repartitioned
+pipeline's snapshot in another pipeline (its state is tied to its own internal topic)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from operator_testkit import SETTINGS, FakeKube, body_of, example_doc
+
+from streamherd.operator.reconciler import ReconcileMemo, reconcile
+from streamherd.operator.upgrades import STATE_COMPATIBLE
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def condition(kube: FakeKube, name: str) -> dict[str, Any]:
+    conds = body_of(kube, name)["status"]["conditions"]
+    found: dict[str, Any] = next(c for c in conds if c["type"] == STATE_COMPATIBLE)
+    return found
+
+
+def snapshot(name: str, fingerprint: str, servers: str, phase: str = "Ready") -> dict[str, Any]:
+    return {
+        "apiVersion": "streamherd.io/v1alpha1",
+        "kind": "StreamPipelineSnapshot",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"pipeline": "clicks-per-minute"},
+        "status": {
+            "phase": phase,
+            "fingerprint": fingerprint,
+            "bootstrapServers": servers,
+            "message": "m",
+        },
+    }
+
+
+def test_a_new_pipeline_restores_a_snapshot_only_once_it_can() -> None:
+    kube, memo = FakeKube(), ReconcileMemo()
+    doc = example_doc("02-clicks-per-minute")
+    # A repartitioned pipeline's state lives in its own internal topic, which is part of its
+    # fingerprint: only one that keeps per-partition windows can move to another pipeline.
+    window = next(s["window"] for s in doc["spec"]["processor"]["steps"] if "window" in s)
+    window["repartition"] = "never"
+    old = kube.put(copy.deepcopy(doc))["metadata"]["name"]
+    reconcile(body_of(kube, old), kube, SETTINGS, now=T0, memo=memo)
+    fingerprint = body_of(kube, old)["status"]["stateFingerprint"]
+    servers = doc["spec"]["source"]["kafka"]["bootstrapServers"]
+
+    new_doc = copy.deepcopy(doc)
+    new_doc["metadata"]["name"] = "restored"
+    new_doc["spec"]["state"] = {"restoreFrom": "before-upgrade"}
+    kube.put(new_doc)
+    # No such snapshot: nothing the workers run is created, and the condition says why.
+    result = reconcile(body_of(kube, "restored"), kube, SETTINGS, now=T0, memo=memo)
+    assert kube.find("ConfigMap", "restored-config") is None
+    assert kube.find("Deployment", "restored") is None
+    cond = condition(kube, "restored")
+    assert (cond["status"], cond["reason"]) == ("False", "SnapshotNotReady")
+    assert "before-upgrade does not exist" in cond["message"]
+    assert "SnapshotNotReady" in [e.reason for e in result.events]
+    # Taking, or on another cluster: still held, saying which.
+    kube.put(snapshot("before-upgrade", fingerprint, servers, phase="Taking"))
+    reconcile(body_of(kube, "restored"), kube, SETTINGS, now=T0, memo=memo)
+    assert "is not Ready (Taking" in condition(kube, "restored")["message"]
+    kube.put(snapshot("before-upgrade", fingerprint, "elsewhere:9092"))
+    reconcile(body_of(kube, "restored"), kube, SETTINGS, now=T0, memo=memo)
+    assert "elsewhere:9092" in condition(kube, "restored")["message"]
+    assert kube.find("Deployment", "restored") is None
+    # Another state than the spec's: a mismatch naming both.
+    kube.put(snapshot("before-upgrade", "0123456789abcdef", servers))
+    reconcile(body_of(kube, "restored"), kube, SETTINGS, now=T0, memo=memo)
+    cond = condition(kube, "restored")
+    assert cond["reason"] == "SnapshotMismatch" and "0123456789abcdef" in cond["message"]
+    assert kube.find("Deployment", "restored") is None
+    # Ready, on the source cluster, of the spec's state: rolled, the restore in the config.
+    kube.put(snapshot("before-upgrade", fingerprint, servers))
+    result = reconcile(body_of(kube, "restored"), kube, SETTINGS, now=T0, memo=memo)
+    config_map = kube.find("ConfigMap", "restored-config")
+    assert config_map is not None and kube.find("Deployment", "restored") is not None
+    config = json.loads(config_map["data"]["worker.json"])
+    assert config["state"]["restoreFrom"] == "before-upgrade"
+    cond = condition(kube, "restored")
+    assert (cond["status"], cond["reason"]) == ("True", "StateRestored")
+    assert "StateRestored" in [e.reason for e in result.events]
+    # Rolled out: later reconciles do not read the snapshot again (it may even be gone).
+    kube.objects = {k: v for k, v in kube.objects.items() if "StreamPipelineSnapshot" not in k}
+    reconcile(body_of(kube, "restored"), kube, SETTINGS, now=T0, memo=memo)
+    assert condition(kube, "restored")["reason"] == "StateRestored"
+
+
+def test_a_repartitioned_pipelines_snapshot_does_not_fit_another_pipeline() -> None:
+    kube, memo = FakeKube(), ReconcileMemo()
+    doc = example_doc("02-clicks-per-minute")
+    old = kube.put(copy.deepcopy(doc))["metadata"]["name"]
+    reconcile(body_of(kube, old), kube, SETTINGS, now=T0, memo=memo)
+    fingerprint = body_of(kube, old)["status"]["stateFingerprint"]
+    new_doc = copy.deepcopy(doc)
+    new_doc["metadata"]["name"] = "restored"
+    new_doc["spec"]["state"] = {"restoreFrom": "before-upgrade"}
+    kube.put(new_doc)
+    kube.put(
+        snapshot("before-upgrade", fingerprint, doc["spec"]["source"]["kafka"]["bootstrapServers"])
+    )
+    reconcile(body_of(kube, "restored"), kube, SETTINGS, now=T0, memo=memo)
+    assert kube.find("ConfigMap", "restored-config") is None
+    assert kube.find("Deployment", "restored") is None
+    assert condition(kube, "restored")["reason"] == "SnapshotMismatch"
