@@ -153,6 +153,10 @@ BOTH: list[Case] = [
     case("hopping window of 24h sliding by 1ms", KAFKA, f"{W}.slide",
          (f"{W}.type", "hopping"), (f"{W}.size", "24h"), (f"{W}.slide", "1ms")),
     # modes the source cannot serve
+    case("kafka state backend with a generator source", LOCAL, "spec.checkpoint.backend",
+         ("spec.checkpoint.backend", "kafka")),
+    case("ReadWriteOnce volume for several workers", KAFKA, "spec.checkpoint.volume.accessModes",
+         ("spec.checkpoint.volume.accessModes", ["ReadWriteOnce"])),
     case("keda with a generator source", LOCAL, "spec.autoscaling.mode",
          ("spec.autoscaling", {"mode": "keda", "minReplicas": 0, "maxReplicas": 1})),
     # the worker pod's own directories and variables
