@@ -240,6 +240,11 @@ class InternalTopics:
         try:
             return running.result(timeout=self.wait)
         except (FutureTimeout, CancelledError):
+            if memory is not None and memory.fingerprint == fingerprint:
+                # What the last attempt found stands until this one is over: a status
+                # that flipped to "checking" and back at every retry would be two writes
+                # per retry for nothing.
+                return _with_retry(memory.report, self.timeout + 1.0)
             return TopicsReport(
                 "checking",
                 message=f"asking {kafka.bootstrap_servers} about the internal topics",
@@ -345,7 +350,9 @@ class InternalTopics:
                         raise TopicAdminError(_reason(e)) from None
             # A worker (or another operator replica) may have made one meanwhile: read back.
             metadata = self._metadata(admin)
-        configs = self._configs(admin, [s.name for s in specs])
+        # Only what was there before: a topic made a moment ago has the configuration it
+        # was made with, and the broker may not describe it yet (UNKNOWN_TOPIC_OR_PART).
+        configs = self._configs(admin, [s.name for s in specs if s.name not in created])
         states = []
         for spec in specs:
             partitions = metadata.get(spec.name, wanted if spec.name in created else None)
