@@ -14,11 +14,13 @@ import copy
 import io
 import itertools
 import json
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import yaml
+from confluent_kafka import KafkaError, KafkaException
 from hypothesis import given
 from hypothesis import strategies as st
 from operator_testkit import SETTINGS, FakeKube, body_of, example_doc, pipeline_from
@@ -37,6 +39,7 @@ from streamherd.operator.rendering import render_files
 from streamherd.operator.topicadmin import (
     BACKOFF_MAX,
     BACKOFF_START,
+    InternalTopics,
     TopicsReport,
     TopicState,
     backoff,
@@ -47,6 +50,7 @@ from streamherd.operator.upgrades import STATE_COMPATIBLE, config_backend, decid
 from streamherd.operator.validation import semantic_errors
 from streamherd.workers.config import ProcessorConfig, WorkerConfig
 from streamherd.workers.fingerprint import describe
+from streamherd.workers.lagprobe import ClusterConfig
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NAME = "clicks-per-minute"
@@ -388,3 +392,60 @@ def test_a_reset_backend_switch_rolls_to_the_changelog() -> None:
     assert config["checkpoint"]["changelog"]["topic"] == CHANGELOG
     assert kube.find("PersistentVolumeClaim", f"{NAME}-checkpoints") is None
     assert body_of(kube, NAME)["status"].get("snapshots") in (None, [])
+
+
+# --------------------------------------------------------------------------- admin manager
+
+
+class DeadAdmin:
+    """An admin client whose broker never answers (the real one raises the same)."""
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT, "Broker transport failure"))
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+def test_a_running_attempt_never_flips_the_status_and_a_failure_waits_its_backoff() -> None:
+    gate = threading.Event()
+    clock = [0.0]
+    tries: list[str] = []
+
+    def resolve(p: StreamPipeline) -> ClusterConfig:
+        tries.append(p.name)
+        gate.wait(30)
+        return ClusterConfig.of("nowhere:9092")
+
+    manager = InternalTopics(
+        resolve_cluster=resolve,
+        admin_factory=lambda _c: DeadAdmin(),  # type: ignore[arg-type,return-value]
+        wait=0.05,
+        timeout=1.0,
+        clock=lambda: clock[0],
+    )
+    pipeline = pipeline_from(example_doc("02-clicks-per-minute"), namespace="default", uid="u")
+    try:
+        first = manager.ensure(pipeline)
+        assert first is not None and first.status == "checking"  # nothing known yet
+        gate.set()
+        pause = threading.Event()
+        for _ in range(600):  # the attempt ends as soon as the gate opens
+            found = manager.ensure(pipeline)
+            if found is None or found.status != "checking":
+                break
+            pause.wait(0.05)
+        assert found is not None and found.status == "unreachable"
+        assert found.retry_after is not None and found.retry_after <= BACKOFF_START
+        assert len(tries) == 1  # within the backoff: from memory, no new attempt
+        gate.clear()
+        clock[0] = BACKOFF_START + 1  # the backoff is over: a new attempt, which hangs
+        during = manager.ensure(pipeline)
+        assert during is not None and (during.status, during.message) == (
+            "unreachable",
+            found.message,
+        )  # what the last attempt found, not "checking"
+        assert len(tries) == 2
+    finally:
+        gate.set()
+        manager.close()
