@@ -15,14 +15,17 @@ on the source's cluster before it applies the workers; the deletion handler
 - Idempotent: a topic that exists is checked, never recreated. One with fewer partitions
   than the source's most, or with another ``cleanup.policy``/``retention.ms`` than the
   operator sets, is reported (it holds data: recreating it would lose it).
-- Bounded: attempts run in a small pool of their own, and a reconcile waits for one at
-  most ``wait`` seconds (a healthy broker answers well within it, so the topics exist
-  before the workers are applied); a reconcile never waits for a dead broker's timeouts
-  (it reports ``checking`` and asks for another reconcile once the attempt is over). Every
-  broker call has a timeout; after a failure (broker unreachable, Secret missing) the same
-  pipeline is not tried again before its backoff (5 s doubling to 5 min) is over, whatever
-  triggers its reconciles, so an unreachable broker costs one attempt per backoff, not one
-  per Deployment event; a success is trusted for ``recheck`` seconds.
+- Bounded: attempts run in a small pool of their own. A pipeline's first reconcile waits
+  for its first attempt (every broker call has a ``timeout``; a healthy broker answers well
+  within it), so the topics exist before the workers are applied and the first status
+  already says how it went; later reconciles never wait: while a new attempt runs they get
+  what the last one found (so a retry costs no status write). After a failure (broker
+  unreachable, Secret missing) the same pipeline is not tried again before its backoff (5 s
+  doubling to 5 min) is over, whatever triggers its reconciles, so an unreachable broker
+  costs one attempt per backoff, not one per Deployment event; and for ``BACKOFF_START``
+  seconds after a cluster failed to answer, other pipelines on it fail at once with the
+  same answer instead of each waiting its timeout. A success is trusted for ``recheck``
+  seconds.
 - Partitions: the most of the source topics (``^pattern`` topics match by regular
   expression, as in the consumer's subscription), read from the broker's metadata.
 """
@@ -176,14 +179,18 @@ class InternalTopics:
 
     resolve_cluster: ClusterResolver
     admin_factory: AdminFactory = logged_admin
-    timeout: float = 10.0
+    timeout: float = 5.0
     recheck: float = 300.0
-    wait: float = 2.0
+    #: How long a pipeline's first reconcile waits for its first attempt (None: the broker
+    #: calls' own bound, timeout plus a margin).
+    wait: float | None = None
     clock: Callable[[], float] = time.monotonic
-    workers: int = 2
+    workers: int = 8
     _admins: dict[ClusterConfig, AdminLike] = field(default_factory=dict)
     _memory: dict[tuple[str, str], _Memory] = field(default_factory=dict)
     _running: dict[tuple[str, str], Future[TopicsReport]] = field(default_factory=dict)
+    # Clusters that just failed to answer: until when, and what they said.
+    _down: dict[ClusterConfig, tuple[float, str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pool: ThreadPoolExecutor | None = None
 
@@ -237,14 +244,16 @@ class InternalTopics:
                 # _attempt removes it again under this lock, so never before it is set.
                 running = self._pool.submit(self._attempt, pipeline, key, fingerprint, memory)
                 self._running[key] = running
+        known = memory is not None and memory.fingerprint == fingerprint
+        if known and not running.done():
+            # What the last attempt found stands until this one is over: a status that
+            # flipped to "checking" and back at every retry would be two writes per retry.
+            assert memory is not None
+            return _with_retry(memory.report, self.timeout + 1.0)
+        wait = self.wait if self.wait is not None else 3 * self.timeout + 1.0
         try:
-            return running.result(timeout=self.wait)
+            return running.result(timeout=wait)
         except (FutureTimeout, CancelledError):
-            if memory is not None and memory.fingerprint == fingerprint:
-                # What the last attempt found stands until this one is over: a status
-                # that flipped to "checking" and back at every retry would be two writes
-                # per retry for nothing.
-                return _with_retry(memory.report, self.timeout + 1.0)
             return TopicsReport(
                 "checking",
                 message=f"asking {kafka.bootstrap_servers} about the internal topics",
@@ -262,15 +271,27 @@ class InternalTopics:
         kafka = pipeline.spec.source.kafka
         assert kafka is not None
         specs = internal_topics(pipeline)
+        cluster: ClusterConfig | None = None
         try:
             cluster = self.resolve_cluster(pipeline)
+            with self._lock:
+                down = self._down.get(cluster)
+            if down is not None and self.clock() < down[0]:
+                raise TopicAdminError(down[1])
             report = self._ensure(self._admin(cluster), list(kafka.topics), specs)
+            with self._lock:
+                self._down.pop(cluster, None)
         except TopicAdminError as e:
             report = TopicsReport(
                 "unreachable",
                 message=f"cannot reach {kafka.bootstrap_servers} to create or check the "
                 f"internal topics: {e}",
             )
+            if cluster is not None:
+                with self._lock:
+                    self._down.setdefault(cluster, (self.clock() + BACKOFF_START, str(e)))
+                    if self._down[cluster][0] <= self.clock():
+                        self._down[cluster] = (self.clock() + BACKOFF_START, str(e))
         except Exception as e:  # noqa: BLE001 - a resolver (Secrets) or client failure
             report = TopicsReport(
                 "unreachable",

@@ -445,6 +445,10 @@ def test_a_running_attempt_never_flips_the_status_and_a_failure_waits_its_backof
             "unreachable",
             found.message,
         )  # what the last attempt found, not "checking"
+        for _ in range(600):  # the new attempt has started (in the manager's pool)
+            if len(tries) == 2:
+                break
+            pause.wait(0.05)
         assert len(tries) == 2
     finally:
         gate.set()
