@@ -51,7 +51,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.builders.topics import TopicSpec, all_internal_names, internal_topics
-from streamherd.operator.kafkalogging import KafkaLog
+from streamherd.operator.kafkalogging import shared_kafka_log
 from streamherd.workers.lagprobe import ClusterConfig
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,9 @@ AdminFactory = Callable[[ClusterConfig], AdminLike]
 
 def logged_admin(cluster: ClusterConfig) -> AdminLike:
     """An AdminClient whose librdkafka lines go through our logger (kafkalogging.py)."""
-    config: dict[str, Any] = {**cluster.client_config(), "logger": KafkaLog(cluster.describe())}
+    # The lag probe's limiter of the same cluster: one rate limit for all its clients.
+    logger = shared_kafka_log(cluster.describe())
+    config: dict[str, Any] = {**cluster.client_config(), "logger": logger}
     admin: AdminLike = AdminClient(config)
     return admin
 
