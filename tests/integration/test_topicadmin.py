@@ -1,7 +1,7 @@
 """operator/topicadmin.py against the real broker: create, check, report, delete (issue 14).
 
 The operator-level behaviour (status, conditions, events, the finalizer) is in
-tests/integration/operator/test_internal_topics.py; this is the admin module alone, so its
+tests/integration/operator/test_operator_internal_topics.py; this is the admin module alone, so its
 use of the Kafka admin API is pinned down without a control plane.
 """
 

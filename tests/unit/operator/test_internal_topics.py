@@ -5,7 +5,8 @@ changelog; the volume backend renders what it always did), the topic specs, rend
 block, the admin module's pure checks (partitions of the source, what is wrong with an
 existing topic, the backoff), the backend switch as an upgrade decision, and the reconciler
 with a stand-in for the broker side (status, TopicsReady, events, a held edit). The broker
-side itself runs against the real broker in tests/integration/operator/test_internal_topics.py.
+side runs against the real broker in tests/integration/test_topicadmin.py and
+tests/integration/operator/test_operator_internal_topics.py.
 """
 
 from __future__ import annotations
