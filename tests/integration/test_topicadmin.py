@@ -18,7 +18,7 @@ from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.topicadmin import InternalTopics, TopicAdminError
 from streamherd.workers.lagprobe import ClusterConfig
 from tests.infra.kafka import KafkaBroker
-from tests.infra.processes import free_port
+from tests.infra.processes import free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
@@ -82,8 +82,14 @@ def test_create_then_check_then_delete(kafka_broker: KafkaBroker) -> None:
         assert not second.created
         again.close()
         assert manager.delete(pipeline) == sorted([repartition, changelog])
-        left = _topics(kafka_broker)
-        assert repartition not in left and changelog not in left and a in left and b in left
+
+        def deleted() -> dict[str, int] | None:
+            # Accepted by the controller; the metadata of other clients follows shortly.
+            left = _topics(kafka_broker)
+            return left if repartition not in left and changelog not in left else None
+
+        left = wait_until("the internal topics gone from the metadata", deleted, 30)
+        assert a in left and b in left
         assert manager.delete(pipeline) == []  # nothing left: nothing to do, no error
     finally:
         manager.close()
