@@ -22,12 +22,15 @@ state, so a rollout's dozen Deployment updates cost two or three reconciles, not
 Reads come from the watch cache (kube.py), so an unchanged pipeline costs no API call but
 the Secrets it references.
 
-Deletion of a pipeline needs no cleanup (children carry ownerReferences; the garbage
-collector removes them), so no on.delete handler and no finalizer on pipelines. The
-StreamPipelineSnapshot handlers (operator/snapshots.py: timers, and an on.delete that deletes
-the snapshot's Kafka topic, so a finalizer on each snapshot) are registered here too.
-``build_registry`` makes a fresh registry for given settings: the operator and the tests
-each build their own.
+Children need no cleanup on deletion (they carry ownerReferences; the garbage collector
+removes them). The internal Kafka topics (operator/topicadmin.py) do: a pipeline that has
+some and no ``spec.state.retainOnDelete`` gets kopf's finalizer (``streamherd.io/finalizer``)
+through an on.delete handler filtered to exactly those pipelines, which deletes the topics
+with a bounded number of retries and then lets the deletion finish (decision 0066). Other
+pipelines get no finalizer. The StreamPipelineSnapshot handlers (operator/snapshots.py:
+timers, and an on.delete that deletes the snapshot's Kafka topic, so a finalizer on each
+snapshot) are registered here too. ``build_registry`` makes a fresh registry for given
+settings: the operator and the tests each build their own.
 """
 
 from __future__ import annotations
@@ -53,11 +56,16 @@ from streamherd.operator.reconciler import EventNote, ReconcileMemo, ReconcileRe
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.shadowtopics import KafkaShadowClient
 from streamherd.operator.snapshots import register_snapshots
+from streamherd.operator.topicadmin import InternalTopics, TopicAdminError
+from streamherd.operator.validation import parse_pipeline
 
 log = logging.getLogger(__name__)
 
 PREFIX: Final = "streamherd.io"
 CACHE_SYNC_TIMEOUT: Final = 60.0
+#: Tries of the deletion of a pipeline's internal topics (5 s apart, then doubling up to a
+#: minute: about 7 minutes in all) before the pipeline is let go with the topics kept.
+TOPIC_DELETE_RETRIES: Final = 10
 Key = tuple[str, str]  # (namespace, name)
 
 
@@ -89,6 +97,11 @@ class OperatorContext:
     # HA: our own loops (resync, autoscaler) run only in the active replica (kopf pauses
     # only its handlers). None: no peering, always active.
     gate: PeeringGate | None = None
+    # Creates, checks and deletes internal Kafka topics (None: not managed, e.g. in tests
+    # that run no broker; the workers then create what they need).
+    topics: InternalTopics | None = None
+    # Delayed reconciles asked for by a reconcile (internal topics not ready yet).
+    retries: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
 
     async def is_active(self) -> bool:
         """Whether this replica should run background work now (see operator/peering.py)."""
@@ -152,7 +165,7 @@ def _reconcile_blocking(
         return body, None
     result = reconcile(
         body, ctx.kube, ctx.settings, pool=ctx.apply_pool, memo=ctx.memo,
-        kafka=lambda p: _shadow_kafka(ctx, p),
+        kafka=lambda p: _shadow_kafka(ctx, p), topics=ctx.topics,
     )  # fmt: skip
     for note in result.events:
         event = event_body(body, note)
@@ -204,6 +217,8 @@ async def reconcile_key(
         ctx.locks.pop(key, None)
     if result is not None:
         ctx.secrets_of[key] = result.secret_names
+        if result.retry_after is not None:
+            retry_later(ctx, key, result.retry_after)
         if result.applied or result.deleted:
             log.info(
                 "reconciled %s/%s: applied %s, deleted %s",
@@ -234,6 +249,34 @@ async def _reconcile_if_active(ctx: OperatorContext, key: Key, refresh: bool) ->
     # HA: kopf pauses its own handlers in a standby replica, not our cache's callbacks.
     if await ctx.is_active():
         await reconcile_quietly(ctx, key, refresh=refresh)
+
+
+def retry_later(ctx: OperatorContext, key: Key, delay: float) -> None:
+    """One coalesced reconcile of `key` in `delay` seconds (an earlier one asked for stays);
+    the internal topics' backoff (operator/topicadmin.py) bounds how often that is."""
+    waiting = ctx.retries.get(key)
+    if waiting is not None and not waiting.cancelled():
+        return
+    loop = asyncio.get_running_loop()
+
+    def fire() -> None:
+        ctx.retries.pop(key, None)
+        schedule(ctx, key)
+
+    ctx.retries[key] = loop.call_later(delay, fire)
+
+
+def needs_topic_cleanup(body: Manifest) -> bool:
+    """Whether deleting this pipeline must delete internal topics first (so it gets the
+    finalizer): the operator has seen some of its internal topics on the broker (status
+    lists them with their partitions) and the spec does not keep them
+    (spec.state.retainOnDelete). A pipeline whose broker was never reached has none to
+    delete, and its deletion is never held up by a broker that does not answer."""
+    listed = (body.get("status") or {}).get("internalTopics") or []
+    if not any(isinstance(t, dict) and t.get("partitions") for t in listed):
+        return False
+    spec = body.get("spec") or {}
+    return (spec.get("state") or {}).get("retainOnDelete") is not True
 
 
 def schedule(ctx: OperatorContext, key: Key, refresh: bool = False) -> None:
@@ -373,6 +416,8 @@ def build_registry(ops: OperatorSettings) -> Any:
             ctx.resync_task.cancel()
         if ctx.kube.cache is not None:
             ctx.kube.cache.stop()
+        if ctx.topics is not None:
+            ctx.topics.close()
         for pool in (ctx.executor, ctx.refresh_executor, ctx.apply_pool, ctx.event_pool):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
@@ -411,6 +456,11 @@ def build_registry(ops: OperatorSettings) -> Any:
         if type == "DELETED":
             ctx.secrets_of.pop(key, None)
             ctx.locks.pop(key, None)
+            waiting = ctx.retries.pop(key, None)
+            if waiting is not None:
+                waiting.cancel()
+            if ctx.topics is not None:
+                ctx.topics.forget(*key)
             diffbase.forget(body.get("metadata", {}).get("uid"))
         else:
             ctx.secrets_of.setdefault(key, ())
@@ -433,7 +483,49 @@ def build_registry(ops: OperatorSettings) -> Any:
     # StreamPipelineSnapshots: taken on request, listed, deleted (operator/snapshots.py).
     register_snapshots(registry)
 
-    _ = (login, startup, cleanup, changed, pipeline_event, secret_event)
+    def cleans_topics(body: kopf.Body, **_: Any) -> bool:
+        return needs_topic_cleanup(dict(body))
+
+    @kopf.on.delete(
+        *resource,
+        id="delete-topics",
+        when=cleans_topics,
+        retries=TOPIC_DELETE_RETRIES,
+        backoff=backoff,
+        registry=registry,
+    )
+    async def delete_topics(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+        ctx: OperatorContext = memo["ctx"]
+        if ctx.topics is None:
+            return
+        pipeline, _problems = parse_pipeline(dict(body))
+        if pipeline is None or pipeline.spec.state.retain_on_delete:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            deleted = await loop.run_in_executor(ctx.executor, ctx.topics.delete, pipeline)
+        except TopicAdminError as e:
+            note = EventNote(
+                "Warning",
+                "TopicDeleteFailed",
+                f"cannot delete the internal topics yet (try {retry + 1} of "
+                f"{TOPIC_DELETE_RETRIES}; after the last the pipeline is deleted and the "
+                f"topics are kept): {e}",
+            )
+            await loop.run_in_executor(
+                ctx.executor, _post_event, ctx.kube, event_body(dict(body), note)
+            )
+            delay = min(60.0, backoff * 2**retry)
+            raise kopf.TemporaryError(str(e), delay=delay) from e
+        if deleted:
+            note = EventNote(
+                "Normal", "TopicsDeleted", "deleted Kafka topics " + ", ".join(deleted)
+            )
+            await loop.run_in_executor(
+                ctx.executor, _post_event, ctx.kube, event_body(dict(body), note)
+            )
+
+    _ = (login, startup, cleanup, changed, pipeline_event, secret_event, delete_topics)
     return registry
 
 

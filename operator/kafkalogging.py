@@ -91,3 +91,18 @@ class KafkaLog:
             text,
             extra={"kafka_cluster": self.cluster, "kafka_facility": facility},
         )
+
+
+_SHARED: dict[str, KafkaLog] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_kafka_log(cluster: str) -> KafkaLog:
+    """The one KafkaLog of a cluster (like ``logging.getLogger``: one per name, process
+    wide), so that every client of it (the lag probe, the internal topics' admin client)
+    shares one rate limit: two limiters would let twice the lines through."""
+    with _SHARED_LOCK:
+        found = _SHARED.get(cluster)
+        if found is None:
+            found = _SHARED[cluster] = KafkaLog(cluster)
+        return found

@@ -22,10 +22,12 @@ from typing import Any, cast
 import kopf
 import prometheus_client
 
+from streamherd.operator.autoscaling.handlers import cluster_from_secrets
 from streamherd.operator.handlers import OperatorContext, build_registry
 from streamherd.operator.kube import Kube
 from streamherd.operator.peering import PeeringGate
 from streamherd.operator.settings import OperatorSettings, settings_from_args
+from streamherd.operator.topicadmin import InternalTopics
 
 #: Fields our loggers pass with `extra=` that a JSON line carries (operator/kafkalogging.py).
 EXTRA_FIELDS = ("kafka_cluster", "kafka_facility")
@@ -83,6 +85,11 @@ async def operate(
             max_workers=2 * (workers + refresh), thread_name_prefix="apply"
         ),
         event_pool=ThreadPoolExecutor(max_workers=2, thread_name_prefix="event"),
+        # The internal topics' admin clients resolve credentials as the lag probe does.
+        topics=InternalTopics(
+            resolve_cluster=lambda p: cluster_from_secrets(kube, p),
+            recheck=settings.resync_interval_seconds,
+        ),
     )
     # Our identity among kopf peers, known to us so the PeeringGate can find it: the pod
     # name (POD_ID, kopf's own convention, set by the chart) or a unique local one.

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from pydantic import ValidationError
 
@@ -43,6 +43,7 @@ from streamherd.operator.builders.meta import (
     selector_string,
 )
 from streamherd.operator.builders.monitoring import MONITORING_API
+from streamherd.operator.builders.topics import internal_topics
 from streamherd.operator.conditions import (
     conditions_from_status,
     get_condition,
@@ -59,10 +60,12 @@ from streamherd.operator.rollback import (
     rollback_due,
 )
 from streamherd.operator.settings import OperatorSettings
+from streamherd.operator.topicadmin import TopicsReport
 from streamherd.operator.upgrades import (
     HELD_KINDS,
     STATE_COMPATIBLE,
     Decision,
+    config_backend,
     config_description,
     decide,
 )
@@ -81,8 +84,9 @@ READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 MONITORING = "MonitoringAvailable"
+TOPICS = "TopicsReady"
 OWN_CONDITIONS = (
-    READY, PROGRESSING, DEGRADED, MONITORING, STATE_COMPATIBLE, ROLLED_BACK, VERIFIED,
+    READY, PROGRESSING, DEGRADED, MONITORING, STATE_COMPATIBLE, ROLLED_BACK, VERIFIED, TOPICS,
 )  # fmt: skip
 # The status keys this module writes; others (desiredReplicas, lag, lastScale*) belong to
 # the autoscaler and are never touched here.
@@ -99,8 +103,15 @@ OWN_STATUS_KEYS = (
     "lastGoodGeneration",
     "rolledBackGeneration",
     "verification",
+    "internalTopics",
     "conditions",
 )
+
+
+class TopicsEnsurer(Protocol):
+    """What the reconciler needs of operator/topicadmin.py's InternalTopics."""
+
+    def ensure(self, pipeline: StreamPipeline) -> TopicsReport | None: ...
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,8 @@ class ReconcileResult:
     applied: tuple[str, ...] = ()  # "Kind/name" of every child written
     deleted: tuple[str, ...] = ()
     secret_names: tuple[str, ...] = ()  # Secrets this pipeline references (for the index)
+    # Seconds after which another reconcile is worth it (internal topics not ready yet).
+    retry_after: float | None = None
 
 
 @dataclass
@@ -514,12 +527,16 @@ def _note_rollout(desired: Manifest, live: Manifest | None, out: _Outcome) -> No
 
 
 def _delete_unwanted(
-    pipeline: StreamPipeline, desired: Sequence[Manifest], kube: KubeApi, out: _Outcome
+    pipeline: StreamPipeline,
+    desired: Sequence[Manifest],
+    kube: KubeApi,
+    out: _Outcome,
+    keep: frozenset[str] = frozenset(),
 ) -> None:
     uid = str(pipeline.metadata.get("uid") or "")
     wanted = {(c["apiVersion"], c["kind"]) for c in desired}
     for child in CHILD_KINDS:
-        if (child.api_version, child.kind) in wanted:
+        if (child.api_version, child.kind) in wanted or child.kind in keep:
             continue
         if child.optional_api and not kube.served(child.api_version, child.kind):
             continue
@@ -705,14 +722,15 @@ def _upgrade(
     meta = config_map["metadata"]
     live = kube.get("v1", "ConfigMap", meta["namespace"], meta["name"])
     rolled = False
+    desired_backend = config_backend(config_map) or "volume"
     if live is None:
-        running = None
+        running, running_backend = None, None
     elif (live.get("metadata", {}).get("annotations") or {}).get(INPUT_HASH_ANNOTATION) == meta[
         "annotations"
     ][INPUT_HASH_ANNOTATION]:
-        running, rolled = want, True
+        running, running_backend, rolled = want, desired_backend, True
     else:
-        running = config_description(live)
+        running, running_backend = config_description(live), config_backend(live)
     restore = pipeline.spec.state.restore_from
     held: str | None = None
     if restore is not None and not is_volume_snapshot(restore):
@@ -730,11 +748,48 @@ def _upgrade(
         generation=generation,
         restore_from=restore,
         snapshot_fingerprint=held,
+        backends=(running_backend, desired_backend),
     )
 
 
 #: A decision that keeps no snapshot (while a verification holds the edit).
 _NO_DECISION = Decision("roll", "", "")
+
+
+def _topics_condition(report: TopicsReport) -> tuple[str, str, str]:
+    """TopicsReady for what ensuring the internal topics found."""
+    if report.status == "ready":
+        return "True", "TopicsReady", report.message
+    if report.status == "checking":
+        return "Unknown", "Checking", report.message
+    reason = {
+        "unreachable": "BrokerUnreachable",
+        "mismatch": "TopicMismatch",
+        "no-source": "SourceTopicsMissing",
+    }[report.status]
+    return "False", reason, report.message
+
+
+def _topics_status(pipeline: StreamPipeline, report: TopicsReport) -> list[Manifest]:
+    """status.internalTopics: every topic the workers use, with its partitions once seen."""
+    found = {t.spec.name: t.partitions for t in report.topics}
+    return [
+        {
+            "name": spec.name,
+            "purpose": spec.purpose,
+            **({"partitions": found[spec.name]} if found.get(spec.name) is not None else {}),
+            "config": dict(spec.config),
+        }
+        for spec in internal_topics(pipeline)
+    ]
+
+
+#: TopicsReady reasons that make the pipeline Degraded: a topic that exists but differs
+#: needs a person. An unreachable broker (the workers cannot reach it either; their own
+#: readiness says so) and a source topic that does not exist yet are retried and reported
+#: in TopicsReady only.
+_TOPIC_TROUBLE: Final = frozenset({"TopicMismatch"})
+
 #: How many kept snapshots status lists.
 MAX_SNAPSHOTS = 20
 
@@ -809,6 +864,7 @@ def reconcile(
     pool: Executor | None = None,
     memo: ReconcileMemo | None = None,
     kafka: KafkaFactory | None = None,
+    topics: TopicsEnsurer | None = None,
 ) -> ReconcileResult:
     """Bring one pipeline's children and status to the desired state (see module doc).
 
@@ -817,6 +873,8 @@ def reconcile(
     memo: what earlier reconciles of the same spec parsed and built (None: nothing kept).
     kafka: the Kafka access of a shadow verification (operator/verifying.py; None: none, a
     verification then waits and says so).
+    topics: creates and checks the internal Kafka topics (operator/topicadmin.py) before the
+    workers are applied; None: not managed (the workers create what they need).
     """
     meta = body.get("metadata") or {}
     namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
@@ -913,15 +971,32 @@ def reconcile(
         now=datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z"), stamp=stamp, generation=generation,
         applies=good is None and upgrade.action in ("roll", "reset", "replay"),
     )  # fmt: skip
-    if upgrade.holds or verification.holds:
+    holds = upgrade.holds or verification.holds
+    # The internal topics first, so the workers find them (a held edit changes nothing the
+    # workers use: its topics are not made, the status keeps listing the running ones).
+    report = topics.ensure(running) if topics is not None and not holds else None
+    if report is not None:
+        for t in report.created:
+            config = ", ".join(f"{k}={v}" for k, v in sorted(t.spec.config.items()))
+            out.events.append(
+                EventNote(
+                    "Normal",
+                    "TopicCreated",
+                    f"created Kafka topic {t.spec.name} ({t.spec.purpose}, {t.partitions} "
+                    f"partitions, {config})",
+                )
+            )
+    if holds:
         # The workers stay exactly as they are: their ConfigMap and Deployment are not
-        # applied (the rest of the edit is, e.g. monitoring), and not deleted either.
+        # applied (the rest of the edit is, e.g. monitoring), and not deleted either; nor
+        # is the claim they mount (an edit to the kafka backend would drop it).
         kept = [c for c in desired if c["kind"] not in HELD_KINDS]
         _apply_children(kept, kube, out, pool, final=final)
         out.deployment = kube.get("apps/v1", "Deployment", namespace, pipeline.name)
+        _delete_unwanted(pipeline, desired, kube, out, keep=frozenset({"PersistentVolumeClaim"}))
     else:
         _apply_children(desired, kube, out, pool, final=final)
-    _delete_unwanted(pipeline, desired, kube, out)
+        _delete_unwanted(pipeline, desired, kube, out)
     state_c = _state_condition(upgrade, current_conditions, current_status)
     was_state = get_condition(current_conditions, STATE_COMPATIBLE)
     if verification.holds and not upgrade.holds:
@@ -959,7 +1034,11 @@ def reconcile(
         out.failures.append(
             "autoscaling.mode keda: keda.sh/v1alpha1 ScaledObject is not served (install KEDA)"
         )
-    degraded = out.failures + ([stuck] if stuck else [])
+    topics_c = _topics_condition(report) if report is not None else None
+    topics_trouble = topics_c[2] if topics_c is not None and topics_c[1] in _TOPIC_TROUBLE else None
+    degraded = (
+        out.failures + ([stuck] if stuck else []) + ([topics_trouble] if topics_trouble else [])
+    )
 
     keda_missing = spec.autoscaling.mode == "keda" and not spec.suspend and not caps.keda
     if spec.suspend:
@@ -993,7 +1072,10 @@ def reconcile(
     if held is not None and not spec.suspend and not keda_missing and not out.deployment_refused:
         ready_c, prog_c = held
     if degraded:
-        reason = "ApplyFailed" if out.failures else "RolloutStuck"
+        reason = "ApplyFailed" if out.failures else "RolloutStuck" if stuck else None
+        if reason is None:
+            assert topics_c is not None
+            reason = topics_c[1]
         deg_c = ("True", reason, "; ".join(degraded))
     else:
         deg_c = ("False", "AsExpected", "all children applied")
@@ -1012,6 +1094,17 @@ def reconcile(
     )
     if degraded and get_condition(current_conditions, DEGRADED) != get_condition(conds, DEGRADED):
         out.events.append(EventNote("Warning", deg_c[1], deg_c[2]))
+    internal: list[Manifest] | None
+    if topics_c is not None:
+        assert report is not None
+        conds = _set_all(conds, {TOPICS: topics_c}, stamp, generation)
+        internal = _topics_status(running, report)
+    elif upgrade.holds or topics is None:
+        internal = current_status.get("internalTopics")
+    else:
+        # No internal topics (any more): neither a condition nor a list about them.
+        conds = [c for c in conds if c.type != TOPICS]
+        internal = None
 
     phase: Phase
     if spec.suspend:
@@ -1071,6 +1164,7 @@ def reconcile(
         verification=verification.verification,
         lastGoodGeneration=last_good_generation,
         rolledBackGeneration=generation if good is not None else None,
+        internalTopics=internal,
     )
     return finish(
         patch,
@@ -1079,5 +1173,6 @@ def reconcile(
             "applied": tuple(out.applied),
             "deleted": tuple(out.deleted),
             "secret_names": secret_names,
+            "retry_after": report.retry_after if report is not None else None,
         },
     )

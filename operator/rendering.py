@@ -4,6 +4,10 @@ Uses the operator's own builders (operator/builders) with optional APIs assumed 
 (ServiceMonitor, PrometheusRule, ScaledObject are all rendered when the spec asks for them)
 and a placeholder Secret hash, since there is no cluster to read Secrets from. Without a
 uid there is nothing to point an ownerReference at, so rendered objects carry none.
+
+A pipeline's internal Kafka topics (repartition, changelog: operator/builders/topics.py) are
+no Kubernetes objects: they are listed in a YAML comment block above the stream, so the
+output stays valid input for ``kubectl apply -f -``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import yaml
 
 from streamherd.operator.api.v1alpha1 import KIND
 from streamherd.operator.builders import Capabilities, build_all
+from streamherd.operator.builders.topics import render_comment
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import load_documents, parse_pipeline
 
@@ -58,6 +63,7 @@ def render_files(
         err.write(f"error: {e}\n")
         return 1
     manifests = []
+    comments = []
     failed = False
     for file, _index, raw in docs:
         if not isinstance(raw, dict) or raw.get("kind") != KIND:
@@ -76,6 +82,7 @@ def render_files(
             manifests += build_all(
                 pipeline, settings, secrets_hash=OFFLINE_SECRETS_HASH, capabilities=Capabilities()
             )
+            comments.append(render_comment(pipeline))
         except Exception as e:  # noqa: BLE001 - a gap in the rules: say so, as a status would
             failed = True
             err.write(f"{file}: the operator cannot build this {KIND}: {e}\n")
@@ -84,5 +91,5 @@ def render_files(
     if not manifests:
         err.write(f"error: no {KIND} found\n")
         return 1
-    out.write(dump_yaml_stream(manifests))
+    out.write("".join(comments) + dump_yaml_stream(manifests))
     return 0

@@ -92,6 +92,75 @@ def config_description(config_map: Manifest | None) -> Description | None:
         return None
 
 
+def config_backend(config_map: Manifest | None) -> str | None:
+    """Where the WorkerConfig in a ConfigMap keeps its state: ``kafka`` (a changelog topic)
+    or ``volume``; None when there is none or it cannot be read."""
+    if config_map is None:
+        return None
+    text = (config_map.get("data") or {}).get(CONFIG_KEY)
+    if not isinstance(text, str):
+        return None
+    try:
+        doc: Any = orjson.loads(text)
+        checkpoint = doc.get("checkpoint") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return "kafka" if isinstance(checkpoint, dict) and checkpoint.get("changelog") else "volume"
+
+
+def _backend_switch(
+    running: Description | None,
+    desired: Description,
+    backends: tuple[str | None, str] | None,
+    upgrade: Upgrade,
+    generation: int | None,
+) -> Decision | None:
+    """A move of the state between the volume and the kafka backend (checkpoint.backend).
+
+    The new backend holds none of the old one's checkpoints, so the state is lost whatever
+    the fingerprints say: refuse holds it like any state change; reset rolls it (the new
+    workers start from empty state at the consumer group's committed offsets, which the
+    workers commit only after a durable checkpoint: the checkpointed offsets); replay is
+    held too, since there is no checkpoint to replay from in the new backend (decision
+    0065). No snapshot is kept: the old state stays where it was (the claim, the topic)."""
+    if backends is None or backends[0] is None or backends[0] == backends[1]:
+        return None
+    if running is None or not has_state(running):
+        return None  # offsets only: the consumer group's commits carry them over
+    have, want = fingerprint(running), fingerprint(desired)
+    edit = f"spec generation {generation}" if generation is not None else "the spec"
+    move = f"checkpoint.backend: {backends[0]} -> {backends[1]}"
+    changes = (move, *changed_fields(running, desired))
+    what = _fields(changes)
+    if upgrade.on_state_change == "reset":
+        message = (
+            f"{edit} changes the state ({what}): onStateChange reset, the workers start "
+            f"from empty state in the {backends[1]} backend at the consumer group's committed "
+            f"offsets (fingerprint {have} -> {want}; the {backends[0]} backend's state is "
+            "not carried over)"
+        )
+        return Decision(
+            "reset", want, want, changes, ("True", "StateReset", message),
+            ("Warning", "StateReset", message),
+        )  # fmt: skip
+    why = (
+        "refused"
+        if upgrade.on_state_change == "refuse"
+        else "onStateChange replay cannot cross a backend switch (the new backend holds no "
+        "checkpoint to replay from)"
+    )
+    message = (
+        f"{edit} changes the state ({what}): the {backends[0]} backend's state cannot move "
+        f"to the {backends[1]} backend, {why}; the workers keep running the previous spec "
+        f"(state fingerprint {have}). Revert the edit, or set spec.upgrade.onStateChange to "
+        "reset (empty state from the consumer group's committed offsets)"
+    )
+    return Decision(
+        "hold", have, want, changes, ("False", "StateChangeRefused", message),
+        ("Warning", "StateChangeRefused", message),
+    )  # fmt: skip
+
+
 def _fields(changes: tuple[str, ...]) -> str:
     return "; ".join(changes)
 
@@ -104,14 +173,19 @@ def decide(
     generation: int | None = None,
     restore_from: str | None = None,
     snapshot_fingerprint: str | None = None,
+    backends: tuple[str | None, str] | None = None,
 ) -> Decision:
     """Roll, hold, reset, replay or restore an edit whose desired state is `desired`, the
     workers running `running` (None: nothing known to run, e.g. a new pipeline), with
-    `restore_from` the snapshot spec.state.restoreFrom names (None: none) and
-    `snapshot_fingerprint` the state it holds (None: a volume snapshot, whose name says)."""
+    `restore_from` the snapshot spec.state.restoreFrom names (None: none),
+    `snapshot_fingerprint` the state it holds (None: a volume snapshot, whose name says) and
+    `backends` the running and the desired checkpoint.backend (None: not compared)."""
     want = fingerprint(desired)
     if restore_from is not None:
         return _restore(running, want, restore_from, generation, snapshot_fingerprint)
+    switch = _backend_switch(running, desired, backends, upgrade, generation)
+    if switch is not None:
+        return switch
     if running is None or not has_state(running):
         # Nothing to keep (new, or stateless until now: its checkpoints hold offsets only).
         return Decision(
@@ -220,7 +294,8 @@ def state_diff_files(files: Sequence[str], out: TextIO, err: TextIO) -> int:
             return 2
         pipelines.append(pipeline)
     before, after = (describe(p.spec.processor) for p in pipelines)
-    decision = decide(before, after, pipelines[1].spec.upgrade)
+    backends = (pipelines[0].spec.checkpoint.backend, pipelines[1].spec.checkpoint.backend)
+    decision = decide(before, after, pipelines[1].spec.upgrade, backends=backends)
     out.write(f"state fingerprint: {fingerprint(before)} -> {decision.desired_fingerprint}\n")
     if decision.action == "roll":
         out.write("compatible: the edit keeps the state and rolls as usual\n")

@@ -161,6 +161,10 @@ BOTH: list[Case] = [
     case("verify tolerance above 100%", KAFKA, "spec.upgrade.verify.tolerance",
          ("spec.upgrade", {"verify": {"tolerance": "101%"}})),
     # modes the source cannot serve
+    case("kafka state backend with a generator source", LOCAL, "spec.checkpoint.backend",
+         ("spec.checkpoint.backend", "kafka")),
+    case("ReadWriteOnce volume for several workers", KAFKA, "spec.checkpoint.volume.accessModes",
+         ("spec.checkpoint.volume.accessModes", ["ReadWriteOnce"])),
     case("keda with a generator source", LOCAL, "spec.autoscaling.mode",
          ("spec.autoscaling", {"mode": "keda", "minReplicas": 0, "maxReplicas": 1})),
     # the worker pod's own directories and variables

@@ -95,8 +95,14 @@ def manifests(draw: st.DrawFn) -> dict[str, Any]:
     }
     spec["checkpoint"] = {
         "interval": draw(DURATIONS),
+        # kafka with a generator source is refused; kafka lifts the ReadWriteOnce rule.
+        "backend": draw(st.sampled_from(["volume", "kafka"])),
         "volume": {"size": draw(SIZES)},
     }
+    if draw(st.booleans()):
+        spec["checkpoint"]["volume"]["accessModes"] = [
+            draw(st.sampled_from(["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]))
+        ]
     spec["resources"] = {
         "requests": {"cpu": draw(QUANTITIES),
                      "memory": draw(QUANTITIES)},

@@ -488,15 +488,29 @@ RULES: Final[tuple[Rule, ...]] = (
             "a ReadWriteOnce checkpoint volume cannot be shared by several workers: "
             "use ReadWriteMany or at most 1 replica"
         ),
+        # Only a volume the workers mount can be ReadWriteOnce: the kafka backend has none.
         cel=(
+            "self.checkpoint.backend == 'kafka' || "
             "self.checkpoint.volume.accessModes.all(m, m == 'ReadWriteMany') || "
             "(self.autoscaling.mode == 'none' ? self.replicas <= 1 : "
             "self.autoscaling.maxReplicas <= 1)"
         ),
         holds=lambda s: (
-            all(m == "ReadWriteMany" for m in s.checkpoint.volume.access_modes)
+            s.checkpoint.backend == "kafka"
+            or all(m == "ReadWriteMany" for m in s.checkpoint.volume.access_modes)
             or (s.replicas if s.autoscaling.mode == "none" else s.autoscaling.max_replicas) <= 1
         ),
+    ),
+    Rule(
+        name="the kafka state backend needs a Kafka source",
+        at="spec",
+        field=".checkpoint.backend",
+        message=(
+            "checkpoint.backend kafka needs a Kafka source (the changelog topic lives on the "
+            "source's cluster); use backend volume with a generator"
+        ),
+        cel="self.checkpoint.backend != 'kafka' || has(self.source.kafka)",
+        holds=lambda s: s.checkpoint.backend != "kafka" or s.source.kafka is not None,
     ),
     # -- topics and clusters
     Rule(

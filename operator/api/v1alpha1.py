@@ -495,9 +495,25 @@ class Checkpoint(Model):
             "this much input."
         ),
     )
+    backend: Literal["volume", "kafka"] = Field(
+        default="volume",
+        description=(
+            "Where the checkpoints live. volume (default): files on the PersistentVolumeClaim "
+            "`checkpoint.volume`. kafka: a compacted changelog topic "
+            "`streamherd.<namespace>.<name>.changelog` on the source's cluster (created by "
+            "the operator with the source topics' most partitions and the source's "
+            "credentials), restored from on assign: no volume is created or mounted, so "
+            "ReadWriteOnce limits do not apply. Needs a Kafka source. Switching a pipeline "
+            "with state between the two loses that state: it is refused unless "
+            "spec.upgrade.onStateChange is reset (docs/lifecycle.md)."
+        ),
+    )
     volume: CheckpointVolume = Field(
         default_factory=CheckpointVolume,
-        description="The PersistentVolumeClaim the checkpoints are written to.",
+        description=(
+            "The PersistentVolumeClaim the checkpoints are written to (backend volume; "
+            "ignored with backend kafka)."
+        ),
     )
 
 
@@ -632,11 +648,13 @@ class StateSpec(Model):
     retain_on_delete: bool = Field(
         default=False,
         description=(
-            "Keep the checkpoint volume (state, offsets and snapshots) when the pipeline is "
-            "deleted: the PersistentVolumeClaim then has no owner and is labelled "
-            "streamherd.io/retained=true; a pipeline created again with the same name (and "
-            "so the same consumer group) adopts it and resumes where this one stopped. "
-            "Delete the claim yourself when you no longer want it."
+            "Keep the checkpoint volume (state, offsets and snapshots) and the internal "
+            "topics (repartition, changelog) when the pipeline is deleted: the "
+            "PersistentVolumeClaim then has no owner and is labelled "
+            "streamherd.io/retained=true, and the operator does not delete the topics; a "
+            "pipeline created again with the same name (and so the same consumer group) "
+            "adopts them and resumes where this one stopped. Delete them yourself when you "
+            "no longer want them."
         ),
     )
 
@@ -962,6 +980,22 @@ class VerificationStatus(Model):
     )
 
 
+class InternalTopic(Model):
+    """A Kafka topic the operator keeps for the pipeline on its source's cluster."""
+
+    name: str = Field(description="The topic, `streamherd.<namespace>.<name>.<purpose>`.")
+    purpose: Literal["repartition", "changelog"] = Field(
+        description="repartition: records re-keyed by the window's key; changelog: the state."
+    )
+    partitions: int | None = Field(
+        default=None, description="Its partitions on the broker (None until it was seen)."
+    )
+    config: dict[str, str] = Field(
+        default_factory=dict,
+        description="The topic configuration the operator creates it with and checks.",
+    )
+
+
 class StreamPipelineStatus(Model):
     """The observed state, written by the operator."""
 
@@ -1016,6 +1050,14 @@ class StreamPipelineStatus(Model):
         description=(
             "State kept before each reset or replay, and StreamPipelineSnapshots taken of "
             "this pipeline, newest last (the last 20)."
+        ),
+    )
+    internal_topics: list[InternalTopic] | None = Field(
+        default=None,
+        max_length=8,
+        description=(
+            "The internal topics of the pipeline (repartition, changelog) on its source's "
+            "cluster; deleted with the pipeline unless spec.state.retainOnDelete."
         ),
     )
     conditions: list[Condition] = Field(

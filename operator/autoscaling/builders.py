@@ -8,8 +8,9 @@ and by the tests; same input, same output, no I/O.
   ``lagPerReplica``, so the HPA wants ``ceil(total lag / lagPerReplica)`` replicas. The
   metric is the workers' ``streamherd_consumer_lag_total`` summed per pipeline by the
   Prometheus adapter (rule in :data:`PROMETHEUS_ADAPTER_RULE` and docs/autoscaling.md).
-- ``keda``: a KEDA ScaledObject with one ``kafka`` trigger per source topic (KEDA takes the
-  largest), ``lagThreshold`` = lagPerReplica, ``activationLagThreshold`` = activationLag,
+- ``keda``: a KEDA ScaledObject with one ``kafka`` trigger per source topic and one for
+  the repartition topic when the pipeline re-keys through one (KEDA takes the largest),
+  ``lagThreshold`` = lagPerReplica, ``activationLagThreshold`` = activationLag,
   ``offsetResetPolicy`` = startFrom; plus a TriggerAuthentication when the source uses SASL
   or TLS, pointing at the same Secrets the workers use (never copying their data).
 """
@@ -20,6 +21,7 @@ import math
 from typing import Any, Final
 
 from streamherd.operator.api.v1alpha1 import KafkaAuth, StreamPipeline
+from streamherd.operator.builders.keying import repartition_topic
 from streamherd.operator.builders.meta import Manifest, object_meta
 from streamherd.operator.settings import OperatorSettings
 from streamherd.workers.config import parse_duration
@@ -154,7 +156,10 @@ def build_scaled_object(pipeline: StreamPipeline, settings: OperatorSettings) ->
     group = pipeline.consumer_group or ""
     auth_ref = build_trigger_authentication(pipeline, settings)
     triggers: list[dict[str, Any]] = []
-    for topic in kafka.topics:
+    # The repartition topic's lag is the same group's (the window's side of a re-keyed
+    # pipeline): one more trigger, so KEDA scales on it as on any source topic.
+    repartition = repartition_topic(pipeline)
+    for topic in (*kafka.topics, *((repartition,) if repartition is not None else ())):
         metadata = {
             "bootstrapServers": kafka.bootstrap_servers,
             "consumerGroup": group,

@@ -35,7 +35,7 @@ from prometheus_client import Counter, Gauge
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION, StreamPipeline
 from streamherd.operator.autoscaling.decision import NO_DATA, STEADY
 from streamherd.operator.autoscaling.poller import Autoscaler, ScaleResult
-from streamherd.operator.kafkalogging import KafkaLog
+from streamherd.operator.kafkalogging import shared_kafka_log
 from streamherd.operator.kube import ApiError, KubeApi, Manifest
 from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.config import parse_duration
@@ -255,7 +255,7 @@ async def _read(kube: Any, pool: Any, *ref: str) -> Manifest | None:
 
 def logged_probe(cluster: ClusterConfig) -> LagProbe:
     """A lag probe whose librdkafka lines go through our logger (operator/kafkalogging.py)."""
-    return LagProbe(cluster, extra_config={"logger": KafkaLog(cluster.describe())})
+    return LagProbe(cluster, extra_config={"logger": shared_kafka_log(cluster.describe())})
 
 
 def register_autoscaler(

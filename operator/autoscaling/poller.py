@@ -40,6 +40,7 @@ from streamherd.operator.autoscaling.decision import (
     decide,
     policy_for,
 )
+from streamherd.operator.builders.keying import repartition_topic
 from streamherd.workers.lagprobe import (
     ClusterConfig,
     GroupLag,
@@ -199,7 +200,12 @@ class Autoscaler:
         # measurement failure for this pipeline, never a crash of the shared loop.
         except Exception as exc:  # noqa: BLE001
             return LagProbeError(f"cannot build the Kafka connection: {exc}")
-        spec = GroupSpec(group, tuple(kafka.topics), kafka.start_policy)
+        # The group consumes its repartition topic too (the window's side of a re-keyed
+        # pipeline, workers/repartitioning.py): records waiting there are lag as well. The
+        # engine subscribes it with the source's no-commit policy, so the probe uses that.
+        repartition = repartition_topic(pipeline)
+        topics = (*kafka.topics, *((repartition,) if repartition is not None else ()))
+        spec = GroupSpec(group, topics, kafka.start_policy)
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[GroupLag | LagProbeError] = loop.create_future()
         batch = self._batches.get(cluster)

@@ -37,6 +37,7 @@ from streamherd.operator.builders.workload import (
     desired_replicas,
     pdb_protects,
     replica_ceiling,
+    uses_volume,
 )
 from streamherd.operator.settings import OperatorSettings
 
@@ -106,9 +107,11 @@ def build_all(
 ) -> list[Manifest]:
     """Every desired child, in apply order, each annotated with its input hash."""
     monitoring = pipeline.spec.monitoring
-    children = [
-        build_config_map(pipeline, settings),
-        build_pvc(pipeline, settings),
+    children = [build_config_map(pipeline, settings)]
+    # The kafka state backend keeps checkpoints in a changelog topic: no claim.
+    if uses_volume(pipeline):
+        children.append(build_pvc(pipeline, settings))
+    children += [
         build_service(pipeline, settings),
         build_deployment(pipeline, settings, secrets_hash),
     ]
@@ -143,4 +146,5 @@ __all__ = [
     "desired_replicas",
     "pdb_protects",
     "replica_ceiling",
+    "uses_volume",
 ]

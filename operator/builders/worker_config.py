@@ -24,7 +24,7 @@ from streamherd.operator.builders.credentials import (
     security,
     sink_auth,
 )
-from streamherd.operator.builders.keying import repartition_topic
+from streamherd.operator.builders.keying import internal_topic, repartition_topic
 from streamherd.operator.builders.meta import (
     CHECKPOINT_DIR,
     CONFIG_KEY,
@@ -33,8 +33,10 @@ from streamherd.operator.builders.meta import (
     config_map_name,
     object_meta,
 )
+from streamherd.operator.builders.topics import uses_changelog
 from streamherd.operator.settings import OperatorSettings
 from streamherd.workers.config import (
+    ChangelogConfig,
     CheckpointConfig,
     DeadLetterConfig,
     KafkaSinkConfig,
@@ -115,7 +117,15 @@ def build_worker_config(pipeline: StreamPipeline, settings: OperatorSettings) ->
         sink=sink,
         dead_letter=dead_letter,
         checkpoint=CheckpointConfig(
-            directory=CHECKPOINT_DIR, interval_seconds=parse_duration(spec.checkpoint.interval)
+            directory=CHECKPOINT_DIR,
+            interval_seconds=parse_duration(spec.checkpoint.interval),
+            # The Kafka state backend; None (absent from the ConfigMap) for the volume one.
+            # The operator creates the topic (operator/topicadmin.py) before the workers run.
+            changelog=(
+                ChangelogConfig(topic=internal_topic(pipeline, "changelog"))
+                if uses_changelog(pipeline)
+                else None
+            ),
         ),
         runtime=RuntimeConfig(
             metrics_port=METRICS_PORT,

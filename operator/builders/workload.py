@@ -32,6 +32,7 @@ from streamherd.operator.builders.meta import (
     selector_labels,
     service_name,
 )
+from streamherd.operator.builders.topics import uses_changelog
 from streamherd.operator.builders.worker_config import build_worker_config, worker_config_json
 from streamherd.operator.settings import OperatorSettings
 
@@ -61,7 +62,16 @@ def desired_replicas(pipeline: StreamPipeline) -> int | None:
     return max(scaling.min_replicas, min(scaling.max_replicas, wanted))
 
 
-def _rwx(pipeline: StreamPipeline) -> bool:
+def uses_volume(pipeline: StreamPipeline) -> bool:
+    """Whether the workers mount the checkpoint claim (backend volume, the default)."""
+    return not uses_changelog(pipeline)
+
+
+def _rolling(pipeline: StreamPipeline) -> bool:
+    """Whether a new worker may start before an old one stops: always without a volume
+    (the kafka backend), else only when the volume can be attached on several nodes."""
+    if not uses_volume(pipeline):
+        return True
     return all(m == "ReadWriteMany" for m in pipeline.spec.checkpoint.volume.access_modes)
 
 
@@ -103,17 +113,15 @@ def _volumes(pipeline: StreamPipeline) -> tuple[list[Manifest], list[Manifest]]:
                 }
             }
         )
-    volumes: list[Manifest] = [
-        {"name": "config", "projected": {"sources": sources}},
-        {"name": "checkpoints", "persistentVolumeClaim": {"claimName": pvc_name(pipeline.name)}},
-        # readOnlyRootFilesystem: the only scratch space is this emptyDir.
-        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
-    ]
-    mounts: list[Manifest] = [
-        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-        {"name": "checkpoints", "mountPath": CHECKPOINT_DIR},
-        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir, not the host's /tmp
-    ]
+    volumes: list[Manifest] = [{"name": "config", "projected": {"sources": sources}}]
+    mounts: list[Manifest] = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
+    if uses_volume(pipeline):
+        claim = {"claimName": pvc_name(pipeline.name)}
+        volumes.append({"name": "checkpoints", "persistentVolumeClaim": claim})
+        mounts.append({"name": "checkpoints", "mountPath": CHECKPOINT_DIR})
+    # readOnlyRootFilesystem: the only scratch space is this emptyDir.
+    volumes.append({"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}})
+    mounts.append({"name": "tmp", "mountPath": "/tmp"})  # noqa: S108 - an emptyDir
     for i, vol in enumerate(creds.volumes):
         volumes.append({"name": f"secret-{i}", "secret": {"secretName": vol.secret}})
         mounts.append({"name": f"secret-{i}", "mountPath": vol.mount_path, "readOnly": True})
@@ -211,7 +219,7 @@ def build_deployment(
     }
     strategy: Manifest = (
         {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
-        if _rwx(pipeline)
+        if _rolling(pipeline)
         # A ReadWriteOnce volume can be attached to one node only: stop before starting.
         else {"type": "Recreate"}
     )

@@ -160,7 +160,8 @@ class KafkaBroker:
         return name
 
     def delete_topic(self, name: str, timeout: float = 30.0) -> None:
-        self.admin().delete_topics([name], operation_timeout=timeout)[name].result(timeout)
+        admin = self.admin()  # kept until the answer: a dropped client fails it (_DESTROY)
+        admin.delete_topics([name], operation_timeout=timeout)[name].result(timeout)
 
     def produce(
         self,

@@ -105,3 +105,38 @@ def test_wake_from_zero_and_unreachable_cluster(kafka_broker: KafkaBroker) -> No
     # No measurement: hold what runs, never act on a made-up zero.
     assert (unknown.desired, unknown.reason, unknown.lag) == (0, NO_DATA, None)
     assert "lag not measured" in unknown.message
+
+
+def test_the_repartition_topic_lag_of_the_group_counts(kafka_broker: KafkaBroker) -> None:
+    """A pipeline that re-keys consumes its repartition topic with the same group: records
+    waiting there are lag too (the window's side has work to do even when the source side
+    has caught up), so the builtin autoscaler scales on both."""
+    source = kafka_broker.create_topic(kafka_broker.unique_topic("rk"), partitions=2)
+    name = f"rk-{uuid.uuid4().hex[:6]}"
+    doc = _pipeline(name, kafka_broker.bootstrap, source, minReplicas=1, maxReplicas=4)
+    raw = doc.model_dump(mode="json", by_alias=True, exclude_none=True)
+    # Counted per page, read from a stream that is not keyed by page: it re-keys.
+    raw["spec"]["processor"] = {
+        "steps": [{"window": {"keyBy": "page", "size": "60s",
+                              "aggregates": [{"name": "n", "function": "count"}]}}]
+    }  # fmt: skip
+    pipeline = StreamPipeline.model_validate(raw)
+    repartition = f"streamherd.team-a.{name}.repartition"
+    kafka_broker.create_topic(repartition, partitions=2)
+    for p in range(2):
+        kafka_broker.produce(source, (f"s{i}" for i in range(100)), partition=p)
+        kafka_broker.produce(repartition, (f"r{i}" for i in range(40)), partition=p)
+    group = pipeline.consumer_group or ""
+    # The source side has caught up; the window's side has 30 records left per partition.
+    _commit(kafka_broker, group, source, {0: 100, 1: 100})
+    _commit(kafka_broker, group, repartition, {0: 10, 1: 10})
+    autoscaler = Autoscaler(batch_window=0.05)
+    try:
+        measured = asyncio.run(autoscaler.measure(pipeline))
+    finally:
+        autoscaler.close()
+    assert not isinstance(measured, Exception), measured
+    assert measured.by_partition() == {
+        (source, 0): 0, (source, 1): 0, (repartition, 0): 30, (repartition, 1): 30,
+    }  # fmt: skip
+    assert measured.total == 60

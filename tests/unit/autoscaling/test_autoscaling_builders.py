@@ -16,6 +16,7 @@ from streamherd.operator.autoscaling.builders import (
     build_hpa,
     build_scaled_object,
 )
+from streamherd.operator.builders.keying import repartition_topic
 from streamherd.operator.settings import OperatorSettings
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -74,8 +75,13 @@ def test_scaled_object_maps_every_field() -> None:
     assert (spec["pollingInterval"], spec["cooldownPeriod"]) == (20, 600)
     hpa_cfg = spec["advanced"]["horizontalPodAutoscalerConfig"]
     assert hpa_cfg["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 90
-    assert len(spec["triggers"]) == len(kafka.topics)
-    for trigger, topic in zip(spec["triggers"], kafka.topics, strict=True):
+    # The source topics, then the repartition topic the same group consumes (the example
+    # counts per page a stream keyed by user, so it re-keys).
+    repartition = repartition_topic(p)
+    assert repartition == f"streamherd.{p.namespace}.{p.name}.repartition"
+    topics = [*kafka.topics, repartition]
+    assert len(spec["triggers"]) == len(topics)
+    for trigger, topic in zip(spec["triggers"], topics, strict=True):
         assert trigger["type"] == "kafka"
         assert trigger["metadata"] == {
             "bootstrapServers": kafka.bootstrap_servers,
@@ -122,3 +128,18 @@ def test_suspended_builds_nothing_and_builders_are_pure() -> None:
     raw = p.model_dump(by_alias=True)
     raw["spec"]["suspend"] = True
     assert build_autoscaler_objects(StreamPipeline.model_validate(raw), SETTINGS) == []
+
+
+def test_scaled_object_of_a_pipeline_that_does_not_re_key_has_only_source_triggers() -> None:
+    p = _pipeline("keda")
+    doc = p.model_dump(mode="json", by_alias=True, exclude_none=True)
+    # Keyed by the window's key: no repartition topic, so no trigger for one.
+    doc["spec"]["source"]["kafka"]["keyedBy"] = "page"
+    keyed = StreamPipeline.model_validate(doc)
+    assert repartition_topic(keyed) is None
+    kafka = keyed.spec.source.kafka
+    assert kafka is not None
+    topics = [
+        t["metadata"]["topic"] for t in build_scaled_object(keyed, SETTINGS)["spec"]["triggers"]
+    ]
+    assert topics == list(kafka.topics)

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from streamherd.operator.kafkalogging import KafkaLog
+from streamherd.operator.kafkalogging import KafkaLog, shared_kafka_log
 
 
 class Clock:
@@ -89,3 +89,8 @@ def test_an_unreachable_broker_logs_json_lines_at_a_bounded_rate() -> None:
         per_cause[r["kafka_facility"]] = per_cause.get(r["kafka_facility"], 0) + 1
     # 8 s inside one 60 s window: at most the burst (3) per cause.
     assert max(per_cause.values()) <= 3, per_cause
+
+
+def test_every_client_of_a_cluster_shares_one_limiter() -> None:
+    assert shared_kafka_log("one:9092") is shared_kafka_log("one:9092")
+    assert shared_kafka_log("one:9092") is not shared_kafka_log("two:9092")

@@ -1,0 +1,455 @@
+"""The operator's Kafka admin side: create, check and delete a pipeline's internal topics.
+
+The reconciler (operator/reconciler.py) asks :class:`InternalTopics` to make sure the
+topics a pipeline's workers use (operator/builders/topics.py: repartition, changelog) exist
+on the source's cluster before it applies the workers; the deletion handler
+(operator/handlers.py) asks it to delete them when the pipeline goes (unless
+``spec.state.retainOnDelete``).
+
+- One confluent-kafka AdminClient per cluster (servers plus security settings, the
+  autoscaler's :class:`~streamherd.workers.lagprobe.ClusterConfig`), shared by every
+  pipeline on it; credentials come from the pipeline's Secrets through the resolver the
+  operator passes in (``cluster_from_secrets``, as for the lag probe) and never reach a log
+  line, a condition or an event (``ClusterConfig.describe`` leaves them out; librdkafka's
+  own lines go through operator/kafkalogging.py).
+- Idempotent: a topic that exists is checked, never recreated. One with fewer partitions
+  than the source's most, or with another ``cleanup.policy``/``retention.ms`` than the
+  operator sets, is reported (it holds data: recreating it would lose it).
+- Bounded: attempts run in a small pool of their own. A pipeline's first reconcile waits
+  for its first attempt (every broker call has a ``timeout``; a healthy broker answers well
+  within it), so the topics exist before the workers are applied and the first status
+  already says how it went; later reconciles never wait: while a new attempt runs they get
+  what the last one found (so a retry costs no status write). After a failure (broker
+  unreachable, Secret missing) the same pipeline is not tried again before its backoff (5 s
+  doubling to 5 min) is over, whatever triggers its reconciles, so an unreachable broker
+  costs one attempt per backoff, not one per Deployment event; and for ``BACKOFF_START``
+  seconds after a cluster failed to answer, other pipelines on it fail at once with the
+  same answer instead of each waiting its timeout. A success is trusted for ``recheck``
+  seconds.
+- Partitions: the most of the source topics (``^pattern`` topics match by regular
+  expression, as in the consumer's subscription), read from the broker's metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, Protocol
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
+
+# The same class as confluent_kafka.admin.NewTopic, whose type stub does not re-export it.
+from confluent_kafka.cimpl import NewTopic
+
+from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.builders.topics import TopicSpec, all_internal_names, internal_topics
+from streamherd.operator.kafkalogging import shared_kafka_log
+from streamherd.workers.lagprobe import ClusterConfig
+
+log = logging.getLogger(__name__)
+
+#: First wait after a failure, and the most (doubling in between).
+BACKOFF_START: Final = 5.0
+BACKOFF_MAX: Final = 300.0
+
+Status = Literal["ready", "unreachable", "mismatch", "no-source", "checking"]
+ClusterResolver = Callable[[StreamPipeline], ClusterConfig]
+
+
+class TopicAdminError(RuntimeError):
+    """The broker could not be asked (unreachable, timed out, not authorized)."""
+
+
+@dataclass(frozen=True)
+class TopicState:
+    """One internal topic as found (or made) on the broker."""
+
+    spec: TopicSpec
+    partitions: int | None
+    created: bool = False
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TopicsReport:
+    """What ensuring a pipeline's internal topics found and did.
+
+    status: ready (every topic exists as it should), unreachable (the broker or the
+    credentials failed: nothing known), mismatch (a topic exists but differs: named in
+    ``problems``), no-source (no source topic exists yet, so the partitions are unknown),
+    checking (an attempt is still running: its outcome comes with a later reconcile).
+    retry_after: seconds until the next attempt is worth making (None when ready)."""
+
+    status: Status
+    topics: tuple[TopicState, ...] = ()
+    message: str = ""
+    retry_after: float | None = None
+
+    @property
+    def created(self) -> list[TopicState]:
+        return [t for t in self.topics if t.created]
+
+    @property
+    def problems(self) -> list[str]:
+        return [p for t in self.topics for p in t.problems]
+
+
+class AdminLike(Protocol):
+    """The part of confluent-kafka's AdminClient used here (tests may pass their own)."""
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any: ...
+    def create_topics(self, new_topics: list[Any], **kwargs: Any) -> dict[str, Any]: ...
+    def delete_topics(self, topics: list[str], **kwargs: Any) -> dict[str, Any]: ...
+    def describe_configs(self, resources: list[Any], **kwargs: Any) -> dict[Any, Any]: ...
+    def poll(self, timeout: float) -> int: ...
+
+
+AdminFactory = Callable[[ClusterConfig], AdminLike]
+
+
+def logged_admin(cluster: ClusterConfig) -> AdminLike:
+    """An AdminClient whose librdkafka lines go through our logger (kafkalogging.py)."""
+    # The lag probe's limiter of the same cluster: one rate limit for all its clients.
+    logger = shared_kafka_log(cluster.describe())
+    config: dict[str, Any] = {**cluster.client_config(), "logger": logger}
+    admin: AdminLike = AdminClient(config)
+    return admin
+
+
+# --------------------------------------------------------------------------- pure checks
+
+
+def source_partitions(topics: Sequence[str], metadata: Mapping[str, int]) -> int | None:
+    """The most partitions of any source topic (``^`` patterns match by regex), or None
+    when none of them exists. `metadata`: topic name -> partition count."""
+    counts = []
+    for topic in topics:
+        if topic.startswith("^"):
+            pattern = re.compile(topic)
+            counts += [n for name, n in metadata.items() if pattern.match(name)]
+        elif topic in metadata:
+            counts.append(metadata[topic])
+    return max(counts) if counts else None
+
+
+def topic_problems(
+    spec: TopicSpec, partitions: int, wanted: int, config: Mapping[str, str]
+) -> list[str]:
+    """What is wrong with an existing internal topic: fewer partitions than the source's
+    most, or a configuration entry the operator sets with another value."""
+    problems = []
+    if partitions < wanted:
+        problems.append(
+            f"{spec.name} has {partitions} partitions, the source topics' most is {wanted}"
+        )
+    for key, value in sorted(spec.config.items()):
+        have = config.get(key)
+        if have != value:
+            problems.append(f"{spec.name} has {key}={have}, the operator sets {value}")
+    return problems
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after the n-th failure in a row (n >= 1)."""
+    return float(min(BACKOFF_MAX, BACKOFF_START * 2 ** max(0, failures - 1)))
+
+
+# --------------------------------------------------------------------------- the manager
+
+
+@dataclass
+class _Memory:
+    """What the manager remembers of one pipeline's last attempt."""
+
+    fingerprint: tuple[Any, ...]
+    report: TopicsReport
+    at: float
+    failures: int = 0
+
+
+@dataclass
+class InternalTopics:
+    """Ensures and deletes internal topics through shared admin clients (thread-safe)."""
+
+    resolve_cluster: ClusterResolver
+    admin_factory: AdminFactory = logged_admin
+    timeout: float = 5.0
+    recheck: float = 300.0
+    #: How long a pipeline's first reconcile waits for its first attempt (None: the broker
+    #: calls' own bound, timeout plus a margin).
+    wait: float | None = None
+    clock: Callable[[], float] = time.monotonic
+    workers: int = 8
+    _admins: dict[ClusterConfig, AdminLike] = field(default_factory=dict)
+    _memory: dict[tuple[str, str], _Memory] = field(default_factory=dict)
+    _running: dict[tuple[str, str], Future[TopicsReport]] = field(default_factory=dict)
+    # Clusters that just failed to answer: until when, and what they said.
+    _down: dict[ClusterConfig, tuple[float, str]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self._admins.clear()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _admin(self, cluster: ClusterConfig) -> AdminLike:
+        with self._lock:
+            admin = self._admins.get(cluster)
+            if admin is None:
+                admin = self._admins[cluster] = self.admin_factory(cluster)
+            return admin
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._memory.pop((namespace, name), None)
+
+    def ensure(self, pipeline: StreamPipeline) -> TopicsReport | None:
+        """Make sure the pipeline's internal topics exist as they should; None when it has
+        none. Never raises: failures are in the report (and retried after a backoff)."""
+        specs = internal_topics(pipeline)
+        if not specs:
+            self.forget(pipeline.namespace, pipeline.name)
+            return None
+        kafka = pipeline.spec.source.kafka
+        assert kafka is not None  # only a Kafka source has internal topics
+        key = (pipeline.namespace, pipeline.name)
+        fingerprint = (
+            str(pipeline.metadata.get("uid") or ""),
+            kafka.bootstrap_servers,
+            tuple(kafka.topics),
+            tuple((s.name, tuple(sorted(s.config.items()))) for s in specs),
+        )
+        now = self.clock()
+        with self._lock:
+            memory = self._memory.get(key)
+            if memory is not None and memory.fingerprint == fingerprint:
+                age = now - memory.at
+                if memory.report.status == "ready" and age < self.recheck:
+                    return memory.report
+                if memory.report.status != "ready" and age < backoff(memory.failures):
+                    return _with_retry(memory.report, backoff(memory.failures) - age)
+            running = self._running.get(key)
+            if running is None:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="topics")
+                # _attempt removes it again under this lock, so never before it is set.
+                running = self._pool.submit(self._attempt, pipeline, key, fingerprint, memory)
+                self._running[key] = running
+        known = memory is not None and memory.fingerprint == fingerprint
+        if known and not running.done():
+            # What the last attempt found stands until this one is over: a status that
+            # flipped to "checking" and back at every retry would be two writes per retry.
+            assert memory is not None
+            return _with_retry(memory.report, self.timeout + 1.0)
+        wait = self.wait if self.wait is not None else 3 * self.timeout + 1.0
+        try:
+            return running.result(timeout=wait)
+        except (FutureTimeout, CancelledError):
+            return TopicsReport(
+                "checking",
+                message=f"asking {kafka.bootstrap_servers} about the internal topics",
+                retry_after=self.timeout + 1.0,
+            )
+
+    def _attempt(
+        self,
+        pipeline: StreamPipeline,
+        key: tuple[str, str],
+        fingerprint: tuple[Any, ...],
+        memory: _Memory | None,
+    ) -> TopicsReport:
+        """One try at the broker (in the pool); its outcome is remembered."""
+        kafka = pipeline.spec.source.kafka
+        assert kafka is not None
+        specs = internal_topics(pipeline)
+        cluster: ClusterConfig | None = None
+        try:
+            cluster = self.resolve_cluster(pipeline)
+            with self._lock:
+                down = self._down.get(cluster)
+            if down is not None and self.clock() < down[0]:
+                raise TopicAdminError(down[1])
+            report = self._ensure(self._admin(cluster), list(kafka.topics), specs)
+            with self._lock:
+                self._down.pop(cluster, None)
+        except TopicAdminError as e:
+            report = TopicsReport(
+                "unreachable",
+                message=f"cannot reach {kafka.bootstrap_servers} to create or check the "
+                f"internal topics: {e}",
+            )
+            if cluster is not None:
+                with self._lock:
+                    self._down.setdefault(cluster, (self.clock() + BACKOFF_START, str(e)))
+                    if self._down[cluster][0] <= self.clock():
+                        self._down[cluster] = (self.clock() + BACKOFF_START, str(e))
+        except Exception as e:  # noqa: BLE001 - a resolver (Secrets) or client failure
+            report = TopicsReport(
+                "unreachable",
+                message=f"cannot connect to {kafka.bootstrap_servers}: {type(e).__name__}: {e}",
+            )
+        failures = 0
+        if report.status != "ready":
+            failures = (memory.failures if memory and memory.fingerprint == fingerprint else 0) + 1
+            report = _with_retry(report, backoff(failures))
+        # Remembered without the `created` marks: a later reconcile that gets it from memory
+        # must not announce the creation again.
+        kept = TopicsReport(
+            report.status,
+            tuple(TopicState(t.spec, t.partitions, False, t.problems) for t in report.topics),
+            report.message,
+            report.retry_after,
+        )
+        with self._lock:
+            self._memory[key] = _Memory(fingerprint, kept, self.clock(), failures)
+            self._running.pop(key, None)
+        for t in report.created:
+            log.info("internal topic %s created (%s partitions)", t.spec.name, t.partitions)
+        return report
+
+    def _metadata(self, admin: AdminLike) -> dict[str, int]:
+        admin.poll(0)  # serve queued librdkafka log lines (kafkalogging.py)
+        try:
+            metadata = admin.list_topics(timeout=self.timeout)
+        except KafkaException as e:
+            raise TopicAdminError(_reason(e)) from None
+        return {
+            name: len(t.partitions)
+            for name, t in metadata.topics.items()
+            if t.error is None and t.partitions
+        }
+
+    def _configs(self, admin: AdminLike, names: Iterable[str]) -> dict[str, dict[str, str]]:
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
+        if not resources:
+            return {}
+        futures = admin.describe_configs(resources, request_timeout=self.timeout)
+        out: dict[str, dict[str, str]] = {}
+        for resource, future in futures.items():
+            try:
+                entries = future.result(self.timeout)
+            except KafkaException as e:
+                raise TopicAdminError(_reason(e)) from None
+            out[resource.name] = {k: str(v.value) for k, v in entries.items()}
+        return out
+
+    def _ensure(self, admin: AdminLike, sources: list[str], specs: list[TopicSpec]) -> TopicsReport:
+        metadata = self._metadata(admin)
+        wanted = source_partitions(sources, metadata)
+        if wanted is None:
+            return TopicsReport(
+                "no-source",
+                message=f"none of the source topics {', '.join(sources)} exists yet: the "
+                "internal topics get the source topics' most partitions, so they are created "
+                "once one does",
+            )
+        missing = [s for s in specs if s.name not in metadata]
+        created: set[str] = set()
+        if missing:
+            futures = admin.create_topics(
+                [
+                    NewTopic(s.name, num_partitions=wanted, replication_factor=-1, config=s.config)
+                    for s in missing
+                ],
+                request_timeout=self.timeout,
+            )
+            for name, future in futures.items():
+                try:
+                    future.result(self.timeout)
+                    created.add(name)
+                except KafkaException as e:
+                    if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                        raise TopicAdminError(_reason(e)) from None
+            # A worker (or another operator replica) may have made one meanwhile: read back.
+            metadata = self._metadata(admin)
+        # Only what was there before: a topic made a moment ago has the configuration it
+        # was made with, and the broker may not describe it yet (UNKNOWN_TOPIC_OR_PART).
+        configs = self._configs(admin, [s.name for s in specs if s.name not in created])
+        states = []
+        for spec in specs:
+            partitions = metadata.get(spec.name, wanted if spec.name in created else None)
+            problems: list[str] = []
+            if partitions is None:
+                problems.append(f"{spec.name} was created but the broker does not list it yet")
+            elif spec.name not in created:
+                problems = topic_problems(spec, partitions, wanted, configs.get(spec.name, {}))
+            states.append(TopicState(spec, partitions, spec.name in created, tuple(problems)))
+        problems = [p for t in states for p in t.problems]
+        if problems:
+            message = (
+                "; ".join(problems) + ": not recreated (it holds data); fix it with Kafka's "
+                "tools (kafka-topics --alter, kafka-configs) or delete it to have it created"
+            )
+            return TopicsReport("mismatch", tuple(states), message)
+        return TopicsReport("ready", tuple(states), _ready_message(states))
+
+    def delete(self, pipeline: StreamPipeline) -> list[str]:
+        """Delete every internal topic the pipeline may have (any purpose, any earlier
+        spec); returns the ones deleted. Raises TopicAdminError when the broker cannot be
+        asked (the caller retries a bounded number of times)."""
+        kafka = pipeline.spec.source.kafka
+        self.forget(pipeline.namespace, pipeline.name)
+        if kafka is None:
+            return []
+        try:
+            cluster = self.resolve_cluster(pipeline)
+        except Exception as e:  # noqa: BLE001 - Secrets gone (a namespace being deleted)
+            raise TopicAdminError(f"cannot build the connection: {e}") from None
+        admin = self._admin(cluster)
+        present = [n for n in all_internal_names(pipeline) if n in self._metadata(admin)]
+        if not present:
+            return []
+        futures = admin.delete_topics(present, request_timeout=self.timeout)
+        deleted = []
+        for name, future in futures.items():
+            try:
+                future.result(self.timeout)
+                deleted.append(name)
+            except KafkaException as e:
+                if e.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise TopicAdminError(_reason(e)) from None
+        for name in deleted:
+            log.info("internal topic %s deleted", name)
+        return sorted(deleted)
+
+
+def _reason(e: KafkaException) -> str:
+    error = e.args[0] if e.args else None
+    if isinstance(error, KafkaError):
+        return f"{error.name()}: {error.str()}"
+    return str(e)
+
+
+def _with_retry(report: TopicsReport, seconds: float) -> TopicsReport:
+    return TopicsReport(report.status, report.topics, report.message, max(1.0, seconds))
+
+
+def _ready_message(states: Sequence[TopicState]) -> str:
+    return "; ".join(
+        f"{t.spec.purpose} topic {t.spec.name} ({t.partitions} partitions)" for t in states
+    )
+
+
+__all__ = [
+    "BACKOFF_MAX",
+    "BACKOFF_START",
+    "InternalTopics",
+    "TopicAdminError",
+    "TopicState",
+    "TopicsReport",
+    "backoff",
+    "logged_admin",
+    "source_partitions",
+    "topic_problems",
+]
