@@ -508,9 +508,12 @@ def _cni_config(network: str, bridge: str, subnet: ipaddress.IPv4Network, run: P
                 {
                     "type": "bridge",
                     "bridge": bridge,
-                    # The bridge's address is the pods' default gateway: Service IPs and the
-                    # API server are reached through it (kube-proxy's DNAT on this host).
-                    "isGateway": True,
+                    # The bridge's address (set by _start) is the pods' default gateway
+                    # (IPAM's gateway): Service IPs and the API server are reached through
+                    # it (kube-proxy's DNAT on this host). Not isGateway: with it the plugin
+                    # sets the host-wide net.ipv4.ip_forward=1 at every pod; forwarding is
+                    # enabled on this bridge only.
+                    "isGateway": False,
                     "ipMasq": False,
                     "hairpinMode": True,
                     "ipam": {
