@@ -63,7 +63,7 @@ run: setup ## Set up, then run a pipeline locally (EXAMPLE=examples/01-clicks-lo
 	@$(VENV)/bin/streamherd run $(EXAMPLE)
 
 .PHONY: demo
-demo: setup infra ## Local control plane + Kafka + operator; a burst of clicks; watch lag and replicas (Ctrl-C cleans up)
+demo: setup infra ## A burst of clicks, lag and replicas live: real pods on a real node if this machine can run one, else kwok pods (DEMO_ARGS='--node kwok|real --plot x.png')
 	@$(PY) bench/demo.py $(DEMO_ARGS)
 
 .PHONY: crds

@@ -32,6 +32,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -171,6 +172,65 @@ class Node:
     def log_files(self) -> list[Path]:
         return [child.log for child, _ in self.children]
 
+    def task_pid(self, container_id: str) -> int:
+        """The host PID of a running container's first process (`ctr tasks ls`)."""
+        for line in self.ctr("tasks", "ls", timeout=30).stdout.splitlines()[1:]:
+            task, pid, *_ = line.split()
+            if task == container_id.removeprefix("containerd://"):
+                return int(pid)
+        raise InfraError(f"no running task for container {container_id}")
+
+    def kill_task(self, container_id: str) -> None:
+        """SIGKILL a container's processes, as a crash or the OOM killer would."""
+        task = container_id.removeprefix("containerd://")
+        proc = self.ctr("tasks", "kill", "--all", "-s", "SIGKILL", task, timeout=30)
+        if proc.returncode != 0:
+            raise InfraError(f"ctr tasks kill {task} failed: {proc.stderr.strip()}")
+
+    def local_volume(self, namespace: str, claim: str, size: str = "1Gi") -> str:
+        """A static local PersistentVolume on this node, pre-bound to the claim (no
+        provisioner image can be pulled here: docs/decisions/0050-real-node-tier.md); its
+        directory lives in the run folder and goes with it. Returns the PV's name."""
+        path = self.run / "volumes" / f"{namespace}-{claim}"
+        path.mkdir(parents=True)
+        path.chmod(0o777)  # the workers run as uid 10001 and write their checkpoints here
+        name = f"pv-{namespace}-{claim}"[:63]
+        self.control_plane.cluster.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": name},
+                "spec": {
+                    "capacity": {"storage": size},
+                    "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": "",
+                    "local": {"path": str(path)},
+                    "nodeAffinity": {
+                        "required": {
+                            "nodeSelectorTerms": [
+                                {
+                                    "matchExpressions": [
+                                        {
+                                            "key": "kubernetes.io/hostname",
+                                            "operator": "In",
+                                            "values": [self.name],
+                                        }
+                                    ]
+                                }
+                            ]
+                        }
+                    },
+                    "claimRef": {"namespace": namespace, "name": claim},
+                },
+            }
+        )
+        return name
+
+    def watch_task_exits(self) -> TaskExits:
+        """Start recording containerd's task exits (`ctr events`); stop() the result."""
+        return TaskExits.start(self)
+
     def stop(self) -> None:
         """Undo everything, in reverse order; every step runs even when one fails."""
         errors: list[str] = []
@@ -198,6 +258,64 @@ class Node:
             self._lock = None
         if errors:
             raise InfraError("the node's tear-down left work undone: " + "; ".join(errors))
+
+
+def task_exit_status(lines: list[str], container_id: str) -> int | None:
+    """The exit status of a container's init process among `ctr events` lines, or None.
+
+    A line: `<time> <namespace> /tasks/exit {"container_id":..,"id":..,"pid":..,
+    "exit_status":..,"exited_at":..}`; `id` equals `container_id` for the init process
+    (an exec'd process has its own), and `exit_status` is left out when it is 0 (Go's
+    omitempty)."""
+    wanted = container_id.removeprefix("containerd://")
+    for line in lines:
+        if "/tasks/exit" not in line or "{" not in line:
+            continue
+        event = json.loads(line[line.index("{") :])
+        if event.get("container_id") == wanted and event.get("id") == wanted:
+            return int(event.get("exit_status", 0))
+    return None
+
+
+@dataclass
+class TaskExits:
+    """containerd's /tasks/exit events while it runs: the exit status of every container
+    process as the runtime saw it (the API server forgets a deleted pod's)."""
+
+    proc: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, node: Node) -> TaskExits:
+        proc = subprocess.Popen(
+            ["ctr", "-a", str(node.containerd_socket), "events"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        watch = cls(proc)
+        watch._reader = threading.Thread(target=watch._read, name="ctr-events", daemon=True)
+        watch._reader.start()
+        return watch
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if "/tasks/exit" in line:
+                self.lines.append(line)
+
+    def status(self, container_id: str) -> int | None:
+        """The exit status of the container's init process, None while it has not exited."""
+        return task_exit_status(list(self.lines), container_id)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        if self._reader is not None:
+            self._reader.join(timeout=10)
 
 
 # --- undo steps (recorded as each change is made) ------------------------------------------
@@ -390,9 +508,12 @@ def _cni_config(network: str, bridge: str, subnet: ipaddress.IPv4Network, run: P
                 {
                     "type": "bridge",
                     "bridge": bridge,
-                    # The bridge's address is the pods' default gateway: Service IPs and the
-                    # API server are reached through it (kube-proxy's DNAT on this host).
-                    "isGateway": True,
+                    # The bridge's address (set by _start) is the pods' default gateway
+                    # (IPAM's gateway): Service IPs and the API server are reached through
+                    # it (kube-proxy's DNAT on this host). Not isGateway: with it the plugin
+                    # sets the host-wide net.ipv4.ip_forward=1 at every pod; forwarding is
+                    # enabled on this bridge only.
+                    "isGateway": False,
                     "ipMasq": False,
                     "hairpinMode": True,
                     "ipam": {

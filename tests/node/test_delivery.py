@@ -1,13 +1,15 @@
 """On the real node, as a user would: `helm install` the chart with the built image, the
 operator as a pod under restricted Pod Security, a pipeline applied, its workers as containers
 consuming the real broker (on the node's bridge address), results equal to a reference, the
-/metrics endpoints answering through the Services, and a deleted worker pod losing nothing.
+/metrics endpoints answering through the Services, a rolling update and a crashed container
+losing nothing and counting nothing twice.
 
 The checkpoint volume is a static local PersistentVolume on the node (no provisioner image
 can be pulled here; docs/decisions/0050-real-node-tier.md). Input: the first example's
-generator events, written to a topic by a local run with a Kafka sink. Reference: the same
-pipeline run locally (`streamherd run`) on that topic; the pods' output must equal it (as a
-set: the output is at-least-once with deterministic records).
+generator events, written to a topic (keyed by user) by local runs with a Kafka sink, in
+three parts. Reference: the same pipeline run locally (`streamherd run`) on that topic; the
+pods' output must equal it (as a set: the output is at-least-once with deterministic
+records; up to the crash, each record must also appear only once).
 """
 
 from __future__ import annotations
@@ -108,12 +110,16 @@ def test_the_operator_metrics_answer_through_its_cluster_ip_service(
     assert "# TYPE" in body
 
 
-def _feed(kafka: KafkaBroker, topic: str, tmp: Path, part: int) -> None:
-    """Half (part 0 or 1) of the first example's generator events (the second half starts
-    where the first ends in event time), written to topic by a local run."""
+PARTS = 3  # the input arrives in three parts: before the update, after it, around a crash
+
+
+def _feeder(kafka: KafkaBroker, topic: str, tmp: Path, part: int) -> list[str]:
+    """The command that writes part `part` of PARTS of the first example's generator events
+    (each part starts where the one before ends in event time) to topic, keyed by user, with
+    a local run."""
     source = json.loads(json.dumps(EXAMPLE["spec"]["source"]))
     gen = source["generator"]
-    gen["count"] //= 2
+    gen["count"] //= PARTS
     gen["startTimeMs"] += part * gen["count"] * gen["timeStepMs"]
     feeder = {
         "apiVersion": EXAMPLE["apiVersion"],
@@ -121,18 +127,26 @@ def _feed(kafka: KafkaBroker, topic: str, tmp: Path, part: int) -> None:
         "metadata": {"name": "feeder"},
         "spec": {
             "source": source,
-            "sink": {"kafka": {"topic": topic, "bootstrapServers": kafka.bootstrap}},
+            # Keyed by user: each user's events share a partition, so the pipeline's
+            # per-user windows need no repartition (source.kafka.keyedBy).
+            "sink": {"kafka": {"topic": topic, "bootstrapServers": kafka.bootstrap,
+                               "key": "user"}},
             "replicas": 1,
             "autoscaling": {"mode": "none"},
         },
-    }
+    }  # fmt: skip
     path = tmp / f"feeder-{part}.yaml"
     path.write_text(yaml.safe_dump(feeder))
-    subprocess.run(
-        [str(VENV_BIN / "streamherd"), "run", str(path), "--quiet",
-         "--bootstrap-servers", kafka.bootstrap],
-        check=True, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    return [str(VENV_BIN / "streamherd"), "run", str(path), "--quiet",
+            "--bootstrap-servers", kafka.bootstrap]  # fmt: skip
+
+
+def _feed(kafka: KafkaBroker, topic: str, tmp: Path, part: int) -> None:
+    argv = _feeder(kafka, topic, tmp, part)
+    subprocess.run(argv, check=True, capture_output=True, text=True, timeout=300)
+
+
+PART_RECORDS = EXAMPLE["spec"]["source"]["generator"]["count"] // PARTS
 
 
 def _reference(
@@ -169,61 +183,104 @@ def _reference(
     return {json.dumps(r.json(), sort_keys=True) for r in kafka.consume_all(topic, timeout=30)}
 
 
-def _static_pv(cluster: KubeCluster, node: Node, ns: str, claim: str) -> str:
-    path = node.run / "volumes" / f"{ns}-{claim}"
-    path.mkdir(parents=True)
-    path.chmod(0o777)  # the worker runs as uid 10001 and writes its checkpoints here
-    name = f"pv-{ns}-{claim}"[:63]
-    cluster.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": name},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "local": {"path": str(path)},
-                "nodeAffinity": {
-                    "required": {
-                        "nodeSelectorTerms": [
-                            {
-                                "matchExpressions": [
-                                    {
-                                        "key": "kubernetes.io/hostname",
-                                        "operator": "In",
-                                        "values": [node.name],
-                                    }
-                                ]
-                            }
-                        ]
-                    }
-                },
-                "claimRef": {"namespace": ns, "name": claim},
-            },
-        }
+def _pods(cluster: KubeCluster, ns: str, name: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = cluster.get_json(
+        "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={name}"
+    )["items"]
+    return items
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = pod["status"].get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _condition_time(pod: dict[str, Any], kind: str) -> str:
+    (cond,) = [c for c in pod["status"]["conditions"] if c["type"] == kind]
+    when: str = cond["lastTransitionTime"]
+    return when
+
+
+def _container_id(pod: dict[str, Any]) -> str:
+    (status,) = pod["status"]["containerStatuses"]
+    cid: str = status["containerID"]
+    return cid
+
+
+def _scrape(pod: dict[str, Any]) -> str | None:
+    """The worker's /metrics on its pod IP (the host is on the pods' bridge)."""
+    try:
+        with urllib.request.urlopen(
+            f"http://{pod['status']['podIP']}:9100/metrics", timeout=5
+        ) as r:
+            body: str = r.read().decode()
+            return body
+    except OSError:
+        return None
+
+
+def _records_in(pod: dict[str, Any]) -> int | None:
+    """streamherd_records_in summed over partitions: what this container read since it
+    started."""
+    body = _scrape(pod)
+    if body is None:
+        return None
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in body.splitlines()
+            if line.startswith("streamherd_records_in_total{")
+        )
     )
-    return name
 
 
-def test_a_pipeline_on_real_pods_equals_the_reference_and_a_deleted_pod_loses_nothing(
+def _process_security(real_node: Node, pod: dict[str, Any]) -> dict[str, str]:
+    """What the kernel says about the worker container's process: its ids, capabilities,
+    no-new-privileges and seccomp from /proc/<pid>/status, and the options of its root
+    mount from /proc/<pid>/mountinfo."""
+    pid = real_node.task_pid(_container_id(pod))
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    (root,) = [
+        line.split()
+        for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+        if line.split()[4] == "/"
+    ]
+    return {
+        "uid": status["Uid"].split()[0],  # real uid; effective and saved follow it
+        "euid": status["Uid"].split()[1],
+        "gid": status["Gid"].split()[0],
+        "cap_eff": status["CapEff"].strip(),
+        "no_new_privs": status["NoNewPrivs"].strip(),
+        "seccomp": status["Seccomp"].strip(),
+        "root_mount": root[5].split(",")[0],
+    }
+
+
+def test_a_pipeline_on_real_pods_equals_the_reference_through_a_rolling_update_and_a_crash(
     node_cluster: KubeCluster,
     real_node: Node,
     node_kafka: KafkaBroker,
     operator_release: str,
     tmp_path: Path,
 ) -> None:
+    """One pipeline, its input in three parts: part 0, then a compatible edit (resources)
+    rolls the Deployment: the old pod gets SIGTERM, hands its partitions over with their
+    checkpoints and exits by itself; the new pod, Ready only once its probe says so, reads
+    only what came after (part 1). Then its container is SIGKILLed while it reads part 2,
+    and the restarted container goes on from the last checkpoint. The output equals the
+    reference, and up to the crash no record was written twice."""
     ns = f"team-{uuid.uuid4().hex[:6]}"
     restricted_namespace(node_cluster, ns)
     topic_in, topic_out = f"clicks-{ns}", f"windows-{ns}"
-    # One input partition: the feeder writes unkeyed records, and a window is global for
-    # its key only when all the key's records share a partition (docs/engine.md).
-    node_kafka.create_topic(topic_in, partitions=1)
+    # Two input partitions: a rolling update (maxSurge 1, maxUnavailable 0) needs a partition
+    # for the surge pod, which is not Ready without one.
+    node_kafka.create_topic(topic_in, partitions=2)
     node_kafka.create_topic(topic_out, partitions=3)
     _feed(node_kafka, topic_in, tmp_path, part=0)
     name = "clicks"
-    pipeline = {
+    pipeline: dict[str, Any] = {
         "apiVersion": EXAMPLE["apiVersion"],
         "kind": "StreamPipeline",
         "metadata": {"name": name, "namespace": ns},
@@ -233,6 +290,11 @@ def test_a_pipeline_on_real_pods_equals_the_reference_and_a_deleted_pod_loses_no
                     "bootstrapServers": node_kafka.bootstrap,
                     "topics": [topic_in],
                     "startFrom": "earliest",
+                    "keyedBy": "user",
+                    # Never idle between the parts: a window closed by idleness would drop
+                    # the next part's records as late, which the reference (reading all at
+                    # once) keeps.
+                    "idleTimeout": "1h",
                 }
             },
             "processor": EXAMPLE["spec"]["processor"],
@@ -240,43 +302,137 @@ def test_a_pipeline_on_real_pods_equals_the_reference_and_a_deleted_pod_loses_no
             "replicas": 1,
             "autoscaling": {"mode": "none"},
             "imagePullPolicy": "Never",
+            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
             "checkpoint": {"interval": "2s", "volume": {"size": "1Gi"}},
         },
     }
-    _static_pv(node_cluster, real_node, ns, f"{name}-checkpoints")
+    group = f"{ns}.{name}"
+    real_node.local_volume(ns, f"{name}-checkpoints")
     node_cluster.apply(pipeline)
 
-    def worker() -> dict[str, Any] | None:
-        pods = node_cluster.get_json("pods", "-n", ns, "-l", f"app.kubernetes.io/instance={name}")[
-            "items"
-        ]
-        running = [
+    def serving() -> list[dict[str, Any]]:
+        return [
             p
-            for p in pods
-            if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+            for p in _pods(node_cluster, ns, name)
+            if p["status"].get("phase") == "Running"
+            and not p["metadata"].get("deletionTimestamp")
+            and _ready(p)
         ]
-        return running[0] if len(running) == 1 else None
 
-    first = wait_until("a Running worker pod on the node", worker, timeout=180)
+    def output() -> list[str]:
+        records = node_kafka.consume_all(topic_out, timeout=30)
+        return [json.dumps(r.json(), sort_keys=True) for r in records]
+
+    def one_serving() -> dict[str, Any] | None:
+        pods = serving()
+        return pods[0] if len(pods) == 1 else None
+
+    first = wait_until("a Ready worker pod on the node", one_serving, timeout=180)
     assert first["spec"]["nodeName"] == real_node.name
 
-    def output() -> set[str]:
-        records = node_kafka.consume_all(topic_out, timeout=30)
-        return {json.dumps(r.json(), sort_keys=True) for r in records}
+    # The restricted security context as the kernel enforces it, not as the spec says.
+    security = _process_security(real_node, first)
+    assert security == {
+        "uid": "10001", "euid": "10001", "gid": "10001", "cap_eff": "0000000000000000",
+        "no_new_privs": "1", "seccomp": "2", "root_mount": "ro",
+    }, security  # fmt: skip
+    (container,) = first["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
-    # Some output first, then the worker pod is deleted mid-stream.
-    wait_until("the first windows in the output topic", lambda: len(output()) > 0, timeout=180)
-    node_cluster.kubectl("delete", "pod", "-n", ns, first["metadata"]["name"], "--wait=false")
-    # The second half arrives while the replacement pod starts from the checkpoint volume.
-    _feed(node_kafka, topic_in, tmp_path, part=1)
-    second = wait_until(
-        "a new worker pod",
-        lambda: (w := worker()) and w["metadata"]["uid"] != first["metadata"]["uid"] and w,
+    # Part 0 consumed and checkpointed (the committed offsets follow the checkpoints).
+    ends = node_kafka.end_offsets(topic_in)
+    wait_until(
+        "part 0 committed by the first worker",
+        lambda: node_kafka.committed(group, topic_in) == ends,
         timeout=180,
     )
-    assert second
+    before_update = output()
+    assert before_update, "no window closed in part 0"
+
+    # -- 1. A compatible edit rolls the Deployment.
+    exits = real_node.watch_task_exits()
+    try:
+        pipeline["spec"]["resources"]["requests"]["cpu"] = "110m"
+        node_cluster.apply(pipeline)
+        deleted_at: list[str] = []
+
+        def rolled() -> dict[str, Any] | None:
+            pods = _pods(node_cluster, ns, name)
+            old = [p for p in pods if p["metadata"]["uid"] == first["metadata"]["uid"]]
+            if old and old[0]["metadata"].get("deletionTimestamp") and not deleted_at:
+                deleted_at.append(old[0]["metadata"]["deletionTimestamp"])
+            new = [p for p in serving() if p["metadata"]["uid"] != first["metadata"]["uid"]]
+            return new[0] if new and not old else None
+
+        second = wait_until(
+            "the rolling update to replace the worker", rolled, timeout=240, interval=0.2
+        )
+        (status,) = wait_until(
+            "the old worker's exit status from containerd",
+            lambda: (s,) if (s := exits.status(_container_id(first))) is not None else None,
+            timeout=60,
+        )
+    finally:
+        exits.stop()
+    # 0: it drained, checkpointed and exited on SIGTERM by itself (137: the kubelet's SIGKILL
+    # at the end of the grace period; 3: its own overdue timer).
+    assert status == 0, f"the old worker exited with {status}"
+    # maxUnavailable 0 and the readiness probe: the old pod was deleted only once the new
+    # one was Ready (RFC 3339 seconds compare as strings).
+    assert deleted_at, "the old pod's deletion was never seen"
+    assert _condition_time(second, "Ready") <= deleted_at[0]
+    (new_container,) = second["spec"]["containers"]
+    assert new_container["resources"]["requests"]["cpu"] == "110m"
+
+    # -- 2. The new pod took the checkpoints over: it reads part 1 and nothing before it.
+    _feed(node_kafka, topic_in, tmp_path, part=1)
+    ends = node_kafka.end_offsets(topic_in)
+    wait_until(
+        "part 1 committed by the new worker",
+        lambda: node_kafka.committed(group, topic_in) == ends,
+        timeout=180,
+    )
+    assert _records_in(second) == PART_RECORDS
+    after_update = output()
+    assert len(after_update) == len(set(after_update)), "a window was written twice"
+    assert set(before_update) <= set(after_update)
+
+    # -- 3. A crash: the container is SIGKILLed while it reads part 2; the kubelet restarts
+    # it and it goes on from its last checkpoint (some windows may be written again, with
+    # the same values: at-least-once with deterministic records).
+    with (tmp_path / "feeder-2.log").open("w") as log:
+        feeder = subprocess.Popen(
+            _feeder(node_kafka, topic_in, tmp_path, part=2), stdout=log, stderr=log
+        )
+    try:
+        wait_until(
+            "the worker reading part 2",
+            lambda: (_records_in(second) or 0) > PART_RECORDS,
+            timeout=120,
+            interval=0.1,
+        )
+        real_node.kill_task(_container_id(second))
+        assert feeder.wait(timeout=300) == 0, (tmp_path / "feeder-2.log").read_text()
+    finally:
+        if feeder.poll() is None:
+            feeder.kill()
+            feeder.wait()
+
+    def restarted() -> dict[str, Any] | None:
+        pod = next(
+            (p for p in serving() if p["metadata"]["uid"] == second["metadata"]["uid"]), None
+        )
+        if pod is None:
+            return None
+        (cs,) = pod["status"]["containerStatuses"]
+        return pod if cs.get("restartCount", 0) >= 1 else None
+
+    crashed = wait_until("the killed container restarted and Ready", restarted, timeout=180)
+    (cs,) = crashed["status"]["containerStatuses"]
+    assert cs["lastState"]["terminated"]["exitCode"] == 137
+
     node_kafka.create_topic(f"reference-{ns}", partitions=3)
-    total = EXAMPLE["spec"]["source"]["generator"]["count"]
+    total = PART_RECORDS * PARTS
     expected = _reference(pipeline, node_kafka, f"reference-{ns}", tmp_path, records=total)
     assert len(expected) > 100, "the reference run produced too little to compare"
 
@@ -298,16 +454,17 @@ def test_a_pipeline_on_real_pods_equals_the_reference_and_a_deleted_pod_loses_no
 
     wait_until("a worker's /metrics through the metrics Service", scrape, timeout=120)
 
-    # At-least-once output with deterministic keys: every closed window exactly as the
-    # reference computes it, nothing else (a window emitted twice is the same record).
+    # Every closed window exactly as the reference computes it, nothing else: a lost record
+    # would leave a reference record missing, a record counted twice would make a window
+    # that is not in the reference.
     def complete() -> set[str] | None:
-        seen = output()
+        seen = set(output())
         return seen if seen >= expected else None
 
     try:
         final = wait_until("every reference window in the output topic", complete, timeout=180)
     except WaitTimeout:
-        seen = output()
+        seen = set(output())
         pytest.fail(
             f"{len(expected - seen)} of {len(expected)} reference records missing, e.g. "
             f"{sorted(expected - seen)[:3]}; {len(seen - expected)} unexpected, e.g. "
