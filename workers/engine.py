@@ -260,6 +260,9 @@ class Engine:
         self._last_checkpoint = time.monotonic()
         self._last_lag = 0.0
         self._running = False
+        # The consumer group has given this worker an assignment, possibly empty (a standby
+        # while replicas >= partitions): from then on it is ready.
+        self._joined = False
         # Set when an error escaped the loop or an output was not delivered: from then on no
         # checkpoint or commit may be written (it could cover records whose output is lost).
         self._broken = False
@@ -331,8 +334,13 @@ class Engine:
             return False, f"{len(held)} partitions held: {held[0].held}"
         if self.source is not None and not self.source.group_offsets:
             return True, f"{self.source.name} running"
+        if not self._joined:
+            return False, "not yet in the consumer group"
         if not self.partitions:
-            return False, "no partitions assigned"
+            # Ready with nothing to do: a rolling update with maxUnavailable 0 adds a pod
+            # before it removes one, and with as many workers as partitions the new pod is
+            # given none until the old one leaves; unready, it would hold the rollout forever.
+            return True, "in the consumer group, no partitions assigned (standby)"
         return True, f"{len(self.partitions)} partitions assigned"
 
     # ------------------------------------------------------------------ state
@@ -605,6 +613,7 @@ class Engine:
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
         source = self.source
         assert source is not None
+        self._joined = True
         self.metrics.rebalance("assign")
         # Exactly-once restores from what the group committed (offset and transaction id).
         committed = self._committed_with_metadata(source, partitions) if self.exactly_once else {}
@@ -865,6 +874,8 @@ class Engine:
         assert source is not None
         # Another worker may own them already: writing a checkpoint or committing now
         # could only go backwards. Drop the state; the owner restores the last checkpoint.
+        # Out of the group until its next assignment: not ready meanwhile.
+        self._joined = False
         self.metrics.rebalance("lost")
         for tp in partitions:
             self._drop_state(tp.topic, tp.partition)
