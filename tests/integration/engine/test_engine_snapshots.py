@@ -7,12 +7,14 @@ function (``operator/restoring.py``: ``snapshot_status``), is Ready with the fin
 each partition's offset. Restored into a NEW pipeline (another name, consumer group,
 checkpoint directory and sink, ``startFrom: latest``), it gives the old pipeline's results:
 the windows that were open at the snapshot come out whole, equal to a reference computed
-here from the produced records and to what the old pipeline itself emits for them.
+here from the produced records and to what the old pipeline itself emits for them. Both
+state backends: the checkpoint volume and the Kafka changelog (``checkpoint.changelog``).
 """
 
 from __future__ import annotations
 
 import copy
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,10 @@ from confluent_kafka.admin import AdminClient
 
 from streamherd.operator.restoring import snapshot_status
 from streamherd.operator.snapshots import _ensure_topic
-from streamherd.workers.checkpointing import decode
+from streamherd.workers.checkpointing import Checkpoint
+from streamherd.workers.config import WorkerConfig
 from streamherd.workers.snapshotting import read_snapshot, snapshot_topic
+from streamherd.workers.statebackends import open_state_backend
 from tests.infra.kafka import KafkaBroker
 from tests.integration.engine.enginekit import (
     BASE_TS,
@@ -35,7 +39,6 @@ from tests.integration.engine.test_engine_lifecycle import (
     PARTITIONS,
     STEP_MS,
     caught_up,
-    checkpoint_files,
     flush,
     produce_timed,
     reference,
@@ -48,10 +51,26 @@ pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 WINDOW_MS = 10_000
 
 
+def committed(cfg: dict[str, Any], topic: str) -> dict[int, Checkpoint]:
+    """Each partition's committed checkpoint, read through the pipeline's own state backend
+    (its volume files, or its changelog read to the end read_committed)."""
+    backend = open_state_backend(
+        WorkerConfig.model_validate(cfg), transactional_id=f"test-reader-{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        found = {p: backend.load(topic, p) for p in range(PARTITIONS)}
+    finally:
+        backend.close()
+    return {p: c for p, c in found.items() if c is not None}
+
+
+@pytest.mark.parametrize("backend", ["volume", "changelog"])
 def test_a_snapshot_on_request_restores_into_a_new_pipeline(
-    kafka_broker: KafkaBroker, tmp_path: Path
+    kafka_broker: KafkaBroker, tmp_path: Path, backend: str
 ) -> None:
-    source, sink, checkpoints, cfg = setup(kafka_broker, tmp_path, "snap")
+    source, sink, _checkpoints, cfg = setup(kafka_broker, tmp_path, "snap")
+    if backend == "changelog":
+        cfg["checkpoint"]["changelog"] = {"topic": kafka_broker.unique_topic("snap-changelog")}
     group = cfg["source"]["kafka"]["consumerGroup"]
     namespace, pipeline = cfg["pipeline"]["namespace"], cfg["pipeline"]["name"]
     before = produce_timed(kafka_broker, source, 0, 3000)
@@ -77,7 +96,8 @@ def test_a_snapshot_on_request_restores_into_a_new_pipeline(
         after = produce_timed(kafka_broker, source, 3000, 1000)
         wait_until("the old pipeline read them", lambda: caught_up(kafka_broker, group, source),
                    120, [old])  # fmt: skip
-        files = {p: decode(d) for p, d in checkpoint_files(checkpoints, source).items()}
+        files = committed(cfg, source)
+        assert len(files) == PARTITIONS
     finally:
         old_log = old.log_path.read_text()
         if old.alive():
@@ -106,6 +126,8 @@ def test_a_snapshot_on_request_restores_into_a_new_pipeline(
     new_cfg["source"]["kafka"]["startFrom"] = "latest"
     new_cfg["checkpoint"]["directory"] = str(tmp_path / "new-checkpoints")
     new_cfg["sink"]["kafka"]["topic"] = new_sink
+    if backend == "changelog":
+        new_cfg["checkpoint"]["changelog"] = {"topic": kafka_broker.unique_topic("snap-new-cl")}
     new_cfg["state"] = {"restoreFrom": "before-upgrade"}
     new_group = new_cfg["source"]["kafka"]["consumerGroup"]
     new = Worker.create(tmp_path, "new", new_cfg).start()
@@ -135,5 +157,9 @@ def test_a_snapshot_on_request_restores_into_a_new_pipeline(
     assert closed_by_old, "the old pipeline closed none of the restored windows"
     assert all(old_rows[k] == v for k, v in closed_by_old.items())
     # Restarting the new pipeline resumes from its own checkpoints, not the snapshot again.
-    for data in checkpoint_files(tmp_path / "new-checkpoints", source).values():
-        assert decode(data).restored_from == "before-upgrade"
+    restored = committed(new_cfg, source)
+    assert len(restored) == PARTITIONS
+    assert all(c.restored_from == "before-upgrade" for c in restored.values())
+    if backend == "changelog":  # nothing went through a volume
+        for folder in (Path(cfg["checkpoint"]["directory"]), tmp_path / "new-checkpoints"):
+            assert not folder.exists() or not any(p.is_file() for p in folder.rglob("*"))
