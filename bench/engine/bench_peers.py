@@ -343,16 +343,32 @@ def render(
     for impl in impls:
         if impl == "read":
             continue
-        line = f"- {IMPLS[impl].label}: verify topic: "
-        line += verified[impl].describe() if impl in verified else "not run"
+        line = f"- {IMPLS[impl].label}: "
+        if impl in verified:
+            line += f"verify topic: {verified[impl].describe()}"
         if measured.get(impl):
             same = all(c.equal for c in measured[impl])
             line += (
-                f"; measured runs ({len(measured[impl])}): "
+                f"{'; ' if impl in verified else ''}measured runs ({len(measured[impl])}): "
                 + ("identical to the engine's" if same else "DIFFERENT: ")
                 + ("" if same else "; ".join(c.describe() for c in measured[impl]))
             )
         checks.append(line)
+    split_impls = [i for i in impls if all("cpu_ns_per_record" in r for r in results[i])]
+    parts: list[str] = []
+    for impl in split_impls:
+        parts += [k for k in results[impl][0]["cpu_ns_per_record"] if k not in parts]
+    split_rows = "\n".join(
+        f"| {part} | "
+        + " | ".join(
+            f"{med(r['cpu_ns_per_record'].get(part, 0) for r in results[i]):,.0f}"
+            if part in results[i][0]["cpu_ns_per_record"]
+            else ""
+            for i in split_impls
+        )
+        + " |"
+        for part in parts
+    )
     load_rows = "\n".join(
         f"| {i + 1} | " + " | ".join(f"{row.get(impl, 0):.1f}" for impl in impls) + " |"
         for i, row in enumerate(loads)
@@ -370,7 +386,7 @@ def render(
     )
     return f"""{title}
 
-Run {started}, {ARGS.runs} rounds, interleaved (one run of each implementation per round, in
+Run {started}, {len(loads)} rounds, interleaved (one run of each implementation per round, in
 the order of the table), medians. Machine: {m["cpu"]}, {m["cores"]} cores shared with the broker
 and with other work: 1-minute load average before the runs {min(all_loads):.1f} to
 {max(all_loads):.1f} (median {med(all_loads):.1f}; per run below), so absolute rates are noisy
@@ -411,22 +427,32 @@ the first record to the end of the run; Flink's job ends only after one more che
 to 5 s) when its bounded input is done. *p99 per 5000 records*: the wall time of each 5000
 consecutive input records (the engine's consume batches are 5000, so its chunks are batches).
 
-Equal work, checked window by window (peer_outputs.py): each implementation also consumed one
-separate {ARGS.verify_records:,}-record topic to its end, and its windows (user, window start)
--> (count, sum) were compared with the engine's (at-least-once) output; the outputs of the
-measured runs that read the whole input topic were compared with the engine's of the same
-round. Windows are aligned to the epoch in every implementation (60 s tumbling); a window is
-closed by event time: the engine and Kafka Streams close it when their partition's largest
-event time reaches its end (Kafka Streams: stream time per task, `suppress(untilWindowCloses)`,
-no grace), Quix when its partition's does, Flink when the watermark (the smallest over the
-partitions, monotonous timestamps) does, Bytewax when the key's does (its event clock with
-the system time frozen). On this input every partition carries every second of event time, so
-the rules close the same windows; only the windows that end after the smallest last event
-time of a partition are still open when the input stops and are left out (Flink's bounded
-input would fire them at its end: its trigger purges them unfired instead; Bytewax closes them
-all at the end of its input, listed as "open" below).
+Equal work, checked window by window (peer_outputs.py): the windows (user, window start) ->
+(count, sum) of every measured run that read the whole input topic were compared with the
+engine's (at-least-once) output of the same round; the implementations that read a prefix
+consumed a separate {ARGS.verify_records:,}-record topic to its end beside the engine, and
+their windows were compared with its. Windows are aligned to the epoch in every implementation
+(60 s tumbling); a window is closed by event time: the engine and Kafka Streams close it when
+their partition's largest event time reaches its end (Kafka Streams: stream time per task,
+`suppress(untilWindowCloses)`, no grace), Quix when its partition's does, Flink when the
+watermark (the smallest over the partitions, monotonous timestamps) does, Bytewax when the
+key's does (its event clock with the system time frozen). On this input every partition carries
+every second of event time, so the rules close the same windows; only the windows that end
+after the smallest last event time of a partition are still open when the input stops and are
+left out: Flink and Bytewax close every window at the end of their input (Flink's bounded
+source ends with the watermark at +infinity) and write those too, counted as "open" below.
 
 {chr(10).join(checks)}
+
+Where the engine's CPU goes, in nanoseconds per record (medians; bench_engine.py's split,
+measured in the same runs with `thread_time` around each part: *process (all threads)*
+includes librdkafka's threads; *main thread* includes `consume()`; *process* is the handling
+of one consume() batch, *partition* one partition's share of it, *batch* the fused window
+function inside that):
+
+| part | {" | ".join(split_impls)} |
+| --- | {" | ".join("---:" for _ in split_impls)} |
+{split_rows}
 
 1-minute load average before each run:
 
@@ -455,7 +481,17 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", default=",".join(IMPLS), help=f"subset of {','.join(IMPLS)}")
-    parser.add_argument("--verify-records", type=int, default=200_000)
+    parser.add_argument(
+        "--verify-records",
+        type=int,
+        default=200_000,
+        help="size of the topic every implementation consumes whole, outputs compared (0: skip)",
+    )
+    parser.add_argument(
+        "--verify-all",
+        action="store_true",
+        help="every implementation consumes the verify topic (default: those that read a prefix)",
+    )
     parser.add_argument("--topic", help="reuse an already loaded input topic of --records")
     parser.add_argument("--no-write", action="store_true")
     parser.parse_args(namespace=ARGS)
@@ -481,6 +517,7 @@ def main() -> int:
     loads: list[dict[str, float]] = []
     verified: dict[str, Comparison] = {}
     measured: dict[str, list[Comparison]] = {}
+    section = ""
     versions: dict[str, str] = {}
     try:
         topic = ARGS.topic or f"bench-peers-in-{uuid.uuid4().hex[:8]}"
@@ -488,13 +525,17 @@ def main() -> int:
             seconds = preload(ARGS.bootstrap, topic, ARGS.records, ARGS.partitions)
             log(f"preloaded {ARGS.records:,} records into {topic} in {seconds:.1f}s")
         cutoff = closed_until(topic)
+        if ARGS.verify_records:
+            # The runs that read the whole topic are compared with the engine's below, in
+            # every round; the others (the Python peers read a prefix) consume the verify
+            # topic whole first, beside the engine.
+            prefix = [i for i in impls if i == "engine" or reads(i) < ARGS.records]
+            verified = verify(impls if ARGS.verify_all else prefix, tools)
         for round_ in range(ARGS.runs):
             loads.append({})
             sinks: dict[str, str] = {}
             for impl in impls:
-                n = ARGS.records
-                if IMPLS[impl].python_peer:
-                    n = min(n, ARGS.python_records)
+                n = reads(impl)
                 sink = sinks[impl] = f"bench-peers-out-{impl}-{uuid.uuid4().hex[:8]}"
                 if impl != "read":
                     create_topic(ARGS.bootstrap, sink, ARGS.partitions)
@@ -516,17 +557,23 @@ def main() -> int:
                 check = compare(reference, outputs_of(impl, sinks[impl]), cutoff)
                 measured.setdefault(impl, []).append(check)
                 log(f"round {round_ + 1} {impl:12} output: {check.describe()}")
-        verified = verify(impls, tools)
+            # Written after every round: an interrupted run still leaves its complete rounds.
+            section = render(impls, results, loads, verified, measured, versions, started)
+            if not ARGS.no_write:
+                write_section(section)
+                log(f"round {round_ + 1}: docs/benchmarks.md written")
     finally:
         if broker is not None:
             broker.stop()  # type: ignore[attr-defined]
-    section = render(impls, results, loads, verified, measured, versions, started)
     print(section)
-    if not ARGS.no_write:
-        write_section(section)
     bad = [i for i, c in verified.items() if not c.equal]
     bad += [i for i, cs in measured.items() if not all(c.equal for c in cs)]
     return 1 if bad else 0
+
+
+def reads(impl: str) -> int:
+    """How many records of the input topic an implementation reads in a measured run."""
+    return min(ARGS.records, ARGS.python_records) if IMPLS[impl].python_peer else ARGS.records
 
 
 def collect_versions(impl: str, result: dict[str, Any], versions: dict[str, str]) -> None:
@@ -543,7 +590,8 @@ def collect_versions(impl: str, result: dict[str, Any], versions: dict[str, str]
 
 
 def verify(impls: list[str], tools: Tools) -> dict[str, Comparison]:
-    """Every implementation consumes one whole smaller topic; its windows against the engine's."""
+    """These implementations consume one whole smaller topic; their windows against the
+    engine's."""
     topic = f"bench-peers-verify-{uuid.uuid4().hex[:8]}"
     preload(ARGS.bootstrap, topic, ARGS.verify_records, ARGS.partitions)
     cutoff = closed_until(topic)

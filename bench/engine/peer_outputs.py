@@ -20,9 +20,10 @@ watermark is the minimum over partitions; Bytewax here uses the event time per k
 workload (every partition carries every second of event time) the rules close the same windows,
 except at the end of the input: a window whose end lies after ``closed_until`` (the smallest
 last event time over the input's partitions) may be closed by one rule and open by another, and
-Bytewax closes every window at the end of its input. Those windows are counted on each side
-and left out; every window that ends at or before ``closed_until`` must be present on both
-sides with the same count and sum.
+Flink (its bounded source ends with the watermark at +infinity) and Bytewax close every window
+at the end of their input. Those windows are counted on each side and left out; every window
+that ends at or before ``closed_until`` must be present on both sides with the same count and
+sum.
 """
 
 from __future__ import annotations
