@@ -58,7 +58,7 @@ from typing import Any
 import confluent_kafka
 import msgspec
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,13 +133,16 @@ def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
 
 
 def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-    """Every record of a topic, from the start to the current end of each partition."""
+    """Every committed record of a topic, from the start to the current end of each partition
+    (``read_committed``: a transactional writer's aborted records are not results; its last
+    offset is a commit marker, so a partition ends at its end-of-partition event)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"bench-read-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            "isolation.level": "read_committed",
         }
     )
     meta = consumer.list_topics(topic, timeout=10)
@@ -151,10 +154,13 @@ def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | Non
     deadline = time.monotonic() + 120
     while pending and time.monotonic() < deadline:
         for m in consumer.consume(10_000, 0.5):
-            if m.error() is None:
+            error = m.error()
+            if error is None:
                 out.append((m.key(), m.value()))
                 if m.offset() + 1 >= ends[m.partition()]:
                     pending.discard(m.partition())
+            elif error.code() == KafkaError._PARTITION_EOF:
+                pending.discard(m.partition())
     consumer.close()
     return out
 
@@ -180,6 +186,7 @@ def child_bare(bootstrap: str, topic: str, n: int, decode: bool) -> dict[str, An
     consumer.subscribe([topic])
     loads = orjson.loads
     seen, latencies = 0, []
+    marks: list[float] = []  # when the count passed each multiple of BATCH
     first: tuple[float, float, float] | None = None
     in_loop = 0.0  # main-thread CPU of the loop over a batch (the rest: consume())
     while seen < n:
@@ -201,7 +208,9 @@ def child_bare(bootstrap: str, topic: str, n: int, decode: bool) -> dict[str, An
                     m.value()
                     seen += 1
         in_loop += time.thread_time() - c0
-        latencies.append(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        latencies.append(t1 - t0)
+        marks.extend([t1 - first[0]] * (seen // BATCH - (seen - len(batch)) // BATCH))
     assert first is not None
     wall, cpu = time.perf_counter() - first[0], time.process_time() - first[1]
     main = time.thread_time() - first[2]
@@ -216,13 +225,17 @@ def child_bare(bootstrap: str, topic: str, n: int, decode: bool) -> dict[str, An
         "wall": wall,
         "cpu": cpu,
         "p99": p99(latencies),
+        "chunk_marks": marks,
         "cpu_ns_per_record": per_record,
     }
 
 
-def engine_config(bootstrap: str, topic: str, sink: str, checkpoints: str) -> WorkerConfig:
+def engine_config(
+    bootstrap: str, topic: str, sink: str, checkpoints: str, delivery: str = "atLeastOnce"
+) -> WorkerConfig:
     return WorkerConfig.model_validate(
         {
+            "delivery": delivery,
             "pipeline": {"name": "bench"},
             "source": {
                 "kafka": {
@@ -257,9 +270,18 @@ def engine_config(bootstrap: str, topic: str, sink: str, checkpoints: str) -> Wo
 
 
 def child_engine(
-    bootstrap: str, topic: str, sink: str, n: int, profile: str | None, fused: bool
+    bootstrap: str,
+    topic: str,
+    sink: str,
+    n: int,
+    profile: str | None,
+    fused: bool,
+    delivery: str = "atLeastOnce",
 ) -> dict[str, Any]:
-    config = engine_config(bootstrap, topic, sink, tempfile.mkdtemp(prefix="bench-ck-"))
+    # exactlyOnce: the transactional id is derived from the worker's id
+    os.environ.setdefault("STREAMHERD_WORKER_ID", f"bench-{uuid.uuid4().hex[:8]}")
+    checkpoints = tempfile.mkdtemp(prefix="bench-ck-")
+    config = engine_config(bootstrap, topic, sink, checkpoints, delivery)
     stop = threading.Event()
     engine = Engine(
         config, stop=stop, out=io.StringIO(), metrics=EngineMetrics("bench"), fused=fused
@@ -267,6 +289,7 @@ def child_engine(
     assert engine.fused == fused, "the reference pipeline must have a fused batch function"
     latencies: list[float] = []
     first: list[float] = []
+    marks: list[float] = []  # when the records_in count passed each multiple of BATCH
     process = engine._process
     # CPU of the main thread per part (thread_time: no profiler overhead, no other threads)
     split = {"process": 0.0, "partition": 0.0, "batch": 0.0}
@@ -276,9 +299,12 @@ def child_engine(
         c0 = time.thread_time()
         if not first:
             first.extend((t0, time.process_time(), c0))
+        before = engine.counters.records_in
         process(messages)
         split["process"] += time.thread_time() - c0
-        latencies.append(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        latencies.append(t1 - t0)
+        marks.extend([t1] * (engine.counters.records_in // BATCH - before // BATCH))
         if engine.counters.records_in >= n:
             stop.set()
 
@@ -319,6 +345,7 @@ def child_engine(
         "wall": wall,
         "cpu": cpu,
         "p99": p99(latencies),
+        "chunk_marks": [m - first[0] for m in marks],
         "cpu_ns_per_record": per_record,
     }
 
@@ -710,7 +737,9 @@ def main() -> int:
     parser.add_argument("--topic", help="reuse an already loaded input topic")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument(
-        "--child", choices=["read", "bare", "engine", "engine-generic"], help=argparse.SUPPRESS
+        "--child",
+        choices=["read", "bare", "engine", "engine-generic", "engine-eos"],
+        help=argparse.SUPPRESS,
     )
     parser.add_argument("--sink", help=argparse.SUPPRESS)
     parser.add_argument("--profile", help="engine child: write a pyinstrument report here")
@@ -719,14 +748,15 @@ def main() -> int:
         result = child_bare(args.bootstrap, args.topic, args.records, args.child == "bare")
         print(json.dumps(result))
         return 0
-    if args.child in ("engine", "engine-generic"):
+    if args.child in ("engine", "engine-generic", "engine-eos"):
         result = child_engine(
             args.bootstrap,
             args.topic,
             args.sink,
             args.records,
             args.profile,
-            fused=args.child == "engine",
+            fused=args.child != "engine-generic",
+            delivery="exactlyOnce" if args.child == "engine-eos" else "atLeastOnce",
         )
         print(json.dumps(result))
         return 0
