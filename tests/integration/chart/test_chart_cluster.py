@@ -26,6 +26,7 @@ from tests.unit.chart.helmtool import CHART_DIR, VALUES_CASES, Helm
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 CRD_NAME = "streampipelines.streamherd.io"
+CHART_CRDS = (CRD_NAME, "streampipelinesnapshots.streamherd.io")
 # A schema-less stand-in for prometheus-operator's ServiceMonitor CRD (prometheus-operator
 # is not part of the test cluster): it lets the API server map monitoring.coreos.com/v1
 # ServiceMonitor for the dry run; the ServiceMonitor's own schema is not checked by it.
@@ -74,20 +75,22 @@ def kube_version(cluster: KubeCluster) -> str:
 
 
 def adopt_crd(cluster: KubeCluster, release: str, namespace: str) -> None:
-    """Let `helm install` take over the StreamPipeline CRD when it already exists.
+    """Let `helm install` take over the chart's CRDs when they already exist.
 
     The documented adoption path (docs/install.md): a CRD applied with kubectl earlier (as
-    other tests in this session do) is annotated for the new release instead of failing
-    the install with "exists and cannot be imported into the current release".
+    other tests in this session do: the e2e tier applies both) is annotated for the new
+    release instead of failing the install with "exists and cannot be imported into the
+    current release".
     """
-    found = cluster.kubectl("get", "crd", CRD_NAME, "--ignore-not-found", "-o", "name")
-    if not found.stdout.strip():
-        return
-    cluster.kubectl(
-        "annotate", "--overwrite", "crd", CRD_NAME,
-        f"meta.helm.sh/release-name={release}", f"meta.helm.sh/release-namespace={namespace}",
-    )  # fmt: skip
-    cluster.kubectl("label", "--overwrite", "crd", CRD_NAME, "app.kubernetes.io/managed-by=Helm")
+    for name in CHART_CRDS:
+        found = cluster.kubectl("get", "crd", name, "--ignore-not-found", "-o", "name")
+        if not found.stdout.strip():
+            continue
+        cluster.kubectl(
+            "annotate", "--overwrite", "crd", name,
+            f"meta.helm.sh/release-name={release}", f"meta.helm.sh/release-namespace={namespace}",
+        )  # fmt: skip
+        cluster.kubectl("label", "--overwrite", "crd", name, "app.kubernetes.io/managed-by=Helm")
 
 
 def install(
