@@ -64,10 +64,22 @@ def install_crd(cluster: KubeCluster) -> None:
     """Both CRDs the chart installs: StreamPipeline and StreamPipelineSnapshot."""
     for path in (CRD_FILE, SNAPSHOT_CRD_FILE):
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/streampipelines.streamherd.io", "crd/streampipelinesnapshots.streamherd.io",
-    )  # fmt: skip
+    names = ("streampipelines.streamherd.io", "streampipelinesnapshots.streamherd.io")
+
+    def established() -> bool | None:
+        # Read the condition, not `kubectl wait`: right after an apply the CRD may have no
+        # status.conditions yet, and `kubectl wait` then fails at once ("accessor error")
+        # instead of waiting.
+        for name in names:
+            got = cluster.kubectl("get", "crd", name, "-o", "json", check=False)
+            if got.returncode != 0:
+                return None
+            conditions = json.loads(got.stdout).get("status", {}).get("conditions") or []
+            if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                return None
+        return True
+
+    wait_until("the CRDs to be Established", established, timeout=60)
 
 
 class Operator(OperatorProcess):
