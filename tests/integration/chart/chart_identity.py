@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -202,9 +203,13 @@ def rbac_refusals(log_text: str) -> list[str]:
     """Log lines that report an RBAC refusal: a 403 whose message reads "... is forbidden:
     User ... cannot VERB resource ...". A 403 for writing into a terminating namespace
     ("forbidden: unable to create new content") is not one."""
-    return [
-        line for line in log_text.splitlines() if "forbidden" in line.lower() and "cannot" in line
-    ]
+    return [line for line in log_text.splitlines() if _RBAC_REFUSAL.search(line)]
+
+
+# The authorizer's words: `... is forbidden: User "NAME" cannot VERB resource ...`. An
+# admission policy's refusal is also a "forbidden" (ValidatingAdmissionPolicy ... denied
+# request), and is not RBAC's.
+_RBAC_REFUSAL = re.compile(r'forbidden: [Uu]ser "[^"]*" cannot ')
 
 
 def remove_operator_identity(cluster: KubeCluster, identity: OperatorIdentity) -> None:

@@ -32,8 +32,10 @@ def test_an_unreachable_broker_gives_json_lines_at_a_bounded_rate(
 ) -> None:
     ns = f"jsonlog-{uuid.uuid4().hex[:6]}"
     kube_cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    # Debug level: the autoscaler warns about unmeasured lag once per reason (then every
+    # 10 minutes) and logs the polls in between at debug, which the wait below counts.
     operator = OperatorProcess(kube_cluster, tmp_path / "operator.log", namespace=ns,
-                               log_level="info", extra_args=["--log-format=json"])  # fmt: skip
+                               log_level="debug", extra_args=["--log-format=json"])  # fmt: skip
     operator.start()
     name = "clicks-per-minute"
     failed_poll = f"lag of {ns}/{name} not measured"
