@@ -209,7 +209,8 @@ def rbac_refusals(log_text: str) -> list[str]:
 # The authorizer's words: `... is forbidden: User "NAME" cannot VERB resource ...`. An
 # admission policy's refusal is also a "forbidden" (ValidatingAdmissionPolicy ... denied
 # request), and is not RBAC's.
-_RBAC_REFUSAL = re.compile(r'forbidden: [Uu]ser "[^"]*" cannot ')
+# The quotes may come escaped (a response body logged as JSON text).
+_RBAC_REFUSAL = re.compile(r'forbidden: [Uu]ser \\?"[^"\\]*\\?" cannot ')
 
 
 def remove_operator_identity(cluster: KubeCluster, identity: OperatorIdentity) -> None:
