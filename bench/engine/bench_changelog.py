@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench_engine import machine
+from bench_engine import machine, write_section
 
 from streamherd.workers.changelog import ChangelogBackend
 from streamherd.workers.checkpointing import Checkpoint, CheckpointStore
@@ -165,7 +165,6 @@ def render(args: argparse.Namespace, results: dict[int, list[dict[str, float]]])
     m = machine()
     return "\n".join(
         [
-            BEGIN,
             "## Changelog state backend: restore time (bench/engine/bench_changelog.py)",
             "",
             f"One partition's state of N windows written through the changelog backend, then "
@@ -184,20 +183,8 @@ def render(args: argparse.Namespace, results: dict[int, list[dict[str, float]]])
             "",
             "The restore bound used in docs/engine.md is the live-keys-per-second column: "
             "restore time ~ (live keys + changes since the last compaction) / that rate.",
-            END,
         ]
     )
-
-
-def write_section(text: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    doc = path.read_text()
-    if BEGIN in doc:
-        head, rest = doc.split(BEGIN, 1)
-        doc = head + text + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip() + "\n\n" + text + "\n"
-    path.write_text(doc)
 
 
 def main() -> int:
@@ -232,7 +219,7 @@ def main() -> int:
     section = render(args, results)
     print(section)
     if not args.no_write:
-        write_section(section)
+        write_section(section, BEGIN, END)
     return 0
 
 

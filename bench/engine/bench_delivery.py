@@ -39,7 +39,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench_engine import create_topic, engine_config, machine, preload, read_all
+from bench_engine import create_topic, engine_config, machine, preload, read_all, write_section
 
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.engine import Engine
@@ -114,7 +114,6 @@ def render(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]], s
     m = machine()
     return "\n".join(
         [
-            BEGIN,
             "## Delivery guarantees and the repartition hop (bench/engine/bench_delivery.py)",
             "",
             f"{args.records:,} records, {args.partitions} partitions, medians of {args.runs} "
@@ -129,20 +128,8 @@ def render(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]], s
             *rows,
             "",
             f"Outputs compared window by window: {same}.",
-            END,
         ]
     )
-
-
-def write_section(text: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    doc = path.read_text()
-    if BEGIN in doc:
-        head, rest = doc.split(BEGIN, 1)
-        doc = head + text + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip() + "\n\n" + text + "\n"
-    path.write_text(doc)
 
 
 def parent(args: argparse.Namespace) -> int:
@@ -188,7 +175,7 @@ def parent(args: argparse.Namespace) -> int:
     section = render(args, results, same)
     print(section)
     if not args.no_write:
-        write_section(section)
+        write_section(section, BEGIN, END)
     return 0 if not differ else 1
 
 

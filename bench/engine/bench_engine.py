@@ -468,13 +468,16 @@ full dict alone cost ~1.2 us per record against msgspec's ~0.36 us for the read 
 """
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
+def write_section(
+    text: str, begin: str = BEGIN, end: str = END, path: Path = ROOT / "docs" / "benchmarks.md"
+) -> None:
+    """Put `text` between the `begin` and `end` markers of docs/benchmarks.md (every bench
+    script here owns one marked section), or append the marked block when it is not there."""
     current = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}\n"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
+    block = f"{begin}\n{text.rstrip()}\n{end}\n"
+    if begin in current and end in current:
+        head, rest = current.split(begin, 1)
+        _, tail = rest.split(end, 1)
         current = head + block + tail.lstrip("\n")
     else:
         current = current.rstrip("\n") + "\n\n" + block

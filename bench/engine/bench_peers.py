@@ -71,6 +71,7 @@ from bench_engine import (
     preload,
     quix_python,
     read_all,
+    write_section,
 )
 from confluent_kafka import Consumer, TopicPartition
 from peer_outputs import (
@@ -286,19 +287,6 @@ def closed_until(topic: str) -> int:
 
 
 # --------------------------------------------------------------------------- the report
-
-
-def write_section(text: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    current = path.read_text()
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}\n"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        current = head + block + tail.lstrip("\n")
-    else:
-        current = current.rstrip("\n") + "\n\n" + block
-    path.write_text(current)
 
 
 def render(
@@ -598,7 +586,7 @@ def main() -> int:
             section = render(impls, results, loads, verified, measured, versions, started)
             section += NOTES
             if not ARGS.no_write:
-                write_section(section)
+                write_section(section, BEGIN, END)
                 log(f"round {round_ + 1}: docs/benchmarks.md written")
     finally:
         if broker is not None:
