@@ -28,6 +28,9 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -347,3 +350,24 @@ class Timeline:
         """(time, from, to) for every change of the Deployment's replicas seen."""
         seen = [(p.t, p.replicas) for p in self.points if p.replicas is not None and p.t >= since]
         return [(t, a, b) for (_, a), (t, b) in itertools.pairwise(seen) if a != b]
+
+
+@contextmanager
+def operator_namespace(
+    cluster: KubeCluster, tmp_path_factory: Any, prefix: str
+) -> Iterator[Namespace]:
+    """The e2e modules' set-up: both CRDs, a fresh namespace `<prefix>-<hex>` and an operator
+    watching it as the chart's identity; on exit the operator stops (its log path printed)
+    and the namespace is deleted."""
+    install_crd(cluster)
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    operator = Operator(cluster, name, log)
+    namespace = Namespace(cluster, name)
+    try:
+        yield namespace
+    finally:
+        operator.stop()
+        print(f"operator log: {log}")
+        namespace.delete()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -29,10 +28,9 @@ import pytest
 
 from tests.e2e.harness import (
     Namespace,
-    Operator,
     PodMirror,
     Timeline,
-    install_crd,
+    operator_namespace,
     wait_until,
 )
 from tests.infra.controlplane import KubeCluster
@@ -52,18 +50,8 @@ KEDA_CRD = "scaledobjects.keda.sh"
 
 @pytest.fixture(scope="module")
 def ns(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Namespace]:
-    install_crd(kube_cluster)
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
-    kube_cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    operator = Operator(kube_cluster, name, log)
-    namespace = Namespace(kube_cluster, name)
-    try:
+    with operator_namespace(kube_cluster, tmp_path_factory, "e2e") as namespace:
         yield namespace
-    finally:
-        operator.stop()
-        print(f"operator log: {log}")
-        namespace.delete()
 
 
 def pipeline(

@@ -13,7 +13,6 @@ the new results equal a reference for the new spec, computed without the engine.
 from __future__ import annotations
 
 import copy
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -25,7 +24,12 @@ import pytest
 
 from streamherd.workers.checkpointing import decode
 from streamherd.workers.windowing import iso_ms
-from tests.e2e.harness import Namespace, Operator, PodMirror, install_crd, wait_until
+from tests.e2e.harness import (
+    Namespace,
+    PodMirror,
+    operator_namespace,
+    wait_until,
+)
 from tests.infra.controlplane import KubeCluster
 from tests.infra.kafka import KafkaBroker
 
@@ -44,18 +48,8 @@ PARTITIONS = 2
 
 @pytest.fixture(scope="module")
 def ns(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Namespace]:
-    install_crd(kube_cluster)
-    name = f"life-{uuid.uuid4().hex[:8]}"
-    kube_cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    operator = Operator(kube_cluster, name, log)
-    namespace = Namespace(kube_cluster, name)
-    try:
+    with operator_namespace(kube_cluster, tmp_path_factory, "life") as namespace:
         yield namespace
-    finally:
-        operator.stop()
-        print(f"operator log: {log}")
-        namespace.delete()
 
 
 def clicks(start: int, count: int) -> list[tuple[int, tuple[str, dict[str, Any]]]]:

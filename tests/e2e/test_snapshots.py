@@ -14,7 +14,6 @@ snapshot it keeps is proved in test_lifecycle.py.)
 from __future__ import annotations
 
 import copy
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,12 @@ import pytest
 from confluent_kafka import KafkaException
 
 from streamherd.workers.snapshotting import snapshot_topic
-from tests.e2e.harness import Namespace, Operator, PodMirror, install_crd, wait_until
+from tests.e2e.harness import (
+    Namespace,
+    PodMirror,
+    operator_namespace,
+    wait_until,
+)
 from tests.e2e.test_lifecycle import (
     BASE_TS,
     PARTITIONS,
@@ -48,18 +52,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def ns(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Namespace]:
-    install_crd(kube_cluster)
-    name = f"snap-{uuid.uuid4().hex[:8]}"
-    kube_cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    operator = Operator(kube_cluster, name, log)
-    namespace = Namespace(kube_cluster, name)
-    try:
+    with operator_namespace(kube_cluster, tmp_path_factory, "snap") as namespace:
         yield namespace
-    finally:
-        operator.stop()
-        print(f"operator log: {log}")
-        namespace.delete()
 
 
 def keyed(doc: dict[str, Any], **kafka: Any) -> dict[str, Any]:

@@ -11,7 +11,6 @@ their topics and their groups are gone afterwards.
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,12 @@ from typing import Any
 import pytest
 
 from streamherd.workers.windowing import iso_ms
-from tests.e2e.harness import Namespace, Operator, PodMirror, install_crd, wait_until
+from tests.e2e.harness import (
+    Namespace,
+    PodMirror,
+    operator_namespace,
+    wait_until,
+)
 from tests.infra.controlplane import KubeCluster
 from tests.infra.kafka import KafkaBroker
 
@@ -40,18 +44,8 @@ SIZE_MS = 10_000
 
 @pytest.fixture(scope="module")
 def ns(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Namespace]:
-    install_crd(kube_cluster)
-    name = f"verify-{uuid.uuid4().hex[:8]}"
-    kube_cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    operator = Operator(kube_cluster, name, log)
-    namespace = Namespace(kube_cluster, name)
-    try:
+    with operator_namespace(kube_cluster, tmp_path_factory, "verify") as namespace:
         yield namespace
-    finally:
-        operator.stop()
-        print(f"operator log: {log}")
-        namespace.delete()
 
 
 def clicks(start: int, count: int) -> list[tuple[int, tuple[str, dict[str, Any]]]]:
