@@ -301,9 +301,30 @@ class KafkaBroker:
         try:
             md = consumer.list_topics(topic, timeout=10).topics[topic]
             tps = [TopicPartition(topic, p) for p in sorted(md.partitions)]
-            return {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)}
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    committed = consumer.committed(tps, timeout=10)
+                except KafkaException as exc:
+                    # A group's coordinator moves or is still loading on a fresh broker:
+                    # asked again; anything else, or past the deadline, is raised.
+                    code = exc.args[0].code()
+                    if code not in _COORDINATOR_MOVING or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+                    continue
+                return {tp.partition: tp.offset for tp in committed}
         finally:
             consumer.close()
+
+
+_COORDINATOR_MOVING = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+)
 
 
 def _record(topic: str, partition: int, msg: Message) -> Record:
