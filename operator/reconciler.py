@@ -77,7 +77,7 @@ from streamherd.operator.upgrades import (
     decide,
 )
 from streamherd.operator.validation import readable_errors, semantic_errors
-from streamherd.operator.verifying import VERIFIED, KafkaFactory, gate
+from streamherd.operator.verifying import VERIFIED, KafkaFactory, gate, verified_condition
 from streamherd.workers.fingerprint import Description, fingerprint
 from streamherd.workers.snapshotting import is_volume_snapshot
 
@@ -1140,6 +1140,12 @@ def reconcile(
         deg_c = ("True", reason, "; ".join(degraded))
     else:
         deg_c = ("False", "AsExpected", "all children applied")
+    verified = verified_condition(
+        pipeline.spec.upgrade.verify,
+        pipeline.spec.suspend,
+        verification.condition,
+        get_condition(current_conditions, VERIFIED) is not None,
+    )
     conds = _set_all(
         current_conditions,
         {
@@ -1148,7 +1154,7 @@ def reconcile(
             DEGRADED: deg_c,
             MONITORING: _monitoring_condition(pipeline, caps),
             STATE_COMPATIBLE: state_c,
-            **({VERIFIED: verification.condition} if verification.condition else {}),
+            **({VERIFIED: verified} if verified is not None else {}),
         },
         stamp,
         generation,
