@@ -55,7 +55,11 @@ from streamherd.operator.peering import PeeringGate
 from streamherd.operator.reconciler import EventNote, ReconcileMemo, ReconcileResult, reconcile
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.shadowtopics import KafkaShadowClient
-from streamherd.operator.snapshots import register_snapshots
+from streamherd.operator.snapshots import (
+    delete_state_snapshots,
+    lists_state_snapshots,
+    register_snapshots,
+)
 from streamherd.operator.topicadmin import InternalTopics, TopicAdminError
 from streamherd.operator.validation import parse_pipeline
 
@@ -525,7 +529,37 @@ def build_registry(ops: OperatorSettings) -> Any:
                 ctx.executor, _post_event, ctx.kube, event_body(dict(body), note)
             )
 
-    _ = (login, startup, cleanup, changed, pipeline_event, secret_event, delete_topics)
+    def keeps_snapshots(body: kopf.Body, **_: Any) -> bool:
+        return lists_state_snapshots(dict(body))
+
+    @kopf.on.delete(
+        *resource,
+        id="delete-snapshots",
+        when=keeps_snapshots,
+        retries=TOPIC_DELETE_RETRIES,
+        backoff=backoff,
+        registry=registry,
+    )
+    async def delete_snapshots(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+        # The snapshots taken before a reset or replay go with the pipeline (decision 0110),
+        # deleted while it is still there: their finalizers reach Kafka with its credentials.
+        ctx: OperatorContext = memo["ctx"]
+        meta = body.get("metadata") or {}
+        ns, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
+        loop = asyncio.get_running_loop()
+        left = await loop.run_in_executor(
+            ctx.executor, delete_state_snapshots, ctx.kube, ns, name, uid
+        )
+        if left:
+            raise kopf.TemporaryError(
+                f"waiting for StreamPipelineSnapshots {', '.join(left)} to delete their topics",
+                delay=3,
+            )
+
+    _ = (
+        login, startup, cleanup, changed, pipeline_event, secret_event, delete_topics,
+        delete_snapshots,
+    )  # fmt: skip
     return registry
 
 

@@ -388,9 +388,13 @@ class Engine:
         st = PartitionState(topic, partition)
         start: int | None = None
         if self.exactly_once:
-            checkpoint, start = self._restore(topic, partition, committed)
+            # The committed transaction's checkpoint, unless state.restoreFrom replaces it:
+            # the snapshot's state and offset then go in together, the offset committed
+            # with the first transaction that writes the restored checkpoint.
+            own, start = self._restore(topic, partition, committed)
+            checkpoint = self._restore_point(st, own)
         else:
-            checkpoint = self._restore_point(st)
+            checkpoint = self._restore_point(st, self.state.load(topic, partition))
         plan = self.processor.window
         if checkpoint is not None:
             st.next_offset = checkpoint.next_offset
@@ -443,10 +447,10 @@ class Engine:
         )
         return st
 
-    def _restore_point(self, st: PartitionState) -> Checkpoint | None:
-        """The checkpoint to restore: the partition's own, or, with ``state.restoreFrom``,
-        the snapshot's, unless the own one says it was already restored from it."""
-        own = self.state.load(st.topic, st.partition)
+    def _restore_point(self, st: PartitionState, own: Checkpoint | None) -> Checkpoint | None:
+        """The checkpoint to restore: the partition's own (`own`: the file's, or with
+        exactly-once the committed transaction's), or, with ``state.restoreFrom``, the
+        snapshot's, unless the own one says it was already restored from it."""
         name = self.state_policy.restore_from
         if name is None:
             return own

@@ -532,8 +532,9 @@ class Verify(Model):
         default="shadow",
         description=(
             "shadow: an edit that changes what the workers compute (processor steps, user "
-            "function, source format) first runs on two shadow workers, the running spec "
-            "and the edited one, each in its own consumer group from the same offsets (the "
+            "function, source format, worker image) first runs on two shadow workers, the "
+            "running spec and the edited one, each in its own consumer group from the same "
+            "offsets (the "
             "running workers' committed ones) writing to its own internal topic; after "
             "`duration` their results are compared window by window, and the edit is rolled "
             "out only when at most `tolerance` windows differ. The running workers are not "
