@@ -44,10 +44,11 @@ from typing import Any, Final
 import kopf
 
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION, StreamPipeline
-from streamherd.operator.autoscaling.handlers import cluster_from_secrets, register_autoscaler
+from streamherd.operator.autoscaling.handlers import register_autoscaler
 from streamherd.operator.builders import CHILD_KINDS
 from streamherd.operator.builders.meta import MANAGED_BY, PIPELINE_LABEL
 from streamherd.operator.events import event_body
+from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.kopfstate import InMemoryDiffBaseStorage, QuietProgressStorage
 from streamherd.operator.kube import ApiError, Kube, Manifest
 from streamherd.operator.peering import PeeringGate

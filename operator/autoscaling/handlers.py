@@ -22,7 +22,6 @@ reconciler leaves alone (reconciler.OWN_STATUS_KEYS).
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,8 +35,9 @@ from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION, Strea
 from streamherd.operator.autoscaling.decision import NO_DATA, STEADY
 from streamherd.operator.autoscaling.poller import Autoscaler, ScaleResult
 from streamherd.operator.events import event_body
+from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.kafkalogging import shared_kafka_log
-from streamherd.operator.kube import ApiError, KubeApi, Manifest
+from streamherd.operator.kube import ApiError, Manifest
 from streamherd.operator.lagprobe import ClusterConfig, LagProbe
 from streamherd.operator.reconciler import EventNote
 from streamherd.operator.validation import parse_pipeline
@@ -65,52 +65,6 @@ SCALING_DECISIONS: Final = Counter(
     "Autoscaling decisions by reason (Steady included; ScaleUp/ScaleDown/... change replicas).",
     ["reason"],
 )
-
-
-def _b64(data: dict[str, str], key: str) -> str:
-    return base64.b64decode(data.get(key, "")).decode()
-
-
-def cluster_from_secrets(kube: KubeApi, pipeline: StreamPipeline) -> ClusterConfig:
-    """The source cluster with the pipeline's SASL/TLS material read from its Secrets.
-
-    PEM material goes to librdkafka as ``ssl.*.pem`` properties (in memory, never on disk).
-    """
-    kafka = pipeline.spec.source.kafka
-    if kafka is None:
-        raise ValueError("pipeline has no Kafka source")
-    auth = kafka.auth
-    settings: dict[str, str] = {}
-    if auth is not None and auth.sasl is not None:
-        settings["sasl.mechanism"] = auth.sasl.mechanism
-        for prop, ref in (
-            ("sasl.username", auth.sasl.username),
-            ("sasl.password", auth.sasl.password),
-        ):
-            data = kube.secret_data(pipeline.namespace, ref.name)
-            if data is None or ref.key not in data:
-                raise ValueError(f"Secret {ref.name} (key {ref.key}) not found")
-            settings[prop] = _b64(data, ref.key)
-    if auth is not None and auth.tls is not None:
-        data = kube.secret_data(pipeline.namespace, auth.tls.secret_name)
-        if data is None:
-            raise ValueError(f"Secret {auth.tls.secret_name} not found")
-        if "ca.crt" in data:
-            settings["ssl.ca.pem"] = _b64(data, "ca.crt")
-        if auth.tls.client_certificate:
-            settings["ssl.certificate.pem"] = _b64(data, "tls.crt")
-            settings["ssl.key.pem"] = _b64(data, "tls.key")
-    sasl, tls = (
-        auth is not None and auth.sasl is not None,
-        auth is not None and auth.tls is not None,
-    )
-    settings["security.protocol"] = {
-        (True, True): "sasl_ssl",
-        (True, False): "sasl_plaintext",
-        (False, True): "ssl",
-        (False, False): "plaintext",
-    }[(sasl, tls)]
-    return ClusterConfig.of(kafka.bootstrap_servers, settings)
 
 
 def wants_builtin(body: Manifest) -> float | None:
@@ -316,7 +270,6 @@ def register_autoscaler(
 __all__ = [
     "AutoscalerState",
     "Reconcile",
-    "cluster_from_secrets",
     "parse_cached",
     "register_autoscaler",
     "scale_once",
