@@ -96,10 +96,12 @@ infra: binaries kafka-jars node-binaries ## All of the above
 ##@ Quality
 
 .PHONY: lint
-lint: $(STAMP) ## ruff check + ruff format --check
+lint: $(STAMP) ## ruff check + ruff format --check + the import contracts (.importlinter)
 	@echo "==> ruff"
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
+	@echo "==> lint-imports (.importlinter: the operator's layers, operator/workers boundary)"
+	@$(VENV)/bin/lint-imports --no-cache
 
 .PHONY: format
 format: $(STAMP) ## Apply ruff's fixes and formatting
@@ -112,7 +114,7 @@ typecheck: $(STAMP) ## mypy --strict on the streamherd package
 	@$(VENV)/bin/mypy -p streamherd
 
 .PHONY: check
-check: lint typecheck ## All static checks (the layering is a unit test: tests/unit/test_layout.py)
+check: lint typecheck ## All static checks (lint includes the import contracts of .importlinter)
 
 ##@ Tests
 

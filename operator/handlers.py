@@ -37,18 +37,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import kopf
 
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION, StreamPipeline
-from streamherd.operator.autoscaling.handlers import cluster_from_secrets, register_autoscaler
+from streamherd.operator.autoscaling.handlers import register_autoscaler
 from streamherd.operator.builders import CHILD_KINDS
 from streamherd.operator.builders.meta import MANAGED_BY, PIPELINE_LABEL
+from streamherd.operator.events import event_body
+from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.kopfstate import InMemoryDiffBaseStorage, QuietProgressStorage
 from streamherd.operator.kube import ApiError, Kube, Manifest
 from streamherd.operator.peering import PeeringGate
@@ -120,36 +120,6 @@ class OperatorContext:
         return sorted(
             key for key, names in self.secrets_of.items() if key[0] == namespace and secret in names
         )
-
-
-def event_body(pipeline: Manifest, note: EventNote) -> Manifest:
-    """A core/v1 Event about the pipeline (the autoscaler posts its decisions with it)."""
-    meta = pipeline.get("metadata", {})
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
-        "involvedObject": {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": KIND,
-            "name": meta.get("name"),
-            "namespace": meta.get("namespace"),
-            "uid": meta.get("uid"),
-        },
-        "type": note.type,
-        "reason": note.reason,
-        "message": note.message[:1024],
-        "source": {"component": MANAGED_BY},
-        "reportingComponent": MANAGED_BY,
-        "reportingInstance": socket.gethostname()[:128],
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-    }
-
-
-_event_body = event_body  # the name operator/autoscaling/handlers.py first imported
 
 
 def _reconcile_blocking(
@@ -444,7 +414,7 @@ def build_registry(ops: OperatorSettings) -> Any:
     # pipelines is kept by our one on.event handler below: kopf runs (and logs) every
     # on.event handler for every pipeline event, and our own status writes come back as
     # events, so one handler instead of two halves that work.
-    autoscaler = register_autoscaler(registry, index_events=False)
+    autoscaler = register_autoscaler(registry, reconcile=reconcile_key, index_events=False)
 
     @kopf.on.event(*resource, id="track-pipeline", registry=registry)
     async def pipeline_event(

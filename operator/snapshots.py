@@ -31,10 +31,10 @@ from confluent_kafka.cimpl import NewTopic
 
 from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND, SNAPSHOT_PLURAL
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, VERSION, StreamPipeline
-from streamherd.operator.autoscaling.handlers import cluster_from_secrets
 from streamherd.operator.builders.keying import repartition_topic
 from streamherd.operator.builders.meta import PIPELINE_LABEL
 from streamherd.operator.builders.snapshot import TAKEN_BEFORE_LABEL
+from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.kube import ApiError, KubeApi
 from streamherd.operator.restoring import listed_snapshots, snapshot_status
 from streamherd.operator.validation import parse_pipeline

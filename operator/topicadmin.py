@@ -7,7 +7,7 @@ on the source's cluster before it applies the workers; the deletion handler
 ``spec.state.retainOnDelete``).
 
 - One confluent-kafka AdminClient per cluster (servers plus security settings, the
-  autoscaler's :class:`~streamherd.workers.lagprobe.ClusterConfig`), shared by every
+  autoscaler's :class:`~streamherd.operator.lagprobe.ClusterConfig`), shared by every
   pipeline on it; credentials come from the pipeline's Secrets through the resolver the
   operator passes in (``cluster_from_secrets``, as for the lag probe) and never reach a log
   line, a condition or an event (``ClusterConfig.describe`` leaves them out; librdkafka's
@@ -52,7 +52,7 @@ from confluent_kafka.cimpl import NewTopic
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.builders.topics import TopicSpec, all_internal_names, internal_topics
 from streamherd.operator.kafkalogging import shared_kafka_log
-from streamherd.workers.lagprobe import ClusterConfig
+from streamherd.operator.lagprobe import ClusterConfig
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from streamherd.workers.config import StateConfig, WorkerConfig
 from streamherd.workers.fingerprint import changed_fields, config_fingerprint, snapshot_name
 from streamherd.workers.fusing import fuse
 from streamherd.workers.kafkaclients import client_config
-from streamherd.workers.lagprobe import StartFrom, partition_lag
+from streamherd.workers.lag import StartFrom, partition_lag
 from streamherd.workers.limits import ensure_recursion_headroom
 from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics
@@ -1415,7 +1415,7 @@ class Engine:
             # No consumer group: nothing is committed; the lag is what is left to read.
             return max(high - (st.next_offset or 0), 0)
         st.low, st.high = low, high
-        # The lag probe's rule (workers/lagprobe.py), so the exported figure, the operator's
+        # The lag probe's rule (workers/lag.py), so the exported figure, the operator's
         # probe and the broker's view agree: log end - committed; nothing committed yet ->
         # startFrom; committed behind the log start (retention) -> log end - log start.
         kafka = self.config.source.kafka

@@ -60,6 +60,7 @@ import msgspec
 import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from pyinstrument import Profiler
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -67,6 +68,7 @@ sys.path.insert(0, str(ROOT))
 from streamherd.workers.config import WorkerConfig  # noqa: E402
 from streamherd.workers.engine import Engine  # noqa: E402
 from streamherd.workers.metrics import EngineMetrics  # noqa: E402
+from tests.infra.kafka import start_kafka  # noqa: E402
 
 BEGIN, END = "<!-- engine:begin -->", "<!-- engine:end -->"
 QUIX_VERSION = "3.28.1"
@@ -326,8 +328,6 @@ def child_engine(
     engine._window_batch = timed_batch
     profiler: Any = None
     if profile:
-        from pyinstrument import Profiler
-
         profiler = Profiler(interval=0.001)
         profiler.start()
     engine.run()
@@ -657,8 +657,6 @@ def parent(args: argparse.Namespace) -> int:
     impls = [i for i in IMPLS if i in args.only.split(",")]
     broker = None
     if not args.bootstrap:
-        from tests.infra.kafka import start_kafka
-
         broker = start_kafka()
         args.bootstrap = broker.broker.bootstrap
     me = [sys.executable, str(Path(__file__).resolve())]

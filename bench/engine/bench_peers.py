@@ -83,6 +83,8 @@ from peer_outputs import (
     quix_outputs,
 )
 
+from tests.infra.kafka import start_kafka  # bench_engine put the repository on sys.path
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CACHE = Path(os.environ.get("STREAMHERD_CACHE", Path.home() / ".cache" / "streamherd"))
@@ -534,8 +536,6 @@ def main() -> int:
     )
     broker = None
     if not ARGS.bootstrap:
-        from tests.infra.kafka import start_kafka
-
         broker = start_kafka()
         ARGS.bootstrap = broker.broker.bootstrap
     results: dict[str, list[dict[str, Any]]] = {i: [] for i in impls}

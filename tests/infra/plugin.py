@@ -10,6 +10,7 @@ throwaway directories are kept after the session (always with STREAMHERD_KEEP_IN
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Generator, Iterator
@@ -96,9 +97,7 @@ def kube_cluster(request: pytest.FixtureRequest) -> Iterator[KubeCluster]:
 
 
 def _kind_cluster(request: pytest.FixtureRequest) -> KubeCluster:
-    try:
-        import pytest_kind  # noqa: F401 - only to give a clear message when it is missing
-    except ImportError:
+    if importlib.util.find_spec("pytest_kind") is None:  # a clear message when it is missing
         pytest.fail(
             "--cluster=kind needs pytest-kind (pip install -e '.[kind]') and Docker or Podman",
             pytrace=False,

@@ -15,8 +15,8 @@ import pytest
 from confluent_kafka.admin import ConfigResource
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.lagprobe import ClusterConfig
 from streamherd.operator.topicadmin import InternalTopics, TopicAdminError
-from streamherd.workers.lagprobe import ClusterConfig
 from tests.infra.kafka import KafkaBroker
 from tests.infra.processes import free_port, wait_until
 

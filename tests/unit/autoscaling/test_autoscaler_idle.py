@@ -95,6 +95,10 @@ class _NeverScale:
         raise AssertionError("an invalid pipeline was evaluated")
 
 
+async def _no_reconcile(ctx: Any, key: tuple[str, str]) -> None:
+    raise AssertionError("an invalid pipeline was reconciled by the autoscaler")
+
+
 class _Kube:
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
@@ -112,7 +116,8 @@ def test_the_autoscaler_leaves_invalid_pipelines_alone_quietly(
     state = AutoscalerState()
     with caplog.at_level(logging.DEBUG):
         for _ in range(3):
-            result = asyncio.run(scale_once(ctx, _NeverScale(), KEY, state.parsed))  # type: ignore[arg-type]
+            round_ = scale_once(ctx, _NeverScale(), KEY, state.parsed, reconcile=_no_reconcile)  # type: ignore[arg-type]
+            result = asyncio.run(round_)
             assert result is None
     ctx.executor.shutdown()
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -35,6 +35,7 @@ from streamherd.operator.builders.topics import (
     internal_topics,
     render_comment,
 )
+from streamherd.operator.lagprobe import ClusterConfig
 from streamherd.operator.reconciler import TOPICS, ReconcileMemo, reconcile
 from streamherd.operator.rendering import render_files
 from streamherd.operator.topicadmin import (
@@ -51,7 +52,6 @@ from streamherd.operator.upgrades import STATE_COMPATIBLE, config_backend, decid
 from streamherd.operator.validation import semantic_errors
 from streamherd.workers.config import ProcessorConfig, WorkerConfig
 from streamherd.workers.fingerprint import describe
-from streamherd.workers.lagprobe import ClusterConfig
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NAME = "clicks-per-minute"
