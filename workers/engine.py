@@ -1022,7 +1022,13 @@ class Engine:
         filtered = max(n_decoded - len(items) - stage_failures, 0)
         # Key, event time and values evaluated here, once (workers/rekeying.py).
         rows, st.max_event_ms = rekey(
-            self.processor.window, st.topic, st.partition, st.max_event_ms, items, failures=failures
+            self.processor.window,
+            st.topic,
+            st.partition,
+            st.max_event_ms,
+            items,
+            failures=failures,
+            partitions=self._repartition_partitions,
         )
         if rows:
             self.outputs.repartition(self.repartition.topic, self._repartition_partitions, rows)

@@ -7,26 +7,31 @@ clock, markers and topic: ``streamherd.workers.repartitioning``).
 needs: its key (``values.canonical_key``), its event time and the values of its aggregate
 expressions (``WindowPlan.values``, with their checks). A record whose key, event time or
 value fails is dead-lettered there, with its own source coordinates, and does not move its
-partition's maximum event time (as in an unpartitioned window). What is produced is a
-compact record, format :data:`~streamherd.workers.fingerprint.REPARTITION_FORMAT`::
+partition's maximum event time (as in an unpartitioned window). What is produced is, per
+repartition partition and per batch of the source partition, one compact message of format
+:data:`~streamherd.workers.fingerprint.REPARTITION_FORMAT`::
 
-    value = bytes([FORMAT, tagged]) + msgpack([topic, partition, offset, max_before,
-                                               key, event_ms, values, source_key, source_value])
+    value = bytes([FORMAT]) + msgpack([topic, partition, entry, entry, ...])
+    entry = [offset, max_before, key, event_ms, values, source_key, source_value(, 1)]
 
-``max_before`` is the source partition's largest event time before the record (None: no
-record yet), ``key`` the key's JSON value (``values.key_value``), ``values`` one entry per
-aggregate (None for a count). msgpack keeps every value's type and bits: NaN (with its
-payload), infinities, ``-0.0``, integers within 64 bits (signed or not), unicode, bytes.
-Anything it cannot carry (integers beyond 64 bits) makes the record ``tagged``: key and
-values go through ``values.encode_value`` (the checkpoints' exact encoding), undone by
+Entries are in offset order; ``max_before`` is the source partition's largest event time
+before the record (None: no record yet), ``key`` the key's JSON value
+(``values.key_value``), ``values`` one per aggregate (None for a count). msgpack keeps every
+value's type and bits: NaN (with its payload), infinities, ``-0.0``, integers within 64 bits,
+unicode, bytes. An entry with an integer beyond 64 bits ends with a ``1`` (tagged): its key
+and values went through ``values.encode_value`` (the checkpoints' exact encoding), undone by
 ``decode_value``. ``source_key`` and ``source_value`` are the source record's own bytes, so
 that a record dead-lettered downstream (late, or refused by its window) holds the same key
-and value as in an unpartitioned pipeline, with the same source coordinates.
+and value as in an unpartitioned pipeline, with the same source coordinates. One message
+per partition and batch (at most :data:`MESSAGE_BYTES` of entries; the message key is its
+first entry's key text, which picks that partition) spares a produce and a consume per
+record: those were most of the hop's cost (docs/benchmarks.md).
 
 **Downstream** (:func:`fold_rekeyed`) folds those values straight into the window: no JSON
 decode, no expression, no per-record stage; tumbling windows inline (like the fused batch
-function, workers/fusing.py), hopping ones through ``PartitionWindows.add``. Dedupe,
-lateness per source partition and closing are the hop's rules (repartitioning.py).
+function, workers/fusing.py), hopping ones through ``PartitionWindows.add``. Dedupe (per
+entry: a replayed batch may be cut elsewhere), lateness per source partition and closing
+are the hop's rules (repartitioning.py).
 
 **Versions.** The first byte is the format. Format 1 (a JSON copy of the whole record with a
 ``streamherd.upstream`` header, evaluated again downstream; its floats NaN and infinities
@@ -39,6 +44,7 @@ header) are unchanged.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -63,18 +69,21 @@ from streamherd.workers.values import (
 from streamherd.workers.windowing import REFUSED, PartitionWindows, WindowPlan
 
 __all__ = [
+    "MESSAGE_BYTES",
     "RekeyedMessage",
     "Row",
-    "decode_record",
-    "encode_record",
+    "decode_message",
+    "encode_entry",
+    "encode_message",
     "fold_rekeyed",
     "rekey",
 ]
 
-#: The record's first two bytes: the format, then whether key and values are tagged.
-_PLAIN: Final = bytes((REPARTITION_FORMAT, 0))
-_TAGGED: Final = bytes((REPARTITION_FORMAT, 1))
-_FIELDS: Final = 9
+_FORMAT: Final = bytes((REPARTITION_FORMAT,))
+_ENTRY_FIELDS: Final = 7
+#: Bytes of entries in one message at most (a larger entry is a message of its own): well
+#: under the producer's and the broker's default message.max.bytes (1 MB).
+MESSAGE_BYTES: Final = 256 * 1024
 
 #: A repartition row for ``Sink.repartition``: (key text, value, timestamp ms, source
 #: offset, headers).
@@ -84,9 +93,7 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
 
 
-def encode_record(  # noqa: PLR0917 - the record's fields, in its order
-    topic: str,
-    partition: int,
+def encode_entry(  # noqa: PLR0917 - the entry's fields, in its order
     offset: int,
     max_before: int | None,
     key: Any,
@@ -95,56 +102,74 @@ def encode_record(  # noqa: PLR0917 - the record's fields, in its order
     source_key: bytes | None,
     source_value: bytes | None,
 ) -> bytes:
-    """The repartition record of one source record (``key`` in state form); raises
-    ValueError when a value cannot be carried at all (a string with a lone surrogate)."""
+    """One source record's entry (``key`` in state form); raises ValueError when a value
+    cannot be carried at all (a string with a lone surrogate)."""
     json_key = key_value(key)
     try:
-        return _PLAIN + _encode(
-            (topic, partition, offset, max_before, json_key, event_ms, values,
-             source_key, source_value)
-        )  # fmt: skip
+        return _encode((offset, max_before, json_key, event_ms, values, source_key, source_value))
     except OverflowError:  # an integer beyond 64 bits: the checkpoints' exact encoding
         pass
     except UnicodeEncodeError as error:
         raise ValueError(f"a value cannot be written to the repartition topic: {error}") from None
-    return _TAGGED + _encode(
-        (topic, partition, offset, max_before, encode_value(json_key), event_ms,
-         encode_value(values), source_key, source_value)
+    return _encode(
+        (offset, max_before, encode_value(json_key), event_ms, encode_value(values),
+         source_key, source_value, 1)
     )  # fmt: skip
 
 
-def decode_record(value: bytes) -> list[Any]:
-    """The fields of a repartition record (key in state form); RepartitionError for a record
-    of another format or a malformed one."""
-    head = value[:1]
-    if head != _PLAIN[:1]:
+def _array_head(n: int) -> bytes:
+    """The msgpack header of an array of ``n`` items."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def encode_message(topic: str, partition: int, entries: list[bytes]) -> bytes:
+    """The message of a source partition's entries (from :func:`encode_entry`)."""
+    return b"".join(
+        (_FORMAT, _array_head(2 + len(entries)), _encode(topic), _encode(partition), *entries)
+    )
+
+
+def decode_message(value: bytes) -> tuple[str, int, list[list[Any]]]:
+    """The source topic, partition and entries (keys in state form) of a repartition
+    message; RepartitionError for one of another format or a malformed one."""
+    if value[:1] != _FORMAT:
         raise RepartitionError(_foreign(value))
     try:
-        fields: Any = _decode(value[2:])
-        if type(fields) is not list or len(fields) != _FIELDS:
-            raise ValueError(f"not a list of {_FIELDS} fields")
-        topic, partition, offset, top, key, event_ms, values, _k, _v = fields
-        if value[1] == 1:
-            key = decode_value(key)
-            values = decode_value(values)
-        elif value[1] != 0:
-            raise ValueError(f"unknown flags {value[1]}")
-        if (
-            type(topic) is not str
-            or type(partition) is not int
-            or type(offset) is not int
-            or (top is not None and type(top) is not int)
-            or type(event_ms) is not int
-            or type(values) is not list
-        ):
+        fields: Any = _decode(value[1:])
+        if type(fields) is not list or len(fields) < 3:
+            raise ValueError("not a list of a topic, a partition and entries")
+        topic, partition = fields[0], fields[1]
+        if type(topic) is not str or type(partition) is not int:
             raise ValueError("a field of the wrong type")
-        fields[4] = key if type(key) is str else canonical_key(key)
-        fields[6] = values
+        entries = fields[2:]
+        for entry in entries:
+            if type(entry) is not list:
+                raise ValueError("an entry that is not a list")
+            if len(entry) != _ENTRY_FIELDS:
+                if len(entry) != _ENTRY_FIELDS + 1 or entry[_ENTRY_FIELDS] != 1:
+                    raise ValueError(f"an entry of {len(entry)} fields")
+                entry.pop()
+                entry[2] = decode_value(entry[2])
+                entry[4] = decode_value(entry[4])
+            offset, top, key, event_ms, values = entry[:5]
+            if (
+                type(offset) is not int
+                or (top is not None and type(top) is not int)
+                or type(event_ms) is not int
+                or type(values) is not list
+            ):
+                raise ValueError("a field of the wrong type")
+            if type(key) is not str:
+                entry[2] = canonical_key(key)
     except (msgspec.DecodeError, ValueError, TypeError, IndexError) as error:
         raise RepartitionError(
-            f"malformed repartition record (format {REPARTITION_FORMAT}): {error}"
+            f"malformed repartition message (format {REPARTITION_FORMAT}): {error}"
         ) from None
-    return fields
+    return topic, partition, entries
 
 
 def _foreign(value: bytes) -> str:
@@ -169,15 +194,19 @@ def rekey(
     items: list[Item],
     *,
     failures: list[Failure],
+    partitions: int,
 ) -> tuple[list[Row], int | None]:
-    """The repartition rows of one source partition's surviving records (in offset order),
-    and its new maximum event time. A record whose key, event time or values fail, or whose
+    """The repartition messages of one source partition's surviving records (in offset
+    order; one per repartition partition of ``partitions`` and :data:`MESSAGE_BYTES`), and
+    its new maximum event time. A record whose key, event time or values fail, or whose
     values cannot be carried, is appended to ``failures`` (``expression``) and moves
     nothing."""
     key_of, time_of, values_of, kafka_time = plan.key, plan.event_time, plan.values, plan.kafka_time
     top = max_event_ms
     rows: list[Row] = []
-    append = rows.append
+    # repartition partition -> [first key text, entries, bytes, last offset, timestamp]
+    open_: dict[int, list[Any]] = {}
+    crc32 = zlib.crc32
     for record, m in items:
         offset = m.offset()
         assert offset is not None
@@ -188,32 +217,47 @@ def rekey(
             stamp = kafka_timestamp(m)
             event_ms = time_of(record, stamp if kafka_time else None)
             values = values_of(record)
-            value = encode_record(
-                topic, partition, offset, top, key, event_ms, values, m.key(), m.value()
-            )
+            entry = encode_entry(offset, top, key, event_ms, values, m.key(), m.value())
         except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
             failures.append(Failure(m, "expression", error.with_traceback(None)))
             continue
-        when = stamp if stamp is not None and stamp > 0 else 0  # 0: the producer's clock
-        append((key_text(key), value, when, offset, []))
         if top is None or event_ms > top:
             top = event_ms
+        text = key_text(key)
+        # The partition Sink.repartition picks for this key text (CRC-32, stable).
+        target = crc32(text.encode("utf-8", errors="surrogatepass")) % partitions
+        when = stamp if stamp is not None and stamp > 0 else 0  # 0: the producer's clock
+        group = open_.get(target)
+        if group is not None and group[2] + len(entry) > MESSAGE_BYTES:
+            rows.append(_row(topic, partition, group))
+            group = None
+        if group is None:
+            open_[target] = [text, [entry], len(entry), offset, when]
+            continue
+        group[1].append(entry)
+        group[2] += len(entry)
+        group[3] = offset
+        group[4] = max(group[4], when)
+    rows.extend(_row(topic, partition, group) for group in open_.values())
     return rows, top
 
 
+def _row(topic: str, partition: int, group: list[Any]) -> Row:
+    text, entries, _size, offset, when = group
+    return (text, encode_message(topic, partition, entries), when, offset, [])
+
+
 class RekeyedMessage:
-    """A repartition record seen as the source record it came from: dead letters name the
-    source topic, partition and offset and hold the source key and value."""
+    """An entry of a repartition message seen as the source record it came from: dead
+    letters name the source topic, partition and offset and hold the source key and value."""
 
-    __slots__ = ("_key", "_message", "_offset", "_partition", "_topic", "_value")
+    __slots__ = ("_entry", "_message", "_partition", "_topic")
 
-    def __init__(self, message: Any, fields: list[Any]) -> None:
+    def __init__(self, message: Any, topic: str, partition: int, entry: list[Any]) -> None:
         self._message = message
-        self._topic: str = fields[0]
-        self._partition: int = fields[1]
-        self._offset: int = fields[2]
-        self._key: bytes | None = fields[7]
-        self._value: bytes | None = fields[8]
+        self._topic = topic
+        self._partition = partition
+        self._entry = entry
 
     def topic(self) -> str:
         return self._topic
@@ -222,13 +266,16 @@ class RekeyedMessage:
         return self._partition
 
     def offset(self) -> int:
-        return self._offset
+        offset: int = self._entry[0]
+        return offset
 
     def key(self) -> bytes | None:
-        return self._key
+        key: bytes | None = self._entry[5]
+        return key
 
     def value(self) -> bytes | None:
-        return self._value
+        value: bytes | None = self._entry[6]
+        return value
 
     def timestamp(self) -> tuple[int, int]:
         stamp: tuple[int, int] = self._message.timestamp()
@@ -300,11 +347,11 @@ class _Named:
 def fold_rekeyed(
     windows: PartitionWindows, clock: UpstreamClock, messages: Sequence[Any]
 ) -> tuple[list[Failure], int, int, int]:
-    """Fold one batch of a repartition partition: markers into the clock, replays dropped,
-    each record's values folded with its source partition's lateness. Returns the failures
-    (in message order: foreign or malformed records, refused values, late records), how
-    many were late, how many were duplicates, and how many records were taken (folded,
-    late or refused: each once)."""
+    """Fold one batch of a repartition partition: markers into the clock, replayed entries
+    dropped, each entry's values folded with its source partition's lateness. Returns the
+    failures (in order: foreign or malformed messages, refused values, late records), how
+    many were late, how many were duplicates, and how many records were taken (folded, late
+    or refused: each once)."""
     failures: list[Failure] = []
     late = duplicates = taken = 0
     plan = windows.plan
@@ -329,56 +376,64 @@ def fold_rekeyed(
                 failures.append(Failure(_format_one(m), "decode", RepartitionError(_foreign(b"{"))))
             continue
         try:
-            fields = decode_record(value)
-            if len(fields[6]) != n_values:
-                raise RepartitionError(
-                    f"a repartition record with {len(fields[6])} values for {n_values} aggregates"
-                )
+            topic, partition, entries = decode_message(value)
+            for entry in entries:
+                if len(entry[4]) != n_values:
+                    raise RepartitionError(
+                        f"a repartition entry with {len(entry[4])} values for {n_values} aggregates"
+                    )
         except RepartitionError as error:
             source = _format_one(m) if value[:1] == b"{" else m
             failures.append(Failure(source, "decode", error))
             continue
-        upstream = (fields[0], fields[1])
-        offset, before = fields[2], fields[3]
+        upstream = (topic, partition)
         st = upstreams.get(upstream)
         if st is None:
             st = upstreams[upstream] = UpstreamState()
-        if offset <= st.offset:
-            duplicates += 1
-            continue
-        st.offset = offset
-        st.idle = False
-        if before is not None and (st.max_event_ms is None or before > st.max_event_ms):
-            st.max_event_ms = before
-        taken += 1
-        key, event_ms, values = fields[4], fields[5], fields[6]
-        # The level this record folds against: its source partition's maximum before it, or
-        # the level of windows already closed, whichever is higher (UpstreamClock.level_before).
-        level = before if floor is None or (before is not None and before > floor) else floor
-        if tumbling:
-            top = level if level is not None and event_ms <= level else event_ms
-            start = event_ms - event_ms % size
-            if start + size <= top - lateness:
-                late += 1
-                failures.append(_late(RekeyedMessage(m, fields), event_ms))
+        for entry in entries:
+            offset, before, key, event_ms, values = entry[0], entry[1], entry[2], entry[3], entry[4]
+            if offset <= st.offset:
+                duplicates += 1
                 continue
-            acc = get((key, start))
-            if acc is None:
-                acc = open_window(key, start)
+            st.offset = offset
+            st.idle = False
+            if before is not None and (st.max_event_ms is None or before > st.max_event_ms):
+                st.max_event_ms = before
+            taken += 1
+            # The level this record folds against: its source partition's maximum before it,
+            # or the level of windows already closed, whichever is higher
+            # (UpstreamClock.level_before).
+            level = before if floor is None or (before is not None and before > floor) else floor
+            if tumbling:
+                top = level if level is not None and event_ms <= level else event_ms
+                start = event_ms - event_ms % size
+                if start + size <= top - lateness:
+                    late += 1
+                    failures.append(_late(RekeyedMessage(m, topic, partition, entry), event_ms))
+                    continue
+                acc = get((key, start))
+                if acc is None:
+                    acc = open_window(key, start)
+                try:
+                    update(acc, values)
+                except REFUSED as error:  # all or nothing: the window is as it was
+                    failures.append(_refused(m, topic, partition, entry, error))
+                continue
+            windows.max_event_ms = level
             try:
-                update(acc, values)
-            except REFUSED as error:  # all or nothing: the window is as it was
-                failures.append(
-                    Failure(RekeyedMessage(m, fields), "expression", error.with_traceback(None))
-                )
-            continue
-        windows.max_event_ms = level
-        try:
-            if not windows.add(key, event_ms, values):
-                late += 1
-                failures.append(_late(RekeyedMessage(m, fields), event_ms))
-        except REFUSED as error:  # add() changed nothing
-            failures.append(
-                Failure(RekeyedMessage(m, fields), "expression", error.with_traceback(None))
-            )
+                if not windows.add(key, event_ms, values):
+                    late += 1
+                    failures.append(_late(RekeyedMessage(m, topic, partition, entry), event_ms))
+            except REFUSED as error:  # add() changed nothing
+                failures.append(_refused(m, topic, partition, entry, error))
     return failures, late, duplicates, taken
+
+
+def _refused(
+    message: Any, topic: str, partition: int, entry: list[Any], error: Exception
+) -> Failure:
+    return Failure(
+        RekeyedMessage(message, topic, partition, entry),
+        "expression",
+        error.with_traceback(None),
+    )

@@ -24,7 +24,6 @@ here: see test_a_refused_record_moves_the_hop_s_watermark.
 from __future__ import annotations
 
 import json
-import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -43,7 +42,14 @@ from streamherd.workers.processing import (
     decode_json,
     window_batch,
 )
-from streamherd.workers.rekeying import decode_record, encode_record, fold_rekeyed, rekey
+from streamherd.workers.rekeying import (
+    MESSAGE_BYTES,
+    decode_message,
+    encode_entry,
+    encode_message,
+    fold_rekeyed,
+    rekey,
+)
 from streamherd.workers.repartitioning import (
     WATERMARK_HEADER,
     UpstreamClock,
@@ -244,7 +250,7 @@ def hop(
         upstream_failures: list[Failure] = []
         items = decode_json(list(batch), upstream_failures)
         items = processor.run(items, upstream_failures)
-        rows, top = rekey(plan, "src", 0, top, items, failures=upstream_failures)
+        rows, top = rekey(plan, "src", 0, top, items, failures=upstream_failures, partitions=queues)
         failures += upstream_failures
         for key, value, _when, _offset, headers in rows:
             raw = key.encode("utf-8", errors="surrogatepass")
@@ -330,21 +336,66 @@ def test_windows_through_the_hop_equal_windows_without_it(
     ),
     before=st.one_of(st.none(), st.integers(-(2**62), 2**62)),
     source_value=st.one_of(st.none(), st.binary(max_size=20)),
+    n=st.integers(1, 20),
 )
-def test_a_record_reads_back_exactly(
-    key: Any, values: list[Any], before: int | None, source_value: bytes | None
+def test_a_message_reads_back_exactly(
+    key: Any, values: list[Any], before: int | None, source_value: bytes | None, n: int
 ) -> None:
-    state_key = canonical_key(key) if not (type(key) is float and math.isnan(key)) else "x"
-    encoded = encode_record("t.ü", 7, 12, before, state_key, BASE, values, b"k", source_value)
+    state_key = canonical_key(key)
+    entries = [
+        encode_entry(12 + i, before, state_key, BASE, values, b"k", source_value) for i in range(n)
+    ]
+    encoded = encode_message("t.ü", 7, entries)
     assert encoded[0] == REPARTITION_FORMAT
-    fields = decode_record(encoded)
-    assert fields[:4] == ["t.ü", 7, 12, before]
-    assert exact(fields[4]) == exact(state_key) or (
-        type(state_key) is tuple and exact(canonical_key(fields[4])) == exact(state_key)
+    topic, partition, decoded = decode_message(encoded)
+    assert (topic, partition, len(decoded)) == ("t.ü", 7, n)
+    for i, entry in enumerate(decoded):
+        assert entry[:2] == [12 + i, before]
+        assert exact(entry[2]) == exact(state_key)  # in state form
+        assert key_text(entry[2]) == key_text(state_key)
+        assert entry[3] == BASE
+        assert exact(entry[4]) == exact(values)
+        assert entry[5:] == [b"k", source_value]
+
+
+def test_a_batch_is_cut_into_messages_of_bounded_size_in_offset_order() -> None:
+    processor = Processor.compile(
+        ProcessorConfig.model_validate(
+            {
+                "steps": [
+                    {
+                        "window": {
+                            "keyBy": "k",
+                            "size": "1s",
+                            "eventTime": {"field": "ts"},
+                            "aggregates": [{"name": "n", "function": "count"}],
+                        }
+                    }
+                ]
+            }
+        )
     )
-    assert key_text(fields[4]) == key_text(state_key)
-    assert exact(fields[6]) == exact(values)
-    assert fields[7:] == [b"k", source_value]
+    assert processor.window is not None
+    pad = "x" * 50_000
+    messages = [
+        Msg("src", 0, i, orjson.dumps({"k": f"k{i % 3}", "ts": BASE + i, "pad": pad}))
+        for i in range(40)
+    ]
+    failures: list[Failure] = []
+    items = decode_json(list(messages), failures)
+    rows, top = rekey(processor.window, "src", 0, None, items, failures=failures, partitions=2)
+    assert (failures, top) == ([], BASE + 39)
+    seen: dict[int, list[int]] = {0: [], 1: []}
+    for key, value, _when, _offset, _headers in rows:
+        q = zlib.crc32(key.encode()) % 2
+        assert len(value) < MESSAGE_BYTES + 60_000  # at most one entry past the bound
+        _topic, _partition, entries = decode_message(value)
+        for entry in entries:
+            assert zlib.crc32(key_text(entry[2]).encode()) % 2 == q  # the row's partition
+            seen[q].append(entry[0])
+    assert sorted(seen[0] + seen[1]) == list(range(40))
+    assert all(lane == sorted(lane) for lane in seen.values())
+    assert len(rows) > 2  # cut, not one message per partition
 
 
 def test_records_of_another_format_are_dead_lettered_and_never_taken() -> None:
@@ -376,10 +427,11 @@ def test_records_of_another_format_are_dead_lettered_and_never_taken() -> None:
         b"a",
         [("streamherd.upstream", upstream_header("src", 3, 5, None))],
     )
-    good = encode_record("src", 3, 5, None, "a", BASE, [None], b"u", b"{}")
-    unknown = Msg("rp", 0, 1, bytes((REPARTITION_FORMAT + 1, 0)) + good[2:], b"a")
-    garbage = Msg("rp", 0, 2, bytes((REPARTITION_FORMAT, 0)) + b"\xc1", b"a")
-    few = Msg("rp", 0, 3, encode_record("src", 3, 5, None, "a", BASE, [None, 1], None, None), b"a")
+    good = encode_message("src", 3, [encode_entry(5, None, "a", BASE, [None], b"u", b"{}")])
+    unknown = Msg("rp", 0, 1, bytes((REPARTITION_FORMAT + 1,)) + good[1:], b"a")
+    garbage = Msg("rp", 0, 2, bytes((REPARTITION_FORMAT,)) + b"\xc1", b"a")
+    two = encode_entry(5, None, "a", BASE, [None, 1], None, None)
+    few = Msg("rp", 0, 3, encode_message("src", 3, [two]), b"a")
     windows = PartitionWindows(plan)
     clock = UpstreamClock(known=frozenset({("src", 3)}))
     failures, late, dups, taken = fold_rekeyed(windows, clock, [old, unknown, garbage, few])

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from streamherd.workers.config import WindowSpec, WorkerConfig
 from streamherd.workers.engine import Engine, PartitionState
-from streamherd.workers.rekeying import encode_record, fold_rekeyed
+from streamherd.workers.rekeying import encode_entry, encode_message, fold_rekeyed
 from streamherd.workers.repartitioning import (
     WATERMARK_HEADER,
     UpstreamClock,
@@ -105,7 +105,8 @@ def upstream(p: int, rows: list[tuple[str, int, int]], queues: int) -> list[list
     for offset, (page, delta, v) in enumerate(rows):
         t += delta  # mostly forward, sometimes back: disorder
         record = {"page": page, "ts": t, "v": v}
-        value = encode_record("src", p, offset, top, page, t, [None, v], None, orjson.dumps(record))
+        entry = encode_entry(offset, top, page, t, [None, v], None, orjson.dumps(record))
+        value = encode_message("src", p, [entry])
         q = zlib.crc32(key_text(page).encode()) % queues
         out[q].append((offset, Msg(value, [])))
         top = t if top is None or t > top else top
