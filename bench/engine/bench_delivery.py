@@ -125,7 +125,6 @@ def render(
     hops = []
     if base is not None:
         hops = [
-            "",
             f"The repartition hop against its before ({base}, run in the same rounds), "
             "records per CPU-second, medians; the hop's cost is CPU-seconds per record "
             "relative to `alo`'s:",
@@ -157,7 +156,7 @@ def render(
             *rows,
             "",
             *hops,
-            "",
+            *([""] if hops else []),
             f"Outputs compared window by window: {same}.",
         ]
     )
