@@ -33,8 +33,14 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamherd.workers.config import ProcessorConfig
-from streamherd.workers.fingerprint import REPARTITION_FORMAT
+from streamherd.workers.config import ProcessorConfig, WorkerConfig
+from streamherd.workers.fingerprint import (
+    REPARTITION_FORMAT,
+    changed_fields,
+    config_fingerprint,
+    field_names,
+    fingerprint,
+)
 from streamherd.workers.processing import (
     Failure,
     LateRecordError,
@@ -492,3 +498,34 @@ class _NoDraws:
 
     def draw(self, strategy: Any, label: str | None = None) -> Any:
         return {"replay": False, "down cuts": []}[label or ""]
+
+
+def test_the_record_format_is_part_of_the_state_fingerprint() -> None:
+    """A worker of another repartition format must not adopt this one's state: the format is
+    in the fingerprint, and the diff names the repartition as what changed."""
+    config = WorkerConfig.model_validate(
+        {
+            "pipeline": {"name": "p"},
+            "source": {
+                "kafka": {"bootstrapServers": "127.0.0.1:9", "topics": ["in"], "consumerGroup": "g"}
+            },
+            "processor": {
+                "steps": [
+                    {
+                        "window": {
+                            "keyBy": "page",
+                            "size": "1s",
+                            "aggregates": [{"name": "n", "function": "count"}],
+                        }
+                    }
+                ]
+            },
+            "sink": {"stdout": {}},
+            "repartition": {"topic": "in.rp"},
+        }
+    )
+    digest, description = config_fingerprint(config)
+    assert description["repartition"] == {"topic": "in.rp", "format": REPARTITION_FORMAT}
+    format_one = {**description, "repartition": {"topic": "in.rp"}}  # before decision 0100
+    assert fingerprint(format_one) != digest
+    assert field_names(changed_fields(format_one, description)) == ["repartition"]
