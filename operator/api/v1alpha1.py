@@ -881,12 +881,16 @@ class StreamPipelineSpec(Model):
 
 
 def exactly_once_spec_problem(spec: StreamPipelineSpec) -> str | None:
-    """Why one Kafka transaction cannot hold every output of this pipeline, or None."""
+    """Why no one transaction can hold every output of this pipeline with its input offsets,
+    or None: a Kafka sink on the source's cluster (one Kafka transaction) or a PostgreSQL
+    sink (the database's transaction; what else it needs: exactly_once_postgres_problem)."""
     src, sink = spec.source.kafka, spec.sink.kafka
     if src is None:
         return "needs a Kafka source (its offsets are committed in the transaction)"
+    if spec.sink.postgres is not None:
+        return None
     if sink is None:
-        return "needs a Kafka sink (a PostgreSQL or stdout sink is not transactional)"
+        return "needs a Kafka or PostgreSQL sink (a stdout sink is not transactional)"
     if sink.bootstrap_servers not in (None, src.bootstrap_servers) or sink.auth is not None:
         return "sink.kafka must be on the source's cluster with the source's auth"
     dead = spec.dead_letter
