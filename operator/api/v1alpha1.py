@@ -866,8 +866,10 @@ class StreamPipelineSpec(Model):
             "results, dead letters, repartition records and the input offsets are committed "
             "in one Kafka transaction per checkpoint interval, so a `read_committed` reader "
             "sees each result once; needs a Kafka source and a Kafka sink (and dead-letter "
-            "topic) on the source's cluster with the source's auth. Results become visible "
-            "when their transaction commits (checkpoint.interval)."
+            "topic) on the source's cluster with the source's auth, or a PostgreSQL sink, "
+            "which commits the results and the input offsets in one database transaction "
+            "(then no deadLetter, checkpoint.backend volume, window.repartition never). "
+            "Results become visible when their transaction commits (checkpoint.interval)."
         ),
     )
     upgrade: Upgrade = Field(
