@@ -1256,6 +1256,10 @@ class Engine:
         if not committed:
             self.metrics.error("transaction")
             log_event(log, logging.WARNING, "checkpoint-postponed", reason="sink not committed")
+            if reason == "revoke":
+                # The queued rows include the outgoing partitions', which must never commit
+                # without their offsets: drop them all and go back to the last commit.
+                self._abort_and_rewind(source, "sink not committed before a revoke")
             return False
         if offsets and source.group_offsets:
             # The group's offsets only feed the lag figures (the operator's probe, the
