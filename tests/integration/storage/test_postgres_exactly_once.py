@@ -13,12 +13,16 @@ the trigger counts. Kill points:
   lock taken (rows upserted in that open transaction), and kills the worker;
 - right after a commit (the offsets table's generation just changed);
 - while partitions are being assigned (as soon as the worker logs its assignment);
-- at random moments with two workers, so that every restart is also a rebalance.
+- at random moments with two workers, so that every restart is also a rebalance;
+
+and a worker frozen with SIGSTOP while another takes its partitions must commit nothing after
+SIGCONT (its offsets moved on: fenced).
 """
 
 from __future__ import annotations
 
 import random
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +32,7 @@ import psycopg
 import pytest
 
 from tests.infra.kafka import KafkaBroker
-from tests.integration.engine.enginekit import Worker, flush_markers, wait_until
+from tests.integration.engine.enginekit import Worker, clicks, flush_markers, wait_until
 from tests.integration.storage.test_postgres_pipeline import (
     BASE_END_TS,
     DSN_ENV,
@@ -213,3 +217,47 @@ def test_random_sigkills_of_two_workers_leave_each_window_written_once(
     finally:
         for w in workers:
             w.stop()
+
+
+def test_a_frozen_worker_commits_nothing_after_its_partitions_moved(
+    kafka_broker: KafkaBroker, postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DSN_ENV, postgres_dsn)
+    config, src = exactly_once_config(kafka_broker, tmp_path, postgres_dsn)
+    total = 16_000
+    records = list(clicks(0, total))
+    a, b = worker(tmp_path, "a", config), worker(tmp_path, "b", config)
+    try:
+        a.start()
+        wait_until("a ready", lambda: a.get("/readyz")[0] == 200, 60, [a])
+        b.start()
+        kafka_broker.produce(src, records[: total // 2])
+        wait_until("b ready", lambda: b.get("/readyz")[0] == 200, 60, [a, b])
+        wait_until("a to commit", lambda: len(offsets(postgres_dsn)) > 0, 60, [a, b])
+        a.signal(signal.SIGSTOP)  # frozen mid-stream, its rows queued for its next commit
+        try:
+            kafka_broker.produce(src, records[total // 2 :])
+
+            def b_owns_everything() -> bool:
+                owned = metric(b, "streamherd_assigned_partitions")
+                return owned is not None and owned >= PARTITIONS
+
+            wait_until("b to own every partition", b_owns_everything, 120, [b])
+            finish(kafka_broker, src, postgres_dsn, total, [b])
+        finally:
+            a.signal(signal.SIGCONT)  # the zombie wakes up and tries to commit
+        wait_until(
+            "the zombie to notice",
+            lambda: (
+                "transaction-failed" in a.log_tail(200)
+                or "partitions-lost" in a.log_tail(200)
+                or not a.alive()
+            ),
+            90,
+        )
+        time.sleep(2)  # room for a commit it must not make
+        assert_each_window_written_once(postgres_dsn, kafka_broker, src)
+        assert_table_equals_reference(postgres_dsn, total, [b])
+    finally:
+        a.stop()
+        b.stop()
