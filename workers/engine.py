@@ -233,12 +233,17 @@ class Engine:
             if self.exactly_once
             else None,
         )
+        # Exactly-once into a database: the sink commits the offsets in its own transaction
+        # (workers/sinks_postgres_offsets.py), not Kafka's; they win over the group's.
+        self.sink_offsets = self.exactly_once and self.outputs.keeps_offsets
         # Where checkpoints live (workers/statebackends.py); exactly-once joins its writes to
         # the outputs' transaction.
         self.state: StateBackend = state or open_state_backend(
             config,
             transactional_id=transactional_id(config),
-            transaction=self.outputs.transaction if self.exactly_once else None,
+            transaction=self.outputs.transaction
+            if self.exactly_once and not self.sink_offsets
+            else None,
             metrics=self.metrics,
         )
         self._given_source = source
@@ -602,6 +607,8 @@ class Engine:
     def _committed_with_metadata(
         self, source: Source, partitions: list[TopicPartition]
     ) -> dict[tuple[str, int], tuple[int, str]]:
+        if self.sink_offsets:  # the sink's offsets (and generations) win over the group's
+            return self.outputs.committed_offsets([(tp.topic, tp.partition) for tp in partitions])
         asked = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
         return {
             (tp.topic, tp.partition): (tp.offset, tp.metadata or "")
@@ -653,8 +660,8 @@ class Engine:
                         partition=tp.partition,
                         offset=tp.offset,
                     )
-                elif self._offset_reset(st):
-                    pass
+                elif not self.sink_offsets and self._offset_reset(st):
+                    pass  # (with the sink's offsets the group's are only the lag figures)
                 elif st.next_offset is not None and st.committed != st.next_offset:
                     log_event(
                         log,
@@ -1172,7 +1179,6 @@ class Engine:
         source = self.source
         if source is None:
             return True
-        producer = self.outputs.transaction
         started = time.perf_counter()
         states = [st for st in self.partitions.values() if st.held is None]
         for st in states:
@@ -1190,6 +1196,80 @@ class Engine:
         saved: list[Checkpoint] = []
         if dirty:
             saved = self._save(dirty, pending=True, generation=generation)  # joins it
+        if self.sink_offsets:
+            if not self._commit_to_sink(source, dirty, generation, reason):
+                return False
+        elif not self._commit_to_kafka(source, dirty, generation, reason, timeout):
+            return False
+        if dirty:
+            self.state.promote([(st.topic, st.partition) for st in dirty])
+            for st in dirty:
+                st.dirty = False
+                st.committed = st.next_offset
+                st.written_committed = st.committed
+            self.counters.checkpoints += 1
+            self._snapshot_taken(saved)  # committed now: a snapshot may hold them
+        self.outputs.take_errors()  # a committed transaction delivered everything
+        if not final and not self.sink_offsets:
+            self.outputs.transaction.begin_transaction()
+        duration = time.perf_counter() - started
+        self.metrics.checkpointed(duration)
+        self.metrics.commits.inc()
+        self._last_checkpoint = time.monotonic()
+        log_event(
+            log,
+            logging.DEBUG,
+            "transaction-committed",
+            reason=reason,
+            partitions=len(dirty),
+            duration_ms=round(duration * 1000, 1),
+        )
+        return True
+
+    def _commit_to_sink(
+        self, source: Source, dirty: list[PartitionState], generation: str, reason: str
+    ) -> bool:
+        """Exactly-once into a database: the results and offsets in its transaction; False
+        when it could not commit (nothing did: the next checkpoint tries again). Fenced, or
+        a COMMIT whose outcome is unknown: the worker stops (TransactionError), and whoever
+        takes the partitions next restores what the sink's offsets table says."""
+        offsets = [(st.topic, st.partition, st.next_offset or 0) for st in dirty]
+        try:
+            committed = self.outputs.commit_offsets(offsets, generation)
+        except Exception as error:  # any failure to decide stops the worker
+            self._broken = True
+            self.metrics.error("transaction")
+            log_event(log, logging.ERROR, "transaction-failed", reason=reason, error=str(error))
+            raise TransactionError(f"sink transaction failed: {error}") from error
+        if not committed:
+            self.metrics.error("transaction")
+            log_event(log, logging.WARNING, "checkpoint-postponed", reason="sink not committed")
+            if reason == "revoke":
+                # The queued rows include the outgoing partitions', which must never commit
+                # without their offsets: drop them all and go back to the last commit.
+                self._abort_and_rewind(source, "sink not committed before a revoke")
+            return False
+        if offsets and source.group_offsets:
+            # The group's offsets only feed the lag figures (the operator's probe, the
+            # autoscaler): the sink's win on assign, so a lost commit here is harmless.
+            try:
+                source.commit([TopicPartition(t, p, o) for t, p, o in offsets], asynchronous=True)
+            except KafkaException as error:
+                log_event(log, logging.WARNING, "commit-failed", error=str(error))
+        return True
+
+    def _commit_to_kafka(
+        self,
+        source: Source,
+        dirty: list[PartitionState],
+        generation: str,
+        reason: str,
+        timeout: float,
+    ) -> bool:
+        """The Kafka transaction: outputs, dead letters, repartition records, changelog
+        records and the offsets (fenced by the group's generation, KIP-447); False when it
+        was aborted and the partitions rewound."""
+        producer = self.outputs.transaction
         try:
             if dirty:
                 offsets = [
@@ -1206,40 +1286,19 @@ class Engine:
                 raise TransactionError(f"transaction failed fatally: {error}") from error
             self._abort_and_rewind(source, str(error))
             return False
-        if dirty:
-            self.state.promote([(st.topic, st.partition) for st in dirty])
-            for st in dirty:
-                st.dirty = False
-                st.committed = st.next_offset
-                st.written_committed = st.committed
-            self.counters.checkpoints += 1
-            self._snapshot_taken(saved)  # committed now: a snapshot may hold them
-        self.outputs.take_errors()  # a committed transaction delivered everything
-        if not final:
-            producer.begin_transaction()
-        duration = time.perf_counter() - started
-        self.metrics.checkpointed(duration)
-        self.metrics.commits.inc()
-        self._last_checkpoint = time.monotonic()
-        log_event(
-            log,
-            logging.DEBUG,
-            "transaction-committed",
-            reason=reason,
-            partitions=len(dirty),
-            duration_ms=round(duration * 1000, 1),
-        )
         return True
 
     def _abort_and_rewind(self, source: Source, why: str) -> None:
         """Abort the open transaction; every owned partition goes back to its committed
         checkpoint and offset (the aborted outputs' effects on state are forgotten)."""
-        producer = self.outputs.transaction
-        try:
-            producer.abort_transaction(30)
-        except KafkaException as error:
-            self._broken = True
-            raise TransactionError(f"cannot abort the transaction: {error}") from error
+        if self.sink_offsets:
+            self.outputs.abort()  # the sink's transaction never began: drop its rows
+        else:
+            try:
+                self.outputs.transaction.abort_transaction(30)
+            except KafkaException as error:
+                self._broken = True
+                raise TransactionError(f"cannot abort the transaction: {error}") from error
         self.state.abort()
         owned = [TopicPartition(t, p) for t, p in self.partitions]
         committed = self._committed_with_metadata(source, owned) if owned else {}
@@ -1247,7 +1306,8 @@ class Engine:
             st = self._new_state(tp.topic, tp.partition, committed.get((tp.topic, tp.partition)))
             if st.next_offset is not None:
                 source.seek(TopicPartition(tp.topic, tp.partition, st.next_offset))
-        producer.begin_transaction()
+        if not self.sink_offsets:
+            self.outputs.transaction.begin_transaction()
         log_event(log, logging.WARNING, "transaction-aborted", why=why, partitions=len(owned))
 
     @staticmethod
@@ -1553,7 +1613,7 @@ class Engine:
         source = self.source = self._given_source or open_source(
             self.config, self._topics(), self._on_committed
         )
-        if self.exactly_once:
+        if self.exactly_once and not self.sink_offsets:
             # Fences an earlier incarnation with the same transactional.id and aborts its
             # open transaction, then opens ours: every output from here on is inside one.
             producer = self.outputs.transaction
