@@ -22,12 +22,11 @@ Only what changed since the last checkpoint is written, so compaction, which kee
 latest value per key and drops tombstones, leaves exactly the last checkpoint. An incremental
 checkpoint (``Checkpoint.changes``: the engine tracks which windows changed, decision 0095)
 is written as it is: one record per changed window, a tombstone per closed one, and the
-checkpoint record; nothing else is read, encoded or compared, so its cost follows the
-changes. A full checkpoint (after a reset, or the first after a snapshot restore) is compared
-with the committed records, read back from the topic when they are not at hand, and only
-the differences are written. The backend keeps a partition's records in memory only from a
-read until the checkpoint is restored from them (or a full checkpoint compared with them),
-not for as long as it owns the partition.
+checkpoint record; nothing else is encoded or compared, so its cost follows the changes. A
+full checkpoint (after a reset, or the first after a snapshot restore) is compared with the
+committed records, which the backend keeps (the bytes of every record it read or wrote for
+the partitions it owns, updated by each checkpoint's changes), and only the differences are
+written.
 
 Atomicity: every checkpoint is written inside a Kafka transaction and read back
 ``read_committed``, so a reader sees all of a checkpoint's records or none, and state never
@@ -285,8 +284,9 @@ class ChangelogBackend:
         self._reader: Consumer | None = None
         self._probe: Consumer | None = None
         self._partitions = 0
-        # The committed records of a partition, from its read until they are used (restored
-        # or compared with a full checkpoint), kept up to date meanwhile; absent: read again.
+        # The committed records of every partition this worker owns, as read or written: a
+        # full checkpoint is compared with them without reading the topic again (a read
+        # waits for every open transaction on the changelog partition to be decided).
         self._committed: dict[tuple[str, int], Records] = {}
         # Exactly-once: what the open transaction writes, applied when it commits.
         self._staged: dict[tuple[str, int], Delta] = {}
@@ -459,10 +459,7 @@ class ChangelogBackend:
         return self._committed[(topic, partition)]
 
     def load(self, topic: str, partition: int) -> Checkpoint | None:
-        # Restored once, so not kept: the records of a large state are what costs memory.
-        records = self._records(topic, partition)
-        del self._committed[(topic, partition)]
-        return decode(topic, partition, records)
+        return decode(topic, partition, self._records(topic, partition))
 
     def load_pending(self, topic: str, partition: int) -> Checkpoint | None:
         return None  # a staged checkpoint committed with its transaction, or never
@@ -513,7 +510,6 @@ class ChangelogBackend:
                 out[tp] = incremental(c)
             else:
                 out[tp] = delta(self._records(c.topic, c.partition), c)
-                self._committed.pop(tp, None)  # compared: not needed any more
         return out
 
     def save(self, checkpoints: list[Checkpoint]) -> None:

@@ -246,8 +246,8 @@ def render(args: argparse.Namespace, results: dict[str, tuple[int, dict[str, lis
             "Bytes: volume, the files written by the checkpoint (the head included); "
             "changelog, keys + values of the records produced. The changelog wrote the same "
             "records before (it already sent only differences): its gain is the encoding and "
-            "comparison of every window, and the memory of the kept records (about the "
-            "state's size), which it no longer keeps.",
+            "comparison of every window (it still keeps the committed records' bytes, for "
+            "full checkpoints after a reset).",
         ]
     )
 
