@@ -420,11 +420,13 @@ class Engine:
             else:
                 self._mismatch(st, checkpoint)
             restored = None
+        # The backend's own committed checkpoint: the base of incremental checkpoints.
+        base = checkpoint is not None and not st.from_snapshot
         if self.repartition is not None and plan is not None:
             if topic == self.repartition.topic:
                 st.role = "downstream"
                 if st.held is None:
-                    st.windows = PartitionWindows.from_json(plan, restored)
+                    st.windows = PartitionWindows.from_json(plan, restored, base=base)
                 st.clock = UpstreamClock.from_json(restored)
                 st.clock.known = self._upstreams
             else:
@@ -432,7 +434,7 @@ class Engine:
                 top = (restored or {}).get("maxEventMs")
                 st.max_event_ms = None if top is None else int(top)
         elif plan is not None and st.held is None:
-            st.windows = PartitionWindows.from_json(plan, restored)
+            st.windows = PartitionWindows.from_json(plan, restored, base=base)
         self.partitions[(topic, partition)] = st
         self.metrics.assigned.set(len(self.partitions))
         log_event(
@@ -562,6 +564,7 @@ class Engine:
         return wanted
 
     def _snapshot_taken(self, checkpoints: list[Checkpoint]) -> None:
+        checkpoints = [c for c in checkpoints if c.changes is None]  # a snapshot's are whole
         if self._snapshots is None or not checkpoints:
             return
         try:
@@ -1148,7 +1151,7 @@ class Engine:
             if (st.dirty or (st.topic, st.partition) in wanted) and st.next_offset is not None
         ]
         if dirty:
-            self._snapshot_taken(self._save(dirty))
+            self._snapshot_taken(self._save(dirty, full=wanted))
             self.counters.checkpoints += 1
         duration = time.perf_counter() - started
         self.metrics.checkpointed(duration)
@@ -1195,7 +1198,7 @@ class Engine:
         generation = f"{self._generation_prefix}-{self._transactions}"
         saved: list[Checkpoint] = []
         if dirty:
-            saved = self._save(dirty, pending=True, generation=generation)  # joins it
+            saved = self._save(dirty, pending=True, generation=generation, full=wanted)  # joins it
         if self.sink_offsets:
             if not self._commit_to_sink(source, dirty, generation, reason):
                 return False
@@ -1204,6 +1207,8 @@ class Engine:
         if dirty:
             self.state.promote([(st.topic, st.partition) for st in dirty])
             for st in dirty:
+                if st.windows is not None:
+                    st.windows.checkpointed()
                 st.dirty = False
                 st.committed = st.next_offset
                 st.written_committed = st.committed
@@ -1311,32 +1316,52 @@ class Engine:
         log_event(log, logging.WARNING, "transaction-aborted", why=why, partitions=len(owned))
 
     @staticmethod
-    def _state_of(st: PartitionState) -> dict[str, Any] | None:
+    def _state_of(
+        st: PartitionState, full: bool
+    ) -> tuple[dict[str, Any] | None, list[list[Any]] | None]:
+        """(state, changes): the whole state, or (``full`` False and the windows based on
+        the backend's committed checkpoint) the state without its windows and the windows
+        changed since that checkpoint (decision 0095)."""
         if st.role == "upstream":
-            return {"maxEventMs": st.max_event_ms}
+            return {"maxEventMs": st.max_event_ms}, None
         if st.windows is None:
-            return None
-        state = st.windows.to_json()
+            return None, None
+        changes = None
+        if st.windows.based and not full:
+            state, changes = st.windows.head_json(), st.windows.changes()
+        else:
+            state = st.windows.to_json()
         if st.clock is not None:
             state.update(st.clock.to_json())
-        return state
+        return state, changes
 
     def _save(
-        self, states: list[PartitionState], *, pending: bool = False, generation: str = ""
+        self,
+        states: list[PartitionState],
+        *,
+        pending: bool = False,
+        generation: str = "",
+        full: set[tuple[str, int]] | None = None,
     ) -> list[Checkpoint]:
         """Write the checkpoint files of `states` (durable when this returns); exactly-once
-        writes them pending, stamped with the transaction's id, until it commits."""
+        writes them pending, stamped with the transaction's id, until it commits. Each is
+        the changes since the last one where it can be; whole for the partitions in ``full``
+        (a snapshot wants them)."""
         source = self.config.source.kafka
         group = source.consumer_group if source is not None else None
         checkpoints = []
         for st in states:
             committed = st.committed if st.committed is not None else st.committed_before_seek
+            state, changes = self._state_of(
+                st, full is not None and (st.topic, st.partition) in full
+            )
             checkpoints.append(
                 Checkpoint(
                     topic=st.topic,
                     partition=st.partition,
                     next_offset=st.next_offset,  # type: ignore[arg-type]
-                    state=self._state_of(st),
+                    state=state,
+                    changes=changes,
                     pipeline=self.pipeline,
                     fingerprint=self.fingerprint,
                     state_shape=self.state_shape,
@@ -1351,6 +1376,8 @@ class Engine:
             return checkpoints
         self.state.save(checkpoints)
         for st in states:
+            if st.windows is not None:
+                st.windows.checkpointed()  # only now: a failed save keeps the changes
             st.dirty = False
             st.written_committed = st.committed
         return checkpoints
