@@ -175,6 +175,10 @@ class PartitionState:
     written_committed: int | None = None
     # The snapshot its state came from (WorkerConfig.state.restoreFrom), carried on.
     restored_from: str | None = None
+    # Assigned with nothing to start from (no checkpoint, no committed offset): the offset
+    # of the first record this worker read from it. An aborted transaction rewinds it there,
+    # as it rewinds the others to their committed offsets (_abort_and_rewind).
+    read_from: int | None = None
     # Restored from a snapshot just now: the group's offset is expected to be elsewhere.
     from_snapshot: bool = False
 
@@ -937,6 +941,8 @@ class Engine:
             self.metrics.batch_duration.observe(time.perf_counter() - started)
 
     def _process_partition(self, st: PartitionState, messages: list[SourceMessage]) -> None:
+        if st.next_offset is None:
+            st.read_from = messages[0].offset()
         if st.role == "upstream":
             self._process_upstream(st, messages)
         elif st.role == "downstream":
@@ -1256,9 +1262,14 @@ class Engine:
         owned = [TopicPartition(t, p) for t, p in self.partitions]
         committed = self._committed_with_metadata(source, owned) if owned else {}
         for tp in owned:
+            read_from = self.partitions[(tp.topic, tp.partition)].read_from
             st = self._new_state(tp.topic, tp.partition, committed.get((tp.topic, tp.partition)))
-            if st.next_offset is not None:
-                source.seek(TopicPartition(tp.topic, tp.partition, st.next_offset))
+            # The consumer keeps its position through an abort: every partition must seek.
+            # One with nothing committed restarts empty, so it reads again from where this
+            # worker began (else the records of the aborted transaction would be skipped).
+            offset = st.next_offset if st.next_offset is not None else read_from
+            if offset is not None:
+                source.seek(TopicPartition(tp.topic, tp.partition, offset))
         producer.begin_transaction()
         log_event(log, logging.WARNING, "transaction-aborted", why=why, partitions=len(owned))
 

@@ -128,17 +128,6 @@ def holds(w: Worker) -> bool:
     return bool(owned) and owned[0] > 0
 
 
-# A KNOWN BUG, not a flaky test: the final CI run of session 5 (2026-12-03) saw 10 of 143
-# windows wrong (the first window of every page short of ~45% of its records) after the 12
-# SIGKILLs and the full restart; the run before passed, as did the helper's runs. Exactly-once
-# with the changelog backend is therefore not proven across every kill schedule. The
-# assertion stays as it is; the marker makes CI report the bug (XFAIL, or XPASS when the
-# schedule misses it) instead of hiding the rest of the suite behind it. Remove it with the
-# fix (closing notes of session 5, issue 14).
-@pytest.mark.xfail(
-    reason="known bug: exactly-once + changelog state lost part of a window in one CI run",
-    strict=False,
-)
 def test_exactly_once_with_changelog_state_across_sigkills_and_a_full_restart(
     kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:
