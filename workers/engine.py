@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     OFFSET_INVALID,
     KafkaError,
     KafkaException,
@@ -644,11 +645,14 @@ class Engine:
                               source=source.name, partition=st.partition,
                               offset=st.next_offset)  # fmt: skip
                     st.replay_from_ms = None
+        looked_up: set[tuple[str, int]] = set()  # the group's answer is known: committed
         try:
             asked = [TopicPartition(st.topic, st.partition) for st in states]
             for tp in source.committed(asked, timeout=10) if source.group_offsets else ():
                 st = self.partitions[(tp.topic, tp.partition)]
                 st.committed = tp.offset if tp.offset >= 0 else None
+                if tp.error is None:
+                    looked_up.add((tp.topic, tp.partition))
                 if st.next_offset is None and st.committed is not None:
                     log_event(
                         log,
@@ -677,7 +681,7 @@ class Engine:
             TopicPartition(
                 st.topic,
                 st.partition,
-                st.next_offset if st.next_offset is not None else OFFSET_INVALID,
+                self._start_offset(st, (st.topic, st.partition) in looked_up),
             )
             for st in states
         ]
@@ -689,6 +693,22 @@ class Engine:
         elif held:
             source.pause(held)
         log_event(log, logging.INFO, "assigned", partitions=_names(partitions))
+
+    @staticmethod
+    def _start_offset(st: PartitionState, looked_up: bool) -> int:
+        """Where an assigned partition starts: its checkpoint's (or replay's) offset, else
+        the group's committed offset or ``startFrom`` (OFFSET_INVALID: librdkafka decides).
+        ``looked_up``: the group answered for this partition (``st.committed`` is its word).
+        A repartition partition with nothing committed starts at its beginning whatever
+        ``startFrom`` says: the topic holds only what this pipeline's upstreams wrote, from
+        where ``startFrom`` put *them*, so its log end would skip records already re-keyed
+        (a worker killed before its first commit), and re-reading is exact (exactly-once:
+        aborted records are invisible; at-least-once: the source-offset dedupe)."""
+        if st.next_offset is not None:
+            return st.next_offset
+        if st.role == "downstream" and looked_up and st.committed is None:
+            return OFFSET_BEGINNING
+        return OFFSET_INVALID
 
     def _offset_reset(self, st: PartitionState) -> bool:
         """Whether the group's committed offset (just read into ``st.committed``) was moved
@@ -754,6 +774,7 @@ class Engine:
         if (
             source is not None
             and source.start_from_time_ms is not None
+            and st.role != "downstream"  # the repartition topic starts at its beginning
             and st.next_offset is None
             and st.committed is None
             and st.held is None
