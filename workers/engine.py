@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     OFFSET_INVALID,
     KafkaError,
     KafkaException,
@@ -170,6 +171,10 @@ class PartitionState:
     written_committed: int | None = None
     # The snapshot its state came from (WorkerConfig.state.restoreFrom), carried on.
     restored_from: str | None = None
+    # Assigned with nothing to start from (no checkpoint, no committed offset): the offset
+    # of the first record this worker read from it. An aborted transaction rewinds it there,
+    # as it rewinds the others to their committed offsets (_abort_and_rewind).
+    read_from: int | None = None
     # Restored from a snapshot just now: the group's offset is expected to be elsewhere.
     from_snapshot: bool = False
 
@@ -649,11 +654,14 @@ class Engine:
                               source=source.name, partition=st.partition,
                               offset=st.next_offset)  # fmt: skip
                     st.replay_from_ms = None
+        looked_up: set[tuple[str, int]] = set()  # the group's answer is known: committed
         try:
             asked = [TopicPartition(st.topic, st.partition) for st in states]
             for tp in source.committed(asked, timeout=10) if source.group_offsets else ():
                 st = self.partitions[(tp.topic, tp.partition)]
                 st.committed = tp.offset if tp.offset >= 0 else None
+                if tp.error is None:
+                    looked_up.add((tp.topic, tp.partition))
                 if st.next_offset is None and st.committed is not None:
                     log_event(
                         log,
@@ -682,7 +690,7 @@ class Engine:
             TopicPartition(
                 st.topic,
                 st.partition,
-                st.next_offset if st.next_offset is not None else OFFSET_INVALID,
+                self._start_offset(st, (st.topic, st.partition) in looked_up),
             )
             for st in states
         ]
@@ -694,6 +702,22 @@ class Engine:
         elif held:
             source.pause(held)
         log_event(log, logging.INFO, "assigned", partitions=_names(partitions))
+
+    @staticmethod
+    def _start_offset(st: PartitionState, looked_up: bool) -> int:
+        """Where an assigned partition starts: its checkpoint's (or replay's) offset, else
+        the group's committed offset or ``startFrom`` (OFFSET_INVALID: librdkafka decides).
+        ``looked_up``: the group answered for this partition (``st.committed`` is its word).
+        A repartition partition with nothing committed starts at its beginning whatever
+        ``startFrom`` says: the topic holds only what this pipeline's upstreams wrote, from
+        where ``startFrom`` put *them*, so its log end would skip records already re-keyed
+        (a worker killed before its first commit), and re-reading is exact (exactly-once:
+        aborted records are invisible; at-least-once: the source-offset dedupe)."""
+        if st.next_offset is not None:
+            return st.next_offset
+        if st.role == "downstream" and looked_up and st.committed is None:
+            return OFFSET_BEGINNING
+        return OFFSET_INVALID
 
     def _offset_reset(self, st: PartitionState) -> bool:
         """Whether the group's committed offset (just read into ``st.committed``) was moved
@@ -759,6 +783,7 @@ class Engine:
         if (
             source is not None
             and source.start_from_time_ms is not None
+            and st.role != "downstream"  # the repartition topic starts at its beginning
             and st.next_offset is None
             and st.committed is None
             and st.held is None
@@ -946,6 +971,8 @@ class Engine:
             self.metrics.batch_duration.observe(time.perf_counter() - started)
 
     def _process_partition(self, st: PartitionState, messages: list[SourceMessage]) -> None:
+        if st.next_offset is None:
+            st.read_from = messages[0].offset()
         if st.role == "upstream":
             self._process_upstream(st, messages)
         elif st.role == "downstream":
@@ -1308,9 +1335,14 @@ class Engine:
         owned = [TopicPartition(t, p) for t, p in self.partitions]
         committed = self._committed_with_metadata(source, owned) if owned else {}
         for tp in owned:
+            read_from = self.partitions[(tp.topic, tp.partition)].read_from
             st = self._new_state(tp.topic, tp.partition, committed.get((tp.topic, tp.partition)))
-            if st.next_offset is not None:
-                source.seek(TopicPartition(tp.topic, tp.partition, st.next_offset))
+            # The consumer keeps its position through an abort: every partition must seek.
+            # One with nothing committed restarts empty, so it reads again from where this
+            # worker began (else the records of the aborted transaction would be skipped).
+            offset = st.next_offset if st.next_offset is not None else read_from
+            if offset is not None:
+                source.seek(TopicPartition(tp.topic, tp.partition, offset))
         if not self.sink_offsets:
             self.outputs.transaction.begin_transaction()
         log_event(log, logging.WARNING, "transaction-aborted", why=why, partitions=len(owned))
