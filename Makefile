@@ -118,10 +118,17 @@ check: lint typecheck ## All static checks (lint includes the import contracts o
 
 ##@ Tests
 
+# The test files run in TEST_WORKERS parallel pytest processes (pytest-xdist): the time is
+# spent waiting on brokers, control planes and processes, not computing. Each worker is a
+# session with its own broker and control plane; one file (the node tier: all of it) is one
+# unit of work, the slowest first (tests/infra/plugin.py). TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 4
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+
 # pytest exits 5 when it collected no test: that is a failure here too (make stops on it).
 define run_pytest
-	@echo "==> pytest $(1)"
-	@rc=0; $(PY) -m pytest $(1) $(PYTEST_ARGS) || rc=$$?; \
+	@echo "==> pytest $(1) $(PYTEST_PARALLEL)"
+	@rc=0; $(PY) -m pytest $(1) $(PYTEST_PARALLEL) $(PYTEST_ARGS) || rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests in $(1): failing" >&2; fi; \
 	  exit $$rc
 endef
