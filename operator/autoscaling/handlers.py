@@ -167,11 +167,16 @@ async def scale_once(
     if pipeline is None:
         return None  # invalid: the reconciler's status says why; nothing to scale
     dep = await _read(kube, pool, "apps/v1", "Deployment", namespace, name)
-    spec_replicas = int(((dep or {}).get("spec") or {}).get("replicas") or 0)
+    if dep is None:
+        # Not created yet (the reconciler creates it at minReplicas): no replicas to start
+        # from. Deciding now would read "0 running" and report a wake-up from zero for a
+        # pipeline that was never at zero; the next round measures against the Deployment.
+        return None
+    spec_replicas = int((dep.get("spec") or {}).get("replicas") or 0)
     status = body.get("status") or {}
     wanted = status.get("desiredReplicas")
     current = int(wanted) if isinstance(wanted, int) else spec_replicas
-    ready = int(((dep or {}).get("status") or {}).get("readyReplicas") or 0)
+    ready = int((dep.get("status") or {}).get("readyReplicas") or 0)
     result = await autoscaler.evaluate(pipeline, current, running=min(ready, current))
     SCALING_DECISIONS.labels(result.reason).inc()
     if result.lag is not None:
