@@ -942,7 +942,7 @@ def reconcile(
     def finish(patch: Manifest, result_kwargs: dict[str, Any]) -> ReconcileResult:
         written = None
         if _changed(current_status, patch):
-            # Why a status is written (an idle pipeline must never get here; issue 7).
+            # Why a status is written (an idle pipeline must never get here; docs/scale.md).
             log.debug("status of %s/%s: %s", namespace, name, _what_changed(current_status, patch))
             kube.patch_status(namespace, name, patch)
             written = patch
@@ -1086,7 +1086,7 @@ def reconcile(
     # A Deployment whose new generation its controller has not seen yet says nothing new
     # about the workers. Its generation also moves on metadata changes (an annotation, the
     # controller's own revision), so judging it "not settled" then made Ready flap
-    # True -> False -> True on an unchanged pipeline (two writes; issue 7). Keep what the
+    # True -> False -> True on an unchanged pipeline (two writes; docs/scale.md). Keep what the
     # status says for this pipeline generation; the controller's next status update is a
     # Deployment event that triggers the next reconcile.
     held = None if observed else _held(current_conditions, generation)

@@ -477,7 +477,7 @@ class StdoutSinkConfig(Model):
     format: Literal["json"] = Field(default="json", description="Output format.")
 
 
-# --- PostgreSQL sink (issue 6; the sink itself is workers/sinks_postgres.py) ---------------
+# --- PostgreSQL sink (the sink itself is workers/sinks_postgres.py) ------------------------
 
 SQL_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 SQL_TABLE = r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"
@@ -546,7 +546,7 @@ class SinkConfig(Model):
 
     kafka: KafkaSinkConfig | None = Field(default=None, description="A Kafka topic sink.")
     stdout: StdoutSinkConfig | None = Field(default=None, description="Standard output sink.")
-    postgres: PostgresSinkConfig | None = Field(  # issue 6: PostgreSQL sink
+    postgres: PostgresSinkConfig | None = Field(  # the PostgreSQL sink
         default=None, description="A PostgreSQL table (upserts)."
     )
 

@@ -331,7 +331,7 @@ class Engine:
             return ok, why
         if not self._running:
             return False, "not running"
-        sink_ok, sink_why = self.outputs.health()  # issue 6: e.g. the database is down
+        sink_ok, sink_why = self.outputs.health()  # e.g. the database is down
         if not sink_ok:
             return False, sink_why
         held = [st for st in self.partitions.values() if st.held is not None]
@@ -1482,7 +1482,7 @@ class Engine:
         if time.monotonic() - self._last_checkpoint >= interval:
             done = self._checkpoint(list(self.partitions.values()), sync=False, reason="interval")
             if not done:
-                # issue 6: sink not confirmed (database down): retry in a while, not every loop
+                # sink not confirmed (database down): retry in a while, not every loop
                 self._last_checkpoint = time.monotonic() - interval + min(interval, 5.0)
 
     # ------------------------------------------------------------------ lag and backpressure
@@ -1619,7 +1619,7 @@ class Engine:
             raise
         finally:
             self._running = False
-            self.outputs.close()  # issue 6: stops the PostgreSQL writer thread
+            self.outputs.close()  # stops the PostgreSQL writer thread
             self.state.close()
         summary = self.summary(reason, finished=True)
         if self.progress is not None:

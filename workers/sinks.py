@@ -271,7 +271,7 @@ class Outputs:
             self._topic = sink.kafka.topic
             self._key_fn = compile_expression(sink.kafka.key) if sink.kafka.key else None
             self._headers = [(k, v.encode()) for k, v in sink.kafka.headers.items()]
-        # issue 6: PostgreSQL sink (queued rows, confirmed by its writer thread)
+        # PostgreSQL sink (queued rows, confirmed by its writer thread)
         self._postgres: PostgresSink | PostgresTransactionalSink | None = self._offsets
         if sink.postgres is not None and self._offsets is None:
             self._postgres = PostgresSink(sink.postgres, pipeline, metrics)

@@ -1,6 +1,6 @@
 """Benchmark: the streamherd engine against its peers: Kafka Streams, Flink, Quix, Bytewax.
 
-The reference workload of bench_engine.py (issue 3; JSON click events keyed by user,
+The reference workload of bench_engine.py (JSON click events keyed by user,
 pre-loaded into a 4-partition topic; keep ``status == 200``, a 60 s tumbling window per
 user with count and sum of ``bytes``, event time from ``ts``, no lateness, closed windows to
 Kafka, state made durable every 5 s), run on one broker and one input topic by every
@@ -132,7 +132,7 @@ IMPLS = {
         Impl("bytewax", f"Bytewax {BYTEWAX_VERSION}, recovery on", "at-least-once", True),
     )
 }
-# Which engine configuration each peer is judged against, and the goal (issue 17): the
+# Which engine configuration each peer is judged against, and the goal: the
 # engine's records per CPU-second at least this multiple of the peer's.
 GOALS = {
     "kstreams": ("engine", 1.0),
@@ -401,7 +401,7 @@ snapshot (epoch) interval.
 | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |
 {chr(10).join(rows)}
 
-Goals (issue 17), records per CPU-second of the engine over the peer's, at the same guarantee:
+Goals, records per CPU-second of the engine over the peer's, at the same guarantee:
 
 | comparison | median | per round | goal | |
 | --- | ---: | --- | ---: | --- |

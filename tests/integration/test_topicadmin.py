@@ -1,4 +1,4 @@
-"""operator/topicadmin.py against the real broker: create, check, report, delete (issue 14).
+"""operator/topicadmin.py against the real broker: create, check, report, delete.
 
 The operator-level behaviour (status, conditions, events, the finalizer) is in
 tests/integration/operator/test_operator_internal_topics.py; this is the admin module alone, so its

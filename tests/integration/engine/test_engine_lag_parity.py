@@ -1,4 +1,4 @@
-"""Issue 3, item 7: the lag a worker exports equals the lag probe's figure and the broker's
+"""The lag a worker exports equals the lag probe's figure and the broker's
 view, while the lag is NOT zero, and in the no-commit and retention-deleted cases.
 
 Real broker, real `streamherd-worker` subprocesses. To freeze the figures, a worker runs

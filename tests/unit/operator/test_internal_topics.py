@@ -1,4 +1,4 @@
-"""The internal topics and the Kafka state backend, the pure parts (issue 14).
+"""The internal topics and the Kafka state backend, the pure parts.
 
 Builders (the kafka backend has no claim and no mount and rolls; its WorkerConfig names the
 changelog; the volume backend renders what it always did), the topic specs, render's comment
