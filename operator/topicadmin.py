@@ -424,9 +424,27 @@ class InternalTopics:
         return sorted(deleted)
 
 
+#: librdkafka's ways of saying that no broker answered. Which one comes depends on timing
+#: (a refused connection or a timeout first, on a loaded machine), so the status says the
+#: same words for all of them: a message that alternated would rewrite the status, and post
+#: a write, on every attempt (the detail goes to the operator's log).
+_NO_ANSWER: Final = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._RESOLVE,
+        KafkaError.REQUEST_TIMED_OUT,
+    }
+)
+
+
 def _reason(e: KafkaException) -> str:
     error = e.args[0] if e.args else None
     if isinstance(error, KafkaError):
+        if error.code() in _NO_ANSWER:
+            log.debug("no broker answered: %s: %s", error.name(), error.str())
+            return "no broker answered (connection refused, unresolved or timed out)"
         return f"{error.name()}: {error.str()}"
     return str(e)
 

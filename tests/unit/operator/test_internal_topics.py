@@ -26,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from operator_testkit import SETTINGS, FakeKube, body_of, example_doc, pipeline_from
 
+from streamherd.operator import topicadmin
 from streamherd.operator.api.v1alpha1 import StreamPipeline, Upgrade
 from streamherd.operator.builders import Capabilities, build_all
 from streamherd.operator.builders.meta import CHECKPOINT_DIR, CONFIG_KEY
@@ -454,3 +455,17 @@ def test_a_running_attempt_never_flips_the_status_and_a_failure_waits_its_backof
     finally:
         gate.set()
         manager.close()
+
+
+def test_every_way_of_no_broker_answering_reads_the_same_in_status() -> None:
+    """Refused and timed out alternate with the machine's load: the status must not (each
+    change of the message would be a status write at every attempt, on an idle pipeline)."""
+    said = {
+        topicadmin._reason(KafkaException(KafkaError(code, "detail")))
+        for code in (KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN)
+    }
+    assert len(said) == 1 and "no broker answered" in said.pop()
+    denied = topicadmin._reason(
+        KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "denied"))
+    )
+    assert denied.startswith("TOPIC_AUTHORIZATION_FAILED")  # a person's problem: named
