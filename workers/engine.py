@@ -1062,7 +1062,6 @@ class Engine:
         stage_failures = len(failures) - (n_in - n_decoded)
         filtered = max(n_decoded - len(items) - stage_failures, 0)
         # Key, event time and values evaluated here, once (workers/rekeying.py).
-        failed_before = len(failures)
         rows, st.max_event_ms = rekey(
             self.processor.window,
             st.topic,
@@ -1072,12 +1071,11 @@ class Engine:
             failures=failures,
             partitions=self._repartition_partitions,
         )
-        # Records, not messages: a message carries a batch's records for one partition.
-        self.counters.repartitioned += len(items) - (len(failures) - failed_before)
         if rows:
             self.outputs.repartition(self.repartition.topic, self._repartition_partitions, rows)
         if failures:
             self._dead_letter(failures)
+        self.counters.repartitioned += len(rows)
         self.counters.filtered += filtered
         self.metrics.filtered.inc(filtered)
         # Contributing here means: on its way to the window (a downstream failure or a

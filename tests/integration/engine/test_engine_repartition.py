@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from streamherd.workers.rekeying import decode_message
+from streamherd.workers.repartitioning import read_mark
 from tests.infra.kafka import KafkaBroker, Record
 from tests.integration.engine.enginekit import (
     BASE_TS,
@@ -330,13 +330,12 @@ def test_nan_infinities_and_negative_zero_survive_the_hop(
 
 def rekeyed(broker: KafkaBroker, topic: str) -> set[tuple[int, int]]:
     """The (source partition, source offset) of every re-keyed record in the repartition
-    topic (progress markers, which have no value, left out; a message carries the entries
-    of one source batch, each with its source offset first)."""
+    topic (progress markers left out)."""
     out: set[tuple[int, int]] = set()
     for rec in broker.consume_all(topic, timeout=60):
-        if rec.value:
-            _topic, partition, entries = decode_message(rec.value)
-            out.update((partition, entry[0]) for entry in entries)
+        mark = read_mark(rec.headers)
+        if not mark.marker:
+            out.add((mark.upstream[1], mark.offset))
     return out
 
 
