@@ -359,7 +359,6 @@ def fold_rekeyed(
     size, lateness = plan.size_ms, plan.lateness_ms
     tumbling = size == plan.slide_ms
     get, open_window = windows.windows.get, windows.open_window
-    changed = windows.changed.add  # the incremental checkpoint writes these windows
     upstreams = clock.upstreams
     floor = clock.floor  # only close_windows() raises it, between batches
     n_values = len(plan.aggregates)
@@ -415,13 +414,10 @@ def fold_rekeyed(
                 acc = get((key, start))
                 if acc is None:
                     acc = open_window(key, start)
-                    changed((key, start))
                 try:
                     update(acc, values)
                 except REFUSED as error:  # all or nothing: the window is as it was
                     failures.append(_refused(m, topic, partition, entry, error))
-                    continue
-                changed((key, start))
                 continue
             windows.max_event_ms = level
             try:
