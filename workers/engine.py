@@ -58,17 +58,21 @@ from streamherd.workers.processing import (
     decode_json,
     decode_raw,
     decode_synthetic,
+    encode_output,
+    kafka_timestamp,
     window_batch,
 )
-from streamherd.workers.rekeying import fold_rekeyed, rekey
 from streamherd.workers.repartitioning import (
+    UPSTREAM_HEADER,
     WATERMARK_HEADER,
     Upstream,
     UpstreamClock,
     close_windows,
     ensure_topic,
+    fold_downstream,
     idle_close,
     source_partitions,
+    upstream_header,
     watermark_header,
 )
 from streamherd.workers.seams import Sink, Source, StateBackend
@@ -82,6 +86,7 @@ from streamherd.workers.snapshotting import (
 )
 from streamherd.workers.sources import open_source
 from streamherd.workers.statebackends import open_state_backend
+from streamherd.workers.values import canonical_key, key_text
 from streamherd.workers.windowing import PartitionWindows
 
 log = logging.getLogger("streamherd.worker")
@@ -1061,16 +1066,27 @@ class Engine:
         items = self.processor.run(items, failures)
         stage_failures = len(failures) - (n_in - n_decoded)
         filtered = max(n_decoded - len(items) - stage_failures, 0)
-        # Key, event time and values evaluated here, once (workers/rekeying.py).
-        rows, st.max_event_ms = rekey(
-            self.processor.window,
-            st.topic,
-            st.partition,
-            st.max_event_ms,
-            items,
-            failures=failures,
-            partitions=self._repartition_partitions,
-        )
+        plan = self.processor.window
+        key_of, time_of, kafka_time = plan.key, plan.event_time, plan.kafka_time
+        top = st.max_event_ms
+        rows: list[tuple[str, bytes, int, int, list[tuple[str, bytes]]]] = []
+        for record, m in items:
+            offset = m.offset()
+            assert offset is not None
+            try:
+                key = canonical_key(key_of(record))  # NaN, objects: the record's error
+                stamp = kafka_timestamp(m)
+                event_ms = time_of(record, stamp if kafka_time else None)
+                value = encode_output(record)
+            except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
+                failures.append(Failure(m, "expression", error))
+                continue
+            header = upstream_header(st.topic, st.partition, offset, top)
+            when = stamp if stamp is not None and stamp > 0 else 0  # 0: the producer's clock
+            rows.append((key_text(key), value, when, offset, [(UPSTREAM_HEADER, header)]))
+            if top is None or event_ms > top:
+                top = event_ms
+        st.max_event_ms = top
         if rows:
             self.outputs.repartition(self.repartition.topic, self._repartition_partitions, rows)
         if failures:
@@ -1105,7 +1121,7 @@ class Engine:
         source partition's lateness, close what the slowest source partition allows."""
         windows, clock = st.windows, st.clock
         assert windows is not None and clock is not None
-        failures, late, duplicates, taken = fold_rekeyed(windows, clock, messages)
+        failures, late, duplicates, taken = fold_downstream(windows, clock, messages)
         self.counters.rekeyed_in += taken
         rows = close_windows(windows, clock)
         level = clock.closing_level()

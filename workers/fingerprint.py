@@ -39,12 +39,6 @@ DESCRIPTION_VERSION: Final = 1
 #: out of reach, and it stays readable in status and logs).
 HASH_DIGITS: Final = 16
 
-#: Format of the records on a repartition topic (workers/rekeying.py writes and reads exactly
-#: this one). Part of a repartitioned pipeline's fingerprint: state and records in flight of
-#: another format are never taken for this one's (2: pre-evaluated key, event time and
-#: values; 1: the whole record as JSON, evaluated again downstream).
-REPARTITION_FORMAT: Final = 2
-
 Description = dict[str, Any]
 
 
@@ -136,13 +130,8 @@ def config_fingerprint(config: WorkerConfig) -> tuple[str, Description]:
     """(hash, description) of the state a WorkerConfig's workers keep: the one function the
     engine (what it stamps and checks) and the operator (what it compares) both use."""
     # A repartition decides which partition, and so which state, a key lives in: the
-    # internal topic is part of the state's identity (None for an unpartitioned window), and
-    # so is the format of its records (a format-1 worker's state and records are not ours).
-    repartition = (
-        {"topic": config.repartition.topic, "format": REPARTITION_FORMAT}
-        if config.repartition is not None
-        else None
-    )
+    # internal topic is part of the state's identity (None for an unpartitioned window).
+    repartition = {"topic": config.repartition.topic} if config.repartition is not None else None
     description = describe(config.processor, repartition=repartition)
     return fingerprint(description), description
 

@@ -6,16 +6,13 @@ part of every key, and per-partition windows give one partial result per partiti
 engine (``streamherd.workers.engine``) then runs the pipeline in two stages, in the same
 worker pool and the same consumer group (the Kafka Streams shape):
 
-1. **upstream** (the source partitions): decode, the stateless steps, then the window's
-   key, event time and aggregate values, evaluated once; each surviving record is produced
-   to the repartition topic as a compact record of those values (``streamherd.workers.
-   rekeying``: its format, with its source partition and offset and the largest event time
-   of that source partition *before* it), keyed by
-   :func:`~streamherd.workers.windowing.key_text` of its key, in the partition CRC-32 of
-   that text picks;
-2. **downstream** (the repartition partitions): the window, folding each record's values
-   with the lateness its source partition alone decides (``rekeying.fold_rekeyed``), and
-   closed by the slowest source partition.
+1. **upstream** (the source partitions): decode, the stateless steps, the window's key and
+   event time; each surviving record is produced to the repartition topic keyed by
+   :func:`~streamherd.workers.windowing.key_text` of its key (murmur2, like Kafka's
+   default partitioner), with a header naming its source partition and offset and the
+   largest event time of that source partition *before* it;
+2. **downstream** (the repartition partitions): the window, folded per record with the
+   lateness its source partition alone decides, and closed by the slowest source partition.
 
 Why the results do not depend on timing (restarts, rebalances, batch sizes, interleaving):
 
@@ -52,18 +49,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 # The same class as confluent_kafka.admin.NewTopic, whose type stub does not re-export it.
 from confluent_kafka.cimpl import NewTopic
 
+from streamherd.workers.processing import Failure, LateRecordError, kafka_timestamp
 from streamherd.workers.windowing import PartitionWindows
 
 log = logging.getLogger("streamherd.worker")
 
-#: Header of a format-1 re-keyed record (``topic SEP partition SEP offset SEP max event ms
-#: before``): written by earlier versions only, recognized to refuse such a record clearly.
+#: Header of a re-keyed record: ``topic SEP partition SEP offset SEP max event ms before``.
 UPSTREAM_HEADER: Final = "streamherd.upstream"
 #: Header of a progress marker: ``topic SEP partition SEP offset SEP max event ms SEP idle``.
 WATERMARK_HEADER: Final = "streamherd.watermark"
@@ -220,6 +218,56 @@ class UpstreamClock:
         return clock
 
 
+def fold_downstream(
+    windows: PartitionWindows, clock: UpstreamClock, messages: Sequence[Any]
+) -> tuple[list[Failure], int, int, int]:
+    """Fold one batch of a repartition partition: drop replays, fold each record with its
+    source partition's lateness. Returns the failures (decode, expression and late ones,
+    naming the source record), how many were late, how many were duplicates, and how many
+    records were taken (folded, late or failed: each once)."""
+    failures: list[Failure] = []
+    late = 0
+    duplicates = 0
+    taken = 0
+    loads = orjson.loads
+    for m in messages:
+        try:
+            mark = read_mark(m.headers())
+        except RepartitionError as error:
+            failures.append(Failure(m, "decode", error))
+            continue
+        if not clock.take(mark):
+            duplicates += not mark.marker
+            continue
+        if mark.marker:
+            continue
+        taken += 1
+        source = UpstreamMessage(m, mark)
+        try:
+            record = loads(m.value())
+            if type(record) is not dict:
+                raise ValueError(f"not a JSON object: {type(record).__name__}")
+        except (orjson.JSONDecodeError, TypeError, ValueError) as error:
+            failures.append(Failure(source, "decode", error))
+            continue
+        windows.max_event_ms = clock.level_before(mark)
+        errors, late_ones = windows.fold([(record, source)], kafka_timestamp)
+        failures.extend(Failure(s, "expression", e) for s, e in errors)
+        for s, event_ms in late_ones:
+            late += 1
+            failures.append(
+                Failure(
+                    s,
+                    "late",
+                    LateRecordError(
+                        f"event time {event_ms} is behind its source partition's "
+                        "watermark by more than the allowed lateness"
+                    ),
+                )
+            )
+    return failures, late, duplicates, taken
+
+
 def close_windows(
     windows: PartitionWindows, clock: UpstreamClock
 ) -> list[tuple[str, dict[str, Any]]]:
@@ -346,3 +394,41 @@ def source_partitions(
         if names <= seen or time.monotonic() > deadline:
             return frozenset(out)
         time.sleep(0.2)
+
+
+class UpstreamMessage:
+    """A repartition message seen as the source record it came from (dead-letter headers
+    name the source topic, partition and offset); everything else is the message's own."""
+
+    __slots__ = ("_mark", "_message")
+
+    def __init__(self, message: Any, mark: Mark) -> None:
+        self._message = message
+        self._mark = mark
+
+    def topic(self) -> str:
+        return self._mark.upstream[0]
+
+    def partition(self) -> int:
+        return self._mark.upstream[1]
+
+    def offset(self) -> int:
+        return self._mark.offset
+
+    def key(self) -> bytes | None:
+        key: bytes | None = self._message.key()
+        return key
+
+    def value(self) -> bytes | None:
+        value: bytes | None = self._message.value()
+        return value
+
+    def timestamp(self) -> tuple[int, int]:
+        stamp: tuple[int, int] = self._message.timestamp()
+        return stamp
+
+    def headers(self) -> Any:
+        return self._message.headers()
+
+    def error(self) -> None:
+        return None

@@ -10,10 +10,6 @@ pre-loaded topic, repeated ``--runs`` times:
 - ``alo-repartition`` / ``eos-repartition``: the same with ``window.repartition: always``,
   every record crossing the broker twice (the cost of a window keyed by another field).
 
-``--baseline DIR`` also runs the two repartition configurations from DIR, a checkout of
-another commit (``git worktree add DIR main``), in the same rounds on the same topic: the
-before of a change to the hop, measured beside its after (rows ``... @ <commit>``).
-
 A run ends when every input record has been through the window (for a repartitioned run:
 taken from the repartition topic too), then a final checkpoint. Reported: medians of
 records/s and records per CPU-second of the worker process (every thread, librdkafka's
@@ -53,8 +49,6 @@ from tests.infra.kafka import start_kafka
 ROOT = Path(__file__).resolve().parents[2]
 BEGIN, END = "<!-- delivery:begin -->", "<!-- delivery:end -->"
 MODES = ("alo", "eos", "alo-repartition", "eos-repartition")
-#: The configurations a ``--baseline`` checkout runs too.
-BASELINE_MODES = ("alo-repartition", "eos-repartition")
 
 
 def mode_config(base: WorkerConfig, mode: str, topic: str) -> WorkerConfig:
@@ -107,38 +101,16 @@ def windows_of(bootstrap: str, sink: str) -> dict[str, Any]:
     return out
 
 
-def render(
-    args: argparse.Namespace,
-    results: dict[str, list[dict[str, Any]]],
-    same: str,
-    base: str | None = None,
-) -> str:
+def render(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]], same: str) -> str:
     def med(mode: str, what: str) -> float:
         return statistics.median(r["records"] / r[what] for r in results[mode])
 
     rows = []
-    for mode in results:
+    for mode in MODES:
         rows.append(
             f"| {mode} | {med(mode, 'wall'):,.0f} | {med(mode, 'cpu'):,.0f} | "
             f"{med(mode, 'cpu') / med('alo', 'cpu'):.0%} |"
         )
-    hops = []
-    if base is not None:
-        hops = [
-            f"The repartition hop against its before ({base}, run in the same rounds), "
-            "records per CPU-second, medians; the hop's cost is CPU-seconds per record "
-            "relative to `alo`'s:",
-            "",
-            "| configuration | before | after | after / before | hop cost before | "
-            "hop cost after |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for mode in BASELINE_MODES:
-            before, after, alo = med(f"{mode} @ {base}", "cpu"), med(mode, "cpu"), med("alo", "cpu")
-            hops.append(
-                f"| {mode} | {before:,.0f} | {after:,.0f} | {after / before:.2f}x | "
-                f"{alo / before:.1f}x | {alo / after:.1f}x |"
-            )
     m = machine()
     return "\n".join(
         [
@@ -155,8 +127,6 @@ def render(
             "| --- | ---: | ---: | ---: |",
             *rows,
             "",
-            *hops,
-            *([""] if hops else []),
             f"Outputs compared window by window: {same}.",
         ]
     )
@@ -167,29 +137,24 @@ def parent(args: argparse.Namespace) -> int:
     if not args.bootstrap:
         broker = start_kafka()
         args.bootstrap = broker.broker.bootstrap
-    base = baseline_name(args.baseline, args.baseline_name) if args.baseline else None
-    runs: list[tuple[str, str, Path]] = [(m, m, ROOT) for m in MODES]
-    if args.baseline:
-        runs += [(f"{m} @ {base}", m, Path(args.baseline).resolve()) for m in BASELINE_MODES]
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in runs}
+    results: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     outputs: dict[str, dict[str, Any]] = {}
     try:
         topic = f"bench-delivery-{uuid.uuid4().hex[:8]}"
         preload(args.bootstrap, topic, args.records, args.partitions)
+        me = [sys.executable, str(Path(__file__).resolve())]
         for round_ in range(args.runs):
-            for name, mode, root in runs:
+            for mode in MODES:
                 sink = f"bench-out-{mode}-{uuid.uuid4().hex[:8]}"
                 create_topic(args.bootstrap, sink, args.partitions)
-                script = root / "bench" / "engine" / "bench_delivery.py"
-                argv = [sys.executable, str(script), "--child", mode]
-                argv += ["--bootstrap", args.bootstrap, "--topic", topic]
+                argv = [*me, "--child", mode, "--bootstrap", args.bootstrap, "--topic", topic]
                 argv += ["--sink", sink, "--records", str(args.records)]
-                done = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=root)
+                done = subprocess.run(argv, capture_output=True, text=True, check=True)
                 result = json.loads(done.stdout.strip().splitlines()[-1])
-                results[name].append(result)
-                outputs[name] = windows_of(args.bootstrap, sink)
+                results[mode].append(result)
+                outputs[mode] = windows_of(args.bootstrap, sink)
                 print(
-                    f"round {round_ + 1} {name:28} "
+                    f"round {round_ + 1} {mode:16} "
                     f"{result['records'] / result['wall']:>9,.0f} rec/s "
                     f"{result['records'] / result['cpu']:>9,.0f} rec/cpu-s",
                     flush=True,
@@ -199,32 +164,19 @@ def parent(args: argparse.Namespace) -> int:
             broker.stop()  # type: ignore[attr-defined]
     # The stream's last windows may still be open when a run stops (a repartitioned window
     # waits for the slowest source partition): compare the windows every run closed.
-    common = set.intersection(*(set(outputs[m]) for m in results))
-    differ = [m for m in results if any(outputs[m][k] != outputs["alo"][k] for k in common)]
+    common = set.intersection(*(set(outputs[m]) for m in MODES))
+    differ = [m for m in MODES if any(outputs[m][k] != outputs["alo"][k] for k in common)]
     same = (
         f"the {len(common):,} windows that every configuration closed are identical "
-        f"(closed per configuration: "
-        + ", ".join(f"{m} {len(outputs[m]):,}" for m in results)
-        + ")"
+        f"(closed per configuration: " + ", ".join(f"{m} {len(outputs[m]):,}" for m in MODES) + ")"
         if not differ
         else f"DIFFERENT from alo: {', '.join(differ)}"
     )
-    section = render(args, results, same, base)
+    section = render(args, results, same)
     print(section)
     if not args.no_write:
         write_section(section, BEGIN, END)
     return 0 if not differ else 1
-
-
-def baseline_name(path: str, name: str) -> str:
-    """``name`` and the baseline checkout's commit, e.g. ``main 1fc3591``."""
-    done = subprocess.run(
-        ["git", "-C", path, "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return f"{name} {done.stdout.strip()}"
 
 
 def main() -> int:
@@ -234,11 +186,6 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument(
-        "--baseline",
-        help="a checkout of another commit whose repartition configurations run too (before)",
-    )
-    parser.add_argument("--baseline-name", default="main", help="what to call it (main)")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     parser.add_argument("--sink", help=argparse.SUPPRESS)

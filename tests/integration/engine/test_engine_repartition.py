@@ -279,55 +279,6 @@ def test_a_quiet_partition_closes_its_windows_after_idle_timeout(
         w.stop()
 
 
-FLOATS = ("nan", "inf", "-inf", "-0.0", "2.5")
-
-
-def test_nan_infinities_and_negative_zero_survive_the_hop(
-    kafka_broker: KafkaBroker, tmp_path: Path
-) -> None:
-    """A map step computes NaN, infinities and -0.0; the window, across the hop, counts them
-    through expressions that only those values satisfy. Format 1 re-encoded the record as
-    JSON, where they became null (counted 0); the window must see what an unpartitioned one
-    sees."""
-    src, sink, dlq = topics(kafka_broker)
-    records = [
-        (user, {**rec, "f": FLOATS[rec["id"] % len(FLOATS)]}) for user, rec in page_clicks(0, 3_000)
-    ]
-    kafka_broker.produce(src, records)
-    flush(kafka_broker, src, records[-1][1]["ts"])
-    config = repartitioned_config(kafka_broker, src, sink, dlq, tmp_path / "ck")
-    steps = config["processor"]["steps"]
-    steps.insert(0, {"map": {"set": {"r": "float(f)"}}})
-    steps[-1]["window"]["aggregates"] += [
-        {"name": "nans", "function": "sum", "expression": "1 if r != r else 0"},
-        {"name": "infs", "function": "sum", "expression": "1 if r == r and r * 0 != 0 else 0"},
-        {"name": "negz", "function": "sum", "expression": "1 if str(r) == '-0.0' else 0"},
-    ]
-    expected = page_reference(records)
-    counted: dict[str, dict[str, int]] = defaultdict(lambda: {"nans": 0, "infs": 0, "negz": 0})
-    for _user, rec in records:
-        start = rec["ts"] - rec["ts"] % WINDOW_MS
-        row = counted[f"{rec['page']}|{iso(start)}"]
-        row["nans"] += rec["f"] == "nan"
-        row["infs"] += rec["f"] in ("inf", "-inf")
-        row["negz"] += rec["f"] == "-0.0"
-    w = Worker.create(tmp_path, "w", config).start()
-    try:
-        got, counts = sink_windows(
-            kafka_broker, sink, expected, "every (page, window) in the sink", 120, [w]
-        )
-        check(got, expected)
-        wrong = [
-            (k, {n: got[k][n] for n in v}, v) for k, v in counted.items() if got[k] != got[k] | v
-        ]
-        assert not wrong, f"{len(wrong)} of {len(counted)} windows wrong, e.g. {wrong[:2]}"
-        assert sum(v["nans"] for v in counted.values()) == 600  # the test counts something
-        assert max(counts.values()) == 1
-        assert kafka_broker.consume_all(dlq) == []
-    finally:
-        w.stop()
-
-
 def rekeyed(broker: KafkaBroker, topic: str) -> set[tuple[int, int]]:
     """The (source partition, source offset) of every re-keyed record in the repartition
     topic (progress markers left out)."""

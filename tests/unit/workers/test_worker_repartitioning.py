@@ -3,7 +3,7 @@
 Random source partitions (with event-time disorder and late records) go through the
 upstream rule (headers with each source partition's running maximum), are interleaved at
 random into the repartition partitions, replayed at random (as after a crash), cut into
-random batches, and folded by ``fold_rekeyed`` with ``close_windows`` after each batch.
+random batches, and folded by ``fold_downstream`` with ``close_windows`` after each batch.
 Whatever the interleaving, every (key, window) comes out exactly once with the value of a
 reference that decides lateness per source partition, in offset order, with plain dicts.
 """
@@ -23,12 +23,12 @@ from hypothesis import strategies as st
 
 from streamherd.workers.config import WindowSpec, WorkerConfig
 from streamherd.workers.engine import Engine, PartitionState
-from streamherd.workers.rekeying import encode_entry, encode_message, fold_rekeyed
 from streamherd.workers.repartitioning import (
     WATERMARK_HEADER,
     UpstreamClock,
     close_everything,
     close_windows,
+    fold_downstream,
     read_mark,
     upstream_header,
     watermark_header,
@@ -105,10 +105,9 @@ def upstream(p: int, rows: list[tuple[str, int, int]], queues: int) -> list[list
     for offset, (page, delta, v) in enumerate(rows):
         t += delta  # mostly forward, sometimes back: disorder
         record = {"page": page, "ts": t, "v": v}
-        entry = encode_entry(offset, top, page, t, [None, v], None, orjson.dumps(record))
-        value = encode_message("src", p, [entry])
+        header = upstream_header("src", p, offset, top)
         q = zlib.crc32(key_text(page).encode()) % queues
-        out[q].append((offset, Msg(value, [])))
+        out[q].append((offset, Msg(orjson.dumps(record), [("streamherd.upstream", header)])))
         top = t if top is None or t > top else top
         marker = watermark_header("src", p, offset, top, False)
         for queue in out:
@@ -169,7 +168,7 @@ def test_results_do_not_depend_on_interleaving_batching_or_replays(
         i = 0
         while i < len(merged):
             n = data.draw(st.integers(1, 7), label="batch")
-            failures, _late, _dups, _taken = fold_rekeyed(windows, clock, merged[i : i + n])
+            failures, _late, _dups, _taken = fold_downstream(windows, clock, merged[i : i + n])
             assert all(f.reason == "late" for f in failures), failures
             for key, row in close_windows(windows, clock):
                 assert key not in emitted, f"{key} emitted twice"
@@ -198,7 +197,7 @@ def test_headers_round_trip_and_foreign_records_are_refused() -> None:
         [("streamherd.upstream", b"t\x1f1")],
         [("streamherd.upstream", b"\xff")],
     ):
-        failures, _, _, _ = fold_rekeyed(
+        failures, _, _, _ = fold_downstream(
             PartitionWindows(plan_for(0)), UpstreamClock(), [Msg(b"{}", headers or [])]
         )
         assert [f.reason for f in failures] == ["decode"]
