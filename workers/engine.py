@@ -1123,6 +1123,7 @@ class Engine:
         assert windows is not None and clock is not None
         failures, late, duplicates, taken = fold_downstream(windows, clock, messages)
         self.counters.rekeyed_in += taken
+        self.metrics.repartition_records_in(st.topic, st.partition, taken)
         rows = close_windows(windows, clock)
         level = clock.closing_level()
         windows.max_event_ms = level if type(level) is int else None

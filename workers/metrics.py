@@ -69,6 +69,13 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "streamherd_records_in", "counter", "Records read from the source.", PARTITION_LABELS
     ),
     MetricSpec(
+        "streamherd_repartition_records_in",
+        "counter",
+        "Records taken from the repartition topic (the window's side of a re-keyed pipeline), "
+        "each once: replays of records already taken are dropped and not counted.",
+        PARTITION_LABELS,
+    ),
+    MetricSpec(
         "streamherd_records_out", "counter", "Records written to the sink (incl. window results)."
     ),
     MetricSpec(
@@ -302,6 +309,11 @@ class EngineMetrics:
         self.counter("streamherd_records_in").labels(self.pipeline, topic, str(partition)).inc(
             count
         )
+
+    def repartition_records_in(self, topic: str, partition: int, count: int) -> None:
+        self.counter("streamherd_repartition_records_in").labels(
+            self.pipeline, topic, str(partition)
+        ).inc(count)
 
     def set_partition(self, name: str, topic: str, partition: int, value: float) -> None:
         self.gauge(name).labels(self.pipeline, topic, str(partition)).set(value)

@@ -384,12 +384,20 @@ def metric_sum(w: Worker, name: str) -> float:
     return sum(v for k, v in w.metrics().items() if k.split("{")[0] == name)
 
 
+def records_read(w: Worker) -> float:
+    """Records read from the source and from the repartition topic: a worker may be
+    assigned only repartition partitions (its open transaction then holds results and
+    changelog records)."""
+    return metric_sum(w, "streamherd_records_in_total") + metric_sum(
+        w, "streamherd_repartition_records_in_total"
+    )
+
+
 def kill_before_first_commit(broker: KafkaBroker, group: str, src: str, w: Worker) -> None:
     """As soon as the worker has read records: the first time (the worker alone, 20 s
     checkpoint interval) before the consumer group holds any committed offset, later right
     after a restarted worker's assignment (before or at its first commit)."""
-    wait_until("records read", lambda: metric_sum(w, "streamherd_records_in_total") > 0,
-               120, [w])  # fmt: skip
+    wait_until("records read", lambda: records_read(w) > 0, 120, [w])
     w.kill()
 
 
@@ -405,12 +413,11 @@ def kill_mid_transaction(broker: KafkaBroker, group: str, src: str, w: Worker) -
     """When the worker was seen reading records with no commit since it read them: its open
     transaction holds their outputs (re-keyed records, results)."""
     wait_until("partitions held", lambda: holds(w), 120, [w])
-    seen = [metric_sum(w, "streamherd_offset_commits_total"),
-            metric_sum(w, "streamherd_records_in_total")]  # fmt: skip
+    seen = [metric_sum(w, "streamherd_offset_commits_total"), records_read(w)]
 
     def reading_inside_a_transaction() -> bool:
         commits = metric_sum(w, "streamherd_offset_commits_total")
-        read = metric_sum(w, "streamherd_records_in_total")
+        read = records_read(w)
         if commits == seen[0] and read > seen[1]:
             return True
         seen[:] = [commits, read]
