@@ -4,17 +4,47 @@
 while reason, message and observedGeneration always follow the latest reconcile. The
 reconciler builds every condition through it; tests/unit/operator/test_conditions.py pins
 the behaviour.
+
+``Cond`` is a condition as decided (type, status, reason, message), before ``set_conditions``
+stamps it with the transition time and the generation: what the decision's helpers
+(operator/decision.py) return.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
 from streamherd.operator.api.v1alpha1 import Condition
 
 Status = Literal["True", "False", "Unknown"]
+STATUSES: tuple[Status, ...] = ("True", "False", "Unknown")
+
+
+@dataclass(frozen=True)
+class Cond:
+    """A condition as decided: set_conditions adds lastTransitionTime and observedGeneration."""
+
+    type: str
+    status: Status
+    reason: str
+    message: str
+
+    @classmethod
+    def of(cls, type_: str, value: tuple[str, str, str]) -> Cond:
+        """From a (status, reason, message) triple, as operator/upgrades.py and
+        operator/verifying.py return them; ValueError for a status that is none of the three."""
+        status, reason, message = value
+        if status not in STATUSES:
+            raise ValueError(f"condition {type_}: status {status!r} is not one of {STATUSES}")
+        return cls(type_, status, reason, message)
+
+    @classmethod
+    def kept(cls, condition: Condition) -> Cond:
+        """A condition as it stands (set again, it changes nothing)."""
+        return cls(condition.type, condition.status, condition.reason, condition.message)
 
 
 def now_rfc3339(now: datetime | None = None) -> str:
@@ -66,6 +96,28 @@ def set_condition(
                 last_transition_time=now,
                 observed_generation=observed_generation,
             )
+        )
+    return result
+
+
+def set_conditions(
+    conditions: Sequence[Condition],
+    values: Iterable[Cond],
+    *,
+    now: str,
+    observed_generation: int | None = None,
+) -> list[Condition]:
+    """A copy of `conditions` with each of `values` set in turn (set_condition)."""
+    result = list(conditions)
+    for value in values:
+        result = set_condition(
+            result,
+            value.type,
+            value.status,
+            value.reason,
+            value.message,
+            now=now,
+            observed_generation=observed_generation,
         )
     return result
 

@@ -24,8 +24,10 @@ verification runs:
    edited; reverting the edit clears it.
 
 The run's state lives in ``status.verification`` (level-based: an operator restart goes on
-where it was); what runs is found by name. Pure pieces (:func:`results_fingerprint`,
-:func:`compare`, :func:`judge`, :func:`next_step`) are unit- and property-tested.
+where it was); what runs is found by name. The Verified condition is set by the reconcile's
+decision (operator/decision.py: ``verified_condition``) from what :func:`gate` returns.
+Pure pieces (:func:`results_fingerprint`, :func:`compare`, :func:`judge`,
+:func:`next_step`) are unit- and property-tested.
 """
 
 from __future__ import annotations
@@ -57,8 +59,6 @@ from streamherd.workers.config import WorkerConfig, parse_duration
 
 log = logging.getLogger(__name__)
 
-#: The condition a verification is reported in.
-VERIFIED: Final = "Verified"
 #: Differing windows named in status and in the condition.
 SAMPLE: Final = 5
 #: Floats of two runs are equal within this relative tolerance: a repartitioned float sum
@@ -527,25 +527,6 @@ def _what_changes(edit: _Edit) -> str:
     if live != wanted:
         parts.append(f"the image {live} -> {wanted}")
     return " and ".join(parts) or "the processing"
-
-
-def verified_condition(
-    verify: Verify | None, suspended: bool, decided: ConditionValue | None, present: bool
-) -> ConditionValue | None:
-    """The Verified condition to write (None: leave it as it is): `decided` (the gate's) when
-    it decided one; `VerificationOff` when spec.upgrade.verify is not set (or mode none)
-    and a Verified condition is `present` from earlier, so that an old verdict does not
-    linger as if it were about the running spec. A suspended pipeline keeps what it had."""
-    if decided is not None:
-        return decided
-    off = verify is None or verify.mode != "shadow"
-    if off and present and not suspended:
-        return (
-            "False",
-            "VerificationOff",
-            "spec.upgrade.verify is not set: edits roll without a shadow verification",
-        )
-    return None
 
 
 def _image(deployment: Manifest | None) -> str | None:
