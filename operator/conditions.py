@@ -6,8 +6,8 @@ reconciler builds every condition through it; tests/unit/operator/test_condition
 the behaviour.
 
 ``Cond`` is a condition as decided (type, status, reason, message), before ``set_conditions``
-stamps it with the transition time and the generation: what the decision's helpers
-(operator/decision.py) return.
+stamps it with the transition time and the generation: what every helper that decides a
+condition returns (operator/decision.py, upgrades.py, restoring.py, verifying.py).
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Final, Literal
 
 from streamherd.operator.api.v1alpha1 import Condition
 
 Status = Literal["True", "False", "Unknown"]
-STATUSES: tuple[Status, ...] = ("True", "False", "Unknown")
+#: The condition a shadow verification is reported in (operator/verifying.py sets it).
+VERIFIED: Final = "Verified"
 
 
 @dataclass(frozen=True)
@@ -31,15 +32,6 @@ class Cond:
     status: Status
     reason: str
     message: str
-
-    @classmethod
-    def of(cls, type_: str, value: tuple[str, str, str]) -> Cond:
-        """From a (status, reason, message) triple, as operator/upgrades.py and
-        operator/verifying.py return them; ValueError for a status that is none of the three."""
-        status, reason, message = value
-        if status not in STATUSES:
-            raise ValueError(f"condition {type_}: status {status!r} is not one of {STATUSES}")
-        return cls(type_, status, reason, message)
 
     @classmethod
     def kept(cls, condition: Condition) -> Cond:

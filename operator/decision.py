@@ -14,7 +14,7 @@
    resync writes nothing), the events, and the last good spec to keep.
 
 No I/O and no clock: the time comes in as ``now``. Table- and property-tested in
-tests/unit/operator/test_decision.py. Conditions are :class:`~conditions.Cond` values.
+tests/unit/operator/test_reconcile_decision.py. Conditions are :class:`~conditions.Cond` values.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from streamherd.operator.builders.monitoring import MONITORING_API
 from streamherd.operator.builders.snapshot import build_state_snapshot, state_snapshot_name
 from streamherd.operator.builders.topics import TopicsReport, internal_topics
 from streamherd.operator.conditions import (
+    VERIFIED,
     Cond,
     conditions_from_status,
     get_condition,
@@ -60,8 +61,6 @@ PROGRESSING: Final = "Progressing"
 DEGRADED: Final = "Degraded"
 MONITORING: Final = "MonitoringAvailable"
 TOPICS: Final = "TopicsReady"
-#: The condition a shadow verification (operator/verifying.py) is reported in.
-VERIFIED: Final = "Verified"
 OWN_CONDITIONS: Final = (
     READY, PROGRESSING, DEGRADED, MONITORING, STATE_COMPATIBLE, ROLLED_BACK, VERIFIED, TOPICS,
 )  # fmt: skip
@@ -624,7 +623,7 @@ def state_condition(
         and status.get("stateFingerprint") == decision.fingerprint
     ):
         return Cond.kept(was)
-    return Cond.of(STATE_COMPATIBLE, decision.condition)
+    return decision.condition
 
 
 def rollback_condition(

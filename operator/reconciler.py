@@ -49,13 +49,12 @@ from streamherd.operator.builders.meta import INPUT_HASH_ANNOTATION
 from streamherd.operator.builders.monitoring import MONITORING_API
 from streamherd.operator.builders.snapshot import state_snapshot_name
 from streamherd.operator.builders.topics import TopicsReport
-from streamherd.operator.conditions import Cond, now_rfc3339
+from streamherd.operator.conditions import now_rfc3339
 from streamherd.operator.decision import (
     OWN_CONDITIONS,
     OWN_STATUS_KEYS,
     QUANTITY_FIELDS,
     TOPICS,
-    VERIFIED,
     Applied,
     Decision,
     EventNote,
@@ -342,9 +341,8 @@ def resource_snapshot(
 
 
 def _verification(found: Gate) -> Verification:
-    condition = Cond.of(VERIFIED, found.condition) if found.condition is not None else None
     events = tuple(EventNote(*e) for e in found.events)
-    return Verification(found.holds, found.verification, condition, events)
+    return Verification(found.holds, found.verification, found.condition, events)
 
 
 def _read(children: Sequence[Manifest], kube: KubeApi, pool: Executor | None) -> list[Any]:
@@ -577,8 +575,8 @@ def act(
             raise transient
     deleted = []
     for stray in decision.delete:
-        meta = decision.observed.body.get("metadata") or {}
-        if kube.delete(stray.api_version, stray.kind, str(meta.get("namespace")), stray.name):
+        namespace = decision.observed.running.namespace
+        if kube.delete(stray.api_version, stray.kind, namespace, stray.name):
             deleted.append(f"{stray.kind}/{stray.name}")
     return Applied(tuple(applied), results, refused, tuple(deleted))
 

@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from streamherd.operator.api.snapshot import SNAPSHOT_KIND
-from streamherd.operator.upgrades import Decision
+from streamherd.operator.conditions import Cond
+from streamherd.operator.upgrades import STATE_COMPATIBLE, Decision
 from streamherd.workers.fingerprint import Description, fingerprint
 
 if TYPE_CHECKING:  # the workers' snapshot reader (confluent_kafka): its result type only
@@ -122,7 +123,7 @@ def snapshot_not_ready(
         have,
         want,
         (f"state.restoreFrom: {name}",),
-        ("False", "SnapshotNotReady", message),
+        Cond(STATE_COMPATIBLE, "False", "SnapshotNotReady", message),
         ("Warning", "SnapshotNotReady", message),
     )
 
@@ -166,7 +167,8 @@ def snapshot_first(
         )
         return Decision(
             "hold", have, decision.desired_fingerprint, decision.changes,
-            ("False", "SnapshotFailed", message), ("Warning", "SnapshotFailed", message),
+            Cond(STATE_COMPATIBLE, "False", "SnapshotFailed", message),
+            ("Warning", "SnapshotFailed", message),
         )  # fmt: skip
     message = (
         f"the {decision.action} waits for {SNAPSHOT_KIND} {name} of the running state "
@@ -175,15 +177,15 @@ def snapshot_first(
     )
     return Decision(
         "hold", have, decision.desired_fingerprint, decision.changes,
-        ("False", "TakingSnapshot", message),
+        Cond(STATE_COMPATIBLE, "False", "TakingSnapshot", message),
     )  # fmt: skip
 
 
 def _amended(decision: Decision, note: str) -> Decision:
-    status, reason, message = decision.condition
+    condition = decision.condition
     event = decision.event
     return replace(
         decision,
-        condition=(status, reason, message + note),
+        condition=replace(condition, message=condition.message + note),
         event=(event[0], event[1], event[2] + note) if event is not None else None,
     )

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from streamherd.operator.api.v1alpha1 import VerificationStatus, Verify
 from streamherd.operator.builders import Capabilities, build_all
 from streamherd.operator.builders.shadow import ROLES, build_shadow, shadow_config
-from streamherd.operator.conditions import Cond
-from streamherd.operator.decision import VERIFIED, verified_condition
+from streamherd.operator.conditions import VERIFIED, Cond
+from streamherd.operator.decision import verified_condition
 from streamherd.operator.reconciler import ReconcileMemo, reconcile
 from streamherd.operator.shadowtopics import NO_OFFSET, Offsets
 from streamherd.operator.validation import parse_pipeline
