@@ -4,17 +4,39 @@
 while reason, message and observedGeneration always follow the latest reconcile. The
 reconciler builds every condition through it; tests/unit/operator/test_conditions.py pins
 the behaviour.
+
+``Cond`` is a condition as decided (type, status, reason, message), before ``set_conditions``
+stamps it with the transition time and the generation: what every helper that decides a
+condition returns (operator/decision.py, upgrades.py, restoring.py, verifying.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Final, Literal
 
 from streamherd.operator.api.v1alpha1 import Condition
 
 Status = Literal["True", "False", "Unknown"]
+#: The condition a shadow verification is reported in (operator/verifying.py sets it).
+VERIFIED: Final = "Verified"
+
+
+@dataclass(frozen=True)
+class Cond:
+    """A condition as decided: set_conditions adds lastTransitionTime and observedGeneration."""
+
+    type: str
+    status: Status
+    reason: str
+    message: str
+
+    @classmethod
+    def kept(cls, condition: Condition) -> Cond:
+        """A condition as it stands (set again, it changes nothing)."""
+        return cls(condition.type, condition.status, condition.reason, condition.message)
 
 
 def now_rfc3339(now: datetime | None = None) -> str:
@@ -66,6 +88,28 @@ def set_condition(
                 last_transition_time=now,
                 observed_generation=observed_generation,
             )
+        )
+    return result
+
+
+def set_conditions(
+    conditions: Sequence[Condition],
+    values: Iterable[Cond],
+    *,
+    now: str,
+    observed_generation: int | None = None,
+) -> list[Condition]:
+    """A copy of `conditions` with each of `values` set in turn (set_condition)."""
+    result = list(conditions)
+    for value in values:
+        result = set_condition(
+            result,
+            value.type,
+            value.status,
+            value.reason,
+            value.message,
+            now=now,
+            observed_generation=observed_generation,
         )
     return result
 

@@ -3,7 +3,8 @@
 Used by the reconciler (``streamherd.operator.reconciler``: ``spec.state.restoreFrom`` naming a
 StreamPipelineSnapshot is checked before anything rolls) and by the snapshot handlers
 (``streamherd.operator.snapshots``: ``snapshot_status`` turns what the snapshot topic holds
-into the resource's status). No I/O except ``resource_snapshot``'s one GET.
+into the resource's status), and by the reconcile's decision (operator/decision.py). No I/O:
+the reconciler reads the snapshot a restore names (``reconciler.resource_snapshot``).
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND
-from streamherd.operator.api.v1alpha1 import StreamPipeline
-from streamherd.operator.kube import KubeApi
-from streamherd.operator.upgrades import Decision
+from streamherd.operator.api.snapshot import SNAPSHOT_KIND
+from streamherd.operator.conditions import Cond
+from streamherd.operator.upgrades import STATE_COMPATIBLE, Decision
 from streamherd.workers.fingerprint import Description, fingerprint
-from streamherd.workers.snapshotting import SnapshotContents
+
+if TYPE_CHECKING:  # the workers' snapshot reader (confluent_kafka): its result type only
+    from streamherd.workers.snapshotting import SnapshotContents
 
 Key = tuple[str, int]
 
@@ -105,30 +107,6 @@ def listed_snapshots(
     return None if kept == listed else kept[-20:]
 
 
-def resource_snapshot(
-    kube: KubeApi, pipeline: StreamPipeline, name: str
-) -> tuple[str | None, str | None]:
-    """(its state fingerprint, None) for a Ready StreamPipelineSnapshot `name` of the
-    pipeline's namespace that its workers can read; (None, why not) otherwise."""
-    found = kube.get(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, pipeline.namespace, name)
-    if found is None:
-        return None, f"{SNAPSHOT_KIND} {name} does not exist in namespace {pipeline.namespace}"
-    status = found.get("status") or {}
-    if status.get("phase") != "Ready" or not status.get("fingerprint"):
-        return None, (
-            f"{SNAPSHOT_KIND} {name} is not Ready ({status.get('phase') or 'Pending'}: "
-            f"{status.get('message') or 'not taken yet'})"
-        )
-    source = pipeline.spec.source.kafka
-    servers = status.get("bootstrapServers")
-    if source is None or servers != source.bootstrap_servers:
-        return None, (
-            f"{SNAPSHOT_KIND} {name} is kept on Kafka cluster {servers}, which is not this "
-            "pipeline's source: its workers could not read it"
-        )
-    return str(status["fingerprint"]), None
-
-
 def snapshot_not_ready(
     running: Description | None, want: str, name: str, why: str, generation: int | None
 ) -> Decision:
@@ -145,7 +123,7 @@ def snapshot_not_ready(
         have,
         want,
         (f"state.restoreFrom: {name}",),
-        ("False", "SnapshotNotReady", message),
+        Cond(STATE_COMPATIBLE, "False", "SnapshotNotReady", message),
         ("Warning", "SnapshotNotReady", message),
     )
 
@@ -189,7 +167,8 @@ def snapshot_first(
         )
         return Decision(
             "hold", have, decision.desired_fingerprint, decision.changes,
-            ("False", "SnapshotFailed", message), ("Warning", "SnapshotFailed", message),
+            Cond(STATE_COMPATIBLE, "False", "SnapshotFailed", message),
+            ("Warning", "SnapshotFailed", message),
         )  # fmt: skip
     message = (
         f"the {decision.action} waits for {SNAPSHOT_KIND} {name} of the running state "
@@ -198,15 +177,15 @@ def snapshot_first(
     )
     return Decision(
         "hold", have, decision.desired_fingerprint, decision.changes,
-        ("False", "TakingSnapshot", message),
+        Cond(STATE_COMPATIBLE, "False", "TakingSnapshot", message),
     )  # fmt: skip
 
 
 def _amended(decision: Decision, note: str) -> Decision:
-    status, reason, message = decision.condition
+    condition = decision.condition
     event = decision.event
     return replace(
         decision,
-        condition=(status, reason, message + note),
+        condition=replace(condition, message=condition.message + note),
         event=(event[0], event[1], event[2] + note) if event is not None else None,
     )

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Protocol
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
@@ -50,7 +50,13 @@ from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.cimpl import NewTopic
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
-from streamherd.operator.builders.topics import TopicSpec, all_internal_names, internal_topics
+from streamherd.operator.builders.topics import (
+    TopicSpec,
+    TopicsReport,
+    TopicState,
+    all_internal_names,
+    internal_topics,
+)
 from streamherd.operator.kafkalogging import shared_kafka_log
 from streamherd.operator.lagprobe import ClusterConfig
 
@@ -60,46 +66,11 @@ log = logging.getLogger(__name__)
 BACKOFF_START: Final = 5.0
 BACKOFF_MAX: Final = 300.0
 
-Status = Literal["ready", "unreachable", "mismatch", "no-source", "checking"]
 ClusterResolver = Callable[[StreamPipeline], ClusterConfig]
 
 
 class TopicAdminError(RuntimeError):
     """The broker could not be asked (unreachable, timed out, not authorized)."""
-
-
-@dataclass(frozen=True)
-class TopicState:
-    """One internal topic as found (or made) on the broker."""
-
-    spec: TopicSpec
-    partitions: int | None
-    created: bool = False
-    problems: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class TopicsReport:
-    """What ensuring a pipeline's internal topics found and did.
-
-    status: ready (every topic exists as it should), unreachable (the broker or the
-    credentials failed: nothing known), mismatch (a topic exists but differs: named in
-    ``problems``), no-source (no source topic exists yet, so the partitions are unknown),
-    checking (an attempt is still running: its outcome comes with a later reconcile).
-    retry_after: seconds until the next attempt is worth making (None when ready)."""
-
-    status: Status
-    topics: tuple[TopicState, ...] = ()
-    message: str = ""
-    retry_after: float | None = None
-
-    @property
-    def created(self) -> list[TopicState]:
-        return [t for t in self.topics if t.created]
-
-    @property
-    def problems(self) -> list[str]:
-        return [p for t in self.topics for p in t.problems]
 
 
 class AdminLike(Protocol):

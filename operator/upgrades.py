@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from streamherd.operator.api.v1alpha1 import KIND, Upgrade
 from streamherd.operator.builders.meta import CONFIG_KEY, Manifest
+from streamherd.operator.conditions import Cond
 from streamherd.operator.validation import load_documents, parse_pipeline
 from streamherd.workers.config import ProcessorConfig, WorkerConfig
 from streamherd.workers.fingerprint import (
@@ -48,9 +49,10 @@ from streamherd.workers.fingerprint import (
 STATE_COMPATIBLE: Final = "StateCompatible"
 #: The children a held edit leaves untouched (what the workers run).
 HELD_KINDS: Final = ("ConfigMap", "Deployment")
+#: StateCompatible of an edit that keeps the state (its message names the fingerprint).
+COMPATIBLE: Final = Cond(STATE_COMPATIBLE, "True", "Compatible", "")
 
 Action = Literal["roll", "hold", "reset", "replay", "restore"]
-ConditionValue = tuple[str, str, str]  # status, reason, message
 EventValue = tuple[Literal["Normal", "Warning"], str, str]  # type, reason, message
 
 
@@ -62,7 +64,7 @@ class Decision:
     fingerprint: str  # the state fingerprint the workers run once this decision is applied
     desired_fingerprint: str
     changes: tuple[str, ...] = ()
-    condition: ConditionValue = ("True", "Compatible", "")
+    condition: Cond = COMPATIBLE
     event: EventValue | None = None
     # The snapshot the workers keep before they discard the running state (reset, replay).
     snapshot: str | None = None
@@ -140,7 +142,7 @@ def _backend_switch(
             "not carried over)"
         )
         return Decision(
-            "reset", want, want, changes, ("True", "StateReset", message),
+            "reset", want, want, changes, Cond(STATE_COMPATIBLE, "True", "StateReset", message),
             ("Warning", "StateReset", message),
         )  # fmt: skip
     why = (
@@ -156,7 +158,7 @@ def _backend_switch(
         "reset (empty state from the consumer group's committed offsets)"
     )
     return Decision(
-        "hold", have, want, changes, ("False", "StateChangeRefused", message),
+        "hold", have, want, changes, Cond(STATE_COMPATIBLE, "False", "StateChangeRefused", message),
         ("Warning", "StateChangeRefused", message),
     )  # fmt: skip
 
@@ -189,13 +191,19 @@ def decide(
     if running is None or not has_state(running):
         # Nothing to keep (new, or stateless until now: its checkpoints hold offsets only).
         return Decision(
-            "roll", want, want, condition=("True", "Compatible", f"state fingerprint {want}")
+            "roll",
+            want,
+            want,
+            condition=Cond(STATE_COMPATIBLE, "True", "Compatible", f"state fingerprint {want}"),
         )
     have = fingerprint(running)
     changes = tuple(changed_fields(running, desired))
     if not changes:
         return Decision(
-            "roll", want, want, condition=("True", "Compatible", f"state fingerprint {want}")
+            "roll",
+            want,
+            want,
+            condition=Cond(STATE_COMPATIBLE, "True", "Compatible", f"state fingerprint {want}"),
         )
     edit = f"spec generation {generation}" if generation is not None else "the spec"
     what = _fields(changes)
@@ -212,7 +220,7 @@ def decide(
             have,
             want,
             changes,
-            ("False", "StateChangeRefused", message),
+            Cond(STATE_COMPATIBLE, "False", "StateChangeRefused", message),
             ("Warning", "StateChangeRefused", message),
         )
     if policy == "reset":
@@ -222,7 +230,7 @@ def decide(
             f"the old state is kept as snapshot {snapshot_name(have, want)})"
         )
         return Decision(
-            "reset", want, want, changes, ("True", "StateReset", message),
+            "reset", want, want, changes, Cond(STATE_COMPATIBLE, "True", "StateReset", message),
             ("Warning", "StateReset", message), snapshot_name(have, want),
         )  # fmt: skip
     message = (
@@ -231,7 +239,7 @@ def decide(
         f"state is kept as snapshot {snapshot_name(have, want)})"
     )
     return Decision(
-        "replay", want, want, changes, ("True", "StateReplay", message),
+        "replay", want, want, changes, Cond(STATE_COMPATIBLE, "True", "StateReplay", message),
         ("Warning", "StateReplay", message), snapshot_name(have, want),
     )  # fmt: skip
 
@@ -257,7 +265,8 @@ def _restore(
         )
         return Decision(
             "hold", have, want, (f"state.restoreFrom: {held} -> {want}",),
-            ("False", "SnapshotMismatch", message), ("Warning", "SnapshotMismatch", message),
+            Cond(STATE_COMPATIBLE, "False", "SnapshotMismatch", message),
+            ("Warning", "SnapshotMismatch", message),
         )  # fmt: skip
     message = (
         f"{edit}: each partition's state and offset are restored once from snapshot {name} "
@@ -265,9 +274,11 @@ def _restore(
     )
     if running is not None and fingerprint(running) == want:
         # Nothing changes for the workers' state (or the restore has rolled out already).
-        return Decision("roll", want, want, condition=("True", "StateRestored", message))
+        return Decision(
+            "roll", want, want, condition=Cond(STATE_COMPATIBLE, "True", "StateRestored", message)
+        )
     return Decision(
-        "restore", want, want, (), ("True", "StateRestored", message),
+        "restore", want, want, (), Cond(STATE_COMPATIBLE, "True", "StateRestored", message),
         ("Normal", "StateRestored", message),
     )  # fmt: skip
 

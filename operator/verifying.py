@@ -24,8 +24,10 @@ verification runs:
    edited; reverting the edit clears it.
 
 The run's state lives in ``status.verification`` (level-based: an operator restart goes on
-where it was); what runs is found by name. Pure pieces (:func:`results_fingerprint`,
-:func:`compare`, :func:`judge`, :func:`next_step`) are unit- and property-tested.
+where it was); what runs is found by name. The Verified condition is set by the reconcile's
+decision (operator/decision.py: ``verified_condition``) from what :func:`gate` returns.
+Pure pieces (:func:`results_fingerprint`, :func:`compare`, :func:`judge`,
+:func:`next_step`) are unit- and property-tested.
 """
 
 from __future__ import annotations
@@ -51,21 +53,19 @@ from streamherd.operator.builders.shadow import (
     shadow_repartition_topic,
     shadow_topic,
 )
+from streamherd.operator.conditions import VERIFIED, Cond
 from streamherd.operator.kube import KubeApi, Manifest
 from streamherd.operator.shadowtopics import NO_OFFSET, Offsets, ShadowKafka, ShadowKafkaError
 from streamherd.workers.config import WorkerConfig, parse_duration
 
 log = logging.getLogger(__name__)
 
-#: The condition a verification is reported in.
-VERIFIED: Final = "Verified"
 #: Differing windows named in status and in the condition.
 SAMPLE: Final = 5
 #: Floats of two runs are equal within this relative tolerance: a repartitioned float sum
 #: adds in arrival order, so its last bits can differ between two runs (docs/engine.md).
 REL_TOL: Final = 1e-9
 
-ConditionValue = tuple[str, str, str]
 EventValue = tuple[Literal["Normal", "Warning"], str, str]
 KafkaFactory = Callable[[StreamPipeline], ShadowKafka]
 Step = Literal["start", "run", "end", "compare", "promote", "hold"]
@@ -317,7 +317,7 @@ class Gate:
 
     holds: bool = False
     verification: dict[str, Any] | None = None  # status.verification (None: none)
-    condition: ConditionValue | None = None  # Verified (None: leave it as it is)
+    condition: Cond | None = None  # Verified (None: leave it as it is)
     events: list[EventValue] = field(default_factory=list)
 
 
@@ -490,7 +490,9 @@ def gate(
         _, reason, message = judge(
             current.compared_windows or 0, current.differing_windows or 0, verify
         )
-        return Gate(True, _status(current), ("False", reason, _with_sample(message, current)))
+        return Gate(
+            True, _status(current), Cond(VERIFIED, "False", reason, _with_sample(message, current))
+        )
     if step == "run":
         assert current is not None
         _apply_shadows(edit, current.run)
@@ -507,13 +509,19 @@ def gate(
                 current = current.model_copy(
                     update={"phase": "Comparing", "end_offsets": ends, "message": _waiting(ends)}
                 )
-                return Gate(True, _status(current), ("Unknown", "Comparing", current.message or ""))
+                return Gate(
+                    True,
+                    _status(current),
+                    Cond(VERIFIED, "Unknown", "Comparing", current.message or ""),
+                )
             return _compare(pipeline, kube, kafka, current, verify)
     except ShadowKafkaError as e:
         message = f"shadow verification: {e} (tried again on the next reconcile)"
         log.warning("%s/%s: %s", pipeline.namespace, pipeline.name, message)
         reason = "CannotVerify" if kafka_factory is None else "KafkaError"
-        return Gate(True, _status(current) if current else None, ("Unknown", reason, message))
+        return Gate(
+            True, _status(current) if current else None, Cond(VERIFIED, "Unknown", reason, message)
+        )
 
 
 def _what_changes(edit: _Edit) -> str:
@@ -527,25 +535,6 @@ def _what_changes(edit: _Edit) -> str:
     if live != wanted:
         parts.append(f"the image {live} -> {wanted}")
     return " and ".join(parts) or "the processing"
-
-
-def verified_condition(
-    verify: Verify | None, suspended: bool, decided: ConditionValue | None, present: bool
-) -> ConditionValue | None:
-    """The Verified condition to write (None: leave it as it is): `decided` (the gate's) when
-    it decided one; `VerificationOff` when spec.upgrade.verify is not set (or mode none)
-    and a Verified condition is `present` from earlier, so that an old verdict does not
-    linger as if it were about the running spec. A suspended pipeline keeps what it had."""
-    if decided is not None:
-        return decided
-    off = verify is None or verify.mode != "shadow"
-    if off and present and not suspended:
-        return (
-            "False",
-            "VerificationOff",
-            "spec.upgrade.verify is not set: edits roll without a shadow verification",
-        )
-    return None
 
 
 def _image(deployment: Manifest | None) -> str | None:
@@ -572,15 +561,19 @@ def _idle(
     """Nothing to verify: the workers run the spec's processing (or verify is off). A run
     left from an edit since reverted is removed, and its status cleared; a pass is kept."""
     if current is None:
-        return Gate(condition=("True", "NothingToVerify", _NOTHING) if enabled else None)
+        return Gate(
+            condition=Cond(VERIFIED, "True", "NothingToVerify", _NOTHING) if enabled else None
+        )
     if current.phase == "Passed":
         return Gate(verification=_status(_tidy(pipeline, kube, kafka_factory, current)))
     if _tidy(pipeline, kube, kafka_factory, current).cleaned:
-        return Gate(condition=("True", "NothingToVerify", _NOTHING) if enabled else None)
+        return Gate(
+            condition=Cond(VERIFIED, "True", "NothingToVerify", _NOTHING) if enabled else None
+        )
     # Not all removed yet (a group still has members): tried again on the next reconcile.
     return Gate(
         verification=_status(current),
-        condition=("True", "NothingToVerify", _NOTHING) if enabled else None,
+        condition=Cond(VERIFIED, "True", "NothingToVerify", _NOTHING) if enabled else None,
     )
 
 
@@ -614,7 +607,7 @@ def _start(
         candidate=candidate, started_at=stamp, message=message,
     )  # fmt: skip
     return Gate(
-        True, _status(state), ("Unknown", "Verifying", message),
+        True, _status(state), Cond(VERIFIED, "Unknown", "Verifying", message),
         [("Normal", "VerificationStarted", message)],
     )  # fmt: skip
 
@@ -629,7 +622,7 @@ def _running(current: VerificationStatus, verify: Verify, now: datetime, what: s
         "spec until the verdict"
     )
     current = current.model_copy(update={"message": message})
-    return Gate(True, _status(current), ("Unknown", "Verifying", message))
+    return Gate(True, _status(current), Cond(VERIFIED, "Unknown", "Verifying", message))
 
 
 def _compare(
@@ -649,7 +642,7 @@ def _compare(
     if behind:
         message = _waiting(ends) + f"; still reading: {', '.join(behind)}"
         current = current.model_copy(update={"message": message})
-        return Gate(True, _status(current), ("Unknown", "Comparing", message))
+        return Gate(True, _status(current), Cond(VERIFIED, "Unknown", "Comparing", message))
     baseline = window_rows(kafka.read_all(shadow_topic(pipeline, current.run, "baseline")))
     candidate = window_rows(kafka.read_all(shadow_topic(pipeline, current.run, "candidate")))
     result = compare(baseline, candidate)
@@ -671,8 +664,13 @@ def _compare(
         else ("Warning", "VerificationFailed", _with_sample(message, done))
     )
     if not passed:
-        return Gate(True, _status(done), ("False", reason, _with_sample(message, done)), [event])
-    return Gate(False, _status(done), ("True", reason, message), [event])
+        return Gate(
+            True,
+            _status(done),
+            Cond(VERIFIED, "False", reason, _with_sample(message, done)),
+            [event],
+        )
+    return Gate(False, _status(done), Cond(VERIFIED, "True", reason, message), [event])
 
 
 def _promote(
@@ -691,7 +689,9 @@ def _promote(
                               verify)  # fmt: skip
         current = current.model_copy(update={"phase": "Passed", "message": message})
         events.append(("Normal", "VerificationPassed", message))
-    return Gate(False, _status(current), ("True", "Passed", current.message or ""), events)
+    return Gate(
+        False, _status(current), Cond(VERIFIED, "True", "Passed", current.message or ""), events
+    )
 
 
 def _with_sample(message: str, v: VerificationStatus) -> str:

@@ -27,6 +27,8 @@ from streamherd.workers.config import RepartitionConfig
 
 Purpose = Literal["repartition", "changelog"]
 PURPOSES: Final[tuple[Purpose, ...]] = ("repartition", "changelog")
+#: What ensuring the internal topics found (operator/topicadmin.py: TopicsReport).
+TopicsStatus = Literal["ready", "unreachable", "mismatch", "no-source", "checking"]
 
 #: retention.ms of the repartition topic: the worker's own default, so that a topic the
 #: operator made and one a worker made (``streamherd run``) are the same.
@@ -99,3 +101,37 @@ def render_comment(pipeline: StreamPipeline) -> str:
     else:
         lines.append("#   deleted with the pipeline (spec.state.retainOnDelete keeps them)")
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class TopicState:
+    """One internal topic as found (or made) on the broker."""
+
+    spec: TopicSpec
+    partitions: int | None
+    created: bool = False
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TopicsReport:
+    """What ensuring a pipeline's internal topics found and did.
+
+    status: ready (every topic exists as it should), unreachable (the broker or the
+    credentials failed: nothing known), mismatch (a topic exists but differs: named in
+    ``problems``), no-source (no source topic exists yet, so the partitions are unknown),
+    checking (an attempt is still running: its outcome comes with a later reconcile).
+    retry_after: seconds until the next attempt is worth making (None when ready)."""
+
+    status: TopicsStatus
+    topics: tuple[TopicState, ...] = ()
+    message: str = ""
+    retry_after: float | None = None
+
+    @property
+    def created(self) -> list[TopicState]:
+        return [t for t in self.topics if t.created]
+
+    @property
+    def problems(self) -> list[str]:
+        return [p for t in self.topics for p in t.problems]

@@ -234,10 +234,10 @@ def test_a_backend_switch_of_a_stateful_pipeline(
         {"onStateChange": policy, "replayFrom": "2026-01-01T00:00:00Z"}
     )
     d = decide(STATEFUL, STATEFUL, upgrade, generation=3, backends=move)
-    assert (d.action, d.condition[1]) == (action, reason)
+    assert (d.action, d.condition.reason) == (action, reason)
     assert d.changes[0] == f"checkpoint.backend: {move[0]} -> {move[1]}"
     assert d.snapshot is None  # the new backend never sees the old state: nothing kept
-    assert "checkpoint.backend" in d.condition[2]
+    assert "checkpoint.backend" in d.condition.message
     assert d.event is not None and d.event[1] == reason
 
 

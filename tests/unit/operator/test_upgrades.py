@@ -91,8 +91,8 @@ def test_every_incompatible_edit_follows_the_policy(edit: str, name: str) -> Non
     decision = decide(running, desired, policy(name), generation=7)
     action, status, reason = POLICIES[name]
     assert decision.action == action
-    assert decision.condition[:2] == (status, reason)
-    assert field in decision.condition[2] and "spec generation 7" in decision.condition[2]
+    assert (decision.condition.status, decision.condition.reason) == (status, reason)
+    assert field in decision.condition.message and "spec generation 7" in decision.condition.message
     assert decision.event is not None and decision.event[1] == reason
     assert any(c.startswith(field) for c in decision.changes)
     # Held: the workers keep the running fingerprint; otherwise they take the new one.
@@ -112,7 +112,10 @@ COMPATIBLE = {
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_compatible_edits_roll_whatever_the_policy(edit: str, name: str) -> None:
     decision = decide(described(), described(COMPATIBLE[edit]), policy(name))
-    assert (decision.action, decision.condition[:2]) == ("roll", ("True", "Compatible"))
+    assert (decision.action, (decision.condition.status, decision.condition.reason)) == (
+        "roll",
+        ("True", "Compatible"),
+    )
     assert decision.event is None and decision.changes == ()
 
 
@@ -329,13 +332,18 @@ def test_a_restore_rolls_only_a_snapshot_of_the_specs_state() -> None:
     for policy_name in POLICIES:
         decision = decide(new, old, policy(policy_name), restore_from=name, generation=4)
         assert decision.action == "restore" and decision.fingerprint == fingerprint(old)
-        assert decision.condition[:2] == ("True", "StateRestored") and name in decision.condition[2]
+        assert (decision.condition.status, decision.condition.reason) == (
+            "True",
+            "StateRestored",
+        ) and name in decision.condition.message
         assert decision.event is not None and decision.event[:2] == ("Normal", "StateRestored")
     # The restore rolled out: the same decision is now a plain roll that still says so.
     done = decide(old, old, policy("refuse"), restore_from=name)
-    assert done.action == "roll" and done.condition[1] == "StateRestored" and done.event is None
+    assert done.action == "roll" and done.condition.reason == "StateRestored" and done.event is None
     # A snapshot of another state than the spec's is held, naming both fingerprints.
     wrong = decide(old, new, policy("reset"), restore_from=name, generation=5)
     assert wrong.action == "hold" and wrong.fingerprint == fingerprint(old)
-    assert wrong.condition[:2] == ("False", "SnapshotMismatch")
-    assert fingerprint(old) in wrong.condition[2] and fingerprint(new) in wrong.condition[2]
+    assert (wrong.condition.status, wrong.condition.reason) == ("False", "SnapshotMismatch")
+    assert (
+        fingerprint(old) in wrong.condition.message and fingerprint(new) in wrong.condition.message
+    )

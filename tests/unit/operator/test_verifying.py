@@ -20,11 +20,12 @@ from hypothesis import strategies as st
 from streamherd.operator.api.v1alpha1 import VerificationStatus, Verify
 from streamherd.operator.builders import Capabilities, build_all
 from streamherd.operator.builders.shadow import ROLES, build_shadow, shadow_config
+from streamherd.operator.conditions import VERIFIED, Cond
+from streamherd.operator.decision import verified_condition
 from streamherd.operator.reconciler import ReconcileMemo, reconcile
 from streamherd.operator.shadowtopics import NO_OFFSET, Offsets
 from streamherd.operator.validation import parse_pipeline
 from streamherd.operator.verifying import (
-    VERIFIED,
     Comparison,
     allowed_differences,
     compare,
@@ -34,7 +35,6 @@ from streamherd.operator.verifying import (
     results_fingerprint,
     same_value,
     start_offsets,
-    verified_condition,
     window_rows,
 )
 from streamherd.workers.config import WorkerConfig
@@ -708,10 +708,13 @@ def test_the_image_is_in_the_results_fingerprint() -> None:
 # --------------------------------------------------------------------------- verify removed
 
 
+PASSED = Cond(VERIFIED, "True", "Passed", "m")
+
+
 @pytest.mark.parametrize(
     ("verify", "suspended", "decided", "present", "expected"),
     [
-        (Verify(mode="shadow"), False, ("True", "Passed", "m"), True, ("True", "Passed", "m")),
+        (Verify(mode="shadow"), False, PASSED, True, PASSED),
         (Verify(mode="shadow"), False, None, True, None),  # the gate leaves it
         (None, False, None, True, "VerificationOff"),
         (Verify(mode="none"), False, None, True, "VerificationOff"),
@@ -724,8 +727,12 @@ def test_verified_condition(
 ) -> None:
     got = verified_condition(verify, suspended, decided, present)
     if isinstance(expected, str):
-        assert got is not None and got[:2] == ("False", expected)
-        assert "spec.upgrade.verify is not set" in got[2]
+        assert got is not None and (got.type, got.status, got.reason) == (
+            VERIFIED,
+            "False",
+            expected,
+        )
+        assert "spec.upgrade.verify is not set" in got.message
     else:
         assert got == expected
 
