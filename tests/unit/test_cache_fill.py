@@ -33,6 +33,11 @@ if [[ ! -e "$WORK/forget-marker" ]]; then touch "$stage/.complete"; fi
 """
 
 
+# How long a script may take before the test calls it hung: a guard, not a measure (a
+# loaded machine, e.g. a parallel test run, has taken more than 20 s).
+HANG_GUARD = 120.0
+
+
 def _setup(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     fill = tmp_path / "fill.sh"
     fill.write_text(FILL)
@@ -55,7 +60,7 @@ def _cache_fill(
     )
 
 
-def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = HANG_GUARD) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -79,8 +84,8 @@ def test_two_concurrent_fills_fill_once_and_both_get_the_complete_entry(tmp_path
     assert second.poll() is None
     assert not dest.exists()
     (tmp_path / "go").touch()
-    out1, err1 = first.communicate(timeout=20)
-    out2, _ = second.communicate(timeout=20)
+    out1, err1 = first.communicate(timeout=HANG_GUARD)
+    out2, _ = second.communicate(timeout=HANG_GUARD)
     assert first.returncode == 0, err1
     assert second.returncode == 0, (tmp_path / "second.err").read_text()
     assert out1.strip() == out2.strip() == str(dest)
@@ -96,7 +101,7 @@ def test_a_complete_entry_is_reused_without_filling(tmp_path: Path) -> None:
     dest.mkdir(parents=True)
     (dest / ".complete").touch()
     proc = _cache_fill(tmp_path, env, dest)
-    out, err = proc.communicate(timeout=20)
+    out, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 0, err
     assert out.strip() == str(dest)
     assert _runs(tmp_path) == []
@@ -108,14 +113,14 @@ def test_a_failed_fill_publishes_nothing_and_the_next_resumes_its_stage(tmp_path
     (tmp_path / "go").touch()
     (tmp_path / "fail").touch()
     proc = _cache_fill(tmp_path, env, dest)
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 3, err
     assert not dest.exists()
     assert (dest.parent / "thing-1.0.partial" / "part").exists()
 
     (tmp_path / "fail").unlink()
     proc = _cache_fill(tmp_path, env, dest)
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 0, err
     assert _runs(tmp_path) == ["run", "run", "resumed"]
     assert (dest / ".complete").exists()
@@ -128,7 +133,7 @@ def test_a_fill_that_ends_incomplete_publishes_nothing(tmp_path: Path) -> None:
     (tmp_path / "go").touch()
     (tmp_path / "forget-marker").touch()
     proc = _cache_fill(tmp_path, env, dest)
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 1
     assert "incomplete" in err
     assert not dest.exists()
@@ -143,7 +148,7 @@ def test_an_in_place_entry_left_incomplete_by_an_older_script_becomes_the_stage(
     (dest / "part").write_text("old\n")
     (tmp_path / "go").touch()
     proc = _cache_fill(tmp_path, env, dest)
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 0, err
     assert _runs(tmp_path) == ["run", "resumed"]
     assert (dest / ".complete").exists()
@@ -199,8 +204,8 @@ def test_fetch_kafka_run_twice_at_once_resolves_once(tmp_path: Path) -> None:
     second = _fetch_kafka(tmp_path, stderr_to=tmp_path / "second.err")
     _wait_for(lambda: "waiting for it" in (tmp_path / "second.err").read_text(), "the wait")
     (tmp_path / "go").touch()
-    out1, err1 = first.communicate(timeout=30)
-    out2, _ = second.communicate(timeout=30)
+    out1, err1 = first.communicate(timeout=HANG_GUARD)
+    out2, _ = second.communicate(timeout=HANG_GUARD)
     assert first.returncode == 0, err1
     assert second.returncode == 0, (tmp_path / "second.err").read_text()
     libs = _kafka_dir(tmp_path) / "libs"
@@ -213,7 +218,7 @@ def test_fetch_kafka_whose_maven_fails_marks_nothing_complete(tmp_path: Path) ->
     (tmp_path / "go").touch()
     (tmp_path / "fail").touch()
     proc = _fetch_kafka(tmp_path)
-    out, err = proc.communicate(timeout=30)
+    out, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode != 0
     assert out == ""
     assert "network is down" in err
