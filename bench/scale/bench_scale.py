@@ -30,9 +30,9 @@ Writes bench/scale/results/N.json, and docs/benchmarks.md's section (between
 `<!-- scale:begin -->` and `<!-- scale:end -->`) plus docs/scale-*.png from every results
 file present.
 
-    .venv/bin/python bench/scale/bench_scale.py --sizes 100
-    .venv/bin/python bench/scale/bench_scale.py --sizes 300,1000 --idle 600
-    .venv/bin/python bench/scale/bench_scale.py --report-only
+    .venv/bin/python -m bench.scale.bench_scale --sizes 100
+    .venv/bin/python -m bench.scale.bench_scale --sizes 300,1000 --idle 600
+    .venv/bin/python -m bench.scale.bench_scale --report-only
 """
 
 from __future__ import annotations
@@ -63,27 +63,25 @@ import matplotlib.pyplot as plt
 import yaml
 from kubernetes import client, watch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from streamherd import __version__  # noqa: E402
-from streamherd.operator.api.v1alpha1 import StreamPipeline  # noqa: E402
-from streamherd.operator.builders import Capabilities, build_all  # noqa: E402
-from streamherd.operator.kube import resource_info  # noqa: E402
-from streamherd.operator.settings import OperatorSettings  # noqa: E402
-from tests.infra.controlplane import (  # noqa: E402
+from streamherd import __version__
+from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.builders import Capabilities, build_all
+from streamherd.operator.kube import resource_info
+from streamherd.operator.settings import OperatorSettings
+from tests.infra.controlplane import (
     KWOK_ANNOTATION,
     ControlPlane,
     KubeCluster,
     _issue,
     start_control_plane,
 )
-from tests.infra.kafka import KafkaProcess, start_kafka  # noqa: E402
-from tests.infra.processes import InfraError  # noqa: E402
+from tests.infra.kafka import KafkaProcess, start_kafka
+from tests.infra.paths import REPO_ROOT, module_command
+from tests.infra.processes import InfraError
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-DOCS = ROOT / "docs"
+DOCS = REPO_ROOT / "docs"
 BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
 NAMESPACE = "scale"
 OPERATOR_USER = "streamherd-operator"
@@ -232,7 +230,7 @@ def nodes(count: int) -> list[dict[str, Any]]:
 
 def pipelines(n: int, bootstrap: str) -> list[dict[str, Any]]:
     """N pipelines: the examples round robin, unique names, Kafka sources on our broker."""
-    docs = {s: yaml.safe_load((ROOT / "examples" / f"{s}.yaml").read_text()) for s in EXAMPLES}
+    docs = {s: yaml.safe_load((REPO_ROOT / "examples" / f"{s}.yaml").read_text()) for s in EXAMPLES}
     out = []
     for i in range(n):
         stem = EXAMPLES[i % len(EXAMPLES)]
@@ -408,13 +406,13 @@ class Operator:
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [
-                    sys.executable, str(HERE / "run_operator.py"),
+                    *module_command("bench.scale.run_operator"),
                     f"--kubeconfig={self.kubeconfig}",
                     "--health-port=0", "--metrics-port=0",
                     "--worker-image=ghcr.io/streamherd/streamherd:bench",
                     "--log-level=info", *self.extra,
                 ],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
             )  # fmt: skip
         self.started_at = time.time()
         self._stop.clear()
@@ -748,7 +746,7 @@ def wait(what: str, probe: Any, timeout: float, interval: float = 0.5) -> bool:
 
 def prepare(cluster: KubeCluster, n: int) -> None:
     """The CRD, enough fake nodes, the namespace and the Secret example 03 references."""
-    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
     wait(
         "the CRD to be established",
         lambda: cluster.kubectl(

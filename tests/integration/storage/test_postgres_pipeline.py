@@ -205,7 +205,7 @@ def test_sigkill_during_writes_then_restart_leaves_the_reference(
 
 
 def BASE_END_TS(total: int) -> int:
-    return next(iter(clicks(total - 1, 1)))[1]["ts"]
+    return int(next(iter(clicks(total - 1, 1)))[1]["ts"])
 
 
 @pytest.mark.slow
