@@ -64,7 +64,7 @@ run: setup ## Set up, then run a pipeline locally (EXAMPLE=examples/01-clicks-lo
 
 .PHONY: demo
 demo: setup infra ## A burst of clicks, lag and replicas live: real pods on a real node if this machine can run one, else kwok pods (DEMO_ARGS='--node kwok|real --plot x.png')
-	@$(PY) bench/demo.py $(DEMO_ARGS)
+	@$(PY) -m bench.demo $(DEMO_ARGS)
 
 .PHONY: crds
 crds: setup ## Regenerate crds/ from the pydantic models, and the chart's copy
@@ -108,10 +108,14 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 	@$(VENV)/bin/ruff check --fix .
 	@$(VENV)/bin/ruff format .
 
+# The tests (the dev kit, tests/infra, with them), the benchmarks and the scripts with the
+# same strictness as the package (pyproject.toml's [tool.mypy] and its one exception).
+TYPECHECK_PATHS := tests bench hack
 .PHONY: typecheck
-typecheck: $(STAMP) ## mypy --strict on the streamherd package
+typecheck: $(STAMP) ## mypy --strict on the streamherd package, tests/ (the dev kit), bench/ and hack/
 	@echo "==> mypy"
 	@$(VENV)/bin/mypy -p streamherd
+	@$(VENV)/bin/mypy $(TYPECHECK_PATHS)
 
 .PHONY: check
 check: lint typecheck ## All static checks (lint includes the import contracts of .importlinter)

@@ -13,13 +13,13 @@ Where the workers run (--node):
   chart is installed with it, and the operator and every worker run as containers under
   restricted Pod Security, the broker listening on the node's bridge address;
 - kwok: the control plane's kwok nodes run no containers, so the workers run as local
-  processes started from the pods' specs (tests/e2e/harness.py's pod mirror) and the
+  processes started from the pods' specs (tests/infra/e2e_harness.py's pod mirror) and the
   operator as a local process;
 - auto (the default): real when this machine can run the node (tests/infra/node.py's
   preflight), else kwok; a real node that fails to start falls back to kwok. The first line
   of output says which one ran, and so does the parameters file.
 
-    .venv/bin/python bench/demo.py [--node auto|real|kwok] [--records 400000]
+    .venv/bin/python -m bench.demo [--node auto|real|kwok] [--records 400000]
                                    [--plot docs/autoscaling-demo.png]
 """
 
@@ -47,24 +47,21 @@ import matplotlib
 import matplotlib.pyplot as plt
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.e2e.harness import (  # noqa: E402
+from tests.infra.controlplane import KubeCluster, start_control_plane
+from tests.infra.e2e_harness import (
     Namespace,
     Operator,
     PodMirror,
     install_crd,
     wait_until,
 )
-from tests.infra.controlplane import KubeCluster, start_control_plane  # noqa: E402
-from tests.infra.image import build_image  # noqa: E402
-from tests.infra.kafka import KafkaBroker, start_kafka  # noqa: E402
-from tests.infra.node import Node, preflight, start_node  # noqa: E402
-from tests.infra.processes import InfraError  # noqa: E402
+from tests.infra.image import build_image
+from tests.infra.kafka import KafkaBroker, start_kafka
+from tests.infra.node import Node, preflight, start_node
+from tests.infra.paths import CHART_DIR, REPO_ROOT
+from tests.infra.processes import InfraError
 
-EXAMPLE = ROOT / "examples" / "02-clicks-per-minute.yaml"
+EXAMPLE = REPO_ROOT / "examples" / "02-clicks-per-minute.yaml"
 PAGES = [f"/page/{i}" for i in range(50)]
 PIPELINE = "clicks-per-minute"
 PARTITIONS = 8
@@ -192,12 +189,12 @@ def start_kwok(work: Path, cleanup: list[Callable[[], object]]) -> Setup:
     say("running the operator (log: operator.log in the demo directory)")
     operator = Operator(cluster, "demo", work / "operator.log")
     cleanup.append(operator.stop)
-    say(f"applying {EXAMPLE.relative_to(ROOT)} (bootstrap {broker.bootstrap})")
+    say(f"applying {EXAMPLE.relative_to(REPO_ROOT)} (bootstrap {broker.bootstrap})")
     ns.apply(demo_pipeline(broker.bootstrap, "demo"))
     ns.bind_checkpoint_volume(PIPELINE)
     mirror = PodMirror(ns, PIPELINE, work / "pods").__enter__()
     cleanup.append(lambda: mirror.__exit__(None))
-    facts = {"workers": "local processes mirroring kwok pods (tests/e2e/harness.py)"}
+    facts = {"workers": "local processes mirroring kwok pods (tests/infra/e2e_harness.py)"}
     return Setup("kwok", cluster, broker, ns, lambda: len(mirror.workers), facts,
                  lambda: mirror.errors)  # fmt: skip
 
@@ -231,7 +228,7 @@ def start_real(work: Path, cleanup: list[Callable[[], object]]) -> Setup:
     repo, _, tag = image.name.rpartition(":")
     say(f"helm install streamherd charts/streamherd (image {image.name})")
     cluster.helm(
-        "install", "streamherd", str(ROOT / "charts" / "streamherd"), "--namespace", RELEASE_NS,
+        "install", "streamherd", str(CHART_DIR), "--namespace", RELEASE_NS,
         "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
         "--set", "image.pullPolicy=Never", "--wait", "--timeout", "180s",
     )  # fmt: skip
@@ -244,7 +241,7 @@ def start_real(work: Path, cleanup: list[Callable[[], object]]) -> Setup:
     doc["spec"]["imagePullPolicy"] = "Never"
     doc["spec"]["resources"] = REAL_RESOURCES
     node.local_volume("demo", f"{PIPELINE}-checkpoints")
-    say(f"applying {EXAMPLE.relative_to(ROOT)} (bootstrap {broker.bootstrap})")
+    say(f"applying {EXAMPLE.relative_to(REPO_ROOT)} (bootstrap {broker.bootstrap})")
     ns.apply(doc)
 
     def ready_pods() -> int:
@@ -389,7 +386,9 @@ def main(argv: list[str] | None = None) -> int:
             plot(points, t0, args.plot, burst_at, mode)
             params = {
                 "date": started.isoformat(timespec="seconds"),
-                "command": "bench/demo.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "command": " ".join(
+                    ["python -m bench.demo", *(argv if argv is not None else sys.argv[1:])]
+                ),
                 "mode": mode,
                 "why": why,
                 **setup.facts,

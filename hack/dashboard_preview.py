@@ -4,12 +4,12 @@ Prometheus that scraped a real worker, plotted panel by panel with matplotlib.
 No Grafana runs here, so this stands in for a screenshot. The worker runs the synthetic
 click source (about 1000 records/s over 4 partitions, a map step that dead-letters records
 whose bytes are a multiple of 13, a 5 s tumbling window) with its metrics on a free port;
-Prometheus (tests/integration/monitoring/promserver.py) scrapes it every second with the
+Prometheus (tests/infra/promserver.py) scrapes it every second with the
 target labels the Prometheus Operator would add. After --seconds (default 120) every query
 of charts/streamherd/files/dashboards/streamherd-pipelines.json runs as a range query.
 Panels fed by the operator's autoscaler stay empty: no operator scales this worker.
 
-    .venv/bin/python hack/dashboard_preview.py [--seconds 120] [--out docs/dashboard-preview.png]
+    .venv/bin/python -m hack.dashboard_preview [--seconds 120] [--out docs/dashboard-preview.png]
 """
 
 from __future__ import annotations
@@ -22,18 +22,17 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import matplotlib
 
-import matplotlib  # noqa: E402
+from tests.infra.paths import REPO_ROOT
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from tests.infra.processes import free_port, port_open, spawn, stop_group, wait_for  # noqa: E402
-from tests.integration.monitoring.promserver import ScrapeJob, start_prometheus  # noqa: E402
+from tests.infra.processes import free_port, port_open, spawn, stop_group, wait_for
+from tests.infra.promserver import ScrapeJob, start_prometheus
 
-DASHBOARD = ROOT / "charts/streamherd/files/dashboards/streamherd-pipelines.json"
+DASHBOARD = REPO_ROOT / "charts/streamherd/files/dashboards/streamherd-pipelines.json"
 VARIABLES = {"$__rate_interval": "30s", "$namespace": ".*", "$pipeline": ".*"}
 
 
@@ -66,14 +65,14 @@ def worker_config(directory: Path, port: int) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=120)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "dashboard-preview.png")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "dashboard-preview.png")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="streamherd-preview-"))
     port = free_port()
     (tmp / "worker.json").write_text(json.dumps(worker_config(tmp, port)))
     worker = Path(sys.executable).with_name("streamherd-worker")
     child, proc = spawn("worker", [str(worker), "--config", str(tmp / "worker.json")],
-                        tmp / "worker.log", cwd=ROOT)  # fmt: skip
+                        tmp / "worker.log", cwd=REPO_ROOT)  # fmt: skip
     prom = None
     try:
         wait_for("worker metrics", lambda: port_open("127.0.0.1", port), 60,

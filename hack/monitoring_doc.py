@@ -4,8 +4,8 @@ The worker's table comes from streamherd.workers.metrics.METRICS, the operator's
 streamherd_operator_* collectors its modules register. The tables sit between marker
 comments in docs/monitoring.md; everything else in the page is hand-written.
 
-    .venv/bin/python hack/monitoring_doc.py          # rewrite the tables in place
-    .venv/bin/python hack/monitoring_doc.py --check  # exit 1 if the page is stale
+    .venv/bin/python -m hack.monitoring_doc          # rewrite the tables in place
+    .venv/bin/python -m hack.monitoring_doc --check  # exit 1 if the page is stale
 
 tests/unit/monitoring/test_monitoring_doc.py runs the check.
 """
@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from pathlib import Path
 
 import prometheus_client
 
 import streamherd.operator.autoscaling.handlers  # noqa: F401 - registers the operator's collectors
 from streamherd.workers.metrics import METRICS
+from tests.infra.paths import DOCS_DIR
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "monitoring.md"
+DOC = DOCS_DIR / "monitoring.md"
 BEGIN, END = "<!-- metrics:begin (hack/monitoring_doc.py) -->", "<!-- metrics:end -->"
 
 
@@ -71,8 +71,8 @@ def render() -> str:
         "| series | type | labels | meaning |",
         "| --- | --- | --- | --- |",
     ]
-    for name, kind, doc, labels in operator_metrics():
-        cells = ", ".join(f"`{label}`" for label in labels)
+    for name, kind, doc, label_names in operator_metrics():
+        cells = ", ".join(f"`{label}`" for label in label_names)
         lines.append(f"| {_series(name, kind)} | {kind} | {cells} | {_cell(doc)} |")
     lines += ["", END]
     return "\n".join(lines)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     new = updated(text)
     if args.check:
         if new != text:
-            sys.stderr.write(f"{DOC} is stale: run .venv/bin/python hack/monitoring_doc.py\n")
+            sys.stderr.write(f"{DOC} is stale: run .venv/bin/python -m hack.monitoring_doc\n")
             return 1
         return 0
     DOC.write_text(new)

@@ -39,7 +39,7 @@ window after it); writes the section of docs/benchmarks.md between
 ``<!-- autoscaling:begin -->`` and ``<!-- autoscaling:end -->`` and the plot
 docs/autoscaling-bench.png.
 
-    .venv/bin/python bench/autoscaling/bench_autoscaling.py
+    .venv/bin/python -m bench.autoscaling.bench_autoscaling
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ import itertools
 import math
 import random
 import statistics
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,19 +56,16 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from streamherd.operator.autoscaling.decision import (  # noqa: E402
+from streamherd.operator.autoscaling.decision import (
     History,
     PartitionSample,
     Policy,
     Sample,
     decide,
 )
+from tests.infra.paths import REPO_ROOT
 
-DOCS = ROOT / "docs"
+DOCS = REPO_ROOT / "docs"
 BEGIN, END = "<!-- autoscaling:begin -->", "<!-- autoscaling:end -->"
 POLL = 15
 DURATION = 3600

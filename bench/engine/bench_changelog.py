@@ -12,8 +12,8 @@ state as one checkpoint file. Medians of ``--runs`` runs per size, against a rea
 Writes its section of docs/benchmarks.md (between ``<!-- changelog:begin -->`` and
 ``<!-- changelog:end -->``).
 
-    .venv/bin/python bench/engine/bench_changelog.py              # starts a broker
-    .venv/bin/python bench/engine/bench_changelog.py --keys 100000 1000000 --runs 3
+    .venv/bin/python -m bench.engine.bench_changelog              # starts a broker
+    .venv/bin/python -m bench.engine.bench_changelog --keys 100000 1000000 --runs 3
 """
 
 from __future__ import annotations
@@ -25,11 +25,9 @@ import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-from bench_engine import machine, write_section
-
+from bench.engine.bench_engine import machine, write_section
 from streamherd.workers.changelog import ChangelogBackend
 from streamherd.workers.checkpointing import Checkpoint, CheckpointStore
 from streamherd.workers.config import ChangelogConfig, KafkaSourceConfig, ProcessorConfig
@@ -37,7 +35,6 @@ from streamherd.workers.processing import Processor
 from streamherd.workers.windowing import PartitionWindows, WindowPlan
 from tests.infra.kafka import start_kafka
 
-ROOT = Path(__file__).resolve().parents[2]
 BEGIN, END = "<!-- changelog:begin -->", "<!-- changelog:end -->"
 SOURCE = "bench-changelog-source"
 

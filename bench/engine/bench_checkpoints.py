@@ -21,7 +21,7 @@ checkpoints; the changelog part runs against a real broker (started here unless
 ``--bootstrap``). Writes its section of docs/benchmarks.md (between
 ``<!-- checkpoints:begin -->`` and ``<!-- checkpoints:end -->``).
 
-    .venv/bin/python bench/engine/bench_checkpoints.py --keys 1000000 --changelog-keys 200000
+    .venv/bin/python -m bench.engine.bench_checkpoints --keys 1000000 --changelog-keys 200000
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench_engine import machine, write_section
-
+from bench.engine.bench_engine import machine, write_section
 from streamherd.workers import changelog
 from streamherd.workers.changelog import ChangelogBackend
 from streamherd.workers.checkpointing import Checkpoint, CheckpointStore

@@ -19,8 +19,8 @@ included), and the ratio of each to ``alo``. The outputs are compared window by 
 Writes its section of docs/benchmarks.md (between ``<!-- delivery:begin -->`` and
 ``<!-- delivery:end -->``).
 
-    .venv/bin/python bench/engine/bench_delivery.py            # starts a broker via tests/infra
-    .venv/bin/python bench/engine/bench_delivery.py --records 300000 --runs 3
+    .venv/bin/python -m bench.engine.bench_delivery            # starts a broker via tests/infra
+    .venv/bin/python -m bench.engine.bench_delivery --records 300000 --runs 3
 """
 
 from __future__ import annotations
@@ -36,17 +36,22 @@ import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-from bench_engine import create_topic, engine_config, machine, preload, read_all, write_section
-
+from bench.engine.bench_engine import (
+    create_topic,
+    engine_config,
+    machine,
+    preload,
+    read_all,
+    write_section,
+)
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.engine import Engine
 from streamherd.workers.metrics import EngineMetrics
 from tests.infra.kafka import start_kafka
+from tests.infra.paths import REPO_ROOT, module_command
 
-ROOT = Path(__file__).resolve().parents[2]
 BEGIN, END = "<!-- delivery:begin -->", "<!-- delivery:end -->"
 MODES = ("alo", "eos", "alo-repartition", "eos-repartition")
 
@@ -103,7 +108,7 @@ def windows_of(bootstrap: str, sink: str) -> dict[str, Any]:
 
 def render(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]], same: str) -> str:
     def med(mode: str, what: str) -> float:
-        return statistics.median(r["records"] / r[what] for r in results[mode])
+        return float(statistics.median(r["records"] / r[what] for r in results[mode]))
 
     rows = []
     for mode in MODES:
@@ -142,14 +147,16 @@ def parent(args: argparse.Namespace) -> int:
     try:
         topic = f"bench-delivery-{uuid.uuid4().hex[:8]}"
         preload(args.bootstrap, topic, args.records, args.partitions)
-        me = [sys.executable, str(Path(__file__).resolve())]
+        me = module_command("bench.engine.bench_delivery")
         for round_ in range(args.runs):
             for mode in MODES:
                 sink = f"bench-out-{mode}-{uuid.uuid4().hex[:8]}"
                 create_topic(args.bootstrap, sink, args.partitions)
                 argv = [*me, "--child", mode, "--bootstrap", args.bootstrap, "--topic", topic]
                 argv += ["--sink", sink, "--records", str(args.records)]
-                done = subprocess.run(argv, capture_output=True, text=True, check=True)
+                done = subprocess.run(
+                    argv, capture_output=True, text=True, check=True, cwd=REPO_ROOT
+                )
                 result = json.loads(done.stdout.strip().splitlines()[-1])
                 results[mode].append(result)
                 outputs[mode] = windows_of(args.bootstrap, sink)
@@ -161,7 +168,7 @@ def parent(args: argparse.Namespace) -> int:
                 )
     finally:
         if broker is not None:
-            broker.stop()  # type: ignore[attr-defined]
+            broker.stop()
     # The stream's last windows may still be open when a run stops (a repartitioned window
     # waits for the slowest source partition): compare the windows every run closed.
     common = set.intersection(*(set(outputs[m]) for m in MODES))

@@ -30,9 +30,9 @@ every run are read back and compared window by window (count and sum per key and
 Writes its section of docs/benchmarks.md (between ``<!-- engine:begin -->`` and
 ``<!-- engine:end -->``).
 
-    .venv/bin/python bench/engine/bench_engine.py --bootstrap 127.0.0.1:9092
-    .venv/bin/python bench/engine/bench_engine.py            # starts a broker via tests/infra
-    .venv/bin/python bench/engine/bench_engine.py --child engine --profile prof.txt ...
+    .venv/bin/python -m bench.engine.bench_engine --bootstrap 127.0.0.1:9092
+    .venv/bin/python -m bench.engine.bench_engine            # starts a broker via tests/infra
+    .venv/bin/python -m bench.engine.bench_engine --child engine --profile prof.txt ...
 """
 
 from __future__ import annotations
@@ -59,16 +59,15 @@ import confluent_kafka
 import msgspec
 import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 from pyinstrument import Profiler
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from streamherd.workers.config import WorkerConfig  # noqa: E402
-from streamherd.workers.engine import Engine  # noqa: E402
-from streamherd.workers.metrics import EngineMetrics  # noqa: E402
-from tests.infra.kafka import start_kafka  # noqa: E402
+from streamherd.workers.config import WorkerConfig
+from streamherd.workers.engine import Engine
+from streamherd.workers.metrics import EngineMetrics
+from tests.infra.kafka import start_kafka
+from tests.infra.paths import REPO_ROOT, module_command
 
 BEGIN, END = "<!-- engine:begin -->", "<!-- engine:end -->"
 QUIX_VERSION = "3.28.1"
@@ -159,8 +158,10 @@ def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | Non
             error = m.error()
             if error is None:
                 out.append((m.key(), m.value()))
-                if m.offset() + 1 >= ends[m.partition()]:
-                    pending.discard(m.partition())
+                offset, partition = m.offset(), m.partition()
+                assert offset is not None and partition is not None  # a record has both
+                if offset + 1 >= ends[partition]:
+                    pending.discard(partition)
             elif error.code() == KafkaError._PARTITION_EOF:
                 pending.discard(m.partition())
     consumer.close()
@@ -202,7 +203,7 @@ def child_bare(bootstrap: str, topic: str, n: int, decode: bool) -> dict[str, An
         if decode:
             for m in batch:
                 if m.error() is None:
-                    loads(m.value())
+                    loads(m.value() or b"")
                     seen += 1
         else:
             for m in batch:
@@ -333,7 +334,7 @@ def child_engine(
     engine.run()
     wall, cpu = time.perf_counter() - first[0], time.process_time() - first[1]
     main = time.thread_time() - first[2]
-    if profiler is not None:
+    if profile and profiler is not None:
         profiler.stop()
         Path(profile).write_text(profiler.output_text(unicode=False, color=False, show_all=False))
     records = engine.counters.records_in
@@ -372,7 +373,9 @@ def quix_python() -> Path:
 
 
 def run_child(argv: list[str]) -> dict[str, Any]:
-    proc = subprocess.run(argv, check=False, capture_output=True, text=True, cwd=ROOT, timeout=7200)
+    proc = subprocess.run(
+        argv, check=False, capture_output=True, text=True, cwd=REPO_ROOT, timeout=7200
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[:3]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -469,7 +472,7 @@ full dict alone cost ~1.2 us per record against msgspec's ~0.36 us for the read 
 
 
 def write_section(
-    text: str, begin: str = BEGIN, end: str = END, path: Path = ROOT / "docs" / "benchmarks.md"
+    text: str, begin: str = BEGIN, end: str = END, path: Path = REPO_ROOT / "docs" / "benchmarks.md"
 ) -> None:
     """Put `text` between the `begin` and `end` markers of docs/benchmarks.md (every bench
     script here owns one marked section), or append the marked block when it is not there."""
@@ -659,7 +662,7 @@ def parent(args: argparse.Namespace) -> int:
     if not args.bootstrap:
         broker = start_kafka()
         args.bootstrap = broker.broker.bootstrap
-    me = [sys.executable, str(Path(__file__).resolve())]
+    me = module_command("bench.engine.bench_engine")
     results: dict[str, list[dict[str, Any]]] = {i: [] for i in impls}
     loads: list[dict[str, float]] = []
     agreement: list[str] = []
@@ -707,7 +710,7 @@ def parent(args: argparse.Namespace) -> int:
             agreement = verify(args, me, python, [i for i in impls if i.startswith("quix")])
     finally:
         if broker is not None:
-            broker.stop()  # type: ignore[attr-defined]
+            broker.stop()
     if "engine" not in results or "read" not in results:
         return 0
     section = render(args, results, loads, agreement, machine(), quix_versions) + PROFILE_NOTES

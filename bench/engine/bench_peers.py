@@ -36,9 +36,9 @@ outputs of the measured runs that read the whole input topic.
 Writes its section of docs/benchmarks.md (between ``<!-- peers:begin -->`` and
 ``<!-- peers:end -->``).
 
-    .venv/bin/python bench/engine/bench_peers.py            # starts a broker via tests/infra
-    .venv/bin/python bench/engine/bench_peers.py --records 300000 --runs 1 --no-write
-    .venv/bin/python bench/engine/bench_peers.py --only engine,kstreams --bootstrap H:P
+    .venv/bin/python -m bench.engine.bench_peers            # starts a broker via tests/infra
+    .venv/bin/python -m bench.engine.bench_peers --records 300000 --runs 1 --no-write
+    .venv/bin/python -m bench.engine.bench_peers --only engine,kstreams --bootstrap H:P
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench_engine import (
+from confluent_kafka import Consumer, TopicPartition
+
+from bench.engine.bench_engine import (
     QUIX_SCRIPT,
     QUIX_VERSION,
     create_topic,
@@ -73,8 +75,7 @@ from bench_engine import (
     read_all,
     write_section,
 )
-from confluent_kafka import Consumer, TopicPartition
-from peer_outputs import (
+from bench.engine.peer_outputs import (
     Comparison,
     Outputs,
     compare,
@@ -82,17 +83,16 @@ from peer_outputs import (
     peer_outputs,
     quix_outputs,
 )
-
-from tests.infra.kafka import start_kafka  # bench_engine put the repository on sys.path
+from tests.infra.kafka import start_kafka
+from tests.infra.paths import REPO_ROOT, module_command
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 CACHE = Path(os.environ.get("STREAMHERD_CACHE", Path.home() / ".cache" / "streamherd"))
 BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
 BYTEWAX_VERSION = "0.21.1"
 BYTEWAX_VENV = CACHE / f"venv-bytewax-{BYTEWAX_VERSION}"
 BYTEWAX_SCRIPT = HERE / "bytewax_pipeline.py"
-ENGINE_SCRIPT = HERE / "bench_engine.py"
+ENGINE = module_command("bench.engine.bench_engine")
 CHUNK = 5000
 # The same heap for both JVM peers (the machine has 24 GB; the default would be a quarter).
 JVM_OPTIONS = ["-Xms1g", "-Xmx2g", "-XX:+UseG1GC"]
@@ -156,7 +156,7 @@ def jvm_peers() -> Path:
     """The built Kafka Streams and Flink peers (hack/build-peers.sh builds them if needed)."""
     log("building the JVM peers if needed (hack/build-peers.sh; minutes when cold)")
     done = subprocess.run(
-        ["bash", str(ROOT / "hack" / "build-peers.sh")],
+        ["bash", str(REPO_ROOT / "hack" / "build-peers.sh")],
         check=True,
         stdout=subprocess.PIPE,
         text=True,
@@ -210,9 +210,9 @@ def argv_for(impl: str, tools: Tools, topic: str, sink: str, n: int) -> list[str
     common = ["--bootstrap", ARGS.bootstrap, "--topic", topic]
     scratch = tempfile.mkdtemp(prefix=f"bench-{impl}-")
     if impl == "read":
-        return [sys.executable, str(ENGINE_SCRIPT), "--child", "read", *common, "--records", str(n)]
+        return [*ENGINE, "--child", "read", *common, "--records", str(n)]
     if impl.startswith("engine"):
-        argv = [sys.executable, str(ENGINE_SCRIPT), "--child", impl, *common, "--sink", sink]
+        argv = [*ENGINE, "--child", impl, *common, "--sink", sink]
         return [*argv, "--records", str(n)]
     if impl.startswith("kstreams"):
         argv = java_argv(tools, "kafka-streams", "io.streamherd.bench.KafkaStreamsPeer", [])
@@ -239,7 +239,9 @@ def run_child(argv: list[str]) -> dict[str, Any]:
     included) from the resource usage of the reaped child (one child at a time)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.run(argv, check=False, capture_output=True, text=True, cwd=ROOT, timeout=7200)
+    proc = subprocess.run(
+        argv, check=False, capture_output=True, text=True, cwd=REPO_ROOT, timeout=7200
+    )
     elapsed = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -282,7 +284,7 @@ def closed_until(topic: str) -> int:
             message = None
             while message is None or message.error() is not None:
                 message = consumer.poll(10)
-            last.append(int(json.loads(message.value())["ts"]))
+            last.append(int(json.loads(message.value() or b"null")["ts"]))
         return min(last)
     finally:
         consumer.close()
@@ -303,7 +305,7 @@ def render(
     med = statistics.median
 
     def rate(impl: str, what: str) -> float:
-        return med(r["records"] / r[what] for r in results[impl])
+        return float(med(r["records"] / r[what] for r in results[impl]))
 
     rows = []
     for impl in impls:
@@ -590,7 +592,7 @@ def main() -> int:
                 log(f"round {round_ + 1}: docs/benchmarks.md written")
     finally:
         if broker is not None:
-            broker.stop()  # type: ignore[attr-defined]
+            broker.stop()
     print(section)
     bad = [i for i, c in verified.items() if not c.equal]
     bad += [i for i, cs in measured.items() if not all(c.equal for c in cs)]
@@ -599,7 +601,7 @@ def main() -> int:
 
 def reads(impl: str) -> int:
     """How many records of the input topic an implementation reads in a measured run."""
-    return min(ARGS.records, ARGS.python_records) if IMPLS[impl].python_peer else ARGS.records
+    return int(min(ARGS.records, ARGS.python_records) if IMPLS[impl].python_peer else ARGS.records)
 
 
 def collect_versions(impl: str, result: dict[str, Any], versions: dict[str, str]) -> None:

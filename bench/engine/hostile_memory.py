@@ -16,7 +16,7 @@ limit kills is reported as such, not hidden.
 
 Writes docs/hostile-records.md.
 
-    .venv/bin/python bench/engine/hostile_memory.py [--repeat 20]
+    .venv/bin/python -m bench.engine.hostile_memory [--repeat 20]
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from streamherd.workers.fusing import fuse
 from streamherd.workers.limits import ensure_recursion_headroom
 from streamherd.workers.processing import Processor, SyntheticMessage, decode_json, window_batch
 from streamherd.workers.windowing import PartitionWindows
+from tests.infra.paths import REPO_ROOT, module_command
 
-ROOT = Path(__file__).resolve().parents[2]
 LIMIT_BYTES = 512 * 1024 * 1024
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 BASE_TS = 1_767_225_600_000
@@ -167,9 +167,9 @@ def child(case: str, repeat: int) -> dict[str, Any]:
         state = PartitionWindows(plan)
         for m in messages:
             if path == "fused":
-                batch = fused([m], state)  # type: ignore[list-item]
+                batch = fused([m], state)
             else:
-                batch = window_batch(decode_json, processor, state, [m])  # type: ignore[list-item]
+                batch = window_batch(decode_json, processor, state, [m])
             for failure in batch.failures:
                 label = f"{path}: {failure.reason} ({type(failure.error).__name__})"
                 outcomes[label] = outcomes.get(label, 0) + 1
@@ -203,8 +203,14 @@ def cgroup_usable() -> bool:
 
 
 def run_case(case: str, repeat: int, use_cgroup: bool) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--child", case, "--repeat", str(repeat)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [
+        *module_command("bench.engine.hostile_memory"),
+        "--child",
+        case,
+        "--repeat",
+        str(repeat),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     group: Path | None = None
     if use_cgroup:
         group = CGROUP_ROOT / f"streamherd-bench-{os.getpid()}-{case}"
@@ -269,7 +275,7 @@ def write_doc(results: list[dict[str, Any]], limit: str, repeat: int) -> None:
         else "Some case did not finish under the limit: see its exit status above.",
         "",
     ]
-    (ROOT / "docs" / "hostile-records.md").write_text("\n".join(lines))
+    (REPO_ROOT / "docs" / "hostile-records.md").write_text("\n".join(lines))
 
 
 def main() -> int:

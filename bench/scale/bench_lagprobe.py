@@ -34,8 +34,8 @@ interval per fallback group, 8 in parallel) is inside the offsetfetch column's s
 Writes bench/scale/results/lagprobe.json and docs/benchmarks.md's section between
 `<!-- lagprobe:begin -->` and `<!-- lagprobe:end -->`.
 
-    .venv/bin/python bench/scale/bench_lagprobe.py
-    .venv/bin/python bench/scale/bench_lagprobe.py --groups 200 --intervals 2 --no-docs
+    .venv/bin/python -m bench.scale.bench_lagprobe
+    .venv/bin/python -m bench.scale.bench_lagprobe --groups 200 --intervals 2 --no-docs
 """
 
 from __future__ import annotations
@@ -54,31 +54,27 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import confluent_kafka  # noqa: E402
-from brokerstats import RequestCounter, difference  # noqa: E402
-from confluent_kafka import (  # noqa: E402
+import confluent_kafka
+from confluent_kafka import (
     ConsumerGroupTopicPartitions,
     KafkaException,
     TopicPartition,
 )
 
-from streamherd.operator.lagprobe import (  # noqa: E402
+from bench.scale.brokerstats import RequestCounter, difference
+from streamherd.operator.lagprobe import (
     ClusterConfig,
     GroupLag,
     GroupSpec,
     LagProbe,
 )
-from tests.infra.kafka import KafkaBroker, kafka_broker  # noqa: E402
+from tests.infra.kafka import KafkaBroker, kafka_broker
+from tests.infra.paths import REPO_ROOT
 
-RESULTS = ROOT / "bench" / "scale" / "results" / "lagprobe.json"
-DOCS = ROOT / "docs" / "benchmarks.md"
+RESULTS = REPO_ROOT / "bench" / "scale" / "results" / "lagprobe.json"
+DOCS = REPO_ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- lagprobe:begin -->", "<!-- lagprobe:end -->"
 PARTITION_MIX = (1, 2, 4, 8)
 RECORDS = 200  # per partition
@@ -107,7 +103,7 @@ class Workload:
         names = list(self.topics)
         self.specs: list[GroupSpec] = []
         for g in range(groups):
-            topics = (names[g % len(names)],)
+            topics: tuple[str, ...] = (names[g % len(names)],)
             if g % 5 == 4:
                 topics += (names[(g + 5) % len(names)],)
             start = "latest" if g % 7 == 3 else "earliest"
@@ -299,7 +295,7 @@ def run(broker: KafkaBroker, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _kafka_version() -> str:
-    for line in (ROOT / "hack" / "versions.env").read_text().splitlines():
+    for line in (REPO_ROOT / "hack" / "versions.env").read_text().splitlines():
         if line.startswith("KAFKA_VERSION="):
             return line.split("=", 1)[1]
     return "?"

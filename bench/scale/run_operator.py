@@ -18,7 +18,7 @@ builds per cluster (``poller.LagProbe``) is swapped for a subclass that
 and writes the running totals, as JSON, to the file named by STREAMHERD_BENCH_BROKER_STATS
 after every call (atomically: temp file + rename).
 
-    python bench/scale/run_operator.py --kubeconfig ... [any `streamherd operator` flag]
+    python -m bench.scale.run_operator --kubeconfig ... [any `streamherd operator` flag]
 """
 
 from __future__ import annotations
@@ -32,15 +32,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from brokerstats import RequestCounter  # noqa: E402
-
-from streamherd import cli  # noqa: E402
-from streamherd.operator.autoscaling import poller  # noqa: E402
-from streamherd.operator.lagprobe import (  # noqa: E402
+from bench.scale.brokerstats import RequestCounter
+from streamherd import cli
+from streamherd.operator.autoscaling import poller
+from streamherd.operator.lagprobe import (
     ClusterConfig,
     GroupLag,
     GroupSpec,

@@ -1,7 +1,7 @@
 """Autoscaling end to end: operator + real control plane + real Kafka + real workers.
 
 The autoscaler's proofs, each on its own pipeline in one namespace watched by one
-operator process (tests/e2e/harness.py). Workers are local processes started from the pods'
+operator process (tests/infra/e2e_harness.py). Workers are local processes started from the pods'
 specs by the pod mirror, so the lag the operator measures at the broker is drained by as
 many real workers as the Deployment has Running pods. Poll intervals and windows are a few
 seconds so the tier stays short; waits are generous for a loaded 2-core machine, and every
@@ -26,14 +26,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import (
+from tests.infra.controlplane import KubeCluster
+from tests.infra.e2e_harness import (
     Namespace,
     PodMirror,
     Timeline,
     operator_namespace,
     wait_until,
 )
-from tests.infra.controlplane import KubeCluster
 from tests.infra.kafka import KafkaBroker
 
 pytestmark = [
@@ -232,7 +232,8 @@ def test_steady_noisy_load_changes_scale_at_most_once(
         since = time.time()
         producer.start()
         try:
-            # 45 s of load: three stabilization windows, 22 polls.
+            # 45 s of load: three stabilization windows, 22 polls. The time under load is the
+            # test (no scale change through it); there is nothing to wait for instead.
             time.sleep(45)
         finally:
             stop.set()

@@ -1,6 +1,6 @@
 """A running pipeline's state through edits, end to end: the real API server, the operator,
 the broker, and the workers (local processes started from the pods' specs by the pod
-mirror, tests/e2e/harness.py), all in one namespace.
+mirror, tests/infra/e2e_harness.py), all in one namespace.
 
 Each class of incompatible edit is first checked by the operator with the default policy
 (refuse): the workers are untouched (same ConfigMap, same Deployment generation, the same
@@ -24,13 +24,17 @@ import pytest
 
 from streamherd.workers.checkpointing import decode
 from streamherd.workers.windowing import iso_ms
-from tests.e2e.harness import (
+from tests.infra.controlplane import KubeCluster
+from tests.infra.e2e_harness import (
+    BASE_TS,
+    PARTITIONS,
     Namespace,
     PodMirror,
+    clicks,
     operator_namespace,
+    produce,
     wait_until,
 )
-from tests.infra.controlplane import KubeCluster
 from tests.infra.kafka import KafkaBroker
 
 pytestmark = [
@@ -41,30 +45,11 @@ pytestmark = [
     pytest.mark.slow,
 ]
 
-BASE_TS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-STEP_MS = 10
-PARTITIONS = 2
-
 
 @pytest.fixture(scope="module")
 def ns(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Namespace]:
     with operator_namespace(kube_cluster, tmp_path_factory, "life") as namespace:
         yield namespace
-
-
-def clicks(start: int, count: int) -> list[tuple[int, tuple[str, dict[str, Any]]]]:
-    """(partition, (key, record)): user u always in partition u % 2."""
-    out = []
-    for i in range(start, start + count):
-        u = (i * 7919) % 40
-        rec = {"user": f"user-{u}", "bytes": (i * 31) % 997, "ts": BASE_TS + i * STEP_MS}
-        out.append((u % PARTITIONS, (rec["user"], rec)))
-    return out
-
-
-def produce(broker: KafkaBroker, topic: str, records: list[Any]) -> None:
-    for p in range(PARTITIONS):
-        broker.produce(topic, [r for part, r in records if part == p], partition=p)
 
 
 def reference(records: list[Any], window_ms: int) -> dict[str, dict[str, int]]:
@@ -185,16 +170,13 @@ def test_incompatible_edits_are_refused_then_reset_gives_the_new_specs_results(
         produced = 3000
         for edit, (change, field) in EDITS.items():
             ns.apply(manifest(ns, name, source, sink, bootstrap, edited(change)))
-            cond = wait_until(
-                f"the {edit} edit refused",
-                lambda field=field: (
-                    (c := ns.condition(name, "StateCompatible")).get("reason")
-                    == "StateChangeRefused"
-                    and field in c.get("message", "")
-                    and c
-                ),
-                timeout=60,
-            )
+
+            def refused(field: str = field) -> dict[str, Any] | None:
+                c = ns.condition(name, "StateCompatible")
+                ok = c.get("reason") == "StateChangeRefused" and field in c.get("message", "")
+                return c if ok else None
+
+            cond = wait_until(f"the {edit} edit refused", refused, timeout=60)
             assert "spec.upgrade.onStateChange" in cond["message"], cond
             status = ns.status(name)
             assert status["stateFingerprint"] == running_fp

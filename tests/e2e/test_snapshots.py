@@ -22,23 +22,23 @@ import pytest
 from confluent_kafka import KafkaException
 
 from streamherd.workers.snapshotting import snapshot_topic
-from tests.e2e.harness import (
-    Namespace,
-    PodMirror,
-    operator_namespace,
-    wait_until,
-)
 from tests.e2e.test_lifecycle import (
-    BASE_TS,
-    PARTITIONS,
     WINDOW,
-    clicks,
     manifest,
-    produce,
     reference,
     rows_of_width,
 )
 from tests.infra.controlplane import KubeCluster
+from tests.infra.e2e_harness import (
+    BASE_TS,
+    PARTITIONS,
+    Namespace,
+    PodMirror,
+    clicks,
+    operator_namespace,
+    produce,
+    wait_until,
+)
 from tests.infra.kafka import KafkaBroker
 
 pytestmark = [

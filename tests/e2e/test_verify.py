@@ -1,6 +1,6 @@
 """Verify before promote (spec.upgrade.verify: shadow), end to end: the real API server, the
 operator, the broker, and the workers, the shadows included (local processes started from
-the pods' specs by the pod mirror, tests/e2e/harness.py).
+the pods' specs by the pod mirror, tests/infra/e2e_harness.py).
 
 A running pipeline gets two edits of its filter. The first alters the results in one window
 of the 40 compared: the verification reports that count (equal to a reference computed
@@ -22,13 +22,17 @@ import pytest
 from confluent_kafka import KafkaException
 
 from streamherd.workers.windowing import iso_ms
-from tests.e2e.harness import (
+from tests.infra.controlplane import KubeCluster
+from tests.infra.e2e_harness import (
+    BASE_TS,
+    PARTITIONS,
     Namespace,
     PodMirror,
+    clicks,
     operator_namespace,
+    produce,
     wait_until,
 )
-from tests.infra.controlplane import KubeCluster
 from tests.infra.kafka import KafkaBroker
 
 pytestmark = [
@@ -39,9 +43,6 @@ pytestmark = [
     pytest.mark.slow,
 ]
 
-BASE_TS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-STEP_MS = 10
-PARTITIONS = 2
 SIZE_MS = 10_000
 
 
@@ -49,21 +50,6 @@ SIZE_MS = 10_000
 def ns(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Namespace]:
     with operator_namespace(kube_cluster, tmp_path_factory, "verify") as namespace:
         yield namespace
-
-
-def clicks(start: int, count: int) -> list[tuple[int, tuple[str, dict[str, Any]]]]:
-    """(partition, (key, record)): user u always in partition u % 2; record i at i * 10 ms."""
-    out = []
-    for i in range(start, start + count):
-        u = (i * 7919) % 40
-        rec = {"user": f"user-{u}", "bytes": (i * 31) % 997, "ts": BASE_TS + i * STEP_MS}
-        out.append((u % PARTITIONS, (rec["user"], rec)))
-    return out
-
-
-def produce(broker: KafkaBroker, topic: str, records: list[Any]) -> None:
-    for p in range(PARTITIONS):
-        broker.produce(topic, [r for part, r in records if part == p], partition=p)
 
 
 def windows(records: list[Any], keep: Any) -> dict[tuple[str, str], tuple[int, int]]:

@@ -34,8 +34,8 @@ from typing import Any
 import yaml
 from kubernetes import config as kube_config
 
+from tests.infra.paths import HACK_DIR
 from tests.infra.processes import (
-    HACK_DIR,
     Child,
     DevService,
     InfraError,

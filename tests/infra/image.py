@@ -14,7 +14,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.infra.processes import HACK_DIR, InfraError
+from tests.infra.paths import HACK_DIR
+from tests.infra.processes import InfraError
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """One namespace of the test cluster, with the kubectl helpers the operator tests share.
 
 Used by the operator's integration tests (tests/integration/operator/operator_harness.py,
-`Env`) and the e2e harness (tests/e2e/harness.py, `Namespace`), which add their own
+`Env`) and the e2e harness (tests/infra/e2e_harness.py, `Namespace`), which add their own
 status helpers. Every call goes through the cluster's admin kubeconfig, like a user's.
 """
 

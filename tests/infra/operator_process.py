@@ -2,7 +2,7 @@
 
 One class for every tier that runs the real operator against the test control plane: the
 operator's integration tests (tests/integration/operator/operator_harness.py), the e2e
-harness (tests/e2e/harness.py) and through it the demo (bench/demo.py). The process is
+harness (tests/infra/e2e_harness.py) and through it the demo (bench/demo.py). The process is
 started like the other test infrastructure (tests/infra/processes.py: its own process group,
 killed with the test process), with the kubeconfig it is given and nothing else: KUBECONFIG
 in its environment names the same file, so no client library falls back to the admin's.
@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tests.infra.controlplane import KubeCluster
-from tests.infra.processes import REPO_ROOT, Child, spawn, stop_group
+from tests.infra.paths import REPO_ROOT
+from tests.infra.processes import Child, spawn, stop_group
 
 TEST_IMAGE = "ghcr.io/streamherd/streamherd:test"
 STOP_GRACE = 30.0  # seconds: kopf finishes its handlers and releases its peering on SIGTERM

@@ -55,7 +55,7 @@ def _unit_of_work(nodeid: str) -> str:
     return "tests/node" if path.startswith(NODE_TIER) else path
 
 
-class FileOrNodeTierScheduling(LoadFileScheduling):
+class FileOrNodeTierScheduling(LoadFileScheduling):  # type: ignore[misc]  # xdist: untyped
     """`--dist loadfile`, with all of tests/node/ as one unit: a file's module fixtures start
     once, on one worker, and the node tier's one node (and its host lock) is held by one
     worker. (xdist's own `loadgroup` does not group under pytest 9.2: it renames

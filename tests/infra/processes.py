@@ -22,11 +22,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Literal, TypeVar
+
+from tests.infra.paths import HACK_DIR, REPO_ROOT
 
 T = TypeVar("T")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-HACK_DIR = REPO_ROOT / "hack"
 
 
 class InfraError(RuntimeError):
@@ -213,13 +213,16 @@ class WaitTimeout(AssertionError):
 
 
 def wait_until(
-    what: str, probe: Callable[[], T | None], timeout: float = 120.0, interval: float = 0.5
+    what: str,
+    probe: Callable[[], T | Literal[False] | None],
+    timeout: float = 120.0,
+    interval: float = 0.5,
 ) -> T:
     """Poll `probe` until it returns something truthy, and return that; raise WaitTimeout
     naming `what` and the last value if it never does. For the tests' own waits (the
     operator harnesses); wait_for is the infrastructure's."""
     deadline = time.monotonic() + timeout
-    last: T | None = None
+    last: T | Literal[False] | None = None
     while time.monotonic() < deadline:
         last = probe()
         if last:

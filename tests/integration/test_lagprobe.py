@@ -45,6 +45,7 @@ from streamherd.operator.lagprobe import (
     LagProbeError,
 )
 from tests.infra.kafka import KafkaBroker
+from tests.infra.paths import REPO_ROOT
 from tests.infra.processes import free_port, run_hack_script
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
@@ -607,15 +608,14 @@ finally:
 
 
 def test_offset_fetch_while_a_fresh_cluster_starts(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[2]
     child = subprocess.run(
         [sys.executable, "-c", _FRESH_CLUSTER_CHILD, str(tmp_path / "kafka")],
         check=False,
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
     assert child.returncode == 0, f"child died ({child.returncode}): {child.stderr[-3000:]}"
     summary = json.loads(child.stdout.strip().splitlines()[-1])

@@ -20,17 +20,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import pytest
 from confluent_kafka import TopicPartition
-from confluent_kafka.admin import (
-    AclBinding,
-    AclOperation,
-    AclPermissionType,
-    ResourcePatternType,
-    ResourceType,
-)
+from confluent_kafka.admin._acl import AclBinding, AclOperation, AclPermissionType
+from confluent_kafka.admin._resource import ResourcePatternType, ResourceType
 
 from streamherd.operator import lagprobe as lagprobe_module
 from streamherd.operator.lagprobe import ClusterConfig, GroupLag, GroupSpec, LagProbe
@@ -87,7 +82,7 @@ def _setup(broker: KafkaBroker) -> tuple[str, list[str]]:
     return topic, groups
 
 
-def _committed(results: dict[str, object]) -> dict[str, list[int | None]]:
+def _committed(results: Mapping[str, object]) -> dict[str, list[int | None]]:
     out = {}
     for g, r in results.items():
         assert isinstance(r, GroupLag), r

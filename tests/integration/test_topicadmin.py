@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 import pytest
-from confluent_kafka.admin import ConfigResource
+from confluent_kafka.admin._config import ConfigResource
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.lagprobe import ClusterConfig
@@ -153,7 +153,7 @@ def test_an_unreachable_broker_is_reported_and_retried_after_a_backoff() -> None
             if second.retry_after == 10.0:
                 break
             pause.wait(0.1)
-        assert second.retry_after == 10.0
+        assert second is not None and second.retry_after == 10.0
         with pytest.raises(TopicAdminError):
             manager.delete(pipeline)
     finally:

@@ -16,7 +16,8 @@ from tests.infra.controlplane import KubeCluster
 from tests.infra.image import Image, build_image
 from tests.infra.kafka import KafkaBroker, start_kafka
 from tests.infra.node import Node, describe_failure, start_node
-from tests.infra.processes import REPO_ROOT, InfraError, tail, wait_until
+from tests.infra.paths import REPO_ROOT
+from tests.infra.processes import InfraError, tail, wait_until
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,8 @@ from tests.infra.controlplane import KubeCluster
 from tests.infra.image import Image
 from tests.infra.kafka import KafkaBroker
 from tests.infra.node import Node
-from tests.infra.processes import REPO_ROOT, WaitTimeout, wait_until
+from tests.infra.paths import REPO_ROOT
+from tests.infra.processes import WaitTimeout, wait_until
 
 pytestmark = [pytest.mark.node, pytest.mark.kafka]
 

@@ -19,7 +19,7 @@ from packaging.markers import Marker
 from packaging.utils import canonicalize_name
 
 from tests.infra.image import Image
-from tests.infra.processes import REPO_ROOT
+from tests.infra.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.node]
 

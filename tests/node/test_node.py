@@ -20,7 +20,8 @@ import yaml
 from tests.infra.controlplane import KubeCluster
 from tests.infra.image import Image
 from tests.infra.node import NODE_LABEL, Node
-from tests.infra.processes import REPO_ROOT, wait_until
+from tests.infra.paths import REPO_ROOT
+from tests.infra.processes import wait_until
 
 pytestmark = [pytest.mark.node]
 

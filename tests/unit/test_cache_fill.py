@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).parents[2]
-LIB = ROOT / "hack" / "lib.sh"
+from tests.infra.paths import REPO_ROOT
+
+LIB = REPO_ROOT / "hack" / "lib.sh"
 
 # A fill program: counts its runs, marks that it is inside the fill, waits for a go-ahead
 # file (so the test controls when the first fill ends), writes a part and the marker.
@@ -181,7 +182,7 @@ def _fetch_kafka(tmp_path: Path, stderr_to: Path | None = None) -> subprocess.Po
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
     }
     return subprocess.Popen(
-        ["bash", str(ROOT / "hack" / "fetch-kafka.sh")],
+        ["bash", str(REPO_ROOT / "hack" / "fetch-kafka.sh")],
         env=env,
         stdout=subprocess.PIPE,
         stderr=stderr_to.open("w") if stderr_to else subprocess.PIPE,
@@ -192,7 +193,7 @@ def _fetch_kafka(tmp_path: Path, stderr_to: Path | None = None) -> subprocess.Po
 def _kafka_dir(tmp_path: Path) -> Path:
     versions = dict(
         line.split("=", 1)
-        for line in (ROOT / "hack" / "versions.env").read_text().splitlines()
+        for line in (REPO_ROOT / "hack" / "versions.env").read_text().splitlines()
         if "=" in line and not line.startswith("#")
     )
     return tmp_path / "cache" / f"kafka-{versions['KAFKA_VERSION']}"

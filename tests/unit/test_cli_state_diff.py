@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from streamherd.cli import main
+from tests.infra.paths import EXAMPLES_DIR
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = EXAMPLES_DIR
 BEFORE: dict[str, Any] = yaml.safe_load((EXAMPLES / "02-clicks-per-minute.yaml").read_text())
 
 

@@ -12,8 +12,9 @@ import yaml
 
 from streamherd.cli import main
 from streamherd.keying import field_reference
+from tests.infra.paths import EXAMPLES_DIR
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = EXAMPLES_DIR
 
 
 def example(stem: str) -> dict[str, Any]:
@@ -23,7 +24,8 @@ def example(stem: str) -> dict[str, Any]:
 
 def window_step(doc: dict[str, Any]) -> dict[str, Any]:
     step: dict[str, Any] = next(s for s in doc["spec"]["processor"]["steps"] if "window" in s)
-    return step["window"]
+    window: dict[str, Any] = step["window"]
+    return window
 
 
 def validate(

@@ -14,31 +14,30 @@ import grimp
 
 import streamherd.operator.api.v1alpha1 as api
 import streamherd.workers.config as config
-
-ROOT = Path(__file__).parents[2]
+from tests.infra.paths import REPO_ROOT
 
 
 def test_operator_folder_never_shadows_the_stdlib_operator_module() -> None:
     # Run from the repository root, where `operator/` is a folder in the current directory.
     out = subprocess.run(
         [sys.executable, "-c", "import operator, sys; print(operator.__file__)"],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    assert str(ROOT / "operator") not in out
-    assert not (ROOT / "operator" / "__init__.py").exists()
-    assert not (ROOT / "workers" / "__init__.py").exists()
+    assert str(REPO_ROOT / "operator") not in out
+    assert not (REPO_ROOT / "operator" / "__init__.py").exists()
+    assert not (REPO_ROOT / "workers" / "__init__.py").exists()
 
 
 def test_import_names_map_to_the_top_level_folders() -> None:
-    assert Path(api.__file__).resolve().is_relative_to(ROOT / "operator")
-    assert Path(config.__file__).resolve().is_relative_to(ROOT / "workers")
+    assert Path(api.__file__).resolve().is_relative_to(REPO_ROOT / "operator")
+    assert Path(config.__file__).resolve().is_relative_to(REPO_ROOT / "workers")
 
 
 def test_console_scripts_point_at_real_functions() -> None:
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert set(scripts) == {"streamherd", "streamherd-worker"}
     for target in scripts.values():
         module, _, attr = target.partition(":")
@@ -61,10 +60,10 @@ def _imports(path: Path) -> set[str]:
 
 def test_workers_never_import_the_operator() -> None:
     """The dependency points one way: operator -> workers (the WorkerConfig contract)."""
-    files = sorted((ROOT / "workers").rglob("*.py"))
+    files = sorted((REPO_ROOT / "workers").rglob("*.py"))
     assert files, "no worker modules found"
     offenders = {
-        f"{path.relative_to(ROOT)}: {name}"
+        f"{path.relative_to(REPO_ROOT)}: {name}"
         for path in files
         for name in _imports(path)
         if any(name == bad or name.startswith(bad + ".") for bad in FORBIDDEN_IN_WORKERS)
@@ -77,9 +76,11 @@ def test_test_module_basenames_are_unique() -> None:
     two files of the same name in different tiers abort the whole collection."""
     seen: dict[str, Path] = {}
     clashes = []
-    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+    for path in sorted((REPO_ROOT / "tests").rglob("test_*.py")):
         if path.name in seen:
-            clashes.append(f"{seen[path.name].relative_to(ROOT)} vs {path.relative_to(ROOT)}")
+            clashes.append(
+                f"{seen[path.name].relative_to(REPO_ROOT)} vs {path.relative_to(REPO_ROOT)}"
+            )
         seen.setdefault(path.name, path)
     assert len(seen) > 20
     assert not clashes, clashes
@@ -88,8 +89,8 @@ def test_test_module_basenames_are_unique() -> None:
 def _module_names(folder: str) -> set[str]:
     """streamherd.<folder>.* for every .py file in the top-level folder."""
     names = set()
-    for path in (ROOT / folder).rglob("*.py"):
-        parts = path.relative_to(ROOT).with_suffix("").parts
+    for path in (REPO_ROOT / folder).rglob("*.py"):
+        parts = path.relative_to(REPO_ROOT).with_suffix("").parts
         if parts[-1] == "__init__":
             parts = parts[:-1]
         names.add(".".join(("streamherd", *parts)))
@@ -98,7 +99,7 @@ def _module_names(folder: str) -> set[str]:
 
 def _contracts() -> configparser.ConfigParser:
     parser = configparser.ConfigParser()
-    parser.read(ROOT / ".importlinter")
+    parser.read(REPO_ROOT / ".importlinter")
     return parser
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import tomllib
-from pathlib import Path
 
 import pytest
 from packaging.markers import Marker
@@ -19,8 +18,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-ROOT = Path(__file__).parents[2]
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+from tests.infra.paths import REPO_ROOT
+
+PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
 PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^\s;\\]+)(?:\s*;\s*([^\\]+?))?\s*\\?$")
 
 
@@ -32,7 +32,7 @@ def read_lock(name: str) -> dict[str, tuple[Version, int]]:
     """
     pins: dict[str, tuple[Version, int]] = {}
     current = ""
-    for line in (ROOT / "requirements" / name).read_text().splitlines():
+    for line in (REPO_ROOT / "requirements" / name).read_text().splitlines():
         match = PIN.match(line)
         if match:
             current = canonicalize_name(match.group(1))

@@ -8,22 +8,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import io
 import json
 import tarfile
 from pathlib import Path
-from types import ModuleType
 
-ROOT = Path(__file__).parents[2]
-
-
-def _module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("oci_image", ROOT / "hack" / "oci_image.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from hack import oci_image
 
 
 def _members(archive: bytes) -> dict[str, bytes]:
@@ -41,7 +31,7 @@ def test_archive_is_an_oci_layout_naming_the_image_with_the_binary_as_entrypoint
 ) -> None:
     binary = tmp_path / "pause"
     binary.write_bytes(b"\x7fELF not really")
-    archive = _module().build(binary, "/pause", "localhost/streamherd-pause:v1.36.3", "amd64")
+    archive = oci_image.build(binary, "/pause", "localhost/streamherd-pause:v1.36.3", "amd64")
     files = _members(archive)
     assert json.loads(files["oci-layout"]) == {"imageLayoutVersion": "1.0.0"}
     index = json.loads(files["index.json"])
@@ -74,5 +64,5 @@ def test_archive_is_an_oci_layout_naming_the_image_with_the_binary_as_entrypoint
 def test_the_same_binary_gives_the_same_bytes(tmp_path: Path) -> None:
     binary = tmp_path / "pause"
     binary.write_bytes(b"same")
-    build = _module().build
+    build = oci_image.build
     assert build(binary, "/pause", "x/p:1", "arm64") == build(binary, "/pause", "x/p:1", "arm64")

@@ -5,7 +5,7 @@ and minimality for the operator's ServiceAccount (SubjectAccessReviews: what
 `kubectl auth can-i --as=...` asks, also for APIs this cluster does not serve), aggregated
 user roles, and admission of the operator pods into a namespace that enforces the
 "restricted" Pod Security level. Uses the session fixture kube_cluster (tests/infra) and the
-chart helpers in tests/unit/chart/helmtool.py; every release and namespace is unique, since
+chart helpers in tests/infra/helm.py; every release and namespace is unique, since
 the cluster is shared by the whole session.
 """
 
@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 from tests.infra.controlplane import KubeCluster
+from tests.infra.helm import VALUES_CASES, Helm
+from tests.infra.paths import CHART_DIR
 from tests.infra.processes import wait_for
-from tests.unit.chart.helmtool import CHART_DIR, VALUES_CASES, Helm
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 

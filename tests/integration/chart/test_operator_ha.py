@@ -24,15 +24,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.infra.controlplane import KubeCluster
-from tests.infra.processes import spawn, stop_group, wait_for
-from tests.integration.chart.chart_identity import (
+from tests.infra.chart_identity import (
     apply_crd,
     install_operator_identity,
     rbac_refusals,
     remove_operator_identity,
 )
-from tests.unit.chart.helmtool import CHART_DIR
+from tests.infra.controlplane import KubeCluster
+from tests.infra.paths import CHART_DIR
+from tests.infra.processes import spawn, stop_group, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
 

@@ -23,9 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.infra.controlplane import KubeCluster
-from tests.infra.processes import free_port, spawn, stop_group, wait_for
-from tests.integration.chart.chart_identity import (
+from tests.infra.chart_identity import (
     OperatorIdentity,
     apply_crd,
     as_identity,
@@ -34,7 +32,10 @@ from tests.integration.chart.chart_identity import (
     remove_operator_identity,
     whoami,
 )
-from tests.unit.chart.helmtool import CHART_DIR, Helm, find_helm
+from tests.infra.controlplane import KubeCluster
+from tests.infra.helm import Helm, find_helm
+from tests.infra.paths import CHART_DIR
+from tests.infra.processes import free_port, spawn, stop_group, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
 

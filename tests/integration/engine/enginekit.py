@@ -24,9 +24,9 @@ from typing import Any
 import orjson
 
 from tests.infra.kafka import KafkaBroker, Record
+from tests.infra.paths import REPO_ROOT
 from tests.infra.processes import free_port
 
-ROOT = Path(__file__).resolve().parents[3]
 WORKER = Path(sys.executable).with_name("streamherd-worker")
 WINDOW_MS = 10_000
 BASE_TS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -171,14 +171,14 @@ class Worker:
         return cls(name, path, tmp / f"{name}.log", port)
 
     def start(self) -> Worker:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), **(self.env or {})}
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(self.env or {})}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [*self.prefix, str(WORKER), "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=ROOT,
+            cwd=REPO_ROOT,
         )
         log.close()
         return self
@@ -232,6 +232,11 @@ class Worker:
                 name, _, value = line.rpartition(" ")
                 out[name] = float(value)
         return out
+
+    def value(self, family: str) -> float:
+        """The sum of the samples of one metric (e.g. `streamherd_offset_commits_total`)
+        over its labels: a counter's total, or a one-series gauge's value; 0 when absent."""
+        return sum(v for k, v in self.metrics().items() if k.split("{", 1)[0] == family)
 
 
 def wait_until(what: str, check: Any, timeout: float, workers: Iterable[Worker] = ()) -> None:

@@ -102,7 +102,7 @@ class Fresh:
         empty directory (a pod whose volume went away: nothing may come from the old one)."""
         victim = self.workers[name]
         wait_until("the victim to hold partitions", lambda: holds(victim), 90, [victim])
-        time.sleep(rng.uniform(0.05, 1.5))
+        time.sleep(rng.uniform(0.05, 1.5))  # a random moment: the test
         victim.kill()
         self.workers[name] = self._make(name).start()
 
@@ -276,6 +276,8 @@ def test_restore_reads_to_the_end_through_tombstones_and_open_transactions(
             fencing = threading.Event()
 
             def abort_soon() -> None:
+                # The test itself: prepare() must wait these 3 s, until the open transaction is
+                # decided; nothing can be waited on instead, the waiting is what is checked.
                 time.sleep(3)
                 fencing.set()
                 successor.init_transactions(30)  # fences the zombie: its transaction aborts

@@ -118,7 +118,7 @@ def test_sigkill_at_random_moments_loses_nothing_counts_nothing_twice(
                 60,
                 [worker],
             )
-            time.sleep(rng.uniform(0.2, 2.5))
+            time.sleep(rng.uniform(0.2, 2.5))  # a random moment: the test
             worker.kill()
             kills += 1
             worker.start()
@@ -154,7 +154,13 @@ def test_second_worker_joins_and_leaves_mid_stream(
     )
     try:
         wait_until("worker a owns partitions", lambda: first.get("/readyz")[0] == 200, 60, [first])
-        time.sleep(2)
+        # Mid-stream: b joins once a has read records and committed the offsets of a checkpoint.
+        wait_until(
+            "worker a to commit offsets",
+            lambda: first.value("streamherd_offset_commits_total") >= 1,
+            60,
+            [first],
+        )
         second.start()
         wait_until(
             "worker b owns partitions", lambda: second.get("/readyz")[0] == 200, 60, [first, second]
@@ -167,7 +173,13 @@ def test_second_worker_joins_and_leaves_mid_stream(
             )
 
         wait_until("worker b to process records", b_consumed, 60, [first, second])
-        time.sleep(3)
+        # b leaves with work of its own made durable: a resumes from b's commit.
+        wait_until(
+            "worker b to commit offsets",
+            lambda: second.value("streamherd_offset_commits_total") >= 1,
+            60,
+            [first, second],
+        )
         second.signal(signal.SIGTERM)  # leaves the group: its partitions go back to a
         assert second.wait(20) == 0, second.log_tail()
         producer.join(120)
@@ -277,7 +289,7 @@ def test_sigkill_with_hostile_values_gives_the_uninterrupted_results(
                     60,
                     [worker],
                 )
-                time.sleep(rng.uniform(0.1, 1.5))
+                time.sleep(rng.uniform(0.1, 1.5))  # a random moment: the test
                 worker.kill()
                 worker.start()
         last = records[-1][1]["ts"]

@@ -95,7 +95,7 @@ def test_sigkills_inside_transactions_leave_each_result_exactly_once(
             kafka_broker.produce(src, [("bad", b"not json %d" % i)])
             bad += 1
             if kills < 10:
-                time.sleep(rng.uniform(0.05, 1.2))
+                time.sleep(rng.uniform(0.05, 1.2))  # a random moment: the test
                 victim = rng.choice(workers)
                 victim.kill()
                 kills += 1

@@ -26,6 +26,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from streamherd.operator.lagprobe import ClusterConfig, GroupSpec, LagProbe
+from streamherd.workers.engine import LAG_REFRESH_SECONDS
 from tests.infra.kafka import KafkaBroker
 from tests.integration.engine.enginekit import Worker, clicks, pipeline_config, wait_until
 
@@ -98,7 +99,17 @@ def assert_three_views_agree(
 
     wait_until("exported lag == probe == broker", agree, 30, [worker])
     first = broker_view(broker, group, topic, start_from)
-    time.sleep(1.5)  # two more lag refreshes of the worker: still the same, all three
+    # Still the same, all three, after at least two more lag refreshes of the worker (one per
+    # LAG_REFRESH_SECONDS of its loop): its heartbeat, set every loop, has moved that far on.
+    beat = worker.value("streamherd_heartbeat_timestamp_seconds")
+    wait_until(
+        "two more lag refreshes",
+        lambda: (
+            worker.value("streamherd_heartbeat_timestamp_seconds") >= beat + 3 * LAG_REFRESH_SECONDS
+        ),
+        30,
+        [worker],
+    )
     exported = exported_view(worker, topic)
     probed = probe_view(broker, group, topic, start_from)
     seen = broker_view(broker, group, topic, start_from)
@@ -197,7 +208,9 @@ def test_lag_parity_without_any_commit(
         retained = sum(high - low for low, high in marks.values())
         if start_from == "latest":
             # Records written after the worker joined are read; nothing is ever committed.
-            time.sleep(2)  # the consumer has fetched its "latest" position by now
+            # Let the consumer fetch its "latest" position: nothing exports it (no commit, and
+            # the lag figures follow the committed offset), so this one waits by the clock.
+            time.sleep(2)
             kafka_broker.produce(src, clicks(3000, 1000))
             read = 1000
         else:

@@ -13,9 +13,9 @@ import signal
 from pathlib import Path
 
 import pytest
-from enginekit import Worker, clicks, pipeline_config, wait_until
 
 from tests.infra.kafka import KafkaBroker
+from tests.integration.engine.enginekit import Worker, clicks, pipeline_config, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 

@@ -203,7 +203,7 @@ def test_sigkills_and_rebalances_change_no_result(
             kafka_broker.produce(src, chunk)
             if i % 2 == 1 and kills < 6:
                 victim = rng.choice(workers)
-                time.sleep(rng.uniform(0.1, 1.5))
+                time.sleep(rng.uniform(0.1, 1.5))  # a random moment: the test
                 victim.kill()
                 kills += 1
                 victim.start()

@@ -1,7 +1,7 @@
 """A real Prometheus scrapes a running worker and the running operator.
 
 Worker: Kafka in (clicks plus a few records that are not JSON), a window, Kafka out, a
-dead-letter topic. Prometheus (tests/integration/monitoring/promserver.py) scrapes it every
+dead-letter topic. Prometheus (tests/infra/promserver.py) scrapes it every
 second with the target labels the Prometheus Operator would add (namespace, pod) and loads
 the PrometheusRule the operator generates for the pipeline. The documented series must be
 there with their labels, the dashboard's kinds of queries must answer, and the generated
@@ -28,7 +28,15 @@ from streamherd.operator.builders.monitoring import METRIC_DEAD_LETTERED, build_
 from streamherd.workers.metrics import METRICS
 from tests.infra.controlplane import KubeCluster
 from tests.infra.kafka import KafkaBroker
+from tests.infra.paths import REPO_ROOT
 from tests.infra.processes import free_port, port_open, spawn, stop_group, wait_for
+from tests.infra.promkit import SETTINGS
+from tests.infra.promserver import (
+    PrometheusServer,
+    ScrapeJob,
+    start_prometheus,
+    wait_for_query,
+)
 from tests.integration.engine.enginekit import (
     Worker,
     clicks,
@@ -36,24 +44,16 @@ from tests.integration.engine.enginekit import (
     pipeline_config,
     wait_until,
 )
-from tests.integration.monitoring.promserver import (
-    PrometheusServer,
-    ScrapeJob,
-    start_prometheus,
-    wait_for_query,
-)
-from tests.unit.monitoring.promkit import SETTINGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
-ROOT = Path(__file__).resolve().parents[3]
 NS, NAME = "test", "clicks"  # enginekit's pipeline
 SEL = f'namespace="{NS}", pipeline="{NAME}"'
 POISON = 7
 
 
 def worker_rules(tmp_path: Path) -> Path:
-    doc = yaml.safe_load((ROOT / "examples" / "02-clicks-per-minute.yaml").read_text())
+    doc = yaml.safe_load((REPO_ROOT / "examples" / "02-clicks-per-minute.yaml").read_text())
     doc["metadata"] = {"name": NAME, "namespace": NS}
     rule = build_prometheus_rule(StreamPipeline.model_validate(doc), SETTINGS)
     path = tmp_path / "rules.yaml"
@@ -226,7 +226,7 @@ def test_dead_letters_before_the_first_scrape_still_alert(
 def test_prometheus_scrapes_the_operator(
     kube_cluster: KubeCluster, kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:
-    kube_cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    kube_cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
     ns = kube_cluster.create_namespace("mon")
     topic = kafka_broker.create_topic(kafka_broker.unique_topic("op-in"), 2)
     kafka_broker.produce(topic, clicks(0, 500))
@@ -265,7 +265,7 @@ def test_prometheus_scrapes_the_operator(
                 )
             ]
         )
-        doc = yaml.safe_load((ROOT / "examples" / "02-clicks-per-minute.yaml").read_text())
+        doc = yaml.safe_load((REPO_ROOT / "examples" / "02-clicks-per-minute.yaml").read_text())
         doc["metadata"] = {"name": "clicks", "namespace": ns}
         doc["spec"]["source"]["kafka"].update(
             bootstrapServers=kafka_broker.bootstrap, topics=[topic]

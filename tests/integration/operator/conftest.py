@@ -6,7 +6,7 @@ the session would also reconcile the pipelines of later tiers (tests/integration
 its own operators, and failed when it ran after this directory).
 
 The operator runs as the Helm chart's ServiceAccount (cluster-wide mode: the tests use many
-namespaces) with a token kubeconfig (tests/integration/chart/chart_identity.py): every test
+namespaces) with a token kubeconfig (tests/infra/chart_identity.py): every test
 here also proves the chart's RBAC suffices, and a test whose operator was refused anything
 fails, even if the operator coped with the refusal.
 """
@@ -18,17 +18,18 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from operator_harness import CRD_FILE, SNAPSHOT_CRD_FILE, Env, OperatorProcess
 
-from tests.infra.controlplane import KubeCluster
-from tests.infra.processes import InfraError
-from tests.integration.chart.chart_identity import (
+from tests.infra.chart_identity import (
     OperatorIdentity,
     apply_crd,
     install_operator_identity,
     remove_operator_identity,
     whoami,
 )
+from tests.infra.controlplane import KubeCluster
+from tests.infra.paths import CRD_FILE, SNAPSHOT_CRD_FILE
+from tests.infra.processes import InfraError
+from tests.integration.operator.operator_harness import Env, OperatorProcess
 
 
 @pytest.fixture(scope="session")

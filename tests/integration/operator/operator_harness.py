@@ -5,7 +5,7 @@ namespace helpers are shared with the e2e harness (tests/infra/operator_process.
 tests/infra/namespaces.py); this tier's settings and assertions are here.
 
 The operator runs with its own kubeconfig: the Helm chart's ServiceAccount token
-(tests/integration/chart/chart_identity.py), so every test also proves the chart's RBAC is
+(tests/infra/chart_identity.py), so every test also proves the chart's RBAC is
 enough; the tests act through the admin kubeconfig, like a user.
 
 The fixtures that use them live in conftest.py next to this file.
@@ -20,14 +20,12 @@ from typing import Any, TypeVar
 import yaml
 
 from tests.infra import operator_process, processes
+from tests.infra.chart_identity import rbac_refusals
 from tests.infra.controlplane import KubeCluster
 from tests.infra.namespaces import KubeNamespace
-from tests.integration.chart.chart_identity import rbac_refusals
+from tests.infra.paths import EXAMPLES_DIR
 
-ROOT = Path(__file__).resolve().parents[3]
-CRD_FILE = ROOT / "crds" / "streampipelines.streamherd.io.yaml"
-SNAPSHOT_CRD_FILE = ROOT / "crds" / "streampipelinesnapshots.streamherd.io.yaml"
-EXAMPLES = ROOT / "examples"
+EXAMPLES = EXAMPLES_DIR
 RESYNC_SECONDS = 3
 T = TypeVar("T")
 

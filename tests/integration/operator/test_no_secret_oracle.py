@@ -15,7 +15,8 @@ import hashlib
 import json
 
 import pytest
-from operator_harness import Env, load_example, wait_until
+
+from tests.integration.operator.operator_harness import Env, load_example, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_harness import load_example
 
 from tests.infra.controlplane import KubeCluster
+from tests.integration.operator.operator_harness import load_example
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 

@@ -1,7 +1,7 @@
 """Every pipeline the API server accepts ends in a true status, with the real API server and
 the real operator (as the chart's ServiceAccount, conftest.py):
 
-- generated manifests (tests/manifest_strategies.py) that the API server accepts each end
+- generated manifests (tests/infra/manifest_strategies.py) that the API server accepts each end
   with a phase and a Ready condition for their generation, within a bound, and the
   operator's log holds no traceback;
 - a child the API server refuses by its content becomes Ready=False/Degraded=True with
@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
-from operator_harness import Env, wait_until
 
 from streamherd.operator.validation import parse_pipeline
-from tests.invalid_manifests import KAFKA, set_path
-from tests.manifest_strategies import manifests
+from tests.infra.invalid_manifests import KAFKA, set_path
+from tests.infra.manifest_strategies import manifests
+from tests.integration.operator.operator_harness import Env, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
 
@@ -85,7 +85,7 @@ def test_every_accepted_pipeline_ends_in_a_status(creds: Env, doc: dict[str, Any
     status = wait_until(f"{name}: a phase and Ready", lambda: _settled_status(env, name),
                         timeout=STATUS_BOUND)  # fmt: skip
     # What the API server cannot check (an expression's grammar: OFFLINE_ONLY in
-    # tests/invalid_manifests.py) is refused by the operator as validate refuses it: Failed,
+    # tests/infra/invalid_manifests.py) is refused by the operator as validate refuses it: Failed,
     # InvalidSpec. Everything validate accepts ends in one of the working phases.
     _, problems = parse_pipeline({**doc, "metadata": {**doc["metadata"], "namespace": env.ns}})
     if problems:

@@ -14,7 +14,8 @@ import json
 from typing import Any
 
 import pytest
-from operator_harness import Env, load_example, wait_until
+
+from tests.integration.operator.operator_harness import Env, load_example, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
 

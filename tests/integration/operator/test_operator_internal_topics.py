@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 import yaml
-from confluent_kafka.admin import ConfigResource, NewPartitions
-from operator_harness import Env, load_example, wait_until
+from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.cimpl import NewPartitions
 
 from tests.infra.kafka import KafkaBroker
 from tests.infra.processes import free_port
+from tests.integration.operator.operator_harness import Env, load_example, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.kafka, pytest.mark.slow]
 

@@ -16,10 +16,10 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from operator_harness import load_example, wait_until
 
 from tests.infra.controlplane import KubeCluster
 from tests.infra.operator_process import OperatorProcess
+from tests.integration.operator.operator_harness import load_example, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
 

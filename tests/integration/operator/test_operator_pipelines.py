@@ -15,9 +15,9 @@ import json
 from typing import Any
 
 import pytest
-from operator_harness import Env, load_example, wait_until
 
 from tests.infra.controlplane import KubeCluster
+from tests.integration.operator.operator_harness import Env, load_example, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
 
@@ -245,7 +245,7 @@ def test_restricted_pod_security_namespace_admits_the_workers(env: Env) -> None:
     assert refused == []
 
 
-MONITORING_CRDS = [
+MONITORING_CRDS: list[dict[str, Any]] = [
     {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

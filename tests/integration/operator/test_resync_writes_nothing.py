@@ -22,17 +22,16 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_harness import (
-    CRD_FILE,
-    SNAPSHOT_CRD_FILE,
+
+from tests.infra.chart_identity import apply_crd
+from tests.infra.controlplane import ControlPlane, KubeCluster, start_control_plane
+from tests.infra.paths import CRD_FILE, SNAPSHOT_CRD_FILE
+from tests.infra.processes import InfraError
+from tests.integration.operator.operator_harness import (
     OperatorProcess,
     load_example,
     wait_until,
 )
-
-from tests.infra.controlplane import ControlPlane, KubeCluster, start_control_plane
-from tests.infra.processes import InfraError
-from tests.integration.chart.chart_identity import apply_crd
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
 
@@ -157,8 +156,11 @@ def test_an_unchanged_resync_writes_nothing_in_every_mode(
         hpa = wait_until("the HPA", hpa_json)
         assert json.loads(hpa)["spec"]["metrics"][0]["external"]["target"]["averageValue"] == "1k"
         for kind in ("scaledobject/by-keda", "servicemonitor/by-none", "prometheusrule/by-none"):
-            wait_until(kind, lambda kind=kind: cluster.kubectl(
-                "get", kind, "-n", ns, check=False).returncode == 0 or None)  # fmt: skip
+
+            def exists(kind: str = kind) -> bool:
+                return cluster.kubectl("get", kind, "-n", ns, check=False).returncode == 0
+
+            wait_until(kind, exists)
         markers = [f"reconciled {ns}/by-{mode}: nothing to write" for mode in MODES]
 
         def idle_counts() -> list[int]:

@@ -28,8 +28,8 @@ from streamherd.operator.api import rules
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.validation import parse_pipeline, readable_errors
 from tests.infra.controlplane import KubeCluster
-from tests.invalid_manifests import BOTH, KAFKA, LOCAL, OFFLINE_ONLY, PG_EOS, Case, set_path
-from tests.manifest_strategies import manifests
+from tests.infra.invalid_manifests import BOTH, KAFKA, LOCAL, OFFLINE_ONLY, PG_EOS, Case, set_path
+from tests.infra.manifest_strategies import manifests
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -61,7 +61,7 @@ def server_verdict(api: CustomObjectsApi, namespace: str, doc: dict[str, Any]) -
         )  # fmt: skip
     except ApiException as refused:
         assert refused.status in (400, 422), (refused.status, refused.body)
-        message: str = json.loads(refused.body)["message"]
+        message: str = json.loads(refused.body or "{}")["message"]
         return message
     return None
 

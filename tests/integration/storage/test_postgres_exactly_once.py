@@ -205,7 +205,7 @@ def test_random_sigkills_of_two_workers_leave_each_window_written_once(
         wait_until("first rows committed", lambda: len(offsets(postgres_dsn)) > 0, 90, workers)
         kills = 0
         while kills < 10:
-            time.sleep(rng.uniform(0.2, 2.5))
+            time.sleep(rng.uniform(0.2, 2.5))  # a random moment: the test
             victim = rng.choice(workers)
             victim.kill()  # every restart is a rebalance for the other one too
             kills += 1

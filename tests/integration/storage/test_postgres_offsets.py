@@ -38,7 +38,7 @@ def sink(dsn: str, group: str = "g") -> PostgresTransactionalSink:
 
 def table(dsn: str) -> tuple[dict[str, int], dict[tuple[str, int], tuple[int, str]]]:
     with psycopg.connect(dsn) as conn:
-        rows = dict(conn.execute("SELECT key, n FROM results").fetchall())
+        rows: dict[str, int] = dict(conn.execute("SELECT key, n FROM results").fetchall())
         offsets = {
             (t, p): (o, g)
             for t, p, o, g in conn.execute(

@@ -192,7 +192,7 @@ def test_sigkill_during_writes_then_restart_leaves_the_reference(
                 60,
                 [worker],
             )
-            time.sleep(rng.uniform(0.0, 2.0))
+            time.sleep(rng.uniform(0.0, 2.0))  # a random moment: the test
             assert producer.is_alive(), "the producer ended before the kills did"
             worker.kill()
             worker.start()
@@ -205,7 +205,7 @@ def test_sigkill_during_writes_then_restart_leaves_the_reference(
 
 
 def BASE_END_TS(total: int) -> int:
-    return next(iter(clicks(total - 1, 1)))[1]["ts"]
+    return int(next(iter(clicks(total - 1, 1)))[1]["ts"])
 
 
 @pytest.mark.slow
@@ -246,7 +246,15 @@ def test_postgres_stopped_and_restarted_mid_run_loses_nothing(
             assert (metric(worker, "streamherd_sink_errors_total") or 0) >= 1
             # No checkpoint, so no offset commit, may move past unconfirmed results.
             committed = kafka_broker.committed(group, src)
-            time.sleep(4)
+            failed = worker.value("streamherd_sink_errors_total")
+            # The sink retried its write twice more meanwhile (checkpoints are attempted every
+            # 0.5 s): not one of those attempts may have committed an offset.
+            wait_until(
+                "two more failed writes of the sink",
+                lambda: worker.value("streamherd_sink_errors_total") >= failed + 2,
+                60,
+                [worker],
+            )
             assert kafka_broker.committed(group, src) == committed
             assert worker.alive()
         finally:

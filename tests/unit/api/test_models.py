@@ -13,8 +13,9 @@ from pydantic import ValidationError
 from streamherd.operator.api.v1alpha1 import StreamPipeline, StreamPipelineSpec
 from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.config import ProcessorConfig, Step, parse_duration
+from tests.infra.paths import EXAMPLES_DIR
 
-EXAMPLES = sorted(Path(__file__).parents[3].joinpath("examples").glob("*.yaml"))
+EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
 
 MINIMAL: dict[str, Any] = {
     "source": {"kafka": {"bootstrapServers": "k:9092", "topics": ["in"]}},

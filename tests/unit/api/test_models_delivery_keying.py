@@ -158,9 +158,8 @@ def test_repartition_always_needs_a_kafka_source_and_idleness_a_positive_timeout
 
 
 def test_idle_timeout_defaults_to_30s_and_null_turns_it_off() -> None:
-    assert (
-        build_worker_config(pipeline(), OperatorSettings()).source.kafka.idle_timeout_seconds == 30
-    )  # type: ignore[union-attr]
+    kafka = build_worker_config(pipeline(), OperatorSettings()).source.kafka
+    assert kafka is not None and kafka.idle_timeout_seconds == 30
     off = build_worker_config(pipeline(source__kafka__idleTimeout=None), OperatorSettings())
     assert off.source.kafka is not None and off.source.kafka.idle_timeout_seconds is None
 

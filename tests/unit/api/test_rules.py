@@ -18,7 +18,15 @@ from streamherd.operator.reconciler import _parse_spec
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.config import DURATION_PATTERN
-from tests.invalid_manifests import BOTH, KAFKA, LOCAL, OFFLINE_ONLY, PG_EOS, Case, load_example
+from tests.infra.invalid_manifests import (
+    BOTH,
+    KAFKA,
+    LOCAL,
+    OFFLINE_ONLY,
+    PG_EOS,
+    Case,
+    load_example,
+)
 
 
 def crd_schema() -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from streamherd.operator.api.scheduling import Affinity, Toleration
 from streamherd.operator.api.v1alpha1 import StreamPipeline
-from tests.invalid_manifests import KAFKA, set_path
+from tests.infra.invalid_manifests import KAFKA, set_path
 
 PAIRS = [(Affinity, core.V1Affinity), (Toleration, core.V1Toleration)]
 
@@ -38,7 +38,7 @@ def _is_list(annotation: Any) -> bool:
     return any(_is_list(a) for a in get_args(annotation))
 
 
-def _pairs(ours: type[BaseModel], theirs: type) -> list[tuple[str, type[BaseModel], type]]:
+def _pairs(ours: type[BaseModel], theirs: Any) -> list[tuple[str, type[BaseModel], Any]]:
     """Every (path, our model, the client's model) reachable from a root pair."""
     found = [("", ours, theirs)]
     for name, field in ours.model_fields.items():
@@ -52,7 +52,7 @@ def _pairs(ours: type[BaseModel], theirs: type) -> list[tuple[str, type[BaseMode
 
 
 @pytest.mark.parametrize(("ours", "theirs"), PAIRS, ids=lambda t: t.__name__)
-def test_fields_are_those_of_core_v1(ours: type[BaseModel], theirs: type) -> None:
+def test_fields_are_those_of_core_v1(ours: type[BaseModel], theirs: Any) -> None:
     for path, a, b in _pairs(ours, theirs):
         wire = {f.alias for f in a.model_fields.values()}
         assert wire == set(b.attribute_map.values()), (path or a.__name__, wire)

@@ -13,7 +13,6 @@ import copy
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -29,13 +28,15 @@ from streamherd.operator.autoscaling.handlers import (
     status_patch,
 )
 from streamherd.operator.autoscaling.poller import ScaleResult
+from tests.infra.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[3]
 KEY = ("default", "clicks-per-minute")
 
 
 def example() -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load((ROOT / "examples/02-clicks-per-minute.yaml").read_text())
+    doc: dict[str, Any] = yaml.safe_load(
+        (REPO_ROOT / "examples/02-clicks-per-minute.yaml").read_text()
+    )
     doc["metadata"] |= {"namespace": "default", "resourceVersion": "41"}
     return doc
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +17,9 @@ from streamherd.operator.builders.autoscaling import (
 )
 from streamherd.operator.builders.keying import repartition_topic
 from streamherd.operator.settings import OperatorSettings
+from tests.infra.paths import EXAMPLES_DIR
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+EXAMPLES = EXAMPLES_DIR
 SETTINGS = OperatorSettings()
 
 

@@ -32,9 +32,12 @@ from streamherd.operator.autoscaling.decision import (
 POLL = 15.0
 
 
-def flat(lags: list[int], *, replicas: int = 1, input_per_poll: int = 0, t0: float = 0.0):
+def flat(
+    lags: list[int], *, replicas: int = 1, input_per_poll: int = 0, t0: float = 0.0
+) -> list[Sample]:
     """Samples every POLL seconds with these total lags and a steady input."""
-    out, end = [], 1_000_000
+    out: list[Sample] = []
+    end = 1_000_000
     for i, lag in enumerate(lags):
         end += input_per_poll
         out.append(Sample(t0 + i * POLL, replicas, lag, end, end - lag))
@@ -148,7 +151,9 @@ def test_a_spike_gets_the_replicas_it_needs_in_one_decision() -> None:
         (0, 1, 1, 1, BOUNDS),  # at zero with min 1
     ],
 )
-def test_zero_and_wake_up(lag: int, activation: int, minimum: int, expected: int, reason: str):
+def test_zero_and_wake_up(
+    lag: int, activation: int, minimum: int, expected: int, reason: str
+) -> None:
     p = Policy(min_replicas=minimum, activation_lag=activation)
     d = decide(p, flat([lag], replicas=0), 0, 12, 0.0)
     assert (d.replicas, d.reason) == (expected, reason), d.message

@@ -11,7 +11,7 @@ import pytest
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.autoscaling import poller
 from streamherd.operator.autoscaling.poller import UNMEASURED_REMINDER, Autoscaler
-from tests.invalid_manifests import KAFKA
+from tests.infra.invalid_manifests import KAFKA
 
 
 class _Resolver:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.unit.chart.helmtool import Helm, find_helm
+from tests.infra.helm import Helm, find_helm
 
 
 @pytest.fixture(scope="session")

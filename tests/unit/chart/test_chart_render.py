@@ -16,16 +16,8 @@ import pytest
 import yaml
 
 from streamherd.operator.settings import add_operator_arguments
-from tests.infra.processes import REPO_ROOT
-from tests.unit.chart.helmtool import (
-    CHART_DIR,
-    VALUES_CASES,
-    Helm,
-    HelmError,
-    by_kind,
-    kube_version,
-    one,
-)
+from tests.infra.helm import VALUES_CASES, Helm, HelmError, by_kind, kube_version, one
+from tests.infra.paths import CHART_DIR, CRD_FILE, REPO_ROOT, SNAPSHOT_CRD_FILE
 
 STANDARD_LABELS = {
     "helm.sh/chart",
@@ -36,9 +28,7 @@ STANDARD_LABELS = {
     "app.kubernetes.io/part-of",
 }
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
-CRD_FILE = REPO_ROOT / "crds" / "streampipelines.streamherd.io.yaml"
 CHART_CRD_COPY = CHART_DIR / "files" / "crds" / "streampipelines.streamherd.io.yaml"
-SNAPSHOT_CRD_FILE = REPO_ROOT / "crds" / "streampipelinesnapshots.streamherd.io.yaml"
 SNAPSHOT_CRD_COPY = CHART_DIR / "files" / "crds" / "streampipelinesnapshots.streamherd.io.yaml"
 
 

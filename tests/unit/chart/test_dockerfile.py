@@ -20,7 +20,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.infra.processes import REPO_ROOT
+from tests.infra.paths import REPO_ROOT
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 CUSTOM_DIR = REPO_ROOT / "examples" / "custom-image"

@@ -14,10 +14,14 @@ from pathlib import Path
 import pytest
 
 from streamherd.cli import build_parser
+from tests.infra.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[3]
 PAGES = sorted(
-    [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "charts").glob("*/README.md")]
+    [
+        REPO_ROOT / "README.md",
+        *(REPO_ROOT / "docs").glob("*.md"),
+        *(REPO_ROOT / "charts").glob("*/README.md"),
+    ]
 )
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 SPAN = re.compile(r"`([^`\n]+)`")
@@ -51,7 +55,7 @@ def commands(line: str) -> Iterator[list[str]]:
 
 
 def _make_targets() -> set[str]:
-    text = (ROOT / "Makefile").read_text()
+    text = (REPO_ROOT / "Makefile").read_text()
     return set(re.findall(r"^([a-zA-Z][\w-]*)\s*:(?!=)", text, re.M))
 
 
@@ -67,7 +71,9 @@ def _flags(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def _named() -> list[tuple[str, str]]:
-    return [(page.relative_to(ROOT).as_posix(), line) for page in PAGES for line in code_of(page)]
+    return [
+        (page.relative_to(REPO_ROOT).as_posix(), line) for page in PAGES for line in code_of(page)
+    ]
 
 
 NAMED = _named()
@@ -119,7 +125,7 @@ def test_every_repository_path_named_exists() -> None:
             word = token.rstrip(".:;")
             if "<" in word or "*" in word or "{" in word or "..." in word:
                 continue  # a pattern or a placeholder
-            if PATH.match(word) and not (ROOT / word.split("::")[0]).exists():
+            if PATH.match(word) and not (REPO_ROOT / word.split("::")[0]).exists():
                 missing.append((page, word))
     assert missing == []
 
@@ -128,10 +134,10 @@ def test_every_setting_named_is_read_somewhere() -> None:
     code = "\n".join(
         p.read_text(errors="replace")
         for folder in ("operator", "workers", "streamherd", "tests", "bench", "hack", "charts")
-        for p in (ROOT / folder).rglob("*")
+        for p in (REPO_ROOT / folder).rglob("*")
         if p.is_file() and p.suffix in (".py", ".sh", ".yaml", ".tpl", ".txt")
         and "docs" not in p.parts
-    ) + (ROOT / "Makefile").read_text() + (ROOT / "Dockerfile").read_text()  # fmt: skip
+    ) + (REPO_ROOT / "Makefile").read_text() + (REPO_ROOT / "Dockerfile").read_text()  # fmt: skip
     named = {(page, s) for page, line in NAMED for s in SETTING.findall(line)}
     missing = sorted((page, s) for page, s in named if s not in code)
     assert missing == []

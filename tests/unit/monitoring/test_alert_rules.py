@@ -21,7 +21,7 @@ from streamherd.operator.builders.monitoring import (
     METRIC_DEAD_LETTERED_CREATED,
 )
 from streamherd.workers.metrics import DEAD_LETTER_REASONS, EngineMetrics
-from tests.unit.monitoring.promkit import pipeline, rule_groups, run_promtool, write_yaml
+from tests.infra.promkit import pipeline, rule_groups, run_promtool, write_yaml
 
 NS, NAME = "shop", "clicks"
 SEL = f'namespace="{NS}", pipeline="{NAME}"'

@@ -20,10 +20,13 @@ import pytest
 # The operator's collectors live in the default registry once its modules are imported.
 import streamherd.operator.autoscaling.handlers  # noqa: F401
 from streamherd.workers.metrics import METRICS
-from tests.unit.chart.helmtool import Helm, by_kind, find_helm
-from tests.unit.monitoring.promkit import ROOT, run_promtool, write_yaml
+from tests.infra.helm import Helm, by_kind, find_helm
+from tests.infra.paths import REPO_ROOT
+from tests.infra.promkit import run_promtool, write_yaml
 
-DASHBOARD = ROOT / "charts" / "streamherd" / "files" / "dashboards" / "streamherd-pipelines.json"
+DASHBOARD = (
+    REPO_ROOT / "charts" / "streamherd" / "files" / "dashboards" / "streamherd-pipelines.json"
+)
 # Grafana's variables, replaced by what Grafana would put there.
 GRAFANA_VARIABLES = {
     "$__rate_interval": "1m",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -21,6 +20,7 @@ import yaml
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.kube import SecretVersion
 from streamherd.operator.settings import OperatorSettings
+from tests.infra.paths import REPO_ROOT
 
 Manifest = dict[str, Any]
 
@@ -94,7 +94,10 @@ class FakeKube:
         self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
     ) -> list[Manifest]:
         # `key=value` and `key` (the label exists), as the API server reads them.
-        terms = [p.split("=", 1) if "=" in p else [p, None] for p in label_selector.split(",") if p]
+        terms: list[tuple[str, str | None]] = []
+        for term in filter(None, label_selector.split(",")):
+            key, eq, value = term.partition("=")
+            terms.append((key, value if eq else None))
 
         def matches(labels: dict[str, str]) -> bool:
             return all(a in labels if b is None else labels.get(a) == b for a, b in terms)
@@ -145,8 +148,7 @@ class FakeKube:
         }
 
 
-ROOT = Path(__file__).resolve().parents[3]
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
 
 
 def body_of(kube: FakeKube, name: str) -> Manifest:

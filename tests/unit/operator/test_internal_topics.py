@@ -24,7 +24,6 @@ import yaml
 from confluent_kafka import KafkaError, KafkaException
 from hypothesis import given
 from hypothesis import strategies as st
-from operator_testkit import SETTINGS, FakeKube, body_of, example_doc, pipeline_from
 
 from streamherd.operator import topicadmin
 from streamherd.operator.api.v1alpha1 import StreamPipeline, Upgrade
@@ -53,6 +52,13 @@ from streamherd.operator.upgrades import STATE_COMPATIBLE, config_backend, decid
 from streamherd.operator.validation import semantic_errors
 from streamherd.workers.config import ProcessorConfig, WorkerConfig
 from streamherd.workers.fingerprint import describe
+from tests.unit.operator.operator_testkit import (
+    SETTINGS,
+    FakeKube,
+    body_of,
+    example_doc,
+    pipeline_from,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NAME = "clicks-per-minute"

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import kopf
 
 from streamherd.operator.kopfstate import InMemoryDiffBaseStorage, QuietProgressStorage
 
+RECONCILE = kopf.HandlerId("reconcile")
+
+
+def as_body(raw: Any) -> kopf.Body:
+    """A body as kopf gets it from the API server (kopf types the dict as a TypedDict)."""
+    return kopf.Body(raw)
+
 
 def body(uid: str, replicas: int) -> kopf.Body:
-    return kopf.Body(
+    return as_body(
         {
             "apiVersion": "streamherd.io/v1alpha1",
             "kind": "StreamPipeline",
@@ -53,9 +62,9 @@ def test_a_handler_that_succeeds_at_once_leaves_no_patch() -> None:
     new = body("uid-1", 1)
     patch = kopf.Patch()
     # what kopf does for a handler that succeeded on its first attempt: store, then purge
-    storage.store(key="reconcile", record={"started": "2026-01-01T00:00:00"}, body=new, patch=patch)
+    storage.store(key=RECONCILE, record={"started": "2026-01-01T00:00:00"}, body=new, patch=patch)
     assert "streamherd.io/kopf-managed" in patch.metadata.annotations  # kopf's marker
-    storage.purge(key="reconcile", body=new, patch=patch)
+    storage.purge(key=RECONCILE, body=new, patch=patch)
     assert not patch, patch  # kopf sends a PATCH for any non-empty patch, {} stanzas too
     # purging what was never stored leaves nothing either (kopf purges every handler)
     untouched = kopf.Patch()
@@ -67,12 +76,12 @@ def test_a_retried_handler_keeps_its_progress_and_the_marker() -> None:
     storage = QuietProgressStorage(prefix="streamherd.io")
     new = body("uid-1", 1)
     patch = kopf.Patch()
-    storage.store(key="reconcile", record={"retries": 1}, body=new, patch=patch)
+    storage.store(key=RECONCILE, record={"retries": 1}, body=new, patch=patch)
     assert set(patch.metadata.annotations) == {"streamherd.io/reconcile",
                                                "streamherd.io/kopf-managed"}  # fmt: skip
     assert storage.fetch(
-        key="reconcile",
-        body=kopf.Body(
+        key=RECONCILE,
+        body=as_body(
             {
                 **new,
                 "metadata": {**new["metadata"], "annotations": dict(patch.metadata.annotations)},
@@ -80,7 +89,7 @@ def test_a_retried_handler_keeps_its_progress_and_the_marker() -> None:
         ),
     ) == {"retries": 1}
     # purging a record that is on the object deletes it, and keeps the object's marker
-    stored = kopf.Body(
+    stored = as_body(
         {
             **new,
             "metadata": {
@@ -93,7 +102,7 @@ def test_a_retried_handler_keeps_its_progress_and_the_marker() -> None:
         }
     )
     purge = kopf.Patch()
-    storage.purge(key="reconcile", body=stored, patch=purge)
+    storage.purge(key=RECONCILE, body=stored, patch=purge)
     assert dict(purge.metadata.annotations) == {"streamherd.io/reconcile": None}
 
 
@@ -103,12 +112,17 @@ def test_the_essence_is_a_copy_of_the_spec_only() -> None:
     essence = storage.build(body=base)
     assert essence == {"spec": {"replicas": 1}}
     # status, labels, annotations and managedFields changes are not changes to kopf
-    noise = kopf.Body({**base, "status": {"phase": "Pending"}, "metadata": {
+    noise = as_body({**base, "status": {"phase": "Pending"}, "metadata": {
         **base["metadata"], "labels": {"team": "a"}, "annotations": {"note": "x"},
         "managedFields": [{"manager": "kubectl"}], "resourceVersion": "42"}})  # fmt: skip
     assert storage.build(body=noise) == essence
     assert storage.build(body=body("uid-1", 2)) != essence
-    raw = {"apiVersion": "v1", "kind": "X", "metadata": {"uid": "u"}, "spec": {"a": {"b": 1}}}
-    copied = storage.build(body=kopf.Body(raw))
+    raw: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "X",
+        "metadata": {"uid": "u"},
+        "spec": {"a": {"b": 1}},
+    }
+    copied = storage.build(body=as_body(raw))
     raw["spec"]["a"]["b"] = 2
     assert copied == {"spec": {"a": {"b": 1}}}

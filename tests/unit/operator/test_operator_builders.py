@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import pytest
-from operator_testkit import SETTINGS, example_doc, pipeline_from, with_meta
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.builders import (
@@ -30,6 +29,7 @@ from streamherd.operator.builders.meta import INPUT_HASH_ANNOTATION, SECRETS_HAS
 from streamherd.operator.builders.monitoring import ALERT_METRICS
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.metrics import METRICS
+from tests.unit.operator.operator_testkit import SETTINGS, example_doc, pipeline_from, with_meta
 
 UID = "0b5c3e8e-1111-2222-3333-444455556666"
 

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_testkit import EXAMPLES, example_doc, pipeline_from
 
 from streamherd.operator.builders.worker_config import build_worker_config
 from streamherd.operator.local import localize, run_local
 from streamherd.operator.rendering import render_files
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import validate_files
+from tests.unit.operator.operator_testkit import EXAMPLES, example_doc, pipeline_from
 
 
 def write(tmp_path: Path, doc: Any, name: str = "p.yaml") -> str:

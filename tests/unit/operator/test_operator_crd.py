@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +12,9 @@ from pydantic import BaseModel
 from streamherd.operator.api import v1alpha1
 from streamherd.operator.api.crd import build_crd, crd_yaml, snapshot_crd_yaml
 from streamherd.workers import config as worker_config
+from tests.infra.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[3]
-CRD_FILE = ROOT / "crds" / "streampipelines.streamherd.io.yaml"
+CRD_FILE = REPO_ROOT / "crds" / "streampipelines.streamherd.io.yaml"
 
 
 def schema() -> dict[str, Any]:
@@ -163,7 +162,7 @@ def test_kubectl_explain_teaches(path: str, name: str, node: dict[str, Any]) -> 
         assert all(str(v) in text for v in node["enum"]), f"{path}: choices not listed"
 
 
-SNAPSHOT_CRD_FILE = ROOT / "crds" / "streampipelinesnapshots.streamherd.io.yaml"
+SNAPSHOT_CRD_FILE = REPO_ROOT / "crds" / "streampipelinesnapshots.streamherd.io.yaml"
 
 
 def test_committed_snapshot_crd_equals_the_generated_one() -> None:

@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 import pytest
-from operator_testkit import EXAMPLES, SETTINGS, example_doc, pipeline_from
 
 from streamherd.operator.builders import Capabilities, build_all
 from streamherd.operator.rendering import dump_yaml_stream
+from tests.unit.operator.operator_testkit import EXAMPLES, SETTINGS, example_doc, pipeline_from
 
 GOLDEN = Path(__file__).parent / "golden"
 UID = "00000000-0000-4000-8000-000000000001"

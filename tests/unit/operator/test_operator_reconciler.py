@@ -12,10 +12,9 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from operator_testkit import SETTINGS, FakeKube, body_of, example_doc
-
 from streamherd.operator.builders.meta import SECRETS_HASH_ANNOTATION
 from streamherd.operator.reconciler import contains, reconcile
+from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, body_of, example_doc
 
 MON = ("monitoring.coreos.com/v1", "ServiceMonitor")
 RULE = ("monitoring.coreos.com/v1", "PrometheusRule")

@@ -9,9 +9,8 @@ import copy
 from datetime import UTC, datetime
 from typing import Any
 
-from operator_testkit import SETTINGS, FakeKube, body_of, example_doc
-
 from streamherd.operator.reconciler import ReconcileMemo, reconcile
+from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, body_of, example_doc
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

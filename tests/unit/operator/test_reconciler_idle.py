@@ -16,11 +16,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from operator_testkit import SETTINGS, FakeKube, Manifest, body_of, example_doc
 
 from streamherd.operator.api.rules import parse_quantity
 from streamherd.operator.kube import ApiError
 from streamherd.operator.reconciler import QUANTITY_FIELDS, reconcile
+from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, Manifest, body_of, example_doc
 
 MON = ("monitoring.coreos.com/v1", "ServiceMonitor")
 RULE = ("monitoring.coreos.com/v1", "PrometheusRule")
@@ -234,7 +234,8 @@ class CanonicalKube(FakeKube):
         meta = manifest["metadata"]
         key = (manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
         self.objects[key] = _canonicalize(self.objects[key])
-        return _canonicalize(stored)
+        canonical: Manifest = _canonicalize(stored)
+        return canonical
 
 
 def _canonicalize(node: Any, quantities: bool = False, key: str = "") -> Any:
@@ -270,7 +271,8 @@ def test_a_resync_writes_nothing_when_the_server_respells_quantities(
     }
     doc["spec"]["checkpoint"] = {"volume": {"size": "1024Mi",
                                             "accessModes": ["ReadWriteOnce"]}}  # fmt: skip
-    kube, name = make(example, kube)
+    made, name = make(example, kube)
+    assert made is kube
     kube.objects[next(k for k in kube.objects if k[1] == "StreamPipeline")]["spec"] = doc["spec"]
     reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
     kube.roll_out(name)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from operator_testkit import SETTINGS, FakeKube, body_of, example_doc, with_meta
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.kube import ApiError
@@ -15,6 +14,7 @@ from streamherd.operator.reconciler import (
     ReconcileMemo,
     reconcile,
 )
+from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, body_of, example_doc, with_meta
 
 Manifest = dict[str, Any]
 

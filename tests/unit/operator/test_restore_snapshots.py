@@ -14,7 +14,6 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
-from operator_testkit import SETTINGS, FakeKube, body_of, example_doc, pipeline_from
 
 from streamherd.operator.api.snapshot import MAX_SNAPSHOT_NAME_LENGTH
 from streamherd.operator.builders.snapshot import build_state_snapshot, state_snapshot_name
@@ -22,6 +21,13 @@ from streamherd.operator.reconciler import ReconcileMemo, reconcile
 from streamherd.operator.snapshots import delete_state_snapshots, lists_state_snapshots
 from streamherd.operator.upgrades import STATE_COMPATIBLE
 from streamherd.workers.snapshotting import is_volume_snapshot
+from tests.unit.operator.operator_testkit import (
+    SETTINGS,
+    FakeKube,
+    body_of,
+    example_doc,
+    pipeline_from,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -140,7 +146,7 @@ def test_a_state_snapshot_name_is_a_valid_unique_snapshot_name(
     # One per edit: another generation or action is another snapshot.
     assert snap != state_snapshot_name(name, action, generation + 1)
     # The pipeline's delete handler recognises it in status.snapshots.
-    body = {"spec": {}, "status": {"snapshots": [{"name": snap}]}}
+    body: dict[str, Any] = {"spec": {}, "status": {"snapshots": [{"name": snap}]}}
     assert lists_state_snapshots(body)
     body["spec"] = {"state": {"retainOnDelete": True}}
     assert not lists_state_snapshots(body)

@@ -5,10 +5,9 @@ tests/e2e/test_lifecycle.py."""
 
 from __future__ import annotations
 
-from operator_testkit import SETTINGS, example_doc, pipeline_from
-
 from streamherd.operator.builders import Capabilities, build_all
 from streamherd.operator.builders.meta import RETAINED_LABEL
+from tests.unit.operator.operator_testkit import SETTINGS, example_doc, pipeline_from
 
 
 def children(retain: bool) -> dict[str, dict[str, object]]:

@@ -11,12 +11,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from operator_testkit import SETTINGS, FakeKube, body_of, example_doc
 
 from streamherd.operator.api.v1alpha1 import Condition
 from streamherd.operator.builders.meta import INPUT_HASH_ANNOTATION
 from streamherd.operator.reconciler import reconcile
 from streamherd.operator.rollback import rollback_due
+from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, body_of, example_doc
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -93,7 +93,10 @@ def test_a_revision_that_never_settles_is_rolled_back_until_the_next_edit() -> N
     assert back is not None
     # What was applied is generation 1's Deployment again (FakeKube merges applies, so the
     # removed nodeSelector is checked by its hash here, and for real in the e2e test).
-    hash_of = lambda d: d["metadata"]["annotations"][INPUT_HASH_ANNOTATION]  # noqa: E731
+
+    def hash_of(d: dict[str, Any]) -> str:
+        return str(d["metadata"]["annotations"][INPUT_HASH_ANNOTATION])
+
     assert hash_of(back) == hash_of(good) != hash_of(bad)
     status = body_of(kube, name)["status"]
     assert status["rolledBackGeneration"] == 2 and status["lastGoodGeneration"] == 1

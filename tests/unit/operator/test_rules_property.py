@@ -10,14 +10,14 @@ import copy
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
-from operator_testkit import SETTINGS, FakeKube, body_of
 
 from streamherd.operator.builders import KEDA_API, Capabilities, build_all
 from streamherd.operator.builders.monitoring import MONITORING_API
 from streamherd.operator.reconciler import ReconcileMemo, reconcile
 from streamherd.operator.rendering import OFFLINE_SECRETS_HASH
 from streamherd.operator.validation import parse_pipeline
-from tests.manifest_strategies import manifests
+from tests.infra.manifest_strategies import manifests
+from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, body_of
 
 SERVED = {(KEDA_API, "ScaledObject"), (MONITORING_API, "ServiceMonitor"),
           (MONITORING_API, "PrometheusRule")}  # fmt: skip

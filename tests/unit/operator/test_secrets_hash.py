@@ -5,11 +5,11 @@ and versions (docs/decisions/0045-secrets-hash-from-versions.md)."""
 from __future__ import annotations
 
 import pytest
-from operator_testkit import SETTINGS, FakeKube, body_of, example_doc
 
 from streamherd.operator.builders.meta import SECRETS_HASH_ANNOTATION
 from streamherd.operator.kube import SecretVersion, secrets_hash
 from streamherd.operator.reconciler import reconcile
+from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, body_of, example_doc
 
 
 class NoValuesKube(FakeKube):

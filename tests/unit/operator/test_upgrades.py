@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from operator_testkit import SETTINGS, FakeKube, body_of, example_doc
 
 from streamherd.operator.api.v1alpha1 import Upgrade
 from streamherd.operator.reconciler import ReconcileMemo, reconcile
 from streamherd.operator.upgrades import STATE_COMPATIBLE, config_description, decide
 from streamherd.workers.config import ProcessorConfig
 from streamherd.workers.fingerprint import describe, fingerprint
+from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, body_of, example_doc
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -39,7 +39,7 @@ from streamherd.operator.verifying import (
 )
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.windowing import iso_ms
-from tests.manifest_strategies import manifests
+from tests.infra.manifest_strategies import manifests
 from tests.unit.operator.operator_testkit import (
     SETTINGS,
     FakeKube,
@@ -318,7 +318,7 @@ def test_every_accepted_verified_manifest_builds_isolated_shadows(doc: dict[str,
     config = config_of(next(c for c in children if c["kind"] == "ConfigMap"))
     deployment = next(c for c in children if c["kind"] == "Deployment")
     assert config is not None and config.source.kafka is not None
-    names = set()
+    names: set[str] = set()
     for role in ROLES:
         cm, dep = build_shadow(pipeline, deployment, config, run="r", role=role)
         shadow = WorkerConfig.model_validate_json(cm["data"]["worker.json"])  # the worker's read

@@ -24,13 +24,15 @@ from streamherd.workers.sinks_postgres import (
     dedupe,
     upsert_statement,
 )
-from tests.unit.monitoring.promkit import ROOT
+from tests.infra.paths import REPO_ROOT
 
 SETTINGS = OperatorSettings(worker_image="ghcr.io/streamherd/streamherd:test")
 
 
 def manifest(postgres: dict[str, Any], windowed: bool = True) -> dict[str, Any]:
-    doc = yaml.safe_load((ROOT / "examples" / "02-clicks-per-minute.yaml").read_text())
+    doc: dict[str, Any] = yaml.safe_load(
+        (REPO_ROOT / "examples" / "02-clicks-per-minute.yaml").read_text()
+    )
     doc["metadata"] = {"name": "clicks", "namespace": "shop"}
     doc["spec"]["sink"] = {"postgres": postgres}
     if not windowed:

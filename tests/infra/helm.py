@@ -19,9 +19,8 @@ from typing import Any
 import yaml
 
 from tests.infra.controlplane import cached_bin_dir, versions
-from tests.infra.processes import REPO_ROOT
+from tests.infra.paths import CHART_DIR
 
-CHART_DIR = REPO_ROOT / "charts" / "streamherd"
 CI_VALUES_DIR = CHART_DIR / "ci"
 # The values files every tier renders: the defaults plus each ci/*-values.yaml.
 VALUES_CASES: dict[str, Path | None] = {

@@ -18,8 +18,8 @@ import yaml
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.builders.monitoring import build_prometheus_rule
 from streamherd.operator.settings import OperatorSettings
+from tests.infra.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[3]
 SETTINGS = OperatorSettings(worker_image="ghcr.io/streamherd/streamherd:test")
 
 
@@ -27,7 +27,7 @@ def promtool() -> str:
     found = shutil.which("promtool")
     if found is None:
         proc = subprocess.run(
-            ["bash", str(ROOT / "hack" / "find-prometheus.sh")],
+            ["bash", str(REPO_ROOT / "hack" / "find-prometheus.sh")],
             capture_output=True,
             text=True,
             check=False,
@@ -50,7 +50,7 @@ def run_promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedPro
 
 
 def pipeline(name: str = "clicks", namespace: str = "shop", **monitoring: Any) -> StreamPipeline:
-    doc = yaml.safe_load((ROOT / "examples" / "02-clicks-per-minute.yaml").read_text())
+    doc = yaml.safe_load((REPO_ROOT / "examples" / "02-clicks-per-minute.yaml").read_text())
     doc["metadata"] = {"name": name, "namespace": namespace}
     doc["spec"]["monitoring"] = {**doc["spec"].get("monitoring", {}), **monitoring}
     return StreamPipeline.model_validate(doc)

@@ -29,21 +29,23 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.infra.controlplane import KubeCluster
-from tests.infra.namespaces import KubeNamespace
-from tests.infra.operator_process import OperatorProcess
-from tests.infra.processes import WaitTimeout, free_port, wait_until
-from tests.integration.chart.chart_identity import (
+from tests.infra.chart_identity import (
     install_operator_identity,
     rbac_refusals,
     remove_operator_identity,
 )
+from tests.infra.controlplane import KubeCluster
+from tests.infra.kafka import KafkaBroker
+from tests.infra.namespaces import KubeNamespace
+from tests.infra.operator_process import OperatorProcess
+from tests.infra.paths import CRD_FILE, SNAPSHOT_CRD_FILE
+from tests.infra.processes import WaitTimeout, free_port, wait_until
 
 # wait_until and WaitTimeout are tests/infra's, offered here with the rest of the harness.
 __all__ = [
@@ -57,9 +59,6 @@ __all__ = [
     "wait_until",
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
-CRD_FILE = ROOT / "crds" / "streampipelines.streamherd.io.yaml"
-SNAPSHOT_CRD_FILE = ROOT / "crds" / "streampipelinesnapshots.streamherd.io.yaml"
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -89,7 +88,7 @@ class Operator(OperatorProcess):
     """`streamherd operator` watching one namespace, started at once, log captured.
 
     Like the operator's integration tests, it runs as the Helm chart's ServiceAccount
-    (tests/integration/chart/chart_identity.py), here in the chart's namespaced mode: a Role
+    (tests/infra/chart_identity.py), here in the chart's namespaced mode: a Role
     in the watched namespace (which must exist) and a token kubeconfig, so the e2e runs
     also prove the chart's RBAC is enough. stop() removes that identity, and fails if the
     RBAC refused the operator anything, even a call it coped with.
@@ -371,3 +370,28 @@ def operator_namespace(
         operator.stop()
         print(f"operator log: {log}")
         namespace.delete()
+
+
+# The click records the e2e modules produce: 40 users over PARTITIONS partitions, user u
+# always in partition u % PARTITIONS, record i at event time BASE_TS + i * STEP_MS.
+BASE_TS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+STEP_MS = 10
+PARTITIONS = 2
+Click = tuple[int, tuple[str, dict[str, Any]]]
+
+
+def clicks(start: int, count: int) -> list[Click]:
+    """(partition, (key, record)) for records start .. start + count - 1."""
+    out = []
+    for i in range(start, start + count):
+        u = (i * 7919) % 40
+        user = f"user-{u}"
+        rec: dict[str, Any] = {"user": user, "bytes": (i * 31) % 997, "ts": BASE_TS + i * STEP_MS}
+        out.append((u % PARTITIONS, (user, rec)))
+    return out
+
+
+def produce(broker: KafkaBroker, topic: str, records: Sequence[Click]) -> None:
+    """Each (partition, record) to its partition, in order within the partition."""
+    for p in range(PARTITIONS):
+        broker.produce(topic, [r for part, r in records if part == p], partition=p)

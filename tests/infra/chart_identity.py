@@ -27,8 +27,8 @@ from typing import Any
 import yaml
 
 from tests.infra.controlplane import KubeCluster
+from tests.infra.helm import Helm, find_helm
 from tests.infra.processes import InfraError, wait_for
-from tests.unit.chart.helmtool import Helm, find_helm
 
 # The kinds that make up the operator's identity; the chart's other objects (workload,
 # Services, CRD, aggregated user roles) are not needed to run the operator out of cluster.

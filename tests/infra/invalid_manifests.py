@@ -16,12 +16,13 @@ import copy
 import itertools
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from tests.infra.paths import EXAMPLES_DIR
+
+EXAMPLES = EXAMPLES_DIR
 
 
 def load_example(stem: str) -> dict[str, Any]:
