@@ -105,9 +105,11 @@ class World:
                     if c["kind"] not in ("ConfigMap", "Deployment")
                 }
             )
-            live[DEPLOYMENT] = self._deployment(live[DEPLOYMENT])
+            deployment = self._deployment(live[DEPLOYMENT])
+            live[DEPLOYMENT] = deployment
             if self.want is not None and self.running_doc is None:
-                live[DEPLOYMENT]["spec"]["replicas"] = self.want
+                assert deployment is not None
+                deployment["spec"]["replicas"] = self.want
         cm = next(c for c in desired if c["kind"] == "ConfigMap")
         live_cm = next(c for c in running if c["kind"] == "ConfigMap") if self.live else None
         want = config_description(cm)
@@ -477,7 +479,7 @@ def test_a_spec_that_cannot_run_is_blocked_and_warned_once(
     first = finish(decision, as_planned(decision))
     assert first.patch["phase"] == phase and cond(first, READY) == ("False", reason)
     assert reasons(first) == [reason]
-    body = {**observed.body, "status": merged(observed.status, first.status)}
+    body = {**observed.body, "status": merged(dict(observed.status), first.status)}
     second = settle(replace(observed, body=body), NOW + timedelta(minutes=1))
     assert second.status is None and second.events == ()
 
