@@ -5,4 +5,12 @@
 sys.path (`pythonpath` in pyproject.toml), `python -m` run from the root does the same.
 """
 
+from hypothesis import HealthCheck, settings
+
 pytest_plugins = ["tests.infra.plugin"]
+
+# No property test is timed: Hypothesis's per-example deadline and its "too slow" health
+# check measure wall time, which on a loaded machine (a parallel run on 2 cores) says
+# nothing about the code. Timing goals live in bench/ (docs/testing.md).
+settings.register_profile("untimed", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("untimed")
