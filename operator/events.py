@@ -1,5 +1,5 @@
 """Events about a pipeline: the core/v1 Event body that the reconciler's notes and the
-autoscaler's decisions are posted as (by operator/handlers.py and
+autoscaler's decisions are posted as (by operator/runtime.py, operator/handlers.py and
 operator/autoscaling/handlers.py). Pure: the caller posts it, best effort."""
 
 from __future__ import annotations

@@ -7,12 +7,12 @@ installed later are picked up, and reading Secrets for the rotation hash. The ca
 blocking: kopf handlers run them through ``asyncio.to_thread``. Request bodies and Secret
 data are never logged.
 
-Built for a thousand pipelines: ``Kube.start_cache`` keeps a watch-fed copy of the
-StreamPipelines and of the children the operator labels as its own (one list+watch thread
-per kind, never one per pipeline; objects kept as compact JSON without managedFields), and
-``get`` answers those kinds from it once their first list is in. Writes go to the server and
-their answers into the cache (write-through), so the next reconcile sees them at once. A
-429 (API Priority and Fairness throttling) is retried after the server's Retry-After.
+Built for a thousand pipelines: once a watch cache is attached (``Kube.cache``, an
+``ObjectCache``: operator/kubecache.py's ``WatchCache``, which lists and watches through this
+client), ``get`` answers the kinds it holds from memory once their first list is in, and
+writes go to the server and their answers into the cache (write-through), so the next
+reconcile sees them at once. A 429 (API Priority and Fairness throttling) is retried after
+the server's Retry-After.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 from urllib.parse import quote
 
-import orjson
 from kubernetes import client as kube_client
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
@@ -129,6 +128,24 @@ class KubeApi(Protocol):
     def secret_version(self, namespace: str, name: str) -> SecretVersion | None: ...
 
 
+class ObjectCache(Protocol):
+    """A read-through copy of some kinds that ``Kube`` answers reads from and writes its
+    answers into: operator/kubecache.py's ``WatchCache`` (declared here, so the client never
+    imports the cache that is built on it)."""
+
+    def lookup(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> tuple[bool, Manifest | None]: ...
+
+    def store(self, obj: Manifest) -> None: ...
+
+    def drop(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
+
+    def wait_synced(self, timeout: float) -> bool: ...
+
+    def stop(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class SecretVersion:
     """What the reconciler needs of a Secret, and nothing of its values: the keys it holds
@@ -155,7 +172,8 @@ class Kube:
         self._discovery_ttl = discovery_ttl
         self._discovery: dict[str, tuple[float, frozenset[str]]] = {}
         self._lock = threading.Lock()
-        self.cache: WatchCache | None = None
+        # Set by kubecache.start_cache; None: every read is a GET.
+        self.cache: ObjectCache | None = None
         self.throttled = 0  # 429 answers seen (each retried after Retry-After)
 
     @property
@@ -307,11 +325,19 @@ class Kube:
     def list(
         self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
     ) -> list[Manifest]:
-        info = resource_info(api_version, kind)
-        query = [("labelSelector", label_selector)] if label_selector else []
-        result = self._request("GET", info.collection(namespace), query=query)
+        result = self.list_response(api_version, kind, namespace, label_selector)
         items: list[Manifest] = result.get("items", [])
         return items
+
+    def list_response(
+        self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
+    ) -> Manifest:
+        """The whole List answer: its items and its metadata.resourceVersion (where a watch
+        of the same collection starts)."""
+        info = resource_info(api_version, kind)
+        query = [("labelSelector", label_selector)] if label_selector else []
+        result: Manifest = self._request("GET", info.collection(namespace), query=query)
+        return result
 
     def patch_status(self, namespace: str, name: str, status: Manifest) -> Manifest:
         """Merge-patch a StreamPipeline's status subresource (only the keys given)."""
@@ -330,23 +356,7 @@ class Kube:
         info = resource_info("v1", "Event")
         self._request("POST", info.collection(event["metadata"]["namespace"]), body=event)
 
-    # ------------------------------------------------------------------ watch cache
-
-    def start_cache(
-        self,
-        kinds: Iterable[tuple[str, str, str]],
-        namespaces: Sequence[str] = (),
-        on_event: Callable[[str, str, Manifest], None] | None = None,
-    ) -> WatchCache:
-        """Start watching (api_version, kind, label selector) kinds; ``get`` then uses them.
-
-        ``on_event(type, kind, object)`` is called from the watch threads after the cache
-        has taken the change (not for the first list).
-        """
-        cache = WatchCache(self, tuple(kinds), tuple(namespaces), on_event)
-        self.cache = cache
-        cache.start()
-        return cache
+    # ------------------------------------------------------------------ watches
 
     def stream(self, path: str, query: Sequence[tuple[str, str]], read_timeout: float) -> Any:
         """A streaming GET (a watch): the raw urllib3 response, one JSON event per line."""
@@ -432,228 +442,6 @@ def _retry_after(headers: Any) -> float:
         return float((headers or {}).get("Retry-After") or 1.0)
     except (TypeError, ValueError):
         return 1.0
-
-
-def _compact(obj: Manifest) -> bytes:
-    """The object as compact JSON, without managedFields (the largest part we never read)."""
-    meta = obj.get("metadata") or {}
-    if "managedFields" in meta:
-        obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
-    return orjson.dumps(obj)
-
-
-def _version(obj: Manifest) -> int:
-    # resourceVersions are opaque by contract, but etcd revisions in practice; only used to
-    # keep a write's answer from being replaced by an older watch event.
-    try:
-        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
-
-
-@dataclass
-class _Kind:
-    info: ResourceInfo
-    selector: str
-    objects: dict[tuple[str, str], bytes] = field(default_factory=dict)
-    versions: dict[tuple[str, str], int] = field(default_factory=dict)
-    pending_lists: int = 0  # namespaces whose first list is not in yet
-    synced: threading.Event = field(default_factory=threading.Event)
-
-
-class WatchCache:
-    """Watch-fed copies of some kinds: one list+watch thread per kind and namespace.
-
-    Reads are answered from memory once a kind's first list is in (``lookup`` reports a miss
-    before that, so callers fall back to a GET). An expired watch (410 Gone) or a broken
-    connection relists; objects that vanished meanwhile are reported as DELETED.
-    """
-
-    def __init__(
-        self,
-        kube: Kube,
-        kinds: Sequence[tuple[str, str, str]],
-        namespaces: tuple[str, ...],
-        on_event: Callable[[str, str, Manifest], None] | None,
-        watch_timeout: int = 300,
-    ) -> None:
-        self._kube = kube
-        self._namespaces: tuple[str | None, ...] = namespaces or (None,)
-        self._on_event = on_event
-        self._watch_timeout = watch_timeout
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._kinds = {
-            (api_version, kind): _Kind(resource_info(api_version, kind), selector)
-            for api_version, kind, selector in kinds
-        }
-        for k in self._kinds.values():
-            k.pending_lists = len(self._namespaces)
-
-    def start(self) -> None:
-        for k in self._kinds.values():
-            for ns in self._namespaces:
-                threading.Thread(
-                    target=self._run, args=(k, ns), name=f"watch-{k.info.plural}", daemon=True
-                ).start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def wait_synced(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        return all(
-            k.synced.wait(max(0.0, deadline - time.monotonic())) for k in self._kinds.values()
-        )
-
-    def size(self) -> int:
-        with self._lock:
-            return sum(len(k.objects) for k in self._kinds.values())
-
-    def lookup(
-        self, api_version: str, kind: str, namespace: str, name: str
-    ) -> tuple[bool, Manifest | None]:
-        """(hit, object): hit is False when the kind is not cached or not listed yet."""
-        k = self._kinds.get((api_version, kind))
-        if k is None or not k.synced.is_set():
-            return False, None
-        with self._lock:
-            raw = k.objects.get((namespace, name))
-        if raw is None:
-            return True, None
-        obj: Manifest = orjson.loads(raw)
-        return True, obj
-
-    def store(self, obj: Manifest) -> None:
-        """A write's answer (write-through); an older version never replaces a newer one."""
-        k = self._kinds.get((str(obj.get("apiVersion")), str(obj.get("kind"))))
-        if k is not None:
-            self._put(k, obj)
-
-    def drop(self, api_version: str, kind: str, namespace: str, name: str) -> None:
-        k = self._kinds.get((api_version, kind))
-        if k is not None:
-            with self._lock:
-                k.objects.pop((namespace, name), None)
-                k.versions.pop((namespace, name), None)
-
-    def _put(self, k: _Kind, obj: Manifest) -> bool:
-        meta = obj.get("metadata") or {}
-        key = (str(meta.get("namespace") or ""), str(meta.get("name")))
-        version = _version(obj)
-        raw = _compact(obj)
-        with self._lock:
-            if version and k.versions.get(key, 0) > version:
-                return False
-            k.objects[key] = raw
-            k.versions[key] = version
-        return True
-
-    def _notify(self, type_: str, k: _Kind, obj: Manifest) -> None:
-        if self._on_event is None:
-            return
-        try:
-            self._on_event(type_, k.info.kind, obj)
-        except Exception:
-            log.exception("watch callback for %s failed", k.info.kind)
-
-    def _run(self, k: _Kind, namespace: str | None) -> None:
-        backoff = 1.0
-        first = True
-        while not self._stop.is_set():
-            try:
-                version = self._list(k, namespace, notify=not first)
-                if first:
-                    first = False
-                    with self._lock:
-                        k.pending_lists -= 1
-                        if k.pending_lists <= 0:
-                            k.synced.set()
-                backoff = 1.0
-                while not self._stop.is_set():
-                    version = self._watch(k, namespace, version)
-            except _Gone:
-                continue  # relist at once
-            except Exception as e:  # noqa: BLE001 - any failure: relist after a pause
-                log.warning("watch of %s failed (relisting in %.0fs): %s", k.info.plural,
-                            backoff, e)  # fmt: skip
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-
-    def _list(self, k: _Kind, namespace: str | None, *, notify: bool) -> str:
-        query = [("labelSelector", k.selector)] if k.selector else []
-        data = self._kube._request("GET", k.info.collection(namespace), query=query)
-        items: list[Manifest] = data.get("items") or []
-        api_version, kind = k.info.api_version, k.info.kind
-        listed = set()
-        for item in items:
-            item.setdefault("apiVersion", api_version)
-            item.setdefault("kind", kind)
-            meta = item.get("metadata") or {}
-            key = (str(meta.get("namespace") or ""), str(meta.get("name")))
-            listed.add(key)
-            with self._lock:
-                known = k.versions.get(key)
-            if self._put(k, item) and notify and known != _version(item):
-                self._notify("MODIFIED", k, item)
-        with self._lock:
-            gone = [
-                key
-                for key in k.objects
-                if key not in listed and (namespace is None or key[0] == namespace)
-            ]
-            removed = [orjson.loads(k.objects.pop(key)) for key in gone]
-            for key in gone:
-                k.versions.pop(key, None)
-        for obj in removed:
-            if notify:
-                self._notify("DELETED", k, obj)
-        return str((data.get("metadata") or {}).get("resourceVersion") or "")
-
-    def _watch(self, k: _Kind, namespace: str | None, version: str) -> str:
-        query = [
-            ("watch", "true"),
-            ("allowWatchBookmarks", "true"),
-            ("timeoutSeconds", str(self._watch_timeout)),
-        ]
-        if version:
-            query.append(("resourceVersion", version))
-        if k.selector:
-            query.append(("labelSelector", k.selector))
-        response = self._kube.stream(
-            k.info.collection(namespace), query, read_timeout=self._watch_timeout + 30
-        )
-        try:
-            for line in response:
-                if self._stop.is_set():
-                    break
-                if not line.strip():
-                    continue
-                event = orjson.loads(line)
-                type_, obj = event.get("type"), event.get("object") or {}
-                if type_ == "ERROR":
-                    if obj.get("code") == 410:
-                        raise _Gone()
-                    raise ApiError(int(obj.get("code") or 0), "WatchError", str(obj))
-                new_version = (obj.get("metadata") or {}).get("resourceVersion")
-                if new_version:
-                    version = str(new_version)
-                if type_ == "BOOKMARK":
-                    continue
-                if type_ == "DELETED":
-                    meta = obj.get("metadata") or {}
-                    self.drop(k.info.api_version, k.info.kind, str(meta.get("namespace") or ""),
-                              str(meta.get("name")))  # fmt: skip
-                elif not self._put(k, obj):
-                    continue
-                self._notify(str(type_), k, obj)
-        finally:
-            response.release_conn()
-        return version
-
-
-class _Gone(Exception):
-    """The watch's resourceVersion is too old: relist."""
 
 
 def _message(body: Any) -> str:

@@ -1,6 +1,7 @@
 """`streamherd operator`: configure logging, build the kopf registry and run the operator.
 
-Works with the handlers in operator/handlers.py and the flags in operator/settings.py.
+Works with the handlers in operator/handlers.py, the runtime they share
+(operator/runtime.py's OperatorContext, built here) and the flags in operator/settings.py.
 The operator watches all namespaces unless --namespace is given (repeatable), serves a
 kopf liveness endpoint on --health-port, and stops cleanly on SIGINT/SIGTERM (kopf's own
 signal handling).
@@ -22,10 +23,11 @@ from typing import Any, cast
 import kopf
 import prometheus_client
 
-from streamherd.operator.handlers import OperatorContext, build_registry
+from streamherd.operator.handlers import build_registry
 from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.kube import Kube
 from streamherd.operator.peering import PeeringGate
+from streamherd.operator.runtime import OperatorContext
 from streamherd.operator.settings import OperatorSettings, settings_from_args
 from streamherd.operator.topicadmin import InternalTopics
 

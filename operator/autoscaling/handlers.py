@@ -14,7 +14,7 @@ For each due pipeline the loop reads the pipeline and its Deployment, asks
 :meth:`Autoscaler.evaluate`, writes ``status.desiredReplicas``, ``lag``, ``lastScaleTime`` and
 ``lastScaleReason`` (only when they change), posts an Event per scaling decision, updates the
 operator metrics and, when the replica count changes, calls the reconcile it was given (the
-operator's ``handlers.reconcile_key``) so the Deployment is applied with the new count (the
+operator's ``runtime.reconcile_key``) so the Deployment is applied with the new count (the
 workload builder reads ``status.desiredReplicas``). Status keys written here are the ones the
 reconciler leaves alone (reconciler.OWN_STATUS_KEYS).
 """
@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 #: Reconciles one pipeline by key after a decision changed its replicas: the operator's
-#: ``handlers.reconcile_key``, passed in so this layer never imports the one that wires it.
+#: ``runtime.reconcile_key``, handed in by ``handlers.build_registry`` (unit tests hand in a
+#: stand-in), so this layer does not depend on the runtime's context.
 Reconcile = Callable[[Any, Key], Awaitable[object]]
 
 PIPELINE_LAG: Final = Gauge(

@@ -1,0 +1,144 @@
+"""operator/kubecache.py over a stand-in of the two Kube calls it makes (``list_response`` and
+``stream``): no read is answered before the first list; the list and the watch events fill
+it (without managedFields); a write's answer is taken at once and an older watch event never
+replaces it; deletions are seen; the callback hears every change it took and none it refused.
+Against the real API server the cache runs in every test of tests/integration/operator/.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, cast
+
+from streamherd.operator.kube import Kube, Manifest
+from streamherd.operator.kubecache import WatchCache, start_cache
+
+DEPLOYMENT = ("apps/v1", "Deployment")
+WAIT = 30.0  # generous: the machine may be loaded; a pass never waits this long
+
+
+def deployment(name: str, version: int, replicas: int) -> Manifest:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "namespace": "ns",
+            "name": name,
+            "resourceVersion": str(version),
+            "managedFields": [{"manager": "streamherd-operator"}],
+        },
+        "spec": {"replicas": replicas},
+    }
+
+
+def replicas(cache: WatchCache, name: str) -> int:
+    hit, obj = cache.lookup(*DEPLOYMENT, "ns", name)
+    assert hit and obj is not None
+    return int(obj["spec"]["replicas"])
+
+
+class _Stream:
+    """A watch response: the lines the test feeds, until a None."""
+
+    def __init__(self, lines: queue.Queue[bytes | None]) -> None:
+        self._lines = lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while (line := self._lines.get(timeout=WAIT)) is not None:
+            yield line
+
+    def release_conn(self) -> None:
+        pass
+
+
+class _ListAndWatch:
+    """The two calls WatchCache makes of Kube, answered from memory."""
+
+    def __init__(self, items: list[Manifest]) -> None:
+        self.items = items
+        self.lines: queue.Queue[bytes | None] = queue.Queue()
+        self.lists: list[tuple[str, str, str | None, str]] = []
+        self.answer = threading.Event()  # the first list is held until the test sets it
+
+    def list_response(
+        self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
+    ) -> Manifest:
+        assert self.answer.wait(WAIT)
+        self.lists.append((api_version, kind, namespace, label_selector))
+        # A List's items carry no apiVersion/kind: the cache fills them in.
+        items = [
+            {k: v for k, v in i.items() if k not in ("apiVersion", "kind")} for i in self.items
+        ]
+        return {"items": items, "metadata": {"resourceVersion": "5"}}
+
+    def stream(self, path: str, query: Sequence[tuple[str, str]], read_timeout: float) -> Any:
+        assert path == "/apis/apps/v1/namespaces/ns/deployments"
+        assert ("labelSelector", "app.kubernetes.io/managed-by=streamherd") in query
+        return _Stream(self.lines)
+
+    def send(self, type_: str, obj: Manifest) -> None:
+        self.lines.put(json.dumps({"type": type_, "object": obj}).encode())
+
+
+class _Kube:
+    """Just enough of Kube for start_cache: the cache attribute and the two calls."""
+
+    def __init__(self, server: _ListAndWatch) -> None:
+        self.cache: Any = None
+        self.list_response = server.list_response
+        self.stream = server.stream
+
+
+def test_the_cache_follows_the_list_the_watch_and_the_writes() -> None:
+    server = _ListAndWatch([deployment("a", 3, 1), deployment("b", 4, 1)])
+    kube = _Kube(server)
+    heard: queue.Queue[tuple[str, str, str, str]] = queue.Queue()
+
+    def on_event(type_: str, kind: str, obj: Manifest) -> None:
+        meta = obj["metadata"]
+        heard.put((type_, kind, meta["name"], meta["resourceVersion"]))
+
+    cache = start_cache(
+        cast(Kube, kube),
+        [(*DEPLOYMENT, "app.kubernetes.io/managed-by=streamherd")],
+        ("ns",),
+        on_event,
+    )
+    try:
+        assert kube.cache is cache
+        # Not listed yet: every read is a miss (the caller GETs).
+        assert cache.lookup(*DEPLOYMENT, "ns", "a") == (False, None)
+        assert not cache.wait_synced(0.0)
+        server.answer.set()
+        assert cache.wait_synced(WAIT)
+        assert server.lists == [(*DEPLOYMENT, "ns", "app.kubernetes.io/managed-by=streamherd")]
+        hit, a = cache.lookup(*DEPLOYMENT, "ns", "a")
+        assert hit and a is not None
+        assert a["spec"] == {"replicas": 1} and a["kind"] == "Deployment"
+        assert "managedFields" not in a["metadata"]
+        assert cache.lookup(*DEPLOYMENT, "ns", "gone") == (True, None)
+        assert cache.lookup("v1", "ConfigMap", "ns", "a") == (False, None)  # not cached
+        assert cache.size() == 2
+
+        # A write's answer is taken at once; the watch's older copy does not replace it.
+        cache.store(deployment("a", 10, 3))
+        server.send("MODIFIED", deployment("a", 9, 2))
+        server.send("MODIFIED", deployment("b", 11, 5))
+        assert heard.get(timeout=WAIT) == ("MODIFIED", "Deployment", "b", "11")
+        assert replicas(cache, "a") == 3
+        assert replicas(cache, "b") == 5
+
+        server.send("BOOKMARK", {"metadata": {"resourceVersion": "12"}})
+        server.send("DELETED", deployment("a", 13, 3))
+        assert heard.get(timeout=WAIT) == ("DELETED", "Deployment", "a", "13")
+        assert cache.lookup(*DEPLOYMENT, "ns", "a") == (True, None)
+        cache.drop(*DEPLOYMENT, "ns", "b")  # a delete's answer
+        assert cache.lookup(*DEPLOYMENT, "ns", "b") == (True, None)
+        assert cache.size() == 0
+        assert heard.empty()  # the older event of "a" and the bookmark were not reported
+    finally:
+        cache.stop()
+        server.lines.put(None)

@@ -1,0 +1,124 @@
+"""operator/runtime.py: the bookkeeping of known pipelines, delayed retries and coalescing.
+
+Whatever the order of sightings, retries and deletions, a deleted pipeline leaves nothing
+behind in the runtime (no index entry, no lock, no timer that would reconcile it later), and
+the other pipelines keep theirs; a retry asked for while one waits does not move it; a
+trigger for a pipeline kopf has not seen, or one already queued, schedules nothing. The
+reconciles themselves run against the real API server in tests/integration/operator/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import cast
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamherd.operator.kube import Kube
+from streamherd.operator.runtime import (
+    Key,
+    OperatorContext,
+    pipeline_key,
+    retry_later,
+    schedule,
+)
+from streamherd.operator.settings import OperatorSettings
+from tests.unit.operator.operator_testkit import FakeKube
+
+KEYS = [("ns", "a"), ("ns", "b"), ("other", "a")]
+LATER = 3600.0  # no retry fires while a test runs
+
+
+def context() -> OperatorContext:
+    return OperatorContext(
+        settings=OperatorSettings(),
+        kube=cast(Kube, FakeKube()),
+        executor=ThreadPoolExecutor(max_workers=1),
+    )
+
+
+operations = st.lists(
+    st.tuples(st.sampled_from(["remember", "retry", "lock", "forget"]), st.sampled_from(KEYS)),
+    max_size=30,
+)
+
+
+@given(operations)
+def test_a_forgotten_pipeline_leaves_nothing_behind(ops: list[tuple[str, Key]]) -> None:
+    async def run() -> None:
+        ctx = context()
+        timers: dict[Key, list[asyncio.TimerHandle]] = {key: [] for key in KEYS}
+        known: set[Key] = set()
+        for op, key in ops:
+            if op == "remember":
+                ctx.remember(key)
+                known.add(key)
+            elif op == "retry":
+                retry_later(ctx, key, LATER)
+                if not any(t is ctx.retries[key] for t in timers[key]):
+                    timers[key].append(ctx.retries[key])
+            elif op == "lock":
+                ctx.lock(key)
+            else:
+                ctx.forget(key)
+                known.discard(key)
+                assert key not in ctx.secrets_of
+                assert key not in ctx.locks
+                assert key not in ctx.retries
+                assert all(t.cancelled() for t in timers[key])
+        assert set(ctx.secrets_of) == known
+        for key in KEYS:
+            waiting = ctx.retries.get(key)
+            # At most one live timer per pipeline, and it is the one in ctx.retries.
+            live = [t for t in timers[key] if not t.cancelled()]
+            assert live == ([waiting] if waiting is not None else [])
+        for handle in ctx.retries.values():
+            handle.cancel()
+        ctx.executor.shutdown()
+
+    asyncio.run(run())
+
+
+def test_a_second_retry_keeps_the_first() -> None:
+    async def run() -> None:
+        ctx = context()
+        retry_later(ctx, KEYS[0], LATER)
+        first = ctx.retries[KEYS[0]]
+        retry_later(ctx, KEYS[0], 1.0)  # sooner, but one is already waiting
+        assert ctx.retries[KEYS[0]] is first
+        assert not first.cancelled()
+        first.cancel()
+        ctx.executor.shutdown()
+
+    asyncio.run(run())
+
+
+def test_remembering_again_keeps_the_secrets_a_reconcile_found() -> None:
+    ctx = context()
+    ctx.remember(KEYS[0])
+    ctx.secrets_of[KEYS[0]] = ("kafka-credentials",)
+    ctx.remember(KEYS[0])  # a later event of the same pipeline
+    assert ctx.pipelines_using("ns", "kafka-credentials") == [KEYS[0]]
+    ctx.executor.shutdown()
+
+
+def test_schedule_skips_unknown_and_already_queued_pipelines() -> None:
+    async def run() -> None:
+        ctx = context()
+        schedule(ctx, KEYS[0])  # kopf has not seen it: nothing to reconcile yet
+        ctx.remember(KEYS[1])
+        ctx.pending.add(KEYS[1])  # a coalesced reconcile is queued and not started
+        schedule(ctx, KEYS[1])
+        schedule(ctx, KEYS[1], refresh=True)
+        assert ctx.tasks == set()
+        ctx.executor.shutdown()
+
+    asyncio.run(run())
+
+
+def test_a_pipeline_key_is_two_strings_with_a_namespace() -> None:
+    assert pipeline_key("ns", "a") == ("ns", "a")
+    assert pipeline_key(None, "a") == ("default", "a")
+    assert pipeline_key("ns", None) == ("ns", "")
