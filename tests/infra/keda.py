@@ -290,12 +290,13 @@ def start_keda(cluster: KubeCluster, workdir: Path | None = None) -> Keda:
             "apply", "--server-side", "--field-manager=streamherd-test-keda", "-f", "-",
             input=yaml.safe_dump_all(manifests), timeout=180,
         )  # fmt: skip
-        for doc in manifests:
-            if doc["kind"] == "CustomResourceDefinition":
-                cluster.kubectl(
-                    "wait", "--for=condition=Established", "--timeout=120s",
-                    f"crd/{doc['metadata']['name']}", timeout=150,
-                )  # fmt: skip
+        crds = [d["metadata"]["name"] for d in manifests if d["kind"] == "CustomResourceDefinition"]
+        wait_for(
+            "KEDA's CRDs Established",
+            lambda: all(_established(cluster, crd) for crd in crds),
+            STARTUP_TIMEOUT,
+            interval=1.0,
+        )
         kubeconfig = workdir / "keda.kubeconfig"
         _token_kubeconfig(cluster, kubeconfig)
         env = {
@@ -365,6 +366,16 @@ def start_keda(cluster: KubeCluster, workdir: Path | None = None) -> Keda:
             keda.stop()
         raise
     return keda
+
+
+def _established(cluster: KubeCluster, crd: str) -> bool:
+    # The condition, not `kubectl wait`: right after an apply a CRD may have no conditions
+    # yet, and `kubectl wait` then fails at once instead of waiting.
+    proc = cluster.kubectl("get", "crd", crd, "-o", "json", check=False)
+    if proc.returncode != 0:
+        return False
+    conditions = json.loads(proc.stdout).get("status", {}).get("conditions") or []
+    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
 
 def _probe_ok(port: int) -> bool:
