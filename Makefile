@@ -96,10 +96,12 @@ infra: binaries kafka-jars node-binaries ## All of the above
 ##@ Quality
 
 .PHONY: lint
-lint: $(STAMP) ## ruff check + ruff format --check
+lint: $(STAMP) ## ruff check + ruff format --check + the import contracts (.importlinter)
 	@echo "==> ruff"
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
+	@echo "==> lint-imports (.importlinter: the operator's layers, operator/workers boundary)"
+	@$(VENV)/bin/lint-imports --no-cache
 
 .PHONY: format
 format: $(STAMP) ## Apply ruff's fixes and formatting
@@ -112,14 +114,21 @@ typecheck: $(STAMP) ## mypy --strict on the streamherd package
 	@$(VENV)/bin/mypy -p streamherd
 
 .PHONY: check
-check: lint typecheck ## All static checks (the layering is a unit test: tests/unit/test_layout.py)
+check: lint typecheck ## All static checks (lint includes the import contracts of .importlinter)
 
 ##@ Tests
 
+# The test files run in TEST_WORKERS parallel pytest processes (pytest-xdist): the time is
+# spent waiting on brokers, control planes and processes, not computing. Each worker is a
+# session with its own broker and control plane; one file (the node tier: all of it) is one
+# unit of work, the slowest first (tests/infra/plugin.py). TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 4
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+
 # pytest exits 5 when it collected no test: that is a failure here too (make stops on it).
 define run_pytest
-	@echo "==> pytest $(1)"
-	@rc=0; $(PY) -m pytest $(1) $(PYTEST_ARGS) || rc=$$?; \
+	@echo "==> pytest $(1) $(PYTEST_PARALLEL)"
+	@rc=0; $(PY) -m pytest $(1) $(PYTEST_PARALLEL) $(PYTEST_ARGS) || rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests in $(1): failing" >&2; fi; \
 	  exit $$rc
 endef

@@ -43,6 +43,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -278,11 +280,7 @@ def choose_mode(asked: str) -> tuple[str, str]:
 
 
 def plot(points: list[Point], t0: float, path: Path, burst_at: float, mode: str) -> None:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pts = [p for p in points if p.t >= t0]
     xs = [p.t - t0 for p in pts]
     fig, lag_ax = plt.subplots(figsize=(10, 4))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import prometheus_client
 
+import streamherd.operator.autoscaling.handlers  # noqa: F401 - registers the operator's collectors
 from streamherd.workers.metrics import METRICS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "monitoring.md"
@@ -39,8 +40,6 @@ def _cell(text: str) -> str:
 
 def operator_metrics() -> list[tuple[str, str, str, tuple[str, ...]]]:
     """(name, type, help, labels) of the operator's streamherd_operator_* collectors."""
-    import streamherd.operator.autoscaling.handlers  # noqa: F401 - registers them
-
     found = []
     registry = prometheus_client.REGISTRY
     for collector in list(registry._collector_to_names):  # no public listing

@@ -37,25 +37,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import kopf
 
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION, StreamPipeline
-from streamherd.operator.autoscaling.handlers import cluster_from_secrets, register_autoscaler
+from streamherd.operator.autoscaling.handlers import register_autoscaler
 from streamherd.operator.builders import CHILD_KINDS
 from streamherd.operator.builders.meta import MANAGED_BY, PIPELINE_LABEL
+from streamherd.operator.events import event_body
+from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.kopfstate import InMemoryDiffBaseStorage, QuietProgressStorage
 from streamherd.operator.kube import ApiError, Kube, Manifest
 from streamherd.operator.peering import PeeringGate
 from streamherd.operator.reconciler import EventNote, ReconcileMemo, ReconcileResult, reconcile
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.shadowtopics import KafkaShadowClient
-from streamherd.operator.snapshots import register_snapshots
+from streamherd.operator.snapshots import (
+    delete_state_snapshots,
+    lists_state_snapshots,
+    register_snapshots,
+)
 from streamherd.operator.topicadmin import InternalTopics, TopicAdminError
 from streamherd.operator.validation import parse_pipeline
 
@@ -116,36 +120,6 @@ class OperatorContext:
         return sorted(
             key for key, names in self.secrets_of.items() if key[0] == namespace and secret in names
         )
-
-
-def event_body(pipeline: Manifest, note: EventNote) -> Manifest:
-    """A core/v1 Event about the pipeline (the autoscaler posts its decisions with it)."""
-    meta = pipeline.get("metadata", {})
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
-        "involvedObject": {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": KIND,
-            "name": meta.get("name"),
-            "namespace": meta.get("namespace"),
-            "uid": meta.get("uid"),
-        },
-        "type": note.type,
-        "reason": note.reason,
-        "message": note.message[:1024],
-        "source": {"component": MANAGED_BY},
-        "reportingComponent": MANAGED_BY,
-        "reportingInstance": socket.gethostname()[:128],
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-    }
-
-
-_event_body = event_body  # the name operator/autoscaling/handlers.py first imported
 
 
 def _reconcile_blocking(
@@ -440,7 +414,7 @@ def build_registry(ops: OperatorSettings) -> Any:
     # pipelines is kept by our one on.event handler below: kopf runs (and logs) every
     # on.event handler for every pipeline event, and our own status writes come back as
     # events, so one handler instead of two halves that work.
-    autoscaler = register_autoscaler(registry, index_events=False)
+    autoscaler = register_autoscaler(registry, reconcile=reconcile_key, index_events=False)
 
     @kopf.on.event(*resource, id="track-pipeline", registry=registry)
     async def pipeline_event(
@@ -525,7 +499,37 @@ def build_registry(ops: OperatorSettings) -> Any:
                 ctx.executor, _post_event, ctx.kube, event_body(dict(body), note)
             )
 
-    _ = (login, startup, cleanup, changed, pipeline_event, secret_event, delete_topics)
+    def keeps_snapshots(body: kopf.Body, **_: Any) -> bool:
+        return lists_state_snapshots(dict(body))
+
+    @kopf.on.delete(
+        *resource,
+        id="delete-snapshots",
+        when=keeps_snapshots,
+        retries=TOPIC_DELETE_RETRIES,
+        backoff=backoff,
+        registry=registry,
+    )
+    async def delete_snapshots(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+        # The snapshots taken before a reset or replay go with the pipeline (decision 0110),
+        # deleted while it is still there: their finalizers reach Kafka with its credentials.
+        ctx: OperatorContext = memo["ctx"]
+        meta = body.get("metadata") or {}
+        ns, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
+        loop = asyncio.get_running_loop()
+        left = await loop.run_in_executor(
+            ctx.executor, delete_state_snapshots, ctx.kube, ns, name, uid
+        )
+        if left:
+            raise kopf.TemporaryError(
+                f"waiting for StreamPipelineSnapshots {', '.join(left)} to delete their topics",
+                delay=3,
+            )
+
+    _ = (
+        login, startup, cleanup, changed, pipeline_event, secret_event, delete_topics,
+        delete_snapshots,
+    )  # fmt: skip
     return registry
 
 

@@ -4,7 +4,7 @@ Left alone, librdkafka (the C library under confluent-kafka, which the builtin a
 lag probe uses) writes its own lines to stderr from its threads: with an unreachable broker,
 hundreds a minute, outside the JSON format the chart sets. Given a ``logger`` in the client
 configuration, confluent-kafka hands each line to that object's ``log(level, fmt, facility,
-client, text)`` instead, when the client is polled (workers/lagprobe.py polls its admin
+client, text)`` instead, when the client is polled (operator/lagprobe.py polls its admin
 client on every measurement; its consumers are polled anyway).
 
 :class:`KafkaLog` is that object, one per Kafka cluster (a lag probe serves every pipeline

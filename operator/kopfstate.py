@@ -1,5 +1,5 @@
 """Where kopf keeps its bookkeeping about each pipeline, chosen so that handling a pipeline
-writes nothing to it (issue 7: the operator at scale; docs/scale.md).
+writes nothing to it (the operator at scale; docs/scale.md).
 
 kopf keeps two records per object, by default both in annotations of the object:
 

@@ -28,6 +28,9 @@ from typing import Any, Final, Protocol
 from urllib.parse import quote
 
 import orjson
+from kubernetes import client as kube_client
+from kubernetes import config as kube_config
+from kubernetes.client.exceptions import ApiException
 
 from streamherd import __version__
 from streamherd.operator.api.v1alpha1 import GROUP, PLURAL, VERSION
@@ -169,24 +172,22 @@ class Kube:
         pool_size: kept-alive connections; it must exceed the reconcile threads plus the
         watch threads, or each request beyond it pays a new TLS handshake.
         """
-        from kubernetes import client, config
-
-        configuration = client.Configuration()
+        configuration = kube_client.Configuration()
         if kubeconfig:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
+            kube_config.load_kube_config(  # type: ignore[no-untyped-call]
                 config_file=kubeconfig, client_configuration=configuration
             )
         else:
             try:
-                config.load_incluster_config(  # type: ignore[no-untyped-call]
+                kube_config.load_incluster_config(  # type: ignore[no-untyped-call]
                     client_configuration=configuration
                 )
-            except config.ConfigException:
-                config.load_kube_config(  # type: ignore[no-untyped-call]
+            except kube_config.ConfigException:
+                kube_config.load_kube_config(  # type: ignore[no-untyped-call]
                     client_configuration=configuration
                 )
         configuration.connection_pool_maxsize = pool_size
-        api_client = client.ApiClient(configuration)
+        api_client = kube_client.ApiClient(configuration)
         # Our own User-Agent, so API server audit logs and metrics can tell our requests apart
         # (kopf's watches and annotation patches say kopf/<version>).
         api_client.user_agent = USER_AGENT
@@ -222,8 +223,6 @@ class Kube:
         body: Any,
         content_type: str,
     ) -> Any:
-        from kubernetes.client.exceptions import ApiException
-
         headers = {"Accept": "application/json", "Content-Type": content_type}
         try:
             request = self._api.param_serialize(

@@ -27,6 +27,7 @@ from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import load_documents, parse_pipeline
 from streamherd.workers.config import KafkaSecurity, WorkerConfig
 from streamherd.workers.engine import RunSummary
+from streamherd.workers.main import run_pipeline
 
 
 def localize(
@@ -69,8 +70,6 @@ def run_local(
     args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
     """Exit 0 when the run ends cleanly (source exhausted, --max-seconds, Ctrl-C)."""
-    from streamherd.workers.main import run_pipeline
-
     out = out or sys.stdout
     err = err or sys.stderr
     try:

@@ -22,8 +22,8 @@ from typing import Any, cast
 import kopf
 import prometheus_client
 
-from streamherd.operator.autoscaling.handlers import cluster_from_secrets
 from streamherd.operator.handlers import OperatorContext, build_registry
+from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.kube import Kube
 from streamherd.operator.peering import PeeringGate
 from streamherd.operator.settings import OperatorSettings, settings_from_args

@@ -29,6 +29,7 @@ from typing import Any, Final, Literal, Protocol
 from pydantic import ValidationError
 
 from streamherd.operator.api.rules import parse_quantity
+from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND
 from streamherd.operator.api.v1alpha1 import (
     Condition,
     StreamPipeline,
@@ -43,6 +44,7 @@ from streamherd.operator.builders.meta import (
     selector_string,
 )
 from streamherd.operator.builders.monitoring import MONITORING_API
+from streamherd.operator.builders.snapshot import build_state_snapshot, state_snapshot_name
 from streamherd.operator.builders.topics import internal_topics
 from streamherd.operator.conditions import (
     conditions_from_status,
@@ -51,7 +53,12 @@ from streamherd.operator.conditions import (
     set_condition,
 )
 from streamherd.operator.kube import ApiError, KubeApi, secrets_hash
-from streamherd.operator.restoring import resource_snapshot, snapshot_not_ready
+from streamherd.operator.restoring import (
+    listed_snapshots,
+    resource_snapshot,
+    snapshot_first,
+    snapshot_not_ready,
+)
 from streamherd.operator.rollback import (
     ROLLED_BACK,
     build_last_good,
@@ -70,7 +77,7 @@ from streamherd.operator.upgrades import (
     decide,
 )
 from streamherd.operator.validation import readable_errors, semantic_errors
-from streamherd.operator.verifying import VERIFIED, KafkaFactory, gate
+from streamherd.operator.verifying import VERIFIED, KafkaFactory, gate, verified_condition
 from streamherd.workers.fingerprint import Description, fingerprint
 from streamherd.workers.snapshotting import is_volume_snapshot
 
@@ -752,6 +759,46 @@ def _upgrade(
     )
 
 
+#: How soon a reconcile looks again at the snapshot a reset or replay waits for.
+SNAPSHOT_WAIT_SECONDS: Final = 3.0
+
+
+def _snapshot_first(
+    pipeline: StreamPipeline,
+    decision: Decision,
+    kube: KubeApi,
+    generation: int | None,
+    out: _Outcome,
+) -> tuple[Decision, float | None, list[Manifest] | None]:
+    """A reset or replay held until a StreamPipelineSnapshot of the running state is Ready
+    (restoring.snapshot_first): requested here (once per edit), taken by the workers that
+    still run the previous spec, judged by the snapshot handlers. Returns the decision and,
+    while it waits, how soon to look again, and once it is Ready its status.snapshots entry."""
+    name = state_snapshot_name(pipeline.name, decision.action, generation)
+    live = kube.get("apps/v1", "Deployment", pipeline.namespace, pipeline.name)
+    workers = (
+        not pipeline.spec.suspend
+        and live is not None
+        and int((live.get("spec") or {}).get("replicas", 1)) > 0
+    )
+    found = kube.get(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, pipeline.namespace, name)
+    if workers and found is None:
+        kube.apply(build_state_snapshot(pipeline, decision.action, generation))
+        out.events.append(
+            EventNote(
+                "Normal",
+                "SnapshotRequested",
+                f"requested {SNAPSHOT_KIND} {name} of the running state before the "
+                f"{decision.action} of generation {generation}",
+            )
+        )
+    result = snapshot_first(decision, name, found, workers=workers)
+    if result.holds:
+        return result, SNAPSHOT_WAIT_SECONDS, None
+    ready = found.get("status") if workers and found is not None else None
+    return result, None, listed_snapshots([], name, ready) if ready else None
+
+
 #: A decision that keeps no snapshot (while a verification holds the edit).
 _NO_DECISION = Decision("roll", "", "")
 
@@ -795,10 +842,19 @@ MAX_SNAPSHOTS = 20
 
 
 def _snapshots(
-    decision: Decision, status: Mapping[str, Any], generation: int | None, stamp: str
+    decision: Decision,
+    status: Mapping[str, Any],
+    generation: int | None,
+    stamp: str,
+    kept: Sequence[Manifest] | None = None,
 ) -> list[Any] | None:
-    """status.snapshots with the one the workers keep for this decision (reset, replay)."""
+    """status.snapshots with the one the workers keep for this decision (reset, replay),
+    and `kept`: the StreamPipelineSnapshot taken before it (the snapshot handlers list it
+    too; listed here as well, so that this write does not race theirs)."""
     listed = [s for s in status.get("snapshots") or [] if isinstance(s, Mapping)]
+    for entry in kept or ():
+        if all(s.get("name") != entry.get("name") for s in listed):
+            listed.append(entry)
     if decision.snapshot is None:
         return listed or None
     if all(s.get("name") != decision.snapshot for s in listed):
@@ -886,7 +942,7 @@ def reconcile(
     def finish(patch: Manifest, result_kwargs: dict[str, Any]) -> ReconcileResult:
         written = None
         if _changed(current_status, patch):
-            # Why a status is written (an idle pipeline must never get here; issue 7).
+            # Why a status is written (an idle pipeline must never get here; docs/scale.md).
             log.debug("status of %s/%s: %s", namespace, name, _what_changed(current_status, patch))
             kube.patch_status(namespace, name, patch)
             written = patch
@@ -971,6 +1027,11 @@ def reconcile(
         now=datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z"), stamp=stamp, generation=generation,
         applies=good is None and upgrade.action in ("roll", "reset", "replay"),
     )  # fmt: skip
+    snapshot_wait: float | None = None
+    taken: list[Manifest] | None = None
+    if upgrade.snapshot is not None and not verification.holds and good is None:
+        # A reset or replay discards state: a StreamPipelineSnapshot of it first (0110).
+        upgrade, snapshot_wait, taken = _snapshot_first(pipeline, upgrade, kube, generation, out)
     holds = upgrade.holds or verification.holds
     # The internal topics first, so the workers find them (a held edit changes nothing the
     # workers use: its topics are not made, the status keeps listing the running ones).
@@ -1025,7 +1086,7 @@ def reconcile(
     # A Deployment whose new generation its controller has not seen yet says nothing new
     # about the workers. Its generation also moves on metadata changes (an annotation, the
     # controller's own revision), so judging it "not settled" then made Ready flap
-    # True -> False -> True on an unchanged pipeline (two writes; issue 7). Keep what the
+    # True -> False -> True on an unchanged pipeline (two writes; docs/scale.md). Keep what the
     # status says for this pipeline generation; the controller's next status update is a
     # Deployment event that triggers the next reconcile.
     held = None if observed else _held(current_conditions, generation)
@@ -1079,6 +1140,12 @@ def reconcile(
         deg_c = ("True", reason, "; ".join(degraded))
     else:
         deg_c = ("False", "AsExpected", "all children applied")
+    verified = verified_condition(
+        pipeline.spec.upgrade.verify,
+        pipeline.spec.suspend,
+        verification.condition,
+        get_condition(current_conditions, VERIFIED) is not None,
+    )
     conds = _set_all(
         current_conditions,
         {
@@ -1087,7 +1154,7 @@ def reconcile(
             DEGRADED: deg_c,
             MONITORING: _monitoring_condition(pipeline, caps),
             STATE_COMPATIBLE: state_c,
-            **({VERIFIED: verification.condition} if verification.condition else {}),
+            **({VERIFIED: verified} if verified is not None else {}),
         },
         stamp,
         generation,
@@ -1159,7 +1226,11 @@ def reconcile(
         ),
         pendingStateChanges=list(upgrade.changes) if upgrade.holds else None,
         snapshots=_snapshots(
-            upgrade if not verification.holds else _NO_DECISION, current_status, generation, stamp
+            upgrade if not verification.holds else _NO_DECISION,
+            current_status,
+            generation,
+            stamp,
+            taken,
         ),
         verification=verification.verification,
         lastGoodGeneration=last_good_generation,
@@ -1173,6 +1244,12 @@ def reconcile(
             "applied": tuple(out.applied),
             "deleted": tuple(out.deleted),
             "secret_names": secret_names,
-            "retry_after": report.retry_after if report is not None else None,
+            "retry_after": _sooner(
+                report.retry_after if report is not None else None, snapshot_wait
+            ),
         },
     )
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)

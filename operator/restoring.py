@@ -9,6 +9,7 @@ into the resource's status). No I/O except ``resource_snapshot``'s one GET.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -98,7 +99,9 @@ def listed_snapshots(
             "partitions": status.get("partitionCount"),
             "sizeBytes": status.get("sizeBytes"),
         }
-        kept.append({k: v for k, v in entry.items() if v is not None})
+        # In its place when already listed (the order is the order they were listed in).
+        at = next((i for i, s in enumerate(listed) if s.get("name") == name), len(kept))
+        kept.insert(at, {k: v for k, v in entry.items() if v is not None})
     return None if kept == listed else kept[-20:]
 
 
@@ -144,4 +147,66 @@ def snapshot_not_ready(
         (f"state.restoreFrom: {name}",),
         ("False", "SnapshotNotReady", message),
         ("Warning", "SnapshotNotReady", message),
+    )
+
+
+def snapshot_first(
+    decision: Decision, name: str, found: Mapping[str, Any] | None, *, workers: bool
+) -> Decision:
+    """A reset or replay (`decision`, which keeps a snapshot) once StreamPipelineSnapshot
+    `name` holds the running state (decision 0110): `decision` itself, its messages naming
+    the snapshot, when it is Ready; otherwise a hold, the workers running the previous spec
+    (which is what takes the snapshot). `found`: the resource as read (None: not yet
+    created); `workers`: some worker runs to take it (not suspended, not scaled to zero)."""
+    assert decision.snapshot is not None
+    have = decision.snapshot.split("-to-", maxsplit=1)[0]
+    if not workers:
+        # Nothing runs that could write it: the workers keep the volume snapshot when they
+        # start (as before 0110), and nothing waits for a snapshot that cannot come.
+        note = (
+            f"; no worker runs to take {SNAPSHOT_KIND} {name}, so the old state is kept in "
+            "the pipeline's own checkpoints only"
+        )
+        return _amended(decision, note)
+    status = (found or {}).get("status") or {}
+    phase = status.get("phase") or "Pending"
+    if phase == "Ready" and status.get("fingerprint") == have:
+        note = (
+            f"; and as {SNAPSHOT_KIND} {name}, restorable into this or another pipeline "
+            "with spec.state.restoreFrom"
+        )
+        return _amended(decision, note)
+    if phase in ("Ready", "Failed"):
+        why = (
+            status.get("message") or "failed"
+            if phase == "Failed"
+            else f"it holds state fingerprint {status.get('fingerprint')}, not the running {have}"
+        )
+        message = (
+            f"the {decision.action} waits: {SNAPSHOT_KIND} {name} of the running state cannot "
+            f"be used ({why}); delete it to take it again, the workers keep running the "
+            "previous spec"
+        )
+        return Decision(
+            "hold", have, decision.desired_fingerprint, decision.changes,
+            ("False", "SnapshotFailed", message), ("Warning", "SnapshotFailed", message),
+        )  # fmt: skip
+    message = (
+        f"the {decision.action} waits for {SNAPSHOT_KIND} {name} of the running state "
+        f"(fingerprint {have}) to be Ready before the workers discard it; they keep running "
+        f"the previous spec until then ({phase}: {status.get('message') or 'requested'})"
+    )
+    return Decision(
+        "hold", have, decision.desired_fingerprint, decision.changes,
+        ("False", "TakingSnapshot", message),
+    )  # fmt: skip
+
+
+def _amended(decision: Decision, note: str) -> Decision:
+    status, reason, message = decision.condition
+    event = decision.event
+    return replace(
+        decision,
+        condition=(status, reason, message + note),
+        event=(event[0], event[1], event[2] + note) if event is not None else None,
     )

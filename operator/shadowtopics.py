@@ -25,7 +25,7 @@ from confluent_kafka.admin import AdminClient
 # The same class as confluent_kafka.admin.NewTopic, whose type stub does not re-export it.
 from confluent_kafka.cimpl import NewTopic
 
-from streamherd.workers.lagprobe import ClusterConfig
+from streamherd.operator.lagprobe import ClusterConfig
 
 log = logging.getLogger(__name__)
 

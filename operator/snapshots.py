@@ -21,6 +21,7 @@ and its credentials are gone) is named in a Warning event and left.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import kopf
@@ -28,10 +29,12 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from streamherd.operator.api.snapshot import SNAPSHOT_PLURAL
+from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND, SNAPSHOT_PLURAL
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, VERSION, StreamPipeline
-from streamherd.operator.autoscaling.handlers import cluster_from_secrets
 from streamherd.operator.builders.keying import repartition_topic
+from streamherd.operator.builders.meta import PIPELINE_LABEL
+from streamherd.operator.builders.snapshot import TAKEN_BEFORE_LABEL
+from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.kube import ApiError, KubeApi
 from streamherd.operator.restoring import listed_snapshots, snapshot_status
 from streamherd.operator.validation import parse_pipeline
@@ -138,6 +141,38 @@ def delete_topic(kube: KubeApi, namespace: str, spec: Any, status: Any) -> str |
         if error.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
             raise
     return None
+
+
+def lists_state_snapshots(body: Any) -> bool:
+    """Whether deleting this pipeline must first delete the StreamPipelineSnapshots taken
+    before its resets and replays (so it gets the finalizer): its status lists one (the
+    name says: `-reset-g<n>`, `-replay-g<n>`) and the spec does not keep its state.
+    Deleting them while the pipeline is still there lets their finalizer reach the Kafka
+    cluster with the pipeline's credentials (after it, their topics would be left)."""
+    spec = body.get("spec") or {}
+    if (spec.get("state") or {}).get("retainOnDelete") is True:
+        return False
+    listed = (body.get("status") or {}).get("snapshots") or []
+    return any(
+        isinstance(s, dict) and re.search(r"-(reset|replay)-g[0-9]+$", str(s.get("name")))
+        for s in listed
+    )
+
+
+def delete_state_snapshots(kube: KubeApi, namespace: str, name: str, uid: str) -> list[str]:
+    """Delete the StreamPipelineSnapshots this pipeline owns (taken before a reset or
+    replay, decision 0110); the names of those still there (their finalizers run)."""
+    selector = f"{PIPELINE_LABEL}={name},{TAKEN_BEFORE_LABEL}"
+    found = kube.list(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, namespace, selector)
+    left = []
+    for snap in found:
+        meta = snap.get("metadata") or {}
+        if not any(r.get("uid") == uid for r in meta.get("ownerReferences") or []):
+            continue  # kept (retainOnDelete when it was taken), or someone else's
+        if not meta.get("deletionTimestamp"):
+            kube.delete(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, namespace, str(meta["name"]))
+        left.append(str(meta["name"]))
+    return left
 
 
 def _unfinished(status: Any, **_: Any) -> bool:

@@ -7,7 +7,7 @@ on the source's cluster before it applies the workers; the deletion handler
 ``spec.state.retainOnDelete``).
 
 - One confluent-kafka AdminClient per cluster (servers plus security settings, the
-  autoscaler's :class:`~streamherd.workers.lagprobe.ClusterConfig`), shared by every
+  autoscaler's :class:`~streamherd.operator.lagprobe.ClusterConfig`), shared by every
   pipeline on it; credentials come from the pipeline's Secrets through the resolver the
   operator passes in (``cluster_from_secrets``, as for the lag probe) and never reach a log
   line, a condition or an event (``ClusterConfig.describe`` leaves them out; librdkafka's
@@ -52,7 +52,7 @@ from confluent_kafka.cimpl import NewTopic
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.builders.topics import TopicSpec, all_internal_names, internal_topics
 from streamherd.operator.kafkalogging import shared_kafka_log
-from streamherd.workers.lagprobe import ClusterConfig
+from streamherd.operator.lagprobe import ClusterConfig
 
 log = logging.getLogger(__name__)
 
@@ -424,9 +424,27 @@ class InternalTopics:
         return sorted(deleted)
 
 
+#: librdkafka's ways of saying that no broker answered. Which one comes depends on timing
+#: (a refused connection or a timeout first, on a loaded machine), so the status says the
+#: same words for all of them: a message that alternated would rewrite the status, and post
+#: a write, on every attempt (the detail goes to the operator's log).
+_NO_ANSWER: Final = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._RESOLVE,
+        KafkaError.REQUEST_TIMED_OUT,
+    }
+)
+
+
 def _reason(e: KafkaException) -> str:
     error = e.args[0] if e.args else None
     if isinstance(error, KafkaError):
+        if error.code() in _NO_ANSWER:
+            log.debug("no broker answered: %s: %s", error.name(), error.str())
+            return "no broker answered (connection refused, unresolved or timed out)"
         return f"{error.name()}: {error.str()}"
     return str(e)
 

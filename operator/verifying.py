@@ -1,14 +1,15 @@
 """Verify before promote: run an edit on a shadow, compare its results, promote or hold.
 
 With ``spec.upgrade.verify.mode: shadow``, an edit that changes what the workers compute
-(the *results fingerprint*: processor steps, user function, source format) does not reach
-the workers at once. The reconciler (``streamherd.operator.reconciler``) asks :func:`gate`
-before it applies the workers' ConfigMap and Deployment, and holds them (like a refused
-state change) while a verification runs:
+(the *results fingerprint*: processor steps, user function, source format, and the worker
+image: decision 0113) does not reach the workers at once. The reconciler
+(``streamherd.operator.reconciler``) asks :func:`gate` before it applies the workers'
+ConfigMap and Deployment, and holds them (like a refused state change) while a
+verification runs:
 
 1. **start**: two shadows (operator/builders/shadow.py), the *baseline* running the live
-   WorkerConfig and image and the *candidate* the edited spec, each in its own consumer
-   group seeded with the running group's committed offsets, each writing to its own
+   WorkerConfig and image and the *candidate* the edited spec and image, each in its own
+   consumer group seeded with the running group's committed offsets, each writing to its own
    internal topic. Both start from empty state on the same records, so every difference
    between their results is the edit's: a window that opened before the start is partial
    in both, in the same way (decision 0075 says why not compare with the live output);
@@ -74,9 +75,9 @@ Step = Literal["start", "run", "end", "compare", "promote", "hold"]
 
 
 def results_description(config: WorkerConfig) -> dict[str, Any]:
-    """What decides a worker's results: the processor (steps and user function) and how the
-    source's records are decoded. Not the sink, scaling, resources or the image (an image
-    change is not verified: docs/lifecycle.md)."""
+    """What decides a worker's results as the WorkerConfig says it: the processor (steps and
+    user function) and how the source's records are decoded; not the sink, scaling or
+    resources. The image is the other half (:func:`results_fingerprint`)."""
     source = config.source.kafka
     return {
         "processor": config.processor.model_dump(mode="json", by_alias=True, exclude_none=True),
@@ -84,8 +85,12 @@ def results_description(config: WorkerConfig) -> dict[str, Any]:
     }
 
 
-def results_fingerprint(config: WorkerConfig) -> str:
-    return content_hash(results_description(config))
+def results_fingerprint(config: WorkerConfig, image: str | None = None) -> str:
+    """The fingerprint of what decides a worker's results: `config`'s results description
+    and, when given, the worker image (which may hold a user function: decision 0113)."""
+    if image is None:
+        return content_hash(results_description(config))
+    return content_hash({**results_description(config), "image": image})
 
 
 def config_of(config_map: Manifest | None) -> WorkerConfig | None:
@@ -454,19 +459,27 @@ def gate(
     deployment = next(c for c in desired if c["kind"] == "Deployment")
     meta = config_map["metadata"]
     live_cm = kube.get("v1", "ConfigMap", meta["namespace"], meta["name"])
+    # The image is verified too (decision 0113): the baseline runs the live Deployment's,
+    # the candidate the desired one's (spec.image, or the operator's default image).
+    live_image = _image(kube.get("apps/v1", "Deployment", pipeline.namespace, pipeline.name))
+    wanted_image = _image(deployment)
     if (
         live_cm is not None
         and (live_cm.get("metadata", {}).get("annotations") or {}).get(INPUT_HASH_ANNOTATION)
         == meta["annotations"][INPUT_HASH_ANNOTATION]
+        and live_image in (None, wanted_image)
     ):
         return _idle(pipeline, kube, kafka_factory, current, enabled)  # nothing changes
     running = config_of(live_cm)
     wanted = config_of(config_map)
-    baseline = results_fingerprint(running) if running is not None else None
-    candidate = results_fingerprint(wanted) if wanted is not None else None
-    if running is None or baseline == candidate:
+    if running is None or wanted is None or live_image is None:
+        # Nothing known to run (a new pipeline, or one whose workers are gone): no baseline.
         return _idle(pipeline, kube, kafka_factory, current, enabled)
-    assert verify is not None and wanted is not None and baseline and candidate
+    baseline = results_fingerprint(running, live_image)
+    candidate = results_fingerprint(wanted, wanted_image)
+    if baseline == candidate:
+        return _idle(pipeline, kube, kafka_factory, current, enabled)
+    assert verify is not None
     edit = _Edit(pipeline, kube, verify, baseline, candidate, running, wanted, deployment)
     step = next_step(current, baseline, candidate, verify, now)
     if step == "promote":
@@ -481,7 +494,7 @@ def gate(
     if step == "run":
         assert current is not None
         _apply_shadows(edit, current.run)
-        return _running(current, verify, now)
+        return _running(current, verify, now, _what_changes(edit))
     try:
         with _connected(pipeline, kafka_factory) as kafka:
             if step == "start":
@@ -501,6 +514,38 @@ def gate(
         log.warning("%s/%s: %s", pipeline.namespace, pipeline.name, message)
         reason = "CannotVerify" if kafka_factory is None else "KafkaError"
         return Gate(True, _status(current) if current else None, ("Unknown", reason, message))
+
+
+def _what_changes(edit: _Edit) -> str:
+    """What the edit under verification changes: the processing, the image, or both."""
+    live = _image(edit.kube.get("apps/v1", "Deployment", edit.pipeline.namespace,
+                                edit.pipeline.name))  # fmt: skip
+    wanted = _image(edit.deployment)
+    parts = []
+    if results_fingerprint(edit.running) != results_fingerprint(edit.wanted):
+        parts.append("the processing")
+    if live != wanted:
+        parts.append(f"the image {live} -> {wanted}")
+    return " and ".join(parts) or "the processing"
+
+
+def verified_condition(
+    verify: Verify | None, suspended: bool, decided: ConditionValue | None, present: bool
+) -> ConditionValue | None:
+    """The Verified condition to write (None: leave it as it is): `decided` (the gate's) when
+    it decided one; `VerificationOff` when spec.upgrade.verify is not set (or mode none)
+    and a Verified condition is `present` from earlier, so that an old verdict does not
+    linger as if it were about the running spec. A suspended pipeline keeps what it had."""
+    if decided is not None:
+        return decided
+    off = verify is None or verify.mode != "shadow"
+    if off and present and not suspended:
+        return (
+            "False",
+            "VerificationOff",
+            "spec.upgrade.verify is not set: edits roll without a shadow verification",
+        )
+    return None
 
 
 def _image(deployment: Manifest | None) -> str | None:
@@ -561,8 +606,8 @@ def _start(
         kafka.commit(shadow_group(group, run, role), offsets)
     _apply_shadows(edit, run)
     message = (
-        f"verifying the edit on shadows for {verify.duration} (results {baseline} -> "
-        f"{candidate}); the workers keep running the previous spec until then"
+        f"verifying the edit ({_what_changes(edit)}) on shadows for {verify.duration} (results "
+        f"{baseline} -> {candidate}); the workers keep running the previous spec until then"
     )
     state = VerificationStatus(
         phase="Running", run=run, generation=generation, baseline=baseline,
@@ -574,13 +619,14 @@ def _start(
     )  # fmt: skip
 
 
-def _running(current: VerificationStatus, verify: Verify, now: datetime) -> Gate:
+def _running(current: VerificationStatus, verify: Verify, now: datetime, what: str) -> Gate:
     started = _parse_time(current.started_at)
     assert started is not None
     left = started + timedelta(seconds=parse_duration(verify.duration)) - now
     message = (
-        f"shadows running since {current.started_at}, {max(0, round(left.total_seconds()))}s "
-        f"left; the workers keep running the previous spec until the verdict"
+        f"verifying the edit ({what}): shadows running since {current.started_at}, "
+        f"{max(0, round(left.total_seconds()))}s left; the workers keep running the previous "
+        "spec until the verdict"
     )
     current = current.model_copy(update={"message": message})
     return Gate(True, _status(current), ("Unknown", "Verifying", message))

@@ -65,6 +65,25 @@ def case(id: str, base: dict[str, Any], field: str, *edits: tuple[str, Any]) -> 
     return Case(id, doc, field)
 
 
+def _postgres_exactly_once() -> dict[str, Any]:
+    """KAFKA into PostgreSQL with delivery exactlyOnce, valid: no dead-letter topic, the
+    input keyed by the window's key and no repartition (decision 0105)."""
+    doc = copy.deepcopy(KAFKA)
+    del doc["spec"]["deadLetter"]
+    doc["spec"]["delivery"] = "exactlyOnce"
+    doc["spec"]["source"]["kafka"]["keyedBy"] = "page"
+    doc["spec"]["processor"]["steps"][1]["window"]["repartition"] = "never"
+    doc["spec"]["sink"] = {
+        "postgres": {
+            "table": "analytics.clicks_per_minute",
+            "createTable": True,
+            "connection": {"secretName": "analytics-db", "dsnKey": "uri"},
+        }
+    }
+    return doc
+
+
+PG_EOS = _postgres_exactly_once()
 W = "spec.processor.steps[1].window"  # the window step of KAFKA
 LW = "spec.processor.steps[2].window"  # the window step of LOCAL
 SECRET = {"secretName": "creds", "mountPath": "/var/run/creds"}
@@ -130,6 +149,15 @@ BOTH: list[Case] = [
     case("sink and dead letter on one named cluster and topic", KAFKA, "spec.deadLetter.topic",
          ("spec.deadLetter", {"topic": "out", "bootstrapServers": "kafka-bootstrap.kafka:9092"}),
          ("spec.sink.kafka.topic", "out")),
+    # exactly-once: what one transaction cannot hold
+    case("exactly-once into stdout", KAFKA, "spec.delivery",
+         ("spec.delivery", "exactlyOnce"), ("spec.sink", {"stdout": {}})),
+    case("exactly-once into PostgreSQL with a dead-letter topic", PG_EOS, "spec.deadLetter",
+         ("spec.deadLetter", {"topic": "clicks-dlq"})),
+    case("exactly-once into PostgreSQL with state in a changelog", PG_EOS,
+         "spec.checkpoint.backend", ("spec.checkpoint.backend", "kafka")),
+    case("exactly-once into PostgreSQL through a repartition topic", PG_EOS,
+         "spec.processor.steps", (f"{W}.repartition", "auto")),
     # durations
     case("checkpoint interval 1h1h", KAFKA, "spec.checkpoint.interval",
          ("spec.checkpoint.interval", "1h1h")),

@@ -18,9 +18,15 @@ checkpoint is several records, none of which grows with the key count:
 - snapshots kept before a reset or replay: the same records under
   ``[topic, partition, "s", name, ...]``.
 
-Only what changed since the last checkpoint is written (the backend remembers the bytes of
-every record it read or wrote for the partitions it owns), so compaction, which keeps the
-latest value per key and drops tombstones, leaves exactly the last checkpoint.
+Only what changed since the last checkpoint is written, so compaction, which keeps the
+latest value per key and drops tombstones, leaves exactly the last checkpoint. An incremental
+checkpoint (``Checkpoint.changes``: the engine tracks which windows changed, decision 0095)
+is written as it is: one record per changed window, a tombstone per closed one, and the
+checkpoint record; nothing else is encoded or compared, so its cost follows the changes. A
+full checkpoint (after a reset, or the first after a snapshot restore) is compared with the
+committed records, which the backend keeps (the bytes of every record it read or wrote for
+the partitions it owns, updated by each checkpoint's changes), and only the differences are
+written.
 
 Atomicity: every checkpoint is written inside a Kafka transaction and read back
 ``read_committed``, so a reader sees all of a checkpoint's records or none, and state never
@@ -37,7 +43,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import orjson
@@ -117,6 +123,8 @@ def owner(key: bytes) -> tuple[str, int] | None:
 
 def encode(checkpoint: Checkpoint) -> Records:
     """The records of one checkpoint (its open windows and its checkpoint record)."""
+    if checkpoint.changes is not None:
+        raise ValueError("an incremental checkpoint is a delta: see incremental()")
     t, p = checkpoint.topic, checkpoint.partition
     state = checkpoint.state
     records: Records = {}
@@ -185,10 +193,29 @@ def live(records: Mapping[bytes, bytes]) -> Records:
     return {k: v for k, v in records.items() if _loads(k)[2] != SNAPSHOT}
 
 
+def incremental(checkpoint: Checkpoint) -> Delta:
+    """The records of an incremental checkpoint (``changes``): each changed window's, a
+    tombstone for each closed one, and the checkpoint record."""
+    assert checkpoint.changes is not None
+    t, p = checkpoint.topic, checkpoint.partition
+    out: Delta = {
+        record_key(t, p, WINDOW, key, start): None if acc is None else _dumps(acc)
+        for key, start, acc in checkpoint.changes
+    }
+    head = encode(
+        replace(checkpoint, state={**(checkpoint.state or {}), "windows": []}, changes=None)
+    )
+    out.update(head)
+    return out
+
+
 def delta(before: Mapping[bytes, bytes], checkpoint: Checkpoint) -> Delta:
     """What to write so that the live records become ``checkpoint``'s: the changed and new
     records, and a tombstone for each record it no longer has (a closed window). The
-    checkpoint record is always written (its time and offset move)."""
+    checkpoint record is always written (its time and offset move). An incremental
+    checkpoint ignores ``before``: its changes are the delta."""
+    if checkpoint.changes is not None:
+        return incremental(checkpoint)
     now = encode(checkpoint)
     out: Delta = {k: v for k, v in now.items() if before.get(k) != v}
     # Snapshot records stay: told apart by their kind right after (topic, partition).
@@ -257,7 +284,9 @@ class ChangelogBackend:
         self._reader: Consumer | None = None
         self._probe: Consumer | None = None
         self._partitions = 0
-        # The committed records of every partition this worker owns, as read or written.
+        # The committed records of every partition this worker owns, as read or written: a
+        # full checkpoint is compared with them without reading the topic again (a read
+        # waits for every open transaction on the changelog partition to be decided).
         self._committed: dict[tuple[str, int], Records] = {}
         # Exactly-once: what the open transaction writes, applied when it commits.
         self._staged: dict[tuple[str, int], Delta] = {}
@@ -441,6 +470,12 @@ class ChangelogBackend:
 
     # ------------------------------------------------------------------ writing
 
+    def _apply(self, tp: tuple[str, int], changes: Delta) -> None:
+        """Committed: into the records at hand (if any: else they are read when needed)."""
+        records = self._committed.get(tp)
+        if records is not None:
+            apply(records, changes.items())
+
     def _produce(self, producer: Producer, partition: int, changes: Delta) -> None:
         for key, value in changes.items():
             while True:
@@ -465,13 +500,17 @@ class ChangelogBackend:
                 producer.abort_transaction(30)
             raise
         for tp, changes in deltas.items():
-            apply(self._committed.setdefault(tp, {}), changes.items())
+            self._apply(tp, changes)
 
     def _deltas(self, checkpoints: list[Checkpoint]) -> dict[tuple[str, int], Delta]:
-        return {
-            (c.topic, c.partition): delta(self._records(c.topic, c.partition), c)
-            for c in checkpoints
-        }
+        out: dict[tuple[str, int], Delta] = {}
+        for c in checkpoints:
+            tp = (c.topic, c.partition)
+            if c.changes is not None:
+                out[tp] = incremental(c)
+            else:
+                out[tp] = delta(self._records(c.topic, c.partition), c)
+        return out
 
     def save(self, checkpoints: list[Checkpoint]) -> None:
         if checkpoints:
@@ -490,7 +529,7 @@ class ChangelogBackend:
         for tp in partitions:
             changes = self._staged.pop(tp, None)
             if changes is not None:
-                apply(self._committed.setdefault(tp, {}), changes.items())
+                self._apply(tp, changes)
 
     def discard_pending(self, topic: str, partition: int) -> None:
         self._staged.pop((topic, partition), None)

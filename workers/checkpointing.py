@@ -13,6 +13,20 @@ A state orjson cannot write (an integer beyond 64 bits, e.g. a large ``sum``) is
 the stdlib ``json`` instead, and the envelope says so (``"encoding": "json"``): orjson would
 read such an integer back as a float, the stdlib reads it back exactly.
 
+Incremental checkpoints (decision 0095). A state with windows is written as format v2: the
+``.ckpt`` file (the *head*) holds everything but the windows plus the list of its
+*segments*, immutable files under ``<directory>/<topic>/<partition>.seg/``: one *base* (every
+window) and then *deltas* (the windows changed since the checkpoint before: the new
+accumulator, or null for a window that closed). A checkpoint made of the changes alone
+(``Checkpoint.changes``) writes one delta segment (fsync, rename, fsync of its directory) and
+then replaces the head atomically as before: the head is the commit point, so a crash before
+it leaves the old checkpoint whole and the new segment an orphan, deleted later. When the
+deltas outgrow ``COMPACT_RATIO`` of the base (or ``MAX_DELTAS``), the store folds base and
+deltas into a new base instead, so a restore reads at most about 1.5 times the live state.
+Stateless checkpoints, and every file format v1 wrote (state inline), are still read; v1 is
+still written for a state without windows. A worker of an older version refuses a v2 file
+(unknown format): a downgrade needs the state reset or the v1 files kept.
+
 Each file also records the state fingerprint it was written under (``fingerprint`` and its
 description ``stateShape``, from ``streamherd.workers.fingerprint``), so the engine can refuse
 state written for another window or aggregate list, and, for a Kafka source, the consumer
@@ -24,16 +38,27 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 import zlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
 FORMAT: Final = "streamherd.io/checkpoint/v1"
+#: A head whose windows live in segment files (see the module docstring).
+FORMAT_V2: Final = "streamherd.io/checkpoint/v2"
+SEGMENT_FORMAT: Final = "streamherd.io/checkpoint-segment/v1"
+#: Fold the deltas into a new base once their bytes exceed this fraction of the base's (and
+#: MIN_COMPACT_BYTES): rewriting the base costs O(state) once per ~ratio*base bytes of
+#: changes, so amortized the cost of a checkpoint stays proportional to its changes.
+COMPACT_RATIO: Final = 0.5
+MIN_COMPACT_BYTES: Final = 1 << 20
+#: At most this many deltas on a base (bounds the files a restore opens).
+MAX_DELTAS: Final = 64
 #: Where kept copies of checkpoints go, under the checkpoint directory: '@' is not allowed in
 #: a Kafka topic name, so no topic's folder can ever be this one.
 SNAPSHOTS: Final = "@snapshots"
@@ -69,9 +94,45 @@ class Checkpoint:
     # The snapshot this partition's state was restored from (carried by every later
     # checkpoint, so a restart does not restore it again); None if never restored.
     restored_from: str | None = None
+    # An incremental checkpoint: ``state`` holds everything but its "windows", and this the
+    # windows changed since the backend's committed checkpoint of the partition, each
+    # ``[key, start, accumulator]`` or ``[key, start, None]`` (closed: deleted). None: a full
+    # checkpoint (``state`` whole). Backends always load full checkpoints.
+    changes: Sequence[Sequence[Any]] | None = field(default=None, compare=False)
 
 
-def encode(checkpoint: Checkpoint) -> bytes:
+def _envelope(fmt: str, doc: Mapping[str, Any]) -> bytes:
+    """``doc`` as JSON after a header line with its format, length and CRC32."""
+    envelope: dict[str, Any] = {"format": fmt}
+    try:
+        body = orjson.dumps(doc)
+    except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits; rare, so slower
+        body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        envelope["encoding"] = STDLIB
+    header = orjson.dumps({**envelope, "crc32": zlib.crc32(body), "length": len(body)})
+    return header + b"\n" + body + b"\n"
+
+
+def _open_envelope(data: bytes, formats: Iterable[str]) -> tuple[str, Any]:
+    """(format, document) of an envelope; CheckpointError when torn, corrupted or unknown."""
+    try:
+        header_line, body_and_rest = data.split(b"\n", 1)
+        header = orjson.loads(header_line)
+        body = body_and_rest[: header["length"]]
+        fmt = header.get("format")
+        if fmt not in formats:
+            raise CheckpointError(f"unknown checkpoint format {fmt!r}")
+        if len(body) != header["length"] or zlib.crc32(body) != header["crc32"]:
+            raise CheckpointError("checkpoint checksum mismatch (torn or corrupted file)")
+        doc = json.loads(body) if header.get("encoding") == STDLIB else orjson.loads(body)
+        return str(fmt), doc
+    except CheckpointError:
+        raise
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"unreadable checkpoint: {error}") from None
+
+
+def _document(checkpoint: Checkpoint) -> dict[str, Any]:
     doc = {
         "topic": checkpoint.topic,
         "partition": checkpoint.partition,
@@ -90,44 +151,114 @@ def encode(checkpoint: Checkpoint) -> bytes:
         doc["committed"] = checkpoint.committed
     if checkpoint.restored_from is not None:
         doc["restoredFrom"] = checkpoint.restored_from
-    envelope: dict[str, Any] = {"format": FORMAT}
+    return doc
+
+
+def encode(checkpoint: Checkpoint) -> bytes:
+    """A full checkpoint as one v1 file (state inline)."""
+    if checkpoint.changes is not None:
+        raise ValueError("an incremental checkpoint has no single-file form")
+    return _envelope(FORMAT, _document(checkpoint))
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment file a v2 head lists: its name under ``<partition>.seg/`` and size."""
+
+    name: str
+    size: int
+    base: bool
+
+
+def _checkpoint_of(doc: Mapping[str, Any]) -> Checkpoint:
+    return Checkpoint(
+        topic=doc["topic"],
+        partition=int(doc["partition"]),
+        next_offset=int(doc["nextOffset"]),
+        state=doc.get("state"),
+        pipeline=doc.get("pipeline", ""),
+        written_at=float(doc.get("writtenAt", 0.0)),
+        generation=str(doc.get("generation", "")),
+        fingerprint=doc.get("fingerprint"),
+        state_shape=doc.get("stateShape"),
+        group=doc.get("group"),
+        committed=doc.get("committed"),
+        restored_from=doc.get("restoredFrom"),
+    )
+
+
+def decode_head(data: bytes) -> tuple[Checkpoint, list[Segment] | None]:
+    """A checkpoint file: the checkpoint (of a v2 head: its state without the windows) and
+    the head's segments (None for a v1 file, whose state is whole)."""
+    fmt, doc = _open_envelope(data, (FORMAT, FORMAT_V2))
     try:
-        body = orjson.dumps(doc)
-    except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits; rare, so slower
-        body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
-        envelope["encoding"] = STDLIB
-    header = orjson.dumps({**envelope, "crc32": zlib.crc32(body), "length": len(body)})
-    return header + b"\n" + body + b"\n"
+        checkpoint = _checkpoint_of(doc)
+        if fmt == FORMAT:
+            return checkpoint, None
+        segments = [
+            Segment(str(s["name"]), int(s["size"]), bool(s["base"])) for s in doc["segments"]
+        ]
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"unreadable checkpoint: {error}") from None
+    if not segments or not segments[0].base or any(s.base for s in segments[1:]):
+        raise CheckpointError("checkpoint head lists no base segment first")
+    return checkpoint, segments
 
 
 def decode(data: bytes) -> Checkpoint:
+    """A checkpoint file's checkpoint; a v2 head's state is without its windows (they are in
+    its segments: :meth:`CheckpointStore.load` reads them)."""
+    return decode_head(data)[0]
+
+
+def encode_head(checkpoint: Checkpoint, segments: Sequence[Segment]) -> bytes:
+    """A v2 head: the checkpoint without its windows, and the segments that hold them."""
+    doc = _document(checkpoint)
+    doc["state"] = {k: v for k, v in (checkpoint.state or {}).items() if k != "windows"}
+    doc["segments"] = [{"name": s.name, "size": s.size, "base": s.base} for s in segments]
+    return _envelope(FORMAT_V2, doc)
+
+
+def encode_segment(topic: str, partition: int, base: bool, windows: Iterable[Any]) -> bytes:
+    """A segment: ``[key, start, accumulator]`` per window (a delta's may be null: deleted)."""
+    doc = {"topic": topic, "partition": partition, "base": base, "windows": list(windows)}
+    return _envelope(SEGMENT_FORMAT, doc)
+
+
+def decode_segment(data: bytes, topic: str, partition: int) -> tuple[bool, list[Any]]:
+    """(is a base, its windows) of a segment of (topic, partition)."""
+    _, doc = _open_envelope(data, (SEGMENT_FORMAT,))
     try:
-        header_line, body_and_rest = data.split(b"\n", 1)
-        header = orjson.loads(header_line)
-        body = body_and_rest[: header["length"]]
-        if header.get("format") != FORMAT:
-            raise CheckpointError(f"unknown checkpoint format {header.get('format')!r}")
-        if len(body) != header["length"] or zlib.crc32(body) != header["crc32"]:
-            raise CheckpointError("checkpoint checksum mismatch (torn or corrupted file)")
-        doc = json.loads(body) if header.get("encoding") == STDLIB else orjson.loads(body)
-        return Checkpoint(
-            topic=doc["topic"],
-            partition=int(doc["partition"]),
-            next_offset=int(doc["nextOffset"]),
-            state=doc.get("state"),
-            pipeline=doc.get("pipeline", ""),
-            written_at=float(doc.get("writtenAt", 0.0)),
-            generation=str(doc.get("generation", "")),
-            fingerprint=doc.get("fingerprint"),
-            state_shape=doc.get("stateShape"),
-            group=doc.get("group"),
-            committed=doc.get("committed"),
-            restored_from=doc.get("restoredFrom"),
-        )
-    except CheckpointError:
-        raise
-    except (ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"unreadable checkpoint: {error}") from None
+        if doc["topic"] != topic or doc["partition"] != partition:
+            raise CheckpointError(
+                f"segment of {doc['topic']}[{doc['partition']}] found for {topic}[{partition}]"
+            )
+        return bool(doc["base"]), list(doc["windows"])
+    except (KeyError, TypeError) as error:
+        raise CheckpointError(f"unreadable checkpoint segment: {error}") from None
+
+
+def window_id(key: Any, start: Any) -> bytes:
+    """The identity of a window in state form (its key as JSON, sorted, and its start)."""
+    try:
+        return orjson.dumps([key, start], option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # an integer beyond 64 bits outside values.encode_value's forms
+        return b" " + json.dumps([key, start], sort_keys=True, separators=(",", ":")).encode()
+
+
+def fold_windows(
+    windows: dict[bytes, list[Any]], changes: Iterable[Sequence[Any]]
+) -> dict[bytes, list[Any]]:
+    """Apply window changes (``[key, start, accumulator or None]``) to ``windows`` (window
+    id -> ``[key, start, accumulator]``) in order: the latest value wins, None deletes."""
+    for change in changes:
+        key, start, acc = change[0], change[1], change[2]
+        wid = window_id(key, start)
+        if acc is None:
+            windows.pop(wid, None)
+        else:
+            windows[wid] = [key, start, acc]
+    return windows
 
 
 def _fsync_dir(path: Path) -> None:
@@ -139,44 +270,174 @@ def _fsync_dir(path: Path) -> None:
 
 
 class CheckpointStore:
-    """Reads and atomically writes checkpoint files under one directory."""
+    """Reads and atomically writes checkpoint files under one directory.
 
-    def __init__(self, directory: str | Path) -> None:
+    ``compact_ratio``, ``min_compact_bytes``, ``max_deltas``: when deltas are folded into a
+    new base (the module's constants; tests make them small)."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        compact_ratio: float = COMPACT_RATIO,
+        min_compact_bytes: int = MIN_COMPACT_BYTES,
+        max_deltas: int = MAX_DELTAS,
+    ) -> None:
         self.directory = Path(directory)
+        self.compact_ratio = compact_ratio
+        self.min_compact_bytes = min_compact_bytes
+        self.max_deltas = max_deltas
 
     def path(self, topic: str, partition: int, *, pending: bool = False) -> Path:
         return self.directory / topic / f"{partition}{'.pending' if pending else ''}.ckpt"
 
-    def load(self, topic: str, partition: int, *, pending: bool = False) -> Checkpoint | None:
+    def segments_dir(self, topic: str, partition: int) -> Path:
+        return self.directory / topic / f"{partition}.seg"
+
+    # ------------------------------------------------------------------ reading
+
+    def _head(
+        self, topic: str, partition: int, *, pending: bool = False
+    ) -> tuple[Checkpoint, list[Segment] | None] | None:
         path = self.path(topic, partition, pending=pending)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
-        checkpoint = decode(data)
+        checkpoint, segments = decode_head(data)
         if checkpoint.topic != topic or checkpoint.partition != partition:
             raise CheckpointError(f"{path} holds {checkpoint.topic}[{checkpoint.partition}]")
-        return checkpoint
+        return checkpoint, segments
+
+    def _windows(
+        self, topic: str, partition: int, segments: Sequence[Segment]
+    ) -> dict[bytes, list[Any]]:
+        """The windows a head's segments hold (base, then each delta in order)."""
+        windows: dict[bytes, list[Any]] = {}
+        directory = self.segments_dir(topic, partition)
+        for segment in segments:
+            try:
+                data = (directory / segment.name).read_bytes()
+            except FileNotFoundError:
+                raise CheckpointError(
+                    f"checkpoint of {topic}[{partition}] lists a missing segment {segment.name}"
+                ) from None
+            if len(data) != segment.size:
+                raise CheckpointError(f"segment {segment.name} of {topic}[{partition}]: size")
+            base, changes = decode_segment(data, topic, partition)
+            if base != segment.base:
+                raise CheckpointError(f"segment {segment.name} of {topic}[{partition}]: kind")
+            fold_windows(windows, changes)
+        return windows
+
+    def load(self, topic: str, partition: int, *, pending: bool = False) -> Checkpoint | None:
+        """The partition's checkpoint, whole (a v2 head's windows read from its segments)."""
+        found = self._head(topic, partition, pending=pending)
+        if found is None:
+            return None
+        checkpoint, segments = found
+        if segments is None:
+            return checkpoint
+        windows = self._windows(topic, partition, segments)
+        return replace(
+            checkpoint, state={**(checkpoint.state or {}), "windows": [*windows.values()]}
+        )
+
+    # ------------------------------------------------------------------ writing
+
+    def _write(self, target: Path, data: bytes) -> None:
+        """Write ``data`` to ``target`` through a temp file, fsynced, renamed (atomic)."""
+        temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        with temp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        # rename is atomic on POSIX: readers see the old file or the new one, never half.
+        temp.replace(target)
+
+    def _segment(self, topic: str, partition: int, base: bool, windows: Iterable[Any]) -> Segment:
+        """Write one segment file, durable (its directory fsynced) when this returns."""
+        directory = self.segments_dir(topic, partition)
+        directory.mkdir(parents=True, exist_ok=True)
+        # A new name every time: never the name of a segment some head may list.
+        name = f"{time.time_ns():020d}-{secrets.token_hex(4)}.{'base' if base else 'delta'}"
+        data = encode_segment(topic, partition, base, windows)
+        self._write(directory / name, data)
+        _fsync_dir(directory)
+        return Segment(name, len(data), base)
+
+    def _encode(self, checkpoint: Checkpoint) -> bytes:
+        """The head (or v1 file) of one checkpoint, its segments written first."""
+        t, p = checkpoint.topic, checkpoint.partition
+        state = checkpoint.state
+        if checkpoint.changes is None:
+            if state is None or state.get("windows") is None:
+                return encode(checkpoint)  # no windows: one v1 file, as ever
+            base = self._segment(t, p, True, state["windows"])
+            return encode_head(checkpoint, [base])
+        # Incremental: on top of the committed checkpoint, whatever the engine's base is.
+        found = self._head(t, p)
+        if found is None:
+            raise CheckpointError(
+                f"incremental checkpoint of {t}[{p}] without a committed one to build on"
+            )
+        committed, segments = found
+        deltas = segments[1:] if segments is not None else []
+        delta_bytes = sum(s.size for s in deltas)
+        base_bytes = segments[0].size if segments is not None else 0
+        changes = list(checkpoint.changes)
+        if segments is not None and not changes:
+            return encode_head(checkpoint, segments)  # nothing changed: no new segment
+        if (
+            segments is not None
+            and len(deltas) < self.max_deltas
+            and delta_bytes <= max(self.compact_ratio * base_bytes, self.min_compact_bytes)
+        ):
+            return encode_head(checkpoint, [*segments, self._segment(t, p, False, changes)])
+        # Compact: base and deltas folded into a new base (a v1 file's inline windows too).
+        if segments is None:
+            windows: dict[bytes, list[Any]] = {}
+            fold_windows(windows, (committed.state or {}).get("windows") or ())
+        else:
+            windows = self._windows(t, p, segments)
+        fold_windows(windows, changes)
+        return encode_head(checkpoint, [self._segment(t, p, True, windows.values())])
 
     def save(self, checkpoints: list[Checkpoint], *, pending: bool = False) -> None:
         """Write each checkpoint atomically; durable (directory fsynced) when this returns.
 
         ``pending``: the exactly-once mode's checkpoint of a transaction not yet committed,
-        beside the last committed one; :meth:`promote` makes it the committed one."""
+        beside the last committed one; :meth:`promote` makes it the committed one. An
+        incremental checkpoint (``changes``) builds on the committed one in both cases."""
         dirs: set[Path] = set()
         for checkpoint in checkpoints:
             target = self.path(checkpoint.topic, checkpoint.partition, pending=pending)
             target.parent.mkdir(parents=True, exist_ok=True)
-            temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            with temp.open("wb") as handle:
-                handle.write(encode(checkpoint))
-                handle.flush()
-                os.fsync(handle.fileno())
-            # rename is atomic on POSIX: readers see the old file or the new one, never half.
-            temp.replace(target)
+            self._write(target, self._encode(checkpoint))
             dirs.add(target.parent)
         for directory in dirs:
             _fsync_dir(directory)
+        if not pending:
+            for checkpoint in checkpoints:
+                self._collect(checkpoint.topic, checkpoint.partition)
+
+    def _collect(self, topic: str, partition: int) -> None:
+        """Delete the segment files neither the committed nor a pending head lists (those a
+        compaction replaced, those of an aborted or crashed checkpoint). Only after the new
+        head is durable, so a crash never leaves a head without its segments."""
+        directory = self.segments_dir(topic, partition)
+        if not directory.is_dir():
+            return
+        listed: set[str] = set()
+        for pending in (False, True):
+            found = self._head(topic, partition, pending=pending)
+            if found is not None and found[1] is not None:
+                listed.update(s.name for s in found[1])
+        for entry in directory.iterdir():
+            # Temp files: only our own (another process may be writing its own right now).
+            stale_temp = entry.name.endswith(f".{os.getpid()}.tmp")
+            if (not entry.name.startswith(".") and entry.name not in listed) or stale_temp:
+                entry.unlink(missing_ok=True)
 
     def promote(self, partitions: list[tuple[str, int]]) -> None:
         """The pending checkpoints of these partitions become the committed ones (atomic
@@ -188,40 +449,47 @@ class CheckpointStore:
             dirs.add(pending.parent)
         for directory in dirs:
             _fsync_dir(directory)
+        for topic, partition in partitions:
+            self._collect(topic, partition)
 
     def discard_pending(self, topic: str, partition: int) -> None:
         self.path(topic, partition, pending=True).unlink(missing_ok=True)
 
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot_store(self, name: str) -> CheckpointStore:
+        """The store of snapshot ``name``: the same layout, under ``@snapshots/<name>``."""
+        return CheckpointStore(self.directory / SNAPSHOTS / name)
+
     def snapshot_path(self, name: str, topic: str, partition: int) -> Path:
-        return self.directory / SNAPSHOTS / name / topic / f"{partition}.ckpt"
+        return self.snapshot_store(name).path(topic, partition)
 
     def load_snapshot(self, name: str, topic: str, partition: int) -> Checkpoint | None:
         """A partition's checkpoint as kept in snapshot `name`; None if it holds none."""
-        path = self.snapshot_path(name, topic, partition)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        checkpoint = decode(data)
-        if checkpoint.topic != topic or checkpoint.partition != partition:
-            raise CheckpointError(f"{path} holds {checkpoint.topic}[{checkpoint.partition}]")
-        return checkpoint
+        return self.snapshot_store(name).load(topic, partition)
 
     def keep(self, name: str, topic: str, partition: int) -> Path | None:
-        """Copy the partition's checkpoint file, byte for byte, into snapshot `name`
-        (atomically, durable when this returns); its path, or None when there is no file.
-        The engine keeps a checkpoint this way before it discards its state on purpose."""
+        """Copy the partition's checkpoint file and its segments, byte for byte, into
+        snapshot `name` (the segments first, the file last, each atomically; durable when
+        this returns); its path, or None when there is no file. The engine keeps a
+        checkpoint this way before it discards its state on purpose."""
         try:
             data = self.path(topic, partition).read_bytes()
         except FileNotFoundError:
             return None
-        target = self.snapshot_path(name, topic, partition)
+        _, segments = decode_head(data)
+        kept = self.snapshot_store(name)
+        if segments is not None:
+            source, target_dir = (
+                self.segments_dir(topic, partition),
+                kept.segments_dir(topic, partition),
+            )
+            target_dir.mkdir(parents=True, exist_ok=True)
+            for segment in segments:
+                self._write(target_dir / segment.name, (source / segment.name).read_bytes())
+            _fsync_dir(target_dir)
+        target = kept.path(topic, partition)
         target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        with temp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temp.replace(target)
+        self._write(target, data)
         _fsync_dir(target.parent)
         return target

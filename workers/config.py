@@ -477,7 +477,7 @@ class StdoutSinkConfig(Model):
     format: Literal["json"] = Field(default="json", description="Output format.")
 
 
-# --- PostgreSQL sink (issue 6; the sink itself is workers/sinks_postgres.py) ---------------
+# --- PostgreSQL sink (the sink itself is workers/sinks_postgres.py) ------------------------
 
 SQL_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 SQL_TABLE = r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"
@@ -546,7 +546,7 @@ class SinkConfig(Model):
 
     kafka: KafkaSinkConfig | None = Field(default=None, description="A Kafka topic sink.")
     stdout: StdoutSinkConfig | None = Field(default=None, description="Standard output sink.")
-    postgres: PostgresSinkConfig | None = Field(  # issue 6: PostgreSQL sink
+    postgres: PostgresSinkConfig | None = Field(  # the PostgreSQL sink
         default=None, description="A PostgreSQL table (upserts)."
     )
 
@@ -704,7 +704,8 @@ class WorkerConfig(Model):
         description=(
             "atLeastOnce: outputs are flushed before each checkpoint (deterministic keys make "
             "a replay overwrite); exactlyOnce: outputs, dead letters, repartition records and "
-            "input offsets are committed in one Kafka transaction per checkpoint."
+            "input offsets are committed in one Kafka transaction per checkpoint (a "
+            "PostgreSQL sink: results and input offsets in one database transaction)."
         ),
     )
 
@@ -725,14 +726,33 @@ class WorkerConfig(Model):
 
 
 def exactly_once_problem(config: WorkerConfig) -> str | None:
-    """Why this pipeline cannot be exactly-once, or None: one Kafka transaction must hold
-    every output, so the source, the sink and the dead-letter topic share one cluster."""
+    """Why this pipeline cannot be exactly-once, or None: one transaction must hold every
+    output and the input offsets. A Kafka sink: one Kafka transaction, so the source, the
+    sink and the dead-letter topic share one cluster. A PostgreSQL sink: the database's
+    transaction (workers/sinks_postgres_offsets.py), so nothing may go to Kafka besides it
+    (no dead-letter topic, no repartition topic) and the state stays in checkpoint files
+    (a changelog's records are Kafka's) — the spec's rules say the same
+    (operator/api/v1alpha1.py exactly_once_spec_problem)."""
     source = config.source.kafka
     if source is None:
         return "needs a Kafka source (its offsets are committed in the transaction)"
+    if config.sink.postgres is not None:
+        if config.dead_letter is not None:
+            return (
+                "with a PostgreSQL sink there can be no dead-letter topic (the database's "
+                "transaction cannot hold Kafka records)"
+            )
+        if config.repartition is not None:
+            return "with a PostgreSQL sink the window cannot repartition (a Kafka topic)"
+        if config.checkpoint.changelog is not None:
+            return (
+                "with a PostgreSQL sink the state must be in checkpoint files, not a "
+                "changelog topic (the database's transaction cannot hold Kafka records)"
+            )
+        return None
     sink = config.sink.kafka
     if sink is None:
-        return "needs a Kafka sink (a PostgreSQL or stdout sink is not transactional here)"
+        return "needs a Kafka or PostgreSQL sink (a stdout sink is not transactional)"
     endpoint = (source.bootstrap_servers, source.security)
     if (sink.bootstrap_servers, sink.security) != endpoint:
         return "the sink must be on the source's Kafka cluster (one transaction)"

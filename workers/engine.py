@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     OFFSET_INVALID,
     KafkaError,
     KafkaException,
@@ -42,7 +43,7 @@ from streamherd.workers.config import StateConfig, WorkerConfig
 from streamherd.workers.fingerprint import changed_fields, config_fingerprint, snapshot_name
 from streamherd.workers.fusing import fuse
 from streamherd.workers.kafkaclients import client_config
-from streamherd.workers.lagprobe import StartFrom, partition_lag
+from streamherd.workers.lag import StartFrom, partition_lag
 from streamherd.workers.limits import ensure_recursion_headroom
 from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics
@@ -175,6 +176,10 @@ class PartitionState:
     written_committed: int | None = None
     # The snapshot its state came from (WorkerConfig.state.restoreFrom), carried on.
     restored_from: str | None = None
+    # Assigned with nothing to start from (no checkpoint, no committed offset): the offset
+    # of the first record this worker read from it. An aborted transaction rewinds it there,
+    # as it rewinds the others to their committed offsets (_abort_and_rewind).
+    read_from: int | None = None
     # Restored from a snapshot just now: the group's offset is expected to be elsewhere.
     from_snapshot: bool = False
 
@@ -238,12 +243,17 @@ class Engine:
             if self.exactly_once
             else None,
         )
+        # Exactly-once into a database: the sink commits the offsets in its own transaction
+        # (workers/sinks_postgres_offsets.py), not Kafka's; they win over the group's.
+        self.sink_offsets = self.exactly_once and self.outputs.keeps_offsets
         # Where checkpoints live (workers/statebackends.py); exactly-once joins its writes to
         # the outputs' transaction.
         self.state: StateBackend = state or open_state_backend(
             config,
             transactional_id=transactional_id(config),
-            transaction=self.outputs.transaction if self.exactly_once else None,
+            transaction=self.outputs.transaction
+            if self.exactly_once and not self.sink_offsets
+            else None,
             metrics=self.metrics,
         )
         self._given_source = source
@@ -326,7 +336,7 @@ class Engine:
             return ok, why
         if not self._running:
             return False, "not running"
-        sink_ok, sink_why = self.outputs.health()  # issue 6: e.g. the database is down
+        sink_ok, sink_why = self.outputs.health()  # e.g. the database is down
         if not sink_ok:
             return False, sink_why
         held = [st for st in self.partitions.values() if st.held is not None]
@@ -388,9 +398,13 @@ class Engine:
         st = PartitionState(topic, partition)
         start: int | None = None
         if self.exactly_once:
-            checkpoint, start = self._restore(topic, partition, committed)
+            # The committed transaction's checkpoint, unless state.restoreFrom replaces it:
+            # the snapshot's state and offset then go in together, the offset committed
+            # with the first transaction that writes the restored checkpoint.
+            own, start = self._restore(topic, partition, committed)
+            checkpoint = self._restore_point(st, own)
         else:
-            checkpoint = self._restore_point(st)
+            checkpoint = self._restore_point(st, self.state.load(topic, partition))
         plan = self.processor.window
         if checkpoint is not None:
             st.next_offset = checkpoint.next_offset
@@ -416,11 +430,13 @@ class Engine:
             else:
                 self._mismatch(st, checkpoint)
             restored = None
+        # The backend's own committed checkpoint: the base of incremental checkpoints.
+        base = checkpoint is not None and not st.from_snapshot
         if self.repartition is not None and plan is not None:
             if topic == self.repartition.topic:
                 st.role = "downstream"
                 if st.held is None:
-                    st.windows = PartitionWindows.from_json(plan, restored)
+                    st.windows = PartitionWindows.from_json(plan, restored, base=base)
                 st.clock = UpstreamClock.from_json(restored)
                 st.clock.known = self._upstreams
             else:
@@ -428,7 +444,7 @@ class Engine:
                 top = (restored or {}).get("maxEventMs")
                 st.max_event_ms = None if top is None else int(top)
         elif plan is not None and st.held is None:
-            st.windows = PartitionWindows.from_json(plan, restored)
+            st.windows = PartitionWindows.from_json(plan, restored, base=base)
         self.partitions[(topic, partition)] = st
         self.metrics.assigned.set(len(self.partitions))
         log_event(
@@ -443,10 +459,10 @@ class Engine:
         )
         return st
 
-    def _restore_point(self, st: PartitionState) -> Checkpoint | None:
-        """The checkpoint to restore: the partition's own, or, with ``state.restoreFrom``,
-        the snapshot's, unless the own one says it was already restored from it."""
-        own = self.state.load(st.topic, st.partition)
+    def _restore_point(self, st: PartitionState, own: Checkpoint | None) -> Checkpoint | None:
+        """The checkpoint to restore: the partition's own (`own`: the file's, or with
+        exactly-once the committed transaction's), or, with ``state.restoreFrom``, the
+        snapshot's, unless the own one says it was already restored from it."""
         name = self.state_policy.restore_from
         if name is None:
             return own
@@ -558,6 +574,7 @@ class Engine:
         return wanted
 
     def _snapshot_taken(self, checkpoints: list[Checkpoint]) -> None:
+        checkpoints = [c for c in checkpoints if c.changes is None]  # a snapshot's are whole
         if self._snapshots is None or not checkpoints:
             return
         try:
@@ -603,6 +620,8 @@ class Engine:
     def _committed_with_metadata(
         self, source: Source, partitions: list[TopicPartition]
     ) -> dict[tuple[str, int], tuple[int, str]]:
+        if self.sink_offsets:  # the sink's offsets (and generations) win over the group's
+            return self.outputs.committed_offsets([(tp.topic, tp.partition) for tp in partitions])
         asked = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
         return {
             (tp.topic, tp.partition): (tp.offset, tp.metadata or "")
@@ -640,11 +659,14 @@ class Engine:
                               source=source.name, partition=st.partition,
                               offset=st.next_offset)  # fmt: skip
                     st.replay_from_ms = None
+        looked_up: set[tuple[str, int]] = set()  # the group's answer is known: committed
         try:
             asked = [TopicPartition(st.topic, st.partition) for st in states]
             for tp in source.committed(asked, timeout=10) if source.group_offsets else ():
                 st = self.partitions[(tp.topic, tp.partition)]
                 st.committed = tp.offset if tp.offset >= 0 else None
+                if tp.error is None:
+                    looked_up.add((tp.topic, tp.partition))
                 if st.next_offset is None and st.committed is not None:
                     log_event(
                         log,
@@ -654,8 +676,8 @@ class Engine:
                         partition=tp.partition,
                         offset=tp.offset,
                     )
-                elif self._offset_reset(st):
-                    pass
+                elif not self.sink_offsets and self._offset_reset(st):
+                    pass  # (with the sink's offsets the group's are only the lag figures)
                 elif st.next_offset is not None and st.committed != st.next_offset:
                     log_event(
                         log,
@@ -673,7 +695,7 @@ class Engine:
             TopicPartition(
                 st.topic,
                 st.partition,
-                st.next_offset if st.next_offset is not None else OFFSET_INVALID,
+                self._start_offset(st, (st.topic, st.partition) in looked_up),
             )
             for st in states
         ]
@@ -685,6 +707,22 @@ class Engine:
         elif held:
             source.pause(held)
         log_event(log, logging.INFO, "assigned", partitions=_names(partitions))
+
+    @staticmethod
+    def _start_offset(st: PartitionState, looked_up: bool) -> int:
+        """Where an assigned partition starts: its checkpoint's (or replay's) offset, else
+        the group's committed offset or ``startFrom`` (OFFSET_INVALID: librdkafka decides).
+        ``looked_up``: the group answered for this partition (``st.committed`` is its word).
+        A repartition partition with nothing committed starts at its beginning whatever
+        ``startFrom`` says: the topic holds only what this pipeline's upstreams wrote, from
+        where ``startFrom`` put *them*, so its log end would skip records already re-keyed
+        (a worker killed before its first commit), and re-reading is exact (exactly-once:
+        aborted records are invisible; at-least-once: the source-offset dedupe)."""
+        if st.next_offset is not None:
+            return st.next_offset
+        if st.role == "downstream" and looked_up and st.committed is None:
+            return OFFSET_BEGINNING
+        return OFFSET_INVALID
 
     def _offset_reset(self, st: PartitionState) -> bool:
         """Whether the group's committed offset (just read into ``st.committed``) was moved
@@ -750,6 +788,7 @@ class Engine:
         if (
             source is not None
             and source.start_from_time_ms is not None
+            and st.role != "downstream"  # the repartition topic starts at its beginning
             and st.next_offset is None
             and st.committed is None
             and st.held is None
@@ -937,6 +976,8 @@ class Engine:
             self.metrics.batch_duration.observe(time.perf_counter() - started)
 
     def _process_partition(self, st: PartitionState, messages: list[SourceMessage]) -> None:
+        if st.next_offset is None:
+            st.read_from = messages[0].offset()
         if st.role == "upstream":
             self._process_upstream(st, messages)
         elif st.role == "downstream":
@@ -1153,7 +1194,7 @@ class Engine:
             if (st.dirty or (st.topic, st.partition) in wanted) and st.next_offset is not None
         ]
         if dirty:
-            self._snapshot_taken(self._save(dirty))
+            self._snapshot_taken(self._save(dirty, full=wanted))
             self.counters.checkpoints += 1
         duration = time.perf_counter() - started
         self.metrics.checkpointed(duration)
@@ -1184,7 +1225,6 @@ class Engine:
         source = self.source
         if source is None:
             return True
-        producer = self.outputs.transaction
         started = time.perf_counter()
         states = [st for st in self.partitions.values() if st.held is None]
         for st in states:
@@ -1201,7 +1241,83 @@ class Engine:
         generation = f"{self._generation_prefix}-{self._transactions}"
         saved: list[Checkpoint] = []
         if dirty:
-            saved = self._save(dirty, pending=True, generation=generation)  # joins it
+            saved = self._save(dirty, pending=True, generation=generation, full=wanted)  # joins it
+        if self.sink_offsets:
+            if not self._commit_to_sink(source, dirty, generation, reason):
+                return False
+        elif not self._commit_to_kafka(source, dirty, generation, reason, timeout):
+            return False
+        if dirty:
+            self.state.promote([(st.topic, st.partition) for st in dirty])
+            for st in dirty:
+                if st.windows is not None:
+                    st.windows.checkpointed()
+                st.dirty = False
+                st.committed = st.next_offset
+                st.written_committed = st.committed
+            self.counters.checkpoints += 1
+            self._snapshot_taken(saved)  # committed now: a snapshot may hold them
+        self.outputs.take_errors()  # a committed transaction delivered everything
+        if not final and not self.sink_offsets:
+            self.outputs.transaction.begin_transaction()
+        duration = time.perf_counter() - started
+        self.metrics.checkpointed(duration)
+        self.metrics.commits.inc()
+        self._last_checkpoint = time.monotonic()
+        log_event(
+            log,
+            logging.DEBUG,
+            "transaction-committed",
+            reason=reason,
+            partitions=len(dirty),
+            duration_ms=round(duration * 1000, 1),
+        )
+        return True
+
+    def _commit_to_sink(
+        self, source: Source, dirty: list[PartitionState], generation: str, reason: str
+    ) -> bool:
+        """Exactly-once into a database: the results and offsets in its transaction; False
+        when it could not commit (nothing did: the next checkpoint tries again). Fenced, or
+        a COMMIT whose outcome is unknown: the worker stops (TransactionError), and whoever
+        takes the partitions next restores what the sink's offsets table says."""
+        offsets = [(st.topic, st.partition, st.next_offset or 0) for st in dirty]
+        try:
+            committed = self.outputs.commit_offsets(offsets, generation)
+        except Exception as error:  # any failure to decide stops the worker
+            self._broken = True
+            self.metrics.error("transaction")
+            log_event(log, logging.ERROR, "transaction-failed", reason=reason, error=str(error))
+            raise TransactionError(f"sink transaction failed: {error}") from error
+        if not committed:
+            self.metrics.error("transaction")
+            log_event(log, logging.WARNING, "checkpoint-postponed", reason="sink not committed")
+            if reason == "revoke":
+                # The queued rows include the outgoing partitions', which must never commit
+                # without their offsets: drop them all and go back to the last commit.
+                self._abort_and_rewind(source, "sink not committed before a revoke")
+            return False
+        if offsets and source.group_offsets:
+            # The group's offsets only feed the lag figures (the operator's probe, the
+            # autoscaler): the sink's win on assign, so a lost commit here is harmless.
+            try:
+                source.commit([TopicPartition(t, p, o) for t, p, o in offsets], asynchronous=True)
+            except KafkaException as error:
+                log_event(log, logging.WARNING, "commit-failed", error=str(error))
+        return True
+
+    def _commit_to_kafka(
+        self,
+        source: Source,
+        dirty: list[PartitionState],
+        generation: str,
+        reason: str,
+        timeout: float,
+    ) -> bool:
+        """The Kafka transaction: outputs, dead letters, repartition records, changelog
+        records and the offsets (fenced by the group's generation, KIP-447); False when it
+        was aborted and the partitions rewound."""
+        producer = self.outputs.transaction
         try:
             if dirty:
                 offsets = [
@@ -1218,77 +1334,82 @@ class Engine:
                 raise TransactionError(f"transaction failed fatally: {error}") from error
             self._abort_and_rewind(source, str(error))
             return False
-        if dirty:
-            self.state.promote([(st.topic, st.partition) for st in dirty])
-            for st in dirty:
-                st.dirty = False
-                st.committed = st.next_offset
-                st.written_committed = st.committed
-            self.counters.checkpoints += 1
-            self._snapshot_taken(saved)  # committed now: a snapshot may hold them
-        self.outputs.take_errors()  # a committed transaction delivered everything
-        if not final:
-            producer.begin_transaction()
-        duration = time.perf_counter() - started
-        self.metrics.checkpointed(duration)
-        self.metrics.commits.inc()
-        self._last_checkpoint = time.monotonic()
-        log_event(
-            log,
-            logging.DEBUG,
-            "transaction-committed",
-            reason=reason,
-            partitions=len(dirty),
-            duration_ms=round(duration * 1000, 1),
-        )
         return True
 
     def _abort_and_rewind(self, source: Source, why: str) -> None:
         """Abort the open transaction; every owned partition goes back to its committed
         checkpoint and offset (the aborted outputs' effects on state are forgotten)."""
-        producer = self.outputs.transaction
-        try:
-            producer.abort_transaction(30)
-        except KafkaException as error:
-            self._broken = True
-            raise TransactionError(f"cannot abort the transaction: {error}") from error
+        if self.sink_offsets:
+            self.outputs.abort()  # the sink's transaction never began: drop its rows
+        else:
+            try:
+                self.outputs.transaction.abort_transaction(30)
+            except KafkaException as error:
+                self._broken = True
+                raise TransactionError(f"cannot abort the transaction: {error}") from error
         self.state.abort()
         owned = [TopicPartition(t, p) for t, p in self.partitions]
         committed = self._committed_with_metadata(source, owned) if owned else {}
         for tp in owned:
+            read_from = self.partitions[(tp.topic, tp.partition)].read_from
             st = self._new_state(tp.topic, tp.partition, committed.get((tp.topic, tp.partition)))
-            if st.next_offset is not None:
-                source.seek(TopicPartition(tp.topic, tp.partition, st.next_offset))
-        producer.begin_transaction()
+            # The consumer keeps its position through an abort: every partition must seek.
+            # One with nothing committed restarts empty, so it reads again from where this
+            # worker began (else the records of the aborted transaction would be skipped).
+            offset = st.next_offset if st.next_offset is not None else read_from
+            if offset is not None:
+                source.seek(TopicPartition(tp.topic, tp.partition, offset))
+        if not self.sink_offsets:
+            self.outputs.transaction.begin_transaction()
         log_event(log, logging.WARNING, "transaction-aborted", why=why, partitions=len(owned))
 
     @staticmethod
-    def _state_of(st: PartitionState) -> dict[str, Any] | None:
+    def _state_of(
+        st: PartitionState, full: bool
+    ) -> tuple[dict[str, Any] | None, list[list[Any]] | None]:
+        """(state, changes): the whole state, or (``full`` False and the windows based on
+        the backend's committed checkpoint) the state without its windows and the windows
+        changed since that checkpoint (decision 0095)."""
         if st.role == "upstream":
-            return {"maxEventMs": st.max_event_ms}
+            return {"maxEventMs": st.max_event_ms}, None
         if st.windows is None:
-            return None
-        state = st.windows.to_json()
+            return None, None
+        changes = None
+        if st.windows.based and not full:
+            state, changes = st.windows.head_json(), st.windows.changes()
+        else:
+            state = st.windows.to_json()
         if st.clock is not None:
             state.update(st.clock.to_json())
-        return state
+        return state, changes
 
     def _save(
-        self, states: list[PartitionState], *, pending: bool = False, generation: str = ""
+        self,
+        states: list[PartitionState],
+        *,
+        pending: bool = False,
+        generation: str = "",
+        full: set[tuple[str, int]] | None = None,
     ) -> list[Checkpoint]:
         """Write the checkpoint files of `states` (durable when this returns); exactly-once
-        writes them pending, stamped with the transaction's id, until it commits."""
+        writes them pending, stamped with the transaction's id, until it commits. Each is
+        the changes since the last one where it can be; whole for the partitions in ``full``
+        (a snapshot wants them)."""
         source = self.config.source.kafka
         group = source.consumer_group if source is not None else None
         checkpoints = []
         for st in states:
             committed = st.committed if st.committed is not None else st.committed_before_seek
+            state, changes = self._state_of(
+                st, full is not None and (st.topic, st.partition) in full
+            )
             checkpoints.append(
                 Checkpoint(
                     topic=st.topic,
                     partition=st.partition,
                     next_offset=st.next_offset,  # type: ignore[arg-type]
-                    state=self._state_of(st),
+                    state=state,
+                    changes=changes,
                     pipeline=self.pipeline,
                     fingerprint=self.fingerprint,
                     state_shape=self.state_shape,
@@ -1303,6 +1424,8 @@ class Engine:
             return checkpoints
         self.state.save(checkpoints)
         for st in states:
+            if st.windows is not None:
+                st.windows.checkpointed()  # only now: a failed save keeps the changes
             st.dirty = False
             st.written_committed = st.committed
         return checkpoints
@@ -1375,7 +1498,7 @@ class Engine:
         if time.monotonic() - self._last_checkpoint >= interval:
             done = self._checkpoint(list(self.partitions.values()), sync=False, reason="interval")
             if not done:
-                # issue 6: sink not confirmed (database down): retry in a while, not every loop
+                # sink not confirmed (database down): retry in a while, not every loop
                 self._last_checkpoint = time.monotonic() - interval + min(interval, 5.0)
 
     # ------------------------------------------------------------------ lag and backpressure
@@ -1411,7 +1534,7 @@ class Engine:
             # No consumer group: nothing is committed; the lag is what is left to read.
             return max(high - (st.next_offset or 0), 0)
         st.low, st.high = low, high
-        # The lag probe's rule (workers/lagprobe.py), so the exported figure, the operator's
+        # The lag probe's rule (workers/lag.py), so the exported figure, the operator's
         # probe and the broker's view agree: log end - committed; nothing committed yet ->
         # startFrom; committed behind the log start (retention) -> log end - log start.
         kafka = self.config.source.kafka
@@ -1512,7 +1635,7 @@ class Engine:
             raise
         finally:
             self._running = False
-            self.outputs.close()  # issue 6: stops the PostgreSQL writer thread
+            self.outputs.close()  # stops the PostgreSQL writer thread
             self.state.close()
         summary = self.summary(reason, finished=True)
         if self.progress is not None:
@@ -1565,7 +1688,7 @@ class Engine:
         source = self.source = self._given_source or open_source(
             self.config, self._topics(), self._on_committed
         )
-        if self.exactly_once:
+        if self.exactly_once and not self.sink_offsets:
             # Fences an earlier incarnation with the same transactional.id and aborts its
             # open transaction, then opens ours: every output from here on is inside one.
             producer = self.outputs.transaction

@@ -283,6 +283,7 @@ def _template(
         "    get = windows.get",
         "    add = state.add",
         "    open_window = state.open_window",
+        "    mark = state.changed.add",
         "    size, lateness = __sh_size, __sh_lateness",
         "    max_ms = state.max_event_ms",
         "    if max_ms is None:",
@@ -370,6 +371,7 @@ def _template(
             "            if acc is None:",
             "                acc = open_window(key, cur_start)",
             "            cache[key] = acc",
+            "            mark((key, cur_start))  # changed since the last checkpoint",
         ]
         if fallible:
             # All but the last comparison or addition only note their outcome; the last one

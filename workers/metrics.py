@@ -181,7 +181,7 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "gauge",
         "Unix time of the processing loop's last iteration (healthz uses it).",
     ),
-    # Sinks that confirm writes themselves (PostgreSQL, workers/sinks_postgres.py; issue 6).
+    # Sinks that confirm writes themselves (PostgreSQL, workers/sinks_postgres.py).
     MetricSpec(
         "streamherd_sink_up",
         "gauge",

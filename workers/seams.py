@@ -131,6 +131,24 @@ class Sink(Protocol):
 
     def close(self) -> None: ...
 
+    # Exactly-once into a database: the sink commits the input offsets with the results in
+    # its own transaction (no Kafka transaction then); they win over the group's on assign.
+
+    @property
+    def keeps_offsets(self) -> bool: ...
+
+    def committed_offsets(
+        self, partitions: list[tuple[str, int]]
+    ) -> dict[tuple[str, int], tuple[int, str]]:
+        """(next offset, generation) of the partitions that have committed offsets."""
+
+    def commit_offsets(self, offsets: list[tuple[str, int, int]], generation: str) -> bool:
+        """Commit the results written since the last commit with ``(topic, partition, next
+        offset)``; False: nothing committed, try again later. Raises when fenced."""
+
+    def abort(self) -> None:
+        """Drop the results written since the last commit."""
+
 
 class StateBackend(Protocol):
     """Where each partition's checkpoint (state + next offset, as one unit) lives.

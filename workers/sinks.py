@@ -30,6 +30,7 @@ from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics
 from streamherd.workers.processing import Failure, SourceMessage, encode_output, error_headers
 from streamherd.workers.sinks_postgres import PostgresSink
+from streamherd.workers.sinks_postgres_offsets import PostgresTransactionalSink
 from streamherd.workers.values import text_of
 
 log = logging.getLogger("streamherd.worker")
@@ -239,6 +240,17 @@ class Outputs:
         transactional: dict[str, Any] | None = None,
     ) -> None:
         self.pipeline = pipeline
+        # Exactly-once into PostgreSQL: the database's transaction holds the results and the
+        # input offsets (workers/sinks_postgres_offsets.py); no Kafka output is allowed then
+        # (workers/config.py exactly_once_problem), so there is no Kafka transaction.
+        self._offsets: PostgresTransactionalSink | None = None
+        if transactional is not None and sink.postgres is not None:
+            if source is None:
+                raise ValueError("exactly-once into PostgreSQL needs a Kafka source")
+            self._offsets = PostgresTransactionalSink(
+                sink.postgres, pipeline, source.consumer_group, metrics
+            )
+            transactional = None
         # Exactly-once: librdkafka settings of the one transactional producer
         # (transactional.id, transaction.timeout.ms), created with the first output.
         self._producers = _Producers(transactional)
@@ -259,10 +271,10 @@ class Outputs:
             self._topic = sink.kafka.topic
             self._key_fn = compile_expression(sink.kafka.key) if sink.kafka.key else None
             self._headers = [(k, v.encode()) for k, v in sink.kafka.headers.items()]
-        # issue 6: PostgreSQL sink (queued rows, confirmed by its writer thread)
-        self._postgres = (
-            PostgresSink(sink.postgres, pipeline, metrics) if sink.postgres is not None else None
-        )
+        # PostgreSQL sink (queued rows, confirmed by its writer thread)
+        self._postgres: PostgresSink | PostgresTransactionalSink | None = self._offsets
+        if sink.postgres is not None and self._offsets is None:
+            self._postgres = PostgresSink(sink.postgres, pipeline, metrics)
         self._dlq_producer: Producer | None = None
         self._dlq_topic = ""
         self._dlq_max_bytes = DEFAULT_MESSAGE_MAX_BYTES
@@ -447,6 +459,27 @@ class Outputs:
         producer = self._producers.get(self._source_endpoint)
         for partition in range(partitions):
             _produce(producer, topic=topic, partition=partition, value=b"", headers=headers)
+
+    # -- exactly-once into PostgreSQL: the sink keeps the input offsets with the results
+
+    @property
+    def keeps_offsets(self) -> bool:
+        """The sink commits the input offsets in its own transaction (PostgreSQL)."""
+        return self._offsets is not None
+
+    def committed_offsets(
+        self, partitions: list[tuple[str, int]]
+    ) -> dict[tuple[str, int], tuple[int, str]]:
+        assert self._offsets is not None, "the sink keeps no offsets"
+        return self._offsets.committed(partitions)
+
+    def commit_offsets(self, offsets: list[tuple[str, int, int]], generation: str) -> bool:
+        assert self._offsets is not None, "the sink keeps no offsets"
+        return self._offsets.commit(offsets, generation)
+
+    def abort(self) -> None:
+        if self._offsets is not None:
+            self._offsets.abort()
 
     @property
     def transaction(self) -> Producer:

@@ -131,7 +131,7 @@ def _adapt(value: Any) -> Any:
     return value
 
 
-def _dedupe(rows: Sequence[Row], key_index: Sequence[int]) -> list[Row]:
+def dedupe(rows: Sequence[Row], key_index: Sequence[int]) -> list[Row]:
     """The last row of each key, in first-seen order: one statement may not touch a row
     twice (ON CONFLICT DO UPDATE refuses), and the last one is what a replay writes."""
     by_key: dict[bytes, Row] = {}
@@ -143,6 +143,17 @@ def _dedupe(rows: Sequence[Row], key_index: Sequence[int]) -> list[Row]:
             key = repr(values).encode()
         by_key[key] = row
     return list(by_key.values())
+
+
+def rows_of(values: Sequence[Mapping[str, Any] | bytes], names: Sequence[str]) -> list[Row]:
+    """The rows of results (JSON objects, as dicts or encoded), columns in `names` order."""
+    rows: list[Row] = []
+    for value in values:
+        record = orjson.loads(value) if isinstance(value, bytes) else value
+        if not isinstance(record, Mapping):
+            raise TypeError("postgres sink: a result must be a JSON object")
+        rows.append(tuple(_adapt(record.get(n)) for n in names))
+    return rows
 
 
 class PostgresSink:
@@ -183,12 +194,7 @@ class PostgresSink:
     # ------------------------------------------------------------------ engine side
 
     def write(self, values: Sequence[Mapping[str, Any] | bytes]) -> None:
-        rows: list[Row] = []
-        for value in values:
-            record = orjson.loads(value) if isinstance(value, bytes) else value
-            if not isinstance(record, Mapping):
-                raise TypeError("postgres sink: a result must be a JSON object")
-            rows.append(tuple(_adapt(record.get(n)) for n in self._names))
+        rows = rows_of(values, self._names)
         if not rows:
             return
         with self._lock:
@@ -304,7 +310,7 @@ class PostgresSink:
             self._conn = self._connect()
         if not rows:
             return
-        unique = _dedupe(rows, self._key_index)
+        unique = dedupe(rows, self._key_index)
         started = time.perf_counter()
         with self._conn.transaction(), self._conn.cursor() as cur:
             for i in range(0, len(unique), self._per_statement):

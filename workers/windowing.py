@@ -3,6 +3,9 @@
 ``WindowPlan`` is compiled once from a ``WindowSpec`` (workers/config.py);
 ``PartitionWindows`` holds the open windows of ONE source partition and is what the engine
 checkpoints together with that partition's next offset (``streamherd.workers.checkpointing``).
+It also tracks which windows changed since the last successful checkpoint (opened, updated,
+or closed and emitted), so a checkpoint writes only those (:meth:`PartitionWindows.changes`,
+decision 0095): its cost follows the changes, not the number of open windows.
 
 Semantics (docs/engine.md has the long form):
 - windows are aligned to the epoch: tumbling ``[k*size, (k+1)*size)``, hopping windows of
@@ -373,7 +376,7 @@ class WindowPlan:
 class PartitionWindows:
     """Open windows of one partition plus its watermark; checkpointed as one JSON value."""
 
-    __slots__ = ("first_end", "max_event_ms", "plan", "windows")
+    __slots__ = ("based", "changed", "first_end", "max_event_ms", "plan", "windows")
 
     def __init__(self, plan: WindowPlan) -> None:
         self.plan = plan
@@ -384,6 +387,13 @@ class PartitionWindows:
         # The smallest end of an open window (None: none open), so that close() after each
         # batch costs nothing until a window is due (profiled: it scanned every window).
         self.first_end: int | None = None
+        # The windows opened, updated or closed since the last successful checkpoint (a
+        # closed one is no longer in ``windows``: a delete). Cleared only by checkpointed().
+        self.changed: set[tuple[Any, int]] = set()
+        # Whether the backend's committed checkpoint of this partition holds exactly this
+        # state minus ``changed`` (restored from it, or checkpointed since): only then may a
+        # checkpoint be written as the changes alone; else it must be a full one.
+        self.based = False
 
     def open_window(self, key: Any, start: int) -> list[Any]:
         """A new, empty accumulator for window ``(key, start)`` (which must not exist)."""
@@ -420,6 +430,7 @@ class PartitionWindows:
             if acc is None:  # a new accumulator takes any value: nothing to compare with
                 acc = self.open_window(key, start)
             plan.update(acc, values)
+            self.changed.add((key, start))
             self.max_event_ms = top
             return True
         starts = plan.window_starts(event_ms)
@@ -434,11 +445,13 @@ class PartitionWindows:
             if start + size > watermark:
                 acc = windows.get((key, start))
                 pending.append((start, acc, None if acc is None else plan.prepare(acc, values)))
+        changed = self.changed
         for start, acc, changes in pending:
             if acc is None or changes is None:
                 plan.update(self.open_window(key, start), values)
             else:
                 plan.apply(acc, changes)
+            changed.add((key, start))
         self.max_event_ms = top
         return True
 
@@ -462,6 +475,7 @@ class PartitionWindows:
         tumbling = size == plan.slide_ms
         windows = self.windows
         get = windows.get
+        mark = self.changed.add
         errors: list[tuple[Any, Exception]] = []
         late: list[tuple[Any, int]] = []
         max_ms = self.max_event_ms
@@ -497,6 +511,7 @@ class PartitionWindows:
             except REFUSED as error:  # all or nothing: neither acc nor max_ms changed
                 errors.append((source, error.with_traceback(None)))
                 continue
+            mark((key, start))
             max_ms = top
         self.max_event_ms = max_ms
         return errors, late
@@ -520,6 +535,7 @@ class PartitionWindows:
         closed.sort(key=lambda kw: (kw[1], key_text(kw[0])))
         texts: dict[int, tuple[str, str]] = {}  # window start -> its start and end as text
         out = []
+        self.changed.update(closed)  # emitted: deleted from the state at the next checkpoint
         for kw in closed:
             key, start = kw
             acc = windows.pop(kw)
@@ -534,19 +550,49 @@ class PartitionWindows:
         """The state as plain JSON, exactly (``values.encode_value``): keys as their JSON
         value, accumulators with their NaN, infinities and integers of any size."""
         return {
-            "v": STATE_VERSION,
-            "maxEventMs": self.max_event_ms,
+            **self.head_json(),
             "windows": [
                 [encode_value(key_value(k)), s, encode_value(acc)]
                 for (k, s), acc in self.windows.items()
             ],
         }
 
+    def head_json(self) -> dict[str, Any]:
+        """The state without its windows (an incremental checkpoint's, with
+        :meth:`changes`)."""
+        return {"v": STATE_VERSION, "maxEventMs": self.max_event_ms}
+
+    def changes(self) -> list[list[Any]]:
+        """The windows changed since the last successful checkpoint, in the state form of
+        :meth:`to_json`: ``[key, start, accumulator]``, or ``[key, start, None]`` for a
+        window that closed (a delete). Changes nothing: a checkpoint that fails keeps them."""
+        windows = self.windows
+        out: list[list[Any]] = []
+        for kw in self.changed:
+            acc = windows.get(kw)
+            out.append(
+                [encode_value(key_value(kw[0])), kw[1], None if acc is None else encode_value(acc)]
+            )
+        return out
+
+    def checkpointed(self) -> None:
+        """A checkpoint of this state (full, or :meth:`changes`) is committed: it is the base
+        of the next one, and nothing has changed since."""
+        self.changed.clear()
+        self.based = True
+
     @classmethod
-    def from_json(cls, plan: WindowPlan, data: Mapping[str, Any] | None) -> PartitionWindows:
+    def from_json(
+        cls, plan: WindowPlan, data: Mapping[str, Any] | None, *, base: bool = False
+    ) -> PartitionWindows:
+        """The state of ``data`` (:meth:`to_json`'s form). ``base``: ``data`` is the state
+        backend's committed checkpoint of the partition, so the next checkpoint may be its
+        changes alone; else (a snapshot, a reset, nothing) the next one is full. A version 1
+        state is never a base: its keys may be written differently now."""
         state = cls(plan)
         if not data:
             return state
+        state.based = base and data.get("v") == STATE_VERSION
         if data.get("v") not in (1, STATE_VERSION):
             raise ValueError(f"unsupported window state version {data.get('v')!r}")
         state.max_event_ms = data.get("maxEventMs")

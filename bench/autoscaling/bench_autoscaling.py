@@ -54,6 +54,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
+
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -396,11 +399,7 @@ def write_section(text: str, path: Path) -> None:
 
 
 def plot(results: dict[str, dict[str, Run]], path: Path) -> None:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(len(results), 2, figsize=(12, 3 * len(results)), squeeze=False)
     for row, (profile, runs) in enumerate(results.items()):
         left, right = axes[row]

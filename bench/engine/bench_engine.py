@@ -1,6 +1,6 @@
 """Benchmark: the streamherd engine vs a bare confluent-kafka loop vs Quix Streams.
 
-The reference workload of issue 3: N (default 2,000,000) ~100-byte JSON click events over
+The reference workload: N (default 2,000,000) ~100-byte JSON click events over
 1000 keys, keyed by user, pre-loaded into a 4-partition topic of a real Kafka broker; the
 pipeline keeps ``status == 200`` (90% of the events), folds them into a 60 s tumbling window
 per user (count, sum of ``bytes``; event time from ``ts``, no lateness) and writes closed
@@ -8,7 +8,7 @@ windows to a Kafka topic, committing every 5 s. Each run measures, each in its o
 one after the other on the same broker and the same input topic:
 
 - read: a confluent-kafka consumer doing ``consume(5000, 0.5)`` and reading every message's
-  value (``m.value()``), nothing else: the ceiling as issue 3 defines it ("a bare
+  value (``m.value()``), nothing else: the ceiling as the engine's goals define it ("a bare
   confluent-kafka consume loop that only reads"); the 50% goal is judged against it;
 - bare: the same loop plus ``orjson.loads`` of every value (context: reading + decoding);
 - engine: the streamherd engine (``Engine``, in-process in the child) running the pipeline
@@ -60,6 +60,7 @@ import msgspec
 import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from pyinstrument import Profiler
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -67,6 +68,7 @@ sys.path.insert(0, str(ROOT))
 from streamherd.workers.config import WorkerConfig  # noqa: E402
 from streamherd.workers.engine import Engine  # noqa: E402
 from streamherd.workers.metrics import EngineMetrics  # noqa: E402
+from tests.infra.kafka import start_kafka  # noqa: E402
 
 BEGIN, END = "<!-- engine:begin -->", "<!-- engine:end -->"
 QUIX_VERSION = "3.28.1"
@@ -326,8 +328,6 @@ def child_engine(
     engine._window_batch = timed_batch
     profiler: Any = None
     if profile:
-        from pyinstrument import Profiler
-
         profiler = Profiler(interval=0.001)
         profiler.start()
     engine.run()
@@ -573,7 +573,7 @@ def render(
     quix_n = min(args.quix_records or args.records, args.records)
     return f"""## Engine throughput (bench/engine/bench_engine.py)
 
-Workload (issue 3): {args.records:,} JSON click events (~100 bytes, {KEYS} keys, keyed by
+Workload: {args.records:,} JSON click events (~100 bytes, {KEYS} keys, keyed by
 user) pre-loaded into a {args.partitions}-partition topic of a local single-node Apache Kafka
 4.3.1 broker. Pipeline: filter `status == 200` (drops 10%), 60 s tumbling window per user
 (count, sum of `bytes`; event time from `ts`; no lateness), closed windows to a Kafka topic,
@@ -657,8 +657,6 @@ def parent(args: argparse.Namespace) -> int:
     impls = [i for i in IMPLS if i in args.only.split(",")]
     broker = None
     if not args.bootstrap:
-        from tests.infra.kafka import start_kafka
-
         broker = start_kafka()
         args.bootstrap = broker.broker.bootstrap
     me = [sys.executable, str(Path(__file__).resolve())]

@@ -1,6 +1,6 @@
 """Benchmark: the streamherd engine against its peers: Kafka Streams, Flink, Quix, Bytewax.
 
-The reference workload of bench_engine.py (issue 3; JSON click events keyed by user,
+The reference workload of bench_engine.py (JSON click events keyed by user,
 pre-loaded into a 4-partition topic; keep ``status == 200``, a 60 s tumbling window per
 user with count and sum of ``bytes``, event time from ``ts``, no lateness, closed windows to
 Kafka, state made durable every 5 s), run on one broker and one input topic by every
@@ -83,6 +83,8 @@ from peer_outputs import (
     quix_outputs,
 )
 
+from tests.infra.kafka import start_kafka  # bench_engine put the repository on sys.path
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CACHE = Path(os.environ.get("STREAMHERD_CACHE", Path.home() / ".cache" / "streamherd"))
@@ -130,7 +132,7 @@ IMPLS = {
         Impl("bytewax", f"Bytewax {BYTEWAX_VERSION}, recovery on", "at-least-once", True),
     )
 }
-# Which engine configuration each peer is judged against, and the goal (issue 17): the
+# Which engine configuration each peer is judged against, and the goal: the
 # engine's records per CPU-second at least this multiple of the peer's.
 GOALS = {
     "kstreams": ("engine", 1.0),
@@ -399,7 +401,7 @@ snapshot (epoch) interval.
 | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |
 {chr(10).join(rows)}
 
-Goals (issue 17), records per CPU-second of the engine over the peer's, at the same guarantee:
+Goals, records per CPU-second of the engine over the peer's, at the same guarantee:
 
 | comparison | median | per round | goal | |
 | --- | ---: | --- | ---: | --- |
@@ -534,8 +536,6 @@ def main() -> int:
     )
     broker = None
     if not ARGS.bootstrap:
-        from tests.infra.kafka import start_kafka
-
         broker = start_kafka()
         ARGS.bootstrap = broker.broker.bootstrap
     results: dict[str, list[dict[str, Any]]] = {i: [] for i in impls}

@@ -1,7 +1,7 @@
 """Benchmark: lag polling's broker requests per group per poll, OffsetFetch vs the offsets topic.
 
 No control plane: one real Kafka broker (reused from STREAMHERD_TEST_KAFKA, or started from
-tests/infra/kafka.py) and two :class:`~streamherd.workers.lagprobe.LagProbe` side by side in
+tests/infra/kafka.py) and two :class:`~streamherd.operator.lagprobe.LagProbe` side by side in
 the same run, on the same groups at the same moments:
 
 - ``offsetfetch``: ``read_offsets_topic=False``: every group's committed offsets by
@@ -69,7 +69,7 @@ from confluent_kafka import (  # noqa: E402
     TopicPartition,
 )
 
-from streamherd.workers.lagprobe import (  # noqa: E402
+from streamherd.operator.lagprobe import (  # noqa: E402
     ClusterConfig,
     GroupLag,
     GroupSpec,

@@ -54,14 +54,23 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import yaml
+from kubernetes import client, watch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from streamherd import __version__  # noqa: E402
+from streamherd.operator.api.v1alpha1 import StreamPipeline  # noqa: E402
+from streamherd.operator.builders import Capabilities, build_all  # noqa: E402
+from streamherd.operator.kube import resource_info  # noqa: E402
+from streamherd.operator.settings import OperatorSettings  # noqa: E402
 from tests.infra.controlplane import (  # noqa: E402
     KWOK_ANNOTATION,
     ControlPlane,
@@ -257,8 +266,6 @@ class Watcher:
         threading.Thread(target=self._pipelines, daemon=True).start()
 
     def _stream(self, func: Any, *args: Any, on: Any) -> None:
-        from kubernetes import watch
-
         version = ""
         while not self.stop.is_set():
             w = watch.Watch()  # type: ignore[no-untyped-call]
@@ -277,8 +284,6 @@ class Watcher:
                 time.sleep(0.2)
 
     def _deployments(self) -> None:
-        from kubernetes import client
-
         apps = client.AppsV1Api(self.api)
 
         def on(obj: dict[str, Any]) -> None:
@@ -289,8 +294,6 @@ class Watcher:
         self._stream(apps.list_namespaced_deployment, NAMESPACE, on=on)
 
     def _pipelines(self) -> None:
-        from kubernetes import client
-
         custom = client.CustomObjectsApi(self.api)
 
         def on(obj: dict[str, Any]) -> None:
@@ -330,8 +333,6 @@ class Floor:
     are Ready is a floor no operator can beat on this machine and control plane."""
 
     def __init__(self, api: Any, clients: int) -> None:
-        from streamherd.operator.settings import OperatorSettings
-
         self.api = api
         self.settings = OperatorSettings(worker_image="ghcr.io/streamherd/streamherd:bench")
         self.pool = ThreadPoolExecutor(clients)
@@ -340,10 +341,6 @@ class Floor:
 
     def children(self, created: dict[str, Any]) -> None:
         """POST the children of one just-created pipeline (its body as the API returned it)."""
-        from streamherd.operator.api.v1alpha1 import StreamPipeline
-        from streamherd.operator.builders import Capabilities, build_all
-        from streamherd.operator.kube import resource_info
-
         pipeline = StreamPipeline.model_validate(
             {k: v for k, v in created.items() if k != "status"}
         )
@@ -863,8 +860,6 @@ def run_floor(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str
 
 
 def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str, Any]:
-    from kubernetes import client
-
     base = Path(args.workdir) / f"n{n}"
     if base.exists():
         subprocess.run(["rm", "-rf", str(base)], check=False)
@@ -1156,10 +1151,6 @@ API server's own counters (all clients).
 
 
 def report(results: list[dict[str, Any]], floors: list[dict[str, Any]] | None = None) -> str:
-    from importlib.metadata import version as package_version
-
-    from streamherd import __version__
-
     bins = sorted((Path.home() / ".cache/streamherd/bin").glob("k8s-*"))
     kube = "?"
     if bins:
@@ -1224,11 +1215,7 @@ Goals met and missed, method and analysis: [scale.md](scale.md).
 
 
 def plots(results: list[dict[str, Any]]) -> None:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in results:
         curve = r["ready_curve"]

@@ -1,6 +1,6 @@
 """Broker requests a lag probe sends, counted from librdkafka's statistics (bench/scale only).
 
-A :class:`~streamherd.workers.lagprobe.LagProbe` has one admin client and, when it reads
+A :class:`~streamherd.operator.lagprobe.LagProbe` has one admin client and, when it reads
 ``__consumer_offsets``, one consumer; both get ``statistics.interval.ms`` and this counter's
 callback through ``extra_config``. Per client and broker, librdkafka's ``tx`` counts every
 request really sent and ``req`` counts them by type for most types; the ones ``req`` leaves

@@ -40,7 +40,7 @@ from brokerstats import RequestCounter  # noqa: E402
 
 from streamherd import cli  # noqa: E402
 from streamherd.operator.autoscaling import poller  # noqa: E402
-from streamherd.workers.lagprobe import (  # noqa: E402
+from streamherd.operator.lagprobe import (  # noqa: E402
     ClusterConfig,
     GroupLag,
     GroupSpec,

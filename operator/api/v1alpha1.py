@@ -275,7 +275,7 @@ class StdoutSink(Model):
     )
 
 
-# --- sink.postgres (issue 6) -------------------------------------------------------------
+# --- sink.postgres -------------------------------------------------------------------------
 
 _SQL_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 _SQL_TABLE = r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"
@@ -532,8 +532,9 @@ class Verify(Model):
         default="shadow",
         description=(
             "shadow: an edit that changes what the workers compute (processor steps, user "
-            "function, source format) first runs on two shadow workers, the running spec "
-            "and the edited one, each in its own consumer group from the same offsets (the "
+            "function, source format, worker image) first runs on two shadow workers, the "
+            "running spec and the edited one, each in its own consumer group from the same "
+            "offsets (the "
             "running workers' committed ones) writing to its own internal topic; after "
             "`duration` their results are compared window by window, and the edit is rolled "
             "out only when at most `tolerance` windows differ. The running workers are not "
@@ -866,8 +867,10 @@ class StreamPipelineSpec(Model):
             "results, dead letters, repartition records and the input offsets are committed "
             "in one Kafka transaction per checkpoint interval, so a `read_committed` reader "
             "sees each result once; needs a Kafka source and a Kafka sink (and dead-letter "
-            "topic) on the source's cluster with the source's auth. Results become visible "
-            "when their transaction commits (checkpoint.interval)."
+            "topic) on the source's cluster with the source's auth, or a PostgreSQL sink, "
+            "which commits the results and the input offsets in one database transaction "
+            "(then no deadLetter, checkpoint.backend volume, window.repartition never). "
+            "Results become visible when their transaction commits (checkpoint.interval)."
         ),
     )
     upgrade: Upgrade = Field(
@@ -881,12 +884,16 @@ class StreamPipelineSpec(Model):
 
 
 def exactly_once_spec_problem(spec: StreamPipelineSpec) -> str | None:
-    """Why one Kafka transaction cannot hold every output of this pipeline, or None."""
+    """Why no one transaction can hold every output of this pipeline with its input offsets,
+    or None: a Kafka sink on the source's cluster (one Kafka transaction) or a PostgreSQL
+    sink (the database's transaction; what else it needs: exactly_once_postgres_problem)."""
     src, sink = spec.source.kafka, spec.sink.kafka
     if src is None:
         return "needs a Kafka source (its offsets are committed in the transaction)"
+    if spec.sink.postgres is not None:
+        return None
     if sink is None:
-        return "needs a Kafka sink (a PostgreSQL or stdout sink is not transactional)"
+        return "needs a Kafka or PostgreSQL sink (a stdout sink is not transactional)"
     if sink.bootstrap_servers not in (None, src.bootstrap_servers) or sink.auth is not None:
         return "sink.kafka must be on the source's cluster with the source's auth"
     dead = spec.dead_letter

@@ -35,9 +35,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
+from streamherd.workers.config import parse_duration
+
 if TYPE_CHECKING:
     from streamherd.operator.api.v1alpha1 import Autoscaling, StreamPipeline
-    from streamherd.workers.lagprobe import GroupLag
+    from streamherd.operator.lagprobe import GroupLag
 
 # Reasons, low-cardinality on purpose: they label a Prometheus counter and Events.
 NO_DATA: Final = "NoData"
@@ -82,8 +84,6 @@ class Policy:
 
     @classmethod
     def from_spec(cls, spec: Autoscaling, **tuning: float | int | bool) -> Policy:
-        from streamherd.workers.config import parse_duration
-
         return cls(
             min_replicas=spec.min_replicas,
             max_replicas=spec.max_replicas,
@@ -516,8 +516,6 @@ def _span_throughput(
 
 def policy_for(pipeline: StreamPipeline, **tuning: float | int | bool) -> Policy:
     """The policy of a pipeline: its spec.autoscaling, its checkpoint (commit) interval."""
-    from streamherd.workers.config import parse_duration
-
     merged: dict[str, float | int | bool] = {
         "commit_interval": parse_duration(pipeline.spec.checkpoint.interval),
         **tuning,

@@ -13,18 +13,17 @@
 For each due pipeline the loop reads the pipeline and its Deployment, asks
 :meth:`Autoscaler.evaluate`, writes ``status.desiredReplicas``, ``lag``, ``lastScaleTime`` and
 ``lastScaleReason`` (only when they change), posts an Event per scaling decision, updates the
-operator metrics and, when the replica count changes, calls the operator's
-``reconcile_key`` so the Deployment is applied with the new count (the workload builder reads
-``status.desiredReplicas``). Status keys written here are the ones the reconciler leaves
-alone (reconciler.OWN_STATUS_KEYS).
+operator metrics and, when the replica count changes, calls the reconcile it was given (the
+operator's ``handlers.reconcile_key``) so the Deployment is applied with the new count (the
+workload builder reads ``status.desiredReplicas``). Status keys written here are the ones the
+reconciler leaves alone (reconciler.OWN_STATUS_KEYS).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -35,15 +34,21 @@ from prometheus_client import Counter, Gauge
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION, StreamPipeline
 from streamherd.operator.autoscaling.decision import NO_DATA, STEADY
 from streamherd.operator.autoscaling.poller import Autoscaler, ScaleResult
+from streamherd.operator.events import event_body
+from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.kafkalogging import shared_kafka_log
-from streamherd.operator.kube import ApiError, KubeApi, Manifest
+from streamherd.operator.kube import ApiError, Manifest
+from streamherd.operator.lagprobe import ClusterConfig, LagProbe
+from streamherd.operator.reconciler import EventNote
 from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.config import parse_duration
-from streamherd.workers.lagprobe import ClusterConfig, LagProbe
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+#: Reconciles one pipeline by key after a decision changed its replicas: the operator's
+#: ``handlers.reconcile_key``, passed in so this layer never imports the one that wires it.
+Reconcile = Callable[[Any, Key], Awaitable[object]]
 
 PIPELINE_LAG: Final = Gauge(
     "streamherd_operator_pipeline_lag",
@@ -60,52 +65,6 @@ SCALING_DECISIONS: Final = Counter(
     "Autoscaling decisions by reason (Steady included; ScaleUp/ScaleDown/... change replicas).",
     ["reason"],
 )
-
-
-def _b64(data: dict[str, str], key: str) -> str:
-    return base64.b64decode(data.get(key, "")).decode()
-
-
-def cluster_from_secrets(kube: KubeApi, pipeline: StreamPipeline) -> ClusterConfig:
-    """The source cluster with the pipeline's SASL/TLS material read from its Secrets.
-
-    PEM material goes to librdkafka as ``ssl.*.pem`` properties (in memory, never on disk).
-    """
-    kafka = pipeline.spec.source.kafka
-    if kafka is None:
-        raise ValueError("pipeline has no Kafka source")
-    auth = kafka.auth
-    settings: dict[str, str] = {}
-    if auth is not None and auth.sasl is not None:
-        settings["sasl.mechanism"] = auth.sasl.mechanism
-        for prop, ref in (
-            ("sasl.username", auth.sasl.username),
-            ("sasl.password", auth.sasl.password),
-        ):
-            data = kube.secret_data(pipeline.namespace, ref.name)
-            if data is None or ref.key not in data:
-                raise ValueError(f"Secret {ref.name} (key {ref.key}) not found")
-            settings[prop] = _b64(data, ref.key)
-    if auth is not None and auth.tls is not None:
-        data = kube.secret_data(pipeline.namespace, auth.tls.secret_name)
-        if data is None:
-            raise ValueError(f"Secret {auth.tls.secret_name} not found")
-        if "ca.crt" in data:
-            settings["ssl.ca.pem"] = _b64(data, "ca.crt")
-        if auth.tls.client_certificate:
-            settings["ssl.certificate.pem"] = _b64(data, "tls.crt")
-            settings["ssl.key.pem"] = _b64(data, "tls.key")
-    sasl, tls = (
-        auth is not None and auth.sasl is not None,
-        auth is not None and auth.tls is not None,
-    )
-    settings["security.protocol"] = {
-        (True, True): "sasl_ssl",
-        (True, False): "sasl_plaintext",
-        (False, True): "ssl",
-        (False, False): "plaintext",
-    }[(sasl, tls)]
-    return ClusterConfig.of(kafka.bootstrap_servers, settings)
 
 
 def wants_builtin(body: Manifest) -> float | None:
@@ -188,12 +147,12 @@ async def scale_once(
     autoscaler: Autoscaler,
     key: Key,
     parsed: dict[Key, tuple[str, StreamPipeline | None]] | None = None,
+    *,
+    reconcile: Reconcile,
 ) -> ScaleResult | None:
     """One autoscaling round for one pipeline (``ctx``: the operator's OperatorContext;
-    ``parsed``: a cache of parsed pipelines, see :func:`parse_cached`)."""
-    from streamherd.operator.handlers import event_body, reconcile_key
-    from streamherd.operator.reconciler import EventNote
-
+    ``parsed``: a cache of parsed pipelines, see :func:`parse_cached`; ``reconcile``: called
+    when the Deployment must change)."""
     namespace, name = key
     loop = asyncio.get_running_loop()
     kube = ctx.kube
@@ -208,11 +167,16 @@ async def scale_once(
     if pipeline is None:
         return None  # invalid: the reconciler's status says why; nothing to scale
     dep = await _read(kube, pool, "apps/v1", "Deployment", namespace, name)
-    spec_replicas = int(((dep or {}).get("spec") or {}).get("replicas") or 0)
+    if dep is None:
+        # Not created yet (the reconciler creates it at minReplicas): no replicas to start
+        # from. Deciding now would read "0 running" and report a wake-up from zero for a
+        # pipeline that was never at zero; the next round measures against the Deployment.
+        return None
+    spec_replicas = int((dep.get("spec") or {}).get("replicas") or 0)
     status = body.get("status") or {}
     wanted = status.get("desiredReplicas")
     current = int(wanted) if isinstance(wanted, int) else spec_replicas
-    ready = int(((dep or {}).get("status") or {}).get("readyReplicas") or 0)
+    ready = int((dep.get("status") or {}).get("readyReplicas") or 0)
     result = await autoscaler.evaluate(pipeline, current, running=min(ready, current))
     SCALING_DECISIONS.labels(result.reason).inc()
     if result.lag is not None:
@@ -235,7 +199,7 @@ async def scale_once(
     if "desiredReplicas" in patch and (dep is None or result.desired != spec_replicas):
         # Only when the Deployment must change: a first decision that keeps the replicas
         # (the common case for a new pipeline) needs no reconcile.
-        await reconcile_key(ctx, key)
+        await reconcile(ctx, key)
     return result
 
 
@@ -259,9 +223,11 @@ def logged_probe(cluster: ClusterConfig) -> LagProbe:
 
 
 def register_autoscaler(
-    registry: Any, *, index_events: bool = True, **autoscaler_kwargs: Any
+    registry: Any, *, reconcile: Reconcile, index_events: bool = True, **autoscaler_kwargs: Any
 ) -> AutoscalerState:
     """Add the builtin autoscaler's handlers to a kopf registry; returns its state.
+
+    reconcile: what applies a pipeline's new replica count (the operator's reconcile_key).
 
     index_events: register an on.event handler of its own for the index; False when the
     caller feeds :meth:`AutoscalerState.track` from its own handler (the operator does).
@@ -289,7 +255,7 @@ def register_autoscaler(
         async def act(key: Key) -> None:
             # HA: kopf pauses its handlers in standby replicas, not this loop (peering.py).
             if await ctx.is_active():
-                await scale_once(ctx, autoscaler, key, state.parsed)
+                await scale_once(ctx, autoscaler, key, state.parsed, reconcile=reconcile)
 
         state.task = asyncio.create_task(
             autoscaler.run(state.managed, act), name="streamherd-autoscaler"
@@ -308,7 +274,7 @@ def register_autoscaler(
 
 __all__ = [
     "AutoscalerState",
-    "cluster_from_secrets",
+    "Reconcile",
     "parse_cached",
     "register_autoscaler",
     "scale_once",

@@ -2,8 +2,8 @@
 
 Built for a thousand pipelines on one operator:
 
-- one :class:`~streamherd.workers.lagprobe.LagProbe` (one librdkafka admin connection) per
-  Kafka cluster, keyed by :class:`~streamherd.workers.lagprobe.ClusterConfig` (servers plus
+- one :class:`~streamherd.operator.lagprobe.LagProbe` (one librdkafka admin connection) per
+  Kafka cluster, keyed by :class:`~streamherd.operator.lagprobe.ClusterConfig` (servers plus
   security settings), shared by every pipeline on that cluster;
 - requests for the same cluster that arrive within a short batch window are measured in one
   ``measure_many`` call (one Metadata request, two ListOffsets fan-outs, one OffsetFetch per
@@ -41,7 +41,7 @@ from streamherd.operator.autoscaling.decision import (
     policy_for,
 )
 from streamherd.operator.builders.keying import repartition_topic
-from streamherd.workers.lagprobe import (
+from streamherd.operator.lagprobe import (
     ClusterConfig,
     GroupLag,
     GroupSpec,

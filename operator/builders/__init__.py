@@ -5,7 +5,7 @@
 the API server: what the cluster offers (monitoring.coreos.com, KEDA) and the hash of the
 referenced Secrets come in as arguments.
 
-HPA and KEDA objects are the autoscaler's (operator/autoscaling/builders.py:
+HPA and KEDA objects are the autoscaler's (operator/builders/autoscaling.py:
 ``build_autoscaler_objects(pipeline, settings)``); ``build_all`` includes them.
 """
 
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.builders.autoscaling import HPA_API, KEDA_API, build_autoscaler_objects
 from streamherd.operator.builders.meta import (
     Manifest,
     config_map_name,
@@ -40,9 +41,6 @@ from streamherd.operator.builders.workload import (
     uses_volume,
 )
 from streamherd.operator.settings import OperatorSettings
-
-KEDA_API: Final = "keda.sh/v1alpha1"
-HPA_API: Final = "autoscaling/v2"
 
 
 @dataclass(frozen=True)
@@ -91,10 +89,6 @@ def autoscaling_children(pipeline: StreamPipeline, settings: OperatorSettings) -
 
     Built by the autoscaler's builders; none while suspended (replicas pinned to 0).
     """
-    # Imported here: operator/autoscaling/builders.py imports this package's meta module,
-    # so a module-level import would be circular whichever side is imported first.
-    from streamherd.operator.autoscaling.builders import build_autoscaler_objects
-
     return build_autoscaler_objects(pipeline, settings)
 
 
@@ -132,6 +126,8 @@ def build_all(
 
 __all__ = [
     "CHILD_KINDS",
+    "HPA_API",
+    "KEDA_API",
     "Capabilities",
     "ChildKind",
     "build_all",

@@ -135,7 +135,7 @@ def dead_letter_auth(spec: StreamPipelineSpec) -> KafkaAuth | None:
     return None
 
 
-# --- sink.postgres (issue 6): the connection Secret's keys as env vars --------------------
+# --- sink.postgres: the connection Secret's keys as env vars ------------------------------
 
 POSTGRES_ENV_PREFIX = "STREAMHERD_SINK_POSTGRES_"
 POSTGRES_FIELDS = ("host", "port", "user", "password", "dbname")

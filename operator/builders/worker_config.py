@@ -152,7 +152,7 @@ def state_config(upgrade: Upgrade, state: StateSpec) -> StateConfig | None:
     )
 
 
-# --- sink.postgres (issue 6) -------------------------------------------------------------
+# --- sink.postgres -------------------------------------------------------------------------
 
 #: SQL types createTable gives window result columns (aggregates by function).
 _WINDOW_COLUMN_TYPES = {"key": "text", "window_start": "timestamptz", "window_end": "timestamptz"}

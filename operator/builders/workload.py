@@ -314,7 +314,7 @@ def pdb_protects(pipeline: StreamPipeline) -> bool:
     With maxUnavailable 1 and at most one worker, the budget allows every eviction
     (disruptionsAllowed 1 with its one healthy pod), so it protects nothing; it would still
     cost an object, an apply and the disruption controller's status write on every pod
-    change (issue 7: a third of the 1000-pipeline bench runs one worker). The reconciler
+    change (at scale: a third of the 1000-pipeline bench runs one worker). The reconciler
     deletes the budget when the ceiling drops to 1 and creates it when it rises again.
     """
     return replica_ceiling(pipeline) > 1

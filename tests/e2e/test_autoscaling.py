@@ -1,6 +1,6 @@
 """Autoscaling end to end: operator + real control plane + real Kafka + real workers.
 
-The issue's proofs (issue 4), each on its own pipeline in one namespace watched by one
+The autoscaler's proofs, each on its own pipeline in one namespace watched by one
 operator process (tests/e2e/harness.py). Workers are local processes started from the pods'
 specs by the pod mirror, so the lag the operator measures at the broker is drained by as
 many real workers as the Deployment has Running pods. Poll intervals and windows are a few

@@ -221,6 +221,7 @@ def test_incompatible_edits_are_refused_then_reset_gives_the_new_specs_results(
         ns.apply(
             manifest(ns, name, source, sink, bootstrap, new_window, {"onStateChange": "reset"})
         )
+        reset_generation = (ns.get("streampipeline", name) or {})["metadata"]["generation"]
         wait_until(
             "the reset reported",
             lambda: ns.condition(name, "StateCompatible").get("reason") == "StateReset",
@@ -248,9 +249,13 @@ def test_incompatible_edits_are_refused_then_reset_gives_the_new_specs_results(
         assert not mirror.errors, mirror.errors
         new_rows = rows_of_width(kafka_broker.consume_all(sink), 5)
 
-        # The old state was kept before the reset, and is listed...
+        # The old state was kept before the reset, as a StreamPipelineSnapshot (Ready
+        # before the workers rolled: decision 0110) and in the volume, and both are listed...
         snapshot = f"{running_fp}-to-{new_fp}"
-        assert [s["name"] for s in ns.status(name)["snapshots"]] == [snapshot]
+        resource = f"{name}-reset-g{reset_generation}"
+        assert [s["name"] for s in ns.status(name)["snapshots"]] == [resource, snapshot]
+        taken = (ns.get("streampipelinesnapshot", resource) or {}).get("status") or {}
+        assert (taken.get("phase"), taken.get("fingerprint")) == ("Ready", running_fp), taken
         kept = checkpoints(pvc / "@snapshots" / snapshot, source)
         assert len(kept) == PARTITIONS
         assert {decode(d).fingerprint for d in kept.values()} == {running_fp}

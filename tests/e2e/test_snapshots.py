@@ -187,3 +187,121 @@ def test_a_snapshot_on_request_is_listed_and_restores_into_a_new_pipeline(
     assert set(got) <= set(old_rows)
     assert all((old_rows[k]["clicks"], old_rows[k]["bytes"]) ==
                (got[k]["clicks"], got[k]["bytes"]) for k in got)  # fmt: skip
+
+
+def test_a_reset_takes_a_snapshot_resource_first_which_restores_into_a_new_pipeline(
+    ns: Namespace, kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """A reset (onStateChange: reset) requests a StreamPipelineSnapshot of the running state
+    and rolls only once it is Ready: the snapshot holds the old fingerprint and every
+    partition at the offsets the old workers had reached. It is listed with `-l
+    streamherd.io/pipeline`, in the pipeline's status, and a NEW pipeline restores it and
+    gives the old spec's results (decision 0110)."""
+    old, new = "reset-src", "reset-new"
+    source = kafka_broker.create_topic(kafka_broker.unique_topic("rst"), partitions=PARTITIONS)
+    old_sink = kafka_broker.create_topic(kafka_broker.unique_topic("rst-old"), partitions=2)
+    new_sink = kafka_broker.create_topic(kafka_broker.unique_topic("rst-new"), partitions=2)
+    bootstrap = kafka_broker.bootstrap
+
+    def caught_up(name: str) -> bool:
+        try:
+            committed = kafka_broker.committed(f"{ns.ns}.{name}", source)
+        except KafkaException:
+            return False
+        return committed == kafka_broker.end_offsets(source)
+
+    before = clicks(0, 3000)
+    produce(kafka_broker, source, before)
+    ns.apply(keyed(manifest(ns, old, source, old_sink, bootstrap, WINDOW)))
+    ns.bind_checkpoint_volume(old)
+    with PodMirror(ns, old, tmp_path / "old") as old_mirror:
+        wait_until("the old pipeline caught up", lambda: caught_up(old), timeout=180)
+        running_fp = wait_until(
+            "the state fingerprint in status",
+            lambda: ns.status(old).get("stateFingerprint"),
+            timeout=60,
+        )
+        ends = kafka_broker.end_offsets(source)
+        # The reset: a new window size, from empty state.
+        five = copy.deepcopy(WINDOW) | {"size": "5s"}
+        ns.apply(
+            keyed(manifest(ns, old, source, old_sink, bootstrap, five, {"onStateChange": "reset"}))
+        )
+        generation = (ns.get("streampipeline", old) or {})["metadata"]["generation"]
+        snap = f"{old}-reset-g{generation}"
+        wait_until(
+            "the reset reported",
+            lambda: ns.condition(old, "StateCompatible").get("reason") == "StateReset",
+            timeout=180,
+        )
+        # By then the snapshot was Ready, of the old state, at the offsets the old workers
+        # had reached (nothing was produced meanwhile): taken before the state was dropped.
+        status = (ns.get("streampipelinesnapshot", snap) or {}).get("status") or {}
+        assert status.get("phase") == "Ready", status
+        assert status["fingerprint"] == running_fp
+        assert {p["partition"]: p["nextOffset"] for p in status["partitions"]} == ends
+        assert snap in ns.condition(old, "StateCompatible")["message"]
+        assert "SnapshotRequested" in ns.event_reasons(old)
+        assert not old_mirror.errors, old_mirror.errors
+        listing = ns.kubectl(
+            "get", "streampipelinesnapshots", "-l", f"streamherd.io/pipeline={old}", "-o", "name"
+        ).stdout.split()
+        assert listing == [f"streampipelinesnapshot.streamherd.io/{snap}"], listing
+        owners = (ns.get("streampipelinesnapshot", snap) or {})["metadata"]["ownerReferences"]
+        assert [o["name"] for o in owners] == [old]
+        listed = [s["name"] for s in ns.status(old).get("snapshots") or []]
+        assert snap in listed, listed
+        new_fp = ns.status(old)["stateFingerprint"]
+        assert new_fp != running_fp
+
+        # A NEW pipeline, under the old spec, restores the reset's snapshot.
+        after = clicks(3000, 1500)
+        produce(kafka_broker, source, after)
+        ns.apply(
+            keyed(
+                manifest(ns, new, source, new_sink, bootstrap, WINDOW,
+                         state={"restoreFrom": snap}),
+                startFrom="latest",
+            )
+        )  # fmt: skip
+        ns.bind_checkpoint_volume(new)
+        with PodMirror(ns, new, tmp_path / "new") as new_mirror:
+            wait_until(
+                "the restore reported",
+                lambda: ns.condition(new, "StateCompatible").get("reason") == "StateRestored",
+                timeout=60,
+            )
+            wait_until("the new pipeline caught up", lambda: caught_up(new), timeout=180)
+            far = [(p, ("zz", {"user": "zz", "bytes": 0, "ts": BASE_TS + 10**9}))
+                   for p in range(PARTITIONS)]  # fmt: skip
+            produce(kafka_broker, source, far)
+            wait_until("the new pipeline closed every window", lambda: caught_up(new),
+                       timeout=180)  # fmt: skip
+            assert not new_mirror.errors, new_mirror.errors
+
+        # Deleting the pipeline deletes the snapshot it owns, and its topic.
+        topic = status["topic"]
+        ns.kubectl("delete", "streampipeline", old, "--wait=true", "--timeout=120s")
+        wait_until(
+            "the reset's snapshot and its topic deleted with the pipeline",
+            lambda: (
+                ns.get("streampipelinesnapshot", snap) is None
+                and topic not in kafka_broker.admin().list_topics(timeout=10).topics
+            ),
+            timeout=120,
+        )
+
+    # The new pipeline's results: per partition, the windows open at the reset (their
+    # earlier records from the snapshot) and every later one, whole: the old spec's results.
+    expected: dict[str, dict[str, int]] = {}
+    for p in range(PARTITIONS):
+        mine = [r for r in before if r[0] == p]
+        open_from = max(rec["ts"] for _, (_, rec) in mine) // 10_000 * 10_000
+        expected |= reference(
+            [r for r in mine + after if r[0] == p and r[1][1]["ts"] >= open_from], 10_000
+        )
+    got = rows_of_width(kafka_broker.consume_all(new_sink), 10)
+    assert set(got) == set(expected)
+    wrong = {k for k, e in expected.items() if (got[k]["clicks"], got[k]["bytes"]) !=
+             (e["clicks"], e["bytes"])}  # fmt: skip
+    assert not wrong, sorted(wrong)[:5]

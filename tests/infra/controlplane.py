@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes import config as kube_config
 
 from tests.infra.processes import (
     HACK_DIR,
@@ -193,9 +194,7 @@ class KubeCluster:
 
     def api_client(self) -> Any:
         """A kubernetes.client.ApiClient for this cluster (never the ambient config)."""
-        from kubernetes import config
-
-        return config.new_client_from_config(  # type: ignore[no-untyped-call]
+        return kube_config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=str(self.kubeconfig)
         )
 

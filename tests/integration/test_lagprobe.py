@@ -5,7 +5,7 @@ offset (earliest and latest), records deleted past the committed offset (DeleteR
 broker operation retention performs), several groups measured in one call, and that the
 figure is exactly what a consumer of the group then reads.
 
-The probe reads committed offsets from ``__consumer_offsets`` (workers/offsetstopic.py);
+The probe reads committed offsets from ``__consumer_offsets`` (operator/offsetstopic.py);
 the tests check that they came that way (``probe.counters``), that they equal the admin
 API's per-group answers for 200 groups, that a commit acknowledged just before a poll is
 seen, that deleted offsets read as "no commit", and that a partition of the offsets topic
@@ -37,7 +37,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from streamherd.workers.lagprobe import (
+from streamherd.operator.lagprobe import (
     ClusterConfig,
     GroupLag,
     GroupSpec,
@@ -573,7 +573,7 @@ _FRESH_CLUSTER_CHILD = r"""
 import json, sys, time
 from pathlib import Path
 from confluent_kafka.admin import AdminClient, NewTopic
-from streamherd.workers.lagprobe import ClusterConfig, GroupLag, GroupSpec, LagProbe
+from streamherd.operator.lagprobe import ClusterConfig, GroupLag, GroupSpec, LagProbe
 from tests.infra.kafka import start_kafka
 
 fresh = start_kafka(Path(sys.argv[1]))

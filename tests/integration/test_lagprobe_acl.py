@@ -32,8 +32,8 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from streamherd.workers import lagprobe as lagprobe_module
-from streamherd.workers.lagprobe import ClusterConfig, GroupLag, GroupSpec, LagProbe
+from streamherd.operator import lagprobe as lagprobe_module
+from streamherd.operator.lagprobe import ClusterConfig, GroupLag, GroupSpec, LagProbe
 from tests.infra import kafka as kafka_infra
 from tests.infra.kafka import KafkaBroker
 from tests.integration.test_lagprobe import alter_offsets

@@ -10,8 +10,8 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from streamherd.operator.lagprobe import ClusterConfig
 from streamherd.operator.shadowtopics import NO_OFFSET, KafkaShadowClient, ShadowKafkaError
-from streamherd.workers.lagprobe import ClusterConfig
 from tests.infra.kafka import KafkaBroker
 from tests.infra.processes import wait_until
 

@@ -1,4 +1,4 @@
-"""operator/topicadmin.py against the real broker: create, check, report, delete (issue 14).
+"""operator/topicadmin.py against the real broker: create, check, report, delete.
 
 The operator-level behaviour (status, conditions, events, the finalizer) is in
 tests/integration/operator/test_operator_internal_topics.py; this is the admin module alone, so its
@@ -15,8 +15,8 @@ import pytest
 from confluent_kafka.admin import ConfigResource
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.lagprobe import ClusterConfig
 from streamherd.operator.topicadmin import InternalTopics, TopicAdminError
-from streamherd.workers.lagprobe import ClusterConfig
 from tests.infra.kafka import KafkaBroker
 from tests.infra.processes import free_port, wait_until
 

@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, TopicPartition
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.autoscaling.decision import NO_DATA, SCALE_UP, STEADY, WAKE_UP
 from streamherd.operator.autoscaling.poller import Autoscaler
-from streamherd.workers.lagprobe import ClusterConfig, LagProbe
+from streamherd.operator.lagprobe import ClusterConfig, LagProbe
 from tests.infra.kafka import KafkaBroker
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,17 +129,6 @@ def holds(w: Worker) -> bool:
     return bool(owned) and owned[0] > 0
 
 
-# A KNOWN BUG, not a flaky test: the final CI run of session 5 (2026-12-03) saw 10 of 143
-# windows wrong (the first window of every page short of ~45% of its records) after the 12
-# SIGKILLs and the full restart; the run before passed, as did the helper's runs. Exactly-once
-# with the changelog backend is therefore not proven across every kill schedule. The
-# assertion stays as it is; the marker makes CI report the bug (XFAIL, or XPASS when the
-# schedule misses it) instead of hiding the rest of the suite behind it. Remove it with the
-# fix (closing notes of session 5, issue 14).
-@pytest.mark.xfail(
-    reason="known bug: exactly-once + changelog state lost part of a window in one CI run",
-    strict=False,
-)
 def test_exactly_once_with_changelog_state_across_sigkills_and_a_full_restart(
     kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:
@@ -388,3 +378,114 @@ def test_fingerprint_refuse_then_reset_with_the_changelog_backend(
             assert b.load_snapshot(name, source, p) == before[p]
     finally:
         b.close()
+
+
+def metric_sum(w: Worker, name: str) -> float:
+    return sum(v for k, v in w.metrics().items() if k.split("{")[0] == name)
+
+
+def kill_before_first_commit(broker: KafkaBroker, group: str, src: str, w: Worker) -> None:
+    """As soon as the worker has read records: the first time (the worker alone, 20 s
+    checkpoint interval) before the consumer group holds any committed offset, later right
+    after a restarted worker's assignment (before or at its first commit)."""
+    wait_until("records read", lambda: metric_sum(w, "streamherd_records_in_total") > 0,
+               120, [w])  # fmt: skip
+    w.kill()
+
+
+def kill_right_after_restore(broker: KafkaBroker, group: str, src: str, w: Worker) -> None:
+    """As soon as the worker has restored its partitions from the changelog (on assign),
+    before it commits anything built on them."""
+    wait_until("a restore", lambda: "event=changelog-restored" in w.log_path.read_text(),
+               120, [w])  # fmt: skip
+    w.kill()
+
+
+def kill_mid_transaction(broker: KafkaBroker, group: str, src: str, w: Worker) -> None:
+    """When the worker was seen reading records with no commit since it read them: its open
+    transaction holds their outputs (re-keyed records, results)."""
+    wait_until("partitions held", lambda: holds(w), 120, [w])
+    seen = [metric_sum(w, "streamherd_offset_commits_total"),
+            metric_sum(w, "streamherd_records_in_total")]  # fmt: skip
+
+    def reading_inside_a_transaction() -> bool:
+        commits = metric_sum(w, "streamherd_offset_commits_total")
+        read = metric_sum(w, "streamherd_records_in_total")
+        if commits == seen[0] and read > seen[1]:
+            return True
+        seen[:] = [commits, read]
+        return False
+
+    wait_until("records read inside an open transaction", reading_inside_a_transaction,
+               120, [w])  # fmt: skip
+    w.kill()
+
+
+KILL_POINTS: dict[str, Callable[[KafkaBroker, str, str, Worker], None]] = {
+    "before-first-commit": kill_before_first_commit,
+    "right-after-restore": kill_right_after_restore,
+    "mid-transaction": kill_mid_transaction,
+}
+
+
+def trickle(broker: KafkaBroker, src: str, chunk: list[Any], stop: threading.Event) -> None:
+    """Produce ``chunk`` in small slices over some 15 s (longer than a rebalance after a
+    kill), so that records keep arriving around the next kill; faster once it happened."""
+    for i in range(0, len(chunk), 60):
+        broker.produce(src, chunk[i : i + 60])
+        stop.wait(0.3)
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_exactly_once_with_changelog_state_at_each_kill_point(
+    kafka_broker: KafkaBroker, tmp_path: Path, point: str
+) -> None:
+    """The invariant at each kill point, three kills each: the read_committed output holds
+    every (page, window) exactly once with the reference value, and every bad record is
+    dead-lettered once. The victim is always the same worker identity, restarted with a
+    new empty directory, so each kill meets the state its predecessor left in Kafka."""
+    config, src, sink, dlq = changelog_config(kafka_broker, tmp_path, "exactlyOnce")
+    # Room between commits for the kill points; before the first commit: the first one.
+    config["checkpoint"]["intervalSeconds"] = 20.0 if point == "before-first-commit" else 2.0
+    group = config["source"]["kafka"]["consumerGroup"]
+    records = list(page_clicks(0, 12_000))
+    fresh = Fresh(tmp_path, config)
+    kill = KILL_POINTS[point]
+    bad = 0
+    # Before the first commit: one worker alone, as a rebalance commits on revoke.
+    first = ["a"] if point == "before-first-commit" else list(NAMES)
+    try:
+        for name in first:
+            fresh.workers[name].start()
+        for i in range(4):
+            chunk = records[i * 3_000 : (i + 1) * 3_000]
+            done = threading.Event()
+            producing = threading.Thread(target=trickle, args=(kafka_broker, src, chunk, done))
+            producing.start()
+            try:
+                if i == 0 and point == "before-first-commit":
+                    wait_until(
+                        "records read",
+                        lambda: metric_sum(fresh.workers["a"], "streamherd_records_in_total") > 0,
+                        120,
+                        fresh.all(),
+                    )
+                    committed = kafka_broker.committed(group, src)
+                    assert all(o < 0 for o in committed.values()), committed
+                if i < 3:
+                    kill(kafka_broker, group, src, fresh.workers["a"])
+                    fresh.workers["a"] = fresh._make("a").start()
+                    for name in set(NAMES) - set(first):
+                        fresh.workers[name].start()
+                    first = list(NAMES)
+            finally:
+                done.set()
+                producing.join(120)
+            kafka_broker.produce(src, [("bad", b"not json %d" % i)])
+            bad += 1
+        flush(kafka_broker, src, records[-1][1]["ts"])
+        verify(kafka_broker, sink, dlq, page_reference(records), bad, fresh.all())
+        fresh.assert_no_files()
+    finally:
+        for w in fresh.all():
+            w.stop()

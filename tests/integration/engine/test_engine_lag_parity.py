@@ -1,4 +1,4 @@
-"""Issue 3, item 7: the lag a worker exports equals the lag probe's figure and the broker's
+"""The lag a worker exports equals the lag probe's figure and the broker's
 view, while the lag is NOT zero, and in the no-commit and retention-deleted cases.
 
 Real broker, real `streamherd-worker` subprocesses. To freeze the figures, a worker runs
@@ -6,7 +6,7 @@ with a checkpoint interval of an hour after the input stopped growing: it reads 
 record but commits nothing, so log end, log start and the committed offset all stand still
 and the three views can be compared at leisure (twice, 1.5 s apart, to show they are
 stable). The broker's view is computed here from raw broker answers (watermarks and the
-group's committed offsets), independently of workers/lagprobe.py:
+group's committed offsets), independently of operator/lagprobe.py:
 
 - committed and inside the log: log end - committed;
 - committed below the log start (records deleted by retention / DeleteRecords): the group
@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from streamherd.workers.lagprobe import ClusterConfig, GroupSpec, LagProbe
+from streamherd.operator.lagprobe import ClusterConfig, GroupSpec, LagProbe
 from tests.infra.kafka import KafkaBroker
 from tests.integration.engine.enginekit import Worker, clicks, pipeline_config, wait_until
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from streamherd.workers.repartitioning import read_mark
 from tests.infra.kafka import KafkaBroker, Record
 from tests.integration.engine.enginekit import (
     BASE_TS,
@@ -276,3 +277,99 @@ def test_a_quiet_partition_closes_its_windows_after_idle_timeout(
         assert "partition-idle" in w.log_path.read_text()
     finally:
         w.stop()
+
+
+def rekeyed(broker: KafkaBroker, topic: str) -> set[tuple[int, int]]:
+    """The (source partition, source offset) of every re-keyed record in the repartition
+    topic (progress markers left out)."""
+    out: set[tuple[int, int]] = set()
+    for rec in broker.consume_all(topic, timeout=60):
+        mark = read_mark(rec.headers)
+        if not mark.marker:
+            out.add((mark.upstream[1], mark.offset))
+    return out
+
+
+def test_a_new_repartition_partition_is_read_from_its_beginning_with_start_from_latest(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """`startFrom: latest` places the source partitions; the repartition topic holds only
+    what the pipeline's upstreams wrote, so a repartition partition with nothing committed
+    starts at its beginning. Here the first worker re-keys every record and is SIGKILLed
+    before its first checkpoint: nothing is committed anywhere, the source partitions of
+    its successor start at their end (nothing left there), and the re-keyed records must
+    still be counted, each once (at its log end they were all skipped)."""
+    src, sink, dlq = topics(kafka_broker)
+    config = repartitioned_config(kafka_broker, src, sink, dlq, tmp_path / "ck", startFrom="latest")
+    config["checkpoint"]["intervalSeconds"] = 3600  # no checkpoint before the kill
+    group = config["source"]["kafka"]["consumerGroup"]
+    topic = config["repartition"]["topic"]
+    first = Worker.create(tmp_path, "first", config).start()
+    second: Worker | None = None
+    try:
+        wait_until("the first worker ready", lambda: first.get("/readyz")[0] == 200, 90, [first])
+        # `latest` is resolved after the assignment: a record produced before that is
+        # skipped, as it should be. One record per source partition, again until each
+        # comes out re-keyed, shows every source partition reading (and each counts).
+        canaries = page_clicks(100_000, 10_000)
+        last_canary = 0.0
+
+        def every_partition_reading() -> bool:
+            nonlocal last_canary
+            reading = {p for p, _ in rekeyed(kafka_broker, topic)}
+            if len(reading) == PARTITIONS:
+                return True
+            if time.monotonic() - last_canary > 5:
+                for p in set(range(PARTITIONS)) - reading:
+                    kafka_broker.produce(src, [next(canaries)], partition=p)
+                last_canary = time.monotonic()
+            return False
+
+        wait_until("every source partition reading", every_partition_reading, 120, [first])
+        records = list(page_clicks(0, 6_000))
+        kafka_broker.produce(src, records)
+        ends = kafka_broker.end_offsets(src)
+
+        def all_rekeyed() -> bool:
+            seen = rekeyed(kafka_broker, topic)
+            return all((p, end - 1) in seen for p, end in ends.items())
+
+        wait_until("every record re-keyed", all_rekeyed, 120, [first])
+        first.kill()
+        for name in (src, topic):  # nothing committed (-1001: no offset): no checkpoint
+            offsets = kafka_broker.committed(group, name)
+            assert all(o < 0 for o in offsets.values()), f"{name} committed {offsets}"
+        taken = rekeyed(kafka_broker, topic)
+        counted = [
+            (r.key.decode() if r.key else "", r.json())
+            for r in kafka_broker.consume_all(src, timeout=60)
+            if (r.partition, r.offset) in taken
+        ]
+        assert len(counted) >= len(records)
+        second = Worker.create(tmp_path, "second", {**config, "runtime": {
+            **config["runtime"], "metricsPort": 0}}).start()  # fmt: skip
+        wait_until("the second worker ready", lambda: second.get("/readyz")[0] == 200, 90,
+                   [second])  # fmt: skip
+        expected = page_reference(counted)
+        flushed_at = 0.0
+
+        def results() -> bool:
+            nonlocal flushed_at
+            latest, _ = by_key(kafka_broker.consume_all(sink, timeout=60))
+            if set(expected) <= set(latest):
+                return True
+            if time.monotonic() - flushed_at > 10:  # a flush before `latest` resolved is
+                flush(kafka_broker, src, BASE_TS + 100_000_000)  # skipped: send another
+                flushed_at = time.monotonic()
+            return False
+
+        wait_until("every (page, window) in the sink", results, 180, [second])
+        got, counts = by_key(kafka_broker.consume_all(sink, timeout=60))
+        check(got, expected)
+        twice = {k: n for k, n in counts.items() if n > 1}
+        assert not twice, f"{len(twice)} windows emitted more than once, e.g. {list(twice)[:3]}"
+        assert kafka_broker.consume_all(dlq) == []
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()

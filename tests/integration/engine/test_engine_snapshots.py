@@ -8,7 +8,9 @@ each partition's offset. Restored into a NEW pipeline (another name, consumer gr
 checkpoint directory and sink, ``startFrom: latest``), it gives the old pipeline's results:
 the windows that were open at the snapshot come out whole, equal to a reference computed
 here from the produced records and to what the old pipeline itself emits for them. Both
-state backends: the checkpoint volume and the Kafka changelog (``checkpoint.changelog``).
+state backends: the checkpoint volume and the Kafka changelog (``checkpoint.changelog``),
+each with both deliveries (exactly-once honours ``restoreFrom`` too: decision 0111); a
+restart afterwards resumes from its own checkpoints, not from the snapshot again.
 """
 
 from __future__ import annotations
@@ -64,11 +66,26 @@ def committed(cfg: dict[str, Any], topic: str) -> dict[int, Checkpoint]:
     return {p: c for p, c in found.items() if c is not None}
 
 
-@pytest.mark.parametrize("backend", ["volume", "changelog"])
+@pytest.mark.parametrize(
+    ("backend", "delivery"),
+    [
+        ("volume", "atLeastOnce"),
+        ("changelog", "atLeastOnce"),
+        ("volume", "exactlyOnce"),
+        ("changelog", "exactlyOnce"),
+    ],
+)
 def test_a_snapshot_on_request_restores_into_a_new_pipeline(
-    kafka_broker: KafkaBroker, tmp_path: Path, backend: str
+    kafka_broker: KafkaBroker, tmp_path: Path, backend: str, delivery: str
 ) -> None:
     source, sink, _checkpoints, cfg = setup(kafka_broker, tmp_path, "snap")
+    # Exactly-once restores state and offset from the committed transaction's checkpoint
+    # unless state.restoreFrom names a snapshot: then from the snapshot, both together,
+    # the offset committed with the first transaction of the restored state (0111).
+    cfg["delivery"] = delivery
+    # A name of its own: every run's pipeline is `clicks` in `test`, and a snapshot topic
+    # left by an earlier run on the same broker would be a request the worker sees at once.
+    snap = f"before-upgrade-{uuid.uuid4().hex[:8]}"
     if backend == "changelog":
         cfg["checkpoint"]["changelog"] = {"topic": kafka_broker.unique_topic("snap-changelog")}
     group = cfg["source"]["kafka"]["consumerGroup"]
@@ -79,7 +96,7 @@ def test_a_snapshot_on_request_restores_into_a_new_pipeline(
         wait_until("the old pipeline caught up", lambda: caught_up(kafka_broker, group, source),
                    120, [old])  # fmt: skip
         # The request, as the operator makes it: the snapshot's topic on the source cluster.
-        topic = snapshot_topic(namespace, pipeline, "before-upgrade")
+        topic = snapshot_topic(namespace, pipeline, snap)
         _ensure_topic(AdminClient(kafka_broker.client_config()), topic)
         expected = {(source, p) for p in range(PARTITIONS)}
         status: dict[str, Any] = {}
@@ -128,7 +145,7 @@ def test_a_snapshot_on_request_restores_into_a_new_pipeline(
     new_cfg["sink"]["kafka"]["topic"] = new_sink
     if backend == "changelog":
         new_cfg["checkpoint"]["changelog"] = {"topic": kafka_broker.unique_topic("snap-new-cl")}
-    new_cfg["state"] = {"restoreFrom": "before-upgrade"}
+    new_cfg["state"] = {"restoreFrom": snap}
     new_group = new_cfg["source"]["kafka"]["consumerGroup"]
     new = Worker.create(tmp_path, "new", new_cfg).start()
     try:
@@ -159,7 +176,27 @@ def test_a_snapshot_on_request_restores_into_a_new_pipeline(
     # Restarting the new pipeline resumes from its own checkpoints, not the snapshot again.
     restored = committed(new_cfg, source)
     assert len(restored) == PARTITIONS
-    assert all(c.restored_from == "before-upgrade" for c in restored.values())
+    assert all(c.restored_from == snap for c in restored.values())
+    # The group's committed offsets are the restored checkpoints' (state and offsets
+    # coherent: with exactly-once both came from the same transaction).
+    offsets_now = kafka_broker.committed(new_group, source)
+    assert offsets_now == {p: c.next_offset for p, c in restored.items()}
+    rows_before = len(kafka_broker.consume_all(new_sink))
+    again = Worker.create(tmp_path, "again", new_cfg).start()
+    try:
+        wait_until(
+            "the restarted pipeline restored its own checkpoints",
+            lambda: again.log_path.read_text().count("event=partition-restored") >= PARTITIONS,
+            120,
+            [again],
+        )
+        stop_cleanly(again)
+    finally:
+        again.stop()
+    assert "event=restoring-snapshot" not in again.log_path.read_text()
+    # Nothing re-read from the snapshot's offsets: no row emitted again, offsets unmoved.
+    assert len(kafka_broker.consume_all(new_sink)) == rows_before
+    assert kafka_broker.committed(new_group, source) == offsets_now
     if backend == "changelog":  # nothing went through a volume
         for folder in (Path(cfg["checkpoint"]["directory"]), tmp_path / "new-checkpoints"):
             assert not folder.exists() or not any(p.is_file() for p in folder.rglob("*"))

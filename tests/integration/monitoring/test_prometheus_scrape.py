@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streamherd.operator.builders.monitoring import METRIC_DEAD_LETTERED
+from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.builders.monitoring import METRIC_DEAD_LETTERED, build_prometheus_rule
 from streamherd.workers.metrics import METRICS
 from tests.infra.controlplane import KubeCluster
 from tests.infra.kafka import KafkaBroker
@@ -52,9 +53,6 @@ POISON = 7
 
 
 def worker_rules(tmp_path: Path) -> Path:
-    from streamherd.operator.api.v1alpha1 import StreamPipeline
-    from streamherd.operator.builders.monitoring import build_prometheus_rule
-
     doc = yaml.safe_load((ROOT / "examples" / "02-clicks-per-minute.yaml").read_text())
     doc["metadata"] = {"name": NAME, "namespace": NS}
     rule = build_prometheus_rule(StreamPipeline.model_validate(doc), SETTINGS)

@@ -1,4 +1,4 @@
-"""An idle pipeline receives no write from the operator (issue 7), on the real API server.
+"""An idle pipeline receives no write from the operator (docs/scale.md), on the real API server.
 
 Once a pipeline is Ready, the operator keeps reconciling it (the resync loop, and every
 change of its Deployment is a trigger); none of those reconciles may write: not its

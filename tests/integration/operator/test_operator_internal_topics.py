@@ -1,5 +1,5 @@
 """The operator's internal topics against the real control plane, the real operator (the
-chart's RBAC) and the real broker (issue 14).
+chart's RBAC) and the real broker.
 
 A pipeline that re-keys (window keyed by page, source keyed by user) with the kafka state
 backend has two internal topics; the operator creates them on the source's cluster with the

@@ -68,7 +68,7 @@ def test_exactly_once_renders_into_the_worker_config() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"sink": {"stdout": {}}}, "needs a Kafka sink"),
+        ({"sink": {"stdout": {}}}, "needs a Kafka or PostgreSQL sink"),
         ({"sink__kafka__bootstrapServers": "other:9092"}, "source's cluster"),
         ({"deadLetter__bootstrapServers": "other:9092"}, "deadLetter must be on"),
         (
@@ -163,3 +163,70 @@ def test_idle_timeout_defaults_to_30s_and_null_turns_it_off() -> None:
     )  # type: ignore[union-attr]
     off = build_worker_config(pipeline(source__kafka__idleTimeout=None), OperatorSettings())
     assert off.source.kafka is not None and off.source.kafka.idle_timeout_seconds is None
+
+
+# -- exactly-once into PostgreSQL (decision 0105): the database's transaction holds the results
+# and the offsets, so nothing may go to Kafka besides it.
+
+PG_SINK = {"postgres": {"table": "clicks", "createTable": True,
+                        "connection": {"secretName": "db", "dsnKey": "uri"}}}  # fmt: skip
+NEVER = {"steps": [{"window": {**WINDOW["window"], "repartition": "never"}}]}
+
+
+def postgres_exactly_once(**change: Any) -> dict[str, Any]:
+    doc = document(delivery="exactlyOnce", sink=PG_SINK, processor=NEVER, **change)
+    doc["spec"].pop("deadLetter")
+    return doc
+
+
+def test_exactly_once_into_postgres_renders_a_config_the_worker_accepts() -> None:
+    parsed, problems = parse_pipeline(postgres_exactly_once())
+    assert parsed is not None and problems == []
+    assert exactly_once_spec_problem(parsed.spec) is None
+    config = build_worker_config(parsed, OperatorSettings())
+    assert config.delivery == "exactlyOnce"
+    assert config.sink.postgres is not None
+    assert config.dead_letter is None and config.repartition is None
+    assert config.checkpoint.changelog is None
+    WorkerConfig.model_validate(config.model_dump(by_alias=True))  # the worker agrees
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda d: d["spec"].update(deadLetter={"topic": "dlq"}), "spec.deadLetter"),
+        (lambda d: d["spec"].update(checkpoint={"backend": "kafka"}), "spec.checkpoint.backend"),
+        (lambda d: d["spec"].update(processor={"steps": [WINDOW]}), "spec.processor.steps"),
+    ],
+    ids=["dead-letter topic", "changelog backend", "repartition auto"],
+)
+def test_exactly_once_into_postgres_refuses_kafka_outputs_naming_the_field(
+    edit: Any, field: str
+) -> None:
+    doc = postgres_exactly_once()
+    edit(doc)
+    _, problems = parse_pipeline(doc)
+    assert [p for p in problems if p.startswith(f"{field}: delivery exactlyOnce with a Post")], (
+        problems
+    )
+    doc["spec"]["delivery"] = "atLeastOnce"  # the same pipeline at least once is fine
+    assert parse_pipeline(doc)[1] == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"deadLetter": {"topic": "dlq", "bootstrapServers": "k:9092"}}, "no dead-letter topic"),
+        ({"repartition": {"topic": "r"}}, "cannot repartition"),
+        ({"checkpoint": {"directory": "/c", "changelog": {"topic": "c"}}}, "checkpoint files"),
+    ],
+)
+def test_the_worker_refuses_kafka_outputs_with_exactly_once_into_postgres(
+    change: dict[str, Any], message: str
+) -> None:
+    parsed, _ = parse_pipeline(postgres_exactly_once())
+    assert parsed is not None
+    data = build_worker_config(parsed, OperatorSettings()).model_dump(by_alias=True)
+    data.update(change)
+    with pytest.raises(ValidationError, match=message):
+        WorkerConfig.model_validate(data)

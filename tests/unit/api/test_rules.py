@@ -18,7 +18,7 @@ from streamherd.operator.reconciler import _parse_spec
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.config import DURATION_PATTERN
-from tests.invalid_manifests import BOTH, KAFKA, LOCAL, OFFLINE_ONLY, Case, load_example
+from tests.invalid_manifests import BOTH, KAFKA, LOCAL, OFFLINE_ONLY, PG_EOS, Case, load_example
 
 
 def crd_schema() -> dict[str, Any]:
@@ -52,7 +52,7 @@ def test_the_operator_refuses_with_the_same_words(case: Case) -> None:
 
 
 def test_the_base_manifests_are_valid() -> None:
-    for doc in (KAFKA, LOCAL):
+    for doc in (KAFKA, LOCAL, PG_EOS):
         assert parse_pipeline(doc)[1] == []
 
 

@@ -95,6 +95,10 @@ class _NeverScale:
         raise AssertionError("an invalid pipeline was evaluated")
 
 
+async def _no_reconcile(ctx: Any, key: tuple[str, str]) -> None:
+    raise AssertionError("an invalid pipeline was reconciled by the autoscaler")
+
+
 class _Kube:
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
@@ -112,7 +116,18 @@ def test_the_autoscaler_leaves_invalid_pipelines_alone_quietly(
     state = AutoscalerState()
     with caplog.at_level(logging.DEBUG):
         for _ in range(3):
-            result = asyncio.run(scale_once(ctx, _NeverScale(), KEY, state.parsed))  # type: ignore[arg-type]
+            round_ = scale_once(ctx, _NeverScale(), KEY, state.parsed, reconcile=_no_reconcile)  # type: ignore[arg-type]
+            result = asyncio.run(round_)
             assert result is None
     ctx.executor.shutdown()
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_no_decision_before_the_deployment_exists() -> None:
+    """A valid pipeline whose Deployment the reconciler has not created yet is not evaluated:
+    "0 replicas" would read as a wake-up from zero for a pipeline with minReplicas 1 (seen
+    in the e2e backlog test under load: lastScaleReason WakeUp instead of ScaleUp)."""
+    ctx = SimpleNamespace(kube=_Kube(example()), executor=ThreadPoolExecutor(1))
+    round_ = scale_once(ctx, _NeverScale(), KEY, AutoscalerState().parsed, reconcile=_no_reconcile)  # type: ignore[arg-type]
+    assert asyncio.run(round_) is None
+    ctx.executor.shutdown()

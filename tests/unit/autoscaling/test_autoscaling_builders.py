@@ -1,4 +1,4 @@
-"""HPA, KEDA ScaledObject and TriggerAuthentication builders (operator/autoscaling/builders.py)."""
+"""HPA, KEDA ScaledObject and TriggerAuthentication builders (operator/builders/autoscaling.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
-from streamherd.operator.autoscaling.builders import (
+from streamherd.operator.builders.autoscaling import (
     EXTERNAL_METRIC,
     build_autoscaler_objects,
     build_hpa,

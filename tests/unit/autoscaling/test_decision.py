@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamherd.operator.api.v1alpha1 import Autoscaling
 from streamherd.operator.autoscaling.decision import (
     BOUNDS,
     NO_DATA,
@@ -284,8 +285,6 @@ def test_align() -> None:
 
 
 def test_policy_from_spec() -> None:
-    from streamherd.operator.api.v1alpha1 import Autoscaling
-
     p = Policy.from_spec(
         Autoscaling(
             min_replicas=0,

@@ -1,4 +1,4 @@
-"""The lag arithmetic of workers/lagprobe.py (the broker side is in tests/integration)."""
+"""The lag arithmetic of operator/lagprobe.py (the broker side is in tests/integration)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamherd.workers.config import KafkaEndpoint, KafkaSecurity
-from streamherd.workers.lagprobe import (
+from streamherd.operator.lagprobe import (
     ClusterConfig,
     GroupLag,
     PartitionLag,
     lag_rate,
     partition_lag,
 )
+from streamherd.workers.config import KafkaEndpoint, KafkaSecurity
 
 
 @pytest.mark.parametrize(

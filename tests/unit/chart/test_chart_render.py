@@ -241,11 +241,13 @@ def test_default_rbac_is_one_cluster_role_with_the_operator_calls(
         assert allowed(role, "streamherd.io", "streampipelines", verb)
     assert allowed(role, "streamherd.io", "streampipelines/status", "patch")
     assert allowed(role, "streamherd.io", "streampipelines/finalizers", "update")
-    # Snapshots: followed by kopf timers (patch: status, and kopf's finalizer on metadata).
-    for verb in ("get", "list", "watch", "patch"):
+    # Snapshots: followed by kopf timers (patch: status, and kopf's finalizer on metadata),
+    # created (server-side apply) before a reset or replay and deleted with the pipeline
+    # (decision 0110).
+    for verb in ("get", "list", "watch", "create", "patch", "delete"):
         assert allowed(role, "streamherd.io", "streampipelinesnapshots", verb)
     assert allowed(role, "streamherd.io", "streampipelinesnapshots/status", "patch")
-    assert not allowed(role, "streamherd.io", "streampipelinesnapshots", "create")
+    assert not allowed(role, "streamherd.io", "streampipelinesnapshots", "update")
     # Writes are server-side apply (PATCH): no PUT, and nothing the operator never calls.
     assert not allowed(role, "streamherd.io", "streampipelines", "update")
     assert not allowed(role, "streamherd.io", "streampipelines/scale", "patch")

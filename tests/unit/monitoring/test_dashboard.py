@@ -17,8 +17,10 @@ from typing import Any
 import prometheus_client
 import pytest
 
+# The operator's collectors live in the default registry once its modules are imported.
+import streamherd.operator.autoscaling.handlers  # noqa: F401
 from streamherd.workers.metrics import METRICS
-from tests.unit.chart.helmtool import Helm, by_kind
+from tests.unit.chart.helmtool import Helm, by_kind, find_helm
 from tests.unit.monitoring.promkit import ROOT, run_promtool, write_yaml
 
 DASHBOARD = ROOT / "charts" / "streamherd" / "files" / "dashboards" / "streamherd-pipelines.json"
@@ -73,9 +75,6 @@ def exported_metrics() -> set[str]:
 
     for spec in METRICS:
         add(spec.name, spec.kind)
-    # The operator's collectors live in the default registry once its modules are imported.
-    import streamherd.operator.autoscaling.handlers  # noqa: F401
-
     for collector in list(prometheus_client.REGISTRY._collector_to_names):
         for family in collector.describe() if hasattr(collector, "describe") else []:
             if family.name.startswith("streamherd_operator_"):
@@ -146,8 +145,6 @@ def test_every_expression_names_only_exported_metrics() -> None:
 
 @pytest.fixture
 def helm_bin() -> Helm:
-    from tests.unit.chart.helmtool import find_helm
-
     binary = find_helm()
     if binary is None or not binary.exists():
         pytest.fail("no helm binary: run `bash hack/build-control-plane.sh`", pytrace=False)

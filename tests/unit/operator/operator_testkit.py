@@ -93,13 +93,18 @@ class FakeKube:
     def list(
         self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
     ) -> list[Manifest]:
-        wanted = dict(p.split("=", 1) for p in label_selector.split(",") if p)
+        # `key=value` and `key` (the label exists), as the API server reads them.
+        terms = [p.split("=", 1) if "=" in p else [p, None] for p in label_selector.split(",") if p]
+
+        def matches(labels: dict[str, str]) -> bool:
+            return all(a in labels if b is None else labels.get(a) == b for a, b in terms)
+
         return [
             copy.deepcopy(o)
             for (av, k, ns, _), o in self.objects.items()
             if (av, k) == (api_version, kind)
             and (namespace is None or ns == namespace)
-            and all(o["metadata"].get("labels", {}).get(a) == b for a, b in wanted.items())
+            and matches(o["metadata"].get("labels", {}))
         ]
 
     def patch_status(self, namespace: str, name: str, status: Manifest) -> Manifest:

@@ -1,4 +1,4 @@
-"""The internal topics and the Kafka state backend, the pure parts (issue 14).
+"""The internal topics and the Kafka state backend, the pure parts.
 
 Builders (the kafka backend has no claim and no mount and rolls; its WorkerConfig names the
 changelog; the volume backend renders what it always did), the topic specs, render's comment
@@ -26,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from operator_testkit import SETTINGS, FakeKube, body_of, example_doc, pipeline_from
 
+from streamherd.operator import topicadmin
 from streamherd.operator.api.v1alpha1 import StreamPipeline, Upgrade
 from streamherd.operator.builders import Capabilities, build_all
 from streamherd.operator.builders.meta import CHECKPOINT_DIR, CONFIG_KEY
@@ -35,6 +36,7 @@ from streamherd.operator.builders.topics import (
     internal_topics,
     render_comment,
 )
+from streamherd.operator.lagprobe import ClusterConfig
 from streamherd.operator.reconciler import TOPICS, ReconcileMemo, reconcile
 from streamherd.operator.rendering import render_files
 from streamherd.operator.topicadmin import (
@@ -51,7 +53,6 @@ from streamherd.operator.upgrades import STATE_COMPATIBLE, config_backend, decid
 from streamherd.operator.validation import semantic_errors
 from streamherd.workers.config import ProcessorConfig, WorkerConfig
 from streamherd.workers.fingerprint import describe
-from streamherd.workers.lagprobe import ClusterConfig
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NAME = "clicks-per-minute"
@@ -454,3 +455,17 @@ def test_a_running_attempt_never_flips_the_status_and_a_failure_waits_its_backof
     finally:
         gate.set()
         manager.close()
+
+
+def test_every_way_of_no_broker_answering_reads_the_same_in_status() -> None:
+    """Refused and timed out alternate with the machine's load: the status must not (each
+    change of the message would be a status write at every attempt, on an idle pipeline)."""
+    said = {
+        topicadmin._reason(KafkaException(KafkaError(code, "detail")))
+        for code in (KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN)
+    }
+    assert len(said) == 1 and "no broker answered" in said.pop()
+    denied = topicadmin._reason(
+        KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "denied"))
+    )
+    assert denied.startswith("TOPIC_AUTHORIZATION_FAILED")  # a person's problem: named

@@ -58,7 +58,7 @@ SCRIPT = textwrap.dedent(
     import socket, sys, time
     from streamherd.operator.main import configure_logging
     from streamherd.operator.autoscaling.handlers import logged_probe
-    from streamherd.workers.lagprobe import ClusterConfig, GroupSpec, LagProbeError
+    from streamherd.operator.lagprobe import ClusterConfig, GroupSpec, LagProbeError
 
     configure_logging("debug", "json")
     s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()

@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_testkit import EXAMPLES, example_doc
+from operator_testkit import EXAMPLES, example_doc, pipeline_from
 
-from streamherd.operator.local import run_local
+from streamherd.operator.builders.worker_config import build_worker_config
+from streamherd.operator.local import localize, run_local
 from streamherd.operator.rendering import render_files
+from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import validate_files
 
 
@@ -170,12 +172,6 @@ def test_run_local_refuses_an_invalid_manifest(tmp_path: Path) -> None:
 
 
 def test_bootstrap_override_points_every_endpoint_at_the_local_broker() -> None:
-    from operator_testkit import pipeline_from
-
-    from streamherd.operator.builders.worker_config import build_worker_config
-    from streamherd.operator.local import localize
-    from streamherd.operator.settings import OperatorSettings
-
     config = build_worker_config(pipeline_from(example_doc("03-orders-secure")), OperatorSettings())
     local = localize(
         config, checkpoint_dir="/tmp/x", metrics_port=0, bootstrap_servers="127.0.0.1:9092"

@@ -1,4 +1,4 @@
-"""An idle pipeline costs no write, and the concurrent apply of children (issue 7).
+"""An idle pipeline costs no write, and the concurrent apply of children (docs/scale.md).
 
 The reconciler against operator_testkit.FakeKube: once a pipeline's workers are ready,
 any number of later reconciles (the resync, Deployment events), at any later time, write

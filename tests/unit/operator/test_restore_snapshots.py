@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
-from operator_testkit import SETTINGS, FakeKube, body_of, example_doc
+from hypothesis import given
+from hypothesis import strategies as st
+from operator_testkit import SETTINGS, FakeKube, body_of, example_doc, pipeline_from
 
+from streamherd.operator.api.snapshot import MAX_SNAPSHOT_NAME_LENGTH
+from streamherd.operator.builders.snapshot import build_state_snapshot, state_snapshot_name
 from streamherd.operator.reconciler import ReconcileMemo, reconcile
+from streamherd.operator.snapshots import delete_state_snapshots, lists_state_snapshots
 from streamherd.operator.upgrades import STATE_COMPATIBLE
+from streamherd.workers.snapshotting import is_volume_snapshot
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -111,3 +118,59 @@ def test_a_repartitioned_pipelines_snapshot_does_not_fit_another_pipeline() -> N
     assert kube.find("ConfigMap", "restored-config") is None
     assert kube.find("Deployment", "restored") is None
     assert condition(kube, "restored")["reason"] == "SnapshotMismatch"
+
+
+# --------------------------------------------------------------------------- before a reset
+
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@given(
+    name=st.from_regex(r"[a-z0-9]([-a-z0-9]{0,53}[a-z0-9])?", fullmatch=True),
+    action=st.sampled_from(["reset", "replay"]),
+    generation=st.integers(min_value=1, max_value=10**12),
+)
+def test_a_state_snapshot_name_is_a_valid_unique_snapshot_name(
+    name: str, action: str, generation: int
+) -> None:
+    snap = state_snapshot_name(name, action, generation)
+    assert len(snap) <= MAX_SNAPSHOT_NAME_LENGTH and NAME_RE.match(snap), snap
+    assert not is_volume_snapshot(snap)
+    assert snap.endswith(f"-{action}-g{generation}")
+    # One per edit: another generation or action is another snapshot.
+    assert snap != state_snapshot_name(name, action, generation + 1)
+    # The pipeline's delete handler recognises it in status.snapshots.
+    body = {"spec": {}, "status": {"snapshots": [{"name": snap}]}}
+    assert lists_state_snapshots(body)
+    body["spec"] = {"state": {"retainOnDelete": True}}
+    assert not lists_state_snapshots(body)
+
+
+def test_a_state_snapshot_is_owned_unless_the_pipeline_keeps_its_state() -> None:
+    doc = example_doc("02-clicks-per-minute")
+    owned = build_state_snapshot(pipeline_from(doc, uid="u-1"), "reset", 7)
+    assert owned["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert "controller" not in owned["metadata"]["ownerReferences"][0]
+    assert "streamherd.io/retained" not in owned["metadata"]["labels"]
+    doc["spec"]["state"] = {"retainOnDelete": True}
+    kept = build_state_snapshot(pipeline_from(doc, uid="u-1"), "reset", 7)
+    assert "ownerReferences" not in kept["metadata"]
+    assert kept["metadata"]["labels"]["streamherd.io/retained"] == "true"
+    assert kept["spec"] == owned["spec"] == {"pipeline": doc["metadata"]["name"]}
+
+
+def test_deleting_a_pipeline_deletes_only_the_snapshots_it_owns() -> None:
+    kube = FakeKube()
+    doc = example_doc("02-clicks-per-minute")
+    name = doc["metadata"]["name"]
+    kube.put(build_state_snapshot(pipeline_from(doc, uid="u-1"), "reset", 2))
+    kube.put(build_state_snapshot(pipeline_from(doc, uid="u-0"), "reset", 1))  # an older one's
+    retained = copy.deepcopy(doc)
+    retained["spec"]["state"] = {"retainOnDelete": True}
+    kube.put(build_state_snapshot(pipeline_from(retained, uid="u-1"), "replay", 3))
+    kube.put(snapshot("on-request", "f", "s"))
+    left = delete_state_snapshots(kube, "default", name, "u-1")
+    assert left == [f"{name}-reset-g2"]
+    assert kube.deletes == [f"StreamPipelineSnapshot/{name}-reset-g2"]
+    assert kube.find("StreamPipelineSnapshot", f"{name}-replay-g3") is not None
+    assert delete_state_snapshots(kube, "default", name, "u-1") == []

@@ -248,6 +248,33 @@ def test_reset_and_replay_roll_with_the_policy_in_the_worker_config(name_: str) 
             spec["upgrade"]["replayFrom"] = "2026-01-01T00:00:00Z"
 
     edit(kube, name, change)
+    generation = body_of(kube, name)["metadata"]["generation"]
+    # First a StreamPipelineSnapshot of the running state (decision 0110): requested, owned
+    # by the pipeline, and nothing rolls until it is Ready.
+    held = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    snap_name = f"{name}-{name_}-g{generation}"
+    snap = kube.find("StreamPipelineSnapshot", snap_name)
+    assert snap is not None and snap["spec"] == {"pipeline": name}
+    assert snap["metadata"]["labels"]["streamherd.io/pipeline"] == name
+    assert snap["metadata"]["labels"]["streamherd.io/taken-before"] == name_
+    assert [r["uid"] for r in snap["metadata"]["ownerReferences"]] == [
+        body_of(kube, name)["metadata"]["uid"]
+    ]
+    assert children(kube, name) == before
+    assert "SnapshotRequested" in [e.reason for e in held.events]
+    assert held.retry_after is not None
+    cond = condition(kube, name, STATE_COMPATIBLE)
+    assert (cond["status"], cond["reason"]) == ("False", "TakingSnapshot"), cond
+    assert body_of(kube, name)["status"]["stateFingerprint"] == old_fp
+    for phase in ("Taking", "Failed"):  # still held; a failure says how to take it again
+        snap["status"] = {"phase": phase, "message": "m", "fingerprint": old_fp}
+        reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+        assert children(kube, name) == before
+    assert "delete it to take it again" in condition(kube, name, STATE_COMPATIBLE)["message"]
+    snap["status"] = {
+        "phase": "Ready", "fingerprint": old_fp, "topic": "t", "takenAt": "2026-01-01T00:00:00Z",
+        "partitionCount": 2, "sizeBytes": 10,
+    }  # fmt: skip
     result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
     config_map, deployment = children(kube, name)
     assert config_map != before[0] and deployment != before[1]  # rolled
@@ -261,17 +288,20 @@ def test_reset_and_replay_roll_with_the_policy_in_the_worker_config(name_: str) 
     status = body_of(kube, name)["status"]
     assert status["stateFingerprint"] != old_fp
     assert condition(kube, name, STATE_COMPATIBLE)["reason"] == reason
-    # The snapshot the workers keep before discarding the old state is listed.
+    # The snapshots kept before the old state is discarded are listed: the resource, and
+    # the one the workers keep in their own checkpoints.
     kept = f"{old_fp}-to-{status['stateFingerprint']}"
-    assert [s["name"] for s in status["snapshots"]] == [kept]
-    assert status["snapshots"][0]["fingerprint"] == old_fp
-    assert kept in condition(kube, name, STATE_COMPATIBLE)["message"]
+    assert [s["name"] for s in status["snapshots"]] == [snap_name, kept]
+    assert [s["fingerprint"] for s in status["snapshots"]] == [old_fp, old_fp]
+    message = condition(kube, name, STATE_COMPATIBLE)["message"]
+    assert kept in message and f"StreamPipelineSnapshot {snap_name}" in message
     # The next reconcile keeps reporting what was done, and says it only once.
     kube.roll_out(name)
     again = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
     assert condition(kube, name, STATE_COMPATIBLE)["reason"] == reason
     assert reason not in [e.reason for e in again.events]
-    assert [s["name"] for s in body_of(kube, name)["status"]["snapshots"]] == [kept]
+    assert [s["name"] for s in body_of(kube, name)["status"]["snapshots"]] == [snap_name, kept]
+    assert kube.applies.count(f"StreamPipelineSnapshot/{snap_name}") == 1
 
 
 def test_a_compatible_edit_rolls_as_before() -> None:

@@ -7,7 +7,8 @@ tests/e2e/test_verify.py."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,6 +34,7 @@ from streamherd.operator.verifying import (
     results_fingerprint,
     same_value,
     start_offsets,
+    verified_condition,
     window_rows,
 )
 from streamherd.workers.config import WorkerConfig
@@ -442,12 +444,17 @@ def run_edit(
     memo: ReconcileMemo,
     baseline_rows: list[dict[str, Any]],
     candidate_rows: list[dict[str, Any]],
+    change: Callable[[dict[str, Any]], Any] | None = None,
 ) -> tuple[VerificationStatus, list[str]]:
-    """Edit the filter, then walk the verification to its verdict; returns the final
-    status.verification and the event reasons of every reconcile."""
+    """Edit the filter (or make `change` to the spec), then walk the verification to its
+    verdict; returns the final status.verification and the event reasons of every
+    reconcile."""
     before = live(kube, name)
     body = body_of(kube, name)
-    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
+    if change is None:
+        body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
+    else:
+        change(body["spec"])
     body["metadata"]["generation"] += 1
     reasons: list[str] = []
 
@@ -626,3 +633,111 @@ def test_a_missing_auth_secret_holds_the_edit_and_names_it() -> None:
     assert (c["status"], c["reason"]) == ("Unknown", "KafkaError")
     assert "kafka-creds" in c["message"]
     assert live(kube, name) == before
+
+
+# --------------------------------------------------------------------------- the image
+
+
+NEW_IMAGE = "registry.example/clicks:2"
+
+
+def test_an_image_change_is_verified_baseline_on_the_old_image_candidate_on_the_new() -> None:
+    kube, kafka, name, memo = running()
+    before = live(kube, name)
+    old_image = before[1]["spec"]["template"]["spec"]["containers"][0]["image"]
+    images: dict[str, str] = {}
+    real_apply = kube.apply
+
+    def apply(manifest: dict[str, Any]) -> dict[str, Any]:
+        if manifest["kind"] == "Deployment" and "-shadow-" in manifest["metadata"]["name"]:
+            role = manifest["metadata"]["name"].rsplit("-", 1)[1]
+            images[role] = manifest["spec"]["template"]["spec"]["containers"][0]["image"]
+        return real_apply(manifest)
+
+    kube.apply = apply  # type: ignore[method-assign]
+    base = [row("/a", 0, clicks=3), row("/b", 0, clicks=1)]
+    cand = [row("/a", 0, clicks=2), row("/b", 0, clicks=1)]
+    v, reasons = run_edit(
+        kube, kafka, name, memo, base, cand, change=lambda s: s.update(image=NEW_IMAGE)
+    )
+    assert images == {"baseline": old_image, "candidate": NEW_IMAGE}
+    assert (v.phase, v.compared_windows, v.differing_windows) == ("Failed", 2, 1)
+    assert live(kube, name) == before  # the new image never reached the workers
+    assert "VerificationFailed" in reasons
+    assert cond(kube, name)["reason"] == "ResultsDiffer"
+
+
+def test_an_image_change_that_keeps_the_results_is_promoted_and_says_it_was_the_image() -> None:
+    kube, kafka, name, memo = running()
+    same = [row("/a", 0, clicks=3)]
+    body = body_of(kube, name)
+    body["spec"]["image"] = NEW_IMAGE
+    body["metadata"]["generation"] += 1
+    reconcile(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    message = cond(kube, name)["message"]
+    assert "the image" in message and NEW_IMAGE in message and "processing" not in message
+    # ...and while the shadows run.
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=5), memo=memo,
+              kafka=lambda p: kafka)  # fmt: skip
+    message = cond(kube, name)["message"]
+    assert "shadows running since" in message and NEW_IMAGE in message
+    v, _ = run_edit(kube, kafka, name, memo, same, same, change=lambda s: None)
+    assert v.phase == "Passed"
+    image = live(kube, name)[1]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == NEW_IMAGE
+
+
+def test_the_operators_default_image_counts_as_an_image_change() -> None:
+    kube, kafka, name, memo = running()
+    upgraded = dataclasses.replace(SETTINGS, worker_image=NEW_IMAGE)
+    reconcile(body_of(kube, name), kube, upgraded, now=T0, memo=memo, kafka=lambda p: kafka)
+    assert cond(kube, name)["reason"] == "Verifying"
+    assert kube.find("Deployment", f"{name}-shadow-candidate") is not None
+
+
+def test_the_image_is_in_the_results_fingerprint() -> None:
+    doc = verified_doc()
+    pipeline = pipeline_from(doc, namespace="ns")
+    children = build_all(pipeline, SETTINGS, secrets_hash="h", capabilities=Capabilities())
+    config = config_of(next(c for c in children if c["kind"] == "ConfigMap"))
+    assert config is not None
+    assert results_fingerprint(config, "a:1") != results_fingerprint(config, "a:2")
+    assert results_fingerprint(config, "a:1") == results_fingerprint(config, "a:1")
+
+
+# --------------------------------------------------------------------------- verify removed
+
+
+@pytest.mark.parametrize(
+    ("verify", "suspended", "decided", "present", "expected"),
+    [
+        (Verify(mode="shadow"), False, ("True", "Passed", "m"), True, ("True", "Passed", "m")),
+        (Verify(mode="shadow"), False, None, True, None),  # the gate leaves it
+        (None, False, None, True, "VerificationOff"),
+        (Verify(mode="none"), False, None, True, "VerificationOff"),
+        (None, False, None, False, None),  # never verified: no condition at all
+        (None, True, None, True, None),  # suspended: kept as it was
+    ],
+)
+def test_verified_condition(
+    verify: Verify | None, suspended: bool, decided: Any, present: bool, expected: Any
+) -> None:
+    got = verified_condition(verify, suspended, decided, present)
+    if isinstance(expected, str):
+        assert got is not None and got[:2] == ("False", expected)
+        assert "spec.upgrade.verify is not set" in got[2]
+    else:
+        assert got == expected
+
+
+def test_removing_verify_clears_the_verdict_it_left() -> None:
+    kube, kafka, name, memo = running()
+    same = [row("/a", 0, clicks=3)]
+    run_edit(kube, kafka, name, memo, same, same)
+    assert cond(kube, name)["reason"] == "Passed"
+    body = body_of(kube, name)
+    del body["spec"]["upgrade"]["verify"]
+    body["metadata"]["generation"] += 1
+    reconcile(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    c = cond(kube, name)
+    assert (c["status"], c["reason"]) == ("False", "VerificationOff"), c

@@ -19,9 +19,9 @@ from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.config import PostgresSinkConfig
 from streamherd.workers.sinks_postgres import (
-    _dedupe,
     conninfo_from_env,
     create_table_statement,
+    dedupe,
     upsert_statement,
 )
 from tests.unit.monitoring.promkit import ROOT
@@ -143,10 +143,10 @@ def test_sql_is_quoted_and_upserts() -> None:
 
 def test_last_row_of_a_key_wins_within_a_batch() -> None:
     rows = [("a", 1), ("b", 2), ("a", 3)]
-    assert _dedupe(rows, [0]) == [("a", 3), ("b", 2)]
+    assert dedupe(rows, [0]) == [("a", 3), ("b", 2)]
     # A key beyond 64 bits (a large integer key) cannot go through orjson; still deduplicated.
     big = [(2**70, 1), (2**70, 2), (2**70 + 1, 3)]
-    assert _dedupe(big, [0]) == [(2**70, 2), (2**70 + 1, 3)]
+    assert dedupe(big, [0]) == [(2**70, 2), (2**70 + 1, 3)]
 
 
 def test_connection_settings_come_from_the_environment() -> None:

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamherd.workers.checkpointing import Checkpoint, decode, encode
+from streamherd.workers.checkpointing import Checkpoint, decode, encode, fold_windows
 from streamherd.workers.config import ProcessorConfig
 from streamherd.workers.expressions import compile_expression
 from streamherd.workers.fusing import fuse
@@ -148,6 +148,7 @@ def run_all(cfg: ProcessorConfig, messages: list[Msg], cuts: list[int]) -> None:
     fused = fuse(cfg, plan)
     assert fused is not None
     states = [PartitionWindows(plan) for _ in range(3)]
+    mirrors: list[dict[bytes, list[Any]]] = [{}, {}, {}]
     start = 0
     for cut in [*cuts, len(messages)]:
         batch = messages[start : start + cut] if cut else []
@@ -161,6 +162,12 @@ def run_all(cfg: ProcessorConfig, messages: list[Msg], cuts: list[int]) -> None:
         assert got_fused == got_naive
         closed = [s.close() for s in states]
         assert closed[0] == closed[1] == closed[2]
+        # Each path tracks every window it changed or closed (decision 0095): the changes
+        # applied to the last checkpoint's windows give the windows now.
+        for s, mirror in zip(states, mirrors, strict=True):
+            fold_windows(mirror, s.changes())
+            assert mirror == fold_windows({}, s.to_json()["windows"])
+            s.checkpointed()
         # As checkpoints: orjson, or the stdlib when a sum went beyond 64 bits.
         dumps = [encode(Checkpoint("in", 1, start, s.to_json(), written_at=1.0)) for s in states]
         assert dumps[0] == dumps[1] == dumps[2]

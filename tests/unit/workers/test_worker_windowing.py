@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -139,8 +140,6 @@ def test_state_round_trip() -> None:
     p = plan()
     w = PartitionWindows(p)
     feed(w, [{"k": "a", "t": 5, "v": 1.25}, {"k": 3, "t": 15_000, "v": 2}])
-    import orjson
-
     restored = PartitionWindows.from_json(p, orjson.loads(orjson.dumps(w.to_json())))
     assert restored.windows == w.windows
     assert restored.max_event_ms == w.max_event_ms

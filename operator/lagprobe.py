@@ -11,17 +11,19 @@ cases a naive subtraction gets wrong:
 
 The operator's autoscaler (``streamherd.operator.autoscaling``) uses a :class:`LagProbe` per
 Kafka cluster to measure many pipelines' groups in a few requests, which is what lets it scale
-a pipeline that has zero workers, whatever image they run. The workers use only
-:func:`partition_lag` (their exported lag follows the same rule) and never build a
-:class:`LagProbe`, which would start an offsets-topic reader. This module only depends on
-confluent_kafka (the workers never import the operator).
+a pipeline that has zero workers, whatever image they run. The per-partition rule,
+:func:`~streamherd.workers.lag.partition_lag`, lives with the workers (workers/lag.py), whose
+exported lag follows it too; the workers never build a :class:`LagProbe`, which would start an
+offsets-topic reader. Besides confluent_kafka this module needs only the workers' Kafka
+endpoint model and that rule (the operator imports the workers' shared modules, never the
+other way round).
 
 Requests per :meth:`LagProbe.measure_many` call, whatever the number of groups: one Metadata
 request (partition counts), one ListOffsets fan-out for log starts and one for log ends (all
 partitions of all topics plus the high watermarks of ``__consumer_offsets``; librdkafka groups
 them by partition leader), one ListOffsets for the last stable offsets of
 ``__consumer_offsets``, and the Fetch requests that bring the committed offsets up to date
-(:mod:`streamherd.workers.offsetstopic`: one consumer per probe reads every group's commits
+(:mod:`streamherd.operator.offsetstopic`: one consumer per probe reads every group's commits
 from ``__consumer_offsets``, up to the offsets just listed, so a commit acknowledged before
 the call is always seen).
 
@@ -54,7 +56,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from confluent_kafka import (
     Consumer,
@@ -66,15 +68,14 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec as _OffsetSpec
 
-from streamherd.workers.config import KafkaEndpoint
-from streamherd.workers.offsetstopic import (
+from streamherd.operator.offsetstopic import (
     OFFSETS_TOPIC,
     PERMANENT_ERRORS,
     CatchUp,
     OffsetsTopicReader,
 )
-
-StartFrom = Literal["earliest", "latest"]
+from streamherd.workers.config import KafkaEndpoint
+from streamherd.workers.lag import StartFrom, partition_lag
 
 # OffsetSpec's factory methods are untyped in confluent-kafka's stubs.
 OffsetSpec: Any = _OffsetSpec
@@ -90,27 +91,6 @@ FETCH_CONCURRENCY = 8
 
 class LagProbeError(RuntimeError):
     """The lag of a group could not be measured (broker unreachable, partition leaderless...)."""
-
-
-# --------------------------------------------------------------------------- the arithmetic
-
-
-def partition_lag(
-    log_start: int, log_end: int, committed: int | None, start_from: StartFrom
-) -> int:
-    """Records the group still has to consume from one partition.
-
-    ``committed`` is None when the group has no committed offset for the partition.
-    """
-    retained = max(0, log_end - log_start)
-    if committed is None:
-        return retained if start_from == "earliest" else 0
-    if committed < log_start:
-        # Retention deleted past the committed offset: the consumer's offset is out of
-        # range and it resets to the log start, so only the retained records remain.
-        return retained
-    # committed > log_end happens after a topic was recreated or truncated: nothing to read.
-    return max(0, log_end - committed)
 
 
 # --------------------------------------------------------------------------- results

@@ -1,4 +1,4 @@
-"""The ``__consumer_offsets`` record decoder and group placement of workers/offsetstopic.py.
+"""The ``__consumer_offsets`` record decoder and group placement of operator/offsetstopic.py.
 
 Records are built by hand, field by field, for every key and value version the format has,
 plus two records exactly as the Kafka 4.3.1 test broker wrote them (a plain commit with the
@@ -15,8 +15,8 @@ from confluent_kafka import KafkaError, KafkaException
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamherd.workers.lagprobe import permanent_failure
-from streamherd.workers.offsetstopic import (
+from streamherd.operator.lagprobe import permanent_failure
+from streamherd.operator.offsetstopic import (
     OffsetCommitKey,
     OffsetCommitValue,
     RecordFormatError,

@@ -1,12 +1,12 @@
 """Every group's committed offsets, read from the ``__consumer_offsets`` topic by one consumer.
 
-The operator's lag probe (``workers/lagprobe.py``) asks this reader for committed offsets
+The operator's lag probe (``operator/lagprobe.py``) asks this reader for committed offsets
 instead of sending one FindCoordinator and one OffsetFetch per group: librdkafka's
 ListConsumerGroupOffsets takes one group per request, and OffsetFetch v8+ (KIP-709, many
 groups per request) is not exposed by it. The group coordinators write every offset commit
 to the compacted ``__consumer_offsets`` topic; one consumer with all its partitions assigned
 (no group membership, nothing ever committed) sees every commit of every group, the way
-Burrow does. The workers never start one: only :class:`~streamherd.workers.lagprobe.LagProbe`
+Burrow does. The workers never start one: only :class:`~streamherd.operator.lagprobe.LagProbe`
 does, in the operator.
 
 The record format (Kafka's ``group-coordinator`` message schemas, checked against the 4.3.1

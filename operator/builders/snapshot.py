@@ -1,0 +1,76 @@
+"""The StreamPipelineSnapshot the operator requests before a reset or replay (decision 0110).
+
+Pure, like every builder: the reconciler (``streamherd.operator.reconciler``) applies what
+:func:`build_state_snapshot` returns, then waits until the snapshot handlers
+(``streamherd.operator.snapshots``) report it Ready before the workers discard their state.
+A requested snapshot is an ordinary StreamPipelineSnapshot: listed with ``kubectl get sps``,
+restorable into this or another pipeline with ``spec.state.restoreFrom``.
+
+Its life follows ``spec.state.retainOnDelete``, like the rest of the pipeline's state: kept
+(no owner, labelled ``streamherd.io/retained=true``) when the pipeline keeps its state,
+otherwise owned by the pipeline, so the garbage collector deletes it (and its finalizer its
+topic) with the pipeline.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from streamherd.operator.api.snapshot import (
+    MAX_SNAPSHOT_NAME_LENGTH,
+    SNAPSHOT_API_VERSION,
+    SNAPSHOT_KIND,
+)
+from streamherd.operator.api.v1alpha1 import GROUP, KIND, VERSION, StreamPipeline
+from streamherd.operator.builders.meta import (
+    MANAGED_BY,
+    PIPELINE_LABEL,
+    RETAINED_LABEL,
+    Manifest,
+)
+
+#: What a requested snapshot was taken before: `reset` or `replay`.
+TAKEN_BEFORE_LABEL: Final = "streamherd.io/taken-before"
+
+
+def state_snapshot_name(pipeline: str, action: str, generation: int | None) -> str:
+    """`<pipeline>-<action>-g<generation>`, the pipeline's name cut so that it fits 63
+    characters: one snapshot per edit (a later edit that discards state again gets its own;
+    the name never has the `<hex>-to-<hex>` form of the volume snapshots)."""
+    suffix = f"-{action}-g{generation if generation is not None else 0}"
+    room = MAX_SNAPSHOT_NAME_LENGTH - len(suffix)
+    return pipeline[:room].rstrip("-") + suffix
+
+
+def build_state_snapshot(pipeline: StreamPipeline, action: str, generation: int | None) -> Manifest:
+    """The StreamPipelineSnapshot to take before `action` (reset, replay) of `generation`."""
+    labels = {
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/part-of": "streamherd",
+        PIPELINE_LABEL: pipeline.name,
+        TAKEN_BEFORE_LABEL: action,
+    }
+    meta: Manifest = {
+        "name": state_snapshot_name(pipeline.name, action, generation),
+        "namespace": pipeline.namespace,
+        "labels": labels,
+    }
+    uid = pipeline.metadata.get("uid")
+    if pipeline.spec.state.retain_on_delete:
+        labels[RETAINED_LABEL] = "true"
+    elif uid:
+        # Owned, not controlled: the garbage collector deletes it after the pipeline.
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": pipeline.name,
+                "uid": str(uid),
+            }
+        ]
+    return {
+        "apiVersion": SNAPSHOT_API_VERSION,
+        "kind": SNAPSHOT_KIND,
+        "metadata": meta,
+        "spec": {"pipeline": pipeline.name},
+    }
