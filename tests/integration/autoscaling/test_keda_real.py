@@ -3,7 +3,7 @@
 KEDA (operator + metrics adapter, built from source: tests/infra/keda.py) runs against the
 test control plane, registered through API aggregation; kube-controller-manager's HPA
 controller reads the Kafka lag through `external.metrics.k8s.io`. The ScaledObject is the
-one the operator renders for a pipeline (operator/autoscaling/builders.py), its trigger on a
+one the operator renders for a pipeline (operator/builders/autoscaling.py), its trigger on a
 real broker topic; the Deployment's pods are kwok's (nothing consumes: the test commits the
 group's offsets itself, which is all the Kafka scaler reads).
 
@@ -29,7 +29,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
-from streamherd.operator.autoscaling.builders import build_scaled_object
+from streamherd.operator.builders.autoscaling import build_scaled_object
 from streamherd.operator.settings import OperatorSettings
 from tests.infra.controlplane import KubeCluster
 from tests.infra.kafka import KafkaBroker
@@ -226,10 +226,16 @@ def test_scaled_object_scales_a_deployment_through_the_real_hpa(
         )
 
         def at_want() -> tuple[int, float] | None:
+            # The status of the sync that scaled shows the new replicas with the average it
+            # computed over the old ones (400 over 1 here); the next sync, over the new ones.
             current = _hpa_current(_hpa(kube_cluster, ns, name) or {})
-            return current if current is not None and current[0] == want else None
+            if current is None or current[0] != want:
+                return None
+            return current if current[1] != pytest.approx(capped, rel=0.01) else None
 
-        observed = wait_until("the HPA's status at the scaled size", at_want, timeout=WAIT)
+        observed = wait_until(
+            "the HPA's status at the scaled size, averaged over it", at_want, timeout=WAIT
+        )
         # averageValue = the metric over the current replicas, as the HPA computed it.
         assert observed[1] == pytest.approx(capped / want, rel=0.01)
         rescales = [
