@@ -145,6 +145,14 @@ def dedupe(rows: Sequence[Row], key_index: Sequence[int]) -> list[Row]:
     return list(by_key.values())
 
 
+def table_shape(config: PostgresSinkConfig) -> tuple[list[str], list[int], int]:
+    """The column names, the key columns' indexes in a row, and how many rows one upsert
+    statement takes (within PostgreSQL's parameter limit): what both PostgreSQL sinks write by."""
+    names = [c.name for c in config.columns]
+    key_index = [names.index(k) for k in config.key_columns]
+    return names, key_index, max(1, min(config.batch_rows, MAX_PARAMETERS // len(names)))
+
+
 def rows_of(values: Sequence[Mapping[str, Any] | bytes], names: Sequence[str]) -> list[Row]:
     """The rows of results (JSON objects, as dicts or encoded), columns in `names` order."""
     rows: list[Row] = []
@@ -169,9 +177,7 @@ class PostgresSink:
         self.config = config
         self.pipeline = pipeline
         self._conninfo = conninfo_from_env(config, os.environ if env is None else env)
-        self._names = [c.name for c in config.columns]
-        self._key_index = [self._names.index(k) for k in config.key_columns]
-        self._per_statement = max(1, min(config.batch_rows, MAX_PARAMETERS // len(self._names)))
+        self._names, self._key_index, self._per_statement = table_shape(config)
         self._lock = threading.Condition()
         self._queue: deque[Row] = deque()
         self._queued = 0  # rows ever queued

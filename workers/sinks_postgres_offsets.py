@@ -44,13 +44,13 @@ from streamherd.workers.config import PostgresSinkConfig
 from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics
 from streamherd.workers.sinks_postgres import (
-    MAX_PARAMETERS,
     SINK_LABEL,
     Row,
     conninfo_from_env,
     create_table_statement,
     dedupe,
     rows_of,
+    table_shape,
     upsert_statement,
 )
 
@@ -152,9 +152,7 @@ class PostgresTransactionalSink:
         self.pipeline = pipeline
         self.group = consumer_group
         self._conninfo = conninfo_from_env(config, os.environ if env is None else env)
-        self._names = [c.name for c in config.columns]
-        self._key_index = [self._names.index(k) for k in config.key_columns]
-        self._per_statement = max(1, min(config.batch_rows, MAX_PARAMETERS // len(self._names)))
+        self._names, self._key_index, self._per_statement = table_shape(config)
         self._queue: list[Row] = []
         # The generation each partition's offsets row holds as far as this worker knows
         # (None: no row): what the next commit's compare-and-set expects.

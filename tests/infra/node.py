@@ -28,9 +28,13 @@ import fcntl
 import ipaddress
 import json
 import os
+import re
 import secrets
+import shlex
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -69,6 +73,16 @@ KUBELET_SYSCTLS = {
 }
 CGROUP_ROOT = "/sys/fs/cgroup"
 CNI_BIN = Path("/usr/lib/cni")
+CNI_CACHE = Path("/var/lib/cni")
+# A node's names, from its random suffix: the run folder /tmp/shn-<suffix>-*, the bridge
+# shn<suffix> (its CNI network shn-shn<suffix>), the cgroup /streamherd-node-<suffix>.
+RUN_FOLDERS = "shn-*-*"
+BRIDGE_NAME = re.compile(r"shn[0-9a-f]{6}")
+CGROUP_NAME = re.compile(r"streamherd-node-[0-9a-f]{6}")
+# Run folders whose logs a reclaim keeps (the newest; older ones go), and what a kept
+# folder drops.
+KEPT_RUN_FOLDERS = 5
+BULK_IN_RUN_FOLDER = ("containerd", "control-plane/etcd")
 NEEDS = ("containerd", "runc", "ctr", "iptables", "ip", "unshare", "mount", "conntrack")
 STARTUP_TIMEOUT = 120.0
 # Host sysctls the node's parts are known to want to set; compared before and after.
@@ -152,11 +166,18 @@ class Node:
     keep_dir: bool = False
     _lock: IO[str] | None = None
     sysctls_before: dict[str, str] = field(default_factory=dict)
+    # What start_node undid of dead runs before this one (reclaim_dead_runs).
+    reclaimed: list[str] = field(default_factory=list)
     _undo: list[tuple[str, Any]] = field(default_factory=list)
 
     @property
     def containerd_socket(self) -> Path:
         return self.run / "containerd.sock"
+
+    @property
+    def pause_image(self) -> str:
+        """The pod sandbox image (built by hack/build-node.sh, imported at start)."""
+        return f"localhost/streamherd-pause:{self.bin_dir.name.removeprefix('node-k8s-')}"
 
     def ctr(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """ctr against our containerd, in kubelet's namespace k8s.io; not checked."""
@@ -253,6 +274,8 @@ class Node:
             errors.append(f"host sysctls changed (restored): {changed}")
         if not self.keep_dir:
             shutil.rmtree(self.run, ignore_errors=True)
+        else:
+            _drop_bulk(self.run)
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -336,13 +359,13 @@ def _undo_bridge(node: Node, name: str) -> None:
 
 
 def _undo_mounts(node: Node, root: str) -> None:
+    _unmount_under(root)
+
+
+def _unmount_under(root: str) -> None:
     """Unmount everything at or under root, deepest first."""
     for _ in range(5):
-        targets = [
-            line.split()[4]
-            for line in Path("/proc/self/mountinfo").read_text().splitlines()
-            if line.split()[4] == root or line.split()[4].startswith(root + "/")
-        ]
+        targets = _mount_targets(root)
         if not targets:
             return
         for target in sorted(targets, key=len, reverse=True):
@@ -370,13 +393,20 @@ def _undo_containers(node: Node, _: None) -> None:
 def _undo_iptables(node: Node, _: None) -> None:
     """kube-proxy's --cleanup, then any KUBE-* chain left (kubelet's canaries, the firewall)."""
     _run(str(node.bin_dir / "kube-proxy"), "--cleanup", check=False, timeout=60)
+    _remove_kube_chains()
+
+
+def _remove_kube_chains() -> None:
+    """Every KUBE-* chain and the rules that jump to one (only the node tier makes them on
+    this machine: one node at a time, under the host lock)."""
     for table in ("filter", "nat", "mangle", "raw"):
         saved = _run("iptables-save", "-t", table, check=False).stdout
         chains = [ln[1:].split()[0] for ln in saved.splitlines() if ln.startswith(":KUBE-")]
         for rule in [ln for ln in saved.splitlines() if ln.startswith("-A ") and "KUBE-" in ln]:
-            if rule.split()[1].startswith("KUBE-"):
+            words = shlex.split(rule)  # iptables-save quotes comments: "kubernetes ..."
+            if words[1].startswith("KUBE-"):
                 continue  # goes with its chain
-            _run("iptables", "-t", table, "-D", *rule.split()[1:], check=False)
+            _run("iptables", "-t", table, "-D", *words[1:], check=False)
         for chain in chains:
             _run("iptables", "-t", table, "-F", chain, check=False)
         for chain in chains:
@@ -401,6 +431,10 @@ def _undo_drain(node: Node, _: None) -> None:
 
 
 def _undo_cgroups(node: Node, root: str) -> None:
+    _remove_cgroup(root)
+
+
+def _remove_cgroup(root: str) -> None:
     """Remove the cgroup subtree root in every hierarchy, deepest first."""
     for hierarchy in Path(CGROUP_ROOT).iterdir():
         top = hierarchy / root.lstrip("/")
@@ -415,11 +449,22 @@ def _undo_cgroups(node: Node, root: str) -> None:
 
 
 def _undo_cni_cache(node: Node, network: str) -> None:
-    for base in (Path("/var/lib/cni/results"), Path("/var/lib/cni/networks") / network):
-        if base.name == network:
-            shutil.rmtree(base, ignore_errors=True)
-        elif base.is_dir():
-            for f in base.glob(f"{network}-*"):
+    _forget_cni_results(network, f"{node.run}/")
+
+
+def _forget_cni_results(network: str, run: str) -> None:
+    """The CNI plugins' cache entries of a node: its bridge network's (named after it; a
+    glob pattern is allowed) and containerd's own loopback network's, whose entries name the
+    pod's network namespace under the node's run folder `run` (a path prefix); they outlive
+    the pods when a sandbox is not torn down."""
+    for d in (CNI_CACHE / "networks").glob(network):
+        shutil.rmtree(d, ignore_errors=True)
+    results = CNI_CACHE / "results"
+    for f in results.glob(f"{network}-*"):
+        f.unlink(missing_ok=True)
+    for f in results.glob("cni-loopback-*"):
+        with contextlib.suppress(OSError):
+            if f'"{run}' in f.read_text():
                 f.unlink(missing_ok=True)
 
 
@@ -533,6 +578,112 @@ def _cni_config(network: str, bridge: str, subnet: ipaddress.IPv4Network, run: P
     )  # fmt: skip
 
 
+def reclaim_dead_runs() -> list[str]:
+    """Undo what a node run that never reached stop() left on this host, and say what.
+
+    A run killed outright (SIGKILL, the session's end, a lost machine) leaves its bridge
+    with the Service route (which stops the next node: `ip route add` finds it taken), the
+    FORWARD guard and kube-proxy's chains, its mounts (the kubelet's are shared, a pod's
+    network namespace is a bind mount), containerd's shims and the containers under them,
+    cgroups and CNI cache entries. Called with the host lock held: no node of this tier is
+    alive on this machine, so everything named like one (RUN_FOLDERS, BRIDGE_NAME,
+    CGROUP_NAME) is a dead run's. The run folders keep their logs (the newest
+    KEPT_RUN_FOLDERS; older folders go), not their bulk (BULK_IN_RUN_FOLDER).
+    """
+    done: list[str] = []
+    runs = sorted(Path("/tmp").glob(RUN_FOLDERS), key=lambda p: p.stat().st_mtime)
+    runs = [r for r in runs if r.is_dir()]
+    # 1. containerd's shims and the containers under them (what was tied to the dead test
+    # process died with it).
+    killed = _kill_processes_under([str(r) for r in runs])
+    if killed:
+        done.append(f"killed {len(killed)} processes ({', '.join(sorted(set(killed)))})")
+    # 2. Mounts (deepest first), so pod network namespaces and their veths go.
+    for run in runs:
+        if _mount_targets(str(run)):
+            _unmount_under(str(run))
+            done.append(f"unmounted {run}")
+    # 3. Bridges (with their addresses, routes and forwarding setting) and the rules naming
+    # them; kube-proxy's and kubelet's chains.
+    links = _run("ip", "-o", "link", "show", "type", "bridge", check=False).stdout
+    for line in links.splitlines():
+        name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
+        if BRIDGE_NAME.fullmatch(name):
+            _run("ip", "link", "delete", name, check=False)
+            done.append(f"deleted bridge {name}")
+    for line in _run("iptables-save", "-t", "filter", check=False).stdout.splitlines():
+        words = shlex.split(line)
+        if line.startswith("-A ") and any(BRIDGE_NAME.fullmatch(w) for w in words):
+            _run("iptables", "-t", "filter", "-D", *words[1:], check=False)
+            done.append(f"deleted iptables rule {' '.join(words[1:])}")
+    if "KUBE-" in _run("iptables-save", check=False).stdout:
+        _remove_kube_chains()
+        done.append("removed the KUBE-* iptables chains")
+    # 4. cgroups (their processes are gone now) and CNI cache entries.
+    names = {
+        d.name
+        for hierarchy in Path(CGROUP_ROOT).iterdir()
+        if hierarchy.is_dir()
+        for d in hierarchy.iterdir()
+        if d.is_dir() and CGROUP_NAME.fullmatch(d.name)
+    }
+    for name in sorted(names):
+        _remove_cgroup(f"/{name}")
+        done.append(f"removed cgroup /{name}")
+    _forget_cni_results("shn-shn*", "/tmp/shn-")
+    # 5. Run folders: the image store goes; logs stay for the newest few.
+    for i, run in enumerate(runs):
+        if i < len(runs) - KEPT_RUN_FOLDERS:
+            shutil.rmtree(run, ignore_errors=True)
+        else:
+            _drop_bulk(run)
+    return done
+
+
+def _drop_bulk(run: Path) -> None:
+    """A kept run folder keeps its logs and configuration, not containerd's image store or
+    etcd's data (hundreds of MB, nothing to read)."""
+    for bulk in BULK_IN_RUN_FOLDER:
+        shutil.rmtree(run / bulk, ignore_errors=True)
+
+
+def _mount_targets(root: str) -> list[str]:
+    return [
+        line.split()[4]
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if line.split()[4] == root or line.split()[4].startswith(root + "/")
+    ]
+
+
+def _kill_processes_under(roots: list[str]) -> list[str]:
+    """SIGKILL every process of a dead node: whose command line or working directory is in
+    one of roots (containerd's shims: their socket is there), or that lives in a node's
+    cgroup (the containers: their own mount namespace hides where their root is). Returns
+    their names once they are gone."""
+    prefixes = tuple(r + "/" for r in roots)
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):  # gone meanwhile, or a kernel thread
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace")
+            cwd = f"{(entry / 'cwd').readlink()}/"
+            cgroups = (entry / "cgroup").read_text().splitlines()
+            if (
+                (prefixes and (any(p in argv for p in prefixes) or cwd.startswith(prefixes)))
+                or any(CGROUP_NAME.fullmatch(line.split(":", 2)[2].split("/")[1])
+                       for line in cgroups if line.count(":") >= 2 and "/" in line)
+            ):  # fmt: skip
+                found[int(entry.name)] = (entry / "comm").read_text().strip()
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in found):
+        time.sleep(0.1)
+    return list(found.values())
+
+
 def _host_lock() -> IO[str]:
     """The machine's node lock, held until Node.stop(): a second session's node waits."""
     HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
@@ -551,6 +702,7 @@ def start_node(*, control_plane_args: dict[str, list[str]] | None = None) -> Nod
         raise InfraError("the node tier needs " + ", ".join(missing))
     bin_dir = run_hack_script("build-node.sh")
     lock = _host_lock()
+    reclaimed = reclaim_dead_runs()
     suffix = secrets.token_hex(3)
     run = Path(tempfile.mkdtemp(prefix=f"shn-{suffix}-", dir="/tmp"))
     subnet = _free_subnet()
@@ -566,6 +718,7 @@ def start_node(*, control_plane_args: dict[str, list[str]] | None = None) -> Nod
         cgroup_root=f"/streamherd-node-{suffix}",
         _lock=lock,
         sysctls_before=sysctl_snapshot(),
+        reclaimed=reclaimed,
     )
     try:
         _start(node, subnet, control_plane_args or {})
@@ -637,8 +790,7 @@ def _start(node: Node, subnet: ipaddress.IPv4Network, cp_args: dict[str, list[st
     _kubeconfig(run / "kube-proxy.kubeconfig", server_url, pki, "kube-proxy")
 
     # 3. containerd, the pause image.
-    pause_ref = f"localhost/streamherd-pause:{node.bin_dir.name.removeprefix('node-k8s-')}"
-    (run / "containerd.toml").write_text(_containerd_config(run, pause_ref))
+    (run / "containerd.toml").write_text(_containerd_config(run, node.pause_image))
     network = f"shn-{node.bridge}"
     (run / "cni").mkdir()
     (run / "cni" / "10-streamherd.conflist").write_text(
@@ -804,3 +956,40 @@ def _start(node: Node, subnet: ipaddress.IPv4Network, cp_args: dict[str, list[st
 def describe_failure(node: Node) -> str:
     """The tails of the node's logs, for a failing test's message."""
     return "\n".join(f"--- {p}\n{tail(p, 30)}" for p in node.log_files())
+
+
+def hold_until_killed(ready: Path) -> None:
+    """Start a node, run a pod on it, write the node's names to `ready` (JSON), then wait to
+    be killed: tests/node kills this process with SIGKILL, as a lost session or a CI time
+    limit would, and proves that the next start_node() reclaims what it left."""
+    node = start_node()
+    cluster = node.control_plane.cluster
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "left-behind", "namespace": "default"},
+            "spec": {
+                "nodeSelector": {NODE_LABEL: "true"},
+                "automountServiceAccountToken": False,
+                "securityContext": {"runAsUser": 65535, "runAsNonRoot": True},
+                "containers": [
+                    {"name": "main", "image": node.pause_image, "imagePullPolicy": "Never"}
+                ],
+            },
+        }
+    )
+
+    def running() -> bool:
+        pod = cluster.get_json("pod", "left-behind", "-n", "default")
+        return (pod.get("status") or {}).get("phase") == "Running"
+
+    wait_for("the pod left behind running", running, STARTUP_TIMEOUT, children=node.children)
+    names = {"suffix": node.name.rsplit("-", 1)[1], "bridge": node.bridge, "run": str(node.run)}
+    ready.write_text(json.dumps(names))
+    while True:
+        time.sleep(60)
+
+
+if __name__ == "__main__":  # python -m tests.infra.node READY_FILE (see hold_until_killed)
+    hold_until_killed(Path(sys.argv[1]))

@@ -3,6 +3,9 @@ real node (tests/infra/node.py) with the image imported into its containerd."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +16,7 @@ from tests.infra.controlplane import KubeCluster
 from tests.infra.image import Image, build_image
 from tests.infra.kafka import KafkaBroker, start_kafka
 from tests.infra.node import Node, describe_failure, start_node
-from tests.infra.processes import InfraError
+from tests.infra.processes import REPO_ROOT, InfraError, tail, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -26,9 +29,39 @@ def streamherd_image() -> Image:
 
 
 @pytest.fixture(scope="session")
-def real_node(request: pytest.FixtureRequest, streamherd_image: Image) -> Iterator[Node]:
+def killed_node_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A node run with a pod on it, killed outright (SIGKILL, as a lost session or a CI time
+    limit would: tests.infra.node.hold_until_killed), before the tier's own node starts:
+    that start must reclaim what it left. Its names (suffix, bridge, run folder)."""
+    ready = tmp_path_factory.mktemp("killed-node-run") / "names.json"
+    log = ready.with_name("run.log")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.infra.node", str(ready)],
+            cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_until(
+            "the node run to kill up with its pod",
+            lambda: ready.exists() or proc.poll() is not None or None,
+            timeout=300,
+        )
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    if not ready.exists():
+        pytest.fail(f"the node run to kill did not start:\n{tail(log, 40)}", pytrace=False)
+    names: dict[str, str] = json.loads(ready.read_text())
+    return names
+
+
+@pytest.fixture(scope="session")
+def real_node(
+    request: pytest.FixtureRequest, streamherd_image: Image, killed_node_run: dict[str, str]
+) -> Iterator[Node]:
     """A Ready node (containerd, kubelet, kube-proxy) joined to the tier's control plane,
-    with the streamherd image imported; undone at the end of the session."""
+    with the streamherd image imported; undone at the end of the session. It starts after a
+    killed run (killed_node_run) and reclaims what that left (Node.reclaimed)."""
     try:
         node = start_node()
     except InfraError as e:
