@@ -8,12 +8,14 @@ real broker topic; the Deployment's pods are kwok's (nothing consumes: the test 
 group's offsets itself, which is all the Kafka scaler reads).
 
 Shown, for a topic of P partitions, lagThreshold T, maxReplicaCount M:
-- the metric the HPA reads through the aggregation layer is KEDA's capped total lag,
-  min(lag, P * T) (allowIdleConsumers false), read independently from the broker;
+- the metric the HPA reads through the aggregation layer is KEDA's total lag rounded up to
+  f * T for the smallest divisor f of P that carries it (ensureEvenDistributionOfPartitions;
+  P * T at most, allowIdleConsumers false; T when there is no lag at all), the lag read
+  independently from the broker;
 - the HPA scales the Deployment to min(M, P, ceil(that / T)), never above M, and says so
   in its status (current metric value, desired replicas) and in a SuccessfulRescale event;
-- once the group commits up to the end the metric is 0 and the Deployment goes back to
-  minReplicaCount (scale-down stabilization 0 s).
+- once the group commits up to the end the metric is T (one consumer's worth) and the
+  Deployment goes back to minReplicaCount (scale-down stabilization 0 s).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ pytestmark = [
     pytest.mark.kafka,
     pytest.mark.cluster,
     pytest.mark.slow,
+    pytest.mark.keda,
 ]
 
 PARTITIONS = 4
@@ -49,6 +52,13 @@ MAX_REPLICAS = 3  # below the partition count, so the cap that binds is maxRepli
 RECORDS_PER_PARTITION = 250
 # The HPA controller syncs every 15 s; KEDA answers each metric request from the broker.
 WAIT = 240.0
+
+
+def _even_metric(lag: int) -> int:
+    """KEDA's metric with ensureEvenDistributionOfPartitions: f * T for the smallest divisor
+    f of the partition count with f * T >= lag (the partition count if none)."""
+    divisors = [f for f in range(1, PARTITIONS + 1) if PARTITIONS % f == 0]
+    return next((f for f in divisors if f * THRESHOLD >= lag), PARTITIONS) * THRESHOLD
 
 
 @pytest.fixture(scope="module")
@@ -205,9 +215,12 @@ def test_scaled_object_scales_a_deployment_through_the_real_hpa(
         assert external["target"] == {"type": "AverageValue", "averageValue": str(THRESHOLD)}
         assert hpa["spec"]["maxReplicas"] == MAX_REPLICAS
         assert hpa["spec"]["minReplicas"] == 1
-        # An empty topic: no lag, one replica.
-        assert _hpa_current(hpa) == (1, 0.0)
-        assert keda.external_metric(ns, metric, selector)["items"][0]["value"] == "0"
+        # An empty topic: no lag, one replica (the even rounding reports one consumer's worth).
+        assert _even_metric(0) == THRESHOLD
+        assert _hpa_current(hpa) == (1, float(THRESHOLD))
+        assert _quantity(keda.external_metric(ns, metric, selector)["items"][0]["value"]) == (
+            THRESHOLD
+        )
 
         # Lag appears: RECORDS_PER_PARTITION on every partition, nothing committed.
         for p in range(PARTITIONS):
@@ -215,7 +228,8 @@ def test_scaled_object_scales_a_deployment_through_the_real_hpa(
             kafka_broker.produce(topic, records, partition=p)
         lag = _broker_lag(kafka_broker, group, topic)
         assert lag == PARTITIONS * RECORDS_PER_PARTITION
-        capped = min(lag, PARTITIONS * THRESHOLD)  # KEDA: never more consumers than partitions
+        capped = _even_metric(lag)  # KEDA: never more consumers than partitions, even shares
+        assert capped == PARTITIONS * THRESHOLD
         want = min(MAX_REPLICAS, PARTITIONS, math.ceil(capped / THRESHOLD))
         seen_metric = keda.external_metric(ns, metric, selector)["items"][0]
         assert _quantity(seen_metric["value"]) == capped
@@ -246,10 +260,13 @@ def test_scaled_object_scales_a_deployment_through_the_real_hpa(
         ]
         assert any(f"New size: {want}" in e["message"] for e in rescales), rescales
 
-        # Caught up: the metric goes to 0 and the Deployment back to minReplicaCount.
+        # Caught up: the metric goes to one consumer's worth, the Deployment back to
+        # minReplicaCount.
         _commit(kafka_broker, group, topic, kafka_broker.end_offsets(topic))
         assert _broker_lag(kafka_broker, group, topic) == 0
-        assert keda.external_metric(ns, metric, selector)["items"][0]["value"] == "0"
+        assert _quantity(keda.external_metric(ns, metric, selector)["items"][0]["value"]) == (
+            THRESHOLD
+        )
         wait_until(
             "the Deployment back at 1 replica",
             lambda: _replicas(kube_cluster, ns, name) == 1,
