@@ -85,6 +85,11 @@ kafka-jars: ## Fetch (once, cached) the Apache Kafka broker jars from Maven Cent
 	@echo "==> Apache Kafka jars"
 	@bash hack/fetch-kafka.sh
 
+.PHONY: keda
+keda: ## Build (once, cached) KEDA's operator and metrics adapter from the Go module proxy
+	@echo "==> KEDA (cached by version; a cold build takes ~95 min on 2 cores)"
+	@bash hack/build-keda.sh
+
 .PHONY: node-binaries
 node-binaries: ## Build (once, cached) kubelet, kube-proxy and the pause image for the node tier
 	@echo "==> kubelet, kube-proxy, pause image (cached by version)"
@@ -129,10 +134,16 @@ check: lint typecheck ## All static checks (lint includes the import contracts o
 TEST_WORKERS ?= 4
 PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
+# The default marker expression deselects the opt-in tiers (deselected, not skipped: pytest
+# reports them as deselected and they count neither as passed nor as skipped). `keda`: real
+# KEDA, whose cold build (~95 min on 2 cores) does not fit the cold CI budget; `make
+# test-keda` builds (or reuses) it and runs that tier. Decision 0150.
+PYTEST_MARKERS ?= not keda
 # pytest exits 5 when it collected no test: that is a failure here too (make stops on it).
+# $(2): a marker expression instead of PYTEST_MARKERS.
 define run_pytest
-	@echo "==> pytest $(1) $(PYTEST_PARALLEL)"
-	@rc=0; $(PY) -m pytest $(1) $(PYTEST_PARALLEL) $(PYTEST_ARGS) || rc=$$?; \
+	@echo "==> pytest $(1) -m '$(or $(2),$(PYTEST_MARKERS))' $(PYTEST_PARALLEL)"
+	@rc=0; $(PY) -m pytest $(1) -m '$(or $(2),$(PYTEST_MARKERS))' $(PYTEST_PARALLEL) $(PYTEST_ARGS) || rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests in $(1): failing" >&2; fi; \
 	  exit $$rc
 endef
@@ -163,6 +174,10 @@ test-integration: setup infra ## Integration tests (real control plane + real Ka
 .PHONY: test-e2e
 test-e2e: setup infra ## End-to-end tests
 	$(call run_pytest,tests/e2e)
+
+.PHONY: test-keda
+test-keda: setup infra keda ## The real-KEDA tier (builds KEDA first: ~95 min cold, cached)
+	$(call run_pytest,tests,keda)
 
 .PHONY: test-node
 test-node: setup infra ## The image and real-node tier (Podman, containerd, kubelet; root)

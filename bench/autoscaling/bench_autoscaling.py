@@ -124,7 +124,7 @@ class Context:
 Rule = Callable[[Context, int, float], int]
 
 
-def streamherd_rule() -> Rule:
+def streamherd_rule(stabilization: float = STABILIZATION, poll: float = POLL) -> Rule:
     hist = {"h": History.for_policy(Policy())}
 
     def rule(ctx: Context, current: int, now: float) -> int:
@@ -133,6 +133,8 @@ def streamherd_rule() -> Rule:
             max_replicas=ctx.hi,
             lag_per_replica=ctx.lag_per_replica,
             commit_interval=ctx.commit_interval,  # from spec.checkpoint.interval
+            scale_down_stabilization=stabilization,
+            poll_interval=poll,
         )
         h = hist["h"].add(ctx.samples[-1])
         d = decide(p, h, current, ctx.partitions, now)
@@ -142,15 +144,36 @@ def streamherd_rule() -> Rule:
     return rule
 
 
-def keda_rule() -> Rule:
+def even_factor(lag: int, partitions: int, threshold: int) -> int:
+    """KEDA's ensureEvenDistributionOfPartitions: the smallest divisor of the partition count
+    whose consumers carry at most `threshold` each (the partition count if none does)."""
+    for f in range(1, partitions + 1):
+        if partitions % f == 0 and f * threshold >= lag:
+            return f
+    return partitions
+
+
+def keda_rule(
+    stabilization: float = STABILIZATION, tolerance: float = 0.0, even: bool = False
+) -> Rule:
+    """KEDA's Kafka scaler (capped at the partitions; `even`: ensureEvenDistributionOfPartitions)
+    read by the HPA: ceil(metric / target), skipped while metric / (current x target) is
+    within `tolerance` of 1 (the HPA's 10 %), up by max(4, 100 %) per sync, down to the largest
+    recommendation of the stabilization window."""
     recs: list[tuple[float, int]] = []
 
     def rule(ctx: Context, current: int, now: float) -> int:
-        lag = ctx.samples[-1].lag
-        want = math.ceil(lag / ctx.lag_per_replica)
+        lag = min(ctx.samples[-1].lag, ctx.partitions * ctx.lag_per_replica)
+        if even:
+            lag = even_factor(lag, ctx.partitions, ctx.lag_per_replica) * ctx.lag_per_replica
+        ratio = lag / (max(current, 1) * ctx.lag_per_replica)
+        if current > 0 and abs(ratio - 1) <= tolerance:
+            want = current
+        else:
+            want = math.ceil(lag / ctx.lag_per_replica)
         want = max(ctx.lo, min(ctx.hi, ctx.partitions, want))
         recs.append((now, want))
-        while recs and recs[0][0] < now - 300:
+        while recs and recs[0][0] < now - stabilization:
             recs.pop(0)
         if want > current:
             return min(want, current + max(4, current))  # HPA default scale-up policy
@@ -196,7 +219,7 @@ class Run:
     replicas: list[int] = field(default_factory=list)
     changes: int = 0
 
-    def flaps(self) -> int:
+    def flaps(self, window: float = STABILIZATION) -> int:
         """Changes opposite to the previous change, within the stabilization window of it."""
         moves = [
             (t, b - a)
@@ -206,19 +229,19 @@ class Run:
         return sum(
             1
             for (t0, d0), (t1, d1) in itertools.pairwise(moves)
-            if (d0 > 0) != (d1 > 0) and t1 - t0 < STABILIZATION
+            if (d0 > 0) != (d1 > 0) and t1 - t0 < window
         )
 
-    def summary(self) -> dict[str, float]:
+    def summary(self, floor: float = 10_000, window: float = STABILIZATION) -> dict[str, float]:
         behind = sum(
-            1 for lag, rate in zip(self.lag, self.input, strict=True) if lag > max(10_000, 5 * rate)
+            1 for lag, rate in zip(self.lag, self.input, strict=True) if lag > max(floor, 5 * rate)
         )
         return {
             "peak lag": max(self.lag),
             "time behind (s)": behind,
             "replica-seconds": sum(self.replicas),
             "scale changes": self.changes,
-            "flaps": self.flaps(),
+            "flaps": self.flaps(window),
         }
 
 
@@ -233,18 +256,26 @@ def simulate(
     startup: int,
     lag_per_replica: int,
     seed: int,
+    duration: int = DURATION,
+    poll: int = POLL,
+    hi: int = 32,
+    committed_lag: bool = False,
+    total_capacity: float = math.inf,
 ) -> Run:
+    """One run. `committed_lag`: record log end - committed (what a probe at the broker
+    sees) instead of the true backlog; `total_capacity`: what all workers together can
+    process per second (a machine's cores), on top of the per-worker rate."""
     rng = random.Random(seed)
-    shift = rng.randrange(POLL)  # load changes fall anywhere between two polls
+    shift = rng.randrange(poll)  # load changes fall anywhere between two polls
     end = [0.0] * partitions
     pos = [0.0] * partitions
     committed = [0.0] * partitions
     asked = 1
     active = 1
     pending: list[tuple[int, int]] = []  # (time active, replicas)
-    ctx = Context([], per_replica, partitions, 1, 32, lag_per_replica, commit_interval)
+    ctx = Context([], per_replica, partitions, 1, hi, lag_per_replica, commit_interval)
     run = Run()
-    for t in range(DURATION):
+    for t in range(duration):
         # workers asked for earlier become active after the start-up delay
         while pending and pending[0][0] <= t:
             active = pending.pop(0)[1]
@@ -256,16 +287,16 @@ def simulate(
         for i in range(partitions):
             end[i] += per_partition
             if active > 0:
-                can = per_replica / load[i % active]
+                can = min(per_replica, total_capacity / active) / load[i % active]
                 pos[i] = min(end[i], pos[i] + can)
         if t % commit_interval == 0:
             committed = list(pos)
-        true_lag = sum(end) - sum(pos)
+        true_lag = sum(end) - sum(committed if committed_lag else pos)
         run.times.append(t)
         run.input.append(rate)
         run.lag.append(true_lag)
         run.replicas.append(asked)
-        if t % POLL == POLL - 1:
+        if t % poll == poll - 1:
             parts = tuple(
                 PartitionSample("in", i, int(end[i] - committed[i]), int(committed[i]))
                 for i in range(partitions)

@@ -168,6 +168,12 @@ def build_scaled_object(pipeline: StreamPipeline, settings: OperatorSettings) ->
             "activationLagThreshold": str(a.activation_lag),
             "offsetResetPolicy": kafka.start_policy,
             "allowIdleConsumers": "false",
+            # What a careful user sets, and what builtin mode does too: replica counts that
+            # give every worker the same number of partitions, and no scaling for the lag of
+            # a partition whose committed offset did not move since KEDA's previous poll (a
+            # stuck consumer; more workers do not unstick it). Decision 0151.
+            "ensureEvenDistributionOfPartitions": "true",
+            "excludePersistentLag": "true",
         }
         if kafka.auth is not None and kafka.auth.sasl is not None:
             metadata["sasl"] = _SASL_MODES[kafka.auth.sasl.mechanism]

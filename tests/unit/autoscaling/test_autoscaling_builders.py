@@ -91,6 +91,8 @@ def test_scaled_object_maps_every_field() -> None:
             "activationLagThreshold": "10",
             "offsetResetPolicy": kafka.start_from,
             "allowIdleConsumers": "false",
+            "ensureEvenDistributionOfPartitions": "true",
+            "excludePersistentLag": "true",
         }
         assert "authenticationRef" not in trigger
     assert build_autoscaler_objects(p, SETTINGS) == [so]
