@@ -3,7 +3,7 @@
 Not a simulation (that is bench_autoscaling.py): its own control plane, Kafka broker and KEDA
 (tests/infra: KEDA's operator and metrics adapter built from source and registered through
 API aggregation, kube-controller-manager's HPA controller reading the lag through it), the
-streamherd operator as a process (tests/e2e/harness.py's Operator, as the chart's
+streamherd operator as a process (tests/infra/e2e_harness.py's Operator, as the chart's
 identity), and the workers as real engine processes started from the pods' specs
 (PodMirror: kwok runs the pods, a local process per Running pod does the work).
 
@@ -27,7 +27,7 @@ KEDA's even distribution, lag as committed offsets show it). Writes the section 
 docs/autoscaling.md between ``<!-- autoscaling-real:begin -->`` and
 ``<!-- autoscaling-real:end -->`` only after a complete run; --json writes the raw series.
 
-    nice -n 5 .venv/bin/python bench/autoscaling/bench_keda_real.py [--profiles spike,...]
+    nice -n 5 .venv/bin/python -m bench.autoscaling.bench_keda_real [--profiles spike,...]
 """
 
 from __future__ import annotations
@@ -52,23 +52,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from confluent_kafka import Producer
 
-from confluent_kafka import Producer  # noqa: E402
+from bench.autoscaling.bench_autoscaling import keda_rule, simulate, streamherd_rule
+from tests.infra.controlplane import start_control_plane, versions
+from tests.infra.e2e_harness import Namespace, Operator, PodMirror, install_crd, wait_until
+from tests.infra.kafka import KafkaBroker, start_kafka
+from tests.infra.keda import running_keda
+from tests.infra.paths import DOCS_DIR
 
-from bench.autoscaling.bench_autoscaling import (  # noqa: E402
-    keda_rule,
-    simulate,
-    streamherd_rule,
-)
-from tests.e2e.harness import Namespace, Operator, PodMirror, install_crd, wait_until  # noqa: E402
-from tests.infra.controlplane import start_control_plane, versions  # noqa: E402
-from tests.infra.kafka import KafkaBroker, start_kafka  # noqa: E402
-from tests.infra.keda import running_keda  # noqa: E402
-
-DOCS = ROOT / "docs"
+DOCS = DOCS_DIR
 BEGIN, END = "<!-- autoscaling-real:begin -->", "<!-- autoscaling-real:end -->"
 PIPELINE = "herd"
 POLL = 15  # the operator's pollInterval and the HPA controller's sync period
@@ -86,19 +79,19 @@ def profiles(args: argparse.Namespace) -> dict[str, Profile]:
     lead = d // 8  # the load changes this long after the start (30 s of 240)
 
     def step(t: int, rng: random.Random) -> float:
-        return args.step_rate if lead <= t < 5 * d // 8 else base
+        return float(args.step_rate if lead <= t < 5 * d // 8 else base)
 
     def spike(t: int, rng: random.Random) -> float:
-        return args.spike_rate if lead <= t < lead + args.spike_seconds else base
+        return float(args.spike_rate if lead <= t < lead + args.spike_seconds else base)
 
     def ramp(t: int, rng: random.Random) -> float:
         top = 2 * d // 3
         if t < top:
-            return max(base, args.ramp_peak * t / top)
-        return max(base, args.ramp_peak * (d - t) / (d - top))
+            return float(max(base, args.ramp_peak * t / top))
+        return float(max(base, args.ramp_peak * (d - t) / (d - top)))
 
     def noisy(t: int, rng: random.Random) -> float:
-        return args.noisy_rate * (1 + rng.uniform(-0.3, 0.3))
+        return float(args.noisy_rate * (1 + rng.uniform(-0.3, 0.3)))
 
     return {"step": step, "spike": spike, "ramp": ramp, "noisy-steady": noisy}
 
@@ -429,11 +422,15 @@ def goals(rows: dict[tuple[str, str], dict[str, float]]) -> list[str]:
         )
     if ("noisy-steady", "builtin") in rows:
         n = rows["noisy-steady", "builtin"]
-        k = rows.get(("noisy-steady", "keda"))
+        k_noisy = rows.get(("noisy-steady", "keda"))
         out.append(
             f"- Noisy steady: builtin {_f(n['flaps'])} flaps in {_f(n['scale changes'])} "
             "scale changes"
-            + (f" (KEDA+HPA: {_f(k['flaps'])} in {_f(k['scale changes'])})" if k else "")
+            + (
+                f" (KEDA+HPA: {_f(k_noisy['flaps'])} in {_f(k_noisy['scale changes'])})"
+                if k_noisy
+                else ""
+            )
             + f". Goal (zero flaps): {'met' if n['flaps'] == 0 else 'NOT met'}."
         )
     return out
