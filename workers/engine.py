@@ -58,16 +58,17 @@ from streamherd.workers.processing import (
     decode_json,
     decode_raw,
     decode_synthetic,
-    encode_output,
     kafka_timestamp,
     window_batch,
 )
 from streamherd.workers.repartitioning import (
+    EXACT_HEADER,
     UPSTREAM_HEADER,
     WATERMARK_HEADER,
     Upstream,
     UpstreamClock,
     close_windows,
+    encode_hop,
     ensure_topic,
     fold_downstream,
     idle_close,
@@ -1077,13 +1078,15 @@ class Engine:
                 key = canonical_key(key_of(record))  # NaN, objects: the record's error
                 stamp = kafka_timestamp(m)
                 event_ms = time_of(record, stamp if kafka_time else None)
-                value = encode_output(record)
+                value, exact = encode_hop(record)
             except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
                 failures.append(Failure(m, "expression", error))
                 continue
-            header = upstream_header(st.topic, st.partition, offset, top)
+            headers = [(UPSTREAM_HEADER, upstream_header(st.topic, st.partition, offset, top))]
+            if exact is not None:  # values JSON cannot hold, put back downstream
+                headers.append((EXACT_HEADER, exact))
             when = stamp if stamp is not None and stamp > 0 else 0  # 0: the producer's clock
-            rows.append((key_text(key), value, when, offset, [(UPSTREAM_HEADER, header)]))
+            rows.append((key_text(key), value, when, offset, headers))
             if top is None or event_ms > top:
                 top = event_ms
         st.max_event_ms = top
