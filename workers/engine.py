@@ -185,6 +185,29 @@ class PartitionState:
     from_snapshot: bool = False
 
 
+def unseen(messages: list[SourceMessage], next_offset: int | None) -> list[SourceMessage]:
+    """The fetched messages of a partition not yet reflected in its state: those at or past
+    its ``next_offset`` (a re-fetch after a seek is never counted twice)."""
+    if next_offset is None or (messages[0].offset() or 0) >= next_offset:
+        return messages
+    return [m for m in messages if (m.offset() or 0) >= next_offset]
+
+
+def first_read(next_offset: int | None, read_from: int | None, first: int | None) -> int | None:
+    """A partition's ``read_from`` after a batch whose first offset is ``first``: that offset
+    while the partition has no ``next_offset`` (nothing read since it started empty), else
+    unchanged."""
+    return first if next_offset is None else read_from
+
+
+def rewind_offset(restored_next: int | None, read_from: int | None) -> int | None:
+    """Where a partition seeks after an aborted transaction: its committed checkpoint's next
+    offset, or, with nothing committed (it restarts empty), the first offset this worker
+    read from it (the consumer keeps its position through an abort: without that seek the
+    aborted transaction's records would be skipped); None: it read nothing, no seek."""
+    return restored_next if restored_next is not None else read_from
+
+
 @dataclass
 class _Counters:
     records_in: int = 0
@@ -963,13 +986,9 @@ class Engine:
             if st is None or st.held is not None:
                 # Revoked within this consume call, or held (fetched before its pause).
                 continue
-            group = fetched
-            start = st.next_offset
-            if start is not None and (group[0].offset() or 0) < start:
-                # Already reflected in the state (a re-fetch after seek): never count twice.
-                group = [m for m in group if (m.offset() or 0) >= start]
-                if not group:
-                    continue
+            group = unseen(fetched, st.next_offset)
+            if not group:
+                continue
             total += len(group)
             self._process_partition(st, group)
         self.metrics.batch_size.set(total)
@@ -977,8 +996,7 @@ class Engine:
             self.metrics.batch_duration.observe(time.perf_counter() - started)
 
     def _process_partition(self, st: PartitionState, messages: list[SourceMessage]) -> None:
-        if st.next_offset is None:
-            st.read_from = messages[0].offset()
+        st.read_from = first_read(st.next_offset, st.read_from, messages[0].offset())
         if st.role == "upstream":
             self._process_upstream(st, messages)
         elif st.role == "downstream":
@@ -1359,7 +1377,7 @@ class Engine:
             # The consumer keeps its position through an abort: every partition must seek.
             # One with nothing committed restarts empty, so it reads again from where this
             # worker began (else the records of the aborted transaction would be skipped).
-            offset = st.next_offset if st.next_offset is not None else read_from
+            offset = rewind_offset(st.next_offset, read_from)
             if offset is not None:
                 source.seek(TopicPartition(tp.topic, tp.partition, offset))
         if not self.sink_offsets:
