@@ -395,7 +395,7 @@ def _template(
                 "            continue",
             ]
             for i in fallible[:-1]:
-                out += _store(i, plan.aggregates[i].function)
+                out += _store(i)
         for i, agg in enumerate(plan.aggregates):
             if i not in fallible:
                 out += _update(i, agg.function, has_value[i])
@@ -478,6 +478,6 @@ def _outcome(i: int, function: str) -> list[str]:
     ]
 
 
-def _store(i: int, function: str) -> list[str]:
+def _store(i: int) -> list[str]:
     """Store the outcome :func:`_outcome` noted (after every one of them passed)."""
     return [f"        acc[{i}] = n{i}"]

@@ -649,7 +649,9 @@ def _exact_totals(plan: WindowPlan, acc: list[Any]) -> None:
         if is_avg and (type(acc[i]) is not list or len(acc[i]) != 2):
             raise ValueError(f"an avg accumulator must be [total, count], got {acc[i]!r}")
         held = acc[i][0] if is_avg else acc[i]
-        if type(held) is float:
+        if is_avg and acc[i][1] == 0:
+            held = None  # versions 1 and 2 began an avg at [0, 0]: no value yet
+        elif type(held) is float:
             held = from_float(held)
         elif not is_total(held):
             raise ValueError(f"not a total in window state: {held!r}")

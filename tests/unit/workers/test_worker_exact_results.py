@@ -346,3 +346,39 @@ def test_a_malformed_exact_header_is_a_decode_failure() -> None:
     assert [(f.reason, type(f.error).__name__) for f in failures] == [("decode", "ValueError")]
     assert "malformed streamherd.exact header" in str(failures[0].error)
     assert windows.windows == {}
+
+
+def test_a_version_2_checkpoint_restores_in_both_backends_and_goes_on_exactly() -> None:
+    # What a worker of the previous version wrote: running float totals (0.1 + 0.2 rounded),
+    # an avg begun at [0, 0], NaN by its bits, an integer total beyond 64 bits.
+    plan = plan_for(10**9)
+    v2 = {
+        "v": 2,
+        "maxEventMs": 5,
+        "windows": [
+            ["a", 0, [2, 0.30000000000000004, [0.30000000000000004, 2], 0.1, 0.2]],
+            ["b", 0, [1, {"f64": "7ff8000000000000"}, [{"f64": "fff0000000000000"}, 1], 1, 1]],
+            ["c", 0, [1, {"int": hex(2**70)}, [0, 0], None, None]],
+        ],
+    }
+    checkpoint = Checkpoint("rp", 0, 7, v2, written_at=1.0, fingerprint="f")
+    volume = checkpointing.decode(checkpointing.encode(checkpoint)).state
+    log = changelog.decode("rp", 0, changelog.encode(checkpoint))
+    assert log is not None
+    for restored in (volume, log.state):
+        state = PartitionWindows.from_json(plan, restored, base=True)
+        assert not state.based  # the next checkpoint is a full one, of version 3
+        for key, v in (("a", -0.30000000000000004), ("c", 0.5)):
+            state.fold([({"k": key, "ts": 6, "v": v}, None)], lambda _: None)
+        rows = {key: bits(row) for key, row in state.close(everything=True)}
+        # a: exactly 0.30000000000000004 - 0.30000000000000004 (a running float would agree
+        # here; the total is now exact from the restored value on).
+        a = next(r for k, r in rows.items() if k.startswith("a|"))
+        assert dict(a[1])["s"] == bits(0.0)
+        assert dict(a[1])["mean"] == bits(0.0)
+        b = next(r for k, r in rows.items() if k.startswith("b|"))
+        assert dict(b[1])["s"] == bits(float("nan"))
+        assert dict(b[1])["mean"] == bits(float("-inf"))
+        c = next(r for k, r in rows.items() if k.startswith("c|"))
+        assert dict(c[1])["s"] == bits(float(2**70) + 0.5)
+        assert dict(c[1])["mean"] == bits(0.5)  # the avg's [0, 0] was "no value yet"
