@@ -58,16 +58,17 @@ from streamherd.workers.processing import (
     decode_json,
     decode_raw,
     decode_synthetic,
-    encode_output,
     kafka_timestamp,
     window_batch,
 )
 from streamherd.workers.repartitioning import (
+    EXACT_HEADER,
     UPSTREAM_HEADER,
     WATERMARK_HEADER,
     Upstream,
     UpstreamClock,
     close_windows,
+    encode_hop,
     ensure_topic,
     fold_downstream,
     idle_close,
@@ -182,6 +183,29 @@ class PartitionState:
     read_from: int | None = None
     # Restored from a snapshot just now: the group's offset is expected to be elsewhere.
     from_snapshot: bool = False
+
+
+def unseen(messages: list[SourceMessage], next_offset: int | None) -> list[SourceMessage]:
+    """The fetched messages of a partition not yet reflected in its state: those at or past
+    its ``next_offset`` (a re-fetch after a seek is never counted twice)."""
+    if next_offset is None or (messages[0].offset() or 0) >= next_offset:
+        return messages
+    return [m for m in messages if (m.offset() or 0) >= next_offset]
+
+
+def first_read(next_offset: int | None, read_from: int | None, first: int | None) -> int | None:
+    """A partition's ``read_from`` after a batch whose first offset is ``first``: that offset
+    while the partition has no ``next_offset`` (nothing read since it started empty), else
+    unchanged."""
+    return first if next_offset is None else read_from
+
+
+def rewind_offset(restored_next: int | None, read_from: int | None) -> int | None:
+    """Where a partition seeks after an aborted transaction: its committed checkpoint's next
+    offset, or, with nothing committed (it restarts empty), the first offset this worker
+    read from it (the consumer keeps its position through an abort: without that seek the
+    aborted transaction's records would be skipped); None: it read nothing, no seek."""
+    return restored_next if restored_next is not None else read_from
 
 
 @dataclass
@@ -962,13 +986,9 @@ class Engine:
             if st is None or st.held is not None:
                 # Revoked within this consume call, or held (fetched before its pause).
                 continue
-            group = fetched
-            start = st.next_offset
-            if start is not None and (group[0].offset() or 0) < start:
-                # Already reflected in the state (a re-fetch after seek): never count twice.
-                group = [m for m in group if (m.offset() or 0) >= start]
-                if not group:
-                    continue
+            group = unseen(fetched, st.next_offset)
+            if not group:
+                continue
             total += len(group)
             self._process_partition(st, group)
         self.metrics.batch_size.set(total)
@@ -976,8 +996,7 @@ class Engine:
             self.metrics.batch_duration.observe(time.perf_counter() - started)
 
     def _process_partition(self, st: PartitionState, messages: list[SourceMessage]) -> None:
-        if st.next_offset is None:
-            st.read_from = messages[0].offset()
+        st.read_from = first_read(st.next_offset, st.read_from, messages[0].offset())
         if st.role == "upstream":
             self._process_upstream(st, messages)
         elif st.role == "downstream":
@@ -1077,13 +1096,15 @@ class Engine:
                 key = canonical_key(key_of(record))  # NaN, objects: the record's error
                 stamp = kafka_timestamp(m)
                 event_ms = time_of(record, stamp if kafka_time else None)
-                value = encode_output(record)
+                value, exact = encode_hop(record)
             except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
                 failures.append(Failure(m, "expression", error))
                 continue
-            header = upstream_header(st.topic, st.partition, offset, top)
+            headers = [(UPSTREAM_HEADER, upstream_header(st.topic, st.partition, offset, top))]
+            if exact is not None:  # values JSON cannot hold, put back downstream
+                headers.append((EXACT_HEADER, exact))
             when = stamp if stamp is not None and stamp > 0 else 0  # 0: the producer's clock
-            rows.append((key_text(key), value, when, offset, [(UPSTREAM_HEADER, header)]))
+            rows.append((key_text(key), value, when, offset, headers))
             if top is None or event_ms > top:
                 top = event_ms
         st.max_event_ms = top
@@ -1357,7 +1378,7 @@ class Engine:
             # The consumer keeps its position through an abort: every partition must seek.
             # One with nothing committed restarts empty, so it reads again from where this
             # worker began (else the records of the aborted transaction would be skipped).
-            offset = st.next_offset if st.next_offset is not None else read_from
+            offset = rewind_offset(st.next_offset, read_from)
             if offset is not None:
                 source.seek(TopicPartition(tp.topic, tp.partition, offset))
         if not self.sink_offsets:

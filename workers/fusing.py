@@ -33,11 +33,12 @@ record with more than 1024 brackets takes the slow lane (orjson refuses nesting 
 1024 levels; msgspec skips an unread field of any depth).
 
 Folding: a record is folded all or nothing, like ``WindowPlan.update``. Only a min/max
-comparison (a string against a number) and a sum/avg addition (a float and an integer
-beyond the float range, which an expression can compute) can fail: those run first, inside
-one ``try`` (free until it raises), noting their outcome in locals, except the last one,
-which raises before its own change; the other changes follow. A refused record puts the
-watermark back and is dead-lettered with ``WindowPlan.refusal``'s error, the generic one.
+comparison (a string against a number) can fail: those run first, inside one ``try`` (free
+until it raises), noting their outcome in locals, except the last one, which raises before
+its own change; the other changes follow. A refused record puts the watermark back and is
+dead-lettered with ``WindowPlan.refusal``'s error, the generic one. Sums and averages add
+integers inline while their total is an integer and call ``summing.add`` otherwise (exact
+totals, decision 0130); a min/max calls ``windowing.settle`` only for equal values and NaN.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from streamherd.workers.processing import (
     decode_json,
     kafka_timestamp,
 )
+from streamherd.workers.summing import CANONICAL_NAN, add
 from streamherd.workers.values import canonical_key
 from streamherd.workers.windowing import (
     FLOAT_MAX,
@@ -71,6 +73,7 @@ from streamherd.workers.windowing import (
     REFUSED,
     PartitionWindows,
     WindowPlan,
+    settle,
     time_bounds,
     time_converter,
 )
@@ -226,6 +229,9 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
             "__sh_deep_bytes": 2 * ORJSON_MAX_DEPTH,
             "__sh_len": len,
             "__sh_refusal": plan.refusal,
+            "__sh_exact_add": add,
+            "__sh_exact_settle": settle,
+            "__sh_exact_nan": CANONICAL_NAN,
             "__sh_REFUSED": REFUSED,
             "__sh_fmin": FLOAT_MIN,
             "__sh_fmax": FLOAT_MAX,
@@ -242,6 +248,7 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
             "__sh_str": str,
             "__sh_int": int,
             "__sh_float": float,
+            "__sh_list": list,
             "__sh_Exception": Exception,
         }
     )
@@ -261,16 +268,15 @@ def _template(
     """The batch function's source with placeholders ``__sh_F<i>``, ``__sh_KEY``, ..."""
     # Tumbling windows are folded inline; hopping ones through PartitionWindows.add().
     inline = plan.size_ms == plan.slide_ms and plan.lateness_ms >= 0
-    # The min/max aggregates with a value, then the sum/avg ones: their comparisons and
-    # additions can raise (a string against a number; a float and an integer beyond the float
-    # range), so they run first and nothing changes before all of them passed.
-    ordered = [i for i, _ in plan.ordered]
-    fallible = ordered + [i for i, _ in plan.added]
+    # The min/max aggregates with a value: their comparisons can raise (a string against a
+    # number), so they run first and nothing changes before all of them passed.
+    fallible = [i for i, _ in plan.ordered]
     out = [
         "def __sh_batch(messages, state):",
         "    decode, slow, Failure, type = __sh_decode, __sh_slow, __sh_Failure, __sh_type",
-        "    str, int, float = __sh_str, __sh_int, __sh_float",
+        "    str, int, float, list = __sh_str, __sh_int, __sh_float, __sh_list",
         "    convert, checks, canon = __sh_convert, __sh_checks, __sh_canon",
+        "    sadd, settle, NAN = __sh_exact_add, __sh_exact_settle, __sh_exact_nan",
         "    tlo, thi = __sh_time_bounds",
         *(["    refusal, REFUSED = __sh_refusal, __sh_REFUSED"] if fallible else []),
         *(["    fmin, fmax = __sh_fmin, __sh_fmax"] if any(bounded) else []),
@@ -389,7 +395,7 @@ def _template(
                 "            continue",
             ]
             for i in fallible[:-1]:
-                out += _store(i, plan.aggregates[i].function)
+                out += _store(i)
         for i, agg in enumerate(plan.aggregates):
             if i not in fallible:
                 out += _update(i, agg.function, has_value[i])
@@ -427,41 +433,51 @@ def _update(i: int, function: str, has_value: bool) -> list[str]:
     if not has_value:
         return []  # no expression: the value is always null, the accumulator never moves
     head = [f"        if a{i} is not None:", f"            prev = acc[{i}]"]
-    if function == "sum":
-        return [*head, f"            acc[{i}] = a{i} if prev is None else prev + a{i}"]
-    if function in ("min", "max"):
-        op = "<" if function == "min" else ">"
+    if function == "sum":  # summing.add, its integer case inline
         return [
             *head,
-            f"            if prev is None or a{i} {op} prev:",
-            f"                acc[{i}] = a{i}",
+            f"            if type(a{i}) is int and type(prev) is not list:",
+            f"                acc[{i}] = a{i} if prev is None else prev + a{i}",
+            "            else:",
+            f"                acc[{i}] = sadd(prev, a{i})",
         ]
-    return [*head, f"            prev[0] += a{i}", "            prev[1] += 1"]  # avg
+    if function in ("min", "max"):
+        return [*head, *_settled(i, function, "prev", f"acc[{i}]")]
+    return [  # avg: [total, count]
+        *head,
+        "            held = prev[0]",
+        f"            if type(a{i}) is int and type(held) is not list:",
+        f"                prev[0] = a{i} if held is None else held + a{i}",
+        "            else:",
+        f"                prev[0] = sadd(held, a{i})",
+        "            prev[1] += 1",
+    ]
+
+
+def _settled(i: int, function: str, held: str, target: str) -> list[str]:
+    """A min/max (``WindowPlan.prepare``): ``target`` = what it holds after ``a<i>``, given
+    that it holds ``held`` (not None checked by the caller); raises TypeError unchanged."""
+    op, other = ("<", ">") if function == "min" else (">", "<")
+    is_min = function == "min"
+    return [
+        f"            if {held} is None:",
+        f"                {target} = a{i} if a{i} == a{i} else NAN",
+        f"            elif a{i} {op} {held}:",
+        f"                {target} = a{i}",
+        f"            elif not a{i} {other} {held}:  # equal, or a NaN",
+        f"                {target} = settle({held}, a{i}, {is_min})",
+    ]
 
 
 def _outcome(i: int, function: str) -> list[str]:
-    """The comparison or addition of aggregate ``i`` into a local (``w<i>``, ``s<i>``)."""
-    if function in ("min", "max"):
-        op = "<" if function == "min" else ">"
-        return [f"        w{i} = a{i} is not None and (acc[{i}] is None or a{i} {op} acc[{i}])"]
-    if function == "sum":
-        return [
-            f"        if a{i} is not None:",
-            f"            prev = acc[{i}]",
-            f"            s{i} = a{i} if prev is None else prev + a{i}",
-        ]
-    return [f"        if a{i} is not None:", f"            s{i} = acc[{i}][0] + a{i}"]  # avg
-
-
-def _store(i: int, function: str) -> list[str]:
-    """Store the outcome :func:`_outcome` noted (after every one of them passed)."""
-    if function in ("min", "max"):
-        return [f"        if w{i}:", f"            acc[{i}] = a{i}"]
-    if function == "sum":
-        return [f"        if a{i} is not None:", f"            acc[{i}] = s{i}"]
-    return [  # avg
+    """The new value of min/max aggregate ``i`` into a local ``n<i>`` (stored later)."""
+    return [
+        f"        n{i} = acc[{i}]",
         f"        if a{i} is not None:",
-        f"            prev = acc[{i}]",
-        f"            prev[0] = s{i}",
-        "            prev[1] += 1",
+        *_settled(i, function, f"n{i}", f"n{i}"),
     ]
+
+
+def _store(i: int) -> list[str]:
+    """Store the outcome :func:`_outcome` noted (after every one of them passed)."""
+    return [f"        acc[{i}] = n{i}"]

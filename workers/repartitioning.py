@@ -35,9 +35,13 @@ source partition with nothing new for ``idleTimeout`` says so in a marker, and t
 downstream partitions stop waiting for it. If every upstream is idle, the open windows
 close; records that arrive later for a closed window are late.
 
-Float sums in repartitioned pipelines are added in arrival order, which interleaves source
-partitions: the last bits of a float ``sum``/``avg`` can differ between runs (integers and
-count/min/max are exact).
+Records cross as JSON (:func:`encode_hop`), with the values JSON cannot hold exactly (NaN,
+infinities, integers beyond 64 bits, bytes) in an :data:`EXACT_HEADER` that puts them back
+(:func:`decode_hop`), so the window downstream sees the record the upstream had. A message
+without that header (every record holding none of those values, and every record an earlier
+version wrote) is read as plain JSON, as before. The arrival order, which interleaves source
+partitions differently on every run, changes no result: sums and averages are exact and
+min/max settle ties and NaN by a fixed rule (``streamherd.workers.summing``, decision 0130).
 """
 
 from __future__ import annotations
@@ -56,7 +60,13 @@ from confluent_kafka.admin import AdminClient
 # The same class as confluent_kafka.admin.NewTopic, whose type stub does not re-export it.
 from confluent_kafka.cimpl import NewTopic
 
-from streamherd.workers.processing import Failure, LateRecordError, kafka_timestamp
+from streamherd.workers.processing import (
+    Failure,
+    LateRecordError,
+    encode_output,
+    kafka_timestamp,
+)
+from streamherd.workers.values import decode_value, encode_value
 from streamherd.workers.windowing import PartitionWindows
 
 log = logging.getLogger("streamherd.worker")
@@ -65,6 +75,10 @@ log = logging.getLogger("streamherd.worker")
 UPSTREAM_HEADER: Final = "streamherd.upstream"
 #: Header of a progress marker: ``topic SEP partition SEP offset SEP max event ms SEP idle``.
 WATERMARK_HEADER: Final = "streamherd.watermark"
+#: Header of a re-keyed record holding values JSON cannot (NaN, an infinity, an integer beyond
+#: 64 bits, bytes): a JSON array of ``[path, value]``, ``path`` the object keys and array
+#: indexes leading to the value, ``value`` in ``values.encode_value``'s exact form.
+EXACT_HEADER: Final = "streamherd.exact"
 _SEP: Final = "\x1f"
 
 Upstream = tuple[str, int]
@@ -88,6 +102,75 @@ def watermark_header(
 
 def _opt(value: int | None) -> str:
     return "" if value is None else str(value)
+
+
+def encode_hop(record: Mapping[str, Any]) -> tuple[bytes, bytes | None]:
+    """A record as the value of a repartition message, and its :data:`EXACT_HEADER` (None
+    when JSON holds it exactly, the common case: no walk over the record).
+
+    The value is the record's JSON with null where the header holds the exact value, so any
+    reader can parse it (a reader without the header sees null, as NaN and infinities always
+    were; an integer beyond the float range written as a JSON number was refused by orjson
+    downstream). Only a record whose JSON holds a null (orjson's NaN and infinities), or that
+    orjson cannot write alone (an integer beyond 64 bits, bytes), is walked."""
+    try:
+        value = orjson.dumps(record)
+    except TypeError:  # orjson.JSONEncodeError: bytes, an integer beyond 64 bits, ...
+        found: list[list[Any]] = []
+        plain = _walk(record, [], found)
+        return encode_output(plain), (orjson.dumps(found) if found else None)
+    if b"null" in value:
+        found = []
+        _walk(record, [], found)
+        return value, (orjson.dumps(found) if found else None)
+    return value, None
+
+
+def _walk(value: Any, path: list[Any], found: list[list[Any]]) -> Any:
+    """``value`` with None for each value JSON cannot hold, noted in ``found`` as ``[path,
+    exact form]``."""
+    kind = type(value)
+    if kind is dict:
+        return {
+            name: _walk(item, [*path, name], found) if type(name) is str else item
+            for name, item in value.items()  # JSON names only: what a reader's path follows
+        }
+    if kind is list or kind is tuple:
+        return [_walk(item, [*path, index], found) for index, item in enumerate(value)]
+    if kind is float or kind is int or kind is bytes or kind is bytearray:
+        exact = encode_value(bytes(value) if kind is bytearray else value)
+        if type(exact) is dict:  # encode_value's tagged forms: not plain JSON
+            found.append([path, exact])
+            return None
+    return value
+
+
+def decode_hop(value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None) -> Any:
+    """The record of a repartition message (:func:`encode_hop`); raises orjson's
+    JSONDecodeError, TypeError or ValueError (a decode failure of the record)."""
+    record = orjson.loads(value)  # type: ignore[arg-type]
+    if type(record) is not dict:
+        raise ValueError(f"not a JSON object: {type(record).__name__}")
+    for name, raw in headers or ():
+        if name == EXACT_HEADER and raw is not None:
+            _put_back(record, orjson.loads(raw))
+    return record
+
+
+def _put_back(record: dict[str, Any], found: Any) -> None:
+    try:
+        for path, exact in found:
+            container: Any = record
+            for step in path[:-1]:
+                container = container[step]
+            last = path[-1]
+            in_object = type(container) is dict and type(last) is str and last in container
+            in_array = type(container) is list and type(last) is int and 0 <= last < len(container)
+            if not (in_object or in_array):
+                raise ValueError(f"no value at {path!r}")
+            container[last] = decode_value(exact)
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        raise ValueError(f"malformed {EXACT_HEADER} header: {error!r}") from None
 
 
 @dataclass(frozen=True)
@@ -229,7 +312,6 @@ def fold_downstream(
     late = 0
     duplicates = 0
     taken = 0
-    loads = orjson.loads
     for m in messages:
         try:
             mark = read_mark(m.headers())
@@ -244,9 +326,7 @@ def fold_downstream(
         taken += 1
         source = UpstreamMessage(m, mark)
         try:
-            record = loads(m.value())
-            if type(record) is not dict:
-                raise ValueError(f"not a JSON object: {type(record).__name__}")
+            record = decode_hop(m.value(), m.headers())
         except (orjson.JSONDecodeError, TypeError, ValueError) as error:
             failures.append(Failure(source, "decode", error))
             continue

@@ -17,10 +17,14 @@ Semantics (docs/engine.md has the long form):
 - windows close, and are emitted once, when the watermark reaches their end;
 - only windows that received a record exist, so empty windows are never emitted;
 - a record is folded all or nothing: a value an aggregate cannot take (a string for sum, a
-  string for a min that holds numbers) raises TypeError, and one whose sum cannot be
-  represented (a float added to an integer beyond the float range, which an expression can
-  compute, or such an integer for an avg, whose result is a float) raises OverflowError,
-  before any window, accumulator or the watermark changed; the caller dead-letters it.
+  string for a min that holds numbers) raises TypeError, and an integer beyond the float
+  range for an avg (whose result is a float) raises OverflowError, before any window,
+  accumulator or the watermark changed; the caller dead-letters it;
+- a window's result does not depend on the order of its records (a repartitioned window
+  receives them interleaved differently on every run, decision 0130): ``sum`` and ``avg``
+  keep their totals exactly (``streamherd.workers.summing``) and round once, and ``min`` and
+  ``max`` settle what their comparison cannot (:func:`settle`): equal values by a fixed
+  order, NaN by propagating (the result is NaN, always the same NaN).
 """
 
 from __future__ import annotations
@@ -35,6 +39,15 @@ from typing import Any, Final
 from streamherd.workers.config import WindowSpec, parse_duration
 from streamherd.workers.expressions import compile_expression
 from streamherd.workers.limits import check_window_count
+from streamherd.workers.summing import (
+    CANONICAL_NAN,
+    add,
+    from_float,
+    is_nan,
+    is_total,
+    mean,
+    total,
+)
 from streamherd.workers.values import (
     canonical_key,
     decode_value,
@@ -46,9 +59,12 @@ from streamherd.workers.values import (
 Record = Mapping[str, Any]
 ValueFn = Callable[[Record], Any]
 
-# 2: values written by values.encode_value (exact floats, integers, bytes), keys as their
-# JSON value. 1 (read too): plain JSON, whose non-finite floats had become null.
-STATE_VERSION: Final = 2
+# 3: a sum's and an avg's total in the exact form of workers/summing.py (a float total as
+# ``[n, k, flags]``), an avg's empty total as null. 2 (read too): values written by
+# values.encode_value (exact floats, integers, bytes), keys as their JSON value, float totals
+# as running floats. 1 (read too): plain JSON, whose non-finite floats had become null.
+STATE_VERSION: Final = 3
+READ_VERSIONS: Final = (1, 2, STATE_VERSION)
 
 # The largest float as an int: an avg takes integers up to it, so its mean (a float) exists.
 FLOAT_MAX: Final = int(sys.float_info.max)
@@ -56,6 +72,30 @@ FLOAT_MIN: Final = -FLOAT_MAX
 
 # What folding a record's values into a window can raise (the record's fault, nothing changed).
 REFUSED: Final = (TypeError, OverflowError)
+
+
+def _rank(value: Any) -> int:
+    """The order of equal values a min or max settles by: ``-0.0``, other floats, ints."""
+    if type(value) is float:
+        return 0 if value == 0.0 and math.copysign(1.0, value) < 0.0 else 1
+    return 2 if type(value) is int else 1  # a str equals only itself
+
+
+def settle(prev: Any, value: Any, is_min: bool) -> Any:
+    """What a min (``is_min``) or max holding ``prev`` holds after ``value``, when neither is
+    below (min) or above (max) the other: the two are equal, or one is NaN.
+
+    NaN propagates (IEEE 754-2019 ``minimum``/``maximum``): the result is
+    :data:`~streamherd.workers.summing.CANONICAL_NAN`. Equal values are settled by a fixed
+    order, ``-0.0`` < ``0.0`` (and every other float) < the int of the same value: a min keeps
+    the lowest (``min(0, -0.0) = -0.0``, ``min(1, 1.0) = 1.0``), a max the highest
+    (``max(0.0, -0.0) = 0.0``, ``max(1, 1.0) = 1``), whichever came first."""
+    if is_nan(prev):
+        return prev
+    if is_nan(value):
+        return CANONICAL_NAN
+    ranked, held = _rank(value), _rank(prev)
+    return value if (ranked < held if is_min else ranked > held) else prev
 
 
 def iso_ms(epoch_ms: int) -> str:
@@ -202,8 +242,7 @@ class WindowPlan:
     # (index, is_min) of the min/max aggregates with a value: their comparisons can fail
     # (types without an order). Derived from ``aggregates``, like the two below.
     ordered: tuple[tuple[int, bool], ...] = field(init=False, repr=False, compare=False)
-    # (index, is_avg) of the sum/avg aggregates with a value: their additions can fail (a
-    # float and an integer beyond the float range).
+    # (index, is_avg) of the sum/avg aggregates with a value (exact totals: cannot fail).
     added: tuple[tuple[int, bool], ...] = field(init=False, repr=False, compare=False)
     counted: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
@@ -266,7 +305,7 @@ class WindowPlan:
             if agg.function == "count":
                 acc.append(0)
             elif agg.function == "avg":
-                acc.append([0, 0])
+                acc.append([None, 0])  # [total (summing.add), count]
             else:
                 acc.append(None)
         return acc
@@ -290,14 +329,12 @@ class WindowPlan:
         return out
 
     def prepare(self, acc: list[Any], values: list[Any]) -> list[tuple[int, Any]]:
-        """The changes of one record to a window, ``(aggregate, new value)``; changes nothing.
-
-        A min/max appears when its value replaces the window's, a sum or avg with its new
-        total (an avg's count goes up by one with it); counts are not listed. Raises
-        TypeError when a min/max value has no order with the one the window holds (a string
-        against a number, ...), then OverflowError when a sum or avg cannot add its value (a
-        float and an integer beyond the float range): the record's fault, dead-lettered,
-        with the window intact.
+        """The min/max changes of one record to a window, ``(aggregate, new value)``; changes
+        nothing. A min/max appears when its value replaces the window's (:func:`settle` for
+        equal values and NaN); counts, sums and averages cannot fail and are not listed.
+        Raises TypeError when a min/max value has no order with the one the window holds (a
+        string against a number, ...): the record's fault, dead-lettered, with the window
+        intact.
         """
         changes: list[tuple[int, Any]] = []
         for i, is_min in self.ordered:
@@ -306,27 +343,19 @@ class WindowPlan:
                 continue
             prev = acc[i]
             try:
-                if prev is None or (value < prev if is_min else value > prev):
+                if prev is None:
+                    changes.append((i, CANONICAL_NAN if is_nan(value) else value))
+                elif value < prev if is_min else value > prev:
                     changes.append((i, value))
+                elif not (value > prev if is_min else value < prev):  # equal, or a NaN
+                    new = settle(prev, value, is_min)
+                    if new is not prev:
+                        changes.append((i, new))
             except TypeError:
                 agg = self.aggregates[i]
                 raise TypeError(
                     f"aggregate {agg.name!r} ({agg.function}) cannot compare "
                     f"{type(value).__name__} with the {type(prev).__name__} this window holds"
-                ) from None
-        for i, is_avg in self.added:
-            value = values[i]
-            if value is None:
-                continue
-            prev = acc[i][0] if is_avg else acc[i]
-            try:
-                changes.append((i, value if prev is None else prev + value))
-            except OverflowError:
-                agg = self.aggregates[i]
-                raise OverflowError(
-                    f"aggregate {agg.name!r} ({agg.function}) cannot add "
-                    f"{type(value).__name__} to the {type(prev).__name__} this window holds: "
-                    "an integer beyond the float range and a float have no sum"
                 ) from None
         return changes
 
@@ -340,19 +369,25 @@ class WindowPlan:
 
     def update(self, acc: list[Any], values: list[Any]) -> None:
         """Fold one record's values into a window: all or nothing (see :meth:`prepare`)."""
-        self.apply(acc, self.prepare(acc, values))
+        self.apply(acc, self.prepare(acc, values), values)
 
-    def apply(self, acc: list[Any], changes: list[tuple[int, Any]]) -> None:
-        """Fold one record's changes from :meth:`prepare` (and count it); cannot fail."""
+    def apply(self, acc: list[Any], changes: list[tuple[int, Any]], values: list[Any]) -> None:
+        """Fold one record: the min/max changes :meth:`prepare` found for ``values``, its
+        count and its sums and averages (exact: cannot fail)."""
         for i in self.counted:
             acc[i] += 1
         for i, new in changes:
-            slot = acc[i]
-            if type(slot) is list:  # an avg: [total, count]; other aggregates hold scalars
-                slot[0] = new
+            acc[i] = new
+        for i, is_avg in self.added:
+            value = values[i]
+            if value is None:
+                continue
+            if is_avg:
+                slot = acc[i]
+                slot[0] = add(slot[0], value)
                 slot[1] += 1
             else:
-                acc[i] = new
+                acc[i] = add(acc[i], value)
 
     def result(
         self, key: Any, start_ms: int, acc: list[Any], texts: tuple[str, str] | None = None
@@ -361,13 +396,11 @@ class WindowPlan:
         start, end = texts or (iso_ms(start_ms), iso_ms(start_ms + self.size_ms))
         out: dict[str, Any] = {"key": key_value(key), "window_start": start, "window_end": end}
         for i, agg in enumerate(self.aggregates):
-            if agg.function == "avg":
-                total, n = acc[i]
-                try:
-                    out[agg.name] = total / n if n else None
-                except OverflowError:  # an int total from a checkpoint written before avg
-                    # refused integers beyond the float range: the mean is an infinity
-                    out[agg.name] = math.inf if total > 0 else -math.inf
+            function = agg.function
+            if function == "avg":
+                out[agg.name] = mean(*acc[i])
+            elif function == "sum":
+                out[agg.name] = total(acc[i])
             else:
                 out[agg.name] = acc[i]
         return out
@@ -450,7 +483,7 @@ class PartitionWindows:
             if acc is None or changes is None:
                 plan.update(self.open_window(key, start), values)
             else:
-                plan.apply(acc, changes)
+                plan.apply(acc, changes, values)
             changed.add((key, start))
         self.max_event_ms = top
         return True
@@ -592,16 +625,40 @@ class PartitionWindows:
         state = cls(plan)
         if not data:
             return state
-        state.based = base and data.get("v") == STATE_VERSION
-        if data.get("v") not in (1, STATE_VERSION):
-            raise ValueError(f"unsupported window state version {data.get('v')!r}")
+        version = data.get("v")
+        state.based = base and version == STATE_VERSION
+        if version not in READ_VERSIONS:
+            raise ValueError(f"unsupported window state version {version!r}")
         state.max_event_ms = data.get("maxEventMs")
-        for key, start, acc in data.get("windows", ()):
+        legacy = version != STATE_VERSION and bool(plan.added)  # running float totals
+        for key, start, held in data.get("windows", ()):
             # Version 1 wrote keys as they were held: a list-literal key as an array.
-            state.windows[(canonical_key(decode_value(key)), int(start))] = decode_value(acc)
+            acc = decode_value(held)
+            if legacy:
+                _exact_totals(plan, acc)
+            state.windows[(canonical_key(decode_value(key)), int(start))] = acc
         if state.windows:
             state.first_end = min(s for _, s in state.windows) + plan.size_ms
         return state
+
+
+def _exact_totals(plan: WindowPlan, acc: list[Any]) -> None:
+    """Turn the running float totals of a version 1 or 2 accumulator into the exact form of
+    version 3 (the same value); refuse a total of neither form."""
+    for i, is_avg in plan.added:
+        if is_avg and (type(acc[i]) is not list or len(acc[i]) != 2):
+            raise ValueError(f"an avg accumulator must be [total, count], got {acc[i]!r}")
+        held = acc[i][0] if is_avg else acc[i]
+        if is_avg and acc[i][1] == 0:
+            held = None  # versions 1 and 2 began an avg at [0, 0]: no value yet
+        elif type(held) is float:
+            held = from_float(held)
+        elif not is_total(held):
+            raise ValueError(f"not a total in window state: {held!r}")
+        if is_avg:
+            acc[i][0] = held
+        else:
+            acc[i] = held
 
 
 def reference_aggregate(

@@ -9,6 +9,7 @@ and a partition that goes quiet must still have its windows emitted.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections import Counter, defaultdict
@@ -373,3 +374,58 @@ def test_a_new_repartition_partition_is_read_from_its_beginning_with_start_from_
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_values_json_cannot_hold_cross_the_repartition_topic_exactly(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """NaN, infinities and integers beyond 64 bits, computed by a map step upstream, reach the
+    window downstream as they were (the streamherd.exact header): a window with a NaN has a
+    NaN max, one with an infinity an infinite one (both written null, JSON has neither), and
+    a sum of integers beyond 64 bits is that exact integer. The previous encoding turned NaN
+    and infinities into null (skipped by max: a finite result) and those integers into
+    floats."""
+    src, sink, dlq = topics(kafka_broker)
+    specials = {"/p0": ["1.5", "2.25"], "/p1": ["1.5", "inf"], "/p2": ["nan", "2.25"]}
+    records = []
+    for i in range(60):
+        page = f"/p{i % 3}"
+        s = specials[page][(i // 3) % 2]
+        user = f"user-{i % 7}"
+        records.append((user, {"user": user, "page": page, "s": s, "x": i, "ts": BASE_TS + i}))
+    kafka_broker.produce(src, records)
+    config = repartitioned_config(kafka_broker, src, sink, dlq, tmp_path / "ck")
+    config["processor"]["steps"].insert(
+        0, {"map": {"set": {"v": "float(s)", "big": "int(x) * int(1e30)"}}}
+    )
+    config["processor"]["steps"][-1]["window"]["aggregates"] += [
+        {"name": "hi", "function": "max", "expression": "v"},
+        {"name": "big", "function": "sum", "expression": "big"},
+    ]
+    worker = Worker.create(tmp_path, "a", config).start()
+    try:
+        flush(kafka_broker, src, records[-1][1]["ts"])
+        window = iso(BASE_TS - BASE_TS % WINDOW_MS)
+        expected = {f"/p{p}|{window}": {} for p in range(3)}
+        got, counts = sink_windows(
+            kafka_broker, sink, expected, "the three pages' windows", 120, [worker]
+        )
+        # The stdlib reads integers of any size exactly (orjson reads them as floats).
+        exact = {
+            r.key.decode(): json.loads(r.value)
+            for r in kafka_broker.consume_all(sink)
+            if r.key is not None and r.value is not None
+        }
+    finally:
+        worker.stop()
+    for p in range(3):
+        row = exact[f"/p{p}|{window}"]
+        xs = [r["x"] for _, r in records if r["page"] == f"/p{p}"]
+        assert row["clicks"] == 20
+        assert row["big"] == sum(xs) * int(1e30)  # exact, an integer beyond 64 bits
+        assert type(row["big"]) is int
+    assert got[f"/p0|{window}"]["hi"] == 2.25
+    assert got[f"/p1|{window}"]["hi"] is None  # inf, written as null
+    assert got[f"/p2|{window}"]["hi"] is None  # NaN, written as null
+    assert counts[f"/p0|{window}"] == 1
+    assert kafka_broker.consume_all(dlq) == []

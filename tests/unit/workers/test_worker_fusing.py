@@ -15,6 +15,8 @@ for integers beyond 64 bits), which must also read back exactly.
 from __future__ import annotations
 
 import json
+import math
+from fractions import Fraction
 from typing import Any
 
 import orjson
@@ -469,12 +471,10 @@ def _fold_each_way(cfg: ProcessorConfig, records: list[dict[str, Any]]) -> Any:
 
 
 @pytest.mark.parametrize("hopping", [False, True])
-def test_a_float_against_an_integer_beyond_the_float_range_is_dead_lettered(
-    hopping: bool,
-) -> None:
-    # 1.5 + 5e308 (an int) raises OverflowError in Python: the record is refused (and only
-    # it), no aggregate of any window it belongs to changes (count, min, the avg after the
-    # sum), the watermark stays; later records still fold.
+def test_a_float_and_an_integer_beyond_the_float_range_add_up_exactly(hopping: bool) -> None:
+    # 1.5 + 5e308 (an int) has no float sum in Python; an exact total has one (decision
+    # 0130): nothing is refused, whatever the order, and the float result is the exact
+    # total rounded once (beyond the float range: inf, as IEEE 754 rounds it).
     aggregates = [
         {"name": "n", "function": "count"},
         {"name": "lo", "function": "min", "expression": "bytes"},
@@ -490,30 +490,33 @@ def test_a_float_against_an_integer_beyond_the_float_range_is_dead_lettered(
         {"user": "a", "ts": BASE + 8000, "bytes": 2.0},
     ]
     (failures, late, filtered), max_ms, rows = _fold_each_way(cfg, records)
-    assert failures == [
-        (
-            1,
-            "expression",
-            "OverflowError",
-            "aggregate 's' (sum) cannot add int to the float this window holds: "
-            "an integer beyond the float range and a float have no sum",
-        )
-    ]
-    assert (late, filtered, max_ms) == ([], 0, BASE + 8000)
-    expected = (2, 1.5, 3.5, 1.75)
+    assert (failures, late, filtered, max_ms) == ([], [], 0, BASE + 9000)
+    expected = (3, 1.5, math.inf, 8.5 / 3)
     assert [(r["n"], r["lo"], r["s"], r["mean"]) for r in rows] == [expected] * (1 + hopping)
 
 
-def test_a_sum_beyond_the_float_range_stays_an_exact_integer_and_refuses_floats() -> None:
+def test_a_sum_beyond_the_float_range_stays_an_exact_integer_until_a_float_comes() -> None:
     cfg = config([], aggregates=[{"name": "s", "function": "sum", "expression": HUGE}])
-    records = [
-        {"user": "a", "ts": BASE + 6000, "bytes": 5},
-        {"user": "a", "ts": BASE + 7000, "bytes": 1.5},  # 5e308 + 1.5: refused
-        {"user": "a", "ts": BASE + 8000, "bytes": 3},
-    ]
-    (failures, _, _), _, rows = _fold_each_way(cfg, records)
-    assert [(o, kind) for o, _, kind, _ in failures] == [(1, "OverflowError")]
-    assert [r["s"] for r in rows] == [FIVE_E308 + 3]
+    ints = [{"user": "a", "ts": BASE + 6000 + i, "bytes": b} for i, b in enumerate([5, 3])]
+    (failures, _, _), _, rows = _fold_each_way(cfg, ints)
+    assert failures == []
+    assert [r["s"] for r in rows] == [FIVE_E308 + 3]  # an int, exact
+    # 5e308 + 1.5 - 5e308: the float total is exact, 1.5 (a running float would be inf).
+    mixed = [{"user": "a", "ts": BASE + 6000 + i, "bytes": b} for i, b in enumerate([5, 1.5, -5])]
+    cfg = config(
+        [],
+        aggregates=[
+            {
+                "name": "s",
+                "function": "sum",
+                "expression": "int(bytes) * int(1e300) * 100000000 if int(bytes) == bytes "
+                "else bytes",
+            }
+        ],
+    )
+    (failures, _, _), _, rows = _fold_each_way(cfg, mixed)
+    assert failures == []
+    assert [r["s"] for r in rows] == [1.5]
 
 
 def test_an_avg_refuses_an_integer_beyond_the_float_range() -> None:
@@ -544,9 +547,9 @@ def test_an_avg_refuses_an_integer_beyond_the_float_range() -> None:
     assert [(r["n"], r["mean"]) for r in rows] == [(2, -1.5)]
 
 
-def test_an_avg_whose_total_left_the_float_range_refuses_floats() -> None:
-    # Two values of about 1e308 (each within the float range) make an int total of 2e308;
-    # a float then cannot be added (the record is refused); the mean is still a float.
+def test_an_avg_whose_total_left_the_float_range_is_exact() -> None:
+    # Two values of about 1e308 (each within the float range) make a total of 2e308; a float
+    # adds to it exactly, and the mean (within the float range) is rounded once.
     near_max = "bytes * int(1e300) * 1000000 if bytes > 50 else bytes"
     cfg = config(
         [],
@@ -559,10 +562,9 @@ def test_an_avg_whose_total_left_the_float_range_refuses_floats() -> None:
         {"user": "a", "ts": BASE + 6000 + i, "bytes": b} for i, b in enumerate([100, 100, 1.5, 100])
     ]
     (failures, _, _), _, rows = _fold_each_way(cfg, records)
-    assert [(o, kind) for o, _, kind, _ in failures] == [(2, "OverflowError")]
-    assert "'mean' (avg) cannot add float to the int" in failures[0][3]
+    assert failures == []
     value = 100 * int(1e300) * 1000000
-    assert [(r["n"], r["mean"]) for r in rows] == [(3, 3 * value / 3)]
+    assert [(r["n"], r["mean"]) for r in rows] == [(4, float((3 * value + Fraction(3, 2)) / 4))]
 
 
 @pytest.mark.parametrize(

@@ -270,10 +270,11 @@ def test_sum_beyond_64_bits_closes_and_keys() -> None:
     assert type(result["s"]) is int
 
 
-def test_a_float_and_an_integer_beyond_the_float_range_are_refused_all_or_nothing() -> None:
-    # Hopping 10 s / 5 s: the record at t=8 s belongs to [0, 10 s) and [5 s, 15 s), both
-    # open. Its sum cannot be added in the second one (a float there, an int beyond the
-    # float range in the record): refused before either window changed.
+def test_sums_take_any_number_exactly_and_a_refused_record_changes_no_window() -> None:
+    # Hopping 10 s / 5 s: a record at t=8 s belongs to [0, 10 s) and [5 s, 15 s). A float
+    # total and an integer beyond the float range add up exactly (decision 0130); a min
+    # that cannot compare a string with its number refuses the record before any window
+    # changed.
     huge = 10**400
     w = PartitionWindows(
         plan(
@@ -289,14 +290,18 @@ def test_a_float_and_an_integer_beyond_the_float_range_are_refused_all_or_nothin
     )
     assert w.add("a", 4_000, [None, 1, 1]) is True  # [-5 s, 5 s) and [0, 10 s)
     assert w.add("a", 6_000, [None, 1, 0.5]) is True  # [0, 10 s) and [5 s, 15 s): floats
+    assert w.add("a", 8_000, [None, -huge, huge]) is True
+    assert w.add("a", 8_500, [None, 2, -huge]) is True
     before = w.to_json()
-    with pytest.raises(OverflowError, match=r"'s' \(sum\) cannot add int to the float"):
-        w.add("a", 8_000, [None, -huge, huge])
+    with pytest.raises(TypeError, match=r"'lo' \(min\) cannot compare str with the int"):
+        w.add("a", 9_000, [None, "x", 1.0])
     assert w.to_json() == before  # no count, min or sum moved, no watermark
-    # Where the sum holds the exact int, a float is refused the same way.
-    assert w.add("a", 16_000, [None, 1, huge]) is True  # new: [10 s, 20 s), [15 s, 25 s)
-    with pytest.raises(OverflowError, match=r"cannot add float to the int this window holds"):
-        w.add("a", 16_500, [None, 1, 2.5])
+    rows = {r["window_start"]: (r["n"], r["lo"], r["s"]) for _, r in w.close(everything=True)}
+    assert rows == {
+        "1969-12-31T23:59:55.000Z": (1, 1, 1),  # integers only: an int
+        "1970-01-01T00:00:00.000Z": (4, -huge, 1.5),  # 1 + 0.5 + huge - huge, exactly
+        "1970-01-01T00:00:05.000Z": (3, -huge, 0.5),
+    }
     # An avg refuses such an integer as a value: its mean is a float.
     p = plan()
     with pytest.raises(OverflowError, match=r"'mean' \(avg\) takes numbers within the float"):
