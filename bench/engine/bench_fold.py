@@ -5,39 +5,34 @@ The reference workload's events (bench_engine.py's ``event``: ~100-byte JSON, 10
 (workers/fusing.py) or the generic stage-by-stage path — in batches of 5000, folded into a
 60 s tumbling window per user (count, and a sum of ``bytes``: integers, the reference; or
 of ``bytes * 0.1``: floats). Prints one JSON line: the median over ``--passes`` of the
-process CPU time per record. ``STREAMHERD_BENCH_TREE`` names another source tree whose
-streamherd to measure (e.g. an export of main), so two versions compare side by side, run
-after run (decision 0130):
+process CPU time per record, and the file of the batch function it measured. To measure
+another source tree's streamherd (e.g. an export of main), put that tree first on
+PYTHONPATH, so two versions compare side by side, run after run (decision 0130):
 
-    .venv/bin/python bench/engine/bench_fold.py --sum float --path generic
-    STREAMHERD_BENCH_TREE=/tmp/main .venv/bin/python bench/engine/bench_fold.py --sum float
+    .venv/bin/python -m bench.engine.bench_fold --sum float --path generic
+    PYTHONPATH=/tmp/main .venv/bin/python -m bench.engine.bench_fold --sum float
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
-import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-TREE = Path(os.environ.get("STREAMHERD_BENCH_TREE") or ROOT)
-sys.path.insert(0, str(TREE))
+import orjson
 
-import orjson  # noqa: E402
-
-from streamherd.workers.config import ProcessorConfig  # noqa: E402
-from streamherd.workers.fusing import fuse  # noqa: E402
-from streamherd.workers.processing import (  # noqa: E402
+from streamherd.workers.config import ProcessorConfig
+from streamherd.workers.fusing import fuse
+from streamherd.workers.processing import (
     Processor,
     SyntheticMessage,
     decode_json,
     window_batch,
 )
-from streamherd.workers.windowing import PartitionWindows  # noqa: E402
+from streamherd.workers.windowing import PartitionWindows
 
 SUMS = {"int": "bytes", "float": "bytes * 0.1"}
 BASE_TS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -113,7 +108,7 @@ def main() -> int:
             state.close()
         per_record.append((time.process_time() - started) / len(messages) * 1e9)
     result = {
-        "tree": str(Path(sys.modules[fuse.__module__].__file__ or "").resolve().parents[1]),
+        "measured": inspect.getsourcefile(fuse),
         "sum": args.sum,
         "path": args.path,
         "ns_per_record": statistics.median(per_record),
