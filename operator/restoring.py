@@ -12,17 +12,27 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from streamherd.operator.api.snapshot import SNAPSHOT_KIND
 from streamherd.operator.conditions import Cond
 from streamherd.operator.upgrades import STATE_COMPATIBLE, Decision
+from streamherd.workers.checkpointing import Checkpoint
 from streamherd.workers.fingerprint import Description, fingerprint
 
-if TYPE_CHECKING:  # the workers' snapshot reader (confluent_kafka): its result type only
-    from streamherd.workers.snapshotting import SnapshotContents
-
 Key = tuple[str, int]
+
+
+class SnapshotContents(Protocol):
+    """What snapshot_status reads of a snapshot topic's contents: the workers' reader
+    (``streamherd.workers.snapshotting.SnapshotContents``, which needs confluent_kafka)
+    returns one; declared here so that this module stays pure."""
+
+    @property
+    def checkpoints(self) -> Mapping[Key, Checkpoint]: ...
+
+    @property
+    def sizes(self) -> Mapping[Key, int]: ...
 
 
 def _rfc3339(seconds: float) -> str:
