@@ -39,6 +39,7 @@ from streamherd.workers.repartitioning import (
 )
 from streamherd.workers.values import canonical_key
 from streamherd.workers.windowing import REFUSED, PartitionWindows, WindowPlan, key_text
+from tests.unit.workers.hopmessages import Msg
 
 SIZE_MS = 1_000
 FLOAT_MAX = 1.7976931348623157e308
@@ -54,37 +55,6 @@ def bits(value: Any) -> Any:
     if type(value) is dict:
         return ("o", tuple((k, bits(v)) for k, v in value.items()))
     return (type(value).__name__, value)
-
-
-class Msg:
-    """A repartition-topic message as the consumer hands it over."""
-
-    def __init__(self, value: bytes, headers: list[tuple[str, bytes]], offset: int) -> None:
-        self._value, self._headers, self._offset = value, headers, offset
-
-    def headers(self) -> list[tuple[str, bytes]]:
-        return self._headers
-
-    def value(self) -> bytes:
-        return self._value
-
-    def key(self) -> bytes | None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (0, 0)
-
-    def topic(self) -> str:
-        return "rp"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def error(self) -> None:
-        return None
 
 
 def plan_for(lateness_ms: int) -> WindowPlan:

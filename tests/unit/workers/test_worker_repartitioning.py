@@ -34,41 +34,9 @@ from streamherd.workers.repartitioning import (
     watermark_header,
 )
 from streamherd.workers.windowing import PartitionWindows, WindowPlan, key_text, output_key
+from tests.unit.workers.hopmessages import Msg
 
 SIZE_MS = 1_000
-
-
-@dataclass(frozen=True)
-class Msg:
-    """A repartition-topic message as the consumer hands it over."""
-
-    value_: bytes
-    headers_: list[tuple[str, bytes]]
-    offset_: int = 0
-
-    def headers(self) -> list[tuple[str, bytes]]:
-        return self.headers_
-
-    def value(self) -> bytes:
-        return self.value_
-
-    def key(self) -> bytes | None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (0, 0)
-
-    def topic(self) -> str:
-        return "rp"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self.offset_
-
-    def error(self) -> None:
-        return None
 
 
 def plan_for(lateness_ms: int) -> WindowPlan:
