@@ -318,6 +318,53 @@ def test_a_malformed_exact_header_is_a_decode_failure() -> None:
     assert windows.windows == {}
 
 
+# Any header a producer can write: bytes, JSON of any shape, the tags with any payload.
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats()
+    | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=3),
+    max_leaves=12,
+)  # fmt: skip
+_HEADERS = (
+    st.binary(max_size=64)
+    | _JSON.map(orjson.dumps)
+    | st.lists(
+        st.tuples(st.lists(st.text(max_size=3) | st.integers(-2, 3), max_size=3),
+                  st.dictionaries(st.sampled_from(["f64", "int", "bytes", "x"]),
+                                  st.text(max_size=20), max_size=2)),
+        max_size=3,
+    ).map(lambda pairs: orjson.dumps([[list(path), tag] for path, tag in pairs]))
+)  # fmt: skip
+
+
+@given(header=_HEADERS, value=_JSON)
+def test_any_exact_header_folds_or_is_a_decode_failure_never_a_crash(
+    header: bytes, value: object
+) -> None:
+    """Whatever a producer writes into the repartition topic's exact header, the downstream
+    fold takes the record once and either folds it or dead-letters it as a decode failure;
+    it never raises and never half-folds a record it refused."""
+    plan = plan_for(0)
+    windows, clock = PartitionWindows(plan), UpstreamClock(known=frozenset({("src", 0)}))
+    record = orjson.dumps({"k": "a", "ts": 5, "v": value}, option=orjson.OPT_NON_STR_KEYS)
+    msg = Msg(
+        record,
+        [(UPSTREAM_HEADER, upstream_header("src", 0, 0, None)), (EXACT_HEADER, header)],
+        0,
+    )
+    failures, _, _, taken = fold_downstream(windows, clock, [msg])
+    assert taken == 1
+    assert len(failures) <= 1
+    if failures:
+        assert failures[0].reason in ("decode", "expression")
+        if failures[0].reason == "decode":
+            assert windows.windows == {}
+
+
 def test_a_version_2_checkpoint_restores_in_both_backends_and_goes_on_exactly() -> None:
     # What a worker of the previous version wrote: running float totals (0.1 + 0.2 rounded),
     # an avg begun at [0, 0], NaN by its bits, an integer total beyond 64 bits.
