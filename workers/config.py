@@ -705,7 +705,8 @@ class WorkerConfig(Model):
             "atLeastOnce: outputs are flushed before each checkpoint (deterministic keys make "
             "a replay overwrite); exactlyOnce: outputs, dead letters, repartition records and "
             "input offsets are committed in one Kafka transaction per checkpoint (a "
-            "PostgreSQL sink: results and input offsets in one database transaction)."
+            "PostgreSQL sink: results and input offsets in one database transaction, "
+            "prepared and decided by the Kafka transaction when there are Kafka outputs)."
         ),
     )
 
@@ -725,38 +726,38 @@ class WorkerConfig(Model):
         return self
 
 
+def postgres_two_phase(config: WorkerConfig) -> bool:
+    """Whether exactly-once into PostgreSQL commits in two phases: the pipeline writes to
+    Kafka besides the database (dead letters, a repartition topic, changelog records), so
+    Kafka's transaction decides the database's prepared one (decision 0155)."""
+    return config.sink.postgres is not None and (
+        config.dead_letter is not None
+        or config.repartition is not None
+        or config.checkpoint.changelog is not None
+    )
+
+
 def exactly_once_problem(config: WorkerConfig) -> str | None:
-    """Why this pipeline cannot be exactly-once, or None: one transaction must hold every
-    output and the input offsets. A Kafka sink: one Kafka transaction, so the source, the
-    sink and the dead-letter topic share one cluster. A PostgreSQL sink: the database's
-    transaction (workers/sinks_postgres_offsets.py), so nothing may go to Kafka besides it
-    (no dead-letter topic, no repartition topic) and the state stays in checkpoint files
-    (a changelog's records are Kafka's) — the spec's rules say the same
+    """Why this pipeline cannot be exactly-once, or None: the transactions of a checkpoint
+    must hold every output and the input offsets. A Kafka sink: one Kafka transaction, so
+    the source, the sink and the dead-letter topic share one cluster. A PostgreSQL sink: the
+    database's transaction (workers/sinks_postgres_offsets.py), prepared and decided by a
+    Kafka transaction on the source's cluster when the pipeline also writes to Kafka (dead
+    letters, repartition and changelog topics, which live there; decision 0155) — so the
+    dead-letter topic must be on the source's cluster too. The spec's rules say the same
     (operator/api/v1alpha1.py exactly_once_spec_problem)."""
     source = config.source.kafka
     if source is None:
         return "needs a Kafka source (its offsets are committed in the transaction)"
+    endpoint = (source.bootstrap_servers, source.security)
+    dead = config.dead_letter
+    if dead is not None and (dead.bootstrap_servers, dead.security) != endpoint:
+        return "the dead-letter topic must be on the source's Kafka cluster (one transaction)"
     if config.sink.postgres is not None:
-        if config.dead_letter is not None:
-            return (
-                "with a PostgreSQL sink there can be no dead-letter topic (the database's "
-                "transaction cannot hold Kafka records)"
-            )
-        if config.repartition is not None:
-            return "with a PostgreSQL sink the window cannot repartition (a Kafka topic)"
-        if config.checkpoint.changelog is not None:
-            return (
-                "with a PostgreSQL sink the state must be in checkpoint files, not a "
-                "changelog topic (the database's transaction cannot hold Kafka records)"
-            )
         return None
     sink = config.sink.kafka
     if sink is None:
         return "needs a Kafka or PostgreSQL sink (a stdout sink is not transactional)"
-    endpoint = (source.bootstrap_servers, source.security)
     if (sink.bootstrap_servers, sink.security) != endpoint:
         return "the sink must be on the source's Kafka cluster (one transaction)"
-    dead = config.dead_letter
-    if dead is not None and (dead.bootstrap_servers, dead.security) != endpoint:
-        return "the dead-letter topic must be on the source's Kafka cluster (one transaction)"
     return None

@@ -39,7 +39,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from streamherd.workers.checkpointing import Checkpoint
-from streamherd.workers.config import StateConfig, WorkerConfig
+from streamherd.workers.config import StateConfig, WorkerConfig, postgres_two_phase
 from streamherd.workers.fingerprint import changed_fields, config_fingerprint, snapshot_name
 from streamherd.workers.fusing import fuse
 from streamherd.workers.kafkaclients import client_config
@@ -250,6 +250,7 @@ class Engine:
         self.processor = Processor.compile(config.processor)
         self.exactly_once = config.delivery == "exactlyOnce"
         interval_ms = round(config.checkpoint.interval_seconds * 1000)
+        self._transaction_timeout_ms = max(TRANSACTION_TIMEOUT_MS, 6 * interval_ms)
         # What shapes this pipeline's state; stamped on every checkpoint, compared on restore.
         self.fingerprint, self.state_shape = config_fingerprint(config)
         self.state_policy = config.state or StateConfig()
@@ -262,22 +263,32 @@ class Engine:
             source=config.source.kafka,
             transactional={
                 "transactional.id": transactional_id(config),
-                "transaction.timeout.ms": max(TRANSACTION_TIMEOUT_MS, 6 * interval_ms),
+                "transaction.timeout.ms": self._transaction_timeout_ms,
             }
             if self.exactly_once
             else None,
+            two_phase=self.exactly_once and postgres_two_phase(config),
         )
         # Exactly-once into a database: the sink commits the offsets in its own transaction
         # (workers/sinks_postgres_offsets.py), not Kafka's; they win over the group's.
         self.sink_offsets = self.exactly_once and self.outputs.keeps_offsets
+        # Exactly-once with a Kafka transaction: into Kafka, or into a database with Kafka
+        # outputs besides (dead letters, repartition, changelog), where Kafka's transaction
+        # decides the database's prepared one (two phases, decision 0155).
+        self.kafka_transaction = self.exactly_once and (
+            not self.sink_offsets or self.outputs.two_phase
+        )
+        self.two_phase = self.sink_offsets and self.outputs.two_phase
+        # Fault injection for the tests of two phases: "<point>:<seconds>" pauses the worker
+        # after each such point ("prepared", "kafka-committed"), so that a test can kill it
+        # there. Unset in production.
+        self._pause_at = os.environ.get("STREAMHERD_FAULT_PAUSE", "")
         # Where checkpoints live (workers/statebackends.py); exactly-once joins its writes to
         # the outputs' transaction.
         self.state: StateBackend = state or open_state_backend(
             config,
             transactional_id=transactional_id(config),
-            transaction=self.outputs.transaction
-            if self.exactly_once and not self.sink_offsets
-            else None,
+            transaction=self.outputs.transaction if self.kafka_transaction else None,
             metrics=self.metrics,
         )
         self._given_source = source
@@ -645,13 +656,41 @@ class Engine:
         self, source: Source, partitions: list[TopicPartition]
     ) -> dict[tuple[str, int], tuple[int, str]]:
         if self.sink_offsets:  # the sink's offsets (and generations) win over the group's
-            return self.outputs.committed_offsets([(tp.topic, tp.partition) for tp in partitions])
+            owned = [(tp.topic, tp.partition) for tp in partitions]
+            if self.two_phase:
+                # First decide what dead workers left prepared on these partitions: the
+                # table's offsets are only final once no prepared transaction holds them.
+                self._recover_prepared(source, owned)
+            return self.outputs.committed_offsets(owned)
         asked = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
         return {
             (tp.topic, tp.partition): (tp.offset, tp.metadata or "")
             for tp in source.committed(asked, timeout=10)
             if tp.offset >= 0
         }
+
+    def _recover_prepared(self, source: Source, assigned: list[tuple[str, int]]) -> None:
+        """Two phases: resolve the prepared transactions covering ``assigned`` (or left by
+        this worker's previous incarnation) from Kafka's committed offsets, read stably:
+        a transaction still pending on them is waited for, up to Kafka's transaction
+        timeout (the broker aborts a dead producer's transaction by then)."""
+
+        def committed(partitions: list[tuple[str, int]]) -> dict[tuple[str, int], str | None]:
+            asked = [TopicPartition(t, p) for t, p in partitions]
+            try:
+                answer = source.committed(asked, timeout=10)
+            except KafkaException as error:
+                log_event(log, logging.WARNING, "committed-lookup-failed", error=str(error))
+                return {}
+            return {
+                (tp.topic, tp.partition): (tp.metadata or "") if tp.offset >= 0 else None
+                for tp in answer
+                if tp.error is None
+            }
+
+        self.outputs.recover_prepared(
+            assigned, committed, wait=self._transaction_timeout_ms / 1000 + 30
+        )
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
         source = self.source
@@ -1264,7 +1303,10 @@ class Engine:
         saved: list[Checkpoint] = []
         if dirty:
             saved = self._save(dirty, pending=True, generation=generation, full=wanted)  # joins it
-        if self.sink_offsets:
+        if self.two_phase:
+            if not self._commit_two_phases(source, dirty, generation, reason, timeout):
+                return False
+        elif self.sink_offsets:
             if not self._commit_to_sink(source, dirty, generation, reason):
                 return False
         elif not self._commit_to_kafka(source, dirty, generation, reason, timeout):
@@ -1280,7 +1322,7 @@ class Engine:
             self.counters.checkpoints += 1
             self._snapshot_taken(saved)  # committed now: a snapshot may hold them
         self.outputs.take_errors()  # a committed transaction delivered everything
-        if not final and not self.sink_offsets:
+        if not final and self.kafka_transaction:
             self.outputs.transaction.begin_transaction()
         duration = time.perf_counter() - started
         self.metrics.checkpointed(duration)
@@ -1328,6 +1370,96 @@ class Engine:
                 log_event(log, logging.WARNING, "commit-failed", error=str(error))
         return True
 
+    def _commit_two_phases(
+        self,
+        source: Source,
+        dirty: list[PartitionState],
+        generation: str,
+        reason: str,
+        timeout: float,
+    ) -> bool:
+        """Exactly-once into a database with Kafka outputs (decision 0155): the database's
+        transaction prepared (results, offsets), then Kafka's committed (dead letters,
+        repartition and changelog records, the offsets with the generation as metadata),
+        then the database's committed. False: postponed (the database refused before its
+        prepare), or both aborted and the partitions rewound. Any outcome that is not
+        certain stops the worker (TransactionError): recovery decides from Kafka's offsets."""
+        offsets = [(st.topic, st.partition, st.next_offset or 0) for st in dirty]
+        prepared = False
+        if offsets:
+            try:
+                prepared = self.outputs.prepare_offsets(offsets, generation)
+            except Exception as error:  # fenced, or a prepare whose outcome is unknown
+                self._broken = True
+                self.metrics.error("transaction")
+                log_event(log, logging.ERROR, "transaction-failed", reason=reason, error=str(error))
+                raise TransactionError(f"sink transaction failed: {error}") from error
+            if not prepared:
+                self.metrics.error("transaction")
+                log_event(log, logging.WARNING, "checkpoint-postponed", reason="sink not prepared")
+                if reason == "revoke":
+                    self._abort_and_rewind(source, "sink not prepared before a revoke")
+                return False
+            self._fault_pause("prepared", generation)
+        producer = self.outputs.transaction
+        try:
+            if offsets:
+                producer.send_offsets_to_transaction(
+                    [TopicPartition(t, p, o, metadata=generation) for t, p, o in offsets],
+                    source.group_metadata(),
+                    timeout,
+                )
+            producer.commit_transaction(timeout)
+        except KafkaException as error:
+            self.metrics.error("transaction")
+            log_event(log, logging.WARNING, "transaction-failed", reason=reason, error=str(error))
+            # Only an abort that succeeded proves Kafka's transaction will never commit; then,
+            # and only then, the database's prepared one may roll back.
+            aborted = False
+            if not error.args[0].fatal():
+                try:
+                    producer.abort_transaction(30)
+                    aborted = True
+                except KafkaException as abort_error:
+                    log_event(log, logging.ERROR, "transaction-abort-failed",
+                              error=str(abort_error))  # fmt: skip
+            if not aborted:
+                self._broken = True
+                raise TransactionError(
+                    f"transaction failed ({error}); its prepared database transaction is left "
+                    "to recovery"
+                ) from error
+            if prepared:
+                self._decide_prepared(commit=False)
+            self._abort_and_rewind(source, str(error), kafka_aborted=True)
+            return False
+        if prepared:
+            self._fault_pause("kafka-committed", generation)
+            self._decide_prepared(commit=True)
+        return True
+
+    def _decide_prepared(self, *, commit: bool) -> None:
+        """COMMIT or ROLLBACK PREPARED; a failure stops the worker (recovery decides the
+        same from Kafka's committed offsets)."""
+        try:
+            if commit:
+                self.outputs.commit_prepared()
+            else:
+                self.outputs.rollback_prepared()
+        except Exception as error:
+            self._broken = True
+            self.metrics.error("transaction")
+            log_event(log, logging.ERROR, "transaction-failed", reason="decide-prepared",
+                      error=str(error))  # fmt: skip
+            raise TransactionError(f"prepared transaction not decided: {error}") from error
+
+    def _fault_pause(self, point: str, generation: str) -> None:
+        where, _, seconds = self._pause_at.partition(":")
+        if where == point:
+            log_event(log, logging.WARNING, "fault-pause", point=point, generation=generation,
+                      seconds=seconds)  # fmt: skip
+            time.sleep(float(seconds or 1))
+
     def _commit_to_kafka(
         self,
         source: Source,
@@ -1358,12 +1490,13 @@ class Engine:
             return False
         return True
 
-    def _abort_and_rewind(self, source: Source, why: str) -> None:
+    def _abort_and_rewind(self, source: Source, why: str, *, kafka_aborted: bool = False) -> None:
         """Abort the open transaction; every owned partition goes back to its committed
-        checkpoint and offset (the aborted outputs' effects on state are forgotten)."""
+        checkpoint and offset (the aborted outputs' effects on state are forgotten).
+        ``kafka_aborted``: Kafka's transaction was aborted already."""
         if self.sink_offsets:
             self.outputs.abort()  # the sink's transaction never began: drop its rows
-        else:
+        if self.kafka_transaction and not kafka_aborted:
             try:
                 self.outputs.transaction.abort_transaction(30)
             except KafkaException as error:
@@ -1381,7 +1514,7 @@ class Engine:
             offset = rewind_offset(st.next_offset, read_from)
             if offset is not None:
                 source.seek(TopicPartition(tp.topic, tp.partition, offset))
-        if not self.sink_offsets:
+        if self.kafka_transaction:
             self.outputs.transaction.begin_transaction()
         log_event(log, logging.WARNING, "transaction-aborted", why=why, partitions=len(owned))
 
@@ -1710,12 +1843,18 @@ class Engine:
         source = self.source = self._given_source or open_source(
             self.config, self._topics(), self._on_committed
         )
-        if self.exactly_once and not self.sink_offsets:
+        if self.kafka_transaction:
             # Fences an earlier incarnation with the same transactional.id and aborts its
             # open transaction, then opens ours: every output from here on is inside one.
             producer = self.outputs.transaction
             producer.init_transactions(30)
             producer.begin_transaction()
+        if self.two_phase:
+            # The database is reached (and allows prepared transactions) before the group is
+            # joined: a server that does not stops the worker here, with the setting named.
+            # What the earlier incarnation (fenced just now) left prepared is decided with
+            # the first assignment, whatever partitions it holds.
+            self.outputs.committed_offsets([])
         if self.config.source.kafka is not None:
             self._snapshots = SnapshotTaker(
                 self.config.pipeline.namespace,

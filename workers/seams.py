@@ -149,6 +149,30 @@ class Sink(Protocol):
     def abort(self) -> None:
         """Drop the results written since the last commit."""
 
+    # ... and, when the pipeline writes to Kafka too, in two phases: the sink's transaction
+    # is prepared, Kafka's commits, the sink's is committed (decision 0155).
+
+    @property
+    def two_phase(self) -> bool: ...
+
+    def prepare_offsets(self, offsets: list[tuple[str, int, int]], generation: str) -> bool:
+        """As ``commit_offsets``, ended by a prepare: True once prepared."""
+
+    def commit_prepared(self) -> None:
+        """Commit the prepared transaction (Kafka's committed); raises when it cannot."""
+
+    def rollback_prepared(self) -> None:
+        """Roll the prepared transaction back (Kafka's aborted) and drop its results."""
+
+    def recover_prepared(
+        self,
+        assigned: list[tuple[str, int]],
+        committed: Callable[[list[tuple[str, int]]], dict[tuple[str, int], str | None]],
+        wait: float,
+    ) -> None:
+        """Decide what dead workers left prepared, from Kafka's committed offset metadata
+        (``committed``: read stably) before ``committed_offsets`` is read."""
+
 
 class StateBackend(Protocol):
     """Where each partition's checkpoint (state + next offset, as one unit) lives.

@@ -30,7 +30,7 @@ from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics
 from streamherd.workers.processing import Failure, SourceMessage, encode_output, error_headers
 from streamherd.workers.sinks_postgres import PostgresSink
-from streamherd.workers.sinks_postgres_offsets import PostgresTransactionalSink
+from streamherd.workers.sinks_postgres_offsets import CommittedMetadata, PostgresTransactionalSink
 from streamherd.workers.values import text_of
 
 log = logging.getLogger("streamherd.worker")
@@ -238,19 +238,29 @@ class Outputs:
         metrics: EngineMetrics | None = None,
         source: KafkaSourceConfig | None = None,
         transactional: dict[str, Any] | None = None,
+        two_phase: bool = False,
     ) -> None:
+        """``two_phase``: exactly-once into PostgreSQL with Kafka outputs besides (dead
+        letters, repartition or changelog records), committed in two phases."""
         self.pipeline = pipeline
         # Exactly-once into PostgreSQL: the database's transaction holds the results and the
-        # input offsets (workers/sinks_postgres_offsets.py); no Kafka output is allowed then
-        # (workers/config.py exactly_once_problem), so there is no Kafka transaction.
+        # input offsets (workers/sinks_postgres_offsets.py). Without other Kafka outputs
+        # there is no Kafka transaction; with them, Kafka's transaction decides a prepared
+        # one (two phases: workers/twophase.py, decision 0155).
         self._offsets: PostgresTransactionalSink | None = None
         if transactional is not None and sink.postgres is not None:
             if source is None:
                 raise ValueError("exactly-once into PostgreSQL needs a Kafka source")
             self._offsets = PostgresTransactionalSink(
-                sink.postgres, pipeline, source.consumer_group, metrics
+                sink.postgres,
+                pipeline,
+                source.consumer_group,
+                metrics,
+                two_phase=two_phase,
+                writer=str(transactional.get("transactional.id", "")),
             )
-            transactional = None
+            if not two_phase:
+                transactional = None
         # Exactly-once: librdkafka settings of the one transactional producer
         # (transactional.id, transaction.timeout.ms), created with the first output.
         self._producers = _Producers(transactional)
@@ -480,6 +490,29 @@ class Outputs:
     def abort(self) -> None:
         if self._offsets is not None:
             self._offsets.abort()
+
+    @property
+    def two_phase(self) -> bool:
+        """The sink's transaction is prepared, then decided by Kafka's (decision 0155)."""
+        return self._offsets is not None and self._offsets.two_phase
+
+    def prepare_offsets(self, offsets: list[tuple[str, int, int]], generation: str) -> bool:
+        assert self._offsets is not None, "the sink keeps no offsets"
+        return self._offsets.prepare(offsets, generation)
+
+    def commit_prepared(self) -> None:
+        assert self._offsets is not None, "the sink keeps no offsets"
+        self._offsets.commit_prepared()
+
+    def rollback_prepared(self) -> None:
+        assert self._offsets is not None, "the sink keeps no offsets"
+        self._offsets.rollback_prepared()
+
+    def recover_prepared(
+        self, assigned: list[tuple[str, int]], committed: CommittedMetadata, wait: float
+    ) -> None:
+        assert self._offsets is not None, "the sink keeps no offsets"
+        self._offsets.recover(assigned, committed, wait=wait)
 
     @property
     def transaction(self) -> Producer:

@@ -26,6 +26,13 @@ A failure before COMMIT rolls the transaction back: the rows stay queued and the
 checkpoint tries again (the database is down: ``False``, the engine postpones). A failure
 *during* COMMIT leaves the outcome unknown: :class:`CommitOutcomeUnknownError`, the worker
 stops, and its successor learns the outcome from the table on assign.
+
+A pipeline that also writes to Kafka (dead letters, repartition records, changelog records)
+commits in two phases instead (decision 0155; the protocol and the recovery decision:
+:mod:`streamherd.workers.twophase`): :meth:`prepare` ends the same transaction with
+``PREPARE TRANSACTION``, the engine commits Kafka's transaction, then
+:meth:`commit_prepared` (or :meth:`rollback_prepared`); :meth:`recover` resolves what a dead
+worker left prepared, on assign, before the offsets are read.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import psycopg
@@ -52,6 +59,16 @@ from streamherd.workers.sinks_postgres import (
     rows_of,
     table_shape,
     upsert_statement,
+)
+from streamherd.workers.twophase import (
+    SIDE_TABLE,
+    TP,
+    Covered,
+    Resolution,
+    gid_of,
+    gid_prefix,
+    resolve,
+    wanted_partitions,
 )
 
 log = logging.getLogger("streamherd.worker")
@@ -72,6 +89,15 @@ class OffsetsFencedError(RuntimeError):
 
 class CommitOutcomeUnknownError(RuntimeError):
     """The connection failed during COMMIT: the transaction may or may not have committed."""
+
+
+class TwoPhaseUnavailableError(RuntimeError):
+    """The server refuses prepared transactions (``max_prepared_transactions`` is 0)."""
+
+
+#: Reads Kafka's committed offset metadata of partitions, stably: a partition missing from
+#: the answer could not be read (a transaction still pending on it, or an error).
+CommittedMetadata = Callable[[list[TP]], dict[TP, str | None]]
 
 
 def offsets_table(results_table: str) -> sql.Identifier:
@@ -116,6 +142,65 @@ def update_offset_statement(results_table: str) -> sql.Composed:
     ).format(offsets_table(results_table))
 
 
+def side_table(results_table: str) -> sql.Identifier:
+    """``streamherd_prepared`` (which partitions each prepared transaction covers) beside
+    the offsets table."""
+    schema, dot, _ = results_table.rpartition(".")
+    return sql.Identifier(schema, SIDE_TABLE) if dot else sql.Identifier(SIDE_TABLE)
+
+
+def create_side_statement(results_table: str) -> sql.Composed:
+    return sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} ("
+        "gid text NOT NULL, sink_table text NOT NULL, consumer_group text NOT NULL, "
+        "topic text NOT NULL, partition integer NOT NULL, writer text NOT NULL, "
+        "created_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (gid, topic, partition))"
+    ).format(side_table(results_table))
+
+
+def insert_side_statement(results_table: str) -> sql.Composed:
+    return sql.SQL(
+        "INSERT INTO {} (gid, sink_table, consumer_group, topic, partition, writer) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+    ).format(side_table(results_table))
+
+
+def claim_side_statement(results_table: str) -> sql.Composed:
+    """Inside the transaction to prepare: its own side rows, deleted (so COMMIT PREPARED
+    removes them) and thereby locked until it is decided. Fewer rows back than it covers:
+    a recovering worker forgot them first (its partitions moved on: fenced)."""
+    return sql.SQL("DELETE FROM {} WHERE gid = %s RETURNING topic, partition").format(
+        side_table(results_table)
+    )
+
+
+def read_side_statement(results_table: str) -> sql.Composed:
+    return sql.SQL(
+        "SELECT gid, writer, topic, partition FROM {} WHERE sink_table = %s AND consumer_group = %s"
+    ).format(side_table(results_table))
+
+
+def forget_side_statement(results_table: str) -> sql.Composed:
+    """Side rows of a gid that is not prepared; rows a transaction holds (one about to
+    prepare, or prepared meanwhile) are skipped, never waited for."""
+    table = side_table(results_table)
+    return sql.SQL(
+        "DELETE FROM {} WHERE ctid IN (SELECT ctid FROM {} WHERE gid = %s FOR UPDATE SKIP LOCKED)"
+    ).format(table, table)
+
+
+PREPARED_STATEMENT: Final = (
+    "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE %s"
+)
+
+
+def decide_statement(verb: str, gid: str) -> sql.Composed:
+    """``COMMIT PREPARED 'gid'`` or ``ROLLBACK PREPARED 'gid'`` (a literal: utility
+    statements take no parameters)."""
+    assert verb in ("COMMIT", "ROLLBACK")
+    return sql.SQL(verb + " PREPARED {}").format(sql.Literal(gid))
+
+
 def offset_writes(
     table: str,
     group: str,
@@ -147,10 +232,21 @@ class PostgresTransactionalSink:
         consumer_group: str,
         metrics: EngineMetrics | None = None,
         env: Mapping[str, str] | None = None,
+        *,
+        two_phase: bool = False,
+        writer: str = "",
     ) -> None:
+        """``two_phase``: commit in two phases with Kafka's transaction as the decider
+        (the pipeline also writes to Kafka); ``writer``: this worker's transactional id,
+        recorded with each prepared transaction (whose gids its next incarnation decides)."""
         self.config = config
         self.pipeline = pipeline
         self.group = consumer_group
+        self.two_phase = two_phase
+        self.writer = writer
+        self.prefix = gid_prefix(config.table, consumer_group)
+        # Two phases: (gid, offsets, rows) of the transaction prepared and not yet decided.
+        self._prepared: tuple[str, list[tuple[str, int, int]], int] | None = None
         self._conninfo = conninfo_from_env(config, os.environ if env is None else env)
         self._names, self._key_index, self._per_statement = table_shape(config)
         self._queue: list[Row] = []
@@ -235,23 +331,8 @@ class PostgresTransactionalSink:
         try:
             conn = self._connection()
             with conn.transaction(), conn.cursor() as cur:
-                unique = dedupe(rows, self._key_index)
-                for i in range(0, len(unique), self._per_statement):
-                    chunk = unique[i : i + self._per_statement]
-                    cur.execute(
-                        upsert_statement(self.config, len(chunk)), [v for r in chunk for v in r]
-                    )
-                table = self.config.table
-                insert, update = insert_offset_statement(table), update_offset_statement(table)
-                for is_insert, params in offset_writes(
-                    table, self.group, offsets, generation, self._expected
-                ):
-                    cur.execute(insert if is_insert else update, params)
-                    if cur.fetchone() is None:
-                        raise OffsetsFencedError(
-                            f"{params[2 if is_insert else 4]}[{params[3 if is_insert else 5]}]: "
-                            "the offsets moved since this worker read them"
-                        )
+                self._write_rows(cur, rows)
+                self._write_offsets(cur, offsets, generation)
                 committing = True  # leaving the block sends COMMIT
         except OffsetsFencedError:
             self._error("fenced")
@@ -276,6 +357,218 @@ class PostgresTransactionalSink:
             )
         return True
 
+    # ------------------------------------------------------------------ two phases
+
+    def prepare(self, offsets: Sequence[tuple[str, int, int]], generation: str) -> bool:
+        """Phase one: the partitions covered in the side table, then one transaction with
+        every queued row, the offsets (compare-and-set) and its side rows claimed, ended
+        by PREPARE TRANSACTION. True: prepared (decide it with :meth:`commit_prepared` or
+        :meth:`rollback_prepared`); False: the database refused or was unreachable before
+        PREPARE (nothing prepared, the rows stay queued). Raises OffsetsFencedError (rolled
+        back, rows dropped), CommitOutcomeUnknownError (the connection died during PREPARE:
+        the worker stops, recovery decides) or TwoPhaseUnavailableError."""
+        assert self._prepared is None, "the prepared transaction is not decided yet"
+        gid = gid_of(self.prefix, generation)
+        table = self.config.table
+        rows = list(self._queue)
+        covered = sorted({(t, p) for t, p, _ in offsets})
+        preparing = False
+        conn: psycopg.Connection[Any] | None = None
+        try:
+            conn = self._connection()
+            with conn.cursor() as cur:
+                # Autocommitted: whoever finds the gid prepared can read what it covers.
+                cur.executemany(
+                    insert_side_statement(table),
+                    [(gid, table, self.group, t, p, self.writer) for t, p in covered],
+                )
+                cur.execute("BEGIN")
+                self._write_rows(cur, rows)
+                self._write_offsets(cur, offsets, generation)
+                cur.execute(claim_side_statement(table), (gid,))
+                claimed = {(str(t), int(p)) for t, p in cur.fetchall()}
+                if claimed != set(covered):
+                    raise OffsetsFencedError(
+                        f"{gid}: its side rows were forgotten by a worker that took its partitions"
+                    )
+                preparing = True
+                cur.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
+        except OffsetsFencedError:
+            self._rollback_open(conn)
+            self._forget(gid)
+            self._error("fenced")
+            self.abort()
+            raise
+        except psycopg.Error as error:
+            connection = isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
+            self._failed("prepare" if preparing else "write", error)
+            if preparing and connection:
+                raise CommitOutcomeUnknownError(f"PREPARE TRANSACTION failed: {error}") from error
+            self._forget(gid)
+            return False
+        self._prepared = (gid, list(offsets), len(rows))
+        self._set_up(True)
+        return True
+
+    def commit_prepared(self) -> None:
+        """Phase three after Kafka's transaction committed: COMMIT PREPARED. Retried while
+        the database does not answer; raises CommitOutcomeUnknownError when it still does
+        not (the worker stops; recovery commits it, Kafka's offsets say so)."""
+        assert self._prepared is not None, "nothing prepared"
+        gid, offsets, n_rows = self._prepared
+        self._decide("COMMIT", gid)
+        self._prepared = None
+        for topic, partition, _ in offsets:
+            self._expected[(topic, partition)] = gid[len(self.prefix) + 1 :]
+        del self._queue[:n_rows]
+        self._set_pending()
+        if self._metrics is not None:
+            self._metrics.counter("streamherd_sink_rows_written").labels(*self._labels).inc(n_rows)
+
+    def rollback_prepared(self) -> None:
+        """After Kafka's transaction was aborted: ROLLBACK PREPARED and its side rows
+        forgotten; the queued rows are dropped (the engine rewinds). Raises as
+        :meth:`commit_prepared` (recovery rolls it back then)."""
+        assert self._prepared is not None, "nothing prepared"
+        gid = self._prepared[0]
+        self._prepared = None
+        self.abort()
+        self._decide("ROLLBACK", gid)
+        self._forget(gid)
+
+    def recover(
+        self, assigned: Sequence[TP], committed: CommittedMetadata, *, wait: float
+    ) -> Resolution:
+        """Decide what dead or fenced workers left prepared (:func:`twophase.resolve`):
+        the transactions covering a partition in ``assigned`` or prepared by this worker's
+        previous incarnation; side rows of theirs that were never prepared are forgotten.
+        Asks again while Kafka's answer is not stable, up to ``wait`` seconds, then raises
+        CommitOutcomeUnknownError. Database errors raise (psycopg.Error)."""
+        deadline = time.monotonic() + wait
+        delay = 0.5
+        while True:
+            resolution = self._recover_once(assigned, committed)
+            if not resolution.undecided:
+                return resolution
+            if time.monotonic() + delay > deadline:
+                raise CommitOutcomeUnknownError(
+                    f"prepared transactions {sorted(resolution.undecided)}: Kafka's committed "
+                    f"offsets of their partitions were not stable within {wait:.0f}s"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _recover_once(self, assigned: Sequence[TP], committed: CommittedMetadata) -> Resolution:
+        conn = self._connection()
+        table = self.config.table
+        # The prepared gids first, then the side rows: a gid prepared before the first read
+        # has its side rows committed before it, so the second read sees them.
+        prepared = [
+            str(r[0]) for r in conn.execute(PREPARED_STATEMENT, (f"{self.prefix}:%",)).fetchall()
+        ]
+        side_rows = conn.execute(read_side_statement(table), (table, self.group)).fetchall()
+        found: dict[str, tuple[str, set[TP]]] = {}
+        for gid, writer, topic, partition in side_rows:
+            found.setdefault(str(gid), (str(writer), set()))[1].add((str(topic), int(partition)))
+        side = {gid: Covered(w, frozenset(parts)) for gid, (w, parts) in found.items()}
+        wanted = wanted_partitions(
+            prepared, side, prefix=self.prefix, assigned=assigned, writer=self.writer
+        )
+        answer = committed(sorted(wanted)) if wanted else {}
+        resolution = resolve(
+            prepared, side, answer, prefix=self.prefix, assigned=assigned, writer=self.writer
+        )
+        for gid in sorted(resolution.commit):
+            self._decide("COMMIT", gid, recovering=True)
+        for gid in sorted(resolution.rollback):
+            self._decide("ROLLBACK", gid, recovering=True)
+            self._forget(gid)
+        for gid in sorted(resolution.forget):
+            self._forget(gid)
+        for gid in sorted(resolution.commit | resolution.rollback):
+            log_event(
+                log,
+                logging.WARNING,
+                "prepared-transaction-recovered",
+                gid=gid,
+                decision="commit" if gid in resolution.commit else "rollback",
+                writer=side[gid].writer,
+                partitions=len(side[gid].partitions),
+            )
+        if resolution.unexplained:
+            log_event(log, logging.WARNING, "prepared-transaction-unexplained",
+                      gids=",".join(sorted(resolution.unexplained)))  # fmt: skip
+        return resolution
+
+    def _decide(self, verb: str, gid: str, *, recovering: bool = False) -> None:
+        """COMMIT or ROLLBACK PREPARED, retried while the database does not answer. A gid
+        that is no longer prepared was decided by someone else (recovery): fine when
+        recovering; otherwise the offsets table tells whether it committed."""
+        deadline = time.monotonic() + READ_RETRY_SECONDS
+        delay = 0.2
+        while True:
+            try:
+                self._connection().execute(decide_statement(verb, gid))
+                return
+            except psycopg.errors.UndefinedObject:
+                if recovering or self._holds(gid) == (verb == "COMMIT"):
+                    return
+                raise CommitOutcomeUnknownError(
+                    f"{verb} PREPARED {gid}: decided otherwise by another worker"
+                ) from None
+            except psycopg.Error as error:
+                self._failed(verb.lower() + "-prepared", error)
+                if time.monotonic() + delay > deadline:
+                    raise CommitOutcomeUnknownError(
+                        f"{verb} PREPARED {gid} failed: {error}"
+                    ) from error
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _holds(self, gid: str) -> bool:
+        """Whether the offsets table holds the generation of ``gid`` (it committed)."""
+        generation = gid[len(self.prefix) + 1 :]
+        rows = (
+            self._connection()
+            .execute(read_offsets_statement(self.config.table), (self.config.table, self.group))
+            .fetchall()
+        )
+        return any(str(g) == generation for _, _, _, g in rows)
+
+    def _forget(self, gid: str) -> None:
+        """Delete a gid's side rows (best effort: rows left behind are forgotten by the
+        next recovery that may decide them)."""
+        with contextlib.suppress(psycopg.Error):
+            self._connection().execute(forget_side_statement(self.config.table), (gid,))
+
+    def _rollback_open(self, conn: psycopg.Connection[Any] | None) -> None:
+        if conn is None or conn.closed:
+            return
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
+
+    def _write_rows(self, cur: psycopg.Cursor[Any], rows: Sequence[Row]) -> None:
+        unique = dedupe(rows, self._key_index)
+        for i in range(0, len(unique), self._per_statement):
+            chunk = unique[i : i + self._per_statement]
+            cur.execute(upsert_statement(self.config, len(chunk)), [v for r in chunk for v in r])
+
+    def _write_offsets(
+        self, cur: psycopg.Cursor[Any], offsets: Sequence[tuple[str, int, int]], generation: str
+    ) -> None:
+        table = self.config.table
+        insert, update = insert_offset_statement(table), update_offset_statement(table)
+        for is_insert, params in offset_writes(
+            table, self.group, offsets, generation, self._expected
+        ):
+            cur.execute(insert if is_insert else update, params)
+            if cur.fetchone() is None:
+                raise OffsetsFencedError(
+                    f"{params[2 if is_insert else 4]}[{params[3 if is_insert else 5]}]: "
+                    "the offsets moved since this worker read them"
+                )
+
     # ------------------------------------------------------------------ connection
 
     def _connection(self) -> psycopg.Connection[Any]:
@@ -291,6 +584,17 @@ class PostgresTransactionalSink:
                 keepalives_count=3,
             )
             try:
+                if self.two_phase:
+                    allowed = conn.execute("SHOW max_prepared_transactions").fetchone()
+                    if allowed is None or int(allowed[0]) <= 0:
+                        raise TwoPhaseUnavailableError(
+                            "exactly-once into PostgreSQL with Kafka outputs (dead letters, a "
+                            "repartition topic or a changelog) commits in two phases: the "
+                            "server must allow prepared transactions (max_prepared_transactions "
+                            "is 0; set it above 0, e.g. to max_connections, and restart it; "
+                            "docs/storage.md)"
+                        )
+                    conn.execute(create_side_statement(self.config.table))
                 conn.execute(create_offsets_statement(self.config.table))
                 if self.config.create_table:
                     conn.execute(create_table_statement(self.config))

@@ -378,11 +378,6 @@ def _no_feedback_loop(spec: Any) -> bool:
     return sink.bootstrap_servers not in (None, src.bootstrap_servers)
 
 
-def _eos_postgres(spec: Any) -> bool:
-    """Exactly-once into a PostgreSQL sink (its own rules below)."""
-    return bool(spec.delivery == "exactlyOnce" and spec.sink.postgres is not None)
-
-
 def _windowed(spec: Any) -> bool:
     return any(step.window is not None for step in spec.processor.steps)
 
@@ -778,69 +773,24 @@ RULES: Final[tuple[Rule, ...]] = (
         at="spec",
         field=".delivery",
         message=(
-            "delivery exactlyOnce needs a Kafka source and either a PostgreSQL sink or a Kafka "
-            "sink and dead-letter topic on the source's cluster with the source's auth"
+            "delivery exactlyOnce needs a Kafka source, a dead-letter topic (if any) on the "
+            "source's cluster, and either a PostgreSQL sink or a Kafka sink on the source's "
+            "cluster with the source's auth"
         ),
+        # Into PostgreSQL, dead letters, repartition and changelog records are in a Kafka
+        # transaction that decides the database's prepared one (decision 0155): the
+        # repartition and changelog topics live on the source's cluster, the dead-letter
+        # topic must too.
         cel=(
-            "self.delivery != 'exactlyOnce' || (has(self.source.kafka) && has(self.sink.postgres))"
-            " || (has(self.source.kafka) && has(self.sink.kafka)"
+            "self.delivery != 'exactlyOnce' || (has(self.source.kafka) && "
+            "(!has(self.deadLetter) || !has(self.deadLetter.bootstrapServers) || "
+            "self.deadLetter.bootstrapServers == self.source.kafka.bootstrapServers) && "
+            "(has(self.sink.postgres) || (has(self.sink.kafka)"
             " && (!has(self.sink.kafka.bootstrapServers) || "
             "self.sink.kafka.bootstrapServers == self.source.kafka.bootstrapServers) && "
-            "!has(self.sink.kafka.auth) && (!has(self.deadLetter) || "
-            "!has(self.deadLetter.bootstrapServers) || "
-            "self.deadLetter.bootstrapServers == self.source.kafka.bootstrapServers))"
+            "!has(self.sink.kafka.auth))))"
         ),
         holds=lambda s: s.delivery != "exactlyOnce" or exactly_once_spec_problem(s) is None,
-    ),
-    # Exactly-once into PostgreSQL: the database's transaction holds the results and the
-    # input offsets, and nothing of Kafka's (workers/sinks_postgres_offsets.py, decision 0105)
-    Rule(
-        name="exactly-once into PostgreSQL writes nothing to Kafka: no dead-letter topic",
-        at="spec",
-        field=".deadLetter",
-        message=(
-            "delivery exactlyOnce with a PostgreSQL sink cannot have a dead-letter topic: the "
-            "database's transaction cannot hold Kafka records (failures are counted and logged)"
-        ),
-        cel="self.delivery != 'exactlyOnce' || !has(self.sink.postgres) || !has(self.deadLetter)",
-        holds=lambda s: _eos_postgres(s) is False or s.dead_letter is None,
-    ),
-    Rule(
-        name="exactly-once into PostgreSQL writes nothing to Kafka: state in files",
-        at="spec",
-        field=".checkpoint.backend",
-        message=(
-            "delivery exactlyOnce with a PostgreSQL sink needs checkpoint.backend volume: "
-            "a changelog topic's records cannot join the database's transaction"
-        ),
-        cel=(
-            "self.delivery != 'exactlyOnce' || !has(self.sink.postgres) || "
-            "!has(self.checkpoint) || !has(self.checkpoint.backend) || "
-            "self.checkpoint.backend == 'volume'"
-        ),
-        holds=lambda s: _eos_postgres(s) is False or s.checkpoint.backend == "volume",
-    ),
-    Rule(
-        name="exactly-once into PostgreSQL writes nothing to Kafka: no repartition",
-        at="spec",
-        field=".processor.steps",
-        message=(
-            "delivery exactlyOnce with a PostgreSQL sink needs window.repartition never (the "
-            "input keyed by the window's key: source.kafka.keyedBy): a repartition topic's "
-            "records cannot join the database's transaction"
-        ),
-        cel=(
-            "self.delivery != 'exactlyOnce' || !has(self.sink.postgres) || "
-            "!has(self.processor) || !has(self.processor.steps) || "
-            "self.processor.steps.all(s, !has(s.window) || "
-            "(has(s.window.repartition) && s.window.repartition == 'never'))"
-        ),
-        holds=lambda s: (
-            _eos_postgres(s) is False
-            or all(
-                st.window is None or st.window.repartition == "never" for st in s.processor.steps
-            )
-        ),
     ),
     Rule(
         name="repartition always needs a Kafka source",

@@ -869,8 +869,11 @@ class StreamPipelineSpec(Model):
             "sees each result once; needs a Kafka source and a Kafka sink (and dead-letter "
             "topic) on the source's cluster with the source's auth, or a PostgreSQL sink, "
             "which commits the results and the input offsets in one database transaction "
-            "(then no deadLetter, checkpoint.backend volume, window.repartition never). "
-            "Results become visible when their transaction commits (checkpoint.interval)."
+            "(with a deadLetter, a repartition or checkpoint.backend kafka, that transaction "
+            "is prepared and decided by the Kafka transaction: the server needs "
+            "max_prepared_transactions > 0, and the dead-letter topic is on the source's "
+            "cluster). Results become visible when their transaction commits "
+            "(checkpoint.interval)."
         ),
     )
     upgrade: Upgrade = Field(
@@ -884,21 +887,23 @@ class StreamPipelineSpec(Model):
 
 
 def exactly_once_spec_problem(spec: StreamPipelineSpec) -> str | None:
-    """Why no one transaction can hold every output of this pipeline with its input offsets,
-    or None: a Kafka sink on the source's cluster (one Kafka transaction) or a PostgreSQL
-    sink (the database's transaction; what else it needs: exactly_once_postgres_problem)."""
+    """Why the transactions of a checkpoint cannot hold every output of this pipeline with
+    its input offsets, or None: a Kafka sink on the source's cluster (one Kafka transaction)
+    or a PostgreSQL sink (the database's transaction, decided by a Kafka transaction on the
+    source's cluster when dead letters, repartition or changelog records go to Kafka too:
+    decision 0155); a dead-letter topic on the source's cluster either way."""
     src, sink = spec.source.kafka, spec.sink.kafka
     if src is None:
         return "needs a Kafka source (its offsets are committed in the transaction)"
+    dead = spec.dead_letter
+    if dead is not None and dead.bootstrap_servers not in (None, src.bootstrap_servers):
+        return "deadLetter must be on the source's cluster"
     if spec.sink.postgres is not None:
         return None
     if sink is None:
         return "needs a Kafka or PostgreSQL sink (a stdout sink is not transactional)"
     if sink.bootstrap_servers not in (None, src.bootstrap_servers) or sink.auth is not None:
         return "sink.kafka must be on the source's cluster with the source's auth"
-    dead = spec.dead_letter
-    if dead is not None and dead.bootstrap_servers not in (None, src.bootstrap_servers):
-        return "deadLetter must be on the source's cluster"
     return None
 
 

@@ -5,7 +5,10 @@ directory in a fresh temporary directory and a free 127.0.0.1 port; no Unix sock
 nothing outside the directory is touched. PostgreSQL refuses to run as root: when the tests
 run as root (CI does), every server command runs as the `postgres` OS user (runuser) and
 the directory is handed to that user. Password authentication (scram-sha-256) over TCP, so
-the sink's DSN is exercised as a user would write it. ``stop()``/``start()`` keep the data
+the sink's DSN is exercised as a user would write it. Prepared transactions are allowed
+(``max_prepared_transactions``, 0 in a default server): exactly-once into PostgreSQL with
+Kafka outputs commits in two phases (decision 0155); ``settings`` overrides server settings
+(a test starts one with 0 to see the worker refuse it). ``stop()``/``start()`` keep the data
 and the port: the outage test stops the server mid-run and brings it back.
 """
 
@@ -19,7 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -27,6 +30,8 @@ import psycopg
 from tests.infra.processes import InfraError, free_port, run_hack_script, tail
 
 SUPERUSER = "streamherd"
+#: Server settings beyond the fixed ones: prepared transactions for two-phase commit.
+SETTINGS: dict[str, str] = {"max_prepared_transactions": "20"}
 
 
 def _as_server_user(argv: list[str]) -> list[str]:
@@ -49,6 +54,7 @@ class PostgresServer:
     root: Path
     port: int
     password: str
+    settings: dict[str, str] = field(default_factory=lambda: dict(SETTINGS))
 
     @property
     def data_dir(self) -> Path:
@@ -92,7 +98,8 @@ class PostgresServer:
     def start(self) -> PostgresServer:
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories='' "
-            "-c max_connections=50 -c shared_buffers=32MB -c fsync=off -c full_page_writes=off"
+            "-c max_connections=50 -c shared_buffers=32MB -c fsync=off -c full_page_writes=off "
+            + " ".join(f"-c {k}={v}" for k, v in sorted(self.settings.items()))
         )
         self._run(
             "pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_file),
@@ -122,8 +129,9 @@ class PostgresServer:
         return self.dsn(name)
 
 
-def start_postgres(keep: bool = False) -> PostgresServer:
-    """initdb + start on a free port in a new temporary directory."""
+def start_postgres(keep: bool = False, **settings: str) -> PostgresServer:
+    """initdb + start on a free port in a new temporary directory; ``settings`` override
+    :data:`SETTINGS`."""
     bin_dir = run_hack_script("find-postgres.sh")
     root = Path(tempfile.mkdtemp(prefix="streamherd-pg-"))
     if os.geteuid() == 0:
@@ -131,7 +139,9 @@ def start_postgres(keep: bool = False) -> PostgresServer:
         # world-traversable, mkdtemp's 0700 is relaxed for that user only by ownership).
         entry = pwd.getpwnam("postgres")
         os.chown(root, entry.pw_uid, entry.pw_gid)
-    server = PostgresServer(bin_dir, root, free_port(), secrets.token_hex(12))
+    server = PostgresServer(
+        bin_dir, root, free_port(), secrets.token_hex(12), {**SETTINGS, **settings}
+    )
     try:
         return server.init().start()
     except BaseException:

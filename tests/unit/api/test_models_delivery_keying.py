@@ -17,7 +17,7 @@ from streamherd.operator.builders.keying import repartition_topic
 from streamherd.operator.builders.worker_config import build_worker_config
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import parse_pipeline
-from streamherd.workers.config import WorkerConfig
+from streamherd.workers.config import WorkerConfig, postgres_two_phase
 
 WINDOW = {
     "window": {
@@ -164,8 +164,9 @@ def test_idle_timeout_defaults_to_30s_and_null_turns_it_off() -> None:
     assert off.source.kafka is not None and off.source.kafka.idle_timeout_seconds is None
 
 
-# -- exactly-once into PostgreSQL (decision 0105): the database's transaction holds the results
-# and the offsets, so nothing may go to Kafka besides it.
+# -- exactly-once into PostgreSQL (decisions 0105, 0155): the database's transaction holds the
+# results and the offsets; Kafka outputs besides (dead letters, repartition, changelog) make it
+# two phases, decided by a Kafka transaction on the source's cluster.
 
 PG_SINK = {"postgres": {"table": "clicks", "createTable": True,
                         "connection": {"secretName": "db", "dsnKey": "uri"}}}  # fmt: skip
@@ -187,45 +188,67 @@ def test_exactly_once_into_postgres_renders_a_config_the_worker_accepts() -> Non
     assert config.sink.postgres is not None
     assert config.dead_letter is None and config.repartition is None
     assert config.checkpoint.changelog is None
+    assert not postgres_two_phase(config)  # one database transaction, nothing of Kafka's
     WorkerConfig.model_validate(config.model_dump(by_alias=True))  # the worker agrees
 
 
 @pytest.mark.parametrize(
-    ("edit", "field"),
+    "edit",
     [
-        (lambda d: d["spec"].update(deadLetter={"topic": "dlq"}), "spec.deadLetter"),
-        (lambda d: d["spec"].update(checkpoint={"backend": "kafka"}), "spec.checkpoint.backend"),
-        (lambda d: d["spec"].update(processor={"steps": [WINDOW]}), "spec.processor.steps"),
+        lambda d: d["spec"].update(deadLetter={"topic": "dlq"}),
+        lambda d: d["spec"].update(checkpoint={"backend": "kafka"}),
+        lambda d: d["spec"].update(processor={"steps": [WINDOW]}),
+        lambda d: d["spec"].update(
+            deadLetter={"topic": "dlq"},
+            checkpoint={"backend": "kafka"},
+            processor={"steps": [WINDOW]},
+        ),
     ],
-    ids=["dead-letter topic", "changelog backend", "repartition auto"],
+    ids=["dead-letter topic", "changelog backend", "repartition auto", "all three"],
 )
-def test_exactly_once_into_postgres_refuses_kafka_outputs_naming_the_field(
-    edit: Any, field: str
-) -> None:
+def test_exactly_once_into_postgres_with_kafka_outputs_commits_in_two_phases(edit: Any) -> None:
     doc = postgres_exactly_once()
     edit(doc)
+    parsed, problems = parse_pipeline(doc)
+    assert parsed is not None and problems == []
+    config = build_worker_config(parsed, OperatorSettings())
+    assert config.delivery == "exactlyOnce" and postgres_two_phase(config)
+    WorkerConfig.model_validate(config.model_dump(by_alias=True))  # the worker agrees
+
+
+def test_exactly_once_into_postgres_refuses_dead_letters_on_another_cluster() -> None:
+    doc = postgres_exactly_once()
+    doc["spec"]["deadLetter"] = {"topic": "dlq", "bootstrapServers": "elsewhere:9092"}
     _, problems = parse_pipeline(doc)
-    assert [p for p in problems if p.startswith(f"{field}: delivery exactlyOnce with a Post")], (
-        problems
-    )
+    assert [p for p in problems if p.startswith("spec.delivery: delivery exactlyOnce")], problems
     doc["spec"]["delivery"] = "atLeastOnce"  # the same pipeline at least once is fine
     assert parse_pipeline(doc)[1] == []
 
 
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("change", "two_phase"),
     [
-        ({"deadLetter": {"topic": "dlq", "bootstrapServers": "k:9092"}}, "no dead-letter topic"),
-        ({"repartition": {"topic": "r"}}, "cannot repartition"),
-        ({"checkpoint": {"directory": "/c", "changelog": {"topic": "c"}}}, "checkpoint files"),
+        ({"deadLetter": {"topic": "dlq", "bootstrapServers": "k:9092"}}, True),
+        ({"repartition": {"topic": "r"}}, True),
+        ({"checkpoint": {"directory": "/c", "changelog": {"topic": "c"}}}, True),
+        ({}, False),
     ],
 )
-def test_the_worker_refuses_kafka_outputs_with_exactly_once_into_postgres(
-    change: dict[str, Any], message: str
+def test_the_worker_accepts_kafka_outputs_with_exactly_once_into_postgres(
+    change: dict[str, Any], two_phase: bool
 ) -> None:
     parsed, _ = parse_pipeline(postgres_exactly_once())
     assert parsed is not None
     data = build_worker_config(parsed, OperatorSettings()).model_dump(by_alias=True)
     data.update(change)
-    with pytest.raises(ValidationError, match=message):
+    config = WorkerConfig.model_validate(data)
+    assert postgres_two_phase(config) is two_phase
+
+
+def test_the_worker_refuses_postgres_exactly_once_with_dead_letters_off_the_cluster() -> None:
+    parsed, _ = parse_pipeline(postgres_exactly_once())
+    assert parsed is not None
+    data = build_worker_config(parsed, OperatorSettings()).model_dump(by_alias=True)
+    data["deadLetter"] = {"topic": "dlq", "bootstrapServers": "elsewhere:9092"}
+    with pytest.raises(ValidationError, match="dead-letter topic must be on the source's"):
         WorkerConfig.model_validate(data)
