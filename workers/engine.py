@@ -34,6 +34,7 @@ from confluent_kafka import (
     OFFSET_INVALID,
     KafkaError,
     KafkaException,
+    Producer,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
@@ -42,7 +43,7 @@ from streamherd.workers.checkpointing import Checkpoint
 from streamherd.workers.config import StateConfig, WorkerConfig, postgres_two_phase
 from streamherd.workers.fingerprint import changed_fields, config_fingerprint, snapshot_name
 from streamherd.workers.fusing import fuse
-from streamherd.workers.kafkaclients import client_config
+from streamherd.workers.kafkaclients import client_config, producer_config
 from streamherd.workers.lag import StartFrom, partition_lag
 from streamherd.workers.limits import ensure_recursion_headroom
 from streamherd.workers.logs import log_event
@@ -653,13 +654,16 @@ class Engine:
     # ------------------------------------------------------------------ rebalance callbacks
 
     def _committed_with_metadata(
-        self, source: Source, partitions: list[TopicPartition]
+        self, source: Source, partitions: list[TopicPartition], *, assigned: bool = False
     ) -> dict[tuple[str, int], tuple[int, str]]:
+        """``assigned``: the group has just assigned ``partitions`` to this worker."""
         if self.sink_offsets:  # the sink's offsets (and generations) win over the group's
             owned = [(tp.topic, tp.partition) for tp in partitions]
-            if self.two_phase:
+            if self.two_phase and assigned:
                 # First decide what dead workers left prepared on these partitions: the
                 # table's offsets are only final once no prepared transaction holds them.
+                # Only on an assignment: a rewind's view of what it owns may be stale (its
+                # partitions lost meanwhile), and another worker's transaction on them live.
                 self._recover_prepared(source, owned)
             return self.outputs.committed_offsets(owned)
         asked = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
@@ -688,8 +692,20 @@ class Engine:
                 if tp.error is None
             }
 
+        def fence(writers: list[str]) -> None:
+            kafka = self.config.source.kafka
+            assert kafka is not None
+            for writer in writers:
+                conf = producer_config(kafka)
+                conf["transactional.id"] = writer
+                conf["transaction.timeout.ms"] = self._transaction_timeout_ms
+                # Aborts the writer's open transaction (or waits for its commit to finish)
+                # and fences that producer: its transaction is decided from here on.
+                Producer(conf).init_transactions(30)
+                log_event(log, logging.WARNING, "writer-fenced", writer=writer)
+
         self.outputs.recover_prepared(
-            assigned, committed, wait=self._transaction_timeout_ms / 1000 + 30
+            assigned, committed, fence, wait=self._transaction_timeout_ms / 1000 + 30
         )
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
@@ -698,7 +714,11 @@ class Engine:
         self._joined = True
         self.metrics.rebalance("assign")
         # Exactly-once restores from what the group committed (offset and transaction id).
-        committed = self._committed_with_metadata(source, partitions) if self.exactly_once else {}
+        committed = (
+            self._committed_with_metadata(source, partitions, assigned=True)
+            if self.exactly_once
+            else {}
+        )
         restoring = time.perf_counter()
         self.state.prepare([(tp.topic, tp.partition) for tp in partitions])
         states = [
@@ -1852,9 +1872,10 @@ class Engine:
         if self.two_phase:
             # The database is reached (and allows prepared transactions) before the group is
             # joined: a server that does not stops the worker here, with the setting named.
-            # What the earlier incarnation (fenced just now) left prepared is decided with
-            # the first assignment, whatever partitions it holds.
-            self.outputs.committed_offsets([])
+            # This incarnation is registered: its predecessors (fenced just now) need no
+            # fencing by whoever decides what they left prepared; this worker decides that
+            # itself with its first assignment, whatever partitions it holds.
+            self.outputs.register_writer(self._generation_prefix)
         if self.config.source.kafka is not None:
             self._snapshots = SnapshotTaker(
                 self.config.pipeline.namespace,

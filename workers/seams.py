@@ -164,14 +164,19 @@ class Sink(Protocol):
     def rollback_prepared(self) -> None:
         """Roll the prepared transaction back (Kafka's aborted) and drop its results."""
 
+    def register_writer(self, incarnation: str) -> None:
+        """Record this worker's incarnation, once its Kafka producer fenced the earlier ones."""
+
     def recover_prepared(
         self,
         assigned: list[tuple[str, int]],
         committed: Callable[[list[tuple[str, int]]], dict[tuple[str, int], str | None]],
+        fence: Callable[[list[str]], None],
         wait: float,
     ) -> None:
         """Decide what dead workers left prepared, from Kafka's committed offset metadata
-        (``committed``: read stably) before ``committed_offsets`` is read."""
+        (``committed``: read stably) after fencing their writers' Kafka transactions
+        (``fence``), before ``committed_offsets`` is read."""
 
 
 class StateBackend(Protocol):

@@ -30,7 +30,11 @@ from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics
 from streamherd.workers.processing import Failure, SourceMessage, encode_output, error_headers
 from streamherd.workers.sinks_postgres import PostgresSink
-from streamherd.workers.sinks_postgres_offsets import CommittedMetadata, PostgresTransactionalSink
+from streamherd.workers.sinks_postgres_offsets import (
+    CommittedMetadata,
+    Fence,
+    PostgresTransactionalSink,
+)
 from streamherd.workers.values import text_of
 
 log = logging.getLogger("streamherd.worker")
@@ -508,11 +512,19 @@ class Outputs:
         assert self._offsets is not None, "the sink keeps no offsets"
         self._offsets.rollback_prepared()
 
+    def register_writer(self, incarnation: str) -> None:
+        assert self._offsets is not None, "the sink keeps no offsets"
+        self._offsets.register(incarnation)
+
     def recover_prepared(
-        self, assigned: list[tuple[str, int]], committed: CommittedMetadata, wait: float
+        self,
+        assigned: list[tuple[str, int]],
+        committed: CommittedMetadata,
+        fence: Fence,
+        wait: float,
     ) -> None:
         assert self._offsets is not None, "the sink keeps no offsets"
-        self._offsets.recover(assigned, committed, wait=wait)
+        self._offsets.recover(assigned, committed, fence, wait=wait)
 
     @property
     def transaction(self) -> Producer:

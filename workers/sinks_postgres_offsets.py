@@ -63,11 +63,13 @@ from streamherd.workers.sinks_postgres import (
 from streamherd.workers.twophase import (
     SIDE_TABLE,
     TP,
+    WRITERS_TABLE,
     Covered,
     Resolution,
     gid_of,
     gid_prefix,
     resolve,
+    to_fence,
     wanted_partitions,
 )
 
@@ -98,6 +100,8 @@ class TwoPhaseUnavailableError(RuntimeError):
 #: Reads Kafka's committed offset metadata of partitions, stably: a partition missing from
 #: the answer could not be read (a transaction still pending on it, or an error).
 CommittedMetadata = Callable[[list[TP]], dict[TP, str | None]]
+#: Fences the Kafka transactions of writers (transactional ids): ``init_transactions``.
+Fence = Callable[[list[str]], None]
 
 
 def offsets_table(results_table: str) -> sql.Identifier:
@@ -187,6 +191,35 @@ def forget_side_statement(results_table: str) -> sql.Composed:
     return sql.SQL(
         "DELETE FROM {} WHERE ctid IN (SELECT ctid FROM {} WHERE gid = %s FOR UPDATE SKIP LOCKED)"
     ).format(table, table)
+
+
+def writers_table(results_table: str) -> sql.Identifier:
+    """``streamherd_writers``: each worker's (transactional id's) latest incarnation."""
+    schema, dot, _ = results_table.rpartition(".")
+    return sql.Identifier(schema, WRITERS_TABLE) if dot else sql.Identifier(WRITERS_TABLE)
+
+
+def create_writers_statement(results_table: str) -> sql.Composed:
+    return sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} ("
+        "sink_table text NOT NULL, consumer_group text NOT NULL, writer text NOT NULL, "
+        "incarnation text NOT NULL, started_at timestamptz NOT NULL DEFAULT now(), "
+        "PRIMARY KEY (sink_table, consumer_group, writer))"
+    ).format(writers_table(results_table))
+
+
+def register_writer_statement(results_table: str) -> sql.Composed:
+    return sql.SQL(
+        "INSERT INTO {} (sink_table, consumer_group, writer, incarnation) "
+        "VALUES (%s, %s, %s, %s) ON CONFLICT (sink_table, consumer_group, writer) "
+        "DO UPDATE SET incarnation = EXCLUDED.incarnation, started_at = now()"
+    ).format(writers_table(results_table))
+
+
+def read_writers_statement(results_table: str) -> sql.Composed:
+    return sql.SQL(
+        "SELECT writer, incarnation FROM {} WHERE sink_table = %s AND consumer_group = %s"
+    ).format(writers_table(results_table))
 
 
 PREPARED_STATEMENT: Final = (
@@ -436,8 +469,16 @@ class PostgresTransactionalSink:
         self._decide("ROLLBACK", gid)
         self._forget(gid)
 
+    def register(self, incarnation: str) -> None:
+        """Record this worker's incarnation (after its ``init_transactions`` fenced the
+        earlier ones): recovery then knows their transactions need no fencing."""
+        table = self.config.table
+        self._connection().execute(
+            register_writer_statement(table), (table, self.group, self.writer, incarnation)
+        )
+
     def recover(
-        self, assigned: Sequence[TP], committed: CommittedMetadata, *, wait: float
+        self, assigned: Sequence[TP], committed: CommittedMetadata, fence: Fence, *, wait: float
     ) -> Resolution:
         """Decide what dead or fenced workers left prepared (:func:`twophase.resolve`):
         the transactions covering a partition in ``assigned`` or prepared by this worker's
@@ -447,7 +488,7 @@ class PostgresTransactionalSink:
         deadline = time.monotonic() + wait
         delay = 0.5
         while True:
-            resolution = self._recover_once(assigned, committed)
+            resolution = self._recover_once(assigned, committed, fence)
             if not resolution.undecided:
                 return resolution
             if time.monotonic() + delay > deadline:
@@ -458,7 +499,9 @@ class PostgresTransactionalSink:
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    def _recover_once(self, assigned: Sequence[TP], committed: CommittedMetadata) -> Resolution:
+    def _recover_once(
+        self, assigned: Sequence[TP], committed: CommittedMetadata, fence: Fence
+    ) -> Resolution:
         conn = self._connection()
         table = self.config.table
         # The prepared gids first, then the side rows: a gid prepared before the first read
@@ -471,6 +514,15 @@ class PostgresTransactionalSink:
         for gid, writer, topic, partition in side_rows:
             found.setdefault(str(gid), (str(writer), set()))[1].add((str(topic), int(partition)))
         side = {gid: Covered(w, frozenset(parts)) for gid, (w, parts) in found.items()}
+        incarnations = {
+            str(w): str(i)
+            for w, i in conn.execute(read_writers_statement(table), (table, self.group)).fetchall()
+        }
+        writers = to_fence(
+            prepared, side, incarnations, prefix=self.prefix, assigned=assigned, writer=self.writer
+        )
+        if writers:
+            fence(sorted(writers))  # their transactions are decided from here on
         wanted = wanted_partitions(
             prepared, side, prefix=self.prefix, assigned=assigned, writer=self.writer
         )
@@ -595,6 +647,7 @@ class PostgresTransactionalSink:
                             "docs/storage.md)"
                         )
                     conn.execute(create_side_statement(self.config.table))
+                    conn.execute(create_writers_statement(self.config.table))
                 conn.execute(create_offsets_statement(self.config.table))
                 if self.config.create_table:
                     conn.execute(create_table_statement(self.config))

@@ -23,11 +23,16 @@ overwritten before the decision: a later checkpoint of a covered partition must 
 its offsets row, which the prepared transaction holds locked, and only sends offsets to Kafka
 after that.
 
-Who may decide: only a worker for which the prepared transaction's writer can no longer
+Who may decide: a worker for which the prepared transaction's writer should no longer
 commit Kafka's side — the gid covers a partition this worker is being assigned (the group
 moved on: the writer's offsets would be refused, KIP-447 fencing), or the writer was this
 worker's previous incarnation (same transactional id: fenced by ``init_transactions``). A
-live writer's transaction between its PREPARE and its Kafka commit is never touched.
+live writer's transaction between its PREPARE and its Kafka commit is never touched. And
+because the deciding worker may itself be stale (frozen past its session after it was
+assigned the partitions), the writer's Kafka transaction is fenced first
+(:func:`to_fence`: ``init_transactions`` with the writer's transactional id, unless a later
+incarnation of the writer has registered since, which did just that): the evidence read
+after it is final.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from typing import Final
 TP = tuple[str, int]
 
 SIDE_TABLE: Final = "streamherd_prepared"
+WRITERS_TABLE: Final = "streamherd_writers"
 #: PostgreSQL's limit for a prepared transaction's identifier (bytes, less one).
 GID_MAX: Final = 199
 
@@ -111,6 +117,42 @@ def wanted_partitions(
         if generation_of(prefix, gid) is not None and covered and ours(covered, mine, writer):
             found |= covered.partitions
     return frozenset(found)
+
+
+def incarnation_of(generation: str) -> str:
+    """The worker incarnation a generation was made by (``<incarnation>-<counter>``)."""
+    return generation.rpartition("-")[0]
+
+
+def to_fence(
+    prepared: Iterable[str],
+    side: Mapping[str, Covered],
+    incarnations: Mapping[str, str],
+    *,
+    prefix: str,
+    assigned: Iterable[TP],
+    writer: str,
+) -> frozenset[str]:
+    """The writers (transactional ids) whose Kafka transactions must be fenced before the
+    prepared ones this worker may decide are decided: each such gid's writer, unless it is
+    this worker (its start fenced its earlier incarnations) or a later incarnation of that
+    writer registered since (``incarnations``: writer -> its latest incarnation; a later
+    one's ``init_transactions`` fenced the gid's). Fencing makes the decision safe even when
+    this worker is itself stale (frozen past its session while deciding): the writer's
+    transaction is then decided before the evidence is read."""
+    mine = frozenset(assigned)
+    out: set[str] = set()
+    for gid in prepared:
+        generation = generation_of(prefix, gid)
+        covered = side.get(gid)
+        if generation is None or not covered or not ours(covered, mine, writer):
+            continue
+        if covered.writer == writer:
+            continue
+        latest = incarnations.get(covered.writer)
+        if latest is None or latest == incarnation_of(generation):
+            out.add(covered.writer)
+    return frozenset(out)
 
 
 def resolve(

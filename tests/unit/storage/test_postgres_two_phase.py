@@ -25,7 +25,9 @@ from streamherd.workers.twophase import (
     generation_of,
     gid_of,
     gid_prefix,
+    incarnation_of,
     resolve,
+    to_fence,
     wanted_partitions,
 )
 
@@ -221,3 +223,35 @@ def test_the_example_of_the_brief() -> None:
     assert not_done.rollback == {gid}
     elsewhere = resolve([gid], side, {}, prefix=PREFIX, assigned=[("in", 2)], writer=ME)
     assert not (elsewhere.commit | elsewhere.rollback | elsewhere.undecided)
+
+
+@given(worlds(), st.data())
+def test_the_writers_fenced_are_those_whose_transactions_may_still_be_live(
+    world: tuple[list[Prepared], dict[TP, str | None], frozenset[TP], str], data: st.DataObject
+) -> None:
+    """Before deciding, the writer of each gid this worker decides is fenced, unless it is
+    this worker (fenced by its own start) or a later incarnation of it registered since."""
+    prepared, _, assigned, writer = world
+    side = {p.gid: Covered(p.writer, p.partitions) for p in prepared}
+    incarnations = {
+        w: data.draw(st.sampled_from(["aaaa", "bbbb", "later"]))
+        for w in data.draw(st.sets(st.sampled_from(sorted({p.writer for p in prepared}) or [ME])))
+    }
+    fenced = to_fence([p.gid for p in prepared], side, incarnations, prefix=PREFIX,
+                      assigned=assigned, writer=writer)  # fmt: skip
+    assert writer not in fenced  # never its own id: that would fence itself
+    for p in prepared:
+        generation = generation_of(PREFIX, p.gid)
+        assert generation is not None
+        latest = incarnations.get(p.writer)
+        live = latest is None or latest == incarnation_of(generation)
+        if mine(p, assigned, writer) and p.writer != writer and live:
+            assert p.writer in fenced
+    for w in fenced:
+        assert any(p.writer == w and mine(p, assigned, writer) for p in prepared), (
+            "a writer fenced for nothing this worker decides"
+        )
+
+
+def test_an_incarnation_is_its_generations_prefix() -> None:
+    assert incarnation_of("0a1b2c3d4e5f-17") == "0a1b2c3d4e5f"
