@@ -278,8 +278,9 @@ class PostgresTransactionalSink:
         self.two_phase = two_phase
         self.writer = writer
         self.prefix = gid_prefix(config.table, consumer_group)
-        # Two phases: (gid, offsets, rows) of the transaction prepared and not yet decided.
-        self._prepared: tuple[str, list[tuple[str, int, int]], int] | None = None
+        # Two phases: (gid, offsets, rows, started) of the transaction prepared and not yet
+        # decided.
+        self._prepared: tuple[str, list[tuple[str, int, int]], int, float] | None = None
         self._conninfo = conninfo_from_env(config, os.environ if env is None else env)
         self._names, self._key_index, self._per_statement = table_shape(config)
         self._queue: list[Row] = []
@@ -401,6 +402,7 @@ class PostgresTransactionalSink:
         back, rows dropped), CommitOutcomeUnknownError (the connection died during PREPARE:
         the worker stops, recovery decides) or TwoPhaseUnavailableError."""
         assert self._prepared is None, "the prepared transaction is not decided yet"
+        started = time.perf_counter()
         gid = gid_of(self.prefix, generation)
         table = self.config.table
         rows = list(self._queue)
@@ -439,7 +441,7 @@ class PostgresTransactionalSink:
                 raise CommitOutcomeUnknownError(f"PREPARE TRANSACTION failed: {error}") from error
             self._forget(gid)
             return False
-        self._prepared = (gid, list(offsets), len(rows))
+        self._prepared = (gid, list(offsets), len(rows), started)
         self._set_up(True)
         return True
 
@@ -448,7 +450,7 @@ class PostgresTransactionalSink:
         the database does not answer; raises CommitOutcomeUnknownError when it still does
         not (the worker stops; recovery commits it, Kafka's offsets say so)."""
         assert self._prepared is not None, "nothing prepared"
-        gid, offsets, n_rows = self._prepared
+        gid, offsets, n_rows, started = self._prepared
         self._decide("COMMIT", gid)
         self._prepared = None
         for topic, partition, _ in offsets:
@@ -456,6 +458,9 @@ class PostgresTransactionalSink:
         del self._queue[:n_rows]
         self._set_pending()
         if self._metrics is not None:
+            self._metrics.histogram("streamherd_sink_write_duration_seconds").labels(
+                *self._labels
+            ).observe(time.perf_counter() - started)  # both phases and Kafka's commit
             self._metrics.counter("streamherd_sink_rows_written").labels(*self._labels).inc(n_rows)
 
     def rollback_prepared(self) -> None:

@@ -175,7 +175,7 @@ def test_random_sigkills_with_repartition_and_dead_letters_write_each_window_onc
     monkeypatch.setenv(DSN_ENV, postgres_dsn)
     config, src, dlq = two_phase_config(kafka_broker, tmp_path, postgres_dsn)
     records = list(page_clicks(0, 24_000))
-    producer = PageProducer(kafka_broker, src, records, 1_200)
+    producer = PageProducer(kafka_broker, src, records, 800)
     workers = [worker(tmp_path, n, config) for n in ("a", "b")]
     rng = random.Random(155)
     try:
@@ -225,8 +225,8 @@ def test_kills_between_the_phases_are_decided_as_kafka_decided(
     partitions decides, and the table stays exact."""
     monkeypatch.setenv(DSN_ENV, postgres_dsn)
     config, src, dlq = two_phase_config(kafka_broker, tmp_path, postgres_dsn)
-    records = list(page_clicks(0, 20_000))
-    producer = PageProducer(kafka_broker, src, records, 600)
+    records = list(page_clicks(0, 24_000))
+    producer = PageProducer(kafka_broker, src, records, 300)  # flowing through every kill
     a, b = worker(tmp_path, "a", config), worker(tmp_path, "b", config)
     plain = dict(a.env or {})
     expected = {"prepared": "rollback", "kafka-committed": "commit"}
