@@ -279,7 +279,14 @@ def test_a_worker_frozen_between_the_phases_commits_nothing_after_its_partitions
     a.env = {**(a.env or {}), "STREAMHERD_FAULT_PAUSE": "prepared:15"}
     try:
         a.start()
+        wait_until("a ready", lambda: a.get("/readyz")[0] == 200, 90, [a])
         b.start()
+        wait_until("b ready", lambda: b.get("/readyz")[0] == 200, 90, [a, b])
+
+        def both_own_partitions() -> bool:
+            return all(w.value("streamherd_assigned_partitions") > 0 for w in (a, b))
+
+        wait_until("both to own partitions", both_own_partitions, 90, [a, b])
         kafka_broker.produce(src, records[: len(records) // 2])
         wait_until("a paused at prepared",
                    lambda: paused_generation(a, "prepared", 0) is not None, 120,
@@ -317,6 +324,10 @@ def test_a_worker_frozen_between_the_phases_commits_nothing_after_its_partitions
         b.stop()
 
 
+def assignments(w: Worker) -> int:
+    return w.log_path.read_text().count("event=assigned")
+
+
 def test_changelog_state_survives_every_worker_killed_with_no_volume(
     kafka_broker: KafkaBroker, postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -334,12 +345,17 @@ def test_changelog_state_survives_every_worker_killed_with_no_volume(
         producer.start()
         wait_until("first rows committed", lambda: len(offsets(postgres_dsn)) > 0, 120, workers)
         for _ in range(4):
-            time.sleep(rng.uniform(0.5, 3.0))
+            time.sleep(rng.uniform(0.5, 3.0))  # a random moment: the test
             for w in workers:
                 w.kill()
             shutil.rmtree(tmp_path / "ck", ignore_errors=True)  # no volume
+            before = {w.name: assignments(w) for w in workers}
             for w in workers:
                 w.start()
+            # Killed next only once running again: each round kills workers that restored.
+            wait_until("the restarted workers assigned",
+                       lambda b=before: all(assignments(w) > b[w.name] for w in workers),
+                       120, workers)  # fmt: skip
         assert producer.is_alive(), "the producer ended before the kills did"
         bad = producer.finish()
         verify(kafka_broker, postgres_dsn, src, dlq, records, bad, workers)
