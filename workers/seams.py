@@ -132,7 +132,8 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
     # Exactly-once into a database: the sink commits the input offsets with the results in
-    # its own transaction (no Kafka transaction then); they win over the group's on assign.
+    # its own transaction (no Kafka transaction then, unless the pipeline also writes to
+    # Kafka: two phases below); they win over the group's on assign.
 
     @property
     def keeps_offsets(self) -> bool: ...

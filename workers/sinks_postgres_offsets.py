@@ -16,11 +16,11 @@ offset of every partition that moved and the checkpoint's id (its *generation*),
 So a result row is in the table if and only if the offset past its input is, whatever moment
 a worker dies at. On assign the engine reads the offsets from here (:meth:`committed`), not
 from the consumer group: they win over the group's commits, which the engine still makes
-afterwards, for the lag figures only. The generation names the checkpoint (state) that
-belongs to the offset: the engine stages the state as a pending checkpoint stamped with it
-before the commit, and on restore picks the checkpoint whose generation the table holds
-(workers/engine.py ``_restore``) — the same rule as Kafka's transactions, whose offsets
-carry the generation as metadata.
+afterwards, for the lag figures only (in two phases, below, Kafka's transaction commits
+them). The generation names the checkpoint (state) that belongs to the offset: the engine
+stages the state as a pending checkpoint stamped with it before the commit, and on restore
+picks the checkpoint whose generation the table holds (workers/engine.py ``_restore``) — the
+same rule as Kafka's transactions, whose offsets carry the generation as metadata.
 
 A failure before COMMIT rolls the transaction back: the rows stay queued and the next
 checkpoint tries again (the database is down: ``False``, the engine postpones). A failure
