@@ -255,6 +255,14 @@ def offset_writes(
     return writes
 
 
+def _create(conn: psycopg.Connection[Any], statement: sql.Composed) -> None:
+    """``CREATE TABLE IF NOT EXISTS``, by several workers starting at once: the loser of a
+    concurrent creation gets a unique violation on the catalog (PostgreSQL checks existence
+    before it takes the name); the table exists then."""
+    with contextlib.suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+        conn.execute(statement)
+
+
 class PostgresTransactionalSink:
     """Queues rows from the engine thread; :meth:`commit` writes them with the offsets."""
 
@@ -653,11 +661,11 @@ class PostgresTransactionalSink:
                             "is 0; set it above 0, e.g. to max_connections, and restart it; "
                             "docs/storage.md)"
                         )
-                    conn.execute(create_side_statement(self.config.table))
-                    conn.execute(create_writers_statement(self.config.table))
-                conn.execute(create_offsets_statement(self.config.table))
+                    _create(conn, create_side_statement(self.config.table))
+                    _create(conn, create_writers_statement(self.config.table))
+                _create(conn, create_offsets_statement(self.config.table))
                 if self.config.create_table:
-                    conn.execute(create_table_statement(self.config))
+                    _create(conn, create_table_statement(self.config))
             except BaseException:
                 conn.close()
                 raise

@@ -85,6 +85,20 @@ def _postgres_exactly_once() -> dict[str, Any]:
 
 
 PG_EOS = _postgres_exactly_once()
+
+
+def _postgres_exactly_once_with_kafka_outputs() -> dict[str, Any]:
+    """PG_EOS with a dead-letter topic, the state in a changelog and a repartition hop (the
+    input not keyed by the window's key), valid: committed in two phases (decision 0155)."""
+    doc = copy.deepcopy(PG_EOS)
+    doc["spec"]["deadLetter"] = {"topic": "clicks-dlq"}
+    doc["spec"]["checkpoint"] = {**doc["spec"].get("checkpoint", {}), "backend": "kafka"}
+    del doc["spec"]["source"]["kafka"]["keyedBy"]
+    doc["spec"]["processor"]["steps"][1]["window"]["repartition"] = "auto"
+    return doc
+
+
+PG_EOS_TWO_PHASE = _postgres_exactly_once_with_kafka_outputs()
 W = "spec.processor.steps[1].window"  # the window step of KAFKA
 LW = "spec.processor.steps[2].window"  # the window step of LOCAL
 SECRET = {"secretName": "creds", "mountPath": "/var/run/creds"}

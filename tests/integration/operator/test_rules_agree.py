@@ -28,7 +28,16 @@ from streamherd.operator.api import rules
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.validation import parse_pipeline, readable_errors
 from tests.infra.controlplane import KubeCluster
-from tests.infra.invalid_manifests import BOTH, KAFKA, LOCAL, OFFLINE_ONLY, PG_EOS, Case, set_path
+from tests.infra.invalid_manifests import (
+    BOTH,
+    KAFKA,
+    LOCAL,
+    OFFLINE_ONLY,
+    PG_EOS,
+    PG_EOS_TWO_PHASE,
+    Case,
+    set_path,
+)
 from tests.infra.manifest_strategies import manifests
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
@@ -77,7 +86,7 @@ def offline_problems(doc: dict[str, Any]) -> list[str]:
 
 
 def test_the_base_manifests_are_accepted(api: CustomObjectsApi, namespace: str) -> None:
-    for doc in (KAFKA, LOCAL, PG_EOS):
+    for doc in (KAFKA, LOCAL, PG_EOS, PG_EOS_TWO_PHASE):
         assert server_verdict(api, namespace, doc) is None
 
 

@@ -24,6 +24,7 @@ from tests.infra.invalid_manifests import (
     LOCAL,
     OFFLINE_ONLY,
     PG_EOS,
+    PG_EOS_TWO_PHASE,
     Case,
     load_example,
 )
@@ -60,7 +61,7 @@ def test_the_operator_refuses_with_the_same_words(case: Case) -> None:
 
 
 def test_the_base_manifests_are_valid() -> None:
-    for doc in (KAFKA, LOCAL, PG_EOS):
+    for doc in (KAFKA, LOCAL, PG_EOS, PG_EOS_TWO_PHASE):
         assert parse_pipeline(doc)[1] == []
 
 
