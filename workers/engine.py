@@ -1074,7 +1074,8 @@ class Engine:
 
     def _process_upstream(self, st: PartitionState, messages: list[SourceMessage]) -> None:
         """A source partition of a repartitioned pipeline: the stateless steps, the window's
-        key and event time, then each record re-keyed to the repartition topic."""
+        key, event time and aggregate values, then each record re-keyed to the repartition
+        topic."""
         assert self.repartition is not None and self.processor.window is not None
         n_in = len(messages)
         self.counters.records_in += n_in
@@ -1087,6 +1088,7 @@ class Engine:
         filtered = max(n_decoded - len(items) - stage_failures, 0)
         plan = self.processor.window
         key_of, time_of, kafka_time = plan.key, plan.event_time, plan.kafka_time
+        values_of = plan.values
         top = st.max_event_ms
         rows: list[tuple[str, bytes, int, int, list[tuple[str, bytes]]]] = []
         for record, m in items:
@@ -1096,6 +1098,10 @@ class Engine:
                 key = canonical_key(key_of(record))  # NaN, objects: the record's error
                 stamp = kafka_timestamp(m)
                 event_ms = time_of(record, stamp if kafka_time else None)
+                # The aggregate values too, in the fold's order: a record they refuse is
+                # dead-lettered here, before it moves its partition's event time, as an
+                # unpartitioned window refuses it (the record alone decides: windowing.py).
+                values_of(record)
                 value, exact = encode_hop(record)
             except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
                 failures.append(Failure(m, "expression", error))
