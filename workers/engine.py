@@ -88,7 +88,7 @@ from streamherd.workers.snapshotting import (
 from streamherd.workers.sources import open_source
 from streamherd.workers.statebackends import open_state_backend
 from streamherd.workers.values import canonical_key, key_text
-from streamherd.workers.windowing import PartitionWindows
+from streamherd.workers.windowing import PartitionWindows, StateVersionError, WindowPlan
 
 log = logging.getLogger("streamherd.worker")
 
@@ -460,7 +460,7 @@ class Engine:
             if topic == self.repartition.topic:
                 st.role = "downstream"
                 if st.held is None:
-                    st.windows = PartitionWindows.from_json(plan, restored, base=base)
+                    st.windows = self._restored_windows(st, plan, restored, base)
                 st.clock = UpstreamClock.from_json(restored)
                 st.clock.known = self._upstreams
             else:
@@ -468,7 +468,7 @@ class Engine:
                 top = (restored or {}).get("maxEventMs")
                 st.max_event_ms = None if top is None else int(top)
         elif plan is not None and st.held is None:
-            st.windows = PartitionWindows.from_json(plan, restored, base=base)
+            st.windows = self._restored_windows(st, plan, restored, base)
         self.partitions[(topic, partition)] = st
         self.metrics.assigned.set(len(self.partitions))
         log_event(
@@ -512,6 +512,28 @@ class Engine:
         st.from_snapshot = True
         st.dirty = True  # recorded at once: a restart must not restore it a second time
         return kept
+
+    def _restored_windows(
+        self, st: PartitionState, plan: WindowPlan, restored: Any, base: bool
+    ) -> PartitionWindows | None:
+        """The partition's windows from its checkpoint's state. A state in a version this
+        worker cannot read (a newer streamherd wrote it: a rollback to an older image, decision
+        0156) holds the partition, like a foreign fingerprint under refuse: not consumed,
+        its checkpoint byte for byte as found, the worker not ready and saying why. Raising
+        here would end the worker in every restart: a crash loop that hides the reason."""
+        try:
+            return PartitionWindows.from_json(plan, restored, base=base)
+        except StateVersionError as error:
+            st.held = (
+                f"{st.topic}[{st.partition}]: cannot read its checkpoint ({error}); run the "
+                "streamherd version that wrote it, or a newer one"
+            )
+            self.metrics.set_partition(
+                "streamherd_state_restore_refused", st.topic, st.partition, 1
+            )
+            log_event(log, logging.ERROR, "state-version-unsupported", topic=st.topic,
+                      partition=st.partition, error=str(error))  # fmt: skip
+            return None
 
     def _foreign_state(self, checkpoint: Checkpoint) -> bool:
         """Whether a checkpoint holds state written under another fingerprint.

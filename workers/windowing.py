@@ -130,6 +130,11 @@ class EventTimeError(ValueError):
     """A record whose event time is missing or unreadable."""
 
 
+class StateVersionError(ValueError):
+    """A window state in a version this worker cannot read: written by a newer streamherd
+    (or not a window state at all). The engine holds the partition rather than fail."""
+
+
 # Window starts and ends are written as ISO 8601 (iso_ms), which has the years 1 to 9999.
 ISO_MIN_MS: Final = -62_135_596_800_000  # 0001-01-01T00:00:00.000Z
 ISO_MAX_MS: Final = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
@@ -621,7 +626,10 @@ class PartitionWindows:
         version = data.get("v")
         state.based = base and version == STATE_VERSION
         if version not in READ_VERSIONS:
-            raise ValueError(f"unsupported window state version {version!r}")
+            raise StateVersionError(
+                f"unsupported window state version {version!r}: this worker reads versions "
+                f"{', '.join(map(str, READ_VERSIONS))}, so a newer streamherd wrote it"
+            )
         state.max_event_ms = data.get("maxEventMs")
         legacy = version != STATE_VERSION and bool(plan.added)  # running float totals
         for key, start, held in data.get("windows", ()):

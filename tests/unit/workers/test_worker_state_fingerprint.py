@@ -10,11 +10,13 @@ from __future__ import annotations
 import io
 import threading
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from streamherd.workers.checkpointing import CheckpointStore, decode, encode
 from streamherd.workers.config import GeneratorSourceConfig, WorkerConfig
@@ -301,3 +303,33 @@ def test_a_snapshot_of_another_state_is_held_not_reset(tmp_path: Path) -> None:
     engine, (ok, why) = readiness_while_running(cfg)
     assert not ok and f"snapshot {name} holds state of fingerprint {old_fp}" in why, why
     assert engine.counters.records_in == 0
+
+
+@pytest.mark.parametrize("version", [4, 99, 0, None])
+def test_a_state_version_this_worker_cannot_read_holds_the_partition(
+    tmp_path: Path, version: int | None
+) -> None:
+    """A checkpoint a newer streamherd wrote (its window state in a version this worker does
+    not read: what a rollback to an older image meets, decision 0156) holds its partition
+    like a foreign fingerprint: not consumed, the file byte for byte as found, the worker
+    not ready and saying why, a metric; never an exception that ends the worker (in every
+    restart: a crash loop). The other partitions go on."""
+    started(tmp_path)
+    store = CheckpointStore(tmp_path)
+    newer = store.load(GENERATOR_TOPIC, 2)
+    assert newer is not None and newer.state is not None
+    state = {**newer.state, "v": version}
+    store.save([replace(newer, state=state)])  # a full checkpoint: head and base segment
+    before = files(tmp_path)["2.ckpt"]
+    engine, (ok, why) = readiness_while_running(config(tmp_path, OLD_WINDOW, endless=True))
+    assert not ok
+    assert "1 partitions held" in why and f"{GENERATOR_TOPIC}[2]" in why, why
+    assert f"unsupported window state version {version!r}" in why, why
+    assert files(tmp_path)["2.ckpt"] == before  # never overwritten by this worker
+    assert engine.partitions[(GENERATOR_TOPIC, 2)].windows is None
+    assert all(engine.partitions[(GENERATOR_TOPIC, p)].held is None for p in (0, 1, 3))
+    value = engine.metrics.registry.get_sample_value(
+        "streamherd_state_restore_refused",
+        {"pipeline": "fp", "topic": GENERATOR_TOPIC, "partition": "2"},
+    )
+    assert value == 1
