@@ -38,7 +38,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from streamherd.workers.checkpointing import Checkpoint
+from streamherd.workers.checkpointing import Checkpoint, CheckpointFormatError
 from streamherd.workers.config import StateConfig, WorkerConfig
 from streamherd.workers.fingerprint import changed_fields, config_fingerprint, snapshot_name
 from streamherd.workers.fusing import fuse
@@ -421,14 +421,18 @@ class Engine:
     ) -> PartitionState:
         st = PartitionState(topic, partition)
         start: int | None = None
-        if self.exactly_once:
-            # The committed transaction's checkpoint, unless state.restoreFrom replaces it:
-            # the snapshot's state and offset then go in together, the offset committed
-            # with the first transaction that writes the restored checkpoint.
-            own, start = self._restore(topic, partition, committed)
-            checkpoint = self._restore_point(st, own)
-        else:
-            checkpoint = self._restore_point(st, self.state.load(topic, partition))
+        try:
+            if self.exactly_once:
+                # The committed transaction's checkpoint, unless state.restoreFrom replaces
+                # it: the snapshot's state and offset then go in together, the offset
+                # committed with the first transaction that writes the restored checkpoint.
+                own, start = self._restore(topic, partition, committed)
+                checkpoint = self._restore_point(st, own)
+            else:
+                checkpoint = self._restore_point(st, self.state.load(topic, partition))
+        except CheckpointFormatError as error:  # a newer streamherd wrote it: hold (0156)
+            checkpoint, start = None, None
+            self._hold_unreadable(st, error)
         plan = self.processor.window
         if checkpoint is not None:
             st.next_offset = checkpoint.next_offset
@@ -524,16 +528,19 @@ class Engine:
         try:
             return PartitionWindows.from_json(plan, restored, base=base)
         except StateVersionError as error:
-            st.held = (
-                f"{st.topic}[{st.partition}]: cannot read its checkpoint ({error}); run the "
-                "streamherd version that wrote it, or a newer one"
-            )
-            self.metrics.set_partition(
-                "streamherd_state_restore_refused", st.topic, st.partition, 1
-            )
-            log_event(log, logging.ERROR, "state-version-unsupported", topic=st.topic,
-                      partition=st.partition, error=str(error))  # fmt: skip
+            self._hold_unreadable(st, error)
             return None
+
+    def _hold_unreadable(self, st: PartitionState, error: Exception) -> None:
+        """Hold a partition whose checkpoint a newer streamherd wrote (its file format or
+        its window state version): see :meth:`_restored_windows`."""
+        st.held = (
+            f"{st.topic}[{st.partition}]: cannot read its checkpoint ({error}); run the "
+            "streamherd version that wrote it, or a newer one"
+        )
+        self.metrics.set_partition("streamherd_state_restore_refused", st.topic, st.partition, 1)
+        log_event(log, logging.ERROR, "state-version-unsupported", topic=st.topic,
+                  partition=st.partition, error=str(error))  # fmt: skip
 
     def _foreign_state(self, checkpoint: Checkpoint) -> bool:
         """Whether a checkpoint holds state written under another fingerprint.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import threading
+import zlib
 from collections import defaultdict
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streamherd.workers.checkpointing import CheckpointStore, decode, encode
+from streamherd.workers.checkpointing import CheckpointError, CheckpointStore, decode, encode
 from streamherd.workers.config import GeneratorSourceConfig, WorkerConfig
 from streamherd.workers.engine import Engine
 from streamherd.workers.fingerprint import snapshot_name
@@ -333,3 +334,27 @@ def test_a_state_version_this_worker_cannot_read_holds_the_partition(
         {"pipeline": "fp", "topic": GENERATOR_TOPIC, "partition": "2"},
     )
     assert value == 1
+
+
+def test_a_checkpoint_format_this_worker_does_not_know_holds_the_partition(
+    tmp_path: Path,
+) -> None:
+    """The same for the checkpoint file's own format (a head a newer streamherd wrote): the
+    partition is held with the reason, the file untouched; a file that is no checkpoint of
+    ours at all is still an error of its own (CheckpointError), not taken for a newer one."""
+    started(tmp_path)
+    path = CheckpointStore(tmp_path).path(GENERATOR_TOPIC, 1)
+    body = orjson.dumps({"topic": GENERATOR_TOPIC, "partition": 1, "nextOffset": 5})
+    header = {"format": "streamherd.io/checkpoint/v9", "crc32": zlib.crc32(body)}
+    path.write_bytes(orjson.dumps({**header, "length": len(body)}) + b"\n" + body + b"\n")
+    before = files(tmp_path)["1.ckpt"]
+    engine, (ok, why) = readiness_while_running(config(tmp_path, OLD_WINDOW, endless=True))
+    assert not ok
+    assert "1 partitions held" in why and f"{GENERATOR_TOPIC}[1]" in why, why
+    assert "unknown checkpoint format 'streamherd.io/checkpoint/v9'" in why, why
+    assert "a newer streamherd wrote it" in why, why
+    assert files(tmp_path)["1.ckpt"] == before
+    assert all(engine.partitions[(GENERATOR_TOPIC, p)].held is None for p in (0, 2, 3))
+    with pytest.raises(CheckpointError) as raised:
+        decode(orjson.dumps({**header, "format": "other/v1", "length": len(body)}) + b"\n" + body)
+    assert type(raised.value) is CheckpointError
