@@ -4,11 +4,12 @@ order of arrival (docs/engine.md, "Windows"; ``windowing.settle``).
 The order: numbers below strings; numbers by value, equal ones ``-0.0`` < ``0.0`` (and any
 other float) < the int of the same value; strings by code point; NaN propagates. For any
 multiset of mixed values (integers of any size, every float with NaN of any sign and payload,
-the infinities and ``-0.0``, strings) and of values outside the order (booleans, bytes,
-arrays, objects: refused by the value alone, whatever the window holds), any permutation,
-any cut into batches, any checkpoint and restore between batches, tumbling or hopping, the
-generic fold and the fused batch function give the result of one reference: a sort by that
-order. The values the order leaves out are refused whatever came before them.
+the infinities and ``-0.0``, strings; in the fused function NaN and infinities from an
+expression) and of values outside the order (booleans, bytes, arrays, objects: refused by
+the value alone, whatever the window holds), any permutation, any cut into batches, any
+checkpoint and restore between batches, tumbling or hopping, the generic fold and the fused
+batch function give the result of one reference: a sort by that order. The values the order
+leaves out are refused whatever came before them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from hypothesis import strategies as st
 from streamherd.workers import checkpointing
 from streamherd.workers.checkpointing import Checkpoint
 from streamherd.workers.config import ProcessorConfig, WindowSpec
+from streamherd.workers.expressions import compile_expression
 from streamherd.workers.fusing import fuse
 from streamherd.workers.processing import (
     Processor,
@@ -176,8 +178,11 @@ class Msg(SyntheticMessage):
 
 
 # What JSON can carry to the fused function: msgspec reads int64, finite floats, strings,
-# booleans and null; containers and bigger integers take the slow lane (orjson).
+# booleans and null; containers and bigger integers take the slow lane (orjson). NaN and the
+# infinities come from the expression (float('nan'), ...), a failing one (float('a')) refuses.
+EXPRESSION = "float(v) if t else v"
 json_values = st.one_of(
+    st.sampled_from(["nan", "-nan", "inf", "-inf", "-0.0", "1e400", "2.5"]),
     st.integers(-5, 5),
     st.integers(-(2**63), 2**63 - 1),
     st.floats(allow_nan=False, allow_infinity=False),
@@ -190,16 +195,23 @@ json_values = st.one_of(
 
 @pytest.mark.parametrize("hopping", [False, True])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(values=st.lists(json_values, max_size=25), data=st.data())
+@given(
+    rows=st.lists(st.tuples(json_values, st.sampled_from([False, False, True])), max_size=25),
+    data=st.data(),
+)
 def test_the_fused_and_generic_paths_give_the_reference_in_any_order(
-    hopping: bool, values: list[Any], data: st.DataObject
+    hopping: bool, rows: list[tuple[Any, bool]], data: st.DataObject
 ) -> None:
     window: dict[str, Any] = {
         "keyBy": "user",
         "size": "2s" if hopping else "1s",
         "eventTime": {"field": "ts"},
         "allowedLateness": "1000000s",
-        "aggregates": AGGREGATES,
+        "aggregates": [
+            {"name": "n", "function": "count"},
+            {"name": "lo", "function": "min", "expression": EXPRESSION},
+            {"name": "hi", "function": "max", "expression": EXPRESSION},
+        ],
     }
     if hopping:
         window.update(type="hopping", slide="1s")
@@ -209,9 +221,19 @@ def test_the_fused_and_generic_paths_give_the_reference_in_any_order(
     assert plan is not None
     fused = fuse(cfg, plan)
     assert fused is not None
-    messages = [
-        Msg(i, orjson.dumps({"user": "a", "ts": BASE + i, "v": v})) for i, v in enumerate(values)
-    ]
+    records = [{"user": "a", "ts": BASE + i, "v": v, "t": t} for i, (v, t) in enumerate(rows)]
+    messages = [Msg(i, orjson.dumps(r)) for i, r in enumerate(records)]
+    # Each record's value as the expression gives it (orjson's decoding first: the same
+    # record both paths read), or None when it fails.
+    evaluate = compile_expression(EXPRESSION).function
+    values: list[Any] = []
+    failing: set[int] = set()
+    for i, record in enumerate(records):
+        try:
+            values.append(evaluate(orjson.loads(orjson.dumps(record))))
+        except Exception:  # the record's own error: refused on both paths
+            values.append(None)
+            failing.add(i)
     seed = data.draw(st.integers(0, 2**32))
     outcomes = []
     for path in ("fused", "generic"):
@@ -233,8 +255,10 @@ def test_the_fused_and_generic_paths_give_the_reference_in_any_order(
         rows = [r for _, r in state.close(everything=True)]
         outcomes.append((sorted(refused), [(r["n"], bits(r["lo"]), bits(r["hi"])) for r in rows]))
     assert outcomes[0] == outcomes[1]
-    kept = [v for v in values if in_order(v) or v is None]
-    assert outcomes[0][0] == [i for i, v in enumerate(values) if not (in_order(v) or v is None)]
+    kept = [v for i, v in enumerate(values) if i not in failing and (in_order(v) or v is None)]
+    assert outcomes[0][0] == [
+        i for i, v in enumerate(values) if i in failing or not (in_order(v) or v is None)
+    ]
     expected = (len(kept), bits(reference(kept, True)), bits(reference(kept, False)))
     assert outcomes[0][1] == ([expected] * (2 if hopping else 1) if kept else [])
 
