@@ -47,7 +47,7 @@ from streamherd.operator.conditions import (
     set_conditions,
 )
 from streamherd.operator.restoring import listed_snapshots, snapshot_first, snapshot_not_ready
-from streamherd.operator.rollback import ROLLED_BACK, build_last_good
+from streamherd.operator.rollback import ROLLBACK_REFUSED, ROLLED_BACK, build_last_good
 from streamherd.operator.upgrades import HELD_KINDS, STATE_COMPATIBLE
 from streamherd.operator.upgrades import Decision as UpgradeDecision
 from streamherd.operator.upgrades import decide as decide_upgrade
@@ -256,6 +256,8 @@ class Observed:
     #: rollback auto: the last good spec and its generation, when this generation is due to
     #: be rolled back (operator/rollback.py) and the kept spec is readable.
     last_good: tuple[StreamPipeline, int] | None = None
+    #: rollback auto: why a due rollback was not made (it would cross worker images).
+    rollback_refused: str | None = None
     desired: tuple[Manifest, ...] = ()  # the children built from the running spec
     upgrade: UpgradeInputs | None = None
     verification: Verification = field(default_factory=Verification)
@@ -631,8 +633,13 @@ def rollback_condition(
     good: tuple[StreamPipeline, int] | None,
     generation: int | None,
     last_good_generation: int | None,
+    *,
+    refused: str | None = None,
 ) -> Cond:
-    """RolledBack, for a pipeline with rollback auto."""
+    """RolledBack, for a pipeline with rollback auto (`refused`: why a due rollback was not
+    made, operator/rollback.py)."""
+    if refused is not None:
+        return Cond(ROLLED_BACK, "False", ROLLBACK_REFUSED, refused)
     if good is None:
         return Cond(
             ROLLED_BACK,
@@ -950,10 +957,18 @@ def finish(decision: Decision, applied: Applied) -> Finished:
             # This generation's workers are all ready: it is the one to come back to.
             last_good = build_last_good(pipeline, int(generation))
             last_good_generation = generation
-        rolled_c = rollback_condition(pipeline, good, generation, last_good_generation)
+        refused = observed.rollback_refused
+        rolled_c = rollback_condition(
+            pipeline, good, generation, last_good_generation, refused=refused
+        )
+        was = get_condition(observed.conditions, ROLLED_BACK)
         conds = set_conditions(conds, (rolled_c,), now=stamp, observed_generation=generation)
         if good is not None and current_status.get("rolledBackGeneration") != generation:
             events.append(EventNote("Warning", rolled_c.reason, rolled_c.message))
+        elif refused is not None and (
+            was is None or was.reason != ROLLBACK_REFUSED or was.observed_generation != generation
+        ):
+            events.append(EventNote("Warning", rolled_c.reason, rolled_c.message))  # once
     input_hash = content_hash(
         [c["metadata"]["annotations"][INPUT_HASH_ANNOTATION] for c in observed.desired]
     )

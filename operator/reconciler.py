@@ -75,7 +75,12 @@ from streamherd.operator.decision import (
     what_changed,
 )
 from streamherd.operator.kube import ApiError, KubeApi, secrets_hash
-from streamherd.operator.rollback import last_good, last_good_name, rollback_due
+from streamherd.operator.rollback import (
+    last_good,
+    last_good_name,
+    rollback_due,
+    rollback_refusal,
+)
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.upgrades import config_backend, config_description
 from streamherd.operator.validation import readable_errors, semantic_errors
@@ -415,6 +420,18 @@ def observe(
         good = last_good(
             pipeline, kube.get("v1", "ConfigMap", pipeline.namespace, last_good_name(pipeline.name))
         )
+    # Never across worker images: another image may not read this one's state (0156).
+    refused = None
+    if good is not None:
+        refused = rollback_refusal(
+            image=pipeline.spec.image or settings.worker_image,
+            good_image=good[0].spec.image or settings.worker_image,
+            generation=generation,
+            good_generation=good[1],
+            after=pipeline.spec.upgrade.rollback_after,
+        )
+        if refused is not None:
+            good = None
     running = good[0] if good is not None else pipeline
     try:
         desired = _desired(
@@ -429,6 +446,7 @@ def observe(
     observed = replace(
         observed,
         last_good=good,
+        rollback_refused=refused,
         desired=tuple(desired),
         upgrade=_upgrade_inputs(running, desired, kube, memo),
     )

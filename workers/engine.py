@@ -38,7 +38,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from streamherd.workers.checkpointing import Checkpoint
+from streamherd.workers.checkpointing import Checkpoint, CheckpointFormatError
 from streamherd.workers.config import StateConfig, WorkerConfig
 from streamherd.workers.fingerprint import changed_fields, config_fingerprint, snapshot_name
 from streamherd.workers.fusing import fuse
@@ -88,7 +88,7 @@ from streamherd.workers.snapshotting import (
 from streamherd.workers.sources import open_source
 from streamherd.workers.statebackends import open_state_backend
 from streamherd.workers.values import canonical_key, key_text
-from streamherd.workers.windowing import PartitionWindows
+from streamherd.workers.windowing import PartitionWindows, StateVersionError, WindowPlan
 
 log = logging.getLogger("streamherd.worker")
 
@@ -421,14 +421,18 @@ class Engine:
     ) -> PartitionState:
         st = PartitionState(topic, partition)
         start: int | None = None
-        if self.exactly_once:
-            # The committed transaction's checkpoint, unless state.restoreFrom replaces it:
-            # the snapshot's state and offset then go in together, the offset committed
-            # with the first transaction that writes the restored checkpoint.
-            own, start = self._restore(topic, partition, committed)
-            checkpoint = self._restore_point(st, own)
-        else:
-            checkpoint = self._restore_point(st, self.state.load(topic, partition))
+        try:
+            if self.exactly_once:
+                # The committed transaction's checkpoint, unless state.restoreFrom replaces
+                # it: the snapshot's state and offset then go in together, the offset
+                # committed with the first transaction that writes the restored checkpoint.
+                own, start = self._restore(topic, partition, committed)
+                checkpoint = self._restore_point(st, own)
+            else:
+                checkpoint = self._restore_point(st, self.state.load(topic, partition))
+        except CheckpointFormatError as error:  # a newer streamherd wrote it: hold (0156)
+            checkpoint, start = None, None
+            self._hold_unreadable(st, error)
         plan = self.processor.window
         if checkpoint is not None:
             st.next_offset = checkpoint.next_offset
@@ -460,7 +464,7 @@ class Engine:
             if topic == self.repartition.topic:
                 st.role = "downstream"
                 if st.held is None:
-                    st.windows = PartitionWindows.from_json(plan, restored, base=base)
+                    st.windows = self._restored_windows(st, plan, restored, base)
                 st.clock = UpstreamClock.from_json(restored)
                 st.clock.known = self._upstreams
             else:
@@ -468,7 +472,7 @@ class Engine:
                 top = (restored or {}).get("maxEventMs")
                 st.max_event_ms = None if top is None else int(top)
         elif plan is not None and st.held is None:
-            st.windows = PartitionWindows.from_json(plan, restored, base=base)
+            st.windows = self._restored_windows(st, plan, restored, base)
         self.partitions[(topic, partition)] = st
         self.metrics.assigned.set(len(self.partitions))
         log_event(
@@ -512,6 +516,31 @@ class Engine:
         st.from_snapshot = True
         st.dirty = True  # recorded at once: a restart must not restore it a second time
         return kept
+
+    def _restored_windows(
+        self, st: PartitionState, plan: WindowPlan, restored: Any, base: bool
+    ) -> PartitionWindows | None:
+        """The partition's windows from its checkpoint's state. A state in a version this
+        worker cannot read (a newer streamherd wrote it: a rollback to an older image, decision
+        0156) holds the partition, like a foreign fingerprint under refuse: not consumed,
+        its checkpoint byte for byte as found, the worker not ready and saying why. Raising
+        here would end the worker in every restart: a crash loop that hides the reason."""
+        try:
+            return PartitionWindows.from_json(plan, restored, base=base)
+        except StateVersionError as error:
+            self._hold_unreadable(st, error)
+            return None
+
+    def _hold_unreadable(self, st: PartitionState, error: Exception) -> None:
+        """Hold a partition whose checkpoint a newer streamherd wrote (its file format or
+        its window state version): see :meth:`_restored_windows`."""
+        st.held = (
+            f"{st.topic}[{st.partition}]: cannot read its checkpoint ({error}); run the "
+            "streamherd version that wrote it, or a newer one"
+        )
+        self.metrics.set_partition("streamherd_state_restore_refused", st.topic, st.partition, 1)
+        log_event(log, logging.ERROR, "state-version-unsupported", topic=st.topic,
+                  partition=st.partition, error=str(error))  # fmt: skip
 
     def _foreign_state(self, checkpoint: Checkpoint) -> bool:
         """Whether a checkpoint holds state written under another fingerprint.
@@ -1074,7 +1103,8 @@ class Engine:
 
     def _process_upstream(self, st: PartitionState, messages: list[SourceMessage]) -> None:
         """A source partition of a repartitioned pipeline: the stateless steps, the window's
-        key and event time, then each record re-keyed to the repartition topic."""
+        key, event time and aggregate values, then each record re-keyed to the repartition
+        topic."""
         assert self.repartition is not None and self.processor.window is not None
         n_in = len(messages)
         self.counters.records_in += n_in
@@ -1087,6 +1117,7 @@ class Engine:
         filtered = max(n_decoded - len(items) - stage_failures, 0)
         plan = self.processor.window
         key_of, time_of, kafka_time = plan.key, plan.event_time, plan.kafka_time
+        values_of = plan.values
         top = st.max_event_ms
         rows: list[tuple[str, bytes, int, int, list[tuple[str, bytes]]]] = []
         for record, m in items:
@@ -1096,6 +1127,10 @@ class Engine:
                 key = canonical_key(key_of(record))  # NaN, objects: the record's error
                 stamp = kafka_timestamp(m)
                 event_ms = time_of(record, stamp if kafka_time else None)
+                # The aggregate values too, in the fold's order: a record they refuse is
+                # dead-lettered here, before it moves its partition's event time, as an
+                # unpartitioned window refuses it (the record alone decides: windowing.py).
+                values_of(record)
                 value, exact = encode_hop(record)
             except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
                 failures.append(Failure(m, "expression", error))

@@ -32,13 +32,11 @@ values are checked to be valid UTF-8 (msgspec does not check fields it skips), a
 record with more than 1024 brackets takes the slow lane (orjson refuses nesting deeper than
 1024 levels; msgspec skips an unread field of any depth).
 
-Folding: a record is folded all or nothing, like ``WindowPlan.update``. Only a min/max
-comparison (a string against a number) can fail: those run first, inside one ``try`` (free
-until it raises), noting their outcome in locals, except the last one, which raises before
-its own change; the other changes follow. A refused record puts the watermark back and is
-dead-lettered with ``WindowPlan.refusal``'s error, the generic one. Sums and averages add
-integers inline while their total is an integer and call ``summing.add`` otherwise (exact
-totals, decision 0130); a min/max calls ``windowing.settle`` only for equal values and NaN.
+Folding: like ``WindowPlan.update``, folding cannot fail: a record is refused by its values
+alone (``AggregatePlan.check``, with its key and event time, before anything changed). Sums
+and averages add integers inline while their total is an integer and call ``summing.add``
+otherwise (exact totals, decision 0130); a min/max calls ``windowing.settle`` only for equal
+values, NaN and a number against a string (the one total order of min/max values).
 """
 
 from __future__ import annotations
@@ -70,7 +68,6 @@ from streamherd.workers.values import canonical_key
 from streamherd.workers.windowing import (
     FLOAT_MAX,
     FLOAT_MIN,
-    REFUSED,
     PartitionWindows,
     WindowPlan,
     settle,
@@ -228,11 +225,9 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
             "__sh_deep": ORJSON_MAX_DEPTH,
             "__sh_deep_bytes": 2 * ORJSON_MAX_DEPTH,
             "__sh_len": len,
-            "__sh_refusal": plan.refusal,
             "__sh_exact_add": add,
             "__sh_exact_settle": settle,
             "__sh_exact_nan": CANONICAL_NAN,
-            "__sh_REFUSED": REFUSED,
             "__sh_fmin": FLOAT_MIN,
             "__sh_fmax": FLOAT_MAX,
             "__sh_convert": time_converter(
@@ -250,6 +245,7 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
             "__sh_float": float,
             "__sh_list": list,
             "__sh_Exception": Exception,
+            "__sh_TypeError": TypeError,
         }
     )
     code = compile(module, "<streamherd fused batch>", "exec")
@@ -268,9 +264,6 @@ def _template(
     """The batch function's source with placeholders ``__sh_F<i>``, ``__sh_KEY``, ..."""
     # Tumbling windows are folded inline; hopping ones through PartitionWindows.add().
     inline = plan.size_ms == plan.slide_ms and plan.lateness_ms >= 0
-    # The min/max aggregates with a value: their comparisons can raise (a string against a
-    # number), so they run first and nothing changes before all of them passed.
-    fallible = [i for i, _ in plan.ordered]
     out = [
         "def __sh_batch(messages, state):",
         "    decode, slow, Failure, type = __sh_decode, __sh_slow, __sh_Failure, __sh_type",
@@ -278,7 +271,6 @@ def _template(
         "    convert, checks, canon = __sh_convert, __sh_checks, __sh_canon",
         "    sadd, settle, NAN = __sh_exact_add, __sh_exact_settle, __sh_exact_nan",
         "    tlo, thi = __sh_time_bounds",
-        *(["    refusal, REFUSED = __sh_refusal, __sh_REFUSED"] if fallible else []),
         *(["    fmin, fmax = __sh_fmin, __sh_fmax"] if any(bounded) else []),
         "    decode_failures = []",
         *[f"    stage{i} = []" for i in range(n_filters)],
@@ -353,7 +345,6 @@ def _template(
         "            errors.append((m, error.with_traceback(None)))  # frames hold the record",
         "            continue",
     ]
-    all_values = ", ".join(f"a{i}" if has_value[i] else "None" for i in range(len(has_value)))
     if inline:
         # Multi-digit ints (epoch ms) make every arithmetic operation a slow path, so:
         # the window of the previous record is reused while t falls in it; a record that
@@ -365,7 +356,6 @@ def _template(
             "            cur_start = t - t % size",
             "            cur_end = cur_start + size",
             "            cache = {}",
-            *(["        before = max_ms"] if fallible else []),
             "        if t > max_ms:",
             "            max_ms = t",
             "        elif cur_end <= max_ms - lateness:",
@@ -379,41 +369,14 @@ def _template(
             "            cache[key] = acc",
             "            mark((key, cur_start))  # changed since the last checkpoint",
         ]
-        if fallible:
-            # All but the last comparison or addition only note their outcome; the last one
-            # updates directly (it raises before its own change). A refused record leaves acc
-            # and max_ms as they were (a new window cannot refuse: it holds nothing yet).
-            last = fallible[-1]
-            out.append("        try:")
-            for i in fallible[:-1]:
-                out += ["    " + line for line in _outcome(i, plan.aggregates[i].function)]
-            out += ["    " + line for line in _update(last, plan.aggregates[last].function, True)]
-            out += [
-                "        except REFUSED:",
-                "            max_ms = before",
-                f"            errors.append((m, refusal(acc, [{all_values}])))",
-                "            continue",
-            ]
-            for i in fallible[:-1]:
-                out += _store(i)
         for i, agg in enumerate(plan.aggregates):
-            if i not in fallible:
-                out += _update(i, agg.function, has_value[i])
+            out += _update(i, agg.function, has_value[i])
     else:
         values = ", ".join(f"a{i}" for i in range(len(has_value)))
         out += [
             "        state.max_event_ms = None if max_ms == __sh_before_all else max_ms",
-            *(["        try:"] if fallible else []),
-            f"{'    ' if fallible else ''}        if not add(key, t, [{values}]):",
-            f"{'    ' if fallible else ''}            late.append((m, t))",
-            *(
-                [
-                    "        except REFUSED as error:  # add() changed nothing",
-                    "            errors.append((m, error.with_traceback(None)))",
-                ]
-                if fallible
-                else []
-            ),
+            f"        if not add(key, t, [{values}]):",
+            "            late.append((m, t))",
             "        max_ms = state.max_event_ms",
         ]
     stages = "".join(f" + stage{i}" for i in range(n_filters))
@@ -456,28 +419,18 @@ def _update(i: int, function: str, has_value: bool) -> list[str]:
 
 def _settled(i: int, function: str, held: str, target: str) -> list[str]:
     """A min/max (``WindowPlan.prepare``): ``target`` = what it holds after ``a<i>``, given
-    that it holds ``held`` (not None checked by the caller); raises TypeError unchanged."""
+    that it holds ``held``; a number against a string (no comparison) goes to ``settle``."""
     op, other = ("<", ">") if function == "min" else (">", "<")
     is_min = function == "min"
     return [
         f"            if {held} is None:",
         f"                {target} = a{i} if a{i} == a{i} else NAN",
-        f"            elif a{i} {op} {held}:",
-        f"                {target} = a{i}",
-        f"            elif not a{i} {other} {held}:  # equal, or a NaN",
-        f"                {target} = settle({held}, a{i}, {is_min})",
+        "            else:",
+        "                try:",
+        f"                    if a{i} {op} {held}:",
+        f"                        {target} = a{i}",
+        f"                    elif not a{i} {other} {held}:  # equal, or a NaN",
+        f"                        {target} = settle({held}, a{i}, {is_min})",
+        "                except __sh_TypeError:  # a number and a string",
+        f"                    {target} = settle({held}, a{i}, {is_min})",
     ]
-
-
-def _outcome(i: int, function: str) -> list[str]:
-    """The new value of min/max aggregate ``i`` into a local ``n<i>`` (stored later)."""
-    return [
-        f"        n{i} = acc[{i}]",
-        f"        if a{i} is not None:",
-        *_settled(i, function, f"n{i}", f"n{i}"),
-    ]
-
-
-def _store(i: int) -> list[str]:
-    """Store the outcome :func:`_outcome` noted (after every one of them passed)."""
-    return [f"        acc[{i}] = n{i}"]

@@ -172,7 +172,9 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "streamherd_state_restore_refused",
         "gauge",
         "1 while a partition is held (not consumed, not checkpointed) because its checkpoint "
-        "was written under another state fingerprint and the policy is refuse.",
+        "was written under another state fingerprint and the policy is refuse, or in a "
+        "window state version or checkpoint format this worker cannot read (a newer "
+        "streamherd wrote it).",
         PARTITION_LABELS,
     ),
     MetricSpec(

@@ -6,8 +6,10 @@ part of every key, and per-partition windows give one partial result per partiti
 engine (``streamherd.workers.engine``) then runs the pipeline in two stages, in the same
 worker pool and the same consumer group (the Kafka Streams shape):
 
-1. **upstream** (the source partitions): decode, the stateless steps, the window's key and
-   event time; each surviving record is produced to the repartition topic keyed by
+1. **upstream** (the source partitions): decode, the stateless steps, the window's key,
+   event time and aggregate values (a record they refuse is dead-lettered here and moves no
+   event time, as in an unpartitioned window); each surviving record is produced to the
+   repartition topic keyed by
    :func:`~streamherd.workers.windowing.key_text` of its key (murmur2, like Kafka's
    default partitioner), with a header naming its source partition and offset and the
    largest event time of that source partition *before* it;
@@ -41,7 +43,8 @@ infinities, integers beyond 64 bits, bytes) in an :data:`EXACT_HEADER` that puts
 without that header (every record holding none of those values, and every record an earlier
 version wrote) is read as plain JSON, as before. The arrival order, which interleaves source
 partitions differently on every run, changes no result: sums and averages are exact and
-min/max settle ties and NaN by a fixed rule (``streamherd.workers.summing``, decision 0130).
+min/max follow one total order (``streamherd.workers.summing``, ``windowing.settle``,
+decision 0130).
 """
 
 from __future__ import annotations

@@ -73,6 +73,7 @@ class World:
     topics: TopicsReport | None = None
     verification: Verification = field(default_factory=Verification)
     last_good: int | None = None  # rolled back to this generation's spec
+    rollback_refused: str | None = None  # a due rollback not made (another image)
     state_snapshot: Manifest | None = None
     workers_run: bool = True
     strays: tuple[Stray, ...] = ()
@@ -125,6 +126,7 @@ class World:
             pipeline,
             caps=self.caps,
             last_good=good,
+            rollback_refused=self.rollback_refused,
             desired=tuple(desired),
             upgrade=upgrade,
             verification=self.verification,
@@ -367,6 +369,19 @@ TABLE: dict[
         (ROLLED_BACK, ("True", "RolledBack")),
         ["RolledBack"],
     ),
+    "rollback refused across images": (
+        World(
+            doc=doc_with(upgrade={"rollback": "auto"}),
+            rollback_refused="it runs image b, not a",
+            status={"lastGoodGeneration": 2},
+        ),
+        "Running",
+        ("True", "WorkersReady"),
+        ("False", "Settled"),
+        ("False", "AsExpected"),
+        (ROLLED_BACK, ("False", "RollbackRefused")),
+        ["RollbackRefused"],
+    ),
     "a good generation": (
         World(doc=doc_with(upgrade={"rollback": "auto"}), status={"lastGoodGeneration": 2}),
         "Running",
@@ -554,3 +569,17 @@ def test_deciding_again_on_the_status_written_writes_nothing(world: World, later
     again = settle(world.observed(), NOW + timedelta(seconds=later))
     assert again.status is None, again.patch
     assert again.events == () and again.last_good is None
+
+
+def test_a_refused_rollback_is_said_once_per_generation() -> None:
+    world = World(
+        doc=doc_with(upgrade={"rollback": "auto"}),
+        rollback_refused="it runs image b, not a",
+        status={"lastGoodGeneration": 2},
+    )
+    first = settle(world.observed(), NOW)
+    assert reasons(first) == ["RollbackRefused"]
+    world.status = dict(first.patch)
+    again = settle(world.observed(), NOW)
+    assert reasons(again) == []
+    assert cond(again, ROLLED_BACK) == ("False", "RollbackRefused")
