@@ -238,6 +238,9 @@ class WindowPlan:
     event_time: Callable[[Record, int | None], int]
     aggregates: tuple[AggregatePlan, ...]
     kafka_time: bool = False  # event time is the Kafka timestamp, not a field
+    # An epochMillis event-time field: its reader and the bounds an int needs no conversion
+    # within (fold() reads it inline: the hot path); None for other event times.
+    millis: tuple[ValueFn, int, int] | None = field(default=None, repr=False, compare=False)
 
     # (index, is_min) of the min/max aggregates with a value: their comparisons can fail
     # (types without an order). Derived from ``aggregates``, like the two below.
@@ -245,6 +248,10 @@ class WindowPlan:
     # (index, is_avg) of the sum/avg aggregates with a value (exact totals: cannot fail).
     added: tuple[tuple[int, bool], ...] = field(init=False, repr=False, compare=False)
     counted: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    # (index, aggregate, its value expression) of the aggregates with one.
+    valued: tuple[tuple[int, AggregatePlan, ValueFn], ...] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         aggregates = list(enumerate(self.aggregates))
@@ -263,6 +270,9 @@ class WindowPlan:
         object.__setattr__(self, "added", added)
         object.__setattr__(
             self, "counted", tuple(i for i, a in aggregates if a.function == "count")
+        )
+        object.__setattr__(
+            self, "valued", tuple((i, a, a.value) for i, a in aggregates if a.value is not None)
         )
 
     @classmethod
@@ -291,6 +301,9 @@ class WindowPlan:
                 for a in spec.aggregates
             ),
             kafka_time=spec.event_time.field is None,
+            millis=(compile_expression(spec.event_time.field).function, *time_bounds(spec))
+            if spec.event_time.field is not None and spec.event_time.format == "epochMillis"
+            else None,
         )
 
     def window_starts(self, event_ms: int) -> range:
@@ -312,12 +325,9 @@ class WindowPlan:
 
     def values(self, record: Record) -> list[Any]:
         """The aggregated values of one record (evaluated once, shared by hopping windows)."""
-        out: list[Any] = []
-        for agg in self.aggregates:
-            if agg.value is None:
-                out.append(None)
-                continue
-            value = agg.value(record)
+        out: list[Any] = [None] * len(self.aggregates)  # a count's, or no expression: None
+        for i, agg, value_of in self.valued:
+            value = value_of(record)
             kind = type(value)
             # int/float first: the hot path (profiled); the rest is checked, and so are an
             # avg's integers beyond the float range (see check()).
@@ -325,7 +335,7 @@ class WindowPlan:
                 kind is int and (value > FLOAT_MAX or value < FLOAT_MIN)
             ):
                 value = agg.check(value)
-            out.append(value)
+            out[i] = value
         return out
 
     def prepare(self, acc: list[Any], values: list[Any]) -> list[tuple[int, Any]]:
@@ -387,7 +397,11 @@ class WindowPlan:
                 slot[0] = add(slot[0], value)
                 slot[1] += 1
             else:
-                acc[i] = add(acc[i], value)
+                held = acc[i]
+                if type(value) is int and type(held) is not list:  # summing.add's int case
+                    acc[i] = value if held is None else held + value
+                else:
+                    acc[i] = add(held, value)
 
     def result(
         self, key: Any, start_ms: int, acc: list[Any], texts: tuple[str, str] | None = None
@@ -502,6 +516,10 @@ class PartitionWindows:
         """
         plan = self.plan
         key_of, time_of, values_of, update = plan.key, plan.event_time, plan.values, plan.update
+        # No min/max: nothing can refuse, there are no changes to prepare (profiled).
+        refusable, apply = bool(plan.ordered), plan.apply
+        no_changes: list[tuple[int, Any]] = []
+        millis_of, low, high = plan.millis or (None, 0, 0)
         open_window = self.open_window
         use_kafka_time = plan.kafka_time
         size, lateness = plan.size_ms, plan.lateness_ms
@@ -517,7 +535,12 @@ class PartitionWindows:
                 key = key_of(record)
                 if type(key) is not str:  # see values.canonical_key: 1, 1.0, true differ
                     key = canonical_key(key)
-                event_ms = time_of(record, kafka_time(source) if use_kafka_time else None)
+                if millis_of is not None:  # an int in range needs no conversion
+                    event_ms = millis_of(record)
+                    if type(event_ms) is not int or not low <= event_ms <= high:
+                        event_ms = time_of(record, None)  # the same read, converted
+                else:
+                    event_ms = time_of(record, kafka_time(source) if use_kafka_time else None)
                 values = values_of(record)
             except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
                 errors.append((source, error.with_traceback(None)))
@@ -540,7 +563,10 @@ class PartitionWindows:
             if acc is None:  # a new accumulator takes any value: nothing to compare with
                 acc = open_window(key, start)
             try:
-                update(acc, values)
+                if refusable:
+                    update(acc, values)
+                else:
+                    apply(acc, no_changes, values)
             except REFUSED as error:  # all or nothing: neither acc nor max_ms changed
                 errors.append((source, error.with_traceback(None)))
                 continue
