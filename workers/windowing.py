@@ -530,6 +530,7 @@ class PartitionWindows:
         errors: list[tuple[Any, Exception]] = []
         late: list[tuple[Any, int]] = []
         max_ms = self.max_event_ms
+        start = end = 0  # the window of the previous record (tumbling), reused while t is in it
         for record, source in items:
             try:
                 key = key_of(record)
@@ -555,11 +556,14 @@ class PartitionWindows:
                 max_ms = self.max_event_ms
                 continue
             top = max_ms if max_ms is not None and event_ms <= max_ms else event_ms
-            start = event_ms - event_ms % size
-            if start + size <= top - lateness:
+            if not start <= event_ms < end:  # epoch ms are 2-digit ints: spare the arithmetic
+                start = event_ms - event_ms % size
+                end = start + size
+            if end <= top - lateness:
                 late.append((source, event_ms))
                 continue
-            acc = get((key, start))
+            window = (key, start)
+            acc = get(window)
             if acc is None:  # a new accumulator takes any value: nothing to compare with
                 acc = open_window(key, start)
             try:
@@ -570,7 +574,7 @@ class PartitionWindows:
             except REFUSED as error:  # all or nothing: neither acc nor max_ms changed
                 errors.append((source, error.with_traceback(None)))
                 continue
-            mark((key, start))
+            mark(window)
             max_ms = top
         self.max_event_ms = max_ms
         return errors, late
