@@ -258,9 +258,9 @@ def _struct_shape(steps: list[Step]) -> _Shape | None:
             held = _FieldReads(attrs, new, passthrough).held(old)
             if isinstance(held, str):
                 return None  # moves only if the record has it: dict mode
-            if isinstance(held, ast.Name):  # a computed field: present, moves
-                new[to] = held
+            if isinstance(held, ast.Name):  # a computed field: present, moves (pop, then set)
                 new[old] = _ABSENT
+                new[to] = held
         env = new
         stages.append(_Stage(j, False, len(step.map.set)))
     return _Shape(stages, trees, attrs, _FieldReads(attrs, env, passthrough))

@@ -669,6 +669,7 @@ MAPS: list[dict[str, Any]] = [
     {"set": {"status": "coalesce(status, 200)", "bytes": "coalesce(b2, bytes)"}},
     {"select": []},  # nothing left: key and event time null, dead-lettered
     {"set": {"kb": "bytes"}, "rename": {"kb": "b2"}},  # kb (a sum reads it) gone again
+    {"set": {"kb": "bytes"}, "rename": {"kb": "kb"}},  # onto itself: stays
 ]
 FUNCTIONS = [
     None,
