@@ -703,7 +703,9 @@ def _settled(i: int, function: str, held: str, target: str) -> list[str]:
     is_min = function == "min"
     return [
         f"            if {held} is None:",
-        f"                {target} = a{i} if a{i} == a{i} else NAN",
+        # summing.is_nan: only a float's NaN is canonical (a user function may return a
+        # float subclass: kept as it is, as WindowPlan.prepare keeps it)
+        f"                {target} = a{i} if a{i} == a{i} or type(a{i}) is not float else NAN",
         f"            elif a{i} {op} {held}:",
         f"                {target} = a{i}",
         f"            elif not a{i} {other} {held}:  # equal, or a NaN",
