@@ -366,8 +366,9 @@ def window_batch(
 ) -> WindowBatch:
     """The generic (reference) path: decode, every stage, then the fold, stage by stage.
 
-    ``streamherd.workers.fusing`` generates one function doing the same for the common
-    pipelines; this path runs everything else (and is what the fused one is tested against).
+    ``streamherd.workers.fusing`` generates one function doing the same for every JSON
+    pipeline with a window step; this path runs the others (the raw format, the generator,
+    ``fused=False``) and is what the fused one is tested against.
     """
     failures: list[Failure] = []
     with gc_paused():
