@@ -10,6 +10,12 @@ same records with the same errors in the same order, and count the same filtered
 records as the generic stage-by-stage path (``processing.window_batch``) and as a naive
 record-by-record reference. The states are compared as checkpoints (orjson, or the stdlib
 for integers beyond 64 bits), which must also read back exactly.
+
+The same for the shapes fused later (decision 0155): random pipelines of filter and map
+steps (set, select, rename of computed and decoded fields) in any order, tumbling and
+hopping windows, with no user function or a record- or batch-mode one (dropping,
+duplicating, raising, returning values JSON cannot hold), against the generic path; and a
+sweep of every map step and filter with every user function, window and aggregate set.
 """
 
 from __future__ import annotations
