@@ -260,6 +260,9 @@ class WindowPlan:
     event_time: Callable[[Record, int | None], int]
     aggregates: tuple[AggregatePlan, ...]
     kafka_time: bool = False  # event time is the Kafka timestamp, not a field
+    # An epochMillis event-time field: its reader and the bounds an int needs no conversion
+    # within (fold() reads it inline: the hot path); None for other event times.
+    millis: tuple[ValueFn, int, int] | None = field(default=None, repr=False, compare=False)
 
     # (index, is_min) of the min/max aggregates with a value: their comparisons can fail
     # (types without an order). Derived from ``aggregates``, like the two below.
@@ -267,6 +270,10 @@ class WindowPlan:
     # (index, is_avg) of the sum/avg aggregates with a value (exact totals: cannot fail).
     added: tuple[tuple[int, bool], ...] = field(init=False, repr=False, compare=False)
     counted: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    # (index, aggregate, its value expression) of the aggregates with one.
+    valued: tuple[tuple[int, AggregatePlan, ValueFn], ...] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         aggregates = list(enumerate(self.aggregates))
@@ -285,6 +292,9 @@ class WindowPlan:
         object.__setattr__(self, "added", added)
         object.__setattr__(
             self, "counted", tuple(i for i, a in aggregates if a.function == "count")
+        )
+        object.__setattr__(
+            self, "valued", tuple((i, a, a.value) for i, a in aggregates if a.value is not None)
         )
 
     @classmethod
@@ -313,6 +323,9 @@ class WindowPlan:
                 for a in spec.aggregates
             ),
             kafka_time=spec.event_time.field is None,
+            millis=(compile_expression(spec.event_time.field).function, *time_bounds(spec))
+            if spec.event_time.field is not None and spec.event_time.format == "epochMillis"
+            else None,
         )
 
     def window_starts(self, event_ms: int) -> range:
@@ -334,12 +347,9 @@ class WindowPlan:
 
     def values(self, record: Record) -> list[Any]:
         """The aggregated values of one record (evaluated once, shared by hopping windows)."""
-        out: list[Any] = []
-        for agg in self.aggregates:
-            if agg.value is None:
-                out.append(None)
-                continue
-            value = agg.value(record)
+        out: list[Any] = [None] * len(self.aggregates)  # a count's, or no expression: None
+        for i, agg, value_of in self.valued:
+            value = value_of(record)
             kind = type(value)
             # int/float first: the hot path (profiled); the rest is checked, and so are an
             # avg's integers beyond the float range (see check()).
@@ -347,7 +357,7 @@ class WindowPlan:
                 kind is int and (value > FLOAT_MAX or value < FLOAT_MIN)
             ):
                 value = agg.check(value)
-            out.append(value)
+            out[i] = value
         return out
 
     def prepare(self, acc: list[Any], values: list[Any]) -> list[tuple[int, Any]]:
@@ -400,7 +410,11 @@ class WindowPlan:
                 slot[0] = add(slot[0], value)
                 slot[1] += 1
             else:
-                acc[i] = add(acc[i], value)
+                held = acc[i]
+                if type(value) is int and type(held) is not list:  # summing.add's int case
+                    acc[i] = value if held is None else held + value
+                else:
+                    acc[i] = add(held, value)
 
     def result(
         self, key: Any, start_ms: int, acc: list[Any], texts: tuple[str, str] | None = None
@@ -507,6 +521,10 @@ class PartitionWindows:
         """
         plan = self.plan
         key_of, time_of, values_of, update = plan.key, plan.event_time, plan.values, plan.update
+        # No min/max: there are no changes to prepare (profiled).
+        prepared, apply = bool(plan.ordered), plan.apply
+        no_changes: list[tuple[int, Any]] = []
+        millis_of, low, high = plan.millis or (None, 0, 0)
         open_window = self.open_window
         use_kafka_time = plan.kafka_time
         size, lateness = plan.size_ms, plan.lateness_ms
@@ -517,12 +535,18 @@ class PartitionWindows:
         errors: list[tuple[Any, Exception]] = []
         late: list[tuple[Any, int]] = []
         max_ms = self.max_event_ms
+        start = end = 0  # the window of the previous record (tumbling), reused while t is in it
         for record, source in items:
             try:
                 key = key_of(record)
                 if type(key) is not str:  # see values.canonical_key: 1, 1.0, true differ
                     key = canonical_key(key)
-                event_ms = time_of(record, kafka_time(source) if use_kafka_time else None)
+                if millis_of is not None:  # an int in range needs no conversion
+                    event_ms = millis_of(record)
+                    if type(event_ms) is not int or not low <= event_ms <= high:
+                        event_ms = time_of(record, None)  # the same read, converted
+                else:
+                    event_ms = time_of(record, kafka_time(source) if use_kafka_time else None)
                 values = values_of(record)
             except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
                 errors.append((source, error.with_traceback(None)))
@@ -534,15 +558,21 @@ class PartitionWindows:
                 max_ms = self.max_event_ms
                 continue
             top = max_ms if max_ms is not None and event_ms <= max_ms else event_ms
-            start = event_ms - event_ms % size
-            if start + size <= top - lateness:
+            if not start <= event_ms < end:  # epoch ms are 2-digit ints: spare the arithmetic
+                start = event_ms - event_ms % size
+                end = start + size
+            if end <= top - lateness:
                 late.append((source, event_ms))
                 continue
-            acc = get((key, start))
+            window = (key, start)
+            acc = get(window)
             if acc is None:
                 acc = open_window(key, start)
-            update(acc, values)
-            mark((key, start))
+            if prepared:
+                update(acc, values)
+            else:
+                apply(acc, no_changes, values)
+            mark(window)
             max_ms = top
         self.max_event_ms = max_ms
         return errors, late
