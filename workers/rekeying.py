@@ -528,6 +528,7 @@ def _fold_entries(
     floor = clock.floor  # only close_windows() raises it, between batches
     n_values = len(plan.aggregates)
     ordered, counted, added, sadd = plan.ordered, plan.counted, plan.added, add
+    numeric = tuple(i for i, _ in added)
     # The event times whose windows this plan can write (windowing.time_bounds): the writer
     # checked its own, and a window size is not part of the plan.
     low, high = ISO_MIN_MS + size, ISO_MAX_MS - size
@@ -544,11 +545,12 @@ def _fold_entries(
         if before is not None and (st.max_event_ms is None or before > st.max_event_ms):
             st.max_event_ms = before
         taken += 1
-        if (
-            len(values) != n_values
-            or not low <= event_ms <= high
-            or any(type(values[i]) is str for i, _ in added)
-        ):
+        refused = len(values) != n_values or not low <= event_ms <= high
+        if not refused:
+            for i in numeric:  # a string for a sum or an average
+                if type(values[i]) is str:
+                    refused = True
+        if refused:
             failures.append(
                 Failure(RekeyedMessage(m, topic, partition, entry), "decode", _refused(plan, entry))
             )
