@@ -159,8 +159,11 @@ def render(
             f"runs, one configuration after the other on one broker; measured "
             f"{time.strftime('%Y-%m-%d')} on {m.get('cpu', '?')} "
             f"({m.get('cores', '?')} cores), load average at start "
-            f"{os.getloadavg()[0]:.1f}. Goal (issue): exactly-once at 70% or more of "
-            "at-least-once records per CPU-second.",
+            f"{os.getloadavg()[0]:.1f}; Python {m.get('python')}, confluent-kafka "
+            f"{m.get('confluent-kafka')} (librdkafka {m.get('librdkafka')}), msgspec "
+            f"{m.get('msgspec')}, orjson {m.get('orjson')}, one local broker (tests/infra). "
+            "Goal (issue): exactly-once at 70% or more of at-least-once records per "
+            "CPU-second.",
             "",
             "| configuration | records/s | records per CPU-second | per CPU-s vs alo |",
             "| --- | ---: | ---: | ---: |",
