@@ -60,7 +60,7 @@ from streamherd.workers.processing import (
     decode_synthetic,
     window_batch,
 )
-from streamherd.workers.rekeying import fold_hop, hop_plan, rekey
+from streamherd.workers.rekeying import PLAN_HEADER, fold_hop, hop_plan, rekey
 from streamherd.workers.repartitioning import (
     WATERMARK_HEADER,
     Upstream,
@@ -1122,7 +1122,9 @@ class Engine:
             return
         header = watermark_header(st.topic, st.partition, offset, st.max_event_ms, st.idle)
         self.outputs.repartition_marker(
-            self.repartition.topic, self._repartition_partitions, [(WATERMARK_HEADER, header)]
+            self.repartition.topic,
+            self._repartition_partitions,
+            [(WATERMARK_HEADER, header), (PLAN_HEADER, self._hop_plan.encode())],
         )
         st.marked, st.marked_at = mark, now
 

@@ -44,12 +44,14 @@ bit (tests/unit/workers/test_worker_rekeying.py).
 **Versions.** The first byte is the format. A message of format 1 (a JSON record and a
 ``streamherd.upstream`` header, what an earlier worker writes during a rolling upgrade) is
 folded by ``fold_downstream``, as before; a progress marker (empty, with a
-``streamherd.watermark`` header) too. A format-3 message of another plan is never folded:
-each of its entries is dead-lettered (reason ``decode``, an error naming both plans) under its
-source coordinates, with its source record, so it can be replayed; a malformed one is
-dead-lettered whole. Anything else (the reverted format 2, a foreign producer) takes the
-format-1 path, where no ``streamherd.upstream`` header or no JSON object makes it a decode
-failure: never a misread.
+``streamherd.watermark`` header) too, unless its :data:`PLAN_HEADER` names another plan: that
+one is skipped. A format-3 message of another plan is never folded: each of its entries is
+dead-lettered (reason ``decode``, an error naming both plans) under its source coordinates,
+with its source record, so it can be replayed; a malformed one is dead-lettered whole.
+Neither moves the clock, so when this plan's upstream re-keys the same source records (a
+restore or a replay rewound it), they fold. Anything else (the reverted format 2, a foreign
+producer) takes the format-1 path, where no ``streamherd.upstream`` header or no JSON object
+makes it a decode failure: never a misread.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ from streamherd.workers.windowing import (
 __all__ = [
     "HOP_FORMAT",
     "MESSAGE_BYTES",
+    "PLAN_HEADER",
     "RekeyedMessage",
     "Row",
     "decode_message",
@@ -99,6 +102,9 @@ __all__ = [
     "rekey",
 ]
 
+#: Header of a progress marker naming the plan of the upstream that wrote it (a marker of
+#: format 1 has none): a downstream of another plan skips it.
+PLAN_HEADER: Final = "streamherd.plan"
 #: The format this module writes: the first byte of its messages (format 1 is a JSON object).
 HOP_FORMAT: Final = 3
 _FORMAT: Final = bytes((HOP_FORMAT,))
@@ -425,15 +431,21 @@ def fold_hop(
     failures: list[Failure] = []
     late = duplicates = taken = 0
     run_start = 0  # the first message of a run of other messages (format 1, markers)
+    own = plan_id.encode()
     for i, m in enumerate(messages):
         value = m.value()
-        if not value or value[0] != HOP_FORMAT:
+        if not value:  # a progress marker: another plan's says nothing about this one's
+            if not any(n == PLAN_HEADER and raw != own for n, raw in m.headers() or ()):
+                continue
+        elif value[0] != HOP_FORMAT:
             continue
         if run_start < i:
             counts = fold_downstream(windows, clock, messages[run_start:i])
             failures += counts[0]
             late, duplicates, taken = late + counts[1], duplicates + counts[2], taken + counts[3]
         run_start = i + 1
+        if not value:
+            continue  # another plan's marker: skipped
         try:
             plan, topic, partition, entries = decode_message(value)
         except RepartitionError as error:
@@ -489,8 +501,8 @@ def _foreign(
     entries: list[list[Any]],
     failures: list[Failure],
 ) -> tuple[int, int]:
-    """Dead-letter the entries of a message of another plan (each once): their values were
-    evaluated under another spec, so they are not this window's. Returns (duplicates, taken)."""
+    """Dead-letter the entries of a message of another plan: their values were evaluated
+    under another spec, so they are not this window's. Returns (duplicates, taken)."""
     st = _state(clock, topic, partition)
     duplicates = taken = 0
     error = RepartitionError(
@@ -498,11 +510,11 @@ def _foreign(
         "(its spec evaluates keys, event times or values differently): not folded"
     )
     for entry in entries:
-        if entry[0] <= st.offset:
+        if entry[0] <= st.offset:  # a record this window has (from its own plan's entries)
             duplicates += 1
             continue
-        st.offset = entry[0]
-        st.idle = False
+        # The clock does not move: if this plan's upstream re-keys the same source offsets
+        # (a restore or replay rewound it), those entries fold.
         taken += 1
         failures.append(Failure(RekeyedMessage(m, topic, partition, entry), "decode", error))
     return duplicates, taken

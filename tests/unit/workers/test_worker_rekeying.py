@@ -28,6 +28,7 @@ from streamherd.workers.processing import Failure
 from streamherd.workers.rekeying import (
     HOP_FORMAT,
     MESSAGE_BYTES,
+    PLAN_HEADER,
     decode_message,
     fold_hop,
     hop_plan,
@@ -359,12 +360,50 @@ def test_a_message_of_another_plan_is_dead_lettered_entry_by_entry_never_folded(
     # The dead letter holds the source record, to be replayed.
     assert [f.message.value() for f in failures] == [repr(r).encode() for r in records]
     assert failures[0].message.key() == b"key"
-    # A replay of it is a duplicate, not a second dead letter; our own plan's entries after
-    # it fold.
-    ours = message_of(PLAN, [{"k": "a", "ts": 9, "v": 1, "w": 1}], first=3)
-    failures, _, duplicates, taken = fold_hop(windows, clock, [*foreign, *ours], PLAN)
-    assert (failures, duplicates, taken) == ([], 3, 1)
-    assert list(windows.windows) == [("a", 0)]
+    # The clock did not move: our plan's entries for the same source offsets fold.
+    ours = message_of(PLAN, records)
+    failures, _, duplicates, taken = fold_hop(windows, clock, ours, PLAN)
+    assert (failures, duplicates, taken) == ([], 0, 3)
+    assert windows.windows[("a", 0)][0] == 3
+    assert clock.upstreams[("src", 0)].offset == 2
+
+
+def test_a_restore_into_the_plan_before_a_reset_counts_the_records_after_it_once() -> None:
+    """The reset's spec (plan B) re-keyed records 3-5 and said how far it got; a restore of a
+    snapshot taken before the reset (plan A, its clock at offset 2) reads those first, then
+    its own upstream re-keys 3-5 again: each counted once, under plan A."""
+    before = [{"k": "a", "ts": 5 + i, "v": i, "w": 1} for i in range(3)]
+    after = [{"k": "a", "ts": 8 + i, "v": 10 * i, "w": 1} for i in range(3)]
+    windows, clock = PartitionWindows(plan_for(0, False)), UpstreamClock()
+    assert fold_hop(windows, clock, message_of(PLAN, before), PLAN)[0] == []
+    b_marker = Msg(
+        b"",
+        [
+            (WATERMARK_HEADER, watermark_header("src", 0, 5, 10, False)),
+            (PLAN_HEADER, b"b" * 16),
+        ],
+        5,
+    )
+    a_marker = Msg(
+        b"",
+        [
+            (WATERMARK_HEADER, watermark_header("src", 0, 5, 10, False)),
+            (PLAN_HEADER, PLAN.encode()),
+        ],
+        5,
+    )
+    topic = [*message_of("b" * 16, after, first=3), b_marker, *message_of(PLAN, after, first=3)]
+    failures, late, duplicates, taken = fold_hop(windows, clock, [*topic, a_marker], PLAN)
+    assert [(f.reason, f.message.offset()) for f in failures] == [
+        ("decode", 3),
+        ("decode", 4),
+        ("decode", 5),
+    ]
+    assert (late, duplicates, taken) == (0, 0, 6)
+    n, total = windows.windows[("a", 0)][:2]
+    assert (n, total) == (6, 0 + 1 + 2 + 0 + 10 + 20)
+    # Our plan's marker moved the clock; B's did not.
+    assert (clock.upstreams[("src", 0)].offset, clock.upstreams[("src", 0)].max_event_ms) == (5, 10)
 
 
 _scalar = (
