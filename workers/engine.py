@@ -58,22 +58,17 @@ from streamherd.workers.processing import (
     decode_json,
     decode_raw,
     decode_synthetic,
-    kafka_timestamp,
     window_batch,
 )
+from streamherd.workers.rekeying import PLAN_HEADER, fold_hop, hop_plan, rekey
 from streamherd.workers.repartitioning import (
-    EXACT_HEADER,
-    UPSTREAM_HEADER,
     WATERMARK_HEADER,
     Upstream,
     UpstreamClock,
     close_windows,
-    encode_hop,
     ensure_topic,
-    fold_downstream,
     idle_close,
     source_partitions,
-    upstream_header,
     watermark_header,
 )
 from streamherd.workers.seams import Sink, Source, StateBackend
@@ -87,7 +82,6 @@ from streamherd.workers.snapshotting import (
 )
 from streamherd.workers.sources import open_source
 from streamherd.workers.statebackends import open_state_backend
-from streamherd.workers.values import canonical_key, key_text
 from streamherd.workers.windowing import PartitionWindows, StateVersionError, WindowPlan
 
 log = logging.getLogger("streamherd.worker")
@@ -309,6 +303,12 @@ class Engine:
         self._repartition_partitions = 0
         self._upstreams: frozenset[Upstream] = frozenset()
         self._admin: AdminClient | None = None
+        # What a repartition message's entries were evaluated under (workers/rekeying.py):
+        # a downstream folds only its own plan's, and dead-letters another's.
+        self._hop_plan = hop_plan(
+            config.processor,
+            config.source.kafka.format if config.source.kafka is not None else "generator",
+        )
         # A pattern ("^...") may match several topics.
         # A repartitioned pipeline consumes the repartition topic too: its partition 1 and
         # a source topic's partition 1 are different partitions with different roles.
@@ -1115,39 +1115,23 @@ class Engine:
         items = self.processor.run(items, failures)
         stage_failures = len(failures) - (n_in - n_decoded)
         filtered = max(n_decoded - len(items) - stage_failures, 0)
-        plan = self.processor.window
-        key_of, time_of, kafka_time = plan.key, plan.event_time, plan.kafka_time
-        values_of = plan.values
-        top = st.max_event_ms
-        rows: list[tuple[str, bytes, int, int, list[tuple[str, bytes]]]] = []
-        for record, m in items:
-            offset = m.offset()
-            assert offset is not None
-            try:
-                key = canonical_key(key_of(record))  # NaN, objects: the record's error
-                stamp = kafka_timestamp(m)
-                event_ms = time_of(record, stamp if kafka_time else None)
-                # The aggregate values too, in the fold's order: a record they refuse is
-                # dead-lettered here, before it moves its partition's event time, as an
-                # unpartitioned window refuses it (the record alone decides: windowing.py).
-                values_of(record)
-                value, exact = encode_hop(record)
-            except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
-                failures.append(Failure(m, "expression", error))
-                continue
-            headers = [(UPSTREAM_HEADER, upstream_header(st.topic, st.partition, offset, top))]
-            if exact is not None:  # values JSON cannot hold, put back downstream
-                headers.append((EXACT_HEADER, exact))
-            when = stamp if stamp is not None and stamp > 0 else 0  # 0: the producer's clock
-            rows.append((key_text(key), value, when, offset, headers))
-            if top is None or event_ms > top:
-                top = event_ms
-        st.max_event_ms = top
+        # Format 3 (workers/rekeying.py): key, event time and values evaluated here, one
+        # message per repartition partition, named by this spec's plan.
+        rows, st.max_event_ms, carried = rekey(
+            self.processor.window,
+            items,
+            plan_id=self._hop_plan,
+            topic=st.topic,
+            partition=st.partition,
+            max_event_ms=st.max_event_ms,
+            failures=failures,
+            partitions=self._repartition_partitions,
+        )
         if rows:
             self.outputs.repartition(self.repartition.topic, self._repartition_partitions, rows)
         if failures:
             self._dead_letter(failures)
-        self.counters.repartitioned += len(rows)
+        self.counters.repartitioned += carried
         self.counters.filtered += filtered
         self.metrics.filtered.inc(filtered)
         # Contributing here means: on its way to the window (a downstream failure or a
@@ -1168,7 +1152,9 @@ class Engine:
             return
         header = watermark_header(st.topic, st.partition, offset, st.max_event_ms, st.idle)
         self.outputs.repartition_marker(
-            self.repartition.topic, self._repartition_partitions, [(WATERMARK_HEADER, header)]
+            self.repartition.topic,
+            self._repartition_partitions,
+            [(WATERMARK_HEADER, header), (PLAN_HEADER, self._hop_plan.encode())],
         )
         st.marked, st.marked_at = mark, now
 
@@ -1177,7 +1163,7 @@ class Engine:
         source partition's lateness, close what the slowest source partition allows."""
         windows, clock = st.windows, st.clock
         assert windows is not None and clock is not None
-        failures, late, duplicates, taken = fold_downstream(windows, clock, messages)
+        failures, late, duplicates, taken = fold_hop(windows, clock, messages, self._hop_plan)
         self.counters.rekeyed_in += taken
         self.metrics.repartition_records_in(st.topic, st.partition, taken)
         rows = close_windows(windows, clock)

@@ -8,13 +8,19 @@ worker pool and the same consumer group (the Kafka Streams shape):
 
 1. **upstream** (the source partitions): decode, the stateless steps, the window's key,
    event time and aggregate values (a record they refuse is dead-lettered here and moves no
-   event time, as in an unpartitioned window); each surviving record is produced to the
-   repartition topic keyed by
-   :func:`~streamherd.workers.windowing.key_text` of its key (murmur2, like Kafka's
-   default partitioner), with a header naming its source partition and offset and the
-   largest event time of that source partition *before* it;
+   event time, as in an unpartitioned window); each surviving record goes to the
+   repartition partition of its key (CRC-32 of
+   :func:`~streamherd.workers.windowing.key_text`), named by its source partition and offset
+   and carrying the largest event time of that source partition *before* it;
 2. **downstream** (the repartition partitions): the window, folded per record with the
    lateness its source partition alone decides, and closed by the slowest source partition.
+
+What crosses, and the batch fold downstream, is ``streamherd.workers.rekeying``'s (format 3:
+one message per source batch and repartition partition, named by its plan). This module
+holds the rules both formats share (:class:`UpstreamClock`, the progress markers, closing,
+the topic) and format 1, which earlier workers wrote and a rolling upgrade leaves on the
+topic: one JSON message per record with an :data:`UPSTREAM_HEADER` (:func:`encode_hop`,
+:func:`fold_downstream`, record by record through the generic path).
 
 Why the results do not depend on timing (restarts, rebalances, batch sizes, interleaving):
 
@@ -37,11 +43,11 @@ source partition with nothing new for ``idleTimeout`` says so in a marker, and t
 downstream partitions stop waiting for it. If every upstream is idle, the open windows
 close; records that arrive later for a closed window are late.
 
-Records cross as JSON (:func:`encode_hop`), with the values JSON cannot hold exactly (NaN,
-infinities, integers beyond 64 bits, bytes) in an :data:`EXACT_HEADER` that puts them back
-(:func:`decode_hop`), so the window downstream sees the record the upstream had. A message
-without that header (every record holding none of those values, and every record an earlier
-version wrote) is read as plain JSON, as before. The arrival order, which interleaves source
+Format 1 records cross as JSON (:func:`encode_hop`), with the values JSON cannot hold exactly
+(NaN, infinities, integers beyond 64 bits, bytes) in an :data:`EXACT_HEADER` that puts them
+back (:func:`decode_hop`), so the window downstream sees the record the upstream had. A
+message without that header (every record holding none of those values, and every record a
+version before the header wrote) is read as plain JSON. The arrival order, which interleaves source
 partitions differently on every run, changes no result: sums and averages are exact and
 min/max follow one total order (``streamherd.workers.summing``, ``windowing.settle``,
 decision 0130).

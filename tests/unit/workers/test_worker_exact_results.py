@@ -5,8 +5,10 @@ For any records (values with NaN, both infinities, -0.0, huge and tiny floats, i
 the repartition topic, any batching and any checkpoint and restore on the way (a volume
 checkpoint, a changelog, a snapshot), the repartitioned path gives bit for bit the results of
 one unpartitioned window that folds the same records in another order. The records cross
-the hop through the engine's own encoding (``encode_hop``/``decode_hop`` and the upstream
-headers), and every state round trip is the identity on every value.
+the hop through the engine's own encodings, each source partition in one of them: format 3
+(``rekeying.rekey``, batched, pre-evaluated) or format 1 as an earlier worker wrote it
+(``encode_hop`` and the upstream headers); ``rekeying.fold_hop`` reads both. Every state
+round trip is the identity on every value.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from hypothesis import strategies as st
 from streamherd.workers import changelog, checkpointing, snapshotting
 from streamherd.workers.checkpointing import Checkpoint
 from streamherd.workers.config import WindowSpec
+from streamherd.workers.processing import Failure
+from streamherd.workers.rekeying import fold_hop, rekey
 from streamherd.workers.repartitioning import (
     EXACT_HEADER,
     UPSTREAM_HEADER,
@@ -39,10 +43,11 @@ from streamherd.workers.repartitioning import (
 )
 from streamherd.workers.values import canonical_key
 from streamherd.workers.windowing import REFUSED, PartitionWindows, WindowPlan, key_text
-from tests.unit.workers.hopmessages import Msg
+from tests.unit.workers.hopmessages import Msg, SourceMsg
 
 SIZE_MS = 1_000
 FLOAT_MAX = 1.7976931348623157e308
+PLAN = "p" * 16
 NEGATIVE_NAN = struct.unpack(">d", bytes.fromhex("fff8000000000001"))[0]
 
 
@@ -119,9 +124,9 @@ def refused(plan: WindowPlan, record: dict[str, Any]) -> bool:
 def upstream(
     p: int, records: list[dict[str, Any]], queues: int, plan: WindowPlan
 ) -> list[list[Msg]]:
-    """What source partition ``p`` writes to each repartition partition (the engine's
-    ``_process_upstream``: key and values (a refused record is dead-lettered there and moves
-    no event time), the hop encoding, its headers, CRC-32 of the key text)."""
+    """What source partition ``p`` writes to each repartition partition in format 1 (key and
+    values (a refused record is dead-lettered there and moves no event time), the JSON
+    encoding, its headers, CRC-32 of the key text), a marker after each record."""
     out: list[list[Msg]] = [[] for _ in range(queues)]
     top: int | None = None
     for offset, record in enumerate(records):
@@ -138,6 +143,44 @@ def upstream(
         marker = watermark_header("src", p, offset, top, False)
         for queue in out:
             queue.append(Msg(b"", [(WATERMARK_HEADER, marker)], offset))
+    return out
+
+
+def upstream_3(
+    plan: WindowPlan,
+    p: int,
+    records: list[dict[str, Any]],
+    queues: int,
+    cuts: list[int],
+    failures: list[Failure],
+) -> list[list[Msg]]:
+    """What source partition ``p`` writes in format 3 (the engine's ``_process_upstream``:
+    ``rekeying.rekey`` per source batch, batches ending at ``cuts``), a marker after each
+    batch; the records it dead-letters upstream go to ``failures``."""
+    out: list[list[Msg]] = [[] for _ in range(queues)]
+    top: int | None = None
+    first = 0
+    for end in [*sorted(set(cuts)), len(records)]:
+        if end <= first:
+            continue
+        items = [(r, SourceMsg(p, first + i)) for i, r in enumerate(records[first:end])]
+        rows, top, _ = rekey(
+            plan,
+            items,  # type: ignore[arg-type]
+            plan_id=PLAN,
+            topic="src",
+            partition=p,
+            max_event_ms=top,
+            failures=failures,
+            partitions=queues,
+        )
+        for text, value, _when, _offset, headers in rows:
+            q = zlib.crc32(text.encode("utf-8", errors="surrogatepass")) % queues
+            out[q].append(Msg(value, headers, first))
+        marker = watermark_header("src", p, end - 1, top, False)
+        for queue in out:
+            queue.append(Msg(b"", [(WATERMARK_HEADER, marker)], end - 1))
+        first = end
     return out
 
 
@@ -204,8 +247,21 @@ def test_the_repartitioned_path_gives_the_unpartitioned_results_bit_for_bit(
     known = frozenset(("src", p) for p in range(len(sources)))
     emitted: dict[str, Any] = {}
     failures_seen: list[tuple[int, int, str]] = []
+    # Each source partition writes format 1 (an earlier worker) or format 3, in batches.
+    formats = [data.draw(st.sampled_from([1, 3]), label="format") for _ in sources]
+    cuts = [data.draw(st.lists(st.integers(0, 25), max_size=6), label="cuts") for _ in sources]
+    upstream_failures: list[Failure] = []
+    written = [
+        upstream(p, records, queues, plan)
+        if formats[p] == 1
+        else upstream_3(plan, p, records, queues, cuts[p], upstream_failures)
+        for p, records in enumerate(sources)
+    ]
+    failures_seen += [
+        (f.message.partition(), f.message.offset(), f.reason) for f in upstream_failures
+    ]
     for q in range(queues):
-        lanes = [upstream(p, records, queues, plan)[q] for p, records in enumerate(sources)]
+        lanes = [list(written[p][q]) for p in range(len(sources))]
         merged: list[Msg] = []
         while any(lanes):  # any interleaving of the source partitions
             choice = data.draw(st.sampled_from([i for i, lane in enumerate(lanes) if lane]))
@@ -214,7 +270,7 @@ def test_the_repartitioned_path_gives_the_unpartitioned_results_bit_for_bit(
         i = 0
         while i < len(merged):
             n = data.draw(st.integers(1, 9), label="batch")
-            failures, _, _, _ = fold_downstream(windows, clock, merged[i : i + n])
+            failures, _, _, _ = fold_hop(windows, clock, merged[i : i + n], PLAN)
             failures_seen += [
                 (f.message.partition(), f.message.offset(), f.reason) for f in failures
             ]
@@ -243,14 +299,20 @@ def test_the_repartitioned_path_gives_the_unpartitioned_results_bit_for_bit(
     assert emitted == expected
 
     assert errors == []  # every refused record was dead-lettered upstream
-    # Every other record that is late by its own source partition is late downstream, once.
+    # The same records fail the same way: a refused record upstream (format 3 dead-letters
+    # it there; format 1's writer above skips it the same way), every other record that is
+    # late by its own source partition late downstream, once.
     reasons = [reason for _, _, reason in failures_seen]
-    assert reasons == ["late"] * sum(
+    assert reasons.count("expression") == sum(
+        refused(plan, r) for p, rs in enumerate(sources) if formats[p] == 3 for r in rs
+    )
+    assert reasons.count("late") == sum(
         not refused(plan, r)
         for records in sources
         for r in records
         if not any(r is kept for kept in not_late(records, lateness, plan))
     )
+    assert len(reasons) == reasons.count("expression") + reasons.count("late")
 
 
 json_scalars = st.one_of(

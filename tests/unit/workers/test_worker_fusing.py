@@ -16,6 +16,9 @@ steps (set, select, rename of computed and decoded fields) in any order, tumblin
 hopping windows, with no user function or a record- or batch-mode one (dropping,
 duplicating, raising, returning values JSON cannot hold), against the generic path; and a
 sweep of every map step and filter with every user function, window and aggregate set.
+The same batches also cross a repartition hop twice: the downstream batch fold of format
+3 (workers/rekeying.py) must leave the state, the closed windows and the dead letters of
+format 1's record-by-record generic fold, bit for bit.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from streamherd.workers.config import ProcessorConfig, UserFunction
 from streamherd.workers.expressions import compile_expression
 from streamherd.workers.fusing import fuse
 from streamherd.workers.processing import (
+    Failure,
     Processor,
     SyntheticMessage,
     WindowBatch,
@@ -43,10 +47,23 @@ from streamherd.workers.processing import (
     kafka_timestamp,
     window_batch,
 )
+from streamherd.workers.rekeying import fold_hop, rekey
+from streamherd.workers.repartitioning import (
+    WATERMARK_HEADER,
+    UpstreamClock,
+    close_windows,
+    encode_hop,
+    fold_downstream,
+    watermark_header,
+)
 from streamherd.workers.values import canonical_key
 from streamherd.workers.windowing import REFUSED, PartitionWindows, WindowPlan
+from tests.unit.workers.hopmessages import Msg as HopMsg
+from tests.unit.workers.hopmessages import format_1
+from tests.unit.workers.test_worker_exact_results import bits
 
 BASE = 1_767_225_600_000
+HOP_PLAN = "h" * 16
 
 
 class Msg(SyntheticMessage):
@@ -149,9 +166,74 @@ def naive(
     return failures, late, filtered
 
 
+class Hop:
+    """The window behind a repartition hop (one source partition, one repartition
+    partition), fed each batch twice: format 3 (``rekey``, then ``fold_hop``, the batch fold)
+    and format 1 (the JSON record and its headers, then ``fold_downstream``, record by
+    record through the generic path). Both must leave the same state and dead letters."""
+
+    def __init__(self, plan: WindowPlan) -> None:
+        known = frozenset({("src", 1)})
+        self.plan = plan
+        self.ours = (PartitionWindows(plan), UpstreamClock(known=known))
+        self.reference = (PartitionWindows(plan), UpstreamClock(known=known))
+        self.top: int | None = None
+
+    def batch(self, processor: Processor, batch: list[Msg], close: bool) -> None:
+        decoded: list[Failure] = []
+        items = processor.run(decode_json(batch, decoded), decoded)  # type: ignore[arg-type]
+        # Format 1 cannot carry a record nested deeper than its JSON encoder goes (it is
+        # dead-lettered upstream); format 3 carries its values: compared on the others.
+        items = [item for item in items if carried_by_format_1(item[0])]
+        dead: list[list[Failure]] = [list(decoded), list(decoded)]
+        rows, top, _ = rekey(
+            self.plan,
+            items,
+            plan_id=HOP_PLAN,
+            topic="src",
+            partition=1,
+            max_event_ms=self.top,
+            failures=dead[0],
+            partitions=1,
+        )
+        written, top1 = format_1(self.plan, items, partition=1, top=self.top, failures=dead[1])
+        assert top == top1
+        self.top = top
+        last = batch[-1].offset()
+        marker = HopMsg(b"", [(WATERMARK_HEADER, watermark_header("src", 1, last, top, close))])
+        ours = [HopMsg(value, headers) for _, value, _, _, headers in rows]
+        dead[0] += fold_hop(*self.ours, [*ours, marker], HOP_PLAN)[0]
+        dead[1] += fold_downstream(*self.reference, [*(m for _, m in written), marker])[0]
+        assert {hop_failure(f) for f in dead[0]} == {hop_failure(f) for f in dead[1]}
+        assert len(dead[0]) == len(dead[1])
+        for (windows, _), (again, _) in [(self.ours, self.reference)]:
+            assert bits(list(windows.windows.items())) == bits(list(again.windows.items()))
+            assert windows.changed == again.changed
+        closed = [close_windows(*self.ours), close_windows(*self.reference)]
+        assert bits(closed[0]) == bits(closed[1])
+        for windows, clock in (self.ours, self.reference):  # as the engine does after a batch
+            level = clock.closing_level()
+            windows.max_event_ms = level if type(level) is int else None
+        assert bits(self.ours[0].to_json()) == bits(self.reference[0].to_json())
+        assert self.ours[1].to_json() == self.reference[1].to_json()
+
+
+def carried_by_format_1(record: Any) -> bool:
+    try:
+        encode_hop(record)
+    except RecursionError:
+        return False
+    return True
+
+
+def hop_failure(f: Failure) -> tuple[Any, ...]:
+    return (f.message.offset(), f.reason, type(f.error).__name__, str(f.error))
+
+
 def run_all(cfg: ProcessorConfig, messages: list[Msg], cuts: list[int]) -> None:
     """Feed the same batches to fused, generic and naive (which knows filters, not map steps
-    or user functions); compare after every batch."""
+    or user functions); compare after every batch. And to the repartition hop's two formats
+    (:class:`Hop`), compared with each other."""
     processor = Processor.compile(cfg)
     plan = processor.window
     assert plan is not None
@@ -160,12 +242,14 @@ def run_all(cfg: ProcessorConfig, messages: list[Msg], cuts: list[int]) -> None:
     with_naive = cfg.function is None and all(s.map is None for s in cfg.steps)
     states = [PartitionWindows(plan) for _ in range(3 if with_naive else 2)]
     mirrors: list[dict[bytes, list[Any]]] = [{} for _ in states]
+    hop = Hop(plan)
     start = 0
-    for cut in [*cuts, len(messages)]:
+    for n, cut in enumerate([*cuts, len(messages)]):
         batch = messages[start : start + cut] if cut else []
         start += len(batch)
         if not batch:
             continue
+        hop.batch(processor, batch, close=n % 2 == 1)  # idle now and then: all windows close
         got_fused = summary(fused(batch, states[0]))  # type: ignore[arg-type]
         got_generic = summary(window_batch(decode_json, processor, states[1], batch))  # type: ignore[arg-type]
         assert got_fused == got_generic
