@@ -106,7 +106,8 @@ def test_a_snapshot_on_request_restores_into_a_new_pipeline(
             if contents is None:
                 return False
             status.update(snapshot_status(contents, expected, topic, kafka_broker.bootstrap))
-            return status["phase"] == "Ready"
+            phase: str = status["phase"]
+            return phase == "Ready"
 
         wait_until("the snapshot is Ready", ready, 60, [old])
         # The old pipeline goes on after the snapshot, with more records.

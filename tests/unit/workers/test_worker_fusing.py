@@ -30,7 +30,7 @@ from streamherd.workers.expressions import compile_expression
 from streamherd.workers.fusing import fuse
 from streamherd.workers.processing import (
     Processor,
-    SyntheticMessage,
+    SourceMessage,
     WindowBatch,
     decode_json,
     kafka_timestamp,
@@ -38,19 +38,7 @@ from streamherd.workers.processing import (
 )
 from streamherd.workers.values import canonical_key
 from streamherd.workers.windowing import REFUSED, PartitionWindows, WindowPlan
-
-BASE = 1_767_225_600_000
-
-
-class Msg(SyntheticMessage):
-    """A Kafka-like message whose value is arbitrary bytes (or None: a tombstone)."""
-
-    def __init__(self, offset: int, value: bytes | None, timestamp_ms: int = BASE) -> None:
-        super().__init__("in", 1, offset, b"k", {}, timestamp_ms)
-        self._raw = value
-
-    def value(self) -> bytes:
-        return self._raw  # type: ignore[return-value]
+from tests.unit.workers.sourcemessages import BASE, Msg, batch_paths
 
 
 def config(
@@ -93,7 +81,7 @@ def summary(batch: WindowBatch) -> tuple[Any, ...]:
 
 
 def naive(
-    cfg: ProcessorConfig, plan: WindowPlan, state: PartitionWindows, messages: list[Msg]
+    cfg: ProcessorConfig, plan: WindowPlan, state: PartitionWindows, messages: list[SourceMessage]
 ) -> tuple[Any, ...]:
     """Record by record: orjson, each filter, then key/time/values and ``add()``."""
     filters = [compile_expression(s.filter).function for s in cfg.steps if s.filter]
@@ -104,7 +92,8 @@ def naive(
     filtered = 0
     for m in messages:
         try:
-            record = orjson.loads(m.value())
+            # A tombstone's None too, as decode_json does: orjson's own TypeError for it.
+            record = orjson.loads(m.value())  # type: ignore[arg-type]
             if type(record) is not dict:
                 raise ValueError(f"not a JSON object: {type(record).__name__}")
         except (orjson.JSONDecodeError, TypeError, ValueError) as error:
@@ -142,7 +131,7 @@ def naive(
     return failures, late, filtered
 
 
-def run_all(cfg: ProcessorConfig, messages: list[Msg], cuts: list[int]) -> None:
+def run_all(cfg: ProcessorConfig, messages: list[SourceMessage], cuts: list[int]) -> None:
     """Feed the same batches to fused, generic and naive; compare after every batch."""
     processor = Processor.compile(cfg)
     plan = processor.window
@@ -157,8 +146,8 @@ def run_all(cfg: ProcessorConfig, messages: list[Msg], cuts: list[int]) -> None:
         start += len(batch)
         if not batch:
             continue
-        got_fused = summary(fused(batch, states[0]))  # type: ignore[arg-type]
-        got_generic = summary(window_batch(decode_json, processor, states[1], batch))  # type: ignore[arg-type]
+        got_fused = summary(fused(batch, states[0]))
+        got_generic = summary(window_batch(decode_json, processor, states[1], batch))
         got_naive = naive(cfg, plan, states[2], batch)
         assert got_fused == got_generic
         assert got_fused == got_naive
@@ -234,7 +223,7 @@ def test_poison_records_are_routed_like_the_generic_path(cuts: list[int]) -> Non
         for i in range(20)
     ]
     values = [v for pair in zip(good, POISON, strict=False) for v in pair] + good[len(POISON) :]
-    messages = [Msg(i, v) for i, v in enumerate(values)]
+    messages: list[SourceMessage] = [Msg(i, v) for i, v in enumerate(values)]
     run_all(config(["status == 200"]), messages, cuts)
     run_all(config(["status == 200"], lateness="5s", slide="2s"), messages, cuts)
     run_all(MIN_MAX, messages, cuts)  # "many" and true against numbers
@@ -265,16 +254,16 @@ def test_min_max_of_a_string_and_numbers_is_dead_lettered_and_changes_nothing(
     fused = fuse(cfg, plan)
     assert fused is not None
     good = Msg(0, orjson.dumps({"user": "a", "ts": BASE + 7000, "bytes": 5, "status": 200}))
-    mixed = [
+    mixed: list[SourceMessage] = [
         Msg(1, orjson.dumps({"user": "a", "ts": BASE + 3000, "bytes": "x", "status": 200})),
         Msg(2, orjson.dumps({"user": "a", "ts": BASE + 9000, "bytes": "y", "status": 200})),
     ]
     later = Msg(3, orjson.dumps({"user": "a", "ts": BASE + 8000, "bytes": 2, "status": 200}))
-    for batch_of in (fused, lambda ms, w: window_batch(decode_json, processor, w, ms)):
+    for batch_of in batch_paths(fused, processor):
         state = PartitionWindows(plan)
-        batch_of([good], state)  # type: ignore[operator]
+        batch_of([good], state)
         before = state.to_json()
-        batch = batch_of(mixed, state)  # type: ignore[operator]
+        batch = batch_of(mixed, state)
         assert summary(batch) == (
             [
                 (
@@ -289,7 +278,7 @@ def test_min_max_of_a_string_and_numbers_is_dead_lettered_and_changes_nothing(
             0,
         )
         assert state.to_json() == before  # no window, count, sum or watermark moved
-        assert summary(batch_of([later], state)) == ([], [], 0)  # type: ignore[operator]
+        assert summary(batch_of([later], state)) == ([], [], 0)
         assert state.max_event_ms == BASE + 8000
         rows = [r for _, r in state.close(everything=True)]
         assert [(r["n"], r["lo"], r["hi"], r["s"]) for r in rows] == (
@@ -445,7 +434,7 @@ def test_fused_equals_generic_equals_naive(
     values: list[bytes | None], times: list[int], pipeline: int, cuts: list[int]
 ) -> None:
     # Kafka timestamps (used by the pipeline without an event-time field), some missing.
-    messages = [
+    messages: list[SourceMessage] = [
         Msg(i, v, BASE + t if t >= 0 else -1)
         for i, (v, t) in enumerate(zip(values, times, strict=False))
     ]
@@ -459,11 +448,11 @@ def _fold_each_way(cfg: ProcessorConfig, records: list[dict[str, Any]]) -> Any:
     assert plan is not None
     fused = fuse(cfg, plan)
     assert fused is not None
-    messages = [Msg(i, orjson.dumps(r)) for i, r in enumerate(records)]
+    messages: list[SourceMessage] = [Msg(i, orjson.dumps(r)) for i, r in enumerate(records)]
     out = []
-    for batch_of in (fused, lambda ms, w: window_batch(decode_json, processor, w, ms)):
+    for batch_of in batch_paths(fused, processor):
         state = PartitionWindows(plan)
-        got = summary(batch_of(messages, state))  # type: ignore[operator]
+        got = summary(batch_of(messages, state))
         rows = [r for _, r in state.close(everything=True)]
         out.append((got, state.max_event_ms, rows))
     assert out[0] == out[1]
@@ -481,8 +470,10 @@ def test_a_float_and_an_integer_beyond_the_float_range_add_up_exactly(hopping: b
         {"name": "s", "function": "sum", "expression": HUGE},
         {"name": "mean", "function": "avg", "expression": "bytes"},
     ]
-    cfg = config(
-        [], aggregates=aggregates, **({"slide": "5s", "lateness": "5s"} if hopping else {})
+    cfg = (
+        config([], aggregates=aggregates, slide="5s", lateness="5s")
+        if hopping
+        else config([], aggregates=aggregates)
     )
     records = [
         {"user": "a", "ts": BASE + 6000, "bytes": 1.5},
@@ -594,13 +585,13 @@ def test_an_event_time_beyond_the_years_1_to_9999_is_dead_lettered(
     good = {"epochMillis": BASE, "epochSeconds": BASE / 1000, "iso8601": "2026-01-01T00:00:00"}
     values = [{"user": "a", "ts": bad.get("ts", good[fmt])}, {"user": "a", "ts": good[fmt]}]
     times = [bad.get("kafka", BASE), BASE]
-    messages = [
+    messages: list[SourceMessage] = [
         Msg(i, orjson.dumps(v), t) for i, (v, t) in enumerate(zip(values, times, strict=True))
     ]
     results = []
-    for batch_of in (fused, lambda ms, w: window_batch(decode_json, processor, w, ms)):
+    for batch_of in batch_paths(fused, processor):
         state = PartitionWindows(plan)
-        failures, late, filtered = summary(batch_of(messages, state))  # type: ignore[operator]
+        failures, late, filtered = summary(batch_of(messages, state))
         rows = [r for _, r in state.close(everything=True)]
         results.append((failures, late, filtered, rows))
         assert [(o, reason, kind) for o, reason, kind, _ in failures] == [
