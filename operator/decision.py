@@ -837,8 +837,16 @@ def finish(decision: Decision, applied: Applied) -> Finished:
             "autoscaling.mode keda: keda.sh/v1alpha1 ScaledObject is not served (install KEDA)"
         )
     topics_c = topics_condition(observed.topics) if observed.topics is not None else None
+    # While the workers are held (decide: an upgrade or a verification holds the edit) the
+    # topics are not looked at: what the last look found stands, TopicsReady and
+    # status.internalTopics as they are, and a topic that needs a person still says so.
+    topics_kept = topics_c is None and decision.holds
+    was_topics = get_condition(current_conditions, TOPICS) if topics_kept else None
+    topics_now = topics_c or (Cond.kept(was_topics) if was_topics is not None else None)
     topics_trouble = (
-        topics_c.message if topics_c is not None and topics_c.reason in TOPIC_TROUBLE else None
+        topics_now.message
+        if topics_now is not None and topics_now.reason in TOPIC_TROUBLE
+        else None
     )
     degraded = (
         failures + ([dep.stuck] if dep.stuck else []) + ([topics_trouble] if topics_trouble else [])
@@ -880,8 +888,8 @@ def finish(decision: Decision, applied: Applied) -> Finished:
     if degraded:
         reason = "ApplyFailed" if failures else "RolloutStuck" if dep.stuck else None
         if reason is None:
-            assert topics_c is not None
-            reason = topics_c.reason
+            assert topics_now is not None
+            reason = topics_now.reason
         deg_c = Cond(DEGRADED, "True", reason, "; ".join(degraded))
     else:
         deg_c = Cond(DEGRADED, "False", "AsExpected", "all children applied")
@@ -911,7 +919,7 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         assert observed.topics is not None
         conds = set_conditions(conds, (topics_c,), now=stamp, observed_generation=generation)
         internal = topics_status(running, observed.topics)
-    elif upgrade.holds or not observed.topics_managed:
+    elif topics_kept or not observed.topics_managed:
         internal = current_status.get("internalTopics")
     else:
         # No internal topics (any more): neither a condition nor a list about them.

@@ -71,6 +71,9 @@ class World:
     stuck: bool = False
     caps: Capabilities = field(default_factory=Capabilities)
     topics: TopicsReport | None = None
+    #: The operator manages the internal topics (None: when `topics` says what it found; a
+    #: held edit's reconcile does not look at them, so it has none).
+    topics_managed: bool | None = None
     verification: Verification = field(default_factory=Verification)
     last_good: int | None = None  # rolled back to this generation's spec
     state_snapshot: Manifest | None = None
@@ -131,7 +134,9 @@ class World:
             state_snapshot=self.state_snapshot,
             workers_run=self.workers_run,
             topics=self.topics,
-            topics_managed=self.topics is not None,
+            topics_managed=(
+                self.topics is not None if self.topics_managed is None else self.topics_managed
+            ),
             live=live,
             strays=self.strays,
         )
@@ -180,6 +185,14 @@ def topics_report(status: str, created: bool = False) -> TopicsReport:
     pipeline = pipeline_from(doc_with(), namespace="default")
     states = tuple(TopicState(s, 3, created=created) for s in internal_topics(pipeline))
     return TopicsReport(status, states, message=f"topics {status}")  # type: ignore[arg-type]
+
+
+def seen_topics(report: str) -> Manifest:
+    """The status a reconcile of the running pipeline wrote once it had ensured its internal
+    topics and found them `report` (TopicsReady, status.internalTopics)."""
+    written = settle(World(topics=topics_report(report)).observed(), NOW - timedelta(hours=1))
+    assert written.status is not None
+    return merged({}, written.status)
 
 
 REFUSED_EDIT = {
@@ -354,6 +367,38 @@ TABLE: dict[
         (VERIFIED, ("Unknown", "Verifying")),
         [],
     ),
+    # The topics are not looked at while the verification holds the edit: TopicsReady stays
+    # what the last look found (it was dropped, with status.internalTopics).
+    "verification holds the edit, the topics as last seen": (
+        World(
+            doc=doc_with(**REFUSED_EDIT, upgrade={"onStateChange": "reset"}),
+            running_doc=doc_with(),
+            verification=VERIFYING,
+            status=seen_topics("ready"),
+            topics_managed=True,
+        ),
+        "Running",
+        ("True", "WorkersReady"),
+        ("False", "Settled"),
+        ("False", "AsExpected"),
+        (TOPICS, ("True", "TopicsReady")),
+        [],
+    ),
+    "verification holds the edit, a topic mismatch as last seen": (
+        World(
+            doc=doc_with(**REFUSED_EDIT, upgrade={"onStateChange": "reset"}),
+            running_doc=doc_with(),
+            verification=VERIFYING,
+            status=seen_topics("mismatch"),
+            topics_managed=True,
+        ),
+        "Degraded",
+        ("True", "WorkersReady"),
+        ("False", "Settled"),
+        ("True", "TopicMismatch"),
+        (TOPICS, ("False", "TopicMismatch")),
+        [],
+    ),
     "rolled back": (
         World(
             doc=doc_with(upgrade={"rollback": "auto"}),
@@ -403,6 +448,29 @@ def test_a_held_edit_leaves_the_workers_as_they_are() -> None:
     finished = finish(decision, as_planned(decision))
     assert finished.patch["pendingStateChanges"]
     assert finished.patch["stateFingerprint"] == decision.upgrade.fingerprint
+
+
+@pytest.mark.parametrize("holding", ["verification", "upgrade"])
+def test_a_held_edit_keeps_the_topics_as_last_seen(holding: str) -> None:
+    """Whatever holds the edit, the status keeps TopicsReady (its transition time too) and
+    status.internalTopics as the last look at the topics found them."""
+    seen = seen_topics("ready")
+    world = World(
+        doc=doc_with(**REFUSED_EDIT, upgrade={"onStateChange": "reset"}),
+        running_doc=doc_with(),
+        verification=VERIFYING if holding == "verification" else Verification(),
+        status=seen,
+        topics_managed=True,
+    )
+    if holding == "upgrade":
+        world.doc = doc_with(**REFUSED_EDIT)  # refused: held until the state may change
+    decision = decide(world.observed(), NOW)
+    assert decision.holds
+    finished = finish(decision, as_planned(decision))
+    assert seen["internalTopics"]
+    assert finished.patch["internalTopics"] == seen["internalTopics"]
+    topics = [c for c in finished.patch["conditions"] if c["type"] == TOPICS]
+    assert topics == [c for c in seen["conditions"] if c["type"] == TOPICS]
 
 
 def test_a_reset_asks_for_a_snapshot_first_and_looks_again_soon() -> None:
