@@ -70,9 +70,9 @@ class World:
     seen: bool = True  # its controller saw its latest generation
     stuck: bool = False
     caps: Capabilities = field(default_factory=Capabilities)
+    #: What ensuring the internal topics finds, when the decision ensures them.
     topics: TopicsReport | None = None
-    #: The operator manages the internal topics (None: when `topics` says what it found; a
-    #: held edit's reconcile does not look at them, so it has none).
+    #: The operator manages the internal topics (None: when it finds `topics`).
     topics_managed: bool | None = None
     verification: Verification = field(default_factory=Verification)
     last_good: int | None = None  # rolled back to this generation's spec
@@ -133,13 +133,17 @@ class World:
             verification=self.verification,
             state_snapshot=self.state_snapshot,
             workers_run=self.workers_run,
-            topics=self.topics,
             topics_managed=(
                 self.topics is not None if self.topics_managed is None else self.topics_managed
             ),
             live=live,
             strays=self.strays,
         )
+
+    def settled(self, now: datetime) -> Finished:
+        """decide and finish: the API server takes every child as sent, and ensuring the
+        internal topics (when decided) finds `topics`."""
+        return settle(self.observed(), now, self.topics)
 
     def _deployment(self, dep: Manifest | None) -> Manifest:
         dep = copy.deepcopy(dep or {})
@@ -190,7 +194,7 @@ def topics_report(status: str, created: bool = False) -> TopicsReport:
 def seen_topics(report: str) -> Manifest:
     """The status a reconcile of the running pipeline wrote once it had ensured its internal
     topics and found them `report` (TopicsReady, status.internalTopics)."""
-    written = settle(World(topics=topics_report(report)).observed(), NOW - timedelta(hours=1))
+    written = World(topics=topics_report(report)).settled(NOW - timedelta(hours=1))
     assert written.status is not None
     return merged({}, written.status)
 
@@ -427,7 +431,7 @@ TABLE: dict[
 @pytest.mark.parametrize("case", list(TABLE))
 def test_decide_table(case: str) -> None:
     world, phase, ready, progressing, degraded, other, events = TABLE[case]
-    finished = settle(world.observed(), NOW)
+    finished = world.settled(NOW)
     assert finished.status is not None and finished.status == finished.patch
     assert finished.patch["phase"] == phase
     assert finished.patch["observedGeneration"] == GENERATION
@@ -465,12 +469,19 @@ def test_a_held_edit_keeps_the_topics_as_last_seen(holding: str) -> None:
     if holding == "upgrade":
         world.doc = doc_with(**REFUSED_EDIT)  # refused: held until the state may change
     decision = decide(world.observed(), NOW)
-    assert decision.holds
+    assert decision.holds and not decision.ensure_topics  # act leaves the topics alone
     finished = finish(decision, as_planned(decision))
     assert seen["internalTopics"]
     assert finished.patch["internalTopics"] == seen["internalTopics"]
     topics = [c for c in finished.patch["conditions"] if c["type"] == TOPICS]
     assert topics == [c for c in seen["conditions"] if c["type"] == TOPICS]
+
+
+def test_act_ensures_the_topics_only_when_they_are_managed_and_nothing_is_held() -> None:
+    assert decide(World(topics=topics_report("ready")).observed(), NOW).ensure_topics
+    assert not decide(World().observed(), NOW).ensure_topics  # not managed
+    refused = World(doc=doc_with(**REFUSED_EDIT), running_doc=doc_with(), topics_managed=True)
+    assert not decide(refused.observed(), NOW).ensure_topics  # the upgrade holds
 
 
 def test_a_reset_asks_for_a_snapshot_first_and_looks_again_soon() -> None:
@@ -617,8 +628,8 @@ def test_deciding_again_on_the_status_written_writes_nothing(world: World, later
     observed = world.observed()
     decision = decide(observed, NOW)
     assert decision.apply == () and decision.requests == () and decision.delete == ()
-    first = finish(decision, as_planned(decision))
+    first = finish(decision, as_planned(decision, world.topics))
     world.status = merged(world.status, first.status)
-    again = settle(world.observed(), NOW + timedelta(seconds=later))
+    again = world.settled(NOW + timedelta(seconds=later))
     assert again.status is None, again.patch
     assert again.events == () and again.last_good is None
