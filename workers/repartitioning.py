@@ -60,7 +60,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException
@@ -458,8 +458,14 @@ def ensure_topic(
         time.sleep(0.2)
 
 
+class TopicLister(Protocol):
+    """What ``source_partitions`` asks of an admin client (confluent-kafka's fits)."""
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any: ...
+
+
 def source_partitions(
-    admin: AdminClient, topics: Iterable[str], timeout: float = 30.0
+    admin: TopicLister, topics: Iterable[str], timeout: float = 30.0
 ) -> frozenset[Upstream]:
     """Every partition of the source topics (the upstreams a downstream partition waits
     for); a topic starting with ``^`` is a pattern, as in the consumer's subscription.

@@ -392,7 +392,7 @@ def test_values_json_cannot_hold_cross_the_repartition_topic_exactly(
     floats."""
     src, sink, dlq = topics(kafka_broker)
     specials = {"/p0": ["1.5", "2.25"], "/p1": ["1.5", "inf"], "/p2": ["nan", "2.25"]}
-    records = []
+    records: list[tuple[str, dict[str, Any]]] = []
     for i in range(60):
         page = f"/p{i % 3}"
         s = specials[page][(i // 3) % 2]
@@ -411,7 +411,7 @@ def test_values_json_cannot_hold_cross_the_repartition_topic_exactly(
     try:
         flush(kafka_broker, src, records[-1][1]["ts"])
         window = iso(BASE_TS - BASE_TS % WINDOW_MS)
-        expected = {f"/p{p}|{window}": {} for p in range(3)}
+        expected: dict[str, dict[str, int]] = {f"/p{p}|{window}": {} for p in range(3)}
         got, counts = sink_windows(
             kafka_broker, sink, expected, "the three pages' windows", 120, [worker]
         )

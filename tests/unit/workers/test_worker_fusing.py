@@ -41,7 +41,7 @@ from streamherd.workers.fusing import fuse
 from streamherd.workers.processing import (
     Failure,
     Processor,
-    SyntheticMessage,
+    SourceMessage,
     WindowBatch,
     decode_json,
     kafka_timestamp,
@@ -60,21 +60,10 @@ from streamherd.workers.values import canonical_key
 from streamherd.workers.windowing import REFUSED, PartitionWindows, WindowPlan
 from tests.unit.workers.hopmessages import Msg as HopMsg
 from tests.unit.workers.hopmessages import format_1
+from tests.unit.workers.sourcemessages import BASE, Msg, batch_paths
 from tests.unit.workers.test_worker_exact_results import bits
 
-BASE = 1_767_225_600_000
 HOP_PLAN = "h" * 16
-
-
-class Msg(SyntheticMessage):
-    """A Kafka-like message whose value is arbitrary bytes (or None: a tombstone)."""
-
-    def __init__(self, offset: int, value: bytes | None, timestamp_ms: int = BASE) -> None:
-        super().__init__("in", 1, offset, b"k", {}, timestamp_ms)
-        self._raw = value
-
-    def value(self) -> bytes:
-        return self._raw  # type: ignore[return-value]
 
 
 def config(
@@ -117,7 +106,7 @@ def summary(batch: WindowBatch) -> tuple[Any, ...]:
 
 
 def naive(
-    cfg: ProcessorConfig, plan: WindowPlan, state: PartitionWindows, messages: list[Msg]
+    cfg: ProcessorConfig, plan: WindowPlan, state: PartitionWindows, messages: list[SourceMessage]
 ) -> tuple[Any, ...]:
     """Record by record: orjson, each filter, then key/time/values and ``add()``."""
     filters = [compile_expression(s.filter).function for s in cfg.steps if s.filter]
@@ -128,7 +117,8 @@ def naive(
     filtered = 0
     for m in messages:
         try:
-            record = orjson.loads(m.value())
+            # A tombstone's None too, as decode_json does: orjson's own TypeError for it.
+            record = orjson.loads(m.value())  # type: ignore[arg-type]
             if type(record) is not dict:
                 raise ValueError(f"not a JSON object: {type(record).__name__}")
         except (orjson.JSONDecodeError, TypeError, ValueError) as error:
@@ -179,9 +169,9 @@ class Hop:
         self.reference = (PartitionWindows(plan), UpstreamClock(known=known))
         self.top: int | None = None
 
-    def batch(self, processor: Processor, batch: list[Msg], close: bool) -> None:
+    def batch(self, processor: Processor, batch: list[SourceMessage], close: bool) -> None:
         decoded: list[Failure] = []
-        items = processor.run(decode_json(batch, decoded), decoded)  # type: ignore[arg-type]
+        items = processor.run(decode_json(batch, decoded), decoded)
         # Format 1 cannot carry a record nested deeper than its JSON encoder goes (it is
         # dead-lettered upstream); format 3 carries its values: compared on the others.
         items = [item for item in items if carried_by_format_1(item[0])]
@@ -200,6 +190,7 @@ class Hop:
         assert top == top1
         self.top = top
         last = batch[-1].offset()
+        assert last is not None
         marker = HopMsg(b"", [(WATERMARK_HEADER, watermark_header("src", 1, last, top, close))])
         ours = [HopMsg(value, headers) for _, value, _, _, headers in rows]
         dead[0] += fold_hop(*self.ours, [*ours, marker], HOP_PLAN)[0]
@@ -230,7 +221,7 @@ def hop_failure(f: Failure) -> tuple[Any, ...]:
     return (f.message.offset(), f.reason, type(f.error).__name__, str(f.error))
 
 
-def run_all(cfg: ProcessorConfig, messages: list[Msg], cuts: list[int]) -> None:
+def run_all(cfg: ProcessorConfig, messages: list[SourceMessage], cuts: list[int]) -> None:
     """Feed the same batches to fused, generic and naive (which knows filters, not map steps
     or user functions); compare after every batch. And to the repartition hop's two formats
     (:class:`Hop`), compared with each other."""
@@ -250,8 +241,8 @@ def run_all(cfg: ProcessorConfig, messages: list[Msg], cuts: list[int]) -> None:
         if not batch:
             continue
         hop.batch(processor, batch, close=n % 2 == 1)  # idle now and then: all windows close
-        got_fused = summary(fused(batch, states[0]))  # type: ignore[arg-type]
-        got_generic = summary(window_batch(decode_json, processor, states[1], batch))  # type: ignore[arg-type]
+        got_fused = summary(fused(batch, states[0]))
+        got_generic = summary(window_batch(decode_json, processor, states[1], batch))
         assert got_fused == got_generic
         if with_naive:
             assert got_fused == naive(cfg, plan, states[2], batch)
@@ -356,7 +347,7 @@ def test_poison_records_are_routed_like_the_generic_path(cuts: list[int]) -> Non
         for i in range(20)
     ]
     values = [v for pair in zip(good, POISON, strict=False) for v in pair] + good[len(POISON) :]
-    messages = [Msg(i, v) for i, v in enumerate(values)]
+    messages: list[SourceMessage] = [Msg(i, v) for i, v in enumerate(values)]
     run_all(config(["status == 200"]), messages, cuts)
     run_all(config(["status == 200"], lateness="5s", slide="2s"), messages, cuts)
     run_all(MIN_MAX, messages, cuts)  # "many" and true against numbers
@@ -386,23 +377,23 @@ def test_min_max_of_strings_and_numbers_follow_one_order_on_both_paths(hopping: 
     fused = fuse(cfg, plan)
     assert fused is not None
     good = Msg(0, orjson.dumps({"user": "a", "ts": BASE + 7000, "bytes": 5, "status": 200}))
-    mixed = [
+    mixed: list[SourceMessage] = [
         Msg(1, orjson.dumps({"user": "a", "ts": BASE + 3000, "bytes": "x", "status": 200})),
         Msg(2, orjson.dumps({"user": "a", "ts": BASE + 9000, "bytes": "y", "status": 200})),
     ]
     later = Msg(3, orjson.dumps({"user": "a", "ts": BASE + 8000, "bytes": 2, "status": 200}))
     results = []
-    for batch_of in (fused, lambda ms, w: window_batch(decode_json, processor, w, ms)):
+    for batch_of in batch_paths(fused, processor):
         state = PartitionWindows(plan)
-        batch_of([good], state)  # type: ignore[operator]
-        assert summary(batch_of(mixed, state)) == ([], [], 0)  # type: ignore[operator]
-        assert summary(batch_of([later], state)) == ([], [], 0)  # type: ignore[operator]
+        batch_of([good], state)
+        assert summary(batch_of(mixed, state)) == ([], [], 0)
+        assert summary(batch_of([later], state)) == ([], [], 0)
         assert state.max_event_ms == BASE + 9000
         rows = [r for _, r in state.close(everything=True)]
         results.append(rows)
         # [0, 10 s) got 5, "x", "y" and 2; hopping: [-5 s, 5 s) only "x"; [5 s, 15 s) 5,
         # "y" and 2.
-        expected = [(4, 2, "y", 800)]
+        expected: list[tuple[int, Any, Any, int]] = [(4, 2, "y", 800)]
         if hopping:
             expected = [(1, "x", "x", 200), (4, 2, "y", 800), (3, 2, "y", 600)]
         assert [(r["n"], r["lo"], r["hi"], r["s"]) for r in rows] == expected
@@ -566,7 +557,7 @@ def test_fused_equals_generic_equals_naive(
     values: list[bytes | None], times: list[int], pipeline: int, cuts: list[int]
 ) -> None:
     # Kafka timestamps (used by the pipeline without an event-time field), some missing.
-    messages = [
+    messages: list[SourceMessage] = [
         Msg(i, v, BASE + t if t >= 0 else -1)
         for i, (v, t) in enumerate(zip(values, times, strict=False))
     ]
@@ -580,11 +571,11 @@ def _fold_each_way(cfg: ProcessorConfig, records: list[dict[str, Any]]) -> Any:
     assert plan is not None
     fused = fuse(cfg, plan)
     assert fused is not None
-    messages = [Msg(i, orjson.dumps(r)) for i, r in enumerate(records)]
+    messages: list[SourceMessage] = [Msg(i, orjson.dumps(r)) for i, r in enumerate(records)]
     out = []
-    for batch_of in (fused, lambda ms, w: window_batch(decode_json, processor, w, ms)):
+    for batch_of in batch_paths(fused, processor):
         state = PartitionWindows(plan)
-        got = summary(batch_of(messages, state))  # type: ignore[operator]
+        got = summary(batch_of(messages, state))
         rows = [r for _, r in state.close(everything=True)]
         out.append((got, state.max_event_ms, rows))
     assert out[0] == out[1]
@@ -602,8 +593,10 @@ def test_a_float_and_an_integer_beyond_the_float_range_add_up_exactly(hopping: b
         {"name": "s", "function": "sum", "expression": HUGE},
         {"name": "mean", "function": "avg", "expression": "bytes"},
     ]
-    cfg = config(
-        [], aggregates=aggregates, **({"slide": "5s", "lateness": "5s"} if hopping else {})
+    cfg = (
+        config([], aggregates=aggregates, slide="5s", lateness="5s")
+        if hopping
+        else config([], aggregates=aggregates)
     )
     records = [
         {"user": "a", "ts": BASE + 6000, "bytes": 1.5},
@@ -715,13 +708,13 @@ def test_an_event_time_beyond_the_years_1_to_9999_is_dead_lettered(
     good = {"epochMillis": BASE, "epochSeconds": BASE / 1000, "iso8601": "2026-01-01T00:00:00"}
     values = [{"user": "a", "ts": bad.get("ts", good[fmt])}, {"user": "a", "ts": good[fmt]}]
     times = [bad.get("kafka", BASE), BASE]
-    messages = [
+    messages: list[SourceMessage] = [
         Msg(i, orjson.dumps(v), t) for i, (v, t) in enumerate(zip(values, times, strict=True))
     ]
     results = []
-    for batch_of in (fused, lambda ms, w: window_batch(decode_json, processor, w, ms)):
+    for batch_of in batch_paths(fused, processor):
         state = PartitionWindows(plan)
-        failures, late, filtered = summary(batch_of(messages, state))  # type: ignore[operator]
+        failures, late, filtered = summary(batch_of(messages, state))
         rows = [r for _, r in state.close(everything=True)]
         results.append((failures, late, filtered, rows))
         assert [(o, reason, kind) for o, reason, kind, _ in failures] == [
@@ -818,7 +811,7 @@ def shapes(draw: st.DrawFn) -> ProcessorConfig:
 def test_fused_equals_generic_for_map_steps_hopping_windows_and_user_functions(
     cfg: ProcessorConfig, values: list[bytes | None], times: list[int], cuts: list[int]
 ) -> None:
-    messages = [
+    messages: list[SourceMessage] = [
         Msg(i, v, BASE + t if t >= 0 else -1)
         for i, (v, t) in enumerate(zip(values, times, strict=False))
     ]
@@ -855,7 +848,9 @@ def test_each_new_shape_folds_like_the_generic_path(
     # Every map step (and filter) alone, with every user function, window and aggregate set:
     # the cases the random pipelines above reach only now and then.
     steps = [{"map": MAPS[step]} if step < len(MAPS) else {"filter": FILTERS[step - len(MAPS)]}]
-    messages = [Msg(i, r if type(r) is bytes else json_bytes(r)) for i, r in enumerate(SWEEP)]
+    messages: list[SourceMessage] = [
+        Msg(i, r if type(r) is bytes else json_bytes(r)) for i, r in enumerate(SWEEP)
+    ]
     for window in WINDOWS:
         for aggregates in AGGREGATE_SETS:
             base = config([], aggregates=aggregates, **window)
@@ -904,11 +899,11 @@ def test_a_float_subclass_nan_from_a_user_function_is_kept_as_the_generic_path_k
         {"user": "b", "ts": BASE + 3000, "bytes": 4},
         {"user": "b", "ts": BASE + 4000, "bytes": "nan", "real": True},
     ]
-    messages = [Msg(i, orjson.dumps(r)) for i, r in enumerate(records)]
+    messages: list[SourceMessage] = [Msg(i, orjson.dumps(r)) for i, r in enumerate(records)]
     out = []
-    for batch_of in (fused, lambda ms, w: window_batch(decode_json, processor, w, ms)):
+    for batch_of in batch_paths(fused, processor):
         state = PartitionWindows(plan)
-        got = summary(batch_of(messages, state))  # type: ignore[operator]
+        got = summary(batch_of(messages, state))
         out.append((got, _exact(state.close(everything=True))))
     assert out[0] == out[1]
     assert out[0][0] == ([], [], 0)

@@ -45,8 +45,8 @@ from streamherd.workers.repartitioning import (
     upstream_header,
     watermark_header,
 )
-from streamherd.workers.values import canonical_key
-from streamherd.workers.windowing import REFUSED, PartitionWindows, WindowPlan, key_text
+from streamherd.workers.values import canonical_key, key_text
+from streamherd.workers.windowing import REFUSED, PartitionWindows, WindowPlan
 from tests.unit.workers.hopmessages import Msg, SourceMsg
 from tests.unit.workers.test_worker_exact_results import bits, hostile_numbers, keys
 
@@ -116,7 +116,7 @@ class Upstream:
                 self.plan.values(record)  # refused upstream: no message, no event time
             except REFUSED as error:
                 message = SourceMsg(self.p, first + i, repr(record).encode())
-                refused.append(Failure(message, "expression", error))  # type: ignore[arg-type]
+                refused.append(Failure(message, "expression", error))
                 continue
             q = zlib.crc32(key_text(canonical_key(record["k"])).encode()) % self.queues
             out[q][1].append(format_1(self.p, first + i, record, top))
@@ -234,7 +234,8 @@ def test_format_3_folds_exactly_as_format_1(
             i += n
         for q in range(queues):
             lane = per_queue[q]
-            if lane and data.draw(st.booleans(), label="replay"):  # a crash: batches again
+            replay: bool = bool(lane) and data.draw(st.booleans(), label="replay")
+            if replay:  # a crash: batches again
                 cut = data.draw(st.integers(0, len(lane) - 1), label="cut")
                 back = data.draw(st.integers(0, cut), label="back")
                 lane = lane[:cut] + lane[back:]

@@ -207,9 +207,9 @@ row = st.fixed_dictionaries(
 )
 
 
-def source_messages(rows: list[dict[str, Any]]) -> list[list[SyntheticMessage]]:
+def source_messages(rows: list[dict[str, Any]]) -> list[list[SourceMessage]]:
     """The rows as the source partitions hold them: keyed by ``k`` (each key in one)."""
-    out: list[list[SyntheticMessage]] = [[] for _ in range(SOURCE_PARTITIONS)]
+    out: list[list[SourceMessage]] = [[] for _ in range(SOURCE_PARTITIONS)]
     t = BASE
     for r in rows:
         t += r["dt"]
@@ -313,7 +313,7 @@ def test_the_repartitioned_engine_gives_the_unpartitioned_windows_and_dead_lette
         else:
             batch = sink.topic[index][read_down[index] : read_down[index] + n]
             read_down[index] += len(batch)
-            hop._process_partition(downs[index], batch)
+            hop._process_partition(downs[index], list[SourceMessage](batch))
             if data.draw(st.booleans(), label="downstream restart"):
                 restart(downs[index])
     for down in downs:

@@ -32,13 +32,13 @@ from streamherd.workers.expressions import compile_expression
 from streamherd.workers.fusing import fuse
 from streamherd.workers.processing import (
     Processor,
-    SyntheticMessage,
+    SourceMessage,
     decode_json,
     window_batch,
 )
 from streamherd.workers.windowing import PartitionWindows, WindowPlan
+from tests.unit.workers.sourcemessages import BASE, Msg
 
-BASE = 1_767_225_600_000
 NEGATIVE_NAN = struct.unpack(">d", bytes.fromhex("fff8000000000001"))[0]
 AGGREGATES = [
     {"name": "n", "function": "count"},
@@ -166,17 +166,6 @@ def test_any_order_batching_and_restore_give_the_reference_min_and_max(
     assert results == {}
 
 
-class Msg(SyntheticMessage):
-    """A Kafka-like message carrying JSON bytes."""
-
-    def __init__(self, offset: int, value: bytes) -> None:
-        super().__init__("in", 1, offset, b"k", {}, BASE)
-        self._raw = value
-
-    def value(self) -> bytes:
-        return self._raw  # type: ignore[return-value]
-
-
 # What JSON can carry to the fused function: msgspec reads int64, finite floats, strings,
 # booleans and null; containers and bigger integers take the slow lane (orjson). NaN and the
 # infinities come from the expression (float('nan'), ...), a failing one (float('a')) refuses.
@@ -222,7 +211,9 @@ def test_the_fused_and_generic_paths_give_the_reference_in_any_order(
     fused = fuse(cfg, plan)
     assert fused is not None
     records = [{"user": "a", "ts": BASE + i, "v": v, "t": t} for i, (v, t) in enumerate(rows)]
-    messages = [Msg(i, orjson.dumps(r)) for i, r in enumerate(records)]
+    messages: list[SourceMessage] = [
+        Msg(i, orjson.dumps(r), BASE, 1) for i, r in enumerate(records)
+    ]
     # Each record's value as the expression gives it (orjson's decoding first: the same
     # record both paths read), or None when it fails.
     evaluate = compile_expression(EXPRESSION).function
@@ -235,7 +226,7 @@ def test_the_fused_and_generic_paths_give_the_reference_in_any_order(
             values.append(None)
             failing.add(i)
     seed = data.draw(st.integers(0, 2**32))
-    outcomes = []
+    outcomes: list[tuple[list[int], list[Any]]] = []
     for path in ("fused", "generic"):
         shuffled = list(messages)
         random.Random(seed + (path == "generic")).shuffle(shuffled)  # another order per path
@@ -249,11 +240,11 @@ def test_the_fused_and_generic_paths_give_the_reference_in_any_order(
                 result = fused(batch, state)
             else:
                 result = window_batch(decode_json, processor, state, batch)
-            refused += [f.message.offset() for f in result.failures]
+            refused += [o for f in result.failures if (o := f.message.offset()) is not None]
             assert result.late == []
             i += n
-        rows = [r for _, r in state.close(everything=True)]
-        outcomes.append((sorted(refused), [(r["n"], bits(r["lo"]), bits(r["hi"])) for r in rows]))
+        closed = [r for _, r in state.close(everything=True)]
+        outcomes.append((sorted(refused), [(r["n"], bits(r["lo"]), bits(r["hi"])) for r in closed]))
     assert outcomes[0] == outcomes[1]
     kept = [v for i, v in enumerate(values) if i not in failing and (in_order(v) or v is None)]
     assert outcomes[0][0] == [

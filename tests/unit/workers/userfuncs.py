@@ -48,7 +48,9 @@ def widen_batch(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if record.get("pair"):
             new["bytes"] = (record.get("bytes"), 1)
         held = record.get("bytes")
-        if record.get("real") and (type(held) in (int, float) or held == "nan"):
+        if record.get("real") and (
+            (isinstance(held, (int, float)) and type(held) is not bool) or held == "nan"
+        ):
             new["bytes"] = Real(held)
         out.append(new)
     return out
