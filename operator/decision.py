@@ -5,11 +5,12 @@
 1. **observe** (reconciler): read the world into one frozen :class:`Observed`: the pipeline
    object and its parsed spec, the Secrets' check, the served APIs, the desired children
    (built by operator/builders, memoized) and the live ones, the state the workers run,
-   the verification gate's and the internal topics' outcomes, the rollback target;
+   the verification gate's outcome, the rollback target;
 2. **decide** (here, :func:`decide`): the children to apply (missing or drifted) and to
-   delete, the snapshot a reset or replay asks for first, and what is held;
-3. **act** (reconciler): apply, delete; what the API server answered comes back as an
-   :class:`Applied`;
+   delete, the snapshot a reset or replay asks for first, what is held, and whether the
+   internal topics are ensured (not while the workers are held);
+3. **act** (reconciler): ensure the internal topics, apply, delete; what the broker and
+   the API server answered comes back as an :class:`Applied`;
 4. **finish** (here, :func:`finish`): the status patch (None when nothing changed: an idle
    resync writes nothing), the events, and the last good spec to keep.
 
@@ -47,7 +48,7 @@ from streamherd.operator.conditions import (
     set_conditions,
 )
 from streamherd.operator.restoring import listed_snapshots, snapshot_first, snapshot_not_ready
-from streamherd.operator.rollback import ROLLED_BACK, build_last_good
+from streamherd.operator.rollback import ROLLBACK_REFUSED, ROLLED_BACK, build_last_good
 from streamherd.operator.upgrades import HELD_KINDS, STATE_COMPATIBLE
 from streamherd.operator.upgrades import Decision as UpgradeDecision
 from streamherd.operator.upgrades import decide as decide_upgrade
@@ -256,6 +257,8 @@ class Observed:
     #: rollback auto: the last good spec and its generation, when this generation is due to
     #: be rolled back (operator/rollback.py) and the kept spec is readable.
     last_good: tuple[StreamPipeline, int] | None = None
+    #: rollback auto: why a due rollback was not made (it would cross worker images).
+    rollback_refused: str | None = None
     desired: tuple[Manifest, ...] = ()  # the children built from the running spec
     upgrade: UpgradeInputs | None = None
     verification: Verification = field(default_factory=Verification)
@@ -263,8 +266,7 @@ class Observed:
     #: there), and whether some worker runs to take it; read only when one is needed.
     state_snapshot: Manifest | None = None
     workers_run: bool = False
-    #: What ensuring the internal topics found (None: not managed, or the edit is held).
-    topics: TopicsReport | None = None
+    #: The operator ensures the internal topics (act does, when decide says so).
     topics_managed: bool = False
     live: Mapping[str, Manifest | None] = field(default_factory=dict)  # by ref(desired child)
     strays: tuple[Stray, ...] = ()
@@ -310,6 +312,9 @@ class Decision:
     events: tuple[EventNote, ...] = ()  # what was asked for or found before applying
     snapshot_wait: float | None = None  # look again this soon (a snapshot is awaited)
     taken: tuple[Manifest, ...] = ()  # status.snapshots entry of the snapshot taken first
+    #: Act ensures the internal topics before it applies the children: managed, and the
+    #: workers not held (a held edit changes nothing they use; the status keeps its topics).
+    ensure_topics: bool = False
 
 
 def upgrade_decision(observed: Observed) -> UpgradeDecision:
@@ -410,17 +415,6 @@ def decide(observed: Observed, now: datetime) -> Decision:
             ready = found.get("status") if observed.workers_run and found is not None else None
             taken = tuple((listed_snapshots([], name, ready) if ready else None) or ())
     held = holds(observed, upgrade)
-    if observed.topics is not None:
-        for t in observed.topics.created:
-            config = ", ".join(f"{k}={v}" for k, v in sorted(t.spec.config.items()))
-            events.append(
-                EventNote(
-                    "Normal",
-                    "TopicCreated",
-                    f"created Kafka topic {t.spec.name} ({t.spec.purpose}, {t.partitions} "
-                    f"partitions, {config})",
-                )
-            )
     # A held edit leaves the workers exactly as they are: their ConfigMap and Deployment
     # are not applied (the rest of the edit is, e.g. monitoring), and not deleted either;
     # nor is the claim they mount (an edit to the kafka backend would drop it).
@@ -444,6 +438,7 @@ def decide(observed: Observed, now: datetime) -> Decision:
         events=tuple(events),
         snapshot_wait=snapshot_wait,
         taken=taken,
+        ensure_topics=observed.topics_managed and not held,
     )
 
 
@@ -452,25 +447,29 @@ def decide(observed: Observed, now: datetime) -> Decision:
 
 @dataclass(frozen=True)
 class Applied:
-    """What acting on a decision did: the children written and deleted, the API server's
-    answers, and its refusals of children (a transient error never gets here: it is
-    raised, and kopf retries the reconcile)."""
+    """What acting on a decision did: what ensuring the internal topics found, the children
+    written and deleted, the API server's answers, and its refusals of children (a
+    transient error never gets here: it is raised, and kopf retries the reconcile)."""
 
     applied: tuple[str, ...] = ()  # refs written, in order
     results: Mapping[str, Manifest] = field(default_factory=dict)  # by ref: as written
     #: By ref: "Kind/name refused by the API server (status): message", in the order met.
     refused: Mapping[str, str] = field(default_factory=dict)
     deleted: tuple[str, ...] = ()
+    #: What ensuring the internal topics found (None: not ensured: not managed, or held).
+    topics: TopicsReport | None = None
 
 
-def as_planned(decision: Decision) -> Applied:
+def as_planned(decision: Decision, topics: TopicsReport | None = None) -> Applied:
     """What acting on `decision` does when the API server takes every child as sent (the
-    tests' idea of a cooperative server: each result is the desired child itself)."""
+    tests' idea of a cooperative server: each result is the desired child itself) and
+    ensuring the internal topics, when decided, finds `topics`."""
     refs = tuple(ref(c) for c in decision.apply)
     return Applied(
         applied=refs,
         results={ref(c): c for c in decision.apply},
         deleted=tuple(f"{s.kind}/{s.name}" for s in decision.delete),
+        topics=topics if decision.ensure_topics else None,
     )
 
 
@@ -554,6 +553,22 @@ def monitoring_condition(pipeline: StreamPipeline, caps: Capabilities) -> Cond:
     return Cond(MONITORING, "True", "Created", f"{' and '.join(wanted)} created")
 
 
+def topics_created(report: TopicsReport | None) -> list[EventNote]:
+    """A TopicCreated event for each internal topic ensuring the topics created."""
+    events = []
+    for t in report.created if report is not None else ():
+        config = ", ".join(f"{k}={v}" for k, v in sorted(t.spec.config.items()))
+        events.append(
+            EventNote(
+                "Normal",
+                "TopicCreated",
+                f"created Kafka topic {t.spec.name} ({t.spec.purpose}, {t.partitions} "
+                f"partitions, {config})",
+            )
+        )
+    return events
+
+
 def topics_condition(report: TopicsReport) -> Cond:
     """TopicsReady for what ensuring the internal topics found."""
     if report.status == "ready":
@@ -631,8 +646,13 @@ def rollback_condition(
     good: tuple[StreamPipeline, int] | None,
     generation: int | None,
     last_good_generation: int | None,
+    *,
+    refused: str | None = None,
 ) -> Cond:
-    """RolledBack, for a pipeline with rollback auto."""
+    """RolledBack, for a pipeline with rollback auto (`refused`: why a due rollback was not
+    made, operator/rollback.py)."""
+    if refused is not None:
+        return Cond(ROLLED_BACK, "False", ROLLBACK_REFUSED, refused)
     if good is None:
         return Cond(
             ROLLED_BACK,
@@ -801,7 +821,7 @@ def finish(decision: Decision, applied: Applied) -> Finished:
             STATE_COMPATIBLE, "True", "Compatible",
             f"state fingerprint {current_status.get('stateFingerprint')}",
         )  # fmt: skip
-    events = [*decision.events, *rollout, *verification.events]
+    events = [*decision.events, *topics_created(applied.topics), *rollout, *verification.events]
     if (
         upgrade.event is not None
         and not verification.holds
@@ -836,9 +856,17 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         failures.append(
             "autoscaling.mode keda: keda.sh/v1alpha1 ScaledObject is not served (install KEDA)"
         )
-    topics_c = topics_condition(observed.topics) if observed.topics is not None else None
+    topics_c = topics_condition(applied.topics) if applied.topics is not None else None
+    # While the workers are held (decide: an upgrade or a verification holds the edit) the
+    # topics are not looked at: what the last look found stands, TopicsReady and
+    # status.internalTopics as they are, and a topic that needs a person still says so.
+    topics_kept = topics_c is None and decision.holds
+    was_topics = get_condition(current_conditions, TOPICS) if topics_kept else None
+    topics_now = topics_c or (Cond.kept(was_topics) if was_topics is not None else None)
     topics_trouble = (
-        topics_c.message if topics_c is not None and topics_c.reason in TOPIC_TROUBLE else None
+        topics_now.message
+        if topics_now is not None and topics_now.reason in TOPIC_TROUBLE
+        else None
     )
     degraded = (
         failures + ([dep.stuck] if dep.stuck else []) + ([topics_trouble] if topics_trouble else [])
@@ -880,8 +908,8 @@ def finish(decision: Decision, applied: Applied) -> Finished:
     if degraded:
         reason = "ApplyFailed" if failures else "RolloutStuck" if dep.stuck else None
         if reason is None:
-            assert topics_c is not None
-            reason = topics_c.reason
+            assert topics_now is not None
+            reason = topics_now.reason
         deg_c = Cond(DEGRADED, "True", reason, "; ".join(degraded))
     else:
         deg_c = Cond(DEGRADED, "False", "AsExpected", "all children applied")
@@ -908,10 +936,10 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         events.append(EventNote("Warning", deg_c.reason, deg_c.message))
     internal: list[Manifest] | None
     if topics_c is not None:
-        assert observed.topics is not None
+        assert applied.topics is not None
         conds = set_conditions(conds, (topics_c,), now=stamp, observed_generation=generation)
-        internal = topics_status(running, observed.topics)
-    elif upgrade.holds or not observed.topics_managed:
+        internal = topics_status(running, applied.topics)
+    elif topics_kept or not observed.topics_managed:
         internal = current_status.get("internalTopics")
     else:
         # No internal topics (any more): neither a condition nor a list about them.
@@ -950,10 +978,18 @@ def finish(decision: Decision, applied: Applied) -> Finished:
             # This generation's workers are all ready: it is the one to come back to.
             last_good = build_last_good(pipeline, int(generation))
             last_good_generation = generation
-        rolled_c = rollback_condition(pipeline, good, generation, last_good_generation)
+        refused = observed.rollback_refused
+        rolled_c = rollback_condition(
+            pipeline, good, generation, last_good_generation, refused=refused
+        )
+        was = get_condition(observed.conditions, ROLLED_BACK)
         conds = set_conditions(conds, (rolled_c,), now=stamp, observed_generation=generation)
         if good is not None and current_status.get("rolledBackGeneration") != generation:
             events.append(EventNote("Warning", rolled_c.reason, rolled_c.message))
+        elif refused is not None and (
+            was is None or was.reason != ROLLBACK_REFUSED or was.observed_generation != generation
+        ):
+            events.append(EventNote("Warning", rolled_c.reason, rolled_c.message))  # once
     input_hash = content_hash(
         [c["metadata"]["annotations"][INPUT_HASH_ANNOTATION] for c in observed.desired]
     )
@@ -984,13 +1020,14 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         internalTopics=internal,
     )
     retry_after = _sooner(
-        observed.topics.retry_after if observed.topics is not None else None,
+        applied.topics.retry_after if applied.topics is not None else None,
         decision.snapshot_wait,
     )
     return _finished(observed, patch, events, last_good=last_good, retry_after=retry_after)
 
 
-def settle(observed: Observed, now: datetime) -> Finished:
-    """decide, then finish as if the API server took every child as sent (the tests')."""
+def settle(observed: Observed, now: datetime, topics: TopicsReport | None = None) -> Finished:
+    """decide, then finish as if the API server took every child as sent and ensuring the
+    internal topics found `topics` (the tests')."""
     decision = decide(observed, now)
-    return finish(decision, as_planned(decision))
+    return finish(decision, as_planned(decision, topics))

@@ -8,13 +8,15 @@ event, the autoscaler after a decision). It is short wiring of four steps:
    parsed with the API models, the referenced Secrets' keys and versions (never their
    values), the served optional APIs, the desired children (operator/builders, memoized),
    the state the workers run (the live ConfigMap), the rollback target, the live children.
-   Two steps with their own writes run here too, because their outcome is what the
-   decision reads: the verification gate (operator/verifying.py: it runs the shadows) and
-   the internal topics (operator/topicadmin.py: it creates them);
-2. ``decision.decide`` (pure, operator/decision.py) picks the children to apply and delete
-   and the snapshot a reset or replay waits for;
-3. :func:`act` applies and deletes them; what the API server answered (its refusals of
-   a child, the applied Deployment) comes back as ``Applied``;
+   One step with writes of its own runs here too, because its outcome is what the
+   decision reads: the verification gate (operator/verifying.py: it runs the shadows;
+   decision 0140 says why it stays);
+2. ``decision.decide`` (pure, operator/decision.py) picks the children to apply and delete,
+   the snapshot a reset or replay waits for, and whether the internal topics are ensured;
+3. :func:`act` ensures the internal topics (operator/topicadmin.py: it creates them) before
+   the workers are applied, then applies and deletes the children; what the broker and the
+   API server answered (the topics' report, the refusals of a child, the applied
+   Deployment) comes back as ``Applied``;
 4. ``decision.finish`` (pure) turns the decision and ``Applied`` into the status patch
    (None when nothing changed), the events and the last good spec, which are written.
 
@@ -65,17 +67,20 @@ from streamherd.operator.decision import (
     contains,
     decide,
     finish,
-    holds,
     ref,
     snapshot_needed,
-    upgrade_after_snapshot,
     upgrade_decision,
     verification_applies,
     wave_of,
     what_changed,
 )
 from streamherd.operator.kube import ApiError, KubeApi, secrets_hash
-from streamherd.operator.rollback import last_good, last_good_name, rollback_due
+from streamherd.operator.rollback import (
+    last_good,
+    last_good_name,
+    rollback_due,
+    rollback_refusal,
+)
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.upgrades import config_backend, config_description
 from streamherd.operator.validation import readable_errors, semantic_errors
@@ -385,11 +390,12 @@ def observe(
     pool: Executor | None = None,
     memo: ReconcileMemo | None = None,
     kafka: KafkaFactory | None = None,
-    topics: TopicsEnsurer | None = None,
+    topics_managed: bool = False,
 ) -> Observed:
     """Everything the decision reads (see the module doc), read in order: what is read
-    next depends on what was found (a spec that cannot run stops the reading; a held edit
-    creates no topics), which the same pure steps of operator/decision.py decide."""
+    next depends on what was found (a spec that cannot run stops the reading), which the
+    same pure steps of operator/decision.py decide. `topics_managed`: the internal topics
+    are ensured (by act, when decide says so)."""
     meta = body.get("metadata") or {}
     generation = meta.get("generation")
     pipeline, invalid = _parse(body, memo)
@@ -415,6 +421,18 @@ def observe(
         good = last_good(
             pipeline, kube.get("v1", "ConfigMap", pipeline.namespace, last_good_name(pipeline.name))
         )
+    # Never across worker images: another image may not read this one's state (0156).
+    refused = None
+    if good is not None:
+        refused = rollback_refusal(
+            image=pipeline.spec.image or settings.worker_image,
+            good_image=good[0].spec.image or settings.worker_image,
+            generation=generation,
+            good_generation=good[1],
+            after=pipeline.spec.upgrade.rollback_after,
+        )
+        if refused is not None:
+            good = None
     running = good[0] if good is not None else pipeline
     try:
         desired = _desired(
@@ -429,6 +447,7 @@ def observe(
     observed = replace(
         observed,
         last_good=good,
+        rollback_refused=refused,
         desired=tuple(desired),
         upgrade=_upgrade_inputs(running, desired, kube, memo),
     )
@@ -451,15 +470,10 @@ def observe(
         )
         found = kube.get(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, pipeline.namespace, name)
         observed = replace(observed, state_snapshot=found, workers_run=workers)
-    # The internal topics before the workers are applied, so the workers find them (a held
-    # edit changes nothing the workers use: its topics are not made, the status keeps
-    # listing the running ones).
-    if topics is not None and not holds(observed, upgrade_after_snapshot(observed, upgrade)):
-        observed = replace(observed, topics=topics.ensure(running))
     live_children = _read(desired, kube, pool)
     return replace(
         observed,
-        topics_managed=topics is not None,
+        topics_managed=topics_managed,
         live={ref(c): live for c, live in zip(desired, live_children, strict=True)},
         strays=tuple(_strays(pipeline, desired, kube)),
     )
@@ -541,12 +555,18 @@ def act(
     kube: KubeApi,
     pool: Executor | None = None,
     final: Callable[[ApiError, Manifest], bool] | None = None,
+    topics: TopicsEnsurer | None = None,
 ) -> Applied:
-    """Create what the decision requests, apply its children wave by wave (ConfigMap and
+    """Ensure the internal topics when the decision says so (before anything is applied,
+    so the workers find them; `topics` never raises: what it found is in its report),
+    create what the decision requests, apply its children wave by wave (ConfigMap and
     claim first), delete the strays. A refusal `final` says is about the object is
     reported (Applied.refused) and the other children go on; any other error is raised
     once its wave is done (kopf retries with backoff; the next wave waits for this one)."""
     final = final or _refused_at_once
+    report = None
+    if decision.ensure_topics and topics is not None:
+        report = topics.ensure(decision.observed.running)
     for request in decision.requests:
         kube.apply(request)
     applied: list[str] = []
@@ -578,7 +598,7 @@ def act(
         namespace = decision.observed.running.namespace
         if kube.delete(stray.api_version, stray.kind, namespace, stray.name):
             deleted.append(f"{stray.kind}/{stray.name}")
-    return Applied(tuple(applied), results, refused, tuple(deleted))
+    return Applied(tuple(applied), results, refused, tuple(deleted), report)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -615,10 +635,11 @@ def reconcile(
         return refusal_is_final(e, child, uid, generation, memo)
 
     observed = observe(
-        body, kube, settings, now=moment, pool=pool, memo=memo, kafka=kafka, topics=topics
-    )
+        body, kube, settings, now=moment, pool=pool, memo=memo, kafka=kafka,
+        topics_managed=topics is not None,
+    )  # fmt: skip
     decision = decide(observed, moment)
-    applied = act(decision, kube, pool, final)
+    applied = act(decision, kube, pool, final, topics)
     finished = finish(decision, applied)
     if finished.last_good is not None:
         kube.apply(finished.last_good)  # this generation's workers are all ready

@@ -9,7 +9,15 @@ or never get ready) is rolled back: the children are built from the last good sp
 RolledBack condition and a Warning event say so, and ``status.rolledBackGeneration`` keeps
 it that way until the spec is edited again (a new generation is tried afresh).
 
-``rollback_due`` is the pure decision (table-tested); the rest are small builders/parsers.
+Never across worker images (decision 0156): when the last good spec runs another image than
+the failing generation, its workers may be of another streamherd version, and an older one
+cannot read the state a newer one checkpointed ("unsupported window state version"): the
+rollback would take the partitions from the new workers and hand them to workers that
+cannot restore them. The operator then leaves the generation as it is, and RolledBack=False
+(reason ``RollbackRefused``) and one Warning event say why and what to do.
+
+``rollback_due`` and ``rollback_refusal`` are the pure decisions (table-tested); the rest
+are small builders/parsers.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from streamherd.workers.config import parse_duration
 
 #: The condition rollbacks are reported in.
 ROLLED_BACK: Final = "RolledBack"
+#: Its reason when a due rollback would cross worker images and is not made.
+ROLLBACK_REFUSED: Final = "RollbackRefused"
 SPEC_KEY: Final = "spec.json"
 GENERATION_KEY: Final = "generation"
 
@@ -95,3 +105,25 @@ def rollback_due(
         return False
     since = _since(conditions, "Progressing")
     return since is not None and (now - since).total_seconds() >= parse_duration(after)
+
+
+def rollback_refusal(
+    *, image: str, good_image: str, generation: int | None, good_generation: int, after: str
+) -> str | None:
+    """Why a due rollback to the last good spec is not made (None: it is made).
+
+    `image` is the worker image this generation runs, `good_image` the one the last good
+    spec would run (each `spec.image`, or the operator's default). The same image reads the
+    state it wrote; another image may be another streamherd version, whose state format the
+    operator cannot know: an older worker refuses a newer state version, so it is left to a
+    person (decision 0156)."""
+    if image == good_image:
+        return None
+    return (
+        f"generation {generation} did not settle within {after}, but it was not rolled back "
+        f"to generation {good_generation}: that spec runs image {good_image}, not {image}, "
+        "and workers of another image may not read the state these workers checkpointed "
+        "(an older streamherd refuses a newer window state version and holds or fails "
+        "those partitions). Fix forward with a new edit, or set spec.image back yourself "
+        "once you know that image reads this state (docs/lifecycle.md, automatic rollback)"
+    )

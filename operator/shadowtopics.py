@@ -5,11 +5,10 @@ operator does not: the running consumer group's committed offsets, the input's e
 an internal output topic per shadow (created before the shadows start, deleted after), the
 shadows' own groups seeded with the running group's offsets, and a full read of each
 shadow's output topic. :class:`ShadowKafka` is that surface (a Protocol, so the reconciler's
-unit tests use a fake); :class:`KafkaShadowClient` implements it with confluent-kafka, one
-admin client and short-lived consumers, per reconcile that needs it.
-
-Kept small and self-contained on purpose: creating and deleting internal topics is also
-what the repartition and changelog topics need, and this is meant to fold into that code.
+unit tests use a fake); :class:`KafkaShadowClient` implements it with confluent-kafka, per
+reconcile that needs it: the topics and groups through operator/kafkaadmin.py's
+:class:`~streamherd.operator.kafkaadmin.KafkaAdmin` (the operator's one admin path, as for
+the repartition and changelog topics), the offsets and reads with short-lived consumers.
 """
 
 from __future__ import annotations
@@ -20,11 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
 
-# The same class as confluent_kafka.admin.NewTopic, whose type stub does not re-export it.
-from confluent_kafka.cimpl import NewTopic
-
+from streamherd.operator.kafkaadmin import KafkaAdmin, KafkaAdminError, TopicRequest
 from streamherd.operator.lagprobe import ClusterConfig
 
 log = logging.getLogger(__name__)
@@ -77,13 +73,12 @@ class KafkaShadowClient:
     def __init__(self, cluster: ClusterConfig) -> None:
         self._config = cluster.client_config()
         try:
-            self._admin = AdminClient(dict(self._config))
-        except KafkaException as e:
-            raise ShadowKafkaError(f"cannot connect to {cluster.describe()}: {e}") from e
+            self._admin = KafkaAdmin.connect(cluster, TIMEOUT)
+        except KafkaAdminError as e:
+            raise ShadowKafkaError(str(e)) from e
 
     def close(self) -> None:
-        # AdminClient has no close; dropping it frees its threads.
-        del self._admin
+        self._admin.close()
 
     def _consumer(self, group: str | None = None) -> Any:
         return Consumer(
@@ -142,12 +137,9 @@ class KafkaShadowClient:
             consumer.close()
 
     def create_topic(self, name: str, partitions: int) -> None:
-        topic = NewTopic(name, num_partitions=partitions, replication_factor=-1)
         try:
-            self._admin.create_topics([topic], operation_timeout=TIMEOUT)[name].result(TIMEOUT)
-        except KafkaException as e:
-            if e.args and e.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                return
+            self._admin.create_topics([TopicRequest(name, partitions)])
+        except KafkaAdminError as e:
             raise ShadowKafkaError(f"creating topic {name}: {e}") from e
 
     def read_all(self, topic: str) -> list[bytes | None]:
@@ -184,29 +176,20 @@ class KafkaShadowClient:
 
     def delete_topics(self, names: Iterable[str]) -> None:
         wanted = list(names)
-        if not wanted:
-            return
-        for name, future in self._admin.delete_topics(wanted, operation_timeout=TIMEOUT).items():
-            try:
-                future.result(TIMEOUT)
-            except KafkaException as e:
-                if e.args and e.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    log.warning("could not delete shadow topic %s: %s", name, e)
+        try:
+            failed = self._admin.delete_topics(wanted).failed
+        except KafkaAdminError as e:
+            failed = dict.fromkeys(wanted, str(e))
+        for name, why in sorted(failed.items()):
+            log.warning("could not delete shadow topic %s: %s", name, why)
 
     def delete_groups(self, groups: Iterable[str]) -> list[str]:
         wanted = list(groups)
-        if not wanted:
-            return []
-        left = []
-        for group, future in self._admin.delete_consumer_groups(
-            wanted, request_timeout=TIMEOUT
-        ).items():
-            try:
-                future.result(TIMEOUT)
-            except KafkaException as e:
-                if e.args and e.args[0].code() == KafkaError.GROUP_ID_NOT_FOUND:
-                    continue
-                # Still has members (the shadow pods are going away): tried again later.
-                log.info("shadow consumer group %s not deleted yet: %s", group, e)
-                left.append(group)
-        return left
+        try:
+            left = self._admin.delete_groups(wanted)
+        except KafkaAdminError as e:
+            left = dict.fromkeys(wanted, str(e))
+        for group, why in sorted(left.items()):
+            # Still has members (the shadow pods are going away): tried again later.
+            log.info("shadow consumer group %s not deleted yet: %s", group, why)
+        return sorted(left)

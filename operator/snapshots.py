@@ -25,15 +25,14 @@ import re
 from typing import Any
 
 import kopf
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
+from confluent_kafka import KafkaException
 
 from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND, SNAPSHOT_PLURAL
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, VERSION, StreamPipeline
 from streamherd.operator.builders.keying import repartition_topic
 from streamherd.operator.builders.meta import PIPELINE_LABEL
 from streamherd.operator.builders.snapshot import TAKEN_BEFORE_LABEL
+from streamherd.operator.kafkaadmin import KafkaAdmin, KafkaAdminError, TopicRequest
 from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.kube import ApiError, KubeApi
 from streamherd.operator.restoring import listed_snapshots, snapshot_status
@@ -61,16 +60,9 @@ def _pipeline(kube: KubeApi, namespace: str, name: str) -> tuple[StreamPipeline 
     return StreamPipeline.model_validate(body), ""
 
 
-def _ensure_topic(admin: AdminClient, topic: str) -> None:
-    futures = admin.create_topics(
-        [NewTopic(topic, num_partitions=1, replication_factor=-1, config=TOPIC_CONFIG)],
-        request_timeout=KAFKA_TIMEOUT,
-    )
-    try:
-        futures[topic].result(KAFKA_TIMEOUT)
-    except KafkaException as error:
-        if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise
+def ensure_topic(admin: KafkaAdmin, topic: str) -> None:
+    """Create a snapshot's topic unless it exists: the request the workers see."""
+    admin.create_topics([TopicRequest(topic, 1, TOPIC_CONFIG)])
 
 
 def follow(kube: KubeApi, namespace: str, name: str, spec: Any, status: Any) -> dict[str, Any]:
@@ -96,16 +88,17 @@ def follow(kube: KubeApi, namespace: str, name: str, spec: Any, status: Any) -> 
         return {"phase": "Pending", "message": f"cannot reach the source cluster: {error}"}
     topic = snapshot_topic(namespace, wanted, name)
     conf: dict[str, Any] = dict(cluster.client_config())
-    admin = AdminClient(conf)
-    _ensure_topic(admin, topic)
-    contents = read_snapshot(conf, topic, timeout=KAFKA_TIMEOUT)
-    if contents is None:  # created a moment ago: not in the metadata yet
-        return {"phase": "Taking", "message": "waiting for the snapshot topic", "topic": topic}
-    topics = list(source.topics)
-    internal = repartition_topic(pipeline)
-    if internal is not None:
-        topics.append(internal)
-    expected = {(u[0], u[1]) for u in source_partitions(admin, topics, timeout=KAFKA_TIMEOUT)}
+    with KafkaAdmin.connect(cluster, KAFKA_TIMEOUT) as admin:
+        ensure_topic(admin, topic)
+        contents = read_snapshot(conf, topic, timeout=KAFKA_TIMEOUT)
+        if contents is None:  # created a moment ago: not in the metadata yet
+            return {"phase": "Taking", "message": "waiting for the snapshot topic", "topic": topic}
+        topics = list(source.topics)
+        internal = repartition_topic(pipeline)
+        if internal is not None:
+            topics.append(internal)
+        upstreams = source_partitions(admin.client, topics, timeout=KAFKA_TIMEOUT)
+    expected = {(u[0], u[1]) for u in upstreams}
     result = snapshot_status(contents, expected, topic, source.bootstrap_servers)
     result["pipelineUid"] = uid
     return result
@@ -132,14 +125,10 @@ def delete_topic(kube: KubeApi, namespace: str, spec: Any, status: Any) -> str |
     pipeline, why = _pipeline(kube, namespace, str(spec.get("pipeline", "")))
     if pipeline is None:
         return f"Kafka topic {topic} left on {status.get('bootstrapServers')}: {why}"
-    conf: dict[str, Any] = dict(cluster_from_secrets(kube, pipeline).client_config())
-    admin = AdminClient(conf)  # kept referenced until the answer: a dropped client aborts it
-    futures = admin.delete_topics([topic], request_timeout=KAFKA_TIMEOUT)
-    try:
-        futures[topic].result(KAFKA_TIMEOUT)
-    except KafkaException as error:
-        if error.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-            raise
+    with KafkaAdmin.connect(cluster_from_secrets(kube, pipeline), KAFKA_TIMEOUT) as admin:
+        failed = admin.delete_topics([topic]).failed
+    if failed:
+        raise KafkaAdminError(failed[topic])
     return None
 
 
@@ -203,7 +192,7 @@ def register_snapshots(registry: Any) -> None:
         ns, snap = str(namespace), str(name)
         try:
             result = follow(kube, ns, snap, spec, status)
-        except (KafkaException, ApiError) as error:
+        except (KafkaException, KafkaAdminError, ApiError) as error:
             result = {"message": f"retrying: {error}"[:500]}
         changed = {k: v for k, v in result.items() if status.get(k) != v}
         if changed:
@@ -242,7 +231,7 @@ def register_snapshots(registry: Any) -> None:
         ns = str(namespace)
         try:
             left = delete_topic(kube, ns, spec, status)
-        except (KafkaException, ValueError) as error:
+        except (KafkaAdminError, ValueError) as error:
             if retry < 5:
                 raise kopf.TemporaryError(
                     f"deleting the snapshot topic: {error}", delay=5

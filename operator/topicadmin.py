@@ -6,12 +6,12 @@ on the source's cluster before it applies the workers; the deletion handler
 (operator/handlers.py) asks it to delete them when the pipeline goes (unless
 ``spec.state.retainOnDelete``).
 
-- One confluent-kafka AdminClient per cluster (servers plus security settings, the
-  autoscaler's :class:`~streamherd.operator.lagprobe.ClusterConfig`), shared by every
-  pipeline on it; credentials come from the pipeline's Secrets through the resolver the
-  operator passes in (``cluster_from_secrets``, as for the lag probe) and never reach a log
-  line, a condition or an event (``ClusterConfig.describe`` leaves them out; librdkafka's
-  own lines go through operator/kafkalogging.py).
+- One admin client per cluster (servers plus security settings, the autoscaler's
+  :class:`~streamherd.operator.lagprobe.ClusterConfig`), shared by every pipeline on it:
+  an operator/kafkaadmin.py :class:`~streamherd.operator.kafkaadmin.KafkaAdmin`, which owns
+  the client's creation, its timeouts and its errors. Credentials come from the pipeline's
+  Secrets through the resolver the operator passes in (``cluster_from_secrets``, as for the
+  lag probe) and never reach a log line, a condition or an event.
 - Idempotent: a topic that exists is checked, never recreated. One with fewer partitions
   than the source's most, or with another ``cleanup.policy``/``retention.ms`` than the
   operator sets, is reported (it holds data: recreating it would lose it).
@@ -36,18 +36,11 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
-
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.admin._config import ConfigResource
-
-# The same class as confluent_kafka.admin.NewTopic, whose type stub does not re-export it.
-from confluent_kafka.cimpl import NewTopic
+from typing import Any, Final
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.builders.topics import (
@@ -57,7 +50,13 @@ from streamherd.operator.builders.topics import (
     all_internal_names,
     internal_topics,
 )
-from streamherd.operator.kafkalogging import shared_kafka_log
+from streamherd.operator.kafkaadmin import (
+    AdminFactory,
+    KafkaAdmin,
+    KafkaAdminError,
+    TopicRequest,
+    logged_admin,
+)
 from streamherd.operator.lagprobe import ClusterConfig
 
 log = logging.getLogger(__name__)
@@ -69,30 +68,9 @@ BACKOFF_MAX: Final = 300.0
 ClusterResolver = Callable[[StreamPipeline], ClusterConfig]
 
 
-class TopicAdminError(RuntimeError):
-    """The broker could not be asked (unreachable, timed out, not authorized)."""
-
-
-class AdminLike(Protocol):
-    """The part of confluent-kafka's AdminClient used here (tests may pass their own)."""
-
-    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any: ...
-    def create_topics(self, new_topics: list[Any], **kwargs: Any) -> dict[str, Any]: ...
-    def delete_topics(self, topics: list[str], **kwargs: Any) -> dict[str, Any]: ...
-    def describe_configs(self, resources: list[Any], **kwargs: Any) -> dict[Any, Any]: ...
-    def poll(self, timeout: float) -> int: ...
-
-
-AdminFactory = Callable[[ClusterConfig], AdminLike]
-
-
-def logged_admin(cluster: ClusterConfig) -> AdminLike:
-    """An AdminClient whose librdkafka lines go through our logger (kafkalogging.py)."""
-    # The lag probe's limiter of the same cluster: one rate limit for all its clients.
-    logger = shared_kafka_log(cluster.describe())
-    config: dict[str, Any] = {**cluster.client_config(), "logger": logger}
-    admin: AdminLike = AdminClient(config)
-    return admin
+#: The broker could not be asked (unreachable, timed out, not authorized): the admin's own
+#: error (operator/kafkaadmin.py), under the name the deletion handler knows.
+TopicAdminError = KafkaAdminError
 
 
 # --------------------------------------------------------------------------- pure checks
@@ -159,7 +137,7 @@ class InternalTopics:
     wait: float | None = None
     clock: Callable[[], float] = time.monotonic
     workers: int = 8
-    _admins: dict[ClusterConfig, AdminLike] = field(default_factory=dict)
+    _admins: dict[ClusterConfig, KafkaAdmin] = field(default_factory=dict)
     _memory: dict[tuple[str, str], _Memory] = field(default_factory=dict)
     _running: dict[tuple[str, str], Future[TopicsReport]] = field(default_factory=dict)
     # Clusters that just failed to answer: until when, and what they said.
@@ -170,15 +148,17 @@ class InternalTopics:
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
+            # Dropped, not closed: an attempt still running in the pool keeps its own.
             self._admins.clear()
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _admin(self, cluster: ClusterConfig) -> AdminLike:
+    def _admin(self, cluster: ClusterConfig) -> KafkaAdmin:
         with self._lock:
             admin = self._admins.get(cluster)
             if admin is None:
-                admin = self._admins[cluster] = self.admin_factory(cluster)
+                admin = KafkaAdmin.connect(cluster, self.timeout, self.admin_factory)
+                self._admins[cluster] = admin
             return admin
 
     def forget(self, namespace: str, name: str) -> None:
@@ -289,34 +269,10 @@ class InternalTopics:
             log.info("internal topic %s created (%s partitions)", t.spec.name, t.partitions)
         return report
 
-    def _metadata(self, admin: AdminLike) -> dict[str, int]:
-        admin.poll(0)  # serve queued librdkafka log lines (kafkalogging.py)
-        try:
-            metadata = admin.list_topics(timeout=self.timeout)
-        except KafkaException as e:
-            raise TopicAdminError(_reason(e)) from None
-        return {
-            name: len(t.partitions)
-            for name, t in metadata.topics.items()
-            if t.error is None and t.partitions
-        }
-
-    def _configs(self, admin: AdminLike, names: Iterable[str]) -> dict[str, dict[str, str]]:
-        resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
-        if not resources:
-            return {}
-        futures = admin.describe_configs(resources, request_timeout=self.timeout)
-        out: dict[str, dict[str, str]] = {}
-        for resource, future in futures.items():
-            try:
-                entries = future.result(self.timeout)
-            except KafkaException as e:
-                raise TopicAdminError(_reason(e)) from None
-            out[resource.name] = {k: str(v.value) for k, v in entries.items()}
-        return out
-
-    def _ensure(self, admin: AdminLike, sources: list[str], specs: list[TopicSpec]) -> TopicsReport:
-        metadata = self._metadata(admin)
+    def _ensure(
+        self, admin: KafkaAdmin, sources: list[str], specs: list[TopicSpec]
+    ) -> TopicsReport:
+        metadata = admin.topics()
         wanted = source_partitions(sources, metadata)
         if wanted is None:
             return TopicsReport(
@@ -328,25 +284,12 @@ class InternalTopics:
         missing = [s for s in specs if s.name not in metadata]
         created: set[str] = set()
         if missing:
-            futures = admin.create_topics(
-                [
-                    NewTopic(s.name, num_partitions=wanted, replication_factor=-1, config=s.config)
-                    for s in missing
-                ],
-                request_timeout=self.timeout,
-            )
-            for name, future in futures.items():
-                try:
-                    future.result(self.timeout)
-                    created.add(name)
-                except KafkaException as e:
-                    if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                        raise TopicAdminError(_reason(e)) from None
+            created = admin.create_topics([TopicRequest(s.name, wanted, s.config) for s in missing])
             # A worker (or another operator replica) may have made one meanwhile: read back.
-            metadata = self._metadata(admin)
+            metadata = admin.topics()
         # Only what was there before: a topic made a moment ago has the configuration it
         # was made with, and the broker may not describe it yet (UNKNOWN_TOPIC_OR_PART).
-        configs = self._configs(admin, [s.name for s in specs if s.name not in created])
+        configs = admin.topic_configs([s.name for s in specs if s.name not in created])
         states = []
         for spec in specs:
             partitions = metadata.get(spec.name, wanted if spec.name in created else None)
@@ -378,46 +321,13 @@ class InternalTopics:
         except Exception as e:  # noqa: BLE001 - Secrets gone (a namespace being deleted)
             raise TopicAdminError(f"cannot build the connection: {e}") from None
         admin = self._admin(cluster)
-        present = [n for n in all_internal_names(pipeline) if n in self._metadata(admin)]
-        if not present:
-            return []
-        futures = admin.delete_topics(present, request_timeout=self.timeout)
-        deleted = []
-        for name, future in futures.items():
-            try:
-                future.result(self.timeout)
-                deleted.append(name)
-            except KafkaException as e:
-                if e.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    raise TopicAdminError(_reason(e)) from None
-        for name in deleted:
+        present = [n for n in all_internal_names(pipeline) if n in admin.topics()]
+        deleted = admin.delete_topics(present)
+        for name in deleted.names:
             log.info("internal topic %s deleted", name)
-        return sorted(deleted)
-
-
-#: librdkafka's ways of saying that no broker answered. Which one comes depends on timing
-#: (a refused connection or a timeout first, on a loaded machine), so the status says the
-#: same words for all of them: a message that alternated would rewrite the status, and post
-#: a write, on every attempt (the detail goes to the operator's log).
-_NO_ANSWER: Final = frozenset(
-    {
-        KafkaError._TRANSPORT,
-        KafkaError._TIMED_OUT,
-        KafkaError._ALL_BROKERS_DOWN,
-        KafkaError._RESOLVE,
-        KafkaError.REQUEST_TIMED_OUT,
-    }
-)
-
-
-def _reason(e: KafkaException) -> str:
-    error = e.args[0] if e.args else None
-    if isinstance(error, KafkaError):
-        if error.code() in _NO_ANSWER:
-            log.debug("no broker answered: %s: %s", error.name(), error.str())
-            return "no broker answered (connection refused, unresolved or timed out)"
-        return f"{error.name()}: {error.str()}"
-    return str(e)
+        if deleted.failed:
+            raise TopicAdminError("; ".join(sorted(set(deleted.failed.values()))))
+        return deleted.names
 
 
 def _with_retry(report: TopicsReport, seconds: float) -> TopicsReport:

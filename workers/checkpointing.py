@@ -69,6 +69,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that exists but cannot be trusted."""
 
 
+class CheckpointFormatError(CheckpointError):
+    """A checkpoint in a streamherd format this worker does not know: a newer streamherd
+    wrote it. The engine holds its partition rather than fail (decision 0156)."""
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """State of one partition after every record before ``next_offset`` was processed."""
@@ -121,6 +126,11 @@ def _open_envelope(data: bytes, formats: Iterable[str]) -> tuple[str, Any]:
         body = body_and_rest[: header["length"]]
         fmt = header.get("format")
         if fmt not in formats:
+            if type(fmt) is str and fmt.startswith("streamherd.io/checkpoint"):
+                raise CheckpointFormatError(
+                    f"unknown checkpoint format {fmt!r}: this worker reads "
+                    f"{', '.join(formats)}, so a newer streamherd wrote it"
+                )
             raise CheckpointError(f"unknown checkpoint format {fmt!r}")
         if len(body) != header["length"] or zlib.crc32(body) != header["crc32"]:
             raise CheckpointError("checkpoint checksum mismatch (torn or corrupted file)")

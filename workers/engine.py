@@ -39,7 +39,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from streamherd.workers.checkpointing import Checkpoint
+from streamherd.workers.checkpointing import Checkpoint, CheckpointFormatError
 from streamherd.workers.config import StateConfig, WorkerConfig, postgres_two_phase
 from streamherd.workers.fingerprint import changed_fields, config_fingerprint, snapshot_name
 from streamherd.workers.fusing import fuse
@@ -59,22 +59,17 @@ from streamherd.workers.processing import (
     decode_json,
     decode_raw,
     decode_synthetic,
-    kafka_timestamp,
     window_batch,
 )
+from streamherd.workers.rekeying import PLAN_HEADER, fold_hop, hop_plan, rekey
 from streamherd.workers.repartitioning import (
-    EXACT_HEADER,
-    UPSTREAM_HEADER,
     WATERMARK_HEADER,
     Upstream,
     UpstreamClock,
     close_windows,
-    encode_hop,
     ensure_topic,
-    fold_downstream,
     idle_close,
     source_partitions,
-    upstream_header,
     watermark_header,
 )
 from streamherd.workers.seams import Sink, Source, StateBackend
@@ -88,8 +83,7 @@ from streamherd.workers.snapshotting import (
 )
 from streamherd.workers.sources import open_source
 from streamherd.workers.statebackends import open_state_backend
-from streamherd.workers.values import canonical_key, key_text
-from streamherd.workers.windowing import PartitionWindows
+from streamherd.workers.windowing import PartitionWindows, StateVersionError, WindowPlan
 
 log = logging.getLogger("streamherd.worker")
 
@@ -321,6 +315,12 @@ class Engine:
         self._repartition_partitions = 0
         self._upstreams: frozenset[Upstream] = frozenset()
         self._admin: AdminClient | None = None
+        # What a repartition message's entries were evaluated under (workers/rekeying.py):
+        # a downstream folds only its own plan's, and dead-letters another's.
+        self._hop_plan = hop_plan(
+            config.processor,
+            config.source.kafka.format if config.source.kafka is not None else "generator",
+        )
         # A pattern ("^...") may match several topics.
         # A repartitioned pipeline consumes the repartition topic too: its partition 1 and
         # a source topic's partition 1 are different partitions with different roles.
@@ -433,14 +433,18 @@ class Engine:
     ) -> PartitionState:
         st = PartitionState(topic, partition)
         start: int | None = None
-        if self.exactly_once:
-            # The committed transaction's checkpoint, unless state.restoreFrom replaces it:
-            # the snapshot's state and offset then go in together, the offset committed
-            # with the first transaction that writes the restored checkpoint.
-            own, start = self._restore(topic, partition, committed)
-            checkpoint = self._restore_point(st, own)
-        else:
-            checkpoint = self._restore_point(st, self.state.load(topic, partition))
+        try:
+            if self.exactly_once:
+                # The committed transaction's checkpoint, unless state.restoreFrom replaces
+                # it: the snapshot's state and offset then go in together, the offset
+                # committed with the first transaction that writes the restored checkpoint.
+                own, start = self._restore(topic, partition, committed)
+                checkpoint = self._restore_point(st, own)
+            else:
+                checkpoint = self._restore_point(st, self.state.load(topic, partition))
+        except CheckpointFormatError as error:  # a newer streamherd wrote it: hold (0156)
+            checkpoint, start = None, None
+            self._hold_unreadable(st, error)
         plan = self.processor.window
         if checkpoint is not None:
             st.next_offset = checkpoint.next_offset
@@ -472,7 +476,7 @@ class Engine:
             if topic == self.repartition.topic:
                 st.role = "downstream"
                 if st.held is None:
-                    st.windows = PartitionWindows.from_json(plan, restored, base=base)
+                    st.windows = self._restored_windows(st, plan, restored, base)
                 st.clock = UpstreamClock.from_json(restored)
                 st.clock.known = self._upstreams
             else:
@@ -480,7 +484,7 @@ class Engine:
                 top = (restored or {}).get("maxEventMs")
                 st.max_event_ms = None if top is None else int(top)
         elif plan is not None and st.held is None:
-            st.windows = PartitionWindows.from_json(plan, restored, base=base)
+            st.windows = self._restored_windows(st, plan, restored, base)
         self.partitions[(topic, partition)] = st
         self.metrics.assigned.set(len(self.partitions))
         log_event(
@@ -524,6 +528,31 @@ class Engine:
         st.from_snapshot = True
         st.dirty = True  # recorded at once: a restart must not restore it a second time
         return kept
+
+    def _restored_windows(
+        self, st: PartitionState, plan: WindowPlan, restored: Any, base: bool
+    ) -> PartitionWindows | None:
+        """The partition's windows from its checkpoint's state. A state in a version this
+        worker cannot read (a newer streamherd wrote it: a rollback to an older image, decision
+        0156) holds the partition, like a foreign fingerprint under refuse: not consumed,
+        its checkpoint byte for byte as found, the worker not ready and saying why. Raising
+        here would end the worker in every restart: a crash loop that hides the reason."""
+        try:
+            return PartitionWindows.from_json(plan, restored, base=base)
+        except StateVersionError as error:
+            self._hold_unreadable(st, error)
+            return None
+
+    def _hold_unreadable(self, st: PartitionState, error: Exception) -> None:
+        """Hold a partition whose checkpoint a newer streamherd wrote (its file format or
+        its window state version): see :meth:`_restored_windows`."""
+        st.held = (
+            f"{st.topic}[{st.partition}]: cannot read its checkpoint ({error}); run the "
+            "streamherd version that wrote it, or a newer one"
+        )
+        self.metrics.set_partition("streamherd_state_restore_refused", st.topic, st.partition, 1)
+        log_event(log, logging.ERROR, "state-version-unsupported", topic=st.topic,
+                  partition=st.partition, error=str(error))  # fmt: skip
 
     def _foreign_state(self, checkpoint: Checkpoint) -> bool:
         """Whether a checkpoint holds state written under another fingerprint.
@@ -1133,7 +1162,8 @@ class Engine:
 
     def _process_upstream(self, st: PartitionState, messages: list[SourceMessage]) -> None:
         """A source partition of a repartitioned pipeline: the stateless steps, the window's
-        key and event time, then each record re-keyed to the repartition topic."""
+        key, event time and aggregate values, then each record re-keyed to the repartition
+        topic."""
         assert self.repartition is not None and self.processor.window is not None
         n_in = len(messages)
         self.counters.records_in += n_in
@@ -1144,34 +1174,23 @@ class Engine:
         items = self.processor.run(items, failures)
         stage_failures = len(failures) - (n_in - n_decoded)
         filtered = max(n_decoded - len(items) - stage_failures, 0)
-        plan = self.processor.window
-        key_of, time_of, kafka_time = plan.key, plan.event_time, plan.kafka_time
-        top = st.max_event_ms
-        rows: list[tuple[str, bytes, int, int, list[tuple[str, bytes]]]] = []
-        for record, m in items:
-            offset = m.offset()
-            assert offset is not None
-            try:
-                key = canonical_key(key_of(record))  # NaN, objects: the record's error
-                stamp = kafka_timestamp(m)
-                event_ms = time_of(record, stamp if kafka_time else None)
-                value, exact = encode_hop(record)
-            except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
-                failures.append(Failure(m, "expression", error))
-                continue
-            headers = [(UPSTREAM_HEADER, upstream_header(st.topic, st.partition, offset, top))]
-            if exact is not None:  # values JSON cannot hold, put back downstream
-                headers.append((EXACT_HEADER, exact))
-            when = stamp if stamp is not None and stamp > 0 else 0  # 0: the producer's clock
-            rows.append((key_text(key), value, when, offset, headers))
-            if top is None or event_ms > top:
-                top = event_ms
-        st.max_event_ms = top
+        # Format 3 (workers/rekeying.py): key, event time and values evaluated here, one
+        # message per repartition partition, named by this spec's plan.
+        rows, st.max_event_ms, carried = rekey(
+            self.processor.window,
+            items,
+            plan_id=self._hop_plan,
+            topic=st.topic,
+            partition=st.partition,
+            max_event_ms=st.max_event_ms,
+            failures=failures,
+            partitions=self._repartition_partitions,
+        )
         if rows:
             self.outputs.repartition(self.repartition.topic, self._repartition_partitions, rows)
         if failures:
             self._dead_letter(failures)
-        self.counters.repartitioned += len(rows)
+        self.counters.repartitioned += carried
         self.counters.filtered += filtered
         self.metrics.filtered.inc(filtered)
         # Contributing here means: on its way to the window (a downstream failure or a
@@ -1192,7 +1211,9 @@ class Engine:
             return
         header = watermark_header(st.topic, st.partition, offset, st.max_event_ms, st.idle)
         self.outputs.repartition_marker(
-            self.repartition.topic, self._repartition_partitions, [(WATERMARK_HEADER, header)]
+            self.repartition.topic,
+            self._repartition_partitions,
+            [(WATERMARK_HEADER, header), (PLAN_HEADER, self._hop_plan.encode())],
         )
         st.marked, st.marked_at = mark, now
 
@@ -1201,7 +1222,7 @@ class Engine:
         source partition's lateness, close what the slowest source partition allows."""
         windows, clock = st.windows, st.clock
         assert windows is not None and clock is not None
-        failures, late, duplicates, taken = fold_downstream(windows, clock, messages)
+        failures, late, duplicates, taken = fold_hop(windows, clock, messages, self._hop_plan)
         self.counters.rekeyed_in += taken
         self.metrics.repartition_records_in(st.topic, st.partition, taken)
         rows = close_windows(windows, clock)

@@ -172,7 +172,9 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "streamherd_state_restore_refused",
         "gauge",
         "1 while a partition is held (not consumed, not checkpointed) because its checkpoint "
-        "was written under another state fingerprint and the policy is refuse.",
+        "was written under another state fingerprint and the policy is refuse, or in a "
+        "window state version or checkpoint format this worker cannot read (a newer "
+        "streamherd wrote it).",
         PARTITION_LABELS,
     ),
     MetricSpec(
@@ -331,6 +333,61 @@ class EngineMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class SinkMetrics:
+    """How the outputs report to the engine's metrics, in one place: the ``streamherd_sink_*``
+    series of a sink that confirms its writes (workers/sinks_postgres.py and
+    workers/sinks_postgres_offsets.py), labelled with the sink, and the dead-letter counts of
+    the outputs (workers/sinks.py). Without an engine's metrics (a sink made alone, in a
+    test) every call does nothing, so no caller checks for them."""
+
+    def __init__(self, metrics: EngineMetrics | None, sink: str = "") -> None:
+        self._metrics = metrics
+        self._labels = (metrics.pipeline if metrics is not None else "", sink)
+
+    def confirming(self) -> None:
+        """The sink confirms its writes: its series exist from the start (down, nothing
+        pending), before its first connection."""
+        self.up(False)
+        self.pending(0)
+
+    def up(self, up: bool) -> None:
+        if self._metrics is not None:
+            self._metrics.gauge("streamherd_sink_up").labels(*self._labels).set(1 if up else 0)
+
+    def pending(self, records: int) -> None:
+        if self._metrics is not None:
+            self._metrics.gauge("streamherd_sink_pending_records").labels(*self._labels).set(
+                records
+            )
+
+    def failed(self, kind: str) -> None:
+        """A write attempt failed (``connection``, ``sql``, ``fenced``...)."""
+        if self._metrics is not None:
+            self._metrics.counter("streamherd_sink_errors").labels(*self._labels, kind).inc()
+
+    def written(self, rows: int, seconds: float) -> None:
+        """A batch of ``rows`` confirmed, written and committed in ``seconds``."""
+        if self._metrics is not None:
+            self._metrics.histogram("streamherd_sink_write_duration_seconds").labels(
+                *self._labels
+            ).observe(seconds)
+            self._metrics.counter("streamherd_sink_rows_written").labels(*self._labels).inc(rows)
+
+    def result_dead_lettered(self) -> None:
+        """A result the sink cannot take went to the dead-letter topic (reason ``sink``)."""
+        if self._metrics is not None:
+            self._metrics.results_dead_lettered.inc()
+
+    def dead_letter_truncated(self) -> None:
+        if self._metrics is not None:
+            self._metrics.truncated.inc()
+
+    def dead_letter_lost(self) -> None:
+        """Even a dead letter's headers alone were refused."""
+        if self._metrics is not None:
+            self._metrics.error("dead-letter-refused")
 
 
 Probe = Callable[[], tuple[bool, str]]

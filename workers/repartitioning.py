@@ -6,13 +6,21 @@ part of every key, and per-partition windows give one partial result per partiti
 engine (``streamherd.workers.engine``) then runs the pipeline in two stages, in the same
 worker pool and the same consumer group (the Kafka Streams shape):
 
-1. **upstream** (the source partitions): decode, the stateless steps, the window's key and
-   event time; each surviving record is produced to the repartition topic keyed by
-   :func:`~streamherd.workers.windowing.key_text` of its key (murmur2, like Kafka's
-   default partitioner), with a header naming its source partition and offset and the
-   largest event time of that source partition *before* it;
+1. **upstream** (the source partitions): decode, the stateless steps, the window's key,
+   event time and aggregate values (a record they refuse is dead-lettered here and moves no
+   event time, as in an unpartitioned window); each surviving record goes to the
+   repartition partition of its key (CRC-32 of
+   :func:`~streamherd.workers.windowing.key_text`), named by its source partition and offset
+   and carrying the largest event time of that source partition *before* it;
 2. **downstream** (the repartition partitions): the window, folded per record with the
    lateness its source partition alone decides, and closed by the slowest source partition.
+
+What crosses, and the batch fold downstream, is ``streamherd.workers.rekeying``'s (format 3:
+one message per source batch and repartition partition, named by its plan). This module
+holds the rules both formats share (:class:`UpstreamClock`, the progress markers, closing,
+the topic) and format 1, which earlier workers wrote and a rolling upgrade leaves on the
+topic: one JSON message per record with an :data:`UPSTREAM_HEADER` (:func:`encode_hop`,
+:func:`fold_downstream`, record by record through the generic path).
 
 Why the results do not depend on timing (restarts, rebalances, batch sizes, interleaving):
 
@@ -35,13 +43,14 @@ source partition with nothing new for ``idleTimeout`` says so in a marker, and t
 downstream partitions stop waiting for it. If every upstream is idle, the open windows
 close; records that arrive later for a closed window are late.
 
-Records cross as JSON (:func:`encode_hop`), with the values JSON cannot hold exactly (NaN,
-infinities, integers beyond 64 bits, bytes) in an :data:`EXACT_HEADER` that puts them back
-(:func:`decode_hop`), so the window downstream sees the record the upstream had. A message
-without that header (every record holding none of those values, and every record an earlier
-version wrote) is read as plain JSON, as before. The arrival order, which interleaves source
+Format 1 records cross as JSON (:func:`encode_hop`), with the values JSON cannot hold exactly
+(NaN, infinities, integers beyond 64 bits, bytes) in an :data:`EXACT_HEADER` that puts them
+back (:func:`decode_hop`), so the window downstream sees the record the upstream had. A
+message without that header (every record holding none of those values, and every record a
+version before the header wrote) is read as plain JSON. The arrival order, which interleaves source
 partitions differently on every run, changes no result: sums and averages are exact and
-min/max settle ties and NaN by a fixed rule (``streamherd.workers.summing``, decision 0130).
+min/max follow one total order (``streamherd.workers.summing``, ``windowing.settle``,
+decision 0130).
 """
 
 from __future__ import annotations
@@ -51,7 +60,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException
@@ -449,8 +458,14 @@ def ensure_topic(
         time.sleep(0.2)
 
 
+class TopicLister(Protocol):
+    """What ``source_partitions`` asks of an admin client (confluent-kafka's fits)."""
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any: ...
+
+
 def source_partitions(
-    admin: AdminClient, topics: Iterable[str], timeout: float = 30.0
+    admin: TopicLister, topics: Iterable[str], timeout: float = 30.0
 ) -> frozenset[Upstream]:
     """Every partition of the source topics (the upstreams a downstream partition waits
     for); a topic starting with ``^`` is a pattern, as in the consumer's subscription.

@@ -27,7 +27,7 @@ from streamherd.workers.config import (
 from streamherd.workers.expressions import compile_expression
 from streamherd.workers.kafkaclients import producer_config
 from streamherd.workers.logs import log_event
-from streamherd.workers.metrics import EngineMetrics
+from streamherd.workers.metrics import EngineMetrics, SinkMetrics
 from streamherd.workers.processing import Failure, SourceMessage, encode_output, error_headers
 from streamherd.workers.sinks_postgres import PostgresSink
 from streamherd.workers.sinks_postgres_offsets import (
@@ -298,7 +298,7 @@ class Outputs:
             self._dlq_max_bytes = int(
                 producer_config(dead_letter).get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES)
             )
-        self._metrics = metrics
+        self._report = SinkMetrics(metrics)
         # Refused as too large by the broker (delivery reports): (source, key, value, error)
         # of sink results, (key, value, headers, why) of dead letters. Sent on the next poll.
         self._lock = threading.Lock()
@@ -416,8 +416,7 @@ class Outputs:
         except Exception:  # noqa: BLE001 - not encodable: the headers still name its record
             data = f"<a {type(value).__name__} result that cannot be encoded>".encode()
         message = _ResultMessage(source, _as_bytes(key), data)
-        if self._metrics is not None:
-            self._metrics.results_dead_lettered.inc()
+        self._report.result_dead_lettered()
         log_event(
             log,
             logging.WARNING,
@@ -574,8 +573,8 @@ class Outputs:
                     return
                 key, value, headers = smaller
                 cut = True
-        if cut and self._metrics is not None:
-            self._metrics.truncated.inc()
+        if cut:
+            self._report.dead_letter_truncated()
         if alone:
             producer.flush(ALONE_SECONDS)
 
@@ -603,8 +602,7 @@ class Outputs:
 
     def _dead_letter_lost(self, headers: Headers, why: str) -> None:
         """Even the headers alone were refused: count and log it (nothing else can be done)."""
-        if self._metrics is not None:
-            self._metrics.error("dead-letter-refused")
+        self._report.dead_letter_lost()
         named = dict(headers)
         log_event(
             log,

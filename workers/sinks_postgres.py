@@ -43,7 +43,7 @@ from psycopg.types.json import Jsonb
 
 from streamherd.workers.config import PostgresSinkConfig
 from streamherd.workers.logs import log_event
-from streamherd.workers.metrics import EngineMetrics
+from streamherd.workers.metrics import EngineMetrics, SinkMetrics
 
 log = logging.getLogger("streamherd.worker")
 
@@ -187,11 +187,8 @@ class PostgresSink:
         self._stop = threading.Event()
         self._conn: psycopg.Connection[Any] | None = None
         self._statements: dict[int, sql.Composed] = {}
-        self._metrics = metrics
-        self._labels = (metrics.pipeline, SINK_LABEL) if metrics else ("", SINK_LABEL)
-        if metrics is not None:
-            metrics.gauge("streamherd_sink_up").labels(*self._labels).set(0)
-            metrics.gauge("streamherd_sink_pending_records").labels(*self._labels).set(0)
+        self._report = SinkMetrics(metrics, SINK_LABEL)
+        self._report.confirming()
         self._thread = threading.Thread(
             target=self._run, name="streamherd-postgres-sink", daemon=True
         )
@@ -260,10 +257,7 @@ class PostgresSink:
     # ------------------------------------------------------------------ writer thread
 
     def _set_pending(self) -> None:
-        if self._metrics is not None:
-            self._metrics.gauge("streamherd_sink_pending_records").labels(*self._labels).set(
-                self._queued - self._confirmed
-            )
+        self._report.pending(self._queued - self._confirmed)
 
     def _set_up(self, up: bool) -> None:
         if up != self._up:
@@ -275,12 +269,10 @@ class PostgresSink:
                 table=self.config.table,
             )
         self._up = up
-        if self._metrics is not None:
-            self._metrics.gauge("streamherd_sink_up").labels(*self._labels).set(1 if up else 0)
+        self._report.up(up)
 
     def _error(self, kind: str) -> None:
-        if self._metrics is not None:
-            self._metrics.counter("streamherd_sink_errors").labels(*self._labels, kind).inc()
+        self._report.failed(kind)
 
     def _connect(self) -> psycopg.Connection[Any]:
         conn = psycopg.connect(
@@ -327,13 +319,7 @@ class PostgresSink:
                         self.config, len(chunk)
                     )
                 cur.execute(statement, [v for row in chunk for v in row])
-        if self._metrics is not None:
-            self._metrics.histogram("streamherd_sink_write_duration_seconds").labels(
-                *self._labels
-            ).observe(time.perf_counter() - started)
-            self._metrics.counter("streamherd_sink_rows_written").labels(*self._labels).inc(
-                len(rows)
-            )
+        self._report.written(len(rows), time.perf_counter() - started)
 
     def _run(self) -> None:
         delay = BACKOFF_FIRST_SECONDS

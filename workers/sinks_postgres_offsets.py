@@ -49,7 +49,7 @@ from psycopg import sql
 
 from streamherd.workers.config import PostgresSinkConfig
 from streamherd.workers.logs import log_event
-from streamherd.workers.metrics import EngineMetrics
+from streamherd.workers.metrics import EngineMetrics, SinkMetrics
 from streamherd.workers.sinks_postgres import (
     SINK_LABEL,
     Row,
@@ -297,11 +297,8 @@ class PostgresTransactionalSink:
         self._expected: dict[tuple[str, int], str | None] = {}
         self._conn: psycopg.Connection[Any] | None = None
         self._up = False
-        self._metrics = metrics
-        self._labels = (metrics.pipeline, SINK_LABEL) if metrics else ("", SINK_LABEL)
-        if metrics is not None:
-            metrics.gauge("streamherd_sink_up").labels(*self._labels).set(0)
-            metrics.gauge("streamherd_sink_pending_records").labels(*self._labels).set(0)
+        self._report = SinkMetrics(metrics, SINK_LABEL)
+        self._report.confirming()
 
     # ------------------------------------------------------------------ rows
 
@@ -390,13 +387,7 @@ class PostgresTransactionalSink:
         del self._queue[: len(rows)]
         self._set_pending()
         self._set_up(True)
-        if self._metrics is not None:
-            self._metrics.histogram("streamherd_sink_write_duration_seconds").labels(
-                *self._labels
-            ).observe(time.perf_counter() - started)
-            self._metrics.counter("streamherd_sink_rows_written").labels(*self._labels).inc(
-                len(rows)
-            )
+        self._report.written(len(rows), time.perf_counter() - started)
         return True
 
     # ------------------------------------------------------------------ two phases
@@ -465,11 +456,8 @@ class PostgresTransactionalSink:
             self._expected[(topic, partition)] = gid[len(self.prefix) + 1 :]
         del self._queue[:n_rows]
         self._set_pending()
-        if self._metrics is not None:
-            self._metrics.histogram("streamherd_sink_write_duration_seconds").labels(
-                *self._labels
-            ).observe(time.perf_counter() - started)  # both phases and Kafka's commit
-            self._metrics.counter("streamherd_sink_rows_written").labels(*self._labels).inc(n_rows)
+        # The duration covers both phases and Kafka's commit.
+        self._report.written(n_rows, time.perf_counter() - started)
 
     def rollback_prepared(self) -> None:
         """After Kafka's transaction was aborted: ROLLBACK PREPARED and its side rows
@@ -698,8 +686,7 @@ class PostgresTransactionalSink:
         self._close_connection()
 
     def _error(self, kind: str) -> None:
-        if self._metrics is not None:
-            self._metrics.counter("streamherd_sink_errors").labels(*self._labels, kind).inc()
+        self._report.failed(kind)
 
     def _set_up(self, up: bool) -> None:
         if up != self._up:
@@ -711,11 +698,7 @@ class PostgresTransactionalSink:
                 table=self.config.table,
             )
         self._up = up
-        if self._metrics is not None:
-            self._metrics.gauge("streamherd_sink_up").labels(*self._labels).set(1 if up else 0)
+        self._report.up(up)
 
     def _set_pending(self) -> None:
-        if self._metrics is not None:
-            self._metrics.gauge("streamherd_sink_pending_records").labels(*self._labels).set(
-                len(self._queue)
-            )
+        self._report.pending(len(self._queue))

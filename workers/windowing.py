@@ -16,15 +16,18 @@ Semantics (docs/engine.md has the long form):
 - a record is late when every window it belongs to has already closed (end <= watermark);
 - windows close, and are emitted once, when the watermark reaches their end;
 - only windows that received a record exist, so empty windows are never emitted;
-- a record is folded all or nothing: a value an aggregate cannot take (a string for sum, a
-  string for a min that holds numbers) raises TypeError, and an integer beyond the float
-  range for an avg (whose result is a float) raises OverflowError, before any window,
-  accumulator or the watermark changed; the caller dead-letters it;
+- a record is refused by its values alone (:meth:`WindowPlan.values`), never by what a window
+  holds: a value an aggregate cannot take (a string for sum, a boolean for min) raises
+  TypeError, and an integer beyond the float range for an avg (whose result is a float)
+  raises OverflowError; the caller dead-letters the record, and nothing changed, not even
+  the watermark. Folding values that passed cannot fail. So whether a record is refused does
+  not depend on the order of arrival, and the repartition hop's upstream side can decide it
+  before the hop (docs/engine.md);
 - a window's result does not depend on the order of its records (a repartitioned window
   receives them interleaved differently on every run, decision 0130): ``sum`` and ``avg``
   keep their totals exactly (``streamherd.workers.summing``) and round once, and ``min`` and
-  ``max`` settle what their comparison cannot (:func:`settle`): equal values by a fixed
-  order, NaN by propagating (the result is NaN, always the same NaN).
+  ``max`` follow one total order over every value they take (:func:`settle`: numbers below
+  strings, equal values by a fixed order, NaN propagating: always the same NaN).
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ READ_VERSIONS: Final = (1, 2, STATE_VERSION)
 FLOAT_MAX: Final = int(sys.float_info.max)
 FLOAT_MIN: Final = -FLOAT_MAX
 
-# What folding a record's values into a window can raise (the record's fault, nothing changed).
+# What reading a record's aggregate values can raise (WindowPlan.values: the record's fault).
 REFUSED: Final = (TypeError, OverflowError)
 
 
@@ -82,20 +85,33 @@ def _rank(value: Any) -> int:
 
 
 def settle(prev: Any, value: Any, is_min: bool) -> Any:
-    """What a min (``is_min``) or max holding ``prev`` holds after ``value``, when neither is
-    below (min) or above (max) the other: the two are equal, or one is NaN.
+    """What a min (``is_min``) or max holding ``prev`` holds after ``value``, when their own
+    comparison does not say which is below (min) or above (max): they are equal, one is NaN,
+    or one is a number and the other a string (Python cannot compare those).
 
-    NaN propagates (IEEE 754-2019 ``minimum``/``maximum``): the result is
-    :data:`~streamherd.workers.summing.CANONICAL_NAN`. Equal values are settled by a fixed
-    order, ``-0.0`` < ``0.0`` (and every other float) < the int of the same value: a min keeps
-    the lowest (``min(0, -0.0) = -0.0``, ``min(1, 1.0) = 1.0``), a max the highest
-    (``max(0.0, -0.0) = 0.0``, ``max(1, 1.0) = 1``), whichever came first."""
+    This completes the one total order of min/max values (docs/engine.md, "Windows"):
+    numbers below strings; numbers by value, equal ones ``-0.0`` < ``0.0`` (and every other
+    float) < the int of the same value; strings by code point. A min keeps the lowest
+    (``min(0, -0.0) = -0.0``, ``min(1, 1.0) = 1.0``, ``min(7, 'a') = 7``), a max the
+    highest (``max(0.0, -0.0) = 0.0``, ``max(1, 1.0) = 1``, ``max(7, 'a') = 'a'``),
+    whichever came first. NaN propagates (IEEE 754-2019 ``minimum``/``maximum``), against
+    strings too: the result is :data:`~streamherd.workers.summing.CANONICAL_NAN`."""
     if is_nan(prev):
         return prev
     if is_nan(value):
         return CANONICAL_NAN
+    if (type(value) is str) is not (type(prev) is str):  # a number and a string
+        number, text = (prev, value) if type(value) is str else (value, prev)
+        return number if is_min else text
     ranked, held = _rank(value), _rank(prev)
     return value if (ranked < held if is_min else ranked > held) else prev
+
+
+def ordered_value(value: Any) -> bool:
+    """Whether ``value`` is one of the values a min/max holds (the total order of
+    :func:`settle`): an int (not a bool), a float (NaN included) or a string."""
+    kind = type(value)
+    return kind is int or kind is float or kind is str
 
 
 def iso_ms(epoch_ms: int) -> str:
@@ -112,6 +128,11 @@ def output_key(key: Any, window_start_ms: int) -> str:
 
 class EventTimeError(ValueError):
     """A record whose event time is missing or unreadable."""
+
+
+class StateVersionError(ValueError):
+    """A window state in a version this worker cannot read: written by a newer streamherd
+    (or not a window state at all). The engine holds the partition rather than fail."""
 
 
 # Window starts and ends are written as ISO 8601 (iso_ms), which has the years 1 to 9999.
@@ -211,8 +232,8 @@ class AggregatePlan:
         Callers pass floats, None and ints through, except an avg's ints beyond the float
         range, which raise OverflowError here: the mean is a float, it would not exist.
         """
-        # min/max also order strings; sum/avg need numbers. Anything else is the record's
-        # error (dead-lettered), not a crash.
+        # min/max also take strings (settle's total order); sum/avg need numbers. Anything
+        # else is the record's error (dead-lettered), whatever the window holds.
         if type(value) is int and self.function == "avg" and not FLOAT_MIN <= value <= FLOAT_MAX:
             raise OverflowError(
                 f"aggregate {self.name!r} (avg) takes numbers within the float range, "
@@ -222,8 +243,9 @@ class AggregatePlan:
             type(value) is str and self.function in ("min", "max")
         ):
             return value
+        wanted = "a number or a string" if self.function in ("min", "max") else "a number"
         raise TypeError(
-            f"aggregate {self.name!r} ({self.function}) needs a number, got {type(value).__name__}"
+            f"aggregate {self.name!r} ({self.function}) needs {wanted}, got {type(value).__name__}"
         )
 
 
@@ -238,6 +260,9 @@ class WindowPlan:
     event_time: Callable[[Record, int | None], int]
     aggregates: tuple[AggregatePlan, ...]
     kafka_time: bool = False  # event time is the Kafka timestamp, not a field
+    # An epochMillis event-time field: its reader and the bounds an int needs no conversion
+    # within (fold() reads it inline: the hot path); None for other event times.
+    millis: tuple[ValueFn, int, int] | None = field(default=None, repr=False, compare=False)
 
     # (index, is_min) of the min/max aggregates with a value: their comparisons can fail
     # (types without an order). Derived from ``aggregates``, like the two below.
@@ -245,6 +270,10 @@ class WindowPlan:
     # (index, is_avg) of the sum/avg aggregates with a value (exact totals: cannot fail).
     added: tuple[tuple[int, bool], ...] = field(init=False, repr=False, compare=False)
     counted: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    # (index, aggregate, its value expression) of the aggregates with one.
+    valued: tuple[tuple[int, AggregatePlan, ValueFn], ...] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         aggregates = list(enumerate(self.aggregates))
@@ -263,6 +292,9 @@ class WindowPlan:
         object.__setattr__(self, "added", added)
         object.__setattr__(
             self, "counted", tuple(i for i, a in aggregates if a.function == "count")
+        )
+        object.__setattr__(
+            self, "valued", tuple((i, a, a.value) for i, a in aggregates if a.value is not None)
         )
 
     @classmethod
@@ -291,6 +323,9 @@ class WindowPlan:
                 for a in spec.aggregates
             ),
             kafka_time=spec.event_time.field is None,
+            millis=(compile_expression(spec.event_time.field).function, *time_bounds(spec))
+            if spec.event_time.field is not None and spec.event_time.format == "epochMillis"
+            else None,
         )
 
     def window_starts(self, event_ms: int) -> range:
@@ -312,12 +347,9 @@ class WindowPlan:
 
     def values(self, record: Record) -> list[Any]:
         """The aggregated values of one record (evaluated once, shared by hopping windows)."""
-        out: list[Any] = []
-        for agg in self.aggregates:
-            if agg.value is None:
-                out.append(None)
-                continue
-            value = agg.value(record)
+        out: list[Any] = [None] * len(self.aggregates)  # a count's, or no expression: None
+        for i, agg, value_of in self.valued:
+            value = value_of(record)
             kind = type(value)
             # int/float first: the hot path (profiled); the rest is checked, and so are an
             # avg's integers beyond the float range (see check()).
@@ -325,16 +357,16 @@ class WindowPlan:
                 kind is int and (value > FLOAT_MAX or value < FLOAT_MIN)
             ):
                 value = agg.check(value)
-            out.append(value)
+            out[i] = value
         return out
 
     def prepare(self, acc: list[Any], values: list[Any]) -> list[tuple[int, Any]]:
         """The min/max changes of one record to a window, ``(aggregate, new value)``; changes
-        nothing. A min/max appears when its value replaces the window's (:func:`settle` for
-        equal values and NaN); counts, sums and averages cannot fail and are not listed.
-        Raises TypeError when a min/max value has no order with the one the window holds (a
-        string against a number, ...): the record's fault, dead-lettered, with the window
-        intact.
+        nothing. A min/max appears when its value replaces the window's in the total order
+        of :func:`settle` (which decides equal values, NaN and a number against a string);
+        counts, sums and averages are not listed. Never raises: whether a record is refused
+        is decided by its values alone (:meth:`values`), never by what a window holds, so it
+        does not depend on the order of arrival.
         """
         changes: list[tuple[int, Any]] = []
         for i, is_min in self.ordered:
@@ -342,33 +374,24 @@ class WindowPlan:
             if value is None:
                 continue
             prev = acc[i]
+            if prev is None:
+                changes.append((i, CANONICAL_NAN if is_nan(value) else value))
+                continue
             try:
-                if prev is None:
-                    changes.append((i, CANONICAL_NAN if is_nan(value) else value))
-                elif value < prev if is_min else value > prev:
+                if value < prev if is_min else value > prev:
                     changes.append((i, value))
-                elif not (value > prev if is_min else value < prev):  # equal, or a NaN
-                    new = settle(prev, value, is_min)
-                    if new is not prev:
-                        changes.append((i, new))
-            except TypeError:
-                agg = self.aggregates[i]
-                raise TypeError(
-                    f"aggregate {agg.name!r} ({agg.function}) cannot compare "
-                    f"{type(value).__name__} with the {type(prev).__name__} this window holds"
-                ) from None
+                    continue
+                if value > prev if is_min else value < prev:
+                    continue
+            except TypeError:  # a number and a string: settle() orders them
+                pass
+            new = settle(prev, value, is_min)  # equal, a NaN, or a number and a string
+            if new is not prev:
+                changes.append((i, new))
         return changes
 
-    def refusal(self, acc: list[Any], values: list[Any]) -> Exception:
-        """The error :meth:`prepare` raises for these values (the fused path's slow lane)."""
-        try:
-            self.prepare(acc, values)
-        except REFUSED as error:
-            return error
-        return TypeError("aggregate values cannot be folded into the window's")
-
     def update(self, acc: list[Any], values: list[Any]) -> None:
-        """Fold one record's values into a window: all or nothing (see :meth:`prepare`)."""
+        """Fold one record's values (from :meth:`values`) into a window; cannot fail."""
         self.apply(acc, self.prepare(acc, values), values)
 
     def apply(self, acc: list[Any], changes: list[tuple[int, Any]], values: list[Any]) -> None:
@@ -387,7 +410,11 @@ class WindowPlan:
                 slot[0] = add(slot[0], value)
                 slot[1] += 1
             else:
-                acc[i] = add(acc[i], value)
+                held = acc[i]
+                if type(value) is int and type(held) is not list:  # summing.add's int case
+                    acc[i] = value if held is None else held + value
+                else:
+                    acc[i] = add(held, value)
 
     def result(
         self, key: Any, start_ms: int, acc: list[Any], texts: tuple[str, str] | None = None
@@ -443,11 +470,8 @@ class PartitionWindows:
         return self.max_event_ms - self.plan.lateness_ms
 
     def add(self, key: Any, event_ms: int, values: list[Any]) -> bool:
-        """Fold one record in; False (and no change) when it is late.
-
-        All or nothing: TypeError or OverflowError (see :meth:`WindowPlan.prepare`) before any
-        window or the watermark changed.
-        """
+        """Fold one record's values (from :meth:`WindowPlan.values`) in; False (and no
+        change) when it is late. Cannot fail."""
         plan = self.plan
         top = self.max_event_ms
         if top is None or event_ms > top:
@@ -460,7 +484,7 @@ class PartitionWindows:
                 self.max_event_ms = top
                 return False
             acc = self.windows.get((key, start))
-            if acc is None:  # a new accumulator takes any value: nothing to compare with
+            if acc is None:
                 acc = self.open_window(key, start)
             plan.update(acc, values)
             self.changed.add((key, start))
@@ -471,20 +495,14 @@ class PartitionWindows:
         if starts[-1] + size <= watermark:
             self.max_event_ms = top
             return False
-        # Every open window first (each may refuse the values), then every change; windows
-        # that closed already (older, overlapping ones) are skipped.
-        pending: list[tuple[int, list[Any] | None, list[tuple[int, Any]] | None]] = []
+        # Every window still open; those that closed already (older, overlapping ones) are
+        # skipped.
+        changed = self.changed
         for start in starts:
             if start + size > watermark:
                 acc = windows.get((key, start))
-                pending.append((start, acc, None if acc is None else plan.prepare(acc, values)))
-        changed = self.changed
-        for start, acc, changes in pending:
-            if acc is None or changes is None:
-                plan.update(self.open_window(key, start), values)
-            else:
-                plan.apply(acc, changes, values)
-            changed.add((key, start))
+                plan.update(self.open_window(key, start) if acc is None else acc, values)
+                changed.add((key, start))
         self.max_event_ms = top
         return True
 
@@ -495,13 +513,18 @@ class PartitionWindows:
 
         Same result as :meth:`add` per record (the tumbling case is inlined, locals bound
         once: profiling showed the per-record calls dominating). Returns the sources whose
-        key, event time or values failed or whose values the window refused (with the
-        error), and the late ones (with their event time); neither changed the state.
+        key, event time or values failed or were refused (with the error: the record alone
+        decides, see :meth:`WindowPlan.values`), and the late ones (with their event time);
+        neither changed the state.
         ``kafka_time(source)`` is only called when the plan takes event time from the Kafka
         timestamp.
         """
         plan = self.plan
         key_of, time_of, values_of, update = plan.key, plan.event_time, plan.values, plan.update
+        # No min/max: there are no changes to prepare (profiled).
+        prepared, apply = bool(plan.ordered), plan.apply
+        no_changes: list[tuple[int, Any]] = []
+        millis_of, low, high = plan.millis or (None, 0, 0)
         open_window = self.open_window
         use_kafka_time = plan.kafka_time
         size, lateness = plan.size_ms, plan.lateness_ms
@@ -512,39 +535,44 @@ class PartitionWindows:
         errors: list[tuple[Any, Exception]] = []
         late: list[tuple[Any, int]] = []
         max_ms = self.max_event_ms
+        start = end = 0  # the window of the previous record (tumbling), reused while t is in it
         for record, source in items:
             try:
                 key = key_of(record)
                 if type(key) is not str:  # see values.canonical_key: 1, 1.0, true differ
                     key = canonical_key(key)
-                event_ms = time_of(record, kafka_time(source) if use_kafka_time else None)
+                if millis_of is not None:  # an int in range needs no conversion
+                    event_ms = millis_of(record)
+                    if type(event_ms) is not int or not low <= event_ms <= high:
+                        event_ms = time_of(record, None)  # the same read, converted
+                else:
+                    event_ms = time_of(record, kafka_time(source) if use_kafka_time else None)
                 values = values_of(record)
             except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
                 errors.append((source, error.with_traceback(None)))
                 continue
             if not tumbling:
                 self.max_event_ms = max_ms
-                try:
-                    if not self.add(key, event_ms, values):
-                        late.append((source, event_ms))
-                except REFUSED as error:  # nothing changed: the record's error
-                    errors.append((source, error.with_traceback(None)))
+                if not self.add(key, event_ms, values):
+                    late.append((source, event_ms))
                 max_ms = self.max_event_ms
                 continue
             top = max_ms if max_ms is not None and event_ms <= max_ms else event_ms
-            start = event_ms - event_ms % size
-            if start + size <= top - lateness:
+            if not start <= event_ms < end:  # epoch ms are 2-digit ints: spare the arithmetic
+                start = event_ms - event_ms % size
+                end = start + size
+            if end <= top - lateness:
                 late.append((source, event_ms))
                 continue
-            acc = get((key, start))
-            if acc is None:  # a new accumulator takes any value: nothing to compare with
+            window = (key, start)
+            acc = get(window)
+            if acc is None:
                 acc = open_window(key, start)
-            try:
+            if prepared:
                 update(acc, values)
-            except REFUSED as error:  # all or nothing: neither acc nor max_ms changed
-                errors.append((source, error.with_traceback(None)))
-                continue
-            mark((key, start))
+            else:
+                apply(acc, no_changes, values)
+            mark(window)
             max_ms = top
         self.max_event_ms = max_ms
         return errors, late
@@ -628,7 +656,10 @@ class PartitionWindows:
         version = data.get("v")
         state.based = base and version == STATE_VERSION
         if version not in READ_VERSIONS:
-            raise ValueError(f"unsupported window state version {version!r}")
+            raise StateVersionError(
+                f"unsupported window state version {version!r}: this worker reads versions "
+                f"{', '.join(map(str, READ_VERSIONS))}, so a newer streamherd wrote it"
+            )
         state.max_event_ms = data.get("maxEventMs")
         legacy = version != STATE_VERSION and bool(plan.added)  # running float totals
         for key, start, held in data.get("windows", ()):
@@ -636,10 +667,25 @@ class PartitionWindows:
             acc = decode_value(held)
             if legacy:
                 _exact_totals(plan, acc)
+            _ordered_values(plan, acc)
             state.windows[(canonical_key(decode_value(key)), int(start))] = acc
         if state.windows:
             state.first_end = min(s for _, s in state.windows) + plan.size_ms
         return state
+
+
+def _ordered_values(plan: WindowPlan, acc: list[Any]) -> None:
+    """Check that a restored accumulator's min/max hold values of the total order (see
+    :func:`settle`), and give a NaN the one NaN a window holds: a restored state folds on
+    exactly as the state that was saved, whatever wrote it."""
+    for i, _ in plan.ordered:
+        held = acc[i]
+        if held is None:
+            continue
+        if not ordered_value(held):
+            raise ValueError(f"not a min/max value in window state: {held!r}")
+        if is_nan(held):
+            acc[i] = CANONICAL_NAN
 
 
 def _exact_totals(plan: WindowPlan, acc: list[Any]) -> None:
@@ -670,5 +716,5 @@ def reference_aggregate(
         key = canonical_key(raw_key)
         for start in plan.window_starts(event_ms):
             acc = accs.setdefault((key, start), plan.new_accumulator())
-            plan.update(acc, values)  # REFUSED: the caller passes foldable values only
+            plan.update(acc, values)  # values from plan.values(): the caller's
     return {output_key(k, s): plan.result(k, s, acc) for (k, s), acc in accs.items()}

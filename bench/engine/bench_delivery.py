@@ -10,6 +10,12 @@ pre-loaded topic, repeated ``--runs`` times:
 - ``alo-repartition`` / ``eos-repartition``: the same with ``window.repartition: always``,
   every record crossing the broker twice (the cost of a window keyed by another field).
 
+``--baseline DIR`` also runs the two repartition configurations from DIR, another source
+tree of streamherd (an export of main: ``git archive main | tar -x -C DIR``), in the same
+rounds on the same topic, its children with DIR as working directory and first on
+PYTHONPATH: the before of a change to the hop, measured beside its after (rows ``... @
+<name>``; the engine module those children import is checked to be DIR's first).
+
 A run ends when every input record has been through the window (for a repartitioned run:
 taken from the repartition topic too), then a final checkpoint. Reported: medians of
 records/s and records per CPU-second of the worker process (every thread, librdkafka's
@@ -21,6 +27,7 @@ Writes its section of docs/benchmarks.md (between ``<!-- delivery:begin -->`` an
 
     .venv/bin/python -m bench.engine.bench_delivery            # starts a broker via tests/infra
     .venv/bin/python -m bench.engine.bench_delivery --records 300000 --runs 3
+    .venv/bin/python -m bench.engine.bench_delivery --baseline /tmp/main --baseline-name main
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from bench.engine.bench_engine import (
@@ -54,6 +62,8 @@ from tests.infra.paths import REPO_ROOT, module_command
 
 BEGIN, END = "<!-- delivery:begin -->", "<!-- delivery:end -->"
 MODES = ("alo", "eos", "alo-repartition", "eos-repartition")
+#: The configurations a ``--baseline`` tree runs too.
+BASELINE_MODES = ("alo-repartition", "eos-repartition")
 
 
 def mode_config(base: WorkerConfig, mode: str, topic: str) -> WorkerConfig:
@@ -106,16 +116,40 @@ def windows_of(bootstrap: str, sink: str) -> dict[str, Any]:
     return out
 
 
-def render(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]], same: str) -> str:
+def render(
+    args: argparse.Namespace,
+    results: dict[str, list[dict[str, Any]]],
+    same: str,
+    base: str | None = None,
+) -> str:
     def med(mode: str, what: str) -> float:
         return float(statistics.median(r["records"] / r[what] for r in results[mode]))
 
     rows = []
-    for mode in MODES:
+    for mode in results:
         rows.append(
             f"| {mode} | {med(mode, 'wall'):,.0f} | {med(mode, 'cpu'):,.0f} | "
             f"{med(mode, 'cpu') / med('alo', 'cpu'):.0%} |"
         )
+    hops: list[str] = []
+    if base is not None:
+        hops = [
+            f"The repartition hop against its before ({base}, run in the same rounds): records "
+            "per CPU-second, medians; the hop's cost is CPU-seconds per record relative to "
+            "`alo`'s.",
+            "",
+            "| configuration | before | after | after / before | hop cost before | "
+            "hop cost after |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        alo = med("alo", "cpu")
+        for mode in BASELINE_MODES:
+            before, after = med(f"{mode} @ {base}", "cpu"), med(mode, "cpu")
+            hops.append(
+                f"| {mode} | {before:,.0f} | {after:,.0f} | {after / before:.2f}x | "
+                f"{alo / before:.1f}x | {alo / after:.1f}x |"
+            )
+        hops.append("")
     m = machine()
     return "\n".join(
         [
@@ -125,13 +159,17 @@ def render(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]], s
             f"runs, one configuration after the other on one broker; measured "
             f"{time.strftime('%Y-%m-%d')} on {m.get('cpu', '?')} "
             f"({m.get('cores', '?')} cores), load average at start "
-            f"{os.getloadavg()[0]:.1f}. Goal (issue): exactly-once at 70% or more of "
-            "at-least-once records per CPU-second.",
+            f"{os.getloadavg()[0]:.1f}; Python {m.get('python')}, confluent-kafka "
+            f"{m.get('confluent-kafka')} (librdkafka {m.get('librdkafka')}), msgspec "
+            f"{m.get('msgspec')}, orjson {m.get('orjson')}, one local broker (tests/infra). "
+            "Goal (issue): exactly-once at 70% or more of at-least-once records per "
+            "CPU-second.",
             "",
             "| configuration | records/s | records per CPU-second | per CPU-s vs alo |",
             "| --- | ---: | ---: | ---: |",
             *rows,
             "",
+            *hops,
             f"Outputs compared window by window: {same}.",
         ]
     )
@@ -142,26 +180,34 @@ def parent(args: argparse.Namespace) -> int:
     if not args.bootstrap:
         broker = start_kafka()
         args.bootstrap = broker.broker.bootstrap
-    results: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    base = baseline_name(args.baseline, args.baseline_name) if args.baseline else None
+    runs: list[tuple[str, str, Path]] = [(m, m, REPO_ROOT) for m in MODES]
+    if args.baseline:
+        tree = Path(args.baseline).resolve()
+        ran = engine_file(tree)
+        if not ran.is_relative_to(tree):
+            raise SystemExit(f"the baseline's children would run {ran}, not {tree}'s engine")
+        runs += [(f"{m} @ {base}", m, tree) for m in BASELINE_MODES]
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in runs}
     outputs: dict[str, dict[str, Any]] = {}
     try:
         topic = f"bench-delivery-{uuid.uuid4().hex[:8]}"
         preload(args.bootstrap, topic, args.records, args.partitions)
         me = module_command("bench.engine.bench_delivery")
         for round_ in range(args.runs):
-            for mode in MODES:
+            for name, mode, root in runs:
                 sink = f"bench-out-{mode}-{uuid.uuid4().hex[:8]}"
                 create_topic(args.bootstrap, sink, args.partitions)
                 argv = [*me, "--child", mode, "--bootstrap", args.bootstrap, "--topic", topic]
                 argv += ["--sink", sink, "--records", str(args.records)]
                 done = subprocess.run(
-                    argv, capture_output=True, text=True, check=True, cwd=REPO_ROOT
+                    argv, capture_output=True, text=True, check=True, cwd=root, env=env_of(root)
                 )
                 result = json.loads(done.stdout.strip().splitlines()[-1])
-                results[mode].append(result)
-                outputs[mode] = windows_of(args.bootstrap, sink)
+                results[name].append(result)
+                outputs[name] = windows_of(args.bootstrap, sink)
                 print(
-                    f"round {round_ + 1} {mode:16} "
+                    f"round {round_ + 1} {name:28} "
                     f"{result['records'] / result['wall']:>9,.0f} rec/s "
                     f"{result['records'] / result['cpu']:>9,.0f} rec/cpu-s",
                     flush=True,
@@ -171,19 +217,52 @@ def parent(args: argparse.Namespace) -> int:
             broker.stop()
     # The stream's last windows may still be open when a run stops (a repartitioned window
     # waits for the slowest source partition): compare the windows every run closed.
-    common = set.intersection(*(set(outputs[m]) for m in MODES))
-    differ = [m for m in MODES if any(outputs[m][k] != outputs["alo"][k] for k in common)]
+    common = set.intersection(*(set(outputs[m]) for m in results))
+    differ = [m for m in results if any(outputs[m][k] != outputs["alo"][k] for k in common)]
     same = (
         f"the {len(common):,} windows that every configuration closed are identical "
-        f"(closed per configuration: " + ", ".join(f"{m} {len(outputs[m]):,}" for m in MODES) + ")"
+        f"(closed per configuration: "
+        + ", ".join(f"{m} {len(outputs[m]):,}" for m in results)
+        + ")"
         if not differ
         else f"DIFFERENT from alo: {', '.join(differ)}"
     )
-    section = render(args, results, same)
+    section = render(args, results, same, base)
     print(section)
     if not args.no_write:
         write_section(section, BEGIN, END)
     return 0 if not differ else 1
+
+
+def env_of(root: Path) -> dict[str, str] | None:
+    """A child's environment: another tree first on PYTHONPATH (its streamherd, bench and
+    tests); None (inherited) for this one."""
+    return None if root == REPO_ROOT else {**os.environ, "PYTHONPATH": str(root)}
+
+
+def engine_file(root: Path) -> Path:
+    """The engine module a child in ``root`` imports."""
+    code = "import inspect, streamherd.workers.engine as e; print(inspect.getfile(e))"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+        env=env_of(root),
+    )
+    return Path(done.stdout.strip()).resolve()
+
+
+def baseline_name(path: str, name: str) -> str:
+    """``name`` and, when the tree is a git checkout, its commit (e.g. ``main af66aff``)."""
+    done = subprocess.run(
+        ["git", "-C", path, "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return f"{name} {done.stdout.strip()}" if done.returncode == 0 else name
 
 
 def main() -> int:
@@ -193,6 +272,14 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="another streamherd source tree whose repartition configurations run too (before)",
+    )
+    parser.add_argument(
+        "--baseline-name", default="main", help="what to call the baseline (default: main)"
+    )
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     parser.add_argument("--sink", help=argparse.SUPPRESS)

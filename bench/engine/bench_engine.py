@@ -9,7 +9,8 @@ one after the other on the same broker and the same input topic:
 
 - read: a confluent-kafka consumer doing ``consume(5000, 0.5)`` and reading every message's
   value (``m.value()``), nothing else: the ceiling as the engine's goals define it ("a bare
-  confluent-kafka consume loop that only reads"); the 50% goal is judged against it;
+  confluent-kafka consume loop that only reads"); the goals (fused engine at least 70%,
+  generic path at least 35% of its records per CPU-second) are judged against it;
 - bare: the same loop plus ``orjson.loads`` of every value (context: reading + decoding);
 - engine: the streamherd engine (``Engine``, in-process in the child) running the pipeline
   with checkpoints (and commits) every 5 s and a Kafka sink; it picks the pipeline's fused
@@ -78,6 +79,10 @@ KEYS = 1000
 BATCH = 5000
 IMPLS = ("read", "bare", "engine", "engine-generic", "quix", "quix-nolog")
 DEFAULT_IMPLS = "read,bare,engine,engine-generic,quix"
+# Records per CPU-second as a share of the read-only loop's: the engine (fused batch
+# function) and its generic stage path (what pipelines the fused path does not take get).
+FUSED_GOAL = 0.70
+GENERIC_GOAL = 0.35
 
 
 # --------------------------------------------------------------------------- input
@@ -464,10 +469,53 @@ load ~10; cumulative ns per record):
 
 So the decode is now half of the engine's own work, and the rest is a handful of
 inline bytecodes per record; what remains above the read-only loop is roughly one
-decode plus one dictionary update per record. Before (generic path, the previous
-profile): ~10 Python calls per record, decode 20% and fold 50% of the time; orjson's
-full dict alone cost ~1.2 us per record against msgspec's ~0.36 us for the read fields
-(same machine, same records).
+decode plus one dictionary update per record (decoding a whole batch in one msgspec call,
+as a JSON array or as lines, measured slower: ~300-350 ns against ~260 ns per record, the
+join and the list cost more than the calls they spare).
+
+### Pipelines the fused path now takes (in-process, before and after)
+
+What the engine runs per record for other pipeline shapes, before (the previous code: its
+fused function when it had one, else the generic path) and after the fused path took map
+steps, inline hopping windows and user functions. In-process, 50,000 records of the
+workload (synthetic messages, batches of 5000, `close()` after each), CPU ns per record,
+best of 7; the minimum of 3 runs of each side, alternated (load 4-6; 2026-12-04):
+
+| pipeline (the reference one, changed as said) | before | after |
+| --- | ---: | ---: |
+| filter, 60 s tumbling (the reference) | 789 (fused) | 789 (fused, Struct) |
+| + a map step (`set kb: bytes / 1024`, `select`; sum of kb) | 4,602 (generic) | 1,181 (fused) |
+| hopping 60 s every 20 s | 3,858 (fused, through `add()`) | 1,939 (fused, inline) |
+| + a map step renaming a decoded field (`bytes` to `b`) | 3,500 (generic) | 1,659 (fused, dict) |
+| + a batch user function (`tag_batch` of the unit tests) | 3,428 (generic) | 1,754 (fused, dict) |
+| the reference on the generic path | 2,976 (generic) | 2,061 (generic) |
+
+### The generic path (cProfile, in-process, the same records)
+
+The generic path is what the fused one does not take (the raw format, the generator,
+stateless and repartitioned pipelines) and the reference it is tested against. Profiled
+with cProfile on 60,000-100,000 records of the workload (synthetic messages, batches of
+5000), side by side with the previous code:
+
+- the cyclic garbage collector: ~700 of ~2,900 ns per record. A batch keeps 5000 dicts
+  and tuples alive from decode to fold, so every 700 new ones it scanned them all, finding
+  nothing. Now paused over the batch (`processing.gc_paused`), one collection after it;
+- `decode_json`'s check that every value is an object: a generator step per record; now
+  `set(map(type, records))` and `zip`, in C;
+- the fold called `prepare()` (a min/max's changes) for pipelines without a min/max; now
+  `apply()` directly;
+- the fold's event time: two calls per record (`millis_time`, then its field reader); now
+  the field is read inline and converted only when it is not an int in range;
+- the fold's window: `t - t % size` and two additions on 2-digit ints per record, the
+  `(key, start)` tuple built twice; now the previous record's window is reused while `t`
+  is in it, and the tuple is built once;
+- `values()`/`apply()` looped over every aggregate and called `summing.add` for int + int;
+  now only the aggregates with a value, the int case inline.
+
+Together ~2.9-3.0 us -> ~2.0-2.1 us per record in-process. What remains is one orjson dict
+per record (~1 us with its `m.value()`), the filter's lambda, and the fold's key, event
+time and value lambdas: the ten Python calls per record that the fused function exists to
+avoid.
 """
 
 
@@ -524,8 +572,8 @@ def render(
     r_rate, r_cpu, _ = stats("read")
     lines = [
         f"vs the read-only loop (the ceiling): {e_rate / r_rate:.0%} of its records/s, "
-        f"{e_cpu / r_cpu:.0%} of its records per CPU-second (goal: at least 50% per core: "
-        f"{'met' if e_cpu / r_cpu >= 0.5 else 'MISSED'})."
+        f"{e_cpu / r_cpu:.0%} of its records per CPU-second (goal: at least "
+        f"{FUSED_GOAL:.0%} per core: {'met' if e_cpu / r_cpu >= FUSED_GOAL else 'MISSED'})."
     ]
     if results.get("bare"):
         _, b_cpu, _ = stats("bare")
@@ -537,7 +585,8 @@ def render(
         _, g_cpu, _ = stats("engine-generic")
         lines.append(
             f"fused vs generic path of the same engine: {e_cpu / g_cpu:.1f}x the records per "
-            f"CPU-second ({g_cpu / r_cpu:.0%} of the ceiling without the fused function)."
+            f"CPU-second; the generic path alone: {g_cpu / r_cpu:.0%} of the ceiling (goal: "
+            f"at least {GENERIC_GOAL:.0%}: {'met' if g_cpu / r_cpu >= GENERIC_GOAL else 'MISSED'})."
         )
     for impl in ("quix", "quix-nolog"):
         if results.get(impl):

@@ -603,7 +603,9 @@ class Upgrade(Model):
             "auto: when the workers of an edited spec are still not all ready and up to date "
             "`rollbackAfter` after the rollout began (a crash loop, pods that cannot be "
             "scheduled), go back to the last spec whose workers were, and say so in the "
-            "RolledBack condition and an event; the next edit is tried afresh. off: never."
+            "RolledBack condition and an event; the next edit is tried afresh. Never to a "
+            "spec of another worker image (it may not read the new workers' state): that is "
+            "said in RolledBack (RollbackRefused) instead. off: never."
         ),
     )
     rollback_after: Duration = Field(

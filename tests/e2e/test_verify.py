@@ -104,6 +104,13 @@ def live_workers(mirror: PodMirror) -> set[str]:
     return {pod for pod in mirror.workers if "-shadow-" not in pod}
 
 
+def topics_said(ns: Namespace, name: str) -> tuple[Any, Any]:
+    """What the status says of the internal topics: TopicsReady (without its
+    observedGeneration, stamped again on every write) and status.internalTopics."""
+    cond = {k: v for k, v in ns.condition(name, "TopicsReady").items() if k != "observedGeneration"}
+    return cond, ns.status(name).get("internalTopics")
+
+
 def test_a_change_of_results_is_held_with_its_count_and_an_equal_one_is_promoted(
     ns: Namespace, kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:
@@ -143,6 +150,11 @@ def test_a_change_of_results_is_held_with_its_count_and_an_equal_one_is_promoted
         assert config_map is not None and deployment is not None
         workers = live_workers(mirror)
         assert len(workers) == 1
+        # The window re-keys (by user): a repartition topic, which the status lists. While
+        # a verification holds an edit the topics are not looked at, and the status keeps
+        # what the last look found (it used to drop both).
+        topics = topics_said(ns, name)
+        assert topics[0].get("status") == "True" and topics[1], topics
 
         # 1. An edit that alters the results: not promoted, the count in status. It drops the
         # records whose bytes are 824: records 3500 (the window at 30s) and 4497 (at 40s).
@@ -152,6 +164,7 @@ def test_a_change_of_results_is_held_with_its_count_and_an_equal_one_is_promoted
             lambda: verification(ns, name).get("phase") == "Running",
             timeout=60,
         )
+        assert topics_said(ns, name) == topics  # the write that started it kept them
         wait_until(
             "both shadows running",
             lambda: {p.split("-shadow-")[1].split("-")[0] for p in mirror.workers
@@ -180,6 +193,7 @@ def test_a_change_of_results_is_held_with_its_count_and_an_equal_one_is_promoted
         assert (cond["status"], cond["reason"]) == ("False", "ResultsDiffer"), cond
         assert f"{len(differing)} of {len(old)} windows differ" in cond["message"], cond
         assert "VerificationFailed" in ns.event_reasons(name)
+        assert topics_said(ns, name) == topics  # the failed verdict holds the edit still
         # The workers were never touched, and the shadows are gone.
         now_cm = ns.get("configmap", f"{name}-config") or {}
         assert now_cm["metadata"]["resourceVersion"] == config_map["metadata"]["resourceVersion"]

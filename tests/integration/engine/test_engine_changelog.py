@@ -334,7 +334,9 @@ def test_fingerprint_refuse_then_reset_with_the_changelog_backend(
     before = checkpoints("r1")
     committed = kafka_broker.committed(group, source)
     assert all(c is not None and c.state and c.state["windows"] for c in before.values())
-    old_fp = next(iter(before.values())).fingerprint  # type: ignore[union-attr]
+    some = next(iter(before.values()))
+    assert some is not None
+    old_fp = some.fingerprint
 
     held = start("refused", with_new_state(cfg, _sink))
     try:
@@ -370,7 +372,9 @@ def test_fingerprint_refuse_then_reset_with_the_changelog_backend(
     finally:
         reset.stop()
     after = checkpoints("r3")
-    new_fp = next(iter(after.values())).fingerprint  # type: ignore[union-attr]
+    some = next(iter(after.values()))
+    assert some is not None
+    new_fp = some.fingerprint
     assert new_fp != old_fp and all(c is not None and c.fingerprint == new_fp
                                     for c in after.values())  # fmt: skip
     b = backend(kafka_broker, source, topic, "r4")

@@ -22,6 +22,7 @@ import pytest
 from streamherd.workers.config import ProcessorConfig
 from streamherd.workers.processing import (
     Processor,
+    SourceMessage,
     SyntheticMessage,
     decode_json,
     encode_output,
@@ -70,7 +71,7 @@ def finish_and_verify(
     records = list(clicks(0, total))
     flush_markers(broker, src, 4, records[-1][1]["ts"])
     expected = reference(records)
-    seen: dict[str, dict[str, object]] = {}
+    seen: dict[str, dict[str, Any]] = {}
 
     def complete() -> bool:
         seen.clear()
@@ -78,7 +79,7 @@ def finish_and_verify(
         return set(expected) <= set(seen)
 
     wait_until("every window in the sink", complete, 120, workers)
-    assert_matches(seen, expected)  # type: ignore[arg-type]
+    assert_matches(seen, expected)
     late = broker.consume_all(dlq)
     assert late == [], f"{len(late)} records dead-lettered, e.g. {late[0].headers}"
 
@@ -245,11 +246,11 @@ def uninterrupted(records: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for partition in (0, 1):
         state = PartitionWindows(processor.window)
-        messages = [
+        messages: list[SourceMessage] = [
             SyntheticMessage("in", partition, i, None, r, 0)
             for i, r in enumerate(r for p, r in records if p == partition)
         ]
-        batch = window_batch(decode_json, processor, state, messages)  # type: ignore[arg-type]
+        batch = window_batch(decode_json, processor, state, messages)
         assert batch.failures == [] and batch.late == []
         for key, row in state.close(everything=True):
             out[key] = json.loads(encode_output(row))  # as the sink writes it (exact ints)

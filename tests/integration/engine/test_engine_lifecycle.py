@@ -69,13 +69,14 @@ def produce_timed(broker: KafkaBroker, topic: str, start: int, count: int) -> li
 
     for i in range(start, start + count):
         u = (i * 7919) % 60
-        rec = {"id": i, "user": f"user-{u}", "bytes": (i * 31) % 997, "ts": BASE_TS + i * STEP_MS}
+        user, ts = f"user-{u}", BASE_TS + i * STEP_MS
+        rec = {"id": i, "user": user, "bytes": (i * 31) % 997, "ts": ts}
         producer.produce(
             topic,
-            key=rec["user"].encode(),
+            key=user.encode(),
             value=orjson.dumps(rec),
             partition=u % PARTITIONS,
-            timestamp=rec["ts"],
+            timestamp=ts,
             on_delivery=delivered,
         )
         producer.poll(0)

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from streamherd.workers.rekeying import HOP_FORMAT, decode_message
 from streamherd.workers.repartitioning import read_mark
 from tests.infra.kafka import KafkaBroker, Record
 from tests.integration.engine.enginekit import (
@@ -282,9 +283,13 @@ def test_a_quiet_partition_closes_its_windows_after_idle_timeout(
 
 def rekeyed(broker: KafkaBroker, topic: str) -> set[tuple[int, int]]:
     """The (source partition, source offset) of every re-keyed record in the repartition
-    topic (progress markers left out)."""
+    topic (format 3: every entry of a message; progress markers left out)."""
     out: set[tuple[int, int]] = set()
     for rec in broker.consume_all(topic, timeout=60):
+        if rec.value and rec.value[0] == HOP_FORMAT:
+            _, _, partition, entries = decode_message(rec.value)
+            out.update((partition, entry[0]) for entry in entries)
+            continue
         mark = read_mark(rec.headers)
         if not mark.marker:
             out.add((mark.upstream[1], mark.offset))
@@ -387,7 +392,7 @@ def test_values_json_cannot_hold_cross_the_repartition_topic_exactly(
     floats."""
     src, sink, dlq = topics(kafka_broker)
     specials = {"/p0": ["1.5", "2.25"], "/p1": ["1.5", "inf"], "/p2": ["nan", "2.25"]}
-    records = []
+    records: list[tuple[str, dict[str, Any]]] = []
     for i in range(60):
         page = f"/p{i % 3}"
         s = specials[page][(i // 3) % 2]
@@ -406,7 +411,7 @@ def test_values_json_cannot_hold_cross_the_repartition_topic_exactly(
     try:
         flush(kafka_broker, src, records[-1][1]["ts"])
         window = iso(BASE_TS - BASE_TS % WINDOW_MS)
-        expected = {f"/p{p}|{window}": {} for p in range(3)}
+        expected: dict[str, dict[str, int]] = {f"/p{p}|{window}": {} for p in range(3)}
         got, counts = sink_windows(
             kafka_broker, sink, expected, "the three pages' windows", 120, [worker]
         )

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka.admin import AdminClient
 
+from streamherd.operator.kafkaadmin import KafkaAdmin
+from streamherd.operator.lagprobe import ClusterConfig
 from streamherd.operator.restoring import snapshot_status
-from streamherd.operator.snapshots import _ensure_topic
+from streamherd.operator.snapshots import KAFKA_TIMEOUT, ensure_topic
 from streamherd.workers.checkpointing import Checkpoint
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.snapshotting import read_snapshot, snapshot_topic
@@ -97,7 +98,9 @@ def test_a_snapshot_on_request_restores_into_a_new_pipeline(
                    120, [old])  # fmt: skip
         # The request, as the operator makes it: the snapshot's topic on the source cluster.
         topic = snapshot_topic(namespace, pipeline, snap)
-        _ensure_topic(AdminClient(kafka_broker.client_config()), topic)
+        cluster = ClusterConfig.of(kafka_broker.bootstrap)
+        with KafkaAdmin.connect(cluster, KAFKA_TIMEOUT) as admin:
+            ensure_topic(admin, topic)
         expected = {(source, p) for p in range(PARTITIONS)}
         status: dict[str, Any] = {}
 
@@ -106,7 +109,8 @@ def test_a_snapshot_on_request_restores_into_a_new_pipeline(
             if contents is None:
                 return False
             status.update(snapshot_status(contents, expected, topic, kafka_broker.bootstrap))
-            return status["phase"] == "Ready"
+            phase: str = status["phase"]
+            return phase == "Ready"
 
         wait_until("the snapshot is Ready", ready, 60, [old])
         # The old pipeline goes on after the snapshot, with more records.

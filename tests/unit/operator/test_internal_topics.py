@@ -25,7 +25,7 @@ from confluent_kafka import KafkaError, KafkaException
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamherd.operator import topicadmin
+from streamherd.operator import kafkaadmin
 from streamherd.operator.api.v1alpha1 import StreamPipeline, Upgrade
 from streamherd.operator.builders import Capabilities, build_all
 from streamherd.operator.builders.meta import CHECKPOINT_DIR, CONFIG_KEY
@@ -408,8 +408,24 @@ def test_a_reset_backend_switch_rolls_to_the_changelog() -> None:
 class DeadAdmin:
     """An admin client whose broker never answers (the real one raises the same)."""
 
+    @staticmethod
+    def _no_answer() -> KafkaException:
+        return KafkaException(KafkaError(KafkaError._TRANSPORT, "Broker transport failure"))
+
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
-        raise KafkaException(KafkaError(KafkaError._TRANSPORT, "Broker transport failure"))
+        raise self._no_answer()
+
+    def create_topics(self, new_topics: list[Any], **kwargs: Any) -> dict[str, Any]:
+        raise self._no_answer()
+
+    def delete_topics(self, topics: list[str], **kwargs: Any) -> dict[str, Any]:
+        raise self._no_answer()
+
+    def describe_configs(self, resources: list[Any], **kwargs: Any) -> dict[Any, Any]:
+        raise self._no_answer()
+
+    def delete_consumer_groups(self, group_ids: list[str], **kwargs: Any) -> dict[str, Any]:
+        raise self._no_answer()
 
     def poll(self, timeout: float) -> int:
         return 0
@@ -427,7 +443,7 @@ def test_a_running_attempt_never_flips_the_status_and_a_failure_waits_its_backof
 
     manager = InternalTopics(
         resolve_cluster=resolve,
-        admin_factory=lambda _c: DeadAdmin(),  # type: ignore[arg-type,return-value]
+        admin_factory=lambda _c: DeadAdmin(),
         wait=0.05,
         timeout=1.0,
         clock=lambda: clock[0],
@@ -467,11 +483,11 @@ def test_every_way_of_no_broker_answering_reads_the_same_in_status() -> None:
     """Refused and timed out alternate with the machine's load: the status must not (each
     change of the message would be a status write at every attempt, on an idle pipeline)."""
     said = {
-        topicadmin._reason(KafkaException(KafkaError(code, "detail")))
+        kafkaadmin.reason(KafkaException(KafkaError(code, "detail")))
         for code in (KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN)
     }
     assert len(said) == 1 and "no broker answered" in said.pop()
-    denied = topicadmin._reason(
+    denied = kafkaadmin.reason(
         KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "denied"))
     )
     assert denied.startswith("TOPIC_AUTHORIZATION_FAILED")  # a person's problem: named

@@ -70,9 +70,13 @@ class World:
     seen: bool = True  # its controller saw its latest generation
     stuck: bool = False
     caps: Capabilities = field(default_factory=Capabilities)
+    #: What ensuring the internal topics finds, when the decision ensures them.
     topics: TopicsReport | None = None
+    #: The operator manages the internal topics (None: when it finds `topics`).
+    topics_managed: bool | None = None
     verification: Verification = field(default_factory=Verification)
     last_good: int | None = None  # rolled back to this generation's spec
+    rollback_refused: str | None = None  # a due rollback not made (another image)
     state_snapshot: Manifest | None = None
     workers_run: bool = True
     strays: tuple[Stray, ...] = ()
@@ -125,16 +129,23 @@ class World:
             pipeline,
             caps=self.caps,
             last_good=good,
+            rollback_refused=self.rollback_refused,
             desired=tuple(desired),
             upgrade=upgrade,
             verification=self.verification,
             state_snapshot=self.state_snapshot,
             workers_run=self.workers_run,
-            topics=self.topics,
-            topics_managed=self.topics is not None,
+            topics_managed=(
+                self.topics is not None if self.topics_managed is None else self.topics_managed
+            ),
             live=live,
             strays=self.strays,
         )
+
+    def settled(self, now: datetime) -> Finished:
+        """decide and finish: the API server takes every child as sent, and ensuring the
+        internal topics (when decided) finds `topics`."""
+        return settle(self.observed(), now, self.topics)
 
     def _deployment(self, dep: Manifest | None) -> Manifest:
         dep = copy.deepcopy(dep or {})
@@ -180,6 +191,14 @@ def topics_report(status: str, created: bool = False) -> TopicsReport:
     pipeline = pipeline_from(doc_with(), namespace="default")
     states = tuple(TopicState(s, 3, created=created) for s in internal_topics(pipeline))
     return TopicsReport(status, states, message=f"topics {status}")  # type: ignore[arg-type]
+
+
+def seen_topics(report: str) -> Manifest:
+    """The status a reconcile of the running pipeline wrote once it had ensured its internal
+    topics and found them `report` (TopicsReady, status.internalTopics)."""
+    written = World(topics=topics_report(report)).settled(NOW - timedelta(hours=1))
+    assert written.status is not None
+    return merged({}, written.status)
 
 
 REFUSED_EDIT = {
@@ -354,6 +373,38 @@ TABLE: dict[
         (VERIFIED, ("Unknown", "Verifying")),
         [],
     ),
+    # The topics are not looked at while the verification holds the edit: TopicsReady stays
+    # what the last look found (it was dropped, with status.internalTopics).
+    "verification holds the edit, the topics as last seen": (
+        World(
+            doc=doc_with(**REFUSED_EDIT, upgrade={"onStateChange": "reset"}),
+            running_doc=doc_with(),
+            verification=VERIFYING,
+            status=seen_topics("ready"),
+            topics_managed=True,
+        ),
+        "Running",
+        ("True", "WorkersReady"),
+        ("False", "Settled"),
+        ("False", "AsExpected"),
+        (TOPICS, ("True", "TopicsReady")),
+        [],
+    ),
+    "verification holds the edit, a topic mismatch as last seen": (
+        World(
+            doc=doc_with(**REFUSED_EDIT, upgrade={"onStateChange": "reset"}),
+            running_doc=doc_with(),
+            verification=VERIFYING,
+            status=seen_topics("mismatch"),
+            topics_managed=True,
+        ),
+        "Degraded",
+        ("True", "WorkersReady"),
+        ("False", "Settled"),
+        ("True", "TopicMismatch"),
+        (TOPICS, ("False", "TopicMismatch")),
+        [],
+    ),
     "rolled back": (
         World(
             doc=doc_with(upgrade={"rollback": "auto"}),
@@ -366,6 +417,19 @@ TABLE: dict[
         ("False", "AsExpected"),
         (ROLLED_BACK, ("True", "RolledBack")),
         ["RolledBack"],
+    ),
+    "rollback refused across images": (
+        World(
+            doc=doc_with(upgrade={"rollback": "auto"}),
+            rollback_refused="it runs image b, not a",
+            status={"lastGoodGeneration": 2},
+        ),
+        "Running",
+        ("True", "WorkersReady"),
+        ("False", "Settled"),
+        ("False", "AsExpected"),
+        (ROLLED_BACK, ("False", "RollbackRefused")),
+        ["RollbackRefused"],
     ),
     "a good generation": (
         World(doc=doc_with(upgrade={"rollback": "auto"}), status={"lastGoodGeneration": 2}),
@@ -382,7 +446,7 @@ TABLE: dict[
 @pytest.mark.parametrize("case", list(TABLE))
 def test_decide_table(case: str) -> None:
     world, phase, ready, progressing, degraded, other, events = TABLE[case]
-    finished = settle(world.observed(), NOW)
+    finished = world.settled(NOW)
     assert finished.status is not None and finished.status == finished.patch
     assert finished.patch["phase"] == phase
     assert finished.patch["observedGeneration"] == GENERATION
@@ -403,6 +467,36 @@ def test_a_held_edit_leaves_the_workers_as_they_are() -> None:
     finished = finish(decision, as_planned(decision))
     assert finished.patch["pendingStateChanges"]
     assert finished.patch["stateFingerprint"] == decision.upgrade.fingerprint
+
+
+@pytest.mark.parametrize("holding", ["verification", "upgrade"])
+def test_a_held_edit_keeps_the_topics_as_last_seen(holding: str) -> None:
+    """Whatever holds the edit, the status keeps TopicsReady (its transition time too) and
+    status.internalTopics as the last look at the topics found them."""
+    seen = seen_topics("ready")
+    world = World(
+        doc=doc_with(**REFUSED_EDIT, upgrade={"onStateChange": "reset"}),
+        running_doc=doc_with(),
+        verification=VERIFYING if holding == "verification" else Verification(),
+        status=seen,
+        topics_managed=True,
+    )
+    if holding == "upgrade":
+        world.doc = doc_with(**REFUSED_EDIT)  # refused: held until the state may change
+    decision = decide(world.observed(), NOW)
+    assert decision.holds and not decision.ensure_topics  # act leaves the topics alone
+    finished = finish(decision, as_planned(decision))
+    assert seen["internalTopics"]
+    assert finished.patch["internalTopics"] == seen["internalTopics"]
+    topics = [c for c in finished.patch["conditions"] if c["type"] == TOPICS]
+    assert topics == [c for c in seen["conditions"] if c["type"] == TOPICS]
+
+
+def test_act_ensures_the_topics_only_when_they_are_managed_and_nothing_is_held() -> None:
+    assert decide(World(topics=topics_report("ready")).observed(), NOW).ensure_topics
+    assert not decide(World().observed(), NOW).ensure_topics  # not managed
+    refused = World(doc=doc_with(**REFUSED_EDIT), running_doc=doc_with(), topics_managed=True)
+    assert not decide(refused.observed(), NOW).ensure_topics  # the upgrade holds
 
 
 def test_a_reset_asks_for_a_snapshot_first_and_looks_again_soon() -> None:
@@ -549,8 +643,22 @@ def test_deciding_again_on_the_status_written_writes_nothing(world: World, later
     observed = world.observed()
     decision = decide(observed, NOW)
     assert decision.apply == () and decision.requests == () and decision.delete == ()
-    first = finish(decision, as_planned(decision))
+    first = finish(decision, as_planned(decision, world.topics))
     world.status = merged(world.status, first.status)
-    again = settle(world.observed(), NOW + timedelta(seconds=later))
+    again = world.settled(NOW + timedelta(seconds=later))
     assert again.status is None, again.patch
     assert again.events == () and again.last_good is None
+
+
+def test_a_refused_rollback_is_said_once_per_generation() -> None:
+    world = World(
+        doc=doc_with(upgrade={"rollback": "auto"}),
+        rollback_refused="it runs image b, not a",
+        status={"lastGoodGeneration": 2},
+    )
+    first = settle(world.observed(), NOW)
+    assert reasons(first) == ["RollbackRefused"]
+    world.status = dict(first.patch)
+    again = settle(world.observed(), NOW)
+    assert reasons(again) == []
+    assert cond(again, ROLLED_BACK) == ("False", "RollbackRefused")

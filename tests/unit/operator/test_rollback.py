@@ -15,7 +15,7 @@ import pytest
 from streamherd.operator.api.v1alpha1 import Condition
 from streamherd.operator.builders.meta import INPUT_HASH_ANNOTATION
 from streamherd.operator.reconciler import reconcile
-from streamherd.operator.rollback import rollback_due
+from streamherd.operator.rollback import rollback_due, rollback_refusal
 from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, body_of, example_doc
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -120,3 +120,74 @@ def test_a_revision_that_never_settles_is_rolled_back_until_the_next_edit() -> N
     assert hash_of(tried) not in (hash_of(good), hash_of(bad))
     status = body_of(kube, name)["status"]
     assert status.get("rolledBackGeneration") is None
+
+
+@pytest.mark.parametrize(
+    ("image", "good_image", "refused"),
+    [
+        ("streamherd:1.0", "streamherd:1.0", False),  # the same image reads its own state
+        ("streamherd:1.1", "streamherd:1.0", True),  # back to an older image
+        ("streamherd:1.0", "streamherd:1.1", True),  # or to any other: unknown formats
+        ("reg/a@sha256:aa", "reg/a:1.0", True),  # the same build by digest: not known
+    ],
+)
+def test_rollback_refusal(image: str, good_image: str, refused: bool) -> None:
+    why = rollback_refusal(
+        image=image, good_image=good_image, generation=3, good_generation=2, after="5m"
+    )
+    assert (why is not None) is refused
+    if why is not None:
+        assert image in why and good_image in why and "generation 2" in why
+        assert "state version" in why and "spec.image" in why
+
+
+def test_a_revision_of_another_image_is_not_rolled_back_and_says_why() -> None:
+    """Generation 2 changes the worker image and never settles: a rollback would hand its
+    partitions to workers of the old image, which may not read the state the new ones
+    checkpointed (decision 0156). The operator leaves it, says so in RolledBack=False with
+    reason RollbackRefused and one Warning event, keeps generation 1 as the last good, and
+    the next edit is tried afresh as ever."""
+    kube = FakeKube()
+    doc = example_doc("02-clicks-per-minute")
+    doc["spec"]["upgrade"] = {"rollback": "auto", "rollbackAfter": "60s"}
+    doc["spec"]["image"] = "example.org/streamherd:1.0"
+    name = kube.put(doc)["metadata"]["name"]
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    kube.roll_out(name)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    assert body_of(kube, name)["status"]["lastGoodGeneration"] == 1
+
+    body = body_of(kube, name)
+    body["spec"]["image"] = "example.org/streamherd:1.1"
+    body["metadata"]["generation"] = 2
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    bad = copy.deepcopy(kube.find("Deployment", name))
+    assert bad is not None
+
+    late = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=61))
+    assert [e.reason for e in late.events].count("RollbackRefused") == 1
+    assert "RolledBack" not in [e.reason for e in late.events]
+    kept = kube.find("Deployment", name)
+    assert kept is not None
+    assert (
+        kept["metadata"]["annotations"][INPUT_HASH_ANNOTATION]
+        == (bad["metadata"]["annotations"][INPUT_HASH_ANNOTATION])
+    )
+    container = kept["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "example.org/streamherd:1.1"
+    status = body_of(kube, name)["status"]
+    assert status.get("rolledBackGeneration") is None and status["lastGoodGeneration"] == 1
+    cond = next(c for c in status["conditions"] if c["type"] == "RolledBack")
+    assert (cond["status"], cond["reason"]) == ("False", "RollbackRefused")
+    assert "example.org/streamherd:1.0" in cond["message"] and "state" in cond["message"]
+    # Said once, not on every reconcile.
+    again = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=90))
+    assert "RollbackRefused" not in [e.reason for e in again.events]
+
+    # The next edit (back to the old image, by hand) is tried afresh.
+    body = body_of(kube, name)
+    body["spec"]["image"] = "example.org/streamherd:1.0"
+    body["metadata"]["generation"] = 3
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=100))
+    cond = next(c for c in body_of(kube, name)["status"]["conditions"] if c["type"] == "RolledBack")
+    assert (cond["status"], cond["reason"]) == ("False", "CurrentSpec")

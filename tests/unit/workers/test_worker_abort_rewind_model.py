@@ -24,14 +24,15 @@ from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
 from streamherd.workers.engine import first_read, rewind_offset, unseen
+from streamherd.workers.processing import SourceMessage
+from tests.unit.workers.sourcemessages import Msg
 
 
-class Message:
-    def __init__(self, offset: int) -> None:
-        self._offset = offset
-
-    def offset(self) -> int:
-        return self._offset
+def offset_of(message: SourceMessage) -> int:
+    """A fetched message's offset (a consumed record always has one)."""
+    offset = message.offset()
+    assert offset is not None
+    return offset
 
 
 Rewind = Callable[[int | None, int | None], int | None]
@@ -59,16 +60,17 @@ class Partition:
         earlier offset a fetch before the last seek had buffered; then the batch."""
         if back and self.next_offset is not None:
             self.position = max(self.start_from, self.next_offset - back)
-        messages = [Message(o) for o in range(self.position, min(self.position + count, self.end))]
+        fetched = range(self.position, min(self.position + count, self.end))
+        messages: list[SourceMessage] = [Msg(o, b"{}") for o in fetched]
         self.position += len(messages)
         if not messages:
             return
-        group = unseen(messages, self.next_offset)  # type: ignore[arg-type]
+        group = [offset_of(m) for m in unseen(messages, self.next_offset)]
         if not group:
             return
-        self.read_from = first_read(self.next_offset, self.read_from, group[0].offset())
-        self.folded += [m.offset() for m in group]  # the window fold
-        self.next_offset = group[-1].offset() + 1
+        self.read_from = first_read(self.next_offset, self.read_from, group[0])
+        self.folded += group  # the window fold
+        self.next_offset = group[-1] + 1
 
     def commit(self) -> None:
         """A checkpoint interval's transaction commits: the state with its next offset."""

@@ -11,6 +11,7 @@ are kept beside the live records and never tombstoned by them.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -24,7 +25,7 @@ from streamherd.workers.processing import Processor
 from streamherd.workers.values import canonical_key
 from streamherd.workers.windowing import PartitionWindows
 
-PLAN = Processor.compile(
+WINDOWED = Processor.compile(
     ProcessorConfig.model_validate(
         {
             "steps": [
@@ -42,7 +43,9 @@ PLAN = Processor.compile(
             ]
         }
     )
-).window
+)
+assert WINDOWED.window is not None
+PLAN = WINDOWED.window
 assert PLAN is not None
 
 any_float = st.one_of(
@@ -68,7 +71,7 @@ def state_of(windows: list[tuple[Any, int, list[Any]]], max_event: int | None) -
 
 
 def checkpoint(
-    state: dict[str, Any] | None, offset: int, topic: str = "in", partition: int = 3, **kw: Any
+    state: Mapping[str, Any] | None, offset: int, topic: str = "in", partition: int = 3, **kw: Any
 ) -> Checkpoint:
     return Checkpoint(
         topic=topic,
@@ -126,11 +129,16 @@ def test_a_checkpoint_round_trips_exactly(
     back = changelog.decode("in", 3, records)
     assert back is not None
     again = PartitionWindows.from_json(PLAN, back.state).to_json()
-    assert norm(checkpoint(again, 42)) == norm(checkpoint(cp.state, 42))  # type: ignore[arg-type]
+    assert norm(checkpoint(again, 42)) == norm(checkpoint(cp.state, 42))
 
 
 def test_stateless_and_stateful_without_windows_round_trip() -> None:
-    for state in (None, {"maxEventMs": 17}, {"v": 2, "maxEventMs": None, "windows": []}):
+    states: list[dict[str, Any] | None] = [
+        None,
+        {"maxEventMs": 17},
+        {"v": 2, "maxEventMs": None, "windows": []},
+    ]
+    for state in states:
         cp = checkpoint(state, 5)
         assert norm(changelog.decode("in", 3, changelog.encode(cp))) == norm(cp)
     assert changelog.decode("in", 3, {}) is None

@@ -5,8 +5,10 @@ For any records (values with NaN, both infinities, -0.0, huge and tiny floats, i
 the repartition topic, any batching and any checkpoint and restore on the way (a volume
 checkpoint, a changelog, a snapshot), the repartitioned path gives bit for bit the results of
 one unpartitioned window that folds the same records in another order. The records cross
-the hop through the engine's own encoding (``encode_hop``/``decode_hop`` and the upstream
-headers), and every state round trip is the identity on every value.
+the hop through the engine's own encodings, each source partition in one of them: format 3
+(``rekeying.rekey``, batched, pre-evaluated) or format 1 as an earlier worker wrote it
+(``encode_hop`` and the upstream headers); ``rekeying.fold_hop`` reads both. Every state
+round trip is the identity on every value.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from hypothesis import strategies as st
 from streamherd.workers import changelog, checkpointing, snapshotting
 from streamherd.workers.checkpointing import Checkpoint
 from streamherd.workers.config import WindowSpec
+from streamherd.workers.processing import Failure
+from streamherd.workers.rekeying import fold_hop, rekey
 from streamherd.workers.repartitioning import (
     EXACT_HEADER,
     UPSTREAM_HEADER,
@@ -37,12 +41,13 @@ from streamherd.workers.repartitioning import (
     upstream_header,
     watermark_header,
 )
-from streamherd.workers.values import canonical_key
-from streamherd.workers.windowing import REFUSED, PartitionWindows, WindowPlan, key_text
-from tests.unit.workers.hopmessages import Msg
+from streamherd.workers.values import canonical_key, key_text
+from streamherd.workers.windowing import REFUSED, PartitionWindows, WindowPlan
+from tests.unit.workers.hopmessages import Msg, SourceMsg
 
 SIZE_MS = 1_000
 FLOAT_MAX = 1.7976931348623157e308
+PLAN = "p" * 16
 NEGATIVE_NAN = struct.unpack(">d", bytes.fromhex("fff8000000000001"))[0]
 
 
@@ -106,12 +111,27 @@ def source_records(rows: list[tuple[Any, int, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def upstream(p: int, records: list[dict[str, Any]], queues: int) -> list[list[Msg]]:
-    """What source partition ``p`` writes to each repartition partition (the engine's
-    ``_process_upstream``: key, the hop encoding, its headers, CRC-32 of the key text)."""
+def refused(plan: WindowPlan, record: dict[str, Any]) -> bool:
+    """Whether the window refuses the record's values (an avg of an integer beyond the float
+    range): decided by the record alone, on either path."""
+    try:
+        plan.values(record)
+    except REFUSED:
+        return True
+    return False
+
+
+def upstream(
+    p: int, records: list[dict[str, Any]], queues: int, plan: WindowPlan
+) -> list[list[Msg]]:
+    """What source partition ``p`` writes to each repartition partition in format 1 (key and
+    values (a refused record is dead-lettered there and moves no event time), the JSON
+    encoding, its headers, CRC-32 of the key text), a marker after each record."""
     out: list[list[Msg]] = [[] for _ in range(queues)]
     top: int | None = None
     for offset, record in enumerate(records):
+        if refused(plan, record):
+            continue
         key = canonical_key(record["k"])
         value, exact = encode_hop(record)
         headers = [(UPSTREAM_HEADER, upstream_header("src", p, offset, top))]
@@ -126,10 +146,53 @@ def upstream(p: int, records: list[dict[str, Any]], queues: int) -> list[list[Ms
     return out
 
 
-def not_late(records: list[dict[str, Any]], lateness: int) -> list[dict[str, Any]]:
-    """The records of one source partition that are not late by its own order."""
+def upstream_3(
+    plan: WindowPlan,
+    p: int,
+    records: list[dict[str, Any]],
+    queues: int,
+    cuts: list[int],
+    failures: list[Failure],
+) -> list[list[Msg]]:
+    """What source partition ``p`` writes in format 3 (the engine's ``_process_upstream``:
+    ``rekeying.rekey`` per source batch, batches ending at ``cuts``), a marker after each
+    batch; the records it dead-letters upstream go to ``failures``."""
+    out: list[list[Msg]] = [[] for _ in range(queues)]
+    top: int | None = None
+    first = 0
+    for end in [*sorted(set(cuts)), len(records)]:
+        if end <= first:
+            continue
+        items = [(r, SourceMsg(p, first + i)) for i, r in enumerate(records[first:end])]
+        rows, top, _ = rekey(
+            plan,
+            items,  # type: ignore[arg-type]
+            plan_id=PLAN,
+            topic="src",
+            partition=p,
+            max_event_ms=top,
+            failures=failures,
+            partitions=queues,
+        )
+        for text, value, _when, _offset, headers in rows:
+            q = zlib.crc32(text.encode("utf-8", errors="surrogatepass")) % queues
+            out[q].append(Msg(value, headers, first))
+        marker = watermark_header("src", p, end - 1, top, False)
+        for queue in out:
+            queue.append(Msg(b"", [(WATERMARK_HEADER, marker)], end - 1))
+        first = end
+    return out
+
+
+def not_late(
+    records: list[dict[str, Any]], lateness: int, plan: WindowPlan
+) -> list[dict[str, Any]]:
+    """The records of one source partition that are not late by its own order (a refused
+    record is neither, and moves no event time)."""
     out, top = [], None
     for record in records:
+        if refused(plan, record):
+            continue
         t = record["ts"]
         top = t if top is None or t > top else top
         if t - t % SIZE_MS + SIZE_MS > top - lateness:
@@ -154,7 +217,10 @@ def round_trip(windows: PartitionWindows, clock: UpstreamClock, how: str) -> tup
         assert back is not None
         restored = back.state
     else:  # a volume snapshot: the checkpoint in snapshot records, reassembled
-        pieces = snapshotting.records(checkpoint)
+        pieces = [  # as a consumer reads them back: every header value bytes
+            (key, value, {h: x for h, x in headers.items() if isinstance(x, bytes)})
+            for key, value, headers in snapshotting.records(checkpoint)
+        ]
         restored = snapshotting.assemble(pieces).checkpoints[("rp", 0)].state
     assert restored is not None
     again = PartitionWindows.from_json(windows.plan, restored, base=True)
@@ -183,9 +249,22 @@ def test_the_repartitioned_path_gives_the_unpartitioned_results_bit_for_bit(
     sources = [source_records(rows) for rows in streams]
     known = frozenset(("src", p) for p in range(len(sources)))
     emitted: dict[str, Any] = {}
-    failures_seen: list[tuple[int, int, str]] = []
+    failures_seen: list[tuple[int | None, int | None, str]] = []
+    # Each source partition writes format 1 (an earlier worker) or format 3, in batches.
+    formats = [data.draw(st.sampled_from([1, 3]), label="format") for _ in sources]
+    cuts = [data.draw(st.lists(st.integers(0, 25), max_size=6), label="cuts") for _ in sources]
+    upstream_failures: list[Failure] = []
+    written = [
+        upstream(p, records, queues, plan)
+        if formats[p] == 1
+        else upstream_3(plan, p, records, queues, cuts[p], upstream_failures)
+        for p, records in enumerate(sources)
+    ]
+    failures_seen += [
+        (f.message.partition(), f.message.offset(), f.reason) for f in upstream_failures
+    ]
     for q in range(queues):
-        lanes = [upstream(p, records, queues)[q] for p, records in enumerate(sources)]
+        lanes = [list(written[p][q]) for p in range(len(sources))]
         merged: list[Msg] = []
         while any(lanes):  # any interleaving of the source partitions
             choice = data.draw(st.sampled_from([i for i, lane in enumerate(lanes) if lane]))
@@ -194,7 +273,7 @@ def test_the_repartitioned_path_gives_the_unpartitioned_results_bit_for_bit(
         i = 0
         while i < len(merged):
             n = data.draw(st.integers(1, 9), label="batch")
-            failures, _, _, _ = fold_downstream(windows, clock, merged[i : i + n])
+            failures, _, _, _ = fold_hop(windows, clock, merged[i : i + n], PLAN)
             failures_seen += [
                 (f.message.partition(), f.message.offset(), f.reason) for f in failures
             ]
@@ -214,7 +293,7 @@ def test_the_repartitioned_path_gives_the_unpartitioned_results_bit_for_bit(
             emitted[key] = bits(row)
     # The unpartitioned window: every record that is not late in its own source partition,
     # folded in one partition in a shuffled order (no lateness: its order decides nothing).
-    survivors = [r for records in sources for r in not_late(records, lateness)]
+    survivors = [r for records in sources for r in not_late(records, lateness, plan)]
     random.Random(data.draw(st.integers(0, 2**32))).shuffle(survivors)
     direct = PartitionWindows(plan_for(10**9))
     errors, late = direct.fold([(r, r) for r in survivors], lambda _: None)
@@ -222,23 +301,19 @@ def test_the_repartitioned_path_gives_the_unpartitioned_results_bit_for_bit(
     expected = {key: bits(row) for key, row in direct.close(everything=True)}
     assert emitted == expected
 
-    # The same records fail the same way: an avg refuses an integer beyond the float range
-    # (before lateness is decided, on either path); every other late record is late.
-    def refused(record: dict[str, Any]) -> bool:
-        try:
-            plan.values(record)
-        except REFUSED:
-            return True
-        return False
-
+    assert errors == []  # every refused record was dead-lettered upstream
+    # The same records fail the same way: a refused record upstream (format 3 dead-letters
+    # it there; format 1's writer above skips it the same way), every other record that is
+    # late by its own source partition late downstream, once.
     reasons = [reason for _, _, reason in failures_seen]
-    assert len(errors) == sum(refused(r) for r in survivors)
-    assert reasons.count("expression") == sum(refused(r) for rs in sources for r in rs)
+    assert reasons.count("expression") == sum(
+        refused(plan, r) for p, rs in enumerate(sources) if formats[p] == 3 for r in rs
+    )
     assert reasons.count("late") == sum(
-        not refused(r)
+        not refused(plan, r)
         for records in sources
         for r in records
-        if not any(r is kept for kept in not_late(records, lateness))
+        if not any(r is kept for kept in not_late(records, lateness, plan))
     )
     assert len(reasons) == reasons.count("expression") + reasons.count("late")
 

@@ -37,6 +37,7 @@ from streamherd.workers.fusing import fuse
 from streamherd.workers.limits import MAX_STRING_LENGTH, ensure_recursion_headroom
 from streamherd.workers.processing import (
     Processor,
+    SourceMessage,
     SyntheticMessage,
     WindowBatch,
     decode_json,
@@ -46,21 +47,9 @@ from streamherd.workers.processing import (
 from streamherd.workers.summing import CANONICAL_NAN
 from streamherd.workers.values import canonical_key, encode_value
 from streamherd.workers.windowing import PartitionWindows
-
-BASE = 1_767_225_600_000
+from tests.unit.workers.sourcemessages import BASE, Msg, batch_paths
 
 ensure_recursion_headroom()  # what the engine does at start (limits.RECURSION_LIMIT)
-
-
-class Msg(SyntheticMessage):
-    """A Kafka-like message whose value is arbitrary bytes (or None: a tombstone)."""
-
-    def __init__(self, offset: int, value: bytes | None, timestamp_ms: int = BASE) -> None:
-        super().__init__("in", 0, offset, b"k", {}, timestamp_ms)
-        self._raw = value
-
-    def value(self) -> bytes:
-        return self._raw  # type: ignore[return-value]
 
 
 def pipeline(
@@ -211,8 +200,9 @@ def summary(batch: WindowBatch) -> Any:
 
 def counted(state: PartitionWindows, emitted: list[Any]) -> int:
     """Records folded so far: the count of every window (tumbling: one window per record)."""
-    open_total = sum(acc[0] for acc in state.windows.values())
-    return open_total + sum(row["n"] for _, row in emitted)
+    open_total: int = sum(acc[0] for acc in state.windows.values())
+    emitted_total: int = sum(row["n"] for _, row in emitted)
+    return open_total + emitted_total
 
 
 def round_trip(state: PartitionWindows, offset: int) -> PartitionWindows:
@@ -239,7 +229,7 @@ def test_hostile_records_never_escape_and_both_paths_agree(
     assert plan is not None
     fused = fuse(cfg, plan)
     assert fused is not None
-    messages = [Msg(i, v) for i, v in enumerate(values)]
+    messages: list[SourceMessage] = [Msg(i, v) for i, v in enumerate(values)]
     states = [PartitionWindows(plan), PartitionWindows(plan)]
     emitted: list[Any] = []
     read = accounted = 0
@@ -249,8 +239,8 @@ def test_hostile_records_never_escape_and_both_paths_agree(
         start += len(batch)
         if not batch:
             break
-        got_fused = fused(batch, states[0])  # type: ignore[arg-type]
-        got_generic = window_batch(decode_json, processor, states[1], batch)  # type: ignore[arg-type]
+        got_fused = fused(batch, states[0])
+        got_generic = window_batch(decode_json, processor, states[1], batch)
         assert summary(got_fused) == summary(got_generic)
         assert exact(states[0].to_json()) == exact(states[1].to_json())
         reasons = {f.reason for f in got_fused.failures}
@@ -285,10 +275,10 @@ def test_limit_failures_are_reason_limit_on_both_paths() -> None:
         {"user": "a", "ts": BASE, "s": big},  # the join is over the limit
         {"user": "a", "ts": BASE, "s": "ok"},
     ]
-    messages = [Msg(i, json.dumps(r).encode()) for i, r in enumerate(records)]
-    for run in (fused, lambda ms, w: window_batch(decode_json, processor, w, ms)):
+    messages: list[SourceMessage] = [Msg(i, json.dumps(r).encode()) for i, r in enumerate(records)]
+    for run in batch_paths(fused, processor):
         state = PartitionWindows(plan)
-        failures, late, filtered = summary(run(messages, state))  # type: ignore[operator]
+        failures, late, filtered = summary(run(messages, state))
         assert [(o, reason, kind) for o, reason, kind, _ in failures] == [
             (0, "limit", "LimitError")
         ]
@@ -313,13 +303,13 @@ def test_keys_are_told_apart_by_json_type_and_value(
     assert plan is not None
     fused = fuse(cfg, plan)
     assert fused is not None
-    messages = [
+    messages: list[SourceMessage] = [
         Msg(i, json.dumps({"user": "a", "ts": BASE + i, "x": v}).encode())
         for i, v in enumerate(value)
     ]
-    for run in (fused, lambda ms, w: window_batch(decode_json, processor, w, ms)):
+    for run in batch_paths(fused, processor):
         state = PartitionWindows(plan)
-        run(messages, state)  # type: ignore[operator]
+        run(messages, state)
         restored = round_trip(state, len(messages))
         rows = restored.close(everything=True)
         got = sorted(k.split("|")[0] for k, _ in rows)
@@ -337,13 +327,13 @@ def test_nan_and_infinite_keys_are_dead_lettered() -> None:
     assert plan is not None
     fused = fuse(cfg, plan)
     assert fused is not None
-    messages = [
+    messages: list[SourceMessage] = [
         Msg(i, json.dumps({"ts": BASE, "s": s}).encode())
         for i, s in enumerate(["nan", "inf", "-inf", "2"])
     ]
-    for run in (fused, lambda ms, w: window_batch(decode_json, processor, w, ms)):
+    for run in batch_paths(fused, processor):
         state = PartitionWindows(plan)
-        failures, _, _ = summary(run(messages, state))  # type: ignore[operator]
+        failures, _, _ = summary(run(messages, state))
         assert [(o, kind) for o, _, kind, _ in failures] == [
             (0, "WindowKeyError"),
             (1, "WindowKeyError"),
@@ -373,7 +363,7 @@ def test_inf_nan_and_big_int_state_survives_a_checkpoint_exactly() -> None:
         decode_json,
         processor,
         state,
-        [Msg(i, json.dumps(r).encode()) for i, r in enumerate(records)],  # type: ignore[misc]
+        [Msg(i, json.dumps(r).encode()) for i, r in enumerate(records)],
     )
     restored = round_trip(state, 2)
     ((key, row),) = restored.close(everything=True)
@@ -385,7 +375,7 @@ def test_inf_nan_and_big_int_state_survives_a_checkpoint_exactly() -> None:
     assert struct.pack(">d", row["m"]) == struct.pack(">d", CANONICAL_NAN)  # inf + nan
     # The infinity alone survives too (it is not "no value").
     state = PartitionWindows(plan)
-    window_batch(decode_json, processor, state, [Msg(0, json.dumps(records[0]).encode())])  # type: ignore[list-item]
+    window_batch(decode_json, processor, state, [Msg(0, json.dumps(records[0]).encode())])
     ((_, row),) = round_trip(state, 2).close(everything=True)
     assert (row["hi"], row["m"]) == (float("inf"), float("inf"))
 
@@ -406,11 +396,8 @@ def test_checkpoint_and_restore_at_random_points_gives_the_uninterrupted_results
     assert plan is not None
     fused = fuse(cfg, plan)
     assert fused is not None
-    messages = [Msg(i, v, BASE + 1000 * i) for i, v in enumerate(values)]
-
-    def generic(ms: list[Any], w: PartitionWindows) -> WindowBatch:
-        return window_batch(decode_json, processor, w, ms)
-
+    messages: list[SourceMessage] = [Msg(i, v, BASE + 1000 * i) for i, v in enumerate(values)]
+    _, generic = batch_paths(fused, processor)
     batches = []
     start = 0
     for cut in [*cuts, len(messages)]:
@@ -422,7 +409,7 @@ def test_checkpoint_and_restore_at_random_points_gives_the_uninterrupted_results
     state = PartitionWindows(plan)
     straight: list[Any] = []
     for batch in batches:
-        fused(batch, state)  # type: ignore[arg-type]
+        fused(batch, state)
         straight += state.close()
     straight += state.close(everything=True)
 
@@ -431,13 +418,15 @@ def test_checkpoint_and_restore_at_random_points_gives_the_uninterrupted_results
         store = CheckpointStore(directory)
         state = PartitionWindows(plan)
         interrupted: list[Any] = []
+        read = 0  # the offsets are 0, 1, 2...: the next offset is the count read so far
         for i, batch in enumerate(batches):
             generic(batch, state)
+            read += len(batch)
             interrupted += state.close()
             if restarts[i % len(restarts)]:
-                store.save([Checkpoint("in", 0, batch[-1].offset() + 1, state.to_json())])
+                store.save([Checkpoint("in", 0, read, state.to_json())])
                 loaded = store.load("in", 0)
-                assert loaded is not None and loaded.next_offset == batch[-1].offset() + 1
+                assert loaded is not None and loaded.next_offset == read
                 state = PartitionWindows.from_json(plan, loaded.state)
         interrupted += state.close(everything=True)
     assert exact(interrupted) == exact(straight)
@@ -459,8 +448,8 @@ def test_ordinary_records_take_the_fast_lane() -> None:
         {"user": "b", "ts": BASE, "uid": 20, "x": 2, "text": "ab" * 3000},  # long, flat
         {"user": "c", "ts": BASE, "uid": 30, "x": 3, "deep": nested(1100)},  # too deep
     ]
-    messages = [Msg(i, json.dumps(r).encode()) for i, r in enumerate(records)]
-    fused(messages, PartitionWindows(plan))  # type: ignore[arg-type]
+    messages: list[SourceMessage] = [Msg(i, json.dumps(r).encode()) for i, r in enumerate(records)]
+    fused(messages, PartitionWindows(plan))
     assert lanes == [2]
 
 
@@ -482,12 +471,12 @@ def test_raw_format_byte_keys_survive_a_checkpoint() -> None:
     processor = Processor.compile(cfg)
     plan = processor.window
     assert plan is not None
-    messages = [
+    messages: list[SourceMessage] = [
         SyntheticMessage("in", 0, i, k, {}, BASE + i) for i, k in enumerate([b"\xff\x00", b"a"])
     ]
 
     state = PartitionWindows(plan)
-    window_batch(decode_raw, processor, state, messages)  # type: ignore[arg-type]
+    window_batch(decode_raw, processor, state, messages)
     restored = round_trip(state, 2)
     assert set(restored.windows) == {(b"\xff\x00", BASE), (b"a", BASE)}
     rows = restored.close(everything=True)
@@ -514,9 +503,9 @@ def test_hostile_records_in_a_stateless_pipeline_each_have_one_fate(
     values: list[bytes | None],
 ) -> None:
     processor = Processor.compile(STATELESS)
-    messages = [Msg(i, v) for i, v in enumerate(values)]
+    messages: list[SourceMessage] = [Msg(i, v) for i, v in enumerate(values)]
     failures: list[Any] = []
-    items = processor.run(decode_json(messages, failures), failures)  # type: ignore[arg-type]
+    items = processor.run(decode_json(messages, failures), failures)
     failed = [f.message.offset() for f in failures]
     kept = [m.offset() for _, m in items]
     assert len(set(failed)) == len(failed)  # one dead letter per failed record

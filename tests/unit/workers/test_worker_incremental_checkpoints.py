@@ -14,6 +14,7 @@ discarded (exactly-once), log compaction (changelog) and restarts:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ checkpoint_step = st.tuples(
 steps = st.lists(st.one_of(record, record, record, close, checkpoint_step), max_size=60)
 
 
-def windows_of(state: PartitionWindows | dict[str, Any] | None) -> dict[bytes, list[Any]]:
+def windows_of(state: PartitionWindows | Mapping[str, Any] | None) -> dict[bytes, list[Any]]:
     """Window id -> [key, start, accumulator], in state form."""
     if state is None:
         return {}

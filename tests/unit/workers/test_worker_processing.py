@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import pytest
@@ -11,7 +11,7 @@ from streamherd.workers.config import MapStep, ProcessorConfig, UserFunction
 from streamherd.workers.processing import (
     Failure,
     Processor,
-    SyntheticMessage,
+    SourceMessage,
     decode_json,
     decode_raw,
     encode_output,
@@ -21,17 +21,7 @@ from streamherd.workers.processing import (
     load_callable,
     map_stage,
 )
-
-
-class Msg(SyntheticMessage):
-    """A message whose value is arbitrary bytes (poison included)."""
-
-    def __init__(self, offset: int, value: bytes) -> None:
-        super().__init__("in", 2, offset, b"k", {}, 1000)
-        self._raw = value
-
-    def value(self) -> bytes:
-        return self._raw
+from tests.unit.workers.sourcemessages import Msg
 
 
 def items(*records: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
@@ -39,16 +29,21 @@ def items(*records: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
 
 
 def test_decode_json_routes_poison() -> None:
-    msgs = [Msg(0, b'{"a":1}'), Msg(1, b"{not json"), Msg(2, b"[1,2]"), Msg(3, b'{"a":2}')]
+    msgs: list[SourceMessage] = [
+        Msg(0, b'{"a":1}'),
+        Msg(1, b"{not json"),
+        Msg(2, b"[1,2]"),
+        Msg(3, b'{"a":2}'),
+    ]
     failures: list[Failure] = []
-    out = decode_json(msgs, failures)  # type: ignore[arg-type]
+    out = decode_json(msgs, failures)
     assert [r for r, _ in out] == [{"a": 1}, {"a": 2}]
     assert [(f.message.offset(), f.reason) for f in failures] == [(1, "decode"), (2, "decode")]
 
 
 def test_decode_raw_passes_bytes() -> None:
     failures: list[Failure] = []
-    out = decode_raw([Msg(0, b"\xff\x00")], failures)  # type: ignore[list-item]
+    out = decode_raw([Msg(0, b"\xff\x00")], failures)
     assert out[0][0] == {"value": b"\xff\x00", "key": b"k"}
 
 
@@ -86,11 +81,9 @@ def test_map_failure_is_per_record() -> None:
 
 
 @pytest.mark.parametrize("mode", ["record", "batch"])
-def test_user_function_modes(mode: str) -> None:
+def test_user_function_modes(mode: Literal["record", "batch"]) -> None:
     name = "tag" if mode == "record" else "tag_batch"
-    stage = function_stage(
-        UserFunction(callable=f"tests.unit.workers.userfuncs:{name}", mode=mode)  # type: ignore[arg-type]
-    )
+    stage = function_stage(UserFunction(callable=f"tests.unit.workers.userfuncs:{name}", mode=mode))
     failures: list[Failure] = []
     out = stage(
         items({"id": 1}, {"id": 2, "drop": True}, {"id": 3, "boom": True}, {"id": 4, "twice": 1}),
@@ -128,7 +121,7 @@ def test_processor_compiles_steps_in_order_then_function() -> None:
 
 
 def test_error_headers() -> None:
-    failure = Failure(Msg(41, b"x"), "decode", ValueError("bad"))
+    failure = Failure(Msg(41, b"x", partition_=2), "decode", ValueError("bad"))
     headers = dict(error_headers(failure, "ns/p"))
     assert headers == {
         "streamherd.error": b"ValueError",

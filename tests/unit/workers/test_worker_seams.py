@@ -30,8 +30,9 @@ def records() -> list[SyntheticMessage]:
     for i in range(RECORDS):
         index = (i * 7) % 23
         user, p = f"u{index}", index % PARTITIONS  # keyed by user: one window state per user
-        rec = {"user": user, "bytes": i % 101, "ts": 1_767_225_600_000 + i * 7}
-        out.append(SyntheticMessage(TOPIC, p, offsets[p], user.encode(), rec, rec["ts"]))
+        ts = 1_767_225_600_000 + i * 7
+        rec = {"user": user, "bytes": i % 101, "ts": ts}
+        out.append(SyntheticMessage(TOPIC, p, offsets[p], user.encode(), rec, ts))
         offsets[p] += 1
     return out
 

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamherd.workers.config import SinkConfig
-from streamherd.workers.metrics import EngineMetrics
+from streamherd.workers.metrics import EngineMetrics, SinkMetrics
 from streamherd.workers.processing import SyntheticMessage
 from streamherd.workers.sinks import (
     FRAMING_BYTES,
@@ -84,3 +84,28 @@ def test_a_result_the_stdout_sink_cannot_encode_is_counted_not_raised() -> None:
     assert out.getvalue() == '{"a":1}\n'
     sample = metrics.registry.get_sample_value
     assert sample("streamherd_results_dead_lettered_total", {"pipeline": "p"}) == 2
+
+
+def test_a_confirming_sink_reports_its_series_under_its_label_and_nothing_without_metrics() -> None:
+    metrics = EngineMetrics("ns/p")
+    sample = metrics.registry.get_sample_value
+    labels = {"pipeline": "ns/p", "sink": "postgres"}
+    report = SinkMetrics(metrics, "postgres")
+    report.confirming()  # the series exist before the first connection
+    assert sample("streamherd_sink_up", labels) == 0
+    assert sample("streamherd_sink_pending_records", labels) == 0
+    report.up(True)
+    report.pending(3)
+    report.failed("connection")
+    report.written(3, 0.02)
+    assert sample("streamherd_sink_up", labels) == 1
+    assert sample("streamherd_sink_pending_records", labels) == 3
+    assert sample("streamherd_sink_errors_total", {**labels, "kind": "connection"}) == 1
+    assert sample("streamherd_sink_rows_written_total", labels) == 3
+    assert sample("streamherd_sink_write_duration_seconds_count", labels) == 1
+    # A sink made without an engine's metrics (a test, a tool) reports to nothing, and
+    # its callers need not check.
+    alone = SinkMetrics(None, "postgres")
+    for call in (alone.confirming, alone.result_dead_lettered, alone.dead_letter_lost):
+        call()
+    alone.written(1, 0.1)

@@ -89,10 +89,10 @@ def test_the_last_complete_write_of_a_partition_wins() -> None:
 def test_foreign_and_corrupted_records_are_named_not_trusted() -> None:
     good = records(checkpoint(partition=0))
     key, value, headers = records(checkpoint(partition=1))[0]
-    corrupted = (key, value[:-3] + b"!!\n", headers)
-    foreign = (b"x", b"y", {})
-    moved = (b"clicks/5", good[0][1], {PART_HEADER: b"0/1", WRITE_HEADER: b"w"})
-    got = assemble(as_messages([*good, corrupted, foreign, moved]))  # type: ignore[list-item]
+    corrupted: Record = (key, value[:-3] + b"!!\n", headers)
+    foreign: Record = (b"x", b"y", {})
+    moved: Record = (b"clicks/5", good[0][1], {PART_HEADER: b"0/1", WRITE_HEADER: b"w"})
+    got = assemble(as_messages([*good, corrupted, foreign, moved]))
     assert set(got.checkpoints) == {("clicks", 0)}
     assert len(got.problems) == 3, got.problems
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import io
 import threading
+import zlib
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
-from streamherd.workers.checkpointing import CheckpointStore, decode, encode
+from streamherd.workers.checkpointing import CheckpointError, CheckpointStore, decode, encode
 from streamherd.workers.config import GeneratorSourceConfig, WorkerConfig
 from streamherd.workers.engine import Engine
 from streamherd.workers.fingerprint import snapshot_name
@@ -301,3 +304,57 @@ def test_a_snapshot_of_another_state_is_held_not_reset(tmp_path: Path) -> None:
     engine, (ok, why) = readiness_while_running(cfg)
     assert not ok and f"snapshot {name} holds state of fingerprint {old_fp}" in why, why
     assert engine.counters.records_in == 0
+
+
+@pytest.mark.parametrize("version", [4, 99, 0, None])
+def test_a_state_version_this_worker_cannot_read_holds_the_partition(
+    tmp_path: Path, version: int | None
+) -> None:
+    """A checkpoint a newer streamherd wrote (its window state in a version this worker does
+    not read: what a rollback to an older image meets, decision 0156) holds its partition
+    like a foreign fingerprint: not consumed, the file byte for byte as found, the worker
+    not ready and saying why, a metric; never an exception that ends the worker (in every
+    restart: a crash loop). The other partitions go on."""
+    started(tmp_path)
+    store = CheckpointStore(tmp_path)
+    newer = store.load(GENERATOR_TOPIC, 2)
+    assert newer is not None and newer.state is not None
+    state = {**newer.state, "v": version}
+    store.save([replace(newer, state=state)])  # a full checkpoint: head and base segment
+    before = files(tmp_path)["2.ckpt"]
+    engine, (ok, why) = readiness_while_running(config(tmp_path, OLD_WINDOW, endless=True))
+    assert not ok
+    assert "1 partitions held" in why and f"{GENERATOR_TOPIC}[2]" in why, why
+    assert f"unsupported window state version {version!r}" in why, why
+    assert files(tmp_path)["2.ckpt"] == before  # never overwritten by this worker
+    assert engine.partitions[(GENERATOR_TOPIC, 2)].windows is None
+    assert all(engine.partitions[(GENERATOR_TOPIC, p)].held is None for p in (0, 1, 3))
+    value = engine.metrics.registry.get_sample_value(
+        "streamherd_state_restore_refused",
+        {"pipeline": "fp", "topic": GENERATOR_TOPIC, "partition": "2"},
+    )
+    assert value == 1
+
+
+def test_a_checkpoint_format_this_worker_does_not_know_holds_the_partition(
+    tmp_path: Path,
+) -> None:
+    """The same for the checkpoint file's own format (a head a newer streamherd wrote): the
+    partition is held with the reason, the file untouched; a file that is no checkpoint of
+    ours at all is still an error of its own (CheckpointError), not taken for a newer one."""
+    started(tmp_path)
+    path = CheckpointStore(tmp_path).path(GENERATOR_TOPIC, 1)
+    body = orjson.dumps({"topic": GENERATOR_TOPIC, "partition": 1, "nextOffset": 5})
+    header = {"format": "streamherd.io/checkpoint/v9", "crc32": zlib.crc32(body)}
+    path.write_bytes(orjson.dumps({**header, "length": len(body)}) + b"\n" + body + b"\n")
+    before = files(tmp_path)["1.ckpt"]
+    engine, (ok, why) = readiness_while_running(config(tmp_path, OLD_WINDOW, endless=True))
+    assert not ok
+    assert "1 partitions held" in why and f"{GENERATOR_TOPIC}[1]" in why, why
+    assert "unknown checkpoint format 'streamherd.io/checkpoint/v9'" in why, why
+    assert "a newer streamherd wrote it" in why, why
+    assert files(tmp_path)["1.ckpt"] == before
+    assert all(engine.partitions[(GENERATOR_TOPIC, p)].held is None for p in (0, 2, 3))
+    with pytest.raises(CheckpointError) as raised:
+        decode(orjson.dumps({**header, "format": "other/v1", "length": len(body)}) + b"\n" + body)
+    assert type(raised.value) is CheckpointError

@@ -239,25 +239,30 @@ def test_fold_equals_add_record_by_record(
     assert by_fold.max_event_ms == by_add.max_event_ms
 
 
-def test_min_max_refuse_values_without_an_order_all_or_nothing() -> None:
+def test_min_max_order_numbers_below_strings_and_refuse_by_value_alone() -> None:
     # Hopping 10 s / 5 s: the record at t=3 s belongs to [-5 s, 5 s) (new) and [0, 10 s)
-    # (holding numbers). Its string min is refused before anything changes: no new window,
-    # no count, no sum, no watermark move.
-    w = PartitionWindows(plan(type="hopping", slide="5s", allowedLateness="5s"))
+    # (holding numbers). A string against a number is ordered (numbers below strings), not
+    # refused: what a window holds never decides a record's fate.
+    ordered = [
+        {"name": "lo", "function": "min", "expression": "v"},
+        {"name": "hi", "function": "max", "expression": "v"},
+    ]
+    w = PartitionWindows(plan(type="hopping", slide="5s", allowedLateness="5s", aggregates=ordered))
     feed(w, [{"k": "a", "t": 7_000, "v": 5}])
-    before = w.to_json()
-    with pytest.raises(TypeError, match=r"'lo' \(min\) cannot compare str with the int"):
-        w.add("a", 3_000, [None, 1, "x", 1, 1])
-    with pytest.raises(TypeError, match=r"'hi' \(max\) cannot compare str with the int"):
-        w.add("a", 8_000, [None, 1, 1, "x", 1])  # both windows exist; lo would move
-    assert w.to_json() == before
-    # A string where the window holds strings is fine; a later number is refused.
-    w2 = PartitionWindows(plan(aggregates=[{"name": "lo", "function": "min", "expression": "v"}]))
-    assert feed(w2, [{"k": "a", "t": 1, "v": "b"}, {"k": "a", "t": 2, "v": "a"}]) == [True, True]
-    with pytest.raises(TypeError, match="cannot compare int with the str this window holds"):
-        feed(w2, [{"k": "a", "t": 3, "v": 1}])
-    assert w2.close(everything=True)[0][1]["lo"] == "a"
-    assert w2.max_event_ms == 2
+    assert w.add("a", 3_000, ["x", "x"]) is True
+    assert w.add("a", 8_000, [-1.5, "y"]) is True
+    rows = {r["window_start"]: (r["lo"], r["hi"]) for _, r in w.close(everything=True)}
+    assert rows == {
+        "1969-12-31T23:59:55.000Z": ("x", "x"),
+        "1970-01-01T00:00:00.000Z": (-1.5, "y"),
+        "1970-01-01T00:00:05.000Z": (-1.5, "y"),
+    }
+    # A value outside the order (a boolean, an array) is refused by itself, before any
+    # window: whatever the window holds, and with the same error.
+    p = plan(aggregates=[{"name": "lo", "function": "min", "expression": "v"}])
+    for bad in (True, [1], {"a": 1}, b"x"):
+        with pytest.raises(TypeError, match=r"'lo' \(min\) needs a number or a string, got"):
+            p.values({"k": "a", "t": 1, "v": bad})
 
 
 def test_sum_beyond_64_bits_closes_and_keys() -> None:
@@ -272,9 +277,8 @@ def test_sum_beyond_64_bits_closes_and_keys() -> None:
 
 def test_sums_take_any_number_exactly_and_a_refused_record_changes_no_window() -> None:
     # Hopping 10 s / 5 s: a record at t=8 s belongs to [0, 10 s) and [5 s, 15 s). A float
-    # total and an integer beyond the float range add up exactly (decision 0130); a min
-    # that cannot compare a string with its number refuses the record before any window
-    # changed.
+    # total and an integer beyond the float range add up exactly (decision 0130); a value
+    # the sum refuses (a string) is refused before any window changed.
     huge = 10**400
     w = PartitionWindows(
         plan(
@@ -293,8 +297,8 @@ def test_sums_take_any_number_exactly_and_a_refused_record_changes_no_window() -
     assert w.add("a", 8_000, [None, -huge, huge]) is True
     assert w.add("a", 8_500, [None, 2, -huge]) is True
     before = w.to_json()
-    with pytest.raises(TypeError, match=r"'lo' \(min\) cannot compare str with the int"):
-        w.add("a", 9_000, [None, "x", 1.0])
+    with pytest.raises(TypeError, match=r"'s' \(sum\) needs a number, got str"):
+        w.plan.values({"k": "a", "t": 9_000, "v": "x"})
     assert w.to_json() == before  # no count, min or sum moved, no watermark
     rows = {r["window_start"]: (r["n"], r["lo"], r["s"]) for _, r in w.close(everything=True)}
     assert rows == {

@@ -28,3 +28,29 @@ def tag_batch(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 not_callable = 42
+
+
+class Real(float):
+    """A float subclass (as numpy's float64 is): a number, but not exactly a float."""
+
+
+def widen_batch(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Batch mode: values JSON cannot hold. ``wide``: ``bytes`` times 10**320 (an integer
+    beyond the float range); ``pair``: ``bytes`` as a tuple; ``real``: a number or
+    ``"nan"`` in ``bytes`` as a :class:`Real`; ``boom``: raise."""
+    out = []
+    for record in records:
+        if record.get("boom"):
+            raise RuntimeError(f"boom on {record.get('id')}")
+        new = dict(record)
+        if record.get("wide") and type(record.get("bytes")) is int:
+            new["bytes"] = record["bytes"] * 10**320
+        if record.get("pair"):
+            new["bytes"] = (record.get("bytes"), 1)
+        held = record.get("bytes")
+        if record.get("real") and (
+            (isinstance(held, (int, float)) and type(held) is not bool) or held == "nan"
+        ):
+            new["bytes"] = Real(held)
+        out.append(new)
+    return out

@@ -1,0 +1,649 @@
+"""The repartition message of format 3: records pre-evaluated upstream, batched, named by plan.
+
+Used by ``streamherd.workers.engine`` for repartitioned pipelines; the hop's rules (source
+partition lateness, dedupe by source offset, closing by the slowest source partition, the
+progress markers) are ``streamherd.workers.repartitioning``'s, unchanged.
+
+**Upstream** (:func:`rekey`) evaluates, once per surviving record, what the window needs:
+its key (``values.canonical_key``), its event time and its aggregate values
+(``WindowPlan.values``). What it produces is, per repartition partition and per batch of a
+source partition, one message (decision 0157)::
+
+    value = b"\\x03" + msgpack([plan, topic, partition, entry, entry, ...])
+    entry = [offset, max_before, key, event_ms, values, source_key, source_value(, 1)]
+
+``plan`` is :func:`hop_plan` of the writer's spec: a hash of everything the entries were
+evaluated under (the source format, the steps before the window, the user function, the
+window's key, event time and aggregate expressions). Entries are in offset order;
+``max_before`` is the source partition's largest event time before the record (None: no
+record yet), ``key`` the key's JSON value (``values.key_value``), ``values`` one per
+aggregate (None for a count). msgpack keeps every value's type and bits: NaN with its
+payload, infinities, ``-0.0``, integers within 64 bits, unicode, bytes; an entry with an
+integer beyond 64 bits ends with a ``1``: its key and values went through
+``values.encode_value`` (the checkpoints' exact encoding). ``source_key`` and
+``source_value`` are the source record's own bytes, so that a record dead-lettered
+downstream (late, refused by its window, or of another plan) holds what an unpartitioned
+pipeline's dead letter holds, under the same source coordinates. One message per partition
+and batch (at most :data:`MESSAGE_BYTES` of entries; the message key is the first entry's
+key text, which picks the partition every entry of it belongs to) spares a produce and a
+consume per record, and no header is written or parsed: those were most of the hop's cost
+(docs/benchmarks.md).
+
+Errors are decided where an unpartitioned window decides them, with the same reasons: a
+key or event time that fails is dead-lettered upstream and moves nothing; values that fail
+(``WindowPlan.check``: the record alone decides, never what a window holds) are
+dead-lettered upstream too, and move nothing either, as an unpartitioned window refuses
+them (format 1's upstream side evaluates them the same way).
+
+**Downstream** (:func:`fold_hop`) folds the values straight into the window: no JSON decode,
+no expression, no header; tumbling windows inline (the shape of ``PartitionWindows.fold``),
+hopping ones through ``PartitionWindows.add``. The window state, the dead letters and the
+counts are those of the record-by-record path (``repartitioning.fold_downstream``), bit for
+bit (tests/unit/workers/test_worker_rekeying.py).
+
+**Versions.** The first byte is the format. A message of format 1 (a JSON record and a
+``streamherd.upstream`` header, what an earlier worker writes during a rolling upgrade) is
+folded by ``fold_downstream``, as before; a progress marker (empty, with a
+``streamherd.watermark`` header) too, unless its :data:`PLAN_HEADER` names another plan: that
+one is skipped. A format-3 message of another plan is never folded: each of its entries is
+dead-lettered (reason ``decode``, an error naming both plans) under its source coordinates,
+with its source record, so it can be replayed; a malformed one is dead-lettered whole.
+Neither moves the clock, so when this plan's upstream re-keys the same source records (a
+restore or a replay rewound it), they fold. Anything else (the reverted format 2, a foreign
+producer) takes the format-1 path, where no ``streamherd.upstream`` header or no JSON object
+makes it a decode failure: never a misread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections.abc import Sequence
+from typing import Any, Final
+
+import msgspec
+
+from streamherd.workers.config import ProcessorConfig, Step
+from streamherd.workers.processing import Failure, Item, LateRecordError
+from streamherd.workers.repartitioning import (
+    RepartitionError,
+    UpstreamClock,
+    UpstreamState,
+    fold_downstream,
+)
+from streamherd.workers.summing import add
+from streamherd.workers.values import (
+    canonical_key,
+    decode_value,
+    encode_value,
+    key_text,
+    key_value,
+)
+from streamherd.workers.windowing import (
+    ISO_MAX_MS,
+    ISO_MIN_MS,
+    REFUSED,
+    PartitionWindows,
+    WindowPlan,
+)
+
+__all__ = [
+    "HOP_FORMAT",
+    "MESSAGE_BYTES",
+    "PLAN_HEADER",
+    "RekeyedMessage",
+    "Row",
+    "decode_message",
+    "encode_entry",
+    "encode_message",
+    "fold_hop",
+    "hop_plan",
+    "rekey",
+]
+
+#: Header of a progress marker naming the plan of the upstream that wrote it (a marker of
+#: format 1 has none): a downstream of another plan skips it.
+PLAN_HEADER: Final = "streamherd.plan"
+#: The format this module writes: the first byte of its messages (format 1 is a JSON object).
+HOP_FORMAT: Final = 3
+_FORMAT: Final = bytes((HOP_FORMAT,))
+_ENTRY_FIELDS: Final = 7
+#: Bytes of entries in one message at most (a larger entry is a message of its own): well
+#: under the producer's and the broker's default message.max.bytes (1 MB).
+MESSAGE_BYTES: Final = 256 * 1024
+#: Hex digits of a plan's SHA-256 kept in each message (as the state fingerprint: 64 bits).
+PLAN_DIGITS: Final = 16
+
+#: A repartition row for ``Sink.repartition``: (key text, value, timestamp ms, source
+#: offset, headers).
+Row = tuple[str, bytes, int, int, list[tuple[str, bytes]]]
+
+
+def _base_scalar(value: Any) -> Any:
+    """msgspec's hook for what it cannot encode: a subclass of a JSON scalar (a user
+    function's numpy float, an ``IntEnum``, a ``str`` subclass) crosses as its base type,
+    the same bits; anything else is the record's error (dead-lettered upstream)."""
+    for base in (float, int, str):
+        if isinstance(value, base):
+            return base(value)
+    raise TypeError(f"a {type(value).__name__} cannot be written to the repartition topic")
+
+
+_encode = msgspec.msgpack.Encoder(enc_hook=_base_scalar).encode
+_decode = msgspec.msgpack.Decoder().decode
+
+
+def _step(step: Step) -> Any:
+    """What one step contributes to the values of an entry (see :func:`hop_plan`)."""
+    if step.filter is not None:
+        return {"filter": step.filter}
+    if step.map is not None:
+        m = step.map
+        # Pairs, not objects: the description is hashed with sorted keys, and the order of
+        # a map's renames is the spec's.
+        return {
+            "map": {
+                "select": m.select,
+                "rename": [list(pair) for pair in m.rename.items()],
+                "set": [list(pair) for pair in m.set.items()],
+            }
+        }
+    w = step.window
+    assert w is not None
+    return {
+        "window": {
+            "keyBy": w.key_by,
+            "eventTime": {"field": w.event_time.field, "format": w.event_time.format},
+            # An aggregate's name is not in an entry; its position, function and expression
+            # decide its value (the function: which values WindowPlan.check lets through).
+            "aggregates": [
+                [a.function, None if a.function == "count" else a.expression] for a in w.aggregates
+            ],
+        }
+    }
+
+
+def hop_plan(processor: ProcessorConfig, source_format: str) -> str:
+    """The plan an entry is evaluated under: a short hash of the source format, every step
+    before and the window's key, event time and aggregates, and the user function's name.
+
+    Exact text, not normalized: a spec that differs in any of these (spacing included) names
+    another plan, which only ever dead-letters entries in flight, never misreads one. Not in
+    it: the window's size, slide and lateness, which the downstream applies itself. A user
+    function is named, not hashed: new code under the same name is the same plan (the image
+    is the user's to version)."""
+    function = processor.function
+    description = {
+        "hop": HOP_FORMAT,
+        "format": source_format,
+        "steps": [_step(s) for s in processor.steps],
+        "function": None if function is None else [function.callable, function.mode],
+    }
+    text = json.dumps(description, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(text).hexdigest()[:PLAN_DIGITS]
+
+
+def encode_entry(  # noqa: PLR0917 - the entry's fields, in its order
+    offset: int,
+    max_before: int | None,
+    key: Any,
+    event_ms: int,
+    values: list[Any],
+    source_key: bytes | None,
+    source_value: bytes | None,
+) -> bytes:
+    """One source record's entry (``key`` in state form); raises ValueError when a value
+    cannot be carried at all (a string with a lone surrogate)."""
+    json_key = key_value(key)
+    try:
+        return _encode((offset, max_before, json_key, event_ms, values, source_key, source_value))
+    except OverflowError:  # an integer beyond 64 bits: the checkpoints' exact encoding
+        pass
+    except UnicodeEncodeError as error:
+        raise ValueError(f"a value cannot be written to the repartition topic: {error}") from None
+    return _encode(
+        (offset, max_before, encode_value(json_key), event_ms, encode_value(values),
+         source_key, source_value, 1)
+    )  # fmt: skip
+
+
+def _array_head(n: int) -> bytes:
+    """The msgpack header of an array of ``n`` items."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def encode_message(plan: str, topic: str, partition: int, entries: list[bytes]) -> bytes:
+    """The message of a source partition's entries (from :func:`encode_entry`)."""
+    return b"".join(
+        (
+            _FORMAT,
+            _array_head(3 + len(entries)),
+            _encode(plan),
+            _encode(topic),
+            _encode(partition),
+            *entries,
+        )
+    )
+
+
+def decode_message(value: bytes) -> tuple[str, str, int, list[list[Any]]]:
+    """The plan, source topic, partition and entries (keys in state form) of a format-3
+    message; RepartitionError for a malformed one."""
+    try:
+        if value[:1] != _FORMAT:
+            raise ValueError(f"format {value[0] if value else None}, not {HOP_FORMAT}")
+        fields: Any = _decode(value[1:])
+        if type(fields) is not list or len(fields) < 4:
+            raise ValueError("not a list of a plan, a topic, a partition and entries")
+        plan, topic, partition = fields[0], fields[1], fields[2]
+        if type(plan) is not str or type(topic) is not str or type(partition) is not int:
+            raise ValueError("a field of the wrong type")
+        entries = fields[3:]
+        for entry in entries:
+            if type(entry) is not list:
+                raise ValueError("an entry that is not a list")
+            if len(entry) != _ENTRY_FIELDS:
+                if len(entry) != _ENTRY_FIELDS + 1 or entry[_ENTRY_FIELDS] != 1:
+                    raise ValueError(f"an entry of {len(entry)} fields")
+                entry.pop()
+                entry[2] = decode_value(entry[2])
+                entry[4] = decode_value(entry[4])
+            offset, top, key, event_ms, values, source_key, source_value = entry
+            if (
+                type(offset) is not int
+                or (top is not None and type(top) is not int)
+                or type(event_ms) is not int
+                or type(values) is not list
+                or (source_key is not None and type(source_key) is not bytes)
+                or (source_value is not None and type(source_value) is not bytes)
+            ):
+                raise ValueError("a field of the wrong type")
+            for v in values:  # what WindowPlan.check lets through, and None
+                kind = type(v)
+                if kind is not int and kind is not float and kind is not str and v is not None:
+                    raise ValueError(f"an aggregate value of type {kind.__name__}")
+            if type(key) is not str:
+                entry[2] = canonical_key(key)
+    # ArithmeticError: values.LimitError, a key nested deeper than a key may be.
+    except (msgspec.DecodeError, ValueError, TypeError, IndexError, ArithmeticError) as error:
+        raise RepartitionError(
+            f"malformed repartition message (format {HOP_FORMAT}): {error}"
+        ) from None
+    return plan, topic, partition, entries
+
+
+def rekey(
+    plan: WindowPlan,
+    items: list[Item],
+    *,
+    plan_id: str,
+    topic: str,
+    partition: int,
+    max_event_ms: int | None,
+    failures: list[Failure],
+    partitions: int,
+) -> tuple[list[Row], int | None, int]:
+    """The repartition messages of one source partition's surviving records (in offset
+    order; one per repartition partition of ``partitions`` and :data:`MESSAGE_BYTES`), its
+    new maximum event time, and how many records they carry. A record whose key, event time
+    or values fail, or that cannot be carried, is appended to ``failures`` (``expression``)."""
+    key_of, time_of, values_of = plan.key, plan.event_time, plan.values
+    kafka_time = plan.kafka_time
+    top = max_event_ms
+    rows: list[Row] = []
+    carried = 0
+    # repartition partition -> [first key text, entries, bytes, last offset, timestamp]
+    open_: dict[int, list[Any]] = {}
+    # key -> (repartition partition, key text), for this batch (keys repeat: CRC-32 once)
+    targets: dict[Any, tuple[int, str]] = {}
+    crc32, encode = zlib.crc32, _encode
+    for record, m in items:
+        offset = m.offset()
+        assert offset is not None
+        kind, ms = m.timestamp()
+        stamp = ms if kind else None  # processing.kafka_timestamp, inline
+        try:
+            key = key_of(record)
+            if type(key) is not str:
+                key = canonical_key(key)  # NaN, objects: the record's error
+            event_ms = time_of(record, stamp if kafka_time else None)
+        except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
+            failures.append(Failure(m, "expression", error.with_traceback(None)))
+            continue
+        try:
+            values = values_of(record)
+        except Exception as error:  # noqa: BLE001 - refused by its window (see the docstring)
+            failures.append(Failure(m, "expression", error.with_traceback(None)))
+            continue  # before moving top, as an unpartitioned window refuses it
+        before = top
+        if top is None or event_ms > top:
+            top = event_ms
+        try:
+            entry = encode(  # encode_entry's common case, inline
+                (offset, before, key if type(key) is not tuple else key_value(key), event_ms,
+                 values, m.key(), m.value())
+            )  # fmt: skip
+        except (OverflowError, UnicodeEncodeError, TypeError):
+            try:
+                entry = encode_entry(offset, before, key, event_ms, values, m.key(), m.value())
+            except (ValueError, TypeError) as error:
+                failures.append(Failure(m, "expression", error))
+                top = before  # nothing crossed: as if the record had not come
+                continue
+        carried += 1
+        found = targets.get(key)
+        if found is None:
+            text = key_text(key)
+            # The partition Sink.repartition picks for this key text (CRC-32, stable).
+            found = targets[key] = (
+                crc32(text.encode("utf-8", errors="surrogatepass")) % partitions,
+                text,
+            )
+        target = found[0]
+        when = stamp if stamp is not None and stamp > 0 else 0  # 0: the producer's clock
+        group = open_.get(target)
+        if group is not None and group[2] + len(entry) > MESSAGE_BYTES:
+            rows.append(_row(plan_id, topic, partition, group))
+            group = None
+        if group is None:
+            open_[target] = [found[1], [entry], len(entry), offset, when]
+            continue
+        group[1].append(entry)
+        group[2] += len(entry)
+        group[3] = offset
+        group[4] = max(group[4], when)
+    rows.extend(_row(plan_id, topic, partition, group) for group in open_.values())
+    return rows, top, carried
+
+
+def _row(plan_id: str, topic: str, partition: int, group: list[Any]) -> Row:
+    text, entries, _size, offset, when = group
+    return (text, encode_message(plan_id, topic, partition, entries), when, offset, [])
+
+
+class RekeyedMessage:
+    """An entry of a repartition message seen as the source record it came from: dead
+    letters name the source topic, partition and offset and hold the source key and value."""
+
+    __slots__ = ("_entry", "_message", "_partition", "_topic")
+
+    def __init__(self, message: Any, topic: str, partition: int, entry: list[Any]) -> None:
+        self._message = message
+        self._topic = topic
+        self._partition = partition
+        self._entry = entry
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        offset: int = self._entry[0]
+        return offset
+
+    def key(self) -> bytes | None:
+        key: bytes | None = self._entry[5]
+        return key
+
+    def value(self) -> bytes | None:
+        value: bytes | None = self._entry[6]
+        return value
+
+    def timestamp(self) -> tuple[int, int]:
+        stamp: tuple[int, int] = self._message.timestamp()
+        return stamp
+
+    def headers(self) -> Any:
+        return self._message.headers()
+
+    def error(self) -> None:
+        return None
+
+
+def _refused(plan: WindowPlan, entry: list[Any]) -> RepartitionError:
+    """Why an entry of this plan cannot be folded (only a producer that is not a streamherd
+    upstream of the plan writes one)."""
+    values, event_ms = entry[4], entry[3]
+    if len(values) != len(plan.aggregates):
+        why = f"{len(values)} values for {len(plan.aggregates)} aggregates"
+    elif any(type(values[i]) is str for i, _ in plan.added):
+        why = "a string for a sum or an average"
+    else:
+        why = f"event time {event_ms}, beyond the years 1 to 9999 for this window"
+    return RepartitionError(f"a repartition entry with {why}")
+
+
+def _late(source: Any, event_ms: int) -> Failure:
+    return Failure(
+        source,
+        "late",
+        LateRecordError(
+            f"event time {event_ms} is behind its source partition's "
+            "watermark by more than the allowed lateness"
+        ),
+    )
+
+
+def fold_hop(
+    windows: PartitionWindows, clock: UpstreamClock, messages: Sequence[Any], plan_id: str
+) -> tuple[list[Failure], int, int, int]:
+    """Fold one batch of a repartition partition, messages of either format in order:
+    markers into the clock, replayed entries dropped, each entry's values folded with its
+    source partition's lateness. Returns what ``fold_downstream`` returns: the failures (in
+    order), how many were late, how many were duplicates, and how many records were taken
+    (folded, late, refused or of another plan: each once)."""
+    failures: list[Failure] = []
+    late = duplicates = taken = 0
+    run_start = 0  # the first message of a run of other messages (format 1, markers)
+    own = plan_id.encode()
+    for i, m in enumerate(messages):
+        value = m.value()
+        if not value:  # a progress marker: another plan's says nothing about this one's
+            if not any(n == PLAN_HEADER and raw != own for n, raw in m.headers() or ()):
+                continue
+        elif value[0] != HOP_FORMAT:
+            continue
+        if run_start < i:
+            counts = fold_downstream(windows, clock, messages[run_start:i])
+            failures += counts[0]
+            late, duplicates, taken = late + counts[1], duplicates + counts[2], taken + counts[3]
+        run_start = i + 1
+        if not value:
+            continue  # another plan's marker: skipped
+        try:
+            plan, topic, partition, entries = decode_message(value)
+        except RepartitionError as error:
+            failures.append(Failure(m, "decode", error))
+            continue
+        if plan != plan_id:
+            d, t = _foreign(
+                clock,
+                m,
+                plan=plan,
+                plan_id=plan_id,
+                topic=topic,
+                partition=partition,
+                entries=entries,
+                failures=failures,
+            )
+        else:
+            d, t, n_late = _fold_entries(
+                windows,
+                clock,
+                m,
+                topic=topic,
+                partition=partition,
+                entries=entries,
+                failures=failures,
+            )
+            late += n_late
+        duplicates += d
+        taken += t
+    if run_start < len(messages):
+        counts = fold_downstream(windows, clock, messages[run_start:])
+        failures += counts[0]
+        late, duplicates, taken = late + counts[1], duplicates + counts[2], taken + counts[3]
+    return failures, late, duplicates, taken
+
+
+def _state(clock: UpstreamClock, topic: str, partition: int) -> UpstreamState:
+    upstreams = clock.upstreams
+    st = upstreams.get((topic, partition))
+    if st is None:
+        st = upstreams[(topic, partition)] = UpstreamState()
+    return st
+
+
+def _foreign(
+    clock: UpstreamClock,
+    m: Any,
+    *,
+    plan: str,
+    plan_id: str,
+    topic: str,
+    partition: int,
+    entries: list[list[Any]],
+    failures: list[Failure],
+) -> tuple[int, int]:
+    """Dead-letter the entries of a message of another plan: their values were evaluated
+    under another spec, so they are not this window's. Returns (duplicates, taken)."""
+    st = _state(clock, topic, partition)
+    duplicates = taken = 0
+    error = RepartitionError(
+        f"a repartition record written under plan {plan}; this worker's plan is {plan_id} "
+        "(its spec evaluates keys, event times or values differently): not folded"
+    )
+    for entry in entries:
+        if entry[0] <= st.offset:  # a record this window has (from its own plan's entries)
+            duplicates += 1
+            continue
+        # The clock does not move: if this plan's upstream re-keys the same source offsets
+        # (a restore or replay rewound it), those entries fold.
+        taken += 1
+        failures.append(Failure(RekeyedMessage(m, topic, partition, entry), "decode", error))
+    return duplicates, taken
+
+
+def _fold_entries(
+    windows: PartitionWindows,
+    clock: UpstreamClock,
+    m: Any,
+    *,
+    topic: str,
+    partition: int,
+    entries: list[list[Any]],
+    failures: list[Failure],
+) -> tuple[int, int, int]:
+    """Fold one message's entries (the rules of ``fold_downstream``, the tumbling fold of
+    ``PartitionWindows.fold`` inline). Returns (duplicates, taken, late)."""
+    plan = windows.plan
+    update = plan.update
+    size, lateness = plan.size_ms, plan.lateness_ms
+    tumbling = size == plan.slide_ms
+    get, open_window, mark = windows.windows.get, windows.open_window, windows.changed.add
+    floor = clock.floor  # only close_windows() raises it, between batches
+    n_values = len(plan.aggregates)
+    ordered, counted, added, sadd = plan.ordered, plan.counted, plan.added, add
+    numeric = tuple(i for i, _ in added)
+    # The event times whose windows this plan can write (windowing.time_bounds): the writer
+    # checked its own, and a window size is not part of the plan.
+    low, high = ISO_MIN_MS + size, ISO_MAX_MS - size
+    st = _state(clock, topic, partition)
+    duplicates = taken = late = 0
+    max_ms = windows.max_event_ms  # what fold_downstream leaves there (see below)
+    for entry in entries:
+        offset, before, key, event_ms, values = entry[0], entry[1], entry[2], entry[3], entry[4]
+        if offset <= st.offset:
+            duplicates += 1
+            continue
+        st.offset = offset
+        st.idle = False
+        if before is not None and (st.max_event_ms is None or before > st.max_event_ms):
+            st.max_event_ms = before
+        taken += 1
+        refused = len(values) != n_values or not low <= event_ms <= high
+        if not refused:
+            for i in numeric:  # a string for a sum or an average
+                if type(values[i]) is str:
+                    refused = True
+        if refused:
+            failures.append(
+                Failure(RekeyedMessage(m, topic, partition, entry), "decode", _refused(plan, entry))
+            )
+            continue
+        # The level this record folds against: its source partition's maximum before it, or
+        # the level of windows already closed, whichever is higher (level_before).
+        level = before if floor is None or (before is not None and before > floor) else floor
+        if not tumbling:
+            windows.max_event_ms = level
+            try:
+                if not windows.add(key, event_ms, values):
+                    late += 1
+                    failures.append(_late(RekeyedMessage(m, topic, partition, entry), event_ms))
+            except REFUSED as error:  # add() changed nothing
+                failures.append(
+                    Failure(
+                        RekeyedMessage(m, topic, partition, entry),
+                        "expression",
+                        error.with_traceback(None),
+                    )
+                )
+            max_ms = windows.max_event_ms
+            continue
+        top = level if level is not None and event_ms <= level else event_ms
+        start = event_ms - event_ms % size
+        max_ms = level
+        if start + size <= top - lateness:
+            late += 1
+            failures.append(_late(RekeyedMessage(m, topic, partition, entry), event_ms))
+            continue
+        acc = get((key, start))
+        if acc is None:  # a new accumulator takes any value: nothing to compare with
+            acc = open_window(key, start)
+        if ordered:
+            try:
+                update(acc, values)
+            except REFUSED as error:  # all or nothing: the window is as it was
+                failures.append(
+                    Failure(
+                        RekeyedMessage(m, topic, partition, entry),
+                        "expression",
+                        error.with_traceback(None),
+                    )
+                )
+                continue
+        else:  # counts, sums, averages (numbers, checked above): WindowPlan.apply, inline
+            for i in counted:
+                acc[i] += 1
+            for i, is_avg in added:
+                v = values[i]
+                if v is None:
+                    continue
+                if is_avg:  # [total, count]
+                    slot = acc[i]
+                    held = slot[0]
+                    if type(v) is int and type(held) is not list:
+                        slot[0] = v if held is None else held + v
+                    else:
+                        slot[0] = sadd(held, v)
+                    slot[1] += 1
+                else:  # summing.add, its integer case inline
+                    held = acc[i]
+                    if type(v) is int and type(held) is not list:
+                        acc[i] = v if held is None else held + v
+                    else:
+                        acc[i] = sadd(held, v)
+        mark((key, start))
+        max_ms = top
+    # fold_downstream sets the window's maximum to each record's level and folds it: what it
+    # leaves is the last record's (moved by it when it folded). close_windows() and the
+    # engine replace it before anything reads it; kept equal so the states compare equal.
+    windows.max_event_ms = max_ms
+    return duplicates, taken, late
