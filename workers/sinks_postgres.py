@@ -110,6 +110,14 @@ def upsert_statement(config: PostgresSinkConfig, rows: int) -> sql.Composed:
     )
 
 
+def create_if_absent(conn: psycopg.Connection[Any], statement: sql.Composed) -> None:
+    """``CREATE TABLE IF NOT EXISTS`` on an autocommit connection, by several workers
+    starting at once: the loser of a concurrent creation gets a unique violation on the
+    catalog (PostgreSQL checks existence before it takes the name); the table exists then."""
+    with contextlib.suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+        conn.execute(statement)
+
+
 def create_table_statement(config: PostgresSinkConfig) -> sql.Composed:
     """``CREATE TABLE IF NOT EXISTS`` with the key columns as primary key (the upsert target)."""
     columns = [
@@ -287,7 +295,7 @@ class PostgresSink:
             keepalives_count=3,
         )
         if self.config.create_table:
-            conn.execute(create_table_statement(self.config))
+            create_if_absent(conn, create_table_statement(self.config))
         return conn
 
     def _take(self) -> list[Row] | None:

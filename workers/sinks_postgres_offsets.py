@@ -54,6 +54,7 @@ from streamherd.workers.sinks_postgres import (
     SINK_LABEL,
     Row,
     conninfo_from_env,
+    create_if_absent,
     create_table_statement,
     dedupe,
     rows_of,
@@ -253,14 +254,6 @@ def offset_writes(
             params = (next_offset, generation, table, group, topic, partition, before)
             writes.append((False, params))
     return writes
-
-
-def _create(conn: psycopg.Connection[Any], statement: sql.Composed) -> None:
-    """``CREATE TABLE IF NOT EXISTS``, by several workers starting at once: the loser of a
-    concurrent creation gets a unique violation on the catalog (PostgreSQL checks existence
-    before it takes the name); the table exists then."""
-    with contextlib.suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
-        conn.execute(statement)
 
 
 class PostgresTransactionalSink:
@@ -649,11 +642,11 @@ class PostgresTransactionalSink:
                             "is 0; set it above 0, e.g. to max_connections, and restart it; "
                             "docs/storage.md)"
                         )
-                    _create(conn, create_side_statement(self.config.table))
-                    _create(conn, create_writers_statement(self.config.table))
-                _create(conn, create_offsets_statement(self.config.table))
+                    create_if_absent(conn, create_side_statement(self.config.table))
+                    create_if_absent(conn, create_writers_statement(self.config.table))
+                create_if_absent(conn, create_offsets_statement(self.config.table))
                 if self.config.create_table:
-                    _create(conn, create_table_statement(self.config))
+                    create_if_absent(conn, create_table_statement(self.config))
             except BaseException:
                 conn.close()
                 raise

@@ -5,15 +5,17 @@ The engine-level guarantees (Kafka in, SIGKILL, restart) are in test_postgres_pi
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from streamherd.workers.config import PostgresSinkConfig
 from streamherd.workers.metrics import EngineMetrics
-from streamherd.workers.sinks_postgres import PostgresSink
+from streamherd.workers.sinks_postgres import PostgresSink, create_if_absent, create_table_statement
 from tests.integration.storage.pgserver import PostgresServer
 
 pytestmark = [pytest.mark.integration]
@@ -169,3 +171,39 @@ def test_separate_fields_connection(postgres_server: PostgresServer, postgres_ds
     finally:
         sink.close()
     assert table(postgres_dsn) == {("user-3", 2): (7, 1.75)}
+
+
+def create_at_once(dsn: str, statement: sql.Composed, workers: int) -> list[BaseException]:
+    """``workers`` connections run ``create_if_absent(statement)`` at the same moment; what
+    they raised."""
+    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(workers)]
+    start = threading.Barrier(workers)
+    errors: list[BaseException] = []
+
+    def create(conn: psycopg.Connection[Any]) -> None:
+        start.wait()
+        try:
+            create_if_absent(conn, statement)
+        except BaseException as error:  # collected, asserted by the caller
+            errors.append(error)
+
+    threads = [threading.Thread(target=create, args=(c,)) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for c in conns:
+        c.close()
+    return errors
+
+
+def test_workers_starting_at_once_all_create_the_table(postgres_dsn: str) -> None:
+    """Several workers connecting at the same moment each run CREATE TABLE IF NOT EXISTS;
+    PostgreSQL lets all but one fail on its catalog's unique index: each must see the table
+    as there, none may fail."""
+    for n in range(5):
+        statement = create_table_statement(window_config(table=f"public.t_{n}"))
+        assert create_at_once(postgres_dsn, statement, workers=6) == []
+        with psycopg.connect(postgres_dsn) as conn:
+            query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(f"t_{n}"))
+            assert conn.execute(query).fetchone() == (0,)
