@@ -54,3 +54,14 @@ def widen_batch(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             new["bytes"] = Real(held)
         out.append(new)
     return out
+
+
+def fan_out(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Record mode: ``fan`` (0 to 3) records, the first with the record's key ``k``, the
+    others with keys derived from it (``k/1``, ``k/2``: other repartition partitions, but
+    the same source partition as ``k``), their event times ``i * 300`` ms apart."""
+    k = record.get("k")
+    return [
+        {**record, "k": k if i == 0 else f"{k}/{i}", "ts": record["ts"] + i * 300}
+        for i in range(int(record.get("fan", 1)))
+    ]
