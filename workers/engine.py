@@ -1154,10 +1154,10 @@ class Engine:
             self._dead_letter(failures)
         self.counters.records_out += len(rows)
         self.counters.filtered += filtered
-        self.counters.contributing += contributing(n_in, filtered, len(failures))
+        self.counters.contributing += contributing(n_in, filtered, self._failed(failures))
         self.metrics.records_out.inc(len(rows))
         self.metrics.filtered.inc(filtered)
-        self.metrics.contributing.inc(contributing(n_in, filtered, len(failures)))
+        self.metrics.contributing.inc(contributing(n_in, filtered, self._failed(failures)))
         st.idle = False
 
     def _process_upstream(self, st: PartitionState, messages: list[SourceMessage]) -> None:
@@ -1195,8 +1195,8 @@ class Engine:
         self.metrics.filtered.inc(filtered)
         # Contributing here means: on its way to the window (a downstream failure or a
         # late record is dead-lettered there, and counted there as well).
-        self.counters.contributing += contributing(n_in, filtered, len(failures))
-        self.metrics.contributing.inc(contributing(n_in, filtered, len(failures)))
+        self.counters.contributing += contributing(n_in, filtered, self._failed(failures))
+        self.metrics.contributing.inc(contributing(n_in, filtered, self._failed(failures)))
         last = messages[-1].offset()
         assert last is not None
         self._mark(st, last, force=st.idle)
@@ -1239,6 +1239,13 @@ class Engine:
         self.metrics.windows_emitted.inc(len(rows))
         self.metrics.records_out.inc(len(rows))
         self.metrics.late.inc(late)
+
+    def _failed(self, failures: list[Failure]) -> int:
+        """How many source records ``failures`` name: a user function's records of one source
+        record may fail each (one dead letter each), the source record counts once."""
+        if self.processor.one_to_one:
+            return len(failures)
+        return len({id(f.message) for f in failures})
 
     def _dead_letter(self, failures: list[Failure]) -> None:
         self.outputs.dead_letter(failures)

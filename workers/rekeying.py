@@ -11,16 +11,23 @@ source partition, one message (decision 0157)::
 
     value = b"\\x03" + msgpack([plan, topic, partition, entry, entry, ...])
     entry = [offset, max_before, key, event_ms, values, source_key, source_value(, 1)]
+    entry = [offset, max_before, key, event_ms, values, source_key, source_value, 0|1, sub]
 
 ``plan`` is :func:`hop_plan` of the writer's spec: a hash of everything the entries were
 evaluated under (the source format, the steps before the window, the user function, the
 window's key, event time and aggregate expressions). Entries are in offset order;
 ``max_before`` is the source partition's largest event time before the record (None: no
-record yet), ``key`` the key's JSON value (``values.key_value``), ``values`` one per
-aggregate (None for a count). msgpack keeps every value's type and bits: NaN with its
-payload, infinities, ``-0.0``, integers within 64 bits, unicode, bytes; an entry with an
-integer beyond 64 bits ends with a ``1``: its key and values went through
-``values.encode_value`` (the checkpoints' exact encoding). ``source_key`` and
+record yet), ``sub`` the record's place among the records a user function made of that
+source record (0, 1, 2... in the order it returned them; written only when not 0, as the
+second form, whose eighth field is 0 or the ``1`` below), ``key`` the key's JSON value
+(``values.key_value``), ``values`` one per aggregate (None for a count). msgpack keeps
+every value's type and bits: NaN with its payload, infinities, ``-0.0``, integers within
+64 bits, unicode, bytes; an entry with an integer beyond 64 bits ends with a ``1``: its
+key and values went through
+``values.encode_value`` (the checkpoints' exact encoding). The downstream dedupe orders
+``(offset, sub)``, so every record a source record fans out to folds once, even when they
+go to different repartition partitions (an entry without ``sub``, of a worker before it, is
+sub 0: of its fan-out only the first folds, as before). ``source_key`` and
 ``source_value`` are the source record's own bytes, so that a record dead-lettered
 downstream (late, refused by its window, or of another plan) holds what an unpartitioned
 pipeline's dead letter holds, under the same source coordinates. One message per partition
@@ -192,20 +199,25 @@ def encode_entry(  # noqa: PLR0917 - the entry's fields, in its order
     values: list[Any],
     source_key: bytes | None,
     source_value: bytes | None,
+    sub: int = 0,
 ) -> bytes:
     """One source record's entry (``key`` in state form); raises ValueError when a value
     cannot be carried at all (a string with a lone surrogate)."""
     json_key = key_value(key)
     try:
+        if sub:
+            return _encode(
+                (offset, max_before, json_key, event_ms, values, source_key, source_value, 0,
+                 sub)
+            )  # fmt: skip
         return _encode((offset, max_before, json_key, event_ms, values, source_key, source_value))
     except OverflowError:  # an integer beyond 64 bits: the checkpoints' exact encoding
         pass
     except UnicodeEncodeError as error:
         raise ValueError(f"a value cannot be written to the repartition topic: {error}") from None
-    return _encode(
-        (offset, max_before, encode_value(json_key), event_ms, encode_value(values),
-         source_key, source_value, 1)
-    )  # fmt: skip
+    exact = (offset, max_before, encode_value(json_key), event_ms, encode_value(values),
+             source_key, source_value, 1)  # fmt: skip
+    return _encode((*exact, sub) if sub else exact)
 
 
 def _array_head(n: int) -> bytes:
@@ -247,13 +259,22 @@ def decode_message(value: bytes) -> tuple[str, str, int, list[list[Any]]]:
         for entry in entries:
             if type(entry) is not list:
                 raise ValueError("an entry that is not a list")
+            n = len(entry)
+            sub = 0
+            if n == _ENTRY_FIELDS + 2:  # a sub-index: after the exact flag, 0 or 1
+                sub = entry.pop()
+                if type(sub) is not int or sub < 0 or entry[_ENTRY_FIELDS] not in {0, 1}:
+                    raise ValueError("a malformed sub-index or exact flag")
+                if entry[_ENTRY_FIELDS] == 0:
+                    entry.pop()
             if len(entry) != _ENTRY_FIELDS:
                 if len(entry) != _ENTRY_FIELDS + 1 or entry[_ENTRY_FIELDS] != 1:
-                    raise ValueError(f"an entry of {len(entry)} fields")
+                    raise ValueError(f"an entry of {n} fields")
                 entry.pop()
                 entry[2] = decode_value(entry[2])
                 entry[4] = decode_value(entry[4])
             offset, top, key, event_ms, values, source_key, source_value = entry
+            entry.append(sub)  # entries decoded: the seven fields and the sub-index
             if (
                 type(offset) is not int
                 or (top is not None and type(top) is not int)
@@ -302,9 +323,18 @@ def rekey(
     # key -> (repartition partition, key text), for this batch (keys repeat: CRC-32 once)
     targets: dict[Any, tuple[int, str]] = {}
     crc32, encode = zlib.crc32, _encode
+    last_source: Any = None
+    sub = 0
     for record, m in items:
         offset = m.offset()
         assert offset is not None
+        # A user function's records of one source record are consecutive, in its order:
+        # each is named by its place among them (failed ones too: the count is the same
+        # whatever fails downstream of the function).
+        if m is last_source:
+            sub += 1
+        else:
+            last_source, sub = m, 0
         kind, ms = m.timestamp()
         stamp = ms if kind else None  # processing.kafka_timestamp, inline
         try:
@@ -324,13 +354,15 @@ def rekey(
         if top is None or event_ms > top:
             top = event_ms
         try:
+            if sub:
+                raise OverflowError  # encode_entry writes the sub-index
             entry = encode(  # encode_entry's common case, inline
                 (offset, before, key if type(key) is not tuple else key_value(key), event_ms,
                  values, m.key(), m.value())
             )  # fmt: skip
         except (OverflowError, UnicodeEncodeError, TypeError):
             try:
-                entry = encode_entry(offset, before, key, event_ms, values, m.key(), m.value())
+                entry = encode_entry(offset, before, key, event_ms, values, m.key(), m.value(), sub)
             except (ValueError, TypeError) as error:
                 failures.append(Failure(m, "expression", error))
                 top = before  # nothing crossed: as if the record had not come
@@ -521,7 +553,7 @@ def _foreign(
         "(its spec evaluates keys, event times or values differently): not folded"
     )
     for entry in entries:
-        if entry[0] <= st.offset:  # a record this window has (from its own plan's entries)
+        if st.behind(entry[0], entry[7]):  # a record this window has (its own plan's entries)
             duplicates += 1
             continue
         # The clock does not move: if this plan's upstream re-keys the same source offsets
@@ -560,10 +592,12 @@ def _fold_entries(
     max_ms = windows.max_event_ms  # what fold_downstream leaves there (see below)
     for entry in entries:
         offset, before, key, event_ms, values = entry[0], entry[1], entry[2], entry[3], entry[4]
-        if offset <= st.offset:
+        sub = entry[7]
+        if offset < st.offset or (offset == st.offset and sub <= st.sub):  # st.behind, inline
             duplicates += 1
             continue
         st.offset = offset
+        st.sub = sub
         st.idle = False
         if before is not None and (st.max_event_ms is None or before > st.max_event_ms):
             st.max_event_ms = before

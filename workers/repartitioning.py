@@ -216,6 +216,10 @@ def read_mark(headers: Sequence[tuple[str, bytes | None]] | None) -> Mark:
     raise RepartitionError("a record on the repartition topic without a streamherd header")
 
 
+#: ``UpstreamState.sub`` of an offset whose records all count as taken.
+WHOLE: Final = 2**62
+
+
 @dataclass
 class UpstreamState:
     """What a downstream partition knows of one source partition."""
@@ -223,6 +227,14 @@ class UpstreamState:
     offset: int = -1  # the last source offset taken (records) or reported (markers)
     max_event_ms: int | None = None
     idle: bool = False
+    #: The sub-index within ``offset`` of the last record taken (a user function's records of
+    #: one source record: 0, 1, 2... in its order); :data:`WHOLE` when every record of
+    #: ``offset`` counts as taken (a marker, a format-1 record, a clock from before).
+    sub: int = 0
+
+    def behind(self, offset: int, sub: int) -> bool:
+        """Whether the record ``(offset, sub)`` was taken already (or a later one was)."""
+        return offset < self.offset or (offset == self.offset and sub <= self.sub)
 
 
 @dataclass
@@ -246,11 +258,14 @@ class UpstreamClock:
             if mark.offset < st.offset:
                 return False  # a replayed upstream's old marker: it says nothing new
             st.offset = mark.offset
+            st.sub = WHOLE  # the upstream is past every record of this offset
             st.idle = mark.idle
         else:
-            if mark.offset <= st.offset:
+            # Format 1 carries no sub-index: its first record of an offset is taken.
+            if st.behind(mark.offset, 0):
                 return False
             st.offset = mark.offset
+            st.sub = 0
             st.idle = False
         if mark.max_event_ms is not None and (
             st.max_event_ms is None or mark.max_event_ms > st.max_event_ms
@@ -289,8 +304,12 @@ class UpstreamClock:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            # The sub-index is a sixth field, only when it is not WHOLE: a clock with none
+            # (every upstream at a whole offset) is written as before.
             "upstreams": [
                 [t, p, st.offset, st.max_event_ms, st.idle]
+                if st.sub == WHOLE
+                else [t, p, st.offset, st.max_event_ms, st.idle, st.sub]
                 for (t, p), st in sorted(self.upstreams.items())
             ],
             "floor": self.floor,
@@ -301,9 +320,11 @@ class UpstreamClock:
         clock = cls()
         if not data:
             return clock
-        for topic, partition, offset, top, idle in data.get("upstreams", ()):
+        for topic, partition, offset, top, idle, *rest in data.get("upstreams", ()):
+            # Without a sub-index (a clock written before): every record of the offset taken.
+            sub = int(rest[0]) if rest else WHOLE
             clock.upstreams[(str(topic), int(partition))] = UpstreamState(
-                int(offset), None if top is None else int(top), bool(idle)
+                int(offset), None if top is None else int(top), bool(idle), sub
             )
         floor = data.get("floor")
         clock.floor = None if floor is None else int(floor)

@@ -30,6 +30,7 @@ from tests.integration.engine.enginekit import (
     pipeline_config,
     wait_until,
 )
+from tests.unit.workers.userfuncs import fan_clicks
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.slow]
 
@@ -180,6 +181,47 @@ def test_windows_by_another_key_than_the_topic_have_one_exact_result(
     finally:
         a.stop()
         b.stop()
+
+
+def test_every_record_a_user_function_fans_out_to_is_counted_once(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """A user function turning each click into 0 to 3 on other pages: behind the hop every
+    one is counted once (each carries its place among its source record's), with a worker
+    SIGKILLed and restarted on the way (its upstream replays from its last checkpoint)."""
+    src, sink, dlq = topics(kafka_broker)
+    records = list(page_clicks(0, 12_000))
+    kafka_broker.produce(src, records[:6_000])
+    config = repartitioned_config(kafka_broker, src, sink, dlq, tmp_path / "ck")
+    config["processor"]["function"] = {
+        "callable": "tests.unit.workers.userfuncs:fan_clicks",
+        "mode": "record",
+    }
+    a = Worker.create(tmp_path, "a", config).start()
+    try:
+        wait_until("worker a ready", lambda: a.get("/readyz")[0] == 200, 60, [a])
+        wait_until(
+            "worker a consuming",
+            lambda: kafka_broker.consume_all(f"{src}.repartition", timeout=5) != [],
+            60,
+            [a],
+        )
+        a.kill()
+        a.start()
+        kafka_broker.produce(src, records[6_000:])
+        flush(kafka_broker, src, records[-1][1]["ts"])
+        fanned = [(user, out) for user, rec in records for out in fan_clicks(rec)]
+        assert len(fanned) > len(records)  # fan-outs of 2 and 3 records, not only drops
+        expected = page_reference(fanned)
+        got, counts = sink_windows(
+            kafka_broker, sink, expected, "every (page, window) in the sink", 120, [a]
+        )
+        check(got, expected)
+        twice = {k: n for k, n in counts.items() if n > 1}
+        assert not twice, f"{len(twice)} windows emitted more than once, e.g. {list(twice)[:3]}"
+        assert kafka_broker.consume_all(dlq) == []
+    finally:
+        a.stop()
 
 
 def test_sigkills_and_rebalances_change_no_result(

@@ -30,6 +30,8 @@ from streamherd.workers.rekeying import (
     MESSAGE_BYTES,
     PLAN_HEADER,
     decode_message,
+    encode_entry,
+    encode_message,
     fold_hop,
     hop_plan,
     rekey,
@@ -38,6 +40,7 @@ from streamherd.workers.repartitioning import (
     EXACT_HEADER,
     UPSTREAM_HEADER,
     WATERMARK_HEADER,
+    WHOLE,
     UpstreamClock,
     close_windows,
     encode_hop,
@@ -475,7 +478,8 @@ def test_values_json_cannot_hold_cross_in_msgpack_and_an_integer_beyond_64_bits_
     (message,) = message_of(PLAN, [record])
     plan_id, topic, partition, entries = decode_message(message.value())
     assert (plan_id, topic, partition) == (PLAN, "src", 0)
-    ((offset, before, key, event_ms, values, source_key, source_value),) = entries
+    ((offset, before, key, event_ms, values, source_key, source_value, sub),) = entries
+    assert sub == 0
     assert (offset, before, key, event_ms) == (0, None, canonical_key([1.5, "x"]), 7)
     assert bits(values) == bits([None, 2**70, 2**70, 2**70, math.nan])
     assert (source_key, source_value) == (b"key", repr(record).encode())
@@ -531,3 +535,29 @@ def test_an_entry_of_our_plan_a_window_cannot_take_is_dead_lettered(
     assert [f.reason for f in failures] == ["decode"] and late == 0
     assert reason in str(failures[0].error)
     assert windows.windows == {}
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_an_entry_names_its_place_in_its_source_records_fan_out(exact: bool) -> None:
+    """Entries of one source offset fold once each, in (offset, sub-index) order, whatever
+    repeats; an entry without a sub-index (a worker before it) is sub-index 0."""
+    v = 2**70 if exact else 3
+    entries = [
+        encode_entry(5, None, "a", 7, [None, v, v], None, b"x", sub) for sub in (0, 1, 2, 1, 0)
+    ]
+    message = Msg(encode_message(PLAN, "src", 0, entries), [], 0)
+    _, _, _, decoded = decode_message(message.value())
+    assert [e[7] for e in decoded] == [0, 1, 2, 1, 0]
+    assert [e[4][1] for e in decoded] == [v] * 5
+    clock = UpstreamClock()
+    windows = PartitionWindows(plan_for(0, hopping=False, ordered=False))
+    _, _, duplicates, taken = fold_hop(windows, clock, [message], PLAN)
+    assert (taken, duplicates) == (3, 2)
+    state = clock.upstreams[("src", 0)]
+    assert (state.offset, state.sub) == (5, 2)
+    # The clock keeps the sub-index through its encoding; one of before reads as whole.
+    again = UpstreamClock.from_json(clock.to_json()).upstreams[("src", 0)]
+    assert (again.offset, again.sub) == (5, 2)
+    old = UpstreamClock.from_json({"upstreams": [["src", 0, 5, None, False]]})
+    assert old.upstreams[("src", 0)].sub == WHOLE
+    assert old.to_json() == {"upstreams": [["src", 0, 5, None, False]], "floor": None}

@@ -54,3 +54,21 @@ def widen_batch(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             new["bytes"] = Real(held)
         out.append(new)
     return out
+
+
+def fan_out(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Record mode: ``fan`` (0 to 3) records, the first with the record's key ``k``, the
+    others with keys derived from it (``k/1``, ``k/2``: other repartition partitions, but
+    the same source partition as ``k``), their event times ``i * 300`` ms apart."""
+    k = record.get("k")
+    return [
+        {**record, "k": k if i == 0 else f"{k}/{i}", "ts": record["ts"] + i * 300}
+        for i in range(int(record.get("fan", 1)))
+    ]
+
+
+def fan_clicks(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Record mode: ``id % 4`` clicks (0 to 3) of one, on ``page`` and ``page~1``, ``page~2``
+    (other keys, so other repartition partitions)."""
+    page = record["page"]
+    return [{**record, "page": page if i == 0 else f"{page}~{i}"} for i in range(record["id"] % 4)]
