@@ -22,6 +22,7 @@ import pytest
 from streamherd.workers.rekeying import HOP_FORMAT, decode_message
 from streamherd.workers.repartitioning import read_mark
 from tests.infra.kafka import KafkaBroker, Record
+from tests.infra.userfunctions import fan_clicks
 from tests.integration.engine.enginekit import (
     BASE_TS,
     WINDOW_MS,
@@ -30,7 +31,6 @@ from tests.integration.engine.enginekit import (
     pipeline_config,
     wait_until,
 )
-from tests.unit.workers.userfuncs import fan_clicks
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.slow]
 
@@ -194,7 +194,7 @@ def test_every_record_a_user_function_fans_out_to_is_counted_once(
     kafka_broker.produce(src, records[:6_000])
     config = repartitioned_config(kafka_broker, src, sink, dlq, tmp_path / "ck")
     config["processor"]["function"] = {
-        "callable": "tests.unit.workers.userfuncs:fan_clicks",
+        "callable": "tests.infra.userfunctions:fan_clicks",
         "mode": "record",
     }
     a = Worker.create(tmp_path, "a", config).start()

@@ -65,10 +65,3 @@ def fan_out(record: dict[str, Any]) -> list[dict[str, Any]]:
         {**record, "k": k if i == 0 else f"{k}/{i}", "ts": record["ts"] + i * 300}
         for i in range(int(record.get("fan", 1)))
     ]
-
-
-def fan_clicks(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """Record mode: ``id % 4`` clicks (0 to 3) of one, on ``page`` and ``page~1``, ``page~2``
-    (other keys, so other repartition partitions)."""
-    page = record["page"]
-    return [{**record, "page": page if i == 0 else f"{page}~{i}"} for i in range(record["id"] % 4)]
