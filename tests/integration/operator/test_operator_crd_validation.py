@@ -88,7 +88,8 @@ CASES = [
      "slide must be positive, at most size, and divide size"),
     ("name too long", BASE, "metadata.name", "p" * 56, "metadata.name must be at most 55"),
     ("exactly once to stdout", LOCAL, "spec.delivery", "exactlyOnce",
-     "delivery exactlyOnce needs a Kafka source and either a PostgreSQL sink or a Kafka sink"),
+     "delivery exactlyOnce needs a Kafka source, a dead-letter topic (if any) on the "
+     "source's cluster, and either a PostgreSQL sink or a Kafka sink"),
     ("exactly once across clusters", _set(BASE, "spec.sink.kafka.bootstrapServers", "other:9092"),
      "spec.delivery", "exactlyOnce", "delivery exactlyOnce needs a Kafka source"),
     ("bad delivery", BASE, "spec.delivery", "maybeOnce", "spec.delivery: Unsupported value"),
