@@ -1397,17 +1397,9 @@ class Engine:
         try:
             committed = self.outputs.commit_offsets(offsets, generation)
         except Exception as error:  # any failure to decide stops the worker
-            self._broken = True
-            self.metrics.error("transaction")
-            log_event(log, logging.ERROR, "transaction-failed", reason=reason, error=str(error))
-            raise TransactionError(f"sink transaction failed: {error}") from error
+            raise self._sink_undecided(reason, error) from error
         if not committed:
-            self.metrics.error("transaction")
-            log_event(log, logging.WARNING, "checkpoint-postponed", reason="sink not committed")
-            if reason == "revoke":
-                # The queued rows include the outgoing partitions', which must never commit
-                # without their offsets: drop them all and go back to the last commit.
-                self._abort_and_rewind(source, "sink not committed before a revoke")
+            self._sink_postponed(source, reason, "committed")
             return False
         if offsets and source.group_offsets:
             # The group's offsets only feed the lag figures (the operator's probe, the
@@ -1417,6 +1409,24 @@ class Engine:
             except KafkaException as error:
                 log_event(log, logging.WARNING, "commit-failed", error=str(error))
         return True
+
+    def _sink_undecided(self, reason: str, error: Exception) -> TransactionError:
+        """The sink's transaction failed in a way that leaves its outcome open, or it was
+        fenced: the worker is broken and stops with the returned error."""
+        self._broken = True
+        self.metrics.error("transaction")
+        log_event(log, logging.ERROR, "transaction-failed", reason=reason, error=str(error))
+        return TransactionError(f"sink transaction failed: {error}")
+
+    def _sink_postponed(self, source: Source, reason: str, step: str) -> None:
+        """The sink refused before anything was decided (the database is down): the
+        checkpoint waits. Before a revoke the queued rows include the outgoing partitions',
+        which must never commit without their offsets: drop them all and go back to the
+        last commit."""
+        self.metrics.error("transaction")
+        log_event(log, logging.WARNING, "checkpoint-postponed", reason=f"sink not {step}")
+        if reason == "revoke":
+            self._abort_and_rewind(source, f"sink not {step} before a revoke")
 
     def _commit_two_phases(
         self,
@@ -1438,15 +1448,9 @@ class Engine:
             try:
                 prepared = self.outputs.prepare_offsets(offsets, generation)
             except Exception as error:  # fenced, or a prepare whose outcome is unknown
-                self._broken = True
-                self.metrics.error("transaction")
-                log_event(log, logging.ERROR, "transaction-failed", reason=reason, error=str(error))
-                raise TransactionError(f"sink transaction failed: {error}") from error
+                raise self._sink_undecided(reason, error) from error
             if not prepared:
-                self.metrics.error("transaction")
-                log_event(log, logging.WARNING, "checkpoint-postponed", reason="sink not prepared")
-                if reason == "revoke":
-                    self._abort_and_rewind(source, "sink not prepared before a revoke")
+                self._sink_postponed(source, reason, "prepared")
                 return False
             self._fault_pause("prepared", generation)
         producer = self.outputs.transaction

@@ -105,10 +105,15 @@ CommittedMetadata = Callable[[list[TP]], dict[TP, str | None]]
 Fence = Callable[[list[str]], None]
 
 
+def _beside(results_table: str, name: str) -> sql.Identifier:
+    """Table ``name`` in the schema of the results table (its search path if none)."""
+    schema, dot, _ = results_table.rpartition(".")
+    return sql.Identifier(schema, name) if dot else sql.Identifier(name)
+
+
 def offsets_table(results_table: str) -> sql.Identifier:
     """``streamherd_offsets`` in the schema of the results table (its search path if none)."""
-    schema, dot, _ = results_table.rpartition(".")
-    return sql.Identifier(schema, OFFSETS_TABLE) if dot else sql.Identifier(OFFSETS_TABLE)
+    return _beside(results_table, OFFSETS_TABLE)
 
 
 def create_offsets_statement(results_table: str) -> sql.Composed:
@@ -150,8 +155,7 @@ def update_offset_statement(results_table: str) -> sql.Composed:
 def side_table(results_table: str) -> sql.Identifier:
     """``streamherd_prepared`` (which partitions each prepared transaction covers) beside
     the offsets table."""
-    schema, dot, _ = results_table.rpartition(".")
-    return sql.Identifier(schema, SIDE_TABLE) if dot else sql.Identifier(SIDE_TABLE)
+    return _beside(results_table, SIDE_TABLE)
 
 
 def create_side_statement(results_table: str) -> sql.Composed:
@@ -196,8 +200,7 @@ def forget_side_statement(results_table: str) -> sql.Composed:
 
 def writers_table(results_table: str) -> sql.Identifier:
     """``streamherd_writers``: each worker's (transactional id's) latest incarnation."""
-    schema, dot, _ = results_table.rpartition(".")
-    return sql.Identifier(schema, WRITERS_TABLE) if dot else sql.Identifier(WRITERS_TABLE)
+    return _beside(results_table, WRITERS_TABLE)
 
 
 def create_writers_statement(results_table: str) -> sql.Composed:
