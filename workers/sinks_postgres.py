@@ -110,11 +110,23 @@ def upsert_statement(config: PostgresSinkConfig, rows: int) -> sql.Composed:
     )
 
 
+# One advisory lock key for the sink's DDL ("streamherd" as a 64-bit number): creations are
+# rare (a worker's start), so one key for all of them costs nothing and needs no naming rule.
+DDL_LOCK_KEY: Final = int.from_bytes(b"streamhd", "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
 def create_if_absent(conn: psycopg.Connection[Any], statement: sql.Composed) -> None:
-    """``CREATE TABLE IF NOT EXISTS`` on an autocommit connection, by several workers
-    starting at once: the loser of a concurrent creation gets a unique violation on the
-    catalog (PostgreSQL checks existence before it takes the name); the table exists then."""
-    with contextlib.suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+    """Run a ``CREATE ... IF NOT EXISTS`` that several workers starting at once may run.
+
+    ``IF NOT EXISTS`` is not safe under concurrency in PostgreSQL: it checks the name before
+    it takes it, so the losers of a race fail on a catalog's unique index, and which one
+    (the relation, its row type, an index) depends on timing (unique violation, duplicate
+    table, duplicate object). Rather than guess which of those are harmless, the creations
+    take one transaction-scoped advisory lock and so run one after another; the second then
+    sees the table and does nothing. A real conflict (a type already named like the table)
+    still fails, with PostgreSQL's own message."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [DDL_LOCK_KEY])
         conn.execute(statement)
 
 
