@@ -309,7 +309,9 @@ class UserFunction(Model):
         default="record",
         description=(
             "record: called with one dict, returns a dict, a list of dicts or None (drop); "
-            "batch: called with a list of dicts, returns a list of dicts."
+            "batch: called with a list of dicts, returns a list of dicts, or one entry per "
+            "record given (a dict, a list of dicts or None), which keeps each output with its "
+            "record (exact behind a repartition hop in any delivery mode)."
         ),
     )
 

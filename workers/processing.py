@@ -262,6 +262,21 @@ def _records_from(result: Any) -> list[dict[str, Any]]:
     raise TypeError(f"user function returned {type(result).__name__}, not dict/list/None")
 
 
+def _per_input(result: Any, given: int) -> list[list[dict[str, Any]]] | None:
+    """A batch function's result in the per-record form, one entry per record given (a
+    dict, a list of dicts or None, as a record function returns), as lists; None for a flat
+    list of dicts, a dict or None (the flat form, read by ``_records_from``). Raises
+    TypeError on anything else."""
+    if not isinstance(result, list) or all(isinstance(r, dict) for r in result):
+        return None
+    if len(result) != given:
+        raise TypeError(
+            f"batch function returned {len(result)} entries for {given} records: a list "
+            "that is not of dicts only is per record (a dict, a list of dicts or None each)"
+        )
+    return [_records_from(r) for r in result]
+
+
 def function_stage(spec: UserFunction) -> Stage:
     fn = load_callable(spec.callable)
     if spec.mode == "record":
@@ -275,24 +290,30 @@ def function_stage(spec: UserFunction) -> Stage:
 
         return run_records
 
+    def alone(item: Item, out: list[Item]) -> None:
+        result = fn([item[0]])
+        each = _per_input(result, 1)
+        out.extend((r, item[1]) for r in (_records_from(result) if each is None else each[0]))
+
     def run_batch(items: list[Item], failures: list[Failure]) -> list[Item]:
         if not items:
             return items
         try:
-            results = _records_from(fn([r for r, _ in items]))
+            result = fn([r for r, _ in items])
+            each = _per_input(result, len(items))
+            flat = _records_from(result) if each is None else []
         except Exception:  # noqa: BLE001 - isolate the poison record(s) one by one
-            out: list[Item] = []
-            for item in items:
-                try:
-                    out.extend((r, item[1]) for r in _records_from(fn([item[0]])))
-                except Exception as error:  # noqa: BLE001
-                    failures.append(Failure(item[1], "function", error))
-            return out
-        if len(results) == len(items):
-            return [(r, m) for r, (_, m) in zip(results, items, strict=True)]
-        # A batch function may drop or add records: attribute them to the batch's last one.
+            return _per_record(items, failures, "function", alone)
+        if each is not None:
+            # Per record: each output stays with its own source record, so its place
+            # among that record's outputs is the same however the batches are cut.
+            return [(r, m) for records, (_, m) in zip(each, items, strict=True) for r in records]
+        if len(flat) == len(items):
+            return [(r, m) for r, (_, m) in zip(flat, items, strict=True)]
+        # A flat list of another length: the outputs cannot be told apart by record, so all
+        # are the batch's last one's (docs/engine.md: exact behind a hop only exactly-once).
         last = items[-1][1]
-        return [(r, last) for r in results]
+        return [(r, last) for r in flat]
 
     return run_batch
 

@@ -96,6 +96,36 @@ def test_user_function_modes(mode: Literal["record", "batch"]) -> None:
     ]
 
 
+def test_a_batch_function_answering_per_record_keeps_each_output_with_its_record() -> None:
+    """One entry per record given (a dict, a list of dicts or None): each output keeps its
+    own record's message, so its place among that record's outputs does not depend on where
+    the batch was cut (a flat list of another count is all the batch's last record's)."""
+    stage = function_stage(
+        UserFunction(callable="tests.unit.workers.userfuncs:split_batch", mode="batch")
+    )
+    failures: list[Failure] = []
+    out = stage(items({"id": 0, "twice": 1}, {"id": 1, "drop": 1}, {"id": 2}), failures)
+    assert [(r["id"], r.get("copy", False), m.offset()) for r, m in out] == [
+        (0, False, 0),
+        (0, True, 0),
+        (2, False, 2),
+    ]
+    assert failures == []
+
+
+def test_a_batch_function_miscounting_its_per_record_answer_dead_letters_each_record() -> None:
+    stage = function_stage(
+        UserFunction(callable="tests.unit.workers.userfuncs:miscount_batch", mode="batch")
+    )
+    failures: list[Failure] = []
+    assert stage(items({"id": 0}, {"id": 1}), failures) == []
+    assert [(f.message.offset(), f.reason, type(f.error).__name__) for f in failures] == [
+        (0, "function", "TypeError"),
+        (1, "function", "TypeError"),
+    ]
+    assert "2 entries for 1 records" in str(failures[0].error)
+
+
 def test_load_callable_errors() -> None:
     with pytest.raises(ModuleNotFoundError):
         load_callable("no_such_module_xyz:f")

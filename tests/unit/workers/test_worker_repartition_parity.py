@@ -154,7 +154,11 @@ class MemorySink:
 
 
 def config(
-    lateness_ms: int, hopping: bool, repartition: bool, function: str | None = None
+    lateness_ms: int,
+    hopping: bool,
+    repartition: bool,
+    function: str | None = None,
+    mode: str = "record",
 ) -> WorkerConfig:
     window: dict[str, Any] = {
         "keyBy": "k",
@@ -185,7 +189,7 @@ def config(
     if repartition:
         doc["repartition"] = {"topic": "rp"}
     if function is not None:
-        doc["processor"]["function"] = {"callable": function}
+        doc["processor"]["function"] = {"callable": function, "mode": mode}
     return WorkerConfig.model_validate(doc)
 
 
@@ -386,6 +390,7 @@ def results_of(found: list[tuple[Any, Any]]) -> dict[Any, Any]:
     lateness=st.sampled_from([0, 700, 3_000]),
     hopping=st.booleans(),
     queues=st.integers(1, 3),
+    mode=st.sampled_from(["record", "batch"]),
     data=st.data(),
 )
 def test_every_record_a_user_function_fans_out_to_is_folded_once_behind_the_hop(
@@ -393,18 +398,20 @@ def test_every_record_a_user_function_fans_out_to_is_folded_once_behind_the_hop(
     lateness: int,
     hopping: bool,
     queues: int,
+    mode: str,
     data: st.DataObject,
 ) -> None:
     """A user function turning one source record into 0 to 3 (other keys, so other
-    repartition partitions): the repartitioned engine gives the unpartitioned windows and
-    dead letters, bit for bit and each once, across any batching, interleaving, upstream
-    replays (rewound to any earlier batch boundary, batches cut anew) and downstream
-    restores through every state backend's encoding (volume, changelog, snapshots)."""
-    function = "tests.unit.workers.userfuncs:fan_out"
+    repartition partitions), in record mode or in batch mode answering per record: the
+    repartitioned engine gives the unpartitioned windows and dead letters, bit for bit and
+    each once, across any batching, interleaving, upstream replays (rewound to any earlier
+    batch boundary, batches cut anew) and downstream restores through every state backend's
+    encoding (volume, changelog, snapshots)."""
+    function = f"tests.unit.workers.userfuncs:{'fan_out' if mode == 'record' else 'fan_out_batch'}"
     sources = source_messages(rows)
 
     direct_sink = MemorySink(0)
-    direct = engine(config(lateness, hopping, False, function), direct_sink, fused=False)
+    direct = engine(config(lateness, hopping, False, function, mode), direct_sink, fused=False)
     states = [PartitionState(SOURCE, p) for p in range(SOURCE_PARTITIONS)]
     for st_ in states:
         st_.windows = PartitionWindows(direct.processor.window)  # type: ignore[arg-type]
@@ -413,7 +420,7 @@ def test_every_record_a_user_function_fans_out_to_is_folded_once_behind_the_hop(
         direct_sink.rows += st_.windows.close(everything=True)
 
     sink = MemorySink(queues)
-    hop = engine(config(lateness, hopping, True, function), sink, fused=False)
+    hop = engine(config(lateness, hopping, True, function, mode), sink, fused=False)
     hop._repartition_partitions = queues
     known = frozenset((SOURCE, p) for p in range(SOURCE_PARTITIONS))
     ups = []

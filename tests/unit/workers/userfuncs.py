@@ -65,3 +65,25 @@ def fan_out(record: dict[str, Any]) -> list[dict[str, Any]]:
         {**record, "k": k if i == 0 else f"{k}/{i}", "ts": record["ts"] + i * 300}
         for i in range(int(record.get("fan", 1)))
     ]
+
+
+def fan_out_batch(records: list[dict[str, Any]]) -> list[list[dict[str, Any]] | None]:
+    """Batch mode, per record: :func:`fan_out` of each record, an empty fan as None (the
+    batch's outputs are of another count than its records, each kept with its own)."""
+    return [fan_out(r) or None for r in records]
+
+
+def split_batch(
+    records: list[dict[str, Any]],
+) -> list[dict[str, Any] | list[dict[str, Any]] | None]:
+    """Batch mode, per record: None for ``drop``, two records for ``twice``, else the record
+    tagged (the answers of :func:`tag`, one entry per record given)."""
+    return [
+        None if r.get("drop") else [r, {**r, "copy": True}] if r.get("twice") else {**r, "t": 1}
+        for r in records
+    ]
+
+
+def miscount_batch(records: list[dict[str, Any]]) -> list[list[dict[str, Any]] | None]:
+    """Batch mode, per record but one entry too many: no record can be told its outputs."""
+    return [None, *([r] for r in records)]
