@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import importlib
 import json
+import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -28,7 +29,10 @@ import orjson
 from streamherd.workers.config import MapStep, ProcessorConfig, UserFunction
 from streamherd.workers.expressions import compile_expression
 from streamherd.workers.limits import LimitError
+from streamherd.workers.logs import log_event
 from streamherd.workers.windowing import PartitionWindows, WindowPlan
+
+log = logging.getLogger(__name__)
 
 
 class SourceMessage(Protocol):
@@ -312,9 +316,24 @@ def function_stage(spec: UserFunction) -> Stage:
             return [(r, m) for r, (_, m) in zip(flat, items, strict=True)]
         # A flat list of another length: the outputs cannot be told apart by record, so all
         # are the batch's last one's (docs/engine.md: exact behind a hop only exactly-once).
+        if not attributed_to_last:
+            attributed_to_last.append(True)  # said once per worker: a fact of the function
+            log_event(
+                log,
+                logging.WARNING,
+                "batch-function-unattributed",
+                callable=spec.callable,
+                given=len(items),
+                returned=len(flat),
+                detail="a flat list of another count is attributed to the batch's last "
+                "record: behind a repartition hop it is exact only with delivery "
+                "exactlyOnce; answer per record (one entry per record given) to keep each "
+                "output with its record (docs/engine.md, User functions)",
+            )
         last = items[-1][1]
         return [(r, last) for r in flat]
 
+    attributed_to_last: list[bool] = []
     return run_batch
 
 

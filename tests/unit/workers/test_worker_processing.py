@@ -170,3 +170,19 @@ def test_encode_output_beyond_64_bits() -> None:
     out = encode_output({"key": "é", "s": big, "inf": float("inf"), "b": b"x", "l": [1.5]})
     assert out == '{"key":"é","s":18446744073709551617,"inf":null,"b":"x","l":[1.5]}'.encode()
     assert encode_output({"s": 1, "inf": float("inf")}) == b'{"s":1,"inf":null}'
+
+
+def test_a_flat_batch_answer_of_another_count_is_attributed_to_the_last_record_and_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stage = function_stage(
+        UserFunction(callable="tests.unit.workers.userfuncs:fan_flat_batch", mode="batch")
+    )
+    failures: list[Failure] = []
+    with caplog.at_level("WARNING", logger="streamherd.workers.processing"):
+        out = stage(items({"id": 0}, {"id": 1}), failures)
+        stage(items({"id": 2}), failures)
+    assert [(r["id"], m.offset()) for r, m in out] == [(0, 1), (0, 1), (1, 1), (1, 1)]
+    warned = [r for r in caplog.records if "batch-function-unattributed" in r.getMessage()]
+    assert len(warned) == 1
+    assert "fan_flat_batch" in warned[0].getMessage()

@@ -87,3 +87,8 @@ def split_batch(
 def miscount_batch(records: list[dict[str, Any]]) -> list[list[dict[str, Any]] | None]:
     """Batch mode, per record but one entry too many: no record can be told its outputs."""
     return [None, *([r] for r in records)]
+
+
+def fan_flat_batch(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Batch mode, flat: each record twice, in one list (not attributable per record)."""
+    return [r for r in records for _ in range(2)]
