@@ -12,14 +12,17 @@ sink to stdout.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
 import yaml
+from pydantic import ValidationError
 
 from streamherd.operator.api.v1alpha1 import KIND
 from streamherd.operator.builders.worker_config import build_worker_config
@@ -28,6 +31,7 @@ from streamherd.operator.validation import load_documents, parse_pipeline
 from streamherd.workers.config import KafkaSecurity, WorkerConfig
 from streamherd.workers.engine import RunSummary
 from streamherd.workers.main import run_pipeline
+from streamherd.workers.preparedrecovery import recover_stopped
 
 
 def localize(
@@ -58,6 +62,27 @@ def localize(
     return WorkerConfig.model_validate(config.model_copy(update=update).model_dump())
 
 
+def _worker_config(file: str, err: TextIO) -> WorkerConfig | None:
+    """The WorkerConfig the operator would render for the one StreamPipeline in ``file``;
+    None (the reason written to ``err``) when it cannot be read or is invalid."""
+    try:
+        docs = [d for _, _, d in load_documents([file]) if isinstance(d, dict)]
+    except (OSError, yaml.YAMLError) as e:
+        err.write(f"error: {e}\n")
+        return None
+    docs = [d for d in docs if d.get("kind") == KIND]
+    if len(docs) != 1:
+        err.write(f"error: {file} must hold exactly one {KIND} (found {len(docs)})\n")
+        return None
+    pipeline, problems = parse_pipeline(docs[0])
+    if pipeline is None or problems:
+        err.write(f"error: {file}: invalid {KIND}:\n")
+        for line in problems:
+            err.write(f"  {line}\n")
+        return None
+    return build_worker_config(pipeline, OperatorSettings())
+
+
 def _progress_line(summary: RunSummary) -> str:
     return (
         f"[{summary.elapsed_seconds:7.1f}s] in {summary.records_in} out {summary.records_out} "
@@ -72,31 +97,18 @@ def run_local(
     """Exit 0 when the run ends cleanly (source exhausted, --max-seconds, Ctrl-C)."""
     out = out or sys.stdout
     err = err or sys.stderr
-    try:
-        docs = [d for _, _, d in load_documents([args.file]) if isinstance(d, dict)]
-    except (OSError, yaml.YAMLError) as e:
-        err.write(f"error: {e}\n")
+    rendered = _worker_config(args.file, err)
+    if rendered is None:
         return 2
-    docs = [d for d in docs if d.get("kind") == KIND]
-    if len(docs) != 1:
-        err.write(f"error: {args.file} must hold exactly one {KIND} (found {len(docs)})\n")
-        return 2
-    pipeline, problems = parse_pipeline(docs[0])
-    if pipeline is None or problems:
-        err.write(f"error: {args.file}: invalid {KIND}:\n")
-        for line in problems:
-            err.write(f"  {line}\n")
-        return 2
-
     checkpoint_dir = args.checkpoint_dir or tempfile.mkdtemp(prefix="streamherd-checkpoints-")
     config = localize(
-        build_worker_config(pipeline, OperatorSettings()),
+        rendered,
         checkpoint_dir=checkpoint_dir,
         metrics_port=args.metrics_port,
         bootstrap_servers=args.bootstrap_servers,
     )
     if not args.quiet:
-        err.write(f"streamherd run: {pipeline.name}, checkpoints in {checkpoint_dir}\n")
+        err.write(f"streamherd run: {config.pipeline.name}, checkpoints in {checkpoint_dir}\n")
 
     stop = threading.Event()
     timer: threading.Timer | None = None
@@ -129,3 +141,56 @@ def run_local(
     if not args.quiet:
         err.write(f"done ({summary.reason}): {_progress_line(summary)}\n")
     return 0 if summary.reason in ("stopped", "exhausted") else 1
+
+
+def recover_local(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """`streamherd recover`: decide the prepared transactions a stopped exactly-once
+    pipeline into PostgreSQL left behind. Exit 0: nothing left undecided; 1: some are (or
+    the pipeline is running, or a server failed); 2: the manifest or config is unusable."""
+    out = out or sys.stdout
+    err = sys.stderr
+    if args.worker_config:
+        try:
+            text = Path(args.worker_config).read_text(encoding="utf-8")
+            config = WorkerConfig.model_validate(yaml.safe_load(text))
+        except (OSError, yaml.YAMLError, ValidationError) as e:
+            err.write(f"error: {args.worker_config}: {e}\n")
+            return 2
+    else:
+        rendered = _worker_config(args.file, err)
+        if rendered is None:
+            return 2
+        config = rendered
+    if args.bootstrap_servers:
+        config = localize(
+            config,
+            checkpoint_dir=config.checkpoint.directory,
+            metrics_port=0,
+            bootstrap_servers=args.bootstrap_servers,
+        )
+    try:
+        resolution = recover_stopped(config, os.environ)
+    except ValueError as e:
+        err.write(f"error: {e}\n")
+        return 2
+    except Exception as e:  # noqa: BLE001 - a server's failure: say which, exit non-zero
+        err.write(f"error: {type(e).__name__}: {e}\n")
+        return 1
+    for verb, gids in (
+        ("committed", resolution.commit),
+        ("rolled back", resolution.rollback),
+        ("side rows forgotten", resolution.forget),
+    ):
+        for gid in sorted(gids):
+            out.write(f"{verb}: {gid}\n")
+    for gid in sorted(resolution.unexplained):
+        out.write(
+            f"left alone: {gid} (prepared with no side rows: the side table was changed by "
+            "hand; decide it by hand, docs/storage.md)\n"
+        )
+    decided = len(resolution.commit) + len(resolution.rollback)
+    out.write(
+        f"{config.pipeline.namespace}/{config.pipeline.name}: {decided} prepared "
+        f"transaction(s) decided, {len(resolution.unexplained)} left alone\n"
+    )
+    return 1 if resolution.unexplained or resolution.undecided else 0

@@ -65,6 +65,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_local(args)
 
 
+def _cmd_recover(args: argparse.Namespace) -> int:
+    from streamherd.operator.local import recover_local
+
+    return recover_local(args)
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
     from streamherd.workers.main import main as worker_main
 
@@ -170,6 +176,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_operator_arguments(p)
     p.set_defaults(func=_cmd_operator)
+
+    p = sub.add_parser(
+        "recover",
+        help="decide the prepared PostgreSQL transactions a stopped pipeline left behind",
+        description=(
+            "An exactly-once pipeline from Kafka into PostgreSQL that also writes to Kafka "
+            "commits in two phases; a worker that dies between them leaves a prepared "
+            "transaction, which the next worker assigned its partitions decides. With the "
+            "pipeline deleted or scaled to 0 nobody is: this decides them as a worker would "
+            "(commit if Kafka's transaction committed, else roll back), after fencing their "
+            "writers. Refused while the pipeline's consumer group has members. The database "
+            "settings come from the environment variables the sink names, as for `run`."
+        ),
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("file", nargs="?", help="the pipeline's StreamPipeline manifest (YAML)")
+    which.add_argument(
+        "--worker-config",
+        default=None,
+        help="the WorkerConfig the operator rendered (its ConfigMap's config.yaml) instead",
+    )
+    p.add_argument(
+        "--bootstrap-servers",
+        default=None,
+        help="override every Kafka bootstrapServers (e.g. 127.0.0.1:9092)",
+    )
+    p.set_defaults(func=_cmd_recover)
 
     p = sub.add_parser("worker", help="run one worker (what the pods run)")
     p.add_argument("--config", required=True, help="WorkerConfig JSON/YAML file")

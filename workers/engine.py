@@ -34,7 +34,6 @@ from confluent_kafka import (
     OFFSET_INVALID,
     KafkaError,
     KafkaException,
-    Producer,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
@@ -43,11 +42,16 @@ from streamherd.workers.checkpointing import Checkpoint, CheckpointFormatError
 from streamherd.workers.config import StateConfig, WorkerConfig, postgres_two_phase
 from streamherd.workers.fingerprint import changed_fields, config_fingerprint, snapshot_name
 from streamherd.workers.fusing import fuse
-from streamherd.workers.kafkaclients import client_config, producer_config
+from streamherd.workers.kafkaclients import client_config
 from streamherd.workers.lag import StartFrom, partition_lag
 from streamherd.workers.limits import ensure_recursion_headroom
 from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics
+from streamherd.workers.preparedrecovery import (
+    committed_reader,
+    transaction_timeout_ms,
+    writer_fence,
+)
 from streamherd.workers.processing import (
     Failure,
     Item,
@@ -92,10 +96,6 @@ PROGRESS_SECONDS: Final = 1.0
 HEARTBEAT_STALE_SECONDS: Final = 60.0
 #: Least time between two progress markers of one source partition (repartitioned pipelines).
 MARKER_SECONDS: Final = 0.5
-#: Exactly-once: the least transaction timeout; a worker that died inside a transaction
-#: holds read_committed readers back until it passes (or until its successor, with the same
-#: transactional.id, starts: pods keep their name across container restarts).
-TRANSACTION_TIMEOUT_MS: Final = 60_000
 
 
 class TransactionError(RuntimeError):
@@ -244,8 +244,10 @@ class Engine:
         self.metrics = metrics or EngineMetrics(config.pipeline.name)
         self.processor = Processor.compile(config.processor)
         self.exactly_once = config.delivery == "exactlyOnce"
-        interval_ms = round(config.checkpoint.interval_seconds * 1000)
-        self._transaction_timeout_ms = max(TRANSACTION_TIMEOUT_MS, 6 * interval_ms)
+        # Exactly-once: a worker that died inside a transaction holds read_committed readers
+        # back until it passes (or until its successor, with the same transactional.id,
+        # starts: pods keep their name across container restarts).
+        self._transaction_timeout_ms = transaction_timeout_ms(config)
         # What shapes this pipeline's state; stamped on every checkpoint, compared on restore.
         self.fingerprint, self.state_shape = config_fingerprint(config)
         self.state_policy = config.state or StateConfig()
@@ -707,34 +709,13 @@ class Engine:
         this worker's previous incarnation) from Kafka's committed offsets, read stably:
         a transaction still pending on them is waited for, up to Kafka's transaction
         timeout (the broker aborts a dead producer's transaction by then)."""
-
-        def committed(partitions: list[tuple[str, int]]) -> dict[tuple[str, int], str | None]:
-            asked = [TopicPartition(t, p) for t, p in partitions]
-            try:
-                answer = source.committed(asked, timeout=10)
-            except KafkaException as error:
-                log_event(log, logging.WARNING, "committed-lookup-failed", error=str(error))
-                return {}
-            return {
-                (tp.topic, tp.partition): (tp.metadata or "") if tp.offset >= 0 else None
-                for tp in answer
-                if tp.error is None
-            }
-
-        def fence(writers: list[str]) -> None:
-            kafka = self.config.source.kafka
-            assert kafka is not None
-            for writer in writers:
-                conf = producer_config(kafka)
-                conf["transactional.id"] = writer
-                conf["transaction.timeout.ms"] = self._transaction_timeout_ms
-                # Aborts the writer's open transaction (or waits for its commit to finish)
-                # and fences that producer: its transaction is decided from here on.
-                Producer(conf).init_transactions(30)
-                log_event(log, logging.WARNING, "writer-fenced", writer=writer)
-
+        kafka = self.config.source.kafka
+        assert kafka is not None
         self.outputs.recover_prepared(
-            assigned, committed, fence, wait=self._transaction_timeout_ms / 1000 + 30
+            assigned,
+            committed_reader(source.committed),
+            writer_fence(kafka, self._transaction_timeout_ms),
+            wait=self._transaction_timeout_ms / 1000 + 30,
         )
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:

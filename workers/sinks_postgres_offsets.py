@@ -474,6 +474,13 @@ class PostgresTransactionalSink:
             register_writer_statement(table), (table, self.group, self.writer, incarnation)
         )
 
+    def covered_partitions(self) -> list[TP]:
+        """Every partition the side table names for this pipeline (what a recovery of a
+        stopped pipeline acts as the owner of)."""
+        table = self.config.table
+        rows = self._connection().execute(read_side_statement(table), (table, self.group))
+        return sorted({(str(topic), int(partition)) for _, _, topic, partition in rows})
+
     def recover(
         self, assigned: Sequence[TP], committed: CommittedMetadata, fence: Fence, *, wait: float
     ) -> Resolution:

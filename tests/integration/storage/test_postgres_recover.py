@@ -1,0 +1,105 @@
+"""`streamherd recover`: the prepared transactions of a stopped exactly-once pipeline into
+PostgreSQL, decided as a worker would decide them (a real broker, a real PostgreSQL server,
+a `streamherd-worker` subprocess and the CLI as a user runs it).
+
+The pipeline's only worker is held between the two phases (STREAMHERD_FAULT_PAUSE) and
+SIGKILLed, and not started again: nobody is assigned its partitions, so what it prepared
+stays prepared, holding its offsets rows locked. `recover` must refuse while the group has a
+member, then decide each transaction as Kafka decided it (after PREPARE: Kafka's transaction
+never committed, roll back; after Kafka's commit: commit), leave no prepared transaction and
+no side row, and leave the table such that the pipeline, started again, ends with every
+window exactly once (the audit trigger's count).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streamherd.workers.config import KafkaSourceConfig
+from streamherd.workers.preparedrecovery import group_members
+from tests.infra.kafka import KafkaBroker
+from tests.integration.engine.enginekit import wait_until
+from tests.integration.engine.test_engine_repartition import page_clicks
+from tests.integration.storage.test_postgres_exactly_once import worker
+from tests.integration.storage.test_postgres_pipeline import DSN_ENV
+from tests.integration.storage.test_postgres_two_phase import (
+    PAUSED,
+    paused_generation,
+    prepared,
+    side_rows,
+    two_phase_config,
+    verify,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.slow]
+
+
+def recover(config_path: Path, dsn: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamherd", "recover", "--worker-config", str(config_path)],
+        env={"PATH": "/usr/bin:/bin", DSN_ENV: dsn},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_recover_decides_what_a_stopped_pipelines_dead_worker_left_prepared(
+    kafka_broker: KafkaBroker, postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DSN_ENV, postgres_dsn)
+    config, src, dlq = two_phase_config(kafka_broker, tmp_path, postgres_dsn)
+    kafka = KafkaSourceConfig.model_validate(config["source"]["kafka"])
+    records = list(page_clicks(0, 12_000))
+    bad = 0
+    a = worker(tmp_path, "a", config)
+    plain = dict(a.env or {})
+    expected = {"prepared": "rolled back", "kafka-committed": "committed"}
+    try:
+        for n, point in enumerate(["prepared", "kafka-committed"]):
+            kafka_broker.produce(src, records[n * 4_000 : (n + 1) * 4_000])
+            kafka_broker.produce(src, [("bad", b"not json %d" % n)])
+            bad += 1
+            seen = (
+                len([p for p, _ in PAUSED.findall(a.log_path.read_text()) if p == point])
+                if n
+                else 0
+            )
+            a.env = {**plain, "STREAMHERD_FAULT_PAUSE": f"{point}:120"}
+            a.start()
+            wait_until(f"a paused at {point}",
+                       lambda p=point, k=seen: paused_generation(a, p, k) is not None,
+                       120, [a])  # fmt: skip
+            generation = paused_generation(a, point, seen)
+            assert generation is not None
+            [gid] = [g for g in prepared(postgres_dsn) if g.endswith(":" + generation)]
+
+            refused = recover(a.config_path, postgres_dsn)
+            assert refused.returncode == 1, refused
+            assert "has 1 member(s)" in refused.stderr and "stop the pipeline" in refused.stderr
+            assert gid in prepared(postgres_dsn), "decided while its writer was alive"
+
+            a.kill()  # between the phases, and not started again: the pipeline is stopped
+            wait_until("the dead worker's membership expired",
+                       lambda: group_members(kafka) == 0, 60, [])  # fmt: skip
+            done = recover(a.config_path, postgres_dsn)
+            assert done.returncode == 0, done
+            assert f"{expected[point]}: {gid}\n" in done.stdout
+            assert "1 prepared transaction(s) decided, 0 left alone" in done.stdout
+            assert prepared(postgres_dsn) == []
+            assert side_rows(postgres_dsn) == 0
+
+            nothing = recover(a.config_path, postgres_dsn)  # a second run finds nothing
+            assert nothing.returncode == 0 and "0 prepared transaction(s) decided" in nothing.stdout
+
+        a.env = plain
+        a.start()  # the pipeline started again: exact from where Kafka's offsets say
+        kafka_broker.produce(src, records[8_000:])
+        verify(kafka_broker, postgres_dsn, src, dlq, records, bad, [a])
+    finally:
+        a.stop()

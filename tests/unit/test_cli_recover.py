@@ -1,0 +1,89 @@
+"""`streamherd recover`: what it refuses before it connects anywhere (the decision itself runs
+against the real broker and server in tests/integration/storage/test_postgres_recover.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streamherd.cli import main
+from streamherd.workers import preparedrecovery
+
+
+def manifest(tmp_path: Path, **spec: Any) -> Path:
+    doc = {
+        "apiVersion": "streamherd.io/v1alpha1",
+        "kind": "StreamPipeline",
+        "metadata": {"name": "clicks", "namespace": "shop"},
+        "spec": {
+            "source": {"kafka": {"bootstrapServers": "127.0.0.1:9", "topics": ["clicks"]}},
+            "processor": {
+                "steps": [
+                    {
+                        "window": {
+                            "keyBy": "page",
+                            "size": "1m",
+                            "aggregates": [{"name": "n", "function": "count"}],
+                        }
+                    }
+                ]
+            },
+            "sink": {
+                "postgres": {
+                    "table": "page_counts",
+                    "connection": {"secretName": "pg", "dsnKey": "dsn"},
+                }
+            },
+            **spec,
+        },
+    }
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_an_at_least_once_pipeline_prepares_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["recover", str(manifest(tmp_path))]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to recover" in err and "only an exactly-once pipeline" in err
+
+
+def test_unreachable_brokers_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether the pipeline still runs is asked of Kafka first; no answer, no decision."""
+    monkeypatch.setattr(preparedrecovery, "GROUP_LOOKUP_SECONDS", 1.0)
+    path = manifest(tmp_path, delivery="exactlyOnce")
+    assert main(["recover", str(path), "--bootstrap-servers", "127.0.0.1:9"]) == 1
+    err = capsys.readouterr().err
+    assert "KafkaUnreachableError" in err and "no answer from 127.0.0.1:9 within 1 s" in err
+
+
+def test_an_invalid_manifest_names_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["recover", str(manifest(tmp_path, delivery="twice"))]) == 2
+    assert "spec.delivery" in capsys.readouterr().err
+
+
+def test_an_unreadable_worker_config_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("pipeline: {name: p}\n")
+    assert main(["recover", "--worker-config", str(path)]) == 2
+    assert "config.yaml" in capsys.readouterr().err
+
+
+def test_the_manifest_or_the_worker_config_not_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["recover", str(manifest(tmp_path)), "--worker-config", "x.yaml"])
+    assert exit_.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err

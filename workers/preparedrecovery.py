@@ -1,0 +1,174 @@
+"""Deciding the prepared PostgreSQL transactions of an exactly-once pipeline: the Kafka side
+of the decision, shared by the engine (on assign) and ``streamherd recover`` (a pipeline
+whose workers are gone).
+
+The decision itself is :func:`streamherd.workers.twophase.resolve` (pure) run by
+:meth:`PostgresTransactionalSink.recover`; what it needs from Kafka is here: the group's
+committed offset metadata, read stably (:func:`committed_reader`), and the fencing of a dead
+writer's transactional id before the evidence is read (:func:`writer_fence`).
+
+A prepared transaction normally lives for one Kafka commit. One whose writer died is decided
+by whoever is next assigned its partitions; with the pipeline deleted or scaled to zero
+nobody is, and it would hold its partitions' offsets rows locked for good. :func:`recover_stopped`
+is that decision for a stopped pipeline: it refuses while the group has members (the live
+workers decide their own), acts as the owner of every partition the side table names, and
+applies the same rule the workers apply (docs/storage.md, "Operations").
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Final
+
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from streamherd.workers.config import KafkaSourceConfig, WorkerConfig, postgres_two_phase
+from streamherd.workers.kafkaclients import client_config, producer_config
+from streamherd.workers.logs import log_event
+from streamherd.workers.sinks_postgres_offsets import (
+    CommittedMetadata,
+    Fence,
+    PostgresTransactionalSink,
+)
+from streamherd.workers.twophase import TP, Resolution
+
+log = logging.getLogger(__name__)
+
+#: How long a Kafka transaction may stay open at least (the producers'
+#: ``transaction.timeout.ms``): a dead writer's is aborted by the broker within it.
+TRANSACTION_TIMEOUT_MS: Final = 60_000
+
+
+def transaction_timeout_ms(config: WorkerConfig) -> int:
+    """The pipeline's transaction timeout: a minute, or six checkpoint intervals if longer
+    (a checkpoint's transaction stays open for an interval)."""
+    return max(TRANSACTION_TIMEOUT_MS, 6 * round(config.checkpoint.interval_seconds * 1000))
+
+
+#: How long ``recover`` waits for the brokers to describe the consumer group.
+GROUP_LOOKUP_SECONDS: float = 30.0
+
+#: ``TopicPartition``s -> their committed offsets and metadata (a consumer's ``committed``).
+CommittedLookup = Callable[[list[TopicPartition], float], list[TopicPartition]]
+
+
+def committed_reader(lookup: CommittedLookup) -> CommittedMetadata:
+    """The committed offset metadata of partitions as the decision reads it: a partition
+    whose answer carries an error is left out (not read); None: nothing committed."""
+
+    def committed(partitions: list[TP]) -> dict[TP, str | None]:
+        asked = [TopicPartition(t, p) for t, p in partitions]
+        try:
+            answer = lookup(asked, 10)
+        except KafkaException as error:
+            log_event(log, logging.WARNING, "committed-lookup-failed", error=str(error))
+            return {}
+        return {
+            (tp.topic, tp.partition): (tp.metadata or "") if tp.offset >= 0 else None
+            for tp in answer
+            if tp.error is None
+        }
+
+    return committed
+
+
+def writer_fence(kafka: KafkaSourceConfig, transaction_timeout_ms: int) -> Fence:
+    """Fences writers: ``init_transactions`` with each one's transactional id aborts its
+    open transaction (or waits for its commit to finish) and fences that producer, so its
+    transaction is decided from here on."""
+
+    def fence(writers: list[str]) -> None:
+        for writer in writers:
+            conf = producer_config(kafka)
+            conf["transactional.id"] = writer
+            conf["transaction.timeout.ms"] = transaction_timeout_ms
+            Producer(conf).init_transactions(30)
+            log_event(log, logging.WARNING, "writer-fenced", writer=writer)
+
+    return fence
+
+
+class KafkaUnreachableError(RuntimeError):
+    """The brokers did not say whether the pipeline's consumer group has members."""
+
+
+class PipelineRunningError(RuntimeError):
+    """The pipeline's consumer group has members: its workers decide their own."""
+
+
+def group_members(kafka: KafkaSourceConfig) -> int:
+    """How many members the pipeline's consumer group has now (0: empty or unknown)."""
+    admin = AdminClient(client_config(kafka))
+    future = admin.describe_consumer_groups([kafka.consumer_group])[kafka.consumer_group]
+    try:
+        described = future.result(timeout=GROUP_LOOKUP_SECONDS)
+    except (KafkaException, TimeoutError) as error:
+        raise KafkaUnreachableError(
+            f"consumer group {kafka.consumer_group}: no answer from {kafka.bootstrap_servers} "
+            f"within {GROUP_LOOKUP_SECONDS:g} s ({type(error).__name__}: {error})"
+        ) from error
+    if described.state in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD):
+        return 0
+    return len(described.members)
+
+
+def recover_stopped(
+    config: WorkerConfig, env: Mapping[str, str], *, wait: float | None = None
+) -> Resolution:
+    """Decide what a stopped exactly-once pipeline into PostgreSQL left prepared.
+
+    Raises ValueError when the pipeline does not commit in two phases, PipelineRunningError
+    while its group has members, CommitOutcomeUnknownError when Kafka's answer stays
+    unstable for ``wait`` seconds (default: the transaction timeout and 30 s), and
+    psycopg.Error on database errors."""
+    kafka = config.source.kafka
+    postgres = config.sink.postgres
+    if config.delivery != "exactlyOnce" or postgres is None or kafka is None:
+        raise ValueError(
+            "nothing to recover: only an exactly-once pipeline from Kafka into PostgreSQL "
+            "prepares transactions"
+        )
+    if not postgres_two_phase(config):
+        raise ValueError(
+            "nothing to recover: this pipeline writes only to PostgreSQL, in one phase "
+            "(no prepared transactions; its offsets commit with its rows)"
+        )
+    members = group_members(kafka)
+    if members:
+        raise PipelineRunningError(
+            f"consumer group {kafka.consumer_group} has {members} member(s): the pipeline's "
+            "workers are running and decide what they prepared; stop the pipeline first "
+            "(delete it, or scale it to 0 replicas) and run this again"
+        )
+    timeout_ms = transaction_timeout_ms(config)
+    sink = PostgresTransactionalSink(
+        postgres,
+        f"{config.pipeline.namespace}/{config.pipeline.name}",
+        kafka.consumer_group,
+        env=env,
+        two_phase=True,
+        # A writer id no worker has: every transaction found is another's, fenced first.
+        writer=f"streamherd-recover-{uuid.uuid4().hex}",
+    )
+    conf = client_config(kafka)
+    conf.update(
+        {
+            "group.id": kafka.consumer_group,
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer = Consumer(conf)
+    try:
+        return sink.recover(
+            sink.covered_partitions(),
+            committed_reader(consumer.committed),
+            writer_fence(kafka, timeout_ms),
+            wait=timeout_ms / 1000 + 30 if wait is None else wait,
+        )
+    finally:
+        consumer.close()
+        sink.close()
