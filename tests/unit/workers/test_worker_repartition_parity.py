@@ -272,6 +272,35 @@ def engine(cfg: WorkerConfig, sink: MemorySink, fused: bool) -> Engine:
     return built
 
 
+def results_of(found: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """Emitted results by window key, each at most once, as bits (floats exact)."""
+    out: dict[Any, Any] = {}
+    for key, result in found:
+        assert key not in out, f"{key} emitted twice"
+        out[key] = bits(result)
+    return out
+
+
+def hop_partitions(hop: Engine, queues: int) -> tuple[list[PartitionState], list[PartitionState]]:
+    """The hop's partitions: one upstream per source partition, ``queues`` downstreams
+    with their windows and an upstream clock knowing every source partition."""
+    hop._repartition_partitions = queues
+    known = frozenset((SOURCE, p) for p in range(SOURCE_PARTITIONS))
+    ups = []
+    for p in range(SOURCE_PARTITIONS):
+        up = PartitionState(SOURCE, p)
+        up.role = "upstream"
+        ups.append(up)
+    downs = []
+    for q in range(queues):
+        down = PartitionState("rp", q)
+        down.role = "downstream"
+        down.windows = PartitionWindows(hop.processor.window)  # type: ignore[arg-type]
+        down.clock = UpstreamClock(known=known)
+        downs.append(down)
+    return ups, downs
+
+
 @settings(
     max_examples=120,
     deadline=None,
@@ -316,20 +345,7 @@ def test_the_repartitioned_engine_gives_the_unpartitioned_windows_and_dead_lette
     # Repartitioned: upstream batches and downstream batches in any interleaving.
     sink = MemorySink(queues)
     hop = engine(config(lateness, hopping, repartition=True), sink, fused)
-    hop._repartition_partitions = queues
-    known = frozenset((SOURCE, p) for p in range(SOURCE_PARTITIONS))
-    ups = []
-    for p in range(SOURCE_PARTITIONS):
-        up = PartitionState(SOURCE, p)
-        up.role = "upstream"
-        ups.append(up)
-    downs = []
-    for q in range(queues):
-        down = PartitionState("rp", q)
-        down.role = "downstream"
-        down.windows = PartitionWindows(hop.processor.window)  # type: ignore[arg-type]
-        down.clock = UpstreamClock(known=known)
-        downs.append(down)
+    ups, downs = hop_partitions(hop, queues)
     read_up = [0] * SOURCE_PARTITIONS
     read_down = [0] * queues
     while True:
@@ -354,14 +370,7 @@ def test_the_repartitioned_engine_gives_the_unpartitioned_windows_and_dead_lette
         assert down.windows is not None
         sink.rows += close_everything(down.windows)[0]
 
-    def results(found: list[tuple[Any, Any]]) -> dict[Any, Any]:
-        out: dict[Any, Any] = {}
-        for key, result in found:
-            assert key not in out, f"{key} emitted twice"
-            out[key] = bits(result)
-        return out
-
-    assert results(sink.rows) == results(direct_sink.rows)
+    assert results_of(sink.rows) == results_of(direct_sink.rows)
     assert dead_letters(sink.dead) == dead_letters(direct_sink.dead)
     # Every record read is filtered, dead-lettered once, or in a window (and not twice).
     assert len({d[:3] for d in dead_letters(sink.dead)}) == len(sink.dead)
@@ -370,14 +379,6 @@ def test_the_repartitioned_engine_gives_the_unpartitioned_windows_and_dead_lette
 fanned_row = st.fixed_dictionaries({"fan": st.integers(0, 3)}).flatmap(
     lambda extra: row.map(lambda r: {**r, **extra})
 )
-
-
-def results_of(found: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    out: dict[Any, Any] = {}
-    for key, result in found:
-        assert key not in out, f"{key} emitted twice"
-        out[key] = bits(result)
-    return out
 
 
 @settings(
@@ -421,20 +422,8 @@ def test_every_record_a_user_function_fans_out_to_is_folded_once_behind_the_hop(
 
     sink = MemorySink(queues)
     hop = engine(config(lateness, hopping, True, function, mode), sink, fused=False)
-    hop._repartition_partitions = queues
-    known = frozenset((SOURCE, p) for p in range(SOURCE_PARTITIONS))
-    ups = []
-    for p in range(SOURCE_PARTITIONS):
-        up = PartitionState(SOURCE, p)
-        up.role = "upstream"
-        ups.append(up)
-    downs = []
-    for q in range(queues):
-        down = PartitionState("rp", q)
-        down.role = "downstream"
-        down.windows = PartitionWindows(hop.processor.window)  # type: ignore[arg-type]
-        down.clock = UpstreamClock(known=known)
-        downs.append(down)
+    ups, downs = hop_partitions(hop, queues)
+    ups_known = frozenset((up.topic, up.partition) for up in ups)
     read_up = [0] * SOURCE_PARTITIONS
     read_down = [0] * queues
     # Each upstream's batch boundaries with its checkpointed maximum event time there.
@@ -485,7 +474,7 @@ def test_every_record_a_user_function_fans_out_to_is_folded_once_behind_the_hop(
             if how is not None:
                 assert down.windows is not None and down.clock is not None
                 down.windows, down.clock = round_trip(down.windows, down.clock, how)
-                down.clock.known = known
+                down.clock.known = ups_known
     for down in downs:
         assert down.windows is not None
         sink.rows += close_everything(down.windows)[0]
