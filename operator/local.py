@@ -62,9 +62,12 @@ def localize(
     return WorkerConfig.model_validate(config.model_copy(update=update).model_dump())
 
 
-def _worker_config(file: str, err: TextIO) -> WorkerConfig | None:
-    """The WorkerConfig the operator would render for the one StreamPipeline in ``file``;
-    None (the reason written to ``err``) when it cannot be read or is invalid."""
+def _worker_config(
+    file: str, err: TextIO, *, namespace: str | None = None, need_namespace: bool = False
+) -> WorkerConfig | None:
+    """The WorkerConfig the operator would render for the one StreamPipeline in ``file``
+    (in ``namespace`` if given); None (the reason written to ``err``) when it cannot be
+    read or is invalid, or names no namespace where one is needed."""
     try:
         docs = [d for _, _, d in load_documents([file]) if isinstance(d, dict)]
     except (OSError, yaml.YAMLError) as e:
@@ -74,7 +77,16 @@ def _worker_config(file: str, err: TextIO) -> WorkerConfig | None:
     if len(docs) != 1:
         err.write(f"error: {file} must hold exactly one {KIND} (found {len(docs)})\n")
         return None
-    pipeline, problems = parse_pipeline(docs[0])
+    doc = docs[0]
+    if namespace:
+        doc = {**doc, "metadata": {**(doc.get("metadata") or {}), "namespace": namespace}}
+    elif need_namespace and not (doc.get("metadata") or {}).get("namespace"):
+        err.write(
+            f"error: {file} names no namespace (metadata.namespace): say which with -n; the "
+            "consumer group and the transactions' names depend on it\n"
+        )
+        return None
+    pipeline, problems = parse_pipeline(doc)
     if pipeline is None or problems:
         err.write(f"error: {file}: invalid {KIND}:\n")
         for line in problems:
@@ -157,7 +169,7 @@ def recover_local(args: argparse.Namespace, *, out: TextIO | None = None) -> int
             err.write(f"error: {args.worker_config}: {e}\n")
             return 2
     else:
-        rendered = _worker_config(args.file, err)
+        rendered = _worker_config(args.file, err, namespace=args.namespace, need_namespace=True)
         if rendered is None:
             return 2
         config = rendered

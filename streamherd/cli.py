@@ -198,9 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the WorkerConfig the operator rendered (its ConfigMap's config.yaml) instead",
     )
     p.add_argument(
+        "-n",
+        "--namespace",
+        default=None,
+        help="the pipeline's namespace, when the manifest does not name one",
+    )
+    p.add_argument(
         "--bootstrap-servers",
         default=None,
-        help="override every Kafka bootstrapServers (e.g. 127.0.0.1:9092)",
+        help="override every Kafka bootstrapServers (e.g. 127.0.0.1:9092; plaintext, as for "
+        "`run`: the manifest's SASL/TLS settings are dropped)",
     )
     p.set_defaults(func=_cmd_recover)
 

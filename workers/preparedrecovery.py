@@ -95,6 +95,10 @@ class KafkaUnreachableError(RuntimeError):
     """The brokers did not say whether the pipeline's consumer group has members."""
 
 
+class EvidenceMissingError(RuntimeError):
+    """What Kafka committed cannot be read here: deciding would be a guess."""
+
+
 class PipelineRunningError(RuntimeError):
     """The pipeline's consumer group has members: its workers decide their own."""
 
@@ -162,13 +166,74 @@ def recover_stopped(
         }
     )
     consumer = Consumer(conf)
+    fence_writers = writer_fence(kafka, timeout_ms)
+
+    def fence(writers: list[str]) -> None:
+        # Asked again before every fence: a worker that started meanwhile decides its own,
+        # and fencing it would only disrupt it.
+        running = group_members(kafka)
+        if running:
+            raise PipelineRunningError(
+                f"consumer group {kafka.consumer_group} has {running} member(s) again: the "
+                "pipeline was started during the recovery; its workers decide the rest"
+            )
+        fence_writers(writers)
+
     try:
+        covered = sink.covered_partitions()
+        committed = committed_reader(consumer.committed)
+        check_evidence(consumer, covered, committed(covered), sink.committed(covered))
         return sink.recover(
-            sink.covered_partitions(),
-            committed_reader(consumer.committed),
-            writer_fence(kafka, timeout_ms),
+            covered,
+            committed,
+            fence,
             wait=timeout_ms / 1000 + 30 if wait is None else wait,
         )
     finally:
         consumer.close()
         sink.close()
+
+
+def check_evidence(
+    consumer: Consumer,
+    covered: list[TP],
+    kafka_side: Mapping[TP, str | None],
+    database_side: Mapping[TP, tuple[int, str]],
+) -> None:
+    """Refuse to decide without evidence. A worker reads a partition with nothing committed
+    as "Kafka never committed" (roll back), which holds for a live group on its own cluster.
+    Here the brokers may be another cluster's (a port-forward, staging), or the group's
+    offsets may have expired while the pipeline was stopped (``offsets.retention.minutes``,
+    7 days by default): then a committed transaction would be rolled back. So the covered
+    topics must exist on these brokers, and every covered partition must have a committed
+    offset (a transaction of Kafka's commits its offsets with its outputs: a partition that
+    shows an earlier generation proves the prepared one's never committed; one that shows
+    nothing proves nothing here)."""
+    topics = sorted({t for t, _ in covered})
+    if topics:
+        listed = consumer.list_topics(timeout=GROUP_LOOKUP_SECONDS).topics
+        absent = [t for t in topics if t not in listed or listed[t].error is not None]
+        if absent:
+            raise EvidenceMissingError(
+                f"the brokers have no topic {', '.join(absent)}: not the pipeline's cluster "
+                "(check --bootstrap-servers); nothing decided"
+            )
+    lost = sorted(tp for tp in covered if kafka_side.get(tp, "") is None)
+    if lost:
+        shown = ", ".join(f"{t}[{p}]" for t, p in lost[:5]) + (" and more" if len(lost) > 5 else "")
+        if any(tp in database_side for tp in lost):
+            why = (
+                "the database holds committed offsets of them, so the group's offsets "
+                "expired or were deleted while the pipeline was stopped"
+            )
+        else:
+            why = (
+                "either the pipeline never committed them (its transaction then aborted: "
+                "roll it back) or the group's offsets expired or were deleted while it was "
+                "stopped (it may have committed)"
+            )
+        raise EvidenceMissingError(
+            f"the consumer group has no committed offset for {shown}: {why}; whether Kafka "
+            "committed cannot be read, so nothing is decided (decide by hand from the "
+            "pipeline's Kafka outputs: docs/storage.md, Operations)"
+        )

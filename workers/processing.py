@@ -316,7 +316,7 @@ def function_stage(spec: UserFunction) -> Stage:
             return [(r, m) for r, (_, m) in zip(flat, items, strict=True)]
         # A flat list of another length: the outputs cannot be told apart by record, so all
         # are the batch's last one's (docs/engine.md: exact behind a hop only exactly-once).
-        if not attributed_to_last:
+        if flat and len(items) > 1 and not attributed_to_last:
             attributed_to_last.append(True)  # said once per worker: a fact of the function
             log_event(
                 log,

@@ -80,7 +80,15 @@ def conninfo_from_env(config: PostgresSinkConfig, env: Mapping[str, str]) -> str
             "postgres sink: no connection settings; set "
             + (" or ".join(named) if named else "dsnEnv or the field env vars")
         )
-    return make_conninfo(dsn, **parts)
+    try:
+        return make_conninfo(dsn, **parts)
+    except psycopg.ProgrammingError:
+        # libpq's message quotes the text it could not parse: the password with it.
+        named = [n for n in (config.dsn_env, *fields.values()) if n and env.get(n)]
+        raise ValueError(
+            f"postgres sink: the connection settings in {' and '.join(named)} cannot be "
+            "parsed by libpq (the value is not shown: it holds the password)"
+        ) from None
 
 
 def table_identifier(table: str) -> sql.Identifier:

@@ -13,11 +13,11 @@ from streamherd.cli import main
 from streamherd.workers import preparedrecovery
 
 
-def manifest(tmp_path: Path, **spec: Any) -> Path:
+def manifest(tmp_path: Path, namespace: str | None = "shop", **spec: Any) -> Path:
     doc = {
         "apiVersion": "streamherd.io/v1alpha1",
         "kind": "StreamPipeline",
-        "metadata": {"name": "clicks", "namespace": "shop"},
+        "metadata": {"name": "clicks", **({"namespace": namespace} if namespace else {})},
         "spec": {
             "source": {"kafka": {"bootstrapServers": "127.0.0.1:9", "topics": ["clicks"]}},
             "processor": {
@@ -87,3 +87,17 @@ def test_the_manifest_or_the_worker_config_not_both(
         main(["recover", str(manifest(tmp_path)), "--worker-config", "x.yaml"])
     assert exit_.value.code == 2
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_a_manifest_without_a_namespace_needs_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consumer group and the transactions' names depend on the namespace: guessing
+    `default` would find nothing and say all is well."""
+    path = manifest(tmp_path, namespace=None, delivery="exactlyOnce")
+    assert main(["recover", str(path)]) == 2
+    assert "names no namespace" in capsys.readouterr().err
+    monkeypatch.setattr(preparedrecovery, "GROUP_LOOKUP_SECONDS", 1.0)
+    # Given with -n, it goes on: to the brokers, here unreachable.
+    assert main(["recover", str(path), "-n", "shop", "--bootstrap-servers", "127.0.0.1:9"]) == 1
+    assert "consumer group shop.clicks: no answer" in capsys.readouterr().err

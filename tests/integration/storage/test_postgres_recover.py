@@ -17,14 +17,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from streamherd.workers.config import KafkaSourceConfig
 from streamherd.workers.preparedrecovery import group_members
 from tests.infra.kafka import KafkaBroker
 from tests.integration.engine.enginekit import wait_until
 from tests.integration.engine.test_engine_repartition import page_clicks
-from tests.integration.storage.test_postgres_exactly_once import worker
+from tests.integration.storage.test_postgres_exactly_once import offsets, worker
 from tests.integration.storage.test_postgres_pipeline import DSN_ENV
 from tests.integration.storage.test_postgres_two_phase import (
     PAUSED,
@@ -61,15 +63,19 @@ def test_recover_decides_what_a_stopped_pipelines_dead_worker_left_prepared(
     plain = dict(a.env or {})
     expected = {"prepared": "rolled back", "kafka-committed": "committed"}
     try:
-        for n, point in enumerate(["prepared", "kafka-committed"]):
+        # Checkpoints committed first, on every partition (4 source, 4 repartition): what
+        # Kafka then commits or not is read against them (a partition with no committed
+        # offset at all proves nothing to `recover`, see the next test).
+        kafka_broker.produce(src, records[:4_000])
+        a.start()
+        wait_until("every partition's offsets committed",
+                   lambda: len(offsets(postgres_dsn)) == 8, 120, [a])  # fmt: skip
+        a.stop()
+        for n, point in enumerate(["prepared", "kafka-committed"], start=1):
             kafka_broker.produce(src, records[n * 4_000 : (n + 1) * 4_000])
             kafka_broker.produce(src, [("bad", b"not json %d" % n)])
             bad += 1
-            seen = (
-                len([p for p, _ in PAUSED.findall(a.log_path.read_text()) if p == point])
-                if n
-                else 0
-            )
+            seen = len([p for p, _ in PAUSED.findall(a.log_path.read_text()) if p == point])
             a.env = {**plain, "STREAMHERD_FAULT_PAUSE": f"{point}:120"}
             a.start()
             wait_until(f"a paused at {point}",
@@ -98,8 +104,48 @@ def test_recover_decides_what_a_stopped_pipelines_dead_worker_left_prepared(
             assert nothing.returncode == 0 and "0 prepared transaction(s) decided" in nothing.stdout
 
         a.env = plain
-        a.start()  # the pipeline started again: exact from where Kafka's offsets say
-        kafka_broker.produce(src, records[8_000:])
+        a.start()  # the pipeline started again: exact from where its offsets say
         verify(kafka_broker, postgres_dsn, src, dlq, records, bad, [a])
     finally:
         a.stop()
+
+
+def test_recover_refuses_when_the_groups_offsets_are_gone(
+    kafka_broker: KafkaBroker, postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline stopped long enough for Kafka to expire its group's offsets (or the
+    group deleted): the database holds committed offsets that Kafka no longer has, so
+    whether Kafka committed the transaction left prepared cannot be read. Rolling it back
+    (what "nothing committed" means to a worker) could undo a committed checkpoint:
+    `recover` refuses, and the transaction stays prepared."""
+    monkeypatch.setenv(DSN_ENV, postgres_dsn)
+    config, src, _ = two_phase_config(kafka_broker, tmp_path, postgres_dsn)
+    kafka = KafkaSourceConfig.model_validate(config["source"]["kafka"])
+    kafka_broker.produce(src, list(page_clicks(0, 6_000)))
+    a = worker(tmp_path, "a", config)
+    a.env = {**(a.env or {}), "STREAMHERD_FAULT_PAUSE": "kafka-committed:120"}
+    gid = ""
+    try:
+        a.start()
+        wait_until("a paused after Kafka's commit",
+                   lambda: paused_generation(a, "kafka-committed", 0) is not None,
+                   120, [a])  # fmt: skip
+        generation = paused_generation(a, "kafka-committed", 0)
+        [gid] = [g for g in prepared(postgres_dsn) if g.endswith(f":{generation}")]
+        a.kill()
+        wait_until("the dead worker's membership expired",
+                   lambda: group_members(kafka) == 0, 60, [])  # fmt: skip
+        admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+        [deleted] = admin.delete_consumer_groups([kafka.consumer_group]).values()
+        deleted.result(30)  # as offsets.retention.minutes would, a week later
+
+        refused = recover(a.config_path, postgres_dsn)
+        assert refused.returncode == 1, refused
+        assert "EvidenceMissingError" in refused.stderr
+        assert "offsets expired or were deleted" in refused.stderr
+        assert gid in prepared(postgres_dsn), "decided without evidence"
+    finally:
+        a.stop()
+        if gid and gid in prepared(postgres_dsn):
+            with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+                conn.execute(f"ROLLBACK PREPARED '{gid}'")  # the test's own clean-up

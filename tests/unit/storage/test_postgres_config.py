@@ -159,3 +159,16 @@ def test_connection_settings_come_from_the_environment() -> None:
         conninfo_from_env(cfg, {})
     with pytest.raises(ValidationError, match="createTable needs a type"):
         config(createTable=True, columns=[{"name": "k"}])
+
+
+@pytest.mark.parametrize(
+    "dsn", ["postgresql//u:s3cret@db/x", "host=db password=s3cret dbname", "user='s3cret"]
+)
+def test_settings_libpq_cannot_parse_are_named_without_their_value(dsn: str) -> None:
+    """libpq's parse error quotes the text, password included: the error names the
+    variable, never the value (it reaches the worker's log and `recover`'s output)."""
+    cfg = config(dsnEnv="D")
+    with pytest.raises(ValueError, match="connection settings in D cannot be parsed") as raised:
+        conninfo_from_env(cfg, {"D": dsn})
+    assert "s3cret" not in str(raised.value)
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
