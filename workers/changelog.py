@@ -59,7 +59,7 @@ from confluent_kafka.admin import AdminClient
 
 from streamherd.workers.checkpointing import Checkpoint, CheckpointError
 from streamherd.workers.config import ChangelogConfig, KafkaSourceConfig
-from streamherd.workers.kafkaclients import client_config, producer_config
+from streamherd.workers.kafkaclients import TRANSACTION_TIMEOUT_MS, client_config, producer_config
 from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics
 from streamherd.workers.repartitioning import ensure_topic, source_partitions
@@ -69,10 +69,6 @@ log = logging.getLogger("streamherd.worker")
 CHECKPOINT: Final = "c"
 WINDOW: Final = "w"
 SNAPSHOT: Final = "s"
-#: The changelog's own transactions (at-least-once mode); a worker killed inside one holds
-#: read_committed readers of its partition back until its successor starts (same id) or
-#: this passes.
-TRANSACTION_TIMEOUT_MS: Final = 60_000
 #: Compaction settings of the topic the worker creates: segments roll at least hourly and
 #: are cleaned once half dirty, so a restore reads at most about twice the live records plus
 #: one hour of changes (docs/engine.md: restore time).

@@ -42,16 +42,12 @@ from streamherd.workers.checkpointing import Checkpoint, CheckpointFormatError
 from streamherd.workers.config import StateConfig, WorkerConfig, postgres_two_phase
 from streamherd.workers.fingerprint import changed_fields, config_fingerprint, snapshot_name
 from streamherd.workers.fusing import fuse
-from streamherd.workers.kafkaclients import client_config
+from streamherd.workers.kafkaclients import client_config, transaction_timeout_ms
 from streamherd.workers.lag import StartFrom, partition_lag
 from streamherd.workers.limits import ensure_recursion_headroom
 from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics
-from streamherd.workers.preparedrecovery import (
-    committed_reader,
-    transaction_timeout_ms,
-    writer_fence,
-)
+from streamherd.workers.preparedrecovery import committed_reader, writer_fence
 from streamherd.workers.processing import (
     Failure,
     Item,

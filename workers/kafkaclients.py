@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from streamherd.workers.config import KafkaEndpoint, KafkaSourceConfig
+from streamherd.workers.config import KafkaEndpoint, KafkaSourceConfig, WorkerConfig
 
 
 class SecurityConfigError(RuntimeError):
@@ -96,3 +96,15 @@ def producer_config(endpoint: KafkaEndpoint) -> dict[str, Any]:
         }
     )
     return conf
+
+
+#: The least transaction timeout (``transaction.timeout.ms``) of a worker's producers: a
+#: worker killed inside a transaction holds read_committed readers back until its successor
+#: starts (same transactional id) or this passes; the broker aborts the transaction then.
+TRANSACTION_TIMEOUT_MS: Final = 60_000
+
+
+def transaction_timeout_ms(config: WorkerConfig) -> int:
+    """A pipeline's transaction timeout: a minute, or six checkpoint intervals if longer
+    (a checkpoint's transaction stays open for up to an interval)."""
+    return max(TRANSACTION_TIMEOUT_MS, 6 * round(config.checkpoint.interval_seconds * 1000))

@@ -20,13 +20,12 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Final
 
 from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streamherd.workers.config import KafkaSourceConfig, WorkerConfig, postgres_two_phase
-from streamherd.workers.kafkaclients import client_config, producer_config
+from streamherd.workers.kafkaclients import client_config, producer_config, transaction_timeout_ms
 from streamherd.workers.logs import log_event
 from streamherd.workers.sinks_postgres_offsets import (
     CommittedMetadata,
@@ -36,17 +35,6 @@ from streamherd.workers.sinks_postgres_offsets import (
 from streamherd.workers.twophase import TP, Resolution
 
 log = logging.getLogger(__name__)
-
-#: How long a Kafka transaction may stay open at least (the producers'
-#: ``transaction.timeout.ms``): a dead writer's is aborted by the broker within it.
-TRANSACTION_TIMEOUT_MS: Final = 60_000
-
-
-def transaction_timeout_ms(config: WorkerConfig) -> int:
-    """The pipeline's transaction timeout: a minute, or six checkpoint intervals if longer
-    (a checkpoint's transaction stays open for an interval)."""
-    return max(TRANSACTION_TIMEOUT_MS, 6 * round(config.checkpoint.interval_seconds * 1000))
-
 
 #: How long ``recover`` waits for the brokers to describe the consumer group.
 GROUP_LOOKUP_SECONDS: float = 30.0
@@ -182,7 +170,10 @@ def recover_stopped(
     try:
         covered = sink.covered_partitions()
         committed = committed_reader(consumer.committed)
-        check_evidence(consumer, covered, committed(covered), sink.committed(covered))
+        topics = {t for t, _ in covered}
+        listed = consumer.list_topics(timeout=GROUP_LOOKUP_SECONDS).topics if topics else {}
+        present = {t for t in topics if t in listed and listed[t].error is None}
+        check_evidence(covered, present, committed(covered), sink.committed(covered))
         return sink.recover(
             covered,
             committed,
@@ -195,8 +186,8 @@ def recover_stopped(
 
 
 def check_evidence(
-    consumer: Consumer,
     covered: list[TP],
+    present: set[str],
     kafka_side: Mapping[TP, str | None],
     database_side: Mapping[TP, tuple[int, str]],
 ) -> None:
@@ -208,16 +199,13 @@ def check_evidence(
     topics must exist on these brokers, and every covered partition must have a committed
     offset (a transaction of Kafka's commits its offsets with its outputs: a partition that
     shows an earlier generation proves the prepared one's never committed; one that shows
-    nothing proves nothing here)."""
-    topics = sorted({t for t, _ in covered})
-    if topics:
-        listed = consumer.list_topics(timeout=GROUP_LOOKUP_SECONDS).topics
-        absent = [t for t in topics if t not in listed or listed[t].error is not None]
-        if absent:
-            raise EvidenceMissingError(
-                f"the brokers have no topic {', '.join(absent)}: not the pipeline's cluster "
-                "(check --bootstrap-servers); nothing decided"
-            )
+    nothing proves nothing here). ``present``: the covered topics the brokers have."""
+    absent = sorted({t for t, _ in covered} - present)
+    if absent:
+        raise EvidenceMissingError(
+            f"the brokers have no topic {', '.join(absent)}: not the pipeline's cluster "
+            "(check --bootstrap-servers); nothing decided"
+        )
     lost = sorted(tp for tp in covered if kafka_side.get(tp, "") is None)
     if lost:
         shown = ", ".join(f"{t}[{p}]" for t, p in lost[:5]) + (" and more" if len(lost) > 5 else "")

@@ -266,19 +266,34 @@ def _records_from(result: Any) -> list[dict[str, Any]]:
     raise TypeError(f"user function returned {type(result).__name__}, not dict/list/None")
 
 
-def _per_input(result: Any, given: int) -> list[list[dict[str, Any]]] | None:
-    """A batch function's result in the per-record form, one entry per record given (a
-    dict, a list of dicts or None, as a record function returns), as lists; None for a flat
-    list of dicts, a dict or None (the flat form, read by ``_records_from``). Raises
-    TypeError on anything else."""
-    if not isinstance(result, list) or all(isinstance(r, dict) for r in result):
-        return None
-    if len(result) != given:
-        raise TypeError(
-            f"batch function returned {len(result)} entries for {given} records: a list "
-            "that is not of dicts only is per record (a dict, a list of dicts or None each)"
-        )
-    return [_records_from(r) for r in result]
+def _batch_outputs(result: Any, items: list[Item]) -> tuple[list[Item], bool]:
+    """A batch function's answer for ``items``, each output with the source it is
+    attributed to, and whether a flat list of another count was attributed to the last
+    record (the one case that depends on where batches are cut). The answer is flat (a
+    dict, None, or a list of dicts only: 1:1 when of as many dicts as records) or per
+    record (a list with any other entry: one entry per record, each what a record function
+    returns). Raises TypeError on anything else."""
+    if not isinstance(result, list):
+        flat = _records_from(result)
+    elif all(isinstance(r, dict) for r in result):
+        flat = result
+    else:
+        if len(result) != len(items):
+            raise TypeError(
+                f"batch function returned {len(result)} entries for {len(items)} records: a "
+                "list that is not of dicts only is per record (a dict, a list of dicts or "
+                "None each)"
+            )
+        # Per record: each output stays with its own source record, so its place among
+        # that record's outputs is the same however the batches are cut.
+        return [(r, m) for answer, (_, m) in zip(result, items, strict=True)
+                for r in _records_from(answer)], False  # fmt: skip
+    if len(flat) == len(items):
+        return [(r, m) for r, (_, m) in zip(flat, items, strict=True)], False
+    # A flat list of another length: the outputs cannot be told apart by record, so all are
+    # the batch's last one's (docs/engine.md: exact behind a hop only exactly-once).
+    last = items[-1][1]
+    return [(r, last) for r in flat], bool(flat) and len(items) > 1
 
 
 def function_stage(spec: UserFunction) -> Stage:
@@ -295,45 +310,34 @@ def function_stage(spec: UserFunction) -> Stage:
         return run_records
 
     def alone(item: Item, out: list[Item]) -> None:
-        result = fn([item[0]])
-        each = _per_input(result, 1)
-        out.extend((r, item[1]) for r in (_records_from(result) if each is None else each[0]))
+        out.extend(_batch_outputs(fn([item[0]]), [item])[0])
+
+    warned = False
 
     def run_batch(items: list[Item], failures: list[Failure]) -> list[Item]:
+        nonlocal warned
         if not items:
             return items
         try:
-            result = fn([r for r, _ in items])
-            each = _per_input(result, len(items))
-            flat = _records_from(result) if each is None else []
+            out, unattributed = _batch_outputs(fn([r for r, _ in items]), items)
         except Exception:  # noqa: BLE001 - isolate the poison record(s) one by one
             return _per_record(items, failures, "function", alone)
-        if each is not None:
-            # Per record: each output stays with its own source record, so its place
-            # among that record's outputs is the same however the batches are cut.
-            return [(r, m) for records, (_, m) in zip(each, items, strict=True) for r in records]
-        if len(flat) == len(items):
-            return [(r, m) for r, (_, m) in zip(flat, items, strict=True)]
-        # A flat list of another length: the outputs cannot be told apart by record, so all
-        # are the batch's last one's (docs/engine.md: exact behind a hop only exactly-once).
-        if flat and len(items) > 1 and not attributed_to_last:
-            attributed_to_last.append(True)  # said once per worker: a fact of the function
+        if unattributed and not warned:
+            warned = True  # said once per stage: a fact of the function, not of a batch
             log_event(
                 log,
                 logging.WARNING,
                 "batch-function-unattributed",
                 callable=spec.callable,
                 given=len(items),
-                returned=len(flat),
+                returned=len(out),
                 detail="a flat list of another count is attributed to the batch's last "
                 "record: behind a repartition hop it is exact only with delivery "
                 "exactlyOnce; answer per record (one entry per record given) to keep each "
                 "output with its record (docs/engine.md, User functions)",
             )
-        last = items[-1][1]
-        return [(r, last) for r in flat]
+        return out
 
-    attributed_to_last: list[bool] = []
     return run_batch
 
 

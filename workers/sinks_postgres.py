@@ -74,8 +74,9 @@ def conninfo_from_env(config: PostgresSinkConfig, env: Mapping[str, str]) -> str
         "dbname": config.dbname_env,
     }
     parts = {k: env[v] for k, v in fields.items() if v and env.get(v)}
+    names = [n for n in (config.dsn_env, *fields.values()) if n]
     if not dsn and not parts:
-        named = [n for n in (config.dsn_env, *fields.values()) if n]
+        named = names
         raise ValueError(
             "postgres sink: no connection settings; set "
             + (" or ".join(named) if named else "dsnEnv or the field env vars")
@@ -84,9 +85,9 @@ def conninfo_from_env(config: PostgresSinkConfig, env: Mapping[str, str]) -> str
         return make_conninfo(dsn, **parts)
     except psycopg.ProgrammingError:
         # libpq's message quotes the text it could not parse: the password with it.
-        named = [n for n in (config.dsn_env, *fields.values()) if n and env.get(n)]
         raise ValueError(
-            f"postgres sink: the connection settings in {' and '.join(named)} cannot be "
+            f"postgres sink: the connection settings in "
+            f"{' and '.join(n for n in names if env.get(n))} cannot be "
             "parsed by libpq (the value is not shown: it holds the password)"
         ) from None
 
