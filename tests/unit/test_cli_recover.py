@@ -101,3 +101,31 @@ def test_a_manifest_without_a_namespace_needs_one(
     # Given with -n, it goes on: to the brokers, here unreachable.
     assert main(["recover", str(path), "-n", "shop", "--bootstrap-servers", "127.0.0.1:9"]) == 1
     assert "consumer group shop.clicks: no answer" in capsys.readouterr().err
+
+
+A, B = ("in", 0), ("in", 1)
+
+
+@pytest.mark.parametrize(
+    ("present", "kafka", "database", "refused"),
+    [
+        ({"in"}, {A: "g-1", B: "g-2"}, {A: (5, "g-1")}, None),  # evidence on every partition
+        ({"in"}, {A: "g-1"}, {}, None),  # B not read (pending): asked again, not refused
+        (set(), {A: "g-1", B: "g-1"}, {}, "not the pipeline's cluster"),
+        ({"in"}, {A: "g-1", B: None}, {B: (7, "g-0")}, "expired or were deleted"),
+        ({"in"}, {A: None, B: None}, {}, "either the pipeline never committed them"),
+    ],
+)
+def test_recover_decides_nothing_without_evidence(
+    present: set[str],
+    kafka: dict[tuple[str, int], str | None],
+    database: dict[tuple[str, int], tuple[int, str]],
+    refused: str | None,
+) -> None:
+    """A worker reads "nothing committed" as "aborted"; a stopped pipeline's group may
+    have expired or the brokers be another cluster's: then nothing is decided."""
+    if refused is None:
+        preparedrecovery.check_evidence([A, B], present, kafka, database)
+    else:
+        with pytest.raises(preparedrecovery.EvidenceMissingError, match=refused):
+            preparedrecovery.check_evidence([A, B], present, kafka, database)

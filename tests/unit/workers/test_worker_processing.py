@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamherd.workers.config import MapStep, ProcessorConfig, UserFunction
 from streamherd.workers.processing import (
@@ -186,3 +188,51 @@ def test_a_flat_batch_answer_of_another_count_is_attributed_to_the_last_record_a
     warned = [r for r in caplog.records if "batch-function-unattributed" in r.getMessage()]
     assert len(warned) == 1
     assert "fan_flat_batch" in warned[0].getMessage()
+
+
+_dicts = st.dictionaries(st.sampled_from("xyz"), st.integers(0, 9), max_size=2)
+_answers = st.one_of(
+    _dicts,
+    st.none(),
+    st.lists(_dicts, max_size=3),
+    st.integers(-9, 9),  # not an answer: its record alone is dead-lettered
+    st.text(max_size=3),
+    st.lists(st.one_of(_dicts, st.integers(-9, 9)), min_size=1, max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(answers=st.lists(_answers, max_size=12), data=st.data())
+def test_a_per_record_batch_answer_does_not_depend_on_where_batches_are_cut(
+    answers: list[Any], data: st.DataObject
+) -> None:
+    """Any per-record answers, good or hostile, cut into any batches: the same outputs,
+    each with its own record, and exactly the records with an answer no function may
+    give dead-lettered, as when each record is given alone. Nothing raises."""
+    stage = function_stage(
+        UserFunction(callable="tests.unit.workers.userfuncs:answer_batch", mode="batch")
+    )
+    given = items(*({"id": i, "answer": a} for i, a in enumerate(answers)))
+
+    def run(cuts: list[int]) -> tuple[list[tuple[Any, int | None]], list[int | None]]:
+        failures: list[Failure] = []
+        out: list[tuple[Any, int | None]] = []
+        start = 0
+        for end in [*cuts, len(given)]:
+            out += [(r, m.offset()) for r, m in stage(given[start:end], failures)]
+            start = end
+        return out, [f.message.offset() for f in failures]
+
+    alone = run(list(range(1, len(given))))
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(len(given) - 1, 1)))) - {len(given)})
+    assert run(cuts) == alone
+    bad = [
+        i
+        for i, a in enumerate(answers)
+        if not (
+            a is None
+            or isinstance(a, dict)
+            or (isinstance(a, list) and all(isinstance(d, dict) for d in a))
+        )
+    ]
+    assert alone[1] == bad

@@ -92,3 +92,9 @@ def miscount_batch(records: list[dict[str, Any]]) -> list[list[dict[str, Any]] |
 def fan_flat_batch(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Batch mode, flat: each record twice, in one list (not attributable per record)."""
     return [r for r in records for _ in range(2)]
+
+
+def answer_batch(records: list[dict[str, Any]]) -> list[Any]:
+    """Batch mode, per record: each record's own ``answer`` field, whatever it holds (a
+    dict, a list, None, or something no function may return)."""
+    return [r.get("answer") for r in records]
