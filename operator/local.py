@@ -30,6 +30,7 @@ from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import load_documents, parse_pipeline
 from streamherd.workers.config import KafkaSecurity, WorkerConfig
 from streamherd.workers.engine import RunSummary
+from streamherd.workers.kafkaclients import SecurityConfigError
 from streamherd.workers.main import run_pipeline
 from streamherd.workers.preparedrecovery import recover_stopped
 
@@ -182,7 +183,9 @@ def recover_local(args: argparse.Namespace, *, out: TextIO | None = None) -> int
         )
     try:
         resolution = recover_stopped(config, os.environ)
-    except ValueError as e:
+    except (ValueError, SecurityConfigError) as e:
+        # Unusable as configured (a missing DSN or secret variable, as a missing Kafka
+        # password): the same exit as an invalid manifest, before anything is decided.
         err.write(f"error: {e}\n")
         return 2
     except Exception as e:  # noqa: BLE001 - a server's failure: say which, exit non-zero

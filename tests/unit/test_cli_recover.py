@@ -3,6 +3,7 @@ against the real broker and server in tests/integration/storage/test_postgres_re
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,25 @@ def test_recover_decides_nothing_without_evidence(
     else:
         with pytest.raises(preparedrecovery.EvidenceMissingError, match=refused):
             preparedrecovery.check_evidence([A, B], present, kafka, database)
+
+
+def test_a_missing_kafka_secret_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SASL password the environment does not hold is unusable configuration, like a
+    missing DSN: exit 2 with the variable named (never a value), before any broker."""
+    sasl = {
+        "mechanism": "SCRAM-SHA-512",
+        "username": {"name": "kafka-user", "key": "username"},
+        "password": {"name": "kafka-user", "key": "password"},
+    }
+    path = manifest(tmp_path, delivery="exactlyOnce")
+    doc = yaml.safe_load(path.read_text())
+    doc["spec"]["source"]["kafka"]["auth"] = {"sasl": sasl}
+    path.write_text(yaml.safe_dump(doc))
+    for name in list(os.environ):
+        if name.startswith("STREAMHERD_"):
+            monkeypatch.delenv(name)
+    assert main(["recover", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not set" in err and "environment variable" in err
