@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Protocol
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
 
@@ -50,6 +50,7 @@ class AdminLike(Protocol):
     """The part of confluent-kafka's AdminClient used here (tests may pass their own)."""
 
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any: ...
+    def describe_topics(self, topics: Any, **kwargs: Any) -> dict[str, Any]: ...
     def create_topics(self, new_topics: list[Any], **kwargs: Any) -> dict[str, Any]: ...
     def delete_topics(self, topics: list[str], **kwargs: Any) -> dict[str, Any]: ...
     def describe_configs(self, resources: list[Any], **kwargs: Any) -> dict[Any, Any]: ...
@@ -140,9 +141,19 @@ class KafkaAdmin:
         except KafkaException as e:
             raise KafkaAdminError(reason(e)) from None
 
-    def topics(self) -> dict[str, int]:
+    def topics(self, names: Iterable[str] | None = None) -> dict[str, int]:
         """Every topic the cluster lists, with its partition count (topics with an error or
-        no partitions left out)."""
+        no partitions left out); with ``names``, only those of them that exist.
+
+        Asking for names asks the broker for just those topics' metadata. A listing of
+        every topic made each pipeline's check grow with the cluster: the broker's answer
+        and its decoding into Python objects cover every topic and partition there is (at
+        1000 pipelines, with 333 repartition topics, the listing was 12 % of the operator's
+        GIL-held samples in a py-spy profile; docs/scale.md). Describing named topics
+        (DescribeTopics) never creates one, even on a broker that auto-creates the topics
+        clients ask about (tests/integration/test_topicadmin.py)."""
+        if names is not None:
+            return self._described(sorted(set(names)))
         try:
             metadata = self.client.list_topics(timeout=self.timeout)
         except KafkaException as e:
@@ -152,6 +163,30 @@ class KafkaAdmin:
             for name, t in metadata.topics.items()
             if t.error is None and t.partitions
         }
+
+    def _described(self, names: list[str]) -> dict[str, int]:
+        if not names:
+            return {}
+        futures = self._ask(
+            lambda topics, **kw: self.client.describe_topics(TopicCollection(topics), **kw),
+            names,
+        )
+        out: dict[str, int] = {}
+        for name, future in futures.items():
+            try:
+                # librdkafka ends the request at `timeout`; the margin lets its own error,
+                # not ours, say why (a listing raises at `timeout` itself).
+                partitions = len(future.result(self.timeout + 5.0).partitions)
+            except TimeoutError:
+                raise KafkaAdminError(NO_ANSWER) from None
+            except KafkaException as e:
+                # As a listing leaves out a topic with an error: missing, or not ours to see.
+                if _code(e) in _ABSENT:
+                    continue
+                raise KafkaAdminError(reason(e)) from None
+            if partitions:
+                out[name] = partitions
+        return out
 
     def topic_configs(self, names: Iterable[str]) -> dict[str, dict[str, str]]:
         """Each named topic's configuration entries."""
@@ -231,6 +266,8 @@ class KafkaAdmin:
         return left
 
 
+NO_ANSWER: Final = "no broker answered (connection refused, unresolved or timed out)"
+
 #: librdkafka's ways of saying that no broker answered. Which one comes depends on timing
 #: (a refused connection or a timeout first, on a loaded machine), so the status says the
 #: same words for all of them: a message that alternated would rewrite the status, and post
@@ -246,6 +283,13 @@ _NO_ANSWER: Final = frozenset(
 )
 
 
+#: A described topic's errors that mean "not there" for this client, as a listing of every
+#: topic would leave it out.
+_ABSENT: Final = frozenset(
+    {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZATION_FAILED}
+)
+
+
 def reason(e: KafkaException) -> str:
     """A librdkafka error in words for a status: its name and text, or one wording for
     every way of "no broker answered"."""
@@ -253,7 +297,7 @@ def reason(e: KafkaException) -> str:
     if isinstance(error, KafkaError):
         if error.code() in _NO_ANSWER:
             log.debug("no broker answered: %s: %s", error.name(), error.str())
-            return "no broker answered (connection refused, unresolved or timed out)"
+            return NO_ANSWER
         return f"{error.name()}: {error.str()}"
     return str(e)
 

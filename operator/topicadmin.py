@@ -272,7 +272,13 @@ class InternalTopics:
     def _ensure(
         self, admin: KafkaAdmin, sources: list[str], specs: list[TopicSpec]
     ) -> TopicsReport:
-        metadata = admin.topics()
+        # Just these topics' metadata, unless a source is a pattern (then every topic's).
+        names = (
+            None
+            if any(t.startswith("^") for t in sources)
+            else [*sources, *(s.name for s in specs)]
+        )
+        metadata = admin.topics(names)
         wanted = source_partitions(sources, metadata)
         if wanted is None:
             return TopicsReport(
@@ -286,7 +292,7 @@ class InternalTopics:
         if missing:
             created = admin.create_topics([TopicRequest(s.name, wanted, s.config) for s in missing])
             # A worker (or another operator replica) may have made one meanwhile: read back.
-            metadata = admin.topics()
+            metadata = admin.topics(names)
         # Only what was there before: a topic made a moment ago has the configuration it
         # was made with, and the broker may not describe it yet (UNKNOWN_TOPIC_OR_PART).
         configs = admin.topic_configs([s.name for s in specs if s.name not in created])
@@ -321,7 +327,9 @@ class InternalTopics:
         except Exception as e:  # noqa: BLE001 - Secrets gone (a namespace being deleted)
             raise TopicAdminError(f"cannot build the connection: {e}") from None
         admin = self._admin(cluster)
-        present = [n for n in all_internal_names(pipeline) if n in admin.topics()]
+        names = all_internal_names(pipeline)
+        listed = admin.topics(names)
+        present = [n for n in names if n in listed]
         deleted = admin.delete_topics(present)
         for name in deleted.names:
             log.info("internal topic %s deleted", name)

@@ -404,11 +404,13 @@ def start_kafka(
     tie_to_parent: bool = True,
     startup_timeout: float = 90.0,
     address: str = "127.0.0.1",
+    settings: Mapping[str, str] | None = None,
 ) -> KafkaProcess:
     """Format and start a KRaft broker in workdir (a new temp dir by default); wait until ready.
 
     address: where clients connect (listener and advertised listener): loopback, or the node
     tier's bridge address, which its pods reach. The controller stays on loopback.
+    settings: broker settings over TEST_SETTINGS (a test of a broker configured otherwise).
     """
     java = _java()
     libs = run_hack_script("fetch-kafka.sh")
@@ -428,6 +430,7 @@ def start_kafka(
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         "log.dirs": str(data),
         **TEST_SETTINGS,
+        **(settings or {}),
     }
     server_props = workdir / "server.properties"
     server_props.write_text("".join(f"{k}={v}\n" for k, v in props.items()))

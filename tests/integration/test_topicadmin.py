@@ -8,6 +8,7 @@ use of the Kafka admin API is pinned down without a control plane.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -15,9 +16,10 @@ import pytest
 from confluent_kafka.admin._config import ConfigResource
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.kafkaadmin import KafkaAdmin, logged_admin
 from streamherd.operator.lagprobe import ClusterConfig
 from streamherd.operator.topicadmin import InternalTopics, TopicAdminError
-from tests.infra.kafka import KafkaBroker
+from tests.infra.kafka import KafkaBroker, start_kafka
 from tests.infra.processes import free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
@@ -158,3 +160,59 @@ def test_an_unreachable_broker_is_reported_and_retried_after_a_backoff() -> None
             manager.delete(pipeline)
     finally:
         manager.close()
+
+
+class _RecordingAdmin:
+    """The real admin client, with its whole-cluster listings counted."""
+
+    def __init__(self, cluster: ClusterConfig, listings: list[str | None]) -> None:
+        self._admin = logged_admin(cluster)
+        self._listings = listings
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+        self._listings.append(topic)
+        return self._admin.list_topics(topic, timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._admin, name)
+
+
+def test_a_check_asks_for_its_own_topics_only(kafka_broker: KafkaBroker) -> None:
+    """A pipeline's check asks the broker about its own topics only: listing every topic
+    made each check as costly as the cluster is large (docs/scale.md). Topics that exist
+    and topics that do not are both told apart without a listing."""
+    source = kafka_broker.create_topic(kafka_broker.unique_topic("tp"), partitions=5)
+    listings: list[str | None] = []
+    manager = _manager(wait=30.0, admin_factory=lambda c: _RecordingAdmin(c, listings))
+    try:
+        pipeline = _pipeline(kafka_broker.bootstrap, [source])
+        first = manager.ensure(pipeline)
+        assert first is not None and first.status == "ready", first
+        assert [(t.partitions, t.created) for t in first.topics] == [(5, True), (5, True)]
+        again = _manager(wait=30.0, admin_factory=lambda c: _RecordingAdmin(c, listings))
+        second = again.ensure(pipeline)
+        again.close()
+        assert second is not None and second.status == "ready", second
+        assert [(t.partitions, t.created) for t in second.topics] == [(5, False), (5, False)]
+        missing = manager.ensure(_pipeline(kafka_broker.bootstrap, [f"{source}-none"]))
+        assert missing is not None and missing.status == "no-source", missing
+        assert len(manager.delete(pipeline)) == 2
+        assert listings == []
+    finally:
+        manager.close()
+
+
+def test_asking_about_a_missing_topic_never_creates_it() -> None:
+    """On a broker that auto-creates topics a client asks about, a check of named topics
+    creates none: the operator's question "does it exist?" must not answer itself "yes"
+    (with the broker's default partitions and configuration, not the internal topic's)."""
+    kafka = start_kafka(settings={"auto.create.topics.enable": "true"})
+    try:
+        admin = KafkaAdmin(logged_admin(ClusterConfig.of(kafka.broker.bootstrap)), 5.0)
+        name = f"never-made-{uuid.uuid4().hex[:8]}"
+        assert admin.topics([name]) == {}
+        time.sleep(2.0)  # an auto-creation would be listed by now
+        assert name not in admin.topics() and admin.topics([name]) == {}
+        admin.close()
+    finally:
+        kafka.stop()

@@ -415,6 +415,9 @@ class DeadAdmin:
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
         raise self._no_answer()
 
+    def describe_topics(self, topics: Any, **kwargs: Any) -> dict[str, Any]:
+        raise self._no_answer()
+
     def create_topics(self, new_topics: list[Any], **kwargs: Any) -> dict[str, Any]:
         raise self._no_answer()
 
