@@ -47,7 +47,7 @@ import sys
 from pathlib import Path
 
 from bench.scale.cluster import start_with_retries
-from bench.scale.measuring import run_floor, run_size
+from bench.scale.measuring import run_floor, run_kopf_floor, run_size
 from bench.scale.reporting import RESULTS, write_docs
 
 
@@ -74,6 +74,11 @@ def main() -> int:
         help="no operator: the bench creates the children itself (the cluster's own share)",
     )
     parser.add_argument(
+        "--kopf-floor",
+        action="store_true",
+        help="the floor's writes made by the cheapest kopf operator (bench/scale/kopf_floor.py)",
+    )
+    parser.add_argument(
         "--scratch",
         action="store_true",
         help="an experiment: results in --workdir, benchmarks.md and the plots left alone",
@@ -92,9 +97,10 @@ def main() -> int:
             kafka.broker.create_topic(topic, partitions=3)
         for n in (int(s) for s in args.sizes.split(",")):
             out_dir = Path(args.workdir) if args.scratch else RESULTS
-            if args.floor:
-                result = run_floor(n, kafka, args)
-                (out_dir / f"floor-{n}.json").write_text(json.dumps(result, indent=1))
+            if args.floor or args.kopf_floor:
+                run, prefix = (run_floor, "floor") if args.floor else (run_kopf_floor, "kopf-floor")
+                result = run(n, kafka, args)
+                (out_dir / f"{prefix}-{n}.json").write_text(json.dumps(result, indent=1))
                 print(json.dumps({k: v for k, v in result.items() if k != "ready_curve"},
                                  indent=1), flush=True)  # fmt: skip
                 continue

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,12 @@ import yaml
 from kubernetes import client, watch
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.autoscaling.poller import plain_cluster
 from streamherd.operator.builders import Capabilities, build_all
+from streamherd.operator.builders.topics import TopicsReport
 from streamherd.operator.kube import resource_info
 from streamherd.operator.settings import OperatorSettings
+from streamherd.operator.topicadmin import InternalTopics
 from tests.infra.controlplane import (
     KWOK_ANNOTATION,
     ControlPlane,
@@ -265,12 +268,16 @@ def call(api: Any, method: str, path: str, body: Any, content_type: str | None =
 
 class Floor:
     """The cluster's own share, with no operator: what an ideal operator that costs
-    nothing would leave. For each pipeline the bench POSTs the very children the operator
-    would apply (streamherd's builders, the same settings), and when the pipeline's
-    Deployment is available it writes the one status patch that says Ready. So the API
-    server gets the user's creates, the minimum of operator writes (children + one status)
-    and everything the controllers, the scheduler and kwok do for them; the time until all
-    are Ready is a floor no operator can beat on this machine and control plane."""
+    nothing would leave. For each pipeline the bench creates the Kafka topics its workers
+    need (the repartition topic of a re-keyed window, through the operator's own
+    ``InternalTopics``, as the operator does: a pipeline cannot run without it) and POSTs
+    the very children the operator would apply (streamherd's builders, the same settings),
+    and when the pipeline's Deployment is available it writes the one status patch that
+    says Ready. So the API server gets the user's creates, the minimum of operator writes
+    (children + one status) and everything the controllers, the scheduler and kwok do for
+    them; the time until all are Ready is a floor no operator can beat on this machine and
+    control plane. (Not in it: the finalizer a pipeline with internal topics gets, so that
+    deleting it deletes them; it is needed only at deletion.)"""
 
     def __init__(self, api: Any, clients: int) -> None:
         self.api = api
@@ -278,16 +285,30 @@ class Floor:
         self.pool = ThreadPoolExecutor(clients)
         self.patched: set[str] = set()
         self.lock = threading.Lock()
+        self.topics = InternalTopics(resolve_cluster=plain_cluster)
+        # Topics are ensured beside the children, not before them: the create clients do
+        # not wait on the broker (the operator's reconcile does not hold its other children
+        # for them either), so the floor stays a bound on time as well as on work.
+        self.topic_pool = ThreadPoolExecutor(8, thread_name_prefix="floor-topics")
+        self.topic_reports: list[Future[TopicsReport | None]] = []
 
     def children(self, created: dict[str, Any]) -> None:
         """POST the children of one just-created pipeline (its body as the API returned it)."""
         pipeline = StreamPipeline.model_validate(
             {k: v for k, v in created.items() if k != "status"}
         )
+        self.topic_reports.append(self.topic_pool.submit(self.topics.ensure, pipeline))
         none = Capabilities(service_monitor=False, prometheus_rule=False, keda=False)
         for child in build_all(pipeline, self.settings, secrets_hash="floor", capabilities=none):
             info = resource_info(child["apiVersion"], child["kind"])
             call(self.api, "POST", info.collection(NAMESPACE), child)
+
+    def topics_not_ready(self) -> list[str]:
+        """The internal topics reports that were not "ready" (waits for every ensure)."""
+        reports = [f.result() for f in self.topic_reports]
+        return [
+            f"{r.status}: {r.message}" for r in reports if r is not None and r.status != "ready"
+        ]
 
     def on_deployment(self, obj: dict[str, Any]) -> None:
         """The Deployment of a pipeline became available: write its Ready status (once)."""
@@ -325,9 +346,15 @@ class Operator:
     """The operator subprocess, with a /proc sampler (RSS, CPU seconds) every second."""
 
     def __init__(
-        self, kubeconfig: Path, workdir: Path, broker_stats: Path, extra: list[str]
+        self,
+        kubeconfig: Path,
+        workdir: Path,
+        broker_stats: Path,
+        extra: list[str],
+        module: str = "bench.scale.run_operator",
     ) -> None:
         self.extra = extra
+        self.module = module  # bench.scale.kopf_floor: the kopf floor instead
         self.kubeconfig = kubeconfig
         self.workdir = workdir
         self.broker_stats = broker_stats
@@ -342,15 +369,14 @@ class Operator:
         self.runs += 1
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         env.update(PYTHONUNBUFFERED="1", STREAMHERD_BENCH_BROKER_STATS=str(self.broker_stats))
+        flags = [
+            "--health-port=0", "--metrics-port=0",
+            "--worker-image=ghcr.io/streamherd/streamherd:bench",
+            "--log-level=info", *self.extra,
+        ] if self.module == "bench.scale.run_operator" else []  # fmt: skip
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [
-                    *module_command("bench.scale.run_operator"),
-                    f"--kubeconfig={self.kubeconfig}",
-                    "--health-port=0", "--metrics-port=0",
-                    "--worker-image=ghcr.io/streamherd/streamherd:bench",
-                    "--log-level=info", *self.extra,
-                ],
+                [*module_command(self.module), f"--kubeconfig={self.kubeconfig}", *flags],
                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
             )  # fmt: skip
         self.started_at = time.time()

@@ -22,6 +22,8 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
+from operator import contains
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,11 @@ from tests.infra.controlplane import (
 from tests.infra.kafka import KafkaProcess
 
 HANDLED = ("Creation is processed", "Resuming is processed")  # kopf's log, one per pipeline
+
+#: Pipelines applied one at a time once N are Ready (two of each example): the time a user
+#: waits for one more pipeline on a cluster that already runs N (issue 17: within 2 s of
+#: the floor's time for it).
+PROBES = 6
 
 
 def _log_time(line: str) -> float:
@@ -184,6 +191,11 @@ class Convergence:
     cpu_before: dict[int, tuple[str, str, float]]
     cpu_after: dict[int, tuple[str, str, float]]
     api: Counter[str]
+    ready_curve: list[float]  # seconds from t0 until each pipeline was Ready
+
+    @property
+    def ready_count(self) -> int:
+        return len(self.ready_curve)
 
 
 def converge(
@@ -213,7 +225,31 @@ def converge(
         f"(load {os.getloadavg()[0]:.1f})",
         flush=True,
     )
-    return Convergence(t0, t_created, t_ready, all_ready, cpu_before, cpu_after, api)
+    curve = sorted(t - t0 for t in watcher.ready_at.values())
+    return Convergence(t0, t_created, t_ready, all_ready, cpu_before, cpu_after, api, curve)
+
+
+def apply_one_by_one(
+    watcher: Watcher, create: Any, docs: list[dict[str, Any]], timeout: float
+) -> list[float]:
+    """Create `docs` one after the other, each when the one before is Ready: seconds from
+    the start of each create until the watcher saw that pipeline Ready (inf: not within
+    `timeout`). The floor's `create` also POSTs the children, inside the timed span, as an
+    operator's reconcile would."""
+    out = []
+    for doc in docs:
+        name = doc["metadata"]["name"]
+        t0 = time.time()
+        create(doc)
+        ready = wait(f"{name} Ready", partial(contains, watcher.ready_at, name),
+                     timeout, interval=0.05)  # fmt: skip
+        out.append(watcher.ready_at[name] - t0 if ready else math.inf)
+        time.sleep(2.0)  # the next one does not overlap this one's tail (its status writes)
+    print(
+        "  one more pipeline, Ready after (s): " + ", ".join(f"{s:.2f}" for s in out),
+        flush=True,
+    )
+    return out
 
 
 def run_floor(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str, Any]:
@@ -242,15 +278,24 @@ def run_floor(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str
 
         c = converge(cluster, watcher, create, docs, args)
         t0, t_created, t_ready, all_ready = c.t0, c.t_created, c.t_ready, c.all_ready
+        time.sleep(args.settle)
+        one_more = apply_one_by_one(
+            watcher, create, pipelines(n + PROBES, kafka.broker.bootstrap)[n:], 60.0
+        )
+        topics_not_ready = floor.topics_not_ready()
+        if topics_not_ready:
+            print(f"  ! internal topics not ready: {topics_not_ready[:3]}", flush=True)
         return {
             "n": n,
+            "one_more_ready_s": one_more,
+            "topics_not_ready": len(topics_not_ready),
             "when": time.strftime("%Y-%m-%d %H:%M:%S"),
             "created_s": t_created - t0,
             "create_clients": args.create_clients,
             "all_ready": all_ready,
-            "ready_count": len(watcher.ready_at),
+            "ready_count": c.ready_count,
             "ready_s": t_ready - t0,
-            "ready_curve": sorted(t - t0 for t in watcher.ready_at.values()),
+            "ready_curve": c.ready_curve,
             "load": os.getloadavg()[0],
             "cpu_by_component": cpu_by_component(c.cpu_before, c.cpu_after, -1),
             "apiserver_requests": dict(c.api.most_common()),
@@ -258,6 +303,67 @@ def run_floor(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str
     finally:
         if watcher is not None:
             watcher.stop.set()
+        cp.keep_dir = args.keep
+        cp.stop()
+
+
+def run_kopf_floor(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str, Any]:
+    """N pipelines with the floor's writes made by the cheapest kopf operator
+    (bench/scale/kopf_floor.py): what the framework costs before any work of our own."""
+    base = Path(args.workdir) / f"kopf-floor{n}"
+    if base.exists():
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+    print(f"== kopf floor, N={n}: starting the control plane", flush=True)
+    cp, _ = control_plane(base / "cluster")
+    operator: Operator | None = None
+    watcher: Watcher | None = None
+    try:
+        cluster = cp.cluster
+        op_kubeconfig = operator_kubeconfig(cluster, base / "cluster")
+        prepare(cluster, n)
+        docs = pipelines(n, kafka.broker.bootstrap)
+        api = cluster.api_client()
+        api.configuration.connection_pool_maxsize = 16
+        custom = client.CustomObjectsApi(api)
+        operator = Operator(op_kubeconfig, base, base / "unused.json", [],
+                            module="bench.scale.kopf_floor")  # fmt: skip
+        operator.start()
+        time.sleep(args.operator_warmup)
+        watcher = Watcher(api)
+        watcher.start()
+        time.sleep(1.0)
+        print(f"  creating {n} pipelines", flush=True)
+
+        def create(doc: dict[str, Any]) -> None:
+            custom.create_namespaced_custom_object(
+                "streamherd.io", "v1alpha1", NAMESPACE, "streampipelines", doc
+            )
+
+        operator_pid = operator.pid
+        c = converge(cluster, watcher, create, docs, args)
+        time.sleep(args.settle)
+        one_more = apply_one_by_one(
+            watcher, create, pipelines(n + PROBES, kafka.broker.bootstrap)[n:], 60.0
+        )
+        return {
+            "n": n,
+            "one_more_ready_s": one_more,
+            "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "created_s": c.t_created - c.t0,
+            "create_clients": args.create_clients,
+            "all_ready": c.all_ready,
+            "ready_count": c.ready_count,
+            "ready_s": c.t_ready - c.t0,
+            "ready_curve": c.ready_curve,
+            "load": os.getloadavg()[0],
+            "cpu_by_component": cpu_by_component(c.cpu_before, c.cpu_after, operator_pid),
+            "apiserver_requests": dict(c.api.most_common()),
+        }
+    finally:
+        if watcher is not None:
+            watcher.stop.set()
+        if operator is not None:
+            operator.stop()
         cp.keep_dir = args.keep
         cp.stop()
 
@@ -321,7 +427,13 @@ def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str,
         latencies = [watcher.deployment_seen[k] - created[k]
                      for k in created if k in watcher.deployment_seen]  # fmt: skip
 
-        # Let the autoscaler make its first decisions (one poll interval and a bit).
+        # Let the autoscaler make its first decisions (one poll interval and a bit), apply a
+        # few more pipelines one at a time, and let theirs settle too.
+        time.sleep(args.settle)
+        probes = pipelines(n + PROBES, kafka.broker.bootstrap)[n:]
+        one_more = apply_one_by_one(watcher, create, probes, 60.0)
+        docs = docs + probes
+        total = len(docs)
         time.sleep(args.settle)
         t_idle0 = time.time()
         broker0 = broker_totals(operator.broker_stats)
@@ -349,10 +461,10 @@ def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str,
                     if any(done in line for done in HANDLED)]  # fmt: skip
 
         resync_ok = wait(
-            "the restart resync", lambda: len(resumed()) >= n, args.ready_timeout, interval=1.0
+            "the restart resync", lambda: len(resumed()) >= total, args.ready_timeout, interval=1.0
         )
         times = sorted(resumed())
-        t_resynced = times[n - 1] if len(times) >= n else time.time()
+        t_resynced = times[total - 1] if len(times) >= total else time.time()
         time.sleep(args.after_resync)
         t_after = time.time()
         reqs = read_audit(audit)
@@ -374,14 +486,15 @@ def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str,
         idle_s = t_idle1 - t_idle0
         result: dict[str, Any] = {
             "n": n,
+            "one_more_ready_s": one_more,
             "variant": " ".join(args.operator_arg),
             "when": time.strftime("%Y-%m-%d %H:%M:%S"),
             "created_s": t_created - t0,
             "create_clients": args.create_clients,
             "all_ready": all_ready,
-            "ready_count": len(watcher.ready_at),
+            "ready_count": c.ready_count,
             "ready_s": t_ready - t0,
-            "ready_curve": sorted(t - t0 for t in watcher.ready_at.values()),
+            "ready_curve": c.ready_curve,
             "deploy_latency_p50_s": percentile(latencies, 0.5),
             "deploy_latency_p99_s": percentile(latencies, 0.99),
             "convergence": classify(convergence),
@@ -400,8 +513,9 @@ def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str,
             "load_idle": statistics.mean([s.load1 for s in idle_samples] or [0.0]),
             "idle_s": idle_s,
             "idle": idle_counts,
-            "idle_reads_per_pipeline_min": idle_counts.get("reads", 0) / n / idle_minutes,
-            "idle_writes_per_pipeline_min": idle_counts.get("writes", 0) / n / idle_minutes,
+            "idle_pipelines": total,
+            "idle_reads_per_pipeline_min": idle_counts.get("reads", 0) / total / idle_minutes,
+            "idle_writes_per_pipeline_min": idle_counts.get("writes", 0) / total / idle_minutes,
             "idle_by_kind": dict(
                 Counter(
                     f"{r.verb} {r.resource}{'/' + r.subresource if r.subresource else ''}"

@@ -34,6 +34,7 @@ from typing import Any
 
 from bench.scale.brokerstats import RequestCounter
 from streamherd import cli
+from streamherd.operator.autoscaling import handlers as autoscaling_handlers
 from streamherd.operator.autoscaling import poller
 from streamherd.operator.lagprobe import (
     ClusterConfig,
@@ -105,8 +106,11 @@ class CountingProbe(LagProbe):
         return result
 
 
-# The autoscaler builds its probes from this module attribute (poller.Autoscaler default).
+# The autoscaler builds its probes through handlers.logged_probe, which names the class
+# in its own module; poller.Autoscaler's default (no factory given) names it in poller.
+# Both are swapped: swapping only poller's left the probe uncounted (0 requests reported).
 setattr(poller, "LagProbe", CountingProbe)  # noqa: B010
+setattr(autoscaling_handlers, "LagProbe", CountingProbe)  # noqa: B010
 
 if __name__ == "__main__":
     sys.exit(cli.main(["operator", *sys.argv[1:]]))
