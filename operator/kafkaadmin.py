@@ -284,9 +284,15 @@ _NO_ANSWER: Final = frozenset(
 
 
 #: A described topic's errors that mean "not there" for this client, as a listing of every
-#: topic would leave it out.
+#: topic would leave it out. TOPIC_EXCEPTION: a name Kafka refuses ("." and ".." pass the
+#: CRD's pattern); raised, it would mark the whole cluster unreachable for every pipeline
+#: on it, where it is one pipeline's missing source.
 _ABSENT: Final = frozenset(
-    {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZATION_FAILED}
+    {
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.TOPIC_EXCEPTION,
+    }
 )
 
 

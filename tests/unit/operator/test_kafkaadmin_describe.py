@@ -1,0 +1,80 @@
+"""KafkaAdmin.topics(names): each described topic's answer read on its own.
+
+The check of a pipeline's internal topics asks the broker about its own topics only
+(DescribeTopics, one future per name). Which answers mean "not there" and which mean the
+broker could not be asked decides between a pipeline's "no-source" and a whole cluster's
+"unreachable", so each kind of answer is pinned here with futures settled the way the
+client settles them (the real broker's answers are in tests/integration/test_topicadmin.py).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from streamherd.operator.kafkaadmin import NO_ANSWER, KafkaAdmin, KafkaAdminError
+
+
+class DescribingAdmin:
+    """Answers describe_topics from a table: partitions, or an error code per name."""
+
+    def __init__(self, answers: dict[str, tuple[str, int]]) -> None:
+        self.answers = answers
+        self.asked: list[list[str]] = []
+
+    def describe_topics(self, topics: Any, **kwargs: Any) -> dict[str, Future[Any]]:
+        self.asked.append(list(topics.topic_names))
+        out: dict[str, Future[Any]] = {}
+        for name in topics.topic_names:
+            future: Future[Any] = Future()
+            kind, value = self.answers[name]
+            if kind == "partitions":
+                future.set_result(SimpleNamespace(partitions=list(range(value))))
+            else:
+                future.set_exception(KafkaException(KafkaError(value)))
+            out[name] = future
+        return out
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+def admin(answers: dict[str, tuple[str, int]]) -> tuple[KafkaAdmin, DescribingAdmin]:
+    client = DescribingAdmin(answers)
+    return KafkaAdmin(client, 1.0), client  # type: ignore[arg-type]
+
+
+def test_missing_refused_and_unseen_topics_are_absent_and_the_rest_counted() -> None:
+    kafka, client = admin(
+        {
+            "three": ("partitions", 3),
+            "seven": ("partitions", 7),
+            "none": ("partitions", 0),  # no partitions: left out, as a listing does
+            "missing": ("error", KafkaError.UNKNOWN_TOPIC_OR_PART),
+            "not-ours": ("error", KafkaError.TOPIC_AUTHORIZATION_FAILED),
+            ".": ("error", KafkaError.TOPIC_EXCEPTION),  # a name Kafka refuses
+        }
+    )
+    names = ["seven", "three", "none", "missing", "not-ours", ".", "three"]
+    assert kafka.topics(names) == {"three": 3, "seven": 7}
+    assert client.asked == [sorted(set(names))]  # one request, each name once
+    assert kafka.topics([]) == {} and len(client.asked) == 1  # nothing to ask: no request
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [
+        (KafkaError._TRANSPORT, NO_ANSWER),
+        (KafkaError._TIMED_OUT, NO_ANSWER),
+        (KafkaError.CLUSTER_AUTHORIZATION_FAILED, "CLUSTER_AUTHORIZATION_FAILED"),
+    ],
+)
+def test_any_other_answer_means_the_broker_could_not_be_asked(code: int, words: str) -> None:
+    kafka, _ = admin({"three": ("partitions", 3), "broken": ("error", code)})
+    with pytest.raises(KafkaAdminError) as raised:
+        kafka.topics(["three", "broken"])
+    assert words in str(raised.value)
