@@ -275,9 +275,11 @@ class Floor:
     and when the pipeline's Deployment is available it writes the one status patch that
     says Ready. So the API server gets the user's creates, the minimum of operator writes
     (children + one status) and everything the controllers, the scheduler and kwok do for
-    them; the time until all are Ready is a floor no operator can beat on this machine and
-    control plane. (Not in it: the finalizer a pipeline with internal topics gets, so that
-    deleting it deletes them; it is needed only at deletion.)"""
+    them: the least work an operator can leave the cluster. It is a floor of work, not of
+    time: the four create clients make each pipeline's children one pipeline at a time,
+    which an operator with more workers can beat (the kopf floor did, once; docs/scale.md).
+    (Not in it: the finalizer a pipeline with internal topics gets, so that deleting it
+    deletes them; it is needed only at deletion.)"""
 
     def __init__(self, api: Any, clients: int) -> None:
         self.api = api
@@ -286,9 +288,9 @@ class Floor:
         self.patched: set[str] = set()
         self.lock = threading.Lock()
         self.topics = InternalTopics(resolve_cluster=plain_cluster)
-        # Topics are ensured beside the children, not before them: the create clients do
-        # not wait on the broker (the operator's reconcile does not hold its other children
-        # for them either), so the floor stays a bound on time as well as on work.
+        # Topics are ensured beside the children, in a pool, and Ready does not wait for
+        # them: the operator's reconcile ensures them before it applies the children, so the
+        # floor leaves that wait out (its times are a bound on work, not on latency).
         self.topic_pool = ThreadPoolExecutor(8, thread_name_prefix="floor-topics")
         self.topic_reports: list[Future[TopicsReport | None]] = []
 

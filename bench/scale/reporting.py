@@ -169,16 +169,15 @@ def one_more_report(
             return f"{r['ready_s']:.0f} ({r['ready_s'] / f['ready_s']:.2f}x)"
 
         verdicts = []
-        if op is not None and op["all_ready"]:
-            met = op["ready_s"] / f["ready_s"] <= RATIO_GOAL
+        if op is not None and f["all_ready"]:
+            met = op["all_ready"] and op["ready_s"] / f["ready_s"] <= RATIO_GOAL
             verdicts.append(f"all Ready: {'met' if met else 'MISSED'}")
-        if op is not None and "one_more_ready_s" in op:
-            gap = statistics.median(op["one_more_ready_s"]) - statistics.median(
-                f["one_more_ready_s"]
-            )
-            verdicts.append(
-                f"one more: {gap:+.2f} s, {'met' if gap <= ONE_MORE_GOAL_S else 'MISSED'}"
-            )
+        floor_s = statistics.median(f["one_more_ready_s"])
+        if op is not None and "one_more_ready_s" in op and math.isfinite(floor_s):
+            # A probe that never became Ready is inf: the operator's median then misses.
+            gap = statistics.median(op["one_more_ready_s"]) - floor_s
+            met = gap <= ONE_MORE_GOAL_S
+            verdicts.append(f"one more: {gap:+.2f} s, {'met' if met else 'MISSED'}")
         rows.append(
             f"| {f['n']} | {f['ready_s']:.0f} | {ratio(kf)} | {ratio(op)}"
             f" | {_one_more(f)} | {_one_more(kf)} | {_one_more(op)} | {'; '.join(verdicts)} |"

@@ -10,6 +10,7 @@ that did not measure a probe are left out rather than judged.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from bench.scale.reporting import ONE_MORE_GOAL_S, RATIO_GOAL, one_more_report
@@ -60,3 +61,16 @@ def test_runs_without_the_probe_are_not_judged() -> None:
     assert one_more_report([run(60.0, None)], {1000: run(90.0, [0.2])}, {}) == ""
     line = row(one_more_report([run(60.0, [0.1])], {1000: run(90.0, None)}, {}))
     assert "one more:" not in line.split("|")[-2] and "all Ready: MISSED" in line
+
+
+def test_an_operator_not_all_ready_misses_and_a_floor_without_probes_judges_nothing() -> None:
+    """Not all Ready is a miss, never a verdict left out; a floor whose probes never became
+    Ready (inf) cannot be the yardstick of the one-more goal (its gap would be -inf, "met")."""
+    floor = run(60.0, [0.1] * 6)
+    short = {**run(90.0, [0.2] * 6), "all_ready": False}
+    assert "all Ready: MISSED" in row(one_more_report([floor], {1000: short}, {}))
+    stuck = run(60.0, [math.inf] * 6)
+    line = row(one_more_report([stuck], {1000: run(61.0, [0.2] * 6)}, {}))
+    assert "one more:" not in line.split("|")[-2] and "not Ready" in line
+    slow = run(61.0, [0.2, 0.2, 0.2, math.inf, math.inf, math.inf])
+    assert "one more: +inf s, MISSED" in row(one_more_report([floor], {1000: slow}, {}))
