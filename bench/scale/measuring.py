@@ -252,6 +252,36 @@ def apply_one_by_one(
     return out
 
 
+def probe_docs(n: int, kafka: KafkaProcess) -> list[dict[str, Any]]:
+    """The pipelines applied one at a time once N are Ready (the next names after N)."""
+    return pipelines(n + PROBES, kafka.broker.bootstrap)[n:]
+
+
+def floor_result(
+    n: int,
+    c: Convergence,
+    one_more: list[float],
+    args: argparse.Namespace,
+    *,
+    operator_pid: int,
+) -> dict[str, Any]:
+    """The results of a floor or kopf-floor run (operator_pid -1: no operator process)."""
+    return {
+        "n": n,
+        "one_more_ready_s": one_more,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "created_s": c.t_created - c.t0,
+        "create_clients": args.create_clients,
+        "all_ready": c.all_ready,
+        "ready_count": c.ready_count,
+        "ready_s": c.t_ready - c.t0,
+        "ready_curve": c.ready_curve,
+        "load": os.getloadavg()[0],
+        "cpu_by_component": cpu_by_component(c.cpu_before, c.cpu_after, operator_pid),
+        "apiserver_requests": dict(c.api.most_common()),
+    }
+
+
 def run_floor(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str, Any]:
     """N pipelines with no operator: the bench creates their children (see Floor)."""
     base = Path(args.workdir) / f"floor{n}"
@@ -277,28 +307,14 @@ def run_floor(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str
             floor.children(call(api, "POST", path, doc))
 
         c = converge(cluster, watcher, create, docs, args)
-        t0, t_created, t_ready, all_ready = c.t0, c.t_created, c.t_ready, c.all_ready
         time.sleep(args.settle)
-        one_more = apply_one_by_one(
-            watcher, create, pipelines(n + PROBES, kafka.broker.bootstrap)[n:], 60.0
-        )
+        one_more = apply_one_by_one(watcher, create, probe_docs(n, kafka), 60.0)
         topics_not_ready = floor.topics_not_ready()
         if topics_not_ready:
             print(f"  ! internal topics not ready: {topics_not_ready[:3]}", flush=True)
         return {
-            "n": n,
-            "one_more_ready_s": one_more,
+            **floor_result(n, c, one_more, args, operator_pid=-1),
             "topics_not_ready": len(topics_not_ready),
-            "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "created_s": t_created - t0,
-            "create_clients": args.create_clients,
-            "all_ready": all_ready,
-            "ready_count": c.ready_count,
-            "ready_s": t_ready - t0,
-            "ready_curve": c.ready_curve,
-            "load": os.getloadavg()[0],
-            "cpu_by_component": cpu_by_component(c.cpu_before, c.cpu_after, -1),
-            "apiserver_requests": dict(c.api.most_common()),
         }
     finally:
         if watcher is not None:
@@ -339,26 +355,10 @@ def run_kopf_floor(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dic
                 "streamherd.io", "v1alpha1", NAMESPACE, "streampipelines", doc
             )
 
-        operator_pid = operator.pid
         c = converge(cluster, watcher, create, docs, args)
         time.sleep(args.settle)
-        one_more = apply_one_by_one(
-            watcher, create, pipelines(n + PROBES, kafka.broker.bootstrap)[n:], 60.0
-        )
-        return {
-            "n": n,
-            "one_more_ready_s": one_more,
-            "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "created_s": c.t_created - c.t0,
-            "create_clients": args.create_clients,
-            "all_ready": c.all_ready,
-            "ready_count": c.ready_count,
-            "ready_s": c.t_ready - c.t0,
-            "ready_curve": c.ready_curve,
-            "load": os.getloadavg()[0],
-            "cpu_by_component": cpu_by_component(c.cpu_before, c.cpu_after, operator_pid),
-            "apiserver_requests": dict(c.api.most_common()),
-        }
+        one_more = apply_one_by_one(watcher, create, probe_docs(n, kafka), 60.0)
+        return floor_result(n, c, one_more, args, operator_pid=operator.pid)
     finally:
         if watcher is not None:
             watcher.stop.set()
@@ -430,7 +430,7 @@ def run_size(n: int, kafka: KafkaProcess, args: argparse.Namespace) -> dict[str,
         # Let the autoscaler make its first decisions (one poll interval and a bit), apply a
         # few more pipelines one at a time, and let theirs settle too.
         time.sleep(args.settle)
-        probes = pipelines(n + PROBES, kafka.broker.bootstrap)[n:]
+        probes = probe_docs(n, kafka)
         one_more = apply_one_by_one(watcher, create, probes, 60.0)
         docs = docs + probes
         total = len(docs)
