@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streamherd.operator.kafkaadmin import NO_ANSWER, KafkaAdmin, KafkaAdminError
 
@@ -78,3 +80,42 @@ def test_any_other_answer_means_the_broker_could_not_be_asked(code: int, words: 
     with pytest.raises(KafkaAdminError) as raised:
         kafka.topics(["three", "broken"])
     assert words in str(raised.value)
+
+
+ABSENT_CODES = [
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.TOPIC_EXCEPTION,
+]
+FAILURE_CODES = [
+    KafkaError._TRANSPORT,
+    KafkaError._TIMED_OUT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.REQUEST_TIMED_OUT,
+]
+answers = st.one_of(
+    st.tuples(st.just("partitions"), st.integers(0, 64)),
+    st.tuples(st.just("error"), st.sampled_from(ABSENT_CODES)),
+)
+
+
+@given(
+    st.dictionaries(st.text("ab.-_9", min_size=1, max_size=6), answers, max_size=8),
+    st.one_of(st.none(), st.sampled_from(FAILURE_CODES)),
+)
+def test_a_topic_answer_decides_about_that_topic_only(
+    table: dict[str, tuple[str, int]], failure: int | None
+) -> None:
+    """Any mix of names and per-topic answers: the topics with partitions are counted, every
+    "not there" answer is absent, and only an answer that says the broker could not be
+    asked fails the whole check (one pipeline's odd name never reads as a cluster down)."""
+    if failure is not None:
+        table = {**table, "failing": ("error", failure)}
+    kafka, _ = admin(table)
+    if failure is not None:
+        with pytest.raises(KafkaAdminError):
+            kafka.topics(list(table))
+        return
+    expected = {n: v for n, (kind, v) in table.items() if kind == "partitions" and v > 0}
+    assert kafka.topics(list(table)) == expected
