@@ -23,6 +23,17 @@ from streamherd.workers.config import DURATION_PATTERN
 JSON = dict[str, Any]
 
 _DROP_KEYS = {"title", "examples", "example"}
+#: Patterns that `kubectl explain` describes in words rather than as the expression.
+_PATTERN_FORMATS: dict[str, str] = {
+    DURATION_PATTERN: (
+        "Format: a duration such as 30s, 5m, 1h30m or 250ms (units h, m, s, ms, each at "
+        "most once, in that order)."
+    ),
+    v1alpha1.TOPIC_PATTERN: (
+        "Format: a Kafka topic name, 1 to 249 letters, digits, '.', '_' or '-', and not '.' "
+        "or '..'."
+    ),
+}
 
 
 def _resolve(node: Any, defs: JSON) -> Any:
@@ -120,11 +131,8 @@ def _facts(node: JSON) -> list[str]:
     """What `kubectl explain` should say besides the field's purpose: its default, format
     and limits, read from the schema itself (so they cannot go stale)."""
     facts: list[str] = []
-    if node.get("pattern") == DURATION_PATTERN:
-        facts.append(
-            "Format: a duration such as 30s, 5m, 1h30m or 250ms (units h, m, s, ms, each at "
-            "most once, in that order)."
-        )
+    if node.get("pattern") in _PATTERN_FORMATS:
+        facts.append(_PATTERN_FORMATS[node["pattern"]])
     elif "pattern" in node:
         facts.append(f"Format: matches the regular expression {node['pattern']}.")
     if "enum" in node:

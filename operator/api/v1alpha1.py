@@ -39,7 +39,13 @@ MAX_NAME_LENGTH = 63 - len("-metrics")
 WINDOW_KEY_COLUMNS = ("key", "window_start", "window_end")
 
 _NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-_TOPIC = r"^[a-zA-Z0-9._-]{1,249}$"
+#: A Kafka topic name as the broker accepts it: 1-249 of `[a-zA-Z0-9._-]`, but not "." or ".."
+#: (Kafka refuses both). Three branches instead of a lookahead, which the API server's RE2
+#: does not have: a name starting with anything but a dot, ".x...", and "..x...".
+TOPIC_PATTERN = (
+    r"^([a-zA-Z0-9_-][a-zA-Z0-9._-]{0,248}|[.][a-zA-Z0-9_-][a-zA-Z0-9._-]{0,247}"
+    r"|[.][.][a-zA-Z0-9._-]{1,247})$"
+)
 #: A DNS-1123 subdomain: names of PriorityClasses, StorageClasses, ServiceAccounts.
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 #: A label value (empty, or 63 characters at most starting and ending alphanumeric).
@@ -157,10 +163,13 @@ class KafkaConnection(Model):
 class KafkaSource(KafkaConnection):
     """Consume one or more Kafka topics as a consumer group."""
 
-    topics: list[Annotated[str, Field(pattern=_TOPIC)]] = Field(
+    topics: list[Annotated[str, Field(pattern=TOPIC_PATTERN)]] = Field(
         min_length=1,
         max_length=64,
-        description="Topics to consume (Kafka topic names: letters, digits, '.', '_', '-').",
+        description=(
+            "Topics to consume (Kafka topic names: 1 to 249 letters, digits, '.', '_' or '-', "
+            "and not '.' or '..')."
+        ),
     )
     consumer_group: str | None = Field(
         default=None,
@@ -242,7 +251,7 @@ class KafkaSink(Model):
     """Write results to a Kafka topic."""
 
     topic: str = Field(
-        pattern=_TOPIC,
+        pattern=TOPIC_PATTERN,
         description="Topic the results are written to; must not be a source topic.",
     )
     bootstrap_servers: str | None = Field(
@@ -400,7 +409,7 @@ class DeadLetter(Model):
     """Records that fail (decoding, expressions, the user function, too late) go here."""
 
     topic: str = Field(
-        pattern=_TOPIC,
+        pattern=TOPIC_PATTERN,
         description=(
             "Topic failed records are written to, with headers naming the error; must be "
             "neither a source topic nor the sink topic."
@@ -1114,6 +1123,7 @@ __all__ = [
     "GROUP",
     "KIND",
     "PLURAL",
+    "TOPIC_PATTERN",
     "VERSION",
     "StreamPipeline",
     "StreamPipelineSpec",

@@ -159,6 +159,13 @@ BOTH: list[Case] = [
     case("aggregate named window_end", LOCAL, f"{LW}.aggregates[0].name",
          (f"{LW}.aggregates[0].name", "window_end")),
     # topics
+    case("source topic named .", KAFKA, "spec.source.kafka.topics[0]",
+         ("spec.source.kafka.topics", ["."])),
+    case("sink topic named ..", KAFKA, "spec.sink.kafka.topic", ("spec.sink.kafka.topic", "..")),
+    case("dead-letter topic named .", KAFKA, "spec.deadLetter.topic",
+         ("spec.deadLetter", {"topic": "."})),
+    case("sink topic of 250 characters", KAFKA, "spec.sink.kafka.topic",
+         ("spec.sink.kafka.topic", "t" * 250)),
     case("sink topic is the dead-letter topic", KAFKA, "spec.deadLetter.topic",
          ("spec.deadLetter.topic", "clicks-per-minute")),
     case("sink and dead letter on one named cluster and topic", KAFKA, "spec.deadLetter.topic",

@@ -37,7 +37,30 @@ MOUNTS = mix(["/var/run/creds", "/opt/secret"],
               "/etc/streamherd/tls"])  # fmt: skip
 ENV_NAMES = mix(["TOKEN", "API_KEY"], ["STREAMHERD_POD_NAME", "STREAMHERD_X"])
 PRIORITY_CLASSES = mix([None, "high", "system-cluster-critical"], ["high_priority", "a..b", "a.b"])
-TOPICS = mix(["out"], ["dlq"])
+TOPICS = mix(["out"], ["dlq", ".", ".."])
+#: Characters Kafka allows in a topic's name.
+TOPIC_CHARACTERS = "abcXYZ019._-"
+
+
+def kafka_topic_name_is_legal(name: str) -> bool:
+    """Kafka's own rule for a topic's name (`org.apache.kafka.common.internals.Topic`):
+    1 to 249 characters of `[a-zA-Z0-9._-]`, and neither "." nor "..". The reference the
+    CRD's pattern is checked against, in words rather than in a regular expression."""
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+    return 0 < len(name) <= 249 and set(name) <= allowed and name not in (".", "..")
+
+
+#: Topic names near every edge of Kafka's rule: dots alone and leading, the length limit,
+#: characters Kafka refuses.
+TOPIC_NAMES = st.one_of(
+    st.text(alphabet=TOPIC_CHARACTERS, max_size=6),
+    st.text(alphabet=".", min_size=1, max_size=4),
+    st.builds(lambda dots, rest: dots + rest,
+              st.text(alphabet=".", max_size=3), st.text(alphabet=TOPIC_CHARACTERS, max_size=4)),
+    st.integers(min_value=246, max_value=252).map(lambda n: "t" * n),
+    st.integers(min_value=247, max_value=251).map(lambda n: ".." + "a" * n),
+    st.text(alphabet=TOPIC_CHARACTERS + " /:é+", min_size=1, max_size=6),
+)  # fmt: skip
 
 
 def _window(draw: st.DrawFn) -> dict[str, Any]:
