@@ -1693,17 +1693,13 @@ class Engine:
             return
         self._last_lag = now
         self._retry_seeks()
-        total = 0
         open_windows = 0
+        lags: dict[tuple[str, int], int | None] = {}
         for st in list(self.partitions.values()):
             if st.windows is not None:
                 open_windows += len(st.windows.windows)
-            lag = self._partition_lag(st)
-            if lag is None:
-                continue
-            total += lag
-            self.metrics.set_partition("streamherd_consumer_lag", st.topic, st.partition, lag)
-        self.metrics.lag_total.set(total)
+            lags[(st.topic, st.partition)] = self._partition_lag(st)
+        self.metrics.set_lag(lags)
         self.metrics.open_windows.set(open_windows)
 
     def _partition_lag(self, st: PartitionState) -> int | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Final, Literal
@@ -248,6 +248,10 @@ class EngineMetrics:
                     registry=self.registry,
                 )
         self._made = made
+        # Held while the lag series change and while a scrape renders, so a scrape shows
+        # the partitions' lag and their total from one refresh (see set_lag).
+        self._lag_lock = threading.Lock()
+        self._lags: dict[tuple[str, int], int] = {}
         p = pipeline
         self.lag_total = self.gauge("streamherd_consumer_lag_total").labels(p)
         self.assigned = self.gauge("streamherd_assigned_partitions").labels(p)
@@ -320,19 +324,37 @@ class EngineMetrics:
     def set_partition(self, name: str, topic: str, partition: int, value: float) -> None:
         self.gauge(name).labels(self.pipeline, topic, str(partition)).set(value)
 
+    def set_lag(self, lags: Mapping[tuple[str, int], int | None]) -> None:
+        """One lag refresh: each owned partition's lag (None: not measured this time, its
+        last value stands) and their total, as one snapshot. A scrape sees
+        ``streamherd_consumer_lag_total`` equal to the sum of the ``streamherd_consumer_lag``
+        series it shows, never one refresh's partitions beside another's total."""
+        with self._lag_lock:
+            gauge = self.gauge("streamherd_consumer_lag")
+            for (topic, partition), lag in lags.items():
+                if lag is not None:
+                    self._lags[(topic, partition)] = lag
+                    gauge.labels(self.pipeline, topic, str(partition)).set(lag)
+            self.lag_total.set(sum(self._lags.values()))
+
     def forget_partition(self, topic: str, partition: int) -> None:
-        """Drop per-partition gauges of a partition this worker no longer owns."""
-        for name in (
-            "streamherd_consumer_lag",
-            "streamherd_event_time_lag_seconds",
-            "streamherd_watermark_seconds",
-            "streamherd_state_restore_refused",
-        ):
-            with contextlib.suppress(KeyError):
-                self.gauge(name).remove(self.pipeline, topic, str(partition))
+        """Drop per-partition gauges of a partition this worker no longer owns (and its lag
+        from the total, in the same snapshot)."""
+        with self._lag_lock:
+            if self._lags.pop((topic, partition), None) is not None:
+                self.lag_total.set(sum(self._lags.values()))
+            for name in (
+                "streamherd_consumer_lag",
+                "streamherd_event_time_lag_seconds",
+                "streamherd_watermark_seconds",
+                "streamherd_state_restore_refused",
+            ):
+                with contextlib.suppress(KeyError):
+                    self.gauge(name).remove(self.pipeline, topic, str(partition))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        with self._lag_lock:
+            return generate_latest(self.registry)
 
 
 class SinkMetrics:
