@@ -104,7 +104,9 @@ class KafkaAdmin:
         try:
             return cls(factory(cluster), timeout)
         except KafkaException as e:
-            raise KafkaAdminError(f"cannot connect to {cluster.describe()}: {reason(e)}") from e
+            raise KafkaAdminError(
+                f"cannot connect to {cluster.describe()}: {cluster.redact(reason(e))}"
+            ) from e
 
     def __enter__(self) -> KafkaAdmin:
         return self

@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from confluent_kafka import (
     Consumer,
@@ -82,7 +82,10 @@ OffsetSpec: Any = _OffsetSpec
 
 log = logging.getLogger(__name__)
 
-_SECRET_KEYS = frozenset({"sasl.password", "ssl.key.password", "ssl.key.pem"})
+#: The only settings logs, errors and status may show: what the manifest itself says.
+#: Everything else may come from a Secret (the SASL username, the CA bundle, the client
+#: certificate and key, their passwords) and is never shown, named only by its key.
+SHOWN_SETTINGS: Final = frozenset({"security.protocol", "sasl.mechanism"})
 
 # OffsetFetch fallback: consumers in flight at once per probe (each one has a few librdkafka
 # threads and connections for its short life).
@@ -197,9 +200,23 @@ class ClusterConfig:
         return {"bootstrap.servers": self.bootstrap_servers, **dict(self.settings)}
 
     def describe(self) -> str:
-        """For logs: the servers and the non-secret settings."""
-        shown = {k: v for k, v in self.settings if k not in _SECRET_KEYS}
+        """For logs, errors and status: the servers and the settings the manifest states
+        (:data:`SHOWN_SETTINGS`); any other setting by its key only, its value hidden."""
+        shown = {k: v if k in SHOWN_SETTINGS else "<hidden>" for k, v in self.settings}
         return f"{self.bootstrap_servers} {shown}" if shown else self.bootstrap_servers
+
+    def redact(self, text: str) -> str:
+        """``text`` (a client library's error, say) with the value of every hidden setting,
+        and every line of a multi-line one (a PEM), replaced by ``<hidden>``: librdkafka may
+        quote a value it refuses."""
+        pieces: set[str] = set()
+        for key, value in self.settings:
+            if key not in SHOWN_SETTINGS and value:
+                pieces.add(value)
+                pieces.update(s for line in value.splitlines() if len(s := line.strip()) >= 8)
+        for piece in sorted(pieces, key=len, reverse=True):
+            text = text.replace(piece, "<hidden>")
+        return text
 
 
 # --------------------------------------------------------------------------- the probe
@@ -459,7 +476,8 @@ class LagProbe:
             meta = admin.list_topics(timeout=self.request_timeout)
         except KafkaException as exc:
             raise LagProbeError(
-                f"cannot read metadata from {self.cluster.describe()}: {exc}"
+                f"cannot read metadata from {self.cluster.describe()}: "
+                f"{self.cluster.redact(str(exc))}"
             ) from exc
         out: dict[str, list[tuple[str, int]]] = {}
         for name, topic in meta.topics.items():

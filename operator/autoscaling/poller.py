@@ -230,7 +230,14 @@ class Autoscaler:
         # Every waiter must be answered, whatever failed: an unanswered one would hang its
         # pipeline's autoscaling for good.
         except Exception as exc:  # noqa: BLE001
-            err = exc if isinstance(exc, LagProbeError) else LagProbeError(repr(exc))
+            # The error goes to the status and the log: librdkafka may quote a setting it
+            # refuses, and the settings carry the Secrets' values.
+            text = (
+                str(exc)
+                if isinstance(exc, LagProbeError)
+                else f"lag probe for {cluster.describe()}: {exc!r}"
+            )
+            err = LagProbeError(cluster.redact(text))
             results = dict.fromkeys(batch.specs, err)
         for group, waiter in batch.waiters:
             if not waiter.done():
