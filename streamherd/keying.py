@@ -26,6 +26,7 @@ from streamherd.operator.builders.keying import (
     GENERATOR_KEY,
     field_reference,
     keyed_by_window,
+    trace_field,
     window_key_field,
 )
 from streamherd.operator.validation import load_documents, parse_pipeline
@@ -47,13 +48,13 @@ def keying_warnings(pipeline: StreamPipeline) -> list[str]:
     source = pipeline.spec.source
     if source.generator is not None:
         steps = pipeline.spec.processor.steps
-        field = field_reference(window.key_by)
-        rewritten = [i for i, s in enumerate(steps[:index]) if s.map and field in s.map.set]
-        differs = (
-            f"which spec.processor.steps[{rewritten[-1]}].map sets anew"
-            if rewritten
-            else f"not by `{window.key_by.strip()}`"
-        )
+        _, broken = trace_field(steps[:index], field_reference(window.key_by))
+        if pipeline.spec.processor.function is not None:
+            differs = "which the user function before the window may change"
+        elif broken is not None:
+            differs = f"which spec.processor.steps[{broken}].map changes"
+        else:
+            differs = f"not by `{window.key_by.strip()}`"
         return [
             f"{path}: window state is per source partition, and the generator source puts "
             f"records in its {source.generator.partitions} partitions by `{GENERATOR_KEY}`, "

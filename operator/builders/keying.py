@@ -11,15 +11,22 @@ partitioned by the window's key:
 - a Kafka source with ``format: raw`` gives each record its Kafka key as the field ``key``;
 - a Kafka source that declares ``keyedBy: FIELD`` is partitioned by that field.
 
-A map step before the window that sets the key's field breaks the link to the source.
+The key's field is traced back through the map steps before the window
+(:func:`source_field`): a ``set`` that only reads another field (``page: user``) follows
+it; a ``set`` that computes, a ``rename`` to or from the field, a ``select`` without it,
+and a user function (which runs between the steps and the window and may change any field)
+all break the link to the source, and auto then repartitions. The trace only claims a link
+that holds for every record (a property test checks this against the steps themselves).
 Used by the WorkerConfig builder and by ``streamherd validate``'s warnings.
 """
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Sequence
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.workers.config import Step
 
 GENERATOR_KEY = "user"  # workers/generating.py: partition = user index mod partitions
 RAW_KEY = "key"  # workers/processing.py decode_raw: {"value": ..., "key": <Kafka key>}
@@ -44,18 +51,51 @@ def field_reference(expression: str) -> str | None:
     return None
 
 
+def trace_field(steps: Sequence[Step], field: str | None) -> tuple[str | None, int | None]:
+    """(the source record's field whose value ``field`` holds after ``steps`` (filters and
+    maps), the index of the last step that changes ``field``, or None); the field is None
+    when the steps may have given it any other value. Conservative: None whenever the link
+    depends on the data (a rename applies only when its field exists)."""
+    changed: int | None = None
+    for index in reversed(range(len(steps))):
+        if field is None:
+            break
+        m = steps[index].map
+        if m is None:
+            continue  # a filter keeps or drops records, never changes a field
+        # A map step is set, then select, then rename (workers/processing.map_transform),
+        # so it is undone in the reverse order.
+        if (
+            field in m.rename
+            or field in m.rename.values()
+            or (m.select is not None and field not in m.select)
+        ):
+            return None, index if changed is None else changed
+        if field in m.set:
+            changed = index if changed is None else changed
+            field = field_reference(m.set[field])
+    return field, changed
+
+
+def source_field(steps: Sequence[Step], field: str | None) -> str | None:
+    """The source record's field whose value ``field`` holds after ``steps``, or None
+    (:func:`trace_field`)."""
+    return trace_field(steps, field)[0]
+
+
 def window_key_field(pipeline: StreamPipeline) -> tuple[int, str | None] | None:
     """(index of the window step, the source field its keyBy reads or None); None without
-    a window. A field that an earlier map step sets anew is no longer the source's."""
-    steps = pipeline.spec.processor.steps
+    a window. None for the field when the steps or the user function before the window may
+    have changed it (:func:`source_field`)."""
+    processor = pipeline.spec.processor
+    steps = processor.steps
     found = next(((i, s.window) for i, s in enumerate(steps) if s.window is not None), None)
     if found is None:
         return None
     index, window = found
-    field = field_reference(window.key_by)
-    if any(s.map and field in s.map.set for s in steps[:index]):
-        field = None
-    return index, field
+    if processor.function is not None:
+        return index, None  # it may return any record: the source's keying says nothing
+    return index, source_field(steps[:index], field_reference(window.key_by))
 
 
 def keyed_by_window(pipeline: StreamPipeline) -> bool:

@@ -108,7 +108,7 @@ def test_a_map_that_rewrites_the_key_field_is_warned(
     doc["spec"]["processor"]["steps"].insert(0, {"map": {"set": {"user": "page"}}})
     _, _, err = validate(tmp_path, capsys, doc)
     assert err.count(": warning: ") == 1
-    assert "partitions by `user`, which spec.processor.steps[0].map sets anew, " in err
+    assert "partitions by `user`, which spec.processor.steps[0].map changes, " in err
 
 
 def test_raw_kafka_keyed_by_the_record_key_is_fine(

@@ -124,6 +124,50 @@ def test_the_worker_refuses_what_the_spec_refuses() -> None:
             },
             True,  # the map computes page anew: no longer the source's key
         ),
+        (
+            {
+                "source__kafka__keyedBy": "user",
+                "processor": {"steps": [{"map": {"set": {"page": "user"}}}, WINDOW]},
+            },
+            False,  # page is the source's user, which the input is keyed by
+        ),
+        (
+            {
+                "source__kafka__keyedBy": "page",
+                "processor": {"steps": [{"map": {"rename": {"user": "page"}}}, WINDOW]},
+            },
+            True,  # a rename into the key's field: page is no longer the source's page
+        ),
+        (
+            {
+                "source__kafka__keyedBy": "page",
+                "processor": {"steps": [{"map": {"set": {"page": "lower(page)"}}}, WINDOW]},
+            },
+            True,
+        ),
+        (
+            {
+                "source__kafka__keyedBy": "page",
+                "processor": {"steps": [{"map": {"select": ["user"]}}, WINDOW]},
+            },
+            True,
+        ),
+        (
+            {
+                "source__kafka__keyedBy": "page",
+                "processor": {
+                    "steps": [{"filter": "status < 500"}, {"map": {"set": {"kb": "bytes"}}}, WINDOW]
+                },
+            },
+            False,  # neither touches page
+        ),
+        (
+            {
+                "source__kafka__keyedBy": "page",
+                "processor": {"steps": [WINDOW], "function": {"callable": "m:f"}},
+            },
+            True,  # the user function runs before the window and may change any field
+        ),
         ({"source__kafka__keyedBy": "page", "processor": {"steps": []}}, False),  # no window
     ],
 )
