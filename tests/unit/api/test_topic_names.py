@@ -4,7 +4,7 @@ The schema's pattern is one declaration (`TOPIC_PATTERN`) that pydantic enforces
 `streamherd validate` and the operator, and that the API server enforces from the CRD. Kafka
 refuses "." and ".." besides the character set and the length; a pattern that let them
 through admitted a pipeline whose topic can never exist. Checked here against Kafka's rule in
-words; tests/integration/test_topic_names.py checks it against the real broker.
+words; tests/integration/test_topic_names_on_the_broker.py checks it against the real broker.
 """
 
 from __future__ import annotations
