@@ -112,7 +112,8 @@ def recover_stopped(
 ) -> Resolution:
     """Decide what a stopped exactly-once pipeline into PostgreSQL left prepared.
 
-    Raises ValueError when the pipeline does not commit in two phases, PipelineRunningError
+    Raises ValueError when the pipeline does not commit in two phases or its tables are not
+    in the database (TablesMissingError: nothing is created there), PipelineRunningError
     while its group has members, CommitOutcomeUnknownError when Kafka's answer stays
     unstable for ``wait`` seconds (default: the transaction timeout and 30 s), and
     psycopg.Error on database errors."""
@@ -144,6 +145,7 @@ def recover_stopped(
         two_phase=True,
         # A writer id no worker has: every transaction found is another's, fenced first.
         writer=f"streamherd-recover-{uuid.uuid4().hex}",
+        create=False,
     )
     conf = client_config(kafka)
     conf.update(

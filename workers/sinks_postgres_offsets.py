@@ -98,6 +98,11 @@ class TwoPhaseUnavailableError(RuntimeError):
     """The server refuses prepared transactions (``max_prepared_transactions`` is 0)."""
 
 
+class TablesMissingError(ValueError):
+    """A sink made not to create its tables (the recovery of a stopped pipeline) found them
+    absent: most likely the wrong database, or a pipeline that never prepared anything."""
+
+
 #: Reads Kafka's committed offset metadata of partitions, stably: a partition missing from
 #: the answer could not be read (a transaction still pending on it, or an error).
 CommittedMetadata = Callable[[list[TP]], dict[TP, str | None]]
@@ -272,11 +277,15 @@ class PostgresTransactionalSink:
         *,
         two_phase: bool = False,
         writer: str = "",
+        create: bool = True,
     ) -> None:
         """``two_phase``: commit in two phases with Kafka's transaction as the decider
         (the pipeline also writes to Kafka); ``writer``: this worker's transactional id,
-        recorded with each prepared transaction (whose gids its next incarnation decides)."""
+        recorded with each prepared transaction (whose gids its next incarnation decides);
+        ``create=False``: find the tables, never create them (a recovery, which must not
+        leave tables in a database it was pointed at by mistake: TablesMissingError)."""
         self.config = config
+        self.create = create
         self.pipeline = pipeline
         self.group = consumer_group
         self.two_phase = two_phase
@@ -652,17 +661,40 @@ class PostgresTransactionalSink:
                             "is 0; set it above 0, e.g. to max_connections, and restart it; "
                             "docs/storage.md)"
                         )
-                    create_if_absent(conn, create_side_statement(self.config.table))
-                    create_if_absent(conn, create_writers_statement(self.config.table))
-                create_if_absent(conn, create_offsets_statement(self.config.table))
-                if self.config.create_table:
-                    create_if_absent(conn, create_table_statement(self.config))
+                if not self.create:
+                    self._find_tables(conn)
+                else:
+                    if self.two_phase:
+                        create_if_absent(conn, create_side_statement(self.config.table))
+                        create_if_absent(conn, create_writers_statement(self.config.table))
+                    create_if_absent(conn, create_offsets_statement(self.config.table))
+                    if self.config.create_table:
+                        create_if_absent(conn, create_table_statement(self.config))
             except BaseException:
                 conn.close()
                 raise
             self._conn = conn
             self._set_up(True)
         return self._conn
+
+    def _find_tables(self, conn: psycopg.Connection[Any]) -> None:
+        """Raise TablesMissingError unless the tables this sink reads exist."""
+        table = self.config.table
+        wanted = [offsets_table(table)]
+        if self.two_phase:
+            wanted += [side_table(table), writers_table(table)]
+        missing = []
+        for ident in wanted:
+            name = ident.as_string(conn)
+            row = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
+            if row is None or row[0] is None:
+                missing.append(name)
+        if missing:
+            raise TablesMissingError(
+                f"database {conn.info.dbname!r} on {conn.info.host}:{conn.info.port} has no "
+                f"{', '.join(missing)}: no worker of this sink ever wrote there. Is it the "
+                "pipeline's database (the sink's DSN)? Nothing was decided or created"
+            )
 
     def _close_connection(self) -> None:
         conn, self._conn = self._conn, None

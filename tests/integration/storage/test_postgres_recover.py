@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 from confluent_kafka.admin import AdminClient
+from psycopg.conninfo import make_conninfo
 
 from streamherd.workers.config import KafkaSourceConfig
 from streamherd.workers.preparedrecovery import group_members
@@ -149,3 +152,33 @@ def test_recover_refuses_when_the_groups_offsets_are_gone(
         if gid and gid in prepared(postgres_dsn):
             with psycopg.connect(postgres_dsn, autocommit=True) as conn:
                 conn.execute(f"ROLLBACK PREPARED '{gid}'")  # the test's own clean-up
+
+
+def test_recover_pointed_at_the_wrong_database_creates_nothing(
+    kafka_broker: KafkaBroker, postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped DSN names a database where no worker of the pipeline ever wrote: the
+    command says so, exits 2 (unusable as configured) and leaves that database as it was
+    (it created the sink's side tables there before)."""
+    monkeypatch.setenv(DSN_ENV, postgres_dsn)
+    config, _, _ = two_phase_config(kafka_broker, tmp_path, postgres_dsn)
+    wrong = f"wrong_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{wrong}"')
+    wrong_dsn = make_conninfo(postgres_dsn, dbname=wrong)
+    config_path = tmp_path / "recover-config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+
+    refused = recover(config_path, wrong_dsn)
+
+    assert refused.returncode == 2, refused
+    assert f"database '{wrong}'" in refused.stderr
+    for table in ("streamherd_offsets", "streamherd_prepared", "streamherd_writers"):
+        assert table in refused.stderr
+    assert "Nothing was decided or created" in refused.stderr
+    with psycopg.connect(wrong_dsn) as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', "
+            "'information_schema')"
+        ).fetchall()
+    assert tables == []
