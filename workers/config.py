@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -65,15 +66,42 @@ Duration = Annotated[
 ]
 
 
+#: The API server stores integers as int64: a larger one is refused there ("must be of type
+#: integer"), so validate and the operator refuse it too.
+INT64_MAX: Final = 2**63 - 1
+
+
+def _beyond_int64(value: object) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return not -INT64_MAX - 1 <= value <= INT64_MAX
+    if isinstance(value, list | tuple):
+        return any(_beyond_int64(v) for v in value)
+    if isinstance(value, dict):
+        return any(_beyond_int64(v) for v in value.values())
+    return False
+
+
 class Model(BaseModel):
-    """Base of every contract model: frozen, camelCase on the wire, unknown keys refused."""
+    """Base of every contract model: frozen, camelCase on the wire, unknown keys refused.
+
+    Strict, as the API server is: `"3"` is not an integer and `"yes"` or `1` not a boolean
+    (pydantic's lax mode would convert them, and validate would accept what kubectl apply
+    refuses); and no integer beyond int64, the API server's limit."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
         frozen=True,
         extra="forbid",
+        strict=True,
     )
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _within_int64(cls, value: object) -> object:
+        if _beyond_int64(value):
+            raise ValueError(f"integers are at most {INT64_MAX} (int64, the API server's limit)")
+        return value
 
 
 def cel_rules(*rules: tuple[str, str]) -> ConfigDict:
@@ -302,7 +330,7 @@ class UserFunction(Model):
     """A user function shipped in an image built FROM the streamherd worker image."""
 
     callable: str = Field(
-        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$",
         description="`module:callable`, importable inside the worker image.",
     )
     mode: Literal["record", "batch"] = Field(
@@ -357,10 +385,13 @@ class ProcessorConfig(Model):
 # --------------------------------------------------------------------------- sources/sinks
 
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+
+
 class KafkaSecurity(Model):
     """librdkafka security settings; secret material is referenced, never inlined."""
 
-    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+    protocol: SecurityProtocol = Field(
         default="PLAINTEXT", description="security.protocol"
     )
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(

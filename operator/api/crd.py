@@ -29,6 +29,9 @@ _PATTERN_FORMATS: dict[str, str] = {
         "Format: a duration such as 30s, 5m, 1h30m or 250ms (units h, m, s, ms, each at "
         "most once, in that order)."
     ),
+    v1alpha1.BOOTSTRAP_SERVERS_PATTERN: (
+        "Format: host:port entries separated by commas, none empty, without surrounding blanks."
+    ),
     v1alpha1.TOPIC_PATTERN: (
         "Format: a Kafka topic name, 1 to 249 letters, digits, '.', '_' or '-', and not '.' "
         "or '..'."

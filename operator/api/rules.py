@@ -35,6 +35,7 @@ from typing import Any, Final
 from pydantic import BaseModel
 
 from streamherd.operator.api.v1alpha1 import (
+    INTERNAL_TOPIC_PREFIX,
     MAX_NAME_LENGTH,
     WINDOW_KEY_COLUMNS,
     StreamPipeline,
@@ -425,6 +426,10 @@ _MOUNT_OVERLAP = " || ".join(
 )
 
 
+def _not_internal(topic: str) -> bool:
+    return not topic.startswith(INTERNAL_TOPIC_PREFIX)
+
+
 # --------------------------------------------------------------------------- the rules
 
 STEP = "spec.processor.steps[]"
@@ -722,6 +727,36 @@ RULES: Final[tuple[Rule, ...]] = (
         holds=lambda a: a.name not in RESERVED_OUTPUT_NAMES,
     ),
     # -- topics
+    *(
+        Rule(
+            name=f"{what} is not an internal topic",
+            at=at,
+            field=field,
+            message=(
+                f"{what} must not start with '{INTERNAL_TOPIC_PREFIX}': the operator's "
+                "internal topics (repartition, changelog, shadow verification) are named so"
+            ),
+            cel=f"!{cel_self}.startsWith('{INTERNAL_TOPIC_PREFIX}')",
+            holds=holds,
+        )
+        for what, at, field, cel_self, holds in (
+            ("a source topic", "spec.source.kafka.topics[]", "", "self", _not_internal),
+            (
+                "sink.kafka.topic",
+                "spec.sink.kafka",
+                ".topic",
+                "self.topic",
+                lambda k: _not_internal(k.topic),
+            ),
+            (
+                "deadLetter.topic",
+                "spec.deadLetter",
+                ".topic",
+                "self.topic",
+                lambda d: _not_internal(d.topic),
+            ),
+        )
+    ),
     Rule(
         name="sink topic is not the dead-letter topic",
         at="spec",

@@ -46,6 +46,13 @@ TOPIC_PATTERN = (
     r"^([a-zA-Z0-9_-][a-zA-Z0-9._-]{0,248}|[.][a-zA-Z0-9_-][a-zA-Z0-9._-]{0,247}"
     r"|[.][.][a-zA-Z0-9._-]{1,247})$"
 )
+#: The prefix of the operator's internal topics, ``streamherd.<namespace>.<name>.<purpose>``
+#: (repartition, changelog, shadow verification): reserved, no user topic may start with it.
+INTERNAL_TOPIC_PREFIX = "streamherd."
+#: Kafka bootstrap servers: host:port entries, comma-separated (a blank after a comma is
+#: allowed), none empty, no surrounding blanks. An empty or blank value would be "another
+#: cluster" to the rules that compare clusters, and the source's to the worker.
+BOOTSTRAP_SERVERS_PATTERN = r"^[^ \t\r\n,]+(, ?[^ \t\r\n,]+)*$"
 #: A DNS-1123 subdomain: names of PriorityClasses, StorageClasses, ServiceAccounts.
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 #: A label value (empty, or 63 characters at most starting and ending alphanumeric).
@@ -149,6 +156,7 @@ class KafkaConnection(Model):
     bootstrap_servers: str = Field(
         min_length=1,
         max_length=2048,
+        pattern=BOOTSTRAP_SERVERS_PATTERN,
         description="Comma-separated host:port list, e.g. `my-kafka-bootstrap.kafka:9092`.",
     )
     auth: KafkaAuth | None = Field(
@@ -256,7 +264,9 @@ class KafkaSink(Model):
     )
     bootstrap_servers: str | None = Field(
         default=None,
+        min_length=1,
         max_length=2048,
+        pattern=BOOTSTRAP_SERVERS_PATTERN,
         description="The sink cluster; the source's when omitted.",
     )
     auth: KafkaAuth | None = Field(
@@ -416,7 +426,11 @@ class DeadLetter(Model):
         ),
     )
     bootstrap_servers: str | None = Field(
-        default=None, max_length=2048, description="The source's cluster when omitted."
+        default=None,
+        min_length=1,
+        max_length=2048,
+        pattern=BOOTSTRAP_SERVERS_PATTERN,
+        description="The source's cluster when omitted.",
     )
 
 

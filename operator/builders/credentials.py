@@ -17,7 +17,7 @@ from streamherd.operator.api.v1alpha1 import (
     StreamPipelineSpec,
 )
 from streamherd.operator.builders.meta import TLS_DIR
-from streamherd.workers.config import KafkaSecurity
+from streamherd.workers.config import KafkaSecurity, SecurityProtocol
 
 
 @dataclass(frozen=True)
@@ -91,12 +91,13 @@ def security(auth: KafkaAuth | None, role: str) -> KafkaSecurity:
     if auth is None:
         return KafkaSecurity()
     sasl, tls = auth.sasl, auth.tls
-    protocol = {
+    protocols: dict[tuple[bool, bool], SecurityProtocol] = {
         (True, True): "SASL_SSL",
         (True, False): "SASL_PLAINTEXT",
         (False, True): "SSL",
         (False, False): "PLAINTEXT",
-    }[(sasl is not None, tls is not None)]
+    }
+    protocol = protocols[(sasl is not None, tls is not None)]
     directory = f"{TLS_DIR}/{tls.secret_name}" if tls else None
     return KafkaSecurity(
         protocol=protocol,

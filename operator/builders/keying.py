@@ -25,7 +25,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Sequence
 
-from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.api.v1alpha1 import INTERNAL_TOPIC_PREFIX, StreamPipeline
 from streamherd.workers.config import Step
 
 GENERATOR_KEY = "user"  # workers/generating.py: partition = user index mod partitions
@@ -131,4 +131,4 @@ def repartition_topic(pipeline: StreamPipeline) -> str | None:
 def internal_topic(pipeline: StreamPipeline, purpose: str) -> str:
     """The name of one of a pipeline's internal topics (`repartition`, `changelog`), on its
     source's cluster: unique per namespace and name, and recognisable by its prefix."""
-    return f"streamherd.{pipeline.namespace}.{pipeline.name}.{purpose}"
+    return f"{INTERNAL_TOPIC_PREFIX}{pipeline.namespace}.{pipeline.name}.{purpose}"

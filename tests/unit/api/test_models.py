@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from streamherd.operator.api.v1alpha1 import StreamPipeline, StreamPipelineSpec
+from streamherd.operator.api.v1alpha1 import (
+    BOOTSTRAP_SERVERS_PATTERN,
+    KafkaSink,
+    StreamPipeline,
+    StreamPipelineSpec,
+)
 from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.config import ProcessorConfig, Step, parse_duration
 from tests.infra.paths import EXAMPLES_DIR
@@ -147,3 +155,26 @@ def test_models_are_frozen() -> None:
     s = StreamPipelineSpec.model_validate(MINIMAL)
     with pytest.raises(ValidationError):
         s.suspend = True  # type: ignore[misc]
+
+
+HOSTS = st.lists(
+    st.from_regex(r"[a-z0-9][a-z0-9.-]{0,20}:[0-9]{1,5}", fullmatch=True), min_size=1, max_size=4
+)
+
+
+@given(HOSTS, st.sampled_from([",", ", "]))
+def test_bootstrap_servers_accept_any_host_port_list(hosts: list[str], sep: str) -> None:
+    servers = sep.join(hosts)
+    assert re.fullmatch(BOOTSTRAP_SERVERS_PATTERN, servers)
+    KafkaSink(topic="out", bootstrap_servers=servers)
+
+
+@given(HOSTS, st.sampled_from(["", " ", "\t", ",", " ,"]), st.booleans())
+def test_bootstrap_servers_refuse_blank_or_empty_entries(
+    hosts: list[str], bad: str, at_start: bool
+) -> None:
+    servers = bad + ",".join(hosts) if at_start else ",".join(hosts) + bad
+    if bad == "":
+        servers = ""
+    with pytest.raises(ValidationError):
+        KafkaSink(topic="out", bootstrap_servers=servers)

@@ -181,3 +181,34 @@ def test_snapshot_crd_is_immutable_and_names_fit_a_topic() -> None:
     assert version["subresources"] == {"status": {}}
     assert doc["spec"]["names"]["shortNames"] == ["sps"]
     assert root["properties"]["spec"]["required"] == ["pipeline"]
+
+
+def _patterns(node: Any) -> list[str]:
+    """Every regular expression in a schema: `pattern`s and the literals of CEL matches()."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if (key == "pattern" and isinstance(value, str)) or (
+                key == "rule" and isinstance(value, str) and "matches(" in value
+            ):
+                found.append(value)
+            else:
+                found += _patterns(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += _patterns(value)
+    return found
+
+
+@pytest.mark.parametrize("crd", [build_crd(), yaml.safe_load(snapshot_crd_yaml())],
+                         ids=["pipelines", "snapshots"])  # fmt: skip
+def test_no_pattern_depends_on_the_engines_idea_of_unicode(crd: dict[str, Any]) -> None:
+    """validate runs the schema's patterns with pydantic's Rust regex, the API server with
+    Go's RE2: `\\w`, `\\d` and `\\s` mean Unicode classes in one and ASCII in the other (a
+    callable named `modülé:fn` passed validate and not kubectl apply). Explicit ASCII
+    classes mean the same in both."""
+    patterns = _patterns(crd)
+    assert patterns  # the walk finds them
+    unicode_dependent = [p for p in patterns if any(c in p for c in
+                         ("\\w", "\\W", "\\d", "\\D", "\\s", "\\S", "\\b", "\\B"))]  # fmt: skip
+    assert unicode_dependent == []
