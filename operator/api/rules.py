@@ -41,6 +41,7 @@ from streamherd.operator.api.v1alpha1 import (
     StreamPipeline,
     StreamPipelineSpec,
     exactly_once_spec_problem,
+    parse_time_ms,
     postgres_result_fields,
 )
 from streamherd.workers.config import parse_duration
@@ -426,6 +427,9 @@ _MOUNT_OVERLAP = " || ".join(
 )
 
 
+_UNIX_EPOCH: Final = "1970-01-01T00:00:00Z"
+
+
 def _not_internal(topic: str) -> bool:
     return not topic.startswith(INTERNAL_TOPIC_PREFIX)
 
@@ -771,6 +775,27 @@ RULES: Final[tuple[Rule, ...]] = (
             f"{_CLUSTER.format('sink.kafka')} != {_CLUSTER.format('deadLetter')}"
         ),
         holds=_sink_is_not_dead_letter,
+    ),
+    # -- times: a real date, not before 1970 (the workers take Unix milliseconds, and CEL's
+    # timestamp() refuses what datetime refuses: month 13, February 30)
+    Rule(
+        name="startFrom time is a real date from 1970 on",
+        # On the field itself: CEL reports a date timestamp() cannot read (an evaluation
+        # error) at the node the rule is on, so that is where the field is named.
+        at="spec.source.kafka.startFrom",
+        message="startFrom must be earliest, latest or an RFC 3339 time from 1970 on",
+        cel=(
+            "self in ['earliest', 'latest'] || "
+            f"timestamp(self) >= timestamp('{_UNIX_EPOCH}')"
+        ),
+        holds=lambda s: s in ("earliest", "latest") or parse_time_ms(s) >= 0,
+    ),
+    Rule(
+        name="replayFrom is a real date from 1970 on",
+        at="spec.upgrade.replayFrom",
+        message="replayFrom must be an RFC 3339 time from 1970 on",
+        cel=f"timestamp(self) >= timestamp('{_UNIX_EPOCH}')",
+        holds=lambda s: parse_time_ms(s) >= 0,
     ),
     # -- upgrades
     Rule(

@@ -180,6 +180,16 @@ BOTH: list[Case] = [
                               "bootstrapServers": "kafka-bootstrap.kafka:9092 "})),
     case("source cluster with an empty entry", KAFKA, "spec.source.kafka.bootstrapServers",
          ("spec.source.kafka.bootstrapServers", "a:9092,,b:9092")),
+    # times: real dates from 1970 on (the workers take Unix milliseconds)
+    case("startFrom before 1970", KAFKA, "spec.source.kafka.startFrom",
+         ("spec.source.kafka.startFrom", "1969-12-31T23:59:59Z")),
+    case("startFrom on February 30", KAFKA, "spec.source.kafka.startFrom",
+         ("spec.source.kafka.startFrom", "2026-02-30T00:00:00Z")),
+    case("replayFrom in the year 0", KAFKA, "spec.upgrade.replayFrom",
+         ("spec.upgrade", {"onStateChange": "replay", "replayFrom": "0000-01-01T00:00:00Z"})),
+    case("replayFrom before 1970 by its offset", KAFKA, "spec.upgrade.replayFrom",
+         ("spec.upgrade", {"onStateChange": "replay",
+                           "replayFrom": "1970-01-01T00:30:00+01:00"})),
     # topics
     case("sink into its own repartition topic", KAFKA, "spec.sink.kafka.topic",
          ("spec.sink.kafka.topic", "streamherd.default.clicks-per-minute.repartition")),
