@@ -784,10 +784,7 @@ RULES: Final[tuple[Rule, ...]] = (
         # error) at the node the rule is on, so that is where the field is named.
         at="spec.source.kafka.startFrom",
         message="startFrom must be earliest, latest or an RFC 3339 time from 1970 on",
-        cel=(
-            "self in ['earliest', 'latest'] || "
-            f"timestamp(self) >= timestamp('{_UNIX_EPOCH}')"
-        ),
+        cel=(f"self in ['earliest', 'latest'] || timestamp(self) >= timestamp('{_UNIX_EPOCH}')"),
         holds=lambda s: s in ("earliest", "latest") or parse_time_ms(s) >= 0,
     ),
     Rule(
