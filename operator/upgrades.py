@@ -32,7 +32,9 @@ from pydantic import ValidationError
 
 from streamherd.operator.api.v1alpha1 import KIND, Upgrade
 from streamherd.operator.builders.meta import CONFIG_KEY, Manifest
+from streamherd.operator.builders.worker_config import build_worker_config
 from streamherd.operator.conditions import Cond
+from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import load_documents, parse_pipeline
 from streamherd.workers.config import ProcessorConfig, WorkerConfig
 from streamherd.workers.fingerprint import (
@@ -304,7 +306,18 @@ def state_diff_files(files: Sequence[str], out: TextIO, err: TextIO) -> int:
             err.write(f"{file}: invalid\n" + "".join(f"  {p}\n" for p in problems))
             return 2
         pipelines.append(pipeline)
-    before, after = (describe(p.spec.processor) for p in pipelines)
+    # The description the operator compares: that of the rendered WorkerConfig (the window
+    # and the repartition decision), not of the processor alone, which left an edit that
+    # starts or stops repartitioning "compatible" here and held by the operator.
+    described = []
+    for file, pipeline in zip(files, pipelines, strict=True):
+        try:
+            config = build_worker_config(pipeline, OperatorSettings())
+        except Exception as e:  # noqa: BLE001 - as the reconciler: a spec it cannot build
+            err.write(f"{file}: the operator cannot build this spec: {e}\n")
+            return 2
+        described.append(config_fingerprint(config)[1])
+    before, after = described
     backends = (pipelines[0].spec.checkpoint.backend, pipelines[1].spec.checkpoint.backend)
     decision = decide(before, after, pipelines[1].spec.upgrade, backends=backends)
     out.write(f"state fingerprint: {fingerprint(before)} -> {decision.desired_fingerprint}\n")

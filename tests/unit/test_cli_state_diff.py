@@ -12,6 +12,12 @@ import pytest
 import yaml
 
 from streamherd.cli import main
+from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.builders.worker_config import build_worker_config
+from streamherd.operator.settings import OperatorSettings
+from streamherd.operator.upgrades import decide
+from streamherd.operator.validation import parse_pipeline
+from streamherd.workers.fingerprint import config_fingerprint
 from tests.infra.paths import EXAMPLES_DIR
 
 EXAMPLES = EXAMPLES_DIR
@@ -78,3 +84,34 @@ def test_an_invalid_manifest_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 2 and "replayFrom" in err
     code, _, err = diff(tmp_path, capsys, "kind: ConfigMap\n")
     assert code == 2 and "expected one StreamPipeline" in err
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"keyedBy": "page"},  # the input keyed by the window's key: the hop goes away
+        {"keyedBy": "user"},  # still not keyed by page: the hop stays
+    ],
+    ids=["hop-removed", "hop-kept"],
+)
+def test_state_diff_says_what_the_operator_decides(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: dict[str, Any]
+) -> None:
+    """state-diff compares what the operator compares: the rendered WorkerConfig's state,
+    repartition included (it compared the processor alone, so an edit that stops
+    repartitioning printed 'compatible' while the operator held it)."""
+    after = copy.deepcopy(BEFORE)
+    after["spec"]["source"]["kafka"].update(edit)
+    code, out, _ = diff(tmp_path, capsys, after)
+    before_config = build_worker_config(parse_pipeline(BEFORE)[0], OperatorSettings())  # type: ignore[arg-type]
+    after_config = build_worker_config(parse_pipeline(after)[0], OperatorSettings())  # type: ignore[arg-type]
+    operator = decide(
+        config_fingerprint(before_config)[1],
+        config_fingerprint(after_config)[1],
+        StreamPipeline.model_validate(after).spec.upgrade,
+    )
+    assert (code == 0) == (operator.action == "roll")
+    if edit["keyedBy"] == "page":
+        assert code == 1 and "repartition" in out
+    else:
+        assert code == 0
