@@ -595,6 +595,29 @@ RULES: Final[tuple[Rule, ...]] = (
         ),
         holds=_postgres_without_window,
     ),
+    *(
+        Rule(
+            name=f"postgres {field} are unique",
+            at="spec.sink.postgres",
+            field=f".{field}",
+            message=(
+                f"sink.postgres.{field} must not name a column twice (the worker refuses it, "
+                "and PostgreSQL refuses a column or a primary key column given twice)"
+            ),
+            # The API server's own check: the field is a list of type set (the schema, in
+            # operator/api/v1alpha1.py): "Duplicate value", naming the item. A CEL
+            # comprehension over 256 items is over the API server's cost budget.
+            cel=None,
+            holds=holds,
+        )
+        for field, holds in (
+            ("columns", lambda p: p.columns is None or len(set(p.columns)) == len(p.columns)),
+            (
+                "keyColumns",
+                lambda p: p.key_columns is None or len(set(p.key_columns)) == len(p.key_columns),
+            ),
+        )
+    ),
     Rule(
         name="postgres columns are result fields",
         at="spec",

@@ -372,6 +372,7 @@ class PostgresSink(Model):
         default=None,
         min_length=1,
         max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "set"},  # no column twice
         description=(
             "The upsert key (a primary key or unique index on these columns must exist). "
             "Window results: `key`, `window_start`, `window_end` when omitted. Required "
@@ -382,6 +383,7 @@ class PostgresSink(Model):
         default=None,
         min_length=1,
         max_length=256,
+        json_schema_extra={"x-kubernetes-list-type": "set"},  # no column twice
         description=(
             "Result fields written, one column each. Window results: every field when omitted. "
             "Required without a window step (missing fields are written as NULL)."

@@ -180,6 +180,11 @@ BOTH: list[Case] = [
                               "bootstrapServers": "kafka-bootstrap.kafka:9092 "})),
     case("source cluster with an empty entry", KAFKA, "spec.source.kafka.bootstrapServers",
          ("spec.source.kafka.bootstrapServers", "a:9092,,b:9092")),
+    # columns named twice
+    case("postgres column named twice", PG_EOS, "spec.sink.postgres.columns",
+         ("spec.sink.postgres.columns", ["key", "key", "window_start", "window_end"])),
+    case("postgres key column named twice", PG_EOS, "spec.sink.postgres.keyColumns",
+         ("spec.sink.postgres.keyColumns", ["key", "key"])),
     # times: real dates from 1970 on (the workers take Unix milliseconds)
     case("startFrom before 1970", KAFKA, "spec.source.kafka.startFrom",
          ("spec.source.kafka.startFrom", "1969-12-31T23:59:59Z")),
