@@ -45,8 +45,13 @@ _SASL_MODES: Final = {
 }
 
 
+#: KEDA's pollingInterval and cooldownPeriod are int32 seconds (68 years): a duration
+#: beyond them is held at that, as good as forever, and not refused by KEDA's API.
+_INT32_MAX: Final = 2**31 - 1
+
+
 def _seconds(duration: str) -> int:
-    return math.ceil(parse_duration(duration))
+    return min(math.ceil(parse_duration(duration)), _INT32_MAX)
 
 
 def _scale_target(pipeline: StreamPipeline) -> dict[str, str]:

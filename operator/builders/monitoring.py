@@ -62,7 +62,10 @@ def build_service_monitor(pipeline: StreamPipeline, settings: OperatorSettings) 
 
 
 def _seconds(text: str) -> str:
-    return f"{int(parse_duration(text))}"
+    """A duration as a PromQL number of seconds, exact to the millisecond (`500ms` is 0.5:
+    truncating it to 0 made `age > 0`, an alert that always fires)."""
+    whole, ms = divmod(round(parse_duration(text) * 1000), 1000)
+    return f"{whole}.{ms:03d}".rstrip("0") if ms else f"{whole}"
 
 
 def build_prometheus_rule(pipeline: StreamPipeline, settings: OperatorSettings) -> Manifest:

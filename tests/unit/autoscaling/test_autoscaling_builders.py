@@ -56,6 +56,18 @@ def test_hpa_on_the_external_lag_metric() -> None:
     assert spec["behavior"]["scaleUp"]["stabilizationWindowSeconds"] == 0
 
 
+@pytest.mark.parametrize(
+    ("duration", "seconds"),
+    [("999999h", 2**31 - 1), ("596524h", 2**31 - 1), ("596523h", 596523 * 3600), ("1ms", 1)],
+)
+def test_keda_intervals_stay_within_int32(duration: str, seconds: int) -> None:
+    """KEDA's pollingInterval and cooldownPeriod are int32 seconds: 999999h (3.6e9 s, a
+    duration the manifest allows) would be refused by KEDA's API; it is held at 2**31-1."""
+    p = _pipeline("keda", minReplicas=0, idleTimeout=duration, pollInterval=duration)
+    spec = build_scaled_object(p, SETTINGS)["spec"]
+    assert spec["pollingInterval"] == spec["cooldownPeriod"] == seconds
+
+
 def test_scaled_object_maps_every_field() -> None:
     p = _pipeline(
         "keda",

@@ -11,10 +11,13 @@ should not (slow consumers, flat lag, a one-minute blip, a healthy pipeline).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streamherd.operator.builders.monitoring import (
     METRIC_DEAD_LETTERED,
@@ -204,3 +207,19 @@ def test_the_engine_exports_when_its_dead_letter_counters_were_created() -> None
         labels = f'{{pipeline="clicks",reason="{reason}"}}'
         assert f"{METRIC_DEAD_LETTERED}{labels} 0.0" in text
         assert f"{METRIC_DEAD_LETTERED_CREATED}{labels} " in text
+
+
+@given(st.integers(1, 10**9))
+def test_the_checkpoint_age_threshold_is_the_duration_to_the_millisecond(ms: int) -> None:
+    """`checkpointAgeAlert: 500ms` was truncated to `> 0`: an alert firing all the time."""
+    whole, part = divmod(ms, 1000)
+    text = "".join(
+        f"{v}{unit}"
+        for v, unit in ((whole // 3600, "h"), (whole % 3600 // 60, "m"), (whole % 60, "s"),
+                        (part, "ms"))
+        if v
+    )  # fmt: skip
+    rules = rule_groups(pipeline(checkpointAgeAlert=text))["groups"][0]["rules"]
+    [expr] = [r["expr"] for r in rules if "checkpoint_age" in r["expr"]]
+    threshold = expr.rsplit(">", 1)[1].strip()
+    assert Decimal(threshold) == Decimal(ms) / 1000, (text, expr)
