@@ -40,6 +40,7 @@ __all__ = [
     "encode_value",
     "key_text",
     "key_value",
+    "output_key_text",
     "text_of",
 ]
 
@@ -90,6 +91,44 @@ def key_value(key: Any) -> Any:
 def key_text(key: Any) -> str:
     """A key in state form as text in output keys (:func:`text_of` its JSON value)."""
     return key if type(key) is str else text_of(key_value(key))
+
+
+def output_key_text(key: Any) -> str:
+    """A key in state form as the first part of its windows' output keys: one text per
+    key, never two keys' (`"1"` the string and `1` the number were both `1`).
+
+    A string is written as it is, unless it reads as JSON (`1`, `true`, `null`, `["a"]`,
+    `"x"`): then as a JSON string (`"1"`). Any other key is compact JSON, which is never a
+    JSON string. So a text that is not JSON is a plain string key, a JSON string text is a
+    string key, and any other JSON is the key of that type. A bytes key (a raw source's
+    Kafka key) is its UTF-8 text, written as a string of that text is; bytes that are not
+    UTF-8 are `{"bytes":"<base64>"}`, a JSON object, which no key can be (replacing the
+    invalid bytes made `\xff` and `\xfe` one key). (The repartition hop picks partitions
+    by :func:`key_text`, which this leaves as it is.)"""
+    if type(key) is bytes:
+        try:
+            key = key.decode("utf-8")
+        except UnicodeDecodeError:
+            return '{"bytes":"' + base64.b64encode(key).decode() + '"}'
+    if type(key) is str:
+        try:
+            orjson.loads(key)
+        except orjson.JSONDecodeError:
+            return key
+        return orjson.dumps(key).decode()
+    return text_of(_utf8_items(key_value(key)))
+
+
+def _utf8_items(value: Any) -> Any:
+    """Bytes inside an array key as in :func:`output_key_text`: text, or the object form."""
+    if type(value) is list:
+        return [_utf8_items(v) for v in value]
+    if type(value) is bytes:
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"bytes": base64.b64encode(value).decode()}
+    return value
 
 
 def text_of(value: Any) -> str:

@@ -36,7 +36,7 @@ import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from streamherd.workers.config import WindowSpec, parse_duration
@@ -57,6 +57,7 @@ from streamherd.workers.values import (
     encode_value,
     key_text,
     key_value,
+    output_key_text,
 )
 
 Record = Mapping[str, Any]
@@ -114,16 +115,26 @@ def ordered_value(value: Any) -> bool:
     return kind is int or kind is float or kind is str
 
 
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def iso_ms(epoch_ms: int) -> str:
-    """Epoch milliseconds as ISO 8601 UTC with millisecond precision: 2026-01-01T00:00:10.000Z."""
-    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+    """Epoch milliseconds as ISO 8601 UTC with millisecond precision: 2026-01-01T00:00:10.000Z.
+
+    The year always has four digits (`0999-...`): strftime's `%Y` does not pad on glibc,
+    and `999-12-31` is not ISO 8601, sorts after `1970-...` as text, and PostgreSQL reads
+    `1-01-01` as 2001. Integer arithmetic, no float seconds."""
+    m = _EPOCH + timedelta(milliseconds=epoch_ms)
+    return (
+        f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
+        f".{m.microsecond // 1000:03d}Z"
+    )
 
 
 def output_key(key: Any, window_start_ms: int) -> str:
     """Deterministic output key ``<key>|<window_start>`` of a key in state form
     (``values.canonical_key``): a replayed window overwrites."""
-    return f"{key_text(key)}|{iso_ms(window_start_ms)}"
+    return f"{output_key_text(key)}|{iso_ms(window_start_ms)}"
 
 
 class EventTimeError(ValueError):
@@ -603,7 +614,7 @@ class PartitionWindows:
             text = texts.get(start)
             if text is None:
                 text = texts[start] = (iso_ms(start), iso_ms(start + size))
-            out.append((f"{key_text(key)}|{text[0]}", plan.result(key, start, acc, text)))
+            out.append((f"{output_key_text(key)}|{text[0]}", plan.result(key, start, acc, text)))
         self.first_end = min(s for _, s in windows) + size if windows else None
         return out
 

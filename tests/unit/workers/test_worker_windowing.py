@@ -3,6 +3,8 @@ and a hypothesis property: the engine's windows equal a naive reference aggregat
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -13,6 +15,8 @@ from hypothesis import strategies as st
 from streamherd.workers.config import WindowSpec
 from streamherd.workers.values import key_text
 from streamherd.workers.windowing import (
+    ISO_MAX_MS,
+    ISO_MIN_MS,
     PartitionWindows,
     WindowPlan,
     iso_ms,
@@ -48,6 +52,24 @@ def test_iso_and_output_key() -> None:
     assert iso_ms(1767225600123) == "2026-01-01T00:00:00.123Z"
     assert output_key("alice", 1767225600000) == "alice|2026-01-01T00:00:00.000Z"
     assert output_key(7, 0) == "7|1970-01-01T00:00:00.000Z"
+
+
+@given(st.integers(ISO_MIN_MS, ISO_MAX_MS))
+def test_iso_ms_is_iso_8601_for_every_time_a_window_may_have(epoch_ms: int) -> None:
+    """Four-digit years (glibc's %Y does not pad: `999-12-31` sorted after `1970-...` and
+    PostgreSQL read `1-01-01` as 2001), exact to the millisecond, and sorted as the times
+    are (so text order is time order)."""
+    text = iso_ms(epoch_ms)
+    assert re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[.][0-9]{3}Z", text)
+    back = datetime.fromisoformat(text)
+    assert (back - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1) == epoch_ms
+    assert epoch_ms == ISO_MAX_MS or iso_ms(epoch_ms) < iso_ms(epoch_ms + 1)
+
+
+def test_iso_ms_pads_early_years() -> None:
+    assert iso_ms(ISO_MIN_MS) == "0001-01-01T00:00:00.000Z"
+    assert iso_ms(-30_610_224_000_000) == "1000-01-01T00:00:00.000Z"
+    assert iso_ms(-30_610_224_000_001) == "0999-12-31T23:59:59.999Z"
 
 
 def test_tumbling_boundaries_are_half_open() -> None:
