@@ -29,7 +29,7 @@ from streamherd.workers.kafkaclients import producer_config
 from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics, SinkMetrics
 from streamherd.workers.processing import Failure, SourceMessage, encode_output, error_headers
-from streamherd.workers.sinks_postgres import PostgresSink
+from streamherd.workers.sinks_postgres import PostgresSink, postgres_refusal
 from streamherd.workers.sinks_postgres_offsets import (
     CommittedMetadata,
     Fence,
@@ -335,7 +335,14 @@ class Outputs:
             return sources[i] if many else sources  # type: ignore[index]
 
         if self._postgres is not None:
-            self._postgres.write([value for _, value in rows])
+            accepted = []
+            for i, (_, value) in enumerate(rows):
+                refused = postgres_refusal(value)
+                if refused is None:
+                    accepted.append(value)
+                else:  # never storable: retrying it would stop the pipeline for good
+                    self._refuse(source_of(i), None, value, SinkRefusedError(refused))
+            self._postgres.write(accepted)
             return
         if self._sink_producer is None:
             lines = []

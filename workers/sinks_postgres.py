@@ -174,6 +174,63 @@ def dedupe(rows: Sequence[Row], key_index: Sequence[int]) -> list[Row]:
     return list(by_key.values())
 
 
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
+def postgres_refusal(value: Mapping[str, Any] | bytes) -> str | None:
+    """Why PostgreSQL can never store this result, whatever the table, or None.
+
+    A string holding the NUL character (U+0000): text, varchar, json and jsonb all refuse
+    it. Such a result would be retried forever and stop the pipeline, so the outputs
+    dead-letter it instead (reason ``sink``). Other refusals depend on the table (a type,
+    a constraint) and can be mended there: those are retried."""
+    if isinstance(value, bytes):
+        # JSON text: NUL can only appear escaped (\u0000), in a key or a string.
+        return _NUL_MESSAGE if b"\\u0000" in value and _holds_nul(orjson.loads(value)) else None
+    return _NUL_MESSAGE if _holds_nul(value) else None
+
+
+_NUL_MESSAGE: Final = (
+    "PostgreSQL cannot store a string holding the NUL character (U+0000) in any text or JSON column"
+)
+
+
+def upsert_rows(
+    cur: psycopg.Cursor[Any],
+    config: PostgresSinkConfig,
+    rows: Sequence[Row],
+    key_index: Sequence[int],
+    per_statement: int,
+) -> None:
+    """Upsert ``rows`` inside the cursor's open transaction, the last row of each key.
+
+    Two rows that :func:`dedupe` keeps apart can still be one row to the table: the string
+    key "1" and the number key 1 in a text column, 1 and 1.0 in a double precision one.
+    One statement may not touch a row twice (CardinalityViolation, and the write would fail
+    again on every retry: the pipeline stopped for good), so such a chunk is undone to its
+    savepoint and written one row per statement, the last one winning, as it does when the
+    two rows come in different batches."""
+    unique = dedupe(rows, key_index)
+    for i in range(0, len(unique), per_statement):
+        chunk = unique[i : i + per_statement]
+        cur.execute("SAVEPOINT streamherd_rows")
+        try:
+            cur.execute(upsert_statement(config, len(chunk)), [v for r in chunk for v in r])
+        except psycopg.errors.CardinalityViolation:
+            cur.execute("ROLLBACK TO SAVEPOINT streamherd_rows")
+            single = upsert_statement(config, 1)
+            for row in chunk:
+                cur.execute(single, list(row))
+        cur.execute("RELEASE SAVEPOINT streamherd_rows")
+
+
 def table_shape(config: PostgresSinkConfig) -> tuple[list[str], list[int], int]:
     """The column names, the key columns' indexes in a row, and how many rows one upsert
     statement takes (within PostgreSQL's parameter limit): what both PostgreSQL sinks write by."""
@@ -215,7 +272,6 @@ class PostgresSink:
         self._failed: BaseException | None = None
         self._stop = threading.Event()
         self._conn: psycopg.Connection[Any] | None = None
-        self._statements: dict[int, sql.Composed] = {}
         self._report = SinkMetrics(metrics, SINK_LABEL)
         self._report.confirming()
         self._thread = threading.Thread(
@@ -337,17 +393,9 @@ class PostgresSink:
             self._conn = self._connect()
         if not rows:
             return
-        unique = dedupe(rows, self._key_index)
         started = time.perf_counter()
         with self._conn.transaction(), self._conn.cursor() as cur:
-            for i in range(0, len(unique), self._per_statement):
-                chunk = unique[i : i + self._per_statement]
-                statement = self._statements.get(len(chunk))
-                if statement is None:
-                    statement = self._statements[len(chunk)] = upsert_statement(
-                        self.config, len(chunk)
-                    )
-                cur.execute(statement, [v for row in chunk for v in row])
+            upsert_rows(cur, self.config, rows, self._key_index, self._per_statement)
         self._report.written(len(rows), time.perf_counter() - started)
 
     def _run(self) -> None:

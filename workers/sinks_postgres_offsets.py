@@ -56,10 +56,9 @@ from streamherd.workers.sinks_postgres import (
     conninfo_from_env,
     create_if_absent,
     create_table_statement,
-    dedupe,
     rows_of,
     table_shape,
-    upsert_statement,
+    upsert_rows,
 )
 from streamherd.workers.twophase import (
     SIDE_TABLE,
@@ -616,10 +615,7 @@ class PostgresTransactionalSink:
                 conn.execute("ROLLBACK")
 
     def _write_rows(self, cur: psycopg.Cursor[Any], rows: Sequence[Row]) -> None:
-        unique = dedupe(rows, self._key_index)
-        for i in range(0, len(unique), self._per_statement):
-            chunk = unique[i : i + self._per_statement]
-            cur.execute(upsert_statement(self.config, len(chunk)), [v for r in chunk for v in r])
+        upsert_rows(cur, self.config, rows, self._key_index, self._per_statement)
 
     def _write_offsets(
         self, cur: psycopg.Cursor[Any], offsets: Sequence[tuple[str, int, int]], generation: str

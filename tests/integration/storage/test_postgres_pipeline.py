@@ -266,3 +266,35 @@ def test_postgres_stopped_and_restarted_mid_run_loses_nothing(
         assert metric(worker, "streamherd_paused") == 0
     finally:
         worker.stop()
+
+
+def test_a_result_postgres_can_never_store_is_dead_lettered_and_the_rest_goes_on(
+    kafka_broker: KafkaBroker, postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key holding the NUL character is valid JSON and folds like any other, but no text
+    or JSON column can store it: the sink used to retry its window's row forever (no
+    checkpoint again: one record stopped the pipeline). Now that result goes to the
+    dead-letter topic with reason sink, and every other window reaches the table."""
+    monkeypatch.setenv(DSN_ENV, postgres_dsn)
+    src, dlq = topics(kafka_broker)
+    total = 2_000
+    records = list(clicks(0, total))
+    hostile = ("nul", {"id": -2, "user": "a\u0000b", "bytes": 5, "ts": records[0][1]["ts"]})
+    kafka_broker.produce(src, [*records[:1000], hostile, *records[1000:]])
+    flush_markers(kafka_broker, src, PARTITIONS, records[-1][1]["ts"])
+    worker = Worker.create(tmp_path, "w", pg_config(kafka_broker, src, dlq, tmp_path / "ck"))
+    worker.start()
+    try:
+        assert_table_equals_reference(postgres_dsn, total, [worker])
+        [letter] = kafka_broker.consume_all(dlq, min_records=1, timeout=60)
+        named = dict(letter.headers)
+        assert named["streamherd.error.reason"] == b"sink"
+        assert b"NUL" in (named["streamherd.error.message"] or b"")
+        assert b"a\\u0000b" in (letter.value or b"")  # the result, whole, as JSON
+        assert metric(worker, "streamherd_results_dead_lettered_total") == 1
+        assert metric(worker, "streamherd_sink_up") == 1
+        before = metric(worker, "streamherd_checkpoints_total") or 0
+        wait_until("checkpoints go on", lambda: (metric(worker, "streamherd_checkpoints_total")
+                                                 or 0) > before, 60, [worker])  # fmt: skip
+    finally:
+        worker.stop()

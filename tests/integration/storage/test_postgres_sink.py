@@ -92,6 +92,29 @@ def test_upserts_in_batches_and_replays_change_nothing(postgres_dsn: str) -> Non
     assert (sample(metrics, "streamherd_sink_write_duration_seconds_count") or 0) >= 60 / 7
 
 
+def test_keys_the_table_holds_as_one_row_never_stop_the_sink(postgres_dsn: str) -> None:
+    """The string key "1" and the number key 1 are two windows but one row of a text key
+    column, as 1 and 1.0 are in a double precision one: a statement upserting both failed
+    (ON CONFLICT cannot touch a row twice) on every retry, and the pipeline stopped. Now the
+    last one wins, as when they come in different batches, and the sink goes on."""
+    metrics = EngineMetrics("p")
+    sink = PostgresSink(window_config(batchRows=50), "ns/p", metrics, env={ENV: postgres_dsn})
+    try:
+        texts = {**row(0, 0, 1), "key": "1"}
+        number = {**row(0, 0, 2), "key": 1}
+        sink.write([row(5, 1, 7), texts, number, row(6, 1, 8)])
+        assert sink.flush(30), "the sink is stuck"
+        sink.write([number, texts])  # the other order: the string is last
+        assert sink.flush(30), "the sink is stuck"
+    finally:
+        sink.close()
+    got = table(postgres_dsn)
+    assert got[("1", 0)] == (1, 1 / 4)
+    assert got[("user-5", 1)] == (7, 7 / 4) and got[("user-6", 1)] == (8, 8 / 4)
+    assert sample(metrics, "streamherd_sink_up") == 1
+    assert sample(metrics, "streamherd_sink_errors_total", kind="sql") is None
+
+
 def test_outage_keeps_rows_until_the_server_is_back(
     postgres_server: PostgresServer, postgres_dsn: str
 ) -> None:

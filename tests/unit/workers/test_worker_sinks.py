@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,6 +27,7 @@ from streamherd.workers.sinks import (
     message_size,
     shorter,
 )
+from streamherd.workers.sinks_postgres import postgres_refusal
 
 HEADERS = [("streamherd.error", b"TypeError"), ("streamherd.source.offset", b"7")]
 
@@ -109,3 +111,33 @@ def test_a_confirming_sink_reports_its_series_under_its_label_and_nothing_withou
     for call in (alone.confirming, alone.result_dead_lettered, alone.dead_letter_lost):
         call()
     alone.written(1, 0.1)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False,
+    allow_infinity=False) | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                max_size=3),
+    max_leaves=8,
+)  # fmt: skip
+
+
+@given(st.dictionaries(st.text(max_size=4), JSON_VALUES, max_size=4))
+def test_postgres_refuses_exactly_the_results_holding_nul_in_either_form(
+    result: dict[str, object],
+) -> None:
+    """The outputs dead-letter what PostgreSQL can never store: a NUL anywhere, in a key or
+    a string, nested or not; the same verdict for a result as a dict and as JSON bytes."""
+    holds = any("\x00" in s for s in _strings(result))
+    as_dict, as_bytes = postgres_refusal(result), postgres_refusal(orjson.dumps(result))
+    assert (as_dict is not None) == holds == (as_bytes is not None)
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
