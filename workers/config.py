@@ -391,9 +391,7 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 class KafkaSecurity(Model):
     """librdkafka security settings; secret material is referenced, never inlined."""
 
-    protocol: SecurityProtocol = Field(
-        default="PLAINTEXT", description="security.protocol"
-    )
+    protocol: SecurityProtocol = Field(default="PLAINTEXT", description="security.protocol")
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
         default=None, description="sasl.mechanism"
     )
