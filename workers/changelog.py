@@ -143,6 +143,7 @@ def encode(checkpoint: Checkpoint) -> Records:
         "group": checkpoint.group,
         "committed": checkpoint.committed,
         "restoredFrom": checkpoint.restored_from,
+        "cluster": checkpoint.cluster,
         "state": rest,
         "windows": windowed,
     }
@@ -179,6 +180,7 @@ def decode(topic: str, partition: int, records: Mapping[bytes, bytes]) -> Checkp
             group=doc.get("group"),
             committed=doc.get("committed"),
             restored_from=doc.get("restoredFrom"),
+            cluster=doc.get("cluster"),
         )
     except (ValueError, KeyError, TypeError, IndexError) as error:
         raise CheckpointError(f"unreadable changelog of {topic}[{partition}]: {error}") from None

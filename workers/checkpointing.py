@@ -99,6 +99,10 @@ class Checkpoint:
     # The snapshot this partition's state was restored from (carried by every later
     # checkpoint, so a restart does not restore it again); None if never restored.
     restored_from: str | None = None
+    # The Kafka cluster (its cluster id) the offsets belong to; None when it was not known
+    # (a generator source, a checkpoint of an earlier version). A checkpoint of another
+    # cluster is never restored: its offsets and state mean nothing there (the engine).
+    cluster: str | None = None
     # An incremental checkpoint: ``state`` holds everything but its "windows", and this the
     # windows changed since the backend's committed checkpoint of the partition, each
     # ``[key, start, accumulator]`` or ``[key, start, None]`` (closed: deleted). None: a full
@@ -161,6 +165,8 @@ def _document(checkpoint: Checkpoint) -> dict[str, Any]:
         doc["committed"] = checkpoint.committed
     if checkpoint.restored_from is not None:
         doc["restoredFrom"] = checkpoint.restored_from
+    if checkpoint.cluster is not None:
+        doc["cluster"] = checkpoint.cluster
     return doc
 
 
@@ -194,6 +200,7 @@ def _checkpoint_of(doc: Mapping[str, Any]) -> Checkpoint:
         group=doc.get("group"),
         committed=doc.get("committed"),
         restored_from=doc.get("restoredFrom"),
+        cluster=doc.get("cluster"),
     )
 
 

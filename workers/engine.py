@@ -19,6 +19,7 @@ are emitted again with the same deterministic key (at-least-once output).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -443,6 +444,16 @@ class Engine:
         except CheckpointFormatError as error:  # a newer streamherd wrote it: hold (0156)
             checkpoint, start = None, None
             self._hold_unreadable(st, error)
+        if (
+            checkpoint is not None
+            and not st.from_snapshot
+            and self._foreign_cluster(st, checkpoint)
+        ):
+            # Never restored: its offsets and state are of another cluster's log. Held
+            # (refuse), or the partition starts as a new one would: the group's committed
+            # offset on this cluster, or startFrom (reset), or the replay time (replay).
+            checkpoint = None
+            start = committed[0] if committed is not None else None
         plan = self.processor.window
         if checkpoint is not None:
             st.next_offset = checkpoint.next_offset
@@ -551,6 +562,63 @@ class Engine:
         self.metrics.set_partition("streamherd_state_restore_refused", st.topic, st.partition, 1)
         log_event(log, logging.ERROR, "state-version-unsupported", topic=st.topic,
                   partition=st.partition, error=str(error))  # fmt: skip
+
+    def _cluster_id(self) -> str | None:
+        source = self.source
+        return source.cluster_id if source is not None else None
+
+    def _foreign_cluster(self, st: PartitionState, checkpoint: Checkpoint) -> bool:
+        """Whether ``checkpoint`` was written against another Kafka cluster than the source
+        reads now (its bootstrapServers edited to another cluster, or the cluster rebuilt
+        under the same name): then its offsets point into another log, and restoring it
+        would skip records or fold another cluster's into this one's windows, without an
+        error. Kafka's cluster id tells, so a new address of the same cluster is no change.
+        A checkpoint or a source without an id (an earlier version, a broker that did not
+        answer at start) is not judged. The policy is the state policy's: refuse holds the
+        partition, reset and replay keep the checkpoint as a snapshot and start anew."""
+        now = self._cluster_id()
+        if checkpoint.cluster is None or now is None or checkpoint.cluster == now:
+            return False
+        policy = self.state_policy.on_fingerprint_mismatch
+        fields = {
+            "topic": st.topic,
+            "partition": st.partition,
+            "checkpoint_cluster": checkpoint.cluster,
+            "cluster": now,
+            "policy": policy,
+        }
+        if policy == "refuse":
+            st.held = (
+                f"{st.topic}[{st.partition}]: its checkpoint is of Kafka cluster "
+                f"{checkpoint.cluster}, and the source is now cluster {now}: the offsets and "
+                "state of another cluster's log are not restored (spec.upgrade.onStateChange: "
+                "refuse; reset starts the partition anew on this cluster, replay from a time)"
+            )
+            self.metrics.set_partition(
+                "streamherd_state_restore_refused", st.topic, st.partition, 1
+            )
+            log_event(log, logging.ERROR, "state-restore-refused", **fields)
+            return True
+        name = snapshot_name(checkpoint.fingerprint or "legacy", self.fingerprint)
+        name = f"{name}-cluster-{hashlib.sha256(checkpoint.cluster.encode()).hexdigest()[:12]}"
+        try:
+            kept = self.state.keep(name, st.topic, st.partition)
+        except OSError as error:
+            st.held = f"{st.topic}[{st.partition}]: cannot keep a snapshot before {policy}: {error}"
+            self.metrics.set_partition(
+                "streamherd_state_restore_refused", st.topic, st.partition, 1
+            )
+            log_event(log, logging.ERROR, "state-snapshot-failed", error=str(error), **fields)
+            return True
+        self.metrics.counter("streamherd_state_discarded").labels(
+            self.metrics.pipeline, policy
+        ).inc()
+        st.dirty = True  # the next checkpoint records this cluster: not applied again
+        if policy == "replay":
+            st.replay_from_ms = self.state_policy.replay_from_ms
+        log_event(log, logging.WARNING, "state-discarded", snapshot=str(kept),
+                  reason="another Kafka cluster", **fields)  # fmt: skip
+        return True
 
     def _foreign_state(self, checkpoint: Checkpoint) -> bool:
         """Whether a checkpoint holds state written under another fingerprint.
@@ -1601,6 +1669,7 @@ class Engine:
                     committed=committed,
                     restored_from=st.restored_from,
                     generation=generation,
+                    cluster=self._cluster_id(),
                 )
             )
         if pending:

@@ -34,6 +34,10 @@ class Source(Protocol):
 
     name: str
     group_offsets: bool
+    #: The id of the Kafka cluster the offsets are of (Kafka's cluster.id), known once
+    #: :meth:`open` returned; None without a cluster (the generator) or when the brokers
+    #: did not say.
+    cluster_id: str | None
 
     def open(self, assigned: PartitionEvent, revoked: PartitionEvent, lost: PartitionEvent) -> None:
         """Start reading; partition events are served from inside :meth:`poll` (and, for a

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -19,6 +19,8 @@ from streamherd.workers.kafkaclients import consumer_config
 from streamherd.workers.seams import PartitionEvent, Source
 
 CommitCallback = Callable[[Any, list[TopicPartition]], None]
+#: How long a starting worker waits for the cluster's id (one metadata request).
+CLUSTER_ID_TIMEOUT_SECONDS: Final = 10.0
 
 
 class KafkaSource:
@@ -35,6 +37,7 @@ class KafkaSource:
         self.topics = topics
         self._on_commit = on_commit
         self._consumer: Consumer | None = None
+        self.cluster_id: str | None = None
 
     @property
     def consumer(self) -> Consumer:
@@ -43,12 +46,24 @@ class KafkaSource:
 
     def open(self, assigned: PartitionEvent, revoked: PartitionEvent, lost: PartitionEvent) -> None:
         self._consumer = Consumer({**consumer_config(self.config), "on_commit": self._on_commit})
+        self.cluster_id = self._cluster_id(self._consumer)
         self._consumer.subscribe(
             self.topics,
             on_assign=lambda _c, partitions: assigned(partitions),
             on_revoke=lambda _c, partitions: revoked(partitions),
             on_lost=lambda _c, partitions: lost(partitions),
         )
+
+    @staticmethod
+    def _cluster_id(consumer: Consumer) -> str | None:
+        """Kafka's cluster id, from one metadata request before the group is joined (no
+        topic named: a named one may be auto-created); None when no broker answers in
+        time: checkpoints are then written without it and restored unchecked."""
+        try:
+            cluster_id = consumer.list_topics(timeout=CLUSTER_ID_TIMEOUT_SECONDS).cluster_id
+        except KafkaException:
+            return None
+        return str(cluster_id) if cluster_id else None
 
     def poll(self, max_records: int, timeout: float) -> list[Any]:
         return self.consumer.consume(max_records, timeout)
@@ -62,6 +77,7 @@ class KafkaSource:
             "source": "kafka",
             "topics": ",".join(self.config.topics),
             "group": self.config.consumer_group,
+            "cluster": self.cluster_id,
         }
 
     def assign(self, start: list[TopicPartition]) -> None:
@@ -129,6 +145,7 @@ class GeneratorSource:
 
     name = "generator"
     group_offsets = False
+    cluster_id: str | None = None
 
     def __init__(self, config: GeneratorSourceConfig) -> None:
         self.config = config

@@ -27,7 +27,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streamherd.workers.checkpointing import decode
-from tests.infra.kafka import KafkaBroker
+from tests.infra.kafka import KafkaBroker, start_kafka
 from tests.infra.kafkatools import consumer_groups
 from tests.integration.engine.enginekit import (
     BASE_TS,
@@ -330,3 +330,81 @@ def test_start_from_a_time_then_resume_from_the_checkpoint(
         again.stop()
     expected = reference([s for s in sent + more if s.rec["ts"] >= start], 10_000)
     assert_matches(latest_by_key(kafka_broker.consume_all(sink)), expected)
+
+
+def cluster_id(broker: KafkaBroker) -> str:
+    """Kafka's cluster id, as a worker reads it (one metadata request)."""
+    found: object = broker.admin().list_topics(timeout=10).cluster_id
+    assert isinstance(found, str) and found
+    return found
+
+
+def test_a_checkpoint_of_another_cluster_is_never_restored(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """bootstrapServers edited to another cluster that has a topic of the same name (or a
+    cluster rebuilt under the same address): the checkpoints' offsets point into another
+    log. Restored, they skipped records of this one, or folded its records into the other
+    cluster's open windows, with no error. Checkpoints carry Kafka's cluster id: a
+    checkpoint of another cluster is held (refuse), or the partition starts anew on this
+    cluster (reset), its checkpoint kept as a snapshot."""
+    source, _sink, checkpoints, cfg = setup(kafka_broker, tmp_path, "cl")
+    group = cfg["source"]["kafka"]["consumerGroup"]
+    produce_timed(kafka_broker, source, 0, 3000)
+    first = Worker.create(tmp_path, "on-a", cfg).start()
+    try:
+        wait_until("caught up on cluster A", lambda: caught_up(kafka_broker, group, source), 120,
+                   [first])  # fmt: skip
+        stop_cleanly(first)
+    finally:
+        first.stop()
+    files = checkpoint_files(checkpoints, source)
+    a_id = cluster_id(kafka_broker)
+    assert {decode(d).cluster for d in files.values()} == {a_id}
+
+    other = start_kafka()
+    try:
+        b = other.broker
+        assert cluster_id(b) != a_id
+        b.create_topic(source, partitions=PARTITIONS, config=KEEP)  # the same name
+        on_b = produce_timed(b, source, 10_000, 1200)
+        moved = copy.deepcopy(cfg)
+        moved["source"]["kafka"]["bootstrapServers"] = b.bootstrap
+        out_b = b.create_topic(b.unique_topic("life-cl-out"), partitions=PARTITIONS)
+        moved["sink"] = {"kafka": {"topic": out_b, "bootstrapServers": b.bootstrap}}
+
+        held = Worker.create(tmp_path, "on-b-refused", moved).start()
+        try:
+            wait_until(
+                "every partition held",
+                lambda: all(gauge(held, "streamherd_state_restore_refused", partition=str(p)) == 1
+                            for p in range(PARTITIONS)),
+                60, [held],
+            )  # fmt: skip
+            status, body = held.get("/readyz")
+            assert status == 503 and f"of Kafka cluster {a_id}" in body, body
+            assert records_in(held) == 0
+            stop_cleanly(held)
+        finally:
+            held.stop()
+        assert checkpoint_files(checkpoints, source) == files  # byte for byte
+
+        moved["state"] = {"onFingerprintMismatch": "reset"}
+        reset = Worker.create(tmp_path, "on-b-reset", moved).start()
+        try:
+            wait_until("caught up on cluster B", lambda: caught_up(b, group, source), 120,
+                       [reset])  # fmt: skip
+            flush(b, source, BASE_TS + 20_000 * STEP_MS)
+            wait_until("the flush closed every window", lambda: caught_up(b, group, source), 60,
+                       [reset])  # fmt: skip
+            assert gauge(reset, "streamherd_state_discarded_total", reason="reset") == PARTITIONS
+            stop_cleanly(reset)
+        finally:
+            reset.stop()
+        # Exactly cluster B's records: none of A's windows, none of B's skipped.
+        assert_matches(latest_by_key(b.consume_all(out_b)), reference(on_b, 10_000))
+        assert {decode(d).cluster for d in checkpoint_files(checkpoints, source).values()} == {
+            cluster_id(b)
+        }
+    finally:
+        other.stop()

@@ -99,7 +99,7 @@ def norm(cp: Checkpoint | None) -> Any:
         windows = sorted(orjson.dumps(w, option=orjson.OPT_SORT_KEYS) for w in state.pop("windows"))
     return (
         cp.topic, cp.partition, cp.next_offset, cp.pipeline, cp.generation, cp.fingerprint,
-        cp.state_shape, cp.group, cp.committed, cp.restored_from,
+        cp.state_shape, cp.group, cp.committed, cp.restored_from, cp.cluster,
         None if state is None else orjson.dumps(state, option=orjson.OPT_SORT_KEYS), windows,
     )  # fmt: skip
 
@@ -122,7 +122,8 @@ def compacted(log: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes]
 def test_a_checkpoint_round_trips_exactly(
     windows: list[tuple[Any, int, list[Any]]], max_event: int | None, generation: str
 ) -> None:
-    cp = checkpoint(state_of(windows, max_event), 42, generation=generation, restored_from="a-to-b")
+    cp = checkpoint(state_of(windows, max_event), 42, generation=generation,
+                    restored_from="a-to-b", cluster="MkU3OEVBNTcwNTJENDM2Qk")  # fmt: skip
     records = changelog.encode(cp)
     assert norm(changelog.decode("in", 3, records)) == norm(cp)
     # And the state reads back into the same windows, bit for bit.

@@ -22,6 +22,12 @@ def test_round_trip() -> None:
     assert back.written_at > 0
 
 
+def test_the_cluster_id_round_trips_and_an_older_checkpoint_has_none() -> None:
+    cp = Checkpoint("clicks", 3, 1234, {"v": 1}, "ns/p", cluster="MkU3OEVBNTcwNTJENDM2Qk")
+    assert decode(encode(cp)).cluster == "MkU3OEVBNTcwNTJENDM2Qk"
+    assert decode(encode(Checkpoint("clicks", 3, 1234, {"v": 1}, "ns/p"))).cluster is None
+
+
 def test_corruption_is_detected() -> None:
     data = bytearray(encode(Checkpoint("t", 0, 10, None)))
     data[-5] ^= 0x01

@@ -43,6 +43,7 @@ class ListSource:
 
     name = "memory"
     group_offsets = False
+    cluster_id: str | None = None
 
     def __init__(self, stop: threading.Event, stop_after: int | None = None) -> None:
         self.stop, self.stop_after = stop, stop_after
