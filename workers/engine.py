@@ -1218,7 +1218,9 @@ class Engine:
         n_decoded = len(items)
         items = self.processor.run(items, failures)
         stage_failures = len(failures) - (n_in - n_decoded)
-        filtered = max(n_decoded - len(items) - stage_failures, 0)
+        # Source records with no item left, as on the direct path: a user function that
+        # fans one record out must not hide another that a filter dropped.
+        filtered = n_decoded - self.processor.survivors(items) - stage_failures
         # Format 3 (workers/rekeying.py): key, event time and values evaluated here, one
         # message per repartition partition, named by this spec's plan.
         rows, st.max_event_ms, carried = rekey(
