@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from streamherd.operator.api import snapshot, v1alpha1
+from streamherd.operator.api import scheduling, snapshot, v1alpha1
 from streamherd.operator.api.rules import cel_rules_at, rule_paths
 from streamherd.workers.config import DURATION_PATTERN
 
@@ -31,6 +31,18 @@ _PATTERN_FORMATS: dict[str, str] = {
     ),
     v1alpha1.BOOTSTRAP_SERVERS_PATTERN: (
         "Format: host:port entries separated by commas, none empty, without surrounding blanks."
+    ),
+    scheduling.QUALIFIED_NAME: (
+        "Format: a label key, an optional DNS subdomain and '/', then 1 to 63 letters, digits, "
+        "'-', '_' or '.', starting and ending with a letter or digit."
+    ),
+    scheduling.OPTIONAL_QUALIFIED_NAME: (
+        "Format: empty, or a label key (an optional DNS subdomain and '/', then 1 to 63 "
+        "letters, digits, '-', '_' or '.', starting and ending with a letter or digit)."
+    ),
+    scheduling.LABEL_VALUE: (
+        "Format: a label value, empty or up to 63 letters, digits, '-', '_' or '.', starting "
+        "and ending with a letter or digit."
     ),
     v1alpha1.TOPIC_PATTERN: (
         "Format: a Kafka topic name, 1 to 249 letters, digits, '.', '_' or '-', and not '.' "

@@ -34,6 +34,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel
 
+from streamherd.operator.api.scheduling import QUALIFIED_NAME
 from streamherd.operator.api.v1alpha1 import (
     INTERNAL_TOPIC_PREFIX,
     MAX_NAME_LENGTH,
@@ -61,13 +62,6 @@ RESERVED_MOUNT_PATHS: Final = ("/etc/streamherd", "/var/lib/streamherd/checkpoin
 #: Environment variables of the worker container that the operator sets; a Secret's env
 #: entry may not shadow them (nor any future one: the whole prefix is reserved).
 RESERVED_ENV_PREFIX: Final = "STREAMHERD_"
-#: A qualified name, the key of a label or an annotation: an optional DNS-subdomain prefix
-#: and `/`, then up to 63 characters starting and ending alphanumeric. (`[.]`, not an
-#: escaped dot: the pattern goes into a CEL string literal, where `\.` is no escape.)
-QUALIFIED_NAME: Final = (
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
-)
 #: Resource names a worker container may request besides extended resources (`domain/name`).
 STANDARD_RESOURCES: Final = ("cpu", "memory", "ephemeral-storage")
 

@@ -15,15 +15,55 @@ has them (weights 1-100), and otherwise generous sizes that keep a manifest revi
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Final, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from streamherd.workers.config import Model
+from streamherd.workers.config import Model, cel_rules
 
 _NAME_MAX = 317  # a qualified name: a 253-character prefix, a slash and a 63-character name
 _VALUES_MAX = 256
 _TERMS_MAX = 64
+_VALUE_MAX = 253  # a node name (matchFields' metadata.name) is the longest value
+
+#: A qualified name, the key of a label or an annotation: an optional DNS-subdomain prefix
+#: and `/`, then up to 63 characters starting and ending alphanumeric. (`[.]`, not an
+#: escaped dot: the pattern goes into a CEL string literal, where `\.` is no escape.)
+QUALIFIED_NAME: Final = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+#: A label value (empty, or 63 characters at most starting and ending alphanumeric).
+LABEL_VALUE: Final = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+#: A qualified name or nothing (a toleration's key may be empty).
+OPTIONAL_QUALIFIED_NAME: Final = "^(" + QUALIFIED_NAME[1:-1] + ")?$"
+
+# core/v1's cross-field rules of a selector requirement (apimachinery's
+# ValidateLabelSelectorRequirement, core's validateNodeSelectorRequirement): the API server
+# refuses a Deployment that breaks them, so the manifest is refused first, the same way by
+# validate (the model validators) and by the API server (the CEL rules beside them).
+_VALUES_NEEDED = ("In", "NotIn")
+_NO_VALUES = ("Exists", "DoesNotExist")
+_IN_NEEDS_VALUES = (
+    "self.operator in ['In', 'NotIn'] ? has(self.values) && size(self.values) > 0 : true",
+    "values must be given for operator In and NotIn",
+)
+_EXISTS_HAS_NO_VALUES = (
+    "self.operator in ['Exists', 'DoesNotExist'] ? !has(self.values) || size(self.values) == 0"
+    " : true",
+    "values must be empty for operator Exists and DoesNotExist",
+)
+_INTEGER = r"^-?[0-9]{1,18}$"
+
+
+def _selector_problem(operator: str, values: list[str] | None) -> str | None:
+    if operator in _VALUES_NEEDED and not values:
+        return _IN_NEEDS_VALUES[1]
+    if operator in _NO_VALUES and values:
+        return _EXISTS_HAS_NO_VALUES[1]
+    return None
+
 
 SelectorOperator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
 NodeSelectorOperator = Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
@@ -32,13 +72,27 @@ NodeSelectorOperator = Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "L
 class LabelSelectorRequirement(Model):
     """One label condition: `key` `operator` `values`."""
 
-    key: str = Field(min_length=1, max_length=_NAME_MAX, description="The label key.")
+    model_config = cel_rules(_IN_NEEDS_VALUES, _EXISTS_HAS_NO_VALUES)
+
+    key: str = Field(
+        min_length=1,
+        max_length=_NAME_MAX,
+        pattern=QUALIFIED_NAME,
+        description="The label key the condition is on.",
+    )
     operator: SelectorOperator = Field(description="In, NotIn, Exists or DoesNotExist.")
-    values: list[str] | None = Field(
+    values: list[Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]] | None = Field(
         default=None,
         max_length=_VALUES_MAX,
         description="Values for In and NotIn; empty for Exists and DoesNotExist.",
     )
+
+    @model_validator(mode="after")
+    def _values_fit_the_operator(self) -> Self:
+        problem = _selector_problem(self.operator, self.values)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 class LabelSelector(Model):
@@ -55,15 +109,36 @@ class LabelSelector(Model):
 class NodeSelectorRequirement(Model):
     """One node condition: `key` `operator` `values`."""
 
+    model_config = cel_rules(
+        _IN_NEEDS_VALUES,
+        _EXISTS_HAS_NO_VALUES,
+        (
+            "self.operator in ['Gt', 'Lt'] ? has(self.values) && size(self.values) == 1 && "
+            f"self.values[0].matches('{_INTEGER}') : true",
+            "operator Gt and Lt take exactly one value, an integer",
+        ),
+    )
+
     key: str = Field(min_length=1, max_length=_NAME_MAX, description="The label or field key.")
     operator: NodeSelectorOperator = Field(
         description="In, NotIn, Exists, DoesNotExist, Gt or Lt (Gt and Lt take one integer)."
     )
-    values: list[str] | None = Field(
+    values: list[Annotated[str, Field(max_length=_VALUE_MAX)]] | None = Field(
         default=None,
         max_length=_VALUES_MAX,
         description="Values for In, NotIn, Gt and Lt; empty for Exists and DoesNotExist.",
     )
+
+    @model_validator(mode="after")
+    def _values_fit_the_operator(self) -> Self:
+        problem = _selector_problem(self.operator, self.values)
+        if problem is None and self.operator in ("Gt", "Lt"):
+            values = self.values or []
+            if len(values) != 1 or re.fullmatch(_INTEGER, values[0]) is None:
+                problem = "operator Gt and Lt take exactly one value, an integer"
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 class NodeSelectorTerm(Model):
@@ -180,16 +255,38 @@ class Affinity(Model):
 class Toleration(Model):
     """A taint the worker pods tolerate (core/v1 Toleration)."""
 
+    # core/v1's ValidateTolerations, as the API server applies it to the Deployment.
+    model_config = cel_rules(
+        (
+            "(has(self.key) && self.key != '') || "
+            "(has(self.operator) && self.operator == 'Exists')",
+            "operator must be Exists when key is empty (that tolerates every taint)",
+        ),
+        (
+            "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || "
+            "self.value == ''",
+            "value must be empty when operator is Exists",
+        ),
+        (
+            "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "tolerationSeconds needs effect NoExecute",
+        ),
+    )
+
     key: str | None = Field(
         default=None,
         max_length=_NAME_MAX,
+        pattern=OPTIONAL_QUALIFIED_NAME,
         description="The taint key; empty with operator Exists tolerates every taint.",
     )
     operator: Literal["Exists", "Equal"] | None = Field(
         default=None, description="Equal (the default) or Exists."
     )
     value: str | None = Field(
-        default=None, max_length=63, description="The taint value, for operator Equal."
+        default=None,
+        max_length=63,
+        pattern=LABEL_VALUE,
+        description="The taint value, for operator Equal.",
     )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="The taint effect; empty matches every effect."
@@ -198,3 +295,15 @@ class Toleration(Model):
         default=None,
         description="For NoExecute: how long the pod stays bound after the taint appears.",
     )
+
+    @model_validator(mode="after")
+    def _core_v1_rules(self) -> Self:
+        if not self.key and self.operator != "Exists":
+            raise ValueError(
+                "operator must be Exists when key is empty (that tolerates every taint)"
+            )
+        if self.operator == "Exists" and self.value:
+            raise ValueError("value must be empty when operator is Exists")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds needs effect NoExecute")
+        return self

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, JsonValue, field_validator
 
-from streamherd.operator.api.scheduling import Affinity, Toleration
+from streamherd.operator.api.scheduling import LABEL_VALUE, Affinity, Toleration
 from streamherd.workers.config import (
     DURATION_PATTERN,
     Duration,
@@ -55,8 +55,6 @@ INTERNAL_TOPIC_PREFIX = "streamherd."
 BOOTSTRAP_SERVERS_PATTERN = r"^[^ \t\r\n,]+(, ?[^ \t\r\n,]+)*$"
 #: A DNS-1123 subdomain: names of PriorityClasses, StorageClasses, ServiceAccounts.
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-#: A label value (empty, or 63 characters at most starting and ending alphanumeric).
-LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 #: An absolute path of plain segments: no '.', '..', '//', ':' or trailing '/'.
 MOUNT_PATH = r"^(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$"
 #: A Kubernetes quantity is checked by the API server's own parser (operator/api/rules.py);

@@ -103,6 +103,19 @@ W = "spec.processor.steps[1].window"  # the window step of KAFKA
 LW = "spec.processor.steps[2].window"  # the window step of LOCAL
 SECRET = {"secretName": "creds", "mountPath": "/var/run/creds"}
 
+NODE_TERM = (
+    "spec.pod.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+    ".nodeSelectorTerms[0]"
+)
+REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
+POD_TERM = f"spec.pod.affinity.podAntiAffinity.{REQUIRED}[0]"
+
+
+def node_affinity(requirement: dict[str, Any]) -> dict[str, Any]:
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [requirement]}]}}}  # fmt: skip
+
+
 BOTH: list[Case] = [
     # names Kubernetes derives from the pipeline's name
     case("name with a dot", KAFKA, "metadata.name", ("metadata.name", "clicks.v2")),
@@ -180,6 +193,26 @@ BOTH: list[Case] = [
                               "bootstrapServers": "kafka-bootstrap.kafka:9092 "})),
     case("source cluster with an empty entry", KAFKA, "spec.source.kafka.bootstrapServers",
          ("spec.source.kafka.bootstrapServers", "a:9092,,b:9092")),
+    # core/v1's scheduling rules (the API server would refuse the Deployment)
+    case("toleration with no key and not Exists", KAFKA, "spec.pod.tolerations[0]",
+         ("spec.pod.tolerations", [{}])),
+    case("toleration Exists with a value", KAFKA, "spec.pod.tolerations[0]",
+         ("spec.pod.tolerations", [{"key": "k", "operator": "Exists", "value": "v"}])),
+    case("tolerationSeconds without NoExecute", KAFKA, "spec.pod.tolerations[0]",
+         ("spec.pod.tolerations", [{"key": "k", "effect": "NoSchedule",
+                                    "tolerationSeconds": 5}])),
+    case("toleration key with a blank", KAFKA, "spec.pod.tolerations[0].key",
+         ("spec.pod.tolerations", [{"key": "my key", "operator": "Exists"}])),
+    case("node affinity In without values", KAFKA, f"{NODE_TERM}.matchExpressions[0]",
+         ("spec.pod.affinity", node_affinity({"key": "zone", "operator": "In"}))),
+    case("node affinity Gt with a word", KAFKA, f"{NODE_TERM}.matchExpressions[0]",
+         ("spec.pod.affinity", node_affinity({"key": "cpus", "operator": "Gt",
+                                              "values": ["many"]}))),
+    case("pod anti-affinity Exists with values", KAFKA, f"{POD_TERM}.labelSelector"
+         ".matchExpressions[0]",
+         ("spec.pod.affinity", {"podAntiAffinity": {REQUIRED: [
+             {"topologyKey": "zone", "labelSelector": {"matchExpressions": [
+                 {"key": "app", "operator": "Exists", "values": ["x"]}]}}]}})),
     # columns named twice
     case("postgres column named twice", PG_EOS, "spec.sink.postgres.columns",
          ("spec.sink.postgres.columns", ["key", "key", "window_start", "window_end"])),

@@ -160,10 +160,17 @@ def test_a_mistake_in_a_toleration_is_refused_naming_the_field() -> None:
 
 
 _names = st.text("abcdefghij", min_size=1, max_size=8)
-_requirement = st.fixed_dictionaries(
-    {"key": _names, "operator": st.sampled_from(["In", "NotIn", "Exists", "DoesNotExist"])},
-    optional={"values": st.lists(_names, max_size=3)},
-)
+# Valid by core/v1's cross-field rules: values for In and NotIn, none for the others.
+_requirement: st.SearchStrategy[dict[str, Any]] = st.one_of(
+    st.fixed_dictionaries(
+        {"key": _names, "operator": st.sampled_from(["In", "NotIn"]),
+         "values": st.lists(_names, min_size=1, max_size=3)}
+    ),
+    st.fixed_dictionaries(
+        {"key": _names, "operator": st.sampled_from(["Exists", "DoesNotExist"])},
+        optional={"values": st.just([])},
+    ),
+)  # fmt: skip
 _selector = st.fixed_dictionaries(
     {},
     optional={
