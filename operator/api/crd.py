@@ -44,6 +44,9 @@ _PATTERN_FORMATS: dict[str, str] = {
         "Format: a label value, empty or up to 63 letters, digits, '-', '_' or '.', starting "
         "and ending with a letter or digit."
     ),
+    v1alpha1.DATA_KEY_PATTERN: (
+        "Format: a Secret data key, letters, digits, '-', '_' or '.', and not '.' or '..'."
+    ),
     v1alpha1.TOPIC_PATTERN: (
         "Format: a Kafka topic name, 1 to 249 letters, digits, '.', '_' or '-', and not '.' "
         "or '..'."

@@ -46,6 +46,11 @@ TOPIC_PATTERN = (
     r"^([a-zA-Z0-9_-][a-zA-Z0-9._-]{0,248}|[.][a-zA-Z0-9_-][a-zA-Z0-9._-]{0,247}"
     r"|[.][.][a-zA-Z0-9._-]{1,247})$"
 )
+#: A key of a Secret's data (core/v1: `[-._a-zA-Z0-9]+`, not "." or ".."), in three branches
+#: as TOPIC_PATTERN is, since RE2 has no lookahead.
+DATA_KEY_PATTERN = (
+    r"^([-_a-zA-Z0-9][-._a-zA-Z0-9]*|[.][-_a-zA-Z0-9][-._a-zA-Z0-9]*|[.][.][-._a-zA-Z0-9]+)$"
+)
 #: The prefix of the operator's internal topics, ``streamherd.<namespace>.<name>.<purpose>``
 #: (repartition, changelog, shadow verification): reserved, no user topic may start with it.
 INTERNAL_TOPIC_PREFIX = "streamherd."
@@ -106,7 +111,12 @@ class SecretKeyRef(Model):
         max_length=253,
         description="Name of the Secret (in the pipeline's namespace) that holds the value.",
     )
-    key: str = Field(min_length=1, max_length=253, description="Key within that Secret's data.")
+    key: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DATA_KEY_PATTERN,
+        description="Key within that Secret's data.",
+    )
 
 
 class SaslAuth(Model):
@@ -305,28 +315,32 @@ class PostgresSecretKeys(Model):
         default="host",
         min_length=1,
         max_length=253,
+        pattern=DATA_KEY_PATTERN,
         description="Key of the Secret holding the database host name.",
     )
     port: str = Field(
         default="port",
         min_length=1,
         max_length=253,
+        pattern=DATA_KEY_PATTERN,
         description="Key of the Secret holding the database port.",
     )
     user: str = Field(
         default="user",
         min_length=1,
         max_length=253,
+        pattern=DATA_KEY_PATTERN,
         description="Key of the Secret holding the database user name.",
     )
     password: str = Field(
         default="password",
         min_length=1,
         max_length=253,
+        pattern=DATA_KEY_PATTERN,
         description="Key of the Secret holding the database password.",
     )
     dbname: str = Field(
-        default="dbname", min_length=1, max_length=253,
+        default="dbname", min_length=1, max_length=253, pattern=DATA_KEY_PATTERN,
         description="Key of the Secret holding the database name.",
     )  # fmt: skip
 
@@ -343,6 +357,7 @@ class PostgresConnection(Model):
         default=None,
         min_length=1,
         max_length=253,
+        pattern=DATA_KEY_PATTERN,
         description=(
             "Key holding a libpq connection string or `postgresql://` URI. When omitted, "
             "the Secret holds separate fields named by `keys`."
@@ -699,7 +714,10 @@ class SecretEnv(Model):
         ),
     )
     key: str = Field(
-        min_length=1, max_length=253, description="Key of the Secret whose value it gets."
+        min_length=1,
+        max_length=253,
+        pattern=DATA_KEY_PATTERN,
+        description="Key of the Secret whose value it gets.",
     )
 
 

@@ -213,6 +213,14 @@ BOTH: list[Case] = [
          ("spec.pod.affinity", {"podAntiAffinity": {REQUIRED: [
              {"topologyKey": "zone", "labelSelector": {"matchExpressions": [
                  {"key": "app", "operator": "Exists", "values": ["x"]}]}}]}})),
+    # Secret keys as core/v1 has them
+    case("secret env key with a blank", KAFKA, "spec.secrets[0].env[0].key",
+         ("spec.secrets", [{"secretName": "creds",
+                            "env": [{"name": "TOKEN", "key": "my key"}]}])),
+    case("secret env key ..", KAFKA, "spec.secrets[0].env[0].key",
+         ("spec.secrets", [{"secretName": "creds", "env": [{"name": "TOKEN", "key": ".."}]}])),
+    case("postgres dsn key with a blank", PG_EOS, "spec.sink.postgres.connection.dsnKey",
+         ("spec.sink.postgres.connection", {"secretName": "pg", "dsnKey": "my dsn"})),
     # columns named twice
     case("postgres column named twice", PG_EOS, "spec.sink.postgres.columns",
          ("spec.sink.postgres.columns", ["key", "key", "window_start", "window_end"])),

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from streamherd.operator.api.v1alpha1 import (
     BOOTSTRAP_SERVERS_PATTERN,
+    DATA_KEY_PATTERN,
     KafkaSink,
     StreamPipeline,
     StreamPipelineSpec,
@@ -178,3 +179,11 @@ def test_bootstrap_servers_refuse_blank_or_empty_entries(
         servers = ""
     with pytest.raises(ValidationError):
         KafkaSink(topic="out", bootstrap_servers=servers)
+
+
+@given(st.text(alphabet="aZ9-._ /:é", max_size=6) | st.text(alphabet=".", max_size=4))
+def test_secret_keys_are_what_core_v1_accepts(key: str) -> None:
+    """core/v1's rule for a Secret's data key, in words: `[-._a-zA-Z0-9]+`, not "." or ".."."""
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
+    legal = bool(key) and set(key) <= allowed and key not in (".", "..")
+    assert (re.fullmatch(DATA_KEY_PATTERN, key) is not None) == legal
