@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
@@ -555,13 +555,13 @@ class Engine:
     def _hold_unreadable(self, st: PartitionState, error: Exception) -> None:
         """Hold a partition whose checkpoint a newer streamherd wrote (its file format or
         its window state version): see :meth:`_restored_windows`."""
-        st.held = (
+        self._hold(
+            st,
             f"{st.topic}[{st.partition}]: cannot read its checkpoint ({error}); run the "
-            "streamherd version that wrote it, or a newer one"
+            "streamherd version that wrote it, or a newer one",
+            "state-version-unsupported",
+            {"topic": st.topic, "partition": st.partition, "error": str(error)},
         )
-        self.metrics.set_partition("streamherd_state_restore_refused", st.topic, st.partition, 1)
-        log_event(log, logging.ERROR, "state-version-unsupported", topic=st.topic,
-                  partition=st.partition, error=str(error))  # fmt: skip
 
     def _cluster_id(self) -> str | None:
         source = self.source
@@ -579,94 +579,54 @@ class Engine:
         now = self._cluster_id()
         if checkpoint.cluster is None or now is None or checkpoint.cluster == now:
             return False
-        policy = self.state_policy.on_fingerprint_mismatch
         fields = {
             "topic": st.topic,
             "partition": st.partition,
             "checkpoint_cluster": checkpoint.cluster,
             "cluster": now,
-            "policy": policy,
         }
-        if policy == "refuse":
-            st.held = (
+        if self.state_policy.on_fingerprint_mismatch == "refuse":
+            self._hold(
+                st,
                 f"{st.topic}[{st.partition}]: its checkpoint is of Kafka cluster "
                 f"{checkpoint.cluster}, and the source is now cluster {now}: the offsets and "
                 "state of another cluster's log are not restored (spec.upgrade.onStateChange: "
-                "refuse; reset starts the partition anew on this cluster, replay from a time)"
+                "refuse; reset starts the partition anew on this cluster, replay from a time)",
+                "state-restore-refused",
+                fields,
             )
-            self.metrics.set_partition(
-                "streamherd_state_restore_refused", st.topic, st.partition, 1
-            )
-            log_event(log, logging.ERROR, "state-restore-refused", **fields)
             return True
         name = snapshot_name(checkpoint.fingerprint or "legacy", self.fingerprint)
-        name = f"{name}-cluster-{hashlib.sha256(checkpoint.cluster.encode()).hexdigest()[:12]}"
-        try:
-            kept = self.state.keep(name, st.topic, st.partition)
-        except OSError as error:
-            st.held = f"{st.topic}[{st.partition}]: cannot keep a snapshot before {policy}: {error}"
-            self.metrics.set_partition(
-                "streamherd_state_restore_refused", st.topic, st.partition, 1
-            )
-            log_event(log, logging.ERROR, "state-snapshot-failed", error=str(error), **fields)
-            return True
-        self.metrics.counter("streamherd_state_discarded").labels(
-            self.metrics.pipeline, policy
-        ).inc()
-        st.dirty = True  # the next checkpoint records this cluster: not applied again
-        if policy == "replay":
-            st.replay_from_ms = self.state_policy.replay_from_ms
-        log_event(log, logging.WARNING, "state-discarded", snapshot=str(kept),
-                  reason="another Kafka cluster", **fields)  # fmt: skip
+        digest = hashlib.sha256(checkpoint.cluster.encode()).hexdigest()[:12]
+        self._discard(st, checkpoint, f"{name}-cluster-{digest}",
+                      {**fields, "reason": "another Kafka cluster"})  # fmt: skip
         return True
 
-    def _foreign_state(self, checkpoint: Checkpoint) -> bool:
-        """Whether a checkpoint holds state written under another fingerprint.
+    def _hold(
+        self, st: PartitionState, message: str, event: str, fields: Mapping[str, Any]
+    ) -> None:
+        """Hold the partition (not consumed, not checkpointed; the worker not ready and
+        saying why)."""
+        st.held = message
+        self.metrics.set_partition("streamherd_state_restore_refused", st.topic, st.partition, 1)
+        log_event(log, logging.ERROR, event, **fields)
 
-        A checkpoint without state (a stateless pipeline's) holds only an offset: any
-        pipeline may go on from it. One without a fingerprint was written before
-        fingerprints existed (legacy): it is adopted, as every earlier version did, and
-        the next checkpoint stamps it (docs/lifecycle.md: legacy checkpoints)."""
-        if checkpoint.state is None or checkpoint.fingerprint is None:
-            return False
-        return checkpoint.fingerprint != self.fingerprint
-
-    def _mismatch(self, st: PartitionState, checkpoint: Checkpoint) -> None:
-        """Apply the state policy to a partition whose checkpoint has another fingerprint:
-        hold it (refuse), or start it from empty state (reset: at the checkpoint's offset;
-        replay: at the replay time). Never restores the foreign state, so nothing mixes."""
+    def _discard(
+        self, st: PartitionState, checkpoint: Checkpoint, name: str, fields: Mapping[str, Any]
+    ) -> None:
+        """Start the partition from empty state under the reset or replay policy, after
+        keeping ``checkpoint`` as snapshot ``name``: what could not be kept is never
+        discarded (the partition is held instead)."""
         policy = self.state_policy.on_fingerprint_mismatch
-        changes = changed_fields(checkpoint.state_shape, self.state_shape)
-        what = "; ".join(changes) or "unknown fields"
-        fields = dict(
-            topic=st.topic,
-            partition=st.partition,
-            checkpoint_fingerprint=checkpoint.fingerprint,
-            fingerprint=self.fingerprint,
-            changed=what,
-        )
-        if policy == "refuse":
-            st.held = (
-                f"{st.topic}[{st.partition}]: checkpoint state fingerprint "
-                f"{checkpoint.fingerprint} differs from this pipeline's {self.fingerprint} "
-                f"({what}); refused to restore it (spec.upgrade.onStateChange: refuse)"
-            )
-            self.metrics.set_partition(
-                "streamherd_state_restore_refused", st.topic, st.partition, 1
-            )
-            log_event(log, logging.ERROR, "state-restore-refused", **fields)
-            return
-        # Kept before it is discarded: the open windows of the old spec stay recoverable.
-        name = snapshot_name(checkpoint.fingerprint or "legacy", self.fingerprint)
         try:
             kept = self.state.keep(name, st.topic, st.partition)
         except OSError as error:
-            # Never discard what could not be kept: hold the partition instead.
-            st.held = f"{st.topic}[{st.partition}]: cannot keep a snapshot before {policy}: {error}"
-            self.metrics.set_partition(
-                "streamherd_state_restore_refused", st.topic, st.partition, 1
+            self._hold(
+                st,
+                f"{st.topic}[{st.partition}]: cannot keep a snapshot before {policy}: {error}",
+                "state-snapshot-failed",
+                {**fields, "error": str(error)},
             )
-            log_event(log, logging.ERROR, "state-snapshot-failed", error=str(error), **fields)
             return
         self.metrics.counter("streamherd_state_discarded").labels(
             self.metrics.pipeline, policy
@@ -686,6 +646,44 @@ class Engine:
             open_windows_dropped=len((checkpoint.state or {}).get("windows") or ()),
             **fields,
         )
+
+    def _foreign_state(self, checkpoint: Checkpoint) -> bool:
+        """Whether a checkpoint holds state written under another fingerprint.
+
+        A checkpoint without state (a stateless pipeline's) holds only an offset: any
+        pipeline may go on from it. One without a fingerprint was written before
+        fingerprints existed (legacy): it is adopted, as every earlier version did, and
+        the next checkpoint stamps it (docs/lifecycle.md: legacy checkpoints)."""
+        if checkpoint.state is None or checkpoint.fingerprint is None:
+            return False
+        return checkpoint.fingerprint != self.fingerprint
+
+    def _mismatch(self, st: PartitionState, checkpoint: Checkpoint) -> None:
+        """Apply the state policy to a partition whose checkpoint has another fingerprint:
+        hold it (refuse), or start it from empty state (reset: at the checkpoint's offset;
+        replay: at the replay time). Never restores the foreign state, so nothing mixes."""
+        changes = changed_fields(checkpoint.state_shape, self.state_shape)
+        what = "; ".join(changes) or "unknown fields"
+        fields = {
+            "topic": st.topic,
+            "partition": st.partition,
+            "checkpoint_fingerprint": checkpoint.fingerprint,
+            "fingerprint": self.fingerprint,
+            "changed": what,
+        }
+        if self.state_policy.on_fingerprint_mismatch == "refuse":
+            self._hold(
+                st,
+                f"{st.topic}[{st.partition}]: checkpoint state fingerprint "
+                f"{checkpoint.fingerprint} differs from this pipeline's {self.fingerprint} "
+                f"({what}); refused to restore it (spec.upgrade.onStateChange: refuse)",
+                "state-restore-refused",
+                fields,
+            )
+            return
+        # Kept before it is discarded: the open windows of the old spec stay recoverable.
+        name = snapshot_name(checkpoint.fingerprint or "legacy", self.fingerprint)
+        self._discard(st, checkpoint, name, fields)
 
     # ------------------------------------------------------------------ snapshot hooks
     # Snapshots on request and restoring one kept in Kafka (workers/snapshotting.py). The
