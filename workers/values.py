@@ -111,12 +111,20 @@ def output_key_text(key: Any) -> str:
         except UnicodeDecodeError:
             return '{"bytes":"' + base64.b64encode(key).decode() + '"}'
     if type(key) is str:
+        # Most keys cannot be JSON by their first character ("user-1", "/home"): no parse,
+        # and no exception, for them.
+        if not key or key[0] not in _JSON_FIRST:
+            return key
         try:
             orjson.loads(key)
         except orjson.JSONDecodeError:
             return key
         return orjson.dumps(key).decode()
     return text_of(_utf8_items(key_value(key)))
+
+
+#: What a JSON text may start with (RFC 8259: a value after optional blanks).
+_JSON_FIRST: Final = frozenset('"{[-0123456789tfn \t\n\r')
 
 
 def _utf8_items(value: Any) -> Any:
