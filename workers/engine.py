@@ -73,6 +73,7 @@ from streamherd.workers.repartitioning import (
     source_partitions,
     watermark_header,
 )
+from streamherd.workers.resuming import Resume, moved_by_someone_else, resume_point
 from streamherd.workers.seams import Sink, Source, StateBackend
 from streamherd.workers.sinks import Outputs
 from streamherd.workers.snapshotting import (
@@ -175,6 +176,12 @@ class PartitionState:
     read_from: int | None = None
     # Restored from a snapshot just now: the group's offset is expected to be elsewhere.
     from_snapshot: bool = False
+    # Exactly-once, restored from a checkpoint an at-least-once run wrote: the group's
+    # committed offset tells whether it was reset since, as in at-least-once mode.
+    judged_by_group: bool = False
+    # At-least-once, a pending checkpoint an exactly-once run left: discarded once this
+    # worker's own checkpoint of the partition is written (workers/resuming.py).
+    pending_left: bool = False
 
 
 def unseen(messages: list[SourceMessage], next_offset: int | None) -> list[SourceMessage]:
@@ -390,30 +397,19 @@ class Engine:
 
     # ------------------------------------------------------------------ state
 
-    def _restore(
-        self, topic: str, partition: int, committed: tuple[int, str] | None
-    ) -> tuple[Checkpoint | None, int | None]:
-        """Exactly-once: the checkpoint that belongs to the group's committed offset, and
-        the offset to start from. A transaction commits the offsets with its id as metadata
-        after writing its checkpoints as pending: the pending one is the committed one when
-        the ids match (the worker died before promoting it); a committed offset that matches
-        no checkpoint (reset with Kafka's tools, or state lost) starts there, empty."""
+    def _restore(self, topic: str, partition: int, committed: tuple[int, str] | None) -> Resume:
+        """Where the partition resumes (workers/resuming.py ``resume_point``: the rule, from
+        the partition's committed and pending checkpoints and the authority's committed
+        offset and generation: in exactly-once mode the group's or the sink's offsets table,
+        in at-least-once mode the group's)."""
         main = self.state.load(topic, partition)
         pending = self.state.load_pending(topic, partition)
-        offset, generation = committed if committed is not None else (None, "")
-        chosen: Checkpoint | None = None
-        if pending is not None and generation and pending.generation == generation:
+        resume = resume_point(main, pending, committed, exactly_once=self.exactly_once)
+        if resume.promote:
             self.state.promote([(topic, partition)])
-            chosen = pending
-        elif main is not None and (
-            main.generation == generation
-            if generation
-            else offset is None or main.next_offset == offset
-        ):
-            chosen = main
-        if pending is not None and chosen is not pending:
+        elif resume.discard_pending:
             self.state.discard_pending(topic, partition)
-        if chosen is None and (main is not None or offset is not None):
+        if resume.mismatch:
             self.metrics.error("checkpoint-mismatch")
             log_event(
                 log,
@@ -421,11 +417,15 @@ class Engine:
                 "checkpoint-does-not-match-commit",
                 topic=topic,
                 partition=partition,
-                committed=offset,
+                committed=committed[0] if committed is not None else None,
                 checkpoint=main.next_offset if main is not None else None,
                 action="starting from the committed offset with empty state",
             )
-        return chosen, (chosen.next_offset if chosen is not None else offset)
+        if resume.judged_by_group:
+            log_event(log, logging.INFO, "resuming-at-least-once-checkpoint", topic=topic,
+                      partition=partition, checkpoint=resume.offset,
+                      committed=committed[0] if committed is not None else None)  # fmt: skip
+        return resume
 
     def _new_state(
         self, topic: str, partition: int, committed: tuple[int, str] | None = None
@@ -433,14 +433,14 @@ class Engine:
         st = PartitionState(topic, partition)
         start: int | None = None
         try:
-            if self.exactly_once:
-                # The committed transaction's checkpoint, unless state.restoreFrom replaces
-                # it: the snapshot's state and offset then go in together, the offset
-                # committed with the first transaction that writes the restored checkpoint.
-                own, start = self._restore(topic, partition, committed)
-                checkpoint = self._restore_point(st, own)
-            else:
-                checkpoint = self._restore_point(st, self.state.load(topic, partition))
+            # The committed checkpoint (in exactly-once mode the committed transaction's),
+            # unless state.restoreFrom replaces it: the snapshot's state and offset then go
+            # in together, the offset committed with the first checkpoint that writes it.
+            resume = self._restore(topic, partition, committed)
+            st.judged_by_group, st.pending_left = resume.judged_by_group, resume.pending_left
+            # At-least-once: the group's committed offset is read (and judged) on assign.
+            start = resume.offset if self.exactly_once else None
+            checkpoint = self._restore_point(st, resume.checkpoint)
         except CheckpointFormatError as error:  # a newer streamherd wrote it: hold (0156)
             checkpoint, start = None, None
             self._hold_unreadable(st, error)
@@ -785,12 +785,24 @@ class Engine:
         assert source is not None
         self._joined = True
         self.metrics.rebalance("assign")
-        # Exactly-once restores from what the group committed (offset and transaction id).
-        committed = (
-            self._committed_with_metadata(source, partitions, assigned=True)
-            if self.exactly_once
-            else {}
-        )
+        # What the group (or, exactly-once, the sink's offsets table) committed: offset and
+        # transaction id. At-least-once reads the group's once, here: a pending checkpoint
+        # an exactly-once run left behind is promoted when its transaction committed.
+        asked = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        answer: list[TopicPartition] | None = None
+        if self.exactly_once:
+            committed = self._committed_with_metadata(source, partitions, assigned=True)
+        else:
+            if source.group_offsets:
+                try:
+                    answer = source.committed(asked, timeout=10)
+                except KafkaException as error:
+                    log_event(log, logging.WARNING, "committed-lookup-failed", error=str(error))
+            committed = {
+                (tp.topic, tp.partition): (tp.offset, tp.metadata or "")
+                for tp in answer or ()
+                if tp.offset >= 0
+            }
         restoring = time.perf_counter()
         self.state.prepare([(tp.topic, tp.partition) for tp in partitions])
         states = [
@@ -816,8 +828,9 @@ class Engine:
                     st.replay_from_ms = None
         looked_up: set[tuple[str, int]] = set()  # the group's answer is known: committed
         try:
-            asked = [TopicPartition(st.topic, st.partition) for st in states]
-            for tp in source.committed(asked, timeout=10) if source.group_offsets else ():
+            if answer is None and source.group_offsets:
+                answer = source.committed(asked, timeout=10)
+            for tp in answer or ():
                 st = self.partitions[(tp.topic, tp.partition)]
                 st.committed = tp.offset if tp.offset >= 0 else None
                 if tp.error is None:
@@ -831,8 +844,10 @@ class Engine:
                         partition=tp.partition,
                         offset=tp.offset,
                     )
-                elif not self.sink_offsets and self._offset_reset(st):
-                    pass  # (with the sink's offsets the group's are only the lag figures)
+                elif (not self.sink_offsets or st.judged_by_group) and self._offset_reset(st):
+                    # (With the sink's offsets the group's are only the lag figures, unless
+                    # the checkpoint is of an at-least-once run, whose authority they were.)
+                    pass
                 elif st.next_offset is not None and st.committed != st.next_offset:
                     log_event(
                         log,
@@ -903,12 +918,7 @@ class Engine:
             return False
         group = source.consumer_group
         if st.checkpoint_group == group:
-            if st.committed is None or st.next_offset is None:
-                return False
-            # Between the committed offset the checkpoint was written with and its own next
-            # offset, in either order (a replay moves the group's offset back).
-            known = st.checkpoint_committed if st.checkpoint_committed is not None else -1
-            if min(known, st.next_offset) <= st.committed <= max(known, st.next_offset):
+            if not moved_by_someone_else(st.committed, st.checkpoint_committed, st.next_offset):
                 return False
             why = "the group's committed offset moved without this pipeline"
         else:
@@ -1447,10 +1457,15 @@ class Engine:
             self._sink_postponed(source, reason, "committed")
             return False
         if offsets and source.group_offsets:
-            # The group's offsets only feed the lag figures (the operator's probe, the
-            # autoscaler): the sink's win on assign, so a lost commit here is harmless.
+            # The group's offsets feed the lag figures (the operator's probe, the
+            # autoscaler): the sink's win on assign, so a lost commit here is harmless. The
+            # generation goes with them: a worker switched to at-least-once judges a pending
+            # checkpoint this worker left by it (workers/resuming.py, rule 1).
             try:
-                source.commit([TopicPartition(t, p, o) for t, p, o in offsets], asynchronous=True)
+                source.commit(
+                    [TopicPartition(t, p, o, metadata=generation) for t, p, o in offsets],
+                    asynchronous=True,
+                )
             except KafkaException as error:
                 log_event(log, logging.WARNING, "commit-failed", error=str(error))
         return True
@@ -1677,6 +1692,9 @@ class Engine:
             return checkpoints
         self.state.save(checkpoints)
         for st in states:
+            if st.pending_left:  # superseded by the checkpoint just written
+                self.state.discard_pending(st.topic, st.partition)
+                st.pending_left = False
             if st.windows is not None:
                 st.windows.checkpointed()  # only now: a failed save keeps the changes
             st.dirty = False
