@@ -219,6 +219,9 @@ class UpgradeInputs:
     #: cannot be restored (yet). Both None otherwise (a volume snapshot's name says).
     snapshot_fingerprint: str | None = None
     snapshot_problem: str | None = None
+    #: The source topics the workers read and the desired ones (None: not known).
+    running_sources: tuple[str, ...] | None = None
+    desired_sources: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -337,6 +340,7 @@ def upgrade_decision(observed: Observed) -> UpgradeDecision:
         restore_from=restore,
         snapshot_fingerprint=inputs.snapshot_fingerprint,
         backends=(inputs.running_backend, inputs.desired_backend),
+        sources=(inputs.running_sources, inputs.desired_sources),
     )
 
 

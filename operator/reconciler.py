@@ -82,7 +82,7 @@ from streamherd.operator.rollback import (
     rollback_refusal,
 )
 from streamherd.operator.settings import OperatorSettings
-from streamherd.operator.upgrades import config_backend, config_description
+from streamherd.operator.upgrades import config_backend, config_description, config_sources
 from streamherd.operator.validation import readable_errors, semantic_errors
 from streamherd.operator.verifying import Gate, KafkaFactory, gate
 from streamherd.workers.fingerprint import Description, fingerprint
@@ -312,6 +312,10 @@ def _upgrade_inputs(
     else:
         running, running_backend = config_description(live), config_backend(live)
     inputs = UpgradeInputs(running, running_backend, want, desired_backend)
+    if live is not None and not rolled:  # an edit: which topics it stops reading
+        inputs = replace(
+            inputs, running_sources=config_sources(live), desired_sources=config_sources(config_map)
+        )
     restore = pipeline.spec.state.restore_from
     if restore is None or is_volume_snapshot(restore):
         return inputs

@@ -36,7 +36,7 @@ from streamherd.operator.builders.worker_config import build_worker_config
 from streamherd.operator.conditions import Cond
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import load_documents, parse_pipeline
-from streamherd.workers.config import ProcessorConfig, WorkerConfig
+from streamherd.workers.config import ProcessorConfig, WorkerConfig, topic_matcher
 from streamherd.workers.fingerprint import (
     Description,
     changed_fields,
@@ -165,6 +165,84 @@ def _backend_switch(
     )  # fmt: skip
 
 
+def config_sources(config_map: Manifest | None) -> tuple[str, ...] | None:
+    """The Kafka topics (names and ``^`` patterns) the WorkerConfig in a ConfigMap reads;
+    None when there is none, it cannot be read, or its source is not Kafka."""
+    if config_map is None:
+        return None
+    text = (config_map.get("data") or {}).get(CONFIG_KEY)
+    if not isinstance(text, str):
+        return None
+    try:
+        topics = orjson.loads(text)["source"]["kafka"]["topics"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+        return None
+    return tuple(topics)
+
+
+def removed_sources(running: Sequence[str], desired: Sequence[str]) -> list[str]:
+    """The topics and patterns of `running` that `desired` no longer reads: a name neither
+    listed nor matched by one of its patterns, a pattern not listed as it is (what it
+    matched cannot be known without the broker: erring on the side of asking)."""
+    reads = topic_matcher(desired)
+    return [
+        t for t in running
+        if t not in desired and (t.startswith("^") or not reads(t))
+    ]  # fmt: skip
+
+
+def _sources_removed(
+    running: Description | None,
+    desired: Description,
+    sources: tuple[tuple[str, ...] | None, tuple[str, ...] | None] | None,
+    upgrade: Upgrade,
+    generation: int | None,
+) -> Decision | None:
+    """An edit that removes source topics of a pipeline whose windows live on the source's
+    partitions (a window, no repartition): the open windows of the removed topics'
+    partitions would never be emitted (their partitions are no longer assigned, nothing
+    closes them), silently. Refuse holds it, like a state change (Flink's
+    allowNonRestoredState is off by default for the same reason); reset and replay roll it,
+    the windows dropped, and say so. A topic added back later resumes its old state. With
+    a repartition the windows live on the repartition topic's partitions, and the removed
+    topic's partitions stop holding the watermark (workers/repartitioning.py)."""
+    if sources is None or sources[0] is None or sources[1] is None:
+        return None
+    if running is None or running.get("window") is None or running.get("repartition"):
+        return None
+    removed = removed_sources(sources[0], sources[1])
+    if not removed or fingerprint(running) != fingerprint(desired):
+        return None  # (with the fingerprint changed too, decide lists it among the changes)
+    have = fingerprint(running)
+    edit = f"spec generation {generation}" if generation is not None else "the spec"
+    change = f"source.kafka.topics: removed {', '.join(removed)}"
+    what = (
+        f"{edit} removes source topics ({', '.join(removed)}) whose partitions hold open "
+        "windows: their results would never be emitted"
+    )
+    if upgrade.on_state_change == "refuse":
+        message = (
+            f"{what}; refused, the workers keep running the previous spec (state fingerprint "
+            f"{have}). Revert the edit, or set spec.upgrade.onStateChange to reset to drop "
+            "those windows"
+        )
+        return Decision(
+            "hold", have, have, (change,),
+            Cond(STATE_COMPATIBLE, "False", "StateChangeRefused", message),
+            ("Warning", "StateChangeRefused", message),
+        )  # fmt: skip
+    message = (
+        f"{what}; onStateChange {upgrade.on_state_change}: they are dropped (a topic added "
+        f"back later resumes its old state; state fingerprint {have})"
+    )
+    return Decision(
+        "roll", have, have, (change,), Cond(STATE_COMPATIBLE, "True", "SourcesRemoved", message),
+        ("Warning", "SourcesRemoved", message),
+    )  # fmt: skip
+
+
 def _fields(changes: tuple[str, ...]) -> str:
     return "; ".join(changes)
 
@@ -178,18 +256,23 @@ def decide(
     restore_from: str | None = None,
     snapshot_fingerprint: str | None = None,
     backends: tuple[str | None, str] | None = None,
+    sources: tuple[tuple[str, ...] | None, tuple[str, ...] | None] | None = None,
 ) -> Decision:
     """Roll, hold, reset, replay or restore an edit whose desired state is `desired`, the
     workers running `running` (None: nothing known to run, e.g. a new pipeline), with
     `restore_from` the snapshot spec.state.restoreFrom names (None: none),
-    `snapshot_fingerprint` the state it holds (None: a volume snapshot, whose name says) and
-    `backends` the running and the desired checkpoint.backend (None: not compared)."""
+    `snapshot_fingerprint` the state it holds (None: a volume snapshot, whose name says),
+    `backends` the running and the desired checkpoint.backend and `sources` the running and
+    the desired source topics (None: not compared)."""
     want = fingerprint(desired)
     if restore_from is not None:
         return _restore(running, want, restore_from, generation, snapshot_fingerprint)
     switch = _backend_switch(running, desired, backends, upgrade, generation)
     if switch is not None:
         return switch
+    dropped = _sources_removed(running, desired, sources, upgrade, generation)
+    if dropped is not None:
+        return dropped
     if running is None or not has_state(running):
         # Nothing to keep (new, or stateless until now: its checkpoints hold offsets only).
         return Decision(
@@ -200,6 +283,10 @@ def decide(
         )
     have = fingerprint(running)
     changes = tuple(changed_fields(running, desired))
+    if changes and sources is not None and sources[0] is not None and sources[1] is not None:
+        removed = removed_sources(sources[0], sources[1])
+        if removed and running.get("window") is not None and not running.get("repartition"):
+            changes = (f"source.kafka.topics: removed {', '.join(removed)}", *changes)
     if not changes:
         return Decision(
             "roll",
@@ -309,7 +396,7 @@ def state_diff_files(files: Sequence[str], out: TextIO, err: TextIO) -> int:
     # The description the operator compares: that of the rendered WorkerConfig (the window
     # and the repartition decision), not of the processor alone, which left an edit that
     # starts or stops repartitioning "compatible" here and held by the operator.
-    described = []
+    described, configs = [], []
     for file, pipeline in zip(files, pipelines, strict=True):
         try:
             config = build_worker_config(pipeline, OperatorSettings())
@@ -317,16 +404,22 @@ def state_diff_files(files: Sequence[str], out: TextIO, err: TextIO) -> int:
             err.write(f"{file}: the operator cannot build this spec: {e}\n")
             return 2
         described.append(config_fingerprint(config)[1])
+        configs.append(config)
     before, after = described
     backends = (pipelines[0].spec.checkpoint.backend, pipelines[1].spec.checkpoint.backend)
-    decision = decide(before, after, pipelines[1].spec.upgrade, backends=backends)
+    sources = tuple(
+        tuple(c.source.kafka.topics) if c.source.kafka is not None else None for c in configs
+    )
+    decision = decide(before, after, pipelines[1].spec.upgrade, backends=backends,
+                      sources=(sources[0], sources[1]))  # fmt: skip
     out.write(f"state fingerprint: {fingerprint(before)} -> {decision.desired_fingerprint}\n")
-    if decision.action == "roll":
+    if decision.action == "roll" and not decision.changes:
         out.write("compatible: the edit keeps the state and rolls as usual\n")
         return 0
     out.write("the edit changes the state:\n")
     out.write("".join(f"  {change}\n" for change in decision.changes))
     outcome = {
+        "roll": f"roll, dropping them (onStateChange: {pipelines[1].spec.upgrade.on_state_change})",
         "hold": "refused (onStateChange: refuse): the running workers are kept as they are",
         "reset": "reset: empty state from the checkpointed offsets",
         "replay": f"replay: empty state from {pipelines[1].spec.upgrade.replay_from}",

@@ -13,6 +13,7 @@ the pod spec fills from Secret references, and the worker reads them at start-up
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from typing import Annotated, Final, Literal
 
 from pydantic import (
@@ -755,6 +756,15 @@ class WorkerConfig(Model):
             if problem is not None:
                 raise ValueError(f"delivery exactlyOnce: {problem}")
         return self
+
+
+def topic_matcher(topics: Iterable[str]) -> Callable[[str], bool]:
+    """Whether a topic is one of the source's `topics`: a name, or a match of one starting
+    with ``^`` (a pattern, as in the consumer's subscription)."""
+    topics = list(topics)
+    patterns = [re.compile(t) for t in topics if t.startswith("^")]
+    names = frozenset(t for t in topics if not t.startswith("^"))
+    return lambda name: name in names or any(p.match(name) for p in patterns)
 
 
 def postgres_two_phase(config: WorkerConfig) -> bool:

@@ -40,7 +40,12 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from streamherd.workers.checkpointing import Checkpoint, CheckpointFormatError
-from streamherd.workers.config import StateConfig, WorkerConfig, postgres_two_phase
+from streamherd.workers.config import (
+    StateConfig,
+    WorkerConfig,
+    postgres_two_phase,
+    topic_matcher,
+)
 from streamherd.workers.fingerprint import changed_fields, config_fingerprint, snapshot_name
 from streamherd.workers.fusing import fuse
 from streamherd.workers.kafkaclients import client_config, transaction_timeout_ms
@@ -320,6 +325,7 @@ class Engine:
         self.repartition = config.repartition if config.source.kafka is not None else None
         self._repartition_partitions = 0
         self._upstreams: frozenset[Upstream] = frozenset()
+        self._reads_topic = topic_matcher(topics)
         self._admin: AdminClient | None = None
         # What a repartition message's entries were evaluated under (workers/rekeying.py):
         # a downstream folds only its own plan's, and dead-letters another's.
@@ -488,6 +494,7 @@ class Engine:
                     st.windows = self._restored_windows(st, plan, restored, base)
                 st.clock = UpstreamClock.from_json(restored)
                 st.clock.known = self._upstreams
+                st.clock.reads = self._reads_topic
             else:
                 st.role = "upstream"
                 top = (restored or {}).get("maxEventMs")

@@ -56,9 +56,8 @@ decision 0130).
 from __future__ import annotations
 
 import logging
-import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -69,6 +68,7 @@ from confluent_kafka.admin import AdminClient
 # The same class as confluent_kafka.admin.NewTopic, whose type stub does not re-export it.
 from confluent_kafka.cimpl import NewTopic
 
+from streamherd.workers.config import topic_matcher
 from streamherd.workers.processing import (
     Failure,
     LateRecordError,
@@ -248,6 +248,11 @@ class UpstreamClock:
     upstreams: dict[Upstream, UpstreamState] = field(default_factory=dict)
     known: frozenset[Upstream] = frozenset()
     floor: int | None = None
+    # Whether the source still reads a topic (``topic_matcher``). An upstream of a topic an
+    # edit removed from ``source.kafka.topics`` no longer holds the watermark: its last
+    # event time would hold it, and so every window, forever (nothing of it will ever come
+    # to move it again). Its records still in the repartition topic are folded as ever.
+    reads: Callable[[str], bool] = field(default=lambda _topic: True, compare=False)
 
     def take(self, mark: Mark) -> bool:
         """Record ``mark``; False for a duplicate (or stale) message, which must be dropped."""
@@ -289,7 +294,8 @@ class UpstreamClock:
             return None  # the source's partitions are not known: nothing may close yet
         level: int | None = None
         active = 0
-        for upstream in self.known | self.upstreams.keys():
+        heard = {u for u in self.upstreams if self.reads(u[0])}
+        for upstream in self.known | heard:
             st = self.upstreams.get(upstream)
             if st is not None and st.idle:
                 continue
@@ -299,7 +305,7 @@ class UpstreamClock:
             if level is None or st.max_event_ms < level:
                 level = st.max_event_ms
         if active == 0:
-            return True if self.upstreams or self.known else None
+            return True if heard or self.known else None
         return level
 
     def to_json(self) -> dict[str, Any]:
@@ -492,7 +498,7 @@ def source_partitions(
     for); a topic starting with ``^`` is a pattern, as in the consumer's subscription.
     Waits until every named topic shows its partitions, each with a leader: a partial
     list would let windows close before a source partition had its say."""
-    patterns = [re.compile(t) for t in topics if t.startswith("^")]
+    wanted = topic_matcher(topics)
     names = {t for t in topics if not t.startswith("^")}
     deadline = time.monotonic() + timeout
     while True:
@@ -504,7 +510,7 @@ def source_partitions(
                 continue
             if any(p.leader < 0 for p in topic.partitions.values()):
                 continue
-            if name in names or any(p.match(name) for p in patterns):
+            if wanted(name):
                 seen.add(name)
                 out.update((name, p) for p in topic.partitions)
         if names <= seen or time.monotonic() > deadline:

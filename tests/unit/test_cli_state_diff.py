@@ -115,3 +115,38 @@ def test_state_diff_says_what_the_operator_decides(
         assert code == 1 and "repartition" in out
     else:
         assert code == 0
+
+
+@pytest.mark.parametrize(
+    ("upgrade", "code_", "outcome"),
+    [
+        (None, 1, "refused (onStateChange: refuse): the running workers are kept as they are"),
+        ({"onStateChange": "reset"}, 1, "roll, dropping them (onStateChange: reset)"),
+    ],
+)
+def test_removing_a_source_topic_of_an_unpartitioned_window_is_a_state_edit(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    upgrade: dict[str, Any] | None,
+    code_: int,
+    outcome: str,
+) -> None:
+    before = copy.deepcopy(BEFORE)
+    window(before)["repartition"] = "never"
+    before["spec"]["source"]["kafka"]["topics"] = ["clicks", "clicks-eu"]
+    after = copy.deepcopy(before)
+    after["spec"]["source"]["kafka"]["topics"] = ["clicks-eu"]
+    if upgrade is not None:
+        after["spec"]["upgrade"] = upgrade
+    (tmp_path / "before.yaml").write_text(yaml.safe_dump(before))
+    (tmp_path / "after.yaml").write_text(yaml.safe_dump(after))
+    code = main(["state-diff", str(tmp_path / "before.yaml"), str(tmp_path / "after.yaml")])
+    out, _ = capsys.readouterr()
+    assert code == code_, out
+    assert "  source.kafka.topics: removed clicks\n" in out
+    assert f"the operator would: {outcome}\n" in out
+    # Adding a topic keeps every window where it is.
+    (tmp_path / "after.yaml").write_text(yaml.safe_dump(before))
+    (tmp_path / "before.yaml").write_text(yaml.safe_dump(after))
+    assert main(["state-diff", str(tmp_path / "before.yaml"), str(tmp_path / "after.yaml")]) == 0
+    capsys.readouterr()

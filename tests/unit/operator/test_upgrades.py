@@ -19,8 +19,13 @@ from hypothesis import strategies as st
 
 from streamherd.operator.api.v1alpha1 import Upgrade
 from streamherd.operator.reconciler import ReconcileMemo, reconcile
-from streamherd.operator.upgrades import STATE_COMPATIBLE, config_description, decide
-from streamherd.workers.config import ProcessorConfig
+from streamherd.operator.upgrades import (
+    STATE_COMPATIBLE,
+    config_description,
+    decide,
+    removed_sources,
+)
+from streamherd.workers.config import ProcessorConfig, topic_matcher
 from streamherd.workers.fingerprint import describe, fingerprint
 from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, body_of, example_doc
 
@@ -347,3 +352,102 @@ def test_a_restore_rolls_only_a_snapshot_of_the_specs_state() -> None:
     assert (
         fingerprint(old) in wrong.condition.message and fingerprint(new) in wrong.condition.message
     )
+
+
+# --------------------------------------------------------------------------- source topics
+
+
+def source_of(spec: dict[str, Any]) -> dict[str, Any]:
+    kafka: dict[str, Any] = spec["source"]["kafka"]
+    return kafka
+
+
+def test_removing_a_source_topic_with_open_windows_is_refused_then_dropped_on_reset() -> None:
+    """The windows of an unpartitioned pipeline live on its source's partitions: a topic
+    removed from source.kafka.topics would leave its open windows never emitted."""
+    kube = FakeKube()
+    doc = example_doc("02-clicks-per-minute")
+    window_of(doc["spec"])["repartition"] = "never"
+    name = kube.put(doc)["metadata"]["name"]
+    memo = ReconcileMemo()
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    kube.roll_out(name)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    worker = json.loads(children(kube, name)[0]["data"]["worker.json"])
+    assert worker.get("repartition") is None, "it windows on its source's partitions"
+    edit(kube, name, lambda s: source_of(s).update(topics=["clicks", "clicks-eu"]))  # adds
+    added = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    assert condition(kube, name, STATE_COMPATIBLE)["reason"] == "Compatible"
+    assert "ConfigMap/clicks-per-minute-config" in added.applied
+    kube.roll_out(name)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    before = children(kube, name)
+    edit(kube, name, lambda s: source_of(s).update(topics=["clicks-eu"]))  # removes one
+    held = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    assert children(kube, name) == before
+    cond = condition(kube, name, STATE_COMPATIBLE)
+    assert (cond["status"], cond["reason"]) == ("False", "StateChangeRefused")
+    assert "removes source topics (clicks)" in cond["message"]
+    assert body_of(kube, name)["status"]["pendingStateChanges"] == [
+        "source.kafka.topics: removed clicks"
+    ]
+    assert [e.reason for e in held.events] == ["StateChangeRefused"]
+    # Reverting the edit is compatible again.
+    edit(kube, name, lambda s: source_of(s).update(topics=["clicks-eu", "clicks"]))
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    assert condition(kube, name, STATE_COMPATIBLE)["reason"] == "Compatible"
+    kube.roll_out(name)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    # Reset: the removal rolls (no snapshot of anything: the state is not discarded), and
+    # says once what is dropped.
+    before = children(kube, name)
+
+    def drop(spec: dict[str, Any]) -> None:
+        source_of(spec).update(topics=["clicks-eu"])
+        spec["upgrade"] = {"onStateChange": "reset"}
+
+    edit(kube, name, drop)
+    rolled = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    assert children(kube, name)[0] != before[0]
+    assert (
+        kube.find(
+            "StreamPipelineSnapshot",
+            f"{name}-reset-g{body_of(kube, name)['metadata']['generation']}",
+        )
+        is None
+    )
+    cond = condition(kube, name, STATE_COMPATIBLE)
+    assert (cond["status"], cond["reason"]) == ("True", "SourcesRemoved"), cond
+    assert "removes source topics (clicks)" in cond["message"] and "dropped" in cond["message"]
+    assert [e.reason for e in rolled.events if e.reason == "SourcesRemoved"] == ["SourcesRemoved"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(["a", "b", "ab", "b.c", "^a", "^b.*", "^(a|b)$"]), min_size=1,
+             max_size=4, unique=True),
+    st.lists(st.sampled_from(["a", "b", "ab", "b.c", "^a", "^b.*", "^(a|b)$"]), min_size=1,
+             max_size=4, unique=True),
+)  # fmt: skip
+def test_a_removed_source_is_exactly_one_the_edit_stops_reading(
+    running: list[str], desired: list[str]
+) -> None:
+    reads = topic_matcher(desired)
+    removed = removed_sources(running, desired)
+    for topic in running:
+        if topic in desired:
+            assert topic not in removed
+        elif topic.startswith("^"):
+            assert topic in removed  # what a pattern matched is not known: asked
+        else:
+            assert (topic in removed) == (not reads(topic))
+    description = described()
+    for on, action in (("refuse", "hold"), ("reset", "roll"), ("replay", "roll")):
+        got = decide(description, description, policy(on), sources=(tuple(running), tuple(desired)))
+        assert got.action == (action if removed else "roll")
+        assert got.fingerprint == fingerprint(description)
+        assert bool(got.changes) == bool(removed)
+    # With a repartition the windows live on the repartition topic: nothing is lost.
+    parted = {**description, "repartition": {"topic": "streamherd.x"}}
+    got = decide(parted, parted, policy("refuse"), sources=(tuple(running), tuple(desired)))
+    assert got.action == "roll" and not got.changes

@@ -21,7 +21,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamherd.workers.config import WindowSpec, WorkerConfig
+from streamherd.workers.config import WindowSpec, WorkerConfig, topic_matcher
 from streamherd.workers.engine import Engine, PartitionState
 from streamherd.workers.processing import SourceMessage
 from streamherd.workers.repartitioning import (
@@ -180,6 +180,33 @@ def test_the_clock_survives_a_checkpoint() -> None:
     data: dict[str, Any] = orjson.loads(orjson.dumps(clock.to_json()))
     again = UpstreamClock.from_json(data)
     assert again.upstreams == clock.upstreams and again.floor == 1_234
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 10_000), min_size=1, max_size=4),
+    st.lists(st.integers(0, 10_000), min_size=1, max_size=4),
+    st.booleans(),
+)
+def test_a_removed_source_topic_no_longer_holds_the_watermark(
+    kept: list[int], removed: list[int], late_record: bool
+) -> None:
+    """An edit removed topic "old" from the source: its upstreams' last event times, restored
+    from the checkpoint or still arriving from the repartition topic, hold nothing back."""
+    clock = UpstreamClock(known=frozenset(("new", p) for p in range(len(kept))))
+    for p, top in enumerate(removed):
+        clock.take(read_mark([("streamherd.upstream", upstream_header("old", p, 5, top))]))
+    for p, top in enumerate(kept):
+        clock.take(read_mark([("streamherd.upstream", upstream_header("new", p, 5, top))]))
+    again = UpstreamClock.from_json(orjson.loads(orjson.dumps(clock.to_json())))
+    again.known, again.reads = clock.known, topic_matcher(["new"])
+    if late_record:  # one of its records was still in the repartition topic
+        again.take(read_mark([("streamherd.upstream", upstream_header("old", 0, 6, 1))]))
+    assert again.closing_level() == min(kept)
+    assert ("old", 0) in again.upstreams  # still de-duplicated
+    # While the source reads it, it holds the level as every source partition does.
+    clock.reads = topic_matcher(["new", "^ol"])
+    assert clock.closing_level() == min(kept + removed)
 
 
 @dataclass(frozen=True)
