@@ -63,6 +63,7 @@ from streamherd.workers.processing import (
     WindowBatch,
     contributing,
     decode_json,
+    decode_json_wide,
     decode_raw,
     decode_synthetic,
     window_batch,
@@ -345,6 +346,10 @@ class Engine:
             self._decode = decode_synthetic
         elif config.source.kafka is not None and config.source.kafka.format == "raw":
             self._decode = decode_raw
+        elif self.processor.window is not None:
+            # Windows: a number beyond the double range in a field is an infinity, as on the
+            # fused path (processing.decode_json_wide); stateless output is whole records.
+            self._decode = decode_json_wide
         else:
             self._decode = decode_json
         # The window batch: the pipeline's fused function when its shape allows one (JSON
@@ -354,7 +359,7 @@ class Engine:
         fused_batch = (
             fuse(config.processor, self.processor.window)
             if fused
-            and self._decode is decode_json
+            and self._decode is decode_json_wide
             and self.processor.window is not None
             and self.repartition is None
             else None

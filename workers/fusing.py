@@ -46,7 +46,11 @@ is dead-lettered with exactly the generic error, and a good one continues with e
 values orjson gives (e.g. orjson turns integers beyond 64 bits into floats). Non-ASCII
 values are checked to be valid UTF-8 (msgspec does not check fields it skips), and a
 record with more than 1024 brackets takes the slow lane (orjson refuses nesting deeper than
-1024 levels; msgspec skips an unread field of any depth).
+1024 levels; msgspec skips an unread field of any depth). A skipped number needs no check:
+the generic decode reads one beyond the double range (``1e400``) as an infinity
+(``processing.read_wide``) rather than refusing the record, and in a read field msgspec
+refuses it, so the slow lane reads it that way too (tests/unit/workers/
+test_worker_decode_parity.py: both paths, any bytes).
 
 Folding: tumbling windows inline (the record's window reused while records fall in it);
 hopping windows inline too (each still-open window of the record, oldest first, as
@@ -76,10 +80,11 @@ from streamherd.workers.expressions import (
     parse_expression,
 )
 from streamherd.workers.processing import (
+    ORJSON_MAX_DEPTH,
     Failure,
     SourceMessage,
     WindowBatch,
-    decode_json,
+    decode_json_wide,
     function_stage,
     gc_paused,
     kafka_timestamp,
@@ -103,11 +108,6 @@ _INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 # Only JSON scalars: containers and big integers in a read field go to the slow lane
 # (orjson), which is what keeps the fused values identical to the generic ones.
 _SCALAR: Final = Union[_INT64, float, str, bool, None]  # noqa: UP007 - a runtime type object
-
-# orjson refuses JSON nested deeper than this; msgspec skips an unread field of any depth. A
-# record that may be that deep (more brackets than this, so at least twice as many bytes)
-# takes the slow lane, where orjson gives the generic verdict.
-ORJSON_MAX_DEPTH: Final = 1024
 
 BatchFunction = Callable[[list[SourceMessage], PartitionWindows], WindowBatch]
 
@@ -336,7 +336,7 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
 
     def slow(message: SourceMessage, failures: list[Failure]) -> Any:
         # The generic decode of one record: its exact failure, or its exact values.
-        items = decode_json([message], failures)
+        items = decode_json_wide([message], failures)
         if not items:
             return None
         record = items[0][0]
@@ -348,7 +348,7 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
             "__sh_decode": msgspec.json.Decoder(struct).decode,
             "__sh_slow": slow,
             "__sh_loads": orjson.loads,
-            "__sh_decode_json": decode_json,
+            "__sh_decode_json": decode_json_wide,
             "__sh_maps": [map_transform(s.map) if s.map is not None else None for s in steps],
             "__sh_function": function_stage(config.function)
             if config.function is not None
@@ -358,6 +358,9 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
             "__sh_WindowBatch": WindowBatch,
             "__sh_checks": [a.check for a in plan.aggregates],
             "__sh_canon": canonical_key,
+            # orjson refuses JSON nested deeper than ORJSON_MAX_DEPTH; msgspec skips an unread
+            # field of any depth. A record that may be that deep (more brackets than this, so
+            # at least twice as many bytes) takes the slow lane: the generic decode's verdict.
             "__sh_deep": ORJSON_MAX_DEPTH,
             "__sh_deep_bytes": 2 * ORJSON_MAX_DEPTH,
             "__sh_len": len,

@@ -140,7 +140,24 @@ Decoder = Callable[[list[SourceMessage], list[Failure]], list[Item]]
 
 
 def decode_json(messages: list[SourceMessage], failures: list[Failure]) -> list[Item]:
-    """Each value must be a JSON object; anything else is a decode failure."""
+    """Each value must be a JSON object; anything else is a decode failure (orjson's
+    verdict: a stateless pipeline, whose records go out whole, dead-letters a record with a
+    number beyond the double range rather than write it as ``null``)."""
+    return _decode_objects(messages, failures, orjson.loads)
+
+
+def decode_json_wide(messages: list[SourceMessage], failures: list[Failure]) -> list[Item]:
+    """:func:`decode_json` for a windowed pipeline, whose output is its windows' results:
+    a document orjson refuses only for a number beyond the double range (``1e400``, an
+    integer of 309 digits: valid JSON, whose grammar has no range) is read again by
+    :func:`read_wide`, that number as an infinity: only a step that reads such a value can
+    refuse it, on this path as on the fused one (which skips unread fields)."""
+    return _decode_objects(messages, failures, loads_json)
+
+
+def _decode_objects(
+    messages: list[SourceMessage], failures: list[Failure], loads_one: Callable[[bytes], Any]
+) -> list[Item]:
     loads = orjson.loads
     try:
         records = [loads(m.value()) for m in messages]  # type: ignore[arg-type]
@@ -152,7 +169,7 @@ def decode_json(messages: list[SourceMessage], failures: list[Failure]) -> list[
     items: list[Item] = []
     for m in messages:
         try:
-            record = loads(m.value())  # type: ignore[arg-type]
+            record = loads_one(m.value())  # type: ignore[arg-type]
         except (orjson.JSONDecodeError, TypeError) as error:
             failures.append(Failure(m, "decode", error))
             continue
@@ -163,6 +180,101 @@ def decode_json(messages: list[SourceMessage], failures: list[Failure]) -> list[
             continue
         items.append((record, m))
     return items
+
+
+#: orjson reads JSON nested at most this deep (the record's own object is level 1): a
+#: deeper document is a decode failure (the fused path's slow lane takes any record that
+#: may be that deep; :func:`read_wide` refuses it as well).
+ORJSON_MAX_DEPTH: Final = 1024
+
+#: orjson's refusal of a number beyond the double range, the one it makes that the JSON
+#: grammar does not (pinned by tests/unit/workers/test_worker_decode_parity.py).
+_BEYOND_DOUBLE: Final = "number is infinity when parsed as double"
+
+
+def loads_json(value: bytes) -> Any:
+    """One document as the decode reads it: orjson, or :func:`read_wide` for a number
+    beyond the double range. Raises orjson's JSONDecodeError (or TypeError for None)."""
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as error:
+        if error.msg != _BEYOND_DOUBLE:
+            raise
+    return read_wide(value)
+
+
+def _orjson_int(text: str) -> int | float:
+    """An integer literal as orjson reads it: an int from -2**63 to 2**64 - 1, else the
+    nearest float (an infinity beyond the double range)."""
+    if len(text) <= 20:  # no int() of thousands of digits
+        value = int(text)
+        if -(2**63) <= value <= 2**64 - 1:
+            return value
+    return float(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# The stdlib reader with orjson's number rules (floats: float(), correctly rounded like
+# orjson's, ``1e400`` inf, ``1e-400`` 0.0); NaN and Infinity refused. It reads only what
+# orjson refused for a number's range, so it is never on a good record's way.
+_WIDE: Final = json.JSONDecoder(parse_int=_orjson_int, parse_constant=_no_constant)
+
+
+def read_wide(value: bytes) -> Any:
+    """``value`` read as orjson reads it, except that a number beyond the double range is
+    ±infinity instead of a refusal. Everything else orjson refuses is refused: invalid UTF-8
+    (strict decoding), a lone surrogate escape, nesting deeper than
+    :data:`ORJSON_MAX_DEPTH` (checked on the result), and the rest of the grammar (the
+    stdlib decoder, strict). Raises orjson.JSONDecodeError with the reason."""
+    pos: int | None  # where, when the reader knows it
+    try:
+        text = value.decode()
+    except UnicodeDecodeError as error:
+        reason, pos, text = "str is not valid UTF-8", error.start, ""
+    else:
+        try:
+            document = _WIDE.decode(text)
+        except ValueError as error:  # json.JSONDecodeError, or _no_constant's
+            reason = getattr(error, "msg", str(error))
+            pos = getattr(error, "pos", None)
+        except RecursionError:  # nested past the interpreter's limit: past orjson's too
+            reason, pos = "depth limit exceeded", None
+        else:
+            refused = _orjson_refuses(document)
+            if refused is None:
+                return document
+            reason, pos = refused, None
+    # Raised here, outside the except blocks: no chained error holding the document.
+    refusal = orjson.JSONDecodeError(reason, text, pos or 0)
+    if pos is None:
+        refusal.args = (reason,)  # no made-up "line 1 column 1"
+    raise refusal
+
+
+def _orjson_refuses(document: Any) -> str | None:
+    """What orjson refuses in a document the stdlib read (nesting past
+    :data:`ORJSON_MAX_DEPTH`, a lone surrogate in a string or a name), or None."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        kind = type(value)
+        if kind is str:
+            if not value.isascii():
+                try:
+                    value.encode()
+                except UnicodeEncodeError:
+                    return "lone surrogate in string"
+        elif kind is dict or kind is list:
+            if depth > ORJSON_MAX_DEPTH:
+                return "depth limit exceeded"
+            if kind is dict:
+                stack.extend((name, depth) for name in value)
+                value = value.values()
+            stack.extend((item, depth + 1) for item in value)
+    return None
 
 
 def decode_raw(messages: list[SourceMessage], failures: list[Failure]) -> list[Item]:
