@@ -476,3 +476,46 @@ def test_values_json_cannot_hold_cross_the_repartition_topic_exactly(
     assert got[f"/p2|{window}"]["hi"] is None  # NaN, written as null
     assert counts[f"/p0|{window}"] == 1
     assert kafka_broker.consume_all(dlq) == []
+
+
+def test_a_source_topic_removed_by_an_edit_holds_no_window_open(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """Two source topics; an edit removes the one that went quiet first. Its partitions'
+    last event time, kept in the downstream clock, used to hold every window of the
+    pipeline open for good: nothing of that topic would ever come to move it."""
+    src, sink, dlq = topics(kafka_broker)
+    old = kafka_broker.create_topic(kafka_broker.unique_topic("clicks-old"), 2)
+    records = list(page_clicks(0, 12_000))
+    quiet = list(page_clicks(20_000, 1_000))  # event times of records 20000.. (ahead)
+    quiet = [(u, {**r, "ts": BASE_TS + i * 3}) for i, (u, r) in enumerate(quiet)]
+    kafka_broker.produce(src, records[:6_000])
+    kafka_broker.produce(old, quiet)
+    config = repartitioned_config(kafka_broker, src, sink, dlq, tmp_path / "ck")
+    config["source"]["kafka"]["topics"] = [src, old]
+    group = config["source"]["kafka"]["consumerGroup"]
+    first = Worker.create(tmp_path, "first", config).start()
+    try:
+
+        def consumed() -> bool:
+            return all(
+                kafka_broker.committed(group, t) == kafka_broker.end_offsets(t) for t in (src, old)
+            )
+
+        wait_until("both source topics consumed", consumed, 90, [first])
+        time.sleep(3)  # the repartition topic's records reach the windows
+    finally:
+        first.stop()  # SIGTERM: a last checkpoint, the clock's upstreams in it
+    config["source"]["kafka"]["topics"] = [src]  # the edit
+    second = Worker.create(tmp_path, "second", config).start()
+    try:
+        kafka_broker.produce(src, records[6_000:])
+        flush(kafka_broker, src, records[-1][1]["ts"])
+        expected = page_reference(records + quiet)
+        got, _ = sink_windows(
+            kafka_broker, sink, expected, "every window closed without the old topic", 90,
+            [second],
+        )  # fmt: skip
+        check(got, expected)
+    finally:
+        second.stop()
