@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from streamherd.operator.api.v1alpha1 import KIND
 from streamherd.operator.builders.worker_config import build_worker_config
 from streamherd.operator.settings import OperatorSettings
-from streamherd.operator.validation import load_documents, parse_pipeline
+from streamherd.operator.validation import load_documents, parse_pipeline, unnamed_problem
 from streamherd.workers.config import KafkaSecurity, WorkerConfig
 from streamherd.workers.engine import RunSummary
 from streamherd.workers.kafkaclients import SecurityConfigError
@@ -88,6 +88,8 @@ def _worker_config(
         )
         return None
     pipeline, problems = parse_pipeline(doc)
+    if pipeline is not None and not problems and (unnamed := unnamed_problem(pipeline)):
+        problems = [unnamed]
     if pipeline is None or problems:
         err.write(f"error: {file}: invalid {KIND}:\n")
         for line in problems:

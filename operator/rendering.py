@@ -22,7 +22,7 @@ from streamherd.operator.api.v1alpha1 import KIND
 from streamherd.operator.builders import Capabilities, build_all
 from streamherd.operator.builders.topics import render_comment
 from streamherd.operator.settings import OperatorSettings
-from streamherd.operator.validation import load_documents, parse_pipeline
+from streamherd.operator.validation import load_documents, parse_pipeline, unnamed_problem
 
 
 class _BlockDumper(yaml.SafeDumper):
@@ -72,6 +72,8 @@ def render_files(
         if namespace:
             doc = {**raw, "metadata": {**(raw.get("metadata") or {}), "namespace": namespace}}
         pipeline, problems = parse_pipeline(doc)
+        if pipeline is not None and not problems and (unnamed := unnamed_problem(pipeline)):
+            problems = [unnamed]
         if pipeline is None or problems:
             failed = True
             err.write(f"{file}: invalid {KIND}:\n")

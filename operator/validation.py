@@ -60,6 +60,27 @@ def parse_pipeline(doc: Mapping[str, Any]) -> tuple[StreamPipeline | None, list[
     return pipeline, semantic_errors(pipeline)
 
 
+def unnamed_problem(pipeline: StreamPipeline) -> str | None:
+    """Why a command that needs the pipeline's name offline (render, run) cannot take it:
+    a manifest with metadata.generateName alone is valid (the API server picks the name
+    when it creates the object), but has no name until then."""
+    if pipeline.name:
+        return None
+    return (
+        "metadata.name: needed here (the names of the pipeline's children, its consumer "
+        "group and its transactions derive from it); metadata.generateName becomes a name "
+        "only when the API server creates the object"
+    )
+
+
+def shown_name(doc: Mapping[str, Any]) -> str:
+    """The name a message calls a manifest by: metadata.name, else `<generateName>*`."""
+    meta = doc.get("metadata") or {}
+    if meta.get("name"):
+        return str(meta["name"])
+    return f"{meta['generateName']}*" if meta.get("generateName") else "?"
+
+
 class DuplicateKeyError(yaml.constructor.ConstructorError):
     """A mapping that names one key twice (YAML says keys are unique; PyYAML keeps the last,
     and so does the API server's decoder, silently dropping what the user wrote first)."""
@@ -130,7 +151,7 @@ def validate_files(files: Sequence[str], out: TextIO, err: TextIO) -> int:
             err.write(f"{where}: skipped: not a {KIND} (kind {kind})\n")
             continue
         seen += 1
-        name = (doc.get("metadata") or {}).get("name", "?")
+        name = shown_name(doc)
         _, problems = parse_pipeline(doc)
         if problems:
             failed = True

@@ -29,7 +29,7 @@ from streamherd.operator.builders.keying import (
     trace_field,
     window_key_field,
 )
-from streamherd.operator.validation import load_documents, parse_pipeline
+from streamherd.operator.validation import load_documents, parse_pipeline, shown_name
 
 __all__ = ["field_reference", "keying_warnings", "write_keying_warnings"]
 
@@ -88,6 +88,6 @@ def write_keying_warnings(files: Sequence[str], err: TextIO) -> int:
             continue
         where = f"{file}" + (f" (document {index + 1})" if index else "")
         for line in keying_warnings(pipeline):
-            err.write(f"{where}: {KIND} {pipeline.name}: warning: {line}\n")
+            err.write(f"{where}: {KIND} {shown_name(doc)}: warning: {line}\n")
             count += 1
     return count

@@ -142,6 +142,8 @@ def _value(value: Any) -> str:
         return value or '""'
     if isinstance(value, list):
         return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_value(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 
@@ -174,7 +176,7 @@ def _facts(node: JSON) -> list[str]:
             facts.append(f"At least {a} {unit}.")
     if "default" in node:
         default = node["default"]
-        if isinstance(default, dict):
+        if isinstance(default, dict) and "properties" in node:
             facts.append("Default: each field's own default when omitted.")
         elif default in ([], ""):
             facts.append("Default: empty.")

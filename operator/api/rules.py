@@ -26,6 +26,7 @@ of a map); the empty path is the whole object (metadata included).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,11 +35,29 @@ from typing import Any, Final
 
 from pydantic import BaseModel
 
+from streamherd.operator.api.resources import (
+    CEL_CONTAINER_RESOURCE,
+    CEL_HUGEPAGES,
+    CEL_MAY_OVERCOMMIT,
+    CEL_NATIVE,
+    COMPUTE_RESOURCES,
+    HUGEPAGES_PREFIX,
+    STANDARD_RESOURCES,
+    cel_fills_pages,
+    cel_is_whole,
+    counted_in_units,
+    fills_pages,
+    is_container_resource,
+    is_hugepages,
+    is_whole,
+    may_overcommit,
+)
 from streamherd.operator.api.scheduling import QUALIFIED_NAME
 from streamherd.operator.api.v1alpha1 import (
     INTERNAL_TOPIC_PREFIX,
     MAX_NAME_LENGTH,
     WINDOW_KEY_COLUMNS,
+    Resources,
     StreamPipeline,
     StreamPipelineSpec,
     exactly_once_spec_problem,
@@ -62,8 +81,10 @@ RESERVED_MOUNT_PATHS: Final = ("/etc/streamherd", "/var/lib/streamherd/checkpoin
 #: Environment variables of the worker container that the operator sets; a Secret's env
 #: entry may not shadow them (nor any future one: the whole prefix is reserved).
 RESERVED_ENV_PREFIX: Final = "STREAMHERD_"
-#: Resource names a worker container may request besides extended resources (`domain/name`).
-STANDARD_RESOURCES: Final = ("cpu", "memory", "ephemeral-storage")
+#: The API server's generateName: the first 58 characters of metadata.generateName and 5
+#: random ones, lowercase consonants and digits (apiserver's names.SimpleNameGenerator).
+GENERATED_NAME_SUFFIX: Final = 5
+GENERATED_NAME_BASE_MAX: Final = 63 - GENERATED_NAME_SUFFIX
 
 
 # --------------------------------------------------------------------------- quantities
@@ -182,6 +203,13 @@ class Rule:
     expressible in CEL); holds: the same predicate over the parsed node, for validate and
     the operator; problem: for rules with a variable message (cel None), returns the
     message or None.
+
+    each: instead of holds, a predicate ``(key, value, node)`` over every entry of the map
+    `field` names (or `of`, when the entries judged are another map's: a request's missing
+    limit is reported at ``limits``), so that validate names the entry
+    (``spec.resources.limits[example.com/gpu]``); its CEL form is then built by
+    :func:`each_entry`, with a cel_message (CEL's messageExpression) that names the
+    entries, since a fieldPath cannot name a map's key.
     """
 
     name: str
@@ -191,17 +219,25 @@ class Rule:
     holds: Callable[[Any], bool] | None = None
     field: str = ""
     problem: Callable[[Any], str | None] | None = None
+    each: Callable[[str, Any, Any], bool] | None = None
+    of: str = ""
+    cel_message: str | None = None
 
     def __post_init__(self) -> None:
-        if (self.holds is None) == (self.problem is None):
-            raise ValueError(f"rule {self.name}: give exactly one of holds or problem")
+        if sum(p is not None for p in (self.holds, self.problem, self.each)) != 1:
+            raise ValueError(f"rule {self.name}: give exactly one of holds or problem (or each)")
         if self.problem is not None and self.cel is not None:
             raise ValueError(f"rule {self.name}: a CEL rule has a fixed message (use holds)")
+        if self.each is not None and not (self.of or self.field):
+            raise ValueError(f"rule {self.name}: each needs the map (field or of)")
 
     def violations(self, pipeline: StreamPipeline) -> Iterator[str]:
         """`path: message` for every node at `at` that breaks the rule."""
         for path, node in nodes_at(pipeline, self.at):
             where = f"{path}{self.field}" if path else self.field.removeprefix(".")
+            if self.each is not None:
+                yield from self._entry_violations(where, node)
+                continue
             try:
                 if self.holds is not None:
                     message = None if self.holds(node) else self.message
@@ -214,11 +250,24 @@ class Rule:
             if message is not None:
                 yield f"{where}: {message}" if where else message
 
+    def _entry_violations(self, where: str, node: Any) -> Iterator[str]:
+        assert self.each is not None
+        entries = _child(node, (self.of or self.field).removeprefix(".")) or {}
+        for key, value in entries.items():
+            try:
+                message = None if self.each(key, value, node) else self.message
+            except Exception as e:  # noqa: BLE001 - as in violations
+                message = f"{self.message} ({type(e).__name__}: {e})"
+            if message is not None:
+                yield f"{where}[{key}]: {message}"
+
     def cel_entry(self) -> dict[str, str] | None:
         """The x-kubernetes-validations entry for the CRD (None: no CEL form)."""
         if self.cel is None:
             return None
         entry = {"rule": self.cel, "message": self.message}
+        if self.cel_message is not None:
+            entry["messageExpression"] = self.cel_message
         if self.field and self.at:
             entry["fieldPath"] = self.field
         return entry
@@ -333,15 +382,76 @@ def _keys_qualified(attr: str) -> Callable[[Any], bool]:
     return holds
 
 
-def _quantities_ok(resources: Any) -> bool:
-    requests, limits = _child(resources, "requests") or {}, _child(resources, "limits") or {}
-    for name, request in requests.items():
-        if name not in limits:
-            continue
-        want, cap = parse_quantity(request), parse_quantity(limits[name])
-        if want is not None and cap is not None and want > cap:
-            return False
-    return True
+def each_entry(
+    name: str,
+    *,
+    at: str,
+    of: str,
+    message: str,
+    cel_ok: str,
+    ok: Callable[[str, Any, Any], bool],
+    report: str = "",
+) -> Rule:
+    """A rule over every entry of the map `of` below `at`: `cel_ok` is its CEL form, over
+    `k` (the key) and `{v}` (its value), `ok(key, value, node at)` the Python one. Violations
+    are reported at the map `report` (default: `of` itself), naming each entry; the API
+    server names the map and, in the message, the first entry that breaks the rule."""
+    entries = f"self.{of}"
+    holds = cel_ok.replace("{v}", f"{entries}[k]")
+    return Rule(
+        name=name,
+        at=at,
+        field=f".{report or of}",
+        of=of,
+        message=message,
+        cel=f"!has({entries}) || {entries}.all(k, {holds})",
+        # The first entry that breaks the rule (a join of them all is beyond the API
+        # server's cost budget).
+        cel_message=f"{entries}.filter(k, !({holds}))[0] + {json.dumps(': ' + message)}",
+        each=ok,
+    )
+
+
+def stored_name(pipeline: StreamPipeline) -> str:
+    """The name the pipeline is stored under: metadata.name, or without one the name the
+    API server generates from metadata.generateName (its first 58 characters and 5 random
+    lowercase letters or digits, which decide the name rules alike: "x" stands in for
+    them). The API server generates it before it runs the CRD's rules on it."""
+    if pipeline.name:
+        return pipeline.name
+    prefix = str(pipeline.metadata.get("generateName") or "")
+    return prefix[:GENERATED_NAME_BASE_MAX] + "x" * GENERATED_NAME_SUFFIX if prefix else ""
+
+
+def _units_ok(key: str, value: str, _resources: Any) -> bool:
+    return not counted_in_units(key) or (q := parse_quantity(value)) is None or is_whole(q)
+
+
+def _pages_ok(key: str, value: str, _resources: Any) -> bool:
+    if not is_hugepages(key) or (q := parse_quantity(value)) is None:
+        return True
+    return fills_pages(parse_quantity(key.removeprefix(HUGEPAGES_PREFIX)), q)
+
+
+def _hugepages_have_compute(resources: Resources) -> bool:
+    names = {*resources.requests, *resources.limits}
+    return not any(is_hugepages(n) for n in names) or any(n in names for n in COMPUTE_RESOURCES)
+
+
+_DEFAULT_LIMITS: Final = ", ".join(
+    f"{k}: {v}" for k, v in Resources.model_fields["limits"].default.items()
+)
+
+
+def _compared(key: str, request: str, resources: Resources) -> int | None:
+    """request <=> the limit of the same resource (-1, 0, 1); None without a limit or when
+    either is no quantity (other rules say so)."""
+    if key not in resources.limits:
+        return None
+    want, cap = parse_quantity(request), parse_quantity(resources.limits[key])
+    if want is None or cap is None:
+        return None
+    return (want > cap) - (want < cap)
 
 
 def _env_names(spec: StreamPipelineSpec) -> list[str]:
@@ -626,83 +736,147 @@ RULES: Final[tuple[Rule, ...]] = (
         message=(
             "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', "
             "starting with a letter, no dots): the operator names the metrics Service "
-            "NAME-metrics"
+            "NAME-metrics (metadata.generateName: it must start with a letter; the API "
+            "server appends 5 random letters or digits)"
         ),
+        # On the API server, `self.metadata.name` is the generated one already.
         cel=f"self.metadata.name.matches('{DNS1035_LABEL}')",
-        holds=lambda p: re.fullmatch(DNS1035_LABEL[1:-1], p.name) is not None,
+        holds=lambda p: re.fullmatch(DNS1035_LABEL[1:-1], stored_name(p)) is not None,
     ),
     Rule(
         name="metadata.name fits the derived names",
         at="",
         message=(
             f"metadata.name must be at most {MAX_NAME_LENGTH} characters (the operator "
-            "derives child names from it: the metrics Service NAME-metrics must fit in 63)"
+            "derives child names from it: the metrics Service NAME-metrics must fit in 63; "
+            f"metadata.generateName at most {MAX_NAME_LENGTH - GENERATED_NAME_SUFFIX}: the "
+            f"API server appends {GENERATED_NAME_SUFFIX} characters)"
         ),
         cel=f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
-        holds=lambda p: len(p.name) <= MAX_NAME_LENGTH,
+        holds=lambda p: len(stored_name(p)) <= MAX_NAME_LENGTH,
     ),
     # -- quantities: the API server's own grammar
-    Rule(
-        name="resource requests are quantities",
-        at="spec.resources.requests{}",
-        message="must be a Kubernetes quantity such as 250m, 1.5, 512Mi or 2Gi",
-        cel="isQuantity(self)",
-        holds=is_quantity,
+    *(
+        Rule(
+            name=f"resource {of} are quantities",
+            at=f"spec.resources.{of}{{}}",
+            message="must be a Kubernetes quantity such as 250m, 1.5, 512Mi or 2Gi",
+            cel="isQuantity(self)",
+            holds=is_quantity,
+        )
+        for of in ("requests", "limits")
+    ),
+    *(
+        Rule(
+            name=f"resource {of} are not negative",
+            at=f"spec.resources.{of}{{}}",
+            message="must not be negative",
+            cel="!isQuantity(self) || quantity(self).compareTo(quantity('0')) >= 0",
+            holds=lambda v: (q := parse_quantity(v)) is None or q >= 0,
+        )
+        for of in ("requests", "limits")
+    ),
+    # -- core/v1's container resources (operator/api/resources.py): what the API server
+    # checks in the worker Deployment
+    *(
+        each_entry(
+            name=f"resource {of} are container resources",
+            at="spec.resources",
+            of=of,
+            message=(
+                "not a resource a container can have: "
+                + ", ".join(STANDARD_RESOURCES)
+                + f", {HUGEPAGES_PREFIX}<page size> (such as hugepages-2Mi) or an extended "
+                "resource <domain>/<name> (such as example.com/gpu: a qualified name, the "
+                "domain at most 244 characters and not starting with requests.)"
+            ),
+            cel_ok=CEL_CONTAINER_RESOURCE,
+            ok=lambda k, _v, _r: is_container_resource(k),
+        )
+        for of in ("requests", "limits")
+    ),
+    *(
+        each_entry(
+            name=f"extended resource {of} are whole",
+            at="spec.resources",
+            of=of,
+            message=(
+                "an extended resource (a name with a domain other than kubernetes.io) is "
+                "counted in whole units: give a whole number such as 1 or 2 (at most 1Pi)"
+            ),
+            cel_ok=f"{CEL_NATIVE} || !isQuantity({{v}}) || ({cel_is_whole('{v}')})",
+            ok=_units_ok,
+        )
+        for of in ("requests", "limits")
+    ),
+    *(
+        each_entry(
+            name=f"hugepages {of} fill whole pages",
+            at="spec.resources",
+            of=of,
+            message=(
+                "hugepages-<page size> needs a page size that is a positive whole quantity "
+                "(such as 2Mi or 1Gi) and an amount that is a whole multiple of it (such as "
+                "4Mi for hugepages-2Mi; at most 1Pi)"
+            ),
+            cel_ok=f"!{CEL_HUGEPAGES} || !isQuantity({{v}}) || ({cel_fills_pages('k', '{v}')})",
+            ok=_pages_ok,
+        )
+        for of in ("requests", "limits")
     ),
     Rule(
-        name="resource limits are quantities",
-        at="spec.resources.limits{}",
-        message="must be a Kubernetes quantity such as 250m, 1.5, 512Mi or 2Gi",
-        cel="isQuantity(self)",
-        holds=is_quantity,
-    ),
-    Rule(
-        name="resource quantities are not negative",
+        name="hugepages come with cpu or memory",
         at="spec.resources",
-        field=".requests",
-        message="requests and limits must not be negative",
+        message="hugepages need a cpu or memory request or limit beside them",
         cel=(
-            "(!has(self.requests) || self.requests.all(k, !isQuantity(self.requests[k]) || "
-            "quantity(self.requests[k]).compareTo(quantity('0')) >= 0)) && "
-            "(!has(self.limits) || self.limits.all(k, !isQuantity(self.limits[k]) || "
-            "quantity(self.limits[k]).compareTo(quantity('0')) >= 0))"
+            f"!((has(self.requests) && self.requests.exists(k, {CEL_HUGEPAGES})) || "
+            f"(has(self.limits) && self.limits.exists(k, {CEL_HUGEPAGES}))) || "
+            f"(has(self.requests) && self.requests.exists(k, k in {list(COMPUTE_RESOURCES)})) "
+            f"|| (has(self.limits) && self.limits.exists(k, k in {list(COMPUTE_RESOURCES)}))"
         ),
-        holds=lambda r: all(
-            (q := parse_quantity(v)) is None or q >= 0
-            for v in [*r.requests.values(), *r.limits.values()]
-        ),
+        holds=_hugepages_have_compute,
     ),
-    Rule(
-        name="resource names are known",
+    each_entry(
+        name="extended resources and hugepages have a limit",
         at="spec.resources",
-        field=".requests",
+        of="requests",
+        report="limits",
         message=(
-            "resource names must be cpu, memory, ephemeral-storage, hugepages-<size> or an "
-            "extended resource such as example.com/gpu"
+            "required: an extended resource or hugepages request cannot be overcommitted: "
+            "its limit must be set, equal to the request"
         ),
-        cel=(
-            "(!has(self.requests) || self.requests.all(k, k in ['cpu', 'memory', "
-            "'ephemeral-storage'] || k.startsWith('hugepages-') || k.contains('/'))) && "
-            "(!has(self.limits) || self.limits.all(k, k in ['cpu', 'memory', "
-            "'ephemeral-storage'] || k.startsWith('hugepages-') || k.contains('/')))"
-        ),
-        holds=lambda r: all(
-            k in STANDARD_RESOURCES or k.startswith("hugepages-") or "/" in k
-            for k in [*r.requests, *r.limits]
-        ),
+        cel_ok=f"{CEL_MAY_OVERCOMMIT} || (has(self.limits) && k in self.limits)",
+        ok=lambda k, _v, r: may_overcommit(k) or k in r.limits,
     ),
-    Rule(
+    each_entry(
+        name="extended resources and hugepages are not overcommitted",
+        at="spec.resources",
+        of="requests",
+        message=(
+            "an extended resource or hugepages request cannot be overcommitted: it must "
+            "equal its limit"
+        ),
+        cel_ok=(
+            f"{CEL_MAY_OVERCOMMIT} || !has(self.limits) || !(k in self.limits) || "
+            "!isQuantity({v}) || !isQuantity(self.limits[k]) || "
+            "quantity({v}).compareTo(quantity(self.limits[k])) == 0"
+        ),
+        ok=lambda k, v, r: may_overcommit(k) or _compared(k, v, r) in (None, 0),
+    ),
+    each_entry(
         name="requests do not exceed limits",
         at="spec.resources",
-        field=".requests",
-        message="a request must not be more than the limit of the same resource",
-        cel=(
-            "!has(self.requests) || !has(self.limits) || self.requests.all(k, "
-            "!(k in self.limits) || !isQuantity(self.requests[k]) || "
-            "!isQuantity(self.limits[k]) || "
-            "quantity(self.requests[k]).compareTo(quantity(self.limits[k])) <= 0)"
+        of="requests",
+        message=(
+            "a request must not be more than the limit of the same resource (limits default to "
+            f"{_DEFAULT_LIMITS})"
         ),
-        holds=_quantities_ok,
+        cel_ok=(
+            f"!{CEL_MAY_OVERCOMMIT} || !has(self.limits) || !(k in self.limits) || "
+            "!isQuantity({v}) || !isQuantity(self.limits[k]) || "
+            "quantity({v}).compareTo(quantity(self.limits[k])) <= 0"
+        ),
+        ok=lambda k, v, r: not may_overcommit(k) or _compared(k, v, r) in (None, -1, 0),
     ),
     Rule(
         name="checkpoint volume size is a positive quantity",
@@ -998,8 +1172,10 @@ __all__ = [
     "RULES",
     "Rule",
     "cel_rules_at",
+    "each_entry",
     "is_quantity",
     "nodes_at",
     "parse_quantity",
+    "stored_name",
     "violations",
 ]

@@ -748,20 +748,27 @@ class SecretMount(Model):
 class Resources(Model):
     """Compute resources of each worker container."""
 
+    # Static defaults (pydantic copies them per instance), not factories: the CRD needs them
+    # as `default:` so that the CEL rules comparing requests with limits see them when the
+    # user omits one map, as the Deployment the operator renders has them.
     requests: dict[str, Quantity] = Field(
-        default_factory=lambda: {"cpu": "250m", "memory": "256Mi"},
+        default={"cpu": "250m", "memory": "256Mi"},
         max_length=16,
         description=(
             "What the scheduler reserves for each worker: resource name (cpu, memory, "
-            "ephemeral-storage, ...) -> Kubernetes quantity (250m, 1.5, 256Mi)."
+            "ephemeral-storage, hugepages-<page size>, or an extended resource such as "
+            "example.com/gpu) -> Kubernetes quantity (250m, 1.5, 256Mi)."
         ),
     )
     limits: dict[str, Quantity] = Field(
-        default_factory=lambda: {"memory": "512Mi"},
+        default={"memory": "512Mi"},
         max_length=16,
         description=(
-            "The most each worker may use: resource name -> Kubernetes quantity; a request "
-            "may not exceed its limit."
+            "The most each worker may use: resource name -> Kubernetes quantity. As for any "
+            "container (core/v1): a request may not exceed its limit; extended resources and "
+            "hugepages need a limit equal to their request (they are not overcommitted); "
+            "extended resources are whole numbers, hugepages whole multiples of their page "
+            "size, with a cpu or memory request or limit beside them."
         ),
     )
 

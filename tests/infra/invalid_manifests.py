@@ -100,6 +100,8 @@ def _postgres_exactly_once_with_kafka_outputs() -> dict[str, Any]:
 
 PG_EOS_TWO_PHASE = _postgres_exactly_once_with_kafka_outputs()
 W = "spec.processor.steps[1].window"  # the window step of KAFKA
+CPU_MEM = {"cpu": "250m", "memory": "256Mi"}  # the default requests
+GPU = "example.com/gpu"
 LW = "spec.processor.steps[2].window"  # the window step of LOCAL
 SECRET = {"secretName": "creds", "mountPath": "/var/run/creds"}
 
@@ -121,6 +123,13 @@ BOTH: list[Case] = [
     case("name with a dot", KAFKA, "metadata.name", ("metadata.name", "clicks.v2")),
     case("name starting with a digit", KAFKA, "metadata.name", ("metadata.name", "1clicks")),
     case("name ending with a dash", KAFKA, "metadata.name", ("metadata.name", "clicks-")),
+    # metadata.generateName: the API server generates the name before it checks it
+    case("generated name with a dot", KAFKA, "metadata.name",
+         ("metadata", {"generateName": "clicks.v2-"})),
+    case("generated name starting with a digit", KAFKA, "metadata.name",
+         ("metadata", {"generateName": "1clicks-"})),
+    case("generated name of 56 characters", KAFKA, "metadata.name",
+         ("metadata", {"generateName": "c" * 51})),
     # quantities, by the API server's own grammar
     case("cpu lots", KAFKA, "spec.resources.requests",
          ("spec.resources.requests", {"cpu": "lots", "memory": "256Mi"})),
@@ -139,6 +148,41 @@ BOTH: list[Case] = [
          ("spec.resources.limits", {"memory": "512Mi"})),
     case("unknown resource name", KAFKA, "spec.resources.requests",
          ("spec.resources.requests", {"gpu": "1"})),
+    # core/v1's container resources (the API server would refuse the Deployment)
+    case("negative memory limit", KAFKA, "spec.resources.limits[memory]",
+         ("spec.resources.limits", {"memory": "-1"})),
+    case("cpu request above its limit", KAFKA, "spec.resources.requests",
+         ("spec.resources", {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}})),
+    case("memory request above the default limit", KAFKA, "spec.resources.requests",
+         ("spec.resources", {"requests": {"cpu": "250m", "memory": "1Gi"}})),
+    case("extended resource requested without a limit", KAFKA, "spec.resources.limits",
+         ("spec.resources", {"requests": {**CPU_MEM, GPU: "1"}})),
+    case("extended resource request below its limit", KAFKA, "spec.resources.requests",
+         ("spec.resources", {"requests": {**CPU_MEM, "nvidia.com/gpu": "1"},
+                             "limits": {"nvidia.com/gpu": "2"}})),
+    case("half an extended resource", KAFKA, "spec.resources.limits",
+         ("spec.resources.limits", {"memory": "512Mi", GPU: "0.5"})),
+    case("extended resource of 1500m", KAFKA, "spec.resources.requests",
+         ("spec.resources", {"requests": {**CPU_MEM, GPU: "1500m"},
+                             "limits": {GPU: "1500m"}})),
+    case("hugepages not a multiple of the page size", KAFKA, "spec.resources.limits",
+         ("spec.resources", {"requests": {**CPU_MEM, "hugepages-2Mi": "3Mi"},
+                             "limits": {"hugepages-2Mi": "3Mi"}})),
+    case("hugepages with a page size that is no quantity", KAFKA, "spec.resources.limits",
+         ("spec.resources.limits", {"memory": "512Mi", "hugepages-huge": "4Mi"})),
+    case("hugepages requested without a limit", KAFKA, "spec.resources.limits",
+         ("spec.resources.requests", {**CPU_MEM, "hugepages-1Gi": "1Gi"})),
+    case("hugepages without cpu or memory", KAFKA, "spec.resources",
+         ("spec.resources", {"requests": {"hugepages-2Mi": "4Mi"},
+                             "limits": {"hugepages-2Mi": "4Mi"}})),
+    case("resource name with two slashes", KAFKA, "spec.resources.limits",
+         ("spec.resources.limits", {"memory": "512Mi", "example.com/gpu/a100": "1"})),
+    case("resource domain in capitals", KAFKA, "spec.resources.limits",
+         ("spec.resources.limits", {"memory": "512Mi", "Example.com/gpu": "1"})),
+    case("extended resource named like a quota", KAFKA, "spec.resources.limits",
+         ("spec.resources.limits", {"memory": "512Mi", "requests.example.com/gpu": "1"})),
+    case("extended resource domain of 245 characters", KAFKA, "spec.resources.limits",
+         ("spec.resources.limits", {"memory": "512Mi", "a" * 245 + "/gpu": "1"})),
     case("volume size 1.5.5Gi", KAFKA, "spec.checkpoint.volume.size",
          ("spec.checkpoint.volume.size", "1.5.5Gi")),
     case("volume size lots", KAFKA, "spec.checkpoint.volume.size",

@@ -156,3 +156,67 @@ def manifests(draw: st.DrawFn) -> dict[str, Any]:
         "metadata": {"name": draw(NAMES)},
         "spec": spec,
     }
+
+
+# --------------------------------------------------------------------------- resources
+# spec.resources near every edge of core/v1's rules for a container's resources
+# (operator/api/resources.py): tests/unit/api/test_resource_requirements.py and
+# tests/integration/operator/test_rules_agree.py.
+
+RESOURCE_NAMES = st.sampled_from([
+    "cpu", "memory", "ephemeral-storage", "hugepages-2Mi", "hugepages-1Gi", "hugepages-1500",
+    "hugepages-0.5", "hugepages-1000m", "hugepages-huge", "hugepages-", "example.com/gpu",
+    "nvidia.com/gpu", "amd.com/gpu", "gpu.kubernetes.io/slice", "kubernetes.io/batch",
+    "requests.example.com/gpu", "Example.com/gpu", "example.com/gpu/a", "/gpu",
+    "example.com/", "gpu", "pods", "storage", "requests.cpu", "a" * 244 + "/x", "a" * 245 + "/x",
+    "example.com/" + "g" * 63, "example.com/" + "g" * 64, "example.com/-gpu",
+])  # fmt: skip
+RESOURCE_AMOUNTS = st.one_of(
+    st.sampled_from([
+        "0", "1", "2", "3", "0.5", "1500m", "1000m", "1.0", "0.9999", "0.9999999999", "-1",
+        "2Mi", "3Mi", "4Mi", "6Mi", "1Gi", "1.5Gi", "2Gi", "2097152", "2097151.5", "1e3", "1Pi",
+        "2Pi", "1125899906842624", "1125899906842625", "1e300", "lots", "100M", "250m", "512Mi",
+        "1k", "1.5k", "1ki",
+    ]),
+    st.integers(min_value=0, max_value=8).map(lambda n: f"{2 * n}Mi"),
+    st.integers(min_value=-2, max_value=3000).map(str),
+    st.decimals(min_value=0, max_value=5, places=4).map(str),
+)  # fmt: skip
+
+
+#: Well-formed devices, so that accepted manifests with them are common: whole GPUs,
+#: hugepages in whole pages.
+DEVICES = st.one_of(
+    st.tuples(st.sampled_from(["example.com/gpu", "nvidia.com/gpu"]),
+              st.integers(min_value=0, max_value=8).map(str)),
+    st.tuples(st.just("hugepages-2Mi"), st.integers(min_value=0, max_value=8).map(
+        lambda n: f"{2 * n}Mi")),
+    st.tuples(st.just("hugepages-1Gi"), st.integers(min_value=0, max_value=4).map(
+        lambda n: f"{n}Gi")),
+    st.tuples(RESOURCE_NAMES, RESOURCE_AMOUNTS),
+)  # fmt: skip
+COMPUTE = st.sampled_from(["cpu", "memory", "ephemeral-storage"])
+COMPUTE_AMOUNTS = st.sampled_from(["250m", "1", "2", "256Mi", "512Mi", "1Gi", "2Gi", None]).flatmap(
+    lambda good: RESOURCE_AMOUNTS if good is None else st.just(good)
+)
+
+
+@st.composite
+def resource_maps(draw: st.DrawFn) -> dict[str, dict[str, str]]:
+    """requests and limits (either omitted at times: the defaults apply): cpu, memory and
+    ephemeral-storage, and devices requested and limited alike (as extended resources and
+    hugepages need), or only one way, or with two amounts."""
+    requests = draw(st.dictionaries(COMPUTE, COMPUTE_AMOUNTS, max_size=3))
+    limits = draw(st.dictionaries(COMPUTE, COMPUTE_AMOUNTS, max_size=3))
+    for name, amount in draw(st.lists(DEVICES, max_size=3)):
+        where = draw(st.sampled_from(["both"] * 4 + ["requests", "limits", "two amounts"]))
+        if where != "requests":
+            limits[name] = amount
+        if where != "limits":
+            requests[name] = amount if where != "two amounts" else draw(RESOURCE_AMOUNTS)
+    resources: dict[str, dict[str, str]] = {}
+    if draw(st.integers(0, 5)):
+        resources["requests"] = requests
+    if draw(st.integers(0, 5)):
+        resources["limits"] = limits
+    return resources

@@ -20,14 +20,17 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kubernetes.client import CustomObjectsApi
+from kubernetes.client import AppsV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from streamherd.operator.api import rules
 from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.builders.workload import build_deployment
+from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import parse_pipeline, readable_errors
 from tests.infra.controlplane import KubeCluster
+from tests.infra.core_v1_resources import core_v1_accepts
 from tests.infra.invalid_manifests import (
     BOTH,
     KAFKA,
@@ -38,7 +41,7 @@ from tests.infra.invalid_manifests import (
     Case,
     set_path,
 )
-from tests.infra.manifest_strategies import manifests
+from tests.infra.manifest_strategies import manifests, resource_maps
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -86,7 +89,8 @@ def offline_problems(doc: dict[str, Any]) -> list[str]:
 
 
 def test_the_base_manifests_are_accepted(api: CustomObjectsApi, namespace: str) -> None:
-    for doc in (KAFKA, LOCAL, PG_EOS, PG_EOS_TWO_PHASE):
+    generated = {**KAFKA, "metadata": {"generateName": "c" * 50}}  # the name: 55 characters
+    for doc in (KAFKA, LOCAL, PG_EOS, PG_EOS_TWO_PHASE, generated):
         assert server_verdict(api, namespace, doc) is None
 
 
@@ -163,3 +167,72 @@ def test_the_quantity_grammar_is_the_api_servers(
     refused = server_verdict(api, namespace, doc)
     value = rules.parse_quantity(text)
     assert (refused is None) == (value is not None and value >= 0), (text, value, refused)
+
+
+@pytest.fixture(scope="module")
+def apps(kube_cluster: KubeCluster) -> Iterator[AppsV1Api]:
+    client = kube_cluster.api_client()
+    try:
+        yield AppsV1Api(client)
+    finally:
+        client.close()
+
+
+def deployment_verdict(apps: AppsV1Api, namespace: str, pipeline: StreamPipeline) -> str | None:
+    """None when the API server accepts the worker Deployment the operator renders for
+    `pipeline` (a dry run), else its message."""
+    deployment = build_deployment(pipeline, OperatorSettings(), secrets_hash="h")
+    deployment["metadata"]["namespace"] = namespace
+    try:
+        # The client takes a dict as its body as well as a V1Deployment.
+        apps.create_namespaced_deployment(namespace, deployment, dry_run="All")  # type: ignore[arg-type]
+    except ApiException as refused:
+        assert refused.status in (400, 422), (refused.status, refused.body)
+        message: str = json.loads(refused.body or "{}")["message"]
+        return message
+    return None
+
+
+def _within_int64(resources: dict[str, dict[str, str]]) -> bool:
+    """Beyond int64, Go's Quantity.MilliValue wraps around: the reference's rounding is
+    not the API server's there (the rules refuse anything above 1Pi anyway)."""
+    return all(
+        (q := rules.parse_quantity(v)) is None or abs(q) < 2**62 / 1000
+        for entries in resources.values()
+        for v in entries.values()
+    )
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(resources=resource_maps())
+def test_container_resources_get_one_verdict_and_deploy(
+    api: CustomObjectsApi, apps: AppsV1Api, namespace: str, resources: dict[str, Any]
+) -> None:  # fmt: skip
+    """spec.resources near every edge of core/v1's rules (operator/api/resources.py):
+    validate and the CRD agree, naming the field; what they accept, the API server accepts
+    in the worker Deployment; and the unit tests' port of core/v1 is the API server's."""
+    doc = set_path(KAFKA, "spec.resources", resources)
+    pipeline, problems = parse_pipeline(doc)
+    assert pipeline is not None
+    refused = server_verdict(api, namespace, doc)
+    assert (refused is not None) == bool(problems), (
+        f"validate: {problems or 'valid'}\nAPI server: {refused or 'accepted'}\n{resources}"
+    )
+    if refused is not None:
+        named = [f for f in _fields(problems) if f in refused]
+        assert named, f"no field of {problems} in the server's answer:\n{refused}"
+    deployment_refused = deployment_verdict(apps, namespace, pipeline)
+    if not problems:
+        assert deployment_refused is None, (resources, deployment_refused)
+    deployment = build_deployment(pipeline, OperatorSettings(), secrets_hash="h")
+    rendered = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+    if _within_int64(rendered):
+        assert (deployment_refused is None) == core_v1_accepts(rendered), (
+            rendered,
+            deployment_refused,
+        )
