@@ -13,9 +13,10 @@ source partition, one message (decision 0157)::
     entry = [offset, max_before, key, event_ms, values, source_key, source_value(, 1)]
     entry = [offset, max_before, key, event_ms, values, source_key, source_value, 0|1, sub]
 
-``plan`` is :func:`hop_plan` of the writer's spec: a hash of everything the entries were
-evaluated under (the source format, the steps before the window, the user function, the
-window's key, event time and aggregate expressions). Entries are in offset order;
+``plan`` is :func:`hop_plan` of the writer's spec: the *layout* (a hash of what the window
+makes of an entry: its key, event time and aggregate expressions, normalized) and a hash of
+everything else the entries were evaluated under (the source format, the steps before the
+window, the user function). Entries are in offset order;
 ``max_before`` is the source partition's largest event time before the record (None: no
 record yet), ``sub`` the record's place among the records a user function made of that
 source record (0, 1, 2... in the order it returned them; written only when not 0, as the
@@ -29,7 +30,7 @@ key and values went through
 go to different repartition partitions (an entry without ``sub``, of a worker before it, is
 sub 0: of its fan-out only the first folds, as before). ``source_key`` and
 ``source_value`` are the source record's own bytes, so that a record dead-lettered
-downstream (late, refused by its window, or of another plan) holds what an unpartitioned
+downstream (late, refused by its window, or of another layout) holds what an unpartitioned
 pipeline's dead letter holds, under the same source coordinates. One message per partition
 and batch (at most :data:`MESSAGE_BYTES` of entries; the message key is the first entry's
 key text, which picks the partition every entry of it belongs to) spares a produce and a
@@ -51,8 +52,9 @@ bit (tests/unit/workers/test_worker_rekeying.py).
 **Versions.** The first byte is the format. A message of format 1 (a JSON record and a
 ``streamherd.upstream`` header, what an earlier worker writes during a rolling upgrade) is
 folded by ``fold_downstream``, as before; a progress marker (empty, with a
-``streamherd.watermark`` header) too, unless its :data:`PLAN_HEADER` names another plan: that
-one is skipped. A format-3 message of another plan is never folded: each of its entries is
+``streamherd.watermark`` header) too, unless its :data:`PLAN_HEADER` names a plan of another
+layout (:func:`same_layout`): that one is skipped. A format-3 message of another layout is
+never folded: each of its entries is
 dead-lettered (reason ``decode``, an error naming both plans) under its source coordinates,
 with its source record, so it can be replayed; a malformed one is dead-lettered whole.
 Neither moves the clock, so when this plan's upstream re-keys the same source records (a
@@ -72,6 +74,7 @@ from typing import Any, Final
 import msgspec
 
 from streamherd.workers.config import ProcessorConfig, Step
+from streamherd.workers.fingerprint import normalize_expression
 from streamherd.workers.processing import Failure, Item, LateRecordError
 from streamherd.workers.repartitioning import (
     RepartitionError,
@@ -107,10 +110,11 @@ __all__ = [
     "fold_hop",
     "hop_plan",
     "rekey",
+    "same_layout",
 ]
 
 #: Header of a progress marker naming the plan of the upstream that wrote it (a marker of
-#: format 1 has none): a downstream of another plan skips it.
+#: format 1 has none): a downstream of another layout skips it.
 PLAN_HEADER: Final = "streamherd.plan"
 #: The format this module writes: the first byte of its messages (format 1 is a JSON object).
 HOP_FORMAT: Final = 3
@@ -119,7 +123,8 @@ _ENTRY_FIELDS: Final = 7
 #: Bytes of entries in one message at most (a larger entry is a message of its own): well
 #: under the producer's and the broker's default message.max.bytes (1 MB).
 MESSAGE_BYTES: Final = 256 * 1024
-#: Hex digits of a plan's SHA-256 kept in each message (as the state fingerprint: 64 bits).
+#: Hex digits of each of a plan's two SHA-256 parts (layout, detail) kept in each message
+#: (as the state fingerprint: 64 bits each).
 PLAN_DIGITS: Final = 16
 
 #: A repartition row for ``Sink.repartition``: (key text, value, timestamp ms, source
@@ -172,23 +177,62 @@ def _step(step: Step) -> Any:
 
 
 def hop_plan(processor: ProcessorConfig, source_format: str) -> str:
-    """The plan an entry is evaluated under: a short hash of the source format, every step
-    before and the window's key, event time and aggregates, and the user function's name.
+    """The plan an entry is evaluated under, in two parts of :data:`PLAN_DIGITS` each.
 
-    Exact text, not normalized: a spec that differs in any of these (spacing included) names
-    another plan, which only ever dead-letters entries in flight, never misreads one. Not in
-    it: the window's size, slide and lateness, which the downstream applies itself. A user
-    function is named, not hashed: new code under the same name is the same plan (the image
-    is the user's to version)."""
+    - The *layout*: what an entry's key, event time and values mean to the window: the
+      window's key expression, its event time and its aggregates' functions and
+      expressions, normalized as the state fingerprint normalizes them (spacing and
+      ``60s``/``1m`` do not count). A downstream folds an entry of its own layout
+      (:func:`same_layout`), whichever spec evaluated it, and dead-letters another's.
+    - The *detail*: a hash of the exact text of the source format, every step before the
+      window and the user function's name: what chose the records and computed the values.
+
+    So an edit the state fingerprint calls compatible (a filter, a map step, the user
+    function, spacing) keeps the layout: the entries an upstream of the old spec re-keyed
+    before the roll fold as that spec evaluated them, as an unpartitioned pipeline folds the
+    records it read before the roll (before this split, they were dead-lettered: the
+    records were missing from the results). An edit of the key, the event time or an
+    aggregate changes the state fingerprint too (reset or replay): the old entries in flight
+    are dead-lettered with their source records, never misread. Not in either part: the
+    window's size, slide and lateness, which the downstream applies itself, and aggregate
+    names (an entry carries values by position). A user function is named, not hashed: new
+    code under the same name is the same plan (the image is the user's to version)."""
     function = processor.function
-    description = {
+    window = next((s.window for s in processor.steps if s.window is not None), None)
+    layout = {
+        "hop": HOP_FORMAT,
+        "window": None
+        if window is None
+        else {
+            "keyBy": normalize_expression(window.key_by),
+            "eventTime": {"field": window.event_time.field, "format": window.event_time.format},
+            "aggregates": [
+                [a.function, None if a.function == "count" else normalize_expression(a.expression)]
+                for a in window.aggregates
+            ],
+        },
+    }
+    detail = {
         "hop": HOP_FORMAT,
         "format": source_format,
         "steps": [_step(s) for s in processor.steps],
         "function": None if function is None else [function.callable, function.mode],
     }
+    return _digest(layout) + _digest(detail)
+
+
+def _digest(description: dict[str, Any]) -> str:
     text = json.dumps(description, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(text).hexdigest()[:PLAN_DIGITS]
+
+
+def same_layout(plan: str, plan_id: str) -> bool:
+    """Whether entries written under `plan` mean to this downstream (of `plan_id`) what its
+    own mean: the same layout (see :func:`hop_plan`). A plan of an earlier worker (one part
+    only) is another layout."""
+    return (
+        len(plan) == len(plan_id) == 2 * PLAN_DIGITS and plan[:PLAN_DIGITS] == plan_id[:PLAN_DIGITS]
+    )
 
 
 def encode_entry(  # noqa: PLR0917 - the entry's fields, in its order
@@ -470,15 +514,18 @@ def fold_hop(
     markers into the clock, replayed entries dropped, each entry's values folded with its
     source partition's lateness. Returns what ``fold_downstream`` returns: the failures (in
     order), how many were late, how many were duplicates, and how many records were taken
-    (folded, late, refused or of another plan: each once)."""
+    (folded, late, refused or of another layout: each once)."""
     failures: list[Failure] = []
     late = duplicates = taken = 0
     run_start = 0  # the first message of a run of other messages (format 1, markers)
-    own = plan_id.encode()
     for i, m in enumerate(messages):
         value = m.value()
-        if not value:  # a progress marker: another plan's says nothing about this one's
-            if not any(n == PLAN_HEADER and raw != own for n, raw in m.headers() or ()):
+        if not value:  # a progress marker: another layout's says nothing about this one's
+            if not any(
+                n == PLAN_HEADER and not same_layout(raw.decode(errors="replace"), plan_id)
+                for n, raw in m.headers() or ()
+                if raw is not None
+            ):
                 continue
         elif value[0] != HOP_FORMAT:
             continue
@@ -488,13 +535,13 @@ def fold_hop(
             late, duplicates, taken = late + counts[1], duplicates + counts[2], taken + counts[3]
         run_start = i + 1
         if not value:
-            continue  # another plan's marker: skipped
+            continue  # another layout's marker: skipped
         try:
             plan, topic, partition, entries = decode_message(value)
         except RepartitionError as error:
             failures.append(Failure(m, "decode", error))
             continue
-        if plan != plan_id:
+        if not same_layout(plan, plan_id):
             d, t = _foreign(
                 clock,
                 m,
@@ -544,7 +591,7 @@ def _foreign(
     entries: list[list[Any]],
     failures: list[Failure],
 ) -> tuple[int, int]:
-    """Dead-letter the entries of a message of another plan: their values were evaluated
+    """Dead-letter the entries of a message of another layout: their values were evaluated
     under another spec, so they are not this window's. Returns (duplicates, taken)."""
     st = _state(clock, topic, partition)
     duplicates = taken = 0

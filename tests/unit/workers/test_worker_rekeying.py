@@ -35,6 +35,7 @@ from streamherd.workers.rekeying import (
     fold_hop,
     hop_plan,
     rekey,
+    same_layout,
 )
 from streamherd.workers.repartitioning import (
     EXACT_HEADER,
@@ -54,7 +55,7 @@ from tests.unit.workers.hopmessages import Msg, SourceMsg
 from tests.unit.workers.test_worker_exact_results import bits, hostile_numbers, keys
 
 SIZE_MS = 1_000
-PLAN = "p" * 16
+PLAN = "p" * 32  # a plan id: layout and detail (rekeying.hop_plan)
 
 
 def window_spec(lateness_ms: int, hopping: bool, ordered: bool = True) -> dict[str, Any]:
@@ -297,7 +298,7 @@ def spec_with_map(step: dict[str, Any]) -> ProcessorConfig:
 
 def test_the_plan_names_what_the_entries_were_evaluated_under() -> None:
     base = hop_plan(spec(), "json")
-    assert len(base) == 16 and base == hop_plan(spec(), "json")
+    assert len(base) == 32 and base == hop_plan(spec(), "json")
     # What the downstream applies itself is not in it.
     assert hop_plan(spec(size="1m", allowedLateness="5s", repartition="always"), "json") == base
     renamed = [{**a, "name": f"{a['name']}2"} for a in window_spec(0, False)["aggregates"]]
@@ -561,3 +562,42 @@ def test_an_entry_names_its_place_in_its_source_records_fan_out(exact: bool) -> 
     old = UpstreamClock.from_json({"upstreams": [["src", 0, 5, None, False]]})
     assert old.upstreams[("src", 0)].sub == WHOLE
     assert old.to_json() == {"upstreams": [["src", 0, 5, None, False]], "floor": None}
+
+
+def test_an_edit_the_fingerprint_calls_compatible_keeps_the_layout_and_its_entries_fold() -> None:
+    """Entries an upstream of the spec before an edit re-keyed, still in the repartition
+    topic when the downstream of the edited spec reads them, fold as that spec evaluated
+    them (as an unpartitioned pipeline folds what it read before the roll); an edit of the
+    key, the event time or an aggregate (a state change: reset or replay) dead-letters
+    them."""
+    steps = spec().model_dump(by_alias=True)["steps"]
+    compatible = [
+        ProcessorConfig.model_validate({"steps": [{"filter": "status  ==  201"}, *steps[1:]]}),
+        ProcessorConfig.model_validate({"steps": steps[1:]}),
+        ProcessorConfig.model_validate({"steps": steps, "function": {"callable": "m:f"}}),
+        spec(keyBy=" k ", size="1m", allowedLateness="5s"),
+        spec(
+            aggregates=[{**a, "name": a["name"] + "2"} for a in window_spec(0, False)["aggregates"]]
+        ),
+    ]
+    incompatible = [
+        spec(keyBy="k2"),
+        spec(eventTime={"field": "ts", "format": "epochSeconds"}),
+        spec(aggregates=[*window_spec(0, False)["aggregates"][::-1]]),
+    ]
+    records = [{"k": "a", "ts": 5 + i, "v": i, "w": 1} for i in range(3)]
+    own = hop_plan(spec(), "json")
+    for edited in compatible:
+        plan = hop_plan(edited, "json")
+        assert same_layout(plan, own)
+        windows, clock = PartitionWindows(plan_for(0, False)), UpstreamClock()
+        failures, _, _, taken = fold_hop(windows, clock, message_of(plan, records), own)
+        assert failures == [] and taken == 3 and windows.windows != {}
+    for edited in incompatible:
+        plan = hop_plan(edited, "json")
+        assert not same_layout(plan, own)
+        windows, clock = PartitionWindows(plan_for(0, False)), UpstreamClock()
+        failures, _, _, taken = fold_hop(windows, clock, message_of(plan, records), own)
+        assert len(failures) == 3 and windows.windows == {}
+    # A plan of an earlier worker (one part) is never the same layout.
+    assert not same_layout(own[:16], own)
