@@ -47,7 +47,7 @@ from tests.unit.workers.hopmessages import Msg, SourceMsg
 
 SIZE_MS = 1_000
 FLOAT_MAX = 1.7976931348623157e308
-PLAN = "p" * 16
+PLAN = "p" * 32  # a plan id: layout and detail (rekeying.hop_plan)
 NEGATIVE_NAN = struct.unpack(">d", bytes.fromhex("fff8000000000001"))[0]
 
 

@@ -63,7 +63,7 @@ from tests.unit.workers.hopmessages import format_1
 from tests.unit.workers.sourcemessages import BASE, Msg, batch_paths
 from tests.unit.workers.test_worker_exact_results import bits
 
-HOP_PLAN = "h" * 16
+HOP_PLAN = "h" * 32  # a plan id: layout and detail (rekeying.hop_plan)
 
 
 def config(
