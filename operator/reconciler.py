@@ -75,6 +75,7 @@ from streamherd.operator.decision import (
     what_changed,
 )
 from streamherd.operator.kube import ApiError, KubeApi, secrets_hash
+from streamherd.operator.restoring import live_workers
 from streamherd.operator.rollback import (
     last_good,
     last_good_name,
@@ -464,16 +465,13 @@ def observe(
     )  # fmt: skip
     observed = replace(observed, verification=_verification(verification))
     if snapshot_needed(observed, upgrade):
-        # The snapshot a reset or replay waits for, and whether some worker could take it.
+        # The snapshot a reset or replay waits for, and whether some worker could take it:
+        # the live workers, whatever the edited spec says (`suspend: true` in the same edit,
+        # or set while the snapshot is taken, is held with the reset until it is Ready).
         name = state_snapshot_name(pipeline.name, upgrade.action, generation)
         live = kube.get("apps/v1", "Deployment", pipeline.namespace, pipeline.name)
-        workers = (
-            not pipeline.spec.suspend
-            and live is not None
-            and int((live.get("spec") or {}).get("replicas", 1)) > 0
-        )
         found = kube.get(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, pipeline.namespace, name)
-        observed = replace(observed, state_snapshot=found, workers_run=workers)
+        observed = replace(observed, state_snapshot=found, workers_run=live_workers(live))
     live_children = _read(desired, kube, pool)
     return replace(
         observed,

@@ -138,6 +138,25 @@ def snapshot_not_ready(
     )
 
 
+def live_workers(deployment: Mapping[str, Any] | None) -> bool:
+    """Whether some worker of the live Deployment `deployment` (as read; None: none) runs
+    to take a snapshot of the running state: it asks for workers (``spec.replicas``, 1 when
+    unset) and has some (``status.replicas`` or ``readyReplicas``).
+
+    Read from the live Deployment, never from the edited spec: a reset is held until its
+    snapshot is Ready, and a held edit leaves the Deployment as it is, so the workers of an
+    edit that resets and sets ``suspend: true`` at once (or a suspend set while the snapshot
+    is taken) keep running until they have taken it. A Deployment scaled to zero (suspended
+    and rolled out, or by the autoscaler), or with no pod left, has no worker to take it."""
+    if deployment is None:
+        return False
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    want = spec.get("replicas", 1)
+    have = max(int(status.get("replicas") or 0), int(status.get("readyReplicas") or 0))
+    return int(want if want is not None else 1) > 0 and have > 0
+
+
 def snapshot_first(
     decision: Decision, name: str, found: Mapping[str, Any] | None, *, workers: bool
 ) -> Decision:
@@ -145,7 +164,8 @@ def snapshot_first(
     `name` holds the running state (decision 0110): `decision` itself, its messages naming
     the snapshot, when it is Ready; otherwise a hold, the workers running the previous spec
     (which is what takes the snapshot). `found`: the resource as read (None: not yet
-    created); `workers`: some worker runs to take it (not suspended, not scaled to zero)."""
+    created); `workers`: some worker of the live Deployment runs to take it
+    (:func:`live_workers`: not stopped, not scaled to zero, whatever the edited spec says)."""
     assert decision.snapshot is not None
     have = decision.snapshot.split("-to-", maxsplit=1)[0]
     if not workers:

@@ -14,7 +14,8 @@ on the source's cluster before it applies the workers; the deletion handler
   lag probe) and never reach a log line, a condition or an event.
 - Idempotent: a topic that exists is checked, never recreated. One with fewer partitions
   than the source's most, or with another ``cleanup.policy``/``retention.ms`` than the
-  operator sets, is reported (it holds data: recreating it would lose it).
+  operator sets, is reported (it holds data: recreating it would lose it), with advice
+  (:func:`mismatch_message`) that never has a partition count changed under its state.
 - Bounded: attempts run in a small pool of their own. A pipeline's first reconcile waits
   for its first attempt (every broker call has a ``timeout``; a healthy broker answers well
   within it), so the topics exist before the workers are applied and the first status
@@ -104,6 +105,50 @@ def topic_problems(
         if have != value:
             problems.append(f"{spec.name} has {key}={have}, the operator sets {value}")
     return problems
+
+
+def mismatch_message(states: Sequence[TopicState], wanted: int) -> str:
+    """What is wrong with the existing internal topics (`states`), and what to do about it.
+
+    A configuration is set right with kafka-configs. A partition count is not to be
+    changed while the topic holds state: it decides where the state lives (a key's
+    repartition partition is CRC-32 of the key modulo the count; a consumed partition's
+    changelog partition is its number modulo the count), so adding partitions would move
+    keys to other window state (an open window gives two results) or restore a partition
+    empty, which no state fingerprint shows. The workers use the count the topic has,
+    whatever the source's (workers/repartitioning.py ``ensure_topic``), so leaving it is
+    safe; what it costs is parallelism."""
+    problems = [p for t in states for p in t.problems]
+    short = [
+        t for t in states
+        if not t.created and t.partitions is not None and t.partitions < wanted
+    ]  # fmt: skip
+    # topic_problems: one problem for a short count, one per configuration entry.
+    configured = any(
+        t.partitions is not None and len(t.problems) > (1 if t in short else 0) for t in states
+    )
+    advice = ["not recreated (it holds data)"]
+    if configured:
+        advice.append("set the configuration with kafka-configs")
+    if short:
+        moves, costs = [], []
+        for t in short:
+            if t.spec.purpose == "repartition":
+                moves.append("a key's repartition partition (open windows split in two results)")
+                costs.append(f"the windows run on at most {t.partitions} workers")
+            else:
+                moves.append("a partition's changelog partition (its state restores empty)")
+                costs.append("several partitions share a changelog partition")
+        names = ", ".join(t.spec.name for t in short)
+        advice.append(
+            f"do not add partitions to {names} (kafka-topics --alter): the count decides "
+            f"{' and '.join(moves)}; leave {'it' if len(short) == 1 else 'them'}, the workers "
+            f"use the count a topic has, whatever the source's ({'; '.join(costs)}). For more, "
+            "run the pipeline under a new name (its internal topics are created with the "
+            "source's partitions) from a startFrom time, and delete a topic only when no state "
+            f"of the pipeline lives in it (it is created again with {wanted})"
+        )
+    return "; ".join(problems) + ": " + "; ".join(advice)
 
 
 def backoff(failures: int) -> float:
@@ -305,13 +350,8 @@ class InternalTopics:
             elif spec.name not in created:
                 problems = topic_problems(spec, partitions, wanted, configs.get(spec.name, {}))
             states.append(TopicState(spec, partitions, spec.name in created, tuple(problems)))
-        problems = [p for t in states for p in t.problems]
-        if problems:
-            message = (
-                "; ".join(problems) + ": not recreated (it holds data); fix it with Kafka's "
-                "tools (kafka-topics --alter, kafka-configs) or delete it to have it created"
-            )
-            return TopicsReport("mismatch", tuple(states), message)
+        if any(t.problems for t in states):
+            return TopicsReport("mismatch", tuple(states), mismatch_message(states, wanted))
         return TopicsReport("ready", tuple(states), _ready_message(states))
 
     def delete(self, pipeline: StreamPipeline) -> list[str]:

@@ -88,11 +88,16 @@ def config_description(config_map: Manifest | None) -> Description | None:
         return config_fingerprint(WorkerConfig.model_validate_json(text))[1]
     except ValidationError:
         pass
-    # A WorkerConfig of another operator version: its processor alone decides the state.
+    # A WorkerConfig of another operator version: its processor and its repartition topic
+    # decide the state, as in config_fingerprint (a config without the key repartitions
+    # nowhere).
     try:
         doc: Any = orjson.loads(text)
-        return describe(ProcessorConfig.model_validate(doc["processor"]))
-    except (orjson.JSONDecodeError, ValidationError, KeyError, TypeError):
+        processor = ProcessorConfig.model_validate(doc["processor"])
+        internal = doc.get("repartition")
+        repartition = None if internal is None else {"topic": internal["topic"]}
+        return describe(processor, repartition=repartition)
+    except (orjson.JSONDecodeError, ValidationError, KeyError, TypeError, AttributeError):
         return None
 
 

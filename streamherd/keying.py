@@ -8,7 +8,8 @@ warnings left are the cases where results stay per source partition:
 - the generator source (it cannot repartition: no Kafka) when the window is not keyed by
   its `user` and it has several partitions;
 - a Kafka source whose window says `repartition: never` while the manifest does not show
-  the input keyed by `keyBy` (source.kafka.keyedBy, or `key` for a raw source).
+  the input keyed by `keyBy` (source.kafka.keyedBy, or `key` for a raw source, on one
+  topic: with several, the warning says why the declared keying does not count).
 
 Warnings never change validate's exit status. Used by streamherd/cli.py (`validate`), on
 the documents `streamherd.operator.validation` has already checked.
@@ -27,6 +28,7 @@ from streamherd.operator.builders.keying import (
     field_reference,
     keyed_by_window,
     trace_field,
+    untrusted_keying,
     window_key_field,
 )
 from streamherd.operator.validation import load_documents, parse_pipeline, shown_name
@@ -64,6 +66,12 @@ def keying_warnings(pipeline: StreamPipeline) -> list[str]:
         ]
     if window.repartition != "never":
         return []
+    why = untrusted_keying(pipeline)
+    if why is not None:  # keyedBy (or a raw key) on several topics
+        return [
+            f"{path}: repartition is never, and {why}; leave repartition auto to re-key "
+            f"by it ({DOC_LINK})."
+        ]
     return [
         f"{path}: repartition is never, and the manifest does not say the input is keyed by "
         f"`{window.key_by.strip()}` (source.kafka.keyedBy): unless it is, each source "

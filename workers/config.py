@@ -262,9 +262,9 @@ class WindowSpec(Model):
             "Whether records are re-keyed by `keyBy` through an internal repartition topic "
             "before the window, so that each (key, window) has exactly one result whatever "
             "the input topic is keyed by. auto (default): repartition unless the manifest says "
-            "the input is keyed by `keyBy` (source.kafka.keyedBy, a raw source's `key`, the "
-            "generator's `user`); always; never (the input is known to be keyed by keyBy; "
-            "results are per source partition otherwise)."
+            "the input is keyed by `keyBy` (source.kafka.keyedBy or a raw source's `key`, "
+            "with one source topic; the generator's `user`); always; never (the input is known "
+            "to be keyed by keyBy; results are per source partition otherwise)."
         ),
     )
 

@@ -11,6 +11,17 @@ partitioned by the window's key:
 - a Kafka source with ``format: raw`` gives each record its Kafka key as the field ``key``;
 - a Kafka source that declares ``keyedBy: FIELD`` is partitioned by that field.
 
+The last two hold for a source of **one** topic only: the engine keeps window state per
+(topic, partition), so a key in two topics would meet two window states and get two
+results for one window, however the topics are partitioned (even co-partitioned, the same
+key in partition 0 of each). A Kafka source of several topics repartitions (auto), and
+:func:`untrusted_keying` says why for ``streamherd validate``.
+
+The key's field is what the expression compiler (workers/expressions.py) reads: ``user``
+and ``r['user']`` read field user, while ``true``, ``false``, ``null`` (and ``True``,
+``False``, ``None``) are constants there, every record the same key, not a read of a field
+of that name (:func:`field_reference` asks the compiler).
+
 The key's field is traced back through the map steps before the window
 (:func:`source_field`): a ``set`` that only reads another field (``page: user``) follows
 it; a ``set`` that computes, a ``rename`` to or from the field, a ``select`` without it,
@@ -27,27 +38,35 @@ from collections.abc import Sequence
 
 from streamherd.operator.api.v1alpha1 import INTERNAL_TOPIC_PREFIX, StreamPipeline
 from streamherd.workers.config import Step
+from streamherd.workers.expressions import RECORD_NAME, ExpressionError, parse_expression
 
 GENERATOR_KEY = "user"  # workers/generating.py: partition = user index mod partitions
 RAW_KEY = "key"  # workers/processing.py decode_raw: {"value": ..., "key": <Kafka key>}
 
 
 def field_reference(expression: str) -> str | None:
-    """The record field an expression is nothing but a read of (`user`, `r['user']`)."""
+    """The record field an expression is nothing but a read of (`user`, `r['user']`), as the
+    expression compiler reads it; None for anything else: a computation, a nested field
+    (`geo.country`), a name the compiler makes a constant (`true`, `null`, `None`, ...) and
+    an expression it refuses."""
     try:
-        body = ast.parse(expression.strip(), mode="eval").body
-    except SyntaxError:
+        body = parse_expression(expression).body
+    except ExpressionError:
         return None
-    if isinstance(body, ast.Name):
-        return body.id
+    # The compiler rewrites a read of top-level field NAME, and only that, to this call
+    # (workers/expressions.py `_Checker._read`; workers/fusing.py relies on the same shape).
     if (
-        isinstance(body, ast.Subscript)
-        and isinstance(body.value, ast.Name)
-        and body.value.id == "r"
-        and isinstance(body.slice, ast.Constant)
-        and isinstance(body.slice.value, str)
+        isinstance(body, ast.Call)
+        and isinstance(body.func, ast.Attribute)
+        and isinstance(body.func.value, ast.Name)
+        and body.func.value.id == RECORD_NAME
+        and body.func.attr == "get"
+        and len(body.args) == 1
+        and not body.keywords
+        and isinstance(body.args[0], ast.Constant)
+        and isinstance(body.args[0].value, str)
     ):
-        return body.slice.value
+        return body.args[0].value
     return None
 
 
@@ -99,7 +118,8 @@ def window_key_field(pipeline: StreamPipeline) -> tuple[int, str | None] | None:
 
 
 def keyed_by_window(pipeline: StreamPipeline) -> bool:
-    """Whether the manifest shows the input partitioned by the window's key."""
+    """Whether the manifest shows the input partitioned by the window's key: the source's
+    keying names the field the key reads and, for a Kafka source, it reads one topic."""
     found = window_key_field(pipeline)
     if found is None:
         return True
@@ -109,9 +129,43 @@ def keyed_by_window(pipeline: StreamPipeline) -> bool:
         return source.generator.partitions == 1 or field == GENERATOR_KEY
     kafka = source.kafka
     assert kafka is not None  # the model requires exactly one source
-    if kafka.format == "raw":
-        return field == RAW_KEY
-    return kafka.keyed_by is not None and field == kafka.keyed_by
+    return field is not None and field == declared_key(pipeline) and len(set(kafka.topics)) == 1
+
+
+def declared_key(pipeline: StreamPipeline) -> str | None:
+    """The field the manifest says a Kafka source's partitions are made from: ``keyedBy``,
+    or ``key`` for a raw source (its records' Kafka key); None for none, or no Kafka."""
+    kafka = pipeline.spec.source.kafka
+    if kafka is None:
+        return None
+    return RAW_KEY if kafka.format == "raw" else kafka.keyed_by
+
+
+def untrusted_keying(pipeline: StreamPipeline) -> str | None:
+    """Why the Kafka source's declared keying, though it names the field the window's key
+    reads, does not key the window: it reads several topics, and window state is per
+    (topic, partition). None when that is not the case (no window, no declared keying, a
+    key it does not name, one topic). For ``streamherd validate``'s keying warnings, as
+    ``... , and <this> (docs ...)``."""
+    kafka = pipeline.spec.source.kafka
+    found = window_key_field(pipeline)
+    declared = declared_key(pipeline)
+    if kafka is None or found is None or declared is None or found[1] != declared:
+        return None
+    topics = sorted(set(kafka.topics))
+    if len(topics) == 1:
+        return None
+    named = (
+        f"source.kafka.keyedBy names `{declared}`"
+        if kafka.format != "raw"
+        else f"the raw source's records are keyed by their Kafka `{RAW_KEY}`"
+    )
+    return (
+        f"{named}, but the source reads {len(topics)} topics ({', '.join(topics)}): window "
+        "state is per topic and partition, so a key found in several topics gets a result "
+        "from each, even from co-partitioned topics; the source's keying keys the window "
+        "only with one source topic"
+    )
 
 
 def repartition_topic(pipeline: StreamPipeline) -> str | None:

@@ -87,15 +87,18 @@ def test_an_invalid_manifest_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 @pytest.mark.parametrize(
-    "edit",
+    ("edit", "removed"),
     [
-        {"keyedBy": "page"},  # the input keyed by the window's key: the hop goes away
-        {"keyedBy": "user"},  # still not keyed by page: the hop stays
+        ({"keyedBy": "page"}, True),  # the input keyed by the window's key: the hop goes away
+        ({"keyedBy": "user"}, False),  # still not keyed by page: the hop stays
+        # Keyed by page, but two topics: window state is per (topic, partition), so a page
+        # in both would get two results: the hop stays.
+        ({"keyedBy": "page", "topics": ["clicks", "clicks-eu"]}, False),
     ],
-    ids=["hop-removed", "hop-kept"],
+    ids=["hop-removed", "hop-kept", "hop-kept-two-topics"],
 )
 def test_state_diff_says_what_the_operator_decides(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: dict[str, Any]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: dict[str, Any], removed: bool
 ) -> None:
     """state-diff compares what the operator compares: the rendered WorkerConfig's state,
     repartition included (it compared the processor alone, so an edit that stops
@@ -111,7 +114,7 @@ def test_state_diff_says_what_the_operator_decides(
         StreamPipeline.model_validate(after).spec.upgrade,
     )
     assert (code == 0) == (operator.action == "roll")
-    if edit["keyedBy"] == "page":
+    if removed:
         assert code == 1 and "repartition" in out
     else:
         assert code == 0
@@ -150,3 +153,21 @@ def test_removing_a_source_topic_of_an_unpartitioned_window_is_a_state_edit(
     (tmp_path / "before.yaml").write_text(yaml.safe_dump(after))
     assert main(["state-diff", str(tmp_path / "before.yaml"), str(tmp_path / "after.yaml")]) == 0
     capsys.readouterr()
+
+
+def test_adding_a_topic_to_a_source_keyed_by_the_window_key_starts_a_repartition(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """keyedBy keys the window of a one-topic source only (state is per topic partition):
+    a second topic makes the window repartition, a state change like any other."""
+    before = copy.deepcopy(BEFORE)
+    before["spec"]["source"]["kafka"]["keyedBy"] = "page"
+    after = copy.deepcopy(before)
+    after["spec"]["source"]["kafka"]["topics"] = ["clicks", "clicks-eu"]
+    (tmp_path / "before.yaml").write_text(yaml.safe_dump(before))
+    (tmp_path / "after.yaml").write_text(yaml.safe_dump(after))
+    code = main(["state-diff", str(tmp_path / "before.yaml"), str(tmp_path / "after.yaml")])
+    out, _ = capsys.readouterr()
+    assert code == 1, out
+    assert "  repartition: None -> " in out
+    assert "the operator would: refused (onStateChange: refuse)" in out

@@ -71,6 +71,22 @@ def test_kafka_window_that_never_repartitions_states_the_requirement_once(
     assert validate(tmp_path, capsys, doc)[2] == ""
 
 
+def test_keyed_by_on_several_topics_does_not_key_the_window(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """keyedBy names the window's key, but the source reads two topics: window state is per
+    (topic, partition), so a page in both gets two results. auto repartitions (no
+    warning); never is warned, as without keyedBy."""
+    doc = example("02-clicks-per-minute")
+    doc["spec"]["source"]["kafka"].update(keyedBy="page", topics=["clicks-eu", "clicks-us"])
+    assert validate(tmp_path, capsys, doc)[2] == ""
+    window_step(doc)["repartition"] = "never"
+    code, _, err = validate(tmp_path, capsys, doc)
+    assert code == 0
+    (line,) = err.splitlines()
+    assert "spec.processor.steps[1].window.keyBy: repartition is never" in line
+
+
 def test_no_window_no_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = validate(tmp_path, capsys, example("03-orders-secure"))
     assert (code, err) == (0, "")
@@ -159,7 +175,8 @@ def test_stdin_is_read_once_for_both_passes(
 @pytest.mark.parametrize(
     ("expression", "field"),
     [("user", "user"), (" r['x-y'] ", "x-y"), ("geo.country", None), ("str(user)", None),
-     ("user + page", None), ("a ===", None)],
+     ("user + page", None), ("a ===", None), ("true", None), ("null", None),
+     ("false", None), ("r['true']", "true")],
 )  # fmt: skip
 def test_field_reference(expression: str, field: str | None) -> None:
     assert field_reference(expression) == field

@@ -208,6 +208,69 @@ def test_an_existing_topic_is_reported_exactly_when_it_differs(
     assert all(p.startswith("t ") for p in problems)
 
 
+class ExistingTopics:
+    """The broker's answers to InternalTopics._ensure: every topic exists already."""
+
+    def __init__(self, partitions: dict[str, int], configs: dict[str, dict[str, str]]) -> None:
+        self.partitions, self.configs = partitions, configs
+
+    def topics(self, names: Any = None) -> dict[str, int]:
+        return {n: c for n, c in self.partitions.items() if names is None or n in names}
+
+    def create_topics(self, topics: Any) -> set[str]:
+        raise AssertionError("an existing topic is never created again")
+
+    def topic_configs(self, names: Any) -> dict[str, dict[str, str]]:
+        return {n: self.configs.get(n, {}) for n in names}
+
+
+@given(
+    source=st.integers(2, 64),
+    fewer=st.sets(st.sampled_from(["repartition", "changelog"])),
+    misconfigured=st.booleans(),
+)
+def test_a_mismatch_never_advises_a_partition_count_change_under_state(
+    source: int, fewer: set[str], misconfigured: bool
+) -> None:
+    """A source that grew leaves the internal topics with fewer partitions than its most.
+    Adding partitions to them would move keys to other window state (a key's repartition
+    partition, a source partition's changelog partition: CRC-32 or number modulo the count):
+    the advice is to leave them (the workers use the count a topic has) or start over
+    under a new name, never `kafka-topics --alter`; a configuration is set with
+    kafka-configs."""
+    specs = [
+        TopicSpec(REPARTITION, "repartition", {"cleanup.policy": "delete", "retention.ms": "1"}),
+        TopicSpec(CHANGELOG, "changelog", {"cleanup.policy": "compact"}),
+    ]
+    counts = {s.name: source - 1 if s.purpose in fewer else source for s in specs}
+    configs = {s.name: dict(s.config) for s in specs}
+    if misconfigured:
+        configs[REPARTITION]["retention.ms"] = "2"
+    if not fewer and not misconfigured:
+        return
+    admin = ExistingTopics({"clicks": source, **counts}, configs)
+    report = InternalTopics(resolve_cluster=lambda _p: ClusterConfig.of("k:9092"))._ensure(
+        admin,  # type: ignore[arg-type]
+        ["clicks"],
+        specs,
+    )
+    assert report.status == "mismatch"
+    message = report.message
+    assert "fix it with Kafka's tools" not in message
+    assert ("set the configuration with kafka-configs" in message) == misconfigured
+    if not fewer:
+        assert "--alter" not in message and "partitions" not in message
+        return
+    assert "do not add partitions to " in message
+    assert "the workers use the count a topic has, whatever the source's" in message
+    assert ("open windows split in two results" in message) == ("repartition" in fewer)
+    assert (f"the windows run on at most {source - 1} workers" in message) == (
+        "repartition" in fewer
+    )
+    assert ("its state restores empty" in message) == ("changelog" in fewer)
+    assert f"it is created again with {source}" in message
+
+
 def test_backoff_doubles_and_is_bounded() -> None:
     waits = [backoff(n) for n in range(1, 20)]
     assert waits[0] == BACKOFF_START

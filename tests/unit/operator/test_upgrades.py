@@ -18,6 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamherd.operator.api.v1alpha1 import Upgrade
+from streamherd.operator.builders.meta import CONFIG_KEY
+from streamherd.operator.builders.worker_config import build_config_map
 from streamherd.operator.reconciler import ReconcileMemo, reconcile
 from streamherd.operator.upgrades import (
     STATE_COMPATIBLE,
@@ -25,6 +27,7 @@ from streamherd.operator.upgrades import (
     decide,
     removed_sources,
 )
+from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.config import ProcessorConfig, topic_matcher
 from streamherd.workers.fingerprint import describe, fingerprint
 from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, body_of, example_doc
@@ -175,6 +178,45 @@ def test_an_unreadable_config_map_is_nothing_known() -> None:
     assert config_description({"data": {"worker.json": json.dumps(doc)}}) == described()
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(["auto", "always", "never"]),
+    st.sampled_from([["clicks"], ["clicks-eu", "clicks-us"]]),
+    st.sampled_from([None, "page", "user"]),
+    st.sampled_from([(), ("runtime",), ("checkpoint",), ("repartition",)]),
+    st.sampled_from(["someNewKnob", "apiRevision"]),
+)
+def test_another_versions_config_keeps_its_repartition(
+    repartition: str,
+    topics: list[str],
+    keyed_by: str | None,
+    where: tuple[str, ...],
+    knob: str,
+) -> None:
+    """A WorkerConfig of another operator version (a field this one does not know) describes
+    the same state as this version's config of the same spec: its repartition topic is part
+    of it, else an unchanged spec looks like a repartition change and is refused."""
+    doc = example_doc("02-clicks-per-minute")
+    doc["metadata"]["namespace"] = "default"
+    doc["spec"]["source"]["kafka"]["topics"] = topics
+    if keyed_by is not None:
+        doc["spec"]["source"]["kafka"]["keyedBy"] = keyed_by
+    window_of(doc["spec"])["repartition"] = repartition
+    pipeline, problems = parse_pipeline(doc)
+    assert pipeline is not None and not problems
+    config_map = build_config_map(pipeline, SETTINGS)
+    want = config_description(config_map)
+    assert want is not None
+    config = json.loads(config_map["data"][CONFIG_KEY])
+    target = config
+    for key in where:
+        target = target.get(key) or target  # (no repartition: the top level)
+    target[knob] = 1  # unknown here: the strict model refuses it, the fallback reads it
+    have = config_description({"data": {CONFIG_KEY: json.dumps(config)}})
+    assert have == want
+    assert decide(have, want, Upgrade()).action == "roll"
+
+
 # --------------------------------------------------------------------------- reconciler
 
 
@@ -310,6 +352,81 @@ def test_reset_and_replay_roll_with_the_policy_in_the_worker_config(name_: str) 
     assert reason not in [e.reason for e in again.events]
     assert [s["name"] for s in body_of(kube, name)["status"]["snapshots"]] == [snap_name, kept]
     assert kube.applies.count(f"StreamPipelineSnapshot/{snap_name}") == 1
+
+
+def snapshot_ready(kube: FakeKube, snap_name: str, fingerprint_: str) -> None:
+    snap = kube.find("StreamPipelineSnapshot", snap_name)
+    assert snap is not None, snap_name
+    snap["status"] = {
+        "phase": "Ready", "fingerprint": fingerprint_, "topic": "t",
+        "takenAt": "2026-01-01T00:00:00Z", "partitionCount": 2, "sizeBytes": 10,
+    }  # fmt: skip
+
+
+def reset_window(spec: dict[str, Any]) -> None:
+    window_of(spec)["size"] = "30s"
+    spec["upgrade"] = {"onStateChange": "reset"}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.booleans(),  # suspend: true in the same edit as the reset
+    st.booleans(),  # ... or set while the snapshot is taken
+    st.integers(0, 2),  # the live Deployment's spec.replicas
+    st.integers(0, 2),  # ... and its status.replicas (readyReplicas the same)
+)
+def test_a_reset_waits_for_its_snapshot_while_live_workers_run_whatever_suspend_says(
+    suspend_with: bool, suspend_during: bool, want: int, have: int
+) -> None:
+    """Whether some worker takes the reset's snapshot is read from the live Deployment,
+    which a held edit leaves as it is: `suspend: true` in the edit that resets, or set
+    while its snapshot is taken, holds until it is Ready, then rolls (suspended); only a
+    Deployment with no worker left rolls the reset at once, with the volume snapshot."""
+    kube, name, memo = running_pipeline()
+    old_fp = body_of(kube, name)["status"]["stateFingerprint"]
+    live = kube.find("Deployment", name)
+    assert live is not None
+    live["spec"]["replicas"] = want
+    live["status"].update(replicas=have, readyReplicas=have)
+    runs = want > 0 and have > 0
+
+    def change(spec: dict[str, Any]) -> None:
+        reset_window(spec)
+        if suspend_with:
+            spec["suspend"] = True
+
+    edit(kube, name, change)
+    before = children(kube, name)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    snap_name = f"{name}-reset-g{body_of(kube, name)['metadata']['generation']}"
+    cond = condition(kube, name, STATE_COMPATIBLE)
+    if not runs:
+        assert (cond["status"], cond["reason"]) == ("True", "StateReset"), cond
+        assert "no worker runs to take" in cond["message"]
+        assert kube.find("StreamPipelineSnapshot", snap_name) is None
+        assert children(kube, name)[0] != before[0]  # rolled
+        return
+    assert (cond["status"], cond["reason"]) == ("False", "TakingSnapshot"), cond
+    assert kube.find("StreamPipelineSnapshot", snap_name) is not None
+    assert children(kube, name) == before  # the workers run on, and take it
+    if suspend_during:
+        edit(kube, name, lambda spec: spec.update(suspend=True))
+        reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+        assert condition(kube, name, STATE_COMPATIBLE)["reason"] == "TakingSnapshot"
+        assert children(kube, name) == before
+        snap_name = f"{name}-reset-g{body_of(kube, name)['metadata']['generation']}"
+    snapshot_ready(kube, snap_name, old_fp)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    cond = condition(kube, name, STATE_COMPATIBLE)
+    assert (cond["status"], cond["reason"]) == ("True", "StateReset"), cond
+    assert f"StreamPipelineSnapshot {snap_name}" in cond["message"]
+    config_map, deployment = children(kube, name)
+    assert json.loads(config_map["data"]["worker.json"])["state"] == {
+        "onFingerprintMismatch": "reset"
+    }
+    if suspend_with or suspend_during:
+        assert deployment["spec"]["replicas"] == 0
+    assert snap_name in [s["name"] for s in body_of(kube, name)["status"]["snapshots"]]
 
 
 def test_a_compatible_edit_rolls_as_before() -> None:
