@@ -144,6 +144,8 @@ def encode(checkpoint: Checkpoint) -> Records:
         "committed": checkpoint.committed,
         "restoredFrom": checkpoint.restored_from,
         "cluster": checkpoint.cluster,
+        "topicId": checkpoint.topic_id,
+        "partitions": checkpoint.partitions,
         "state": rest,
         "windows": windowed,
     }
@@ -181,6 +183,8 @@ def decode(topic: str, partition: int, records: Mapping[bytes, bytes]) -> Checkp
             committed=doc.get("committed"),
             restored_from=doc.get("restoredFrom"),
             cluster=doc.get("cluster"),
+            topic_id=doc.get("topicId"),
+            partitions=doc.get("partitions"),
         )
     except (ValueError, KeyError, TypeError, IndexError) as error:
         raise CheckpointError(f"unreadable changelog of {topic}[{partition}]: {error}") from None

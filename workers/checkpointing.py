@@ -103,6 +103,12 @@ class Checkpoint:
     # (a generator source, a checkpoint of an earlier version). A checkpoint of another
     # cluster is never restored: its offsets and state mean nothing there (the engine).
     cluster: str | None = None
+    # The log within the cluster: its topic's id (Kafka's topic id, KIP-516: a topic deleted
+    # and created again under the same name has another) and its partition count when the
+    # checkpoint was written (keys spread by the partition count: a keyed window's key
+    # moves when it changes). None when not known (an earlier version, no answer).
+    topic_id: str | None = None
+    partitions: int | None = None
     # An incremental checkpoint: ``state`` holds everything but its "windows", and this the
     # windows changed since the backend's committed checkpoint of the partition, each
     # ``[key, start, accumulator]`` or ``[key, start, None]`` (closed: deleted). None: a full
@@ -167,6 +173,10 @@ def _document(checkpoint: Checkpoint) -> dict[str, Any]:
         doc["restoredFrom"] = checkpoint.restored_from
     if checkpoint.cluster is not None:
         doc["cluster"] = checkpoint.cluster
+    if checkpoint.topic_id is not None:
+        doc["topicId"] = checkpoint.topic_id
+    if checkpoint.partitions is not None:
+        doc["partitions"] = checkpoint.partitions
     return doc
 
 
@@ -201,6 +211,8 @@ def _checkpoint_of(doc: Mapping[str, Any]) -> Checkpoint:
         committed=doc.get("committed"),
         restored_from=doc.get("restoredFrom"),
         cluster=doc.get("cluster"),
+        topic_id=doc.get("topicId"),
+        partitions=doc.get("partitions"),
     )
 
 

@@ -80,7 +80,7 @@ from streamherd.workers.repartitioning import (
     watermark_header,
 )
 from streamherd.workers.resuming import Resume, moved_by_someone_else, resume_point
-from streamherd.workers.seams import Sink, Source, StateBackend
+from streamherd.workers.seams import LogIdentity, Sink, Source, StateBackend
 from streamherd.workers.sinks import Outputs
 from streamherd.workers.snapshotting import (
     SnapshotContents,
@@ -188,6 +188,10 @@ class PartitionState:
     # At-least-once, a pending checkpoint an exactly-once run left: discarded once this
     # worker's own checkpoint of the partition is written (workers/resuming.py).
     pending_left: bool = False
+    # The log its state belongs to (Source.describe_logs): its topic's id and partition
+    # count, recorded in its checkpoints (None: not known).
+    log_topic_id: str | None = None
+    log_partitions: int | None = None
 
 
 def unseen(messages: list[SourceMessage], next_offset: int | None) -> list[SourceMessage]:
@@ -326,6 +330,10 @@ class Engine:
         self.repartition = config.repartition if config.source.kafka is not None else None
         self._repartition_partitions = 0
         self._upstreams: frozenset[Upstream] = frozenset()
+        # The topics' ids and partition counts, as of the last assignment.
+        self._logs: dict[str, LogIdentity] = {}
+        # Why the worker stops to restart (the loop stops gracefully, then exits non-zero).
+        self.restart_reason: str | None = None
         self._reads_topic = topic_matcher(topics)
         self._admin: AdminClient | None = None
         # What a repartition message's entries were evaluated under (workers/rekeying.py):
@@ -455,17 +463,19 @@ class Engine:
         except CheckpointFormatError as error:  # a newer streamherd wrote it: hold (0156)
             checkpoint, start = None, None
             self._hold_unreadable(st, error)
-        if (
-            checkpoint is not None
-            and not st.from_snapshot
-            and self._foreign_cluster(st, checkpoint)
-        ):
-            # Never restored: its offsets and state are of another cluster's log. Held
-            # (refuse), or the partition starts as a new one would: the group's committed
-            # offset on this cluster, or startFrom (reset), or the replay time (replay).
+        st.log_topic_id, st.log_partitions = self._logs.get(topic, (None, None))
+        if checkpoint is not None and not st.from_snapshot and self._foreign_log(st, checkpoint):
+            # Never restored: its offsets and state are of another log (another cluster, or
+            # the topic deleted and created again). Held (refuse), or the partition starts
+            # as a new one would: the group's committed offset, or startFrom (reset), or
+            # the replay time (replay).
             checkpoint = None
             start = committed[0] if committed is not None else None
         plan = self.processor.window
+        # Keys moved: a keyed window's checkpoint of another partition count (judged below).
+        moved = (
+            None if checkpoint is None or st.held is not None else self._keys_moved(st, checkpoint)
+        )
         if checkpoint is not None:
             st.next_offset = checkpoint.next_offset
             st.committed = checkpoint.next_offset
@@ -476,19 +486,21 @@ class Engine:
             st.next_offset = start
             st.committed = start
         restored = checkpoint.state if checkpoint is not None else None
-        if checkpoint is not None and self._foreign_state(checkpoint):
+        if checkpoint is not None and (self._foreign_state(checkpoint) or moved):
             if st.from_snapshot:
                 # A snapshot is restored as it is, or not at all: never reset or replayed.
                 st.held = (
                     f"{topic}[{partition}]: snapshot {st.restored_from} holds state of "
                     f"fingerprint {checkpoint.fingerprint}, not this pipeline's "
                     f"{self.fingerprint}: restore it with the spec it was taken under"
+                    if moved is None
+                    else f"{topic}[{partition}]: snapshot {st.restored_from}: {moved}"
                 )
                 self.metrics.set_partition("streamherd_state_restore_refused", topic, partition, 1)
                 log_event(log, logging.ERROR, "state-restore-refused", snapshot=st.restored_from,
                           topic=topic, partition=partition)  # fmt: skip
             else:
-                self._mismatch(st, checkpoint)
+                self._mismatch(st, checkpoint, moved)
             restored = None
         # The backend's own committed checkpoint: the base of incremental checkpoints.
         base = checkpoint is not None and not st.from_snapshot
@@ -579,39 +591,52 @@ class Engine:
         source = self.source
         return source.cluster_id if source is not None else None
 
-    def _foreign_cluster(self, st: PartitionState, checkpoint: Checkpoint) -> bool:
-        """Whether ``checkpoint`` was written against another Kafka cluster than the source
-        reads now (its bootstrapServers edited to another cluster, or the cluster rebuilt
-        under the same name): then its offsets point into another log, and restoring it
-        would skip records or fold another cluster's into this one's windows, without an
-        error. Kafka's cluster id tells, so a new address of the same cluster is no change.
-        A checkpoint or a source without an id (an earlier version, a broker that did not
-        answer at start) is not judged. The policy is the state policy's: refuse holds the
+    def _foreign_log(self, st: PartitionState, checkpoint: Checkpoint) -> bool:
+        """Whether ``checkpoint`` was written against another log than the partition reads
+        now: another Kafka cluster (its bootstrapServers edited to another cluster, or the
+        cluster rebuilt under the same name), or another topic under the same name (deleted
+        and created again: Kafka's topic id differs). Then its offsets point into another
+        log, and restoring it would skip records or fold another log's into this one's
+        windows, without an error. The ids tell, so a new address of the same cluster is no
+        change. A checkpoint or a source without an id (an earlier version, a broker that
+        did not answer) is not judged. The policy is the state policy's: refuse holds the
         partition, reset and replay keep the checkpoint as a snapshot and start anew."""
         now = self._cluster_id()
-        if checkpoint.cluster is None or now is None or checkpoint.cluster == now:
+        if checkpoint.cluster is not None and now is not None and checkpoint.cluster != now:
+            then, what = checkpoint.cluster, f"Kafka cluster {checkpoint.cluster}"
+            fields = {"checkpoint_cluster": checkpoint.cluster, "cluster": now}
+            since = (
+                f"the source is now cluster {now}: the offsets and state of another cluster's log"
+            )
+            where, reason = "cluster", "another Kafka cluster"
+        elif (
+            checkpoint.topic_id is not None
+            and st.log_topic_id is not None
+            and checkpoint.topic_id != st.log_topic_id
+        ):
+            then, what = checkpoint.topic_id, f"topic id {checkpoint.topic_id}"
+            fields = {"checkpoint_topic_id": checkpoint.topic_id, "topic_id": st.log_topic_id}
+            since = (
+                f"the topic is now {st.log_topic_id} (deleted and created again): the offsets "
+                "and state of the old topic's log"
+            )
+            where, reason = "topic", "the topic was created again"
+        else:
             return False
-        fields = {
-            "topic": st.topic,
-            "partition": st.partition,
-            "checkpoint_cluster": checkpoint.cluster,
-            "cluster": now,
-        }
+        described: dict[str, Any] = {"topic": st.topic, "partition": st.partition, **fields}
         if self.state_policy.on_fingerprint_mismatch == "refuse":
             self._hold(
                 st,
-                f"{st.topic}[{st.partition}]: its checkpoint is of Kafka cluster "
-                f"{checkpoint.cluster}, and the source is now cluster {now}: the offsets and "
-                "state of another cluster's log are not restored (spec.upgrade.onStateChange: "
-                "refuse; reset starts the partition anew on this cluster, replay from a time)",
+                f"{st.topic}[{st.partition}]: its checkpoint is of {what}, and {since} are "
+                "not restored (spec.upgrade.onStateChange: refuse; reset starts the partition "
+                "anew, replay from a time)",
                 "state-restore-refused",
-                fields,
+                described,
             )
             return True
         name = snapshot_name(checkpoint.fingerprint or "legacy", self.fingerprint)
-        digest = hashlib.sha256(checkpoint.cluster.encode()).hexdigest()[:12]
-        self._discard(st, checkpoint, f"{name}-cluster-{digest}",
-                      {**fields, "reason": "another Kafka cluster"})  # fmt: skip
+        digest = hashlib.sha256(then.encode()).hexdigest()[:12]
+        self._discard(st, checkpoint, f"{name}-{where}-{digest}", {**described, "reason": reason})
         return True
 
     def _hold(
@@ -670,12 +695,16 @@ class Engine:
             return False
         return checkpoint.fingerprint != self.fingerprint
 
-    def _mismatch(self, st: PartitionState, checkpoint: Checkpoint) -> None:
-        """Apply the state policy to a partition whose checkpoint has another fingerprint:
-        hold it (refuse), or start it from empty state (reset: at the checkpoint's offset;
-        replay: at the replay time). Never restores the foreign state, so nothing mixes."""
-        changes = changed_fields(checkpoint.state_shape, self.state_shape)
-        what = "; ".join(changes) or "unknown fields"
+    def _mismatch(
+        self, st: PartitionState, checkpoint: Checkpoint, moved: str | None = None
+    ) -> None:
+        """Apply the state policy to a partition whose checkpoint has another fingerprint,
+        or (`moved`: why) whose keys moved to other partitions: hold it (refuse), or start
+        it from empty state (reset: at the checkpoint's offset; replay: at the replay time).
+        Never restores the foreign state, so nothing mixes."""
+        foreign = self._foreign_state(checkpoint)
+        changes = changed_fields(checkpoint.state_shape, self.state_shape) if foreign else []
+        what = "; ".join([*changes, *([moved] if moved else [])]) or "unknown fields"
         fields = {
             "topic": st.topic,
             "partition": st.partition,
@@ -684,18 +713,47 @@ class Engine:
             "changed": what,
         }
         if self.state_policy.on_fingerprint_mismatch == "refuse":
+            why = (
+                f"checkpoint state fingerprint {checkpoint.fingerprint} differs from this "
+                f"pipeline's {self.fingerprint} ({what})"
+                if foreign
+                else what
+            )
             self._hold(
                 st,
-                f"{st.topic}[{st.partition}]: checkpoint state fingerprint "
-                f"{checkpoint.fingerprint} differs from this pipeline's {self.fingerprint} "
-                f"({what}); refused to restore it (spec.upgrade.onStateChange: refuse)",
+                f"{st.topic}[{st.partition}]: {why}; refused to restore it "
+                "(spec.upgrade.onStateChange: refuse)",
                 "state-restore-refused",
                 fields,
             )
             return
         # Kept before it is discarded: the open windows of the old spec stay recoverable.
         name = snapshot_name(checkpoint.fingerprint or "legacy", self.fingerprint)
+        if moved and checkpoint.partitions is not None:
+            name = f"{name}-partitions-{checkpoint.partitions}"
         self._discard(st, checkpoint, name, fields)
+
+    def _keyed(self, topic: str) -> bool:
+        """Whether a partition of `topic` holds windows whose keys the topic's partitioner
+        placed: a window without a repartition (the topic's keying is trusted), or the
+        repartition topic's own partitions."""
+        if self.processor.window is None:
+            return False
+        return self.repartition is None or topic == self.repartition.topic
+
+    def _keys_moved(self, st: PartitionState, checkpoint: Checkpoint) -> str | None:
+        """Why a keyed window's checkpoint cannot be restored as it is: its topic had
+        another partition count when it was written (a producer spreads keys by the count:
+        most keys now live in another partition, and each open window of such a key would
+        end as two partial results), or None. Not judged when either count is unknown."""
+        now, then = st.log_partitions, checkpoint.partitions
+        if not self._keyed(st.topic) or now is None or then is None or now == then:
+            return None
+        return (
+            f"topic {st.topic} has {now} partitions, its checkpoint was written with {then}: "
+            "its keys moved between partitions, and an open window's key would give two "
+            "partial results"
+        )
 
     # ------------------------------------------------------------------ snapshot hooks
     # Snapshots on request and restoring one kept in Kafka (workers/snapshotting.py). The
@@ -778,6 +836,42 @@ class Engine:
             if tp.offset >= 0
         }
 
+    def _refresh_logs(self, source: Source, partitions: list[TopicPartition]) -> None:
+        """The topics' ids and partition counts, asked on every assignment (a topic that
+        gains partitions rebalances its group, so this sees it), for the partitions
+        assigned now (judged as they are restored) and those this worker keeps: a keyed
+        window of a topic whose partition count changed while it ran stops the worker to
+        restart, so that every partition is judged from its checkpoint (which records the
+        count its state was built with) by the state policy."""
+        if not source.group_offsets:
+            return
+        topics = {tp.topic for tp in partitions} | {t for t, _ in self.partitions}
+        try:
+            found = source.describe_logs(sorted(topics))
+        except KafkaException as error:
+            log_event(log, logging.WARNING, "describe-topics-failed", error=str(error))
+            found = {}
+        for topic in topics:
+            if topic in found:
+                self._logs[topic] = found[topic]
+            else:
+                self._logs.pop(topic, None)  # not known now: not judged
+        assigned = {(tp.topic, tp.partition) for tp in partitions}
+        for key, st in self.partitions.items():
+            now = self._logs.get(st.topic)
+            if key in assigned or now is None or st.log_partitions is None:
+                continue
+            if self._keyed(st.topic) and now[1] != st.log_partitions and st.held is None:
+                self.restart_reason = (
+                    f"topic {st.topic} now has {now[1]} partitions ({st.log_partitions} when "
+                    "this worker's state was built): restarting, so that every partition is "
+                    "judged from its checkpoint"
+                )
+                log_event(log, logging.WARNING, "partition-count-changed", topic=st.topic,
+                          partitions=now[1], was=st.log_partitions, action="restart")  # fmt: skip
+                self.stop.set()
+                return
+
     def _recover_prepared(self, source: Source, assigned: list[tuple[str, int]]) -> None:
         """Two phases: resolve the prepared transactions covering ``assigned`` (or left by
         this worker's previous incarnation) from Kafka's committed offsets, read stably:
@@ -816,6 +910,7 @@ class Engine:
                 if tp.offset >= 0
             }
         restoring = time.perf_counter()
+        self._refresh_logs(source, partitions)
         self.state.prepare([(tp.topic, tp.partition) for tp in partitions])
         states = [
             self._new_state(tp.topic, tp.partition, committed.get((tp.topic, tp.partition)))
@@ -1697,6 +1792,8 @@ class Engine:
                     restored_from=st.restored_from,
                     generation=generation,
                     cluster=self._cluster_id(),
+                    topic_id=st.log_topic_id,
+                    partitions=st.log_partitions,
                 )
             )
         if pending:
@@ -2012,6 +2109,7 @@ class Engine:
             if self._broken:
                 return "failed"
             states = list(self.partitions.values())
+
             if source.exhausted and not self.stop.is_set():
                 # A finite source has ended: every window is complete, emit them all.
                 for st in states:
@@ -2026,6 +2124,10 @@ class Engine:
                         self.metrics.records_out.inc(len(rows))
                         st.dirty = True
                 reason = "exhausted"
+            elif self.restart_reason is not None:
+                # The checkpoints below record the partition count each state was built
+                # with: the restart judges them (_refresh_logs).
+                reason = "restart"
             else:
                 reason = "stopped"
             # Graceful stop: finish (done: the batch above completed), checkpoint, commit,

@@ -58,6 +58,7 @@ def client_config(endpoint: KafkaEndpoint) -> dict[str, Any]:
 #: Session timeout: how long a killed worker's partitions wait before moving (10 s; the
 #: broker's minimum is 6 s). Short enough that a crashed pod is replaced quickly.
 SESSION_TIMEOUT_MS = 10_000
+METADATA_REFRESH_MS = 30_000
 
 
 def consumer_config(source: KafkaSourceConfig) -> dict[str, Any]:
@@ -75,6 +76,9 @@ def consumer_config(source: KafkaSourceConfig) -> dict[str, Any]:
             "max.poll.interval.ms": 300_000,
             # Transactional producers upstream: never read aborted records.
             "isolation.level": "read_committed",
+            # Partitions added to a source topic are seen (consumed, and judged by a keyed
+            # window: engine._refresh_logs) within 30 s, not librdkafka's default 5 min.
+            "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
         }
     )
     instance = os.environ.get("STREAMHERD_GROUP_INSTANCE_ID")

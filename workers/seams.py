@@ -22,6 +22,9 @@ from streamherd.workers.processing import Failure, SourceMessage
 
 #: A partition event handler: the partitions that were assigned, revoked or lost.
 PartitionEvent = Callable[[list[TopicPartition]], None]
+#: What identifies a topic's log within its cluster: its topic id (None: not known) and
+#: its partition count.
+LogIdentity = tuple[str | None, int]
 
 
 class Source(Protocol):
@@ -84,6 +87,11 @@ class Source(Protocol):
 
     def group_metadata(self) -> Any:
         """The consumer group's metadata for a transaction's offsets (KIP-447)."""
+
+    def describe_logs(self, topics: Sequence[str]) -> Mapping[str, LogIdentity]:
+        """Each of `topics`' topic id and partition count, as the cluster says now (one
+        request); topics it could not describe (no answer in time, no such topic) are
+        left out: their checkpoints are then not judged by them."""
 
     def close(self) -> None:
         """Leave: revokes every partition through the revoke event."""

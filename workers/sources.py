@@ -7,20 +7,27 @@ the engine (``streamherd.workers.engine``) only sees the protocol.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from streamherd.workers.config import GeneratorSourceConfig, KafkaSourceConfig, WorkerConfig
 from streamherd.workers.generating import GENERATOR_TOPIC, ClickGenerator
-from streamherd.workers.kafkaclients import consumer_config
-from streamherd.workers.seams import PartitionEvent, Source
+from streamherd.workers.kafkaclients import client_config, consumer_config
+from streamherd.workers.logs import log_event
+from streamherd.workers.seams import LogIdentity, PartitionEvent, Source
 
 CommitCallback = Callable[[Any, list[TopicPartition]], None]
 #: How long a starting worker waits for the cluster's id (one metadata request).
 CLUSTER_ID_TIMEOUT_SECONDS: Final = 10.0
+#: How long an assignment waits for the assigned topics' ids and partition counts.
+DESCRIBE_TIMEOUT_SECONDS: Final = 10.0
+
+log = logging.getLogger("streamherd.worker")
 
 
 class KafkaSource:
@@ -37,6 +44,7 @@ class KafkaSource:
         self.topics = topics
         self._on_commit = on_commit
         self._consumer: Consumer | None = None
+        self._admin: AdminClient | None = None
         self.cluster_id: str | None = None
 
     @property
@@ -131,12 +139,34 @@ class KafkaSource:
     def group_metadata(self) -> Any:
         return self.consumer.consumer_group_metadata()
 
+    def describe_logs(self, topics: Sequence[str]) -> Mapping[str, LogIdentity]:
+        if not topics:
+            return {}
+        if self._admin is None:
+            self._admin = AdminClient(client_config(self.config))
+        futures = self._admin.describe_topics(
+            TopicCollection(sorted(set(topics))), request_timeout=DESCRIBE_TIMEOUT_SECONDS
+        )
+        found: dict[str, LogIdentity] = {}
+        for topic, future in futures.items():
+            try:
+                described = future.result(timeout=DESCRIBE_TIMEOUT_SECONDS + 5)
+            except Exception as error:  # noqa: BLE001 - any failure: that topic is not judged
+                log_event(log, logging.WARNING, "describe-topic-failed", topic=topic,
+                          error=str(error))  # fmt: skip
+                continue
+            topic_id = described.topic_id
+            found[topic] = (str(topic_id) if topic_id is not None else None,
+                            len(described.partitions))  # fmt: skip
+        return found
+
     def close(self) -> None:
         # close() revokes every partition through the revoke event, whose checkpoint
         # commits through this consumer: forgotten only afterwards.
         if self._consumer is not None:
             self._consumer.close()
         self._consumer = None
+        self._admin = None
 
 
 class GeneratorSource:
@@ -207,6 +237,9 @@ class GeneratorSource:
 
     def group_metadata(self) -> Any:
         raise NotImplementedError("the generator source has no consumer group")
+
+    def describe_logs(self, topics: Sequence[str]) -> Mapping[str, LogIdentity]:
+        return {}  # its partitions never change
 
     def close(self) -> None:
         pass

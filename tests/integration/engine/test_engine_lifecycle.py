@@ -26,6 +26,9 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+# confluent_kafka.admin.NewPartitions, whose type stub does not re-export it.
+from confluent_kafka.cimpl import NewPartitions
+
 from streamherd.workers.checkpointing import decode
 from tests.infra.kafka import KafkaBroker, start_kafka
 from tests.infra.kafkatools import consumer_groups
@@ -408,3 +411,95 @@ def test_a_checkpoint_of_another_cluster_is_never_restored(
         }
     finally:
         other.stop()
+
+
+def test_a_topic_created_again_is_never_restored_from_the_old_one(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """The source topic deleted and created again under the same name while the pipeline
+    was stopped: the checkpoints' offsets point into the old topic's log. Restored, they
+    skipped the new topic's first records (librdkafka reset the out-of-range position and
+    the engine dropped what lay below the checkpoint), silently. Checkpoints carry Kafka's
+    topic id: one of the old topic is held (refuse), or the partition starts anew (reset)."""
+    source, _sink, checkpoints, cfg = setup(kafka_broker, tmp_path, "again")
+    group = cfg["source"]["kafka"]["consumerGroup"]
+    produce_timed(kafka_broker, source, 0, 3000)
+    first = Worker.create(tmp_path, "old-topic", cfg).start()
+    try:
+        wait_until("caught up", lambda: caught_up(kafka_broker, group, source), 120, [first])
+        stop_cleanly(first)
+    finally:
+        first.stop()
+    files = checkpoint_files(checkpoints, source)
+    old = {(decode(d).topic_id, decode(d).partitions) for d in files.values()}
+    assert len(old) == 1 and next(iter(old))[0] is not None and next(iter(old))[1] == PARTITIONS
+
+    kafka_broker.delete_topic(source)
+    kafka_broker.create_topic(source, partitions=PARTITIONS, config=KEEP)
+    again = produce_timed(kafka_broker, source, 10_000, 1200)
+    held = Worker.create(tmp_path, "new-topic-refused", cfg).start()
+    try:
+        wait_until(
+            "every partition held",
+            lambda: all(gauge(held, "streamherd_state_restore_refused", partition=str(p)) == 1
+                        for p in range(PARTITIONS)),
+            60, [held],
+        )  # fmt: skip
+        status, body = held.get("/readyz")
+        assert status == 503 and "deleted and created again" in body, body
+        assert records_in(held) == 0
+        stop_cleanly(held)
+    finally:
+        held.stop()
+    assert checkpoint_files(checkpoints, source) == files  # byte for byte
+
+    out = kafka_broker.create_topic(kafka_broker.unique_topic("life-again-out"), PARTITIONS)
+    reset = copy.deepcopy(with_sink(cfg, out))
+    reset["state"] = {"onFingerprintMismatch": "reset"}
+    worker = Worker.create(tmp_path, "new-topic-reset", reset).start()
+    try:
+        wait_until("caught up", lambda: caught_up(kafka_broker, group, source), 120, [worker])
+        flush(kafka_broker, source, BASE_TS + 20_000 * STEP_MS)
+        wait_until("flushed", lambda: caught_up(kafka_broker, group, source), 60, [worker])
+        stop_cleanly(worker)
+    finally:
+        worker.stop()
+    # Exactly the new topic's records: none skipped, none of the old topic's windows.
+    assert_matches(latest_by_key(kafka_broker.consume_all(out)), reference(again, 10_000))
+
+
+def test_a_keyed_window_restarts_when_its_topic_gains_partitions_and_is_held(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """Partitions added to the source of a window without a repartition (its keying is the
+    topic's): a producer now sends most keys to other partitions, and each open window of
+    such a key would end as two partial results. The running worker sees the new count at
+    the rebalance, stops to restart (exit 1, its checkpoints recording the count its state
+    was built with), and the restart holds the partitions (refuse) and says why."""
+    source, _sink, _checkpoints, cfg = setup(kafka_broker, tmp_path, "grow")
+    group = cfg["source"]["kafka"]["consumerGroup"]
+    produce_timed(kafka_broker, source, 0, 2000)
+    worker = Worker.create(tmp_path, "before", cfg).start()
+    try:
+        wait_until("caught up", lambda: caught_up(kafka_broker, group, source), 120, [worker])
+        admin = kafka_broker.admin()  # kept: its futures die with it
+        futures = admin.create_partitions([NewPartitions(source, PARTITIONS + 1)])
+        for future in futures.values():
+            future.result(30)
+        assert worker.wait(120) == 1, worker.log_tail()
+    finally:
+        worker.stop()
+    assert "event=partition-count-changed" in worker.log_path.read_text()
+    held = Worker.create(tmp_path, "after", cfg).start()
+    try:
+        wait_until(
+            "the old partitions held",
+            lambda: all(gauge(held, "streamherd_state_restore_refused", partition=str(p)) == 1
+                        for p in range(PARTITIONS)),
+            60, [held],
+        )  # fmt: skip
+        status, body = held.get("/readyz")
+        assert status == 503 and f"has {PARTITIONS + 1} partitions" in body, body
+        stop_cleanly(held)
+    finally:
+        held.stop()

@@ -123,7 +123,8 @@ def test_a_checkpoint_round_trips_exactly(
     windows: list[tuple[Any, int, list[Any]]], max_event: int | None, generation: str
 ) -> None:
     cp = checkpoint(state_of(windows, max_event), 42, generation=generation,
-                    restored_from="a-to-b", cluster="MkU3OEVBNTcwNTJENDM2Qk")  # fmt: skip
+                    restored_from="a-to-b", cluster="MkU3OEVBNTcwNTJENDM2Qk",
+                    topic_id="kB3c9Yx1Qp2o0mUuWw4Lrg", partitions=6)  # fmt: skip
     records = changelog.encode(cp)
     assert norm(changelog.decode("in", 3, records)) == norm(cp)
     # And the state reads back into the same windows, bit for bit.

@@ -22,10 +22,17 @@ def test_round_trip() -> None:
     assert back.written_at > 0
 
 
-def test_the_cluster_id_round_trips_and_an_older_checkpoint_has_none() -> None:
-    cp = Checkpoint("clicks", 3, 1234, {"v": 1}, "ns/p", cluster="MkU3OEVBNTcwNTJENDM2Qk")
-    assert decode(encode(cp)).cluster == "MkU3OEVBNTcwNTJENDM2Qk"
-    assert decode(encode(Checkpoint("clicks", 3, 1234, {"v": 1}, "ns/p"))).cluster is None
+def test_the_log_identity_round_trips_and_an_older_checkpoint_has_none() -> None:
+    cp = Checkpoint("clicks", 3, 1234, {"v": 1}, "ns/p", cluster="MkU3OEVBNTcwNTJENDM2Qk",
+                    topic_id="kB3c9Yx1Qp2o0mUuWw4Lrg", partitions=6)  # fmt: skip
+    back = decode(encode(cp))
+    assert (back.cluster, back.topic_id, back.partitions) == (
+        "MkU3OEVBNTcwNTJENDM2Qk",
+        "kB3c9Yx1Qp2o0mUuWw4Lrg",
+        6,
+    )
+    old = decode(encode(Checkpoint("clicks", 3, 1234, {"v": 1}, "ns/p")))
+    assert (old.cluster, old.topic_id, old.partitions) == (None, None, None)
 
 
 def test_corruption_is_detected() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -101,6 +101,9 @@ class ListSource:
 
     def group_metadata(self) -> Any:
         raise AssertionError("not used without a group")
+
+    def describe_logs(self, topics: Sequence[str]) -> Mapping[str, tuple[str | None, int]]:
+        return {}
 
     def close(self) -> None:
         pass
