@@ -21,14 +21,19 @@ the engine sends that record to the dead-letter topic with reason ``expression``
 from __future__ import annotations
 
 import ast
+import base64
 import contextlib
 import io
+import json
+import json.encoder
 import math
 import tokenize
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+
+import orjson
 
 from streamherd.workers.limits import (
     MAX_EXPRESSION_DEPTH,
@@ -228,13 +233,203 @@ def _coalesce(*values: Any) -> Any:
 
 
 def _str(value: Any) -> Any:
+    """``str()``: a string as it is, a number as Python writes it (``1``, ``1.0``,
+    ``1e+16``, ``nan``; ``-0.0`` as ``0.0``), ``true``/``false``, bytes as
+    :func:`_bytes_text`; an array or an object as canonical JSON (:func:`_json_text`), so
+    that equal values give equal text whatever the order of an object's fields (Python's
+    ``repr`` made ``{"b":1,"a":2}`` and ``{"a":2,"b":1}`` two strings, and wrote ``[True]``
+    for ``[true]``)."""
+    kind = type(value)
+    if kind is str:
+        return _sized(value)
     if value is None:
         return None
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return _sized(str(value))
+    if kind is float:
+        return str(value + 0.0)  # -0.0 as 0.0: equal values, one text (as one key)
+    if isinstance(value, list | tuple | dict):
+        if len(value) > MAX_SEQUENCE_LENGTH:
+            raise LimitError(f"str() of {len(value)} items (at most {MAX_SEQUENCE_LENGTH})")
+        if _flat(value):
+            try:  # the stdlib's C encoder: the same text, several times faster
+                text: str = _sized(_FLAT_JSON(value))
+            except (ValueError, TypeError):  # NaN, an infinity, what JSON has no form for
+                pass
+            else:
+                return text
+        return _json_text(value)
+    if isinstance(value, bytes):
+        return _sized(_bytes_text(value))
+    return _sized(str(value))
+
+
+def _bytes_text(value: bytes) -> str:
+    """Bytes (a raw record's key or value) as text: their UTF-8 text (the bytes ``b"a"`` are
+    the string ``"a"``, as a window key is), or ``{"bytes":"<base64>"}`` when they are not
+    UTF-8 (as an output key writes them)."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return '{"bytes":"' + base64.b64encode(value).decode() + '"}'
+
+
+def _bytes_json(value: Any) -> Any:
+    """Bytes in :data:`_FLAT_JSON`: their text, or the ``{"bytes": ...}`` object."""
+    if type(value) is bytes:
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"bytes": base64.b64encode(value).decode()}
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _flat_encoder() -> Callable[[Any], str]:
+    """Canonical JSON of a flat array or object (:func:`_flat`), what :func:`_json_text`
+    writes: the stdlib's C encoder, made once (``JSONEncoder.encode`` makes it per call,
+    three times the cost of a short array)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    quote = getattr(json.encoder, "c_encode_basestring", None)
+    if make is None or quote is None:  # no C accelerator (another Python)
+        return json.JSONEncoder(
+            ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":"),
+            default=_bytes_json,
+        ).encode  # fmt: skip
+    # No circular check (markers None): a flat value holds no array or object.
+    encode = make(None, _bytes_json, quote, None, ":", ",", True, False, False)
+    join = "".join
+
+    def flat_json(value: Any) -> str:
+        return join(encode(value, 0))
+
+    return flat_json
+
+
+_FLAT_JSON: Final = _flat_encoder()
+
+
+def _flat(value: Any) -> bool:
+    """Whether the stdlib's encoder writes ``value`` as :func:`_json_text` does, within the
+    string budget: no array or object in it (so no array held many times over, which
+    would be written out whole before its size is known), object field names strings,
+    items JSON's own types (a float not ``-0.0``, which Python writes ``-0.0``). Refuses a
+    value whose strings alone are over the budget (LimitError)."""
+    if type(value) is dict:
+        for name in value:
+            if type(name) is not str:
+                return False
+        items = value.values()
+    else:
+        items = value
+    size = 0
+    for item in items:
+        kind = type(item)
+        if kind is str:
+            size += len(item)
+        elif kind is float:
+            if item == 0.0 and math.copysign(1.0, item) < 0.0:
+                return False
+        elif kind is not int and kind is not bool and item is not None:
+            if kind is not bytes:
+                return False
+            size += len(item) // 4  # at least a character per 4 bytes
+    if size > MAX_STRING_LENGTH:
+        raise LimitError(f"str() of more than {MAX_STRING_LENGTH} characters")
+    return True
+
+
+def _string_json(text: str) -> str:
+    try:
+        return orjson.dumps(text).decode()
+    except orjson.JSONEncodeError:  # a lone surrogate: the stdlib writes it as it is
+        return json.dumps(text, ensure_ascii=False)
+
+
+def _scalar_json(value: Any) -> str:
+    """An item of an array or object in :func:`_json_text`: strings (and bytes' text) as
+    JSON strings, ``null``/``true``/``false``, numbers as ``str()`` writes them alone."""
+    if isinstance(value, str):
+        return _string_json(value)
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, list | tuple | dict) and len(value) > MAX_SEQUENCE_LENGTH:
-        raise LimitError(f"str() of {len(value)} items (at most {MAX_SEQUENCE_LENGTH})")
-    return _sized(str(value))
+    if isinstance(value, bytes):
+        try:
+            return _string_json(value.decode("utf-8"))
+        except UnicodeDecodeError:
+            return _bytes_text(value)
+    if isinstance(value, float):
+        return str(value + 0.0)  # -0.0 as 0.0: equal values, one text (as one key)
+    return str(value)  # an integer, or what a user function made
+
+
+def _object_items(value: Mapping[Any, Any]) -> list[tuple[str, Any]]:
+    """An object's fields sorted by name (a name that is not a string, which only a user
+    function can make: as ``str()`` writes it alone)."""
+    return sorted(
+        ((k if type(k) is str else _str(k) or "null", v) for k, v in value.items()),
+        key=_name,
+    )
+
+
+def _name(field: tuple[str, Any]) -> str:
+    return field[0]
+
+
+_END: Final = object()
+
+
+def _json_text(value: Any) -> str:
+    """An array or object as canonical JSON: fields sorted by name, no blanks, items as
+    :func:`_scalar_json` writes them. Iterative (a record may be nested 1024 deep, beyond
+    Python's recursion limit) and held to the string budget as it grows: an array holding
+    the same large array many times is refused before it is written out."""
+    out: list[str] = []
+    size = 0
+    frames: list[list[Any]] = []  # [items left, closing bracket, is an object, wrote one]
+    item: Any = value
+    while True:
+        if isinstance(item, dict):
+            out.append("{")
+            frames.append([iter(_object_items(item)), "}", True, False])
+            size += 1
+        elif isinstance(item, list | tuple):
+            out.append("[")
+            frames.append([iter(item), "]", False, False])
+            size += 1
+        else:
+            text = _scalar_json(item)
+            out.append(text)
+            size += len(text)
+        while frames:  # the next item, closing the containers that are done
+            frame = frames[-1]
+            nxt: Any = next(frame[0], _END)
+            if nxt is not _END:
+                break
+            frames.pop()
+            out.append(frame[1])
+            size += 1
+        else:
+            break
+        if size > MAX_STRING_LENGTH:
+            raise LimitError(f"str() of more than {MAX_STRING_LENGTH} characters")
+        if frame[3]:
+            out.append(",")
+            size += 1
+        frame[3] = True
+        if frame[2]:
+            name: str = nxt[0]
+            item = nxt[1]
+            text = _string_json(name) + ":"
+            out.append(text)
+            size += len(text)
+        else:
+            item = nxt
+    joined: str = _sized("".join(out))
+    return joined
 
 
 def _int(value: Any) -> Any:

@@ -35,7 +35,7 @@ from streamherd.workers.sinks_postgres_offsets import (
     Fence,
     PostgresTransactionalSink,
 )
-from streamherd.workers.values import text_of
+from streamherd.workers.values import result_key_value, text_of
 
 log = logging.getLogger("streamherd.worker")
 
@@ -140,6 +140,20 @@ def shorter(
 
 def is_size_error(error: KafkaError | None) -> bool:
     return error is not None and error.code() in SIZE_ERRORS
+
+
+def encode_result(value: Mapping[str, Any] | bytes) -> bytes:
+    """A result as the sink writes it (``processing.encode_output``), its ``key`` field
+    holding a raw source's bytes key as ``values.result_key_value`` gives it: bytes that
+    are not UTF-8 as ``{"bytes": "<base64>"}``, as the output key writes them, not with
+    the invalid bytes replaced (which made every such key one ``"\ufffd"``)."""
+    if type(value) is dict:
+        key = value.get("key")
+        if type(key) is bytes or type(key) is list:
+            fixed = result_key_value(key)
+            if fixed is not key:
+                value = {**value, "key": fixed}
+    return encode_output(value)
 
 
 class _ResultMessage:
@@ -348,7 +362,7 @@ class Outputs:
             lines = []
             for i, (_, value) in enumerate(rows):
                 try:
-                    lines.append(encode_output(value).decode("utf-8", errors="replace"))
+                    lines.append(encode_result(value).decode("utf-8", errors="replace"))
                 except Exception as error:  # noqa: BLE001 - the result's fault: dead-letter it
                     self._refuse(source_of(i), None, value, error)
             if lines:
@@ -369,7 +383,7 @@ class Outputs:
                 if key_fn is not None and not isinstance(value, bytes):
                     computed = key_fn(value)
                     key = None if computed is None else text_of(computed)
-                data = encode_output(value)
+                data = encode_result(value)
             except Exception as error:  # noqa: BLE001 - the result's fault: dead-letter it
                 self._refuse(source, default_key, value, error)
                 continue
@@ -419,7 +433,7 @@ class Outputs:
     ) -> None:
         """Dead-letter a result the sink cannot take (reason ``sink``)."""
         try:
-            data = encode_output(value)
+            data = encode_result(value)
         except Exception:  # noqa: BLE001 - not encodable: the headers still name its record
             data = f"<a {type(value).__name__} result that cannot be encoded>".encode()
         message = _ResultMessage(source, _as_bytes(key), data)

@@ -5,12 +5,24 @@ Used by ``streamherd.workers.windowing`` (window keys, ``to_json``/``from_json``
 
 **Keys.** A window key is identified by its JSON type and value: ``1``, ``1.0`` and ``true``
 are three keys (Python would make them one dict key, since ``1 == 1.0 == True``).
-:func:`canonical_key` gives each key its state form: strings, integers (not booleans),
-``null`` and bytes (the raw format's Kafka key) as they are; a float as ``("f", x)`` (with
-``-0.0`` as ``0.0``: equal values, one key); a boolean as ``("b", x)``; an array (a
-list-literal ``keyBy`` or a record's array) as ``("a", (items...))``. NaN and infinities
-(no JSON value) and objects are refused: the record is dead-lettered. :func:`key_value`
-gives the JSON value back, and the output key and the result's ``key`` field use it.
+:func:`canonical_key` gives each key its state form: strings, integers (not booleans) and
+``null`` as they are; bytes (the raw format's Kafka key) that are UTF-8 as the string of
+that text (``b"none"`` *is* the key ``"none"``: one window, one output key, as the output
+key always wrote them alike), other bytes as they are (their own keys, written
+``{"bytes": "<base64>"}`` in output keys); a float as ``("f", x)`` (with ``-0.0`` as
+``0.0``: equal values, one key); a boolean as ``("b", x)``; an array (a list-literal
+``keyBy`` or a record's array) as ``("a", (items...))``, its items likewise. NaN and
+infinities (no JSON value) and objects are refused: the record is dead-lettered.
+:func:`key_value` gives the JSON value back, and the output key and the result's ``key``
+field use it. So two keys have one state form exactly when :func:`output_key_text` writes
+them alike. The repartition hop's partition is picked by :func:`key_text`, which was already
+the same for UTF-8 bytes and their string, so no key moves to another partition (but one:
+an array holding UTF-8 bytes and a float Python writes with a one-digit negative exponent,
+``1e-07``, was written by the stdlib and is now by orjson, ``1e-7``).
+
+A checkpoint written before UTF-8 bytes were read as strings holds such keys as bytes:
+:func:`restored_key` gives their state form now and the one they were written under, so
+that a restore can tell (``PartitionWindows.from_json``).
 
 **Checkpoints.** :func:`encode_value` writes a state value as JSON without loss: finite
 floats and integers within 64 bits as themselves, and otherwise a one-entry object (a state
@@ -41,6 +53,8 @@ __all__ = [
     "key_text",
     "key_value",
     "output_key_text",
+    "restored_key",
+    "result_key_value",
     "text_of",
 ]
 
@@ -55,8 +69,15 @@ class WindowKeyError(ValueError):
 def canonical_key(key: Any, depth: int = 0) -> Any:
     """The state form of a key (see the module docstring); raises WindowKeyError or LimitError."""
     kind = type(key)
-    if kind is str or kind is int or key is None or kind is bytes:
+    if kind is str or kind is int or key is None:
         return key
+    if kind is bytes:
+        if key.isascii():
+            return key.decode()
+        # UTF-8 exactly when nothing is dropped (no exception: raising one costs 0.4 us, per
+        # record of a raw source with binary keys, say a Java long).
+        text = key.decode("utf-8", "ignore")
+        return text if text.encode() == key else key
     if kind is float:
         if not math.isfinite(key):
             raise WindowKeyError(
@@ -76,6 +97,36 @@ def canonical_key(key: Any, depth: int = 0) -> Any:
         f"a key must be a string, number, boolean, null or an array of those, "
         f"got {'object' if kind is dict else kind.__name__}"
     )
+
+
+def restored_key(stored: Any) -> tuple[Any, Any]:
+    """A window key as a checkpoint holds it (:func:`encode_value`'s form of its JSON value):
+    (its state form, the state form it was written under when that differs, else None).
+
+    They differ only for a key holding UTF-8 bytes, written before such bytes were read as
+    their string: its window is written under another identity now (so a state holding one
+    must not be the base of changes alone: the old entry would stay), and it may meet the
+    string key's own window of the same start."""
+    value = decode_value(stored)
+    key = canonical_key(value)
+    if not _holds_bytes(value):
+        return key, None
+    written = _bytes_kept(value)
+    return key, (written if written != key else None)
+
+
+def _holds_bytes(value: Any) -> bool:
+    kind = type(value)
+    return kind is bytes or (kind is list and any(_holds_bytes(v) for v in value))
+
+
+def _bytes_kept(value: Any) -> Any:
+    """The state form of a (valid) key before UTF-8 bytes were read as strings."""
+    if type(value) is bytes:
+        return value
+    if type(value) is list:
+        return ("a", tuple(_bytes_kept(item) for item in value))
+    return canonical_key(value)
 
 
 def key_value(key: Any) -> Any:
@@ -101,10 +152,12 @@ def output_key_text(key: Any) -> str:
     `"x"`): then as a JSON string (`"1"`). Any other key is compact JSON, which is never a
     JSON string. So a text that is not JSON is a plain string key, a JSON string text is a
     string key, and any other JSON is the key of that type. A bytes key (a raw source's
-    Kafka key) is its UTF-8 text, written as a string of that text is; bytes that are not
-    UTF-8 are `{"bytes":"<base64>"}`, a JSON object, which no key can be (replacing the
-    invalid bytes made `\xff` and `\xfe` one key). (The repartition hop picks partitions
-    by :func:`key_text`, which this leaves as it is.)"""
+    Kafka key) is never UTF-8 in state form (:func:`canonical_key` reads those as their
+    string): it is `{"bytes":"<base64>"}`, a JSON object, which no key can be (replacing the
+    invalid bytes made `\xff` and `\xfe` one key). UTF-8 bytes (only a window restored under
+    the form it was written in can hold them, see :func:`restored_key`) are written as their
+    string is. (The repartition hop picks partitions by :func:`key_text`, which this leaves
+    as it is.)"""
     if type(key) is bytes:
         try:
             key = key.decode("utf-8")
@@ -121,6 +174,18 @@ def output_key_text(key: Any) -> str:
             return key
         return orjson.dumps(key).decode()
     return text_of(_utf8_items(key_value(key)))
+
+
+def result_key_value(value: Any) -> Any:
+    """A result's ``key`` field (:func:`key_value`'s JSON value) as JSON can hold it: bytes
+    (a raw source's key, alone or in an array) as their UTF-8 text, or, when they are not
+    UTF-8, as ``{"bytes": "<base64>"}``, as in :func:`output_key_text` (writing them with
+    the invalid bytes replaced made every such key one ``"\ufffd"``). ``value`` itself when
+    it holds no bytes."""
+    kind = type(value)
+    if kind is bytes or (kind is list and _holds_bytes(value)):
+        return _utf8_items(value)
+    return value
 
 
 #: What a JSON text may start with (RFC 8259: a value after optional blanks).

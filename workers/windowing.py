@@ -58,6 +58,7 @@ from streamherd.workers.values import (
     key_text,
     key_value,
     output_key_text,
+    restored_key,
 )
 
 Record = Mapping[str, Any]
@@ -673,13 +674,28 @@ class PartitionWindows:
             )
         state.max_event_ms = data.get("maxEventMs")
         legacy = version != STATE_VERSION and bool(plan.added)  # running float totals
-        for key, start, held in data.get("windows", ()):
+        moved: list[tuple[Any, Any, int, list[Any]]] = []
+        for stored, start, held in data.get("windows", ()):
             # Version 1 wrote keys as they were held: a list-literal key as an array.
             acc = decode_value(held)
             if legacy:
                 _exact_totals(plan, acc)
             _ordered_values(plan, acc)
-            state.windows[(canonical_key(decode_value(key)), int(start))] = acc
+            key, written = restored_key(stored)
+            if written is None:
+                state.windows[(key, int(start))] = acc
+            else:
+                moved.append((key, written, int(start), acc))
+        if moved:
+            # Keys held as UTF-8 bytes, written before such bytes were read as their string
+            # (values.restored_key): their windows are written under the string now, so the
+            # next checkpoint is whole (the entries of the old form go; changes alone would
+            # leave them, to come back at every restore). A window that meets its string's
+            # window of the same start stays apart under its old form: emitted once, with
+            # the same output key, as before, rather than lose either's values.
+            state.based = False
+            for key, written, start, acc in moved:
+                state.windows[(key if (key, start) not in state.windows else written, start)] = acc
         if state.windows:
             state.first_end = min(s for _, s in state.windows) + plan.size_ms
         return state
