@@ -76,13 +76,19 @@ class Decision:
         return self.action == "hold"
 
 
-def config_description(config_map: Manifest | None) -> Description | None:
-    """The state description of the WorkerConfig in a ConfigMap; None when there is none or
-    it cannot be read (then nothing is known to be running)."""
+def _config_text(config_map: Manifest | None) -> str | None:
+    """The WorkerConfig JSON of a ConfigMap; None when there is none."""
     if config_map is None:
         return None
     text = (config_map.get("data") or {}).get(CONFIG_KEY)
-    if not isinstance(text, str):
+    return text if isinstance(text, str) else None
+
+
+def config_description(config_map: Manifest | None) -> Description | None:
+    """The state description of the WorkerConfig in a ConfigMap; None when there is none or
+    it cannot be read (then nothing is known to be running)."""
+    text = _config_text(config_map)
+    if text is None:
         return None
     try:
         return config_fingerprint(WorkerConfig.model_validate_json(text))[1]
@@ -104,10 +110,8 @@ def config_description(config_map: Manifest | None) -> Description | None:
 def config_backend(config_map: Manifest | None) -> str | None:
     """Where the WorkerConfig in a ConfigMap keeps its state: ``kafka`` (a changelog topic)
     or ``volume``; None when there is none or it cannot be read."""
-    if config_map is None:
-        return None
-    text = (config_map.get("data") or {}).get(CONFIG_KEY)
-    if not isinstance(text, str):
+    text = _config_text(config_map)
+    if text is None:
         return None
     try:
         doc: Any = orjson.loads(text)
@@ -173,10 +177,8 @@ def _backend_switch(
 def config_sources(config_map: Manifest | None) -> tuple[str, ...] | None:
     """The Kafka topics (names and ``^`` patterns) the WorkerConfig in a ConfigMap reads;
     None when there is none, it cannot be read, or its source is not Kafka."""
-    if config_map is None:
-        return None
-    text = (config_map.get("data") or {}).get(CONFIG_KEY)
-    if not isinstance(text, str):
+    text = _config_text(config_map)
+    if text is None:
         return None
     try:
         topics = orjson.loads(text)["source"]["kafka"]["topics"]
