@@ -146,6 +146,7 @@ def encode(checkpoint: Checkpoint) -> Records:
         "cluster": checkpoint.cluster,
         "topicId": checkpoint.topic_id,
         "partitions": checkpoint.partitions,
+        "authority": checkpoint.authority,
         "state": rest,
         "windows": windowed,
     }
@@ -185,6 +186,7 @@ def decode(topic: str, partition: int, records: Mapping[bytes, bytes]) -> Checkp
             cluster=doc.get("cluster"),
             topic_id=doc.get("topicId"),
             partitions=doc.get("partitions"),
+            authority=doc.get("authority"),
         )
     except (ValueError, KeyError, TypeError, IndexError) as error:
         raise CheckpointError(f"unreadable changelog of {topic}[{partition}]: {error}") from None

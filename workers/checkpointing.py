@@ -109,6 +109,9 @@ class Checkpoint:
     # moves when it changes). None when not known (an earlier version, no answer).
     topic_id: str | None = None
     partitions: int | None = None
+    # Where the run that wrote it commits its offsets (workers/resuming.py): ``group`` or a
+    # sink's offsets table, ``postgres:<table>``; None in a checkpoint of an earlier version.
+    authority: str | None = None
     # An incremental checkpoint: ``state`` holds everything but its "windows", and this the
     # windows changed since the backend's committed checkpoint of the partition, each
     # ``[key, start, accumulator]`` or ``[key, start, None]`` (closed: deleted). None: a full
@@ -177,6 +180,8 @@ def _document(checkpoint: Checkpoint) -> dict[str, Any]:
         doc["topicId"] = checkpoint.topic_id
     if checkpoint.partitions is not None:
         doc["partitions"] = checkpoint.partitions
+    if checkpoint.authority is not None:
+        doc["authority"] = checkpoint.authority
     return doc
 
 
@@ -213,6 +218,7 @@ def _checkpoint_of(doc: Mapping[str, Any]) -> Checkpoint:
         cluster=doc.get("cluster"),
         topic_id=doc.get("topicId"),
         partitions=doc.get("partitions"),
+        authority=doc.get("authority"),
     )
 
 

@@ -79,7 +79,7 @@ from streamherd.workers.repartitioning import (
     source_partitions,
     watermark_header,
 )
-from streamherd.workers.resuming import Resume, moved_by_someone_else, resume_point
+from streamherd.workers.resuming import GROUP, Resume, moved_by_someone_else, resume_point
 from streamherd.workers.seams import LogIdentity, Sink, Source, StateBackend
 from streamherd.workers.sinks import Outputs
 from streamherd.workers.snapshotting import (
@@ -283,6 +283,9 @@ class Engine:
         # Exactly-once into a database: the sink commits the offsets in its own transaction
         # (workers/sinks_postgres_offsets.py), not Kafka's; they win over the group's.
         self.sink_offsets = self.exactly_once and self.outputs.keeps_offsets
+        # Where this worker's offsets live, recorded in its checkpoints (workers/resuming.py).
+        sink_table = config.sink.postgres.table if config.sink.postgres is not None else None
+        self.authority = f"postgres:{sink_table}" if self.sink_offsets else GROUP
         # Exactly-once with a Kafka transaction: into Kafka, or into a database with Kafka
         # outputs besides (dead letters, repartition, changelog), where Kafka's transaction
         # decides the database's prepared one (two phases, decision 0155).
@@ -416,14 +419,27 @@ class Engine:
 
     # ------------------------------------------------------------------ state
 
-    def _restore(self, topic: str, partition: int, committed: tuple[int, str] | None) -> Resume:
+    def _restore(
+        self,
+        topic: str,
+        partition: int,
+        committed: tuple[int, str] | None,
+        group: tuple[int, str] | None = None,
+    ) -> Resume:
         """Where the partition resumes (workers/resuming.py ``resume_point``: the rule, from
-        the partition's committed and pending checkpoints and the authority's committed
-        offset and generation: in exactly-once mode the group's or the sink's offsets table,
-        in at-least-once mode the group's)."""
+        the partition's committed and pending checkpoints, the committed offset and
+        generation of this worker's authority (in exactly-once mode the group's or the
+        sink's offsets table, in at-least-once mode the group's) and the group's)."""
         main = self.state.load(topic, partition)
         pending = self.state.load_pending(topic, partition)
-        resume = resume_point(main, pending, committed, exactly_once=self.exactly_once)
+        resume = resume_point(
+            main,
+            pending,
+            committed,
+            exactly_once=self.exactly_once,
+            authority=self.authority,
+            group=group,
+        )
         if resume.promote:
             self.state.promote([(topic, partition)])
         elif resume.discard_pending:
@@ -447,7 +463,11 @@ class Engine:
         return resume
 
     def _new_state(
-        self, topic: str, partition: int, committed: tuple[int, str] | None = None
+        self,
+        topic: str,
+        partition: int,
+        committed: tuple[int, str] | None = None,
+        group: tuple[int, str] | None = None,
     ) -> PartitionState:
         st = PartitionState(topic, partition)
         start: int | None = None
@@ -455,7 +475,10 @@ class Engine:
             # The committed checkpoint (in exactly-once mode the committed transaction's),
             # unless state.restoreFrom replaces it: the snapshot's state and offset then go
             # in together, the offset committed with the first checkpoint that writes it.
-            resume = self._restore(topic, partition, committed)
+            resume = self._restore(topic, partition, committed, group)
+            if resume.undecided is not None and not self._undecided(st, resume.undecided):
+                # Discarded under reset or replay: judged again without it.
+                resume = self._restore(topic, partition, committed, group)
             st.judged_by_group, st.pending_left = resume.judged_by_group, resume.pending_left
             # At-least-once: the group's committed offset is read (and judged) on assign.
             start = resume.offset if self.exactly_once else None
@@ -531,6 +554,25 @@ class Engine:
             fingerprint=checkpoint.fingerprint if checkpoint else self.fingerprint,
         )
         return st
+
+    def _undecided(self, st: PartitionState, authority: str) -> bool:
+        """A pending checkpoint of another sink table whose commit cannot be told here
+        (workers/resuming.py): held under refuse (True), else discarded (False)."""
+        if self.state_policy.on_fingerprint_mismatch == "refuse":
+            self._hold(
+                st,
+                f"{st.topic}[{st.partition}]: a pending checkpoint of {authority}, whose "
+                "commit this worker cannot tell (the group's offset does not confirm it): run "
+                "the pipeline with that sink table until it is decided, or set "
+                "spec.upgrade.onStateChange to reset to discard it",
+                "state-restore-refused",
+                {"topic": st.topic, "partition": st.partition, "pending_of": authority},
+            )
+            return True
+        self.state.discard_pending(st.topic, st.partition)
+        log_event(log, logging.WARNING, "pending-checkpoint-discarded", topic=st.topic,
+                  partition=st.partition, pending_of=authority)  # fmt: skip
+        return False
 
     def _restore_point(self, st: PartitionState, own: Checkpoint | None) -> Checkpoint | None:
         """The checkpoint to restore: the partition's own (`own`: the file's, or with
@@ -898,22 +940,30 @@ class Engine:
         answer: list[TopicPartition] | None = None
         if self.exactly_once:
             committed = self._committed_with_metadata(source, partitions, assigned=True)
-        else:
-            if source.group_offsets:
-                try:
-                    answer = source.committed(asked, timeout=10)
-                except KafkaException as error:
-                    log_event(log, logging.WARNING, "committed-lookup-failed", error=str(error))
-            committed = {
-                (tp.topic, tp.partition): (tp.offset, tp.metadata or "")
-                for tp in answer or ()
-                if tp.offset >= 0
-            }
+        if (not self.exactly_once or self.sink_offsets) and source.group_offsets:
+            # The group's (with exactly-once into a table: besides the table's, to judge a
+            # checkpoint of another authority: workers/resuming.py).
+            try:
+                answer = source.committed(asked, timeout=10)
+            except KafkaException as error:
+                log_event(log, logging.WARNING, "committed-lookup-failed", error=str(error))
+        group = {
+            (tp.topic, tp.partition): (tp.offset, tp.metadata or "")
+            for tp in answer or ()
+            if tp.offset >= 0
+        }
+        if not self.exactly_once:
+            committed = group
         restoring = time.perf_counter()
         self._refresh_logs(source, partitions)
         self.state.prepare([(tp.topic, tp.partition) for tp in partitions])
         states = [
-            self._new_state(tp.topic, tp.partition, committed.get((tp.topic, tp.partition)))
+            self._new_state(
+                tp.topic,
+                tp.partition,
+                committed.get((tp.topic, tp.partition)),
+                group.get((tp.topic, tp.partition)),
+            )
             for tp in partitions
         ]
         self.metrics.state_restore.observe(time.perf_counter() - restoring)
@@ -1794,6 +1844,7 @@ class Engine:
                     cluster=self._cluster_id(),
                     topic_id=st.log_topic_id,
                     partitions=st.log_partitions,
+                    authority=self.authority,
                 )
             )
         if pending:

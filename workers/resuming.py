@@ -18,18 +18,29 @@ which of them is the authority depends on the delivery mode that wrote them:
 runs in either mode, switched at will, killed at every step of their commit protocols):
 
 1. a pending checkpoint whose generation is the committed one is the committed state (the
-   worker died between the commit and the rename): promote it, in either mode;
+   worker died between the commit and the rename): promote it, in either mode (one of
+   another authority is judged by the group's offset, whose metadata every exactly-once
+   commit sets after its authority's);
 2. a checkpoint of an exactly-once run resumes when the committed generation is its own
    (or, with no generation committed since, the offset is its own);
-3. a checkpoint an at-least-once run wrote (no generation) resumes whatever the exactly-once
-   authority says: that run came after every exactly-once commit the authority holds (an
-   exactly-once commit always replaces the checkpoint too), and it never wrote the
-   database's offsets table, so the table's offsets are older than the checkpoint. Whether
+3. a checkpoint an at-least-once run wrote (no generation), or a run whose offsets lived
+   elsewhere (another sink table, or the group while this one's live in a table: its
+   ``authority``), resumes whatever this worker's authority says: that run came after
+   every commit this authority holds (a commit always replaces the checkpoint too), and it
+   never wrote this authority's offsets, so they are older than the checkpoint. Whether
    the group's offset was moved by someone else since is then the at-least-once rule's
-   question (``moved_by_someone_else``), asked with the group's committed offset;
+   question (``moved_by_someone_else``), asked with the group's committed offset, which
+   every mode commits;
 4. anything else in exactly-once mode (an exactly-once checkpoint of another generation: the
    offset was reset with Kafka's own tools, or the volume was lost) starts at the committed
    offset with empty state, and says so.
+
+One case cannot be decided: in exactly-once mode, a pending checkpoint of another sink
+table that the group's offset does not confirm (a worker died between that table's commit
+and the group's, and the table was edited before a worker of it came back). Promoted, it
+may hold records that table never committed; discarded, the table's offsets would later
+match no checkpoint (rule 4: a partial window). It is held (``Resume.undecided``) until the
+pipeline runs with that table again, or the state policy discards it.
 
 At-least-once cannot judge a pending checkpoint rule 1 does not promote (with a PostgreSQL
 sink only the database knows whether its transaction committed). It leaves it until its own
@@ -40,17 +51,21 @@ would be promoted over the newer state, whose group offset then looks like a res
 
 Before rule 3 existed, switching ``delivery`` from exactly-once to at-least-once and back
 with a PostgreSQL sink resumed at the database's offsets from before the switch with empty
-state: partial window results were written over full ones.
+state: partial window results were written over full ones; so did switching the sink's
+table and back (the first table's offsets from before the switch).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from streamherd.workers.checkpointing import Checkpoint
 
 #: The committed offset and its metadata (the generation; empty without one).
 Committed = tuple[int, str]
+#: The authority of at-least-once and of exactly-once into Kafka: the consumer group.
+GROUP: Final = "group"
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,9 @@ class Resume:
     # At-least-once left a pending checkpoint it cannot judge: its first checkpoint of the
     # partition supersedes it, and discards it (after writing, before committing offsets).
     pending_left: bool = False
+    # Exactly-once: a pending checkpoint of another authority (named) whose outcome cannot
+    # be told here: the partition is held (the engine applies the state policy).
+    undecided: str | None = None
 
 
 def resume_point(
@@ -77,20 +95,42 @@ def resume_point(
     committed: Committed | None,
     *,
     exactly_once: bool,
+    authority: str = GROUP,
+    group: Committed | None = None,
 ) -> Resume:
     """The resume point of a partition with checkpoints `main` and `pending` (None: none),
-    `committed` the authority's committed (offset, generation) (exactly-once: the group's
-    or the sink's offsets table; at-least-once: the group's; None: nothing committed)."""
+    `committed` the committed (offset, generation) of `authority`, where this worker's
+    offsets live (:data:`GROUP`, or a sink's offsets table, ``postgres:<table>``; None:
+    nothing committed there), and `group` the consumer group's (None: the same as
+    `committed`, or nothing committed)."""
+    if authority == GROUP or group is None:
+        group = committed if authority == GROUP else group
     offset, generation = committed if committed is not None else (None, "")
-    # A pending checkpoint of a transaction that did not commit (by the authority) is
+    # A pending checkpoint of a transaction that did not commit (by its authority) is
     # discarded in exactly-once mode. At-least-once leaves one it cannot judge: with a
     # PostgreSQL sink only the database knows whether it committed (its offsets table),
     # and the next exactly-once worker asks it (rule 1 or 4); until then it harms nothing.
     leftover = pending is not None and exactly_once
-    if pending is not None and generation and pending.generation == generation:
-        return Resume(pending, pending.next_offset, promote=True)
+    if pending is not None and pending.generation:
+        # Rule 1. A pending checkpoint of another authority (another sink table, or the
+        # group's): its own authority is not read here, but the group's offset carries the
+        # id of every exactly-once commit, after its authority's commit.
+        told = group if _foreign(pending, authority) else committed
+        if told is not None and told[1] == pending.generation:
+            return Resume(pending, pending.next_offset, promote=True)
+    if (
+        exactly_once
+        and pending is not None
+        and pending.generation
+        and pending.authority not in (None, GROUP, authority)
+    ):
+        # A pending checkpoint of another sink table, which the group does not confirm: its
+        # transaction may have committed there (the group's commit after it lost), so it
+        # can be neither promoted nor discarded without losing state or results. Held
+        # until a worker of that table decides it (or the state policy discards it).
+        return Resume(None, None, undecided=pending.authority)
     left = pending is not None and not exactly_once
-    if main is not None and not main.generation:
+    if main is not None and (not main.generation or _foreign(main, authority)):
         # Rule 3 (and at-least-once's own checkpoints): the checkpoint stands.
         return Resume(main, main.next_offset, discard_pending=leftover,
                       judged_by_group=exactly_once, pending_left=left)  # fmt: skip
@@ -107,6 +147,12 @@ def resume_point(
         discard_pending=leftover,
         mismatch=main is not None or offset is not None,
     )
+
+
+def _foreign(checkpoint: Checkpoint, authority: str) -> bool:
+    """Whether `checkpoint` was written by a run whose offsets lived elsewhere (None:
+    written before checkpoints said: taken as this authority's)."""
+    return checkpoint.authority is not None and checkpoint.authority != authority
 
 
 def moved_by_someone_else(

@@ -13,20 +13,26 @@ the same history against the real parts, with windows open across every switch.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.infra.kafka import KafkaBroker
-from tests.integration.engine.enginekit import clicks, wait_until
+from tests.integration.engine.enginekit import clicks, flush_markers, reference, wait_until
 from tests.integration.storage.test_postgres_exactly_once import (
     exactly_once_config,
     finish_flushed,
     offsets,
     worker,
 )
-from tests.integration.storage.test_postgres_pipeline import DSN_ENV
+from tests.integration.storage.test_postgres_pipeline import (
+    BASE_END_TS,
+    DSN_ENV,
+    PARTITIONS,
+    results,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.slow]
 
@@ -73,3 +79,52 @@ def test_exactly_once_to_at_least_once_and_back_keeps_every_window_exact(
     log = w.log_path.read_text()
     assert "event=resuming-at-least-once-checkpoint" in log
     assert "event=checkpoint-does-not-match-commit" not in log
+
+
+def test_the_sink_table_switched_and_back_writes_no_partial_window(
+    kafka_broker: KafkaBroker, postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exactly-once into table clicks, then clicks_b, then clicks again. Each table keeps its
+    own offsets row; back on clicks, its row was from before the switch, and the old rule
+    resumed there with empty state: the window open across the first switch, already
+    emitted into clicks_b, came out again into clicks with a part of its records. The
+    checkpoint of the run into clicks_b now wins (its authority was clicks_b): every row of
+    either table is a whole window."""
+    monkeypatch.setenv(DSN_ENV, postgres_dsn)
+    config, src = exactly_once_config(kafka_broker, tmp_path, postgres_dsn)
+    other: dict[str, Any] = copy.deepcopy(config)
+    other["sink"]["postgres"]["table"] = "clicks_b"
+
+    def at_end(table: str) -> Any:
+        def check() -> bool:
+            rows = {p: o for (t, p), (o, _) in offsets(postgres_dsn, table).items() if t == src}
+            return rows == kafka_broker.end_offsets(src)
+
+        return check
+
+    for name, cfg, table, first in (
+        ("into-a", config, "clicks", 0),
+        ("into-b", other, "clicks_b", PHASE),
+    ):
+        kafka_broker.produce(src, list(clicks(first, PHASE)))
+        w = worker(tmp_path, name, cfg)
+        try:
+            w.start()
+            wait_until(f"{name} to commit every record", at_end(table), 120, [w])
+        finally:
+            w.stop()
+    kafka_broker.produce(src, list(clicks(2 * PHASE, PHASE)))
+    flush_markers(kafka_broker, src, PARTITIONS, BASE_END_TS(3 * PHASE))
+    w = worker(tmp_path, "back-into-a", config)
+    try:
+        w.start()
+        wait_until("back into clicks, every record committed", at_end("clicks"), 120, [w])
+    finally:
+        w.stop()
+    expected = reference(clicks(0, 3 * PHASE))
+    a, _ = results(postgres_dsn, "clicks")
+    b, _ = results(postgres_dsn, "clicks_b")
+    partial = [(k, got, expected.get(k)) for k, got in [*a.items(), *b.items()]
+               if got != expected.get(k)]  # fmt: skip
+    assert not partial, f"{len(partial)} rows that are not whole windows, e.g. {partial[:3]}"
+    assert set(a) | set(b) == set(expected)

@@ -73,11 +73,14 @@ def worker(tmp: Path, name: str, config: dict[str, Any]) -> Worker:
     return w
 
 
-def offsets(dsn: str) -> dict[tuple[str, int], tuple[int, str]]:
+def offsets(dsn: str, table: str = "clicks") -> dict[tuple[str, int], tuple[int, str]]:
+    """The offsets table's rows of the results table `table`."""
     try:
         with psycopg.connect(dsn, connect_timeout=3) as conn:
             found = conn.execute(
-                "SELECT topic, partition, next_offset, generation FROM streamherd_offsets"
+                "SELECT topic, partition, next_offset, generation FROM streamherd_offsets "
+                "WHERE sink_table = %s",
+                (table,),
             ).fetchall()
     except psycopg.errors.UndefinedTable:
         return {}

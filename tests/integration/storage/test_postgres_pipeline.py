@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.infra.kafka import KafkaBroker
 from tests.integration.engine.enginekit import (
@@ -72,12 +73,14 @@ def pg_config(broker: KafkaBroker, src: str, dlq: str, checkpoints: Path, **runt
     return cfg
 
 
-def results(dsn: str) -> tuple[dict[str, dict[str, Any]], int]:
+def results(dsn: str, table: str = "clicks") -> tuple[dict[str, dict[str, Any]], int]:
     """The table as {"<key>|<window start>": {clicks, bytes}} and its row count."""
     try:
         with psycopg.connect(dsn, connect_timeout=3) as conn:
             rows = conn.execute(
-                "SELECT key, window_start, window_end, clicks, bytes FROM clicks"
+                sql.SQL("SELECT key, window_start, window_end, clicks, bytes FROM {}").format(
+                    sql.Identifier(table)
+                )
             ).fetchall()
     except psycopg.errors.UndefinedTable:
         return {}, 0
