@@ -493,12 +493,24 @@ class Engine:
             # as a new one would: the group's committed offset, or startFrom (reset), or
             # the replay time (replay).
             checkpoint = None
-            start = committed[0] if committed is not None else None
+            # The group's offset (the broker deletes a deleted topic's): a sink's offsets
+            # table still holds the old log's.
+            told = committed if self.authority == GROUP else group
+            start = told[0] if told is not None else None
         plan = self.processor.window
         # Keys moved: a keyed window's checkpoint of another partition count (judged below).
         moved = (
             None if checkpoint is None or st.held is not None else self._keys_moved(st, checkpoint)
         )
+        if checkpoint is not None and moved is None:
+            if st.log_topic_id is None:  # not known now: the checkpoint's is kept
+                st.log_topic_id = checkpoint.topic_id
+            if st.log_partitions is None:
+                st.log_partitions = checkpoint.partitions
+            elif checkpoint.partitions is None and self._keyed(topic):
+                # An earlier version's checkpoint: recorded at the next checkpoint even if
+                # no record arrives, so that a later change of the count is judged.
+                st.dirty = True
         if checkpoint is not None:
             st.next_offset = checkpoint.next_offset
             st.committed = checkpoint.next_offset
@@ -911,6 +923,11 @@ class Engine:
                 )
                 log_event(log, logging.WARNING, "partition-count-changed", topic=st.topic,
                           partitions=now[1], was=st.log_partitions, action="restart")  # fmt: skip
+                # Every keyed partition's count is recorded by the stop's checkpoint, quiet
+                # ones too (only changed partitions are checkpointed otherwise).
+                for other in self.partitions.values():
+                    if self._keyed(other.topic) and other.held is None:
+                        other.dirty = other.dirty or other.next_offset is not None
                 self.stop.set()
                 return
 

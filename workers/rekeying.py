@@ -228,11 +228,14 @@ def _digest(description: dict[str, Any]) -> str:
 
 def same_layout(plan: str, plan_id: str) -> bool:
     """Whether entries written under `plan` mean to this downstream (of `plan_id`) what its
-    own mean: the same layout (see :func:`hop_plan`). A plan of an earlier worker (one part
-    only) is another layout."""
-    return (
-        len(plan) == len(plan_id) == 2 * PLAN_DIGITS and plan[:PLAN_DIGITS] == plan_id[:PLAN_DIGITS]
-    )
+    own mean: the same layout (see :func:`hop_plan`). A plan of a worker before the layout
+    (one part) was the hash of what is now the detail: it is this plan's when it is this
+    plan's detail (the same spec, across the upgrade), else another layout."""
+    if len(plan_id) != 2 * PLAN_DIGITS:
+        return plan == plan_id
+    if len(plan) == PLAN_DIGITS:
+        return plan == plan_id[PLAN_DIGITS:]
+    return len(plan) == 2 * PLAN_DIGITS and plan[:PLAN_DIGITS] == plan_id[:PLAN_DIGITS]
 
 
 def encode_entry(  # noqa: PLR0917 - the entry's fields, in its order

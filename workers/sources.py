@@ -156,8 +156,10 @@ class KafkaSource:
                           error=str(error))  # fmt: skip
                 continue
             topic_id = described.topic_id
-            found[topic] = (str(topic_id) if topic_id is not None else None,
-                            len(described.partitions))  # fmt: skip
+            known = topic_id is not None and (
+                topic_id.get_most_significant_bits() or topic_id.get_least_significant_bits()
+            )  # a zero id is none (a broker that does not assign ids)
+            found[topic] = (str(topic_id) if known else None, len(described.partitions))
         return found
 
     def close(self) -> None:

@@ -599,5 +599,11 @@ def test_an_edit_the_fingerprint_calls_compatible_keeps_the_layout_and_its_entri
         windows, clock = PartitionWindows(plan_for(0, False)), UpstreamClock()
         failures, _, _, taken = fold_hop(windows, clock, message_of(plan, records), own)
         assert len(failures) == 3 and windows.windows == {}
-    # A plan of an earlier worker (one part) is never the same layout.
+    # A plan of a worker before the layout (one part) was the hash of what is now the
+    # detail: the same spec's folds across the upgrade, another spec's does not.
+    assert same_layout(own[16:], own)
+    windows, clock = PartitionWindows(plan_for(0, False)), UpstreamClock()
+    failures, _, _, taken = fold_hop(windows, clock, message_of(own[16:], records), own)
+    assert failures == [] and taken == 3
     assert not same_layout(own[:16], own)
+    assert not same_layout(hop_plan(spec(keyBy="k2"), "json")[16:], own)
