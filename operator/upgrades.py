@@ -200,10 +200,23 @@ def removed_sources(running: Sequence[str], desired: Sequence[str]) -> list[str]
     ]  # fmt: skip
 
 
+Sources = tuple[tuple[str, ...] | None, tuple[str, ...] | None]
+
+
+def _windows_lost(running: Description | None, sources: Sources | None) -> list[str]:
+    """The source topics an edit removes whose partitions hold the running windows (a
+    window, no repartition: see :func:`_sources_removed`); empty otherwise."""
+    if sources is None or sources[0] is None or sources[1] is None:
+        return []
+    if running is None or running.get("window") is None or running.get("repartition"):
+        return []
+    return removed_sources(sources[0], sources[1])
+
+
 def _sources_removed(
     running: Description | None,
     desired: Description,
-    sources: tuple[tuple[str, ...] | None, tuple[str, ...] | None] | None,
+    sources: Sources | None,
     upgrade: Upgrade,
     generation: int | None,
 ) -> Decision | None:
@@ -215,12 +228,8 @@ def _sources_removed(
     the windows dropped, and say so. A topic added back later resumes its old state. With
     a repartition the windows live on the repartition topic's partitions, and the removed
     topic's partitions stop holding the watermark (workers/repartitioning.py)."""
-    if sources is None or sources[0] is None or sources[1] is None:
-        return None
-    if running is None or running.get("window") is None or running.get("repartition"):
-        return None
-    removed = removed_sources(sources[0], sources[1])
-    if not removed or fingerprint(running) != fingerprint(desired):
+    removed = _windows_lost(running, sources)
+    if running is None or not removed or fingerprint(running) != fingerprint(desired):
         return None  # (with the fingerprint changed too, decide lists it among the changes)
     have = fingerprint(running)
     edit = f"spec generation {generation}" if generation is not None else "the spec"
@@ -263,7 +272,7 @@ def decide(
     restore_from: str | None = None,
     snapshot_fingerprint: str | None = None,
     backends: tuple[str | None, str] | None = None,
-    sources: tuple[tuple[str, ...] | None, tuple[str, ...] | None] | None = None,
+    sources: Sources | None = None,
 ) -> Decision:
     """Roll, hold, reset, replay or restore an edit whose desired state is `desired`, the
     workers running `running` (None: nothing known to run, e.g. a new pipeline), with
@@ -290,10 +299,9 @@ def decide(
         )
     have = fingerprint(running)
     changes = tuple(changed_fields(running, desired))
-    if changes and sources is not None and sources[0] is not None and sources[1] is not None:
-        removed = removed_sources(sources[0], sources[1])
-        if removed and running.get("window") is not None and not running.get("repartition"):
-            changes = (f"source.kafka.topics: removed {', '.join(removed)}", *changes)
+    removed = _windows_lost(running, sources) if changes else []
+    if removed:
+        changes = (f"source.kafka.topics: removed {', '.join(removed)}", *changes)
     if not changes:
         return Decision(
             "roll",
