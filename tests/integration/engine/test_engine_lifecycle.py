@@ -136,6 +136,19 @@ def records_in(worker: Worker) -> float:
     )
 
 
+def assert_held(worker: Worker, partitions: int, why: str) -> None:
+    """Every partition below `partitions` held (refused), and /readyz unready naming
+    `why`."""
+    wait_until(
+        "every partition held",
+        lambda: all(gauge(worker, "streamherd_state_restore_refused", partition=str(p)) == 1
+                    for p in range(partitions)),
+        60, [worker],
+    )  # fmt: skip
+    status, body = worker.get("/readyz")
+    assert status == 503 and why in body, body
+
+
 def setup(broker: KafkaBroker, tmp_path: Path, tag: str) -> tuple[str, str, Path, dict[str, Any]]:
     # Kept forever: the records' timestamps are in 2026-01 (event time), and the broker
     # deletes by record timestamp, so the default retention would delete them at once.
@@ -378,14 +391,7 @@ def test_a_checkpoint_of_another_cluster_is_never_restored(
 
         held = Worker.create(tmp_path, "on-b-refused", moved).start()
         try:
-            wait_until(
-                "every partition held",
-                lambda: all(gauge(held, "streamherd_state_restore_refused", partition=str(p)) == 1
-                            for p in range(PARTITIONS)),
-                60, [held],
-            )  # fmt: skip
-            status, body = held.get("/readyz")
-            assert status == 503 and f"of Kafka cluster {a_id}" in body, body
+            assert_held(held, PARTITIONS, f"of Kafka cluster {a_id}")
             assert records_in(held) == 0
             stop_cleanly(held)
         finally:
@@ -439,14 +445,7 @@ def test_a_topic_created_again_is_never_restored_from_the_old_one(
     again = produce_timed(kafka_broker, source, 10_000, 1200)
     held = Worker.create(tmp_path, "new-topic-refused", cfg).start()
     try:
-        wait_until(
-            "every partition held",
-            lambda: all(gauge(held, "streamherd_state_restore_refused", partition=str(p)) == 1
-                        for p in range(PARTITIONS)),
-            60, [held],
-        )  # fmt: skip
-        status, body = held.get("/readyz")
-        assert status == 503 and "deleted and created again" in body, body
+        assert_held(held, PARTITIONS, "deleted and created again")
         assert records_in(held) == 0
         stop_cleanly(held)
     finally:
@@ -492,14 +491,7 @@ def test_a_keyed_window_restarts_when_its_topic_gains_partitions_and_is_held(
     assert "event=partition-count-changed" in worker.log_path.read_text()
     held = Worker.create(tmp_path, "after", cfg).start()
     try:
-        wait_until(
-            "the old partitions held",
-            lambda: all(gauge(held, "streamherd_state_restore_refused", partition=str(p)) == 1
-                        for p in range(PARTITIONS)),
-            60, [held],
-        )  # fmt: skip
-        status, body = held.get("/readyz")
-        assert status == 503 and f"has {PARTITIONS + 1} partitions" in body, body
+        assert_held(held, PARTITIONS, f"has {PARTITIONS + 1} partitions")
         stop_cleanly(held)
     finally:
         held.stop()
