@@ -66,6 +66,7 @@ from streamherd.workers.processing import (
     decode_json_wide,
     decode_raw,
     decode_synthetic,
+    placed_by_key,
     window_batch,
 )
 from streamherd.workers.rekeying import PLAN_HEADER, fold_hop, hop_plan, rekey
@@ -385,6 +386,18 @@ class Engine:
                 return window_batch(decode, processor, windows, messages)
 
             self._window_batch = generic
+        # A window without a repartition trusts the topic's keying (a Kafka source; `never`
+        # is the user's own word that it holds, keyless records included): such a window
+        # refuses the records a producer placed without a key (processing.placed_by_key).
+        window_spec = next((s.window for s in config.processor.steps if s.window), None)
+        self._trusted_keying: str | None = (
+            f"its topic's keying (keyBy `{window_spec.key_by}`, no repartition)"
+            if window_spec is not None
+            and config.source.kafka is not None
+            and self.repartition is None
+            and window_spec.repartition != "never"
+            else None
+        )
 
     # ------------------------------------------------------------------ probes
 
@@ -1332,8 +1345,17 @@ class Engine:
         sources: list[SourceMessage] = []
         if self.processor.window is not None and st.windows is not None:
             windows = st.windows
-            batch = self._window_batch(messages, windows)
-            failures, filtered, late = batch.failures, batch.filtered, len(batch.late)
+            failures: list[Failure] = []
+            # A topic of one partition holds every key: no record there is misplaced (when
+            # it gains partitions, its keyed checkpoints are judged: _keys_moved).
+            placed = (
+                messages
+                if self._trusted_keying is None or st.log_partitions == 1
+                else placed_by_key(messages, failures, self._trusted_keying)
+            )
+            batch = self._window_batch(placed, windows) if placed else WindowBatch([], [], 0)
+            failures += batch.failures
+            filtered, late = batch.filtered, len(batch.late)
             for m, event_ms in batch.late:
                 failures.append(
                     Failure(

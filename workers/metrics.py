@@ -27,7 +27,7 @@ PREFIX: Final = "streamherd_"
 Kind = Literal["counter", "gauge", "histogram"]
 
 PARTITION_LABELS: Final = ("pipeline", "topic", "partition")
-DEAD_LETTER_REASONS: Final = ("decode", "expression", "function", "late", "limit")
+DEAD_LETTER_REASONS: Final = ("decode", "expression", "function", "late", "limit", "unkeyed")
 
 _LATENCY_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -93,7 +93,7 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "streamherd_records_dead_lettered",
         "counter",
         "Records sent to the dead-letter topic (or only counted when none is set), by reason: "
-        "decode, expression, function, late, limit.",
+        "decode, expression, function, late, limit, unkeyed.",
         ("pipeline", "reason"),
     ),
     MetricSpec(

@@ -214,8 +214,9 @@ class KafkaSource(KafkaConnection):
         description=(
             "The record field the topics' Kafka keys (and so their partitions) are made from, "
             "e.g. `user`, if you know it. A window whose keyBy reads just this field needs no "
-            "repartition (window.repartition: auto) when the source has one topic; with "
-            "several topics, or when omitted, windows repartition."
+            "repartition (window.repartition: auto) when the source has one topic, and "
+            "dead-letters records produced without a Kafka key (unkeyed: Kafka spreads them "
+            "over the partitions); with several topics, or when omitted, windows repartition."
         ),
     )
     idle_timeout: Duration | None = Field(

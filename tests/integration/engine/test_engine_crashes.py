@@ -281,7 +281,7 @@ def test_sigkill_with_hostile_values_gives_the_uninterrupted_results(
     try:
         for start in range(0, len(records), chunk):
             for partition in (0, 1):
-                part = [(None, r) for p, r in records[start : start + chunk] if p == partition]
+                part = [(r["user"], r) for p, r in records[start : start + chunk] if p == partition]
                 kafka_broker.produce(src, part, partition=partition)
             if start // chunk % 3 == 1:  # a kill every third chunk, at a random moment
                 wait_until(
@@ -296,7 +296,7 @@ def test_sigkill_with_hostile_values_gives_the_uninterrupted_results(
         last = records[-1][1]["ts"]
         for partition in (0, 1):
             marker = {"user": "zz-flush", "x": 0, "s": "0", "i": 0, "ts": last + 86_400_000}
-            kafka_broker.produce(src, [(None, marker)], partition=partition)
+            kafka_broker.produce(src, [("zz-flush", marker)], partition=partition)
         expected = uninterrupted(records)
         seen: dict[str, Any] = {}
 

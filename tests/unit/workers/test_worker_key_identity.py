@@ -296,6 +296,7 @@ def run_paths(
         )  # fmt: skip
         engine.outputs = sink
         state = PartitionState("src", 0)
+        state.log_partitions = 1  # the source's one partition: a keyless record is in place
         plan = engine.processor.window
         assert plan is not None
         state.windows = PartitionWindows.from_json(plan, restored, base=True)

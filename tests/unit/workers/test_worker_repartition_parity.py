@@ -249,7 +249,7 @@ def source_messages(rows: list[dict[str, Any]]) -> list[list[SourceMessage]]:
         if "fan" in r:
             record["fan"] = r["fan"]
         p = zlib.crc32(orjson.dumps(r["k"])) % SOURCE_PARTITIONS
-        out[p].append(SyntheticMessage(SOURCE, p, len(out[p]), None, record, t))
+        out[p].append(SyntheticMessage(SOURCE, p, len(out[p]), orjson.dumps(r["k"]), record, t))
     return out
 
 
