@@ -577,6 +577,8 @@ def topics_condition(report: TopicsReport) -> Cond:
     """TopicsReady for what ensuring the internal topics found."""
     if report.status == "ready":
         return Cond(TOPICS, "True", "TopicsReady", report.message)
+    if report.status == "fewer":
+        return Cond(TOPICS, "True", "FewerPartitions", report.message)
     if report.status == "checking":
         return Cond(TOPICS, "Unknown", "Checking", report.message)
     reason = {

@@ -16,6 +16,8 @@ on the source's cluster before it applies the workers; the deletion handler
   than the source's most, or with another ``cleanup.policy``/``retention.ms`` than the
   operator sets, is reported (it holds data: recreating it would lose it), with advice
   (:func:`mismatch_message`) that never has a partition count changed under its state.
+  Fewer partitions alone are status ``fewer``, usable as they are (the advice is to leave
+  them); a configuration that differs is ``mismatch``, which needs a person.
 - Bounded: attempts run in a small pool of their own. A pipeline's first reconcile waits
   for its first attempt (every broker call has a ``timeout``; a healthy broker answers well
   within it), so the topics exist before the workers are applied and the first status
@@ -45,8 +47,10 @@ from typing import Any, Final
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.builders.topics import (
+    TOPICS_USABLE,
     TopicSpec,
     TopicsReport,
+    TopicsStatus,
     TopicState,
     all_internal_names,
     internal_topics,
@@ -231,9 +235,10 @@ class InternalTopics:
             memory = self._memory.get(key)
             if memory is not None and memory.fingerprint == fingerprint:
                 age = now - memory.at
-                if memory.report.status == "ready" and age < self.recheck:
+                usable = memory.report.status in TOPICS_USABLE
+                if usable and age < self.recheck:
                     return memory.report
-                if memory.report.status != "ready" and age < backoff(memory.failures):
+                if not usable and age < backoff(memory.failures):
                     return _with_retry(memory.report, backoff(memory.failures) - age)
             running = self._running.get(key)
             if running is None:
@@ -296,7 +301,7 @@ class InternalTopics:
                 message=f"cannot connect to {kafka.bootstrap_servers}: {type(e).__name__}: {e}",
             )
         failures = 0
-        if report.status != "ready":
+        if report.status not in TOPICS_USABLE:
             failures = (memory.failures if memory and memory.fingerprint == fingerprint else 0) + 1
             report = _with_retry(report, backoff(failures))
         # Remembered without the `created` marks: a later reconcile that gets it from memory
@@ -351,7 +356,14 @@ class InternalTopics:
                 problems = topic_problems(spec, partitions, wanted, configs.get(spec.name, {}))
             states.append(TopicState(spec, partitions, spec.name in created, tuple(problems)))
         if any(t.problems for t in states):
-            return TopicsReport("mismatch", tuple(states), mismatch_message(states, wanted))
+            # Fewer partitions alone are to be left as they are (the advice): the workers
+            # run on them, at that parallelism, so that is no trouble that needs a person.
+            only_fewer = all(
+                len(t.problems) == (1 if t.partitions is not None and t.partitions < wanted else 0)
+                for t in states
+            )
+            status: TopicsStatus = "fewer" if only_fewer else "mismatch"
+            return TopicsReport(status, tuple(states), mismatch_message(states, wanted))
         return TopicsReport("ready", tuple(states), _ready_message(states))
 
     def delete(self, pipeline: StreamPipeline) -> list[str]:

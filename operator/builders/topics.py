@@ -28,7 +28,12 @@ from streamherd.workers.config import RepartitionConfig
 Purpose = Literal["repartition", "changelog"]
 PURPOSES: Final[tuple[Purpose, ...]] = ("repartition", "changelog")
 #: What ensuring the internal topics found (operator/topicadmin.py: TopicsReport).
-TopicsStatus = Literal["ready", "unreachable", "mismatch", "no-source", "checking"]
+#: "fewer": every topic is right but for fewer partitions than the source's most, which is
+#: to be left as it is (topicadmin.mismatch_message): ready, at that many partitions.
+TopicsStatus = Literal["ready", "fewer", "unreachable", "mismatch", "no-source", "checking"]
+#: The statuses the workers can run on as they are: checked again after ``recheck``, not
+#: retried with a backoff.
+TOPICS_USABLE: Final[frozenset[str]] = frozenset({"ready", "fewer"})
 
 #: retention.ms of the repartition topic: the worker's own default, so that a topic the
 #: operator made and one a worker made (``streamherd run``) are the same.

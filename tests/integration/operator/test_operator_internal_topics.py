@@ -181,6 +181,34 @@ def test_a_topic_that_differs_is_reported_and_left_alone(
     assert broker_topics(kafka_broker)[repartition] == 4
 
 
+def test_fewer_partitions_alone_are_ready_with_advice_and_not_degraded(
+    env: Env, kafka_broker: KafkaBroker
+) -> None:
+    """The advice for a repartition topic with fewer partitions than its source is to leave
+    it (its count decides where the state lives), so following it must not leave the
+    pipeline Degraded: TopicsReady stays True, reason FewerPartitions, with the advice."""
+    source = kafka_broker.create_topic(kafka_broker.unique_topic("src"), partitions=4)
+    doc = topics_pipeline(env, kafka_broker, [source])
+    name = doc["metadata"]["name"]
+    repartition, changelog = names(env, name)
+    kafka_broker.create_topic(
+        repartition,
+        partitions=2,
+        config={"cleanup.policy": "delete", "retention.ms": WEEK_MS},
+    )
+    env.apply(doc)
+    cond = env.wait_condition(name, "TopicsReady", "True", "FewerPartitions", timeout=120)
+    assert f"{repartition} has 2 partitions, the source topics' most is 4" in cond["message"]
+    assert f"do not add partitions to {repartition}" in cond["message"]
+    assert "the windows run on at most 2 workers" in cond["message"]
+    assert wait_until("the Deployment", lambda: env.get("deployment", name))
+    degraded = env.wait_condition(name, "Degraded", "False")
+    assert repartition not in degraded.get("message", "")
+    assert broker_topics(kafka_broker)[repartition] == 2  # left as it is
+    assert broker_topics(kafka_broker)[changelog] == 4  # the other one made as usual
+    assert env.operator.alive()
+
+
 def test_an_unreachable_broker_is_a_condition_and_holds_up_nothing(env: Env) -> None:
     doc = copy.deepcopy(load_example("02-clicks-per-minute"))
     doc["metadata"] = {"name": "clicks-nowhere", "namespace": env.ns}
