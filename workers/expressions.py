@@ -802,6 +802,29 @@ def _check_literals(wrapped: str, checker: _Checker) -> None:
             )
 
 
+def _check_names(tree: ast.AST, wrapped: str, checker: _Checker) -> None:
+    """Refuse a name Python would read as another: the parser folds identifiers to Unicode
+    NFKC (a fullwidth ``user``, U+FF55 U+FF53 U+FF45 U+FF52, is the name ``user``; the
+    ligature U+FB01 then ``eld`` is ``field``; ``e`` and a combining acute accent is the
+    one character ``é``), so a bare field name that is not in that form silently reads
+    another field than the one written. Each name is compared with its own text in the
+    source (the tree holds the folded one). Only non-ASCII text can hold such a name."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            written, read = ast.get_source_segment(wrapped, node), node.id
+        elif isinstance(node, ast.Attribute):
+            segment = ast.get_source_segment(wrapped, node) or ""
+            written, read = segment.rsplit(".", 1)[-1].strip(), node.attr
+        else:
+            continue
+        if written is not None and written != read:
+            raise checker.fail(
+                node,
+                f"name {written!r} is read as {read!r} (Python folds names to Unicode NFKC): "
+                f"write r[{written!r}] to read a field of that exact name",
+            )
+
+
 _NESTING_WORDS: Final = frozenset({"not", "and", "or", "if", "else", "in", "is"})
 
 
@@ -859,6 +882,8 @@ def parse_expression(text: str) -> ParsedExpression:
         ) from None
     except ValueError as error:  # a NUL character (Python 3.11 raises ValueError)
         raise ExpressionError(f"syntax error: {error}", 0) from None
+    if not wrapped.isascii():
+        _check_names(tree, wrapped, checker)
     body = checker.visit(tree.body)
     return ParsedExpression(
         text=text,
