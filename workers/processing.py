@@ -574,6 +574,9 @@ def window_batch(
         stage_failures = len(failures) - (len(messages) - n_decoded)
         filtered = n_decoded - processor.survivors(items) - stage_failures
         errors, late = windows.fold(items, kafka_timestamp)
+        # Freed while the collector is still paused: its count of new objects drops by as
+        # many, so resuming it does not start a collection that scans the whole dead batch.
+        del items
     failures.extend(Failure(m, "expression", error) for m, error in errors)
     return WindowBatch(failures, late, filtered)
 
