@@ -79,9 +79,12 @@ def _worker_config(
         err.write(f"error: {file} must hold exactly one {KIND} (found {len(docs)})\n")
         return None
     doc = docs[0]
-    if namespace:
-        doc = {**doc, "metadata": {**(doc.get("metadata") or {}), "namespace": namespace}}
-    elif need_namespace and not (doc.get("metadata") or {}).get("namespace"):
+    meta = doc.get("metadata")
+    # Metadata that is no mapping stays as written: parse_pipeline refuses it, naming it.
+    mapping = meta is None or isinstance(meta, dict)
+    if namespace and mapping:
+        doc = {**doc, "metadata": {**(meta or {}), "namespace": namespace}}
+    elif need_namespace and mapping and not (meta or {}).get("namespace"):
         err.write(
             f"error: {file} names no namespace (metadata.namespace): say which with -n; the "
             "consumer group and the transactions' names depend on it\n"

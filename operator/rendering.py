@@ -69,8 +69,10 @@ def render_files(
         if not isinstance(raw, dict) or raw.get("kind") != KIND:
             continue
         doc = raw
-        if namespace:
-            doc = {**raw, "metadata": {**(raw.get("metadata") or {}), "namespace": namespace}}
+        meta = raw.get("metadata")
+        # Metadata that is no mapping stays as written: parse_pipeline refuses it, naming it.
+        if namespace and (meta is None or isinstance(meta, dict)):
+            doc = {**raw, "metadata": {**(meta or {}), "namespace": namespace}}
         pipeline, problems = parse_pipeline(doc)
         if pipeline is not None and not problems and (unnamed := unnamed_problem(pipeline)):
             problems = [unnamed]

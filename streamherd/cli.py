@@ -30,8 +30,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     stdin = None
     if "-" in args.files:
-        # Both passes below read the documents: read stdin once and replay it.
-        stdin = sys.stdin = io.StringIO(sys.stdin.read())
+        # Both passes below read the documents: read stdin once and replay it, as bytes (the
+        # reader decodes them, refusing what is not UTF-8 with its offset, not a traceback).
+        buffer = getattr(sys.stdin, "buffer", None)
+        data = (
+            buffer.read()
+            if buffer is not None
+            else sys.stdin.read().encode("utf-8", "surrogateescape")
+        )
+        stdin = sys.stdin = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
     status = validate_files(args.files, out=sys.stdout, err=sys.stderr)
     if stdin is not None:
         stdin.seek(0)

@@ -73,12 +73,19 @@ INT64_MAX: Final = 2**63 - 1
 
 
 def _beyond_int64(value: object) -> bool:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return not -INT64_MAX - 1 <= value <= INT64_MAX
-    if isinstance(value, list | tuple):
-        return any(_beyond_int64(v) for v in value)
-    if isinstance(value, dict):
-        return any(_beyond_int64(v) for v in value.values())
+    """Whether `value` is or holds (in lists, tuples, dict values, at any depth) an integer
+    beyond int64. Iterative, and each container is looked at once: a value shared or cyclic
+    (as YAML aliases make them) neither recurses without end nor is walked twice."""
+    pending = [value]
+    seen: set[int] = set()
+    while pending:
+        item = pending.pop()
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not -INT64_MAX - 1 <= item <= INT64_MAX:
+                return True
+        elif isinstance(item, list | tuple | dict) and id(item) not in seen:
+            seen.add(id(item))
+            pending.extend(item.values() if isinstance(item, dict) else item)
     return False
 
 
