@@ -11,13 +11,19 @@ inlined, every object with typed properties, no nullable unions) and keeps the C
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
 from pydantic import BaseModel
 
 from streamherd.operator.api import scheduling, snapshot, v1alpha1
-from streamherd.operator.api.rules import cel_rules_at, rule_paths
+from streamherd.operator.api.rules import (
+    EXPRESSION_LENGTH,
+    cel_rules_at,
+    expression_paths,
+    rule_paths,
+)
 from streamherd.workers.config import DURATION_PATTERN
 
 JSON = dict[str, Any]
@@ -207,11 +213,29 @@ def _check_described(schema: JSON, path: str = "spec") -> None:
         _check_described(schema["items"], f"{path}[]")
 
 
-def structural_schema(model: type[BaseModel]) -> JSON:
-    """The structural OpenAPI v3 schema of a pydantic model."""
+def _bound_expressions(schema: JSON, paths: Sequence[str]) -> None:
+    """Give each expression field at `paths` the compiler's length bounds (rules.py's
+    EXPRESSION_LENGTH): the API server then refuses an empty expression, or one longer than
+    the compiler takes, as validate does. A bound the model declares itself must be the
+    compiler's (a second copy of the limit that drifted would otherwise go unnoticed)."""
+    low, high = EXPRESSION_LENGTH
+    for at in paths:
+        node = schema_node(schema, at)
+        for key, bound in (("minLength", low), ("maxLength", high)):
+            if node.setdefault(key, bound) != bound:
+                raise ValueError(
+                    f"{at}: the model's {key} is {node[key]}, the expression compiler's is "
+                    f"{bound} (workers/limits.py): declare the compiler's"
+                )
+
+
+def structural_schema(model: type[BaseModel], expressions: Sequence[str] = ()) -> JSON:
+    """The structural OpenAPI v3 schema of a pydantic model; `expressions`: the paths (below
+    the model, `.sink.kafka.key`) of its fields the engine compiles as expressions."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
     schema: JSON = _resolve(raw, defs)
+    _bound_expressions(schema, expressions)
     _check_described(schema)
     _explain(schema)
     return schema
@@ -241,7 +265,10 @@ def add_rules(root: JSON) -> JSON:
 
 def build_crd() -> JSON:
     """The StreamPipeline CustomResourceDefinition, as a dict."""
-    spec = structural_schema(v1alpha1.StreamPipelineSpec)
+    spec = structural_schema(
+        v1alpha1.StreamPipelineSpec,
+        expressions=[path.removeprefix("spec") for path in expression_paths()],
+    )
     status = structural_schema(v1alpha1.StreamPipelineStatus)
     # Conditions are lists keyed by type (server-side apply merges them per type).
     status["properties"]["conditions"]["x-kubernetes-list-type"] = "map"

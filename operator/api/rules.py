@@ -66,7 +66,7 @@ from streamherd.operator.api.v1alpha1 import (
 )
 from streamherd.workers.config import parse_duration
 from streamherd.workers.expressions import ExpressionError, compile_expression
-from streamherd.workers.limits import MAX_WINDOWS_PER_RECORD
+from streamherd.workers.limits import MAX_EXPRESSION_LENGTH, MAX_WINDOWS_PER_RECORD
 
 # --------------------------------------------------------------------------- constants
 
@@ -352,7 +352,10 @@ def _expression_problem(attr: str) -> Callable[[Any], str | None]:
 
 def expression(at: str, field: str) -> Rule:
     """`at.field` is an expression the engine compiles: validate and the operator compile it
-    with the engine's own compiler (the API server only bounds its length)."""
+    with the engine's own compiler. The API server cannot parse it, but checks the compiler's
+    static bounds: the CRD generator gives every field of :data:`EXPRESSION_FIELDS` the
+    schema's minLength and maxLength of :data:`EXPRESSION_LENGTH` (an empty expression and one
+    over MAX_EXPRESSION_LENGTH characters are refused by both)."""
     attr = field.removeprefix(".")
     return Rule(
         name=f"{at}.{attr} compiles",
@@ -542,6 +545,21 @@ def _not_internal(topic: str) -> bool:
 
 STEP = "spec.processor.steps[]"
 WINDOW = f"{STEP}.window"
+
+#: Every field the engine compiles as an expression, (at, field) as a Rule spells them. The
+#: compiler refuses an empty one and one over MAX_EXPRESSION_LENGTH characters; the CRD
+#: generator puts these bounds on each field's schema (minLength, maxLength), so the API
+#: server refuses what the compiler would, naming the same field.
+EXPRESSION_FIELDS: Final[tuple[tuple[str, str], ...]] = (
+    (STEP, ".filter"),
+    (f"{STEP}.map.set{{}}", ""),
+    (WINDOW, ".keyBy"),
+    (f"{WINDOW}.eventTime", ".field"),
+    (f"{WINDOW}.aggregates[]", ".expression"),
+    ("spec.sink.kafka", ".key"),
+)
+#: (minLength, maxLength) of every expression field in the CRD: the compiler's own limits.
+EXPRESSION_LENGTH: Final = (1, MAX_EXPRESSION_LENGTH)
 
 RULES: Final[tuple[Rule, ...]] = (
     # -- one of several kinds
@@ -910,6 +928,15 @@ RULES: Final[tuple[Rule, ...]] = (
     ),
     # -- result fields
     Rule(
+        name="sum, min, max and avg need a non-empty expression",
+        at=f"{WINDOW}.aggregates[]",
+        message="sum, min, max and avg need an expression",
+        # The engine's model (workers/config.py, Aggregate) refuses an empty expression as a
+        # missing one (`not self.expression`); its CEL only asks has(self.expression).
+        cel="self.function == 'count' || !has(self.expression) || self.expression != ''",
+        holds=lambda a: a.function == "count" or a.expression != "",
+    ),
+    Rule(
         name="aggregate names are not reserved",
         at=f"{WINDOW}.aggregates[]",
         field=".name",
@@ -1144,12 +1171,7 @@ RULES: Final[tuple[Rule, ...]] = (
         holds=lambda s: len(set(_env_names(s))) == len(_env_names(s)),
     ),
     # -- every field the engine compiles (the API server only bounds their length)
-    expression(STEP, ".filter"),
-    expression(f"{STEP}.map.set{{}}", ""),
-    expression(WINDOW, ".keyBy"),
-    expression(f"{WINDOW}.eventTime", ".field"),
-    expression(f"{WINDOW}.aggregates[]", ".expression"),
-    expression("spec.sink.kafka", ".key"),
+    *(expression(at, field) for at, field in EXPRESSION_FIELDS),
 )
 
 
@@ -1163,8 +1185,16 @@ def rule_paths() -> list[str]:
     return sorted({r.at for r in RULES if r.cel is not None})
 
 
+def expression_paths() -> list[str]:
+    """The manifest path of every expression field (`spec.sink.kafka.key`,
+    `spec.processor.steps[].map.set{}`), for the CRD generator's :func:`schema_node`."""
+    return [f"{at}{field}" for at, field in EXPRESSION_FIELDS]
+
+
 __all__ = [
     "DNS1035_LABEL",
+    "EXPRESSION_FIELDS",
+    "EXPRESSION_LENGTH",
     "MAX_WINDOWS_PER_RECORD",
     "RESERVED_ENV_PREFIX",
     "RESERVED_MOUNT_PATHS",
@@ -1173,6 +1203,7 @@ __all__ = [
     "Rule",
     "cel_rules_at",
     "each_entry",
+    "expression_paths",
     "is_quantity",
     "nodes_at",
     "parse_quantity",

@@ -13,10 +13,12 @@ the worker cannot drift apart.
 
 from __future__ import annotations
 
+import types
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import ConfigDict, Field, JsonValue, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic.fields import FieldInfo
 
 from streamherd.operator.api.scheduling import LABEL_VALUE, Affinity, Toleration
 from streamherd.workers.config import (
@@ -26,6 +28,7 @@ from streamherd.workers.config import (
     Model,
     ProcessorConfig,
 )
+from streamherd.workers.limits import MAX_EXPRESSION_LENGTH
 
 GROUP = "streamherd.io"
 VERSION = "v1alpha1"
@@ -98,6 +101,60 @@ def with_cel(*rules: dict[str, str]) -> ConfigDict:
     return ConfigDict(
         **Model.model_config, json_schema_extra={"x-kubernetes-validations": validations}
     )
+
+
+# --------------------------------------------------------------------------- nulls
+
+
+def nullable(info: FieldInfo) -> bool:
+    """Whether null is a value of its own for a field (``json_schema_extra={"nullable":
+    True}``, which the CRD generator copies): the API server keeps a null there."""
+    extra = info.json_schema_extra
+    return isinstance(extra, dict) and extra.get("nullable") is True
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The type behind ``Annotated[...]`` and ``X | None``; None for a union of types."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin is Union or origin is types.UnionType:
+            kinds = [a for a in get_args(annotation) if a is not type(None)]
+            if len(kinds) != 1:
+                return None
+            annotation = kinds[0]
+        else:
+            return annotation
+
+
+def prune_nulls(value: Any, annotation: Any) -> Any:
+    """`value`, a manifest's part of type `annotation`, with its nulls as the API server
+    stores them: a null field or map entry is dropped, so its default applies (the API
+    server prunes such nulls before it defaults and validates, unless the CRD says the field
+    is nullable); a null list item is kept (and refused by both). So `format: null` is
+    `format` omitted, for validate and `streamherd run` as for kubectl apply and the
+    operator (which only ever sees the stored object). Unknown keys are left to be refused."""
+    kind = _unwrap(annotation)
+    if isinstance(value, dict) and isinstance(kind, type) and issubclass(kind, BaseModel):
+        fields: dict[str, FieldInfo] = {}
+        for name, info in kind.model_fields.items():
+            fields[name] = info
+            fields[info.alias or name] = info
+        return {
+            key: prune_nulls(item, fields[key].annotation) if key in fields else item
+            for key, item in value.items()
+            if item is not None or key not in fields or nullable(fields[key])
+        }
+    if isinstance(value, dict) and get_origin(kind) is dict:
+        entry = _unwrap(get_args(kind)[1])
+        if entry is Any or entry is None:  # x-kubernetes-preserve-unknown-fields: kept as is
+            return value
+        return {key: prune_nulls(item, entry) for key, item in value.items() if item is not None}
+    if isinstance(value, list) and get_origin(kind) is list:
+        entry = get_args(kind)[0]
+        return [prune_nulls(item, entry) for item in value]
+    return value
 
 
 # --------------------------------------------------------------------------- references
@@ -221,12 +278,16 @@ class KafkaSource(KafkaConnection):
     )
     idle_timeout: Duration | None = Field(
         default="30s",
+        # null is a value of its own (idleness off), not "omitted": the API server keeps it
+        # instead of filling in the default (see prune_nulls).
+        json_schema_extra={"nullable": True},
         description=(
             "A partition with no new record for this long, and nothing left to read, stops "
             "holding back event time (like Flink's idleness): its open windows close and are "
             "emitted, and a repartitioned window stops waiting for it. A later record for a "
-            "closed window is late. null: partitions never count as idle. Format: a duration "
-            "such as 30s or 5m."
+            "closed window is late. null: partitions never count as idle (client-side `kubectl "
+            "apply` drops a null from the manifest: apply it with --server-side). Format: a "
+            "duration such as 30s or 5m."
         ),
     )
 
@@ -284,7 +345,8 @@ class KafkaSink(Model):
     )
     key: str | None = Field(
         default=None,
-        max_length=4096,
+        min_length=1,
+        max_length=MAX_EXPRESSION_LENGTH,
         description=(
             "Expression for the output record key. Window results default to "
             "`<key>|<window start>`, deterministic, so a replay overwrites in a compacted topic."
@@ -1142,6 +1204,13 @@ class StreamPipeline(Model):
     metadata: dict[str, Any] = Field(default_factory=dict, description="Object metadata.")
     spec: StreamPipelineSpec = Field(description="Desired state.")
     status: StreamPipelineStatus | None = Field(default=None, description="Observed state.")
+
+    @field_validator("spec", mode="before")
+    @classmethod
+    def _nulls_as_stored(cls, spec: Any) -> Any:
+        """The spec's nulls as the API server stores them (prune_nulls): not a rule, the
+        reading of a manifest that every reader (validate, run, the operator) shares."""
+        return prune_nulls(spec, StreamPipelineSpec)
 
     @property
     def name(self) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from streamherd.workers.limits import MAX_EXPRESSION_LENGTH
 from tests.infra.paths import EXAMPLES_DIR
 
 EXAMPLES = EXAMPLES_DIR
@@ -99,6 +100,116 @@ def _postgres_exactly_once_with_kafka_outputs() -> dict[str, Any]:
 
 
 PG_EOS_TWO_PHASE = _postgres_exactly_once_with_kafka_outputs()
+
+
+def _rich() -> dict[str, Any]:
+    """KAFKA with (nearly) every optional field set, valid: a string, a map and a list at
+    every place the API has one, for the tests that walk a manifest's fields (the empty
+    strings and nulls of tests/unit/api/test_crd_agrees_with_models.py)."""
+    doc = copy.deepcopy(KAFKA)
+    spec = doc["spec"]
+    spec["source"]["kafka"].update(
+        consumerGroup="clicks", keyedBy="page", startFrom="2026-01-01T00:00:00Z",
+        idleTimeout="1m", format="json",
+        auth={"sasl": {"mechanism": "PLAIN", "username": {"name": "kafka", "key": "user"},
+                       "password": {"name": "kafka", "key": "password"}},
+              "tls": {"secretName": "kafka-ca"}},
+    )  # fmt: skip
+    window = spec["processor"]["steps"][1]["window"]
+    window["eventTime"] = {"field": "ts", "format": "epochMillis"}
+    window["repartition"] = "auto"
+    spec["processor"]["steps"][1:1] = [
+        {"map": {"select": ["page", "ts", "bytes", "latency_ms", "status"],
+                 "rename": {"status": "code"}, "set": {"kb": "bytes / 1024"}}},
+    ]  # fmt: skip
+    spec["processor"]["function"] = {"callable": "enrich:fn", "mode": "record"}
+    spec["sink"]["kafka"].update(key="page", headers={"source": "streamherd"})
+    spec["deadLetter"]["bootstrapServers"] = "kafka-bootstrap.kafka:9092"
+    spec["secrets"] = [{"secretName": "creds", "mountPath": "/var/run/creds",
+                        "env": [{"name": "TOKEN", "key": "token"}]}]  # fmt: skip
+    spec["image"] = "registry.example.com/clicks:1"
+    spec["imagePullPolicy"] = "Always"
+    spec["checkpoint"]["volume"]["storageClassName"] = "fast"
+    spec["upgrade"] = {
+        "onStateChange": "replay",
+        "replayFrom": "2026-01-01T00:00:00Z",
+        "rollback": "auto",
+        "rollbackAfter": "5m",
+        "verify": {"mode": "shadow", "duration": "5m", "tolerance": "1%"},
+    }
+    spec["state"] = {"restoreFrom": "clicks-snapshot"}
+    spec["logLevel"] = "debug"
+    spec["autoscaling"].update(pollInterval="15s", idleTimeout="10m")
+    spec["monitoring"].update(scrapeInterval="30s", checkpointAgeAlert="10m")
+    window.update(type="hopping", slide="30s")
+    spec["sink"]["kafka"].update(
+        bootstrapServers="kafka-bootstrap.kafka:9092",
+        auth={"sasl": {"username": {"name": "sink", "key": "user"},
+                       "password": {"name": "sink", "key": "password"}},
+              "tls": {"secretName": "sink-ca"}},
+    )  # fmt: skip
+    selector = {
+        "matchLabels": {"app": "clicks"},
+        "matchExpressions": [{"key": "app", "operator": "In", "values": ["clicks"]}],
+    }
+    term = {
+        "topologyKey": "zone",
+        "namespaces": ["data"],
+        "matchLabelKeys": ["rev"],
+        "mismatchLabelKeys": ["other"],
+        "labelSelector": selector,
+        "namespaceSelector": selector,
+    }
+    node_term = {
+        "matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}],
+        "matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node-1"]}],
+    }
+    pod_terms = {"requiredDuringSchedulingIgnoredDuringExecution": [term],
+                 "preferredDuringSchedulingIgnoredDuringExecution": [
+                     {"weight": 1, "podAffinityTerm": term}]}  # fmt: skip
+    spec["pod"] = {
+        "labels": {"team": "data"}, "annotations": {"example.com/owner": "data"},
+        "nodeSelector": {"pool": "streaming"}, "serviceAccountName": "workers",
+        "priorityClassName": "high",
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "streaming",
+                         "effect": "NoSchedule"}],
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [node_term]},
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 1, "preference": node_term}]},
+            "podAffinity": pod_terms,
+            "podAntiAffinity": pod_terms,
+        },
+    }  # fmt: skip
+    return doc
+
+
+RICH = _rich()
+
+
+def _rich_postgres() -> dict[str, Any]:
+    """PG_EOS with its optional strings set (connection keys, columns), valid."""
+    doc = copy.deepcopy(PG_EOS)
+    doc["spec"]["sink"]["postgres"].update(
+        connection={
+            "secretName": "analytics-db",
+            "keys": {
+                "host": "host",
+                "port": "port",
+                "user": "username",
+                "password": "password",
+                "dbname": "dbname",
+            },
+        },
+        columns=["key", "window_start", "window_end", "clicks"],
+        keyColumns=["key", "window_start", "window_end"],
+    )
+    return doc
+
+
+RICH_POSTGRES = _rich_postgres()
 W = "spec.processor.steps[1].window"  # the window step of KAFKA
 CPU_MEM = {"cpu": "250m", "memory": "256Mi"}  # the default requests
 GPU = "example.com/gpu"
@@ -388,6 +499,34 @@ BOTH: list[Case] = [
          ("spec.pod.affinity", {"nodeAffinity": {"requiredDuringScheduling": {}}})),
     case("toleration with an unknown effect", KAFKA, "spec.pod.tolerations[0].effect",
          ("spec.pod.tolerations", [{"key": "k", "effect": "NoScheduling"}])),
+    # expressions: the compiler's static bounds are in the schema (rules.EXPRESSION_FIELDS):
+    # not empty (an empty one is no expression), at most MAX_EXPRESSION_LENGTH characters
+    case("max aggregate with an empty expression", KAFKA, f"{W}.aggregates[2]",
+         (f"{W}.aggregates[2].expression", "")),
+    case("sum aggregate with an empty expression", LOCAL, f"{LW}.aggregates[1]",
+         (f"{LW}.aggregates[1].expression", "")),
+    case("count aggregate with an empty expression", KAFKA, f"{W}.aggregates[0].expression",
+         (f"{W}.aggregates[0].expression", "")),
+    case("empty event time field", KAFKA, f"{W}.eventTime.field", (f"{W}.eventTime.field", "")),
+    case("empty map value", LOCAL, "spec.processor.steps[1].map.set",
+         ("spec.processor.steps[1].map.set", {"kb": ""})),
+    case("empty sink key", KAFKA, "spec.sink.kafka.key", ("spec.sink.kafka.key", "")),
+    case("empty filter", KAFKA, "spec.processor.steps[0].filter",
+         ("spec.processor.steps[0].filter", "")),
+    case("event time field over the compiler's limit", KAFKA, f"{W}.eventTime.field",
+         (f"{W}.eventTime.field", "t" * (MAX_EXPRESSION_LENGTH + 1))),
+    case("event time field over the limit in characters, not bytes", KAFKA,
+         f"{W}.eventTime.field", (f"{W}.eventTime.field", "é" * (MAX_EXPRESSION_LENGTH + 1))),
+    case("map value over the compiler's limit", LOCAL, "spec.processor.steps[1].map.set",
+         ("spec.processor.steps[1].map.set", {"kb": "x+" * (MAX_EXPRESSION_LENGTH // 2) + "x"})),
+    case("filter over the compiler's limit", KAFKA, "spec.processor.steps[0].filter",
+         ("spec.processor.steps[0].filter", "a" * (MAX_EXPRESSION_LENGTH + 1))),
+    case("keyBy over the compiler's limit", KAFKA, f"{W}.keyBy",
+         (f"{W}.keyBy", "p" * (MAX_EXPRESSION_LENGTH + 1))),
+    case("aggregate expression over the compiler's limit", KAFKA, f"{W}.aggregates[1].expression",
+         (f"{W}.aggregates[1].expression", "b" * (MAX_EXPRESSION_LENGTH + 1))),
+    case("sink key over the compiler's limit", KAFKA, "spec.sink.kafka.key",
+         ("spec.sink.kafka.key", "k" * (MAX_EXPRESSION_LENGTH + 1))),
 ]  # fmt: skip
 
 OFFLINE_ONLY: list[Case] = [
@@ -400,4 +539,7 @@ OFFLINE_ONLY: list[Case] = [
     case("map value that does not compile", LOCAL, "spec.processor.steps[1].map.set",
          ("spec.processor.steps[1].map.set", {"kb": "bytes //"})),
     case("r[...] without a quoted name", KAFKA, f"{W}.keyBy", (f"{W}.keyBy", "r[page]")),
+    # blank is empty to the compiler (its grammar: Python's whitespace, comments), not to the
+    # schema, whose minLength refuses only ""
+    case("blank event time field", KAFKA, f"{W}.eventTime.field", (f"{W}.eventTime.field", " ")),
 ]  # fmt: skip

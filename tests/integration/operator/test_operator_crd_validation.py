@@ -7,6 +7,7 @@ default strict field validation makes unknown fields errors too.
 from __future__ import annotations
 
 import copy
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
+from streamherd.operator.validation import parse_pipeline
+from streamherd.workers.limits import MAX_EXPRESSION_LENGTH
 from tests.infra.controlplane import KubeCluster
+from tests.infra.invalid_manifests import RICH, RICH_POSTGRES
 from tests.integration.operator.operator_harness import load_example
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
@@ -110,6 +114,25 @@ CASES = [
      "spec.upgrade.replayFrom: Invalid value"),
     ("startFrom neither a word nor a time", BASE, "spec.source.kafka.startFrom", "yesterday",
      "spec.source.kafka.startFrom: Invalid value"),
+    # expressions: the compiler's bounds are the schema's (an empty one is no expression)
+    ("max with an empty expression", BASE, "spec.processor.steps",
+     [{"window": {"keyBy": "page", "size": "60s",
+                  "aggregates": [{"name": "top", "function": "max", "expression": ""}]}}],
+     "spec.processor.steps[0].window.aggregates[0]: Invalid value: sum, min, max and avg need "
+     "an expression"),
+    ("empty event time field", BASE, "spec.processor.steps",
+     [{"window": {"keyBy": "page", "size": "60s", "eventTime": {"field": ""},
+                  "aggregates": [{"name": "n", "function": "count"}]}}],
+     "spec.processor.steps[0].window.eventTime.field: Invalid value: \"\""),
+    ("event time field over the compiler's limit", BASE, "spec.processor.steps",
+     [{"window": {"keyBy": "page", "size": "60s",
+                  "eventTime": {"field": "t" * (MAX_EXPRESSION_LENGTH + 1)},
+                  "aggregates": [{"name": "n", "function": "count"}]}}],
+     f"spec.processor.steps[0].window.eventTime.field: Too long: may not be more than "
+     f"{MAX_EXPRESSION_LENGTH}"),
+    ("map value over the compiler's limit", LOCAL, "spec.processor.steps",
+     [{"map": {"set": {"kb": "x" * (MAX_EXPRESSION_LENGTH + 1)}}}],
+     "spec.processor.steps[0].map.set.kb: Too long"),
 ]  # fmt: skip
 
 
@@ -125,7 +148,8 @@ def test_the_base_manifests_are_accepted(kube_cluster: KubeCluster, namespace: s
     timed = _set(BASE, "spec.source.kafka.startFrom", "2026-01-01T00:00:00.5+01:00")
     timed = _set(timed, "spec.upgrade", {"onStateChange": "replay",
                                          "replayFrom": "2026-01-01T00:00:00Z"})  # fmt: skip
-    for doc in (BASE, LOCAL, timed):
+    longest = _set(BASE, "spec.sink.kafka.key", "k" * MAX_EXPRESSION_LENGTH)
+    for doc in (BASE, LOCAL, timed, RICH, RICH_POSTGRES, longest):
         proc = kube_cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
                                     input=yaml.safe_dump(doc), check=False)  # fmt: skip
         assert proc.returncode == 0, proc.stderr
@@ -149,3 +173,48 @@ def test_invalid_manifest_is_refused_naming_the_field(
                                 input=yaml.safe_dump(doc), check=False)  # fmt: skip
     assert proc.returncode != 0, f"{case}: the API server accepted it"
     assert expected in proc.stderr, proc.stderr
+
+
+# A null the API server drops before it defaults (the CRD does not say nullable), and one
+# it keeps (idleTimeout: null turns idleness off): validate reads each as the operator will
+# read the stored object. Sent with `kubectl create`, which sends the null as written (as
+# `kubectl apply --server-side` and API clients do); client-side `kubectl apply` drops every
+# null of a manifest before sending it.
+NULLS = [
+    ("stdout format", LOCAL, "spec.sink.stdout.format"),
+    ("replicas", BASE, "spec.replicas"),
+    ("the whole autoscaling", BASE, "spec.autoscaling"),
+    ("a window's type", BASE, "spec.processor.steps"),
+    ("a header", RICH, "spec.sink.kafka.headers"),
+    ("a memory limit", BASE, "spec.resources.limits.memory"),
+    ("the source's idle timeout (nullable)", BASE, "spec.source.kafka.idleTimeout"),
+]
+
+
+def _with_null(base: dict[str, Any], path: str) -> dict[str, Any]:
+    if path == "spec.processor.steps":
+        steps = copy.deepcopy(base["spec"]["processor"]["steps"])
+        steps[-1]["window"]["type"] = None
+        return _set(base, path, steps)
+    if path == "spec.sink.kafka.headers":
+        return _set(base, path, {"source": None, "team": "data"})
+    return _set(base, path, None)
+
+
+@pytest.mark.parametrize(("case", "base", "path"), NULLS, ids=[c[0] for c in NULLS])
+def test_a_null_is_stored_as_validate_reads_it(
+    kube_cluster: KubeCluster, namespace: str, case: str, base: dict[str, Any], path: str
+) -> None:
+    doc = _with_null(base, path)
+    name = f"null-{uuid.uuid4().hex[:6]}"
+    doc["metadata"] = {"name": name}
+    read, problems = parse_pipeline(doc)
+    assert read is not None and problems == [], problems
+    proc = kube_cluster.kubectl("create", "-n", namespace, "-f", "-",
+                                input=yaml.safe_dump(doc), check=False)  # fmt: skip
+    assert proc.returncode == 0, f"{case}: {proc.stderr}"
+    got = kube_cluster.kubectl("get", "streampipeline", name, "-n", namespace, "-o", "json")
+    stored, problems = parse_pipeline(json.loads(got.stdout))
+    kube_cluster.kubectl("delete", "streampipeline", name, "-n", namespace, "--wait=false")
+    assert stored is not None and problems == [], problems
+    assert stored.spec == read.spec
