@@ -84,7 +84,7 @@ from streamherd.operator.rollback import (
 )
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.upgrades import config_backend, config_description, config_sources
-from streamherd.operator.validation import readable_errors, semantic_errors
+from streamherd.operator.validation import parse_pipeline
 from streamherd.operator.verifying import Gate, KafkaFactory, gate
 from streamherd.workers.fingerprint import Description, fingerprint
 from streamherd.workers.snapshotting import is_volume_snapshot
@@ -186,11 +186,7 @@ def _spec_key(body: Mapping[str, Any]) -> tuple[Any, ...] | None:
 def _parse_spec(body: Mapping[str, Any]) -> tuple[StreamPipeline | None, str | None]:
     """The pipeline without status, or the readable reason it is invalid."""
     doc = {k: v for k, v in body.items() if k != "status"}
-    try:
-        pipeline = StreamPipeline.model_validate(doc)
-    except ValidationError as e:
-        return None, "; ".join(readable_errors(e))
-    problems = semantic_errors(pipeline)
+    pipeline, problems = parse_pipeline(doc)  # validate's own reading, word for word
     if problems:
         return None, "; ".join(problems)
     return pipeline, None

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, TextIO
 import yaml
 from pydantic import ValidationError
 
+from streamherd.operator.api.objectmeta import metadata_problems
 from streamherd.operator.api.rules import violations
 from streamherd.operator.api.v1alpha1 import KIND, StreamPipeline
 
@@ -53,12 +54,16 @@ def semantic_errors(pipeline: StreamPipeline) -> list[str]:
 
 
 def parse_pipeline(doc: Mapping[str, Any]) -> tuple[StreamPipeline | None, list[str]]:
-    """The pipeline and the list of problems (empty when valid). Never raises."""
+    """The pipeline and the list of problems (empty when valid). Never raises.
+
+    metadata is judged as the API server judges ObjectMeta (operator/api/objectmeta.py):
+    the CRD cannot speak for it, and the server refuses before any rule of ours runs."""
+    meta = metadata_problems(doc.get("metadata"))
     try:
         pipeline = StreamPipeline.model_validate(dict(doc))
     except ValidationError as e:
-        return None, readable_errors(e)
-    return pipeline, semantic_errors(pipeline)
+        return None, meta + readable_errors(e)
+    return pipeline, meta + semantic_errors(pipeline)
 
 
 def unnamed_problem(pipeline: StreamPipeline) -> str | None:

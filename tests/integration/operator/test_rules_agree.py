@@ -236,3 +236,51 @@ def test_container_resources_get_one_verdict_and_deploy(
             rendered,
             deployment_refused,
         )
+
+
+KEYS = st.sampled_from(
+    ["app", "example.com/app", "a" * 63, "a" * 64, "Example.com/App", "x/" + "b" * 63,
+     "bad key!", "-app", "app-", "a_b.c-d", "example.com/", "/app", "a/b/c", "A.B/C",
+     "k8s.io/" + "c" * 64, ("d" * 63 + ".") * 4 + "e/f"]
+)  # fmt: skip
+VALUES = st.sampled_from(
+    ["", "v", "a" * 63, "a" * 64, "-v", "v-", "has space", "a.b_c-d", "ü", "V1.0"]
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    labels=st.dictionaries(KEYS, VALUES, max_size=3),
+    annotations=st.dictionaries(KEYS, VALUES, max_size=3),
+    finalizers=st.lists(KEYS, max_size=2),
+    generate=st.sampled_from([None, "clicks-", "UPPER", "a.b-", "-x", "x" * 60]),
+)
+def test_metadata_gets_one_verdict(
+    api: CustomObjectsApi,
+    namespace: str,
+    labels: dict[str, str],
+    annotations: dict[str, str],
+    finalizers: list[str],
+    generate: str | None,
+) -> None:
+    """metadata near the edges of ObjectMeta's rules (operator/api/objectmeta.py): validate
+    refuses exactly what the API server refuses, naming a field the server names."""
+    meta: dict[str, Any] = {**KAFKA["metadata"], "labels": labels, "annotations": annotations}
+    if finalizers:
+        meta["finalizers"] = finalizers
+    if generate is not None:
+        meta["generateName"] = generate
+    doc = {**KAFKA, "metadata": meta}
+    _, problems = parse_pipeline(doc)
+    refused = server_verdict(api, namespace, doc)
+    assert (refused is not None) == bool(problems), (
+        f"validate: {problems or 'valid'}\nAPI server: {refused or 'accepted'}\n{meta}"
+    )
+    if refused is not None:
+        named = [p.split(": ", 1)[0].split("[", 1)[0] for p in problems]
+        assert any(field in refused for field in named), (problems, refused)
