@@ -60,7 +60,9 @@ def parse_pipeline(doc: Mapping[str, Any]) -> tuple[StreamPipeline | None, list[
     the CRD cannot speak for it, and the server refuses before any rule of ours runs."""
     meta = metadata_problems(doc.get("metadata"))
     try:
-        pipeline = StreamPipeline.model_validate(dict(doc))
+        # By the wire's (camelCase) names only: the API server refuses `log_level` as an
+        # unknown field, so validate does too (the models also accept Python names, for code).
+        pipeline = StreamPipeline.model_validate(dict(doc), by_alias=True, by_name=False)
     except ValidationError as e:
         return None, meta + readable_errors(e)
     return pipeline, meta + semantic_errors(pipeline)

@@ -137,10 +137,8 @@ def prune_nulls(value: Any, annotation: Any) -> Any:
     operator (which only ever sees the stored object). Unknown keys are left to be refused."""
     kind = _unwrap(annotation)
     if isinstance(value, dict) and isinstance(kind, type) and issubclass(kind, BaseModel):
-        fields: dict[str, FieldInfo] = {}
-        for name, info in kind.model_fields.items():
-            fields[name] = info
-            fields[info.alias or name] = info
+        # The wire's names only (a Python name is an unknown field there: refused, kept).
+        fields = {info.alias or name: info for name, info in kind.model_fields.items()}
         return {
             key: prune_nulls(item, fields[key].annotation) if key in fields else item
             for key, item in value.items()

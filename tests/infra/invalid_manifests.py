@@ -263,6 +263,10 @@ BOTH: list[Case] = [
     case("uid a number", KAFKA, ".uid", ("metadata.uid", 5)),
     case("generateName in capitals beside a name", KAFKA, "metadata.generateName",
          ("metadata.generateName", "UPPER")),
+    # a field by its Python name: the wire has camelCase names only
+    case("a field by its Python name", KAFKA, "spec.log_level", ("spec.log_level", "debug")),
+    case("a nested field by its Python name", KAFKA, "spec.autoscaling.max_replicas",
+         ("spec.autoscaling.max_replicas", 4)),
     # quantities, by the API server's own grammar
     case("cpu lots", KAFKA, "spec.resources.requests",
          ("spec.resources.requests", {"cpu": "lots", "memory": "256Mi"})),

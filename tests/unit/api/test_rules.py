@@ -3,16 +3,19 @@ check and the CRD from its one declaration; quantities follow the API server's g
 
 from __future__ import annotations
 
+import types
+from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from streamherd.operator.api import rules
 from streamherd.operator.api.crd import build_crd, schema_node
-from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.api.v1alpha1 import StreamPipeline, StreamPipelineSpec
 from streamherd.operator.builders.workload import build_deployment
 from streamherd.operator.reconciler import _parse_spec
 from streamherd.operator.settings import OperatorSettings
@@ -27,6 +30,7 @@ from tests.infra.invalid_manifests import (
     PG_EOS_TWO_PHASE,
     Case,
     load_example,
+    set_path,
 )
 
 
@@ -212,3 +216,28 @@ def test_a_predicate_that_raises_is_a_refusal_naming_the_field() -> None:
     assert list(rule.violations(pipeline)) == [
         "spec.checkpoint.interval: bad (TypeError: unexpected shape)"
     ]
+
+
+def _renamed_fields(model: type[BaseModel], at: str) -> Iterator[tuple[str, str]]:
+    """(path, Python name) of every field of `model` and the models below it (through
+    optional fields, not lists or maps) whose wire name differs from its Python name."""
+    for name, info in model.model_fields.items():
+        wire = info.alias or name
+        if wire != name:
+            yield at, name
+        kind = info.annotation
+        options = get_args(kind) if get_origin(kind) in (Union, types.UnionType) else (kind,)
+        for inner in options:
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                yield from _renamed_fields(inner, f"{at}.{wire}")
+
+
+def test_no_field_is_read_by_its_python_name() -> None:
+    """The API server knows the camelCase names only, and refuses another as an unknown
+    field; validate reads the wire's names only too, for every field of the spec reached
+    through objects."""
+    renamed = list(_renamed_fields(StreamPipelineSpec, "spec"))
+    assert len(renamed) > 20
+    for at, name in renamed:
+        _, problems = parse_pipeline(set_path(KAFKA, f"{at}.{name}", 1))
+        assert any(f"{at}.{name}" in p for p in problems), (at, name, problems)
