@@ -27,6 +27,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from streamherd.workers.limits import MAX_EXPRESSION_LENGTH
+
 WORKER_CONFIG_VERSION: Final = "streamherd.io/worker-config/v1"
 
 # Units in this order, each at most once (`1h1h` and `5s1m` are refused), with digit counts
@@ -180,7 +182,7 @@ class Aggregate(Model):
     )
     expression: str | None = Field(
         default=None,
-        max_length=4096,
+        max_length=MAX_EXPRESSION_LENGTH,
         description=(
             "The value aggregated, an expression over the record (e.g. `bytes`). Required "
             "for sum, min, max and avg; ignored for count. Records where it is null are "
@@ -237,7 +239,7 @@ class WindowSpec(Model):
 
     key_by: str = Field(
         min_length=1,
-        max_length=4096,
+        max_length=MAX_EXPRESSION_LENGTH,
         description="Expression giving the grouping key, e.g. `user` or `page + ':' + country`.",
     )
     type: Literal["tumbling", "hopping"] = Field(
@@ -308,7 +310,7 @@ class Step(Model):
     filter: str | None = Field(
         default=None,
         min_length=1,
-        max_length=4096,
+        max_length=MAX_EXPRESSION_LENGTH,
         description=(
             "Keep the records for which this boolean expression is true, e.g. "
             "`status >= 500 and path != '/healthz'`; false or null drops the record. "
