@@ -36,6 +36,7 @@ notices an offset reset made with Kafka's own tools; files without them are lega
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -63,6 +64,10 @@ MAX_DELTAS: Final = 64
 #: a Kafka topic name, so no topic's folder can ever be this one.
 SNAPSHOTS: Final = "@snapshots"
 STDLIB: Final = "json"  # the envelope's "encoding" when the body was written by the stdlib
+#: A segment no head lists that this store did not write is deleted once it is this old
+#: (seconds): superseded by a writer before a restart, or the orphan of a crash. Younger, it
+#: may be another worker's, whose head is about to list it again (decision 0164).
+ORPHAN_SECONDS: Final = 6 * 3600.0
 
 
 class CheckpointError(RuntimeError):
@@ -72,6 +77,17 @@ class CheckpointError(RuntimeError):
 class CheckpointFormatError(CheckpointError):
     """A checkpoint in a streamherd format this worker does not know: a newer streamherd
     wrote it. The engine holds its partition rather than fail (decision 0156)."""
+
+
+class CheckpointBaseMoved(CheckpointError):
+    """The partition's committed head is not the one this store last read or wrote: another
+    writer (a worker the group had given the partition to meanwhile, or one that was frozen
+    and woke) replaced it. Changes cannot be stacked on a stranger's state: the engine
+    writes the whole state instead."""
+
+    def __init__(self, topic: str, partition: int) -> None:
+        super().__init__(f"the checkpoint of {topic}[{partition}] was replaced by another writer")
+        self.topic, self.partition = topic, partition
 
 
 @dataclass(frozen=True)
@@ -304,6 +320,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _older_than(entry: Path, moment: float) -> bool:
+    try:
+        return entry.stat().st_mtime < moment
+    except FileNotFoundError:
+        return False
+
+
 class CheckpointStore:
     """Reads and atomically writes checkpoint files under one directory.
 
@@ -322,6 +349,12 @@ class CheckpointStore:
         self.compact_ratio = compact_ratio
         self.min_compact_bytes = min_compact_bytes
         self.max_deltas = max_deltas
+        # Per partition, the digest of the committed head this store last read or wrote
+        # (what its engine's state is based on), and the segments it wrote, which it may
+        # delete once no head lists them (a shared volume has other writers; see _collect).
+        self._heads: dict[tuple[str, int], bytes] = {}
+        self._staged: dict[tuple[str, int], bytes] = {}
+        self._mine: dict[tuple[str, int], set[str]] = {}
 
     def path(self, topic: str, partition: int, *, pending: bool = False) -> Path:
         return self.directory / topic / f"{partition}{'.pending' if pending else ''}.ckpt"
@@ -334,6 +367,13 @@ class CheckpointStore:
     def _head(
         self, topic: str, partition: int, *, pending: bool = False
     ) -> tuple[Checkpoint, list[Segment] | None] | None:
+        found = self._read_head(topic, partition, pending=pending)
+        return None if found is None else found[:2]
+
+    def _read_head(
+        self, topic: str, partition: int, *, pending: bool = False
+    ) -> tuple[Checkpoint, list[Segment] | None, bytes] | None:
+        """The head, its segments and the digest of its bytes (which head it is)."""
         path = self.path(topic, partition, pending=pending)
         try:
             data = path.read_bytes()
@@ -342,7 +382,7 @@ class CheckpointStore:
         checkpoint, segments = decode_head(data)
         if checkpoint.topic != topic or checkpoint.partition != partition:
             raise CheckpointError(f"{path} holds {checkpoint.topic}[{checkpoint.partition}]")
-        return checkpoint, segments
+        return checkpoint, segments, _digest(data)
 
     def _windows(
         self, topic: str, partition: int, segments: Sequence[Segment]
@@ -367,10 +407,12 @@ class CheckpointStore:
 
     def load(self, topic: str, partition: int, *, pending: bool = False) -> Checkpoint | None:
         """The partition's checkpoint, whole (a v2 head's windows read from its segments)."""
-        found = self._head(topic, partition, pending=pending)
+        found = self._read_head(topic, partition, pending=pending)
         if found is None:
             return None
-        checkpoint, segments = found
+        checkpoint, segments, digest = found
+        if not pending:
+            self._heads[(topic, partition)] = digest
         if segments is None:
             return checkpoint
         windows = self._windows(topic, partition, segments)
@@ -397,38 +439,47 @@ class CheckpointStore:
         # A new name every time: never the name of a segment some head may list.
         name = f"{time.time_ns():020d}-{secrets.token_hex(4)}.{'base' if base else 'delta'}"
         data = encode_segment(topic, partition, base, windows)
+        # Ours from before it exists (a head of ours may never list it: an aborted or
+        # failed checkpoint leaves it to our own _collect).
+        self._mine.setdefault((topic, partition), set()).add(name)
         self._write(directory / name, data)
         _fsync_dir(directory)
         return Segment(name, len(data), base)
 
-    def _encode(self, checkpoint: Checkpoint) -> bytes:
-        """The head (or v1 file) of one checkpoint, its segments written first."""
+    def _encode(self, checkpoint: Checkpoint) -> tuple[bytes, bytes | None]:
+        """The head (or v1 file) of one checkpoint, its segments written first, and the
+        digest of the committed head it builds on (None: whole, it builds on nothing)."""
         t, p = checkpoint.topic, checkpoint.partition
         state = checkpoint.state
         if checkpoint.changes is None:
             if state is None or state.get("windows") is None:
-                return encode(checkpoint)  # no windows: one v1 file, as ever
+                return encode(checkpoint), None  # no windows: one v1 file, as ever
             base = self._segment(t, p, True, state["windows"])
-            return encode_head(checkpoint, [base])
-        # Incremental: on top of the committed checkpoint, whatever the engine's base is.
-        found = self._head(t, p)
+            return encode_head(checkpoint, [base]), None
+        # Incremental: on top of the committed checkpoint, which must be the engine's base:
+        # the head this store last read or wrote (a stranger's would mix two states).
+        found = self._read_head(t, p)
         if found is None:
             raise CheckpointError(
                 f"incremental checkpoint of {t}[{p}] without a committed one to build on"
             )
-        committed, segments = found
+        committed, segments, digest = found
+        known = self._heads.get((t, p))
+        if known is not None and known != digest:
+            raise CheckpointBaseMoved(t, p)
         deltas = segments[1:] if segments is not None else []
         delta_bytes = sum(s.size for s in deltas)
         base_bytes = segments[0].size if segments is not None else 0
         changes = list(checkpoint.changes)
         if segments is not None and not changes:
-            return encode_head(checkpoint, segments)  # nothing changed: no new segment
+            return encode_head(checkpoint, segments), digest  # nothing changed: no segment
         if (
             segments is not None
             and len(deltas) < self.max_deltas
             and delta_bytes <= max(self.compact_ratio * base_bytes, self.min_compact_bytes)
         ):
-            return encode_head(checkpoint, [*segments, self._segment(t, p, False, changes)])
+            delta = self._segment(t, p, False, changes)
+            return encode_head(checkpoint, [*segments, delta]), digest
         # Compact: base and deltas folded into a new base (a v1 file's inline windows too).
         if segments is None:
             windows: dict[bytes, list[Any]] = {}
@@ -436,7 +487,7 @@ class CheckpointStore:
         else:
             windows = self._windows(t, p, segments)
         fold_windows(windows, changes)
-        return encode_head(checkpoint, [self._segment(t, p, True, windows.values())])
+        return encode_head(checkpoint, [self._segment(t, p, True, windows.values())]), digest
 
     def save(self, checkpoints: list[Checkpoint], *, pending: bool = False) -> None:
         """Write each checkpoint atomically; durable (directory fsynced) when this returns.
@@ -448,13 +499,34 @@ class CheckpointStore:
         for checkpoint in checkpoints:
             target = self.path(checkpoint.topic, checkpoint.partition, pending=pending)
             target.parent.mkdir(parents=True, exist_ok=True)
-            self._write(target, self._encode(checkpoint))
+            data, base = self._encode(checkpoint)
+            self._install(checkpoint.topic, checkpoint.partition, data, base, pending=pending)
             dirs.add(target.parent)
         for directory in dirs:
             _fsync_dir(directory)
         if not pending:
             for checkpoint in checkpoints:
                 self._collect(checkpoint.topic, checkpoint.partition)
+
+    def _install(
+        self, topic: str, partition: int, data: bytes, base: bytes | None, *, pending: bool
+    ) -> None:
+        """Make ``data`` the partition's head (or pending head). One built on a committed
+        head (``base``) is installed only if that head is still the committed one: its
+        segments may be gone with it (the other writer deletes what it supersedes), and its
+        state is the other writer's. The look and the rename are a moment apart; the
+        segments' writes and fsyncs before them, where a frozen writer most likely stopped,
+        are not (CheckpointBaseMoved: the engine writes its state whole instead)."""
+        key = (topic, partition)
+        if base is not None and not pending:
+            now = self._read_head(topic, partition)
+            if now is None or now[2] != base:
+                raise CheckpointBaseMoved(topic, partition)
+        self._write(self.path(topic, partition, pending=pending), data)
+        if pending:
+            self._staged[key] = _digest(data)
+        else:
+            self._heads[key] = _digest(data)
 
     def _collect(self, topic: str, partition: int) -> None:
         """Delete the segment files neither the committed nor a pending head lists (those a
@@ -468,11 +540,23 @@ class CheckpointStore:
             found = self._head(topic, partition, pending=pending)
             if found is not None and found[1] is not None:
                 listed.update(s.name for s in found[1])
+        mine = self._mine.setdefault((topic, partition), set())
+        orphaned = time.time() - ORPHAN_SECONDS
         for entry in directory.iterdir():
+            name = entry.name
             # Temp files: only our own (another process may be writing its own right now).
-            stale_temp = entry.name.endswith(f".{os.getpid()}.tmp")
-            if (not entry.name.startswith(".") and entry.name not in listed) or stale_temp:
+            if name.endswith(f".{os.getpid()}.tmp"):
                 entry.unlink(missing_ok=True)
+            elif name.startswith(".") or name in listed:
+                continue
+            elif name in mine or _older_than(entry, orphaned):
+                # Written by this store and superseded; or unlisted for long: another
+                # writer's (a process before a restart, a crash's orphan). Another writer's
+                # segment may be about to be listed again by its head (a worker frozen in
+                # the middle of its checkpoint, woken after the group moved on, renames the
+                # head it had prepared): so only ORPHAN_SECONDS later.
+                entry.unlink(missing_ok=True)
+                mine.discard(name)
 
     def promote(self, partitions: list[tuple[str, int]]) -> None:
         """The pending checkpoints of these partitions become the committed ones (atomic
@@ -481,6 +565,11 @@ class CheckpointStore:
         for topic, partition in partitions:
             pending = self.path(topic, partition, pending=True)
             pending.replace(self.path(topic, partition))
+            staged = self._staged.pop((topic, partition), None)
+            if staged is not None:
+                self._heads[(topic, partition)] = staged
+            else:  # promoted by the resume rule: a head this store has not read
+                self._heads.pop((topic, partition), None)
             dirs.add(pending.parent)
         for directory in dirs:
             _fsync_dir(directory)

@@ -39,7 +39,11 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from streamherd.workers.checkpointing import Checkpoint, CheckpointFormatError
+from streamherd.workers.checkpointing import (
+    Checkpoint,
+    CheckpointBaseMoved,
+    CheckpointFormatError,
+)
 from streamherd.workers.config import (
     StateConfig,
     WorkerConfig,
@@ -106,6 +110,23 @@ MARKER_SECONDS: Final = 0.5
 class TransactionError(RuntimeError):
     """The transaction of a checkpoint could not be committed (fenced, or the broker
     refused it): it was aborted, and the partitions restart from the last commit."""
+
+
+#: The group coordinator's answers to a member whose generation has passed: the group was
+#: rebalanced without it (Engine._still_a_member).
+_NOT_A_MEMBER: Final = frozenset(
+    {
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.FENCED_INSTANCE_ID,
+    }
+)
+
+
+def _fenced(error: Any) -> bool:
+    """Whether a KafkaError says this worker is no longer the member it was."""
+    return isinstance(error, KafkaError) and error.code() in _NOT_A_MEMBER
 
 
 def transactional_id(config: WorkerConfig) -> str:
@@ -1325,6 +1346,8 @@ class Engine:
 
     def _process_partition(self, st: PartitionState, messages: list[SourceMessage]) -> None:
         st.read_from = first_read(st.next_offset, st.read_from, messages[0].offset())
+        if st.next_offset is None and st.committed is None and st.committing is None:
+            self._pin_start(st)
         if st.role == "upstream":
             self._process_upstream(st, messages)
         elif st.role == "downstream":
@@ -1553,6 +1576,13 @@ class Engine:
             for st in states
             if (st.dirty or (st.topic, st.partition) in wanted) and st.next_offset is not None
         ]
+        if dirty and not self._still_a_member():
+            # The group moved on without this worker (it was frozen, or cut off from the
+            # broker, past the session timeout): its partitions are another worker's now, and
+            # a checkpoint written for them would replace, or build on, that worker's.
+            self.metrics.error("fenced")
+            log_event(log, logging.WARNING, "checkpoint-postponed", reason="not a group member")
+            return False
         if dirty:
             self._snapshot_taken(self._save(dirty, full=wanted))
             self.counters.checkpoints += 1
@@ -1858,14 +1888,47 @@ class Engine:
         writes them pending, stamped with the transaction's id, until it commits. Each is
         the changes since the last one where it can be; whole for the partitions in ``full``
         (a snapshot wants them)."""
+        whole = set(full or ())
+        while True:
+            checkpoints = self._checkpoints_of(states, generation, whole)
+            try:
+                if pending:
+                    self.state.stage(checkpoints)
+                else:
+                    self.state.save(checkpoints)
+                break
+            except CheckpointBaseMoved as moved:
+                if (moved.topic, moved.partition) in whole:
+                    raise  # a whole checkpoint builds on nothing: never moved
+                # Another writer replaced the partition's checkpoint since this worker's
+                # (one that held it while this one was cut off, or a frozen one that woke):
+                # this worker's state is whole by itself, so it is written whole.
+                log_event(log, logging.WARNING, "checkpoint-replaced", topic=moved.topic,
+                          partition=moved.partition, action="written whole")  # fmt: skip
+                whole.add((moved.topic, moved.partition))
+        if pending:
+            return checkpoints
+        for st in states:
+            if st.pending_left:  # superseded by the checkpoint just written
+                self.state.discard_pending(st.topic, st.partition)
+                st.pending_left = False
+            if st.windows is not None:
+                st.windows.checkpointed()  # only now: a failed save keeps the changes
+            st.dirty = False
+            st.written_committed = st.committed
+        return checkpoints
+
+    def _checkpoints_of(
+        self, states: list[PartitionState], generation: str, full: set[tuple[str, int]]
+    ) -> list[Checkpoint]:
+        """The checkpoints of `states`: whole for the partitions in `full`, else each the
+        changes since the last one where it can be."""
         source = self.config.source.kafka
         group = source.consumer_group if source is not None else None
         checkpoints = []
         for st in states:
             committed = st.committed if st.committed is not None else st.committed_before_seek
-            state, changes = self._state_of(
-                st, full is not None and (st.topic, st.partition) in full
-            )
+            state, changes = self._state_of(st, (st.topic, st.partition) in full)
             checkpoints.append(
                 Checkpoint(
                     topic=st.topic,
@@ -1886,19 +1949,67 @@ class Engine:
                     authority=self.authority,
                 )
             )
-        if pending:
-            self.state.stage(checkpoints)
-            return checkpoints
-        self.state.save(checkpoints)
-        for st in states:
-            if st.pending_left:  # superseded by the checkpoint just written
-                self.state.discard_pending(st.topic, st.partition)
-                st.pending_left = False
-            if st.windows is not None:
-                st.windows.checkpointed()  # only now: a failed save keeps the changes
-            st.dirty = False
-            st.written_committed = st.committed
         return checkpoints
+
+    def _pin_start(self, st: PartitionState) -> None:
+        """At-least-once: commit where a partition with nothing committed began to be read,
+        before its first record is folded. Until then only ``startFrom`` says where it
+        starts, and ``latest`` or a time says it again after a restart: a worker killed
+        before its first checkpoint restarted at the log's new end, and the records it had
+        read (and folded into windows it never emitted) were skipped for good (a
+        kill-schedule probe). Exactly-once is not pinned here: its offsets are committed
+        by its transactions alone, so one killed before its first commit still starts again
+        where ``startFrom`` says (docs/engine.md)."""
+        source = self.source
+        if self.exactly_once or source is None or not source.group_offsets:
+            return
+        if st.read_from is None or st.role == "downstream":
+            return  # a repartition partition starts at its beginning anyway (decision 0090)
+        try:
+            confirmed = source.commit(
+                [TopicPartition(st.topic, st.partition, st.read_from)], asynchronous=False
+            )
+            self._on_committed(None, confirmed)
+        except KafkaException as error:
+            self.metrics.error("commit")
+            log_event(log, logging.WARNING, "commit-failed", error=str(error))
+
+    def _still_a_member(self) -> bool:
+        """Whether this worker is still the group member its partitions were assigned to,
+        asked before an at-least-once checkpoint is written: one synchronous commit of the
+        offsets already committed (or on their way), which the group coordinator refuses
+        from a member of an older generation (ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, ...)
+        and which moves no offset. Exactly-once needs no such look: its transaction commit
+        is fenced by the generation (KIP-447) and its checkpoints stay pending until then.
+
+        Without it, a worker frozen past the session timeout while it processed a batch
+        (a long pause, a network cut from the broker alone) woke, finished the batch and
+        wrote checkpoints of partitions the group had given to another worker, before its
+        next poll told it so: on a shared volume its head replaced the new owner's, which
+        then stacked its changes on the stranger's state, and partial windows came back
+        after the next restart (a kill-schedule probe: 3 runs in 3). Any other failure to
+        ask (the coordinator unreachable) leaves the decision to the commit after the
+        checkpoint, as before."""
+        source = self.source
+        if source is None or not source.group_offsets:
+            return True
+        probe = []
+        for st in self.partitions.values():
+            # The offset committed (or on its way); with none, where this worker began to
+            # read the partition with empty state (_pin_start committed it already, unless
+            # that failed): an offset every checkpoint of the partition agrees with.
+            offset = next(
+                (o for o in (st.committing, st.committed, st.read_from) if o is not None), None
+            )
+            if offset is not None and offset >= 0:
+                probe.append(TopicPartition(st.topic, st.partition, offset))
+        if not probe:
+            return True  # nothing read: nothing to write either
+        try:
+            answers = source.commit(probe, asynchronous=False)
+        except KafkaException as error:
+            return not _fenced(error.args[0])
+        return not any(tp.error is not None and _fenced(tp.error) for tp in answers)
 
     def _commit(self, states: list[PartitionState], *, sync: bool) -> None:
         source = self.source

@@ -5,6 +5,7 @@ tests/unit/workers/userfuncs.py."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
@@ -13,3 +14,10 @@ def fan_clicks(record: dict[str, Any]) -> list[dict[str, Any]]:
     (other keys, so other repartition partitions)."""
     page = record["page"]
     return [{**record, "page": page if i == 0 else f"{page}~{i}"} for i in range(record["id"] % 4)]
+
+
+def slow_identity(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as it is, 2 ms later: keeps a worker busy inside a batch (a freeze then
+    lands in the middle of its work, not in its poll)."""
+    time.sleep(0.002)
+    return record

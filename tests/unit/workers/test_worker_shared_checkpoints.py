@@ -1,0 +1,126 @@
+"""Two writers of one partition's checkpoints on one shared volume.
+
+The group gives a partition to another worker while the first is cut off (frozen, or away
+from the broker alone) past the session timeout; the first wakes and, before its next poll
+tells it, finishes what it was doing, perhaps in the middle of a checkpoint. The engine's
+membership look (Engine._still_a_member) keeps it from starting one; the store keeps what
+is already under way from mixing two states (workers/checkpointing.py):
+
+- an incremental checkpoint is stacked only on the head its own store last read or wrote;
+  on another, CheckpointBaseMoved, and the engine writes its state whole;
+- a store deletes only segments it wrote or superseded, so a head written by the other
+  writer a moment later never lists a missing one.
+
+The invariant, over any interleaving of two writers' state changes and saves (a save of
+one split around the other's whole save, as a freeze would split it): every load succeeds
+and gives exactly the state of the writer whose head it read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamherd.workers.checkpointing import Checkpoint, CheckpointBaseMoved, CheckpointStore
+from streamherd.workers.windowing import PartitionWindows
+from tests.unit.workers.test_worker_incremental_checkpoints import (
+    PLANS,
+    TOPIC,
+    as_bytes,
+    make_checkpoint,
+    windows_of,
+)
+
+PLAN = PLANS[False]
+
+
+class Writer:
+    """One worker's view: its state of partition 0, its own store on the shared volume."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.name = name
+        self.store = CheckpointStore(directory, min_compact_bytes=0, max_deltas=3)
+        self.windows = PartitionWindows(PLAN)
+        self.offset = 0
+
+    def add(self, key: str, t: int) -> None:
+        self.windows.add(key, t, self.windows.plan.values({"v": 1}))
+        self.offset += 1
+
+    def checkpoint(self, whole: bool = False) -> Checkpoint:
+        cp = make_checkpoint(0, self.offset, self.windows, whole)
+        return Checkpoint(
+            cp.topic, cp.partition, cp.next_offset, cp.state, cp.pipeline,
+            fingerprint=cp.fingerprint, changes=cp.changes, restored_from=self.name,
+        )  # fmt: skip
+
+    def save(self) -> None:
+        """As the engine saves: changes where it can, whole when the base moved."""
+        try:
+            self.store.save([self.checkpoint()])
+        except CheckpointBaseMoved:
+            self.store.save([self.checkpoint(whole=True)])
+        self.windows.checkpointed()
+
+
+def loaded(directory: Path) -> tuple[str | None, dict[bytes, bytes]]:
+    checkpoint = CheckpointStore(directory).load(TOPIC, 0)
+    assert checkpoint is not None
+    return checkpoint.restored_from, as_bytes(windows_of(checkpoint.state))
+
+
+STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(0, 1), st.sampled_from("abc"), st.integers(0, 9)),
+        st.tuples(st.just("save"), st.integers(0, 1)),
+        st.tuples(st.just("split"), st.integers(0, 1)),  # frozen mid-save, the other saves
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(steps=STEPS)
+def test_two_writers_never_mix_states_or_lose_segments(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[Any, ...]]
+) -> None:
+    directory = tmp_path_factory.mktemp("shared")
+    writers = [Writer(directory, "w0"), Writer(directory, "w1")]
+    writers[0].add("a", 0)
+    writers[0].save()
+    # w1 takes the partition over from w0's checkpoint, as a restore does.
+    restored = writers[1].store.load(TOPIC, 0)
+    assert restored is not None
+    writers[1].windows = PartitionWindows.from_json(PLAN, restored.state, base=True)
+    writers[1].offset = restored.next_offset
+    for step in steps:
+        one = writers[step[1]]
+        other = writers[1 - step[1]]
+        if step[0] == "add":
+            one.add(f"{step[2]}", step[3] * 1000)
+            continue
+        if step[0] == "save":
+            one.save()
+        else:
+            # `one` writes its segments, freezes; `other` saves; `one` wakes and installs
+            # the head it had prepared (the rest of CheckpointStore.save), or, when the
+            # head it built on is gone, writes its state whole, as the engine does.
+            try:
+                data, base = one.store._encode(one.checkpoint())
+            except CheckpointBaseMoved:
+                data, base = one.store._encode(one.checkpoint(whole=True))
+            other.save()
+            try:
+                one.store._install(TOPIC, 0, data, base, pending=False)
+                one.store._collect(TOPIC, 0)
+            except CheckpointBaseMoved:
+                one.store.save([one.checkpoint(whole=True)])
+            one.windows.checkpointed()
+        who, state = loaded(directory)
+        owner = next(w for w in writers if w.name == who)
+        assert state == as_bytes(windows_of(owner.windows)), f"{who}'s head holds another state"
