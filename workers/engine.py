@@ -1346,8 +1346,6 @@ class Engine:
 
     def _process_partition(self, st: PartitionState, messages: list[SourceMessage]) -> None:
         st.read_from = first_read(st.next_offset, st.read_from, messages[0].offset())
-        if st.next_offset is None and st.committed is None and st.committing is None:
-            self._pin_start(st)
         if st.role == "upstream":
             self._process_upstream(st, messages)
         elif st.role == "downstream":
@@ -1951,29 +1949,6 @@ class Engine:
             )
         return checkpoints
 
-    def _pin_start(self, st: PartitionState) -> None:
-        """At-least-once: commit where a partition with nothing committed began to be read,
-        before its first record is folded. Until then only ``startFrom`` says where it
-        starts, and ``latest`` or a time says it again after a restart: a worker killed
-        before its first checkpoint restarted at the log's new end, and the records it had
-        read (and folded into windows it never emitted) were skipped for good (a
-        kill-schedule probe). Exactly-once is not pinned here: its offsets are committed
-        by its transactions alone, so one killed before its first commit still starts again
-        where ``startFrom`` says (docs/engine.md)."""
-        source = self.source
-        if self.exactly_once or source is None or not source.group_offsets:
-            return
-        if st.read_from is None or st.role == "downstream":
-            return  # a repartition partition starts at its beginning anyway (decision 0090)
-        try:
-            confirmed = source.commit(
-                [TopicPartition(st.topic, st.partition, st.read_from)], asynchronous=False
-            )
-            self._on_committed(None, confirmed)
-        except KafkaException as error:
-            self.metrics.error("commit")
-            log_event(log, logging.WARNING, "commit-failed", error=str(error))
-
     def _still_a_member(self) -> bool:
         """Whether this worker is still the group member its partitions were assigned to,
         asked before an at-least-once checkpoint is written: one synchronous commit of the
@@ -1996,8 +1971,8 @@ class Engine:
         probe = []
         for st in self.partitions.values():
             # The offset committed (or on its way); with none, where this worker began to
-            # read the partition with empty state (_pin_start committed it already, unless
-            # that failed): an offset every checkpoint of the partition agrees with.
+            # read the partition with empty state: an offset every checkpoint of the
+            # partition agrees with (a crash right after it restarts there, empty).
             offset = next(
                 (o for o in (st.committing, st.committed, st.read_from) if o is not None), None
             )

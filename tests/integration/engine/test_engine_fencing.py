@@ -6,9 +6,7 @@ partitions to another, finishes the batch and, before its next poll tells it, wo
 their checkpoints over the new owner's: before the fix, windows came back with partial
 totals after the next restart (a kill-schedule probe: 3 runs in 3). Now it asks the group
 first (Engine._still_a_member) and the store never stacks changes on another writer's head
-(workers/checkpointing.py, CheckpointBaseMoved). And a partition that starts with nothing
-committed pins where it began, so `startFrom: latest` does not skip what a worker killed
-before its first checkpoint had read.
+(workers/checkpointing.py, CheckpointBaseMoved).
 """
 
 from __future__ import annotations
@@ -124,43 +122,3 @@ def test_a_worker_woken_after_the_group_moved_on_leaves_the_new_owners_state_alo
         a.signal(signal.SIGCONT)
         for w in workers:
             w.stop()
-
-
-def test_start_from_latest_keeps_what_a_worker_killed_before_its_first_checkpoint_read(
-    kafka_broker: KafkaBroker, tmp_path: Path
-) -> None:
-    src = kafka_broker.create_topic(kafka_broker.unique_topic("src"), PARTITIONS)
-    sink = kafka_broker.create_topic(kafka_broker.unique_topic("sink"), 1)
-    config = pipeline_config(
-        kafka_broker, source=src, sink=sink, dlq=None, group=f"g-{src}",
-        checkpoints=tmp_path / "ck", lateness="0s",
-    )  # fmt: skip
-    config["source"]["kafka"]["startFrom"] = "latest"
-    config["checkpoint"]["intervalSeconds"] = 30.0  # the kill comes before the first one
-    worker = Worker.create(tmp_path, "w", config)
-    first, second = records(0, 2000), records(2000, 2000)
-    try:
-        worker.start()
-        wait_until("ready", lambda: worker.get("/readyz")[0] == 200, 60, [worker])
-        time.sleep(2)  # assigned, at the end of every partition
-        kafka_broker.produce(src, first)
-        wait_until(
-            "the first records read",
-            lambda: worker.value("streamherd_records_in_total") >= len(first),
-            60,
-            [worker],
-        )
-        worker.kill()
-        worker.start()
-        wait_until("ready again", lambda: worker.get("/readyz")[0] == 200, 60, [worker])
-        kafka_broker.produce(src, second)
-        flush(kafka_broker, src)
-        expected = reference(first + second)
-
-        def complete() -> bool:
-            got = sink_windows(kafka_broker, sink)
-            return all(got.get(k) == v for k, v in expected.items())
-
-        wait_until("every window with both halves", complete, 90, [worker])
-    finally:
-        worker.stop()
