@@ -112,23 +112,6 @@ class TransactionError(RuntimeError):
     refused it): it was aborted, and the partitions restart from the last commit."""
 
 
-#: The group coordinator's answers to a member whose generation has passed: the group was
-#: rebalanced without it (Engine._still_a_member).
-_NOT_A_MEMBER: Final = frozenset(
-    {
-        KafkaError.ILLEGAL_GENERATION,
-        KafkaError.UNKNOWN_MEMBER_ID,
-        KafkaError.REBALANCE_IN_PROGRESS,
-        KafkaError.FENCED_INSTANCE_ID,
-    }
-)
-
-
-def _fenced(error: Any) -> bool:
-    """Whether a KafkaError says this worker is no longer the member it was."""
-    return isinstance(error, KafkaError) and error.code() in _NOT_A_MEMBER
-
-
 def transactional_id(config: WorkerConfig) -> str:
     """Stable per worker (the pod name), so that a restarted worker aborts its predecessor's
     open transaction at once; ``STREAMHERD_WORKER_ID`` overrides (several on one host)."""
@@ -1574,13 +1557,6 @@ class Engine:
             for st in states
             if (st.dirty or (st.topic, st.partition) in wanted) and st.next_offset is not None
         ]
-        if dirty and not self._still_a_member():
-            # The group moved on without this worker (it was frozen, or cut off from the
-            # broker, past the session timeout): its partitions are another worker's now, and
-            # a checkpoint written for them would replace, or build on, that worker's.
-            self.metrics.error("fenced")
-            log_event(log, logging.WARNING, "checkpoint-postponed", reason="not a group member")
-            return False
         if dirty:
             self._snapshot_taken(self._save(dirty, full=wanted))
             self.counters.checkpoints += 1
@@ -1948,43 +1924,6 @@ class Engine:
                 )
             )
         return checkpoints
-
-    def _still_a_member(self) -> bool:
-        """Whether this worker is still the group member its partitions were assigned to,
-        asked before an at-least-once checkpoint is written: one synchronous commit of the
-        offsets already committed (or on their way), which the group coordinator refuses
-        from a member of an older generation (ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, ...)
-        and which moves no offset. Exactly-once needs no such look: its transaction commit
-        is fenced by the generation (KIP-447) and its checkpoints stay pending until then.
-
-        Without it, a worker frozen past the session timeout while it processed a batch
-        (a long pause, a network cut from the broker alone) woke, finished the batch and
-        wrote checkpoints of partitions the group had given to another worker, before its
-        next poll told it so: on a shared volume its head replaced the new owner's, which
-        then stacked its changes on the stranger's state, and partial windows came back
-        after the next restart (a kill-schedule probe: 3 runs in 3). Any other failure to
-        ask (the coordinator unreachable) leaves the decision to the commit after the
-        checkpoint, as before."""
-        source = self.source
-        if source is None or not source.group_offsets:
-            return True
-        probe = []
-        for st in self.partitions.values():
-            # The offset committed (or on its way); with none, where this worker began to
-            # read the partition with empty state: an offset every checkpoint of the
-            # partition agrees with (a crash right after it restarts there, empty).
-            offset = next(
-                (o for o in (st.committing, st.committed, st.read_from) if o is not None), None
-            )
-            if offset is not None and offset >= 0:
-                probe.append(TopicPartition(st.topic, st.partition, offset))
-        if not probe:
-            return True  # nothing read: nothing to write either
-        try:
-            answers = source.commit(probe, asynchronous=False)
-        except KafkaException as error:
-            return not _fenced(error.args[0])
-        return not any(tp.error is not None and _fenced(tp.error) for tp in answers)
 
     def _commit(self, states: list[PartitionState], *, sync: bool) -> None:
         source = self.source
