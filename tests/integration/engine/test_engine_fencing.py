@@ -4,9 +4,9 @@ A worker frozen past the session timeout in the middle of a batch (SIGSTOP here;
 pause or a network cut from the broker alone in life) wakes after the group gave its
 partitions to another, finishes the batch and, before its next poll tells it, would write
 their checkpoints over the new owner's: before the fix, windows came back with partial
-totals after the next restart (a kill-schedule probe: 3 runs in 3). Now it asks the group
-first (Engine._still_a_member) and the store never stacks changes on another writer's head
-(workers/checkpointing.py, CheckpointBaseMoved).
+totals after the next restart (a kill-schedule probe: 3 runs in 3). Now the store never
+stacks changes on another writer's head (workers/checkpointing.py, CheckpointBaseMoved):
+every head is one writer's whole state, which at-least-once replays from.
 """
 
 from __future__ import annotations

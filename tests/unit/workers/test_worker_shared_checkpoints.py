@@ -2,9 +2,8 @@
 
 The group gives a partition to another worker while the first is cut off (frozen, or away
 from the broker alone) past the session timeout; the first wakes and, before its next poll
-tells it, finishes what it was doing, perhaps in the middle of a checkpoint. The engine's
-membership look (Engine._still_a_member) keeps it from starting one; the store keeps what
-is already under way from mixing two states (workers/checkpointing.py):
+tells it, finishes what it was doing, perhaps in the middle of a checkpoint. The store keeps
+the two writers' states from mixing (workers/checkpointing.py):
 
 - an incremental checkpoint is stacked only on the head its own store last read or wrote;
   on another, CheckpointBaseMoved, and the engine writes its state whole;
