@@ -17,7 +17,6 @@ import signal
 import sys
 import tempfile
 import threading
-from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
@@ -31,7 +30,7 @@ from streamherd.operator.validation import load_documents, parse_pipeline, unnam
 from streamherd.workers.config import KafkaSecurity, WorkerConfig
 from streamherd.workers.engine import RunSummary
 from streamherd.workers.kafkaclients import SecurityConfigError
-from streamherd.workers.main import run_pipeline
+from streamherd.workers.main import load_config, run_pipeline
 from streamherd.workers.preparedrecovery import recover_stopped
 
 
@@ -168,10 +167,13 @@ def recover_local(args: argparse.Namespace, *, out: TextIO | None = None) -> int
     out = out or sys.stdout
     err = sys.stderr
     if args.worker_config:
+        # Read as the worker reads its --config (JSON or YAML, the hardened YAML reader).
         try:
-            text = Path(args.worker_config).read_text(encoding="utf-8")
-            config = WorkerConfig.model_validate(yaml.safe_load(text))
-        except (OSError, yaml.YAMLError, ValidationError) as e:
+            config = load_config(args.worker_config)
+        except (OSError, yaml.YAMLError) as e:  # the message names the file (and where)
+            err.write(f"error: {e}\n")
+            return 2
+        except ValidationError as e:
             err.write(f"error: {args.worker_config}: {e}\n")
             return 2
     else:

@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument(
         "--worker-config",
         default=None,
-        help="the WorkerConfig the operator rendered (its ConfigMap's config.yaml) instead",
+        help="the WorkerConfig the operator rendered (its ConfigMap's worker.json) instead",
     )
     p.add_argument(
         "-n",

@@ -29,6 +29,7 @@ from streamherd.workers.engine import Engine, RunSummary
 from streamherd.workers.logs import configure, log_event
 from streamherd.workers.metrics import EngineMetrics, MetricsServer
 from streamherd.workers.processing import Processor
+from streamherd.workers.yamlfiles import decode_utf8, load_yaml_document
 
 __all__ = ["RunSummary", "load_config", "main", "run_pipeline"]
 
@@ -36,13 +37,17 @@ log = logging.getLogger("streamherd.worker")
 
 
 def load_config(path: str | Path) -> WorkerConfig:
-    """A WorkerConfig from a JSON or YAML file."""
-    text = Path(path).read_bytes()
+    """A WorkerConfig from a JSON or YAML file (one document). YAML is read by the hardened
+    reader every command shares (streamherd.workers.yamlfiles: strict UTF-8, no cyclic
+    aliases, no alias bombs, no nesting beyond its bound, no duplicate keys). Raises OSError,
+    yaml.YAMLError (the file and where named) or pydantic's ValidationError."""
+    file = str(path)
+    data = Path(path).read_bytes()
     try:
-        data = orjson.loads(text)
+        doc = orjson.loads(data)
     except orjson.JSONDecodeError:
-        data = yaml.safe_load(text)
-    return WorkerConfig.model_validate(data)
+        doc = load_yaml_document(file, decode_utf8(data, file, what="worker configs"))
+    return WorkerConfig.model_validate(doc)
 
 
 def run_pipeline(
@@ -89,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
         # Expressions and window limits (limits.py) are the config's errors, not a crash.
         Processor.compile(config.processor)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, yaml.YAMLError) as error:
         log_event(log, logging.ERROR, "bad-config", path=args.config, error=str(error))
         return 2
     configure(config.runtime.log_level)

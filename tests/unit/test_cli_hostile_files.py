@@ -4,10 +4,12 @@ Every reader of manifest files (validate and its keying pass, render with and wi
 state-diff, and the manifest path of run and recover) refuses what it cannot read with one
 ``error: ...`` naming the file and where, exit status non-zero, never a traceback: bytes that
 are not UTF-8, YAML aliases that close a cycle or expand beyond
-``validation.MAX_ALIASED_NODES`` nodes (refused while composing, before anything is built,
-so in time linear in the file), collections nested deeper than ``validation.MAX_DEPTH``,
+``yamlfiles.MAX_ALIASED_NODES`` nodes (refused while composing, before anything is built,
+so in time linear in the file), collections nested deeper than ``yamlfiles.MAX_DEPTH``,
 scalars their tag cannot read, and ``metadata`` that is no mapping. What PyYAML reads, with
-ordinary anchors and aliases, reads as before.
+ordinary anchors and aliases, reads as before. The reader is streamherd.workers.yamlfiles,
+shared with `recover --worker-config` and the worker's `--config`
+(tests/unit/test_worker_config_hostile_files.py).
 """
 
 from __future__ import annotations
@@ -34,14 +36,9 @@ from streamherd.keying import write_keying_warnings
 from streamherd.operator.local import _worker_config
 from streamherd.operator.rendering import render_files
 from streamherd.operator.upgrades import state_diff_files
-from streamherd.operator.validation import (
-    MAX_ALIASED_NODES,
-    MAX_DEPTH,
-    load_documents,
-    shown_name,
-    validate_files,
-)
+from streamherd.operator.validation import load_documents, shown_name, validate_files
 from streamherd.workers.config import INT64_MAX, _beyond_int64
+from streamherd.workers.yamlfiles import MAX_ALIASED_NODES, MAX_DEPTH
 
 # A valid manifest whose last line opens `metadata.labels.h`: what a test puts there starts on
 # line HEAD_LINES (and continues on the lines after it, indented).
@@ -131,7 +128,7 @@ def every_command(path: str) -> Iterator[tuple[str, int, str]]:
 
 
 def load_refusal(path: str) -> str | None:
-    """The message load_documents refuses `path` with (a yaml.YAMLError: ManifestError or a
+    """The message load_documents refuses `path` with (a yaml.YAMLError: YAMLFileError or a
     syntax error), None when it reads. Nothing else may escape."""
     try:
         list(load_documents([path]))

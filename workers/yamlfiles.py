@@ -1,0 +1,293 @@
+"""The one reader of YAML files that come from outside: hardened against hostile input.
+
+Used by every command that reads manifests (``streamherd validate``, ``render``, ``run``,
+``recover``, ``state-diff``, through ``streamherd.operator.validation.load_documents``), by
+``streamherd recover --worker-config`` and by the worker's own ``--config``
+(``streamherd.workers.main.load_config``). It lives with the workers because they may not
+import the operator (.importlinter, contract workers-alone), while the operator may import
+the workers' shared modules.
+
+A file is read as strict UTF-8 (another encoding is refused, naming the byte offset and
+line), and :class:`StrictLoader` refuses, naming the line, before anything is built: a
+duplicate mapping key, an alias inside the node it names (a cycle), aliases that expand a
+document by more than ``MAX_ALIASED_NODES`` nodes (a "billion laughs" bomb), collections
+nested deeper than ``MAX_DEPTH``, and a scalar its tag cannot read. Every refusal is a
+:class:`YAMLFileError` (a ``yaml.YAMLError``) whose message names the file: readers report
+it as they report a syntax error.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import sys
+from collections.abc import Hashable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import yaml
+
+__all__ = [
+    "MAX_ALIASED_NODES",
+    "MAX_DEPTH",
+    "AliasError",
+    "DuplicateKeyError",
+    "NestingError",
+    "ScalarError",
+    "StrictLoader",
+    "YAMLFileError",
+    "decode_utf8",
+    "load_yaml_document",
+    "load_yaml_documents",
+    "read_utf8",
+]
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping that names one key twice (YAML says keys are unique; PyYAML keeps the last,
+    and so does the API server's decoder, silently dropping what the user wrote first)."""
+
+
+class AliasError(yaml.composer.ComposerError):
+    """An alias to the node that contains it (a cycle: no finite document has it), or aliases
+    that expand a document beyond MAX_ALIASED_NODES (a "billion laughs" bomb)."""
+
+
+class NestingError(yaml.composer.ComposerError):
+    """Collections nested deeper than MAX_DEPTH."""
+
+
+class ScalarError(yaml.constructor.ConstructorError):
+    """A scalar its tag cannot read: `2020-13-45` (a timestamp by its form), `!!int x`, an
+    integer of more digits than Python converts."""
+
+
+class YAMLFileError(yaml.YAMLError):
+    """A YAML file that cannot be read as written (the message names file and line); a
+    YAMLError, so every reader reports it like a syntax error."""
+
+
+# The nodes aliases may add to one document, counted as expanded (an alias to a list of
+# ten strings adds eleven): far beyond any manifest, and a bound on the work every reader
+# of the data (pydantic, the builders, the dumpers) does. go-yaml, kubectl's reader, refuses
+# "excessive aliasing" likewise. PyYAML itself builds an alias as the same object, cheaply,
+# but every reader after it walks the whole tree.
+MAX_ALIASED_NODES = 1_000_000
+# Nesting levels of collections: a manifest has about ten; Python's recursion limit (the
+# composer, pydantic and the dumpers recurse) is reached at about 300.
+MAX_DEPTH = 100
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate mapping keys, naming the key and its line; and
+    refuses, naming the line, before constructing anything: an alias inside the node it
+    names (cyclic), aliases that expand the document by more than MAX_ALIASED_NODES nodes,
+    collections nested deeper than MAX_DEPTH, and scalars their tag cannot read."""
+
+    def __init__(self, stream: str | bytes) -> None:
+        super().__init__(stream)
+        self._open_anchors: set[str] = set()  # of the collections being composed
+        self._expanded: dict[int, int] = {}  # id(node) -> nodes it expands to (this document)
+        self._aliased = 0  # nodes the aliases of this document added
+        self._depth = 0
+
+    def compose_document(self) -> yaml.Node | None:
+        self._expanded, self._aliased = {}, 0
+        try:
+            return super().compose_document()
+        finally:
+            self._expanded = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+        mark: yaml.Mark = event.start_mark
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open_anchors:
+                raise AliasError(
+                    None,
+                    None,
+                    f"alias *{event.anchor} refers to the node that contains it "
+                    f"(&{event.anchor}, line {self.anchors[event.anchor].start_mark.line + 1}): "
+                    "cyclic aliases are refused",
+                    mark,
+                )
+            node = super().compose_node(parent, index)  # refuses an undefined alias
+            self._aliased += self._expanded[id(node)]
+            if self._aliased > MAX_ALIASED_NODES:
+                raise AliasError(
+                    None,
+                    None,
+                    f"aliases expand this document by more than {MAX_ALIASED_NODES:,} nodes "
+                    f"(the bound is passed at alias *{event.anchor}): refused as an alias bomb",
+                    mark,
+                )
+            return node
+        collection = isinstance(event, yaml.CollectionStartEvent)
+        if collection:
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                raise NestingError(
+                    None,
+                    None,
+                    f"collections nested deeper than {MAX_DEPTH} levels",
+                    mark,
+                )
+            if event.anchor is not None:
+                self._open_anchors.add(event.anchor)
+        node = super().compose_node(parent, index)
+        if collection:
+            self._depth -= 1
+            self._open_anchors.discard(event.anchor or "")
+        size = 1
+        if isinstance(node, yaml.SequenceNode):
+            size += sum(self._expanded[id(item)] for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size += sum(self._expanded[id(k)] + self._expanded[id(v)] for k, v in node.value)
+        self._expanded[id(node)] = size
+        return node
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, LookupError, AttributeError, OverflowError) as e:
+            # The reason of a ValueError says what is wrong (`month must be in 1..12`); the
+            # others are PyYAML's internals (a regular expression that did not match).
+            reason = f": {e}" if isinstance(e, ValueError | OverflowError) else ""
+            tag = node.tag.removeprefix("tag:yaml.org,2002:")
+            what = f"this {tag}"
+            if isinstance(node, yaml.ScalarNode):
+                text = str(node.value)
+                shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+                what = f"{shown!r} as {tag}"
+            raise ScalarError(None, None, f"cannot read {what}{reason}", node.start_mark) from None
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        try:
+            return super().construct_document(node)
+        except (ValueError, TypeError, LookupError, AttributeError, OverflowError) as e:
+            # What construct_object did not catch: the rest of a collection's construction,
+            # which PyYAML runs after the document's first pass. Never seen: said, not raised.
+            raise ScalarError(
+                None, None, f"cannot read this document: {e}", node.start_mark
+            ) from None
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if not isinstance(node, yaml.MappingNode):  # `!!map x`, `!!set [a]`: as PyYAML says it
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"expected a mapping node, but found {type(node).__name__}",
+                node.start_mark,
+            )
+        seen: dict[Hashable, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable) and key in seen:
+                raise DuplicateKeyError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"duplicate key {key!r} (first at line {seen[key].line + 1})",
+                    key_node.start_mark,
+                )
+            if isinstance(key, Hashable):
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+# kubectl reads manifests with go-yaml, for which an exponent without a dot (`2e3`, `1e9`)
+# is a float; for PyYAML it is a string. Read it as kubectl sends it, so that validate and
+# the API server see the same value (a quantity written `2e3` unquoted is a number for both).
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+# Byte-order marks of the encodings a file that is not UTF-8 most likely is in, longest
+# first (UTF-32-LE's begins with UTF-16-LE's).
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
+
+
+def _utf8(data: bytes, file: str, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bom = next((name for mark, name in _BOMS if data.startswith(mark)), None)
+        if bom is not None:
+            raise YAMLFileError(
+                f"{file}: not UTF-8: it starts with a {bom} byte-order mark (byte offset 0); "
+                f"{what} are read as UTF-8 only"
+            ) from None
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise YAMLFileError(
+            f"{file}: not UTF-8: byte 0x{data[e.start]:02x} at byte offset {e.start} (line "
+            f"{line}, byte {column} of the line) is not valid UTF-8 ({e.reason})"
+        ) from None
+
+
+def decode_utf8(data: bytes, file: str, *, what: str) -> str:
+    """The text of the bytes of `file`, which must be UTF-8 (YAMLFileError if they are not;
+    `what` names such files in the message, as "manifests"), newlines as Path.read_text
+    reads them (universal newlines), so marks and values are those of the text."""
+    return _utf8(data, file, what).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_utf8(file: str, *, what: str) -> str:
+    """The text of `file` ('-': stdin), which must be UTF-8; YAMLFileError if it is not."""
+    if file != "-":
+        return decode_utf8(Path(file).read_bytes(), file, what=what)
+    buffer: BinaryIO | None = getattr(sys.stdin, "buffer", None)
+    if buffer is not None:
+        return _utf8(buffer.read(), file, what)
+    # Text with no bytes beneath (`validate -` replays stdin from a StringIO).
+    text = sys.stdin.read()
+    try:  # the bytes read, if a decoder with surrogateescape read them (as stdin's)
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # other lone surrogates: PyYAML refuses them, saying where
+        return text
+    return _utf8(data, file, what)
+
+
+def _load(file: str, text: str, *, single: bool) -> list[Any]:
+    name = "<stdin>" if file == "-" else file
+    try:
+        loader = StrictLoader(text)
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow (the reader's check)
+        e.name = name
+        raise
+    loader.name = name  # what the marks of errors name (not "<unicode string>")
+    try:
+        if single:  # as yaml.safe_load: None for no document, an error for several
+            return [loader.get_single_data()]
+        docs = []
+        while loader.check_node():
+            docs.append(loader.get_data())
+        return docs
+    except (DuplicateKeyError, AliasError, NestingError, ScalarError) as e:
+        line = e.problem_mark.line + 1 if e.problem_mark else "?"
+        raise YAMLFileError(f"{file}: line {line}: {e.problem}") from None
+    except RecursionError:  # MAX_DEPTH keeps it from happening: if it does, still say so
+        raise YAMLFileError(f"{file}: nested too deeply to be read") from None
+    finally:
+        loader.dispose()
+
+
+def load_yaml_documents(file: str, text: str) -> list[Any]:
+    """Every YAML document of `text`, the text of `file` ('-': stdin), as StrictLoader reads
+    them (empty documents as None). Refused as a YAMLFileError, naming file and line: what
+    StrictLoader refuses (duplicate keys, cyclic aliases, alias bombs, too deep nesting,
+    unreadable scalars). Nothing else escapes but the yaml.YAMLError of a syntax error."""
+    return _load(file, text, single=False)
+
+
+def load_yaml_document(file: str, text: str) -> Any:
+    """The one YAML document of `text` (None when there is none), as yaml.safe_load reads
+    a stream, with the refusals of :func:`load_yaml_documents`; several documents are a
+    yaml.YAMLError, as for yaml.safe_load."""
+    return _load(file, text, single=True)[0]
