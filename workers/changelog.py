@@ -465,8 +465,8 @@ class ChangelogBackend:
     def load(self, topic: str, partition: int) -> Checkpoint | None:
         return decode(topic, partition, self._records(topic, partition))
 
-    def load_pending(self, topic: str, partition: int) -> Checkpoint | None:
-        return None  # a staged checkpoint committed with its transaction, or never
+    def pending_checkpoints(self, topic: str, partition: int) -> list[Checkpoint]:
+        return []  # a staged checkpoint committed with its transaction, or never
 
     def load_snapshot(self, name: str, topic: str, partition: int) -> Checkpoint | None:
         records = snapshot_of(name, topic, partition, self._records(topic, partition))
@@ -528,12 +528,16 @@ class ChangelogBackend:
             staged = self._staged.setdefault(tp, {})
             staged.update(changes)
 
-    def promote(self, partitions: list[tuple[str, int]]) -> None:
+    def promote(self, partitions: list[tuple[str, int]]) -> list[tuple[str, int]]:
         self._floors.clear()  # the transaction is decided
         for tp in partitions:
             changes = self._staged.pop(tp, None)
             if changes is not None:
                 self._apply(tp, changes)
+        return []  # committed with the transaction: no other writer can take them
+
+    def adopt(self, topic: str, partition: int, pending: Checkpoint) -> None:
+        raise CheckpointError("the changelog leaves no pending checkpoint to adopt")
 
     def discard_pending(self, topic: str, partition: int) -> None:
         self._staged.pop((topic, partition), None)

@@ -324,11 +324,17 @@ def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def _older_than(entry: Path, moment: float) -> bool:
+def _mtime(entry: Path) -> float | None:
+    """When the file was last written; None when it is gone (another writer removed it)."""
     try:
-        return entry.stat().st_mtime < moment
+        return entry.stat().st_mtime
     except FileNotFoundError:
-        return False
+        return None
+
+
+def _older_than(entry: Path, moment: float) -> bool:
+    mtime = _mtime(entry)
+    return mtime is not None and mtime < moment
 
 
 class CheckpointStore:
@@ -355,26 +361,58 @@ class CheckpointStore:
         self._heads: dict[tuple[str, int], bytes] = {}
         self._staged: dict[tuple[str, int], bytes] = {}
         self._mine: dict[tuple[str, int], set[str]] = {}
+        # This store's name among the writers of a shared volume: in its pending heads' and
+        # temp files' names, so no other writer ever renames, replaces or deletes them (a
+        # process id is no such name: every pod's worker may be pid 1).
+        self.writer = secrets.token_hex(6)
+        # The pending heads `pending_checkpoints` last found, per partition and generation:
+        # the file and the digest of its bytes (what `adopt` renames).
+        self._found: dict[tuple[str, int], dict[str, tuple[Path, bytes]]] = {}
 
     def path(self, topic: str, partition: int, *, pending: bool = False) -> Path:
-        return self.directory / topic / f"{partition}{'.pending' if pending else ''}.ckpt"
+        """The partition's committed head, or (``pending``) this store's own pending one."""
+        middle = f".{self.writer}.pending" if pending else ""
+        return self.directory / topic / f"{partition}{middle}.ckpt"
+
+    def pending_paths(self, topic: str, partition: int) -> list[Path]:
+        """Every writer's pending head of the partition (``<partition>.<writer>.pending.ckpt``;
+        ``<partition>.pending.ckpt``: one an older streamherd wrote), oldest first."""
+        directory = self.directory / topic
+        prefix = f"{partition}."
+        try:
+            entries = list(directory.iterdir())
+        except FileNotFoundError:
+            return []
+        found = []
+        for entry in entries:
+            name = entry.name
+            if not (name.startswith(prefix) and name.endswith(".pending.ckpt")):
+                continue
+            # "<p>.pending.ckpt" (the legacy name) overlaps prefix and suffix: writer "".
+            writer = name[len(prefix) : -len(".pending.ckpt")]
+            if writer == "" or writer.isalnum():
+                found.append(entry)
+        return sorted(found, key=lambda e: _mtime(e) or 0.0)
 
     def segments_dir(self, topic: str, partition: int) -> Path:
         return self.directory / topic / f"{partition}.seg"
 
     # ------------------------------------------------------------------ reading
 
-    def _head(
-        self, topic: str, partition: int, *, pending: bool = False
-    ) -> tuple[Checkpoint, list[Segment] | None] | None:
-        found = self._read_head(topic, partition, pending=pending)
-        return None if found is None else found[:2]
+    def _head(self, path: Path, topic: str, partition: int) -> list[Segment] | None:
+        """The segments the head at ``path`` lists (None: none, or no such file)."""
+        found = self._read_path(path, topic, partition)
+        return None if found is None else found[1]
 
     def _read_head(
-        self, topic: str, partition: int, *, pending: bool = False
+        self, topic: str, partition: int
     ) -> tuple[Checkpoint, list[Segment] | None, bytes] | None:
-        """The head, its segments and the digest of its bytes (which head it is)."""
-        path = self.path(topic, partition, pending=pending)
+        """The committed head, its segments and the digest of its bytes (which head it is)."""
+        return self._read_path(self.path(topic, partition), topic, partition)
+
+    def _read_path(
+        self, path: Path, topic: str, partition: int
+    ) -> tuple[Checkpoint, list[Segment] | None, bytes] | None:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -405,14 +443,10 @@ class CheckpointStore:
             fold_windows(windows, changes)
         return windows
 
-    def load(self, topic: str, partition: int, *, pending: bool = False) -> Checkpoint | None:
-        """The partition's checkpoint, whole (a v2 head's windows read from its segments)."""
-        found = self._read_head(topic, partition, pending=pending)
-        if found is None:
-            return None
-        checkpoint, segments, digest = found
-        if not pending:
-            self._heads[(topic, partition)] = digest
+    def _whole(
+        self, topic: str, partition: int, checkpoint: Checkpoint, segments: list[Segment] | None
+    ) -> Checkpoint:
+        """A head's checkpoint, whole (a v2 head's windows read from its segments)."""
         if segments is None:
             return checkpoint
         windows = self._windows(topic, partition, segments)
@@ -420,11 +454,39 @@ class CheckpointStore:
             checkpoint, state={**(checkpoint.state or {}), "windows": [*windows.values()]}
         )
 
+    def load(self, topic: str, partition: int) -> Checkpoint | None:
+        """The partition's committed checkpoint, whole; its head is this store's base from
+        now on (what its next incremental checkpoint builds on)."""
+        found = self._read_head(topic, partition)
+        if found is None:
+            return None
+        checkpoint, segments, digest = found
+        self._heads[(topic, partition)] = digest
+        return self._whole(topic, partition, checkpoint, segments)
+
+    def pending_checkpoints(self, topic: str, partition: int) -> list[Checkpoint]:
+        """Every writer's pending checkpoint of the partition, whole, oldest first: the
+        exactly-once mode's staged transactions that no rename has decided yet (a worker
+        that died between its commit and its rename, or one the group left behind, whose
+        transaction the broker fences). Which one committed is the resume rule's question
+        (workers/resuming.py); :meth:`adopt` promotes it, :meth:`discard_pending` the rest."""
+        found: dict[str, tuple[Path, bytes]] = {}
+        out = []
+        for path in self.pending_paths(topic, partition):
+            read = self._read_path(path, topic, partition)
+            if read is None:
+                continue  # renamed or discarded by its writer meanwhile
+            checkpoint, segments, digest = read
+            found[checkpoint.generation] = (path, digest)
+            out.append(self._whole(topic, partition, checkpoint, segments))
+        self._found[(topic, partition)] = found
+        return out
+
     # ------------------------------------------------------------------ writing
 
     def _write(self, target: Path, data: bytes) -> None:
         """Write ``data`` to ``target`` through a temp file, fsynced, renamed (atomic)."""
-        temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        temp = target.with_name(f".{target.name}.{self.writer}.tmp")
         with temp.open("wb") as handle:
             handle.write(data)
             handle.flush()
@@ -493,8 +555,9 @@ class CheckpointStore:
         """Write each checkpoint atomically; durable (directory fsynced) when this returns.
 
         ``pending``: the exactly-once mode's checkpoint of a transaction not yet committed,
-        beside the last committed one; :meth:`promote` makes it the committed one. An
-        incremental checkpoint (``changes``) builds on the committed one in both cases."""
+        beside the last committed one, under this store's own name (another writer's are
+        never touched); :meth:`promote` makes it the committed one. An incremental
+        checkpoint (``changes``) builds on the committed one in both cases."""
         dirs: set[Path] = set()
         for checkpoint in checkpoints:
             target = self.path(checkpoint.topic, checkpoint.partition, pending=pending)
@@ -511,12 +574,14 @@ class CheckpointStore:
     def _install(
         self, topic: str, partition: int, data: bytes, base: bytes | None, *, pending: bool
     ) -> None:
-        """Make ``data`` the partition's head (or pending head). One built on a committed
-        head (``base``) is installed only if that head is still the committed one: its
-        segments may be gone with it (the other writer deletes what it supersedes), and its
-        state is the other writer's. The look and the rename are a moment apart; the
-        segments' writes and fsyncs before them, where a frozen writer most likely stopped,
-        are not (CheckpointBaseMoved: the engine writes its state whole instead)."""
+        """Make ``data`` the partition's head (or this store's pending head). One built on a
+        committed head (``base``) is installed only if that head is still the committed
+        one: its segments may be gone with it (the other writer deletes what it
+        supersedes), and its state is the other writer's. The look and the rename are a
+        moment apart; the segments' writes and fsyncs before them, where a frozen writer
+        most likely stopped, are not (CheckpointBaseMoved: the engine writes its state whole
+        instead). A pending head needs no look: it replaces nothing but this store's own,
+        and the broker fences its transaction when the group has moved on."""
         key = (topic, partition)
         if base is not None and not pending:
             now = self._read_head(topic, partition)
@@ -529,55 +594,120 @@ class CheckpointStore:
             self._heads[key] = _digest(data)
 
     def _collect(self, topic: str, partition: int) -> None:
-        """Delete the segment files neither the committed nor a pending head lists (those a
-        compaction replaced, those of an aborted or crashed checkpoint). Only after the new
-        head is durable, so a crash never leaves a head without its segments."""
+        """Delete the segment files no head lists, committed or pending (those a compaction
+        replaced, those of an aborted or crashed checkpoint). Only after the new head is
+        durable, so a crash never leaves a head without its segments."""
         directory = self.segments_dir(topic, partition)
         if not directory.is_dir():
             return
-        listed: set[str] = set()
-        for pending in (False, True):
-            found = self._head(topic, partition, pending=pending)
-            if found is not None and found[1] is not None:
-                listed.update(s.name for s in found[1])
-        mine = self._mine.setdefault((topic, partition), set())
         orphaned = time.time() - ORPHAN_SECONDS
+        listed: set[str] = set()
+        for path in (self.path(topic, partition), self.path(topic, partition, pending=True)):
+            listed.update(s.name for s in self._head(path, topic, partition) or ())
+        others: set[str] | None = None  # the other writers' pending heads', read if needed
+        mine = self._mine.setdefault((topic, partition), set())
         for entry in directory.iterdir():
             name = entry.name
-            # Temp files: only our own (another process may be writing its own right now).
-            if name.endswith(f".{os.getpid()}.tmp"):
-                entry.unlink(missing_ok=True)
-            elif name.startswith(".") or name in listed:
+            if name.startswith("."):
+                # Temp files: our own, or another writer's once orphaned (it died writing).
+                if name.endswith(f".{self.writer}.tmp") or _older_than(entry, orphaned):
+                    entry.unlink(missing_ok=True)
                 continue
-            elif name in mine or _older_than(entry, orphaned):
+            if name in listed:
+                continue
+            if name in mine or _older_than(entry, orphaned):
                 # Written by this store and superseded; or unlisted for long: another
                 # writer's (a process before a restart, a crash's orphan). Another writer's
                 # segment may be about to be listed again by its head (a worker frozen in
                 # the middle of its checkpoint, woken after the group moved on, renames the
-                # head it had prepared): so only ORPHAN_SECONDS later.
+                # head it had prepared): so only ORPHAN_SECONDS later. Nor one that another
+                # writer's pending head lists: it built on a committed head that listed it.
+                if others is None:
+                    others = self._listed_by_others(topic, partition, orphaned)
+                if name in others:
+                    continue
                 entry.unlink(missing_ok=True)
                 mine.discard(name)
 
-    def promote(self, partitions: list[tuple[str, int]]) -> None:
-        """The pending checkpoints of these partitions become the committed ones (atomic
-        renames, then one fsync per directory)."""
+    def _listed_by_others(self, topic: str, partition: int, orphaned: float) -> set[str]:
+        """The segments other writers' pending heads list. A pending head left for
+        ORPHAN_SECONDS is deleted instead: its transaction was decided long ago (Kafka
+        aborts one open longer than its timeout, 15 minutes at most), and whoever took the
+        partition since judged it on restore; this one was left by a writer that staged it
+        after that (one the group had left behind)."""
+        own = self.path(topic, partition, pending=True)
+        listed: set[str] = set()
+        for path in self.pending_paths(topic, partition):
+            if path == own:
+                continue
+            if _older_than(path, orphaned):
+                path.unlink(missing_ok=True)
+                continue
+            listed.update(s.name for s in self._head(path, topic, partition) or ())
+        return listed
+
+    def promote(self, partitions: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """This store's pending checkpoints of these partitions become the committed ones
+        (atomic renames, then one fsync per directory): its transaction committed. Returns
+        the partitions whose pending checkpoint was gone: another writer, given the
+        partition after that commit, judged it on restore first (and promoted it). This
+        store then no longer knows the committed head: its next checkpoint there is whole."""
         dirs: set[Path] = set()
+        taken = []
         for topic, partition in partitions:
+            key = (topic, partition)
             pending = self.path(topic, partition, pending=True)
-            pending.replace(self.path(topic, partition))
-            staged = self._staged.pop((topic, partition), None)
+            staged = self._staged.pop(key, None)
+            try:
+                pending.replace(self.path(topic, partition))
+            except FileNotFoundError:
+                taken.append(key)
+                self._heads[key] = b""  # no head's digest: the next save is whole
+                continue
             if staged is not None:
-                self._heads[(topic, partition)] = staged
-            else:  # promoted by the resume rule: a head this store has not read
-                self._heads.pop((topic, partition), None)
+                self._heads[key] = staged
+            else:
+                self._heads.pop(key, None)
             dirs.add(pending.parent)
         for directory in dirs:
             _fsync_dir(directory)
         for topic, partition in partitions:
             self._collect(topic, partition)
+        return taken
+
+    def adopt(self, topic: str, partition: int, generation: str) -> None:
+        """The pending checkpoint of transaction ``generation`` (as
+        :meth:`pending_checkpoints` found it) becomes the committed one: its writer died,
+        or was left behind by the group, between its transaction's commit and its rename.
+        Gone meanwhile is fine if its writer renamed it itself (the committed head is it)."""
+        key = (topic, partition)
+        found = self._found.get(key, {}).get(generation)
+        if found is None:
+            raise CheckpointError(
+                f"no pending checkpoint of {generation!r} for {topic}[{partition}]"
+            )
+        path, digest = found
+        target = self.path(topic, partition)
+        try:
+            path.replace(target)
+        except FileNotFoundError:
+            now = self._read_head(topic, partition)
+            if now is None or now[2] != digest:
+                raise CheckpointError(
+                    f"the pending checkpoint {path.name} of {topic}[{partition}] vanished "
+                    "before it could be promoted"
+                ) from None
+        self._heads[key] = digest
+        _fsync_dir(target.parent)
+        self._collect(topic, partition)
 
     def discard_pending(self, topic: str, partition: int) -> None:
-        self.path(topic, partition, pending=True).unlink(missing_ok=True)
+        """Delete every writer's pending checkpoint of the partition: the resume rule
+        judged them (none committed, or one promoted before)."""
+        for path in self.pending_paths(topic, partition):
+            path.unlink(missing_ok=True)
+        self._staged.pop((topic, partition), None)
+        self._found.pop((topic, partition), None)
 
     # ------------------------------------------------------------------ snapshots
 

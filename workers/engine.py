@@ -84,7 +84,7 @@ from streamherd.workers.repartitioning import (
     source_partitions,
     watermark_header,
 )
-from streamherd.workers.resuming import GROUP, Resume, moved_by_someone_else, resume_point
+from streamherd.workers.resuming import GROUP, Resume, moved_by_someone_else, resume_among
 from streamherd.workers.seams import LogIdentity, Sink, Source, StateBackend
 from streamherd.workers.sinks import Outputs
 from streamherd.workers.snapshotting import (
@@ -443,23 +443,24 @@ class Engine:
         committed: tuple[int, str] | None,
         group: tuple[int, str] | None = None,
     ) -> Resume:
-        """Where the partition resumes (workers/resuming.py ``resume_point``: the rule, from
+        """Where the partition resumes (workers/resuming.py ``resume_among``: the rule, from
         the partition's committed and pending checkpoints, the committed offset and
         generation of this worker's authority (in exactly-once mode the group's or the
         sink's offsets table, in at-least-once mode the group's) and the group's)."""
         main = self.state.load(topic, partition)
-        pending = self.state.load_pending(topic, partition)
-        resume = resume_point(
+        pendings = self.state.pending_checkpoints(topic, partition)
+        resume = resume_among(
             main,
-            pending,
+            pendings,
             committed,
             exactly_once=self.exactly_once,
             authority=self.authority,
             group=group,
         )
         if resume.promote:
-            self.state.promote([(topic, partition)])
-        elif resume.discard_pending:
+            assert resume.checkpoint is not None
+            self.state.adopt(topic, partition, resume.checkpoint)
+        if resume.discard_pending:  # the others, if one was promoted
             self.state.discard_pending(topic, partition)
         if resume.mismatch:
             self.metrics.error("checkpoint-mismatch")
@@ -1615,7 +1616,13 @@ class Engine:
         elif not self._commit_to_kafka(source, dirty, generation, reason, timeout):
             return False
         if dirty:
-            self.state.promote([(st.topic, st.partition) for st in dirty])
+            taken = self.state.promote([(st.topic, st.partition) for st in dirty])
+            for topic, partition in taken:
+                # This worker's transaction committed, and a worker the group gave the
+                # partition to since judged (and promoted) its checkpoint on restore: this
+                # one was cut off (frozen, or away from the broker alone) in between.
+                log_event(log, logging.WARNING, "checkpoint-taken-over", topic=topic,
+                          partition=partition, action="the next poll revokes it")  # fmt: skip
             for st in dirty:
                 if st.windows is not None:
                     st.windows.checkpointed()

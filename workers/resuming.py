@@ -13,9 +13,10 @@ which of them is the authority depends on the delivery mode that wrote them:
 - the group's committed offset alone, which at-least-once workers commit after each
   checkpoint, without metadata.
 
-``resume_point`` is the rule, a pure function (the engine applies it in ``_restore`` and
-``_new_state``; tests/unit/workers/test_worker_resume_model.py checks it against a model of
-runs in either mode, switched at will, killed at every step of their commit protocols):
+``resume_point`` is the rule, a pure function (the engine applies it, through
+``resume_among`` over every writer's pending checkpoint, in ``_restore`` and
+``_new_state``; tests/unit/workers/test_worker_resume_model.py checks it against a model
+of runs in either mode, switched at will, killed at every step of their commit protocols):
 
 1. a pending checkpoint whose generation is the committed one is the committed state (the
    worker died between the commit and the rename): promote it, in either mode (one of
@@ -57,7 +58,8 @@ table and back (the first table's offsets from before the switch).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Final
 
 from streamherd.workers.checkpointing import Checkpoint
@@ -147,6 +149,37 @@ def resume_point(
         discard_pending=leftover,
         mismatch=main is not None or offset is not None,
     )
+
+
+def resume_among(
+    main: Checkpoint | None,
+    pendings: Sequence[Checkpoint],
+    committed: Committed | None,
+    *,
+    exactly_once: bool,
+    authority: str = GROUP,
+    group: Committed | None = None,
+) -> Resume:
+    """``resume_point`` with every writer's pending checkpoint of the partition: besides
+    the one its last owner left, a worker the group left behind may have staged its own
+    (its transaction fenced by the broker). At most one can be the committed one (rule 1:
+    each transaction has its own generation): that one is promoted; else one the rule holds
+    is held; else none committed, and the verdict is the same for each. The others are
+    leftovers, as a lone pending checkpoint the rule does not promote (discarded in
+    exactly-once mode, left to at-least-once's first checkpoint)."""
+    verdicts = [
+        resume_point(main, pending, committed, exactly_once=exactly_once,
+                     authority=authority, group=group)
+        for pending in pendings
+    ] or [resume_point(main, None, committed, exactly_once=exactly_once,
+                       authority=authority, group=group)]  # fmt: skip
+    chosen = next(
+        (r for r in verdicts if r.promote),
+        next((r for r in verdicts if r.undecided is not None), verdicts[0]),
+    )
+    if chosen.promote and len(pendings) > 1:
+        return replace(chosen, discard_pending=exactly_once, pending_left=not exactly_once)
+    return chosen
 
 
 def _foreign(checkpoint: Checkpoint, authority: str) -> bool:

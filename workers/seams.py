@@ -208,16 +208,24 @@ class StateBackend(Protocol):
     def load(self, topic: str, partition: int) -> Checkpoint | None:
         """The partition's committed checkpoint."""
 
-    def load_pending(self, topic: str, partition: int) -> Checkpoint | None:
-        """Exactly-once: a staged checkpoint that may have committed after all."""
+    def pending_checkpoints(self, topic: str, partition: int) -> list[Checkpoint]:
+        """Exactly-once: staged checkpoints that may have committed after all (one per
+        writer that staged one: the last owner, and any worker the group left behind)."""
 
     def save(self, checkpoints: list[Checkpoint]) -> None: ...
 
     def stage(self, checkpoints: list[Checkpoint]) -> None: ...
 
-    def promote(self, partitions: list[tuple[str, int]]) -> None: ...
+    def promote(self, partitions: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """This worker's staged checkpoints become the committed ones; returns those
+        another worker had already judged on restore (the partition is theirs now)."""
 
-    def discard_pending(self, topic: str, partition: int) -> None: ...
+    def adopt(self, topic: str, partition: int, pending: Checkpoint) -> None:
+        """A pending checkpoint another writer left (``pending_checkpoints``) becomes the
+        committed one: the resume rule found its transaction committed."""
+
+    def discard_pending(self, topic: str, partition: int) -> None:
+        """Every pending checkpoint of the partition, whoever staged it, is discarded."""
 
     def abort(self) -> None: ...
 

@@ -19,8 +19,9 @@ from streamherd.workers.seams import StateBackend
 
 class VolumeBackend:
     """Checkpoint files: state and offset in one atomic file per partition (temp file,
-    fsync, rename); exactly-once stages ``<partition>.pending.ckpt`` files, promoted by
-    renames once the transaction committed."""
+    fsync, rename); exactly-once stages ``<partition>.<writer>.pending.ckpt`` files, promoted by
+    renames once the transaction committed (each writer's under its own name: see
+    ``CheckpointStore.pending_paths``)."""
 
     name = "volume"
 
@@ -33,8 +34,8 @@ class VolumeBackend:
     def load(self, topic: str, partition: int) -> Checkpoint | None:
         return self.store.load(topic, partition)
 
-    def load_pending(self, topic: str, partition: int) -> Checkpoint | None:
-        return self.store.load(topic, partition, pending=True)
+    def pending_checkpoints(self, topic: str, partition: int) -> list[Checkpoint]:
+        return self.store.pending_checkpoints(topic, partition)
 
     def save(self, checkpoints: list[Checkpoint]) -> None:
         self.store.save(checkpoints)
@@ -42,8 +43,11 @@ class VolumeBackend:
     def stage(self, checkpoints: list[Checkpoint]) -> None:
         self.store.save(checkpoints, pending=True)
 
-    def promote(self, partitions: list[tuple[str, int]]) -> None:
-        self.store.promote(partitions)
+    def promote(self, partitions: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        return self.store.promote(partitions)
+
+    def adopt(self, topic: str, partition: int, pending: Checkpoint) -> None:
+        self.store.adopt(topic, partition, pending.generation)
 
     def discard_pending(self, topic: str, partition: int) -> None:
         self.store.discard_pending(topic, partition)

@@ -128,8 +128,8 @@ class DictBackend:
         doc = orjson.loads(data)
         return Checkpoint(topic, partition, doc.pop("next_offset"), doc.pop("state"), **doc)
 
-    def load_pending(self, topic: str, partition: int) -> Checkpoint | None:
-        return None
+    def pending_checkpoints(self, topic: str, partition: int) -> list[Checkpoint]:
+        return []
 
     def save(self, checkpoints: list[Checkpoint]) -> None:
         self.saves += 1
@@ -147,8 +147,11 @@ class DictBackend:
     def stage(self, checkpoints: list[Checkpoint]) -> None:
         raise AssertionError("at-least-once only")
 
-    def promote(self, partitions: list[tuple[str, int]]) -> None:
-        pass
+    def promote(self, partitions: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        raise AssertionError("at-least-once only")
+
+    def adopt(self, topic: str, partition: int, pending: Checkpoint) -> None:
+        raise AssertionError("at-least-once only")
 
     def discard_pending(self, topic: str, partition: int) -> None:
         pass
