@@ -322,6 +322,9 @@ class Engine:
         self.source: Source | None = None
         self._paused = False
         self._last_checkpoint = time.monotonic()
+        # Partitions whose `startFrom: latest` start was just resolved: a checkpoint pins it
+        # before their first record is folded (_pin_latest).
+        self._pins_due = False
         self._last_lag = 0.0
         self._running = False
         # The consumer group has given this worker an assignment, possibly empty (a standby
@@ -1051,6 +1054,8 @@ class Engine:
                         checkpoint=st.next_offset,
                     )
                 self._start_from_time(st)
+                if (tp.topic, tp.partition) in looked_up:
+                    self._pin_latest(source, st)
         except KafkaException as error:
             log_event(log, logging.WARNING, "committed-lookup-failed", error=str(error))
         start = [
@@ -1137,6 +1142,47 @@ class Engine:
         st.restored = False
         st.dirty = st.next_offset is not None
         return True
+
+    def _pin_latest(self, source: Source, st: PartitionState) -> None:
+        """A partition with nothing to resume from (no checkpoint, nothing committed) under
+        ``startFrom: latest`` starts at the log end as the broker says now, and a checkpoint
+        of its empty state there is written before its first record is folded (the run
+        loop's next turn: ``_pin_starts``). Left to the consumer, ``latest`` is resolved
+        again after a restart: a worker killed before its first checkpoint started at the
+        log's new end, and every record it had read (folded into windows it never emitted)
+        was skipped for good, in either delivery mode (a kill-schedule probe). ``earliest``
+        and a time resolve to the same offsets again (but what retention deleted)."""
+        kafka = self.config.source.kafka
+        if (
+            kafka is None
+            or kafka.start_from != "latest"
+            or st.role == "downstream"  # the repartition topic starts at its beginning
+            or st.next_offset is not None
+            or st.committed is not None
+            or st.replay_from_ms is not None
+            or st.held is not None
+        ):
+            return
+        marks = source.watermarks(TopicPartition(st.topic, st.partition), fresh=True)
+        if marks is None:  # the broker did not say: the consumer resolves it, unpinned
+            log_event(log, logging.WARNING, "start-not-pinned", topic=st.topic,
+                      partition=st.partition, start_from="latest")  # fmt: skip
+            return
+        # read_from too: an exactly-once abort before the pin committed rewinds there.
+        st.next_offset = st.read_from = marks[1]
+        st.dirty = True
+        self._pins_due = True
+        log_event(log, logging.INFO, "start-pinned", topic=st.topic, partition=st.partition,
+                  offset=st.next_offset, start_from="latest")  # fmt: skip
+
+    def _pin_starts(self) -> None:
+        """Write the checkpoint that pins the starts ``_pin_latest`` resolved (and commit its
+        offsets), before any record of theirs is folded. Tried once: if it cannot be
+        written now (a sink that does not flush), the next interval's checkpoint does it."""
+        self._pins_due = False
+        if not self._checkpoint(list(self.partitions.values()), sync=True, reason="start"):
+            log_event(log, logging.WARNING, "start-pin-postponed",
+                      action="pinned by the next checkpoint")  # fmt: skip
 
     def _start_from_time(self, st: PartitionState) -> None:
         """A partition with nothing to resume from (no checkpoint, no committed offset)
@@ -2222,6 +2268,8 @@ class Engine:
             last_progress = [time.monotonic()]
             while not self.stop.is_set() and not self._broken and not source.exhausted:
                 messages = source.poll(runtime.batch_size, runtime.batch_timeout_seconds)
+                if self._pins_due:  # assigned inside that poll: before its records fold
+                    self._pin_starts()
                 if messages:
                     self._process(messages)
                 self.outputs.poll(0)

@@ -11,13 +11,14 @@ group's committed offsets), independently of operator/lagprobe.py:
 - committed and inside the log: log end - committed;
 - committed below the log start (records deleted by retention / DeleteRecords): the group
   will restart at the log start, so log end - log start;
-- nothing committed: startFrom earliest -> log end - log start, latest -> 0.
+- nothing committed: startFrom earliest -> log end - log start, latest -> 0 (a worker that
+  starts from `latest` commits its start at once, so this case is the lag probe's alone,
+  for a group no worker has joined yet: tests/integration/test_lagprobe.py).
 """
 
 from __future__ import annotations
 
 import signal
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,7 @@ def test_lag_parity_with_commits_and_after_retention(
 
 
 @pytest.mark.parametrize("start_from", ["earliest", "latest"])
-def test_lag_parity_without_any_commit(
+def test_lag_parity_before_the_first_checkpoint(
     kafka_broker: KafkaBroker, tmp_path: Path, start_from: str
 ) -> None:
     src = kafka_broker.create_topic(kafka_broker.unique_topic("lag-nc"), PARTITIONS)
@@ -196,32 +197,41 @@ def test_lag_parity_without_any_commit(
     # Retention moved the log start too, so "earliest" means the log start, not offset 0.
     requests = [TopicPartition(src, p, 100) for p in range(PARTITIONS)]
     delete_records(kafka_broker, requests)
-    group = f"g-{src}"  # a fresh group: nothing committed, ever (commits are an hour away)
+    group = f"g-{src}"  # a fresh group: nothing committed by a checkpoint (an hour away)
     config = pipeline_config(
         kafka_broker, source=src, sink=sink, dlq=None, group=group, checkpoints=tmp_path / "ck"
     )
     config["source"]["kafka"]["startFrom"] = start_from
+    ends = kafka_broker.end_offsets(src)
     worker = Worker.create(tmp_path, "w", frozen_config(config)).start()
     try:
         wait_until("partitions assigned", lambda: worker.get("/readyz")[0] == 200, 60, [worker])
         marks = watermarks(kafka_broker, src)
         retained = sum(high - low for low, high in marks.values())
         if start_from == "latest":
-            # Records written after the worker joined are read; nothing is ever committed.
-            # Let the consumer fetch its "latest" position: nothing exports it (no commit, and
-            # the lag figures follow the committed offset), so this one waits by the clock.
-            time.sleep(2)
+            # The worker pins its start at the log end and commits it (Engine._pin_latest),
+            # before it reads anything: records written after that are read, and are lag
+            # until a checkpoint commits them.
+            wait_until(
+                "the start pinned",
+                lambda: kafka_broker.committed(group, src) == ends,
+                30,
+                [worker],
+            )
             kafka_broker.produce(src, clicks(3000, 1000))
             read = 1000
         else:
             read = retained
         seen = assert_three_views_agree(kafka_broker, worker, group, src, start_from, read)
-        assert all(v < 0 for v in kafka_broker.committed(group, src).values())
         if start_from == "earliest":
+            assert all(v < 0 for v in kafka_broker.committed(group, src).values())
             marks = watermarks(kafka_broker, src)
             assert seen == {p: high - low for p, (low, high) in marks.items()}
             assert sum(seen.values()) == retained == 3000 - 4 * 100
         else:
-            assert seen == dict.fromkeys(range(PARTITIONS), 0)
+            assert kafka_broker.committed(group, src) == ends
+            marks = watermarks(kafka_broker, src)
+            assert seen == {p: high - ends[p] for p, (_, high) in marks.items()}
+            assert sum(seen.values()) == 1000
     finally:
         worker.stop()

@@ -344,9 +344,11 @@ def test_a_new_repartition_partition_is_read_from_its_beginning_with_start_from_
     """`startFrom: latest` places the source partitions; the repartition topic holds only
     what the pipeline's upstreams wrote, so a repartition partition with nothing committed
     starts at its beginning. Here the first worker re-keys every record and is SIGKILLed
-    before its first checkpoint: nothing is committed anywhere, the source partitions of
-    its successor start at their end (nothing left there), and the re-keyed records must
-    still be counted, each once (at its log end they were all skipped)."""
+    before its first checkpoint: the source partitions have only their start pinned
+    (Engine._pin_latest: the log end at the assignment, committed), the repartition
+    partitions nothing; the successor re-keys the source records again from the pins, and
+    every re-keyed record must be counted, each once (at its log end they were all skipped;
+    the second copies are dropped by their source offsets)."""
     src, sink, dlq = topics(kafka_broker)
     config = repartitioned_config(kafka_broker, src, sink, dlq, tmp_path / "ck", startFrom="latest")
     config["checkpoint"]["intervalSeconds"] = 3600  # no checkpoint before the kill
@@ -384,9 +386,10 @@ def test_a_new_repartition_partition_is_read_from_its_beginning_with_start_from_
 
         wait_until("every record re-keyed", all_rekeyed, 120, [first])
         first.kill()
-        for name in (src, topic):  # nothing committed (-1001: no offset): no checkpoint
-            offsets = kafka_broker.committed(group, name)
-            assert all(o < 0 for o in offsets.values()), f"{name} committed {offsets}"
+        pins = kafka_broker.committed(group, src)  # the empty topic's log end: 0
+        assert pins == dict.fromkeys(range(PARTITIONS), 0), f"{src} committed {pins}"
+        offsets = kafka_broker.committed(group, topic)  # nothing (-1001): no checkpoint
+        assert all(o < 0 for o in offsets.values()), f"{topic} committed {offsets}"
         taken = rekeyed(kafka_broker, topic)
         counted = [
             (r.key.decode() if r.key else "", r.json())
