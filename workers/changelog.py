@@ -57,7 +57,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from streamherd.workers.checkpointing import Checkpoint, CheckpointError
+from streamherd.workers.checkpointing import Checkpoint, CheckpointError, CheckpointRefused
 from streamherd.workers.config import ChangelogConfig, KafkaSourceConfig
 from streamherd.workers.kafkaclients import TRANSACTION_TIMEOUT_MS, client_config, producer_config
 from streamherd.workers.logs import log_event
@@ -489,19 +489,31 @@ class ChangelogBackend:
                 except BufferError:
                     producer.poll(0.05)
 
-    def _write_alone(self, deltas: dict[tuple[str, int], Delta]) -> None:
+    def _write_alone(
+        self,
+        deltas: dict[tuple[str, int], Delta],
+        offsets: list[TopicPartition] | None = None,
+        group: Any = None,
+    ) -> None:
         """At-least-once: one transaction of the changelog's own producer, committed (durable
-        and visible to read_committed readers) when this returns."""
+        and visible to read_committed readers) when this returns. With ``offsets`` and the
+        consumer ``group``'s metadata, the offsets commit in the same transaction, fenced by
+        the group's generation (KIP-447): from a worker the group has left behind, nothing
+        commits (CheckpointRefused), and its stale state never reaches the changelog."""
         producer = self._producer
         assert producer is not None
         producer.begin_transaction()
         try:
             for (_, p), changes in deltas.items():
                 self._produce(producer, self.changelog_partition(p), changes)
+            if offsets and group is not None:
+                producer.send_offsets_to_transaction(offsets, group, 30)
             producer.commit_transaction(30)
-        except KafkaException:
+        except KafkaException as error:
             with contextlib.suppress(KafkaException):  # else the next init (a restart) does
                 producer.abort_transaction(30)
+            if offsets and group is not None and not error.args[0].fatal():
+                raise CheckpointRefused(f"changelog {self.topic}: {error}") from error
             raise
         for tp, changes in deltas.items():
             self._apply(tp, changes)
@@ -516,9 +528,10 @@ class ChangelogBackend:
                 out[tp] = delta(self._records(c.topic, c.partition), c)
         return out
 
-    def save(self, checkpoints: list[Checkpoint]) -> None:
+    def save(self, checkpoints: list[Checkpoint], *, group: Any = None) -> None:
         if checkpoints:
-            self._write_alone(self._deltas(checkpoints))
+            offsets = [TopicPartition(c.topic, c.partition, c.next_offset) for c in checkpoints]
+            self._write_alone(self._deltas(checkpoints), offsets, group)
 
     def stage(self, checkpoints: list[Checkpoint]) -> None:
         producer = self._transaction

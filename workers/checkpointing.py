@@ -79,6 +79,14 @@ class CheckpointFormatError(CheckpointError):
     wrote it. The engine holds its partition rather than fail (decision 0156)."""
 
 
+class CheckpointRefused(CheckpointError):
+    """The broker refused a checkpoint's offsets, committed in one transaction with its
+    state (the changelog backend, at-least-once): the consumer group has moved on (this
+    worker was cut off past the session timeout, and its partitions are another's:
+    KIP-447), or the transaction failed in a way a later one may not. Nothing of it is
+    visible; the engine skips this checkpoint (at-least-once replays from the last one)."""
+
+
 class CheckpointBaseMoved(CheckpointError):
     """The partition's committed head is not the one this store last read or wrote: another
     writer (a worker the group had given the partition to meanwhile, or one that was frozen

@@ -19,6 +19,7 @@ are emitted again with the same deterministic key (at-least-once output).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -43,6 +44,7 @@ from streamherd.workers.checkpointing import (
     Checkpoint,
     CheckpointBaseMoved,
     CheckpointFormatError,
+    CheckpointRefused,
 )
 from streamherd.workers.config import (
     StateConfig,
@@ -1605,7 +1607,15 @@ class Engine:
             if (st.dirty or (st.topic, st.partition) in wanted) and st.next_offset is not None
         ]
         if dirty:
-            self._snapshot_taken(self._save(dirty, full=wanted))
+            try:
+                self._snapshot_taken(self._save(dirty, full=wanted))
+            except CheckpointRefused as refused:
+                # The broker refused the offsets committed with the state: this worker was
+                # left behind by the group. Nothing was written; its next poll says so.
+                self.metrics.error("checkpoint-refused")
+                log_event(log, logging.WARNING, "checkpoint-refused", reason=reason,
+                          error=str(refused), action="not committed")  # fmt: skip
+                return False
             self.counters.checkpoints += 1
         duration = time.perf_counter() - started
         self.metrics.checkpointed(duration)
@@ -1625,7 +1635,8 @@ class Engine:
             # checkpoint before a stop then names the exact committed offset.
             confirmed = [st for st in states if st.dirty and st.next_offset is not None]
             if confirmed:
-                self._save(confirmed)
+                with contextlib.suppress(CheckpointRefused):  # the next checkpoint does
+                    self._save(confirmed)
         return True
 
     def _commit_transaction(self, reason: str, timeout: float, *, final: bool = False) -> bool:
@@ -1922,7 +1933,9 @@ class Engine:
                 if pending:
                     self.state.stage(checkpoints)
                 else:
-                    self.state.save(checkpoints)
+                    source = self.source
+                    group = source.group_metadata() if source and source.group_offsets else None
+                    self.state.save(checkpoints, group=group)
                 break
             except CheckpointBaseMoved as moved:
                 if (moved.topic, moved.partition) in whole:

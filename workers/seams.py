@@ -212,7 +212,11 @@ class StateBackend(Protocol):
         """Exactly-once: staged checkpoints that may have committed after all (one per
         writer that staged one: the last owner, and any worker the group left behind)."""
 
-    def save(self, checkpoints: list[Checkpoint]) -> None: ...
+    def save(self, checkpoints: list[Checkpoint], *, group: Any = None) -> None:
+        """At-least-once: the checkpoints, durable. ``group``: the consumer group's
+        metadata (None: no group); a backend whose writes the broker can fence (the
+        changelog) commits the checkpoints' offsets in the same transaction as their state,
+        so a worker the group has left behind writes nothing (CheckpointRefused)."""
 
     def stage(self, checkpoints: list[Checkpoint]) -> None: ...
 

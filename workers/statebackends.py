@@ -37,8 +37,8 @@ class VolumeBackend:
     def pending_checkpoints(self, topic: str, partition: int) -> list[Checkpoint]:
         return self.store.pending_checkpoints(topic, partition)
 
-    def save(self, checkpoints: list[Checkpoint]) -> None:
-        self.store.save(checkpoints)
+    def save(self, checkpoints: list[Checkpoint], *, group: Any = None) -> None:
+        self.store.save(checkpoints)  # files: no broker to fence them (decision 0164)
 
     def stage(self, checkpoints: list[Checkpoint]) -> None:
         self.store.save(checkpoints, pending=True)

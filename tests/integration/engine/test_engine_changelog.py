@@ -26,10 +26,10 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from streamherd.workers.changelog import ChangelogBackend
-from streamherd.workers.checkpointing import Checkpoint
+from streamherd.workers.checkpointing import Checkpoint, CheckpointRefused
 from streamherd.workers.config import ChangelogConfig, KafkaSourceConfig
 from streamherd.workers.fingerprint import snapshot_name
 from tests.infra.kafka import KafkaBroker
@@ -228,6 +228,64 @@ def windows_state(n: int, start: int, value: int) -> dict[str, Any]:
         "maxEventMs": start,
         "windows": [[f"k{i}", start, [value + i, None]] for i in range(n)],
     }
+
+
+def test_the_broker_refuses_changelog_state_from_a_member_the_group_left_behind(
+    kafka_broker: KafkaBroker,
+) -> None:
+    """At-least-once: a checkpoint's offsets commit in the changelog's transaction with its
+    state, fenced by the group's generation (KIP-447). A member the group has left behind
+    (here: it stopped polling past max.poll.interval.ms; in life frozen, or cut off from the
+    broker alone) can commit neither: CheckpointRefused, and the changelog and the group's
+    offsets hold the last checkpoint of its time as a member. Before, its stale state
+    landed over the new owner's (a kill-schedule probe: mixed windows 1 run in 3)."""
+    src = kafka_broker.create_topic(kafka_broker.unique_topic("src"), 2)
+    topic = f"{src}.changelog"
+    group = f"g-{src}"
+
+    def member() -> Consumer:
+        consumer = Consumer(
+            kafka_broker.client_config(
+                **{
+                    "group.id": group,
+                    "enable.auto.commit": False,
+                    "session.timeout.ms": 6000,
+                    "max.poll.interval.ms": 6000,
+                }
+            )
+        )
+        consumer.subscribe([src])
+        return consumer
+
+    def owns(consumer: Consumer, partitions: int) -> bool:
+        consumer.poll(0.2)
+        return len(consumer.assignment()) == partitions
+
+    a, b = member(), None
+    left = backend(kafka_broker, src, topic, "a")
+    try:
+        wait_until("a to own both partitions", lambda: owns(a, 2), 60)
+        left.prepare([(src, 0)])
+        mine = Checkpoint(src, 0, 100, windows_state(5, 0, 1), group=group)
+        left.save([mine], group=a.consumer_group_metadata())
+        assert kafka_broker.committed(group, src)[0] == 100
+        b = member()  # a polls no more: the group leaves it behind and gives b both
+        wait_until("b to own both partitions", lambda: owns(b, 2), 90)
+        stale = Checkpoint(src, 0, 50, windows_state(5, 0, 99), group=group)
+        with pytest.raises(CheckpointRefused):
+            left.save([stale], group=a.consumer_group_metadata())
+        reader = backend(kafka_broker, src, topic, "r")
+        try:
+            reader.prepare([(src, 0)])
+            assert reader.load(src, 0) == mine, "the left-behind member's state landed"
+        finally:
+            reader.close()
+        assert kafka_broker.committed(group, src)[0] == 100
+    finally:
+        left.close()
+        a.close()
+        if b is not None:
+            b.close()
 
 
 def test_restore_reads_to_the_end_through_tombstones_and_open_transactions(

@@ -131,7 +131,7 @@ class DictBackend:
     def pending_checkpoints(self, topic: str, partition: int) -> list[Checkpoint]:
         return []
 
-    def save(self, checkpoints: list[Checkpoint]) -> None:
+    def save(self, checkpoints: list[Checkpoint], *, group: Any = None) -> None:
         self.saves += 1
         for c in checkpoints:
             self.saved[(c.topic, c.partition)] = orjson.dumps(

@@ -82,6 +82,9 @@ class MemorySource(ListSource):
     def describe_logs(self, topics: Sequence[str]) -> Mapping[str, tuple[str | None, int]]:
         return {TOPIC: (None, self.partitions)}
 
+    def group_metadata(self) -> Any:
+        return None  # handed to the state backend, which fences nothing here
+
     def assign(self, start: list[TopicPartition]) -> None:
         resume = {tp.partition: max(tp.offset, 0) for tp in start}
         self.pending = [m for m in self.messages if m.offset() >= resume[m.partition()]]
