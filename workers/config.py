@@ -31,6 +31,15 @@ from streamherd.workers.limits import MAX_EXPRESSION_LENGTH
 
 WORKER_CONFIG_VERSION: Final = "streamherd.io/worker-config/v1"
 
+#: Kafka brokers refuse a producer whose transaction timeout exceeds their
+#: ``max.transaction.timeout.ms``, 15 minutes unless raised: a worker's transaction timeout
+#: is at most that (workers/kafkaclients.py ``transaction_timeout_ms``).
+MAX_TRANSACTION_TIMEOUT_MS: Final = 900_000
+#: The longest checkpoint interval of an exactly-once pipeline (seconds): each interval is
+#: one Kafka transaction, open up to an interval, so its timeout must leave room beyond it
+#: (a rule of the manifest: operator/api/rules.py).
+MAX_EXACTLY_ONCE_INTERVAL_SECONDS: Final = 600.0
+
 # Units in this order, each at most once (`1h1h` and `5s1m` are refused), with digit counts
 # that keep the sum below 2^63 ns: the API server's CEL `duration()` reads the same text and
 # fails on an overflow. One grammar for the CRD's pattern and for parse_duration.

@@ -12,7 +12,12 @@ import socket
 from pathlib import Path
 from typing import Any, Final
 
-from streamherd.workers.config import KafkaEndpoint, KafkaSourceConfig, WorkerConfig
+from streamherd.workers.config import (
+    MAX_TRANSACTION_TIMEOUT_MS,
+    KafkaEndpoint,
+    KafkaSourceConfig,
+    WorkerConfig,
+)
 
 
 class SecurityConfigError(RuntimeError):
@@ -110,5 +115,9 @@ TRANSACTION_TIMEOUT_MS: Final = 60_000
 
 def transaction_timeout_ms(config: WorkerConfig) -> int:
     """A pipeline's transaction timeout: a minute, or six checkpoint intervals if longer
-    (a checkpoint's transaction stays open for up to an interval)."""
-    return max(TRANSACTION_TIMEOUT_MS, 6 * round(config.checkpoint.interval_seconds * 1000))
+    (a checkpoint's transaction stays open for up to an interval), but never above what
+    brokers allow by default (MAX_TRANSACTION_TIMEOUT_MS): above it the producer could not
+    start at all (INVALID_TRANSACTION_TIMEOUT, a crash loop), which is why exactly-once
+    intervals stop at MAX_EXACTLY_ONCE_INTERVAL_SECONDS."""
+    wanted = max(TRANSACTION_TIMEOUT_MS, 6 * round(config.checkpoint.interval_seconds * 1000))
+    return min(wanted, MAX_TRANSACTION_TIMEOUT_MS)

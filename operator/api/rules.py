@@ -64,7 +64,7 @@ from streamherd.operator.api.v1alpha1 import (
     parse_time_ms,
     postgres_result_fields,
 )
-from streamherd.workers.config import parse_duration
+from streamherd.workers.config import MAX_EXACTLY_ONCE_INTERVAL_SECONDS, parse_duration
 from streamherd.workers.expressions import ExpressionError, compile_expression
 from streamherd.workers.limits import MAX_EXPRESSION_LENGTH, MAX_WINDOWS_PER_RECORD
 
@@ -558,6 +558,8 @@ EXPRESSION_FIELDS: Final[tuple[tuple[str, str], ...]] = (
     (f"{WINDOW}.aggregates[]", ".expression"),
     ("spec.sink.kafka", ".key"),
 )
+#: MAX_EXACTLY_ONCE_INTERVAL_SECONDS as CEL reads a duration.
+EXACTLY_ONCE_INTERVAL: Final = f"{int(MAX_EXACTLY_ONCE_INTERVAL_SECONDS)}s"
 #: (minLength, maxLength) of every expression field in the CRD: the compiler's own limits.
 EXPRESSION_LENGTH: Final = (1, MAX_EXPRESSION_LENGTH)
 
@@ -1066,6 +1068,24 @@ RULES: Final[tuple[Rule, ...]] = (
             "!has(self.sink.kafka.auth))))"
         ),
         holds=lambda s: s.delivery != "exactlyOnce" or exactly_once_spec_problem(s) is None,
+    ),
+    Rule(
+        name="an exactly-once interval fits a Kafka transaction",
+        at="spec",
+        field=".checkpoint.interval",
+        message=(
+            "delivery exactlyOnce needs checkpoint.interval of at most 10m: each interval is "
+            "one Kafka transaction, and brokers allow transactions of 15 minutes at most "
+            "(max.transaction.timeout.ms)"
+        ),
+        cel=(
+            "self.delivery != 'exactlyOnce' || "
+            f"duration(self.checkpoint.interval) <= duration('{EXACTLY_ONCE_INTERVAL}')"
+        ),
+        holds=lambda s: (
+            s.delivery != "exactlyOnce"
+            or parse_duration(s.checkpoint.interval) <= MAX_EXACTLY_ONCE_INTERVAL_SECONDS
+        ),
     ),
     Rule(
         name="repartition always needs a Kafka source",

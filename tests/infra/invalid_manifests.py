@@ -442,6 +442,11 @@ BOTH: list[Case] = [
     case("exactly-once into PostgreSQL with dead letters on another cluster", PG_EOS,
          "spec.delivery",
          ("spec.deadLetter", {"topic": "clicks-dlq", "bootstrapServers": "other:9092"})),
+    # a transaction per interval: brokers allow 15 minutes at most (a crash loop before)
+    case("exactly-once with a checkpoint interval of 10m1s", PG_EOS, "spec.checkpoint.interval",
+         ("spec.checkpoint.interval", "10m1s")),
+    case("exactly-once with a checkpoint interval of 1h", PG_EOS, "spec.checkpoint.interval",
+         ("spec.checkpoint.interval", "1h")),
     # durations
     case("checkpoint interval 1h1h", KAFKA, "spec.checkpoint.interval",
          ("spec.checkpoint.interval", "1h1h")),
