@@ -98,6 +98,22 @@ class CheckpointBaseMoved(CheckpointError):
         self.topic, self.partition = topic, partition
 
 
+class CheckpointBehind(CheckpointBaseMoved):
+    """The other writer's head is further on in the partition than this checkpoint (its
+    ``next_offset`` is greater). Written whole, this state would set the partition's
+    checkpoint back behind offsets the group may have committed from that head, which a
+    restore reads as an offset reset by someone else (empty state there). The at-least-once
+    engine skips such a checkpoint: the writer is the one the group left behind (its next
+    poll says so), or an owner still catching up with what a left-behind writer had read
+    (it checkpoints again once it has passed that offset)."""
+
+
+def _moved(topic: str, partition: int, theirs: int | None, ours: int) -> CheckpointBaseMoved:
+    if theirs is not None and theirs > ours:
+        return CheckpointBehind(topic, partition)
+    return CheckpointBaseMoved(topic, partition)
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """State of one partition after every record before ``next_offset`` was processed."""
@@ -536,7 +552,7 @@ class CheckpointStore:
         committed, segments, digest = found
         known = self._heads.get((t, p))
         if known is not None and known != digest:
-            raise CheckpointBaseMoved(t, p)
+            raise _moved(t, p, committed.next_offset, checkpoint.next_offset)
         deltas = segments[1:] if segments is not None else []
         delta_bytes = sum(s.size for s in deltas)
         base_bytes = segments[0].size if segments is not None else 0
@@ -571,7 +587,7 @@ class CheckpointStore:
             target = self.path(checkpoint.topic, checkpoint.partition, pending=pending)
             target.parent.mkdir(parents=True, exist_ok=True)
             data, base = self._encode(checkpoint)
-            self._install(checkpoint.topic, checkpoint.partition, data, base, pending=pending)
+            self._install(checkpoint, data, base, pending=pending)
             dirs.add(target.parent)
         for directory in dirs:
             _fsync_dir(directory)
@@ -580,7 +596,7 @@ class CheckpointStore:
                 self._collect(checkpoint.topic, checkpoint.partition)
 
     def _install(
-        self, topic: str, partition: int, data: bytes, base: bytes | None, *, pending: bool
+        self, checkpoint: Checkpoint, data: bytes, base: bytes | None, *, pending: bool
     ) -> None:
         """Make ``data`` the partition's head (or this store's pending head). One built on a
         committed head (``base``) is installed only if that head is still the committed
@@ -588,13 +604,26 @@ class CheckpointStore:
         supersedes), and its state is the other writer's. The look and the rename are a
         moment apart; the segments' writes and fsyncs before them, where a frozen writer
         most likely stopped, are not (CheckpointBaseMoved: the engine writes its state whole
-        instead). A pending head needs no look: it replaces nothing but this store's own,
-        and the broker fences its transaction when the group has moved on."""
-        key = (topic, partition)
-        if base is not None and not pending:
-            now = self._read_head(topic, partition)
-            if now is None or now[2] != base:
-                raise CheckpointBaseMoved(topic, partition)
+        instead). A whole one replaces a head another writer wrote since this store's last
+        only if that head is not further on in the partition (CheckpointBehind otherwise,
+        for either: a head set back behind offsets the group committed from it reads as an
+        offset reset). A pending head needs no look: it replaces nothing but this store's
+        own, and the broker fences its transaction when the group has moved on."""
+        topic, partition = key = (checkpoint.topic, checkpoint.partition)
+        known = self._heads.get(key)
+        if not pending and (base is not None or known is not None):
+            try:
+                now = self._read_head(topic, partition)
+            except CheckpointError:  # a head this version cannot read: not further on
+                now = None
+            current = now[2] if now is not None else None
+            if current != (base if base is not None else known):
+                theirs = now[0].next_offset if now is not None else None
+                if base is not None:
+                    raise _moved(topic, partition, theirs, checkpoint.next_offset)
+                if theirs is not None and theirs > checkpoint.next_offset:
+                    # Whole, over another writer's head further on: not set back either.
+                    raise CheckpointBehind(topic, partition)
         self._write(self.path(topic, partition, pending=pending), data)
         if pending:
             self._staged[key] = _digest(data)

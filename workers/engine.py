@@ -43,6 +43,7 @@ from confluent_kafka.admin import AdminClient
 from streamherd.workers.checkpointing import (
     Checkpoint,
     CheckpointBaseMoved,
+    CheckpointBehind,
     CheckpointFormatError,
     CheckpointRefused,
 )
@@ -1938,14 +1939,25 @@ class Engine:
                     self.state.save(checkpoints, group=group)
                 break
             except CheckpointBaseMoved as moved:
-                if (moved.topic, moved.partition) in whole:
+                tp = (moved.topic, moved.partition)
+                if isinstance(moved, CheckpointBehind) and not pending:
+                    # The other writer's checkpoint is further on: this state, written
+                    # whole, would set it back (a restore then sees an offset reset). This
+                    # worker was left behind by the group, or is catching up with what a
+                    # left-behind one had read: no checkpoint of it now, its changes kept.
+                    log_event(log, logging.WARNING, "checkpoint-behind-another",
+                              topic=moved.topic, partition=moved.partition,
+                              action="skipped")  # fmt: skip
+                    states = [st for st in states if (st.topic, st.partition) != tp]
+                    continue
+                if tp in whole:
                     raise  # a whole checkpoint builds on nothing: never moved
                 # Another writer replaced the partition's checkpoint since this worker's
                 # (one that held it while this one was cut off, or a frozen one that woke):
                 # this worker's state is whole by itself, so it is written whole.
                 log_event(log, logging.WARNING, "checkpoint-replaced", topic=moved.topic,
                           partition=moved.partition, action="written whole")  # fmt: skip
-                whole.add((moved.topic, moved.partition))
+                whole.add(tp)
         if pending:
             return checkpoints
         for st in states:
