@@ -738,6 +738,13 @@ class CheckpointStore:
         _fsync_dir(target.parent)
         self._collect(topic, partition)
 
+    def abort(self) -> None:
+        """The transaction of this store's pending checkpoints was aborted: delete them
+        (only its own: another writer's are the next restore's to judge)."""
+        for topic, partition in list(self._staged):
+            self.path(topic, partition, pending=True).unlink(missing_ok=True)
+        self._staged.clear()
+
     def discard_pending(self, topic: str, partition: int) -> None:
         """Delete every writer's pending checkpoint of the partition: the resume rule
         judged them (none committed, or one promoted before)."""

@@ -328,6 +328,8 @@ class Engine:
         # Partitions whose `startFrom: latest` start was just resolved: a checkpoint pins it
         # before their first record is folded (_pin_latest).
         self._pins_due = False
+        # Partitions an abort sought back to their commits (_abort_and_rewind).
+        self._seeked: set[tuple[str, int]] = set()
         self._last_lag = 0.0
         self._running = False
         # The consumer group has given this worker an assignment, possibly empty (a standby
@@ -448,13 +450,18 @@ class Engine:
         partition: int,
         committed: tuple[int, str] | None,
         group: tuple[int, str] | None = None,
+        *,
+        rewinding: bool = False,
     ) -> Resume:
         """Where the partition resumes (workers/resuming.py ``resume_among``: the rule, from
         the partition's committed and pending checkpoints, the committed offset and
         generation of this worker's authority (in exactly-once mode the group's or the
         sink's offsets table, in at-least-once mode the group's) and the group's)."""
         main = self.state.load(topic, partition)
-        pendings = self.state.pending_checkpoints(topic, partition)
+        # Rewinding after an abort (the partition not newly assigned), no other writer's
+        # pending checkpoint is judged: this worker may be the one the group left behind,
+        # and the owner's pending one is not its to delete (its own went with the abort).
+        pendings = [] if rewinding else self.state.pending_checkpoints(topic, partition)
         resume = resume_among(
             main,
             pendings,
@@ -492,6 +499,8 @@ class Engine:
         partition: int,
         committed: tuple[int, str] | None = None,
         group: tuple[int, str] | None = None,
+        *,
+        rewinding: bool = False,
     ) -> PartitionState:
         st = PartitionState(topic, partition)
         start: int | None = None
@@ -499,10 +508,10 @@ class Engine:
             # The committed checkpoint (in exactly-once mode the committed transaction's),
             # unless state.restoreFrom replaces it: the snapshot's state and offset then go
             # in together, the offset committed with the first checkpoint that writes it.
-            resume = self._restore(topic, partition, committed, group)
+            resume = self._restore(topic, partition, committed, group, rewinding=rewinding)
             if resume.undecided is not None and not self._undecided(st, resume.undecided):
                 # Discarded under reset or replay: judged again without it.
-                resume = self._restore(topic, partition, committed, group)
+                resume = self._restore(topic, partition, committed, group, rewinding=rewinding)
             st.judged_by_group, st.pending_left = resume.judged_by_group, resume.pending_left
             # At-least-once: the group's committed offset is read (and judged) on assign.
             start = resume.offset if self.exactly_once else None
@@ -1884,13 +1893,16 @@ class Engine:
         committed = self._committed_with_metadata(source, owned) if owned else {}
         for tp in owned:
             read_from = self.partitions[(tp.topic, tp.partition)].read_from
-            st = self._new_state(tp.topic, tp.partition, committed.get((tp.topic, tp.partition)))
+            st = self._new_state(
+                tp.topic, tp.partition, committed.get((tp.topic, tp.partition)), rewinding=True
+            )
             # The consumer keeps its position through an abort: every partition must seek.
             # One with nothing committed restarts empty, so it reads again from where this
             # worker began (else the records of the aborted transaction would be skipped).
             offset = rewind_offset(st.next_offset, read_from)
             if offset is not None:
                 source.seek(TopicPartition(tp.topic, tp.partition, offset))
+                self._seeked.add((tp.topic, tp.partition))
         if self.kafka_transaction:
             self.outputs.transaction.begin_transaction()
         log_event(log, logging.WARNING, "transaction-aborted", why=why, partitions=len(owned))
@@ -2294,7 +2306,14 @@ class Engine:
             while not self.stop.is_set() and not self._broken and not source.exhausted:
                 messages = source.poll(runtime.batch_size, runtime.batch_timeout_seconds)
                 if self._pins_due:  # assigned inside that poll: before its records fold
+                    self._seeked = set()
                     self._pin_starts()
+                    if self._seeked:
+                        # The pin's transaction failed and the partitions went back to their
+                        # commits: the consumer reads again what was in hand of them.
+                        messages = [
+                            m for m in messages if (m.topic(), m.partition()) not in self._seeked
+                        ]
                 if messages:
                     self._process(messages)
                 self.outputs.poll(0)

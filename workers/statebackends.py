@@ -53,7 +53,7 @@ class VolumeBackend:
         self.store.discard_pending(topic, partition)
 
     def abort(self) -> None:
-        pass  # the pending files stay until the next restore discards them
+        self.store.abort()  # this writer's pending files (another's are not its to judge)
 
     def release(self, topic: str, partition: int) -> None:
         pass  # nothing cached

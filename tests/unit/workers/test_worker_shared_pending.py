@@ -125,6 +125,22 @@ class Writer:
         self.store.promote([(TOPIC, 0)])
         self.windows.checkpointed()
 
+    def rewind(self) -> None:
+        """As the engine after an aborted transaction (_abort_and_rewind): its own pending
+        checkpoints go, and the partition goes back to its committed checkpoint, judging no
+        other writer's pending one (this worker may be the one the group left behind, and
+        the owner's pending checkpoint is not its to delete)."""
+        self.store.abort()
+        resume = resume_among(self.store.load(TOPIC, 0), [], self.broker.committed,
+                              exactly_once=True)  # fmt: skip
+        assert not resume.discard_pending
+        checkpoint = resume.checkpoint
+        self.windows = (
+            PartitionWindows.from_json(PLAN, checkpoint.state, base=True)
+            if checkpoint is not None
+            else PartitionWindows(PLAN)
+        )
+
     def cycle(self) -> None:
         self.stage()
         assert self.commit(), f"{self.name} is the owner: its transaction commits"
@@ -155,10 +171,11 @@ def wake(a: Writer, frozen_at: str) -> None:
         if frozen_at == "before-stage":
             a.stage()
         assert not a.commit(), "the group moved on: A's transaction is fenced"
-        return  # A's engine stops on the fenced transaction
+        a.rewind()  # an abortable failure: the engine aborts and rewinds, and goes on
     a.add("z", 5000)  # A goes on, as far as its next poll
     a.stage()
     assert not a.commit(), "the group moved on: A's transaction is fenced"
+    a.rewind()
 
 
 def assert_restore_finds_the_committed(directory: Path, broker: Broker) -> None:
