@@ -13,36 +13,20 @@ processes, SIGKILL; each delivery mode, and the changelog state backend.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.infra.kafka import KafkaBroker
 from tests.integration.engine.enginekit import (
-    BASE_TS,
     Worker,
     latest_by_key,
     pipeline_config,
     reference,
     wait_until,
 )
+from tests.integration.engine.test_engine_fencing import PARTITIONS, flush, records
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
-
-PARTITIONS = 4
-
-
-def records(first: int, count: int) -> list[tuple[str, dict[str, Any]]]:
-    return [
-        (f"u{i % 23}", {"id": i, "user": f"u{i % 23}", "bytes": i % 97, "ts": BASE_TS + i * 5})
-        for i in range(first, first + count)
-    ]
-
-
-def flush(broker: KafkaBroker, src: str) -> None:
-    for p in range(PARTITIONS):
-        marker = {"id": -1, "user": "zz-flush", "bytes": 0, "ts": BASE_TS + 86_400_000}
-        broker.produce(src, [("zz-flush", marker)], partition=p)
 
 
 @pytest.mark.parametrize(
