@@ -82,8 +82,43 @@ TOPIC_CONFIG: Final = {
 #: a killed worker is aborted by the broker within its timeout).
 RESTORE_TIMEOUT_SECONDS: Final = 180.0
 
+#: Longest a retriable failure of an at-least-once checkpoint's transaction (a timed-out
+#: commit, a coordinator not yet available) is tried again before the worker gives up.
+RETRY_SECONDS: Final = 60.0
+#: The group's answers that the member committing offsets is no longer the one it names: the
+#: group has moved on (a rebalance, a member left behind). Only these refuse a checkpoint;
+#: every other failure is the worker's to report.
+GROUP_FENCED: Final = frozenset(
+    {
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.FENCED_INSTANCE_ID,
+        KafkaError.REBALANCE_IN_PROGRESS,
+    }
+)
+
 Records = dict[bytes, bytes]
 Delta = dict[bytes, bytes | None]
+
+
+def refused_by_the_group(error: KafkaError) -> bool:
+    """Whether a failed transaction with offsets was the group's refusal of a member it no
+    longer has (not fatal: the producer itself is still good)."""
+    return not error.fatal() and error.code() in GROUP_FENCED
+
+
+def retrying(call: Any, deadline: float) -> None:
+    """Call a transactional producer's ``call`` again while it fails with an error
+    librdkafka marks retriable (a timeout: the outcome is not known yet, and the same call
+    learns it), until ``deadline`` (time.monotonic())."""
+    while True:
+        try:
+            call()
+            return
+        except KafkaException as error:
+            if not error.args[0].retriable() or time.monotonic() > deadline:
+                raise
+            log_event(log, logging.WARNING, "changelog-retry", error=str(error))
 
 
 def _dumps(value: Any) -> bytes:
@@ -502,19 +537,21 @@ class ChangelogBackend:
         commits (CheckpointRefused), and its stale state never reaches the changelog."""
         producer = self._producer
         assert producer is not None
+        deadline = time.monotonic() + RETRY_SECONDS
         producer.begin_transaction()
         try:
             for (_, p), changes in deltas.items():
                 self._produce(producer, self.changelog_partition(p), changes)
             if offsets and group is not None:
-                producer.send_offsets_to_transaction(offsets, group, 30)
-            producer.commit_transaction(30)
+                retrying(lambda: producer.send_offsets_to_transaction(offsets, group, 30), deadline)
+            retrying(lambda: producer.commit_transaction(30), deadline)
         except KafkaException as error:
-            with contextlib.suppress(KafkaException):  # else the next init (a restart) does
-                producer.abort_transaction(30)
-            if offsets and group is not None and not error.args[0].fatal():
+            if not error.args[0].fatal():
+                with contextlib.suppress(KafkaException):  # else the next init (a restart) does
+                    producer.abort_transaction(30)
+            if offsets and group is not None and refused_by_the_group(error.args[0]):
                 raise CheckpointRefused(f"changelog {self.topic}: {error}") from error
-            raise
+            raise  # anything else (an authorization, a record too large, no broker): fail
         for tp, changes in deltas.items():
             self._apply(tp, changes)
 

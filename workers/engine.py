@@ -1616,9 +1616,10 @@ class Engine:
             for st in states
             if (st.dirty or (st.topic, st.partition) in wanted) and st.next_offset is not None
         ]
+        behind: set[tuple[str, int]] = set()
         if dirty:
             try:
-                self._snapshot_taken(self._save(dirty, full=wanted))
+                saved = self._save(dirty, full=wanted)
             except CheckpointRefused as refused:
                 # The broker refused the offsets committed with the state: this worker was
                 # left behind by the group. Nothing was written; its next poll says so.
@@ -1626,6 +1627,13 @@ class Engine:
                 log_event(log, logging.WARNING, "checkpoint-refused", reason=reason,
                           error=str(refused), action="not committed")  # fmt: skip
                 return False
+            self._snapshot_taken(saved)
+            # A partition skipped as behind another writer's head has no checkpoint of its
+            # offset: committing it would break "checkpoint before commit".
+            behind = {(st.topic, st.partition) for st in dirty} - {
+                (c.topic, c.partition) for c in saved
+            }
+            states = [st for st in states if (st.topic, st.partition) not in behind]
             self.counters.checkpoints += 1
         duration = time.perf_counter() - started
         self.metrics.checkpointed(duration)

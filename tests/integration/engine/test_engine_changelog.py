@@ -18,6 +18,7 @@ repartitioned pipeline, 4 partitions), 3 worker processes:
 from __future__ import annotations
 
 import random
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from streamherd.workers.changelog import ChangelogBackend
 from streamherd.workers.checkpointing import Checkpoint, CheckpointRefused
@@ -230,6 +231,27 @@ def windows_state(n: int, start: int, value: int) -> dict[str, Any]:
     }
 
 
+def group_member(broker: KafkaBroker, group: str, topic: str) -> Consumer:
+    """A member of `group` subscribed to `topic`, left behind 6 s after it stops polling."""
+    consumer = Consumer(
+        broker.client_config(
+            **{
+                "group.id": group,
+                "enable.auto.commit": False,
+                "session.timeout.ms": 6000,
+                "max.poll.interval.ms": 6000,
+            }
+        )
+    )
+    consumer.subscribe([topic])
+    return consumer
+
+
+def owns(consumer: Consumer, partitions: int) -> bool:
+    consumer.poll(0.2)
+    return len(consumer.assignment()) == partitions
+
+
 def test_the_broker_refuses_changelog_state_from_a_member_the_group_left_behind(
     kafka_broker: KafkaBroker,
 ) -> None:
@@ -244,22 +266,7 @@ def test_the_broker_refuses_changelog_state_from_a_member_the_group_left_behind(
     group = f"g-{src}"
 
     def member() -> Consumer:
-        consumer = Consumer(
-            kafka_broker.client_config(
-                **{
-                    "group.id": group,
-                    "enable.auto.commit": False,
-                    "session.timeout.ms": 6000,
-                    "max.poll.interval.ms": 6000,
-                }
-            )
-        )
-        consumer.subscribe([src])
-        return consumer
-
-    def owns(consumer: Consumer, partitions: int) -> bool:
-        consumer.poll(0.2)
-        return len(consumer.assignment()) == partitions
+        return group_member(kafka_broker, group, src)
 
     a, b = member(), None
     left = backend(kafka_broker, src, topic, "a")
@@ -286,6 +293,55 @@ def test_the_broker_refuses_changelog_state_from_a_member_the_group_left_behind(
         a.close()
         if b is not None:
             b.close()
+
+
+def test_a_changelog_write_the_broker_cannot_take_fails_instead_of_being_skipped(
+    kafka_broker: KafkaBroker,
+) -> None:
+    """Only the group's refusal of a member it has left behind skips an at-least-once
+    checkpoint (CheckpointRefused, logged, tried again next interval). Any other failure of
+    the changelog's transaction raises, so the worker fails where it can be seen instead of
+    running on with no checkpoint and no commit. Here the changelog topic refuses a record
+    above its max.message.bytes; in life it is an authorization, or a broker long gone.
+    Nothing of the failed checkpoint lands, and the restarted worker writes the next one."""
+    src = kafka_broker.create_topic(kafka_broker.unique_topic("src"), 1)
+    topic = kafka_broker.create_topic(
+        f"{src}.changelog", 1, config={"cleanup.policy": "compact", "max.message.bytes": "2048"}
+    )
+    group = f"g-{src}"
+    a = group_member(kafka_broker, group, src)
+    writer = backend(kafka_broker, src, topic, "w")
+    try:
+        wait_until("a to own the partition", lambda: owns(a, 1), 60)
+        writer.prepare([(src, 0)])
+        first = Checkpoint(src, 0, 100, windows_state(5, 0, 1), group=group)
+        writer.save([first], group=a.consumer_group_metadata())
+        assert kafka_broker.committed(group, src)[0] == 100
+        key = secrets.token_urlsafe(12_000)  # random: no compression brings it under the limit
+        oversized = {"v": 2, "maxEventMs": 0, "windows": [[key, 0, [1, None]]]}
+        with pytest.raises(KafkaException) as raised:
+            writer.save(
+                [Checkpoint(src, 0, 200, oversized, group=group)], group=a.consumer_group_metadata()
+            )
+        assert raised.value.args[0].code() != KafkaError.ILLEGAL_GENERATION
+        assert kafka_broker.committed(group, src)[0] == 100
+        # The worker fails; restarted (the same transactional id), it writes the next one.
+        writer.close()
+        writer = backend(kafka_broker, src, topic, "w")
+        writer.prepare([(src, 0)])
+        assert writer.load(src, 0) == first, "the failed checkpoint landed"
+        third = Checkpoint(src, 0, 300, windows_state(5, 0, 3), group=group)
+        writer.save([third], group=a.consumer_group_metadata())
+        assert kafka_broker.committed(group, src)[0] == 300
+        reader = backend(kafka_broker, src, topic, "r")
+        try:
+            reader.prepare([(src, 0)])
+            assert reader.load(src, 0) == third
+        finally:
+            reader.close()
+    finally:
+        writer.close()
+        a.close()
 
 
 def test_restore_reads_to_the_end_through_tombstones_and_open_transactions(

@@ -112,3 +112,63 @@ def test_restored_checkpoint_ahead_of_the_commit_is_committed(
     assert checkpointed(store, src) == ends
     log = second.log_path.read_text()
     assert log.count("event=commit-behind-checkpoint") == PARTITIONS, second.log_tail()
+
+
+def test_a_checkpoint_skipped_behind_another_writer_commits_no_offset(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """Checkpoint before commit holds when a checkpoint is skipped.
+
+    The store refuses to set back another writer's head that is further on in the partition
+    (a worker the group left behind, on a shared volume). The engine then skips that
+    partition's checkpoint. It must not commit the partition's offset either: a commit then
+    names an offset that no checkpoint holds.
+
+    The other writer's head is written straight into the store, further on than anything this
+    worker reads. The worker then reads new records, and every later checkpoint of it is
+    skipped, including the one at its stop. The group's committed offset must not move."""
+    src = kafka_broker.create_topic(kafka_broker.unique_topic("in"), 1)
+    sink = kafka_broker.create_topic(kafka_broker.unique_topic("out"), 1)
+    kafka_broker.produce(src, clicks(0, 500))
+    ends = kafka_broker.end_offsets(src)
+    group = f"g-{src}"
+    store = CheckpointStore(tmp_path / "ck")
+    config = pipeline_config(
+        kafka_broker, source=src, sink=sink, dlq=None, group=group, checkpoints=tmp_path / "ck"
+    )
+
+    worker = Worker.create(tmp_path, "owner", config).start()
+    try:
+        wait_until(
+            "the worker to checkpoint and commit everything",
+            lambda: (
+                (cp := store.load(src, 0)) is not None
+                and cp.next_offset == ends[0]
+                and kafka_broker.committed(group, src) == ends
+            ),
+            90,
+            [worker],
+        )
+        # Another writer's head, further on than the worker will ever read.
+        head = store.load(src, 0)
+        assert head is not None
+        CheckpointStore(tmp_path / "ck").save(
+            [dataclasses.replace(head, next_offset=ends[0] + 10_000)]
+        )
+
+        kafka_broker.produce(src, clicks(500, 200))
+        wait_until(
+            "three of the worker's checkpoints to be skipped behind the other head",
+            lambda: worker.log_path.read_text().count("event=checkpoint-behind-another") >= 3,
+            60,
+            [worker],
+        )
+        assert worker.value("streamherd_records_in_total") >= 700, worker.log_tail()
+        assert kafka_broker.committed(group, src) == ends, "an offset no checkpoint holds"
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker.log_tail()
+    finally:
+        worker.stop()
+    assert kafka_broker.committed(group, src) == ends, "the stop committed past its checkpoint"
+    cp = store.load(src, 0)
+    assert cp is not None and cp.next_offset == ends[0] + 10_000, "the other head was set back"

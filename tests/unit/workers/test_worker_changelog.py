@@ -11,10 +11,13 @@ are kept beside the live records and never tombstoned by them.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
+import pytest
+from confluent_kafka import KafkaError, KafkaException
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -247,3 +250,58 @@ def test_foreign_and_malformed_keys_belong_to_nobody() -> None:
     assert changelog.owner(b'{"a": 1}') is None
     assert changelog.owner(b'[1, 2, "c"]') is None
     assert changelog.owner(changelog.record_key("in", 3, "c")) == ("in", 3)
+
+
+@pytest.mark.parametrize(
+    ("code", "fatal", "refused"),
+    [
+        (KafkaError.ILLEGAL_GENERATION, False, True),
+        (KafkaError.UNKNOWN_MEMBER_ID, False, True),
+        (KafkaError.FENCED_INSTANCE_ID, False, True),
+        (KafkaError.REBALANCE_IN_PROGRESS, False, True),
+        (KafkaError.ILLEGAL_GENERATION, True, False),  # the producer is gone: fail
+        (KafkaError.MSG_SIZE_TOO_LARGE, False, False),
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, False, False),
+        (KafkaError.GROUP_AUTHORIZATION_FAILED, False, False),
+        (KafkaError._TIMED_OUT, False, False),
+        (KafkaError._FENCED, True, False),
+    ],
+)
+def test_only_the_group_moving_on_refuses_a_checkpoint(
+    code: int, fatal: bool, refused: bool
+) -> None:
+    """An at-least-once changelog checkpoint is skipped (CheckpointRefused) only when the
+    group says the member is no longer the one it names; anything else fails the worker
+    (tests/integration/engine/test_engine_changelog.py shows both on the broker)."""
+    error = KafkaError(code, "x", fatal=fatal, txn_requires_abort=not fatal)
+    assert changelog.refused_by_the_group(error) is refused
+
+
+def test_a_retriable_failure_is_tried_again_until_it_succeeds_or_the_deadline() -> None:
+    """A timed-out commit_transaction is called again (its outcome is learnt by the same
+    call, librdkafka's contract); a non-retriable one is raised at once; the deadline ends
+    the retries."""
+    calls: list[int] = []
+
+    def flaky(failures: int, error: KafkaError) -> Any:
+        def call() -> None:
+            calls.append(1)
+            if len(calls) <= failures:
+                raise KafkaException(error)
+
+        return call
+
+    timed_out = KafkaError(KafkaError._TIMED_OUT, "commit timed out", retriable=True)
+    changelog.retrying(flaky(2, timed_out), time.monotonic() + 60)
+    assert len(calls) == 3
+
+    calls.clear()
+    abortable = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large", txn_requires_abort=True)
+    with pytest.raises(KafkaException):
+        changelog.retrying(flaky(5, abortable), time.monotonic() + 60)
+    assert len(calls) == 1
+
+    calls.clear()
+    with pytest.raises(KafkaException):
+        changelog.retrying(flaky(1_000_000, timed_out), time.monotonic() - 1)
+    assert len(calls) == 1
