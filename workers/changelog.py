@@ -44,6 +44,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Final
 
 import orjson
@@ -57,7 +58,12 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from streamherd.workers.checkpointing import Checkpoint, CheckpointError, CheckpointRefused
+from streamherd.workers.checkpointing import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointPostponed,
+    CheckpointRefused,
+)
 from streamherd.workers.config import ChangelogConfig, KafkaSourceConfig
 from streamherd.workers.kafkaclients import TRANSACTION_TIMEOUT_MS, client_config, producer_config
 from streamherd.workers.logs import log_event
@@ -82,9 +88,31 @@ TOPIC_CONFIG: Final = {
 #: a killed worker is aborted by the broker within its timeout).
 RESTORE_TIMEOUT_SECONDS: Final = 180.0
 
-#: Longest a retriable failure of an at-least-once checkpoint's transaction (a timed-out
-#: commit, a coordinator not yet available) is tried again before the worker gives up.
-RETRY_SECONDS: Final = 60.0
+#: Longest an at-least-once checkpoint's transaction is tried again after a transient
+#: failure (below) before the checkpoint is postponed to the next interval; under the
+#: producer's transaction timeout, after which a retry could only fail.
+RETRY_SECONDS: Final = 45.0
+#: Failures that waiting cures: a broker or coordinator restarting or moving. librdkafka
+#: retries them inside a call until its timeout, then returns them as needing an abort (not
+#: as retriable): the whole transaction is tried again (RETRY_SECONDS).
+TRANSIENT: Final = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.CONCURRENT_TRANSACTIONS,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError._TIMED_OUT,
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+    }
+)
 #: The group's answers that the member committing offsets is no longer the one it names: the
 #: group has moved on (a rebalance, a member left behind). Only these refuse a checkpoint;
 #: every other failure is the worker's to report.
@@ -105,6 +133,11 @@ def refused_by_the_group(error: KafkaError) -> bool:
     """Whether a failed transaction with offsets was the group's refusal of a member it no
     longer has (not fatal: the producer itself is still good)."""
     return not error.fatal() and error.code() in GROUP_FENCED
+
+
+def transient(error: KafkaError) -> bool:
+    """Whether a failed transaction may succeed if tried again a moment later."""
+    return not error.fatal() and (error.retriable() or error.code() in TRANSIENT)
 
 
 def retrying(call: Any, deadline: float) -> None:
@@ -538,20 +571,31 @@ class ChangelogBackend:
         producer = self._producer
         assert producer is not None
         deadline = time.monotonic() + RETRY_SECONDS
-        producer.begin_transaction()
-        try:
-            for (_, p), changes in deltas.items():
-                self._produce(producer, self.changelog_partition(p), changes)
-            if offsets and group is not None:
-                retrying(lambda: producer.send_offsets_to_transaction(offsets, group, 30), deadline)
-            retrying(lambda: producer.commit_transaction(30), deadline)
-        except KafkaException as error:
-            if not error.args[0].fatal():
-                with contextlib.suppress(KafkaException):  # else the next init (a restart) does
-                    producer.abort_transaction(30)
-            if offsets and group is not None and refused_by_the_group(error.args[0]):
-                raise CheckpointRefused(f"changelog {self.topic}: {error}") from error
-            raise  # anything else (an authorization, a record too large, no broker): fail
+        while True:
+            try:
+                producer.begin_transaction()
+                for (_, p), changes in deltas.items():
+                    self._produce(producer, self.changelog_partition(p), changes)
+                if offsets and group is not None:
+                    send = partial(producer.send_offsets_to_transaction, offsets, group, 30)
+                    retrying(send, deadline)
+                retrying(partial(producer.commit_transaction, 30), deadline)
+                break
+            except KafkaException as exception:
+                error = exception.args[0]
+                if not error.fatal():
+                    # Else the next init (a restart) aborts it. An abort that fails (a commit
+                    # still in progress) makes the next begin fail: the worker fails then.
+                    with contextlib.suppress(KafkaException):
+                        producer.abort_transaction(30)
+                if offsets and group is not None and refused_by_the_group(error):
+                    raise CheckpointRefused(f"changelog {self.topic}: {error}") from exception
+                if not transient(error):
+                    raise  # an authorization, a record too large, a fatal error: fail
+                if time.monotonic() > deadline:
+                    raise CheckpointPostponed(f"changelog {self.topic}: {error}") from exception
+                log_event(log, logging.WARNING, "changelog-retry", error=str(error))
+                time.sleep(1.0)
         for tp, changes in deltas.items():
             self._apply(tp, changes)
 
@@ -615,7 +659,7 @@ class ChangelogBackend:
                 self._staged.setdefault((topic, partition), {}).update(copies)
             else:
                 self._write_alone({(topic, partition): copies})
-        except KafkaException as error:
+        except (KafkaException, CheckpointPostponed) as error:
             raise OSError(f"changelog {self.topic}: {error}") from error
         return f"changelog {self.topic}[{self.changelog_partition(partition)}] snapshot {name}"
 

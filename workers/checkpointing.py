@@ -83,8 +83,15 @@ class CheckpointRefused(CheckpointError):
     """The broker refused a checkpoint's offsets, committed in one transaction with its
     state (the changelog backend, at-least-once): the consumer group has moved on (this
     worker was cut off past the session timeout, and its partitions are another's:
-    KIP-447), or the transaction failed in a way a later one may not. Nothing of it is
-    visible; the engine skips this checkpoint (at-least-once replays from the last one)."""
+    KIP-447). Nothing of it is visible; the engine skips this checkpoint (at-least-once
+    replays from the last one)."""
+
+
+class CheckpointPostponed(CheckpointError):
+    """The state backend could not take a checkpoint for now: its broker or a coordinator
+    stayed unavailable through the retries (a rolling restart, a coordinator moving).
+    Nothing of it is visible; the engine skips it, keeping its changes, and the next
+    interval tries again. A failure that waiting does not cure raises something else."""
 
 
 class CheckpointBaseMoved(CheckpointError):
@@ -348,6 +355,11 @@ def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
+#: What a store knows of a partition it read and found without a head (no digest is this
+#: short): a head there later is another writer's.
+NO_HEAD: Final = b"none"
+
+
 def _mtime(entry: Path) -> float | None:
     """When the file was last written; None when it is gone (another writer removed it)."""
     try:
@@ -380,7 +392,8 @@ class CheckpointStore:
         self.min_compact_bytes = min_compact_bytes
         self.max_deltas = max_deltas
         # Per partition, the digest of the committed head this store last read or wrote
-        # (what its engine's state is based on), and the segments it wrote, which it may
+        # (what its engine's state is based on; NO_HEAD: it read none), and the segments
+        # it wrote, which it may
         # delete once no head lists them (a shared volume has other writers; see _collect).
         self._heads: dict[tuple[str, int], bytes] = {}
         self._staged: dict[tuple[str, int], bytes] = {}
@@ -483,6 +496,7 @@ class CheckpointStore:
         now on (what its next incremental checkpoint builds on)."""
         found = self._read_head(topic, partition)
         if found is None:
+            self._heads[(topic, partition)] = NO_HEAD
             return None
         checkpoint, segments, digest = found
         self._heads[(topic, partition)] = digest
@@ -605,7 +619,8 @@ class CheckpointStore:
         moment apart; the segments' writes and fsyncs before them, where a frozen writer
         most likely stopped, are not (CheckpointBaseMoved: the engine writes its state whole
         instead). A whole one replaces a head another writer wrote since this store's last
-        only if that head is not further on in the partition (CheckpointBehind otherwise,
+        (or since it read the partition and found no head: NO_HEAD) only if that head is
+        not further on in the partition (CheckpointBehind otherwise,
         for either: a head set back behind offsets the group committed from it reads as an
         offset reset). A pending head needs no look: it replaces nothing but this store's
         own, and the broker fences its transaction when the group has moved on."""
@@ -616,7 +631,7 @@ class CheckpointStore:
                 now = self._read_head(topic, partition)
             except CheckpointError:  # a head this version cannot read: not further on
                 now = None
-            current = now[2] if now is not None else None
+            current = now[2] if now is not None else NO_HEAD
             if current != (base if base is not None else known):
                 theirs = now[0].next_offset if now is not None else None
                 if base is not None:

@@ -19,7 +19,6 @@ are emitted again with the same deterministic key (at-least-once output).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -44,7 +43,9 @@ from streamherd.workers.checkpointing import (
     Checkpoint,
     CheckpointBaseMoved,
     CheckpointBehind,
+    CheckpointError,
     CheckpointFormatError,
+    CheckpointPostponed,
     CheckpointRefused,
 )
 from streamherd.workers.config import (
@@ -1627,6 +1628,13 @@ class Engine:
                 log_event(log, logging.WARNING, "checkpoint-refused", reason=reason,
                           error=str(refused), action="not committed")  # fmt: skip
                 return False
+            except CheckpointPostponed as postponed:
+                # The state's broker is away for now (a restart, a coordinator moving):
+                # nothing was written, the changes are kept, the next interval tries again.
+                self.metrics.error("checkpoint-postponed")
+                log_event(log, logging.WARNING, "checkpoint-postponed", reason=reason,
+                          error=str(postponed), action="not committed")  # fmt: skip
+                return False
             self._snapshot_taken(saved)
             # A partition skipped as behind another writer's head has no checkpoint of its
             # offset: committing it would break "checkpoint before commit".
@@ -1653,8 +1661,13 @@ class Engine:
             # checkpoint before a stop then names the exact committed offset.
             confirmed = [st for st in states if st.dirty and st.next_offset is not None]
             if confirmed:
-                with contextlib.suppress(CheckpointRefused):  # the next checkpoint does
+                try:
                     self._save(confirmed)
+                except (CheckpointError, KafkaException, OSError) as error:
+                    # Only the confirmed offset in the files was wanted: the checkpoint just
+                    # written holds the state; the next one (or the next owner) does it.
+                    log_event(log, logging.WARNING, "checkpoint-confirm-skipped",
+                              error=str(error))  # fmt: skip
         return True
 
     def _commit_transaction(self, reason: str, timeout: float, *, final: bool = False) -> bool:

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamherd.workers import changelog
-from streamherd.workers.checkpointing import Checkpoint
-from streamherd.workers.config import ProcessorConfig
+from streamherd.workers.checkpointing import Checkpoint, CheckpointPostponed, CheckpointRefused
+from streamherd.workers.config import ChangelogConfig, KafkaSourceConfig, ProcessorConfig
 from streamherd.workers.processing import Processor
 from streamherd.workers.values import canonical_key
 from streamherd.workers.windowing import PartitionWindows
@@ -252,6 +252,98 @@ def test_foreign_and_malformed_keys_belong_to_nobody() -> None:
     assert changelog.owner(changelog.record_key("in", 3, "c")) == ("in", 3)
 
 
+class ScriptedProducer:
+    """The transactional producer's calls as _write_alone makes them, each failing as its
+    script says (a KafkaError, or None for success); records the calls."""
+
+    def __init__(self, script: dict[str, list[KafkaError | None]]) -> None:
+        self.script = script
+        self.calls: list[str] = []
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        outcomes = self.script.get(name)
+        if outcomes:
+            error = outcomes.pop(0)
+            if error is not None:
+                raise KafkaException(error)
+
+    def begin_transaction(self) -> None:
+        self._call("begin")
+
+    def produce(self, *_: Any, **__: Any) -> None:
+        self._call("produce")
+
+    def send_offsets_to_transaction(self, *_: Any) -> None:
+        self._call("send")
+
+    def commit_transaction(self, *_: Any) -> None:
+        self._call("commit")
+
+    def abort_transaction(self, *_: Any) -> None:
+        self._call("abort")
+
+
+def scripted_backend(script: dict[str, list[KafkaError | None]]) -> Any:
+    source = KafkaSourceConfig.model_validate(
+        {"bootstrapServers": "127.0.0.1:9", "topics": ["t"], "consumerGroup": "g"}
+    )
+    backend = changelog.ChangelogBackend(
+        source, ChangelogConfig(topic="t.changelog"), transactional_id="x"
+    )
+    backend._partitions = 1  # no broker: the topic's partition count, as _open would learn it
+    backend._producer = ScriptedProducer(script)  # type: ignore[assignment]
+    backend._committed[("t", 0)] = {}  # as read on assignment: nothing committed yet
+    return backend, backend._producer
+
+
+def save_one(backend: Any) -> None:
+    backend.save([Checkpoint("t", 0, 10, {"maxEventMs": 0})], group=object())
+
+
+def abortable(code: int) -> KafkaError:
+    return KafkaError(code, "x", txn_requires_abort=True)
+
+
+def test_a_transient_failure_runs_the_whole_transaction_again(monkeypatch: Any) -> None:
+    """A coordinator away past librdkafka's own retries comes back as needing an abort: the
+    transaction is aborted and run again, whole, until it commits."""
+    monkeypatch.setattr(time, "sleep", lambda _: None)
+    backend, producer = scripted_backend(
+        {"send": [abortable(KafkaError.COORDINATOR_NOT_AVAILABLE), None]}
+    )
+    save_one(backend)
+    assert producer.calls == ["begin", "produce", "send", "abort", "begin", "produce", "send",
+                              "commit"]  # fmt: skip
+
+
+def test_a_transient_failure_past_the_retries_postpones_the_checkpoint(monkeypatch: Any) -> None:
+    monkeypatch.setattr(changelog, "RETRY_SECONDS", -1.0)
+    backend, producer = scripted_backend({"commit": [abortable(KafkaError.NOT_COORDINATOR)]})
+    with pytest.raises(CheckpointPostponed):
+        save_one(backend)
+    assert producer.calls[-1] == "abort"
+
+
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [
+        (abortable(KafkaError.ILLEGAL_GENERATION), CheckpointRefused),
+        (abortable(KafkaError.TOPIC_AUTHORIZATION_FAILED), KafkaException),
+        (abortable(KafkaError.MSG_SIZE_TOO_LARGE), KafkaException),
+        (KafkaError(KafkaError._FENCED, "x", fatal=True), KafkaException),
+    ],
+)
+def test_a_refusal_skips_and_anything_else_fails_at_once(
+    error: KafkaError, raised: type[Exception]
+) -> None:
+    backend, producer = scripted_backend({"commit": [error]})
+    with pytest.raises(raised):
+        save_one(backend)
+    assert producer.calls.count("begin") == 1, "tried again"
+    assert ("abort" in producer.calls) is not error.fatal(), "a fatal error's abort is futile"
+
+
 @pytest.mark.parametrize(
     ("code", "fatal", "refused"),
     [
@@ -275,6 +367,23 @@ def test_only_the_group_moving_on_refuses_a_checkpoint(
     (tests/integration/engine/test_engine_changelog.py shows both on the broker)."""
     error = KafkaError(code, "x", fatal=fatal, txn_requires_abort=not fatal)
     assert changelog.refused_by_the_group(error) is refused
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (abortable(KafkaError.COORDINATOR_NOT_AVAILABLE), True),
+        (abortable(KafkaError.NOT_COORDINATOR), True),
+        (abortable(KafkaError._MSG_TIMED_OUT), True),
+        (KafkaError(KafkaError._TIMED_OUT, "x", retriable=True), True),
+        (KafkaError(KafkaError.COORDINATOR_NOT_AVAILABLE, "x", fatal=True), False),
+        (abortable(KafkaError.TOPIC_AUTHORIZATION_FAILED), False),
+        (abortable(KafkaError.MSG_SIZE_TOO_LARGE), False),
+        (abortable(KafkaError.ILLEGAL_GENERATION), False),
+    ],
+)
+def test_what_waiting_cures(error: KafkaError, expected: bool) -> None:
+    assert changelog.transient(error) is expected
 
 
 def test_a_retriable_failure_is_tried_again_until_it_succeeds_or_the_deadline() -> None:

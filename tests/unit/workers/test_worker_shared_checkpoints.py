@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from streamherd.workers.checkpointing import (
@@ -87,9 +87,10 @@ class Writer:
         self.last_saved = as_bytes(windows_of(self.windows))
 
 
-def loaded(directory: Path) -> tuple[str | None, int, dict[bytes, bytes]]:
+def loaded(directory: Path) -> tuple[str | None, int, dict[bytes, bytes]] | None:
     checkpoint = CheckpointStore(directory).load(TOPIC, 0)
-    assert checkpoint is not None
+    if checkpoint is None:
+        return None
     return checkpoint.restored_from, checkpoint.next_offset, as_bytes(windows_of(checkpoint.state))
 
 
@@ -105,21 +106,30 @@ STEPS = st.lists(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
           HealthCheck.function_scoped_fixture])  # fmt: skip
-@given(steps=STEPS)
+@given(steps=STEPS, fresh=st.booleans())
+# w1 never read a head; its first, whole checkpoint must not set w0's back.
+@example(steps=[("add", 0, "a", 0), ("save", 0), ("save", 1)], fresh=True)
 def test_two_writers_never_mix_states_or_lose_segments(
-    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[Any, ...]]
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[Any, ...]], fresh: bool
 ) -> None:
+    """``fresh``: the partition has no checkpoint yet when both writers read it (the group
+    gave it to w1 before w0's first checkpoint); else w1 takes over from w0's first one."""
     directory = tmp_path_factory.mktemp("shared")
     writers = [Writer(directory, "w0"), Writer(directory, "w1")]
-    writers[0].add("a", 0)
-    writers[0].save()
-    # w1 takes the partition over from w0's checkpoint, as a restore does.
-    restored = writers[1].store.load(TOPIC, 0)
-    assert restored is not None
-    writers[1].windows = PartitionWindows.from_json(PLAN, restored.state, base=True)
-    writers[1].offset = restored.next_offset
-    writers[1].last_saved = writers[0].last_saved
-    head_offset = restored.next_offset
+    head_offset = 0
+    if fresh:
+        for writer in writers:
+            assert writer.store.load(TOPIC, 0) is None  # as a restore reads it
+    else:
+        writers[0].add("a", 0)
+        writers[0].save()
+        # w1 takes the partition over from w0's checkpoint, as a restore does.
+        restored = writers[1].store.load(TOPIC, 0)
+        assert restored is not None
+        writers[1].windows = PartitionWindows.from_json(PLAN, restored.state, base=True)
+        writers[1].offset = restored.next_offset
+        writers[1].last_saved = writers[0].last_saved
+        head_offset = restored.next_offset
     for step in steps:
         one = writers[step[1]]
         other = writers[1 - step[1]]
@@ -154,7 +164,11 @@ def test_two_writers_never_mix_states_or_lose_segments(
                     with contextlib.suppress(CheckpointBehind):
                         one.store.save([one.checkpoint(whole=True)])
                         one.saved()
-        who, offset, state = loaded(directory)
+        found = loaded(directory)
+        if found is None:
+            assert fresh and head_offset == 0, "the head is gone"
+            continue
+        who, offset, state = found
         owner = next(w for w in writers if w.name == who)
         assert state == owner.last_saved, f"{who}'s head holds another state"
         assert offset >= head_offset, f"the head went back from {head_offset} to {offset}"
