@@ -1642,7 +1642,9 @@ class Engine:
                 (c.topic, c.partition) for c in saved
             }
             states = [st for st in states if (st.topic, st.partition) not in behind]
-            self.counters.checkpoints += 1
+            dirty = [st for st in dirty if (st.topic, st.partition) not in behind]
+            if dirty:
+                self.counters.checkpoints += 1
         duration = time.perf_counter() - started
         self.metrics.checkpointed(duration)
         self._last_checkpoint = time.monotonic()

@@ -91,7 +91,7 @@ from streamherd.workers.processing import (
     map_transform,
 )
 from streamherd.workers.summing import CANONICAL_NAN, add
-from streamherd.workers.values import canonical_key
+from streamherd.workers.values import KEY_QUICK_CHARS, window_key
 from streamherd.workers.windowing import (
     FLOAT_MAX,
     FLOAT_MIN,
@@ -357,7 +357,7 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
             "__sh_Failure": Failure,
             "__sh_WindowBatch": WindowBatch,
             "__sh_checks": [a.check for a in plan.aggregates],
-            "__sh_canon": canonical_key,
+            "__sh_canon": window_key,
             # orjson refuses JSON nested deeper than ORJSON_MAX_DEPTH; msgspec skips an unread
             # field of any depth. A record that may be that deep (more brackets than this, so
             # at least twice as many bytes) takes the slow lane: the generic decode's verdict.
@@ -427,7 +427,7 @@ def _template(
         "def __sh_batch(messages, state):",
         "    decode, slow, Failure, type = __sh_decode, __sh_slow, __sh_Failure, __sh_type",
         "    str, int, float, list, dict = __sh_str, __sh_int, __sh_float, __sh_list, __sh_dict",
-        "    convert, checks, canon = __sh_convert, __sh_checks, __sh_canon",
+        "    convert, checks, canon, klen = __sh_convert, __sh_checks, __sh_canon, __sh_len",
         "    sadd, settle, NAN = __sh_exact_add, __sh_exact_settle, __sh_exact_nan",
         "    tlo, thi = __sh_time_bounds",
         *(["    fmin, fmax = __sh_fmin, __sh_fmax"] if any(bounded) else []),
@@ -543,8 +543,8 @@ def _fold(
     out = [
         "        try:",
         "            key = __sh_KEY",
-        "            if type(key) is not str:",
-        "                key = canon(key)  # values.canonical_key: 1, 1.0, true differ",
+        f"            if type(key) is not str or klen(key) > {KEY_QUICK_CHARS}:",
+        "                key = canon(key)  # values.window_key: 1, 1.0, true differ; too long",
     ]
     if time_format is None:  # the Kafka timestamp, through the generic reader
         out.append("            t = __sh_time_of(None, __sh_kafka_timestamp(m))")

@@ -22,7 +22,10 @@ __all__ = [
     "MAX_COMPOSITE_KEY_ITEMS",
     "MAX_EXPRESSION_DEPTH",
     "MAX_EXPRESSION_LENGTH",
+    "MAX_HELD_STRING_BYTES",
+    "MAX_HOP_ENTRY_BYTES",
     "MAX_INT_BITS",
+    "MAX_KEY_BYTES",
     "MAX_NUMBER_LITERAL",
     "MAX_ROUND_DIGITS",
     "MAX_SEQUENCE_LENGTH",
@@ -68,6 +71,23 @@ MAX_ROUND_DIGITS: Final = 400
 #: A composite (array) key: nesting and items.
 MAX_COMPOSITE_KEY_DEPTH: Final = 8
 MAX_COMPOSITE_KEY_ITEMS: Final = 64
+
+# ---------------------------------------------------------------- state (per record)
+#
+# What one record may put into a window's state, in bytes of its JSON form as a checkpoint
+# writes it (escapes counted): a window's entry is one Kafka record of the changelog (and a
+# min/max holds one value it has seen), so key + 32 aggregates' strings stay well under
+# librdkafka's message.max.bytes (1,000,000) whatever the backend: a record is refused by
+# its own values, so volume and changelog pipelines give the same results (decision 0168).
+
+#: A window key's JSON form (``"..."`` with its quotes; an array's whole text).
+MAX_KEY_BYTES: Final = 65_536
+#: A string a min/max aggregate takes (its JSON form, quotes included).
+MAX_HELD_STRING_BYTES: Final = 16_384
+#: One record's entry in a repartition message (its key, event time, values, and its source
+#: key and value, which a dead letter downstream holds): one Kafka message with the key's
+#: text and the framing, under librdkafka's default message.max.bytes (1,000,000).
+MAX_HOP_ENTRY_BYTES: Final = 1_000_000 - MAX_KEY_BYTES - 16_384
 
 # ---------------------------------------------------------------- windows
 

@@ -75,6 +75,7 @@ import msgspec
 
 from streamherd.workers.config import ProcessorConfig, Step
 from streamherd.workers.fingerprint import normalize_expression
+from streamherd.workers.limits import MAX_HOP_ENTRY_BYTES, LimitError
 from streamherd.workers.processing import Failure, Item, LateRecordError
 from streamherd.workers.repartitioning import (
     RepartitionError,
@@ -84,11 +85,13 @@ from streamherd.workers.repartitioning import (
 )
 from streamherd.workers.summing import add
 from streamherd.workers.values import (
+    KEY_QUICK_CHARS,
     canonical_key,
     decode_value,
     encode_value,
     key_text,
     key_value,
+    window_key,
 )
 from streamherd.workers.windowing import (
     ISO_MAX_MS,
@@ -386,8 +389,8 @@ def rekey(
         stamp = ms if kind else None  # processing.kafka_timestamp, inline
         try:
             key = key_of(record)
-            if type(key) is not str:
-                key = canonical_key(key)  # NaN, objects: the record's error
+            if type(key) is not str or len(key) > KEY_QUICK_CHARS:
+                key = window_key(key)  # NaN, objects, too long: the record's error
             event_ms = time_of(record, stamp if kafka_time else None)
         except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
             failures.append(Failure(m, "expression", error.with_traceback(None)))
@@ -414,6 +417,21 @@ def rekey(
                 failures.append(Failure(m, "expression", error))
                 top = before  # nothing crossed: as if the record had not come
                 continue
+        if len(entry) > MAX_HOP_ENTRY_BYTES:
+            # No Kafka message would carry it: refused alone, before anything is produced.
+            failures.append(
+                Failure(
+                    m,
+                    "limit",
+                    LimitError(
+                        f"the record's repartition entry is {len(entry)} bytes (at most "
+                        f"{MAX_HOP_ENTRY_BYTES}: one Kafka message): too large to cross the "
+                        "repartition topic"
+                    ),
+                )
+            )
+            top = before
+            continue
         carried += 1
         found = targets.get(key)
         if found is None:

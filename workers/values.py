@@ -43,23 +43,39 @@ from typing import Any, Final
 
 import orjson
 
-from streamherd.workers.limits import MAX_COMPOSITE_KEY_DEPTH, MAX_COMPOSITE_KEY_ITEMS, LimitError
+from streamherd.workers.limits import (
+    MAX_COMPOSITE_KEY_DEPTH,
+    MAX_COMPOSITE_KEY_ITEMS,
+    MAX_HELD_STRING_BYTES,
+    MAX_KEY_BYTES,
+    LimitError,
+)
 
 __all__ = [
+    "HELD_QUICK_CHARS",
+    "KEY_QUICK_CHARS",
     "WindowKeyError",
     "canonical_key",
+    "check_held_string",
     "decode_value",
     "encode_value",
+    "json_bytes",
     "key_text",
     "key_value",
     "output_key_text",
     "restored_key",
     "result_key_value",
     "text_of",
+    "window_key",
 ]
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
+#: A string of at most this many characters has a JSON form within MAX_KEY_BYTES (at most 6
+#: bytes a character, ``\u0001``; and its 2 quotes): the hot paths' one test of a string key.
+KEY_QUICK_CHARS: Final = (MAX_KEY_BYTES - 2) // 6
+#: The same for a string a min/max takes (MAX_HELD_STRING_BYTES).
+HELD_QUICK_CHARS: Final = (MAX_HELD_STRING_BYTES - 2) // 6
 
 
 class WindowKeyError(ValueError):
@@ -97,6 +113,63 @@ def canonical_key(key: Any, depth: int = 0) -> Any:
         f"a key must be a string, number, boolean, null or an array of those, "
         f"got {'object' if kind is dict else kind.__name__}"
     )
+
+
+def window_key(key: Any) -> Any:
+    """:func:`canonical_key`, refusing (LimitError) a key whose JSON form, as a checkpoint
+    writes it, is over MAX_KEY_BYTES: the key of a window a record opens or adds to, so a
+    window's state always fits one changelog record (limits.py). Restored keys are not
+    judged again: :func:`canonical_key` alone reads them."""
+    canon = key if type(key) is str else canonical_key(key)
+    if _size_bound(canon) > MAX_KEY_BYTES:
+        size = json_bytes(key_value(canon))
+        if size > MAX_KEY_BYTES:
+            raise LimitError(
+                f"a window key of {size} bytes as JSON (at most {MAX_KEY_BYTES}): its window "
+                "would not fit in a checkpoint record"
+            )
+    return canon
+
+
+def check_held_string(name: str, value: str) -> str:
+    """``value``, a string for min/max aggregate ``name``, unless its JSON form is over
+    MAX_HELD_STRING_BYTES (LimitError): a min/max holds one value it has seen, so the bound
+    holds for every window it is in."""
+    if len(value) > HELD_QUICK_CHARS:
+        size = json_bytes(value)
+        if size > MAX_HELD_STRING_BYTES:
+            raise LimitError(
+                f"aggregate {name!r} takes strings of at most {MAX_HELD_STRING_BYTES} bytes "
+                f"as JSON, got {size}"
+            )
+    return value
+
+
+def _size_bound(key: Any) -> int:
+    """At least the size of the JSON form of a key in state form (cheap: no encoding)."""
+    kind = type(key)
+    if kind is str:
+        return 6 * len(key) + 2
+    if kind is bytes:  # {"bytes": "<base64>"}
+        return 4 * len(key) // 3 + 16
+    if kind is int:
+        return 21 if _INT64_MIN <= key <= _INT64_MAX else key.bit_length() // 4 + 16
+    if kind is tuple:
+        tag, value = key
+        if tag == "a":
+            return 2 + sum(_size_bound(item) + 1 for item in value)
+        return 32  # a finite float (at most 24 characters), a boolean
+    return 4  # null
+
+
+def json_bytes(value: Any) -> int:
+    """The size of a JSON value's form as a checkpoint writes it (:func:`encode_value`,
+    then orjson; the stdlib, escaping, for what orjson refuses: a lone surrogate)."""
+    plain = encode_value(value)
+    try:
+        return len(orjson.dumps(plain))
+    except TypeError:
+        return len(json.dumps(plain, separators=(",", ":")))
 
 
 def restored_key(stored: Any) -> tuple[Any, Any]:

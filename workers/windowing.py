@@ -52,13 +52,16 @@ from streamherd.workers.summing import (
     total,
 )
 from streamherd.workers.values import (
+    KEY_QUICK_CHARS,
     canonical_key,
+    check_held_string,
     decode_value,
     encode_value,
     key_text,
     key_value,
     output_key_text,
     restored_key,
+    window_key,
 )
 
 Record = Mapping[str, Any]
@@ -251,10 +254,10 @@ class AggregatePlan:
                 f"aggregate {self.name!r} (avg) takes numbers within the float range, "
                 f"got an integer of {value.bit_length()} bits"
             )
-        if (isinstance(value, int | float) and not isinstance(value, bool)) or (
-            type(value) is str and self.function in ("min", "max")
-        ):
+        if isinstance(value, int | float) and not isinstance(value, bool):
             return value
+        if type(value) is str and self.function in ("min", "max"):
+            return check_held_string(self.name, value)
         wanted = "a number or a string" if self.function in ("min", "max") else "a number"
         raise TypeError(
             f"aggregate {self.name!r} ({self.function}) needs {wanted}, got {type(value).__name__}"
@@ -551,8 +554,9 @@ class PartitionWindows:
         for record, source in items:
             try:
                 key = key_of(record)
-                if type(key) is not str:  # see values.canonical_key: 1, 1.0, true differ
-                    key = canonical_key(key)
+                # values.window_key: 1, 1.0, true differ; a key too long is refused
+                if type(key) is not str or len(key) > KEY_QUICK_CHARS:
+                    key = window_key(key)
                 if millis_of is not None:  # an int in range needs no conversion
                     event_ms = millis_of(record)
                     if type(event_ms) is not int or not low <= event_ms <= high:

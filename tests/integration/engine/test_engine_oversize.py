@@ -267,3 +267,85 @@ def test_a_topic_that_refuses_gets_a_shorter_dead_letter_and_refused_results_are
         assert worker.alive()
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize(
+    ("layout", "delivery"),
+    [
+        ("changelog", "atLeastOnce"),
+        ("changelog", "exactlyOnce"),
+        ("repartition", "atLeastOnce"),
+    ],
+)
+def test_a_record_whose_state_no_kafka_record_can_hold_is_dead_lettered(
+    kafka_broker: KafkaBroker, tmp_path: Path, layout: str, delivery: str
+) -> None:
+    """One record of about 1,040,000 bytes (the broker's default limit lets it in) on the
+    paths that write a record's data to Kafka again: as a window key in the changelog
+    state, or as the source value a repartition entry carries (its key small, the bulk in a
+    field no step reads). Before, the state's producer refused it at every checkpoint (or
+    hop), the worker exited, and every restart met the same record: the partition stopped
+    for good (a probe of this session). Now the record is refused by its own values before
+    it is folded (limits.MAX_KEY_BYTES, MAX_HOP_ENTRY_BYTES): dead-lettered with reason
+    ``limit``, and the partition goes on."""
+    src = kafka_broker.create_topic(kafka_broker.unique_topic("in"), 1)
+    sink = kafka_broker.create_topic(kafka_broker.unique_topic("out"), 1)
+    dlq = kafka_broker.create_topic(kafka_broker.unique_topic("dlq"), 1)
+    group = f"g-{src}"
+    before, after = list(clicks(0, 300)), list(clicks(300, 300))
+    kafka_broker.produce(src, before)
+    bulk = incompressible(BIG - 100)
+    if layout == "changelog":  # the key is the bulk
+        hostile = b'{"user": "%s", "ts": %d, "bytes": 1}' % (bulk, BASE_TS + 700)
+    else:  # a small key, the bulk unread
+        hostile = b'{"user": "u1", "ts": %d, "bytes": 1, "blob": "%s"}' % (BASE_TS + 700, bulk)
+    produce_raw(kafka_broker, src, [hostile])
+    config = pipeline_config(
+        kafka_broker, source=src, sink=sink, dlq=dlq, group=group, checkpoints=tmp_path / "ck"
+    )
+    config["delivery"] = delivery
+    if layout == "changelog":
+        config["checkpoint"]["changelog"] = {"topic": f"{src}.changelog"}
+    else:
+        config["processor"]["steps"][-1]["window"]["repartition"] = "always"
+        config["repartition"] = {"topic": f"{src}.repartition"}
+    worker = Worker.create(tmp_path, "w", config)
+    worker.env = {"STREAMHERD_WORKER_ID": "w"}
+    worker.start()
+    try:
+        # Its window still open (the later records are not there yet): a checkpoint comes.
+        wait_until(
+            "the partition to advance past the record",
+            lambda: committed_to(kafka_broker, group, src, 301),
+            120,
+            [worker],
+        )
+        kafka_broker.produce(src, after)
+        flush_markers(kafka_broker, src, 1, after[-1][1]["ts"])
+        end = kafka_broker.end_offsets(src)[0]
+        wait_until(
+            "the partition to advance to the end",
+            lambda: committed_to(kafka_broker, group, src, end),
+            120,
+            [worker],
+        )
+        letters = kafka_broker.consume_all(dlq, min_records=1, timeout=60)
+        assert len(letters) == 1
+        named = headers_of(letters[0])
+        assert named["streamherd.error.reason"] == b"limit"
+        assert named["streamherd.error"] == b"LimitError"
+        assert named["streamherd.source.offset"] == b"300"
+        expected = reference(before + after)
+
+        def complete() -> bool:
+            return set(expected) <= set(latest_by_key(kafka_broker.consume_all(sink)))
+
+        wait_until("every window in the sink", complete, 90, [worker])
+        got = latest_by_key(kafka_broker.consume_all(sink))
+        assert {k: (v["clicks"], v["bytes"]) for k, v in got.items() if k in expected} == {
+            k: (v["clicks"], v["bytes"]) for k, v in expected.items()
+        }
+        assert worker.alive()
+        assert "event=failed" not in worker.log_path.read_text()
+    finally:
+        worker.stop()

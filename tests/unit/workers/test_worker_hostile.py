@@ -35,7 +35,14 @@ from hypothesis import strategies as st
 from streamherd.workers.checkpointing import Checkpoint, CheckpointStore, decode, encode
 from streamherd.workers.config import ProcessorConfig
 from streamherd.workers.fusing import fuse
-from streamherd.workers.limits import MAX_STRING_LENGTH, LimitError, ensure_recursion_headroom
+from streamherd.workers.limits import (
+    MAX_HELD_STRING_BYTES,
+    MAX_HOP_ENTRY_BYTES,
+    MAX_KEY_BYTES,
+    MAX_STRING_LENGTH,
+    LimitError,
+    ensure_recursion_headroom,
+)
 from streamherd.workers.processing import (
     Processor,
     SourceMessage,
@@ -45,8 +52,16 @@ from streamherd.workers.processing import (
     decode_raw,
     window_batch,
 )
+from streamherd.workers.rekeying import rekey
 from streamherd.workers.summing import CANONICAL_NAN
-from streamherd.workers.values import WindowKeyError, canonical_key, encode_value
+from streamherd.workers.values import (
+    WindowKeyError,
+    canonical_key,
+    encode_value,
+    json_bytes,
+    key_value,
+    window_key,
+)
 from streamherd.workers.windowing import PartitionWindows, output_key
 from tests.unit.workers.sourcemessages import BASE, Msg, batch_paths
 
@@ -610,3 +625,119 @@ def _as_text(key: Any) -> Any:
     if type(key) is tuple and key[0] == "a":  # an array: ("a", items)
         return ("a", tuple(_as_text(k) for k in key[1]))
     return key
+
+
+def test_a_record_whose_state_would_not_fit_a_checkpoint_record_is_refused_on_every_path() -> None:
+    """A window's entry is one changelog record: one record's key and min/max strings are
+    bounded by their JSON form (escapes counted), at the limit accepted, one character past
+    it refused with reason ``limit``, alike on the fused path, the generic path and the
+    repartition hop's upstream side (decision 0168)."""
+    cfg = pipeline([], "user", [{"name": "lo", "function": "min", "expression": "s"}])
+    processor = Processor.compile(cfg)
+    plan = processor.window
+    assert plan is not None
+    fused = fuse(cfg, plan)
+    assert fused is not None
+    fits = (MAX_KEY_BYTES - 2) // 6  # "\u0001" is 6 bytes in JSON
+    held = (MAX_HELD_STRING_BYTES - 2) // 2  # "é" is 2 bytes of UTF-8
+    records = [
+        {"user": "\x01" * fits, "ts": BASE, "s": "x"},
+        {"user": "\x01" * (fits + 1), "ts": BASE, "s": "x"},  # refused
+        {"user": "a" * (MAX_KEY_BYTES - 2), "ts": BASE, "s": "x"},
+        {"user": "a" * (MAX_KEY_BYTES - 1), "ts": BASE, "s": "x"},  # refused
+        {"user": "b", "ts": BASE, "s": "\u00e9" * held},
+        {"user": "b", "ts": BASE, "s": "\u00e9" * (held + 1)},  # refused
+        {"user": ["c", "d" * 40_000, "e" * 30_000], "ts": BASE, "s": "x"},  # refused
+        {"user": ["c", "d" * 30_000, "e" * 30_000], "ts": BASE, "s": "x"},
+    ]
+    refused = [1, 3, 5, 6]
+    messages: list[SourceMessage] = [Msg(i, orjson.dumps(r)) for i, r in enumerate(records)]
+    for run in batch_paths(fused, processor):
+        state = PartitionWindows(plan)
+        failures, late, filtered = summary(run(messages, state))
+        assert [(o, reason, kind) for o, reason, kind, _ in failures] == [
+            (o, "limit", "LimitError") for o in refused
+        ]
+        assert (late, filtered) == ([], 0)
+        assert sum(acc[0] for acc in state.windows.values()) == len(records) - len(refused)
+    hop_failures: list[Any] = []
+    rekey(
+        plan,
+        list(zip(records, messages, strict=True)),
+        plan_id="p",
+        topic="in",
+        partition=0,
+        max_event_ms=None,
+        failures=hop_failures,
+        partitions=1,
+    )
+    assert [(f.message.offset(), f.reason) for f in hop_failures] == [(o, "limit") for o in refused]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.recursive(
+        st.one_of(st.text(), st.integers(), st.booleans(), st.none(), st.binary()),
+        lambda inner: st.lists(inner, max_size=4),
+        max_leaves=8,
+    ),
+    scale=st.sampled_from([1, 100, 2_000, 6_000, 11_000, 30_000]),
+)
+def test_a_window_key_is_refused_exactly_when_its_checkpoint_form_is_over_the_limit(
+    key: Any, scale: int
+) -> None:
+    """values.window_key's cheap bound never lets a key over MAX_KEY_BYTES through, nor
+    refuses one within it: the size is the JSON form a checkpoint writes (json_bytes)."""
+
+    def grow(value: Any) -> Any:
+        if isinstance(value, str | bytes):
+            return value * scale
+        if isinstance(value, list):
+            return [grow(v) for v in value]
+        return value
+
+    key = grow(key)
+    try:
+        canon = canonical_key(key)
+    except (WindowKeyError, LimitError):
+        return  # not a key at all (an array too deep, ...): window_key refuses it too
+    size = json_bytes(key_value(canon))
+    if size > MAX_KEY_BYTES:
+        with pytest.raises(LimitError):
+            window_key(key)
+    else:
+        assert window_key(key) == canon
+
+
+def test_a_record_too_large_to_cross_the_repartition_topic_is_refused_before_it_is_produced() -> (
+    None
+):
+    """The hop carries each record's source key and value (a dead letter downstream holds
+    them): an entry no Kafka message can carry is refused upstream (``limit``), alone, and
+    nothing of it is produced; the records around it cross. Before, the producer's refusal
+    stopped the worker, and every restart met the same record."""
+    cfg = pipeline([], "user", [])
+    processor = Processor.compile(cfg)
+    plan = processor.window
+    assert plan is not None
+    blob = "z" * (MAX_HOP_ENTRY_BYTES - 200)  # a field no step reads
+    records = [
+        {"user": "a", "ts": BASE, "blob": "small"},
+        {"user": "a", "ts": BASE, "blob": blob + "z" * 400},  # refused
+        {"user": "a", "ts": BASE, "blob": blob[: MAX_HOP_ENTRY_BYTES // 2]},
+    ]
+    messages: list[SourceMessage] = [Msg(i, orjson.dumps(r)) for i, r in enumerate(records)]
+    failures: list[Any] = []
+    rows, _, carried = rekey(
+        plan,
+        list(zip(records, messages, strict=True)),
+        plan_id="p",
+        topic="in",
+        partition=0,
+        max_event_ms=None,
+        failures=failures,
+        partitions=1,
+    )
+    assert [(f.message.offset(), f.reason) for f in failures] == [(1, "limit")]
+    assert carried == 2
+    assert all(len(value) < 1_000_000 - MAX_KEY_BYTES for _, value, *_ in rows)
