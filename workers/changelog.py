@@ -156,15 +156,31 @@ def retrying(call: Any, deadline: float) -> None:
 
 def _dumps(value: Any) -> bytes:
     """Deterministic JSON bytes; the stdlib writes what orjson cannot (an integer beyond 64
-    bits outside ``values.encode_value``'s forms), marked by a leading space."""
+    bits outside ``values.encode_value``'s forms, a lone surrogate), marked by a leading
+    space, in ASCII: a record key's bytes are its identity in the compacted topic, so they
+    never change (``values.json_bytes`` measures a window key in this form)."""
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except TypeError:
         return b" " + json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _dumps_value(value: Any) -> bytes:
+    """A window's accumulator as :func:`_dumps` writes it, but the stdlib's text unescaped
+    (UTF-8, a lone surrogate as its 3 bytes): escaping every non-ASCII character of the
+    accumulator for one lone surrogate among them would triple the record, past what the
+    limits on held strings allow for (limits.MAX_HELD_STRING_BYTES)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return b" " + text.encode("utf-8", "surrogatepass")
+
+
 def _loads(data: bytes) -> Any:
-    return json.loads(data) if data[:1] == b" " else orjson.loads(data)
+    if data[:1] == b" ":
+        return json.loads(data.decode("utf-8", "surrogatepass"))
+    return orjson.loads(data)
 
 
 def record_key(topic: str, partition: int, *rest: Any) -> bytes:
@@ -200,7 +216,7 @@ def encode(checkpoint: Checkpoint) -> Records:
         if windows is not None:
             windowed = True
             for key, start, acc in windows:
-                records[record_key(t, p, WINDOW, key, start)] = _dumps(acc)
+                records[record_key(t, p, WINDOW, key, start)] = _dumps_value(acc)
     doc: dict[str, Any] = {
         "nextOffset": checkpoint.next_offset,
         "pipeline": checkpoint.pipeline,
@@ -271,7 +287,7 @@ def incremental(checkpoint: Checkpoint) -> Delta:
     assert checkpoint.changes is not None
     t, p = checkpoint.topic, checkpoint.partition
     out: Delta = {
-        record_key(t, p, WINDOW, key, start): None if acc is None else _dumps(acc)
+        record_key(t, p, WINDOW, key, start): None if acc is None else _dumps_value(acc)
         for key, start, acc in checkpoint.changes
     }
     head = encode(

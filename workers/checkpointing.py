@@ -171,8 +171,9 @@ def _envelope(fmt: str, doc: Mapping[str, Any]) -> bytes:
     envelope: dict[str, Any] = {"format": fmt}
     try:
         body = orjson.dumps(doc)
-    except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits; rare, so slower
-        body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits, a lone surrogate
+        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+        body = text.encode("utf-8", "surrogatepass")  # a lone surrogate: its 3 bytes
         envelope["encoding"] = STDLIB
     header = orjson.dumps({**envelope, "crc32": zlib.crc32(body), "length": len(body)})
     return header + b"\n" + body + b"\n"
@@ -194,7 +195,10 @@ def _open_envelope(data: bytes, formats: Iterable[str]) -> tuple[str, Any]:
             raise CheckpointError(f"unknown checkpoint format {fmt!r}")
         if len(body) != header["length"] or zlib.crc32(body) != header["crc32"]:
             raise CheckpointError("checkpoint checksum mismatch (torn or corrupted file)")
-        doc = json.loads(body) if header.get("encoding") == STDLIB else orjson.loads(body)
+        if header.get("encoding") == STDLIB:
+            doc = json.loads(body.decode("utf-8", "surrogatepass"))
+        else:
+            doc = orjson.loads(body)
         return str(fmt), doc
     except CheckpointError:
         raise

@@ -85,9 +85,10 @@ MAX_KEY_BYTES: Final = 65_536
 #: A string a min/max aggregate takes (its JSON form, quotes included).
 MAX_HELD_STRING_BYTES: Final = 16_384
 #: One record's entry in a repartition message (its key, event time, values, and its source
-#: key and value, which a dead letter downstream holds): one Kafka message with the key's
-#: text and the framing, under librdkafka's default message.max.bytes (1,000,000).
-MAX_HOP_ENTRY_BYTES: Final = 1_000_000 - MAX_KEY_BYTES - 16_384
+#: key and value, which a dead letter downstream holds) with the message's key (the window
+#: key's text): one Kafka message with its framing, under librdkafka's default
+#: message.max.bytes (1,000,000).
+MAX_HOP_ENTRY_BYTES: Final = 1_000_000 - 16_384
 
 # ---------------------------------------------------------------- windows
 

@@ -370,8 +370,9 @@ def rekey(
     carried = 0
     # repartition partition -> [first key text, entries, bytes, last offset, timestamp]
     open_: dict[int, list[Any]] = {}
-    # key -> (repartition partition, key text), for this batch (keys repeat: CRC-32 once)
-    targets: dict[Any, tuple[int, str]] = {}
+    # key -> (repartition partition, key text, its UTF-8 bytes), for this batch (keys repeat:
+    # CRC-32 once)
+    targets: dict[Any, tuple[int, str, int]] = {}
     crc32, encode = zlib.crc32, _encode
     last_source: Any = None
     sub = 0
@@ -417,30 +418,30 @@ def rekey(
                 failures.append(Failure(m, "expression", error))
                 top = before  # nothing crossed: as if the record had not come
                 continue
-        if len(entry) > MAX_HOP_ENTRY_BYTES:
-            # No Kafka message would carry it: refused alone, before anything is produced.
+        found = targets.get(key)
+        if found is None:
+            text = key_text(key)
+            raw = text.encode("utf-8", errors="surrogatepass")
+            # The partition Sink.repartition picks for this key text (CRC-32, stable), and
+            # the key text's size in the message.
+            found = targets[key] = (crc32(raw) % partitions, text, len(raw))
+        if len(entry) + found[2] > MAX_HOP_ENTRY_BYTES:
+            # No Kafka message would carry it with its key: refused alone, before anything
+            # is produced.
             failures.append(
                 Failure(
                     m,
                     "limit",
                     LimitError(
-                        f"the record's repartition entry is {len(entry)} bytes (at most "
-                        f"{MAX_HOP_ENTRY_BYTES}: one Kafka message): too large to cross the "
-                        "repartition topic"
+                        f"the record's repartition entry and key are {len(entry) + found[2]} "
+                        f"bytes (at most {MAX_HOP_ENTRY_BYTES}: one Kafka message): too large "
+                        "to cross the repartition topic"
                     ),
                 )
             )
             top = before
             continue
         carried += 1
-        found = targets.get(key)
-        if found is None:
-            text = key_text(key)
-            # The partition Sink.repartition picks for this key text (CRC-32, stable).
-            found = targets[key] = (
-                crc32(text.encode("utf-8", errors="surrogatepass")) % partitions,
-                text,
-            )
         target = found[0]
         when = stamp if stamp is not None and stamp > 0 else 0  # 0: the producer's clock
         group = open_.get(target)

@@ -71,10 +71,12 @@ __all__ = [
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
-#: A string of at most this many characters has a JSON form within MAX_KEY_BYTES (at most 6
-#: bytes a character, ``\u0001``; and its 2 quotes): the hot paths' one test of a string key.
-KEY_QUICK_CHARS: Final = (MAX_KEY_BYTES - 2) // 6
-#: The same for a string a min/max takes (MAX_HELD_STRING_BYTES).
+#: A string of at most this many characters has a JSON form within MAX_KEY_BYTES (at most
+#: 12 bytes a character: an astral one escaped as a surrogate pair, as the stdlib writes a
+#: key holding a lone surrogate; and its 2 quotes): the hot paths' one test of a string key.
+KEY_QUICK_CHARS: Final = (MAX_KEY_BYTES - 2) // 12
+#: The same for a string a min/max takes (MAX_HELD_STRING_BYTES): an accumulator is written
+#: unescaped (at most 6 bytes a character, ``\u0001``).
 HELD_QUICK_CHARS: Final = (MAX_HELD_STRING_BYTES - 2) // 6
 
 
@@ -149,7 +151,7 @@ def _size_bound(key: Any) -> int:
     """At least the size of the JSON form of a key in state form (cheap: no encoding)."""
     kind = type(key)
     if kind is str:
-        return 6 * len(key) + 2
+        return 12 * len(key) + 2
     if kind is bytes:  # {"bytes": "<base64>"}
         return 4 * len(key) // 3 + 16
     if kind is int:
@@ -164,7 +166,8 @@ def _size_bound(key: Any) -> int:
 
 def json_bytes(value: Any) -> int:
     """The size of a JSON value's form as a checkpoint writes it (:func:`encode_value`,
-    then orjson; the stdlib, escaping, for what orjson refuses: a lone surrogate)."""
+    then orjson; for what orjson refuses, a lone surrogate, the stdlib's ASCII form, as a
+    changelog record key holds it: at least as long as any other form)."""
     plain = encode_value(value)
     try:
         return len(orjson.dumps(plain))

@@ -25,6 +25,7 @@ import copy
 import json
 import struct
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -32,6 +33,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from streamherd.workers import changelog
 from streamherd.workers.checkpointing import Checkpoint, CheckpointStore, decode, encode
 from streamherd.workers.config import ProcessorConfig
 from streamherd.workers.fusing import fuse
@@ -677,7 +679,13 @@ def test_a_record_whose_state_would_not_fit_a_checkpoint_record_is_refused_on_ev
 @settings(max_examples=300, deadline=None)
 @given(
     key=st.recursive(
-        st.one_of(st.text(), st.integers(), st.booleans(), st.none(), st.binary()),
+        st.one_of(
+            st.text(st.characters(exclude_categories=())),  # lone surrogates too
+            st.integers(),
+            st.booleans(),
+            st.none(),
+            st.binary(),
+        ),
         lambda inner: st.lists(inner, max_size=4),
         max_leaves=8,
     ),
@@ -741,3 +749,72 @@ def test_a_record_too_large_to_cross_the_repartition_topic_is_refused_before_it_
     assert [(f.message.offset(), f.reason) for f in failures] == [(1, "limit")]
     assert carried == 2
     assert all(len(value) < 1_000_000 - MAX_KEY_BYTES for _, value, *_ in rows)
+
+
+@dataclass(frozen=True)
+class KeyedMsg(Msg):
+    key_: bytes = b"k"
+
+    def key(self) -> bytes:
+        return self.key_
+
+
+def test_a_raw_key_of_invalid_utf8_counts_its_message_key_text_at_the_hop() -> None:
+    """A raw source's key that is not UTF-8 stays bytes in state (base64 in a checkpoint,
+    4/3 of its size) but names its repartition message by its text, where each invalid byte
+    is U+FFFD (3 bytes): the hop counts that text, so the message stays one Kafka message."""
+    cfg = ProcessorConfig.model_validate(
+        {
+            "steps": [
+                {
+                    "window": {
+                        "keyBy": "key",
+                        "size": "10s",
+                        "eventTime": {},  # the Kafka timestamp
+                        "aggregates": [{"name": "n", "function": "count"}],
+                    }
+                }
+            ]
+        }
+    )
+    processor = Processor.compile(cfg)
+    plan = processor.window
+    assert plan is not None
+    key = b"\xff" * 49_000  # 65,356 bytes as state (accepted), 147,000 as message key text
+    message = KeyedMsg(0, b"v" * 800_000, key_=key)
+    records = decode_raw([message], [])
+    failures: list[Any] = []
+    rows, _, carried = rekey(
+        plan,
+        records,
+        plan_id="p",
+        topic="in",
+        partition=0,
+        max_event_ms=None,
+        failures=failures,
+        partitions=1,
+    )
+    assert [(f.message.offset(), f.reason) for f in failures] == [(0, "limit")]
+    assert (rows, carried) == ([], 0)
+
+
+def test_state_holding_lone_surrogates_survives_both_backends_exactly(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A lone surrogate (an expression's string literal, a user function's output) in a
+    window key and a min/max value: the volume checkpoint used to fail to encode it (the
+    worker then exited at every checkpoint); both backends now write it and read it back
+    exactly."""
+    state = {
+        "v": 2,
+        "maxEventMs": 0,
+        "windows": [["k\ud800", 0, [1, "x\udfff\u00e9"]], [["a", "\ud83d"], 0, [2, "y"]]],
+    }
+    checkpoint = Checkpoint("t", 0, 5, state)
+    directory = tmp_path_factory.mktemp("surrogates")
+    CheckpointStore(directory).save([checkpoint])
+    loaded = CheckpointStore(directory).load("t", 0)
+    assert loaded is not None and loaded.state == state
+    records = changelog.encode(checkpoint)
+    decoded = changelog.decode("t", 0, records)
+    assert decoded is not None and decoded.state == state
