@@ -12,6 +12,12 @@ import socket
 from pathlib import Path
 from typing import Any, Final
 
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, not in its stubs
+    AdminClient,
+    ConfigResource,
+    ResourceType,
+)
+
 from streamherd.workers.config import (
     MAX_TRANSACTION_TIMEOUT_MS,
     KafkaEndpoint,
@@ -121,3 +127,26 @@ def transaction_timeout_ms(config: WorkerConfig) -> int:
     intervals stop at MAX_EXACTLY_ONCE_INTERVAL_SECONDS."""
     wanted = max(TRANSACTION_TIMEOUT_MS, 6 * round(config.checkpoint.interval_seconds * 1000))
     return min(wanted, MAX_TRANSACTION_TIMEOUT_MS)
+
+
+def topic_max_message_bytes(
+    endpoint: KafkaEndpoint, topics: list[str], timeout: float = 10.0
+) -> dict[str, int]:
+    """Each topic's ``max.message.bytes`` as its broker answers (DescribeConfigs): the
+    largest record batch it takes. A topic it does not answer for (missing, not allowed to
+    describe, no broker in time) is left out: the caller keeps its default."""
+    admin = AdminClient(client_config(endpoint))
+    resources = [ConfigResource(ResourceType.TOPIC, topic) for topic in dict.fromkeys(topics)]
+    found: dict[str, int] = {}
+    try:
+        futures = admin.describe_configs(resources, request_timeout=timeout)
+    except Exception:  # noqa: BLE001 - no answer: defaults
+        return found
+    for resource, future in futures.items():
+        try:
+            entry = future.result(timeout).get("max.message.bytes")
+        except Exception:  # noqa: BLE001 - this topic unanswered: its default
+            entry = None
+        if entry is not None and entry.value is not None:
+            found[resource.name] = int(entry.value)
+    return found

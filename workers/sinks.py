@@ -25,7 +25,7 @@ from streamherd.workers.config import (
     SinkConfig,
 )
 from streamherd.workers.expressions import compile_expression
-from streamherd.workers.kafkaclients import producer_config
+from streamherd.workers.kafkaclients import producer_config, topic_max_message_bytes
 from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics, SinkMetrics
 from streamherd.workers.processing import Failure, SourceMessage, encode_output, error_headers
@@ -279,6 +279,31 @@ class Outputs:
             )
             if not two_phase:
                 transactional = None
+        # Exactly-once: one record the broker refuses dooms the whole transaction (it is
+        # aborted, and its replay meets the same record: the partition stops for good). So
+        # nothing the sink or dead-letter topic would refuse is produced: their
+        # max.message.bytes is learnt here, each result and dead letter is measured against
+        # it before it is produced, and the producer's batches stay under the smallest
+        # (decision 0169). At-least-once sends a refused record again, alone, instead.
+        self._sink_max_bytes: int | None = None
+        self._dlq_limit_name = "the producer's message.max.bytes"
+        dlq_topic_max: int | None = None
+        if transactional is not None and (sink.kafka is not None or dead_letter is not None):
+            endpoint: KafkaEndpoint = sink.kafka or dead_letter  # type: ignore[assignment]
+            topics = [c.topic for c in (sink.kafka, dead_letter) if c is not None]
+            limits = {
+                topic: size - size // 100  # room for the batch's framing and compression
+                for topic, size in topic_max_message_bytes(endpoint, topics).items()
+            }
+            if sink.kafka is not None and sink.kafka.topic in limits:
+                self._sink_max_bytes = min(DEFAULT_MESSAGE_MAX_BYTES, limits[sink.kafka.topic])
+            if dead_letter is not None:
+                dlq_topic_max = limits.get(dead_letter.topic)
+            smallest = min(limits.values(), default=DEFAULT_MESSAGE_MAX_BYTES)
+            if smallest < DEFAULT_MESSAGE_MAX_BYTES:
+                # A batch holds one topic partition's records; one larger than batch.size
+                # (a repartition message) still goes, alone.
+                transactional = {**transactional, "batch.size": max(smallest, 1)}
         # Exactly-once: librdkafka settings of the one transactional producer
         # (transactional.id, transaction.timeout.ms), created with the first output.
         self._producers = _Producers(transactional)
@@ -312,6 +337,9 @@ class Outputs:
             self._dlq_max_bytes = int(
                 producer_config(dead_letter).get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES)
             )
+            if dlq_topic_max is not None and dlq_topic_max < self._dlq_max_bytes:
+                self._dlq_max_bytes = dlq_topic_max
+                self._dlq_limit_name = "the dead-letter topic's max.message.bytes"
         self._report = SinkMetrics(metrics)
         # Refused as too large by the broker (delivery reports): (source, key, value, error)
         # of sink results, (key, value, headers, why) of dead letters. Sent on the next poll.
@@ -386,6 +414,21 @@ class Outputs:
                 data = encode_result(value)
             except Exception as error:  # noqa: BLE001 - the result's fault: dead-letter it
                 self._refuse(source, default_key, value, error)
+                continue
+            limit = self._sink_max_bytes
+            if (
+                limit is not None
+                and message_size(_as_bytes(key), data, headers or []) + FRAMING_BYTES > limit
+            ):
+                self._refuse(
+                    source,
+                    key,
+                    data,
+                    SinkRefusedError(
+                        f"larger than the sink topic's max.message.bytes allows ({limit} bytes "
+                        "with its framing): not produced, as it would fail the transaction"
+                    ),
+                )
                 continue
             try:
                 _produce(
@@ -568,7 +611,7 @@ class Outputs:
         producer = self._dlq_producer
         assert producer is not None
         if not cut and message_size(key, value, headers) + FRAMING_BYTES > self._dlq_max_bytes:
-            why = f"larger than the producer's message.max.bytes ({self._dlq_max_bytes})"
+            why = f"larger than {self._dlq_limit_name} ({self._dlq_max_bytes})"
             key, value, headers = fit(key, value, headers, self._dlq_max_bytes, why)
             cut = True
         while True:

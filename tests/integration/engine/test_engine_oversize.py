@@ -349,3 +349,88 @@ def test_a_record_whose_state_no_kafka_record_can_hold_is_dead_lettered(
         assert "event=failed" not in worker.log_path.read_text()
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize("case", ["result-over-sink-limit", "letter-over-dlq-limit", "small-sink"])
+def test_exactly_once_never_produces_what_its_topics_refuse(
+    kafka_broker: KafkaBroker, tmp_path: Path, case: str
+) -> None:
+    """Exactly-once: one record the broker refuses makes the whole transaction abortable;
+    the abort replays the same record, so before, every run of the worker ended the same
+    way (``_STATE``, exit 1) and the partition never moved (a probe of this session). The
+    worker now learns the sink and dead-letter topics' ``max.message.bytes`` at start and
+    produces nothing they would refuse: a result over the sink's limit is dead-lettered
+    (reason ``sink``), a dead letter over its topic's limit is cut to fit, and batches stay
+    under the smaller limit (``small-sink``: no bad record at all, a sink topic of 2000
+    bytes, which crash-looped too)."""
+    limits = {
+        "result-over-sink-limit": ("50000", None),
+        "letter-over-dlq-limit": (None, "2000"),
+        "small-sink": ("2000", None),
+    }[case]
+    src = kafka_broker.create_topic(kafka_broker.unique_topic("in"), 1)
+    sink = kafka_broker.create_topic(
+        kafka_broker.unique_topic("out"),
+        1,
+        config={"max.message.bytes": limits[0]} if limits[0] else None,
+    )
+    dlq = kafka_broker.create_topic(
+        kafka_broker.unique_topic("dlq"),
+        1,
+        config={"max.message.bytes": limits[1]} if limits[1] else None,
+    )
+    group = f"g-{src}"
+    before, after = list(clicks(0, 300)), list(clicks(300, 300))
+    kafka_broker.produce(src, before)
+    junk = incompressible(60_000)
+    if case == "result-over-sink-limit":  # its result's key alone is over the sink's limit
+        produce_raw(
+            kafka_broker, src, [b'{"user": "%s", "ts": %d, "bytes": 1}' % (junk, BASE_TS + 700)]
+        )
+    elif case == "letter-over-dlq-limit":
+        produce_raw(kafka_broker, src, [b"{" + junk[:5000]])
+    kafka_broker.produce(src, after)
+    flush_markers(kafka_broker, src, 1, after[-1][1]["ts"])
+    end = kafka_broker.end_offsets(src)[0]
+    config = pipeline_config(
+        kafka_broker, source=src, sink=sink, dlq=dlq, group=group, checkpoints=tmp_path / "ck"
+    )
+    config["delivery"] = "exactlyOnce"
+    worker = Worker.create(tmp_path, "w", config)
+    worker.env = {"STREAMHERD_WORKER_ID": "w"}
+    worker.start()
+    try:
+        wait_until(
+            "the partition to advance to the end",
+            lambda: committed_to(kafka_broker, group, src, end),
+            120,
+            [worker],
+        )
+        expected = reference(before + after)
+
+        def complete() -> bool:
+            return set(expected) <= set(latest_by_key(kafka_broker.consume_all(sink)))
+
+        wait_until("every window in the sink", complete, 90, [worker])
+        got = latest_by_key(kafka_broker.consume_all(sink))
+        assert {k: (v["clicks"], v["bytes"]) for k, v in got.items() if k in expected} == {
+            k: (v["clicks"], v["bytes"]) for k, v in expected.items()
+        }
+        letters = kafka_broker.consume_all(dlq, min_records=0 if case == "small-sink" else 1)
+        if case == "small-sink":
+            assert letters == []
+        else:
+            assert len(letters) == 1
+            named = headers_of(letters[0])
+            if case == "result-over-sink-limit":  # the window's result, named by the record
+                assert named["streamherd.error.reason"] == b"sink"  # that closed the window
+                assert (letters[0].key or b"").startswith(junk)  # the output key: key@start
+            else:
+                assert named["streamherd.source.offset"] == b"300"
+                assert named["streamherd.error.reason"] == b"decode"
+                assert named["streamherd.truncated"] == b"true"
+                assert b"dead-letter topic" in (named["streamherd.truncated.reason"] or b"")
+        assert worker.alive()
+        assert "event=transaction-failed" not in worker.log_path.read_text()
+    finally:
+        worker.stop()
