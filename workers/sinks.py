@@ -295,15 +295,18 @@ class Outputs:
                 topic: size - size // 100  # room for the batch's framing and compression
                 for topic, size in topic_max_message_bytes(endpoint, topics).items()
             }
+            for topic in topics:
+                if topic not in limits:  # not allowed to describe it, or not there yet
+                    log_event(log, logging.WARNING, "topic-limit-unknown", topic=topic,
+                              assumed=DEFAULT_MESSAGE_MAX_BYTES)  # fmt: skip
             if sink.kafka is not None and sink.kafka.topic in limits:
                 self._sink_max_bytes = min(DEFAULT_MESSAGE_MAX_BYTES, limits[sink.kafka.topic])
+                # A batch holds one topic partition's records; one larger than batch.size
+                # (a repartition message) still goes, alone. The sink's limit only: the
+                # batches of every other topic share the setting.
+                transactional = {**transactional, "batch.size": max(self._sink_max_bytes, 1)}
             if dead_letter is not None:
                 dlq_topic_max = limits.get(dead_letter.topic)
-            smallest = min(limits.values(), default=DEFAULT_MESSAGE_MAX_BYTES)
-            if smallest < DEFAULT_MESSAGE_MAX_BYTES:
-                # A batch holds one topic partition's records; one larger than batch.size
-                # (a repartition message) still goes, alone.
-                transactional = {**transactional, "batch.size": max(smallest, 1)}
         # Exactly-once: librdkafka settings of the one transactional producer
         # (transactional.id, transaction.timeout.ms), created with the first output.
         self._producers = _Producers(transactional)
@@ -331,6 +334,7 @@ class Outputs:
         self._dlq_producer: Producer | None = None
         self._dlq_topic = ""
         self._dlq_max_bytes = DEFAULT_MESSAGE_MAX_BYTES
+        self._dlq_alone = False
         if dead_letter is not None:
             self._dlq_producer = self._producers.get(dead_letter)
             self._dlq_topic = dead_letter.topic
@@ -340,6 +344,11 @@ class Outputs:
             if dlq_topic_max is not None and dlq_topic_max < self._dlq_max_bytes:
                 self._dlq_max_bytes = dlq_topic_max
                 self._dlq_limit_name = "the dead-letter topic's max.message.bytes"
+                # Several dead letters in one batch could be over it together: each goes
+                # in a batch of its own (they are rare).
+                self._dlq_alone = dlq_topic_max < (
+                    self._sink_max_bytes or DEFAULT_MESSAGE_MAX_BYTES
+                )
         self._report = SinkMetrics(metrics)
         # Refused as too large by the broker (delivery reports): (source, key, value, error)
         # of sink results, (key, value, headers, why) of dead letters. Sent on the next poll.
@@ -411,6 +420,8 @@ class Outputs:
                 if key_fn is not None and not isinstance(value, bytes):
                     computed = key_fn(value)
                     key = None if computed is None else text_of(computed)
+                if type(key) is str:
+                    key = key.encode()  # a lone surrogate: the result's fault, not the worker's
                 data = encode_result(value)
             except Exception as error:  # noqa: BLE001 - the result's fault: dead-letter it
                 self._refuse(source, default_key, value, error)
@@ -501,7 +512,7 @@ class Outputs:
         for failure in failures:
             m = failure.message
             headers = error_headers(failure, self.pipeline)
-            self._send_dead_letter(m.key(), m.value(), headers, alone=alone)
+            self._send_dead_letter(m.key(), m.value(), headers, alone=alone or self._dlq_alone)
         self._dlq_producer.poll(0)
 
     def repartition(
@@ -614,6 +625,12 @@ class Outputs:
             why = f"larger than {self._dlq_limit_name} ({self._dlq_max_bytes})"
             key, value, headers = fit(key, value, headers, self._dlq_max_bytes, why)
             cut = True
+            if message_size(key, value, headers) + FRAMING_BYTES > self._dlq_max_bytes:
+                # Even its headers are over the limit (a long error message, a small
+                # topic): produced, it would be refused (and fail an exactly-once
+                # transaction); counted and logged instead.
+                self._dead_letter_lost(headers, why)
+                return
         while True:
             try:
                 _produce(
