@@ -351,7 +351,10 @@ def test_a_record_whose_state_no_kafka_record_can_hold_is_dead_lettered(
         worker.stop()
 
 
-@pytest.mark.parametrize("case", ["result-over-sink-limit", "letter-over-dlq-limit", "small-sink"])
+@pytest.mark.parametrize(
+    "case",
+    ["result-over-sink-limit", "letter-over-dlq-limit", "small-sink", "headers-over-dlq-limit"],
+)
 def test_exactly_once_never_produces_what_its_topics_refuse(
     kafka_broker: KafkaBroker, tmp_path: Path, case: str
 ) -> None:
@@ -367,6 +370,7 @@ def test_exactly_once_never_produces_what_its_topics_refuse(
         "result-over-sink-limit": ("50000", None),
         "letter-over-dlq-limit": (None, "2000"),
         "small-sink": ("2000", None),
+        "headers-over-dlq-limit": (None, "2000"),
     }[case]
     src = kafka_broker.create_topic(kafka_broker.unique_topic("in"), 1)
     sink = kafka_broker.create_topic(
@@ -389,6 +393,8 @@ def test_exactly_once_never_produces_what_its_topics_refuse(
         )
     elif case == "letter-over-dlq-limit":
         produce_raw(kafka_broker, src, [b"{" + junk[:5000]])
+    elif case == "headers-over-dlq-limit":  # its error message (a header) alone is over it
+        kafka_broker.produce(src, [("k", {"id": 300, "say": "\u00e9" * 1000})])
     kafka_broker.produce(src, after)
     flush_markers(kafka_broker, src, 1, after[-1][1]["ts"])
     end = kafka_broker.end_offsets(src)[0]
@@ -396,6 +402,11 @@ def test_exactly_once_never_produces_what_its_topics_refuse(
         kafka_broker, source=src, sink=sink, dlq=dlq, group=group, checkpoints=tmp_path / "ck"
     )
     config["delivery"] = "exactlyOnce"
+    if case == "headers-over-dlq-limit":
+        config["processor"]["function"] = {
+            "callable": "tests.unit.workers.userfuncs:complain",
+            "mode": "record",
+        }
     worker = Worker.create(tmp_path, "w", config)
     worker.env = {"STREAMHERD_WORKER_ID": "w"}
     worker.start()
@@ -416,9 +427,12 @@ def test_exactly_once_never_produces_what_its_topics_refuse(
         assert {k: (v["clicks"], v["bytes"]) for k, v in got.items() if k in expected} == {
             k: (v["clicks"], v["bytes"]) for k, v in expected.items()
         }
-        letters = kafka_broker.consume_all(dlq, min_records=0 if case == "small-sink" else 1)
-        if case == "small-sink":
+        quiet = case in ("small-sink", "headers-over-dlq-limit")
+        letters = kafka_broker.consume_all(dlq, min_records=0 if quiet else 1)
+        if quiet:
             assert letters == []
+            if case == "headers-over-dlq-limit":  # counted and logged, never produced
+                assert "event=dead-letter-refused" in worker.log_path.read_text()
         else:
             assert len(letters) == 1
             named = headers_of(letters[0])

@@ -98,3 +98,10 @@ def answer_batch(records: list[dict[str, Any]]) -> list[Any]:
     """Batch mode, per record: each record's own ``answer`` field, whatever it holds (a
     dict, a list, None, or something no function may return)."""
     return [r.get("answer") for r in records]
+
+
+def complain(record: dict[str, Any]) -> dict[str, Any]:
+    """Record mode: raise with the text of `say` as the error message, when it is there."""
+    if "say" in record:
+        raise ValueError(record["say"])
+    return record
