@@ -141,3 +141,26 @@ def _strings(value: object) -> list[str]:
     if isinstance(value, list):
         return [s for v in value for s in _strings(v)]
     return []
+
+
+def test_a_sink_key_that_is_no_utf8_text_is_the_results_fault() -> None:
+    """A sink key expression can compute a lone surrogate (a string literal's escape) that
+    the result itself does not hold: no UTF-8 bytes name such a key, and the producer's
+    encoding raised out of the sink, stopping the worker at every result. The result is
+    dead-lettered (reason ``sink``) instead. No broker is needed: the producer only queues."""
+    metrics = EngineMetrics("p")
+    sink = SinkConfig.model_validate(
+        {
+            "kafka": {
+                "bootstrapServers": "127.0.0.1:9",
+                "topic": "out",
+                # The escape is the expression's: only the key holds the lone surrogate.
+                "key": '"\\ud800" + name',
+            }
+        }
+    )
+    outputs = Outputs(sink, None, "ns/p", io.StringIO(), metrics=metrics)
+    source = SyntheticMessage("in", 3, 42, None, {}, 0)
+    outputs.write([(None, {"name": "a"}), (None, {"name": "b"})], source)
+    sample = metrics.registry.get_sample_value
+    assert sample("streamherd_results_dead_lettered_total", {"pipeline": "p"}) == 2
