@@ -92,6 +92,8 @@ RESTORE_TIMEOUT_SECONDS: Final = 180.0
 #: failure (below) before the checkpoint is postponed to the next interval; under the
 #: producer's transaction timeout, after which a retry could only fail.
 RETRY_SECONDS: Final = 45.0
+#: The pause before each try again.
+RETRY_PAUSE_SECONDS: Final = 0.5
 #: Failures that waiting cures: a broker or coordinator restarting or moving. librdkafka
 #: retries them inside a call until its timeout, then returns them as needing an abort (not
 #: as retriable): the whole transaction is tried again (RETRY_SECONDS).
@@ -152,6 +154,7 @@ def retrying(call: Any, deadline: float) -> None:
             if not error.args[0].retriable() or time.monotonic() > deadline:
                 raise
             log_event(log, logging.WARNING, "changelog-retry", error=str(error))
+            time.sleep(RETRY_PAUSE_SECONDS)  # one that fails at once must not spin
 
 
 def _dumps(value: Any) -> bytes:
@@ -611,7 +614,7 @@ class ChangelogBackend:
                 if time.monotonic() > deadline:
                     raise CheckpointPostponed(f"changelog {self.topic}: {error}") from exception
                 log_event(log, logging.WARNING, "changelog-retry", error=str(error))
-                time.sleep(1.0)
+                time.sleep(RETRY_PAUSE_SECONDS)
         for tp, changes in deltas.items():
             self._apply(tp, changes)
 

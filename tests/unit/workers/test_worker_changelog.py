@@ -386,10 +386,14 @@ def test_what_waiting_cures(error: KafkaError, expected: bool) -> None:
     assert changelog.transient(error) is expected
 
 
-def test_a_retriable_failure_is_tried_again_until_it_succeeds_or_the_deadline() -> None:
+def test_a_retriable_failure_is_tried_again_until_it_succeeds_or_the_deadline(
+    monkeypatch: Any,
+) -> None:
     """A timed-out commit_transaction is called again (its outcome is learnt by the same
-    call, librdkafka's contract); a non-retriable one is raised at once; the deadline ends
-    the retries."""
+    call, librdkafka's contract), after a pause (one that fails at once must not spin); a
+    non-retriable one is raised at once; the deadline ends the retries."""
+    pauses: list[float] = []
+    monkeypatch.setattr(time, "sleep", pauses.append)
     calls: list[int] = []
 
     def flaky(failures: int, error: KafkaError) -> Any:
@@ -403,6 +407,7 @@ def test_a_retriable_failure_is_tried_again_until_it_succeeds_or_the_deadline() 
     timed_out = KafkaError(KafkaError._TIMED_OUT, "commit timed out", retriable=True)
     changelog.retrying(flaky(2, timed_out), time.monotonic() + 60)
     assert len(calls) == 3
+    assert pauses == [changelog.RETRY_PAUSE_SECONDS] * 2
 
     calls.clear()
     abortable = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large", txn_requires_abort=True)
