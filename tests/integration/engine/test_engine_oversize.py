@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -112,6 +113,23 @@ def accounted(worker: Worker) -> tuple[float, float]:
     return read, rest
 
 
+def assert_every_good_window(
+    broker: KafkaBroker, sink: str, good: list[Any], worker: Worker, timeout: float
+) -> None:
+    """Every window of the ``good`` records reaches the sink, each with its exact count and sum
+    (the records around a refused one were processed)."""
+    expected = reference(good)
+
+    def complete() -> bool:
+        return set(expected) <= set(latest_by_key(broker.consume_all(sink)))
+
+    wait_until("every window in the sink", complete, timeout, [worker])
+    got = latest_by_key(broker.consume_all(sink))
+    assert {k: (v["clicks"], v["bytes"]) for k, v in got.items() if k in expected} == {
+        k: (v["clicks"], v["bytes"]) for k, v in expected.items()
+    }
+
+
 def test_a_record_over_the_producer_limit_is_dead_lettered_truncated(
     kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:
@@ -174,16 +192,7 @@ def test_a_record_over_the_producer_limit_is_dead_lettered_truncated(
             assert letter.value is not None and 900_000 < len(letter.value) < len(original)
             assert original.startswith(letter.value)
         # The records after them were processed: every window of the good records is there.
-        expected = reference(before + after)
-
-        def complete() -> bool:
-            return set(expected) <= set(latest_by_key(kafka_broker.consume_all(sink)))
-
-        wait_until("every window in the sink", complete, 60, [worker])
-        got = latest_by_key(kafka_broker.consume_all(sink))
-        assert {k: (v["clicks"], v["bytes"]) for k, v in got.items() if k in expected} == {
-            k: (v["clicks"], v["bytes"]) for k, v in expected.items()
-        }
+        assert_every_good_window(kafka_broker, sink, before + after, worker, 60)
         wait_until("the counters", lambda: accounted(worker)[0] == end, 30, [worker])
         read, rest = accounted(worker)
         assert read == rest == end
@@ -335,16 +344,7 @@ def test_a_record_whose_state_no_kafka_record_can_hold_is_dead_lettered(
         assert named["streamherd.error.reason"] == b"limit"
         assert named["streamherd.error"] == b"LimitError"
         assert named["streamherd.source.offset"] == b"300"
-        expected = reference(before + after)
-
-        def complete() -> bool:
-            return set(expected) <= set(latest_by_key(kafka_broker.consume_all(sink)))
-
-        wait_until("every window in the sink", complete, 90, [worker])
-        got = latest_by_key(kafka_broker.consume_all(sink))
-        assert {k: (v["clicks"], v["bytes"]) for k, v in got.items() if k in expected} == {
-            k: (v["clicks"], v["bytes"]) for k, v in expected.items()
-        }
+        assert_every_good_window(kafka_broker, sink, before + after, worker, 90)
         assert worker.alive()
         assert "event=failed" not in worker.log_path.read_text()
     finally:
@@ -417,16 +417,7 @@ def test_exactly_once_never_produces_what_its_topics_refuse(
             120,
             [worker],
         )
-        expected = reference(before + after)
-
-        def complete() -> bool:
-            return set(expected) <= set(latest_by_key(kafka_broker.consume_all(sink)))
-
-        wait_until("every window in the sink", complete, 90, [worker])
-        got = latest_by_key(kafka_broker.consume_all(sink))
-        assert {k: (v["clicks"], v["bytes"]) for k, v in got.items() if k in expected} == {
-            k: (v["clicks"], v["bytes"]) for k, v in expected.items()
-        }
+        assert_every_good_window(kafka_broker, sink, before + after, worker, 90)
         quiet = case in ("small-sink", "headers-over-dlq-limit")
         letters = kafka_broker.consume_all(dlq, min_records=0 if quiet else 1)
         if quiet:

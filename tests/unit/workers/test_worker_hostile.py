@@ -629,6 +629,23 @@ def _as_text(key: Any) -> Any:
     return key
 
 
+def hop(plan: Any, items: list[Any]) -> tuple[list[Any], int, list[Any]]:
+    """One source batch's upstream side of the repartition hop: (rows, records carried,
+    failures)."""
+    failures: list[Any] = []
+    rows, _, carried = rekey(
+        plan,
+        items,
+        plan_id="p",
+        topic="in",
+        partition=0,
+        max_event_ms=None,
+        failures=failures,
+        partitions=1,
+    )
+    return rows, carried, failures
+
+
 def test_a_record_whose_state_would_not_fit_a_checkpoint_record_is_refused_on_every_path() -> None:
     """A window's entry is one changelog record: one record's key and min/max strings are
     bounded by their JSON form (escapes counted), at the limit accepted, one character past
@@ -662,17 +679,7 @@ def test_a_record_whose_state_would_not_fit_a_checkpoint_record_is_refused_on_ev
         ]
         assert (late, filtered) == ([], 0)
         assert sum(acc[0] for acc in state.windows.values()) == len(records) - len(refused)
-    hop_failures: list[Any] = []
-    rekey(
-        plan,
-        list(zip(records, messages, strict=True)),
-        plan_id="p",
-        topic="in",
-        partition=0,
-        max_event_ms=None,
-        failures=hop_failures,
-        partitions=1,
-    )
+    _, _, hop_failures = hop(plan, list(zip(records, messages, strict=True)))
     assert [(f.message.offset(), f.reason) for f in hop_failures] == [(o, "limit") for o in refused]
 
 
@@ -735,17 +742,7 @@ def test_a_record_too_large_to_cross_the_repartition_topic_is_refused_before_it_
         {"user": "a", "ts": BASE, "blob": blob[: MAX_HOP_ENTRY_BYTES // 2]},
     ]
     messages: list[SourceMessage] = [Msg(i, orjson.dumps(r)) for i, r in enumerate(records)]
-    failures: list[Any] = []
-    rows, _, carried = rekey(
-        plan,
-        list(zip(records, messages, strict=True)),
-        plan_id="p",
-        topic="in",
-        partition=0,
-        max_event_ms=None,
-        failures=failures,
-        partitions=1,
-    )
+    rows, carried, failures = hop(plan, list(zip(records, messages, strict=True)))
     assert [(f.message.offset(), f.reason) for f in failures] == [(1, "limit")]
     assert carried == 2
     assert all(len(value) < 1_000_000 - MAX_KEY_BYTES for _, value, *_ in rows)
@@ -783,17 +780,7 @@ def test_a_raw_key_of_invalid_utf8_counts_its_message_key_text_at_the_hop() -> N
     key = b"\xff" * 49_000  # 65,356 bytes as state (accepted), 147,000 as message key text
     message = KeyedMsg(0, b"v" * 800_000, key_=key)
     records = decode_raw([message], [])
-    failures: list[Any] = []
-    rows, _, carried = rekey(
-        plan,
-        records,
-        plan_id="p",
-        topic="in",
-        partition=0,
-        max_event_ms=None,
-        failures=failures,
-        partitions=1,
-    )
+    rows, carried, failures = hop(plan, records)
     assert [(f.message.offset(), f.reason) for f in failures] == [(0, "limit")]
     assert (rows, carried) == ([], 0)
 
