@@ -65,7 +65,12 @@ from streamherd.workers.checkpointing import (
     CheckpointRefused,
 )
 from streamherd.workers.config import ChangelogConfig, KafkaSourceConfig
-from streamherd.workers.kafkaclients import TRANSACTION_TIMEOUT_MS, client_config, producer_config
+from streamherd.workers.kafkaclients import (
+    TRANSACTION_TIMEOUT_MS,
+    client_config,
+    producer_config,
+    send_offsets_fenced,
+)
 from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics
 from streamherd.workers.repartitioning import ensure_topic, source_partitions
@@ -596,7 +601,7 @@ class ChangelogBackend:
                 for (_, p), changes in deltas.items():
                     self._produce(producer, self.changelog_partition(p), changes)
                 if offsets and group is not None:
-                    send = partial(producer.send_offsets_to_transaction, offsets, group, 30)
+                    send = partial(send_offsets_fenced, producer, offsets, group, 30)
                     retrying(send, deadline)
                 retrying(partial(producer.commit_transaction, 30), deadline)
                 break

@@ -56,7 +56,11 @@ from streamherd.workers.config import (
 )
 from streamherd.workers.fingerprint import changed_fields, config_fingerprint, snapshot_name
 from streamherd.workers.fusing import fuse
-from streamherd.workers.kafkaclients import client_config, transaction_timeout_ms
+from streamherd.workers.kafkaclients import (
+    client_config,
+    send_offsets_fenced,
+    transaction_timeout_ms,
+)
 from streamherd.workers.lag import StartFrom, partition_lag
 from streamherd.workers.limits import ensure_recursion_headroom
 from streamherd.workers.logs import log_event
@@ -1813,7 +1817,8 @@ class Engine:
         producer = self.outputs.transaction
         try:
             if offsets:
-                producer.send_offsets_to_transaction(
+                send_offsets_fenced(
+                    producer,
                     [TopicPartition(t, p, o, metadata=generation) for t, p, o in offsets],
                     source.group_metadata(),
                     timeout,
@@ -1887,7 +1892,7 @@ class Engine:
                     TopicPartition(st.topic, st.partition, st.next_offset or 0, metadata=generation)
                     for st in dirty
                 ]
-                producer.send_offsets_to_transaction(offsets, source.group_metadata(), timeout)
+                send_offsets_fenced(producer, offsets, source.group_metadata(), timeout)
             producer.commit_transaction(timeout)
         except KafkaException as error:
             self.metrics.error("transaction")

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, not in its stubs
     AdminClient,
     ConfigResource,
@@ -150,3 +153,45 @@ def topic_max_message_bytes(
         if entry is not None and entry.value is not None:
             found[resource.name] = int(entry.value)
     return found
+
+
+#: librdkafka's serialized consumer group metadata (``consumer_group_metadata()``, 2.x):
+#: this tag, the generation as a native-endian int32, then the group id, the member id and
+#: the group instance id. The generation is the one figure read from it.
+GROUP_METADATA_TAG: Final = b"CGMDv2:"
+
+
+def group_generation(metadata: object) -> int | None:
+    """The generation a consumer's group metadata carries: -1 before it first joined, and
+    after librdkafka learns its generation is gone (a SyncGroup's ILLEGAL_GENERATION). None
+    when the metadata is in a form other than librdkafka 2.x's: nothing is known then."""
+    tag = GROUP_METADATA_TAG
+    if not isinstance(metadata, bytes) or not metadata.startswith(tag):
+        return None
+    raw = metadata[len(tag) : len(tag) + 4]
+    if len(raw) < 4:
+        return None
+    return int.from_bytes(raw, sys.byteorder, signed=True)
+
+
+def send_offsets_fenced(
+    producer: Producer, offsets: Sequence[TopicPartition], group: object, timeout: float
+) -> None:
+    """Add ``offsets`` to the producer's open transaction, fenced by the group (KIP-447),
+    and never unfenced. The broker checks a transactional offset commit against the group's
+    generation only when the commit names one: one with generation -1 and no member id (the
+    form of an old client's) commits whoever holds the partitions now. librdkafka hands out
+    that metadata after its generation was taken away, so a worker the group has left behind
+    could commit offsets, and its outputs, over the new owner's. Such metadata is refused
+    here, as the broker refuses a stale generation (ILLEGAL_GENERATION: the transaction must
+    abort), so every caller treats it as the fencing it is."""
+    generation = group_generation(group)
+    if generation is not None and generation < 0:
+        raise KafkaException(
+            KafkaError(
+                KafkaError.ILLEGAL_GENERATION,
+                "not a member of the group's current generation: offsets not sent",
+                txn_requires_abort=True,
+            )
+        )
+    producer.send_offsets_to_transaction(list(offsets), group, timeout)

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from streamherd.workers.changelog import ChangelogBackend
 from streamherd.workers.checkpointing import Checkpoint, CheckpointRefused
@@ -293,6 +293,51 @@ def test_the_broker_refuses_changelog_state_from_a_member_the_group_left_behind(
         a.close()
         if b is not None:
             b.close()
+
+
+def test_offsets_without_a_generation_are_never_sent_though_the_broker_would_take_them(
+    kafka_broker: KafkaBroker,
+) -> None:
+    """The broker checks a transactional offset commit against the group only when it
+    names a generation: metadata with generation -1 and no member id, librdkafka's before a
+    consumer joined and after it lost its generation and member id, commits whatever it
+    names while another member owns the partitions (shown first, with a bare producer).
+    The changelog sends no offsets with such metadata: its checkpoint is refused like a
+    left-behind member's, and the owner's state and offsets stay. Before, that stale state
+    and its offsets landed."""
+    src = kafka_broker.create_topic(kafka_broker.unique_topic("src"), 2)
+    topic = f"{src}.changelog"
+    group = f"g-{src}"
+    owner = group_member(kafka_broker, group, src)
+    unjoined = Consumer(kafka_broker.client_config(**{"group.id": group}))
+    bare = Producer(kafka_broker.client_config(**{"transactional.id": f"bare-{src}"}))
+    left = backend(kafka_broker, src, topic, "left")
+    try:
+        wait_until("the owner to own both partitions", lambda: owns(owner, 2), 60)
+        no_generation = unjoined.consumer_group_metadata()
+        bare.init_transactions(30)
+        bare.begin_transaction()
+        bare.send_offsets_to_transaction([TopicPartition(src, 1, 7)], no_generation, 30)
+        bare.commit_transaction(30)
+        assert kafka_broker.committed(group, src)[1] == 7, "the broker fenced it after all"
+        owned = Checkpoint(src, 0, 100, windows_state(5, 0, 1), group=group)
+        left.prepare([(src, 0)])
+        left.save([owned], group=owner.consumer_group_metadata())
+        assert kafka_broker.committed(group, src)[0] == 100
+        stale = Checkpoint(src, 0, 50, windows_state(5, 0, 99), group=group)
+        with pytest.raises(CheckpointRefused):
+            left.save([stale], group=unjoined.consumer_group_metadata())
+        assert kafka_broker.committed(group, src)[0] == 100, "offsets committed unfenced"
+        reader = backend(kafka_broker, src, topic, "r")
+        try:
+            reader.prepare([(src, 0)])
+            assert reader.load(src, 0) == owned, "state written unfenced"
+        finally:
+            reader.close()
+    finally:
+        left.close()
+        unjoined.close()
+        owner.close()
 
 
 def test_a_changelog_write_the_broker_cannot_take_fails_instead_of_being_skipped(

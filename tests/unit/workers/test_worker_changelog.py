@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -342,6 +342,21 @@ def test_a_refusal_skips_and_anything_else_fails_at_once(
         save_one(backend)
     assert producer.calls.count("begin") == 1, "tried again"
     assert ("abort" in producer.calls) is not error.fatal(), "a fatal error's abort is futile"
+
+
+def test_a_member_without_a_generation_sends_no_offsets_and_is_refused() -> None:
+    """Metadata that names no generation would commit unfenced (the broker checks none):
+    the offsets are not sent, the transaction aborts and the checkpoint is refused as the
+    group's refusal of a member it no longer has."""
+    backend, producer = scripted_backend({})
+    unjoined = Consumer({"group.id": "g"})
+    try:
+        group = unjoined.consumer_group_metadata()
+    finally:
+        unjoined.close()
+    with pytest.raises(CheckpointRefused):
+        backend.save([Checkpoint("t", 0, 10, {"maxEventMs": 0})], group=group)
+    assert producer.calls == ["begin", "produce", "abort"]
 
 
 @pytest.mark.parametrize(
