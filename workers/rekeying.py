@@ -85,12 +85,15 @@ from streamherd.workers.repartitioning import (
 )
 from streamherd.workers.summing import add
 from streamherd.workers.values import (
+    HELD_QUICK_CHARS,
     KEY_QUICK_CHARS,
     canonical_key,
+    check_held_string,
     decode_value,
     encode_value,
     key_text,
     key_value,
+    state_key,
     window_key,
 )
 from streamherd.workers.windowing import (
@@ -518,6 +521,23 @@ def _refused(plan: WindowPlan, entry: list[Any]) -> RepartitionError:
     return RepartitionError(f"a repartition entry with {why}")
 
 
+def _over_limits(plan: WindowPlan, key: Any, values: list[Any]) -> LimitError | None:
+    """Why an entry's window could not be written to a checkpoint record (its key, a
+    min/max string: limits.py), or None. The upstream refuses such a record before the hop;
+    an entry written by an upstream older than the limits, or by another producer, is
+    judged again here, else its window would fail every checkpoint after it."""
+    try:
+        if type(key) is not str or len(key) > KEY_QUICK_CHARS:
+            state_key(key)
+        for i, _ in plan.ordered:
+            value = values[i]
+            if type(value) is str and len(value) > HELD_QUICK_CHARS:
+                check_held_string(plan.aggregates[i].name, value)
+    except LimitError as error:
+        return error
+    return None
+
+
 def _late(source: Any, event_ms: int) -> Failure:
     return Failure(
         source,
@@ -681,6 +701,11 @@ def _fold_entries(
                 Failure(RekeyedMessage(m, topic, partition, entry), "decode", _refused(plan, entry))
             )
             continue
+        if ordered or type(key) is not str or len(key) > KEY_QUICK_CHARS:
+            over = _over_limits(plan, key, values)
+            if over is not None:  # what the upstream refuses since limits.py, judged again
+                failures.append(Failure(RekeyedMessage(m, topic, partition, entry), "limit", over))
+                continue
         # The level this record folds against: its source partition's maximum before it, or
         # the level of windows already closed, whichever is higher (level_before).
         level = before if floor is None or (before is not None and before > floor) else floor

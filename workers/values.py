@@ -65,6 +65,7 @@ __all__ = [
     "output_key_text",
     "restored_key",
     "result_key_value",
+    "state_key",
     "text_of",
     "window_key",
 ]
@@ -123,6 +124,15 @@ def window_key(key: Any) -> Any:
     window's state always fits one changelog record (limits.py). Restored keys are not
     judged again: :func:`canonical_key` alone reads them."""
     canon = key if type(key) is str else canonical_key(key)
+    if _size_bound(canon) > MAX_KEY_BYTES:
+        state_key(canon)
+    return canon
+
+
+def state_key(canon: Any) -> Any:
+    """``canon``, a key already in state form (a repartition entry's), refused (LimitError)
+    as :func:`window_key` refuses it: the downstream judges what it folds again, whoever
+    wrote the entry (an upstream older than the limit, another producer)."""
     if _size_bound(canon) > MAX_KEY_BYTES:
         size = json_bytes(key_value(canon))
         if size > MAX_KEY_BYTES:

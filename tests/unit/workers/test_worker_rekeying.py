@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamherd.workers.config import ProcessorConfig, WindowSpec
+from streamherd.workers.limits import MAX_HELD_STRING_BYTES, MAX_KEY_BYTES, LimitError
 from streamherd.workers.processing import Failure
 from streamherd.workers.rekeying import (
     HOP_FORMAT,
@@ -359,6 +360,43 @@ def message_of(plan_id: str, records: list[dict[str, Any]], first: int = 0) -> l
     )
     assert failures == [] and carried == len(records)
     return [Msg(value, headers, first) for _, value, _, _, headers in rows]
+
+
+@pytest.mark.parametrize("hopping", [False, True])
+def test_an_entry_whose_window_no_checkpoint_record_holds_is_refused_downstream_too(
+    hopping: bool,
+) -> None:
+    """The upstream refuses a record whose key or min/max string is over its limit
+    (limits.py) before the hop; an entry written without that check (an upstream older than
+    the limits, another producer) is refused downstream alike (``limit``), alone: nothing of
+    it is folded, the entries around it are, and every window held fits a checkpoint."""
+    over_key = "k" * (MAX_KEY_BYTES - 1)  # 65,537 bytes as JSON
+    over_held = "w" * (MAX_HELD_STRING_BYTES - 1)
+    array_key = ("a", (("a", ("x" * 40_000,)), "y" * 30_000))  # state form: an array
+    entries = [
+        (over_key, 1, "x"),
+        ("ok", 1, "x"),
+        ("ok", 2, over_held),
+        (array_key, 3, "x"),
+        ("k" * (MAX_KEY_BYTES - 2), 4, "w" * (MAX_HELD_STRING_BYTES - 2)),  # at the limits
+    ]
+    body = [
+        encode_entry(i, None, key, 5, [None, v, v, v, w], b"key", b"{}")
+        for i, (key, v, w) in enumerate(entries)
+    ]
+    message = Msg(encode_message(PLAN, "src", 0, body), [], 0)
+    windows = PartitionWindows(plan_for(0, hopping))
+    failures, late, duplicates, taken = fold_hop(windows, UpstreamClock(), [message], PLAN)
+    assert [(f.reason, f.message.offset()) for f in failures] == [
+        ("limit", 0),
+        ("limit", 2),
+        ("limit", 3),
+    ]
+    assert all(isinstance(f.error, LimitError) for f in failures)
+    assert (late, duplicates, taken) == (0, 0, 5)
+    held = {key for key, _ in windows.windows}
+    assert held == {"ok", "k" * (MAX_KEY_BYTES - 2)}
+    assert sum(acc[0] for acc in windows.windows.values()) == 2 * (4 if hopping else 1)
 
 
 def test_a_message_of_another_plan_is_dead_lettered_entry_by_entry_never_folded() -> None:
