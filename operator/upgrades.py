@@ -281,14 +281,17 @@ def decide(
     `backends` the running and the desired checkpoint.backend and `sources` the running and
     the desired source topics (None: not compared)."""
     want = fingerprint(desired)
-    if restore_from is not None:
-        return _restore(running, want, restore_from, generation, snapshot_fingerprint)
+    # A snapshot restores into the backend it was taken in, and holds windows of the topics
+    # it was taken with: restoreFrom, even one kept in the spec after its restore rolled
+    # out, never lets a backend switch or a removed topic's windows through unjudged.
     switch = _backend_switch(running, desired, backends, upgrade, generation)
     if switch is not None:
         return switch
     dropped = _sources_removed(running, desired, sources, upgrade, generation)
     if dropped is not None:
         return dropped
+    if restore_from is not None:
+        return _restore(running, want, restore_from, generation, snapshot_fingerprint)
     if running is None or not has_state(running):
         # Nothing to keep (new, or stateless until now: its checkpoints hold offsets only).
         return Decision(

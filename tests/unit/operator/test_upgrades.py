@@ -471,6 +471,49 @@ def test_a_restore_rolls_only_a_snapshot_of_the_specs_state() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(
+            lambda s: s.setdefault("checkpoint", {}).update(backend="kafka"), id="backend-switch"
+        ),
+        pytest.param(
+            lambda s: s["source"]["kafka"].update(topics=["clicks-eu"]), id="topic-removed"
+        ),
+    ],
+)
+def test_a_restore_from_kept_in_the_spec_lets_no_later_edit_through_unjudged(change: Any) -> None:
+    """restoreFrom kept in the spec once its restore rolled out (docs/lifecycle.md). A
+    later backend switch (its claim, every checkpoint and snapshot on it, deleted with the
+    roll) or removal of a topic holding open windows is refused as without it. Before, the
+    restore's decision came first and rolled both (StateRestored)."""
+    kube = FakeKube()
+    doc = example_doc("02-clicks-per-minute")
+    window_of(doc["spec"])["repartition"] = "never"  # windows on the source's partitions
+    doc["spec"]["source"]["kafka"]["topics"] = ["clicks", "clicks-eu"]
+    name = kube.put(doc)["metadata"]["name"]
+    memo = ReconcileMemo()
+
+    def settle() -> None:
+        reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+        kube.roll_out(name)
+        reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+
+    settle()
+    fp = body_of(kube, name)["status"]["stateFingerprint"]
+    snapshot = f"{fp}-to-0123456789abcdef"  # an earlier reset's snapshot of this state
+    edit(kube, name, lambda s: s.setdefault("state", {}).update(restoreFrom=snapshot))
+    settle()
+    assert condition(kube, name, STATE_COMPATIBLE)["reason"] == "StateRestored"
+    before = children(kube, name)
+    edit(kube, name, change)
+    result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    assert children(kube, name) == before
+    assert result.deleted == ()
+    cond = condition(kube, name, STATE_COMPATIBLE)
+    assert (cond["status"], cond["reason"]) == ("False", "StateChangeRefused")
+
+
 # --------------------------------------------------------------------------- source topics
 
 
