@@ -73,7 +73,7 @@ from typing import Any, Final
 
 import msgspec
 
-from streamherd.workers.config import ProcessorConfig, Step
+from streamherd.workers.config import EventTime, ProcessorConfig, Step
 from streamherd.workers.fingerprint import normalize_expression
 from streamherd.workers.limits import MAX_HOP_ENTRY_BYTES, LimitError
 from streamherd.workers.processing import Failure, Item, LateRecordError
@@ -211,7 +211,7 @@ def hop_plan(processor: ProcessorConfig, source_format: str) -> str:
         if window is None
         else {
             "keyBy": normalize_expression(window.key_by),
-            "eventTime": {"field": window.event_time.field, "format": window.event_time.format},
+            "eventTime": _event_time_layout(window.event_time),
             "aggregates": [
                 [a.function, None if a.function == "count" else normalize_expression(a.expression)]
                 for a in window.aggregates
@@ -225,6 +225,16 @@ def hop_plan(processor: ProcessorConfig, source_format: str) -> str:
         "function": None if function is None else [function.callable, function.mode],
     }
     return _digest(layout) + _digest(detail)
+
+
+def _event_time_layout(event_time: EventTime) -> dict[str, str | None]:
+    """The event time as the layout names it. Without a field the Kafka timestamp is read
+    and the format means nothing: named as the default, as the state fingerprint ignores it,
+    so an edit of that format alone (compatible) keeps the layout; before, it made every
+    entry in flight another layout's, dead-lettered."""
+    if event_time.field is None:
+        return {"field": None, "format": "epochMillis"}
+    return {"field": event_time.field, "format": event_time.format}
 
 
 def _digest(description: dict[str, Any]) -> str:

@@ -46,7 +46,12 @@ TIMES: list[dict[str, Any]] = [
     {"field": "ts", "format": "epochSeconds"},
     {"field": "t2", "format": "epochMillis"},
     {},  # the Kafka timestamp
+    # The Kafka timestamp too: without a field the format is never read (the state
+    # fingerprint ignores it), so these are one meaning with {}.
+    {"format": "epochSeconds"},
+    {"format": "iso8601"},
 ]
+KAFKA_TIMES = [t for t in TIMES if "field" not in t]
 FUNCTIONS = ["count", "sum", "min", "max", "avg"]
 
 
@@ -130,7 +135,7 @@ def respelled(
     window: dict[str, Any], draw: Callable[[st.SearchStrategy[Any]], Any]
 ) -> dict[str, Any]:
     """The same reads, spelled another way, with everything the layout does not cover
-    changed at random: names, size, slide, lateness."""
+    changed at random: names, size, slide, lateness, a format no field is read in."""
     out = dict(window)
 
     def again(text: str, pool: list[list[str]]) -> str:
@@ -154,6 +159,8 @@ def respelled(
         out.update(type="tumbling", size=draw(st.sampled_from(["10s", "1m"])))
     if out["eventTime"] in ({"field": "ts"}, {"field": "ts", "format": "epochMillis"}):
         out["eventTime"] = draw(st.sampled_from(TIMES[:2]))
+    elif "field" not in out["eventTime"]:
+        out["eventTime"] = draw(st.sampled_from(KAFKA_TIMES))
     return out
 
 
