@@ -20,6 +20,7 @@ and its credentials are gone) is named in a Warning event and left.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from typing import Any
@@ -30,7 +31,7 @@ from confluent_kafka import KafkaException
 from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND, SNAPSHOT_PLURAL
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, VERSION, StreamPipeline
 from streamherd.operator.builders.keying import repartition_topic
-from streamherd.operator.builders.meta import PIPELINE_LABEL
+from streamherd.operator.builders.meta import CONFIG_KEY, PIPELINE_LABEL, config_map_name
 from streamherd.operator.builders.snapshot import TAKEN_BEFORE_LABEL
 from streamherd.operator.kafkaadmin import KafkaAdmin, KafkaAdminError, TopicRequest
 from streamherd.operator.kafkaclusters import cluster_from_secrets
@@ -93,15 +94,53 @@ def follow(kube: KubeApi, namespace: str, name: str, spec: Any, status: Any) -> 
         contents = read_snapshot(conf, topic, timeout=KAFKA_TIMEOUT)
         if contents is None:  # created a moment ago: not in the metadata yet
             return {"phase": "Taking", "message": "waiting for the snapshot topic", "topic": topic}
-        topics = list(source.topics)
-        internal = repartition_topic(pipeline)
-        if internal is not None:
-            topics.append(internal)
+        topics = snapshot_topics(kube, namespace, wanted, pipeline)
         upstreams = source_partitions(admin.client, topics, timeout=KAFKA_TIMEOUT)
     expected = {(u[0], u[1]) for u in upstreams}
     result = snapshot_status(contents, expected, topic, source.bootstrap_servers)
     result["pipelineUid"] = uid
     return result
+
+
+def snapshot_topics(
+    kube: KubeApi, namespace: str, name: str, pipeline: StreamPipeline
+) -> list[str]:
+    """The topics whose partitions a snapshot of pipeline ``name`` holds: those the running
+    workers own (their source topics and repartition topic, from the ConfigMap they run),
+    or the spec's when no worker config is there yet.
+
+    The workers write a snapshot, so it is complete when each partition *they* own is in
+    it. Before a reset the spec is already edited (a topic added, repartitioning switched
+    on or off) while the workers still run the previous config: judged by the edited
+    spec, the snapshot waited for partitions no running worker owns, and the reset stayed
+    at TakingSnapshot for good (a review's finding)."""
+    running = _running_topics(kube, namespace, name)
+    if running is not None:
+        return running
+    source = pipeline.spec.source.kafka
+    topics = list(source.topics) if source is not None else []
+    internal = repartition_topic(pipeline)
+    if internal is not None:
+        topics.append(internal)
+    return topics
+
+
+def _running_topics(kube: KubeApi, namespace: str, pipeline: str) -> list[str] | None:
+    """The running workers' source and repartition topics; None when there is no worker
+    config with a Kafka source to read."""
+    config_map = kube.get("v1", "ConfigMap", namespace, config_map_name(pipeline))
+    raw = ((config_map or {}).get("data") or {}).get(CONFIG_KEY)
+    if not raw:
+        return None
+    try:
+        config = json.loads(raw)
+        topics = [str(t) for t in config["source"]["kafka"]["topics"]]
+        internal = (config.get("repartition") or {}).get("topic")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None  # not a worker config with a Kafka source: judged by the spec
+    if internal:
+        topics.append(str(internal))
+    return topics
 
 
 def list_in_pipeline(

@@ -21,6 +21,7 @@ from streamherd.operator.api.v1alpha1 import Upgrade
 from streamherd.operator.builders.meta import CONFIG_KEY
 from streamherd.operator.builders.worker_config import build_config_map
 from streamherd.operator.reconciler import ReconcileMemo, reconcile
+from streamherd.operator.snapshots import snapshot_topics
 from streamherd.operator.upgrades import (
     STATE_COMPATIBLE,
     config_description,
@@ -520,6 +521,52 @@ def test_a_restore_from_kept_in_the_spec_lets_no_later_edit_through_unjudged(cha
 def source_of(spec: dict[str, Any]) -> dict[str, Any]:
     kafka: dict[str, Any] = spec["source"]["kafka"]
     return kafka
+
+
+@pytest.mark.parametrize("keyed_before", [True, False])
+def test_a_resets_snapshot_waits_for_the_partitions_the_running_workers_own(
+    keyed_before: bool,
+) -> None:
+    """The running workers write the snapshot a reset takes first, so it is complete when
+    the partitions of the config they run are in it, not those of the edited spec: a topic
+    added by the same edit (which starts repartitioning a keyedBy pipeline) has no running
+    worker to write it, and the reset waited at TakingSnapshot for good; stopping
+    repartitioning must still wait for the repartition topic, where the windows are."""
+    kube = FakeKube()
+    doc = example_doc("02-clicks-per-minute")
+    internal = "streamherd.default.clicks-per-minute.repartition"
+    if keyed_before:
+        doc["spec"]["source"]["kafka"]["keyedBy"] = "page"
+    name = kube.put(doc)["metadata"]["name"]
+    memo = ReconcileMemo()
+    assert snapshot_topics(kube, "default", name, pipeline_of(kube, name)) == (
+        ["clicks"] if keyed_before else ["clicks", internal]
+    )  # no worker config yet: the spec's
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    kube.roll_out(name)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    running = ["clicks"] if keyed_before else ["clicks", internal]
+
+    def change(spec: dict[str, Any]) -> None:
+        kafka = spec["source"]["kafka"]
+        if keyed_before:
+            kafka["topics"] = ["clicks", "clicks-eu"]  # two topics: repartitioned
+        else:
+            kafka["keyedBy"] = "page"  # keyed: no repartition
+        spec["upgrade"] = {"onStateChange": "reset"}
+
+    edit(kube, name, change)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    assert condition(kube, name, STATE_COMPATIBLE)["reason"] == "TakingSnapshot"
+    assert snapshot_topics(kube, "default", name, pipeline_of(kube, name)) == running
+
+
+def pipeline_of(kube: FakeKube, name: str) -> Any:
+    pipeline, problems = parse_pipeline(
+        {k: v for k, v in body_of(kube, name).items() if k != "status"}
+    )
+    assert pipeline is not None, problems
+    return pipeline
 
 
 def test_removing_a_source_topic_with_open_windows_is_refused_then_dropped_on_reset() -> None:
