@@ -1026,10 +1026,25 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         internalTopics=internal,
     )
     retry_after = _sooner(
-        applied.topics.retry_after if applied.topics is not None else None,
-        decision.snapshot_wait,
+        _sooner(
+            applied.topics.retry_after if applied.topics is not None else None,
+            decision.snapshot_wait,
+        ),
+        _shadows_left(verification.status),
     )
     return _finished(observed, patch, events, last_good=last_good, retry_after=retry_after)
+
+
+#: How soon a verdict's shadows are removed after it is stored (verifying.py: the step after
+#: the comparison removes them, so that a verdict is never lost with its shadows).
+SHADOW_TIDY_SECONDS: Final = 5.0
+
+
+def _shadows_left(verification: Manifest | None) -> float | None:
+    """SHADOW_TIDY_SECONDS when a stored verdict's shadows are still to be removed."""
+    if verification is None or verification.get("cleaned"):
+        return None
+    return SHADOW_TIDY_SECONDS if verification.get("phase") in ("Passed", "Failed") else None
 
 
 def settle(observed: Observed, now: datetime, topics: TopicsReport | None = None) -> Finished:

@@ -657,7 +657,10 @@ def _compare(
             "message": message,
         }
     )
-    done = done.model_copy(update={"cleaned": remove_shadows(pipeline, kube, kafka, current.run)})
+    # The shadows are removed by the next step (promote or hold: _tidy), once this verdict
+    # is stored: removed here, a status write that failed (or an operator that died before
+    # it) left a Comparing run without its topics and groups, and every later reconcile
+    # compared again against topics that were gone: the edit stalled for good.
     event: EventValue = (
         ("Normal", "VerificationPassed", message)
         if passed

@@ -21,9 +21,10 @@ from streamherd.operator.api.v1alpha1 import VerificationStatus, Verify
 from streamherd.operator.builders import Capabilities, build_all
 from streamherd.operator.builders.shadow import ROLES, build_shadow, shadow_config
 from streamherd.operator.conditions import VERIFIED, Cond
-from streamherd.operator.decision import verified_condition
+from streamherd.operator.decision import SHADOW_TIDY_SECONDS, verified_condition
+from streamherd.operator.kube import ApiError
 from streamherd.operator.reconciler import ReconcileMemo, reconcile
-from streamherd.operator.shadowtopics import NO_OFFSET, Offsets
+from streamherd.operator.shadowtopics import NO_OFFSET, Offsets, ShadowKafkaError
 from streamherd.operator.validation import parse_pipeline
 from streamherd.operator.verifying import (
     Comparison,
@@ -385,6 +386,8 @@ class FakeKafka:
         self.topics.setdefault(name, [])
 
     def read_all(self, topic: str) -> list[bytes | None]:
+        if topic not in self.topics:  # as KafkaShadowClient answers for a missing topic
+            raise ShadowKafkaError(f"topic {topic}: Broker: Unknown topic or partition")
         return list(self.topics[topic])
 
     def delete_topics(self, names: Iterable[str]) -> None:
@@ -487,7 +490,12 @@ def run_edit(
         kafka.topics[f"streamherd.default.clicks-per-minute.shadow.{v.run}.{role}"] = [
             orjson.dumps(r) for r in out
         ]
-    step(T0 + timedelta(seconds=63))
+    verdict = step(T0 + timedelta(seconds=63))
+    stored = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    assert stored.phase in ("Passed", "Failed") and not stored.cleaned
+    # The shadows go once the verdict is stored: the next reconcile, which it asks for.
+    assert verdict.retry_after == SHADOW_TIDY_SECONDS
+    assert step(T0 + timedelta(seconds=63 + SHADOW_TIDY_SECONDS)).retry_after is None
     # Whatever the verdict, the shadows, their topics and their groups are gone.
     for role in ROLES:
         assert kube.find("Deployment", f"{name}-shadow-{role}") is None
@@ -596,6 +604,61 @@ def test_a_group_that_still_has_members_is_deleted_on_a_later_reconcile() -> Non
     idle = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=64),
                      memo=memo, kafka=lambda p: pytest.fail("Kafka asked"))  # fmt: skip
     assert idle.status is None
+
+
+@pytest.mark.parametrize("passes", [True, False])
+def test_a_verdict_whose_status_write_failed_is_reached_again_with_its_shadows(
+    passes: bool,
+) -> None:
+    """The reconcile that compares can fail to store its verdict (a status write refused,
+    the operator killed). Its shadows, topics and groups stay until a verdict is stored, so
+    a fresh operator compares again and reaches it: promoted or held, then cleaned. Before,
+    the comparison removed them first, and every later reconcile failed to read topics that
+    were gone: the edit stalled at Comparing, its shadows created again, for good."""
+    kube, kafka, name, memo = running()
+    before = live(kube, name)
+    body = body_of(kube, name)
+    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
+    body["metadata"]["generation"] += 1
+
+    def step(at: float, with_memo: ReconcileMemo = memo) -> Any:
+        return reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=at),
+                         memo=with_memo, kafka=lambda p: kafka)  # fmt: skip
+
+    step(0)
+    step(61)
+    v = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    assert v.phase == "Comparing"
+    out = [row("/a", 0, clicks=3), row("/b", 0, clicks=1)]
+    for role in ROLES:
+        kafka.groups[f"default.clicks-per-minute.shadow.{v.run}.{role}"] = dict(kafka.ends)
+        rows_of_role = out if passes or role == "baseline" else [row("/a", 0, clicks=9)]
+        kafka.topics[f"streamherd.default.clicks-per-minute.shadow.{v.run}.{role}"] = [
+            orjson.dumps(r) for r in rows_of_role
+        ]
+    stored = kube.patch_status
+
+    def refused(*_: Any, **__: Any) -> dict[str, Any]:
+        raise ApiError(504, "Gateway Timeout", "timeout")
+
+    kube.patch_status = refused  # type: ignore[method-assign]
+    with pytest.raises(ApiError):
+        step(63)
+    kube.patch_status = stored  # type: ignore[method-assign]
+    assert body_of(kube, name)["status"]["verification"]["phase"] == "Comparing"
+    fresh = ReconcileMemo()  # another operator
+    step(70, fresh)
+    step(70 + SHADOW_TIDY_SECONDS, fresh)
+    left = body_of(kube, name)["status"].get("verification")
+    if passes:  # promoted: nothing left to verify, and nothing left of the run
+        assert left is None and live(kube, name) != before
+    else:
+        final = VerificationStatus.model_validate(left)
+        assert final.phase == "Failed" and final.cleaned and live(kube, name) == before
+        assert cond(kube, name)["reason"] == "ResultsDiffer"
+    for role in ROLES:
+        assert kube.find("Deployment", f"{name}-shadow-{role}") is None
+    assert not kafka.topics and not [g for g in kafka.groups if ".shadow." in g]
 
 
 def test_an_edit_during_a_run_replaces_the_run() -> None:
