@@ -367,7 +367,14 @@ def upgrade_after_snapshot(observed: Observed, upgrade: UpgradeDecision) -> Upgr
         return upgrade
     assert observed.pipeline is not None
     name = state_snapshot_name(observed.pipeline.name, upgrade.action, observed.generation)
-    return snapshot_first(upgrade, name, observed.state_snapshot, workers=observed.workers_run)
+    uid = (observed.pipeline.metadata or {}).get("uid")
+    return snapshot_first(
+        upgrade,
+        name,
+        observed.state_snapshot,
+        workers=observed.workers_run,
+        pipeline_uid=str(uid) if uid else None,
+    )
 
 
 def holds(observed: Observed, upgrade: UpgradeDecision) -> bool:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from streamherd.operator.api.snapshot import SNAPSHOT_KIND
+from streamherd.operator.api.v1alpha1 import KIND
 from streamherd.operator.conditions import Cond
 from streamherd.operator.upgrades import STATE_COMPATIBLE, Decision
 from streamherd.workers.checkpointing import Checkpoint
@@ -158,16 +159,40 @@ def live_workers(deployment: Mapping[str, Any] | None) -> bool:
 
 
 def snapshot_first(
-    decision: Decision, name: str, found: Mapping[str, Any] | None, *, workers: bool
+    decision: Decision,
+    name: str,
+    found: Mapping[str, Any] | None,
+    *,
+    workers: bool,
+    pipeline_uid: str | None = None,
 ) -> Decision:
     """A reset or replay (`decision`, which keeps a snapshot) once StreamPipelineSnapshot
     `name` holds the running state (decision 0110): `decision` itself, its messages naming
     the snapshot, when it is Ready; otherwise a hold, the workers running the previous spec
     (which is what takes the snapshot). `found`: the resource as read (None: not yet
     created); `workers`: some worker of the live Deployment runs to take it
-    (:func:`live_workers`: not stopped, not scaled to zero, whatever the edited spec says)."""
+    (:func:`live_workers`: not stopped, not scaled to zero, whatever the edited spec says);
+    `pipeline_uid`: the pipeline's, which a snapshot records when it is taken."""
     assert decision.snapshot is not None
     have = decision.snapshot.split("-to-", maxsplit=1)[0]
+    status = (found or {}).get("status") or {}
+    taken_of = status.get("pipelineUid")
+    if taken_of and pipeline_uid and taken_of != pipeline_uid:
+        # A snapshot of an earlier pipeline of this name, kept (retainOnDelete) when it was
+        # deleted: its name is this edit's (the generations start again at 1), but it holds
+        # that pipeline's state, never this one's. Before, a Ready one of the same
+        # fingerprint let the reset roll with no snapshot of the running state.
+        message = (
+            f"the {decision.action} waits: {SNAPSHOT_KIND} {name} is a snapshot of an earlier "
+            f"{KIND} of this name (uid {taken_of}, kept by retainOnDelete), not of the running "
+            "state; edit the spec again (its new generation takes a snapshot of its own "
+            "name), or delete that snapshot; the workers keep running the previous spec"
+        )
+        return Decision(
+            "hold", have, decision.desired_fingerprint, decision.changes,
+            Cond(STATE_COMPATIBLE, "False", "SnapshotFailed", message),
+            ("Warning", "SnapshotFailed", message),
+        )  # fmt: skip
     if not workers:
         # Nothing runs that could write it: the workers keep the volume snapshot when they
         # start (as before 0110), and nothing waits for a snapshot that cannot come.
@@ -176,7 +201,6 @@ def snapshot_first(
             "the pipeline's own checkpoints only"
         )
         return _amended(decision, note)
-    status = (found or {}).get("status") or {}
     phase = status.get("phase") or "Pending"
     if phase == "Ready" and status.get("fingerprint") == have:
         note = (

@@ -355,13 +355,55 @@ def test_reset_and_replay_roll_with_the_policy_in_the_worker_config(name_: str) 
     assert kube.applies.count(f"StreamPipelineSnapshot/{snap_name}") == 1
 
 
-def snapshot_ready(kube: FakeKube, snap_name: str, fingerprint_: str) -> None:
+def snapshot_ready(
+    kube: FakeKube, snap_name: str, fingerprint_: str, pipeline_uid: str | None = None
+) -> None:
+    """The snapshot Ready as snapshots.follow leaves it, taken of the pipeline of
+    `pipeline_uid` (the one of its name by default)."""
     snap = kube.find("StreamPipelineSnapshot", snap_name)
     assert snap is not None, snap_name
+    owner = kube.find("StreamPipeline", snap["spec"]["pipeline"])
+    uid = pipeline_uid or (owner or {}).get("metadata", {}).get("uid")
     snap["status"] = {
         "phase": "Ready", "fingerprint": fingerprint_, "topic": "t",
         "takenAt": "2026-01-01T00:00:00Z", "partitionCount": 2, "sizeBytes": 10,
+        **({"pipelineUid": uid} if uid else {}),
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("same_state", [True, False])
+def test_a_retained_snapshot_of_an_earlier_pipeline_of_the_name_is_not_this_resets(
+    same_state: bool,
+) -> None:
+    """retainOnDelete keeps `<name>-reset-g<n>` when a pipeline is deleted; one created
+    again under the name counts generations from 1 again, so its reset's snapshot name can
+    be that one's. It holds the earlier pipeline's state: the reset waits (SnapshotFailed,
+    saying how to go on) and never rolls on it. Before, one of the same fingerprint let the
+    reset roll with no snapshot of the running state."""
+    kube, name, memo = running_pipeline()
+    fp = body_of(kube, name)["status"]["stateFingerprint"]
+    generation = body_of(kube, name)["metadata"]["generation"] + 1
+    snap = f"{name}-reset-g{generation}"
+    kube.apply(
+        {
+            "apiVersion": "streamherd.io/v1alpha1",
+            "kind": "StreamPipelineSnapshot",
+            "metadata": {
+                "name": snap,
+                "namespace": "default",
+                "labels": {"streamherd.io/pipeline": name, "streamherd.io/retained": "true"},
+            },
+            "spec": {"pipeline": name},
+        }
+    )
+    snapshot_ready(kube, snap, fp if same_state else "0123456789abcdef", "uid-of-an-earlier-one")
+    before = children(kube, name)
+    edit(kube, name, reset_window)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    cond = condition(kube, name, STATE_COMPATIBLE)
+    assert (cond["status"], cond["reason"]) == ("False", "SnapshotFailed"), cond
+    assert "earlier" in cond["message"] and "uid-of-an-earlier-one" in cond["message"]
+    assert children(kube, name) == before
 
 
 def reset_window(spec: dict[str, Any]) -> None:
