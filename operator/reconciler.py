@@ -453,6 +453,28 @@ def observe(
         upgrade=_upgrade_inputs(running, desired, kube, memo),
     )
     upgrade = upgrade_decision(observed)
+    if good is not None and upgrade.holds:
+        # Going back would itself change the state (this generation reset or replayed it,
+        # so the last good spec's state is another): held like any state change, it would
+        # roll nothing back. The spec's own generation is judged instead, and RolledBack
+        # says why there was no rollback (before, it said there was one).
+        refused = (
+            f"generation {generation} did not settle within "
+            f"{pipeline.spec.upgrade.rollback_after}, but it was not rolled back to "
+            f"generation {good[1]}: going back would change the state "
+            f"({'; '.join(upgrade.changes) or upgrade.condition.reason}), which a rollback "
+            "never does. Fix forward with a new edit"
+        )
+        good = None
+        desired = _desired(pipeline, body, settings, secrets_hash=hash_, caps=caps, memo=memo)
+        observed = replace(
+            observed,
+            last_good=None,
+            rollback_refused=refused,
+            desired=tuple(desired),
+            upgrade=_upgrade_inputs(pipeline, desired, kube, memo),
+        )
+        upgrade = upgrade_decision(observed)
     # spec.upgrade.verify: an edit of the processing runs on shadows first (verifying.py).
     stamp = now_rfc3339(now)
     verification = gate(

@@ -17,6 +17,7 @@ from streamherd.operator.builders.meta import INPUT_HASH_ANNOTATION
 from streamherd.operator.reconciler import reconcile
 from streamherd.operator.rollback import rollback_due, rollback_refusal
 from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, body_of, example_doc
+from tests.unit.operator.test_upgrades import snapshot_ready
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -191,3 +192,52 @@ def test_a_revision_of_another_image_is_not_rolled_back_and_says_why() -> None:
     reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=100))
     cond = next(c for c in body_of(kube, name)["status"]["conditions"] if c["type"] == "RolledBack")
     assert (cond["status"], cond["reason"]) == ("False", "CurrentSpec")
+
+
+def test_a_revision_that_reset_the_state_is_not_rolled_back_and_says_why() -> None:
+    """Generation 2 resets the state (a window edit, onStateChange reset) and never settles.
+    Going back to generation 1 would change the state again, which the last good spec's
+    policy (refuse) holds: nothing would roll back. The operator says so (RolledBack=False,
+    RollbackRefused, one Warning event) and judges the spec's own generation, whose reset
+    stands (StateCompatible stays StateReset). Before, it reported a rollback
+    (RolledBack=True, rolledBackGeneration 2) and StateChangeRefused, and applied nothing."""
+    kube = FakeKube()
+    doc = example_doc("02-clicks-per-minute")
+    doc["spec"]["upgrade"] = {"rollback": "auto", "rollbackAfter": "60s"}
+    name = kube.put(doc)["metadata"]["name"]
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    kube.roll_out(name)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    old_fp = body_of(kube, name)["status"]["stateFingerprint"]
+    stored = kube.find("StreamPipeline", name)
+    assert stored is not None
+    stored["spec"]["processor"]["steps"][-1]["window"]["size"] = "30s"
+    stored["spec"]["upgrade"]["onStateChange"] = "reset"
+    stored["spec"]["pod"] = {"nodeSelector": {"no-such-node": "true"}}
+    stored["metadata"]["generation"] = 2
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)  # requests the reset's snapshot
+    snapshot_ready(kube, f"{name}-reset-g2", old_fp)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=5))  # rolls it
+    rolled = kube.find("Deployment", name)
+    assert rolled is not None
+    # Its new pod cannot be scheduled: the rollout goes on, one worker of two ready.
+    rolled["status"] = {
+        "observedGeneration": rolled["metadata"]["generation"],
+        "replicas": 2,
+        "readyReplicas": 1,
+        "updatedReplicas": 1,
+    }
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=10))
+    rolled = copy.deepcopy(kube.find("Deployment", name))
+    late = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=120))
+    assert [e.reason for e in late.events] == ["RollbackRefused"]
+    status = body_of(kube, name)["status"]
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert (conds["RolledBack"]["status"], conds["RolledBack"]["reason"]) == (
+        "False",
+        "RollbackRefused",
+    )
+    assert "window.size" in conds["RolledBack"]["message"]
+    assert status.get("rolledBackGeneration") is None and status["lastGoodGeneration"] == 1
+    assert conds["StateCompatible"]["reason"] == "StateReset"
+    assert kube.find("Deployment", name) == rolled
