@@ -242,6 +242,8 @@ def encode(checkpoint: Checkpoint) -> Records:
         "state": rest,
         "windows": windowed,
     }
+    if checkpoint.spec_generation is not None:
+        doc["specGeneration"] = checkpoint.spec_generation
     records[record_key(t, p, CHECKPOINT)] = _dumps(doc)
     return records
 
@@ -279,6 +281,9 @@ def decode(topic: str, partition: int, records: Mapping[bytes, bytes]) -> Checkp
             topic_id=doc.get("topicId"),
             partitions=doc.get("partitions"),
             authority=doc.get("authority"),
+            spec_generation=(
+                None if doc.get("specGeneration") is None else int(doc["specGeneration"])
+            ),
         )
     except (ValueError, KeyError, TypeError, IndexError) as error:
         raise CheckpointError(f"unreadable changelog of {topic}[{partition}]: {error}") from None

@@ -156,6 +156,9 @@ class Checkpoint:
     # moves when it changes). None when not known (an earlier version, no answer).
     topic_id: str | None = None
     partitions: int | None = None
+    # The pipeline generation whose config the writer ran (WorkerConfig.state.specGeneration),
+    # when that config resets or replays; None otherwise, and in earlier versions'.
+    spec_generation: int | None = None
     # Where the run that wrote it commits its offsets (workers/resuming.py): ``group`` or a
     # sink's offsets table, ``postgres:<table>``; None in a checkpoint of an earlier version.
     authority: str | None = None
@@ -233,6 +236,8 @@ def _document(checkpoint: Checkpoint) -> dict[str, Any]:
         doc["partitions"] = checkpoint.partitions
     if checkpoint.authority is not None:
         doc["authority"] = checkpoint.authority
+    if checkpoint.spec_generation is not None:
+        doc["specGeneration"] = checkpoint.spec_generation
     return doc
 
 
@@ -270,7 +275,12 @@ def _checkpoint_of(doc: Mapping[str, Any]) -> Checkpoint:
         topic_id=doc.get("topicId"),
         partitions=doc.get("partitions"),
         authority=doc.get("authority"),
+        spec_generation=_optional_int(doc.get("specGeneration")),
     )
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def decode_head(data: bytes) -> tuple[Checkpoint, list[Segment] | None]:

@@ -675,6 +675,18 @@ class StateConfig(Model):
         ),
     )
 
+    spec_generation: int | None = Field(
+        default=None,
+        ge=1,
+        le=2**63 - 1,
+        description=(
+            "The pipeline generation (metadata.generation) this config was rendered from, "
+            "when it resets or replays. Checkpoints carry it: a worker never discards "
+            "state of another fingerprint that a later generation's workers wrote (in a "
+            "rolling update a partition can go back to a worker of the previous spec)."
+        ),
+    )
+
     @model_validator(mode="after")
     def _replay_needs_time(self) -> StateConfig:
         if self.on_fingerprint_mismatch == "replay" and self.replay_from_ms is None:

@@ -804,6 +804,12 @@ class Engine:
             "fingerprint": self.fingerprint,
             "changed": what,
         }
+        if foreign and self.state_policy.on_fingerprint_mismatch != "refuse":
+            later = self._written_by_a_later_spec(checkpoint)
+            if later is not None:
+                self._hold(st, f"{st.topic}[{st.partition}]: {later}", "state-of-a-later-spec",
+                           fields)  # fmt: skip
+                return
         if self.state_policy.on_fingerprint_mismatch == "refuse":
             why = (
                 f"checkpoint state fingerprint {checkpoint.fingerprint} differs from this "
@@ -824,6 +830,26 @@ class Engine:
         if moved and checkpoint.partitions is not None:
             name = f"{name}-partitions-{checkpoint.partitions}"
         self._discard(st, checkpoint, name, fields)
+
+    def _written_by_a_later_spec(self, checkpoint: Checkpoint) -> str | None:
+        """Why a checkpoint of another fingerprint is not this worker's to discard, or None.
+
+        Reset and replay discard the state of the spec they replace. In a rolling update a
+        partition can go back to a worker of the previous spec (a new pod dies, a rebalance)
+        whose config resets too (the policy stays in the spec): that worker would discard
+        the new spec's state and compute the old spec on (a review's finding). Checkpoints
+        carry the generation whose config wrote them; a worker leaves state of a later
+        generation alone (the partition is held until a worker of that spec takes it)."""
+        theirs = checkpoint.spec_generation
+        mine = self.state_policy.spec_generation
+        if theirs is None or (mine is not None and theirs <= mine):
+            return None
+        this = f"generation {mine}" if mine is not None else "an earlier generation"
+        return (
+            f"checkpoint state fingerprint {checkpoint.fingerprint} was written by the workers "
+            f"of generation {theirs} of the spec; this worker runs {this} (fingerprint "
+            f"{self.fingerprint}) and leaves that state to them: held"
+        )
 
     def _keyed(self, topic: str) -> bool:
         """Whether a partition of `topic` holds windows whose keys the topic's partitioner
@@ -2039,6 +2065,7 @@ class Engine:
                     topic_id=st.log_topic_id,
                     partitions=st.log_partitions,
                     authority=self.authority,
+                    spec_generation=self.state_policy.spec_generation,
                 )
             )
         return checkpoints

@@ -134,21 +134,28 @@ def build_worker_config(pipeline: StreamPipeline, settings: OperatorSettings) ->
         ),
         repartition=RepartitionConfig(topic=topic) if topic is not None else None,
         delivery=spec.delivery,
-        state=state_config(spec.upgrade, spec.state),
+        state=state_config(spec.upgrade, spec.state, pipeline.metadata.get("generation")),
     )
 
 
-def state_config(upgrade: Upgrade, state: StateSpec) -> StateConfig | None:
+def state_config(
+    upgrade: Upgrade, state: StateSpec, generation: object = None
+) -> StateConfig | None:
     """WorkerConfig.state for a spec's upgrade policy and restore; None for the defaults
     (refuse, no restore), so pipelines that never set them render the ConfigMap they always
-    did."""
+    did. A config that resets or replays names the pipeline's `generation`: its workers
+    never discard state a later generation's wrote (engine: a worker of the previous spec
+    in a rolling update). The cost: with reset or replay in the spec, every edit rolls the
+    workers, even one that changes nothing else of their config."""
     if upgrade.on_state_change == "refuse" and state.restore_from is None:
         return None
     replay_ms = parse_time_ms(upgrade.replay_from) if upgrade.replay_from is not None else None
+    discards = upgrade.on_state_change != "refuse"
     return StateConfig(
         on_fingerprint_mismatch=upgrade.on_state_change,
         replay_from_ms=replay_ms if upgrade.on_state_change == "replay" else None,
         restore_from=state.restore_from,
+        spec_generation=generation if discards and isinstance(generation, int) else None,
     )
 
 

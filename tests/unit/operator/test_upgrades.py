@@ -330,7 +330,9 @@ def test_reset_and_replay_roll_with_the_policy_in_the_worker_config(name_: str) 
     config_map, deployment = children(kube, name)
     assert config_map != before[0] and deployment != before[1]  # rolled
     worker = json.loads(config_map["data"]["worker.json"])
-    expected_state: dict[str, Any] = {"onFingerprintMismatch": name_}
+    # The generation rides along: its workers leave a later generation's state alone.
+    generation = body_of(kube, name)["metadata"]["generation"]
+    expected_state: dict[str, Any] = {"onFingerprintMismatch": name_, "specGeneration": generation}
     if name_ == "replay":
         expected_state["replayFromMs"] = 1767225600000
     assert worker["state"] == expected_state
@@ -465,7 +467,8 @@ def test_a_reset_waits_for_its_snapshot_while_live_workers_run_whatever_suspend_
     assert f"StreamPipelineSnapshot {snap_name}" in cond["message"]
     config_map, deployment = children(kube, name)
     assert json.loads(config_map["data"]["worker.json"])["state"] == {
-        "onFingerprintMismatch": "reset"
+        "onFingerprintMismatch": "reset",
+        "specGeneration": body_of(kube, name)["metadata"]["generation"],
     }
     if suspend_with or suspend_during:
         assert deployment["spec"]["replicas"] == 0

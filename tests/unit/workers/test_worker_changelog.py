@@ -121,13 +121,18 @@ def compacted(log: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes]
     windows=st.lists(window, max_size=6),
     max_event=st.one_of(st.none(), st.integers(-(10**14), 10**14)),
     generation=st.text(max_size=8),
+    spec_generation=st.one_of(st.none(), st.integers(1, 2**63 - 1)),
 )
 def test_a_checkpoint_round_trips_exactly(
-    windows: list[tuple[Any, int, list[Any]]], max_event: int | None, generation: str
+    windows: list[tuple[Any, int, list[Any]]],
+    max_event: int | None,
+    generation: str,
+    spec_generation: int | None,
 ) -> None:
     cp = checkpoint(state_of(windows, max_event), 42, generation=generation,
                     restored_from="a-to-b", cluster="MkU3OEVBNTcwNTJENDM2Qk",
-                    topic_id="kB3c9Yx1Qp2o0mUuWw4Lrg", partitions=6)  # fmt: skip
+                    topic_id="kB3c9Yx1Qp2o0mUuWw4Lrg", partitions=6,
+                    spec_generation=spec_generation)  # fmt: skip
     records = changelog.encode(cp)
     assert norm(changelog.decode("in", 3, records)) == norm(cp)
     # And the state reads back into the same windows, bit for bit.

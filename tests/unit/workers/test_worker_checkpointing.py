@@ -35,6 +35,12 @@ def test_the_log_identity_round_trips_and_an_older_checkpoint_has_none() -> None
     assert (old.cluster, old.topic_id, old.partitions) == (None, None, None)
 
 
+def test_the_spec_generation_round_trips_and_an_older_checkpoint_has_none() -> None:
+    cp = Checkpoint("clicks", 3, 1234, {"v": 1}, "ns/p", spec_generation=2**40)
+    assert decode(encode(cp)).spec_generation == 2**40
+    assert decode(encode(Checkpoint("clicks", 3, 1234, {"v": 1}, "ns/p"))).spec_generation is None
+
+
 def test_corruption_is_detected() -> None:
     data = bytearray(encode(Checkpoint("t", 0, 10, None)))
     data[-5] ^= 0x01

@@ -205,6 +205,47 @@ def test_reset_starts_empty_at_the_checkpointed_offsets(tmp_path: Path) -> None:
         assert kept.read_bytes() == data
 
 
+def test_a_worker_of_an_earlier_generation_leaves_a_later_ones_state_alone(
+    tmp_path: Path,
+) -> None:
+    """A rolling update can hand a partition back to a worker of the previous spec, whose
+    config resets too (onStateChange stays in the spec). Checkpoints carry the generation
+    whose config wrote them: that worker holds the partition instead of discarding the
+    newer spec's state (before, it discarded it and computed the old spec on), while a
+    later generation resets as ever."""
+    started(tmp_path)
+    new, _ = run(
+        config(tmp_path, NEW_WINDOW, onFingerprintMismatch="reset", specGeneration=3),
+        stop_after=20,
+    )
+    written = files(tmp_path)
+    assert {decode(d).spec_generation for d in written.values()} == {3}
+    assert {decode(d).fingerprint for d in written.values()} == {new.fingerprint}
+    older, (ok, why) = readiness_while_running(
+        config(tmp_path, OLD_WINDOW, endless=True, onFingerprintMismatch="reset",
+               specGeneration=2)
+    )  # fmt: skip
+    assert older.counters.records_in == 0
+    assert files(tmp_path) == written  # byte for byte: the later spec's state stays
+    assert not ok and "4 partitions held" in why and "generation 3" in why, why
+    discarded = older.metrics.registry.get_sample_value(
+        "streamherd_state_discarded_total", {"pipeline": "fp", "reason": "reset"}
+    )
+    assert not discarded
+    # A later generation going back to the old window resets it, as any edit would.
+    later, _ = run(
+        config(tmp_path, OLD_WINDOW, onFingerprintMismatch="reset", specGeneration=4),
+        stop_after=5,
+    )
+    assert (
+        later.metrics.registry.get_sample_value(
+            "streamherd_state_discarded_total", {"pipeline": "fp", "reason": "reset"}
+        )
+        == 4
+    )
+    assert {decode(d).spec_generation for d in files(tmp_path).values()} == {4}
+
+
 def test_a_legacy_checkpoint_is_adopted_and_stamped(tmp_path: Path) -> None:
     before, first_in = started(tmp_path)
     store = CheckpointStore(tmp_path)
