@@ -591,12 +591,22 @@ def _start(
     baseline, candidate = edit.baseline, edit.candidate
     if current is not None and not current.cleaned:  # an earlier edit's run: replaced
         remove_shadows(pipeline, kube, kafka, current.run)
-    run = content_hash([baseline, candidate, generation, stamp], length=8)
+    # The run is named by the edit alone: a start whose status was never stored (a write
+    # refused, the operator killed) is made again under the same name, so it reuses its
+    # topics and groups instead of leaving them behind for good (a review's finding).
+    run = content_hash([baseline, candidate, generation], length=8)
     topics, group = _source(pipeline)
-    offsets = start_offsets(kafka.committed(group, topics), kafka.end_offsets(topics))
-    for role in ROLES:
+    groups = [shadow_group(group, run, role) for role in ROLES]
+    seeded = [kafka.committed(g, topics) for g in groups]
+    # Both shadows start at the same offsets: those of a group seeded before, else now.
+    offsets = next(
+        (o for o in seeded if any(v >= 0 for v in o.values())),
+        None,
+    ) or start_offsets(kafka.committed(group, topics), kafka.end_offsets(topics))
+    for role, shadow, have in zip(ROLES, groups, seeded, strict=True):
         kafka.create_topic(shadow_topic(pipeline, run, role), 1)
-        kafka.commit(shadow_group(group, run, role), offsets)
+        if not any(v >= 0 for v in have.values()):
+            kafka.commit(shadow, offsets)
     _apply_shadows(edit, run)
     message = (
         f"verifying the edit ({_what_changes(edit)}) on shadows for {verify.duration} (results "

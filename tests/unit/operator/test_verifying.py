@@ -661,6 +661,44 @@ def test_a_verdict_whose_status_write_failed_is_reached_again_with_its_shadows(
     assert not kafka.topics and not [g for g in kafka.groups if ".shadow." in g]
 
 
+def test_a_start_whose_status_write_failed_reuses_its_run() -> None:
+    """The run's topics and groups are made before status names the run. A start whose
+    status write failed (or whose operator died) is made again under the same run, so
+    nothing of it is left behind when the run ends; both shadows start where the first try
+    seeded them. Before, the run was named by the time too: each try left its topics and
+    groups for good."""
+    kube, kafka, name, memo = running()
+    body = body_of(kube, name)
+    original = body["spec"]["processor"]["steps"][0]["filter"]
+    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
+    body["metadata"]["generation"] += 1
+    stored = kube.patch_status
+
+    def refused(*_: Any, **__: Any) -> dict[str, Any]:
+        raise ApiError(504, "Gateway Timeout", "timeout")
+
+    kube.patch_status = refused  # type: ignore[method-assign]
+    with pytest.raises(ApiError):
+        reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    kube.patch_status = stored  # type: ignore[method-assign]
+    first = sorted(kafka.topics)
+    seeded = {g: dict(o) for g, o in kafka.groups.items() if ".shadow." in g}
+    assert len(first) == 2 and len(seeded) == 2
+    kafka.commit("default.clicks-per-minute", {("clicks", 0): 95})  # the workers go on
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=5),
+              memo=ReconcileMemo(), kafka=lambda p: kafka)  # fmt: skip
+    run = body_of(kube, name)["status"]["verification"]["run"]
+    assert sorted(kafka.topics) == first and all(run in t for t in first)
+    assert {g: o for g, o in kafka.groups.items() if ".shadow." in g} == seeded
+    # Reverted: the run named in status is the only one, and it is removed whole.
+    body = body_of(kube, name)
+    body["spec"]["processor"]["steps"][0]["filter"] = original
+    body["metadata"]["generation"] += 1
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=10),
+              memo=memo, kafka=lambda p: kafka)  # fmt: skip
+    assert not kafka.topics and not [g for g in kafka.groups if ".shadow." in g]
+
+
 def test_an_edit_during_a_run_replaces_the_run() -> None:
     kube, kafka, name, memo = running()
     body = body_of(kube, name)
