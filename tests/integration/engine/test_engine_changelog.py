@@ -517,7 +517,9 @@ def test_fingerprint_refuse_then_reset_with_the_changelog_backend(
     assert checkpoints("r2") == before
     assert kafka_broker.committed(group, source) == committed
 
-    reset = start("reset", with_new_state(cfg, _sink, onFingerprintMismatch="reset"))
+    reset = start(
+        "reset", with_new_state(cfg, _sink, onFingerprintMismatch="reset", specGeneration=3)
+    )
     try:
         wait_until(
             "every partition's state discarded",
@@ -536,6 +538,7 @@ def test_fingerprint_refuse_then_reset_with_the_changelog_backend(
     new_fp = some.fingerprint
     assert new_fp != old_fp and all(c is not None and c.fingerprint == new_fp
                                     for c in after.values())  # fmt: skip
+    assert all(c is not None and c.spec_generation == 3 for c in after.values())
     b = backend(kafka_broker, source, topic, "r4")
     try:
         name = snapshot_name(old_fp or "legacy", new_fp or "")
@@ -543,6 +546,28 @@ def test_fingerprint_refuse_then_reset_with_the_changelog_backend(
             assert b.load_snapshot(name, source, p) == before[p]
     finally:
         b.close()
+    # A worker of the previous spec, whose config resets too (the policy stays in the spec:
+    # a rolling update can hand it a partition back), leaves the later spec's state alone.
+    old_again = {**cfg, "state": {"onFingerprintMismatch": "reset", "specGeneration": 2}}
+    stale = start("stale", old_again)
+    try:
+        wait_until(
+            "every partition held",
+            lambda: all(
+                gauge(stale, "streamherd_state_restore_refused", partition=str(p)) == 1
+                for p in range(LIFE_PARTITIONS)
+            ),
+            60,
+            [stale],
+        )
+        status, body = stale.get("/readyz")
+        assert status == 503 and "generation 3" in body, body
+        assert records_in(stale) == 0
+        assert not gauge(stale, "streamherd_state_discarded_total", reason="reset")
+        stop_cleanly(stale)
+    finally:
+        stale.stop()
+    assert checkpoints("r5") == after
 
 
 def metric_sum(w: Worker, name: str) -> float:
