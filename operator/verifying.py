@@ -612,14 +612,29 @@ def _start(
         f"verifying the edit ({_what_changes(edit)}) on shadows for {verify.duration} (results "
         f"{baseline} -> {candidate}); the workers keep running the previous spec until then"
     )
+    # `cleaned` is said outright: status is merge-patched, and an earlier run's `true`
+    # would stay, and its verdict would never remove this run's shadows.
     state = VerificationStatus(
         phase="Running", run=run, generation=generation, baseline=baseline,
-        candidate=candidate, started_at=stamp, message=message,
+        candidate=candidate, started_at=stamp, message=message, cleaned=False,
     )  # fmt: skip
+    # Status is merge-patched: what a run found is cleared outright for the next (null
+    # deletes a key), or the earlier run's verdict (its differing windows) would stay.
+    fresh = {**{field: None for field in _RUN_FINDINGS}, **_status(state)}
     return Gate(
-        True, _status(state), Cond(VERIFIED, "Unknown", "Verifying", message),
+        True, fresh, Cond(VERIFIED, "Unknown", "Verifying", message),
         [("Normal", "VerificationStarted", message)],
     )  # fmt: skip
+
+
+#: The status.verification fields a run finds (set at its end or verdict).
+_RUN_FINDINGS: Final = (
+    "endOffsets",
+    "comparedWindows",
+    "differingWindows",
+    "pendingWindows",
+    "differing",
+)
 
 
 def _running(current: VerificationStatus, verify: Verify, now: datetime, what: str) -> Gate:
@@ -665,6 +680,7 @@ def _compare(
             "pending_windows": result.pending,
             "differing": list(result.sample) or None,
             "message": message,
+            "cleaned": False,
         }
     )
     # The shadows are removed by the next step (promote or hold: _tidy), once this verdict

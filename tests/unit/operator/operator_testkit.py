@@ -26,10 +26,14 @@ Manifest = dict[str, Any]
 
 
 def _merge(base: Manifest, patch: Manifest) -> Manifest:
+    """A JSON merge patch (RFC 7386), as the API server applies one: null deletes a key."""
     out = dict(base)
     for key, value in patch.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict):
+            held = out.get(key)
+            out[key] = _merge(held if isinstance(held, dict) else {}, value)
         else:
             out[key] = copy.deepcopy(value)
     return out

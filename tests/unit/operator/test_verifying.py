@@ -606,6 +606,29 @@ def test_a_group_that_still_has_members_is_deleted_on_a_later_reconcile() -> Non
     assert idle.status is None
 
 
+def test_a_second_run_after_a_failed_one_removes_its_own_shadows() -> None:
+    """Status is merge-patched: a run's fields must not inherit the run before's. The first
+    run's `cleaned: true` stayed in the second's status, and its verdict never removed its
+    shadows (the e2e test's second edit); its differing windows stayed in the second's
+    Passed status."""
+    kube, kafka, name, memo = running()
+    same = [row("/a", 0, clicks=3), row("/b", 0, clicks=1)]
+    failed, _ = run_edit(kube, kafka, name, memo, same, [row("/a", 0, clicks=9)])
+    assert failed.phase == "Failed" and failed.cleaned
+    kafka.ends = {("clicks", 0): 100, ("clicks", 1): 50}
+    second, _ = run_edit(
+        kube,
+        kafka,
+        name,
+        memo,
+        same,
+        same,
+        change=lambda s: s["processor"]["steps"][0].update(filter="status >= 0"),
+    )
+    assert second.phase == "Passed" and second.cleaned
+    assert not second.differing and second.differing_windows == 0  # none of the first's
+
+
 @pytest.mark.parametrize("passes", [True, False])
 def test_a_verdict_whose_status_write_failed_is_reached_again_with_its_shadows(
     passes: bool,
