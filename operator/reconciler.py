@@ -434,26 +434,30 @@ def observe(
         )
         if refused is not None:
             good = None
-    running = good[0] if good is not None else pipeline
-    try:
-        desired = _desired(
-            running, body, settings, secrets_hash=hash_, caps=caps, memo=None if good else memo
+    while True:
+        running = good[0] if good is not None else pipeline
+        try:
+            desired = _desired(
+                running, body, settings, secrets_hash=hash_, caps=caps, memo=None if good else memo
+            )
+        except Exception as e:  # a spec the rules let through and a builder cannot build
+            # A gap in operator/api/rules.py: say so in the status instead of crash-looping.
+            log.error(
+                "cannot build the children of %s/%s: %r", pipeline.namespace, pipeline.name, e
+            )
+            log.debug("build failure of %s/%s", pipeline.namespace, pipeline.name, exc_info=True)
+            message = f"the operator cannot build this spec: {e}"
+            return replace(observed, invalid=message)
+        observed = replace(
+            observed,
+            last_good=good,
+            rollback_refused=refused,
+            desired=tuple(desired),
+            upgrade=_upgrade_inputs(running, desired, kube, memo),
         )
-    except Exception as e:  # a spec the rules let through and a builder cannot build
-        # A gap in operator/api/rules.py: say so in the status instead of crash-looping.
-        log.error("cannot build the children of %s/%s: %r", pipeline.namespace, pipeline.name, e)
-        log.debug("build failure of %s/%s", pipeline.namespace, pipeline.name, exc_info=True)
-        message = f"the operator cannot build this spec: {e}"
-        return replace(observed, invalid=message)
-    observed = replace(
-        observed,
-        last_good=good,
-        rollback_refused=refused,
-        desired=tuple(desired),
-        upgrade=_upgrade_inputs(running, desired, kube, memo),
-    )
-    upgrade = upgrade_decision(observed)
-    if good is not None and upgrade.holds:
+        upgrade = upgrade_decision(observed)
+        if good is None or not upgrade.holds:
+            break
         # Going back would itself change the state (this generation reset or replayed it,
         # so the last good spec's state is another): held like any state change, it would
         # roll nothing back. The spec's own generation is judged instead, and RolledBack
@@ -466,15 +470,6 @@ def observe(
             "never does. Fix forward with a new edit"
         )
         good = None
-        desired = _desired(pipeline, body, settings, secrets_hash=hash_, caps=caps, memo=memo)
-        observed = replace(
-            observed,
-            last_good=None,
-            rollback_refused=refused,
-            desired=tuple(desired),
-            upgrade=_upgrade_inputs(pipeline, desired, kube, memo),
-        )
-        upgrade = upgrade_decision(observed)
     # spec.upgrade.verify: an edit of the processing runs on shadows first (verifying.py).
     stamp = now_rfc3339(now)
     verification = gate(

@@ -158,6 +158,15 @@ def live_workers(deployment: Mapping[str, Any] | None) -> bool:
     return int(want if want is not None else 1) > 0 and have > 0
 
 
+def _snapshot_failed(decision: Decision, have: str, message: str) -> Decision:
+    """`decision` held: the snapshot it waits for cannot be used (`message` says why)."""
+    return Decision(
+        "hold", have, decision.desired_fingerprint, decision.changes,
+        Cond(STATE_COMPATIBLE, "False", "SnapshotFailed", message),
+        ("Warning", "SnapshotFailed", message),
+    )  # fmt: skip
+
+
 def snapshot_first(
     decision: Decision,
     name: str,
@@ -188,11 +197,7 @@ def snapshot_first(
             "state; edit the spec again (its new generation takes a snapshot of its own "
             "name), or delete that snapshot; the workers keep running the previous spec"
         )
-        return Decision(
-            "hold", have, decision.desired_fingerprint, decision.changes,
-            Cond(STATE_COMPATIBLE, "False", "SnapshotFailed", message),
-            ("Warning", "SnapshotFailed", message),
-        )  # fmt: skip
+        return _snapshot_failed(decision, have, message)
     if not workers:
         # Nothing runs that could write it: the workers keep the volume snapshot when they
         # start (as before 0110), and nothing waits for a snapshot that cannot come.
@@ -219,11 +224,7 @@ def snapshot_first(
             f"be used ({why}); delete it to take it again, the workers keep running the "
             "previous spec"
         )
-        return Decision(
-            "hold", have, decision.desired_fingerprint, decision.changes,
-            Cond(STATE_COMPATIBLE, "False", "SnapshotFailed", message),
-            ("Warning", "SnapshotFailed", message),
-        )  # fmt: skip
+        return _snapshot_failed(decision, have, message)
     message = (
         f"the {decision.action} waits for {SNAPSHOT_KIND} {name} of the running state "
         f"(fingerprint {have}) to be Ready before the workers discard it; they keep running "

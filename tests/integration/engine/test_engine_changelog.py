@@ -38,6 +38,7 @@ from tests.integration.engine.enginekit import Worker, wait_until
 from tests.integration.engine.test_engine_exactly_once import verify
 from tests.integration.engine.test_engine_lifecycle import PARTITIONS as LIFE_PARTITIONS
 from tests.integration.engine.test_engine_lifecycle import (
+    assert_held,
     caught_up,
     gauge,
     produce_timed,
@@ -247,6 +248,18 @@ def group_member(broker: KafkaBroker, group: str, topic: str) -> Consumer:
     return consumer
 
 
+def assert_partition_0_holds(
+    broker: KafkaBroker, src: str, topic: str, expected: Checkpoint, why: str
+) -> None:
+    """The changelog `topic`'s checkpoint of `src`[0], as a fresh reader loads it."""
+    reader = backend(broker, src, topic, "r")
+    try:
+        reader.prepare([(src, 0)])
+        assert reader.load(src, 0) == expected, why
+    finally:
+        reader.close()
+
+
 def owns(consumer: Consumer, partitions: int) -> bool:
     consumer.poll(0.2)
     return len(consumer.assignment()) == partitions
@@ -281,12 +294,7 @@ def test_the_broker_refuses_changelog_state_from_a_member_the_group_left_behind(
         stale = Checkpoint(src, 0, 50, windows_state(5, 0, 99), group=group)
         with pytest.raises(CheckpointRefused):
             left.save([stale], group=a.consumer_group_metadata())
-        reader = backend(kafka_broker, src, topic, "r")
-        try:
-            reader.prepare([(src, 0)])
-            assert reader.load(src, 0) == mine, "the left-behind member's state landed"
-        finally:
-            reader.close()
+        assert_partition_0_holds(kafka_broker, src, topic, mine, "the left-behind state landed")
         assert kafka_broker.committed(group, src)[0] == 100
     finally:
         left.close()
@@ -328,12 +336,7 @@ def test_offsets_without_a_generation_are_never_sent_though_the_broker_would_tak
         with pytest.raises(CheckpointRefused):
             left.save([stale], group=unjoined.consumer_group_metadata())
         assert kafka_broker.committed(group, src)[0] == 100, "offsets committed unfenced"
-        reader = backend(kafka_broker, src, topic, "r")
-        try:
-            reader.prepare([(src, 0)])
-            assert reader.load(src, 0) == owned, "state written unfenced"
-        finally:
-            reader.close()
+        assert_partition_0_holds(kafka_broker, src, topic, owned, "state written unfenced")
     finally:
         left.close()
         unjoined.close()
@@ -499,17 +502,7 @@ def test_fingerprint_refuse_then_reset_with_the_changelog_backend(
 
     held = start("refused", with_new_state(cfg, _sink))
     try:
-        wait_until(
-            "every partition held",
-            lambda: all(
-                gauge(held, "streamherd_state_restore_refused", partition=str(p)) == 1
-                for p in range(LIFE_PARTITIONS)
-            ),
-            60,
-            [held],
-        )
-        status, body = held.get("/readyz")
-        assert status == 503 and "window.size: 10000 -> 5000" in body, body
+        assert_held(held, LIFE_PARTITIONS, "window.size: 10000 -> 5000")
         assert records_in(held) == 0
         stop_cleanly(held)
     finally:
@@ -551,17 +544,7 @@ def test_fingerprint_refuse_then_reset_with_the_changelog_backend(
     old_again = {**cfg, "state": {"onFingerprintMismatch": "reset", "specGeneration": 2}}
     stale = start("stale", old_again)
     try:
-        wait_until(
-            "every partition held",
-            lambda: all(
-                gauge(stale, "streamherd_state_restore_refused", partition=str(p)) == 1
-                for p in range(LIFE_PARTITIONS)
-            ),
-            60,
-            [stale],
-        )
-        status, body = stale.get("/readyz")
-        assert status == 503 and "generation 3" in body, body
+        assert_held(stale, LIFE_PARTITIONS, "generation 3")
         assert records_in(stale) == 0
         assert not gauge(stale, "streamherd_state_discarded_total", reason="reset")
         stop_cleanly(stale)

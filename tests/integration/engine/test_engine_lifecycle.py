@@ -209,17 +209,8 @@ def test_a_foreign_state_is_refused_then_replayed_from_a_time(
     refused_sink = kafka_broker.create_topic(kafka_broker.unique_topic("life-fp-refused"))
     held = Worker.create(tmp_path, "refused", with_new_state(cfg, refused_sink)).start()
     try:
-        wait_until(
-            "both partitions held",
-            lambda: all(
-                gauge(held, "streamherd_state_restore_refused", partition=str(p)) == 1
-                for p in range(PARTITIONS)
-            ),
-            60,
-            [held],
-        )
-        status, body = held.get("/readyz")
-        assert status == 503 and "held" in body and "window.size: 10000 -> 5000" in body, body
+        assert_held(held, PARTITIONS, "held")
+        assert_held(held, PARTITIONS, "window.size: 10000 -> 5000")
         while_held = produce_timed(kafka_broker, source, 4000, 500)
         produced_at = time.time()
         # The loop keeps running well past the new records' arrival, and still reads none.

@@ -65,14 +65,20 @@ def test_rollback_due(
     assert got is due
 
 
-def test_a_revision_that_never_settles_is_rolled_back_until_the_next_edit() -> None:
-    kube = FakeKube()
+def settled_with_rollback(kube: FakeKube) -> str:
+    """Example 02 with rollback auto after 60 s, rolled out: generation 1 is the last good."""
     doc = example_doc("02-clicks-per-minute")
     doc["spec"]["upgrade"] = {"rollback": "auto", "rollbackAfter": "60s"}
-    name = kube.put(doc)["metadata"]["name"]
+    name = str(kube.put(doc)["metadata"]["name"])
     reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
     kube.roll_out(name)
     reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    return name
+
+
+def test_a_revision_that_never_settles_is_rolled_back_until_the_next_edit() -> None:
+    kube = FakeKube()
+    name = settled_with_rollback(kube)
     assert body_of(kube, name)["status"]["lastGoodGeneration"] == 1
     assert kube.find("ConfigMap", f"{name}-lastgood") is not None
     good = copy.deepcopy(kube.find("Deployment", name))
@@ -202,12 +208,7 @@ def test_a_revision_that_reset_the_state_is_not_rolled_back_and_says_why() -> No
     stands (StateCompatible stays StateReset). Before, it reported a rollback
     (RolledBack=True, rolledBackGeneration 2) and StateChangeRefused, and applied nothing."""
     kube = FakeKube()
-    doc = example_doc("02-clicks-per-minute")
-    doc["spec"]["upgrade"] = {"rollback": "auto", "rollbackAfter": "60s"}
-    name = kube.put(doc)["metadata"]["name"]
-    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
-    kube.roll_out(name)
-    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    name = settled_with_rollback(kube)
     old_fp = body_of(kube, name)["status"]["stateFingerprint"]
     stored = kube.find("StreamPipeline", name)
     assert stored is not None
