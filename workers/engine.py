@@ -1544,8 +1544,12 @@ class Engine:
         self.metrics.contributing.inc(contributing(n_in, filtered, self._failed(failures)))
         last = messages[-1].offset()
         assert last is not None
-        self._mark(st, last, force=st.idle)
-        st.idle = False
+        # No longer idle, and the marker says so: sent while still idle it told every
+        # downstream partition that this one was quiet with the records just re-keyed, and
+        # when all were, they closed everything: the window emitted with its first records,
+        # the rest of it late (a probe on the broker, 3 runs in 3).
+        was_idle, st.idle = st.idle, False
+        self._mark(st, last, force=was_idle)
 
     def _mark(self, st: PartitionState, offset: int, *, force: bool = False) -> None:
         """Tell every downstream partition how far this source partition has got."""

@@ -323,6 +323,51 @@ def test_a_quiet_partition_closes_its_windows_after_idle_timeout(
         w.stop()
 
 
+def test_records_arriving_after_every_partition_went_quiet_are_not_late(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """Every source partition has gone quiet; then one window's records arrive on source
+    partition 0 in two batches, then on partition 1. Partition 0 is not quiet once its
+    records come, so the window closes only when all are quiet again: once, with every
+    record, none late. Before, the progress marker sent with the first batch still said
+    "idle": every downstream saw all upstreams quiet and closed everything, the window came
+    out with the first 50 records and the 100 after it were dead-lettered as late (a probe
+    on the broker: 3 runs in 3; a repartitioned pipeline after any quiet spell)."""
+    src, sink, dlq = topics(kafka_broker)
+    config = repartitioned_config(
+        kafka_broker, src, sink, dlq, tmp_path / "ck", idleTimeoutSeconds=2.0
+    )
+    w = Worker.create(tmp_path, "w", config).start()
+
+    def batch(first: int) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            (f"u{i}", {"id": i, "user": f"u{i}", "page": "/p", "bytes": i, "ts": BASE_TS + i})
+            for i in range(first, first + 50)
+        ]
+
+    try:
+        wait_until("worker ready", lambda: w.get("/readyz")[0] == 200, 60, [w])
+        wait_until(
+            "every source partition quiet",
+            lambda: w.log_path.read_text().count("event=partition-idle") >= PARTITIONS,
+            60,
+            [w],
+        )
+        sent: list[tuple[str, dict[str, Any]]] = []
+        for partition, first in ((0, 0), (0, 50), (1, 100)):
+            records = batch(first)
+            kafka_broker.produce(src, records, partition=partition)
+            sent += records
+            time.sleep(1.0)  # within idleTimeout: partition 0 has not gone quiet again
+        expected = page_reference(sent)
+        assert len(expected) == 1
+        got, _counts = sink_windows(kafka_broker, sink, expected, "the window", 60, [w])
+        check(got, expected)
+        assert kafka_broker.consume_all(dlq, timeout=5) == []
+    finally:
+        w.stop()
+
+
 def rekeyed(broker: KafkaBroker, topic: str) -> set[tuple[int, int]]:
     """The (source partition, source offset) of every re-keyed record in the repartition
     topic (format 3: every entry of a message; progress markers left out)."""
