@@ -27,7 +27,7 @@ from streamherd.workers.kafkaclients import (
 
 INT32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
 # Group and member ids as librdkafka writes them: UTF-8 text, NUL-ended (no surrogates).
-NAMES = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40)
+NAMES = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40)
 
 
 def librdkafka_metadata(**config: Any) -> bytes:
