@@ -147,23 +147,26 @@ def placed_by_key(
     A window without a repartition trusts that its topic's partitioner placed every record
     of one window key in one partition (``trusted`` names the declaration that says so).
     A producer places a keyless record anywhere (librdkafka's and Java's default
-    partitioners spread them), so folding one would split its key's window into a partial
+    partitioners spread them), and an empty key too (librdkafka's default partitioner,
+    consistent_random, spreads it as it spreads none; Java's hashes it: which one wrote a
+    record cannot be told), so folding one would split its key's window into a partial
     result per partition. Such a record is dead-lettered (``unkeyed``) instead, whatever its
     window key: one loud, lossless verdict instead of quietly wrong numbers. When every record
     has a key (the common case) this costs one list comprehension over the keys, ~18 ns a
     record (operator.methodcaller measured 4x that)."""
-    if not [m for m in messages if m.key() is None]:
+    if not [m for m in messages if not m.key()]:
         return messages
     kept: list[SourceMessage] = []
     for m in messages:
-        if m.key() is None:
+        if not m.key():
             failures.append(
                 Failure(
                     m,
                     "unkeyed",
                     UnkeyedRecordError(
-                        f"the record has no Kafka key, and the window trusts {trusted}: a "
-                        "producer spreads keyless records over the partitions, so its window "
+                        f"the record has no Kafka key (or an empty one), and the window trusts "
+                        f"{trusted}: a producer spreads such records over the partitions, so "
+                        "its window "
                         "would get a partial result per partition. Produce it with its key, "
                         "or set window.repartition: always to re-key the input (never, if "
                         "your producers choose each record's partition by its window key)"
