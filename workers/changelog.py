@@ -63,6 +63,7 @@ from streamherd.workers.checkpointing import (
     CheckpointError,
     CheckpointPostponed,
     CheckpointRefused,
+    optional_int,
 )
 from streamherd.workers.config import ChangelogConfig, KafkaSourceConfig
 from streamherd.workers.kafkaclients import (
@@ -281,9 +282,7 @@ def decode(topic: str, partition: int, records: Mapping[bytes, bytes]) -> Checkp
             topic_id=doc.get("topicId"),
             partitions=doc.get("partitions"),
             authority=doc.get("authority"),
-            spec_generation=(
-                None if doc.get("specGeneration") is None else int(doc["specGeneration"])
-            ),
+            spec_generation=optional_int(doc.get("specGeneration")),
         )
     except (ValueError, KeyError, TypeError, IndexError) as error:
         raise CheckpointError(f"unreadable changelog of {topic}[{partition}]: {error}") from None

@@ -275,11 +275,12 @@ def _checkpoint_of(doc: Mapping[str, Any]) -> Checkpoint:
         topic_id=doc.get("topicId"),
         partitions=doc.get("partitions"),
         authority=doc.get("authority"),
-        spec_generation=_optional_int(doc.get("specGeneration")),
+        spec_generation=optional_int(doc.get("specGeneration")),
     )
 
 
-def _optional_int(value: Any) -> int | None:
+def optional_int(value: Any) -> int | None:
+    """An optional integer field of a checkpoint document."""
     return None if value is None else int(value)
 
 

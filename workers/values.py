@@ -125,7 +125,7 @@ def window_key(key: Any) -> Any:
     judged again: :func:`canonical_key` alone reads them."""
     canon = key if type(key) is str else canonical_key(key)
     if _size_bound(canon) > MAX_KEY_BYTES:
-        state_key(canon)
+        _refuse_over_limit(canon)
     return canon
 
 
@@ -134,13 +134,18 @@ def state_key(canon: Any) -> Any:
     as :func:`window_key` refuses it: the downstream judges what it folds again, whoever
     wrote the entry (an upstream older than the limit, another producer)."""
     if _size_bound(canon) > MAX_KEY_BYTES:
-        size = json_bytes(key_value(canon))
-        if size > MAX_KEY_BYTES:
-            raise LimitError(
-                f"a window key of {size} bytes as JSON (at most {MAX_KEY_BYTES}): its window "
-                "would not fit in a checkpoint record"
-            )
+        _refuse_over_limit(canon)
     return canon
+
+
+def _refuse_over_limit(canon: Any) -> None:
+    """LimitError when a key whose cheap bound is over MAX_KEY_BYTES is over it as JSON."""
+    size = json_bytes(key_value(canon))
+    if size > MAX_KEY_BYTES:
+        raise LimitError(
+            f"a window key of {size} bytes as JSON (at most {MAX_KEY_BYTES}): its window "
+            "would not fit in a checkpoint record"
+        )
 
 
 def check_held_string(name: str, value: str) -> str:
