@@ -83,6 +83,7 @@ from streamherd.workers.processing import (
 )
 from streamherd.workers.rekeying import PLAN_HEADER, fold_hop, hop_plan, rekey
 from streamherd.workers.repartitioning import (
+    GENERATION_HEADER,
     WATERMARK_HEADER,
     Upstream,
     UpstreamClock,
@@ -363,6 +364,12 @@ class Engine:
             config.processor,
             config.source.kafka.format if config.source.kafka is not None else "generator",
         )
+        # What every repartition message and marker carries: the spec generation this
+        # worker runs, when its config names one (a replay downstream skips earlier ones').
+        generation = self.state_policy.spec_generation
+        self._hop_headers: list[tuple[str, bytes]] = (
+            [] if generation is None else [(GENERATION_HEADER, str(generation).encode())]
+        )
         # A pattern ("^...") may match several topics.
         # A repartitioned pipeline consumes the repartition topic too: its partition 1 and
         # a source topic's partition 1 are different partitions with different roles.
@@ -583,6 +590,10 @@ class Engine:
                 if st.held is None:
                     st.windows = self._restored_windows(st, plan, restored, base)
                 st.clock = UpstreamClock.from_json(restored)
+                if restored is None and st.replay_from_ms is not None:
+                    # Emptied by a replay: what the earlier specs' upstreams wrote is
+                    # skipped; the replaying upstreams write it again (decision 0172).
+                    st.clock.since = self.state_policy.spec_generation
                 st.clock.known = self._upstreams
                 st.clock.reads = self._reads_topic
             else:
@@ -1530,6 +1541,7 @@ class Engine:
             max_event_ms=st.max_event_ms,
             failures=failures,
             partitions=self._repartition_partitions,
+            headers=self._hop_headers,
         )
         if rows:
             self.outputs.repartition(self.repartition.topic, self._repartition_partitions, rows)
@@ -1562,7 +1574,11 @@ class Engine:
         self.outputs.repartition_marker(
             self.repartition.topic,
             self._repartition_partitions,
-            [(WATERMARK_HEADER, header), (PLAN_HEADER, self._hop_plan.encode())],
+            [
+                (WATERMARK_HEADER, header),
+                (PLAN_HEADER, self._hop_plan.encode()),
+                *self._hop_headers,
+            ],
         )
         st.marked, st.marked_at = mark, now
 

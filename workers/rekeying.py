@@ -34,8 +34,9 @@ downstream (late, refused by its window, or of another layout) holds what an unp
 pipeline's dead letter holds, under the same source coordinates. One message per partition
 and batch (at most :data:`MESSAGE_BYTES` of entries; the message key is the first entry's
 key text, which picks the partition every entry of it belongs to) spares a produce and a
-consume per record, and no header is written or parsed: those were most of the hop's cost
-(docs/benchmarks.md).
+consume per record, and no header is parsed (one is written under reset and replay: the
+writer's spec generation, read only by a partition a replay emptied, decision 0172): those
+were most of the hop's cost (docs/benchmarks.md).
 
 Errors are decided where an unpartitioned window decides them, with the same reasons: a
 key or event time that fails is dead-lettered upstream and moves nothing; values that fail
@@ -82,6 +83,7 @@ from streamherd.workers.repartitioning import (
     UpstreamClock,
     UpstreamState,
     fold_downstream,
+    superseded,
 )
 from streamherd.workers.summing import add
 from streamherd.workers.values import (
@@ -371,11 +373,13 @@ def rekey(
     max_event_ms: int | None,
     failures: list[Failure],
     partitions: int,
+    headers: Sequence[tuple[str, bytes]] = (),
 ) -> tuple[list[Row], int | None, int]:
     """The repartition messages of one source partition's surviving records (in offset
     order; one per repartition partition of ``partitions`` and :data:`MESSAGE_BYTES`), its
     new maximum event time, and how many records they carry. A record whose key, event time
-    or values fail, or that cannot be carried, is appended to ``failures`` (``expression``)."""
+    or values fail, or that cannot be carried, is appended to ``failures`` (``expression``).
+    Each message carries ``headers`` (the writer's spec generation, when it has one)."""
     key_of, time_of, values_of = plan.key, plan.event_time, plan.values
     kafka_time = plan.kafka_time
     top = max_event_ms
@@ -459,7 +463,7 @@ def rekey(
         when = stamp if stamp is not None and stamp > 0 else 0  # 0: the producer's clock
         group = open_.get(target)
         if group is not None and group[2] + len(entry) > MESSAGE_BYTES:
-            rows.append(_row(plan_id, topic, partition, group))
+            rows.append(_row(plan_id, topic, partition, group, headers))
             group = None
         if group is None:
             open_[target] = [found[1], [entry], len(entry), offset, when]
@@ -468,13 +472,19 @@ def rekey(
         group[2] += len(entry)
         group[3] = offset
         group[4] = max(group[4], when)
-    rows.extend(_row(plan_id, topic, partition, group) for group in open_.values())
+    rows.extend(_row(plan_id, topic, partition, group, headers) for group in open_.values())
     return rows, top, carried
 
 
-def _row(plan_id: str, topic: str, partition: int, group: list[Any]) -> Row:
+def _row(
+    plan_id: str,
+    topic: str,
+    partition: int,
+    group: list[Any],
+    headers: Sequence[tuple[str, bytes]],
+) -> Row:
     text, entries, _size, offset, when = group
-    return (text, encode_message(plan_id, topic, partition, entries), when, offset, [])
+    return (text, encode_message(plan_id, topic, partition, entries), when, offset, [*headers])
 
 
 class RekeyedMessage:
@@ -569,6 +579,7 @@ def fold_hop(
     (folded, late, refused or of another layout: each once)."""
     failures: list[Failure] = []
     late = duplicates = taken = 0
+    since = clock.since  # a replay emptied the partition: what came before it is skipped
     run_start = 0  # the first message of a run of other messages (format 1, markers)
     for i, m in enumerate(messages):
         value = m.value()
@@ -588,6 +599,9 @@ def fold_hop(
         run_start = i + 1
         if not value:
             continue  # another layout's marker: skipped
+        if since is not None and superseded(clock, m.headers()):
+            duplicates += _entries_in(value)
+            continue
         try:
             plan, topic, partition, entries = decode_message(value)
         except RepartitionError as error:
@@ -622,6 +636,15 @@ def fold_hop(
         failures += counts[0]
         late, duplicates, taken = late + counts[1], duplicates + counts[2], taken + counts[3]
     return failures, late, duplicates, taken
+
+
+def _entries_in(value: bytes) -> int:
+    """How many entries a format-3 message holds (1 for a malformed one: it stood for at
+    least one record)."""
+    try:
+        return len(decode_message(value)[3])
+    except RepartitionError:
+        return 1
 
 
 def _state(clock: UpstreamClock, topic: str, partition: int) -> UpstreamState:

@@ -88,6 +88,11 @@ WATERMARK_HEADER: Final = "streamherd.watermark"
 #: 64 bits, bytes): a JSON array of ``[path, value]``, ``path`` the object keys and array
 #: indexes leading to the value, ``value`` in ``values.encode_value``'s exact form.
 EXACT_HEADER: Final = "streamherd.exact"
+#: Header of a repartition message or marker written by a worker whose config names its spec
+#: generation (``state.specGeneration``: under the reset and replay policies): that
+#: generation, in decimal. A downstream partition a replay emptied skips what an earlier
+#: generation wrote (:attr:`UpstreamClock.since`).
+GENERATION_HEADER: Final = "streamherd.generation"
 _SEP: Final = "\x1f"
 
 Upstream = tuple[str, int]
@@ -253,6 +258,14 @@ class UpstreamClock:
     # event time would hold it, and so every window, forever (nothing of it will ever come
     # to move it again). Its records still in the repartition topic are folded as ever.
     reads: Callable[[str], bool] = field(default=lambda _topic: True, compare=False)
+    #: The spec generation of the replay that emptied this partition (None: none did, or
+    #: the worker's config names no generation). What an earlier generation's upstream
+    #: wrote, or one that names none, is skipped (:func:`superseded`): the replaying
+    #: upstreams write its source records again under the new spec, and the old entries
+    #: (the old spec's steps, and lateness and progress measured from before the replay
+    #: time) would otherwise fold first and turn the new ones into duplicates (decision
+    #: 0172). Checkpointed with the clock.
+    since: int | None = None
 
     def take(self, mark: Mark) -> bool:
         """Record ``mark``; False for a duplicate (or stale) message, which must be dropped."""
@@ -319,6 +332,8 @@ class UpstreamClock:
                 for (t, p), st in sorted(self.upstreams.items())
             ],
             "floor": self.floor,
+            # Only when set: a clock without it is written as before.
+            **({} if self.since is None else {"since": self.since}),
         }
 
     @classmethod
@@ -334,7 +349,31 @@ class UpstreamClock:
             )
         floor = data.get("floor")
         clock.floor = None if floor is None else int(floor)
+        since = data.get("since")
+        clock.since = None if since is None else int(since)
         return clock
+
+
+def written_generation(headers: Sequence[tuple[str, bytes | None]] | None) -> int | None:
+    """The spec generation a repartition message's :data:`GENERATION_HEADER` names; None
+    when it names none (a worker without one, an earlier version) or a malformed one."""
+    for name, raw in headers or ():
+        if name == GENERATION_HEADER and raw is not None:
+            try:
+                return int(raw)
+            except ValueError:
+                return None
+    return None
+
+
+def superseded(clock: UpstreamClock, headers: Sequence[tuple[str, bytes | None]] | None) -> bool:
+    """Whether a message (record or marker) was written before the replay that emptied this
+    partition (:attr:`UpstreamClock.since`): skipped, without moving the clock."""
+    since = clock.since
+    if since is None:
+        return False
+    written = written_generation(headers)
+    return written is None or written < since
 
 
 def fold_downstream(
@@ -342,13 +381,18 @@ def fold_downstream(
 ) -> tuple[list[Failure], int, int, int]:
     """Fold one batch of a repartition partition: drop replays, fold each record with its
     source partition's lateness. Returns the failures (decode, expression and late ones,
-    naming the source record), how many were late, how many were duplicates, and how many
-    records were taken (folded, late or failed: each once)."""
+    naming the source record), how many were late, how many were duplicates (taken before,
+    or :func:`superseded`), and how many records were taken (folded, late or failed: each
+    once)."""
     failures: list[Failure] = []
     late = 0
     duplicates = 0
     taken = 0
+    since = clock.since
     for m in messages:
+        if since is not None and superseded(clock, m.headers()):
+            duplicates += bool(m.value())  # a record (not a marker) the replay writes again
+            continue
         try:
             mark = read_mark(m.headers())
         except RepartitionError as error:
