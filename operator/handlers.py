@@ -38,7 +38,7 @@ from streamherd.operator.autoscaling.handlers import register_autoscaler
 from streamherd.operator.events import event_body
 from streamherd.operator.kopfstate import InMemoryDiffBaseStorage, QuietProgressStorage
 from streamherd.operator.kube import ApiError, Kube, Manifest
-from streamherd.operator.reconciler import EventNote
+from streamherd.operator.reconciler import EventNote, stop_workers
 from streamherd.operator.runtime import (
     OperatorContext,
     pipeline_key,
@@ -61,6 +61,8 @@ PREFIX: Final = "streamherd.io"
 #: Tries of the deletion of a pipeline's internal topics (5 s apart, then doubling up to a
 #: minute: about 7 minutes in all) before the pipeline is let go with the topics kept.
 TOPIC_DELETE_RETRIES: Final = 10
+#: How often a deletion looks whether the workers have stopped (reconciler.stop_workers).
+WORKERS_STOP_POLL_SECONDS: Final = 1.0
 
 
 def needs_topic_cleanup(body: Manifest) -> bool:
@@ -214,6 +216,26 @@ def build_registry(ops: OperatorSettings) -> Any:
         if pipeline is None or pipeline.spec.state.retain_on_delete:
             return
         loop = asyncio.get_running_loop()
+        # The workers first: one still writing would create the topics again. Waited for
+        # here, not by retries: those count the broker's refusals.
+        started = loop.time()
+        while (
+            wait := await loop.run_in_executor(
+                ctx.executor, stop_workers, ctx.kube, pipeline.namespace, pipeline.name
+            )
+        ) is not None and loop.time() - started < wait:
+            await asyncio.sleep(WORKERS_STOP_POLL_SECONDS)
+        if wait is not None:
+            note = EventNote(
+                "Warning",
+                "WorkersNotStopped",
+                f"the workers are not gone after {wait:.0f}s; deleting the internal topics "
+                "anyway (a worker still writing may create them again on a broker that "
+                "auto-creates topics)",
+            )
+            await loop.run_in_executor(
+                ctx.executor, post_event, ctx.kube, event_body(dict(body), note)
+            )
         try:
             deleted = await loop.run_in_executor(ctx.executor, ctx.topics.delete, pipeline)
         except TopicAdminError as e:

@@ -113,7 +113,9 @@ class KubeApi(Protocol):
 
     def apply(self, manifest: Manifest) -> Manifest: ...
 
-    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool: ...
+    def delete(
+        self, api_version: str, kind: str, namespace: str, name: str, *, foreground: bool = False
+    ) -> bool: ...
 
     def list(
         self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
@@ -304,21 +306,27 @@ class Kube:
             self.cache.store(result)
         return result
 
-    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
-        """Delete (background propagation); False when it was already gone."""
+    def delete(
+        self, api_version: str, kind: str, namespace: str, name: str, *, foreground: bool = False
+    ) -> bool:
+        """Delete (background propagation; ``foreground``: the object stays, deleting, until
+        the garbage collector has deleted its dependents, a Deployment's pods included);
+        False when it was already gone."""
         info = resource_info(api_version, kind)
         try:
             self._request(
                 "DELETE",
                 info.item(namespace, name),
-                body={"propagationPolicy": "Background"},
+                body={"propagationPolicy": "Foreground" if foreground else "Background"},
             )
         except ApiError as e:
             if e.status == 404:
                 return False
             raise
         finally:
-            if self.cache is not None:
+            # A foreground delete leaves the object (deleting) until its dependents are gone:
+            # the watch says when it goes.
+            if self.cache is not None and not foreground:
                 self.cache.drop(api_version, kind, namespace, name)
         return True
 

@@ -690,3 +690,29 @@ __all__ = [
     "reconcile",
     "refusal_is_final",
 ]
+
+
+#: How long a deletion waits for the workers to stop, beyond their pods' grace period, before
+#: it deletes the internal topics anyway (a pod stuck on a node that is gone writes nothing).
+WORKERS_STOP_MARGIN_SECONDS: Final = 30.0
+
+
+def stop_workers(kube: KubeApi, namespace: str, name: str) -> float | None:
+    """Stop a deleted pipeline's workers before its internal topics go: None once they are
+    gone, else how long (seconds, from the first try) to wait for them at most.
+
+    The garbage collector deletes the worker Deployment only after the pipeline, so the
+    workers run while its finalizers delete the topics. A worker still writing (a batch, its
+    last checkpoint while it stops) then creates them again on a broker that auto-creates
+    topics (Kafka's default): with the broker's default partitions and configuration, left
+    behind, and refused as "differs" when a pipeline of that name is created again. The
+    Deployment is deleted in the foreground here: it stays, deleting, until its pods are
+    gone."""
+    live = kube.get("apps/v1", "Deployment", namespace, name)
+    if live is None:
+        return None
+    if not (live.get("metadata") or {}).get("deletionTimestamp"):
+        kube.delete("apps/v1", "Deployment", namespace, name, foreground=True)
+    pod = ((live.get("spec") or {}).get("template") or {}).get("spec") or {}
+    grace = pod.get("terminationGracePeriodSeconds")
+    return float(grace if isinstance(grace, int) else 30) + WORKERS_STOP_MARGIN_SECONDS

@@ -107,13 +107,23 @@ def test_topics_are_created_listed_and_deleted_with_the_pipeline(
     created = " ".join(e["message"] for e in events(env, name) if e["reason"] == "TopicCreated")
     assert repartition in created and changelog in created
 
-    # Owned by the pipeline: the finalizer holds the deletion until the topics are gone.
+    # Owned by the pipeline: the finalizer holds the deletion until the topics are gone, and
+    # the topics go only once the workers have (one still writing would create them again on
+    # a broker that auto-creates topics): whenever a topic is seen gone, so is the Deployment.
     wait_until("the finalizer", lambda: env.pipeline(name)["metadata"].get("finalizers"))
-    env.kubectl("delete", "streampipeline", name, "--wait=true", "--timeout=120s")
-    # Deleted before the pipeline went; other clients' metadata follows shortly.
-    gone = wait_until("the internal topics gone from the metadata", lambda: (
-        left if repartition not in (left := broker_topics(kafka_broker))
-        and changelog not in left else None), 30)  # fmt: skip
+    env.kubectl("delete", "streampipeline", name, "--wait=false")
+    workers_when_gone: list[object] = []
+
+    def topics_gone() -> dict[str, int] | None:
+        left = broker_topics(kafka_broker)
+        if repartition in left and changelog in left:
+            return None
+        workers_when_gone.append(env.get("deployment", name))
+        return left if repartition not in left and changelog not in left else None
+
+    gone = wait_until("the internal topics gone from the metadata", topics_gone, 120)
+    assert workers_when_gone and all(d is None for d in workers_when_gone), workers_when_gone
+    wait_until("the pipeline gone", lambda: env.get("streampipeline", name) is None, 60)
     assert small in gone and big in gone  # the source topics are never the operator's
     deleted = [e for e in events(env, name) if e["reason"] == "TopicsDeleted"]
     assert deleted and repartition in deleted[0]["message"] and changelog in deleted[0]["message"]

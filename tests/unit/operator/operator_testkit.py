@@ -48,6 +48,8 @@ class FakeKube:
         self.deletes: list[str] = []
         self.status_patches: list[Manifest] = []
         self.events: list[Manifest] = []
+        # A foreground delete leaves the object deleting (its dependents not yet gone).
+        self.foreground_lingers = False
         self._uid = 0
 
     # helpers for tests
@@ -90,9 +92,16 @@ class FakeKube:
         self.objects[key] = merged
         return copy.deepcopy(merged)
 
-    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+    def delete(
+        self, api_version: str, kind: str, namespace: str, name: str, *, foreground: bool = False
+    ) -> bool:
         self.deletes.append(f"{kind}/{name}")
-        return self.objects.pop((api_version, kind, namespace, name), None) is not None
+        key = (api_version, kind, namespace, name)
+        if foreground and self.foreground_lingers and key in self.objects:
+            # The garbage collector has dependents to delete first: the object stays, deleting.
+            self.objects[key]["metadata"].setdefault("deletionTimestamp", "2026-01-01T00:00:00Z")
+            return True
+        return self.objects.pop(key, None) is not None
 
     def list(
         self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""

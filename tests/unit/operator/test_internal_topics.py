@@ -36,7 +36,13 @@ from streamherd.operator.builders.topics import (
     render_comment,
 )
 from streamherd.operator.lagprobe import ClusterConfig
-from streamherd.operator.reconciler import TOPICS, ReconcileMemo, reconcile
+from streamherd.operator.reconciler import (
+    TOPICS,
+    WORKERS_STOP_MARGIN_SECONDS,
+    ReconcileMemo,
+    reconcile,
+    stop_workers,
+)
 from streamherd.operator.rendering import render_files
 from streamherd.operator.topicadmin import (
     BACKOFF_MAX,
@@ -559,3 +565,23 @@ def test_every_way_of_no_broker_answering_reads_the_same_in_status() -> None:
         KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "denied"))
     )
     assert denied.startswith("TOPIC_AUTHORIZATION_FAILED")  # a person's problem: named
+
+
+def test_a_deletion_stops_the_workers_before_the_topics_go() -> None:
+    """The Deployment is deleted in the foreground (it stays, deleting, until its pods are
+    gone), once; the wait is its pods' grace period and a margin; gone, nothing to wait for."""
+    kube = FakeKube()
+    kube.foreground_lingers = True
+    assert stop_workers(kube, "default", "clicks") is None  # never had workers
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "clicks", "namespace": "default"},
+        "spec": {"template": {"spec": {"terminationGracePeriodSeconds": 45}}},
+    }
+    kube.put(deployment)
+    assert stop_workers(kube, "default", "clicks") == 45 + WORKERS_STOP_MARGIN_SECONDS
+    assert stop_workers(kube, "default", "clicks") == 45 + WORKERS_STOP_MARGIN_SECONDS
+    assert kube.deletes == ["Deployment/clicks"]  # deleting already: not deleted again
+    kube.objects.pop(("apps/v1", "Deployment", "default", "clicks"))  # its pods went
+    assert stop_workers(kube, "default", "clicks") is None
