@@ -83,8 +83,9 @@ from streamherd.workers.processing import (
 )
 from streamherd.workers.rekeying import PLAN_HEADER, fold_hop, hop_plan, rekey
 from streamherd.workers.repartitioning import (
-    GENERATION_HEADER,
     WATERMARK_HEADER,
+    WRITER_HEADER,
+    Since,
     Upstream,
     UpstreamClock,
     close_windows,
@@ -92,6 +93,7 @@ from streamherd.workers.repartitioning import (
     idle_close,
     source_partitions,
     watermark_header,
+    writer_header,
 )
 from streamherd.workers.resuming import GROUP, Resume, moved_by_someone_else, resume_among
 from streamherd.workers.seams import LogIdentity, Sink, Source, StateBackend
@@ -364,12 +366,11 @@ class Engine:
             config.processor,
             config.source.kafka.format if config.source.kafka is not None else "generator",
         )
-        # What every repartition message and marker carries: the spec generation this
-        # worker runs, when its config names one (a replay downstream skips earlier ones').
-        generation = self.state_policy.spec_generation
-        self._hop_headers: list[tuple[str, bytes]] = (
-            [] if generation is None else [(GENERATION_HEADER, str(generation).encode())]
-        )
+        # What every repartition message and marker carries: who wrote it (a partition a
+        # replay emptied skips what was written before the replay).
+        self._hop_headers: list[tuple[str, bytes]] = [
+            (WRITER_HEADER, writer_header(self.fingerprint, self.state_policy.spec_generation))
+        ]
         # A pattern ("^...") may match several topics.
         # A repartitioned pipeline consumes the repartition topic too: its partition 1 and
         # a source topic's partition 1 are different partitions with different roles.
@@ -590,10 +591,13 @@ class Engine:
                 if st.held is None:
                     st.windows = self._restored_windows(st, plan, restored, base)
                 st.clock = UpstreamClock.from_json(restored)
+                generation = self.state_policy.spec_generation
                 if restored is None and st.replay_from_ms is not None:
                     # Emptied by a replay: what the earlier specs' upstreams wrote is
                     # skipped; the replaying upstreams write it again (decision 0172).
-                    st.clock.since = self.state_policy.spec_generation
+                    st.clock.since = Since(self.fingerprint, generation)
+                elif st.clock.since is not None:
+                    st.clock.since = st.clock.since.restored_by(generation)
                 st.clock.known = self._upstreams
                 st.clock.reads = self._reads_topic
             else:

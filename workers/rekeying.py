@@ -34,9 +34,9 @@ downstream (late, refused by its window, or of another layout) holds what an unp
 pipeline's dead letter holds, under the same source coordinates. One message per partition
 and batch (at most :data:`MESSAGE_BYTES` of entries; the message key is the first entry's
 key text, which picks the partition every entry of it belongs to) spares a produce and a
-consume per record, and no header is parsed (one is written under reset and replay: the
-writer's spec generation, read only by a partition a replay emptied, decision 0172): those
-were most of the hop's cost (docs/benchmarks.md).
+consume per record, and no header is parsed (one is written: who wrote the message, read
+only by a partition a replay emptied, decision 0172): those were most of the hop's cost
+(docs/benchmarks.md).
 
 Errors are decided where an unpartitioned window decides them, with the same reasons: a
 key or event time that fails is dead-lettered upstream and moves nothing; values that fail

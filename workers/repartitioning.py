@@ -88,11 +88,12 @@ WATERMARK_HEADER: Final = "streamherd.watermark"
 #: 64 bits, bytes): a JSON array of ``[path, value]``, ``path`` the object keys and array
 #: indexes leading to the value, ``value`` in ``values.encode_value``'s exact form.
 EXACT_HEADER: Final = "streamherd.exact"
-#: Header of a repartition message or marker written by a worker whose config names its spec
-#: generation (``state.specGeneration``: under the reset and replay policies): that
-#: generation, in decimal. A downstream partition a replay emptied skips what an earlier
-#: generation wrote (:attr:`UpstreamClock.since`).
-GENERATION_HEADER: Final = "streamherd.generation"
+#: Header of every repartition message and marker of this version: who wrote it,
+#: ``<state fingerprint>/<spec generation>`` (the generation empty when the writer's config
+#: names none: ``state.specGeneration`` is rendered under the reset and replay policies). A
+#: downstream partition a replay emptied skips what was written before that replay
+#: (:attr:`UpstreamClock.since`, :func:`superseded`).
+WRITER_HEADER: Final = "streamherd.writer"
 _SEP: Final = "\x1f"
 
 Upstream = tuple[str, int]
@@ -258,14 +259,12 @@ class UpstreamClock:
     # event time would hold it, and so every window, forever (nothing of it will ever come
     # to move it again). Its records still in the repartition topic are folded as ever.
     reads: Callable[[str], bool] = field(default=lambda _topic: True, compare=False)
-    #: The spec generation of the replay that emptied this partition (None: none did, or
-    #: the worker's config names no generation). What an earlier generation's upstream
-    #: wrote, or one that names none, is skipped (:func:`superseded`): the replaying
-    #: upstreams write its source records again under the new spec, and the old entries
-    #: (the old spec's steps, and lateness and progress measured from before the replay
-    #: time) would otherwise fold first and turn the new ones into duplicates (decision
-    #: 0172). Checkpointed with the clock.
-    since: int | None = None
+    #: Who the replay that emptied this partition was (None: none did): what was written
+    #: before it is skipped (:func:`superseded`), as the replaying upstreams write its
+    #: source records again under the new spec; the earlier entries (the old spec's steps,
+    #: and lateness and progress measured from before the replay time) would otherwise fold
+    #: first and turn the new ones into duplicates (decision 0172). Checkpointed.
+    since: Since | None = None
 
     def take(self, mark: Mark) -> bool:
         """Record ``mark``; False for a duplicate (or stale) message, which must be dropped."""
@@ -333,7 +332,7 @@ class UpstreamClock:
             ],
             "floor": self.floor,
             # Only when set: a clock without it is written as before.
-            **({} if self.since is None else {"since": self.since}),
+            **({} if self.since is None else {"since": self.since.to_json()}),
         }
 
     @classmethod
@@ -350,30 +349,75 @@ class UpstreamClock:
         floor = data.get("floor")
         clock.floor = None if floor is None else int(floor)
         since = data.get("since")
-        clock.since = None if since is None else int(since)
+        clock.since = None if since is None else Since.from_json(since)
         return clock
 
 
-def written_generation(headers: Sequence[tuple[str, bytes | None]] | None) -> int | None:
-    """The spec generation a repartition message's :data:`GENERATION_HEADER` names; None
-    when it names none (a worker without one, an earlier version) or a malformed one."""
+@dataclass(frozen=True)
+class Since:
+    """The writer a replay started a downstream partition's state anew under: its state
+    fingerprint, and its spec generation when its config names one."""
+
+    fingerprint: str
+    generation: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "generation": self.generation}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Since:
+        generation = data.get("generation")
+        return cls(str(data["fingerprint"]), None if generation is None else int(generation))
+
+    def restored_by(self, generation: int | None) -> Since:
+        """This, as a worker of spec ``generation`` restores it: a generation above its own
+        is another pipeline's of that name (one deleted with ``retainOnDelete`` counts from 1
+        again), which orders nothing of this one's: the fingerprint alone then judges."""
+        if self.generation is not None and generation is not None and generation < self.generation:
+            return Since(self.fingerprint)
+        return self
+
+
+def writer_header(fingerprint: str, generation: int | None) -> bytes:
+    """The :data:`WRITER_HEADER` value of a worker of ``fingerprint`` and ``generation``."""
+    return f"{fingerprint}/{'' if generation is None else generation}".encode()
+
+
+def read_writer(
+    headers: Sequence[tuple[str, bytes | None]] | None,
+) -> tuple[str | None, int | None]:
+    """(fingerprint, generation) a message's :data:`WRITER_HEADER` names; (None, None) when
+    it has none (a worker before this version) or a malformed one."""
     for name, raw in headers or ():
-        if name == GENERATION_HEADER and raw is not None:
+        if name == WRITER_HEADER and raw is not None:
+            fingerprint, sep, generation = raw.decode(errors="replace").partition("/")
+            if not sep:
+                return None, None
             try:
-                return int(raw)
+                return fingerprint, int(generation) if generation else None
             except ValueError:
-                return None
-    return None
+                return None, None
+    return None, None
 
 
 def superseded(clock: UpstreamClock, headers: Sequence[tuple[str, bytes | None]] | None) -> bool:
     """Whether a message (record or marker) was written before the replay that emptied this
-    partition (:attr:`UpstreamClock.since`): skipped, without moving the clock."""
+    partition (:attr:`UpstreamClock.since`): skipped, without moving the clock.
+
+    Generations order writers when both name one: an earlier one wrote before the replay.
+    Otherwise the fingerprint tells: a replay follows an edit of the state fingerprint, and
+    the edits after it that the policy lets run keep it (another edit of it is a reset or
+    replay of its own, which starts the partition again), so a writer of another fingerprint,
+    or of none (an earlier version), wrote before it. What that misses: a spec of this
+    fingerprint that ran before an edit away from it and back, under a config naming no
+    generation (the refuse policy then)."""
     since = clock.since
     if since is None:
         return False
-    written = written_generation(headers)
-    return written is None or written < since
+    fingerprint, generation = read_writer(headers)
+    if generation is not None and since.generation is not None:
+        return generation < since.generation
+    return fingerprint != since.fingerprint
 
 
 def fold_downstream(

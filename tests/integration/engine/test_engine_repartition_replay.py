@@ -6,8 +6,9 @@ repartition topic). The replay seeks the downstream partitions back in the repar
 where the previous spec's entries for the same source records still are; the result must be
 the new spec's reference over the records from the replay time, never the old filter's
 (a review's finding: the old entries folded first and the new ones were dropped as
-duplicates). Records carry their event time as their Kafka timestamp, so "from a time" has one
-meaning; the reference is computed without the engine.
+duplicates). After it the policy goes back to refuse, whose config names no generation: what
+is written then folds as ever. Records carry their event time as their Kafka timestamp, so
+"from a time" has one meaning; the reference is computed without the engine.
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ def caught_up(broker: KafkaBroker, group: str, topic: str) -> bool:
         return False
 
 
+def records_in(worker: Worker) -> float:
+    return sum(
+        v for k, v in worker.metrics().items() if k.startswith("streamherd_records_in_total")
+    )
+
+
 def spec(cfg: dict[str, Any], sink: str, keep: str, size: str, **state: Any) -> dict[str, Any]:
     """``cfg`` writing to ``sink``, its filter keeping bytes of parity ``keep``, windows of
     ``size``, under the state policy ``state`` (what the operator renders)."""
@@ -121,12 +128,29 @@ def test_a_replay_after_an_edit_of_the_filter_and_the_size_computes_the_new_spec
     replay_from = BASE_TS + 1500 * STEP_MS + 3  # not on a record, not on a window boundary
     new = spec(base, new_sink, "1", "5s", onFingerprintMismatch="replay",
                replayFromMs=replay_from, specGeneration=2)  # fmt: skip
-    later = [r for r in sent if r["ts"] >= replay_from and r["bytes"] % 2 == 1]
-    expected = reference(later, 5_000)
     replayed = Worker.create(tmp_path, "replay", new).start()
+    again = sum(1 for r in sent if r["ts"] >= replay_from)
     try:
-        wait_until("the replay read every record",
-                   lambda: caught_up(broker, group, src), 120, [replayed])  # fmt: skip
+        # The group's offsets were at the ends already: the replay's own reading first.
+        wait_until("the replay read every record and every entry",
+                   lambda: records_in(replayed) >= again and caught_up(broker, group, src)
+                   and caught_up(broker, group, hop), 120, [replayed])  # fmt: skip
+        replayed.signal(signal.SIGTERM)
+        assert replayed.wait(30) == 0, replayed.log_tail()
+    finally:
+        replayed.stop()
+
+    # Then the policy goes back to refuse (its config names no generation), the spec is
+    # otherwise the same: what its upstreams write after the replay folds.
+    more = produce(broker, src, 3000, 1000)
+    later = [r for r in sent + more if r["ts"] >= replay_from and r["bytes"] % 2 == 1]
+    expected = reference(later, 5_000)
+    refusing = {**new, "state": {}}
+    last = Worker.create(tmp_path, "refuse", refusing).start()
+    try:
+        wait_until("the last spec read every record",
+                   lambda: records_in(last) >= len(more) and caught_up(broker, group, src),
+                   120, [last])  # fmt: skip
         for p in range(PARTITIONS):  # a far-future record per partition closes every window
             broker.produce(src, [("zz", {"id": -1, "user": "zz", "page": "zz-flush", "bytes": 1,
                                          "ts": BASE_TS + 86_400_000})], partition=p)  # fmt: skip
@@ -137,9 +161,9 @@ def test_a_replay_after_an_edit_of_the_filter_and_the_size_computes_the_new_spec
             got.update(by_key(broker.consume_all(new_sink, timeout=60))[0])
             return set(expected) <= set(got)
 
-        wait_until("every window of the replay emitted", complete, 120, [replayed])
-        replayed.signal(signal.SIGTERM)
-        assert replayed.wait(30) == 0, replayed.log_tail()
+        wait_until("every window emitted", complete, 120, [last])
+        last.signal(signal.SIGTERM)
+        assert last.wait(30) == 0, last.log_tail()
     finally:
-        replayed.stop()
+        last.stop()
     check(got, expected)

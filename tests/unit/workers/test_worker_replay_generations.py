@@ -1,4 +1,4 @@
-"""A replay of a repartitioned pipeline folds only what the replaying spec wrote.
+"""A replay of a repartitioned pipeline folds only what was written after it.
 
 A replay empties each downstream partition and seeks it back in the repartition topic; the
 upstreams write the source records from the replay time again, under the new spec. What the
@@ -6,15 +6,17 @@ earlier spec's upstreams wrote is still on the topic there (and, in a rolling up
 being written): folded first, it would bring the old spec's steps, and lateness and progress
 measured from before the replay time, and turn the new entries into duplicates (a review's
 finding: the replay computed with the previous spec's filter). The clock of a partition a
-replay emptied names that replay's generation (``UpstreamClock.since``), and every message
-carries its writer's (``GENERATION_HEADER``).
+replay emptied names who that replay was (``UpstreamClock.since``: the state fingerprint and,
+when the config names one, the spec generation), and every message names its writer
+(``WRITER_HEADER``).
 
-The property: whatever an earlier generation wrote (either format, records and markers,
-another value for every record, with or without a generation), interleaved in any order with
-what the replaying generation and later ones wrote, the downstream's state, closed windows
-and dead letters are those of folding the replaying generations' messages alone, on both
-folds (format 3's ``fold_hop`` and the record-by-record ``fold_downstream``); and the clock
-keeps ``since`` across a checkpoint.
+The property: whatever was written before the replay (either format, records and markers,
+another value for every record; by a writer of another fingerprint, of an earlier
+generation, or naming nobody), interleaved in any order with what the replay's writers and
+later ones wrote (a later generation, or a config naming none: the policy set back to
+refuse), the downstream's state, closed windows and dead letters are those of folding the
+later messages alone, on both folds (format 3's ``fold_hop`` and the record-by-record
+``fold_downstream``); and the clock keeps ``since`` across a checkpoint.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from hypothesis import strategies as st
 
 from streamherd.workers.rekeying import fold_hop
 from streamherd.workers.repartitioning import (
-    GENERATION_HEADER,
+    WRITER_HEADER,
+    Since,
     UpstreamClock,
     close_windows,
     fold_downstream,
     superseded,
+    writer_header,
 )
 from streamherd.workers.windowing import PartitionWindows
 from tests.unit.workers.hopmessages import Msg
@@ -38,14 +42,18 @@ from tests.unit.workers.test_worker_exact_results import bits
 from tests.unit.workers.test_worker_rekeying import PLAN, Upstream, plan_for, state
 
 REPLAY = 7  # the generation of the replay that emptied the downstream partition
+OURS = "f" * 16  # the state fingerprint of the replay's spec
+THEIRS = "e" * 16  # the fingerprint of the spec before the edit
+
+#: Writers, as (fingerprint, generation); None: a message without the header.
+Writer = tuple[str, int | None] | None
 
 
-def stamped(messages: list[Msg], generation: int | None) -> list[Msg]:
-    """``messages`` as a worker of ``generation`` writes them (None: a worker whose config
-    names none, or an earlier version)."""
-    if generation is None:
+def stamped(messages: list[Msg], writer: Writer) -> list[Msg]:
+    """``messages`` as ``writer`` writes them."""
+    if writer is None:
         return messages
-    header = (GENERATION_HEADER, str(generation).encode())
+    header = (WRITER_HEADER, writer_header(*writer))
     return [Msg(m.value_, [*m.headers_, header], m.offset_) for m in messages]
 
 
@@ -85,70 +93,97 @@ def written(
     new=st.lists(a_source_partition, min_size=1, max_size=2),
     fmt=st.sampled_from([1, 3]),
     lateness=st.sampled_from([0, 400]),
+    since=st.sampled_from([Since(OURS, REPLAY), Since(OURS)]),
     data=st.data(),
 )
-def test_a_replayed_partition_folds_only_the_replaying_generations_messages(
+def test_a_replayed_partition_folds_only_what_was_written_after_the_replay(
     old: list[list[tuple[str, int, int]]],
     new: list[list[tuple[str, int, int]]],
     fmt: int,
     lateness: int,
+    since: Since,
     data: st.DataObject,
 ) -> None:
     plan = plan_for(lateness, hopping=False)
-    earlier = st.none() | st.integers(0, REPLAY - 1)
+    earlier = st.integers(0, REPLAY - 1)
+    before: st.SearchStrategy[Writer] = st.one_of(
+        st.none(), st.tuples(st.just(THEIRS), st.none() | earlier)
+    )
+    if since.generation is not None:  # only a generation tells an earlier spec of ours
+        before = before | st.tuples(st.just(OURS), earlier)
+    after = st.tuples(st.just(OURS), st.none() | st.integers(REPLAY, REPLAY + 3))
     stale: list[list[Msg]] = [
-        stamped(written(p, rows, fmt, lateness, data), data.draw(earlier, label="old gen"))
+        stamped(written(p, rows, fmt, lateness, data), data.draw(before, label="before"))
         for p, rows in enumerate(old)
     ]
     fresh: list[list[Msg]] = []
     for p, rows in enumerate(new):
         messages = written(p, rows, fmt, lateness, data)
-        # The replaying generation, then (a compatible edit later) a later one, batch by batch.
+        # The replay's writer, then (a compatible edit later) another, batch by batch.
         cut = data.draw(st.integers(0, len(messages)), label="later from")
-        later = data.draw(st.integers(REPLAY + 1, REPLAY + 3), label="later gen")
-        fresh.append(stamped(messages[:cut], REPLAY) + stamped(messages[cut:], later))
+        first = (OURS, REPLAY if since.generation is not None else None)
+        fresh.append(
+            stamped(messages[:cut], first)
+            + stamped(messages[cut:], data.draw(after, label="later"))
+        )
     # Any interleaving: the old spec's writers go on during a rolling update.
     lanes = [list(lane) for lane in stale + fresh]
     merged: list[Msg] = []
     while any(lanes):
-        merged.append(
-            lanes[data.draw(st.sampled_from([i for i, lane in enumerate(lanes) if lane]))].pop(0)
-        )
-    only_fresh = [m for lane in fresh for m in lane]
-    only_fresh = [m for m in merged if any(m is f for f in only_fresh)]  # in merged order
+        lane = data.draw(st.sampled_from([i for i, lane in enumerate(lanes) if lane]))
+        merged.append(lanes[lane].pop(0))
+    kept = {id(m) for lane in fresh for m in lane}
+    only_fresh = [m for m in merged if id(m) in kept]
     known = frozenset(("src", p) for p in range(max(len(old), len(new))))
     for fold in ("hop", "record"):
         if fold == "record" and fmt == 3:
             continue  # fold_downstream reads format 1 only
-        ours = (PartitionWindows(plan), UpstreamClock(known=known, since=REPLAY))
-        reference = (PartitionWindows(plan), UpstreamClock(known=known, since=REPLAY))
+        ours = (PartitionWindows(plan), UpstreamClock(known=known, since=since))
+        # The reference skips nothing: it folds the later messages alone.
+        reference = (PartitionWindows(plan), UpstreamClock(known=known))
         results: list[Any] = []
         for (windows, clock), messages in ((ours, merged), (reference, only_fresh)):
             if fold == "hop":
                 failures, late, _, _ = fold_hop(windows, clock, messages, PLAN)
             else:
                 failures, late, _, _ = fold_downstream(windows, clock, messages)
+            clock.since = since  # compared with the rest of the clock
             closed = [(k, bits(r)) for k, r in close_windows(windows, clock)]
             ids = sorted((f.message.offset(), f.reason, str(f.error)) for f in failures)
             results.append((state(windows, clock), closed, ids, late))
         assert results[0] == results[1]
-        # The clock keeps the replay's generation across a checkpoint.
-        assert UpstreamClock.from_json(ours[1].to_json()).since == REPLAY
+        # The clock keeps who the replay was across a checkpoint.
+        assert UpstreamClock.from_json(ours[1].to_json()).since == since
 
 
-def test_a_clock_no_replay_emptied_folds_every_generation_and_is_written_as_before() -> None:
+def test_a_clock_no_replay_emptied_folds_every_writer_and_is_written_as_before() -> None:
     clock = UpstreamClock()
-    for headers in ([], [(GENERATION_HEADER, b"3")], [(GENERATION_HEADER, b"x")]):
+    for headers in ([], [(WRITER_HEADER, b"x/3")], [(WRITER_HEADER, b"junk")]):
         assert not superseded(clock, headers)
     assert "since" not in clock.to_json()
     assert UpstreamClock.from_json(clock.to_json()).since is None
 
 
-def test_a_message_naming_no_generation_or_a_malformed_one_is_superseded_after_a_replay() -> None:
-    clock = UpstreamClock(since=REPLAY)
-    assert superseded(clock, [])
-    assert superseded(clock, None)
-    assert superseded(clock, [(GENERATION_HEADER, b"six")])
-    assert superseded(clock, [(GENERATION_HEADER, str(REPLAY - 1).encode())])
-    assert not superseded(clock, [(GENERATION_HEADER, str(REPLAY).encode())])
-    assert not superseded(clock, [(GENERATION_HEADER, str(REPLAY + 40).encode())])
+def test_after_a_replay_a_message_naming_no_writer_or_a_malformed_one_is_superseded() -> None:
+    clock = UpstreamClock(since=Since(OURS, REPLAY))
+    for headers in (None, [], [(WRITER_HEADER, b"no-slash")], [(WRITER_HEADER, b"f/x")]):
+        assert superseded(clock, headers)
+    assert superseded(clock, [(WRITER_HEADER, writer_header(OURS, REPLAY - 1))])
+    assert superseded(clock, [(WRITER_HEADER, writer_header(THEIRS, None))])
+    assert not superseded(clock, [(WRITER_HEADER, writer_header(OURS, REPLAY))])
+    assert not superseded(clock, [(WRITER_HEADER, writer_header(OURS, None))])
+    assert not superseded(clock, [(WRITER_HEADER, writer_header(THEIRS, REPLAY + 40))])
+
+
+def test_a_replay_of_another_pipeline_of_the_name_is_judged_by_the_fingerprint_alone() -> None:
+    """A pipeline deleted with retainOnDelete and created again counts its generations from 1:
+    a clock whose replay names a generation above the restoring worker's is the earlier
+    pipeline's, and its generation orders nothing of this one's writers."""
+    replay = Since(OURS, REPLAY)
+    assert replay.restored_by(REPLAY) == replay
+    assert replay.restored_by(REPLAY + 5) == replay
+    assert replay.restored_by(None) == replay
+    assert replay.restored_by(2) == Since(OURS)
+    clock = UpstreamClock(since=replay.restored_by(2))
+    assert not superseded(clock, [(WRITER_HEADER, writer_header(OURS, 2))])  # this pipeline's
+    assert superseded(clock, [(WRITER_HEADER, writer_header(THEIRS, 2))])
