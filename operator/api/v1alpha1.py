@@ -70,9 +70,11 @@ MOUNT_PATH = r"^(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$"
 QUANTITY_MAX_LENGTH = 64
 Quantity = Annotated[str, Field(min_length=1, max_length=QUANTITY_MAX_LENGTH)]
 
+# The offset's hour and minute are bounded here: CEL's timestamp() takes +24:00 and +23:60,
+# which Python's datetime (the workers' and `streamherd validate`'s reading) refuses.
 _RFC3339 = (
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
-    r"(Z|[+-][0-9]{2}:[0-9]{2})$"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
 )
 
 
