@@ -143,6 +143,16 @@ class KafkaAdmin:
         except KafkaException as e:
             raise KafkaAdminError(reason(e)) from None
 
+    def _answer(self, future: Any) -> Any:
+        """One future's answer; KafkaAdminError (:data:`NO_ANSWER`) when none comes: a broker
+        that takes the connection and never answers (a SASL client on a plaintext listener)
+        would otherwise leave a bare TimeoutError to the caller. librdkafka ends the request
+        at ``timeout``; the margin lets its own error, not ours, say why."""
+        try:
+            return future.result(self.timeout + min(5.0, self.timeout))
+        except TimeoutError:
+            raise KafkaAdminError(NO_ANSWER) from None
+
     def topics(self, names: Iterable[str] | None = None) -> dict[str, int]:
         """Every topic the cluster lists, with its partition count (topics with an error or
         no partitions left out); with ``names``, only those of them that exist.
@@ -176,11 +186,7 @@ class KafkaAdmin:
         out: dict[str, int] = {}
         for name, future in futures.items():
             try:
-                # librdkafka ends the request at `timeout`; the margin lets its own error,
-                # not ours, say why (a listing raises at `timeout` itself).
-                partitions = len(future.result(self.timeout + 5.0).partitions)
-            except TimeoutError:
-                raise KafkaAdminError(NO_ANSWER) from None
+                partitions = len(self._answer(future).partitions)
             except KafkaException as e:
                 # As a listing leaves out a topic with an error: missing, or not ours to see.
                 if _code(e) in _ABSENT:
@@ -199,7 +205,7 @@ class KafkaAdmin:
         out: dict[str, dict[str, str]] = {}
         for resource, future in futures.items():
             try:
-                entries = future.result(self.timeout)
+                entries = self._answer(future)
             except KafkaException as e:
                 raise KafkaAdminError(reason(e)) from None
             out[resource.name] = {k: str(v.value) for k, v in entries.items()}
@@ -226,7 +232,7 @@ class KafkaAdmin:
         created: set[str] = set()
         for name, future in futures.items():
             try:
-                future.result(self.timeout)
+                self._answer(future)
                 created.add(name)
             except KafkaException as e:
                 if _code(e) != KafkaError.TOPIC_ALREADY_EXISTS:
@@ -244,8 +250,10 @@ class KafkaAdmin:
         failed: dict[str, str] = {}
         for name, future in futures.items():
             try:
-                future.result(self.timeout)
+                self._answer(future)
                 deleted.append(name)
+            except KafkaAdminError as e:
+                failed[name] = str(e)
             except KafkaException as e:
                 if _code(e) != KafkaError.UNKNOWN_TOPIC_OR_PART:
                     failed[name] = reason(e)
@@ -261,7 +269,9 @@ class KafkaAdmin:
         left: dict[str, str] = {}
         for group, future in futures.items():
             try:
-                future.result(self.timeout)
+                self._answer(future)
+            except KafkaAdminError as e:
+                left[group] = str(e)
             except KafkaException as e:
                 if _code(e) != KafkaError.GROUP_ID_NOT_FOUND:
                     left[group] = reason(e)

@@ -231,8 +231,13 @@ def register_snapshots(registry: Any) -> None:
         ns, snap = str(namespace), str(name)
         try:
             result = follow(kube, ns, snap, spec, status)
-        except (KafkaException, KafkaAdminError, ApiError) as error:
-            result = {"message": f"retrying: {error}"[:500]}
+        except (KafkaException, KafkaAdminError, ApiError, TimeoutError) as error:
+            # TimeoutError: a read of the snapshot topic that got no answer in time.
+            why = str(error) or "the source cluster did not answer in time"
+            result = {
+                "phase": status.get("phase") or "Pending",
+                "message": f"retrying: {why}"[:500],
+            }
         changed = {k: v for k, v in result.items() if status.get(k) != v}
         if changed:
             patch.status.update(changed)

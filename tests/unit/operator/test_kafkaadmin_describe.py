@@ -18,7 +18,7 @@ from confluent_kafka import KafkaError, KafkaException
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamherd.operator.kafkaadmin import NO_ANSWER, KafkaAdmin, KafkaAdminError
+from streamherd.operator.kafkaadmin import NO_ANSWER, KafkaAdmin, KafkaAdminError, TopicRequest
 
 
 class DescribingAdmin:
@@ -119,3 +119,41 @@ def test_a_topic_answer_decides_about_that_topic_only(
         return
     expected = {n: v for n, (kind, v) in table.items() if kind == "partitions" and v > 0}
     assert kafka.topics(list(table)) == expected
+
+
+class SilentAdmin:
+    """A broker that took the connection and never answers: no future is ever settled."""
+
+    def __init__(self) -> None:
+        self.futures: list[Future[Any]] = []
+
+    def _never(self, items: list[Any], **_: Any) -> dict[Any, Future[Any]]:
+        out: dict[Any, Future[Any]] = {}
+        for item in items:
+            out[item] = Future()
+            self.futures.append(out[item])
+        return out
+
+    create_topics = delete_topics = delete_consumer_groups = describe_configs = _never
+
+    def describe_topics(self, topics: Any, **kwargs: Any) -> dict[str, Future[Any]]:
+        return self._never(list(topics.topic_names))
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+def test_no_answer_from_a_broker_is_an_admin_error_never_a_bare_timeout() -> None:
+    """A SASL client on a plaintext listener waits for an answer that never comes: every
+    request says NO_ANSWER (a refusal the callers report), none raises TimeoutError (which
+    the snapshot timer did not catch: a traceback every minute and no status)."""
+    admin = KafkaAdmin(SilentAdmin(), timeout=0.05)  # type: ignore[arg-type]
+    for ask in (
+        lambda: admin.topics(["a"]),
+        lambda: admin.topic_configs(["a"]),
+        lambda: admin.create_topics([TopicRequest("a", 1, {})]),
+    ):
+        with pytest.raises(KafkaAdminError, match="no broker answered"):
+            ask()
+    assert admin.delete_topics(["a"]).failed == {"a": NO_ANSWER}
+    assert admin.delete_groups(["g"]) == {"g": NO_ANSWER}
