@@ -426,12 +426,12 @@ def decide(observed: Observed, now: datetime) -> Decision:
             ready = found.get("status") if observed.workers_run and found is not None else None
             taken = tuple((listed_snapshots([], name, ready) if ready else None) or ())
     held = holds(observed, upgrade)
-    # A held edit leaves the workers exactly as they are: their ConfigMap and Deployment
-    # are not applied (the rest of the edit is, e.g. monitoring), and not deleted either;
-    # nor is the claim they mount (an edit to the kafka backend would drop it).
+    # A held edit leaves the workers exactly as they are: their ConfigMap, Deployment,
+    # claim and disruption budget are neither applied (the rest of the edit is, e.g.
+    # monitoring) nor deleted (an edit to the kafka backend would drop the claim).
     wanted = [c for c in observed.desired if not (held and c["kind"] in HELD_KINDS)]
     stale = [c for c in apply_order(wanted) if not up_to_date(c, observed.live.get(ref(c)))]
-    keep = frozenset({"PersistentVolumeClaim"}) if held else frozenset()
+    keep = frozenset(HELD_KINDS) if held else frozenset()
     uid = str(pipeline.metadata.get("uid") or "")
     # Only delete what this very pipeline controls: never an object someone else made.
     delete = tuple(

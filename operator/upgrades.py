@@ -49,8 +49,11 @@ from streamherd.workers.fingerprint import (
 
 #: The condition this module's decisions set.
 STATE_COMPATIBLE: Final = "StateCompatible"
-#: The children a held edit leaves untouched (what the workers run).
-HELD_KINDS: Final = ("ConfigMap", "Deployment")
+#: The children a held edit leaves untouched, neither applied nor deleted: what the workers
+#: run and what shapes them (the claim they mount, the disruption budget of their count).
+#: A held edit to the volume backend made the claim, and one to three replicas the budget,
+#: for workers that never came (a probe against the real operator).
+HELD_KINDS: Final = ("ConfigMap", "Deployment", "PersistentVolumeClaim", "PodDisruptionBudget")
 #: StateCompatible of an edit that keeps the state (its message names the fingerprint).
 COMPATIBLE: Final = Cond(STATE_COMPATIBLE, "True", "Compatible", "")
 

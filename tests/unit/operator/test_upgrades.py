@@ -286,6 +286,38 @@ def test_a_refused_edit_leaves_the_workers_exactly_as_they_are() -> None:
     assert back.events == ()
 
 
+def test_a_refused_edit_neither_makes_nor_drops_what_shapes_the_workers() -> None:
+    """Held with the state edit: the disruption budget its replica ceiling drops, and the claim
+    its switch to the volume backend makes (a probe against the real operator saw both
+    follow the refused spec)."""
+    kube, name, memo = running_pipeline()
+    assert kube.find("PodDisruptionBudget", name) is not None  # up to 8 workers
+    edit(kube, name, lambda s: (window_of(s).update(size="30s"),
+                                s["autoscaling"].update(maxReplicas=1)))  # fmt: skip
+    result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    assert condition(kube, name, STATE_COMPATIBLE)["reason"] == "StateChangeRefused"
+    assert kube.find("PodDisruptionBudget", name) is not None
+    assert f"PodDisruptionBudget/{name}" not in result.deleted
+    # The state edit reverted: the rest of the edit goes through.
+    edit(kube, name, lambda s: window_of(s).update(size="60s"))
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    assert kube.find("PodDisruptionBudget", name) is None
+
+    kube = FakeKube()
+    doc = example_doc("02-clicks-per-minute")
+    doc["spec"]["checkpoint"]["backend"] = "kafka"
+    name = kube.put(doc)["metadata"]["name"]
+    memo = ReconcileMemo()
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    kube.roll_out(name)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    assert kube.find("PersistentVolumeClaim", f"{name}-checkpoints") is None
+    edit(kube, name, lambda s: s["checkpoint"].update(backend="volume"))
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    assert condition(kube, name, STATE_COMPATIBLE)["reason"] == "StateChangeRefused"
+    assert kube.find("PersistentVolumeClaim", f"{name}-checkpoints") is None
+
+
 @pytest.mark.parametrize("name_", ["reset", "replay"])
 def test_reset_and_replay_roll_with_the_policy_in_the_worker_config(name_: str) -> None:
     kube, name, memo = running_pipeline()
