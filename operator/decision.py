@@ -864,7 +864,11 @@ def finish(decision: Decision, applied: Applied) -> Finished:
     # Deployment event that triggers the next reconcile.
     held = None if dep.observed else _held(current_conditions, generation)
     spec = running.spec
-    keda_missing = spec.autoscaling.mode == "keda" and not spec.suspend and not caps.keda
+    # Whether the workers are suspended: the spec says, unless the edit is held (then the
+    # workers, suspend included, are the previous spec's, as the status said; a probe saw
+    # "Suspended" while a held reset kept one worker running).
+    suspended = current_status.get("phase") == "Suspended" if decision.holds else spec.suspend
+    keda_missing = spec.autoscaling.mode == "keda" and not suspended and not caps.keda
     if keda_missing:
         failures.append(
             "autoscaling.mode keda: keda.sh/v1alpha1 ScaledObject is not served (install KEDA)"
@@ -886,7 +890,7 @@ def finish(decision: Decision, applied: Applied) -> Finished:
     )
 
     want = dep.want
-    if spec.suspend:
+    if suspended:
         ready_c = Cond(
             READY, "True", "Suspended", "suspended: workers scaled to zero; state is kept"
         )
@@ -916,7 +920,7 @@ def finish(decision: Decision, applied: Applied) -> Finished:
             PROGRESSING, "False", "ApplyFailed",
             "fix the spec: the API server refuses its Deployment",
         )  # fmt: skip
-    if held is not None and not spec.suspend and not keda_missing and not deployment_refused:
+    if held is not None and not suspended and not keda_missing and not deployment_refused:
         ready_c, prog_c = held
     if degraded:
         reason = "ApplyFailed" if failures else "RolloutStuck" if dep.stuck else None
@@ -960,7 +964,7 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         internal = None
 
     phase: Phase
-    if spec.suspend:
+    if suspended:
         phase = "Suspended"
     elif degraded:
         phase = "Degraded"
@@ -972,7 +976,7 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         phase = "Scaling"
     else:
         phase = "Running"  # a rollout with workers still serving
-    if held is not None and not spec.suspend and not degraded:
+    if held is not None and not suspended and not degraded:
         phase = current_status.get("phase") or phase
         replicas = int(current_status.get("replicas") or 0)
         ready = int(current_status.get("readyReplicas") or 0)

@@ -492,6 +492,9 @@ def test_a_reset_waits_for_its_snapshot_while_live_workers_run_whatever_suspend_
         assert condition(kube, name, STATE_COMPATIBLE)["reason"] == "TakingSnapshot"
         assert children(kube, name) == before
         snap_name = f"{name}-reset-g{body_of(kube, name)['metadata']['generation']}"
+    # The held suspend is not reported as done: the workers still run.
+    assert body_of(kube, name)["status"]["phase"] != "Suspended"
+    assert condition(kube, name, "Ready")["reason"] != "Suspended"
     snapshot_ready(kube, snap_name, old_fp)
     reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
     cond = condition(kube, name, STATE_COMPATIBLE)
