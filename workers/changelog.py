@@ -568,6 +568,9 @@ class ChangelogBackend:
         records = snapshot_of(name, topic, partition, self._records(topic, partition))
         return decode(topic, partition, records)
 
+    def kept_snapshots(self) -> list[str] | None:
+        return None  # each partition's records name only its own
+
     # ------------------------------------------------------------------ writing
 
     def _apply(self, tp: tuple[str, int], changes: Delta) -> None:

@@ -789,6 +789,13 @@ class CheckpointStore:
         """The store of snapshot ``name``: the same layout, under ``@snapshots/<name>``."""
         return CheckpointStore(self.directory / SNAPSHOTS / name)
 
+    def snapshot_names(self) -> list[str]:
+        """The snapshots kept in this store's directory (``@snapshots/<name>``), by name."""
+        try:
+            return sorted(p.name for p in (self.directory / SNAPSHOTS).iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return []
+
     def snapshot_path(self, name: str, topic: str, partition: int) -> Path:
         return self.snapshot_store(name).path(topic, partition)
 

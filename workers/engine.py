@@ -651,6 +651,20 @@ class Engine:
             return own
         kept = self._snapshot_checkpoint(name, st.topic, st.partition)
         if kept is None:
+            names = self.state.kept_snapshots() if is_volume_snapshot(name) else None
+            if names is not None and name not in names:
+                # Not a snapshot that holds no checkpoint of this partition: no snapshot of
+                # that name at all (a typo, another pipeline's volume). Resuming would say
+                # "restored" and restore nothing: held, saying what the volume keeps.
+                self._hold(
+                    st,
+                    f"{st.topic}[{st.partition}]: spec.state.restoreFrom {name} is not in the "
+                    f"checkpoint volume (it keeps: {', '.join(names[-5:]) or 'no snapshot'}); "
+                    "name one it keeps, or remove spec.state.restoreFrom",
+                    "snapshot-not-found",
+                    {"snapshot": name, "topic": st.topic, "partition": st.partition},
+                )
+                return own
             log_event(log, logging.WARNING, "snapshot-has-no-partition", snapshot=name,
                       topic=st.topic, partition=st.partition)  # fmt: skip
             return own

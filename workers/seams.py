@@ -243,4 +243,9 @@ class StateBackend(Protocol):
 
     def load_snapshot(self, name: str, topic: str, partition: int) -> Checkpoint | None: ...
 
+    def kept_snapshots(self) -> list[str] | None:
+        """The names of the snapshots this backend keeps, when it can list them (the volume:
+        its ``@snapshots`` folders); None when it cannot (the changelog: a partition's
+        records say only what it holds itself)."""
+
     def close(self) -> None: ...

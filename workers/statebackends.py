@@ -65,6 +65,9 @@ class VolumeBackend:
     def load_snapshot(self, name: str, topic: str, partition: int) -> Checkpoint | None:
         return self.store.load_snapshot(name, topic, partition)
 
+    def kept_snapshots(self) -> list[str] | None:
+        return self.store.snapshot_names()
+
     def close(self) -> None:
         pass
 

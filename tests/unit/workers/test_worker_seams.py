@@ -168,6 +168,9 @@ class DictBackend:
     def load_snapshot(self, name: str, topic: str, partition: int) -> Checkpoint | None:
         return None
 
+    def kept_snapshots(self) -> list[str] | None:
+        return []
+
     def close(self) -> None:
         pass
 

@@ -347,6 +347,23 @@ def test_a_snapshot_of_another_state_is_held_not_reset(tmp_path: Path) -> None:
     assert engine.counters.records_in == 0
 
 
+def test_a_snapshot_the_volume_does_not_keep_is_held_not_called_restored(tmp_path: Path) -> None:
+    """restoreFrom naming no snapshot of the volume (a typo: the spec's own fingerprint to
+    another) held every partition, saying what the volume keeps; before, each partition
+    resumed from its own checkpoint while the operator said "restored" (a probe)."""
+    files_before, _ = started(tmp_path)
+    old_fp = decode(next(iter(files_before.values()))).fingerprint
+    new_engine, _ = run(config(tmp_path, NEW_WINDOW, onFingerprintMismatch="reset"), stop_after=5)
+    kept = snapshot_name(str(old_fp), new_engine.fingerprint)
+    typo = snapshot_name(new_engine.fingerprint, "fedcba9876543210")  # of the spec's own state
+    engine, (ok, why) = readiness_while_running(
+        config(tmp_path, NEW_WINDOW, endless=True, restoreFrom=typo)
+    )
+    assert not ok and f"restoreFrom {typo} is not in the checkpoint volume" in why, why
+    assert f"it keeps: {kept}" in why, why
+    assert engine.counters.records_in == 0
+
+
 @pytest.mark.parametrize("version", [4, 99, 0, None])
 def test_a_state_version_this_worker_cannot_read_holds_the_partition(
     tmp_path: Path, version: int | None
