@@ -21,13 +21,13 @@ tests/unit/operator/test_reconcile_decision.py. Conditions are :class:`~conditio
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final, Literal
 
 from streamherd.operator.api.rules import parse_quantity
 from streamherd.operator.api.snapshot import SNAPSHOT_KIND
-from streamherd.operator.api.v1alpha1 import Condition, StreamPipeline, Verify
+from streamherd.operator.api.v1alpha1 import Condition, StreamPipeline, Verify, parse_time_ms
 from streamherd.operator.builders import Capabilities
 from streamherd.operator.builders.meta import (
     INPUT_HASH_ANNOTATION,
@@ -344,6 +344,30 @@ def upgrade_decision(observed: Observed) -> UpgradeDecision:
     )
 
 
+def future_replay(
+    upgrade: UpgradeDecision, pipeline: StreamPipeline, now: datetime
+) -> UpgradeDecision:
+    """A replay from a time still to come, said in its condition and event: each partition
+    starts at its log's end when the workers take it (Kafka's offsets for a time past every
+    record), so the records not read by then are skipped, not replayed. Allowed (it skips a
+    backlog on purpose), but never silently (a probe found it passed without a word)."""
+    replay_from = pipeline.spec.upgrade.replay_from
+    if upgrade.action != "replay" or replay_from is None:
+        return upgrade
+    if parse_time_ms(replay_from) <= now.timestamp() * 1000:
+        return upgrade
+    note = (
+        f"; replayFrom {replay_from} is in the future: each partition starts at the end of "
+        "its log when the workers roll, and the records not read by then are skipped"
+    )
+    event = upgrade.event
+    return replace(
+        upgrade,
+        condition=replace(upgrade.condition, message=upgrade.condition.message + note),
+        event=None if event is None else (event[0], event[1], event[2] + note),
+    )
+
+
 def verification_applies(observed: Observed, upgrade: UpgradeDecision) -> bool:
     """Whether the verification gate is asked: the upgrade would apply the workers (not
     held, not a rollback or a restore)."""
@@ -399,7 +423,7 @@ def decide(observed: Observed, now: datetime) -> Decision:
             observed, stamp, ("SecretNotFound", message, "waiting for the referenced Secrets",
                               fields),
         )  # fmt: skip
-    first = upgrade_decision(observed)
+    first = future_replay(upgrade_decision(observed), pipeline, now)
     upgrade = upgrade_after_snapshot(observed, first)
     events: list[EventNote] = []
     requests: list[Manifest] = []

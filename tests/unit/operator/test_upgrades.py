@@ -738,3 +738,27 @@ def test_a_removed_source_is_exactly_one_the_edit_stops_reading(
     parted = {**description, "repartition": {"topic": "streamherd.x"}}
     got = decide(parted, parted, policy("refuse"), sources=(tuple(running), tuple(desired)))
     assert got.action == "roll" and not got.changes
+
+
+@pytest.mark.parametrize("replay_from", ["2025-12-31T23:00:00Z", "2026-03-01T00:00:00Z"])
+def test_a_replay_from_a_time_still_to_come_says_what_it_skips(replay_from: str) -> None:
+    """Offsets for a time past every record are the log's end: a replayFrom in the future
+    skips what is not read by the roll. Allowed, and said (a probe saw it pass silently)."""
+    kube, name, memo = running_pipeline()
+    old_fp = body_of(kube, name)["status"]["stateFingerprint"]
+
+    def change(spec: dict[str, Any]) -> None:
+        window_of(spec).update(size="30s")
+        spec["upgrade"] = {"onStateChange": "replay", "replayFrom": replay_from}
+
+    edit(kube, name, change)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    snap = f"{name}-replay-g{body_of(kube, name)['metadata']['generation']}"
+    snapshot_ready(kube, snap, old_fp)
+    result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    cond = condition(kube, name, STATE_COMPATIBLE)
+    assert cond["reason"] == "StateReplay", cond
+    future = replay_from > "2026-01-01"
+    assert ("is in the future" in cond["message"]) is future, cond
+    said = [e.message for e in result.events if e.reason == "StateReplay"]
+    assert said and all(("records not read by then are skipped" in m) is future for m in said)
