@@ -996,10 +996,12 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         phase = "Running"
     elif ready == 0 and want > 0:
         phase = "Pending"  # nothing is running yet (new, or every pod starting)
-    elif want != replicas:
-        phase = "Scaling"
+    elif want != replicas and dep.updated == replicas:
+        phase = "Scaling"  # every pod of the current template: the count is what moves
     else:
-        phase = "Running"  # a rollout with workers still serving
+        # A rollout with workers still serving: its surge pods count in status.replicas
+        # (a probe saw "Scaling" for a rollout of one worker, 2 pods for 1 wanted).
+        phase = "Running"
     if held is not None and not suspended and not degraded:
         phase = current_status.get("phase") or phase
         replicas = int(current_status.get("replicas") or 0)

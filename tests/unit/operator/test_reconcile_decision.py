@@ -67,6 +67,8 @@ class World:
     live: bool = True  # the children exist as desired (else: a new pipeline)
     want: int | None = None  # the desired Deployment's spec.replicas (None: as built)
     ready: int | None = None  # its ready = updated = replicas (None: all of them)
+    pods: int | None = None  # its status.replicas (None: spec.replicas)
+    updated: int | None = None  # its updatedReplicas (None: as ready)
     seen: bool = True  # its controller saw its latest generation
     stuck: bool = False
     caps: Capabilities = field(default_factory=Capabilities)
@@ -156,9 +158,9 @@ class World:
         dep["metadata"]["generation"] = 2
         dep["status"] = {
             "observedGeneration": 2 if self.seen else 1,
-            "replicas": n,
+            "replicas": n if self.pods is None else self.pods,
             "readyReplicas": ready,
-            "updatedReplicas": ready,
+            "updatedReplicas": ready if self.updated is None else self.updated,
         }
         if self.stuck:
             dep["status"]["conditions"] = [
@@ -430,6 +432,24 @@ TABLE: dict[
         ("False", "AsExpected"),
         (ROLLED_BACK, ("False", "RollbackRefused")),
         ["RollbackRefused"],
+    ),
+    "a rollout's surge pod, not yet ready": (
+        World(want=1, pods=2, updated=1, ready=1),
+        "Running",  # not Scaling: the count does not move (a probe)
+        ("False", "WorkersNotReady"),
+        ("True", "RollingOut"),
+        ("False", "AsExpected"),
+        None,
+        [],
+    ),
+    "scaling up, every pod of the current template": (
+        World(want=3, pods=2, updated=2, ready=2),
+        "Scaling",
+        ("False", "WorkersNotReady"),
+        ("True", "RollingOut"),
+        ("False", "AsExpected"),
+        None,
+        [],
     ),
     "a good generation": (
         World(doc=doc_with(upgrade={"rollback": "auto"}), status={"lastGoodGeneration": 2}),
