@@ -674,24 +674,6 @@ def reconcile(
     )
 
 
-__all__ = [
-    "OWN_CONDITIONS",
-    "OWN_STATUS_KEYS",
-    "QUANTITY_FIELDS",
-    "TOPICS",
-    "EventNote",
-    "ReconcileMemo",
-    "ReconcileResult",
-    "TopicsEnsurer",
-    "act",
-    "check_secrets",
-    "contains",
-    "observe",
-    "reconcile",
-    "refusal_is_final",
-]
-
-
 #: How long a deletion waits for the workers to stop, beyond their pods' grace period, before
 #: it deletes the internal topics anyway (a pod stuck on a node that is gone writes nothing).
 WORKERS_STOP_MARGIN_SECONDS: Final = 30.0
@@ -716,3 +698,23 @@ def stop_workers(kube: KubeApi, namespace: str, name: str) -> float | None:
     pod = ((live.get("spec") or {}).get("template") or {}).get("spec") or {}
     grace = pod.get("terminationGracePeriodSeconds")
     return float(grace if isinstance(grace, int) else 30) + WORKERS_STOP_MARGIN_SECONDS
+
+
+__all__ = [
+    "OWN_CONDITIONS",
+    "OWN_STATUS_KEYS",
+    "QUANTITY_FIELDS",
+    "TOPICS",
+    "WORKERS_STOP_MARGIN_SECONDS",
+    "EventNote",
+    "ReconcileMemo",
+    "ReconcileResult",
+    "TopicsEnsurer",
+    "act",
+    "check_secrets",
+    "contains",
+    "observe",
+    "reconcile",
+    "refusal_is_final",
+    "stop_workers",
+]

@@ -567,6 +567,13 @@ class Engine:
             st.next_offset = start
             st.committed = start
         restored = checkpoint.state if checkpoint is not None else None
+        # The checkpoint of another fingerprint a replay discards (not a topic created again
+        # or moved keys alone: the upstreams then do not replay).
+        replayed = (
+            checkpoint
+            if checkpoint is not None and not st.from_snapshot and self._foreign_state(checkpoint)
+            else None
+        )
         if checkpoint is not None and (self._foreign_state(checkpoint) or moved):
             if st.from_snapshot:
                 # A snapshot is restored as it is, or not at all: never reset or replayed.
@@ -591,13 +598,13 @@ class Engine:
                 if st.held is None:
                     st.windows = self._restored_windows(st, plan, restored, base)
                 st.clock = UpstreamClock.from_json(restored)
-                generation = self.state_policy.spec_generation
-                if restored is None and st.replay_from_ms is not None:
-                    # Emptied by a replay: what the earlier specs' upstreams wrote is
-                    # skipped; the replaying upstreams write it again (decision 0172).
-                    st.clock.since = Since(self.fingerprint, generation)
+                if replayed is not None and st.held is None and st.replay_from_ms is not None:
+                    # Emptied by a replay of another fingerprint's state: what was written
+                    # before it is skipped; the replaying upstreams write it again (their
+                    # checkpoints are of that fingerprint too: decision 0172).
+                    st.clock.since = Since(self.fingerprint, replayed.spec_generation)
                 elif st.clock.since is not None:
-                    st.clock.since = st.clock.since.restored_by(generation)
+                    st.clock.since = st.clock.since.restored_by(self.state_policy.spec_generation)
                 st.clock.known = self._upstreams
                 st.clock.reads = self._reads_topic
             else:
@@ -1983,6 +1990,7 @@ class Engine:
         self.state.abort()
         owned = [TopicPartition(t, p) for t, p in self.partitions]
         committed = self._committed_with_metadata(source, owned) if owned else {}
+        rewound: list[TopicPartition] = []
         for tp in owned:
             read_from = self.partitions[(tp.topic, tp.partition)].read_from
             st = self._new_state(
@@ -1992,8 +2000,15 @@ class Engine:
             # One with nothing committed restarts empty, so it reads again from where this
             # worker began (else the records of the aborted transaction would be skipped).
             offset = rewind_offset(st.next_offset, read_from)
-            if offset is not None:
-                source.seek(TopicPartition(tp.topic, tp.partition, offset))
+            rewound.append(
+                TopicPartition(tp.topic, tp.partition, OFFSET_INVALID if offset is None else offset)
+            )
+        # A partition whose replay the abort undid (its committed checkpoint is still the
+        # discarded spec's) starts at the replay time again, as on assign: from the
+        # checkpoint's offset it would be a reset (a review's finding).
+        for tp in self._replay_offsets(source, rewound):
+            if tp.offset >= 0:
+                source.seek(tp)
                 self._seeked.add((tp.topic, tp.partition))
         if self.kafka_transaction:
             self.outputs.transaction.begin_transaction()

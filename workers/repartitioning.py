@@ -355,8 +355,9 @@ class UpstreamClock:
 
 @dataclass(frozen=True)
 class Since:
-    """The writer a replay started a downstream partition's state anew under: its state
-    fingerprint, and its spec generation when its config names one."""
+    """The replay a downstream partition's state started anew with: the state fingerprint of
+    the spec it replays, and the spec generation of the last writer of the state it
+    discarded (None when that checkpoint names none)."""
 
     fingerprint: str
     generation: int | None = None
@@ -370,10 +371,12 @@ class Since:
         return cls(str(data["fingerprint"]), None if generation is None else int(generation))
 
     def restored_by(self, generation: int | None) -> Since:
-        """This, as a worker of spec ``generation`` restores it: a generation above its own
-        is another pipeline's of that name (one deleted with ``retainOnDelete`` counts from 1
-        again), which orders nothing of this one's: the fingerprint alone then judges."""
-        if self.generation is not None and generation is not None and generation < self.generation:
+        """This, as a worker of spec ``generation`` restores it. The replay's workers are of
+        later generations than the state it discarded: a worker of that generation or an
+        earlier one is of another pipeline of that name (one deleted with
+        ``retainOnDelete`` counts from 1 again), whose generations order nothing of this
+        one's: the fingerprint alone then judges."""
+        if self.generation is not None and generation is not None and generation <= self.generation:
             return Since(self.fingerprint)
         return self
 
@@ -404,20 +407,25 @@ def superseded(clock: UpstreamClock, headers: Sequence[tuple[str, bytes | None]]
     """Whether a message (record or marker) was written before the replay that emptied this
     partition (:attr:`UpstreamClock.since`): skipped, without moving the clock.
 
-    Generations order writers when both name one: an earlier one wrote before the replay.
-    Otherwise the fingerprint tells: a replay follows an edit of the state fingerprint, and
-    the edits after it that the policy lets run keep it (another edit of it is a reset or
-    replay of its own, which starts the partition again), so a writer of another fingerprint,
-    or of none (an earlier version), wrote before it. What that misses: a spec of this
-    fingerprint that ran before an edit away from it and back, under a config naming no
-    generation (the refuse policy then)."""
+    A writer of another fingerprint, or of none (a worker before this version), ran another
+    spec: a replay follows an edit of the state fingerprint, and the edits after it that the
+    policy lets run keep it (another edit of it is a reset or replay of its own, which
+    starts the partition again). A writer of the replay's fingerprint is of the replay
+    unless its generation is at most that of the state the replay discarded: then it ran
+    that fingerprint before an edit away from it and back (A -> B -> A). Every generation of
+    the replay's spec folds, however many edits its rollout saw (a review found that the
+    replaying worker's own generation, used as the floor, dropped what an earlier
+    generation of the same spec wrote in the same rollout: a loss). What this misses: that
+    A -> B -> A when B's checkpoint names no generation (the refuse policy then)."""
     since = clock.since
     if since is None:
         return False
     fingerprint, generation = read_writer(headers)
-    if generation is not None and since.generation is not None:
-        return generation < since.generation
-    return fingerprint != since.fingerprint
+    if fingerprint != since.fingerprint:
+        return True
+    return (
+        since.generation is not None and generation is not None and generation <= since.generation
+    )
 
 
 def fold_downstream(

@@ -6,8 +6,8 @@ earlier spec's upstreams wrote is still on the topic there (and, in a rolling up
 being written): folded first, it would bring the old spec's steps, and lateness and progress
 measured from before the replay time, and turn the new entries into duplicates (a review's
 finding: the replay computed with the previous spec's filter). The clock of a partition a
-replay emptied names who that replay was (``UpstreamClock.since``: the state fingerprint and,
-when the config names one, the spec generation), and every message names its writer
+replay emptied names who that replay was (``UpstreamClock.since``: the state fingerprint and
+the generation of the state it discarded), and every message names its writer
 (``WRITER_HEADER``).
 
 The property: whatever was written before the replay (either format, records and markers,
@@ -41,7 +41,7 @@ from tests.unit.workers.hopmessages import Msg
 from tests.unit.workers.test_worker_exact_results import bits
 from tests.unit.workers.test_worker_rekeying import PLAN, Upstream, plan_for, state
 
-REPLAY = 7  # the generation of the replay that emptied the downstream partition
+FLOOR = 4  # the generation of the last writer of the state the replay discarded
 OURS = "f" * 16  # the state fingerprint of the replay's spec
 THEIRS = "e" * 16  # the fingerprint of the spec before the edit
 
@@ -93,7 +93,7 @@ def written(
     new=st.lists(a_source_partition, min_size=1, max_size=2),
     fmt=st.sampled_from([1, 3]),
     lateness=st.sampled_from([0, 400]),
-    since=st.sampled_from([Since(OURS, REPLAY), Since(OURS)]),
+    since=st.sampled_from([Since(OURS, FLOOR), Since(OURS)]),
     data=st.data(),
 )
 def test_a_replayed_partition_folds_only_what_was_written_after_the_replay(
@@ -105,13 +105,17 @@ def test_a_replayed_partition_folds_only_what_was_written_after_the_replay(
     data: st.DataObject,
 ) -> None:
     plan = plan_for(lateness, hopping=False)
-    earlier = st.integers(0, REPLAY - 1)
+    # Before the replay: another spec (any generation: one of a pipeline deleted with
+    # retainOnDelete may be above the replay's), none named, or (told by the generation
+    # only) this fingerprint before an edit away from it and back.
     before: st.SearchStrategy[Writer] = st.one_of(
-        st.none(), st.tuples(st.just(THEIRS), st.none() | earlier)
+        st.none(), st.tuples(st.just(THEIRS), st.none() | st.integers(0, FLOOR + 9))
     )
-    if since.generation is not None:  # only a generation tells an earlier spec of ours
-        before = before | st.tuples(st.just(OURS), earlier)
-    after = st.tuples(st.just(OURS), st.none() | st.integers(REPLAY, REPLAY + 3))
+    if since.generation is not None:
+        before = before | st.tuples(st.just(OURS), st.integers(0, FLOOR))
+    # After it: any generation of the replay's spec (a rollout that saw several edits, in
+    # any order), or none (the policy set back to refuse).
+    after = st.tuples(st.just(OURS), st.none() | st.integers(FLOOR + 1, FLOOR + 4))
     stale: list[list[Msg]] = [
         stamped(written(p, rows, fmt, lateness, data), data.draw(before, label="before"))
         for p, rows in enumerate(old)
@@ -119,12 +123,11 @@ def test_a_replayed_partition_folds_only_what_was_written_after_the_replay(
     fresh: list[list[Msg]] = []
     for p, rows in enumerate(new):
         messages = written(p, rows, fmt, lateness, data)
-        # The replay's writer, then (a compatible edit later) another, batch by batch.
-        cut = data.draw(st.integers(0, len(messages)), label="later from")
-        first = (OURS, REPLAY if since.generation is not None else None)
+        # One writer, then (an edit later, or a worker of another generation) another.
+        cut = data.draw(st.integers(0, len(messages)), label="cut")
         fresh.append(
-            stamped(messages[:cut], first)
-            + stamped(messages[cut:], data.draw(after, label="later"))
+            stamped(messages[:cut], data.draw(after, label="first"))
+            + stamped(messages[cut:], data.draw(after, label="then"))
         )
     # Any interleaving: the old spec's writers go on during a rolling update.
     lanes = [list(lane) for lane in stale + fresh]
@@ -165,25 +168,26 @@ def test_a_clock_no_replay_emptied_folds_every_writer_and_is_written_as_before()
 
 
 def test_after_a_replay_a_message_naming_no_writer_or_a_malformed_one_is_superseded() -> None:
-    clock = UpstreamClock(since=Since(OURS, REPLAY))
+    clock = UpstreamClock(since=Since(OURS, FLOOR))
     for headers in (None, [], [(WRITER_HEADER, b"no-slash")], [(WRITER_HEADER, b"f/x")]):
         assert superseded(clock, headers)
-    assert superseded(clock, [(WRITER_HEADER, writer_header(OURS, REPLAY - 1))])
+    assert superseded(clock, [(WRITER_HEADER, writer_header(OURS, FLOOR))])  # A -> B -> A
     assert superseded(clock, [(WRITER_HEADER, writer_header(THEIRS, None))])
-    assert not superseded(clock, [(WRITER_HEADER, writer_header(OURS, REPLAY))])
+    assert superseded(clock, [(WRITER_HEADER, writer_header(THEIRS, FLOOR + 40))])
+    assert not superseded(clock, [(WRITER_HEADER, writer_header(OURS, FLOOR + 1))])
     assert not superseded(clock, [(WRITER_HEADER, writer_header(OURS, None))])
-    assert not superseded(clock, [(WRITER_HEADER, writer_header(THEIRS, REPLAY + 40))])
 
 
 def test_a_replay_of_another_pipeline_of_the_name_is_judged_by_the_fingerprint_alone() -> None:
     """A pipeline deleted with retainOnDelete and created again counts its generations from 1:
-    a clock whose replay names a generation above the restoring worker's is the earlier
-    pipeline's, and its generation orders nothing of this one's writers."""
-    replay = Since(OURS, REPLAY)
-    assert replay.restored_by(REPLAY) == replay
-    assert replay.restored_by(REPLAY + 5) == replay
+    a worker of the discarded state's generation or an earlier one restoring the clock is
+    of that other pipeline, and the generation orders nothing of its writers."""
+    replay = Since(OURS, FLOOR)
+    assert replay.restored_by(FLOOR + 1) == replay
+    assert replay.restored_by(FLOOR + 5) == replay
     assert replay.restored_by(None) == replay
-    assert replay.restored_by(2) == Since(OURS)
-    clock = UpstreamClock(since=replay.restored_by(2))
-    assert not superseded(clock, [(WRITER_HEADER, writer_header(OURS, 2))])  # this pipeline's
-    assert superseded(clock, [(WRITER_HEADER, writer_header(THEIRS, 2))])
+    assert replay.restored_by(FLOOR) == Since(OURS)
+    assert replay.restored_by(1) == Since(OURS)
+    clock = UpstreamClock(since=replay.restored_by(1))
+    assert not superseded(clock, [(WRITER_HEADER, writer_header(OURS, 1))])  # this pipeline's
+    assert superseded(clock, [(WRITER_HEADER, writer_header(THEIRS, 1))])
