@@ -64,6 +64,7 @@ from streamherd.workers.checkpointing import (
     CheckpointPostponed,
     CheckpointRefused,
     optional_int,
+    optional_str,
 )
 from streamherd.workers.config import ChangelogConfig, KafkaSourceConfig
 from streamherd.workers.kafkaclients import (
@@ -245,6 +246,8 @@ def encode(checkpoint: Checkpoint) -> Records:
     }
     if checkpoint.spec_generation is not None:
         doc["specGeneration"] = checkpoint.spec_generation
+    if checkpoint.pipeline_uid is not None:
+        doc["pipelineUid"] = checkpoint.pipeline_uid
     records[record_key(t, p, CHECKPOINT)] = _dumps(doc)
     return records
 
@@ -283,6 +286,7 @@ def decode(topic: str, partition: int, records: Mapping[bytes, bytes]) -> Checkp
             partitions=doc.get("partitions"),
             authority=doc.get("authority"),
             spec_generation=optional_int(doc.get("specGeneration")),
+            pipeline_uid=optional_str(doc.get("pipelineUid")),
         )
     except (ValueError, KeyError, TypeError, IndexError) as error:
         raise CheckpointError(f"unreadable changelog of {topic}[{partition}]: {error}") from None

@@ -159,6 +159,10 @@ class Checkpoint:
     # The pipeline generation whose config the writer ran (WorkerConfig.state.specGeneration),
     # when that config resets or replays; None otherwise, and in earlier versions'.
     spec_generation: int | None = None
+    # The uid of the StreamPipeline whose config the writer ran (state.pipelineUid), with
+    # spec_generation: generations are counted per pipeline, and one created again under
+    # the name (retainOnDelete keeps the state) counts from 1 again.
+    pipeline_uid: str | None = None
     # Where the run that wrote it commits its offsets (workers/resuming.py): ``group`` or a
     # sink's offsets table, ``postgres:<table>``; None in a checkpoint of an earlier version.
     authority: str | None = None
@@ -238,6 +242,8 @@ def _document(checkpoint: Checkpoint) -> dict[str, Any]:
         doc["authority"] = checkpoint.authority
     if checkpoint.spec_generation is not None:
         doc["specGeneration"] = checkpoint.spec_generation
+    if checkpoint.pipeline_uid is not None:
+        doc["pipelineUid"] = checkpoint.pipeline_uid
     return doc
 
 
@@ -276,7 +282,13 @@ def _checkpoint_of(doc: Mapping[str, Any]) -> Checkpoint:
         partitions=doc.get("partitions"),
         authority=doc.get("authority"),
         spec_generation=optional_int(doc.get("specGeneration")),
+        pipeline_uid=optional_str(doc.get("pipelineUid")),
     )
+
+
+def optional_str(value: Any) -> str | None:
+    """An optional string field of a checkpoint document."""
+    return None if value is None else str(value)
 
 
 def optional_int(value: Any) -> int | None:

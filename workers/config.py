@@ -687,6 +687,17 @@ class StateConfig(Model):
         ),
     )
 
+    pipeline_uid: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description=(
+            "The uid of the StreamPipeline (metadata.uid) this config was rendered from, with "
+            "`specGeneration`: checkpoints carry it, as generations are counted per "
+            "pipeline (one deleted and created again under the name counts from 1 again)."
+        ),
+    )
+
     @model_validator(mode="after")
     def _replay_needs_time(self) -> StateConfig:
         if self.on_fingerprint_mismatch == "replay" and self.replay_from_ms is None:

@@ -880,6 +880,13 @@ class Engine:
         mine = self.state_policy.spec_generation
         if theirs is None or (mine is not None and theirs <= mine):
             return None
+        uid, my_uid = checkpoint.pipeline_uid, self.state_policy.pipeline_uid
+        if uid is not None and my_uid is not None and uid != my_uid:
+            # Another pipeline of this name (deleted with retainOnDelete, created again: its
+            # generations count from 1 again): its generations order nothing of this one's,
+            # and its state is discarded under the policy like any other spec's. Before, it
+            # was held until this pipeline's generation passed the other's.
+            return None
         this = f"generation {mine}" if mine is not None else "an earlier generation"
         return (
             f"checkpoint state fingerprint {checkpoint.fingerprint} was written by the workers "
@@ -2119,6 +2126,7 @@ class Engine:
                     partitions=st.log_partitions,
                     authority=self.authority,
                     spec_generation=self.state_policy.spec_generation,
+                    pipeline_uid=self.state_policy.pipeline_uid,
                 )
             )
         return checkpoints

@@ -134,19 +134,24 @@ def build_worker_config(pipeline: StreamPipeline, settings: OperatorSettings) ->
         ),
         repartition=RepartitionConfig(topic=topic) if topic is not None else None,
         delivery=spec.delivery,
-        state=state_config(spec.upgrade, spec.state, pipeline.metadata.get("generation")),
+        state=state_config(
+            spec.upgrade,
+            spec.state,
+            pipeline.metadata.get("generation"),
+            pipeline.metadata.get("uid"),
+        ),
     )
 
 
 def state_config(
-    upgrade: Upgrade, state: StateSpec, generation: object = None
+    upgrade: Upgrade, state: StateSpec, generation: object = None, uid: object = None
 ) -> StateConfig | None:
     """WorkerConfig.state for a spec's upgrade policy and restore; None for the defaults
     (refuse, no restore), so pipelines that never set them render the ConfigMap they always
-    did. A config that resets or replays names the pipeline's `generation`: its workers
-    never discard state a later generation's wrote (engine: a worker of the previous spec
-    in a rolling update). The cost: with reset or replay in the spec, every edit rolls the
-    workers, even one that changes nothing else of their config."""
+    did. A config that resets or replays names the pipeline's `generation` and `uid`: its
+    workers never discard state a later generation of this pipeline wrote (engine: a worker
+    of the previous spec in a rolling update). The cost: with reset or replay in the spec,
+    every edit rolls the workers, even one that changes nothing else of their config."""
     if upgrade.on_state_change == "refuse" and state.restore_from is None:
         return None
     replay_ms = parse_time_ms(upgrade.replay_from) if upgrade.replay_from is not None else None
@@ -156,6 +161,7 @@ def state_config(
         replay_from_ms=replay_ms if upgrade.on_state_change == "replay" else None,
         restore_from=state.restore_from,
         spec_generation=generation if discards and isinstance(generation, int) else None,
+        pipeline_uid=uid if discards and isinstance(uid, str) and uid else None,
     )
 
 

@@ -362,9 +362,14 @@ def test_reset_and_replay_roll_with_the_policy_in_the_worker_config(name_: str) 
     config_map, deployment = children(kube, name)
     assert config_map != before[0] and deployment != before[1]  # rolled
     worker = json.loads(config_map["data"]["worker.json"])
-    # The generation rides along: its workers leave a later generation's state alone.
-    generation = body_of(kube, name)["metadata"]["generation"]
-    expected_state: dict[str, Any] = {"onFingerprintMismatch": name_, "specGeneration": generation}
+    # The generation and the pipeline's uid ride along: its workers leave a later generation's
+    # state alone (generations count per pipeline: the uid says which).
+    meta = body_of(kube, name)["metadata"]
+    expected_state: dict[str, Any] = {
+        "onFingerprintMismatch": name_,
+        "specGeneration": meta["generation"],
+        "pipelineUid": meta["uid"],
+    }
     if name_ == "replay":
         expected_state["replayFromMs"] = 1767225600000
     assert worker["state"] == expected_state
@@ -504,6 +509,7 @@ def test_a_reset_waits_for_its_snapshot_while_live_workers_run_whatever_suspend_
     assert json.loads(config_map["data"]["worker.json"])["state"] == {
         "onFingerprintMismatch": "reset",
         "specGeneration": body_of(kube, name)["metadata"]["generation"],
+        "pipelineUid": body_of(kube, name)["metadata"]["uid"],
     }
     if suspend_with or suspend_during:
         assert deployment["spec"]["replicas"] == 0

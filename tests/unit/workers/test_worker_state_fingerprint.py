@@ -246,6 +246,36 @@ def test_a_worker_of_an_earlier_generation_leaves_a_later_ones_state_alone(
     assert {decode(d).spec_generation for d in files(tmp_path).values()} == {4}
 
 
+def test_a_later_generation_of_another_pipeline_of_the_name_is_not_this_ones(
+    tmp_path: Path,
+) -> None:
+    """Generations count per pipeline: one deleted with retainOnDelete and created again
+    counts from 1. A checkpoint of generation 3 of the earlier pipeline (another uid) is
+    discarded under reset like any other spec's state; before, the new pipeline held every
+    partition until its own generation passed 3 (a review). Of the same pipeline it holds."""
+    started(tmp_path)
+    run(
+        config(tmp_path, NEW_WINDOW, onFingerprintMismatch="reset", specGeneration=3,
+               pipelineUid="uid-before"),
+        stop_after=20,
+    )  # fmt: skip
+    assert {decode(d).pipeline_uid for d in files(tmp_path).values()} == {"uid-before"}
+    _same, (ok, why) = readiness_while_running(
+        config(tmp_path, OLD_WINDOW, endless=True, onFingerprintMismatch="reset",
+               specGeneration=1, pipelineUid="uid-before")
+    )  # fmt: skip
+    assert not ok and "generation 3" in why, why
+    again, (ok, why) = readiness_while_running(
+        config(tmp_path, OLD_WINDOW, endless=True, onFingerprintMismatch="reset",
+               specGeneration=1, pipelineUid="uid-again")
+    )  # fmt: skip
+    assert ok, why
+    discarded = again.metrics.registry.get_sample_value(
+        "streamherd_state_discarded_total", {"pipeline": "fp", "reason": "reset"}
+    )
+    assert discarded == 4
+
+
 def test_a_legacy_checkpoint_is_adopted_and_stamped(tmp_path: Path) -> None:
     before, first_in = started(tmp_path)
     store = CheckpointStore(tmp_path)
