@@ -32,6 +32,7 @@ from streamherd.operator.builders import Capabilities
 from streamherd.operator.builders.meta import (
     INPUT_HASH_ANNOTATION,
     SECRETS_HASH_ANNOTATION,
+    STATE_CHANGE_ANNOTATION,
     Manifest,
     content_hash,
     selector_string,
@@ -49,7 +50,7 @@ from streamherd.operator.conditions import (
 )
 from streamherd.operator.restoring import listed_snapshots, snapshot_first, snapshot_not_ready
 from streamherd.operator.rollback import ROLLBACK_REFUSED, ROLLED_BACK, build_last_good
-from streamherd.operator.upgrades import HELD_KINDS, STATE_COMPATIBLE
+from streamherd.operator.upgrades import HELD_KINDS, STATE_COMPATIBLE, StateChange
 from streamherd.operator.upgrades import Decision as UpgradeDecision
 from streamherd.operator.upgrades import decide as decide_upgrade
 from streamherd.workers.fingerprint import Description, fingerprint
@@ -222,6 +223,8 @@ class UpgradeInputs:
     #: The source topics the workers read and the desired ones (None: not known).
     running_sources: tuple[str, ...] | None = None
     desired_sources: tuple[str, ...] | None = None
+    #: The record of the reset or replay the live ConfigMap was applied for (None: none).
+    change: StateChange | None = None
 
 
 @dataclass(frozen=True)
@@ -431,6 +434,8 @@ def decide(observed: Observed, now: datetime) -> Decision:
     # nor is the claim they mount (an edit to the kafka backend would drop it).
     wanted = [c for c in observed.desired if not (held and c["kind"] in HELD_KINDS)]
     stale = [c for c in apply_order(wanted) if not up_to_date(c, observed.live.get(ref(c)))]
+    if upgrade.action in ("reset", "replay") and not held:
+        stale = [_recorded(c, upgrade, observed.generation, stamp, taken) for c in stale]
     keep = frozenset({"PersistentVolumeClaim"}) if held else frozenset()
     uid = str(pipeline.metadata.get("uid") or "")
     # Only delete what this very pipeline controls: never an object someone else made.
@@ -451,6 +456,45 @@ def decide(observed: Observed, now: datetime) -> Decision:
         taken=taken,
         ensure_topics=observed.topics_managed and not held,
     )
+
+
+def _recorded(
+    child: Manifest,
+    upgrade: UpgradeDecision,
+    generation: int | None,
+    stamp: str,
+    taken: Sequence[Manifest],
+) -> Manifest:
+    """`child`, the workers' ConfigMap of a reset or replay carrying its record (a copy:
+    the desired children are shared); any other child as it is (decision 0173)."""
+    if child["kind"] != "ConfigMap":
+        return child
+    meta = child["metadata"]
+    change = StateChange(
+        generation=generation or 0,
+        config_hash=meta["annotations"][INPUT_HASH_ANNOTATION],
+        fingerprint=upgrade.fingerprint,
+        condition=upgrade.condition,
+        event=upgrade.event,
+        taken=tuple(taken),
+        kept=tuple(snapshots_status(upgrade, {}, generation, stamp) or ()),
+    )
+    annotations = {**meta["annotations"], STATE_CHANGE_ANNOTATION: change.annotation()}
+    return {**child, "metadata": {**meta, "annotations": annotations}}
+
+
+def unrecorded(change: StateChange | None, conditions: Sequence[Condition]) -> bool:
+    """Whether the status has not recorded `change` (the record the workers' live ConfigMap
+    carries): the status write of its roll failed. Recorded, StateCompatible says it for
+    its generation, and every later write of StateCompatible is of a later generation."""
+    if change is None:
+        return False
+    was = get_condition(conditions, STATE_COMPATIBLE)
+    if was is None:
+        return True
+    if (was.observed_generation or 0) > change.generation:
+        return False
+    return (was.reason, was.message) != (change.condition.reason, change.condition.message)
 
 
 # --------------------------------------------------------------------------- finish
@@ -619,13 +663,14 @@ def snapshots_status(
 ) -> list[Any] | None:
     """status.snapshots with the one the workers keep for this decision (reset, replay),
     and `kept`: the StreamPipelineSnapshot taken before it (the snapshot handlers list it
-    too; listed here as well, so that this write does not race theirs)."""
+    too; listed here as well, so that this write does not race theirs), and the entries of
+    a reset or replay the status did not record (decision 0173)."""
     listed = [s for s in status.get("snapshots") or [] if isinstance(s, Mapping)]
     for entry in kept:
         if all(s.get("name") != entry.get("name") for s in listed):
             listed.append(entry)
     if decision is None or decision.snapshot is None:
-        return listed or None
+        return listed[-MAX_SNAPSHOTS:] or None
     if all(s.get("name") != decision.snapshot for s in listed):
         listed.append(
             {
@@ -639,10 +684,21 @@ def snapshots_status(
 
 
 def state_condition(
-    decision: UpgradeDecision, current: Sequence[Condition], status: Mapping[str, Any]
+    decision: UpgradeDecision,
+    current: Sequence[Condition],
+    status: Mapping[str, Any],
+    missed: StateChange | None = None,
 ) -> Cond:
     """StateCompatible: the decision's, except that a reset or replay is still reported
-    once it is rolled out (until the state changes again), not replaced by Compatible."""
+    once it is rolled out (until the state changes again), not replaced by Compatible;
+    `missed`: the record of a reset or replay the status has not recorded yet, said when
+    the workers run its state."""
+    if (
+        missed is not None
+        and decision.action == "roll"
+        and decision.fingerprint == missed.fingerprint
+    ):
+        return missed.condition
     was = get_condition(current, STATE_COMPATIBLE)
     if (
         decision.action == "roll"
@@ -826,7 +882,11 @@ def finish(decision: Decision, applied: Applied) -> Finished:
             deployment = applied.results[deployment_ref]
             rollout = rollout_notes(desired[deployment_ref], observed.live.get(deployment_ref))
 
-    state_c = state_condition(upgrade, current_conditions, current_status)
+    # A reset or replay whose roll the status did not record (its write failed after the
+    # workers' ConfigMap was applied): recorded now, from the record that ConfigMap carries.
+    change = observed.upgrade.change if observed.upgrade is not None else None
+    missed = change if change is not None and unrecorded(change, current_conditions) else None
+    state_c = state_condition(upgrade, current_conditions, current_status, missed)
     was_state = get_condition(current_conditions, STATE_COMPATIBLE)
     if verification.holds and not upgrade.holds:
         # Nothing is decided about the state until the verdict: say what runs.
@@ -835,6 +895,8 @@ def finish(decision: Decision, applied: Applied) -> Finished:
             f"state fingerprint {current_status.get('stateFingerprint')}",
         )  # fmt: skip
     events = [*decision.events, *topics_created(applied.topics), *rollout, *verification.events]
+    if missed is not None and missed.event is not None:
+        events.append(EventNote(*missed.event))
     if (
         upgrade.event is not None
         and not verification.holds
@@ -1025,7 +1087,7 @@ def finish(decision: Decision, applied: Applied) -> Finished:
             current_status,
             generation,
             stamp,
-            decision.taken,
+            (*((*missed.taken, *missed.kept) if missed is not None else ()), *decision.taken),
         ),
         verification=verification.status,
         lastGoodGeneration=last_good_generation,
