@@ -318,6 +318,9 @@ class Decision:
     events: tuple[EventNote, ...] = ()  # what was asked for or found before applying
     snapshot_wait: float | None = None  # look again this soon (a snapshot is awaited)
     taken: tuple[Manifest, ...] = ()  # status.snapshots entry of the snapshot taken first
+    #: status.snapshots entry of the snapshot a reset or replay waits for, while it is taken:
+    #: listed, the pipeline gets the finalizer that deletes it with its topic (0174).
+    waiting: tuple[Manifest, ...] = ()
     #: Act ensures the internal topics before it applies the children: managed, and the
     #: workers not held (a held edit changes nothing they use; the status keeps its topics).
     ensure_topics: bool = False
@@ -408,6 +411,7 @@ def decide(observed: Observed, now: datetime) -> Decision:
     requests: list[Manifest] = []
     snapshot_wait: float | None = None
     taken: tuple[Manifest, ...] = ()
+    waiting: tuple[Manifest, ...] = ()
     if snapshot_needed(observed, first):
         # A reset or replay discards state: a StreamPipelineSnapshot of it first (0110).
         generation = observed.generation
@@ -425,6 +429,18 @@ def decide(observed: Observed, now: datetime) -> Decision:
             )
         if upgrade.holds:
             snapshot_wait = SNAPSHOT_WAIT_SECONDS
+            taken_of = ((found or {}).get("status") or {}).get("pipelineUid")
+            if observed.workers_run and taken_of in (None, pipeline.metadata.get("uid")):
+                assert first.snapshot is not None
+                waiting = (
+                    {
+                        "name": name,
+                        "fingerprint": first.snapshot.split("-to-", maxsplit=1)[0],
+                        "reason": f"{SNAPSHOT_KIND} {name}, being taken before the "
+                        f"{first.action} of generation {generation}",
+                        "time": stamp,
+                    },
+                )
         else:
             ready = found.get("status") if observed.workers_run and found is not None else None
             taken = tuple((listed_snapshots([], name, ready) if ready else None) or ())
@@ -454,6 +470,7 @@ def decide(observed: Observed, now: datetime) -> Decision:
         events=tuple(events),
         snapshot_wait=snapshot_wait,
         taken=taken,
+        waiting=waiting,
         ensure_topics=observed.topics_managed and not held,
     )
 
@@ -660,13 +677,23 @@ def snapshots_status(
     generation: int | None,
     stamp: str,
     kept: Sequence[Manifest] = (),
+    *,
+    added: Sequence[Manifest] = (),
 ) -> list[Any] | None:
     """status.snapshots with the one the workers keep for this decision (reset, replay),
-    and `kept`: the StreamPipelineSnapshot taken before it (the snapshot handlers list it
-    too; listed here as well, so that this write does not race theirs), and the entries of
-    a reset or replay the status did not record (decision 0173)."""
+    `kept`: the StreamPipelineSnapshot taken before it (the snapshot handlers list it too;
+    listed here as well, so that this write does not race theirs; in place of an entry
+    listed while it was taken), and `added`: entries listed unless one of their name is
+    (the snapshot a reset or replay waits for, while it is taken, decision 0174; those of
+    a reset or replay the status did not record, decision 0173)."""
     listed = [s for s in status.get("snapshots") or [] if isinstance(s, Mapping)]
     for entry in kept:
+        at = next((i for i, s in enumerate(listed) if s.get("name") == entry.get("name")), None)
+        if at is None:
+            listed.append(entry)
+        else:
+            listed[at] = entry
+    for entry in added:
         if all(s.get("name") != entry.get("name") for s in listed):
             listed.append(entry)
     if decision is None or decision.snapshot is None:
@@ -1087,7 +1114,8 @@ def finish(decision: Decision, applied: Applied) -> Finished:
             current_status,
             generation,
             stamp,
-            (*((*missed.taken, *missed.kept) if missed is not None else ()), *decision.taken),
+            (*(missed.taken if missed is not None else ()), *decision.taken),
+            added=(*(missed.kept if missed is not None else ()), *decision.waiting),
         ),
         verification=verification.status,
         lastGoodGeneration=last_good_generation,
