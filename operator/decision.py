@@ -223,7 +223,7 @@ class UpgradeInputs:
     #: The source topics the workers read and the desired ones (None: not known).
     running_sources: tuple[str, ...] | None = None
     desired_sources: tuple[str, ...] | None = None
-    #: The record of the reset or replay the live ConfigMap was applied for (None: none).
+    #: The record of the state change the live ConfigMap was applied for (None: none).
     change: StateChange | None = None
 
 
@@ -450,7 +450,7 @@ def decide(observed: Observed, now: datetime) -> Decision:
     # nor is the claim they mount (an edit to the kafka backend would drop it).
     wanted = [c for c in observed.desired if not (held and c["kind"] in HELD_KINDS)]
     stale = [c for c in apply_order(wanted) if not up_to_date(c, observed.live.get(ref(c)))]
-    if upgrade.action in ("reset", "replay") and not held:
+    if upgrade.event is not None and not held:  # a reset, replay, restore, dropped windows
         stale = [_recorded(c, upgrade, observed.generation, stamp, taken) for c in stale]
     keep = frozenset({"PersistentVolumeClaim"}) if held else frozenset()
     uid = str(pipeline.metadata.get("uid") or "")
@@ -482,8 +482,9 @@ def _recorded(
     stamp: str,
     taken: Sequence[Manifest],
 ) -> Manifest:
-    """`child`, the workers' ConfigMap of a reset or replay carrying its record (a copy:
-    the desired children are shared); any other child as it is (decision 0173)."""
+    """`child`, the workers' ConfigMap of a state change (`upgrade`: a reset, a replay, a
+    restore, source topics whose windows are dropped) carrying its record (a copy: the
+    desired children are shared); any other child as it is (decision 0173)."""
     if child["kind"] != "ConfigMap":
         return child
     meta = child["metadata"]
@@ -685,7 +686,7 @@ def snapshots_status(
     listed here as well, so that this write does not race theirs; in place of an entry
     listed while it was taken), and `added`: entries listed unless one of their name is
     (the snapshot a reset or replay waits for, while it is taken, decision 0174; those of
-    a reset or replay the status did not record, decision 0173)."""
+    a state change the status did not record, decision 0173)."""
     listed = [s for s in status.get("snapshots") or [] if isinstance(s, Mapping)]
     for entry in kept:
         at = next((i for i, s in enumerate(listed) if s.get("name") == entry.get("name")), None)
@@ -718,7 +719,7 @@ def state_condition(
 ) -> Cond:
     """StateCompatible: the decision's, except that a reset or replay is still reported
     once it is rolled out (until the state changes again), not replaced by Compatible;
-    `missed`: the record of a reset or replay the status has not recorded yet, said when
+    `missed`: the record of a state change the status has not recorded yet, said when
     the workers run its state."""
     if (
         missed is not None
@@ -909,7 +910,7 @@ def finish(decision: Decision, applied: Applied) -> Finished:
             deployment = applied.results[deployment_ref]
             rollout = rollout_notes(desired[deployment_ref], observed.live.get(deployment_ref))
 
-    # A reset or replay whose roll the status did not record (its write failed after the
+    # A state change whose roll the status did not record (its write failed after the
     # workers' ConfigMap was applied): recorded now, from the record that ConfigMap carries.
     change = observed.upgrade.change if observed.upgrade is not None else None
     missed = change if change is not None and unrecorded(change, current_conditions) else None

@@ -297,7 +297,7 @@ def _upgrade_inputs(
 ) -> UpgradeInputs:
     """What the upgrade decision compares (operator/upgrades.py). The live ConfigMap is
     what the workers run; it is read from the watch cache, and parsed only when it differs
-    from the desired one (the record of the reset or replay it was applied for, if any, is
+    from the desired one (the record of the state change it was applied for, if any, is
     read too: decision 0173). A StreamPipelineSnapshot that spec.state.restoreFrom names is read
     once per edit, not per resync (operator/restoring.py)."""
     config_map = next(c for c in desired if c["kind"] == "ConfigMap")

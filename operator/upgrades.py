@@ -196,8 +196,9 @@ def config_sources(config_map: Manifest | None) -> tuple[str, ...] | None:
 
 @dataclass(frozen=True)
 class StateChange:
-    """The record of a roll that discards the running state (a reset or a replay): what the
-    status says of it (StateCompatible, status.snapshots) and the event that says it once.
+    """The record of a roll that changes the running state (a decision with an event that
+    is not held: a reset, a replay, a restore, source topics whose windows are dropped):
+    what the status says of it (StateCompatible, status.snapshots) and its event.
 
     The reconciler writes it as an annotation (STATE_CHANGE_ANNOTATION) of the workers'
     ConfigMap it applies for the roll: that write is the one that commits the roll (the

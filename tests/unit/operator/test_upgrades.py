@@ -439,6 +439,49 @@ def test_a_reset_whose_writes_after_the_roll_failed_is_recorded_by_the_next_oper
     assert [s["name"] for s in body_of(kube, name)["status"]["snapshots"]] == [snap_name, kept]
 
 
+def test_a_restore_whose_status_write_failed_is_said_by_the_next_operator() -> None:
+    """A restore rolls like a reset: when its status write fails, the next reconcile finds
+    the restored state running (a plain roll, restoreFrom still in the spec) and, from the
+    record on the workers' ConfigMap (decision 0173), posts StateRestored once. Before, the
+    condition came back but the event was never posted."""
+    kube, name, memo = running_pipeline()
+    old_fp = body_of(kube, name)["status"]["stateFingerprint"]
+
+    def reorder(policy: str) -> Any:
+        def change(spec: dict[str, Any]) -> None:
+            window_of(spec)["aggregates"].reverse()
+            spec["upgrade"] = {"onStateChange": policy}
+
+        return change
+
+    edit(kube, name, reorder("reset"))
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    snapshot_ready(kube, f"{name}-reset-g{body_of(kube, name)['metadata']['generation']}", old_fp)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    kept = f"{old_fp}-to-{body_of(kube, name)['status']['stateFingerprint']}"
+    assert kept in [s["name"] for s in body_of(kube, name)["status"]["snapshots"]]
+    kube.roll_out(name)
+    # Back to the old spec, restoring the state the reset kept.
+    edit(kube, name, reorder("refuse"))
+    edit(kube, name, lambda spec: spec.setdefault("state", {}).update(restoreFrom=kept))
+
+    def dies(n: int, verb: WriteVerb, what: str) -> Fault | None:
+        if (verb, what) == ("patch_status", f"StreamPipeline/{name}"):
+            return ("refuse", ApiError(0, "Unreachable", "the operator died"))
+        return None
+
+    kube.fault = dies
+    with pytest.raises(ApiError):
+        reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=ReconcileMemo())
+    kube.fault = None
+    result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=ReconcileMemo())
+    assert [e.reason for e in result.events].count("StateRestored") == 1
+    assert condition(kube, name, STATE_COMPATIBLE)["reason"] == "StateRestored"
+    assert body_of(kube, name)["status"]["stateFingerprint"] == old_fp
+    again = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=ReconcileMemo())
+    assert "StateRestored" not in [e.reason for e in again.events]
+
+
 @pytest.mark.parametrize("same_state", [True, False])
 def test_a_retained_snapshot_of_an_earlier_pipeline_of_the_name_is_not_this_resets(
     same_state: bool,
