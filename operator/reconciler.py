@@ -464,12 +464,14 @@ def observe(
             upgrade=_upgrade_inputs(running, desired, kube, memo),
         )
         upgrade = upgrade_decision(observed)
-        if good is None or not upgrade.holds:
+        if good is None or (upgrade.action == "roll" and upgrade.event is None):
             break
         # Going back would itself change the state (this generation reset or replayed it,
         # so the last good spec's state is another): held like any state change, it would
-        # roll nothing back. The spec's own generation is judged instead, and RolledBack
-        # says why there was no rollback (before, it said there was one).
+        # roll nothing back, and under a last good spec that resets or replays itself, it
+        # would reset the state again (a rollback keeps the state: only a plain roll goes
+        # back). The spec's own generation is judged instead, and RolledBack says why there
+        # was no rollback (before, it said there was one).
         refused = (
             f"generation {generation} did not settle within "
             f"{pipeline.spec.upgrade.rollback_after}, but it was not rolled back to "
