@@ -32,6 +32,7 @@ from streamherd.operator.builders import Capabilities
 from streamherd.operator.builders.meta import (
     INPUT_HASH_ANNOTATION,
     SECRETS_HASH_ANNOTATION,
+    STATE_CHANGE_ANNOTATION,
     Manifest,
     content_hash,
     selector_string,
@@ -49,7 +50,7 @@ from streamherd.operator.conditions import (
 )
 from streamherd.operator.restoring import listed_snapshots, snapshot_first, snapshot_not_ready
 from streamherd.operator.rollback import ROLLBACK_REFUSED, ROLLED_BACK, build_last_good
-from streamherd.operator.upgrades import HELD_KINDS, STATE_COMPATIBLE
+from streamherd.operator.upgrades import HELD_KINDS, STATE_COMPATIBLE, StateChange
 from streamherd.operator.upgrades import Decision as UpgradeDecision
 from streamherd.operator.upgrades import decide as decide_upgrade
 from streamherd.workers.fingerprint import Description, fingerprint
@@ -222,6 +223,8 @@ class UpgradeInputs:
     #: The source topics the workers read and the desired ones (None: not known).
     running_sources: tuple[str, ...] | None = None
     desired_sources: tuple[str, ...] | None = None
+    #: The record of the state change the live ConfigMap was applied for (None: none).
+    change: StateChange | None = None
 
 
 @dataclass(frozen=True)
@@ -315,6 +318,9 @@ class Decision:
     events: tuple[EventNote, ...] = ()  # what was asked for or found before applying
     snapshot_wait: float | None = None  # look again this soon (a snapshot is awaited)
     taken: tuple[Manifest, ...] = ()  # status.snapshots entry of the snapshot taken first
+    #: status.snapshots entry of the snapshot a reset or replay waits for, while it is taken:
+    #: listed, the pipeline gets the finalizer that deletes it with its topic (0174).
+    waiting: tuple[Manifest, ...] = ()
     #: Act ensures the internal topics before it applies the children: managed, and the
     #: workers not held (a held edit changes nothing they use; the status keeps its topics).
     ensure_topics: bool = False
@@ -429,6 +435,7 @@ def decide(observed: Observed, now: datetime) -> Decision:
     requests: list[Manifest] = []
     snapshot_wait: float | None = None
     taken: tuple[Manifest, ...] = ()
+    waiting: tuple[Manifest, ...] = ()
     if snapshot_needed(observed, first):
         # A reset or replay discards state: a StreamPipelineSnapshot of it first (0110).
         generation = observed.generation
@@ -446,6 +453,18 @@ def decide(observed: Observed, now: datetime) -> Decision:
             )
         if upgrade.holds:
             snapshot_wait = SNAPSHOT_WAIT_SECONDS
+            taken_of = ((found or {}).get("status") or {}).get("pipelineUid")
+            if observed.workers_run and taken_of in (None, pipeline.metadata.get("uid")):
+                assert first.snapshot is not None
+                waiting = (
+                    {
+                        "name": name,
+                        "fingerprint": first.snapshot.split("-to-", maxsplit=1)[0],
+                        "reason": f"{SNAPSHOT_KIND} {name}, being taken before the "
+                        f"{first.action} of generation {generation}",
+                        "time": stamp,
+                    },
+                )
         else:
             ready = found.get("status") if observed.workers_run and found is not None else None
             taken = tuple((listed_snapshots([], name, ready) if ready else None) or ())
@@ -455,6 +474,8 @@ def decide(observed: Observed, now: datetime) -> Decision:
     # monitoring) nor deleted (an edit to the kafka backend would drop the claim).
     wanted = [c for c in observed.desired if not (held and c["kind"] in HELD_KINDS)]
     stale = [c for c in apply_order(wanted) if not up_to_date(c, observed.live.get(ref(c)))]
+    if upgrade.event is not None and not held:  # a reset, replay, restore, dropped windows
+        stale = [_recorded(c, upgrade, observed.generation, stamp, taken) for c in stale]
     keep = frozenset(HELD_KINDS) if held else frozenset()
     uid = str(pipeline.metadata.get("uid") or "")
     # Only delete what this very pipeline controls: never an object someone else made.
@@ -473,8 +494,49 @@ def decide(observed: Observed, now: datetime) -> Decision:
         events=tuple(events),
         snapshot_wait=snapshot_wait,
         taken=taken,
+        waiting=waiting,
         ensure_topics=observed.topics_managed and not held,
     )
+
+
+def _recorded(
+    child: Manifest,
+    upgrade: UpgradeDecision,
+    generation: int | None,
+    stamp: str,
+    taken: Sequence[Manifest],
+) -> Manifest:
+    """`child`, the workers' ConfigMap of a state change (`upgrade`: a reset, a replay, a
+    restore, source topics whose windows are dropped) carrying its record (a copy: the
+    desired children are shared); any other child as it is (decision 0173)."""
+    if child["kind"] != "ConfigMap":
+        return child
+    meta = child["metadata"]
+    change = StateChange(
+        generation=generation or 0,
+        config_hash=meta["annotations"][INPUT_HASH_ANNOTATION],
+        fingerprint=upgrade.fingerprint,
+        condition=upgrade.condition,
+        event=upgrade.event,
+        taken=tuple(taken),
+        kept=tuple(snapshots_status(upgrade, {}, generation, stamp) or ()),
+    )
+    annotations = {**meta["annotations"], STATE_CHANGE_ANNOTATION: change.annotation()}
+    return {**child, "metadata": {**meta, "annotations": annotations}}
+
+
+def unrecorded(change: StateChange | None, conditions: Sequence[Condition]) -> bool:
+    """Whether the status has not recorded `change` (the record the workers' live ConfigMap
+    carries): the status write of its roll failed. Recorded, StateCompatible says it for
+    its generation, and every later write of StateCompatible is of a later generation."""
+    if change is None:
+        return False
+    was = get_condition(conditions, STATE_COMPATIBLE)
+    if was is None:
+        return True
+    if (was.observed_generation or 0) > change.generation:
+        return False
+    return (was.reason, was.message) != (change.condition.reason, change.condition.message)
 
 
 # --------------------------------------------------------------------------- finish
@@ -640,16 +702,27 @@ def snapshots_status(
     generation: int | None,
     stamp: str,
     kept: Sequence[Manifest] = (),
+    *,
+    added: Sequence[Manifest] = (),
 ) -> list[Any] | None:
     """status.snapshots with the one the workers keep for this decision (reset, replay),
-    and `kept`: the StreamPipelineSnapshot taken before it (the snapshot handlers list it
-    too; listed here as well, so that this write does not race theirs)."""
+    `kept`: the StreamPipelineSnapshot taken before it (the snapshot handlers list it too;
+    listed here as well, so that this write does not race theirs; in place of an entry
+    listed while it was taken), and `added`: entries listed unless one of their name is
+    (the snapshot a reset or replay waits for, while it is taken, decision 0174; those of
+    a state change the status did not record, decision 0173)."""
     listed = [s for s in status.get("snapshots") or [] if isinstance(s, Mapping)]
     for entry in kept:
+        at = next((i for i, s in enumerate(listed) if s.get("name") == entry.get("name")), None)
+        if at is None:
+            listed.append(entry)
+        else:
+            listed[at] = entry
+    for entry in added:
         if all(s.get("name") != entry.get("name") for s in listed):
             listed.append(entry)
     if decision is None or decision.snapshot is None:
-        return listed or None
+        return listed[-MAX_SNAPSHOTS:] or None
     if all(s.get("name") != decision.snapshot for s in listed):
         listed.append(
             {
@@ -663,10 +736,21 @@ def snapshots_status(
 
 
 def state_condition(
-    decision: UpgradeDecision, current: Sequence[Condition], status: Mapping[str, Any]
+    decision: UpgradeDecision,
+    current: Sequence[Condition],
+    status: Mapping[str, Any],
+    missed: StateChange | None = None,
 ) -> Cond:
     """StateCompatible: the decision's, except that a reset or replay is still reported
-    once it is rolled out (until the state changes again), not replaced by Compatible."""
+    once it is rolled out (until the state changes again), not replaced by Compatible;
+    `missed`: the record of a state change the status has not recorded yet, said when
+    the workers run its state."""
+    if (
+        missed is not None
+        and decision.action == "roll"
+        and decision.fingerprint == missed.fingerprint
+    ):
+        return missed.condition
     was = get_condition(current, STATE_COMPATIBLE)
     if (
         decision.action == "roll"
@@ -850,7 +934,11 @@ def finish(decision: Decision, applied: Applied) -> Finished:
             deployment = applied.results[deployment_ref]
             rollout = rollout_notes(desired[deployment_ref], observed.live.get(deployment_ref))
 
-    state_c = state_condition(upgrade, current_conditions, current_status)
+    # A state change whose roll the status did not record (its write failed after the
+    # workers' ConfigMap was applied): recorded now, from the record that ConfigMap carries.
+    change = observed.upgrade.change if observed.upgrade is not None else None
+    missed = change if change is not None and unrecorded(change, current_conditions) else None
+    state_c = state_condition(upgrade, current_conditions, current_status, missed)
     was_state = get_condition(current_conditions, STATE_COMPATIBLE)
     if verification.holds and not upgrade.holds:
         # Nothing is decided about the state until the verdict: say what runs.
@@ -859,6 +947,8 @@ def finish(decision: Decision, applied: Applied) -> Finished:
             f"state fingerprint {current_status.get('stateFingerprint')}",
         )  # fmt: skip
     events = [*decision.events, *topics_created(applied.topics), *rollout, *verification.events]
+    if missed is not None and missed.event is not None:
+        events.append(EventNote(*missed.event))
     if (
         upgrade.event is not None
         and not verification.holds
@@ -1055,7 +1145,8 @@ def finish(decision: Decision, applied: Applied) -> Finished:
             current_status,
             generation,
             stamp,
-            decision.taken,
+            (*(missed.taken if missed is not None else ()), *decision.taken),
+            added=(*(missed.kept if missed is not None else ()), *decision.waiting),
         ),
         verification=verification.status,
         lastGoodGeneration=last_good_generation,

@@ -50,6 +50,7 @@ from streamherd.operator.runtime import (
 )
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.snapshots import (
+    FINALIZER,
     delete_state_snapshots,
     lists_state_snapshots,
     register_snapshots,
@@ -91,7 +92,7 @@ def configure_kopf(
     # The last handled state in memory, not in an annotation: no PATCH per handled change
     # (operator/kopfstate.py says why that is safe for a level-based reconcile).
     kopf_settings.persistence.diffbase_storage = diffbase
-    kopf_settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    kopf_settings.persistence.finalizer = FINALIZER
     # After a patch of its own (now only progress annotations, when a handler is retried)
     # kopf waits this long for the patched version to come back through its watch before it
     # trusts an event of that object again. At the default 5 s a busy API server (N=1000:

@@ -83,7 +83,12 @@ from streamherd.operator.rollback import (
     rollback_refusal,
 )
 from streamherd.operator.settings import OperatorSettings
-from streamherd.operator.upgrades import config_backend, config_description, config_sources
+from streamherd.operator.upgrades import (
+    config_backend,
+    config_description,
+    config_sources,
+    state_change,
+)
 from streamherd.operator.validation import parse_pipeline
 from streamherd.operator.verifying import Gate, KafkaFactory, gate
 from streamherd.workers.fingerprint import Description, fingerprint
@@ -292,7 +297,8 @@ def _upgrade_inputs(
 ) -> UpgradeInputs:
     """What the upgrade decision compares (operator/upgrades.py). The live ConfigMap is
     what the workers run; it is read from the watch cache, and parsed only when it differs
-    from the desired one. A StreamPipelineSnapshot that spec.state.restoreFrom names is read
+    from the desired one (the record of the state change it was applied for, if any, is
+    read too: decision 0173). A StreamPipelineSnapshot that spec.state.restoreFrom names is read
     once per edit, not per resync (operator/restoring.py)."""
     config_map = next(c for c in desired if c["kind"] == "ConfigMap")
     want = _desired_state(config_map, memo)
@@ -308,7 +314,9 @@ def _upgrade_inputs(
         running, running_backend, rolled = want, desired_backend, True
     else:
         running, running_backend = config_description(live), config_backend(live)
-    inputs = UpgradeInputs(running, running_backend, want, desired_backend)
+    inputs = UpgradeInputs(
+        running, running_backend, want, desired_backend, change=state_change(live)
+    )
     if live is not None and not rolled:  # an edit: which topics it stops reading
         inputs = replace(
             inputs, running_sources=config_sources(live), desired_sources=config_sources(config_map)
@@ -456,12 +464,14 @@ def observe(
             upgrade=_upgrade_inputs(running, desired, kube, memo),
         )
         upgrade = upgrade_decision(observed)
-        if good is None or not upgrade.holds:
+        if good is None or (upgrade.action == "roll" and upgrade.event is None):
             break
         # Going back would itself change the state (this generation reset or replayed it,
         # so the last good spec's state is another): held like any state change, it would
-        # roll nothing back. The spec's own generation is judged instead, and RolledBack
-        # says why there was no rollback (before, it said there was one).
+        # roll nothing back, and under a last good spec that resets or replays itself, it
+        # would reset the state again (a rollback keeps the state: only a plain roll goes
+        # back). The spec's own generation is judged instead, and RolledBack says why there
+        # was no rollback (before, it said there was one).
         refused = (
             f"generation {generation} did not settle within "
             f"{pipeline.spec.upgrade.rollback_after}, but it was not rolled back to "

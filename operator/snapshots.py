@@ -7,15 +7,20 @@ seconds, and does what its state asks:
 - the pipeline does not exist (yet): Pending, with the reason;
 - otherwise the snapshot's Kafka topic (``streamherd.workers.snapshotting.snapshot_topic``)
   is created on the pipeline's source cluster if it is not there: that is the request the
-  workers see (they write their partitions at their next checkpoint);
+  workers see (they write their partitions at their next checkpoint). A snapshot the
+  pipeline owns (taken before a reset or replay) waits, Pending, until deleting the
+  pipeline would delete it first (:func:`deletes_with`: the pipeline lists it and holds the
+  finalizer), so that its topic is never left by the pipeline's deletion (decision 0174);
 - the topic is read back and its contents judged (``streamherd.operator.restoring.
   snapshot_status``): Taking until every partition is in it, then Ready with the
   fingerprint, offsets and sizes, and the pipeline's status.snapshots lists it.
 
 A slower timer keeps a Ready snapshot listed in its pipeline's status (the reconciler keeps
 entries it did not add, but a write of its own may race ours). Deleting the resource deletes
-its topic first (kopf's finalizer); a topic that cannot be reached any more (the pipeline
-and its credentials are gone) is named in a Warning event and left.
+its topic first (kopf's finalizer), the one its name gives whether or not its status names
+it (the step that made it may have died before its status was written); a topic that
+cannot be reached any more (the pipeline and its credentials are gone) is named in a
+Warning event and left.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
 
 import kopf
 from confluent_kafka import KafkaException
@@ -49,6 +55,9 @@ LIST_SECONDS = 60.0
 KAFKA_TIMEOUT = 10.0
 #: A topic per snapshot, one partition, kept until the resource is deleted.
 TOPIC_CONFIG = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+#: kopf's finalizer (handlers.configure_kopf): on a pipeline, its deletion waits for the
+#: on.delete handlers whose filters it meets (lists_state_snapshots: delete-snapshots).
+FINALIZER: Final = "streamherd.io/finalizer"
 
 
 def _pipeline(kube: KubeApi, namespace: str, name: str) -> tuple[StreamPipeline | None, str]:
@@ -66,8 +75,17 @@ def ensure_topic(admin: KafkaAdmin, topic: str) -> None:
     admin.create_topics([TopicRequest(topic, 1, TOPIC_CONFIG)])
 
 
-def follow(kube: KubeApi, namespace: str, name: str, spec: Any, status: Any) -> dict[str, Any]:
-    """One level-based step of a snapshot (see the module docstring): the status to write."""
+def follow(
+    kube: KubeApi,
+    namespace: str,
+    name: str,
+    spec: Any,
+    status: Any,
+    *,
+    meta: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One level-based step of a snapshot (see the module docstring): the status to write.
+    `meta`: the snapshot's metadata (its owners)."""
     wanted = str(spec.get("pipeline", ""))
     pipeline, why = _pipeline(kube, namespace, wanted)
     if pipeline is None:
@@ -88,6 +106,19 @@ def follow(kube: KubeApi, namespace: str, name: str, spec: Any, status: Any) -> 
     except ValueError as error:
         return {"phase": "Pending", "message": f"cannot reach the source cluster: {error}"}
     topic = snapshot_topic(namespace, wanted, name)
+    owned = uid and any(r.get("uid") == uid for r in (meta or {}).get("ownerReferences") or [])
+    # A snapshot the pipeline owns goes with it (taken before a reset or replay): its topic
+    # is made once deleting the pipeline deletes it first (decision 0174).
+    if (
+        owned
+        and not status.get("topic")
+        and not deletes_with(kube.get(f"{GROUP}/{VERSION}", KIND, namespace, wanted), name)
+    ):
+        return {
+            "phase": "Pending",
+            "message": f"waiting until {KIND} {wanted} lists it and holds the finalizer "
+            "that deletes it (and its topic) with the pipeline",
+        }
     conf: dict[str, Any] = dict(cluster.client_config())
     with KafkaAdmin.connect(cluster, KAFKA_TIMEOUT) as admin:
         ensure_topic(admin, topic)
@@ -156,19 +187,35 @@ def list_in_pipeline(
         kube.patch_status(namespace, pipeline, {"snapshots": listed or None})
 
 
-def delete_topic(kube: KubeApi, namespace: str, spec: Any, status: Any) -> str | None:
-    """Delete a snapshot's topic; why it was left, or None."""
-    topic = status.get("topic")
-    if not topic:
-        return None
-    pipeline, why = _pipeline(kube, namespace, str(spec.get("pipeline", "")))
-    if pipeline is None:
+def delete_topic(kube: KubeApi, namespace: str, name: str, spec: Any, status: Any) -> str | None:
+    """Delete snapshot `name`'s topic; why it was left, or None. Its name follows from the
+    snapshot's (the one status names, when it names one): a topic made by a step whose
+    status write was lost is deleted too (decision 0174)."""
+    wanted = str(spec.get("pipeline", ""))
+    known = status.get("topic")
+    topic = known or snapshot_topic(namespace, wanted, name)
+    pipeline, why = _pipeline(kube, namespace, wanted)
+    if pipeline is None or pipeline.spec.source.kafka is None:
+        if not known:
+            return None  # no topic was known to be made, and none can be reached
         return f"Kafka topic {topic} left on {status.get('bootstrapServers')}: {why}"
     with KafkaAdmin.connect(cluster_from_secrets(kube, pipeline), KAFKA_TIMEOUT) as admin:
         failed = admin.delete_topics([topic]).failed
     if failed:
         raise KafkaAdminError(failed[topic])
     return None
+
+
+def deletes_with(body: Mapping[str, Any] | None, name: str) -> bool:
+    """Whether deleting the pipeline `body` (as stored) deletes snapshot `name` first: it
+    holds kopf's finalizer, and the delete-snapshots handler's filter
+    (:func:`lists_state_snapshots`) holds for it, listing `name`."""
+    if body is None or FINALIZER not in ((body.get("metadata") or {}).get("finalizers") or []):
+        return False
+    listed = (body.get("status") or {}).get("snapshots") or []
+    return lists_state_snapshots(body) and any(
+        isinstance(s, Mapping) and s.get("name") == name for s in listed
+    )
 
 
 def lists_state_snapshots(body: Any) -> bool:
@@ -223,6 +270,7 @@ def register_snapshots(registry: Any) -> None:
         name: str | None,
         spec: Any,
         status: Any,
+        meta: Any,
         patch: kopf.Patch,
         memo: kopf.Memo,
         **_: Any,
@@ -230,7 +278,7 @@ def register_snapshots(registry: Any) -> None:
         kube: KubeApi = memo["ctx"].kube
         ns, snap = str(namespace), str(name)
         try:
-            result = follow(kube, ns, snap, spec, status)
+            result = follow(kube, ns, snap, spec, status, meta=meta)
         except (KafkaException, KafkaAdminError, ApiError, TimeoutError) as error:
             # TimeoutError: a read of the snapshot topic that got no answer in time.
             why = str(error) or "the source cluster did not answer in time"
@@ -274,7 +322,7 @@ def register_snapshots(registry: Any) -> None:
         kube: KubeApi = memo["ctx"].kube
         ns = str(namespace)
         try:
-            left = delete_topic(kube, ns, spec, status)
+            left = delete_topic(kube, ns, str(name), spec, status)
         except (KafkaAdminError, ValueError) as error:
             if retry < 5:
                 raise kopf.TemporaryError(

@@ -31,7 +31,12 @@ import yaml
 from pydantic import ValidationError
 
 from streamherd.operator.api.v1alpha1 import KIND, Upgrade
-from streamherd.operator.builders.meta import CONFIG_KEY, Manifest
+from streamherd.operator.builders.meta import (
+    CONFIG_KEY,
+    INPUT_HASH_ANNOTATION,
+    STATE_CHANGE_ANNOTATION,
+    Manifest,
+)
 from streamherd.operator.builders.worker_config import build_worker_config
 from streamherd.operator.conditions import Cond
 from streamherd.operator.settings import OperatorSettings
@@ -190,6 +195,74 @@ def config_sources(config_map: Manifest | None) -> tuple[str, ...] | None:
     if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
         return None
     return tuple(topics)
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """The record of a roll that changes the running state (a decision with an event that
+    is not held: a reset, a replay, a restore, source topics whose windows are dropped):
+    what the status says of it (StateCompatible, status.snapshots) and its event.
+
+    The reconciler writes it as an annotation (STATE_CHANGE_ANNOTATION) of the workers'
+    ConfigMap it applies for the roll: that write is the one that commits the roll (the
+    next reconcile finds the workers running the new state and decides a plain roll), so
+    the record is stored with it, and a status write that fails after it does not lose it
+    (decision 0173)."""
+
+    generation: int
+    config_hash: str  # the input hash of the ConfigMap it was applied with
+    fingerprint: str  # the state the workers run once it is applied
+    condition: Cond
+    event: EventValue | None
+    #: Its status.snapshots entries: the StreamPipelineSnapshot taken before it (listed in
+    #: place of any entry of that name), and the snapshot the workers keep (unless listed).
+    taken: tuple[Manifest, ...]
+    kept: tuple[Manifest, ...]
+
+    def annotation(self) -> str:
+        return orjson.dumps(
+            {
+                "generation": self.generation,
+                "configHash": self.config_hash,
+                "fingerprint": self.fingerprint,
+                "condition": {
+                    "status": self.condition.status,
+                    "reason": self.condition.reason,
+                    "message": self.condition.message,
+                },
+                "event": list(self.event) if self.event is not None else None,
+                "taken": list(self.taken),
+                "kept": list(self.kept),
+            }
+        ).decode()
+
+
+def state_change(config_map: Manifest | None) -> StateChange | None:
+    """The StateChange a live ConfigMap of the workers was applied with; None when it has
+    none, or one of another content (an apply without it that kept it: a record belongs to
+    the ConfigMap it came with), or one that cannot be read."""
+    annotations = ((config_map or {}).get("metadata") or {}).get("annotations") or {}
+    text = annotations.get(STATE_CHANGE_ANNOTATION)
+    if not isinstance(text, str):
+        return None
+    try:
+        doc: Any = orjson.loads(text)
+        if doc["configHash"] != annotations.get(INPUT_HASH_ANNOTATION):
+            return None
+        cond, event = doc["condition"], doc["event"]
+        return StateChange(
+            generation=int(doc["generation"]),
+            config_hash=str(doc["configHash"]),
+            fingerprint=str(doc["fingerprint"]),
+            condition=Cond(
+                STATE_COMPATIBLE, cond["status"], str(cond["reason"]), str(cond["message"])
+            ),
+            event=(event[0], str(event[1]), str(event[2])) if event else None,
+            taken=tuple(dict(s) for s in doc["taken"]),
+            kept=tuple(dict(s) for s in doc["kept"]),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
+        return None
 
 
 def removed_sources(running: Sequence[str], desired: Sequence[str]) -> list[str]:

@@ -686,20 +686,23 @@ def _compare(
     # The shadows are removed by the next step (promote or hold: _tidy), once this verdict
     # is stored: removed here, a status write that failed (or an operator that died before
     # it) left a Comparing run without its topics and groups, and every later reconcile
-    # compared again against topics that were gone: the edit stalled for good.
-    event: EventValue = (
-        ("Normal", "VerificationPassed", message)
-        if passed
-        else ("Warning", "VerificationFailed", _with_sample(message, done))
-    )
+    # compared again against topics that were gone: the edit stalled for good. A pass is
+    # promoted by that next step too, not here: rolled here, a status write that failed
+    # after the workers' ConfigMap was applied left the next reconcile with nothing to
+    # verify (the workers run the spec), and the verdict and its event were never stored.
     if not passed:
         return Gate(
             True,
             _status(done),
             Cond(VERIFIED, "False", reason, _with_sample(message, done)),
-            [event],
+            [("Warning", "VerificationFailed", _with_sample(message, done))],
         )
-    return Gate(False, _status(done), Cond(VERIFIED, "True", reason, message), [event])
+    return Gate(
+        True,
+        _status(done),
+        Cond(VERIFIED, "True", reason, message),
+        [("Normal", "VerificationPassed", message)],
+    )
 
 
 def _promote(

@@ -24,6 +24,9 @@ SECRETS_HASH_ANNOTATION: Final = "streamherd.io/secrets-hash"
 #: On a checkpoint claim kept when its pipeline is deleted (spec.state.retainOnDelete).
 RETAINED_LABEL: Final = "streamherd.io/retained"
 CONFIG_HASH_ANNOTATION: Final = "streamherd.io/config-hash"
+#: On the workers' ConfigMap applied for a state change (a reset, a replay, a restore): its
+#: record (operator/upgrades.py: StateChange), written with the roll itself (decision 0173).
+STATE_CHANGE_ANNOTATION: Final = "streamherd.io/state-change"
 
 METRICS_PORT: Final = 9100
 CONFIG_DIR: Final = "/etc/streamherd"

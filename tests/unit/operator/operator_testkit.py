@@ -6,6 +6,9 @@ on: apply creates or replaces the applied fields (plus server-added ones, so the
 check meets defaulted objects), get/delete/list by name and labels, a merge patch of the
 status, and discovery of optional APIs. The real API server is exercised by
 tests/integration/operator/.
+
+Faults: ``FakeKube.fault``, when set, is asked before every write (apply, delete, status
+patch) and can refuse it or lose its reply (tests/unit/operator/test_lifecycle_property.py).
 """
 
 from __future__ import annotations
@@ -13,16 +16,24 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import yaml
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
-from streamherd.operator.kube import SecretVersion
+from streamherd.operator.kube import ApiError, SecretVersion
 from streamherd.operator.settings import OperatorSettings
 from tests.infra.paths import REPO_ROOT
 
 Manifest = dict[str, Any]
+#: A write the fault hook is asked about: its verb and "Kind/name".
+WriteVerb = Literal["apply", "delete", "patch_status"]
+#: The fault hook: given the write's number (from 1), verb and "Kind/name", None (made as
+#: usual), ("refuse", error) (not made: the error is raised) or ("lose", error) (made, then
+#: the error is raised, as when the reply is lost or the caller dies right after).
+Fault = tuple[Literal["refuse", "lose"], ApiError]
+FaultHook = Callable[[int, WriteVerb, str], Fault | None]
 
 
 def _merge(base: Manifest, patch: Manifest) -> Manifest:
@@ -51,6 +62,20 @@ class FakeKube:
         # A foreground delete leaves the object deleting (its dependents not yet gone).
         self.foreground_lingers = False
         self._uid = 0
+        self.writes = 0  # every write asked for, made or not (the fault hook numbers them)
+        self.fault: FaultHook | None = None
+
+    def _write(self, verb: WriteVerb, what: str) -> ApiError | None:
+        """Count a write and ask the fault hook about it: raises when it is refused; the
+        error to raise once it is made when its reply is to be lost."""
+        self.writes += 1
+        found = self.fault(self.writes, verb, what) if self.fault is not None else None
+        if found is None:
+            return None
+        how, error = found
+        if how == "refuse":
+            raise error
+        return error
 
     # helpers for tests
     def put(self, obj: Manifest) -> Manifest:
@@ -78,6 +103,7 @@ class FakeKube:
     def apply(self, manifest: Manifest) -> Manifest:
         meta = manifest["metadata"]
         key = (manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        lost = self._write("apply", f"{manifest['kind']}/{meta['name']}")
         self.applies.append(f"{manifest['kind']}/{meta['name']}")
         live = self.objects.get(key)
         if live is None:
@@ -90,18 +116,25 @@ class FakeKube:
         if manifest["kind"] == "Deployment" and "replicas" not in merged["spec"]:
             merged["spec"]["replicas"] = 1  # the API server's default
         self.objects[key] = merged
+        if lost is not None:
+            raise lost
         return copy.deepcopy(merged)
 
     def delete(
         self, api_version: str, kind: str, namespace: str, name: str, *, foreground: bool = False
     ) -> bool:
+        lost = self._write("delete", f"{kind}/{name}")
         self.deletes.append(f"{kind}/{name}")
         key = (api_version, kind, namespace, name)
         if foreground and self.foreground_lingers and key in self.objects:
             # The garbage collector has dependents to delete first: the object stays, deleting.
             self.objects[key]["metadata"].setdefault("deletionTimestamp", "2026-01-01T00:00:00Z")
-            return True
-        return self.objects.pop(key, None) is not None
+            found = True
+        else:
+            found = self.objects.pop(key, None) is not None
+        if lost is not None:
+            raise lost
+        return found
 
     def list(
         self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
@@ -124,10 +157,13 @@ class FakeKube:
         ]
 
     def patch_status(self, namespace: str, name: str, status: Manifest) -> Manifest:
+        lost = self._write("patch_status", f"StreamPipeline/{name}")
         self.status_patches.append(copy.deepcopy(status))
         obj = self.find("StreamPipeline", name, namespace)
         assert obj is not None
         obj["status"] = _merge(obj.get("status") or {}, status)
+        if lost is not None:
+            raise lost
         return copy.deepcopy(obj)
 
     def served(self, api_version: str, kind: str) -> bool:
@@ -147,6 +183,18 @@ class FakeKube:
         return SecretVersion(keys=frozenset(data), version=f"uid-{name}/{version}")
 
     # test conveniences
+    def patch_status_of(
+        self, kind: str, name: str, status: Manifest, namespace: str = "default"
+    ) -> None:
+        """A merge patch of another kind's status (what kopf writes for a handler), a write
+        like the others (the fault hook is asked)."""
+        lost = self._write("patch_status", f"{kind}/{name}")
+        obj = self.find(kind, name, namespace)
+        assert obj is not None
+        obj["status"] = _merge(obj.get("status") or {}, status)
+        if lost is not None:
+            raise lost
+
     def roll_out(self, name: str, namespace: str = "default") -> None:
         """What the Deployment controller and kubelets do: all replicas updated and ready."""
         dep = self.find("Deployment", name, namespace)

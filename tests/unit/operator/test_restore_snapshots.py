@@ -12,15 +12,25 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamherd.operator import snapshots
 from streamherd.operator.api.snapshot import MAX_SNAPSHOT_NAME_LENGTH
 from streamherd.operator.builders.snapshot import build_state_snapshot, state_snapshot_name
+from streamherd.operator.kafkaadmin import Deleted, KafkaAdmin, TopicRequest
 from streamherd.operator.reconciler import ReconcileMemo, reconcile
-from streamherd.operator.snapshots import delete_state_snapshots, lists_state_snapshots
+from streamherd.operator.snapshots import (
+    FINALIZER,
+    delete_state_snapshots,
+    delete_topic,
+    deletes_with,
+    follow,
+    lists_state_snapshots,
+)
 from streamherd.operator.upgrades import STATE_COMPATIBLE
-from streamherd.workers.snapshotting import is_volume_snapshot
+from streamherd.workers.snapshotting import is_volume_snapshot, snapshot_topic
 from tests.unit.operator.operator_testkit import (
     SETTINGS,
     FakeKube,
@@ -28,6 +38,7 @@ from tests.unit.operator.operator_testkit import (
     example_doc,
     pipeline_from,
 )
+from tests.unit.operator.test_upgrades import edit, reset_window, running_pipeline, snapshot_ready
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -180,3 +191,97 @@ def test_deleting_a_pipeline_deletes_only_the_snapshots_it_owns() -> None:
     assert kube.deletes == [f"StreamPipelineSnapshot/{name}-reset-g2"]
     assert kube.find("StreamPipelineSnapshot", f"{name}-replay-g3") is not None
     assert delete_state_snapshots(kube, "default", name, "u-1") == []
+
+
+class RecordingAdmin:
+    """KafkaAdmin (operator/kafkaadmin.py) as the snapshot handlers use it, recording."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+        self.deleted: list[str] = []
+
+    def connect(self, cluster: Any, timeout: float) -> RecordingAdmin:
+        return self
+
+    def __enter__(self) -> RecordingAdmin:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        return None
+
+    def create_topics(self, topics: list[TopicRequest]) -> set[str]:
+        self.created.extend(t.name for t in topics)
+        return {t.name for t in topics}
+
+    def delete_topics(self, names: list[str]) -> Deleted:
+        self.deleted.extend(names)
+        return Deleted(sorted(names), {})
+
+
+def test_a_resets_snapshot_goes_with_the_pipeline_from_its_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pipeline deleted while its reset waits for its snapshot (Taking, or Failed) must
+    delete that snapshot, and its topic, first: its finalizer's filter (lists_state_snapshots)
+    holds once status.snapshots lists it, so the reset lists it from its request on, and its
+    topic is made only once that finalizer is on the pipeline (decision 0174). Before, only a
+    Ready one was listed: the garbage collector deleted the others after the pipeline, when
+    their finalizer could no longer reach Kafka, and their topics were left."""
+    kube, name, memo = running_pipeline()
+    old_fp = body_of(kube, name)["status"]["stateFingerprint"]
+    edit(kube, name, reset_window)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    snap_name = f"{name}-reset-g{body_of(kube, name)['metadata']['generation']}"
+    body = body_of(kube, name)
+    assert condition(kube, name)["reason"] == "TakingSnapshot"
+    listed = [s for s in body["status"]["snapshots"] if s["name"] == snap_name]
+    assert [(s["fingerprint"], "being taken" in s["reason"]) for s in listed] == [(old_fp, True)]
+    assert lists_state_snapshots(body)
+    snap = kube.find("StreamPipelineSnapshot", snap_name)
+    assert snap is not None
+    admin = RecordingAdmin()
+    monkeypatch.setattr(KafkaAdmin, "connect", admin.connect)
+    monkeypatch.setattr(snapshots, "read_snapshot", lambda conf, topic, timeout=0: None)
+    # kopf has not put its finalizer on the pipeline yet: no topic.
+    waits = follow(kube, "default", snap_name, snap["spec"], {}, meta=snap["metadata"])
+    assert waits["phase"] == "Pending" and "finalizer" in waits["message"]
+    assert admin.created == [] and not deletes_with(body, snap_name)
+    body["metadata"]["finalizers"] = [FINALIZER]
+    assert deletes_with(body, snap_name)
+    kube.find("StreamPipeline", name)["metadata"]["finalizers"] = [FINALIZER]  # type: ignore[index]
+    taken = follow(kube, "default", snap_name, snap["spec"], {}, meta=snap["metadata"])
+    topic = snapshot_topic("default", name, snap_name)
+    assert (taken["phase"], taken["topic"], admin.created) == ("Taking", topic, [topic])
+    # Ready, the reset rolls: the entry is the snapshot's, in its place.
+    snapshot_ready(kube, snap_name, old_fp)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    assert condition(kube, name)["reason"] == "StateReset"
+    status = body_of(kube, name)["status"]
+    kept = f"{old_fp}-to-{status['stateFingerprint']}"
+    assert [s["name"] for s in status["snapshots"]] == [snap_name, kept]
+    assert "being taken" not in status["snapshots"][0]["reason"]
+
+
+def test_deleting_a_snapshot_deletes_the_topic_its_name_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The follow step creates a snapshot's topic; kopf writes status.topic after the step
+    returns. A step whose status write failed (or whose operator died) left a topic no
+    status names: deleting the snapshot deletes the topic its name gives (decision 0174).
+    Before, it deleted nothing, and the topic was left for good."""
+    kube = FakeKube()
+    name = kube.put(example_doc("02-clicks-per-minute"))["metadata"]["name"]
+    admin = RecordingAdmin()
+    monkeypatch.setattr(KafkaAdmin, "connect", admin.connect)
+    spec = {"pipeline": name}
+    topic = snapshot_topic("default", name, "snap")
+    assert delete_topic(kube, "default", "snap", spec, {}) is None
+    assert admin.deleted == [topic]
+    assert delete_topic(kube, "default", "snap", spec, {"topic": "t"}) is None
+    assert admin.deleted == [topic, "t"]
+    # The pipeline gone: a topic status names is left, and said; none named, nothing to say.
+    kube.objects.clear()
+    assert delete_topic(kube, "default", "snap", spec, {}) is None
+    left = delete_topic(kube, "default", "snap", spec, {"topic": "t", "bootstrapServers": "b"})
+    assert left is not None and "Kafka topic t left on b" in left
+    assert admin.deleted == [topic, "t"]

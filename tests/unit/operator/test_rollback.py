@@ -242,3 +242,61 @@ def test_a_revision_that_reset_the_state_is_not_rolled_back_and_says_why() -> No
     assert status.get("rolledBackGeneration") is None and status["lastGoodGeneration"] == 1
     assert conds["StateCompatible"]["reason"] == "StateReset"
     assert kube.find("Deployment", name) == rolled
+
+
+def test_a_revision_that_reset_the_state_is_not_rolled_back_under_a_resetting_last_good() -> None:
+    """As above, with the last good spec's own onStateChange reset (an earlier edit set it):
+    going back would reset the state again (the last good spec's decision is a reset, not a
+    hold), which a rollback never does either. The operator says so (RollbackRefused) and
+    the generation's replay stands. Before, only a hold counted as a state change: the
+    rollback reset the state (a StateReset of a generation whose spec says replay, with no
+    snapshot of the state it discarded); the lifecycle property found it."""
+    kube = FakeKube()
+    name = settled_with_rollback(kube)
+    stored = kube.find("StreamPipeline", name)
+    assert stored is not None
+
+    # Generation 2 resets (a window edit, onStateChange reset) and settles: the last good.
+    fp1 = body_of(kube, name)["status"]["stateFingerprint"]
+    stored["spec"]["processor"]["steps"][-1]["window"]["aggregates"].reverse()
+    stored["spec"]["upgrade"]["onStateChange"] = "reset"
+    stored["metadata"]["generation"] = 2
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)  # requests the snapshot
+    snapshot_ready(kube, f"{name}-reset-g2", fp1)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=1))
+    kube.roll_out(name)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=2))
+    status = body_of(kube, name)["status"]
+    fp2 = status["stateFingerprint"]
+    assert status["lastGoodGeneration"] == 2 and fp2 != fp1
+    # Generation 3 replays back to the first state and never settles.
+    stored = kube.find("StreamPipeline", name)
+    assert stored is not None
+    stored["spec"]["processor"]["steps"][-1]["window"]["aggregates"].reverse()
+    stored["spec"]["upgrade"].update(onStateChange="replay", replayFrom="2026-01-01T00:00:00Z")
+    stored["spec"]["pod"] = {"nodeSelector": {"no-such-node": "true"}}
+    stored["metadata"]["generation"] = 3
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=3))
+    snapshot_ready(kube, f"{name}-replay-g3", fp2)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=4))
+    assert body_of(kube, name)["status"]["stateFingerprint"] == fp1  # replayed
+    rolled = kube.find("Deployment", name)
+    assert rolled is not None
+    rolled["status"] = {
+        "observedGeneration": rolled["metadata"]["generation"],
+        "replicas": 2,
+        "readyReplicas": 1,
+        "updatedReplicas": 1,
+    }
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=10))
+    config = copy.deepcopy(kube.find("ConfigMap", f"{name}-config"))
+    late = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=120))
+    assert [e.reason for e in late.events] == ["RollbackRefused"]
+    status = body_of(kube, name)["status"]
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["RolledBack"]["reason"] == "RollbackRefused"
+    assert "window.aggregates" in conds["RolledBack"]["message"]
+    assert status.get("rolledBackGeneration") is None and status["lastGoodGeneration"] == 2
+    assert conds["StateCompatible"]["reason"] == "StateReplay"
+    assert status["stateFingerprint"] == fp1
+    assert kube.find("ConfigMap", f"{name}-config") == config

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from streamherd.operator.api.v1alpha1 import Upgrade
 from streamherd.operator.builders.meta import CONFIG_KEY
 from streamherd.operator.builders.worker_config import build_config_map
+from streamherd.operator.kube import ApiError
 from streamherd.operator.reconciler import ReconcileMemo, reconcile
 from streamherd.operator.snapshots import snapshot_topics
 from streamherd.operator.upgrades import (
@@ -31,7 +32,14 @@ from streamherd.operator.upgrades import (
 from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.config import ProcessorConfig, topic_matcher
 from streamherd.workers.fingerprint import describe, fingerprint
-from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, body_of, example_doc
+from tests.unit.operator.operator_testkit import (
+    SETTINGS,
+    FakeKube,
+    Fault,
+    WriteVerb,
+    body_of,
+    example_doc,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -408,6 +416,107 @@ def snapshot_ready(
         "takenAt": "2026-01-01T00:00:00Z", "partitionCount": 2, "sizeBytes": 10,
         **({"pipelineUid": uid} if uid else {}),
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("name_", ["reset", "replay"])
+@pytest.mark.parametrize("dies_at", ["Deployment", "StreamPipeline"])
+def test_a_reset_whose_writes_after_the_roll_failed_is_recorded_by_the_next_operator(
+    name_: str, dies_at: str
+) -> None:
+    """The reconcile that rolls a reset applies the workers' ConfigMap, then their
+    Deployment, then the status. The operator dies before the Deployment apply or the
+    status write: the next operator finds the ConfigMap applied, the workers running the
+    new state, and decides a plain roll. The record rides on that ConfigMap (decision 0173),
+    so the next reconcile writes StateReset (or StateReplay), its event once, and both
+    snapshot entries. Before, the reset was recorded nowhere: no condition, no event, no
+    status.snapshots entry for either snapshot."""
+    kube, name, _ = running_pipeline()
+    old_fp = body_of(kube, name)["status"]["stateFingerprint"]
+
+    def change(spec: dict[str, Any]) -> None:
+        window_of(spec)["aggregates"].reverse()
+        spec["upgrade"] = {"onStateChange": name_}
+        if name_ == "replay":
+            spec["upgrade"]["replayFrom"] = "2026-01-01T00:00:00Z"
+
+    edit(kube, name, change)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=ReconcileMemo())  # held
+    snap_name = f"{name}-{name_}-g{body_of(kube, name)['metadata']['generation']}"
+    snapshot_ready(kube, snap_name, old_fp)
+
+    def dies(n: int, verb: WriteVerb, what: str) -> Fault | None:
+        if what == f"{dies_at}/{name}":
+            return ("refuse", ApiError(0, "Unreachable", "the operator died"))
+        return None
+
+    kube.fault = dies
+    with pytest.raises(ApiError):
+        reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=ReconcileMemo())
+    kube.fault = None
+    worker = json.loads(children(kube, name)[0]["data"]["worker.json"])
+    assert worker["state"]["onFingerprintMismatch"] == name_  # the roll is committed
+    assert condition(kube, name, STATE_COMPATIBLE)["reason"] == "TakingSnapshot"
+    result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=ReconcileMemo())
+    reason = POLICIES[name_][2]
+    cond = condition(kube, name, STATE_COMPATIBLE)
+    assert (cond["status"], cond["reason"]) == ("True", reason), cond
+    assert f"StreamPipelineSnapshot {snap_name}" in cond["message"]
+    assert [e.reason for e in result.events].count(reason) == 1
+    status = body_of(kube, name)["status"]
+    kept = f"{old_fp}-to-{status['stateFingerprint']}"
+    assert status["stateFingerprint"] != old_fp
+    assert [s["name"] for s in status["snapshots"]] == [snap_name, kept]
+    assert (f"Deployment/{name}" in result.applied) == (dies_at == "Deployment")
+    # Said once: the next reconciles keep it and post nothing about it.
+    kube.roll_out(name)
+    for _ in range(2):
+        again = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=ReconcileMemo())
+        assert reason not in [e.reason for e in again.events]
+        assert condition(kube, name, STATE_COMPATIBLE)["reason"] == reason
+    assert [s["name"] for s in body_of(kube, name)["status"]["snapshots"]] == [snap_name, kept]
+
+
+def test_a_restore_whose_status_write_failed_is_said_by_the_next_operator() -> None:
+    """A restore rolls like a reset: when its status write fails, the next reconcile finds
+    the restored state running (a plain roll, restoreFrom still in the spec) and, from the
+    record on the workers' ConfigMap (decision 0173), posts StateRestored once. Before, the
+    condition came back but the event was never posted."""
+    kube, name, memo = running_pipeline()
+    old_fp = body_of(kube, name)["status"]["stateFingerprint"]
+
+    def reorder(policy: str) -> Any:
+        def change(spec: dict[str, Any]) -> None:
+            window_of(spec)["aggregates"].reverse()
+            spec["upgrade"] = {"onStateChange": policy}
+
+        return change
+
+    edit(kube, name, reorder("reset"))
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    snapshot_ready(kube, f"{name}-reset-g{body_of(kube, name)['metadata']['generation']}", old_fp)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    kept = f"{old_fp}-to-{body_of(kube, name)['status']['stateFingerprint']}"
+    assert kept in [s["name"] for s in body_of(kube, name)["status"]["snapshots"]]
+    kube.roll_out(name)
+    # Back to the old spec, restoring the state the reset kept.
+    edit(kube, name, reorder("refuse"))
+    edit(kube, name, lambda spec: spec.setdefault("state", {}).update(restoreFrom=kept))
+
+    def dies(n: int, verb: WriteVerb, what: str) -> Fault | None:
+        if (verb, what) == ("patch_status", f"StreamPipeline/{name}"):
+            return ("refuse", ApiError(0, "Unreachable", "the operator died"))
+        return None
+
+    kube.fault = dies
+    with pytest.raises(ApiError):
+        reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=ReconcileMemo())
+    kube.fault = None
+    result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=ReconcileMemo())
+    assert [e.reason for e in result.events].count("StateRestored") == 1
+    assert condition(kube, name, STATE_COMPATIBLE)["reason"] == "StateRestored"
+    assert body_of(kube, name)["status"]["stateFingerprint"] == old_fp
+    again = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=ReconcileMemo())
+    assert "StateRestored" not in [e.reason for e in again.events]
 
 
 @pytest.mark.parametrize("same_state", [True, False])

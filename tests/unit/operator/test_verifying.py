@@ -635,7 +635,8 @@ def test_a_verdict_whose_status_write_failed_is_reached_again_with_its_shadows(
 ) -> None:
     """The reconcile that compares can fail to store its verdict (a status write refused,
     the operator killed). Its shadows, topics and groups stay until a verdict is stored, so
-    a fresh operator compares again and reaches it: promoted or held, then cleaned. Before,
+    a fresh operator compares again and reaches it: stored, then promoted or held, and
+    cleaned (a pass is promoted only once stored: test below). Before,
     the comparison removed them first, and every later reconcile failed to read topics that
     were gone: the edit stalled at Comparing, its shadows created again, for good."""
     kube, kafka, name, memo = running()
@@ -669,18 +670,65 @@ def test_a_verdict_whose_status_write_failed_is_reached_again_with_its_shadows(
         step(63)
     kube.patch_status = stored  # type: ignore[method-assign]
     assert body_of(kube, name)["status"]["verification"]["phase"] == "Comparing"
+    assert live(kube, name) == before  # a verdict is stored before it is promoted
     fresh = ReconcileMemo()  # another operator
     step(70, fresh)
     step(70 + SHADOW_TIDY_SECONDS, fresh)
-    left = body_of(kube, name)["status"].get("verification")
-    if passes:  # promoted: nothing left to verify, and nothing left of the run
-        assert left is None and live(kube, name) != before
-    else:
-        final = VerificationStatus.model_validate(left)
-        assert final.phase == "Failed" and final.cleaned and live(kube, name) == before
-        assert cond(kube, name)["reason"] == "ResultsDiffer"
+    final = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    assert final.phase == ("Passed" if passes else "Failed") and final.cleaned
+    assert cond(kube, name)["reason"] == ("Passed" if passes else "ResultsDiffer")
+    assert (live(kube, name) != before) is passes  # promoted, or held
     for role in ROLES:
         assert kube.find("Deployment", f"{name}-shadow-{role}") is None
+    assert not kafka.topics and not [g for g in kafka.groups if ".shadow." in g]
+
+
+def test_a_pass_whose_promotion_failed_keeps_its_verdict() -> None:
+    """A pass is stored (Verified=True/Passed, status.verification, the event) by the
+    reconcile that compares, and promoted by the next one. The promotion applies the
+    workers' ConfigMap, so when its status write fails the next reconcile finds nothing to
+    verify; the verdict is already stored, and stays. Before, the comparing reconcile
+    promoted at once: when its status write failed after the workers' ConfigMap was
+    applied (the lifecycle property found it), the verdict and its event were never
+    stored, and status said NothingToVerify as if the edit had not been verified."""
+    kube, kafka, name, _ = running()
+    before = live(kube, name)
+    body = body_of(kube, name)
+    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
+    body["metadata"]["generation"] += 1
+    reasons: list[str] = []
+
+    def step(at: float) -> Any:
+        result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=at),
+                           memo=ReconcileMemo(), kafka=lambda p: kafka)  # fmt: skip
+        reasons.extend(e.reason for e in result.events)
+        return result
+
+    step(0)
+    step(61)
+    run = body_of(kube, name)["status"]["verification"]["run"]
+    same: list[bytes | None] = [orjson.dumps(row("/a", 0, clicks=3))]
+    for role in ROLES:
+        kafka.groups[f"default.clicks-per-minute.shadow.{run}.{role}"] = dict(kafka.ends)
+        kafka.topics[f"streamherd.default.clicks-per-minute.shadow.{run}.{role}"] = same
+    verdict = step(62)
+    assert live(kube, name) == before and verdict.retry_after == SHADOW_TIDY_SECONDS
+    assert body_of(kube, name)["status"]["verification"]["phase"] == "Passed"
+    assert cond(kube, name)["reason"] == "Passed" and reasons.count("VerificationPassed") == 1
+    stored = kube.patch_status
+
+    def refused(*_: Any, **__: Any) -> dict[str, Any]:
+        raise ApiError(0, "Unreachable", "the operator died")
+
+    kube.patch_status = refused  # type: ignore[method-assign]
+    with pytest.raises(ApiError):
+        step(62 + SHADOW_TIDY_SECONDS)  # promotes: the workers' ConfigMap is applied
+    kube.patch_status = stored  # type: ignore[method-assign]
+    assert live(kube, name)[0] != before[0]
+    step(70)
+    final = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    assert (final.phase, final.compared_windows, final.cleaned) == ("Passed", 1, True)
+    assert cond(kube, name)["reason"] == "Passed" and reasons.count("VerificationPassed") == 1
     assert not kafka.topics and not [g for g in kafka.groups if ".shadow." in g]
 
 
