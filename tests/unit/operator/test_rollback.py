@@ -34,6 +34,18 @@ def progressing(since: datetime, generation: int) -> list[Condition]:
     ]
 
 
+def half_rolled(kube: FakeKube, name: str) -> None:
+    """The rolled Deployment with one worker of two ready: its new pod is not scheduled."""
+    rolled = kube.find("Deployment", name)
+    assert rolled is not None
+    rolled["status"] = {
+        "observedGeneration": rolled["metadata"]["generation"],
+        "replicas": 2,
+        "readyReplicas": 1,
+        "updatedReplicas": 1,
+    }
+
+
 @pytest.mark.parametrize(
     ("enabled", "status", "conditions", "seconds", "due"),
     [
@@ -219,15 +231,8 @@ def test_a_revision_that_reset_the_state_is_not_rolled_back_and_says_why() -> No
     reconcile(body_of(kube, name), kube, SETTINGS, now=T0)  # requests the reset's snapshot
     snapshot_ready(kube, f"{name}-reset-g2", old_fp)
     reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=5))  # rolls it
-    rolled = kube.find("Deployment", name)
-    assert rolled is not None
     # Its new pod cannot be scheduled: the rollout goes on, one worker of two ready.
-    rolled["status"] = {
-        "observedGeneration": rolled["metadata"]["generation"],
-        "replicas": 2,
-        "readyReplicas": 1,
-        "updatedReplicas": 1,
-    }
+    half_rolled(kube, name)
     reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=10))
     rolled = copy.deepcopy(kube.find("Deployment", name))
     late = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=120))
@@ -280,14 +285,7 @@ def test_a_revision_that_reset_the_state_is_not_rolled_back_under_a_resetting_la
     snapshot_ready(kube, f"{name}-replay-g3", fp2)
     reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=4))
     assert body_of(kube, name)["status"]["stateFingerprint"] == fp1  # replayed
-    rolled = kube.find("Deployment", name)
-    assert rolled is not None
-    rolled["status"] = {
-        "observedGeneration": rolled["metadata"]["generation"],
-        "replicas": 2,
-        "readyReplicas": 1,
-        "updatedReplicas": 1,
-    }
+    half_rolled(kube, name)
     reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=10))
     config = copy.deepcopy(kube.find("ConfigMap", f"{name}-config"))
     late = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=120))

@@ -326,19 +326,25 @@ def test_a_refused_edit_neither_makes_nor_drops_what_shapes_the_workers() -> Non
     assert kube.find("PersistentVolumeClaim", f"{name}-checkpoints") is None
 
 
+def reordered_under(policy_name: str) -> Any:
+    """An edit reordering the aggregates (a state change) under ``policy_name``."""
+
+    def change(spec: dict[str, Any]) -> None:
+        window_of(spec)["aggregates"].reverse()
+        spec["upgrade"] = {"onStateChange": policy_name}
+        if policy_name == "replay":
+            spec["upgrade"]["replayFrom"] = "2026-01-01T00:00:00Z"
+
+    return change
+
+
 @pytest.mark.parametrize("name_", ["reset", "replay"])
 def test_reset_and_replay_roll_with_the_policy_in_the_worker_config(name_: str) -> None:
     kube, name, memo = running_pipeline()
     old_fp = body_of(kube, name)["status"]["stateFingerprint"]
     before = children(kube, name)
 
-    def change(spec: dict[str, Any]) -> None:
-        window_of(spec)["aggregates"].reverse()
-        spec["upgrade"] = {"onStateChange": name_}
-        if name_ == "replay":
-            spec["upgrade"]["replayFrom"] = "2026-01-01T00:00:00Z"
-
-    edit(kube, name, change)
+    edit(kube, name, reordered_under(name_))
     generation = body_of(kube, name)["metadata"]["generation"]
     # First a StreamPipelineSnapshot of the running state (decision 0110): requested, owned
     # by the pipeline, and nothing rolls until it is Ready.
@@ -433,13 +439,7 @@ def test_a_reset_whose_writes_after_the_roll_failed_is_recorded_by_the_next_oper
     kube, name, _ = running_pipeline()
     old_fp = body_of(kube, name)["status"]["stateFingerprint"]
 
-    def change(spec: dict[str, Any]) -> None:
-        window_of(spec)["aggregates"].reverse()
-        spec["upgrade"] = {"onStateChange": name_}
-        if name_ == "replay":
-            spec["upgrade"]["replayFrom"] = "2026-01-01T00:00:00Z"
-
-    edit(kube, name, change)
+    edit(kube, name, reordered_under(name_))
     reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=ReconcileMemo())  # held
     snap_name = f"{name}-{name_}-g{body_of(kube, name)['metadata']['generation']}"
     snapshot_ready(kube, snap_name, old_fp)
