@@ -882,6 +882,28 @@ def _blocked(decision: Decision) -> Finished:
     return _finished(observed, status_patch(observed.generation, conds, **fields), events)
 
 
+def rollout_started(
+    conds: list[Condition], before: Sequence[Condition], generation: int | None, stamp: str
+) -> list[Condition]:
+    """``conds`` with Progressing=True's transition time moved to ``stamp`` when it was
+    last written for another generation: an edit made during a rollout starts a rollout of
+    its own. Its time is what auto rollback measures (rollback.rollback_due); carried over,
+    it rolled a new generation back seconds after its edit (the lifecycle property saw 11 s
+    of a 60 s rollbackAfter)."""
+    was = get_condition(before, PROGRESSING)
+    now = get_condition(conds, PROGRESSING)
+    if (
+        was is None
+        or now is None
+        or now.status != "True"
+        or was.status != "True"
+        or was.observed_generation == generation
+    ):
+        return conds
+    return [c.model_copy(update={"last_transition_time": stamp}) if c is now else c
+            for c in conds]  # fmt: skip
+
+
 def rollout_notes(desired: Manifest, live: Manifest | None) -> list[EventNote]:
     """What applying a changed Deployment starts: a rollout, and why (a Secret rotated)."""
     if live is None:
@@ -1063,6 +1085,7 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         now=stamp,
         observed_generation=generation,
     )
+    conds = rollout_started(conds, current_conditions, generation, stamp)
     if degraded and get_condition(current_conditions, DEGRADED) != get_condition(conds, DEGRADED):
         events.append(EventNote("Warning", deg_c.reason, deg_c.message))
     internal: list[Manifest] | None

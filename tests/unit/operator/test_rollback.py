@@ -141,6 +141,27 @@ def test_a_revision_that_never_settles_is_rolled_back_until_the_next_edit() -> N
     assert status.get("rolledBackGeneration") is None
 
 
+def test_an_edit_during_a_rollout_gets_its_own_rollback_after() -> None:
+    """Generation 2 never settles; generation 3 is applied 50 s into its rollout. Its own
+    60 s start with it: not rolled back 11 s after its edit, as when Progressing's
+    transition time was carried over from generation 2 (the lifecycle property's find)."""
+    kube = FakeKube()
+    name = settled_with_rollback(kube)
+    for generation, at, selector in ((2, 0, "no-such-node"), (3, 50, "no-such-node-either")):
+        body = body_of(kube, name)
+        body["spec"]["pod"] = {"nodeSelector": {selector: "true"}}
+        body["metadata"]["generation"] = generation
+        reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=at))
+        half_rolled(kube, name)
+        reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=at + 1))
+    early = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=61))
+    assert "RolledBack" not in [e.reason for e in early.events]
+    assert body_of(kube, name)["status"].get("rolledBackGeneration") is None
+    late = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=112))
+    assert [e.reason for e in late.events].count("RolledBack") == 1
+    assert body_of(kube, name)["status"]["rolledBackGeneration"] == 3
+
+
 @pytest.mark.parametrize(
     ("image", "good_image", "refused"),
     [
