@@ -338,6 +338,25 @@ def reordered_under(policy_name: str) -> Any:
     return change
 
 
+def operator_dies_at(
+    kube: FakeKube, name: str, what: str, *, verb: WriteVerb | None = None
+) -> None:
+    """A reconcile of ``name`` whose operator dies at its write of ``what`` (by ``verb``, when
+    given): it raises there, and nothing after that write is made."""
+
+    def dies(n: int, verb_: WriteVerb, what_: str) -> Fault | None:
+        if what_ == what and verb in (None, verb_):
+            return ("refuse", ApiError(0, "Unreachable", "the operator died"))
+        return None
+
+    kube.fault = dies
+    try:
+        with pytest.raises(ApiError):
+            reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=ReconcileMemo())
+    finally:
+        kube.fault = None
+
+
 @pytest.mark.parametrize("name_", ["reset", "replay"])
 def test_reset_and_replay_roll_with_the_policy_in_the_worker_config(name_: str) -> None:
     kube, name, memo = running_pipeline()
@@ -444,15 +463,7 @@ def test_a_reset_whose_writes_after_the_roll_failed_is_recorded_by_the_next_oper
     snap_name = f"{name}-{name_}-g{body_of(kube, name)['metadata']['generation']}"
     snapshot_ready(kube, snap_name, old_fp)
 
-    def dies(n: int, verb: WriteVerb, what: str) -> Fault | None:
-        if what == f"{dies_at}/{name}":
-            return ("refuse", ApiError(0, "Unreachable", "the operator died"))
-        return None
-
-    kube.fault = dies
-    with pytest.raises(ApiError):
-        reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=ReconcileMemo())
-    kube.fault = None
+    operator_dies_at(kube, name, f"{dies_at}/{name}")
     worker = json.loads(children(kube, name)[0]["data"]["worker.json"])
     assert worker["state"]["onFingerprintMismatch"] == name_  # the roll is committed
     assert condition(kube, name, STATE_COMPATIBLE)["reason"] == "TakingSnapshot"
@@ -484,14 +495,7 @@ def test_a_restore_whose_status_write_failed_is_said_by_the_next_operator() -> N
     kube, name, memo = running_pipeline()
     old_fp = body_of(kube, name)["status"]["stateFingerprint"]
 
-    def reorder(policy: str) -> Any:
-        def change(spec: dict[str, Any]) -> None:
-            window_of(spec)["aggregates"].reverse()
-            spec["upgrade"] = {"onStateChange": policy}
-
-        return change
-
-    edit(kube, name, reorder("reset"))
+    edit(kube, name, reordered_under("reset"))
     reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
     snapshot_ready(kube, f"{name}-reset-g{body_of(kube, name)['metadata']['generation']}", old_fp)
     reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
@@ -499,18 +503,10 @@ def test_a_restore_whose_status_write_failed_is_said_by_the_next_operator() -> N
     assert kept in [s["name"] for s in body_of(kube, name)["status"]["snapshots"]]
     kube.roll_out(name)
     # Back to the old spec, restoring the state the reset kept.
-    edit(kube, name, reorder("refuse"))
+    edit(kube, name, reordered_under("refuse"))
     edit(kube, name, lambda spec: spec.setdefault("state", {}).update(restoreFrom=kept))
 
-    def dies(n: int, verb: WriteVerb, what: str) -> Fault | None:
-        if (verb, what) == ("patch_status", f"StreamPipeline/{name}"):
-            return ("refuse", ApiError(0, "Unreachable", "the operator died"))
-        return None
-
-    kube.fault = dies
-    with pytest.raises(ApiError):
-        reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=ReconcileMemo())
-    kube.fault = None
+    operator_dies_at(kube, name, f"StreamPipeline/{name}", verb="patch_status")
     result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=ReconcileMemo())
     assert [e.reason for e in result.events].count("StateRestored") == 1
     assert condition(kube, name, STATE_COMPATIBLE)["reason"] == "StateRestored"
