@@ -161,16 +161,25 @@ class Worker:
     env: dict[str, str] | None = None  # added to the environment (e.g. STREAMHERD_WORKER_ID)
     # Words run before the worker's command (e.g. joining a memory cgroup), then exec.
     prefix: tuple[str, ...] = ()
+    # The metrics port is the harness's choice: picked again at each start, so that a
+    # worker started long after its creation does not find it taken by then (a CI run
+    # lost a worker to "Address already in use" that way).
+    auto_port: bool = False
 
     @classmethod
     def create(cls, tmp: Path, name: str, config: dict[str, Any]) -> Worker:
+        chosen = not config["runtime"]["metricsPort"]
         port = config["runtime"]["metricsPort"] or free_port()
         config = {**config, "runtime": {**config["runtime"], "metricsPort": port}}
         path = tmp / f"{name}.json"
         path.write_bytes(orjson.dumps(config))
-        return cls(name, path, tmp / f"{name}.log", port)
+        return cls(name, path, tmp / f"{name}.log", port, auto_port=chosen)
 
     def start(self) -> Worker:
+        if self.auto_port:
+            config = orjson.loads(self.config_path.read_bytes())
+            self.metrics_port = config["runtime"]["metricsPort"] = free_port()
+            self.config_path.write_bytes(orjson.dumps(config))
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(self.env or {})}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
