@@ -47,7 +47,7 @@ from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND
 from streamherd.operator.api.v1alpha1 import StreamPipeline, StreamPipelineStatus
 from streamherd.operator.builders import CHILD_KINDS, KEDA_API, Capabilities, build_all
 from streamherd.operator.builders.credentials import credentials
-from streamherd.operator.builders.meta import INPUT_HASH_ANNOTATION
+from streamherd.operator.builders.meta import INPUT_HASH_ANNOTATION, config_map_name
 from streamherd.operator.builders.monitoring import MONITORING_API
 from streamherd.operator.builders.snapshot import state_snapshot_name
 from streamherd.operator.builders.topics import TopicsReport
@@ -86,8 +86,10 @@ from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.upgrades import (
     config_backend,
     config_description,
+    config_epoch,
     config_sources,
     state_change,
+    state_epoch,
 )
 from streamherd.operator.validation import parse_pipeline
 from streamherd.operator.verifying import Gate, KafkaFactory, gate
@@ -263,16 +265,24 @@ def _desired(
     secrets_hash: str,
     caps: Capabilities,
     memo: ReconcileMemo | None,
+    state_epoch: int | None,
 ) -> list[Manifest]:
     """build_all, or what it built for the same inputs before (see ReconcileMemo)."""
+
+    def build() -> list[Manifest]:
+        return build_all(
+            pipeline, settings, secrets_hash=secrets_hash, capabilities=caps,
+            state_epoch=state_epoch,
+        )  # fmt: skip
+
     spec_key = _spec_key(body)
     if memo is None or spec_key is None:
-        return build_all(pipeline, settings, secrets_hash=secrets_hash, capabilities=caps)
+        return build()
     desired_replicas = pipeline.status.desired_replicas if pipeline.status else None
-    key = ("children", *spec_key, id(settings), secrets_hash, caps, desired_replicas)
+    key = ("children", *spec_key, id(settings), secrets_hash, caps, desired_replicas, state_epoch)
     cached: list[Manifest] | None = memo.get(key)
     if cached is None:
-        cached = build_all(pipeline, settings, secrets_hash=secrets_hash, capabilities=caps)
+        cached = build()
         memo.put(key, cached)
     return cached
 
@@ -442,12 +452,18 @@ def observe(
         )
         if refused is not None:
             good = None
+    # The state epoch the workers run (decision 0175): carried across edits, and moved to
+    # this generation by a reset or replay to another state (below).
+    live_epoch = config_epoch(
+        kube.get("v1", "ConfigMap", pipeline.namespace, config_map_name(pipeline.name))
+    )
     while True:
         running = good[0] if good is not None else pipeline
         try:
             desired = _desired(
-                running, body, settings, secrets_hash=hash_, caps=caps, memo=None if good else memo
-            )
+                running, body, settings, secrets_hash=hash_, caps=caps,
+                memo=None if good else memo, state_epoch=live_epoch,
+            )  # fmt: skip
         except Exception as e:  # a spec the rules let through and a builder cannot build
             # A gap in operator/api/rules.py: say so in the status instead of crash-looping.
             log.error(
@@ -480,6 +496,19 @@ def observe(
             "never does. Fix forward with a new edit"
         )
         good = None
+    assert observed.upgrade is not None
+    epoch = state_epoch(observed.upgrade.running, upgrade, observed.generation, live_epoch)
+    if epoch != live_epoch:
+        # This roll starts the state anew: its workers name the new epoch, and discard any
+        # checkpoint of their fingerprint from before it (the pipeline came back to it).
+        # The fingerprint leaves the epoch out, so the decision stands as it was made.
+        desired = _desired(
+            running, body, settings, secrets_hash=hash_, caps=caps,
+            memo=None if good else memo, state_epoch=epoch,
+        )  # fmt: skip
+        observed = replace(
+            observed, desired=tuple(desired), upgrade=_upgrade_inputs(running, desired, kube, memo)
+        )
     # spec.upgrade.verify: an edit of the processing runs on shadows first (verifying.py).
     stamp = now_rfc3339(now)
     verification = gate(

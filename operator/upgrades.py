@@ -197,6 +197,38 @@ def config_sources(config_map: Manifest | None) -> tuple[str, ...] | None:
     return tuple(topics)
 
 
+def config_epoch(config_map: Manifest | None) -> int | None:
+    """The state epoch (``state.epoch``, decision 0175) the WorkerConfig in a ConfigMap
+    names; None when it names none, there is none, or it cannot be read."""
+    text = _config_text(config_map)
+    if text is None:
+        return None
+    try:
+        epoch = orjson.loads(text)["state"]["epoch"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1 else None
+
+
+def state_epoch(
+    running: Description | None,
+    decision: Decision,
+    generation: int | None,
+    live_epoch: int | None,
+) -> int | None:
+    """The state epoch the workers' config names once `decision` is applied (decision 0175):
+    the generation of a reset or replay from another fingerprint's state (the state starts
+    anew with it), else the one the live config names (carried across every other edit)."""
+    if (
+        decision.action in ("reset", "replay")
+        and running is not None
+        and generation is not None
+        and fingerprint(running) != decision.fingerprint
+    ):
+        return generation
+    return live_epoch
+
+
 @dataclass(frozen=True)
 class StateChange:
     """The record of a roll that changes the running state (a decision with an event that

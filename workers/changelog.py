@@ -248,6 +248,8 @@ def encode(checkpoint: Checkpoint) -> Records:
         doc["specGeneration"] = checkpoint.spec_generation
     if checkpoint.pipeline_uid is not None:
         doc["pipelineUid"] = checkpoint.pipeline_uid
+    if checkpoint.epoch is not None:
+        doc["epoch"] = checkpoint.epoch
     records[record_key(t, p, CHECKPOINT)] = _dumps(doc)
     return records
 
@@ -287,6 +289,7 @@ def decode(topic: str, partition: int, records: Mapping[bytes, bytes]) -> Checkp
             authority=doc.get("authority"),
             spec_generation=optional_int(doc.get("specGeneration")),
             pipeline_uid=optional_str(doc.get("pipelineUid")),
+            epoch=optional_int(doc.get("epoch")),
         )
     except (ValueError, KeyError, TypeError, IndexError) as error:
         raise CheckpointError(f"unreadable changelog of {topic}[{partition}]: {error}") from None

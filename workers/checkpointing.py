@@ -163,6 +163,9 @@ class Checkpoint:
     # spec_generation: generations are counted per pipeline, and one created again under
     # the name (retainOnDelete keeps the state) counts from 1 again.
     pipeline_uid: str | None = None
+    # The state epoch of the writer's config (state.epoch, decision 0175): the generation
+    # whose roll last started the state anew. None when its config names none.
+    epoch: int | None = None
     # Where the run that wrote it commits its offsets (workers/resuming.py): ``group`` or a
     # sink's offsets table, ``postgres:<table>``; None in a checkpoint of an earlier version.
     authority: str | None = None
@@ -244,6 +247,8 @@ def _document(checkpoint: Checkpoint) -> dict[str, Any]:
         doc["specGeneration"] = checkpoint.spec_generation
     if checkpoint.pipeline_uid is not None:
         doc["pipelineUid"] = checkpoint.pipeline_uid
+    if checkpoint.epoch is not None:
+        doc["epoch"] = checkpoint.epoch
     return doc
 
 
@@ -283,6 +288,7 @@ def _checkpoint_of(doc: Mapping[str, Any]) -> Checkpoint:
         authority=doc.get("authority"),
         spec_generation=optional_int(doc.get("specGeneration")),
         pipeline_uid=optional_str(doc.get("pipelineUid")),
+        epoch=optional_int(doc.get("epoch")),
     )
 
 

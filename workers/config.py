@@ -693,8 +693,21 @@ class StateConfig(Model):
         max_length=128,
         description=(
             "The uid of the StreamPipeline (metadata.uid) this config was rendered from, with "
-            "`specGeneration`: checkpoints carry it, as generations are counted per "
-            "pipeline (one deleted and created again under the name counts from 1 again)."
+            "`specGeneration` or `epoch`: checkpoints carry it, as generations are counted "
+            "per pipeline (one deleted and created again under the name counts from 1 again)."
+        ),
+    )
+
+    epoch: int | None = Field(
+        default=None,
+        ge=1,
+        le=2**63 - 1,
+        description=(
+            "The pipeline generation whose roll last started the state anew: a reset or "
+            "replay to this state fingerprint from another (decision 0175). Checkpoints and "
+            "repartition messages carry it: a checkpoint of this fingerprint written before "
+            "it (the pipeline went to another state and came back) is discarded, never "
+            "restored. Unset until the operator has rolled such a change."
         ),
     )
 

@@ -83,6 +83,7 @@ from streamherd.workers.processing import (
 )
 from streamherd.workers.rekeying import PLAN_HEADER, fold_hop, hop_plan, rekey
 from streamherd.workers.repartitioning import (
+    EPOCH_HEADER,
     WATERMARK_HEADER,
     WRITER_HEADER,
     Since,
@@ -90,6 +91,7 @@ from streamherd.workers.repartitioning import (
     UpstreamClock,
     close_windows,
     ensure_topic,
+    epoch_header,
     idle_close,
     source_partitions,
     watermark_header,
@@ -371,6 +373,8 @@ class Engine:
         self._hop_headers: list[tuple[str, bytes]] = [
             (WRITER_HEADER, writer_header(self.fingerprint, self.state_policy.spec_generation))
         ]
+        if self.state_policy.epoch is not None:  # and in which state epoch (decision 0175)
+            self._hop_headers.append((EPOCH_HEADER, epoch_header(self.state_policy.epoch)))
         # A pattern ("^...") may match several topics.
         # A repartitioned pipeline consumes the repartition topic too: its partition 1 and
         # a source topic's partition 1 are different partitions with different roles.
@@ -567,14 +571,23 @@ class Engine:
             st.next_offset = start
             st.committed = start
         restored = checkpoint.state if checkpoint is not None else None
-        # The checkpoint of another fingerprint a replay discards (not a topic created again
-        # or moved keys alone: the upstreams then do not replay).
-        replayed = (
-            checkpoint
-            if checkpoint is not None and not st.from_snapshot and self._foreign_state(checkpoint)
+        # A checkpoint of this fingerprint from before the state epoch: the pipeline went to
+        # another state and came back, with a reset or replay each way (decision 0175).
+        stale = (
+            self._before_epoch(checkpoint)
+            if checkpoint is not None and not st.from_snapshot and st.held is None
             else None
         )
-        if checkpoint is not None and (self._foreign_state(checkpoint) or moved):
+        # The checkpoint of another fingerprint (or epoch) a replay or reset discards (not a
+        # topic created again or moved keys alone: the upstreams then do not replay).
+        replayed = (
+            checkpoint
+            if checkpoint is not None
+            and not st.from_snapshot
+            and (self._foreign_state(checkpoint) or stale is not None)
+            else None
+        )
+        if checkpoint is not None and (self._foreign_state(checkpoint) or moved or stale):
             if st.from_snapshot:
                 # A snapshot is restored as it is, or not at all: never reset or replayed.
                 st.held = (
@@ -588,7 +601,7 @@ class Engine:
                 log_event(log, logging.ERROR, "state-restore-refused", snapshot=st.restored_from,
                           topic=topic, partition=partition)  # fmt: skip
             else:
-                self._mismatch(st, checkpoint, moved)
+                self._mismatch(st, checkpoint, moved, stale)
             restored = None
         # The backend's own committed checkpoint: the base of incremental checkpoints.
         base = checkpoint is not None and not st.from_snapshot
@@ -598,13 +611,24 @@ class Engine:
                 if st.held is None:
                     st.windows = self._restored_windows(st, plan, restored, base)
                 st.clock = UpstreamClock.from_json(restored)
-                if replayed is not None and st.held is None and st.replay_from_ms is not None:
+                epoch = self.state_policy.epoch
+                if (
+                    replayed is not None
+                    and st.held is None
+                    and (st.replay_from_ms is not None or stale is not None)
+                ):
                     # Emptied by a replay of another fingerprint's state: what was written
                     # before it is skipped; the replaying upstreams write it again (their
-                    # checkpoints are of that fingerprint too: decision 0172).
-                    st.clock.since = Since(self.fingerprint, replayed.spec_generation)
+                    # checkpoints are of that fingerprint too: decision 0172). Emptied as
+                    # state from before the epoch, even under reset: what is in flight after
+                    # its checkpoint was read before two state changes, and no spec since
+                    # read it (0175). A reset of another fingerprint's state folds what is
+                    # in flight, as ever (0172).
+                    st.clock.since = Since(self.fingerprint, replayed.spec_generation, epoch)
                 elif st.clock.since is not None:
-                    st.clock.since = st.clock.since.restored_by(self.state_policy.spec_generation)
+                    st.clock.since = st.clock.since.restored_by(
+                        self.state_policy.spec_generation, epoch
+                    )
                 st.clock.known = self._upstreams
                 st.clock.reads = self._reads_topic
             else:
@@ -779,10 +803,12 @@ class Engine:
     def _discard(
         self, st: PartitionState, checkpoint: Checkpoint, name: str, fields: Mapping[str, Any]
     ) -> None:
-        """Start the partition from empty state under the reset or replay policy, after
+        """Start the partition from empty state under the reset or replay policy (a refuse
+        policy resets: only state from before the state epoch is discarded under it), after
         keeping ``checkpoint`` as snapshot ``name``: what could not be kept is never
         discarded (the partition is held instead)."""
-        policy = self.state_policy.on_fingerprint_mismatch
+        configured = self.state_policy.on_fingerprint_mismatch
+        policy = "reset" if configured == "refuse" else configured
         try:
             kept = self.state.keep(name, st.topic, st.partition)
         except OSError as error:
@@ -824,12 +850,39 @@ class Engine:
         return checkpoint.fingerprint != self.fingerprint
 
     def _mismatch(
-        self, st: PartitionState, checkpoint: Checkpoint, moved: str | None = None
+        self,
+        st: PartitionState,
+        checkpoint: Checkpoint,
+        moved: str | None = None,
+        stale: str | None = None,
     ) -> None:
         """Apply the state policy to a partition whose checkpoint has another fingerprint,
         or (`moved`: why) whose keys moved to other partitions: hold it (refuse), or start
         it from empty state (reset: at the checkpoint's offset; replay: at the replay time).
-        Never restores the foreign state, so nothing mixes."""
+        Never restores the foreign state, so nothing mixes.
+
+        A checkpoint from before the state epoch (`stale`: why, decision 0175) is discarded
+        whatever the policy now: the reset or replay that started the epoch already decided
+        its fate (the policy may have been set back to refuse since); one of a later epoch
+        is held, left to that epoch's workers."""
+        if stale is not None and not self._foreign_state(checkpoint):
+            fields = {
+                "topic": st.topic,
+                "partition": st.partition,
+                "checkpoint_fingerprint": checkpoint.fingerprint,
+                "fingerprint": self.fingerprint,
+                "checkpoint_epoch": checkpoint.epoch,
+                "epoch": self.state_policy.epoch,
+                "changed": stale,
+            }
+            if self._of_a_later_epoch(checkpoint):
+                self._hold(st, f"{st.topic}[{st.partition}]: {stale}", "state-of-a-later-spec",
+                           fields)  # fmt: skip
+                return
+            epoch = self.state_policy.epoch
+            name = f"{snapshot_name(self.fingerprint, self.fingerprint)}-epoch-{epoch}"
+            self._discard(st, checkpoint, name, fields)
+            return
         foreign = self._foreign_state(checkpoint)
         changes = changed_fields(checkpoint.state_shape, self.state_shape) if foreign else []
         what = "; ".join([*changes, *([moved] if moved else [])]) or "unknown fields"
@@ -866,6 +919,55 @@ class Engine:
         if moved and checkpoint.partitions is not None:
             name = f"{name}-partitions-{checkpoint.partitions}"
         self._discard(st, checkpoint, name, fields)
+
+    def _before_epoch(self, checkpoint: Checkpoint) -> str | None:
+        """Why a checkpoint of this very fingerprint is not this state epoch's (decision
+        0175), or None (it is, or no epoch is known: the config names none).
+
+        Reset and replay start the state anew at the generation the operator names
+        (``state.epoch``), and every worker of the pipeline from then on names it and
+        stamps it. A checkpoint of the fingerprint that names an earlier epoch, none, or
+        another pipeline (uid) was written before: the pipeline ran this spec, went to
+        another state and came back. Its partition was not taken in between (a repartition
+        topic the middle spec had no use for, a source topic it did not read), so nothing
+        wrote over it, and the fingerprint alone would restore it: windows from before two
+        resets. A checkpoint of a later epoch belongs to a later spec's workers."""
+        epoch = self.state_policy.epoch
+        if epoch is None or checkpoint.state is None or self._foreign_state(checkpoint):
+            return None
+        ours = checkpoint.pipeline_uid == self.state_policy.pipeline_uid
+        theirs = checkpoint.epoch
+        if ours and theirs == epoch:
+            return None
+        if self._of_a_later_epoch(checkpoint):
+            return (
+                f"checkpoint state epoch {theirs} is later than this worker's {epoch} (the "
+                f"generation whose roll started the state anew): left to the workers of that "
+                "epoch: held"
+            )
+        written = (
+            "by another pipeline of this name"
+            if not ours
+            else "in no state epoch"
+            if theirs is None
+            else f"in state epoch {theirs}"
+        )
+        return (
+            f"checkpoint state of fingerprint {checkpoint.fingerprint} was written {written}, "
+            f"before generation {epoch} started the state anew (the pipeline went to another "
+            "state and came back): discarded"
+        )
+
+    def _of_a_later_epoch(self, checkpoint: Checkpoint) -> bool:
+        """Whether a checkpoint names a state epoch of this pipeline later than the
+        worker's own (a worker of an earlier spec meets a later one's state)."""
+        epoch, theirs = self.state_policy.epoch, checkpoint.epoch
+        return (
+            epoch is not None
+            and theirs is not None
+            and theirs > epoch
+            and checkpoint.pipeline_uid == self.state_policy.pipeline_uid
+        )
 
     def _written_by_a_later_spec(self, checkpoint: Checkpoint) -> str | None:
         """Why a checkpoint of another fingerprint is not this worker's to discard, or None.
@@ -2127,6 +2229,7 @@ class Engine:
                     authority=self.authority,
                     spec_generation=self.state_policy.spec_generation,
                     pipeline_uid=self.state_policy.pipeline_uid,
+                    epoch=self.state_policy.epoch,
                 )
             )
         return checkpoints

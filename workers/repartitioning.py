@@ -94,6 +94,11 @@ EXACT_HEADER: Final = "streamherd.exact"
 #: downstream partition a replay emptied skips what was written before that replay
 #: (:attr:`UpstreamClock.since`, :func:`superseded`).
 WRITER_HEADER: Final = "streamherd.writer"
+#: Header of a repartition message or marker whose writer's config names a state epoch
+#: (``state.epoch``: the generation whose roll last started the pipeline's state anew,
+#: decision 0175): that generation, in decimal. A downstream partition emptied in that
+#: epoch skips what writers of an earlier one (or of none) wrote (:func:`superseded`).
+EPOCH_HEADER: Final = "streamherd.epoch"
 _SEP: Final = "\x1f"
 
 Upstream = tuple[str, int]
@@ -259,11 +264,12 @@ class UpstreamClock:
     # event time would hold it, and so every window, forever (nothing of it will ever come
     # to move it again). Its records still in the repartition topic are folded as ever.
     reads: Callable[[str], bool] = field(default=lambda _topic: True, compare=False)
-    #: Who the replay that emptied this partition was (None: none did): what was written
-    #: before it is skipped (:func:`superseded`), as the replaying upstreams write its
-    #: source records again under the new spec; the earlier entries (the old spec's steps,
-    #: and lateness and progress measured from before the replay time) would otherwise fold
-    #: first and turn the new ones into duplicates (decision 0172). Checkpointed.
+    #: Who the replay (or the discard of state from before the epoch) that emptied this
+    #: partition was (None: none did): what was written before it is skipped
+    #: (:func:`superseded`), as the replaying upstreams write its source records again
+    #: under the new spec; the earlier entries (the old spec's steps, and lateness and
+    #: progress measured from before the replay time) would otherwise fold first and turn
+    #: the new ones into duplicates (decision 0172). Checkpointed.
     since: Since | None = None
 
     def take(self, mark: Mark) -> bool:
@@ -355,35 +361,70 @@ class UpstreamClock:
 
 @dataclass(frozen=True)
 class Since:
-    """The replay a downstream partition's state started anew with: the state fingerprint of
-    the spec it replays, and the spec generation of the last writer of the state it
-    discarded (None when that checkpoint names none)."""
+    """What a downstream partition's state started anew with: the state fingerprint of the
+    spec it replays or resets to, the spec generation of the last writer of the state it
+    discarded (None when that checkpoint names none), and the state epoch it started in
+    (``state.epoch``, decision 0175; None when the config names none)."""
 
     fingerprint: str
     generation: int | None = None
+    epoch: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint, "generation": self.generation}
+        doc: dict[str, Any] = {"fingerprint": self.fingerprint, "generation": self.generation}
+        if self.epoch is not None:
+            doc["epoch"] = self.epoch
+        return doc
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Since:
-        generation = data.get("generation")
-        return cls(str(data["fingerprint"]), None if generation is None else int(generation))
+        generation, epoch = data.get("generation"), data.get("epoch")
+        return cls(
+            str(data["fingerprint"]),
+            None if generation is None else int(generation),
+            None if epoch is None else int(epoch),
+        )
 
-    def restored_by(self, generation: int | None) -> Since:
-        """This, as a worker of spec ``generation`` restores it. The replay's workers are of
-        later generations than the state it discarded: a worker of that generation or an
-        earlier one is of another pipeline of that name (one deleted with
-        ``retainOnDelete`` counts from 1 again), whose generations order nothing of this
-        one's: the fingerprint alone then judges."""
-        if self.generation is not None and generation is not None and generation <= self.generation:
-            return Since(self.fingerprint)
-        return self
+    def restored_by(self, generation: int | None, epoch: int | None = None) -> Since:
+        """This, as a worker of spec ``generation`` and state ``epoch`` restores it. The
+        replay's workers are of later generations than the state it discarded: a worker of
+        that generation or an earlier one is of another pipeline of that name (one deleted
+        with ``retainOnDelete`` counts from 1 again), whose generations order nothing of
+        this one's: the fingerprint alone then judges. Likewise an epoch later than the
+        worker's own (or one when the worker names none) is another pipeline's (a snapshot
+        of it restored): kept, it would skip every writer of this one."""
+        since = self
+        if (
+            since.generation is not None
+            and generation is not None
+            and generation <= since.generation
+        ):
+            since = Since(since.fingerprint, None, since.epoch)
+        if since.epoch is not None and (epoch is None or epoch < since.epoch):
+            since = Since(since.fingerprint, since.generation)
+        return since
 
 
 def writer_header(fingerprint: str, generation: int | None) -> bytes:
     """The :data:`WRITER_HEADER` value of a worker of ``fingerprint`` and ``generation``."""
     return f"{fingerprint}/{'' if generation is None else generation}".encode()
+
+
+def epoch_header(epoch: int) -> bytes:
+    """The :data:`EPOCH_HEADER` value of a worker of state ``epoch``."""
+    return str(epoch).encode()
+
+
+def read_epoch(headers: Sequence[tuple[str, bytes | None]] | None) -> int | None:
+    """The state epoch a message's :data:`EPOCH_HEADER` names; None when it has none (its
+    writer's config names none, or a worker before this version) or a malformed one."""
+    for name, raw in headers or ():
+        if name == EPOCH_HEADER and raw is not None:
+            try:
+                return int(raw)
+            except ValueError:
+                return None
+    return None
 
 
 def read_writer(
@@ -415,14 +456,22 @@ def superseded(clock: UpstreamClock, headers: Sequence[tuple[str, bytes | None]]
     that fingerprint before an edit away from it and back (A -> B -> A). Every generation of
     the replay's spec folds, however many edits its rollout saw (a review found that the
     replaying worker's own generation, used as the floor, dropped what an earlier
-    generation of the same spec wrote in the same rollout: a loss). What this misses: that
-    A -> B -> A when B's checkpoint names no generation (the refuse policy then)."""
+    generation of the same spec wrote in the same rollout: a loss).
+
+    The state epoch (decision 0175) closes what the generations cannot: that A -> B -> A
+    when A's earlier writers name no generation (the refuse policy then). Under an operator
+    that names epochs, every writer since the state started anew names that epoch; a writer
+    of the fingerprint naming an earlier one, or none, wrote before it."""
     since = clock.since
     if since is None:
         return False
     fingerprint, generation = read_writer(headers)
     if fingerprint != since.fingerprint:
         return True
+    if since.epoch is not None:
+        epoch = read_epoch(headers)
+        if epoch is None or epoch < since.epoch:
+            return True
     return (
         since.generation is not None and generation is not None and generation <= since.generation
     )

@@ -98,16 +98,18 @@ def build_all(
     *,
     secrets_hash: str,
     capabilities: Capabilities,
+    state_epoch: int | None = None,
 ) -> list[Manifest]:
-    """Every desired child, in apply order, each annotated with its input hash."""
+    """Every desired child, in apply order, each annotated with its input hash;
+    `state_epoch`: the generation whose roll last started the state anew (0175)."""
     monitoring = pipeline.spec.monitoring
-    children = [build_config_map(pipeline, settings)]
+    children = [build_config_map(pipeline, settings, state_epoch=state_epoch)]
     # The kafka state backend keeps checkpoints in a changelog topic: no claim.
     if uses_volume(pipeline):
         children.append(build_pvc(pipeline, settings))
     children += [
         build_service(pipeline, settings),
-        build_deployment(pipeline, settings, secrets_hash),
+        build_deployment(pipeline, settings, secrets_hash, state_epoch=state_epoch),
     ]
     # At most one worker: a budget would allow every eviction anyway (pdb_protects says why).
     if pdb_protects(pipeline):

@@ -58,8 +58,11 @@ from streamherd.workers.config import (
 _GRACE_MARGIN_SECONDS = 5
 
 
-def build_worker_config(pipeline: StreamPipeline, settings: OperatorSettings) -> WorkerConfig:
-    """The WorkerConfig every worker of this pipeline runs."""
+def build_worker_config(
+    pipeline: StreamPipeline, settings: OperatorSettings, *, state_epoch: int | None = None
+) -> WorkerConfig:
+    """The WorkerConfig every worker of this pipeline runs; `state_epoch`: the generation
+    whose roll last started its state anew (decision 0175; the reconciler knows it)."""
     spec = pipeline.spec
     src = spec.source.kafka
     if src is not None:
@@ -139,29 +142,39 @@ def build_worker_config(pipeline: StreamPipeline, settings: OperatorSettings) ->
             spec.state,
             pipeline.metadata.get("generation"),
             pipeline.metadata.get("uid"),
+            state_epoch,
         ),
     )
 
 
 def state_config(
-    upgrade: Upgrade, state: StateSpec, generation: object = None, uid: object = None
+    upgrade: Upgrade,
+    state: StateSpec,
+    generation: object = None,
+    uid: object = None,
+    epoch: int | None = None,
 ) -> StateConfig | None:
     """WorkerConfig.state for a spec's upgrade policy and restore; None for the defaults
-    (refuse, no restore), so pipelines that never set them render the ConfigMap they always
-    did. A config that resets or replays names the pipeline's `generation` and `uid`: its
-    workers never discard state a later generation of this pipeline wrote (engine: a worker
-    of the previous spec in a rolling update). The cost: with reset or replay in the spec,
-    every edit rolls the workers, even one that changes nothing else of their config."""
-    if upgrade.on_state_change == "refuse" and state.restore_from is None:
+    (refuse, no restore, no state epoch), so pipelines that never set them render the
+    ConfigMap they always did. A config that resets or replays names the pipeline's
+    `generation` and `uid`: its workers never discard state a later generation of this
+    pipeline wrote (engine: a worker of the previous spec in a rolling update). The cost:
+    with reset or replay in the spec, every edit rolls the workers, even one that changes
+    nothing else of their config. The state `epoch` (decision 0175) is named, with the
+    `uid`, whatever the policy once one is known: it changes only with a state change,
+    which rolls the workers anyway."""
+    if upgrade.on_state_change == "refuse" and state.restore_from is None and epoch is None:
         return None
     replay_ms = parse_time_ms(upgrade.replay_from) if upgrade.replay_from is not None else None
     discards = upgrade.on_state_change != "refuse"
+    named = isinstance(uid, str) and bool(uid) and (discards or epoch is not None)
     return StateConfig(
         on_fingerprint_mismatch=upgrade.on_state_change,
         replay_from_ms=replay_ms if upgrade.on_state_change == "replay" else None,
         restore_from=state.restore_from,
         spec_generation=generation if discards and isinstance(generation, int) else None,
-        pipeline_uid=uid if discards and isinstance(uid, str) and uid else None,
+        pipeline_uid=uid if named and isinstance(uid, str) else None,
+        epoch=epoch,
     )
 
 
@@ -210,9 +223,11 @@ def worker_config_json(config: WorkerConfig) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-def build_config_map(pipeline: StreamPipeline, settings: OperatorSettings) -> Manifest:
+def build_config_map(
+    pipeline: StreamPipeline, settings: OperatorSettings, *, state_epoch: int | None = None
+) -> Manifest:
     """The ConfigMap `NAME-config` with key worker.json."""
-    config = build_worker_config(pipeline, settings)
+    config = build_worker_config(pipeline, settings, state_epoch=state_epoch)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

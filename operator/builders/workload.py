@@ -146,7 +146,11 @@ def _probe(path: str, *, period: int, failures: int, delay: int = 0) -> Manifest
 
 
 def build_deployment(
-    pipeline: StreamPipeline, settings: OperatorSettings, secrets_hash: str
+    pipeline: StreamPipeline,
+    settings: OperatorSettings,
+    secrets_hash: str,
+    *,
+    state_epoch: int | None = None,
 ) -> Manifest:
     """The worker Deployment `NAME`.
 
@@ -156,7 +160,8 @@ def build_deployment(
     """
     spec = pipeline.spec
     pod = spec.pod
-    config_hash = content_hash(worker_config_json(build_worker_config(pipeline, settings)))
+    config = build_worker_config(pipeline, settings, state_epoch=state_epoch)
+    config_hash = content_hash(worker_config_json(config))
     volumes, mounts = _volumes(pipeline)
 
     container: Manifest = {

@@ -396,12 +396,14 @@ def test_reset_and_replay_roll_with_the_policy_in_the_worker_config(name_: str) 
     assert config_map != before[0] and deployment != before[1]  # rolled
     worker = json.loads(config_map["data"]["worker.json"])
     # The generation and the pipeline's uid ride along: its workers leave a later generation's
-    # state alone (generations count per pipeline: the uid says which).
+    # state alone (generations count per pipeline: the uid says which). The state starts anew
+    # with this generation: its epoch (0175).
     meta = body_of(kube, name)["metadata"]
     expected_state: dict[str, Any] = {
         "onFingerprintMismatch": name_,
         "specGeneration": meta["generation"],
         "pipelineUid": meta["uid"],
+        "epoch": meta["generation"],
     }
     if name_ == "replay":
         expected_state["replayFromMs"] = 1767225600000
@@ -615,6 +617,7 @@ def test_a_reset_waits_for_its_snapshot_while_live_workers_run_whatever_suspend_
         "onFingerprintMismatch": "reset",
         "specGeneration": body_of(kube, name)["metadata"]["generation"],
         "pipelineUid": body_of(kube, name)["metadata"]["uid"],
+        "epoch": body_of(kube, name)["metadata"]["generation"],
     }
     if suspend_with or suspend_during:
         assert deployment["spec"]["replicas"] == 0

@@ -122,17 +122,22 @@ def compacted(log: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes]
     max_event=st.one_of(st.none(), st.integers(-(10**14), 10**14)),
     generation=st.text(max_size=8),
     spec_generation=st.one_of(st.none(), st.integers(1, 2**63 - 1)),
+    epoch=st.one_of(st.none(), st.integers(1, 2**63 - 1)),
+    uid=st.one_of(st.none(), st.text(min_size=1, max_size=12)),
 )
 def test_a_checkpoint_round_trips_exactly(
     windows: list[tuple[Any, int, list[Any]]],
     max_event: int | None,
     generation: str,
     spec_generation: int | None,
+    epoch: int | None,
+    uid: str | None,
 ) -> None:
     cp = checkpoint(state_of(windows, max_event), 42, generation=generation,
                     restored_from="a-to-b", cluster="MkU3OEVBNTcwNTJENDM2Qk",
                     topic_id="kB3c9Yx1Qp2o0mUuWw4Lrg", partitions=6,
-                    spec_generation=spec_generation)  # fmt: skip
+                    spec_generation=spec_generation, epoch=epoch,
+                    pipeline_uid=uid)  # fmt: skip
     records = changelog.encode(cp)
     assert norm(changelog.decode("in", 3, records)) == norm(cp)
     # And the state reads back into the same windows, bit for bit.

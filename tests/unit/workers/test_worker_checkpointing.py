@@ -41,6 +41,14 @@ def test_the_spec_generation_round_trips_and_an_older_checkpoint_has_none() -> N
     assert decode(encode(Checkpoint("clicks", 3, 1234, {"v": 1}, "ns/p"))).spec_generation is None
 
 
+def test_the_state_epoch_and_uid_round_trip_and_an_older_checkpoint_has_none() -> None:
+    cp = Checkpoint("clicks", 3, 1234, {"v": 1}, "ns/p", pipeline_uid="u-1", epoch=2**40)
+    back = decode(encode(cp))
+    assert (back.epoch, back.pipeline_uid) == (2**40, "u-1")
+    old = decode(encode(Checkpoint("clicks", 3, 1234, {"v": 1}, "ns/p")))
+    assert (old.epoch, old.pipeline_uid) == (None, None)
+
+
 def test_corruption_is_detected() -> None:
     data = bytearray(encode(Checkpoint("t", 0, 10, None)))
     data[-5] ^= 0x01

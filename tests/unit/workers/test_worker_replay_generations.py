@@ -17,6 +17,11 @@ later ones wrote (a later generation, or a config naming none: the policy set ba
 refuse), the downstream's state, closed windows and dead letters are those of folding the
 later messages alone, on both folds (format 3's ``fold_hop`` and the record-by-record
 ``fold_downstream``); and the clock keeps ``since`` across a checkpoint.
+
+Under an operator that names state epochs (decision 0175) the partition's ``since`` names
+the epoch too, and every writer since names it (``EPOCH_HEADER``): then what this very
+fingerprint wrote before the epoch is skipped even when it names no generation (A -> B -> A
+with A's writers under the refuse policy), which the generation alone cannot tell.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ from hypothesis import strategies as st
 
 from streamherd.workers.rekeying import fold_hop
 from streamherd.workers.repartitioning import (
+    EPOCH_HEADER,
     WRITER_HEADER,
     Since,
     UpstreamClock,
     close_windows,
+    epoch_header,
     fold_downstream,
     superseded,
     writer_header,
@@ -42,19 +49,27 @@ from tests.unit.workers.test_worker_exact_results import bits
 from tests.unit.workers.test_worker_rekeying import PLAN, Upstream, plan_for, state
 
 FLOOR = 4  # the generation of the last writer of the state the replay discarded
+EPOCH = FLOOR + 2  # the generation whose roll started the state anew (decision 0175)
 OURS = "f" * 16  # the state fingerprint of the replay's spec
 THEIRS = "e" * 16  # the fingerprint of the spec before the edit
 
-#: Writers, as (fingerprint, generation); None: a message without the header.
-Writer = tuple[str, int | None] | None
+#: Writers, as (fingerprint, generation, state epoch); None: a message without headers.
+Writer = tuple[str, int | None, int | None] | None
 
 
 def stamped(messages: list[Msg], writer: Writer) -> list[Msg]:
     """``messages`` as ``writer`` writes them."""
     if writer is None:
         return messages
-    header = (WRITER_HEADER, writer_header(*writer))
-    return [Msg(m.value_, [*m.headers_, header], m.offset_) for m in messages]
+    fingerprint, generation, epoch = writer
+    headers = [(WRITER_HEADER, writer_header(fingerprint, generation))]
+    if epoch is not None:
+        headers.append((EPOCH_HEADER, epoch_header(epoch)))
+    return [Msg(m.value_, [*m.headers_, *headers], m.offset_) for m in messages]
+
+
+def epochs(low: int, high: int) -> st.SearchStrategy[int | None]:
+    return st.none() | st.integers(low, high)
 
 
 a_source_partition = st.lists(
@@ -93,7 +108,9 @@ def written(
     new=st.lists(a_source_partition, min_size=1, max_size=2),
     fmt=st.sampled_from([1, 3]),
     lateness=st.sampled_from([0, 400]),
-    since=st.sampled_from([Since(OURS, FLOOR), Since(OURS)]),
+    since=st.sampled_from(
+        [Since(OURS, FLOOR), Since(OURS), Since(OURS, FLOOR, EPOCH), Since(OURS, None, EPOCH)]
+    ),
     data=st.data(),
 )
 def test_a_replayed_partition_folds_only_what_was_written_after_the_replay(
@@ -109,13 +126,20 @@ def test_a_replayed_partition_folds_only_what_was_written_after_the_replay(
     # retainOnDelete may be above the replay's), none named, or (told by the generation
     # only) this fingerprint before an edit away from it and back.
     before: st.SearchStrategy[Writer] = st.one_of(
-        st.none(), st.tuples(st.just(THEIRS), st.none() | st.integers(0, FLOOR + 9))
+        st.none(),
+        st.tuples(st.just(THEIRS), epochs(0, FLOOR + 9), epochs(1, EPOCH + 9)),
     )
     if since.generation is not None:
-        before = before | st.tuples(st.just(OURS), st.integers(0, FLOOR))
+        before = before | st.tuples(st.just(OURS), st.integers(0, FLOOR), epochs(1, EPOCH))
+    if since.epoch is not None:  # this fingerprint before the epoch: any generation, or none
+        before = before | st.tuples(st.just(OURS), epochs(0, EPOCH - 1), epochs(1, EPOCH - 1))
     # After it: any generation of the replay's spec (a rollout that saw several edits, in
-    # any order), or none (the policy set back to refuse).
-    after = st.tuples(st.just(OURS), st.none() | st.integers(FLOOR + 1, FLOOR + 4))
+    # any order), or none (the policy set back to refuse); in an epoch, every one names it.
+    after = st.tuples(
+        st.just(OURS),
+        epochs(max(FLOOR + 1, since.epoch or 0), FLOOR + 6),
+        st.just(since.epoch) if since.epoch is not None else epochs(1, EPOCH + 3),
+    )
     stale: list[list[Msg]] = [
         stamped(written(p, rows, fmt, lateness, data), data.draw(before, label="before"))
         for p, rows in enumerate(old)
@@ -191,3 +215,23 @@ def test_a_replay_of_another_pipeline_of_the_name_is_judged_by_the_fingerprint_a
     clock = UpstreamClock(since=replay.restored_by(1))
     assert not superseded(clock, [(WRITER_HEADER, writer_header(OURS, 1))])  # this pipeline's
     assert superseded(clock, [(WRITER_HEADER, writer_header(THEIRS, 1))])
+
+
+def test_a_clocks_epoch_is_kept_only_by_a_worker_of_that_epoch_or_a_later_one() -> None:
+    """A clock restored by a worker of an earlier epoch (or of none) is another pipeline's (a
+    snapshot of it restored into this one): its epoch would skip every writer of this one."""
+    since = Since(OURS, FLOOR, EPOCH)
+    assert since.restored_by(EPOCH + 1, EPOCH) == since
+    assert since.restored_by(EPOCH + 1, EPOCH + 3) == since
+    assert since.restored_by(EPOCH + 1, EPOCH - 1) == Since(OURS, FLOOR)
+    assert since.restored_by(EPOCH + 1, None) == Since(OURS, FLOOR)
+    assert since.restored_by(FLOOR, None) == Since(OURS)
+    assert UpstreamClock.from_json(UpstreamClock(since=since).to_json()).since == since
+    clock = UpstreamClock(since=since)
+    ours = (WRITER_HEADER, writer_header(OURS, None))
+    assert superseded(clock, [ours])  # before the epoch, naming no generation
+    assert superseded(clock, [ours, (EPOCH_HEADER, epoch_header(EPOCH - 1))])
+    assert superseded(clock, [ours, (EPOCH_HEADER, b"junk")])
+    assert not superseded(clock, [ours, (EPOCH_HEADER, epoch_header(EPOCH))])
+    assert superseded(clock, [(WRITER_HEADER, writer_header(THEIRS, None)),
+                              (EPOCH_HEADER, epoch_header(EPOCH))])  # fmt: skip

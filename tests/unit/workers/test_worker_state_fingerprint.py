@@ -276,6 +276,57 @@ def test_a_later_generation_of_another_pipeline_of_the_name_is_not_this_ones(
     assert discarded == 4
 
 
+def discarded_by(engine: Engine, reason: str) -> float | None:
+    return engine.metrics.registry.get_sample_value(
+        "streamherd_state_discarded_total", {"pipeline": "fp", "reason": reason}
+    )
+
+
+def test_state_of_the_fingerprint_from_before_the_epoch_is_discarded_whatever_the_policy(
+    tmp_path: Path,
+) -> None:
+    """A pipeline that went to another state and came back (a reset or replay each way)
+    meets checkpoints of its fingerprint that nothing wrote over in between (decision 0175).
+    The config names the state epoch (the generation whose roll started the state anew):
+    a checkpoint naming an earlier epoch, none, or another pipeline is discarded (kept
+    first), even under refuse (the policy may have been set back since the reset); one of
+    the epoch is restored; one of a later epoch is held, left to that epoch's workers."""
+    before, _ = started(tmp_path)  # as created: no epoch
+    fresh, _ = run(config(tmp_path, OLD_WINDOW, pipelineUid="uid", epoch=5), stop_after=5)
+    assert discarded_by(fresh, "reset") == 4
+    store = CheckpointStore(tmp_path)
+    kept = f"{snapshot_name(fresh.fingerprint, fresh.fingerprint)}-epoch-5"
+    for file_name, data in before.items():
+        partition = int(file_name.split(".")[0])
+        assert store.snapshot_path(kept, GENERATOR_TOPIC, partition).read_bytes() == data
+    written = files(tmp_path)
+    assert {(decode(d).epoch, decode(d).pipeline_uid) for d in written.values()} == {(5, "uid")}
+    # The epoch's own state is restored, whatever the policy.
+    for policy in ("refuse", "reset"):
+        same, (ok, why) = readiness_while_running(
+            config(tmp_path, OLD_WINDOW, endless=True, onFingerprintMismatch=policy,
+                   pipelineUid="uid", epoch=5)
+        )  # fmt: skip
+        assert ok, why
+        assert not discarded_by(same, "reset")
+        assert all(st.restored and st.held is None for st in same.partitions.values())
+    written = files(tmp_path)
+    # A worker of an earlier epoch leaves the later one's state alone, byte for byte.
+    older, (ok, why) = readiness_while_running(
+        config(tmp_path, OLD_WINDOW, endless=True, pipelineUid="uid", epoch=4)
+    )
+    assert not ok and "4 partitions held" in why and "state epoch 5" in why, why
+    assert older.counters.records_in == 0
+    assert files(tmp_path) == written
+    # Another pipeline of the name (retainOnDelete, created again) whose own epoch has the
+    # same number (its generations count from 1 again): this state is from before it.
+    other, (ok, why) = readiness_while_running(
+        config(tmp_path, OLD_WINDOW, endless=True, pipelineUid="uid-again", epoch=5)
+    )
+    assert ok, why
+    assert discarded_by(other, "reset") == 4
+
+
 def test_a_legacy_checkpoint_is_adopted_and_stamped(tmp_path: Path) -> None:
     before, first_in = started(tmp_path)
     store = CheckpointStore(tmp_path)
