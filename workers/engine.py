@@ -340,6 +340,10 @@ class Engine:
         self._pins_due = False
         # Partitions an abort sought back to their commits (_abort_and_rewind).
         self._seeked: set[tuple[str, int]] = set()
+        # The discards this worker made, by partition and snapshot: an exactly-once abort
+        # before their first commit rebuilds the partitions, which discards (and keeps)
+        # the same checkpoint again; counted and warned of once.
+        self._discarded: set[tuple[str, int, str]] = set()
         self._last_lag = 0.0
         self._running = False
         # The consumer group has given this worker an assignment, possibly empty (a standby
@@ -819,9 +823,12 @@ class Engine:
                 {**fields, "error": str(error)},
             )
             return
-        self.metrics.counter("streamherd_state_discarded").labels(
-            self.metrics.pipeline, policy
-        ).inc()
+        again = (st.topic, st.partition, name) in self._discarded
+        self._discarded.add((st.topic, st.partition, name))
+        if not again:
+            self.metrics.counter("streamherd_state_discarded").labels(
+                self.metrics.pipeline, policy
+            ).inc()
         # Written at the next checkpoint even if no record arrives, so a restart does not
         # apply the policy a second time (a replay would go back again).
         st.dirty = True
@@ -829,8 +836,9 @@ class Engine:
             st.replay_from_ms = self.state_policy.replay_from_ms
         log_event(
             log,
-            logging.WARNING,
+            logging.INFO if again else logging.WARNING,
             "state-discarded",
+            again=again,
             policy=policy,
             snapshot=str(kept),
             replay_from_ms=st.replay_from_ms,
@@ -2097,6 +2105,13 @@ class Engine:
                 self._broken = True
                 raise TransactionError(f"cannot abort the transaction: {error}") from error
         self.state.abort()
+        if self.kafka_transaction:
+            # Open before the partitions are rebuilt: a partition whose committed checkpoint
+            # a reset or replay discards keeps it again (the first copy went with the
+            # aborted transaction), and the changelog backend writes that copy with the
+            # transaction; with none open it failed, and the partition was held until the
+            # worker restarted (a helper's finding).
+            self.outputs.transaction.begin_transaction()
         owned = [TopicPartition(t, p) for t, p in self.partitions]
         committed = self._committed_with_metadata(source, owned) if owned else {}
         rewound: list[TopicPartition] = []
@@ -2119,8 +2134,6 @@ class Engine:
             if tp.offset >= 0:
                 source.seek(tp)
                 self._seeked.add((tp.topic, tp.partition))
-        if self.kafka_transaction:
-            self.outputs.transaction.begin_transaction()
         log_event(log, logging.WARNING, "transaction-aborted", why=why, partitions=len(owned))
 
     @staticmethod
