@@ -29,7 +29,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 import kopf
 from confluent_kafka import KafkaException
@@ -37,7 +37,12 @@ from confluent_kafka import KafkaException
 from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND, SNAPSHOT_PLURAL
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, VERSION, StreamPipeline
 from streamherd.operator.builders.keying import repartition_topic
-from streamherd.operator.builders.meta import CONFIG_KEY, PIPELINE_LABEL, config_map_name
+from streamherd.operator.builders.meta import (
+    CONFIG_KEY,
+    FINALIZER,
+    PIPELINE_LABEL,
+    config_map_name,
+)
 from streamherd.operator.builders.snapshot import TAKEN_BEFORE_LABEL
 from streamherd.operator.kafkaadmin import KafkaAdmin, KafkaAdminError, TopicRequest
 from streamherd.operator.kafkaclusters import cluster_from_secrets
@@ -55,9 +60,6 @@ LIST_SECONDS = 60.0
 KAFKA_TIMEOUT = 10.0
 #: A topic per snapshot, one partition, kept until the resource is deleted.
 TOPIC_CONFIG = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
-#: kopf's finalizer (handlers.configure_kopf): on a pipeline, its deletion waits for the
-#: on.delete handlers whose filters it meets (lists_state_snapshots: delete-snapshots).
-FINALIZER: Final = "streamherd.io/finalizer"
 
 
 def _pipeline(kube: KubeApi, namespace: str, name: str) -> tuple[StreamPipeline | None, str]:

@@ -13,7 +13,10 @@ once (that handler fails and runs again). After each edit the handlers run again
 pipeline) with the environment (the Deployment controller, the workers writing snapshots,
 the shadows of a verification) until a round fails nothing and changes nothing, once, then
 again after a resync interval; the pipeline is then deleted, possibly a few rounds into its
-last edit (a reset under way), and right after a fault.
+last edit (a reset or a verification under way), and right after a fault. kopf is modelled
+with the operator's own registry (operator/handlers.py: build_registry): the pipeline holds
+the finalizer while the filter of one of its on.delete handlers holds, and its deletion runs
+those handlers until each has succeeded.
 
 What a user relies on, checked at every settled point and after the deletion:
 
@@ -23,7 +26,8 @@ What a user relies on, checked at every settled point and after the deletion:
 - every state-changing roll is recorded once: StateReset/StateReplay/StateRestored in
   StateCompatible, one event, and for a reset or replay status.snapshots listing the kept
   volume snapshot and the StreamPipelineSnapshot taken first (no name twice);
-- a verification that is over leaves no shadow, topic or group;
+- a verification that is over leaves no shadow, topic or group, and neither does deleting
+  the pipeline while one is under way;
 - every snapshot topic on Kafka has its snapshot resource, every snapshot the pipeline owns
   is one that deleting the pipeline deletes first (listed, and the finalizer), and after
   the deletion none of them, nor their topics, is left;
@@ -41,34 +45,38 @@ as a verification sees it, test_verifying.py's FakeKafka. Each example runs the 
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import json
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from unittest import mock
 
+import kopf
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from streamherd.operator import snapshots
+from streamherd.operator import runtime, snapshots
 from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND
-from streamherd.operator.builders.meta import CONFIG_KEY, INPUT_HASH_ANNOTATION
+from streamherd.operator.api.v1alpha1 import PLURAL
+from streamherd.operator.builders.meta import CONFIG_KEY, FINALIZER, INPUT_HASH_ANNOTATION
 from streamherd.operator.builders.shadow import ROLES
+from streamherd.operator.handlers import build_registry
 from streamherd.operator.kafkaadmin import Deleted, KafkaAdmin, KafkaAdminError, TopicRequest
-from streamherd.operator.kube import ApiError
+from streamherd.operator.kube import ApiError, Kube
 from streamherd.operator.reconciler import EventNote, ReconcileMemo, reconcile
 from streamherd.operator.restoring import live_workers
+from streamherd.operator.runtime import OperatorContext
 from streamherd.operator.snapshots import (
-    FINALIZER,
-    delete_state_snapshots,
     delete_topic,
     deletes_with,
     follow,
     list_in_pipeline,
-    lists_state_snapshots,
     snapshot_topics,
 )
 from streamherd.operator.upgrades import STATE_COMPATIBLE, config_description
@@ -354,6 +362,9 @@ def kafka_of(world: World) -> Iterator[None]:
         mock.patch.object(KafkaAdmin, "connect", lambda c, t: Admin(world.kafka)),
         mock.patch.object(snapshots, "read_snapshot", read),
         mock.patch.object(snapshots, "source_partitions", partitions),
+        # The Kafka access of the pipeline's deletion handlers (a verification's shadows).
+        mock.patch.object(runtime, "cluster_from_secrets", lambda kube, p: Cluster()),
+        mock.patch.object(runtime, "KafkaShadowClient", lambda cluster: world.shadow),
     ):
         yield
 
@@ -507,14 +518,30 @@ def digest(world: World) -> str:
     return json.dumps([objects, topics, shadow], sort_keys=True, default=str)
 
 
+#: The operator's kopf registry (operator/handlers.py) and its on.delete handlers of
+#: StreamPipelines, in the order kopf runs them.
+REGISTRY = build_registry(SETTINGS)
+DELETE_HANDLERS = [
+    h
+    for h in REGISTRY._changing.get_all_handlers()
+    if h.reason == kopf.Reason.DELETE and h.selector is not None and h.selector.any_name == PLURAL
+]
+
+
+def deletion_handlers(body: Manifest) -> list[Any]:
+    """The pipeline's on.delete handlers whose filters hold for `body` (kopf: they need the
+    finalizer, and a deletion runs them)."""
+    return [h for h in DELETE_HANDLERS if h.requires_finalizer and h.when(body=body)]
+
+
 def kopf_finalizer(world: World) -> None:
     """kopf on a pipeline event: its finalizer while an on.delete handler's filter holds
-    (delete-snapshots: snapshots.lists_state_snapshots), none otherwise."""
+    (:func:`deletion_handlers`), none otherwise."""
     body = world.kube.find("StreamPipeline", NAME)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return
     finalizers = [f for f in body["metadata"].get("finalizers") or [] if f != FINALIZER]
-    if lists_state_snapshots(body):
+    if deletion_handlers(body):
         finalizers.append(FINALIZER)
     body["metadata"]["finalizers"] = finalizers
 
@@ -764,30 +791,18 @@ def check_settled(world: World, rolls_before: int, events_before: int, lost_befo
 
 
 def delete_pipeline(world: World) -> None:
-    """kubectl delete: with kopf's finalizer, its delete-snapshots handler (if its filter
-    holds), then the garbage collector deletes what the pipeline owns (each snapshot's own
-    finalizer runs then)."""
+    """kubectl delete: with kopf's finalizer, kopf runs each on.delete handler whose filter
+    holds (operator/handlers.py) until it succeeds, the snapshots' finalizers running
+    meanwhile; then the garbage collector deletes what the pipeline owns (each snapshot's
+    own finalizer runs then)."""
     body = world.kube.find("StreamPipeline", NAME)
     assert body is not None
     body["metadata"]["deletionTimestamp"] = "now"
     uid = body["metadata"]["uid"]
-    if FINALIZER in body["metadata"].get("finalizers", []) and lists_state_snapshots(body):
-        for _ in range(MAX_ROUNDS):
-            left: list[str] = []
-
-            def step(left: list[str] = left) -> None:
-                left.extend(delete_state_snapshots(world.kube, NS, NAME, uid))
-
-            try:
-                with kafka_of(world):
-                    done = handler(world, step)
-                    snapshot_finalizers(world)
-            except Died:
-                done = False
-            if done and not left:
-                break
-        else:
-            raise AssertionError("the pipeline's finalizer never finished")
+    if FINALIZER in body["metadata"].get("finalizers", []):
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ctx = OperatorContext(settings=SETTINGS, kube=cast(Kube, world.kube), executor=pool)
+            finalize(world, ctx)
     world.kube.objects.pop((PIPELINE_API, "StreamPipeline", NS, NAME))
     for key, obj in list(world.kube.objects.items()):
         if any(r.get("uid") == uid for r in obj["metadata"].get("ownerReferences") or []):
@@ -798,6 +813,42 @@ def delete_pipeline(world: World) -> None:
     world.faults = {}
     with kafka_of(world):
         snapshot_finalizers(world)
+
+
+def finalize(world: World, ctx: OperatorContext) -> None:
+    """kopf's deletion of a pipeline that holds its finalizer: each on.delete handler whose
+    filter holds for the pipeline as stored runs, again (a retry) until it has succeeded;
+    a failure (a TemporaryError, a write refused, the operator's death) is retried on a
+    later round, the snapshots' finalizers running in between."""
+    succeeded: set[str] = set()
+    retries: Counter[str] = Counter()
+    for _ in range(MAX_ROUNDS):
+        body = world.kube.find("StreamPipeline", NAME)
+        assert body is not None
+        due = [h for h in deletion_handlers(body) if h.id not in succeeded]
+        if not due:
+            return
+        for h in due:
+            failed: list[str] = []
+
+            def step(h: Any = h, body: Manifest = body, failed: list[str] = failed) -> None:
+                call = h.fn(body=copy.deepcopy(body), memo=kopf.Memo(ctx=ctx),
+                            retry=retries[h.id], namespace=NS, name=NAME)  # fmt: skip
+                try:
+                    asyncio.run(call)
+                except kopf.TemporaryError as error:
+                    failed.append(str(error))
+
+            try:
+                with kafka_of(world):
+                    if handler(world, step) and not failed:
+                        succeeded.add(h.id)
+                    else:
+                        retries[h.id] += 1
+                    snapshot_finalizers(world)
+            except Died:
+                retries[h.id] += 1
+    raise AssertionError("the pipeline's finalizer never finished")
 
 
 @dataclass
@@ -844,6 +895,7 @@ def run(
         result.seen.append(projection(world))
         result.said, result.lost = lifecycle_events(world), world.lost_status > 0
     delete_pipeline(world)
+    assert not shadows_left(world), f"a verification left: {shadows_left(world)}"
     leaked = [t for t in world.kafka.topics if not base.retain]
     assert not leaked, (
         f"snapshot topics left: {leaked} (finalizers that lost them: {world.orphaned})"
@@ -897,6 +949,17 @@ RESET = ("reorder", None, "reset")
 )
 @example(
     Base(rollback=True), [RESET, ("unready", True, None), ("reorder", None, "replay")], {}, None
+)
+# The pipeline deleted while a verification runs, with retainOnDelete too: its shadow topics
+# and groups were left (0176); and deleted right after the operator died once the run was
+# made, its status not yet saying it was started.
+@example(Base(verify=True), [("filter", "status < 400", None)], {}, 2)
+@example(Base(retain=True, verify=True), [("filter", "status < 400", None)], {}, 4)
+@example(
+    Base(verify=True),
+    [("filter", "status < 400", None)],
+    {("patch_status StreamPipeline", 2): "crash"},
+    3,
 )
 def test_the_lifecycle_survives_any_fault_between_writes(
     base: Base,

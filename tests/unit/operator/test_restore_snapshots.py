@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 
 from streamherd.operator import snapshots
 from streamherd.operator.api.snapshot import MAX_SNAPSHOT_NAME_LENGTH
+from streamherd.operator.builders.meta import FINALIZER
 from streamherd.operator.builders.snapshot import build_state_snapshot, state_snapshot_name
 from streamherd.operator.kafkaadmin import Deleted, KafkaAdmin, TopicRequest
 from streamherd.operator.reconciler import ReconcileMemo, reconcile
 from streamherd.operator.snapshots import (
-    FINALIZER,
     delete_state_snapshots,
     delete_topic,
     deletes_with,
