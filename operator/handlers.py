@@ -25,7 +25,8 @@ deletion finish:
 - delete-shadows: the shadows, topics and consumer groups of a verification under way
   (operator/verifying.py), whatever ``retainOnDelete`` says (decision 0176);
 - delete-snapshots: the StreamPipelineSnapshots taken before its resets and replays
-  (decision 0110), unless ``retainOnDelete``.
+  (decision 0110), or with ``retainOnDelete`` (as it is at the deletion) their release as
+  kept state: no owner, labelled retained (decision 0177).
 
 The StreamPipelineSnapshot handlers (operator/snapshots.py: timers, and an on.delete that
 deletes the snapshot's Kafka topic, so a finalizer on each snapshot) are registered here
@@ -63,6 +64,7 @@ from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.shadowtopics import ShadowKafkaError
 from streamherd.operator.snapshots import (
     delete_state_snapshots,
+    keep_state_snapshots,
     lists_state_snapshots,
     register_snapshots,
 )
@@ -347,10 +349,28 @@ def build_registry(ops: OperatorSettings) -> Any:
     async def delete_snapshots(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
         # The snapshots taken before a reset or replay go with the pipeline (decision 0110),
         # deleted while it is still there: their finalizers reach Kafka with its credentials.
+        # With retainOnDelete they are the state it keeps: released instead, whenever it was
+        # set (decision 0177).
         ctx: OperatorContext = memo["ctx"]
         meta = body.get("metadata") or {}
         ns, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
         loop = asyncio.get_running_loop()
+        if ((body.get("spec") or {}).get("state") or {}).get("retainOnDelete") is True:
+            kept = await loop.run_in_executor(
+                ctx.executor, keep_state_snapshots, ctx.kube, ns, name, uid
+            )
+            if kept:
+                note = EventNote(
+                    "Normal",
+                    "SnapshotsKept",
+                    f"kept StreamPipelineSnapshots {', '.join(kept)} (spec.state."
+                    "retainOnDelete): no owner, labelled streamherd.io/retained=true, with their "
+                    "Kafka topics; delete them yourself when you no longer want them",
+                )
+                await loop.run_in_executor(
+                    ctx.executor, post_event, ctx.kube, event_body(dict(body), note)
+                )
+            return
         left = await loop.run_in_executor(
             ctx.executor, delete_state_snapshots, ctx.kube, ns, name, uid
         )

@@ -3,7 +3,8 @@
 Hypothesis draws a pipeline (rollback auto, retainOnDelete, verify shadow: each or not), a
 sequence of spec edits (state-changing ones under refuse, reset and replay; compatible
 ones; a filter whose verification fails; restoring a snapshot status lists; an edit whose
-workers never get ready, which rollback auto rolls back; suspend; verify on and off) and a
+workers never get ready, which rollback auto rolls back; suspend; verify and
+retainOnDelete on and off) and a
 schedule of faults over the API writes (applies, deletes, status patches, of the reconciler
 and of the snapshot handlers, at the n-th write of the run or the n-th of a kind after each
 edit): the operator dying at a write (the write not made, or made and its reply lost; the
@@ -29,8 +30,10 @@ What a user relies on, checked at every settled point and after the deletion:
 - a verification that is over leaves no shadow, topic or group, and neither does deleting
   the pipeline while one is under way;
 - every snapshot topic on Kafka has its snapshot resource, every snapshot the pipeline owns
-  is one that deleting the pipeline deletes first (listed, and the finalizer), and after
-  the deletion none of them, nor their topics, is left;
+  is one that deleting the pipeline deals with first (listed, and the finalizer), and after
+  the deletion none of them is left, nor their topics, unless retainOnDelete is on then:
+  then each that holds a topic is kept with it (no owner, labelled retained, like one
+  taken under retainOnDelete); no topic is ever left without its kept resource;
 - what is rendered and recorded (the workers' ConfigMap and Deployment, the status without
   times, the snapshots, the verification) is what a fault-free run of the same edits
   settles to, and so are the lifecycle events, except that an event whose reconcile's
@@ -64,7 +67,12 @@ from hypothesis import strategies as st
 from streamherd.operator import runtime, snapshots
 from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND
 from streamherd.operator.api.v1alpha1 import PLURAL
-from streamherd.operator.builders.meta import CONFIG_KEY, FINALIZER, INPUT_HASH_ANNOTATION
+from streamherd.operator.builders.meta import (
+    CONFIG_KEY,
+    FINALIZER,
+    INPUT_HASH_ANNOTATION,
+    RETAINED_LABEL,
+)
 from streamherd.operator.builders.shadow import ROLES
 from streamherd.operator.handlers import build_registry
 from streamherd.operator.kafkaadmin import Deleted, KafkaAdmin, KafkaAdminError, TopicRequest
@@ -83,7 +91,7 @@ from streamherd.operator.upgrades import STATE_COMPATIBLE, config_description
 from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.checkpointing import Checkpoint
 from streamherd.workers.fingerprint import fingerprint, has_state
-from streamherd.workers.snapshotting import SnapshotContents, parse_topic
+from streamherd.workers.snapshotting import SnapshotContents, parse_topic, snapshot_topic
 from tests.unit.operator.operator_testkit import (
     SETTINGS,
     FakeKube,
@@ -215,6 +223,9 @@ class World:
     #: Every change of the workers' filter: (a verification gates it, the filter before,
     #: after).
     filters: list[tuple[bool, str | None, str | None]] = field(default_factory=list)
+    #: Whether the spec kept its state (retainOnDelete) at some point: snapshots taken or
+    #: released then are kept, and their topics with them.
+    retained: bool = False
     #: How many status writes of the pipeline were made and their reply lost: the events
     #: of such a reconcile are never posted (events are posted after the status write: at
     #: most once, and exactly once unless that happens).
@@ -597,6 +608,7 @@ edits = st.one_of(
     st.tuples(st.just("suspend"), st.booleans(), st.none()),
     st.tuples(st.just("restore"), st.integers(0, 5), st.none()),
     st.tuples(st.just("unrestore"), st.none(), st.none()),
+    st.tuples(st.just("retain"), st.booleans(), st.none()),
 )  # fmt: skip
 
 
@@ -633,6 +645,9 @@ def apply_edit(world: World, edit: Edit) -> None:
             spec.setdefault("upgrade", {}).pop("verify", None)
     elif what == "unrestore":
         spec.get("state", {}).pop("restoreFrom", None)
+    elif what == "retain":
+        spec.setdefault("state", {})["retainOnDelete"] = value
+        world.retained = world.retained or value
     upgrade = spec.setdefault("upgrade", {})
     if policy is not None:
         upgrade["onStateChange"] = policy
@@ -784,7 +799,8 @@ def check_settled(world: World, rolls_before: int, events_before: int, lost_befo
     for topic in world.kafka.topics:
         parsed = parse_topic(topic)
         assert parsed is not None and world.kube.find(SNAPSHOT_KIND, parsed[2]), topic
-    # A snapshot the pipeline owns is deleted with it: its finalizer is there.
+    # A snapshot the pipeline owns is dealt with by its deletion (deleted, or kept under
+    # retainOnDelete): its finalizer is there.
     for snap in world.snapshots():
         if snap["metadata"].get("ownerReferences"):
             assert deletes_with(body, snap["metadata"]["name"]), snap["metadata"]["name"]
@@ -874,6 +890,7 @@ def run(
     world.kube.world = world  # type: ignore[attr-defined]
     world.kube.fault = world.fault
     world.faults = dict(faults)
+    world.retained = base.retain
     world.kube.put(base.doc())
     result = Run()
     settle(world)
@@ -894,17 +911,45 @@ def run(
         check_settled(world, rolls, events, lost)
         result.seen.append(projection(world))
         result.said, result.lost = lifecycle_events(world), world.lost_status > 0
+    retain = (world.spec().get("state") or {}).get("retainOnDelete") is True
+    holding = [
+        s["metadata"]["name"]
+        for s in world.snapshots()
+        if s["metadata"].get("ownerReferences") and topic_of(s) in world.kafka.topics
+    ]
     delete_pipeline(world)
     assert not shadows_left(world), f"a verification left: {shadows_left(world)}"
-    leaked = [t for t in world.kafka.topics if not base.retain]
-    assert not leaked, (
-        f"snapshot topics left: {leaked} (finalizers that lost them: {world.orphaned})"
-    )
-    owned = [
-        s["metadata"]["name"] for s in world.snapshots() if s["metadata"].get("ownerReferences")
-    ]
-    assert not owned, owned
+    check_deleted(world, retain, holding)
     return result
+
+
+def topic_of(snapshot: Manifest) -> str:
+    return snapshot_topic(NS, NAME, snapshot["metadata"]["name"])
+
+
+def check_deleted(world: World, retain: bool, holding: list[str]) -> None:
+    """What the deletion left: the snapshots the pipeline owned that held a topic
+    (`holding`) are kept with their topics if retainOnDelete was on at the deletion
+    (`retain`), gone with them otherwise; no snapshot is left owned, no topic without its
+    kept snapshot resource."""
+    left = {s["metadata"]["name"]: s for s in world.snapshots()}
+    owned = [n for n, s in left.items() if s["metadata"].get("ownerReferences")]
+    assert not owned, owned
+    for topic in world.kafka.topics:
+        parsed = parse_topic(topic)
+        snap = left.get(parsed[2]) if parsed is not None else None
+        assert snap is not None, (
+            f"snapshot topic {topic} left without its resource (finalizers that lost their "
+            f"topics: {world.orphaned})"
+        )
+        assert (snap["metadata"].get("labels") or {}).get(RETAINED_LABEL) == "true", snap
+    if not world.retained:
+        assert not world.kafka.topics, f"snapshot topics left: {sorted(world.kafka.topics)}"
+    if retain:
+        kept = [n for n in holding if n in left and topic_of(left[n]) in world.kafka.topics]
+        assert kept == holding, f"retainOnDelete kept {kept} of {holding}"
+    else:
+        assert not set(holding) & set(left), (holding, sorted(left))
 
 
 kinds = st.sampled_from(["crash", "lost", "refused"])
@@ -950,6 +995,12 @@ RESET = ("reorder", None, "reset")
 @example(
     Base(rollback=True), [RESET, ("unready", True, None), ("reorder", None, "replay")], {}, None
 )
+# retainOnDelete set after a reset: the pipeline lost its finalizer, and deleting it deleted
+# the snapshot that reset took (the state retainOnDelete keeps), its topic left with no
+# resource (0177); and the apply that keeps it lost once.
+@example(Base(), [RESET, ("retain", True, None)], {}, None)
+@example(Base(), [RESET, ("retain", True, None)], {}, 2)
+@example(Base(), [RESET, ("retain", True, None)], {("apply StreamPipelineSnapshot", 1): "lost"}, 2)
 # The pipeline deleted while a verification runs, with retainOnDelete too: its shadow topics
 # and groups were left (0176); and deleted right after the operator died once the run was
 # made, its status not yet saying it was started.
