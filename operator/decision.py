@@ -1189,12 +1189,18 @@ def finish(decision: Decision, applied: Applied) -> Finished:
 #: How soon a verdict's shadows are removed after it is stored (verifying.py: the step after
 #: the comparison removes them, so that a verdict is never lost with its shadows).
 SHADOW_TIDY_SECONDS: Final = 5.0
+#: How soon a run whose status names it is started (verifying.py: once the pipeline holds
+#: kopf's finalizer, which kopf adds when that status comes back through its watch).
+SHADOW_START_SECONDS: Final = 3.0
 
 
 def _shadows_left(verification: Manifest | None) -> float | None:
-    """SHADOW_TIDY_SECONDS when a stored verdict's shadows are still to be removed."""
+    """SHADOW_TIDY_SECONDS when a stored verdict's shadows are still to be removed;
+    SHADOW_START_SECONDS when a run is named but not started (decision 0176)."""
     if verification is None or verification.get("cleaned"):
         return None
+    if verification.get("phase") == "Running" and not verification.get("startedAt"):
+        return SHADOW_START_SECONDS
     return SHADOW_TIDY_SECONDS if verification.get("phase") in ("Passed", "Failed") else None
 
 

@@ -15,14 +15,23 @@ retries, the watch cache's triggers and the resync loop). The triggers registere
   loop).
 
 Children need no cleanup on deletion (they carry ownerReferences; the garbage collector
-removes them). The internal Kafka topics (operator/topicadmin.py) do: a pipeline that has
-some and no ``spec.state.retainOnDelete`` gets kopf's finalizer (``streamherd.io/finalizer``)
-through an on.delete handler filtered to exactly those pipelines, which deletes the topics
-with a bounded number of retries and then lets the deletion finish (decision 0066). Other
-pipelines get no finalizer. The StreamPipelineSnapshot handlers (operator/snapshots.py:
-timers, and an on.delete that deletes the snapshot's Kafka topic, so a finalizer on each
-snapshot) are registered here too. ``build_registry`` makes a fresh registry for given
-settings: the operator and the tests each build their own.
+removes them). What lives on Kafka does, through kopf's finalizer (``streamherd.io/finalizer``)
+and on.delete handlers, each filtered to exactly the pipelines that need it, so other
+pipelines get no finalizer; each retries a bounded number of times and then lets the
+deletion finish:
+
+- delete-topics: the internal topics (operator/topicadmin.py) of a pipeline that has some
+  and no ``spec.state.retainOnDelete`` (decision 0066);
+- delete-shadows: the shadows, topics and consumer groups of a verification under way
+  (operator/verifying.py), whatever ``retainOnDelete`` says (decision 0176);
+- delete-snapshots: the StreamPipelineSnapshots taken before its resets and replays
+  (decision 0110), or with ``retainOnDelete`` (as it is at the deletion) their release as
+  kept state: no owner, labelled retained (decision 0177).
+
+The StreamPipelineSnapshot handlers (operator/snapshots.py: timers, and an on.delete that
+deletes the snapshot's Kafka topic, so a finalizer on each snapshot) are registered here
+too. ``build_registry`` makes a fresh registry for given settings: the operator and the
+tests each build their own.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ import kopf
 
 from streamherd.operator.api.v1alpha1 import GROUP, PLURAL, VERSION
 from streamherd.operator.autoscaling.handlers import register_autoscaler
+from streamherd.operator.builders.meta import FINALIZER
+from streamherd.operator.builders.shadow import ROLES, shadow_name
 from streamherd.operator.events import event_body
 from streamherd.operator.kopfstate import InMemoryDiffBaseStorage, QuietProgressStorage
 from streamherd.operator.kube import ApiError, Kube, Manifest
@@ -45,18 +56,21 @@ from streamherd.operator.runtime import (
     post_event,
     reconcile_key,
     reconcile_quietly,
+    shadow_kafka,
     start_runtime,
     stop_runtime,
 )
 from streamherd.operator.settings import OperatorSettings
+from streamherd.operator.shadowtopics import ShadowKafkaError
 from streamherd.operator.snapshots import (
-    FINALIZER,
     delete_state_snapshots,
+    keep_state_snapshots,
     lists_state_snapshots,
     register_snapshots,
 )
 from streamherd.operator.topicadmin import TopicAdminError
 from streamherd.operator.validation import parse_pipeline
+from streamherd.operator.verifying import delete_verification, verification_left
 
 PREFIX: Final = "streamherd.io"
 #: Tries of the deletion of a pipeline's internal topics (5 s apart, then doubling up to a
@@ -64,6 +78,29 @@ PREFIX: Final = "streamherd.io"
 TOPIC_DELETE_RETRIES: Final = 10
 #: How often a deletion looks whether the workers have stopped (reconciler.stop_workers).
 WORKERS_STOP_POLL_SECONDS: Final = 1.0
+
+
+async def stop_deployment(ctx: OperatorContext, body: Manifest, name: str, then: str) -> None:
+    """Stop the deleted pipeline's Deployment `name` (its workers, or a shadow) before what
+    they write goes (reconciler.stop_workers): waited for here, not by retries, which count
+    the broker's refusals. If it is not gone in time, a Warning says so and that `then`
+    happens anyway."""
+    namespace = str((body.get("metadata") or {}).get("namespace"))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while (
+        wait := await loop.run_in_executor(ctx.executor, stop_workers, ctx.kube, namespace, name)
+    ) is not None and loop.time() - started < wait:
+        await asyncio.sleep(WORKERS_STOP_POLL_SECONDS)
+    if wait is not None:
+        note = EventNote(
+            "Warning",
+            "WorkersNotStopped",
+            f"the pods of Deployment {name} are not gone after {wait:.0f}s; {then} anyway (a "
+            "worker still writing may create its topics again on a broker that auto-creates "
+            "topics)",
+        )
+        await loop.run_in_executor(ctx.executor, post_event, ctx.kube, event_body(body, note))
 
 
 def needs_topic_cleanup(body: Manifest) -> bool:
@@ -217,26 +254,8 @@ def build_registry(ops: OperatorSettings) -> Any:
         if pipeline is None or pipeline.spec.state.retain_on_delete:
             return
         loop = asyncio.get_running_loop()
-        # The workers first: one still writing would create the topics again. Waited for
-        # here, not by retries: those count the broker's refusals.
-        started = loop.time()
-        while (
-            wait := await loop.run_in_executor(
-                ctx.executor, stop_workers, ctx.kube, pipeline.namespace, pipeline.name
-            )
-        ) is not None and loop.time() - started < wait:
-            await asyncio.sleep(WORKERS_STOP_POLL_SECONDS)
-        if wait is not None:
-            note = EventNote(
-                "Warning",
-                "WorkersNotStopped",
-                f"the workers are not gone after {wait:.0f}s; deleting the internal topics "
-                "anyway (a worker still writing may create them again on a broker that "
-                "auto-creates topics)",
-            )
-            await loop.run_in_executor(
-                ctx.executor, post_event, ctx.kube, event_body(dict(body), note)
-            )
+        # The workers first: one still writing would create the topics again.
+        await stop_deployment(ctx, dict(body), pipeline.name, "deleting the internal topics")
         try:
             deleted = await loop.run_in_executor(ctx.executor, ctx.topics.delete, pipeline)
         except TopicAdminError as e:
@@ -260,6 +279,62 @@ def build_registry(ops: OperatorSettings) -> Any:
                 ctx.executor, post_event, ctx.kube, event_body(dict(body), note)
             )
 
+    def cleans_shadows(body: kopf.Body, **_: Any) -> bool:
+        return verification_left(dict(body))
+
+    @kopf.on.delete(
+        *resource,
+        id="delete-shadows",
+        when=cleans_shadows,
+        retries=TOPIC_DELETE_RETRIES,
+        backoff=backoff,
+        registry=registry,
+    )
+    async def delete_shadows(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+        # A verification under way (decision 0176): its shadows stop first (one still
+        # running would write its topic again, and a group with members cannot be deleted),
+        # then its topics and groups go. Under the pipeline's lock, so that a reconcile
+        # under way (one that starts the run) is over first.
+        ctx: OperatorContext = memo["ctx"]
+        pipeline, _problems = parse_pipeline(dict(body))
+        if pipeline is None:
+            return
+        loop = asyncio.get_running_loop()
+        status = dict(body.get("status") or {})
+        left: list[str] | None = None
+        why = ""
+        async with ctx.lock(pipeline_key(pipeline.namespace, pipeline.name)):
+            for role in ROLES:
+                shadow = shadow_name(pipeline.name, role)
+                await stop_deployment(ctx, dict(body), shadow, "deleting its topics and groups")
+            try:
+                left = await loop.run_in_executor(
+                    ctx.executor, delete_verification, pipeline, ctx.kube,
+                    lambda p: shadow_kafka(ctx, p), status,
+                )  # fmt: skip
+            except ShadowKafkaError as e:
+                why = str(e)
+        if left is None or left:
+            what = why or "still there: " + ", ".join(left or [])
+            note = EventNote(
+                "Warning",
+                "ShadowsNotDeleted",
+                f"cannot delete the verification's shadow topics and consumer groups yet "
+                f"(try {retry + 1} of {TOPIC_DELETE_RETRIES}; after the last the pipeline is "
+                f"deleted and they are kept): {what}",
+            )
+            await loop.run_in_executor(
+                ctx.executor, post_event, ctx.kube, event_body(dict(body), note)
+            )
+            raise kopf.TemporaryError(what, delay=min(60.0, backoff * 2**retry))
+        run = str((status.get("verification") or {}).get("run"))
+        note = EventNote(
+            "Normal",
+            "ShadowsDeleted",
+            f"deleted the shadows, topics and consumer groups of verification run {run}",
+        )
+        await loop.run_in_executor(ctx.executor, post_event, ctx.kube, event_body(dict(body), note))
+
     def keeps_snapshots(body: kopf.Body, **_: Any) -> bool:
         return lists_state_snapshots(dict(body))
 
@@ -274,10 +349,28 @@ def build_registry(ops: OperatorSettings) -> Any:
     async def delete_snapshots(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
         # The snapshots taken before a reset or replay go with the pipeline (decision 0110),
         # deleted while it is still there: their finalizers reach Kafka with its credentials.
+        # With retainOnDelete they are the state it keeps: released instead, whenever it was
+        # set (decision 0177).
         ctx: OperatorContext = memo["ctx"]
         meta = body.get("metadata") or {}
         ns, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
         loop = asyncio.get_running_loop()
+        if ((body.get("spec") or {}).get("state") or {}).get("retainOnDelete") is True:
+            kept = await loop.run_in_executor(
+                ctx.executor, keep_state_snapshots, ctx.kube, ns, name, uid
+            )
+            if kept:
+                note = EventNote(
+                    "Normal",
+                    "SnapshotsKept",
+                    f"kept StreamPipelineSnapshots {', '.join(kept)} (spec.state."
+                    "retainOnDelete): no owner, labelled streamherd.io/retained=true, with their "
+                    "Kafka topics; delete them yourself when you no longer want them",
+                )
+                await loop.run_in_executor(
+                    ctx.executor, post_event, ctx.kube, event_body(dict(body), note)
+                )
+            return
         left = await loop.run_in_executor(
             ctx.executor, delete_state_snapshots, ctx.kube, ns, name, uid
         )
@@ -289,7 +382,7 @@ def build_registry(ops: OperatorSettings) -> Any:
 
     _ = (
         login, startup, cleanup, changed, pipeline_event, secret_event, delete_topics,
-        delete_snapshots,
+        delete_shadows, delete_snapshots,
     )  # fmt: skip
     return registry
 

@@ -514,6 +514,7 @@ def observe(
     verification = gate(
         pipeline, desired, kube, kafka, status, now=now, stamp=stamp, generation=generation,
         applies=verification_applies(observed, upgrade),
+        finalizers=tuple((body.get("metadata") or {}).get("finalizers") or ()),
     )  # fmt: skip
     observed = replace(observed, verification=_verification(verification))
     if snapshot_needed(observed, upgrade):

@@ -131,7 +131,7 @@ def _reconcile_blocking(
         return body, None
     result = reconcile(
         body, ctx.kube, ctx.settings, pool=ctx.apply_pool, memo=ctx.memo,
-        kafka=lambda p: _shadow_kafka(ctx, p), topics=ctx.topics,
+        kafka=lambda p: shadow_kafka(ctx, p), topics=ctx.topics,
     )  # fmt: skip
     for note in result.events:
         event = event_body(body, note)
@@ -143,7 +143,7 @@ def _reconcile_blocking(
     return body, result
 
 
-def _shadow_kafka(ctx: OperatorContext, pipeline: StreamPipeline) -> KafkaShadowClient:
+def shadow_kafka(ctx: OperatorContext, pipeline: StreamPipeline) -> KafkaShadowClient:
     """The source cluster of a pipeline under shadow verification (operator/verifying.py),
     with its credentials; created only when a verification needs it."""
     return KafkaShadowClient(cluster_from_secrets(ctx.kube, pipeline))

@@ -58,8 +58,8 @@ class ShadowKafka(Protocol):
         """Every value of `topic` from its start to its current end, read_committed."""
         ...
 
-    def delete_topics(self, names: Iterable[str]) -> None:
-        """Delete the topics that exist (best effort)."""
+    def delete_topics(self, names: Iterable[str]) -> list[str]:
+        """Delete the topics that exist; returns those that could not be deleted."""
         ...
 
     def delete_groups(self, groups: Iterable[str]) -> list[str]:
@@ -174,7 +174,7 @@ class KafkaShadowClient:
         finally:
             consumer.close()
 
-    def delete_topics(self, names: Iterable[str]) -> None:
+    def delete_topics(self, names: Iterable[str]) -> list[str]:
         wanted = list(names)
         try:
             failed = self._admin.delete_topics(wanted).failed
@@ -182,6 +182,7 @@ class KafkaShadowClient:
             failed = dict.fromkeys(wanted, str(e))
         for name, why in sorted(failed.items()):
             log.warning("could not delete shadow topic %s: %s", name, why)
+        return sorted(failed)
 
     def delete_groups(self, groups: Iterable[str]) -> list[str]:
         wanted = list(groups)

@@ -9,8 +9,10 @@ seconds, and does what its state asks:
   is created on the pipeline's source cluster if it is not there: that is the request the
   workers see (they write their partitions at their next checkpoint). A snapshot the
   pipeline owns (taken before a reset or replay) waits, Pending, until deleting the
-  pipeline would delete it first (:func:`deletes_with`: the pipeline lists it and holds the
-  finalizer), so that its topic is never left by the pipeline's deletion (decision 0174);
+  pipeline would deal with it first (:func:`deletes_with`: the pipeline lists it and holds
+  the finalizer), so that its topic is never left by the pipeline's deletion (decision
+  0174): deleted with it, or kept with it when the pipeline is deleted with
+  ``spec.state.retainOnDelete`` (:func:`keep_state_snapshots`, decision 0177);
 - the topic is read back and its contents judged (``streamherd.operator.restoring.
   snapshot_status``): Taking until every partition is in it, then Ready with the
   fingerprint, offsets and sizes, and the pipeline's status.snapshots lists it.
@@ -29,7 +31,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 import kopf
 from confluent_kafka import KafkaException
@@ -37,8 +39,13 @@ from confluent_kafka import KafkaException
 from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND, SNAPSHOT_PLURAL
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, VERSION, StreamPipeline
 from streamherd.operator.builders.keying import repartition_topic
-from streamherd.operator.builders.meta import CONFIG_KEY, PIPELINE_LABEL, config_map_name
-from streamherd.operator.builders.snapshot import TAKEN_BEFORE_LABEL
+from streamherd.operator.builders.meta import (
+    CONFIG_KEY,
+    FINALIZER,
+    PIPELINE_LABEL,
+    config_map_name,
+)
+from streamherd.operator.builders.snapshot import TAKEN_BEFORE_LABEL, kept_state_snapshot
 from streamherd.operator.kafkaadmin import KafkaAdmin, KafkaAdminError, TopicRequest
 from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.kube import ApiError, KubeApi
@@ -55,9 +62,6 @@ LIST_SECONDS = 60.0
 KAFKA_TIMEOUT = 10.0
 #: A topic per snapshot, one partition, kept until the resource is deleted.
 TOPIC_CONFIG = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
-#: kopf's finalizer (handlers.configure_kopf): on a pipeline, its deletion waits for the
-#: on.delete handlers whose filters it meets (lists_state_snapshots: delete-snapshots).
-FINALIZER: Final = "streamherd.io/finalizer"
 
 
 def _pipeline(kube: KubeApi, namespace: str, name: str) -> tuple[StreamPipeline | None, str]:
@@ -207,8 +211,9 @@ def delete_topic(kube: KubeApi, namespace: str, name: str, spec: Any, status: An
 
 
 def deletes_with(body: Mapping[str, Any] | None, name: str) -> bool:
-    """Whether deleting the pipeline `body` (as stored) deletes snapshot `name` first: it
-    holds kopf's finalizer, and the delete-snapshots handler's filter
+    """Whether deleting the pipeline `body` (as stored) deals with snapshot `name` first
+    (deletes it with its topic, or with retainOnDelete keeps it: decision 0177): it holds
+    kopf's finalizer, and the delete-snapshots handler's filter
     (:func:`lists_state_snapshots`) holds for it, listing `name`."""
     if body is None or FINALIZER not in ((body.get("metadata") or {}).get("finalizers") or []):
         return False
@@ -219,14 +224,14 @@ def deletes_with(body: Mapping[str, Any] | None, name: str) -> bool:
 
 
 def lists_state_snapshots(body: Any) -> bool:
-    """Whether deleting this pipeline must first delete the StreamPipelineSnapshots taken
+    """Whether deleting this pipeline must first deal with the StreamPipelineSnapshots taken
     before its resets and replays (so it gets the finalizer): its status lists one (the
-    name says: `-reset-g<n>`, `-replay-g<n>`) and the spec does not keep its state.
-    Deleting them while the pipeline is still there lets their finalizer reach the Kafka
-    cluster with the pipeline's credentials (after it, their topics would be left)."""
-    spec = body.get("spec") or {}
-    if (spec.get("state") or {}).get("retainOnDelete") is True:
-        return False
+    name says: `-reset-g<n>`, `-replay-g<n>`). Deleting those it owns while the pipeline
+    is still there lets their finalizer reach the Kafka cluster with the pipeline's
+    credentials (after it, their topics would be left); with retainOnDelete they are kept
+    instead (:func:`keep_state_snapshots`). Whatever retainOnDelete says now: it decides at
+    the deletion, and one set after a reset took the finalizer away, so the garbage
+    collector deleted the snapshot it kept and left its topic (decision 0177)."""
     listed = (body.get("status") or {}).get("snapshots") or []
     return any(
         isinstance(s, dict) and re.search(r"-(reset|replay)-g[0-9]+$", str(s.get("name")))
@@ -234,20 +239,47 @@ def lists_state_snapshots(body: Any) -> bool:
     )
 
 
+def _owned_state_snapshots(
+    kube: KubeApi, namespace: str, name: str, uid: str
+) -> list[dict[str, Any]]:
+    """The StreamPipelineSnapshots pipeline `name` (`uid`) owns: taken before its resets and
+    replays (decision 0110) while it did not keep its state. Those without its owner are
+    kept (retainOnDelete when they were taken, or at an earlier deletion) or someone
+    else's."""
+    selector = f"{PIPELINE_LABEL}={name},{TAKEN_BEFORE_LABEL}"
+    found = kube.list(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, namespace, selector)
+    return [
+        snap
+        for snap in found
+        if any(
+            r.get("uid") == uid for r in (snap.get("metadata") or {}).get("ownerReferences") or []
+        )
+    ]
+
+
 def delete_state_snapshots(kube: KubeApi, namespace: str, name: str, uid: str) -> list[str]:
     """Delete the StreamPipelineSnapshots this pipeline owns (taken before a reset or
     replay, decision 0110); the names of those still there (their finalizers run)."""
-    selector = f"{PIPELINE_LABEL}={name},{TAKEN_BEFORE_LABEL}"
-    found = kube.list(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, namespace, selector)
     left = []
-    for snap in found:
-        meta = snap.get("metadata") or {}
-        if not any(r.get("uid") == uid for r in meta.get("ownerReferences") or []):
-            continue  # kept (retainOnDelete when it was taken), or someone else's
+    for snap in _owned_state_snapshots(kube, namespace, name, uid):
+        meta = snap["metadata"]
         if not meta.get("deletionTimestamp"):
             kube.delete(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, namespace, str(meta["name"]))
         left.append(str(meta["name"]))
     return left
+
+
+def keep_state_snapshots(kube: KubeApi, namespace: str, name: str, uid: str) -> list[str]:
+    """Keep the StreamPipelineSnapshots this pipeline owns, deleted with retainOnDelete
+    (decision 0177): each gets no owner and the retained label, as one taken under
+    retainOnDelete, so the garbage collector leaves it, and its topic with it. The names
+    kept (one already being deleted goes)."""
+    kept = []
+    for snap in _owned_state_snapshots(kube, namespace, name, uid):
+        if not snap["metadata"].get("deletionTimestamp"):
+            kube.apply(kept_state_snapshot(snap))
+            kept.append(str(snap["metadata"]["name"]))
+    return kept
 
 
 def _unfinished(status: Any, **_: Any) -> bool:

@@ -23,6 +23,15 @@ verification runs:
    and their groups are deleted. A failed verdict is judged again when the tolerance is
    edited; reverting the edit clears it.
 
+Nothing of a run is made before deleting the pipeline would delete it (decision 0176): the
+start first writes ``status.verification`` naming the run (phase Running, no ``startedAt``),
+which the delete-shadows handler's filter (:func:`verification_left`) holds for, so kopf
+puts its finalizer on the pipeline; the next reconcile, once the stored pipeline names the
+run and holds the finalizer, makes the topics, seeds the groups and starts the shadows.
+Deleting a pipeline whose run is not cleaned up deletes its shadows, topics and groups
+(:func:`delete_verification`, from operator/handlers.py), whatever
+``spec.state.retainOnDelete`` says: they hold nothing of the pipeline's state.
+
 The run's state lives in ``status.verification`` (level-based: an operator restart goes on
 where it was); what runs is found by name. The Verified condition is set by the reconcile's
 decision (operator/decision.py: ``verified_condition``) from what :func:`gate` returns.
@@ -44,7 +53,12 @@ import orjson
 from pydantic import ValidationError
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline, VerificationStatus, Verify
-from streamherd.operator.builders.meta import CONFIG_KEY, INPUT_HASH_ANNOTATION, content_hash
+from streamherd.operator.builders.meta import (
+    CONFIG_KEY,
+    FINALIZER,
+    INPUT_HASH_ANNOTATION,
+    content_hash,
+)
 from streamherd.operator.builders.shadow import (
     ROLES,
     build_shadow,
@@ -352,17 +366,58 @@ def _names(pipeline: StreamPipeline, run: str) -> tuple[list[str], list[str]]:
     return topics, [shadow_group(group, run, role) for role in ROLES]
 
 
-def remove_shadows(pipeline: StreamPipeline, kube: KubeApi, kafka: ShadowKafka, run: str) -> bool:
-    """Delete the shadows (Deployments, ConfigMaps), the run's topics and its groups;
-    whether all is gone (a group whose members have not left yet stays: call again)."""
+def remove_shadows(
+    pipeline: StreamPipeline, kube: KubeApi, kafka: ShadowKafka, run: str
+) -> list[str]:
+    """Delete the shadows (Deployments, ConfigMaps), the run's topics and its groups; the
+    topics and groups still there (empty: all gone; a group whose members have not left
+    yet stays: call again)."""
     for role in ROLES:
         name = shadow_name(pipeline.name, role)
         for api, kind in (("apps/v1", "Deployment"), ("v1", "ConfigMap")):
             if kube.get(api, kind, pipeline.namespace, name) is not None:
                 kube.delete(api, kind, pipeline.namespace, name)
     topics, groups = _names(pipeline, run)
-    kafka.delete_topics(topics)
-    return not kafka.delete_groups(groups)
+    return [*kafka.delete_topics(topics), *kafka.delete_groups(groups)]
+
+
+def verification_left(body: Mapping[str, Any]) -> bool:
+    """Whether deleting this pipeline must first delete what a shadow verification made
+    (so it gets kopf's finalizer: the delete-shadows handler's filter): its stored
+    status.verification names a run not known to be cleaned up. Whatever
+    spec.state.retainOnDelete says: a shadow's topics and groups hold no state of the
+    pipeline's (decision 0176)."""
+    raw = (body.get("status") or {}).get("verification")
+    return isinstance(raw, Mapping) and bool(raw.get("run")) and raw.get("cleaned") is not True
+
+
+def delete_verification(
+    pipeline: StreamPipeline,
+    kube: KubeApi,
+    factory: KafkaFactory | None,
+    status: Mapping[str, Any],
+) -> list[str]:
+    """At the pipeline's deletion: delete the shadows, topics and groups of the run its
+    status names; the topics and groups still there. The caller stops the shadows first
+    (operator/handlers.py): one still running would write its topic again. Raises
+    ShadowKafkaError when the source cluster cannot be reached."""
+    current = _current(status)
+    if current is None or current.cleaned:
+        return []
+    with _connected(pipeline, factory) as kafka:
+        return remove_shadows(pipeline, kube, kafka, current.run)
+
+
+def holds_run(finalizers: Sequence[str], current: VerificationStatus | None, run: str) -> bool:
+    """Whether deleting the pipeline as stored (its `finalizers` and status.verification,
+    `current`) deletes what run `run` makes first: its status names the run, not cleaned
+    up (:func:`verification_left`), and it holds kopf's finalizer (decision 0176)."""
+    return (
+        FINALIZER in finalizers
+        and current is not None
+        and current.run == run
+        and not current.cleaned
+    )
 
 
 @contextmanager
@@ -393,7 +448,7 @@ def _tidy(
         return current
     try:
         with _connected(pipeline, factory) as kafka:
-            done = remove_shadows(pipeline, kube, kafka, current.run)
+            done = not remove_shadows(pipeline, kube, kafka, current.run)
     except ShadowKafkaError as e:
         log.info("%s/%s: shadows not removed yet: %s", pipeline.namespace, pipeline.name, e)
         return current
@@ -412,6 +467,7 @@ class _Edit:
     running: WorkerConfig
     wanted: WorkerConfig
     deployment: Manifest  # the desired worker Deployment
+    finalizers: tuple[str, ...]  # the stored pipeline's metadata.finalizers
 
 
 def _apply_shadows(edit: _Edit, run: str) -> None:
@@ -443,12 +499,14 @@ def gate(
     stamp: str,
     generation: int | None,
     applies: bool,
+    finalizers: Sequence[str] = (),
 ) -> Gate:
     """Whether the workers' ConfigMap and Deployment may be applied this reconcile.
 
     `applies`: the upgrade decision would apply them (not held, not a rollback or a
-    restore). Never raises for Kafka trouble: the edit stays held and the condition says
-    why (the next reconcile tries again)."""
+    restore). `finalizers`: the stored pipeline's (a run is started once it holds kopf's:
+    decision 0176). Never raises for Kafka trouble: the edit stays held and the condition
+    says why (the next reconcile tries again)."""
     verify = pipeline.spec.upgrade.verify
     current = _current(status)
     enabled = verify is not None and verify.mode == "shadow" and not pipeline.spec.suspend
@@ -480,7 +538,10 @@ def gate(
     if baseline == candidate:
         return _idle(pipeline, kube, kafka_factory, current, enabled)
     assert verify is not None
-    edit = _Edit(pipeline, kube, verify, baseline, candidate, running, wanted, deployment)
+    edit = _Edit(
+        pipeline, kube, verify, baseline, candidate, running, wanted, deployment,
+        tuple(finalizers),
+    )  # fmt: skip
     step = next_step(current, baseline, candidate, verify, now)
     if step == "promote":
         return _promote(pipeline, kube, kafka_factory, current, verify)
@@ -589,12 +650,27 @@ def _start(
 ) -> Gate:
     pipeline, kube, verify = edit.pipeline, edit.kube, edit.verify
     baseline, candidate = edit.baseline, edit.candidate
-    if current is not None and not current.cleaned:  # an earlier edit's run: replaced
-        remove_shadows(pipeline, kube, kafka, current.run)
     # The run is named by the edit alone: a start whose status was never stored (a write
     # refused, the operator killed) is made again under the same name, so it reuses its
     # topics and groups instead of leaving them behind for good (a review's finding).
     run = content_hash([baseline, candidate, generation], length=8)
+    if current is not None and not current.cleaned and current.run != run:
+        remove_shadows(pipeline, kube, kafka, current.run)  # an earlier edit's run: replaced
+    if not holds_run(edit.finalizers, current, run):
+        # Nothing is made until deleting the pipeline deletes it first (decision 0176):
+        # this status names the run, and kopf puts its finalizer on the pipeline for it.
+        message = (
+            f"verifying the edit ({_what_changes(edit)}) on shadows: starting once deleting "
+            "the pipeline would delete their topics and groups (status names the run and "
+            "the pipeline holds the operator's finalizer); the workers keep running the "
+            "previous spec until the verdict"
+        )
+        waiting = VerificationStatus(
+            phase="Running", run=run, generation=generation, baseline=baseline,
+            candidate=candidate, message=message, cleaned=False,
+        )  # fmt: skip
+        fresh = {**{f: None for f in (*_RUN_FINDINGS, "startedAt")}, **_status(waiting)}
+        return Gate(True, fresh, Cond(VERIFIED, "Unknown", "Verifying", message))
     topics, group = _source(pipeline)
     groups = [shadow_group(group, run, role) for role in ROLES]
     seeded = [kafka.committed(g, topics) for g in groups]

@@ -27,6 +27,9 @@ CONFIG_HASH_ANNOTATION: Final = "streamherd.io/config-hash"
 #: On the workers' ConfigMap applied for a state change (a reset, a replay, a restore): its
 #: record (operator/upgrades.py: StateChange), written with the roll itself (decision 0173).
 STATE_CHANGE_ANNOTATION: Final = "streamherd.io/state-change"
+#: kopf's finalizer on a pipeline (operator/handlers.py: configure_kopf): held while one of
+#: its on.delete handlers' filters holds, so that its deletion waits for those handlers.
+FINALIZER: Final = "streamherd.io/finalizer"
 
 METRICS_PORT: Final = 9100
 CONFIG_DIR: Final = "/etc/streamherd"

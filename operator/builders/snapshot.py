@@ -8,8 +8,10 @@ restorable into this or another pipeline with ``spec.state.restoreFrom``.
 
 Its life follows ``spec.state.retainOnDelete``, like the rest of the pipeline's state: kept
 (no owner, labelled ``streamherd.io/retained=true``) when the pipeline keeps its state,
-otherwise owned by the pipeline, so the garbage collector deletes it (and its finalizer its
-topic) with the pipeline.
+otherwise owned by the pipeline, which deletes it (and its finalizer its topic) before it
+goes. One taken while the pipeline did not keep its state is kept all the same when
+``retainOnDelete`` is on at the pipeline's deletion: :func:`kept_state_snapshot` is what
+the deletion applies to it (decision 0177).
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ from streamherd.operator.builders.meta import (
 
 #: What a requested snapshot was taken before: `reset` or `replay`.
 TAKEN_BEFORE_LABEL: Final = "streamherd.io/taken-before"
+#: The labels the operator sets on a requested snapshot.
+OWN_LABELS: Final = (
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+    PIPELINE_LABEL,
+    TAKEN_BEFORE_LABEL,
+)
 
 
 def state_snapshot_name(pipeline: str, action: str, generation: int | None) -> str:
@@ -73,4 +82,26 @@ def build_state_snapshot(pipeline: StreamPipeline, action: str, generation: int 
         "kind": SNAPSHOT_KIND,
         "metadata": meta,
         "spec": {"pipeline": pipeline.name},
+    }
+
+
+def kept_state_snapshot(snapshot: Manifest) -> Manifest:
+    """What keeps `snapshot` (a live one the pipeline owns, taken before a reset or replay)
+    when the pipeline is deleted with ``retainOnDelete`` (decision 0177): applied (the
+    operator's field manager made it), it is then as :func:`build_state_snapshot` makes one
+    under ``retainOnDelete``: no owner (the garbage collector leaves it, and its topic with
+    it), labelled ``streamherd.io/retained=true``."""
+    meta = snapshot["metadata"]
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k in OWN_LABELS}
+    return {
+        "apiVersion": SNAPSHOT_API_VERSION,
+        "kind": SNAPSHOT_KIND,
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": {**labels, RETAINED_LABEL: "true"},
+            # Said outright: the owner this field manager applied is taken off.
+            "ownerReferences": [],
+        },
+        "spec": {"pipeline": snapshot["spec"]["pipeline"]},
     }

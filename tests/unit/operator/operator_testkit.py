@@ -169,6 +169,11 @@ class FakeKube:
     def served(self, api_version: str, kind: str) -> bool:
         return (api_version, kind) in self.served_kinds
 
+    def create_event(self, event: Manifest) -> None:
+        """An Event posted (best effort: never refused here, so the fault hook is not
+        asked)."""
+        self.events.append(copy.deepcopy(event))
+
     def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         data = self.secrets.get((namespace, name))
         return dict(data) if data is not None else None

@@ -3,7 +3,8 @@
 Hypothesis draws a pipeline (rollback auto, retainOnDelete, verify shadow: each or not), a
 sequence of spec edits (state-changing ones under refuse, reset and replay; compatible
 ones; a filter whose verification fails; restoring a snapshot status lists; an edit whose
-workers never get ready, which rollback auto rolls back; suspend; verify on and off) and a
+workers never get ready, which rollback auto rolls back; suspend; verify and
+retainOnDelete on and off) and a
 schedule of faults over the API writes (applies, deletes, status patches, of the reconciler
 and of the snapshot handlers, at the n-th write of the run or the n-th of a kind after each
 edit): the operator dying at a write (the write not made, or made and its reply lost; the
@@ -13,7 +14,10 @@ once (that handler fails and runs again). After each edit the handlers run again
 pipeline) with the environment (the Deployment controller, the workers writing snapshots,
 the shadows of a verification) until a round fails nothing and changes nothing, once, then
 again after a resync interval; the pipeline is then deleted, possibly a few rounds into its
-last edit (a reset under way), and right after a fault.
+last edit (a reset or a verification under way), and right after a fault. kopf is modelled
+with the operator's own registry (operator/handlers.py: build_registry): the pipeline holds
+the finalizer while the filter of one of its on.delete handlers holds, and its deletion runs
+those handlers until each has succeeded.
 
 What a user relies on, checked at every settled point and after the deletion:
 
@@ -23,10 +27,13 @@ What a user relies on, checked at every settled point and after the deletion:
 - every state-changing roll is recorded once: StateReset/StateReplay/StateRestored in
   StateCompatible, one event, and for a reset or replay status.snapshots listing the kept
   volume snapshot and the StreamPipelineSnapshot taken first (no name twice);
-- a verification that is over leaves no shadow, topic or group;
+- a verification that is over leaves no shadow, topic or group, and neither does deleting
+  the pipeline while one is under way;
 - every snapshot topic on Kafka has its snapshot resource, every snapshot the pipeline owns
-  is one that deleting the pipeline deletes first (listed, and the finalizer), and after
-  the deletion none of them, nor their topics, is left;
+  is one that deleting the pipeline deals with first (listed, and the finalizer), and after
+  the deletion none of them is left, nor their topics, unless retainOnDelete is on then:
+  then each that holds a topic is kept with it (no owner, labelled retained, like one
+  taken under retainOnDelete); no topic is ever left without its kept resource;
 - what is rendered and recorded (the workers' ConfigMap and Deployment, the status without
   times, the snapshots, the verification) is what a fault-free run of the same edits
   settles to, and so are the lifecycle events, except that an event whose reconcile's
@@ -41,41 +48,50 @@ as a verification sees it, test_verifying.py's FakeKafka. Each example runs the 
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import json
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from unittest import mock
 
+import kopf
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from streamherd.operator import snapshots
+from streamherd.operator import runtime, snapshots
 from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND
-from streamherd.operator.builders.meta import CONFIG_KEY, INPUT_HASH_ANNOTATION
+from streamherd.operator.api.v1alpha1 import PLURAL
+from streamherd.operator.builders.meta import (
+    CONFIG_KEY,
+    FINALIZER,
+    INPUT_HASH_ANNOTATION,
+    RETAINED_LABEL,
+)
 from streamherd.operator.builders.shadow import ROLES
+from streamherd.operator.handlers import build_registry
 from streamherd.operator.kafkaadmin import Deleted, KafkaAdmin, KafkaAdminError, TopicRequest
-from streamherd.operator.kube import ApiError
+from streamherd.operator.kube import ApiError, Kube
 from streamherd.operator.reconciler import EventNote, ReconcileMemo, reconcile
 from streamherd.operator.restoring import live_workers
+from streamherd.operator.runtime import OperatorContext
 from streamherd.operator.snapshots import (
-    FINALIZER,
-    delete_state_snapshots,
     delete_topic,
     deletes_with,
     follow,
     list_in_pipeline,
-    lists_state_snapshots,
     snapshot_topics,
 )
 from streamherd.operator.upgrades import STATE_COMPATIBLE, config_description
 from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.checkpointing import Checkpoint
 from streamherd.workers.fingerprint import fingerprint, has_state
-from streamherd.workers.snapshotting import SnapshotContents, parse_topic
+from streamherd.workers.snapshotting import SnapshotContents, parse_topic, snapshot_topic
 from tests.unit.operator.operator_testkit import (
     SETTINGS,
     FakeKube,
@@ -207,6 +223,9 @@ class World:
     #: Every change of the workers' filter: (a verification gates it, the filter before,
     #: after).
     filters: list[tuple[bool, str | None, str | None]] = field(default_factory=list)
+    #: Whether the spec kept its state (retainOnDelete) at some point: snapshots taken or
+    #: released then are kept, and their topics with them.
+    retained: bool = False
     #: How many status writes of the pipeline were made and their reply lost: the events
     #: of such a reconcile are never posted (events are posted after the status write: at
     #: most once, and exactly once unless that happens).
@@ -354,6 +373,9 @@ def kafka_of(world: World) -> Iterator[None]:
         mock.patch.object(KafkaAdmin, "connect", lambda c, t: Admin(world.kafka)),
         mock.patch.object(snapshots, "read_snapshot", read),
         mock.patch.object(snapshots, "source_partitions", partitions),
+        # The Kafka access of the pipeline's deletion handlers (a verification's shadows).
+        mock.patch.object(runtime, "cluster_from_secrets", lambda kube, p: Cluster()),
+        mock.patch.object(runtime, "KafkaShadowClient", lambda cluster: world.shadow),
     ):
         yield
 
@@ -507,14 +529,30 @@ def digest(world: World) -> str:
     return json.dumps([objects, topics, shadow], sort_keys=True, default=str)
 
 
+#: The operator's kopf registry (operator/handlers.py) and its on.delete handlers of
+#: StreamPipelines, in the order kopf runs them.
+REGISTRY = build_registry(SETTINGS)
+DELETE_HANDLERS = [
+    h
+    for h in REGISTRY._changing.get_all_handlers()
+    if h.reason == kopf.Reason.DELETE and h.selector is not None and h.selector.any_name == PLURAL
+]
+
+
+def deletion_handlers(body: Manifest) -> list[Any]:
+    """The pipeline's on.delete handlers whose filters hold for `body` (kopf: they need the
+    finalizer, and a deletion runs them)."""
+    return [h for h in DELETE_HANDLERS if h.requires_finalizer and h.when(body=body)]
+
+
 def kopf_finalizer(world: World) -> None:
     """kopf on a pipeline event: its finalizer while an on.delete handler's filter holds
-    (delete-snapshots: snapshots.lists_state_snapshots), none otherwise."""
+    (:func:`deletion_handlers`), none otherwise."""
     body = world.kube.find("StreamPipeline", NAME)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return
     finalizers = [f for f in body["metadata"].get("finalizers") or [] if f != FINALIZER]
-    if lists_state_snapshots(body):
+    if deletion_handlers(body):
         finalizers.append(FINALIZER)
     body["metadata"]["finalizers"] = finalizers
 
@@ -570,6 +608,7 @@ edits = st.one_of(
     st.tuples(st.just("suspend"), st.booleans(), st.none()),
     st.tuples(st.just("restore"), st.integers(0, 5), st.none()),
     st.tuples(st.just("unrestore"), st.none(), st.none()),
+    st.tuples(st.just("retain"), st.booleans(), st.none()),
 )  # fmt: skip
 
 
@@ -606,6 +645,9 @@ def apply_edit(world: World, edit: Edit) -> None:
             spec.setdefault("upgrade", {}).pop("verify", None)
     elif what == "unrestore":
         spec.get("state", {}).pop("restoreFrom", None)
+    elif what == "retain":
+        spec.setdefault("state", {})["retainOnDelete"] = value
+        world.retained = world.retained or value
     upgrade = spec.setdefault("upgrade", {})
     if policy is not None:
         upgrade["onStateChange"] = policy
@@ -757,37 +799,26 @@ def check_settled(world: World, rolls_before: int, events_before: int, lost_befo
     for topic in world.kafka.topics:
         parsed = parse_topic(topic)
         assert parsed is not None and world.kube.find(SNAPSHOT_KIND, parsed[2]), topic
-    # A snapshot the pipeline owns is deleted with it: its finalizer is there.
+    # A snapshot the pipeline owns is dealt with by its deletion (deleted, or kept under
+    # retainOnDelete): its finalizer is there.
     for snap in world.snapshots():
         if snap["metadata"].get("ownerReferences"):
             assert deletes_with(body, snap["metadata"]["name"]), snap["metadata"]["name"]
 
 
 def delete_pipeline(world: World) -> None:
-    """kubectl delete: with kopf's finalizer, its delete-snapshots handler (if its filter
-    holds), then the garbage collector deletes what the pipeline owns (each snapshot's own
-    finalizer runs then)."""
+    """kubectl delete: with kopf's finalizer, kopf runs each on.delete handler whose filter
+    holds (operator/handlers.py) until it succeeds, the snapshots' finalizers running
+    meanwhile; then the garbage collector deletes what the pipeline owns (each snapshot's
+    own finalizer runs then)."""
     body = world.kube.find("StreamPipeline", NAME)
     assert body is not None
     body["metadata"]["deletionTimestamp"] = "now"
     uid = body["metadata"]["uid"]
-    if FINALIZER in body["metadata"].get("finalizers", []) and lists_state_snapshots(body):
-        for _ in range(MAX_ROUNDS):
-            left: list[str] = []
-
-            def step(left: list[str] = left) -> None:
-                left.extend(delete_state_snapshots(world.kube, NS, NAME, uid))
-
-            try:
-                with kafka_of(world):
-                    done = handler(world, step)
-                    snapshot_finalizers(world)
-            except Died:
-                done = False
-            if done and not left:
-                break
-        else:
-            raise AssertionError("the pipeline's finalizer never finished")
+    if FINALIZER in body["metadata"].get("finalizers", []):
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ctx = OperatorContext(settings=SETTINGS, kube=cast(Kube, world.kube), executor=pool)
+            finalize(world, ctx)
     world.kube.objects.pop((PIPELINE_API, "StreamPipeline", NS, NAME))
     for key, obj in list(world.kube.objects.items()):
         if any(r.get("uid") == uid for r in obj["metadata"].get("ownerReferences") or []):
@@ -798,6 +829,42 @@ def delete_pipeline(world: World) -> None:
     world.faults = {}
     with kafka_of(world):
         snapshot_finalizers(world)
+
+
+def finalize(world: World, ctx: OperatorContext) -> None:
+    """kopf's deletion of a pipeline that holds its finalizer: each on.delete handler whose
+    filter holds for the pipeline as stored runs, again (a retry) until it has succeeded;
+    a failure (a TemporaryError, a write refused, the operator's death) is retried on a
+    later round, the snapshots' finalizers running in between."""
+    succeeded: set[str] = set()
+    retries: Counter[str] = Counter()
+    for _ in range(MAX_ROUNDS):
+        body = world.kube.find("StreamPipeline", NAME)
+        assert body is not None
+        due = [h for h in deletion_handlers(body) if h.id not in succeeded]
+        if not due:
+            return
+        for h in due:
+            failed: list[str] = []
+
+            def step(h: Any = h, body: Manifest = body, failed: list[str] = failed) -> None:
+                call = h.fn(body=copy.deepcopy(body), memo=kopf.Memo(ctx=ctx),
+                            retry=retries[h.id], namespace=NS, name=NAME)  # fmt: skip
+                try:
+                    asyncio.run(call)
+                except kopf.TemporaryError as error:
+                    failed.append(str(error))
+
+            try:
+                with kafka_of(world):
+                    if handler(world, step) and not failed:
+                        succeeded.add(h.id)
+                    else:
+                        retries[h.id] += 1
+                    snapshot_finalizers(world)
+            except Died:
+                retries[h.id] += 1
+    raise AssertionError("the pipeline's finalizer never finished")
 
 
 @dataclass
@@ -823,6 +890,7 @@ def run(
     world.kube.world = world  # type: ignore[attr-defined]
     world.kube.fault = world.fault
     world.faults = dict(faults)
+    world.retained = base.retain
     world.kube.put(base.doc())
     result = Run()
     settle(world)
@@ -843,16 +911,45 @@ def run(
         check_settled(world, rolls, events, lost)
         result.seen.append(projection(world))
         result.said, result.lost = lifecycle_events(world), world.lost_status > 0
-    delete_pipeline(world)
-    leaked = [t for t in world.kafka.topics if not base.retain]
-    assert not leaked, (
-        f"snapshot topics left: {leaked} (finalizers that lost them: {world.orphaned})"
-    )
-    owned = [
-        s["metadata"]["name"] for s in world.snapshots() if s["metadata"].get("ownerReferences")
+    retain = (world.spec().get("state") or {}).get("retainOnDelete") is True
+    holding = [
+        s["metadata"]["name"]
+        for s in world.snapshots()
+        if s["metadata"].get("ownerReferences") and topic_of(s) in world.kafka.topics
     ]
-    assert not owned, owned
+    delete_pipeline(world)
+    assert not shadows_left(world), f"a verification left: {shadows_left(world)}"
+    check_deleted(world, retain, holding)
     return result
+
+
+def topic_of(snapshot: Manifest) -> str:
+    return snapshot_topic(NS, NAME, snapshot["metadata"]["name"])
+
+
+def check_deleted(world: World, retain: bool, holding: list[str]) -> None:
+    """What the deletion left: the snapshots the pipeline owned that held a topic
+    (`holding`) are kept with their topics if retainOnDelete was on at the deletion
+    (`retain`), gone with them otherwise; no snapshot is left owned, no topic without its
+    kept snapshot resource."""
+    left = {s["metadata"]["name"]: s for s in world.snapshots()}
+    owned = [n for n, s in left.items() if s["metadata"].get("ownerReferences")]
+    assert not owned, owned
+    for topic in world.kafka.topics:
+        parsed = parse_topic(topic)
+        snap = left.get(parsed[2]) if parsed is not None else None
+        assert snap is not None, (
+            f"snapshot topic {topic} left without its resource (finalizers that lost their "
+            f"topics: {world.orphaned})"
+        )
+        assert (snap["metadata"].get("labels") or {}).get(RETAINED_LABEL) == "true", snap
+    if not world.retained:
+        assert not world.kafka.topics, f"snapshot topics left: {sorted(world.kafka.topics)}"
+    if retain:
+        kept = [n for n in holding if n in left and topic_of(left[n]) in world.kafka.topics]
+        assert kept == holding, f"retainOnDelete kept {kept} of {holding}"
+    else:
+        assert not set(holding) & set(left), (holding, sorted(left))
 
 
 kinds = st.sampled_from(["crash", "lost", "refused"])
@@ -897,6 +994,23 @@ RESET = ("reorder", None, "reset")
 )
 @example(
     Base(rollback=True), [RESET, ("unready", True, None), ("reorder", None, "replay")], {}, None
+)
+# retainOnDelete set after a reset: the pipeline lost its finalizer, and deleting it deleted
+# the snapshot that reset took (the state retainOnDelete keeps), its topic left with no
+# resource (0177); and the apply that keeps it lost once.
+@example(Base(), [RESET, ("retain", True, None)], {}, None)
+@example(Base(), [RESET, ("retain", True, None)], {}, 2)
+@example(Base(), [RESET, ("retain", True, None)], {("apply StreamPipelineSnapshot", 1): "lost"}, 2)
+# The pipeline deleted while a verification runs, with retainOnDelete too: its shadow topics
+# and groups were left (0176); and deleted right after the operator died once the run was
+# made, its status not yet saying it was started.
+@example(Base(verify=True), [("filter", "status < 400", None)], {}, 2)
+@example(Base(retain=True, verify=True), [("filter", "status < 400", None)], {}, 4)
+@example(
+    Base(verify=True),
+    [("filter", "status < 400", None)],
+    {("patch_status StreamPipeline", 2): "crash"},
+    3,
 )
 def test_the_lifecycle_survives_any_fault_between_writes(
     base: Base,

@@ -18,15 +18,20 @@ from hypothesis import strategies as st
 
 from streamherd.operator import snapshots
 from streamherd.operator.api.snapshot import MAX_SNAPSHOT_NAME_LENGTH
-from streamherd.operator.builders.snapshot import build_state_snapshot, state_snapshot_name
+from streamherd.operator.builders.meta import FINALIZER
+from streamherd.operator.builders.snapshot import (
+    TAKEN_BEFORE_LABEL,
+    build_state_snapshot,
+    state_snapshot_name,
+)
 from streamherd.operator.kafkaadmin import Deleted, KafkaAdmin, TopicRequest
 from streamherd.operator.reconciler import ReconcileMemo, reconcile
 from streamherd.operator.snapshots import (
-    FINALIZER,
     delete_state_snapshots,
     delete_topic,
     deletes_with,
     follow,
+    keep_state_snapshots,
     lists_state_snapshots,
 )
 from streamherd.operator.upgrades import STATE_COMPATIBLE
@@ -156,11 +161,13 @@ def test_a_state_snapshot_name_is_a_valid_unique_snapshot_name(
     assert snap.endswith(f"-{action}-g{generation}")
     # One per edit: another generation or action is another snapshot.
     assert snap != state_snapshot_name(name, action, generation + 1)
-    # The pipeline's delete handler recognises it in status.snapshots.
+    # The pipeline's delete handler recognises it in status.snapshots, whatever
+    # retainOnDelete says now: the deletion reads it, and keeps them then (decision 0177).
     body: dict[str, Any] = {"spec": {}, "status": {"snapshots": [{"name": snap}]}}
     assert lists_state_snapshots(body)
     body["spec"] = {"state": {"retainOnDelete": True}}
-    assert not lists_state_snapshots(body)
+    assert lists_state_snapshots(body)
+    assert not lists_state_snapshots({"spec": {}, "status": {"snapshots": [{"name": "a-to-b"}]}})
 
 
 def test_a_state_snapshot_is_owned_unless_the_pipeline_keeps_its_state() -> None:
@@ -190,6 +197,39 @@ def test_deleting_a_pipeline_deletes_only_the_snapshots_it_owns() -> None:
     assert left == [f"{name}-reset-g2"]
     assert kube.deletes == [f"StreamPipelineSnapshot/{name}-reset-g2"]
     assert kube.find("StreamPipelineSnapshot", f"{name}-replay-g3") is not None
+    assert delete_state_snapshots(kube, "default", name, "u-1") == []
+
+
+def test_a_pipeline_deleted_with_retain_on_delete_keeps_the_snapshots_it_owns() -> None:
+    """retainOnDelete set after a reset: the snapshot that reset took is the state it keeps
+    (decision 0177). The deletion takes the owner off and labels it retained, as one taken
+    under retainOnDelete is made, so the garbage collector leaves it and its topic; nothing
+    is deleted, and others' snapshots are not touched."""
+    kube = FakeKube()
+    doc = example_doc("02-clicks-per-minute")
+    name = doc["metadata"]["name"]
+    owned = copy.deepcopy(kube.put(build_state_snapshot(pipeline_from(doc, uid="u-1"), "reset", 2)))
+    older = copy.deepcopy(kube.put(build_state_snapshot(pipeline_from(doc, uid="u-0"), "reset", 1)))
+    retained = copy.deepcopy(doc)
+    retained["spec"]["state"] = {"retainOnDelete": True}
+    made_kept = copy.deepcopy(
+        kube.put(build_state_snapshot(pipeline_from(retained, uid="u-1"), "replay", 3))
+    )
+    kube.put(snapshot("on-request", "f", "s"))
+    assert keep_state_snapshots(kube, "default", name, "u-1") == [f"{name}-reset-g2"]
+    assert kube.deletes == [] and kube.applies == [f"StreamPipelineSnapshot/{name}-reset-g2"]
+    kept = kube.find("StreamPipelineSnapshot", f"{name}-reset-g2")
+    assert kept is not None and not kept["metadata"]["ownerReferences"]
+    # As one taken under retainOnDelete: its labels (retained) and spec.
+    assert kept["metadata"]["labels"] == {
+        **made_kept["metadata"]["labels"],
+        TAKEN_BEFORE_LABEL: "reset",
+    }
+    assert kept["spec"] == owned["spec"]
+    assert kube.find("StreamPipelineSnapshot", f"{name}-reset-g1") == older
+    assert kube.find("StreamPipelineSnapshot", f"{name}-replay-g3") == made_kept
+    # Kept, it is the pipeline's no more: neither deleted nor kept again.
+    assert keep_state_snapshots(kube, "default", name, "u-1") == []
     assert delete_state_snapshots(kube, "default", name, "u-1") == []
 
 

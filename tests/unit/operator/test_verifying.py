@@ -19,11 +19,16 @@ from hypothesis import strategies as st
 
 from streamherd.operator.api.v1alpha1 import VerificationStatus, Verify
 from streamherd.operator.builders import Capabilities, build_all
+from streamherd.operator.builders.meta import FINALIZER
 from streamherd.operator.builders.shadow import ROLES, build_shadow, shadow_config
 from streamherd.operator.conditions import VERIFIED, Cond
-from streamherd.operator.decision import SHADOW_TIDY_SECONDS, verified_condition
+from streamherd.operator.decision import (
+    SHADOW_START_SECONDS,
+    SHADOW_TIDY_SECONDS,
+    verified_condition,
+)
 from streamherd.operator.kube import ApiError
-from streamherd.operator.reconciler import ReconcileMemo, reconcile
+from streamherd.operator.reconciler import ReconcileMemo, ReconcileResult, reconcile
 from streamherd.operator.shadowtopics import NO_OFFSET, Offsets, ShadowKafkaError
 from streamherd.operator.validation import parse_pipeline
 from streamherd.operator.verifying import (
@@ -36,6 +41,7 @@ from streamherd.operator.verifying import (
     results_fingerprint,
     same_value,
     start_offsets,
+    verification_left,
     window_rows,
 )
 from streamherd.workers.config import WorkerConfig
@@ -390,10 +396,11 @@ class FakeKafka:
             raise ShadowKafkaError(f"topic {topic}: Broker: Unknown topic or partition")
         return list(self.topics[topic])
 
-    def delete_topics(self, names: Iterable[str]) -> None:
+    def delete_topics(self, names: Iterable[str]) -> list[str]:
         for name in names:
             if self.topics.pop(name, None) is not None:
                 self.deleted_topics.append(name)
+        return []
 
     def delete_groups(self, groups: Iterable[str]) -> list[str]:
         left = []
@@ -403,6 +410,32 @@ class FakeKafka:
             elif self.groups.pop(group, None) is not None:
                 self.deleted_groups.append(group)
         return left
+
+
+def kopf_finalizer(kube: FakeKube, name: str) -> None:
+    """kopf on a pipeline event: its finalizer while the delete-shadows handler's filter
+    holds (verifying.verification_left: status names a run not cleaned up), none
+    otherwise (no other on.delete handler's filter holds for these pipelines)."""
+    meta = body_of(kube, name)["metadata"]
+    rest = [f for f in meta.get("finalizers") or [] if f != FINALIZER]
+    meta["finalizers"] = [*rest, FINALIZER] if verification_left(body_of(kube, name)) else rest
+
+
+def operate(
+    body: Mapping[str, Any], kube: FakeKube, settings: Any, **kwargs: Any
+) -> ReconcileResult:
+    """A reconcile as the operator runs it: then kopf updates its finalizer on the pipeline,
+    and a run the reconcile named but could not start yet (the pipeline did not hold the
+    finalizer: decision 0176) is started by the reconcile its retry_after asks for, at the
+    same moment; the events are both reconciles'."""
+    name = body["metadata"]["name"]
+    first = reconcile(body, kube, settings, **kwargs)
+    kopf_finalizer(kube, name)
+    if first.retry_after != SHADOW_START_SECONDS:
+        return first
+    again = reconcile(body_of(kube, name), kube, settings, **kwargs)
+    kopf_finalizer(kube, name)
+    return dataclasses.replace(again, events=first.events + again.events)
 
 
 def cond(kube: FakeKube, name: str) -> dict[str, Any]:
@@ -417,7 +450,7 @@ def running(**verify: Any) -> tuple[FakeKube, FakeKafka, str, ReconcileMemo]:
     kafka.commit("default.clicks-per-minute", {("clicks", 0): 90})
     memo = ReconcileMemo()
     for _ in range(2):
-        reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+        operate(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
         kube.roll_out(name)
     return kube, kafka, name, memo
 
@@ -435,7 +468,7 @@ def test_nothing_to_verify_rolls_as_usual() -> None:
     body["spec"]["replicas"] = 1
     body["spec"]["checkpoint"]["interval"] = "5s"  # not a results edit
     body["metadata"]["generation"] += 1
-    result = reconcile(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    result = operate(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
     assert "ConfigMap/clicks-per-minute-config" in result.applied
     assert not kafka.topics and kube.find("Deployment", f"{name}-shadow-candidate") is None
 
@@ -462,7 +495,7 @@ def run_edit(
     reasons: list[str] = []
 
     def step(at: datetime) -> Any:
-        result = reconcile(body_of(kube, name), kube, SETTINGS, now=at, memo=memo,
+        result = operate(body_of(kube, name), kube, SETTINGS, now=at, memo=memo,
                            kafka=lambda p: kafka)  # fmt: skip
         reasons.extend(e.reason for e in result.events)
         return result
@@ -532,14 +565,14 @@ def test_an_edit_that_changes_the_results_is_held_with_the_count() -> None:
     assert "VerificationFailed" in reasons
     assert live(kube, name) == before  # never promoted
     # Said once; the next reconciles hold quietly.
-    again = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(hours=1),
+    again = operate(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(hours=1),
                       memo=memo, kafka=lambda p: kafka)  # fmt: skip
     assert again.events == () and live(kube, name) == before
     # Accepting the difference (a tolerance edit) promotes without running again.
     body = body_of(kube, name)
     body["spec"]["upgrade"]["verify"]["tolerance"] = "2"
     body["metadata"]["generation"] += 1
-    reconcile(body, kube, SETTINGS, now=T0 + timedelta(hours=1), memo=memo, kafka=lambda p: kafka)
+    operate(body, kube, SETTINGS, now=T0 + timedelta(hours=1), memo=memo, kafka=lambda p: kafka)
     assert cond(kube, name)["reason"] == "Passed"
     assert "status < 400" in live(kube, name)[0]["data"]["worker.json"]
 
@@ -550,12 +583,12 @@ def test_reverting_during_a_run_removes_the_shadows() -> None:
     body = body_of(kube, name)
     body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
     body["metadata"]["generation"] += 1
-    reconcile(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    operate(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
     assert kafka.topics and kube.find("Deployment", f"{name}-shadow-candidate") is not None
     body = body_of(kube, name)
     body["spec"]["processor"]["steps"][0]["filter"] = "status < 500 and page != '/healthz'"
     body["metadata"]["generation"] += 1
-    reconcile(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    operate(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
     assert not kafka.topics and kube.find("Deployment", f"{name}-shadow-candidate") is None
     assert body_of(kube, name)["status"].get("verification") is None
     assert cond(kube, name)["reason"] == "NothingToVerify"
@@ -568,7 +601,7 @@ def test_without_kafka_access_the_edit_waits_and_says_why() -> None:
     body = body_of(kube, name)
     body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
     body["metadata"]["generation"] += 1
-    reconcile(body, kube, SETTINGS, now=T0, memo=memo)
+    operate(body, kube, SETTINGS, now=T0, memo=memo)
     c = cond(kube, name)
     assert (c["status"], c["reason"]) == ("Unknown", "CannotVerify")
     assert live(kube, name) == before
@@ -580,8 +613,8 @@ def test_a_group_that_still_has_members_is_deleted_on_a_later_reconcile() -> Non
     body = body_of(kube, name)
     body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
     body["metadata"]["generation"] += 1
-    reconcile(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
-    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=61), memo=memo,
+    operate(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    operate(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=61), memo=memo,
               kafka=lambda p: kafka)  # fmt: skip
     v = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
     groups = [f"default.clicks-per-minute.shadow.{v.run}.{role}" for role in ROLES]
@@ -591,17 +624,17 @@ def test_a_group_that_still_has_members_is_deleted_on_a_later_reconcile() -> Non
             orjson.dumps(r) for r in same
         ]
     kafka.members = set(groups)  # the shadow workers have not left their groups yet
-    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=62), memo=memo,
+    operate(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=62), memo=memo,
               kafka=lambda p: kafka)  # fmt: skip
     v = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
     assert v.phase == "Passed" and not v.cleaned and set(groups) <= set(kafka.groups)
     kafka.members = set()
-    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=63), memo=memo,
+    operate(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=63), memo=memo,
               kafka=lambda p: kafka)  # fmt: skip
     v = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
     assert v.cleaned and not set(groups) & set(kafka.groups)
     # Once clean, an idle pipeline asks nothing of Kafka.
-    idle = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=64),
+    idle = operate(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=64),
                      memo=memo, kafka=lambda p: pytest.fail("Kafka asked"))  # fmt: skip
     assert idle.status is None
 
@@ -646,7 +679,7 @@ def test_a_verdict_whose_status_write_failed_is_reached_again_with_its_shadows(
     body["metadata"]["generation"] += 1
 
     def step(at: float, with_memo: ReconcileMemo = memo) -> Any:
-        return reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=at),
+        return operate(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=at),
                          memo=with_memo, kafka=lambda p: kafka)  # fmt: skip
 
     step(0)
@@ -699,7 +732,7 @@ def test_a_pass_whose_promotion_failed_keeps_its_verdict() -> None:
     reasons: list[str] = []
 
     def step(at: float) -> Any:
-        result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=at),
+        result = operate(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=at),
                            memo=ReconcileMemo(), kafka=lambda p: kafka)  # fmt: skip
         reasons.extend(e.reason for e in result.events)
         return result
@@ -733,16 +766,21 @@ def test_a_pass_whose_promotion_failed_keeps_its_verdict() -> None:
 
 
 def test_a_start_whose_status_write_failed_reuses_its_run() -> None:
-    """The run's topics and groups are made before status names the run. A start whose
-    status write failed (or whose operator died) is made again under the same run, so
-    nothing of it is left behind when the run ends; both shadows start where the first try
-    seeded them. Before, the run was named by the time too: each try left its topics and
-    groups for good."""
+    """The run's topics and groups are made (by the reconcile after the one whose status
+    names the run: decision 0176) before status says it started. A start whose status
+    write failed (or whose operator died) is made again under the same run, so nothing of
+    it is left behind when the run ends; both shadows start where the first try seeded
+    them. Before, the run was named by the time too: each try left its topics and groups
+    for good."""
     kube, kafka, name, memo = running()
     body = body_of(kube, name)
     original = body["spec"]["processor"]["steps"][0]["filter"]
     body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
     body["metadata"]["generation"] += 1
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    kopf_finalizer(kube, name)
+    named = body_of(kube, name)["status"]["verification"]["run"]
+    assert not kafka.topics
     stored = kube.patch_status
 
     def refused(*_: Any, **__: Any) -> dict[str, Any]:
@@ -750,24 +788,71 @@ def test_a_start_whose_status_write_failed_reuses_its_run() -> None:
 
     kube.patch_status = refused  # type: ignore[method-assign]
     with pytest.raises(ApiError):
-        reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+        reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=3),
+                  memo=memo, kafka=lambda p: kafka)  # fmt: skip
     kube.patch_status = stored  # type: ignore[method-assign]
     first = sorted(kafka.topics)
     seeded = {g: dict(o) for g, o in kafka.groups.items() if ".shadow." in g}
-    assert len(first) == 2 and len(seeded) == 2
+    assert len(first) == 2 and len(seeded) == 2 and all(named in t for t in first)
+    assert "startedAt" not in body_of(kube, name)["status"]["verification"]
     kafka.commit("default.clicks-per-minute", {("clicks", 0): 95})  # the workers go on
-    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=5),
-              memo=ReconcileMemo(), kafka=lambda p: kafka)  # fmt: skip
-    run = body_of(kube, name)["status"]["verification"]["run"]
-    assert sorted(kafka.topics) == first and all(run in t for t in first)
+    operate(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=5),
+            memo=ReconcileMemo(), kafka=lambda p: kafka)  # fmt: skip
+    verification = body_of(kube, name)["status"]["verification"]
+    assert verification["run"] == named and verification["startedAt"]
+    assert sorted(kafka.topics) == first
     assert {g: o for g, o in kafka.groups.items() if ".shadow." in g} == seeded
     # Reverted: the run named in status is the only one, and it is removed whole.
     body = body_of(kube, name)
     body["spec"]["processor"]["steps"][0]["filter"] = original
     body["metadata"]["generation"] += 1
-    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=10),
-              memo=memo, kafka=lambda p: kafka)  # fmt: skip
+    operate(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=10),
+            memo=memo, kafka=lambda p: kafka)  # fmt: skip
     assert not kafka.topics and not [g for g in kafka.groups if ".shadow." in g]
+
+
+def test_nothing_of_a_run_is_made_before_deleting_the_pipeline_would_delete_it() -> None:
+    """A run's topics, groups and shadows are made once the stored pipeline names the run in
+    its status and holds kopf's finalizer (which kopf adds for the delete-shadows handler
+    when status names a run not cleaned up), so that deleting the pipeline at any moment
+    deletes them first (decision 0176). Before, the reconcile that named the run also made
+    it: deleted before kopf added the finalizer, or after that status write failed, the
+    pipeline went and its shadow topics and groups stayed on the broker for good."""
+    kube, kafka, name, memo = running()
+    before = live(kube, name)
+    body = body_of(kube, name)
+    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
+    body["metadata"]["generation"] += 1
+
+    def step(at: float) -> ReconcileResult:
+        return reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=at),
+                         memo=memo, kafka=lambda p: kafka)  # fmt: skip
+
+    named = step(0)
+    v = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    assert (v.phase, v.started_at, v.cleaned) == ("Running", None, False)
+    assert verification_left(body_of(kube, name))  # the filter that gets the finalizer
+    assert named.retry_after == SHADOW_START_SECONDS and not named.events
+    c = cond(kube, name)
+    assert (c["status"], c["reason"]) == ("Unknown", "Verifying") and "finalizer" in c["message"]
+    # Without the finalizer (kopf has not added it yet), nothing is made, however often.
+    assert step(3).retry_after == SHADOW_START_SECONDS
+    assert not kafka.topics and not [g for g in kafka.groups if ".shadow." in g]
+    assert not [k for (_, k, _, n) in kube.objects if n.startswith(f"{name}-shadow-")]
+    assert live(kube, name) == before
+    kopf_finalizer(kube, name)
+    started = step(6)
+    assert [e.reason for e in started.events] == ["VerificationStarted"]
+    run = v.run
+    v = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    assert (v.run, v.started_at) == (run, "2026-03-01T12:00:06Z")
+    assert sorted(kafka.topics) == [
+        f"streamherd.default.clicks-per-minute.shadow.{v.run}.{role}" for role in ROLES
+    ]
+    for role in ROLES:
+        assert kafka.groups[f"default.clicks-per-minute.shadow.{v.run}.{role}"]
+        assert kube.find("Deployment", f"{name}-shadow-{role}") is not None
+    assert live(kube, name) == before
 
 
 def test_an_edit_during_a_run_replaces_the_run() -> None:
@@ -775,12 +860,12 @@ def test_an_edit_during_a_run_replaces_the_run() -> None:
     body = body_of(kube, name)
     body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
     body["metadata"]["generation"] += 1
-    reconcile(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    operate(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
     first = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
     body = body_of(kube, name)
     body["spec"]["processor"]["steps"][0]["filter"] = "status < 300"
     body["metadata"]["generation"] += 1
-    reconcile(body, kube, SETTINGS, now=T0 + timedelta(seconds=5), memo=memo,
+    operate(body, kube, SETTINGS, now=T0 + timedelta(seconds=5), memo=memo,
               kafka=lambda p: kafka)  # fmt: skip
     second = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
     assert second.run != first.run and second.phase == "Running"
@@ -800,7 +885,7 @@ def test_a_missing_auth_secret_holds_the_edit_and_names_it() -> None:
     def unreachable(p: Any) -> Any:
         raise ValueError("Secret kafka-creds (key password) not found")
 
-    reconcile(body, kube, SETTINGS, now=T0, memo=memo, kafka=unreachable)
+    operate(body, kube, SETTINGS, now=T0, memo=memo, kafka=unreachable)
     c = cond(kube, name)
     assert (c["status"], c["reason"]) == ("Unknown", "KafkaError")
     assert "kafka-creds" in c["message"]
@@ -845,11 +930,11 @@ def test_an_image_change_that_keeps_the_results_is_promoted_and_says_it_was_the_
     body = body_of(kube, name)
     body["spec"]["image"] = NEW_IMAGE
     body["metadata"]["generation"] += 1
-    reconcile(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    operate(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
     message = cond(kube, name)["message"]
     assert "the image" in message and NEW_IMAGE in message and "processing" not in message
     # ...and while the shadows run.
-    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=5), memo=memo,
+    operate(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=5), memo=memo,
               kafka=lambda p: kafka)  # fmt: skip
     message = cond(kube, name)["message"]
     assert "shadows running since" in message and NEW_IMAGE in message
@@ -862,7 +947,7 @@ def test_an_image_change_that_keeps_the_results_is_promoted_and_says_it_was_the_
 def test_the_operators_default_image_counts_as_an_image_change() -> None:
     kube, kafka, name, memo = running()
     upgraded = dataclasses.replace(SETTINGS, worker_image=NEW_IMAGE)
-    reconcile(body_of(kube, name), kube, upgraded, now=T0, memo=memo, kafka=lambda p: kafka)
+    operate(body_of(kube, name), kube, upgraded, now=T0, memo=memo, kafka=lambda p: kafka)
     assert cond(kube, name)["reason"] == "Verifying"
     assert kube.find("Deployment", f"{name}-shadow-candidate") is not None
 
@@ -917,6 +1002,6 @@ def test_removing_verify_clears_the_verdict_it_left() -> None:
     body = body_of(kube, name)
     del body["spec"]["upgrade"]["verify"]
     body["metadata"]["generation"] += 1
-    reconcile(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    operate(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
     c = cond(kube, name)
     assert (c["status"], c["reason"]) == ("False", "VerificationOff"), c
