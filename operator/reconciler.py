@@ -455,7 +455,8 @@ def observe(
     # The state epoch the workers run (decision 0175): carried across edits, and moved to
     # this generation by a reset or replay to another state (below).
     live_epoch = config_epoch(
-        kube.get("v1", "ConfigMap", pipeline.namespace, config_map_name(pipeline.name))
+        kube.get("v1", "ConfigMap", pipeline.namespace, config_map_name(pipeline.name)),
+        str(pipeline.metadata.get("uid") or ""),
     )
     while True:
         running = good[0] if good is not None else pipeline
@@ -496,8 +497,10 @@ def observe(
             "never does. Fix forward with a new edit"
         )
         good = None
-    assert observed.upgrade is not None
-    epoch = state_epoch(observed.upgrade.running, upgrade, observed.generation, live_epoch)
+    inputs = observed.upgrade
+    assert inputs is not None
+    switched = inputs.running_backend not in (None, inputs.desired_backend)
+    epoch = state_epoch(inputs.running, upgrade, observed.generation, live_epoch, switched=switched)
     if epoch != live_epoch:
         # This roll starts the state anew: its workers name the new epoch, and discard any
         # checkpoint of their fingerprint from before it (the pipeline came back to it).

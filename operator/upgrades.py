@@ -197,15 +197,21 @@ def config_sources(config_map: Manifest | None) -> tuple[str, ...] | None:
     return tuple(topics)
 
 
-def config_epoch(config_map: Manifest | None) -> int | None:
+def config_epoch(config_map: Manifest | None, uid: str) -> int | None:
     """The state epoch (``state.epoch``, decision 0175) the WorkerConfig in a ConfigMap
-    names; None when it names none, there is none, or it cannot be read."""
+    names for the pipeline of `uid`; None when it names none, names it for another pipeline
+    (one of the name deleted, its ConfigMap not yet collected or orphaned: its epoch is
+    not this one's, and would discard the state retainOnDelete kept), there is none, or it
+    cannot be read."""
     text = _config_text(config_map)
-    if text is None:
+    if text is None or not uid:
         return None
     try:
-        epoch = orjson.loads(text)["state"]["epoch"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+        state = orjson.loads(text)["state"]
+        epoch, named = state["epoch"], state.get("pipelineUid")
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return None
+    if named != uid:
         return None
     return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1 else None
 
@@ -215,15 +221,19 @@ def state_epoch(
     decision: Decision,
     generation: int | None,
     live_epoch: int | None,
+    *,
+    switched: bool = False,
 ) -> int | None:
     """The state epoch the workers' config names once `decision` is applied (decision 0175):
-    the generation of a reset or replay from another fingerprint's state (the state starts
-    anew with it), else the one the live config names (carried across every other edit)."""
+    the generation of a reset or replay from another fingerprint's state, or a reset that
+    moves the state to the other backend (`switched`: its checkpoints there are an earlier
+    era's, if any), as the state starts anew with it; else the one the live config names
+    (carried across every other edit)."""
     if (
         decision.action in ("reset", "replay")
         and running is not None
         and generation is not None
-        and fingerprint(running) != decision.fingerprint
+        and (switched or fingerprint(running) != decision.fingerprint)
     ):
         return generation
     return live_epoch

@@ -210,6 +210,9 @@ class PartitionState:
     # count, recorded in its checkpoints (None: not known).
     log_topic_id: str | None = None
     log_partitions: int | None = None
+    # The state epoch and pipeline uid of the checkpoint its state was restored from, kept
+    # in its checkpoints while this worker's config names no epoch (decision 0175).
+    carried: tuple[str | None, int] | None = None
 
 
 def unseen(messages: list[SourceMessage], next_offset: int | None) -> list[SourceMessage]:
@@ -607,6 +610,11 @@ class Engine:
             else:
                 self._mismatch(st, checkpoint, moved, stale)
             restored = None
+        elif checkpoint is not None and checkpoint.epoch is not None:
+            # Restored whole: a worker naming no epoch (one of a spec before the epoch, alive
+            # in a rollout) writes the epoch back with the state, or the epoch's workers
+            # would take the state it goes on with for an earlier era's (a review).
+            st.carried = (checkpoint.pipeline_uid, checkpoint.epoch)
         # The backend's own committed checkpoint: the base of incremental checkpoints.
         base = checkpoint is not None and not st.from_snapshot
         if self.repartition is not None and plan is not None:
@@ -927,6 +935,15 @@ class Engine:
         if moved and checkpoint.partitions is not None:
             name = f"{name}-partitions-{checkpoint.partitions}"
         self._discard(st, checkpoint, name, fields)
+
+    def _era_of(self, st: PartitionState) -> dict[str, Any]:
+        """The pipeline uid and state epoch a checkpoint of ``st`` carries: the config's;
+        a config naming no epoch writes back the restored checkpoint's, when it is of this
+        pipeline (the config names no uid, or the same one)."""
+        uid, epoch = self.state_policy.pipeline_uid, self.state_policy.epoch
+        if epoch is None and st.carried is not None and uid in (None, st.carried[0]):
+            return {"pipeline_uid": st.carried[0], "epoch": st.carried[1]}
+        return {"pipeline_uid": uid, "epoch": epoch}
 
     def _before_epoch(self, checkpoint: Checkpoint) -> str | None:
         """Why a checkpoint of this very fingerprint is not this state epoch's (decision
@@ -2241,8 +2258,7 @@ class Engine:
                     partitions=st.log_partitions,
                     authority=self.authority,
                     spec_generation=self.state_policy.spec_generation,
-                    pipeline_uid=self.state_policy.pipeline_uid,
-                    epoch=self.state_policy.epoch,
+                    **self._era_of(st),
                 )
             )
         return checkpoints

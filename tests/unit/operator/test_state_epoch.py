@@ -34,6 +34,9 @@ LOG_LEVELS = ("info", "debug")  # a compatible edit of the workers' config
 #: The source topics; windows on the source's partitions: removing a topic drops its
 #: windows, a state change of the same fingerprint (a reset of it must not move the epoch).
 TOPICS = (["clicks"], ["clicks-eu"], ["clicks", "clicks-eu"], ["clicks-eu", "clicks"])
+#: Where the checkpoints are: a switch under reset starts the state anew in the other
+#: backend, which may hold an earlier era's checkpoints (kafka -> volume -> kafka).
+BACKENDS = ("volume", "kafka")
 
 edits = st.lists(
     st.tuples(
@@ -41,6 +44,7 @@ edits = st.lists(
         st.sampled_from(sorted(POLICIES)),
         st.sampled_from(LOG_LEVELS),
         st.sampled_from(TOPICS),
+        st.sampled_from(BACKENDS),
     ),
     min_size=1,
     max_size=8,
@@ -62,7 +66,7 @@ def window(spec: dict[str, Any]) -> dict[str, Any]:
 @settings(max_examples=60, deadline=None)
 @given(edits)
 def test_the_epoch_moves_exactly_when_a_roll_starts_the_state_anew(
-    steps: list[tuple[str, str, str, list[str]]],
+    steps: list[tuple[str, str, str, list[str], str]],
 ) -> None:
     kube = FakeKube()
     doc = example_doc("02-clicks-per-minute")
@@ -72,23 +76,28 @@ def test_the_epoch_moves_exactly_when_a_roll_starts_the_state_anew(
     memo = ReconcileMemo()
     uid = body_of(kube, name)["metadata"]["uid"]
     running = window(body_of(kube, name)["spec"])["size"]
-    reading = {"clicks"}
+    reading, backend_now = {"clicks"}, "volume"
     epoch: int | None = None  # none until a roll starts the state anew
-    for size, policy, level, topics in [(running, "refuse", "info", ["clicks"]), *steps]:
+    first = (running, "refuse", "info", ["clicks"], "volume")
+    for size, policy, level, topics, backend in [first, *steps]:
         body = body_of(kube, name)
         window(body["spec"])["size"] = size
         body["spec"]["upgrade"] = dict(POLICIES[policy])
         body["spec"]["logLevel"] = level
         body["spec"]["source"]["kafka"]["topics"] = list(topics)
+        body["spec"].setdefault("checkpoint", {})["backend"] = backend
         body["metadata"]["generation"] += 1
         generation = body["metadata"]["generation"]
         for _ in range(2):  # the edit, then the next reconcile once it rolled out
             reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
             kube.roll_out(name)
         another = size != running  # another state fingerprint
-        if not ((another or not reading <= set(topics)) and policy == "refuse"):  # not held
-            running, reading = size, set(topics)
-            if another:  # a reset or replay to another state starts it anew
+        switched = backend != backend_now
+        changes = another or switched or not reading <= set(topics)
+        held = (changes and policy == "refuse") or (switched and policy == "replay")
+        if not held:
+            running, reading, backend_now = size, set(topics), backend
+            if another or switched:  # a reset or replay to another state starts it anew
                 epoch = generation
         # (a removed topic alone drops its windows under reset or replay: the same state)
         state = live_state(kube, name)
@@ -96,7 +105,8 @@ def test_the_epoch_moves_exactly_when_a_roll_starts_the_state_anew(
         if epoch is not None:  # named with the uid whatever the policy now
             assert state["pipelineUid"] == uid
         config_map = kube.find("ConfigMap", f"{name}-config")
-        assert config_epoch(config_map) == epoch
+        assert config_epoch(config_map, uid) == epoch
+        assert config_epoch(config_map, "another-uid") is None
 
 
 @given(
@@ -117,5 +127,34 @@ def test_an_unreadable_live_config_names_no_epoch(text: str | None) -> None:
     """Whatever the live ConfigMap holds, reading its epoch never raises: an epoch is a
     positive integer under ``state``, or there is none (nothing is then discarded by it)."""
     config_map = None if text is None else {"data": {"worker.json": text}}
-    found = config_epoch(config_map)
+    found = config_epoch(config_map, "uid")
     assert found is None or (type(found) is int and found >= 1)
+
+
+def test_a_pipeline_created_again_does_not_take_the_deleted_ones_epoch() -> None:
+    """A pipeline deleted while its workers' ConfigMap stays (an orphan cascade, or the
+    garbage collector not done yet) and created again under the name: the live ConfigMap
+    names the deleted pipeline's epoch. Taken over, it would make the new pipeline's
+    workers discard every checkpoint of the deleted one's (another uid) even under refuse:
+    the state retainOnDelete kept (a review's finding)."""
+    kube = FakeKube()
+    doc = example_doc("02-clicks-per-minute")
+    doc["spec"]["suspend"] = True
+    doc["spec"]["state"] = {"retainOnDelete": True}
+    name = kube.put(json.loads(json.dumps(doc)))["metadata"]["name"]
+    memo = ReconcileMemo()
+    for size in ("120s", "60s"):  # away and back, with a reset each time: an epoch
+        body = body_of(kube, name)
+        window(body["spec"])["size"] = size
+        body["spec"]["upgrade"] = dict(POLICIES["reset"])
+        body["metadata"]["generation"] += 1
+        for _ in range(2):
+            reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+            kube.roll_out(name)
+    assert live_state(kube, name).get("epoch") is not None
+    kube.delete("streamherd.io/v1alpha1", "StreamPipeline", "default", name)
+    assert kube.find("ConfigMap", f"{name}-config") is not None  # left behind
+    kube.put(json.loads(json.dumps(doc)))
+    assert body_of(kube, name)["metadata"]["uid"] != live_state(kube, name)["pipelineUid"]
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=ReconcileMemo())
+    assert "epoch" not in live_state(kube, name)

@@ -327,6 +327,41 @@ def test_state_of_the_fingerprint_from_before_the_epoch_is_discarded_whatever_th
     assert discarded_by(other, "reset") == 4
 
 
+def test_a_worker_naming_no_epoch_writes_back_the_epoch_of_the_state_it_goes_on_with(
+    tmp_path: Path,
+) -> None:
+    """A worker of a spec before the epoch (A -> B -> A, one of the first A still alive in
+    the rollout) restores a checkpoint of the epoch (its fingerprint) and goes on with it.
+    Written back without the epoch, the epoch's workers then took that current state for an
+    earlier era's and discarded it (a review). It writes the restored epoch and uid back;
+    a checkpoint of another pipeline's (another uid in its config) it does not."""
+    started(tmp_path)
+    fresh, _ = run(config(tmp_path, OLD_WINDOW, onFingerprintMismatch="reset",
+                          pipelineUid="uid", specGeneration=7, epoch=7), stop_after=5)  # fmt: skip
+    assert discarded_by(fresh, "reset") == 4
+    old, _ = run(config(tmp_path, OLD_WINDOW, onFingerprintMismatch="reset",
+                        pipelineUid="uid", specGeneration=1), stop_after=10)  # fmt: skip
+    assert not discarded_by(old, "reset")  # it went on with the epoch's state
+    assert old.counters.records_in > 0
+    assert {(decode(d).epoch, decode(d).pipeline_uid) for d in files(tmp_path).values()} == {
+        (7, "uid")
+    }
+    again, (ok, why) = readiness_while_running(
+        config(tmp_path, OLD_WINDOW, endless=True, onFingerprintMismatch="reset",
+               pipelineUid="uid", specGeneration=7, epoch=7)
+    )  # fmt: skip
+    assert ok, why
+    assert not discarded_by(again, "reset")
+    # A pipeline of the name created again (its own uid, no epoch yet) adopts the state and
+    # stamps it as its own: the deleted pipeline's epoch is not carried over.
+    other, _ = run(config(tmp_path, OLD_WINDOW, onFingerprintMismatch="reset",
+                          pipelineUid="uid-again", specGeneration=1), stop_after=5)  # fmt: skip
+    assert not discarded_by(other, "reset")
+    assert {(decode(d).epoch, decode(d).pipeline_uid) for d in files(tmp_path).values()} == {
+        (None, "uid-again")
+    }
+
+
 def test_a_legacy_checkpoint_is_adopted_and_stamped(tmp_path: Path) -> None:
     before, first_in = started(tmp_path)
     store = CheckpointStore(tmp_path)
