@@ -433,6 +433,9 @@ def decide(
     edit = f"spec generation {generation}" if generation is not None else "the spec"
     what = _fields(changes)
     policy = upgrade.on_state_change
+    # The workers keep the old state under this name: the roll's generation is their state
+    # epoch when the fingerprint changes (state_epoch), which then names it (decision 0175).
+    kept = snapshot_name(have, want, generation if have != want else None)
     if policy == "refuse":
         message = (
             f"{edit} changes the state ({what}): refused, the workers keep running the "
@@ -452,20 +455,20 @@ def decide(
         message = (
             f"{edit} changes the state ({what}): onStateChange reset, the workers start "
             f"from empty state at their checkpointed offsets (fingerprint {have} -> {want}; "
-            f"the old state is kept as snapshot {snapshot_name(have, want)})"
+            f"the old state is kept as snapshot {kept})"
         )
         return Decision(
             "reset", want, want, changes, Cond(STATE_COMPATIBLE, "True", "StateReset", message),
-            ("Warning", "StateReset", message), snapshot_name(have, want),
+            ("Warning", "StateReset", message), kept,
         )  # fmt: skip
     message = (
         f"{edit} changes the state ({what}): onStateChange replay, the workers start from "
         f"empty state at {upgrade.replay_from} (fingerprint {have} -> {want}; the old "
-        f"state is kept as snapshot {snapshot_name(have, want)})"
+        f"state is kept as snapshot {kept})"
     )
     return Decision(
         "replay", want, want, changes, Cond(STATE_COMPATIBLE, "True", "StateReplay", message),
-        ("Warning", "StateReplay", message), snapshot_name(have, want),
+        ("Warning", "StateReplay", message), kept,
     )  # fmt: skip
 
 

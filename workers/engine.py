@@ -895,8 +895,7 @@ class Engine:
                 self._hold(st, f"{st.topic}[{st.partition}]: {stale}", "state-of-a-later-spec",
                            fields)  # fmt: skip
                 return
-            epoch = self.state_policy.epoch
-            name = f"{snapshot_name(self.fingerprint, self.fingerprint)}-epoch-{epoch}"
+            name = snapshot_name(self.fingerprint, self.fingerprint, self.state_policy.epoch)
             self._discard(st, checkpoint, name, fields)
             return
         foreign = self._foreign_state(checkpoint)
@@ -931,7 +930,9 @@ class Engine:
             )
             return
         # Kept before it is discarded: the open windows of the old spec stay recoverable.
-        name = snapshot_name(checkpoint.fingerprint or "legacy", self.fingerprint)
+        name = snapshot_name(
+            checkpoint.fingerprint or "legacy", self.fingerprint, self.state_policy.epoch
+        )
         if moved and checkpoint.partitions is not None:
             name = f"{name}-partitions-{checkpoint.partitions}"
         self._discard(st, checkpoint, name, fields)

@@ -136,10 +136,18 @@ def config_fingerprint(config: WorkerConfig) -> tuple[str, Description]:
     return fingerprint(description), description
 
 
-def snapshot_name(old: str, new: str) -> str:
+#: The names of the snapshots kept before a reset or replay (:func:`snapshot_name`); any other
+#: name in ``restoreFrom`` is a StreamPipelineSnapshot's, and none of those may match it.
+VOLUME_SNAPSHOT_PATTERN = r"^[0-9a-f]{1,64}-to-[0-9a-f]{1,64}(-g[0-9]{1,19})?$"
+
+
+def snapshot_name(old: str, new: str, generation: int | None = None) -> str:
     """The name of the snapshot kept when state of fingerprint `old` is discarded for `new`
-    (workers/checkpointing.py ``CheckpointStore.keep``); the operator lists the same name."""
-    return f"{old}-to-{new}"
+    (workers/checkpointing.py ``CheckpointStore.keep``); the operator lists the same name.
+    `generation`: the one whose roll discards it (the state epoch, decision 0175), so that
+    the same edit made again (A -> B -> A -> B) keeps its own snapshot instead of writing
+    over the first one's; None (no epoch: an earlier operator, ``streamherd run``): none."""
+    return f"{old}-to-{new}" + (f"-g{generation}" if generation is not None else "")
 
 
 def has_state(description: Mapping[str, Any] | None) -> bool:

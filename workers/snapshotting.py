@@ -43,6 +43,7 @@ from confluent_kafka import (
 )
 
 from streamherd.workers.checkpointing import Checkpoint, CheckpointError, decode, encode
+from streamherd.workers.fingerprint import VOLUME_SNAPSHOT_PATTERN
 from streamherd.workers.logs import log_event
 
 log = logging.getLogger("streamherd.worker.snapshots")
@@ -55,7 +56,7 @@ POLL_SECONDS: Final = 5.0
 PART_HEADER: Final = "streamherd.part"  # "<index>/<count>"
 WRITE_HEADER: Final = "streamherd.write"  # one id per write of one partition
 #: A volume snapshot's name (kept before a reset or replay); any other name is a resource.
-VOLUME_SNAPSHOT: Final = re.compile(r"^[0-9a-f]{1,64}-to-[0-9a-f]{1,64}$")
+VOLUME_SNAPSHOT: Final = re.compile(VOLUME_SNAPSHOT_PATTERN)
 
 Key = tuple[str, int]
 

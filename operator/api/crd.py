@@ -25,6 +25,7 @@ from streamherd.operator.api.rules import (
     rule_paths,
 )
 from streamherd.workers.config import DURATION_PATTERN
+from streamherd.workers.fingerprint import VOLUME_SNAPSHOT_PATTERN
 
 JSON = dict[str, Any]
 
@@ -426,9 +427,10 @@ def build_snapshot_crd() -> JSON:
                                 },
                                 {
                                     "rule": "!self.metadata.name.matches("
-                                    "'^[0-9a-f]{1,64}-to-[0-9a-f]{1,64}$')",
-                                    "message": "`<hex>-to-<hex>` names the snapshots kept in "
-                                    "a checkpoint volume: choose another name",
+                                    f"'{VOLUME_SNAPSHOT_PATTERN}')",
+                                    "message": "`<hex>-to-<hex>[-g<generation>]` names the "
+                                    "snapshots kept in a checkpoint volume: choose another "
+                                    "name",
                                 },
                             ],
                             "properties": {

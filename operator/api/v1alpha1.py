@@ -743,7 +743,8 @@ class StateSpec(Model):
         max_length=140,
         description=(
             "Restore each partition's state and offset, once, from this snapshot: a name "
-            "from status.snapshots, either `<fingerprint>-to-<fingerprint>` (kept in this "
+            "from status.snapshots, either `<fingerprint>-to-<fingerprint>[-g<generation>]` "
+            "(kept in this "
             "pipeline's checkpoint volume before a reset or replay) or a "
             "StreamPipelineSnapshot of the namespace, taken from this or another pipeline. "
             "The spec's state fingerprint must be the snapshot's: restore it with the window "
@@ -1050,7 +1051,10 @@ class StateSnapshot(Model):
     StreamPipelineSnapshot taken on request (kept in Kafka)."""
 
     name: str = Field(
-        description="`<old fingerprint>-to-<new fingerprint>`, or the StreamPipelineSnapshot's."
+        description=(
+            "`<old fingerprint>-to-<new fingerprint>[-g<generation>]`, or the "
+            "StreamPipelineSnapshot's."
+        )
     )
     fingerprint: str = Field(description="The state fingerprint of the state kept.")
     reason: str = Field(default="", description="Why it was kept.")

@@ -233,7 +233,7 @@ def test_incompatible_edits_are_refused_then_reset_gives_the_new_specs_results(
 
         # The old state was kept before the reset, as a StreamPipelineSnapshot (Ready
         # before the workers rolled: decision 0110) and in the volume, and both are listed...
-        snapshot = f"{running_fp}-to-{new_fp}"
+        snapshot = f"{running_fp}-to-{new_fp}-g{reset_generation}"
         resource = f"{name}-reset-g{reset_generation}"
         assert [s["name"] for s in ns.status(name)["snapshots"]] == [resource, snapshot]
         taken = (ns.get("streampipelinesnapshot", resource) or {}).get("status") or {}

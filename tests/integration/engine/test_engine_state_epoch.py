@@ -116,7 +116,7 @@ def test_a_pipeline_edited_away_and_back_with_resets_restores_no_window_from_bef
     check(got, expected)
     # The first era's downstream state was kept before it was discarded, never lost.
     # The first era's downstream state (and only it) was kept before it was discarded.
-    kept = list((tmp_path / "checkpoints" / "@snapshots").glob("*-epoch-3/*/*.ckpt"))
+    kept = list((tmp_path / "checkpoints" / "@snapshots").glob("*-g3/*/*.ckpt"))
     assert sorted(f"{p.parent.name}/{p.name}" for p in kept) == [
         f"{hop}/{partition}.ckpt" for partition in range(3)
     ]

@@ -780,7 +780,7 @@ def check_settled(world: World, rolls_before: int, events_before: int, lost_befo
     for policy, restore, before, after in new_rolls:
         if restore:
             continue
-        kept = f"{fingerprint(before)}-to-{fingerprint(after)}"
+        kept = f"{fingerprint(before)}-to-{fingerprint(after)}-g{generation}"  # its epoch
         assert kept in listed, (kept, listed)
         resource = f"{NAME}-{policy}-g{generation}"
         if world.kube.find(SNAPSHOT_KIND, resource) is not None:

@@ -297,7 +297,8 @@ def test_a_resets_snapshot_goes_with_the_pipeline_from_its_request(
     reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
     assert condition(kube, name)["reason"] == "StateReset"
     status = body_of(kube, name)["status"]
-    kept = f"{old_fp}-to-{status['stateFingerprint']}"
+    generation = body_of(kube, name)["metadata"]["generation"]
+    kept = f"{old_fp}-to-{status['stateFingerprint']}-g{generation}"
     assert [s["name"] for s in status["snapshots"]] == [snap_name, kept]
     assert "being taken" not in status["snapshots"][0]["reason"]
 

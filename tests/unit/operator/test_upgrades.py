@@ -414,8 +414,9 @@ def test_reset_and_replay_roll_with_the_policy_in_the_worker_config(name_: str) 
     assert status["stateFingerprint"] != old_fp
     assert condition(kube, name, STATE_COMPATIBLE)["reason"] == reason
     # The snapshots kept before the old state is discarded are listed: the resource, and
-    # the one the workers keep in their own checkpoints.
-    kept = f"{old_fp}-to-{status['stateFingerprint']}"
+    # the one the workers keep in their own checkpoints (named by the roll's generation,
+    # their state epoch: the same edit made again keeps its own).
+    kept = f"{old_fp}-to-{status['stateFingerprint']}-g{meta['generation']}"
     assert [s["name"] for s in status["snapshots"]] == [snap_name, kept]
     assert [s["fingerprint"] for s in status["snapshots"]] == [old_fp, old_fp]
     message = condition(kube, name, STATE_COMPATIBLE)["message"]
@@ -476,7 +477,8 @@ def test_a_reset_whose_writes_after_the_roll_failed_is_recorded_by_the_next_oper
     assert f"StreamPipelineSnapshot {snap_name}" in cond["message"]
     assert [e.reason for e in result.events].count(reason) == 1
     status = body_of(kube, name)["status"]
-    kept = f"{old_fp}-to-{status['stateFingerprint']}"
+    generation = body_of(kube, name)["metadata"]["generation"]
+    kept = f"{old_fp}-to-{status['stateFingerprint']}-g{generation}"
     assert status["stateFingerprint"] != old_fp
     assert [s["name"] for s in status["snapshots"]] == [snap_name, kept]
     assert (f"Deployment/{name}" in result.applied) == (dies_at == "Deployment")
@@ -501,8 +503,9 @@ def test_a_restore_whose_status_write_failed_is_said_by_the_next_operator() -> N
     reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
     snapshot_ready(kube, f"{name}-reset-g{body_of(kube, name)['metadata']['generation']}", old_fp)
     reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
-    kept = f"{old_fp}-to-{body_of(kube, name)['status']['stateFingerprint']}"
-    assert kept in [s["name"] for s in body_of(kube, name)["status"]["snapshots"]]
+    body = body_of(kube, name)
+    kept = f"{old_fp}-to-{body['status']['stateFingerprint']}-g{body['metadata']['generation']}"
+    assert kept in [s["name"] for s in body["status"]["snapshots"]]
     kube.roll_out(name)
     # Back to the old spec, restoring the state the reset kept.
     edit(kube, name, reordered_under("refuse"))

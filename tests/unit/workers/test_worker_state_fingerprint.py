@@ -25,6 +25,7 @@ from streamherd.workers.engine import Engine
 from streamherd.workers.fingerprint import snapshot_name
 from streamherd.workers.generating import GENERATOR_TOPIC, ClickGenerator
 from streamherd.workers.metrics import EngineMetrics
+from streamherd.workers.snapshotting import is_volume_snapshot
 from tests.infra.processes import wait_until
 
 GENERATOR = {
@@ -295,7 +296,7 @@ def test_state_of_the_fingerprint_from_before_the_epoch_is_discarded_whatever_th
     fresh, _ = run(config(tmp_path, OLD_WINDOW, pipelineUid="uid", epoch=5), stop_after=5)
     assert discarded_by(fresh, "reset") == 4
     store = CheckpointStore(tmp_path)
-    kept = f"{snapshot_name(fresh.fingerprint, fresh.fingerprint)}-epoch-5"
+    kept = snapshot_name(fresh.fingerprint, fresh.fingerprint, 5)
     for file_name, data in before.items():
         partition = int(file_name.split(".")[0])
         assert store.snapshot_path(kept, GENERATOR_TOPIC, partition).read_bytes() == data
@@ -325,6 +326,28 @@ def test_state_of_the_fingerprint_from_before_the_epoch_is_discarded_whatever_th
     )
     assert ok, why
     assert discarded_by(other, "reset") == 4
+
+
+def test_the_same_edit_made_again_keeps_its_own_snapshot(tmp_path: Path) -> None:
+    """A -> B -> A -> B, a reset each time: the second A -> B keeps the state it discards
+    under the roll's generation (its state epoch), beside the first one's; before, both
+    had the name `<A>-to-<B>`, and the second wrote over the first (a lifecycle review)."""
+    before, _ = started(tmp_path)  # A, as created
+    reset = {"onFingerprintMismatch": "reset", "pipelineUid": "uid"}
+    b, _ = run(config(tmp_path, NEW_WINDOW, specGeneration=2, epoch=2, **reset), stop_after=5)
+    a, _ = run(config(tmp_path, OLD_WINDOW, specGeneration=3, epoch=3, **reset), stop_after=5)
+    second_a = files(tmp_path)
+    run(config(tmp_path, NEW_WINDOW, specGeneration=4, epoch=4, **reset), stop_after=5)
+    store = CheckpointStore(tmp_path)
+    for file_name in before:
+        partition = int(file_name.split(".")[0])
+        first = store.snapshot_path(snapshot_name(a.fingerprint, b.fingerprint, 2),
+                                    GENERATOR_TOPIC, partition)  # fmt: skip
+        again = store.snapshot_path(snapshot_name(a.fingerprint, b.fingerprint, 4),
+                                    GENERATOR_TOPIC, partition)  # fmt: skip
+        assert first.read_bytes() == before[file_name]
+        assert again.read_bytes() == second_a[file_name]
+    assert all(is_volume_snapshot(snapshot_name(a.fingerprint, b.fingerprint, g)) for g in (2, 4))
 
 
 def test_a_worker_naming_no_epoch_writes_back_the_epoch_of_the_state_it_goes_on_with(
