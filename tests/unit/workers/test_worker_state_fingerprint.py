@@ -333,7 +333,7 @@ def test_the_same_edit_made_again_keeps_its_own_snapshot(tmp_path: Path) -> None
     under the roll's generation (its state epoch), beside the first one's; before, both
     had the name `<A>-to-<B>`, and the second wrote over the first (a lifecycle review)."""
     before, _ = started(tmp_path)  # A, as created
-    reset = {"onFingerprintMismatch": "reset", "pipelineUid": "uid"}
+    reset: dict[str, Any] = {"onFingerprintMismatch": "reset", "pipelineUid": "uid"}
     b, _ = run(config(tmp_path, NEW_WINDOW, specGeneration=2, epoch=2, **reset), stop_after=5)
     a, _ = run(config(tmp_path, OLD_WINDOW, specGeneration=3, epoch=3, **reset), stop_after=5)
     second_a = files(tmp_path)
