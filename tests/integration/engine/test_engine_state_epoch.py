@@ -115,8 +115,14 @@ def test_a_pipeline_edited_away_and_back_with_resets_restores_no_window_from_bef
         worker.stop()
     check(got, expected)
     # The first era's downstream state was kept before it was discarded, never lost.
-    # The first era's downstream state (and only it) was kept before it was discarded.
-    kept = list((tmp_path / "checkpoints" / "@snapshots").glob("*-g3/*/*.ckpt"))
-    assert sorted(f"{p.parent.name}/{p.name}" for p in kept) == [
-        f"{hop}/{partition}.ckpt" for partition in range(3)
-    ]
+    # The first era's downstream state (and only it) was kept before it was discarded, as
+    # <fingerprint>-to-<fingerprint>-g3; the second era's state of the source partitions as
+    # <keyed>-to-<fingerprint>-g3 (the reset's own discard).
+    kept: dict[str, list[str]] = {}
+    for ckpt in (tmp_path / "checkpoints" / "@snapshots").glob("*-g3/*/*.ckpt"):
+        old, new = ckpt.parent.parent.name.removesuffix("-g3").split("-to-")
+        kept.setdefault("stale" if old == new else "reset", []).append(
+            f"{ckpt.parent.name}/{ckpt.name}"
+        )
+    assert sorted(kept["stale"]) == [f"{hop}/{partition}.ckpt" for partition in range(3)]
+    assert sorted(kept["reset"]) == [f"{src}/{partition}.ckpt" for partition in range(PARTITIONS)]
