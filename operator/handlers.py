@@ -70,7 +70,11 @@ from streamherd.operator.snapshots import (
 )
 from streamherd.operator.topicadmin import TopicAdminError
 from streamherd.operator.validation import parse_pipeline
-from streamherd.operator.verifying import delete_verification, verification_left
+from streamherd.operator.verifying import (
+    delete_verification,
+    verification_left,
+    verification_pipeline,
+)
 
 PREFIX: Final = "streamherd.io"
 #: Tries of the deletion of a pipeline's internal topics (5 s apart, then doubling up to a
@@ -82,14 +86,18 @@ WORKERS_STOP_POLL_SECONDS: Final = 1.0
 
 async def stop_deployment(ctx: OperatorContext, body: Manifest, name: str, then: str) -> None:
     """Stop the deleted pipeline's Deployment `name` (its workers, or a shadow) before what
-    they write goes (reconciler.stop_workers): waited for here, not by retries, which count
-    the broker's refusals. If it is not gone in time, a Warning says so and that `then`
+    they write goes (reconciler.stop_workers; only one it controls: a Deployment of that
+    name another pipeline controls is left alone): waited for here, not by retries, which
+    count the broker's refusals. If it is not gone in time, a Warning says so and that `then`
     happens anyway."""
-    namespace = str((body.get("metadata") or {}).get("namespace"))
+    meta = body.get("metadata") or {}
+    namespace, uid = str(meta.get("namespace")), str(meta.get("uid") or "")
     loop = asyncio.get_running_loop()
     started = loop.time()
     while (
-        wait := await loop.run_in_executor(ctx.executor, stop_workers, ctx.kube, namespace, name)
+        wait := await loop.run_in_executor(
+            ctx.executor, stop_workers, ctx.kube, namespace, name, uid
+        )
     ) is not None and loop.time() - started < wait:
         await asyncio.sleep(WORKERS_STOP_POLL_SECONDS)
     if wait is not None:
@@ -296,11 +304,25 @@ def build_registry(ops: OperatorSettings) -> Any:
         # then its topics and groups go. Under the pipeline's lock, so that a reconcile
         # under way (one that starts the run) is over first.
         ctx: OperatorContext = memo["ctx"]
-        pipeline, _problems = parse_pipeline(dict(body))
-        if pipeline is None:
-            return
         loop = asyncio.get_running_loop()
         status = dict(body.get("status") or {})
+        # Whatever else the spec says now: the run's names and the cluster come from the
+        # name and the source (an edit the models refuse does not leak what status names).
+        pipeline = verification_pipeline(dict(body))
+        if pipeline is None:
+            run = str((status.get("verification") or {}).get("run"))
+            note = EventNote(
+                "Warning",
+                "ShadowsNotDeleted",
+                f"cannot delete the topics and consumer groups of verification run {run}: "
+                "spec.source no longer parses, so the source cluster cannot be reached; they "
+                f"are kept (topics streamherd.<namespace>.<name>.shadow.{run}.*, groups "
+                f"<group>.shadow.{run}.*): delete them yourself",
+            )
+            await loop.run_in_executor(
+                ctx.executor, post_event, ctx.kube, event_body(dict(body), note)
+            )
+            return
         left: list[str] | None = None
         why = ""
         async with ctx.lock(pipeline_key(pipeline.namespace, pipeline.name)):

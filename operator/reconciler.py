@@ -47,7 +47,11 @@ from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND
 from streamherd.operator.api.v1alpha1 import StreamPipeline, StreamPipelineStatus
 from streamherd.operator.builders import CHILD_KINDS, KEDA_API, Capabilities, build_all
 from streamherd.operator.builders.credentials import credentials
-from streamherd.operator.builders.meta import INPUT_HASH_ANNOTATION, config_map_name
+from streamherd.operator.builders.meta import (
+    INPUT_HASH_ANNOTATION,
+    config_map_name,
+    controlled_by,
+)
 from streamherd.operator.builders.monitoring import MONITORING_API
 from streamherd.operator.builders.snapshot import state_snapshot_name
 from streamherd.operator.builders.topics import TopicsReport
@@ -719,9 +723,12 @@ def reconcile(
 WORKERS_STOP_MARGIN_SECONDS: Final = 30.0
 
 
-def stop_workers(kube: KubeApi, namespace: str, name: str) -> float | None:
-    """Stop a deleted pipeline's workers before its internal topics go: None once they are
-    gone, else how long (seconds, from the first try) to wait for them at most.
+def stop_workers(kube: KubeApi, namespace: str, name: str, uid: str) -> float | None:
+    """Stop a deleted pipeline's (`uid`'s) workers, or a shadow of its, Deployment `name`,
+    before its internal topics go: None once they are gone, else how long (seconds, from
+    the first try) to wait for them at most. A Deployment of that name the pipeline does
+    not control (another pipeline's workers: a pipeline may be named `<name>-shadow-
+    baseline`) is not its to stop: None, and it is left alone (decision 0176).
 
     The garbage collector deletes the worker Deployment only after the pipeline, so the
     workers run while its finalizers delete the topics. A worker still writing (a batch, its
@@ -731,7 +738,7 @@ def stop_workers(kube: KubeApi, namespace: str, name: str) -> float | None:
     Deployment is deleted in the foreground here: it stays, deleting, until its pods are
     gone."""
     live = kube.get("apps/v1", "Deployment", namespace, name)
-    if live is None:
+    if live is None or not controlled_by(live, uid):
         return None
     if not (live.get("metadata") or {}).get("deletionTimestamp"):
         kube.delete("apps/v1", "Deployment", namespace, name, foreground=True)
