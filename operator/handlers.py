@@ -25,8 +25,9 @@ deletion finish:
 - delete-shadows: the shadows, topics and consumer groups of a verification under way
   (operator/verifying.py), whatever ``retainOnDelete`` says (decision 0176);
 - delete-snapshots: the StreamPipelineSnapshots taken before its resets and replays
-  (decision 0110), or with ``retainOnDelete`` (as it is at the deletion) their release as
-  kept state: no owner, labelled retained (decision 0177).
+  (decision 0110), or with ``retainOnDelete`` (as it is at the deletion) the release of the
+  Ready ones as kept state: no owner, labelled retained (decision 0177; the reconcile
+  releases them as soon as the option is on, so a foreground deletion finds none owned).
 
 The StreamPipelineSnapshot handlers (operator/snapshots.py: timers, and an on.delete that
 deletes the snapshot's Kafka topic, so a finalizer on each snapshot) are registered here
@@ -371,13 +372,15 @@ def build_registry(ops: OperatorSettings) -> Any:
     async def delete_snapshots(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
         # The snapshots taken before a reset or replay go with the pipeline (decision 0110),
         # deleted while it is still there: their finalizers reach Kafka with its credentials.
-        # With retainOnDelete they are the state it keeps: released instead, whenever it was
-        # set (decision 0177).
+        # With retainOnDelete the Ready ones are the state it keeps: released instead,
+        # whenever it was set; the unfinished ones go all the same (decision 0177).
         ctx: OperatorContext = memo["ctx"]
         meta = body.get("metadata") or {}
         ns, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
         loop = asyncio.get_running_loop()
         if ((body.get("spec") or {}).get("state") or {}).get("retainOnDelete") is True:
+            # Mostly done by the reconcile already (decision 0177): a foreground deletion's
+            # garbage collector deletes what is still owned at once, racing this handler.
             kept = await loop.run_in_executor(
                 ctx.executor, keep_state_snapshots, ctx.kube, ns, name, uid
             )
@@ -392,7 +395,7 @@ def build_registry(ops: OperatorSettings) -> Any:
                 await loop.run_in_executor(
                     ctx.executor, post_event, ctx.kube, event_body(dict(body), note)
                 )
-            return
+        # What is still owned goes (with retainOnDelete: the unfinished ones, no state).
         left = await loop.run_in_executor(
             ctx.executor, delete_state_snapshots, ctx.kube, ns, name, uid
         )

@@ -49,11 +49,18 @@ from streamherd.operator.builders import CHILD_KINDS, KEDA_API, Capabilities, bu
 from streamherd.operator.builders.credentials import credentials
 from streamherd.operator.builders.meta import (
     INPUT_HASH_ANNOTATION,
+    PIPELINE_LABEL,
     config_map_name,
     controlled_by,
 )
 from streamherd.operator.builders.monitoring import MONITORING_API
-from streamherd.operator.builders.snapshot import state_snapshot_name
+from streamherd.operator.builders.snapshot import (
+    TAKEN_BEFORE_LABEL,
+    is_keepable,
+    kept_state_snapshot,
+    lists_state_snapshot,
+    state_snapshot_name,
+)
 from streamherd.operator.builders.topics import TopicsReport
 from streamherd.operator.conditions import now_rfc3339
 from streamherd.operator.decision import (
@@ -702,6 +709,10 @@ def reconcile(
     finished = finish(decision, applied)
     if finished.last_good is not None:
         kube.apply(finished.last_good)  # this generation's workers are all ready
+    kept = release_state_snapshots(body, kube)
+    events = finished.events
+    if kept:
+        events = (*events, kept_event(kept))
     if finished.status is not None:
         # Why a status is written (an idle pipeline must never get here; docs/scale.md).
         why = what_changed(observed.status, finished.status)
@@ -709,12 +720,48 @@ def reconcile(
         kube.patch_status(namespace, name, finished.status)
     return ReconcileResult(
         status=finished.status,
-        events=finished.events,
+        events=events,
         invalid=observed.invalid,
         applied=applied.applied,
         deleted=applied.deleted,
         secret_names=observed.secret_names,
         retry_after=finished.retry_after,
+    )
+
+
+def release_state_snapshots(body: Mapping[str, Any], kube: KubeApi) -> list[str]:
+    """While spec.state.retainOnDelete is on: the Ready StreamPipelineSnapshots taken before
+    the pipeline's resets and replays that it still owns (taken before the option was set)
+    get no owner and the retained label now (builders.snapshot.kept_state_snapshot); the
+    names released. Left to the deletion, a foreground deletion (Argo CD's default) had the
+    garbage collector delete them at once, racing the handler that would keep them, and
+    their finalizers deleted their topics: the state lost (decision 0177). Read only when
+    status lists such a snapshot (one LIST); unfinished ones stay owned, to go with the
+    pipeline (they hold no state yet)."""
+    spec, meta = body.get("spec") or {}, body.get("metadata") or {}
+    if (spec.get("state") or {}).get("retainOnDelete") is not True:
+        return []
+    if not lists_state_snapshot(body.get("status")):
+        return []
+    namespace, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
+    selector = f"{PIPELINE_LABEL}={name},{TAKEN_BEFORE_LABEL}"
+    released = []
+    for snap in kube.list(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, namespace, selector):
+        owners = (snap.get("metadata") or {}).get("ownerReferences") or []
+        if any(r.get("uid") == uid for r in owners) and is_keepable(snap):
+            kube.apply(kept_state_snapshot(snap))
+            released.append(str(snap["metadata"]["name"]))
+    return released
+
+
+def kept_event(kept: Sequence[str]) -> EventNote:
+    return EventNote(
+        "Normal",
+        "SnapshotsKept",
+        f"kept StreamPipelineSnapshots {', '.join(kept)} (spec.state.retainOnDelete): no "
+        "owner, labelled streamherd.io/retained=true, with their Kafka topics; they stay when "
+        "the pipeline is deleted, even if you turn the option off; delete them yourself when "
+        "you no longer want them",
     )
 
 
@@ -763,5 +810,6 @@ __all__ = [
     "observe",
     "reconcile",
     "refusal_is_final",
+    "release_state_snapshots",
     "stop_workers",
 ]
