@@ -35,6 +35,7 @@ from streamherd.operator.builders.meta import (
     STATE_CHANGE_ANNOTATION,
     Manifest,
     content_hash,
+    controlled_by,
     selector_string,
 )
 from streamherd.operator.builders.monitoring import MONITORING_API
@@ -173,11 +174,6 @@ def up_to_date(desired: Manifest, live: Manifest | None) -> bool:
     want = desired["metadata"].get("annotations", {}).get(INPUT_HASH_ANNOTATION)
     have = (live.get("metadata", {}).get("annotations") or {}).get(INPUT_HASH_ANNOTATION)
     return want == have and contains(desired, live)
-
-
-def controlled_by(obj: Manifest, uid: str) -> bool:
-    refs = obj.get("metadata", {}).get("ownerReferences") or []
-    return any(r.get("uid") == uid and r.get("controller") for r in refs)
 
 
 def ref(obj: Manifest) -> str:

@@ -25,8 +25,9 @@ deletion finish:
 - delete-shadows: the shadows, topics and consumer groups of a verification under way
   (operator/verifying.py), whatever ``retainOnDelete`` says (decision 0176);
 - delete-snapshots: the StreamPipelineSnapshots taken before its resets and replays
-  (decision 0110), or with ``retainOnDelete`` (as it is at the deletion) their release as
-  kept state: no owner, labelled retained (decision 0177).
+  (decision 0110), or with ``retainOnDelete`` (as it is at the deletion) the release of the
+  Ready ones as kept state: no owner, labelled retained (decision 0177; the reconcile
+  releases them as soon as the option is on, so a foreground deletion finds none owned).
 
 The StreamPipelineSnapshot handlers (operator/snapshots.py: timers, and an on.delete that
 deletes the snapshot's Kafka topic, so a finalizer on each snapshot) are registered here
@@ -70,7 +71,11 @@ from streamherd.operator.snapshots import (
 )
 from streamherd.operator.topicadmin import TopicAdminError
 from streamherd.operator.validation import parse_pipeline
-from streamherd.operator.verifying import delete_verification, verification_left
+from streamherd.operator.verifying import (
+    delete_verification,
+    verification_left,
+    verification_pipeline,
+)
 
 PREFIX: Final = "streamherd.io"
 #: Tries of the deletion of a pipeline's internal topics (5 s apart, then doubling up to a
@@ -82,14 +87,18 @@ WORKERS_STOP_POLL_SECONDS: Final = 1.0
 
 async def stop_deployment(ctx: OperatorContext, body: Manifest, name: str, then: str) -> None:
     """Stop the deleted pipeline's Deployment `name` (its workers, or a shadow) before what
-    they write goes (reconciler.stop_workers): waited for here, not by retries, which count
-    the broker's refusals. If it is not gone in time, a Warning says so and that `then`
+    they write goes (reconciler.stop_workers; only one it controls: a Deployment of that
+    name another pipeline controls is left alone): waited for here, not by retries, which
+    count the broker's refusals. If it is not gone in time, a Warning says so and that `then`
     happens anyway."""
-    namespace = str((body.get("metadata") or {}).get("namespace"))
+    meta = body.get("metadata") or {}
+    namespace, uid = str(meta.get("namespace")), str(meta.get("uid") or "")
     loop = asyncio.get_running_loop()
     started = loop.time()
     while (
-        wait := await loop.run_in_executor(ctx.executor, stop_workers, ctx.kube, namespace, name)
+        wait := await loop.run_in_executor(
+            ctx.executor, stop_workers, ctx.kube, namespace, name, uid
+        )
     ) is not None and loop.time() - started < wait:
         await asyncio.sleep(WORKERS_STOP_POLL_SECONDS)
     if wait is not None:
@@ -296,11 +305,25 @@ def build_registry(ops: OperatorSettings) -> Any:
         # then its topics and groups go. Under the pipeline's lock, so that a reconcile
         # under way (one that starts the run) is over first.
         ctx: OperatorContext = memo["ctx"]
-        pipeline, _problems = parse_pipeline(dict(body))
-        if pipeline is None:
-            return
         loop = asyncio.get_running_loop()
         status = dict(body.get("status") or {})
+        # Whatever else the spec says now: the run's names and the cluster come from the
+        # name and the source (an edit the models refuse does not leak what status names).
+        pipeline = verification_pipeline(dict(body))
+        if pipeline is None:
+            run = str((status.get("verification") or {}).get("run"))
+            note = EventNote(
+                "Warning",
+                "ShadowsNotDeleted",
+                f"cannot delete the topics and consumer groups of verification run {run}: "
+                "spec.source no longer parses, so the source cluster cannot be reached; they "
+                f"are kept (topics streamherd.<namespace>.<name>.shadow.{run}.*, groups "
+                f"<group>.shadow.{run}.*): delete them yourself",
+            )
+            await loop.run_in_executor(
+                ctx.executor, post_event, ctx.kube, event_body(dict(body), note)
+            )
+            return
         left: list[str] | None = None
         why = ""
         async with ctx.lock(pipeline_key(pipeline.namespace, pipeline.name)):
@@ -349,13 +372,15 @@ def build_registry(ops: OperatorSettings) -> Any:
     async def delete_snapshots(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
         # The snapshots taken before a reset or replay go with the pipeline (decision 0110),
         # deleted while it is still there: their finalizers reach Kafka with its credentials.
-        # With retainOnDelete they are the state it keeps: released instead, whenever it was
-        # set (decision 0177).
+        # With retainOnDelete the Ready ones are the state it keeps: released instead,
+        # whenever it was set; the unfinished ones go all the same (decision 0177).
         ctx: OperatorContext = memo["ctx"]
         meta = body.get("metadata") or {}
         ns, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
         loop = asyncio.get_running_loop()
         if ((body.get("spec") or {}).get("state") or {}).get("retainOnDelete") is True:
+            # Mostly done by the reconcile already (decision 0177): a foreground deletion's
+            # garbage collector deletes what is still owned at once, racing this handler.
             kept = await loop.run_in_executor(
                 ctx.executor, keep_state_snapshots, ctx.kube, ns, name, uid
             )
@@ -370,7 +395,7 @@ def build_registry(ops: OperatorSettings) -> Any:
                 await loop.run_in_executor(
                     ctx.executor, post_event, ctx.kube, event_body(dict(body), note)
                 )
-            return
+        # What is still owned goes (with retainOnDelete: the unfinished ones, no state).
         left = await loop.run_in_executor(
             ctx.executor, delete_state_snapshots, ctx.kube, ns, name, uid
         )

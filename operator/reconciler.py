@@ -47,9 +47,20 @@ from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND
 from streamherd.operator.api.v1alpha1 import StreamPipeline, StreamPipelineStatus
 from streamherd.operator.builders import CHILD_KINDS, KEDA_API, Capabilities, build_all
 from streamherd.operator.builders.credentials import credentials
-from streamherd.operator.builders.meta import INPUT_HASH_ANNOTATION, config_map_name
+from streamherd.operator.builders.meta import (
+    INPUT_HASH_ANNOTATION,
+    PIPELINE_LABEL,
+    config_map_name,
+    controlled_by,
+)
 from streamherd.operator.builders.monitoring import MONITORING_API
-from streamherd.operator.builders.snapshot import state_snapshot_name
+from streamherd.operator.builders.snapshot import (
+    TAKEN_BEFORE_LABEL,
+    is_keepable,
+    kept_state_snapshot,
+    lists_state_snapshot,
+    state_snapshot_name,
+)
 from streamherd.operator.builders.topics import TopicsReport
 from streamherd.operator.conditions import now_rfc3339
 from streamherd.operator.decision import (
@@ -701,6 +712,10 @@ def reconcile(
     finished = finish(decision, applied)
     if finished.last_good is not None:
         kube.apply(finished.last_good)  # this generation's workers are all ready
+    kept = release_state_snapshots(body, kube)
+    events = finished.events
+    if kept:
+        events = (*events, kept_event(kept))
     if finished.status is not None:
         # Why a status is written (an idle pipeline must never get here; docs/scale.md).
         why = what_changed(observed.status, finished.status)
@@ -708,7 +723,7 @@ def reconcile(
         kube.patch_status(namespace, name, finished.status)
     return ReconcileResult(
         status=finished.status,
-        events=finished.events,
+        events=events,
         invalid=observed.invalid,
         applied=applied.applied,
         deleted=applied.deleted,
@@ -717,14 +732,53 @@ def reconcile(
     )
 
 
+def release_state_snapshots(body: Mapping[str, Any], kube: KubeApi) -> list[str]:
+    """While spec.state.retainOnDelete is on: the Ready StreamPipelineSnapshots taken before
+    the pipeline's resets and replays that it still owns (taken before the option was set)
+    get no owner and the retained label now (builders.snapshot.kept_state_snapshot); the
+    names released. Left to the deletion, a foreground deletion (Argo CD's default) had the
+    garbage collector delete them at once, racing the handler that would keep them, and
+    their finalizers deleted their topics: the state lost (decision 0177). Read only when
+    status lists such a snapshot (one LIST); unfinished ones stay owned, to go with the
+    pipeline (they hold no state yet)."""
+    spec, meta = body.get("spec") or {}, body.get("metadata") or {}
+    if (spec.get("state") or {}).get("retainOnDelete") is not True:
+        return []
+    if not lists_state_snapshot(body.get("status")):
+        return []
+    namespace, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
+    selector = f"{PIPELINE_LABEL}={name},{TAKEN_BEFORE_LABEL}"
+    released = []
+    for snap in kube.list(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, namespace, selector):
+        owners = (snap.get("metadata") or {}).get("ownerReferences") or []
+        if any(r.get("uid") == uid for r in owners) and is_keepable(snap):
+            kube.apply(kept_state_snapshot(snap))
+            released.append(str(snap["metadata"]["name"]))
+    return released
+
+
+def kept_event(kept: Sequence[str]) -> EventNote:
+    return EventNote(
+        "Normal",
+        "SnapshotsKept",
+        f"kept StreamPipelineSnapshots {', '.join(kept)} (spec.state.retainOnDelete): no "
+        "owner, labelled streamherd.io/retained=true, with their Kafka topics; they stay when "
+        "the pipeline is deleted, even if you turn the option off; delete them yourself when "
+        "you no longer want them",
+    )
+
+
 #: How long a deletion waits for the workers to stop, beyond their pods' grace period, before
 #: it deletes the internal topics anyway (a pod stuck on a node that is gone writes nothing).
 WORKERS_STOP_MARGIN_SECONDS: Final = 30.0
 
 
-def stop_workers(kube: KubeApi, namespace: str, name: str) -> float | None:
-    """Stop a deleted pipeline's workers before its internal topics go: None once they are
-    gone, else how long (seconds, from the first try) to wait for them at most.
+def stop_workers(kube: KubeApi, namespace: str, name: str, uid: str) -> float | None:
+    """Stop a deleted pipeline's (`uid`'s) workers, or a shadow of its, Deployment `name`,
+    before its internal topics go: None once they are gone, else how long (seconds, from
+    the first try) to wait for them at most. A Deployment of that name the pipeline does
+    not control (another pipeline's workers: a pipeline may be named `<name>-shadow-
+    baseline`) is not its to stop: None, and it is left alone (decision 0176).
 
     The garbage collector deletes the worker Deployment only after the pipeline, so the
     workers run while its finalizers delete the topics. A worker still writing (a batch, its
@@ -734,7 +788,7 @@ def stop_workers(kube: KubeApi, namespace: str, name: str) -> float | None:
     Deployment is deleted in the foreground here: it stays, deleting, until its pods are
     gone."""
     live = kube.get("apps/v1", "Deployment", namespace, name)
-    if live is None:
+    if live is None or not controlled_by(live, uid):
         return None
     if not (live.get("metadata") or {}).get("deletionTimestamp"):
         kube.delete("apps/v1", "Deployment", namespace, name, foreground=True)
@@ -759,5 +813,6 @@ __all__ = [
     "observe",
     "reconcile",
     "refusal_is_final",
+    "release_state_snapshots",
     "stop_workers",
 ]

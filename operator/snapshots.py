@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,7 +44,12 @@ from streamherd.operator.builders.meta import (
     PIPELINE_LABEL,
     config_map_name,
 )
-from streamherd.operator.builders.snapshot import TAKEN_BEFORE_LABEL, kept_state_snapshot
+from streamherd.operator.builders.snapshot import (
+    TAKEN_BEFORE_LABEL,
+    is_keepable,
+    kept_state_snapshot,
+    lists_state_snapshot,
+)
 from streamherd.operator.kafkaadmin import KafkaAdmin, KafkaAdminError, TopicRequest
 from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.kube import ApiError, KubeApi
@@ -228,15 +232,11 @@ def lists_state_snapshots(body: Any) -> bool:
     before its resets and replays (so it gets the finalizer): its status lists one (the
     name says: `-reset-g<n>`, `-replay-g<n>`). Deleting those it owns while the pipeline
     is still there lets their finalizer reach the Kafka cluster with the pipeline's
-    credentials (after it, their topics would be left); with retainOnDelete they are kept
-    instead (:func:`keep_state_snapshots`). Whatever retainOnDelete says now: it decides at
-    the deletion, and one set after a reset took the finalizer away, so the garbage
-    collector deleted the snapshot it kept and left its topic (decision 0177)."""
-    listed = (body.get("status") or {}).get("snapshots") or []
-    return any(
-        isinstance(s, dict) and re.search(r"-(reset|replay)-g[0-9]+$", str(s.get("name")))
-        for s in listed
-    )
+    credentials (after it, their topics would be left); with retainOnDelete the Ready ones
+    are kept instead (:func:`keep_state_snapshots`). Whatever retainOnDelete says now: it
+    decides at the deletion, and one set after a reset took the finalizer away, so the
+    garbage collector deleted the snapshot it kept and left its topic (decision 0177)."""
+    return lists_state_snapshot(body.get("status"))
 
 
 def _owned_state_snapshots(
@@ -270,13 +270,17 @@ def delete_state_snapshots(kube: KubeApi, namespace: str, name: str, uid: str) -
 
 
 def keep_state_snapshots(kube: KubeApi, namespace: str, name: str, uid: str) -> list[str]:
-    """Keep the StreamPipelineSnapshots this pipeline owns, deleted with retainOnDelete
-    (decision 0177): each gets no owner and the retained label, as one taken under
-    retainOnDelete, so the garbage collector leaves it, and its topic with it. The names
-    kept (one already being deleted goes)."""
+    """Keep the Ready StreamPipelineSnapshots this pipeline still owns, deleted with
+    retainOnDelete (decision 0177): each gets no owner and the retained label, as the
+    reconcile does while retainOnDelete is on, so the garbage collector leaves it, and its
+    topic with it. Only Ready ones are state worth keeping: one still Pending or Taking,
+    left without its pipeline, would make its topic for (or snapshot) a later pipeline of
+    that name, and a Failed one holds no usable state; they stay owned, and the deletion
+    deletes them with their topics (:func:`delete_state_snapshots`). The names kept (one
+    already being deleted goes)."""
     kept = []
     for snap in _owned_state_snapshots(kube, namespace, name, uid):
-        if not snap["metadata"].get("deletionTimestamp"):
+        if is_keepable(snap):
             kube.apply(kept_state_snapshot(snap))
             kept.append(str(snap["metadata"]["name"]))
     return kept

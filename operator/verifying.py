@@ -58,6 +58,7 @@ from streamherd.operator.builders.meta import (
     FINALIZER,
     INPUT_HASH_ANNOTATION,
     content_hash,
+    controlled_by,
 )
 from streamherd.operator.builders.shadow import (
     ROLES,
@@ -70,6 +71,7 @@ from streamherd.operator.builders.shadow import (
 from streamherd.operator.conditions import VERIFIED, Cond
 from streamherd.operator.kube import KubeApi, Manifest
 from streamherd.operator.shadowtopics import NO_OFFSET, Offsets, ShadowKafka, ShadowKafkaError
+from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.config import WorkerConfig, parse_duration
 
 log = logging.getLogger(__name__)
@@ -371,11 +373,14 @@ def remove_shadows(
 ) -> list[str]:
     """Delete the shadows (Deployments, ConfigMaps), the run's topics and its groups; the
     topics and groups still there (empty: all gone; a group whose members have not left
-    yet stays: call again)."""
+    yet stays: call again). Only shadows the pipeline controls: `<name>-shadow-<role>` may
+    be another pipeline's name, and its workers are not ours to delete."""
+    uid = str(pipeline.metadata.get("uid") or "")
     for role in ROLES:
         name = shadow_name(pipeline.name, role)
         for api, kind in (("apps/v1", "Deployment"), ("v1", "ConfigMap")):
-            if kube.get(api, kind, pipeline.namespace, name) is not None:
+            live = kube.get(api, kind, pipeline.namespace, name)
+            if live is not None and controlled_by(live, uid):
                 kube.delete(api, kind, pipeline.namespace, name)
     topics, groups = _names(pipeline, run)
     return [*kafka.delete_topics(topics), *kafka.delete_groups(groups)]
@@ -389,6 +394,21 @@ def verification_left(body: Mapping[str, Any]) -> bool:
     pipeline's (decision 0176)."""
     raw = (body.get("status") or {}).get("verification")
     return isinstance(raw, Mapping) and bool(raw.get("run")) and raw.get("cleaned") is not True
+
+
+def verification_pipeline(body: Mapping[str, Any]) -> StreamPipeline | None:
+    """The pipeline as the deletion of its run needs it (decision 0176): as parsed, or, when
+    its spec no longer parses (an edit the models refuse), one with its spec's source
+    alone. A run's topic and group names and the cluster's credentials derive from its
+    name, namespace and source only, so what status names is deleted whatever else the
+    spec says. None when even the source does not parse."""
+    pipeline, _problems = parse_pipeline(body)
+    if pipeline is not None:
+        return pipeline
+    source = (body.get("spec") or {}).get("source")
+    alone = {**body, "spec": {"source": source, "sink": {"stdout": {}}}}
+    pipeline, _problems = parse_pipeline(alone)
+    return pipeline if pipeline is not None and pipeline.spec.source.kafka is not None else None
 
 
 def delete_verification(

@@ -93,6 +93,14 @@ def owner_references(pipeline: StreamPipeline) -> list[Manifest]:
     ]
 
 
+def controlled_by(obj: Manifest, uid: str) -> bool:
+    """Whether `obj` is a child of the pipeline whose uid is `uid`: its controller owner
+    reference points at it. What a name alone says is not enough to delete: another
+    pipeline's children can have that name (a pipeline named `<name>-shadow-baseline`)."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return bool(uid) and any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
 def object_meta(pipeline: StreamPipeline, name: str) -> Manifest:
     """metadata for a child: name, namespace, labels, ownerReferences."""
     meta: Manifest = {"name": name, "namespace": pipeline.namespace, "labels": labels(pipeline)}

@@ -9,14 +9,17 @@ restorable into this or another pipeline with ``spec.state.restoreFrom``.
 Its life follows ``spec.state.retainOnDelete``, like the rest of the pipeline's state: kept
 (no owner, labelled ``streamherd.io/retained=true``) when the pipeline keeps its state,
 otherwise owned by the pipeline, which deletes it (and its finalizer its topic) before it
-goes. One taken while the pipeline did not keep its state is kept all the same when
-``retainOnDelete`` is on at the pipeline's deletion: :func:`kept_state_snapshot` is what
-the deletion applies to it (decision 0177).
+goes. One taken while the pipeline did not keep its state is kept all the same once
+``retainOnDelete`` is on and it is Ready: :func:`kept_state_snapshot` is what the reconcile
+applies to it then (or the deletion, if no reconcile did), so that no owner is left for a
+foreground deletion's garbage collector to race (decision 0177).
 """
 
 from __future__ import annotations
 
-from typing import Final
+import re
+from collections.abc import Mapping
+from typing import Any, Final
 
 from streamherd.operator.api.snapshot import (
     MAX_SNAPSHOT_NAME_LENGTH,
@@ -40,6 +43,16 @@ OWN_LABELS: Final = (
     PIPELINE_LABEL,
     TAKEN_BEFORE_LABEL,
 )
+
+
+def lists_state_snapshot(status: Mapping[str, Any] | None) -> bool:
+    """Whether a pipeline's `status` lists a snapshot taken before one of its resets or
+    replays (the name says: `-reset-g<n>`, `-replay-g<n>`)."""
+    listed = (status or {}).get("snapshots") or []
+    return any(
+        isinstance(s, Mapping) and re.search(r"-(reset|replay)-g[0-9]+$", str(s.get("name")))
+        for s in listed
+    )
 
 
 def state_snapshot_name(pipeline: str, action: str, generation: int | None) -> str:
@@ -86,8 +99,9 @@ def build_state_snapshot(pipeline: StreamPipeline, action: str, generation: int 
 
 
 def kept_state_snapshot(snapshot: Manifest) -> Manifest:
-    """What keeps `snapshot` (a live one the pipeline owns, taken before a reset or replay)
-    when the pipeline is deleted with ``retainOnDelete`` (decision 0177): applied (the
+    """What keeps `snapshot` (a Ready one the pipeline owns, taken before a reset or replay)
+    while the pipeline has ``retainOnDelete``, or is deleted with it (decision 0177): the
+    reconcile applies it as soon as both hold, the deletion to what is left; applied (the
     operator's field manager made it), it is then as :func:`build_state_snapshot` makes one
     under ``retainOnDelete``: no owner (the garbage collector leaves it, and its topic with
     it), labelled ``streamherd.io/retained=true``."""
@@ -105,3 +119,11 @@ def kept_state_snapshot(snapshot: Manifest) -> Manifest:
         },
         "spec": {"pipeline": snapshot["spec"]["pipeline"]},
     }
+
+
+def is_keepable(snapshot: Manifest) -> bool:
+    """Whether `snapshot` is state worth keeping under ``retainOnDelete`` (decision 0177):
+    Ready (complete) and not being deleted."""
+    return (snapshot.get("status") or {}).get("phase") == "Ready" and not (
+        snapshot.get("metadata") or {}
+    ).get("deletionTimestamp")

@@ -6,22 +6,26 @@ A pipeline deleted while a shadow verification of an edit runs deletes the run's
 topics and consumer groups first (decision 0176), retainOnDelete or not: before, nothing
 held its deletion, and they stayed on the broker for good.
 
-A pipeline whose spec.state.retainOnDelete is set after a reset keeps the snapshot that
-reset took, and its topic, when it is deleted (decision 0177): the deletion takes its owner
-off and labels it retained. Before, setting the option took the pipeline's finalizer away,
-the garbage collector deleted the snapshot after the pipeline, and its finalizer, without
-the pipeline's credentials, left its topic on the broker with nothing that names it.
+A pipeline whose spec.state.retainOnDelete is set after a reset keeps the Ready snapshot
+that reset took, and its topic, when it is deleted, even in the foreground (decision 0177):
+the reconcile takes its owner off and labels it retained once the option is on. Released
+only by the deletion's handler, a foreground deletion's garbage collector deleted it first,
+and its finalizer its topic: the state lost.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 
+from streamherd.operator.builders.meta import CONFIG_KEY
 from streamherd.operator.builders.shadow import ROLES
-from streamherd.workers.snapshotting import snapshot_topic
+from streamherd.workers.checkpointing import Checkpoint
+from streamherd.workers.snapshotting import records, snapshot_topic
 from tests.infra.kafka import KafkaBroker
 from tests.integration.operator.operator_harness import Env, load_example, wait_until
 
@@ -98,9 +102,34 @@ def test_deleting_a_pipeline_during_its_verification_deletes_the_shadow_topics_a
     assert deleted and run in deleted[0]["message"], deleted
 
 
-def test_retain_on_delete_set_after_a_reset_keeps_its_snapshot_and_topic(
+def write_snapshot_as_the_workers_do(env: Env, broker: KafkaBroker, name: str, topic: str) -> None:
+    """What the running workers write to a requested snapshot's topic at their next
+    checkpoint (no worker runs on these fake nodes): each partition they own."""
+    config_map = env.get("configmap", f"{name}-config")
+    assert config_map is not None
+    config = json.loads(config_map["data"][CONFIG_KEY])
+    topics = [*config["source"]["kafka"]["topics"]]
+    if (config.get("repartition") or {}).get("topic"):
+        topics.append(config["repartition"]["topic"])
+    meta = broker.admin().list_topics(timeout=10).topics
+    producer = Producer(broker.client_config(acks="all"))
+    for source in topics:
+        for partition in meta[source].partitions:
+            for key, value, headers in records(Checkpoint(source, partition, 0, {})):
+                producer.produce(topic, value=value, key=key, headers=list(headers.items()))
+    assert producer.flush(30) == 0
+
+
+def test_retain_on_delete_set_after_a_reset_keeps_its_snapshot_and_topic_under_a_foreground_delete(
     env: Env, kafka_broker: KafkaBroker
 ) -> None:
+    """retainOnDelete set after a reset: the reconcile releases the Ready snapshot at once,
+    so a foreground deletion (Argo CD's default), whose garbage collector deletes what the
+    pipeline owns at once, finds nothing owned to delete. Before, the release waited for
+    the deletion's handler, racing the garbage collector (which could delete the snapshot,
+    and its finalizer its topic). The race is timing-dependent: on this control plane the
+    handler won it on the code before too, so this checks the outcome on the real API
+    server; test_restore_snapshots shows the release the fix makes before the deletion."""
     source = kafka_broker.create_topic(kafka_broker.unique_topic("src"), partitions=2)
     name = "reset-then-kept"
     doc = pipeline_doc(env, kafka_broker, name, source)
@@ -115,8 +144,7 @@ def test_retain_on_delete_set_after_a_reset_keeps_its_snapshot_and_topic(
     uid = env.pipeline(name)["metadata"]["uid"]
 
     # A reset (the aggregates reordered): first a snapshot of the running state, owned by
-    # the pipeline; its topic is made once deleting the pipeline would deal with it. (No
-    # worker runs on these nodes, so it stays Taking.)
+    # the pipeline; its topic is made once deleting the pipeline would deal with it.
     edited = copy.deepcopy(doc)
     edited["spec"]["processor"]["steps"][-1]["window"]["aggregates"].reverse()
     env.apply(edited)
@@ -129,9 +157,16 @@ def test_retain_on_delete_set_after_a_reset_keeps_its_snapshot_and_topic(
 
     owned = wait_until("the reset's snapshot being taken", taking, 120)
     assert [r["uid"] for r in owned["metadata"]["ownerReferences"]] == [uid]
-    assert topic in broker_topics(kafka_broker)
+    write_snapshot_as_the_workers_do(env, kafka_broker, name, topic)
 
-    # retainOnDelete set now, and seen by the operator, then the pipeline deleted.
+    def ready() -> dict[str, Any] | None:
+        found = env.get("streampipelinesnapshot", snap)
+        return found if found and (found.get("status") or {}).get("phase") == "Ready" else None
+
+    wait_until("the reset's snapshot Ready", ready, 120)
+
+    # retainOnDelete set now, and seen by the operator, then the pipeline deleted in the
+    # foreground at once.
     retained = copy.deepcopy(edited)
     retained["spec"]["state"] = {"retainOnDelete": True}
     env.apply(retained)
@@ -140,13 +175,14 @@ def test_retain_on_delete_set_after_a_reset_keeps_its_snapshot_and_topic(
         lambda: env.pipeline(name).get("status", {}).get("observedGeneration") == 3,
         60,
     )
-    env.kubectl("delete", "streampipeline", name, "--wait=false")
+    env.kubectl("delete", "streampipeline", name, "--cascade=foreground", "--wait=false")
     wait_until("the pipeline gone", lambda: env.get("streampipeline", name) is None, 120)
 
-    # The state it kept: the snapshot, now with no owner and labelled retained (the garbage
-    # collector leaves it), and its topic on the broker.
+    # The state it kept: the snapshot, with no owner and labelled retained (the garbage
+    # collector left it), and its topic on the broker.
     kept = env.get("streampipelinesnapshot", snap)
     assert kept is not None, "the snapshot retainOnDelete keeps was deleted"
+    assert not kept["metadata"].get("deletionTimestamp"), kept["metadata"]
     assert not kept["metadata"].get("ownerReferences"), kept["metadata"]
     assert kept["metadata"]["labels"]["streamherd.io/retained"] == "true", kept["metadata"]
     assert topic in broker_topics(kafka_broker)

@@ -572,16 +572,20 @@ def test_a_deletion_stops_the_workers_before_the_topics_go() -> None:
     gone), once; the wait is its pods' grace period and a margin; gone, nothing to wait for."""
     kube = FakeKube()
     kube.foreground_lingers = True
-    assert stop_workers(kube, "default", "clicks") is None  # never had workers
+    assert stop_workers(kube, "default", "clicks", "uid-1") is None  # never had workers
+    owner = {"kind": "StreamPipeline", "name": "clicks", "uid": "uid-1", "controller": True}
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": "clicks", "namespace": "default"},
+        "metadata": {"name": "clicks", "namespace": "default", "ownerReferences": [owner]},
         "spec": {"template": {"spec": {"terminationGracePeriodSeconds": 45}}},
     }
     kube.put(deployment)
-    assert stop_workers(kube, "default", "clicks") == 45 + WORKERS_STOP_MARGIN_SECONDS
-    assert stop_workers(kube, "default", "clicks") == 45 + WORKERS_STOP_MARGIN_SECONDS
+    # Another pipeline's Deployment of that name is not its to stop (decision 0176).
+    assert stop_workers(kube, "default", "clicks", "uid-of-another") is None
+    assert kube.deletes == []
+    assert stop_workers(kube, "default", "clicks", "uid-1") == 45 + WORKERS_STOP_MARGIN_SECONDS
+    assert stop_workers(kube, "default", "clicks", "uid-1") == 45 + WORKERS_STOP_MARGIN_SECONDS
     assert kube.deletes == ["Deployment/clicks"]  # deleting already: not deleted again
     kube.objects.pop(("apps/v1", "Deployment", "default", "clicks"))  # its pods went
-    assert stop_workers(kube, "default", "clicks") is None
+    assert stop_workers(kube, "default", "clicks", "uid-1") is None

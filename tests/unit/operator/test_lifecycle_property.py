@@ -912,10 +912,14 @@ def run(
         result.seen.append(projection(world))
         result.said, result.lost = lifecycle_events(world), world.lost_status > 0
     retain = (world.spec().get("state") or {}).get("retainOnDelete") is True
+    # The state retainOnDelete keeps: Ready snapshots, owned or released by a reconcile
+    # (decision 0177); unfinished ones go with the pipeline, retainOnDelete or not.
     holding = [
         s["metadata"]["name"]
         for s in world.snapshots()
-        if s["metadata"].get("ownerReferences") and topic_of(s) in world.kafka.topics
+        if (s.get("status") or {}).get("phase") == "Ready"
+        and (s["metadata"].get("ownerReferences") or retain)
+        and topic_of(s) in world.kafka.topics
     ]
     delete_pipeline(world)
     assert not shadows_left(world), f"a verification left: {shadows_left(world)}"
@@ -928,10 +932,10 @@ def topic_of(snapshot: Manifest) -> str:
 
 
 def check_deleted(world: World, retain: bool, holding: list[str]) -> None:
-    """What the deletion left: the snapshots the pipeline owned that held a topic
-    (`holding`) are kept with their topics if retainOnDelete was on at the deletion
-    (`retain`), gone with them otherwise; no snapshot is left owned, no topic without its
-    kept snapshot resource."""
+    """What the deletion left: the Ready snapshots the pipeline owned (or a reconcile released
+    under retainOnDelete) that held a topic (`holding`) are kept with their topics if
+    retainOnDelete was on at the deletion (`retain`), gone with them otherwise; no snapshot
+    is left owned, no topic without its kept snapshot resource."""
     left = {s["metadata"]["name"]: s for s in world.snapshots()}
     owned = [n for n, s in left.items() if s["metadata"].get("ownerReferences")]
     assert not owned, owned

@@ -208,7 +208,8 @@ def test_a_pipeline_deleted_with_retain_on_delete_keeps_the_snapshots_it_owns() 
     kube = FakeKube()
     doc = example_doc("02-clicks-per-minute")
     name = doc["metadata"]["name"]
-    owned = copy.deepcopy(kube.put(build_state_snapshot(pipeline_from(doc, uid="u-1"), "reset", 2)))
+    owned = build_state_snapshot(pipeline_from(doc, uid="u-1"), "reset", 2)
+    owned = copy.deepcopy(kube.put({**owned, "status": {"phase": "Ready"}}))
     older = copy.deepcopy(kube.put(build_state_snapshot(pipeline_from(doc, uid="u-0"), "reset", 1)))
     retained = copy.deepcopy(doc)
     retained["spec"]["state"] = {"retainOnDelete": True}
@@ -231,6 +232,75 @@ def test_a_pipeline_deleted_with_retain_on_delete_keeps_the_snapshots_it_owns() 
     # Kept, it is the pipeline's no more: neither deleted nor kept again.
     assert keep_state_snapshots(kube, "default", name, "u-1") == []
     assert delete_state_snapshots(kube, "default", name, "u-1") == []
+
+
+def unfinished(doc: dict[str, Any], generation: int, phase: str | None) -> dict[str, Any]:
+    made = build_state_snapshot(pipeline_from(doc, uid="u-1"), "reset", generation)
+    return {**made, "status": {"phase": phase}} if phase else made
+
+
+def test_retain_on_delete_keeps_only_ready_snapshots_the_rest_go_with_the_pipeline() -> None:
+    """Only a Ready snapshot is state worth keeping (decision 0177): one Pending (no topic
+    yet), Taking or Failed, left without its pipeline, would make its topic for a later
+    pipeline of that name, or snapshot it, or end Failed with its topic left. The deletion
+    keeps the Ready one and deletes the others (their finalizers delete their topics),
+    retainOnDelete or not (before: all four released, none deleted)."""
+    kube = FakeKube()
+    doc = example_doc("02-clicks-per-minute")
+    name = doc["metadata"]["name"]
+    kube.put(unfinished(doc, 2, "Ready"))
+    for generation, phase in ((3, None), (4, "Pending"), (5, "Taking"), (6, "Failed")):
+        kube.put(unfinished(doc, generation, phase))
+    assert keep_state_snapshots(kube, "default", name, "u-1") == [f"{name}-reset-g2"]
+    assert kube.deletes == []
+    left = delete_state_snapshots(kube, "default", name, "u-1")
+    assert left == [f"{name}-reset-g{g}" for g in (3, 4, 5, 6)]
+    assert sorted(kube.deletes) == [
+        f"StreamPipelineSnapshot/{name}-reset-g{g}" for g in (3, 4, 5, 6)
+    ]
+    kept = kube.find("StreamPipelineSnapshot", f"{name}-reset-g2")
+    assert kept is not None and not kept["metadata"]["ownerReferences"]
+    assert kept["metadata"]["labels"]["streamherd.io/retained"] == "true"
+
+
+def test_the_reconcile_releases_ready_snapshots_while_retain_on_delete_is_on() -> None:
+    """retainOnDelete set after a reset: the reconcile takes the owner off the Ready snapshot
+    the reset took and labels it retained at once (decision 0177), so a foreground deletion,
+    whose garbage collector deletes what the pipeline owns before any handler runs, finds
+    nothing owned to delete; an unfinished one stays owned, to go with the pipeline. Off, it
+    is left owned (deleted with the pipeline). Before: released only at the deletion."""
+    kube = FakeKube()
+    doc = example_doc("02-clicks-per-minute")
+    name = doc["metadata"]["name"]
+    uid = kube.put(doc)["metadata"]["uid"]
+    listed = [{"name": f"{name}-reset-g2", "fingerprint": "f", "partitions": 1}]
+    kube.patch_status("default", name, {"snapshots": listed})
+    ready = build_state_snapshot(pipeline_from(doc, uid=uid), "reset", 2)
+    kube.put({**ready, "status": {"phase": "Ready"}})
+    taking = build_state_snapshot(pipeline_from(doc, uid=uid), "replay", 3)
+    kube.put({**taking, "status": {"phase": "Taking"}})
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    result = reconcile(body_of(kube, name), kube, SETTINGS, now=now)
+    assert "SnapshotsKept" not in [e.reason for e in result.events]
+    for snap in (f"{name}-reset-g2", f"{name}-replay-g3"):
+        found = kube.find("StreamPipelineSnapshot", snap)
+        assert found is not None and found["metadata"]["ownerReferences"][0]["uid"] == uid
+    body_of(kube, name)["spec"]["state"] = {"retainOnDelete": True}
+    result = reconcile(body_of(kube, name), kube, SETTINGS, now=now)
+    kept = [e for e in result.events if e.reason == "SnapshotsKept"]
+    assert len(kept) == 1 and f"{name}-reset-g2" in kept[0].message, result.events
+    released = kube.find("StreamPipelineSnapshot", f"{name}-reset-g2")
+    assert released is not None and not released["metadata"]["ownerReferences"]
+    assert released["metadata"]["labels"]["streamherd.io/retained"] == "true"
+    still = kube.find("StreamPipelineSnapshot", f"{name}-replay-g3")
+    assert still is not None and still["metadata"]["ownerReferences"][0]["uid"] == uid
+    # Released once; turned off again, it stays kept (nothing owns it to delete it).
+    again = reconcile(body_of(kube, name), kube, SETTINGS, now=now)
+    assert "SnapshotsKept" not in [e.reason for e in again.events]
+    body_of(kube, name)["spec"]["state"] = {"retainOnDelete": False}
+    reconcile(body_of(kube, name), kube, SETTINGS, now=now)
+    assert delete_state_snapshots(kube, "default", name, uid) == [f"{name}-replay-g3"]
+    assert kube.find("StreamPipelineSnapshot", f"{name}-reset-g2") is not None
 
 
 class RecordingAdmin:

@@ -6,17 +6,22 @@ tests/e2e/test_verify.py."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
+from unittest import mock
 
+import kopf
 import orjson
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from streamherd.operator import runtime
 from streamherd.operator.api.v1alpha1 import VerificationStatus, Verify
 from streamherd.operator.builders import Capabilities, build_all
 from streamherd.operator.builders.meta import FINALIZER
@@ -27,8 +32,10 @@ from streamherd.operator.decision import (
     SHADOW_TIDY_SECONDS,
     verified_condition,
 )
-from streamherd.operator.kube import ApiError
-from streamherd.operator.reconciler import ReconcileMemo, ReconcileResult, reconcile
+from streamherd.operator.handlers import build_registry
+from streamherd.operator.kube import ApiError, Kube
+from streamherd.operator.reconciler import ReconcileMemo, ReconcileResult, reconcile, stop_workers
+from streamherd.operator.runtime import OperatorContext
 from streamherd.operator.shadowtopics import NO_OFFSET, Offsets, ShadowKafkaError
 from streamherd.operator.validation import parse_pipeline
 from streamherd.operator.verifying import (
@@ -38,6 +45,7 @@ from streamherd.operator.verifying import (
     config_of,
     judge,
     next_step,
+    remove_shadows,
     results_fingerprint,
     same_value,
     start_offsets,
@@ -1005,3 +1013,109 @@ def test_removing_verify_clears_the_verdict_it_left() -> None:
     operate(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
     c = cond(kube, name)
     assert (c["status"], c["reason"]) == ("False", "VerificationOff"), c
+
+
+# --------------------------------------------------------------------------- the deletion
+
+#: The operator's registry, whose delete-shadows handler a pipeline's deletion runs.
+REGISTRY = build_registry(SETTINGS)
+
+
+def delete_shadows(kube: FakeKube, kafka: FakeKafka, name: str, retry: int = 0) -> str | None:
+    """kopf's run of the delete-shadows handler for the deleted pipeline `name`, with the
+    source cluster `kafka`; the TemporaryError it raised (None: it succeeded)."""
+    (handler,) = [h for h in REGISTRY._changing.get_all_handlers() if h.id == "delete-shadows"]
+    body = copy.deepcopy(body_of(kube, name))
+    body["metadata"]["deletionTimestamp"] = "now"
+    with (
+        ThreadPoolExecutor(max_workers=1) as pool,
+        mock.patch.object(runtime, "cluster_from_secrets", lambda kube, p: object()),
+        mock.patch.object(runtime, "KafkaShadowClient", lambda cluster: kafka),
+    ):
+        ctx = OperatorContext(settings=SETTINGS, kube=cast(Kube, kube), executor=pool)
+        try:
+            asyncio.run(handler.fn(body=body, memo=kopf.Memo(ctx=ctx), retry=retry,
+                                   namespace="default", name=name))  # fmt: skip
+        except kopf.TemporaryError as error:
+            return str(error)
+    return None
+
+
+def started_run(kube: FakeKube, kafka: FakeKafka, name: str, memo: ReconcileMemo) -> str:
+    """An edit under verification: its run started (topics, groups, shadows made)."""
+    body = body_of(kube, name)
+    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
+    body["metadata"]["generation"] += 1
+    operate(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    v = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+    assert v.started_at and len(kafka.topics) == 2 and verification_left(body_of(kube, name))
+    return v.run
+
+
+def test_a_deletion_whose_spec_no_longer_parses_still_deletes_the_runs_topics_and_groups() -> None:
+    """The run's topic and group names and the cluster come from the pipeline's name and
+    source; an edit the models refuse elsewhere in the spec does not keep the deletion from
+    them (before: the handler returned at once, and they stayed on the broker)."""
+    kube, kafka, name, memo = running()
+    run = started_run(kube, kafka, name, memo)
+    body = body_of(kube, name)
+    body["spec"]["processor"] = "not a processor"  # an edit the models refuse
+    assert parse_pipeline(body)[0] is None
+    assert delete_shadows(kube, kafka, name) is None
+    assert not kafka.topics
+    assert sorted(kafka.deleted_topics) == sorted(
+        f"streamherd.default.clicks-per-minute.shadow.{run}.{role}" for role in ROLES
+    )
+    assert not [g for g in kafka.groups if ".shadow." in g]
+    for role in ROLES:
+        assert kube.find("Deployment", f"{name}-shadow-{role}") is None
+        assert kube.find("ConfigMap", f"{name}-shadow-{role}") is None
+    said = [e for e in kube.events if e["reason"] == "ShadowsDeleted"]
+    assert said and run in said[0]["message"], kube.events
+
+
+def test_a_deletion_leaves_another_pipelines_deployment_of_a_shadows_name() -> None:
+    """`<name>-shadow-<role>` may be another pipeline's name: its workers' Deployment is not
+    this pipeline's to stop or delete, at its deletion or when its run is tidied up; only
+    one this pipeline controls is (before: deleted by name alone)."""
+    kube, kafka, name, memo = running()
+    body = body_of(kube, name)
+    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
+    body["metadata"]["generation"] += 1
+    # The run named, not started yet: no shadow of this pipeline's is there.
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+    assert verification_left(body_of(kube, name))
+    assert kube.find("Deployment", f"{name}-shadow-baseline") is None
+    kube.put(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": f"{name}-shadow-baseline",
+                "namespace": "default",
+                "ownerReferences": [
+                    {"apiVersion": "streamherd.io/v1alpha1", "kind": "StreamPipeline",
+                     "name": f"{name}-shadow-baseline", "uid": "uid-of-the-other",
+                     "controller": True, "blockOwnerDeletion": True}
+                ],
+            },
+            "spec": {"template": {"spec": {}}},
+        }
+    )  # fmt: skip
+    assert delete_shadows(kube, kafka, name) is None
+    assert kube.find("Deployment", f"{name}-shadow-baseline") is not None
+    assert f"Deployment/{name}-shadow-baseline" not in kube.deletes
+    # The tidy-up after a verdict, or an edit that replaces the run, does not delete it
+    # either; nor does the stop of the pipeline's own workers.
+    pipeline = pipeline_from(body_of(kube, name))
+    assert remove_shadows(pipeline, kube, kafka, "any") == []
+    assert kube.find("Deployment", f"{name}-shadow-baseline") is not None
+    assert (
+        stop_workers(kube, "default", f"{name}-shadow-baseline", pipeline_uid(kube, name)) is None
+    )
+    assert kube.find("Deployment", f"{name}-shadow-baseline") is not None
+    assert f"Deployment/{name}-shadow-baseline" not in kube.deletes
+
+
+def pipeline_uid(kube: FakeKube, name: str) -> str:
+    return str(body_of(kube, name)["metadata"]["uid"])
