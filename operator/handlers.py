@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import kopf
 
@@ -110,6 +110,21 @@ async def stop_deployment(ctx: OperatorContext, body: Manifest, name: str, then:
             "topics)",
         )
         await loop.run_in_executor(ctx.executor, post_event, ctx.kube, event_body(body, note))
+
+
+async def tell(ctx: OperatorContext, body: Manifest, note: EventNote) -> None:
+    """Post `note` as an event of the pipeline `body`."""
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(ctx.executor, post_event, ctx.kube, event_body(body, note))
+
+
+async def try_again(
+    ctx: OperatorContext, body: Manifest, reason: str, message: str, delay: float
+) -> NoReturn:
+    """A deletion step that did not finish: a Warning `reason` says why (its `message`
+    names the try and what happens after the last), and kopf tries again in `delay`."""
+    await tell(ctx, body, EventNote("Warning", reason, message))
+    raise kopf.TemporaryError(message, delay=delay)
 
 
 def needs_topic_cleanup(body: Manifest) -> bool:
@@ -268,18 +283,13 @@ def build_registry(ops: OperatorSettings) -> Any:
         try:
             deleted = await loop.run_in_executor(ctx.executor, ctx.topics.delete, pipeline)
         except TopicAdminError as e:
-            note = EventNote(
-                "Warning",
-                "TopicDeleteFailed",
+            message = (
                 f"cannot delete the internal topics yet (try {retry + 1} of "
                 f"{TOPIC_DELETE_RETRIES}; after the last the pipeline is deleted and the "
-                f"topics are kept): {e}",
+                f"topics are kept): {e}"
             )
-            await loop.run_in_executor(
-                ctx.executor, post_event, ctx.kube, event_body(dict(body), note)
-            )
-            delay = min(60.0, backoff * 2**retry)
-            raise kopf.TemporaryError(str(e), delay=delay) from e
+            await try_again(ctx, dict(body), "TopicDeleteFailed", message,
+                            min(60.0, backoff * 2**retry))  # fmt: skip
         if deleted:
             note = EventNote(
                 "Normal", "TopicsDeleted", "deleted Kafka topics " + ", ".join(deleted)
@@ -339,17 +349,13 @@ def build_registry(ops: OperatorSettings) -> Any:
                 why = str(e)
         if left is None or left:
             what = why or "still there: " + ", ".join(left or [])
-            note = EventNote(
-                "Warning",
-                "ShadowsNotDeleted",
+            message = (
                 f"cannot delete the verification's shadow topics and consumer groups yet "
                 f"(try {retry + 1} of {TOPIC_DELETE_RETRIES}; after the last the pipeline is "
-                f"deleted and they are kept): {what}",
+                f"deleted and they are kept): {what}"
             )
-            await loop.run_in_executor(
-                ctx.executor, post_event, ctx.kube, event_body(dict(body), note)
-            )
-            raise kopf.TemporaryError(what, delay=min(60.0, backoff * 2**retry))
+            await try_again(ctx, dict(body), "ShadowsNotDeleted", message,
+                            min(60.0, backoff * 2**retry))  # fmt: skip
         run = str((status.get("verification") or {}).get("run"))
         note = EventNote(
             "Normal",
