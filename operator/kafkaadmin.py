@@ -82,10 +82,13 @@ class TopicRequest:
 @dataclass(frozen=True)
 class Deleted:
     """What a deletion did: the names deleted, and why each of the others was not (a name
-    that did not exist is in neither)."""
+    that did not exist is in neither); `refused`: those of `failed` the broker refuses to
+    delete for good (deletion disabled, not authorized, a policy): trying again changes
+    nothing until someone changes the broker."""
 
     names: list[str]
     failed: dict[str, str]
+    refused: frozenset[str] = frozenset()
 
 
 class KafkaAdmin:
@@ -248,6 +251,7 @@ class KafkaAdmin:
         futures = self._ask(self.client.delete_topics, wanted, operation_timeout=self.timeout)
         deleted: list[str] = []
         failed: dict[str, str] = {}
+        refused: set[str] = set()
         for name, future in futures.items():
             try:
                 self._answer(future)
@@ -257,7 +261,9 @@ class KafkaAdmin:
             except KafkaException as e:
                 if _code(e) != KafkaError.UNKNOWN_TOPIC_OR_PART:
                     failed[name] = reason(e)
-        return Deleted(sorted(deleted), failed)
+                if _code(e) in _REFUSED_FOR_GOOD:
+                    refused.add(name)
+        return Deleted(sorted(deleted), failed, frozenset(refused))
 
     def delete_groups(self, groups: Iterable[str]) -> dict[str, str]:
         """Delete the consumer groups; those still there, with why (members that have not
@@ -318,6 +324,17 @@ def reason(e: KafkaException) -> str:
             return NO_ANSWER
         return f"{error.name()}: {error.str()}"
     return str(e)
+
+
+#: Refusals of a deletion that no retry changes (Deleted.refused).
+_REFUSED_FOR_GOOD: Final = frozenset(
+    {
+        KafkaError.TOPIC_DELETION_DISABLED,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.POLICY_VIOLATION,
+    }
+)
 
 
 def _code(e: KafkaException) -> Any:

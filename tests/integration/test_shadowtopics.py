@@ -10,9 +10,10 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from streamherd.operator.kafkaadmin import KafkaAdmin, logged_admin
 from streamherd.operator.lagprobe import ClusterConfig
 from streamherd.operator.shadowtopics import NO_OFFSET, KafkaShadowClient, ShadowKafkaError
-from tests.infra.kafka import KafkaBroker
+from tests.infra.kafka import KafkaBroker, start_kafka
 from tests.infra.processes import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
@@ -72,3 +73,31 @@ def test_offsets_topics_and_reads_against_the_broker(kafka_broker: KafkaBroker) 
                                                      (source, 1): NO_OFFSET}  # fmt: skip
     finally:
         client.close()
+
+
+def test_a_topic_the_broker_refuses_to_delete_for_good_is_kept_not_retried() -> None:
+    """On a broker that refuses every topic deletion (`delete.topic.enable=false`), a
+    verification's tidy step asked again every few seconds for ever (a review): a topic
+    refused for good is kept (said in a warning) and not returned as one to try again."""
+    kafka = start_kafka(settings={"delete.topic.enable": "false"})
+    try:
+        broker = kafka.broker
+        client = KafkaShadowClient(ClusterConfig.of(broker.bootstrap))
+        try:
+            topic = broker.create_topic(broker.unique_topic("shadow-kept"), partitions=1)
+            assert client.delete_topics([topic]) == []
+            admin = KafkaAdmin(logged_admin(ClusterConfig.of(broker.bootstrap)), 5.0)
+            try:
+                deleted = admin.delete_topics([topic])
+                assert (deleted.names, set(deleted.failed), deleted.refused) == (
+                    [],
+                    {topic},
+                    frozenset({topic}),
+                )
+                assert topic in admin.topics()  # kept: refused, not deleted
+            finally:
+                admin.close()
+        finally:
+            client.close()
+    finally:
+        kafka.stop()
