@@ -610,10 +610,11 @@ class Engine:
             else:
                 self._mismatch(st, checkpoint, moved, stale)
             restored = None
-        elif checkpoint is not None and checkpoint.epoch is not None:
+        elif checkpoint is not None and checkpoint.epoch is not None and not st.from_snapshot:
             # Restored whole: a worker naming no epoch (one of a spec before the epoch, alive
             # in a rollout) writes the epoch back with the state, or the epoch's workers
-            # would take the state it goes on with for an earlier era's (a review).
+            # would take the state it goes on with for an earlier era's (a review). Not a
+            # snapshot's: it may be another pipeline's, whose uid and epoch are not ours.
             st.carried = (checkpoint.pipeline_uid, checkpoint.epoch)
         # The backend's own committed checkpoint: the base of incremental checkpoints.
         base = checkpoint is not None and not st.from_snapshot

@@ -77,7 +77,7 @@ def parse_topic(topic: str) -> tuple[str, str, str] | None:
 
 
 def is_volume_snapshot(name: str) -> bool:
-    return VOLUME_SNAPSHOT.match(name) is not None
+    return VOLUME_SNAPSHOT.fullmatch(name) is not None  # `$` alone passes a final newline
 
 
 # --------------------------------------------------------------------------- records

@@ -348,6 +348,8 @@ def test_the_same_edit_made_again_keeps_its_own_snapshot(tmp_path: Path) -> None
         assert first.read_bytes() == before[file_name]
         assert again.read_bytes() == second_a[file_name]
     assert all(is_volume_snapshot(snapshot_name(a.fingerprint, b.fingerprint, g)) for g in (2, 4))
+    # The name is matched whole, as the CRD's rule (RE2) does: not with a trailing newline.
+    assert not is_volume_snapshot(snapshot_name(a.fingerprint, b.fingerprint, 2) + "\n")
 
 
 def test_a_worker_naming_no_epoch_writes_back_the_epoch_of_the_state_it_goes_on_with(
