@@ -109,7 +109,7 @@ async def stop_deployment(ctx: OperatorContext, body: Manifest, name: str, then:
             "worker still writing may create its topics again on a broker that auto-creates "
             "topics)",
         )
-        await loop.run_in_executor(ctx.executor, post_event, ctx.kube, event_body(body, note))
+        await tell(ctx, body, note)
 
 
 async def tell(ctx: OperatorContext, body: Manifest, note: EventNote) -> None:
@@ -294,9 +294,7 @@ def build_registry(ops: OperatorSettings) -> Any:
             note = EventNote(
                 "Normal", "TopicsDeleted", "deleted Kafka topics " + ", ".join(deleted)
             )
-            await loop.run_in_executor(
-                ctx.executor, post_event, ctx.kube, event_body(dict(body), note)
-            )
+            await tell(ctx, dict(body), note)
 
     def cleans_shadows(body: kopf.Body, **_: Any) -> bool:
         return verification_left(dict(body))
@@ -330,9 +328,7 @@ def build_registry(ops: OperatorSettings) -> Any:
                 f"are kept (topics streamherd.<namespace>.<name>.shadow.{run}.*, groups "
                 f"<group>.shadow.{run}.*): delete them yourself",
             )
-            await loop.run_in_executor(
-                ctx.executor, post_event, ctx.kube, event_body(dict(body), note)
-            )
+            await tell(ctx, dict(body), note)
             return
         left: list[str] | None = None
         why = ""
@@ -362,7 +358,7 @@ def build_registry(ops: OperatorSettings) -> Any:
             "ShadowsDeleted",
             f"deleted the shadows, topics and consumer groups of verification run {run}",
         )
-        await loop.run_in_executor(ctx.executor, post_event, ctx.kube, event_body(dict(body), note))
+        await tell(ctx, dict(body), note)
 
     def keeps_snapshots(body: kopf.Body, **_: Any) -> bool:
         return lists_state_snapshots(dict(body))
@@ -398,9 +394,7 @@ def build_registry(ops: OperatorSettings) -> Any:
                     "retainOnDelete): no owner, labelled streamherd.io/retained=true, with their "
                     "Kafka topics; delete them yourself when you no longer want them",
                 )
-                await loop.run_in_executor(
-                    ctx.executor, post_event, ctx.kube, event_body(dict(body), note)
-                )
+                await tell(ctx, dict(body), note)
         # What is still owned goes (with retainOnDelete: the unfinished ones, no state).
         left = await loop.run_in_executor(
             ctx.executor, delete_state_snapshots, ctx.kube, ns, name, uid
