@@ -580,6 +580,7 @@ class Engine:
         restored = checkpoint.state if checkpoint is not None else None
         # A checkpoint of this fingerprint from before the state epoch: the pipeline went to
         # another state and came back, with a reset or replay each way (decision 0175).
+        foreign = checkpoint is not None and self._foreign_state(checkpoint)
         stale = (
             self._before_epoch(checkpoint)
             if checkpoint is not None and not st.from_snapshot and st.held is None
@@ -589,12 +590,10 @@ class Engine:
         # topic created again or moved keys alone: the upstreams then do not replay).
         replayed = (
             checkpoint
-            if checkpoint is not None
-            and not st.from_snapshot
-            and (self._foreign_state(checkpoint) or stale is not None)
+            if checkpoint is not None and not st.from_snapshot and (foreign or stale is not None)
             else None
         )
-        if checkpoint is not None and (self._foreign_state(checkpoint) or moved or stale):
+        if checkpoint is not None and (foreign or moved or stale):
             if st.from_snapshot:
                 # A snapshot is restored as it is, or not at all: never reset or replayed.
                 st.held = (
@@ -882,40 +881,30 @@ class Engine:
         whatever the policy now: the reset or replay that started the epoch already decided
         its fate (the policy may have been set back to refuse since); one of a later epoch
         is held, left to that epoch's workers."""
-        if stale is not None and not self._foreign_state(checkpoint):
-            fields = {
-                "topic": st.topic,
-                "partition": st.partition,
-                "checkpoint_fingerprint": checkpoint.fingerprint,
-                "fingerprint": self.fingerprint,
-                "checkpoint_epoch": checkpoint.epoch,
-                "epoch": self.state_policy.epoch,
-                "changed": stale,
-            }
-            if self._of_a_later_epoch(checkpoint):
-                self._hold(st, f"{st.topic}[{st.partition}]: {stale}", "state-of-a-later-spec",
-                           fields)  # fmt: skip
-                return
-            name = snapshot_name(self.fingerprint, self.fingerprint, self.state_policy.epoch)
-            self._discard(st, checkpoint, name, fields)
-            return
         foreign = self._foreign_state(checkpoint)
         changes = changed_fields(checkpoint.state_shape, self.state_shape) if foreign else []
-        what = "; ".join([*changes, *([moved] if moved else [])]) or "unknown fields"
-        fields = {
+        whys = [*changes, *([moved] if moved else []), *([stale] if stale else [])]
+        what = "; ".join(whys) or "unknown fields"
+        fields: dict[str, Any] = {
             "topic": st.topic,
             "partition": st.partition,
             "checkpoint_fingerprint": checkpoint.fingerprint,
             "fingerprint": self.fingerprint,
             "changed": what,
         }
-        if foreign and self.state_policy.on_fingerprint_mismatch != "refuse":
+        if stale is not None:  # of this fingerprint (_before_epoch judges no other)
+            fields.update(checkpoint_epoch=checkpoint.epoch, epoch=self.state_policy.epoch)
+            if self._of_a_later_epoch(checkpoint):
+                self._hold(st, f"{st.topic}[{st.partition}]: {stale}", "state-of-a-later-spec",
+                           fields)  # fmt: skip
+                return
+        elif foreign and self.state_policy.on_fingerprint_mismatch != "refuse":
             later = self._written_by_a_later_spec(checkpoint)
             if later is not None:
                 self._hold(st, f"{st.topic}[{st.partition}]: {later}", "state-of-a-later-spec",
                            fields)  # fmt: skip
                 return
-        if self.state_policy.on_fingerprint_mismatch == "refuse":
+        if self.state_policy.on_fingerprint_mismatch == "refuse" and stale is None:
             why = (
                 f"checkpoint state fingerprint {checkpoint.fingerprint} differs from this "
                 f"pipeline's {self.fingerprint} ({what})"
@@ -934,7 +923,7 @@ class Engine:
         name = snapshot_name(
             checkpoint.fingerprint or "legacy", self.fingerprint, self.state_policy.epoch
         )
-        if moved and checkpoint.partitions is not None:
+        if moved and checkpoint.partitions is not None and stale is None:
             name = f"{name}-partitions-{checkpoint.partitions}"
         self._discard(st, checkpoint, name, fields)
 
