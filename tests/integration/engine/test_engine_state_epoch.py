@@ -23,7 +23,7 @@ import pytest
 
 from tests.infra.kafka import KafkaBroker
 from tests.integration.engine.enginekit import BASE_TS, Worker, pipeline_config, wait_until
-from tests.integration.engine.test_engine_repartition import by_key, check
+from tests.integration.engine.test_engine_repartition import by_key, check, flush
 from tests.integration.engine.test_engine_repartition_replay import (
     KEEP,
     PARTITIONS,
@@ -94,9 +94,7 @@ def test_a_pipeline_edited_away_and_back_with_resets_restores_no_window_from_bef
         wait_until("the last spec read every record",
                    lambda: records_in(worker) >= len(third) and caught_up(broker, group, src),
                    120, [worker])  # fmt: skip
-        for p in range(PARTITIONS):  # a far-future record per partition closes every window
-            broker.produce(src, [("zz", {"id": -1, "user": "zz", "page": "zz-flush", "bytes": 0,
-                                         "ts": BASE_TS + 86_400_000})], partition=p)  # fmt: skip
+        flush(broker, src, BASE_TS)  # a far-future record per partition closes every window
         got: dict[str, dict[str, Any]] = {}
 
         def settled() -> bool:

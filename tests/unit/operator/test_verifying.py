@@ -83,6 +83,15 @@ def rows(*items: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
 # --------------------------------------------------------------------------- comparison
 
 
+def edit_filter(kube: FakeKube, name: str) -> dict[str, Any]:
+    """The stored pipeline `name` with its filter edited (a new generation: an edit of the
+    processing, which a verification gates); returned as stored."""
+    body: dict[str, Any] = body_of(kube, name)
+    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
+    body["metadata"]["generation"] += 1
+    return body
+
+
 def test_equal_runs_compare_every_closed_window_and_differ_in_none() -> None:
     a = rows(row("u1", 0, n=1), row("u2", 0, n=2), row("u1", SIZE, n=3))
     result = compare(a, copy.deepcopy(a))
@@ -588,9 +597,7 @@ def test_an_edit_that_changes_the_results_is_held_with_the_count() -> None:
 def test_reverting_during_a_run_removes_the_shadows() -> None:
     kube, kafka, name, memo = running()
     before = live(kube, name)
-    body = body_of(kube, name)
-    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
-    body["metadata"]["generation"] += 1
+    body = edit_filter(kube, name)
     operate(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
     assert kafka.topics and kube.find("Deployment", f"{name}-shadow-candidate") is not None
     body = body_of(kube, name)
@@ -606,9 +613,7 @@ def test_reverting_during_a_run_removes_the_shadows() -> None:
 def test_without_kafka_access_the_edit_waits_and_says_why() -> None:
     kube, _kafka, name, memo = running()
     before = live(kube, name)
-    body = body_of(kube, name)
-    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
-    body["metadata"]["generation"] += 1
+    body = edit_filter(kube, name)
     operate(body, kube, SETTINGS, now=T0, memo=memo)
     c = cond(kube, name)
     assert (c["status"], c["reason"]) == ("Unknown", "CannotVerify")
@@ -618,9 +623,7 @@ def test_without_kafka_access_the_edit_waits_and_says_why() -> None:
 def test_a_group_that_still_has_members_is_deleted_on_a_later_reconcile() -> None:
     kube, kafka, name, memo = running()
     same = [row("/a", 0, clicks=3)]
-    body = body_of(kube, name)
-    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
-    body["metadata"]["generation"] += 1
+    body = edit_filter(kube, name)
     operate(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
     operate(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=61), memo=memo,
               kafka=lambda p: kafka)  # fmt: skip
@@ -682,9 +685,7 @@ def test_a_verdict_whose_status_write_failed_is_reached_again_with_its_shadows(
     were gone: the edit stalled at Comparing, its shadows created again, for good."""
     kube, kafka, name, memo = running()
     before = live(kube, name)
-    body = body_of(kube, name)
-    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
-    body["metadata"]["generation"] += 1
+    edit_filter(kube, name)
 
     def step(at: float, with_memo: ReconcileMemo = memo) -> Any:
         return operate(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=at),
@@ -734,9 +735,7 @@ def test_a_pass_whose_promotion_failed_keeps_its_verdict() -> None:
     stored, and status said NothingToVerify as if the edit had not been verified."""
     kube, kafka, name, _ = running()
     before = live(kube, name)
-    body = body_of(kube, name)
-    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
-    body["metadata"]["generation"] += 1
+    edit_filter(kube, name)
     reasons: list[str] = []
 
     def step(at: float) -> Any:
@@ -828,9 +827,7 @@ def test_nothing_of_a_run_is_made_before_deleting_the_pipeline_would_delete_it()
     pipeline went and its shadow topics and groups stayed on the broker for good."""
     kube, kafka, name, memo = running()
     before = live(kube, name)
-    body = body_of(kube, name)
-    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
-    body["metadata"]["generation"] += 1
+    edit_filter(kube, name)
 
     def step(at: float) -> ReconcileResult:
         return reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=at),
@@ -865,9 +862,7 @@ def test_nothing_of_a_run_is_made_before_deleting_the_pipeline_would_delete_it()
 
 def test_an_edit_during_a_run_replaces_the_run() -> None:
     kube, kafka, name, memo = running()
-    body = body_of(kube, name)
-    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
-    body["metadata"]["generation"] += 1
+    body = edit_filter(kube, name)
     operate(body, kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
     first = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
     body = body_of(kube, name)
@@ -886,9 +881,7 @@ def test_an_edit_during_a_run_replaces_the_run() -> None:
 def test_a_missing_auth_secret_holds_the_edit_and_names_it() -> None:
     kube, _kafka, name, memo = running()
     before = live(kube, name)
-    body = body_of(kube, name)
-    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
-    body["metadata"]["generation"] += 1
+    body = edit_filter(kube, name)
 
     def unreachable(p: Any) -> Any:
         raise ValueError("Secret kafka-creds (key password) not found")
@@ -1043,9 +1036,7 @@ def delete_shadows(kube: FakeKube, kafka: FakeKafka, name: str, retry: int = 0) 
 
 def started_run(kube: FakeKube, kafka: FakeKafka, name: str, memo: ReconcileMemo) -> str:
     """An edit under verification: its run started (topics, groups, shadows made)."""
-    body = body_of(kube, name)
-    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
-    body["metadata"]["generation"] += 1
+    edit_filter(kube, name)
     operate(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
     v = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
     assert v.started_at and len(kafka.topics) == 2 and verification_left(body_of(kube, name))
@@ -1079,9 +1070,7 @@ def test_a_deletion_leaves_another_pipelines_deployment_of_a_shadows_name() -> N
     this pipeline's to stop or delete, at its deletion or when its run is tidied up; only
     one this pipeline controls is (before: deleted by name alone)."""
     kube, kafka, name, memo = running()
-    body = body_of(kube, name)
-    body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
-    body["metadata"]["generation"] += 1
+    edit_filter(kube, name)
     # The run named, not started yet: no shadow of this pipeline's is there.
     reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
     assert verification_left(body_of(kube, name))
