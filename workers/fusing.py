@@ -378,6 +378,8 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
             "__sh_size": plan.size_ms,
             "__sh_slide": plan.slide_ms,
             "__sh_lateness": plan.lateness_ms,
+            "__sh_ahead": plan.ahead_ms,
+            "__sh_too_far_ahead": plan.too_far_ahead,
             "__sh_before_all": float("-inf"),
             "__sh_type": type,
             "__sh_str": str,
@@ -442,7 +444,7 @@ def _template(
         "    add = state.add",
         "    open_window = state.open_window",
         "    mark = state.changed.add",
-        "    size, slide, lateness = __sh_size, __sh_slide, __sh_lateness",
+        "    size, slide, lateness, ahead = __sh_size, __sh_slide, __sh_lateness, __sh_ahead",
         "    max_ms = state.max_event_ms",
         "    if max_ms is None:",
         "        max_ms = __sh_before_all  # -inf: any event time moves it",
@@ -585,6 +587,7 @@ def _fold(
             "            cur_end = cur_start + size",
             "            cache = {}",
             "        if t > max_ms:",
+            *_AHEAD_CHECK,
             "            max_ms = t",
             "        elif cur_end <= max_ms - lateness:",
             "            late.append((m, t))",
@@ -604,6 +607,7 @@ def _fold(
         # open, oldest first, as PartitionWindows.add() (windows opened in the same order).
         out += [
             "        if t > max_ms:",
+            *_AHEAD_CHECK,
             "            max_ms = t",
             "        watermark = max_ms - lateness",
             "        last = t - t % slide",
@@ -625,12 +629,27 @@ def _fold(
     else:
         values = ", ".join(f"a{i}" for i in range(len(has_value)))
         out += [
+            "        if t > max_ms:",
+            *_AHEAD_CHECK,
             "        state.max_event_ms = None if max_ms == __sh_before_all else max_ms",
             f"        if not add(key, t, [{values}]):",
             "            late.append((m, t))",
             "        max_ms = state.max_event_ms",
         ]
     return out
+
+
+#: In the fold, where a record moves the partition's maximum (``t > max_ms``): one more than
+#: eventTime.maxAhead ahead of it is judged (``WindowPlan.too_far_ahead``, which also needs
+#: its Kafka timestamp) and, refused, is the record's error. ``ahead`` is infinite when the
+#: check is off, so the test costs one subtraction on the records that move the maximum.
+_AHEAD_CHECK: Final = (
+    "            if t - max_ms > ahead:",
+    "                refused = __sh_too_far_ahead(t, max_ms, __sh_kafka_timestamp(m))",
+    "                if refused is not None:",
+    "                    errors.append((m, refused))",
+    "                    continue",
+)
 
 
 def _update(i: int, function: str, has_value: bool) -> list[str]:

@@ -381,7 +381,7 @@ def rekey(
     or values fail, or that cannot be carried, is appended to ``failures`` (``expression``).
     Each message carries ``headers`` (the writer's spec generation, when it has one)."""
     key_of, time_of, values_of = plan.key, plan.event_time, plan.values
-    kafka_time = plan.kafka_time
+    kafka_time, ahead = plan.kafka_time, plan.ahead_ms
     top = max_event_ms
     rows: list[Row] = []
     carried = 0
@@ -418,6 +418,11 @@ def rekey(
         except Exception as error:  # noqa: BLE001 - refused by its window (see the docstring)
             failures.append(Failure(m, "expression", error.with_traceback(None)))
             continue  # before moving top, as an unpartitioned window refuses it
+        if top is not None and event_ms - top > ahead:  # as PartitionWindows.fold judges it
+            refused = plan.too_far_ahead(event_ms, top, stamp)
+            if refused is not None:
+                failures.append(Failure(m, "expression", refused))
+                continue
         before = top
         if top is None or event_ms > top:
             top = event_ms

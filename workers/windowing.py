@@ -145,6 +145,12 @@ class EventTimeError(ValueError):
     """A record whose event time is missing or unreadable."""
 
 
+class EventTimeAheadError(EventTimeError):
+    """A record whose event time is further ahead than ``eventTime.maxAhead`` of both its
+    partition's largest event time and its own Kafka timestamp
+    (:meth:`WindowPlan.too_far_ahead`)."""
+
+
 class StateVersionError(ValueError):
     """A window state in a version this worker cannot read: written by a newer streamherd
     (or not a window state at all). The engine holds the partition rather than fail."""
@@ -235,6 +241,20 @@ def _time_reader(spec: WindowSpec) -> Callable[[Record, int | None], int]:
     return field_time
 
 
+def _ahead_ms(spec: WindowSpec) -> float:
+    """:attr:`WindowPlan.ahead_ms` of a window spec."""
+    ahead = round(parse_duration(spec.event_time.max_ahead) * 1000)
+    return math.inf if spec.event_time.field is None or ahead <= 0 else ahead
+
+
+def _span(ms: float) -> str:
+    """A duration in ms as a readable text: ``168h``, ``90m``, ``1500ms``."""
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms >= size and ms % size == 0:
+            return f"{int(ms // size)}{unit}"
+    return f"{int(ms)}ms"
+
+
 @dataclass(frozen=True)
 class AggregatePlan:
     name: str
@@ -278,6 +298,9 @@ class WindowPlan:
     # An epochMillis event-time field: its reader and the bounds an int needs no conversion
     # within (fold() reads it inline: the hot path); None for other event times.
     millis: tuple[ValueFn, int, int] | None = field(default=None, repr=False, compare=False)
+    # eventTime.maxAhead in ms; infinity when off (0s, or event time is the Kafka timestamp):
+    # ``event_ms - max_ms > ahead_ms`` is then never true, so the folds test it unguarded.
+    ahead_ms: float = math.inf
 
     # (index, is_min) of the min/max aggregates with a value: their comparisons can fail
     # (types without an order). Derived from ``aggregates``, like the two below.
@@ -338,9 +361,39 @@ class WindowPlan:
                 for a in spec.aggregates
             ),
             kafka_time=spec.event_time.field is None,
+            ahead_ms=_ahead_ms(spec),
             millis=(compile_expression(spec.event_time.field).function, *time_bounds(spec))
             if spec.event_time.field is not None and spec.event_time.format == "epochMillis"
             else None,
+        )
+
+    def too_far_ahead(
+        self, event_ms: int, max_ms: float | None, kafka_ms: int | None
+    ) -> EventTimeAheadError | None:
+        """Why a record with event time ``event_ms`` is not folded into a partition whose
+        largest event time is ``max_ms`` (None, or -infinity: no record yet), the record's
+        Kafka timestamp being ``kafka_ms``: it is more than ``eventTime.maxAhead`` ahead of
+        both. Else None.
+
+        Folded, such a record would move the watermark to its time, close every open
+        window of the partition and make every later record late: one wrong clock, and the
+        partition's results are gone until real time catches up, if it ever does. Both
+        bounds are needed: a real jump in event time (the producers stopped for a week) is
+        not ahead of its own Kafka timestamps; event times set ahead of their production on
+        purpose move in steps from the partition's maximum (and the first one is never
+        judged). Both are part of the log, so the judgement is the same on every replay.
+        The folds call this only when ``event_ms - max_ms > ahead_ms``."""
+        if max_ms is None or max_ms == -math.inf or kafka_ms is None or kafka_ms < 0:
+            return None
+        limit = self.ahead_ms
+        if not (event_ms - max_ms > limit and event_ms - kafka_ms > limit):
+            return None
+        return EventTimeAheadError(
+            f"event time {iso_ms(event_ms)} is more than eventTime.maxAhead "
+            f"({_span(limit)}) ahead of both its partition's latest event time "
+            f"{iso_ms(int(max_ms))} and its Kafka timestamp {iso_ms(kafka_ms)}: a clock "
+            "gone wrong? Not folded, so that it does not close every open window of the "
+            "partition (set eventTime.maxAhead: 0s if such times are meant)"
         )
 
     def window_starts(self, event_ms: int) -> range:
@@ -532,7 +585,9 @@ class PartitionWindows:
         decides, see :meth:`WindowPlan.values`), and the late ones (with their event time);
         neither changed the state.
         ``kafka_time(source)`` is only called when the plan takes event time from the Kafka
-        timestamp.
+        timestamp, or a record is more than ``eventTime.maxAhead`` ahead of the partition's
+        largest event time (:meth:`WindowPlan.too_far_ahead`, which :meth:`add`, having no
+        Kafka timestamp, leaves to its callers: a refused record is among the failures).
         """
         plan = self.plan
         key_of, time_of, values_of, update = plan.key, plan.event_time, plan.values, plan.update
@@ -542,7 +597,7 @@ class PartitionWindows:
         millis_of, low, high = plan.millis or (None, 0, 0)
         open_window = self.open_window
         use_kafka_time = plan.kafka_time
-        size, lateness = plan.size_ms, plan.lateness_ms
+        size, lateness, ahead = plan.size_ms, plan.lateness_ms, plan.ahead_ms
         tumbling = size == plan.slide_ms
         windows = self.windows
         get = windows.get
@@ -567,6 +622,11 @@ class PartitionWindows:
             except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
                 errors.append((source, error.with_traceback(None)))
                 continue
+            if max_ms is not None and event_ms - max_ms > ahead:
+                refused = plan.too_far_ahead(event_ms, max_ms, kafka_time(source))
+                if refused is not None:
+                    errors.append((source, refused))
+                    continue
             if not tumbling:
                 self.max_event_ms = max_ms
                 if not self.add(key, event_ms, values):

@@ -116,7 +116,7 @@ def _rich() -> dict[str, Any]:
               "tls": {"secretName": "kafka-ca"}},
     )  # fmt: skip
     window = spec["processor"]["steps"][1]["window"]
-    window["eventTime"] = {"field": "ts", "format": "epochMillis"}
+    window["eventTime"] = {"field": "ts", "format": "epochMillis", "maxAhead": "24h"}
     window["repartition"] = "auto"
     spec["processor"]["steps"][1:1] = [
         {"map": {"select": ["page", "ts", "bytes", "latency_ms", "status"],
@@ -475,6 +475,8 @@ BOTH: list[Case] = [
     case("window size 1h1h", KAFKA, f"{W}.size", (f"{W}.size", "1h1h")),
     case("allowed lateness without a unit", KAFKA, f"{W}.allowedLateness",
          (f"{W}.allowedLateness", "10")),
+    case("event time max ahead without a unit", KAFKA, f"{W}.eventTime.maxAhead",
+         (f"{W}.eventTime.maxAhead", "7")),
     case("hopping window of 24h sliding by 1ms", KAFKA, f"{W}.slide",
          (f"{W}.type", "hopping"), (f"{W}.size", "24h"), (f"{W}.slide", "1ms")),
     # shadow verification (spec.upgrade.verify)

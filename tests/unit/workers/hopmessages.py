@@ -110,6 +110,11 @@ def format_1(
         except Exception as error:  # the record's fault, dead-lettered, as the engine did
             failures.append(Failure(m, "expression", error))
             continue
+        if top is not None and event_ms - top > plan.ahead_ms:  # as format 3's upstream
+            refused = plan.too_far_ahead(event_ms, top, stamp)
+            if refused is not None:
+                failures.append(Failure(m, "expression", refused))
+                continue
         headers = [(UPSTREAM_HEADER, upstream_header("src", partition, offset, top))]
         if exact is not None:
             headers.append((EXACT_HEADER, exact))

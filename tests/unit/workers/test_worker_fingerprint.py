@@ -143,6 +143,9 @@ COMPATIBLE = {
     "size in minutes": lambda d: window(d).update(size="1m"),
     "spacing": lambda d: window(d)["aggregates"][1].update(expression="bytes/1024"),
     "line break": lambda d: window(d).update(keyBy="\n user \n"),
+    # Which records a window takes, as a filter does; not what its state means.
+    "max ahead": lambda d: window(d)["eventTime"].update(maxAhead="1h"),
+    "max ahead off": lambda d: window(d)["eventTime"].update(maxAhead="0s"),
 }
 
 

@@ -147,6 +147,11 @@ def naive(
         except Exception as error:
             errors.append((m.offset(), "expression", type(error).__name__, str(error)))
             continue
+        if far_ahead(plan, event_ms, state.max_event_ms, kafka_timestamp(m)):
+            refused = plan.too_far_ahead(event_ms, state.max_event_ms, kafka_timestamp(m))
+            assert refused is not None  # the engine's judgement is this model's
+            errors.append((m.offset(), "expression", type(refused).__name__, str(refused)))
+            continue
         try:
             if not state.add(key, event_ms, values):
                 late.append((m.offset(), event_ms))
@@ -154,6 +159,19 @@ def naive(
             errors.append((m.offset(), "expression", type(error).__name__, str(error)))
     failures = decode_f + [f for stage in stage_f for f in stage] + errors
     return failures, late, filtered
+
+
+def far_ahead(plan: WindowPlan, event_ms: int, top: int | None, kafka_ms: int | None) -> bool:
+    """The model of eventTime.maxAhead: more than it ahead of both the partition's largest
+    event time and the record's Kafka timestamp, when there are both."""
+    limit = plan.ahead_ms
+    return (
+        top is not None
+        and kafka_ms is not None
+        and kafka_ms >= 0
+        and event_ms - top > limit
+        and event_ms - kafka_ms > limit
+    )
 
 
 class Hop:
@@ -540,6 +558,15 @@ PIPELINES = [
         ],
     ),
     config(["status == 200"], aggregates=HUGE_MIX),
+    # eventTime.maxAhead within the drawn times (records' 0-60 s, Kafka timestamps' -5 ms to
+    # 80 s): a record far ahead of both its partition's maximum and its timestamp is refused.
+    config(["status == 200"], event_time={"field": "ts", "maxAhead": "5s"}),
+    config([], slide="5s", lateness="2s", event_time={"field": "ts", "maxAhead": "3s"}),
+    config(
+        ["bytes != 0"],
+        event_time={"field": "ts / 1000", "format": "epochSeconds", "maxAhead": "10s"},
+        lateness="4s",
+    ),
     config(  # the sum is the last aggregate that can refuse; the avg of a field read as is
         [],
         slide="5s",
