@@ -206,7 +206,7 @@ class Aggregate(Model):
         return self
 
 
-#: eventTime.maxAhead by default: a week. A mistyped year or a clock in the wrong unit is
+#: eventTime.maxAhead by default: a week. A mistyped year or a clock set years ahead is
 #: far beyond it; a producer's clock running fast and a local time read as UTC (at most
 #: 14 h ahead) are well within it.
 DEFAULT_MAX_AHEAD: Final = "168h"
@@ -231,7 +231,7 @@ class EventTime(Model):
             "With `field`: a record whose event time is more than this ahead of both its "
             "partition's latest event time and its own Kafka timestamp is dead-lettered "
             "(reason expression, EventTimeAheadError) rather than folded, so that one record "
-            "with a wrong clock (a mistyped year, seconds read as milliseconds) cannot close "
+            "with a wrong clock (a mistyped year, a device clock set years ahead) cannot close "
             "every open window of its partition and make every later record late. A real "
             "jump in event time is not refused: its records' Kafka timestamps move with it. "
             "0s turns the check off (event times set far ahead of when they are produced, "

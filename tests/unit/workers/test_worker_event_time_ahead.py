@@ -1,5 +1,5 @@
 """eventTime.maxAhead: a record whose event time is far ahead of both its partition's largest
-event time and its own Kafka timestamp (a mistyped year, seconds read as milliseconds) is
+event time and its own Kafka timestamp (a mistyped year, a device clock set years ahead) is
 dead-lettered and changes nothing else. Folded, it would close every open window of its
 partition and make every later record late. A real jump in event time, whose records' Kafka
 timestamps move with it, is folded as before.
