@@ -742,10 +742,16 @@ def state_condition(
     status: Mapping[str, Any],
     missed: StateChange | None = None,
 ) -> Cond:
-    """StateCompatible: the decision's, except that a reset or replay is still reported
-    once it is rolled out (until the state changes again), not replaced by Compatible;
-    `missed`: the record of a state change the status has not recorded yet, said when
-    the workers run its state."""
+    """StateCompatible: the decision's, except that a state change (a reset, replay,
+    restore, or source topics whose windows were dropped) is still reported once it is
+    rolled out (until the state changes again), not replaced by Compatible; `missed`: the
+    record of a state change the status has not recorded yet, said when the workers run
+    its state.
+
+    Kept, it also stays what the ConfigMap's record of it says (decision 0173), so that
+    record reads as recorded: replaced by Compatible, a rolled-out SourcesRemoved read as
+    not recorded, was written again with its event, and flapped with every reconcile of
+    an idle pipeline."""
     if (
         missed is not None
         and decision.action == "roll"
@@ -755,8 +761,9 @@ def state_condition(
     was = get_condition(current, STATE_COMPATIBLE)
     if (
         decision.action == "roll"
+        and decision.event is None  # a plain roll: a new SourcesRemoved is said as such
         and was is not None
-        and was.reason in ("StateReset", "StateReplay", "StateRestored")
+        and was.reason in ("StateReset", "StateReplay", "StateRestored", "SourcesRemoved")
         and status.get("stateFingerprint") == decision.fingerprint
     ):
         return Cond.kept(was)

@@ -143,6 +143,9 @@ def test_the_epoch_moves_exactly_when_a_roll_starts_the_state_anew(
         # The second source, for when the ConfigMap goes: status records it (decision 0180).
         recorded = (body_of(kube, name).get("status") or {}).get("stateEpoch")
         assert recorded == ({"generation": epoch, "pipelineUid": uid} if epoch else None)
+        # Recorded once: the pipeline idle again, a reconcile writes no status (docs/scale.md).
+        idle = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+        assert idle.status is None, idle.status
 
 
 @given(
