@@ -78,6 +78,7 @@ OWN_STATUS_KEYS: Final = (
     "inputHash",
     "stateFingerprint",
     "pendingStateChanges",
+    "stateEpoch",
     "snapshots",
     "lastGoodGeneration",
     "rolledBackGeneration",
@@ -263,6 +264,10 @@ class Observed:
     rollback_refused: str | None = None
     desired: tuple[Manifest, ...] = ()  # the children built from the running spec
     upgrade: UpgradeInputs | None = None
+    #: The state epoch the workers run (the live ConfigMap's, or status's record when there
+    #: is none of this pipeline's) and the one the desired ConfigMap names (decisions 0175,
+    #: 0180); they differ when this roll starts the state anew.
+    epochs: tuple[int | None, int | None] = (None, None)
     verification: Verification = field(default_factory=Verification)
     #: The StreamPipelineSnapshot a reset or replay asks for first, as read (None: not
     #: there), and whether some worker runs to take it; read only when one is needed.
@@ -737,10 +742,16 @@ def state_condition(
     status: Mapping[str, Any],
     missed: StateChange | None = None,
 ) -> Cond:
-    """StateCompatible: the decision's, except that a reset or replay is still reported
-    once it is rolled out (until the state changes again), not replaced by Compatible;
-    `missed`: the record of a state change the status has not recorded yet, said when
-    the workers run its state."""
+    """StateCompatible: the decision's, except that a state change (a reset, replay,
+    restore, or source topics whose windows were dropped) is still reported once it is
+    rolled out (until the state changes again), not replaced by Compatible; `missed`: the
+    record of a state change the status has not recorded yet, said when the workers run
+    its state.
+
+    Kept, it also stays what the ConfigMap's record of it says (decision 0173), so that
+    record reads as recorded: replaced by Compatible, a rolled-out SourcesRemoved read as
+    not recorded, was written again with its event, and flapped with every reconcile of
+    an idle pipeline."""
     if (
         missed is not None
         and decision.action == "roll"
@@ -750,8 +761,9 @@ def state_condition(
     was = get_condition(current, STATE_COMPATIBLE)
     if (
         decision.action == "roll"
+        and decision.event is None  # a plain roll: a new SourcesRemoved is said as such
         and was is not None
-        and was.reason in ("StateReset", "StateReplay", "StateRestored")
+        and was.reason in ("StateReset", "StateReplay", "StateRestored", "SourcesRemoved")
         and status.get("stateFingerprint") == decision.fingerprint
     ):
         return Cond.kept(was)
@@ -1145,6 +1157,13 @@ def finish(decision: Decision, applied: Applied) -> Finished:
     input_hash = content_hash(
         [c["metadata"]["annotations"][INPUT_HASH_ANNOTATION] for c in observed.desired]
     )
+    # The state epoch the workers' config names once this is applied: recorded with the roll
+    # that moves it, the second source of it when their ConfigMap is gone (decision 0180).
+    # Held, or its ConfigMap refused, the workers keep the one they run.
+    config_ref = next((r for r in desired if r.startswith("ConfigMap/")), None)
+    kept_epoch = decision.holds or config_ref in applied.refused
+    epoch = observed.epochs[0] if kept_epoch else observed.epochs[1]
+    uid = str(pipeline.metadata.get("uid") or "")
     patch = status_patch(
         generation,
         conds,
@@ -1159,6 +1178,7 @@ def finish(decision: Decision, applied: Applied) -> Finished:
             else upgrade.fingerprint
         ),
         pendingStateChanges=list(upgrade.changes) if upgrade.holds else None,
+        stateEpoch={"generation": epoch, "pipelineUid": uid} if epoch and uid else None,
         snapshots=snapshots_status(
             upgrade if not verification.holds else None,
             current_status,

@@ -109,7 +109,12 @@ def resource_info(api_version: str, kind: str) -> ResourceInfo:
 class KubeApi(Protocol):
     """What the reconciler needs from the API server (the real one or a test double)."""
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None: ...
+    def get(
+        self, api_version: str, kind: str, namespace: str, name: str, *, cached: bool = True
+    ) -> Manifest | None:
+        """The object (None: it does not exist); `cached` False: as the API server has it
+        now, not as a watch cache last saw it."""
+        ...
 
     def apply(self, manifest: Manifest) -> Manifest: ...
 

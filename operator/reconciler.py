@@ -97,8 +97,8 @@ from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.upgrades import (
     config_backend,
     config_description,
-    config_epoch,
     config_sources,
+    running_epoch,
     state_change,
     state_epoch,
 )
@@ -464,9 +464,12 @@ def observe(
         if refused is not None:
             good = None
     # The state epoch the workers run (decision 0175): carried across edits, and moved to
-    # this generation by a reset or replay to another state (below).
-    live_epoch = config_epoch(
+    # this generation by a reset or replay to another state (below). Read from the live
+    # ConfigMap, or from status when there is none of this pipeline's (deleted by hand,
+    # lost, or a deleted pipeline's of the name): decision 0180.
+    live_epoch = running_epoch(
         kube.get("v1", "ConfigMap", pipeline.namespace, config_map_name(pipeline.name)),
+        status,
         str(pipeline.metadata.get("uid") or ""),
     )
     while True:
@@ -523,6 +526,7 @@ def observe(
         observed = replace(
             observed, desired=tuple(desired), upgrade=_upgrade_inputs(running, desired, kube, memo)
         )
+    observed = replace(observed, epochs=(live_epoch, epoch))
     # spec.upgrade.verify: an edit of the processing runs on shadows first (verifying.py).
     stamp = now_rfc3339(now)
     verification = gate(

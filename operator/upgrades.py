@@ -22,7 +22,7 @@ before an edit is applied.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TextIO
 
@@ -197,23 +197,66 @@ def config_sources(config_map: Manifest | None) -> tuple[str, ...] | None:
     return tuple(topics)
 
 
+def _config_state(config_map: Manifest | None) -> dict[str, Any] | None:
+    """The ``state`` section of the WorkerConfig in a ConfigMap ({} when it has none); None
+    when there is no ConfigMap or its config cannot be read."""
+    text = _config_text(config_map)
+    if text is None:
+        return None
+    try:
+        config = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(config, dict):
+        return None
+    state = config.get("state")
+    if state is None:
+        return {}
+    return state if isinstance(state, dict) else None
+
+
+def _an_epoch(value: Any) -> int | None:
+    """`value` when it is an epoch (a generation: a positive integer), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
+
+
 def config_epoch(config_map: Manifest | None, uid: str) -> int | None:
     """The state epoch (``state.epoch``, decision 0175) the WorkerConfig in a ConfigMap
     names for the pipeline of `uid`; None when it names none, names it for another pipeline
     (one of the name deleted, its ConfigMap not yet collected or orphaned: its epoch is
     not this one's, and would discard the state retainOnDelete kept), there is none, or it
     cannot be read."""
-    text = _config_text(config_map)
-    if text is None or not uid:
+    state = _config_state(config_map)
+    if state is None or not uid or state.get("pipelineUid") != uid:
         return None
-    try:
-        state = orjson.loads(text)["state"]
-        epoch, named = state["epoch"], state.get("pipelineUid")
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+    return _an_epoch(state.get("epoch"))
+
+
+def status_epoch(status: Mapping[str, Any] | None, uid: str) -> int | None:
+    """The state epoch the pipeline's status records (``status.stateEpoch``, decision
+    0180) for the pipeline of `uid`; None when it records none, or records it for another
+    uid (a status copied onto a pipeline created again, as a backup restore may: that
+    epoch is the deleted pipeline's)."""
+    raw = (status or {}).get("stateEpoch")
+    if not isinstance(raw, Mapping) or not uid or raw.get("pipelineUid") != uid:
         return None
-    if named != uid:
-        return None
-    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1 else None
+    return _an_epoch(raw.get("generation"))
+
+
+def running_epoch(
+    config_map: Manifest | None, status: Mapping[str, Any] | None, uid: str
+) -> int | None:
+    """The state epoch the workers of the pipeline of `uid` run (decisions 0175, 0180): the
+    one the live ConfigMap's WorkerConfig names when that config is this pipeline's (it
+    names this uid, or none: rendered before any epoch, or by an operator without them);
+    else the one status records: the ConfigMap was deleted by hand or lost, cannot be
+    read, or is another pipeline's of the name (left by a deleted one). The ConfigMap
+    wins whenever it is ours: it is what the workers run, and status is written after it
+    (decision 0173)."""
+    state = _config_state(config_map)
+    if state is not None and state.get("pipelineUid") in (None, uid):
+        return config_epoch(config_map, uid)
+    return status_epoch(status, uid)
 
 
 def state_epoch(

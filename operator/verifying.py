@@ -30,7 +30,10 @@ puts its finalizer on the pipeline; the next reconcile, once the stored pipeline
 run and holds the finalizer, makes the topics, seeds the groups and starts the shadows.
 Deleting a pipeline whose run is not cleaned up deletes its shadows, topics and groups
 (:func:`delete_verification`, from operator/handlers.py), whatever
-``spec.state.retainOnDelete`` says: they hold nothing of the pipeline's state.
+``spec.state.retainOnDelete`` says: they hold nothing of the pipeline's state. Nothing of a
+run is made, either, for a pipeline being deleted, as the API server has it when it would
+be made (decision 0176 §8): a reconcile reads the pipeline from the watch cache, which can
+be behind the watch the deletion runs from.
 
 The run's state lives in ``status.verification`` (level-based: an operator restart goes on
 where it was); what runs is found by name. The Verified condition is set by the reconcile's
@@ -52,7 +55,14 @@ from typing import Any, Final, Literal
 import orjson
 from pydantic import ValidationError
 
-from streamherd.operator.api.v1alpha1 import StreamPipeline, VerificationStatus, Verify
+from streamherd.operator.api.v1alpha1 import (
+    GROUP,
+    KIND,
+    VERSION,
+    StreamPipeline,
+    VerificationStatus,
+    Verify,
+)
 from streamherd.operator.builders.meta import (
     CONFIG_KEY,
     FINALIZER,
@@ -490,22 +500,54 @@ class _Edit:
     finalizers: tuple[str, ...]  # the stored pipeline's metadata.finalizers
 
 
-def _apply_shadows(edit: _Edit, run: str) -> None:
+class _Deleting(Exception):
+    """The pipeline is being deleted (or is gone): nothing of a run is made for it."""
+
+
+def _not_deleting(edit: _Edit) -> None:
+    """Raise _Deleting when the pipeline is being deleted, as the API server has it now.
+
+    The reconcile's body comes from the watch cache, which can be behind the watch kopf runs
+    the deletion from: the delete-shadows handler deletes a run's topics, groups and
+    shadows, and a reconcile queued meanwhile (their own deletion queues one) reads the
+    pipeline as it was before, with the run in its status and the finalizer. What it made
+    then would stay on the broker for good: that handler has finished (decision 0176 §8).
+    So the pipeline is read from the API server itself, once, before anything is made: a
+    GET only while a run is being started or one of its shadows is missing."""
+    pipeline = edit.pipeline
+    if pipeline.metadata.get("deletionTimestamp"):
+        raise _Deleting
+    live = edit.kube.get(
+        f"{GROUP}/{VERSION}", KIND, pipeline.namespace, pipeline.name, cached=False
+    )
+    meta, uid = (live or {}).get("metadata") or {}, pipeline.metadata.get("uid")
+    if live is None or meta.get("deletionTimestamp") or (uid and meta.get("uid") != uid):
+        raise _Deleting  # gone, being deleted, or deleted and created again since
+
+
+def _apply_shadows(edit: _Edit, run: str, *, checked: bool = False) -> None:
+    """Apply the shadows of run `run` that are missing or outdated; none for a pipeline
+    being deleted (_Deleting; `checked`: the caller has just looked)."""
     pipeline, kube = edit.pipeline, edit.kube
     live = kube.get("apps/v1", "Deployment", pipeline.namespace, pipeline.name)
     configs = {"baseline": edit.running, "candidate": edit.wanted}
+    stale = []
     for role in ROLES:
         image = _image(live) if role == "baseline" else None
         for child in build_shadow(
             pipeline, edit.deployment, configs[role], run=run, role=role, image=image
         ):
             meta = child["metadata"]
-            live = kube.get(child["apiVersion"], child["kind"], meta["namespace"], meta["name"])
-            have = ((live or {}).get("metadata", {}).get("annotations") or {}).get(
+            found = kube.get(child["apiVersion"], child["kind"], meta["namespace"], meta["name"])
+            have = ((found or {}).get("metadata", {}).get("annotations") or {}).get(
                 INPUT_HASH_ANNOTATION
             )
             if have != meta["annotations"][INPUT_HASH_ANNOTATION]:
-                kube.apply(child)
+                stale.append(child)
+    if stale and not checked:
+        _not_deleting(edit)
+    for child in stale:
+        kube.apply(child)
 
 
 def gate(
@@ -576,7 +618,10 @@ def gate(
         )
     if step == "run":
         assert current is not None
-        _apply_shadows(edit, current.run)
+        try:
+            _apply_shadows(edit, current.run)
+        except _Deleting:
+            return _deleting(pipeline, current)
         return _running(current, verify, now, _what_changes(edit))
     try:
         with _connected(pipeline, kafka_factory) as kafka:
@@ -596,6 +641,8 @@ def gate(
                     Cond(VERIFIED, "Unknown", "Comparing", current.message or ""),
                 )
             return _compare(pipeline, kube, kafka, current, verify)
+    except _Deleting:
+        return _deleting(pipeline, current)
     except ShadowKafkaError as e:
         message = f"shadow verification: {e} (tried again on the next reconcile)"
         log.warning("%s/%s: %s", pipeline.namespace, pipeline.name, message)
@@ -603,6 +650,16 @@ def gate(
         return Gate(
             True, _status(current) if current else None, Cond(VERIFIED, "Unknown", reason, message)
         )
+
+
+def _deleting(pipeline: StreamPipeline, current: VerificationStatus | None) -> Gate:
+    """The gate for a pipeline being deleted: the edit held and the run as status says,
+    nothing made (its deletion deletes what status names)."""
+    log.info(
+        "%s/%s: being deleted: nothing of a verification run is made",
+        pipeline.namespace, pipeline.name,
+    )  # fmt: skip
+    return Gate(True, _status(current) if current else None)
 
 
 def _what_changes(edit: _Edit) -> str:
@@ -691,6 +748,9 @@ def _start(
         )  # fmt: skip
         fresh = {**{f: None for f in (*_RUN_FINDINGS, "startedAt")}, **_status(waiting)}
         return Gate(True, fresh, Cond(VERIFIED, "Unknown", "Verifying", message))
+    # The stored pipeline holds the run, as the body read says: unless it is being deleted
+    # now, and the watch cache has not seen it yet (decision 0176 §8).
+    _not_deleting(edit)
     topics, group = _source(pipeline)
     groups = [shadow_group(group, run, role) for role in ROLES]
     seeded = [kafka.committed(g, topics) for g in groups]
@@ -703,7 +763,7 @@ def _start(
         kafka.create_topic(shadow_topic(pipeline, run, role), 1)
         if not any(v >= 0 for v in have.values()):
             kafka.commit(shadow, offsets)
-    _apply_shadows(edit, run)
+    _apply_shadows(edit, run, checked=True)
     message = (
         f"verifying the edit ({_what_changes(edit)}) on shadows for {verify.duration} (results "
         f"{baseline} -> {candidate}); the workers keep running the previous spec until then"

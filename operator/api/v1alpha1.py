@@ -1067,6 +1067,27 @@ class StateSnapshot(Model):
     )
 
 
+class StateEpochStatus(Model):
+    """The state epoch the workers' config names (decision 0175), recorded with the roll
+    that moved it: the operator's second source of it, read when the workers' ConfigMap is
+    gone or another pipeline's (decision 0180)."""
+
+    generation: int = Field(
+        ge=1,
+        description=(
+            "The spec generation whose roll last started the state anew (a reset or replay "
+            "to another state fingerprint, or a reset that switched the checkpoint backend)."
+        ),
+    )
+    pipeline_uid: str = Field(
+        min_length=1,
+        description=(
+            "The uid of the pipeline it is of: a status copied onto a pipeline created "
+            "again under the name is not read as that one's."
+        ),
+    )
+
+
 class VerificationStatus(Model):
     """The shadow verification of an edit (spec.upgrade.verify), its progress and result."""
 
@@ -1161,6 +1182,13 @@ class StreamPipelineStatus(Model):
     pending_state_changes: list[str] | None = Field(
         default=None,
         description="While an edit is refused: the state fields it changes.",
+    )
+    state_epoch: StateEpochStatus | None = Field(
+        default=None,
+        description=(
+            "The state epoch the workers' config names (workers discard state of their "
+            "fingerprint from an earlier one); none until a roll first starts the state anew."
+        ),
     )
     last_good_generation: int | None = Field(
         default=None,

@@ -63,6 +63,7 @@ class FakeKube:
         self.foreground_lingers = False
         self._uid = 0
         self.writes = 0  # every write asked for, made or not (the fault hook numbers them)
+        self.fresh_reads = 0  # reads past a watch cache (get with cached=False)
         self.fault: FaultHook | None = None
 
     def _write(self, verb: WriteVerb, what: str) -> ApiError | None:
@@ -96,7 +97,12 @@ class FakeKube:
         return None
 
     # KubeApi
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None:
+    def get(
+        self, api_version: str, kind: str, namespace: str, name: str, *, cached: bool = True
+    ) -> Manifest | None:
+        """The object as stored: the fake has no watch cache, so `cached` reads the same
+        (a test of a stale cache hands the reconciler the stale body itself)."""
+        self.fresh_reads += 0 if cached else 1
         obj = self.objects.get((api_version, kind, namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
 

@@ -8,6 +8,13 @@ the epoch must move exactly when a roll starts the state anew, and never otherwi
 a compatible edit, not on an edit the policy refuses (held: nothing rolls), not when the
 policy is set back to refuse. Any sequence of such edits is drawn; a model of what the
 operator applies says what the live ConfigMap must name after each.
+
+The epoch has two sources (decision 0180): the live ConfigMap, and status, which records
+it with the roll that moves it. The sequences also delete the workers' ConfigMap by hand
+and lose the status (each followed by the reconcile that either prompts): the next render
+names the model's epoch all the same. Both lost before a reconcile wrote either back is
+not drawn: then nothing knows the epoch, and the render names none until the next state
+change (the limit 0180 states).
 """
 
 from __future__ import annotations
@@ -16,11 +23,12 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamherd.operator.reconciler import ReconcileMemo, reconcile
-from streamherd.operator.upgrades import config_epoch
+from streamherd.operator.upgrades import config_epoch, running_epoch
 from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, body_of, example_doc
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -38,16 +46,24 @@ TOPICS = (["clicks"], ["clicks-eu"], ["clicks", "clicks-eu"], ["clicks-eu", "cli
 #: backend, which may hold an earlier era's checkpoints (kafka -> volume -> kafka).
 BACKENDS = ("volume", "kafka")
 
-edits = st.lists(
-    st.tuples(
-        st.sampled_from(SIZES),
-        st.sampled_from(sorted(POLICIES)),
-        st.sampled_from(LOG_LEVELS),
-        st.sampled_from(TOPICS),
-        st.sampled_from(BACKENDS),
+#: What happens to the pipeline besides edits: its workers' ConfigMap deleted by hand (or
+#: lost), its status lost (emptied); each followed by the reconcile it prompts.
+CONFIG_DELETED, STATUS_LOST = "the ConfigMap is deleted by hand", "the status is lost"
+Edit = tuple[str, str, str, list[str], str]
+
+steps_drawn = st.lists(
+    st.one_of(
+        st.tuples(
+            st.sampled_from(SIZES),
+            st.sampled_from(sorted(POLICIES)),
+            st.sampled_from(LOG_LEVELS),
+            st.sampled_from(TOPICS),
+            st.sampled_from(BACKENDS),
+        ),
+        st.sampled_from((CONFIG_DELETED, STATUS_LOST)),
     ),
     min_size=1,
-    max_size=8,
+    max_size=10,
 )
 
 
@@ -63,10 +79,16 @@ def window(spec: dict[str, Any]) -> dict[str, Any]:
     return w
 
 
-@settings(max_examples=60, deadline=None)
-@given(edits)
+def reconciled(kube: FakeKube, name: str, memo: ReconcileMemo) -> None:
+    for _ in range(2):  # the change, then the next reconcile once it rolled out
+        reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+        kube.roll_out(name)
+
+
+@settings(max_examples=80, deadline=None)
+@given(steps_drawn)
 def test_the_epoch_moves_exactly_when_a_roll_starts_the_state_anew(
-    steps: list[tuple[str, str, str, list[str], str]],
+    steps: list[Edit | str],
 ) -> None:
     kube = FakeKube()
     doc = example_doc("02-clicks-per-minute")
@@ -77,29 +99,40 @@ def test_the_epoch_moves_exactly_when_a_roll_starts_the_state_anew(
     uid = body_of(kube, name)["metadata"]["uid"]
     running = window(body_of(kube, name)["spec"])["size"]
     reading, backend_now = {"clicks"}, "volume"
+    spec: Edit = (running, "refuse", "info", ["clicks"], "volume")
     epoch: int | None = None  # none until a roll starts the state anew
-    first = (running, "refuse", "info", ["clicks"], "volume")
-    for size, policy, level, topics, backend in [first, *steps]:
-        body = body_of(kube, name)
-        window(body["spec"])["size"] = size
-        body["spec"]["upgrade"] = dict(POLICIES[policy])
-        body["spec"]["logLevel"] = level
-        body["spec"]["source"]["kafka"]["topics"] = list(topics)
-        body["spec"].setdefault("checkpoint", {})["backend"] = backend
-        body["metadata"]["generation"] += 1
-        generation = body["metadata"]["generation"]
-        for _ in range(2):  # the edit, then the next reconcile once it rolled out
-            reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
-            kube.roll_out(name)
-        another = size != running  # another state fingerprint
-        switched = backend != backend_now
-        changes = another or switched or not reading <= set(topics)
-        held = (changes and policy == "refuse") or (switched and policy == "replay")
-        if not held:
-            running, reading, backend_now = size, set(topics), backend
-            if another or switched:  # a reset or replay to another state starts it anew
-                epoch = generation
-        # (a removed topic alone drops its windows under reset or replay: the same state)
+    for step in [spec, *steps]:
+        if step == CONFIG_DELETED:
+            kube.delete("v1", "ConfigMap", "default", f"{name}-config")
+            reconciled(kube, name, memo)
+            # Nothing known to run: the spec rolls as it is, even an edit held until now
+            # (the state comparison needs the live config), and the epoch as status says.
+            running, reading, backend_now = spec[0], set(spec[3]), spec[4]
+        elif step == STATUS_LOST:
+            body_of(kube, name).pop("status", None)
+            reconciled(kube, name, memo)
+        else:
+            assert isinstance(step, tuple)
+            spec = step
+            size, policy, level, topics, backend = step
+            body = body_of(kube, name)
+            window(body["spec"])["size"] = size
+            body["spec"]["upgrade"] = dict(POLICIES[policy])
+            body["spec"]["logLevel"] = level
+            body["spec"]["source"]["kafka"]["topics"] = list(topics)
+            body["spec"].setdefault("checkpoint", {})["backend"] = backend
+            body["metadata"]["generation"] += 1
+            generation = body["metadata"]["generation"]
+            reconciled(kube, name, memo)
+            another = size != running  # another state fingerprint
+            switched = backend != backend_now
+            changes = another or switched or not reading <= set(topics)
+            held = (changes and policy == "refuse") or (switched and policy == "replay")
+            if not held:
+                running, reading, backend_now = size, set(topics), backend
+                if another or switched:  # a reset or replay to another state starts it anew
+                    epoch = generation
+            # (a removed topic alone drops its windows under reset or replay: the same state)
         state = live_state(kube, name)
         assert state.get("epoch") == epoch, (steps, state)
         if epoch is not None:  # named with the uid whatever the policy now
@@ -107,6 +140,12 @@ def test_the_epoch_moves_exactly_when_a_roll_starts_the_state_anew(
         config_map = kube.find("ConfigMap", f"{name}-config")
         assert config_epoch(config_map, uid) == epoch
         assert config_epoch(config_map, "another-uid") is None
+        # The second source, for when the ConfigMap goes: status records it (decision 0180).
+        recorded = (body_of(kube, name).get("status") or {}).get("stateEpoch")
+        assert recorded == ({"generation": epoch, "pipelineUid": uid} if epoch else None)
+        # Recorded once: the pipeline idle again, a reconcile writes no status (docs/scale.md).
+        idle = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+        assert idle.status is None, idle.status
 
 
 @given(
@@ -158,3 +197,59 @@ def test_a_pipeline_created_again_does_not_take_the_deleted_ones_epoch() -> None
     assert body_of(kube, name)["metadata"]["uid"] != live_state(kube, name)["pipelineUid"]
     reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=ReconcileMemo())
     assert "epoch" not in live_state(kube, name)
+
+
+def test_a_status_copied_onto_a_pipeline_created_again_is_not_its_epoch() -> None:
+    """Status is the second source of the epoch (decision 0180), and it records the uid too:
+    a pipeline created again has an empty status, but a backup restored with its status
+    (or a status written back by hand) names the deleted pipeline's epoch. Taken over
+    while the ConfigMap is gone, it would discard the state retainOnDelete kept, as above."""
+    kube = FakeKube()
+    doc = example_doc("02-clicks-per-minute")
+    doc["spec"]["suspend"] = True
+    doc["spec"]["state"] = {"retainOnDelete": True}
+    name = kube.put(json.loads(json.dumps(doc)))["metadata"]["name"]
+    memo = ReconcileMemo()
+    reconciled(kube, name, memo)
+    body = body_of(kube, name)
+    window(body["spec"])["size"] = "120s"
+    body["spec"]["upgrade"] = dict(POLICIES["reset"])
+    body["metadata"]["generation"] += 1
+    reconciled(kube, name, memo)  # a reset to another state: epoch 2
+    status = json.loads(json.dumps(body_of(kube, name)["status"]))
+    assert status["stateEpoch"]["generation"] == 2
+    kube.delete("streamherd.io/v1alpha1", "StreamPipeline", "default", name)
+    kube.delete("v1", "ConfigMap", "default", f"{name}-config")  # collected
+    again = kube.put(json.loads(json.dumps(doc)))
+    again["status"] = status  # restored with the object
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=ReconcileMemo())
+    assert "epoch" not in live_state(kube, name)
+    assert body_of(kube, name)["status"].get("stateEpoch") is None
+
+
+def config_map_of(state: dict[str, Any] | None) -> dict[str, Any]:
+    return {"data": {"worker.json": json.dumps({"state": state} if state is not None else {})}}
+
+
+@pytest.mark.parametrize(
+    ("config_map", "epoch"),
+    [
+        (config_map_of({"epoch": 4, "pipelineUid": "uid"}), 4),  # ours: it wins
+        (config_map_of({"pipelineUid": "uid"}), None),  # ours, before any epoch
+        (config_map_of(None), None),  # ours, naming no uid (no state section)
+        (config_map_of({"onFingerprintMismatch": "reset"}), None),  # ours, no uid
+        (None, 7),  # deleted by hand, or lost
+        (config_map_of({"epoch": 9, "pipelineUid": "another"}), 7),  # a deleted one's
+        ({"data": {"worker.json": "{not json"}}, 7),  # unreadable
+        ({"data": {}}, 7),
+    ],
+)
+def test_the_live_config_map_is_the_first_source_and_status_the_second(
+    config_map: dict[str, Any] | None, epoch: int | None
+) -> None:
+    status = {"stateEpoch": {"generation": 7, "pipelineUid": "uid"}}
+    assert running_epoch(config_map, status, "uid") == epoch
+    # A status of another pipeline (copied across a re-creation) is nobody's source.
+    copied = {"stateEpoch": {"generation": 7, "pipelineUid": "another"}}
+    assert running_epoch(config_map, copied, "uid") == (epoch if epoch != 7 else None)
+    assert running_epoch(config_map, {}, "uid") == (epoch if epoch != 7 else None)

@@ -824,6 +824,18 @@ def test_removing_a_source_topic_with_open_windows_is_refused_then_dropped_on_re
     assert (cond["status"], cond["reason"]) == ("True", "SourcesRemoved"), cond
     assert "removes source topics (clicks)" in cond["message"] and "dropped" in cond["message"]
     assert [e.reason for e in rolled.events if e.reason == "SourcesRemoved"] == ["SourcesRemoved"]
+    # Said once: rolled out and reconciled again, it stays said (a state change is reported
+    # until the next), and an idle pipeline writes nothing. Before, StateCompatible went to
+    # Compatible, the ConfigMap's record of the change (decision 0173) then read as not
+    # recorded and was written again with its event: a status write and, every other
+    # reconcile, a SourcesRemoved warning, for as long as the pipeline ran.
+    kube.roll_out(name)
+    settled = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    assert "SourcesRemoved" not in [e.reason for e in settled.events]
+    for _ in range(3):
+        idle = reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+        assert (idle.status, idle.events) == (None, ()), (idle.status, idle.events)
+        assert condition(kube, name, STATE_COMPATIBLE) == cond
 
 
 @settings(max_examples=300, deadline=None)

@@ -1108,3 +1108,62 @@ def test_a_deletion_leaves_another_pipelines_deployment_of_a_shadows_name() -> N
 
 def pipeline_uid(kube: FakeKube, name: str) -> str:
     return str(body_of(kube, name)["metadata"]["uid"])
+
+
+def shadows_made(kube: FakeKube, kafka: FakeKafka, name: str) -> list[str]:
+    """What of a run is there: its topics, groups, and shadow Deployments and ConfigMaps."""
+    return [
+        *kafka.topics,
+        *(g for g in kafka.groups if ".shadow." in g),
+        *(f"{k}/{n}" for (_, k, _, n) in kube.objects if n.startswith(f"{name}-shadow-")),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("started", "at"),
+    [
+        (False, 3),  # named, waiting for kopf's finalizer to start: it would start it
+        (True, 10),  # running: it would apply the deleted shadows again
+        (True, 70),  # its duration over: the same, as it notes the end offsets
+    ],
+)
+def test_a_reconcile_on_a_stale_copy_makes_nothing_of_a_run_the_deletion_deleted(
+    started: bool, at: int
+) -> None:
+    """The reconciles the runtime queues read the pipeline from the watch cache, which can
+    be behind the watch kopf runs the deletion from: the delete-shadows handler (under the
+    pipeline's lock) deletes what the run made, and a reconcile queued meanwhile (the
+    shadow Deployments' deletion itself queues one) then reads the pipeline as it was
+    before the deletion. Before, it started the run (topics, groups, shadows) or applied
+    its shadows again, after the only handler that deletes them had finished: left on the
+    broker for good (decision 0176 §8). Nothing is made for a pipeline being deleted: the
+    gate reads the pipeline from the API server itself before it makes anything."""
+    kube, kafka, name, memo = running()
+    before = live(kube, name)
+    if started:
+        started_run(kube, kafka, name, memo)
+        # Its shadows in place, a reconcile reads nothing past the watch cache (a thousand
+        # pipelines: the look is only for a reconcile about to make something).
+        reads = kube.fresh_reads
+        reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=5), memo=memo,
+                  kafka=lambda p: kafka)  # fmt: skip
+        assert kube.fresh_reads == reads
+    else:
+        edit_filter(kube, name)
+        reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo, kafka=lambda p: kafka)
+        kopf_finalizer(kube, name)  # the next reconcile would start it
+        v = VerificationStatus.model_validate(body_of(kube, name)["status"]["verification"])
+        assert v.started_at is None and FINALIZER in body_of(kube, name)["metadata"]["finalizers"]
+        assert not shadows_made(kube, kafka, name)
+    stale = copy.deepcopy(body_of(kube, name))  # the watch cache's copy
+    # kubectl delete: the API server marks the pipeline (kopf's finalizers hold it there),
+    # kopf's watch sees it, and the delete-shadows handler deletes the run.
+    body_of(kube, name)["metadata"]["deletionTimestamp"] = "2026-03-01T12:00:02Z"
+    assert delete_shadows(kube, kafka, name) is None
+    assert not shadows_made(kube, kafka, name)
+    made = reconcile(stale, kube, SETTINGS, now=T0 + timedelta(seconds=at), memo=memo,
+                     kafka=lambda p: kafka)  # fmt: skip
+    assert not shadows_made(kube, kafka, name), made
+    assert "VerificationStarted" not in [e.reason for e in made.events]
+    if not started:
+        assert live(kube, name) == before  # the workers held, as the verification does
