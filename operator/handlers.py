@@ -235,11 +235,14 @@ def build_registry(ops: OperatorSettings) -> Any:
     ) -> None:
         ctx: OperatorContext = memo["ctx"]
         key = pipeline_key(namespace, name)
+        meta = body.get("metadata") or {}
         if type == "DELETED":
             ctx.forget(key)
-            diffbase.forget(body.get("metadata", {}).get("uid"))
+            diffbase.forget(meta.get("uid"))
         else:
             ctx.remember(key)
+            if meta.get("deletionTimestamp"):
+                ctx.seen_deleting(key, str(meta.get("uid") or ""))
         autoscaler.track(type, key, body)
 
     def referenced(namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any) -> bool:

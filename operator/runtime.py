@@ -75,6 +75,9 @@ class OperatorContext:
     resync_task: asyncio.Task[None] | None = None
     # Pipelines with a coalesced reconcile queued but not started (see reconcile_key).
     pending: set[Key] = field(default_factory=set)
+    # pipeline -> the uid kopf has seen being deleted (see deleting()): no reconcile of it
+    # from then on, whatever a watch cache behind kopf's watch still says.
+    deleting: dict[Key, str] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     # HA: our own loops (resync, autoscaler) run only in the active replica (kopf pauses
     # only its handlers). None: no peering, always active.
@@ -98,8 +101,20 @@ class OperatorContext:
         """A pipeline kopf has seen: the resync visits it, ``schedule`` takes it."""
         self.secrets_of.setdefault(key, ())
 
+    def seen_deleting(self, key: Key, uid: str) -> None:
+        """kopf has seen pipeline `key` (of `uid`) being deleted: its event handlers run
+        before its deletion handlers, so from before they stop the workers and shadows and
+        delete the topics, no reconcile of it makes anything. A reconcile reads the pipeline
+        from the watch cache, which can be behind kopf's watch: queued by the deletion's
+        own work (a Deployment deleted), it would apply the workers or the shadows again
+        after the handlers have finished, to write their topics again on a broker that
+        auto-creates topics (decision 0176 §8)."""
+        if uid:
+            self.deleting[key] = uid
+
     def forget(self, key: Key) -> None:
         """A deleted pipeline: drop what the runtime keeps of it (a delayed retry is cancelled)."""
+        self.deleting.pop(key, None)
         self.secrets_of.pop(key, None)
         self.locks.pop(key, None)
         waiting = self.retries.pop(key, None)
@@ -127,8 +142,9 @@ def _reconcile_blocking(
     if body is None and ctx.kube.cache is not None:
         # Not in the cache: created a moment ago (kopf's watch was faster) or deleted.
         body = ctx.kube.get(f"{GROUP}/{VERSION}", KIND, namespace, name, cached=False)
-    if body is None or body.get("metadata", {}).get("deletionTimestamp"):
-        return body, None
+    meta = (body or {}).get("metadata") or {}
+    if body is None or meta.get("deletionTimestamp") or ctx.deleting.get(key) == meta.get("uid"):
+        return body, None  # gone, or being deleted (the cache may not say so yet)
     result = reconcile(
         body, ctx.kube, ctx.settings, pool=ctx.apply_pool, memo=ctx.memo,
         kafka=lambda p: shadow_kafka(ctx, p), topics=ctx.topics,

@@ -20,12 +20,13 @@ from streamherd.operator.kube import Kube
 from streamherd.operator.runtime import (
     Key,
     OperatorContext,
+    _reconcile_blocking,
     pipeline_key,
     retry_later,
     schedule,
 )
 from streamherd.operator.settings import OperatorSettings
-from tests.unit.operator.operator_testkit import FakeKube
+from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, example_doc, with_meta
 
 KEYS = [("ns", "a"), ("ns", "b"), ("other", "a")]
 LATER = 3600.0  # no retry fires while a test runs
@@ -122,3 +123,31 @@ def test_a_pipeline_key_is_two_strings_with_a_namespace() -> None:
     assert pipeline_key("ns", "a") == ("ns", "a")
     assert pipeline_key(None, "a") == ("default", "a")
     assert pipeline_key("ns", None) == ("ns", "")
+
+
+def test_a_reconcile_on_a_stale_copy_of_a_pipeline_being_deleted_makes_nothing() -> None:
+    """kopf has seen the pipeline being deleted (its event handler runs before the deletion
+    handlers, which stop the workers and delete the topics); a reconcile queued meanwhile
+    reads a watch cache still without the deletionTimestamp. It makes nothing: before, it
+    applied the workers' Deployment again, whose workers could write the topics again on a
+    broker that auto-creates them (decision 0176 §9). A pipeline created again under the
+    name (another uid) is reconciled; the record goes with the pipeline."""
+    kube = FakeKube()
+    kube.cache = None  # type: ignore[attr-defined]  # what _reconcile_blocking asks of Kube
+    doc = with_meta(example_doc("02-clicks-per-minute"), namespace="default", uid="u-1")
+    name = kube.put(doc)["metadata"]["name"]
+    key = ("default", name)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ctx = OperatorContext(settings=SETTINGS, kube=cast(Kube, kube), executor=pool)
+        ctx.remember(key)
+        ctx.seen_deleting(key, "u-1")
+        body, result = _reconcile_blocking(ctx, key)
+        assert body is not None and "deletionTimestamp" not in body["metadata"]  # stale
+        assert result is None
+        assert kube.applies == [] and kube.writes == 0
+        ctx.seen_deleting(key, "u-0")  # a pipeline of the name deleted before this one
+        _, result = _reconcile_blocking(ctx, key)
+        assert result is not None and f"Deployment/{name}" in kube.applies
+        ctx.seen_deleting(key, "u-1")
+        ctx.forget(key)
+        assert key not in ctx.deleting
