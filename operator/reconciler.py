@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from pydantic import ValidationError
 
@@ -735,8 +735,8 @@ def reconcile(
 def release_state_snapshots(body: Mapping[str, Any], kube: KubeApi) -> list[str]:
     """While spec.state.retainOnDelete is on: the Ready StreamPipelineSnapshots taken before
     the pipeline's resets and replays that it still owns (taken before the option was set)
-    get no owner and the retained label now (builders.snapshot.kept_state_snapshot); the
-    names released. Left to the deletion, a foreground deletion (Argo CD's default) had the
+    get no owner and the retained label now (:func:`release_state_snapshot`); the names
+    released. Left to the deletion, a foreground deletion (Argo CD's default) had the
     garbage collector delete them at once, racing the handler that would keep them, and
     their finalizers deleted their topics: the state lost (decision 0177). Read only when
     status lists such a snapshot (one LIST); unfinished ones stay owned, to go with the
@@ -751,10 +751,33 @@ def release_state_snapshots(body: Mapping[str, Any], kube: KubeApi) -> list[str]
     released = []
     for snap in kube.list(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, namespace, selector):
         owners = (snap.get("metadata") or {}).get("ownerReferences") or []
-        if any(r.get("uid") == uid for r in owners) and is_keepable(snap):
-            kube.apply(kept_state_snapshot(snap))
+        owned = any(r.get("uid") == uid for r in owners)
+        if owned and is_keepable(snap) and release_state_snapshot(kube, snap, uid) == "kept":
             released.append(str(snap["metadata"]["name"]))
     return released
+
+
+def release_state_snapshot(
+    kube: KubeApi, snapshot: Manifest, uid: str
+) -> Literal["kept", "gone", "changed"]:
+    """Keep `snapshot` (as read: a Ready one pipeline `uid` owns) for good: its owner
+    reference taken off, labelled retained (builders.snapshot.kept_state_snapshot, a merge
+    patch that never creates it and holds only if it is unchanged since it was read).
+    "gone": deleted since it was read (404), and not made again; "changed": written since
+    (409), the caller reads it again."""
+    meta = snapshot["metadata"]
+    try:
+        kube.patch(
+            SNAPSHOT_API_VERSION, SNAPSHOT_KIND, str(meta["namespace"]), str(meta["name"]),
+            kept_state_snapshot(snapshot, uid),
+        )  # fmt: skip
+    except ApiError as e:
+        if e.status == 404:
+            return "gone"
+        if e.status == 409:
+            return "changed"
+        raise
+    return "kept"
 
 
 def kept_event(kept: Sequence[str]) -> EventNote:
@@ -813,6 +836,7 @@ __all__ = [
     "observe",
     "reconcile",
     "refusal_is_final",
+    "release_state_snapshot",
     "release_state_snapshots",
     "stop_workers",
 ]

@@ -47,12 +47,12 @@ from streamherd.operator.builders.meta import (
 from streamherd.operator.builders.snapshot import (
     TAKEN_BEFORE_LABEL,
     is_keepable,
-    kept_state_snapshot,
     lists_state_snapshot,
 )
 from streamherd.operator.kafkaadmin import KafkaAdmin, KafkaAdminError, TopicRequest
 from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.kube import ApiError, KubeApi
+from streamherd.operator.reconciler import release_state_snapshot
 from streamherd.operator.restoring import listed_snapshots, snapshot_status
 from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.repartitioning import source_partitions
@@ -277,11 +277,20 @@ def keep_state_snapshots(kube: KubeApi, namespace: str, name: str, uid: str) -> 
     left without its pipeline, would make its topic for (or snapshot) a later pipeline of
     that name, and a Failed one holds no usable state; they stay owned, and the deletion
     deletes them with their topics (:func:`delete_state_snapshots`). The names kept (one
-    already being deleted goes)."""
+    already being deleted goes; one deleted since the LIST is not made again). One written
+    since the LIST raises ApiError 409: the deletion deletes what is still owned next, so
+    it must not go on before that one is kept (kopf runs the handler again)."""
     kept = []
     for snap in _owned_state_snapshots(kube, namespace, name, uid):
-        if is_keepable(snap):
-            kube.apply(kept_state_snapshot(snap))
+        if not is_keepable(snap):
+            continue
+        done = release_state_snapshot(kube, snap, uid)
+        if done == "changed":
+            raise ApiError(
+                409, "Conflict", f"{SNAPSHOT_KIND} {snap['metadata']['name']} changed while "
+                "it was kept: looking again",
+            )  # fmt: skip
+        if done == "kept":
             kept.append(str(snap["metadata"]["name"]))
     return kept
 

@@ -10,9 +10,9 @@ Its life follows ``spec.state.retainOnDelete``, like the rest of the pipeline's 
 (no owner, labelled ``streamherd.io/retained=true``) when the pipeline keeps its state,
 otherwise owned by the pipeline, which deletes it (and its finalizer its topic) before it
 goes. One taken while the pipeline did not keep its state is kept all the same once
-``retainOnDelete`` is on and it is Ready: :func:`kept_state_snapshot` is what the reconcile
-applies to it then (or the deletion, if no reconcile did), so that no owner is left for a
-foreground deletion's garbage collector to race (decision 0177).
+``retainOnDelete`` is on and it is Ready: :func:`kept_state_snapshot` is the patch the
+reconcile makes to it then (or the deletion, if no reconcile did), so that no owner is left
+for a foreground deletion's garbage collector to race (decision 0177).
 """
 
 from __future__ import annotations
@@ -36,13 +36,6 @@ from streamherd.operator.builders.meta import (
 
 #: What a requested snapshot was taken before: `reset` or `replay`.
 TAKEN_BEFORE_LABEL: Final = "streamherd.io/taken-before"
-#: The labels the operator sets on a requested snapshot.
-OWN_LABELS: Final = (
-    "app.kubernetes.io/managed-by",
-    "app.kubernetes.io/part-of",
-    PIPELINE_LABEL,
-    TAKEN_BEFORE_LABEL,
-)
 
 
 def lists_state_snapshot(status: Mapping[str, Any] | None) -> bool:
@@ -98,26 +91,27 @@ def build_state_snapshot(pipeline: StreamPipeline, action: str, generation: int 
     }
 
 
-def kept_state_snapshot(snapshot: Manifest) -> Manifest:
-    """What keeps `snapshot` (a Ready one the pipeline owns, taken before a reset or replay)
-    while the pipeline has ``retainOnDelete``, or is deleted with it (decision 0177): the
-    reconcile applies it as soon as both hold, the deletion to what is left; applied (the
-    operator's field manager made it), it is then as :func:`build_state_snapshot` makes one
-    under ``retainOnDelete``: no owner (the garbage collector leaves it, and its topic with
-    it), labelled ``streamherd.io/retained=true``."""
+def kept_state_snapshot(snapshot: Manifest, uid: str) -> Manifest:
+    """The merge patch that keeps `snapshot` (a Ready one pipeline `uid` owns, taken before a
+    reset or replay, as read) while the pipeline has ``retainOnDelete``, or is deleted with
+    it (decision 0177): its owner reference to the pipeline taken off (the garbage collector
+    then leaves it, and its topic with it) and labelled ``streamherd.io/retained=true``, as
+    :func:`build_state_snapshot` makes one under ``retainOnDelete``.
+
+    A patch, not an apply: server-side apply creates what is not there, so a snapshot
+    deleted after it was read was made again, with no status, labelled retained: its follow
+    step then snapshotted the pipeline anew, or a later pipeline of that name. A merge patch
+    of an object that is gone is refused (404), and the resourceVersion read is its
+    precondition (409 when the snapshot changed since: its owners are written from what was
+    read, so a stale copy is never written back; decision 0178)."""
     meta = snapshot["metadata"]
-    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k in OWN_LABELS}
+    owners = [r for r in meta.get("ownerReferences") or [] if r.get("uid") != uid]
     return {
-        "apiVersion": SNAPSHOT_API_VERSION,
-        "kind": SNAPSHOT_KIND,
         "metadata": {
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "labels": {**labels, RETAINED_LABEL: "true"},
-            # Said outright: the owner this field manager applied is taken off.
-            "ownerReferences": [],
-        },
-        "spec": {"pipeline": snapshot["spec"]["pipeline"]},
+            "resourceVersion": meta.get("resourceVersion"),
+            "labels": {RETAINED_LABEL: "true"},
+            "ownerReferences": owners,
+        }
     }
 
 

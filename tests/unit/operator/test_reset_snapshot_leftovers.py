@@ -1,0 +1,132 @@
+"""What is left of a reset's StreamPipelineSnapshot (decisions 0110, 0174, 0177, 0178) when
+something else moves at the same time: a snapshot deleted or changed while the operator
+releases it under retainOnDelete, a pipeline whose snapshots are all released, an
+unfinished snapshot taken under retainOnDelete when its pipeline is deleted, a snapshot left
+by an earlier pipeline of the same name.
+
+The API server is FakeKube (operator_testkit.py); the deletion runs the operator's own
+delete-snapshots handler (operator/handlers.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND
+from streamherd.operator.builders.snapshot import build_state_snapshot
+from streamherd.operator.kube import ApiError
+from streamherd.operator.reconciler import reconcile
+from streamherd.operator.snapshots import keep_state_snapshots
+from tests.unit.operator.operator_testkit import (
+    SETTINGS,
+    FakeKube,
+    Manifest,
+    body_of,
+    example_doc,
+    pipeline_from,
+)
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+NAME = "clicks-per-minute"
+
+
+def snapshot_of(kube: FakeKube, name: str) -> Manifest | None:
+    return kube.get(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, "default", name)
+
+
+def owned_ready_snapshot(kube: FakeKube, generation: int = 2) -> tuple[str, str]:
+    """The pipeline (retainOnDelete off), a Ready snapshot a reset took that it owns, listed
+    in its status; (its uid, the snapshot's name)."""
+    doc = example_doc("02-clicks-per-minute")
+    uid = str(kube.put(doc)["metadata"]["uid"])
+    snap = build_state_snapshot(pipeline_from(doc, uid=uid), "reset", generation)
+    kube.put({**snap, "status": {"phase": "Ready", "fingerprint": "f"}})
+    name = str(snap["metadata"]["name"])
+    listed = [{"name": name, "fingerprint": "f", "partitions": 1}]
+    kube.patch_status("default", NAME, {"snapshots": listed})
+    return uid, name
+
+
+def retain(kube: FakeKube) -> None:
+    body = body_of(kube, NAME)
+    body["spec"]["state"] = {"retainOnDelete": True}
+    body["metadata"]["generation"] += 1
+
+
+class RacingKube(FakeKube):
+    """FakeKube where, right after a LIST of StreamPipelineSnapshots answers, `then` runs
+    (another client deleting or changing one of them before the operator writes)."""
+
+    versioned = True
+    then: Any = None
+
+    def list(
+        self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
+    ) -> list[Manifest]:
+        found = super().list(api_version, kind, namespace, label_selector)
+        if kind == SNAPSHOT_KIND and self.then is not None:
+            then, self.then = self.then, None
+            then()
+        return found
+
+
+# --------------------------------------------------------------------------- 1: no re-creation
+
+
+def test_a_snapshot_deleted_between_the_list_and_its_release_is_not_made_again() -> None:
+    """The reconcile releases a Ready snapshot under retainOnDelete (decision 0177). One a
+    user (or the garbage collector) deletes after the LIST that found it is gone: the
+    release must not make it again. Before, the release was a server-side apply, which
+    creates what is not there: a snapshot with no status, no owner, labelled retained,
+    whose follow step then made a topic and snapshotted the pipeline again."""
+    kube = RacingKube()
+    _, snap = owned_ready_snapshot(kube)
+    retain(kube)
+    kube.then = lambda: kube.objects.pop((SNAPSHOT_API_VERSION, SNAPSHOT_KIND, "default", snap))
+    result = reconcile(body_of(kube, NAME), kube, SETTINGS, now=T0)
+    assert snapshot_of(kube, snap) is None, "the release made the deleted snapshot again"
+    assert "SnapshotsKept" not in [e.reason for e in result.events]
+    # The deletion's release (the delete-snapshots handler) is no different.
+    kube = RacingKube()
+    uid, snap = owned_ready_snapshot(kube)
+    kube.then = lambda: kube.objects.pop((SNAPSHOT_API_VERSION, SNAPSHOT_KIND, "default", snap))
+    assert keep_state_snapshots(kube, "default", NAME, uid) == []
+    assert snapshot_of(kube, snap) is None
+
+
+def test_a_snapshot_changed_since_the_list_is_released_by_a_later_look() -> None:
+    """A snapshot changed after the LIST (deleted and made again under its name, its owners
+    edited) is not released from the stale copy: the release carries the resourceVersion it
+    read (the API server answers 409), and the next reconcile reads it again."""
+    kube = RacingKube()
+    uid, snap = owned_ready_snapshot(kube)
+    retain(kube)
+    kube.then = lambda: changed(kube, snap)
+    first = reconcile(body_of(kube, NAME), kube, SETTINGS, now=T0)
+    assert "SnapshotsKept" not in [e.reason for e in first.events]
+    live = snapshot_of(kube, snap)
+    assert live is not None and [r["uid"] for r in live["metadata"]["ownerReferences"]] == [uid]
+    again = reconcile(body_of(kube, NAME), kube, SETTINGS, now=T0)
+    assert "SnapshotsKept" in [e.reason for e in again.events]
+    live = snapshot_of(kube, snap)
+    assert live is not None and not live["metadata"].get("ownerReferences")
+    assert live["metadata"]["labels"]["streamherd.io/retained"] == "true"
+    assert live["metadata"]["labels"]["someone"] == "else"  # the other writer's change stays
+    # At the deletion, what is still owned is deleted right after: a snapshot changed since
+    # the LIST fails the handler (kopf runs it again) rather than go owned to that step.
+    kube = RacingKube()
+    uid, snap = owned_ready_snapshot(kube)
+    kube.then = lambda: changed(kube, snap)
+    with pytest.raises(ApiError) as refused:
+        keep_state_snapshots(kube, "default", NAME, uid)
+    assert refused.value.status == 409
+    assert keep_state_snapshots(kube, "default", NAME, uid) == [snap]
+
+
+def changed(kube: FakeKube, snap: str) -> None:
+    """Another writer changes snapshot `snap` (a label of its own)."""
+    live = kube.objects[(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, "default", snap)]
+    live["metadata"]["labels"]["someone"] = "else"
+    live["metadata"]["resourceVersion"] = "changed"
