@@ -79,6 +79,7 @@ OWN_STATUS_KEYS: Final = (
     "stateFingerprint",
     "pendingStateChanges",
     "snapshots",
+    "snapshotsKeptGeneration",  # reconciler.release_state_snapshots
     "lastGoodGeneration",
     "rolledBackGeneration",
     "verification",

@@ -712,17 +712,20 @@ def reconcile(
     finished = finish(decision, applied)
     if finished.last_good is not None:
         kube.apply(finished.last_good)  # this generation's workers are all ready
-    kept = release_state_snapshots(body, kube)
+    kept, looked = release_state_snapshots(body, kube)
     events = finished.events
     if kept:
         events = (*events, kept_event(kept))
-    if finished.status is not None:
+    status = finished.status
+    if looked is not None:
+        status = {**(status or {}), KEPT_GENERATION: looked}
+    if status is not None:
         # Why a status is written (an idle pipeline must never get here; docs/scale.md).
-        why = what_changed(observed.status, finished.status)
+        why = what_changed(observed.status, status)
         log.debug("status of %s/%s: %s", namespace, name, why)
-        kube.patch_status(namespace, name, finished.status)
+        kube.patch_status(namespace, name, status)
     return ReconcileResult(
-        status=finished.status,
+        status=status,
         events=events,
         invalid=observed.invalid,
         applied=applied.applied,
@@ -732,29 +735,50 @@ def reconcile(
     )
 
 
-def release_state_snapshots(body: Mapping[str, Any], kube: KubeApi) -> list[str]:
+#: Where status records the generation at which no snapshot was left to release.
+KEPT_GENERATION: Final = "snapshotsKeptGeneration"
+
+
+def release_state_snapshots(body: Mapping[str, Any], kube: KubeApi) -> tuple[list[str], int | None]:
     """While spec.state.retainOnDelete is on: the Ready StreamPipelineSnapshots taken before
     the pipeline's resets and replays that it still owns (taken before the option was set)
-    get no owner and the retained label now (:func:`release_state_snapshot`); the names
-    released. Left to the deletion, a foreground deletion (Argo CD's default) had the
-    garbage collector delete them at once, racing the handler that would keep them, and
-    their finalizers deleted their topics: the state lost (decision 0177). Read only when
-    status lists such a snapshot (one LIST); unfinished ones stay owned, to go with the
-    pipeline (they hold no state yet)."""
+    get no owner and the retained label now (:func:`release_state_snapshot`). Left to the
+    deletion, a foreground deletion (Argo CD's default) had the garbage collector delete
+    them at once, racing the handler that would keep them, and their finalizers deleted
+    their topics: the state lost (decision 0177). Unfinished ones stay owned, to go with the
+    pipeline (they hold no state yet).
+
+    Returns the names released, and the generation to record in
+    ``status.snapshotsKeptGeneration`` once none is left that may need it (None: nothing
+    looked at, or look again next time). Looked for (one LIST) only when status lists such
+    a snapshot and does not record this generation: owned ones are made only while the
+    option is off (with it on they are made unowned), so once a look under this generation
+    finds none owned that is Ready or may still become Ready (Pending, Taking: a Failed one
+    never does), none can appear before the spec changes again; turning the option off and
+    on is a new generation. Before, every reconcile of such a pipeline made that LIST for
+    ever (decision 0178)."""
     spec, meta = body.get("spec") or {}, body.get("metadata") or {}
+    status = body.get("status") or {}
     if (spec.get("state") or {}).get("retainOnDelete") is not True:
-        return []
-    if not lists_state_snapshot(body.get("status")):
-        return []
+        return [], None
+    generation = meta.get("generation")
+    if not lists_state_snapshot(status) or status.get(KEPT_GENERATION) == generation:
+        return [], None
     namespace, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
     selector = f"{PIPELINE_LABEL}={name},{TAKEN_BEFORE_LABEL}"
-    released = []
+    released, again = [], False
     for snap in kube.list(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, namespace, selector):
-        owners = (snap.get("metadata") or {}).get("ownerReferences") or []
-        owned = any(r.get("uid") == uid for r in owners)
-        if owned and is_keepable(snap) and release_state_snapshot(kube, snap, uid) == "kept":
-            released.append(str(snap["metadata"]["name"]))
-    return released
+        snap_meta = snap.get("metadata") or {}
+        if not any(r.get("uid") == uid for r in snap_meta.get("ownerReferences") or []):
+            continue
+        if is_keepable(snap):
+            done = release_state_snapshot(kube, snap, uid)
+            if done == "kept":
+                released.append(str(snap_meta["name"]))
+            again = again or done == "changed"
+        elif not snap_meta.get("deletionTimestamp"):
+            again = again or (snap.get("status") or {}).get("phase") != "Failed"
+    return released, None if again or generation is None else int(generation)
 
 
 def release_state_snapshot(
@@ -821,6 +845,7 @@ def stop_workers(kube: KubeApi, namespace: str, name: str, uid: str) -> float | 
 
 
 __all__ = [
+    "KEPT_GENERATION",
     "OWN_CONDITIONS",
     "OWN_STATUS_KEYS",
     "QUANTITY_FIELDS",

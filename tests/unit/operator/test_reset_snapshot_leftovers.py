@@ -130,3 +130,67 @@ def changed(kube: FakeKube, snap: str) -> None:
     live = kube.objects[(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, "default", snap)]
     live["metadata"]["labels"]["someone"] = "else"
     live["metadata"]["resourceVersion"] = "changed"
+
+
+# --------------------------------------------------------------------------- 2: read once
+
+
+class CountingKube(FakeKube):
+    """FakeKube that counts the LISTs of StreamPipelineSnapshots."""
+
+    lists = 0
+
+    def list(
+        self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
+    ) -> list[Manifest]:
+        if kind == SNAPSHOT_KIND:
+            self.lists += 1
+        return super().list(api_version, kind, namespace, label_selector)
+
+
+def settled(kube: FakeKube) -> None:
+    """Reconciled, its workers rolled out, reconciled again: an idle pipeline."""
+    reconcile(body_of(kube, NAME), kube, SETTINGS, now=T0)
+    kube.roll_out(NAME)
+    reconcile(body_of(kube, NAME), kube, SETTINGS, now=T0)
+
+
+def test_once_its_snapshots_are_released_a_pipeline_lists_them_no_more() -> None:
+    """Under retainOnDelete the reconcile looks for Ready snapshots the pipeline still owns
+    (a LIST) while status lists a reset's snapshot. Once none is left to release, it does
+    not look again until the spec changes (status.snapshotsKeptGeneration records the
+    generation it found none at), and an idle pipeline's reconcile writes nothing. Before:
+    one LIST per reconcile for ever, released or not."""
+    kube = CountingKube()
+    _, snap = owned_ready_snapshot(kube)
+    taking = build_state_snapshot(pipeline_from(body_of(kube, NAME)), "replay", 3)
+    kube.put({**taking, "status": {"phase": "Taking"}})
+    settled(kube)
+    assert kube.lists == 0  # retainOnDelete off: nothing to release, nothing read
+    retain(kube)
+    first = reconcile(body_of(kube, NAME), kube, SETTINGS, now=T0)
+    assert "SnapshotsKept" in [e.reason for e in first.events]
+    # The replay's snapshot is still taken, owned: it may be Ready (and kept) later.
+    assert "snapshotsKeptGeneration" not in body_of(kube, NAME)["status"]
+    reconcile(body_of(kube, NAME), kube, SETTINGS, now=T0)
+    assert kube.lists == 2
+    kube.patch_status_of(SNAPSHOT_KIND, f"{NAME}-replay-g3", {"phase": "Ready"})
+    kept = reconcile(body_of(kube, NAME), kube, SETTINGS, now=T0)
+    said = [e.message for e in kept.events if e.reason == "SnapshotsKept"]
+    assert len(said) == 1 and f"{NAME}-replay-g3" in said[0], said
+    generation = body_of(kube, NAME)["metadata"]["generation"]
+    assert body_of(kube, NAME)["status"]["snapshotsKeptGeneration"] == generation
+    lists, writes = kube.lists, len(kube.status_patches)
+    for _ in range(3):  # idle: no LIST, no status write
+        result = reconcile(body_of(kube, NAME), kube, SETTINGS, now=T0)
+        assert result.status is None and result.events == ()
+    assert (kube.lists, len(kube.status_patches)) == (lists, writes)
+    # Turned off and on again: a new generation, looked at once more.
+    body_of(kube, NAME)["spec"]["state"] = {"retainOnDelete": False}
+    body_of(kube, NAME)["metadata"]["generation"] += 1
+    reconcile(body_of(kube, NAME), kube, SETTINGS, now=T0)
+    retain(kube)
+    reconcile(body_of(kube, NAME), kube, SETTINGS, now=T0)
+    reconcile(body_of(kube, NAME), kube, SETTINGS, now=T0)
+    assert kube.lists == lists + 1
+    assert snapshot_of(kube, snap) is not None
