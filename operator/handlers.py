@@ -27,7 +27,8 @@ deletion finish:
 - delete-snapshots: the StreamPipelineSnapshots taken before its resets and replays
   (decision 0110), or with ``retainOnDelete`` (as it is at the deletion) the release of the
   Ready ones as kept state: no owner, labelled retained (decision 0177; the reconcile
-  releases them as soon as the option is on, so a foreground deletion finds none owned).
+  releases them as soon as the option is on, so a foreground deletion finds none owned);
+  those it requested under ``retainOnDelete`` (no owner) go too while not Ready (0178).
 
 The StreamPipelineSnapshot handlers (operator/snapshots.py: timers, and an on.delete that
 deletes the snapshot's Kafka topic, so a finalizer on each snapshot) are registered here
@@ -395,10 +396,13 @@ def build_registry(ops: OperatorSettings) -> Any:
                     "Kafka topics; delete them yourself when you no longer want them",
                 )
                 await tell(ctx, dict(body), note)
-        # What is still owned goes (with retainOnDelete: the unfinished ones, no state).
+        # What is still owned goes (with retainOnDelete: the unfinished ones, no state), and
+        # the unfinished ones it requested under retainOnDelete, unowned (decision 0178).
+        created = meta.get("creationTimestamp")
         left = await loop.run_in_executor(
-            ctx.executor, delete_state_snapshots, ctx.kube, ns, name, uid
-        )
+            ctx.executor, delete_state_snapshots, ctx.kube, ns, name, uid,
+            str(created) if created else None,
+        )  # fmt: skip
         if left:
             raise kopf.TemporaryError(
                 f"waiting for StreamPipelineSnapshots {', '.join(left)} to delete their topics",

@@ -48,6 +48,7 @@ from streamherd.operator.builders.snapshot import (
     TAKEN_BEFORE_LABEL,
     is_keepable,
     lists_state_snapshot,
+    requested_by,
 )
 from streamherd.operator.kafkaadmin import KafkaAdmin, KafkaAdminError, TopicRequest
 from streamherd.operator.kafkaclusters import cluster_from_secrets
@@ -257,12 +258,25 @@ def _owned_state_snapshots(
     ]
 
 
-def delete_state_snapshots(kube: KubeApi, namespace: str, name: str, uid: str) -> list[str]:
+def delete_state_snapshots(
+    kube: KubeApi, namespace: str, name: str, uid: str, created: str | None = None
+) -> list[str]:
     """Delete the StreamPipelineSnapshots this pipeline owns (taken before a reset or
-    replay, decision 0110); the names of those still there (their finalizers run)."""
+    replay, decision 0110), and those it requested under retainOnDelete (no owner) that are
+    not Ready: an unfinished or failed one holds no state to keep, and left without its
+    pipeline a Pending one made its topic for, and snapshotted, the next pipeline of that
+    name (decision 0178; `created`: the pipeline's creationTimestamp, which tells its own
+    from an earlier pipeline's, :func:`builders.snapshot.requested_by`). The names of those
+    still there (their finalizers run)."""
+    pipeline_meta = {"uid": uid, "creationTimestamp": created}
+    selector = f"{PIPELINE_LABEL}={name},{TAKEN_BEFORE_LABEL}"
     left = []
-    for snap in _owned_state_snapshots(kube, namespace, name, uid):
+    for snap in kube.list(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, namespace, selector):
         meta = snap["metadata"]
+        owned = any(r.get("uid") == uid for r in meta.get("ownerReferences") or [])
+        unfinished = (snap.get("status") or {}).get("phase") != "Ready"
+        if not owned and not (unfinished and requested_by(snap, pipeline_meta)):
+            continue
         if not meta.get("deletionTimestamp"):
             kube.delete(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, namespace, str(meta["name"]))
         left.append(str(meta["name"]))

@@ -121,3 +121,24 @@ def is_keepable(snapshot: Manifest) -> bool:
     return (snapshot.get("status") or {}).get("phase") == "Ready" and not (
         snapshot.get("metadata") or {}
     ).get("deletionTimestamp")
+
+
+def requested_by(snapshot: Manifest, pipeline_meta: Mapping[str, Any]) -> bool:
+    """Whether `snapshot` (one taken before a reset or replay, of the pipeline's name) was
+    requested by this very pipeline (`pipeline_meta`: its uid and creationTimestamp), not by
+    an earlier pipeline of that name whose deletion kept it (decision 0178): its status
+    names the pipeline it was taken of (``pipelineUid``, once its workers wrote to it); else
+    it is owned by it; else (made under ``retainOnDelete``, no owner, nothing taken yet) it
+    was made since the pipeline was (both times as the API server wrote them: a snapshot of
+    an earlier pipeline existed before that one was deleted, so before this one was made).
+    False when none of these can tell."""
+    uid = pipeline_meta.get("uid")
+    meta = snapshot.get("metadata") or {}
+    taken_of = (snapshot.get("status") or {}).get("pipelineUid")
+    if taken_of:
+        return bool(taken_of == uid)
+    owners = [r.get("uid") for r in meta.get("ownerReferences") or []]
+    if owners:
+        return uid in owners
+    made, born = meta.get("creationTimestamp"), pipeline_meta.get("creationTimestamp")
+    return bool(made and born and str(made) >= str(born))

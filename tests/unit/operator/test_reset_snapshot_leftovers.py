@@ -9,15 +9,21 @@ delete-snapshots handler (operator/handlers.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import copy
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
+import kopf
 import pytest
 
 from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND
 from streamherd.operator.builders.snapshot import build_state_snapshot
-from streamherd.operator.kube import ApiError
+from streamherd.operator.handlers import build_registry
+from streamherd.operator.kube import ApiError, Kube
 from streamherd.operator.reconciler import reconcile
+from streamherd.operator.runtime import OperatorContext
 from streamherd.operator.snapshots import keep_state_snapshots
 from tests.unit.operator.operator_testkit import (
     SETTINGS,
@@ -194,3 +200,68 @@ def test_once_its_snapshots_are_released_a_pipeline_lists_them_no_more() -> None
     reconcile(body_of(kube, NAME), kube, SETTINGS, now=T0)
     assert kube.lists == lists + 1
     assert snapshot_of(kube, snap) is not None
+
+
+# --------------------------------------------------------------------------- 3: unfinished go
+
+REGISTRY = build_registry(SETTINGS)
+BORN = "2026-03-01T00:00:00Z"
+
+
+def delete_snapshots(kube: FakeKube, retry: int = 0) -> str | None:
+    """kopf's run of the delete-snapshots handler for the deleted pipeline; the
+    TemporaryError it raised (None: it succeeded)."""
+    (handler,) = [h for h in REGISTRY._changing.get_all_handlers() if h.id == "delete-snapshots"]
+    body = copy.deepcopy(body_of(kube, NAME))
+    body["metadata"]["deletionTimestamp"] = "now"
+    assert handler.when is not None and handler.when(body=body)  # it holds the finalizer
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ctx = OperatorContext(settings=SETTINGS, kube=cast(Kube, kube), executor=pool)
+        try:
+            asyncio.run(handler.fn(body=body, memo=kopf.Memo(ctx=ctx), retry=retry,
+                                   namespace="default", name=NAME))  # fmt: skip
+        except kopf.TemporaryError as error:
+            return str(error)
+    return None
+
+
+def taken_under_retain(
+    kube: FakeKube, generation: int, phase: str | None, created: str, **status: Any
+) -> str:
+    """A snapshot requested before the reset of `generation` while the pipeline had
+    retainOnDelete (no owner, labelled retained), created at `created`; its name."""
+    doc = copy.deepcopy(body_of(kube, NAME))
+    doc["spec"]["state"] = {"retainOnDelete": True}
+    made = build_state_snapshot(pipeline_from(doc), "reset", generation)
+    made["metadata"]["creationTimestamp"] = created
+    kube.put({**made, "status": {"phase": phase, **status}} if phase else made)
+    return str(made["metadata"]["name"])
+
+
+def test_an_unfinished_snapshot_taken_under_retain_on_delete_goes_with_the_pipeline() -> None:
+    """A reset's snapshot requested while retainOnDelete is on is made with no owner
+    (decision 0110). One not Ready when the pipeline is deleted holds no state (0177 §5:
+    unfinished ones go with the pipeline, whatever the option says), yet the deletion
+    deleted only those the pipeline owned: a Pending one was left, and made its topic for
+    (and snapshotted) the next pipeline of that name. It now deletes every unfinished one
+    this pipeline requested (its uid in the snapshot's status, or made since the pipeline
+    was): not a Ready one (kept state), nor one an earlier pipeline of the name left."""
+    kube = FakeKube()
+    doc = example_doc("02-clicks-per-minute")
+    doc["metadata"]["creationTimestamp"] = BORN
+    doc["spec"]["state"] = {"retainOnDelete": True}
+    uid = kube.put(doc)["metadata"]["uid"]
+    later = "2026-03-01T00:05:00Z"
+    pending = taken_under_retain(kube, 2, None, later)
+    taking = taken_under_retain(kube, 3, "Taking", later)
+    failed = taken_under_retain(kube, 4, "Failed", later, pipelineUid=uid)
+    ready = taken_under_retain(kube, 5, "Ready", later, pipelineUid=uid)
+    earlier = taken_under_retain(kube, 6, "Failed", "2026-02-01T00:00:00Z")
+    another = taken_under_retain(kube, 7, "Taking", later, pipelineUid="uid-of-an-earlier-one")
+    listed = [{"name": n, "fingerprint": "f"} for n in (pending, taking, failed, ready)]
+    kube.patch_status("default", NAME, {"snapshots": listed})
+    waits = delete_snapshots(kube)
+    assert sorted(kube.deletes) == sorted(f"{SNAPSHOT_KIND}/{n}" for n in (pending, taking, failed))
+    assert waits is not None and pending in waits  # their finalizers delete their topics
+    for kept in (ready, earlier, another):
+        assert snapshot_of(kube, kept) is not None, kept
