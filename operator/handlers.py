@@ -128,6 +128,26 @@ async def try_again(
     raise kopf.TemporaryError(message, delay=delay)
 
 
+def shadows_deleted(run: str, kept: dict[str, str]) -> EventNote:
+    """The event of a deletion of verification run `run`'s shadows, topics and groups;
+    `kept`: the topics the broker refuses to delete for good, with its answer (decision
+    0176 §7), named in a Warning: they stay on the broker until someone deletes them."""
+    if not kept:
+        return EventNote(
+            "Normal",
+            "ShadowsDeleted",
+            f"deleted the shadows, topics and consumer groups of verification run {run}",
+        )
+    why = "; ".join(f"{topic}: {answer}" for topic, answer in sorted(kept.items()))
+    return EventNote(
+        "Warning",
+        "ShadowTopicsKept",
+        f"deleted the shadows and consumer groups of verification run {run} and its other "
+        f"topics; the broker refuses to delete Kafka topics {', '.join(sorted(kept))}, so they "
+        f"are kept ({why}): delete them yourself once the broker allows it",
+    )
+
+
 def needs_topic_cleanup(body: Manifest) -> bool:
     """Whether deleting this pipeline must delete internal topics first (so it gets the
     finalizer): the operator has seen some of its internal topics on the broker (status
@@ -332,13 +352,14 @@ def build_registry(ops: OperatorSettings) -> Any:
             await tell(ctx, dict(body), note)
             return
         left: list[str] | None = None
+        kept: dict[str, str] = {}
         why = ""
         async with ctx.lock(pipeline_key(pipeline.namespace, pipeline.name)):
             for role in ROLES:
                 shadow = shadow_name(pipeline.name, role)
                 await stop_deployment(ctx, dict(body), shadow, "deleting its topics and groups")
             try:
-                left = await loop.run_in_executor(
+                left, kept = await loop.run_in_executor(
                     ctx.executor, delete_verification, pipeline, ctx.kube,
                     lambda p: shadow_kafka(ctx, p), status,
                 )  # fmt: skip
@@ -354,12 +375,7 @@ def build_registry(ops: OperatorSettings) -> Any:
             await try_again(ctx, dict(body), "ShadowsNotDeleted", message,
                             min(60.0, backoff * 2**retry))  # fmt: skip
         run = str((status.get("verification") or {}).get("run"))
-        note = EventNote(
-            "Normal",
-            "ShadowsDeleted",
-            f"deleted the shadows, topics and consumer groups of verification run {run}",
-        )
-        await tell(ctx, dict(body), note)
+        await tell(ctx, dict(body), shadows_deleted(run, kept))
 
     def keeps_snapshots(body: kopf.Body, **_: Any) -> bool:
         return lists_state_snapshots(dict(body))
