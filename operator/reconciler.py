@@ -56,6 +56,7 @@ from streamherd.operator.builders.meta import (
 from streamherd.operator.builders.monitoring import MONITORING_API
 from streamherd.operator.builders.snapshot import (
     TAKEN_BEFORE_LABEL,
+    is_earlier_pipelines,
     is_keepable,
     kept_state_snapshot,
     lists_state_snapshot,
@@ -535,10 +536,12 @@ def observe(
         # The snapshot a reset or replay waits for, and whether some worker could take it:
         # the live workers, whatever the edited spec says (`suspend: true` in the same edit,
         # or set while the snapshot is taken, is held with the reset until it is Ready).
-        name = state_snapshot_name(pipeline.name, upgrade.action, generation)
+        name, found = _state_snapshot(kube, pipeline, upgrade.action, generation)
         live = kube.get("apps/v1", "Deployment", pipeline.namespace, pipeline.name)
-        found = kube.get(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, pipeline.namespace, name)
-        observed = replace(observed, state_snapshot=found, workers_run=live_workers(live))
+        observed = replace(
+            observed, state_snapshot=found, state_snapshot_name=name,
+            workers_run=live_workers(live),
+        )  # fmt: skip
     live_children = _read(desired, kube, pool)
     return replace(
         observed,
@@ -546,6 +549,27 @@ def observe(
         live={ref(c): live for c, live in zip(desired, live_children, strict=True)},
         strays=tuple(_strays(pipeline, desired, kube)),
     )
+
+
+def _state_snapshot(
+    kube: KubeApi, pipeline: StreamPipeline, action: str, generation: int | None
+) -> tuple[str, Manifest | None]:
+    """The name of the snapshot a reset or replay of `generation` takes first, and the
+    snapshot as read (None: not made yet). The plain name (`<name>-<action>-g<n>`), unless
+    an earlier pipeline of this name left one under it that holds no state (kept by
+    retainOnDelete, not Ready: builders.snapshot.is_earlier_pipelines): then the name with
+    this pipeline's uid hash, which is kept once used (it is read first), so that a reset
+    never waits for good on a snapshot no one will take (decision 0178)."""
+    namespace, meta = pipeline.namespace, pipeline.metadata or {}
+    plain = state_snapshot_name(pipeline.name, action, generation)
+    found = kube.get(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, namespace, plain)
+    if found is not None and not is_earlier_pipelines(found, meta):
+        return plain, found
+    own = state_snapshot_name(pipeline.name, action, generation, str(meta.get("uid") or ""))
+    mine = kube.get(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, namespace, own)
+    if mine is not None or found is not None:
+        return own, mine
+    return plain, None
 
 
 # --------------------------------------------------------------------------- act

@@ -275,7 +275,7 @@ def delete_state_snapshots(
         meta = snap["metadata"]
         owned = any(r.get("uid") == uid for r in meta.get("ownerReferences") or [])
         unfinished = (snap.get("status") or {}).get("phase") != "Ready"
-        if not owned and not (unfinished and requested_by(snap, pipeline_meta)):
+        if not owned and not (unfinished and requested_by(snap, pipeline_meta) is True):
             continue
         if not meta.get("deletionTimestamp"):
             kube.delete(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, namespace, str(meta["name"]))

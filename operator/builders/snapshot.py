@@ -17,6 +17,7 @@ for a foreground deletion's garbage collector to race (decision 0177).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any, Final
@@ -40,25 +41,35 @@ TAKEN_BEFORE_LABEL: Final = "streamherd.io/taken-before"
 
 def lists_state_snapshot(status: Mapping[str, Any] | None) -> bool:
     """Whether a pipeline's `status` lists a snapshot taken before one of its resets or
-    replays (the name says: `-reset-g<n>`, `-replay-g<n>`)."""
+    replays (the name says: `-reset-g<n>`, `-replay-g<n>`, either with `-<uid hash>`)."""
     listed = (status or {}).get("snapshots") or []
     return any(
-        isinstance(s, Mapping) and re.search(r"-(reset|replay)-g[0-9]+$", str(s.get("name")))
+        isinstance(s, Mapping)
+        and re.search(r"-(reset|replay)-g[0-9]+(-[0-9a-f]{8})?$", str(s.get("name")))
         for s in listed
     )
 
 
-def state_snapshot_name(pipeline: str, action: str, generation: int | None) -> str:
+def state_snapshot_name(
+    pipeline: str, action: str, generation: int | None, uid: str | None = None
+) -> str:
     """`<pipeline>-<action>-g<generation>`, the pipeline's name cut so that it fits 63
     characters: one snapshot per edit (a later edit that discards state again gets its own;
-    the name never has the `<hex>-to-<hex>` form of the volume snapshots)."""
+    the name never has the `<hex>-to-<hex>` form of the volume snapshots). With `uid` (the
+    pipeline's): `...-g<generation>-<8 hex of its hash>`, the name taken when the plain one
+    is an earlier pipeline's, kept by retainOnDelete and not Ready (decision 0178)."""
     suffix = f"-{action}-g{generation if generation is not None else 0}"
+    if uid is not None:
+        suffix += "-" + hashlib.sha256(uid.encode()).hexdigest()[:8]
     room = MAX_SNAPSHOT_NAME_LENGTH - len(suffix)
     return pipeline[:room].rstrip("-") + suffix
 
 
-def build_state_snapshot(pipeline: StreamPipeline, action: str, generation: int | None) -> Manifest:
-    """The StreamPipelineSnapshot to take before `action` (reset, replay) of `generation`."""
+def build_state_snapshot(
+    pipeline: StreamPipeline, action: str, generation: int | None, name: str | None = None
+) -> Manifest:
+    """The StreamPipelineSnapshot to take before `action` (reset, replay) of `generation`,
+    named `name` (:func:`state_snapshot_name` by default)."""
     labels = {
         "app.kubernetes.io/managed-by": MANAGED_BY,
         "app.kubernetes.io/part-of": "streamherd",
@@ -66,7 +77,7 @@ def build_state_snapshot(pipeline: StreamPipeline, action: str, generation: int 
         TAKEN_BEFORE_LABEL: action,
     }
     meta: Manifest = {
-        "name": state_snapshot_name(pipeline.name, action, generation),
+        "name": name or state_snapshot_name(pipeline.name, action, generation),
         "namespace": pipeline.namespace,
         "labels": labels,
     }
@@ -123,15 +134,15 @@ def is_keepable(snapshot: Manifest) -> bool:
     ).get("deletionTimestamp")
 
 
-def requested_by(snapshot: Manifest, pipeline_meta: Mapping[str, Any]) -> bool:
+def requested_by(snapshot: Manifest, pipeline_meta: Mapping[str, Any]) -> bool | None:
     """Whether `snapshot` (one taken before a reset or replay, of the pipeline's name) was
     requested by this very pipeline (`pipeline_meta`: its uid and creationTimestamp), not by
     an earlier pipeline of that name whose deletion kept it (decision 0178): its status
     names the pipeline it was taken of (``pipelineUid``, once its workers wrote to it); else
-    it is owned by it; else (made under ``retainOnDelete``, no owner, nothing taken yet) it
+    its owners do; else (made under ``retainOnDelete``, no owner, nothing taken yet) it
     was made since the pipeline was (both times as the API server wrote them: a snapshot of
     an earlier pipeline existed before that one was deleted, so before this one was made).
-    False when none of these can tell."""
+    None when none of these can tell."""
     uid = pipeline_meta.get("uid")
     meta = snapshot.get("metadata") or {}
     taken_of = (snapshot.get("status") or {}).get("pipelineUid")
@@ -141,4 +152,15 @@ def requested_by(snapshot: Manifest, pipeline_meta: Mapping[str, Any]) -> bool:
     if owners:
         return uid in owners
     made, born = meta.get("creationTimestamp"), pipeline_meta.get("creationTimestamp")
-    return bool(made and born and str(made) >= str(born))
+    if not made or not born:
+        return None
+    return str(made) >= str(born)
+
+
+def is_earlier_pipelines(snapshot: Manifest, pipeline_meta: Mapping[str, Any]) -> bool:
+    """Whether `snapshot`, found under the name a reset of this pipeline would take, is an
+    earlier pipeline's and holds no state (not Ready: Pending, Taking, Failed), so the
+    reset takes its own under the other name (:func:`state_snapshot_name` with the uid)
+    rather than wait on it for good (decision 0178)."""
+    unready = (snapshot.get("status") or {}).get("phase") != "Ready"
+    return unready and requested_by(snapshot, pipeline_meta) is False

@@ -24,7 +24,8 @@ from streamherd.operator.handlers import build_registry
 from streamherd.operator.kube import ApiError, Kube
 from streamherd.operator.reconciler import reconcile
 from streamherd.operator.runtime import OperatorContext
-from streamherd.operator.snapshots import keep_state_snapshots
+from streamherd.operator.snapshots import keep_state_snapshots, lists_state_snapshots
+from streamherd.operator.upgrades import STATE_COMPATIBLE
 from tests.unit.operator.operator_testkit import (
     SETTINGS,
     FakeKube,
@@ -32,6 +33,13 @@ from tests.unit.operator.operator_testkit import (
     body_of,
     example_doc,
     pipeline_from,
+)
+from tests.unit.operator.test_upgrades import (
+    condition,
+    edit,
+    reset_window,
+    running_pipeline,
+    snapshot_ready,
 )
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -265,3 +273,49 @@ def test_an_unfinished_snapshot_taken_under_retain_on_delete_goes_with_the_pipel
     assert waits is not None and pending in waits  # their finalizers delete their topics
     for kept in (ready, earlier, another):
         assert snapshot_of(kube, kept) is not None, kept
+
+
+# --------------------------------------------------------------------------- 4: not blocked
+
+
+@pytest.mark.parametrize("taken_of", [None, "uid-of-an-earlier-one"])
+def test_an_earlier_pipelines_unfinished_snapshot_does_not_hold_this_ones_reset(
+    taken_of: str | None,
+) -> None:
+    """retainOnDelete kept `<name>-reset-g2`, Failed (or never taken), when an earlier
+    pipeline of the name was deleted; one created again counts generations from 1, so its
+    reset at generation 2 is named the same. That snapshot holds no state of anyone's:
+    before, the reset waited on it for good (SnapshotFailed: "delete it to take it again").
+    Now the reset takes its own, named `<name>-reset-g2-<uid hash>`, and rolls on it; the
+    earlier one is left as it is (it is kept: not the operator's to delete)."""
+    kube, name, memo = running_pipeline()
+    pipeline = kube.find("StreamPipeline", name)
+    assert pipeline is not None
+    pipeline["metadata"]["creationTimestamp"] = BORN
+    uid = pipeline["metadata"]["uid"]
+    fp = body_of(kube, name)["status"]["stateFingerprint"]
+    status = {"message": "it failed"} | ({"pipelineUid": taken_of} if taken_of else {})
+    earlier = taken_under_retain(kube, 2, "Failed", "2026-02-01T00:00:00Z", **status)
+    assert earlier == f"{name}-reset-g2"
+    before = snapshot_of(kube, earlier)
+    edit(kube, name, reset_window)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    cond = condition(kube, name, STATE_COMPATIBLE)
+    assert (cond["status"], cond["reason"]) == ("False", "TakingSnapshot"), cond
+    own = next(
+        s["metadata"]["name"]
+        for s in kube.list(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, "default")
+        if s["metadata"]["name"] != earlier
+    )
+    assert own.startswith(f"{name}-reset-g2-"), own
+    made = snapshot_of(kube, own)
+    assert made is not None and [r["uid"] for r in made["metadata"]["ownerReferences"]] == [uid]
+    assert own in [s["name"] for s in body_of(kube, name)["status"]["snapshots"]]
+    snapshot_ready(kube, own, fp)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+    cond = condition(kube, name, STATE_COMPATIBLE)
+    assert (cond["status"], cond["reason"]) == ("True", "StateReset"), cond
+    assert f"StreamPipelineSnapshot {own}" in cond["message"]
+    assert snapshot_of(kube, earlier) == before
+    # The finalizer's filter knows the name.
+    assert lists_state_snapshots(body_of(kube, name))
