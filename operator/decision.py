@@ -80,6 +80,7 @@ OWN_STATUS_KEYS: Final = (
     "pendingStateChanges",
     "stateEpoch",
     "snapshots",
+    "snapshotsKeptGeneration",  # reconciler.release_state_snapshots
     "lastGoodGeneration",
     "rolledBackGeneration",
     "verification",
@@ -272,6 +273,9 @@ class Observed:
     #: The StreamPipelineSnapshot a reset or replay asks for first, as read (None: not
     #: there), and whether some worker runs to take it; read only when one is needed.
     state_snapshot: Manifest | None = None
+    #: Its name: state_snapshot_name's, or with the uid when that one is an earlier
+    #: pipeline's (reconciler.observe; None: the plain name).
+    state_snapshot_name: str | None = None
     workers_run: bool = False
     #: The operator ensures the internal topics (act does, when decide says so).
     topics_managed: bool = False
@@ -397,7 +401,9 @@ def upgrade_after_snapshot(observed: Observed, upgrade: UpgradeDecision) -> Upgr
     if not snapshot_needed(observed, upgrade):
         return upgrade
     assert observed.pipeline is not None
-    name = state_snapshot_name(observed.pipeline.name, upgrade.action, observed.generation)
+    name = observed.state_snapshot_name or state_snapshot_name(
+        observed.pipeline.name, upgrade.action, observed.generation
+    )
     uid = (observed.pipeline.metadata or {}).get("uid")
     return snapshot_first(
         upgrade,
@@ -440,10 +446,12 @@ def decide(observed: Observed, now: datetime) -> Decision:
     if snapshot_needed(observed, first):
         # A reset or replay discards state: a StreamPipelineSnapshot of it first (0110).
         generation = observed.generation
-        name = state_snapshot_name(pipeline.name, first.action, generation)
+        name = observed.state_snapshot_name or state_snapshot_name(
+            pipeline.name, first.action, generation
+        )
         found = observed.state_snapshot
         if observed.workers_run and found is None:
-            requests.append(build_state_snapshot(pipeline, first.action, generation))
+            requests.append(build_state_snapshot(pipeline, first.action, generation, name))
             events.append(
                 EventNote(
                     "Normal",

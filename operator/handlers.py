@@ -27,7 +27,8 @@ deletion finish:
 - delete-snapshots: the StreamPipelineSnapshots taken before its resets and replays
   (decision 0110), or with ``retainOnDelete`` (as it is at the deletion) the release of the
   Ready ones as kept state: no owner, labelled retained (decision 0177; the reconcile
-  releases them as soon as the option is on, so a foreground deletion finds none owned).
+  releases them as soon as the option is on, so a foreground deletion finds none owned);
+  those it requested under ``retainOnDelete`` (no owner) go too while not Ready (0178).
 
 The StreamPipelineSnapshot handlers (operator/snapshots.py: timers, and an on.delete that
 deletes the snapshot's Kafka topic, so a finalizer on each snapshot) are registered here
@@ -125,6 +126,26 @@ async def try_again(
     names the try and what happens after the last), and kopf tries again in `delay`."""
     await tell(ctx, body, EventNote("Warning", reason, message))
     raise kopf.TemporaryError(message, delay=delay)
+
+
+def shadows_deleted(run: str, kept: dict[str, str]) -> EventNote:
+    """The event of a deletion of verification run `run`'s shadows, topics and groups;
+    `kept`: the topics the broker refuses to delete for good, with its answer (decision
+    0176 §7), named in a Warning: they stay on the broker until someone deletes them."""
+    if not kept:
+        return EventNote(
+            "Normal",
+            "ShadowsDeleted",
+            f"deleted the shadows, topics and consumer groups of verification run {run}",
+        )
+    why = "; ".join(f"{topic}: {answer}" for topic, answer in sorted(kept.items()))
+    return EventNote(
+        "Warning",
+        "ShadowTopicsKept",
+        f"deleted the shadows and consumer groups of verification run {run} and its other "
+        f"topics; the broker refuses to delete Kafka topics {', '.join(sorted(kept))}, so they "
+        f"are kept ({why}): delete them yourself once the broker allows it",
+    )
 
 
 def needs_topic_cleanup(body: Manifest) -> bool:
@@ -334,13 +355,14 @@ def build_registry(ops: OperatorSettings) -> Any:
             await tell(ctx, dict(body), note)
             return
         left: list[str] | None = None
+        kept: dict[str, str] = {}
         why = ""
         async with ctx.lock(pipeline_key(pipeline.namespace, pipeline.name)):
             for role in ROLES:
                 shadow = shadow_name(pipeline.name, role)
                 await stop_deployment(ctx, dict(body), shadow, "deleting its topics and groups")
             try:
-                left = await loop.run_in_executor(
+                left, kept = await loop.run_in_executor(
                     ctx.executor, delete_verification, pipeline, ctx.kube,
                     lambda p: shadow_kafka(ctx, p), status,
                 )  # fmt: skip
@@ -356,12 +378,7 @@ def build_registry(ops: OperatorSettings) -> Any:
             await try_again(ctx, dict(body), "ShadowsNotDeleted", message,
                             min(60.0, backoff * 2**retry))  # fmt: skip
         run = str((status.get("verification") or {}).get("run"))
-        note = EventNote(
-            "Normal",
-            "ShadowsDeleted",
-            f"deleted the shadows, topics and consumer groups of verification run {run}",
-        )
-        await tell(ctx, dict(body), note)
+        await tell(ctx, dict(body), shadows_deleted(run, kept))
 
     def keeps_snapshots(body: kopf.Body, **_: Any) -> bool:
         return lists_state_snapshots(dict(body))
@@ -398,10 +415,13 @@ def build_registry(ops: OperatorSettings) -> Any:
                     "Kafka topics; delete them yourself when you no longer want them",
                 )
                 await tell(ctx, dict(body), note)
-        # What is still owned goes (with retainOnDelete: the unfinished ones, no state).
+        # What is still owned goes (with retainOnDelete: the unfinished ones, no state), and
+        # the unfinished ones it requested under retainOnDelete, unowned (decision 0178).
+        created = meta.get("creationTimestamp")
         left = await loop.run_in_executor(
-            ctx.executor, delete_state_snapshots, ctx.kube, ns, name, uid
-        )
+            ctx.executor, delete_state_snapshots, ctx.kube, ns, name, uid,
+            str(created) if created else None,
+        )  # fmt: skip
         if left:
             raise kopf.TemporaryError(
                 f"waiting for StreamPipelineSnapshots {', '.join(left)} to delete their topics",

@@ -2,7 +2,8 @@
 
 ``Kube`` wraps the synchronous ``kubernetes`` client with the few calls the reconciler
 needs: server-side apply (one field manager, force), get, delete, list, a status merge
-patch, discovery of optional APIs (monitoring.coreos.com, keda.sh) cached briefly so CRDs
+patch, a merge patch that never creates (a resourceVersion in it is a precondition),
+discovery of optional APIs (monitoring.coreos.com, keda.sh) cached briefly so CRDs
 installed later are picked up, and reading Secrets for the rotation hash. The calls are
 blocking: kopf handlers run them through ``asyncio.to_thread``. Request bodies and Secret
 data are never logged.
@@ -127,6 +128,10 @@ class KubeApi(Protocol):
     ) -> list[Manifest]: ...
 
     def patch_status(self, namespace: str, name: str, status: Manifest) -> Manifest: ...
+
+    def patch(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: Manifest
+    ) -> Manifest: ...
 
     def served(self, api_version: str, kind: str) -> bool: ...
 
@@ -359,6 +364,24 @@ class Kube:
             "PATCH",
             info.item(namespace, name) + "/status",
             body={"status": status},
+            content_type="application/merge-patch+json",
+        )
+        if self.cache is not None:
+            self.cache.store(result)
+        return result
+
+    def patch(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: Manifest
+    ) -> Manifest:
+        """A JSON merge patch (RFC 7386) of an object that exists: unlike server-side apply it
+        never creates one (404 when it is gone). A `metadata.resourceVersion` in `patch` is a
+        precondition: 409 when the object changed since it was read."""
+        info = resource_info(api_version, kind)
+        result: Manifest = self._request(
+            "PATCH",
+            info.item(namespace, name),
+            query=[("fieldManager", self._field_manager)],
+            body=patch,
             content_type="application/merge-patch+json",
         )
         if self.cache is not None:

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from pydantic import ValidationError
 
@@ -56,6 +56,7 @@ from streamherd.operator.builders.meta import (
 from streamherd.operator.builders.monitoring import MONITORING_API
 from streamherd.operator.builders.snapshot import (
     TAKEN_BEFORE_LABEL,
+    is_earlier_pipelines,
     is_keepable,
     kept_state_snapshot,
     lists_state_snapshot,
@@ -539,10 +540,12 @@ def observe(
         # The snapshot a reset or replay waits for, and whether some worker could take it:
         # the live workers, whatever the edited spec says (`suspend: true` in the same edit,
         # or set while the snapshot is taken, is held with the reset until it is Ready).
-        name = state_snapshot_name(pipeline.name, upgrade.action, generation)
+        name, found = _state_snapshot(kube, pipeline, upgrade.action, generation)
         live = kube.get("apps/v1", "Deployment", pipeline.namespace, pipeline.name)
-        found = kube.get(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, pipeline.namespace, name)
-        observed = replace(observed, state_snapshot=found, workers_run=live_workers(live))
+        observed = replace(
+            observed, state_snapshot=found, state_snapshot_name=name,
+            workers_run=live_workers(live),
+        )  # fmt: skip
     live_children = _read(desired, kube, pool)
     return replace(
         observed,
@@ -550,6 +553,27 @@ def observe(
         live={ref(c): live for c, live in zip(desired, live_children, strict=True)},
         strays=tuple(_strays(pipeline, desired, kube)),
     )
+
+
+def _state_snapshot(
+    kube: KubeApi, pipeline: StreamPipeline, action: str, generation: int | None
+) -> tuple[str, Manifest | None]:
+    """The name of the snapshot a reset or replay of `generation` takes first, and the
+    snapshot as read (None: not made yet). The plain name (`<name>-<action>-g<n>`), unless
+    an earlier pipeline of this name left one under it that holds no state (kept by
+    retainOnDelete, not Ready: builders.snapshot.is_earlier_pipelines): then the name with
+    this pipeline's uid hash, which is kept once used (it is read first), so that a reset
+    never waits for good on a snapshot no one will take (decision 0178)."""
+    namespace, meta = pipeline.namespace, pipeline.metadata or {}
+    plain = state_snapshot_name(pipeline.name, action, generation)
+    found = kube.get(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, namespace, plain)
+    if found is not None and not is_earlier_pipelines(found, meta):
+        return plain, found
+    own = state_snapshot_name(pipeline.name, action, generation, str(meta.get("uid") or ""))
+    mine = kube.get(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, namespace, own)
+    if mine is not None or found is not None:
+        return own, mine
+    return plain, None
 
 
 # --------------------------------------------------------------------------- act
@@ -716,17 +740,20 @@ def reconcile(
     finished = finish(decision, applied)
     if finished.last_good is not None:
         kube.apply(finished.last_good)  # this generation's workers are all ready
-    kept = release_state_snapshots(body, kube)
+    kept, looked = release_state_snapshots(body, kube)
     events = finished.events
     if kept:
         events = (*events, kept_event(kept))
-    if finished.status is not None:
+    status = finished.status
+    if looked is not None:
+        status = {**(status or {}), KEPT_GENERATION: looked}
+    if status is not None:
         # Why a status is written (an idle pipeline must never get here; docs/scale.md).
-        why = what_changed(observed.status, finished.status)
+        why = what_changed(observed.status, status)
         log.debug("status of %s/%s: %s", namespace, name, why)
-        kube.patch_status(namespace, name, finished.status)
+        kube.patch_status(namespace, name, status)
     return ReconcileResult(
-        status=finished.status,
+        status=status,
         events=events,
         invalid=observed.invalid,
         applied=applied.applied,
@@ -736,29 +763,73 @@ def reconcile(
     )
 
 
-def release_state_snapshots(body: Mapping[str, Any], kube: KubeApi) -> list[str]:
+#: Where status records the generation at which no snapshot was left to release.
+KEPT_GENERATION: Final = "snapshotsKeptGeneration"
+
+
+def release_state_snapshots(body: Mapping[str, Any], kube: KubeApi) -> tuple[list[str], int | None]:
     """While spec.state.retainOnDelete is on: the Ready StreamPipelineSnapshots taken before
     the pipeline's resets and replays that it still owns (taken before the option was set)
-    get no owner and the retained label now (builders.snapshot.kept_state_snapshot); the
-    names released. Left to the deletion, a foreground deletion (Argo CD's default) had the
-    garbage collector delete them at once, racing the handler that would keep them, and
-    their finalizers deleted their topics: the state lost (decision 0177). Read only when
-    status lists such a snapshot (one LIST); unfinished ones stay owned, to go with the
-    pipeline (they hold no state yet)."""
+    get no owner and the retained label now (:func:`release_state_snapshot`). Left to the
+    deletion, a foreground deletion (Argo CD's default) had the garbage collector delete
+    them at once, racing the handler that would keep them, and their finalizers deleted
+    their topics: the state lost (decision 0177). Unfinished ones stay owned, to go with the
+    pipeline (they hold no state yet).
+
+    Returns the names released, and the generation to record in
+    ``status.snapshotsKeptGeneration`` once none is left that may need it (None: nothing
+    looked at, or look again next time). Looked for (one LIST) only when status lists such
+    a snapshot and does not record this generation: owned ones are made only while the
+    option is off (with it on they are made unowned), so once a look under this generation
+    finds none owned that is Ready or may still become Ready (Pending, Taking: a Failed one
+    never does), none can appear before the spec changes again; turning the option off and
+    on is a new generation. Before, every reconcile of such a pipeline made that LIST for
+    ever (decision 0178)."""
     spec, meta = body.get("spec") or {}, body.get("metadata") or {}
+    status = body.get("status") or {}
     if (spec.get("state") or {}).get("retainOnDelete") is not True:
-        return []
-    if not lists_state_snapshot(body.get("status")):
-        return []
+        return [], None
+    generation = meta.get("generation")
+    if not lists_state_snapshot(status) or status.get(KEPT_GENERATION) == generation:
+        return [], None
     namespace, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
     selector = f"{PIPELINE_LABEL}={name},{TAKEN_BEFORE_LABEL}"
-    released = []
+    released, again = [], False
     for snap in kube.list(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, namespace, selector):
-        owners = (snap.get("metadata") or {}).get("ownerReferences") or []
-        if any(r.get("uid") == uid for r in owners) and is_keepable(snap):
-            kube.apply(kept_state_snapshot(snap))
-            released.append(str(snap["metadata"]["name"]))
-    return released
+        snap_meta = snap.get("metadata") or {}
+        if not any(r.get("uid") == uid for r in snap_meta.get("ownerReferences") or []):
+            continue
+        if is_keepable(snap):
+            done = release_state_snapshot(kube, snap, uid)
+            if done == "kept":
+                released.append(str(snap_meta["name"]))
+            again = again or done == "changed"
+        elif not snap_meta.get("deletionTimestamp"):
+            again = again or (snap.get("status") or {}).get("phase") != "Failed"
+    return released, None if again or generation is None else int(generation)
+
+
+def release_state_snapshot(
+    kube: KubeApi, snapshot: Manifest, uid: str
+) -> Literal["kept", "gone", "changed"]:
+    """Keep `snapshot` (as read: a Ready one pipeline `uid` owns) for good: its owner
+    reference taken off, labelled retained (builders.snapshot.kept_state_snapshot, a merge
+    patch that never creates it and holds only if it is unchanged since it was read).
+    "gone": deleted since it was read (404), and not made again; "changed": written since
+    (409), the caller reads it again."""
+    meta = snapshot["metadata"]
+    try:
+        kube.patch(
+            SNAPSHOT_API_VERSION, SNAPSHOT_KIND, str(meta["namespace"]), str(meta["name"]),
+            kept_state_snapshot(snapshot, uid),
+        )  # fmt: skip
+    except ApiError as e:
+        if e.status == 404:
+            return "gone"
+        if e.status == 409:
+            return "changed"
+        raise
+    return "kept"
 
 
 def kept_event(kept: Sequence[str]) -> EventNote:
@@ -802,6 +873,7 @@ def stop_workers(kube: KubeApi, namespace: str, name: str, uid: str) -> float | 
 
 
 __all__ = [
+    "KEPT_GENERATION",
     "OWN_CONDITIONS",
     "OWN_STATUS_KEYS",
     "QUANTITY_FIELDS",
@@ -817,6 +889,7 @@ __all__ = [
     "observe",
     "reconcile",
     "refusal_is_final",
+    "release_state_snapshot",
     "release_state_snapshots",
     "stop_workers",
 ]

@@ -68,12 +68,18 @@ class ShadowKafka(Protocol):
         """Delete the groups; returns those still there (members have not left yet)."""
         ...
 
+    def kept_topics(self) -> Mapping[str, str]:
+        """The topics :meth:`delete_topics` found the broker refuses to delete for good,
+        with the broker's answer: kept (the deletion says which, and why)."""
+        ...
+
 
 class KafkaShadowClient:
     """:class:`ShadowKafka` over confluent-kafka; `close()` when done."""
 
     def __init__(self, cluster: ClusterConfig) -> None:
         self._config = cluster.client_config()
+        self._kept: dict[str, str] = {}  # kept_topics
         try:
             self._admin = KafkaAdmin.connect(cluster, TIMEOUT)
         except KafkaAdminError as e:
@@ -186,11 +192,15 @@ class KafkaShadowClient:
             failed = dict.fromkeys(wanted, str(e))
         for name, why in sorted(failed.items()):
             if name in refused:  # kept, said: trying again every few seconds changes nothing
+                self._kept[name] = why
                 log.warning("shadow topic %s is kept: the broker refuses to delete it: %s",
                             name, why)  # fmt: skip
             else:
                 log.warning("could not delete shadow topic %s: %s", name, why)
         return sorted(set(failed) - refused)
+
+    def kept_topics(self) -> Mapping[str, str]:
+        return dict(self._kept)
 
     def delete_groups(self, groups: Iterable[str]) -> list[str]:
         wanted = list(groups)

@@ -47,12 +47,13 @@ from streamherd.operator.builders.meta import (
 from streamherd.operator.builders.snapshot import (
     TAKEN_BEFORE_LABEL,
     is_keepable,
-    kept_state_snapshot,
     lists_state_snapshot,
+    requested_by,
 )
 from streamherd.operator.kafkaadmin import KafkaAdmin, KafkaAdminError, TopicRequest
 from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.kube import ApiError, KubeApi
+from streamherd.operator.reconciler import release_state_snapshot
 from streamherd.operator.restoring import listed_snapshots, snapshot_status
 from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.repartitioning import source_partitions
@@ -257,12 +258,25 @@ def _owned_state_snapshots(
     ]
 
 
-def delete_state_snapshots(kube: KubeApi, namespace: str, name: str, uid: str) -> list[str]:
+def delete_state_snapshots(
+    kube: KubeApi, namespace: str, name: str, uid: str, created: str | None = None
+) -> list[str]:
     """Delete the StreamPipelineSnapshots this pipeline owns (taken before a reset or
-    replay, decision 0110); the names of those still there (their finalizers run)."""
+    replay, decision 0110), and those it requested under retainOnDelete (no owner) that are
+    not Ready: an unfinished or failed one holds no state to keep, and left without its
+    pipeline a Pending one made its topic for, and snapshotted, the next pipeline of that
+    name (decision 0178; `created`: the pipeline's creationTimestamp, which tells its own
+    from an earlier pipeline's, :func:`builders.snapshot.requested_by`). The names of those
+    still there (their finalizers run)."""
+    pipeline_meta = {"uid": uid, "creationTimestamp": created}
+    selector = f"{PIPELINE_LABEL}={name},{TAKEN_BEFORE_LABEL}"
     left = []
-    for snap in _owned_state_snapshots(kube, namespace, name, uid):
+    for snap in kube.list(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, namespace, selector):
         meta = snap["metadata"]
+        owned = any(r.get("uid") == uid for r in meta.get("ownerReferences") or [])
+        unfinished = (snap.get("status") or {}).get("phase") != "Ready"
+        if not owned and not (unfinished and requested_by(snap, pipeline_meta) is True):
+            continue
         if not meta.get("deletionTimestamp"):
             kube.delete(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, namespace, str(meta["name"]))
         left.append(str(meta["name"]))
@@ -277,11 +291,20 @@ def keep_state_snapshots(kube: KubeApi, namespace: str, name: str, uid: str) -> 
     left without its pipeline, would make its topic for (or snapshot) a later pipeline of
     that name, and a Failed one holds no usable state; they stay owned, and the deletion
     deletes them with their topics (:func:`delete_state_snapshots`). The names kept (one
-    already being deleted goes)."""
+    already being deleted goes; one deleted since the LIST is not made again). One written
+    since the LIST raises ApiError 409: the deletion deletes what is still owned next, so
+    it must not go on before that one is kept (kopf runs the handler again)."""
     kept = []
     for snap in _owned_state_snapshots(kube, namespace, name, uid):
-        if is_keepable(snap):
-            kube.apply(kept_state_snapshot(snap))
+        if not is_keepable(snap):
+            continue
+        done = release_state_snapshot(kube, snap, uid)
+        if done == "changed":
+            raise ApiError(
+                409, "Conflict", f"{SNAPSHOT_KIND} {snap['metadata']['name']} changed while "
+                "it was kept: looking again",
+            )  # fmt: skip
+        if done == "kept":
             kept.append(str(snap["metadata"]["name"]))
     return kept
 

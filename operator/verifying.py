@@ -426,16 +426,18 @@ def delete_verification(
     kube: KubeApi,
     factory: KafkaFactory | None,
     status: Mapping[str, Any],
-) -> list[str]:
+) -> tuple[list[str], dict[str, str]]:
     """At the pipeline's deletion: delete the shadows, topics and groups of the run its
-    status names; the topics and groups still there. The caller stops the shadows first
-    (operator/handlers.py): one still running would write its topic again. Raises
-    ShadowKafkaError when the source cluster cannot be reached."""
+    status names; the topics and groups still there (tried again), and the topics the
+    broker refuses to delete for good, with its answer (kept: decision 0176 §7). The caller
+    stops the shadows first (operator/handlers.py): one still running would write its topic
+    again. Raises ShadowKafkaError when the source cluster cannot be reached."""
     current = _current(status)
     if current is None or current.cleaned:
-        return []
+        return [], {}
     with _connected(pipeline, factory) as kafka:
-        return remove_shadows(pipeline, kube, kafka, current.run)
+        left = remove_shadows(pipeline, kube, kafka, current.run)
+        return left, dict(kafka.kept_topics())
 
 
 def holds_run(finalizers: Sequence[str], current: VerificationStatus | None, run: str) -> bool:

@@ -1210,6 +1210,16 @@ class StreamPipelineStatus(Model):
             "this pipeline, newest last (the last 20)."
         ),
     )
+    snapshots_kept_generation: int | None = Field(
+        default=None,
+        description=(
+            "With spec.state.retainOnDelete: the generation at which the operator found no "
+            "StreamPipelineSnapshot taken before a reset or replay still owned by the "
+            "pipeline and Ready (or still being taken): all kept, with no owner and "
+            "labelled streamherd.io/retained=true. It looks for them again only at a later "
+            "generation."
+        ),
+    )
     internal_topics: list[InternalTopic] | None = Field(
         default=None,
         max_length=8,

@@ -10,13 +10,14 @@ Its life follows ``spec.state.retainOnDelete``, like the rest of the pipeline's 
 (no owner, labelled ``streamherd.io/retained=true``) when the pipeline keeps its state,
 otherwise owned by the pipeline, which deletes it (and its finalizer its topic) before it
 goes. One taken while the pipeline did not keep its state is kept all the same once
-``retainOnDelete`` is on and it is Ready: :func:`kept_state_snapshot` is what the reconcile
-applies to it then (or the deletion, if no reconcile did), so that no owner is left for a
-foreground deletion's garbage collector to race (decision 0177).
+``retainOnDelete`` is on and it is Ready: :func:`kept_state_snapshot` is the patch the
+reconcile makes to it then (or the deletion, if no reconcile did), so that no owner is left
+for a foreground deletion's garbage collector to race (decision 0177).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any, Final
@@ -36,36 +37,39 @@ from streamherd.operator.builders.meta import (
 
 #: What a requested snapshot was taken before: `reset` or `replay`.
 TAKEN_BEFORE_LABEL: Final = "streamherd.io/taken-before"
-#: The labels the operator sets on a requested snapshot.
-OWN_LABELS: Final = (
-    "app.kubernetes.io/managed-by",
-    "app.kubernetes.io/part-of",
-    PIPELINE_LABEL,
-    TAKEN_BEFORE_LABEL,
-)
 
 
 def lists_state_snapshot(status: Mapping[str, Any] | None) -> bool:
     """Whether a pipeline's `status` lists a snapshot taken before one of its resets or
-    replays (the name says: `-reset-g<n>`, `-replay-g<n>`)."""
+    replays (the name says: `-reset-g<n>`, `-replay-g<n>`, either with `-<uid hash>`)."""
     listed = (status or {}).get("snapshots") or []
     return any(
-        isinstance(s, Mapping) and re.search(r"-(reset|replay)-g[0-9]+$", str(s.get("name")))
+        isinstance(s, Mapping)
+        and re.search(r"-(reset|replay)-g[0-9]+(-[0-9a-f]{8})?$", str(s.get("name")))
         for s in listed
     )
 
 
-def state_snapshot_name(pipeline: str, action: str, generation: int | None) -> str:
+def state_snapshot_name(
+    pipeline: str, action: str, generation: int | None, uid: str | None = None
+) -> str:
     """`<pipeline>-<action>-g<generation>`, the pipeline's name cut so that it fits 63
     characters: one snapshot per edit (a later edit that discards state again gets its own;
-    the name never has the `<hex>-to-<hex>` form of the volume snapshots)."""
+    the name never has the `<hex>-to-<hex>` form of the volume snapshots). With `uid` (the
+    pipeline's): `...-g<generation>-<8 hex of its hash>`, the name taken when the plain one
+    is an earlier pipeline's, kept by retainOnDelete and not Ready (decision 0178)."""
     suffix = f"-{action}-g{generation if generation is not None else 0}"
+    if uid is not None:
+        suffix += "-" + hashlib.sha256(uid.encode()).hexdigest()[:8]
     room = MAX_SNAPSHOT_NAME_LENGTH - len(suffix)
     return pipeline[:room].rstrip("-") + suffix
 
 
-def build_state_snapshot(pipeline: StreamPipeline, action: str, generation: int | None) -> Manifest:
-    """The StreamPipelineSnapshot to take before `action` (reset, replay) of `generation`."""
+def build_state_snapshot(
+    pipeline: StreamPipeline, action: str, generation: int | None, name: str | None = None
+) -> Manifest:
+    """The StreamPipelineSnapshot to take before `action` (reset, replay) of `generation`,
+    named `name` (:func:`state_snapshot_name` by default)."""
     labels = {
         "app.kubernetes.io/managed-by": MANAGED_BY,
         "app.kubernetes.io/part-of": "streamherd",
@@ -73,7 +77,7 @@ def build_state_snapshot(pipeline: StreamPipeline, action: str, generation: int 
         TAKEN_BEFORE_LABEL: action,
     }
     meta: Manifest = {
-        "name": state_snapshot_name(pipeline.name, action, generation),
+        "name": name or state_snapshot_name(pipeline.name, action, generation),
         "namespace": pipeline.namespace,
         "labels": labels,
     }
@@ -98,26 +102,27 @@ def build_state_snapshot(pipeline: StreamPipeline, action: str, generation: int 
     }
 
 
-def kept_state_snapshot(snapshot: Manifest) -> Manifest:
-    """What keeps `snapshot` (a Ready one the pipeline owns, taken before a reset or replay)
-    while the pipeline has ``retainOnDelete``, or is deleted with it (decision 0177): the
-    reconcile applies it as soon as both hold, the deletion to what is left; applied (the
-    operator's field manager made it), it is then as :func:`build_state_snapshot` makes one
-    under ``retainOnDelete``: no owner (the garbage collector leaves it, and its topic with
-    it), labelled ``streamherd.io/retained=true``."""
+def kept_state_snapshot(snapshot: Manifest, uid: str) -> Manifest:
+    """The merge patch that keeps `snapshot` (a Ready one pipeline `uid` owns, taken before a
+    reset or replay, as read) while the pipeline has ``retainOnDelete``, or is deleted with
+    it (decision 0177): its owner reference to the pipeline taken off (the garbage collector
+    then leaves it, and its topic with it) and labelled ``streamherd.io/retained=true``, as
+    :func:`build_state_snapshot` makes one under ``retainOnDelete``.
+
+    A patch, not an apply: server-side apply creates what is not there, so a snapshot
+    deleted after it was read was made again, with no status, labelled retained: its follow
+    step then snapshotted the pipeline anew, or a later pipeline of that name. A merge patch
+    of an object that is gone is refused (404), and the resourceVersion read is its
+    precondition (409 when the snapshot changed since: its owners are written from what was
+    read, so a stale copy is never written back; decision 0178)."""
     meta = snapshot["metadata"]
-    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k in OWN_LABELS}
+    owners = [r for r in meta.get("ownerReferences") or [] if r.get("uid") != uid]
     return {
-        "apiVersion": SNAPSHOT_API_VERSION,
-        "kind": SNAPSHOT_KIND,
         "metadata": {
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "labels": {**labels, RETAINED_LABEL: "true"},
-            # Said outright: the owner this field manager applied is taken off.
-            "ownerReferences": [],
-        },
-        "spec": {"pipeline": snapshot["spec"]["pipeline"]},
+            "resourceVersion": meta.get("resourceVersion"),
+            "labels": {RETAINED_LABEL: "true"},
+            "ownerReferences": owners,
+        }
     }
 
 
@@ -127,3 +132,35 @@ def is_keepable(snapshot: Manifest) -> bool:
     return (snapshot.get("status") or {}).get("phase") == "Ready" and not (
         snapshot.get("metadata") or {}
     ).get("deletionTimestamp")
+
+
+def requested_by(snapshot: Manifest, pipeline_meta: Mapping[str, Any]) -> bool | None:
+    """Whether `snapshot` (one taken before a reset or replay, of the pipeline's name) was
+    requested by this very pipeline (`pipeline_meta`: its uid and creationTimestamp), not by
+    an earlier pipeline of that name whose deletion kept it (decision 0178): its status
+    names the pipeline it was taken of (``pipelineUid``, once its workers wrote to it); else
+    its owners do; else (made under ``retainOnDelete``, no owner, nothing taken yet) it
+    was made since the pipeline was (both times as the API server wrote them: a snapshot of
+    an earlier pipeline existed before that one was deleted, so before this one was made).
+    None when none of these can tell."""
+    uid = pipeline_meta.get("uid")
+    meta = snapshot.get("metadata") or {}
+    taken_of = (snapshot.get("status") or {}).get("pipelineUid")
+    if taken_of:
+        return bool(taken_of == uid)
+    owners = [r.get("uid") for r in meta.get("ownerReferences") or []]
+    if owners:
+        return uid in owners
+    made, born = meta.get("creationTimestamp"), pipeline_meta.get("creationTimestamp")
+    if not made or not born:
+        return None
+    return str(made) >= str(born)
+
+
+def is_earlier_pipelines(snapshot: Manifest, pipeline_meta: Mapping[str, Any]) -> bool:
+    """Whether `snapshot`, found under the name a reset of this pipeline would take, is an
+    earlier pipeline's and holds no state (not Ready: Pending, Taking, Failed), so the
+    reset takes its own under the other name (:func:`state_snapshot_name` with the uid)
+    rather than wait on it for good (decision 0178)."""
+    unready = (snapshot.get("status") or {}).get("phase") != "Ready"
+    return unready and requested_by(snapshot, pipeline_meta) is False

@@ -86,6 +86,8 @@ def test_a_topic_the_broker_refuses_to_delete_for_good_is_kept_not_retried() -> 
         try:
             topic = broker.create_topic(broker.unique_topic("shadow-kept"), partitions=1)
             assert client.delete_topics([topic]) == []
+            # ... and named, with the broker's answer, for the deletion's warning.
+            assert list(client.kept_topics()) == [topic], client.kept_topics()
             admin = KafkaAdmin(logged_admin(ClusterConfig.of(broker.bootstrap)), 5.0)
             try:
                 deleted = admin.delete_topics([topic])

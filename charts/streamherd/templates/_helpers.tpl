@@ -118,8 +118,9 @@ kopf make (docs/decisions/0020-packaging.md lists who calls what). Used in the C
   verbs: [patch]
 # StreamPipelineSnapshots: kopf watches them and patches their finalizer (the operator deletes
 # a snapshot's Kafka topic before the object goes) and their status; the operator creates one
-# (server-side apply: patch, and create as it creates) before a reset or replay, and deletes
-# those with the pipeline unless it keeps its state (0110).
+# (server-side apply: patch, and create as it creates) before a reset or replay, deletes
+# those with the pipeline unless it keeps its state (0110), and releases them under
+# retainOnDelete with a merge patch (patch; 0177, 0178).
 - apiGroups: [streamherd.io]
   resources: [streampipelinesnapshots]
   verbs: [get, list, watch, create, patch, delete]

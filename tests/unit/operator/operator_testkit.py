@@ -4,8 +4,11 @@ an in-memory stand-in for the API server used by the reconciler's unit tests.
 It implements operator/kube.py's KubeApi protocol with the behaviour the reconciler relies
 on: apply creates or replaces the applied fields (plus server-added ones, so the drift
 check meets defaulted objects), get/delete/list by name and labels, a merge patch of the
-status, and discovery of optional APIs. The real API server is exercised by
-tests/integration/operator/.
+status, a merge patch of an object that exists (404 when it does not, 409 when the
+resourceVersion it carries is not the object's), and discovery of optional APIs. With
+``versioned`` set, every write moves the object's metadata.resourceVersion, as the API
+server's do (off by default: tests compare whole objects written in different orders).
+The real API server is exercised by tests/integration/operator/.
 
 Faults: ``FakeKube.fault``, when set, is asked before every write (apply, delete, status
 patch) and can refuse it or lose its reply (tests/unit/operator/test_lifecycle_property.py).
@@ -28,7 +31,7 @@ from tests.infra.paths import REPO_ROOT
 
 Manifest = dict[str, Any]
 #: A write the fault hook is asked about: its verb and "Kind/name".
-WriteVerb = Literal["apply", "delete", "patch_status"]
+WriteVerb = Literal["apply", "delete", "patch_status", "patch"]
 #: The fault hook: given the write's number (from 1), verb and "Kind/name", None (made as
 #: usual), ("refuse", error) (not made: the error is raised) or ("lose", error) (made, then
 #: the error is raised, as when the reply is lost or the caller dies right after).
@@ -51,17 +54,22 @@ def _merge(base: Manifest, patch: Manifest) -> Manifest:
 
 
 class FakeKube:
+    #: Whether writes stamp metadata.resourceVersion (the module doc).
+    versioned = False
+
     def __init__(self, served: set[tuple[str, str]] | None = None) -> None:
         self.objects: dict[tuple[str, str, str, str], Manifest] = {}
         self.secrets: dict[tuple[str, str], dict[str, str]] = {}
         self.served_kinds = served if served is not None else set()
         self.applies: list[str] = []
+        self.patches: list[str] = []
         self.deletes: list[str] = []
         self.status_patches: list[Manifest] = []
         self.events: list[Manifest] = []
         # A foreground delete leaves the object deleting (its dependents not yet gone).
         self.foreground_lingers = False
         self._uid = 0
+        self._version = 0
         self.writes = 0  # every write asked for, made or not (the fault hook numbers them)
         self.fresh_reads = 0  # reads past a watch cache (get with cached=False)
         self.fault: FaultHook | None = None
@@ -78,6 +86,13 @@ class FakeKube:
             raise error
         return error
 
+    def _versioned(self, obj: Manifest) -> None:
+        """A write: the object's metadata.resourceVersion moves, as the API server's does."""
+        if not self.versioned:
+            return
+        self._version += 1
+        obj["metadata"]["resourceVersion"] = str(self._version)
+
     # helpers for tests
     def put(self, obj: Manifest) -> Manifest:
         obj = copy.deepcopy(obj)
@@ -86,6 +101,7 @@ class FakeKube:
         self._uid += 1
         meta.setdefault("uid", f"uid-{self._uid}")
         meta.setdefault("generation", 1)
+        self._versioned(obj)
         key = (obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
         self.objects[key] = obj
         return obj
@@ -121,6 +137,7 @@ class FakeKube:
         merged["metadata"]["generation"] = int(merged["metadata"].get("generation", 0)) + 1
         if manifest["kind"] == "Deployment" and "replicas" not in merged["spec"]:
             merged["spec"]["replicas"] = 1  # the API server's default
+        self._versioned(merged)
         self.objects[key] = merged
         if lost is not None:
             raise lost
@@ -168,9 +185,29 @@ class FakeKube:
         obj = self.find("StreamPipeline", name, namespace)
         assert obj is not None
         obj["status"] = _merge(obj.get("status") or {}, status)
+        self._versioned(obj)
         if lost is not None:
             raise lost
         return copy.deepcopy(obj)
+
+    def patch(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: Manifest
+    ) -> Manifest:
+        key = (api_version, kind, namespace, name)
+        lost = self._write("patch", f"{kind}/{name}")
+        self.patches.append(f"{kind}/{name}")
+        live = self.objects.get(key)
+        if live is None:
+            raise ApiError(404, "NotFound", f"{kind} {name} not found")
+        wanted = (patch.get("metadata") or {}).get("resourceVersion")
+        if wanted is not None and wanted != live["metadata"].get("resourceVersion"):
+            raise ApiError(409, "Conflict", f"{kind} {name}: the object has been modified")
+        merged = _merge(live, patch)
+        self._versioned(merged)
+        self.objects[key] = merged
+        if lost is not None:
+            raise lost
+        return copy.deepcopy(merged)
 
     def served(self, api_version: str, kind: str) -> bool:
         return (api_version, kind) in self.served_kinds
@@ -203,6 +240,7 @@ class FakeKube:
         obj = self.find(kind, name, namespace)
         assert obj is not None
         obj["status"] = _merge(obj.get("status") or {}, status)
+        self._versioned(obj)
         if lost is not None:
             raise lost
 

@@ -179,6 +179,7 @@ TARGETS = (
     "apply ConfigMap",
     "apply Deployment",
     "apply StreamPipelineSnapshot",
+    "patch StreamPipelineSnapshot",
     "patch_status StreamPipeline",
     "patch_status StreamPipelineSnapshot",
     "delete StreamPipelineSnapshot",
@@ -291,10 +292,12 @@ class LifecycleKube(FakeKube):
     handler deletes their topic): a delete marks them, the world's finalizer step removes
     them; whose applies of the workers' ConfigMap are noted; and which keeps whether the
     Deployment last applied can run (FakeKube merges an apply into what is there, so a
-    nodeSelector applied once stays, where server-side apply removes it)."""
+    nodeSelector applied once stays, where server-side apply removes it). Its writes move
+    resourceVersion, the release's precondition (decision 0178)."""
 
     world: World
     unschedulable: bool = False
+    versioned = True
 
     def apply(self, manifest: Manifest) -> Manifest:
         kind, name = manifest["kind"], manifest["metadata"]["name"]
@@ -1001,10 +1004,11 @@ RESET = ("reorder", None, "reset")
 )
 # retainOnDelete set after a reset: the pipeline lost its finalizer, and deleting it deleted
 # the snapshot that reset took (the state retainOnDelete keeps), its topic left with no
-# resource (0177); and the apply that keeps it lost once.
+# resource (0177); and the write that keeps it lost once (an apply before 0178, a patch now).
 @example(Base(), [RESET, ("retain", True, None)], {}, None)
 @example(Base(), [RESET, ("retain", True, None)], {}, 2)
 @example(Base(), [RESET, ("retain", True, None)], {("apply StreamPipelineSnapshot", 1): "lost"}, 2)
+@example(Base(), [RESET, ("retain", True, None)], {("patch StreamPipelineSnapshot", 1): "lost"}, 2)
 # The pipeline deleted while a verification runs, with retainOnDelete too: its shadow topics
 # and groups were left (0176); and deleted right after the operator died once the run was
 # made, its status not yet saying it was started.

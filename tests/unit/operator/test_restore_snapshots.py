@@ -218,7 +218,8 @@ def test_a_pipeline_deleted_with_retain_on_delete_keeps_the_snapshots_it_owns() 
     )
     kube.put(snapshot("on-request", "f", "s"))
     assert keep_state_snapshots(kube, "default", name, "u-1") == [f"{name}-reset-g2"]
-    assert kube.deletes == [] and kube.applies == [f"StreamPipelineSnapshot/{name}-reset-g2"]
+    assert kube.deletes == [] and kube.applies == []
+    assert kube.patches == [f"StreamPipelineSnapshot/{name}-reset-g2"]
     kept = kube.find("StreamPipelineSnapshot", f"{name}-reset-g2")
     assert kept is not None and not kept["metadata"]["ownerReferences"]
     # As one taken under retainOnDelete: its labels (retained) and spec.

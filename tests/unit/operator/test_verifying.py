@@ -394,6 +394,9 @@ class FakeKafka:
         self.deleted_topics: list[str] = []
         self.deleted_groups: list[str] = []
         self.members: set[str] = set()  # groups with members: not deletable yet
+        #: Topics the broker refuses to delete for good (deletion disabled, an ACL), and why.
+        self.refused: dict[str, str] = {}
+        self.kept: dict[str, str] = {}
 
     def committed(self, group: str, topics: Sequence[str]) -> Offsets:
         have = self.groups.get(group, {})
@@ -415,9 +418,14 @@ class FakeKafka:
 
     def delete_topics(self, names: Iterable[str]) -> list[str]:
         for name in names:
-            if self.topics.pop(name, None) is not None:
+            if name in self.refused and name in self.topics:
+                self.kept[name] = self.refused[name]  # kept: not "left" (not tried again)
+            elif self.topics.pop(name, None) is not None:
                 self.deleted_topics.append(name)
         return []
+
+    def kept_topics(self) -> Mapping[str, str]:
+        return dict(self.kept)
 
     def delete_groups(self, groups: Iterable[str]) -> list[str]:
         left = []
@@ -1063,6 +1071,30 @@ def test_a_deletion_whose_spec_no_longer_parses_still_deletes_the_runs_topics_an
         assert kube.find("ConfigMap", f"{name}-shadow-{role}") is None
     said = [e for e in kube.events if e["reason"] == "ShadowsDeleted"]
     assert said and run in said[0]["message"], kube.events
+
+
+def test_a_deletion_says_which_shadow_topics_the_broker_refused_to_delete() -> None:
+    """A topic the broker refuses to delete for good (deletion disabled, no DeleteTopic ACL,
+    a policy: decision 0176 §7) is kept, not retried. The deletion's event then says so, as
+    a warning naming the topic and the broker's answer. Before: a Normal ShadowsDeleted
+    saying the run's topics were deleted, while one stayed on the broker."""
+    kube, kafka, name, memo = running()
+    run = started_run(kube, kafka, name, memo)
+    kept = f"streamherd.default.clicks-per-minute.shadow.{run}.candidate"
+    kafka.refused[kept] = "TOPIC_DELETION_DISABLED: Topic deletion is disabled."
+    assert delete_shadows(kube, kafka, name) is None
+    assert list(kafka.topics) == [kept]
+    said = [e for e in kube.events if e["reason"] in ("ShadowsDeleted", "ShadowTopicsKept")]
+    assert [(e["type"], e["reason"]) for e in said] == [("Warning", "ShadowTopicsKept")], said
+    message = said[0]["message"]
+    assert run in message and kept in message and "TOPIC_DELETION_DISABLED" in message
+    assert f"streamherd.default.clicks-per-minute.shadow.{run}.baseline" not in message
+    # Nothing kept: a Normal ShadowsDeleted, as before.
+    kube, kafka, name, memo = running()
+    run = started_run(kube, kafka, name, memo)
+    assert delete_shadows(kube, kafka, name) is None
+    said = [e for e in kube.events if e["reason"] in ("ShadowsDeleted", "ShadowTopicsKept")]
+    assert [(e["type"], e["reason"]) for e in said] == [("Normal", "ShadowsDeleted")], said
 
 
 def test_a_deletion_leaves_another_pipelines_deployment_of_a_shadows_name() -> None:
