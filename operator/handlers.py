@@ -302,6 +302,11 @@ def build_registry(ops: OperatorSettings) -> Any:
         if pipeline is None or pipeline.spec.state.retain_on_delete:
             return
         loop = asyncio.get_running_loop()
+        # A reconcile already under way (it read the pipeline before the deletion) may still
+        # apply the workers or ensure the topics: it finishes first. Those that start from
+        # now on make nothing (OperatorContext.seen_deleting, decision 0176 §9).
+        async with ctx.lock(pipeline_key(pipeline.namespace, pipeline.name)):
+            pass
         # The workers first: one still writing would create the topics again.
         await stop_deployment(ctx, dict(body), pipeline.name, "deleting the internal topics")
         try:

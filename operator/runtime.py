@@ -51,6 +51,11 @@ CACHE_SYNC_TIMEOUT: Final = 60.0
 Key = tuple[str, str]  # (namespace, name)
 
 
+#: How many pipelines' deletions the runtime remembers (OperatorContext.seen_deleting): far
+#: more than can be deleted within a watch cache's lag, and a few hundred kB at most.
+DELETIONS_KEPT: Final = 4096
+
+
 @dataclass
 class OperatorContext:
     """What the handlers share, created once at start-up and passed in (no globals)."""
@@ -110,11 +115,15 @@ class OperatorContext:
         after the handlers have finished, to write their topics again on a broker that
         auto-creates topics (decision 0176 §8)."""
         if uid:
+            self.deleting.pop(key, None)  # re-inserted: the most recent last
             self.deleting[key] = uid
+            while len(self.deleting) > DELETIONS_KEPT:  # the oldest go first
+                del self.deleting[next(iter(self.deleting))]
 
     def forget(self, key: Key) -> None:
-        """A deleted pipeline: drop what the runtime keeps of it (a delayed retry is cancelled)."""
-        self.deleting.pop(key, None)
+        """A deleted pipeline: drop what the runtime keeps of it (a delayed retry is cancelled).
+        Its deletion's record stays (one of the last :data:`DELETIONS_KEPT`): a reconcile
+        queued before the pipeline went may read a watch cache that still has it."""
         self.secrets_of.pop(key, None)
         self.locks.pop(key, None)
         waiting = self.retries.pop(key, None)

@@ -206,12 +206,6 @@ class Aggregate(Model):
         return self
 
 
-#: eventTime.maxAhead by default: a week. A mistyped year or a clock set years ahead is
-#: far beyond it; a producer's clock running fast and a local time read as UTC (at most
-#: 14 h ahead) are well within it.
-DEFAULT_MAX_AHEAD: Final = "168h"
-
-
 class EventTime(Model):
     """Where a record's event time comes from."""
 
@@ -225,17 +219,19 @@ class EventTime(Model):
         default="epochMillis",
         description="How the field encodes time: epochMillis, epochSeconds or iso8601.",
     )
-    max_ahead: Duration = Field(
-        default=DEFAULT_MAX_AHEAD,
+    max_ahead: Duration | None = Field(
+        default=None,
         description=(
-            "With `field`: a record whose event time is more than this ahead of both its "
-            "partition's latest event time and its own Kafka timestamp is dead-lettered "
-            "(reason expression, EventTimeAheadError) rather than folded, so that one record "
-            "with a wrong clock (a mistyped year, a device clock set years ahead) cannot close "
+            "Off unless set (e.g. 168h). With `field`: a record whose event time is more "
+            "than this ahead of both its partition's latest event time and its own Kafka "
+            "timestamp is dead-lettered (reason expression, EventTimeAheadError) rather than "
+            "folded, so that one record with a wrong clock (a mistyped year) cannot close "
             "every open window of its partition and make every later record late. A real "
-            "jump in event time is not refused: its records' Kafka timestamps move with it. "
-            "0s turns the check off (event times set far ahead of when they are produced, "
-            "on purpose)."
+            "jump in event time is not refused when its records' Kafka timestamps move with "
+            "it. Not for event times set ahead of their production on purpose by more than "
+            "this: after a pause of more than this, every record would be refused. Off, a "
+            "record far ahead closes the windows before it, as in Flink and Kafka Streams "
+            "(a far-future record is also how a test closes every window). 0s: off."
         ),
     )
 

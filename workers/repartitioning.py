@@ -512,7 +512,9 @@ def fold_downstream(
             failures.append(Failure(source, "decode", error))
             continue
         windows.max_event_ms = clock.level_before(mark)
-        errors, late_ones = windows.fold([(record, source)], kafka_timestamp)
+        # Not judged against eventTime.maxAhead here: a writer of this format (before format
+        # 3) had no such rule, and the level it is folded against moves with closes.
+        errors, late_ones = windows.fold([(record, source)], kafka_timestamp, judge_ahead=False)
         failures.extend(Failure(s, "expression", e) for s, e in errors)
         for s, event_ms in late_ones:
             late += 1

@@ -243,7 +243,8 @@ def _time_reader(spec: WindowSpec) -> Callable[[Record, int | None], int]:
 
 def _ahead_ms(spec: WindowSpec) -> float:
     """:attr:`WindowPlan.ahead_ms` of a window spec."""
-    ahead = round(parse_duration(spec.event_time.max_ahead) * 1000)
+    text = spec.event_time.max_ahead
+    ahead = 0 if text is None else round(parse_duration(text) * 1000)
     return math.inf if spec.event_time.field is None or ahead <= 0 else ahead
 
 
@@ -298,7 +299,7 @@ class WindowPlan:
     # An epochMillis event-time field: its reader and the bounds an int needs no conversion
     # within (fold() reads it inline: the hot path); None for other event times.
     millis: tuple[ValueFn, int, int] | None = field(default=None, repr=False, compare=False)
-    # eventTime.maxAhead in ms; infinity when off (0s, or event time is the Kafka timestamp):
+    # eventTime.maxAhead in ms; infinity when off (unset, 0s, or no event-time field):
     # ``event_ms - max_ms > ahead_ms`` is then never true, so the folds test it unguarded.
     ahead_ms: float = math.inf
 
@@ -379,12 +380,15 @@ class WindowPlan:
         window of the partition and make every later record late: one wrong clock, and the
         partition's results are gone until real time catches up, if it ever does. Both
         bounds are needed: a real jump in event time (the producers stopped for a week) is
-        not ahead of its own Kafka timestamps; event times set ahead of their production on
-        purpose move in steps from the partition's maximum (and the first one is never
-        judged). Both are part of the log, so the judgement is the same on every replay.
-        The folds call this only when ``event_ms - max_ms > ahead_ms``."""
-        if max_ms is None or max_ms == -math.inf or kafka_ms is None or kafka_ms < 0:
-            return None
+        not ahead of its own Kafka timestamps. Both are in the log or the checkpoint, so
+        a replay judges alike (an idle close, which raises the maximum by the wall clock,
+        can only make a record foldable that was not). A refused record leaves the maximum
+        where it was: records set ahead of their production on purpose by more than
+        ``maxAhead`` are refused after a pause of more than it, all of them, which is why
+        the check is opt-in (decision 0182). The folds call this only when
+        ``event_ms - max_ms > ahead_ms``."""
+        if max_ms is None or max_ms == -math.inf or kafka_ms is None or kafka_ms <= 0:
+            return None  # no maximum yet; no timestamp (0: none, as the repartition writes)
         limit = self.ahead_ms
         if not (event_ms - max_ms > limit and event_ms - kafka_ms > limit):
             return None
@@ -393,7 +397,7 @@ class WindowPlan:
             f"({_span(limit)}) ahead of both its partition's latest event time "
             f"{iso_ms(int(max_ms))} and its Kafka timestamp {iso_ms(kafka_ms)}: a clock "
             "gone wrong? Not folded, so that it does not close every open window of the "
-            "partition (set eventTime.maxAhead: 0s if such times are meant)"
+            "partition (raise or remove eventTime.maxAhead if such times are meant)"
         )
 
     def window_starts(self, event_ms: int) -> range:
@@ -575,7 +579,11 @@ class PartitionWindows:
         return True
 
     def fold(
-        self, items: Iterable[tuple[Record, Any]], kafka_time: Callable[[Any], int | None]
+        self,
+        items: Iterable[tuple[Record, Any]],
+        kafka_time: Callable[[Any], int | None],
+        *,
+        judge_ahead: bool = True,
     ) -> tuple[list[tuple[Any, Exception]], list[tuple[Any, int]]]:
         """Fold a batch of ``(record, source)`` in order, the engine's hot loop.
 
@@ -587,7 +595,8 @@ class PartitionWindows:
         ``kafka_time(source)`` is only called when the plan takes event time from the Kafka
         timestamp, or a record is more than ``eventTime.maxAhead`` ahead of the partition's
         largest event time (:meth:`WindowPlan.too_far_ahead`, which :meth:`add`, having no
-        Kafka timestamp, leaves to its callers: a refused record is among the failures).
+        Kafka timestamp, leaves to its callers: a refused record is among the failures);
+        ``judge_ahead`` False: never (records an upstream judged, or wrote before the rule).
         """
         plan = self.plan
         key_of, time_of, values_of, update = plan.key, plan.event_time, plan.values, plan.update
@@ -597,7 +606,8 @@ class PartitionWindows:
         millis_of, low, high = plan.millis or (None, 0, 0)
         open_window = self.open_window
         use_kafka_time = plan.kafka_time
-        size, lateness, ahead = plan.size_ms, plan.lateness_ms, plan.ahead_ms
+        size, lateness = plan.size_ms, plan.lateness_ms
+        ahead = plan.ahead_ms if judge_ahead else math.inf
         tumbling = size == plan.slide_ms
         windows = self.windows
         get = windows.get

@@ -1,6 +1,6 @@
 """A record with a wrong clock, on the real broker: its event time ten years ahead (a
 mistyped year) of its partition's records and of its own Kafka timestamp, produced in the
-middle of every partition. Under the default eventTime.maxAhead it is dead-lettered (reason
+middle of every partition. With eventTime.maxAhead set (168h) it is dead-lettered (reason
 ``expression``, ``EventTimeAheadError``) and every window is exactly what the records without
 it give; folded, it would close every open window and make the second half of each partition
 late. Both routes: a window that trusts the topic's keying, and one behind a repartition
@@ -51,6 +51,7 @@ def test_a_record_ten_years_ahead_is_dead_lettered_and_no_window_changes(
             checkpoints=tmp_path / "ck", lateness="0s",
         )  # fmt: skip
         expected = reference(records)
+    config["processor"]["steps"][-1]["window"]["eventTime"]["maxAhead"] = "168h"  # opt-in
     kafka_broker.produce(src, records[:3000])  # keyed by user
     wrong = []
     for p in range(PARTITIONS):  # the producer's clock is now; the record's field is 2036

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from streamherd.operator.kube import Kube
 from streamherd.operator.runtime import (
+    DELETIONS_KEPT,
     Key,
     OperatorContext,
     _reconcile_blocking,
@@ -149,5 +150,8 @@ def test_a_reconcile_on_a_stale_copy_of_a_pipeline_being_deleted_makes_nothing()
         _, result = _reconcile_blocking(ctx, key)
         assert result is not None and f"Deployment/{name}" in kube.applies
         ctx.seen_deleting(key, "u-1")
-        ctx.forget(key)
-        assert key not in ctx.deleting
+        ctx.forget(key)  # DELETED: a reconcile queued before it may still read a stale cache
+        assert _reconcile_blocking(ctx, key)[1] is None
+        for n in range(DELETIONS_KEPT):  # the record is one of the last DELETIONS_KEPT
+            ctx.seen_deleting(("other", f"p{n}"), f"u{n}")
+        assert len(ctx.deleting) == DELETIONS_KEPT and key not in ctx.deleting

@@ -110,7 +110,10 @@ def format_1(
         except Exception as error:  # the record's fault, dead-lettered, as the engine did
             failures.append(Failure(m, "expression", error))
             continue
-        if top is not None and event_ms - top > plan.ahead_ms:  # as format 3's upstream
+        # eventTime.maxAhead as format 3's upstream judges it, so that both formats are
+        # compared on the same records (a real format-1 writer predates the rule; the
+        # downstream does not judge format 1).
+        if top is not None and event_ms - top > plan.ahead_ms:
             refused = plan.too_far_ahead(event_ms, top, stamp)
             if refused is not None:
                 failures.append(Failure(m, "expression", refused))

@@ -17,19 +17,28 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamherd.workers.config import DEFAULT_MAX_AHEAD, ProcessorConfig, parse_duration
+from streamherd.workers.config import ProcessorConfig, parse_duration
 from streamherd.workers.fusing import fuse
 from streamherd.workers.processing import Processor, SourceMessage
+from streamherd.workers.repartitioning import (
+    UPSTREAM_HEADER,
+    UpstreamClock,
+    fold_downstream,
+    upstream_header,
+)
 from streamherd.workers.windowing import ISO_MAX_MS, PartitionWindows
+from tests.unit.workers.hopmessages import Msg as HopMsg
 from tests.unit.workers.sourcemessages import BASE, Msg, batch_paths
 from tests.unit.workers.test_worker_fusing import config, run_all
 
-AHEAD_MS = round(parse_duration(DEFAULT_MAX_AHEAD) * 1000)
+MAX_AHEAD = "168h"  # opt-in: what a careful user would set
+AHEAD_MS = round(parse_duration(MAX_AHEAD) * 1000)
+ON = {"field": "ts", "maxAhead": MAX_AHEAD}
 
 PIPELINES = [
-    config(["status == 200"]),  # tumbling, inline in the fused function
-    config([], slide="5s", lateness="2s"),  # hopping
-    config([], lateness="30s", size="20s"),
+    config(["status == 200"], event_time=ON),  # tumbling, inline in the fused function
+    config([], slide="5s", lateness="2s", event_time=ON),  # hopping
+    config([], lateness="30s", size="20s", event_time=ON),
 ]
 
 # A producer's record: its event time (ms after BASE) and how far its Kafka timestamp is
@@ -143,21 +152,49 @@ def test_a_real_jump_in_event_time_is_folded(gap: int, skew: int, pipeline: int)
     assert sum(r["n"] for _, r in rows) == 8 * (plan.size_ms // plan.slide_ms)  # each window
 
 
-def test_the_check_is_off_at_0s_and_when_event_time_is_the_kafka_timestamp() -> None:
+def test_the_check_is_off_unless_set_at_0s_and_when_event_time_is_the_kafka_timestamp() -> None:
     far = BASE + 10 * AHEAD_MS
     messages: list[SourceMessage] = [
         Msg(0, record(0, BASE), BASE),
         Msg(1, record(1, far), BASE),  # a week ahead, ten times over
         Msg(2, record(2, BASE + 1000), BASE),
     ]
-    on = run(config([]), messages, [])
+    on = run(config([], event_time=ON), messages, [])
     assert on[0] == [(1, "expression", "EventTimeAheadError")]
-    off = run(config([], event_time={"field": "ts", "maxAhead": "0s"}), messages, [])
-    assert off[0] == [] and off[1] == [2]  # folded: record 2 is now late
+    # Off (unset, as by default, or 0s): folded, as Flink and Kafka Streams fold it; record 2
+    # is now late. A far-future record is how a test closes every window.
+    for off in ({"field": "ts"}, {"field": "ts", "maxAhead": "0s"}):
+        assert run(config([], event_time=off), messages, [])[:2] == ([], [2])
     # Event time from the Kafka timestamp: the record's own clock is the judge, never ahead.
     kafka: list[SourceMessage] = [
         Msg(0, record(0, 0), BASE),
         Msg(1, record(1, 0), far),
         Msg(2, record(2, 0), BASE),
     ]
-    assert run(config([], event_time={}), kafka, [])[0] == []
+    assert run(config([], event_time={"maxAhead": MAX_AHEAD}), kafka, [])[0] == []
+
+
+def test_a_record_without_a_kafka_timestamp_is_not_judged() -> None:
+    # -1 (none), 0 (none, as the repartition topic writes it): nothing to be ahead of.
+    for stamp in (-1, 0):
+        messages: list[SourceMessage] = [
+            Msg(0, record(0, BASE), BASE),
+            Msg(1, record(1, BASE + 10 * AHEAD_MS), stamp),
+            Msg(2, record(2, BASE + 1000), BASE),
+        ]
+        assert run(config([], event_time=ON), messages, [])[:2] == ([], [2])
+
+
+def test_a_format_1_repartition_message_is_not_judged_downstream() -> None:
+    # Its writer (before format 3) had no such rule, and the level it folds against is the
+    # larger of its pre-record maximum and the floor closes move: judged there, the same
+    # record was folded or refused by when windows closed (a review's probe). Never judged.
+    plan = Processor.compile(config([], event_time=ON)).window
+    assert plan is not None
+    value = orjson.dumps({"user": "a", "ts": BASE + 30 * 86_400_000, "bytes": 1, "status": 200})
+    for floor in (None, BASE):
+        windows, clock = PartitionWindows(plan), UpstreamClock()
+        clock.floor = floor
+        header = (UPSTREAM_HEADER, upstream_header("src", 1, 0, None))
+        failures, *_ = fold_downstream(windows, clock, [HopMsg(value, [header], 0, BASE)])
+        assert failures == [] and len(windows.windows) == 1
