@@ -405,6 +405,10 @@ def build_registry(ops: OperatorSettings) -> Any:
         meta = body.get("metadata") or {}
         ns, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
         loop = asyncio.get_running_loop()
+        # A reconcile under way may still request or release a snapshot: it finishes first;
+        # those that start from now on make nothing (decision 0176 §9).
+        async with ctx.lock(pipeline_key(ns, name)):
+            pass
         if ((body.get("spec") or {}).get("state") or {}).get("retainOnDelete") is True:
             # Mostly done by the reconcile already (decision 0177): a foreground deletion's
             # garbage collector deletes what is still owned at once, racing this handler.

@@ -48,6 +48,7 @@ from streamherd.operator.builders.snapshot import (
     TAKEN_BEFORE_LABEL,
     is_keepable,
     lists_state_snapshot,
+    made_before,
     requested_by,
 )
 from streamherd.operator.kafkaadmin import KafkaAdmin, KafkaAdminError, TopicRequest
@@ -109,6 +110,20 @@ def follow(
         return {
             "phase": "Failed",
             "message": f"{KIND} {wanted} was deleted and created again while it was taken",
+        }
+    if (
+        not status.get("pipelineUid")
+        and TAKEN_BEFORE_LABEL in ((meta or {}).get("labels") or {})
+        and made_before({"metadata": dict(meta or {})}, pipeline.metadata or {})
+    ):
+        # Requested before a reset or replay of an earlier pipeline of the name, whose
+        # deletion left it unfinished: taken now, it would hold this pipeline's state of
+        # today under that earlier request's name, and a reset of this one reaching that
+        # name would roll on it, the state since then lost (a review; decision 0178).
+        return {
+            "phase": "Failed",
+            "message": f"requested by an earlier {KIND} {wanted} (deleted before this one was "
+            "created), before its reset or replay: never taken of this one; delete it",
         }
     try:
         cluster = cluster_from_secrets(kube, pipeline)

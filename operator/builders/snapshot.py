@@ -145,6 +145,8 @@ def requested_by(snapshot: Manifest, pipeline_meta: Mapping[str, Any]) -> bool |
     None when none of these can tell."""
     uid = pipeline_meta.get("uid")
     meta = snapshot.get("metadata") or {}
+    if made_before(snapshot, pipeline_meta):
+        return False  # whatever its status says: an earlier operator may have taken it of us
     taken_of = (snapshot.get("status") or {}).get("pipelineUid")
     if taken_of:
         return bool(taken_of == uid)
@@ -157,10 +159,27 @@ def requested_by(snapshot: Manifest, pipeline_meta: Mapping[str, Any]) -> bool |
     return str(made) >= str(born)
 
 
+def made_before(snapshot: Manifest, pipeline_meta: Mapping[str, Any]) -> bool:
+    """Whether `snapshot` was made before the pipeline of `pipeline_meta` (both
+    creationTimestamps as the API server wrote them, to the second: the same second is not
+    before). A snapshot taken before a reset or replay that was made before its pipeline
+    was requested by an earlier pipeline of the name, whose deletion left it (decision
+    0178)."""
+    made = (snapshot.get("metadata") or {}).get("creationTimestamp")
+    born = pipeline_meta.get("creationTimestamp")
+    return bool(made and born and str(made) < str(born))
+
+
 def is_earlier_pipelines(snapshot: Manifest, pipeline_meta: Mapping[str, Any]) -> bool:
     """Whether `snapshot`, found under the name a reset of this pipeline would take, is an
-    earlier pipeline's and holds no state (not Ready: Pending, Taking, Failed), so the
+    earlier pipeline's request that holds none of the state this reset must keep, so the
     reset takes its own under the other name (:func:`state_snapshot_name` with the uid)
-    rather than wait on it for good (decision 0178)."""
-    unready = (snapshot.get("status") or {}).get("phase") != "Ready"
-    return unready and requested_by(snapshot, pipeline_meta) is False
+    rather than wait on it for good (decision 0178): not Ready (Pending, Taking, Failed),
+    or Ready but taken of this very pipeline (an operator before the follow step refused
+    such a request took it of the next pipeline of the name: this one's state of then, not
+    of now). A Ready one of the earlier pipeline's own state holds the reset (SnapshotFailed
+    says how to go on): that state is what retainOnDelete kept."""
+    if requested_by(snapshot, pipeline_meta) is not False:
+        return False
+    status = snapshot.get("status") or {}
+    return status.get("phase") != "Ready" or status.get("pipelineUid") == pipeline_meta.get("uid")

@@ -24,7 +24,7 @@ from streamherd.operator.handlers import build_registry
 from streamherd.operator.kube import ApiError, Kube
 from streamherd.operator.reconciler import reconcile
 from streamherd.operator.runtime import OperatorContext
-from streamherd.operator.snapshots import keep_state_snapshots, lists_state_snapshots
+from streamherd.operator.snapshots import follow, keep_state_snapshots, lists_state_snapshots
 from streamherd.operator.upgrades import STATE_COMPATIBLE
 from tests.unit.operator.operator_testkit import (
     SETTINGS,
@@ -319,3 +319,34 @@ def test_an_earlier_pipelines_unfinished_snapshot_does_not_hold_this_ones_reset(
     assert snapshot_of(kube, earlier) == before
     # The finalizer's filter knows the name.
     assert lists_state_snapshots(body_of(kube, name))
+
+
+def test_an_earlier_pipelines_leftover_request_is_never_taken_of_this_one() -> None:
+    """A Pending `<name>-reset-g2` an earlier pipeline of the name left (requested under
+    retainOnDelete: no owner, no pipelineUid yet) was taken of the pipeline created again
+    under the name, at once: Ready with its uid and its state of then. At its own reset of
+    generation 2 that name counted as its request, and the reset rolled on it: the state
+    since lost (a review). The follow step now fails such a request (made before the
+    pipeline); the reset takes its own name. One an earlier operator already took (Ready,
+    this pipeline's uid, made before it) is not this reset's either."""
+    for hijacked in (False, True):
+        kube, name, memo = running_pipeline()
+        pipeline = kube.find("StreamPipeline", name)
+        assert pipeline is not None
+        pipeline["metadata"]["creationTimestamp"] = BORN
+        uid = pipeline["metadata"]["uid"]
+        fp = body_of(kube, name)["status"]["stateFingerprint"]
+        earlier = taken_under_retain(kube, 2, None, "2026-02-01T00:00:00Z")
+        leftover = snapshot_of(kube, earlier)
+        assert leftover is not None
+        if hijacked:
+            snapshot_ready(kube, earlier, fp, uid)
+        else:
+            got = follow(kube, "default", earlier, leftover["spec"], {}, meta=leftover["metadata"])
+            assert got["phase"] == "Failed" and "earlier" in got["message"], got
+            leftover["status"] = got
+        edit(kube, name, reset_window)
+        reconcile(body_of(kube, name), kube, SETTINGS, now=T0, memo=memo)
+        cond = condition(kube, name, STATE_COMPATIBLE)
+        assert (cond["status"], cond["reason"]) == ("False", "TakingSnapshot"), (hijacked, cond)
+        assert f"{earlier}-" in cond["message"]  # its own, <name>-reset-g2-<uid hash>
