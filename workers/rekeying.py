@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import zlib
 from collections.abc import Sequence
 from typing import Any, Final
@@ -418,7 +419,8 @@ def rekey(
         except Exception as error:  # noqa: BLE001 - refused by its window (see the docstring)
             failures.append(Failure(m, "expression", error.with_traceback(None)))
             continue  # before moving top, as an unpartitioned window refuses it
-        if top is not None and event_ms - top > ahead:  # as PartitionWindows.fold judges it
+        if (top is None and ahead != math.inf) or (top is not None and event_ms - top > ahead):
+            # As PartitionWindows.fold judges it.
             refused = plan.too_far_ahead(event_ms, top, stamp)
             if refused is not None:
                 failures.append(Failure(m, "expression", refused))

@@ -374,7 +374,8 @@ class WindowPlan:
         """Why a record with event time ``event_ms`` is not folded into a partition whose
         largest event time is ``max_ms`` (None, or -infinity: no record yet), the record's
         Kafka timestamp being ``kafka_ms``: it is more than ``eventTime.maxAhead`` ahead of
-        both. Else None.
+        both (of its Kafka timestamp alone when the partition has no event time yet: it
+        would be the one every later record is judged by). Else None.
 
         Folded, such a record would move the watermark to its time, close every open
         window of the partition and make every later record late: one wrong clock, and the
@@ -385,19 +386,27 @@ class WindowPlan:
         can only make a record foldable that was not). A refused record leaves the maximum
         where it was: records set ahead of their production on purpose by more than
         ``maxAhead`` are refused after a pause of more than it, all of them, which is why
-        the check is opt-in (decision 0182). The folds call this only when
-        ``event_ms - max_ms > ahead_ms``."""
-        if max_ms is None or max_ms == -math.inf or kafka_ms is None or kafka_ms <= 0:
-            return None  # no maximum yet; no timestamp (0: none, as the repartition writes)
+        the check is opt-in (decision 0182). The folds call this only when the partition has
+        no event time yet or ``event_ms - max_ms > ahead_ms``."""
+        if kafka_ms is None or kafka_ms <= 0:
+            return None  # no timestamp (0: none, as the repartition writes)
         limit = self.ahead_ms
-        if not (event_ms - max_ms > limit and event_ms - kafka_ms > limit):
+        if event_ms - kafka_ms <= limit:
+            return None
+        if max_ms is None or max_ms == -math.inf:
+            than = "its Kafka timestamp, and it would be its partition's first event time"
+        elif event_ms - max_ms > limit:
+            than = (
+                f"both its partition's latest event time {iso_ms(int(max_ms))} and its "
+                "Kafka timestamp"
+            )
+        else:
             return None
         return EventTimeAheadError(
             f"event time {iso_ms(event_ms)} is more than eventTime.maxAhead "
-            f"({_span(limit)}) ahead of both its partition's latest event time "
-            f"{iso_ms(int(max_ms))} and its Kafka timestamp {iso_ms(kafka_ms)}: a clock "
-            "gone wrong? Not folded, so that it does not close every open window of the "
-            "partition (raise or remove eventTime.maxAhead if such times are meant)"
+            f"({_span(limit)}) ahead of {than} {iso_ms(kafka_ms)}: a clock gone wrong? Not "
+            "folded, so that it does not close every open window of the partition (raise or "
+            "remove eventTime.maxAhead if such times are meant)"
         )
 
     def window_starts(self, event_ms: int) -> range:
@@ -632,7 +641,9 @@ class PartitionWindows:
             except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
                 errors.append((source, error.with_traceback(None)))
                 continue
-            if max_ms is not None and event_ms - max_ms > ahead:
+            if (max_ms is None and ahead != math.inf) or (
+                max_ms is not None and event_ms - max_ms > ahead
+            ):
                 refused = plan.too_far_ahead(event_ms, max_ms, kafka_time(source))
                 if refused is not None:
                     errors.append((source, refused))

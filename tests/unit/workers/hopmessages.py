@@ -113,7 +113,7 @@ def format_1(
         # eventTime.maxAhead as format 3's upstream judges it, so that both formats are
         # compared on the same records (a real format-1 writer predates the rule; the
         # downstream does not judge format 1).
-        if top is not None and event_ms - top > plan.ahead_ms:
+        if top is None or event_ms - top > plan.ahead_ms:
             refused = plan.too_far_ahead(event_ms, top, stamp)
             if refused is not None:
                 failures.append(Failure(m, "expression", refused))

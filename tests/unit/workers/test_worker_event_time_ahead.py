@@ -97,7 +97,7 @@ def ident(m: SourceMessage) -> int:
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     normals=st.lists(normal, min_size=1, max_size=40),
-    wrongs=st.lists(st.tuples(st.integers(1, 40), wrong), max_size=4),
+    wrongs=st.lists(st.tuples(st.integers(0, 40), wrong), max_size=4),
     users=st.lists(st.sampled_from(["a", "b", "c"]), min_size=40, max_size=40),
     pipeline=st.integers(0, len(PIPELINES) - 1),
     cuts=st.lists(st.integers(1, 15), max_size=4),
@@ -115,7 +115,7 @@ def test_a_record_with_a_wrong_clock_is_dead_lettered_and_changes_nothing_else(
         for i, (t, skew) in enumerate(normals)
     ]
     dirty = list(clean)
-    # Inserted after the first record (the partition's first event time is never judged),
+    # Inserted anywhere, the first place included (judged by its Kafka timestamp alone),
     # from the back so the positions hold; ids 1000+ tell them apart.
     for n, (at, (t, stamp)) in sorted(enumerate(wrongs), key=lambda w: -w[1][0]):
         dirty.insert(min(at, len(dirty)), Msg(0, record(1000 + n, BASE + t), BASE + stamp))
@@ -198,3 +198,17 @@ def test_a_format_1_repartition_message_is_not_judged_downstream() -> None:
         header = (UPSTREAM_HEADER, upstream_header("src", 1, 0, None))
         failures, *_ = fold_downstream(windows, clock, [HopMsg(value, [header], 0, BASE)])
         assert failures == [] and len(windows.windows) == 1
+
+
+def test_a_partitions_first_record_is_judged_by_its_kafka_timestamp_alone() -> None:
+    # It would be the event time every later record is judged by: ten years ahead of when it
+    # was produced, it is refused, and the records after it are folded as if it never came.
+    far = BASE + 10 * AHEAD_MS
+    messages: list[SourceMessage] = [
+        Msg(0, record(0, far), BASE),
+        Msg(1, record(1, BASE), BASE),
+        Msg(2, record(2, BASE + 1000), BASE + 1000),
+    ]
+    dead, late, rows = run(config([], event_time=ON), messages, [1])
+    assert (dead, late) == ([(0, "expression", "EventTimeAheadError")], [])
+    assert sum(r["n"] for _, r in rows) == 2

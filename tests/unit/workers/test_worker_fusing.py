@@ -163,14 +163,13 @@ def naive(
 
 def far_ahead(plan: WindowPlan, event_ms: int, top: int | None, kafka_ms: int | None) -> bool:
     """The model of eventTime.maxAhead: more than it ahead of both the partition's largest
-    event time and the record's Kafka timestamp, when there are both."""
+    event time (when it has one) and the record's Kafka timestamp (when it has one)."""
     limit = plan.ahead_ms
     return (
-        top is not None
-        and kafka_ms is not None
-        and kafka_ms >= 0
-        and event_ms - top > limit
+        kafka_ms is not None
+        and kafka_ms > 0
         and event_ms - kafka_ms > limit
+        and (top is None or event_ms - top > limit)  # the first: its timestamp alone
     )
 
 
