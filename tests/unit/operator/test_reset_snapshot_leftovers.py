@@ -9,23 +9,19 @@ delete-snapshots handler (operator/handlers.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-import kopf
 import pytest
 
 from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND
 from streamherd.operator.builders.snapshot import build_state_snapshot
-from streamherd.operator.handlers import build_registry
-from streamherd.operator.kube import ApiError, Kube
-from streamherd.operator.reconciler import reconcile
-from streamherd.operator.runtime import OperatorContext
+from streamherd.operator.kube import ApiError
+from streamherd.operator.reconciler import ReconcileMemo, reconcile
 from streamherd.operator.snapshots import follow, keep_state_snapshots, lists_state_snapshots
 from streamherd.operator.upgrades import STATE_COMPATIBLE
+from tests.unit.operator.kopfhandlers import run_deletion_handler
 from tests.unit.operator.operator_testkit import (
     SETTINGS,
     FakeKube,
@@ -212,25 +208,23 @@ def test_once_its_snapshots_are_released_a_pipeline_lists_them_no_more() -> None
 
 # --------------------------------------------------------------------------- 3: unfinished go
 
-REGISTRY = build_registry(SETTINGS)
 BORN = "2026-03-01T00:00:00Z"
 
 
 def delete_snapshots(kube: FakeKube, retry: int = 0) -> str | None:
-    """kopf's run of the delete-snapshots handler for the deleted pipeline; the
-    TemporaryError it raised (None: it succeeded)."""
-    (handler,) = [h for h in REGISTRY._changing.get_all_handlers() if h.id == "delete-snapshots"]
-    body = copy.deepcopy(body_of(kube, NAME))
-    body["metadata"]["deletionTimestamp"] = "now"
-    assert handler.when is not None and handler.when(body=body)  # it holds the finalizer
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        ctx = OperatorContext(settings=SETTINGS, kube=cast(Kube, kube), executor=pool)
-        try:
-            asyncio.run(handler.fn(body=body, memo=kopf.Memo(ctx=ctx), retry=retry,
-                                   namespace="default", name=NAME))  # fmt: skip
-        except kopf.TemporaryError as error:
-            return str(error)
-    return None
+    """kopf's run of the delete-snapshots handler for the deleted pipeline (it holds the
+    finalizer); the TemporaryError it raised (None: it succeeded)."""
+    return run_deletion_handler(kube, "delete-snapshots", NAME, retry, filtered=True)
+
+
+def created_at_born() -> tuple[FakeKube, str, ReconcileMemo, str, str]:
+    """A running pipeline created at BORN: the fake, its name, memo, uid and fingerprint."""
+    kube, name, memo = running_pipeline()
+    pipeline = kube.find("StreamPipeline", name)
+    assert pipeline is not None
+    pipeline["metadata"]["creationTimestamp"] = BORN
+    fp = body_of(kube, name)["status"]["stateFingerprint"]
+    return kube, name, memo, str(pipeline["metadata"]["uid"]), fp
 
 
 def taken_under_retain(
@@ -288,12 +282,7 @@ def test_an_earlier_pipelines_unfinished_snapshot_does_not_hold_this_ones_reset(
     before, the reset waited on it for good (SnapshotFailed: "delete it to take it again").
     Now the reset takes its own, named `<name>-reset-g2-<uid hash>`, and rolls on it; the
     earlier one is left as it is (it is kept: not the operator's to delete)."""
-    kube, name, memo = running_pipeline()
-    pipeline = kube.find("StreamPipeline", name)
-    assert pipeline is not None
-    pipeline["metadata"]["creationTimestamp"] = BORN
-    uid = pipeline["metadata"]["uid"]
-    fp = body_of(kube, name)["status"]["stateFingerprint"]
+    kube, name, memo, uid, fp = created_at_born()
     status = {"message": "it failed"} | ({"pipelineUid": taken_of} if taken_of else {})
     earlier = taken_under_retain(kube, 2, "Failed", "2026-02-01T00:00:00Z", **status)
     assert earlier == f"{name}-reset-g2"
@@ -330,12 +319,7 @@ def test_an_earlier_pipelines_leftover_request_is_never_taken_of_this_one() -> N
     pipeline); the reset takes its own name. One an earlier operator already took (Ready,
     this pipeline's uid, made before it) is not this reset's either."""
     for hijacked in (False, True):
-        kube, name, memo = running_pipeline()
-        pipeline = kube.find("StreamPipeline", name)
-        assert pipeline is not None
-        pipeline["metadata"]["creationTimestamp"] = BORN
-        uid = pipeline["metadata"]["uid"]
-        fp = body_of(kube, name)["status"]["stateFingerprint"]
+        kube, name, memo, uid, fp = created_at_born()
         earlier = taken_under_retain(kube, 2, None, "2026-02-01T00:00:00Z")
         leftover = snapshot_of(kube, earlier)
         assert leftover is not None

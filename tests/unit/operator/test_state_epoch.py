@@ -170,18 +170,24 @@ def test_an_unreadable_live_config_names_no_epoch(text: str | None) -> None:
     assert found is None or (type(found) is int and found >= 1)
 
 
+def retained_suspended() -> tuple[FakeKube, dict[str, Any], str, ReconcileMemo]:
+    """Example 02 suspended (a reset rolls with no snapshot) with retainOnDelete, stored:
+    the fake, the document (to create it again), its name and a memo."""
+    kube = FakeKube()
+    doc = example_doc("02-clicks-per-minute")
+    doc["spec"]["suspend"] = True
+    doc["spec"]["state"] = {"retainOnDelete": True}
+    name = kube.put(json.loads(json.dumps(doc)))["metadata"]["name"]
+    return kube, doc, name, ReconcileMemo()
+
+
 def test_a_pipeline_created_again_does_not_take_the_deleted_ones_epoch() -> None:
     """A pipeline deleted while its workers' ConfigMap stays (an orphan cascade, or the
     garbage collector not done yet) and created again under the name: the live ConfigMap
     names the deleted pipeline's epoch. Taken over, it would make the new pipeline's
     workers discard every checkpoint of the deleted one's (another uid) even under refuse:
     the state retainOnDelete kept (a review's finding)."""
-    kube = FakeKube()
-    doc = example_doc("02-clicks-per-minute")
-    doc["spec"]["suspend"] = True
-    doc["spec"]["state"] = {"retainOnDelete": True}
-    name = kube.put(json.loads(json.dumps(doc)))["metadata"]["name"]
-    memo = ReconcileMemo()
+    kube, doc, name, memo = retained_suspended()
     for size in ("120s", "60s"):  # away and back, with a reset each time: an epoch
         body = body_of(kube, name)
         window(body["spec"])["size"] = size
@@ -204,12 +210,7 @@ def test_a_status_copied_onto_a_pipeline_created_again_is_not_its_epoch() -> Non
     a pipeline created again has an empty status, but a backup restored with its status
     (or a status written back by hand) names the deleted pipeline's epoch. Taken over
     while the ConfigMap is gone, it would discard the state retainOnDelete kept, as above."""
-    kube = FakeKube()
-    doc = example_doc("02-clicks-per-minute")
-    doc["spec"]["suspend"] = True
-    doc["spec"]["state"] = {"retainOnDelete": True}
-    name = kube.put(json.loads(json.dumps(doc)))["metadata"]["name"]
-    memo = ReconcileMemo()
+    kube, doc, name, memo = retained_suspended()
     reconciled(kube, name, memo)
     body = body_of(kube, name)
     window(body["spec"])["size"] = "120s"

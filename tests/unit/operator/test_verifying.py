@@ -6,16 +6,13 @@ tests/e2e/test_verify.py."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 from unittest import mock
 
-import kopf
 import orjson
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -32,10 +29,8 @@ from streamherd.operator.decision import (
     SHADOW_TIDY_SECONDS,
     verified_condition,
 )
-from streamherd.operator.handlers import build_registry
-from streamherd.operator.kube import ApiError, Kube
+from streamherd.operator.kube import ApiError
 from streamherd.operator.reconciler import ReconcileMemo, ReconcileResult, reconcile, stop_workers
-from streamherd.operator.runtime import OperatorContext
 from streamherd.operator.shadowtopics import NO_OFFSET, Offsets, ShadowKafkaError
 from streamherd.operator.validation import parse_pipeline
 from streamherd.operator.verifying import (
@@ -55,6 +50,7 @@ from streamherd.operator.verifying import (
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.windowing import iso_ms
 from tests.infra.manifest_strategies import manifests
+from tests.unit.operator.kopfhandlers import run_deletion_handler
 from tests.unit.operator.operator_testkit import (
     SETTINGS,
     FakeKube,
@@ -1018,28 +1014,15 @@ def test_removing_verify_clears_the_verdict_it_left() -> None:
 
 # --------------------------------------------------------------------------- the deletion
 
-#: The operator's registry, whose delete-shadows handler a pipeline's deletion runs.
-REGISTRY = build_registry(SETTINGS)
-
 
 def delete_shadows(kube: FakeKube, kafka: FakeKafka, name: str, retry: int = 0) -> str | None:
     """kopf's run of the delete-shadows handler for the deleted pipeline `name`, with the
     source cluster `kafka`; the TemporaryError it raised (None: it succeeded)."""
-    (handler,) = [h for h in REGISTRY._changing.get_all_handlers() if h.id == "delete-shadows"]
-    body = copy.deepcopy(body_of(kube, name))
-    body["metadata"]["deletionTimestamp"] = "now"
     with (
-        ThreadPoolExecutor(max_workers=1) as pool,
         mock.patch.object(runtime, "cluster_from_secrets", lambda kube, p: object()),
         mock.patch.object(runtime, "KafkaShadowClient", lambda cluster: kafka),
     ):
-        ctx = OperatorContext(settings=SETTINGS, kube=cast(Kube, kube), executor=pool)
-        try:
-            asyncio.run(handler.fn(body=body, memo=kopf.Memo(ctx=ctx), retry=retry,
-                                   namespace="default", name=name))  # fmt: skip
-        except kopf.TemporaryError as error:
-            return str(error)
-    return None
+        return run_deletion_handler(kube, "delete-shadows", name, retry)
 
 
 def started_run(kube: FakeKube, kafka: FakeKafka, name: str, memo: ReconcileMemo) -> str:

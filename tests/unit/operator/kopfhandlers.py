@@ -1,0 +1,40 @@
+"""kopf's run of one of the operator's deletion handlers, for the unit tests: the handler of
+the registry the operator builds, called as kopf calls it on the stored pipeline marked as
+being deleted, against the fake API server."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from concurrent.futures import ThreadPoolExecutor
+from typing import cast
+
+import kopf
+
+from streamherd.operator.handlers import build_registry
+from streamherd.operator.kube import Kube
+from streamherd.operator.runtime import OperatorContext
+from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, body_of
+
+REGISTRY = build_registry(SETTINGS)
+
+
+def run_deletion_handler(
+    kube: FakeKube, handler_id: str, name: str, retry: int = 0, *, filtered: bool = False
+) -> str | None:
+    """Run deletion handler `handler_id` for pipeline `name` (try `retry`); the
+    TemporaryError it raised (None: it succeeded). `filtered`: assert first that its `when`
+    filter takes the pipeline (it holds the finalizer)."""
+    (handler,) = [h for h in REGISTRY._changing.get_all_handlers() if h.id == handler_id]
+    body = copy.deepcopy(body_of(kube, name))
+    body["metadata"]["deletionTimestamp"] = "now"
+    if filtered:
+        assert handler.when is not None and handler.when(body=body)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ctx = OperatorContext(settings=SETTINGS, kube=cast(Kube, kube), executor=pool)
+        try:
+            asyncio.run(handler.fn(body=body, memo=kopf.Memo(ctx=ctx), retry=retry,
+                                   namespace="default", name=name))  # fmt: skip
+        except kopf.TemporaryError as error:
+            return str(error)
+    return None
