@@ -119,6 +119,19 @@ def test_sigkill_at_random_moments_loses_nothing_counts_nothing_twice(
                 60,
                 [worker],
             )
+            if kills == 1:
+                # From the second kill on, a checkpoint exists before the kill, so each
+                # restart after it must restore (under load, every kill could otherwise come
+                # before a first checkpoint; the first kill still may).
+                wait_until(
+                    "a first checkpoint",
+                    lambda: any(
+                        "pending" not in head.name
+                        for head in (tmp_path / "ck" / src).glob("*.ckpt")
+                    ),
+                    60,
+                    [worker],
+                )
             time.sleep(rng.uniform(0.2, 2.5))  # a random moment: the test
             worker.kill()
             kills += 1
