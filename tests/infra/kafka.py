@@ -16,11 +16,13 @@ import base64
 import contextlib
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,6 +42,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from tests.infra.processes import (
+    Child,
     DevService,
     InfraError,
     Launched,
@@ -392,10 +395,31 @@ def _java() -> str:
 
 @dataclass(kw_only=True)
 class KafkaProcess(Launched):
-    """A broker process we started; stop() kills it and removes its directory."""
+    """A broker process we started; stop() kills it and removes its directory.
+
+    crash() and start_again() are for tests of a broker that goes away mid-stream: the
+    process dies with SIGKILL (no controlled shutdown, its logs recovered at the next start)
+    and comes back on the same ports with the same data."""
 
     broker: KafkaBroker
+    launch: Callable[[], tuple[Child, subprocess.Popen[bytes]]] | None = None
     grace: ClassVar[float] = 15.0  # the broker flushes its logs on SIGTERM
+
+    def crash(self) -> None:
+        """SIGKILL the broker (its process group: no shutdown hook runs) and reap it."""
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self.pids = []
+
+    def start_again(self, startup_timeout: float = 90.0) -> None:
+        """Start the broker crash() killed, on the same ports and data; wait until ready."""
+        assert self.launch is not None and not self.pids, "crash() it first"
+        child, proc = self.launch()
+        self.pids = [proc.pid]
+        _wait_ready(self.broker.bootstrap, child, proc, startup_timeout)
 
 
 def start_kafka(
@@ -459,36 +483,47 @@ def start_kafka(
     if proc.wait(timeout=120) != 0:
         raise InfraError(f"kafka storage format failed; log {fmt_log}:\n{tail(fmt_log)}")
     stdout_log = workdir / "stdout.log"
-    child, proc = spawn(
-        "kafka",
-        [
-            *jvm,
-            f"-Xms{HEAP}",
-            f"-Xmx{HEAP}",
-            "-XX:+UseG1GC",
-            "-XX:TieredStopAtLevel=1",
-            "-Djava.awt.headless=true",
-            "kafka.Kafka",
-            str(server_props),
-        ],
-        stdout_log,
-        env=env,
-        tie_to_parent=tie_to_parent,
-    )
+
+    def launch() -> tuple[Child, subprocess.Popen[bytes]]:
+        return spawn(
+            "kafka",
+            [
+                *jvm,
+                f"-Xms{HEAP}",
+                f"-Xmx{HEAP}",
+                "-XX:+UseG1GC",
+                "-XX:TieredStopAtLevel=1",
+                "-Djava.awt.headless=true",
+                "kafka.Kafka",
+                str(server_props),
+            ],
+            stdout_log,
+            env=env,
+            tie_to_parent=tie_to_parent,
+        )
+
+    child, proc = launch()
     bootstrap = f"{address}:{port}"
     broker = KafkaBroker(bootstrap=bootstrap, log_dir=workdir, log_files=(server_log, stdout_log))
+    _wait_ready(bootstrap, child, proc, startup_timeout)
+    return KafkaProcess(broker=broker, workdir=workdir, pids=[proc.pid], launch=launch)
+
+
+def _wait_ready(
+    bootstrap: str, child: Child, proc: subprocess.Popen[bytes], timeout: float
+) -> None:
+    """Wait until the broker just launched answers; stop it if it does not."""
     try:
         wait_for(
-            f"Kafka broker at {bootstrap} (server log {server_log})",
+            f"Kafka broker at {bootstrap} (logs in {child.log.parent})",
             lambda: answers(bootstrap, timeout=1.0),
-            startup_timeout,
+            timeout,
             children=[(child, proc)],
             interval=0.5,
         )
     except BaseException:
         stop_group(proc.pid)
         raise
-    return KafkaProcess(broker=broker, workdir=workdir, pids=[proc.pid])
 
 
 def reuse_from_env() -> KafkaBroker | None:

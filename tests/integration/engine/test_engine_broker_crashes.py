@@ -1,0 +1,93 @@
+"""The broker itself killed mid-stream: no result lost, none twice, no worker down.
+
+A Kafka broker restarted under a running pipeline is routine (a rolling upgrade, a node
+drained, an out-of-memory kill). Here the only broker of the cluster dies with SIGKILL (no
+controlled shutdown: its logs are recovered when it starts again) at random moments while a
+worker of a repartitioned pipeline (input keyed by user, windows per page) is reading,
+re-keying, producing and committing, stays down for a random few seconds, and comes back on
+the same address. The worker must ride it out: never exit, and afterwards the sink must hold
+every (page, window) with the reference value; with `delivery: exactlyOnce`, each exactly
+once in the `read_committed` output, with no de-duplication; nothing dead-lettered.
+
+The broker is the test's own (tests/infra/kafka.py, start_kafka), not the session's shared
+one, which the other tests use while this one kills it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.infra.kafka import KafkaBroker, KafkaProcess, start_kafka
+from tests.integration.engine.enginekit import Worker, wait_until
+from tests.integration.engine.test_engine_exactly_once import (
+    exactly_once_config,
+    verify,
+    worker,
+)
+from tests.integration.engine.test_engine_repartition import (
+    check,
+    flush,
+    page_clicks,
+    page_reference,
+    sink_windows,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.slow]
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[KafkaProcess]:
+    broker = start_kafka(tmp_path / "kafka")
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.mark.parametrize("delivery", ["exactlyOnce", "atLeastOnce"])
+def test_a_broker_killed_and_restarted_mid_stream_changes_no_result(
+    own_broker: KafkaProcess, tmp_path: Path, delivery: str
+) -> None:
+    broker = own_broker.broker
+    config, src, sink, dlq = exactly_once_config(broker, tmp_path)
+    config["delivery"] = delivery
+    records = list(page_clicks(0, 16_000))
+    chunks = [records[i : i + 4_000] for i in range(0, len(records), 4_000)]
+    rng = random.Random(f"broker-crashes-{delivery}")
+    w = worker(tmp_path, "a", config).start()
+    try:
+        wait_until("the worker to own partitions", lambda: w.get("/readyz")[0] == 200, 60, [w])
+        for chunk in chunks[:-1]:
+            broker.produce(src, chunk)
+            time.sleep(rng.uniform(0.3, 2.5))  # a random moment of the worker's work: the test
+            own_broker.crash()
+            time.sleep(rng.uniform(1.0, 6.0))  # down: the worker keeps trying
+            assert w.proc is not None and w.proc.poll() is None, (
+                f"worker exited while the broker was down:\n{w.log_tail()}"
+            )
+            own_broker.start_again()
+        broker.produce(src, chunks[-1])
+        flush(broker, src, records[-1][1]["ts"])
+        if delivery == "exactlyOnce":
+            verify(broker, sink, dlq, page_reference(records), 0, [w])
+        else:
+            verify_at_least_once(broker, sink, dlq, page_reference(records), w)
+        assert w.proc is not None and w.proc.poll() is None, w.log_tail()
+    finally:
+        w.stop()
+
+
+def verify_at_least_once(
+    broker: KafkaBroker, sink: str, dlq: str, expected: dict[str, dict[str, int]], w: Worker
+) -> None:
+    """Every window, its last result right (a result written again is allowed: the same
+    window, the same value), nothing dead-lettered."""
+    got, _counts = sink_windows(broker, sink, expected, "every (page, window)", 180, [w])
+    check(got, expected)
+    dead = broker.consume_all(dlq)
+    assert dead == [], f"{len(dead)} dead letters, e.g. {dead[0].headers}"
