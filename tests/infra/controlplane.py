@@ -17,16 +17,18 @@ Used by the `kube_cluster` fixture (tests/infra/plugin.py) and by developers:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
 import tempfile
 import urllib.request
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -353,9 +355,41 @@ def _node(name: str) -> dict[str, Any]:
 @dataclass(kw_only=True)
 class ControlPlane(Launched):
     """The processes we started (etcd first) and the cluster they make; stop() kills them
-    in reverse order and removes the directory."""
+    in reverse order and removes the directory.
+
+    crash() and start_again() are for tests of a component that goes away (an API server
+    restarted by an upgrade, a node gone): SIGKILL, then the same command again, on the
+    same ports, certificates and data."""
 
     cluster: KubeCluster
+    launchers: dict[str, Callable[[], tuple[Child, subprocess.Popen[bytes]]]] = field(
+        default_factory=dict
+    )
+    by_name: dict[str, int] = field(default_factory=dict)  # component -> its pid
+
+    def crash(self, name: str) -> None:
+        """SIGKILL one component (its process group: no shutdown) and reap it."""
+        pid = self.by_name.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        self.pids.remove(pid)
+
+    def start_again(self, name: str) -> None:
+        """Start a component crash() killed; for the API server, wait until it is ready."""
+        assert name not in self.by_name, f"{name} is running: crash() it first"
+        child, proc = self.launchers[name]()
+        self.by_name[name] = proc.pid
+        self.pids.append(proc.pid)
+        if name == "kube-apiserver":
+            wait_for(
+                "kube-apiserver /readyz",
+                self.cluster.readyz,
+                STARTUP_TIMEOUT,
+                children=[(child, proc)],
+                interval=0.5,
+            )
 
 
 def _clean_env() -> dict[str, str]:
@@ -399,12 +433,20 @@ def start_control_plane(
     env = _clean_env()
     started: list[tuple[Child, subprocess.Popen[bytes]]] = []
     pids: list[int] = []
+    launchers: dict[str, Callable[[], tuple[Child, subprocess.Popen[bytes]]]] = {}
+    by_name: dict[str, int] = {}
 
     def start(name: str, argv: Sequence[str]) -> None:
         argv = [*argv, *(extra_args or {}).get(name, ())]
-        child, proc = spawn(name, argv, logs / f"{name}.log", env=env, tie_to_parent=tie_to_parent)
+
+        def launch() -> tuple[Child, subprocess.Popen[bytes]]:
+            return spawn(name, argv, logs / f"{name}.log", env=env, tie_to_parent=tie_to_parent)
+
+        child, proc = launch()
         started.append((child, proc))
         pids.append(proc.pid)
+        launchers[name] = launch
+        by_name[name] = proc.pid
 
     try:
         etcd_port, etcd_peer = free_port(), free_port()
@@ -525,7 +567,9 @@ def start_control_plane(
         for pid in reversed(pids):
             stop_group(pid, grace=5.0)
         raise
-    return ControlPlane(cluster=cluster, workdir=workdir, pids=pids)
+    return ControlPlane(
+        cluster=cluster, workdir=workdir, pids=pids, launchers=launchers, by_name=by_name
+    )
 
 
 def _readyz(server: str, pki: Path) -> bool:

@@ -1,0 +1,124 @@
+"""The API server killed under a running operator, and started again.
+
+A control-plane upgrade, or a crash of kube-apiserver, takes the API away from every
+operator for a while: watches break, requests are refused, and when it is back every watch
+must be made again from a list. Here the API server of the test's own control plane dies with
+SIGKILL while the operator runs with a Ready pipeline, stays down long enough that the
+operator's requests fail (kopf's watch streams, streamherd's own watch cache of the
+children, a resync's reconcile), and comes back on the same address with the same etcd.
+Afterwards the operator must not have exited, and must work as before: a spec edit reaches
+the workers' ConfigMap and observedGeneration (kopf watches again), a deleted Deployment is
+made again (the watch cache of the children follows again), and a new pipeline becomes Ready.
+
+Its own control plane (tests/infra/controlplane.py, start_control_plane), not the session's:
+the other tests of the session use that one while this one kills its API server.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.infra.chart_identity import apply_crd, install_operator_identity
+from tests.infra.controlplane import ControlPlane, start_control_plane
+from tests.infra.paths import CRD_FILE, SNAPSHOT_CRD_FILE
+from tests.integration.operator.operator_harness import (
+    Env,
+    OperatorProcess,
+    load_example,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
+
+#: Longer than kopf's whole retry budget for one request (error_backoffs: 1+1+2+3+5+8+13+21
+#: = 54 s), so that its requests give up, and than the watch cache's backoff (up to 30 s).
+DOWN_SECONDS = 60
+
+
+@pytest.fixture(scope="module")
+def own_control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    cp = start_control_plane(tmp_path_factory.mktemp("kube"))
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture(scope="module")
+def own_operator(
+    own_control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    cluster = own_control_plane.cluster
+    apply_crd(cluster, yaml.safe_load(CRD_FILE.read_text()))
+    apply_crd(cluster, yaml.safe_load(SNAPSHOT_CRD_FILE.read_text()))
+    identity = install_operator_identity(cluster, tmp_path_factory.mktemp("identity"))
+    proc = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"), identity.kubeconfig)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        print(f"operator logs: {[str(p) for p in proc.logs]}")
+
+
+def apply_example(env: Env, stem: str, name: str) -> str:
+    doc = load_example(stem)
+    doc["metadata"]["name"] = name
+    env.bind_checkpoint_volume(name)
+    env.apply(doc)
+    return name
+
+
+def test_the_operator_works_on_after_the_api_server_was_killed_and_came_back(
+    own_control_plane: ControlPlane, own_operator: OperatorProcess, tmp_path: Path
+) -> None:
+    cluster = own_control_plane.cluster
+    ns = f"op-{uuid.uuid4().hex[:8]}"
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    env = Env(cluster, ns, own_operator)
+    name = apply_example(env, "01-clicks-local", "before")
+    env.wait_condition(name, "Ready", "True", timeout=150)
+    generation = env.pipeline(name)["metadata"]["generation"]
+
+    own_control_plane.crash("kube-apiserver")
+    time.sleep(DOWN_SECONDS)
+    down = "the operator exited while the API server was down"
+    assert own_operator.alive(), f"{down}; see {own_operator.logs}"
+    own_control_plane.start_again("kube-apiserver")
+
+    # kopf watches the pipelines again: an edit reaches the workers' config.
+    env.kubectl("patch", "streampipeline", name, "--type=merge",
+                "-p", json.dumps({"spec": {"logLevel": "debug"}}))  # fmt: skip
+
+    def config_follows() -> bool:
+        cm = env.get("configmap", f"{name}-config")
+        status = env.pipeline(name).get("status", {})
+        return bool(
+            cm
+            and json.loads(cm["data"]["worker.json"])["runtime"]["logLevel"] == "debug"
+            and status.get("observedGeneration") == generation + 1
+        )
+
+    wait_until("the edit after the API server came back to reach the config", config_follows, 120)
+
+    # The watch cache follows the children again: a deleted Deployment is made again.
+    old = env.get("deployment", name)
+    assert old is not None
+    env.kubectl("delete", "deployment", name, "--wait=true")
+    wait_until("the Deployment to be made again", lambda: (
+        (dep := env.get("deployment", name)) is not None
+        and dep["metadata"]["uid"] != old["metadata"]["uid"]
+    ), 60)  # fmt: skip
+    env.wait_condition(name, "Ready", "True", timeout=120)
+
+    # A pipeline created afterwards is reconciled from the start.
+    after = apply_example(env, "01-clicks-local", "after")
+    env.wait_condition(after, "Ready", "True", timeout=120)
+    assert own_operator.alive(), f"the operator exited; see {own_operator.logs}"
