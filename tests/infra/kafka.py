@@ -414,6 +414,16 @@ class KafkaProcess(Launched):
                 os.waitpid(pid, 0)
         self.pids = []
 
+    def freeze(self) -> None:
+        """SIGSTOP the broker: its connections stay open and nothing answers (a long GC pause,
+        a network partition), until thaw()."""
+        for pid in self.pids:
+            os.killpg(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self.pids:
+            os.killpg(pid, signal.SIGCONT)
+
     def start_again(self, startup_timeout: float = 90.0) -> None:
         """Start the broker crash() killed, on the same ports and data; wait until ready."""
         assert self.launch is not None and not self.pids, "crash() it first"

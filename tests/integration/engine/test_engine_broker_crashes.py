@@ -5,7 +5,9 @@ drained, an out-of-memory kill). Here the only broker of the cluster dies with S
 controlled shutdown: its logs are recovered when it starts again) at random moments while a
 worker of a repartitioned pipeline (input keyed by user, windows per page) is reading,
 re-keying, producing and committing, stays down for a random few seconds, and comes back on
-the same address. The worker must ride it out: never exit, and afterwards the sink must hold
+the same address; or it freezes (SIGSTOP: connections open, nothing answers, as in a long
+pause or a network partition) for up to 15 s, past the group's session timeout, and thaws.
+The worker must ride it out: never exit, and afterwards the sink must hold
 every (page, window) with the reference value; with `delivery: exactlyOnce`, each exactly
 once in the `read_committed` output, with no de-duplication; nothing dead-lettered.
 
@@ -49,28 +51,38 @@ def own_broker(tmp_path: Path) -> Iterator[KafkaProcess]:
         broker.stop()
 
 
-@pytest.mark.parametrize("delivery", ["exactlyOnce", "atLeastOnce"])
+@pytest.mark.parametrize(
+    ("delivery", "outage"),
+    [("exactlyOnce", "crash"), ("atLeastOnce", "crash"), ("exactlyOnce", "freeze")],
+)
 def test_a_broker_killed_and_restarted_mid_stream_changes_no_result(
-    own_broker: KafkaProcess, tmp_path: Path, delivery: str
+    own_broker: KafkaProcess, tmp_path: Path, delivery: str, outage: str
 ) -> None:
     broker = own_broker.broker
     config, src, sink, dlq = exactly_once_config(broker, tmp_path)
     config["delivery"] = delivery
     records = list(page_clicks(0, 16_000))
     chunks = [records[i : i + 4_000] for i in range(0, len(records), 4_000)]
-    rng = random.Random(f"broker-crashes-{delivery}")
+    rng = random.Random(f"broker-crashes-{delivery}-{outage}")
     w = worker(tmp_path, "a", config).start()
     try:
         wait_until("the worker to own partitions", lambda: w.get("/readyz")[0] == 200, 60, [w])
         for chunk in chunks[:-1]:
             broker.produce(src, chunk)
             time.sleep(rng.uniform(0.3, 2.5))  # a random moment of the worker's work: the test
-            own_broker.crash()
-            time.sleep(rng.uniform(1.0, 6.0))  # down: the worker keeps trying
+            if outage == "crash":
+                own_broker.crash()
+                time.sleep(rng.uniform(1.0, 6.0))  # down: the worker keeps trying
+            else:
+                own_broker.freeze()
+                time.sleep(rng.uniform(5.0, 15.0))  # past the group's session timeout at most
             assert w.proc is not None and w.proc.poll() is None, (
                 f"worker exited while the broker was down:\n{w.log_tail()}"
             )
-            own_broker.start_again()
+            if outage == "crash":
+                own_broker.start_again()
+            else:
+                own_broker.thaw()
         broker.produce(src, chunks[-1])
         flush(broker, src, records[-1][1]["ts"])
         if delivery == "exactlyOnce":
