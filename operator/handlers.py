@@ -48,6 +48,7 @@ from streamherd.operator.api.v1alpha1 import GROUP, PLURAL, VERSION
 from streamherd.operator.autoscaling.handlers import register_autoscaler
 from streamherd.operator.builders.meta import FINALIZER
 from streamherd.operator.builders.shadow import ROLES, shadow_name
+from streamherd.operator.builders.snapshot import retains_on_delete
 from streamherd.operator.events import event_body
 from streamherd.operator.kopfstate import InMemoryDiffBaseStorage, QuietProgressStorage
 from streamherd.operator.kube import ApiError, Kube, Manifest
@@ -157,8 +158,7 @@ def needs_topic_cleanup(body: Manifest) -> bool:
     listed = (body.get("status") or {}).get("internalTopics") or []
     if not any(isinstance(t, dict) and t.get("partitions") for t in listed):
         return False
-    spec = body.get("spec") or {}
-    return (spec.get("state") or {}).get("retainOnDelete") is not True
+    return not retains_on_delete(body)
 
 
 def configure_kopf(
@@ -409,7 +409,7 @@ def build_registry(ops: OperatorSettings) -> Any:
         # those that start from now on make nothing (decision 0176 §9).
         async with ctx.lock(pipeline_key(ns, name)):
             pass
-        if ((body.get("spec") or {}).get("state") or {}).get("retainOnDelete") is True:
+        if retains_on_delete(body):
             # Mostly done by the reconcile already (decision 0177): a foreground deletion's
             # garbage collector deletes what is still owned at once, racing this handler.
             kept = await loop.run_in_executor(

@@ -60,6 +60,7 @@ from streamherd.operator.builders.snapshot import (
     is_keepable,
     kept_state_snapshot,
     lists_state_snapshot,
+    retains_on_delete,
     state_snapshot_name,
 )
 from streamherd.operator.builders.topics import TopicsReport
@@ -785,9 +786,8 @@ def release_state_snapshots(body: Mapping[str, Any], kube: KubeApi) -> tuple[lis
     never does), none can appear before the spec changes again; turning the option off and
     on is a new generation. Before, every reconcile of such a pipeline made that LIST for
     ever (decision 0178)."""
-    spec, meta = body.get("spec") or {}, body.get("metadata") or {}
-    status = body.get("status") or {}
-    if (spec.get("state") or {}).get("retainOnDelete") is not True:
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    if not retains_on_delete(body):
         return [], None
     generation = meta.get("generation")
     if not lists_state_snapshot(status) or status.get(KEPT_GENERATION) == generation:

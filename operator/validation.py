@@ -10,7 +10,7 @@ manifest spells it (``spec.autoscaling.minReplicas: ...``). ``readable_errors`` 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import yaml
 from pydantic import ValidationError
@@ -19,6 +19,11 @@ from streamherd.operator.api.objectmeta import metadata_problems
 from streamherd.operator.api.rules import violations
 from streamherd.operator.api.v1alpha1 import KIND, StreamPipeline
 from streamherd.workers.yamlfiles import load_yaml_documents, read_utf8
+
+#: The fields of a StreamPipeline object, by their wire names.
+_ROOT_FIELDS: Final = frozenset(
+    info.alias or name for name, info in StreamPipeline.model_fields.items()
+)
 
 
 def _path(loc: Sequence[int | str]) -> str:
@@ -55,7 +60,12 @@ def parse_pipeline(doc: Mapping[str, Any]) -> tuple[StreamPipeline | None, list[
 
     metadata is judged as the API server judges ObjectMeta (operator/api/objectmeta.py):
     the CRD cannot speak for it, and the server refuses before any rule of ours runs."""
-    meta = metadata_problems(doc.get("metadata"))
+    # The model ignores a key that is not its own at the root; the API server's strict
+    # decoding refuses an unknown field at the root, so validate does too.
+    meta = [f"{key}: unknown field" for key in doc if key not in _ROOT_FIELDS]
+    # The model defaults them (for code); kubectl and the API server need both.
+    meta += [f"{key}: required" for key in ("apiVersion", "kind") if key not in doc]
+    meta += metadata_problems(doc.get("metadata"))
     try:
         # By the wire's (camelCase) names only: the API server refuses `log_level` as an
         # unknown field, so validate does too (the models also accept Python names, for code).

@@ -17,7 +17,10 @@ server refuses it first):
 - finalizers: qualified names;
 - ownerReferences: apiVersion, kind, name and uid present, at most one controller;
 - namespace: a DNS-1123 label; generateName: a DNS-1123 subdomain once its trailing dash
-  is masked (whether or not a name is given: the server checks both).
+  is masked (whether or not a name is given: the server checks both);
+- no field ObjectMeta does not have (``kubectl apply``'s strict decoding refuses one, e.g.
+  ``clusterName``, gone since Kubernetes 1.25); a null label or annotation value decodes
+  as "" (Go's zero string), so it is judged as "".
 """
 
 from __future__ import annotations
@@ -37,13 +40,19 @@ DNS1123_LABEL_MAX: Final = 63
 DNS1123_SUBDOMAIN: Final = rf"{DNS1123_LABEL}([.]{DNS1123_LABEL})*"
 DNS1123_SUBDOMAIN_MAX: Final = 253
 _STRINGS: Final = ("name", "generateName", "namespace", "uid", "resourceVersion", "selfLink")
+#: The fields of ObjectMeta (k8s.io/apimachinery/pkg/apis/meta/v1), by their JSON names.
+OBJECT_META_FIELDS: Final = frozenset({
+    *_STRINGS, "generation", "creationTimestamp", "deletionTimestamp",
+    "deletionGracePeriodSeconds", "labels", "annotations", "ownerReferences", "finalizers",
+    "managedFields",
+})  # fmt: skip
 
 
 def metadata_problems(meta: Any) -> list[str]:
     """`metadata.<field>: problem` for each way `meta` breaks ObjectMeta's rules."""
     if not isinstance(meta, Mapping):
         return []  # the model refuses a metadata that is no mapping, naming it
-    problems: list[str] = []
+    problems = [f"metadata.{key}: unknown field" for key in meta if key not in OBJECT_META_FIELDS]
     for field in _STRINGS:
         if field in meta and meta[field] is not None and not isinstance(meta[field], str):
             problems.append(f"metadata.{field}: must be a string")
@@ -87,7 +96,8 @@ def _string_map(
     if not isinstance(value, Mapping):
         return [f"metadata.{field}: must be a map of strings to strings"]
     problems = []
-    for key, item in value.items():
+    for key, raw in value.items():
+        item = "" if raw is None else raw
         if not isinstance(key, str) or not isinstance(item, str):
             problems.append(f"metadata.{field}[{key}]: keys and values must be strings")
             continue
@@ -172,4 +182,4 @@ def _owner_references(value: Any) -> list[str]:
     return problems
 
 
-__all__ = ["ANNOTATIONS_MAX_BYTES", "metadata_problems"]
+__all__ = ["ANNOTATIONS_MAX_BYTES", "OBJECT_META_FIELDS", "metadata_problems"]

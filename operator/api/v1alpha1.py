@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import types
 from datetime import datetime
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 from pydantic.fields import FieldInfo
@@ -154,6 +154,28 @@ def prune_nulls(value: Any, annotation: Any) -> Any:
     if isinstance(value, list) and get_origin(kind) is list:
         entry = get_args(kind)[0]
         return [prune_nulls(item, entry) for item in value]
+    return value
+
+
+#: Go's encoding/json writes a float64 below this without an exponent (`8`, not `8e+00`).
+GO_PLAIN_FLOAT_MAX: Final = 1e21
+
+
+def whole_numbers(value: Any) -> Any:
+    """`value` with each whole float (`8.0`, as YAML or JSON may spell an integer) read as
+    the integer kubectl sends: it decodes a manifest into float64s and encodes them again
+    with Go's encoding/json, which writes `8.0` as `8` (below 1e21), so the API server
+    reads an integer, checks it as one and stores it. A fraction or a float from 1e21 on
+    stays a float, which an integer field refuses, as the server does; a whole one beyond
+    int64 is refused as beyond int64 by both. (A client that sends `8.0` itself, as the
+    Python client does, meets a server that refuses it where a CEL rule reads the field:
+    decision 0184.)"""
+    if isinstance(value, float) and value.is_integer() and abs(value) < GO_PLAIN_FLOAT_MAX:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: whole_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [whole_numbers(item) for item in value]
     return value
 
 
@@ -1250,9 +1272,10 @@ class StreamPipeline(Model):
     @field_validator("spec", mode="before")
     @classmethod
     def _nulls_as_stored(cls, spec: Any) -> Any:
-        """The spec's nulls as the API server stores them (prune_nulls): not a rule, the
-        reading of a manifest that every reader (validate, run, the operator) shares."""
-        return prune_nulls(spec, StreamPipelineSpec)
+        """The spec's nulls and whole floats as kubectl sends them and the API server stores
+        them (prune_nulls, whole_numbers): not a rule, the reading of a manifest that every
+        reader (validate, run, the operator) shares."""
+        return whole_numbers(prune_nulls(spec, StreamPipelineSpec))
 
     @property
     def name(self) -> str:

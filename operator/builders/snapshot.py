@@ -50,6 +50,16 @@ def lists_state_snapshot(status: Mapping[str, Any] | None) -> bool:
     )
 
 
+def retains_on_delete(body: Mapping[str, Any]) -> bool:
+    """Whether a pipeline's raw object sets spec.state.retainOnDelete. Read before (and
+    whether or not) the spec parses: a stored object need not match today's schema (the API
+    server does not check stored objects again when the CRD changes), so a spec or state
+    that is no mapping reads as not set instead of raising in every reconcile and delete."""
+    spec = body.get("spec")
+    state = spec.get("state") if isinstance(spec, Mapping) else None
+    return isinstance(state, Mapping) and state.get("retainOnDelete") is True
+
+
 def state_snapshot_name(
     pipeline: str, action: str, generation: int | None, uid: str | None = None
 ) -> str:

@@ -263,6 +263,15 @@ BOTH: list[Case] = [
     case("uid a number", KAFKA, ".uid", ("metadata.uid", 5)),
     case("generateName in capitals beside a name", KAFKA, "metadata.generateName",
          ("metadata.generateName", "UPPER")),
+    # an unknown field at the root or in metadata: the API server's strict decoding refuses it
+    case("an unknown field at the root", KAFKA, "bogusField", ("bogusField", 1)),
+    case("an unknown field in metadata", KAFKA, "metadata.clusterName",
+         ("metadata.clusterName", "east")),
+    # a number no client sends as an integer: a fraction, a float Go writes with an exponent
+    case("maxReplicas a fraction", KAFKA, "spec.autoscaling.maxReplicas",
+         ("spec.autoscaling.maxReplicas", 2.5)),
+    case("lagPerReplica a whole float from 1e21 on", KAFKA, "spec.autoscaling.lagPerReplica",
+         ("spec.autoscaling.lagPerReplica", 1e21)),
     # a field by its Python name: the wire has camelCase names only
     case("a field by its Python name", KAFKA, "spec.log_level", ("spec.log_level", "debug")),
     case("a nested field by its Python name", KAFKA, "spec.autoscaling.max_replicas",
@@ -568,6 +577,26 @@ BOTH: list[Case] = [
          (f"{W}.aggregates[1].expression", "b" * (MAX_EXPRESSION_LENGTH + 1))),
     case("sink key over the compiler's limit", KAFKA, "spec.sink.kafka.key",
          ("spec.sink.kafka.key", "k" * (MAX_EXPRESSION_LENGTH + 1))),
+]  # fmt: skip
+
+#: Valid edits of the bases that validate once refused: kubectl sends each so that the API
+#: server accepts it (tests/integration/operator/test_rules_agree.py), and so must validate.
+ACCEPTED: list[Case] = [
+    # A whole number written as a float (YAML `8.0`) is an integer to kubectl, which
+    # re-encodes it with Go's encoding/json as `8`; the field is the edited one.
+    case("maxReplicas a whole float", KAFKA, "spec.autoscaling.maxReplicas",
+         ("spec.autoscaling.maxReplicas", 8.0)),
+    case("replicas a whole float", KAFKA, "spec.replicas", ("spec.replicas", 2.0)),
+    case("timeStepMs a whole float", LOCAL, "spec.source.generator.timeStepMs",
+         ("spec.source.generator.timeStepMs", 0.0)),
+    case("activationLag a negative-zero float", KAFKA, "spec.autoscaling.activationLag",
+         ("spec.autoscaling.activationLag", -0.0)),
+    case("lagPerReplica a whole float beyond 2**53", KAFKA, "spec.autoscaling.lagPerReplica",
+         ("spec.autoscaling.lagPerReplica", float(2**60))),
+    # A null label or annotation value decodes as "" (Go's zero string), which is valid.
+    case("a null label value", KAFKA, "metadata.labels", ("metadata.labels", {"app": None})),
+    case("a null annotation value", KAFKA, "metadata.annotations",
+         ("metadata.annotations", {"note": None})),
 ]  # fmt: skip
 
 OFFLINE_ONLY: list[Case] = [

@@ -10,6 +10,7 @@ the real API server and operator (tests/integration/operator/test_rules_agree.py
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from hypothesis import strategies as st
@@ -220,3 +221,56 @@ def resource_maps(draw: st.DrawFn) -> dict[str, dict[str, str]]:
     if draw(st.integers(0, 5)):
         resources["limits"] = limits
     return resources
+
+
+# --------------------------------------------------------------------------- mutations
+# One hostile edit of a valid base at any place of its tree: tests/unit/api/test_mutations.py
+# (validate never raises; the operator reads it as validate does) and
+# tests/integration/operator/test_rules_agree.py (the API server gives the same verdict).
+
+#: A value of every class a field might meet: each JSON type, nulls, int64 and float64
+#: edges, whole floats, empty, long and non-ASCII strings, odd durations and quantities.
+HOSTILE_VALUES: list[Any] = [
+    None, True, False, 0, -1, 1, 2**31, 2**53 + 1, 2**63 - 1, 2**63, -(2**63) - 1,
+    0.0, -0.0, 1.0, 8.0, 1.5, float(2**60), 1e308,
+    "", " ", "x" * 300, "ü", "a\nb", "-1", "0", "true", "0s", "-1s", "1e9h", "1h1h", "1.5",
+    "9223372036854775808", "${X}",
+    [], {}, ["x"], [None], [1], {"x": 1}, {"": ""},
+]  # fmt: skip
+
+
+def _paths(node: Any, at: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    out = [at]
+    if isinstance(node, dict):
+        for key, item in node.items():
+            out += _paths(item, (*at, key))
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            out += _paths(item, (*at, i))
+    return out
+
+
+def _at(doc: Any, at: tuple[str | int, ...]) -> Any:
+    for part in at:
+        doc = doc[part]
+    return doc
+
+
+@st.composite
+def mutated_manifests(draw: st.DrawFn, bases: list[dict[str, Any]]) -> dict[str, Any]:
+    """A copy of one of `bases` with one edit at any place of its tree (the root included):
+    a value replaced by one of :data:`HOSTILE_VALUES`, a field removed, an unknown field
+    added to a mapping, or a list's first item repeated."""
+    doc: dict[str, Any] = copy.deepcopy(draw(st.sampled_from(bases)))
+    at = draw(st.sampled_from(_paths(doc)))
+    here = _at(doc, at)
+    edit = draw(st.sampled_from(["set", "set", "remove", "unknown", "repeat"]))
+    if edit == "unknown" and isinstance(here, dict):
+        here["bogusField"] = draw(st.sampled_from([1, "x", None, {}]))
+    elif edit == "repeat" and isinstance(here, list) and here:
+        here.append(copy.deepcopy(here[0]))
+    elif at and edit == "remove":
+        del _at(doc, at[:-1])[at[-1]]
+    elif at:
+        _at(doc, at[:-1])[at[-1]] = copy.deepcopy(draw(st.sampled_from(HOSTILE_VALUES)))
+    return doc

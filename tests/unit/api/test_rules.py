@@ -22,6 +22,7 @@ from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.config import DURATION_PATTERN
 from tests.infra.invalid_manifests import (
+    ACCEPTED,
     BOTH,
     KAFKA,
     LOCAL,
@@ -62,6 +63,23 @@ def test_the_operator_refuses_with_the_same_words(case: Case) -> None:
     assert case.field in invalid
     _, problems = parse_pipeline(case.doc)
     assert invalid == "; ".join(problems)
+
+
+@pytest.mark.parametrize("case", ACCEPTED, ids=lambda c: c.id)
+def test_validate_and_the_operator_accept_what_the_api_server_accepts(case: Case) -> None:
+    """Valid edits the API server takes (test_rules_agree.py checks that it does)."""
+    pipeline, problems = parse_pipeline(case.doc)
+    assert problems == [] and pipeline is not None, problems
+    body = {**case.doc, "metadata": {**case.doc["metadata"], "namespace": "ns"}}
+    assert _parse_spec(body)[1] is None
+
+
+def test_a_whole_float_is_read_as_the_integer_the_api_server_stores() -> None:
+    doc = set_path(KAFKA, "spec.autoscaling.maxReplicas", 8.0)
+    pipeline, _ = parse_pipeline(doc)
+    assert pipeline is not None
+    value = pipeline.spec.autoscaling.max_replicas
+    assert (value, type(value)) == (8, int)
 
 
 def test_the_base_manifests_are_valid() -> None:
