@@ -105,3 +105,28 @@ def complain(record: dict[str, Any]) -> dict[str, Any]:
     if "say" in record:
         raise ValueError(record["say"])
     return record
+
+
+class Unprintable(Exception):
+    """An error whose message cannot be written: its ``__str__`` reads an attribute its
+    ``__init__`` never set (as a user's exception class may)."""
+
+    detail: str
+
+    def __init__(self) -> None:  # no super().__init__(): no args either
+        pass
+
+    def __str__(self) -> str:
+        return f"failed: {self.detail}"  # AttributeError
+
+
+def unprintable(record: dict[str, Any]) -> dict[str, Any]:
+    """Record mode: raise :class:`Unprintable` on ``bad``, else the record."""
+    if record.get("bad"):
+        raise Unprintable
+    return record
+
+
+def unprintable_batch(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Batch mode: :func:`unprintable` over a list."""
+    return [unprintable(r) for r in records]
