@@ -97,7 +97,12 @@ STEPS: list[list[dict[str, Any]]] = [
 
 
 def config(
-    repartition: bool, keying: str, hopping: bool, lateness_ms: int, steps: int = 0
+    repartition: bool,
+    keying: str,
+    hopping: bool,
+    lateness_ms: int,
+    steps: int = 0,
+    function: bool = False,
 ) -> WorkerConfig:
     window: dict[str, Any] = {
         "keyBy": keying,
@@ -125,6 +130,8 @@ def config(
     }
     if repartition:
         doc["repartition"] = {"topic": "rp"}
+    if function:
+        doc["processor"]["function"] = {"callable": "tests.unit.workers.userfuncs:retype"}
     return WorkerConfig.model_validate(doc)
 
 
@@ -151,6 +158,10 @@ VALUES = [
 ]  # fmt: skip
 
 
+RETYPES = ["whole", "text", "real", "decimal", "fraction", "tuple", "bytes", "bytearray",
+           "set", "nan", "huge"]  # fmt: skip
+
+
 @st.composite
 def record(draw: st.DrawFn) -> tuple[str | None, bytes | None]:
     """A source record: (its window key's JSON text, or None when it has none; its value)."""
@@ -167,6 +178,9 @@ def record(draw: st.DrawFn) -> tuple[str | None, bytes | None]:
         fields.append(("w", draw(st.sampled_from(VALUES))))
     if draw(st.integers(0, 5)) == 0:
         fields.append(("drop", "true"))
+    for name in ("kt", "vt", "tst"):  # what userfuncs.retype makes of k, v and ts
+        if draw(st.integers(0, 3)) == 0:
+            fields.append((name, json.dumps(draw(st.sampled_from(RETYPES)))))
     if draw(st.integers(0, 5)) == 0:  # a duplicate name: the last one counts
         name = draw(st.sampled_from(["k", "ts", "v"]))
         fields.insert(0, (name, draw(st.sampled_from(["1", '"b"', "null", str(BASE)]))))
@@ -276,6 +290,7 @@ def hop_run(
     lateness=st.sampled_from([0, 1500]),
     queues=st.integers(1, 3),
     steps=st.integers(0, len(STEPS) - 1),
+    function=st.booleans(),
     data=st.data(),
 )
 def test_hostile_records_and_keys_give_one_result_on_every_route(
@@ -285,13 +300,14 @@ def test_hostile_records_and_keys_give_one_result_on_every_route(
     lateness: int,
     queues: int,
     steps: int,
+    function: bool,
     data: st.DataObject,
 ) -> None:
     parts = sources(records)
-    direct = config(False, keying, hopping, lateness, steps)
+    direct = config(False, keying, hopping, lateness, steps, function)
     fused = direct_run(direct, True, parts, data)
     generic = direct_run(direct, False, parts, data)
-    hopped = hop_run(config(True, keying, hopping, lateness, steps), parts, queues, data)
+    hopped = hop_run(config(True, keying, hopping, lateness, steps, function), parts, queues, data)
 
     want = results_of(generic.rows)
     event(f"windows: {min(len(want), 5)}")
@@ -365,3 +381,55 @@ def test_a_user_functions_error_that_cannot_be_written_is_still_the_records_dead
         assert eng.counters.repartitioned == 2  # both good records cross the hop
     else:
         assert [row for _, row in sink.rows] == [good, good]
+
+
+class WholeBatches:
+    """Draws for :func:`direct_run` and :func:`hop_run`: whole batches, no restart, the
+    first partition ready (a run with no choices)."""
+
+    def draw(self, strategy: Any, label: str) -> Any:
+        if label in {"direct batch", "batch"}:
+            return 1000
+        if label in {"direct restart", "restore"}:
+            return False if label == "direct restart" else None
+        return strategy.elements[0]  # "next": st.sampled_from(ready)
+
+
+def test_numbers_of_a_subclass_from_a_user_function_fold_alike_on_every_route() -> None:
+    """A user function returned an ``int`` subclass (an ``IntEnum``) or a ``float`` one
+    (numpy's float64): the direct routes folded the object as it was, the repartition hop
+    its base value (msgpack writes no subclass), so the routes disagreed: a sum of
+    ``Whole(3)`` was ``3.0`` directly (summed as a float) and ``3`` behind the hop; a min of
+    ``Whole(1)`` and ``1.0`` was whichever came first directly (a subclass ranked as a
+    float) and ``1.0`` behind the hop. Every route now folds the base value."""
+    rows: list[tuple[str, dict[str, Any]]] = [
+        ("a", {"v": 3, "vt": "whole"}),
+        ("b", {"v": 1, "vt": "whole"}),
+        ("b", {"v": 1.0}),
+        ("c", {"v": 1.0, "vt": "real"}),
+        ("c", {"v": 1}),
+        ("d", {"v": 2**62, "vt": "huge"}),  # an int beyond 64 bits: summed exactly
+    ]
+    records: list[tuple[str | None, bytes | None]] = [
+        (f'"{key}"', json.dumps({"k": key, "ts": BASE, "w": 1, **fields}).encode())
+        for key, fields in rows
+    ]
+    parts = sources(records)
+    routes = {}
+    for route in ("fused", "generic", "hop"):
+        cfg = config(route == "hop", "k", False, 0, function=True)
+        draws: Any = WholeBatches()
+        sink = (
+            hop_run(cfg, parts, 2, draws)
+            if route == "hop"
+            else direct_run(cfg, route == "fused", parts, draws)
+        )
+        routes[route] = (results_of(sink.rows), dead_letters(sink.dead))
+    assert routes["fused"] == routes["generic"]
+    assert routes["hop"] == routes["generic"]
+    results = {dict(row)["key"][1]: dict(row) for row in routes["generic"][0].values()}
+    one = ("f", "3ff0000000000000")  # 1.0
+    assert (results["a"]["s"], results["a"]["lo"]) == (("int", 3), ("int", 3))
+    assert (results["b"]["lo"], results["c"]["lo"]) == (one, one)  # 1.0 is below the int 1
+    assert results["d"]["s"] == ("int", 2**62 * 10**30)
+    assert routes["generic"][1] == []
