@@ -103,11 +103,13 @@ def config(
     lateness_ms: int,
     steps: int = 0,
     function: bool = False,
+    kafka_time: bool = False,
 ) -> WorkerConfig:
     window: dict[str, Any] = {
         "keyBy": keying,
         "size": "1s",
-        "eventTime": {"field": "ts"},
+        # The Kafka timestamp (none, 0, negative, beyond the year 9999), or the field ``ts``.
+        "eventTime": {} if kafka_time else {"field": "ts"},
         "allowedLateness": f"{lateness_ms}ms",
         "aggregates": [
             {"name": "n", "function": "count"},
@@ -203,11 +205,16 @@ def placement(key: str | None) -> int:
         return 0
 
 
+#: Kafka timestamps besides ordinary ones: none, 0, -1, int64's bounds, the year 10000.
+STAMPS = [None, 0, -1, 1, 2**63 - 1, -(2**63), 253_402_300_800_000, BASE - 5000, BASE, None,
+          BASE + 10**9]  # fmt: skip
+
+
 def sources(records: list[tuple[str | None, bytes | None]]) -> list[list[SourceMessage]]:
     out: list[list[SourceMessage]] = [[] for _ in range(PARTITIONS)]
     for i, (key, value) in enumerate(records):
         p = placement(key)
-        stamp = None if i % 7 == 3 else BASE + i
+        stamp = STAMPS[i % 11] if i % 3 == 2 else BASE + 97 * i
         # Every record with a Kafka key: a keyless one is refused on the direct route alone,
         # by design (docs/decisions/0163-keyless-records-under-trusted-keying.md).
         kafka_key = b"-" if key is None else key.encode()
@@ -291,6 +298,7 @@ def hop_run(
     queues=st.integers(1, 3),
     steps=st.integers(0, len(STEPS) - 1),
     function=st.booleans(),
+    kafka_time=st.booleans(),
     data=st.data(),
 )
 def test_hostile_records_and_keys_give_one_result_on_every_route(
@@ -301,13 +309,16 @@ def test_hostile_records_and_keys_give_one_result_on_every_route(
     queues: int,
     steps: int,
     function: bool,
+    kafka_time: bool,
     data: st.DataObject,
 ) -> None:
     parts = sources(records)
-    direct = config(False, keying, hopping, lateness, steps, function)
+    direct = config(False, keying, hopping, lateness, steps, function, kafka_time)
     fused = direct_run(direct, True, parts, data)
     generic = direct_run(direct, False, parts, data)
-    hopped = hop_run(config(True, keying, hopping, lateness, steps, function), parts, queues, data)
+    hopped = hop_run(
+        config(True, keying, hopping, lateness, steps, function, kafka_time), parts, queues, data
+    )
 
     want = results_of(generic.rows)
     event(f"windows: {min(len(want), 5)}")
