@@ -122,13 +122,30 @@ class Failure:
         # Only the type and the message are kept: a traceback's frames hold the record and
         # every value computed from it (megabytes for a hostile record) until the batch ends.
         self.error.__traceback__ = None
-        # Some messages repeat the value (float('x...') quotes all of it): keep what the
-        # dead-letter header can hold.
-        text = str(self.error)
-        if len(text) > MESSAGE_CHARACTERS and len(self.error.args) == 1:
-            self.error.args = (text[:MESSAGE_CHARACTERS] + "...",)
         if self.reason == "expression" and isinstance(self.error, LIMIT_ERRORS):
             object.__setattr__(self, "reason", "limit")  # frozen: set once, here
+        try:
+            text = str(self.error)
+        except Exception as unwritable:  # noqa: BLE001 - a user function's error class
+            # Its __str__ failed (read an attribute its __init__ never set): the dead
+            # letter's text would stop the worker, and every restart meet the record again.
+            object.__setattr__(self, "error", UnwritableError(self.error, unwritable))
+            return
+        # Some messages repeat the value (float('x...') quotes all of it): keep what the
+        # dead-letter header can hold.
+        if len(text) > MESSAGE_CHARACTERS and len(self.error.args) == 1:
+            self.error.args = (text[:MESSAGE_CHARACTERS] + "...",)
+
+
+class UnwritableError(Exception):
+    """An error (a user function's) whose message could not be written, in its place: its
+    type's name and why (the text of a dead letter is never allowed to fail)."""
+
+    def __init__(self, error: BaseException, why: BaseException) -> None:
+        super().__init__(
+            f"{type(error).__name__} (its message could not be written: "
+            f"{type(why).__name__} in its __str__)"
+        )
 
 
 class LateRecordError(Exception):

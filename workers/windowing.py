@@ -266,10 +266,16 @@ class AggregatePlan:
         """``value`` if this aggregate can take it.
 
         Callers pass floats, None and ints through, except an avg's ints beyond the float
-        range, which raise OverflowError here: the mean is a float, it would not exist.
+        range, which raise OverflowError here: the mean is a float, it would not exist. A
+        number of a subclass of int or float is returned as its base value.
         """
         # min/max also take strings (settle's total order); sum/avg need numbers. Anything
         # else is the record's error (dead-lettered), whatever the window holds.
+        if isinstance(value, int | float) and type(value) not in {int, float, bool}:
+            # A subclass (a user function's IntEnum, numpy's float64): its base value, as
+            # the repartition hop carries it (msgpack has no subclasses), so that every
+            # route folds, orders and checkpoints the same number (decision 0183).
+            value = int(value) if isinstance(value, int) else float(value)
         if type(value) is int and self.function == "avg" and not FLOAT_MIN <= value <= FLOAT_MAX:
             raise OverflowError(
                 f"aggregate {self.name!r} (avg) takes numbers within the float range, "

@@ -916,7 +916,8 @@ def test_a_float_subclass_nan_from_a_user_function_is_kept_as_the_generic_path_k
     slide: str | None,
 ) -> None:
     # WindowPlan.prepare canonicalizes only a float's NaN (summing.is_nan); a float subclass
-    # (numpy's float64 is one) stays as it is, and the fused function must do the same.
+    # (numpy's float64 is one) is taken as its base float (AggregatePlan.check, as the
+    # repartition hop carries it: decision 0183), on both paths.
     aggregates = [
         {"name": "lo", "function": "min", "expression": "bytes"},
         {"name": "hi", "function": "max", "expression": "bytes"},
@@ -946,7 +947,8 @@ def test_a_float_subclass_nan_from_a_user_function_is_kept_as_the_generic_path_k
     assert out[0] == out[1]
     assert out[0][0] == ([], [], 0)
     # _exact(close()): ("list", [("tuple", [output key, result]), ...]); user a's window:
-    # the Real NaN first, then 2 and 1.5 (neither replaces a NaN it cannot order against)
+    # the Real NaN first (as the canonical float NaN), then 2 and 1.5 (neither replaces a
+    # NaN it cannot order against)
     results = {row[1][1]["key"]: row[1][1] for row in out[0][1][1]}
     nan_bits = struct.pack(">d", float("nan")).hex()
-    assert results["a"]["lo"] == ("Real", nan_bits)
+    assert results["a"]["lo"] == ("float", nan_bits)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import decimal
+import fractions
+import math
 from typing import Any
 
 
@@ -105,3 +108,83 @@ def complain(record: dict[str, Any]) -> dict[str, Any]:
     if "say" in record:
         raise ValueError(record["say"])
     return record
+
+
+class Unprintable(Exception):
+    """An error whose message cannot be written: its ``__str__`` reads an attribute its
+    ``__init__`` never set (as a user's exception class may)."""
+
+    detail: str
+
+    def __init__(self) -> None:  # no super().__init__(): no args either
+        pass
+
+    def __str__(self) -> str:
+        return f"failed: {self.detail}"  # AttributeError
+
+
+def unprintable(record: dict[str, Any]) -> dict[str, Any]:
+    """Record mode: raise :class:`Unprintable` on ``bad``, else the record."""
+    if record.get("bad"):
+        raise Unprintable
+    return record
+
+
+def unprintable_batch(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Batch mode: :func:`unprintable` over a list."""
+    return [unprintable(r) for r in records]
+
+
+class Whole(int):
+    """An int subclass (an ``IntEnum``'s kind): a number, but not exactly an int."""
+
+
+class Text(str):
+    """A str subclass: a string, but not exactly a str."""
+
+    __slots__ = ()
+
+
+def _retyped(value: Any, kind: str) -> Any:
+    """``value`` as a Python value no JSON decode gives (:func:`retype`)."""
+    if kind == "whole" and type(value) is int:
+        return Whole(value)
+    if kind == "text" and type(value) is str:
+        return Text(value)
+    if kind == "real" and type(value) in {int, float}:
+        return Real(value)
+    if kind == "decimal" and type(value) in {int, float, str}:
+        try:
+            return decimal.Decimal(value)
+        except decimal.InvalidOperation:
+            return value
+    if kind == "fraction" and type(value) is int:
+        return fractions.Fraction(value, 3)
+    if kind == "tuple" and type(value) is list:
+        return tuple(value)
+    if kind == "bytes" and type(value) is str:
+        return value.encode()
+    if kind == "bytearray" and type(value) is str:
+        return bytearray(value.encode())
+    if kind == "set" and type(value) is list:
+        try:
+            return frozenset(value)
+        except TypeError:
+            return value
+    if kind == "nan":
+        return math.nan
+    if kind == "huge" and type(value) is int:
+        return value * 10**30
+    return value
+
+
+def retype(record: dict[str, Any]) -> dict[str, Any]:
+    """Record mode: each of ``k``, ``v`` and ``ts`` as the Python type its ``<name>t`` field
+    names (``whole``, ``text``, ``real``, ``decimal``, ``fraction``, ``tuple``, ``bytes``,
+    ``bytearray``, ``set``, ``nan``, ``huge``): values a user function may return."""
+    out = dict(record)
+    for name in ("k", "v", "ts"):
+        kind = record.get(name + "t")
+        if name in record and type(kind) is str:
+            out[name] = _retyped(record[name], kind)
+    return out
