@@ -30,6 +30,7 @@ from streamherd.workers.config import MapStep, ProcessorConfig, UserFunction
 from streamherd.workers.expressions import compile_expression
 from streamherd.workers.limits import LimitError
 from streamherd.workers.logs import log_event
+from streamherd.workers.values import bytes_as_json
 from streamherd.workers.windowing import PartitionWindows, WindowPlan
 
 log = logging.getLogger(__name__)
@@ -671,5 +672,6 @@ def _finite(value: Any) -> Any:
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", errors="replace")
+        # As keys are written: the invalid bytes replaced would lose a binary value.
+        return bytes_as_json(bytes(value))
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")

@@ -55,6 +55,7 @@ __all__ = [
     "HELD_QUICK_CHARS",
     "KEY_QUICK_CHARS",
     "WindowKeyError",
+    "bytes_as_json",
     "canonical_key",
     "check_held_string",
     "decode_value",
@@ -288,11 +289,17 @@ def _utf8_items(value: Any) -> Any:
     if type(value) is list:
         return [_utf8_items(v) for v in value]
     if type(value) is bytes:
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return {"bytes": base64.b64encode(value).decode()}
+        return bytes_as_json(value)
     return value
+
+
+def bytes_as_json(data: bytes) -> str | dict[str, str]:
+    """Bytes as JSON can hold them without loss: their UTF-8 text, or ``{"bytes":
+    "<base64>"}`` when they are not UTF-8 (the form of keys, results' keys and ``str()``)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"bytes": base64.b64encode(data).decode()}
 
 
 def text_of(value: Any) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any, Literal
 
 import orjson
@@ -172,6 +174,22 @@ def test_encode_output_beyond_64_bits() -> None:
     out = encode_output({"key": "é", "s": big, "inf": float("inf"), "b": b"x", "l": [1.5]})
     assert out == '{"key":"é","s":18446744073709551617,"inf":null,"b":"x","l":[1.5]}'.encode()
     assert encode_output({"s": 1, "inf": float("inf")}) == b'{"s":1,"inf":null}'
+
+
+@given(st.binary(max_size=64), st.booleans())
+def test_bytes_in_an_output_record_are_written_without_loss(data: bytes, wide: bool) -> None:
+    # A raw record's value passed through (a stateless pipeline): its UTF-8 text, or, when
+    # it is not UTF-8, the base64 object keys use; never the invalid bytes replaced. `wide`:
+    # an integer beyond 64 bits sends the record through the stdlib's writer.
+    record = {"value": data, "in": [bytearray(data)], "n": 2**64 if wide else 1}
+    written = json.loads(encode_output(record))
+    for got in (written["value"], written["in"][0]):
+        if isinstance(got, str):
+            assert got.encode() == data
+        else:
+            assert base64.b64decode(got["bytes"]) == data
+            with pytest.raises(UnicodeDecodeError):
+                data.decode("utf-8")
 
 
 def test_a_flat_batch_answer_of_another_count_is_attributed_to_the_last_record_and_said_once(
