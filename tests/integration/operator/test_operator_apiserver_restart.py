@@ -7,8 +7,11 @@ SIGKILL while the operator runs with a Ready pipeline, stays down long enough th
 operator's requests fail (kopf's watch streams, streamherd's own watch cache of the
 children, a resync's reconcile), and comes back on the same address with the same etcd.
 Afterwards the operator must not have exited, and must work as before: a spec edit reaches
-the workers' ConfigMap and observedGeneration (kopf watches again), a deleted Deployment is
-made again (the watch cache of the children follows again), and a new pipeline becomes Ready.
+the workers' ConfigMap and observedGeneration, a deleted Deployment is made again (the watch
+cache of the children follows again), a pipeline that holds kopf's finalizer (its internal
+topics on the real broker) is deleted with its topics (only kopf's watch of the pipelines
+delivers the deletion to its on.delete handler: without it the pipeline would stay
+Terminating), and a new pipeline becomes Ready.
 
 Its own control plane (tests/infra/controlplane.py, start_control_plane), not the session's:
 the other tests of the session use that one while this one kills its API server.
@@ -27,6 +30,7 @@ import yaml
 
 from tests.infra.chart_identity import apply_crd, install_operator_identity
 from tests.infra.controlplane import ControlPlane, start_control_plane
+from tests.infra.kafka import KafkaBroker
 from tests.infra.paths import CRD_FILE, SNAPSHOT_CRD_FILE
 from tests.integration.operator.operator_harness import (
     Env,
@@ -34,8 +38,13 @@ from tests.integration.operator.operator_harness import (
     load_example,
     wait_until,
 )
+from tests.integration.operator.test_operator_internal_topics import (
+    broker_topics,
+    names,
+    topics_pipeline,
+)
 
-pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.kafka, pytest.mark.slow]
 
 #: Longer than kopf's whole retry budget for one request (error_backoffs: 1+1+2+3+5+8+13+21
 #: = 54 s), so that its requests give up, and than the watch cache's backoff (up to 30 s).
@@ -77,14 +86,23 @@ def apply_example(env: Env, stem: str, name: str) -> str:
 
 
 def test_the_operator_works_on_after_the_api_server_was_killed_and_came_back(
-    own_control_plane: ControlPlane, own_operator: OperatorProcess, tmp_path: Path
+    own_control_plane: ControlPlane,
+    own_operator: OperatorProcess,
+    kafka_broker: KafkaBroker,
+    tmp_path: Path,
 ) -> None:
     cluster = own_control_plane.cluster
     ns = f"op-{uuid.uuid4().hex[:8]}"
     cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     env = Env(cluster, ns, own_operator)
     name = apply_example(env, "01-clicks-local", "before")
+    source = kafka_broker.create_topic(kafka_broker.unique_topic("src"), partitions=2)
+    held = topics_pipeline(env, kafka_broker, [source])
+    env.apply(held)
+    held_name = held["metadata"]["name"]
     env.wait_condition(name, "Ready", "True", timeout=150)
+    env.wait_condition(held_name, "TopicsReady", "True", timeout=120)
+    wait_until("kopf's finalizer", lambda: env.pipeline(held_name)["metadata"].get("finalizers"))
     generation = env.pipeline(name)["metadata"]["generation"]
 
     own_control_plane.crash("kube-apiserver")
@@ -93,7 +111,7 @@ def test_the_operator_works_on_after_the_api_server_was_killed_and_came_back(
     assert own_operator.alive(), f"{down}; see {own_operator.logs}"
     own_control_plane.start_again("kube-apiserver")
 
-    # kopf watches the pipelines again: an edit reaches the workers' config.
+    # An edit reaches the workers' config.
     env.kubectl("patch", "streampipeline", name, "--type=merge",
                 "-p", json.dumps({"spec": {"logLevel": "debug"}}))  # fmt: skip
 
@@ -117,6 +135,13 @@ def test_the_operator_works_on_after_the_api_server_was_killed_and_came_back(
         and dep["metadata"]["uid"] != old["metadata"]["uid"]
     ), 60)  # fmt: skip
     env.wait_condition(name, "Ready", "True", timeout=120)
+
+    # kopf watches the pipelines again: a deletion reaches its on.delete handlers, which
+    # delete the internal topics and then let the pipeline go.
+    env.kubectl("delete", "streampipeline", held_name, "--wait=false")
+    wait_until("the held pipeline gone", lambda: env.get("streampipeline", held_name) is None, 120)
+    left = broker_topics(kafka_broker)
+    assert not set(names(env, held_name)) & set(left), sorted(left)
 
     # A pipeline created afterwards is reconciled from the start.
     after = apply_example(env, "01-clicks-local", "after")
