@@ -23,10 +23,25 @@ from streamherd.operator.builders import Capabilities, build_all
 from streamherd.operator.builders.topics import render_comment
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import load_documents, parse_pipeline, unnamed_problem
+from streamherd.workers.yamlfiles import StrictLoader
 
 
 class _BlockDumper(yaml.SafeDumper):
-    """Multi-line strings (the worker.json payload) as readable `|` blocks."""
+    """Multi-line strings (the worker.json payload) as readable `|` blocks; a string is
+    quoted when PyYAML or kubectl would read it as something else (`y`, `0o17`, `2e3` are
+    booleans and numbers to kubectl's go-yaml: workers/yamlfiles.py), so that the output
+    means the same to `kubectl apply -f -` and to every streamherd command."""
+
+
+# Both readings' implicit resolvers: a plain scalar either would not read as a string is
+# quoted (the first resolver that matches names the tag; PyYAML's own come first).
+_BlockDumper.yaml_implicit_resolvers = {
+    first: [
+        *yaml.SafeDumper.yaml_implicit_resolvers.get(first, []),
+        *StrictLoader.yaml_implicit_resolvers.get(first, []),
+    ]
+    for first in {*yaml.SafeDumper.yaml_implicit_resolvers, *StrictLoader.yaml_implicit_resolvers}
+}
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:

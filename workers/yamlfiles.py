@@ -19,6 +19,7 @@ it as they report a syntax error.
 from __future__ import annotations
 
 import codecs
+import math
 import re
 import sys
 from collections.abc import Hashable
@@ -58,8 +59,8 @@ class NestingError(yaml.composer.ComposerError):
 
 
 class ScalarError(yaml.constructor.ConstructorError):
-    """A scalar its tag cannot read: `2020-13-45` (a timestamp by its form), `!!int x`, an
-    integer of more digits than Python converts."""
+    """A scalar its tag cannot read: `!!timestamp 2020-13-45`, `!!int x`, an integer of
+    more digits than Python converts."""
 
 
 class YAMLFileError(yaml.YAMLError):
@@ -194,14 +195,69 @@ class StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-# kubectl reads manifests with go-yaml, for which an exponent without a dot (`2e3`, `1e9`)
-# is a float; for PyYAML it is a string. Read it as kubectl sends it, so that validate and
-# the API server see the same value (a quantity written `2e3` unquoted is a number for both).
+# Plain scalars are read as kubectl reads them, so that validate, run and the operator see
+# the values the API server is sent. kubectl decodes YAML with go-yaml v2 into untyped
+# values, which differs from PyYAML's YAML 1.1 reading (tests/infra/yaml_scalars.py has the
+# table; tests/unit/test_yaml_scalars.py checks this loader against it, and
+# tests/integration/operator/test_rules_agree.py checks kubectl itself against it):
+# - a date or time (`2024-01-01`, `2024-01-01T10:00:00Z`) stays a string: go-yaml gives an
+#   untyped value the text (PyYAML made a date, which no string field takes);
+# - base 60 (`12:30`) is a string, not 750;
+# - `y`, `Y`, `n`, `N` are booleans, as `yes` and `no` are;
+# - an integer is what Go's strconv.ParseInt reads with base 0: `0o17`, `0X1F`, `0B1` too;
+#   `017` is octal in both; beyond int64 it is a float;
+# - a float needs no dot before an exponent (`2e3`, `1e9`: PyYAML read strings), and digits
+#   that are no integer (`08`) are a float; one beyond the float range (`1e400`) a string.
+_TAG = "tag:yaml.org,2002:"
+StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers
+            if tag not in {f"{_TAG}bool", f"{_TAG}int", f"{_TAG}float", f"{_TAG}timestamp"}]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}  # fmt: skip
 StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    f"{_TAG}bool",
+    re.compile(
+        r"^(?:y|Y|yes|Yes|YES|n|N|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$"
+    ),
+    list("yYnNtTfFoO"),
+)
+StrictLoader.add_implicit_resolver(
+    f"{_TAG}int",
+    re.compile(r"^[-+]?(?:0[bB][01_]+|0[oO][0-7_]+|0[xX][0-9a-fA-F_]+|0[0-7_]*|[1-9][0-9_]*)$"),
+    list("-+0123456789"),
+)
+StrictLoader.add_implicit_resolver(
+    f"{_TAG}float",
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
     list("-+0123456789."),
 )
+StrictLoader.bool_values = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
+
+
+def _construct_int(loader: StrictLoader, node: yaml.ScalarNode) -> int | float:
+    """An integer as Go's strconv.ParseInt reads it with base 0 (a leading 0 is octal);
+    beyond int64, go-yaml reads it as a float."""
+    text = str(loader.construct_scalar(node)).replace("_", "")
+    sign = -1 if text.startswith("-") else 1
+    digits = text.lstrip("+-")
+    base = 8 if len(digits) > 1 and digits[0] == "0" and digits[1].isdigit() else 0
+    value = sign * int(digits, base)
+    return value if -(2**63) <= value < 2**63 else float(value)
+
+
+def _construct_float(loader: StrictLoader, node: yaml.ScalarNode) -> float | str:
+    """A float as Go's strconv.ParseFloat reads it; one beyond the float range (`1e400`)
+    fails there, and go-yaml keeps the text."""
+    value: float = loader.construct_yaml_float(node)
+    text = str(node.value)
+    return text if math.isinf(value) and "inf" not in text.lower() else value
+
+
+StrictLoader.add_constructor(f"{_TAG}int", _construct_int)
+StrictLoader.add_constructor(f"{_TAG}float", _construct_float)
 
 # Byte-order marks of the encodings a file that is not UTF-8 most likely is in, longest
 # first (UTF-32-LE's begins with UTF-16-LE's).

@@ -3,6 +3,7 @@ against the real broker and server in tests/integration/storage/test_postgres_re
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -43,7 +44,9 @@ def manifest(tmp_path: Path, namespace: str | None = "shop", **spec: Any) -> Pat
         },
     }
     path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump(doc))
+    # JSON (a YAML document): PyYAML's dump writes the aggregate's name `n` plain, which
+    # kubectl, and so every streamherd command, reads as false.
+    path.write_text(json.dumps(doc))
     return path
 
 
@@ -146,7 +149,7 @@ def test_a_missing_kafka_secret_is_a_config_error(
     path = manifest(tmp_path, delivery="exactlyOnce")
     doc = yaml.safe_load(path.read_text())
     doc["spec"]["source"]["kafka"]["auth"] = {"sasl": sasl}
-    path.write_text(yaml.safe_dump(doc))
+    path.write_text(json.dumps(doc))
     for name in list(os.environ):
         if name.startswith("STREAMHERD_"):
             monkeypatch.delenv(name)

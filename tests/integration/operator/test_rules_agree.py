@@ -29,6 +29,7 @@ from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.builders.workload import build_deployment
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import parse_pipeline, readable_errors
+from streamherd.workers.yamlfiles import StrictLoader
 from tests.infra.controlplane import KubeCluster
 from tests.infra.core_v1_resources import core_v1_accepts
 from tests.infra.invalid_manifests import (
@@ -46,6 +47,7 @@ from tests.infra.invalid_manifests import (
     set_path,
 )
 from tests.infra.manifest_strategies import manifests, mutated_manifests, resource_maps
+from tests.infra.yaml_scalars import GO_YAML_SCALARS, same_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -133,6 +135,32 @@ def _has_float(node: Any) -> bool:
     if isinstance(node, list):
         return any(_has_float(v) for v in node)
     return isinstance(node, float)
+
+
+def test_kubectl_reads_plain_scalars_as_the_manifest_reader_does(
+    kube_cluster: KubeCluster, namespace: str
+) -> None:
+    """kubectl's own YAML reading (a client dry run prints what it would send) against the
+    table the manifest reader is held to (tests/infra/yaml_scalars.py): a date stays text,
+    `12:30` is no number, `y` is a boolean, `0o17` is 15."""
+    texts = list(GO_YAML_SCALARS)
+    manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: scalars\ndata:\n" + "".join(
+        f"  k{i}: {text}\n" for i, text in enumerate(texts)
+    )
+    done = kube_cluster.kubectl(
+        "create", "--dry-run=client", "-o", "json", "-n", namespace, "-f", "-", input=manifest
+    )
+    sent = json.loads(done.stdout)["data"]
+    ours = yaml.load(manifest, Loader=StrictLoader)["data"]
+    wrong = {
+        text: (sent.get(f"k{i}"), GO_YAML_SCALARS[text], ours[f"k{i}"])
+        for i, text in enumerate(texts)
+        if not (
+            same_json(sent.get(f"k{i}"), GO_YAML_SCALARS[text])
+            and same_json(ours[f"k{i}"], GO_YAML_SCALARS[text])
+        )
+    }
+    assert not wrong, f"(kubectl, the table, the reader) differ: {wrong}"
 
 
 @pytest.mark.parametrize("case", ACCEPTED, ids=lambda c: c.id)
