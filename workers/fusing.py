@@ -687,8 +687,8 @@ def _settled(i: int, function: str, held: str, target: str) -> list[str]:
     is_min = function == "min"
     return [
         f"            if {held} is None:",
-        # summing.is_nan: only a float's NaN is canonical (a user function may return a
-        # float subclass: kept as it is, as WindowPlan.prepare keeps it)
+        # summing.is_nan: only a float's NaN is canonical (a float subclass a user function
+        # returns is its base float by now: AggregatePlan.check, decision 0183)
         f"                {target} = a{i} if a{i} == a{i} or type(a{i}) is not float else NAN",
         "            else:",
         "                try:",

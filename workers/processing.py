@@ -21,7 +21,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import orjson
@@ -118,6 +118,10 @@ class Failure:
     message: SourceMessage
     reason: str
     error: BaseException
+    #: The error's type name and message, written once here: every later reader (the
+    #: dead letter's headers, the log) uses these, never the error's own __str__ again.
+    kind: str = field(init=False)
+    text: str = field(init=False)
 
     def __post_init__(self) -> None:
         # Only the type and the message are kept: a traceback's frames hold the record and
@@ -126,16 +130,22 @@ class Failure:
         if self.reason == "expression" and isinstance(self.error, LIMIT_ERRORS):
             object.__setattr__(self, "reason", "limit")  # frozen: set once, here
         try:
-            text = str(self.error)
+            kind, text = type(self.error).__name__, str(self.error)
+            if type(kind) is not str or type(text) is not str:
+                raise TypeError("not a str")
         except Exception as unwritable:  # noqa: BLE001 - a user function's error class
             # Its __str__ failed (read an attribute its __init__ never set): the dead
             # letter's text would stop the worker, and every restart meet the record again.
             object.__setattr__(self, "error", UnwritableError(self.error, unwritable))
-            return
+            kind, text = UnwritableError.__name__, str(self.error)
         # Some messages repeat the value (float('x...') quotes all of it): keep what the
-        # dead-letter header can hold.
-        if len(text) > MESSAGE_CHARACTERS and len(self.error.args) == 1:
-            self.error.args = (text[:MESSAGE_CHARACTERS] + "...",)
+        # dead-letter header can hold, and let the error hold no more either.
+        if len(text) > MESSAGE_CHARACTERS:
+            text = text[:MESSAGE_CHARACTERS] + "..."
+            if len(self.error.args) == 1:
+                self.error.args = (text,)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "text", text)
 
 
 class UnwritableError(Exception):
@@ -144,9 +154,18 @@ class UnwritableError(Exception):
 
     def __init__(self, error: BaseException, why: BaseException) -> None:
         super().__init__(
-            f"{type(error).__name__} (its message could not be written: "
-            f"{type(why).__name__} in its __str__)"
+            f"{_type_name(error)} (its message could not be written: "
+            f"{_type_name(why)} in its __str__)"
         )
+
+
+def _type_name(value: object) -> str:
+    """The name of ``value``'s class, or ``?`` when its metaclass will not say it."""
+    try:
+        name = type(value).__name__
+    except Exception:  # noqa: BLE001 - a user class's metaclass
+        return "?"
+    return name if type(name) is str else "?"
 
 
 class LateRecordError(Exception):
@@ -631,11 +650,10 @@ def kafka_timestamp(message: SourceMessage) -> int | None:
 def error_headers(failure: Failure, pipeline: str) -> list[tuple[str, bytes]]:
     """Dead-letter headers naming the error and the record's origin."""
     m = failure.message
-    message = str(failure.error)[:MESSAGE_CHARACTERS]
     return [
-        ("streamherd.error", type(failure.error).__name__.encode()),
+        ("streamherd.error", failure.kind.encode(errors="replace")),
         ("streamherd.error.reason", failure.reason.encode()),
-        ("streamherd.error.message", message.encode(errors="replace")),
+        ("streamherd.error.message", failure.text[:MESSAGE_CHARACTERS].encode(errors="replace")),
         ("streamherd.source.topic", (m.topic() or "").encode()),
         ("streamherd.source.partition", str(m.partition()).encode()),
         ("streamherd.source.offset", str(m.offset()).encode()),

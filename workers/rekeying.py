@@ -144,10 +144,14 @@ Row = tuple[str, bytes, int, int, list[tuple[str, bytes]]]
 def _base_scalar(value: Any) -> Any:
     """msgspec's hook for what it cannot encode: a subclass of a JSON scalar (a user
     function's numpy float, an ``IntEnum``, a ``str`` subclass) crosses as its base type,
-    the same bits; anything else is the record's error (dead-lettered upstream)."""
-    for base in (float, int, str):
-        if isinstance(value, base):
-            return base(value)
+    the same bits (the stored value: ``float.__float__`` and the others run no override of
+    the subclass's); anything else is the record's error (dead-lettered upstream)."""
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, str):
+        return str.__str__(value)
     raise TypeError(f"a {type(value).__name__} cannot be written to the repartition topic")
 
 

@@ -256,6 +256,10 @@ def _span(ms: float) -> str:
     return f"{int(ms)}ms"
 
 
+#: The number types whose subclasses :meth:`AggregatePlan.check` reads as their base value.
+_NUMBERS: Final = (int, float)
+
+
 @dataclass(frozen=True)
 class AggregatePlan:
     name: str
@@ -270,24 +274,32 @@ class AggregatePlan:
         number of a subclass of int or float is returned as its base value.
         """
         # min/max also take strings (settle's total order); sum/avg need numbers. Anything
-        # else is the record's error (dead-lettered), whatever the window holds.
-        if isinstance(value, int | float) and type(value) not in {int, float, bool}:
+        # else is the record's error (dead-lettered), whatever the window holds. The exact
+        # types first: a min/max's strings come here on every record (the hot path).
+        kind = type(value)
+        if kind is str:
+            if self.function in ("min", "max"):
+                return check_held_string(self.name, value)
+        elif kind is int:
+            if self.function == "avg" and not FLOAT_MIN <= value <= FLOAT_MAX:
+                raise OverflowError(
+                    f"aggregate {self.name!r} (avg) takes numbers within the float range, "
+                    f"got an integer of {value.bit_length()} bits"
+                )
+            return value
+        elif kind is float:
+            return value
+        elif kind is not bool and isinstance(value, _NUMBERS):
             # A subclass (a user function's IntEnum, numpy's float64): its base value, as
             # the repartition hop carries it (msgpack has no subclasses), so that every
-            # route folds, orders and checkpoints the same number (decision 0183).
-            value = int(value) if isinstance(value, int) else float(value)
-        if type(value) is int and self.function == "avg" and not FLOAT_MIN <= value <= FLOAT_MAX:
-            raise OverflowError(
-                f"aggregate {self.name!r} (avg) takes numbers within the float range, "
-                f"got an integer of {value.bit_length()} bits"
+            # route folds, orders and checkpoints the same number (decision 0183). The
+            # stored value itself: int.__int__ and float.__float__ run no override.
+            return self.check(
+                int.__int__(value) if isinstance(value, int) else float.__float__(value)
             )
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return value
-        if type(value) is str and self.function in ("min", "max"):
-            return check_held_string(self.name, value)
         wanted = "a number or a string" if self.function in ("min", "max") else "a number"
         raise TypeError(
-            f"aggregate {self.name!r} ({self.function}) needs {wanted}, got {type(value).__name__}"
+            f"aggregate {self.name!r} ({self.function}) needs {wanted}, got {kind.__name__}"
         )
 
 

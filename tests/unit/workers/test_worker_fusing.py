@@ -766,7 +766,7 @@ def test_an_event_time_beyond_the_years_1_to_9999_is_dead_lettered(
 # --------------------------------------------------------------------------- new shapes
 
 # No "real" here: a float subclass's NaN cannot be compared with == nor checkpointed exactly
-# (see test_a_float_subclass_nan_from_a_user_function_is_kept_as_the_generic_path_keeps_it)
+# (see test_a_float_subclass_nan_from_a_user_function_is_its_base_float_on_both_paths)
 FLAGS = ["drop", "twice", "boom", "wide", "pair"]
 
 FILTERS = ["status == 200", "bytes > 0", "coalesce(bytes, 0) >= 0", "kb != 3", "b2 == null"]
@@ -912,7 +912,7 @@ def _exact(value: Any) -> Any:
 
 
 @pytest.mark.parametrize("slide", [None, "5s"])
-def test_a_float_subclass_nan_from_a_user_function_is_kept_as_the_generic_path_keeps_it(
+def test_a_float_subclass_nan_from_a_user_function_is_its_base_float_on_both_paths(
     slide: str | None,
 ) -> None:
     # WindowPlan.prepare canonicalizes only a float's NaN (summing.is_nan); a float subclass

@@ -26,13 +26,14 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from streamherd.workers import rekeying
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.engine import Engine, PartitionState
 from streamherd.workers.limits import MAX_KEY_BYTES, ensure_recursion_headroom
 from streamherd.workers.processing import SourceMessage, error_headers
 from streamherd.workers.repartitioning import close_everything
 from streamherd.workers.values import canonical_key, output_key_text
-from streamherd.workers.windowing import PartitionWindows
+from streamherd.workers.windowing import AggregatePlan, PartitionWindows
 from tests.unit.workers.test_worker_exact_results import round_trip
 from tests.unit.workers.test_worker_repartition_parity import (
     MemorySink,
@@ -356,14 +357,16 @@ def function_config(callable_: str, mode: str, window: bool, repartition: bool) 
     ("route", "fused"),
     [("direct", True), ("direct", False), ("upstream", False), ("stateless", False)],
 )
+@pytest.mark.parametrize("error", ["unprintable", "oneshot"])
 def test_a_user_functions_error_that_cannot_be_written_is_still_the_records_dead_letter(
-    mode: str, route: str, fused: bool
+    mode: str, route: str, fused: bool, error: str
 ) -> None:
     """A user function raised an exception whose ``str()`` itself raised (its class's
-    ``__str__`` read an attribute never set): the dead letter's text stopped the worker, on
-    every route, and every restart met the same record. The record is dead-lettered
-    (reason ``function``) with a text that says so; the others go on."""
-    name = "unprintable" if mode == "record" else "unprintable_batch"
+    ``__str__`` read an attribute never set), or raises the second time (``oneshot``): the
+    dead letter's text, or the log line after it, stopped the worker, on every route, and
+    every restart met the same record. The record is dead-lettered (reason ``function``)
+    with a text that says so, or with the text written once; the others go on."""
+    name = error if mode == "record" else f"{error}_batch"
     cfg = function_config(f"tests.unit.workers.userfuncs:{name}", mode, route != "stateless",
                           route == "upstream")  # fmt: skip
     sink = MemorySink(1)
@@ -383,8 +386,12 @@ def test_a_user_functions_error_that_cannot_be_written_is_still_the_records_dead
 
     assert [(f.message.offset(), f.reason) for f in sink.dead] == [(1, "function")]
     text = dict(error_headers(sink.dead[0], "p"))
-    assert text["streamherd.error.message"].startswith(b"Unprintable")
-    assert b"could not be written" in text["streamherd.error.message"]
+    if error == "unprintable":
+        assert text["streamherd.error.message"].startswith(b"Unprintable")
+        assert b"could not be written" in text["streamherd.error.message"]
+    else:
+        assert text["streamherd.error"] == b"OneShot"
+        assert text["streamherd.error.message"] == b"failed once"
     if route == "direct":
         assert state.windows is not None
         assert [row["n"] for _, row in state.windows.close(everything=True)] == [2]
@@ -444,3 +451,37 @@ def test_numbers_of_a_subclass_from_a_user_function_fold_alike_on_every_route() 
     assert (results["b"]["lo"], results["c"]["lo"]) == (one, one)  # 1.0 is below the int 1
     assert results["d"]["s"] == ("int", 2**62 * 10**30)
     assert routes["generic"][1] == []
+
+
+class Lying(int):
+    """An int subclass whose ``__int__`` says another number (and a float one below)."""
+
+    def __int__(self) -> int:
+        return 1000
+
+
+class LyingReal(float):
+    def __float__(self) -> float:
+        return 99.5
+
+
+class LyingText(str):
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return "lie"
+
+
+def test_a_subclass_is_folded_as_its_stored_value_not_what_its_overrides_say() -> None:
+    """The base value is the number stored (int.__int__, float.__float__), not what a
+    subclass's own ``__int__``/``__float__`` returns (a sum of ``Lying(3)`` was 1000); the
+    repartition hop's encoder writes the stored value too."""
+    numbers: list[tuple[Any, Any]] = [(Lying(3), 3), (LyingReal(2.5), 2.5)]
+    for function in ("sum", "min", "avg"):
+        plan = AggregatePlan("v", function, None)
+        for value, stored in numbers:
+            got = plan.check(value)
+            assert (type(got), got) == (type(stored), stored), (function, value, got)
+    for value, stored in [*numbers, (LyingText("x"), "x")]:
+        got = rekeying._base_scalar(value)
+        assert (type(got), got) == (type(stored), stored), (value, got)

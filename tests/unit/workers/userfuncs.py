@@ -135,6 +135,30 @@ def unprintable_batch(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [unprintable(r) for r in records]
 
 
+class OneShot(Exception):
+    """An error whose message can be written once (read from a one-shot stream, say): its
+    second ``__str__`` raises StopIteration."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts = iter(["failed once"])
+
+    def __str__(self) -> str:
+        return next(self.parts)
+
+
+def oneshot(record: dict[str, Any]) -> dict[str, Any]:
+    """Record mode: raise :class:`OneShot` on ``bad``, else the record."""
+    if record.get("bad"):
+        raise OneShot
+    return record
+
+
+def oneshot_batch(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Batch mode: :func:`oneshot` over a list."""
+    return [oneshot(r) for r in records]
+
+
 class Whole(int):
     """An int subclass (an ``IntEnum``'s kind): a number, but not exactly an int."""
 
