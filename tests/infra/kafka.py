@@ -405,6 +405,10 @@ class KafkaProcess(Launched):
     launch: Callable[[], tuple[Child, subprocess.Popen[bytes]]] | None = None
     grace: ClassVar[float] = 15.0  # the broker flushes its logs on SIGTERM
 
+    def stop(self) -> None:
+        self.thaw()  # a frozen broker would sit out SIGTERM's whole grace
+        super().stop()
+
     def crash(self) -> None:
         """SIGKILL the broker (its process group: no shutdown hook runs) and reap it."""
         for pid in self.pids:
@@ -422,10 +426,13 @@ class KafkaProcess(Launched):
 
     def thaw(self) -> None:
         for pid in self.pids:
-            os.killpg(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGCONT)
 
     def start_again(self, startup_timeout: float = 90.0) -> None:
-        """Start the broker crash() killed, on the same ports and data; wait until ready."""
+        """Start the broker crash() killed, on the same ports and data; wait until ready.
+        (Its ports came from bind(0), which Linux gives odd ports; connect() takes even
+        ones first, so a client's outgoing connection hardly ever holds one meanwhile.)"""
         assert self.launch is not None and not self.pids, "crash() it first"
         child, proc = self.launch()
         self.pids = [proc.pid]
