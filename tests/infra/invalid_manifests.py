@@ -189,6 +189,32 @@ def _rich() -> dict[str, Any]:
 RICH = _rich()
 
 
+def _rich_metadata() -> dict[str, Any]:
+    """KAFKA with every field of ObjectMeta the API server accepts on create set (it drops
+    or replaces the system fields, after decoding them), valid: for the property tests'
+    edits of metadata. No deletionTimestamp: the server never stores one a client sends,
+    and the operator reads it as a pipeline being deleted."""
+    doc = copy.deepcopy(KAFKA)
+    doc["metadata"].update(
+        labels={"app.kubernetes.io/name": "clicks", "tier": "analytics"},
+        annotations={"example.com/owner": "team-a", "note": "clicks per minute"},
+        finalizers=["example.com/cleanup"],
+        ownerReferences=[{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
+                          "uid": "0e0f7a8e-1111-2222-3333-444455556666",
+                          "controller": True, "blockOwnerDeletion": False}],
+        generation=3, creationTimestamp="2026-01-01T00:00:00.5+02:00",
+        deletionTimestamp=None, deletionGracePeriodSeconds=30, uid="", selfLink="",
+        managedFields=[{"manager": "kubectl", "operation": "Apply",
+                        "apiVersion": "streamherd.io/v1alpha1",
+                        "time": "2026-01-01T00:00:00Z", "fieldsType": "FieldsV1",
+                        "fieldsV1": {"f:spec": {"f:replicas": {}}}, "subresource": ""}],
+    )  # fmt: skip
+    return doc
+
+
+RICH_METADATA = _rich_metadata()
+
+
 def _rich_postgres() -> dict[str, Any]:
     """PG_EOS with its optional strings set (connection keys, columns), valid."""
     doc = copy.deepcopy(PG_EOS)
