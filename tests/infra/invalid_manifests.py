@@ -189,6 +189,32 @@ def _rich() -> dict[str, Any]:
 RICH = _rich()
 
 
+def _rich_metadata() -> dict[str, Any]:
+    """KAFKA with every field of ObjectMeta the API server accepts on create set (it drops
+    or replaces the system fields, after decoding them), valid: for the property tests'
+    edits of metadata. No deletionTimestamp: the server never stores one a client sends,
+    and the operator reads it as a pipeline being deleted."""
+    doc = copy.deepcopy(KAFKA)
+    doc["metadata"].update(
+        labels={"app.kubernetes.io/name": "clicks", "tier": "analytics"},
+        annotations={"example.com/owner": "team-a", "note": "clicks per minute"},
+        finalizers=["example.com/cleanup"],
+        ownerReferences=[{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
+                          "uid": "0e0f7a8e-1111-2222-3333-444455556666",
+                          "controller": True, "blockOwnerDeletion": False}],
+        generation=3, creationTimestamp="2026-01-01T00:00:00.5+02:00",
+        deletionTimestamp=None, deletionGracePeriodSeconds=30, uid="", selfLink="",
+        managedFields=[{"manager": "kubectl", "operation": "Apply",
+                        "apiVersion": "streamherd.io/v1alpha1",
+                        "time": "2026-01-01T00:00:00Z", "fieldsType": "FieldsV1",
+                        "fieldsV1": {"f:spec": {"f:replicas": {}}}, "subresource": ""}],
+    )  # fmt: skip
+    return doc
+
+
+RICH_METADATA = _rich_metadata()
+
+
 def _rich_postgres() -> dict[str, Any]:
     """PG_EOS with its optional strings set (connection keys, columns), valid."""
     doc = copy.deepcopy(PG_EOS)
@@ -229,6 +255,10 @@ def node_affinity(requirement: dict[str, Any]) -> dict[str, Any]:
         "nodeSelectorTerms": [{"matchExpressions": [requirement]}]}}}  # fmt: skip
 
 
+#: An owner reference the API server accepts.
+OWNER = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
+         "uid": "0e0f7a8e-1111-2222-3333-444455556666"}  # fmt: skip
+
 BOTH: list[Case] = [
     # names Kubernetes derives from the pipeline's name
     case("name with a dot", KAFKA, "metadata.name", ("metadata.name", "clicks.v2")),
@@ -263,6 +293,54 @@ BOTH: list[Case] = [
     case("uid a number", KAFKA, ".uid", ("metadata.uid", 5)),
     case("generateName in capitals beside a name", KAFKA, "metadata.generateName",
          ("metadata.generateName", "UPPER")),
+    # ObjectMeta's other types, which the API server decodes strictly before anything else:
+    # an int64, a time (RFC 3339 as Go's time.Parse reads it; for a string it cannot parse,
+    # the server names the value, not the field), the entries of managedFields and
+    # ownerReferences (their own types, no unknown key). Measured against the API server in
+    # tests/integration/operator/test_rules_agree.py; operator/api/objectmeta.py has the table.
+    case("generation a string", KAFKA, ".generation", ("metadata.generation", "x")),
+    case("generation a fraction", KAFKA, ".generation", ("metadata.generation", 1.5)),
+    case("generation a boolean", KAFKA, ".generation", ("metadata.generation", True)),
+    case("generation beyond int64", KAFKA, ".generation", ("metadata.generation", 2**63)),
+    case("deletionGracePeriodSeconds a string", KAFKA, ".deletionGracePeriodSeconds",
+         ("metadata.deletionGracePeriodSeconds", "30")),
+    case("creationTimestamp a word", KAFKA, '"yesterday"',
+         ("metadata.creationTimestamp", "yesterday")),
+    case("creationTimestamp a date only", KAFKA, '"2026-01-01"',
+         ("metadata.creationTimestamp", "2026-01-01")),
+    case("creationTimestamp empty", KAFKA, '""', ("metadata.creationTimestamp", "")),
+    case("creationTimestamp at hour 24", KAFKA, '"2026-01-01T24:00:00Z"',
+         ("metadata.creationTimestamp", "2026-01-01T24:00:00Z")),
+    case("creationTimestamp on February 29th of 2025", KAFKA, '"2025-02-29T00:00:00Z"',
+         ("metadata.creationTimestamp", "2025-02-29T00:00:00Z")),
+    case("creationTimestamp an offset without a colon", KAFKA, '"2026-01-01T00:00:00+0200"',
+         ("metadata.creationTimestamp", "2026-01-01T00:00:00+0200")),
+    case("creationTimestamp a number", KAFKA, ".creationTimestamp",
+         ("metadata.creationTimestamp", 5)),
+    case("deletionTimestamp a word", KAFKA, '"yesterday"',
+         ("metadata.deletionTimestamp", "yesterday")),
+    case("deletionTimestamp a boolean", KAFKA, ".deletionTimestamp",
+         ("metadata.deletionTimestamp", True)),
+    case("managedFields a number", KAFKA, ".managedFields", ("metadata.managedFields", 5)),
+    case("managedFields of strings", KAFKA, ".managedFields", ("metadata.managedFields", ["x"])),
+    case("managedFields entry with an unknown key", KAFKA, "metadata.managedFields[0].junk",
+         ("metadata.managedFields", [{"manager": "m", "junk": 1}])),
+    case("managedFields entry's manager a number", KAFKA, ".manager",
+         ("metadata.managedFields", [{"manager": 5}])),
+    case("managedFields entry's time a word", KAFKA, '"yesterday"',
+         ("metadata.managedFields", [{"manager": "m", "time": "yesterday"}])),
+    case("owner reference's blockOwnerDeletion a string", KAFKA, ".blockOwnerDeletion",
+         ("metadata.ownerReferences", [{**OWNER, "blockOwnerDeletion": "yes"}])),
+    case("owner reference's controller a string", KAFKA, ".controller",
+         ("metadata.ownerReferences", [{**OWNER, "controller": "yes"}])),
+    case("owner reference with an unknown key", KAFKA, "metadata.ownerReferences[0].junk",
+         ("metadata.ownerReferences", [{**OWNER, "junk": 1}])),
+    case("owner reference's uid a number", KAFKA, ".uid",
+         ("metadata.ownerReferences", [{**OWNER, "uid": 5}])),
+    case("owner reference's apiVersion of three parts", KAFKA, ".apiVersion",
+         ("metadata.ownerReferences", [{**OWNER, "apiVersion": "a/b/c"}])),
+    case("owner reference to an Event", KAFKA, "metadata.ownerReferences",
+         ("metadata.ownerReferences", [{**OWNER, "kind": "Event"}])),
     # an unknown field at the root or in metadata: the API server's strict decoding refuses it
     case("an unknown field at the root", KAFKA, "bogusField", ("bogusField", 1)),
     case("an unknown field in metadata", KAFKA, "metadata.clusterName",
@@ -597,6 +675,28 @@ ACCEPTED: list[Case] = [
     case("a null label value", KAFKA, "metadata.labels", ("metadata.labels", {"app": None})),
     case("a null annotation value", KAFKA, "metadata.annotations",
          ("metadata.annotations", {"note": None})),
+    # ObjectMeta's types as the API server decodes them: RFC 3339 as Go's time.Parse reads it
+    # (a fraction, with a comma too; an offset up to 24:00; a one-digit hour), a null for
+    # any field (Go leaves the zero value), any int64, managedFields entries of any string
+    # values and any fieldsV1 (the server replaces them on create), an owner's uid unchecked.
+    case("creationTimestamp with a fraction and an offset", KAFKA, "metadata.creationTimestamp",
+         ("metadata.creationTimestamp", "2026-01-01T00:00:00.123456789012-07:30")),
+    case("creationTimestamp as Go's parser also reads it", KAFKA, "metadata.creationTimestamp",
+         ("metadata.creationTimestamp", "2024-02-29T9:00:00,5+24:00")),
+    case("null timestamps", KAFKA, "metadata.deletionTimestamp",
+         ("metadata.creationTimestamp", None), ("metadata.deletionTimestamp", None)),
+    case("deletionTimestamp set", KAFKA, "metadata.deletionTimestamp",
+         ("metadata.deletionTimestamp", "2026-01-01T00:00:00Z")),
+    case("generation and grace period at int64's edges", KAFKA, "metadata.generation",
+         ("metadata.generation", 2**63 - 1), ("metadata.deletionGracePeriodSeconds", -(2**63))),
+    case("null generation and grace period", KAFKA, "metadata.generation",
+         ("metadata.generation", None), ("metadata.deletionGracePeriodSeconds", None)),
+    case("managedFields entries null, empty and odd", KAFKA, "metadata.managedFields",
+         ("metadata.managedFields", [None, {}, {"manager": None, "operation": "Bogus",
+                                              "fieldsType": "X", "fieldsV1": 5, "time": None}])),
+    case("owner reference with null booleans and any uid", KAFKA, "metadata.ownerReferences",
+         ("metadata.ownerReferences", [{**OWNER, "uid": "not-a-uid", "controller": None,
+                                        "blockOwnerDeletion": None}])),
 ]  # fmt: skip
 
 OFFLINE_ONLY: list[Case] = [

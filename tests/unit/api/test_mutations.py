@@ -27,13 +27,15 @@ from tests.infra.invalid_manifests import (
     LOCAL,
     PG_EOS_TWO_PHASE,
     RICH,
+    RICH_METADATA,
     RICH_POSTGRES,
     load_example,
 )
 from tests.infra.manifest_strategies import mutated_manifests
 from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, body_of
 
-BASES = [KAFKA, LOCAL, RICH, RICH_POSTGRES, PG_EOS_TWO_PHASE, load_example("03-orders-secure")]
+BASES = [KAFKA, LOCAL, RICH, RICH_POSTGRES, PG_EOS_TWO_PHASE, load_example("03-orders-secure"),
+         RICH_METADATA]  # fmt: skip
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -27,7 +27,7 @@ def run_deletion_handler(
     filter takes the pipeline (it holds the finalizer)."""
     (handler,) = [h for h in REGISTRY._changing.get_all_handlers() if h.id == handler_id]
     body = copy.deepcopy(body_of(kube, name))
-    body["metadata"]["deletionTimestamp"] = "now"
+    body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     if filtered:
         assert handler.when is not None and handler.when(body=body)
     with ThreadPoolExecutor(max_workers=1) as pool:

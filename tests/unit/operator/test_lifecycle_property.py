@@ -323,7 +323,7 @@ class LifecycleKube(FakeKube):
         lost = self._write("delete", f"{kind}/{name}")
         found = self.objects.get((api_version, kind, namespace, name))
         if found is not None:
-            found["metadata"].setdefault("deletionTimestamp", "now")
+            found["metadata"].setdefault("deletionTimestamp", "2026-01-01T00:00:00Z")
         if lost is not None:
             raise lost
         return found is not None
@@ -816,7 +816,7 @@ def delete_pipeline(world: World) -> None:
     own finalizer runs then)."""
     body = world.kube.find("StreamPipeline", NAME)
     assert body is not None
-    body["metadata"]["deletionTimestamp"] = "now"
+    body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     uid = body["metadata"]["uid"]
     if FINALIZER in body["metadata"].get("finalizers", []):
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -826,7 +826,7 @@ def delete_pipeline(world: World) -> None:
     for key, obj in list(world.kube.objects.items()):
         if any(r.get("uid") == uid for r in obj["metadata"].get("ownerReferences") or []):
             if key[1] == SNAPSHOT_KIND:
-                obj["metadata"]["deletionTimestamp"] = "now"
+                obj["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
             else:
                 world.kube.objects.pop(key)
     world.faults = {}
