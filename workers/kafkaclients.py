@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, not in its stubs
@@ -27,6 +28,8 @@ from streamherd.workers.config import (
     KafkaSourceConfig,
     WorkerConfig,
 )
+
+T = TypeVar("T")
 
 
 class SecurityConfigError(RuntimeError):
@@ -194,4 +197,45 @@ def send_offsets_fenced(
                 txn_requires_abort=True,
             )
         )
-    producer.send_offsets_to_transaction(list(offsets), group, timeout)
+    bounded_call(
+        lambda: producer.send_offsets_to_transaction(list(offsets), group, timeout),
+        timeout + STUCK_GRACE_SECONDS,
+        "send_offsets_to_transaction",
+    )
+
+
+#: How long past its own timeout a librdkafka call may take before it counts as stuck.
+STUCK_GRACE_SECONDS: Final = 30.0
+
+
+class StuckCallError(RuntimeError):
+    """A librdkafka call did not return long after its own timeout. The client is unusable
+    (the call still holds it): the worker must exit and start again, as after a crash, which
+    exactly-once survives (the next incarnation's init_transactions fences this one)."""
+
+
+def bounded_call(call: Callable[[], T], seconds: float, what: str) -> T:
+    """``call()``, given at most ``seconds``, else :class:`StuckCallError`.
+
+    For the librdkafka calls that take a timeout but do not always keep it:
+    send_offsets_to_transaction waits on the group coordinator's lookup with no timer, and
+    hung for good after the only broker restarted (librdkafka issue 5456;
+    test_engine_broker_crashes.py met it in about one run of three). The call runs in a
+    daemon thread; this thread waits for it, and handles signals while it waits."""
+    done: list[T] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            done.append(call())
+        except BaseException as error:  # noqa: BLE001 - handed to the caller below
+            failed.append(error)
+
+    thread = threading.Thread(target=run, name=f"streamherd-{what}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise StuckCallError(f"{what} did not return within {seconds:.0f} s (its timeout ignored)")
+    if failed:
+        raise failed[0]
+    return done[0]

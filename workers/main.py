@@ -19,13 +19,14 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import Final, TextIO
 
 import orjson
 import yaml
 
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.engine import Engine, RunSummary
+from streamherd.workers.kafkaclients import StuckCallError
 from streamherd.workers.logs import configure, log_event
 from streamherd.workers.metrics import EngineMetrics, MetricsServer
 from streamherd.workers.processing import Processor
@@ -117,10 +118,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         summary = run_pipeline(config, stop=stop)
+    except StuckCallError as error:
+        # The stuck call still holds the client: closing it could wait for ever. Leave as a
+        # crash does; the next start fences this incarnation and resumes from the last
+        # durable checkpoint (the kubelet restarts the pod).
+        log_event(log, logging.ERROR, "client-stuck", error=str(error), action="exit")
+        logging.shutdown()
+        os._exit(STUCK_EXIT_CODE)
     except Exception as error:
         log.exception("event=failed error=%s", type(error).__name__)
         return 1
     return 0 if summary.reason in ("stopped", "exhausted") else 1
+
+
+#: The exit code of a worker whose Kafka client got stuck (:class:`StuckCallError`).
+STUCK_EXIT_CODE: Final = 4
 
 
 def _overdue() -> None:

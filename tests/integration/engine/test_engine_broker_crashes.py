@@ -1,4 +1,4 @@
-"""The broker itself killed mid-stream: no result lost, none twice, no worker down.
+"""The broker itself killed mid-stream: no result lost, none twice, no worker failed.
 
 A Kafka broker restarted under a running pipeline is routine (a rolling upgrade, a node
 drained, an out-of-memory kill). Here the only broker of the cluster dies with SIGKILL (no
@@ -7,9 +7,13 @@ worker of a repartitioned pipeline (input keyed by user, windows per page) is re
 re-keying, producing and committing, stays down for a random few seconds, and comes back on
 the same address; or it freezes (SIGSTOP: connections open, nothing answers, as in a long
 pause or a network partition) for 3-8 s past the group's session timeout, and thaws.
-The worker must ride it out: never exit, and afterwards the sink must hold
-every (page, window) with the reference value; with `delivery: exactlyOnce`, each exactly
-once in the `read_committed` output, with no de-duplication; nothing dead-lettered.
+The worker must ride it out: never fail, and exit only as a stuck Kafka client makes it
+exit (librdkafka's send_offsets_to_transaction can ignore its timeout after the broker came
+back: about one run in three here hung for good before kafkaclients.bounded_call; the
+worker then exits with STUCK_EXIT_CODE and is started again, as the kubelet restarts the
+pod). Afterwards the sink must hold every (page, window) with the reference value; with
+`delivery: exactlyOnce`, each exactly once in the `read_committed` output, with no
+de-duplication; nothing dead-lettered.
 
 The broker is the test's own (tests/infra/kafka.py, start_kafka), not the session's shared
 one, which the other tests use while this one kills it.
@@ -18,6 +22,7 @@ one, which the other tests use while this one kills it.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from streamherd.workers.kafkaclients import SESSION_TIMEOUT_MS
+from streamherd.workers.main import STUCK_EXIT_CODE
 from tests.infra.kafka import KafkaBroker, KafkaProcess, start_kafka
 from tests.integration.engine.enginekit import Worker, wait_until
 from tests.integration.engine.test_engine_exactly_once import (
@@ -66,6 +72,8 @@ def test_a_broker_killed_and_restarted_mid_stream_changes_no_result(
     chunks = [records[i : i + 4_000] for i in range(0, len(records), 4_000)]
     rng = random.Random(f"broker-crashes-{delivery}-{outage}")
     w = worker(tmp_path, "a", config).start()
+    kubelet = Kubelet(w)
+    kubelet.start()
     try:
         wait_until("the worker to own partitions", lambda: w.get("/readyz")[0] == 200, 60, [w])
         for chunk in chunks[:-1]:
@@ -74,40 +82,65 @@ def test_a_broker_killed_and_restarted_mid_stream_changes_no_result(
             if outage == "crash":
                 own_broker.crash()
                 time.sleep(rng.uniform(1.0, 6.0))  # down: the worker keeps trying
+                own_broker.start_again()
             else:
                 own_broker.freeze()
                 # Past the group's session timeout: the group coordinator, once thawed,
                 # finds the worker's session expired and takes its partitions.
                 session = SESSION_TIMEOUT_MS / 1000
                 time.sleep(rng.uniform(session + 3, session + 8))
-            assert w.proc is not None and w.proc.poll() is None, (
-                f"worker exited while the broker was down:\n{w.log_tail()}"
-            )
-            if outage == "crash":
-                own_broker.start_again()
-            else:
                 own_broker.thaw()
         broker.produce(src, chunks[-1])
         flush(broker, src, records[-1][1]["ts"])
         if delivery == "exactlyOnce":
-            verify(broker, sink, dlq, page_reference(records), 0, [w])
+            verify(broker, sink, dlq, page_reference(records), 0, [])
         else:
-            verify_at_least_once(broker, sink, dlq, page_reference(records), w)
-        assert w.proc is not None and w.proc.poll() is None, w.log_tail()
-        # The outages were felt: the worker lost its partitions and took them back.
-        log = w.log_path.read_text()
-        assert log.count("event=partitions-lost") + log.count("event=revoked") >= 1, log[-3000:]
-        assert log.count("event=assigned") >= 2, log[-3000:]
+            verify_at_least_once(broker, sink, dlq, page_reference(records))
     finally:
+        kubelet.stop()
         w.stop()
+    assert kubelet.other_exits == [], f"the worker failed: {kubelet.other_exits}"
+    # The outages were felt: the worker lost its partitions (or its process, stuck in a
+    # librdkafka call: restarted, as the kubelet restarts the pod) and took them back.
+    log = w.log_path.read_text()
+    lost = log.count("event=partitions-lost") + log.count("event=revoked") + kubelet.restarts
+    assert lost >= 1 and log.count("event=assigned") >= 2, log[-3000:]
+
+
+class Kubelet(threading.Thread):
+    """Starts the worker again when it exits as a stuck Kafka client makes it exit
+    (STUCK_EXIT_CODE: librdkafka's send_offsets_to_transaction can ignore its timeout after
+    the only broker restarted), as the kubelet restarts a pod; any other exit is kept for the
+    test to fail on."""
+
+    def __init__(self, w: Worker) -> None:
+        super().__init__(daemon=True)
+        self.w, self.restarts, self.other_exits = w, 0, list[str]()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            proc = self.w.proc
+            code = None if proc is None else proc.poll()
+            if code is None:
+                continue
+            if code != STUCK_EXIT_CODE:
+                self.other_exits.append(f"exit {code}:\n{self.w.log_tail()}")
+                return
+            self.restarts += 1
+            self.w.start()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(10)
 
 
 def verify_at_least_once(
-    broker: KafkaBroker, sink: str, dlq: str, expected: dict[str, dict[str, int]], w: Worker
+    broker: KafkaBroker, sink: str, dlq: str, expected: dict[str, dict[str, int]]
 ) -> None:
     """Every window, its last result right (a result written again is allowed: the same
     window, the same value), nothing dead-lettered."""
-    got, _counts = sink_windows(broker, sink, expected, "every (page, window)", 180, [w])
+    got, _counts = sink_windows(broker, sink, expected, "every (page, window)", 180, [])
     check(got, expected)
     dead = broker.consume_all(dlq)
     assert dead == [], f"{len(dead)} dead letters, e.g. {dead[0].headers}"
