@@ -13,6 +13,7 @@ The fixtures that use them live in conftest.py next to this file.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -86,6 +87,25 @@ class Env(KubeNamespace):
             return None
 
         return wait_until(f"{name} {type_}={status} {reason or ''}", probe, timeout)
+
+    def edit_log_level(self, name: str, level: str) -> None:
+        """Patch spec.logLevel, then wait until the workers' config and observedGeneration
+        follow the edit (the reconcile that handled it)."""
+        generation = self.pipeline(name)["metadata"]["generation"]
+        self.kubectl("patch", "streampipeline", name, "--type=merge",
+                     "-p", json.dumps({"spec": {"logLevel": level}}))  # fmt: skip
+
+        def config_follows() -> bool:
+            cm = self.get("configmap", f"{name}-config")
+            status = self.pipeline(name).get("status", {})
+            return bool(
+                cm
+                and json.loads(cm["data"]["worker.json"])["runtime"]["logLevel"] == level
+                and status.get("observedGeneration") == generation + 1
+            )
+
+        wait_until(f"the ConfigMap and observedGeneration to follow logLevel {level}",
+                   config_follows, 120)  # fmt: skip
 
     def secret(self, name: str, data: dict[str, str]) -> None:
         self.apply(

@@ -19,7 +19,6 @@ the other tests of the session use that one while this one kills its API server.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -103,7 +102,6 @@ def test_the_operator_works_on_after_the_api_server_was_killed_and_came_back(
     env.wait_condition(name, "Ready", "True", timeout=150)
     env.wait_condition(held_name, "TopicsReady", "True", timeout=120)
     wait_until("kopf's finalizer", lambda: env.pipeline(held_name)["metadata"].get("finalizers"))
-    generation = env.pipeline(name)["metadata"]["generation"]
 
     own_control_plane.crash("kube-apiserver")
     time.sleep(DOWN_SECONDS)
@@ -112,19 +110,7 @@ def test_the_operator_works_on_after_the_api_server_was_killed_and_came_back(
     own_control_plane.start_again("kube-apiserver")
 
     # An edit reaches the workers' config.
-    env.kubectl("patch", "streampipeline", name, "--type=merge",
-                "-p", json.dumps({"spec": {"logLevel": "debug"}}))  # fmt: skip
-
-    def config_follows() -> bool:
-        cm = env.get("configmap", f"{name}-config")
-        status = env.pipeline(name).get("status", {})
-        return bool(
-            cm
-            and json.loads(cm["data"]["worker.json"])["runtime"]["logLevel"] == "debug"
-            and status.get("observedGeneration") == generation + 1
-        )
-
-    wait_until("the edit after the API server came back to reach the config", config_follows, 120)
+    env.edit_log_level(name, "debug")
 
     # The watch cache follows the children again: a deleted Deployment is made again.
     old = env.get("deployment", name)

@@ -102,21 +102,7 @@ def test_example_gets_owned_children_running_pods_and_ready(env: Env, stem: str)
 def test_spec_edits_drift_and_deleted_children_are_repaired(env: Env) -> None:
     name = start(env, "01-clicks-local")
     env.wait_condition(name, "Ready", "True", timeout=150)
-    generation = env.pipeline(name)["metadata"]["generation"]
-
-    env.kubectl("patch", "streampipeline", name, "--type=merge",
-                "-p", json.dumps({"spec": {"logLevel": "debug"}}))  # fmt: skip
-
-    def config_follows() -> bool:
-        cm = env.get("configmap", f"{name}-config")
-        status = env.pipeline(name).get("status", {})
-        return bool(
-            cm
-            and json.loads(cm["data"]["worker.json"])["runtime"]["logLevel"] == "debug"
-            and status.get("observedGeneration") == generation + 1
-        )
-
-    wait_until("the ConfigMap and observedGeneration to follow the edit", config_follows)
+    env.edit_log_level(name, "debug")
 
     # a hand edit of a field the operator manages is undone
     env.kubectl("patch", "deployment", name, "--type=json", "-p", json.dumps(
