@@ -57,6 +57,7 @@ from streamherd.workers.config import (
 from streamherd.workers.fingerprint import changed_fields, config_fingerprint, snapshot_name
 from streamherd.workers.fusing import fuse
 from streamherd.workers.kafkaclients import (
+    StuckCallError,
     client_config,
     send_offsets_fenced,
     transaction_timeout_ms,
@@ -2508,6 +2509,7 @@ class Engine:
         source = self.source = self._given_source or open_source(
             self.config, self._topics(), self._on_committed
         )
+        stuck = False  # a librdkafka call still holds the producer: no goodbye to the group
         if self.kafka_transaction:
             # Fences an earlier incarnation with the same transactional.id and aborts its
             # open transaction, then opens ours: every output from here on is inside one.
@@ -2595,11 +2597,20 @@ class Engine:
                 timeout=max(deadline - time.monotonic() - reserve, 1.0),
             )
             self._refresh_lag(force=True)
+        except StuckCallError:
+            # A librdkafka call still holds the transactional producer: close() would revoke
+            # through _on_revoke, whose abort conflicts with that call and would replace this
+            # error with its own; the worker leaves without a goodbye (workers/main.py), as
+            # a crash does.
+            self._broken = True
+            stuck = True
+            raise
         except BaseException:
             self._broken = True  # before close(): its revoke callback must not checkpoint
             raise
         finally:
-            source.close()
+            if not stuck:
+                source.close()
             self.source = None
             if self._snapshots is not None:
                 self._snapshots.close()

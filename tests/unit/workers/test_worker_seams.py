@@ -10,11 +10,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
+import pytest
 from confluent_kafka import TopicPartition
 
 from streamherd.workers.checkpointing import Checkpoint
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.engine import Engine
+from streamherd.workers.kafkaclients import StuckCallError
 from streamherd.workers.metrics import EngineMetrics
 from streamherd.workers.processing import SyntheticMessage
 from streamherd.workers.seams import PartitionEvent, Source, StateBackend
@@ -243,3 +245,41 @@ def test_a_source_and_a_backend_the_loop_does_not_know() -> None:
     second, reason = run(backend, None)
     assert reason == "exhausted"
     assert windows(first + second) == expected  # each window once, with the same value
+
+
+class FailingSource(ListSource):
+    """Raises ``error`` from its second poll; counts its close() calls."""
+
+    def __init__(self, stop: threading.Event, error: Exception) -> None:
+        super().__init__(stop)
+        self.error, self.polls, self.closed = error, 0, 0
+
+    def poll(self, max_records: int, timeout: float) -> list[Any]:
+        self.polls += 1
+        if self.polls == 2:
+            raise self.error
+        return super().poll(max_records, timeout)
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+@pytest.mark.parametrize("stuck", [True, False])
+def test_a_stuck_client_leaves_without_closing_the_source_and_its_error_stands(
+    stuck: bool,
+) -> None:
+    """A librdkafka call that ignored its timeout still holds the producer: closing the
+    consumer would revoke through the engine's callback, whose abort conflicts with that call
+    and raised its own error in place of StuckCallError, so the worker exited as an ordinary
+    failure (code 1) instead of as a stuck client (code 4, workers/main.py). Any other error
+    still closes the source."""
+    stop = threading.Event()
+    error: Exception = StuckCallError("x") if stuck else RuntimeError("y")
+    source = FailingSource(stop, error)
+    engine = Engine(
+        config(), stop=stop, out=io.StringIO(), metrics=EngineMetrics("seams"), source=source,
+        state=DictBackend(),
+    )  # fmt: skip
+    with pytest.raises(type(error)):
+        engine.run()
+    assert source.closed == (0 if stuck else 1)
