@@ -69,6 +69,7 @@ from streamherd.workers.checkpointing import (
 from streamherd.workers.config import ChangelogConfig, KafkaSourceConfig
 from streamherd.workers.kafkaclients import (
     TRANSACTION_TIMEOUT_MS,
+    TransactionalProducer,
     client_config,
     producer_config,
     send_offsets_fenced,
@@ -378,7 +379,7 @@ class ChangelogBackend:
         changelog: ChangelogConfig,
         *,
         transactional_id: str,
-        transaction: Producer | None = None,
+        transaction: TransactionalProducer | None = None,
         metrics: EngineMetrics | None = None,
     ) -> None:
         self.source = source
@@ -387,7 +388,7 @@ class ChangelogBackend:
         self._transactional_id = transactional_id
         self._transaction = transaction  # exactly-once: the engine's producer
         self._metrics = metrics
-        self._producer: Producer | None = None  # at-least-once: the changelog's own
+        self._producer: TransactionalProducer | None = None  # at-least-once: the changelog's own
         self._reader: Consumer | None = None
         self._probe: Consumer | None = None
         self._partitions = 0
@@ -427,7 +428,7 @@ class ChangelogBackend:
             conf = producer_config(self.source)
             conf["transactional.id"] = self._transactional_id
             conf["transaction.timeout.ms"] = TRANSACTION_TIMEOUT_MS
-            self._producer = Producer(conf)
+            self._producer = TransactionalProducer(conf)
             # Fences our predecessor (same id) and aborts its open transaction, so its
             # half-written checkpoint never blocks or reaches a reader.
             self._producer.init_transactions(30)

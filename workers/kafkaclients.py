@@ -178,7 +178,10 @@ def group_generation(metadata: object) -> int | None:
 
 
 def send_offsets_fenced(
-    producer: Producer, offsets: Sequence[TopicPartition], group: object, timeout: float
+    producer: TransactionalProducer,
+    offsets: Sequence[TopicPartition],
+    group: object,
+    timeout: float,
 ) -> None:
     """Add ``offsets`` to the producer's open transaction, fenced by the group (KIP-447),
     and never unfenced. The broker checks a transactional offset commit against the group's
@@ -197,11 +200,7 @@ def send_offsets_fenced(
                 txn_requires_abort=True,
             )
         )
-    bounded_call(
-        lambda: producer.send_offsets_to_transaction(list(offsets), group, timeout),
-        timeout + STUCK_GRACE_SECONDS,
-        "send_offsets_to_transaction",
-    )
+    producer.send_offsets_to_transaction(list(offsets), group, timeout)
 
 
 #: How long past its own timeout a librdkafka call may take before it counts as stuck.
@@ -239,3 +238,44 @@ def bounded_call(call: Callable[[], T], seconds: float, what: str) -> T:
     if failed:
         raise failed[0]
     return done[0]
+
+
+def _bound(timeout: float, what: str) -> float:
+    if timeout < 0:
+        raise ValueError(f"{what} needs a finite timeout: without one it could never be bounded")
+    return timeout + STUCK_GRACE_SECONDS
+
+
+class TransactionalProducer(Producer):
+    """The producer of a ``transactional.id``: every call that waits on the transaction
+    coordinator is bounded (:func:`bounded_call`, its own timeout + STUCK_GRACE_SECONDS) and
+    needs a finite timeout. Bounding the class rather than one call site covers the whole
+    class of failure: send_offsets_to_transaction is the call seen hanging (librdkafka issue
+    5456), and init, commit and abort wait on the same coordinator (issue 5511 is a related
+    hang). ``begin_transaction`` is local and ``produce``/``poll``/``flush`` are not
+    transactional calls: they are the C methods, untouched."""
+
+    def init_transactions(self, timeout: float = -1) -> None:
+        call = super().init_transactions
+        bounded_call(lambda: call(timeout), _bound(timeout, "init_transactions"),
+                     "init_transactions")  # fmt: skip
+
+    def commit_transaction(self, timeout: float = -1) -> None:
+        call = super().commit_transaction
+        bounded_call(lambda: call(timeout), _bound(timeout, "commit_transaction"),
+                     "commit_transaction")  # fmt: skip
+
+    def abort_transaction(self, timeout: float = -1) -> None:
+        call = super().abort_transaction
+        bounded_call(lambda: call(timeout), _bound(timeout, "abort_transaction"),
+                     "abort_transaction")  # fmt: skip
+
+    def send_offsets_to_transaction(
+        self, positions: list[TopicPartition], group_metadata: Any, timeout: float = -1
+    ) -> None:
+        call = super().send_offsets_to_transaction
+        bounded_call(
+            lambda: call(positions, group_metadata, timeout),
+            _bound(timeout, "send_offsets_to_transaction"),
+            "send_offsets_to_transaction",
+        )

@@ -21,11 +21,16 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 
-from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streamherd.workers.config import KafkaSourceConfig, WorkerConfig, postgres_two_phase
-from streamherd.workers.kafkaclients import client_config, producer_config, transaction_timeout_ms
+from streamherd.workers.kafkaclients import (
+    TransactionalProducer,
+    client_config,
+    producer_config,
+    transaction_timeout_ms,
+)
 from streamherd.workers.logs import log_event
 from streamherd.workers.sinks_postgres_offsets import (
     CommittedMetadata,
@@ -73,7 +78,7 @@ def writer_fence(kafka: KafkaSourceConfig, transaction_timeout_ms: int) -> Fence
             conf = producer_config(kafka)
             conf["transactional.id"] = writer
             conf["transaction.timeout.ms"] = transaction_timeout_ms
-            Producer(conf).init_transactions(30)
+            TransactionalProducer(conf).init_transactions(30)
             log_event(log, logging.WARNING, "writer-fenced", writer=writer)
 
     return fence

@@ -25,7 +25,11 @@ from streamherd.workers.config import (
     SinkConfig,
 )
 from streamherd.workers.expressions import compile_expression
-from streamherd.workers.kafkaclients import producer_config, topic_max_message_bytes
+from streamherd.workers.kafkaclients import (
+    TransactionalProducer,
+    producer_config,
+    topic_max_message_bytes,
+)
 from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics, SinkMetrics
 from streamherd.workers.processing import Failure, SourceMessage, encode_output, error_headers
@@ -202,7 +206,7 @@ class _Producers:
         self._by_endpoint: dict[str, Producer] = {}
         self._errors: list[str] = []
         self._lock = threading.Lock()
-        self.transactional: Producer | None = None
+        self.transactional: TransactionalProducer | None = None
         self._transactional_conf = transactional
 
     def _on_delivery(self, error: KafkaError | None, _message: Any) -> None:
@@ -215,7 +219,7 @@ class _Producers:
             if self.transactional is None:
                 conf = {**producer_config(endpoint), **self._transactional_conf}
                 conf["on_delivery"] = self._on_delivery
-                self.transactional = Producer(conf)
+                self.transactional = TransactionalProducer(conf)
             return self.transactional
         ident = endpoint.model_dump_json()
         producer = self._by_endpoint.get(ident)
@@ -601,7 +605,7 @@ class Outputs:
         self._offsets.recover(assigned, committed, fence, wait=wait)
 
     @property
-    def transaction(self) -> Producer:
+    def transaction(self) -> TransactionalProducer:
         """The transactional producer (exactly-once mode only)."""
         producer = self._producers.transactional
         assert producer is not None, "not in exactly-once mode"

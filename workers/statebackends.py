@@ -13,6 +13,7 @@ from typing import Any
 from streamherd.workers.changelog import ChangelogBackend
 from streamherd.workers.checkpointing import Checkpoint, CheckpointStore
 from streamherd.workers.config import WorkerConfig
+from streamherd.workers.kafkaclients import TransactionalProducer
 from streamherd.workers.metrics import EngineMetrics
 from streamherd.workers.seams import StateBackend
 
@@ -76,7 +77,7 @@ def open_state_backend(
     config: WorkerConfig,
     *,
     transactional_id: str,
-    transaction: Any = None,
+    transaction: TransactionalProducer | None = None,
     metrics: EngineMetrics | None = None,
 ) -> StateBackend:
     """The state backend a WorkerConfig names: the changelog topic when

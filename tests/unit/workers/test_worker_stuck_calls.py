@@ -8,11 +8,15 @@ meets the real hang on the broker."""
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
-from streamherd.workers.kafkaclients import StuckCallError, bounded_call
+from streamherd.workers import kafkaclients
+from streamherd.workers.kafkaclients import StuckCallError, TransactionalProducer, bounded_call
 
 
 def test_a_call_that_returns_in_time_gives_its_value() -> None:
@@ -34,3 +38,71 @@ def test_a_call_that_does_not_return_is_stuck_and_named() -> None:
             bounded_call(lambda: release.wait(60), 0.2, "send_offsets_to_transaction")
     finally:
         release.set()  # the stuck call's thread ends with the test
+
+
+class _NeverReturns(Producer):
+    """A producer whose transactional calls wait until released: the librdkafka hang."""
+
+    release = threading.Event()
+
+    def init_transactions(self, timeout: float = -1) -> None:
+        self.release.wait(60)
+
+    def commit_transaction(self, timeout: float = -1) -> None:
+        self.release.wait(60)
+
+    def abort_transaction(self, timeout: float = -1) -> None:
+        self.release.wait(60)
+
+    def send_offsets_to_transaction(
+        self, positions: list[TopicPartition], group_metadata: Any, timeout: float = -1
+    ) -> None:
+        self.release.wait(60)
+
+
+class _Hanging(TransactionalProducer, _NeverReturns):
+    """TransactionalProducer's bound around the hang (its super() is _NeverReturns)."""
+
+
+CALLS: dict[str, Callable[[TransactionalProducer], None]] = {
+    "init_transactions": lambda p: p.init_transactions(0.1),
+    "commit_transaction": lambda p: p.commit_transaction(0.1),
+    "abort_transaction": lambda p: p.abort_transaction(0.1),
+    "send_offsets_to_transaction": lambda p: p.send_offsets_to_transaction([], None, 0.1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_every_transactional_call_of_the_producer_is_bounded(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not only the call seen hanging: init, commit and abort wait on the same coordinator.
+    monkeypatch.setattr(kafkaclients, "STUCK_GRACE_SECONDS", 0.2)
+    monkeypatch.setattr(_NeverReturns, "release", threading.Event())
+    producer = _Hanging({"bootstrap.servers": "127.0.0.1:1", "transactional.id": "t"})
+    started = time.monotonic()
+    try:
+        with pytest.raises(StuckCallError, match=f"{name} did not return within"):
+            CALLS[name](producer)
+    finally:
+        _NeverReturns.release.set()
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_a_transactional_call_without_a_finite_timeout_is_refused(name: str) -> None:
+    producer = TransactionalProducer({"bootstrap.servers": "127.0.0.1:1", "transactional.id": "t"})
+    call = getattr(producer, name)
+    args: tuple[Any, ...] = ([], None) if name == "send_offsets_to_transaction" else ()
+    with pytest.raises(ValueError, match="needs a finite timeout"):
+        call(*args)
+
+
+def test_a_real_call_that_keeps_its_timeout_raises_librdkafkas_error() -> None:
+    # No broker: librdkafka times out on its own, and its error passes through the bound.
+    producer = TransactionalProducer(
+        {"bootstrap.servers": "127.0.0.1:1", "transactional.id": "t", "log_level": 0}
+    )
+    with pytest.raises(KafkaException) as raised:
+        producer.init_transactions(0.3)
+    assert raised.value.args[0].code() == KafkaError._TIMED_OUT
