@@ -17,26 +17,26 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import yaml
 
 from tests.infra.chart_identity import (
     OperatorIdentity,
-    apply_crd,
     install_operator_identity,
     remove_operator_identity,
     whoami,
 )
 from tests.infra.controlplane import KubeCluster
-from tests.infra.paths import CRD_FILE, SNAPSHOT_CRD_FILE
 from tests.infra.processes import InfraError
-from tests.integration.operator.operator_harness import Env, OperatorProcess
+from tests.integration.operator.operator_harness import (
+    Env,
+    OperatorProcess,
+    install_crds,
+    operator_running,
+)
 
 
 @pytest.fixture(scope="session")
 def crd(kube_cluster: KubeCluster) -> str:
-    apply_crd(kube_cluster, yaml.safe_load(CRD_FILE.read_text()))
-    # The chart installs both CRDs; the operator also serves StreamPipelineSnapshots.
-    apply_crd(kube_cluster, yaml.safe_load(SNAPSHOT_CRD_FILE.read_text()))
+    install_crds(kube_cluster)
     return "streampipelines.streamherd.io"
 
 
@@ -64,15 +64,10 @@ def operator(
     operator_identity: OperatorIdentity,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(
+    with operator_running(
         kube_cluster, tmp_path_factory.mktemp("operator"), operator_identity.kubeconfig
-    )
-    proc.start()
-    try:
+    ) as proc:
         yield proc
-    finally:
-        proc.stop()
-        print(f"operator logs: {[str(p) for p in proc.logs]}")
 
 
 @pytest.fixture

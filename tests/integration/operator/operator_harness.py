@@ -14,17 +14,18 @@ The fixtures that use them live in conftest.py next to this file.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 from tests.infra import operator_process, processes
-from tests.infra.chart_identity import rbac_refusals
+from tests.infra.chart_identity import apply_crd, rbac_refusals
 from tests.infra.controlplane import KubeCluster
 from tests.infra.namespaces import KubeNamespace
-from tests.infra.paths import EXAMPLES_DIR
+from tests.infra.paths import CRD_FILE, EXAMPLES_DIR, SNAPSHOT_CRD_FILE
 
 EXAMPLES = EXAMPLES_DIR
 RESYNC_SECONDS = 3
@@ -121,3 +122,23 @@ class Env(KubeNamespace):
 def load_example(stem: str) -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load((EXAMPLES / f"{stem}.yaml").read_text())
     return doc
+
+
+def install_crds(cluster: KubeCluster) -> None:
+    """Both CRDs the chart installs: the operator also serves StreamPipelineSnapshots."""
+    apply_crd(cluster, yaml.safe_load(CRD_FILE.read_text()))
+    apply_crd(cluster, yaml.safe_load(SNAPSHOT_CRD_FILE.read_text()))
+
+
+@contextmanager
+def operator_running(
+    cluster: KubeCluster, workdir: Path, kubeconfig: Path
+) -> Iterator[OperatorProcess]:
+    """The operator as a subprocess for the block; its log files named when it stops."""
+    proc = OperatorProcess(cluster, workdir, kubeconfig)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        print(f"operator logs: {[str(p) for p in proc.logs]}")

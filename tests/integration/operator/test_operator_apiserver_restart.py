@@ -25,16 +25,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.infra.chart_identity import apply_crd, install_operator_identity
+from tests.infra.chart_identity import install_operator_identity
 from tests.infra.controlplane import ControlPlane, start_control_plane
 from tests.infra.kafka import KafkaBroker
-from tests.infra.paths import CRD_FILE, SNAPSHOT_CRD_FILE
 from tests.integration.operator.operator_harness import (
     Env,
     OperatorProcess,
+    install_crds,
     load_example,
+    operator_running,
     wait_until,
 )
 from tests.integration.operator.test_operator_internal_topics import (
@@ -64,16 +64,12 @@ def own_operator(
     own_control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     cluster = own_control_plane.cluster
-    apply_crd(cluster, yaml.safe_load(CRD_FILE.read_text()))
-    apply_crd(cluster, yaml.safe_load(SNAPSHOT_CRD_FILE.read_text()))
+    install_crds(cluster)
     identity = install_operator_identity(cluster, tmp_path_factory.mktemp("identity"))
-    proc = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"), identity.kubeconfig)
-    proc.start()
-    try:
+    with operator_running(
+        cluster, tmp_path_factory.mktemp("operator"), identity.kubeconfig
+    ) as proc:
         yield proc
-    finally:
-        proc.stop()
-        print(f"operator logs: {[str(p) for p in proc.logs]}")
 
 
 def apply_example(env: Env, stem: str, name: str) -> str:
