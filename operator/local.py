@@ -111,7 +111,7 @@ def _progress_line(summary: RunSummary) -> str:
 def run_local(
     args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
-    """Exit 0 when the run ends cleanly (source exhausted, --max-seconds, Ctrl-C)."""
+    """Exit 0 when the run ends cleanly (source exhausted, --max-seconds, Ctrl-C, SIGTERM)."""
     out = out or sys.stdout
     err = err or sys.stderr
     rendered = _worker_config(args.file, err)
@@ -137,8 +137,15 @@ def run_local(
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
+    # Ctrl-C and SIGTERM stop the run gracefully (a last checkpoint, exit 0), as they stop
+    # a worker. The handler raises nothing: a KeyboardInterrupt inside a user function is
+    # the function's own, dead-lettered with its record (decision 0187).
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_signal) if in_main else None
+    previous = (
+        {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if in_main
+        else {}
+    )
 
     def progress(summary: RunSummary) -> None:
         if not args.quiet:
@@ -153,8 +160,8 @@ def run_local(
     finally:
         if timer is not None:
             timer.cancel()
-        if in_main:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if not args.quiet:
         err.write(f"done ({summary.reason}): {_progress_line(summary)}\n")
     return 0 if summary.reason in ("stopped", "exhausted") else 1

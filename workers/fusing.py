@@ -388,6 +388,11 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
             "__sh_list": list,
             "__sh_dict": dict,
             "__sh_Exception": Exception,
+            # What the fold catches: a user function's record may hold values whose methods
+            # raise anything (decision 0187); its traceback cleared by BaseException's own
+            # method (a user's error class may override with_traceback).
+            "__sh_BaseException": BaseException,
+            "__sh_untraced": BaseException.with_traceback,
             "__sh_TypeError": TypeError,
         }
     )
@@ -571,8 +576,8 @@ def _fold(
             f"                a{i} = checks[{i}](a{i})",
         ]
     out += [
-        "        except __sh_Exception as error:",
-        "            errors.append((m, error.with_traceback(None)))  # frames hold the record",
+        "        except __sh_BaseException as error:",
+        "            errors.append((m, __sh_untraced(error, None)))  # frames hold the record",
         "            continue",
     ]
     if inline and tumbling:

@@ -5,7 +5,9 @@ from a StreamPipeline); ``streamherd run`` (``streamherd.operator.local``) build
 WorkerConfig from a manifest and calls :func:`run_pipeline` in-process. Both end up in
 ``streamherd.workers.engine.Engine``. SIGTERM/SIGINT stop the engine gracefully: the batch
 in hand is finished, a checkpoint is written, offsets are committed and the consumer leaves
-its group, all within ``runtime.shutdownGraceSeconds``.
+its group, all within ``runtime.shutdownGraceSeconds``. Their handlers set the stop flag and
+never raise: a KeyboardInterrupt inside a user function is that function's own, and the
+engine dead-letters its record (decision 0187).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Final, TextIO
@@ -32,7 +35,7 @@ from streamherd.workers.metrics import EngineMetrics, MetricsServer
 from streamherd.workers.processing import Processor
 from streamherd.workers.yamlfiles import decode_utf8, load_yaml_document
 
-__all__ = ["RunSummary", "load_config", "main", "run_pipeline"]
+__all__ = ["RunSummary", "interrupts_stop", "load_config", "main", "run_pipeline"]
 
 log = logging.getLogger("streamherd.worker")
 
@@ -78,10 +81,36 @@ def run_pipeline(
         ).start()
         log_event(log, logging.INFO, "metrics-serving", port=server.port)
     try:
-        return engine.run()
+        with interrupts_stop(stop=engine.stop):
+            return engine.run()
     finally:
         if server is not None:
             server.stop()
+
+
+@contextmanager
+def interrupts_stop(stop: threading.Event) -> Iterator[None]:
+    """Inside, SIGINT sets ``stop`` where Python's default handler would raise
+    KeyboardInterrupt instead (the main thread, no other handler set): a program that runs
+    a pipeline in-process and leaves SIGINT as it is. The engine dead-letters whatever a
+    user function raises, KeyboardInterrupt included (decision 0187), so a Ctrl-C raised
+    inside one would dead-letter that record instead of stopping the run. The worker and
+    ``streamherd run`` set their own handlers (a stop flag, no raise) before they start."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+
+    def on_interrupt(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -124,28 +124,36 @@ class Failure:
     text: str = field(init=False)
 
     def __post_init__(self) -> None:
+        try:
+            kind, text = self._written()
+        except BaseException as unwritable:  # noqa: BLE001 - a user function's error class
+            # Its __str__ failed (read an attribute its __init__ never set, raised a
+            # KeyboardInterrupt): the dead letter's text would stop the worker, and every
+            # restart meet the record again.
+            object.__setattr__(self, "error", UnwritableError(self.error, unwritable))
+            kind, text = self._written()
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "text", text)
+
+    def _written(self) -> tuple[str, str]:
+        """The error's type name and message (cut to :data:`MESSAGE_CHARACTERS`); whatever
+        of a user's error class that raises, raises here."""
+        error = self.error
         # Only the type and the message are kept: a traceback's frames hold the record and
         # every value computed from it (megabytes for a hostile record) until the batch ends.
-        self.error.__traceback__ = None
-        if self.reason == "expression" and isinstance(self.error, LIMIT_ERRORS):
+        BaseException.with_traceback(error, None)  # whatever the class overrides
+        if self.reason == "expression" and isinstance(error, LIMIT_ERRORS):
             object.__setattr__(self, "reason", "limit")  # frozen: set once, here
-        try:
-            kind, text = type(self.error).__name__, str(self.error)
-            if type(kind) is not str or type(text) is not str:
-                raise TypeError("not a str")
-        except Exception as unwritable:  # noqa: BLE001 - a user function's error class
-            # Its __str__ failed (read an attribute its __init__ never set): the dead
-            # letter's text would stop the worker, and every restart meet the record again.
-            object.__setattr__(self, "error", UnwritableError(self.error, unwritable))
-            kind, text = UnwritableError.__name__, str(self.error)
+        kind, text = type(error).__name__, str(error)
+        if type(kind) is not str or type(text) is not str:
+            raise TypeError("not a str")
         # Some messages repeat the value (float('x...') quotes all of it): keep what the
         # dead-letter header can hold, and let the error hold no more either.
         if len(text) > MESSAGE_CHARACTERS:
             text = text[:MESSAGE_CHARACTERS] + "..."
-            if len(self.error.args) == 1:
-                self.error.args = (text,)
-        object.__setattr__(self, "kind", kind)
-        object.__setattr__(self, "text", text)
+            if len(error.args) == 1:
+                error.args = (text,)
+        return kind, text
 
 
 class UnwritableError(Exception):
@@ -163,7 +171,7 @@ def _type_name(value: object) -> str:
     """The name of ``value``'s class, or ``?`` when its metaclass will not say it."""
     try:
         name = type(value).__name__
-    except Exception:  # noqa: BLE001 - a user class's metaclass
+    except BaseException:  # noqa: BLE001 - a user class's metaclass
         return "?"
     return name if type(name) is str else "?"
 
@@ -377,7 +385,7 @@ def _per_record(
     for item in items:
         try:
             apply(item, out)
-        except Exception as error:  # noqa: BLE001 - user data/code: any error is the record's
+        except BaseException as error:  # noqa: BLE001 - user code: any error is the record's
             failures.append(Failure(item[1], reason, error))
     return out
 
@@ -512,7 +520,7 @@ def function_stage(spec: UserFunction) -> Stage:
             return items
         try:
             out, unattributed = _batch_outputs(fn([r for r, _ in items]), items)
-        except Exception:  # noqa: BLE001 - isolate the poison record(s) one by one
+        except BaseException:  # noqa: BLE001 - isolate the poison record(s) one by one
             return _per_record(items, failures, "function", alone)
         if unattributed and not warned:
             warned = True  # said once per stage: a fact of the function, not of a batch

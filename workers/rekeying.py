@@ -415,13 +415,13 @@ def rekey(
             if type(key) is not str or len(key) > KEY_QUICK_CHARS:
                 key = window_key(key)  # NaN, objects, too long: the record's error
             event_ms = time_of(record, stamp if kafka_time else None)
-        except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
-            failures.append(Failure(m, "expression", error.with_traceback(None)))
+        except BaseException as error:  # noqa: BLE001 - the record's fault: dead-letter it
+            failures.append(Failure(m, "expression", error))  # its traceback cleared there
             continue
         try:
             values = values_of(record)
-        except Exception as error:  # noqa: BLE001 - refused by its window (see the docstring)
-            failures.append(Failure(m, "expression", error.with_traceback(None)))
+        except BaseException as error:  # noqa: BLE001 - refused by its window (see the docstring)
+            failures.append(Failure(m, "expression", error))
             continue  # before moving top, as an unpartitioned window refuses it
         if (top is None and ahead != math.inf) or (top is not None and event_ms - top > ahead):
             # As PartitionWindows.fold judges it.

@@ -404,7 +404,7 @@ class Outputs:
             for i, (_, value) in enumerate(rows):
                 try:
                     lines.append(encode_result(value).decode("utf-8", errors="replace"))
-                except Exception as error:  # noqa: BLE001 - the result's fault: dead-letter it
+                except BaseException as error:  # noqa: BLE001 - the result's fault: dead-letter it
                     self._refuse(source_of(i), None, value, error)
             if lines:
                 self._out.write("\n".join(lines) + "\n")
@@ -427,7 +427,7 @@ class Outputs:
                 if type(key) is str:
                     key = key.encode()  # a lone surrogate: the result's fault, not the worker's
                 data = encode_result(value)
-            except Exception as error:  # noqa: BLE001 - the result's fault: dead-letter it
+            except BaseException as error:  # noqa: BLE001 - the result's fault: dead-letter it
                 self._refuse(source, default_key, value, error)
                 continue
             limit = self._sink_max_bytes
@@ -492,21 +492,23 @@ class Outputs:
         """Dead-letter a result the sink cannot take (reason ``sink``)."""
         try:
             data = encode_result(value)
-        except Exception:  # noqa: BLE001 - not encodable: the headers still name its record
+        except BaseException:  # noqa: BLE001 - not encodable: the headers still name its record
             data = f"<a {type(value).__name__} result that cannot be encoded>".encode()
         message = _ResultMessage(source, _as_bytes(key), data)
         self._report.result_dead_lettered()
+        # The error written once (Failure): a user's error class may not write its message.
+        failure = Failure(message, "sink", error)
         log_event(
             log,
             logging.WARNING,
             "result-dead-lettered",
-            error=type(error).__name__,
-            message=str(error)[:200],
+            error=failure.kind,
+            message=failure.text[:200],
             topic=message.topic(),
             partition=message.partition(),
             offset=message.offset(),
         )
-        self.dead_letter([Failure(message, "sink", error)], alone=alone)
+        self.dead_letter([failure], alone=alone)
 
     def dead_letter(self, failures: list[Failure], alone: bool = False) -> None:
         """Send failed records to the dead-letter topic, each whole or, when it is too large

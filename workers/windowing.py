@@ -611,7 +611,7 @@ class PartitionWindows:
         kafka_time: Callable[[Any], int | None],
         *,
         judge_ahead: bool = True,
-    ) -> tuple[list[tuple[Any, Exception]], list[tuple[Any, int]]]:
+    ) -> tuple[list[tuple[Any, BaseException]], list[tuple[Any, int]]]:
         """Fold a batch of ``(record, source)`` in order, the engine's hot loop.
 
         Same result as :meth:`add` per record (the tumbling case is inlined, locals bound
@@ -639,7 +639,7 @@ class PartitionWindows:
         windows = self.windows
         get = windows.get
         mark = self.changed.add
-        errors: list[tuple[Any, Exception]] = []
+        errors: list[tuple[Any, BaseException]] = []
         late: list[tuple[Any, int]] = []
         max_ms = self.max_event_ms
         start = end = 0  # the window of the previous record (tumbling), reused while t is in it
@@ -656,8 +656,10 @@ class PartitionWindows:
                 else:
                     event_ms = time_of(record, kafka_time(source) if use_kafka_time else None)
                 values = values_of(record)
-            except Exception as error:  # noqa: BLE001 - the record's fault: dead-letter it
-                errors.append((source, error.with_traceback(None)))
+            except BaseException as error:  # noqa: BLE001 - the record's fault: dead-letter it
+                # Its frames hold the record; BaseException's own method, as a user's error
+                # class may override with_traceback.
+                errors.append((source, BaseException.with_traceback(error, None)))
                 continue
             if (max_ms is None and ahead != math.inf) or (
                 max_ms is not None and event_ms - max_ms > ahead

@@ -34,6 +34,7 @@ from streamherd.workers.processing import SourceMessage, error_headers
 from streamherd.workers.repartitioning import close_everything
 from streamherd.workers.values import canonical_key, output_key_text
 from streamherd.workers.windowing import AggregatePlan, PartitionWindows
+from tests.unit.workers import userfuncs
 from tests.unit.workers.test_worker_exact_results import round_trip
 from tests.unit.workers.test_worker_repartition_parity import (
     MemorySink,
@@ -485,3 +486,112 @@ def test_a_subclass_is_folded_as_its_stored_value_not_what_its_overrides_say() -
     for value, stored in [*numbers, (LyingText("x"), "x")]:
         got = rekeying._base_scalar(value)
         assert (type(got), got) == (type(stored), stored), (value, got)
+
+
+#: The dead letter's text of a :class:`userfuncs.UnprintableBase`.
+UNWRITABLE = "UnprintableBase (its message could not be written: KeyboardInterrupt in its __str__)"
+
+
+def leave_config(mode: str, window: bool, repartition: bool) -> WorkerConfig:
+    """:func:`function_config` of ``userfuncs.leave`` (``leave_batch``): a count per key ``k``
+    and a sum of ``v``, late records impossible (an hour of lateness)."""
+    name = "leave" if mode == "record" else "leave_batch"
+    cfg = function_config(f"tests.unit.workers.userfuncs:{name}", mode, window, repartition)
+    if not window:
+        return cfg
+    doc = cfg.model_dump(by_alias=True, mode="json", exclude_none=True)
+    spec = doc["processor"]["steps"][0]["window"]
+    spec["allowedLateness"] = "3600s"
+    spec["aggregates"].append({"name": "s", "function": "sum", "expression": "v"})
+    return WorkerConfig.model_validate(doc)
+
+
+@st.composite
+def leaving(draw: st.DrawFn) -> tuple[str | None, bytes | None]:
+    """A record for :func:`userfuncs.leave`: its key ``k``, a value ``v``, and maybe the
+    BaseException it has the function raise (``leave``) or its window's reads raise
+    (``trap``)."""
+    key = draw(st.sampled_from(["a", "b", "c", "d"]))
+    fields: dict[str, Any] = {"k": key, "ts": BASE + draw(st.integers(0, 3000)), "v": 1}
+    for name in ("leave", "trap"):
+        if draw(st.integers(0, 3)) == 0:
+            fields[name] = draw(st.sampled_from(sorted(userfuncs.LEAVES)))
+    return json.dumps(key), json.dumps(fields).encode()
+
+
+def stateless_run(
+    cfg: WorkerConfig, parts: list[list[SourceMessage]], data: st.DataObject
+) -> MemorySink:
+    sink = MemorySink(0)
+    eng = engine(cfg, sink, fused=False)
+    for p, messages in enumerate(parts):
+        state = PartitionState(SOURCE, p)
+        i = 0
+        while i < len(messages):
+            n = data.draw(st.integers(1, 5), label="stateless batch")
+            eng._process_partition(state, messages[i : i + n])
+            i += n
+    return sink
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    records=st.lists(leaving(), max_size=30),
+    mode=st.sampled_from(["record", "batch"]),
+    queues=st.integers(1, 3),
+    data=st.data(),
+)
+def test_a_user_functions_base_exception_is_the_records_dead_letter_on_every_route(
+    records: list[tuple[str | None, bytes | None]],
+    mode: str,
+    queues: int,
+    data: st.DataObject,
+) -> None:
+    """A user function raised a BaseException that is no Exception (SystemExit with a code
+    or a text, KeyboardInterrupt, GeneratorExit, a user's own subclass, one whose
+    ``__str__`` raises), or returned a record whose reads raise one: it left the worker,
+    and every restart met the record again. Each such record is dead-lettered (reason
+    ``function``, or ``expression`` where the window read it) alike on every route (fused,
+    generic, the repartition hop, a stateless pipeline), each once, and the worker goes on:
+    every other record is counted in its window."""
+    parts = sources(records)
+    fused = direct_run(leave_config(mode, True, False), True, parts, data)
+    generic = direct_run(leave_config(mode, True, False), False, parts, data)
+    hopped = hop_run(leave_config(mode, True, True), parts, queues, data)
+    stateless = stateless_run(leave_config(mode, False, False), parts, data)
+
+    want: list[tuple[Any, ...]] = []
+    good = 0
+    for p, messages in enumerate(parts):
+        for m in messages:
+            fields = json.loads(m.value() or b"")
+            name = fields.get("leave") or fields.get("trap")
+            if name is None:
+                good += 1
+                continue
+            raised = userfuncs.LEAVES[name]()
+            reason = "function" if "leave" in fields else "expression"
+            kind, text = type(raised).__name__, ""
+            if name == "unprintable":
+                kind, text = "UnwritableError", UNWRITABLE
+            else:
+                text = str(raised)
+            want.append((p, m.offset(), reason, kind, text))
+    got = [
+        (f.message.partition(), f.message.offset(), f.reason, f.kind, f.text) for f in generic.dead
+    ]
+    assert sorted(got) == sorted(want)
+    event(f"dead-lettered: {len(want)}")
+    assert results_of(fused.rows) == results_of(generic.rows)
+    assert results_of(hopped.rows) == results_of(generic.rows)
+    assert dead_letters(fused.dead) == dead_letters(generic.dead)
+    assert dead_letters(hopped.dead) == dead_letters(generic.dead)
+    assert dead_letters(stateless.dead) == [d for d in dead_letters(generic.dead)
+                                            if d[3] == "function"]  # fmt: skip
+    # The worker went on: every other record is in its window (and a stateless sink).
+    assert sum(row["n"] for _, row in generic.rows) == good
+    assert len(stateless.rows) == len(records) - len(stateless.dead)

@@ -1,9 +1,11 @@
 """run_pipeline with the generator source: examples/01-clicks-local.yaml's settings give the
-right windows on stdout; a stopped run resumes from its checkpoints without double counting."""
+right windows on stdout; a stopped run resumes from its checkpoints without double counting; a
+Ctrl-C inside a user function stops the run."""
 
 from __future__ import annotations
 
 import io
+import signal
 import threading
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -16,6 +18,7 @@ from streamherd.workers.config import GeneratorSourceConfig, WorkerConfig
 from streamherd.workers.engine import RunSummary
 from streamherd.workers.generating import ClickGenerator
 from streamherd.workers.main import run_pipeline
+from tests.unit.workers import userfuncs
 
 GENERATOR = {"count": 20000, "keys": 50, "startTimeMs": 1767225600000, "timeStepMs": 5}
 
@@ -126,3 +129,24 @@ def test_stopped_run_resumes_from_checkpoint(tmp_path: Path) -> None:
     expected = reference()
     assert set(combined) == set(expected)
     assert all(combined[k]["clicks"] == expected[k]["clicks"] for k in expected)
+
+
+def test_a_real_sigint_inside_a_user_function_stops_an_in_process_run(tmp_path: Path) -> None:
+    """A program runs a pipeline in-process and leaves SIGINT as Python sets it (raise
+    KeyboardInterrupt). A Ctrl-C that lands inside the user function must stop the run, as
+    it stops the worker and `streamherd run`, not be taken for the function's own
+    KeyboardInterrupt, which the engine dead-letters with its record (decision 0187):
+    run_pipeline turns SIGINT into its stop flag while it runs, and restores the handler."""
+    doc = example_01(tmp_path).model_dump(by_alias=True, mode="json", exclude_none=True)
+    doc["processor"]["function"] = {"callable": "tests.unit.workers.userfuncs:interrupt_once"}
+    cfg = WorkerConfig.model_validate(doc)
+    userfuncs.INTERRUPTED.clear()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        summary = run_pipeline(cfg, out=io.StringIO())
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert userfuncs.INTERRUPTED == [True]
+    assert (summary.reason, summary.dead_lettered) == ("stopped", 0)
+    assert 0 < summary.records_in < 20000

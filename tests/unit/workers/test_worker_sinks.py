@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from streamherd.workers.config import SinkConfig
 from streamherd.workers.metrics import EngineMetrics, SinkMetrics
-from streamherd.workers.processing import SyntheticMessage
+from streamherd.workers.processing import Failure, SyntheticMessage
 from streamherd.workers.sinks import (
     FRAMING_BYTES,
     ORIGINAL_KEY_SIZE,
@@ -28,6 +28,7 @@ from streamherd.workers.sinks import (
     shorter,
 )
 from streamherd.workers.sinks_postgres import postgres_refusal
+from tests.unit.workers import userfuncs
 
 HEADERS = [("streamherd.error", b"TypeError"), ("streamherd.source.offset", b"7")]
 
@@ -164,3 +165,40 @@ def test_a_sink_key_that_is_no_utf8_text_is_the_results_fault() -> None:
     outputs.write([(None, {"name": "a"}), (None, {"name": "b"})], source)
     sample = metrics.registry.get_sample_value
     assert sample("streamherd_results_dead_lettered_total", {"pipeline": "p"}) == 2
+
+
+class Sly(dict[str, Any]):
+    """A result (a dict subclass, as a user function may return) whose ``items()`` raises
+    SystemExit: the stdlib writer runs it, for a result holding an integer beyond 64 bits."""
+
+    def items(self) -> Any:
+        raise SystemExit(3)
+
+
+def test_a_result_whose_own_methods_raise_a_base_exception_is_the_results_dead_letter() -> None:
+    """A result's own code (a user function's dict subclass) raised SystemExit where the
+    stdout sink writes it, or KeyboardInterrupt where a Kafka sink's key expression reads
+    it: either left the worker, and every restart met the record again. Each is
+    dead-lettered (reason ``sink``); the results after it are written."""
+    source = SyntheticMessage("in", 3, 42, None, {}, 0)
+    written = io.StringIO()
+    stdout = Outputs(SinkConfig.model_validate({"stdout": {}}), None, "ns/p", written)
+    kafka = Outputs(
+        SinkConfig.model_validate(
+            {"kafka": {"bootstrapServers": "127.0.0.1:9", "topic": "out", "key": "name"}}
+        ),
+        None,
+        "ns/p",
+        io.StringIO(),
+    )
+    dead: list[Failure] = []
+    for outputs in (stdout, kafka):
+        outputs.dead_letter = lambda failures, alone=False: dead.extend(failures)  # type: ignore[method-assign]
+    stdout.write([(None, Sly(big=2**70)), (None, {"a": 1})], source)
+    trap = userfuncs.Trap(name="a", trap="interrupt")
+    kafka.write([(None, trap), (None, {"name": "b"})], source)
+    assert written.getvalue() == '{"a":1}\n'
+    assert [(f.reason, f.kind, f.text, f.message.offset()) for f in dead] == [
+        ("sink", "SystemExit", "3", 42),
+        ("sink", "KeyboardInterrupt", "", 42),
+    ]

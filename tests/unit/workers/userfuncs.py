@@ -5,6 +5,10 @@ from __future__ import annotations
 import decimal
 import fractions
 import math
+import os
+import signal
+import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -212,3 +216,80 @@ def retype(record: dict[str, Any]) -> dict[str, Any]:
         if name in record and type(kind) is str:
             out[name] = _retyped(record[name], kind)
     return out
+
+
+class Boom(BaseException):
+    """A user's own BaseException subclass: not an Exception."""
+
+
+class UnprintableBase(BaseException):
+    """A BaseException whose ``__str__`` raises one too (a KeyboardInterrupt)."""
+
+    def __str__(self) -> str:
+        raise KeyboardInterrupt
+
+
+#: What a record's ``leave`` (or ``trap``) field has :func:`leave` raise: every kind of
+#: BaseException that is no Exception, each of which stopped the worker.
+LEAVES: dict[str, Callable[[], BaseException]] = {
+    "exit0": lambda: SystemExit(0),
+    "exit3": lambda: SystemExit(3),
+    "exittext": lambda: SystemExit("text"),
+    "interrupt": KeyboardInterrupt,
+    "generatorexit": GeneratorExit,
+    "boom": lambda: Boom("boom"),
+    "unprintable": UnprintableBase,
+}
+
+
+class Trap(dict[str, Any]):
+    """A record (a dict subclass) whose every read by ``get`` raises what its ``trap``
+    field names: user code that runs where the window reads the record (its key, event
+    time and values: the fold, the repartition hop's re-keying, the sink's key)."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        raise LEAVES[dict.__getitem__(self, "trap")]()
+
+
+def leave(record: dict[str, Any]) -> dict[str, Any]:
+    """Record mode: raise what ``leave`` names (:data:`LEAVES`); a :class:`Trap` of the
+    record when it has ``trap``; else the record."""
+    if "leave" in record:
+        raise LEAVES[record["leave"]]()
+    return Trap(record) if "trap" in record else record
+
+
+def leave_batch(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Batch mode: :func:`leave` over a list (the whole batch raises when one record does)."""
+    return [leave(r) for r in records]
+
+
+def leave_clicks(record: dict[str, Any]) -> dict[str, Any]:
+    """Record mode, on the generator's clicks: a click whose ``bytes`` is a multiple of 7
+    raises one of :data:`LEAVES` (chosen by its bytes); the others pass as they are."""
+    size = record["bytes"]
+    if size % 7:
+        return record
+    kinds = sorted(LEAVES)
+    raise LEAVES[kinds[size // 7 % len(kinds)]]()
+
+
+def dawdle(record: dict[str, Any]) -> dict[str, Any]:
+    """Record mode: the record, a millisecond later: a run spends its time in user code,
+    where a signal then lands."""
+    time.sleep(0.001)
+    return record
+
+
+#: Whether :func:`interrupt_once` has sent its SIGINT (a test clears it).
+INTERRUPTED: list[bool] = []
+
+
+def interrupt_once(record: dict[str, Any]) -> dict[str, Any]:
+    """Record mode: the first call sends this process a real SIGINT (a Ctrl-C that lands
+    inside user code) and gives its handler time to run; the record passes."""
+    if not INTERRUPTED:
+        INTERRUPTED.append(True)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+    return record
