@@ -54,6 +54,7 @@ from streamherd.operator.rollback import ROLLBACK_REFUSED, ROLLED_BACK, build_la
 from streamherd.operator.upgrades import HELD_KINDS, STATE_COMPATIBLE, StateChange
 from streamherd.operator.upgrades import Decision as UpgradeDecision
 from streamherd.operator.upgrades import decide as decide_upgrade
+from streamherd.operator.validation import stored_list, stored_status
 from streamherd.workers.fingerprint import Description, fingerprint
 
 Phase = Literal["Pending", "Running", "Scaling", "Suspended", "Degraded", "Failed"]
@@ -289,7 +290,7 @@ class Observed:
 
     @property
     def status(self) -> Mapping[str, Any]:
-        status: Mapping[str, Any] = self.body.get("status") or {}
+        status: Mapping[str, Any] = stored_status(self.body)
         return status
 
     @property
@@ -720,7 +721,7 @@ def snapshots_status(
     listed while it was taken), and `added`: entries listed unless one of their name is
     (the snapshot a reset or replay waits for, while it is taken, decision 0174; those of
     a state change the status did not record, decision 0173)."""
-    listed = [s for s in status.get("snapshots") or [] if isinstance(s, Mapping)]
+    listed = [s for s in stored_list(status, "snapshots") if isinstance(s, Mapping)]
     for entry in kept:
         at = next((i for i, s in enumerate(listed) if s.get("name") == entry.get("name")), None)
         if at is None:
@@ -839,8 +840,27 @@ def status_patch(
     return patch
 
 
+def merged(current: Any, patch: Any) -> Any:
+    """`current` after the JSON merge patch `patch` (RFC 7386), as the API server applies
+    the status patch: a null deletes a key, an object merges, anything else replaces."""
+    if not isinstance(patch, Mapping):
+        return patch
+    out = dict(current) if isinstance(current, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merged(out.get(key), value)
+    return out
+
+
 def changed(current: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
-    return any(current.get(k) != v for k, v in patch.items())
+    """Whether writing the merge patch `patch` changes the stored status `current`. Not
+    whether each key's value differs: a merge patch leaves keys of a nested object it does
+    not name (a `verification.generation: null` someone else wrote, a field of an older
+    schema), so a patch that differs only there changed nothing, and writing it at every
+    reconcile made an event that reconciled again, for ever."""
+    return bool(merged(current, patch) != current)
 
 
 def what_changed(current: Mapping[str, Any], patch: Mapping[str, Any]) -> str:
@@ -852,7 +872,17 @@ def what_changed(current: Mapping[str, Any], patch: Mapping[str, Any]) -> str:
         if key != "conditions":
             out.append(f"{key}: {current.get(key)!r} -> {value!r}")
             continue
-        was = {c.get("type"): c for c in current.get("conditions") or []}
+        held = current.get("conditions")
+        # A stored list of any shape (written by someone else, or before a CRD change).
+        was = (
+            {
+                c["type"]: c
+                for c in held
+                if isinstance(c, Mapping) and isinstance(c.get("type"), str)
+            }
+            if isinstance(held, list)
+            else {}
+        )
         for c in value:
             old = was.get(c["type"]) or {}
             if old != c:

@@ -72,12 +72,8 @@ from streamherd.operator.snapshots import (
     register_snapshots,
 )
 from streamherd.operator.topicadmin import TopicAdminError
-from streamherd.operator.validation import parse_pipeline
-from streamherd.operator.verifying import (
-    delete_verification,
-    verification_left,
-    verification_pipeline,
-)
+from streamherd.operator.validation import deletion_pipeline, stored_list, stored_status
+from streamherd.operator.verifying import delete_verification, verification_left
 
 PREFIX: Final = "streamherd.io"
 #: Tries of the deletion of a pipeline's internal topics (5 s apart, then doubling up to a
@@ -155,10 +151,25 @@ def needs_topic_cleanup(body: Manifest) -> bool:
     lists them with their partitions) and the spec does not keep them
     (spec.state.retainOnDelete). A pipeline whose broker was never reached has none to
     delete, and its deletion is never held up by a broker that does not answer."""
-    listed = (body.get("status") or {}).get("internalTopics") or []
+    listed = stored_list(stored_status(body), "internalTopics")
     if not any(isinstance(t, dict) and t.get("partitions") for t in listed):
         return False
     return not retains_on_delete(body)
+
+
+def topics_not_deleted(body: Manifest) -> EventNote:
+    """The Warning of a deletion that cannot reach the broker to delete the internal topics
+    status lists: the stored spec's source no longer parses (so neither the cluster nor the
+    credentials are known)."""
+    listed = stored_list(stored_status(body), "internalTopics")
+    names = sorted(str(t.get("name")) for t in listed if isinstance(t, dict) and t.get("name"))
+    return EventNote(
+        "Warning",
+        "TopicsNotDeleted",
+        "cannot delete the internal topics: spec.source no longer parses, so the source "
+        f"cluster cannot be reached; Kafka topics {', '.join(names) or '(none named)'} are "
+        "kept: delete them yourself",
+    )
 
 
 def configure_kopf(
@@ -296,10 +307,15 @@ def build_registry(ops: OperatorSettings) -> Any:
     )
     async def delete_topics(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
         ctx: OperatorContext = memo["ctx"]
-        if ctx.topics is None:
+        # Kept or deleted as the filter and every other decision of the deletion read it
+        # (retains_on_delete, from the raw object): a stored spec of a shape the models
+        # refuse (spec.state: "retain") made this handler keep the topics while the
+        # delete-snapshots handler deleted the snapshots.
+        if ctx.topics is None or retains_on_delete(body):
             return
-        pipeline, _problems = parse_pipeline(dict(body))
-        if pipeline is None or pipeline.spec.state.retain_on_delete:
+        pipeline = deletion_pipeline(dict(body))
+        if pipeline is None:
+            await tell(ctx, dict(body), topics_not_deleted(dict(body)))
             return
         loop = asyncio.get_running_loop()
         # A reconcile already under way (it read the pipeline before the deletion) may still
@@ -343,10 +359,10 @@ def build_registry(ops: OperatorSettings) -> Any:
         # under way (one that starts the run) is over first.
         ctx: OperatorContext = memo["ctx"]
         loop = asyncio.get_running_loop()
-        status = dict(body.get("status") or {})
+        status = dict(stored_status(body))
         # Whatever else the spec says now: the run's names and the cluster come from the
         # name and the source (an edit the models refuse does not leak what status names).
-        pipeline = verification_pipeline(dict(body))
+        pipeline = deletion_pipeline(dict(body))
         if pipeline is None:
             run = str((status.get("verification") or {}).get("run"))
             note = EventNote(

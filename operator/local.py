@@ -29,8 +29,8 @@ from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import load_documents, parse_pipeline, unnamed_problem
 from streamherd.workers.config import KafkaSecurity, WorkerConfig
 from streamherd.workers.engine import RunSummary
-from streamherd.workers.kafkaclients import SecurityConfigError
-from streamherd.workers.main import load_config, run_pipeline
+from streamherd.workers.kafkaclients import SecurityConfigError, StuckCallError
+from streamherd.workers.main import STUCK_EXIT_CODE, exit_stuck, load_config, run_pipeline
 from streamherd.workers.preparedrecovery import recover_stopped
 
 
@@ -154,6 +154,17 @@ def run_local(
 
     try:
         summary = run_pipeline(config, stop=stop, progress=progress, out=out)
+    except StuckCallError as e:
+        # As the worker does (decision 0186): the stuck call holds the client, and leaving
+        # through the interpreter's exit would wait on it (its destructor, atexit).
+        err.write(
+            f"error: a Kafka client is stuck: {e}; exiting at once (code {STUCK_EXIT_CODE}) "
+            f"without closing it; run again to resume from the last checkpoint in "
+            f"{checkpoint_dir}\n"
+        )
+        out.flush()
+        err.flush()
+        exit_stuck()
     except Exception as e:  # noqa: BLE001 - any engine failure: say why, exit non-zero
         err.write(f"error: {type(e).__name__}: {e}\n")
         return 1

@@ -41,10 +41,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final, Literal, Protocol
 
-from pydantic import ValidationError
-
 from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND
-from streamherd.operator.api.v1alpha1 import StreamPipeline, StreamPipelineStatus
+from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.builders import CHILD_KINDS, KEDA_API, Capabilities, build_all
 from streamherd.operator.builders.credentials import credentials
 from streamherd.operator.builders.meta import (
@@ -104,7 +102,7 @@ from streamherd.operator.upgrades import (
     state_change,
     state_epoch,
 )
-from streamherd.operator.validation import parse_pipeline
+from streamherd.operator.validation import lenient_status, parse_pipeline, stored_status
 from streamherd.operator.verifying import Gate, KafkaFactory, gate
 from streamherd.workers.fingerprint import Description, fingerprint
 from streamherd.workers.snapshotting import is_volume_snapshot
@@ -215,7 +213,8 @@ def _parse_spec(body: Mapping[str, Any]) -> tuple[StreamPipeline | None, str | N
 def _parse(
     body: Mapping[str, Any], memo: ReconcileMemo | None = None
 ) -> tuple[StreamPipeline | None, str | None]:
-    """The pipeline (status parsed leniently) or the readable reason it is invalid."""
+    """The pipeline (status parsed leniently, field by field) or the readable reason it is
+    invalid."""
     key = _spec_key(body) if memo is not None else None
     parsed = memo.get(("spec", *key)) if memo is not None and key is not None else None
     if parsed is None:
@@ -225,13 +224,8 @@ def _parse(
     pipeline, invalid = parsed
     if pipeline is None:
         return None, invalid
-    raw_status = dict(body.get("status") or {})
-    try:
-        status = StreamPipelineStatus.model_validate(
-            {k: v for k, v in raw_status.items() if k != "conditions"}
-        )
-    except ValidationError:
-        status = StreamPipelineStatus()
+    raw_status = stored_status(body)
+    status = lenient_status({k: v for k, v in raw_status.items() if k != "conditions"})
     return pipeline.model_copy(update={"status": status}), None
 
 
@@ -437,7 +431,7 @@ def observe(
     if hash_ is None:
         return Observed(body, pipeline, secret_names=secret_names, secret_problems=tuple(problems))
     caps = capabilities(pipeline, kube)
-    status: Mapping[str, Any] = body.get("status") or {}
+    status: Mapping[str, Any] = stored_status(body)
     observed = Observed(body, pipeline, secret_names=secret_names, caps=caps)
     # rollback auto: a generation that did not settle in time is built from the last good
     # spec instead (operator/rollback.py); the memo is keyed by generation, so not used.
@@ -786,7 +780,7 @@ def release_state_snapshots(body: Mapping[str, Any], kube: KubeApi) -> tuple[lis
     never does), none can appear before the spec changes again; turning the option off and
     on is a new generation. Before, every reconcile of such a pipeline made that LIST for
     ever (decision 0178)."""
-    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    meta, status = body.get("metadata") or {}, stored_status(body)
     if not retains_on_delete(body):
         return [], None
     generation = meta.get("generation")

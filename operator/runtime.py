@@ -44,6 +44,7 @@ from streamherd.operator.reconciler import ReconcileMemo, ReconcileResult, recon
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.shadowtopics import KafkaShadowClient
 from streamherd.operator.topicadmin import InternalTopics
+from streamherd.operator.validation import stored_status
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ def start_watch_cache(ctx: OperatorContext, loop: asyncio.AbstractEventLoop) -> 
         meta = obj.get("metadata") or {}
         if kind == KIND:
             # A spec change the cache saw (kopf's on.update may have read an older copy).
-            observed = (obj.get("status") or {}).get("observedGeneration")
+            observed = stored_status(obj).get("observedGeneration")
             if type_ != "DELETED" and meta.get("generation") != observed:
                 key = pipeline_key(meta.get("namespace"), meta.get("name"))
                 loop.call_soon_threadsafe(schedule, ctx, key)

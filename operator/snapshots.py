@@ -56,7 +56,12 @@ from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.kube import ApiError, KubeApi
 from streamherd.operator.reconciler import release_state_snapshot
 from streamherd.operator.restoring import listed_snapshots, snapshot_status
-from streamherd.operator.validation import parse_pipeline
+from streamherd.operator.validation import (
+    deletion_pipeline,
+    parse_pipeline,
+    stored_list,
+    stored_status,
+)
 from streamherd.workers.repartitioning import source_partitions
 from streamherd.workers.snapshotting import read_snapshot, snapshot_topic
 
@@ -205,7 +210,7 @@ def list_in_pipeline(
     body = kube.get(f"{GROUP}/{VERSION}", KIND, namespace, pipeline)
     if body is None:
         return
-    current = (body.get("status") or {}).get("snapshots") or []
+    current = stored_list(stored_status(body), "snapshots")
     listed = listed_snapshots(current, name, status)
     if listed is not None:
         kube.patch_status(namespace, pipeline, {"snapshots": listed or None})
@@ -218,7 +223,16 @@ def delete_topic(kube: KubeApi, namespace: str, name: str, spec: Any, status: An
     wanted = str(spec.get("pipeline", ""))
     known = status.get("topic")
     topic = known or snapshot_topic(namespace, wanted, name)
-    pipeline, why = _pipeline(kube, namespace, wanted)
+    # Reached through the source alone when the stored spec no longer parses (decision
+    # 0189): a pipeline deleted with a malformed spec.state deletes its snapshots, whose
+    # topics were left when this read the whole spec.
+    body = kube.get(f"{GROUP}/{VERSION}", KIND, namespace, wanted)
+    pipeline = deletion_pipeline(body) if body is not None else None
+    why = (
+        f"{KIND} {wanted} not found in namespace {namespace}"
+        if body is None
+        else f"{KIND} {wanted}: spec.source does not parse"
+    )
     if pipeline is None or pipeline.spec.source.kafka is None:
         if not known:
             return None  # no topic was known to be made, and none can be reached
@@ -237,7 +251,7 @@ def deletes_with(body: Mapping[str, Any] | None, name: str) -> bool:
     (:func:`lists_state_snapshots`) holds for it, listing `name`."""
     if body is None or FINALIZER not in ((body.get("metadata") or {}).get("finalizers") or []):
         return False
-    listed = (body.get("status") or {}).get("snapshots") or []
+    listed = stored_list(stored_status(body), "snapshots")
     return lists_state_snapshots(body) and any(
         isinstance(s, Mapping) and s.get("name") == name for s in listed
     )
@@ -252,7 +266,7 @@ def lists_state_snapshots(body: Any) -> bool:
     are kept instead (:func:`keep_state_snapshots`). Whatever retainOnDelete says now: it
     decides at the deletion, and one set after a reset took the finalizer away, so the
     garbage collector deleted the snapshot it kept and left its topic (decision 0177)."""
-    return lists_state_snapshot(body.get("status"))
+    return lists_state_snapshot(stored_status(body))
 
 
 def _owned_state_snapshots(

@@ -81,7 +81,7 @@ from streamherd.operator.builders.shadow import (
 from streamherd.operator.conditions import VERIFIED, Cond
 from streamherd.operator.kube import KubeApi, Manifest
 from streamherd.operator.shadowtopics import NO_OFFSET, Offsets, ShadowKafka, ShadowKafkaError
-from streamherd.operator.validation import parse_pipeline
+from streamherd.operator.validation import stored_status
 from streamherd.workers.config import WorkerConfig, parse_duration
 
 log = logging.getLogger(__name__)
@@ -402,23 +402,8 @@ def verification_left(body: Mapping[str, Any]) -> bool:
     status.verification names a run not known to be cleaned up. Whatever
     spec.state.retainOnDelete says: a shadow's topics and groups hold no state of the
     pipeline's (decision 0176)."""
-    raw = (body.get("status") or {}).get("verification")
+    raw = stored_status(body).get("verification")
     return isinstance(raw, Mapping) and bool(raw.get("run")) and raw.get("cleaned") is not True
-
-
-def verification_pipeline(body: Mapping[str, Any]) -> StreamPipeline | None:
-    """The pipeline as the deletion of its run needs it (decision 0176): as parsed, or, when
-    its spec no longer parses (an edit the models refuse), one with its spec's source
-    alone. A run's topic and group names and the cluster's credentials derive from its
-    name, namespace and source only, so what status names is deleted whatever else the
-    spec says. None when even the source does not parse."""
-    pipeline, _problems = parse_pipeline(body)
-    if pipeline is not None:
-        return pipeline
-    source = (body.get("spec") or {}).get("source")
-    alone = {**body, "spec": {"source": source, "sink": {"stdout": {}}}}
-    pipeline, _problems = parse_pipeline(alone)
-    return pipeline if pipeline is not None and pipeline.spec.source.kafka is not None else None
 
 
 def delete_verification(

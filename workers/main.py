@@ -13,6 +13,7 @@ engine dead-letters its record (decision 0187).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Final, TextIO
+from typing import Final, NoReturn, TextIO
 
 import orjson
 import yaml
@@ -35,7 +36,15 @@ from streamherd.workers.metrics import EngineMetrics, MetricsServer
 from streamherd.workers.processing import Processor
 from streamherd.workers.yamlfiles import decode_utf8, load_yaml_document
 
-__all__ = ["RunSummary", "interrupts_stop", "load_config", "main", "run_pipeline"]
+__all__ = [
+    "STUCK_EXIT_CODE",
+    "RunSummary",
+    "exit_stuck",
+    "interrupts_stop",
+    "load_config",
+    "main",
+    "run_pipeline",
+]
 
 log = logging.getLogger("streamherd.worker")
 
@@ -52,6 +61,25 @@ def load_config(path: str | Path) -> WorkerConfig:
     except orjson.JSONDecodeError:
         doc = load_yaml_document(file, decode_utf8(data, file, what="worker configs"))
     return WorkerConfig.model_validate(doc)
+
+
+#: The exit code of a process (the worker, `streamherd run`) whose Kafka client got stuck
+#: (:class:`StuckCallError`; decision 0186).
+STUCK_EXIT_CODE: Final = 4
+
+
+def exit_stuck() -> NoReturn:
+    """Leave the process at once with :data:`STUCK_EXIT_CODE`, after a :class:`StuckCallError`
+    was reported (decision 0186): the stuck call still holds the client, so nothing may wait
+    on it. A normal exit would: closing the client, its destructor (librdkafka's destroy
+    joins its threads, one of them in the call), atexit handlers. Logs and the standard
+    streams are flushed first; nothing else runs. Exactly-once survives it as a crash: the
+    next start fences this incarnation and resumes from the last durable checkpoint."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed or gone: nothing to say there
+            stream.flush()
+    logging.shutdown()
+    os._exit(STUCK_EXIT_CODE)
 
 
 def run_pipeline(
@@ -148,20 +176,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = run_pipeline(config, stop=stop)
     except StuckCallError as error:
-        # The stuck call still holds the client: closing it could wait for ever. Leave as a
-        # crash does; the next start fences this incarnation and resumes from the last
-        # durable checkpoint (the kubelet restarts the pod).
+        # The kubelet restarts the pod; the next start fences this incarnation.
         log_event(log, logging.ERROR, "client-stuck", error=str(error), action="exit")
-        logging.shutdown()
-        os._exit(STUCK_EXIT_CODE)
+        exit_stuck()
     except Exception as error:
         log.exception("event=failed error=%s", type(error).__name__)
         return 1
     return 0 if summary.reason in ("stopped", "exhausted") else 1
-
-
-#: The exit code of a worker whose Kafka client got stuck (:class:`StuckCallError`).
-STUCK_EXIT_CODE: Final = 4
 
 
 def _overdue() -> None:

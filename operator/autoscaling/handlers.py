@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -40,7 +40,7 @@ from streamherd.operator.kafkalogging import shared_kafka_log
 from streamherd.operator.kube import ApiError, Manifest
 from streamherd.operator.lagprobe import ClusterConfig, LagProbe
 from streamherd.operator.reconciler import EventNote
-from streamherd.operator.validation import parse_pipeline
+from streamherd.operator.validation import parse_pipeline, stored_status
 from streamherd.workers.config import parse_duration
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def wants_builtin(body: Manifest) -> float | None:
         return None
 
 
-def status_patch(result: ScaleResult, status: Manifest, now: datetime) -> Manifest:
+def status_patch(result: ScaleResult, status: Mapping[str, Any], now: datetime) -> Manifest:
     """The autoscaler's status keys that changed (empty: nothing to write)."""
     patch: Manifest = {}
     if result.lag is not None and status.get("lag") != result.lag:
@@ -174,7 +174,7 @@ async def scale_once(
         # pipeline that was never at zero; the next round measures against the Deployment.
         return None
     spec_replicas = int((dep.get("spec") or {}).get("replicas") or 0)
-    status = body.get("status") or {}
+    status = stored_status(body)
     wanted = status.get("desiredReplicas")
     current = int(wanted) if isinstance(wanted, int) else spec_replicas
     ready = int((dep.get("status") or {}).get("readyReplicas") or 0)

@@ -42,8 +42,8 @@ TAKEN_BEFORE_LABEL: Final = "streamherd.io/taken-before"
 def lists_state_snapshot(status: Mapping[str, Any] | None) -> bool:
     """Whether a pipeline's `status` lists a snapshot taken before one of its resets or
     replays (the name says: `-reset-g<n>`, `-replay-g<n>`, either with `-<uid hash>`)."""
-    listed = (status or {}).get("snapshots") or []
-    return any(
+    listed = status.get("snapshots") if isinstance(status, Mapping) else None
+    return isinstance(listed, list) and any(
         isinstance(s, Mapping)
         and re.search(r"-(reset|replay)-g[0-9]+(-[0-9a-f]{8})?$", str(s.get("name")))
         for s in listed

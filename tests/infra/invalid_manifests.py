@@ -215,6 +215,39 @@ def _rich_metadata() -> dict[str, Any]:
 RICH_METADATA = _rich_metadata()
 
 
+def _rich_status() -> dict[str, Any]:
+    """KAFKA with a status as the operator writes it, every field set: for the property
+    tests' edits of status. The API server judges none of its values on create (it drops
+    status, the subresource's alone), only its fields' names (decision 0189)."""
+    doc = copy.deepcopy(KAFKA)
+    topic = "streamherd.default.clicks-per-minute"
+    doc["status"] = {
+        "observedGeneration": 3, "phase": "Running", "replicas": 2, "readyReplicas": 2,
+        "desiredReplicas": 2, "selector": "app.kubernetes.io/instance=clicks-per-minute",
+        "lag": 12, "lastScaleTime": "2026-01-01T00:00:00Z", "lastScaleReason": "lag",
+        "inputHash": "abc", "stateFingerprint": "0123abcd", "pendingStateChanges": ["window"],
+        "stateEpoch": {"generation": 2, "pipelineUid": "0e0f7a8e-1111-2222-3333-444455556666"},
+        "lastGoodGeneration": 3, "rolledBackGeneration": 2,
+        "verification": {"phase": "Running", "run": "r1", "generation": 3, "baseline": "a",
+                         "candidate": "b", "startedAt": "2026-01-01T00:00:00Z",
+                         "endOffsets": {"clicks/0": 5}, "comparedWindows": 1,
+                         "differingWindows": 0, "pendingWindows": 0, "differing": ["w"],
+                         "message": "m", "cleaned": False},
+        "snapshots": [{"name": "clicks-per-minute-reset-g2", "fingerprint": "0123abcd",
+                       "reason": "reset", "time": "2026-01-01T00:00:00Z", "partitions": 3,
+                       "sizeBytes": 10}],
+        "snapshotsKeptGeneration": 2,
+        "internalTopics": [{"name": f"{topic}.repartition", "purpose": "repartition",
+                            "partitions": 3, "config": {"cleanup.policy": "delete"}}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Running", "message": "",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 3}],
+    }  # fmt: skip
+    return doc
+
+
+RICH_STATUS = _rich_status()
+
+
 def _rich_postgres() -> dict[str, Any]:
     """PG_EOS with its optional strings set (connection keys, columns), valid."""
     doc = copy.deepcopy(PG_EOS)
@@ -655,6 +688,18 @@ BOTH: list[Case] = [
          (f"{W}.aggregates[1].expression", "b" * (MAX_EXPRESSION_LENGTH + 1))),
     case("sink key over the compiler's limit", KAFKA, "spec.sink.kafka.key",
          ("spec.sink.kafka.key", "k" * (MAX_EXPRESSION_LENGTH + 1))),
+    # status: on a create or update the API server drops it (the subresource's alone) but
+    # prunes it first, while it decodes: under strict field validation (kubectl's) a field
+    # its schema does not declare is refused, at any depth, whatever the value's type.
+    case("an unknown field in status", KAFKA, "status.bogusField", ("status", {"bogusField": 1})),
+    case("an unknown field in a status condition", RICH_STATUS, "status.conditions[0].bogus",
+         ("status.conditions[0].bogus", "x")),
+    case("an object where status has a string", KAFKA, "status.phase.x",
+         ("status", {"phase": {"x": 1}})),
+    case("a list of objects as status", KAFKA, "status[0].phase",
+         ("status", [{"phase": "Running"}])),
+    case("an unknown field in a status list item", RICH_STATUS, "status.internalTopics[0].x",
+         ("status.internalTopics[0].x", None)),
 ]  # fmt: skip
 
 #: Valid edits of the bases that validate once refused: kubectl sends each so that the API
@@ -697,6 +742,16 @@ ACCEPTED: list[Case] = [
     case("owner reference with null booleans and any uid", KAFKA, "metadata.ownerReferences",
          ("metadata.ownerReferences", [{**OWNER, "uid": "not-a-uid", "controller": None,
                                         "blockOwnerDeletion": None}])),
+    # status: dropped on a create or update before any of its values is judged (decision
+    # 0189), so a status of any type, or with values its schema refuses, is accepted.
+    case("status a string", KAFKA, "status", ("status", "Running")),
+    case("status a list of scalars", KAFKA, "status", ("status", ["Running", 1])),
+    case("status with values its schema refuses", RICH_STATUS, "status.phase",
+         ("status.phase", "Bogus"), ("status.observedGeneration", "x"),
+         ("status.conditions", [{"type": "Ready"}, {"type": "Ready"}]),
+         ("status.internalTopics[0].name", 1)),
+    case("status with values of the wrong type", KAFKA, "status.conditions",
+         ("status", {"conditions": "x", "snapshots": {}, "lag": [1], "stateEpoch": 5})),
 ]  # fmt: skip
 
 OFFLINE_ONLY: list[Case] = [

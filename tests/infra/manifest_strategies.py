@@ -257,12 +257,15 @@ def _at(doc: Any, at: tuple[str | int, ...]) -> Any:
 
 
 @st.composite
-def mutated_manifests(draw: st.DrawFn, bases: list[dict[str, Any]]) -> dict[str, Any]:
-    """A copy of one of `bases` with one edit at any place of its tree (the root included):
-    a value replaced by one of :data:`HOSTILE_VALUES`, a field removed, an unknown field
-    added to a mapping, or a list's first item repeated."""
+def mutated_manifests(
+    draw: st.DrawFn, bases: list[dict[str, Any]], under: tuple[str | int, ...] = ()
+) -> dict[str, Any]:
+    """A copy of one of `bases` with one edit at any place of its tree (the root included;
+    with `under`: at that place or below it): a value replaced by one of
+    :data:`HOSTILE_VALUES`, a field removed, an unknown field added to a mapping, or a
+    list's first item repeated."""
     doc: dict[str, Any] = copy.deepcopy(draw(st.sampled_from(bases)))
-    at = draw(st.sampled_from(_paths(doc)))
+    at = draw(st.sampled_from([p for p in _paths(doc) if p[: len(under)] == under]))
     here = _at(doc, at)
     edit = draw(st.sampled_from(["set", "set", "remove", "unknown", "repeat"]))
     if edit == "unknown" and isinstance(here, dict):
@@ -274,3 +277,25 @@ def mutated_manifests(draw: st.DrawFn, bases: list[dict[str, Any]]) -> dict[str,
     elif at:
         _at(doc, at[:-1])[at[-1]] = copy.deepcopy(draw(st.sampled_from(HOSTILE_VALUES)))
     return doc
+
+
+# --------------------------------------------------------------------------- status
+#: Keys a status value's objects are made of: the status schema's own field names at every
+#: depth (so a walk descends into declared fields, with values of any type) and unknown ones.
+STATUS_KEYS = st.sampled_from(
+    ["phase", "conditions", "type", "status", "reason", "observedGeneration", "snapshots",
+     "name", "internalTopics", "config", "partitions", "verification", "endOffsets",
+     "stateEpoch", "generation", "pendingStateChanges", "lag", "bogus", "x"]
+)  # fmt: skip
+STATUS_LEAVES = st.sampled_from([None, True, 0, -1, 1.5, "", "Running", "True", "x"])
+
+
+def status_values() -> st.SearchStrategy[Any]:
+    """A manifest's `status` of any shape: JSON of any type at any depth, its objects keyed
+    by the status schema's field names or unknown ones (tests/integration/operator/
+    test_rules_agree.py: the API server prunes, refuses the unknown, drops the rest)."""
+    return st.recursive(
+        STATUS_LEAVES,
+        lambda inner: st.lists(inner, max_size=2) | st.dictionaries(STATUS_KEYS, inner, max_size=3),
+        max_leaves=8,
+    )

@@ -29,7 +29,7 @@ from streamherd.operator.api import rules
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.builders.workload import build_deployment
 from streamherd.operator.settings import OperatorSettings
-from streamherd.operator.validation import parse_pipeline, readable_errors
+from streamherd.operator.validation import parse_pipeline, readable_errors, status_problems
 from streamherd.workers.yamlfiles import StrictLoader
 from tests.infra.controlplane import KubeCluster
 from tests.infra.core_v1_resources import core_v1_accepts
@@ -44,11 +44,17 @@ from tests.infra.invalid_manifests import (
     RICH,
     RICH_METADATA,
     RICH_POSTGRES,
+    RICH_STATUS,
     Case,
     load_example,
     set_path,
 )
-from tests.infra.manifest_strategies import manifests, mutated_manifests, resource_maps
+from tests.infra.manifest_strategies import (
+    manifests,
+    mutated_manifests,
+    resource_maps,
+    status_values,
+)
 from tests.infra.yaml_scalars import GO_YAML_SCALARS, same_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
@@ -88,12 +94,14 @@ def server_verdict(api: CustomObjectsApi, namespace: str, doc: dict[str, Any]) -
 
 def offline_problems(doc: dict[str, Any]) -> list[str]:
     """What validate says minus what no API server can check (an expression's grammar):
-    the schema and every rule that has a CEL form."""
+    the schema and every rule that has a CEL form; of status, only its unknown fields (the
+    server drops the rest before any rule: decision 0189)."""
+    unknown = status_problems(doc.get("status"))
     try:
-        pipeline = StreamPipeline.model_validate(doc)
+        pipeline = StreamPipeline.model_validate({k: v for k, v in doc.items() if k != "status"})
     except ValidationError as e:
-        return readable_errors(e)
-    return rules.violations(pipeline, [r for r in rules.RULES if r.cel is not None])
+        return unknown + readable_errors(e)
+    return unknown + rules.violations(pipeline, [r for r in rules.RULES if r.cel is not None])
 
 
 def test_the_base_manifests_are_accepted(api: CustomObjectsApi, namespace: str) -> None:
@@ -392,7 +400,7 @@ def _spoken(field: str) -> list[str]:
 
 
 MUTATION_BASES = [KAFKA, LOCAL, RICH, RICH_POSTGRES, PG_EOS_TWO_PHASE,
-                  load_example("03-orders-secure"), RICH_METADATA]  # fmt: skip
+                  load_example("03-orders-secure"), RICH_METADATA, RICH_STATUS]  # fmt: skip
 
 
 @settings(
@@ -425,3 +433,88 @@ def test_one_hostile_edit_anywhere_gets_one_verdict(
     # name them in its own words.
     named = [f for f in _fields(problems) if any(s in refused for s in [f, *_spoken(f)])]
     assert named, f"no field of {problems} in the server's answer:\n{refused}"
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(status=status_values())
+def test_a_status_of_any_shape_gets_one_verdict(
+    api: CustomObjectsApi, namespace: str, status: Any
+) -> None:  # fmt: skip
+    """A manifest's status, of any type at any depth: the API server refuses a field its
+    schema does not declare (pruned while it decodes, before it drops status) and accepts
+    everything else; validate says the same, naming the field the server names."""
+    doc = {**KAFKA, "status": status}
+    _, problems = parse_pipeline(doc)
+    refused = server_verdict(api, namespace, doc)
+    assert (refused is not None) == bool(problems), (
+        f"validate: {problems or 'valid'}\nAPI server: {refused or 'accepted'}\n{status!r}"
+    )
+    if refused is not None:
+        named = [f for f in _fields(problems) if f in refused]
+        assert named, f"no field of {problems} in the server's answer:\n{refused}"
+
+
+def _object(answer: object) -> dict[str, Any]:
+    assert isinstance(answer, dict), answer
+    return answer
+
+
+#: A status whose values the schema refuses, of every kind (an enum, a type, a required
+#: field, a list-map key twice), its fields all declared.
+ODD_STATUS: dict[str, Any] = {
+    **RICH_STATUS["status"],
+    "phase": "Bogus",
+    "observedGeneration": "x",
+    "lag": [1],
+    "conditions": [{"type": "Ready"}, {"type": "Ready", "status": "Maybe"}],
+    "internalTopics": [{"name": 1}],
+}
+
+
+def test_status_is_dropped_before_its_values_are_judged(
+    api: CustomObjectsApi, namespace: str
+) -> None:
+    """What the API server does with a manifest's status (decision 0189), measured: on a
+    create, a replace and a merge patch of the StreamPipeline it accepts a status whose
+    values its schema refuses and stores none of it (the stored status stays what the
+    status subresource last wrote), while the status subresource refuses those values; an
+    unknown field in status is refused everywhere under strict field validation. validate
+    agrees on the manifest."""
+    name = f"status-{uuid.uuid4().hex[:6]}"
+    doc = {**KAFKA, "metadata": {"name": name}, "status": ODD_STATUS}
+    assert parse_pipeline(doc)[1] == []
+    group = ("streamherd.io", "v1alpha1", namespace, "streampipelines")
+    created = _object(api.create_namespaced_custom_object(*group, doc, field_validation="Strict"))
+    assert "status" not in created
+    written = {"phase": "Running", "observedGeneration": 1}
+    api.patch_namespaced_custom_object_status(*group, name, {"status": written})
+    stored = _object(api.get_namespaced_custom_object(*group, name))
+    replaced = _object(
+        api.replace_namespaced_custom_object(
+            *group, name, {**stored, "status": ODD_STATUS}, field_validation="Strict"
+        )
+    )
+    assert replaced["status"] == written
+    patched = _object(api.patch_namespaced_custom_object(
+        *group, name, {"status": "x"}, field_validation="Strict",
+        _content_type="application/merge-patch+json",
+    ))  # fmt: skip
+    assert patched["status"] == written
+    with pytest.raises(ApiException) as refused:
+        api.patch_namespaced_custom_object_status(*group, name, {"status": ODD_STATUS})
+    assert refused.value.status == 422 and "status.phase" in str(refused.value.body)
+    unknown = {**KAFKA, "metadata": {"name": name}, "status": {**written, "bogus": 1}}
+    assert parse_pipeline(unknown)[1] == ["status.bogus: unknown field"]
+    with pytest.raises(ApiException) as strict:
+        api.create_namespaced_custom_object(*group, unknown, field_validation="Strict")
+    assert strict.value.status == 400 and "status.bogus" in str(strict.value.body)
+    with pytest.raises(ApiException) as strict:
+        api.replace_namespaced_custom_object(
+            *group, name, {**stored, "status": unknown["status"]}, field_validation="Strict"
+        )
+    assert strict.value.status == 400 and "status.bogus" in str(strict.value.body)

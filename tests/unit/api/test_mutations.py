@@ -29,6 +29,7 @@ from tests.infra.invalid_manifests import (
     RICH,
     RICH_METADATA,
     RICH_POSTGRES,
+    RICH_STATUS,
     load_example,
 )
 from tests.infra.manifest_strategies import mutated_manifests
@@ -88,3 +89,24 @@ def test_retain_on_delete_is_read_from_a_spec_of_any_shape(spec: Any, retains: b
     body = {"spec": spec, "status": {"internalTopics": [{"name": "t", "partitions": 3}]}}
     assert retains_on_delete(body) is retains
     assert needs_topic_cleanup(body) is not retains
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=mutated_manifests([RICH_STATUS], under=("status",)))
+@example(doc={**RICH_STATUS, "status": "Running"})
+@example(doc={**RICH_STATUS, "status": {**RICH_STATUS["status"], "phase": "Bogus"}})
+def test_an_odd_stored_status_neither_crashes_nor_loops_the_operator(doc: dict[str, Any]) -> None:
+    """A stored status of any shape (values the schema refuses, a status of another type:
+    stored before a CRD change; unknown fields: written without strict field validation by
+    a client that is not the operator): the reconcile never raises, its own status
+    write reaches a level, and the reconciles after it write nothing (no loop of status
+    patches that each make another event)."""
+    kube = FakeKube()
+    name = doc["metadata"]["name"]
+    kube.put({**copy.deepcopy(doc), "metadata": {**doc["metadata"], "namespace": "default"}})
+    result = reconcile(body_of(kube, name), kube, SETTINGS, memo=ReconcileMemo())
+    assert result.invalid is None  # status never makes a spec invalid
+    for _ in range(2):
+        writes = kube.writes
+        reconcile(body_of(kube, name), kube, SETTINGS, memo=ReconcileMemo())
+        assert kube.writes == writes, kube.status_patches[-1]

@@ -55,8 +55,12 @@ def test_validate_refuses_naming_the_field(case: Case) -> None:
     assert any(case.field in p for p in problems), problems
 
 
-@pytest.mark.parametrize("case", BOTH + OFFLINE_ONLY, ids=lambda c: c.id)
+@pytest.mark.parametrize(
+    "case", [c for c in BOTH + OFFLINE_ONLY if not c.field.startswith("status")], ids=lambda c: c.id
+)
 def test_the_operator_refuses_with_the_same_words(case: Case) -> None:
+    """(Not the status cases: the API server refuses them on create and stores no status
+    from a create or an update, so the operator never reads a manifest's status.)"""
     body = {**case.doc, "metadata": {**case.doc["metadata"], "namespace": "ns"}}
     pipeline, invalid = _parse_spec(body)
     assert pipeline is None and invalid is not None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from concurrent.futures import ThreadPoolExecutor
-from typing import cast
+from typing import Any, cast
 
 import kopf
 
@@ -20,11 +20,18 @@ REGISTRY = build_registry(SETTINGS)
 
 
 def run_deletion_handler(
-    kube: FakeKube, handler_id: str, name: str, retry: int = 0, *, filtered: bool = False
+    kube: FakeKube,
+    handler_id: str,
+    name: str,
+    retry: int = 0,
+    *,
+    filtered: bool = False,
+    topics: Any = None,
 ) -> str | None:
     """Run deletion handler `handler_id` for pipeline `name` (try `retry`); the
     TemporaryError it raised (None: it succeeded). `filtered`: assert first that its `when`
-    filter takes the pipeline (it holds the finalizer)."""
+    filter takes the pipeline (it holds the finalizer). `topics`: the context's
+    InternalTopics (None: not managed)."""
     (handler,) = [h for h in REGISTRY._changing.get_all_handlers() if h.id == handler_id]
     body = copy.deepcopy(body_of(kube, name))
     body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
@@ -32,6 +39,7 @@ def run_deletion_handler(
         assert handler.when is not None and handler.when(body=body)
     with ThreadPoolExecutor(max_workers=1) as pool:
         ctx = OperatorContext(settings=SETTINGS, kube=cast(Kube, kube), executor=pool)
+        ctx.topics = topics
         try:
             asyncio.run(handler.fn(body=body, memo=kopf.Memo(ctx=ctx), retry=retry,
                                    namespace="default", name=name))  # fmt: skip

@@ -184,7 +184,8 @@ class FakeKube:
         self.status_patches.append(copy.deepcopy(status))
         obj = self.find("StreamPipeline", name, namespace)
         assert obj is not None
-        obj["status"] = _merge(obj.get("status") or {}, status)
+        held = obj.get("status")
+        obj["status"] = _merge(held if isinstance(held, dict) else {}, status)
         self._versioned(obj)
         if lost is not None:
             raise lost
@@ -239,7 +240,8 @@ class FakeKube:
         lost = self._write("patch_status", f"{kind}/{name}")
         obj = self.find(kind, name, namespace)
         assert obj is not None
-        obj["status"] = _merge(obj.get("status") or {}, status)
+        held = obj.get("status")
+        obj["status"] = _merge(held if isinstance(held, dict) else {}, status)
         self._versioned(obj)
         if lost is not None:
             raise lost

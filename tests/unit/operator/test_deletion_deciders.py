@@ -1,0 +1,106 @@
+"""Every decision of a pipeline's deletion reads spec.state.retainOnDelete alike, whatever
+shape the stored spec has (a spec.state of another type, a retainOnDelete that is no
+boolean: stored before a CRD change; the API server does not check stored objects again).
+Before, the delete-topics handler parsed the whole spec and, when it did not parse, kept the
+internal topics, while the delete-snapshots handler read the raw object and deleted the
+snapshots: the state half kept and half deleted. Now each reads
+``builders.snapshot.retains_on_delete`` (a malformed value reads as not set: deleted, the
+default), and what a deletion deletes on Kafka is reached through the spec's source alone
+(``validation.deletion_pipeline``)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND
+from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.builders.meta import FINALIZER, RETAINED_LABEL
+from streamherd.operator.builders.snapshot import build_state_snapshot, retains_on_delete
+from streamherd.operator.handlers import needs_topic_cleanup
+from streamherd.operator.reconciler import release_state_snapshots
+from streamherd.operator.validation import deletion_pipeline
+from tests.infra.manifest_strategies import HOSTILE_VALUES
+from tests.unit.operator.kopfhandlers import REGISTRY, run_deletion_handler
+from tests.unit.operator.operator_testkit import FakeKube, body_of, example_doc, pipeline_from
+
+NAME = "clicks-per-minute"
+TOPIC = f"streamherd.default.{NAME}.repartition"
+MISSING = object()
+
+#: spec.state as stored: of any type, or a mapping whose retainOnDelete is of any type.
+STATES = st.one_of(
+    st.just(MISSING),
+    st.sampled_from(HOSTILE_VALUES),
+    st.sampled_from([*HOSTILE_VALUES, True, MISSING]).map(
+        lambda v: {} if v is MISSING else {"retainOnDelete": v}
+    ),
+)
+
+
+class RecordingTopics:
+    """The operator's InternalTopics as the delete-topics handler calls it."""
+
+    def __init__(self) -> None:
+        self.deleted: list[str] = []
+
+    def delete(self, pipeline: StreamPipeline) -> list[str]:
+        self.deleted.append(f"{pipeline.namespace}/{pipeline.name}")
+        return [TOPIC]
+
+
+def stored_pipeline(state: Any) -> tuple[FakeKube, str]:
+    """The pipeline with `state`, holding the finalizer, its status listing an internal
+    topic and a Ready snapshot of a reset that it owns; (the fake server, the snapshot)."""
+    kube = FakeKube()
+    doc = example_doc("02-clicks-per-minute")
+    uid = str(kube.put(doc)["metadata"]["uid"])
+    snap = build_state_snapshot(pipeline_from(doc, uid=uid), "reset", 2)
+    kube.put({**snap, "status": {"phase": "Ready", "fingerprint": "f"}})
+    body = body_of(kube, NAME)
+    if state is MISSING:
+        body["spec"].pop("state", None)
+    else:
+        body["spec"]["state"] = copy.deepcopy(state)
+    body["metadata"]["finalizers"] = [FINALIZER]
+    kube.patch_status("default", NAME, {
+        "snapshots": [{"name": snap["metadata"]["name"], "fingerprint": "f", "partitions": 1}],
+        "internalTopics": [{"name": TOPIC, "purpose": "repartition", "partitions": 3}],
+    })  # fmt: skip
+    return kube, str(snap["metadata"]["name"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(state=STATES)
+@example(state="retain")
+@example(state={"retainOnDelete": "true"})
+@example(state={"retainOnDelete": True})
+def test_every_decider_of_a_deletion_keeps_or_deletes_alike(state: Any) -> None:
+    kube, snap = stored_pipeline(state)
+    body = body_of(kube, NAME)
+    retains = retains_on_delete(body)
+    assert retains is (isinstance(state, dict) and state.get("retainOnDelete") is True)
+    # What reaches Kafka for the deletion (the topics, each snapshot's topic) whatever the
+    # state's shape: the source alone.
+    assert deletion_pipeline(body) is not None
+    # The reconcile's release of the snapshots (decision 0177 §4).
+    released, _ = release_state_snapshots(copy.deepcopy(body), copy.deepcopy(kube))
+    assert bool(released) is retains
+    # delete-topics: its filter (the finalizer) and the handler itself.
+    assert needs_topic_cleanup(body) is not retains
+    topics = RecordingTopics()
+    (handler,) = [h for h in REGISTRY._changing.get_all_handlers() if h.id == "delete-topics"]
+    if handler.when is not None and handler.when(body=body):
+        run_deletion_handler(kube, "delete-topics", NAME, topics=topics)
+    assert bool(topics.deleted) is not retains, (state, topics.deleted)
+    # delete-snapshots: the snapshot deleted, or kept (no owner, labelled retained).
+    run_deletion_handler(kube, "delete-snapshots", NAME, filtered=True)
+    found = kube.get(SNAPSHOT_API_VERSION, SNAPSHOT_KIND, "default", snap)
+    if retains:
+        assert found is not None and found["metadata"]["labels"].get(RETAINED_LABEL) == "true"
+        assert not found["metadata"].get("ownerReferences")
+    else:
+        assert f"{SNAPSHOT_KIND}/{snap}" in kube.deletes, (state, kube.deletes)
