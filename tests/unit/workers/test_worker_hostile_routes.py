@@ -37,6 +37,7 @@ from streamherd.workers.windowing import AggregatePlan, PartitionWindows
 from tests.unit.workers import userfuncs
 from tests.unit.workers.test_worker_exact_results import round_trip
 from tests.unit.workers.test_worker_repartition_parity import (
+    Interleaving,
     MemorySink,
     dead_letters,
     hop_partitions,
@@ -257,23 +258,13 @@ def hop_run(
     hop = engine(cfg, sink, fused=False)
     ups, downs = hop_partitions(hop, queues)
     known = frozenset((up.topic, up.partition) for up in ups)
-    read_up = [0] * PARTITIONS
-    read_down = [0] * queues
-    while True:
-        ready = [("up", p) for p in range(PARTITIONS) if read_up[p] < len(parts[p])]
-        ready += [("down", q) for q in range(queues) if read_down[q] < len(sink.topic[q])]
-        if not ready:
-            break
-        side, index = data.draw(st.sampled_from(ready), label="next")
-        n = data.draw(st.integers(1, 5), label="batch")
+    lanes = Interleaving(parts, sink, 5)
+    while (step := lanes.next(data)) is not None:
+        side, index, batch = step
         if side == "up":
-            batch: list[Any] = parts[index][read_up[index] : read_up[index] + n]
-            read_up[index] += len(batch)
             hop._process_partition(ups[index], batch)
             hop._mark(ups[index], batch[-1].offset(), force=True)
         else:
-            batch = sink.topic[index][read_down[index] : read_down[index] + n]
-            read_down[index] += len(batch)
             down = downs[index]
             hop._process_partition(down, list[SourceMessage](batch))
             how = data.draw(st.sampled_from([None, "volume", "changelog"]), label="restore")

@@ -281,6 +281,35 @@ def results_of(found: list[tuple[Any, Any]]) -> dict[Any, Any]:
     return out
 
 
+class Interleaving:
+    """A repartition hop's upstream batches (from ``sources``, one list per source
+    partition) and downstream batches (from the sink's repartition topic, as the upstream
+    fills it) in an order, and of sizes 1 to ``most``, that hypothesis draws. ``read_up``
+    may be set back: an upstream replay reads those records again."""
+
+    def __init__(self, sources: Sequence[Sequence[Any]], sink: MemorySink, most: int) -> None:
+        self.sources, self.sink, self.most = sources, sink, most
+        self.read_up = [0] * len(sources)
+        self.read_down = [0] * len(sink.topic)
+
+    def next(self, data: st.DataObject) -> tuple[str, int, list[Any]] | None:
+        """The next batch as (side, partition, messages), or None when all are read."""
+        up, down = self.read_up, self.read_down
+        ready = [("up", p) for p in range(len(up)) if up[p] < len(self.sources[p])]
+        ready += [("down", q) for q in range(len(down)) if down[q] < len(self.sink.topic[q])]
+        if not ready:
+            return None
+        side, index = data.draw(st.sampled_from(ready), label="next")
+        n = data.draw(st.integers(1, self.most), label="batch")
+        if side == "up":
+            batch: list[Any] = list(self.sources[index][up[index] : up[index] + n])
+            up[index] += len(batch)
+        else:
+            batch = self.sink.topic[index][down[index] : down[index] + n]
+            down[index] += len(batch)
+        return side, index, batch
+
+
 def hop_partitions(hop: Engine, queues: int) -> tuple[list[PartitionState], list[PartitionState]]:
     """The hop's partitions: one upstream per source partition, ``queues`` downstreams
     with their windows and an upstream clock knowing every source partition."""
@@ -346,23 +375,13 @@ def test_the_repartitioned_engine_gives_the_unpartitioned_windows_and_dead_lette
     sink = MemorySink(queues)
     hop = engine(config(lateness, hopping, repartition=True), sink, fused)
     ups, downs = hop_partitions(hop, queues)
-    read_up = [0] * SOURCE_PARTITIONS
-    read_down = [0] * queues
-    while True:
-        ready = [("up", p) for p in range(SOURCE_PARTITIONS) if read_up[p] < len(sources[p])]
-        ready += [("down", q) for q in range(queues) if read_down[q] < len(sink.topic[q])]
-        if not ready:
-            break
-        side, index = data.draw(st.sampled_from(ready), label="next")
-        n = data.draw(st.integers(1, 6), label="batch")
+    lanes = Interleaving(sources, sink, 6)
+    while (step := lanes.next(data)) is not None:
+        side, index, batch = step
         if side == "up":
-            batch: list[Any] = sources[index][read_up[index] : read_up[index] + n]
-            read_up[index] += len(batch)
             hop._process_partition(ups[index], batch)
             hop._mark(ups[index], batch[-1].offset(), force=True)  # every batch says so
         else:
-            batch = sink.topic[index][read_down[index] : read_down[index] + n]
-            read_down[index] += len(batch)
             hop._process_partition(downs[index], list[SourceMessage](batch))
             if data.draw(st.booleans(), label="downstream restart"):
                 restart(downs[index])
@@ -424,29 +443,21 @@ def test_every_record_a_user_function_fans_out_to_is_folded_once_behind_the_hop(
     hop = engine(config(lateness, hopping, True, function, mode), sink, fused=False)
     ups, downs = hop_partitions(hop, queues)
     ups_known = frozenset((up.topic, up.partition) for up in ups)
-    read_up = [0] * SOURCE_PARTITIONS
-    read_down = [0] * queues
+    lanes = Interleaving(sources, sink, 6)
     # Each upstream's batch boundaries with its checkpointed maximum event time there.
     boundaries: list[list[tuple[int, int | None]]] = [[(0, None)] for _ in ups]
     replays = 0
-    while True:
-        ready = [("up", p) for p in range(SOURCE_PARTITIONS) if read_up[p] < len(sources[p])]
-        ready += [("down", q) for q in range(queues) if read_down[q] < len(sink.topic[q])]
-        if not ready:
-            break
-        side, index = data.draw(st.sampled_from(ready), label="next")
-        n = data.draw(st.integers(1, 6), label="batch")
+    while (step := lanes.next(data)) is not None:
+        side, index, batch = step
         if side == "up":
-            batch: list[Any] = sources[index][read_up[index] : read_up[index] + n]
-            read_up[index] += len(batch)
             hop._process_partition(ups[index], batch)
             hop._mark(ups[index], batch[-1].offset(), force=True)
-            boundaries[index].append((read_up[index], ups[index].max_event_ms))
+            boundaries[index].append((lanes.read_up[index], ups[index].max_event_ms))
             if replays < 4 and data.draw(st.booleans(), label="upstream replay"):
                 # A restart from an earlier commit: the batches since are sent again.
                 replays += 1
                 back = data.draw(st.sampled_from(boundaries[index]), label="rewound to")
-                read_up[index], ups[index].max_event_ms = back
+                lanes.read_up[index], ups[index].max_event_ms = back
                 # Committed from here on: a later restart goes back to here or after it.
                 boundaries[index] = [b for b in boundaries[index] if b[0] <= back[0]]
                 # What the upstream dead-lettered since is sent again (at-least-once; in
@@ -461,8 +472,6 @@ def test_every_record_a_user_function_fans_out_to_is_folded_once_behind_the_hop(
                     )
                 ]
         else:
-            batch = sink.topic[index][read_down[index] : read_down[index] + n]
-            read_down[index] += len(batch)
             down = downs[index]
             hop._process_partition(down, list[SourceMessage](batch))
             how = data.draw(
