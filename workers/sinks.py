@@ -9,7 +9,9 @@ is what makes output at-least-once (docs/decisions/0002-delivery-guarantees.md).
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import math
 import threading
 import time
 import zlib
@@ -53,7 +55,8 @@ class DeliveryError(RuntimeError):
 
 
 class SinkRefusedError(RuntimeError):
-    """The sink refused a result as too large (it is dead-lettered with reason ``sink``)."""
+    """The sink refused a result: too large, or not a row it can ever store (it is
+    dead-lettered with reason ``sink``)."""
 
 
 #: librdkafka's default ``message.max.bytes``: the producer refuses larger messages itself.
@@ -158,6 +161,33 @@ def encode_result(value: Mapping[str, Any] | bytes) -> bytes:
             if fixed is not key:
                 value = {**value, "key": fixed}
     return encode_output(value)
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e400: JSON's grammar, but no JSON or float8 value
+        raise SinkRefusedError(f"postgres sink: the number {text} is out of range")
+    return number
+
+
+def _no_constant(text: str) -> Any:
+    raise SinkRefusedError(f"postgres sink: {text} is not JSON")
+
+
+def postgres_record(value: Mapping[str, Any] | bytes) -> dict[str, Any]:
+    """A result as the PostgreSQL sink stores it: the JSON object a Kafka sink would write
+    (:func:`encode_result`: bytes as text or base64, NaN as null), read back with integers
+    exact. So only plain JSON reaches the writer thread and the database: a result that is
+    no JSON object, whose own methods raise (a user function's mapping), or that psycopg
+    could not adapt is its record's dead letter here instead of stopping the worker, or
+    being retried for ever by the writer. Raises what the result raised, or
+    SinkRefusedError."""
+    record = json.loads(encode_result(value), parse_float=_finite, parse_constant=_no_constant)
+    if type(record) is not dict:
+        raise SinkRefusedError(
+            f"postgres sink: a result must be a JSON object, not {type(record).__name__}"
+        )
+    return record
 
 
 class _ResultMessage:
@@ -392,9 +422,14 @@ class Outputs:
         if self._postgres is not None:
             accepted = []
             for i, (_, value) in enumerate(rows):
-                refused = postgres_refusal(value)
+                try:
+                    record = postgres_record(value)
+                except BaseException as error:  # noqa: BLE001 - the result's fault: dead-letter it
+                    self._refuse(source_of(i), None, value, error)
+                    continue
+                refused = postgres_refusal(record)
                 if refused is None:
-                    accepted.append(value)
+                    accepted.append(record)
                 else:  # never storable: retrying it would stop the pipeline for good
                     self._refuse(source_of(i), None, value, SinkRefusedError(refused))
             self._postgres.write(accepted)

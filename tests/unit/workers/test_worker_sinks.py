@@ -6,10 +6,12 @@ a topic that refuses) is tests/integration/engine/test_engine_oversize.py."""
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import orjson
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamherd.workers.config import SinkConfig
@@ -27,7 +29,7 @@ from streamherd.workers.sinks import (
     message_size,
     shorter,
 )
-from streamherd.workers.sinks_postgres import postgres_refusal
+from streamherd.workers.sinks_postgres import postgres_refusal, rows_of
 from tests.unit.workers import userfuncs
 
 HEADERS = [("streamherd.error", b"TypeError"), ("streamherd.source.offset", b"7")]
@@ -202,3 +204,80 @@ def test_a_result_whose_own_methods_raise_a_base_exception_is_the_results_dead_l
         ("sink", "SystemExit", "3", 42),
         ("sink", "KeyboardInterrupt", "", 42),
     ]
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise SystemExit(5)
+
+
+HOSTILE_RESULTS: st.SearchStrategy[Any] = st.one_of(
+    st.dictionaries(st.text(max_size=4), JSON_VALUES, max_size=4),
+    JSON_VALUES,  # a list, a number, a string, null: no JSON object
+    st.builds(lambda v: {"a": v}, st.sampled_from(
+        [float("nan"), float("inf"), 2**70, -(2**64), {1, 2}, object(), _Unprintable(), b"\xff"]
+    )),
+    st.builds(lambda v: Sly(a=v), st.sampled_from([1, 2**70])),
+    st.builds(lambda k: userfuncs.Trap(name="x", trap=k),
+              st.sampled_from(sorted(userfuncs.LEAVES))),
+    st.sampled_from([
+        b'{"a":1}', b'{"a":1e400}', b'{"a":NaN}', b'[1]', b"not json", b"\xff\xfe",
+        b'{"a":"\\u0000"}', b'{"a":123456789012345678901234567890}', b"",
+    ]),
+)  # fmt: skip
+
+
+def _plain(value: object) -> bool:
+    if type(value) is dict:
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    if type(value) is list:
+        return all(_plain(v) for v in value)
+    if type(value) is float:
+        return math.isfinite(value)
+    return value is None or type(value) in (str, int, bool)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(HOSTILE_RESULTS, min_size=1, max_size=6))
+def test_every_result_reaches_the_postgres_sink_as_plain_json_or_is_its_dead_letter(
+    results: list[Any],
+) -> None:
+    """A result a user function returns went to the PostgreSQL sink as it was: one that is
+    no JSON object, or whose own methods raised, stopped the worker where the sink read it
+    (rows_of), and one psycopg cannot adapt (a set, 1e400 in a jsonb column) failed in the
+    writer thread, retried for ever. Every result is now either queued as plain JSON (what
+    a Kafka sink would write, read back) or dead-lettered (reason ``sink``), each once."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("SINK_DSN", "postgresql://u@127.0.0.1:9/db?connect_timeout=1")
+        _write_to_postgres(results, monkeypatch)
+
+
+def _write_to_postgres(results: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = SinkConfig.model_validate(
+        {
+            "postgres": {
+                "dsnEnv": "SINK_DSN",
+                "table": "t",
+                "columns": [{"name": "a", "type": "jsonb"}, {"name": "name", "type": "text"}],
+                "keyColumns": ["name"],
+            }
+        }
+    )
+    outputs = Outputs(sink, None, "ns/p", io.StringIO())
+    dead: list[Failure] = []
+    outputs.dead_letter = lambda failures, alone=False: dead.extend(failures)  # type: ignore[method-assign]
+    queued: list[Any] = []
+    postgres = outputs._postgres
+    assert postgres is not None
+    monkeypatch.setattr(postgres, "write", queued.extend)  # the rows the writer would get
+    try:
+        source = SyntheticMessage("in", 0, 7, None, {}, 0)
+        outputs.write([(None, r) for r in results], source)
+    finally:
+        outputs.close()
+    assert len(queued) + len(dead) == len(results)
+    assert all(f.reason == "sink" and f.message.offset() == 7 for f in dead)
+    for record in queued:
+        assert _plain(record), record
+        assert postgres_refusal(record) is None
+    assert len(rows_of(queued, ["a", "name"])) == len(queued)  # what the writer makes of them
