@@ -34,9 +34,14 @@ from streamherd.workers.kafkaclients import StuckCallError
 from streamherd.workers.logs import configure, log_event
 from streamherd.workers.metrics import EngineMetrics, MetricsServer
 from streamherd.workers.processing import Processor
+from streamherd.workers.sinks_postgres_offsets import (
+    CommitOutcomeUnknownError,
+    DatabaseUnavailableError,
+)
 from streamherd.workers.yamlfiles import decode_utf8, load_yaml_document
 
 __all__ = [
+    "DATABASE_EXIT_CODE",
     "STUCK_EXIT_CODE",
     "RunSummary",
     "exit_stuck",
@@ -180,9 +185,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_event(log, logging.ERROR, "client-stuck", error=str(error), action="exit")
         exit_stuck()
     except Exception as error:
+        if database_unavailable(error):
+            # The sink's database did not answer within the sink's bounds where the worker
+            # cannot go on without it, or a commit's outcome went with the connection: the
+            # next incarnation reads the tables and resolves it (decision 0188).
+            log_event(log, logging.ERROR, "database-unavailable", action="exit",
+                      error=f"{type(error).__name__}: {error}"[:300])  # fmt: skip
+            return DATABASE_EXIT_CODE
         log.exception("event=failed error=%s", type(error).__name__)
         return 1
     return 0 if summary.reason in ("stopped", "exhausted") else 1
+
+
+#: The exit code of a worker that left because of its sink's database (decision 0188): it
+#: did not answer for the sink's bounds where the worker cannot go on without it, or a
+#: COMMIT, PREPARE or COMMIT PREPARED lost its connection (the outcome is in the tables).
+DATABASE_EXIT_CODE: Final = 5
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """Whether the worker ends because of its sink's database: the error, or what caused
+    it (the engine wraps a sink's failure in its TransactionError), is an unavailable
+    database or a transaction's outcome lost with the connection."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, DatabaseUnavailableError | CommitOutcomeUnknownError):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _overdue() -> None:

@@ -33,12 +33,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 import psycopg
 from psycopg import sql
+from psycopg.abc import PQGen
 from psycopg.conninfo import make_conninfo
+from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
 from streamherd.workers.config import PostgresSinkConfig
@@ -55,12 +57,67 @@ BACKOFF_MAX_SECONDS: Final = 10.0
 #: flush() waits at most this long while the database is down: a postponed checkpoint is
 #: cheap, a consume loop blocked for the whole flush timeout is not.
 DOWN_FLUSH_WAIT_SECONDS: Final = 1.0
+#: The longest one round trip to the database (a statement, a COMMIT, a PREPARE) may go
+#: unanswered before the sink gives the connection up (decision 0188). A server that is
+#: frozen (stopped, swapped out, a hung storage) or cut off keeps the TCP connection open:
+#: its kernel acknowledges what is sent and answers keepalives, so without this bound the
+#: sink would wait for ever. One statement writes at most batchRows rows: a healthy server,
+#: or one waiting a while for a lock, answers well within it.
+ANSWER_TIMEOUT_SECONDS: Final = 20.0
+#: Bounds the connection attempt (libpq's connect_timeout, applied by psycopg as a whole).
+CONNECT_TIMEOUT_SECONDS: Final = 5
 
 Row = tuple[Any, ...]
+RV = TypeVar("RV")
+#: How often psycopg's wait wakes up (its own default, which it does not export).
+WAIT_INTERVAL: Final = 0.1
 
 
 class PostgresSinkError(RuntimeError):
     """The writer thread ended unexpectedly: nothing more can be confirmed."""
+
+
+class NoAnswerError(psycopg.OperationalError):
+    """The database left a round trip unanswered for :data:`ANSWER_TIMEOUT_SECONDS`; the
+    connection was closed (a connection error like any other to the sinks)."""
+
+
+class AnsweringConnection(psycopg.Connection[TupleRow]):
+    """A connection whose every round trip is bounded by :data:`ANSWER_TIMEOUT_SECONDS`.
+
+    Every exchange of psycopg's (a statement, a COMMIT, a ROLLBACK, PREPARE TRANSACTION)
+    goes through :meth:`wait`; past the bound the connection is closed on the spot (its
+    protocol state is unknown; a ROLLBACK on it would wait as long again) and
+    :class:`NoAnswerError` raised."""
+
+    answer_timeout: float = ANSWER_TIMEOUT_SECONDS
+
+    def wait(
+        self, gen: PQGen[RV], interval: float = WAIT_INTERVAL, timeout: float | None = None
+    ) -> RV:
+        bound = self.answer_timeout if timeout is None else min(timeout, self.answer_timeout)
+        try:
+            return super().wait(gen, interval, bound)
+        except psycopg.errors._WaitTimeout:  # psycopg's internal error: converted, as it asks
+            self.close()
+            raise NoAnswerError(
+                f"the database did not answer within {bound:g} s; connection closed"
+            ) from None
+
+
+def connect(conninfo: str, pipeline: str) -> AnsweringConnection:
+    """An autocommit connection for a sink: bounded connection attempt and round trips,
+    TCP keepalives (a peer that vanished without closing shows as an error)."""
+    return AnsweringConnection.connect(
+        conninfo,
+        autocommit=True,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        application_name=f"streamherd {pipeline}"[:63],
+        keepalives=1,
+        keepalives_idle=10,
+        keepalives_interval=5,
+        keepalives_count=3,
+    )
 
 
 def conninfo_from_env(config: PostgresSinkConfig, env: Mapping[str, str]) -> str:
@@ -360,17 +417,7 @@ class PostgresSink:
         self._report.failed(kind)
 
     def _connect(self) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(
-            self._conninfo,
-            autocommit=True,
-            connect_timeout=5,
-            application_name=f"streamherd {self.pipeline}"[:63],
-            # A silent network failure must surface as an error, not a hang.
-            keepalives=1,
-            keepalives_idle=10,
-            keepalives_interval=5,
-            keepalives_count=3,
-        )
+        conn = connect(self._conninfo, self.pipeline)
         if self.config.create_table:
             create_if_absent(conn, create_table_statement(self.config))
         return conn

@@ -42,7 +42,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -53,6 +53,7 @@ from streamherd.workers.metrics import EngineMetrics, SinkMetrics
 from streamherd.workers.sinks_postgres import (
     SINK_LABEL,
     Row,
+    connect,
     conninfo_from_env,
     create_if_absent,
     create_table_statement,
@@ -80,6 +81,8 @@ OFFSETS_TABLE: Final = "streamherd_offsets"
 #: (inside a rebalance callback: longer would cost the group membership).
 READ_RETRY_SECONDS: Final = 20.0
 
+T = TypeVar("T")
+
 #: (topic, partition) -> (next offset, generation)
 Offsets = dict[tuple[str, int], tuple[int, str]]
 
@@ -91,6 +94,13 @@ class OffsetsFencedError(RuntimeError):
 
 class CommitOutcomeUnknownError(RuntimeError):
     """The connection failed during COMMIT: the transaction may or may not have committed."""
+
+
+class DatabaseUnavailableError(psycopg.OperationalError):
+    """The database stayed unreachable (or unanswering) for :data:`READ_RETRY_SECONDS`
+    where the worker cannot go on without it: reading the offsets on assign, registering,
+    recovering prepared transactions. The worker exits (main.DATABASE_EXIT_CODE) and its
+    next incarnation starts over from the tables (decision 0188)."""
 
 
 class TwoPhaseUnavailableError(RuntimeError):
@@ -341,22 +351,14 @@ class PostgresTransactionalSink:
     def committed(self, partitions: Sequence[tuple[str, int]]) -> Offsets:
         """The offsets table's (next offset, generation) of `partitions` that have a row;
         remembered as what the next commit expects. Retries while the database does not
-        answer, then raises (psycopg.Error)."""
-        deadline = time.monotonic() + READ_RETRY_SECONDS
-        delay = 0.2
-        while True:
-            try:
-                conn = self._connection()
-                rows = conn.execute(
-                    read_offsets_statement(self.config.table), (self.config.table, self.group)
-                ).fetchall()
-                break
-            except psycopg.Error as error:
-                self._failed("read", error)
-                if time.monotonic() + delay > deadline:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        answer, then raises DatabaseUnavailableError."""
+        table = self.config.table
+        rows = self._retrying(
+            "read",
+            lambda: (
+                self._connection().execute(read_offsets_statement(table), (table, self.group))
+            ).fetchall(),
+        )
         found = {(str(t), int(p)): (int(o), str(g)) for t, p, o, g in rows}
         wanted = {(t, p) for t, p in partitions}
         for tp in wanted:
@@ -478,8 +480,11 @@ class PostgresTransactionalSink:
         """Record this worker's incarnation (after its ``init_transactions`` fenced the
         earlier ones): recovery then knows their transactions need no fencing."""
         table = self.config.table
-        self._connection().execute(
-            register_writer_statement(table), (table, self.group, self.writer, incarnation)
+        self._retrying(
+            "register",
+            lambda: self._connection().execute(
+                register_writer_statement(table), (table, self.group, self.writer, incarnation)
+            ),
         )
 
     def covered_partitions(self) -> list[TP]:
@@ -500,7 +505,9 @@ class PostgresTransactionalSink:
         deadline = time.monotonic() + wait
         delay = 0.5
         while True:
-            resolution = self._recover_once(assigned, committed, fence)
+            resolution = self._retrying(
+                "recover", lambda: self._recover_once(assigned, committed, fence)
+            )
             if not resolution.undecided:
                 return resolution
             if time.monotonic() + delay > deadline:
@@ -565,6 +572,24 @@ class PostgresTransactionalSink:
             log_event(log, logging.INFO, "prepared-transaction-unexplained",
                       gids=",".join(sorted(resolution.unexplained)))  # fmt: skip
         return resolution
+
+    def _retrying(self, what: str, operation: Callable[[], T]) -> T:
+        """``operation``, again while the database is unreachable or does not answer, for
+        up to READ_RETRY_SECONDS; then DatabaseUnavailableError. Other errors raise as
+        they are (an operation that fails before its last statement changed nothing)."""
+        deadline = time.monotonic() + READ_RETRY_SECONDS
+        delay = 0.2
+        while True:
+            try:
+                return operation()
+            except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+                self._failed(what, error)
+                if time.monotonic() + delay > deadline:
+                    raise DatabaseUnavailableError(
+                        f"{what}: no database for {READ_RETRY_SECONDS:g} s: {error}"
+                    ) from error
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _decide(self, verb: str, gid: str, *, recovering: bool = False) -> None:
         """COMMIT or ROLLBACK PREPARED, retried while the database does not answer. A gid
@@ -636,16 +661,7 @@ class PostgresTransactionalSink:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            conn = psycopg.connect(
-                self._conninfo,
-                autocommit=True,
-                connect_timeout=5,
-                application_name=f"streamherd {self.pipeline}"[:63],
-                keepalives=1,
-                keepalives_idle=10,
-                keepalives_interval=5,
-                keepalives_count=3,
-            )
+            conn = connect(self._conninfo, self.pipeline)
             try:
                 if self.two_phase:
                     allowed = conn.execute("SHOW max_prepared_transactions").fetchone()

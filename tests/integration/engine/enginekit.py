@@ -12,10 +12,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -246,6 +247,34 @@ class Worker:
         """The sum of the samples of one metric (e.g. `streamherd_offset_commits_total`)
         over its labels: a counter's total, or a one-series gauge's value; 0 when absent."""
         return sum(v for k, v in self.metrics().items() if k.split("{", 1)[0] == family)
+
+
+class Kubelet(threading.Thread):
+    """Starts the worker again when it exits with one of the ``expected`` codes (code ->
+    why the worker documents it), as the kubelet restarts a pod; any other exit is kept for
+    the test to fail on (``other_exits``), and the watch ends there."""
+
+    def __init__(self, w: Worker, expected: Mapping[int, str]) -> None:
+        super().__init__(daemon=True)
+        self.w, self.expected = w, dict(expected)
+        self.restarts, self.other_exits = list[int](), list[str]()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            proc = self.w.proc
+            code = None if proc is None else proc.poll()
+            if code is None:
+                continue
+            if code not in self.expected:
+                self.other_exits.append(f"exit {code}:\n{self.w.log_tail()}")
+                return
+            self.restarts.append(code)
+            self.w.start()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(10)
 
 
 def wait_until(what: str, check: Any, timeout: float, workers: Iterable[Worker] = ()) -> None:

@@ -22,7 +22,6 @@ one, which the other tests use while this one kills it.
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +31,7 @@ import pytest
 from streamherd.workers.kafkaclients import SESSION_TIMEOUT_MS
 from streamherd.workers.main import STUCK_EXIT_CODE
 from tests.infra.kafka import KafkaBroker, KafkaProcess, start_kafka
-from tests.integration.engine.enginekit import Worker, wait_until
+from tests.integration.engine.enginekit import Kubelet, wait_until
 from tests.integration.engine.test_engine_exactly_once import (
     exactly_once_config,
     verify,
@@ -72,7 +71,9 @@ def test_a_broker_killed_and_restarted_mid_stream_changes_no_result(
     chunks = [records[i : i + 4_000] for i in range(0, len(records), 4_000)]
     rng = random.Random(f"broker-crashes-{delivery}-{outage}")
     w = worker(tmp_path, "a", config).start()
-    kubelet = Kubelet(w)
+    # librdkafka's send_offsets_to_transaction can ignore its timeout after the only broker
+    # restarted: the worker then exits with STUCK_EXIT_CODE.
+    kubelet = Kubelet(w, {STUCK_EXIT_CODE: "a stuck Kafka client (decision 0186)"})
     kubelet.start()
     try:
         wait_until("the worker to own partitions", lambda: w.get("/readyz")[0] == 200, 60, [w])
@@ -103,36 +104,8 @@ def test_a_broker_killed_and_restarted_mid_stream_changes_no_result(
     # The outages were felt: the worker lost its partitions (or its process, stuck in a
     # librdkafka call: restarted, as the kubelet restarts the pod) and took them back.
     log = w.log_path.read_text()
-    lost = log.count("event=partitions-lost") + log.count("event=revoked") + kubelet.restarts
+    lost = log.count("event=partitions-lost") + log.count("event=revoked") + len(kubelet.restarts)
     assert lost >= 1 and log.count("event=assigned") >= 2, log[-3000:]
-
-
-class Kubelet(threading.Thread):
-    """Starts the worker again when it exits as a stuck Kafka client makes it exit
-    (STUCK_EXIT_CODE: librdkafka's send_offsets_to_transaction can ignore its timeout after
-    the only broker restarted), as the kubelet restarts a pod; any other exit is kept for the
-    test to fail on."""
-
-    def __init__(self, w: Worker) -> None:
-        super().__init__(daemon=True)
-        self.w, self.restarts, self.other_exits = w, 0, list[str]()
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(0.5):
-            proc = self.w.proc
-            code = None if proc is None else proc.poll()
-            if code is None:
-                continue
-            if code != STUCK_EXIT_CODE:
-                self.other_exits.append(f"exit {code}:\n{self.w.log_tail()}")
-                return
-            self.restarts += 1
-            self.w.start()
-
-    def stop(self) -> None:
-        self.done.set()
-        self.join(10)
 
 
 def verify_at_least_once(
