@@ -311,6 +311,9 @@ class PostgresTransactionalSink:
         self._expected: dict[tuple[str, int], str | None] = {}
         self._conn: psycopg.Connection[Any] | None = None
         self._up = False
+        # Gids never prepared whose side rows could not be deleted yet (the database went
+        # away with the attempt): deleted before the next prepare.
+        self._unforgotten: set[str] = set()
         self._report = SinkMetrics(metrics, SINK_LABEL)
         self._report.confirming()
 
@@ -414,6 +417,7 @@ class PostgresTransactionalSink:
         covered = sorted({(t, p) for t, p, _ in offsets})
         preparing = False
         conn: psycopg.Connection[Any] | None = None
+        self._forget_pending()
         try:
             conn = self._connection()
             with conn.cursor() as cur:
@@ -627,10 +631,29 @@ class PostgresTransactionalSink:
         return any(str(g) == generation for _, _, _, g in rows)
 
     def _forget(self, gid: str) -> None:
-        """Delete a gid's side rows (best effort: rows left behind are forgotten by the
-        next recovery that may decide them)."""
+        """Delete the side rows of a gid that was never prepared. What cannot be deleted now
+        (the database went away with the attempt, or a row is still held by the failed
+        transaction's backend) is tried again before each prepare until it is gone: left,
+        such rows waited for the next recovery of their partitions, which a worker that
+        keeps its partitions never runs."""
+        self._unforgotten.add(gid)
+        self._forget_pending()
+
+    def _forget_pending(self) -> None:
+        if not self._unforgotten:
+            return
+        table = self.config.table
         with contextlib.suppress(psycopg.Error):
-            self._connection().execute(forget_side_statement(self.config.table), (gid,))
+            conn = self._connection()
+            for gid in sorted(self._unforgotten):
+                conn.execute(forget_side_statement(table), (gid,))
+            left = conn.execute(
+                sql.SQL("SELECT DISTINCT gid FROM {} WHERE gid = ANY(%s)").format(
+                    side_table(table)
+                ),
+                (sorted(self._unforgotten),),
+            ).fetchall()
+            self._unforgotten = {str(row[0]) for row in left}
 
     def _rollback_open(self, conn: psycopg.Connection[Any] | None) -> None:
         if conn is None or conn.closed:
