@@ -54,7 +54,7 @@ from streamherd.operator.rollback import ROLLBACK_REFUSED, ROLLED_BACK, build_la
 from streamherd.operator.upgrades import HELD_KINDS, STATE_COMPATIBLE, StateChange
 from streamherd.operator.upgrades import Decision as UpgradeDecision
 from streamherd.operator.upgrades import decide as decide_upgrade
-from streamherd.operator.validation import stored_list, stored_status
+from streamherd.operator.validation import stored_count, stored_list, stored_status
 from streamherd.workers.fingerprint import Description, fingerprint
 
 Phase = Literal["Pending", "Running", "Scaling", "Suspended", "Degraded", "Failed"]
@@ -1163,8 +1163,8 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         phase = "Running"
     if held is not None and not suspended and not degraded:
         phase = current_status.get("phase") or phase
-        replicas = int(current_status.get("replicas") or 0)
-        ready = int(current_status.get("readyReplicas") or 0)
+        replicas = stored_count(current_status, "replicas")
+        ready = stored_count(current_status, "readyReplicas")
     last_good_generation = current_status.get("lastGoodGeneration")
     last_good = None
     if pipeline.spec.upgrade.rollback == "auto":

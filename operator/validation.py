@@ -115,6 +115,14 @@ def stored_list(status: Mapping[str, Any], key: str) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def stored_count(status: Mapping[str, Any], key: str) -> int:
+    """An integer field of a stored status (`replicas`, `readyReplicas`) as read for a
+    count: 0 when absent or of another type (a string, a list: stored before a CRD
+    change), which ``int()`` raised on in every reconcile that read it."""
+    value = status.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def lenient_status(raw: Mapping[str, Any]) -> StreamPipelineStatus:
     """The stored status fields the model reads, each on its own: a field whose value the
     model refuses (stored before a CRD change) or does not know is left out, the others

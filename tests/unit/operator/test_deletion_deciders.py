@@ -10,22 +10,31 @@ default), and what a deletion deletes on Kafka is reached through the spec's sou
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
 from typing import Any
 
-from hypothesis import HealthCheck, example, given, settings
+import pytest
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.builders.meta import FINALIZER, RETAINED_LABEL
 from streamherd.operator.builders.snapshot import build_state_snapshot, retains_on_delete
+from streamherd.operator.builders.topics import all_internal_names
 from streamherd.operator.handlers import needs_topic_cleanup
+from streamherd.operator.kafkaadmin import KafkaAdmin
+from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.reconciler import release_state_snapshots
+from streamherd.operator.snapshots import delete_topic
 from streamherd.operator.validation import deletion_pipeline
-from tests.infra.manifest_strategies import HOSTILE_VALUES
+from streamherd.workers.snapshotting import snapshot_topic
+from tests.infra.manifest_strategies import HOSTILE_VALUES, mutated_manifests
 from tests.unit.operator.kopfhandlers import REGISTRY, run_deletion_handler
 from tests.unit.operator.operator_testkit import FakeKube, body_of, example_doc, pipeline_from
+from tests.unit.operator.test_restore_snapshots import RecordingAdmin
 
 NAME = "clicks-per-minute"
 TOPIC = f"streamherd.default.{NAME}.repartition"
@@ -104,3 +113,66 @@ def test_every_decider_of_a_deletion_keeps_or_deletes_alike(state: Any) -> None:
         assert not found["metadata"].get("ownerReferences")
     else:
         assert f"{SNAPSHOT_KIND}/{snap}" in kube.deletes, (state, kube.deletes)
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+#: The examples with a Kafka source (one with SASL and TLS through Secrets), valid.
+KAFKA_BASES = {
+    doc["metadata"]["name"]: doc
+    for doc in map(example_doc, ("02-clicks-per-minute", "03-orders-secure"))
+}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=mutated_manifests(list(KAFKA_BASES.values()), under=("spec",)))
+@example(doc={**KAFKA_BASES[NAME], "spec": {**KAFKA_BASES[NAME]["spec"], "state": "retain"}})
+def test_a_deletion_reaches_only_what_the_valid_pipeline_made(doc: dict[str, Any]) -> None:
+    """A stored spec edited anywhere but its source (so it may no longer parse): what a
+    deletion reaches on Kafka through ``deletion_pipeline`` is what the pipeline made while
+    its spec was valid, never a guess: the same namespace and name (which name the internal
+    topics, the shadows' topics and each snapshot's topic), the same consumer group (the
+    shadows' groups), the same source and the same cluster with the same credentials. And
+    a snapshot's topic is deleted through it (before decision 0189 the snapshot's finalizer
+    read the whole spec and left the topic of a spec that did not parse)."""
+    base = KAFKA_BASES[doc["metadata"]["name"]]
+    spec = doc.get("spec")
+    assume(isinstance(spec, dict) and spec.get("source") == base["spec"]["source"])
+    kube = FakeKube()
+    kube.secrets[("default", "kafka-orders-user")] = {"username": b64("u"), "password": b64("p")}
+    kube.secrets[("default", "kafka-cluster-ca")] = {"ca.crt": b64("CA")}
+    stored = kube.put(doc)
+    valid = pipeline_from(base, namespace="default", uid=stored["metadata"]["uid"])
+    got = deletion_pipeline(stored)
+    assert got is not None
+    assert (got.namespace, got.name, got.consumer_group, got.spec.source) == (
+        valid.namespace, valid.name, valid.consumer_group, valid.spec.source,
+    )  # fmt: skip
+    assert all_internal_names(got) == all_internal_names(valid)
+    assert cluster_from_secrets(kube, got) == cluster_from_secrets(kube, valid)
+    admin = RecordingAdmin()
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(KafkaAdmin, "connect", admin.connect)
+        assert delete_topic(kube, "default", "snap", {"pipeline": valid.name}, {}) is None
+    assert admin.deleted == [snapshot_topic("default", valid.name, "snap")]
+
+
+def test_topics_not_deleted_names_the_topics_and_nothing_of_the_spec() -> None:
+    """A stored spec whose source no longer parses (a bootstrapServers of another type,
+    next to SASL settings): the delete-topics handler cannot reach the broker and says so
+    in a TopicsNotDeleted warning naming the topics status lists, and no value of the spec
+    (a spec may hold what must never reach an event)."""
+    kube, _snap = stored_pipeline(MISSING)
+    body = body_of(kube, NAME)
+    source = body["spec"]["source"]["kafka"]
+    source["bootstrapServers"] = {"secret": "hunter2-in-a-dsn"}
+    source["auth"] = {"sasl": {"mechanism": "PLAIN", "password": "hunter2"}}
+    assert deletion_pipeline(body) is None
+    topics = RecordingTopics()
+    run_deletion_handler(kube, "delete-topics", NAME, filtered=True, topics=topics)
+    assert topics.deleted == []
+    (event,) = [e for e in kube.events if e.get("reason") == "TopicsNotDeleted"]
+    assert event["type"] == "Warning" and TOPIC in event["message"]
+    assert "hunter2" not in json.dumps(event)

@@ -11,15 +11,18 @@ The same idle property against the real API server: tests/integration/operator/.
 from __future__ import annotations
 
 import base64
+import copy
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
 
 from streamherd.operator.api.rules import parse_quantity
 from streamherd.operator.kube import ApiError
 from streamherd.operator.reconciler import QUANTITY_FIELDS, reconcile
+from tests.infra.manifest_strategies import mutated_manifests
 from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, Manifest, body_of, example_doc
 
 MON = ("monitoring.coreos.com/v1", "ServiceMonitor")
@@ -157,6 +160,55 @@ def test_a_deployment_generation_its_controller_has_not_seen_changes_no_status()
     assert result.status is None
     assert kube.status_patches == []
     assert body_of(kube, name)["status"] == settled
+
+
+def settled(example: str) -> tuple[FakeKube, str]:
+    """`example` created, its workers rolled out and Ready in status."""
+    kube, name = make(example)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    kube.roll_out(name)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    return kube, name
+
+
+#: The settled pipelines of the examples, as stored (the bases of odd statuses below).
+SETTLED = {name: copy.deepcopy(body_of(kube, name)) for kube, name in map(settled, EXAMPLES)}
+STEMS = {name: stem for stem, name in zip(EXAMPLES, SETTLED, strict=True)}
+
+
+def odd_status(key: str, value: Any) -> dict[str, Any]:
+    """The settled clicks-local with `value` stored at status.`key`."""
+    doc = copy.deepcopy(SETTLED["clicks-local"])
+    doc["status"][key] = value
+    return doc
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=mutated_manifests(list(SETTLED.values()), under=("status",)))
+@example(doc=odd_status("replicas", "x"))
+@example(doc=odd_status("readyReplicas", [1]))
+def test_an_odd_stored_status_is_kept_while_the_deployment_is_not_observed(
+    doc: dict[str, Any],
+) -> None:  # fmt: skip
+    """A settled pipeline whose stored status holds a value of any shape (stored before a
+    CRD change, or by another client), while its Deployment has a generation its controller
+    has not observed (the reconcile keeps what status says of the workers: `replicas`,
+    `readyReplicas`, `phase`): the reconcile never raises, and the one after it writes
+    nothing. Before, a `replicas` or `readyReplicas` that is no integer raised in int() at
+    every reconcile of the pipeline (found by review, decision 0189's class)."""
+    kube, name = settled(STEMS[doc["metadata"]["name"]])
+    stored = body_of(kube, name)
+    if "status" in doc:
+        stored["status"] = copy.deepcopy(doc["status"])
+    else:
+        stored.pop("status")
+    dep = kube.find("Deployment", name)
+    assert dep is not None
+    dep["metadata"]["generation"] += 1
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=1))
+    writes = kube.writes
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=2))
+    assert kube.writes == writes, kube.status_patches[-1]
 
 
 def test_a_new_pipeline_generation_is_reported_even_before_the_deployment_is_observed() -> None:
