@@ -34,7 +34,13 @@ from streamherd.workers.kafkaclients import (
 )
 from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics, SinkMetrics
-from streamherd.workers.processing import Failure, SourceMessage, encode_output, error_headers
+from streamherd.workers.processing import (
+    Failure,
+    SourceMessage,
+    encode_output,
+    error_headers,
+    type_name,
+)
 from streamherd.workers.sinks_postgres import PostgresSink, postgres_refusal
 from streamherd.workers.sinks_postgres_offsets import (
     CommittedMetadata,
@@ -528,7 +534,8 @@ class Outputs:
         try:
             data = encode_result(value)
         except BaseException:  # noqa: BLE001 - not encodable: the headers still name its record
-            data = f"<a {type(value).__name__} result that cannot be encoded>".encode()
+            # type_name: a user's class may not say its name either (its metaclass raises).
+            data = f"<a {type_name(value)} result that cannot be encoded>".encode()
         message = _ResultMessage(source, _as_bytes(key), data)
         self._report.result_dead_lettered()
         # The error written once (Failure): a user's error class may not write its message.

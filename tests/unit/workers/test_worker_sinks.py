@@ -206,6 +206,44 @@ def test_a_result_whose_own_methods_raise_a_base_exception_is_the_results_dead_l
     ]
 
 
+class _Nameless(type):
+    """A metaclass whose classes will not say their name: ``type(value).__name__`` raises."""
+
+    @property
+    def __name__(cls) -> str:  # type: ignore[override]
+        raise SystemExit(9)
+
+
+class Nameless(dict[str, Any], metaclass=_Nameless):
+    """A result of a user's class that no sink can encode, and whose class name raises."""
+
+
+@pytest.mark.parametrize(
+    "sink", [{"stdout": {}}, {"kafka": {"bootstrapServers": "127.0.0.1:9", "topic": "out"}}]
+)
+def test_a_result_whose_class_will_not_say_its_name_is_still_its_dead_letter(
+    sink: dict[str, Any],
+) -> None:
+    """The dead letter of a result no sink can encode names its class in its value; a
+    class whose name raises (its metaclass's) made that raise, out of the dead-letter path,
+    and stopped the worker. It is dead-lettered, its class written as ``?``; the results
+    after it are written."""
+    source = SyntheticMessage("in", 3, 42, None, {}, 0)
+    written = io.StringIO()
+    outputs = Outputs(SinkConfig.model_validate(sink), None, "ns/p", written)
+    dead: list[Failure] = []
+    outputs.dead_letter = lambda failures, alone=False: dead.extend(failures)  # type: ignore[method-assign]
+    try:
+        outputs.write([(None, Nameless(a={1})), (None, {"a": 1})], source)
+    finally:
+        outputs.close()
+    assert [(f.reason, f.kind, f.message.offset(), f.message.value()) for f in dead] == [
+        ("sink", "TypeError", 42, b"<a ? result that cannot be encoded>")
+    ]
+    if "stdout" in sink:
+        assert written.getvalue() == '{"a":1}\n'
+
+
 class _Unprintable:
     def __str__(self) -> str:
         raise SystemExit(5)
