@@ -12,6 +12,7 @@ sink to stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -156,14 +157,17 @@ def run_local(
         summary = run_pipeline(config, stop=stop, progress=progress, out=out)
     except StuckCallError as e:
         # As the worker does (decision 0186): the stuck call holds the client, and leaving
-        # through the interpreter's exit would wait on it (its destructor, atexit).
-        err.write(
-            f"error: a Kafka client is stuck: {e}; exiting at once (code {STUCK_EXIT_CODE}) "
-            f"without closing it; run again to resume from the last checkpoint in "
-            f"{checkpoint_dir}\n"
-        )
-        out.flush()
-        err.flush()
+        # through the interpreter's exit would wait on it (its destructor, atexit). So
+        # nothing may stand in the way, a closed output (`| head`) neither.
+        with contextlib.suppress(OSError, ValueError):
+            err.write(
+                f"error: a Kafka client is stuck: {e}; exiting at once (code "
+                f"{STUCK_EXIT_CODE}) without closing it; run again to resume from the last "
+                f"checkpoint in {checkpoint_dir}\n"
+            )
+        for stream in (out, err):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
         exit_stuck()
     except Exception as e:  # noqa: BLE001 - any engine failure: say why, exit non-zero
         err.write(f"error: {type(e).__name__}: {e}\n")
