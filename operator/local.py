@@ -112,7 +112,8 @@ def _progress_line(summary: RunSummary) -> str:
 def run_local(
     args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
-    """Exit 0 when the run ends cleanly (source exhausted, --max-seconds, Ctrl-C, SIGTERM)."""
+    """Exit 0 when the run ends cleanly (source exhausted, --max-seconds, Ctrl-C, SIGTERM);
+    a second Ctrl-C or SIGTERM leaves at once (exit 128 + the signal's number)."""
     out = out or sys.stdout
     err = err or sys.stderr
     rendered = _worker_config(args.file, err)
@@ -135,12 +136,31 @@ def run_local(
         timer.daemon = True
         timer.start()
 
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
+    signalled: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        signalled.append(signum)
+        if len(signalled) == 1:
+            stop.set()
+            return
+        # Asked again while the graceful stop waits (a user function that takes long, a
+        # broker gone away): the user wants out now. Leave as a crash does, no checkpoint:
+        # the last one keeps the run safe to resume.
+        with contextlib.suppress(OSError, ValueError):
+            err.write(
+                f"stopped again ({signal.Signals(signum).name}): leaving at once, without "
+                f"a last checkpoint; run again to resume from the last one in "
+                f"{checkpoint_dir}\n"
+            )
+        for stream in (out, err):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(128 + signum)  # the shell's code for a process ended by this signal
 
     # Ctrl-C and SIGTERM stop the run gracefully (a last checkpoint, exit 0), as they stop
-    # a worker. The handler raises nothing: a KeyboardInterrupt inside a user function is
-    # the function's own, dead-lettered with its record (decision 0187).
+    # a worker; a second one leaves at once. The handler raises nothing: a
+    # KeyboardInterrupt inside a user function is the function's own, dead-lettered with
+    # its record (decision 0187).
     in_main = threading.current_thread() is threading.main_thread()
     previous = (
         {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
