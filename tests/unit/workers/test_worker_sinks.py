@@ -5,6 +5,8 @@ a topic that refuses) is tests/integration/engine/test_engine_oversize.py."""
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import io
 import math
 from typing import Any
@@ -21,6 +23,7 @@ from streamherd.workers.sinks import (
     FRAMING_BYTES,
     ORIGINAL_KEY_SIZE,
     ORIGINAL_SIZE,
+    POSTGRES_NATIVE,
     SHORT_VALUE_BYTES,
     TRUNCATED,
     TRUNCATED_REASON,
@@ -275,6 +278,14 @@ def _plain(value: object) -> bool:
     return value is None or type(value) in (str, int, bool)
 
 
+def _plain_row(record: object) -> bool:
+    """A row the writer may take: plain JSON, but a column's value may be one of the exact
+    types psycopg adapts to the column's own (:data:`sinks.POSTGRES_NATIVE`)."""
+    if type(record) is not dict:
+        return False
+    return all(type(v) in POSTGRES_NATIVE or _plain(v) for v in record.values())
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(HOSTILE_RESULTS, min_size=1, max_size=6))
 def test_every_result_reaches_the_postgres_sink_as_plain_json_or_is_its_dead_letter(
@@ -316,6 +327,48 @@ def _write_to_postgres(results: list[Any], monkeypatch: pytest.MonkeyPatch) -> N
     assert len(queued) + len(dead) == len(results)
     assert all(f.reason == "sink" and f.message.offset() == 7 for f in dead)
     for record in queued:
-        assert _plain(record), record
+        assert _plain_row(record), record
         assert postgres_refusal(record) is None
     assert len(rows_of(queued, ["a", "name"])) == len(queued)  # what the writer makes of them
+
+
+NATIVE_VALUES = [
+    float("nan"), float("inf"), -float("inf"), 1.5, b"\x00\xff\\x41 raw", b"plain",
+    decimal.Decimal("12.30"), decimal.Decimal("NaN"), datetime.timedelta(seconds=5),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", NATIVE_VALUES, ids=repr)
+def test_a_column_value_postgres_adapts_reaches_the_writer_as_it_was(
+    value: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A result's field of one of the exact types psycopg writes to a column of its own
+    type: bytes to bytea, a float (NaN and the infinities too) to double precision, a
+    Decimal to numeric, a timedelta to an interval. Reading every result back as JSON made
+    bytes text or ``{"bytes": ...}`` (a bytea column then refused it, a SQL error retried
+    for ever: the pipeline stopped), NaN and the infinities null, and a Decimal or a
+    timedelta a dead letter: all stored as they were before. Nested in a JSON value, they
+    are JSON as a Kafka sink writes them."""
+    monkeypatch.setenv("SINK_DSN", "postgresql://u@127.0.0.1:9/db?connect_timeout=1")
+    sink = SinkConfig.model_validate(
+        {"postgres": {"dsnEnv": "SINK_DSN", "table": "t", "columns": [{"name": "v"}],
+                      "keyColumns": ["v"]}}
+    )  # fmt: skip
+    outputs = Outputs(sink, None, "ns/p", io.StringIO())
+    dead: list[Failure] = []
+    outputs.dead_letter = lambda failures, alone=False: dead.extend(failures)  # type: ignore[method-assign]
+    queued: list[Any] = []
+    assert outputs._postgres is not None
+    monkeypatch.setattr(outputs._postgres, "write", queued.extend)
+    try:
+        outputs.write(
+            [(None, {"v": value, "key": value})], SyntheticMessage("in", 0, 7, None, {}, 0)
+        )
+    finally:
+        outputs.close()
+    assert dead == []
+    [record] = queued
+    for name in ("v", "key"):
+        got = record[name]
+        assert type(got) is type(value), record
+        assert got == value or (got != got and value != value), record  # NaN: itself
