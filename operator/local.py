@@ -205,7 +205,8 @@ def run_local(
 def recover_local(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     """`streamherd recover`: decide the prepared transactions a stopped exactly-once
     pipeline into PostgreSQL left behind. Exit 0: nothing left undecided; 1: some are (or
-    the pipeline is running, or a server failed); 2: the manifest or config is unusable."""
+    the pipeline is running, or a server failed); 2: the manifest or config is unusable;
+    4: a Kafka client got stuck (decision 0186)."""
     out = out or sys.stdout
     err = sys.stderr
     if args.worker_config:
@@ -237,6 +238,15 @@ def recover_local(args: argparse.Namespace, *, out: TextIO | None = None) -> int
         # password): the same exit as an invalid manifest, before anything is decided.
         err.write(f"error: {e}\n")
         return 2
+    except StuckCallError as e:
+        # Fencing a writer (init_transactions) got stuck: leave as `run` does.
+        with contextlib.suppress(OSError, ValueError):
+            err.write(
+                f"error: a Kafka client is stuck: {e}; exiting at once (code "
+                f"{STUCK_EXIT_CODE}) without closing it; run recover again\n"
+            )
+            err.flush()
+        exit_stuck()
     except Exception as e:  # noqa: BLE001 - a server's failure: say which, exit non-zero
         err.write(f"error: {type(e).__name__}: {e}\n")
         return 1

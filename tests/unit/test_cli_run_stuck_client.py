@@ -119,3 +119,34 @@ def test_a_stuck_client_ends_the_run_even_when_its_output_is_gone(
     )
     with pytest.raises(_Left):
         local.run_local(args, out=_GonePipe(), err=_GonePipe())
+
+
+def test_a_stuck_fencing_call_ends_recover_at_once_with_the_workers_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`streamherd recover` fences writers with init_transactions, bounded since every
+    transactional call is (decision 0186): a stuck one was reported as any failure (exit 1)
+    and left through the interpreter's exit, which waits on the stuck client. It leaves as
+    `run` and the worker do: one line, then exit_stuck."""
+
+    def stuck(*_args: object, **_kwargs: object) -> None:
+        raise StuckCallError("init_transactions did not return within 60 s")
+
+    def leave() -> None:
+        raise _Left
+
+    monkeypatch.setattr(local, "recover_stopped", stuck)
+    monkeypatch.setattr(local, "exit_stuck", leave)
+    args = argparse.Namespace(
+        worker_config=None,
+        file=str(EXAMPLES_DIR / "01-clicks-local.yaml"),
+        namespace="default",
+        bootstrap_servers=None,
+    )
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    with pytest.raises(_Left):
+        local.recover_local(args, out=io.StringIO())
+    assert err.getvalue().startswith("error: a Kafka client is stuck: init_transactions"), (
+        err.getvalue()
+    )
