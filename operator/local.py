@@ -12,6 +12,7 @@ sink to stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -111,7 +112,8 @@ def _progress_line(summary: RunSummary) -> str:
 def run_local(
     args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
-    """Exit 0 when the run ends cleanly (source exhausted, --max-seconds, Ctrl-C, SIGTERM)."""
+    """Exit 0 when the run ends cleanly (source exhausted, --max-seconds, Ctrl-C, SIGTERM);
+    a second Ctrl-C or SIGTERM leaves at once (exit 128 + the signal's number)."""
     out = out or sys.stdout
     err = err or sys.stderr
     rendered = _worker_config(args.file, err)
@@ -134,12 +136,31 @@ def run_local(
         timer.daemon = True
         timer.start()
 
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
+    signalled: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        signalled.append(signum)
+        if len(signalled) == 1:
+            stop.set()
+            return
+        # Asked again while the graceful stop waits (a user function that takes long, a
+        # broker gone away): the user wants out now. Leave as a crash does, no checkpoint:
+        # the last one keeps the run safe to resume.
+        with contextlib.suppress(OSError, ValueError):
+            err.write(
+                f"stopped again ({signal.Signals(signum).name}): leaving at once, without "
+                f"a last checkpoint; run again to resume from the last one in "
+                f"{checkpoint_dir}\n"
+            )
+        for stream in (out, err):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(128 + signum)  # the shell's code for a process ended by this signal
 
     # Ctrl-C and SIGTERM stop the run gracefully (a last checkpoint, exit 0), as they stop
-    # a worker. The handler raises nothing: a KeyboardInterrupt inside a user function is
-    # the function's own, dead-lettered with its record (decision 0187).
+    # a worker; a second one leaves at once. The handler raises nothing: a
+    # KeyboardInterrupt inside a user function is the function's own, dead-lettered with
+    # its record (decision 0187).
     in_main = threading.current_thread() is threading.main_thread()
     previous = (
         {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -156,14 +177,17 @@ def run_local(
         summary = run_pipeline(config, stop=stop, progress=progress, out=out)
     except StuckCallError as e:
         # As the worker does (decision 0186): the stuck call holds the client, and leaving
-        # through the interpreter's exit would wait on it (its destructor, atexit).
-        err.write(
-            f"error: a Kafka client is stuck: {e}; exiting at once (code {STUCK_EXIT_CODE}) "
-            f"without closing it; run again to resume from the last checkpoint in "
-            f"{checkpoint_dir}\n"
-        )
-        out.flush()
-        err.flush()
+        # through the interpreter's exit would wait on it (its destructor, atexit). So
+        # nothing may stand in the way, a closed output (`| head`) neither.
+        with contextlib.suppress(OSError, ValueError):
+            err.write(
+                f"error: a Kafka client is stuck: {e}; exiting at once (code "
+                f"{STUCK_EXIT_CODE}) without closing it; run again to resume from the last "
+                f"checkpoint in {checkpoint_dir}\n"
+            )
+        for stream in (out, err):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
         exit_stuck()
     except Exception as e:  # noqa: BLE001 - any engine failure: say why, exit non-zero
         err.write(f"error: {type(e).__name__}: {e}\n")
@@ -181,7 +205,8 @@ def run_local(
 def recover_local(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     """`streamherd recover`: decide the prepared transactions a stopped exactly-once
     pipeline into PostgreSQL left behind. Exit 0: nothing left undecided; 1: some are (or
-    the pipeline is running, or a server failed); 2: the manifest or config is unusable."""
+    the pipeline is running, or a server failed); 2: the manifest or config is unusable;
+    4: a Kafka client got stuck (decision 0186)."""
     out = out or sys.stdout
     err = sys.stderr
     if args.worker_config:
@@ -213,6 +238,15 @@ def recover_local(args: argparse.Namespace, *, out: TextIO | None = None) -> int
         # password): the same exit as an invalid manifest, before anything is decided.
         err.write(f"error: {e}\n")
         return 2
+    except StuckCallError as e:
+        # Fencing a writer (init_transactions) got stuck: leave as `run` does.
+        with contextlib.suppress(OSError, ValueError):
+            err.write(
+                f"error: a Kafka client is stuck: {e}; exiting at once (code "
+                f"{STUCK_EXIT_CODE}) without closing it; run recover again\n"
+            )
+            err.flush()
+        exit_stuck()
     except Exception as e:  # noqa: BLE001 - a server's failure: say which, exit non-zero
         err.write(f"error: {type(e).__name__}: {e}\n")
         return 1

@@ -162,12 +162,12 @@ class UnwritableError(Exception):
 
     def __init__(self, error: BaseException, why: BaseException) -> None:
         super().__init__(
-            f"{_type_name(error)} (its message could not be written: "
-            f"{_type_name(why)} in its __str__)"
+            f"{type_name(error)} (its message could not be written: "
+            f"{type_name(why)} in its __str__)"
         )
 
 
-def _type_name(value: object) -> str:
+def type_name(value: object) -> str:
     """The name of ``value``'s class, or ``?`` when its metaclass will not say it."""
     try:
         name = type(value).__name__

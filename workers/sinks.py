@@ -8,6 +8,8 @@ is what makes output at-least-once (docs/decisions/0002-delivery-guarantees.md).
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import functools
 import json
 import logging
@@ -34,7 +36,13 @@ from streamherd.workers.kafkaclients import (
 )
 from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics, SinkMetrics
-from streamherd.workers.processing import Failure, SourceMessage, encode_output, error_headers
+from streamherd.workers.processing import (
+    Failure,
+    SourceMessage,
+    encode_output,
+    error_headers,
+    type_name,
+)
 from streamherd.workers.sinks_postgres import PostgresSink, postgres_refusal
 from streamherd.workers.sinks_postgres_offsets import (
     CommittedMetadata,
@@ -174,19 +182,34 @@ def _no_constant(text: str) -> Any:
     raise SinkRefusedError(f"postgres sink: {text} is not JSON")
 
 
+#: The exact types of a result's field (a column's value) that psycopg writes to a column
+#: of their own type, kept as they are: bytes to bytea, a float (NaN and the infinities
+#: too) to double precision, a Decimal to numeric, a timedelta to an interval. JSON has no
+#: form for them that those columns take (bytes as text or base64, NaN as null) or none at
+#: all (a Decimal, a timedelta), and the sink stored them so before it read results back.
+POSTGRES_NATIVE: Final = frozenset({bytes, float, decimal.Decimal, datetime.timedelta})
+
+
 def postgres_record(value: Mapping[str, Any] | bytes) -> dict[str, Any]:
     """A result as the PostgreSQL sink stores it: the JSON object a Kafka sink would write
     (:func:`encode_result`: bytes as text or base64, NaN as null), read back with integers
-    exact. So only plain JSON reaches the writer thread and the database: a result that is
+    exact, but a field of one of the exact types :data:`POSTGRES_NATIVE` as it is. So only
+    plain JSON and those values reach the writer thread and the database: a result that is
     no JSON object, whose own methods raise (a user function's mapping), or that psycopg
     could not adapt is its record's dead letter here instead of stopping the worker, or
     being retried for ever by the writer. Raises what the result raised, or
     SinkRefusedError."""
+    native: dict[str, Any] = {}
+    if type(value) is dict:  # exactly: a subclass's items() is the user's code
+        native = {n: v for n, v in value.items() if type(v) in POSTGRES_NATIVE and type(n) is str}
+        if native:
+            value = {n: None if n in native else v for n, v in value.items()}
     record = json.loads(encode_result(value), parse_float=_finite, parse_constant=_no_constant)
     if type(record) is not dict:
         raise SinkRefusedError(
             f"postgres sink: a result must be a JSON object, not {type(record).__name__}"
         )
+    record.update(native)
     return record
 
 
@@ -528,7 +551,8 @@ class Outputs:
         try:
             data = encode_result(value)
         except BaseException:  # noqa: BLE001 - not encodable: the headers still name its record
-            data = f"<a {type(value).__name__} result that cannot be encoded>".encode()
+            # type_name: a user's class may not say its name either (its metaclass raises).
+            data = f"<a {type_name(value)} result that cannot be encoded>".encode()
         message = _ResultMessage(source, _as_bytes(key), data)
         self._report.result_dead_lettered()
         # The error written once (Failure): a user's error class may not write its message.

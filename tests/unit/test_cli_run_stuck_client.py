@@ -6,12 +6,18 @@ what is observed, with a bound."""
 
 from __future__ import annotations
 
+import argparse
+import io
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
+from streamherd.operator import local
+from streamherd.workers.kafkaclients import StuckCallError
 from streamherd.workers.main import STUCK_EXIT_CODE
 from tests.infra.paths import EXAMPLES_DIR
 
@@ -74,3 +80,73 @@ def test_a_stuck_client_ends_the_run_at_once_with_the_workers_code(tmp_path: Pat
     )
     assert f"(code {STUCK_EXIT_CODE})" in lines[-1] and str(tmp_path / "checkpoints") in lines[-1]
     assert "Traceback" not in done.stderr, done.stderr
+
+
+class _GonePipe(io.StringIO):
+    """A stream whose reader went away (``streamherd run ... | head``): flushing raises."""
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+class _Left(BaseException):
+    """Where exit_stuck would have ended the process."""
+
+
+def test_a_stuck_client_ends_the_run_even_when_its_output_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The output's reader went away (a closed pipe): flushing it before leaving raised
+    BrokenPipeError, which left run_local instead of exit_stuck, through the interpreter's
+    exit that waits on the stuck client. Nothing may stand between the stuck call and the
+    exit at once: the run still reaches exit_stuck."""
+
+    def stuck(*_args: object, **_kwargs: object) -> None:
+        raise StuckCallError("send_offsets_to_transaction did not return within 30 s")
+
+    def leave() -> None:
+        raise _Left
+
+    monkeypatch.setattr(local, "run_pipeline", stuck)
+    monkeypatch.setattr(local, "exit_stuck", leave)
+    args = argparse.Namespace(
+        file=str(EXAMPLES_DIR / "01-clicks-local.yaml"),
+        checkpoint_dir=str(tmp_path / "checkpoints"),
+        metrics_port=0,
+        bootstrap_servers=None,
+        quiet=True,
+        max_seconds=None,
+    )
+    with pytest.raises(_Left):
+        local.run_local(args, out=_GonePipe(), err=_GonePipe())
+
+
+def test_a_stuck_fencing_call_ends_recover_at_once_with_the_workers_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`streamherd recover` fences writers with init_transactions, bounded since every
+    transactional call is (decision 0186): a stuck one was reported as any failure (exit 1)
+    and left through the interpreter's exit, which waits on the stuck client. It leaves as
+    `run` and the worker do: one line, then exit_stuck."""
+
+    def stuck(*_args: object, **_kwargs: object) -> None:
+        raise StuckCallError("init_transactions did not return within 60 s")
+
+    def leave() -> None:
+        raise _Left
+
+    monkeypatch.setattr(local, "recover_stopped", stuck)
+    monkeypatch.setattr(local, "exit_stuck", leave)
+    args = argparse.Namespace(
+        worker_config=None,
+        file=str(EXAMPLES_DIR / "01-clicks-local.yaml"),
+        namespace="default",
+        bootstrap_servers=None,
+    )
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    with pytest.raises(_Left):
+        local.recover_local(args, out=io.StringIO())
+    assert err.getvalue().startswith("error: a Kafka client is stuck: init_transactions"), (
+        err.getvalue()
+    )

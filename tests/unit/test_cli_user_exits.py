@@ -153,3 +153,36 @@ def test_a_real_signal_inside_user_code_stops_the_run_gracefully(
     assert list((tmp_path / "ck").rglob("*")), "no checkpoint written"
     if command == "worker":
         assert f"event=stopping signal={sig.name}" in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_ends_the_run_at_once(sig: signal.Signals, tmp_path: Path) -> None:
+    """The first Ctrl-C (or SIGTERM) asks for a graceful stop, which finishes the batch in
+    hand: here a user function that takes a minute a record. A user who asks again wants
+    out now; the second signal was ignored as the first was, and only SIGKILL ended the
+    run. It ends at once, as a crash (the last checkpoint keeps it safe), with the shell's
+    code of a process ended by that signal and one line that says so."""
+    proc = start("run", manifest("linger", count=None, rate=10), tmp_path)
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while b"lingering" not in (tmp_path / "err").read_bytes() and proc.poll() is None:
+            assert time.monotonic() < deadline, (tmp_path / "err").read_text()
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        time.sleep(0.5)
+        assert proc.poll() is None, "the first signal must wait for the batch in hand"
+        proc.send_signal(sig)
+        stopping = time.monotonic()
+        try:
+            code = proc.wait(10)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the second signal did not end the run") from None
+        took = time.monotonic() - stopping
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    err = (tmp_path / "err").read_text()
+    assert code == 128 + sig, err
+    assert took < 5, f"took {took:.1f} s"
+    assert f"stopped again ({sig.name}): leaving at once" in err.splitlines()[-1], err

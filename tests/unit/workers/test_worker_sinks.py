@@ -5,6 +5,8 @@ a topic that refuses) is tests/integration/engine/test_engine_oversize.py."""
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import io
 import math
 from typing import Any
@@ -21,6 +23,7 @@ from streamherd.workers.sinks import (
     FRAMING_BYTES,
     ORIGINAL_KEY_SIZE,
     ORIGINAL_SIZE,
+    POSTGRES_NATIVE,
     SHORT_VALUE_BYTES,
     TRUNCATED,
     TRUNCATED_REASON,
@@ -206,6 +209,44 @@ def test_a_result_whose_own_methods_raise_a_base_exception_is_the_results_dead_l
     ]
 
 
+class _Nameless(type):
+    """A metaclass whose classes will not say their name: ``type(value).__name__`` raises."""
+
+    @property
+    def __name__(cls) -> str:  # type: ignore[override]
+        raise SystemExit(9)
+
+
+class Nameless(dict[str, Any], metaclass=_Nameless):
+    """A result of a user's class that no sink can encode, and whose class name raises."""
+
+
+@pytest.mark.parametrize(
+    "sink", [{"stdout": {}}, {"kafka": {"bootstrapServers": "127.0.0.1:9", "topic": "out"}}]
+)
+def test_a_result_whose_class_will_not_say_its_name_is_still_its_dead_letter(
+    sink: dict[str, Any],
+) -> None:
+    """The dead letter of a result no sink can encode names its class in its value; a
+    class whose name raises (its metaclass's) made that raise, out of the dead-letter path,
+    and stopped the worker. It is dead-lettered, its class written as ``?``; the results
+    after it are written."""
+    source = SyntheticMessage("in", 3, 42, None, {}, 0)
+    written = io.StringIO()
+    outputs = Outputs(SinkConfig.model_validate(sink), None, "ns/p", written)
+    dead: list[Failure] = []
+    outputs.dead_letter = lambda failures, alone=False: dead.extend(failures)  # type: ignore[method-assign]
+    try:
+        outputs.write([(None, Nameless(a={1})), (None, {"a": 1})], source)
+    finally:
+        outputs.close()
+    assert [(f.reason, f.kind, f.message.offset(), f.message.value()) for f in dead] == [
+        ("sink", "TypeError", 42, b"<a ? result that cannot be encoded>")
+    ]
+    if "stdout" in sink:
+        assert written.getvalue() == '{"a":1}\n'
+
+
 class _Unprintable:
     def __str__(self) -> str:
         raise SystemExit(5)
@@ -235,6 +276,14 @@ def _plain(value: object) -> bool:
     if type(value) is float:
         return math.isfinite(value)
     return value is None or type(value) in (str, int, bool)
+
+
+def _plain_row(record: object) -> bool:
+    """A row the writer may take: plain JSON, but a column's value may be one of the exact
+    types psycopg adapts to the column's own (:data:`sinks.POSTGRES_NATIVE`)."""
+    if type(record) is not dict:
+        return False
+    return all(type(v) in POSTGRES_NATIVE or _plain(v) for v in record.values())
 
 
 @settings(max_examples=150, deadline=None)
@@ -278,6 +327,48 @@ def _write_to_postgres(results: list[Any], monkeypatch: pytest.MonkeyPatch) -> N
     assert len(queued) + len(dead) == len(results)
     assert all(f.reason == "sink" and f.message.offset() == 7 for f in dead)
     for record in queued:
-        assert _plain(record), record
+        assert _plain_row(record), record
         assert postgres_refusal(record) is None
     assert len(rows_of(queued, ["a", "name"])) == len(queued)  # what the writer makes of them
+
+
+NATIVE_VALUES = [
+    float("nan"), float("inf"), -float("inf"), 1.5, b"\x00\xff\\x41 raw", b"plain",
+    decimal.Decimal("12.30"), decimal.Decimal("NaN"), datetime.timedelta(seconds=5),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", NATIVE_VALUES, ids=repr)
+def test_a_column_value_postgres_adapts_reaches_the_writer_as_it_was(
+    value: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A result's field of one of the exact types psycopg writes to a column of its own
+    type: bytes to bytea, a float (NaN and the infinities too) to double precision, a
+    Decimal to numeric, a timedelta to an interval. Reading every result back as JSON made
+    bytes text or ``{"bytes": ...}`` (a bytea column then refused it, a SQL error retried
+    for ever: the pipeline stopped), NaN and the infinities null, and a Decimal or a
+    timedelta a dead letter: all stored as they were before. Nested in a JSON value, they
+    are JSON as a Kafka sink writes them."""
+    monkeypatch.setenv("SINK_DSN", "postgresql://u@127.0.0.1:9/db?connect_timeout=1")
+    sink = SinkConfig.model_validate(
+        {"postgres": {"dsnEnv": "SINK_DSN", "table": "t", "columns": [{"name": "v"}],
+                      "keyColumns": ["v"]}}
+    )  # fmt: skip
+    outputs = Outputs(sink, None, "ns/p", io.StringIO())
+    dead: list[Failure] = []
+    outputs.dead_letter = lambda failures, alone=False: dead.extend(failures)  # type: ignore[method-assign]
+    queued: list[Any] = []
+    assert outputs._postgres is not None
+    monkeypatch.setattr(outputs._postgres, "write", queued.extend)
+    try:
+        outputs.write(
+            [(None, {"v": value, "key": value})], SyntheticMessage("in", 0, 7, None, {}, 0)
+        )
+    finally:
+        outputs.close()
+    assert dead == []
+    [record] = queued
+    for name in ("v", "key"):
+        got = record[name]
+        assert type(got) is type(value), record
+        assert got == value or (got != got and value != value), record  # NaN: itself

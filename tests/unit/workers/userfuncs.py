@@ -7,6 +7,7 @@ import fractions
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -292,4 +293,12 @@ def interrupt_once(record: dict[str, Any]) -> dict[str, Any]:
         INTERRUPTED.append(True)
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
+    return record
+
+
+def linger(record: dict[str, Any]) -> dict[str, Any]:
+    """Record mode: says so on stderr, then takes a minute over the record: a graceful stop
+    waits for it (the batch in hand is finished)."""
+    print("lingering", file=sys.stderr, flush=True)
+    time.sleep(60)
     return record
