@@ -51,13 +51,24 @@ def lists_state_snapshot(status: Mapping[str, Any] | None) -> bool:
 
 
 def retains_on_delete(body: Mapping[str, Any]) -> bool:
-    """Whether a pipeline's raw object sets spec.state.retainOnDelete. Read before (and
-    whether or not) the spec parses: a stored object need not match today's schema (the API
-    server does not check stored objects again when the CRD changes), so a spec or state
-    that is no mapping reads as not set instead of raising in every reconcile and delete."""
+    """Whether a deletion of the pipeline (its raw object) keeps its state: the internal
+    topics and the Ready snapshots. Read before (and whether or not) the spec parses: a
+    stored object need not match today's schema (the API server does not check stored
+    objects again when the CRD changes). ``retainOnDelete: true`` keeps, ``false`` or
+    absent (or null, as Go reads it) does not; a value that cannot be read (a spec or
+    ``spec.state`` that is no mapping, a ``retainOnDelete`` that is no boolean) keeps too:
+    deleted state cannot be brought back, kept state can be deleted by hand (decision
+    0189, amended)."""
     spec = body.get("spec")
-    state = spec.get("state") if isinstance(spec, Mapping) else None
-    return isinstance(state, Mapping) and state.get("retainOnDelete") is True
+    if not isinstance(spec, Mapping):
+        return True
+    state = spec.get("state")
+    if state is None:
+        return False
+    if not isinstance(state, Mapping):
+        return True
+    retain = state.get("retainOnDelete")
+    return retain is not False and retain is not None
 
 
 def state_snapshot_name(

@@ -81,11 +81,14 @@ def test_the_operator_refuses_with_validates_words_or_builds(doc: dict[str, Any]
 
 @pytest.mark.parametrize(
     ("spec", "retains"),
-    [({"state": {"retainOnDelete": True}}, True), ({"state": {"retainOnDelete": "yes"}}, False),
-     ({"state": "retain"}, False), ({"state": ["x"]}, False), (True, False), (None, False)],
+    [({"state": {"retainOnDelete": True}}, True), ({"state": {"retainOnDelete": "yes"}}, True),
+     ({"state": "retain"}, True), ({"state": ["x"]}, True), (True, True), (None, True),
+     ({"state": {"retainOnDelete": False}}, False), ({"state": {"retainOnDelete": None}}, False),
+     ({"state": {}}, False), ({"state": None}, False), ({}, False)],
 )  # fmt: skip
 def test_retain_on_delete_is_read_from_a_spec_of_any_shape(spec: Any, retains: bool) -> None:
-    """The reconcile and the delete handler read it before the spec parses."""
+    """The reconcile and the delete handler read it before the spec parses; what cannot be
+    read keeps the state (deleted state cannot be brought back)."""
     body = {"spec": spec, "status": {"internalTopics": [{"name": "t", "partitions": 3}]}}
     assert retains_on_delete(body) is retains
     assert needs_topic_cleanup(body) is not retains

@@ -4,9 +4,9 @@ boolean: stored before a CRD change; the API server does not check stored object
 Before, the delete-topics handler parsed the whole spec and, when it did not parse, kept the
 internal topics, while the delete-snapshots handler read the raw object and deleted the
 snapshots: the state half kept and half deleted. Now each reads
-``builders.snapshot.retains_on_delete`` (a malformed value reads as not set: deleted, the
-default), and what a deletion deletes on Kafka is reached through the spec's source alone
-(``validation.deletion_pipeline``)."""
+``builders.snapshot.retains_on_delete`` (a value that cannot be read keeps the state:
+deleted state cannot be brought back), and what a deletion deletes on Kafka is reached
+through the spec's source alone (``validation.deletion_pipeline``)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,16 @@ def test_every_decider_of_a_deletion_keeps_or_deletes_alike(state: Any) -> None:
     kube, snap = stored_pipeline(state)
     body = body_of(kube, NAME)
     retains = retains_on_delete(body)
-    assert retains is (isinstance(state, dict) and state.get("retainOnDelete") is True)
+    # Only an explicit false (or nothing) deletes: a value that cannot be read keeps.
+    deletes = (
+        state is MISSING
+        or state is None
+        or (
+            isinstance(state, dict)
+            and any(state.get("retainOnDelete") is v for v in (False, None))  # 0 keeps
+        )
+    )
+    assert retains is not deletes
     # What reaches Kafka for the deletion (the topics, each snapshot's topic) whatever the
     # state's shape: the source alone.
     assert deletion_pipeline(body) is not None
