@@ -28,6 +28,7 @@ transaction left (pg_prepared_xacts empty); and the outages felt in the worker's
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +42,7 @@ from streamherd.workers.main import DATABASE_EXIT_CODE
 from streamherd.workers.sinks_postgres import ANSWER_TIMEOUT_SECONDS, NoAnswerError, connect
 from streamherd.workers.sinks_postgres_offsets import PostgresTransactionalSink
 from tests.infra.kafka import KafkaBroker
-from tests.integration.engine.enginekit import Kubelet, Worker, flush_markers, wait_until
+from tests.integration.engine.enginekit import Kubelet, Worker, clicks, flush_markers, wait_until
 from tests.integration.engine.test_engine_repartition import page_clicks
 from tests.integration.storage.pgserver import PostgresServer, start_postgres, stop_postgres
 from tests.integration.storage.test_postgres_exactly_once import (
@@ -54,12 +55,10 @@ from tests.integration.storage.test_postgres_pipeline import (
     BASE_END_TS,
     DSN_ENV,
     PARTITIONS,
-    SteadyProducer,
     assert_table_equals_reference,
     pg_config,
 )
 from tests.integration.storage.test_postgres_two_phase import (
-    PageProducer,
     prepared,
     side_rows,
     two_phase_config,
@@ -69,8 +68,51 @@ from tests.integration.storage.test_postgres_two_phase import (
 pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.slow]
 
 CRASHES = 3
-RATE = 500  # records/s
-SECONDS = 60  # of production: the outages all fall inside it
+RATE = 500  # records/s, until the outages are over
+
+
+class PacedProducer(threading.Thread):
+    """Records at ``RATE`` per second in quarter-second chunks through one producer, until
+    :meth:`finish`: production spans the outages, however long they take. (The broker's
+    ``produce`` makes a producer per call, whose set-up costs about half a second: the
+    other paced producers run well below their nominal rate, so a fixed count would be
+    produced over a time that depends on the machine.) ``pages``: the repartition hop's
+    clicks (``page_clicks``) with a bad record after each chunk; else enginekit's clicks."""
+
+    def __init__(self, broker: KafkaBroker, topic: str, *, pages: bool) -> None:
+        super().__init__(daemon=True)
+        self.broker, self.topic, self.pages = broker, topic, pages
+        self.records: list[tuple[str, dict[str, Any]]] = []  # pages: every click produced
+        self.total = 0
+        self.bad = 0
+        self.error: BaseException | None = None
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        try:
+            producer = self.broker.producer()
+            chunk = RATE // 4
+            started = time.monotonic()
+            while not self._stopping.is_set():
+                start = self.total
+                if self.pages:
+                    batch = list(page_clicks(start, chunk))
+                    bad = ("bad", b"not json %d" % start)
+                    self.broker.produce(self.topic, [*batch, bad], producer=producer)
+                    self.records += batch
+                    self.bad += 1
+                else:
+                    self.broker.produce(self.topic, clicks(start, chunk), producer=producer)
+                self.total += chunk
+                time.sleep(max(started + self.total / RATE - time.monotonic(), 0))
+        except BaseException as error:  # reported by the test thread
+            self.error = error
+
+    def finish(self) -> None:
+        self._stopping.set()
+        self.join(60)
+        assert self.error is None, self.error
+        assert not self.is_alive()
 
 
 @pytest.fixture
@@ -133,12 +175,7 @@ def test_a_database_killed_and_frozen_mid_stream_loses_and_repeats_no_window(
     dsn = server.create_database("crashes")
     monkeypatch.setenv(DSN_ENV, dsn)
     config, src, dlq = configure(variant, kafka_broker, tmp_path, dsn)
-    total = RATE * SECONDS
-    if variant == "twoPhase":
-        records = list(page_clicks(0, total))
-        producer: SteadyProducer | PageProducer = PageProducer(kafka_broker, src, records, RATE)
-    else:
-        producer = SteadyProducer(kafka_broker, src, total, RATE)
+    producer = PacedProducer(kafka_broker, src, pages=variant == "twoPhase")
     w = worker(tmp_path, "w", config)
     if variant == "twoPhase":
         # Each checkpoint waits 0.1 s between Kafka's commit and COMMIT PREPARED: a
@@ -172,20 +209,18 @@ def test_a_database_killed_and_frozen_mid_stream_loses_and_repeats_no_window(
             time.sleep(rng.uniform(1.0, 5.0))  # down: the worker keeps trying
             server.start_again()
             survived += sorted(set(before) & set(prepared(dsn)))
-        assert producer.is_alive(), "the producer ended before the outages did"
-        if isinstance(producer, PageProducer):
-            bad = producer.finish()
-            kubelet.stop()  # verify() stops the worker at the end
-            verify(kafka_broker, dsn, src, dlq, records, bad, [w])
+        assert producer.is_alive(), f"the producer failed: {producer.error}"
+        producer.finish()
+        kubelet.stop()  # verify() stops the worker at the end
+        total = producer.total
+        if variant == "twoPhase":
+            verify(kafka_broker, dsn, src, dlq, producer.records, producer.bad, [w])
+        elif variant == "exactlyOnce":
+            finish(kafka_broker, src, dsn, total, [w])
         else:
-            producer.finish()
-            kubelet.stop()
-            if variant == "exactlyOnce":
-                finish(kafka_broker, src, dsn, total, [w])
-            else:
-                flush_markers(kafka_broker, src, PARTITIONS, BASE_END_TS(total))
-                assert_table_equals_reference(dsn, total, [w])
-                assert kafka_broker.consume_all(dlq) == [], "results dead-lettered"
+            flush_markers(kafka_broker, src, PARTITIONS, BASE_END_TS(total))
+            assert_table_equals_reference(dsn, total, [w])
+            assert kafka_broker.consume_all(dlq) == [], "results dead-lettered"
     finally:
         kubelet.stop()
         w.stop()
