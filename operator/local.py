@@ -109,6 +109,16 @@ def _progress_line(summary: RunSummary) -> str:
     )
 
 
+def last_words(out: TextIO, err: TextIO, line: str) -> None:
+    """One line on ``err``, then both streams flushed, before the process leaves at once
+    (``os._exit``): nothing may stand in the way, a closed output (`| head`) neither."""
+    with contextlib.suppress(OSError, ValueError):
+        err.write(line + "\n")
+    for stream in (out, err):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+
+
 def run_local(
     args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
@@ -146,15 +156,12 @@ def run_local(
         # Asked again while the graceful stop waits (a user function that takes long, a
         # broker gone away): the user wants out now. Leave as a crash does, no checkpoint:
         # the last one keeps the run safe to resume.
-        with contextlib.suppress(OSError, ValueError):
-            err.write(
-                f"stopped again ({signal.Signals(signum).name}): leaving at once, without "
-                f"a last checkpoint; run again to resume from the last one in "
-                f"{checkpoint_dir}\n"
-            )
-        for stream in (out, err):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
+        last_words(
+            out,
+            err,
+            f"stopped again ({signal.Signals(signum).name}): leaving at once, without a last "
+            f"checkpoint; run again to resume from the last one in {checkpoint_dir}",
+        )
         os._exit(128 + signum)  # the shell's code for a process ended by this signal
 
     # Ctrl-C and SIGTERM stop the run gracefully (a last checkpoint, exit 0), as they stop
@@ -179,15 +186,13 @@ def run_local(
         # As the worker does (decision 0186): the stuck call holds the client, and leaving
         # through the interpreter's exit would wait on it (its destructor, atexit). So
         # nothing may stand in the way, a closed output (`| head`) neither.
-        with contextlib.suppress(OSError, ValueError):
-            err.write(
-                f"error: a Kafka client is stuck: {e}; exiting at once (code "
-                f"{STUCK_EXIT_CODE}) without closing it; run again to resume from the last "
-                f"checkpoint in {checkpoint_dir}\n"
-            )
-        for stream in (out, err):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
+        last_words(
+            out,
+            err,
+            f"error: a Kafka client is stuck: {e}; exiting at once (code {STUCK_EXIT_CODE}) "
+            f"without closing it; run again to resume from the last checkpoint in "
+            f"{checkpoint_dir}",
+        )
         exit_stuck()
     except Exception as e:  # noqa: BLE001 - any engine failure: say why, exit non-zero
         err.write(f"error: {type(e).__name__}: {e}\n")

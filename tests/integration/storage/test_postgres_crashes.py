@@ -37,10 +37,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from streamherd.workers.config import PostgresSinkConfig
 from streamherd.workers.main import DATABASE_EXIT_CODE
 from streamherd.workers.sinks_postgres import ANSWER_TIMEOUT_SECONDS, NoAnswerError, connect
-from streamherd.workers.sinks_postgres_offsets import PostgresTransactionalSink
 from tests.infra.kafka import KafkaBroker
 from tests.integration.engine.enginekit import Kubelet, Worker, clicks, flush_markers, wait_until
 from tests.integration.engine.test_engine_repartition import page_clicks
@@ -51,6 +49,7 @@ from tests.integration.storage.test_postgres_exactly_once import (
     finish,
     worker,
 )
+from tests.integration.storage.test_postgres_offsets import sink as offsets_sink
 from tests.integration.storage.test_postgres_pipeline import (
     BASE_END_TS,
     DSN_ENV,
@@ -272,18 +271,7 @@ def test_the_side_rows_of_an_attempt_the_database_lost_are_deleted_by_the_next_p
     partitions never runs (the killed-database test found 8 left). The next prepare deletes
     them first."""
     dsn = own_postgres.create_database("side")
-    config = PostgresSinkConfig.model_validate(
-        {
-            "dsnEnv": "DSN",
-            "table": "results",
-            "columns": [{"name": "key", "type": "text"}, {"name": "n", "type": "bigint"}],
-            "keyColumns": ["key"],
-            "createTable": True,
-        }
-    )
-    sink = PostgresTransactionalSink(
-        config, "test/p", "g", env={"DSN": dsn}, two_phase=True, writer="w"
-    )
+    sink = offsets_sink(dsn, two_phase=True, writer="w")
     sink.write([{"key": "a", "n": 1}])
     write_offsets = sink._write_offsets
 

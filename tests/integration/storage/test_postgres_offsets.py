@@ -23,7 +23,9 @@ from streamherd.workers.sinks_postgres_offsets import (
 pytestmark = [pytest.mark.integration]
 
 
-def sink(dsn: str, group: str = "g") -> PostgresTransactionalSink:
+def sink(dsn: str, group: str = "g", **options: Any) -> PostgresTransactionalSink:
+    """A sink of a (key text, n bigint) results table; ``options``: the sink's keywords
+    (``two_phase``, ``writer``)."""
     config = PostgresSinkConfig.model_validate(
         {
             "dsnEnv": "DSN",
@@ -33,7 +35,7 @@ def sink(dsn: str, group: str = "g") -> PostgresTransactionalSink:
             "createTable": True,
         }
     )
-    return PostgresTransactionalSink(config, "test/p", group, env={"DSN": dsn})
+    return PostgresTransactionalSink(config, "test/p", group, env={"DSN": dsn}, **options)
 
 
 def table(dsn: str) -> tuple[dict[str, int], dict[tuple[str, int], tuple[int, str]]]:
