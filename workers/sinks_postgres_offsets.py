@@ -103,6 +103,17 @@ class DatabaseUnavailableError(psycopg.OperationalError):
     next incarnation starts over from the tables (decision 0188)."""
 
 
+class KafkaUnsettledError(RuntimeError):
+    """Kafka's committed offsets of the partitions of prepared transactions did not settle
+    within the recovery's wait: whether to commit them cannot be read yet. Kafka's matter,
+    not the database's: the worker fails (exit 1), and its next start asks again."""
+
+
+class DecidedElsewhereError(RuntimeError):
+    """This worker's prepared transaction was decided the other way by another worker (a
+    recovery by the worker that took its partitions): this one was cut off meanwhile."""
+
+
 class TwoPhaseUnavailableError(RuntimeError):
     """The server refuses prepared transactions (``max_prepared_transactions`` is 0)."""
 
@@ -505,7 +516,8 @@ class PostgresTransactionalSink:
         the transactions covering a partition in ``assigned`` or prepared by this worker's
         previous incarnation; side rows of theirs that were never prepared are forgotten.
         Asks again while Kafka's answer is not stable, up to ``wait`` seconds, then raises
-        CommitOutcomeUnknownError. Database errors raise (psycopg.Error)."""
+        KafkaUnsettledError. Database errors raise (psycopg.Error; DatabaseUnavailableError
+        or CommitOutcomeUnknownError when the database does not answer)."""
         deadline = time.monotonic() + wait
         delay = 0.5
         while True:
@@ -515,7 +527,7 @@ class PostgresTransactionalSink:
             if not resolution.undecided:
                 return resolution
             if time.monotonic() + delay > deadline:
-                raise CommitOutcomeUnknownError(
+                raise KafkaUnsettledError(
                     f"prepared transactions {sorted(resolution.undecided)}: Kafka's committed "
                     f"offsets of their partitions were not stable within {wait:.0f}s"
                 )
@@ -606,9 +618,14 @@ class PostgresTransactionalSink:
                 self._connection().execute(decide_statement(verb, gid))
                 return
             except psycopg.errors.UndefinedObject:
-                if recovering or self._holds(gid) == (verb == "COMMIT"):
+                if recovering:
                     return
-                raise CommitOutcomeUnknownError(
+                # The offsets table answers, or the database is unavailable (retried as
+                # any read: a bare connection error here was reported as any failure).
+                holds = self._retrying(verb.lower() + "-prepared", lambda: self._holds(gid))
+                if holds == (verb == "COMMIT"):
+                    return
+                raise DecidedElsewhereError(
                     f"{verb} PREPARED {gid}: decided otherwise by another worker"
                 ) from None
             except psycopg.Error as error:
