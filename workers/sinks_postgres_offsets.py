@@ -382,8 +382,9 @@ class PostgresTransactionalSink:
     def commit(self, offsets: Sequence[tuple[str, int, int]], generation: str) -> bool:
         """One transaction: the offsets (compare-and-set) and every queued row. True:
         committed; False: the database refused or was unreachable before COMMIT (nothing
-        committed, the rows stay queued). Raises OffsetsFencedError (rolled back, rows
-        dropped: the engine rewinds) or CommitOutcomeUnknownError."""
+        committed, the rows stay queued; an error PostgreSQL answers at COMMIT, a deferred
+        constraint's, too). Raises OffsetsFencedError (rolled back, rows dropped: the engine
+        rewinds) or CommitOutcomeUnknownError (the connection failed during COMMIT)."""
         started = time.perf_counter()
         rows = list(self._queue)
         committing = False
@@ -398,9 +399,12 @@ class PostgresTransactionalSink:
             self.abort()
             raise
         except psycopg.Error as error:
+            connection = isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
             self._failed("commit" if committing else "write", error)
-            if committing:
+            if committing and connection:
                 raise CommitOutcomeUnknownError(f"COMMIT failed: {error}") from error
+            # Refused, COMMIT included (a deferred constraint is checked there): the
+            # server rolled the transaction back, nothing committed.
             return False
         for topic, partition, _ in offsets:
             self._expected[(topic, partition)] = generation
@@ -661,7 +665,10 @@ class PostgresTransactionalSink:
             return
         table = self.config.table
         with contextlib.suppress(psycopg.Error):
-            conn = self._connection()
+            # Not an announcement: right after a refused prepare the rows still wait (a
+            # sink reported up here flapped down and up at every retry, /readyz 200 and
+            # no backpressure while nothing was confirmed).
+            conn = self._connection(announce=False)
             for gid in sorted(self._unforgotten):
                 conn.execute(forget_side_statement(table), (gid,))
             left = conn.execute(
@@ -699,7 +706,9 @@ class PostgresTransactionalSink:
 
     # ------------------------------------------------------------------ connection
 
-    def _connection(self) -> psycopg.Connection[Any]:
+    def _connection(self, *, announce: bool = True) -> psycopg.Connection[Any]:
+        """The connection, made (and the sink reported up) if there is none. ``announce``
+        False: housekeeping that must not report the sink up (the rows wait)."""
         if self._conn is None or self._conn.closed:
             conn = connect(self._conninfo, self.pipeline)
             try:
@@ -726,7 +735,8 @@ class PostgresTransactionalSink:
                 conn.close()
                 raise
             self._conn = conn
-            self._set_up(True)
+            if announce:
+                self._set_up(True)
         return self._conn
 
     def _find_tables(self, conn: psycopg.Connection[Any]) -> None:

@@ -139,13 +139,15 @@ class FakeConnection:
         self.closed = True
 
 
-def test_a_prepared_transaction_decided_the_other_way_is_not_the_databases_doing() -> None:
+def test_a_prepared_transaction_decided_the_other_way_is_not_the_databases_doing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """COMMIT PREPARED finds the gid gone and the offsets table without its generation:
     another worker rolled it back (this one was cut off). The database answered all along."""
     s = sink()
     s._prepared = (f"{s.prefix}:gen-7", [("t", 0, 5)], 0, 0.0)
     conn = FakeConnection([("t", 0, 3, "gen-6")], None)
-    s._connection = lambda: conn  # type: ignore[assignment,method-assign,return-value]
+    monkeypatch.setattr(s, "_connection", lambda **_kwargs: conn)
     error = raised(s.commit_prepared)
     assert "decided otherwise by another worker" in str(error)
     assert not database_unavailable(wrapped(error))
@@ -167,7 +169,7 @@ def test_the_offsets_read_that_settles_a_decided_gid_waits_for_the_database(
     s = sink()
     s._prepared = (f"{s.prefix}:gen-7", [("t", 0, 5)], 0, 0.0)
     conn = FakeConnection([], psycopg.OperationalError("server closed the connection"))
-    s._connection = lambda: conn  # type: ignore[assignment,method-assign,return-value]
+    monkeypatch.setattr(s, "_connection", lambda **_kwargs: conn)
     error = raised(s.commit_prepared)
     assert database_unavailable(wrapped(error)), repr(error)
     assert s._prepared is not None  # not decided here: recovery decides it
