@@ -31,7 +31,14 @@ from streamherd.operator.validation import load_documents, parse_pipeline, unnam
 from streamherd.workers.config import KafkaSecurity, WorkerConfig
 from streamherd.workers.engine import RunSummary
 from streamherd.workers.kafkaclients import SecurityConfigError, StuckCallError
-from streamherd.workers.main import STUCK_EXIT_CODE, exit_stuck, load_config, run_pipeline
+from streamherd.workers.main import (
+    DATABASE_EXIT_CODE,
+    STUCK_EXIT_CODE,
+    database_unavailable,
+    exit_stuck,
+    load_config,
+    run_pipeline,
+)
 from streamherd.workers.preparedrecovery import recover_stopped
 
 
@@ -123,7 +130,8 @@ def run_local(
     args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
     """Exit 0 when the run ends cleanly (source exhausted, --max-seconds, Ctrl-C, SIGTERM);
-    a second Ctrl-C or SIGTERM leaves at once (exit 128 + the signal's number)."""
+    a second Ctrl-C or SIGTERM leaves at once (exit 128 + the signal's number); the
+    worker's codes for a stuck Kafka client (4) and for its sink's database (5); else 1."""
     out = out or sys.stdout
     err = err or sys.stderr
     rendered = _worker_config(args.file, err)
@@ -195,6 +203,15 @@ def run_local(
         )
         exit_stuck()
     except Exception as e:  # noqa: BLE001 - any engine failure: say why, exit non-zero
+        if database_unavailable(e):
+            # The worker's code and reason (decision 0188): the sink's tables hold what
+            # was committed, and the next run resumes from them.
+            err.write(
+                f"error: the sink's database did not answer ({type(e).__name__}: {e}); "
+                f"exiting with code {DATABASE_EXIT_CODE}; run again once it is back, to "
+                f"resume from what its tables hold\n"
+            )
+            return DATABASE_EXIT_CODE
         err.write(f"error: {type(e).__name__}: {e}\n")
         return 1
     finally:

@@ -44,6 +44,7 @@ __all__ = [
     "DATABASE_EXIT_CODE",
     "STUCK_EXIT_CODE",
     "RunSummary",
+    "database_unavailable",
     "exit_stuck",
     "interrupts_stop",
     "load_config",

@@ -119,7 +119,7 @@ def recover_stopped(
 
     Raises ValueError when the pipeline does not commit in two phases or its tables are not
     in the database (TablesMissingError: nothing is created there), PipelineRunningError
-    while its group has members, CommitOutcomeUnknownError when Kafka's answer stays
+    while its group has members, KafkaUnsettledError when Kafka's answer stays
     unstable for ``wait`` seconds (default: the transaction timeout and 30 s), and
     psycopg.Error on database errors."""
     kafka = config.source.kafka

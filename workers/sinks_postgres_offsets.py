@@ -103,6 +103,17 @@ class DatabaseUnavailableError(psycopg.OperationalError):
     next incarnation starts over from the tables (decision 0188)."""
 
 
+class KafkaUnsettledError(RuntimeError):
+    """Kafka's committed offsets of the partitions of prepared transactions did not settle
+    within the recovery's wait: whether to commit them cannot be read yet. Kafka's matter,
+    not the database's: the worker fails (exit 1), and its next start asks again."""
+
+
+class DecidedElsewhereError(RuntimeError):
+    """This worker's prepared transaction was decided the other way by another worker (a
+    recovery by the worker that took its partitions): this one was cut off meanwhile."""
+
+
 class TwoPhaseUnavailableError(RuntimeError):
     """The server refuses prepared transactions (``max_prepared_transactions`` is 0)."""
 
@@ -371,8 +382,9 @@ class PostgresTransactionalSink:
     def commit(self, offsets: Sequence[tuple[str, int, int]], generation: str) -> bool:
         """One transaction: the offsets (compare-and-set) and every queued row. True:
         committed; False: the database refused or was unreachable before COMMIT (nothing
-        committed, the rows stay queued). Raises OffsetsFencedError (rolled back, rows
-        dropped: the engine rewinds) or CommitOutcomeUnknownError."""
+        committed, the rows stay queued; an error PostgreSQL answers at COMMIT, a deferred
+        constraint's, too). Raises OffsetsFencedError (rolled back, rows dropped: the engine
+        rewinds) or CommitOutcomeUnknownError (the connection failed during COMMIT)."""
         started = time.perf_counter()
         rows = list(self._queue)
         committing = False
@@ -387,9 +399,12 @@ class PostgresTransactionalSink:
             self.abort()
             raise
         except psycopg.Error as error:
+            connection = isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
             self._failed("commit" if committing else "write", error)
-            if committing:
+            if committing and connection:
                 raise CommitOutcomeUnknownError(f"COMMIT failed: {error}") from error
+            # Refused, COMMIT included (a deferred constraint is checked there): the
+            # server rolled the transaction back, nothing committed.
             return False
         for topic, partition, _ in offsets:
             self._expected[(topic, partition)] = generation
@@ -505,7 +520,8 @@ class PostgresTransactionalSink:
         the transactions covering a partition in ``assigned`` or prepared by this worker's
         previous incarnation; side rows of theirs that were never prepared are forgotten.
         Asks again while Kafka's answer is not stable, up to ``wait`` seconds, then raises
-        CommitOutcomeUnknownError. Database errors raise (psycopg.Error)."""
+        KafkaUnsettledError. Database errors raise (psycopg.Error; DatabaseUnavailableError
+        or CommitOutcomeUnknownError when the database does not answer)."""
         deadline = time.monotonic() + wait
         delay = 0.5
         while True:
@@ -515,7 +531,7 @@ class PostgresTransactionalSink:
             if not resolution.undecided:
                 return resolution
             if time.monotonic() + delay > deadline:
-                raise CommitOutcomeUnknownError(
+                raise KafkaUnsettledError(
                     f"prepared transactions {sorted(resolution.undecided)}: Kafka's committed "
                     f"offsets of their partitions were not stable within {wait:.0f}s"
                 )
@@ -606,9 +622,14 @@ class PostgresTransactionalSink:
                 self._connection().execute(decide_statement(verb, gid))
                 return
             except psycopg.errors.UndefinedObject:
-                if recovering or self._holds(gid) == (verb == "COMMIT"):
+                if recovering:
                     return
-                raise CommitOutcomeUnknownError(
+                # The offsets table answers, or the database is unavailable (retried as
+                # any read: a bare connection error here was reported as any failure).
+                holds = self._retrying(verb.lower() + "-prepared", lambda: self._holds(gid))
+                if holds == (verb == "COMMIT"):
+                    return
+                raise DecidedElsewhereError(
                     f"{verb} PREPARED {gid}: decided otherwise by another worker"
                 ) from None
             except psycopg.Error as error:
@@ -644,7 +665,10 @@ class PostgresTransactionalSink:
             return
         table = self.config.table
         with contextlib.suppress(psycopg.Error):
-            conn = self._connection()
+            # Not an announcement: right after a refused prepare the rows still wait (a
+            # sink reported up here flapped down and up at every retry, /readyz 200 and
+            # no backpressure while nothing was confirmed).
+            conn = self._connection(announce=False)
             for gid in sorted(self._unforgotten):
                 conn.execute(forget_side_statement(table), (gid,))
             left = conn.execute(
@@ -682,7 +706,9 @@ class PostgresTransactionalSink:
 
     # ------------------------------------------------------------------ connection
 
-    def _connection(self) -> psycopg.Connection[Any]:
+    def _connection(self, *, announce: bool = True) -> psycopg.Connection[Any]:
+        """The connection, made (and the sink reported up) if there is none. ``announce``
+        False: housekeeping that must not report the sink up (the rows wait)."""
         if self._conn is None or self._conn.closed:
             conn = connect(self._conninfo, self.pipeline)
             try:
@@ -709,7 +735,8 @@ class PostgresTransactionalSink:
                 conn.close()
                 raise
             self._conn = conn
-            self._set_up(True)
+            if announce:
+                self._set_up(True)
         return self._conn
 
     def _find_tables(self, conn: psycopg.Connection[Any]) -> None:

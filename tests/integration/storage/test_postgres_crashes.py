@@ -181,7 +181,14 @@ def test_a_database_killed_and_frozen_mid_stream_loses_and_repeats_no_window(
         # crash can be made to land while a transaction is prepared.
         w.env = {**(w.env or {}), "STREAMHERD_FAULT_PAUSE": "kafka-committed:0.1"}
     rng = random.Random(f"pg-crashes-{variant}")
-    kubelet = Kubelet(w, {DATABASE_EXIT_CODE: "its database did not answer (decision 0188)"})
+    # At-least-once never needs the database to go on (its writer thread retries): it may
+    # not exit at all. Exactly-once may exit only as its database makes it.
+    kubelet = Kubelet(
+        w,
+        {}
+        if variant == "atLeastOnce"
+        else {DATABASE_EXIT_CODE: "its database did not answer (decision 0188)"},
+    )
     survived: list[str] = []  # prepared before a crash, still prepared after it
     try:
         w.start()
@@ -195,10 +202,13 @@ def test_a_database_killed_and_frozen_mid_stream_loses_and_repeats_no_window(
                 server.freeze()
                 frozen = time.monotonic()
                 # The worker must notice while the server is frozen (within the sink's bound
-                # on an unanswered round trip), not wait for the thaw.
+                # on an unanswered round trip), not wait for the thaw, and say so: not
+                # ready (/readyz 503), so the pipeline's Ready condition shows it.
                 bound = ANSWER_TIMEOUT_SECONDS + 15
                 wait_until("the worker to give up on the frozen database",
                            lambda s=seen: unanswered(w) > s, bound)  # fmt: skip
+                wait_until("the worker not ready while its database is frozen",
+                           lambda: w.get("/readyz")[0] == 503, 10)  # fmt: skip
                 time.sleep(max(0.0, frozen + ANSWER_TIMEOUT_SECONDS + rng.uniform(4, 8)
                                - time.monotonic()))  # fmt: skip
                 server.thaw()

@@ -135,3 +135,46 @@ def test_a_database_that_refuses_keeps_the_rows_for_the_next_try(postgres_dsn: s
         assert a.health() == (True, "ok")
     finally:
         a.close()
+
+
+@pytest.mark.parametrize("two_phase", [False, True], ids=["commit", "prepare"])
+def test_a_refusal_at_commit_keeps_the_rows_as_one_before_it(
+    postgres_dsn: str, two_phase: bool
+) -> None:
+    """A deferred constraint is checked at COMMIT (and at PREPARE TRANSACTION): its refusal
+    is the server's answer, the transaction rolled back, as certain as a refusal before.
+    One phase took any error at COMMIT for a lost answer (CommitOutcomeUnknownError), so a
+    table with such a constraint stopped the worker, and its successor again, with the exit
+    code of an unavailable database (main.DATABASE_EXIT_CODE), where two phases retry."""
+    config = PostgresSinkConfig.model_validate(
+        {
+            "dsnEnv": "DSN",
+            "table": "results",
+            "columns": [{"name": "key", "type": "text"}, {"name": "n", "type": "bigint"}],
+            "keyColumns": ["key"],
+            "createTable": False,
+        }
+    )
+    a = PostgresTransactionalSink(
+        config, "test/p", "g", env={"DSN": postgres_dsn}, two_phase=two_phase, writer="w"
+    )
+    try:
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE results (key text PRIMARY KEY, n bigint, "
+                "CONSTRAINT one_n UNIQUE (n) DEFERRABLE INITIALLY DEFERRED)"
+            )
+            a.committed([("in", 0)])
+            a.write(rows(("a", 1), ("b", 1)))  # two keys, one n: refused at COMMIT
+            write = a.prepare if two_phase else a.commit
+            assert write([("in", 0, 3)], "g1") is False  # rolled back: nothing committed
+            assert a.pending() == 2 and not a.health()[0]
+            assert table(postgres_dsn) == ({}, {})
+            conn.execute("ALTER TABLE results DROP CONSTRAINT one_n")
+        assert write([("in", 0, 3)], "g2") is True  # the same rows, a new generation
+        if two_phase:
+            a.commit_prepared()
+        assert table(postgres_dsn) == ({"a": 1, "b": 1}, {("in", 0): (3, "g2")})
+        assert a.health() == (True, "ok")
+    finally:
+        a.close()

@@ -5,6 +5,8 @@ a real server killed and frozen is tests/integration/storage/test_postgres_crash
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 import pytest
 
@@ -19,6 +21,7 @@ from streamherd.workers.sinks_postgres_offsets import (
     OffsetsFencedError,
     PostgresTransactionalSink,
 )
+from streamherd.workers.twophase import Resolution
 
 
 def sink() -> PostgresTransactionalSink:
@@ -89,3 +92,84 @@ def test_the_worker_exits_for_its_database_only_when_the_database_is_the_cause()
     assert not database_unavailable(TransactionError("Kafka refused"))
     assert not database_unavailable(psycopg.errors.UndefinedTable("no such table"))
     assert not database_unavailable(ValueError("bad config"))
+
+
+def raised(call: Any) -> BaseException:
+    try:
+        call()
+    except Exception as error:  # whatever it is, the test judges it
+        return error
+    raise AssertionError("nothing raised")
+
+
+def test_kafka_offsets_that_do_not_settle_are_not_the_databases_doing() -> None:
+    """Recovery asks Kafka again while its committed offsets are unstable; past its wait
+    the worker fails. That is Kafka's state: it was reported as an unavailable database
+    (CommitOutcomeUnknownError: exit code 5, event=database-unavailable)."""
+    s = sink()
+    undecided = Resolution(
+        commit=frozenset(), rollback=frozenset(), undecided=frozenset({"x:g-1"}),
+        unexplained=frozenset(), forget=frozenset(),
+    )  # fmt: skip
+    s._recover_once = lambda *_args: undecided  # type: ignore[method-assign]
+    error = raised(lambda: s.recover([("t", 0)], lambda _tps: {}, lambda _w: None, wait=0))
+    assert "not stable" in str(error) and "x:g-1" in str(error)
+    assert not database_unavailable(wrapped(error))
+
+
+class FakeConnection:
+    """Answers COMMIT/ROLLBACK PREPARED with "no such prepared transaction" (decided by
+    someone else) and the offsets read with ``offsets`` or the error ``read``."""
+
+    def __init__(self, offsets: list[tuple[str, int, int, str]], read: Exception | None) -> None:
+        self.offsets, self.read = offsets, read
+        self.closed = False
+
+    def execute(self, statement: Any, _params: Any = None) -> FakeConnection:
+        if "PREPARED" in repr(statement):
+            raise psycopg.errors.UndefinedObject("prepared transaction does not exist")
+        if self.read is not None:
+            raise self.read
+        return self
+
+    def fetchall(self) -> list[tuple[str, int, int, str]]:
+        return self.offsets
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_prepared_transaction_decided_the_other_way_is_not_the_databases_doing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """COMMIT PREPARED finds the gid gone and the offsets table without its generation:
+    another worker rolled it back (this one was cut off). The database answered all along."""
+    s = sink()
+    s._prepared = (f"{s.prefix}:gen-7", [("t", 0, 5)], 0, 0.0)
+    conn = FakeConnection([("t", 0, 3, "gen-6")], None)
+    monkeypatch.setattr(s, "_connection", lambda **_kwargs: conn)
+    error = raised(s.commit_prepared)
+    assert "decided otherwise by another worker" in str(error)
+    assert not database_unavailable(wrapped(error))
+    # The same read finding the generation: committed by whoever decided it, as wanted.
+    conn.offsets = [("t", 0, 5, "gen-7")]
+    s._prepared = (f"{s.prefix}:gen-7", [("t", 0, 5)], 0, 0.0)
+    s.commit_prepared()
+    assert s._prepared is None
+
+
+def test_the_offsets_read_that_settles_a_decided_gid_waits_for_the_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """COMMIT PREPARED found the gid gone (its answer lost, the statement retried), and the
+    offsets table, which tells whether it committed, did not answer: a database outage,
+    retried as every read and then exit code 5 (it raised the bare connection error: exit
+    code 1, as a bug)."""
+    monkeypatch.setattr(sinks_postgres_offsets, "READ_RETRY_SECONDS", 0.5)
+    s = sink()
+    s._prepared = (f"{s.prefix}:gen-7", [("t", 0, 5)], 0, 0.0)
+    conn = FakeConnection([], psycopg.OperationalError("server closed the connection"))
+    monkeypatch.setattr(s, "_connection", lambda **_kwargs: conn)
+    error = raised(s.commit_prepared)
+    assert database_unavailable(wrapped(error)), repr(error)
+    assert s._prepared is not None  # not decided here: recovery decides it
