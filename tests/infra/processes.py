@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, TypeVar
+from typing import ClassVar, Final, Literal, TypeVar
 
 from tests.infra.paths import HACK_DIR, REPO_ROOT
 
@@ -43,12 +44,28 @@ def run_dir() -> Path:
     return Path(os.environ.get("STREAMHERD_RUN_DIR", REPO_ROOT / ".tmp" / "run"))
 
 
+#: Where :func:`free_port` picks: below the kernel's ephemeral range (32768-60999 here) and
+#: Kubernetes' NodePort range (30000-32767), so that no client connection's source port and
+#: no NodePort can take a port between its pick and the server's bind.
+PICKED_PORTS: Final = range(20000, 30000)
+_ports = random.SystemRandom()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nobody listens on right now, picked at random outside
+    the ephemeral range. Port 0 would hand out an ephemeral port, which any outgoing
+    connection on the machine may take as its source port before the server that was
+    given it binds it: a CI run lost a worker to "Address already in use" that way (its
+    metrics port, taken in the second between the pick and the worker's bind)."""
+    for _ in range(200):
+        port = _ports.choice(PICKED_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise InfraError(f"no free port in {PICKED_PORTS} after 200 tries")
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
