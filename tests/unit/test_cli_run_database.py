@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import io
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -34,7 +35,9 @@ def args(tmp_path: Path) -> argparse.Namespace:
     )
 
 
-def failing(error: Exception) -> object:
+def failing(error: BaseException) -> Any:
+    """A stand-in for a function: it raises ``error``, whatever it is called with."""
+
     def run(*_args: object, **_kwargs: object) -> None:
         raise error
 

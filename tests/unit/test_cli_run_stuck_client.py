@@ -10,7 +10,6 @@ import argparse
 import io
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -20,46 +19,15 @@ from streamherd.operator import local
 from streamherd.workers.kafkaclients import StuckCallError
 from streamherd.workers.main import STUCK_EXIT_CODE
 from tests.infra.paths import EXAMPLES_DIR
+from tests.unit.test_cli_run_database import args as run_args
+from tests.unit.test_cli_run_database import failing
 
-#: The CLI's entry point, with the engine's source factory wrapped: the source's second poll
-#: makes a call that never returns through ``bounded_call`` (its bound cut to 0.2 s), as
-#: send_offsets_to_transaction did. The stuck client's destructor is modelled by an exit
-#: handler that waits for that call: librdkafka's destroy joins the thread still in it, so
-#: an interpreter exit never ends.
-SCRIPT = textwrap.dedent(
-    """
-    import atexit, sys, threading
-    from streamherd import cli
-    from streamherd.workers import engine
-    from streamherd.workers.kafkaclients import bounded_call
-
-    stuck = threading.Event()  # never set: the call never returns
-    atexit.register(stuck.wait)  # the stuck client's destructor
-
-    class StuckSource:
-        def __init__(self, inner):
-            self.inner, self.polls = inner, 0
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-        @property
-        def exhausted(self):
-            return False
-        def poll(self, max_records, timeout):
-            self.polls += 1
-            if self.polls == 2:
-                bounded_call(stuck.wait, 0.2, "send_offsets_to_transaction")
-            return self.inner.poll(max_records, timeout)
-
-    real = engine.open_source
-    engine.open_source = lambda *a, **k: StuckSource(real(*a, **k))
-    sys.exit(cli.main(sys.argv[1:]))
-    """
-)
+#: The CLI's entry point with a source whose call never returns (see the script's docstring).
+SCRIPT = Path(__file__).with_name("stuck_client_run.py")
 
 
 def test_a_stuck_client_ends_the_run_at_once_with_the_workers_code(tmp_path: Path) -> None:
-    script = tmp_path / "run_stuck.py"
-    script.write_text(SCRIPT)
+    script = SCRIPT
     manifest = EXAMPLES_DIR / "01-clicks-local.yaml"
     started = time.monotonic()
     try:
@@ -101,24 +69,11 @@ def test_a_stuck_client_ends_the_run_even_when_its_output_is_gone(
     exit that waits on the stuck client. Nothing may stand between the stuck call and the
     exit at once: the run still reaches exit_stuck."""
 
-    def stuck(*_args: object, **_kwargs: object) -> None:
-        raise StuckCallError("send_offsets_to_transaction did not return within 30 s")
-
-    def leave() -> None:
-        raise _Left
-
-    monkeypatch.setattr(local, "run_pipeline", stuck)
-    monkeypatch.setattr(local, "exit_stuck", leave)
-    args = argparse.Namespace(
-        file=str(EXAMPLES_DIR / "01-clicks-local.yaml"),
-        checkpoint_dir=str(tmp_path / "checkpoints"),
-        metrics_port=0,
-        bootstrap_servers=None,
-        quiet=True,
-        max_seconds=None,
-    )
+    stuck = StuckCallError("send_offsets_to_transaction did not return within 30 s")
+    monkeypatch.setattr(local, "run_pipeline", failing(stuck))
+    monkeypatch.setattr(local, "exit_stuck", failing(_Left()))
     with pytest.raises(_Left):
-        local.run_local(args, out=_GonePipe(), err=_GonePipe())
+        local.run_local(run_args(tmp_path), out=_GonePipe(), err=_GonePipe())
 
 
 def test_a_stuck_fencing_call_ends_recover_at_once_with_the_workers_code(
@@ -129,14 +84,9 @@ def test_a_stuck_fencing_call_ends_recover_at_once_with_the_workers_code(
     and left through the interpreter's exit, which waits on the stuck client. It leaves as
     `run` and the worker do: one line, then exit_stuck."""
 
-    def stuck(*_args: object, **_kwargs: object) -> None:
-        raise StuckCallError("init_transactions did not return within 60 s")
-
-    def leave() -> None:
-        raise _Left
-
-    monkeypatch.setattr(local, "recover_stopped", stuck)
-    monkeypatch.setattr(local, "exit_stuck", leave)
+    stuck = StuckCallError("init_transactions did not return within 60 s")
+    monkeypatch.setattr(local, "recover_stopped", failing(stuck))
+    monkeypatch.setattr(local, "exit_stuck", failing(_Left()))
     args = argparse.Namespace(
         worker_config=None,
         file=str(EXAMPLES_DIR / "01-clicks-local.yaml"),

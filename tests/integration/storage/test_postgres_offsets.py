@@ -23,16 +23,19 @@ from streamherd.workers.sinks_postgres_offsets import (
 pytestmark = [pytest.mark.integration]
 
 
-def sink(dsn: str, group: str = "g", **options: Any) -> PostgresTransactionalSink:
-    """A sink of a (key text, n bigint) results table; ``options``: the sink's keywords
-    (``two_phase``, ``writer``)."""
+def sink(
+    dsn: str, group: str = "g", *, create_table: bool = True, **options: Any
+) -> PostgresTransactionalSink:
+    """A sink of a (key text, n bigint) results table (created by the sink, or by the test
+    with ``create_table=False``); ``options``: the sink's keywords (``two_phase``,
+    ``writer``)."""
     config = PostgresSinkConfig.model_validate(
         {
             "dsnEnv": "DSN",
             "table": "results",
             "columns": [{"name": "key", "type": "text"}, {"name": "n", "type": "bigint"}],
             "keyColumns": ["key"],
-            "createTable": True,
+            "createTable": create_table,
         }
     )
     return PostgresTransactionalSink(config, "test/p", group, env={"DSN": dsn}, **options)
@@ -146,18 +149,7 @@ def test_a_refusal_at_commit_keeps_the_rows_as_one_before_it(
     One phase took any error at COMMIT for a lost answer (CommitOutcomeUnknownError), so a
     table with such a constraint stopped the worker, and its successor again, with the exit
     code of an unavailable database (main.DATABASE_EXIT_CODE), where two phases retry."""
-    config = PostgresSinkConfig.model_validate(
-        {
-            "dsnEnv": "DSN",
-            "table": "results",
-            "columns": [{"name": "key", "type": "text"}, {"name": "n", "type": "bigint"}],
-            "keyColumns": ["key"],
-            "createTable": False,
-        }
-    )
-    a = PostgresTransactionalSink(
-        config, "test/p", "g", env={"DSN": postgres_dsn}, two_phase=two_phase, writer="w"
-    )
+    a = sink(postgres_dsn, create_table=False, two_phase=two_phase, writer="w")
     try:
         with psycopg.connect(postgres_dsn, autocommit=True) as conn:
             conn.execute(
