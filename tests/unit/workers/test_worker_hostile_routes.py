@@ -41,6 +41,7 @@ from tests.unit.workers.test_worker_repartition_parity import (
     MemorySink,
     dead_letters,
     hop_partitions,
+    markers_on_demand,
     restart,
     results_of,
 )
@@ -251,6 +252,7 @@ def direct_run(
     return sink
 
 
+@markers_on_demand()
 def hop_run(
     cfg: WorkerConfig, parts: list[list[SourceMessage]], queues: int, data: st.DataObject
 ) -> MemorySink:
