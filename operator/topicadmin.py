@@ -228,7 +228,7 @@ class InternalTopics:
             str(pipeline.metadata.get("uid") or ""),
             kafka.bootstrap_servers,
             tuple(kafka.topics),
-            tuple((s.name, tuple(sorted(s.config.items()))) for s in specs),
+            tuple((s.name, tuple(sorted(s.created_with.items()))) for s in specs),
         )
         now = self.clock()
         with self._lock:
@@ -340,7 +340,9 @@ class InternalTopics:
         missing = [s for s in specs if s.name not in metadata]
         created: set[str] = set()
         if missing:
-            created = admin.create_topics([TopicRequest(s.name, wanted, s.config) for s in missing])
+            created = admin.create_topics(
+                [TopicRequest(s.name, wanted, s.created_with) for s in missing]
+            )
             # A worker (or another operator replica) may have made one meanwhile: read back.
             metadata = admin.topics(names)
         # Only what was there before: a topic made a moment ago has the configuration it

@@ -66,7 +66,11 @@ from streamherd.workers.checkpointing import (
     optional_int,
     optional_str,
 )
-from streamherd.workers.config import ChangelogConfig, KafkaSourceConfig
+from streamherd.workers.config import (
+    CHANGELOG_TOPIC_CONFIG,
+    ChangelogConfig,
+    KafkaSourceConfig,
+)
 from streamherd.workers.kafkaclients import (
     TRANSACTION_TIMEOUT_MS,
     TransactionalProducer,
@@ -83,15 +87,8 @@ log = logging.getLogger("streamherd.worker")
 CHECKPOINT: Final = "c"
 WINDOW: Final = "w"
 SNAPSHOT: Final = "s"
-#: Compaction settings of the topic the worker creates: segments roll at least hourly and
-#: are cleaned once half dirty, so a restore reads at most about twice the live records plus
-#: one hour of changes (docs/engine.md: restore time).
-TOPIC_CONFIG: Final = {
-    "cleanup.policy": "compact",
-    "segment.ms": str(3_600_000),
-    "min.cleanable.dirty.ratio": "0.5",
-    "delete.retention.ms": str(86_400_000),
-}
+#: The topic's configuration when the worker creates it (the operator creates it alike).
+TOPIC_CONFIG: Final = CHANGELOG_TOPIC_CONFIG
 #: Longest wait for a changelog partition to be read to its end (a transaction left open by
 #: a killed worker is aborted by the broker within its timeout).
 RESTORE_TIMEOUT_SECONDS: Final = 180.0

@@ -13,7 +13,8 @@ the pod spec fills from Secret references, and the worker reads them at start-up
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Annotated, Final, Literal
 
 from pydantic import (
@@ -39,6 +40,20 @@ MAX_TRANSACTION_TIMEOUT_MS: Final = 900_000
 #: one Kafka transaction, open up to an interval, so its timeout must leave room beyond it
 #: (a rule of the manifest: operator/api/rules.py).
 MAX_EXACTLY_ONCE_INTERVAL_SECONDS: Final = 600.0
+#: The changelog state backend's topic configuration (workers/changelog.py), whoever makes
+#: the topic (the worker, or the operator before it: operator/builders/topics.py):
+#: compacted, its segments rolled at least hourly and cleaned once half dirty, so a restore
+#: reads at most about twice the live records plus one hour of changes (docs/engine.md,
+#: "Bound"). Kafka's defaults roll a segment after 7 days or 1 GiB, and the active segment
+#: is never compacted: a restore could read a week of checkpoint deltas.
+CHANGELOG_TOPIC_CONFIG: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "cleanup.policy": "compact",
+        "segment.ms": str(3_600_000),
+        "min.cleanable.dirty.ratio": "0.5",
+        "delete.retention.ms": str(86_400_000),
+    }
+)
 
 # Units in this order, each at most once (`1h1h` and `5s1m` are refused), with digit counts
 # that keep the sum below 2^63 ns: the API server's CEL `duration()` reads the same text and

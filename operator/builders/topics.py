@@ -9,7 +9,10 @@ A pipeline may need two Kafka topics of its own, named by ``keying.internal_topi
   find its repartitioned records again when it comes back, and a week is Kafka's own
   default for data nobody compacts (docs/operator.md, "Internal topics");
 - ``changelog`` (``spec.checkpoint.backend: kafka``): each partition's latest checkpoint,
-  ``cleanup.policy=compact`` (only the last value per key is kept; never deleted by age).
+  ``cleanup.policy=compact`` (only the last value per key is kept; never deleted by age),
+  created with the worker's own compaction settings (``CHANGELOG_TOPIC_CONFIG``: hourly
+  segments, which bound a restore), so that a topic the operator made and one a worker
+  made (``streamherd run``) are the same.
 
 Their partitions are the source topics' most, which only the broker knows: the operator
 reads it when it creates them (operator/topicadmin.py); ``streamherd render`` says so in a
@@ -23,7 +26,7 @@ from typing import Final, Literal
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.builders.keying import internal_topic, repartition_topic
-from streamherd.workers.config import RepartitionConfig
+from streamherd.workers.config import CHANGELOG_TOPIC_CONFIG, RepartitionConfig
 
 Purpose = Literal["repartition", "changelog"]
 PURPOSES: Final[tuple[Purpose, ...]] = ("repartition", "changelog")
@@ -44,18 +47,36 @@ REPARTITION_RETENTION_MS: Final = int(RepartitionConfig.model_fields["retention_
 class TopicSpec:
     """One internal topic: its name, what it is for, and the configuration it must have.
 
-    ``config`` holds only the entries the operator sets and checks; anything else on the
-    broker (segment sizes, min.insync.replicas) is the cluster's business."""
+    ``config`` holds the entries the operator sets and checks (a topic found with another
+    value is a mismatch); ``tuning`` the entries it sets only when it creates the topic and
+    never judges afterwards (a cluster admin may tune them; a topic made before they were
+    set lacks them). Anything else on the broker (min.insync.replicas) is the cluster's
+    business."""
 
     name: str
     purpose: Purpose
     config: dict[str, str] = field(default_factory=dict)
+    tuning: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def created_with(self) -> dict[str, str]:
+        """The configuration the topic is created with."""
+        return {**self.tuning, **self.config}
 
 
 def topic_config(purpose: Purpose) -> dict[str, str]:
+    """The configuration a topic of ``purpose`` must have (checked on every ensure)."""
     if purpose == "repartition":
         return {"cleanup.policy": "delete", "retention.ms": str(REPARTITION_RETENTION_MS)}
-    return {"cleanup.policy": "compact"}
+    return {"cleanup.policy": CHANGELOG_TOPIC_CONFIG["cleanup.policy"]}
+
+
+def topic_tuning(purpose: Purpose) -> dict[str, str]:
+    """What a topic of ``purpose`` is created with beyond :func:`topic_config`."""
+    if purpose == "repartition":
+        return {}
+    checked = topic_config(purpose)
+    return {k: v for k, v in CHANGELOG_TOPIC_CONFIG.items() if k not in checked}
 
 
 def uses_changelog(pipeline: StreamPipeline) -> bool:
@@ -71,7 +92,9 @@ def internal_topics(pipeline: StreamPipeline) -> list[TopicSpec]:
         out.append(TopicSpec(topic, "repartition", topic_config("repartition")))
     if uses_changelog(pipeline):
         name = internal_topic(pipeline, "changelog")
-        out.append(TopicSpec(name, "changelog", topic_config("changelog")))
+        out.append(
+            TopicSpec(name, "changelog", topic_config("changelog"), topic_tuning("changelog"))
+        )
     return out
 
 
@@ -101,6 +124,9 @@ def render_comment(pipeline: StreamPipeline) -> str:
             "(read from the broker)"
         )
         lines.append(f"#     config: {config}")
+        if t.tuning:
+            tuning = ", ".join(f"{k}={v}" for k, v in sorted(t.tuning.items()))
+            lines.append(f"#     created with: {tuning} (not checked afterwards)")
     if pipeline.spec.state.retain_on_delete:
         lines.append("#   kept when the pipeline is deleted (spec.state.retainOnDelete)")
     else:

@@ -19,6 +19,7 @@ from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.kafkaadmin import KafkaAdmin, logged_admin
 from streamherd.operator.lagprobe import ClusterConfig
 from streamherd.operator.topicadmin import InternalTopics, TopicAdminError
+from streamherd.workers import changelog as changelog_backend
 from tests.infra.kafka import KafkaBroker, start_kafka
 from tests.infra.processes import free_port, wait_until
 
@@ -76,7 +77,13 @@ def test_create_then_check_then_delete(kafka_broker: KafkaBroker) -> None:
         assert _topics(kafka_broker)[repartition] == 6
         assert _config(kafka_broker, repartition)["cleanup.policy"] == "delete"
         assert _config(kafka_broker, repartition)["retention.ms"] == str(7 * 24 * 3600 * 1000)
-        assert _config(kafka_broker, changelog)["cleanup.policy"] == "compact"
+        # The changelog as a worker makes it (streamherd run): hourly segments, which bound
+        # a restore. The operator made it with cleanup.policy alone before: Kafka's 7-day
+        # segments, so a restore could read a week of checkpoint deltas.
+        made = _config(kafka_broker, changelog)
+        assert {k: made[k] for k in changelog_backend.TOPIC_CONFIG} == dict(
+            changelog_backend.TOPIC_CONFIG
+        )
         # Idempotent: a fresh manager (an operator restart) finds them as they should be.
         again = _manager(wait=30.0)
         second = again.ensure(pipeline)
@@ -94,6 +101,24 @@ def test_create_then_check_then_delete(kafka_broker: KafkaBroker) -> None:
         assert a in left and b in left
         assert manager.delete(pipeline) == []  # nothing left: nothing to do, no error
     finally:
+        manager.close()
+
+
+def test_a_changelog_made_before_its_tuning_is_ready_as_it_is(kafka_broker: KafkaBroker) -> None:
+    """A changelog an earlier operator made (cleanup.policy alone): the settings the operator
+    now creates it with are not judged afterwards, so it is ready, not a mismatch."""
+    source = kafka_broker.create_topic(kafka_broker.unique_topic("ta"), partitions=2)
+    pipeline = _pipeline(kafka_broker.bootstrap, [source])
+    changelog = f"streamherd.ta.{pipeline.name}.changelog"
+    kafka_broker.create_topic(changelog, partitions=2, config={"cleanup.policy": "compact"})
+    manager = _manager(wait=30.0)
+    try:
+        report = manager.ensure(pipeline)
+        assert report is not None and report.status == "ready", report
+        assert [t.spec.purpose for t in report.created] == ["repartition"]
+        assert _config(kafka_broker, changelog)["segment.ms"] != "3600000"  # left as it was
+    finally:
+        manager.delete(pipeline)
         manager.close()
 
 

@@ -56,6 +56,7 @@ from streamherd.operator.topicadmin import (
 )
 from streamherd.operator.upgrades import STATE_COMPATIBLE, config_backend, decide
 from streamherd.operator.validation import semantic_errors
+from streamherd.workers import changelog as changelog_backend
 from streamherd.workers.config import ProcessorConfig, WorkerConfig
 from streamherd.workers.fingerprint import describe
 from tests.unit.operator.operator_testkit import (
@@ -143,6 +144,13 @@ def test_the_topics_a_pipeline_uses() -> None:
         (REPARTITION, "repartition", {"cleanup.policy": "delete", "retention.ms": "604800000"}),
         (CHANGELOG, "changelog", {"cleanup.policy": "compact"}),
     ]
+    # The changelog is created with the worker's own settings (hourly segments, which bound
+    # a restore); only its cleanup.policy is judged afterwards. Before, the operator made it
+    # with cleanup.policy alone: Kafka's 7-day segments, a week of deltas for a restore.
+    changelog = internal_topics(both)[1]
+    assert changelog.created_with == dict(changelog_backend.TOPIC_CONFIG)
+    assert changelog.created_with["segment.ms"] == "3600000"
+    assert set(changelog.tuning).isdisjoint(changelog.config)
     # The worker makes the same topic when it runs without an operator (streamherd run).
     rendered = worker_config(children_of(example_doc("02-clicks-per-minute"))).repartition
     assert rendered is not None and rendered.topic == REPARTITION
@@ -166,6 +174,7 @@ def test_render_lists_the_topics_in_a_comment_and_stays_valid_yaml(tmp_path: Any
     assert any(CHANGELOG in line for line in comments)
     assert any("cleanup.policy=compact" in line for line in comments)
     assert any("retention.ms=604800000" in line for line in comments)
+    assert any("created with:" in line and "segment.ms=3600000" in line for line in comments)
     # What kubectl reads: the same objects as without the comment.
     docs = [d for d in yaml.safe_load_all(text) if d]
     pipeline = pipeline_from(kafka_backend(example_doc("02-clicks-per-minute")),
