@@ -42,7 +42,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Final
@@ -378,8 +378,11 @@ class ChangelogBackend:
         transactional_id: str,
         transaction: TransactionalProducer | None = None,
         metrics: EngineMetrics | None = None,
+        progress: Callable[[], None] | None = None,
     ) -> None:
         self.source = source
+        # Called for each batch of records a restore reads: the engine's heartbeat.
+        self._progress = progress
         self.topic = changelog.topic
         self._wanted_partitions = changelog.partitions
         self._transactional_id = transactional_id
@@ -524,6 +527,8 @@ class ChangelogBackend:
                         records.pop(key, None)
                     else:
                         records[key] = value
+                if batch and self._progress is not None:
+                    self._progress()  # records came: the restore goes on
                 if not reached:
                     position = reader.position([tp])[0].offset
                     reached = position >= end

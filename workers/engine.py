@@ -326,6 +326,7 @@ class Engine:
             transactional_id=transactional_id(config),
             transaction=self.outputs.transaction if self.kafka_transaction else None,
             metrics=self.metrics,
+            progress=self._beat,
         )
         self._given_source = source
         # Exactly-once: each transaction's id, committed as offset metadata with its offsets
@@ -1200,15 +1201,15 @@ class Engine:
         restoring = time.perf_counter()
         self._refresh_logs(source, partitions)
         self.state.prepare([(tp.topic, tp.partition) for tp in partitions])
-        states = [
-            self._new_state(
-                tp.topic,
-                tp.partition,
-                committed.get((tp.topic, tp.partition)),
-                group.get((tp.topic, tp.partition)),
-            )
-            for tp in partitions
-        ]
+        self._beat()
+        states = []
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            states.append(self._new_state(*key, committed.get(key), group.get(key)))
+            # A restore is the loop's work: each partition restored is a heartbeat, so that
+            # an assignment of several large states (a takeover) is not taken for a stuck
+            # loop, its worker killed by the liveness probe and the restore begun again.
+            self._beat()
         self.metrics.state_restore.observe(time.perf_counter() - restoring)
         # The broker's committed offsets, for every partition: a partition restored from its
         # checkpoint may be ahead of them (the previous owner died, or its last commit

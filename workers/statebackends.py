@@ -8,6 +8,7 @@ the one place that maps a ``WorkerConfig`` to a backend; the engine only sees th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from streamherd.workers.changelog import ChangelogBackend
@@ -79,12 +80,14 @@ def open_state_backend(
     transactional_id: str,
     transaction: TransactionalProducer | None = None,
     metrics: EngineMetrics | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> StateBackend:
     """The state backend a WorkerConfig names: the changelog topic when
     ``checkpoint.changelog`` is set (on the source's cluster), else the volume's files.
     ``transaction``: exactly-once mode's producer, whose transactions the changelog joins;
     ``transactional_id``: the worker's, from which the changelog's own producer (at-least-once
-    mode) takes its id."""
+    mode) takes its id; ``progress``: called as a restore reads records (the engine's
+    heartbeat: a long restore is work, not a stuck loop)."""
     changelog = config.checkpoint.changelog
     if changelog is None:
         return VolumeBackend(config.checkpoint.directory)
@@ -97,4 +100,5 @@ def open_state_backend(
         transactional_id=f"{transactional_id}.changelog",
         transaction=transaction,
         metrics=metrics,
+        progress=progress,
     )

@@ -224,6 +224,39 @@ def backend(broker: KafkaBroker, src: str, topic: str, worker: str) -> Changelog
     )
 
 
+def test_a_long_restore_reports_its_progress(kafka_broker: KafkaBroker) -> None:
+    """A restore runs inside the rebalance, where the loop does not beat: the engine's
+    heartbeat (its liveness) is the backend's ``progress``, called for each batch of
+    records read, so a large state read for minutes is not taken for a stuck loop."""
+    src = kafka_broker.create_topic(kafka_broker.unique_topic("src"), 1)
+    topic = f"{src}.changelog"
+    writer = backend(kafka_broker, src, topic, "w")
+    saved = Checkpoint(src, 0, 100, windows_state(30_000, 0, 1), group="g", generation="g1")
+    try:
+        writer.prepare([(src, 0)])
+        writer.save([saved])
+    finally:
+        writer.close()
+    source = KafkaSourceConfig.model_validate(
+        {"bootstrapServers": kafka_broker.bootstrap, "topics": [src], "consumerGroup": "g"}
+    )
+    beats: list[int] = []
+    reader = ChangelogBackend(
+        source,
+        ChangelogConfig(topic=topic),
+        transactional_id=f"test.{topic}.r",
+        progress=lambda: beats.append(1),
+    )
+    try:
+        reader.prepare([(src, 0)])
+        assert reader.load(src, 0) == saved
+        # 30,000 window records and a head, read 10,000 at most per batch.
+        assert reader.last_restore.records > 30_000
+        assert len(beats) >= 4
+    finally:
+        reader.close()
+
+
 def windows_state(n: int, start: int, value: int) -> dict[str, Any]:
     return {
         "v": 2,

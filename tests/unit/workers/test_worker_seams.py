@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+from unittest import mock
 
 import orjson
 import pytest
 from confluent_kafka import TopicPartition
 
+from streamherd.workers import engine as engine_module
 from streamherd.workers.checkpointing import Checkpoint
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.engine import Engine
@@ -283,3 +286,54 @@ def test_a_stuck_client_leaves_without_closing_the_source_and_its_error_stands(
     with pytest.raises(type(error)):
         engine.run()
     assert source.closed == (0 if stuck else 1)
+
+
+class Clock:
+    """The engine's clock (``time`` in workers/engine.py): still, but for what a test
+    advances; everything else is the real ``time`` module's."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+class SlowRestores(DictBackend):
+    """Each partition's checkpoint takes ``seconds`` of the engine's clock to load (a large
+    state); records at each load what the liveness probe would be told then."""
+
+    def __init__(self, clock: Clock, seconds: float) -> None:
+        super().__init__()
+        self.clock, self.seconds = clock, seconds
+        self.engine: Engine | None = None
+        self.health: list[tuple[bool, str]] = []
+
+    def load(self, topic: str, partition: int) -> Checkpoint | None:
+        assert self.engine is not None
+        self.health.append(self.engine.healthy())
+        self.clock.now += self.seconds
+        return super().load(topic, partition)
+
+
+def test_restoring_one_partition_after_another_is_no_stuck_loop() -> None:
+    """An assignment restores its partitions one after another, inside the rebalance. The
+    heartbeat (``/healthz``, the liveness probe) was not renewed until the loop polled
+    again, so a worker taking over several large states (40 s each here: about a million
+    windows on a volume, docs/engine.md) was reported stuck after the second, killed by
+    the liveness probe, and began the same restore again: a restart loop. Each partition
+    restored is now a heartbeat."""
+    clock = Clock()
+    backend = SlowRestores(clock, seconds=40.0)
+    stop = threading.Event()
+    source = ListSource(stop)
+    with mock.patch.object(engine_module, "time", clock):
+        engine = Engine(config(), stop=stop, out=io.StringIO(), metrics=EngineMetrics("slow"),
+                        source=source, state=backend)  # fmt: skip
+        backend.engine = engine
+        assert engine.run().reason == "exhausted"
+    assert len(backend.health) == PARTITIONS >= 3
+    assert backend.health == [(True, "ok")] * PARTITIONS
