@@ -2130,6 +2130,7 @@ class Engine:
             st = self._new_state(
                 tp.topic, tp.partition, committed.get((tp.topic, tp.partition)), rewinding=True
             )
+            self._beat()  # a restore is the loop's work (see _on_assign)
             # The consumer keeps its position through an abort: every partition must seek.
             # One with nothing committed restarts empty, so it reads again from where this
             # worker began (else the records of the aborted transaction would be skipped).
