@@ -43,7 +43,16 @@ Description = dict[str, Any]
 
 
 def normalize_expression(text: str | None) -> str | None:
-    """The expression's tokens joined by single spaces (spacing and line breaks dropped).
+    """The expression's tokens joined by single spaces (spacing, line breaks and comments
+    dropped).
+
+    The text is tokenized as the expression compiler (``workers/expressions.py``) parses
+    it: inside parentheses, where a line break and the indentation of the next line are
+    spacing. Tokenized bare, a continuation line indented less than the line before it but
+    more than the first (``user``, then ``+`` indented by two, then ``user`` by one: valid
+    to the compiler) raised "unindent does not match", and the text was compared as
+    written: an edit of its spacing alone was a state change. The tokens are the same
+    either way for every text the bare reading took.
 
     Falls back to the stripped text when it does not tokenize (the expression compiler
     refuses such text anyway; the fingerprint must never raise on what it is given)."""
@@ -52,10 +61,11 @@ def normalize_expression(text: str | None) -> str | None:
     skip = {tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER, tokenize.INDENT,
             tokenize.DEDENT, tokenize.COMMENT}  # fmt: skip
     try:
-        tokens = tokenize.generate_tokens(io.StringIO(text.strip()).readline)
-        return " ".join(t.string for t in tokens if t.type not in skip)
+        tokens = tokenize.generate_tokens(io.StringIO(f"({text.strip()}\n)").readline)
+        strings = [t.string for t in tokens if t.type not in skip]
     except (tokenize.TokenError, SyntaxError, IndentationError):
         return text.strip()
+    return " ".join(strings[1:-1])  # without the parentheses around it
 
 
 def _millis(duration: str) -> int:
