@@ -54,7 +54,12 @@ from streamherd.workers.config import (
     postgres_two_phase,
     topic_matcher,
 )
-from streamherd.workers.fingerprint import changed_fields, config_fingerprint, snapshot_name
+from streamherd.workers.fingerprint import (
+    changed_fields,
+    config_fingerprint,
+    same_state,
+    snapshot_name,
+)
 from streamherd.workers.fusing import fuse
 from streamherd.workers.kafkaclients import (
     StuckCallError,
@@ -865,7 +870,9 @@ class Engine:
         the next checkpoint stamps it (docs/lifecycle.md: legacy checkpoints)."""
         if checkpoint.state is None or checkpoint.fingerprint is None:
             return False
-        return checkpoint.fingerprint != self.fingerprint
+        # The same state under an earlier normalization of its expressions is adopted; the
+        # next checkpoint stamps this fingerprint.
+        return not same_state(checkpoint.fingerprint, checkpoint.state_shape, self.fingerprint)
 
     def _mismatch(
         self,

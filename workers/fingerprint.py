@@ -160,6 +160,49 @@ def snapshot_name(old: str, new: str, generation: int | None = None) -> str:
     return f"{old}-to-{new}" + (f"-g{generation}" if generation is not None else "")
 
 
+def renormalized(description: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded description with its expressions normalized by this version's rule
+    (:func:`normalize_expression`), everything else as recorded. A checkpoint carries the
+    description it was written under; an earlier streamherd may have normalized an
+    expression otherwise (it compared a text it could not tokenize bare as written). Any
+    JSON is taken: what is not of the expected shape stays as it is."""
+    out = dict(description)
+    window = out.get("window")
+    if not isinstance(window, Mapping):
+        return out
+    window = dict(window)
+    if isinstance(window.get("keyBy"), str):
+        window["keyBy"] = normalize_expression(window["keyBy"])
+    aggregates = window.get("aggregates")
+    if isinstance(aggregates, list):
+        window["aggregates"] = [
+            {**a, "expression": normalize_expression(a["expression"])}
+            if isinstance(a, Mapping) and isinstance(a.get("expression"), str)
+            else a
+            for a in aggregates
+        ]
+    out["window"] = window
+    return out
+
+
+def same_state(
+    recorded: str | None, recorded_shape: Mapping[str, Any] | None, current: str
+) -> bool:
+    """Whether state stamped with fingerprint ``recorded`` (and description
+    ``recorded_shape``) is the state of fingerprint ``current``: the same hash, or the same
+    description once its expressions are normalized by this version's rule. An upgrade that
+    reads an expression's spacing better must not make a running pipeline's own
+    checkpoints foreign (they would be held, or discarded under reset)."""
+    if recorded == current:
+        return True
+    if not isinstance(recorded_shape, Mapping):
+        return False
+    try:
+        return fingerprint(renormalized(recorded_shape)) == current
+    except (TypeError, ValueError, RecursionError):  # not JSON the hash takes: another state
+        return False
+
+
 def has_state(description: Mapping[str, Any] | None) -> bool:
     """Whether a description holds any state (a window or a repartition)."""
     if not description:

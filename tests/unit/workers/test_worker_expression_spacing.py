@@ -29,8 +29,10 @@ from streamherd.workers.config import ProcessorConfig
 from streamherd.workers.expressions import parse_expression
 from streamherd.workers.fingerprint import (
     changed_fields,
+    fingerprint,
     normalize_expression,
     processor_fingerprint,
+    same_state,
 )
 from streamherd.workers.rekeying import PLAN_DIGITS, hop_plan
 
@@ -214,3 +216,45 @@ def test_text_the_compiler_refuses_never_raises_here() -> None:
     samples: list[Any] = ["(", ")", "a) or (b", "'unterminated", "a \\", "\x00", "#", ""]
     for text in samples:
         assert isinstance(normalize_expression(text), str)
+
+
+def _recorded_by_the_earlier_rule(text: str) -> tuple[str, dict[str, Any]]:
+    """(fingerprint, description) a checkpoint written under the earlier rule carries for
+    ``_window(text, "bytes")``."""
+    _, description = processor_fingerprint(_window(text, "bytes"))
+    window = {**description["window"], "keyBy": _earlier_normalization(text)}
+    earlier = {**description, "window": window}
+    return fingerprint(earlier), earlier
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data(), texts, texts)
+def test_a_checkpoint_of_the_earlier_rule_is_the_same_state_exactly_when_it_is(
+    data: st.DataObject, one: Tokens, other: Tokens
+) -> None:
+    """A checkpoint carries the fingerprint and description it was written under. Where the
+    earlier rule compared a text as written, this version's fingerprint of the same spec
+    differs: its workers found their own checkpoints foreign after the upgrade (held under
+    refuse, discarded under reset). The engine asks :func:`same_state`, which normalizes the
+    recorded description again: the same tokens are the same state, any others are not."""
+    written, running = data.draw(spelled(one)), data.draw(spelled(other))
+    recorded, shape = _recorded_by_the_earlier_rule(written)
+    current, _ = processor_fingerprint(_window(running, "bytes"))
+    same = same_state(recorded, shape, current)
+    # The same tokens, whatever the spacing (the fingerprint's own rule: `(user)` is not
+    # `user` to it, erring on the side of "different").
+    assert same is (normalize_expression(written) == normalize_expression(running))
+    assert not same or _reads(written) == _reads(running)
+
+
+def test_an_upgrade_keeps_a_running_pipelines_state_whatever_its_spacing() -> None:
+    block = "user\n    + ''\n  + ''"  # the earlier rule compared it as written
+    recorded, shape = _recorded_by_the_earlier_rule(block)
+    current, _ = processor_fingerprint(_window(block, "bytes"))
+    assert recorded != current  # the hash moved with the rule
+    assert same_state(recorded, shape, current)
+    # Recorded descriptions of any shape are judged, never raise.
+    for odd in [{}, {"window": 1}, {"window": {"keyBy": 1, "aggregates": [1, {"expression": 2}]}},
+                {"window": {"aggregates": "x"}}, {1: 2}]:  # fmt: skip
+        assert same_state("0" * 16, odd, current) is False  # type: ignore[arg-type]
+    assert same_state("0" * 16, None, current) is False

@@ -19,6 +19,7 @@ from streamherd.workers import engine as engine_module
 from streamherd.workers.checkpointing import Checkpoint
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.engine import Engine
+from streamherd.workers.fingerprint import config_fingerprint, fingerprint
 from streamherd.workers.kafkaclients import StuckCallError
 from streamherd.workers.metrics import EngineMetrics
 from streamherd.workers.processing import SyntheticMessage
@@ -180,7 +181,7 @@ class DictBackend:
         pass
 
 
-def config() -> WorkerConfig:
+def config(key_by: str = "user") -> WorkerConfig:
     return WorkerConfig.model_validate(
         {
             "pipeline": {"name": "seams"},
@@ -189,7 +190,7 @@ def config() -> WorkerConfig:
                 "steps": [
                     {
                         "window": {
-                            "keyBy": "user",
+                            "keyBy": key_by,
                             "size": "2s",
                             "eventTime": {"field": "ts"},
                             "aggregates": [
@@ -207,14 +208,18 @@ def config() -> WorkerConfig:
     )
 
 
-def run(backend: StateBackend, stop_after: int | None) -> tuple[list[dict[str, Any]], str]:
+def run(
+    backend: StateBackend, stop_after: int | None, key_by: str = "user"
+) -> tuple[list[dict[str, Any]], str]:
     stop = threading.Event()
     out = io.StringIO()
     source: Source = ListSource(stop, stop_after)
     engine = Engine(
-        config(), stop=stop, out=out, metrics=EngineMetrics("seams"), source=source, state=backend
-    )
+        config(key_by), stop=stop, out=out, metrics=EngineMetrics("seams"), source=source,
+        state=backend,
+    )  # fmt: skip
     summary = engine.run()
+    assert not [st for st in engine.partitions.values() if st.held is not None]
     return [orjson.loads(line) for line in out.getvalue().splitlines()], summary.reason
 
 
@@ -337,3 +342,27 @@ def test_restoring_one_partition_after_another_is_no_stuck_loop() -> None:
         assert engine.run().reason == "exhausted"
     assert len(backend.health) == PARTITIONS >= 3
     assert backend.health == [(True, "ok")] * PARTITIONS
+
+
+def test_an_upgrade_that_reads_an_expression_better_keeps_the_running_state() -> None:
+    """A keyBy written on lines that go in and out (a YAML block): an earlier streamherd
+    compared it as written, this one by its tokens, so the fingerprint moved with the
+    upgrade. The checkpoints the running pipeline wrote before it are still its own state:
+    restored (no partition held, as refuse did), each window once with its value."""
+    key_by = "user\n    + ''\n  + ''"
+    whole, reason = run(DictBackend(), None, key_by)
+    assert reason == "exhausted"
+    backend = DictBackend()
+    first, reason = run(backend, RECORDS // 2, key_by)
+    assert reason == "stopped"
+    # As the earlier version stamped them: its fingerprint of the text as written.
+    _, description = config_fingerprint(config(key_by))
+    earlier = {**description, "window": {**description["window"], "keyBy": key_by.strip()}}
+    assert fingerprint(earlier) != config_fingerprint(config(key_by))[0]
+    for tp, data in backend.saved.items():
+        doc = orjson.loads(data)
+        doc.update(fingerprint=fingerprint(earlier), state_shape=earlier)
+        backend.saved[tp] = orjson.dumps(doc)
+    second, reason = run(backend, None, key_by)  # asserts that no partition is held
+    assert reason == "exhausted"
+    assert windows(first + second) == windows(whole)
