@@ -172,13 +172,14 @@ def verify_dead_letters(broker: KafkaBroker, dlq: str, dead: set[tuple[int, int]
 
 @pytest.mark.parametrize(
     ("keying", "backend"),
+    # Three of the six keyings draw_input knows, about a minute each: the direct route, and
+    # through the hop the most skewed (one key) and a keying that changes halfway, over both
+    # backends. "random", "null" and "user" passed too when the test was built; they add
+    # minutes to CI, not another route.
     [
         ("page", "volume"),
-        ("random", "changelog"),
-        ("null", "volume"),
         ("constant", "changelog"),
         ("switch", "volume"),
-        ("user", "changelog"),
     ],
 )
 def test_every_keying_under_kills_and_a_zombie_gives_each_window_once_exactly(
