@@ -52,7 +52,9 @@ def broker_accepts(broker: KafkaBroker, names: list[str]) -> dict[str, bool]:
 
 
 @settings(
-    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(st.lists(TOPIC_NAMES.filter(bool), min_size=1, max_size=25, unique=True))
 @example(EDGES)

@@ -30,15 +30,19 @@ from tests.unit.operator.operator_testkit import example_doc, pipeline_from
 DEADLINE = 60
 
 
-def manifest(function: str, **generator: Any) -> dict[str, Any]:
-    """examples/01-clicks-local.yaml with the user function ``function`` (record mode of
-    tests/unit/workers/userfuncs.py) and these generator settings (``count=None``: endless)."""
+def manifest(function: str, mode: str = "record", **generator: Any) -> dict[str, Any]:
+    """examples/01-clicks-local.yaml with the user function ``function`` (of
+    tests/unit/workers/userfuncs.py, in ``mode``) and these generator settings
+    (``count=None``: endless)."""
     doc = example_doc("01-clicks-local")
     source = doc["spec"]["source"]["generator"]
     source.update(generator)
     if source.get("count") is None:
         source.pop("count", None)
-    doc["spec"]["processor"]["function"] = {"callable": f"tests.unit.workers.userfuncs:{function}"}
+    doc["spec"]["processor"]["function"] = {
+        "callable": f"tests.unit.workers.userfuncs:{function}",
+        "mode": mode,
+    }
     return doc
 
 
@@ -124,12 +128,13 @@ def test_a_user_functions_base_exceptions_are_dead_lettered_and_the_run_goes_on(
 def test_a_real_signal_inside_user_code_stops_the_run_gracefully(
     command: str, sig: signal.Signals, tmp_path: Path
 ) -> None:
-    """The user function takes a millisecond a click, so the signal lands inside it. SIGINT
-    and SIGTERM stop the run as they always did (the worker) or now do (`streamherd run`
-    died of SIGTERM without a checkpoint): the batch in hand finished, a last checkpoint
-    written, exit 0. Neither is taken for the function's own KeyboardInterrupt: nothing is
-    dead-lettered."""
-    proc = start(command, manifest("dawdle", count=None, rate=2000), tmp_path)
+    """The user function takes a millisecond a click (a fifth of a second a batch at most: the
+    batch in hand ends soon, however far a loaded machine let it fall behind the generator's
+    rate), so the signal lands inside it. SIGINT and SIGTERM stop the run as they always did
+    (the worker) or now do (`streamherd run` died of SIGTERM without a checkpoint): the batch
+    in hand finished, a last checkpoint written, exit 0. Neither is taken for the function's
+    own KeyboardInterrupt: nothing is dead-lettered."""
+    proc = start(command, manifest("dawdle_batch", "batch", count=None, rate=2000), tmp_path)
     try:
         deadline = time.monotonic() + DEADLINE
         # Windows on stdout: clicks have been going through the user function for a while.

@@ -86,6 +86,23 @@ def test_test_module_basenames_are_unique() -> None:
     assert not clashes, clashes
 
 
+def test_no_property_test_is_timed() -> None:
+    """tests/conftest.py's profile times no property test (no deadline, the too_slow health
+    check off: wall time on a loaded machine says nothing about the code). A test's own
+    ``settings(suppress_health_check=[...])`` replaces the profile's list, so it must name
+    too_slow again; a ``deadline`` must stay None. One integration test's list did not."""
+    timed = []
+    for path in sorted((REPO_ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.Call) and ast.unparse(node.func) == "settings"):
+                continue
+            given = {k.arg: ast.unparse(k.value) for k in node.keywords}
+            suppressed = given.get("suppress_health_check", "HealthCheck.too_slow")
+            if "HealthCheck.too_slow" not in suppressed or given.get("deadline", "None") != "None":
+                timed.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    assert not timed, timed
+
+
 def _module_names(folder: str) -> set[str]:
     """streamherd.<folder>.* for every .py file in the top-level folder."""
     names = set()

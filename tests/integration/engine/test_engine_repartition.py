@@ -323,6 +323,10 @@ def test_a_quiet_partition_closes_its_windows_after_idle_timeout(
         w.stop()
 
 
+#: The idle timeout of the test below: long beside the moment between two batches it sends.
+IDLE_SECONDS = 6.0
+
+
 def test_records_arriving_after_every_partition_went_quiet_are_not_late(
     kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:
@@ -334,8 +338,11 @@ def test_records_arriving_after_every_partition_went_quiet_are_not_late(
     out with the first 50 records and the 100 after it were dead-lettered as late (a probe
     on the broker: 3 runs in 3; a repartitioned pipeline after any quiet spell)."""
     src, sink, dlq = topics(kafka_broker)
+    # Partition 0 must not go quiet between its batches, nor before partition 1's is read:
+    # with 2 s, a second of a loaded machine's produce and fetch on top of the pause between
+    # batches was enough (the window came out with the first 50 records).
     config = repartitioned_config(
-        kafka_broker, src, sink, dlq, tmp_path / "ck", idleTimeoutSeconds=2.0
+        kafka_broker, src, sink, dlq, tmp_path / "ck", idleTimeoutSeconds=IDLE_SECONDS
     )
     w = Worker.create(tmp_path, "w", config).start()
 
@@ -354,11 +361,17 @@ def test_records_arriving_after_every_partition_went_quiet_are_not_late(
             [w],
         )
         sent: list[tuple[str, dict[str, Any]]] = []
+
+        def all_read() -> bool:
+            return w.value("streamherd_records_in_total") >= len(sent)
+
         for partition, first in ((0, 0), (0, 50), (1, 100)):
             records = batch(first)
             kafka_broker.produce(src, records, partition=partition)
             sent += records
-            time.sleep(1.0)  # within idleTimeout: partition 0 has not gone quiet again
+            # Read before the next is sent (each batch its own marker), long within
+            # idleTimeout: partition 0 has not gone quiet again.
+            wait_until("the batch read", all_read, 60, [w])
         expected = page_reference(sent)
         assert len(expected) == 1
         got, _counts = sink_windows(kafka_broker, sink, expected, "the window", 60, [w])
