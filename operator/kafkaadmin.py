@@ -46,6 +46,17 @@ class KafkaAdminError(RuntimeError):
     """The broker could not be asked (unreachable, timed out, not authorized) or refused."""
 
 
+class TopicConfigRefused(KafkaAdminError):
+    """A creation refused for the configuration it asked for (``POLICY_VIOLATION``, e.g.
+    a cluster that lets a topic set only a few settings, or ``INVALID_CONFIG``):
+    ``refused`` the names refused so, ``created`` those the same call created."""
+
+    def __init__(self, message: str, refused: frozenset[str], created: frozenset[str]) -> None:
+        super().__init__(message)
+        self.refused = refused
+        self.created = created
+
+
 class AdminLike(Protocol):
     """The part of confluent-kafka's AdminClient used here (tests may pass their own)."""
 
@@ -233,13 +244,22 @@ class KafkaAdmin:
             operation_timeout=self.timeout,
         )
         created: set[str] = set()
+        refused: dict[str, str] = {}
         for name, future in futures.items():
             try:
                 self._answer(future)
                 created.add(name)
             except KafkaException as e:
-                if _code(e) != KafkaError.TOPIC_ALREADY_EXISTS:
+                if _code(e) in _CONFIG_REFUSED:
+                    refused[name] = reason(e)
+                elif _code(e) != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise KafkaAdminError(reason(e)) from None
+        if refused:
+            raise TopicConfigRefused(
+                "; ".join(f"{n}: {why}" for n, why in sorted(refused.items())),
+                frozenset(refused),
+                frozenset(created),
+            )
         return created
 
     def delete_topics(self, names: Iterable[str]) -> Deleted:
@@ -337,6 +357,10 @@ _REFUSED_FOR_GOOD: Final = frozenset(
 )
 
 
+#: Refusals of a creation for the configuration it names (TopicConfigRefused).
+_CONFIG_REFUSED: Final = frozenset({KafkaError.POLICY_VIOLATION, KafkaError.INVALID_CONFIG})
+
+
 def _code(e: KafkaException) -> Any:
     error = e.args[0] if e.args else None
     return error.code() if isinstance(error, KafkaError) else None
@@ -348,6 +372,7 @@ __all__ = [
     "Deleted",
     "KafkaAdmin",
     "KafkaAdminError",
+    "TopicConfigRefused",
     "TopicRequest",
     "logged_admin",
     "reason",

@@ -59,6 +59,7 @@ from streamherd.operator.kafkaadmin import (
     AdminFactory,
     KafkaAdmin,
     KafkaAdminError,
+    TopicConfigRefused,
     TopicRequest,
     logged_admin,
 )
@@ -340,9 +341,7 @@ class InternalTopics:
         missing = [s for s in specs if s.name not in metadata]
         created: set[str] = set()
         if missing:
-            created = admin.create_topics(
-                [TopicRequest(s.name, wanted, s.created_with) for s in missing]
-            )
+            created = _create(admin, missing, wanted)
             # A worker (or another operator replica) may have made one meanwhile: read back.
             metadata = admin.topics(names)
         # Only what was there before: a topic made a moment ago has the configuration it
@@ -390,6 +389,31 @@ class InternalTopics:
         if deleted.failed:
             raise TopicAdminError("; ".join(sorted(set(deleted.failed.values()))))
         return deleted.names
+
+
+def _create(admin: KafkaAdmin, missing: Sequence[TopicSpec], wanted: int) -> set[str]:
+    """Create the ``missing`` topics with their configuration and tuning; the names made.
+
+    Some clusters let a topic set only a few settings and refuse a creation that names any
+    other (MSK Serverless takes ``cleanup.policy``, ``retention.ms`` and a few more; a
+    broker's ``CreateTopicPolicy``). The tuning bounds a restore, it does not keep the state
+    correct: a topic refused with it is made with its checked entries alone, as operators
+    before the tuning made it (decision 0193), rather than not at all. A refusal of the
+    checked entries themselves is raised as ever."""
+    try:
+        return admin.create_topics([TopicRequest(s.name, wanted, s.created_with) for s in missing])
+    except TopicConfigRefused as refused:
+        again = [s for s in missing if s.name in refused.refused and s.tuning]
+        if len(again) < len(refused.refused):
+            raise
+        log.warning(
+            "the broker refused the tuning of %s (%s): created with %s alone",
+            ", ".join(s.name for s in again),
+            refused,
+            ", ".join(sorted({k for s in again for k in s.config})),
+        )
+        made = admin.create_topics([TopicRequest(s.name, wanted, s.config) for s in again])
+        return set(refused.created) | made
 
 
 def _with_retry(report: TopicsReport, seconds: float) -> TopicsReport:

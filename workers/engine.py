@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, TextIO
 
 from confluent_kafka import (
@@ -57,6 +57,7 @@ from streamherd.workers.config import (
 from streamherd.workers.fingerprint import (
     changed_fields,
     config_fingerprint,
+    renormalized,
     same_state,
     snapshot_name,
 )
@@ -648,6 +649,16 @@ class Engine:
                     st.clock.since = st.clock.since.restored_by(
                         self.state_policy.spec_generation, epoch
                     )
+                    if (
+                        checkpoint is not None
+                        and checkpoint.fingerprint != self.fingerprint
+                        and st.clock.since.fingerprint == checkpoint.fingerprint
+                    ):
+                        # Adopted as the same state under an earlier normalization of its
+                        # expressions (_foreign_state): the replay it records was of this
+                        # state, whose writers now name this fingerprint. Kept as it was,
+                        # every record they re-key would be skipped as written before it.
+                        st.clock.since = replace(st.clock.since, fingerprint=self.fingerprint)
                 st.clock.known = self._upstreams
                 st.clock.reads = self._reads_topic
             else:
@@ -891,7 +902,11 @@ class Engine:
         its fate (the policy may have been set back to refuse since); one of a later epoch
         is held, left to that epoch's workers."""
         foreign = self._foreign_state(checkpoint)
-        changes = changed_fields(checkpoint.state_shape, self.state_shape) if foreign else []
+        # Its description read by this version's rule: what an earlier one compared as
+        # written (an expression's spacing) is not named as a change.
+        shape = checkpoint.state_shape
+        recorded = renormalized(shape) if isinstance(shape, Mapping) else shape
+        changes = changed_fields(recorded, self.state_shape) if foreign else []
         whys = [*changes, *([moved] if moved else []), *([stale] if stale else [])]
         what = "; ".join(whys) or "unknown fields"
         fields: dict[str, Any] = {

@@ -192,12 +192,18 @@ def same_state(
     ``recorded_shape``) is the state of fingerprint ``current``: the same hash, or the same
     description once its expressions are normalized by this version's rule. An upgrade that
     reads an expression's spacing better must not make a running pipeline's own
-    checkpoints foreign (they would be held, or discarded under reset)."""
+    checkpoints foreign (they would be held, or discarded under reset).
+
+    The description is trusted only as what ``recorded`` was computed from (every
+    checkpoint a worker writes carries the two together): one that is not (edited by
+    hand, copied from elsewhere) says nothing of the state, whose fingerprint decides."""
     if recorded == current:
         return True
     if not isinstance(recorded_shape, Mapping):
         return False
     try:
+        if fingerprint(recorded_shape) != recorded:
+            return False
         return fingerprint(renormalized(recorded_shape)) == current
     except (TypeError, ValueError, RecursionError):  # not JSON the hash takes: another state
         return False

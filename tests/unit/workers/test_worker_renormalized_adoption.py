@@ -1,0 +1,150 @@
+"""A checkpoint stamped under an earlier normalization of its expressions, adopted whole.
+
+An upgrade whose rule reads an expression's spacing better moves the fingerprint of a
+running pipeline whose ``keyBy`` goes in and out (docs/lifecycle.md); its workers adopt the
+checkpoints the earlier version wrote (``fingerprint.same_state``). Adopted means all of
+the state goes on as it was, including what it records under that fingerprint: a
+repartition downstream's replay mark (``UpstreamClock.since``, decision 0172), which names
+the fingerprint of the replay's writers. Real checkpoint files, the engine's own restore.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+from streamherd.workers.checkpointing import Checkpoint, CheckpointStore, encode
+from streamherd.workers.config import WorkerConfig
+from streamherd.workers.engine import Engine
+from streamherd.workers.fingerprint import config_fingerprint, fingerprint, same_state
+from streamherd.workers.repartitioning import (
+    WRITER_HEADER,
+    Since,
+    UpstreamClock,
+    superseded,
+    writer_header,
+)
+from streamherd.workers.windowing import PartitionWindows
+
+#: Lines that go in and out (a YAML block): the earlier rule compared the text as written.
+KEY_BY = "user\n    + ''\n  + ''"
+REPARTITION = "streamherd.default.adopt.repartition"
+
+
+def config(directory: Path) -> WorkerConfig:
+    return WorkerConfig.model_validate(
+        {
+            "pipeline": {"name": "adopt"},
+            "source": {
+                "kafka": {
+                    "bootstrapServers": "127.0.0.1:9",
+                    "topics": ["clicks"],
+                    "consumerGroup": "adopt",
+                }
+            },
+            "processor": {
+                "steps": [
+                    {
+                        "window": {
+                            "keyBy": KEY_BY,
+                            "size": "10s",
+                            "eventTime": {"field": "ts"},
+                            "aggregates": [{"name": "n", "function": "count"}],
+                        }
+                    }
+                ]
+            },
+            "repartition": {"topic": REPARTITION},
+            "sink": {"stdout": {}},
+            "checkpoint": {"directory": str(directory)},
+            "runtime": {"metricsPort": 0},
+        }
+    )
+
+
+def earlier(cfg: WorkerConfig) -> tuple[str, dict[str, Any]]:
+    """(fingerprint, description) the earlier version stamped for ``cfg``."""
+    _, description = config_fingerprint(cfg)
+    window = {**description["window"], "keyBy": KEY_BY.strip()}
+    shape = {**description, "window": window}
+    return fingerprint(shape), shape
+
+
+def test_a_replayed_downstream_adopted_after_the_upgrade_takes_its_own_writers(
+    tmp_path: Path,
+) -> None:
+    """The downstream was emptied by a replay under the earlier version: its clock skips
+    what writers of another fingerprint wrote. Adopted as the same state, it must take
+    what this version's upstreams write (their header names this version's fingerprint):
+    before, every record they re-keyed was skipped as written before the replay, without
+    a word (counted as a duplicate), for as long as the pipeline ran."""
+    cfg = config(tmp_path)
+    engine = Engine(cfg, stop=threading.Event(), out=io.StringIO())
+    recorded, shape = earlier(cfg)
+    assert recorded != engine.fingerprint  # the upgrade moved it
+    assert engine.processor.window is not None
+    clock = UpstreamClock(since=Since(recorded, 3))
+    state = {**PartitionWindows(engine.processor.window).to_json(), **clock.to_json()}
+    checkpoint = Checkpoint(
+        REPARTITION, 0, 17, state, pipeline="adopt", fingerprint=recorded, state_shape=shape
+    )
+    store = CheckpointStore(tmp_path)
+    path = store.path(REPARTITION, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode(checkpoint))
+
+    st = engine._new_state(REPARTITION, 0)
+
+    assert st.held is None and st.restored and st.next_offset == 17  # adopted
+    assert st.clock is not None and st.clock.since is not None
+    ours = [(WRITER_HEADER, writer_header(engine.fingerprint, 4))]
+    assert not superseded(st.clock, ours)
+    # What the replay skipped stays skipped: a writer of the earlier spec's generation.
+    assert superseded(st.clock, [(WRITER_HEADER, writer_header(engine.fingerprint, 3))])
+    assert superseded(st.clock, [(WRITER_HEADER, writer_header("0" * 16, 4))])
+
+
+def test_a_recorded_description_is_trusted_only_as_the_one_its_fingerprint_hashes(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint's ``stateShape`` is what its fingerprint was computed from, in every
+    checkpoint a worker writes. One that is not (a checkpoint edited by hand, copied
+    between pipelines' files, written by something else) says nothing about the state:
+    the fingerprint is what the state was written under. Before, a checkpoint of another
+    state whose description had been replaced by this pipeline's was adopted whole."""
+    cfg = config(tmp_path)
+    current, described = config_fingerprint(cfg)
+    window = {**described["window"], "sizeMs": 5_000}
+    other = fingerprint({**described, "window": window})  # another state: other windows
+    assert not same_state(other, described, current)
+    # The earlier version's own record of this state is adopted, as ever.
+    recorded, shape = earlier(cfg)
+    assert same_state(recorded, shape, current)
+    assert not same_state(recorded, {**shape, "extra": 1}, current)
+
+
+def test_a_real_change_across_the_upgrade_names_only_what_changed(tmp_path: Path) -> None:
+    """A checkpoint of the earlier version whose state did change (another window size),
+    held under refuse: the reason names the size, not the keyBy whose spacing only the
+    earlier rule compared as written (a person told "keyBy changed" looks for an edit that
+    was never made)."""
+    cfg = config(tmp_path)
+    engine = Engine(cfg, stop=threading.Event(), out=io.StringIO())
+    _, shape = earlier(cfg)
+    shape = {**shape, "window": {**shape["window"], "sizeMs": 5_000}}
+    assert engine.processor.window is not None
+    state = PartitionWindows(engine.processor.window).to_json()
+    checkpoint = Checkpoint(
+        REPARTITION, 0, 17, state, pipeline="adopt", fingerprint=fingerprint(shape),
+        state_shape=shape,
+    )  # fmt: skip
+    path = CheckpointStore(tmp_path).path(REPARTITION, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode(checkpoint))
+
+    st = engine._new_state(REPARTITION, 0)
+
+    assert st.held is not None and "window.size: 5000 -> 10000" in st.held
+    assert "keyBy" not in st.held
