@@ -15,6 +15,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from streamherd.workers.checkpointing import Checkpoint, CheckpointStore, encode
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.engine import Engine
@@ -148,3 +151,48 @@ def test_a_real_change_across_the_upgrade_names_only_what_changed(tmp_path: Path
 
     assert st.held is not None and "window.size: 5000 -> 10000" in st.held
     assert "keyBy" not in st.held
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                               max_size=4),
+    max_leaves=30,
+)  # fmt: skip
+shapes = st.fixed_dictionaries(
+    {},
+    optional={
+        "v": json_values,
+        "window": json_values
+        | st.fixed_dictionaries(
+            {},
+            optional={
+                "keyBy": st.text(max_size=30) | json_values,
+                "aggregates": st.lists(
+                    st.fixed_dictionaries({}, optional={"expression": st.text(max_size=30)})
+                    | json_values,
+                    max_size=3,
+                )
+                | json_values,
+            },
+        ),
+        "repartition": json_values,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(shape=shapes | json_values, recorded=st.text(max_size=20) | st.none(), stamped=st.booleans())
+def test_any_recorded_description_is_judged_never_raises_and_only_its_own_is_trusted(
+    shape: Any, recorded: str | None, stamped: bool
+) -> None:
+    """A checkpoint's recorded description is any JSON a file or a changelog record held:
+    ``same_state`` answers for every one without raising, and adopts state of another
+    fingerprint only through a description whose hash is the recorded fingerprint."""
+    current, _ = config_fingerprint(config(Path("/nonexistent")))
+    if stamped and isinstance(shape, dict):
+        recorded = fingerprint(shape)  # as a worker stamps its own (then checked below)
+    answer = same_state(recorded, shape, current)
+    assert isinstance(answer, bool)
+    if answer and recorded != current:
+        assert isinstance(shape, dict) and fingerprint(shape) == recorded
