@@ -63,8 +63,10 @@ from streamherd.workers.fingerprint import (
 )
 from streamherd.workers.fusing import fuse
 from streamherd.workers.kafkaclients import (
+    FatalClientError,
     StuckCallError,
     client_config,
+    is_fatal,
     send_offsets_fenced,
     transaction_timeout_ms,
 )
@@ -1550,9 +1552,11 @@ class Engine:
         for tp in partitions:
             self._drop_state(tp.topic, tp.partition)
         source.unassign(partitions)
-        if self.exactly_once:
+        if self.exactly_once and not self._broken:
             # The open transaction may hold outputs of the lost partitions: it can never
             # commit (the group moved on). Abort it and rewind what is left to its commit.
+            # (A broken engine is closing: its producer may be unusable, and an abort's
+            # error would hide the one the worker stops with.)
             self._abort_and_rewind(source, "partitions lost")
         log_event(log, logging.WARNING, "partitions-lost", partitions=_names(partitions))
 
@@ -2117,9 +2121,9 @@ class Engine:
         except KafkaException as error:
             self.metrics.error("transaction")
             log_event(log, logging.WARNING, "transaction-failed", reason=reason, error=str(error))
-            if error.args[0].fatal():
+            if is_fatal(error):
                 self._broken = True
-                raise TransactionError(f"transaction failed fatally: {error}") from error
+                raise FatalClientError(f"transaction failed fatally: {error}") from error
             self._abort_and_rewind(source, str(error))
             return False
         return True
@@ -2135,6 +2139,8 @@ class Engine:
                 self.outputs.transaction.abort_transaction(30)
             except KafkaException as error:
                 self._broken = True
+                if is_fatal(error):
+                    raise FatalClientError(f"cannot abort the transaction: {error}") from error
                 raise TransactionError(f"cannot abort the transaction: {error}") from error
         self.state.abort()
         if self.kafka_transaction:
@@ -2475,6 +2481,11 @@ class Engine:
         self._running = True
         try:
             reason = self._run()
+        except KafkaException as error:
+            self._broken = True
+            if is_fatal(error):  # e.g. a produce() on a producer the broker fenced
+                raise FatalClientError(f"a Kafka client failed fatally: {error}") from error
+            raise
         except BaseException:
             self._broken = True
             raise

@@ -213,6 +213,23 @@ class StuckCallError(RuntimeError):
     exactly-once survives (the next incarnation's init_transactions fences this one)."""
 
 
+class FatalClientError(RuntimeError):
+    """A Kafka client of the engine reached librdkafka's fatal state, where it can never be
+    used again and must be replaced: most often a transactional producer fenced because the
+    broker ended its transaction (it outlived ``transaction.timeout.ms`` while the broker
+    was away; librdkafka then says "fenced by a newer instance") or because a newer
+    producer of the same transactional id started. Nothing of the open transaction was
+    committed; new clients start clean from the last committed checkpoint
+    (:func:`streamherd.workers.main.run_pipeline`, decision 0194)."""
+
+
+def is_fatal(error: KafkaException) -> bool:
+    """Whether a client's error put it in librdkafka's fatal state: the error says so, or
+    it is ``_FATAL`` (a call on a client already there: produce() raises that)."""
+    reason = error.args[0] if error.args else None
+    return isinstance(reason, KafkaError) and (reason.fatal() or reason.code() == KafkaError._FATAL)
+
+
 def bounded_call(call: Callable[[], T], seconds: float, what: str) -> T:
     """``call()``, given at most ``seconds``, else :class:`StuckCallError`.
 

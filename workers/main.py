@@ -30,7 +30,7 @@ import yaml
 
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.engine import Engine, RunSummary
-from streamherd.workers.kafkaclients import StuckCallError
+from streamherd.workers.kafkaclients import FatalClientError, StuckCallError
 from streamherd.workers.logs import configure, log_event
 from streamherd.workers.metrics import EngineMetrics, MetricsServer
 from streamherd.workers.processing import Processor
@@ -88,6 +88,12 @@ def exit_stuck() -> NoReturn:
     os._exit(STUCK_EXIT_CODE)
 
 
+#: How often in a row the engine starts again in-process after a Kafka client failed
+#: fatally with no checkpoint committed in between (:func:`run_pipeline`); then the worker
+#: fails with that error.
+FATAL_CLIENT_RESTARTS: Final = 5
+
+
 def run_pipeline(
     config: WorkerConfig,
     *,
@@ -99,24 +105,55 @@ def run_pipeline(
 
     Serves metrics on ``config.runtime.metrics_port`` (0: none). Results of a stdout sink
     go to ``out``; ``progress`` gets a RunSummary about once a second and at the end.
+
+    A Kafka client that failed fatally (:class:`FatalClientError`: most often the producer
+    of an exactly-once pipeline whose transaction the broker ended, as it does when one
+    outlives the transaction timeout while the broker is away) is replaced: the engine
+    starts again in this process with new clients, from the last committed checkpoint, as
+    a restarted pod would, without a crash (decision 0194). The summary's counts go on
+    across such restarts. After :data:`FATAL_CLIENT_RESTARTS` of them in a row with no
+    checkpoint committed in between (each waiting longer: 1, 2, 4... s), the error is
+    raised.
     """
     metrics = EngineMetrics(config.pipeline.name)
-    engine = Engine(
-        config,
-        stop=stop or threading.Event(),
-        out=out,
-        progress=progress,
-        metrics=metrics,
-    )
+    stop = stop or threading.Event()
+    engines: list[Engine] = []  # the one running now: the probes ask it
+
+    def healthy() -> tuple[bool, str]:
+        return engines[0].healthy()
+
+    def ready() -> tuple[bool, str]:
+        return engines[0].ready()
+
     server: MetricsServer | None = None
-    if config.runtime.metrics_port:
-        server = MetricsServer(
-            metrics, config.runtime.metrics_port, engine.healthy, engine.ready
-        ).start()
-        log_event(log, logging.INFO, "metrics-serving", port=server.port)
+    failed_in_a_row = 0
     try:
-        with interrupts_stop(stop=engine.stop):
-            return engine.run()
+        while True:
+            engine = Engine(config, stop=stop, out=out, progress=progress, metrics=metrics)
+            if engines:
+                engine.counters = engines[0].counters  # one summary for the whole run
+            engines[:] = [engine]
+            if server is None and config.runtime.metrics_port:
+                server = MetricsServer(metrics, config.runtime.metrics_port, healthy, ready)
+                server.start()
+                log_event(log, logging.INFO, "metrics-serving", port=server.port)
+            checkpoints = engine.counters.checkpoints
+            try:
+                with interrupts_stop(stop=engine.stop):
+                    return engine.run()
+            except FatalClientError as error:
+                # Failures since the last checkpoint committed: the first after one starts
+                # again at once, the next ones wait 1, 2, 4... s.
+                progressed = engine.counters.checkpoints > checkpoints
+                failed_in_a_row = 0 if progressed else failed_in_a_row + 1
+                if failed_in_a_row > FATAL_CLIENT_RESTARTS or stop.is_set():
+                    raise
+                delay = min(2.0 ** (failed_in_a_row - 1), 30.0) if failed_in_a_row else 0.0
+                metrics.error("client-fatal")
+                log_event(log, logging.WARNING, "client-fatal", action="restart",
+                          delay=delay, error=str(error)[:300])  # fmt: skip
+                if stop.wait(delay):  # stopped while waiting: nothing is left to commit
+                    return engine.summary("stopped", finished=True)
     finally:
         if server is not None:
             server.stop()

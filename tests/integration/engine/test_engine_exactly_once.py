@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 
+from streamherd.workers.config import WorkerConfig
+from streamherd.workers.engine import transactional_id
 from tests.infra.kafka import KafkaBroker
 from tests.integration.engine.enginekit import Worker, wait_until
 from tests.integration.engine.test_engine_repartition import (
@@ -150,3 +153,59 @@ def test_a_frozen_worker_is_fenced_after_its_partitions_moved(
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_producer_the_broker_fenced_starts_again_in_process_and_changes_no_result(
+    kafka_broker: KafkaBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker ends the worker's transaction and bumps its producer's epoch: as when a
+    transaction outlives its timeout while the only broker is away (a CI run of the broker
+    crash test: the worker failed, `_FENCED` "by a newer instance" where there was none), or
+    a newer producer of the same transactional id starts. The test is that newer producer,
+    at three random moments. The worker must not fail or exit: it starts its engine again
+    with a new producer, from the last committed checkpoint (decision 0194), and the
+    `read_committed` output holds each window exactly once."""
+    config, src, sink, dlq = exactly_once_config(kafka_broker, tmp_path)
+    records = list(page_clicks(0, 16_000))
+    chunks = [records[i : i + 4_000] for i in range(0, len(records), 4_000)]
+    w = worker(tmp_path, "a", config)
+    monkeypatch.setenv("STREAMHERD_WORKER_ID", "a")  # as the worker's environment says
+    txid = transactional_id(WorkerConfig.model_validate(config))
+    rng = random.Random(90)
+    try:
+        w.start()
+        wait_until("a ready", lambda: w.get("/readyz")[0] == 200, 60, [w])
+        kafka_broker.produce(src, chunks[0])
+        for fenced, chunk in enumerate(chunks[1:], start=1):
+            time.sleep(rng.uniform(0.3, 2.0))  # a random moment of the worker's work: the test
+            newer = Producer({"bootstrap.servers": kafka_broker.bootstrap,
+                              "transactional.id": txid})  # fmt: skip
+            newer.init_transactions(30)  # the broker aborts the worker's transaction
+            # The worker meets the fence at its next write to Kafka at the latest (an idle
+            # worker has no transaction to lose).
+            kafka_broker.produce(src, chunk)
+            wait_until(
+                f"the worker to start again after fence {fenced}",
+                lambda n=fenced: (
+                    w.log_path.read_text().count("event=client-fatal") >= n
+                    and w.get("/readyz")[0] == 200
+                ),
+                90,
+                [w],
+            )
+        flush(kafka_broker, src, records[-1][1]["ts"])
+        verify(kafka_broker, sink, dlq, page_reference(records), 0, [w])
+        assert w.alive(), w.log_tail()
+        # One process, one metrics server: the restarts are counted for the alert.
+        restarts = sum(
+            v for k, v in w.metrics().items()
+            if k.startswith("streamherd_errors_total") and 'kind="client-fatal"' in k
+        )  # fmt: skip
+        assert restarts >= len(chunks) - 1
+    finally:
+        w.stop()
+    log = w.log_path.read_text()
+    assert "event=failed" not in log, log[-3000:]
+    # One fence can end two producers: the newer producer's init, retried while the broker
+    # aborts the worker's transaction, bumps the epoch again past a worker started meanwhile.
+    assert log.count("event=client-fatal") >= len(chunks) - 1, log[-3000:]
