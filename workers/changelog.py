@@ -68,6 +68,7 @@ from streamherd.workers.checkpointing import (
 )
 from streamherd.workers.config import (
     CHANGELOG_TOPIC_CONFIG,
+    CHANGELOG_TOPIC_REQUIRED,
     ChangelogConfig,
     KafkaSourceConfig,
 )
@@ -422,8 +423,9 @@ class ChangelogBackend:
                 default=1,
             )
         self._partitions = ensure_topic(
-            admin, self.topic, wanted, 0, config=TOPIC_CONFIG, what="changelog"
-        )
+            admin, self.topic, wanted, 0, config=TOPIC_CONFIG,
+            required=CHANGELOG_TOPIC_REQUIRED, what="changelog",
+        )  # fmt: skip
         if self._transaction is None:
             conf = producer_config(self.source)
             conf["transactional.id"] = self._transactional_id

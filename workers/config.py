@@ -54,6 +54,10 @@ CHANGELOG_TOPIC_CONFIG: Final[Mapping[str, str]] = MappingProxyType(
         "delete.retention.ms": str(86_400_000),
     }
 )
+#: What of CHANGELOG_TOPIC_CONFIG keeps the state correct (checked on the operator's every
+#: ensure); the rest is tuning, set on creation only and dropped where a broker refuses it
+#: (decision 0193).
+CHANGELOG_TOPIC_REQUIRED: Final = frozenset({"cleanup.policy"})
 
 # Units in this order, each at most once (`1h1h` and `5s1m` are refused), with digit counts
 # that keep the sum below 2^63 ns: the API server's CEL `duration()` reads the same text and

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -576,6 +576,10 @@ def idle_close(windows: PartitionWindows) -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
+#: A topic creation refused for the settings it asked for.
+CONFIG_REFUSED: Final = frozenset({KafkaError.POLICY_VIOLATION, KafkaError.INVALID_CONFIG})
+
+
 def ensure_topic(
     admin: AdminClient,
     name: str,
@@ -584,10 +588,15 @@ def ensure_topic(
     timeout: float = 30.0,
     *,
     config: Mapping[str, str] | None = None,
+    required: Collection[str] | None = None,
     what: str = "repartition",
 ) -> int:
     """Create the repartition topic if it is missing; its partition count either way.
-    ``config`` replaces its topic configuration (the changelog topic: compacted).
+    ``config`` replaces its topic configuration (the changelog topic: compacted). A broker
+    that refuses a creation for its settings (``POLICY_VIOLATION``, ``INVALID_CONFIG``: a
+    ``CreateTopicPolicy``, MSK Serverless) is asked again with the ``required`` entries
+    alone when they are named, the others being tuning (decision 0193, as the operator
+    does): the topic is made without them and a warning says so.
 
     Every worker must partition by the same count, or one key's records would meet two
     window states: so the count is read only once the broker shows every partition with a
@@ -598,18 +607,29 @@ def ensure_topic(
         if config is not None
         else {"cleanup.policy": "delete", "retention.ms": str(retention_ms)}
     )
-    futures = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, config=topic_config)],
-        request_timeout=timeout,
-    )
     created = False
-    try:
-        futures[name].result(timeout)
-        created = True
-        log.info("%s topic %s created with %d partitions", what, name, partitions)
-    except KafkaException as error:
-        if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise
+    while True:
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, config=topic_config)],
+            request_timeout=timeout,
+        )
+        try:
+            futures[name].result(timeout)
+            created = True
+            log.info("%s topic %s created with %d partitions", what, name, partitions)
+        except KafkaException as error:
+            code = error.args[0].code()
+            kept = {k: v for k, v in topic_config.items() if k in (required or ())}
+            if code in CONFIG_REFUSED and required is not None and kept != topic_config:
+                log.warning(
+                    "the broker refused the settings of %s topic %s (%s): created with %s alone",
+                    what, name, error.args[0].str(), ", ".join(sorted(kept)) or "none",
+                )  # fmt: skip
+                topic_config = kept
+                continue
+            if code != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+        break
     deadline = time.monotonic() + timeout
     last: int | None = None
     while True:

@@ -26,7 +26,11 @@ from typing import Final, Literal
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.builders.keying import internal_topic, repartition_topic
-from streamherd.workers.config import CHANGELOG_TOPIC_CONFIG, RepartitionConfig
+from streamherd.workers.config import (
+    CHANGELOG_TOPIC_CONFIG,
+    CHANGELOG_TOPIC_REQUIRED,
+    RepartitionConfig,
+)
 
 Purpose = Literal["repartition", "changelog"]
 PURPOSES: Final[tuple[Purpose, ...]] = ("repartition", "changelog")
@@ -68,7 +72,7 @@ def topic_config(purpose: Purpose) -> dict[str, str]:
     """The configuration a topic of ``purpose`` must have (checked on every ensure)."""
     if purpose == "repartition":
         return {"cleanup.policy": "delete", "retention.ms": str(REPARTITION_RETENTION_MS)}
-    return {"cleanup.policy": CHANGELOG_TOPIC_CONFIG["cleanup.policy"]}
+    return {k: CHANGELOG_TOPIC_CONFIG[k] for k in sorted(CHANGELOG_TOPIC_REQUIRED)}
 
 
 def topic_tuning(purpose: Purpose) -> dict[str, str]:
