@@ -76,6 +76,7 @@ from streamherd.workers.kafkaclients import (
     TRANSACTION_TIMEOUT_MS,
     TransactionalProducer,
     client_config,
+    is_fatal,
     producer_config,
     send_offsets_fenced,
 )
@@ -556,7 +557,7 @@ class ChangelogBackend:
                 )
                 return int(low), int(high)
             except KafkaException as error:
-                if error.args[0].fatal() or time.monotonic() > deadline:
+                if is_fatal(error) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
 
@@ -626,7 +627,7 @@ class ChangelogBackend:
                 break
             except KafkaException as exception:
                 error = exception.args[0]
-                if not error.fatal():
+                if not is_fatal(exception):
                     # Else the next init (a restart) aborts it. An abort that fails (a commit
                     # still in progress) makes the next begin fail: the worker fails then.
                     with contextlib.suppress(KafkaException):

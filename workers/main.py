@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from time import monotonic
 from types import FrameType
 from typing import Final, NoReturn, TextIO
 
@@ -88,10 +90,10 @@ def exit_stuck() -> NoReturn:
     os._exit(STUCK_EXIT_CODE)
 
 
-#: How often in a row the engine starts again in-process after a Kafka client failed
-#: fatally with no checkpoint committed in between (:func:`run_pipeline`); then the worker
-#: fails with that error.
+#: At most this many in-process restarts after a Kafka client failed fatally within
+#: FATAL_CLIENT_WINDOW_SECONDS (:func:`run_pipeline`); one more is raised: the worker fails.
 FATAL_CLIENT_RESTARTS: Final = 5
+FATAL_CLIENT_WINDOW_SECONDS: Final = 300.0
 
 
 def run_pipeline(
@@ -111,9 +113,9 @@ def run_pipeline(
     outlives the transaction timeout while the broker is away) is replaced: the engine
     starts again in this process with new clients, from the last committed checkpoint, as
     a restarted pod would, without a crash (decision 0194). The summary's counts go on
-    across such restarts. After :data:`FATAL_CLIENT_RESTARTS` of them in a row with no
-    checkpoint committed in between (each waiting longer: 1, 2, 4... s), the error is
-    raised.
+    across such restarts. The first restart is at once, the next ones within
+    :data:`FATAL_CLIENT_WINDOW_SECONDS` wait 1, 2, 4, 8 s; one more than
+    :data:`FATAL_CLIENT_RESTARTS` in that window is raised.
     """
     metrics = EngineMetrics(config.pipeline.name)
     stop = stop or threading.Event()
@@ -126,34 +128,42 @@ def run_pipeline(
         return engines[0].ready()
 
     server: MetricsServer | None = None
-    failed_in_a_row = 0
+    restarts: list[float] = []  # when, within the window
     try:
-        while True:
-            engine = Engine(config, stop=stop, out=out, progress=progress, metrics=metrics)
-            if engines:
-                engine.counters = engines[0].counters  # one summary for the whole run
-            engines[:] = [engine]
-            if server is None and config.runtime.metrics_port:
-                server = MetricsServer(metrics, config.runtime.metrics_port, healthy, ready)
-                server.start()
-                log_event(log, logging.INFO, "metrics-serving", port=server.port)
-            checkpoints = engine.counters.checkpoints
-            try:
-                with interrupts_stop(stop=engine.stop):
+        with interrupts_stop(stop=stop):  # the waits between engines too
+            while True:
+                engine = Engine(config, stop=stop, out=out, progress=progress, metrics=metrics)
+                if engines:
+                    engine.counters = engines[0].counters  # one summary for the whole run
+                engines[:] = [engine]
+                if server is None and config.runtime.metrics_port:
+                    server = MetricsServer(metrics, config.runtime.metrics_port, healthy, ready)
+                    server.start()
+                    log_event(log, logging.INFO, "metrics-serving", port=server.port)
+                try:
                     return engine.run()
-            except FatalClientError as error:
-                # Failures since the last checkpoint committed: the first after one starts
-                # again at once, the next ones wait 1, 2, 4... s.
-                progressed = engine.counters.checkpoints > checkpoints
-                failed_in_a_row = 0 if progressed else failed_in_a_row + 1
-                if failed_in_a_row > FATAL_CLIENT_RESTARTS or stop.is_set():
-                    raise
-                delay = min(2.0 ** (failed_in_a_row - 1), 30.0) if failed_in_a_row else 0.0
-                metrics.error("client-fatal")
-                log_event(log, logging.WARNING, "client-fatal", action="restart",
-                          delay=delay, error=str(error)[:300])  # fmt: skip
+                except FatalClientError as error:
+                    if stop.is_set():  # the stop's own checkpoint failed: say so
+                        raise
+                    now = monotonic()
+                    restarts[:] = [t for t in restarts if now - t < FATAL_CLIENT_WINDOW_SECONDS]
+                    if len(restarts) >= FATAL_CLIENT_RESTARTS:
+                        raise
+                    delay = 2.0 ** (len(restarts) - 1) if restarts else 0.0
+                    restarts.append(now)
+                    engine.outputs.discard()
+                    metrics.error("client-fatal")
+                    metrics.paused.set(0)  # the next engine starts unpaused
+                    log_event(log, logging.WARNING, "client-fatal", action="restart",
+                              delay=delay, error=str(error)[:300])  # fmt: skip
                 if stop.wait(delay):  # stopped while waiting: nothing is left to commit
-                    return engine.summary("stopped", finished=True)
+                    summary = engine.summary("stopped", finished=True)
+                    if progress is not None:
+                        progress(summary)
+                    log_event(log, logging.INFO, "stopped", reason="stopped",
+                              records_in=summary.records_in)  # fmt: skip
+                    return summary
+                gc.collect()  # the replaced engine's clients, threads and sockets go now
     finally:
         if server is not None:
             server.stop()

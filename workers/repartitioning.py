@@ -608,6 +608,7 @@ def ensure_topic(
         else {"cleanup.policy": "delete", "retention.ms": str(retention_ms)}
     )
     created = False
+    refused: str | None = None  # why the broker refused the first settings
     while True:
         futures = admin.create_topics(
             [NewTopic(name, num_partitions=partitions, config=topic_config)],
@@ -617,16 +618,17 @@ def ensure_topic(
             futures[name].result(timeout)
             created = True
             log.info("%s topic %s created with %d partitions", what, name, partitions)
+            if refused is not None:
+                log.warning(
+                    "the broker refused the settings of %s topic %s (%s): created with %s alone",
+                    what, name, refused, ", ".join(sorted(topic_config)) or "none",
+                )  # fmt: skip
         except KafkaException as error:
             code = error.args[0].code()
             kept = {k: v for k, v in topic_config.items() if k in (required or ())}
             if code in CONFIG_REFUSED and required is not None and kept != topic_config:
-                log.warning(
-                    "the broker refused the settings of %s topic %s (%s): created with %s alone",
-                    what, name, error.args[0].str(), ", ".join(sorted(kept)) or "none",
-                )  # fmt: skip
-                topic_config = kept
-                continue
+                refused, topic_config = error.args[0].str(), kept
+                continue  # at most once: the next refusal has nothing left to drop
             if code != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
         break

@@ -143,6 +143,10 @@ class Sink(Protocol):
 
     def close(self) -> None: ...
 
+    def discard(self) -> None:
+        """Drop what was written and not delivered yet: an engine replaced after a fatal
+        client error (decision 0194), whose outputs no checkpoint covers."""
+
     # Exactly-once into a database: the sink commits the input offsets with the results in
     # its own transaction (no Kafka transaction then, unless the pipeline also writes to
     # Kafka: two phases below); they win over the group's on assign.

@@ -8,6 +8,7 @@ is what makes output at-least-once (docs/decisions/0002-delivery-guarantees.md).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import decimal
 import functools
@@ -809,6 +810,17 @@ class Outputs:
     def close(self) -> None:
         if self._postgres is not None:
             self._postgres.close()
+
+    def discard(self) -> None:
+        """Purge every producer's queue (the transaction's too): the next engine writes
+        these results again from the last checkpoint, and a record of this one delivered
+        after it could put an older result over a newer one (a compacted topic)."""
+        producers = self._producers.all()
+        if self._producers.transactional is not None:
+            producers.append(self._producers.transactional)
+        for producer in producers:
+            with contextlib.suppress(KafkaException, RuntimeError):  # a client in its fatal state
+                producer.purge()
 
     def poll(self, timeout: float = 0.0) -> None:
         for producer in self._producers.all():

@@ -13,7 +13,8 @@ back: about one run in three here hung for good before kafkaclients.bounded_call
 worker then exits with STUCK_EXIT_CODE and is started again, as the kubelet restarts the
 pod). Three outages inside one transaction can outlast the transaction timeout on a slow
 machine: the broker then aborts it and fences the producer, and the worker starts its
-engine again in-process (a CI run failed there before: decision 0194). Afterwards the sink must hold every (page, window) with the reference value; with
+engine again in-process (a CI run failed there before: decision 0194). Afterwards the sink
+must hold every (page, window) with the reference value; with
 `delivery: exactlyOnce`, each exactly once in the `read_committed` output, with no
 de-duplication; nothing dead-lettered.
 

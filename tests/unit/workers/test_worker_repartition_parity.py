@@ -122,6 +122,9 @@ class MemorySink:
     def close(self) -> None:
         return None
 
+    def discard(self) -> None:
+        return None
+
     def committed_offsets(
         self, partitions: list[tuple[str, int]]
     ) -> dict[tuple[str, int], tuple[int, str]]:
