@@ -31,6 +31,7 @@ from streamherd.workers.config import (
 )
 from streamherd.workers.expressions import compile_expression
 from streamherd.workers.kafkaclients import (
+    FatalClientError,
     TransactionalProducer,
     producer_config,
     topic_max_message_bytes,
@@ -259,6 +260,9 @@ class _Producers:
     def __init__(self, transactional: dict[str, Any] | None = None) -> None:
         self._by_endpoint: dict[str, Producer] = {}
         self._errors: list[str] = []
+        # A delivery failed because its producer is in librdkafka's fatal state (its queued
+        # records all fail with _FATAL): no retry can deliver them, a new producer must.
+        self.fatal: str | None = None
         self._lock = threading.Lock()
         self.transactional: TransactionalProducer | None = None
         self._transactional_conf = transactional
@@ -267,6 +271,8 @@ class _Producers:
         if error is not None:
             with self._lock:
                 self._errors.append(str(error))
+                if self.fatal is None and (error.fatal() or error.code() == KafkaError._FATAL):
+                    self.fatal = str(error)
 
     def get(self, endpoint: KafkaEndpoint) -> Producer:
         if self._transactional_conf is not None:
@@ -847,6 +853,11 @@ class Outputs:
             if not self._drain_refusals():
                 break
         errors = self._producers.take_errors()
+        if self._producers.fatal is not None:
+            raise FatalClientError(
+                f"{len(errors)} output records failed, the producer in its fatal state: "
+                f"{self._producers.fatal}"
+            )
         if errors:
             raise DeliveryError(f"{len(errors)} output records failed: {errors[0]}")
         return pending == 0

@@ -423,8 +423,14 @@ class PostgresSink:
         return conn
 
     def _take(self) -> list[Row] | None:
-        """The next batch (left in the queue until committed); [] to (re)connect; None: stop."""
+        """The next batch (left in the queue until committed); [] to (re)connect; None: stop.
+
+        A stop ends the writer at its next batch even with rows queued: no checkpoint covers
+        them (a flush confirms what one covers), and a writer draining them after its engine
+        was replaced in-process (decision 0194) would write beside the next engine's."""
         with self._lock:
+            if self._stop.is_set():
+                return None
             while not self._queue:
                 if self._stop.is_set():
                     return None

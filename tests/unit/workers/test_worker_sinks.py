@@ -13,10 +13,12 @@ from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka import KafkaError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamherd.workers.config import SinkConfig
+from streamherd.workers.kafkaclients import FatalClientError
 from streamherd.workers.metrics import EngineMetrics, SinkMetrics
 from streamherd.workers.processing import Failure, SyntheticMessage
 from streamherd.workers.sinks import (
@@ -27,6 +29,7 @@ from streamherd.workers.sinks import (
     SHORT_VALUE_BYTES,
     TRUNCATED,
     TRUNCATED_REASON,
+    DeliveryError,
     Outputs,
     fit,
     message_size,
@@ -372,3 +375,23 @@ def test_a_column_value_postgres_adapts_reaches_the_writer_as_it_was(
         got = record[name]
         assert type(got) is type(value), record
         assert got == value or (got != got and value != value), record  # NaN: itself
+
+
+def test_a_delivery_failed_by_a_producer_in_its_fatal_state_asks_for_a_new_client() -> None:
+    """librdkafka fails every queued record of a producer in its fatal state with ``_FATAL``
+    (an idempotent producer's lost sequence, a transactional one fenced): no retry can
+    deliver them, so the flush raises FatalClientError, which starts the engine again with
+    new clients (decision 0194), where a DeliveryError failed the worker. Any other failed
+    delivery is a DeliveryError as before. (The report is handed to the delivery callback
+    as librdkafka would: no broker can be made to fence an idempotent producer on demand.)"""
+    sink = SinkConfig.model_validate({"kafka": {"bootstrapServers": "127.0.0.1:9", "topic": "o"}})
+    for error, raised in [
+        (KafkaError(KafkaError._FATAL, "fenced", fatal=True), FatalClientError),
+        (KafkaError(KafkaError._MSG_TIMED_OUT, "timed out"), DeliveryError),
+    ]:
+        outputs = Outputs(sink, None, "ns/p", io.StringIO())
+        outputs.write([(None, {"name": "a"})], SyntheticMessage("in", 0, 1, None, {}, 0))
+        outputs.discard()  # nothing is delivered to 127.0.0.1:9: drop the record
+        outputs._producers._on_delivery(error, None)
+        with pytest.raises(raised):
+            outputs.flush(1.0)
