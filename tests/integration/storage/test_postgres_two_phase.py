@@ -235,9 +235,7 @@ def test_kills_between_the_phases_are_decided_as_kafka_decided(
         b.start()
         producer.start()
         wait_until("first rows committed", lambda: len(offsets(postgres_dsn)) > 0, 120, [a, b])
-        # Each point once (twice each took six minutes of CI for the same two decisions);
-        # the random kills above and the frozen worker below cover other moments.
-        for point in ["prepared", "kafka-committed"]:
+        for point in ["prepared", "kafka-committed"] * 2:
             seen = len([p for p, _ in PAUSED.findall(a.log_path.read_text()) if p == point])
             a.kill()
             a.env = {**plain, "STREAMHERD_FAULT_PAUSE": f"{point}:120"}
