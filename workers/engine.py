@@ -359,6 +359,9 @@ class Engine:
         self._discarded: set[tuple[str, int, str]] = set()
         self._last_lag = 0.0
         self._running = False
+        # Its clients are set up and its source open (the "started" event): a failure
+        # before is a failure to start (workers/main.py run_pipeline judges it).
+        self.began = False
         # The consumer group has given this worker an assignment, possibly empty (a standby
         # while replicas >= partitions): from then on it is ready.
         self._joined = False
@@ -2491,7 +2494,9 @@ class Engine:
             raise
         finally:
             self._running = False
-            self.outputs.close()  # stops the PostgreSQL writer thread
+            # Stops the PostgreSQL writer thread: a failed engine's writes no checkpoint
+            # covers are not written on (the next engine writes them again).
+            self.outputs.close(drain=not self._broken)
             self.state.close()
         summary = self.summary(reason, finished=True)
         if self.progress is not None:
@@ -2569,6 +2574,7 @@ class Engine:
             # Partition events come from inside poll() (a consumer group's rebalances), or
             # at once from here (a source that owns every partition: the generator).
             source.open(self._on_assign, self._on_revoke, self._on_lost)
+            self.began = True
             log_event(
                 log,
                 logging.INFO,

@@ -251,7 +251,7 @@ def bounded_call(call: Callable[[], T], seconds: float, what: str) -> T:
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
-        raise StuckCallError(f"{what} did not return within {seconds:.0f} s (its timeout ignored)")
+        raise StuckCallError(f"{what} did not return within {seconds:g} s (its timeout ignored)")
     if failed:
         raise failed[0]
     return done[0]

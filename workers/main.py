@@ -25,11 +25,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from time import monotonic
 from types import FrameType
-from typing import Final, NoReturn, TextIO
+from typing import Any, Final, NoReturn, TextIO
 
 import orjson
 import yaml
+from confluent_kafka import KafkaException
 
+from streamherd.workers.changelog import transient
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.engine import Engine, RunSummary
 from streamherd.workers.kafkaclients import FatalClientError, StuckCallError
@@ -119,22 +121,23 @@ def run_pipeline(
     """
     metrics = EngineMetrics(config.pipeline.name)
     stop = stop or threading.Event()
-    engines: list[Engine] = []  # the one running now: the probes ask it
+    engines: list[Engine] = []  # the one running now, the probes ask it; none between two
 
     def healthy() -> tuple[bool, str]:
-        return engines[0].healthy()
+        return engines[0].healthy() if engines else (True, "starting again")
 
     def ready() -> tuple[bool, str]:
-        return engines[0].ready()
+        return engines[0].ready() if engines else (False, "starting again")
 
     server: MetricsServer | None = None
     restarts: list[float] = []  # when, within the window
+    counters: Any = None  # the run's counts, carried from one engine to the next
     try:
         with interrupts_stop(stop=stop):  # the waits between engines too
             while True:
                 engine = Engine(config, stop=stop, out=out, progress=progress, metrics=metrics)
-                if engines:
-                    engine.counters = engines[0].counters  # one summary for the whole run
+                if counters is not None:
+                    engine.counters = counters  # one summary for the whole run
                 engines[:] = [engine]
                 if server is None and config.runtime.metrics_port:
                     server = MetricsServer(metrics, config.runtime.metrics_port, healthy, ready)
@@ -142,8 +145,15 @@ def run_pipeline(
                     log_event(log, logging.INFO, "metrics-serving", port=server.port)
                 try:
                     return engine.run()
-                except FatalClientError as error:
+                except (FatalClientError, KafkaException) as error:
                     if stop.is_set():  # the stop's own checkpoint failed: say so
+                        raise
+                    # A replacement that could not start because the broker does not answer
+                    # yet (init_transactions timed out: the outage that fenced the one
+                    # before may last) is tried again under the same bound.
+                    if isinstance(error, KafkaException) and not (
+                        restarts and not engine.began and transient(error.args[0])
+                    ):
                         raise
                     now = monotonic()
                     restarts[:] = [t for t in restarts if now - t < FATAL_CLIENT_WINDOW_SECONDS]
@@ -156,14 +166,19 @@ def run_pipeline(
                     metrics.paused.set(0)  # the next engine starts unpaused
                     log_event(log, logging.WARNING, "client-fatal", action="restart",
                               delay=delay, error=str(error)[:300])  # fmt: skip
+                counters, stopped = engine.counters, engine.summary("stopped", finished=True)
+                # Nothing refers to the replaced engine any more (the error, with its frames,
+                # went with the except block): its clients go now, not at a random later
+                # collection on the next engine's thread (librdkafka's destroy joins threads).
+                engines.clear()
+                del engine
+                gc.collect()
                 if stop.wait(delay):  # stopped while waiting: nothing is left to commit
-                    summary = engine.summary("stopped", finished=True)
                     if progress is not None:
-                        progress(summary)
+                        progress(stopped)
                     log_event(log, logging.INFO, "stopped", reason="stopped",
-                              records_in=summary.records_in)  # fmt: skip
-                    return summary
-                gc.collect()  # the replaced engine's clients, threads and sockets go now
+                              records_in=stopped.records_in)  # fmt: skip
+                    return stopped
     finally:
         if server is not None:
             server.stop()

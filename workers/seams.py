@@ -141,7 +141,9 @@ class Sink(Protocol):
 
     def take_errors(self) -> list[str]: ...
 
-    def close(self) -> None: ...
+    def close(self, *, drain: bool = True) -> None:
+        """Stop writing; ``drain``: what is queued is written first (a stop), else nothing
+        more is (a failed engine: no checkpoint covers it)."""
 
     def discard(self) -> None:
         """Drop what was written and not delivered yet: an engine replaced after a fatal

@@ -813,9 +813,9 @@ class Outputs:
         """Whether the sink can confirm writes now (/readyz reports it)."""
         return self._postgres.health() if self._postgres is not None else (True, "ok")
 
-    def close(self) -> None:
+    def close(self, *, drain: bool = True) -> None:
         if self._postgres is not None:
-            self._postgres.close()
+            self._postgres.close(drain=drain)
 
     def discard(self) -> None:
         """Purge every producer's queue (the transaction's too): the next engine writes
@@ -826,7 +826,7 @@ class Outputs:
             producers.append(self._producers.transactional)
         for producer in producers:
             with contextlib.suppress(KafkaException, RuntimeError):  # a client in its fatal state
-                producer.purge()
+                producer.purge(in_queue=True, in_flight=True, blocking=False)
 
     def poll(self, timeout: float = 0.0) -> None:
         for producer in self._producers.all():

@@ -328,6 +328,7 @@ class PostgresSink:
         self._up = False
         self._failed: BaseException | None = None
         self._stop = threading.Event()
+        self._abandoned = False  # closed without draining: write nothing more
         self._conn: psycopg.Connection[Any] | None = None
         self._report = SinkMetrics(metrics, SINK_LABEL)
         self._report.confirming()
@@ -389,8 +390,14 @@ class PostgresSink:
                 self._lock.wait(min(limit - now, 0.2))
             return True
 
-    def close(self) -> None:
-        """Stop the writer (queued rows that are not confirmed are simply not checkpointed)."""
+    def close(self, *, drain: bool = True) -> None:
+        """Stop the writer (queued rows that are not confirmed are simply not checkpointed).
+
+        ``drain``: it writes what is queued first, for up to 5 s (a stop: what a last
+        checkpoint could not confirm in time still reaches the table). Without, it stops at
+        its next batch: an engine replaced in-process (decision 0194), whose rows no
+        checkpoint covers and which must not land beside the next engine's."""
+        self._abandoned = not drain
         self._stop.set()
         with self._lock:
             self._lock.notify_all()
@@ -423,13 +430,10 @@ class PostgresSink:
         return conn
 
     def _take(self) -> list[Row] | None:
-        """The next batch (left in the queue until committed); [] to (re)connect; None: stop.
-
-        A stop ends the writer at its next batch even with rows queued: no checkpoint covers
-        them (a flush confirms what one covers), and a writer draining them after its engine
-        was replaced in-process (decision 0194) would write beside the next engine's."""
+        """The next batch (left in the queue until committed); [] to (re)connect; None: stop
+        (once the queue is empty, or at once when closed without draining)."""
         with self._lock:
-            if self._stop.is_set():
+            if self._abandoned:
                 return None
             while not self._queue:
                 if self._stop.is_set():
@@ -444,7 +448,7 @@ class PostgresSink:
     def _write(self, rows: list[Row]) -> None:
         if self._conn is None or self._conn.closed:
             self._conn = self._connect()
-        if not rows:
+        if not rows or self._abandoned:  # closed without draining while it connected
             return
         started = time.perf_counter()
         with self._conn.transaction(), self._conn.cursor() as cur:
@@ -470,6 +474,8 @@ class PostgresSink:
                         return
                     delay = min(delay * 2, BACKOFF_MAX_SECONDS)
                     continue
+                if self._abandoned:  # the rows were not written (_write): nothing to count
+                    return
                 delay = BACKOFF_FIRST_SECONDS
                 if rows:
                     with self._lock:

@@ -357,7 +357,9 @@ class PostgresTransactionalSink:
         self._queue.clear()
         self._set_pending()
 
-    def close(self) -> None:
+    def close(self, *, drain: bool = True) -> None:
+        """Close the connection (nothing is queued: every write is the checkpoint's own
+        transaction, so ``drain`` changes nothing)."""
         self._close_connection()
 
     # ------------------------------------------------------------------ offsets

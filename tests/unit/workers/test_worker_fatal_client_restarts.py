@@ -13,9 +13,10 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Final
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from streamherd.workers import main
 from streamherd.workers.config import WorkerConfig
@@ -63,9 +64,16 @@ def stop(monkeypatch: pytest.MonkeyPatch) -> RecordingStop:
     return flag
 
 
-def scripted(script: Sequence[int | None]) -> tuple[type[Any], list[Any]]:
+#: A replacement engine that cannot start: the broker does not answer init_transactions.
+NO_START: Final = "no-start"
+#: An engine that started and then lost the broker (a transient error, not a fatal one).
+LOST_LATER: Final = "lost-later"
+
+
+def scripted(script: Sequence[int | str | None]) -> tuple[type[Any], list[Any]]:
     """An Engine class whose n-th instance commits script[n] checkpoints and then fails
-    fatally, or (None) finishes."""
+    fatally, or (None) finishes, or raises a transient Kafka error before it began
+    (NO_START) or after (LOST_LATER)."""
     made: list[Any] = []
 
     class Engine:
@@ -73,6 +81,7 @@ def scripted(script: Sequence[int | None]) -> tuple[type[Any], list[Any]]:
             self.stop = kwargs["stop"]
             self.counters = Counters()
             self.discarded = 0
+            self.began = False
             self.outputs = SimpleNamespace(discard=self.discard)
             self.step = script[len(made)]
             made.append(self)
@@ -80,6 +89,9 @@ def scripted(script: Sequence[int | None]) -> tuple[type[Any], list[Any]]:
         def run(self) -> RunSummary:
             if self.step is None:
                 return self.summary("exhausted", finished=True)
+            if isinstance(self.step, str):
+                self.began = self.step == LOST_LATER
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no broker"))
             self.counters.checkpoints += self.step
             raise FatalClientError("fenced")
 
@@ -149,3 +161,32 @@ def test_a_fatal_client_while_stopping_is_raised(
     with pytest.raises(FatalClientError):
         main.run_pipeline(CONFIG, stop=stop)
     assert len(made) == 1
+
+
+def test_a_replacement_the_broker_does_not_answer_yet_is_tried_again_in_the_bound(
+    monkeypatch: pytest.MonkeyPatch, stop: RecordingStop
+) -> None:
+    """The outage that fenced an engine may outlast its replacement's init_transactions
+    (review 84): that start is tried again, waiting longer, within the same bound."""
+    engine, made = scripted([1, NO_START, NO_START, None])
+    monkeypatch.setattr(main, "Engine", engine)
+    assert main.run_pipeline(CONFIG, stop=stop).reason == "exhausted"
+    assert stop.waits == [0.0, 1.0, 2.0] and len(made) == 4
+    engine, made = scripted([1, *[NO_START] * 5])
+    monkeypatch.setattr(main, "Engine", engine)
+    with pytest.raises(KafkaException):
+        main.run_pipeline(CONFIG, stop=stop)
+    assert len(made) == 1 + main.FATAL_CLIENT_RESTARTS
+
+
+@pytest.mark.parametrize("script", [[NO_START], [1, LOST_LATER]])
+def test_a_first_start_or_a_started_engine_that_loses_the_broker_fails_as_before(
+    monkeypatch: pytest.MonkeyPatch, stop: RecordingStop, script: list[int | str | None]
+) -> None:
+    """Only a replacement's failure to start is tried again: a worker's first start fails
+    as a pod start would, and an engine that ran says its error."""
+    engine, made = scripted(script)
+    monkeypatch.setattr(main, "Engine", engine)
+    with pytest.raises(KafkaException):
+        main.run_pipeline(CONFIG, stop=stop)
+    assert len(made) == len(script)

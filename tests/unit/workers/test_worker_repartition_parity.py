@@ -119,7 +119,7 @@ class MemorySink:
     def take_errors(self) -> list[str]:
         return []
 
-    def close(self) -> None:
+    def close(self, *, drain: bool = True) -> None:
         return None
 
     def discard(self) -> None:
