@@ -9,6 +9,7 @@ fenced under a running worker, is tests/integration/engine/test_engine_exactly_o
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from typing import Any, Final
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamherd.workers import main
 from streamherd.workers.config import WorkerConfig
@@ -190,3 +193,84 @@ def test_a_first_start_or_a_started_engine_that_loses_the_broker_fails_as_before
     with pytest.raises(KafkaException):
         main.run_pipeline(CONFIG, stop=stop)
     assert len(made) == len(script)
+
+
+Outcome = tuple[str, float]  # what an engine does, and for how long it ran first
+outcomes = st.lists(
+    st.one_of(
+        st.tuples(st.just("fatal"), st.sampled_from([0.0, 1.0, 30.0, 150.0, 299.0, 301.0, 900.0])),
+        st.tuples(st.just(NO_START), st.just(0.0)),
+        st.tuples(st.just(LOST_LATER), st.just(5.0)),
+    ),
+    max_size=14,
+).map(lambda drawn: [*drawn, ("finish", 1.0)])
+
+
+@settings(max_examples=300)
+@given(script=outcomes)
+def test_any_run_of_failures_restarts_within_the_bound_and_ends_as_its_model_says(
+    script: list[Outcome],
+) -> None:
+    """Any sequence of engines failing fatally after any run time, replacements that cannot
+    start, engines losing the broker, then one that finishes: the waits, the number of
+    engines and how the run ends are the model's (below); and whatever happens, no window of
+    FATAL_CLIENT_WINDOW_SECONDS holds more than FATAL_CLIENT_RESTARTS restarts, and no wait
+    exceeds 8 s."""
+    with pytest.MonkeyPatch.context() as patch:
+        stop = RecordingStop()
+        patch.setattr(main, "monotonic", lambda: stop.now)
+        patch.setattr(gc, "collect", lambda: 0)  # the fake engines hold no clients
+        made: list[Any] = []
+        restarted_at: list[float] = []  # when each restart was decided
+
+        class Engine:
+            def __init__(self, config: WorkerConfig, **kwargs: Any) -> None:
+                self.counters = Counters()
+                self.began = False
+                self.outputs = SimpleNamespace(discard=lambda: restarted_at.append(stop.now))
+                self.what, self.runs_for = script[len(made)]
+                made.append(self)
+
+            def run(self) -> RunSummary:
+                stop.now += self.runs_for
+                if self.what == "finish":
+                    return self.summary("exhausted", finished=True)
+                if self.what == "fatal":
+                    raise FatalClientError("fenced")
+                self.began = self.what == LOST_LATER
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no broker"))
+
+            def summary(self, reason: str, finished: bool) -> RunSummary:
+                return RunSummary(0, 0, 0, 0, 0, 0, 0, 0.0, finished, reason)
+
+        patch.setattr(main, "Engine", Engine)
+        # The model.
+        now, window, waits, ends = 1000.0, list[float](), list[float](), "exhausted"
+        engines = 0
+        for what, runs_for in script:
+            engines += 1
+            now += runs_for
+            if what == "finish":
+                break
+            if what == LOST_LATER or (what == NO_START and not waits):
+                ends = "raised"
+                break
+            window = [t for t in window if now - t < main.FATAL_CLIENT_WINDOW_SECONDS]
+            if len(window) >= main.FATAL_CLIENT_RESTARTS:
+                ends = "raised"
+                break
+            delay = 2.0 ** (len(window) - 1) if window else 0.0
+            window.append(now)
+            waits.append(delay)
+            now += delay
+        try:
+            summary = main.run_pipeline(CONFIG, stop=stop)
+            got = summary.reason
+        except (FatalClientError, KafkaException):
+            got = "raised"
+        assert (got, stop.waits, len(made)) == (ends, waits, engines)
+        # The invariants, whatever the model says.
+        for t in restarted_at:
+            near = [u for u in restarted_at if t <= u < t + main.FATAL_CLIENT_WINDOW_SECONDS]
+            assert len(near) <= main.FATAL_CLIENT_RESTARTS
+        assert all(w <= 8.0 for w in stop.waits)
