@@ -63,8 +63,10 @@ from streamherd.workers.fingerprint import (
 )
 from streamherd.workers.fusing import fuse
 from streamherd.workers.kafkaclients import (
+    ABORT_ATTEMPTS,
     FatalClientError,
     StuckCallError,
+    abort_retrying,
     client_config,
     is_fatal,
     send_offsets_fenced,
@@ -2139,12 +2141,14 @@ class Engine:
             self.outputs.abort()  # the sink's transaction never began: drop its rows
         if self.kafka_transaction and not kafka_aborted:
             try:
-                self.outputs.transaction.abort_transaction(30)
+                abort_retrying(self.outputs.transaction, 30, ABORT_ATTEMPTS, self._beat)
             except KafkaException as error:
+                # An abort that does not complete (the broker away or busy past every
+                # attempt; a CI run of the broker-freeze test) leaves a producer that can
+                # neither commit nor begin: the next producer's init_transactions ends that
+                # transaction, so the clients are replaced (decision 0194).
                 self._broken = True
-                if is_fatal(error):
-                    raise FatalClientError(f"cannot abort the transaction: {error}") from error
-                raise TransactionError(f"cannot abort the transaction: {error}") from error
+                raise FatalClientError(f"cannot abort the transaction: {error}") from error
         self.state.abort()
         if self.kafka_transaction:
             # Open before the partitions are rebuilt: a partition whose committed checkpoint

@@ -230,6 +230,28 @@ def is_fatal(error: KafkaException) -> bool:
     return isinstance(reason, KafkaError) and (reason.fatal() or reason.code() == KafkaError._FATAL)
 
 
+#: How often an abort whose time ran out is called again (librdkafka: "retry call to
+#: resume") before the producer is given up (decision 0194).
+ABORT_ATTEMPTS: Final = 3
+
+
+def abort_retrying(
+    producer: Any, timeout: float, attempts: int, between: Callable[[], None]
+) -> None:
+    """``producer.abort_transaction(timeout)``, called again while it fails with a retriable
+    error (its time ran out: librdkafka resumes the same abort), at most ``attempts`` times;
+    ``between`` runs before each retry (the loop's heartbeat). Raises the last error, or at
+    once one that is not retriable."""
+    for attempt in range(1, attempts + 1):
+        try:
+            producer.abort_transaction(timeout)
+            return
+        except KafkaException as error:
+            if attempt == attempts or is_fatal(error) or not error.args[0].retriable():
+                raise
+            between()
+
+
 def bounded_call(call: Callable[[], T], seconds: float, what: str) -> T:
     """``call()``, given at most ``seconds``, else :class:`StuckCallError`.
 

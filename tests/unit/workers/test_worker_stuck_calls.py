@@ -16,7 +16,13 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from streamherd.workers import kafkaclients
-from streamherd.workers.kafkaclients import StuckCallError, TransactionalProducer, bounded_call
+from streamherd.workers.kafkaclients import (
+    ABORT_ATTEMPTS,
+    StuckCallError,
+    TransactionalProducer,
+    abort_retrying,
+    bounded_call,
+)
 
 
 def test_a_call_that_returns_in_time_gives_its_value() -> None:
@@ -106,3 +112,42 @@ def test_a_real_call_that_keeps_its_timeout_raises_librdkafkas_error() -> None:
     with pytest.raises(KafkaException) as raised:
         producer.init_transactions(0.3)
     assert raised.value.args[0].code() == KafkaError._TIMED_OUT
+
+
+class Aborts:
+    """A producer whose abort_transaction answers from a script (None: done)."""
+
+    def __init__(self, *answers: KafkaError | None) -> None:
+        self.answers, self.calls = list(answers), 0
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.calls += 1
+        answer = self.answers.pop(0)
+        if answer is not None:
+            raise KafkaException(answer)
+
+
+TIMED_OUT = KafkaError(KafkaError._TIMED_OUT, "retry call to resume", retriable=True)
+
+
+def test_an_abort_whose_time_ran_out_is_called_again_then_given_up() -> None:
+    """librdkafka's abort that timed out is resumed by calling it again; a CI run of the
+    broker-freeze test failed the worker on the first such timeout. Retried up to
+    ABORT_ATTEMPTS times with a heartbeat between; then, or at once for an error that is not
+    retriable, raised (the engine then replaces its clients: decision 0194)."""
+    beats: list[int] = []
+    producer = Aborts(TIMED_OUT, TIMED_OUT, None)
+    abort_retrying(producer, 30, ABORT_ATTEMPTS, lambda: beats.append(1))
+    assert producer.calls == 3 and beats == [1, 1]
+    producer = Aborts(*[TIMED_OUT] * ABORT_ATTEMPTS)
+    with pytest.raises(KafkaException):
+        abort_retrying(producer, 30, ABORT_ATTEMPTS, lambda: None)
+    assert producer.calls == ABORT_ATTEMPTS
+    for final in (
+        KafkaError(KafkaError._STATE, "not in a transaction"),
+        KafkaError(KafkaError._FENCED, "fenced", fatal=True, retriable=True),
+    ):
+        producer = Aborts(final, None)
+        with pytest.raises(KafkaException):
+            abort_retrying(producer, 30, ABORT_ATTEMPTS, lambda: None)
+        assert producer.calls == 1
