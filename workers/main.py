@@ -148,11 +148,13 @@ def run_pipeline(
                 except (FatalClientError, KafkaException) as error:
                     if stop.is_set():  # the stop's own checkpoint failed: say so
                         raise
-                    # A replacement that could not start because the broker does not answer
-                    # yet (init_transactions timed out: the outage that fenced the one
-                    # before may last) is tried again under the same bound.
+                    # A transient Kafka error that left the engine (the broker away or just
+                    # back: a committed-offsets lookup in an assignment timed out; a
+                    # replacement's init_transactions timed out) starts it again under the
+                    # same bound, as a pod restart would; only a first engine that never
+                    # began fails at once (a broker not there at all).
                     if isinstance(error, KafkaException) and not (
-                        restarts and not engine.began and transient(error.args[0])
+                        transient(error.args[0]) and (restarts or engine.began)
                     ):
                         raise
                     now = monotonic()
