@@ -79,6 +79,7 @@ from streamherd.workers.kafkaclients import (
     is_fatal,
     producer_config,
     send_offsets_fenced,
+    transient,
 )
 from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics
@@ -101,27 +102,6 @@ RESTORE_TIMEOUT_SECONDS: Final = 180.0
 RETRY_SECONDS: Final = 45.0
 #: The pause before each try again.
 RETRY_PAUSE_SECONDS: Final = 0.5
-#: Failures that waiting cures: a broker or coordinator restarting or moving. librdkafka
-#: retries them inside a call until its timeout, then returns them as needing an abort (not
-#: as retriable): the whole transaction is tried again (RETRY_SECONDS).
-TRANSIENT: Final = frozenset(
-    {
-        KafkaError.NOT_COORDINATOR,
-        KafkaError.COORDINATOR_NOT_AVAILABLE,
-        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-        KafkaError.CONCURRENT_TRANSACTIONS,
-        KafkaError.REQUEST_TIMED_OUT,
-        KafkaError.NETWORK_EXCEPTION,
-        KafkaError.NOT_ENOUGH_REPLICAS,
-        KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-        KafkaError._TIMED_OUT,
-        KafkaError._MSG_TIMED_OUT,
-        KafkaError._TRANSPORT,
-        KafkaError._ALL_BROKERS_DOWN,
-    }
-)
 #: The group's answers that the member committing offsets is no longer the one it names: the
 #: group has moved on (a rebalance, a member left behind). Only these refuse a checkpoint;
 #: every other failure is the worker's to report.
@@ -142,11 +122,6 @@ def refused_by_the_group(error: KafkaError) -> bool:
     """Whether a failed transaction with offsets was the group's refusal of a member it no
     longer has (not fatal: the producer itself is still good)."""
     return not error.fatal() and error.code() in GROUP_FENCED
-
-
-def transient(error: KafkaError) -> bool:
-    """Whether a failed transaction may succeed if tried again a moment later."""
-    return not error.fatal() and (error.retriable() or error.code() in TRANSIENT)
 
 
 def retrying(call: Any, deadline: float) -> None:

@@ -213,6 +213,35 @@ class StuckCallError(RuntimeError):
     exactly-once survives (the next incarnation's init_transactions fences this one)."""
 
 
+#: Failures that waiting cures: a broker or coordinator restarting or moving. librdkafka
+#: retries them inside a call until its timeout, then returns them as needing an abort (not
+#: as retriable): a changelog's whole transaction is tried again
+#: (changelog.RETRY_SECONDS); an engine that meets one starts again (main.run_pipeline).
+TRANSIENT: Final = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.CONCURRENT_TRANSACTIONS,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError._TIMED_OUT,
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+    }
+)
+
+
+def transient(error: KafkaError) -> bool:
+    """Whether a failed transaction may succeed if tried again a moment later."""
+    return not error.fatal() and (error.retriable() or error.code() in TRANSIENT)
+
+
 class FatalClientError(RuntimeError):
     """A Kafka client of the engine reached librdkafka's fatal state, where it can never be
     used again and must be replaced: most often a transactional producer fenced because the

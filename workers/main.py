@@ -31,10 +31,9 @@ import orjson
 import yaml
 from confluent_kafka import KafkaException
 
-from streamherd.workers.changelog import transient
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.engine import Engine, RunSummary
-from streamherd.workers.kafkaclients import FatalClientError, StuckCallError
+from streamherd.workers.kafkaclients import FatalClientError, StuckCallError, transient
 from streamherd.workers.logs import configure, log_event
 from streamherd.workers.metrics import EngineMetrics, MetricsServer
 from streamherd.workers.processing import Processor

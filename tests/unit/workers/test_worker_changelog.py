@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamherd.workers import changelog
+from streamherd.workers import changelog, kafkaclients
 from streamherd.workers.checkpointing import Checkpoint, CheckpointPostponed, CheckpointRefused
 from streamherd.workers.config import ChangelogConfig, KafkaSourceConfig, ProcessorConfig
 from streamherd.workers.processing import Processor
@@ -408,7 +408,7 @@ def test_only_the_group_moving_on_refuses_a_checkpoint(
     ],
 )
 def test_what_waiting_cures(error: KafkaError, expected: bool) -> None:
-    assert changelog.transient(error) is expected
+    assert kafkaclients.transient(error) is expected
 
 
 def test_a_retriable_failure_is_tried_again_until_it_succeeds_or_the_deadline(
