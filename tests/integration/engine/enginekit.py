@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,6 +95,71 @@ def clicks(start_id: int, count: int, users: int = 200) -> Iterator[tuple[str, d
     for i in range(start_id, start_id + count):
         user = f"user-{(i * 7919) % users}"
         yield user, {"id": i, "user": user, "bytes": (i * 31) % 997, "ts": BASE_TS + i * 2}
+
+
+class PacedProducer(threading.Thread):
+    """Records at ``rate`` per second in quarter-second chunks, from id 0 on, until
+    :meth:`finish` (or ``limit`` records): production spans the test's faults however long
+    they take on this machine, and the test ends when they do.
+
+    One producer serves every chunk: a producer's set-up costs about half a second (its
+    producer id's round trip), so one per chunk would run far below the nominal rate and
+    make a fixed count last as long as the machine is slow. ``make(start, count)``: the
+    records (:func:`clicks` by default); ``with_bad``: a record that is no JSON after each
+    chunk (counted in :attr:`bad`). :attr:`records`: every record produced, in order.
+    """
+
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        topic: str,
+        rate: int,
+        *,
+        make: Callable[[int, int], Iterable[tuple[str, dict[str, Any]]]] = clicks,
+        with_bad: bool = False,
+        limit: int | None = None,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.broker, self.topic, self.rate, self.make = broker, topic, rate, make
+        self.with_bad, self.limit = with_bad, limit
+        self.records: list[tuple[str, dict[str, Any]]] = []
+        self.bad = 0
+        self.error: BaseException | None = None
+        self._stopping = threading.Event()
+
+    @property
+    def total(self) -> int:
+        return len(self.records)
+
+    def run(self) -> None:
+        try:
+            producer = self.broker.producer()
+            chunk = max(self.rate // 4, 1)
+            started = time.monotonic()
+            while not self._stopping.is_set():
+                start = self.total
+                count = chunk if self.limit is None else min(chunk, self.limit - start)
+                if count <= 0:
+                    return
+                batch = list(self.make(start, count))
+                bad = [("bad", b"not json %d" % start)] if self.with_bad else []
+                self.broker.produce(self.topic, [*batch, *bad], producer=producer)
+                self.records += batch
+                self.bad += len(bad)
+                self._stopping.wait(max(started + self.total / self.rate - time.monotonic(), 0))
+        except BaseException as error:  # reported by the test thread
+            self.error = error
+
+    def finish(self, timeout: float = 60.0) -> None:
+        """Stop after the chunk in flight (every record produced is delivered)."""
+        self._stopping.set()
+        self.complete(timeout)
+
+    def complete(self, timeout: float) -> None:
+        """Wait for the producer's end (``limit`` reached, or :meth:`finish`); no error."""
+        self.join(timeout)
+        assert self.error is None, self.error
+        assert not self.is_alive(), f"the producer still running after {timeout}s"
 
 
 def flush_markers(broker: KafkaBroker, topic: str, partitions: int, after_ts: int) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from streamherd.workers.windowing import PartitionWindows
 from tests.infra.kafka import KafkaBroker
 from tests.integration.engine.enginekit import (
     BASE_TS,
+    PacedProducer,
     Worker,
     assert_matches,
     clicks,
@@ -43,26 +43,6 @@ from tests.integration.engine.enginekit import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.slow]
-
-
-class SteadyProducer(threading.Thread):
-    """Produces `total` click records in chunks at about `rate` records/s."""
-
-    def __init__(self, broker: KafkaBroker, topic: str, total: int, rate: int) -> None:
-        super().__init__(daemon=True)
-        self.broker, self.topic, self.total, self.rate = broker, topic, total, rate
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            chunk = max(self.rate // 4, 1)
-            started = time.monotonic()
-            for start in range(0, self.total, chunk):
-                self.broker.produce(self.topic, clicks(start, min(chunk, self.total - start)))
-                due = started + (start + chunk) / self.rate
-                time.sleep(max(due - time.monotonic(), 0))
-        except BaseException as error:  # reported by the test thread
-            self.error = error
 
 
 def finish_and_verify(
@@ -95,7 +75,7 @@ def test_sigkill_at_random_moments_loses_nothing_counts_nothing_twice(
     kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:
     src, sink, dlq = make_topics(kafka_broker)
-    total, rate = 45_000, 1_000
+    rate = 1_000
     config = pipeline_config(
         kafka_broker,
         source=src,
@@ -106,7 +86,7 @@ def test_sigkill_at_random_moments_loses_nothing_counts_nothing_twice(
         batchSize=500,
     )
     config["checkpoint"]["intervalSeconds"] = 0.5  # more checkpoints: more kills inside one
-    producer = SteadyProducer(kafka_broker, src, total, rate)
+    producer = PacedProducer(kafka_broker, src, rate)  # until the kills are over
     producer.start()
     worker = Worker.create(tmp_path, "w", config).start()
     rng = random.Random(20260101)
@@ -136,10 +116,8 @@ def test_sigkill_at_random_moments_loses_nothing_counts_nothing_twice(
             worker.kill()
             kills += 1
             worker.start()
-        producer.join(120)
-        assert producer.error is None, producer.error
-        assert not producer.is_alive()
-        finish_and_verify(kafka_broker, src, sink, dlq, total, [worker])
+        producer.finish()
+        finish_and_verify(kafka_broker, src, sink, dlq, producer.total, [worker])
     finally:
         worker.stop()
     log = worker.log_path.read_text()
@@ -150,7 +128,7 @@ def test_second_worker_joins_and_leaves_mid_stream(
     kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:
     src, sink, dlq = make_topics(kafka_broker)
-    total, rate = 30_000, 1_500
+    rate = 1_500
     config = pipeline_config(
         kafka_broker,
         source=src,
@@ -160,7 +138,7 @@ def test_second_worker_joins_and_leaves_mid_stream(
         checkpoints=tmp_path / "ck",
         batchSize=500,
     )
-    producer = SteadyProducer(kafka_broker, src, total, rate)
+    producer = PacedProducer(kafka_broker, src, rate)  # until b has come and gone
     producer.start()
     first = Worker.create(tmp_path, "a", config).start()
     second = Worker.create(
@@ -196,9 +174,8 @@ def test_second_worker_joins_and_leaves_mid_stream(
         )
         second.signal(signal.SIGTERM)  # leaves the group: its partitions go back to a
         assert second.wait(20) == 0, second.log_tail()
-        producer.join(120)
-        assert producer.error is None, producer.error
-        finish_and_verify(kafka_broker, src, sink, dlq, total, [first])
+        producer.finish()
+        finish_and_verify(kafka_broker, src, sink, dlq, producer.total, [first])
         rebalances = {
             k: v for k, v in first.metrics().items() if k.startswith("streamherd_rebalances")
         }

@@ -28,7 +28,6 @@ transaction left (pg_prepared_xacts empty); and the outages felt in the worker's
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +39,14 @@ import pytest
 from streamherd.workers.main import DATABASE_EXIT_CODE
 from streamherd.workers.sinks_postgres import ANSWER_TIMEOUT_SECONDS, NoAnswerError, connect
 from tests.infra.kafka import KafkaBroker
-from tests.integration.engine.enginekit import Kubelet, Worker, clicks, flush_markers, wait_until
+from tests.integration.engine.enginekit import (
+    Kubelet,
+    PacedProducer,
+    Worker,
+    clicks,
+    flush_markers,
+    wait_until,
+)
 from tests.integration.engine.test_engine_repartition import page_clicks
 from tests.integration.storage.pgserver import PostgresServer, start_postgres, stop_postgres
 from tests.integration.storage.test_postgres_exactly_once import (
@@ -68,50 +74,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.slow]
 
 CRASHES = 3
 RATE = 500  # records/s, until the outages are over
-
-
-class PacedProducer(threading.Thread):
-    """Records at ``RATE`` per second in quarter-second chunks through one producer, until
-    :meth:`finish`: production spans the outages, however long they take. (The broker's
-    ``produce`` makes a producer per call, whose set-up costs about half a second: the
-    other paced producers run well below their nominal rate, so a fixed count would be
-    produced over a time that depends on the machine.) ``pages``: the repartition hop's
-    clicks (``page_clicks``) with a bad record after each chunk; else enginekit's clicks."""
-
-    def __init__(self, broker: KafkaBroker, topic: str, *, pages: bool) -> None:
-        super().__init__(daemon=True)
-        self.broker, self.topic, self.pages = broker, topic, pages
-        self.records: list[tuple[str, dict[str, Any]]] = []  # pages: every click produced
-        self.total = 0
-        self.bad = 0
-        self.error: BaseException | None = None
-        self._stopping = threading.Event()
-
-    def run(self) -> None:
-        try:
-            producer = self.broker.producer()
-            chunk = RATE // 4
-            started = time.monotonic()
-            while not self._stopping.is_set():
-                start = self.total
-                if self.pages:
-                    batch = list(page_clicks(start, chunk))
-                    bad = ("bad", b"not json %d" % start)
-                    self.broker.produce(self.topic, [*batch, bad], producer=producer)
-                    self.records += batch
-                    self.bad += 1
-                else:
-                    self.broker.produce(self.topic, clicks(start, chunk), producer=producer)
-                self.total += chunk
-                time.sleep(max(started + self.total / RATE - time.monotonic(), 0))
-        except BaseException as error:  # reported by the test thread
-            self.error = error
-
-    def finish(self) -> None:
-        self._stopping.set()
-        self.join(60)
-        assert self.error is None, self.error
-        assert not self.is_alive()
 
 
 @pytest.fixture
@@ -174,7 +136,9 @@ def test_a_database_killed_and_frozen_mid_stream_loses_and_repeats_no_window(
     dsn = server.create_database("crashes")
     monkeypatch.setenv(DSN_ENV, dsn)
     config, src, dlq = configure(variant, kafka_broker, tmp_path, dsn)
-    producer = PacedProducer(kafka_broker, src, pages=variant == "twoPhase")
+    pages = variant == "twoPhase"  # the repartition hop's clicks, a bad record after each chunk
+    producer = PacedProducer(kafka_broker, src, RATE, make=page_clicks if pages else clicks,
+                             with_bad=pages)  # fmt: skip
     w = worker(tmp_path, "w", config)
     if variant == "twoPhase":
         # Each checkpoint waits 0.1 s between Kafka's commit and COMMIT PREPARED: a

@@ -32,12 +32,17 @@ import psycopg
 import pytest
 
 from tests.infra.kafka import KafkaBroker
-from tests.integration.engine.enginekit import Worker, clicks, flush_markers, wait_until
+from tests.integration.engine.enginekit import (
+    PacedProducer,
+    Worker,
+    clicks,
+    flush_markers,
+    wait_until,
+)
 from tests.integration.storage.test_postgres_pipeline import (
     BASE_END_TS,
     DSN_ENV,
     PARTITIONS,
-    SteadyProducer,
     assert_table_equals_reference,
     metric,
     pg_config,
@@ -176,8 +181,7 @@ def test_kills_at_chosen_points_leave_each_window_written_once(
 ) -> None:
     monkeypatch.setenv(DSN_ENV, postgres_dsn)
     config, src = exactly_once_config(kafka_broker, tmp_path, postgres_dsn)
-    total = 40_000
-    producer = SteadyProducer(kafka_broker, src, total, 800)
+    producer = PacedProducer(kafka_broker, src, 800)  # until the kills are over
     producer.start()
     w = worker(tmp_path, "w", config)
     points: list[Callable[[str, Worker], None]] = [
@@ -190,10 +194,9 @@ def test_kills_at_chosen_points_leave_each_window_written_once(
         wait_until("first rows committed", lambda: len(offsets(postgres_dsn)) > 0, 90, [w])
         for kill in points:
             kill(postgres_dsn, w)
-            assert producer.is_alive(), "the producer ended before the kills did"
             w.start()
         producer.finish()
-        finish(kafka_broker, src, postgres_dsn, total, [w])
+        finish(kafka_broker, src, postgres_dsn, producer.total, [w])
     finally:
         w.stop()
     log = w.log_path.read_text()
@@ -205,8 +208,7 @@ def test_random_sigkills_of_two_workers_leave_each_window_written_once(
 ) -> None:
     monkeypatch.setenv(DSN_ENV, postgres_dsn)
     config, src = exactly_once_config(kafka_broker, tmp_path, postgres_dsn)
-    total = 40_000
-    producer = SteadyProducer(kafka_broker, src, total, 1_000)
+    producer = PacedProducer(kafka_broker, src, 1_000)  # until the kills are over
     workers = [worker(tmp_path, n, config) for n in ("a", "b")]
     rng = random.Random(105)
     try:
@@ -221,9 +223,8 @@ def test_random_sigkills_of_two_workers_leave_each_window_written_once(
             victim.kill()  # every restart is a rebalance for the other one too
             kills += 1
             victim.start()
-        assert producer.is_alive(), "the producer ended before the kills did"
         producer.finish()
-        finish(kafka_broker, src, postgres_dsn, total, workers)
+        finish(kafka_broker, src, postgres_dsn, producer.total, workers)
         assert all(metric(w, "streamherd_sink_up") == 1 for w in workers)
     finally:
         for w in workers:

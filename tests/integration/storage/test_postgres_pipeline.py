@@ -13,7 +13,6 @@ mid-run, during which the worker must pause, show the outage and commit no offse
 from __future__ import annotations
 
 import random
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ from psycopg import sql
 
 from tests.infra.kafka import KafkaBroker
 from tests.integration.engine.enginekit import (
+    PacedProducer,
     Worker,
     clicks,
     flush_markers,
@@ -113,30 +113,6 @@ def assert_table_equals_reference(dsn: str, total: int, workers: list[Worker]) -
     assert not wrong, f"{len(wrong)} windows with wrong aggregates, e.g. {wrong[:3]}"
 
 
-class SteadyProducer(threading.Thread):
-    """Produces `total` click records in chunks at about `rate` records/s."""
-
-    def __init__(self, broker: KafkaBroker, topic: str, total: int, rate: int) -> None:
-        super().__init__(daemon=True)
-        self.broker, self.topic, self.total, self.rate = broker, topic, total, rate
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            chunk = max(self.rate // 4, 1)
-            started = time.monotonic()
-            for start in range(0, self.total, chunk):
-                self.broker.produce(self.topic, clicks(start, min(chunk, self.total - start)))
-                time.sleep(max(started + (start + chunk) / self.rate - time.monotonic(), 0))
-        except BaseException as error:  # reported by the test thread
-            self.error = error
-
-    def finish(self) -> None:
-        self.join(180)
-        assert self.error is None, self.error
-        assert not self.is_alive()
-
-
 def topics(broker: KafkaBroker) -> tuple[str, str]:
     src = broker.create_topic(broker.unique_topic("pg-in"), PARTITIONS)
     dlq = broker.create_topic(broker.unique_topic("pg-dlq"), 1)
@@ -177,10 +153,9 @@ def test_sigkill_during_writes_then_restart_leaves_the_reference(
 ) -> None:
     monkeypatch.setenv(DSN_ENV, postgres_dsn)
     src, dlq = topics(kafka_broker)
-    total = 40_000
     config = pg_config(kafka_broker, src, dlq, tmp_path / "ck", batchSize=500)
     config["checkpoint"]["intervalSeconds"] = 0.5
-    producer = SteadyProducer(kafka_broker, src, total, 800)
+    producer = PacedProducer(kafka_broker, src, 800)  # until the kills are over
     producer.start()
     worker = Worker.create(tmp_path, "w", config).start()
     rng = random.Random(6)
@@ -196,12 +171,11 @@ def test_sigkill_during_writes_then_restart_leaves_the_reference(
                 [worker],
             )
             time.sleep(rng.uniform(0.0, 2.0))  # a random moment: the test
-            assert producer.is_alive(), "the producer ended before the kills did"
             worker.kill()
             worker.start()
         producer.finish()
-        flush_markers(kafka_broker, src, PARTITIONS, BASE_END_TS(total))
-        assert_table_equals_reference(postgres_dsn, total, [worker])
+        flush_markers(kafka_broker, src, PARTITIONS, BASE_END_TS(producer.total))
+        assert_table_equals_reference(postgres_dsn, producer.total, [worker])
     finally:
         worker.stop()
     assert worker.log_path.read_text().count("event=partition-restored") >= 3
@@ -221,11 +195,10 @@ def test_postgres_stopped_and_restarted_mid_run_loses_nothing(
 ) -> None:
     monkeypatch.setenv(DSN_ENV, postgres_dsn)
     src, dlq = topics(kafka_broker)
-    total = 40_000
     config = pg_config(kafka_broker, src, dlq, tmp_path / "ck", batchSize=500)
     config["checkpoint"]["intervalSeconds"] = 0.5
     group = config["source"]["kafka"]["consumerGroup"]
-    producer = SteadyProducer(kafka_broker, src, total, 1_000)
+    producer = PacedProducer(kafka_broker, src, 1_000)  # until the database is back
     producer.start()
     worker = Worker.create(tmp_path, "w", config).start()
     try:
@@ -264,8 +237,8 @@ def test_postgres_stopped_and_restarted_mid_run_loses_nothing(
             postgres_server.start()
         wait_until("the sink to recover", lambda: metric(worker, "streamherd_sink_up") == 1, 60)
         producer.finish()
-        flush_markers(kafka_broker, src, PARTITIONS, BASE_END_TS(total))
-        assert_table_equals_reference(postgres_dsn, total, [worker])
+        flush_markers(kafka_broker, src, PARTITIONS, BASE_END_TS(producer.total))
+        assert_table_equals_reference(postgres_dsn, producer.total, [worker])
         assert metric(worker, "streamherd_paused") == 0
     finally:
         worker.stop()

@@ -26,7 +26,6 @@ import random
 import re
 import shutil
 import signal
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,7 +35,7 @@ import psycopg
 import pytest
 
 from tests.infra.kafka import KafkaBroker
-from tests.integration.engine.enginekit import Worker, wait_until
+from tests.integration.engine.enginekit import PacedProducer, Worker, wait_until
 from tests.integration.engine.test_engine_repartition import flush, page_clicks, page_reference
 from tests.integration.storage.pgserver import start_postgres, stop_postgres
 from tests.integration.storage.test_postgres_exactly_once import (
@@ -67,34 +66,6 @@ def two_phase_config(
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(AUDIT)  # the table the sink would create, plus the write counter
     return config, src, dlq
-
-
-class PageProducer(threading.Thread):
-    """Clicks keyed by user in chunks at about `rate` records/s, a bad record after each."""
-
-    def __init__(self, broker: KafkaBroker, topic: str, records: Records, rate: int) -> None:
-        super().__init__(daemon=True)
-        self.broker, self.topic, self.records, self.rate = broker, topic, records, rate
-        self.bad = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            chunk = max(self.rate // 4, 1)
-            started = time.monotonic()
-            for start in range(0, len(self.records), chunk):
-                self.broker.produce(self.topic, self.records[start : start + chunk])
-                self.broker.produce(self.topic, [("bad", b"not json %d" % start)])
-                self.bad += 1
-                time.sleep(max(started + (start + chunk) / self.rate - time.monotonic(), 0))
-        except BaseException as error:  # reported by the test thread
-            self.error = error
-
-    def finish(self) -> int:
-        self.join(300)
-        assert self.error is None, self.error
-        assert not self.is_alive()
-        return self.bad
 
 
 def prepared(dsn: str) -> list[str]:
@@ -174,8 +145,7 @@ def test_random_sigkills_with_repartition_and_dead_letters_write_each_window_onc
 ) -> None:
     monkeypatch.setenv(DSN_ENV, postgres_dsn)
     config, src, dlq = two_phase_config(kafka_broker, tmp_path, postgres_dsn)
-    records = list(page_clicks(0, 24_000))
-    producer = PageProducer(kafka_broker, src, records, 800)
+    producer = PacedProducer(kafka_broker, src, 800, make=page_clicks, with_bad=True)
     workers = [worker(tmp_path, n, config) for n in ("a", "b")]
     rng = random.Random(155)
     try:
@@ -188,9 +158,8 @@ def test_random_sigkills_with_repartition_and_dead_letters_write_each_window_onc
             victim = rng.choice(workers)
             victim.kill()  # every restart is a rebalance for the other one too
             victim.start()
-        assert producer.is_alive(), "the producer ended before the kills did"
-        bad = producer.finish()
-        verify(kafka_broker, postgres_dsn, src, dlq, records, bad, workers)
+        producer.finish()  # the records flowed through every kill
+        verify(kafka_broker, postgres_dsn, src, dlq, producer.records, producer.bad, workers)
     finally:
         for w in workers:
             w.stop()
@@ -225,8 +194,7 @@ def test_kills_between_the_phases_are_decided_as_kafka_decided(
     partitions decides, and the table stays exact."""
     monkeypatch.setenv(DSN_ENV, postgres_dsn)
     config, src, dlq = two_phase_config(kafka_broker, tmp_path, postgres_dsn)
-    records = list(page_clicks(0, 24_000))
-    producer = PageProducer(kafka_broker, src, records, 300)  # flowing through every kill
+    producer = PacedProducer(kafka_broker, src, 300, make=page_clicks, with_bad=True)
     a, b = worker(tmp_path, "a", config), worker(tmp_path, "b", config)
     plain = dict(a.env or {})
     expected = {"prepared": "rollback", "kafka-committed": "commit"}
@@ -258,9 +226,8 @@ def test_kills_between_the_phases_are_decided_as_kafka_decided(
             assert not any(g.endswith(":" + generation) for g in prepared(postgres_dsn))
             if not a.alive():
                 a.start()
-        assert producer.is_alive(), "the producer ended before the kills did"
-        bad = producer.finish()
-        verify(kafka_broker, postgres_dsn, src, dlq, records, bad, [a, b])
+        producer.finish()  # the records flowed through every kill
+        verify(kafka_broker, postgres_dsn, src, dlq, producer.records, producer.bad, [a, b])
     finally:
         a.stop()
         b.stop()
@@ -335,8 +302,7 @@ def test_changelog_state_survives_every_worker_killed_with_no_volume(
     SIGKILLed at random moments and restarted with an empty checkpoint directory."""
     monkeypatch.setenv(DSN_ENV, postgres_dsn)
     config, src, dlq = two_phase_config(kafka_broker, tmp_path, postgres_dsn, changelog=True)
-    records = list(page_clicks(0, 16_000))
-    producer = PageProducer(kafka_broker, src, records, 800)
+    producer = PacedProducer(kafka_broker, src, 800, make=page_clicks, with_bad=True)
     workers = [worker(tmp_path, n, config) for n in ("a", "b")]
     rng = random.Random(60)
     try:
@@ -356,9 +322,8 @@ def test_changelog_state_survives_every_worker_killed_with_no_volume(
             wait_until("the restarted workers assigned",
                        lambda b=before: all(assignments(w) > b[w.name] for w in workers),
                        120, workers)  # fmt: skip
-        assert producer.is_alive(), "the producer ended before the kills did"
-        bad = producer.finish()
-        verify(kafka_broker, postgres_dsn, src, dlq, records, bad, workers)
+        producer.finish()  # the records flowed through every kill
+        verify(kafka_broker, postgres_dsn, src, dlq, producer.records, producer.bad, workers)
         restored = sum(w.log_path.read_text().count("event=changelog-restored") for w in workers)
         assert restored >= 4, "the restarts did not restore from the changelog"
     finally:
