@@ -2031,7 +2031,9 @@ class Engine:
         repartition and changelog records, the offsets with the generation as metadata),
         then the database's committed. False: postponed (the database refused before its
         prepare), or both aborted and the partitions rewound. Any outcome that is not
-        certain stops the worker (TransactionError): recovery decides from Kafka's offsets."""
+        certain ends the engine and leaves the prepared transaction to recovery, which
+        decides from Kafka's offsets: the database's stops the worker (TransactionError); a
+        Kafka client's starts the engine again in-process (FatalClientError, decision 0194)."""
         offsets = [(st.topic, st.partition, st.next_offset or 0) for st in dirty]
         prepared = False
         if offsets:
@@ -2057,21 +2059,27 @@ class Engine:
             self.metrics.error("transaction")
             log_event(log, logging.WARNING, "transaction-failed", reason=reason, error=str(error))
             # Only an abort that succeeded proves Kafka's transaction will never commit; then,
-            # and only then, the database's prepared one may roll back.
-            aborted = False
-            if not error.args[0].fatal():
-                try:
-                    producer.abort_transaction(30)
-                    aborted = True
-                except KafkaException as abort_error:
-                    log_event(log, logging.ERROR, "transaction-abort-failed",
-                              error=str(abort_error))  # fmt: skip
-            if not aborted:
+            # and only then, the database's prepared one may roll back. A producer that failed
+            # fatally (fenced: its transaction outlived the timeout) or cannot abort is
+            # replaced with the engine (decision 0194); the prepared transaction stays, and the
+            # next engine's recovery decides it from Kafka's committed offsets, as a restarted
+            # worker's would (the next producer's init_transactions ends this transaction).
+            if is_fatal(error):
                 self._broken = True
-                raise TransactionError(
-                    f"transaction failed ({error}); its prepared database transaction is left "
-                    "to recovery"
+                raise FatalClientError(
+                    f"transaction failed fatally ({error}); its prepared database transaction "
+                    "is left to recovery"
                 ) from error
+            try:
+                abort_retrying(producer, 30, ABORT_ATTEMPTS, self._beat)
+            except KafkaException as abort_error:
+                log_event(log, logging.ERROR, "transaction-abort-failed",
+                          error=str(abort_error))  # fmt: skip
+                self._broken = True
+                raise FatalClientError(
+                    f"cannot abort the transaction ({abort_error}); its prepared database "
+                    "transaction is left to recovery"
+                ) from abort_error
             if prepared:
                 self._decide_prepared(commit=False)
             self._abort_and_rewind(source, str(error), kafka_aborted=True)

@@ -16,8 +16,9 @@ decides from Kafka's committed offsets. Each test ends with
 Kill points: at random moments with two workers; between PREPARE and Kafka's commit and
 between Kafka's commit and COMMIT PREPARED (the worker's fault-pause hook, STREAMHERD_FAULT_PAUSE,
 holds it there and the test kills it); a worker frozen with SIGSTOP between the phases while
-another takes its partitions; and, with the state in a changelog topic, every worker killed and
-restarted with no volume.
+another takes its partitions; a worker whose producer the broker fenced between the phases
+(it starts its engine again in-process); and, with the state in a changelog topic, every
+worker killed and restarted with no volume.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from confluent_kafka import Producer
 
+from streamherd.workers.config import WorkerConfig
+from streamherd.workers.engine import transactional_id
 from tests.infra.kafka import KafkaBroker
 from tests.integration.engine.enginekit import PacedProducer, Worker, wait_until
 from tests.integration.engine.test_engine_repartition import flush, page_clicks, page_reference
@@ -231,6 +235,51 @@ def test_kills_between_the_phases_are_decided_as_kafka_decided(
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_producer_fenced_between_the_phases_starts_again_and_recovery_decides(
+    kafka_broker: KafkaBroker, postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's producer fenced while its database transaction is prepared: the broker
+    aborts Kafka's transaction (as when it outlived its timeout while the broker was away),
+    and the commit fails fatally. The worker must not exit (it did: TransactionError): it
+    starts its engine again in-process (decision 0194), the next engine's recovery rolls the
+    prepared transaction back (Kafka's never committed), and the table stays exact. The
+    fault-pause hook holds every checkpoint between PREPARE and Kafka's commit; the test is
+    the newer producer of the worker's transactional id, twice."""
+    monkeypatch.setenv(DSN_ENV, postgres_dsn)
+    config, src, dlq = two_phase_config(kafka_broker, tmp_path, postgres_dsn)
+    records = list(page_clicks(0, 9_000))
+    w = worker(tmp_path, "a", config)
+    w.env = {**(w.env or {}), "STREAMHERD_FAULT_PAUSE": "prepared:4"}
+    monkeypatch.setenv("STREAMHERD_WORKER_ID", "a")  # as the worker's environment says
+    txid = transactional_id(WorkerConfig.model_validate(config))
+    try:
+        w.start()
+        wait_until("a ready", lambda: w.get("/readyz")[0] == 200, 90, [w])
+        for fenced, start in enumerate(range(0, 6_000, 3_000), start=1):
+            seen = len(PAUSED.findall(w.log_path.read_text()))
+            kafka_broker.produce(src, [*records[start : start + 3_000], ("bad", b"not json")])
+            wait_until(f"a paused at prepared ({fenced})",
+                       lambda n=seen: paused_generation(w, "prepared", n) is not None, 120,
+                       [w])  # fmt: skip
+            generation = paused_generation(w, "prepared", seen)
+            assert generation is not None
+            newer = Producer({"bootstrap.servers": kafka_broker.bootstrap,
+                              "transactional.id": txid})  # fmt: skip
+            newer.init_transactions(30)  # the broker aborts the paused worker's transaction
+            wait_until(f"the transaction prepared before fence {fenced} decided",
+                       lambda g=generation: recovered([w], g) is not None, 120,
+                       [w])  # fmt: skip
+            assert recovered([w], generation) == "rollback"
+            assert w.log_path.read_text().count("event=client-fatal") >= fenced
+        kafka_broker.produce(src, records[6_000:])
+        assert w.alive(), w.log_tail()
+        verify(kafka_broker, postgres_dsn, src, dlq, records, 2, [w])
+    finally:
+        w.stop()
+    log = w.log_path.read_text()
+    assert "event=failed" not in log and "TransactionError" not in log, log[-3000:]
 
 
 def test_a_worker_frozen_between_the_phases_commits_nothing_after_its_partitions_moved(
