@@ -37,6 +37,7 @@ from streamherd.workers.kafkaclients import FatalClientError, StuckCallError, tr
 from streamherd.workers.logs import configure, log_event
 from streamherd.workers.metrics import EngineMetrics, MetricsServer
 from streamherd.workers.processing import Processor
+from streamherd.workers.repartitioning import TopicNotReadyError
 from streamherd.workers.sinks_postgres_offsets import (
     CommitOutcomeUnknownError,
     DatabaseUnavailableError,
@@ -144,16 +145,16 @@ def run_pipeline(
                     log_event(log, logging.INFO, "metrics-serving", port=server.port)
                 try:
                     return engine.run()
-                except (FatalClientError, KafkaException) as error:
+                except (FatalClientError, KafkaException, TopicNotReadyError) as error:
                     if stop.is_set():  # the stop's own checkpoint failed: say so
                         raise
-                    # A transient Kafka error that left the engine (the broker away or just
-                    # back: a committed-offsets lookup in an assignment timed out; a
-                    # replacement's init_transactions timed out) starts it again under the
-                    # same bound, as a pod restart would; only a first engine that never
-                    # began fails at once (a broker not there at all).
-                    if isinstance(error, KafkaException) and not (
-                        transient(error.args[0]) and (restarts or engine.began)
+                    # A transient error that left the engine (the broker away or just back: a
+                    # committed-offsets lookup in an assignment timed out; a replacement's
+                    # init_transactions timed out, or its topics showed no leaders in time)
+                    # starts it again under the same bound, as a pod restart would; only a
+                    # first engine that never began fails at once (a broker not there at all).
+                    if not isinstance(error, FatalClientError) and not (
+                        cured_by_waiting(error) and (restarts or engine.began)
                     ):
                         raise
                     now = monotonic()
@@ -183,6 +184,12 @@ def run_pipeline(
     finally:
         if server is not None:
             server.stop()
+
+
+def cured_by_waiting(error: KafkaException | TopicNotReadyError) -> bool:
+    """Whether an error that left an engine is one a wait can cure (the broker away, busy or
+    electing leaders), not one of the pipeline's settings or rights."""
+    return isinstance(error, TopicNotReadyError) or transient(error.args[0])
 
 
 @contextmanager

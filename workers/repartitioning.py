@@ -580,6 +580,12 @@ def idle_close(windows: PartitionWindows) -> list[tuple[str, dict[str, Any]]]:
 CONFIG_REFUSED: Final = frozenset({KafkaError.POLICY_VIOLATION, KafkaError.INVALID_CONFIG})
 
 
+class TopicNotReadyError(RuntimeError):
+    """A topic :func:`ensure_topic` made or found did not show every partition with a leader
+    (and one partition count) in time: the broker is away or still electing; waiting cures
+    it."""
+
+
 def ensure_topic(
     admin: AdminClient,
     name: str,
@@ -647,7 +653,7 @@ def ensure_topic(
         if count is not None and (count == partitions if created else count == last):
             return count
         if time.monotonic() > deadline:
-            raise RuntimeError(
+            raise TopicNotReadyError(
                 f"{what} topic {name} is not ready: {topic.error if topic else 'missing'}"
             )
         last = count

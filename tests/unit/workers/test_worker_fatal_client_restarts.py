@@ -26,6 +26,7 @@ from streamherd.workers import main
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.engine import RunSummary
 from streamherd.workers.kafkaclients import FatalClientError
+from streamherd.workers.repartitioning import TopicNotReadyError
 from streamherd.workers.sources import KafkaSource
 
 CONFIG = WorkerConfig.model_validate(
@@ -73,12 +74,25 @@ def stop(monkeypatch: pytest.MonkeyPatch) -> RecordingStop:
 NO_START: Final = "no-start"
 #: An engine that started and then lost the broker (a transient error, not a fatal one).
 LOST_LATER: Final = "lost-later"
+#: A replacement whose repartition or changelog topic showed no leader in time.
+TOPICS_NOT_READY: Final = "topics-not-ready"
+#: An engine that started and then met an error no wait cures (its rights taken away).
+REFUSED_LATER: Final = "refused-later"
+
+
+def failure(step: str) -> Exception:
+    """What an engine that fails with ``step`` raises."""
+    if step == TOPICS_NOT_READY:
+        return TopicNotReadyError("repartition topic t.repartition is not ready: missing")
+    if step == REFUSED_LATER:
+        return KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "denied"))
+    return KafkaException(KafkaError(KafkaError._TIMED_OUT, "no broker"))
 
 
 def scripted(script: Sequence[int | str | None]) -> tuple[type[Any], list[Any]]:
     """An Engine class whose n-th instance commits script[n] checkpoints and then fails
-    fatally, or (None) finishes, or raises a transient Kafka error before it began
-    (NO_START) or after (LOST_LATER)."""
+    fatally, or (None) finishes, or raises a transient error before it began (NO_START,
+    TOPICS_NOT_READY) or after (LOST_LATER), or one no wait cures after (REFUSED_LATER)."""
     made: list[Any] = []
 
     class Engine:
@@ -95,8 +109,8 @@ def scripted(script: Sequence[int | str | None]) -> tuple[type[Any], list[Any]]:
             if self.step is None:
                 return self.summary("exhausted", finished=True)
             if isinstance(self.step, str):
-                self.began = self.step == LOST_LATER
-                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no broker"))
+                self.began = self.step in (LOST_LATER, REFUSED_LATER)
+                raise failure(self.step)
             self.counters.checkpoints += self.step
             raise FatalClientError("fenced")
 
@@ -202,11 +216,41 @@ def test_a_first_start_the_broker_does_not_answer_fails_as_before(
     assert len(made) == 3
 
 
+def test_a_replacement_whose_topics_have_no_leaders_yet_is_tried_again_in_the_bound(
+    monkeypatch: pytest.MonkeyPatch, stop: RecordingStop
+) -> None:
+    """The broker just back may still be electing the repartition or changelog topic's
+    leaders when a replacement starts: tried again like an unanswered init_transactions
+    (it failed the worker: a RuntimeError); a first engine's fails at once, as before."""
+    engine, made = scripted([1, TOPICS_NOT_READY, None])
+    monkeypatch.setattr(main, "Engine", engine)
+    assert main.run_pipeline(CONFIG, stop=stop).reason == "exhausted"
+    assert stop.waits == [0.0, 1.0] and len(made) == 3
+    engine, made = scripted([TOPICS_NOT_READY])
+    monkeypatch.setattr(main, "Engine", engine)
+    with pytest.raises(TopicNotReadyError):
+        main.run_pipeline(CONFIG, stop=stop)
+    assert len(made) == 1
+
+
+def test_an_error_no_wait_cures_fails_the_worker_even_after_restarts(
+    monkeypatch: pytest.MonkeyPatch, stop: RecordingStop
+) -> None:
+    """Rights taken away (TOPIC_AUTHORIZATION_FAILED) are not the broker being away: the
+    worker fails and says so, however many restarts came before."""
+    engine, made = scripted([1, REFUSED_LATER, None])
+    monkeypatch.setattr(main, "Engine", engine)
+    with pytest.raises(KafkaException) as raised:
+        main.run_pipeline(CONFIG, stop=stop)
+    assert raised.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    assert len(made) == 2
+
+
 Outcome = tuple[str, float]  # what an engine does, and for how long it ran first
 outcomes = st.lists(
     st.one_of(
         st.tuples(st.just("fatal"), st.sampled_from([0.0, 1.0, 30.0, 150.0, 299.0, 301.0, 900.0])),
-        st.tuples(st.just(NO_START), st.just(0.0)),
+        st.tuples(st.sampled_from([NO_START, TOPICS_NOT_READY]), st.just(0.0)),
         st.tuples(st.just(LOST_LATER), st.just(5.0)),
     ),
     max_size=14,
@@ -246,7 +290,7 @@ def test_any_run_of_failures_restarts_within_the_bound_and_ends_as_its_model_say
                 if self.what == "fatal":
                     raise FatalClientError("fenced")
                 self.began = self.what == LOST_LATER
-                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no broker"))
+                raise failure(self.what)
 
             def summary(self, reason: str, finished: bool) -> RunSummary:
                 return RunSummary(0, 0, 0, 0, 0, 0, 0, 0.0, finished, reason)
@@ -260,7 +304,7 @@ def test_any_run_of_failures_restarts_within_the_bound_and_ends_as_its_model_say
             now += runs_for
             if what == "finish":
                 break
-            if what == NO_START and not waits:  # a first engine that never began
+            if what in (NO_START, TOPICS_NOT_READY) and not waits:  # a first that never began
                 ends = "raised"
                 break
             window = [t for t in window if now - t < main.FATAL_CLIENT_WINDOW_SECONDS]
@@ -274,7 +318,7 @@ def test_any_run_of_failures_restarts_within_the_bound_and_ends_as_its_model_say
         try:
             summary = main.run_pipeline(CONFIG, stop=stop)
             got = summary.reason
-        except (FatalClientError, KafkaException):
+        except (FatalClientError, KafkaException, TopicNotReadyError):
             got = "raised"
         assert (got, stop.waits, len(made)) == (ends, waits, engines)
         # The invariants, whatever the model says.
