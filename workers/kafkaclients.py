@@ -264,6 +264,24 @@ def is_fatal(error: KafkaException) -> bool:
 ABORT_ATTEMPTS: Final = 3
 
 
+def unbare(call: Callable[[], T]) -> T:
+    """``call()``, with a bare ``KafkaError`` it raises turned into the ``KafkaException`` it
+    is. confluent-kafka can raise the error object itself, no exception instance, from a call
+    that ran a rebalance callback which failed (a CI run of the broker-crash test: the
+    committed offsets asked in the assignment timed out after the broker came back, and
+    ``consume()`` raised it); no ``except Exception`` catches that, so the worker died past
+    its own error handling. For the consumer's calls that run callbacks: consume, close."""
+    try:
+        return call()
+    except BaseException:
+        raise
+    except:  # the one place that must catch what is not an exception
+        error = sys.exc_info()[1]
+        if isinstance(error, KafkaError):
+            raise KafkaException(error) from None
+        raise
+
+
 def abort_retrying(
     producer: Any, timeout: float, attempts: int, between: Callable[[], None]
 ) -> None:

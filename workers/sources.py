@@ -8,17 +8,16 @@ the engine (``streamherd.workers.engine``) only sees the protocol.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streamherd.workers.config import GeneratorSourceConfig, KafkaSourceConfig, WorkerConfig
 from streamherd.workers.generating import GENERATOR_TOPIC, ClickGenerator
-from streamherd.workers.kafkaclients import client_config, consumer_config
+from streamherd.workers.kafkaclients import client_config, consumer_config, unbare
 from streamherd.workers.logs import log_event
 from streamherd.workers.seams import LogIdentity, PartitionEvent, Source
 
@@ -75,19 +74,8 @@ class KafkaSource:
         return str(cluster_id) if cluster_id else None
 
     def poll(self, max_records: int, timeout: float) -> list[Any]:
-        try:
-            return self.consumer.consume(max_records, timeout)
-        except BaseException:
-            raise
-        except:  # confluent-kafka can raise a bare KafkaError, which is no exception
-            # A CI run of the broker-crash test: the committed offsets asked inside the
-            # assignment callback timed out after the broker came back, and consume()
-            # raised the KafkaError object itself, which no `except Exception` catches (the
-            # worker died past its own error handling). It is raised as the exception it is.
-            error = sys.exc_info()[1]
-            if isinstance(error, KafkaError):
-                raise KafkaException(error) from None
-            raise
+        consumer = self.consumer
+        return unbare(lambda: consumer.consume(max_records, timeout))
 
     @property
     def exhausted(self) -> bool:
@@ -178,8 +166,9 @@ class KafkaSource:
     def close(self) -> None:
         # close() revokes every partition through the revoke event, whose checkpoint
         # commits through this consumer: forgotten only afterwards.
-        if self._consumer is not None:
-            self._consumer.close()
+        consumer = self._consumer
+        if consumer is not None:
+            unbare(consumer.close)
         self._consumer = None
         self._admin = None
 

@@ -333,18 +333,29 @@ class BareErrorConsumer:
     (set the way its C code sets it: no exception instance, which `except Exception` misses)."""
 
     def consume(self, max_records: int, timeout: float) -> list[Any]:
-        raise_object = ctypes.pythonapi.PyErr_SetObject
-        raise_object.argtypes = [ctypes.py_object, ctypes.py_object]
-        raise_object.restype = None
-        raise_object(KafkaError, KafkaError(KafkaError._TIMED_OUT, "committed offsets timed out"))
+        raise_bare(KafkaError(KafkaError._TIMED_OUT, "committed offsets timed out"))
         return []  # never reached: the call above raised
 
+    def close(self) -> None:  # runs the revoke callback, which can fail the same way
+        raise_bare(KafkaError(KafkaError._TRANSPORT, "broker down"))
 
-def test_a_bare_kafka_error_from_consume_is_raised_as_the_exception_it_is() -> None:
+
+def raise_bare(error: KafkaError) -> None:
+    raise_object = ctypes.pythonapi.PyErr_SetObject
+    raise_object.argtypes = [ctypes.py_object, ctypes.py_object]
+    raise_object.restype = None
+    raise_object(KafkaError, error)
+
+
+def test_a_bare_kafka_error_from_the_consumer_is_raised_as_the_exception_it_is() -> None:
     """The worker died past its own error handling on it (no `event=failed`, a traceback at
-    the top); now it is a KafkaException, transient, which starts the engine again."""
+    the top); now it is a KafkaException, transient, which starts the engine again. From
+    consume() (seen in CI) and close() (which runs callbacks too)."""
     source = object.__new__(KafkaSource)
     source._consumer = BareErrorConsumer()  # type: ignore[assignment]
     with pytest.raises(KafkaException) as raised:
         source.poll(10, 0.1)
     assert raised.value.args[0].code() == KafkaError._TIMED_OUT
+    with pytest.raises(KafkaException) as raised:
+        source.close()
+    assert raised.value.args[0].code() == KafkaError._TRANSPORT
