@@ -74,6 +74,7 @@ from streamherd.workers.config import (
 )
 from streamherd.workers.kafkaclients import (
     TRANSACTION_TIMEOUT_MS,
+    FatalClientError,
     TransactionalProducer,
     client_config,
     is_fatal,
@@ -678,7 +679,11 @@ class ChangelogBackend:
                 self._staged.setdefault((topic, partition), {}).update(copies)
             else:
                 self._write_alone({(topic, partition): copies})
-        except (KafkaException, CheckpointPostponed) as error:
+        except KafkaException as error:
+            if is_fatal(error):  # a producer that can never write again: replaced (0194)
+                raise FatalClientError(f"changelog {self.topic}: {error}") from error
+            raise OSError(f"changelog {self.topic}: {error}") from error
+        except CheckpointPostponed as error:
             raise OSError(f"changelog {self.topic}: {error}") from error
         return f"changelog {self.topic}[{self.changelog_partition(partition)}] snapshot {name}"
 

@@ -245,7 +245,8 @@ class StateBackend(Protocol):
     def keep(self, name: str, topic: str, partition: int) -> str | None:
         """Keep the partition's committed checkpoint as snapshot ``name`` before its state
         is discarded on purpose; where it went, or None when there was none. Raises OSError
-        when it cannot (the engine then holds the partition rather than discard)."""
+        when it cannot (the engine then holds the partition rather than discard), and
+        FatalClientError when its Kafka client can never write again (replaced, 0194)."""
 
     def load_snapshot(self, name: str, topic: str, partition: int) -> Checkpoint | None: ...
 

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from streamherd.workers import changelog, kafkaclients
 from streamherd.workers.checkpointing import Checkpoint, CheckpointPostponed, CheckpointRefused
 from streamherd.workers.config import ChangelogConfig, KafkaSourceConfig, ProcessorConfig
+from streamherd.workers.kafkaclients import FatalClientError
 from streamherd.workers.processing import Processor
 from streamherd.workers.values import canonical_key
 from streamherd.workers.windowing import PartitionWindows
@@ -444,3 +445,25 @@ def test_a_retriable_failure_is_tried_again_until_it_succeeds_or_the_deadline(
     with pytest.raises(KafkaException):
         changelog.retrying(flaky(1_000_000, timed_out), time.monotonic() - 1)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [
+        (abortable(KafkaError.MSG_SIZE_TOO_LARGE), OSError),
+        (KafkaError(KafkaError._FENCED, "x", fatal=True), FatalClientError),
+    ],
+)
+def test_a_snapshot_that_cannot_be_written_holds_the_partition_or_replaces_the_producer(
+    error: KafkaError, raised: type[Exception]
+) -> None:
+    """``keep`` (before a reset or replay discards a partition's state): an error the
+    broker may not repeat is the seam's OSError (the engine holds the partition); a
+    producer that failed fatally can never write again, so it is the FatalClientError that
+    replaces the engine's clients (decision 0194), not a hold that waits on a dead client."""
+    backend, producer = scripted_backend({"commit": [None, error]})
+    save_one(backend)  # a committed checkpoint to keep
+    with pytest.raises(raised) as caught:
+        backend.keep("before-reset", "t", 0)
+    assert isinstance(caught.value.__cause__, KafkaException)
+    assert producer.calls.count("commit") == 2
