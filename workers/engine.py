@@ -1199,6 +1199,7 @@ class Engine:
             committed_reader(source.committed),
             writer_fence(kafka, self._transaction_timeout_ms),
             wait=self._transaction_timeout_ms / 1000 + 30,
+            between=self._beat,  # the wait lasts up to 90 s; liveness says stuck after 60
         )
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:

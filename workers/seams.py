@@ -192,10 +192,12 @@ class Sink(Protocol):
         committed: Callable[[list[tuple[str, int]]], dict[tuple[str, int], str | None]],
         fence: Callable[[list[str]], None],
         wait: float,
+        between: Callable[[], None],
     ) -> None:
         """Decide what dead workers left prepared, from Kafka's committed offset metadata
         (``committed``: read stably) after fencing their writers' Kafka transactions
-        (``fence``), before ``committed_offsets`` is read."""
+        (``fence``), before ``committed_offsets`` is read; ``between`` runs before each wait
+        for Kafka's answer to settle (the loop's heartbeat: the wait can last ``wait``)."""
 
 
 class StateBackend(Protocol):

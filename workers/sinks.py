@@ -18,7 +18,7 @@ import math
 import threading
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, TextIO
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -668,9 +668,10 @@ class Outputs:
         committed: CommittedMetadata,
         fence: Fence,
         wait: float,
+        between: Callable[[], None],
     ) -> None:
         assert self._offsets is not None, "the sink keeps no offsets"
-        self._offsets.recover(assigned, committed, fence, wait=wait)
+        self._offsets.recover(assigned, committed, fence, wait=wait, between=between)
 
     @property
     def transaction(self) -> TransactionalProducer:

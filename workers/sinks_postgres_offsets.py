@@ -516,14 +516,21 @@ class PostgresTransactionalSink:
         return sorted({(str(topic), int(partition)) for _, _, topic, partition in rows})
 
     def recover(
-        self, assigned: Sequence[TP], committed: CommittedMetadata, fence: Fence, *, wait: float
+        self,
+        assigned: Sequence[TP],
+        committed: CommittedMetadata,
+        fence: Fence,
+        *,
+        wait: float,
+        between: Callable[[], None] = lambda: None,
     ) -> Resolution:
         """Decide what dead or fenced workers left prepared (:func:`twophase.resolve`):
         the transactions covering a partition in ``assigned`` or prepared by this worker's
         previous incarnation; side rows of theirs that were never prepared are forgotten.
-        Asks again while Kafka's answer is not stable, up to ``wait`` seconds, then raises
-        KafkaUnsettledError. Database errors raise (psycopg.Error; DatabaseUnavailableError
-        or CommitOutcomeUnknownError when the database does not answer)."""
+        Asks again while Kafka's answer is not stable, up to ``wait`` seconds (``between``
+        before each wait: the engine's heartbeat), then raises KafkaUnsettledError.
+        Database errors raise (psycopg.Error; DatabaseUnavailableError or
+        CommitOutcomeUnknownError when the database does not answer)."""
         deadline = time.monotonic() + wait
         delay = 0.5
         while True:
@@ -537,6 +544,7 @@ class PostgresTransactionalSink:
                     f"prepared transactions {sorted(resolution.undecided)}: Kafka's committed "
                     f"offsets of their partitions were not stable within {wait:.0f}s"
                 )
+            between()
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 

@@ -6,12 +6,18 @@ tests/integration/storage/test_postgres_two_phase.py."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from streamherd.workers.sinks_postgres_offsets import (
+    KafkaUnsettledError,
+    PostgresTransactionalSink,
     claim_side_statement,
     create_side_statement,
     decide_statement,
@@ -22,6 +28,7 @@ from streamherd.workers.twophase import (
     GID_MAX,
     TP,
     Covered,
+    Resolution,
     generation_of,
     gid_of,
     gid_prefix,
@@ -255,3 +262,33 @@ def test_the_writers_fenced_are_those_whose_transactions_may_still_be_live(
 
 def test_an_incarnation_is_its_generations_prefix() -> None:
     assert incarnation_of("0a1b2c3d4e5f-17") == "0a1b2c3d4e5f"
+
+
+def test_the_wait_for_kafkas_answer_keeps_the_loops_heartbeat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kafka's answer may take up to the transaction timeout + 30 s (90 s) to settle; the
+    liveness probe calls the loop stuck after 60 s without a heartbeat, so every wait beats
+    it; a wait past its bound still raises."""
+    none: frozenset[str] = frozenset()
+    undecided = Resolution(none, none, frozenset({f"{PREFIX}:g1"}), none, none)
+    decided = Resolution(frozenset({f"{PREFIX}:g1"}), none, none, none, none)
+    clock = [0.0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    monkeypatch.setattr(time, "sleep", sleep)  # the module's: sinks_postgres_offsets reads both
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    sink: Any = object.__new__(PostgresTransactionalSink)
+    answers = [undecided] * 3 + [decided]
+    sink._retrying = lambda _what, _operation: answers.pop(0)
+    beats: list[float] = []
+    got = sink.recover([], dict, lambda _w: None, wait=90.0, between=lambda: beats.append(clock[0]))
+    assert got == decided and beats == [0.0, 0.5, 1.5]
+    sink._retrying = lambda _what, _operation: undecided
+    beats.clear()
+    with pytest.raises(KafkaUnsettledError):
+        sink.recover([], dict, lambda _w: None, wait=90.0, between=lambda: beats.append(clock[0]))
+    assert len(beats) >= 18  # 90 s of waits of at most 5 s each
+    assert all(later - earlier <= 5.0 for earlier, later in pairwise(beats))
