@@ -156,6 +156,7 @@ class MemorySink:
         committed: Callable[[list[tuple[str, int]]], dict[tuple[str, int], str | None]],
         fence: Callable[[list[str]], None],
         wait: float,
+        between: Callable[[], None],
     ) -> None:
         return None
 
