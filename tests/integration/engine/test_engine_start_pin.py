@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.infra.kafka import KafkaBroker
@@ -72,6 +73,11 @@ def test_start_from_latest_keeps_what_a_worker_killed_before_its_first_checkpoin
         )
         worker.kill()
         assert kafka_broker.committed(group, src) == before, "a checkpoint came before the kill"
+        # The next incarnation checkpoints every second: exactly-once's results are visible
+        # at its checkpoints only, and 120 s of waiting for the first one shows nothing more.
+        restarted = orjson.loads(worker.config_path.read_bytes())
+        restarted["checkpoint"]["intervalSeconds"] = 1
+        worker.config_path.write_bytes(orjson.dumps(restarted))
         worker.start()
         wait_until("ready again", lambda: worker.get("/readyz")[0] == 200, 60, [worker])
         kafka_broker.produce(src, second)
