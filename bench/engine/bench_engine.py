@@ -51,7 +51,7 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -425,6 +425,7 @@ def machine() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
                 break
     return {
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
         "cpu": model,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
@@ -638,11 +639,12 @@ user) pre-loaded into a {args.partitions}-partition topic of a local single-node
 commits every 5 s. Each implementation runs in its own process, one after the other, on the
 same broker and input topic; {args.runs} rounds, medians reported.
 
-Machine: {info["cpu"]}, {info["cores"]} cores (the broker runs on the same cores), Python
-{info["python"]} ({info["arch"]}); streamherd side confluent-kafka {info["confluent-kafka"]}
-(librdkafka {info["librdkafka"]}), orjson {info["orjson"]}, msgspec {info["msgspec"]}; Quix side
-quixstreams {quix_versions.get("quixstreams", "?")}, confluent-kafka
-{quix_versions.get("confluent-kafka", "?")} (librdkafka {quix_versions.get("librdkafka", "?")}).
+Run {info["when"]} UTC. Machine: {info["cpu"]}, {info["cores"]} cores (the broker runs on
+the same cores), Python {info["python"]} ({info["arch"]}); streamherd side confluent-kafka
+{info["confluent-kafka"]} (librdkafka {info["librdkafka"]}), orjson {info["orjson"]},
+msgspec {info["msgspec"]}; Quix side quixstreams {quix_versions.get("quixstreams", "?")},
+confluent-kafka {quix_versions.get("confluent-kafka", "?")}
+(librdkafka {quix_versions.get("librdkafka", "?")}).
 
 | implementation | records/s | records per CPU-second | p99 batch time | runs (records/s) |
 | --- | ---: | ---: | ---: | --- |
