@@ -141,9 +141,11 @@ def test_a_database_killed_and_frozen_mid_stream_loses_and_repeats_no_window(
                              with_bad=pages)  # fmt: skip
     w = worker(tmp_path, "w", config)
     if variant == "twoPhase":
-        # Each checkpoint waits 0.1 s between Kafka's commit and COMMIT PREPARED: a
-        # crash can be made to land while a transaction is prepared.
-        w.env = {**(w.env or {}), "STREAMHERD_FAULT_PAUSE": "kafka-committed:0.1"}
+        # Each checkpoint waits 0.5 s between Kafka's commit and COMMIT PREPARED: a
+        # crash can be made to land while a transaction is prepared (0.1 s was too short
+        # under CI load for the test to see the prepared gid and SIGKILL the server in it:
+        # one CI run of five on 2026-12-06, every result still exact).
+        w.env = {**(w.env or {}), "STREAMHERD_FAULT_PAUSE": "kafka-committed:0.5"}
     rng = random.Random(f"pg-crashes-{variant}")
     # At-least-once never needs the database to go on (its writer thread retries): it may
     # not exit at all. Exactly-once may exit only as its database makes it.
