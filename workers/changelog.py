@@ -679,11 +679,10 @@ class ChangelogBackend:
                 self._staged.setdefault((topic, partition), {}).update(copies)
             else:
                 self._write_alone({(topic, partition): copies})
-        except KafkaException as error:
-            if is_fatal(error):  # a producer that can never write again: replaced (0194)
+        except (KafkaException, CheckpointPostponed) as error:
+            if isinstance(error, KafkaException) and is_fatal(error):
+                # A producer that can never write again: replaced (decision 0194).
                 raise FatalClientError(f"changelog {self.topic}: {error}") from error
-            raise OSError(f"changelog {self.topic}: {error}") from error
-        except CheckpointPostponed as error:
             raise OSError(f"changelog {self.topic}: {error}") from error
         return f"changelog {self.topic}[{self.changelog_partition(partition)}] snapshot {name}"
 

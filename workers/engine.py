@@ -2071,16 +2071,7 @@ class Engine:
                     f"transaction failed fatally ({error}); its prepared database transaction "
                     "is left to recovery"
                 ) from error
-            try:
-                abort_retrying(producer, 30, ABORT_ATTEMPTS, self._beat)
-            except KafkaException as abort_error:
-                log_event(log, logging.ERROR, "transaction-abort-failed",
-                          error=str(abort_error))  # fmt: skip
-                self._broken = True
-                raise FatalClientError(
-                    f"cannot abort the transaction ({abort_error}); its prepared database "
-                    "transaction is left to recovery"
-                ) from abort_error
+            self._abort_kafka("; its prepared database transaction is left to recovery")
             if prepared:
                 self._decide_prepared(commit=False)
             self._abort_and_rewind(source, str(error), kafka_aborted=True)
@@ -2142,6 +2133,20 @@ class Engine:
             return False
         return True
 
+    def _abort_kafka(self, consequence: str) -> None:
+        """Abort Kafka's open transaction, retried. One that does not complete (the broker
+        away or busy past every attempt; a CI run of the broker-freeze test) leaves a
+        producer that can neither commit nor begin: the next producer's init_transactions
+        ends that transaction, so the clients are replaced (FatalClientError, decision
+        0194). ``consequence`` ends the error's message (what is left to the next engine)."""
+        try:
+            abort_retrying(self.outputs.transaction, 30, ABORT_ATTEMPTS, self._beat)
+        except KafkaException as error:
+            log_event(log, logging.ERROR, "transaction-abort-failed", error=str(error))
+            self._broken = True
+            message = f"cannot abort the transaction ({error}){consequence}"
+            raise FatalClientError(message) from error
+
     def _abort_and_rewind(self, source: Source, why: str, *, kafka_aborted: bool = False) -> None:
         """Abort the open transaction; every owned partition goes back to its committed
         checkpoint and offset (the aborted outputs' effects on state are forgotten).
@@ -2149,15 +2154,7 @@ class Engine:
         if self.sink_offsets:
             self.outputs.abort()  # the sink's transaction never began: drop its rows
         if self.kafka_transaction and not kafka_aborted:
-            try:
-                abort_retrying(self.outputs.transaction, 30, ABORT_ATTEMPTS, self._beat)
-            except KafkaException as error:
-                # An abort that does not complete (the broker away or busy past every
-                # attempt; a CI run of the broker-freeze test) leaves a producer that can
-                # neither commit nor begin: the next producer's init_transactions ends that
-                # transaction, so the clients are replaced (decision 0194).
-                self._broken = True
-                raise FatalClientError(f"cannot abort the transaction: {error}") from error
+            self._abort_kafka("")
         self.state.abort()
         if self.kafka_transaction:
             # Open before the partitions are rebuilt: a partition whose committed checkpoint

@@ -182,55 +182,46 @@ def test_a_fatal_client_while_stopping_is_raised(
     assert len(made) == 1
 
 
-def test_a_replacement_the_broker_does_not_answer_yet_is_tried_again_in_the_bound(
-    monkeypatch: pytest.MonkeyPatch, stop: RecordingStop
+@pytest.mark.parametrize(
+    ("step", "raised"),
+    [(NO_START, KafkaException), (TOPICS_NOT_READY, TopicNotReadyError)],
+    ids=["init-transactions-unanswered", "topics-without-leaders"],
+)
+def test_a_replacement_that_cannot_start_yet_is_tried_again_in_the_bound(
+    monkeypatch: pytest.MonkeyPatch, stop: RecordingStop, step: str, raised: type[Exception]
 ) -> None:
-    """The outage that fenced an engine may outlast its replacement's init_transactions
-    (review 84): that start is tried again, waiting longer, within the same bound."""
-    engine, made = scripted([1, NO_START, NO_START, None])
+    """The outage that fenced an engine may outlast its replacement's start (review 84):
+    the broker does not answer init_transactions yet, or is still electing the repartition
+    or changelog topic's leaders (that failed the worker: a RuntimeError). That start is
+    tried again, waiting longer, within the same bound; past it, the error is raised. A
+    worker's first engine that never began (no broker there at all) fails at once, as a
+    pod start would."""
+    engine, made = scripted([1, step, step, None])
     monkeypatch.setattr(main, "Engine", engine)
     assert main.run_pipeline(CONFIG, stop=stop).reason == "exhausted"
     assert stop.waits == [0.0, 1.0, 2.0] and len(made) == 4
-    engine, made = scripted([1, *[NO_START] * 5])
+    engine, made = scripted([1, *[step] * 5])
     monkeypatch.setattr(main, "Engine", engine)
-    with pytest.raises(KafkaException):
+    with pytest.raises(raised):
         main.run_pipeline(CONFIG, stop=stop)
     assert len(made) == 1 + main.FATAL_CLIENT_RESTARTS
-
-
-def test_a_first_start_the_broker_does_not_answer_fails_as_before(
-    monkeypatch: pytest.MonkeyPatch, stop: RecordingStop
-) -> None:
-    """A worker's first engine that never began (no broker there at all) fails at once, as
-    a pod start would; an engine that ran and met a transient Kafka error it did not retry
-    itself (a CI run: an assignment's committed-offsets lookup timed out after the broker
-    came back) is started again under the bound."""
-    engine, made = scripted([NO_START])
+    engine, made = scripted([step])
     monkeypatch.setattr(main, "Engine", engine)
-    with pytest.raises(KafkaException):
+    with pytest.raises(raised):
         main.run_pipeline(CONFIG, stop=stop)
     assert len(made) == 1
+
+
+def test_an_engine_that_ran_and_met_a_transient_error_is_started_again(
+    monkeypatch: pytest.MonkeyPatch, stop: RecordingStop
+) -> None:
+    """An engine that ran and met a transient Kafka error it did not retry itself (a CI
+    run: an assignment's committed-offsets lookup timed out after the broker came back) is
+    started again under the bound."""
     engine, made = scripted([LOST_LATER, LOST_LATER, None])
     monkeypatch.setattr(main, "Engine", engine)
     assert main.run_pipeline(CONFIG, stop=stop).reason == "exhausted"
     assert len(made) == 3
-
-
-def test_a_replacement_whose_topics_have_no_leaders_yet_is_tried_again_in_the_bound(
-    monkeypatch: pytest.MonkeyPatch, stop: RecordingStop
-) -> None:
-    """The broker just back may still be electing the repartition or changelog topic's
-    leaders when a replacement starts: tried again like an unanswered init_transactions
-    (it failed the worker: a RuntimeError); a first engine's fails at once, as before."""
-    engine, made = scripted([1, TOPICS_NOT_READY, None])
-    monkeypatch.setattr(main, "Engine", engine)
-    assert main.run_pipeline(CONFIG, stop=stop).reason == "exhausted"
-    assert stop.waits == [0.0, 1.0] and len(made) == 3
-    engine, made = scripted([TOPICS_NOT_READY])
-    monkeypatch.setattr(main, "Engine", engine)
-    with pytest.raises(TopicNotReadyError):
-        main.run_pipeline(CONFIG, stop=stop)
-    assert len(made) == 1
 
 
 def test_an_error_no_wait_cures_fails_the_worker_even_after_restarts(
