@@ -41,7 +41,12 @@ from streamherd.operator.builders.worker_config import build_worker_config
 from streamherd.operator.conditions import Cond
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import load_documents, parse_pipeline
-from streamherd.workers.config import ProcessorConfig, WorkerConfig, topic_matcher
+from streamherd.workers.config import (
+    GeneratorSourceConfig,
+    ProcessorConfig,
+    WorkerConfig,
+    topic_matcher,
+)
 from streamherd.workers.fingerprint import (
     Description,
     changed_fields,
@@ -51,6 +56,7 @@ from streamherd.workers.fingerprint import (
     has_state,
     snapshot_name,
 )
+from streamherd.workers.snapshotting import is_volume_snapshot
 
 #: The condition this module's decisions set.
 STATE_COMPATIBLE: Final = "StateCompatible"
@@ -110,7 +116,9 @@ def config_description(config_map: Manifest | None) -> Description | None:
         processor = ProcessorConfig.model_validate(doc["processor"])
         internal = doc.get("repartition")
         repartition = None if internal is None else {"topic": internal["topic"]}
-        return describe(processor, repartition=repartition)
+        generated = (doc.get("source") or {}).get("generator")
+        generator = None if generated is None else GeneratorSourceConfig.model_validate(generated)
+        return describe(processor, repartition=repartition, generator=generator)
     except (orjson.JSONDecodeError, ValidationError, KeyError, TypeError, AttributeError):
         return None
 
@@ -592,12 +600,29 @@ def state_diff_files(files: Sequence[str], out: TextIO, err: TextIO) -> int:
     sources = tuple(
         tuple(c.source.kafka.topics) if c.source.kafka is not None else None for c in configs
     )
-    decision = decide(before, after, pipelines[1].spec.upgrade, backends=backends,
-                      sources=(sources[0], sources[1]))  # fmt: skip
+    restore = pipelines[1].spec.state.restore_from
+    want = fingerprint(after)
+    if restore is not None and not is_volume_snapshot(restore) and fingerprint(before) != want:
+        # A StreamPipelineSnapshot holds the fingerprint it records in the cluster, which
+        # this offline comparison cannot read: say what the operator checks.
+        out.write(f"state fingerprint: {fingerprint(before)} -> {want}\n")
+        out.write(
+            f"the edit restores the state from StreamPipelineSnapshot {restore}: the operator "
+            f"restores it if that snapshot holds state fingerprint {want}, and holds the edit "
+            "otherwise (SnapshotMismatch)\n"
+        )
+        return 1
+    decision = decide(before, after, pipelines[1].spec.upgrade, restore_from=restore,
+                      backends=backends, sources=(sources[0], sources[1]))  # fmt: skip
     out.write(f"state fingerprint: {fingerprint(before)} -> {decision.desired_fingerprint}\n")
     if decision.action == "roll" and not decision.changes:
         out.write("compatible: the edit keeps the state and rolls as usual\n")
         return 0
+    if decision.action == "restore" or decision.condition.reason == "SnapshotMismatch":
+        # spec.state.restoreFrom decides, whatever onStateChange says (as in the operator).
+        out.write("".join(f"  {change}\n" for change in decision.changes))
+        out.write(f"the operator would: {decision.action}: {decision.condition.message}\n")
+        return 1
     out.write("the edit changes the state:\n")
     out.write("".join(f"  {change}\n" for change in decision.changes))
     outcome = {

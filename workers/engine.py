@@ -890,7 +890,9 @@ class Engine:
             return False
         # The same state under an earlier normalization of its expressions is adopted; the
         # next checkpoint stamps this fingerprint.
-        return not same_state(checkpoint.fingerprint, checkpoint.state_shape, self.fingerprint)
+        return not same_state(
+            checkpoint.fingerprint, checkpoint.state_shape, self.fingerprint, self.state_shape
+        )
 
     def _mismatch(
         self,
@@ -912,7 +914,7 @@ class Engine:
         # Its description read by this version's rule: what an earlier one compared as
         # written (an expression's spacing) is not named as a change.
         shape = checkpoint.state_shape
-        recorded = renormalized(shape) if isinstance(shape, Mapping) else shape
+        recorded = renormalized(shape, self.state_shape) if isinstance(shape, Mapping) else shape
         changes = changed_fields(recorded, self.state_shape) if foreign else []
         whys = [*changes, *([moved] if moved else []), *([stale] if stale else [])]
         what = "; ".join(whys) or "unknown fields"

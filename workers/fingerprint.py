@@ -14,6 +14,13 @@ difference can name them), ``fingerprint(description)`` its short hash, and
 ``changed_fields(old, new)`` the names of what differs. Pure functions, no I/O; used by the
 engine, the operator and ``streamherd validate``.
 
+The generator source (``source.generator``) is in it too, by the settings its sequence
+follows from (seed, keys, partitions, time step, start time): a checkpoint's offsets are
+positions in that sequence, so under other settings they point at other records, and each
+key's window may live in another partition (the engine's partition-count check,
+``_keys_moved``, covers a Kafka topic, whose offsets stay put). Its ``count`` and ``rate``
+are not: they say how much of the same sequence, and how fast.
+
 What is deliberately not in it: filters, map steps and user functions (they choose and
 reshape records, not the state's layout: editing them is a compatible change, like Flink's
 operator logic), the sink, scaling and resources. Expressions are compared token by token,
@@ -31,7 +38,13 @@ import tokenize
 from collections.abc import Mapping
 from typing import Any, Final
 
-from streamherd.workers.config import ProcessorConfig, WindowSpec, WorkerConfig, parse_duration
+from streamherd.workers.config import (
+    GeneratorSourceConfig,
+    ProcessorConfig,
+    WindowSpec,
+    WorkerConfig,
+    parse_duration,
+)
 
 #: Version of the description's layout; a new layout is a new fingerprint for every pipeline.
 DESCRIPTION_VERSION: Final = 1
@@ -101,15 +114,31 @@ def describe_window(window: WindowSpec) -> Description:
     }
 
 
+def describe_generator(generator: GeneratorSourceConfig) -> Description:
+    """The generator's settings its sequence follows from: record ``i``, its partition and
+    its offset there are functions of these alone."""
+    return {
+        "seed": generator.seed,
+        "keys": generator.keys,
+        "partitions": generator.partitions,
+        "timeStepMs": generator.time_step_ms,
+        "startTimeMs": generator.start_time_ms,
+    }
+
+
 def describe(
-    processor: ProcessorConfig, *, repartition: Mapping[str, Any] | None = None
+    processor: ProcessorConfig,
+    *,
+    repartition: Mapping[str, Any] | None = None,
+    generator: GeneratorSourceConfig | None = None,
 ) -> Description:
     """The structured description of the state `processor` builds.
 
     repartition: how records are re-keyed before the window when the engine repartitions
     through an internal topic (its key expression, topic, partition count), or None; it is
     part of the state's identity because it decides which partition, and so which state,
-    a key lives in."""
+    a key lives in. generator: the source, when it is the generator (its offsets are
+    positions in its sequence)."""
     window = next((s.window for s in processor.steps if s.window is not None), None)
     description: Description = {
         "v": DESCRIPTION_VERSION,
@@ -117,6 +146,8 @@ def describe(
     }
     if repartition is not None:
         description["repartition"] = dict(repartition)
+    if generator is not None:
+        description["generator"] = describe_generator(generator)
     return description
 
 
@@ -142,7 +173,9 @@ def config_fingerprint(config: WorkerConfig) -> tuple[str, Description]:
     # A repartition decides which partition, and so which state, a key lives in: the
     # internal topic is part of the state's identity (None for an unpartitioned window).
     repartition = {"topic": config.repartition.topic} if config.repartition is not None else None
-    description = describe(config.processor, repartition=repartition)
+    description = describe(
+        config.processor, repartition=repartition, generator=config.source.generator
+    )
     return fingerprint(description), description
 
 
@@ -160,13 +193,22 @@ def snapshot_name(old: str, new: str, generation: int | None = None) -> str:
     return f"{old}-to-{new}" + (f"-g{generation}" if generation is not None else "")
 
 
-def renormalized(description: Mapping[str, Any]) -> dict[str, Any]:
+def renormalized(
+    description: Mapping[str, Any], current: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """A recorded description with its expressions normalized by this version's rule
     (:func:`normalize_expression`), everything else as recorded. A checkpoint carries the
     description it was written under; an earlier streamherd may have normalized an
     expression otherwise (it compared a text it could not tokenize bare as written). Any
-    JSON is taken: what is not of the expected shape stays as it is."""
+    JSON is taken: what is not of the expected shape stays as it is.
+
+    ``current``: the description it is compared with. A generator pipeline's description
+    recorded before the generator's settings were part of it (streamherd before session
+    25's) takes ``current``'s: nothing it recorded tells them apart, and an upgrade alone
+    must not make a running pipeline's checkpoints foreign."""
     out = dict(description)
+    if current is not None and "generator" in current and "generator" not in out:
+        out["generator"] = current["generator"]
     window = out.get("window")
     if not isinstance(window, Mapping):
         return out
@@ -186,13 +228,17 @@ def renormalized(description: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def same_state(
-    recorded: str | None, recorded_shape: Mapping[str, Any] | None, current: str
+    recorded: str | None,
+    recorded_shape: Mapping[str, Any] | None,
+    current: str,
+    current_shape: Mapping[str, Any] | None = None,
 ) -> bool:
     """Whether state stamped with fingerprint ``recorded`` (and description
-    ``recorded_shape``) is the state of fingerprint ``current``: the same hash, or the same
-    description once its expressions are normalized by this version's rule. An upgrade that
-    reads an expression's spacing better must not make a running pipeline's own
-    checkpoints foreign (they would be held, or discarded under reset).
+    ``recorded_shape``) is the state of fingerprint ``current`` (and description
+    ``current_shape``): the same hash, or the same description once it is read by this
+    version's rules (:func:`renormalized`). An upgrade that reads an expression's spacing
+    better, or that records the generator's settings, must not make a running pipeline's
+    own checkpoints foreign (they would be held, or discarded under reset).
 
     The description is trusted only as what ``recorded`` was computed from (every
     checkpoint a worker writes carries the two together): one that is not (edited by
@@ -204,7 +250,7 @@ def same_state(
     try:
         if fingerprint(recorded_shape) != recorded:
             return False
-        return fingerprint(renormalized(recorded_shape)) == current
+        return fingerprint(renormalized(recorded_shape, current_shape)) == current
     except (TypeError, ValueError, RecursionError):  # not JSON the hash takes: another state
         return False
 
@@ -291,7 +337,16 @@ def changed_fields(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None)
         changes.append(
             f"repartition: {_show(old.get('repartition'))} -> {_show(new.get('repartition'))}"
         )
-    for key in sorted((set(old) | set(new)) - {"v", "window", "repartition"}):
+    old_g, new_g = old.get("generator"), new.get("generator")
+    if isinstance(old_g, Mapping) and isinstance(new_g, Mapping):
+        for key in sorted(set(old_g) | set(new_g)):
+            if old_g.get(key) != new_g.get(key):
+                changes.append(  # the keys are the spec's field names
+                    f"source.generator.{key}: {_show(old_g.get(key))} -> {_show(new_g.get(key))}"
+                )
+    elif old_g != new_g:
+        changes.append(f"source.generator: {_show(old_g)} -> {_show(new_g)}")
+    for key in sorted((set(old) | set(new)) - {"v", "window", "repartition", "generator"}):
         if old.get(key) != new.get(key):
             changes.append(key)
     if not changes and canonical(old) != canonical(new):

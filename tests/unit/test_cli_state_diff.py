@@ -171,3 +171,62 @@ def test_adding_a_topic_to_a_source_keyed_by_the_window_key_starts_a_repartition
     assert code == 1, out
     assert "  repartition: None -> " in out
     assert "the operator would: refused (onStateChange: refuse)" in out
+
+
+LOCAL: dict[str, Any] = yaml.safe_load((EXAMPLES / "01-clicks-local.yaml").read_text())
+
+
+def local_diff(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], after: dict[str, Any]
+) -> tuple[int, str]:
+    (tmp_path / "before.yaml").write_text(yaml.safe_dump(LOCAL))
+    (tmp_path / "after.yaml").write_text(yaml.safe_dump(after))
+    code = main(["state-diff", str(tmp_path / "before.yaml"), str(tmp_path / "after.yaml")])
+    return code, capsys.readouterr().out
+
+
+def test_an_edit_of_the_generators_sequence_changes_the_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The generator's checkpointed offsets are positions in its sequence: a new partition
+    count is a state change here as in the operator and the workers (it said compatible);
+    how many records it makes is not."""
+    after = copy.deepcopy(LOCAL)
+    after["spec"]["source"]["generator"]["partitions"] = 8
+    code, out = local_diff(tmp_path, capsys, after)
+    assert code == 1 and "source.generator.partitions: 4 -> 8" in out, out
+    after = copy.deepcopy(LOCAL)
+    after["spec"]["source"]["generator"]["count"] = 50_000
+    code, out = local_diff(tmp_path, capsys, after)
+    assert code == 0 and "compatible" in out, out
+
+
+def test_restore_from_decides_as_in_the_operator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``spec.state.restoreFrom`` is part of the decision (it was not passed: a restore of
+    the edited spec's own state said "refused", one of another state "compatible")."""
+    before_fp = config_fingerprint(
+        build_worker_config(parse_pipeline(LOCAL)[0], OperatorSettings())  # type: ignore[arg-type]
+    )[0]
+    after = copy.deepcopy(LOCAL)
+    window(after)["size"] = "5s"
+    after_fp = config_fingerprint(
+        build_worker_config(parse_pipeline(after)[0], OperatorSettings())  # type: ignore[arg-type]
+    )[0]
+    after["spec"]["state"] = {"restoreFrom": f"{after_fp}-to-{before_fp}-g3"}
+    code, out = local_diff(tmp_path, capsys, after)
+    assert code == 1 and "the operator would: restore:" in out, out
+    assert f"restored once from snapshot {after_fp}-to-{before_fp}-g3" in out
+    # A snapshot of another state: held (SnapshotMismatch), however small the edit.
+    after = copy.deepcopy(LOCAL)
+    after["spec"]["state"] = {"restoreFrom": f"0123456789abcdef-to-{before_fp}"}
+    code, out = local_diff(tmp_path, capsys, after)
+    assert code == 1 and "the operator would: hold:" in out, out
+    assert "holds state of fingerprint 0123456789abcdef" in out
+    # A StreamPipelineSnapshot: its fingerprint is in the cluster; what is checked is said.
+    window(after)["size"] = "5s"
+    after["spec"]["state"] = {"restoreFrom": "nightly"}
+    code, out = local_diff(tmp_path, capsys, after)
+    assert code == 1 and "StreamPipelineSnapshot nightly" in out, out
+    assert f"holds state fingerprint {after_fp}" in out

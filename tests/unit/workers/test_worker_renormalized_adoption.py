@@ -196,3 +196,46 @@ def test_any_recorded_description_is_judged_never_raises_and_only_its_own_is_tru
     assert isinstance(answer, bool)
     if answer and recorded != current:
         assert isinstance(shape, dict) and fingerprint(shape) == recorded
+
+
+def generator_config(directory: Path, generator: dict[str, Any]) -> WorkerConfig:
+    return WorkerConfig.model_validate(
+        {
+            "pipeline": {"name": "adopt"},
+            "source": {"generator": generator},
+            "processor": config(directory).processor.model_dump(by_alias=True),
+            "sink": {"stdout": {}},
+            "checkpoint": {"directory": str(directory)},
+        }
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(-(2**63), 2**63 - 2),  # +1 stays an int64
+    keys=st.integers(1, 9_999_999),
+    partitions=st.integers(1, 1023),
+    step=st.integers(0, 10**6),
+    start=st.none() | st.integers(0, 2**45),
+    other=st.sampled_from(["seed", "keys", "partitions", "timeStepMs", "startTimeMs"]),
+)
+def test_a_generator_checkpoint_from_before_its_settings_were_recorded_is_adopted(
+    seed: int, keys: int, partitions: int, step: int, start: int | None, other: str
+) -> None:
+    """The generator's settings became part of the state's description (its offsets are
+    positions in its sequence). A checkpoint an earlier version wrote records the
+    description without them: it is adopted by the same pipeline after the upgrade, since
+    nothing it recorded tells the settings apart (an upgrade alone must not hold every
+    windowed generator pipeline), while a checkpoint that does record them is the state of
+    those settings only."""
+    generator: dict[str, int | None] = {"seed": seed, "keys": keys, "partitions": partitions}
+    generator.update(timeStepMs=step, startTimeMs=start)
+    cfg = generator_config(Path("/nonexistent"), generator)
+    current, described = config_fingerprint(cfg)
+    earlier = {k: v for k, v in described.items() if k != "generator"}
+    assert same_state(fingerprint(earlier), earlier, current, described)
+    assert not same_state(fingerprint(earlier), earlier, current)  # the shape decides
+    changed = {**generator, other: (generator[other] or 0) + 1}
+    theirs, recorded = config_fingerprint(generator_config(Path("/nonexistent"), changed))
+    assert theirs != current
+    assert not same_state(theirs, recorded, current, described)

@@ -557,3 +557,50 @@ def test_a_checkpoint_format_this_worker_does_not_know_holds_the_partition(
     with pytest.raises(CheckpointError) as raised:
         decode(orjson.dumps({**header, "format": "other/v1", "length": len(body)}) + b"\n" + body)
     assert type(raised.value) is CheckpointError
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"partitions": 8},
+        {"partitions": 2},
+        {"seed": 2},
+        {"keys": 80},
+        {"timeStepMs": 7},
+        {"startTimeMs": 1767225660000},
+    ],
+    ids=lambda edit: "-".join(f"{k}={v}" for k, v in edit.items()),
+)
+def test_an_edit_of_the_generators_sequence_holds_its_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: dict[str, Any]
+) -> None:
+    """A checkpoint's offsets are positions in the generator's sequence, which its seed,
+    keys, partitions, time step and start time decide: under other settings they point at
+    other records and keys live in other partitions (a helper's finding: 4 -> 8 partitions
+    emitted 40 windows twice as partial results, 4 -> 2 counted records twice; both rolled
+    as compatible). Such an edit changes the state fingerprint, so the workers hold the
+    state as for any other state change, naming the field."""
+    before, _ = started(tmp_path)
+    ((field, value),) = edit.items()
+    was = GENERATOR.get(field, 1)  # the seed's default
+    monkeypatch.setitem(GENERATOR, field, value)
+    _, (ok, why) = readiness_while_running(config(tmp_path, OLD_WINDOW, endless=True))
+    # Byte for byte: never overwritten, never mixed (8 partitions: the new four, with no
+    # state, go on from the start, as a Kafka topic's added partitions would).
+    assert {name: data for name, data in files(tmp_path).items() if name in before} == before
+    assert not ok
+    held = min(4, value) if field == "partitions" else 4  # 2: the files of 2 and 3 stay
+    assert f"{held} partitions held" in why, why
+    assert f"source.generator.{field}: {was} -> {value}" in why, why
+
+
+def test_how_much_of_the_generators_sequence_is_not_its_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``count`` and ``rate`` say how much of the same sequence, and how fast: the state
+    goes on, and every record is read once across the edit."""
+    _, first_in = started(tmp_path)
+    more = GENERATOR["count"] + 3000
+    monkeypatch.setitem(GENERATOR, "count", more)
+    again, _ = run(config(tmp_path, OLD_WINDOW))
+    assert first_in + again.counters.records_in == more
