@@ -69,6 +69,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import struct
 import zlib
 from collections.abc import Sequence
 from typing import Any, Final
@@ -271,8 +272,9 @@ def encode_entry(  # noqa: PLR0917 - the entry's fields, in its order
     source_value: bytes | None,
     sub: int = 0,
 ) -> bytes:
-    """One source record's entry (``key`` in state form); raises ValueError when a value
-    cannot be carried at all (a string with a lone surrogate)."""
+    """One source record's entry (``key`` in state form); the exact form (the flag) when a
+    key or value is an integer beyond 64 bits, a float msgpack would not keep, or a string
+    with a lone surrogate (msgpack writes only valid UTF-8)."""
     json_key = key_value(key)
     try:
         if sub:
@@ -281,13 +283,28 @@ def encode_entry(  # noqa: PLR0917 - the entry's fields, in its order
                  sub)
             )  # fmt: skip
         return _encode((offset, max_before, json_key, event_ms, values, source_key, source_value))
-    except OverflowError:  # an integer beyond 64 bits: the checkpoints' exact encoding
+    except (OverflowError, UnicodeEncodeError):
         pass
-    except UnicodeEncodeError as error:
-        raise ValueError(f"a value cannot be written to the repartition topic: {error}") from None
-    exact = (offset, max_before, encode_value(json_key), event_ms, encode_value(values),
+    exact = (offset, max_before, _exact(json_key), event_ms, _exact(values),
              source_key, source_value, 1)  # fmt: skip
     return _encode((*exact, sub) if sub else exact)
+
+
+def _exact(value: Any) -> Any:
+    """The checkpoints' exact form of a JSON value (:func:`values.encode_value`), with a
+    string holding a lone surrogate (an expression's string literal, a user function's
+    string) as its ``surrogatepass`` UTF-8 bytes, tagged: the direct routes fold and keep
+    such strings (decision 0168), so the hop carries them too (it refused the record)."""
+    kind = type(value)
+    if kind is str:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return {"surrogates": value.encode("utf-8", "surrogatepass").hex()}
+        return value
+    if kind is list or kind is tuple:
+        return [_exact(item) for item in value]
+    return encode_value(value)
 
 
 def _array_head(n: int) -> bytes:
@@ -361,7 +378,18 @@ def decode_message(value: bytes) -> tuple[str, str, int, list[list[Any]]]:
             if type(key) is not str:
                 entry[2] = canonical_key(key)
     # ArithmeticError: values.LimitError, a key nested deeper than a key may be.
-    except (msgspec.DecodeError, ValueError, TypeError, IndexError, ArithmeticError) as error:
+    # struct.error: an exact float's tag of the wrong length; RecursionError: an exact
+    # entry's value nested deeper than the stack (decode_value walks it before the key's
+    # depth is judged). Both are another producer's bytes, dead-lettered like the rest.
+    except (
+        msgspec.DecodeError,
+        ValueError,
+        TypeError,
+        IndexError,
+        ArithmeticError,
+        struct.error,
+        RecursionError,
+    ) as error:
         raise RepartitionError(
             f"malformed repartition message (format {HOP_FORMAT}): {error}"
         ) from None

@@ -39,6 +39,7 @@ import base64
 import json
 import math
 import struct
+import sys
 from typing import Any, Final
 
 import orjson
@@ -73,6 +74,14 @@ __all__ = [
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
+#: An integer of fewer bits than this has at most sys.get_int_max_str_digits() decimal
+#: digits (4300 unless PYTHONINTMAXSTRDIGITS says otherwise; 0: no limit), so Python can
+#: write it as text.
+_TEXT_BITS: Final = (
+    int((sys.get_int_max_str_digits() - 1) * math.log2(10))
+    if sys.get_int_max_str_digits()
+    else sys.maxsize
+)
 #: A string of at most this many characters has a JSON form within MAX_KEY_BYTES (at most
 #: 12 bytes a character: an astral one escaped as a surrogate pair, as the stdlib writes a
 #: key holding a lone surrogate; and its 2 quotes): the hot paths' one test of a string key.
@@ -140,13 +149,35 @@ def state_key(canon: Any) -> Any:
 
 
 def _refuse_over_limit(canon: Any) -> None:
-    """LimitError when a key whose cheap bound is over MAX_KEY_BYTES is over it as JSON."""
+    """LimitError when a key whose cheap bound is over MAX_KEY_BYTES is over it as JSON, or
+    has no output text (an integer of more than Python's 4300 digits: a user function's, a
+    repartition entry's; an expression's are far smaller, limits.MAX_INT_BITS)."""
     size = json_bytes(key_value(canon))
     if size > MAX_KEY_BYTES:
         raise LimitError(
             f"a window key of {size} bytes as JSON (at most {MAX_KEY_BYTES}): its window "
             "would not fit in a checkpoint record"
         )
+    if not _has_text(key_value(canon)):
+        raise LimitError(
+            f"a window key holding an integer of more than {sys.get_int_max_str_digits()} "
+            "digits: its windows' results could not name it"
+        )
+
+
+def _has_text(value: Any) -> bool:
+    """Whether every integer in a JSON value can be written in decimal."""
+    if type(value) is int:
+        if value.bit_length() < _TEXT_BITS:
+            return True
+        try:
+            str(value)
+        except ValueError:
+            return False
+        return True
+    if type(value) is list:
+        return all(_has_text(item) for item in value)
+    return True
 
 
 def check_held_string(name: str, value: str) -> str:
@@ -171,7 +202,11 @@ def _size_bound(key: Any) -> int:
     if kind is bytes:  # {"bytes": "<base64>"}
         return 4 * len(key) // 3 + 16
     if kind is int:
-        return 21 if _INT64_MIN <= key <= _INT64_MAX else key.bit_length() // 4 + 16
+        if _INT64_MIN <= key <= _INT64_MAX:
+            return 21
+        # Its output text is decimal, and Python writes at most 4300 digits: any integer
+        # that may have more is judged exactly (_refuse_over_limit).
+        return key.bit_length() // 4 + 16 if key.bit_length() < _TEXT_BITS else MAX_KEY_BYTES + 1
     if kind is tuple:
         tag, value = key
         if tag == "a":
@@ -312,7 +347,15 @@ def text_of(value: Any) -> str:
     try:
         return orjson.dumps(value).decode()
     except TypeError:  # an integer beyond 64 bits, or bytes in an array: the stdlib
+        pass
+    try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_text_of_bytes)
+    except ValueError:
+        # An integer of more decimal digits than Python writes: folded before such keys
+        # were refused (window_key), so restored state may hold one. Its lossless state
+        # form, an object no other key's text can be, names it rather than stopping the
+        # worker at every start.
+        return json.dumps(encode_value(value), ensure_ascii=False, separators=(",", ":"))
 
 
 def _text_of_bytes(value: Any) -> str:
@@ -347,5 +390,7 @@ def decode_value(value: Any) -> Any:
             return int(value["int"], 16)
         if "bytes" in value:
             return base64.b64decode(value["bytes"])
+        if "surrogates" in value:  # a repartition entry's string (rekeying._exact)
+            return bytes.fromhex(value["surrogates"]).decode("utf-8", "surrogatepass")
         raise ValueError(f"unknown value tag in state: {sorted(value)}")
     return value

@@ -165,7 +165,7 @@ VALUES = [
 
 
 RETYPES = ["whole", "text", "real", "decimal", "fraction", "tuple", "bytes", "bytearray",
-           "set", "nan", "huge"]  # fmt: skip
+           "set", "nan", "huge", "vast"]  # fmt: skip
 
 
 @st.composite
@@ -445,6 +445,69 @@ def test_numbers_of_a_subclass_from_a_user_function_fold_alike_on_every_route() 
     assert (results["b"]["lo"], results["c"]["lo"]) == (one, one)  # 1.0 is below the int 1
     assert results["d"]["s"] == ("int", 2**62 * 10**30)
     assert routes["generic"][1] == []
+
+
+@pytest.mark.parametrize("keying", ["k", "[k, 1]"])
+def test_a_key_of_more_digits_than_python_writes_is_refused_on_every_route(keying: str) -> None:
+    """A user function's integer key of more than 4300 decimal digits (an expression's are
+    at most 4096 bits): every route folded it and then raised at the window's close, when
+    its results were named (Python writes no such integer as text), and again at every
+    start from the checkpoint that held it; the hop raised at once. It is the record's
+    dead letter now (a limit), on every route alike, and the other windows are whole."""
+    rows: list[tuple[str, dict[str, Any]]] = [
+        ("1", {"k": 1, "v": 2}),
+        ("1", {"k": 1, "v": 3, "kt": "vast"}),  # 10**5000
+        ("2", {"k": 2, "v": 4, "kt": "huge"}),  # 2 * 10**30: written as text
+    ]
+    records: list[tuple[str | None, bytes | None]] = [
+        (key, json.dumps({"ts": BASE, **fields}).encode()) for key, fields in rows
+    ]
+    parts = sources(records)
+    routes = {}
+    for route in ("fused", "generic", "hop"):
+        cfg = config(route == "hop", keying, False, 0, function=True)
+        draws: Any = WholeBatches()
+        sink = (
+            hop_run(cfg, parts, 2, draws)
+            if route == "hop"
+            else direct_run(cfg, route == "fused", parts, draws)
+        )
+        routes[route] = (results_of(sink.rows), dead_letters(sink.dead))
+    assert routes["fused"] == routes["generic"]
+    assert routes["hop"] == routes["generic"]
+    results, dead = routes["generic"]
+    assert len(results) == 2
+    ((*_, reason, kind, message),) = dead
+    assert (reason, kind) == ("limit", "LimitError")
+    assert "integer of more than 4300 digits" in message
+
+
+@pytest.mark.parametrize("keying", ["k + '\\ud800'", "[k + '\\udfff', 1]", "k"])
+def test_a_key_with_a_lone_surrogate_gives_one_result_on_every_route(keying: str) -> None:
+    """An expression's string literal may hold a lone surrogate escape, and so the key it
+    computes: the direct routes folded it (decision 0168: such state round-trips), the hop
+    refused the record (msgpack writes only valid UTF-8), so the routes disagreed (a
+    helper's finding). The hop carries it in its exact form now."""
+    rows = [("a", 1), ("a", 2), ("b", 4)]
+    records: list[tuple[str | None, bytes | None]] = [
+        (f'"{key}"', json.dumps({"k": key, "ts": BASE, "v": v, "w": "z"}).encode())
+        for key, v in rows
+    ]
+    parts = sources(records)
+    routes = {}
+    for route in ("fused", "generic", "hop"):
+        cfg = config(route == "hop", keying, False, 0)
+        draws: Any = WholeBatches()
+        sink = (
+            hop_run(cfg, parts, 2, draws)
+            if route == "hop"
+            else direct_run(cfg, route == "fused", parts, draws)
+        )
+        routes[route] = (results_of(sink.rows), dead_letters(sink.dead))
+    assert routes["fused"] == routes["generic"]
+    assert routes["hop"] == routes["generic"]
+    results, dead = routes["generic"]
+    assert len(results) == 2 and dead == []
 
 
 class Lying(int):

@@ -51,6 +51,7 @@ from streamherd.workers.values import (
     key_value,
     output_key_text,
     restored_key,
+    window_key,
 )
 from streamherd.workers.windowing import STATE_VERSION, PartitionWindows
 from tests.unit.workers.test_worker_repartition_parity import MemorySink
@@ -579,3 +580,34 @@ def test_str_in_an_expression() -> None:
     assert str_of({"x": {"b": [1.5, False], "a": "t"}}) == '{"a":"t","b":[1.5,false]}'
     assert str_of({"x": [1, 2]}) + "!" == compile_expression("str([1, 2]) + '!'")({})
     assert str_of({}) is None  # str(null) is null
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    bits_=st.integers(0, 40_000),
+    sign=st.sampled_from([1, -1]),
+    nest=st.integers(0, 3),
+)
+def test_a_key_is_refused_or_has_a_text(bits_: int, sign: int, nest: int) -> None:
+    """Every integer key a record brings (a user function's may have any size, alone or in
+    an array) is refused as a limit, or named by a text in its windows' results: one with
+    more decimal digits than Python writes was folded and then raised at the window's
+    close. A key restored from state written before it was refused still has a text (its
+    lossless tagged form), so such state never stops a worker at every start."""
+    number = sign * (2**bits_ - 1)
+    key: Any = number
+    for _ in range(nest):
+        key = [key, "x"]
+    try:
+        canon = window_key(key)
+    except LimitError:
+        assert abs(number) >= 10**4300  # more than 4300 digits
+        return
+    assert abs(number) < 10**4300
+    assert isinstance(key_text(canon), str)
+    assert isinstance(key_text(canonical_key(key)), str)  # a restored key: never judged
+
+
+def test_a_restored_key_of_more_digits_than_python_writes_is_named_by_its_state_form() -> None:
+    assert key_text(10**5000) == json.dumps({"int": hex(10**5000)}, separators=(",", ":"))
+    assert key_text(canonical_key([10**5000])).startswith('[{"int":"0x')

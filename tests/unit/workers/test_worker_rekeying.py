@@ -43,6 +43,7 @@ from streamherd.workers.repartitioning import (
     UPSTREAM_HEADER,
     WATERMARK_HEADER,
     WHOLE,
+    RepartitionError,
     UpstreamClock,
     close_windows,
     encode_hop,
@@ -645,3 +646,62 @@ def test_an_edit_the_fingerprint_calls_compatible_keeps_the_layout_and_its_entri
     assert failures == [] and taken == 3
     assert not same_layout(own[:16], own)
     assert not same_layout(hop_plan(spec(keyBy="k2"), "json")[16:], own)
+
+
+#: The tagged forms an exact entry's key and values may hold (values.encode_value), made
+#: malformed: tags of the wrong length or alphabet, unknown tags, nesting past the stack.
+TAGGED = st.recursive(
+    st.one_of(
+        st.integers(-(2**63), 2**63 - 1),
+        st.text(max_size=4),
+        st.none(),
+        st.fixed_dictionaries({"f64": st.text("0123456789abcdefxyz", max_size=20)}),
+        st.fixed_dictionaries({"int": st.text("0123456789abcdefx-", max_size=12)}),
+        st.fixed_dictionaries({"bytes": st.text(max_size=8)}),
+        st.dictionaries(
+            st.sampled_from(["f64", "int", "bytes", "other"]), st.integers(-5, 5), max_size=2
+        ),
+    ),
+    lambda inner: st.lists(inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def decoded_or_refused(key: bytes, values: bytes) -> None:
+    """An exact entry of ``key`` and ``values`` (msgpack): decoded with a key in state form
+    that has a text, or refused as a malformed message; nothing else."""
+    enc = msgspec.msgpack.encode
+    entry = b"".join([b"\x98", enc(0), enc(None), key, enc(1_767_225_600_000), values,
+                      enc(None), enc(None), enc(1)])  # fmt: skip
+    message = encode_message("plan", "src", 0, [entry])
+    try:
+        _, _, _, (decoded,) = decode_message(message)
+    except RepartitionError as error:
+        assert str(error).startswith("malformed repartition message"), error
+        return
+    assert isinstance(key_text(decoded[2]), str)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=TAGGED, values=TAGGED)
+def test_an_exact_entry_of_any_malformed_tags_is_a_malformed_message(key: Any, values: Any) -> None:
+    """An exact entry (the flag after its seven fields) holds its key and values in the
+    checkpoints' tagged form; another producer's bytes may hold any JSON there. Whatever it
+    is, the message is decoded or refused as malformed (RepartitionError: dead-lettered),
+    never another exception: a float tag of the wrong length (struct.error) escaped the
+    downstream's fold (a helper's finding)."""
+    decoded_or_refused(msgspec.msgpack.encode(key), msgspec.msgpack.encode(values))
+
+
+@pytest.mark.parametrize("depth", [5_000, 100_000])
+@pytest.mark.parametrize("where", ["key", "values"])
+def test_an_exact_entry_nested_past_the_stack_is_a_malformed_message(
+    depth: int, where: str
+) -> None:
+    """A key or values nested deeper than the stack in an exact entry: refused as a
+    malformed message (a RecursionError escaped the downstream's fold)."""
+    deep = b"\x91" * depth + msgspec.msgpack.encode({"int": "1"})  # [[[...{"int": "1"}]]]
+    if where == "key":
+        decoded_or_refused(deep, msgspec.msgpack.encode([]))
+    else:
+        decoded_or_refused(msgspec.msgpack.encode("k"), deep)

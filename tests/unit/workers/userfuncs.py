@@ -204,13 +204,15 @@ def _retyped(value: Any, kind: str) -> Any:
         return math.nan
     if kind == "huge" and type(value) is int:
         return value * 10**30
+    if kind == "vast" and type(value) is int:
+        return value * 10**5000  # more digits than Python writes as text (4300)
     return value
 
 
 def retype(record: dict[str, Any]) -> dict[str, Any]:
     """Record mode: each of ``k``, ``v`` and ``ts`` as the Python type its ``<name>t`` field
     names (``whole``, ``text``, ``real``, ``decimal``, ``fraction``, ``tuple``, ``bytes``,
-    ``bytearray``, ``set``, ``nan``, ``huge``): values a user function may return."""
+    ``bytearray``, ``set``, ``nan``, ``huge``, ``vast``): values a user function may return."""
     out = dict(record)
     for name in ("k", "v", "ts"):
         kind = record.get(name + "t")
