@@ -407,6 +407,26 @@ class WholeBatches:
         return strategy.elements[0]  # "next": st.sampled_from(ready)
 
 
+def on_every_route(
+    parts: list[list[SourceMessage]], keying: str, *, function: bool = False
+) -> dict[str, tuple[dict[Any, Any], list[tuple[Any, ...]]]]:
+    """(results, dead letters) of the fused, generic and hop routes over ``parts`` in
+    whole batches, asserted to be the same on all three."""
+    routes = {}
+    for route in ("fused", "generic", "hop"):
+        cfg = config(route == "hop", keying, False, 0, function=function)
+        draws: Any = WholeBatches()
+        sink = (
+            hop_run(cfg, parts, 2, draws)
+            if route == "hop"
+            else direct_run(cfg, route == "fused", parts, draws)
+        )
+        routes[route] = (results_of(sink.rows), dead_letters(sink.dead))
+    assert routes["fused"] == routes["generic"]
+    assert routes["hop"] == routes["generic"]
+    return routes
+
+
 def test_numbers_of_a_subclass_from_a_user_function_fold_alike_on_every_route() -> None:
     """A user function returned an ``int`` subclass (an ``IntEnum``) or a ``float`` one
     (numpy's float64): the direct routes folded the object as it was, the repartition hop
@@ -427,18 +447,7 @@ def test_numbers_of_a_subclass_from_a_user_function_fold_alike_on_every_route() 
         for key, fields in rows
     ]
     parts = sources(records)
-    routes = {}
-    for route in ("fused", "generic", "hop"):
-        cfg = config(route == "hop", "k", False, 0, function=True)
-        draws: Any = WholeBatches()
-        sink = (
-            hop_run(cfg, parts, 2, draws)
-            if route == "hop"
-            else direct_run(cfg, route == "fused", parts, draws)
-        )
-        routes[route] = (results_of(sink.rows), dead_letters(sink.dead))
-    assert routes["fused"] == routes["generic"]
-    assert routes["hop"] == routes["generic"]
+    routes = on_every_route(parts, "k", function=True)
     results = {dict(row)["key"][1]: dict(row) for row in routes["generic"][0].values()}
     one = ("f", "3ff0000000000000")  # 1.0
     assert (results["a"]["s"], results["a"]["lo"]) == (("int", 3), ("int", 3))
@@ -463,18 +472,7 @@ def test_a_key_of_more_digits_than_python_writes_is_refused_on_every_route(keyin
         (key, json.dumps({"ts": BASE, **fields}).encode()) for key, fields in rows
     ]
     parts = sources(records)
-    routes = {}
-    for route in ("fused", "generic", "hop"):
-        cfg = config(route == "hop", keying, False, 0, function=True)
-        draws: Any = WholeBatches()
-        sink = (
-            hop_run(cfg, parts, 2, draws)
-            if route == "hop"
-            else direct_run(cfg, route == "fused", parts, draws)
-        )
-        routes[route] = (results_of(sink.rows), dead_letters(sink.dead))
-    assert routes["fused"] == routes["generic"]
-    assert routes["hop"] == routes["generic"]
+    routes = on_every_route(parts, keying, function=True)
     results, dead = routes["generic"]
     assert len(results) == 2
     ((*_, reason, kind, message),) = dead
@@ -494,18 +492,7 @@ def test_a_key_with_a_lone_surrogate_gives_one_result_on_every_route(keying: str
         for key, v in rows
     ]
     parts = sources(records)
-    routes = {}
-    for route in ("fused", "generic", "hop"):
-        cfg = config(route == "hop", keying, False, 0)
-        draws: Any = WholeBatches()
-        sink = (
-            hop_run(cfg, parts, 2, draws)
-            if route == "hop"
-            else direct_run(cfg, route == "fused", parts, draws)
-        )
-        routes[route] = (results_of(sink.rows), dead_letters(sink.dead))
-    assert routes["fused"] == routes["generic"]
-    assert routes["hop"] == routes["generic"]
+    routes = on_every_route(parts, keying)
     results, dead = routes["generic"]
     assert len(results) == 2 and dead == []
 
