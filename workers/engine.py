@@ -103,7 +103,7 @@ from streamherd.workers.repartitioning import (
     close_windows,
     ensure_topic,
     epoch_header,
-    idle_close,
+    pass_open_windows,
     source_partitions,
     watermark_header,
     writer_header,
@@ -125,6 +125,9 @@ from streamherd.workers.windowing import PartitionWindows, StateVersionError, Wi
 log = logging.getLogger("streamherd.worker")
 
 LAG_REFRESH_SECONDS: Final = 1.0
+#: How often a topic's partition count that could not be asked at an assignment is asked
+#: again (a keyed window's checks go on the checkpoint's count until then).
+LOGS_RETRY_SECONDS: Final = 10.0
 PROGRESS_SECONDS: Final = 1.0
 HEARTBEAT_STALE_SECONDS: Final = 60.0
 #: Least time between two progress markers of one source partition (repartitioned pipelines).
@@ -378,8 +381,10 @@ class Engine:
         self.repartition = config.repartition if config.source.kafka is not None else None
         self._repartition_partitions = 0
         self._upstreams: frozenset[Upstream] = frozenset()
-        # The topics' ids and partition counts, as of the last assignment.
+        # The topics' ids and partition counts, as of the last assignment (or the last
+        # retry of one that failed: _retry_logs).
         self._logs: dict[str, LogIdentity] = {}
+        self._logs_retry_at = 0.0
         # Why the worker stops to restart (the loop stops gracefully, then exits non-zero).
         self.restart_reason: str | None = None
         self._reads_topic = topic_matcher(topics)
@@ -1147,6 +1152,20 @@ class Engine:
             for tp in source.committed(asked, timeout=10)
             if tp.offset >= 0
         }
+
+    def _retry_logs(self, now: float) -> None:
+        """Ask again for the partition count of a keyed window's topic that an assignment
+        could not ask (its describe timed out): until then the partition goes on the count
+        its checkpoint recorded, and a topic that grew since would be taken for the one
+        partition it had (no keyless record refused, no moved keys judged; a helper's
+        finding). Known again, a changed count restarts the worker as at an assignment."""
+        source = self.source
+        if source is None or not source.group_offsets or now < self._logs_retry_at:
+            return
+        if all(t in self._logs or not self._keyed(t) for t, _ in self.partitions):
+            return
+        self._logs_retry_at = now + LOGS_RETRY_SECONDS
+        self._refresh_logs(source, [])
 
     def _refresh_logs(self, source: Source, partitions: list[TopicPartition]) -> None:
         """The topics' ids and partition counts, asked on every assignment (a topic that
@@ -2379,6 +2398,7 @@ class Engine:
             return
         self._last_lag = now
         self._retry_seeks()
+        self._retry_logs(now)
         open_windows = 0
         lags: dict[tuple[str, int], int | None] = {}
         for st in list(self.partitions.values()):
@@ -2418,6 +2438,7 @@ class Engine:
         if timeout is None:
             return
         now = time.monotonic()
+        quiet: list[tuple[PartitionState, int | None]] = []  # direct windows, watermark before
         for st in list(self.partitions.values()):
             if st.idle or st.role == "downstream" or now - st.last_record_at < timeout:
                 continue
@@ -2436,21 +2457,41 @@ class Engine:
                     log, logging.INFO, "partition-idle", topic=st.topic, partition=st.partition
                 )
             elif st.windows is not None and st.windows.windows:
-                rows = idle_close(st.windows)
-                self.outputs.write(list(rows))
+                quiet.append((st, st.windows.max_event_ms))
+                pass_open_windows(st.windows)
                 st.dirty = True
-                self.counters.windows_emitted += len(rows)
-                self.counters.records_out += len(rows)
-                self.metrics.windows_emitted.inc(len(rows))
-                self.metrics.records_out.inc(len(rows))
-                log_event(
-                    log,
-                    logging.INFO,
-                    "partition-idle",
-                    topic=st.topic,
-                    partition=st.partition,
-                    closed=len(rows),
-                )
+        if not quiet:
+            return
+        # Idleness is the one rule that depends on wall-clock time, so a restart does not
+        # repeat it: the moved watermark is made durable before the windows' results leave
+        # (at-least-once; exactly-once's results leave with the checkpoint's transaction).
+        # Else a restart from the checkpoint before found the windows open, folded a record
+        # this worker had dead-lettered as late, and emitted a second, different result (a
+        # helper's finding). A restart after it closes them again with the same values.
+        states = [st for st, _ in quiet]
+        if not self.exactly_once and not self._checkpoint(states, sync=False, reason="idle"):
+            for st, before in quiet:  # not recorded (the sink not flushed): a later pass
+                st.idle = False
+                if st.windows is not None:
+                    st.windows.max_event_ms = before
+            return
+        for st in states:
+            assert st.windows is not None
+            rows = st.windows.close()
+            self.outputs.write(list(rows))
+            st.dirty = True
+            self.counters.windows_emitted += len(rows)
+            self.counters.records_out += len(rows)
+            self.metrics.windows_emitted.inc(len(rows))
+            self.metrics.records_out.inc(len(rows))
+            log_event(
+                log,
+                logging.INFO,
+                "partition-idle",
+                topic=st.topic,
+                partition=st.partition,
+                closed=len(rows),
+            )
 
     def _backpressure(self) -> None:
         source = self.source

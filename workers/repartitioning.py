@@ -567,13 +567,17 @@ def close_everything(
     return rows, last_end + plan.lateness_ms
 
 
-def idle_close(windows: PartitionWindows) -> list[tuple[str, dict[str, Any]]]:
-    """An unpartitioned window's partition went quiet: close everything, and move its
-    watermark past the closed windows so that a record for one of them is late."""
-    rows, top = close_everything(windows)
-    if top is not None and (windows.max_event_ms is None or top > windows.max_event_ms):
+def pass_open_windows(windows: PartitionWindows) -> None:
+    """An unpartitioned window's partition went quiet: move its watermark past every open
+    window, so that each is due (its next ``close()`` emits it) and a record for one of
+    them is late. Recorded in a checkpoint before the windows close, a restart closes them
+    again with the same values rather than folding a late record into them."""
+    if not windows.windows:
+        return
+    plan = windows.plan
+    top = max(start for _, start in windows.windows) + plan.size_ms + plan.lateness_ms
+    if windows.max_event_ms is None or top > windows.max_event_ms:
         windows.max_event_ms = top
-    return rows
 
 
 #: A topic creation refused for the settings it asked for.
