@@ -104,8 +104,7 @@ from streamherd.operator.upgrades import (
 )
 from streamherd.operator.validation import lenient_status, parse_pipeline, stored_status
 from streamherd.operator.verifying import Gate, KafkaFactory, gate
-from streamherd.workers.fingerprint import Description, fingerprint
-from streamherd.workers.snapshotting import is_volume_snapshot
+from streamherd.workers.fingerprint import Description, fingerprint, is_volume_snapshot
 
 log = logging.getLogger(__name__)
 

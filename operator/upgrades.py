@@ -54,9 +54,9 @@ from streamherd.workers.fingerprint import (
     describe,
     fingerprint,
     has_state,
+    is_volume_snapshot,
     snapshot_name,
 )
-from streamherd.workers.snapshotting import is_volume_snapshot
 
 #: The condition this module's decisions set.
 STATE_COMPATIBLE: Final = "StateCompatible"

@@ -82,6 +82,12 @@ def parse_duration(text: str) -> float:
     return hours * 3600 + minutes * 60 + seconds + millis / 1000
 
 
+def duration_ms(text: str) -> int:
+    """Whole milliseconds in a duration (:func:`parse_duration`): what the engine and the
+    CRD's CEL rules (``getMilliseconds()``) compare, exactly."""
+    return round(parse_duration(text) * 1000)
+
+
 def _check_duration(text: str) -> str:
     parse_duration(text)
     return text
@@ -132,6 +138,7 @@ class Model(BaseModel):
         frozen=True,
         extra="forbid",
         strict=True,
+        allow_inf_nan=False,  # JSON has neither: kubectl cannot send them
     )
 
     @field_validator("*", mode="after")

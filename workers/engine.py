@@ -57,6 +57,7 @@ from streamherd.workers.config import (
 from streamherd.workers.fingerprint import (
     changed_fields,
     config_fingerprint,
+    is_volume_snapshot,
     renormalized,
     same_state,
     snapshot_name,
@@ -115,7 +116,6 @@ from streamherd.workers.snapshotting import (
     SnapshotContents,
     SnapshotTaker,
     find_snapshot_topic,
-    is_volume_snapshot,
     read_snapshot,
 )
 from streamherd.workers.sources import open_source

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tokenize
 from collections.abc import Mapping
 from typing import Any, Final
@@ -182,6 +183,13 @@ def config_fingerprint(config: WorkerConfig) -> tuple[str, Description]:
 #: The names of the snapshots kept before a reset or replay (:func:`snapshot_name`); any other
 #: name in ``restoreFrom`` is a StreamPipelineSnapshot's, and none of those may match it.
 VOLUME_SNAPSHOT_PATTERN = r"^[0-9a-f]{1,64}-to-[0-9a-f]{1,64}(-g[0-9]{1,19})?$"
+_VOLUME_SNAPSHOT: Final = re.compile(VOLUME_SNAPSHOT_PATTERN)
+
+
+def is_volume_snapshot(name: str) -> bool:
+    """Whether ``name`` is one of the snapshots kept in a checkpoint volume (not a
+    StreamPipelineSnapshot's)."""
+    return _VOLUME_SNAPSHOT.fullmatch(name) is not None  # `$` alone passes a final newline
 
 
 def snapshot_name(old: str, new: str, generation: int | None = None) -> str:

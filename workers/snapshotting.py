@@ -26,7 +26,6 @@ Used by the engine (``streamherd.workers.engine``: the taker, and restore with
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -43,7 +42,6 @@ from confluent_kafka import (
 )
 
 from streamherd.workers.checkpointing import Checkpoint, CheckpointError, decode, encode
-from streamherd.workers.fingerprint import VOLUME_SNAPSHOT_PATTERN
 from streamherd.workers.logs import log_event
 
 log = logging.getLogger("streamherd.worker.snapshots")
@@ -56,7 +54,6 @@ POLL_SECONDS: Final = 5.0
 PART_HEADER: Final = "streamherd.part"  # "<index>/<count>"
 WRITE_HEADER: Final = "streamherd.write"  # one id per write of one partition
 #: A volume snapshot's name (kept before a reset or replay); any other name is a resource.
-VOLUME_SNAPSHOT: Final = re.compile(VOLUME_SNAPSHOT_PATTERN)
 
 Key = tuple[str, int]
 
@@ -74,10 +71,6 @@ def parse_topic(topic: str) -> tuple[str, str, str] | None:
     if len(parts) != 3 or not all(parts):
         return None
     return parts[0], parts[1], parts[2]
-
-
-def is_volume_snapshot(name: str) -> bool:
-    return VOLUME_SNAPSHOT.fullmatch(name) is not None  # `$` alone passes a final newline
 
 
 # --------------------------------------------------------------------------- records

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from streamherd.workers.config import WindowSpec, parse_duration
+from streamherd.workers.config import WindowSpec, duration_ms, parse_duration
 from streamherd.workers.expressions import compile_expression
 from streamherd.workers.limits import check_window_count
 from streamherd.workers.summing import (
@@ -356,12 +356,8 @@ class WindowPlan:
 
     @classmethod
     def compile(cls, spec: WindowSpec) -> WindowPlan:
-        size = round(parse_duration(spec.size) * 1000)
-        slide = (
-            round(parse_duration(spec.slide) * 1000)
-            if spec.type == "hopping" and spec.slide
-            else size
-        )
+        size = duration_ms(spec.size)
+        slide = duration_ms(spec.slide) if spec.type == "hopping" and spec.slide else size
         check_window_count(size, slide)
         return cls(
             size_ms=size,

@@ -250,14 +250,30 @@ def _construct_int(loader: StrictLoader, node: yaml.ScalarNode) -> int | float:
 
 def _construct_float(loader: StrictLoader, node: yaml.ScalarNode) -> float | str:
     """A float as Go's strconv.ParseFloat reads it; one beyond the float range (`1e400`)
-    fails there, and go-yaml keeps the text."""
+    fails there, and go-yaml keeps the text. `.inf` and `.nan` are read by go-yaml, but
+    kubectl then cannot write them as JSON ("json: unsupported value: +Inf") and refuses
+    the manifest: so does this reader (validate and run accepted `rate: .inf`)."""
     value: float = loader.construct_yaml_float(node)
     text = str(node.value)
-    return text if math.isinf(value) and "inf" not in text.lower() else value
+    if not math.isfinite(value) and ("inf" in text.lower() or "nan" in text.lower()):
+        raise ValueError("kubectl cannot send an infinity or NaN (JSON has none)")
+    return text if math.isinf(value) else value
+
+
+def _construct_text(loader: StrictLoader, node: yaml.Node) -> Any:
+    """`=` and `<<` as plain text, as go-yaml reads them (PyYAML resolves them to its
+    `value` and `merge` tags, for which it has no constructor: validate failed without
+    naming the field). A `<<` key still merges its mapping (PyYAML's flatten_mapping acts
+    on the node's tag, before any construction)."""
+    if isinstance(node, yaml.ScalarNode):
+        return loader.construct_scalar(node)
+    raise ValueError(f"{node.tag} is a scalar tag")
 
 
 StrictLoader.add_constructor(f"{_TAG}int", _construct_int)
 StrictLoader.add_constructor(f"{_TAG}float", _construct_float)
+StrictLoader.add_constructor(f"{_TAG}value", _construct_text)
+StrictLoader.add_constructor(f"{_TAG}merge", _construct_text)
 
 # Byte-order marks of the encodings a file that is not UTF-8 most likely is in, longest
 # first (UTF-32-LE's begins with UTF-16-LE's).

@@ -54,17 +54,23 @@ from streamherd.operator.api.resources import (
 )
 from streamherd.operator.api.scheduling import QUALIFIED_NAME
 from streamherd.operator.api.v1alpha1 import (
+    CEL_TIMESTAMP_MAX,
     INTERNAL_TOPIC_PREFIX,
     MAX_NAME_LENGTH,
+    UNIX_EPOCH,
     WINDOW_KEY_COLUMNS,
     Resources,
     StreamPipeline,
     StreamPipelineSpec,
     exactly_once_spec_problem,
-    parse_time_ms,
+    parse_time,
     postgres_result_fields,
 )
-from streamherd.workers.config import MAX_EXACTLY_ONCE_INTERVAL_SECONDS, parse_duration
+from streamherd.workers.config import (
+    MAX_EXACTLY_ONCE_INTERVAL_SECONDS,
+    duration_ms,
+    parse_duration,
+)
 from streamherd.workers.expressions import ExpressionError, compile_expression
 from streamherd.workers.limits import MAX_EXPRESSION_LENGTH, MAX_WINDOWS_PER_RECORD
 
@@ -376,6 +382,31 @@ def mount_overlaps(path: str) -> bool:
     )
 
 
+#: Pod annotations Kubernetes judges on a pod (ValidatePodSpecificAnnotations): a worker
+#: template that sets one is refused when its Deployment or its pods are created (a
+#: pod-deletion-cost that is no int32, an old seccomp or AppArmor profile annotation, a
+#: mirror pod's mark), so no worker starts while validate and the API server accepted the
+#: spec (a helper's finding). The operator manages the pods these would describe.
+POD_ONLY_ANNOTATIONS: Final = ("controller.kubernetes.io/pod-deletion-cost",
+                               "kubernetes.io/config.mirror")  # fmt: skip
+POD_ONLY_ANNOTATION_PREFIXES: Final = (
+    "seccomp.security.alpha.kubernetes.io/",
+    "container.seccomp.security.alpha.kubernetes.io/",
+    "container.apparmor.security.beta.kubernetes.io/",
+)
+#: A pod's annotations may hold 256 KiB, keys and values (TotalAnnotationSizeLimitB); the
+#: operator's own keys need a few hundred bytes of it.
+POD_ANNOTATION_BYTES: Final = 256 * 1024 - 4096
+
+
+def _pod_only(key: str) -> bool:
+    return key in POD_ONLY_ANNOTATIONS or key.startswith(POD_ONLY_ANNOTATION_PREFIXES)
+
+
+def _annotation_bytes(annotations: dict[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+
+
 def _keys_qualified(attr: str) -> Callable[[Any], bool]:
     """Whether every key of the map `attr` of a node is a QUALIFIED_NAME."""
 
@@ -515,11 +546,14 @@ def _postgres_columns_problem(spec: Any) -> str | None:
     return None
 
 
-def _windows_per_record(window: Any) -> float:
+def _windows_fit(window: Any) -> bool:
+    """The CEL rule's comparison, in whole milliseconds: size/slide in floats said 39600ms
+    over 11ms was 3600.0000000000005 windows, refused here and accepted by the API server
+    (a helper's finding)."""
     if window.type != "hopping" or window.slide is None:
-        return 1
-    slide = parse_duration(window.slide)
-    return parse_duration(window.size) / slide if slide > 0 else 1
+        return True
+    slide = duration_ms(window.slide)
+    return slide <= 0 or duration_ms(window.size) <= MAX_WINDOWS_PER_RECORD * slide
 
 
 _CLUSTER = (
@@ -926,7 +960,7 @@ RULES: Final[tuple[Rule, ...]] = (
             "duration(self.size).getMilliseconds() <= "
             f"{MAX_WINDOWS_PER_RECORD} * duration(self.slide).getMilliseconds()"
         ),
-        holds=lambda w: _windows_per_record(w) <= MAX_WINDOWS_PER_RECORD,
+        holds=_windows_fit,
     ),
     # -- result fields
     Rule(
@@ -1005,14 +1039,19 @@ RULES: Final[tuple[Rule, ...]] = (
         at="spec.source.kafka.startFrom",
         message="startFrom must be earliest, latest or an RFC 3339 time from 1970 on",
         cel=(f"self in ['earliest', 'latest'] || timestamp(self) >= timestamp('{_UNIX_EPOCH}')"),
-        holds=lambda s: s in ("earliest", "latest") or parse_time_ms(s) >= 0,
+        # The moments compared, as CEL compares them (milliseconds rounded .9999 s before
+        # 1970 to 0, a helper's finding), and none past CEL's last timestamp (a time in
+        # 9999 with a negative offset is in the year 10000 in UTC: CEL refuses it).
+        holds=lambda s: (
+            s in ("earliest", "latest") or UNIX_EPOCH <= parse_time(s) <= CEL_TIMESTAMP_MAX
+        ),
     ),
     Rule(
         name="replayFrom is a real date from 1970 on",
         at="spec.upgrade.replayFrom",
         message="replayFrom must be an RFC 3339 time from 1970 on",
         cel=f"timestamp(self) >= timestamp('{_UNIX_EPOCH}')",
-        holds=lambda s: parse_time_ms(s) >= 0,
+        holds=lambda s: parse_time(s) >= UNIX_EPOCH,  # its format hands CEL the moment
     ),
     # -- upgrades
     Rule(
@@ -1142,6 +1181,39 @@ RULES: Final[tuple[Rule, ...]] = (
             ("nodeSelector", "node_selector"),
             ("annotations", "annotations"),
         )
+    ),
+    Rule(
+        name="pod annotations leave the keys Kubernetes judges on a pod alone",
+        at="spec.pod",
+        field=".annotations",
+        message=(
+            "annotations must not set "
+            + ", ".join(POD_ONLY_ANNOTATIONS)
+            + " or keys starting with "
+            + ", ".join(POD_ONLY_ANNOTATION_PREFIXES)
+            + " (Kubernetes refuses the worker pods that carry them; the operator manages "
+            "these pods, and seccomp and AppArmor profiles are pod fields)"
+        ),
+        cel=(
+            "!has(self.annotations) || self.annotations.all(k, !(k in ["
+            + ", ".join(f"'{k}'" for k in POD_ONLY_ANNOTATIONS)
+            + "]) && !("
+            + " || ".join(f"k.startsWith('{p}')" for p in POD_ONLY_ANNOTATION_PREFIXES)
+            + "))"
+        ),
+        holds=lambda pod: not any(_pod_only(k) for k in pod.annotations),
+    ),
+    Rule(
+        name="pod annotations fit a pod",
+        at="spec.pod",
+        field=".annotations",
+        message=(
+            f"annotations may hold {POD_ANNOTATION_BYTES} bytes, keys and values together "
+            "(a pod holds 256 KiB of annotations, the operator's own included)"
+        ),
+        # Bytes, which CEL's size() of a string (code points) does not count.
+        cel=None,
+        holds=lambda pod: _annotation_bytes(pod.annotations) <= POD_ANNOTATION_BYTES,
     ),
     # -- the worker pod: what the operator mounts and sets itself
     Rule(

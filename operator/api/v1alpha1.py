@@ -14,7 +14,8 @@ the worker cannot drift apart.
 from __future__ import annotations
 
 import types
-from datetime import datetime
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
@@ -63,6 +64,21 @@ INTERNAL_TOPIC_PREFIX = "streamherd."
 BOOTSTRAP_SERVERS_PATTERN = r"^[^ \t\r\n,]+(, ?[^ \t\r\n,]+)*$"
 #: A DNS-1123 subdomain: names of PriorityClasses, StorageClasses, ServiceAccounts.
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: A container image reference, by the grammar the kubelet parses it with
+#: (github.com/distribution/reference): an optional registry host (a DNS name, an IPv4
+#: address or a bracketed IPv6 one, an optional port), lowercase path components, an
+#: optional tag and an optional digest. An image the API server stores on a Deployment but
+#: refuses on its pods (leading or trailing whitespace: no pod is ever created) or that
+#: the kubelet cannot parse (uppercase in the path: InvalidImageName) is refused here.
+_IMAGE_HOST = (
+    r"(?:(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*"
+    r"[a-zA-Z0-9])?))*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+)
+_IMAGE_PATH = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+IMAGE_REFERENCE = (
+    rf"^(?:{_IMAGE_HOST}/)?{_IMAGE_PATH}(?:/{_IMAGE_PATH})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
 #: An absolute path of plain segments: no '.', '..', '//', ':' or trailing '/'.
 MOUNT_PATH = r"^(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$"
 #: A Kubernetes quantity is checked by the API server's own parser (operator/api/rules.py);
@@ -78,12 +94,23 @@ _RFC3339 = (
 )
 
 
-def parse_time_ms(text: str) -> int:
-    """Unix milliseconds of an RFC 3339 time with a zone, e.g. ``2026-01-01T00:00:00Z``."""
+#: The Unix epoch: the workers take Unix milliseconds, so no time before it.
+UNIX_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+#: The last time CEL's timestamp() reads (cel-go: "timestamp overflow" after it).
+CEL_TIMESTAMP_MAX: Final = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+def parse_time(text: str) -> datetime:
+    """The moment of an RFC 3339 time with a zone, e.g. ``2026-01-01T00:00:00Z``."""
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone: end it with Z or +HH:MM")
-    return round(moment.timestamp() * 1000)
+    return moment
+
+
+def parse_time_ms(text: str) -> int:
+    """Unix milliseconds of an RFC 3339 time with a zone, e.g. ``2026-01-01T00:00:00Z``."""
+    return round(parse_time(text).timestamp() * 1000)
 
 
 _START_FROM = "^(earliest|latest|" + _RFC3339[1:-1] + ")$"
@@ -171,7 +198,10 @@ def whole_numbers(value: Any) -> Any:
     Python client does, meets a server that refuses it where a CEL rule reads the field:
     decision 0184.)"""
     if isinstance(value, float) and value.is_integer() and abs(value) < GO_PLAIN_FLOAT_MAX:
-        return int(value)
+        # The digits Go writes (the shortest that read back as this float), not the float's
+        # binary value: 1.2345678901234567e17 is sent as ...660, whose binary value is
+        # ...664 (a helper's finding: run counted to ...664, the server stored ...660).
+        return int(Decimal(repr(value)))
     if isinstance(value, dict):
         return {key: whole_numbers(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -970,6 +1000,7 @@ class StreamPipelineSpec(Model):
     image: str | None = Field(
         default=None,
         max_length=1024,
+        pattern=IMAGE_REFERENCE,
         description="Worker image; the operator's default when omitted. Custom images are "
         "built FROM the streamherd image (for user functions).",
     )

@@ -532,6 +532,27 @@ BOTH: list[Case] = [
          ("spec.source.kafka.startFrom", "1969-12-31T23:59:59Z")),
     case("startFrom on February 30", KAFKA, "spec.source.kafka.startFrom",
          ("spec.source.kafka.startFrom", "2026-02-30T00:00:00Z")),
+    case("startFrom a fraction of a second before 1970", KAFKA, "spec.source.kafka.startFrom",
+         ("spec.source.kafka.startFrom", "1969-12-31T23:59:59.9999Z")),
+    case("startFrom past CEL's last timestamp by its offset", KAFKA,
+         "spec.source.kafka.startFrom",
+         ("spec.source.kafka.startFrom", "9999-12-31T23:59:59-23:59")),
+    case("replayFrom a fraction of a second before 1970", KAFKA, "spec.upgrade.replayFrom",
+         ("spec.upgrade", {"onStateChange": "replay",
+                           "replayFrom": "1969-12-31T23:59:59.9999Z"})),
+    # the worker image: a pod refuses whitespace around it, the kubelet a reference it
+    # cannot parse (no pod would start)
+    case("image with leading whitespace", KAFKA, "spec.image",
+         ("spec.image", " streamherd/worker:1.0")),
+    case("image with an uppercase path", KAFKA, "spec.image",
+         ("spec.image", "streamherd/Worker:1.0")),
+    case("image with an empty tag", KAFKA, "spec.image", ("spec.image", "streamherd/worker:")),
+    # pod annotations Kubernetes judges on a pod
+    case("pod-deletion-cost as a pod annotation", KAFKA, "spec.pod.annotations",
+         ("spec.pod.annotations", {"controller.kubernetes.io/pod-deletion-cost": "high"})),
+    case("an AppArmor profile annotation", KAFKA, "spec.pod.annotations",
+         ("spec.pod.annotations",
+          {"container.apparmor.security.beta.kubernetes.io/worker": "runtime/default"})),
     case("replayFrom in the year 0", KAFKA, "spec.upgrade.replayFrom",
          ("spec.upgrade", {"onStateChange": "replay", "replayFrom": "0000-01-01T00:00:00Z"})),
     case("replayFrom before 1970 by its offset", KAFKA, "spec.upgrade.replayFrom",
@@ -712,6 +733,12 @@ ACCEPTED: list[Case] = [
     case("replicas a whole float", KAFKA, "spec.replicas", ("spec.replicas", 2.0)),
     case("timeStepMs a whole float", LOCAL, "spec.source.generator.timeStepMs",
          ("spec.source.generator.timeStepMs", 0.0)),
+    # Compared in whole milliseconds, as CEL compares them (size/slide in floats was
+    # 3600.0000000000005 here, refused by validate alone).
+    case("hopping window of exactly 3600 windows per record", KAFKA, f"{W}.slide",
+         (f"{W}.type", "hopping"), (f"{W}.size", "39600ms"), (f"{W}.slide", "11ms")),
+    case("image with a registry port and a digest", KAFKA, "spec.image",
+         ("spec.image", "registry.example.com:5000/team/worker:1.0@sha256:" + "a" * 64)),
     case("activationLag a negative-zero float", KAFKA, "spec.autoscaling.activationLag",
          ("spec.autoscaling.activationLag", -0.0)),
     case("lagPerReplica a whole float beyond 2**53", KAFKA, "spec.autoscaling.lagPerReplica",
@@ -767,4 +794,9 @@ OFFLINE_ONLY: list[Case] = [
     # blank is empty to the compiler (its grammar: Python's whitespace, comments), not to the
     # schema, whose minLength refuses only ""
     case("blank event time field", KAFKA, f"{W}.eventTime.field", (f"{W}.eventTime.field", " ")),
+    # bytes, which CEL's size() (code points) does not count: the API server stores the
+    # spec and refuses its Deployment
+    case("pod annotations over a pod's 256 KiB", KAFKA, "spec.pod.annotations",
+         ("spec.pod.annotations", {"example.com/a": "x" * (150 * 1024),
+                                   "example.com/b": "é" * (60 * 1024)})),
 ]  # fmt: skip

@@ -56,7 +56,13 @@ GO_YAML_SCALARS: Final[dict[str, Any]] = {
     "abc": "abc",
     "null": None,
     "~": None,
+    "=": "=",  # PyYAML: its `value` tag, which it cannot construct
+    "<<": "<<",  # PyYAML: its `merge` tag (a merge key only where a key is)
 }
+
+#: Plain scalars go-yaml reads but kubectl then cannot send: JSON has no infinity or NaN
+#: ("json: unsupported value: +Inf"), so kubectl refuses the manifest, and so does the reader.
+KUBECTL_REFUSES: Final = (".inf", "-.inf", "+.Inf", ".NAN", ".nan")
 
 
 def same_json(ours: Any, theirs: Any) -> bool:

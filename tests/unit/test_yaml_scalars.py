@@ -16,7 +16,7 @@ from streamherd.operator.rendering import dump_yaml_stream
 from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.yamlfiles import StrictLoader
 from tests.infra.paths import EXAMPLES_DIR
-from tests.infra.yaml_scalars import GO_YAML_SCALARS, same_json
+from tests.infra.yaml_scalars import GO_YAML_SCALARS, KUBECTL_REFUSES, same_json
 
 
 @pytest.mark.parametrize(("text", "expected"), GO_YAML_SCALARS.items())
@@ -49,3 +49,32 @@ def test_render_writes_a_string_that_kubectl_and_pyyaml_read_back_as_that_string
     written = dump_yaml_stream([{"k": text}])
     assert yaml.load(written, Loader=StrictLoader) == {"k": text}
     assert yaml.safe_load(written) == {"k": text}
+
+
+@pytest.mark.parametrize("text", KUBECTL_REFUSES)
+def test_an_infinity_or_nan_is_refused_as_kubectl_refuses_it(text: str) -> None:
+    """validate and run read `rate: .inf` as an infinity and accepted it (and the rendered
+    worker config said `null`); kubectl refuses the manifest. So does the reader, naming
+    the line."""
+    with pytest.raises(yaml.YAMLError, match="kubectl cannot send an infinity or NaN") as e:
+        yaml.load(f"a: 1\nk: {text}\n", Loader=StrictLoader)
+    assert "line 2" in str(e.value)
+
+
+def test_equals_and_merge_signs_are_text_where_kubectl_reads_text() -> None:
+    """`=` and `<<` as values (and `=` as a key) are text to kubectl; PyYAML resolved them
+    to tags it cannot construct, and validate failed without naming a field. A `<<` key
+    still merges its mapping, as go-yaml merges it."""
+    text = "a: &base {b: 1, c: 2}\nd:\n  <<: *base\n  c: 3\ne: =\nf: <<\n=: g\n"
+    assert yaml.load(text, Loader=StrictLoader) == {
+        "a": {"b": 1, "c": 2},
+        "d": {"b": 1, "c": 3},
+        "e": "=",
+        "f": "<<",
+        "=": "g",
+    }
+    doc = yaml.load((EXAMPLES_DIR / "01-clicks-local.yaml").read_text(), Loader=StrictLoader)
+    doc["metadata"]["annotations"] = {"sign": "="}
+    edited = yaml.dump(doc).replace("sign: '='", "sign: =")
+    assert "sign: =" in edited
+    assert parse_pipeline(yaml.load(edited, Loader=StrictLoader))[1] == []

@@ -56,7 +56,7 @@ from tests.infra.manifest_strategies import (
     resource_maps,
     status_values,
 )
-from tests.infra.yaml_scalars import GO_YAML_SCALARS, same_json
+from tests.infra.yaml_scalars import GO_YAML_SCALARS, KUBECTL_REFUSES, same_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -172,6 +172,21 @@ def test_kubectl_reads_plain_scalars_as_the_manifest_reader_does(
         )
     }
     assert not wrong, f"(kubectl, the table, the reader) differ: {wrong}"
+
+
+def test_kubectl_refuses_the_scalars_the_manifest_reader_refuses(
+    kube_cluster: KubeCluster, namespace: str
+) -> None:
+    """An infinity or NaN: go-yaml reads it, and kubectl cannot write it as JSON; the
+    reader refuses it too (tests/unit/test_yaml_scalars.py), so validate and run never
+    accept a manifest kubectl cannot send."""
+    for text in KUBECTL_REFUSES:
+        manifest = f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: s\ndata:\n  k: {text}\n"
+        done = kube_cluster.kubectl(
+            "create", "--dry-run=client", "-o", "json", "-n", namespace, "-f", "-",
+            input=manifest, check=False,
+        )  # fmt: skip
+        assert done.returncode != 0 and "unsupported value" in done.stderr, (text, done)
 
 
 @pytest.mark.parametrize("case", ACCEPTED, ids=lambda c: c.id)

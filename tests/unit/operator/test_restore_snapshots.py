@@ -35,7 +35,8 @@ from streamherd.operator.snapshots import (
     lists_state_snapshots,
 )
 from streamherd.operator.upgrades import STATE_COMPATIBLE
-from streamherd.workers.snapshotting import is_volume_snapshot, snapshot_topic
+from streamherd.workers.fingerprint import is_volume_snapshot
+from streamherd.workers.snapshotting import snapshot_topic
 from tests.unit.operator.operator_testkit import (
     SETTINGS,
     FakeKube,

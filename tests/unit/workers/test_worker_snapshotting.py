@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from streamherd.operator.restoring import listed_snapshots, snapshot_status
 from streamherd.workers.checkpointing import Checkpoint, encode
+from streamherd.workers.fingerprint import is_volume_snapshot
 from streamherd.workers.snapshotting import (
     CHUNK_BYTES,
     PART_HEADER,
@@ -16,7 +17,6 @@ from streamherd.workers.snapshotting import (
     Record,
     assemble,
     find_snapshot_topic,
-    is_volume_snapshot,
     parse_topic,
     records,
     snapshot_topic,

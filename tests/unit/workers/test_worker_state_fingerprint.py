@@ -22,10 +22,9 @@ import pytest
 from streamherd.workers.checkpointing import CheckpointError, CheckpointStore, decode, encode
 from streamherd.workers.config import GeneratorSourceConfig, WorkerConfig
 from streamherd.workers.engine import Engine
-from streamherd.workers.fingerprint import snapshot_name
+from streamherd.workers.fingerprint import is_volume_snapshot, snapshot_name
 from streamherd.workers.generating import GENERATOR_TOPIC, ClickGenerator
 from streamherd.workers.metrics import EngineMetrics
-from streamherd.workers.snapshotting import is_volume_snapshot
 from tests.infra.processes import wait_until
 
 GENERATOR = {
