@@ -454,28 +454,33 @@ function inside that):
 """
 
 
-# Written from the run and the profile of 2026-12-03 (see the section's date); kept here because
-# the whole section between the markers is rewritten by every run of this script.
-NOTES = """
+def notes(cpu_rate: dict[str, float]) -> str:
+    """The section's closing notes, their figures from this run's medians (records per
+    CPU-second by implementation); the Kafka Streams profile is of 2026-12-03."""
+    if not {"read", "engine", "bytewax", "flink"} <= cpu_rate.keys():
+        return ""
+    read, engine, bytewax, flink = (cpu_rate[k] for k in ("read", "engine", "bytewax", "flink"))
+    return f"""
 ### Where the time goes
 
 **The Bytewax goal (missed).** Ten times Bytewax's records per CPU-second means at most a tenth
-of its CPU per record. Bytewax took ~11-14 us per record (its Kafka input, state and window
-bookkeeping are Rust, but every record still makes several Python calls: the decode function,
-orjson and a `datetime` for its event clock, the clock's `on_item`, the windower's `open_for`
-and the fold), so the engine would need ~1.1-1.4 us per record, every thread included. The
-read-only loop alone costs ~1.2-1.5 us per record (the CPU table: `consume()` building one
-Python `Message` per record, librdkafka's fetch and decompression threads): in the run above it
-is itself only ~9.7x Bytewax (median 725,372 against 74,605), so the goal (746,050) lies above
-the read-only ceiling: no engine on this read path can meet it. The engine's own work on top of
-the loop is ~1.2 us per record (*process* in the CPU table), most of it the fused window
-function (*batch*: about half msgspec decode of the four read fields, half the tumbling fold;
-bench_engine.py's section breaks it down). Reaching it would take both the decode and the fold
-out of per-record Python bytecode (a native or vectorised batch decode-and-fold) and a read path
-cheaper than one Python object per record.
+of its CPU per record. Bytewax took ~{1e6 / bytewax:.1f} us per record in this run (its Kafka
+input, state and window bookkeeping are Rust, but every record still makes several Python calls:
+the decode function, orjson and a `datetime` for its event clock, the clock's `on_item`, the
+windower's `open_for` and the fold), so the engine would need ~{1e5 / bytewax:.2f} us per
+record, every thread included. The read-only loop alone costs ~{1e6 / read:.2f} us per record
+(the CPU table: `consume()` building one Python `Message` per record, librdkafka's fetch and
+decompression threads): in the run above it is itself only {read / bytewax:.1f}x Bytewax
+(median {read:,.0f} against {bytewax:,.0f}), so the goal ({10 * bytewax:,.0f}) lies above the
+read-only ceiling: no engine on this read path can meet it. The engine's own work on top of the
+loop is ~{1e6 / engine - 1e6 / read:.2f} us per record, most of it the fused window function
+(*batch* in the CPU table: about half msgspec decode of the four read fields, half the tumbling
+fold; bench_engine.py's section breaks it down). Reaching it would take both the decode and the
+fold out of per-record Python bytecode (a native or vectorised batch decode-and-fold) and a read
+path cheaper than one Python object per record.
 
 **Kafka Streams** (a Java Flight Recorder profile of the at-least-once peer over 1,000,000
-records of the same topic, the same day; shares of the stream thread's samples, which were ~90%
+records of the same topic, 2026-12-03; shares of the stream thread's samples, which were ~90%
 of all Java samples, the producer's network thread ~7%): the windowed aggregate's store path
 ~27% (the metered store serializes the `Windowed<String>` key and the value, the caching store
 keeps them as bytes in the record cache: hash and tree map updates per record), the record queue
@@ -483,7 +488,7 @@ and timestamp extraction ~17%, Jackson ~13%, the consumer ~12%, commits and cach
 the producer ~10%, RocksDB under 1% (the record cache absorbs the updates). A flat profile: the
 DSL's per-record cost through six processor nodes with a serialized cache get and put, plus the
 JVM's JIT and GC threads (in the CPU figure, not in Java samples). Flink was not profiled; its
-per-record cost (~7 us, every thread) sits between the two.
+per-record cost (~{1e6 / flink:.1f} us in this run, every thread) sits between the two.
 
 **Start-up** is not in the headline figure (from the first record) but in the column beside it:
 a JVM peer's start, class loading and MiniCluster cost it 10-40% of a 2,000,000-record run;
@@ -586,7 +591,9 @@ def main() -> int:
                 log(f"round {round_ + 1} {impl:12} output: {check.describe()}")
             # Written after every round: an interrupted run still leaves its complete rounds.
             section = render(impls, results, loads, verified, measured, versions, started)
-            section += NOTES
+            section += notes(
+                {i: statistics.median(r["records"] / r["cpu"] for r in results[i]) for i in impls}
+            )
             if not ARGS.no_write:
                 write_section(section, BEGIN, END)
                 log(f"round {round_ + 1}: docs/benchmarks.md written")
