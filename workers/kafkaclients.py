@@ -12,6 +12,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -135,26 +136,37 @@ def transaction_timeout_ms(config: WorkerConfig) -> int:
     return min(wanted, MAX_TRANSACTION_TIMEOUT_MS)
 
 
-def topic_max_message_bytes(
+@dataclass(frozen=True)
+class TopicLimits:
+    """What a topic's broker refuses a record for, as its configuration says."""
+
+    max_message_bytes: int | None  # the largest record batch it takes
+    compacted: bool  # cleanup.policy holds compact: a record without a key is refused
+
+
+def topic_limits(
     endpoint: KafkaEndpoint, topics: list[str], timeout: float = 10.0
-) -> dict[str, int]:
-    """Each topic's ``max.message.bytes`` as its broker answers (DescribeConfigs): the
-    largest record batch it takes. A topic it does not answer for (missing, not allowed to
-    describe, no broker in time) is left out: the caller keeps its default."""
+) -> dict[str, TopicLimits]:
+    """Each topic's limits as its broker answers (DescribeConfigs). A topic it does not
+    answer for (missing, not allowed to describe, no broker in time) is left out: the
+    caller keeps its defaults."""
     admin = AdminClient(client_config(endpoint))
     resources = [ConfigResource(ResourceType.TOPIC, topic) for topic in dict.fromkeys(topics)]
-    found: dict[str, int] = {}
+    found: dict[str, TopicLimits] = {}
     try:
         futures = admin.describe_configs(resources, request_timeout=timeout)
     except Exception:  # noqa: BLE001 - no answer: defaults
         return found
     for resource, future in futures.items():
         try:
-            entry = future.result(timeout).get("max.message.bytes")
-        except Exception:  # noqa: BLE001 - this topic unanswered: its default
-            entry = None
-        if entry is not None and entry.value is not None:
-            found[resource.name] = int(entry.value)
+            entries = future.result(timeout)
+        except Exception:  # noqa: BLE001, S112 - this topic unanswered: its defaults
+            continue
+        size, policy = entries.get("max.message.bytes"), entries.get("cleanup.policy")
+        found[resource.name] = TopicLimits(
+            int(size.value) if size is not None and size.value is not None else None,
+            policy is not None and "compact" in str(policy.value or "").split(","),
+        )
     return found
 
 

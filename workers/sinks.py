@@ -34,7 +34,7 @@ from streamherd.workers.kafkaclients import (
     FatalClientError,
     TransactionalProducer,
     producer_config,
-    topic_max_message_bytes,
+    topic_limits,
 )
 from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics, SinkMetrics
@@ -86,6 +86,11 @@ SIZE_ERRORS: Final = frozenset(
         KafkaError.INVALID_MSG_SIZE,
     }
 )
+#: Broker errors that refuse a result for what it is, so that sending it again alone tells
+#: which record of the batch it was: too large, no key for a compacted topic
+#: (INVALID_RECORD: it failed the worker, which met it again after every restart: a
+#: helper's finding), a timestamp outside the topic's message.timestamp bounds.
+RESULT_ERRORS: Final = SIZE_ERRORS | {KafkaError.INVALID_RECORD, KafkaError.INVALID_TIMESTAMP}
 
 Headers = list[tuple[str, bytes]]
 
@@ -157,6 +162,10 @@ def shorter(
 
 def is_size_error(error: KafkaError | None) -> bool:
     return error is not None and error.code() in SIZE_ERRORS
+
+
+def is_result_error(error: KafkaError | None) -> bool:
+    return error is not None and error.code() in RESULT_ERRORS
 
 
 def encode_result(value: Mapping[str, Any] | bytes) -> bytes:
@@ -350,15 +359,22 @@ class Outputs:
         # it before it is produced, and the producer's batches stay under the smallest
         # (decision 0169). At-least-once sends a refused record again, alone, instead.
         self._sink_max_bytes: int | None = None
+        # A compacted sink topic refuses a record without a key (INVALID_RECORD): under
+        # exactly-once such a result is refused before it is produced, as a too large one.
+        self._sink_compacted = False
         self._dlq_limit_name = "the producer's message.max.bytes"
         dlq_topic_max: int | None = None
         if transactional is not None and (sink.kafka is not None or dead_letter is not None):
             endpoint: KafkaEndpoint = sink.kafka or dead_letter  # type: ignore[assignment]
             topics = [c.topic for c in (sink.kafka, dead_letter) if c is not None]
+            described = topic_limits(endpoint, topics)
             limits = {
                 topic: size - size // 100  # room for the batch's framing and compression
-                for topic, size in topic_max_message_bytes(endpoint, topics).items()
+                for topic, found in described.items()
+                if (size := found.max_message_bytes) is not None
             }
+            if sink.kafka is not None and sink.kafka.topic in described:
+                self._sink_compacted = described[sink.kafka.topic].compacted
             for topic in topics:
                 if topic not in limits:  # not allowed to describe it, or not there yet
                     log_event(log, logging.WARNING, "topic-limit-unknown", topic=topic,
@@ -457,7 +473,7 @@ class Outputs:
                 except BaseException as error:  # noqa: BLE001 - the result's fault: dead-letter it
                     self._refuse(source_of(i), None, value, error)
                     continue
-                refused = postgres_refusal(record)
+                refused = postgres_refusal(record, self._postgres.config.key_columns)
                 if refused is None:
                     accepted.append(record)
                 else:  # never storable: retrying it would stop the pipeline for good
@@ -495,6 +511,17 @@ class Outputs:
             except BaseException as error:  # noqa: BLE001 - the result's fault: dead-letter it
                 self._refuse(source, default_key, value, error)
                 continue
+            if key is None and self._sink_compacted:
+                self._refuse(
+                    source,
+                    key,
+                    data,
+                    SinkRefusedError(
+                        "no key for the sink topic, which is compacted and refuses a record "
+                        "without one: not produced, as it would fail the transaction"
+                    ),
+                )
+                continue
             limit = self._sink_max_bytes
             if (
                 limit is not None
@@ -520,7 +547,7 @@ class Outputs:
                     on_delivery=functools.partial(delivered, source),
                 )
             except KafkaException as error:
-                if not is_size_error(error.args[0]):
+                if not is_result_error(error.args[0]):
                     raise
                 self._refuse(source, key, data, SinkRefusedError(str(error.args[0])))
         producer.poll(0)
@@ -534,7 +561,7 @@ class Outputs:
     def _sink_delivered(self, source: Any, error: KafkaError | None, message: Any) -> None:
         if error is None:
             return
-        if is_size_error(error):
+        if is_result_error(error):
             with self._lock:
                 self._retry_results.append((source, message))
         else:
@@ -543,7 +570,7 @@ class Outputs:
     def _sink_delivered_alone(self, source: Any, error: KafkaError | None, message: Any) -> None:
         if error is None:
             return
-        if is_size_error(error):  # too large for the sink topic: dead-letter the result
+        if is_result_error(error):  # refused alone (too large, no key): dead-letter it
             with self._lock:
                 self._refused_results.append(
                     (source, message.key(), message.value(), SinkRefusedError(str(error)))

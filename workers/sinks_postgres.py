@@ -27,10 +27,13 @@ docs/storage.md describes the table layout and operations.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 import os
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, TypeVar
@@ -220,15 +223,30 @@ def _adapt(value: Any) -> Any:
 def dedupe(rows: Sequence[Row], key_index: Sequence[int]) -> list[Row]:
     """The last row of each key, in first-seen order: one statement may not touch a row
     twice (ON CONFLICT DO UPDATE refuses), and the last one is what a replay writes."""
-    by_key: dict[bytes, Row] = {}
+    by_key: dict[Any, Row] = {}
     for row in rows:
-        values = [row[i] for i in key_index]
-        try:
-            key = orjson.dumps(values, default=str)
-        except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits in a key
-            key = repr(values).encode()
-        by_key[key] = row
+        by_key[tuple(_identity(row[i]) for i in key_index)] = row
     return list(by_key.values())
+
+
+def _identity(value: Any) -> Any:
+    """A key column's value as a hashable identity, by type and value as the table tells
+    keys apart: a JSON key (psycopg's Jsonb) by its whole value, a float NaN as one value
+    (PostgreSQL's NaN equals itself), -0.0 as 0.0. Identities were the values as JSON,
+    where psycopg's Jsonb wrote its repr, cut to 35 characters: two array keys that begin
+    alike were one row, and one window's result was never written (a helper's finding);
+    NaN, the infinities and null were all JSON null."""
+    if isinstance(value, Jsonb):
+        return ("jsonb", _identity(value.obj))
+    if isinstance(value, list | tuple):
+        return ("array", tuple(_identity(v) for v in value))
+    if isinstance(value, dict):
+        return ("object", tuple(sorted((k, _identity(v)) for k, v in value.items())))
+    if type(value) is float:
+        return ("float", "nan" if math.isnan(value) else value + 0.0)
+    if isinstance(value, bool):
+        return ("bool", value)
+    return (type(value).__name__, value)
 
 
 def _holds_nul(value: Any) -> bool:
@@ -241,17 +259,66 @@ def _holds_nul(value: Any) -> bool:
     return False
 
 
-def postgres_refusal(value: Mapping[str, Any] | bytes) -> str | None:
+def postgres_refusal(
+    value: Mapping[str, Any] | bytes, key_columns: Sequence[str] = ()
+) -> str | None:
     """Why PostgreSQL can never store this result, whatever the table, or None.
 
     A string holding the NUL character (U+0000): text, varchar, json and jsonb all refuse
-    it. Such a result would be retried forever and stop the pipeline, so the outputs
-    dead-letter it instead (reason ``sink``). Other refusals depend on the table (a type,
-    a constraint) and can be mended there: those are retried."""
+    it. A null in a key column (``key_columns``: the upsert's): a primary key refuses it,
+    and a unique index never matches it, so each replay would add a row. Key columns whose
+    index entry cannot fit a unique btree index, which every table an upsert can target
+    has: over :data:`BTREE_MAX_ITEM_BYTES` even as zlib compresses them (PostgreSQL's own
+    compression does no better, and stores a value it cannot shrink by a quarter as it
+    is). Such a result would be retried forever and stop the pipeline (a helper's finding,
+    for the last two), so the outputs dead-letter it instead (reason ``sink``). Other
+    refusals depend on the table (a type, a constraint) and can be mended there: those are
+    retried."""
     if isinstance(value, bytes):
         # JSON text: NUL can only appear escaped (\u0000), in a key or a string.
-        return _NUL_MESSAGE if b"\\u0000" in value and _holds_nul(orjson.loads(value)) else None
-    return _NUL_MESSAGE if _holds_nul(value) else None
+        if b"\\u0000" in value and _holds_nul(orjson.loads(value)):
+            return _NUL_MESSAGE
+        if not key_columns:
+            return None
+        value = orjson.loads(value)
+        if not isinstance(value, Mapping):
+            return None
+    elif _holds_nul(value):
+        return _NUL_MESSAGE
+    for column in key_columns:
+        if value.get(column) is None:
+            return (
+                f"key column {column!r} is null: PostgreSQL's upsert cannot match a null key "
+                "(a primary key refuses it; a unique index never matches it, so each replay "
+                "would add a row)"
+            )
+    raw = [_stored_bytes(value[column]) for column in key_columns]
+    if sum(map(len, raw)) > BTREE_MAX_ITEM_BYTES:
+        smallest = sum(len(zlib.compress(b, 9)) for b in raw)
+        if smallest > BTREE_MAX_ITEM_BYTES:
+            return (
+                f"the key columns hold {sum(map(len, raw))} bytes ({smallest} compressed): a "
+                f"unique index entry holds at most {BTREE_MAX_ITEM_BYTES} (PostgreSQL refuses "
+                "the row in every table an upsert can target)"
+            )
+    return None
+
+
+#: The largest entry of a btree index (version 4, 8 KiB pages): "index row size ...
+#: exceeds btree version 4 maximum 2704".
+BTREE_MAX_ITEM_BYTES: Final = 2704
+
+
+def _stored_bytes(value: Any) -> bytes:
+    """About what a key column stores of a value: text as UTF-8, JSON as its text."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    if isinstance(value, Mapping | list):
+        try:
+            return orjson.dumps(value, default=str)
+        except TypeError:  # an integer beyond 64 bits
+            return json.dumps(value, default=str).encode("utf-8", "surrogatepass")
+    return b"12345678"  # a number, a timestamp: eight bytes
 
 
 _NUL_MESSAGE: Final = (

@@ -439,3 +439,55 @@ def test_exactly_once_never_produces_what_its_topics_refuse(
         assert "event=transaction-failed" not in worker.log_path.read_text()
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize("delivery", ["atLeastOnce", "exactlyOnce"])
+def test_a_result_without_a_key_for_a_compacted_sink_is_dead_lettered(
+    kafka_broker: KafkaBroker, tmp_path: Path, delivery: str
+) -> None:
+    """A compacted topic refuses a record without a key (INVALID_RECORD). The sink's key
+    expression gives null for a result without the field: the broker's refusal failed the
+    worker, which met the same result after every restart (a helper's finding). Now such a
+    result is dead-lettered (reason sink) and the others reach the sink: at-least-once from
+    the broker's refusal of it alone, exactly-once before it is produced (the sink topic's
+    cleanup.policy learnt at start), since a refused record would fail the transaction."""
+    src = kafka_broker.create_topic(kafka_broker.unique_topic("in"), 1)
+    sink = kafka_broker.create_topic(
+        kafka_broker.unique_topic("out"), 1, config={"cleanup.policy": "compact"}
+    )
+    dlq = kafka_broker.create_topic(kafka_broker.unique_topic("dlq"), 1)
+    group = f"g-{src}"
+    config = pipeline_config(
+        kafka_broker, source=src, sink=sink, dlq=dlq, group=group, checkpoints=tmp_path / "ck"
+    )
+    config["processor"] = {"steps": [{"filter": "ok"}]}
+    config["sink"]["kafka"]["key"] = "name"
+    config["delivery"] = delivery
+    kafka_broker.produce(
+        src,
+        [
+            orjson.dumps({"name": "first", "ok": True}),  # 0: to the sink
+            orjson.dumps({"ok": True}),  # 1: no name, no key: refused by a compacted topic
+            orjson.dumps({"name": "second", "ok": True}),  # 2: to the sink
+        ],
+    )
+    end = kafka_broker.end_offsets(src)[0]
+    worker = Worker.create(tmp_path, "w", config)
+    worker.env = {"STREAMHERD_WORKER_ID": "w"}
+    worker.start()
+    try:
+        wait_until(
+            "the partition to advance",
+            lambda: committed_to(kafka_broker, group, src, end),
+            90,
+            [worker],
+        )
+        out = kafka_broker.consume_all(sink, min_records=2, timeout=60)
+        assert sorted(r.key or b"" for r in out) == [b"first", b"second"]
+        [letter] = kafka_broker.consume_all(dlq, min_records=1, timeout=60)
+        named = headers_of(letter)
+        assert named["streamherd.error.reason"] == b"sink"
+        assert named["streamherd.source.offset"] == b"1"
+        assert worker.alive()
+    finally:
+        worker.stop()

@@ -244,18 +244,40 @@ def test_postgres_stopped_and_restarted_mid_run_loses_nothing(
         worker.stop()
 
 
+#: A key no row of any table an upsert can target holds: 1,600 characters of three UTF-8
+#: bytes each (4,800 bytes) that compression cannot shrink below a btree entry's 2,704.
+UNINDEXABLE = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(1_600))
+
+
+@pytest.mark.parametrize(
+    ("user", "said", "written"),
+    [
+        ("a\u0000b", b"NUL", b"a\\u0000b"),
+        (None, b"is null", b'"key":null'),
+        (UNINDEXABLE, b"unique index entry holds at most 2704", UNINDEXABLE[:50].encode()),
+    ],
+    ids=["nul", "null-key", "unindexable-key"],
+)
 def test_a_result_postgres_can_never_store_is_dead_lettered_and_the_rest_goes_on(
-    kafka_broker: KafkaBroker, postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kafka_broker: KafkaBroker,
+    postgres_dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    user: str | None,
+    said: bytes,
+    written: bytes,
 ) -> None:
     """A key holding the NUL character is valid JSON and folds like any other, but no text
     or JSON column can store it: the sink used to retry its window's row forever (no
-    checkpoint again: one record stopped the pipeline). Now that result goes to the
-    dead-letter topic with reason sink, and every other window reaches the table."""
+    checkpoint again: one record stopped the pipeline). So with a null key (the primary
+    key refuses it) and a key no btree index entry holds (a helper's finding, session 25).
+    Now that result goes to the dead-letter topic with reason sink, and every other window
+    reaches the table."""
     monkeypatch.setenv(DSN_ENV, postgres_dsn)
     src, dlq = topics(kafka_broker)
     total = 2_000
     records = list(clicks(0, total))
-    hostile = ("nul", {"id": -2, "user": "a\u0000b", "bytes": 5, "ts": records[0][1]["ts"]})
+    hostile = ("nul", {"id": -2, "user": user, "bytes": 5, "ts": records[0][1]["ts"]})
     kafka_broker.produce(src, [*records[:1000], hostile, *records[1000:]])
     flush_markers(kafka_broker, src, PARTITIONS, records[-1][1]["ts"])
     worker = Worker.create(tmp_path, "w", pg_config(kafka_broker, src, dlq, tmp_path / "ck"))
@@ -265,8 +287,8 @@ def test_a_result_postgres_can_never_store_is_dead_lettered_and_the_rest_goes_on
         [letter] = kafka_broker.consume_all(dlq, min_records=1, timeout=60)
         named = dict(letter.headers)
         assert named["streamherd.error.reason"] == b"sink"
-        assert b"NUL" in (named["streamherd.error.message"] or b"")
-        assert b"a\\u0000b" in (letter.value or b"")  # the result, whole, as JSON
+        assert said in (named["streamherd.error.message"] or b"")
+        assert written in (letter.value or b"")  # the result, whole, as JSON
         assert metric(worker, "streamherd_results_dead_lettered_total") == 1
         assert metric(worker, "streamherd_sink_up") == 1
         before = metric(worker, "streamherd_checkpoints_total") or 0

@@ -142,6 +142,44 @@ def test_postgres_refuses_exactly_the_results_holding_nul_in_either_form(
     assert (as_dict is not None) == holds == (as_bytes is not None)
 
 
+KEY_COLUMNS = ("key", "window_start", "window_end")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=st.none()
+    | st.text(st.characters(blacklist_characters="\x00"), max_size=40)  # NUL: its own test
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.lists(st.text(st.characters(blacklist_characters="\x00"), max_size=8)),
+    long=st.sampled_from([None, "random", "repeating"]),
+    size=st.sampled_from([5_000, 60_000]),
+    form=st.sampled_from(["dict", "bytes"]),
+)
+def test_postgres_refuses_a_key_no_upsert_can_hold(
+    key: object, long: str | None, size: int, form: str
+) -> None:
+    """A null key column, or key columns that no unique btree index entry holds (2704
+    bytes, after PostgreSQL's compression, which does no better than zlib), were written
+    and refused by PostgreSQL on every retry: the pipeline stopped for good (a helper's
+    finding). Refused here (dead-lettered, reason sink); a long key that compresses into an
+    index entry, and any short one, is not."""
+    if long == "repeating":
+        key = ("ab" * size)[:size]
+    elif long == "random":  # UTF-8 of three bytes a character that zlib cannot shrink
+        key = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(size // 3))
+    result = {"key": key, "window_start": "2026-01-01T00:00:00.000Z",
+              "window_end": "2026-01-01T00:01:00.000Z", "n": 1}  # fmt: skip
+    given_form: Any = result if form == "dict" else orjson.dumps(result)
+    refused = postgres_refusal(given_form, KEY_COLUMNS)
+    if key is None:
+        assert refused is not None and "key column 'key' is null" in refused
+    elif long == "random":
+        assert refused is not None and "unique index entry holds at most 2704" in refused
+    else:
+        assert refused is None, refused
+    assert postgres_refusal(given_form) is None  # no key columns: no key judged
+
+
 def _strings(value: object) -> list[str]:
     if isinstance(value, str):
         return [value]
