@@ -1008,8 +1008,16 @@ def finish(decision: Decision, applied: Applied) -> Finished:
     missed = change if change is not None and unrecorded(change, current_conditions) else None
     state_c = state_condition(upgrade, current_conditions, current_status, missed)
     was_state = get_condition(current_conditions, STATE_COMPATIBLE)
-    if verification.holds and not upgrade.holds:
-        # Nothing is decided about the state until the verdict: say what runs.
+    # The workers' ConfigMap refused by the API server (an admission policy, its size): act
+    # applied nothing after it, so the workers run what they ran and no state changed (the
+    # roll was reported done, a state change's event posted, its fingerprint and kept
+    # snapshot listed: a helper's finding).
+    config_ref = next((r for r in desired if r.startswith("ConfigMap/")), None)
+    config_refused = config_ref in applied.refused
+    unapplied = verification.holds or config_refused
+    if unapplied and not upgrade.holds:
+        # Nothing is decided about the state until the verdict (or the config is taken):
+        # say what runs.
         state_c = Cond.kept(was_state) if was_state else Cond(
             STATE_COMPATIBLE, "True", "Compatible",
             f"state fingerprint {current_status.get('stateFingerprint')}",
@@ -1019,7 +1027,7 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         events.append(EventNote(*missed.event))
     if (
         upgrade.event is not None
-        and not verification.holds
+        and not unapplied
         and (was_state is None or (was_state.reason, was_state.message)
              != (state_c.reason, state_c.message))
     ):  # fmt: skip
@@ -1198,8 +1206,7 @@ def finish(decision: Decision, applied: Applied) -> Finished:
     # The state epoch the workers' config names once this is applied: recorded with the roll
     # that moves it, the second source of it when their ConfigMap is gone (decision 0180).
     # Held, or its ConfigMap refused, the workers keep the one they run.
-    config_ref = next((r for r in desired if r.startswith("ConfigMap/")), None)
-    kept_epoch = decision.holds or config_ref in applied.refused
+    kept_epoch = decision.holds or config_refused
     epoch = observed.epochs[0] if kept_epoch else observed.epochs[1]
     uid = str(pipeline.metadata.get("uid") or "")
     patch = status_patch(
@@ -1212,13 +1219,13 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         inputHash=input_hash,
         stateFingerprint=(
             current_status.get("stateFingerprint") or upgrade.fingerprint
-            if verification.holds and not upgrade.holds
+            if unapplied and not upgrade.holds
             else upgrade.fingerprint
         ),
         pendingStateChanges=list(upgrade.changes) if upgrade.holds else None,
         stateEpoch={"generation": epoch, "pipelineUid": uid} if epoch and uid else None,
         snapshots=snapshots_status(
-            upgrade if not verification.holds else None,
+            upgrade if not unapplied else None,
             current_status,
             generation,
             stamp,

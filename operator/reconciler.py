@@ -665,6 +665,17 @@ def act(
     refused: dict[str, str] = {}
     for wave_no in sorted({wave_of(c) for c in decision.apply}):
         wave = [c for c in decision.apply if wave_of(c) == wave_no]
+        config_refused = next((r for r in refused if r.startswith("ConfigMap/")), None)
+        if config_refused is not None:
+            # The workers read their ConfigMap at start, and a new Deployment template
+            # restarts them: rolled now, they would start on the config the server refused
+            # to replace, under the new one's hash (a helper's finding). Not applied.
+            for child in [c for c in wave if c["kind"] == "Deployment"]:
+                refused[ref(child)] = (
+                    f"{ref(child)} not applied: the API server refused {config_refused}, "
+                    "the config its workers would start with"
+                )
+            wave = [c for c in wave if c["kind"] != "Deployment"]
         transient: ApiError | None = None
         for child, (result, e) in zip(
             wave, _run_wave(wave, decision.observed, kube, pool), strict=True
