@@ -62,6 +62,7 @@ from streamherd.operator.builders.snapshot import (
     state_snapshot_name,
 )
 from streamherd.operator.builders.topics import TopicsReport
+from streamherd.operator.builders.workload import replicas_kept
 from streamherd.operator.conditions import now_rfc3339
 from streamherd.operator.decision import (
     OWN_CONDITIONS,
@@ -85,7 +86,7 @@ from streamherd.operator.decision import (
     wave_of,
     what_changed,
 )
-from streamherd.operator.kube import ApiError, KubeApi, secrets_hash
+from streamherd.operator.kube import FIELD_MANAGER, ApiError, KubeApi, secrets_hash
 from streamherd.operator.restoring import live_workers
 from streamherd.operator.rollback import (
     last_good,
@@ -541,8 +542,13 @@ def observe(
             workers_run=live_workers(live),
         )  # fmt: skip
     live_children = _read(desired, kube, pool)
+    desired = [
+        replicas_kept(child, live, FIELD_MANAGER)
+        for child, live in zip(desired, live_children, strict=True)
+    ]
     return replace(
         observed,
+        desired=tuple(desired),
         topics_managed=topics_managed,
         live={ref(c): live for c, live in zip(desired, live_children, strict=True)},
         strays=tuple(_strays(pipeline, desired, kube)),

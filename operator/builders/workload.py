@@ -9,6 +9,8 @@ empty maps and the reconciler's drift check compares desired fields against live
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
@@ -60,6 +62,37 @@ def desired_replicas(pipeline: StreamPipeline) -> int | None:
     if wanted is None:
         wanted = max(scaling.min_replicas, 1)
     return max(scaling.min_replicas, min(scaling.max_replicas, wanted))
+
+
+def replicas_kept(desired: Manifest, live: Manifest | None, manager: str) -> Manifest:
+    """``desired`` (a Deployment without ``spec.replicas``: an HPA or KEDA owns the count)
+    with the live count while ``manager`` (the operator's server-side apply) still owns
+    the field. Applied without a field it alone owns, server-side apply resets it to its
+    default, 1: switching a pipeline of 10 workers to keda or hpa dropped it to one worker
+    until the HPA acted (a helper's finding). Once the HPA has written the count (it then
+    owns the field) the Deployment is applied without it, as before."""
+    spec = desired.get("spec") or {}
+    if desired.get("kind") != "Deployment" or "replicas" in spec or live is None:
+        return desired
+    count = (live.get("spec") or {}).get("replicas")
+    if not isinstance(count, int) or not _owns(live, manager, ("f:spec", "f:replicas")):
+        return desired
+    return {**desired, "spec": {**spec, "replicas": count}}
+
+
+def _owns(live: Manifest, manager: str, path: tuple[str, ...]) -> bool:
+    """Whether ``manager``'s server-side apply owns the field at ``path`` of ``live``."""
+    for entry in (live.get("metadata") or {}).get("managedFields") or ():
+        if not isinstance(entry, dict) or entry.get("manager") != manager:
+            continue
+        if entry.get("operation") != "Apply":
+            continue
+        node: Any = entry.get("fieldsV1")
+        for step in path:
+            node = node.get(step) if isinstance(node, dict) else None
+        if node is not None:
+            return True
+    return False
 
 
 def uses_volume(pipeline: StreamPipeline) -> bool:

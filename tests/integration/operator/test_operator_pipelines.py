@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from typing import Any
 
 import pytest
@@ -297,3 +298,35 @@ def test_monitoring_objects_follow_the_prometheus_operator_crds(env: Env) -> Non
         assert "StreamherdLagAboveThreshold" in alerts
     finally:
         _delete_monitoring_crds(env.cluster)
+
+
+@pytest.mark.parametrize("mode", ["keda", "hpa"])
+def test_switching_to_an_external_scaler_keeps_the_worker_count(env: Env, mode: str) -> None:
+    """In keda and hpa modes the operator applies its Deployment without spec.replicas (the
+    HPA owns the count). The operator's server-side apply owned that field until then, and a
+    field its only manager stops applying is reset to its default: switching a pipeline of
+    three workers to keda or hpa dropped it to one (a helper's finding). The real API
+    server's field management: the count stays until the HPA writes its own."""
+    doc = load_example("02-clicks-per-minute")
+    name: str = doc["metadata"]["name"]
+    doc["spec"]["autoscaling"] = {"mode": "none"}
+    doc["spec"]["replicas"] = 3
+    env.bind_checkpoint_volume(name)
+    env.apply(doc)
+
+    def replicas() -> int | None:
+        dep = env.get("deployment", name)
+        return None if dep is None else dep["spec"].get("replicas")
+
+    wait_until("three workers wanted", lambda: replicas() == 3, 60)
+    patch = {"spec": {"autoscaling": {"mode": mode, "minReplicas": 1, "maxReplicas": 8}}}
+    env.kubectl("patch", "streampipeline", name, "--type=merge", "-p", json.dumps(patch))
+    generation = env.pipeline(name)["metadata"]["generation"]
+    wait_until(
+        "the edit to be reconciled",
+        lambda: env.pipeline(name).get("status", {}).get("observedGeneration") == generation,
+        60,
+    )
+    for _ in range(3):  # and the resyncs after it
+        assert replicas() == 3, f"the worker count was reset on switching to {mode}"
+        time.sleep(2)
