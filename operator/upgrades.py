@@ -602,19 +602,19 @@ def state_diff_files(files: Sequence[str], out: TextIO, err: TextIO) -> int:
     )
     restore = pipelines[1].spec.state.restore_from
     want = fingerprint(after)
-    if restore is not None and not is_volume_snapshot(restore) and fingerprint(before) != want:
-        # A StreamPipelineSnapshot holds the fingerprint it records in the cluster, which
-        # this offline comparison cannot read: say what the operator checks.
-        out.write(f"state fingerprint: {fingerprint(before)} -> {want}\n")
-        out.write(
-            f"the edit restores the state from StreamPipelineSnapshot {restore}: the operator "
-            f"restores it if that snapshot holds state fingerprint {want}, and holds the edit "
-            "otherwise (SnapshotMismatch)\n"
-        )
-        return 1
+    # A StreamPipelineSnapshot holds the fingerprint it records in the cluster, which this
+    # offline comparison cannot read: judged as if it held the spec's state, and said so.
+    spipeline_snapshot = restore is not None and not is_volume_snapshot(restore)
     decision = decide(before, after, pipelines[1].spec.upgrade, restore_from=restore,
+                      snapshot_fingerprint=want if spipeline_snapshot else None,
                       backends=backends, sources=(sources[0], sources[1]))  # fmt: skip
     out.write(f"state fingerprint: {fingerprint(before)} -> {decision.desired_fingerprint}\n")
+    if spipeline_snapshot:
+        out.write(
+            f"spec.state.restoreFrom names StreamPipelineSnapshot {restore}: judged as if it "
+            f"holds state fingerprint {want}, which the operator checks (it holds the edit "
+            "otherwise: SnapshotMismatch)\n"
+        )
     if decision.action == "roll" and not decision.changes:
         out.write("compatible: the edit keeps the state and rolls as usual\n")
         return 0

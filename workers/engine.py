@@ -127,7 +127,7 @@ log = logging.getLogger("streamherd.worker")
 LAG_REFRESH_SECONDS: Final = 1.0
 #: How often a topic's partition count that could not be asked at an assignment is asked
 #: again (a keyed window's checks go on the checkpoint's count until then).
-LOGS_RETRY_SECONDS: Final = 10.0
+LOGS_RETRY_SECONDS: Final = 30.0
 PROGRESS_SECONDS: Final = 1.0
 HEARTBEAT_STALE_SECONDS: Final = 60.0
 #: Least time between two progress markers of one source partition (repartitioned pipelines).
@@ -1165,9 +1165,11 @@ class Engine:
         if all(t in self._logs or not self._keyed(t) for t, _ in self.partitions):
             return
         self._logs_retry_at = now + LOGS_RETRY_SECONDS
-        self._refresh_logs(source, [])
+        self._refresh_logs(source, [], forget=False)
 
-    def _refresh_logs(self, source: Source, partitions: list[TopicPartition]) -> None:
+    def _refresh_logs(
+        self, source: Source, partitions: list[TopicPartition], *, forget: bool = True
+    ) -> None:
         """The topics' ids and partition counts, asked on every assignment (a topic that
         gains partitions rebalances its group, so this sees it), for the partitions
         assigned now (judged as they are restored) and those this worker keeps: a keyed
@@ -1185,8 +1187,8 @@ class Engine:
         for topic in topics:
             if topic in found:
                 self._logs[topic] = found[topic]
-            else:
-                self._logs.pop(topic, None)  # not known now: not judged
+            elif forget:  # an assignment: not known now, not judged (a retry keeps them)
+                self._logs.pop(topic, None)
         assigned = {(tp.topic, tp.partition) for tp in partitions}
         for key, st in self.partitions.items():
             now = self._logs.get(st.topic)
@@ -2469,12 +2471,20 @@ class Engine:
         # this worker had dead-lettered as late, and emitted a second, different result (a
         # helper's finding). A restart after it closes them again with the same values.
         states = [st for st, _ in quiet]
-        if not self.exactly_once and not self._checkpoint(states, sync=False, reason="idle"):
-            for st, before in quiet:  # not recorded (the sink not flushed): a later pass
-                st.idle = False
-                if st.windows is not None:
-                    st.windows.max_event_ms = before
-            return
+        if not self.exactly_once:
+            # A checkpoint of these partitions only: the others' interval goes on (it would
+            # never come while partitions went quiet in turn more often than it).
+            interval_from = self._last_checkpoint
+            done = self._checkpoint(states, sync=False, reason="idle")
+            self._last_checkpoint = interval_from
+            if not done:
+                # Not recorded (the sink not flushed): tried again in 5 s, not every pass.
+                for st, before in quiet:
+                    st.idle = False
+                    st.last_record_at = now - timeout + min(timeout, 5.0)
+                    if st.windows is not None:
+                        st.windows.max_event_ms = before
+                return
         for st in states:
             assert st.windows is not None
             rows = st.windows.close()

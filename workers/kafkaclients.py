@@ -165,7 +165,8 @@ def topic_limits(
         size, policy = entries.get("max.message.bytes"), entries.get("cleanup.policy")
         found[resource.name] = TopicLimits(
             int(size.value) if size is not None and size.value is not None else None,
-            policy is not None and "compact" in str(policy.value or "").split(","),
+            policy is not None
+            and "compact" in (p.strip() for p in str(policy.value or "").split(",")),
         )
     return found
 

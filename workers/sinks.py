@@ -87,10 +87,11 @@ SIZE_ERRORS: Final = frozenset(
     }
 )
 #: Broker errors that refuse a result for what it is, so that sending it again alone tells
-#: which record of the batch it was: too large, no key for a compacted topic
+#: which record of the batch it was: too large, or no key for a compacted topic
 #: (INVALID_RECORD: it failed the worker, which met it again after every restart: a
-#: helper's finding), a timestamp outside the topic's message.timestamp bounds.
-RESULT_ERRORS: Final = SIZE_ERRORS | {KafkaError.INVALID_RECORD, KafkaError.INVALID_TIMESTAMP}
+#: helper's finding). Not INVALID_TIMESTAMP: results carry the producer's clock, so that
+#: one is the worker's (a skewed node), and fails it loudly as before.
+RESULT_ERRORS: Final = SIZE_ERRORS | {KafkaError.INVALID_RECORD}
 
 Headers = list[tuple[str, bytes]]
 
@@ -473,7 +474,10 @@ class Outputs:
                 except BaseException as error:  # noqa: BLE001 - the result's fault: dead-letter it
                     self._refuse(source_of(i), None, value, error)
                     continue
-                refused = postgres_refusal(record, self._postgres.config.key_columns)
+                table = self._postgres.config
+                refused = postgres_refusal(
+                    record, table.key_columns, primary_key=table.create_table
+                )
                 if refused is None:
                     accepted.append(record)
                 else:  # never storable: retrying it would stop the pipeline for good

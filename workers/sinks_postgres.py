@@ -260,13 +260,17 @@ def _holds_nul(value: Any) -> bool:
 
 
 def postgres_refusal(
-    value: Mapping[str, Any] | bytes, key_columns: Sequence[str] = ()
+    value: Mapping[str, Any] | bytes,
+    key_columns: Sequence[str] = (),
+    *,
+    primary_key: bool = False,
 ) -> str | None:
-    """Why PostgreSQL can never store this result, whatever the table, or None.
+    """Why PostgreSQL can never store this result in its table, or None.
 
     A string holding the NUL character (U+0000): text, varchar, json and jsonb all refuse
-    it. A null in a key column (``key_columns``: the upsert's): a primary key refuses it,
-    and a unique index never matches it, so each replay would add a row. Key columns whose
+    it. A null in a key column (``key_columns``: the upsert's) of the table the sink
+    creates (``primary_key``): its primary key refuses it (a table of the user's may match
+    null keys: a unique index with NULLS NOT DISTINCT, PostgreSQL 15). Key columns whose
     index entry cannot fit a unique btree index, which every table an upsert can target
     has: over :data:`BTREE_MAX_ITEM_BYTES` even as zlib compresses them (PostgreSQL's own
     compression does no better, and stores a value it cannot shrink by a quarter as it
@@ -285,14 +289,13 @@ def postgres_refusal(
             return None
     elif _holds_nul(value):
         return _NUL_MESSAGE
-    for column in key_columns:
+    for column in key_columns if primary_key else ():
         if value.get(column) is None:
             return (
-                f"key column {column!r} is null: PostgreSQL's upsert cannot match a null key "
-                "(a primary key refuses it; a unique index never matches it, so each replay "
-                "would add a row)"
+                f"key column {column!r} is null: the table's primary key refuses it "
+                "(sink.postgres.createTable)"
             )
-    raw = [_stored_bytes(value[column]) for column in key_columns]
+    raw = [_stored_bytes(value.get(column)) for column in key_columns]
     if sum(map(len, raw)) > BTREE_MAX_ITEM_BYTES:
         smallest = sum(len(zlib.compress(b, 9)) for b in raw)
         if smallest > BTREE_MAX_ITEM_BYTES:
@@ -313,6 +316,8 @@ def _stored_bytes(value: Any) -> bytes:
     """About what a key column stores of a value: text as UTF-8, JSON as its text."""
     if isinstance(value, str):
         return value.encode("utf-8", "surrogatepass")
+    if value is None:
+        return b""
     if isinstance(value, Mapping | list):
         try:
             return orjson.dumps(value, default=str)

@@ -59,6 +59,7 @@ from streamherd.operator.api.v1alpha1 import (
     MAX_NAME_LENGTH,
     UNIX_EPOCH,
     WINDOW_KEY_COLUMNS,
+    WORKER_CONTAINER,
     Resources,
     StreamPipeline,
     StreamPipelineSpec,
@@ -382,25 +383,53 @@ def mount_overlaps(path: str) -> bool:
     )
 
 
-#: Pod annotations Kubernetes judges on a pod (ValidatePodSpecificAnnotations): a worker
-#: template that sets one is refused when its Deployment or its pods are created (a
-#: pod-deletion-cost that is no int32, an old seccomp or AppArmor profile annotation, a
-#: mirror pod's mark), so no worker starts while validate and the API server accepted the
-#: spec (a helper's finding). The operator manages the pods these would describe.
-POD_ONLY_ANNOTATIONS: Final = ("controller.kubernetes.io/pod-deletion-cost",
-                               "kubernetes.io/config.mirror")  # fmt: skip
-POD_ONLY_ANNOTATION_PREFIXES: Final = (
-    "seccomp.security.alpha.kubernetes.io/",
-    "container.seccomp.security.alpha.kubernetes.io/",
-    "container.apparmor.security.beta.kubernetes.io/",
-)
+#: Pod annotations Kubernetes judges on a pod (ValidatePodSpecificAnnotations), not on a
+#: Deployment's template: a worker template with a value it refuses is stored, and no
+#: worker pod is ever created (a helper's finding). Judged as Kubernetes judges them on the
+#: worker pod, whose one container is ``worker``, which has no nodeName and which asks for
+#: the RuntimeDefault seccomp profile itself (an annotation must agree with that field).
+CONTAINER_NAME: Final = WORKER_CONTAINER
+DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cost"
+MIRROR: Final = "kubernetes.io/config.mirror"
+APPARMOR_PREFIX: Final = "container.apparmor.security.beta.kubernetes.io/"
+SECCOMP_POD: Final = "seccomp.security.alpha.kubernetes.io/pod"
+SECCOMP_PREFIX: Final = "container.seccomp.security.alpha.kubernetes.io/"
+_SECCOMP_RUNTIME_DEFAULT: Final = ("runtime/default", "docker/default")
 #: A pod's annotations may hold 256 KiB, keys and values (TotalAnnotationSizeLimitB); the
 #: operator's own keys need a few hundred bytes of it.
 POD_ANNOTATION_BYTES: Final = 256 * 1024 - 4096
 
 
-def _pod_only(key: str) -> bool:
-    return key in POD_ONLY_ANNOTATIONS or key.startswith(POD_ONLY_ANNOTATION_PREFIXES)
+def _pod_annotation_ok(key: str, value: Any, _pod: Any) -> bool:
+    """Whether Kubernetes takes this annotation on a worker pod."""
+    text = value if isinstance(value, str) else ""
+    if key == MIRROR:  # a mirror pod needs spec.nodeName, which the workers never set
+        return False
+    if key == DELETION_COST:  # strconv.ParseInt(value, 10, 32)
+        return re.fullmatch(r"[+-]?[0-9]{1,10}", text) is not None and (
+            -(2**31) <= int(text) < 2**31
+        )
+    if key.startswith(APPARMOR_PREFIX):  # the container must exist; a known profile form
+        return key[len(APPARMOR_PREFIX) :] == CONTAINER_NAME and (
+            text in ("", "runtime/default", "unconfined") or text.startswith("localhost/")
+        )
+    if key == SECCOMP_POD or key.startswith(SECCOMP_PREFIX):
+        return (key == SECCOMP_POD or key[len(SECCOMP_PREFIX) :] == CONTAINER_NAME) and (
+            text in _SECCOMP_RUNTIME_DEFAULT
+        )
+    return True
+
+
+_CEL_POD_ANNOTATION_OK = (
+    f"k != '{MIRROR}' && "
+    f"(k != '{DELETION_COST}' || ({{v}}.matches('^[+-]?[0-9]{{1,10}}$') && "
+    f"int({{v}}) >= -2147483648 && int({{v}}) <= 2147483647)) && "
+    f"(!k.startsWith('{APPARMOR_PREFIX}') || (k == '{APPARMOR_PREFIX}{CONTAINER_NAME}' && "
+    f"({{v}} in ['', 'runtime/default', 'unconfined'] || {{v}}.startsWith('localhost/')))) && "
+    f"((k != '{SECCOMP_POD}' && !k.startsWith('{SECCOMP_PREFIX}')) || "
+    f"((k == '{SECCOMP_POD}' || k == '{SECCOMP_PREFIX}{CONTAINER_NAME}') && "
+    f"{{v}} in ['runtime/default', 'docker/default']))"
+)
 
 
 def _annotation_bytes(annotations: dict[str, str]) -> int:
@@ -1182,26 +1211,19 @@ RULES: Final[tuple[Rule, ...]] = (
             ("annotations", "annotations"),
         )
     ),
-    Rule(
-        name="pod annotations leave the keys Kubernetes judges on a pod alone",
+    each_entry(
+        "pod annotations hold what Kubernetes takes on a pod",
         at="spec.pod",
-        field=".annotations",
+        of="annotations",
         message=(
-            "annotations must not set "
-            + ", ".join(POD_ONLY_ANNOTATIONS)
-            + " or keys starting with "
-            + ", ".join(POD_ONLY_ANNOTATION_PREFIXES)
-            + " (Kubernetes refuses the worker pods that carry them; the operator manages "
-            "these pods, and seccomp and AppArmor profiles are pod fields)"
+            f"Kubernetes refuses this annotation on the worker pods, so none would start: "
+            f"{DELETION_COST} must be a 32-bit integer; {APPARMOR_PREFIX}<container> must "
+            f"name the container {CONTAINER_NAME!r} and runtime/default, unconfined or "
+            f"localhost/<profile>; the seccomp annotations must say runtime/default (the "
+            f"workers ask for it); {MIRROR} is for static pods"
         ),
-        cel=(
-            "!has(self.annotations) || self.annotations.all(k, !(k in ["
-            + ", ".join(f"'{k}'" for k in POD_ONLY_ANNOTATIONS)
-            + "]) && !("
-            + " || ".join(f"k.startsWith('{p}')" for p in POD_ONLY_ANNOTATION_PREFIXES)
-            + "))"
-        ),
-        holds=lambda pod: not any(_pod_only(k) for k in pod.annotations),
+        cel_ok=_CEL_POD_ANNOTATION_OK,
+        ok=_pod_annotation_ok,
     ),
     Rule(
         name="pod annotations fit a pod",

@@ -79,6 +79,9 @@ IMAGE_REFERENCE = (
     rf"^(?:{_IMAGE_HOST}/)?{_IMAGE_PATH}(?:/{_IMAGE_PATH})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
     r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
 )
+#: The worker pods' one container (operator/builders/workload.py): the rules judge what
+#: Kubernetes checks against it (pod annotations naming a container).
+WORKER_CONTAINER: Final = "worker"
 #: An absolute path of plain segments: no '.', '..', '//', ':' or trailing '/'.
 MOUNT_PATH = r"^(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$"
 #: A Kubernetes quantity is checked by the API server's own parser (operator/api/rules.py);

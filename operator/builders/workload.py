@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from streamherd.operator.api.v1alpha1 import StreamPipeline
+from streamherd.operator.api.v1alpha1 import WORKER_CONTAINER, StreamPipeline
 from streamherd.operator.builders.credentials import credentials
 from streamherd.operator.builders.meta import (
     CHECKPOINT_DIR,
@@ -38,7 +38,7 @@ from streamherd.operator.builders.topics import uses_changelog
 from streamherd.operator.builders.worker_config import build_worker_config, worker_config_json
 from streamherd.operator.settings import OperatorSettings
 
-CONTAINER_NAME = "worker"
+CONTAINER_NAME = WORKER_CONTAINER
 # Modes where another controller (HPA, KEDA) owns spec.replicas of the Deployment.
 EXTERNAL_SCALER_MODES = frozenset({"hpa", "keda"})
 

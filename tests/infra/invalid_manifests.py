@@ -550,9 +550,14 @@ BOTH: list[Case] = [
     # pod annotations Kubernetes judges on a pod
     case("pod-deletion-cost as a pod annotation", KAFKA, "spec.pod.annotations",
          ("spec.pod.annotations", {"controller.kubernetes.io/pod-deletion-cost": "high"})),
-    case("an AppArmor profile annotation", KAFKA, "spec.pod.annotations",
+    case("an AppArmor annotation for a container the pod has not", KAFKA, "spec.pod.annotations",
          ("spec.pod.annotations",
-          {"container.apparmor.security.beta.kubernetes.io/worker": "runtime/default"})),
+          {"container.apparmor.security.beta.kubernetes.io/sidecar": "runtime/default"})),
+    case("a seccomp annotation the workers' own profile contradicts", KAFKA,
+         "spec.pod.annotations",
+         ("spec.pod.annotations", {"seccomp.security.alpha.kubernetes.io/pod": "unconfined"})),
+    case("a mirror pod's annotation", KAFKA, "spec.pod.annotations",
+         ("spec.pod.annotations", {"kubernetes.io/config.mirror": "x"})),
     case("replayFrom in the year 0", KAFKA, "spec.upgrade.replayFrom",
          ("spec.upgrade", {"onStateChange": "replay", "replayFrom": "0000-01-01T00:00:00Z"})),
     case("replayFrom before 1970 by its offset", KAFKA, "spec.upgrade.replayFrom",
@@ -737,6 +742,13 @@ ACCEPTED: list[Case] = [
     # 3600.0000000000005 here, refused by validate alone).
     case("hopping window of exactly 3600 windows per record", KAFKA, f"{W}.slide",
          (f"{W}.type", "hopping"), (f"{W}.size", "39600ms"), (f"{W}.slide", "11ms")),
+    # pod annotations Kubernetes takes on the worker pods (a review's finding: refused
+    # by key alone, they were refused where Kubernetes 1.28 and 1.29 need the AppArmor one)
+    case("pod annotations Kubernetes takes on a pod", KAFKA, "spec.pod.annotations",
+         ("spec.pod.annotations", {
+             "controller.kubernetes.io/pod-deletion-cost": "-100",
+             "container.apparmor.security.beta.kubernetes.io/worker": "localhost/k8s-worker",
+             "container.seccomp.security.alpha.kubernetes.io/worker": "runtime/default"})),
     case("image with a registry port and a digest", KAFKA, "spec.image",
          ("spec.image", "registry.example.com:5000/team/worker:1.0@sha256:" + "a" * 64)),
     case("activationLag a negative-zero float", KAFKA, "spec.autoscaling.activationLag",

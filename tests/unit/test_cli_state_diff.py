@@ -224,9 +224,17 @@ def test_restore_from_decides_as_in_the_operator(
     code, out = local_diff(tmp_path, capsys, after)
     assert code == 1 and "the operator would: hold:" in out, out
     assert "holds state of fingerprint 0123456789abcdef" in out
-    # A StreamPipelineSnapshot: its fingerprint is in the cluster; what is checked is said.
+    # A StreamPipelineSnapshot: its fingerprint is in the cluster; judged as if it held the
+    # spec's state, and what the operator checks is said.
     window(after)["size"] = "5s"
     after["spec"]["state"] = {"restoreFrom": "nightly"}
     code, out = local_diff(tmp_path, capsys, after)
-    assert code == 1 and "StreamPipelineSnapshot nightly" in out, out
-    assert f"holds state fingerprint {after_fp}" in out
+    assert code == 1 and "the operator would: restore:" in out, out
+    assert (
+        f"StreamPipelineSnapshot nightly: judged as if it holds state fingerprint {after_fp}" in out
+    )
+    # ... and an edit that keeps the state rolls as usual (it said "hold": a review's finding)
+    same = copy.deepcopy(LOCAL)
+    same["spec"]["state"] = {"restoreFrom": "nightly"}
+    code, out = local_diff(tmp_path, capsys, same)
+    assert code == 0 and "compatible" in out, out

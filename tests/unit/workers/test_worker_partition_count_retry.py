@@ -79,6 +79,11 @@ def test_a_count_not_known_at_the_assignment_is_asked_again(tmp_path: Path) -> N
     grown = [message(0, 0, b"a", click(0)), message(0, 1, b"a", click(100))]
     second = life(tmp_path, grown, partitions=3, failing=True)
     assert restart_reason(second) is None
+    # A retry that fails too forgets none of the counts known (a review's finding).
+    second._logs["other"] = (None, 5)
+    second._refresh_lag(force=True)
+    assert second._logs["other"] == (None, 5) and restart_reason(second) is None
+    second._logs_retry_at = 0.0  # the retry's 30 s, passed
     source: Any = second.source
     source.failing = False
     second._refresh_lag(force=True)  # the loop's periodic work: asks again

@@ -158,7 +158,8 @@ KEY_COLUMNS = ("key", "window_start", "window_end")
 def test_postgres_refuses_a_key_no_upsert_can_hold(
     key: object, long: str | None, size: int, form: str
 ) -> None:
-    """A null key column, or key columns that no unique btree index entry holds (2704
+    """A null key column of the table the sink creates (its primary key), or key columns
+    that no unique btree index entry holds (2704
     bytes, after PostgreSQL's compression, which does no better than zlib), were written
     and refused by PostgreSQL on every retry: the pipeline stopped for good (a helper's
     finding). Refused here (dead-lettered, reason sink); a long key that compresses into an
@@ -170,9 +171,11 @@ def test_postgres_refuses_a_key_no_upsert_can_hold(
     result = {"key": key, "window_start": "2026-01-01T00:00:00.000Z",
               "window_end": "2026-01-01T00:01:00.000Z", "n": 1}  # fmt: skip
     given_form: Any = result if form == "dict" else orjson.dumps(result)
-    refused = postgres_refusal(given_form, KEY_COLUMNS)
+    refused = postgres_refusal(given_form, KEY_COLUMNS, primary_key=True)
     if key is None:
         assert refused is not None and "key column 'key' is null" in refused
+        # A table of the user's may match null keys (NULLS NOT DISTINCT): not refused.
+        assert postgres_refusal(given_form, KEY_COLUMNS) is None
     elif long == "random":
         assert refused is not None and "unique index entry holds at most 2704" in refused
     else:
