@@ -86,7 +86,7 @@ from streamherd.operator.decision import (
     wave_of,
     what_changed,
 )
-from streamherd.operator.kube import FIELD_MANAGER, ApiError, KubeApi, secrets_hash
+from streamherd.operator.kube import ApiError, KubeApi, secrets_hash
 from streamherd.operator.restoring import live_workers
 from streamherd.operator.rollback import (
     last_good,
@@ -543,8 +543,7 @@ def observe(
         )  # fmt: skip
     live_children = _read(desired, kube, pool)
     desired = [
-        replicas_kept(child, live, FIELD_MANAGER)
-        for child, live in zip(desired, live_children, strict=True)
+        replicas_kept(child, live) for child, live in zip(desired, live_children, strict=True)
     ]
     return replace(
         observed,

@@ -9,8 +9,6 @@ empty maps and the reconciler's drift check compares desired fields against live
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel
 
 from streamherd.operator.api.v1alpha1 import WORKER_CONTAINER, StreamPipeline
@@ -64,35 +62,22 @@ def desired_replicas(pipeline: StreamPipeline) -> int | None:
     return max(scaling.min_replicas, min(scaling.max_replicas, wanted))
 
 
-def replicas_kept(desired: Manifest, live: Manifest | None, manager: str) -> Manifest:
+def replicas_kept(desired: Manifest, live: Manifest | None) -> Manifest:
     """``desired`` (a Deployment without ``spec.replicas``: an HPA or KEDA owns the count)
-    with the live count while ``manager`` (the operator's server-side apply) still owns
-    the field. Applied without a field it alone owns, server-side apply resets it to its
-    default, 1: switching a pipeline of 10 workers to keda or hpa dropped it to one worker
-    until the HPA acted (a helper's finding). Once the HPA has written the count (it then
-    owns the field) the Deployment is applied without it, as before."""
+    with the live count. Applied without a field its server-side apply alone owned, the
+    API server resets it to its default, 1: switching a pipeline of 10 workers to keda or
+    hpa dropped it to one worker until the HPA acted (a helper's finding). Applying the live
+    count changes nothing the HPA decided (the operator reads it just before; applies are
+    rare: only when the Deployment's own content changes). A count of 0 is left out (the
+    default 1 then): an HPA never scales a Deployment up from 0, so a pipeline resumed from
+    `suspend` in hpa mode would stay at 0."""
     spec = desired.get("spec") or {}
     if desired.get("kind") != "Deployment" or "replicas" in spec or live is None:
         return desired
     count = (live.get("spec") or {}).get("replicas")
-    if not isinstance(count, int) or not _owns(live, manager, ("f:spec", "f:replicas")):
+    if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
         return desired
     return {**desired, "spec": {**spec, "replicas": count}}
-
-
-def _owns(live: Manifest, manager: str, path: tuple[str, ...]) -> bool:
-    """Whether ``manager``'s server-side apply owns the field at ``path`` of ``live``."""
-    for entry in (live.get("metadata") or {}).get("managedFields") or ():
-        if not isinstance(entry, dict) or entry.get("manager") != manager:
-            continue
-        if entry.get("operation") != "Apply":
-            continue
-        node: Any = entry.get("fieldsV1")
-        for step in path:
-            node = node.get(step) if isinstance(node, dict) else None
-        if node is not None:
-            return True
-    return False
 
 
 def uses_volume(pipeline: StreamPipeline) -> bool:
