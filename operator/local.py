@@ -183,10 +183,18 @@ def run_local(
         else {}
     )
 
+    held: list[str] = []
+
     def progress(summary: RunSummary) -> None:
         if not args.quiet:
             err.write(_progress_line(summary) + "\n")
             err.flush()
+        if summary.partitions and summary.held == summary.partitions and not held:
+            # Every partition's checkpoint holds another spec's state (an edit of the
+            # manifest run again on its checkpoints): nothing would ever be read; a worker
+            # waits for the operator's decision, a local run ends and says why.
+            held.append(summary.held_why or "held")
+            stop.set()
 
     try:
         summary = run_pipeline(config, stop=stop, progress=progress, out=out)
@@ -219,6 +227,14 @@ def run_local(
             timer.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if held:
+        err.write(
+            f"error: every partition is held: {held[0]}. The checkpoints in {checkpoint_dir} "
+            "were written under another state: run the manifest they were written for, set "
+            "spec.upgrade.onStateChange (reset or replay) to start the state anew (the old "
+            "one is kept as a snapshot), or use another --checkpoint-dir\n"
+        )
+        return 1
     if not args.quiet:
         err.write(f"done ({summary.reason}): {_progress_line(summary)}\n")
     return 0 if summary.reason in ("stopped", "exhausted") else 1

@@ -160,6 +160,9 @@ class RunSummary:
     elapsed_seconds: float
     finished: bool
     reason: str  # running | exhausted | stopped
+    partitions: int = 0  # owned now
+    held: int = 0  # of them, held (their state another spec's: the state policy)
+    held_why: str | None = None  # the first held partition's reason
 
 
 @dataclass
@@ -2537,6 +2540,9 @@ class Engine:
             elapsed_seconds=time.monotonic() - c.started,
             finished=finished,
             reason=reason,
+            partitions=len(self.partitions),
+            held=len(held := [st.held for st in self.partitions.values() if st.held is not None]),
+            held_why=held[0] if held else None,
         )
 
     def _beat(self) -> None:
