@@ -143,14 +143,17 @@ def test_postgres_refuses_exactly_the_results_holding_nul_in_either_form(
 
 
 KEY_COLUMNS = ("key", "window_start", "window_end")
+#: Characters of a result's strings as they reach the PostgreSQL sink: no NUL (its own test
+#: above) and no lone surrogate (postgres_record's JSON encoding dead-letters it first).
+PLAIN = st.characters(codec="utf-8", blacklist_characters="\x00")
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     key=st.none()
-    | st.text(st.characters(blacklist_characters="\x00"), max_size=40)  # NUL: its own test
+    | st.text(PLAIN, max_size=40)
     | st.integers(-(2**63), 2**63 - 1)
-    | st.lists(st.text(st.characters(blacklist_characters="\x00"), max_size=8)),
+    | st.lists(st.text(PLAIN, max_size=8)),
     long=st.sampled_from([None, "random", "repeating"]),
     size=st.sampled_from([5_000, 60_000]),
     form=st.sampled_from(["dict", "bytes"]),
