@@ -559,12 +559,19 @@ def close_everything(
 ) -> tuple[list[tuple[str, dict[str, Any]]], int | None]:
     """Close every open window (idleness); returns the rows and the max event time level
     from which each closed window counts as closed (a later record for it is late)."""
-    if not windows.windows:
+    level = past_open_windows(windows)
+    if level is None:
         return [], None
+    return windows.close(everything=True), level
+
+
+def past_open_windows(windows: PartitionWindows) -> int | None:
+    """The max event time level from which every open window counts as closed (its end plus
+    the allowed lateness); None when none is open."""
+    if not windows.windows:
+        return None
     plan = windows.plan
-    last_end = max(start for _, start in windows.windows) + plan.size_ms
-    rows = windows.close(everything=True)
-    return rows, last_end + plan.lateness_ms
+    return max(start for _, start in windows.windows) + plan.size_ms + plan.lateness_ms
 
 
 def pass_open_windows(windows: PartitionWindows) -> None:
@@ -572,11 +579,8 @@ def pass_open_windows(windows: PartitionWindows) -> None:
     window, so that each is due (its next ``close()`` emits it) and a record for one of
     them is late. Recorded in a checkpoint before the windows close, a restart closes them
     again with the same values rather than folding a late record into them."""
-    if not windows.windows:
-        return
-    plan = windows.plan
-    top = max(start for _, start in windows.windows) + plan.size_ms + plan.lateness_ms
-    if windows.max_event_ms is None or top > windows.max_event_ms:
+    top = past_open_windows(windows)
+    if top is not None and (windows.max_event_ms is None or top > windows.max_event_ms):
         windows.max_event_ms = top
 
 
