@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import cached_property
 from typing import Any, Final, Literal, Protocol
 
 from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND
@@ -46,6 +47,7 @@ from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.builders import CHILD_KINDS, KEDA_API, Capabilities, build_all
 from streamherd.operator.builders.credentials import credentials
 from streamherd.operator.builders.meta import (
+    CONFIG_KEY,
     INPUT_HASH_ANNOTATION,
     PIPELINE_LABEL,
     config_map_name,
@@ -100,8 +102,10 @@ from streamherd.operator.upgrades import (
     config_description,
     config_sources,
     running_epoch,
+    running_view,
     state_change,
     state_epoch,
+    with_running,
 )
 from streamherd.operator.validation import lenient_status, parse_pipeline, stored_status
 from streamherd.operator.verifying import Gate, KafkaFactory, gate
@@ -306,28 +310,50 @@ def _desired_state(config_map: Manifest, memo: ReconcileMemo | None) -> Descript
     return found
 
 
+@dataclass(frozen=True)
+class _Running:
+    """The workers' live ConfigMap and Deployment (from the watch cache), and the
+    ConfigMap as the pods run it (upgrades.running_view: decision 0196)."""
+
+    config_map: Manifest | None
+    deployment: Manifest | None
+
+    @cached_property
+    def view(self) -> Manifest | None:
+        return running_view(self.config_map, self.deployment)
+
+    def kept(self, desired: list[Manifest]) -> list[Manifest]:
+        """`desired` with the workers' ConfigMap keeping the config the pods run
+        (upgrades.with_running)."""
+        view = self.view
+        return [
+            with_running(c, self.config_map, view, self.deployment)
+            if c["kind"] == "ConfigMap"
+            else c
+            for c in desired
+        ]
+
+
 def _upgrade_inputs(
     pipeline: StreamPipeline,
     desired: Sequence[Manifest],
     kube: KubeApi,
     memo: ReconcileMemo | None,
+    live: Manifest | None,
 ) -> UpgradeInputs:
-    """What the upgrade decision compares (operator/upgrades.py). The live ConfigMap is
-    what the workers run; it is read from the watch cache, and parsed only when it differs
-    from the desired one (the record of the state change it was applied for, if any, is
-    read too: decision 0173). A StreamPipelineSnapshot that spec.state.restoreFrom names is read
-    once per edit, not per resync (operator/restoring.py)."""
+    """What the upgrade decision compares (operator/upgrades.py). `live` is the workers'
+    ConfigMap as the pods run it (_Running.view, from the watch cache); it is parsed only
+    when its config differs from the desired one (the record of the state change it was
+    applied for, if any, is read too: decision 0173). A StreamPipelineSnapshot that
+    spec.state.restoreFrom names is read once per edit, not per resync
+    (operator/restoring.py)."""
     config_map = next(c for c in desired if c["kind"] == "ConfigMap")
     want = _desired_state(config_map, memo)
-    meta = config_map["metadata"]
-    live = kube.get("v1", "ConfigMap", meta["namespace"], meta["name"])
     rolled = False
     desired_backend = config_backend(config_map) or "volume"
     if live is None:
         running, running_backend = None, None
-    elif (live.get("metadata", {}).get("annotations") or {}).get(INPUT_HASH_ANNOTATION) == meta[
-        "annotations"
-    ][INPUT_HASH_ANNOTATION]:
+    elif (live.get("data") or {}).get(CONFIG_KEY) == config_map["data"][CONFIG_KEY]:
         running, running_backend, rolled = want, desired_backend, True
     else:
         running, running_backend = config_description(live), config_backend(live)
@@ -463,17 +489,20 @@ def observe(
     # this generation by a reset or replay to another state (below). Read from the live
     # ConfigMap, or from status when there is none of this pipeline's (deleted by hand,
     # lost, or a deleted pipeline's of the name): decision 0180.
-    live_epoch = running_epoch(
+    # What runs is what the live Deployment's pod template names (decision 0196).
+    workers = _Running(
         kube.get("v1", "ConfigMap", pipeline.namespace, config_map_name(pipeline.name)),
-        status,
-        str(pipeline.metadata.get("uid") or ""),
+        kube.get("apps/v1", "Deployment", pipeline.namespace, pipeline.name),
     )
+    live_epoch = running_epoch(workers.view, status, str(pipeline.metadata.get("uid") or ""))
     while True:
         running = good[0] if good is not None else pipeline
         try:
-            desired = _desired(
-                running, body, settings, secrets_hash=hash_, caps=caps,
-                memo=None if good else memo, state_epoch=live_epoch,
+            desired = workers.kept(
+                _desired(
+                    running, body, settings, secrets_hash=hash_, caps=caps,
+                    memo=None if good else memo, state_epoch=live_epoch,
+                )
             )  # fmt: skip
         except Exception as e:  # a spec the rules let through and a builder cannot build
             # A gap in operator/api/rules.py: say so in the status instead of crash-looping.
@@ -488,7 +517,7 @@ def observe(
             last_good=good,
             rollback_refused=refused,
             desired=tuple(desired),
-            upgrade=_upgrade_inputs(running, desired, kube, memo),
+            upgrade=_upgrade_inputs(running, desired, kube, memo, workers.view),
         )
         upgrade = upgrade_decision(observed)
         if good is None or (upgrade.action == "roll" and upgrade.event is None):
@@ -515,12 +544,16 @@ def observe(
         # This roll starts the state anew: its workers name the new epoch, and discard any
         # checkpoint of their fingerprint from before it (the pipeline came back to it).
         # The fingerprint leaves the epoch out, so the decision stands as it was made.
-        desired = _desired(
-            running, body, settings, secrets_hash=hash_, caps=caps,
-            memo=None if good else memo, state_epoch=epoch,
+        desired = workers.kept(
+            _desired(
+                running, body, settings, secrets_hash=hash_, caps=caps,
+                memo=None if good else memo, state_epoch=epoch,
+            )
         )  # fmt: skip
         observed = replace(
-            observed, desired=tuple(desired), upgrade=_upgrade_inputs(running, desired, kube, memo)
+            observed,
+            desired=tuple(desired),
+            upgrade=_upgrade_inputs(running, desired, kube, memo, workers.view),
         )
     observed = replace(observed, epochs=(live_epoch, epoch))
     # spec.upgrade.verify: an edit of the processing runs on shadows first (verifying.py).

@@ -56,6 +56,7 @@ from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.kube import ApiError, KubeApi
 from streamherd.operator.reconciler import release_state_snapshot
 from streamherd.operator.restoring import listed_snapshots, snapshot_status
+from streamherd.operator.upgrades import running_view
 from streamherd.operator.validation import (
     deletion_pipeline,
     parse_pipeline,
@@ -188,7 +189,10 @@ def snapshot_topics(
 def _running_topics(kube: KubeApi, namespace: str, pipeline: str) -> list[str] | None:
     """The running workers' source and repartition topics; None when there is no worker
     config with a Kafka source to read."""
-    config_map = kube.get("v1", "ConfigMap", namespace, config_map_name(pipeline))
+    config_map = running_view(  # what the pods run (decision 0196)
+        kube.get("v1", "ConfigMap", namespace, config_map_name(pipeline)),
+        kube.get("apps/v1", "Deployment", namespace, pipeline),
+    )
     raw = ((config_map or {}).get("data") or {}).get(CONFIG_KEY)
     if not raw:
         return None

@@ -2,7 +2,8 @@
 
 The reconciler (``streamherd.operator.reconciler``) calls this before it applies a pipeline's
 ConfigMap and Deployment, whenever the desired ConfigMap differs from the live one: the live
-ConfigMap is what the workers run, so its WorkerConfig gives the running state fingerprint
+ConfigMap's file the pod template names is what the workers run (``running_view``,
+decision 0196), so its WorkerConfig gives the running state fingerprint
 (``streamherd.workers.fingerprint``), and the desired one the edited spec's. ``decide`` is
 the pure step (table-tested): an edit that keeps the fingerprint rolls as usual; one that
 changes it follows ``spec.upgrade.onStateChange``:
@@ -32,19 +33,23 @@ from pydantic import ValidationError
 
 from streamherd.operator.api.v1alpha1 import KIND, Upgrade
 from streamherd.operator.builders.meta import (
+    CONFIG_HASH_ANNOTATION,
     CONFIG_KEY,
     INPUT_HASH_ANNOTATION,
     STATE_CHANGE_ANNOTATION,
     Manifest,
+    stamp_input_hash,
 )
 from streamherd.operator.builders.worker_config import build_worker_config
 from streamherd.operator.conditions import Cond
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import load_documents, parse_pipeline
 from streamherd.workers.config import (
+    RUNNING_CONFIG_FILE,
     GeneratorSourceConfig,
     ProcessorConfig,
     WorkerConfig,
+    config_text_hash,
     topic_matcher,
 )
 from streamherd.workers.fingerprint import (
@@ -96,6 +101,67 @@ def _config_text(config_map: Manifest | None) -> str | None:
         return None
     text = (config_map.get("data") or {}).get(CONFIG_KEY)
     return text if isinstance(text, str) else None
+
+
+def template_config_hash(deployment: Manifest | None) -> str | None:
+    """The content hash of the config the workers' Deployment's pod template names: the one
+    its pods run (decision 0196); None without a Deployment or the annotation."""
+    template = ((deployment or {}).get("spec") or {}).get("template") or {}
+    found = ((template.get("metadata") or {}).get("annotations") or {}).get(CONFIG_HASH_ANNOTATION)
+    return found if isinstance(found, str) and found else None
+
+
+def running_view(config_map: Manifest | None, deployment: Manifest | None) -> Manifest | None:
+    """The workers' live ConfigMap as the workers run it (decision 0196). It is applied
+    before their Deployment, so it can be ahead of the pods: its apply went through and the
+    Deployment's failed (or is to come), and the spec may be edited again meanwhile. The
+    pods run the config their template names, which the ConfigMap keeps in
+    RUNNING_CONFIG_FILE until the roll is made; then the view is a ConfigMap holding that
+    config, without the ConfigMap's StateChange record (the record of a roll not made).
+    The live ConfigMap itself otherwise: its config is the one the template names, or
+    nothing says which runs (no Deployment, or neither file is the template's: a ConfigMap
+    of an operator before 0196, or edited by hand)."""
+    text = _config_text(config_map)
+    runs = template_config_hash(deployment)
+    if config_map is None or text is None or runs is None or config_text_hash(text) == runs:
+        return config_map
+    before = (config_map.get("data") or {}).get(RUNNING_CONFIG_FILE)
+    if not isinstance(before, str) or config_text_hash(before) != runs:
+        return config_map
+    meta = {k: v for k, v in (config_map.get("metadata") or {}).items() if k != "annotations"}
+    return {**config_map, "metadata": meta, "data": {CONFIG_KEY: before}}
+
+
+def with_running(
+    desired: Manifest,
+    live: Manifest | None,
+    view: Manifest | None,
+    deployment: Manifest | None,
+) -> Manifest:
+    """`desired`, the workers' ConfigMap, holding in RUNNING_CONFIG_FILE the config the live
+    pods run when it is another (:func:`running_view`: their template names it), so that a
+    pod started before the Deployment's roll is applied runs it still; while the spec's
+    config is the live ConfigMap's, the file the live one holds (kept: a roll's ConfigMap
+    is written once, its StateChange record with it); else without it."""
+    want = _config_text(desired)
+    running = _config_text(view)
+    runs = template_config_hash(deployment)
+    kept: Any = None
+    if running is not None and running != want and runs == config_text_hash(running):
+        kept = running
+    elif live is not None and _config_text(live) == want:
+        kept = (live.get("data") or {}).get(RUNNING_CONFIG_FILE)
+    if not isinstance(kept, str):
+        return desired
+    meta = desired["metadata"]
+    annotations = {k: v for k, v in meta["annotations"].items() if k != INPUT_HASH_ANNOTATION}
+    return stamp_input_hash(
+        {
+            **desired,
+            "metadata": {**meta, "annotations": annotations},
+            "data": {**desired["data"], RUNNING_CONFIG_FILE: kept},
+        }
+    )
 
 
 def config_description(config_map: Manifest | None) -> Description | None:

@@ -81,6 +81,7 @@ from streamherd.operator.builders.shadow import (
 from streamherd.operator.conditions import VERIFIED, Cond
 from streamherd.operator.kube import KubeApi, Manifest
 from streamherd.operator.shadowtopics import NO_OFFSET, Offsets, ShadowKafka, ShadowKafkaError
+from streamherd.operator.upgrades import running_view
 from streamherd.operator.validation import stored_status
 from streamherd.workers.config import WorkerConfig, parse_duration
 
@@ -565,15 +566,18 @@ def gate(
     config_map = next(c for c in desired if c["kind"] == "ConfigMap")
     deployment = next(c for c in desired if c["kind"] == "Deployment")
     meta = config_map["metadata"]
-    live_cm = kube.get("v1", "ConfigMap", meta["namespace"], meta["name"])
+    live_deployment = kube.get("apps/v1", "Deployment", pipeline.namespace, pipeline.name)
+    # What the pods run: the config their template names (decision 0196).
+    live_cm = running_view(
+        kube.get("v1", "ConfigMap", meta["namespace"], meta["name"]), live_deployment
+    )
     # The image is verified too (decision 0113): the baseline runs the live Deployment's,
     # the candidate the desired one's (spec.image, or the operator's default image).
-    live_image = _image(kube.get("apps/v1", "Deployment", pipeline.namespace, pipeline.name))
+    live_image = _image(live_deployment)
     wanted_image = _image(deployment)
     if (
         live_cm is not None
-        and (live_cm.get("metadata", {}).get("annotations") or {}).get(INPUT_HASH_ANNOTATION)
-        == meta["annotations"][INPUT_HASH_ANNOTATION]
+        and (live_cm.get("data") or {}).get(CONFIG_KEY) == config_map["data"][CONFIG_KEY]
         and live_image in (None, wanted_image)
     ):
         return _idle(pipeline, kube, kafka_factory, current, enabled)  # nothing changes

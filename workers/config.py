@@ -12,6 +12,8 @@ the pod spec fills from Secret references, and the worker reads them at start-up
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
@@ -31,6 +33,23 @@ from pydantic.alias_generators import to_camel
 from streamherd.workers.limits import MAX_EXPRESSION_LENGTH
 
 WORKER_CONFIG_VERSION: Final = "streamherd.io/worker-config/v1"
+
+#: The worker pods' config files (decision 0196). The workers' ConfigMap holds the config of
+#: the spec in CONFIG_FILE and, after a roll, the config the pods ran before in
+#: RUNNING_CONFIG_FILE; the pod template names the one its pods run by its content hash
+#: (CONFIG_HASH_ENV, and the template's config-hash annotation). The ConfigMap is applied
+#: before the Deployment, so it can be ahead of the pods (the Deployment's apply failed, or
+#: is still to come): a pod started or restarted then still runs its template's config.
+CONFIG_FILE: Final = "worker.json"
+RUNNING_CONFIG_FILE: Final = "running.json"
+CONFIG_HASH_ENV: Final = "STREAMHERD_CONFIG_HASH"
+
+
+def config_text_hash(text: str) -> str:
+    """The content hash of a rendered WorkerConfig, as the pod template names it (a short
+    SHA-256 of the text as a JSON string: the operator's content hash of a string)."""
+    return hashlib.sha256(json.dumps(text, separators=(",", ":")).encode()).hexdigest()[:16]
+
 
 #: Kafka brokers refuse a producer whose transaction timeout exceeds their
 #: ``max.transaction.timeout.ms``, 15 minutes unless raised: a worker's transaction timeout

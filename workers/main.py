@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from time import monotonic
+from time import monotonic, sleep
 from types import FrameType
 from typing import Any, Final, NoReturn, TextIO
 
@@ -31,7 +31,12 @@ import orjson
 import yaml
 from confluent_kafka import KafkaException
 
-from streamherd.workers.config import WorkerConfig
+from streamherd.workers.config import (
+    CONFIG_HASH_ENV,
+    RUNNING_CONFIG_FILE,
+    WorkerConfig,
+    config_text_hash,
+)
 from streamherd.workers.engine import Engine, RunSummary
 from streamherd.workers.kafkaclients import FatalClientError, StuckCallError, transient
 from streamherd.workers.logs import configure, log_event
@@ -71,6 +76,50 @@ def load_config(path: str | Path) -> WorkerConfig:
     except orjson.JSONDecodeError:
         doc = load_yaml_document(file, decode_utf8(data, file, what="worker configs"))
     return WorkerConfig.model_validate(doc)
+
+
+#: How long a worker pod waits for its config files to hold the config its template names
+#: (the kubelet refreshes a ConfigMap's files within about a minute of a change).
+CONFIG_WAIT_SECONDS: Final = 120.0
+
+
+def pod_config_file(path: str, want: str | None) -> Path | None:
+    """The config file this pod runs (decision 0196): `path` when it holds the config of
+    content hash `want`, or when no hash is named (a pod of an operator before it); else the
+    RUNNING_CONFIG_FILE beside it when that one does (the workers' ConfigMap is ahead of
+    this pod's template: its roll has not been applied, or failed); None when neither does."""
+    file = Path(path)
+    if not want:
+        return file
+    for candidate in (file, file.with_name(RUNNING_CONFIG_FILE)):
+        try:
+            text = candidate.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if config_text_hash(text) == want:
+            return candidate
+    return None
+
+
+def wait_for_config_file(
+    path: str, want: str | None, *, timeout: float | None = None, poll: float = 2.0
+) -> Path | None:
+    """:func:`pod_config_file`, waiting up to `timeout` seconds (CONFIG_WAIT_SECONDS) for
+    the files to hold it (a ConfigMap changed by hand, or one the kubelet has not refreshed
+    yet)."""
+    deadline = monotonic() + (CONFIG_WAIT_SECONDS if timeout is None else timeout)
+    said = False
+    while True:
+        found = pod_config_file(path, want)
+        if found is not None or monotonic() >= deadline:
+            return found
+        if not said:
+            log_event(
+                log, logging.WARNING, "config-awaited", path=path, configHash=want,
+                why="no config file holds the config this pod's template names yet",
+            )  # fmt: skip
+            said = True
+        sleep(poll)
 
 
 #: The exit code of a process (the worker, `streamherd run`) whose Kafka client got stuck
@@ -224,12 +273,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="WorkerConfig file (JSON or YAML)")
     args = parser.parse_args(argv)
     configure("info")
+    want = os.environ.get(CONFIG_HASH_ENV) or None
+    file = wait_for_config_file(args.config, want)
+    if file is None:
+        log_event(
+            log, logging.ERROR, "bad-config", path=args.config, configHash=want,
+            error="no config file holds the config this pod's template names (was the "
+            "workers' ConfigMap edited by hand?); the operator's next roll replaces this pod",
+        )  # fmt: skip
+        return 2
+    path = args.config
+    if file != Path(args.config):
+        # The ConfigMap is ahead of this pod's template (decision 0196): run the template's.
+        path = str(file)
+        log_event(log, logging.WARNING, "config-ahead-of-pod", running=path, configHash=want)
     try:
-        config = load_config(args.config)
+        config = load_config(file)
         # Expressions and window limits (limits.py) are the config's errors, not a crash.
         Processor.compile(config.processor)
     except (OSError, ValueError, yaml.YAMLError) as error:
-        log_event(log, logging.ERROR, "bad-config", path=args.config, error=str(error))
+        log_event(log, logging.ERROR, "bad-config", path=path, error=str(error))
         return 2
     configure(config.runtime.log_level)
 

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, VERSION, StreamPipeline
 from streamherd.operator.api.v1alpha1 import MAX_NAME_LENGTH as API_MAX_NAME_LENGTH
+from streamherd.workers.config import CONFIG_FILE
 
 Manifest = dict[str, Any]
 
@@ -33,7 +34,7 @@ FINALIZER: Final = "streamherd.io/finalizer"
 
 METRICS_PORT: Final = 9100
 CONFIG_DIR: Final = "/etc/streamherd"
-CONFIG_KEY: Final = "worker.json"
+CONFIG_KEY: Final = CONFIG_FILE  # the spec's; RUNNING_CONFIG_FILE beside it (0196)
 CHECKPOINT_DIR: Final = "/var/lib/streamherd/checkpoints"
 TLS_DIR: Final = "/etc/streamherd/tls"
 RUN_AS_USER: Final = 10001

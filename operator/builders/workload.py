@@ -25,7 +25,6 @@ from streamherd.operator.builders.meta import (
     TLS_DIR,
     Manifest,
     config_map_name,
-    content_hash,
     labels,
     object_meta,
     pvc_name,
@@ -35,6 +34,7 @@ from streamherd.operator.builders.meta import (
 from streamherd.operator.builders.topics import uses_changelog
 from streamherd.operator.builders.worker_config import build_worker_config, worker_config_json
 from streamherd.operator.settings import OperatorSettings
+from streamherd.workers.config import CONFIG_HASH_ENV, config_text_hash
 
 CONTAINER_NAME = WORKER_CONTAINER
 # Modes where another controller (HPA, KEDA) owns spec.replicas of the Deployment.
@@ -93,9 +93,11 @@ def _rolling(pipeline: StreamPipeline) -> bool:
     return all(m == "ReadWriteMany" for m in pipeline.spec.checkpoint.volume.access_modes)
 
 
-def _env(pipeline: StreamPipeline) -> list[Manifest]:
+def _env(pipeline: StreamPipeline, config_hash: str) -> list[Manifest]:
     env: list[Manifest] = [
         {"name": "STREAMHERD_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        # Which config file the pod runs, whatever the ConfigMap holds by then (0196).
+        {"name": CONFIG_HASH_ENV, "value": config_hash},
     ]
     for var in credentials(pipeline.spec).env:
         env.append(
@@ -113,10 +115,8 @@ def _volumes(pipeline: StreamPipeline) -> tuple[list[Manifest], list[Manifest]]:
     creds = credentials(pipeline.spec)
     sources: list[Manifest] = [
         {
-            "configMap": {
-                "name": config_map_name(pipeline.name),
-                "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}],
-            }
+            # Every key: the spec's config and the one the pods ran before (decision 0196).
+            "configMap": {"name": config_map_name(pipeline.name)}
         }
     ]
     tls_root = TLS_DIR.removeprefix(CONFIG_DIR + "/")
@@ -179,7 +179,7 @@ def build_deployment(
     spec = pipeline.spec
     pod = spec.pod
     config = build_worker_config(pipeline, settings, state_epoch=state_epoch)
-    config_hash = content_hash(worker_config_json(config))
+    config_hash = config_text_hash(worker_config_json(config))
     volumes, mounts = _volumes(pipeline)
 
     container: Manifest = {
@@ -189,7 +189,7 @@ def build_deployment(
         "command": ["streamherd-worker"],
         "args": ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        "env": _env(pipeline),
+        "env": _env(pipeline, config_hash),
         "resources": {
             k: dict(v)
             for k, v in (("requests", spec.resources.requests), ("limits", spec.resources.limits))

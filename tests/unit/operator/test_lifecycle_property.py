@@ -68,6 +68,7 @@ from streamherd.operator import runtime, snapshots
 from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND
 from streamherd.operator.api.v1alpha1 import PLURAL
 from streamherd.operator.builders.meta import (
+    CONFIG_HASH_ANNOTATION,
     CONFIG_KEY,
     FINALIZER,
     INPUT_HASH_ANNOTATION,
@@ -90,6 +91,7 @@ from streamherd.operator.snapshots import (
 from streamherd.operator.upgrades import STATE_COMPATIBLE, config_description
 from streamherd.operator.validation import parse_pipeline
 from streamherd.workers.checkpointing import Checkpoint
+from streamherd.workers.config import CONFIG_HASH_ENV, config_text_hash
 from streamherd.workers.fingerprint import fingerprint, has_state
 from streamherd.workers.snapshotting import SnapshotContents, parse_topic, snapshot_topic
 from tests.unit.operator.operator_testkit import (
@@ -349,6 +351,31 @@ def running_state(kube: FakeKube) -> Any:
     return config_description(kube.get("v1", "ConfigMap", NS, f"{NAME}-config"))
 
 
+def pods_config(kube: FakeKube) -> str | None:
+    """The config a pod of the live Deployment runs (None: no Deployment): the file of the
+    workers' ConfigMap whose content hash its template names (decision 0196: the worker
+    picks it, workers/main.py pod_config_file); fails when no file holds it (a pod started
+    then could not run its template's config)."""
+    deployment = kube.get("apps/v1", "Deployment", NS, NAME)
+    if deployment is None:
+        return None
+    template = deployment["spec"]["template"]
+    want = template["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+    env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
+    assert env[CONFIG_HASH_ENV] == want
+    config_map = kube.get("v1", "ConfigMap", NS, f"{NAME}-config")
+    assert config_map is not None, "a Deployment without the workers' ConfigMap"
+    files = [str(t) for t in config_map["data"].values() if config_text_hash(t) == want]
+    assert files, f"no file of {sorted(config_map['data'])} holds the pods' config {want}"
+    return files[0]
+
+
+def pods_state(kube: FakeKube) -> Any:
+    """The state description of the config the pods run (None: no Deployment)."""
+    text = pods_config(kube)
+    return None if text is None else config_description({"data": {CONFIG_KEY: text}})
+
+
 # --------------------------------------------------------------------------- the handlers
 
 
@@ -388,7 +415,7 @@ def workers_write(world: World, topic: str) -> SnapshotContents:
     the state they run; nothing when no worker runs."""
     if not live_workers(world.kube.get("apps/v1", "Deployment", NS, NAME)):
         return SnapshotContents()
-    running = running_state(world.kube)
+    running = pods_state(world.kube)  # what the pods run, whatever the ConfigMap holds
     body = world.body()
     if running is None or body is None:
         return SnapshotContents()

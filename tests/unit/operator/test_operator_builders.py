@@ -25,9 +25,13 @@ from streamherd.operator.builders import (
     replica_ceiling,
 )
 from streamherd.operator.builders.credentials import credentials
-from streamherd.operator.builders.meta import INPUT_HASH_ANNOTATION, SECRETS_HASH_ANNOTATION
+from streamherd.operator.builders.meta import (
+    CONFIG_HASH_ANNOTATION,
+    INPUT_HASH_ANNOTATION,
+    SECRETS_HASH_ANNOTATION,
+)
 from streamherd.operator.builders.monitoring import ALERT_METRICS
-from streamherd.workers.config import WorkerConfig
+from streamherd.workers.config import CONFIG_HASH_ENV, WorkerConfig
 from streamherd.workers.metrics import METRICS
 from tests.unit.operator.operator_testkit import SETTINGS, example_doc, pipeline_from, with_meta
 
@@ -262,8 +266,14 @@ def test_deployment_secret_env_and_tls_files_come_from_references() -> None:
         "key": "password",
     }
     assert env["FX_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "fx-api", "key": "token"}
+    # The one plain value is the config hash the pod runs (decision 0196): no secret.
+    template = dep["spec"]["template"]
+    assert env.pop(CONFIG_HASH_ENV) == {
+        "name": CONFIG_HASH_ENV,
+        "value": template["metadata"]["annotations"][CONFIG_HASH_ANNOTATION],
+    }
     assert all("value" not in e for e in env.values())
-    sources = dep["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"]
+    sources = template["spec"]["volumes"][0]["projected"]["sources"]
     assert sources[1] == {
         "secret": {
             "name": "kafka-cluster-ca",
