@@ -28,8 +28,10 @@ from streamherd.operator.api.v1alpha1 import KIND
 from streamherd.operator.builders.worker_config import build_worker_config
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import load_documents, parse_pipeline, unnamed_problem
-from streamherd.workers.config import KafkaSecurity, WorkerConfig
+from streamherd.workers.checkpointing import CheckpointError, CheckpointStore
+from streamherd.workers.config import KafkaSecurity, WorkerConfig, topic_matcher
 from streamherd.workers.engine import RunSummary
+from streamherd.workers.generating import GENERATOR_TOPIC
 from streamherd.workers.kafkaclients import SecurityConfigError, StuckCallError
 from streamherd.workers.main import (
     DATABASE_EXIT_CODE,
@@ -70,7 +72,68 @@ def localize(
     return WorkerConfig.model_validate(config.model_copy(update=update).model_dump())
 
 
-def _worker_config(
+def _partitions(found: dict[str, list[int]]) -> str:
+    return ", ".join(f"{t} (partitions {', '.join(map(str, ps))})" for t, ps in found.items())
+
+
+def left_behind(config: WorkerConfig) -> tuple[str | None, str | None]:
+    """(refusal, warning) for the open windows the checkpoints in the run's directory hold
+    that this config would never emit, as the operator judges an edit before a roll
+    (operator/upgrades.py: a source topic removed, a move to the kafka backend) and the
+    engine cannot (it never loads a partition it does not read, and the kafka backend reads
+    no directory): decision 0197. Under onStateChange refuse (and replay, for a backend
+    move) a refusal; under reset (and replay, for a topic removed) a warning: they are
+    dropped, as in the cluster; (None, None) when nothing is lost."""
+    store = CheckpointStore(config.checkpoint.directory)
+    stored = store.partitions()
+    if not stored:
+        return None, None
+    source = config.source.kafka
+    reads = topic_matcher(
+        [
+            *(source.topics if source is not None else [GENERATOR_TOPIC]),
+            *([config.repartition.topic] if config.repartition is not None else []),
+        ]
+    )
+    moved = config.checkpoint.changelog is not None  # the directory's state stays behind
+    found: dict[str, list[int]] = {}
+    for topic, partition in stored:
+        if reads(topic) and not moved:
+            continue
+        try:
+            checkpoint = store.load(topic, partition)
+        except (CheckpointError, OSError, ValueError):
+            continue  # the engine says what is wrong with it when it reads it
+        if checkpoint is not None and (checkpoint.state or {}).get("windows"):
+            found.setdefault(topic, []).append(partition)
+    if not found:
+        return None, None
+    policy = config.state.on_fingerprint_mismatch if config.state is not None else "refuse"
+    where = config.checkpoint.directory
+    if moved:
+        what = (
+            f"this manifest keeps its state in the kafka backend (checkpoint.backend: kafka), "
+            f"and the checkpoints in {where} hold open windows of {_partitions(found)}: the "
+            "volume backend's state is not carried over"
+        )
+        refused = policy != "reset"  # no checkpoint there to replay from (decision 0065)
+    else:
+        what = (
+            f"the checkpoints in {where} hold open windows of source topics this manifest no "
+            f"longer reads, {_partitions(found)}: their results would never be emitted"
+        )
+        refused = policy == "refuse"
+    if refused:
+        return (
+            f"{what}; refused (spec.upgrade.onStateChange: {policy}). Run the manifest they "
+            "were written for, set spec.upgrade.onStateChange to reset to drop them, or use "
+            "another --checkpoint-dir",
+            None,
+        )
+    return None, f"{what}; onStateChange {policy}: they are dropped (kept on disk)"
+
+
+def worker_config(
     file: str, err: TextIO, *, namespace: str | None = None, need_namespace: bool = False
 ) -> WorkerConfig | None:
     """The WorkerConfig the operator would render for the one StreamPipeline in ``file``
@@ -134,7 +197,7 @@ def run_local(
     worker's codes for a stuck Kafka client (4) and for its sink's database (5); else 1."""
     out = out or sys.stdout
     err = err or sys.stderr
-    rendered = _worker_config(args.file, err)
+    rendered = worker_config(args.file, err)
     if rendered is None:
         return 2
     checkpoint_dir = args.checkpoint_dir or tempfile.mkdtemp(prefix="streamherd-checkpoints-")
@@ -146,6 +209,12 @@ def run_local(
     )
     if not args.quiet:
         err.write(f"streamherd run: {config.pipeline.name}, checkpoints in {checkpoint_dir}\n")
+    refusal, warning = left_behind(config)
+    if refusal is not None:
+        err.write(f"error: {refusal}\n")
+        return 1
+    if warning is not None:
+        err.write(f"warning: {warning}\n")
 
     stop = threading.Event()
     timer: threading.Timer | None = None
@@ -258,7 +327,7 @@ def recover_local(args: argparse.Namespace, *, out: TextIO | None = None) -> int
             err.write(f"error: {args.worker_config}: {e}\n")
             return 2
     else:
-        rendered = _worker_config(args.file, err, namespace=args.namespace, need_namespace=True)
+        rendered = worker_config(args.file, err, namespace=args.namespace, need_namespace=True)
         if rendered is None:
             return 2
         config = rendered

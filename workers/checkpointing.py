@@ -464,6 +464,22 @@ class CheckpointStore:
                 found.append(entry)
         return sorted(found, key=lambda e: _mtime(e) or 0.0)
 
+    def partitions(self) -> list[tuple[str, int]]:
+        """The partitions with a committed head in this store (its snapshots aside), in
+        order: what a run on the directory before left (``streamherd run`` judges an edit
+        of its manifest by them: operator/local.py)."""
+        found = []
+        try:
+            topics = [t for t in self.directory.iterdir() if t.name != SNAPSHOTS and t.is_dir()]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        for topic in topics:
+            for entry in topic.iterdir():
+                stem, dot, rest = entry.name.partition(".")
+                if dot and rest == "ckpt" and stem.isdigit() and stem.isascii():
+                    found.append((topic.name, int(stem)))
+        return sorted(found)
+
     def segments_dir(self, topic: str, partition: int) -> Path:
         return self.directory / topic / f"{partition}.seg"
 

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from streamherd.cli import main
 from streamherd.keying import write_keying_warnings
-from streamherd.operator.local import _worker_config
+from streamherd.operator.local import worker_config
 from streamherd.operator.rendering import render_files
 from streamherd.operator.upgrades import state_diff_files
 from streamherd.operator.validation import load_documents, shown_name, validate_files
@@ -87,15 +87,15 @@ def _state_diff(path: str, err: io.StringIO) -> int:
 
 
 def _run(path: str, err: io.StringIO) -> int:
-    return 0 if _worker_config(path, err) is not None else 2
+    return 0 if worker_config(path, err) is not None else 2
 
 
 def _recover(path: str, err: io.StringIO) -> int:
-    return 0 if _worker_config(path, err, need_namespace=True) is not None else 2
+    return 0 if worker_config(path, err, need_namespace=True) is not None else 2
 
 
 def _recover_n(path: str, err: io.StringIO) -> int:
-    config = _worker_config(path, err, namespace="elsewhere", need_namespace=True)
+    config = worker_config(path, err, namespace="elsewhere", need_namespace=True)
     return 0 if config is not None else 2
 
 
