@@ -169,6 +169,20 @@ def time_bounds(spec: WindowSpec) -> tuple[int, int]:
     return ISO_MIN_MS + size, ISO_MAX_MS - size
 
 
+_ONE_MS: Final = timedelta(milliseconds=1)
+
+
+def floor_ms(value: float) -> int:
+    """The whole millisecond a time of `value` ms falls in: its floor, except that a value
+    within two units in the last place of a whole number is that number (the error of
+    the float product ``seconds * 1000``: 1.001 s is 1001 ms, not 1000). Raises
+    OverflowError (infinities) or ValueError (NaN)."""
+    whole = round(value)
+    if abs(value - whole) <= 2 * math.ulp(value):
+        return whole
+    return math.floor(value)
+
+
 def time_converter(
     field: str, fmt: str, bounds: tuple[int, int] = (ISO_MIN_MS, ISO_MAX_MS)
 ) -> Callable[[Any], int]:
@@ -180,19 +194,21 @@ def time_converter(
         if value is None:
             raise EventTimeError(f"event time field {field!r} is missing")
         try:
+            # An event time is the millisecond it falls in (floored, as a window is
+            # [start, end)): 59.9996 s is in the minute that ends at 60 s, in every format.
             if fmt == "epochMillis":
                 if isinstance(value, bool):
                     raise TypeError("bool")
-                ms = int(value)
+                ms = floor_ms(value) if isinstance(value, float) else int(value)
             elif fmt == "epochSeconds":
                 if isinstance(value, bool):
                     raise TypeError("bool")
-                ms = round(float(value) * 1000)
+                ms = floor_ms(float(value) * 1000)
             else:
                 moment = datetime.fromisoformat(value)
                 if moment.tzinfo is None:
                     moment = moment.replace(tzinfo=UTC)
-                ms = round(moment.timestamp() * 1000)
+                ms = (moment - _EPOCH) // _ONE_MS  # exact: microseconds, no float
         except (TypeError, ValueError, OverflowError) as error:  # Overflow: inf, 1e400
             raise EventTimeError(
                 f"event time field {field!r}={value!r} is not {fmt}: {error}"
