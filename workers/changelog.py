@@ -226,6 +226,8 @@ def encode(checkpoint: Checkpoint) -> Records:
         doc["pipelineUid"] = checkpoint.pipeline_uid
     if checkpoint.epoch is not None:
         doc["epoch"] = checkpoint.epoch
+    if checkpoint.origin_ms is not None:
+        doc["originMs"] = checkpoint.origin_ms
     records[record_key(t, p, CHECKPOINT)] = _dumps(doc)
     return records
 
@@ -266,6 +268,7 @@ def decode(topic: str, partition: int, records: Mapping[bytes, bytes]) -> Checkp
             spec_generation=optional_int(doc.get("specGeneration")),
             pipeline_uid=optional_str(doc.get("pipelineUid")),
             epoch=optional_int(doc.get("epoch")),
+            origin_ms=optional_int(doc.get("originMs")),
         )
     except (ValueError, KeyError, TypeError, IndexError) as error:
         raise CheckpointError(f"unreadable changelog of {topic}[{partition}]: {error}") from None

@@ -166,6 +166,11 @@ class Checkpoint:
     # The state epoch of the writer's config (state.epoch, decision 0175): the generation
     # whose roll last started the state anew. None when its config names none.
     epoch: int | None = None
+    # Where the source's own sequence began (epoch ms), for a source that cannot tell it
+    # again after a restart: the generator without startTimeMs (the wall clock at its first
+    # start). A restart goes on with the same sequence (the same event times); None for a
+    # log (Kafka), and in earlier versions' checkpoints.
+    origin_ms: int | None = None
     # Where the run that wrote it commits its offsets (workers/resuming.py): ``group`` or a
     # sink's offsets table, ``postgres:<table>``; None in a checkpoint of an earlier version.
     authority: str | None = None
@@ -249,6 +254,8 @@ def _document(checkpoint: Checkpoint) -> dict[str, Any]:
         doc["pipelineUid"] = checkpoint.pipeline_uid
     if checkpoint.epoch is not None:
         doc["epoch"] = checkpoint.epoch
+    if checkpoint.origin_ms is not None:
+        doc["originMs"] = checkpoint.origin_ms
     return doc
 
 
@@ -289,6 +296,7 @@ def _checkpoint_of(doc: Mapping[str, Any]) -> Checkpoint:
         spec_generation=optional_int(doc.get("specGeneration")),
         pipeline_uid=optional_str(doc.get("pipelineUid")),
         epoch=optional_int(doc.get("epoch")),
+        origin_ms=optional_int(doc.get("originMs")),
     )
 
 

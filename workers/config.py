@@ -539,7 +539,10 @@ class GeneratorSourceConfig(Model):
     seed: int = Field(default=1, description="Random seed, so runs are reproducible.")
     start_time_ms: int | None = Field(
         default=None,
-        description="Event time of the first record (epoch ms); wall clock when omitted.",
+        description=(
+            "Event time of the first record (epoch ms). Omitted: the wall clock at the first "
+            "start, kept in the checkpoints, so a restart goes on with the same event times."
+        ),
     )
     time_step_ms: int = Field(
         default=10, ge=0, description="Event-time advance between consecutive records (ms)."

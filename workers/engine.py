@@ -211,6 +211,8 @@ class PartitionState:
     written_committed: int | None = None
     # The snapshot its state came from (WorkerConfig.state.restoreFrom), carried on.
     restored_from: str | None = None
+    # The origin of the source's sequence its checkpoint recorded (Checkpoint.origin_ms).
+    origin_ms: int | None = None
     # Assigned with nothing to start from (no checkpoint, no committed offset): the offset
     # of the first record this worker read from it. An aborted transaction rewinds it there,
     # as it rewinds the others to their committed offsets (_abort_and_rewind).
@@ -594,6 +596,7 @@ class Engine:
         if checkpoint is not None:
             st.next_offset = checkpoint.next_offset
             st.committed = checkpoint.next_offset
+            st.origin_ms = checkpoint.origin_ms  # its offsets are of that sequence
             st.restored = True
             st.checkpoint_group, st.checkpoint_committed = checkpoint.group, checkpoint.committed
             st.written_committed = checkpoint.committed
@@ -1329,6 +1332,12 @@ class Engine:
             for st in states
         ]
         start = self._replay_offsets(source, start)
+        # A generator without startTimeMs goes on with the sequence its checkpoints are
+        # of: a restart then changes no event time (before, the wall clock of each start
+        # shifted every record after it, and their windows, by the downtime).
+        origins = sorted({st.origin_ms for st in states if st.origin_ms is not None})
+        if origins:
+            source.adopt_origin(origins[0])
         source.assign(start)
         held = [tp for tp in start if self.partitions[(tp.topic, tp.partition)].held]
         if self._paused:
@@ -2319,6 +2328,7 @@ class Engine:
                     partitions=st.log_partitions,
                     authority=self.authority,
                     spec_generation=self.state_policy.spec_generation,
+                    origin_ms=self.source.origin_ms if self.source is not None else None,
                     **self._era_of(st),
                 )
             )

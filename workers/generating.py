@@ -25,18 +25,32 @@ PAGES: Final = ("/", "/products", "/products/42", "/cart", "/checkout", "/search
 _STATUS: Final = (200,) * 90 + (301,) * 2 + (404,) * 5 + (500,) * 3
 
 
+def wall_clock_ms() -> int:
+    """Now, in epoch ms: the origin of a sequence whose config names none."""
+    return int(time.time() * 1000)
+
+
 class ClickGenerator:
     """Endless (or ``count``-long) deterministic stream of {user, page, bytes, status, ...}."""
 
-    def __init__(self, config: GeneratorSourceConfig, resume: Mapping[int, int] | None = None):
+    def __init__(
+        self,
+        config: GeneratorSourceConfig,
+        resume: Mapping[int, int] | None = None,
+        *,
+        origin_ms: int | None = None,
+    ):
+        """`resume`: per partition, the offset to go on from; `origin_ms`: the event time of
+        the first record when the config names none (startTimeMs), the one a checkpoint of
+        this sequence recorded; else the wall clock now."""
         self.config = config
         self._rng = random.Random(config.seed)
         self._index = 0
         self._offsets = [0] * config.partitions
         self._resume = dict(resume or {})
-        self._start_ms = (
-            config.start_time_ms if config.start_time_ms is not None else int(time.time() * 1000)
-        )
+        if config.start_time_ms is not None:
+            origin_ms = config.start_time_ms
+        self.start_ms = origin_ms if origin_ms is not None else wall_clock_ms()
         self._started = time.monotonic()
         self.generated = 0
 
@@ -58,7 +72,7 @@ class ClickGenerator:
             "bytes": rng.randint(200, 20_000),
             "status": _STATUS[rng.randrange(len(_STATUS))],
             "latency_ms": rng.randint(1, 800),
-            "ts": self._start_ms + index * self.config.time_step_ms,
+            "ts": self.start_ms + index * self.config.time_step_ms,
         }
         return user, record
 

@@ -41,6 +41,14 @@ class Source(Protocol):
     #: :meth:`open` returned; None without a cluster (the generator) or when the brokers
     #: did not say.
     cluster_id: str | None
+    #: Where the source's own sequence begins (epoch ms) for a source that cannot tell it
+    #: again after a restart (the generator without startTimeMs: the wall clock at its
+    #: first start), known once :meth:`assign` returned; None for a log (Kafka). Kept in
+    #: every checkpoint and handed back by :meth:`adopt_origin` before :meth:`assign`.
+    origin_ms: int | None
+
+    def adopt_origin(self, origin_ms: int) -> None:
+        """Go on with the sequence that began at `origin_ms` (a restored checkpoint's)."""
 
     def open(self, assigned: PartitionEvent, revoked: PartitionEvent, lost: PartitionEvent) -> None:
         """Start reading; partition events are served from inside :meth:`poll` (and, for a

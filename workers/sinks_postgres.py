@@ -27,6 +27,8 @@ docs/storage.md describes the table layout and operations.
 from __future__ import annotations
 
 import contextlib
+import decimal
+import functools
 import json
 import logging
 import math
@@ -35,16 +37,19 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import orjson
 import psycopg
 from psycopg import sql
+from psycopg._encodings import pg2pyenc
 from psycopg.abc import PQGen
+from psycopg.adapt import Dumper
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 
 from streamherd.workers.config import PostgresSinkConfig
 from streamherd.workers.logs import log_event
@@ -108,19 +113,54 @@ class AnsweringConnection(psycopg.Connection[TupleRow]):
             ) from None
 
 
+class ExactFloatDumper(Dumper):
+    """A float as untyped text, its exact shortest form (``repr``; an integral one as an
+    integer): the column's own type parses it. psycopg sends a float as float8, and
+    PostgreSQL's casts from float8 change it silently: to numeric it keeps 15 digits
+    (0.30000000000000004 became 0.3, 2**53 + 2 became 9007199254740990), to an integer
+    column it rounds (2.5 became 2). As text, numeric stores it exactly, double precision
+    parses the same double, and an integer column takes a whole number and refuses a
+    fraction (a type the table can mend, retried) instead of rounding it (a helper's
+    finding)."""
+
+    oid = 0  # unknown: typed by the column it goes to
+
+    def dump(self, obj: float) -> bytes:
+        return float_text(obj).encode()
+
+
+def float_text(value: float) -> str:
+    """What :class:`ExactFloatDumper` sends: PostgreSQL's spelling of NaN and the
+    infinities, ``-0`` for -0.0 (double precision keeps its sign), an integral value as an
+    integer (so an integer column takes it), any other its shortest exact ``repr``."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    if value.is_integer():
+        return "-0" if value == 0 and math.copysign(1.0, value) < 0 else str(int(value))
+    return repr(value)
+
+
 def connect(conninfo: str, pipeline: str) -> AnsweringConnection:
     """An autocommit connection for a sink: bounded connection attempt and round trips,
-    TCP keepalives (a peer that vanished without closing shows as an error)."""
-    return AnsweringConnection.connect(
+    TCP keepalives (a peer that vanished without closing shows as an error). Strings go as
+    UTF-8 whatever the DSN says (the server converts them to its encoding; one it cannot
+    hold is refused before the write, :func:`postgres_refusal`), floats exactly
+    (:class:`ExactFloatDumper`)."""
+    conn = AnsweringConnection.connect(
         conninfo,
         autocommit=True,
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         application_name=f"streamherd {pipeline}"[:63],
+        client_encoding="UTF8",
         keepalives=1,
         keepalives_idle=10,
         keepalives_interval=5,
         keepalives_count=3,
     )
+    conn.adapters.register_dumper(float, ExactFloatDumper)
+    return conn
 
 
 def conninfo_from_env(config: PostgresSinkConfig, env: Mapping[str, str]) -> str:
@@ -184,8 +224,17 @@ def upsert_statement(config: PostgresSinkConfig, rows: int) -> sql.Composed:
 DDL_LOCK_KEY: Final = int.from_bytes(b"streamhd", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def create_if_absent(conn: psycopg.Connection[Any], statement: sql.Composed) -> None:
-    """Run a ``CREATE ... IF NOT EXISTS`` that several workers starting at once may run.
+def create_if_absent(
+    conn: psycopg.Connection[Any], statement: sql.Composed, relation: sql.Identifier
+) -> None:
+    """Run a ``CREATE ... IF NOT EXISTS`` of ``relation`` unless it is found already.
+
+    Looked up first (``to_regclass``, through the search path as the writes resolve it):
+    ``CREATE TABLE IF NOT EXISTS`` needs the CREATE privilege on the schema even when the
+    table exists (a role that may only write its tables failed at every connect, and
+    exactly-once never committed), and it only looks in the schema it would create in (the
+    first of the search path): with ``search_path = a, b`` and the table in ``b`` it
+    created an empty ``a.t``, which the writes then went to (a helper's findings).
 
     ``IF NOT EXISTS`` is not safe under concurrency in PostgreSQL: it checks the name before
     it takes it, so the losers of a race fail on a catalog's unique index, and which one
@@ -194,9 +243,16 @@ def create_if_absent(conn: psycopg.Connection[Any], statement: sql.Composed) -> 
     take one transaction-scoped advisory lock and so run one after another; the second then
     sees the table and does nothing. A real conflict (a type already named like the table)
     still fails, with PostgreSQL's own message."""
+    if relation_exists(conn, relation):
+        return
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [DDL_LOCK_KEY])
         conn.execute(statement)
+
+
+def relation_exists(conn: psycopg.Connection[Any], relation: sql.Identifier) -> bool:
+    row = conn.execute("SELECT to_regclass(%s)", [relation.as_string(conn)]).fetchone()
+    return row is not None and row[0] is not None
 
 
 def create_table_statement(config: PostgresSinkConfig) -> sql.Composed:
@@ -212,6 +268,68 @@ def create_table_statement(config: PostgresSinkConfig) -> sql.Composed:
     )
 
 
+@dataclass(frozen=True)
+class TableFacts:
+    """What the sink reads of its database and table at every connect, for the refusals
+    (:func:`postgres_refusal`, on the engine thread) and the writes.
+
+    ``encoding``: the server's encoding, whose strings the table can hold ("" while not
+    known: judged as UTF-8, where every string the sink gets fits). ``json_columns``: the
+    json/jsonb columns (domains over them too), by name: every value written there goes as
+    JSON. ``null_keys``: the key columns that take a null and still match it on the next
+    write (the upsert's unique index is ``NULLS NOT DISTINCT``, PostgreSQL 15, and the
+    column is nullable); a null in any other key column is refused before the write."""
+
+    encoding: str = ""
+    json_columns: Mapping[str, str] = field(default_factory=dict)
+    null_keys: frozenset[str] = frozenset()
+
+
+#: The types of the table's columns (through a domain to its base type) and NOT NULL.
+_COLUMNS_QUERY: Final = (
+    "SELECT a.attnum, a.attname, format_type(coalesce(nullif(t.typbasetype, 0), t.oid), NULL), "
+    "a.attnotnull FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+    "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped"
+)
+#: The unique indexes on plain columns that null keys match in (PostgreSQL 15).
+_NULLS_NOT_DISTINCT_QUERY: Final = (
+    "SELECT indkey::int2[] FROM pg_index WHERE indrelid = %s AND indisunique "
+    "AND indnullsnotdistinct AND indpred IS NULL AND indexprs IS NULL"
+)
+
+
+def read_table_facts(conn: psycopg.Connection[Any], config: PostgresSinkConfig) -> TableFacts:
+    """The database's encoding and the table's json columns and null-matching keys (none
+    while the table does not exist: the write then fails, is retried, and the next
+    connection reads them again)."""
+    name = conn.info.parameter_status("server_encoding") or ""
+    row = conn.execute(
+        "SELECT to_regclass(%s)::oid", [table_identifier(config.table).as_string(conn)]
+    ).fetchone()
+    if row is None or row[0] is None:
+        return TableFacts(encoding=name)
+    columns = {
+        str(n): (int(num), str(t), bool(notnull))
+        for num, n, t, notnull in conn.execute(_COLUMNS_QUERY, [row[0]]).fetchall()
+    }
+    json_columns = {
+        n: t for n, (_, t, _) in columns.items() if t in ("json", "jsonb") and n in _names(config)
+    }
+    null_keys: frozenset[str] = frozenset()
+    if conn.info.server_version >= 150000:
+        keys = {columns[k][0] for k in config.key_columns if k in columns}
+        if len(keys) == len(config.key_columns) and any(
+            set(indkey) == keys
+            for (indkey,) in conn.execute(_NULLS_NOT_DISTINCT_QUERY, [row[0]]).fetchall()
+        ):
+            null_keys = frozenset(k for k in config.key_columns if not columns[k][2])
+    return TableFacts(encoding=name, json_columns=json_columns, null_keys=null_keys)
+
+
+def _names(config: PostgresSinkConfig) -> list[str]:
+    return [c.name for c in config.columns]
+
+
 def _adapt(value: Any) -> Any:
     # Nested JSON values go to json/jsonb columns as such; scalars as psycopg adapts them
     # (strings are sent untyped, so '2026-01-01T00:00:10.000Z' lands in a timestamptz).
@@ -220,12 +338,51 @@ def _adapt(value: Any) -> Any:
     return value
 
 
+def as_json(rows: Sequence[Row], json_index: Mapping[int, str]) -> list[Row]:
+    """``rows`` with every value bound for a json or jsonb column (``json_index``: its
+    position -> the column's type) sent as JSON. A string went untyped, and the column
+    parsed it as JSON text: "123" became the number 123, "true" true, and "hello" was
+    refused, retried for ever (a helper's finding). Values JSON has no form for (bytes, a
+    Decimal, NaN, a timedelta) are left as they are: the column refuses them, a type the
+    table can mend."""
+    if not json_index:
+        return list(rows)
+    return [
+        tuple(_as_json(v, json_index[i]) if i in json_index else v for i, v in enumerate(row))
+        for row in rows
+    ]
+
+
+def _as_json(value: Any, kind: str) -> Any:
+    if isinstance(value, Jsonb):
+        value = value.obj
+    elif value is None or not isinstance(value, str | int | float | dict | list):
+        return value
+    if type(value) is float and not math.isfinite(value):
+        return value
+    return Json(value) if kind == "json" else Jsonb(value)
+
+
 def dedupe(rows: Sequence[Row], key_index: Sequence[int]) -> list[Row]:
     """The last row of each key, in first-seen order: one statement may not touch a row
-    twice (ON CONFLICT DO UPDATE refuses), and the last one is what a replay writes."""
+    twice (ON CONFLICT DO UPDATE refuses), and the last one is what a replay writes.
+    The writes use :func:`latest` (the order matters to them)."""
     by_key: dict[Any, Row] = {}
     for row in rows:
         by_key[tuple(_identity(row[i]) for i in key_index)] = row
+    return list(by_key.values())
+
+
+def latest(rows: Sequence[Row], key_index: Sequence[int]) -> list[Row]:
+    """The last row of each key, in the order of those last rows (queue order). Keys the
+    table holds as one row but :func:`_identity` tells apart ("1" and 1 in a text column)
+    are written one after another when a statement refuses them together: in first-seen
+    order an older result was written last and stayed (a helper's finding)."""
+    by_key: dict[Any, Row] = {}
+    for row in rows:
+        identity = tuple(_identity(row[i]) for i in key_index)
+        by_key.pop(identity, None)  # a later row moves its key to the end
+        by_key[identity] = row
     return list(by_key.values())
 
 
@@ -236,7 +393,7 @@ def _identity(value: Any) -> Any:
     where psycopg's Jsonb wrote its repr, cut to 35 characters: two array keys that begin
     alike were one row, and one window's result was never written (a helper's finding);
     NaN, the infinities and null were all JSON null."""
-    if isinstance(value, Jsonb):
+    if isinstance(value, Json | Jsonb):
         return ("jsonb", _identity(value.obj))
     if isinstance(value, list | tuple):
         return ("array", tuple(_identity(v) for v in value))
@@ -246,6 +403,10 @@ def _identity(value: Any) -> Any:
         return ("float", "nan" if math.isnan(value) else value + 0.0)
     if isinstance(value, bool):
         return ("bool", value)
+    if isinstance(value, decimal.Decimal) and value.is_nan():
+        # A signaling NaN cannot be hashed (TypeError: the writer thread died, a helper's
+        # finding); numeric has one NaN, equal to itself, which both NaNs are written as.
+        return ("Decimal", "nan")
     return (type(value).__name__, value)
 
 
@@ -264,13 +425,24 @@ def postgres_refusal(
     key_columns: Sequence[str] = (),
     *,
     primary_key: bool = False,
+    columns: Sequence[str] | None = None,
+    null_keys: Collection[str] | None = None,
+    encoding: str = "",
 ) -> str | None:
-    """Why PostgreSQL can never store this result in its table, or None.
+    """Why PostgreSQL can never store this result in its table, or None. The sinks judge
+    with what they know of the table (:meth:`PostgresSink.refusal`).
 
-    A string holding the NUL character (U+0000): text, varchar, json and jsonb all refuse
-    it. A null in a key column (``key_columns``: the upsert's) of the table the sink
-    creates (``primary_key``): its primary key refuses it (a table of the user's may match
-    null keys: a unique index with NULLS NOT DISTINCT, PostgreSQL 15). Key columns whose
+    Only the fields written are judged (``columns``; None: every field). A string holding
+    the NUL character (U+0000): text, varchar, json and jsonb all refuse it. A string the
+    database's ``encoding`` (its server encoding, e.g. ``LATIN1``) has no form for: no
+    column of that database can hold it (psycopg raised UnicodeEncodeError, which killed
+    the writer thread; with the DSN's client_encoding UTF8 the server refused it, retried
+    for ever: a helper's finding). A null in a key column (``key_columns``: the upsert's)
+    that ``null_keys`` does not name (None: ``primary_key`` says whether nulls are refused
+    in all of them, the table the sink creates): a primary key or NOT NULL refuses it, and
+    a unique index whose nulls are distinct never matches it, so each write of the result
+    added a row (duplicates, silently); only a nullable column under a unique index with
+    NULLS NOT DISTINCT (PostgreSQL 15) takes it. Key columns whose
     index entry cannot fit a unique btree index, which every table an upsert can target
     has: over :data:`BTREE_MAX_ITEM_BYTES` even as zlib compresses them (PostgreSQL's own
     compression does no better, and stores a value it cannot shrink by a quarter as it
@@ -278,22 +450,35 @@ def postgres_refusal(
     for the last two), so the outputs dead-letter it instead (reason ``sink``). Other
     refusals depend on the table (a type, a constraint) and can be mended there: those are
     retried."""
+    codec = _codec(encoding)
     if isinstance(value, bytes):
         # JSON text: NUL can only appear escaped (\u0000), in a key or a string.
-        if b"\\u0000" in value and _holds_nul(orjson.loads(value)):
-            return _NUL_MESSAGE
-        if not key_columns:
-            return None
+        if columns is None and codec is None:
+            if b"\\u0000" in value and _holds_nul(orjson.loads(value)):
+                return _NUL_MESSAGE
+            if not key_columns:
+                return None
         value = orjson.loads(value)
         if not isinstance(value, Mapping):
             return None
-    elif _holds_nul(value):
+    written: Any = value if columns is None else [value.get(c) for c in columns]
+    if _holds_nul(written):
         return _NUL_MESSAGE
-    for column in key_columns if primary_key else ():
+    if codec is not None:
+        unencodable = _unencodable(written, codec)
+        if unencodable is not None:
+            return (
+                f"the database's encoding {encoding} has no form for the string "
+                f"{unencodable[:40]!r}: no column of it can hold the string"
+            )
+    refused = key_columns if primary_key else ()
+    if null_keys is not None:
+        refused = [c for c in key_columns if c not in null_keys]
+    for column in refused:
         if value.get(column) is None:
             return (
-                f"key column {column!r} is null: the table's primary key refuses it "
-                "(sink.postgres.createTable)"
+                f"key column {column!r} is null: the table refuses it (a primary key, NOT NULL) "
+                "or would add a row at every write (a unique index whose nulls are distinct)"
             )
     raw = [_stored_bytes(value.get(column)) for column in key_columns]
     if sum(map(len, raw)) > BTREE_MAX_ITEM_BYTES:
@@ -304,6 +489,40 @@ def postgres_refusal(
                 f"unique index entry holds at most {BTREE_MAX_ITEM_BYTES} (PostgreSQL refuses "
                 "the row in every table an upsert can target)"
             )
+    return None
+
+
+@functools.cache
+def _codec(encoding: str) -> str | None:
+    """The Python codec of a server encoding whose strings not every str fits; None for
+    UTF-8 and SQL_ASCII (which stores any bytes), and for an encoding Python has no codec
+    for (MULE_INTERNAL: not judged here, the server's refusal is retried)."""
+    if encoding in ("", "UTF8", "SQL_ASCII"):
+        return None
+    try:
+        return pg2pyenc(encoding.encode())
+    except psycopg.NotSupportedError:
+        return None
+
+
+def _unencodable(value: Any, codec: str) -> str | None:
+    """The first string in ``value`` (in JSON keys too) that ``codec`` cannot encode."""
+    if isinstance(value, str):
+        try:
+            value.encode(codec)
+        except UnicodeError:
+            return value
+        return None
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            found = _unencodable(k, codec) or _unencodable(v, codec)
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for v in value:
+            found = _unencodable(v, codec)
+            if found is not None:
+                return found
     return None
 
 
@@ -337,16 +556,21 @@ def upsert_rows(
     rows: Sequence[Row],
     key_index: Sequence[int],
     per_statement: int,
+    *,
+    facts: TableFacts | None = None,
 ) -> None:
-    """Upsert ``rows`` inside the cursor's open transaction, the last row of each key.
+    """Upsert ``rows`` inside the cursor's open transaction, the last row of each key,
+    values bound for a json column as JSON (``facts``, read on this connection).
 
     Two rows that :func:`dedupe` keeps apart can still be one row to the table: the string
     key "1" and the number key 1 in a text column, 1 and 1.0 in a double precision one.
     One statement may not touch a row twice (CardinalityViolation, and the write would fail
     again on every retry: the pipeline stopped for good), so such a chunk is undone to its
     savepoint and written one row per statement, the last one winning, as it does when the
-    two rows come in different batches."""
-    unique = dedupe(rows, key_index)
+    two rows come in different batches (rows in queue order: :func:`latest`)."""
+    names = _names(config)
+    json_index = {names.index(n): t for n, t in (facts.json_columns if facts else {}).items()}
+    unique = latest(as_json(rows, json_index), key_index)
     for i in range(0, len(unique), per_statement):
         chunk = unique[i : i + per_statement]
         cur.execute("SAVEPOINT streamherd_rows")
@@ -379,6 +603,29 @@ def rows_of(values: Sequence[Mapping[str, Any] | bytes], names: Sequence[str]) -
     return rows
 
 
+def table_refusal(
+    record: Mapping[str, Any] | bytes, config: PostgresSinkConfig, facts: TableFacts
+) -> str | None:
+    """:func:`postgres_refusal` of a sink's result: its written columns, the database's
+    encoding, and null keys as the table treats them (before the first connection has read
+    the table: refused, the safe side; a NULLS NOT DISTINCT table takes them from then on)."""
+    return postgres_refusal(
+        record,
+        config.key_columns,
+        columns=_names(config),
+        null_keys=facts.null_keys,
+        encoding=facts.encoding,
+    )
+
+
+def failure_kind(error: BaseException) -> str:
+    """``connection`` (an outage), ``sql`` (PostgreSQL refused) or ``client`` (psycopg
+    could not send a row): the label of ``streamherd_sink_errors_total``."""
+    if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
+        return "connection"
+    return "sql" if isinstance(error, psycopg.Error) else "client"
+
+
 class PostgresSink:
     """Queues rows from the engine thread; a writer thread upserts and confirms them."""
 
@@ -402,6 +649,8 @@ class PostgresSink:
         self._stop = threading.Event()
         self._abandoned = False  # closed without draining: write nothing more
         self._conn: psycopg.Connection[Any] | None = None
+        # Read by the writer at every connect; judged by on the engine thread (refusal).
+        self.facts = TableFacts()
         self._report = SinkMetrics(metrics, SINK_LABEL)
         self._report.confirming()
         self._thread = threading.Thread(
@@ -410,6 +659,11 @@ class PostgresSink:
         self._thread.start()
 
     # ------------------------------------------------------------------ engine side
+
+    def refusal(self, record: Mapping[str, Any] | bytes) -> str | None:
+        """Why the table can never hold this result (:func:`postgres_refusal`, with what
+        the last connection read of it), or None; the outputs dead-letter it."""
+        return table_refusal(record, self.config, self.facts)
 
     def write(self, values: Sequence[Mapping[str, Any] | bytes]) -> None:
         rows = rows_of(values, self._names)
@@ -497,8 +751,15 @@ class PostgresSink:
 
     def _connect(self) -> psycopg.Connection[Any]:
         conn = connect(self._conninfo, self.pipeline)
-        if self.config.create_table:
-            create_if_absent(conn, create_table_statement(self.config))
+        try:
+            if self.config.create_table:
+                create_if_absent(
+                    conn, create_table_statement(self.config), table_identifier(self.config.table)
+                )
+            self.facts = read_table_facts(conn, self.config)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _take(self) -> list[Row] | None:
@@ -524,7 +785,9 @@ class PostgresSink:
             return
         started = time.perf_counter()
         with self._conn.transaction(), self._conn.cursor() as cur:
-            upsert_rows(cur, self.config, rows, self._key_index, self._per_statement)
+            upsert_rows(
+                cur, self.config, rows, self._key_index, self._per_statement, facts=self.facts
+            )
         self._report.written(len(rows), time.perf_counter() - started)
 
     def _run(self) -> None:
@@ -536,11 +799,13 @@ class PostgresSink:
                     return
                 try:
                     self._write(rows)
-                except psycopg.Error as error:
+                except Exception as error:  # noqa: BLE001 - retried; reported below
                     # Connection errors (outage, restart) and SQL errors (a missing table or
                     # constraint, a value the column refuses) alike: keep the rows, back off
                     # and retry. Skipping them would lose results; the outage shows in the
-                    # metrics, /readyz and the log below.
+                    # metrics, /readyz and the log below. So does an error of psycopg's
+                    # own with a row (a value it cannot send): one row must not end the
+                    # thread (and the worker after it, at every replay: a helper's finding).
                     self._failed_attempt(error, delay)
                     if self._stop.wait(delay):
                         return
@@ -565,9 +830,8 @@ class PostgresSink:
         finally:
             self._close_connection()
 
-    def _failed_attempt(self, error: psycopg.Error, delay: float) -> None:
-        connection = isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
-        kind = "connection" if connection else "sql"
+    def _failed_attempt(self, error: Exception, delay: float) -> None:
+        kind = failure_kind(error)
         self._error(kind)
         self._set_up(False)
         text = str(error).strip()

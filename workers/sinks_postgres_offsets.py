@@ -53,11 +53,16 @@ from streamherd.workers.metrics import EngineMetrics, SinkMetrics
 from streamherd.workers.sinks_postgres import (
     SINK_LABEL,
     Row,
+    TableFacts,
     connect,
     conninfo_from_env,
     create_if_absent,
     create_table_statement,
+    failure_kind,
+    read_table_facts,
     rows_of,
+    table_identifier,
+    table_refusal,
     table_shape,
     upsert_rows,
 )
@@ -321,6 +326,8 @@ class PostgresTransactionalSink:
         # (None: no row): what the next commit's compare-and-set expects.
         self._expected: dict[tuple[str, int], str | None] = {}
         self._conn: psycopg.Connection[Any] | None = None
+        # Read at every connect (the offsets are read on assign, before any result).
+        self.facts = TableFacts()
         self._up = False
         # Gids never prepared whose side rows could not be deleted yet (the database went
         # away with the attempt): deleted before the next prepare.
@@ -329,6 +336,10 @@ class PostgresTransactionalSink:
         self._report.confirming()
 
     # ------------------------------------------------------------------ rows
+
+    def refusal(self, record: Mapping[str, Any] | bytes) -> str | None:
+        """Why the table can never hold this result, or None (as the at-least-once sink's)."""
+        return table_refusal(record, self.config, self.facts)
 
     def write(self, values: Sequence[Mapping[str, Any] | bytes]) -> None:
         self._queue.extend(rows_of(values, self._names))
@@ -400,7 +411,9 @@ class PostgresTransactionalSink:
             self._error("fenced")
             self.abort()
             raise
-        except psycopg.Error as error:
+        except Exception as error:
+            # psycopg.Error, or psycopg's own error with a row (a value it cannot send):
+            # raised, it stopped the worker, and its replay again (a helper's finding).
             connection = isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
             self._failed("commit" if committing else "write", error)
             if committing and connection:
@@ -460,7 +473,7 @@ class PostgresTransactionalSink:
             self._error("fenced")
             self.abort()
             raise
-        except psycopg.Error as error:
+        except Exception as error:  # as in commit(); _failed closes the connection
             connection = isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
             self._failed("prepare" if preparing else "write", error)
             if preparing and connection:
@@ -697,7 +710,7 @@ class PostgresTransactionalSink:
                 conn.execute("ROLLBACK")
 
     def _write_rows(self, cur: psycopg.Cursor[Any], rows: Sequence[Row]) -> None:
-        upsert_rows(cur, self.config, rows, self._key_index, self._per_statement)
+        upsert_rows(cur, self.config, rows, self._key_index, self._per_statement, facts=self.facts)
 
     def _write_offsets(
         self, cur: psycopg.Cursor[Any], offsets: Sequence[tuple[str, int, int]], generation: str
@@ -735,12 +748,18 @@ class PostgresTransactionalSink:
                 if not self.create:
                     self._find_tables(conn)
                 else:
+                    table = self.config.table
                     if self.two_phase:
-                        create_if_absent(conn, create_side_statement(self.config.table))
-                        create_if_absent(conn, create_writers_statement(self.config.table))
-                    create_if_absent(conn, create_offsets_statement(self.config.table))
+                        create_if_absent(conn, create_side_statement(table), side_table(table))
+                        create_if_absent(
+                            conn, create_writers_statement(table), writers_table(table)
+                        )
+                    create_if_absent(conn, create_offsets_statement(table), offsets_table(table))
                     if self.config.create_table:
-                        create_if_absent(conn, create_table_statement(self.config))
+                        create_if_absent(
+                            conn, create_table_statement(self.config), table_identifier(table)
+                        )
+                self.facts = read_table_facts(conn, self.config)
             except BaseException:
                 conn.close()
                 raise
@@ -774,9 +793,8 @@ class PostgresTransactionalSink:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
 
-    def _failed(self, what: str, error: psycopg.Error) -> None:
-        connection = isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
-        kind = "connection" if connection else "sql"
+    def _failed(self, what: str, error: Exception) -> None:
+        kind = failure_kind(error)
         self._error(kind)
         self._set_up(False)
         text = str(error).strip()

@@ -36,6 +36,7 @@ class KafkaSource:
 
     name = "kafka"
     group_offsets = True
+    origin_ms: int | None = None  # a log: its offsets are where it begins
 
     def __init__(
         self, config: KafkaSourceConfig, topics: list[str], on_commit: CommitCallback
@@ -88,6 +89,9 @@ class KafkaSource:
             "group": self.config.consumer_group,
             "cluster": self.cluster_id,
         }
+
+    def adopt_origin(self, origin_ms: int) -> None:
+        pass  # never recorded: origin_ms is None
 
     def assign(self, start: list[TopicPartition]) -> None:
         self.consumer.incremental_assign(start)
@@ -185,6 +189,8 @@ class GeneratorSource:
         self.config = config
         self.generator: ClickGenerator | None = None
         self._paused: set[int] = set()
+        self.origin_ms: int | None = config.start_time_ms
+        self._adopted: int | None = None
 
     def open(self, assigned: PartitionEvent, revoked: PartitionEvent, lost: PartitionEvent) -> None:
         assigned([TopicPartition(GENERATOR_TOPIC, p) for p in range(self.config.partitions)])
@@ -205,9 +211,13 @@ class GeneratorSource:
     def describe(self) -> Mapping[str, Any]:
         return {"source": "generator"}
 
+    def adopt_origin(self, origin_ms: int) -> None:
+        self._adopted = origin_ms
+
     def assign(self, start: list[TopicPartition]) -> None:
         resume = {tp.partition: max(tp.offset, 0) for tp in start}
-        self.generator = ClickGenerator(self.config, resume)
+        self.generator = ClickGenerator(self.config, resume, origin_ms=self._adopted)
+        self.origin_ms = self.generator.start_ms
 
     def unassign(self, partitions: list[TopicPartition]) -> None:
         pass  # never revoked

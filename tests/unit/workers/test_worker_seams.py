@@ -50,6 +50,7 @@ class ListSource:
     name = "memory"
     group_offsets = False
     cluster_id: str | None = None
+    origin_ms: int | None = None
 
     def __init__(self, stop: threading.Event, stop_after: int | None = None) -> None:
         self.stop, self.stop_after = stop, stop_after
@@ -58,6 +59,9 @@ class ListSource:
 
     def open(self, assigned: PartitionEvent, revoked: PartitionEvent, lost: PartitionEvent) -> None:
         assigned([TopicPartition(TOPIC, p) for p in range(PARTITIONS)])
+
+    def adopt_origin(self, origin_ms: int) -> None:
+        pass  # its records name their own times
 
     def poll(self, max_records: int, timeout: float) -> list[Any]:
         batch, self.pending = self.pending[:max_records], self.pending[max_records:]
