@@ -128,6 +128,8 @@ LAG_REFRESH_SECONDS: Final = 1.0
 #: How often a topic's partition count that could not be asked at an assignment is asked
 #: again (a keyed window's checks go on the checkpoint's count until then).
 LOGS_RETRY_SECONDS: Final = 30.0
+#: How often a repartitioned pipeline asks for its source topics' partitions again.
+UPSTREAMS_REFRESH_SECONDS: Final = 30.0
 PROGRESS_SECONDS: Final = 1.0
 HEARTBEAT_STALE_SECONDS: Final = 60.0
 #: Least time between two progress markers of one source partition (repartitioned pipelines).
@@ -390,6 +392,7 @@ class Engine:
         # retry of one that failed: _retry_logs).
         self._logs: dict[str, LogIdentity] = {}
         self._logs_retry_at = 0.0
+        self._upstreams_at = time.monotonic() + UPSTREAMS_REFRESH_SECONDS
         # Why the worker stops to restart (the loop stops gracefully, then exits non-zero).
         self.restart_reason: str | None = None
         self._reads_topic = topic_matcher(topics)
@@ -1172,6 +1175,32 @@ class Engine:
             return
         self._logs_retry_at = now + LOGS_RETRY_SECONDS
         self._refresh_logs(source, [], forget=False)
+
+    def _retry_upstreams(self, now: float) -> None:
+        """Ask a repartitioned pipeline's source topics for their partitions again: the
+        ones known at start are the upstreams each downstream partition waits for before
+        its windows close, so a topic created after the start (a named one the start did
+        not wait for long enough, or one a ``^`` pattern matches later) or a partition
+        added would never be waited for, or, when none was known, no window would ever
+        close (helper-94's finding). The set only grows (Kafka removes no partition)."""
+        admin, kafka = self._admin, self.config.source.kafka
+        if self.repartition is None or admin is None or kafka is None or now < self._upstreams_at:
+            return
+        self._upstreams_at = now + UPSTREAMS_REFRESH_SECONDS
+        try:
+            found = source_partitions(admin, kafka.topics, timeout=5.0, wait=False)
+        except KafkaException as error:
+            log_event(log, logging.WARNING, "upstreams-lookup-failed", error=str(error))
+            return
+        grown = self._upstreams | found
+        if grown == self._upstreams:
+            return
+        log_event(log, logging.INFO, "upstreams-grown", known=len(self._upstreams),
+                  now=len(grown))  # fmt: skip
+        self._upstreams = grown
+        for st in self.partitions.values():
+            if st.clock is not None:
+                st.clock.known = grown
 
     def _refresh_logs(
         self, source: Source, partitions: list[TopicPartition], *, forget: bool = True
@@ -2414,6 +2443,7 @@ class Engine:
         self._last_lag = now
         self._retry_seeks()
         self._retry_logs(now)
+        self._retry_upstreams(now)
         open_windows = 0
         lags: dict[tuple[str, int], int | None] = {}
         for st in list(self.partitions.values()):

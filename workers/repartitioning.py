@@ -675,12 +675,14 @@ class TopicLister(Protocol):
 
 
 def source_partitions(
-    admin: TopicLister, topics: Iterable[str], timeout: float = 30.0
+    admin: TopicLister, topics: Iterable[str], timeout: float = 30.0, *, wait: bool = True
 ) -> frozenset[Upstream]:
     """Every partition of the source topics (the upstreams a downstream partition waits
     for); a topic starting with ``^`` is a pattern, as in the consumer's subscription.
-    Waits until every named topic shows its partitions, each with a leader: a partial
-    list would let windows close before a source partition had its say."""
+    Waits (`wait`) until every named topic shows its partitions, each with a leader: a
+    partial list would let windows close before a source partition had its say. What it
+    does not see yet (a topic created later, one a pattern matches later, partitions
+    added) the engine asks for again (``Engine._retry_upstreams``)."""
     wanted = topic_matcher(topics)
     names = {t for t in topics if not t.startswith("^")}
     deadline = time.monotonic() + timeout
@@ -696,7 +698,7 @@ def source_partitions(
             if wanted(name):
                 seen.add(name)
                 out.update((name, p) for p in topic.partitions)
-        if names <= seen or time.monotonic() > deadline:
+        if not wait or names <= seen or time.monotonic() > deadline:
             return frozenset(out)
         time.sleep(0.2)
 
