@@ -506,7 +506,8 @@ class KafkaSourceConfig(KafkaEndpoint):
         ge=0,
         description=(
             "Where a partition with no checkpoint and no committed offset starts, as a time "
-            "(Unix ms; Kafka's offsets for times); `startFrom` is then the fallback."
+            "(Unix ms; Kafka's offsets for times; with a window, the start of the earliest "
+            "window holding it); `startFrom` is then the fallback."
         ),
     )
     format: Literal["json", "raw"] = Field(
@@ -725,7 +726,10 @@ class StateConfig(Model):
     replay_from_ms: int | None = Field(
         default=None,
         ge=0,
-        description="Event time (Unix ms) a replay starts from (offsets for times).",
+        description=(
+            "The time (Unix ms) a replay starts from: compared with the records' Kafka "
+            "timestamps (offsets for times); with a window, the earliest window holding it."
+        ),
     )
     restore_from: str | None = Field(
         default=None,

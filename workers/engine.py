@@ -879,8 +879,8 @@ class Engine:
         # Written at the next checkpoint even if no record arrives, so a restart does not
         # apply the policy a second time (a replay would go back again).
         st.dirty = True
-        if policy == "replay":
-            st.replay_from_ms = self.state_policy.replay_from_ms
+        if policy == "replay" and self.state_policy.replay_from_ms is not None:
+            st.replay_from_ms = self._replay_start(st, self.state_policy.replay_from_ms)
         log_event(
             log,
             logging.INFO if again else logging.WARNING,
@@ -1496,7 +1496,20 @@ class Engine:
             and st.committed is None
             and st.held is None
         ):
-            st.replay_from_ms = source.start_from_time_ms
+            st.replay_from_ms = self._replay_start(st, source.start_from_time_ms)
+
+    def _replay_start(self, st: PartitionState, time_ms: int) -> int:
+        """Where a replay from `time_ms` (or ``startFrom``'s time) seeks a source partition
+        to: the start of the earliest window holding that time, so that the window is
+        computed whole (:meth:`_seek_to_time` closes the ones before). Seeking to the time
+        itself re-emitted the window holding it with part of its records, under the key of
+        its whole result: in a compacted topic or an upserting table the partial result
+        replaced the whole one (helper-94's finding). The time itself without a window,
+        and for the repartition topic (its entries carry the source's times)."""
+        plan = self.processor.window
+        if plan is None or st.role == "downstream":
+            return time_ms
+        return int(plan.window_starts(time_ms)[0])
 
     def _replay_offsets(self, source: Source, start: list[TopicPartition]) -> list[TopicPartition]:
         """`start` with each partition to replay moved to the first offset at or after its
@@ -1562,6 +1575,19 @@ class Engine:
         # The group's committed offset will step back to it with the next checkpoint.
         st.committed_before_seek = st.committed
         st.committed = None
+        plan = self.processor.window
+        if plan is not None and st.role != "downstream" and st.replay_from_ms is not None:
+            # The windows that start before the replay's first are not computed again (their
+            # results stand): they start closed, and a record of theirs read from here (one
+            # written after its time) is late, as if the partition had read up to there.
+            floor = st.replay_from_ms + plan.size_ms - plan.slide_ms + plan.lateness_ms
+            windows = st.windows
+            if windows is not None and (
+                windows.max_event_ms is None or windows.max_event_ms < floor
+            ):
+                windows.max_event_ms = floor
+            if st.role == "upstream" and (st.max_event_ms is None or st.max_event_ms < floor):
+                st.max_event_ms = floor
         st.replay_from_ms = None
         st.dirty = True
 
@@ -1586,9 +1612,9 @@ class Engine:
             offset = self._offset_for_time(source, tp, found.get((st.topic, st.partition)))
             if offset is None:
                 continue
-            self._seek_to_time(st, offset)
             if self.processor.window is not None:
                 st.windows = PartitionWindows.from_json(self.processor.window, None)
+            self._seek_to_time(st, offset)
             st.held = None
             source.seek(TopicPartition(st.topic, st.partition, offset))
             if not self._paused:

@@ -313,7 +313,8 @@ class KafkaSource(KafkaConnection):
             "Where a partition with no checkpoint and no committed offset starts: earliest "
             "(the whole retained log), latest (only new records), or a time, RFC 3339 (e.g. "
             "2026-01-01T00:00:00Z: its first record at or after that time, by the records' "
-            "Kafka timestamps)."
+            "Kafka timestamps; with a window, at or after the start of the earliest window "
+            "holding it, so that window is computed whole)."
         ),
     )
     format: Literal["json", "raw"] = Field(
@@ -748,8 +749,10 @@ class Upgrade(Model):
         pattern=_RFC3339,
         max_length=64,
         description=(
-            "With replay: the time to replay from, RFC 3339 (e.g. 2026-01-01T00:00:00Z); each "
-            "partition starts at its first record at or after it (Kafka's offsets for times)."
+            "With replay: the time to replay from, RFC 3339 (e.g. 2026-01-01T00:00:00Z). With a "
+            "window, from the start of the earliest window holding it (computed whole; the "
+            "windows before keep their results); each partition starts at its first record "
+            "whose Kafka timestamp is at or after that (Kafka's offsets for times)."
         ),
         json_schema_extra={"format": "date-time"},
     )

@@ -230,7 +230,8 @@ def test_a_foreign_state_is_refused_then_replayed_from_a_time(
     assert kafka_broker.committed(group, source) == committed
     assert kafka_broker.consume_all(refused_sink) == []
 
-    # Replay from a time: empty state at the first record at or after it, per partition.
+    # Replay from a time: empty state at the first record at or after the start of the
+    # window holding it (that window is computed whole), per partition.
     replay_sink = kafka_broker.create_topic(
         kafka_broker.unique_topic("life-fp-replay"), partitions=PARTITIONS
     )
@@ -251,7 +252,8 @@ def test_a_foreign_state_is_refused_then_replayed_from_a_time(
         stop_cleanly(replayed)
     finally:
         replayed.stop()
-    later = [s for s in sent + while_held if s.rec["ts"] >= replay_from]
+    aligned = replay_from - replay_from % 5000  # the new spec's window holding it
+    later = [s for s in sent + while_held if s.rec["ts"] >= aligned]
     got = latest_by_key(kafka_broker.consume_all(replay_sink))
     for row in got.values():
         assert list(row)[3:] == ["bytes", "clicks"]  # the new spec's order
@@ -315,8 +317,10 @@ def test_start_from_a_time_then_resume_from_the_checkpoint(
     source, sink, _checkpoints, cfg = setup(kafka_broker, tmp_path, "time")
     group = cfg["source"]["kafka"]["consumerGroup"]
     sent = produce_timed(kafka_broker, source, 0, 3000)
+    # The start of the 10 s window holding the time: that window is read whole.
     start = BASE_TS + 1200 * STEP_MS - 4
     cfg["source"]["kafka"]["startFromTimeMs"] = start
+    start -= start % 10_000
     worker = Worker.create(tmp_path, "timed", cfg).start()
     try:
         wait_until("caught up", lambda: caught_up(kafka_broker, group, source), 120, [worker])
