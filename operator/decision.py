@@ -1015,9 +1015,19 @@ def finish(decision: Decision, applied: Applied) -> Finished:
     config_ref = next((r for r in desired if r.startswith("ConfigMap/")), None)
     config_refused = config_ref in applied.refused
     unapplied = verification.holds or config_refused
-    if unapplied and not upgrade.holds:
-        # Nothing is decided about the state until the verdict (or the config is taken):
-        # say what runs.
+    if config_refused and not upgrade.holds:
+        # The edit never reached the workers: what its state change would be is not the
+        # question yet (the previous condition, e.g. TakingSnapshot, said something was
+        # under way when nothing was).
+        running_fp = current_status.get("stateFingerprint") or upgrade.fingerprint
+        state_c = Cond(
+            STATE_COMPATIBLE, "Unknown", "NotApplied",
+            f"generation {generation} was not applied: the API server refused the workers' "
+            f"ConfigMap (see Degraded); the workers run state fingerprint {running_fp}, and "
+            "the edit's state change is judged when it is applied",
+        )  # fmt: skip
+    elif unapplied and not upgrade.holds:
+        # Nothing is decided about the state until the verdict: say what runs.
         state_c = Cond.kept(was_state) if was_state else Cond(
             STATE_COMPATIBLE, "True", "Compatible",
             f"state fingerprint {current_status.get('stateFingerprint')}",

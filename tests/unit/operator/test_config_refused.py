@@ -59,3 +59,9 @@ def test_a_refused_config_rolls_nothing_and_says_so(status: int) -> None:
     assert "StateReset" not in reasons
     listed = [s["name"] for s in status_.get("snapshots") or []]
     assert not any("-to-" in name for name in listed), listed  # no kept snapshot listed
+    # StateCompatible says the edit was not applied (it kept the previous generation's
+    # condition, e.g. TakingSnapshot, as if something were under way).
+    state = conditions["StateCompatible"]
+    assert (state["status"], state["reason"]) == ("Unknown", "NotApplied"), state
+    assert state["observedGeneration"] == body["metadata"]["generation"]
+    assert fingerprint(described) in state["message"], state
