@@ -174,11 +174,13 @@ _ONE_MS: Final = timedelta(milliseconds=1)
 
 def floor_ms(value: float) -> int:
     """The whole millisecond a time of `value` ms falls in: its floor, except that a value
-    within two units in the last place of a whole number is that number (the error of
-    the float product ``seconds * 1000``: 1.001 s is 1001 ms, not 1000). Raises
-    OverflowError (infinities) or ValueError (NaN)."""
+    within one unit in the last place of a whole number is that number (the error of the
+    float product ``seconds * 1000``, at most half a unit for the seconds and half for the
+    product: 1.001 s is 1001 ms, not 1000). A microsecond stays told apart up to 2**41 ms
+    (the year 2039); beyond, a float's seconds hold less. Raises OverflowError (infinities)
+    or ValueError (NaN)."""
     whole = round(value)
-    if abs(value - whole) <= 2 * math.ulp(value):
+    if abs(value - whole) <= math.ulp(value):
         return whole
     return math.floor(value)
 

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from streamherd.workers.windowing import ISO_MAX_MS, ISO_MIN_MS, floor_ms, time_converter
 
-#: Times a float holds to the microsecond (its unit in the last place, in ms, is 2**-12 or
-#: less up to 2**42 ms, the year 2109): 1900-2100, where times in seconds come from.
-NEAR = 4_000_000_000_000
+#: Times a float in seconds tells to the microsecond (a unit in its last place is under half
+#: a microsecond up to 2**41 ms, the year 2039; floor_ms allows one unit of the product's).
+NEAR = 2**41 - 1
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -23,8 +23,13 @@ def convert(fmt: str, value: object) -> int:
     return time_converter("ts", fmt)(value)
 
 
-@settings(max_examples=500)
-@given(ms=st.integers(-NEAR // 2, NEAR), micros=st.integers(0, 999))
+@settings(max_examples=1000)
+@given(
+    ms=st.integers(-NEAR, NEAR)
+    | st.integers(NEAR - 10**7, NEAR)
+    | st.integers(-NEAR, 10**7 - NEAR),
+    micros=st.integers(0, 999) | st.sampled_from([0, 1, 998, 999]),
+)
 def test_a_time_within_a_millisecond_falls_in_it(ms: int, micros: int) -> None:
     total_us = ms * 1000 + micros
     seconds = str(Decimal(total_us).scaleb(-6))  # the exact decimal text
