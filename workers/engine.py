@@ -571,6 +571,19 @@ class Engine:
         except CheckpointFormatError as error:  # a newer streamherd wrote it: hold (0156)
             checkpoint, start = None, None
             self._hold_unreadable(st, error)
+        except CheckpointError as error:
+            # A damaged file (torn, a flipped bit, a segment missing): held, nothing read or
+            # written, the other partitions going on, and the file named. It stopped the
+            # worker at every start before, the log naming no file (a helper's finding).
+            checkpoint, start = None, None
+            self._hold(
+                st,
+                f"{topic}[{partition}]: cannot read its checkpoint ({error}); held until it "
+                "is mended: put back a good copy of the file (from a volume snapshot), or delete "
+                "the partition's files to start it anew from the group's offset",
+                "checkpoint-unreadable",
+                {"topic": topic, "partition": partition, "error": str(error)},
+            )
         st.log_topic_id, st.log_partitions = self._logs.get(topic, (None, None))
         if checkpoint is not None and not st.from_snapshot and self._foreign_log(st, checkpoint):
             # Never restored: its offsets and state are of another log (another cluster, or

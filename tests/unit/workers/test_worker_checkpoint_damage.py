@@ -1,0 +1,188 @@
+"""Damaged and hostile checkpoint directories (helper-97's findings, session 26): a flipped
+bit in the header's ``encoding`` had a sum beyond 64 bits read back as a float, silently; a
+damaged file stopped the worker at every start, the log naming no file; a folder in a
+partition's segment folder failed every checkpoint after it was durable; new folders were
+not made durable in their parents."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamherd.workers import checkpointing
+from streamherd.workers.checkpointing import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointStore,
+    decode,
+    encode,
+)
+from streamherd.workers.config import WorkerConfig
+from streamherd.workers.engine import Engine
+from streamherd.workers.generating import GENERATOR_TOPIC
+from streamherd.workers.metrics import EngineMetrics
+
+BIG = {"windows": [["a", 0, {"n": 3, "s": 2**70 + 1}]]}  # the stdlib writes it (orjson cannot)
+
+
+def flips(data: bytes, end: int) -> list[bytes]:
+    out = []
+    for i in range(end):
+        for bit in range(8):
+            flipped = bytearray(data)
+            flipped[i] ^= 1 << bit
+            out.append(bytes(flipped))
+    return out
+
+
+def test_no_single_bit_flip_of_the_header_changes_a_restored_value() -> None:
+    data = encode(Checkpoint("in", 0, 5, state=BIG))
+    header_end = data.index(b"\n")
+    assert b'"encoding":"json"' in data[:header_end]
+    for flipped in flips(data, header_end):
+        try:
+            got = decode(flipped)
+        except CheckpointError:
+            continue
+        assert got.state == BIG and type(got.state["windows"][0][2]["s"]) is int
+
+
+def test_a_stdlib_file_from_before_the_seed_still_reads() -> None:
+    body = json.dumps({"topic": "in", "partition": 0, "nextOffset": 5, "state": BIG}).encode()
+    header = json.dumps(
+        {
+            "format": checkpointing.FORMAT,
+            "encoding": "json",
+            "crc32": zlib.crc32(body),
+            "length": len(body),
+        }
+    ).encode()
+    got = decode(header + b"\n" + body + b"\n")
+    assert got.state == BIG
+
+
+def save(directory: Path, partition: int = 0) -> CheckpointStore:
+    store = CheckpointStore(directory)
+    store.save([Checkpoint("in", partition, 5, state=BIG)])
+    return store
+
+
+def test_a_damaged_file_is_named(tmp_path: Path) -> None:
+    store = save(tmp_path)
+    segment = next(store.segments_dir("in", 0).iterdir())
+    data = bytearray(segment.read_bytes())
+    data[-5] ^= 1  # a flipped bit in its body
+    segment.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=re.escape(str(segment))):
+        CheckpointStore(tmp_path).load("in", 0)
+    (tmp_path / "in" / "0.pending.ckpt").write_bytes(b"")  # a writer's, torn
+    with pytest.raises(CheckpointError, match=re.escape("0.pending.ckpt")):
+        CheckpointStore(tmp_path).pending_checkpoints("in", 0)
+
+
+@pytest.mark.parametrize("leftover", ["folder", "unremovable"])
+def test_a_leftover_in_a_segment_folder_fails_no_checkpoint(
+    tmp_path: Path, leftover: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = save(tmp_path)
+    folder = store.segments_dir("in", 0)
+    odd = folder / ("lost+found" if leftover == "folder" else "old.delta")
+    if leftover == "folder":
+        odd.mkdir()
+    else:
+        odd.write_bytes(b"x")
+        real = Path.unlink
+
+        def refuse(path: Path, missing_ok: bool = False) -> None:
+            if path == odd:
+                raise PermissionError(13, "Permission denied", str(path))
+            real(path, missing_ok=missing_ok)
+
+        monkeypatch.setattr(Path, "unlink", refuse)
+    monkeypatch.setattr(checkpointing, "ORPHAN_SECONDS", -1.0)  # every leftover is due
+    store.save([Checkpoint("in", 0, 9, state={"windows": [["b", 0, {"n": 1}]]})])
+    assert odd.exists()
+    got = CheckpointStore(tmp_path).load("in", 0)
+    assert got is not None and got.next_offset == 9
+
+
+def test_new_folders_are_made_durable_in_their_parents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[Path] = []
+    real = checkpointing._fsync_dir
+    monkeypatch.setattr(checkpointing, "_fsync_dir", lambda p: (synced.append(p), real(p))[1])
+    store = save(tmp_path)
+    assert tmp_path in synced and tmp_path / "in" in synced  # "in" made in tmp_path, 0.seg in it
+    synced.clear()
+    store.keep("old-to-new", "in", 0)
+    kept = tmp_path / checkpointing.SNAPSHOTS
+    for folder in (kept, kept / "old-to-new", kept / "old-to-new" / "in"):
+        assert (folder.parent in synced and folder in synced) or folder.parent in synced
+
+
+def config(directory: Path, count: int) -> WorkerConfig:
+    return WorkerConfig.model_validate(
+        {
+            "pipeline": {"name": "damaged"},
+            "source": {
+                "generator": {
+                    "count": count,
+                    "keys": 40,
+                    "partitions": 4,
+                    "startTimeMs": 1_767_225_600_000,
+                    "timeStepMs": 5,
+                }
+            },
+            "processor": {
+                "steps": [
+                    {
+                        "window": {
+                            "keyBy": "user",
+                            "size": "10s",
+                            "eventTime": {"field": "ts"},
+                            "aggregates": [{"name": "clicks", "function": "count"}],
+                        }
+                    }
+                ]
+            },
+            "sink": {"stdout": {}},
+            "checkpoint": {"directory": str(directory), "intervalSeconds": 3600},
+            "runtime": {"metricsPort": 0, "batchSize": 500},
+        }
+    )
+
+
+def run(directory: Path, count: int) -> Any:
+    engine = Engine(
+        config(directory, count), stop=threading.Event(), out=io.StringIO(),
+        metrics=EngineMetrics("damaged"),
+    )  # fmt: skip
+    return engine.run()
+
+
+@pytest.mark.parametrize("damage", ["flipped", "empty pending", "segment gone"])
+def test_a_damaged_partition_is_held_named_and_the_others_go_on(
+    tmp_path: Path, damage: str
+) -> None:
+    run(tmp_path, 2000)
+    top = tmp_path / GENERATOR_TOPIC
+    if damage == "flipped":
+        data = bytearray((top / "2.ckpt").read_bytes())
+        data[-5] ^= 1
+        (top / "2.ckpt").write_bytes(bytes(data))
+    elif damage == "empty pending":
+        (top / "2.pending.ckpt").write_bytes(b"")
+    else:
+        next((top / "2.seg").iterdir()).unlink()
+    summary = run(tmp_path, 4000)
+    assert summary.held == 1 and summary.held_why is not None
+    assert "generator[2]: cannot read its checkpoint" in summary.held_why
+    assert summary.records_in > 0  # the other partitions read on
