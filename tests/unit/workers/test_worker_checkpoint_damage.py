@@ -118,7 +118,12 @@ def test_new_folders_are_made_durable_in_their_parents(
 ) -> None:
     synced: list[Path] = []
     real = checkpointing._fsync_dir
-    monkeypatch.setattr(checkpointing, "_fsync_dir", lambda p: (synced.append(p), real(p))[1])
+
+    def sync(path: Path) -> None:
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr(checkpointing, "_fsync_dir", sync)
     store = save(tmp_path)
     assert tmp_path in synced and tmp_path / "in" in synced  # "in" made in tmp_path, 0.seg in it
     synced.clear()
