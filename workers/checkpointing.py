@@ -100,6 +100,11 @@ class CheckpointPostponed(CheckpointError):
     interval tries again. A failure that waiting does not cure raises something else."""
 
 
+class CheckpointPendingChanged(CheckpointError):
+    """A pending checkpoint judged for adoption was replaced by its writer before it could be
+    promoted: judge the partition's checkpoints again (:meth:`CheckpointStore.adopt`)."""
+
+
 class CheckpointBaseMoved(CheckpointError):
     """The partition's committed head is not the one this store last read or wrote: another
     writer (a worker the group had given the partition to meanwhile, or one that was frozen
@@ -860,8 +865,13 @@ class CheckpointStore:
             )
         path, digest = found
         target = self.path(topic, partition)
+        # Taken aside first, then checked: its writer (one the group left behind, alive)
+        # may have renamed the judged file itself and staged its next transaction under
+        # the same name since; renamed as it was, that next one became the head, built on
+        # the state judged (a helper's finding). Aside, no writer replaces it any more.
+        claimed = path.with_name(f".{path.name}.{self.writer}.adopting")
         try:
-            path.replace(target)
+            path.replace(claimed)
         except FileNotFoundError:
             now = self._read_head(topic, partition)
             if now is None or now[2] != digest:
@@ -869,6 +879,18 @@ class CheckpointStore:
                     f"the pending checkpoint {path.name} of {topic}[{partition}] vanished "
                     "before it could be promoted"
                 ) from None
+        else:
+            if _digest(claimed.read_bytes()) != digest:
+                # Another one than judged: back under its writer's name unless that writer
+                # staged again meanwhile (then it is superseded), and judged again.
+                with contextlib.suppress(FileExistsError):
+                    os.link(claimed, path)
+                claimed.unlink(missing_ok=True)
+                raise CheckpointPendingChanged(
+                    f"the pending checkpoint {path.name} of {topic}[{partition}] changed "
+                    "while it was judged"
+                )
+            claimed.replace(target)
         self._heads[key] = digest
         _fsync_dir(target.parent)
         self._collect(topic, partition)

@@ -45,6 +45,7 @@ from streamherd.workers.checkpointing import (
     CheckpointBehind,
     CheckpointError,
     CheckpointFormatError,
+    CheckpointPendingChanged,
     CheckpointPostponed,
     CheckpointRefused,
 )
@@ -128,6 +129,9 @@ LAG_REFRESH_SECONDS: Final = 1.0
 #: How often a topic's partition count that could not be asked at an assignment is asked
 #: again (a keyed window's checks go on the checkpoint's count until then).
 LOGS_RETRY_SECONDS: Final = 30.0
+#: How often a restore judges a partition's checkpoints again when the pending one it chose
+#: was replaced by its writer meanwhile (CheckpointPendingChanged).
+ADOPT_TRIES: Final = 3
 #: How often a repartitioned pipeline asks for its source topics' partitions again.
 UPSTREAMS_REFRESH_SECONDS: Final = 30.0
 PROGRESS_SECONDS: Final = 1.0
@@ -509,22 +513,32 @@ class Engine:
         the partition's committed and pending checkpoints, the committed offset and
         generation of this worker's authority (in exactly-once mode the group's or the
         sink's offsets table, in at-least-once mode the group's) and the group's)."""
-        main = self.state.load(topic, partition)
-        # Rewinding after an abort (the partition not newly assigned), no other writer's
-        # pending checkpoint is judged: this worker may be the one the group left behind,
-        # and the owner's pending one is not its to delete (its own went with the abort).
-        pendings = [] if rewinding else self.state.pending_checkpoints(topic, partition)
-        resume = resume_among(
-            main,
-            pendings,
-            committed,
-            exactly_once=self.exactly_once,
-            authority=self.authority,
-            group=group,
-        )
-        if resume.promote:
+        for tries in range(1, ADOPT_TRIES + 1):
+            main = self.state.load(topic, partition)
+            # Rewinding after an abort (the partition not newly assigned), no other writer's
+            # pending checkpoint is judged: this worker may be the one the group left
+            # behind, and the owner's pending one is not its to delete (its own went with
+            # the abort).
+            pendings = [] if rewinding else self.state.pending_checkpoints(topic, partition)
+            resume = resume_among(
+                main,
+                pendings,
+                committed,
+                exactly_once=self.exactly_once,
+                authority=self.authority,
+                group=group,
+            )
+            if not resume.promote:
+                break
             assert resume.checkpoint is not None
-            self.state.adopt(topic, partition, resume.checkpoint)
+            try:
+                self.state.adopt(topic, partition, resume.checkpoint)
+                break
+            except CheckpointPendingChanged:
+                if tries == ADOPT_TRIES:
+                    raise
+                log_event(log, logging.WARNING, "pending-checkpoint-changed", topic=topic,
+                          partition=partition, action="judged again")  # fmt: skip
         if resume.discard_pending:  # the others, if one was promoted
             self.state.discard_pending(topic, partition)
         if resume.mismatch:

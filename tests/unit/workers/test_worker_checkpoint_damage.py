@@ -20,6 +20,7 @@ from streamherd.workers import checkpointing
 from streamherd.workers.checkpointing import (
     Checkpoint,
     CheckpointError,
+    CheckpointPendingChanged,
     CheckpointStore,
     decode,
     encode,
@@ -28,6 +29,7 @@ from streamherd.workers.config import WorkerConfig
 from streamherd.workers.engine import Engine
 from streamherd.workers.generating import GENERATOR_TOPIC
 from streamherd.workers.metrics import EngineMetrics
+from streamherd.workers.resuming import resume_among
 
 BIG = {"windows": [["a", 0, {"n": 3, "s": 2**70 + 1}]]}  # the stdlib writes it (orjson cannot)
 
@@ -191,3 +193,36 @@ def test_a_damaged_partition_is_held_named_and_the_others_go_on(
     assert summary.held == 1 and summary.held_why is not None
     assert "generator[2]: cannot read its checkpoint" in summary.held_why
     assert summary.records_in > 0  # the other partitions read on
+
+
+def test_adopt_promotes_the_pending_checkpoint_it_judged_or_none(tmp_path: Path) -> None:
+    """A writer the group left behind (W) commits g1, renames its pending file itself and
+    stages g2 (which the broker fences) between the new owner's (N) judgment of g1 and its
+    adopt: N renamed g2 over the head, and a restart found a transaction that never
+    committed (empty state at the committed offset, g1's windows lost)."""
+
+    def pending(offset: int, n: int, generation: str) -> Checkpoint:
+        return Checkpoint("in", 0, offset, state={"windows": [["a", 0, {"n": n}]]},
+                          generation=generation)  # fmt: skip
+
+    writer = CheckpointStore(tmp_path)
+    writer.save([pending(10, 10, "g0")], pending=True)
+    writer.promote([("in", 0)])
+    writer.save([pending(20, 20, "g1")], pending=True)
+    committed = (20, "g1")
+    owner = CheckpointStore(tmp_path)
+    judged = resume_among(
+        owner.load("in", 0), owner.pending_checkpoints("in", 0), committed, exactly_once=True
+    )
+    assert judged.promote and judged.checkpoint is not None
+    writer.promote([("in", 0)])  # its own g1, renamed by itself
+    writer.save([pending(35, 35, "g2")], pending=True)  # staged, to be fenced
+    with pytest.raises(CheckpointPendingChanged):
+        owner.adopt("in", 0, judged.checkpoint.generation)
+    assert [c.generation for c in owner.pending_checkpoints("in", 0)] == ["g2"]  # put back
+    again = resume_among(
+        owner.load("in", 0), owner.pending_checkpoints("in", 0), committed, exactly_once=True
+    )
+    assert again.checkpoint is not None and again.checkpoint.generation == "g1"
+    assert again.checkpoint.state == {"windows": [["a", 0, {"n": 20}]]}
+    assert not list(tmp_path.rglob("*.adopting"))
