@@ -45,7 +45,7 @@ from streamherd.workers.processing import (
     error_headers,
     type_name,
 )
-from streamherd.workers.sinks_postgres import PostgresSink, postgres_refusal
+from streamherd.workers.sinks_postgres import PostgresSink
 from streamherd.workers.sinks_postgres_offsets import (
     CommittedMetadata,
     Fence,
@@ -474,10 +474,9 @@ class Outputs:
                 except BaseException as error:  # noqa: BLE001 - the result's fault: dead-letter it
                     self._refuse(source_of(i), None, value, error)
                     continue
-                table = self._postgres.config
-                refused = postgres_refusal(
-                    record, table.key_columns, primary_key=table.create_table
-                )
+                # Judged with what the sink's connection read of the database and the table
+                # (its encoding, the json columns, which key columns take a null).
+                refused = self._postgres.refusal(record)
                 if refused is None:
                     accepted.append(record)
                 else:  # never storable: retrying it would stop the pipeline for good

@@ -44,7 +44,7 @@ from typing import Any, Final, TypeVar
 import orjson
 import psycopg
 from psycopg import sql
-from psycopg._encodings import pg2pyenc
+from psycopg._encodings import pg2pyenc  # psycopg's own name map (not exported)
 from psycopg.abc import PQGen
 from psycopg.adapt import Dumper
 from psycopg.conninfo import make_conninfo
@@ -130,15 +130,18 @@ class ExactFloatDumper(Dumper):
 
 
 def float_text(value: float) -> str:
-    """What :class:`ExactFloatDumper` sends: PostgreSQL's spelling of NaN and the
-    infinities, ``-0`` for -0.0 (double precision keeps its sign), an integral value as an
-    integer (so an integer column takes it), any other its shortest exact ``repr``."""
+    """What :class:`ExactFloatDumper` sends: its shortest ``repr`` (the number a Kafka
+    sink writes, which parses back to the same double), an integral one written as an
+    integer (so an integer column takes it: 1e+16 as 10000000000000000), ``-0`` for -0.0
+    (double precision keeps its sign) and PostgreSQL's spelling of NaN and the infinities."""
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
         return "Infinity" if value > 0 else "-Infinity"
     if value.is_integer():
-        return "-0" if value == 0 and math.copysign(1.0, value) < 0 else str(int(value))
+        if value == 0:
+            return "-0" if math.copysign(1.0, value) < 0 else "0"
+        return str(int(decimal.Decimal(repr(value))))  # the shortest's digits, not the binary's
     return repr(value)
 
 

@@ -180,14 +180,18 @@ def state_config(
 
 # --- sink.postgres -------------------------------------------------------------------------
 
-#: SQL types createTable gives window result columns (aggregates by function).
+#: SQL types createTable gives window result columns (aggregates by function). A sum, min
+#: or max of integers is an exact integer of any size, of floats a float: numeric holds
+#: both exactly (the sink sends a float as its shortest exact text); double precision
+#: rounded an integer sum above 2**53 (a helper's finding). avg is a float division.
+#: Tables created before keep their types (CREATE TABLE IF NOT EXISTS; docs/storage.md).
 _WINDOW_COLUMN_TYPES = {"key": "text", "window_start": "timestamptz", "window_end": "timestamptz"}
 _AGGREGATE_TYPES = {
     "count": "bigint",
-    "sum": "double precision",
+    "sum": "numeric",
     "avg": "double precision",
-    "min": "double precision",
-    "max": "double precision",
+    "min": "numeric",
+    "max": "numeric",
 }
 
 

@@ -196,7 +196,9 @@ def test_separate_fields_connection(postgres_server: PostgresServer, postgres_ds
     assert table(postgres_dsn) == {("user-3", 2): (7, 1.75)}
 
 
-def create_at_once(dsn: str, statement: sql.Composed, workers: int) -> list[BaseException]:
+def create_at_once(
+    dsn: str, statement: sql.Composed, relation: sql.Identifier, workers: int
+) -> list[BaseException]:
     """``workers`` connections run ``create_if_absent(statement)`` at the same moment; what
     they raised."""
     conns = [psycopg.connect(dsn, autocommit=True) for _ in range(workers)]
@@ -206,7 +208,7 @@ def create_at_once(dsn: str, statement: sql.Composed, workers: int) -> list[Base
     def create(conn: psycopg.Connection[Any]) -> None:
         start.wait()
         try:
-            create_if_absent(conn, statement)
+            create_if_absent(conn, statement, relation)
         except BaseException as error:  # collected, asserted by the caller
             errors.append(error)
 
@@ -227,7 +229,8 @@ def test_workers_starting_at_once_all_create_the_table(postgres_dsn: str) -> Non
     there, none may fail."""
     for n in range(12):
         statement = create_table_statement(window_config(table=f"public.t_{n}"))
-        assert create_at_once(postgres_dsn, statement, workers=6) == []
+        relation = sql.Identifier("public", f"t_{n}")
+        assert create_at_once(postgres_dsn, statement, relation, workers=6) == []
         with psycopg.connect(postgres_dsn) as conn:
             query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(f"t_{n}"))
             assert conn.execute(query).fetchone() == (0,)
@@ -240,7 +243,7 @@ def test_a_type_named_like_the_table_is_a_conflict_that_is_reported(postgres_dsn
         conn.execute("CREATE TYPE taken_name AS ENUM ('a')")
         statement = create_table_statement(window_config(table="public.taken_name"))
         with pytest.raises(psycopg.errors.DuplicateObject, match="taken_name"):
-            create_if_absent(conn, statement)
+            create_if_absent(conn, statement, sql.Identifier("public", "taken_name"))
 
 
 @pytest.mark.parametrize("drain", [True, False])

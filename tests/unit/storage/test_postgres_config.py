@@ -57,8 +57,8 @@ def test_window_results_get_typed_columns_and_the_window_key() -> None:
         ("window_start", "timestamptz"),
         ("window_end", "timestamptz"),
         ("clicks", "bigint"),
-        ("bytes", "double precision"),
-        ("maxLatencyMs", "double precision"),
+        ("bytes", "numeric"),  # a sum and a max of integers are exact (numeric)
+        ("maxLatencyMs", "numeric"),
     ]
     assert sink.key_columns == ["key", "window_start", "window_end"]
     assert sink.dsn_env == "STREAMHERD_SINK_POSTGRES_DSN" and sink.password_env is None
