@@ -30,17 +30,18 @@ from streamherd.operator.builders.meta import (
     CONFIG_HASH_ANNOTATION,
     CONFIG_KEY,
     Manifest,
-    content_hash,
     object_meta,
     stamp_input_hash,
 )
 from streamherd.operator.builders.worker_config import worker_config_json
 from streamherd.workers.config import (
+    CONFIG_HASH_ENV,
     CheckpointConfig,
     KafkaSinkConfig,
     RepartitionConfig,
     SinkConfig,
     WorkerConfig,
+    config_text_hash,
 )
 
 Role = Literal["baseline", "candidate"]
@@ -153,11 +154,19 @@ def build_shadow(
     }
     template = copy.deepcopy(deployment["spec"]["template"])
     template["metadata"]["labels"] = {**template["metadata"]["labels"], **meta["labels"]}
+    config_hash = config_text_hash(text)
     template["metadata"]["annotations"] = {
         **template["metadata"].get("annotations", {}),
-        CONFIG_HASH_ANNOTATION: content_hash(text),
+        CONFIG_HASH_ANNOTATION: config_hash,
     }
     pod = template["spec"]
+    # The shadow's pods run the shadow's config: the worker runs the file of the hash its
+    # template names (decision 0196), which was the pipeline's, so no shadow ever started.
+    for container in pod["containers"]:
+        container["env"] = [
+            {"name": CONFIG_HASH_ENV, "value": config_hash} if e["name"] == CONFIG_HASH_ENV else e
+            for e in container.get("env", [])
+        ]
     pod["volumes"] = [_shadow_volume(v, name) for v in pod["volumes"]]
     if image is not None:
         pod["containers"][0]["image"] = image

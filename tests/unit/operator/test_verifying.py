@@ -21,7 +21,12 @@ from hypothesis import strategies as st
 from streamherd.operator import runtime
 from streamherd.operator.api.v1alpha1 import VerificationStatus, Verify
 from streamherd.operator.builders import Capabilities, build_all
-from streamherd.operator.builders.meta import FINALIZER
+from streamherd.operator.builders.meta import (
+    CONFIG_HASH_ANNOTATION,
+    CONFIG_KEY,
+    FINALIZER,
+    Manifest,
+)
 from streamherd.operator.builders.shadow import ROLES, build_shadow, shadow_config
 from streamherd.operator.conditions import VERIFIED, Cond
 from streamherd.operator.decision import (
@@ -47,7 +52,7 @@ from streamherd.operator.verifying import (
     verification_left,
     window_rows,
 )
-from streamherd.workers.config import WorkerConfig
+from streamherd.workers.config import CONFIG_HASH_ENV, WorkerConfig, config_text_hash
 from streamherd.workers.windowing import iso_ms
 from tests.infra.manifest_strategies import manifests
 from tests.unit.operator.kopfhandlers import run_deletion_handler
@@ -86,6 +91,17 @@ def edit_filter(kube: FakeKube, name: str) -> dict[str, Any]:
     body["spec"]["processor"]["steps"][0]["filter"] = "status < 400"
     body["metadata"]["generation"] += 1
     return body
+
+
+def runs_its_config(config_map: Manifest, deployment: Manifest) -> bool:
+    """Whether a shadow's pods run its ConfigMap's config: the worker runs the file of the
+    hash its template names (decision 0196; a review found the shadows named the
+    pipeline's, so no verification ever started)."""
+    text = config_map["data"][CONFIG_KEY]
+    template = deployment["spec"]["template"]
+    env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
+    named = template["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+    return env[CONFIG_HASH_ENV] == named == config_text_hash(text)
 
 
 def test_equal_runs_compare_every_closed_window_and_differ_in_none() -> None:
@@ -297,6 +313,7 @@ def test_a_shadow_shares_nothing_it_could_write_with_its_pipeline() -> None:
         projected = next(v for v in pod["volumes"] if "projected" in v)
         assert projected["projected"]["sources"][0]["configMap"]["name"] == cm["metadata"]["name"]
         assert pod["containers"][0]["image"] == "img:old"
+        assert runs_its_config(cm, dep)
         # No selector of the pipeline's matches a shadow pod.
         pod_labels = dep["spec"]["template"]["metadata"]["labels"]
         for child in children:
@@ -357,6 +374,7 @@ def test_every_accepted_verified_manifest_builds_isolated_shadows(doc: dict[str,
         assert shadow.dead_letter is None
         pod = dep["spec"]["template"]["spec"]
         assert not any("persistentVolumeClaim" in v for v in pod["volumes"])
+        assert runs_its_config(cm, dep)
 
 
 def test_only_the_processing_is_in_the_results_fingerprint() -> None:
