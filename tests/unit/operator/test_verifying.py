@@ -101,7 +101,7 @@ def runs_its_config(config_map: Manifest, deployment: Manifest) -> bool:
     template = deployment["spec"]["template"]
     env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
     named = template["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
-    return env[CONFIG_HASH_ENV] == named == config_text_hash(text)
+    return bool(env[CONFIG_HASH_ENV] == named == config_text_hash(text))
 
 
 def test_equal_runs_compare_every_closed_window_and_differ_in_none() -> None:
