@@ -100,6 +100,12 @@ class CheckpointPostponed(CheckpointError):
     interval tries again. A failure that waiting does not cure raises something else."""
 
 
+class CheckpointDamaged(CheckpointError):
+    """A checkpoint file that cannot be read as written (torn, a flipped bit, a segment it
+    lists missing or of another size), named: the engine holds its partition (a restart
+    would find it the same)."""
+
+
 class CheckpointPendingChanged(CheckpointError):
     """A pending checkpoint judged for adoption was replaced by its writer before it could be
     promoted: judge the partition's checkpoints again (:meth:`CheckpointStore.adopt`)."""
@@ -201,16 +207,19 @@ def _envelope(fmt: str, doc: Mapping[str, Any]) -> bytes:
         text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
         body = text.encode("utf-8", "surrogatepass")  # a lone surrogate: its 3 bytes
         envelope["encoding"] = STDLIB
-    crc = zlib.crc32(body, _STDLIB_SEED) if "encoding" in envelope else zlib.crc32(body)
-    header = orjson.dumps({**envelope, "crc32": crc, "length": len(body)})
+    if "encoding" in envelope:
+        envelope[ENCODING_CRC] = zlib.crc32(body, _STDLIB_SEED)
+    header = orjson.dumps({**envelope, "crc32": zlib.crc32(body), "length": len(body)})
     return header + b"\n" + body + b"\n"
 
 
-#: The CRC of a body the stdlib wrote starts from this seed: its header's "encoding" picks
-#: the reader (the stdlib's keeps integers beyond 64 bits exact, orjson's makes them
-#: floats), and the CRC covered the body alone, so one flipped bit in that key or value had
-#: a sum of 2**70 read back as a float, with no error (a helper's finding). A flip there
-#: now fails the CRC (the seed is looked for only where the header names the encoding).
+#: A body the stdlib wrote has a second CRC in its header, from this seed: the header's
+#: "encoding" picks the reader (the stdlib's keeps integers beyond 64 bits exact, orjson's
+#: makes them floats), and the CRC covers the body alone, so one flipped bit in that key or
+#: value had a sum of 2**70 read back as a float, with no error (a helper's finding). A
+#: header that has it must name the encoding and match it; an older streamherd ignores it
+#: (the format is the same), and a flip in its own name leaves the encoding as written.
+ENCODING_CRC: Final = "encodingCrc32"
 _STDLIB_SEED: Final = zlib.crc32(b"streamherd.io/checkpoint-encoding:json")
 
 
@@ -229,10 +238,12 @@ def _open_envelope(data: bytes, formats: Iterable[str]) -> tuple[str, Any]:
                 )
             raise CheckpointError(f"unknown checkpoint format {fmt!r}")
         stdlib = header.get("encoding") == STDLIB
-        # A body the stdlib wrote before the seed: its CRC is the body's alone.
-        crcs = (zlib.crc32(body, _STDLIB_SEED), zlib.crc32(body)) if stdlib else (zlib.crc32(body),)
-        if len(body) != header["length"] or header["crc32"] not in crcs:
+        if len(body) != header["length"] or zlib.crc32(body) != header["crc32"]:
             raise CheckpointError("checkpoint checksum mismatch (torn or corrupted file)")
+        if ENCODING_CRC in header and (
+            not stdlib or header[ENCODING_CRC] != zlib.crc32(body, _STDLIB_SEED)
+        ):
+            raise CheckpointError("checkpoint header damaged (its encoding does not match)")
         doc = json.loads(body.decode("utf-8", "surrogatepass")) if stdlib else orjson.loads(body)
         return str(fmt), doc
     except CheckpointError:
@@ -515,10 +526,14 @@ class CheckpointStore:
         found = []
         try:
             topics = [t for t in self.directory.iterdir() if t.name != SNAPSHOTS and t.is_dir()]
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError:  # none yet, or not one to read
             return []
         for topic in topics:
-            for entry in topic.iterdir():
+            try:
+                entries = list(topic.iterdir())
+            except OSError:  # not ours (lost+found of a volume's root, mode 0700)
+                continue
+            for entry in entries:
                 stem, dot, rest = entry.name.partition(".")
                 if dot and rest == "ckpt" and stem.isdigit() and stem.isascii():
                     found.append((topic.name, int(stem)))
@@ -549,8 +564,10 @@ class CheckpointStore:
             return None
         try:
             checkpoint, segments = decode_head(data)
-        except CheckpointError as error:  # named: a log that says which file (a helper's)
-            raise type(error)(f"{path}: {error}") from None
+        except CheckpointFormatError as error:  # named: a log that says which file
+            raise CheckpointFormatError(f"{path}: {error}") from None
+        except CheckpointError as error:
+            raise CheckpointDamaged(f"{path}: {error}") from None
         if checkpoint.topic != topic or checkpoint.partition != partition:
             raise CheckpointError(f"{path} holds {checkpoint.topic}[{checkpoint.partition}]")
         return checkpoint, segments, _digest(data)
@@ -565,17 +582,20 @@ class CheckpointStore:
             try:
                 data = (directory / segment.name).read_bytes()
             except FileNotFoundError:
-                raise CheckpointError(
+                raise CheckpointDamaged(
                     f"checkpoint of {topic}[{partition}] lists a missing segment {segment.name}"
                 ) from None
+            where = directory / segment.name
             if len(data) != segment.size:
-                raise CheckpointError(f"segment {segment.name} of {topic}[{partition}]: size")
+                raise CheckpointDamaged(f"{where}: {len(data)} bytes, its head says {segment.size}")
             try:
                 base, changes = decode_segment(data, topic, partition)
+            except CheckpointFormatError as error:
+                raise CheckpointFormatError(f"{where}: {error}") from None
             except CheckpointError as error:
-                raise type(error)(f"{directory / segment.name}: {error}") from None
+                raise CheckpointDamaged(f"{where}: {error}") from None
             if base != segment.base:
-                raise CheckpointError(f"segment {segment.name} of {topic}[{partition}]: kind")
+                raise CheckpointDamaged(f"{where}: a {'base' if base else 'delta'}, listed as not")
             fold_windows(windows, changes)
         return windows
 
@@ -865,13 +885,16 @@ class CheckpointStore:
             )
         path, digest = found
         target = self.path(topic, partition)
-        # Taken aside first, then checked: its writer (one the group left behind, alive)
-        # may have renamed the judged file itself and staged its next transaction under
-        # the same name since; renamed as it was, that next one became the head, built on
-        # the state judged (a helper's finding). Aside, no writer replaces it any more.
+        # A second name for the file judged, then checked, then renamed over the head: its
+        # writer (one the group left behind, alive) may have renamed the judged file itself
+        # and staged its next transaction under the same name since; renamed as found, that
+        # next one became the head (a helper's finding). The original name keeps the file
+        # until the rename (a crash in between loses nothing: the next restore judges it
+        # again), and is removed after it.
         claimed = path.with_name(f".{path.name}.{self.writer}.adopting")
+        claimed.unlink(missing_ok=True)
         try:
-            path.replace(claimed)
+            os.link(path, claimed)
         except FileNotFoundError:
             now = self._read_head(topic, partition)
             if now is None or now[2] != digest:
@@ -879,18 +902,21 @@ class CheckpointStore:
                     f"the pending checkpoint {path.name} of {topic}[{partition}] vanished "
                     "before it could be promoted"
                 ) from None
+        except OSError:  # no hard links on this filesystem: renamed as found
+            path.replace(target)
         else:
-            if _digest(claimed.read_bytes()) != digest:
-                # Another one than judged: back under its writer's name unless that writer
-                # staged again meanwhile (then it is superseded), and judged again.
-                with contextlib.suppress(FileExistsError):
-                    os.link(claimed, path)
+            try:
+                if _digest(claimed.read_bytes()) != digest:
+                    raise CheckpointPendingChanged(
+                        f"the pending checkpoint {path.name} of {topic}[{partition}] changed "
+                        "while it was judged"
+                    )
+                claimed.replace(target)
+                with contextlib.suppress(OSError):  # its first name, unless replaced since
+                    if path.samefile(target):
+                        path.unlink()
+            finally:
                 claimed.unlink(missing_ok=True)
-                raise CheckpointPendingChanged(
-                    f"the pending checkpoint {path.name} of {topic}[{partition}] changed "
-                    "while it was judged"
-                )
-            claimed.replace(target)
         self._heads[key] = digest
         _fsync_dir(target.parent)
         self._collect(topic, partition)

@@ -43,6 +43,7 @@ from streamherd.workers.checkpointing import (
     Checkpoint,
     CheckpointBaseMoved,
     CheckpointBehind,
+    CheckpointDamaged,
     CheckpointError,
     CheckpointFormatError,
     CheckpointPendingChanged,
@@ -107,6 +108,7 @@ from streamherd.workers.repartitioning import (
     epoch_header,
     pass_open_windows,
     source_partitions,
+    upstreams_in,
     watermark_header,
     writer_header,
 )
@@ -585,10 +587,12 @@ class Engine:
         except CheckpointFormatError as error:  # a newer streamherd wrote it: hold (0156)
             checkpoint, start = None, None
             self._hold_unreadable(st, error)
-        except CheckpointError as error:
+        except CheckpointDamaged as error:
             # A damaged file (torn, a flipped bit, a segment missing): held, nothing read or
             # written, the other partitions going on, and the file named. It stopped the
             # worker at every start before, the log naming no file (a helper's finding).
+            # Other checkpoint errors (a race with another writer) still stop the worker:
+            # the restart judges the partition again.
             checkpoint, start = None, None
             self._hold(
                 st,
@@ -1215,14 +1219,18 @@ class Engine:
             return
         self._upstreams_at = now + UPSTREAMS_REFRESH_SECONDS
         try:
-            found = source_partitions(admin, kafka.topics, timeout=5.0, wait=False)
+            metadata = admin.list_topics(timeout=5.0)
         except KafkaException as error:
             log_event(log, logging.WARNING, "upstreams-lookup-failed", error=str(error))
             return
-        grown = self._upstreams | found
+        found = upstreams_in(metadata, kafka.topics)
+        # A topic deleted (one a pattern matched) says nothing ever again: forgotten, or
+        # no window would close. One listed without all its leaders is kept as it was.
+        present = set(metadata.topics)
+        grown = frozenset(u for u in self._upstreams if u[0] in present) | found
         if grown == self._upstreams:
             return
-        log_event(log, logging.INFO, "upstreams-grown", known=len(self._upstreams),
+        log_event(log, logging.INFO, "upstreams-changed", known=len(self._upstreams),
                   now=len(grown))  # fmt: skip
         self._upstreams = grown
         for st in self.partitions.values():
@@ -1534,9 +1542,12 @@ class Engine:
         replaced the whole one (helper-94's finding). The time itself without a window,
         and for the repartition topic (its entries carry the source's times)."""
         plan = self.processor.window
-        if plan is None or st.role == "downstream":
-            return time_ms
+        if plan is None or self._is_repartition_topic(st.topic):
+            return time_ms  # (by topic: a partition's role is set after this is asked)
         return int(plan.window_starts(time_ms)[0])
+
+    def _is_repartition_topic(self, topic: str) -> bool:
+        return self.repartition is not None and topic == self.repartition.topic
 
     def _replay_offsets(self, source: Source, start: list[TopicPartition]) -> list[TopicPartition]:
         """`start` with each partition to replay moved to the first offset at or after its
@@ -1603,7 +1614,11 @@ class Engine:
         st.committed_before_seek = st.committed
         st.committed = None
         plan = self.processor.window
-        if plan is not None and st.role != "downstream" and st.replay_from_ms is not None:
+        if (
+            plan is not None
+            and not self._is_repartition_topic(st.topic)
+            and st.replay_from_ms is not None
+        ):
             # The windows that start before the replay's first are not computed again (their
             # results stand): they start closed, and a record of theirs read from here (one
             # written after its time) is late, as if the partition had read up to there.

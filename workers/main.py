@@ -79,8 +79,9 @@ def load_config(path: str | Path) -> WorkerConfig:
 
 
 #: How long a worker pod waits for its config files to hold the config its template names
-#: (the kubelet refreshes a ConfigMap's files within about a minute of a change).
-CONFIG_WAIT_SECONDS: Final = 120.0
+#: (the kubelet refreshes a ConfigMap's files within about a minute of a change); under the
+#: liveness probe's 70 s (10 s delay, 3 x 20 s), which would kill it first.
+CONFIG_WAIT_SECONDS: Final = 60.0
 
 
 def pod_config_file(path: str, want: str | None) -> Path | None:

@@ -683,24 +683,28 @@ def source_partitions(
     partial list would let windows close before a source partition had its say. What it
     does not see yet (a topic created later, one a pattern matches later, partitions
     added) the engine asks for again (``Engine._retry_upstreams``)."""
-    wanted = topic_matcher(topics)
     names = {t for t in topics if not t.startswith("^")}
     deadline = time.monotonic() + timeout
     while True:
-        metadata = admin.list_topics(timeout=timeout)
-        out: set[Upstream] = set()
-        seen: set[str] = set()
-        for name, topic in metadata.topics.items():
-            if topic.error is not None or not topic.partitions:
-                continue
-            if any(p.leader < 0 for p in topic.partitions.values()):
-                continue
-            if wanted(name):
-                seen.add(name)
-                out.update((name, p) for p in topic.partitions)
-        if not wait or names <= seen or time.monotonic() > deadline:
-            return frozenset(out)
+        out = upstreams_in(admin.list_topics(timeout=timeout), topics)
+        if not wait or names <= {t for t, _ in out} or time.monotonic() > deadline:
+            return out
         time.sleep(0.2)
+
+
+def upstreams_in(metadata: Any, topics: Iterable[str]) -> frozenset[Upstream]:
+    """The partitions of `topics` (names and ``^`` patterns) in a cluster's metadata, of
+    the topics that show all their partitions, each with a leader."""
+    wanted = topic_matcher(topics)
+    out: set[Upstream] = set()
+    for name, topic in metadata.topics.items():
+        if topic.error is not None or not topic.partitions:
+            continue
+        if any(p.leader < 0 for p in topic.partitions.values()):
+            continue
+        if wanted(name):
+            out.update((name, p) for p in topic.partitions)
+    return frozenset(out)
 
 
 class UpstreamMessage:

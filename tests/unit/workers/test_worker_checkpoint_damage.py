@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import threading
 import zlib
@@ -48,6 +49,10 @@ def test_no_single_bit_flip_of_the_header_changes_a_restored_value() -> None:
     data = encode(Checkpoint("in", 0, 5, state=BIG))
     header_end = data.index(b"\n")
     assert b'"encoding":"json"' in data[:header_end]
+    # What every version checks is as it was (an older streamherd reads the file).
+    header = json.loads(data[:header_end])
+    body = data[header_end + 1 : header_end + 1 + header["length"]]
+    assert header["crc32"] == zlib.crc32(body)
     for flipped in flips(data, header_end):
         try:
             got = decode(flipped)
@@ -226,3 +231,51 @@ def test_adopt_promotes_the_pending_checkpoint_it_judged_or_none(tmp_path: Path)
     assert again.checkpoint is not None and again.checkpoint.generation == "g1"
     assert again.checkpoint.state == {"windows": [["a", 0, {"n": 20}]]}
     assert not list(tmp_path.rglob("*.adopting"))
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard links", "no hard links"])
+def test_a_crash_inside_adopt_loses_no_committed_checkpoint(
+    tmp_path: Path, links: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The adopt of a judged pending checkpoint, stopped at its rename over the head (a
+    crash there): the next restore still finds the committed transaction's checkpoint."""
+    writer = CheckpointStore(tmp_path)
+    writer.save([Checkpoint("in", 0, 10, state={"windows": []}, generation="g0")], pending=True)
+    writer.promote([("in", 0)])
+    writer.save(
+        [Checkpoint("in", 0, 20, state={"windows": [["a", 0, {"n": 20}]]}, generation="g1")],
+        pending=True,
+    )
+    committed = (20, "g1")
+    owner = CheckpointStore(tmp_path)
+    judged = resume_among(
+        owner.load("in", 0), owner.pending_checkpoints("in", 0), committed, exactly_once=True
+    )
+    assert judged.promote and judged.checkpoint is not None
+    if not links:
+        monkeypatch.setattr(os, "link", _no_links)
+    real = Path.replace
+
+    def crash(path: Path, target: Any) -> Any:
+        if Path(target) == owner.path("in", 0):
+            raise SystemExit("killed")
+        return real(path, target)
+
+    monkeypatch.setattr(Path, "replace", crash)
+    with pytest.raises(SystemExit):
+        owner.adopt("in", 0, judged.checkpoint.generation)
+    monkeypatch.setattr(Path, "replace", real)
+    fresh = CheckpointStore(tmp_path)
+    again = resume_among(
+        fresh.load("in", 0), fresh.pending_checkpoints("in", 0), committed, exactly_once=True
+    )
+    assert again.checkpoint is not None and again.checkpoint.generation == "g1"
+    assert again.checkpoint.state == {"windows": [["a", 0, {"n": 20}]]}
+    fresh.adopt("in", 0, "g1")
+    assert [p.name for p in fresh.pending_paths("in", 0)] == []  # its first name removed
+    head = CheckpointStore(tmp_path).load("in", 0)
+    assert head is not None and head.generation == "g1"
+
+
+def _no_links(source: Any, target: Any) -> None:
+    raise OSError(95, "Operation not supported")

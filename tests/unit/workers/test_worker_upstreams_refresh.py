@@ -107,6 +107,22 @@ def test_topics_seen_after_the_start_are_waited_for_and_close_windows(
         assert clock is not None and clock.closing_level() is None
         clock.take(Mark(("clicks-eu", 2), 4, T + 60_000, marker=True))
         assert clock.closing_level() == T + 60_000
+    # A topic deleted (a pattern's) says nothing again: forgotten, not waited for for ever;
+    # one listed without a leader for a while is kept.
+    admin.create("clicks-us", 1)
+    engine._retry_upstreams(engine._upstreams_at)
+    if topics == ["^clicks-.*"]:
+        assert ("clicks-us", 0) in engine._upstreams
+        for clock in clocks:
+            assert clock is not None and clock.closing_level() is None
+        admin.metadata.topics["clicks-us"].partitions[0].leader = -1
+        engine._retry_upstreams(engine._upstreams_at)
+        assert ("clicks-us", 0) in engine._upstreams
+        del admin.metadata.topics["clicks-us"]
+        engine._retry_upstreams(engine._upstreams_at)
+        assert ("clicks-us", 0) not in engine._upstreams
+        for clock in clocks:
+            assert clock is not None and clock.closing_level() == T + 60_000
     # A lookup that fails is tried again later; what is known stays known.
     admin.failing = True
     known = engine._upstreams
