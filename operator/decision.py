@@ -306,6 +306,12 @@ class Observed:
 
 # --------------------------------------------------------------------------- decision
 
+#: StateCompatible reasons that record a state change the workers made (a roll's record):
+#: kept while a later generation is not applied.
+RECORDED_CHANGES: Final = frozenset(
+    {"StateReset", "StateReplay", "StateRestored", "SourcesRemoved"}
+)
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -1015,16 +1021,26 @@ def finish(decision: Decision, applied: Applied) -> Finished:
     config_ref = next((r for r in desired if r.startswith("ConfigMap/")), None)
     config_refused = config_ref in applied.refused
     unapplied = verification.holds or config_refused
-    if config_refused and not upgrade.holds:
+    if (
+        config_refused
+        and not upgrade.holds
+        and missed is None  # a roll's record the status missed is recorded first
+        and (was_state is None or was_state.reason not in RECORDED_CHANGES)
+    ):
         # The edit never reached the workers: what its state change would be is not the
         # question yet (the previous condition, e.g. TakingSnapshot, said something was
-        # under way when nothing was).
-        running_fp = current_status.get("stateFingerprint") or upgrade.fingerprint
+        # under way when nothing was). A recorded change (StateReset...) is kept below.
+        running_fp = current_status.get("stateFingerprint")
+        runs = (
+            f"the workers run state fingerprint {running_fp}"
+            if running_fp
+            else "no workers run yet"
+        )
         state_c = Cond(
             STATE_COMPATIBLE, "Unknown", "NotApplied",
             f"generation {generation} was not applied: the API server refused the workers' "
-            f"ConfigMap (see Degraded); the workers run state fingerprint {running_fp}, and "
-            "the edit's state change is judged when it is applied",
+            f"ConfigMap (see Degraded); {runs}, and the edit's state change is judged when "
+            "it is applied",
         )  # fmt: skip
     elif unapplied and not upgrade.holds:
         # Nothing is decided about the state until the verdict: say what runs.
