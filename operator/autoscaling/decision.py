@@ -211,10 +211,26 @@ def align(n: int, partitions: int) -> int:
 
 
 def _rate(a: Sample, b: Sample, attr: str) -> float:
-    """Growth per second of log_end (the input) or position (the drain) from a to b."""
+    """Growth per second of log_end (the input) or position (the drain) from a to b, over
+    the partitions both measured, each at least 0: a measurement without one topic (a
+    metadata error), a topic added to the source, or one created again changed the sums by
+    a whole topic, and one poll's "input" of millions a second jumped to maxReplicas (a
+    helper's finding). Sums when the samples carry no partitions."""
     dt = b.time - a.time
     if dt <= 0:
         return 0.0
+    if a.partitions and b.partitions:
+        before = {(p.topic, p.partition): p for p in a.partitions}
+        grown = 0
+        for p in b.partitions:
+            q = before.get((p.topic, p.partition))
+            if q is None:
+                continue
+            if attr == "log_end":
+                grown += max(0, (p.position + p.lag) - (q.position + q.lag))
+            else:
+                grown += max(0, p.position - q.position)
+        return grown / dt
     grown = b.log_end - a.log_end if attr == "log_end" else b.position - a.position
     return max(0.0, grown / dt)
 
@@ -273,8 +289,13 @@ def decide(
     latest = samples[-1]
     stuck = stuck_partitions(samples, now, policy.stuck_after)
     recent = [s for s in samples if s.time >= now - policy.rate_window]
-    input_rate = _rate(recent[0], latest, "log_end") if len(recent) > 1 else 0.0
-    drain_rate = _rate(recent[0], latest, "position") if len(recent) > 1 else 0.0
+    # The rate window's first sample, or (the window holding the latest alone: after an
+    # outage of the probe, or a jump of the clock) the one before it: a rate over a longer
+    # span is still the input's, where none made the first answer's allowance 0 and its
+    # lag all backlog (a scale-up, then undone: a helper's finding).
+    base = recent[0] if len(recent) > 1 else samples[-2] if len(samples) > 1 else None
+    input_rate = _rate(base, latest, "log_end") if base is not None else 0.0
+    drain_rate = _rate(base, latest, "position") if base is not None else 0.0
     # Scale-up sizes for the larger of the window's rate and the last interval's: a load
     # step shows in the last interval at once, in the window's average only gradually.
     last_rate = _rate(samples[-2], latest, "log_end") if len(samples) > 1 else 0.0
@@ -355,7 +376,15 @@ def decide(
 
     # ---- scale down: every sample of the window must agree, to the largest need among them
     window = [s for s in samples if s.time >= now - policy.scale_down_stabilization]
-    covered = samples[0].time <= now - policy.scale_down_stabilization + policy.poll_interval
+    # Covered: measured since the window's start, with no gap a poll would not leave. After
+    # an outage longer than the window, its only sample said "at most 2 needed over the
+    # last 300s" of one answer, and the next poll scaled back up (a helper's finding).
+    edge = now - policy.scale_down_stabilization
+    gap = 3 * policy.poll_interval + 5
+    times = [edge, *(s.time for s in window)]
+    covered = samples[0].time <= edge + policy.poll_interval and all(
+        b - a <= gap for a, b in itertools.pairwise(times)
+    )
     # A scale-up inside the window (a sample taken with fewer workers than now) is not
     # undone until a whole window has passed since: the HPA's rule (the largest decision of
     # the window wins). A scale-up sized on a noisy interval would otherwise be reversed as

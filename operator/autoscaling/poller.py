@@ -32,6 +32,7 @@ from typing import Any
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.autoscaling.decision import (
+    BOUNDS,
     NO_DATA,
     Decision,
     History,
@@ -286,9 +287,12 @@ class Autoscaler:
             last = history.samples[-1] if history.samples else None
             partitions = len(last.partitions) if last else 0
         decision = decide(policy, history, current_replicas, partitions, at)
-        if decision.reason == NO_DATA and not isinstance(measured, GroupLag):
+        if not isinstance(measured, GroupLag) and decision.reason != BOUNDS:
+            # No data, no action (docs/autoscaling.md): the samples before the failure,
+            # judged at a later time, scaled to zero on data that covered less than the
+            # idle timeout (a helper's finding). Bounds alone are the spec's, and apply.
             decision = Decision(
-                decision.replicas,
+                current_replicas,
                 NO_DATA,
                 f"lag not measured: {measured}",
                 capacity=history.capacity,

@@ -11,7 +11,8 @@ import pytest
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.autoscaling import poller
 from streamherd.operator.autoscaling.poller import UNMEASURED_REMINDER, Autoscaler
-from tests.infra.invalid_manifests import KAFKA
+from streamherd.operator.lagprobe import GroupLag, GroupSpec, LagProbeError, PartitionLag
+from tests.infra.invalid_manifests import KAFKA, set_path
 
 
 class _Resolver:
@@ -70,3 +71,51 @@ def test_unmeasured_lag_is_warned_once_per_reason_and_reminder(
         assert len(_warnings(caplog)) == 4
     finally:
         autoscaler.close()
+
+
+class _Probe:
+    """Answers no lag on every partition until `failing`."""
+
+    failing = False
+
+    def __init__(self, _cluster: object) -> None:
+        pass
+
+    def measure_many(self, specs: list[GroupSpec]) -> dict[str, GroupLag]:
+        if _Probe.failing:
+            raise LagProbeError("broker unreachable")
+        return {
+            s.group: GroupLag(
+                s.group, tuple(PartitionLag(t, 0, 0, 100, 100, 0) for t in s.topics), 0.0
+            )
+            for s in specs
+        }
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_failed_poll_never_scales() -> None:
+    """No data, no action (docs/autoscaling.md): a failed poll within three polls of the
+    last good one judged the old samples at a later time, and scaled to zero on data that
+    covered less than the idle timeout (helper-99's finding)."""
+    pipeline = StreamPipeline.model_validate(set_path(KAFKA, "spec.autoscaling.minReplicas", 0))
+    autoscaler = Autoscaler(probe_factory=_Probe)  # type: ignore[arg-type]
+    _Probe.failing = False
+
+    async def polls() -> tuple[str, int, str]:
+        at = 7.0
+        while at < 600:
+            await autoscaler.evaluate(pipeline, 1, now=at)
+            at += 15
+        _Probe.failing = True
+        result = await autoscaler.evaluate(pipeline, 1, now=at)
+        return result.reason, result.desired, result.message
+
+    try:
+        reason, desired, message = asyncio.run(polls())
+    finally:
+        _Probe.failing = False
+        autoscaler.close()
+    assert (reason, desired) == ("NoData", 1), message
+    assert "not measured" in message
