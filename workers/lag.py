@@ -10,7 +10,9 @@ naive subtraction gets wrong:
   whole retained log (log end - log start), ``latest`` will consume nothing already there (0);
 - retention (or ``DeleteRecords``) removed records past the committed offset
   (committed < log start): the consumer resets to the log start, so what it will really
-  consume is log end - log start, not log end - committed.
+  consume is log end - log start, not log end - committed;
+- a committed offset past the log end (the topic created again, or truncated): out of
+  range too, and the consumer resets by ``startFrom``, as with nothing committed.
 
 Pure: no Kafka client here.
 """
@@ -36,8 +38,12 @@ def partition_lag(
         # Retention deleted past the committed offset: the consumer's offset is out of
         # range and it resets to the log start, so only the retained records remain.
         return retained
-    # committed > log_end happens after a topic was recreated or truncated: nothing to read.
-    return max(0, log_end - committed)
+    if committed > log_end:
+        # The topic was created again or truncated: the consumer's offset is out of range
+        # and it resets by startFrom. Counted as 0, a pipeline scaled to zero never woke
+        # for the new log's records (a helper's finding).
+        return retained if start_from == "earliest" else 0
+    return log_end - committed
 
 
 __all__ = ["StartFrom", "partition_lag"]
