@@ -27,7 +27,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
@@ -102,8 +102,25 @@ class _Unmeasured:
 @dataclass
 class _Batch:
     specs: dict[str, GroupSpec] = field(default_factory=dict)
-    waiters: list[tuple[str, asyncio.Future[GroupLag | LagProbeError]]] = field(
+    #: (group, the waiter's own topics, its future): pipelines may share a group.
+    waiters: list[tuple[str, tuple[str, ...], asyncio.Future[GroupLag | LagProbeError]]] = field(
         default_factory=list
+    )
+
+
+def _own(result: GroupLag | LagProbeError, topics: tuple[str, ...]) -> GroupLag | LagProbeError:
+    """The part of a group's lag over `topics` (a pipeline's: the group may be shared)."""
+    if isinstance(result, LagProbeError):
+        return result
+    mine = set(topics)
+    if all(p.topic in mine for p in result.partitions) and all(
+        t in mine for t in result.missing_topics
+    ):
+        return result
+    return replace(
+        result,
+        partitions=tuple(p for p in result.partitions if p.topic in mine),
+        missing_topics=tuple(t for t in result.missing_topics if t in mine),
     )
 
 
@@ -215,8 +232,16 @@ class Autoscaler:
             task = loop.create_task(self._flush(cluster), name="streamherd-lag-batch")
             self._tasks.add(task)  # a reference, so the task is not garbage-collected
             task.add_done_callback(self._tasks.discard)
+        # Pipelines sharing a consumer group are measured once over all their topics, and
+        # each gets its own topics' part: keyed by group alone, the last one's topics were
+        # measured and both got that lag (another pipeline's backlog; a helper's finding).
+        known = batch.specs.get(group)
+        if known is not None:
+            spec = replace(
+                known, topics=(*known.topics, *(t for t in topics if t not in known.topics))
+            )
         batch.specs[group] = spec
-        batch.waiters.append((group, waiter))
+        batch.waiters.append((group, topics, waiter))
         return await waiter
 
     async def _flush(self, cluster: ClusterConfig) -> None:
@@ -240,9 +265,9 @@ class Autoscaler:
             )
             err = LagProbeError(cluster.redact(text))
             results = dict.fromkeys(batch.specs, err)
-        for group, waiter in batch.waiters:
+        for group, topics, waiter in batch.waiters:
             if not waiter.done():
-                waiter.set_result(results[group])
+                waiter.set_result(_own(results[group], topics))
 
     # ----------------------------------------------------------------------- deciding
 

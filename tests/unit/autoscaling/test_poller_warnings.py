@@ -119,3 +119,59 @@ def test_a_failed_poll_never_scales() -> None:
         autoscaler.close()
     assert (reason, desired) == ("NoData", 1), message
     assert "not measured" in message
+
+
+class _TwoTopics:
+    """Lag 900,000 on topic busy, none elsewhere."""
+
+    asked: list[tuple[str, tuple[str, ...]]] = []
+
+    def __init__(self, _cluster: object) -> None:
+        pass
+
+    def measure_many(self, specs: list[GroupSpec]) -> dict[str, GroupLag]:
+        _TwoTopics.asked += [(s.group, s.topics) for s in specs]
+        return {
+            s.group: GroupLag(
+                s.group,
+                tuple(
+                    PartitionLag(t, 0, 0, 10**6, 10**6 - lag, lag)
+                    for t in s.topics
+                    for lag in [900_000 if t == "busy" else 0]
+                ),
+                0.0,
+            )
+            for s in specs
+        }
+
+    def close(self) -> None:
+        pass
+
+
+def test_pipelines_sharing_a_group_each_get_their_own_topics_lag() -> None:
+    """Batched by group alone, the last pipeline's topics were measured and both got that
+    lag: a quiet pipeline scaled for another one's backlog (helper-99's finding)."""
+
+    def pipe(name: str, topic: str) -> StreamPipeline:
+        doc = set_path(KAFKA, "metadata.name", name)
+        doc = set_path(doc, "spec.source.kafka.topics", [topic])
+        return StreamPipeline.model_validate(
+            set_path(doc, "spec.source.kafka.consumerGroup", "shared")
+        )
+
+    autoscaler = Autoscaler(probe_factory=_TwoTopics)  # type: ignore[arg-type]
+
+    async def both() -> tuple[int | None, int | None]:
+        quiet, busy = await asyncio.gather(
+            autoscaler.evaluate(pipe("quiet", "quiet"), 1, now=0.0),
+            autoscaler.evaluate(pipe("busy", "busy"), 1, now=0.0),
+        )
+        return quiet.lag, busy.lag
+
+    try:
+        quiet, busy = asyncio.run(both())
+    finally:
+        autoscaler.close()
+    assert (quiet, busy) == (0, 900_000)
+    assert len(_TwoTopics.asked) == 1  # measured once, over both pipelines' topics
+    assert {"quiet", "busy"} <= set(_TwoTopics.asked[0][1])
