@@ -220,10 +220,12 @@ class Autoscaler:
             return LagProbeError(f"cannot build the Kafka connection: {exc}")
         # The group consumes its repartition topic too (the window's side of a re-keyed
         # pipeline, workers/repartitioning.py): records waiting there are lag as well. The
-        # engine subscribes it with the source's no-commit policy, so the probe uses that.
+        # engine reads a partition of it never committed from its beginning (decision 0090),
+        # whatever the source's startFrom, so the probe measures it so.
         repartition = repartition_topic(pipeline)
-        topics = (*kafka.topics, *((repartition,) if repartition is not None else ()))
-        spec = GroupSpec(group, topics, kafka.start_policy)
+        internal = (repartition,) if repartition is not None else ()
+        topics = (*kafka.topics, *internal)
+        spec = GroupSpec(group, topics, kafka.start_policy, from_beginning=internal)
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[GroupLag | LagProbeError] = loop.create_future()
         batch = self._batches.get(cluster)
@@ -237,8 +239,11 @@ class Autoscaler:
         # measured and both got that lag (another pipeline's backlog; a helper's finding).
         known = batch.specs.get(group)
         if known is not None:
+            more = tuple(t for t in topics if t not in known.topics)
             spec = replace(
-                known, topics=(*known.topics, *(t for t in topics if t not in known.topics))
+                known,
+                topics=(*known.topics, *more),
+                from_beginning=(*known.from_beginning, *internal),
             )
         batch.specs[group] = spec
         batch.waiters.append((group, topics, waiter))

@@ -176,6 +176,24 @@ def test_nothing_committed_follows_start_from(
     assert {p.partition: p.lag for p in lag.partitions} == seen
 
 
+def test_a_topic_read_from_its_beginning_is_measured_so_under_latest(
+    kafka_broker: KafkaBroker, probe: LagProbe
+) -> None:
+    """A re-keyed pipeline's repartition topic is read from its beginning whatever
+    startFrom says (decision 0090): measured by startFrom latest, its waiting entries were
+    no lag (helper-99's finding)."""
+    source = kafka_broker.create_topic(kafka_broker.unique_topic("src"), partitions=1)
+    internal = kafka_broker.create_topic(kafka_broker.unique_topic("rp"), partitions=2)
+    _fill(kafka_broker, source, [30])
+    _fill(kafka_broker, internal, [100, 50])
+    spec = GroupSpec(_group(), (source, internal), "latest", from_beginning=(internal,))
+
+    lag = probe.measure(spec)
+
+    assert sum(p.lag for p in lag.partitions if p.topic == source) == 0
+    assert sum(p.lag for p in lag.partitions if p.topic == internal) == 150
+
+
 def test_records_deleted_past_the_commit(kafka_broker: KafkaBroker, probe: LagProbe) -> None:
     topic = kafka_broker.create_topic(kafka_broker.unique_topic("deleted"), partitions=2)
     _fill(kafka_broker, topic, [100, 100])
