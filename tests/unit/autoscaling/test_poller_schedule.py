@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 from datetime import UTC, datetime
@@ -9,6 +10,8 @@ from datetime import UTC, datetime
 from streamherd.operator.autoscaling.decision import SCALE_UP, STEADY, Decision
 from streamherd.operator.autoscaling.handlers import status_patch, wants_builtin
 from streamherd.operator.autoscaling.poller import Autoscaler, ScaleResult
+
+Key = tuple[str, str]
 
 
 def test_polls_are_spread_over_the_interval_and_jittered() -> None:
@@ -58,3 +61,35 @@ def test_wants_builtin() -> None:
     assert wants_builtin({"spec": {"source": kafka, "autoscaling": {"mode": "keda"}}}) is None
     assert wants_builtin({"spec": {"source": kafka, "suspend": True}}) is None
     assert wants_builtin({"spec": {"source": {"generator": {}}}}) is None
+
+
+def test_one_slow_act_does_not_hold_up_the_others() -> None:
+    """Each due pipeline's act is a task of its own: awaiting a whole tick's acts let one
+    slow act (a reconcile waiting for its lock) stop every other pipeline's polls; and a
+    pipeline whose act still runs is not started again (helper-99's finding)."""
+    autoscaler = Autoscaler(jitter=0.0)
+    slow, other = ("ns", "slow"), ("ns", "other")
+    release = asyncio.Event()
+    started: list[Key] = []
+
+    async def act(key: Key) -> None:
+        started.append(key)
+        if key == slow:
+            await release.wait()  # held until the other pipeline was polled again and again
+        elif started.count(other) >= 3:
+            release.set()
+
+    async def scenario() -> None:
+        task = asyncio.create_task(autoscaler.run(lambda: [(slow, 0.05), (other, 0.05)], act, 0.01))
+        try:
+            # A failure shows as the event never set (the loop stuck behind the slow act).
+            await asyncio.wait_for(release.wait(), timeout=30)
+        finally:
+            task.cancel()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        autoscaler.close()
+    assert started.count(other) >= 3
+    assert started.count(slow) == 1  # never started again while its act ran
