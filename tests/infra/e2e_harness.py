@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamherd.workers.config import CONFIG_HASH_ENV, config_text_hash
 from tests.infra.chart_identity import (
     install_operator_identity,
     rbac_refusals,
@@ -249,17 +250,27 @@ class PodMirror:
             return text
 
         # The mounted worker config names container paths and a per-pod port: translate.
+        # The pod names the config it runs by its hash (decision 0196): a translated file
+        # is named by the translation's hash, so the pod still runs the one its template
+        # names (worker.json, or running.json while the ConfigMap is ahead of the pod).
+        renamed: dict[str, str] = {}
         for _path, d in mounts:
             for cfg in d.glob("*.json"):
-                config = json.loads(cfg.read_text())
+                text = cfg.read_text()
+                config = json.loads(text)
                 if "checkpoint" in config:
                     config["checkpoint"]["directory"] = local(config["checkpoint"]["directory"])
                     config.setdefault("runtime", {})["metricsPort"] = free_port()
-                    cfg.write_text(json.dumps(config))
+                    translated = json.dumps(config)
+                    cfg.write_text(translated)
+                    renamed[config_text_hash(text)] = config_text_hash(translated)
         argv = [local(a) for a in [*container.get("command", []), *container.get("args", [])]]
         log = (base / "worker.log").open("wb")
+        env = self._env(pod, container)
+        if env.get(CONFIG_HASH_ENV) in renamed:
+            env[CONFIG_HASH_ENV] = renamed[env[CONFIG_HASH_ENV]]
         self.workers[name] = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, cwd=base, env=self._env(pod, container)
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=base, env=env
         )
         self.started.append(name)
 
