@@ -678,7 +678,7 @@ class Engine:
         # The backend's own committed checkpoint: the base of incremental checkpoints.
         base = checkpoint is not None and not st.from_snapshot
         if self.repartition is not None and plan is not None:
-            if topic == self.repartition.topic:
+            if self._is_repartition_topic(topic):
                 st.role = "downstream"
                 if st.held is None:
                     st.windows = self._restored_windows(st, plan, restored, base)
@@ -1096,7 +1096,7 @@ class Engine:
         repartition topic's own partitions."""
         if self.processor.window is None:
             return False
-        return self.repartition is None or topic == self.repartition.topic
+        return self.repartition is None or self._is_repartition_topic(topic)
 
     def _keys_moved(self, st: PartitionState, checkpoint: Checkpoint) -> str | None:
         """Why a keyed window's checkpoint cannot be restored as it is: its topic had

@@ -27,15 +27,14 @@ from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.builders.keying import internal_topic
 from streamherd.operator.builders.meta import (
     CHECKPOINT_DIR,
-    CONFIG_HASH_ANNOTATION,
     CONFIG_KEY,
     Manifest,
     object_meta,
     stamp_input_hash,
 )
 from streamherd.operator.builders.worker_config import worker_config_json
+from streamherd.operator.builders.workload import pin_config
 from streamherd.workers.config import (
-    CONFIG_HASH_ENV,
     CheckpointConfig,
     KafkaSinkConfig,
     RepartitionConfig,
@@ -154,19 +153,9 @@ def build_shadow(
     }
     template = copy.deepcopy(deployment["spec"]["template"])
     template["metadata"]["labels"] = {**template["metadata"]["labels"], **meta["labels"]}
-    config_hash = config_text_hash(text)
-    template["metadata"]["annotations"] = {
-        **template["metadata"].get("annotations", {}),
-        CONFIG_HASH_ANNOTATION: config_hash,
-    }
+    # The shadow's pods run the shadow's config, not the pipeline's its template named.
+    pin_config(template, config_text_hash(text))
     pod = template["spec"]
-    # The shadow's pods run the shadow's config: the worker runs the file of the hash its
-    # template names (decision 0196), which was the pipeline's, so no shadow ever started.
-    for container in pod["containers"]:
-        container["env"] = [
-            {"name": CONFIG_HASH_ENV, "value": config_hash} if e["name"] == CONFIG_HASH_ENV else e
-            for e in container.get("env", [])
-        ]
     pod["volumes"] = [_shadow_volume(v, name) for v in pod["volumes"]]
     if image is not None:
         pod["containers"][0]["image"] = image

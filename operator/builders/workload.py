@@ -80,6 +80,20 @@ def replicas_kept(desired: Manifest, live: Manifest | None) -> Manifest:
     return {**desired, "spec": {**spec, "replicas": count}}
 
 
+def pin_config(template: Manifest, config_hash: str) -> None:
+    """Make the pods of `template` run the config of `config_hash` (decision 0196): the
+    template's config-hash annotation (a change rolls the pods) and every container's
+    STREAMHERD_CONFIG_HASH (the worker runs the file of that hash). For a template built
+    for another config, as a verification shadow's is from the pipeline's."""
+    meta = template["metadata"]
+    meta["annotations"] = {**meta.get("annotations", {}), CONFIG_HASH_ANNOTATION: config_hash}
+    for container in template["spec"]["containers"]:
+        container["env"] = [
+            {"name": CONFIG_HASH_ENV, "value": config_hash} if e["name"] == CONFIG_HASH_ENV else e
+            for e in container.get("env", [])
+        ]
+
+
 def uses_volume(pipeline: StreamPipeline) -> bool:
     """Whether the workers mount the checkpoint claim (backend volume, the default)."""
     return not uses_changelog(pipeline)
