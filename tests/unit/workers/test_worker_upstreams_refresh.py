@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamherd.workers import engine as engine_module
 from streamherd.workers.engine import Engine, PartitionState
@@ -129,3 +131,64 @@ def test_topics_seen_after_the_start_are_waited_for_and_close_windows(
     engine._retry_upstreams(engine._upstreams_at)
     assert engine._upstreams == known
     assert engine_module.UPSTREAMS_REFRESH_SECONDS > 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["create", "grow", "delete", "leaderless", "recover", "fail"]),
+            st.sampled_from(["clicks-eu", "clicks-us", "clicks-ap", "views"]),
+            st.integers(1, 4),
+        ),
+        max_size=25,
+    )
+)
+def test_the_upstreams_follow_the_cluster_through_any_changes(
+    steps: list[tuple[str, str, int]],
+) -> None:
+    """Over any sequence of topics created, grown, deleted, left without a leader for a
+    while, and failed lookups: every partition with a leader of a topic the pattern matches
+    is waited for; none of a topic the cluster no longer lists is; a topic without all its
+    leaders keeps what was known of it."""
+    cfg = config(0, False, True)
+    kafka = cfg.source.kafka
+    assert kafka is not None
+    source = cfg.source.model_copy(
+        update={"kafka": kafka.model_copy(update={"topics": ["^clicks-.*"]})}
+    )
+    engine = Engine(
+        cfg.model_copy(update={"source": source}), stop=threading.Event(), out=io.StringIO()
+    )
+    admin = Admin()
+    engine._admin = admin  # type: ignore[assignment]
+    for action, topic, n in steps:
+        before = engine._upstreams
+        found = admin.metadata.topics.get(topic)
+        admin.failing = action == "fail"
+        if action == "create" and found is None:
+            admin.create(topic, n)
+        elif action == "grow" and found is not None:
+            admin.create(topic, max(n, len(found.partitions)))
+        elif action == "delete":
+            admin.metadata.topics.pop(topic, None)
+        elif action == "leaderless" and found is not None:
+            found.partitions[0].leader = -1
+        elif action == "recover" and found is not None:
+            for p in found.partitions.values():
+                p.leader = 1
+        engine._retry_upstreams(engine._upstreams_at)
+        if admin.failing:
+            assert engine._upstreams == before
+            continue
+        listed = admin.metadata.topics
+        for name, t in listed.items():
+            led = all(p.leader >= 0 for p in t.partitions.values())
+            mine = {u for u in engine._upstreams if u[0] == name}
+            if name.startswith("clicks-") and led:
+                assert mine == {(name, p) for p in t.partitions}
+            elif name.startswith("clicks-"):
+                assert mine == {u for u in before if u[0] == name}
+            else:
+                assert not mine
+        assert all(u[0] in listed for u in engine._upstreams)
