@@ -51,19 +51,47 @@ PICKED_PORTS: Final = range(20000, 30000)
 _ports = random.SystemRandom()
 
 
+def _own_ports() -> range:
+    """This test process's share of PICKED_PORTS: a slice per pytest-xdist worker, so that
+    two workers never pick the same port between one's pick and its server's bind (two
+    full CI runs of session 26 lost a worker's metrics port that way)."""
+    name, count = (
+        os.environ.get("PYTEST_XDIST_WORKER", ""),
+        os.environ.get("PYTEST_XDIST_WORKER_COUNT", ""),
+    )
+    if not (name.startswith("gw") and name[2:].isdigit() and count.isdigit()):
+        return PICKED_PORTS
+    index, total = int(name[2:]), max(int(count), 1)
+    size = len(PICKED_PORTS) // total
+    if index >= total or size < 100:
+        return PICKED_PORTS
+    start = PICKED_PORTS.start + index * size
+    return range(start, start + size)
+
+
+#: Ports this process handed out: never handed out again (a server given one may not have
+#: bound it yet).
+_handed: set[int] = set()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nobody listens on right now, picked at random outside
     the ephemeral range. Port 0 would hand out an ephemeral port, which any outgoing
     connection on the machine may take as its source port before the server that was
     given it binds it: a CI run lost a worker to "Address already in use" that way (its
-    metrics port, taken in the second between the pick and the worker's bind)."""
+    metrics port, taken in the second between the pick and the worker's bind). Each test
+    process picks in its own slice of the range, and never the same port twice."""
+    ports = _own_ports()
     for _ in range(200):
-        port = _ports.choice(PICKED_PORTS)
+        port = _ports.choice(ports)
+        if port in _handed and len(_handed) < len(ports) // 2:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _handed.add(port)
             return port
     raise InfraError(f"no free port in {PICKED_PORTS} after 200 tries")
 
