@@ -768,10 +768,11 @@ class CheckpointStore:
         """Delete the segment files no head lists, committed or pending (those a compaction
         replaced, those of an aborted or crashed checkpoint). Only after the new head is
         durable, so a crash never leaves a head without its segments."""
+        orphaned = time.time() - ORPHAN_SECONDS
+        self._collect_temp(topic, partition, orphaned)
         directory = self.segments_dir(topic, partition)
         if not directory.is_dir():
             return
-        orphaned = time.time() - ORPHAN_SECONDS
         listed: set[str] = set()
         for path in (self.path(topic, partition), self.path(topic, partition, pending=True)):
             listed.update(s.name for s in self._head(path, topic, partition) or ())
@@ -787,6 +788,30 @@ class CheckpointStore:
                 # The checkpoint is durable already: a leftover is no reason to fail it (a
                 # folder such as lost+found or .snapshot, a busy NFS file, EACCES; another
                 # writer's unreadable pending head). Kept, and said (a helper's finding).
+                log_event(log, logging.WARNING, "checkpoint-collect-skipped", path=str(entry),
+                          error=str(error))  # fmt: skip
+
+    def _collect_temp(self, topic: str, partition: int, orphaned: float) -> None:
+        """Delete the partition's temp files beside its heads (``.<p>.ckpt.<writer>.tmp``, a
+        pending head's, ``.<name>.<writer>.adopting``) that a crash left: this store's own
+        at once (it writes and promotes them on this thread: none is in hand now), another
+        writer's once orphaned. Only segment folders were collected: one file more per
+        crash, for ever (a helper's finding, session 26)."""
+        prefix = f".{partition}."
+        try:
+            entries = list((self.directory / topic).iterdir())
+        except OSError:
+            return
+        own = (f".{self.writer}.tmp", f".{self.writer}.adopting")
+        for entry in entries:
+            name = entry.name
+            if not (name.startswith(prefix) and name.endswith((".tmp", ".adopting"))):
+                continue
+            try:
+                due = name.endswith(own) or _older_than(entry, orphaned)
+                if due and entry.is_file() and not entry.is_symlink():
+                    entry.unlink(missing_ok=True)
+            except OSError as error:
                 log_event(log, logging.WARNING, "checkpoint-collect-skipped", path=str(entry),
                           error=str(error))  # fmt: skip
 
