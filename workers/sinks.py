@@ -467,7 +467,7 @@ class Outputs:
             return sources[i] if many else sources  # type: ignore[index]
 
         if self._postgres is not None:
-            accepted = []
+            accepted, origins = [], []
             for i, (_, value) in enumerate(rows):
                 try:
                     record = postgres_record(value)
@@ -479,9 +479,11 @@ class Outputs:
                 refused = self._postgres.refusal(record)
                 if refused is None:
                     accepted.append(record)
+                    origins.append((source_of(i), value))
                 else:  # never storable: retrying it would stop the pipeline for good
                     self._refuse(source_of(i), None, value, SinkRefusedError(refused))
-            self._postgres.write(accepted)
+            self._postgres.write(accepted, origins)
+            self._dead_letter_refused_rows()
             return
         if self._sink_producer is None:
             lines = []
@@ -665,7 +667,9 @@ class Outputs:
 
     def commit_offsets(self, offsets: list[tuple[str, int, int]], generation: str) -> bool:
         assert self._offsets is not None, "the sink keeps no offsets"
-        return self._offsets.commit(offsets, generation)
+        committed = self._offsets.commit(offsets, generation)
+        self._dead_letter_refused_rows()  # no dead-letter topic here (else: two phases)
+        return committed
 
     def abort(self) -> None:
         if self._offsets is not None:
@@ -677,8 +681,12 @@ class Outputs:
         return self._offsets is not None and self._offsets.two_phase
 
     def prepare_offsets(self, offsets: list[tuple[str, int, int]], generation: str) -> bool:
+        """Phase one; the rows the table refused are dead-lettered in Kafka's transaction,
+        which commits next and decides the database's (its abort voids them)."""
         assert self._offsets is not None, "the sink keeps no offsets"
-        return self._offsets.prepare(offsets, generation)
+        prepared = self._offsets.prepare(offsets, generation)
+        self._dead_letter_refused_rows()
+        return prepared
 
     def commit_prepared(self) -> None:
         assert self._offsets is not None, "the sink keeps no offsets"
@@ -798,9 +806,22 @@ class Outputs:
             offset=named.get("streamherd.source.offset", b"").decode(errors="replace"),
         )
 
+    def _dead_letter_refused_rows(self) -> bool:
+        """Dead-letter the rows the PostgreSQL table refused (a value its column or a
+        constraint refuses, a key too large for its index, a trigger's RAISE: decision
+        0200), with the database's error; True when there were some."""
+        if self._postgres is None:
+            return False
+        refused = self._postgres.take_refused()
+        for (source, value), error in refused:
+            self._refuse(source, None, value, error)
+        return bool(refused)
+
     def _drain_refusals(self) -> bool:
-        """Handle what the broker refused as too large since the last call; True when
-        something was sent again (see the comment above :meth:`_sink_delivered`)."""
+        """Handle what the broker refused as too large, and the rows the PostgreSQL table
+        refused, since the last call; True when something was sent again (see the comment
+        above :meth:`_sink_delivered`)."""
+        refused_rows = self._dead_letter_refused_rows()
         with self._lock:
             retry_results, self._retry_results = self._retry_results, []
             results, self._refused_results = self._refused_results, []
@@ -828,7 +849,7 @@ class Outputs:
                 self._dead_letter_lost(headers, why)
             else:
                 self._send_dead_letter(*smaller, cut=True, alone=True)
-        return bool(retry_results or results or retry_letters or letters)
+        return bool(refused_rows or retry_results or results or retry_letters or letters)
 
     def behind(self) -> bool:
         if self._postgres is not None and self._postgres.behind():

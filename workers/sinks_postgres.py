@@ -37,7 +37,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -50,6 +50,7 @@ from psycopg.adapt import Dumper
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
 from psycopg.types.json import Json, Jsonb
+from psycopg.types.numeric import Float8
 
 from streamherd.workers.config import PostgresSinkConfig
 from streamherd.workers.logs import log_event
@@ -286,6 +287,9 @@ class TableFacts:
     encoding: str = ""
     json_columns: Mapping[str, str] = field(default_factory=dict)
     null_keys: frozenset[str] = frozenset()
+    #: Every written column's type, by name (through a domain to its base type; no
+    #: modifiers: ``numeric``, ``character varying``): what :func:`bound` sends by.
+    column_types: Mapping[str, str] = field(default_factory=dict)
 
 
 #: The types of the table's columns (through a domain to its base type) and NOT NULL.
@@ -326,7 +330,13 @@ def read_table_facts(conn: psycopg.Connection[Any], config: PostgresSinkConfig) 
             for (indkey,) in conn.execute(_NULLS_NOT_DISTINCT_QUERY, [row[0]]).fetchall()
         ):
             null_keys = frozenset(k for k in config.key_columns if not columns[k][2])
-    return TableFacts(encoding=name, json_columns=json_columns, null_keys=null_keys)
+    written = set(_names(config))
+    return TableFacts(
+        encoding=name,
+        json_columns=json_columns,
+        null_keys=null_keys,
+        column_types={n: t for n, (_, t, _) in columns.items() if n in written},
+    )
 
 
 def _names(config: PostgresSinkConfig) -> list[str]:
@@ -366,26 +376,75 @@ def _as_json(value: Any, kind: str) -> Any:
     return Json(value) if kind == "json" else Jsonb(value)
 
 
-def dedupe(rows: Sequence[Row], key_index: Sequence[int]) -> list[Row]:
-    """The last row of each key, in first-seen order: one statement may not touch a row
-    twice (ON CONFLICT DO UPDATE refuses), and the last one is what a replay writes.
-    The writes use :func:`latest` (the order matters to them)."""
-    by_key: dict[Any, Row] = {}
+#: Column types whose input reads a number's text as that number, or keeps it as text: a
+#: float goes to them as its exact text (decision 0199). Into any other type it goes as
+#: float8, which the server casts where a cast exists and refuses where none does: the
+#: input of ``interval`` read 90.0 as 90 seconds and ``boolean`` 1.0 as true (a helper's
+#: finding, session 26).
+FLOAT_TEXT_TYPES: Final = frozenset(
+    {
+        "smallint",
+        "integer",
+        "bigint",
+        "numeric",
+        "real",
+        "double precision",
+        "money",
+        "text",
+        "character varying",
+        "character",
+    }
+)
+#: Integer column types: a Decimal goes to them as text, which their input refuses unless
+#: it is a whole number (a numeric parameter was cast, and Decimal("2.5") rounded to 2).
+INTEGER_TYPES: Final = frozenset({"smallint", "integer", "bigint"})
+
+
+def bound(rows: Sequence[Row], types: Mapping[int, str]) -> list[Row]:
+    """``rows`` with each value bound so that its column stores it exactly or refuses it
+    (``types``: a position -> its column's type): a float for a column not of
+    :data:`FLOAT_TEXT_TYPES` as float8, a Decimal for an integer column as its text (a
+    whole one as an integer)."""
+    typed = [i for i, t in types.items() if t not in FLOAT_TEXT_TYPES]
+    integers = [i for i, t in types.items() if t in INTEGER_TYPES]
+    if not typed and not integers:
+        return list(rows)
+    out = []
     for row in rows:
-        by_key[tuple(_identity(row[i]) for i in key_index)] = row
-    return list(by_key.values())
+        values = list(row)
+        for i in typed:
+            if type(values[i]) is float:
+                values[i] = Float8(values[i])
+        for i in integers:
+            if isinstance(values[i], decimal.Decimal):
+                values[i] = _decimal_text(values[i])
+        out.append(tuple(values))
+    return out
+
+
+def _decimal_text(value: decimal.Decimal) -> str:
+    if value.is_finite() and value == value.to_integral_value():
+        return str(int(value))
+    return str(value)
 
 
 def latest(rows: Sequence[Row], key_index: Sequence[int]) -> list[Row]:
-    """The last row of each key, in the order of those last rows (queue order). Keys the
-    table holds as one row but :func:`_identity` tells apart ("1" and 1 in a text column)
-    are written one after another when a statement refuses them together: in first-seen
-    order an older result was written last and stayed (a helper's finding)."""
-    by_key: dict[Any, Row] = {}
-    for row in rows:
+    """The last row of each key, in the order of those last rows (:func:`latest_positions`)."""
+    return [rows[i] for i in latest_positions(rows, key_index)]
+
+
+def latest_positions(rows: Sequence[Row], key_index: Sequence[int]) -> list[int]:
+    """The positions of the last row of each key, in the order of those last rows (queue
+    order): one statement may not touch a row twice (ON CONFLICT DO UPDATE refuses), and
+    the last one is what a replay writes. Keys the table holds as one row but
+    :func:`_identity` tells apart ("1" and 1 in a text column) are written one after
+    another when a statement refuses them together: in first-seen order an older result
+    was written last and stayed (a helper's finding)."""
+    by_key: dict[Any, int] = {}
+    for position, row in enumerate(rows):
         identity = tuple(_identity(row[i]) for i in key_index)
         by_key.pop(identity, None)  # a later row moves its key to the end
-        by_key[identity] = row
+        by_key[identity] = position
     return list(by_key.values())
 
 
@@ -447,12 +506,13 @@ def postgres_refusal(
     added a row (duplicates, silently); only a nullable column under a unique index with
     NULLS NOT DISTINCT (PostgreSQL 15) takes it. Key columns whose
     index entry cannot fit a unique btree index, which every table an upsert can target
-    has: over :data:`BTREE_MAX_ITEM_BYTES` even as zlib compresses them (PostgreSQL's own
-    compression does no better, and stores a value it cannot shrink by a quarter as it
-    is). Such a result would be retried forever and stop the pipeline (a helper's finding,
-    for the last two), so the outputs dead-letter it instead (reason ``sink``). Other
-    refusals depend on the table (a type, a constraint) and can be mended there: those are
-    retried."""
+    has: over :data:`BTREE_MAX_ITEM_BYTES` with the entry's header even as zlib
+    compresses them (PostgreSQL's own compression does no better, and stores a value it
+    cannot shrink by a quarter as it is: such a key, which zlib would fit, is refused by
+    the server instead, and found in its batch by :func:`upsert_rows`). Such a result would
+    be retried forever and stop the pipeline (a helper's finding, for the last two), so the
+    outputs dead-letter it instead (reason ``sink``). What the table refuses by its types
+    and constraints is found when the batch is written (decision 0200)."""
     codec = _codec(encoding)
     if isinstance(value, bytes):
         # JSON text: NUL can only appear escaped (\u0000), in a key or a string.
@@ -553,6 +613,49 @@ _NUL_MESSAGE: Final = (
 )
 
 
+#: SQLSTATE classes of errors that the row written causes, whatever the rows beside it:
+#: data exceptions (22: a value the column's type refuses, a string too long, an infinity
+#: numeric has no form for before PostgreSQL 14), integrity constraints (23: NOT NULL,
+#: CHECK, a foreign key, another unique index), program limits (54: an index entry too
+#: large for a btree) and PL/pgSQL's RAISE (P0: a trigger that refuses the row).
+ROW_REFUSAL_CLASSES: Final = frozenset({"22", "23", "54", "P0"})
+#: And single codes of other classes: a value of a type the column takes no cast from.
+ROW_REFUSAL_CODES: Final = frozenset({"42804"})
+
+
+def refused_by_row(error: BaseException) -> bool:
+    """Whether ``error``, raised by a statement writing rows, is a row's fault: an error of
+    :data:`ROW_REFUSAL_CLASSES` or :data:`ROW_REFUSAL_CODES` from the server, or one
+    psycopg raised before sending (a value it cannot adapt or encode: a lone surrogate).
+    Every other error (an outage, a missing table or column, a privilege, a lock timeout,
+    a serialization failure) is the table's or the server's and is retried with the whole
+    batch (decision 0200)."""
+    if isinstance(error, psycopg.Error):
+        state = error.sqlstate
+        if state is None:
+            return not isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
+        return state[:2] in ROW_REFUSAL_CLASSES or state in ROW_REFUSAL_CODES
+    return isinstance(error, ValueError | TypeError | OverflowError)
+
+
+def isolate(
+    part: Sequence[int], attempt: Callable[[Sequence[int]], BaseException | None]
+) -> list[tuple[int, BaseException]]:
+    """Write the rows at the positions ``part`` with ``attempt`` (None: written; an error:
+    nothing of them was written; it raises what must fail the whole batch), halving a part
+    that fails until each row that fails alone is found: those rows, with their errors.
+    Every other row is written once, in the order of ``part`` (so the latest of two rows
+    the table holds as one is written last). With k refused rows among n, about
+    2k·log2(n) attempts: a batch with one bad row costs a few statements, not n."""
+    error = attempt(part)
+    if error is None:
+        return []
+    if len(part) == 1:
+        return [(part[0], error)]
+    half = (len(part) + 1) // 2
+    return isolate(part[:half], attempt) + isolate(part[half:], attempt)
+
+
 def upsert_rows(
     cur: psycopg.Cursor[Any],
     config: PostgresSinkConfig,
@@ -561,30 +664,68 @@ def upsert_rows(
     per_statement: int,
     *,
     facts: TableFacts | None = None,
-) -> None:
+) -> list[tuple[int, BaseException]]:
     """Upsert ``rows`` inside the cursor's open transaction, the last row of each key,
-    values bound for a json column as JSON (``facts``, read on this connection).
+    values bound for a json column as JSON (``facts``, read on this connection); the rows
+    the table refused (:func:`refused_by_row`): their positions in ``rows`` and the errors.
+    The outputs dead-letter them: one bad row was retried for ever and stopped the pipeline.
 
-    Two rows that :func:`dedupe` keeps apart can still be one row to the table: the string
-    key "1" and the number key 1 in a text column, 1 and 1.0 in a double precision one.
-    One statement may not touch a row twice (CardinalityViolation, and the write would fail
-    again on every retry: the pipeline stopped for good), so such a chunk is undone to its
-    savepoint and written one row per statement, the last one winning, as it does when the
-    two rows come in different batches (rows in queue order: :func:`latest`)."""
+    A statement that fails with a row's error is undone to its savepoint and its rows are
+    written in halves (:func:`isolate`). So is one that touches a row twice: two rows that
+    :func:`latest` keeps apart can still be one row to the table (the string key "1" and
+    the number key 1 in a text column, 1 and 1.0 in a double precision one), which
+    PostgreSQL refuses (CardinalityViolation, again on every retry: the pipeline stopped
+    for good); in halves, the last one wins, as it does when the two rows come in
+    different batches (rows in queue order). Any other error raises: the caller retries
+    the batch."""
     names = _names(config)
     json_index = {names.index(n): t for n, t in (facts.json_columns if facts else {}).items()}
-    unique = latest(as_json(rows, json_index), key_index)
-    for i in range(0, len(unique), per_statement):
-        chunk = unique[i : i + per_statement]
+    types = {names.index(n): t for n, t in (facts.column_types if facts else {}).items()}
+    adapted = as_json(rows, json_index)
+    positions = latest_positions(adapted, key_index)  # by the values, before binding
+    sent = bound(adapted, types)
+
+    def attempt(part: Sequence[int]) -> BaseException | None:
         cur.execute("SAVEPOINT streamherd_rows")
         try:
-            cur.execute(upsert_statement(config, len(chunk)), [v for r in chunk for v in r])
-        except psycopg.errors.CardinalityViolation:
+            cur.execute(upsert_statement(config, len(part)), [v for i in part for v in sent[i]])
+        except Exception as error:
+            twice = isinstance(error, psycopg.errors.CardinalityViolation)
+            if not (twice or refused_by_row(error)):
+                raise
             cur.execute("ROLLBACK TO SAVEPOINT streamherd_rows")
-            single = upsert_statement(config, 1)
-            for row in chunk:
-                cur.execute(single, list(row))
+            cur.execute("RELEASE SAVEPOINT streamherd_rows")
+            return error
         cur.execute("RELEASE SAVEPOINT streamherd_rows")
+        return None
+
+    refused: list[tuple[int, BaseException]] = []
+    for i in range(0, len(positions), per_statement):
+        refused += isolate(positions[i : i + per_statement], attempt)
+    return refused
+
+
+def describe_refusal(error: BaseException) -> str:
+    """One line for the log: the SQLSTATE and the first line of the message."""
+    text = str(error).strip()
+    first = text.splitlines()[0][:200] if text else type(error).__name__
+    state = getattr(error, "sqlstate", None)
+    return f"{state}: {first}" if state else first
+
+
+def refused_rows(report: SinkMetrics, refused: Sequence[tuple[int, BaseException]]) -> None:
+    """Count and log the rows a batch's table refused (one line per batch: each row's
+    dead letter is logged by the outputs)."""
+    report.failed(failure_kind(refused[0][1]))
+    log_event(
+        log,
+        logging.WARNING,
+        "sink-rows-refused",
+        sink=SINK_LABEL,
+        rows=len(refused),
+        error=type(refused[0][1]).__name__,
+        message=describe_refusal(refused[0][1]),
+    )
 
 
 def table_shape(config: PostgresSinkConfig) -> tuple[list[str], list[int], int]:
@@ -621,9 +762,20 @@ def table_refusal(
     )
 
 
+#: SQLSTATE classes of a server that cannot serve now: connection exceptions (08),
+#: insufficient resources (53: too many connections, disk full), operator intervention
+#: (57: a shutdown, a cancelled statement) and system errors (58).
+_OUTAGE_CLASSES: Final = frozenset({"08", "53", "57", "58"})
+
+
 def failure_kind(error: BaseException) -> str:
     """``connection`` (an outage), ``sql`` (PostgreSQL refused) or ``client`` (psycopg
-    could not send a row): the label of ``streamherd_sink_errors_total``."""
+    could not send a row): the label of ``streamherd_sink_errors_total``. By SQLSTATE
+    where the server answered one: psycopg's OperationalError also covers errors that
+    are the statement's (an index entry too large, 54000), logged as outages before."""
+    state = error.sqlstate if isinstance(error, psycopg.Error) else None
+    if state is not None:
+        return "connection" if state[:2] in _OUTAGE_CLASSES else "sql"
     if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
         return "connection"
     return "sql" if isinstance(error, psycopg.Error) else "client"
@@ -645,6 +797,10 @@ class PostgresSink:
         self._names, self._key_index, self._per_statement = table_shape(config)
         self._lock = threading.Condition()
         self._queue: deque[Row] = deque()
+        # What each queued row came from (the outputs' opaque origin: the source record and
+        # the result), handed back with the rows the table refuses (take_refused).
+        self._origins: deque[Any] = deque()
+        self._refused: list[tuple[Any, BaseException]] = []
         self._queued = 0  # rows ever queued
         self._confirmed = 0  # rows ever committed (in queue order)
         self._up = False
@@ -668,15 +824,28 @@ class PostgresSink:
         the last connection read of it), or None; the outputs dead-letter it."""
         return table_refusal(record, self.config, self.facts)
 
-    def write(self, values: Sequence[Mapping[str, Any] | bytes]) -> None:
+    def write(
+        self, values: Sequence[Mapping[str, Any] | bytes], origins: Sequence[Any] | None = None
+    ) -> None:
+        """Queue results; ``origins``: what each came from (one per value; None: nothing),
+        handed back by :meth:`take_refused` if the table refuses its row."""
         rows = rows_of(values, self._names)
         if not rows:
             return
         with self._lock:
             self._queue.extend(rows)
+            self._origins.extend([None] * len(rows) if origins is None else origins)
             self._queued += len(rows)
             self._set_pending()
             self._lock.notify_all()
+
+    def take_refused(self) -> list[tuple[Any, BaseException]]:
+        """The rows the table refused since the last call (:func:`upsert_rows`), committed
+        with the rest of their batch: (origin, the error). They count as confirmed, so
+        whoever flushes must dead-letter them before a checkpoint covers them."""
+        with self._lock:
+            refused, self._refused = self._refused, []
+        return refused
 
     def pending(self) -> int:
         """Rows queued and not yet confirmed by a commit."""
@@ -781,17 +950,21 @@ class PostgresSink:
             # Left queued until committed: pending() counts them, a retry takes the same.
             return [self._queue[i] for i in range(n)]
 
-    def _write(self, rows: list[Row]) -> None:
+    def _write(self, rows: list[Row]) -> list[tuple[int, BaseException]]:
+        """Write a batch in one transaction; the positions of the rows the table refused."""
         if self._conn is None or self._conn.closed:
             self._conn = self._connect()
         if not rows or self._abandoned:  # closed without draining while it connected
-            return
+            return []
         started = time.perf_counter()
         with self._conn.transaction(), self._conn.cursor() as cur:
-            upsert_rows(
+            refused = upsert_rows(
                 cur, self.config, rows, self._key_index, self._per_statement, facts=self.facts
             )
-        self._report.written(len(rows), time.perf_counter() - started)
+        self._report.written(len(rows) - len(refused), time.perf_counter() - started)
+        if refused:
+            refused_rows(self._report, refused)
+        return refused
 
     def _run(self) -> None:
         delay = BACKOFF_FIRST_SECONDS
@@ -801,7 +974,7 @@ class PostgresSink:
                 if rows is None:
                     return
                 try:
-                    self._write(rows)
+                    refused = self._write(rows)
                 except Exception as error:  # noqa: BLE001 - retried; reported below
                     # Connection errors (outage, restart) and SQL errors (a missing table or
                     # constraint, a value the column refuses) alike: keep the rows, back off
@@ -819,8 +992,10 @@ class PostgresSink:
                 delay = BACKOFF_FIRST_SECONDS
                 if rows:
                     with self._lock:
+                        origins = [self._origins.popleft() for _ in rows]
                         for _ in rows:
                             self._queue.popleft()
+                        self._refused += [(origins[i], error) for i, error in refused]
                         self._confirmed += len(rows)
                         self._set_pending()
                         self._lock.notify_all()

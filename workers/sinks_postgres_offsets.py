@@ -60,6 +60,7 @@ from streamherd.workers.sinks_postgres import (
     create_table_statement,
     failure_kind,
     read_table_facts,
+    refused_rows,
     rows_of,
     table_identifier,
     table_refusal,
@@ -316,12 +317,16 @@ class PostgresTransactionalSink:
         self.two_phase = two_phase
         self.writer = writer
         self.prefix = gid_prefix(config.table, consumer_group)
-        # Two phases: (gid, offsets, rows, started) of the transaction prepared and not yet
-        # decided.
-        self._prepared: tuple[str, list[tuple[str, int, int]], int, float] | None = None
+        # Two phases: (gid, offsets, rows, rows refused, started) of the transaction
+        # prepared and not yet decided.
+        self._prepared: tuple[str, list[tuple[str, int, int]], int, int, float] | None = None
         self._conninfo = conninfo_from_env(config, os.environ if env is None else env)
         self._names, self._key_index, self._per_statement = table_shape(config)
         self._queue: list[Row] = []
+        self._origins: list[Any] = []  # what each queued row came from (the outputs')
+        # The rows the last commit or prepare wrote without (the table refused them):
+        # (origin, error), taken by the outputs at once (take_refused).
+        self._refused: list[tuple[Any, BaseException]] = []
         # The generation each partition's offsets row holds as far as this worker knows
         # (None: no row): what the next commit's compare-and-set expects.
         self._expected: dict[tuple[str, int], str | None] = {}
@@ -341,9 +346,20 @@ class PostgresTransactionalSink:
         """Why the table can never hold this result, or None (as the at-least-once sink's)."""
         return table_refusal(record, self.config, self.facts)
 
-    def write(self, values: Sequence[Mapping[str, Any] | bytes]) -> None:
-        self._queue.extend(rows_of(values, self._names))
+    def write(
+        self, values: Sequence[Mapping[str, Any] | bytes], origins: Sequence[Any] | None = None
+    ) -> None:
+        rows = rows_of(values, self._names)
+        self._queue.extend(rows)
+        self._origins.extend([None] * len(rows) if origins is None else origins)
         self._set_pending()
+
+    def take_refused(self) -> list[tuple[Any, BaseException]]:
+        """The rows the table refused in the transaction just committed or prepared
+        (:func:`upsert_rows`): (origin, error). Under two phases the outputs dead-letter
+        them in Kafka's transaction, which decides the database's."""
+        refused, self._refused = self._refused, []
+        return refused
 
     def pending(self) -> int:
         return len(self._queue)
@@ -366,6 +382,8 @@ class PostgresTransactionalSink:
     def abort(self) -> None:
         """Forget the rows of the transaction that will not commit (the engine rewinds)."""
         self._queue.clear()
+        self._origins.clear()
+        self._refused = []
         self._set_pending()
 
     def close(self, *, drain: bool = True) -> None:
@@ -404,7 +422,7 @@ class PostgresTransactionalSink:
         try:
             conn = self._connection()
             with conn.transaction(), conn.cursor() as cur:
-                self._write_rows(cur, rows)
+                refused = self._write_rows(cur, rows)
                 self._write_offsets(cur, offsets, generation)
                 committing = True  # leaving the block sends COMMIT
         except OffsetsFencedError:
@@ -423,10 +441,11 @@ class PostgresTransactionalSink:
             return False
         for topic, partition, _ in offsets:
             self._expected[(topic, partition)] = generation
-        del self._queue[: len(rows)]
-        self._set_pending()
+        self._refused = self._take_rows(len(rows), refused)
+        if refused:
+            refused_rows(self._report, refused)
         self._set_up(True)
-        self._report.written(len(rows), time.perf_counter() - started)
+        self._report.written(len(rows) - len(refused), time.perf_counter() - started)
         return True
 
     # ------------------------------------------------------------------ two phases
@@ -457,7 +476,7 @@ class PostgresTransactionalSink:
                     [(gid, table, self.group, t, p, self.writer) for t, p in covered],
                 )
                 cur.execute("BEGIN")
-                self._write_rows(cur, rows)
+                refused = self._write_rows(cur, rows)
                 self._write_offsets(cur, offsets, generation)
                 cur.execute(claim_side_statement(table), (gid,))
                 claimed = {(str(t), int(p)) for t, p in cur.fetchall()}
@@ -480,7 +499,11 @@ class PostgresTransactionalSink:
                 raise CommitOutcomeUnknownError(f"PREPARE TRANSACTION failed: {error}") from error
             self._forget(gid)
             return False
-        self._prepared = (gid, list(offsets), len(rows), started)
+        self._prepared = (gid, list(offsets), len(rows), len(refused), started)
+        # Known now, before Kafka's transaction commits: the outputs dead-letter them there.
+        self._refused = [(self._origins[i], error) for i, error in refused]
+        if refused:
+            refused_rows(self._report, refused)
         self._set_up(True)
         return True
 
@@ -489,15 +512,14 @@ class PostgresTransactionalSink:
         the database does not answer; raises CommitOutcomeUnknownError when it still does
         not (the worker stops; recovery commits it, Kafka's offsets say so)."""
         assert self._prepared is not None, "nothing prepared"
-        gid, offsets, n_rows, started = self._prepared
+        gid, offsets, n_rows, n_refused, started = self._prepared
         self._decide("COMMIT", gid)
         self._prepared = None
         for topic, partition, _ in offsets:
             self._expected[(topic, partition)] = gid[len(self.prefix) + 1 :]
-        del self._queue[:n_rows]
-        self._set_pending()
+        self._take_rows(n_rows, [])
         # The duration covers both phases and Kafka's commit.
-        self._report.written(n_rows, time.perf_counter() - started)
+        self._report.written(n_rows - n_refused, time.perf_counter() - started)
 
     def rollback_prepared(self) -> None:
         """After Kafka's transaction was aborted: ROLLBACK PREPARED and its side rows
@@ -709,8 +731,23 @@ class PostgresTransactionalSink:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("ROLLBACK")
 
-    def _write_rows(self, cur: psycopg.Cursor[Any], rows: Sequence[Row]) -> None:
-        upsert_rows(cur, self.config, rows, self._key_index, self._per_statement, facts=self.facts)
+    def _write_rows(
+        self, cur: psycopg.Cursor[Any], rows: Sequence[Row]
+    ) -> list[tuple[int, BaseException]]:
+        refused = upsert_rows(
+            cur, self.config, rows, self._key_index, self._per_statement, facts=self.facts
+        )
+        return refused
+
+    def _take_rows(
+        self, n: int, refused: Sequence[tuple[int, BaseException]]
+    ) -> list[tuple[Any, BaseException]]:
+        """Drop the first ``n`` queued rows (committed); the origins of those refused."""
+        taken = [(self._origins[i], error) for i, error in refused]
+        del self._queue[:n]
+        del self._origins[:n]
+        self._set_pending()
+        return taken
 
     def _write_offsets(
         self, cur: psycopg.Cursor[Any], offsets: Sequence[tuple[str, int, int]], generation: str

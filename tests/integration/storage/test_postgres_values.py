@@ -142,20 +142,26 @@ def test_the_exactly_once_sink_refuses_it_too(latin1_dsn: str) -> None:
     assert execute(latin1_dsn, "SELECT key, n FROM t") == [("a", 2)]
 
 
-def test_a_row_psycopg_cannot_send_leaves_the_writer_alive_and_retrying(postgres_dsn: str) -> None:
+def test_a_row_psycopg_cannot_send_leaves_the_writer_alive_and_is_handed_back(
+    postgres_dsn: str,
+) -> None:
     """A row that reaches the writer although psycopg cannot send it (a lone surrogate:
-    the outputs dead-letter it, but the writer must not depend on that) is retried like a
-    refused one, shown as kind=client: the thread, and the worker, live on (it died with a
-    UnicodeEncodeError, and flush() raised PostgresSinkError: the worker crashed, and again
-    at every replay)."""
+    the outputs dead-letter it, but the writer must not depend on that) is refused like a
+    row the table refuses (decision 0200), shown as kind=client: the thread, and the
+    worker, live on (it died with a UnicodeEncodeError, and flush() raised
+    PostgresSinkError: the worker crashed, and again at every replay), and the rest of the
+    batch is written."""
     execute(postgres_dsn, "CREATE TABLE t (key text PRIMARY KEY, n bigint)")
     metrics = EngineMetrics("p")
     sink = started(config("t", [("key", None), ("n", None)], ["key"]), postgres_dsn, metrics)
     try:
-        sink.write([{"key": "\ud800", "n": 1}])
-        assert sink.flush(3) is False  # no PostgresSinkError
+        sink.write([{"key": "\ud800", "n": 1}, {"key": "ok", "n": 2}], ["surrogate", "ok"])
+        assert sink.flush(20)  # no PostgresSinkError
         assert sink._thread.is_alive()
-        assert sink.health() == (False, "postgres sink down: 1 results wait for the database")
+        [(origin, error)] = sink.take_refused()
+        assert origin == "surrogate" and isinstance(error, UnicodeEncodeError)
+        assert sink.health() == (True, "ok")
+        assert execute(postgres_dsn, "SELECT key, n FROM t") == [("ok", 2)]
         errors = metrics.registry.get_sample_value(
             "streamherd_sink_errors_total", {"pipeline": "p", "sink": "postgres", "kind": "client"}
         )
@@ -164,17 +170,21 @@ def test_a_row_psycopg_cannot_send_leaves_the_writer_alive_and_retrying(postgres
         sink.close(drain=False)
 
 
-def test_the_exactly_once_commit_of_such_a_row_is_refused_not_raised(postgres_dsn: str) -> None:
+def test_the_exactly_once_commit_of_such_a_row_hands_it_back_not_raised(
+    postgres_dsn: str,
+) -> None:
     execute(postgres_dsn, "CREATE TABLE t (key text PRIMARY KEY, n bigint)")
     sink = PostgresTransactionalSink(
         config("t", [("key", None), ("n", None)], ["key"]), "ns/p", "g", env={ENV: postgres_dsn}
     )
     try:
         sink.committed([("in", 0)])
-        sink.write([{"key": "\ud800", "n": 1}])
-        assert sink.commit([("in", 0, 1)], "g1") is False  # the rows stay queued
-        assert sink.pending() == 1
-        assert execute(postgres_dsn, "SELECT count(*) FROM streamherd_offsets") == [(0,)]
+        sink.write([{"key": "\ud800", "n": 1}, {"key": "ok", "n": 2}], ["surrogate", "ok"])
+        assert sink.commit([("in", 0, 2)], "g1")  # the rest with the offsets
+        assert [o for o, _ in sink.take_refused()] == ["surrogate"]
+        assert sink.pending() == 0
+        assert execute(postgres_dsn, "SELECT next_offset FROM streamherd_offsets") == [(2,)]
+        assert execute(postgres_dsn, "SELECT key FROM t") == [("ok",)]
     finally:
         sink.close()
 
@@ -266,8 +276,8 @@ def test_floats_go_exactly_into_numeric_and_are_not_rounded_into_integers(
 ) -> None:
     """A float was sent as float8: into numeric it kept 15 digits (0.30000000000000004
     became 0.3), into an integer column 2.5 became 2. Now numeric stores its exact shortest
-    form, an integer column takes a whole float and refuses a fraction (retried: a type
-    the table can mend) instead of rounding it."""
+    form, an integer column takes a whole float and refuses a fraction (handed back for
+    the dead-letter topic, decision 0200) instead of rounding it."""
     execute(postgres_dsn, "CREATE TABLE n (key text PRIMARY KEY, v numeric, i bigint)")
     sink = started(config("n", [("key", None), ("v", None), ("i", None)], ["key"]), postgres_dsn)
     values = {"a": 0.1 + 0.2, "b": float(2**53 + 2), "c": 1 / 3, "d": 1e-300, "e": -0.0}
@@ -275,8 +285,11 @@ def test_floats_go_exactly_into_numeric_and_are_not_rounded_into_integers(
         sink.write([{"key": k, "v": v} for k, v in values.items()])
         sink.write([{"key": "whole", "i": 2.0}])
         assert sink.flush(20)
-        sink.write([{"key": "fraction", "i": 2.5}])
-        assert sink.flush(3) is False  # refused, retried: never rounded
+        sink.write([{"key": "fraction", "i": 2.5}], ["the fraction"])
+        assert sink.flush(20)
+        [(origin, error)] = sink.take_refused()  # refused: never rounded
+        assert origin == "the fraction"
+        assert isinstance(error, psycopg.errors.InvalidTextRepresentation)
     finally:
         sink.close(drain=False)
     stored = dict(execute(postgres_dsn, "SELECT key, v FROM n WHERE v IS NOT NULL"))
@@ -443,3 +456,53 @@ def test_a_table_found_through_the_search_path_is_not_created_again(postgres_dsn
         sink.close()
     assert execute(postgres_dsn, "SELECT key, n FROM b.t") == [("k", 1)]
     assert execute(postgres_dsn, "SELECT to_regclass('a.t')") == [(None,)]
+
+
+def test_a_float_or_decimal_no_column_reads_as_a_number_is_refused_not_reinterpreted(
+    postgres_dsn: str,
+) -> None:
+    """Sent as exact text (0199), a float was parsed by the input of every column type:
+    90.0 into an ``interval`` became 90 seconds and 1.0 into a ``boolean`` true; a
+    Decimal went as numeric and was cast, Decimal("2.5") into an integer column rounded to
+    2 (a helper's findings, session 26). Now a float goes as float8 to a column that does
+    not read numbers (the server refuses it where no cast exists) and a Decimal as text to
+    an integer column: refused rows, handed back for the dead-letter topic. Numbers still
+    reach number and text columns exactly."""
+    execute(
+        postgres_dsn,
+        "CREATE TABLE v (key text PRIMARY KEY, span interval, flag boolean, i bigint, "
+        "d numeric, t text, m money)",
+    )
+    names = ["key", "span", "flag", "i", "d", "t", "m"]
+    sink = started(config("v", [(n, None) for n in names], ["key"]), postgres_dsn)
+    rows: list[tuple[dict[str, Any], bool]] = [
+        ({"key": "span", "span": 90.0}, False),
+        ({"key": "flag", "flag": 1.0}, False),
+        ({"key": "half", "i": decimal.Decimal("2.5")}, False),
+        ({"key": "nan", "i": decimal.Decimal("NaN")}, False),
+        ({"key": "whole", "i": decimal.Decimal("2.000")}, True),
+        ({"key": "exp", "i": decimal.Decimal("1E+2")}, True),
+        ({"key": "big", "i": float(2**53)}, True),
+        ({"key": "exact", "d": decimal.Decimal("0.1000000000000000000000000001")}, True),
+        ({"key": "text", "t": 1e-05}, True),
+        ({"key": "money", "m": 2.5}, True),
+        ({"key": "interval-text", "span": "90 seconds"}, True),
+    ]
+    try:
+        sink.write([r for r, _ in rows], [r["key"] for r, _ in rows])
+        assert sink.flush(20)
+        refused = {o: type(e).__name__ for o, e in sink.take_refused()}
+    finally:
+        sink.close()
+    assert set(refused) == {r["key"] for r, ok in rows if not ok}, refused
+    assert refused["span"] == "DatatypeMismatch" and refused["flag"] == "DatatypeMismatch"
+    stored = {
+        k: (i, d, t, m, str(span) if span is not None else None)
+        for k, i, d, t, m, span in execute(
+            postgres_dsn, "SELECT key, i, d, t, m::numeric, span FROM v"
+        )
+    }
+    assert stored["whole"][0] == 2 and stored["exp"][0] == 100 and stored["big"][0] == 2**53
+    assert stored["exact"][1] == decimal.Decimal("0.1000000000000000000000000001")
+    assert stored["text"][2] == "1e-05" and stored["money"][3] == decimal.Decimal("2.50")
+    assert stored["interval-text"][4] == "0:01:30"

@@ -26,7 +26,7 @@ from streamherd.workers.sinks_postgres import (
     _adapt,
     conninfo_from_env,
     create_table_statement,
-    dedupe,
+    latest,
     upsert_statement,
 )
 from tests.infra.paths import REPO_ROOT
@@ -150,10 +150,10 @@ def test_sql_is_quoted_and_upserts() -> None:
 
 def test_last_row_of_a_key_wins_within_a_batch() -> None:
     rows = [("a", 1), ("b", 2), ("a", 3)]
-    assert dedupe(rows, [0]) == [("a", 3), ("b", 2)]
+    assert latest(rows, [0]) == [("b", 2), ("a", 3)]
     # A key beyond 64 bits (a large integer key) cannot go through orjson; still deduplicated.
     big = [(2**70, 1), (2**70, 2), (2**70 + 1, 3)]
-    assert dedupe(big, [0]) == [(2**70, 2), (2**70 + 1, 3)]
+    assert latest(big, [0]) == [(2**70, 2), (2**70 + 1, 3)]
 
 
 @settings(max_examples=300, deadline=None)
@@ -174,12 +174,12 @@ def test_last_row_of_a_key_wins_within_a_batch() -> None:
     )
 )
 def test_each_key_keeps_its_own_last_row(rows: list[tuple[Any, int]]) -> None:
-    """dedupe keeps exactly one row per key the table tells apart, the last: keys that are
+    """latest keeps exactly one row per key the table tells apart, the last: keys that are
     arrays beginning alike (a JSON column) were one key, as psycopg's Jsonb repr cut them at
     35 characters, and one window's result was never written; NaN, the infinities and null
     were one key too."""
     adapted = [(_adapt(k), n) for k, n in rows]
-    kept = dedupe(adapted, [0])
+    kept = latest(adapted, [0])
 
     def ident(value: Any) -> Any:  # as PostgreSQL compares keys: NaN equals NaN, -0.0 is 0.0
         if isinstance(value, Jsonb):
@@ -190,6 +190,7 @@ def test_each_key_keeps_its_own_last_row(rows: list[tuple[Any, int]]) -> None:
 
     last: dict[Any, tuple[Any, int]] = {}
     for row in adapted:
+        last.pop(ident(row[0]), None)  # in the order of the last rows
         last[ident(row[0])] = row
     assert [ident(k) for k, _ in kept] == list(last)
     assert kept == list(last.values())
@@ -199,7 +200,7 @@ def test_array_keys_that_begin_alike_are_two_rows() -> None:
     a = ["/products/category/electronics/item-1", "fr"]
     b = ["/products/category/electronics/item-2", "fr"]
     rows = [(_adapt(a), 1), (_adapt(b), 2), (_adapt(a), 3)]
-    assert [n for _, n in dedupe(rows, [0])] == [3, 2]
+    assert sorted(n for _, n in latest(rows, [0])) == [2, 3]
 
 
 def test_connection_settings_come_from_the_environment() -> None:

@@ -161,7 +161,7 @@ def test_a_prepared_transaction_decided_the_other_way_is_not_the_databases_doing
     """COMMIT PREPARED finds the gid gone and the offsets table without its generation:
     another worker rolled it back (this one was cut off). The database answered all along."""
     s = sink()
-    s._prepared = (f"{s.prefix}:gen-7", [("t", 0, 5)], 0, 0.0)
+    s._prepared = (f"{s.prefix}:gen-7", [("t", 0, 5)], 0, 0, 0.0)
     conn = FakeConnection([("t", 0, 3, "gen-6")], None)
     monkeypatch.setattr(s, "_connection", lambda **_kwargs: conn)
     error = raised(s.commit_prepared)
@@ -169,7 +169,7 @@ def test_a_prepared_transaction_decided_the_other_way_is_not_the_databases_doing
     assert not database_unavailable(wrapped(error))
     # The same read finding the generation: committed by whoever decided it, as wanted.
     conn.offsets = [("t", 0, 5, "gen-7")]
-    s._prepared = (f"{s.prefix}:gen-7", [("t", 0, 5)], 0, 0.0)
+    s._prepared = (f"{s.prefix}:gen-7", [("t", 0, 5)], 0, 0, 0.0)
     s.commit_prepared()
     assert s._prepared is None
 
@@ -184,7 +184,7 @@ def test_the_offsets_read_that_settles_a_decided_gid_waits_for_the_database(
     monkeypatch.setattr(sinks_postgres_offsets, "READ_RETRY_SECONDS", 0.5)
     monkeypatch.setattr(sinks_postgres_offsets, "time", StoppedClock())
     s = sink()
-    s._prepared = (f"{s.prefix}:gen-7", [("t", 0, 5)], 0, 0.0)
+    s._prepared = (f"{s.prefix}:gen-7", [("t", 0, 5)], 0, 0, 0.0)
     conn = FakeConnection([], psycopg.OperationalError("server closed the connection"))
     monkeypatch.setattr(s, "_connection", lambda **_kwargs: conn)
     error = raised(s.commit_prepared)

@@ -13,6 +13,7 @@ import psycopg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Json, Jsonb
+from psycopg.types.numeric import Float8
 
 from streamherd.operator.builders.worker_config import _AGGREGATE_TYPES
 from streamherd.workers.config import PostgresSinkConfig
@@ -20,6 +21,7 @@ from streamherd.workers.sinks_postgres import (
     TableFacts,
     _identity,
     as_json,
+    bound,
     failure_kind,
     float_text,
     latest,
@@ -141,3 +143,39 @@ def test_created_tables_hold_aggregates_exactly() -> None:
         ("sum", "min", "max"), "numeric"
     )
     assert _AGGREGATE_TYPES["count"] == "bigint"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(allow_nan=True),
+            st.decimals(allow_nan=True),
+            st.integers(),
+            st.text(max_size=3),
+            st.none(),
+        ),
+        min_size=4,
+        max_size=4,
+    )
+)
+def test_bound_types_floats_and_decimals_by_their_column_and_nothing_else(
+    row: list[Any],
+) -> None:
+    """Columns: interval, bigint, numeric, text. A float goes as float8 only to the
+    interval; a Decimal as text only to the bigint (a whole one as an integer); every
+    other value, and every value of a column of unknown type, as it is."""
+    types = {0: "interval", 1: "bigint", 2: "numeric", 3: "text"}
+    [out] = bound([tuple(row)], types)
+    for i, (before, after) in enumerate(zip(row, out, strict=True)):
+        if i == 0 and type(before) is float:
+            assert isinstance(after, Float8) and (after == before or math.isnan(before))
+        elif i == 1 and isinstance(before, decimal.Decimal):
+            assert isinstance(after, str)
+            if before.is_finite() and before == before.to_integral_value():
+                assert after == str(int(before))
+            else:
+                assert decimal.Decimal(after).compare_total(before) == 0 or before.is_nan()
+        else:
+            assert after is before
+    assert bound([tuple(row)], {}) == [tuple(row)]

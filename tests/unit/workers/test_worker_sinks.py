@@ -365,7 +365,8 @@ def _write_to_postgres(results: list[Any], monkeypatch: pytest.MonkeyPatch) -> N
     queued: list[Any] = []
     postgres = outputs._postgres
     assert postgres is not None
-    monkeypatch.setattr(postgres, "write", queued.extend)  # the rows the writer would get
+    # The rows the writer would get (and each one's origin, beside it).
+    monkeypatch.setattr(postgres, "write", lambda rows, origins=None: queued.extend(rows))
     try:
         source = SyntheticMessage("in", 0, 7, None, {}, 0)
         outputs.write([(None, r) for r in results], source)
@@ -406,7 +407,7 @@ def test_a_column_value_postgres_adapts_reaches_the_writer_as_it_was(
     outputs.dead_letter = lambda failures, alone=False: dead.extend(failures)  # type: ignore[method-assign]
     queued: list[Any] = []
     assert outputs._postgres is not None
-    monkeypatch.setattr(outputs._postgres, "write", queued.extend)
+    monkeypatch.setattr(outputs._postgres, "write", lambda rows, origins=None: queued.extend(rows))
     try:
         outputs.write(
             [(None, {"v": value, "key": value})], SyntheticMessage("in", 0, 7, None, {}, 0)
