@@ -294,9 +294,12 @@ class TableFacts:
 
 #: The types of the table's columns (through a domain to its base type) and NOT NULL.
 _COLUMNS_QUERY: Final = (
-    "SELECT a.attnum, a.attname, format_type(coalesce(nullif(t.typbasetype, 0), t.oid), NULL), "
-    "a.attnotnull FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
-    "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped"
+    "SELECT a.attnum, a.attname, format_type(("
+    # Through every domain (a domain over a domain too) to the type under them all.
+    "WITH RECURSIVE d(oid, base) AS (SELECT t.oid, t.typbasetype FROM pg_type t "
+    "WHERE t.oid = a.atttypid UNION ALL SELECT t.oid, t.typbasetype FROM pg_type t "
+    "JOIN d ON t.oid = d.base) SELECT oid FROM d WHERE base = 0), NULL), a.attnotnull "
+    "FROM pg_attribute a WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped"
 )
 #: The unique indexes on plain columns that null keys match in (PostgreSQL 15).
 _NULLS_NOT_DISTINCT_QUERY: Final = (
@@ -618,9 +621,12 @@ _NUL_MESSAGE: Final = (
 #: numeric has no form for before PostgreSQL 14), integrity constraints (23: NOT NULL,
 #: CHECK, a foreign key, another unique index), program limits (54: an index entry too
 #: large for a btree) and PL/pgSQL's RAISE (P0: a trigger that refuses the row).
-ROW_REFUSAL_CLASSES: Final = frozenset({"22", "23", "54", "P0"})
+ROW_REFUSAL_CLASSES: Final = frozenset({"22", "23", "44", "54", "P0"})
 #: And single codes of other classes: a value of a type the column takes no cast from.
 ROW_REFUSAL_CODES: Final = frozenset({"42804"})
+#: Codes of those classes that are the table's, whatever the row: a sequence (a serial or
+#: identity column's default, evaluated even for a row that updates) at its maximum.
+TABLE_REFUSAL_CODES: Final = frozenset({"2200H"})
 
 
 def refused_by_row(error: BaseException) -> bool:
@@ -634,8 +640,19 @@ def refused_by_row(error: BaseException) -> bool:
         state = error.sqlstate
         if state is None:
             return not isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
+        if state in TABLE_REFUSAL_CODES or _no_partition(error):
+            return False
         return state[:2] in ROW_REFUSAL_CLASSES or state in ROW_REFUSAL_CODES
     return isinstance(error, ValueError | TypeError | OverflowError)
+
+
+def _no_partition(error: psycopg.Error) -> bool:
+    """A partitioned table with no partition for the row (a time partition not made yet):
+    a CHECK violation's SQLSTATE, 23514, naming the table but no constraint. The table's to
+    mend (pg_partman running late): retried, where every row of that range was
+    dead-lettered (a review's finding)."""
+    diag = error.diag
+    return error.sqlstate == "23514" and diag.constraint_name is None and bool(diag.table_name)
 
 
 def isolate(
@@ -702,7 +719,48 @@ def upsert_rows(
     refused: list[tuple[int, BaseException]] = []
     for i in range(0, len(positions), per_statement):
         refused += isolate(positions[i : i + per_statement], attempt)
+    # A key whose latest row was refused keeps its latest row the table takes, as when the
+    # rows come in different batches (a review's finding: the earlier result vanished);
+    # the rows refused on the way are refused too.
+    earlier = earlier_positions(adapted, key_index) if refused else {}
+    for position, _ in list(refused):
+        before = earlier.get(position)
+        while before is not None:
+            error = attempt([before])
+            if error is None:
+                break
+            refused.append((before, error))
+            before = earlier.get(before)
     return refused
+
+
+def earlier_positions(rows: Sequence[Row], key_index: Sequence[int]) -> dict[int, int]:
+    """Each row's position -> the position of the row of its key before it."""
+    last: dict[Any, int] = {}
+    earlier: dict[int, int] = {}
+    for position, row in enumerate(rows):
+        identity = tuple(_identity(row[i]) for i in key_index)
+        if identity in last:
+            earlier[position] = last[identity]
+        last[identity] = position
+    return earlier
+
+
+class TableChangedError(RuntimeError):
+    """Rows were refused, and the table is no longer as the connection read it (created or
+    altered since): the batch is written again with what is read now."""
+
+
+def check_facts(
+    conn: psycopg.Connection[Any], config: PostgresSinkConfig, facts: TableFacts
+) -> None:
+    """Raise TableChangedError when the table's facts are not ``facts`` any more: a batch
+    with refusals is judged by the table as it is (they were read only at connect, and a
+    table made or altered since refused rows it would take: a review's finding)."""
+    if read_table_facts(conn, config) != facts:
+        raise TableChangedError(
+            "the table changed since the sink connected; its batch is written again"
+        )
 
 
 def describe_refusal(error: BaseException) -> str:
@@ -961,6 +1019,8 @@ class PostgresSink:
             refused = upsert_rows(
                 cur, self.config, rows, self._key_index, self._per_statement, facts=self.facts
             )
+            if refused:
+                check_facts(self._conn, self.config, self.facts)
         self._report.written(len(rows) - len(refused), time.perf_counter() - started)
         if refused:
             refused_rows(self._report, refused)

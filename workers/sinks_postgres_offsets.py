@@ -54,6 +54,7 @@ from streamherd.workers.sinks_postgres import (
     SINK_LABEL,
     Row,
     TableFacts,
+    check_facts,
     connect,
     conninfo_from_env,
     create_if_absent,
@@ -737,6 +738,8 @@ class PostgresTransactionalSink:
         refused = upsert_rows(
             cur, self.config, rows, self._key_index, self._per_statement, facts=self.facts
         )
+        if refused:
+            check_facts(cur.connection, self.config, self.facts)
         return refused
 
     def _take_rows(

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -281,29 +282,36 @@ def _no_links(source: Any, target: Any) -> None:
     raise OSError(95, "Operation not supported")
 
 
-def test_temp_files_a_crash_left_beside_the_heads_are_collected(tmp_path: Path) -> None:
+def test_temp_files_a_crash_left_beside_the_heads_are_collected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A crash while a head was written (``.<p>.ckpt.<writer>.tmp``, a pending head's too)
     or adopted (``.<name>.<writer>.adopting``) left its temp file in the topic folder, and
     only the segment folders were ever collected: one more file per crash, for ever (a
-    helper's finding, session 26). Now this store's own are deleted at its next
-    checkpoint, another writer's once orphaned; another partition's are not touched."""
-    store = save(tmp_path)
+    helper's finding, session 26). Now the first checkpoint of a topic sweeps them: this
+    store's own at once, another writer's once orphaned by its change time (an adopting
+    link shares an old pending head's mtime)."""
+    store = CheckpointStore(tmp_path)
     folder = tmp_path / "in"
+    folder.mkdir()
+    old_other = folder / ".0.other.pending.ckpt.other.adopting"
+    old_other.write_bytes(b"half a head")
+    time.sleep(1.0)
+    monkeypatch.setattr(checkpointing, "ORPHAN_SECONDS", 0.5)  # old_other is orphaned
     mine = [
         folder / f".0.ckpt.{store.writer}.tmp",
         folder / f".0.{store.writer}.pending.ckpt.{store.writer}.tmp",
-        folder / f".0.other.pending.ckpt.{store.writer}.adopting",
+        folder / f".7.other.pending.ckpt.{store.writer}.adopting",
     ]
     fresh_other = folder / ".0.ckpt.other.tmp"  # another writer, maybe writing it now
-    old_other = folder / ".0.other.pending.ckpt.other.adopting"
-    other_partition = folder / f".10.ckpt.{store.writer}.tmp"
-    for path in [*mine, fresh_other, old_other, other_partition]:
+    linked = folder / ".3.other.pending.ckpt.other2.adopting"  # an adopt under way
+    for path in [*mine, fresh_other, linked]:
         path.write_bytes(b"half a head")
-    day_ago = old_other.stat().st_mtime - 86_400
-    os.utime(old_other, (day_ago, day_ago))
+    day_ago = linked.stat().st_mtime - 86_400
+    os.utime(linked, (day_ago, day_ago))  # the pending head it links to is a day old
     store.save([Checkpoint("in", 0, 9, state={"windows": [["b", 0, {"n": 1}]]})])
     assert [p.exists() for p in mine] == [False, False, False]
     assert not old_other.exists()
-    assert fresh_other.exists() and other_partition.exists()
+    assert fresh_other.exists() and linked.exists()
     got = CheckpointStore(tmp_path).load("in", 0)
     assert got is not None and got.next_offset == 9

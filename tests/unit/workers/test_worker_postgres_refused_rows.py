@@ -93,6 +93,8 @@ def test_an_error_that_is_not_a_rows_raises_and_the_batch_is_retried() -> None:
         (psycopg.errors.ProgramLimitExceeded("index row size 3032 exceeds"), True),  # 54000
         (psycopg.errors.RaiseException("refused by trigger"), True),  # P0001
         (psycopg.errors.DatatypeMismatch("is of type integer"), True),  # 42804
+        (psycopg.errors.WithCheckOptionViolation("view's check option"), True),  # 44000
+        (psycopg.errors.SequenceGeneratorLimitExceeded("nextval: maximum"), False),  # 2200H
         (psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"), True),
         (UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), True),
         (psycopg.errors.UndefinedTable("no table"), False),  # 42P01: mend the table
