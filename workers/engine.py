@@ -32,6 +32,7 @@ from typing import Any, Final, TextIO
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
+    OFFSET_END,
     OFFSET_INVALID,
     KafkaError,
     KafkaException,
@@ -189,6 +190,8 @@ class PartitionState:
     committed: int | None = None
     committing: int | None = None
     low: int | None = None
+    # When a gap in the fetches last asked the broker for the log start (_overtaken).
+    low_asked_at: float = 0.0
     high: int | None = None
     # What the partition is to a repartitioned pipeline (workers/repartitioning.py):
     # "direct" (no repartition: the window is here), "upstream" (a source partition: the
@@ -1391,11 +1394,14 @@ class Engine:
             TopicPartition(
                 st.topic,
                 st.partition,
-                self._start_offset(st, (st.topic, st.partition) in looked_up),
+                self._start_offset(st, (st.topic, st.partition) in looked_up, self._start_latest),
             )
             for st in states
         ]
         start = self._replay_offsets(source, start)
+        start = [
+            self._from_log_start(source, tp, (tp.topic, tp.partition) in looked_up) for tp in start
+        ]
         # A generator without startTimeMs goes on with the sequence its checkpoints are
         # of: a restart then changes no event time (before, the wall clock of each start
         # shifted every record after it, and their windows, by the downtime).
@@ -1410,8 +1416,13 @@ class Engine:
             source.pause(held)
         log_event(log, logging.INFO, "assigned", partitions=_names(partitions))
 
+    @property
+    def _start_latest(self) -> bool:
+        kafka = self.config.source.kafka
+        return kafka is not None and kafka.start_from == "latest"
+
     @staticmethod
-    def _start_offset(st: PartitionState, looked_up: bool) -> int:
+    def _start_offset(st: PartitionState, looked_up: bool, latest: bool = False) -> int:
         """Where an assigned partition starts: its checkpoint's (or replay's) offset, else
         the group's committed offset or ``startFrom`` (OFFSET_INVALID: librdkafka decides).
         ``looked_up``: the group answered for this partition (``st.committed`` is its word).
@@ -1424,6 +1435,11 @@ class Engine:
             return st.next_offset
         if st.role == "downstream" and looked_up and st.committed is None:
             return OFFSET_BEGINNING
+        if latest and looked_up and st.committed is None:
+            # Not pinned (_pin_latest could not read the log end): the log end, as the
+            # consumer resolves it. The consumer's own reset is ``earliest`` now (decision
+            # 0201): it is for a position the log no longer holds.
+            return OFFSET_END
         return OFFSET_INVALID
 
     def _offset_reset(self, st: PartitionState) -> bool:
@@ -1597,6 +1613,71 @@ class Engine:
         marks = source.watermarks(tp, fresh=True)
         return None if marks is None else marks[1]
 
+    def _from_log_start(
+        self, source: Source, tp: TopicPartition, looked_up: bool
+    ) -> TopicPartition:
+        """`tp`, an assigned partition's start, moved to the log start when the broker deleted
+        records past the group's committed offset it resumes from (no checkpoint): retention
+        or DeleteRecords while the pipeline was stopped, suspended, at zero workers or far
+        behind. The records lost are counted and said (:meth:`_lost`). Left to the
+        consumer, a position before the log start is out of range and reset by
+        ``auto.offset.reset``: under ``startFrom: latest`` to the log end, skipping every
+        record still there, silently; now ``earliest`` (decision 0201), and this only counts.
+        A checkpoint's position is judged by the fetches instead (:meth:`_overtaken`,
+        :meth:`_behind_log_start`): no round trip per partition on every assignment."""
+        st = self.partitions[(tp.topic, tp.partition)]
+        if not source.group_offsets or tp.offset >= 0 or not looked_up or st.committed is None:
+            return tp
+        position = st.committed
+        marks = source.watermarks(TopicPartition(tp.topic, tp.partition))
+        if marks is None or position >= marks[0]:
+            return tp
+        self._lost(st, position, marks[0])
+        return TopicPartition(tp.topic, tp.partition, marks[0])
+
+    def _overtaken(self, st: PartitionState, first: int) -> None:
+        """A fetch of `st` began past its next offset. A gap is ordinary (compaction,
+        transaction markers, aborted records) unless the log now starts past that offset:
+        the broker deleted records before they were read, and the consumer's out-of-range
+        reset went to the log start (``auto.offset.reset`` is ``earliest``: decision 0201).
+        Counted (:meth:`_lost`), with the log start the fetches report."""
+        source = self.source
+        if source is None or not source.group_offsets or st.next_offset is None:
+            return
+        tp = TopicPartition(st.topic, st.partition)
+        marks = source.watermarks(tp)  # the fetches' figures
+        now = time.monotonic()
+        if (marks is None or st.next_offset >= marks[0]) and now - st.low_asked_at > 5.0:
+            # The cached log start can be older than the fetch that jumped: ask the broker,
+            # at most every 5 s a partition (a compacted topic has gaps all the time).
+            st.low_asked_at = now
+            marks = source.watermarks(tp, fresh=True)
+        if marks is not None and st.next_offset < marks[0]:
+            self._lost(st, st.next_offset, min(first, marks[0]))
+
+    def _behind_log_start(self, st: PartitionState) -> None:
+        """The log now starts past `st`'s next offset (retention overtook a slow, paused or
+        stopped partition): count the records lost now, though no record may come to show
+        it (a quiet topic), and go on from the log start, where the consumer's reset puts
+        its fetches."""
+        if st.held is not None or st.next_offset is None or st.low is None:
+            return
+        if st.next_offset < st.low:
+            self._lost(st, st.next_offset, st.low)
+
+    def _lost(self, st: PartitionState, position: int, resumes_at: int) -> None:
+        """The records of `st` from `position` up to `resumes_at`, the log start, will never
+        be read: count and say so."""
+        lost = resumes_at - position
+        self.metrics.records_lost(st.topic, st.partition, lost)
+        log_event(log, logging.WARNING, "input-lost", topic=st.topic, partition=st.partition,
+                  first=position, resumes_at=resumes_at, records=lost,
+                  cause="deleted by the broker (retention or DeleteRecords) before they "
+                  "were read")  # fmt: skip
+        if st.next_offset is not None and st.next_offset < resumes_at:
+            st.next_offset = resumes_at
+            st.dirty = True
+
     def _seek_to_time(self, st: PartitionState, offset: int) -> None:
         """Start `st` at `offset` (its replay or startFrom time's) from empty state."""
         log_event(
@@ -1735,6 +1816,9 @@ class Engine:
             if st is None or st.held is not None:
                 # Revoked within this consume call, or held (fetched before its pause).
                 continue
+            first = fetched[0].offset() or 0
+            if st.next_offset is not None and first > st.next_offset:
+                self._overtaken(st, first)
             group = unseen(fetched, st.next_offset)
             if not group:
                 continue
@@ -2518,6 +2602,7 @@ class Engine:
             if st.windows is not None:
                 open_windows += len(st.windows.windows)
             lags[(st.topic, st.partition)] = self._partition_lag(st)
+            self._behind_log_start(st)
         self.metrics.set_lag(lags)
         self.metrics.open_windows.set(open_windows)
 

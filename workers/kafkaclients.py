@@ -88,7 +88,11 @@ def consumer_config(source: KafkaSourceConfig) -> dict[str, Any]:
             "enable.auto.commit": False,
             # Offsets are stored by our commit after a durable checkpoint, never by librdkafka.
             "enable.auto.offset.store": False,
-            "auto.offset.reset": source.start_from,
+            # For a position the log no longer holds (retention deleted past it): the log
+            # start, never the log end, which skipped every record still there under
+            # startFrom: latest (decision 0201). A start without any position is the
+            # engine's own (Engine._start_offset, _pin_latest), by startFrom.
+            "auto.offset.reset": "earliest",
             "session.timeout.ms": SESSION_TIMEOUT_MS,
             "heartbeat.interval.ms": 2_000,
             "max.poll.interval.ms": 300_000,

@@ -69,6 +69,13 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "streamherd_records_in", "counter", "Records read from the source.", PARTITION_LABELS
     ),
     MetricSpec(
+        "streamherd_records_lost",
+        "counter",
+        "Source records the broker deleted (retention, DeleteRecords) before the pipeline read "
+        "them: it goes on from the log start.",
+        PARTITION_LABELS,
+    ),
+    MetricSpec(
         "streamherd_repartition_records_in",
         "counter",
         "Records taken from the repartition topic (the window's side of a re-keyed pipeline), "
@@ -313,6 +320,11 @@ class EngineMetrics:
 
     def records_in(self, topic: str, partition: int, count: int) -> None:
         self.counter("streamherd_records_in").labels(self.pipeline, topic, str(partition)).inc(
+            count
+        )
+
+    def records_lost(self, topic: str, partition: int, count: int) -> None:
+        self.counter("streamherd_records_lost").labels(self.pipeline, topic, str(partition)).inc(
             count
         )
 
