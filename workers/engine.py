@@ -190,8 +190,6 @@ class PartitionState:
     committed: int | None = None
     committing: int | None = None
     low: int | None = None
-    # When a gap in the fetches last asked the broker for the log start (_overtaken).
-    low_asked_at: float = 0.0
     high: int | None = None
     # What the partition is to a repartitioned pipeline (workers/repartitioning.py):
     # "direct" (no repartition: the window is here), "upstream" (a source partition: the
@@ -1424,7 +1422,10 @@ class Engine:
     @staticmethod
     def _start_offset(st: PartitionState, looked_up: bool, latest: bool = False) -> int:
         """Where an assigned partition starts: its checkpoint's (or replay's) offset, else
-        the group's committed offset or ``startFrom`` (OFFSET_INVALID: librdkafka decides).
+        the group's committed offset (OFFSET_INVALID: librdkafka reads it, and resets a
+        position the log no longer holds to the log start: decision 0201), else
+        ``startFrom`` (a ``latest`` one pinned by ``_pin_latest``, or OFFSET_END; when the
+        group could not be asked, OFFSET_INVALID: with nothing committed, the log start).
         ``looked_up``: the group answered for this partition (``st.committed`` is its word).
         A repartition partition with nothing committed starts at its beginning whatever
         ``startFrom`` says: the topic holds only what this pipeline's upstreams wrote, from
@@ -1623,16 +1624,27 @@ class Engine:
         consumer, a position before the log start is out of range and reset by
         ``auto.offset.reset``: under ``startFrom: latest`` to the log end, skipping every
         record still there, silently; now ``earliest`` (decision 0201), and this only counts.
-        A checkpoint's position is judged by the fetches instead (:meth:`_overtaken`,
-        :meth:`_behind_log_start`): no round trip per partition on every assignment."""
+        A checkpoint's position is judged by the fetch that jumps instead
+        (:meth:`_overtaken`): no round trip per partition on every assignment. The start is
+        pinned as ``_pin_latest`` pins one (a checkpoint there before its first record), so
+        that a restart does not count the same gap again."""
         st = self.partitions[(tp.topic, tp.partition)]
-        if not source.group_offsets or tp.offset >= 0 or not looked_up or st.committed is None:
+        if (
+            not source.group_offsets
+            or tp.offset >= 0
+            or not looked_up
+            or st.committed is None
+            or st.held is not None  # not consumed: judged when it is
+        ):
             return tp
         position = st.committed
         marks = source.watermarks(TopicPartition(tp.topic, tp.partition))
         if marks is None or position >= marks[0]:
             return tp
         self._lost(st, position, marks[0])
+        st.next_offset = st.read_from = marks[0]
+        st.dirty = True
+        self._pins_due = True
         return TopicPartition(tp.topic, tp.partition, marks[0])
 
     def _overtaken(self, st: PartitionState, first: int) -> None:
@@ -1644,26 +1656,11 @@ class Engine:
         source = self.source
         if source is None or not source.group_offsets or st.next_offset is None:
             return
-        tp = TopicPartition(st.topic, st.partition)
-        marks = source.watermarks(tp)  # the fetches' figures
-        now = time.monotonic()
-        if (marks is None or st.next_offset >= marks[0]) and now - st.low_asked_at > 5.0:
-            # The cached log start can be older than the fetch that jumped: ask the broker,
-            # at most every 5 s a partition (a compacted topic has gaps all the time).
-            st.low_asked_at = now
-            marks = source.watermarks(tp, fresh=True)
+        # The log start the fetch that jumped reported (librdkafka keeps it from every fetch
+        # response, before it hands out the records): no round trip in the loop.
+        marks = source.watermarks(TopicPartition(st.topic, st.partition))
         if marks is not None and st.next_offset < marks[0]:
             self._lost(st, st.next_offset, min(first, marks[0]))
-
-    def _behind_log_start(self, st: PartitionState) -> None:
-        """The log now starts past `st`'s next offset (retention overtook a slow, paused or
-        stopped partition): count the records lost now, though no record may come to show
-        it (a quiet topic), and go on from the log start, where the consumer's reset puts
-        its fetches."""
-        if st.held is not None or st.next_offset is None or st.low is None:
-            return
-        if st.next_offset < st.low:
-            self._lost(st, st.next_offset, st.low)
 
     def _lost(self, st: PartitionState, position: int, resumes_at: int) -> None:
         """The records of `st` from `position` up to `resumes_at`, the log start, will never
@@ -2602,7 +2599,6 @@ class Engine:
             if st.windows is not None:
                 open_windows += len(st.windows.windows)
             lags[(st.topic, st.partition)] = self._partition_lag(st)
-            self._behind_log_start(st)
         self.metrics.set_lag(lags)
         self.metrics.open_windows.set(open_windows)
 

@@ -11,8 +11,9 @@ naive subtraction gets wrong:
 - retention (or ``DeleteRecords``) removed records past the committed offset
   (committed < log start): the consumer resets to the log start, so what it will really
   consume is log end - log start, not log end - committed;
-- a committed offset past the log end (the topic created again, or truncated): out of
-  range too, and the consumer resets by ``startFrom``, as with nothing committed.
+- a committed offset past the log end (the log truncated, or the topic created again): out
+  of range too, and the consumer resets to the log start as well (the workers'
+  ``auto.offset.reset`` is ``earliest`` whatever ``startFrom`` says: decision 0201).
 
 Pure: no Kafka client here.
 """
@@ -40,9 +41,9 @@ def partition_lag(
         return retained
     if committed > log_end:
         # The topic was created again or truncated: the consumer's offset is out of range
-        # and it resets by startFrom. Counted as 0, a pipeline scaled to zero never woke
-        # for the new log's records (a helper's finding).
-        return retained if start_from == "earliest" else 0
+        # and it resets to the log start (decision 0201). Counted as 0, a pipeline scaled
+        # to zero never woke for the new log's records (a helper's finding).
+        return retained
     return log_end - committed
 
 

@@ -314,7 +314,9 @@ class KafkaSource(KafkaConnection):
             "(the whole retained log), latest (only new records), or a time, RFC 3339 (e.g. "
             "2026-01-01T00:00:00Z: its first record at or after that time, by the records' "
             "Kafka timestamps; with a window, at or after the start of the earliest window "
-            "holding it, so that window is computed whole)."
+            "holding it, so that window is computed whole). A position the log no longer "
+            "holds (retention deleted past it) goes on from the log start whatever this "
+            "says, the records lost counted (streamherd_records_lost_total)."
         ),
     )
     format: Literal["json", "raw"] = Field(

@@ -31,6 +31,11 @@ METRIC_SINK_UP: Final = "streamherd_sink_up"
 # whose dead letters all came before Prometheus first scraped it.
 METRIC_DEAD_LETTERED_CREATED: Final = "streamherd_records_dead_lettered_created"
 DEAD_LETTER_WINDOW: Final = "10m"
+# Source records the broker deleted before they were read (decision 0201): its counters
+# are made at the first loss, above 0 from the start, hence `_created` as for dead letters.
+METRIC_RECORDS_LOST: Final = "streamherd_records_lost_total"
+METRIC_RECORDS_LOST_CREATED: Final = "streamherd_records_lost_created"
+RECORDS_LOST_WINDOW: Final = "1h"
 ALERT_METRICS: Final = (
     METRIC_LAG,
     METRIC_RECORDS_IN,
@@ -38,6 +43,7 @@ ALERT_METRICS: Final = (
     METRIC_ERRORS,
     METRIC_CHECKPOINT_AGE,
     METRIC_SINK_UP,
+    METRIC_RECORDS_LOST,
 )
 
 
@@ -147,6 +153,19 @@ def build_prometheus_rule(pipeline: StreamPipeline, settings: OperatorSettings) 
             "5m",
             "critical",
             f"the newest checkpoint is older than {mon.checkpoint_age_alert}",
+        ),
+        alert(
+            # Any loss within the hour, at once: a gap in the input is for good, and the
+            # one to tell is that retention is shorter than the pipeline's downtime or lag.
+            "StreamherdInputLost",
+            f"sum(increase({METRIC_RECORDS_LOST}{{{sel}}}[{RECORDS_LOST_WINDOW}])) > 0"
+            f" or sum({METRIC_RECORDS_LOST}{{{sel}}} > 0"
+            f" and (time() - {METRIC_RECORDS_LOST_CREATED}{{{sel}}})"
+            f" < {_seconds(RECORDS_LOST_WINDOW)})",
+            "0m",
+            "critical",
+            "the broker deleted source records before the pipeline read them (retention "
+            "shorter than its downtime or lag); it went on from the log start",
         ),
         alert(
             "StreamherdSinkDown",

@@ -9,7 +9,7 @@ the lost records (``streamherd_records_lost_total``, ``event=input-lost``):
 
 - a worker stopped while retention deleted past its checkpoint, then started again;
 - a worker frozen (SIGSTOP) while it happened, then woken, with and without new records
-  after it (a quiet topic never hands the consumer a record to notice the jump by);
+  after it;
 - a worker with no checkpoint whose group's committed offset is before the log start.
 """
 
@@ -83,16 +83,29 @@ def assert_went_on_from_the_log_start(
     committed: dict[int, int],
     cut: dict[int, int],
     read_before: dict[int, float],
+    *,
+    exact: bool = True,
 ) -> None:
+    """Every offset after the committed one read once or counted lost, never both, never
+    neither. ``exact``: the lost ones are exactly those deleted (a worker that was stopped).
+    A frozen one may have had a fetch answered before the deletion, in its socket: those
+    records it reads, and they are not lost."""
     ends = broker.end_offsets(src)
     wait_until("committed to the end", lambda: broker.committed(group, src) == ends, 90, [worker])
     lost = total(worker, "streamherd_records_lost", src)
-    assert lost == {p: cut[p] - committed[p] for p in range(PARTITIONS)}, lost
     read = total(worker, "streamherd_records_in", src)
-    assert {p: read.get(p, 0) - read_before.get(p, 0) for p in range(PARTITIONS)} == {
-        p: ends[p] - cut[p] for p in range(PARTITIONS)
-    }, "every record still in the log is read, once"
-    assert "event=input-lost" in worker.log_tail(400)
+    took = {p: read.get(p, 0) - read_before.get(p, 0) for p in range(PARTITIONS)}
+    assert {p: took[p] + lost.get(p, 0) for p in range(PARTITIONS)} == {
+        p: ends[p] - committed[p] for p in range(PARTITIONS)
+    }, f"read {took}, lost {lost}: an offset skipped unsaid, or counted twice"
+    assert all(took[p] >= ends[p] - cut[p] for p in range(PARTITIONS)), (
+        f"read {took}: a record still in the log was skipped"
+    )
+    if exact:
+        assert lost == {p: cut[p] - committed[p] for p in range(PARTITIONS)}, lost
+    assert sum(lost.values()) > 0 or not exact
+    if lost:
+        assert "event=input-lost" in worker.log_tail(400)
 
 
 @pytest.mark.parametrize("start_from", ["earliest", "latest"])
@@ -136,7 +149,7 @@ def test_records_deleted_while_the_worker_was_frozen(
             time.sleep(1)
             kafka_broker.produce(src, clicks(4000, 10))
         assert_went_on_from_the_log_start(
-            kafka_broker, worker, group, src, committed, cut, read_before
+            kafka_broker, worker, group, src, committed, cut, read_before, exact=False
         )
     finally:
         worker.stop()

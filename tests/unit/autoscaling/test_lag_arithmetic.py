@@ -28,7 +28,7 @@ from streamherd.workers.config import KafkaEndpoint, KafkaSecurity
         (50, 100, 20, "latest", 50),  # the reset policy does not matter then: log start
         (50, 100, 50, "earliest", 50),  # committed exactly at log start: not deleted
         (0, 10, 25, "earliest", 10),  # committed past the end (topic recreated): reset
-        (0, 10, 25, "latest", 0),  # by startFrom, as with nothing committed
+        (0, 10, 25, "latest", 10),  # to the log start whatever startFrom (decision 0201)
         (0, 0, None, "earliest", 0),  # empty partition
     ],
 )

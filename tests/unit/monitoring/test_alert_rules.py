@@ -56,6 +56,14 @@ def dead_letters(values: str) -> dict[str, str]:
     return series("streamherd_records_dead_lettered_total", values, reason="decode")
 
 
+def lost(values: str) -> dict[str, str]:
+    return series("streamherd_records_lost_total", values, topic="clicks", partition="0")
+
+
+def lost_created(values: str) -> dict[str, str]:
+    return series("streamherd_records_lost_created", values, topic="clicks", partition="0")
+
+
 def dead_letters_created(values: str) -> dict[str, str]:
     return series("streamherd_records_dead_lettered_created", values, reason="decode")
 
@@ -125,6 +133,14 @@ CASES = [
          [series("streamherd_sink_up", "1x5 0 1x20", sink="postgres")]),
     Case("sink up", "StreamherdSinkDown", "15m", False,
          [series("streamherd_sink_up", "1x30", sink="postgres")]),
+    # --- input lost (decision 0201): the counter is made at the first loss, above 0
+    Case("another loss in a running worker", "StreamherdInputLost", "15m", True,
+         [lost("0x10 50x60"), lost_created(LONG_AGO)]),
+    Case("the first loss, counter new and above 0", "StreamherdInputLost", "15m", True,
+         [lost("_x10 500x60"), lost_created("_x10 600x60")]),
+    Case("a loss over an hour ago", "StreamherdInputLost", "80m", False,
+         [lost("_x10 500x120"), lost_created("_x10 600x120")]),
+    Case("nothing lost (no counter)", "StreamherdInputLost", "15m", False, [CONSUMING]),
 ]  # fmt: skip
 
 ALERTS = {
@@ -135,6 +151,7 @@ ALERTS = {
     "StreamherdDeadLettering",
     "StreamherdCheckpointTooOld",
     "StreamherdSinkDown",
+    "StreamherdInputLost",
 }
 
 

@@ -458,6 +458,7 @@ def test_prometheus_rule_alerts() -> None:
         "StreamherdDeadLettering",
         "StreamherdCheckpointTooOld",
         "StreamherdSinkDown",
+        "StreamherdInputLost",
     }
     for r in rules:
         assert 'pipeline="clicks-per-minute"' in r["expr"]
