@@ -152,10 +152,24 @@ def assemble(
     return contents
 
 
+#: Errors of a topic made a moment ago, whose partitions have no leader yet (the client
+#: does not mark them retriable when it raises them itself).
+_NOT_SERVED_YET: Final = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._UNKNOWN_TOPIC,
+    }
+)
+
+
 def read_snapshot(
     client_config: Mapping[str, Any], topic: str, timeout: float = 10.0
 ) -> SnapshotContents | None:
-    """Read a snapshot topic from its start to its end (None: the topic does not exist)."""
+    """Read a snapshot topic from its start to its end (None: the topic does not exist, or
+    was made a moment ago and its partitions have no leader yet)."""
     consumer = Consumer(
         {
             **client_config,
@@ -172,9 +186,20 @@ def read_snapshot(
             return None
         ends: dict[int, int] = {}
         for partition in meta.partitions:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=timeout, cached=False
-            )
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=timeout, cached=False
+                )
+            except KafkaException as failure:
+                # NOT_LEADER_FOR_PARTITION and the like: a topic made a moment ago whose
+                # leader is not elected yet (raised, it failed the snapshot's reconcile
+                # and a CI run; the caller asks again).
+                cause = failure.args[0] if failure.args else None
+                if isinstance(cause, KafkaError) and (
+                    cause.code() in _NOT_SERVED_YET or cause.retriable()
+                ):
+                    return None
+                raise
             if high > low:
                 ends[partition] = high
         if not ends:

@@ -304,6 +304,8 @@ def test_exported_lag_matches_the_brokers_view(kafka_broker: KafkaBroker, tmp_pa
         # Produce more while it runs; once it settles both views agree exactly.
         kafka_broker.produce(src, clicks(40_000, 1_000))
 
+        seen: dict[str, dict[str, float]] = {}
+
         def settled() -> bool:
             # Every scrape shows the partitions and their total from one refresh (a CI run
             # under load once scraped 0s and a total of 200: EngineMetrics.set_lag).
@@ -313,10 +315,14 @@ def test_exported_lag_matches_the_brokers_view(kafka_broker: KafkaBroker, tmp_pa
             total = metrics['streamherd_consumer_lag_total{pipeline="clicks"}']
             assert total == sum(lags.values()), (lags, total)
             broker = broker_lag()
-            return lags == broker and sum(broker.values()) == 0
+            # Every record read too: a refresh from before the worker saw the new ones also
+            # says 0 (its log ends not moved yet), and the next one 1000 (a CI run).
+            read = sum(v for k, v in metrics.items() if k.startswith("streamherd_records_in_total"))
+            seen["metrics"] = metrics
+            return read == 41_000 and lags == broker and sum(broker.values()) == 0
 
         wait_until("engine lag equals broker lag, total included", settled, 60, [worker])
-        metrics = worker.metrics()
+        metrics = seen["metrics"]
         assert metrics['streamherd_consumer_lag_total{pipeline="clicks"}'] == 0
         assert worker.get("/healthz")[0] == 200
         assert metrics['streamherd_checkpoint_age_seconds{pipeline="clicks"}'] < 30

@@ -4,10 +4,13 @@ the operator's judgement of a snapshot topic (operator/restoring.py) is right.""
 
 from __future__ import annotations
 
+import pytest
+from confluent_kafka import KafkaError, KafkaException
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamherd.operator.restoring import listed_snapshots, snapshot_status
+from streamherd.workers import snapshotting
 from streamherd.workers.checkpointing import Checkpoint, encode
 from streamherd.workers.fingerprint import is_volume_snapshot
 from streamherd.workers.snapshotting import (
@@ -131,3 +134,44 @@ def test_the_pipeline_lists_a_ready_snapshot_once_and_forgets_it_on_delete() -> 
     assert listed[1]["name"] == "snap" and listed[1]["partitions"] == 2
     assert listed_snapshots(listed, "snap", ready) is None  # no write when nothing changes
     assert listed_snapshots(listed, "snap", None) == kept
+
+
+def test_a_snapshot_topic_whose_leader_is_not_elected_yet_is_not_read_yet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A topic made a moment ago answers NOT_LEADER_FOR_PARTITION for its offsets: that is
+    "not there yet" (None, asked again), where it raised and failed the reconcile (a CI
+    run); an error that is no passing state still raises."""
+
+    class Meta:
+        error = None
+        partitions = {0: object()}
+
+    class Listed:
+        topics = {"snap": Meta()}
+
+    def consumer_raising(code: int) -> type:
+        class FakeConsumer:
+            def __init__(self, _config: object) -> None:
+                pass
+
+            def list_topics(self, _topic: str, timeout: float) -> Listed:
+                return Listed()
+
+            def get_watermark_offsets(self, *_args: object, **_kwargs: object) -> tuple[int, int]:
+                raise KafkaException(KafkaError(code))
+
+            def close(self) -> None:
+                pass
+
+        return FakeConsumer
+
+    monkeypatch.setattr(
+        snapshotting, "Consumer", consumer_raising(KafkaError.NOT_LEADER_FOR_PARTITION)
+    )
+    assert snapshotting.read_snapshot({}, "snap") is None
+    monkeypatch.setattr(
+        snapshotting, "Consumer", consumer_raising(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    )
+    with pytest.raises(KafkaException):
+        snapshotting.read_snapshot({}, "snap")
