@@ -108,20 +108,29 @@ def assert_went_on_from_the_log_start(
         assert "event=input-lost" in worker.log_tail(400)
 
 
+def read_stop_and_cut(
+    broker: KafkaBroker, tmp: Path, group: str, src: str, config: dict[str, Any]
+) -> tuple[dict[int, int], dict[int, int]]:
+    """A first worker reads 2,000 records and stops cleanly; then half of what follows its
+    commit is deleted: the committed offsets and the cut."""
+    first = Worker.create(tmp, "w1", config).start()
+    try:
+        read_all(broker, first, group, src)
+        first.signal(signal.SIGTERM)
+        assert first.wait(20) == 0, first.log_tail()
+    finally:
+        first.stop()
+    committed = broker.committed(group, src)
+    cut, _ = delete_half_of_what_follows(broker, src, committed)
+    return committed, cut
+
+
 @pytest.mark.parametrize("start_from", ["earliest", "latest"])
 def test_records_deleted_while_the_worker_was_stopped(
     kafka_broker: KafkaBroker, tmp_path: Path, start_from: str
 ) -> None:
     src, group, config = setup(kafka_broker, tmp_path, start_from)
-    first = Worker.create(tmp_path, "w1", config).start()
-    try:
-        read_all(kafka_broker, first, group, src)
-        first.signal(signal.SIGTERM)
-        assert first.wait(20) == 0, first.log_tail()
-    finally:
-        first.stop()
-    committed = kafka_broker.committed(group, src)
-    cut, _ = delete_half_of_what_follows(kafka_broker, src, committed)
+    committed, cut = read_stop_and_cut(kafka_broker, tmp_path, group, src, config)
     second = Worker.create(tmp_path, "w2", config).start()
     try:
         assert_went_on_from_the_log_start(kafka_broker, second, group, src, committed, cut, {})
@@ -161,15 +170,7 @@ def test_a_committed_offset_before_the_log_start_without_a_checkpoint(
     """No checkpoint (a new volume): the worker resumes from the group's committed offset,
     which retention overtook."""
     src, group, config = setup(kafka_broker, tmp_path, "latest")
-    first = Worker.create(tmp_path, "w1", config).start()
-    try:
-        read_all(kafka_broker, first, group, src)
-        first.signal(signal.SIGTERM)
-        assert first.wait(20) == 0, first.log_tail()
-    finally:
-        first.stop()
-    committed = kafka_broker.committed(group, src)
-    cut, _ = delete_half_of_what_follows(kafka_broker, src, committed)
+    committed, cut = read_stop_and_cut(kafka_broker, tmp_path, group, src, config)
     shutil.rmtree(tmp_path / "ck")
     second = Worker.create(tmp_path, "w2", config).start()
     try:
