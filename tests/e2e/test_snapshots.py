@@ -58,9 +58,12 @@ def ns(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> I
 
 def keyed(doc: dict[str, Any], **kafka: Any) -> dict[str, Any]:
     """The input is partitioned by `user`, the window's key: no repartition topic, so the
-    state is per source partition and can move to another pipeline."""
+    state is per source partition and can move to another pipeline. Idleness is an hour:
+    the tests expect the windows open when a snapshot is taken, and at the default 30 s a
+    slow run closed them first (a CI run: the reset's snapshot came 31 s after the last
+    record, and held no open window)."""
     doc = copy.deepcopy(doc)
-    doc["spec"]["source"]["kafka"].update(keyedBy="user", **kafka)
+    doc["spec"]["source"]["kafka"].update({"keyedBy": "user", "idleTimeout": "1h", **kafka})
     return doc
 
 

@@ -74,7 +74,15 @@ def test_create_then_check_then_delete(kafka_broker: KafkaBroker) -> None:
             ("changelog", 6, True),
         ]
         repartition, changelog = (t.spec.name for t in report.topics)
-        assert _topics(kafka_broker)[repartition] == 6
+
+        # Created is ready; another client's metadata lists the topics a moment later (a CI
+        # run read it at once and missed the repartition topic).
+        def both_listed() -> dict[str, int] | None:
+            found = _topics(kafka_broker)
+            return found if repartition in found and changelog in found else None
+
+        listed = wait_until("the internal topics listed", both_listed, 30)
+        assert listed[repartition] == 6
         assert _config(kafka_broker, repartition)["cleanup.policy"] == "delete"
         assert _config(kafka_broker, repartition)["retention.ms"] == str(7 * 24 * 3600 * 1000)
         # The changelog as a worker makes it (streamherd run): hourly segments, which bound
