@@ -1647,20 +1647,23 @@ class Engine:
         self._pins_due = True
         return TopicPartition(tp.topic, tp.partition, marks[0])
 
-    def _overtaken(self, st: PartitionState, first: int) -> None:
-        """A fetch of `st` began past its next offset. A gap is ordinary (compaction,
-        transaction markers, aborted records) unless the log now starts past that offset:
-        the broker deleted records before they were read, and the consumer's out-of-range
-        reset went to the log start (``auto.offset.reset`` is ``earliest``: decision 0201).
-        Counted (:meth:`_lost`), with the log start the fetches report."""
+    def _overtaken(self, st: PartitionState, first: int, expected: int) -> None:
+        """A fetch of `st` began at `first`, past `expected`, where it should have. A gap is
+        ordinary (compaction, transaction markers, aborted records) unless the log now starts
+        past that offset: the broker deleted records before they were read, and the
+        consumer's out-of-range reset went to the log start (``auto.offset.reset`` is
+        ``earliest``: decision 0201). Counted (:meth:`_lost`), with the log start the fetches
+        report. ``expected`` is the committed offset before a partition's first record when
+        it resumed from the group's alone: a deletion between the assignment (judged by
+        :meth:`_from_log_start`) and the first fetch was missed before (a property test)."""
         source = self.source
-        if source is None or not source.group_offsets or st.next_offset is None:
+        if source is None or not source.group_offsets:
             return
         # The log start the fetch that jumped reported (librdkafka keeps it from every fetch
         # response, before it hands out the records): no round trip in the loop.
         marks = source.watermarks(TopicPartition(st.topic, st.partition))
-        if marks is not None and st.next_offset < marks[0]:
-            self._lost(st, st.next_offset, min(first, marks[0]))
+        if marks is not None and expected < marks[0]:
+            self._lost(st, expected, min(first, marks[0]))
 
     def _lost(self, st: PartitionState, position: int, resumes_at: int) -> None:
         """The records of `st` from `position` up to `resumes_at`, the log start, will never
@@ -1814,8 +1817,11 @@ class Engine:
                 # Revoked within this consume call, or held (fetched before its pause).
                 continue
             first = fetched[0].offset() or 0
-            if st.next_offset is not None and first > st.next_offset:
-                self._overtaken(st, first)
+            # Where the fetch should begin: the next offset, or before the first record the
+            # committed offset the consumer resumed from (no checkpoint: OFFSET_INVALID).
+            expected = st.next_offset if st.next_offset is not None else st.committed
+            if expected is not None and first > expected:
+                self._overtaken(st, first, expected)
             group = unseen(fetched, st.next_offset)
             if not group:
                 continue

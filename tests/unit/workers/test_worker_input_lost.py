@@ -1,0 +1,395 @@
+"""Records the broker deletes before a worker reads them (decision 0201), over any log.
+
+The log has gaps of its own (compaction, transaction markers), and the broker moves its start
+forward at any moment: while the pipeline is stopped, and while a worker reads, some records
+already prefetched. A worker resumes with its checkpoint or from the group's offset alone,
+under either ``startFrom``. The source here behaves as librdkafka does with
+``auto.offset.reset: earliest``: a position the log no longer holds resumes at the log start,
+after the records already fetched are handed out.
+
+The invariant: past where the first run stopped, every record is either read or inside a
+range counted lost, never both; a lost range holds only offsets the broker deleted before the
+worker saw them; and a log with gaps and no deletion counts nothing. The integration test on
+the real broker (tests/integration/engine/test_engine_records_lost.py) checks a few cases
+end to end; this one checks the engine's bookkeeping over arbitrary ones.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from unittest.mock import patch
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID, TopicPartition
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamherd.workers.checkpointing import Checkpoint
+from streamherd.workers.config import WorkerConfig
+from streamherd.workers.engine import Engine
+from streamherd.workers.metrics import EngineMetrics
+from streamherd.workers.processing import SyntheticMessage
+from tests.unit.workers.test_worker_seams import DictBackend
+
+TOPIC = "gappy"
+BASE_TS = 1_767_225_600_000
+
+
+@dataclass
+class Deletion:
+    """At the source's poll number ``at``, the broker deletes partition ``partition``'s
+    records before ``before`` (retention, DeleteRecords); the consumer had already fetched
+    the next ``prefetched`` records, which it still hands out."""
+
+    at: int
+    partition: int
+    before: int
+    prefetched: int
+
+
+@dataclass
+class Log:
+    """The partitions' record offsets (ascending, gaps allowed), their log starts, and the
+    consumer group's committed offsets and their metadata."""
+
+    offsets: dict[int, list[int]]
+    low: dict[int, int]
+    group: dict[int, tuple[int, str]] = field(default_factory=dict)
+    # Every offset the source handed out, and every one the broker deleted unread.
+    handed: set[tuple[int, int]] = field(default_factory=set)
+    deleted_unread: set[tuple[int, int]] = field(default_factory=set)
+    # Where a partition that had no position yet (a new pipeline's earliest: the log start,
+    # whatever it is when the first fetch comes) was moved to by a deletion: no loss.
+    start_moved: dict[int, int] = field(default_factory=dict)
+
+    def high(self, partition: int) -> int:
+        records = self.offsets[partition]
+        return records[-1] + 1 if records else 0
+
+    def delete(self, partition: int, before: int) -> None:
+        """The log start moves to ``before`` (never back, never past the end)."""
+        self.low[partition] = max(self.low[partition], min(before, self.high(partition)))
+
+
+class DeletingSource:
+    """A consumer of ``log`` whose broker deletes records as ``deletions`` say; hands out
+    ``chunk`` records per partition per poll; ends the run when ``stop_after`` records were
+    handed out, or when every record has been."""
+
+    name = "kafka"
+    group_offsets = True
+    cluster_id: str | None = None
+    origin_ms: int | None = None
+
+    def __init__(
+        self,
+        stop: threading.Event,
+        log: Log,
+        *,
+        chunk: int,
+        deletions: Sequence[Deletion] = (),
+        stop_after: int | None = None,
+    ) -> None:
+        self.stop, self.log, self.chunk = stop, log, chunk
+        self.deletions, self.stop_after = list(deletions), stop_after
+        self.queue: dict[int, list[int]] = {}
+        # The partitions with a position: assigned at an offset, a committed one, or read.
+        self.anchored: set[int] = set()
+        self.polls = self.given = 0
+
+    def open(self, assigned: Any, revoked: Any, lost: Any) -> None:
+        assigned([TopicPartition(TOPIC, p) for p in sorted(self.log.offsets)])
+
+    def adopt_origin(self, origin_ms: int) -> None:
+        pass
+
+    def _message(self, partition: int, offset: int) -> SyntheticMessage:
+        ts = BASE_TS + offset
+        record = {"p": partition, "o": offset, "ts": ts}
+        return SyntheticMessage(TOPIC, partition, offset, b"k", record, ts)
+
+    def poll(self, max_records: int, timeout: float) -> list[Any]:
+        self.polls += 1
+        for deletion in [d for d in self.deletions if d.at <= self.polls]:
+            self.deletions.remove(deletion)
+            self._delete(deletion)
+        batch: list[SyntheticMessage] = []
+        for partition, queue in self.queue.items():
+            taken, self.queue[partition] = queue[: self.chunk], queue[self.chunk :]
+            batch.extend(self._message(partition, o) for o in taken)
+            self.log.handed.update((partition, o) for o in taken)
+            if taken:
+                self.anchored.add(partition)
+        self.given += len(batch)
+        if self.stop_after is not None and self.given >= self.stop_after:
+            self.stop.set()
+        return batch
+
+    def _delete(self, deletion: Deletion) -> None:
+        p = deletion.partition
+        self.log.delete(p, deletion.before)
+        queue = self.queue.get(p)
+        if queue is None:  # not assigned: the log start moves, nothing is fetched
+            return
+        if p not in self.anchored:
+            # Nothing fetched yet from "the log start": the first fetch finds the new one.
+            self.log.start_moved[p] = self.log.low[p]
+            self.queue[p] = [o for o in queue if o >= self.log.low[p]]
+            return
+        fetched, rest = queue[: deletion.prefetched], queue[deletion.prefetched :]
+        # The fetch after the prefetched records is out of range: the consumer resumes at
+        # the log start (auto.offset.reset: earliest).
+        kept = [o for o in rest if o >= self.log.low[p]]
+        self.log.deleted_unread.update((p, o) for o in rest if o < self.log.low[p])
+        self.queue[p] = fetched + kept
+
+    @property
+    def exhausted(self) -> bool:
+        return not self.deletions and not any(self.queue.values())
+
+    def describe(self) -> Mapping[str, Any]:
+        return {"source": self.name}
+
+    def assign(self, start: list[TopicPartition]) -> None:
+        for tp in start:
+            p, low, high = tp.partition, self.log.low[tp.partition], self.log.high(tp.partition)
+            if tp.offset >= 0 or p in self.log.group:
+                self.anchored.add(p)
+            if tp.offset >= 0:
+                position = tp.offset
+            elif tp.offset == OFFSET_END:
+                position = high
+            elif tp.offset == OFFSET_BEGINNING:
+                position = low
+            else:
+                assert tp.offset == OFFSET_INVALID, tp
+                committed = self.log.group.get(p)
+                position = committed[0] if committed is not None else low
+            if not low <= position <= high:  # out of range: auto.offset.reset (earliest)
+                position = low
+            self.queue[p] = [o for o in self.log.offsets[p] if o >= position]
+
+    def unassign(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.queue.pop(tp.partition, None)
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        raise AssertionError("nothing here pauses a partition")
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        pass
+
+    def seek(self, partition: TopicPartition) -> None:
+        raise AssertionError("nothing here rewinds")
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        out = []
+        for tp in partitions:
+            offset, metadata = self.log.group.get(tp.partition, (OFFSET_INVALID, ""))
+            out.append(TopicPartition(tp.topic, tp.partition, offset, metadata=metadata))
+        return out
+
+    def commit(self, offsets: list[TopicPartition], *, asynchronous: bool) -> list[TopicPartition]:
+        for tp in offsets:
+            self.log.group[tp.partition] = (tp.offset, tp.metadata or "")
+        return [] if asynchronous else list(offsets)
+
+    def offsets_for_times(
+        self, partitions: list[TopicPartition], timeout: float
+    ) -> list[TopicPartition]:
+        raise AssertionError("no start time here")
+
+    def watermarks(
+        self, partition: TopicPartition, *, fresh: bool = False
+    ) -> tuple[int, int] | None:
+        return self.log.low[partition.partition], self.log.high(partition.partition)
+
+    def group_metadata(self) -> Any:
+        return None
+
+    def describe_logs(self, topics: Sequence[str]) -> Mapping[str, tuple[str | None, int]]:
+        return {TOPIC: (None, len(self.log.offsets))}
+
+    def close(self) -> None:
+        pass
+
+
+class KeptBackend(DictBackend):
+    """Checkpoints kept whole (frozen objects), the group's committed offset in them too:
+    the engine judges an offset reset by it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: dict[tuple[str, int], Checkpoint] = {}
+
+    def load(self, topic: str, partition: int) -> Checkpoint | None:
+        return self.kept.get((topic, partition))
+
+    def save(self, checkpoints: list[Checkpoint], *, group: Any = None) -> None:
+        self.saves += 1
+        self.kept.update(((c.topic, c.partition), c) for c in checkpoints)
+
+
+def worker_config(start_from: Literal["earliest", "latest"]) -> WorkerConfig:
+    return WorkerConfig.model_validate(
+        {
+            "pipeline": {"name": "lost"},
+            "source": {
+                "kafka": {
+                    "bootstrapServers": "127.0.0.1:9",  # never dialled: the source is given
+                    "topics": [TOPIC],
+                    "consumerGroup": "lost",
+                    "startFrom": start_from,
+                }
+            },
+            "processor": {"steps": [{"filter": "o >= 0"}]},
+            "sink": {"stdout": {}},
+            "checkpoint": {"directory": "/nonexistent/never-written", "intervalSeconds": 3600},
+            "runtime": {"metricsPort": 0, "batchSize": 50},
+        }
+    )
+
+
+def run(
+    start_from: Literal["earliest", "latest"], backend: KeptBackend, source: DeletingSource
+) -> tuple[set[tuple[int, int]], list[tuple[int, int, int]]]:
+    """One worker's run: the (partition, offset) of every record it wrote out, and every
+    range it counted lost (partition, first, resumes_at)."""
+    out = io.StringIO()
+    engine = Engine(
+        worker_config(start_from), stop=source.stop, out=out, metrics=EngineMetrics("lost"),
+        source=source, state=backend,
+    )  # fmt: skip
+    lost: list[tuple[int, int, int]] = []
+    counted = engine._lost
+
+    def record_lost(st: Any, position: int, resumes_at: int) -> None:
+        lost.append((st.partition, position, resumes_at))
+        counted(st, position, resumes_at)
+
+    # No broker behind the Kafka source's address: no snapshot topic to look for.
+    with (
+        patch.object(engine, "_list_topics", lambda timeout=10.0: []),
+        patch.object(engine, "_lost", record_lost),
+    ):
+        engine.run()
+    assert not [s for s in engine.partitions.values() if s.held is not None]
+    read = set()
+    for line in out.getvalue().splitlines():
+        row = orjson.loads(line)
+        read.add((row["p"], row["o"]))
+    return read, lost
+
+
+def gappy_log(gaps: list[list[int]]) -> dict[int, list[int]]:
+    """Each partition's record offsets: a gap of g before a record skips g offsets (a
+    compacted record, a transaction marker), and a last record that nothing deletes (a
+    partition whose every record is deleted is counted only once a record comes: decision
+    0201, a known limit)."""
+    logs = {}
+    for p, partition_gaps in enumerate(gaps):
+        offsets, at = [], 0
+        for gap in [*partition_gaps, 0]:
+            at += gap
+            offsets.append(at)
+            at += 1
+        logs[p] = offsets
+    return logs
+
+
+SCENARIO = st.fixed_dictionaries(
+    {
+        # Per partition, per record: the offsets skipped before it (mostly none).
+        "gaps": st.lists(
+            st.lists(st.sampled_from([0, 0, 0, 0, 1, 2, 5]), max_size=40), min_size=1, max_size=3
+        ),
+        "start_from": st.sampled_from(["earliest", "latest"]),
+        # How many records the first run reads before it stops (None: no first run).
+        "first_run": st.none() | st.integers(0, 60),
+        "keep_checkpoint": st.booleans(),
+        "chunk": st.integers(1, 7),
+        # While stopped: how far each partition's log start moves (fraction of its end).
+        "stopped_deletions": st.lists(st.integers(0, 100), max_size=3),
+        # While reading: (poll number, partition, fraction of the end, records prefetched).
+        "running_deletions": st.lists(
+            st.tuples(
+                st.integers(1, 30), st.integers(0, 2), st.integers(0, 100), st.integers(0, 8)
+            ),
+            max_size=4,
+        ),
+    }
+)
+
+
+def fraction(log: Log, partition: int, percent: int) -> int:
+    return log.high(partition) * percent // 100
+
+
+@settings(max_examples=300, deadline=None)
+@given(SCENARIO)
+def test_every_record_is_read_or_counted_lost_never_both(scenario: dict[str, Any]) -> None:
+    offsets = gappy_log(scenario["gaps"])
+    partitions = len(offsets)
+    # The first run sees each partition's first half; the rest is produced after it.
+    log = Log({p: o[: len(o) // 2] for p, o in offsets.items()}, {p: 0 for p in offsets})
+    start_from = scenario["start_from"]
+    backend = KeptBackend()
+    read: set[tuple[int, int]] = set()
+    lost: list[tuple[int, int, int]] = []
+    if scenario["first_run"] is not None:
+        before = DeletingSource(
+            threading.Event(), log, chunk=scenario["chunk"], stop_after=scenario["first_run"]
+        )
+        read, lost = run(start_from, backend, before)
+        assert not lost  # nothing was deleted
+    if not scenario["keep_checkpoint"]:
+        backend = KeptBackend()  # the group's offsets alone (a checkpoint volume lost)
+    log.offsets = offsets
+    for p, percent in zip(offsets, scenario["stopped_deletions"], strict=False):
+        log.delete(p, fraction(log, p, percent))
+    # Where each partition resumes: its checkpoint's offset, else the group's, else where
+    # startFrom puts it (a new pipeline's earliest is the log start: what the broker deleted
+    # before the pipeline had a position is no loss).
+    resume = {}
+    for p in offsets:
+        kept = backend.kept.get((TOPIC, p))
+        if kept is not None:
+            resume[p] = kept.next_offset
+        elif p in log.group:
+            resume[p] = log.group[p][0]
+        else:
+            resume[p] = log.high(p) if start_from == "latest" else log.low[p]
+        # Deleted while the pipeline was stopped, past where it resumes.
+        log.deleted_unread.update((p, o) for o in offsets[p] if resume[p] <= o < log.low[p])
+    deletions = [
+        Deletion(at, p % partitions, fraction(log, p % partitions, percent), prefetched)
+        for at, p, percent, prefetched in scenario["running_deletions"]
+    ]
+    second = DeletingSource(threading.Event(), log, chunk=scenario["chunk"], deletions=deletions)
+    read_again, lost_again = run(start_from, backend, second)
+    lost += lost_again
+
+    # Never both: no offset counted lost was read, by either run.
+    counted = {(p, o) for p, first, resumes in lost for o in range(first, resumes)}
+    assert len(counted) == sum(resumes - first for _, first, resumes in lost), "counted twice"
+    assert not counted & (read | read_again), sorted(counted & (read | read_again))
+    # Each lost range holds only offsets the broker deleted before they were handed out
+    # (a gap's offsets inside it included: the counter counts offsets, decision 0201).
+    for p, first, resumes in lost:
+        assert first < resumes, lost
+        assert resumes <= log.low[p], (lost, log.low)
+        assert not {(p, o) for o in range(first, resumes)} & log.handed, lost
+    # Every record from where the second run resumed is read or counted lost.
+    for p, records in offsets.items():
+        for o in records:
+            if o >= max(resume[p], log.start_moved.get(p, 0)):
+                assert (p, o) in read_again or (p, o) in counted, (p, o, lost, resume)
+    # Of the records, exactly those deleted unread are counted. The counter counts offsets,
+    # so a gap's offsets next to them count too (decision 0201); a gap alone never does.
+    deleted = {(p, o) for p, o in log.deleted_unread if o >= resume[p]}
+    every = {(p, o) for p, os in offsets.items() for o in os}
+    assert counted & every == deleted, (sorted(counted & every), sorted(deleted))
