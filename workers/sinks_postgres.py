@@ -401,16 +401,25 @@ FLOAT_TEXT_TYPES: Final = frozenset(
 #: Integer column types: a Decimal goes to them as text, which their input refuses unless
 #: it is a whole number (a numeric parameter was cast, and Decimal("2.5") rounded to 2).
 INTEGER_TYPES: Final = frozenset({"smallint", "integer", "bigint"})
+#: Text column types: bytes go to them as their UTF-8 text. Sent as bytea, the column's
+#: assignment cast stored the hex escape (b"hi" became the text \x6869: session 26's
+#: finding); bytes that are no UTF-8 are refused, as a Kafka sink could not write them as
+#: text either.
+TEXT_TYPES: Final = frozenset({"text", "character varying", "character", "citext"})
 
 
 def bound(rows: Sequence[Row], types: Mapping[int, str]) -> list[Row]:
     """``rows`` with each value bound so that its column stores it exactly or refuses it
     (``types``: a position -> its column's type): a float for a column not of
     :data:`FLOAT_TEXT_TYPES` as float8, a Decimal for an integer column as its text (a
-    whole one as an integer)."""
+    whole one as an integer), bytes for a :data:`TEXT_TYPES` column as their UTF-8 text,
+    and a string for a ``bytea`` column as its UTF-8 bytes (sent as text, its backslashes
+    were read as bytea escapes: "\\x41" stored the byte A)."""
     typed = [i for i, t in types.items() if t not in FLOAT_TEXT_TYPES]
     integers = [i for i, t in types.items() if t in INTEGER_TYPES]
-    if not typed and not integers:
+    texts = [i for i, t in types.items() if t in TEXT_TYPES]
+    binaries = [i for i, t in types.items() if t == "bytea"]
+    if not typed and not integers and not texts:
         return list(rows)
     out = []
     for row in rows:
@@ -421,8 +430,24 @@ def bound(rows: Sequence[Row], types: Mapping[int, str]) -> list[Row]:
         for i in integers:
             if isinstance(values[i], decimal.Decimal):
                 values[i] = _decimal_text(values[i])
+        for i in texts:
+            if isinstance(values[i], bytes):
+                # No UTF-8: lone surrogates, which psycopg refuses to send (a refused row).
+                values[i] = values[i].decode("utf-8", "surrogateescape")
+        for i in binaries:
+            if isinstance(values[i], str):
+                values[i] = _utf8_or_as_is(values[i])
         out.append(tuple(values))
     return out
+
+
+def _utf8_or_as_is(text: str) -> bytes | str:
+    """``text``'s UTF-8 bytes; a string with a lone surrogate (no UTF-8) as it is: psycopg
+    refuses to send it, so its row is refused, not stored in some other encoding."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text
 
 
 def _decimal_text(value: decimal.Decimal) -> str:

@@ -458,6 +458,43 @@ def test_a_table_found_through_the_search_path_is_not_created_again(postgres_dsn
     assert execute(postgres_dsn, "SELECT to_regclass('a.t')") == [(None,)]
 
 
+def test_bytes_into_text_and_text_into_bytea_are_stored_as_they_are_or_refused(
+    postgres_dsn: str,
+) -> None:
+    """Bytes (a raw source's ``value``) went as bytea whatever the column: a text column's
+    assignment cast stored their hex escape, b"hi" as the text \\x6869, and a string went
+    to a bytea column as text, its backslashes read as escapes: "\\x41" stored the one byte
+    A (session 26's finding). Now bytes reach a text column as their UTF-8 text and a string
+    a bytea column as its UTF-8 bytes; bytes that are no UTF-8 (and a string with a lone
+    surrogate) are refused rows, for the dead-letter topic."""
+    execute(postgres_dsn, "CREATE TABLE b (key text PRIMARY KEY, t text, v varchar(20), raw bytea)")
+    names = ["key", "t", "v", "raw"]
+    sink = started(config("b", [(n, None) for n in names], ["key"]), postgres_dsn)
+    rows: list[tuple[dict[str, Any], bool]] = [
+        ({"key": "utf8", "t": "héllo".encode()}, True),
+        ({"key": "varchar", "v": b"hi"}, True),
+        ({"key": "latin1", "t": "héllo".encode("latin-1")}, False),
+        ({"key": "escape", "raw": "\\x41"}, True),
+        ({"key": "text-raw", "raw": "é"}, True),
+        ({"key": "bytes-raw", "raw": b"\x00\xff"}, True),
+        ({"key": "surrogate", "raw": "\udcff"}, False),
+        ({"key": "text", "t": "plain"}, True),
+    ]
+    try:
+        sink.write([r for r, _ in rows], [r["key"] for r, _ in rows])
+        assert sink.flush(20)
+        refused = {o: type(e).__name__ for o, e in sink.take_refused()}
+    finally:
+        sink.close()
+    assert set(refused) == {r["key"] for r, ok in rows if not ok}, refused
+    stored = {k: (t, v, raw) for k, t, v, raw in execute(postgres_dsn, "SELECT * FROM b")}
+    assert stored["utf8"][0] == "héllo" and stored["varchar"][1] == "hi"
+    assert stored["text"][0] == "plain"
+    assert bytes(stored["escape"][2]) == b"\\x41"
+    assert bytes(stored["text-raw"][2]) == "é".encode()
+    assert bytes(stored["bytes-raw"][2]) == b"\x00\xff"
+
+
 def test_a_float_or_decimal_no_column_reads_as_a_number_is_refused_not_reinterpreted(
     postgres_dsn: str,
 ) -> None:

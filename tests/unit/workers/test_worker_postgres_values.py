@@ -10,6 +10,7 @@ import struct
 from typing import Any
 
 import psycopg
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Json, Jsonb
@@ -153,22 +154,25 @@ def test_created_tables_hold_aggregates_exactly() -> None:
             st.decimals(allow_nan=True),
             st.integers(),
             st.text(max_size=3),
+            st.binary(max_size=3),
             st.none(),
         ),
-        min_size=4,
-        max_size=4,
+        min_size=5,
+        max_size=5,
     )
 )
-def test_bound_types_floats_and_decimals_by_their_column_and_nothing_else(
+def test_bound_types_floats_decimals_bytes_and_text_by_their_column_and_nothing_else(
     row: list[Any],
 ) -> None:
-    """Columns: interval, bigint, numeric, text. A float goes as float8 only to the
-    interval; a Decimal as text only to the bigint (a whole one as an integer); every
-    other value, and every value of a column of unknown type, as it is."""
-    types = {0: "interval", 1: "bigint", 2: "numeric", 3: "text"}
+    """Columns: interval, bigint, numeric, text, bytea. A float goes as float8 only to the
+    interval and the bytea; a Decimal as text only to the bigint (a whole one as an
+    integer); bytes as their UTF-8 text only to the text column (bytes that are no UTF-8 as
+    a string psycopg refuses to send); a string as its UTF-8 bytes only to the bytea
+    column; every other value, and every value of a column of unknown type, as it is."""
+    types = {0: "interval", 1: "bigint", 2: "numeric", 3: "text", 4: "bytea"}
     [out] = bound([tuple(row)], types)
     for i, (before, after) in enumerate(zip(row, out, strict=True)):
-        if i == 0 and type(before) is float:
+        if i in (0, 4) and type(before) is float:
             assert isinstance(after, Float8) and (after == before or math.isnan(before))
         elif i == 1 and isinstance(before, decimal.Decimal):
             assert isinstance(after, str)
@@ -176,6 +180,18 @@ def test_bound_types_floats_and_decimals_by_their_column_and_nothing_else(
                 assert after == str(int(before))
             else:
                 assert decimal.Decimal(after).compare_total(before) == 0 or before.is_nan()
+        elif i == 3 and isinstance(before, bytes):
+            assert isinstance(after, str)
+            try:
+                assert after == before.decode("utf-8")
+            except UnicodeDecodeError:
+                with pytest.raises(UnicodeEncodeError):
+                    after.encode("utf-8")
+        elif i == 4 and isinstance(before, str):
+            try:
+                assert after == before.encode("utf-8")
+            except UnicodeEncodeError:
+                assert after is before  # a lone surrogate: psycopg refuses the row
         else:
             assert after is before
     assert bound([tuple(row)], {}) == [tuple(row)]
