@@ -2622,10 +2622,15 @@ class Engine:
         st.low, st.high = low, high
         # The lag probe's rule (workers/lag.py), so the exported figure, the operator's
         # probe and the broker's view agree: log end - committed; nothing committed yet ->
-        # startFrom; committed behind the log start (retention) -> log end - log start.
+        # startFrom; committed behind the log start (retention) -> log end - log start. A
+        # repartition partition starts at its beginning whatever startFrom says
+        # (_start_offset), and the probe counts it so (LagSpec.from_beginning): its records
+        # waiting under `latest` were exported as no lag.
         kafka = self.config.source.kafka
         start_from: StartFrom = (
-            "latest" if kafka is not None and kafka.start_from == "latest" else "earliest"
+            "latest"
+            if kafka is not None and kafka.start_from == "latest" and st.role != "downstream"
+            else "earliest"
         )
         return partition_lag(low, high, st.committed, start_from)
 

@@ -4,13 +4,23 @@ partition not measured this time keeps its last value in both."""
 
 from __future__ import annotations
 
+import io
 import threading
 
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamherd.workers.engine import Engine, PartitionState
+from streamherd.workers.lag import StartFrom, partition_lag
 from streamherd.workers.metrics import EngineMetrics
+from tests.unit.workers.test_worker_input_lost import (
+    TOPIC,
+    DeletingSource,
+    KeptBackend,
+    Log,
+    worker_config,
+)
 
 
 def scrape(metrics: EngineMetrics) -> tuple[dict[tuple[str, str], float], float]:
@@ -74,3 +84,28 @@ def test_a_scrape_during_refreshes_sees_one_refresh() -> None:
     finally:
         stop.set()
         writer.join()
+
+
+@given(
+    st.integers(0, 100),
+    st.integers(0, 100),
+    st.none() | st.integers(0, 250),
+    st.sampled_from(["direct", "upstream", "downstream"]),
+    st.sampled_from(["earliest", "latest"]),
+)
+def test_a_workers_lag_is_the_probes_a_repartition_partition_counted_from_its_beginning(
+    low: int, more: int, committed: int | None, role: str, start_from: StartFrom
+) -> None:
+    """The exported figure follows the operator's probe (workers/lag.py): a repartition
+    partition starts at its beginning whatever startFrom says, so under `latest` its records
+    with nothing committed yet are lag (they were exported as 0)."""
+    log = Log({0: list(range(low + more))}, {0: low})
+    source = DeletingSource(threading.Event(), log, chunk=1)
+    engine = Engine(
+        worker_config(start_from), stop=source.stop, out=io.StringIO(),
+        metrics=EngineMetrics("lag"), source=source, state=KeptBackend(),
+    )  # fmt: skip
+    engine.source = source
+    state = PartitionState(TOPIC, 0, committed=committed, role=role)
+    probe_from: StartFrom = "earliest" if role == "downstream" else start_from
+    assert engine._partition_lag(state) == partition_lag(low, low + more, committed, probe_from)
