@@ -698,6 +698,20 @@ def isolate(
     return isolate(part[:half], attempt) + isolate(part[half:], attempt)
 
 
+class IsolationPostponed(Exception):
+    """Finding the refused rows of a batch took longer than its budget: nothing was
+    written (the caller rolls the transaction back) and the batch is tried again later,
+    without the rows found so far (``found``: their positions in the batch, with their
+    errors). Exactly-once writes the whole queue in the engine's thread at a checkpoint:
+    a table refusing thousands of rows held it for minutes, past the consumer's
+    ``max.poll.interval.ms`` and Kafka's transaction timeout, so the worker left its
+    group, replayed, and met the same rows: a livelock (session 27's finding)."""
+
+    def __init__(self, found: Mapping[int, BaseException]) -> None:
+        super().__init__(f"{len(found)} refused rows found within the budget")
+        self.found = dict(found)
+
+
 def upsert_rows(
     cur: psycopg.Cursor[Any],
     config: PostgresSinkConfig,
@@ -706,6 +720,8 @@ def upsert_rows(
     per_statement: int,
     *,
     facts: TableFacts | None = None,
+    known: Mapping[int, BaseException] | None = None,
+    budget: float | None = None,
 ) -> list[tuple[int, BaseException]]:
     """Upsert ``rows`` inside the cursor's open transaction, the last row of each key,
     values bound for a json column as JSON (``facts``, read on this connection); the rows
@@ -719,15 +735,26 @@ def upsert_rows(
     PostgreSQL refuses (CardinalityViolation, again on every retry: the pipeline stopped
     for good); in halves, the last one wins, as it does when the two rows come in
     different batches (rows in queue order). Any other error raises: the caller retries
-    the batch."""
+    the batch.
+
+    ``known``: rows of ``rows`` an earlier try of this batch found refused, not sent again.
+    ``budget``: seconds the halving may take from the first failed statement on; once it
+    has found a refused row and the budget is spent, it stops there and raises
+    :class:`IsolationPostponed` with the rows found so far (so each try makes progress)."""
     names = _names(config)
     json_index = {names.index(n): t for n, t in (facts.json_columns if facts else {}).items()}
     types = {names.index(n): t for n, t in (facts.column_types if facts else {}).items()}
     adapted = as_json(rows, json_index)
-    positions = latest_positions(adapted, key_index)  # by the values, before binding
+    known = known or {}
+    # By the values, before binding; the rows known refused are not sent again.
+    positions = [p for p in latest_positions(adapted, key_index) if p not in known]
     sent = bound(adapted, types)
+    found: dict[int, BaseException] = {}  # refused alone, this time
+    first_refusal: list[float] = []  # when the first statement failed
 
     def attempt(part: Sequence[int]) -> BaseException | None:
+        if found and budget is not None and time.monotonic() - first_refusal[0] > budget:
+            raise IsolationPostponed(found)
         cur.execute("SAVEPOINT streamherd_rows")
         try:
             cur.execute(upsert_statement(config, len(part)), [v for i in part for v in sent[i]])
@@ -737,11 +764,14 @@ def upsert_rows(
                 raise
             cur.execute("ROLLBACK TO SAVEPOINT streamherd_rows")
             cur.execute("RELEASE SAVEPOINT streamherd_rows")
+            first_refusal[:] = first_refusal or [time.monotonic()]
+            if len(part) == 1:
+                found[part[0]] = error
             return error
         cur.execute("RELEASE SAVEPOINT streamherd_rows")
         return None
 
-    refused: list[tuple[int, BaseException]] = []
+    refused = [(p, e) for p, e in known.items() if p < len(rows)]
     for i in range(0, len(positions), per_statement):
         refused += isolate(positions[i : i + per_statement], attempt)
     # A key whose latest row was refused keeps its latest row the table takes, as when the
@@ -751,6 +781,9 @@ def upsert_rows(
     for position, _ in list(refused):
         before = earlier.get(position)
         while before is not None:
+            if before in known:  # refused in an earlier try: the row before it, if any
+                before = earlier.get(before)
+                continue
             error = attempt([before])
             if error is None:
                 break

@@ -52,7 +52,9 @@ from streamherd.workers.logs import log_event
 from streamherd.workers.metrics import EngineMetrics, SinkMetrics
 from streamherd.workers.sinks_postgres import (
     SINK_LABEL,
+    IsolationPostponed,
     Row,
+    TableChangedError,
     TableFacts,
     check_facts,
     connect,
@@ -87,6 +89,11 @@ OFFSETS_TABLE: Final = "streamherd_offsets"
 #: How long reading the offsets on assign retries while the database does not answer
 #: (inside a rebalance callback: longer would cost the group membership).
 READ_RETRY_SECONDS: Final = 20.0
+#: How long one commit or prepare may spend finding the rows a table refuses, from its
+#: first refused statement on, before it gives up for this checkpoint (keeping what it
+#: found): well inside a minute, Kafka's least transaction timeout here, and the
+#: consumer's max.poll.interval.ms (5 minutes), both of which the engine's thread holds.
+ISOLATION_BUDGET_SECONDS: Final = 15.0
 
 T = TypeVar("T")
 
@@ -328,6 +335,10 @@ class PostgresTransactionalSink:
         # The rows the last commit or prepare wrote without (the table refused them):
         # (origin, error), taken by the outputs at once (take_refused).
         self._refused: list[tuple[Any, BaseException]] = []
+        # Queued rows (by position) an earlier try found refused when its budget ran out
+        # (IsolationPostponed): not sent again, until the rows are taken or dropped.
+        self._known_refused: dict[int, BaseException] = {}
+        self.isolation_budget = ISOLATION_BUDGET_SECONDS
         # The generation each partition's offsets row holds as far as this worker knows
         # (None: no row): what the next commit's compare-and-set expects.
         self._expected: dict[tuple[str, int], str | None] = {}
@@ -385,6 +396,7 @@ class PostgresTransactionalSink:
         self._queue.clear()
         self._origins.clear()
         self._refused = []
+        self._known_refused = {}
         self._set_pending()
 
     def close(self, *, drain: bool = True) -> None:
@@ -430,6 +442,9 @@ class PostgresTransactionalSink:
             self._error("fenced")
             self.abort()
             raise
+        except IsolationPostponed as postponed:  # rolled back by the transaction block
+            self._isolation_postponed(postponed, len(rows))
+            return False
         except Exception as error:
             # psycopg.Error, or psycopg's own error with a row (a value it cannot send):
             # raised, it stopped the worker, and its replay again (a helper's finding).
@@ -493,6 +508,11 @@ class PostgresTransactionalSink:
             self._error("fenced")
             self.abort()
             raise
+        except IsolationPostponed as postponed:
+            self._rollback_open(conn)
+            self._forget(gid)
+            self._isolation_postponed(postponed, len(rows))
+            return False
         except Exception as error:  # as in commit(); _failed closes the connection
             connection = isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
             self._failed("prepare" if preparing else "write", error)
@@ -736,11 +756,31 @@ class PostgresTransactionalSink:
         self, cur: psycopg.Cursor[Any], rows: Sequence[Row]
     ) -> list[tuple[int, BaseException]]:
         refused = upsert_rows(
-            cur, self.config, rows, self._key_index, self._per_statement, facts=self.facts
+            cur,
+            self.config,
+            rows,
+            self._key_index,
+            self._per_statement,
+            facts=self.facts,
+            known=self._known_refused,
+            budget=self.isolation_budget,
         )
         if refused:
-            check_facts(cur.connection, self.config, self.facts)
+            try:
+                check_facts(cur.connection, self.config, self.facts)
+            except TableChangedError:
+                self._known_refused = {}  # judged by the table as it was: judged again
+                raise
         return refused
+
+    def _isolation_postponed(self, postponed: IsolationPostponed, queued: int) -> None:
+        """A commit or prepare gave up finding refused rows (its budget spent): nothing
+        was written; the rows found are remembered, and the next checkpoint's try goes on
+        from there (the engine thread polls meanwhile, so the worker stays in its group)."""
+        self._known_refused.update(postponed.found)
+        log_event(log, logging.WARNING, "sink-refusals-postponed", sink=SINK_LABEL,
+                  queued=queued, refused_found=len(self._known_refused),
+                  budget_seconds=self.isolation_budget)  # fmt: skip
 
     def _take_rows(
         self, n: int, refused: Sequence[tuple[int, BaseException]]
@@ -749,6 +789,7 @@ class PostgresTransactionalSink:
         taken = [(self._origins[i], error) for i, error in refused]
         del self._queue[:n]
         del self._origins[:n]
+        self._known_refused = {i - n: e for i, e in self._known_refused.items() if i >= n}
         self._set_pending()
         return taken
 

@@ -163,6 +163,73 @@ def test_the_exactly_once_sink_hands_back_the_refused_row_with_its_transaction(
     assert execute(postgres_dsn, "SELECT next_offset FROM streamherd_offsets") == [(41,)]
 
 
+@pytest.mark.parametrize("two_phase", [False, True], ids=["commit", "prepare"])
+def test_an_exactly_once_batch_past_its_isolation_budget_is_postponed_and_goes_on_later(
+    postgres_dsn: str, two_phase: bool
+) -> None:
+    """Exactly-once finds the refused rows in the engine's thread, at the checkpoint: a
+    table refusing thousands held it past max.poll.interval.ms and Kafka's transaction
+    timeout (a livelock: the worker left its group, replayed, met the same rows). Past its
+    budget a try is postponed, nothing written, keeping the rows it found; each try finds
+    at least one more, so the batch commits in the end, the same as one unbounded try:
+    every good row once, each bad row handed back once, with its key's earlier row kept.
+    A budget of 0 stops each try at its first find: one try per bad row, then the commit."""
+    execute(postgres_dsn, "CREATE TABLE t (key text PRIMARY KEY, n bigint CHECK (n >= 0))")
+    rng = random.Random(28)
+    values: list[dict[str, Any]] = [
+        {"key": f"k{i % 150}", "n": rng.choice([i, i, i, -i - 1])} for i in range(300)
+    ]
+    origins = list(range(300))
+    # The latest good row of each key; a key whose latest row is bad keeps its row before.
+    kept: dict[str, int] = {}
+    for v in values:
+        if v["n"] >= 0:
+            kept[v["key"]] = v["n"]
+    latest = {v["key"]: i for i, v in enumerate(values)}
+    bad_latest = [i for k, i in latest.items() if values[i]["n"] < 0]
+    sink = PostgresTransactionalSink(
+        config("t", [("key", None), ("n", None)], ["key"]),
+        "ns/p",
+        "g",
+        env={ENV: postgres_dsn},
+        two_phase=two_phase,
+        writer=f"w-{uuid.uuid4().hex[:6]}",
+    )
+    sink.isolation_budget = 0.0
+    tries = 0
+    try:
+        sink.committed([("in", 0)])
+        sink.write(values, origins)
+        while True:
+            tries += 1
+            assert tries <= len(values), "no progress"
+            if two_phase:
+                done = sink.prepare([("in", 0, 300)], "g1")
+                if done:
+                    refused = sink.take_refused()
+                    sink.commit_prepared()
+            else:
+                done = sink.commit([("in", 0, 300)], "g1")
+                refused = sink.take_refused() if done else []
+            if done:
+                break
+            assert sink.take_refused() == [] and sink.pending() == 300
+            assert table(postgres_dsn) == []  # a postponed try wrote nothing
+        assert sink.pending() == 0 and sink.health() == (True, "ok")
+    finally:
+        sink.close()
+    refused_origins = sorted(o for o, _ in refused)
+    # Each bad latest row, and each bad row tried on the way back to a good earlier one.
+    assert set(bad_latest) <= set(refused_origins)
+    assert all(values[o]["n"] < 0 for o in refused_origins)
+    assert len(set(refused_origins)) == len(refused_origins)
+    assert tries == len(refused_origins) + 1  # one find per postponed try
+    assert table(postgres_dsn) == sorted(kept.items())
+    assert execute(postgres_dsn, "SELECT next_offset FROM streamherd_offsets") == [(300,)]
+    if two_phase:
+        assert execute(postgres_dsn, "SELECT count(*) FROM pg_prepared_xacts") == [(0,)]
+
+
 def test_a_prepared_transaction_rolled_back_forgets_its_refused_rows(postgres_dsn: str) -> None:
     prepare_table(postgres_dsn, KINDS["check"][0])
     values, origins = batch(KINDS["check"][1])
