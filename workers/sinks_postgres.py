@@ -722,6 +722,7 @@ def upsert_rows(
     facts: TableFacts | None = None,
     known: Mapping[int, BaseException] | None = None,
     budget: float | None = None,
+    immediate: bool = False,
 ) -> list[tuple[int, BaseException]]:
     """Upsert ``rows`` inside the cursor's open transaction, the last row of each key,
     values bound for a json column as JSON (``facts``, read on this connection); the rows
@@ -740,7 +741,14 @@ def upsert_rows(
     ``known``: rows of ``rows`` an earlier try of this batch found refused, not sent again.
     ``budget``: seconds the halving may take from the first failed statement on; once it
     has found a refused row and the budget is spent, it stops there and raises
-    :class:`IsolationPostponed` with the rows found so far (so each try makes progress)."""
+    :class:`IsolationPostponed` with the rows found so far (so each try makes progress).
+    ``immediate``: deferred constraints are checked at each statement (``SET CONSTRAINTS
+    ALL IMMEDIATE``), for a batch whose COMMIT (or PREPARE) a deferred constraint refused
+    (a foreign key or unique one declared DEFERRABLE INITIALLY DEFERRED, a constraint
+    trigger): checked there, outside the halving, the whole batch was refused at every try
+    and the pipeline stopped. A row such a constraint takes only thanks to a later
+    statement of its batch (a key referring to a row written after it) is refused in that
+    try: it could not commit with its batch anyway (decision 0200)."""
     names = _names(config)
     json_index = {names.index(n): t for n, t in (facts.json_columns if facts else {}).items()}
     types = {names.index(n): t for n, t in (facts.column_types if facts else {}).items()}
@@ -751,6 +759,8 @@ def upsert_rows(
     sent = bound(adapted, types)
     found: dict[int, BaseException] = {}  # refused alone, this time
     first_refusal: list[float] = []  # when the first statement failed
+    if immediate:
+        cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
     def attempt(part: Sequence[int]) -> BaseException | None:
         if found and budget is not None and time.monotonic() - first_refusal[0] > budget:
@@ -923,6 +933,8 @@ class PostgresSink:
         self._failed: BaseException | None = None
         self._stop = threading.Event()
         self._abandoned = False  # closed without draining: write nothing more
+        # A deferred constraint refused the last batch's COMMIT: the next try is immediate.
+        self._immediate = False
         self._conn: psycopg.Connection[Any] | None = None
         # Read by the writer at every connect; judged by on the engine thread (refusal).
         self.facts = TableFacts()
@@ -1073,12 +1085,26 @@ class PostgresSink:
         if not rows or self._abandoned:  # closed without draining while it connected
             return []
         started = time.perf_counter()
-        with self._conn.transaction(), self._conn.cursor() as cur:
-            refused = upsert_rows(
-                cur, self.config, rows, self._key_index, self._per_statement, facts=self.facts
-            )
-            if refused:
-                check_facts(self._conn, self.config, self.facts)
+        committing = False
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                refused = upsert_rows(
+                    cur,
+                    self.config,
+                    rows,
+                    self._key_index,
+                    self._per_statement,
+                    facts=self.facts,
+                    immediate=self._immediate,
+                )
+                if refused:
+                    check_facts(self._conn, self.config, self.facts)
+                committing = True  # leaving the block sends COMMIT
+        except Exception as error:
+            if committing and refused_by_row(error):  # a deferred constraint's refusal
+                self._immediate = True  # the same batch again, its constraints immediate
+            raise
+        self._immediate = False
         self._report.written(len(rows) - len(refused), time.perf_counter() - started)
         if refused:
             refused_rows(self._report, refused)

@@ -63,6 +63,7 @@ from streamherd.workers.sinks_postgres import (
     create_table_statement,
     failure_kind,
     read_table_facts,
+    refused_by_row,
     refused_rows,
     rows_of,
     table_identifier,
@@ -339,6 +340,9 @@ class PostgresTransactionalSink:
         # (IsolationPostponed): not sent again, until the rows are taken or dropped.
         self._known_refused: dict[int, BaseException] = {}
         self.isolation_budget = ISOLATION_BUDGET_SECONDS
+        # A deferred constraint refused the last COMMIT or PREPARE of the queued rows: the
+        # next try checks constraints at each statement (upsert_rows ``immediate``).
+        self._immediate = False
         # The generation each partition's offsets row holds as far as this worker knows
         # (None: no row): what the next commit's compare-and-set expects.
         self._expected: dict[tuple[str, int], str | None] = {}
@@ -397,6 +401,7 @@ class PostgresTransactionalSink:
         self._origins.clear()
         self._refused = []
         self._known_refused = {}
+        self._immediate = False
         self._set_pending()
 
     def close(self, *, drain: bool = True) -> None:
@@ -452,6 +457,8 @@ class PostgresTransactionalSink:
             self._failed("commit" if committing else "write", error)
             if committing and connection:
                 raise CommitOutcomeUnknownError(f"COMMIT failed: {error}") from error
+            if committing and refused_by_row(error):  # a deferred constraint's refusal
+                self._immediate = True
             # Refused, COMMIT included (a deferred constraint is checked there): the
             # server rolled the transaction back, nothing committed.
             return False
@@ -518,6 +525,8 @@ class PostgresTransactionalSink:
             self._failed("prepare" if preparing else "write", error)
             if preparing and connection:
                 raise CommitOutcomeUnknownError(f"PREPARE TRANSACTION failed: {error}") from error
+            if preparing and refused_by_row(error):  # a deferred constraint's refusal
+                self._immediate = True
             self._forget(gid)
             return False
         self._prepared = (gid, list(offsets), len(rows), len(refused), started)
@@ -764,6 +773,7 @@ class PostgresTransactionalSink:
             facts=self.facts,
             known=self._known_refused,
             budget=self.isolation_budget,
+            immediate=self._immediate,
         )
         if refused:
             try:
@@ -790,6 +800,7 @@ class PostgresTransactionalSink:
         del self._queue[:n]
         del self._origins[:n]
         self._known_refused = {i - n: e for i, e in self._known_refused.items() if i >= n}
+        self._immediate = False
         self._set_pending()
         return taken
 

@@ -230,6 +230,59 @@ def test_an_exactly_once_batch_past_its_isolation_budget_is_postponed_and_goes_o
         assert execute(postgres_dsn, "SELECT count(*) FROM pg_prepared_xacts") == [(0,)]
 
 
+DEFERRED_FK = (
+    "(key text PRIMARY KEY REFERENCES parent (key) DEFERRABLE INITIALLY DEFERRED, n bigint, "
+    "tag text)"
+)
+
+
+@pytest.mark.parametrize("mode", ["at-least-once", "commit", "prepare"])
+def test_a_row_a_deferred_constraint_refuses_at_commit_is_found_and_handed_back(
+    postgres_dsn: str, mode: str
+) -> None:
+    """A deferred foreign key is checked at COMMIT (or PREPARE), outside the halving: the
+    whole batch was refused at every try and the pipeline stopped for good (session 27's
+    finding). The batch is written again with its constraints immediate: the orphan row
+    is handed back, every other row written."""
+    prepare_table(postgres_dsn, DEFERRED_FK)
+    values, origins = batch({"key": "orphan", "n": 1})
+    if mode == "at-least-once":
+        sink = started(config("t", COLUMNS, ["key"]), postgres_dsn)
+        try:
+            sink.write(values, origins)
+            assert sink.flush(30), "the batch was not confirmed: the deferred refusal stopped it"
+            refused = sink.take_refused()
+        finally:
+            sink.close()
+    else:
+        eo = PostgresTransactionalSink(
+            config("t", COLUMNS, ["key"]),
+            "ns/p",
+            "g",
+            env={ENV: postgres_dsn},
+            two_phase=mode == "prepare",
+            writer=f"w-{uuid.uuid4().hex[:6]}",
+        )
+        try:
+            eo.committed([("in", 0)])
+            eo.write(values, origins)
+            tries = [eo.prepare if mode == "prepare" else eo.commit for _ in range(2)]
+            # The first try is refused at its end (nothing written, rows kept); the second
+            # is immediate and finds the row.
+            assert not tries[0]([("in", 0, 41)], "g1")
+            assert eo.pending() == 41 and table(postgres_dsn) == []
+            assert tries[1]([("in", 0, 41)], "g1")
+            refused = eo.take_refused()
+            if mode == "prepare":
+                eo.commit_prepared()
+            assert eo.pending() == 0
+        finally:
+            eo.close()
+    assert [o for o, _ in refused] == ["origin-20"]
+    assert isinstance(refused[0][1], psycopg.errors.ForeignKeyViolation)
+    assert table(postgres_dsn) == GOOD_ROWS
+
+
 def test_a_prepared_transaction_rolled_back_forgets_its_refused_rows(postgres_dsn: str) -> None:
     prepare_table(postgres_dsn, KINDS["check"][0])
     values, origins = batch(KINDS["check"][1])
