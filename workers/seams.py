@@ -185,6 +185,12 @@ class Sink(Protocol):
     def prepare_offsets(self, offsets: list[tuple[str, int, int]], generation: str) -> bool:
         """As ``commit_offsets``, ended by a prepare: True once prepared."""
 
+    @property
+    def refusals_pending(self) -> bool:
+        """The last commit or prepare was put off while finding the rows the sink's table
+        refuses (its time budget spent), not by an outage: the next try goes on from what
+        it found, in a Kafka transaction begun again (the open one would time out)."""
+
     def commit_prepared(self) -> None:
         """Commit the prepared transaction (Kafka's committed); raises when it cannot."""
 

@@ -712,6 +712,10 @@ class Outputs:
         """The sink's transaction is prepared, then decided by Kafka's (decision 0155)."""
         return self._offsets is not None and self._offsets.two_phase
 
+    @property
+    def refusals_pending(self) -> bool:
+        return self._offsets is not None and self._offsets.refusals_pending
+
     def prepare_offsets(self, offsets: list[tuple[str, int, int]], generation: str) -> bool:
         """Phase one; the rows the table refused are dead-lettered in Kafka's transaction,
         which commits next and decides the database's (its abort voids them)."""

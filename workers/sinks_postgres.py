@@ -701,13 +701,13 @@ def isolate(
 class IsolationPostponed(Exception):
     """Finding the refused rows of a batch took longer than its budget: nothing was
     written (the caller rolls the transaction back) and the batch is tried again later,
-    without the rows found so far (``found``: their positions in the batch, with their
+    without the rows found so far (``found``: their :func:`row_identity`, with their
     errors). Exactly-once writes the whole queue in the engine's thread at a checkpoint:
     a table refusing thousands of rows held it for minutes, past the consumer's
     ``max.poll.interval.ms`` and Kafka's transaction timeout, so the worker left its
     group, replayed, and met the same rows: a livelock (session 27's finding)."""
 
-    def __init__(self, found: Mapping[int, BaseException]) -> None:
+    def __init__(self, found: Mapping[Any, BaseException]) -> None:
         super().__init__(f"{len(found)} refused rows found within the budget")
         self.found = dict(found)
 
@@ -720,7 +720,7 @@ def upsert_rows(
     per_statement: int,
     *,
     facts: TableFacts | None = None,
-    known: Mapping[int, BaseException] | None = None,
+    known: Mapping[Any, BaseException] | None = None,
     budget: float | None = None,
     immediate: bool = False,
 ) -> list[tuple[int, BaseException]]:
@@ -738,7 +738,8 @@ def upsert_rows(
     different batches (rows in queue order). Any other error raises: the caller retries
     the batch.
 
-    ``known``: rows of ``rows`` an earlier try of this batch found refused, not sent again.
+    ``known``: the rows an earlier try found refused, by their values (:func:`row_identity`),
+    not sent again: positions go stale (a replay rebuilds the queue), values do not.
     ``budget``: seconds the halving may take from the first failed statement on; once it
     has found a refused row and the budget is spent, it stops there and raises
     :class:`IsolationPostponed` with the rows found so far (so each try makes progress).
@@ -753,9 +754,9 @@ def upsert_rows(
     json_index = {names.index(n): t for n, t in (facts.json_columns if facts else {}).items()}
     types = {names.index(n): t for n, t in (facts.column_types if facts else {}).items()}
     adapted = as_json(rows, json_index)
-    known = known or {}
-    # By the values, before binding; the rows known refused are not sent again.
-    positions = [p for p in latest_positions(adapted, key_index) if p not in known]
+    latest = latest_positions(adapted, key_index)  # by the values, before binding
+    # The rows a try before found refused (by their values): answered without a statement.
+    known_at = _known_positions(adapted, known) if known else {}
     sent = bound(adapted, types)
     found: dict[int, BaseException] = {}  # refused alone, this time
     first_refusal: list[float] = []  # when the first statement failed
@@ -764,7 +765,7 @@ def upsert_rows(
 
     def attempt(part: Sequence[int]) -> BaseException | None:
         if found and budget is not None and time.monotonic() - first_refusal[0] > budget:
-            raise IsolationPostponed(found)
+            raise IsolationPostponed({row_identity(adapted[p]): e for p, e in found.items()})
         cur.execute("SAVEPOINT streamherd_rows")
         try:
             cur.execute(upsert_statement(config, len(part)), [v for i in part for v in sent[i]])
@@ -781,25 +782,43 @@ def upsert_rows(
         cur.execute("RELEASE SAVEPOINT streamherd_rows")
         return None
 
-    refused = [(p, e) for p, e in known.items() if p < len(rows)]
+    # Each key's latest row: those known refused are refused, the others written in halves.
+    refused = [(p, known_at[p]) for p in latest if p in known_at]
+    positions = [p for p in latest if p not in known_at]
     for i in range(0, len(positions), per_statement):
         refused += isolate(positions[i : i + per_statement], attempt)
     # A key whose latest row was refused keeps its latest row the table takes, as when the
     # rows come in different batches (a review's finding: the earlier result vanished);
-    # the rows refused on the way are refused too.
+    # the rows refused on the way are refused too. Only from the latest rows: a known
+    # refused row a later row of its key has replaced since is no one's (a review's
+    # finding: walked from too, it wrote the key's older value over the newer one).
     earlier = earlier_positions(adapted, key_index) if refused else {}
     for position, _ in list(refused):
         before = earlier.get(position)
         while before is not None:
-            if before in known:  # refused in an earlier try: the row before it, if any
-                before = earlier.get(before)
-                continue
-            error = attempt([before])
+            error = known_at[before] if before in known_at else attempt([before])
             if error is None:
                 break
             refused.append((before, error))
             before = earlier.get(before)
     return refused
+
+
+def row_identity(row: Row) -> Any:
+    """A row's values as one hashable identity (:func:`_identity` of each)."""
+    return tuple(_identity(v) for v in row)
+
+
+def _known_positions(
+    rows: Sequence[Row], known: Mapping[Any, BaseException]
+) -> dict[int, BaseException]:
+    """The positions of ``rows`` whose values ``known`` holds as refused, with the error."""
+    out = {}
+    for position, row in enumerate(rows):
+        error = known.get(row_identity(row))
+        if error is not None:
+            out[position] = error
+    return out
 
 
 def earlier_positions(rows: Sequence[Row], key_index: Sequence[int]) -> dict[int, int]:

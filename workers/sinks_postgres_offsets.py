@@ -95,6 +95,18 @@ READ_RETRY_SECONDS: Final = 20.0
 #: found): well inside a minute, Kafka's least transaction timeout here, and the
 #: consumer's max.poll.interval.ms (5 minutes), both of which the engine's thread holds.
 ISOLATION_BUDGET_SECONDS: Final = 15.0
+#: The worker's environment variable that sets another budget (the tests set 0: each try
+#: then stops at its first find).
+ISOLATION_BUDGET_ENV: Final = "STREAMHERD_ISOLATION_BUDGET_SECONDS"
+
+
+def isolation_budget(env: Mapping[str, str]) -> float:
+    """The budget of one try (:data:`ISOLATION_BUDGET_SECONDS`, or the environment's)."""
+    raw = env.get(ISOLATION_BUDGET_ENV, "")
+    try:
+        return max(0.0, float(raw)) if raw else ISOLATION_BUDGET_SECONDS
+    except ValueError:
+        return ISOLATION_BUDGET_SECONDS
 
 T = TypeVar("T")
 
@@ -336,10 +348,14 @@ class PostgresTransactionalSink:
         # The rows the last commit or prepare wrote without (the table refused them):
         # (origin, error), taken by the outputs at once (take_refused).
         self._refused: list[tuple[Any, BaseException]] = []
-        # Queued rows (by position) an earlier try found refused when its budget ran out
-        # (IsolationPostponed): not sent again, until the rows are taken or dropped.
-        self._known_refused: dict[int, BaseException] = {}
-        self.isolation_budget = ISOLATION_BUDGET_SECONDS
+        # The rows (by their values: row_identity) earlier tries found refused when their
+        # budget ran out (IsolationPostponed): not sent again until a commit succeeds or
+        # the connection is made again (the table may have changed). Kept through an abort:
+        # the replay queues the same rows, at other positions.
+        self._known_refused: dict[Any, BaseException] = {}
+        self.isolation_budget = isolation_budget(os.environ if env is None else env)
+        # The last commit or prepare was postponed by the budget (not by an outage).
+        self.refusals_pending = False
         # A deferred constraint refused the last COMMIT or PREPARE of the queued rows: the
         # next try checks constraints at each statement (upsert_rows ``immediate``).
         self._immediate = False
@@ -396,12 +412,11 @@ class PostgresTransactionalSink:
         return True  # rows are confirmed by commit(), with their offsets
 
     def abort(self) -> None:
-        """Forget the rows of the transaction that will not commit (the engine rewinds)."""
+        """Forget the rows of the transaction that will not commit (the engine rewinds).
+        What the tries found of the table's refusals stays: the replay meets them again."""
         self._queue.clear()
         self._origins.clear()
         self._refused = []
-        self._known_refused = {}
-        self._immediate = False
         self._set_pending()
 
     def close(self, *, drain: bool = True) -> None:
@@ -437,6 +452,7 @@ class PostgresTransactionalSink:
         started = time.perf_counter()
         rows = list(self._queue)
         committing = False
+        self.refusals_pending = False
         try:
             conn = self._connection()
             with conn.transaction(), conn.cursor() as cur:
@@ -487,6 +503,7 @@ class PostgresTransactionalSink:
         table = self.config.table
         rows = list(self._queue)
         covered = sorted({(t, p) for t, p, _ in offsets})
+        self.refusals_pending = False
         preparing = False
         conn: psycopg.Connection[Any] | None = None
         self._forget_pending()
@@ -787,7 +804,10 @@ class PostgresTransactionalSink:
         """A commit or prepare gave up finding refused rows (its budget spent): nothing
         was written; the rows found are remembered, and the next checkpoint's try goes on
         from there (the engine thread polls meanwhile, so the worker stays in its group)."""
+        if len(self._known_refused) + len(postponed.found) > 4 * self.config.max_pending_rows:
+            self._known_refused = {}  # bounded: the rows of queues long gone, most of it
         self._known_refused.update(postponed.found)
+        self.refusals_pending = True
         log_event(log, logging.WARNING, "sink-refusals-postponed", sink=SINK_LABEL,
                   queued=queued, refused_found=len(self._known_refused),
                   budget_seconds=self.isolation_budget)  # fmt: skip
@@ -799,7 +819,7 @@ class PostgresTransactionalSink:
         taken = [(self._origins[i], error) for i, error in refused]
         del self._queue[:n]
         del self._origins[:n]
-        self._known_refused = {i - n: e for i, e in self._known_refused.items() if i >= n}
+        self._known_refused = {}  # the batch committed: a new one is judged anew
         self._immediate = False
         self._set_pending()
         return taken
@@ -852,6 +872,7 @@ class PostgresTransactionalSink:
                             conn, create_table_statement(self.config), table_identifier(table)
                         )
                 self.facts = read_table_facts(conn, self.config)
+                self._known_refused = {}  # the table as it is now judges the rows
             except BaseException:
                 conn.close()
                 raise

@@ -23,6 +23,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from streamherd.workers.sinks_postgres_offsets import ISOLATION_BUDGET_ENV
 from tests.infra.kafka import KafkaBroker
 from tests.integration.engine.enginekit import (
     PacedProducer,
@@ -110,15 +111,26 @@ REFUSED_PAGE = "/p3"
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("budget", [None, "0"], ids=["budget-default", "budget-0"])
 def test_exactly_once_dead_letters_each_refused_row_once_through_kills(
-    kafka_broker: KafkaBroker, postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kafka_broker: KafkaBroker,
+    postgres_dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    budget: str | None,
 ) -> None:
+    """``budget-0``: every try that meets a refused row stops at its first find, and the
+    engine begins Kafka's transaction again (the records since the checkpoint read again):
+    the tries go on from what the earlier ones found, through the kills, to the same end."""
     monkeypatch.setenv(DSN_ENV, postgres_dsn)
     config, src, dlq = two_phase_config(kafka_broker, tmp_path, postgres_dsn)
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute(f"ALTER TABLE clicks ADD CHECK (key <> '{REFUSED_PAGE}')")
     producer = PacedProducer(kafka_broker, src, 800, make=page_clicks, with_bad=True)
     workers = [worker(tmp_path, n, config) for n in ("a", "b")]
+    if budget is not None:
+        for w in workers:
+            w.env[ISOLATION_BUDGET_ENV] = budget
     rng = random.Random(200)
     try:
         for w in workers:

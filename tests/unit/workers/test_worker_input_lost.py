@@ -25,7 +25,7 @@ from unittest.mock import patch
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID, TopicPartition
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from streamherd.workers.checkpointing import Checkpoint
@@ -267,9 +267,9 @@ def run(
     lost: list[tuple[int, int, int]] = []
     counted = engine._lost
 
-    def record_lost(st: Any, position: int, resumes_at: int) -> None:
+    def record_lost(st: Any, position: int, resumes_at: int, **how: Any) -> None:
         lost.append((st.partition, position, resumes_at))
-        counted(st, position, resumes_at)
+        counted(st, position, resumes_at, **how)
 
     # No broker behind the Kafka source's address: no snapshot topic to look for.
     with (
@@ -326,11 +326,27 @@ SCENARIO = st.fixed_dictionaries(
 
 
 def fraction(log: Log, partition: int, percent: int) -> int:
-    return log.high(partition) * percent // 100
+    """An offset ``percent`` of the way into the partition, never past its last record (a
+    partition whose every record is deleted is counted once a record comes: a known limit
+    of decision 0201, which the last record, never deleted, stands in for)."""
+    return min(log.high(partition) * percent // 100, log.high(partition) - 1)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(SCENARIO)
+# One consume() hands out a prefetched record and the first after the reset together: the
+# jump is inside the batch, not at its start (a review's finding).
+@example(
+    {
+        "gaps": [[0, 0, 0, 0, 0, 0]],
+        "start_from": "earliest",
+        "first_run": 2,
+        "keep_checkpoint": False,
+        "chunk": 2,
+        "stopped_deletions": [],
+        "running_deletions": [(1, 0, 60, 1)],
+    }
+)
 def test_every_record_is_read_or_counted_lost_never_both(scenario: dict[str, Any]) -> None:
     offsets = gappy_log(scenario["gaps"])
     partitions = len(offsets)

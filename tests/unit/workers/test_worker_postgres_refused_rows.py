@@ -8,16 +8,26 @@ tests/integration/storage/test_postgres_refused_rows.py."""
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Sequence
+from typing import Any
+from unittest import mock
 
 import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamherd.workers import sinks_postgres
 from streamherd.workers.config import PostgresSinkConfig
 from streamherd.workers.metrics import EngineMetrics
-from streamherd.workers.sinks_postgres import failure_kind, isolate, refused_by_row
+from streamherd.workers.sinks_postgres import (
+    IsolationPostponed,
+    failure_kind,
+    isolate,
+    refused_by_row,
+    upsert_rows,
+)
 from streamherd.workers.sinks_postgres_offsets import PostgresTransactionalSink
 
 
@@ -148,3 +158,98 @@ def _config() -> PostgresSinkConfig:
     return PostgresSinkConfig.model_validate(
         {"dsnEnv": "DSN", "table": "t", "columns": [{"name": "k"}], "keyColumns": ["k"]}
     )
+
+
+class UpsertCursor:
+    """A cursor over a model table (key -> value) that refuses any statement holding a row
+    whose value is negative; savepoints roll it back. Each statement takes one tick of the
+    clock the budget is measured by (and each reading of it half a tick)."""
+
+    def __init__(self, clock: list[float]) -> None:
+        self.table: dict[str, int] = {}
+        self.clock = clock
+        self.saved: dict[str, int] = {}
+
+    def execute(self, statement: Any, params: Sequence[Any] = ()) -> None:
+        if isinstance(statement, str):
+            if statement.startswith("SAVEPOINT"):
+                self.saved = dict(self.table)
+            elif statement.startswith("ROLLBACK TO"):
+                self.table = dict(self.saved)
+            return
+        self.clock[0] += 1.0
+        rows = [(params[i], params[i + 1]) for i in range(0, len(params), 2)]
+        if any(value < 0 for _, value in rows):
+            raise psycopg.errors.CheckViolation("new row violates check constraint")
+        self.table.update(rows)
+
+
+KEYED = PostgresSinkConfig.model_validate(
+    {
+        "dsnEnv": "DSN",
+        "table": "t",
+        "columns": [{"name": "key"}, {"name": "n"}],
+        "keyColumns": ["key"],
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(-3, 9)), min_size=1, max_size=40),
+    st.lists(st.integers(0, 12), min_size=1, max_size=30),
+    st.lists(st.integers(0, 5), max_size=30),
+    st.integers(1, 8),
+)
+def test_tries_cut_short_by_their_budget_end_as_one_unbounded_try(
+    rows: list[tuple[str, int]], budgets: list[int], arriving: list[int], per_statement: int
+) -> None:
+    """Exactly-once's tries stop once their budget is spent (IsolationPostponed), keeping the
+    rows found refused by their values; between tries more rows may be queued, a replay may
+    rebuild the queue (the same rows), and the next try goes on from what was found. The try
+    that commits leaves the table, and hands back the rows, exactly as one unbounded try over
+    the same queue: no key's older value over a newer one, no row refused twice, none
+    refused that is its key's no more (a review's findings)."""
+    queue = [rows[0]]
+    pending = list(rows[1:])
+    known: dict[Any, BaseException] = {}
+    clock = [0.0]
+
+    def monotonic() -> float:  # each reading a tick later too: a budget of 0 is spent
+        clock[0] += 0.5
+        return clock[0]
+
+    with mock.patch.object(sinks_postgres, "time", types.SimpleNamespace(monotonic=monotonic)):
+        for attempt in range(10 * len(rows) + 20):
+            for _ in range(arriving[attempt % len(arriving)] if arriving else 0):
+                if pending:
+                    queue.append(pending.pop(0))
+            cursor = UpsertCursor(clock)
+            try:
+                refused = upsert_rows(
+                    cursor,  # type: ignore[arg-type]
+                    KEYED,
+                    queue,
+                    [0],
+                    per_statement,
+                    known=known,
+                    budget=float(budgets[attempt % len(budgets)]),
+                )
+            except IsolationPostponed as postponed:
+                assert postponed.found, "a try stopped without finding anything new"
+                assert not set(postponed.found) & set(known), "found again"
+                known.update(postponed.found)
+                continue
+            if pending:  # committed early: the rest comes in the next batch
+                queue = list(pending)
+                pending = []
+                known = {}
+                continue
+            break
+        else:
+            raise AssertionError("the tries never committed")
+    once = UpsertCursor([0.0])
+    expected = upsert_rows(once, KEYED, queue, [0], per_statement)  # type: ignore[arg-type]
+    assert cursor.table == once.table
+    assert sorted(p for p, _ in refused) == sorted(p for p, _ in expected)
+    assert len({p for p, _ in refused}) == len(refused)

@@ -137,6 +137,7 @@ class MemorySink:
         return None
 
     two_phase = False  # exactly-once into a database with Kafka outputs (decision 0155)
+    refusals_pending = False
 
     def prepare_offsets(self, offsets: list[tuple[str, int, int]], generation: str) -> bool:
         return True
