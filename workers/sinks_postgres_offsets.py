@@ -108,6 +108,7 @@ def isolation_budget(env: Mapping[str, str]) -> float:
     except ValueError:
         return ISOLATION_BUDGET_SECONDS
 
+
 T = TypeVar("T")
 
 #: (topic, partition) -> (next offset, generation)

@@ -130,7 +130,7 @@ def test_exactly_once_dead_letters_each_refused_row_once_through_kills(
     workers = [worker(tmp_path, n, config) for n in ("a", "b")]
     if budget is not None:
         for w in workers:
-            w.env[ISOLATION_BUDGET_ENV] = budget
+            w.env = {**(w.env or {}), ISOLATION_BUDGET_ENV: budget}
     rng = random.Random(200)
     try:
         for w in workers:
