@@ -898,10 +898,13 @@ def table_refusal(
     """:func:`postgres_refusal` of a sink's result: its written columns, the database's
     encoding, and null keys as the table treats them (before the first connection has read
     the table: refused, the safe side; a NULLS NOT DISTINCT table takes them from then on)."""
+    # A string for a bytea column goes as its UTF-8 bytes (bound): a NUL or a character the
+    # database's encoding lacks is no refusal there.
+    binary = {name for name, kind in facts.column_types.items() if kind == "bytea"}
     return postgres_refusal(
         record,
         config.key_columns,
-        columns=_names(config),
+        columns=[c for c in _names(config) if c not in binary],
         null_keys=facts.null_keys,
         encoding=facts.encoding,
     )

@@ -484,10 +484,16 @@ def test_bytes_into_text_and_text_into_bytea_are_stored_as_they_are_or_refused(
         sink.write([r for r, _ in rows], [r["key"] for r, _ in rows])
         assert sink.flush(20)
         refused = {o: type(e).__name__ for o, e in sink.take_refused()}
+        # Judged before the write: a NUL no text column holds, but a bytea column does.
+        assert sink.refusal({"key": "nul", "t": "a\x00b"}) is not None
+        assert sink.refusal({"key": "nul", "raw": "a\x00b"}) is None
+        sink.write([{"key": "nul", "raw": "a\x00b"}], ["nul"])
+        assert sink.flush(20) and sink.take_refused() == []
     finally:
         sink.close()
     assert set(refused) == {r["key"] for r, ok in rows if not ok}, refused
     stored = {k: (t, v, raw) for k, t, v, raw in execute(postgres_dsn, "SELECT * FROM b")}
+    assert bytes(stored["nul"][2]) == b"a\x00b"
     assert stored["utf8"][0] == "héllo" and stored["varchar"][1] == "hi"
     assert stored["text"][0] == "plain"
     assert bytes(stored["escape"][2]) == b"\\x41"
