@@ -207,6 +207,9 @@ class PartitionState:
     held: str | None = None
     # A replay start time (Unix ms) still to be turned into an offset on assign.
     replay_from_ms: int | None = None
+    # Held because the group's committed offset could not be read under startFrom: latest
+    # (no checkpoint): asked again by _retry_starts.
+    start_unknown: bool = False
     # Restored from a checkpoint: the group it was written for and the committed offset it
     # was written with (None in legacy checkpoints), to notice an offset reset on assign.
     restored: bool = False
@@ -1388,6 +1391,7 @@ class Engine:
                     self._pin_latest(source, st)
         except KafkaException as error:
             log_event(log, logging.WARNING, "committed-lookup-failed", error=str(error))
+        self._hold_unknown_starts(states, looked_up)
         start = [
             TopicPartition(
                 st.topic,
@@ -1434,6 +1438,8 @@ class Engine:
         aborted records are invisible; at-least-once: the source-offset dedupe)."""
         if st.next_offset is not None:
             return st.next_offset
+        if st.start_unknown:
+            return OFFSET_END  # held (paused): a place, until _retry_starts seeks it
         if st.role == "downstream" and looked_up and st.committed is None:
             return OFFSET_BEGINNING
         if latest and looked_up and st.committed is None:
@@ -1738,6 +1744,74 @@ class Engine:
                 st.max_event_ms = floor
         st.replay_from_ms = None
         st.dirty = True
+
+    def _hold_unknown_starts(
+        self, states: list[PartitionState], looked_up: set[tuple[str, int]]
+    ) -> None:
+        """Hold the partitions whose start the group could not tell under ``startFrom:
+        latest`` (nothing to resume from, the committed-offset lookup failed: the broker did
+        not answer in time). Left to librdkafka they started at the committed offset or,
+        with none, at ``auto.offset.reset``, the log start since decision 0201: a new
+        pipeline read the topic's whole retained history it was told to skip (session 27's
+        finding). Held, they are asked again at the next lag refresh (:meth:`_retry_starts`)."""
+        if not self._start_latest or self.source is None or not self.source.group_offsets:
+            return
+        for st in states:
+            if (
+                (st.topic, st.partition) in looked_up
+                or st.next_offset is not None
+                or st.held is not None
+                or st.role == "downstream"  # starts at its beginning whatever the answer
+                or st.replay_from_ms is not None
+            ):
+                continue
+            st.start_unknown = True
+            st.held = (
+                f"{st.topic}[{st.partition}]: its committed offset could not be read "
+                "(startFrom: latest, no checkpoint); asking the broker again"
+            )
+            log_event(log, logging.WARNING, "start-unknown", topic=st.topic,
+                      partition=st.partition, start_from="latest")  # fmt: skip
+
+    def _retry_starts(self) -> None:
+        """Ask again for the committed offsets of the partitions :meth:`_hold_unknown_starts`
+        held; start each where the group says, or, with nothing committed, at the log end
+        pinned (:meth:`_pin_latest`), and resume it."""
+        source = self.source
+        waiting = [st for st in self.partitions.values() if st.start_unknown]
+        if source is None or not waiting:
+            return
+        asked = [TopicPartition(st.topic, st.partition) for st in waiting]
+        try:
+            answer = source.committed(asked, timeout=5)
+        except KafkaException:
+            return
+        for tp in answer:
+            st = self.partitions.get((tp.topic, tp.partition))
+            if st is None or not st.start_unknown or tp.error is not None:
+                continue
+            st.committed = tp.offset if tp.offset >= 0 else None
+            st.held = None
+            if st.committed is None:
+                self._pin_latest(source, st)
+                if st.next_offset is None:  # the log end not read: held, asked again
+                    st.held = (
+                        f"{st.topic}[{st.partition}]: its log end could not be read "
+                        "(startFrom: latest); asking the broker again"
+                    )
+                    continue
+                offset = st.next_offset
+            else:
+                placed = self._from_log_start(
+                    source, TopicPartition(st.topic, st.partition, OFFSET_INVALID), True
+                )
+                offset = placed.offset if placed.offset >= 0 else st.committed
+            st.start_unknown = False
+            source.seek(TopicPartition(st.topic, st.partition, offset))
+            log_event(log, logging.INFO, "start-found", topic=st.topic, partition=st.partition,
+                      offset=offset)  # fmt: skip
+            if not self._paused:
+                source.resume([TopicPartition(st.topic, st.partition)])
 
     def _retry_seeks(self) -> None:
         """Partitions held because the broker gave no offset for their replay or startFrom
@@ -2633,6 +2707,7 @@ class Engine:
             return
         self._last_lag = now
         self._retry_seeks()
+        self._retry_starts()
         self._retry_logs(now)
         self._retry_upstreams(now)
         open_windows = 0

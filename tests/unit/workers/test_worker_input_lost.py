@@ -24,7 +24,15 @@ from typing import Any, Literal
 from unittest.mock import patch
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID, TopicPartition
+import pytest
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    OFFSET_INVALID,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -409,3 +417,73 @@ def test_every_record_is_read_or_counted_lost_never_both(scenario: dict[str, Any
     deleted = {(p, o) for p, o in log.deleted_unread if o >= resume[p]}
     every = {(p, o) for p, os in offsets.items() for o in os}
     assert counted & every == deleted, (sorted(counted & every), sorted(deleted))
+
+
+class UnansweringGroup(DeletingSource):
+    """Its first ``failures`` committed-offset lookups time out (a coordinator moving while
+    the group forms); once every partition has its start, ``produced`` more records come to
+    each.
+    Pauses, resumes and seeks as librdkafka does for one consumer."""
+
+    def __init__(self, stop: threading.Event, log: Log, *, failures: int, produced: int) -> None:
+        super().__init__(stop, log, chunk=5)
+        self.failures, self.produced = failures, produced
+        self.answered = False
+        self.paused: set[int] = set()
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        self.answered = True
+        return super().committed(partitions, timeout)
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.paused.update(tp.partition for tp in partitions)
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.paused.difference_update(tp.partition for tp in partitions)
+
+    def seek(self, partition: TopicPartition) -> None:
+        p = partition.partition
+        self.queue[p] = [o for o in self.log.offsets[p] if o >= partition.offset]
+
+    def poll(self, max_records: int, timeout: float) -> list[Any]:
+        if self.answered and not self.paused and self.produced:
+            # Produced once every partition has its start: they come after it.
+            for p, offsets in self.log.offsets.items():
+                end = self.log.high(p)
+                offsets.extend(range(end, end + self.produced))
+                self.queue[p] = self.queue.get(p, []) + list(range(end, end + self.produced))
+            self.produced = 0
+        held = {p: self.queue.pop(p) for p in self.paused if p in self.queue}
+        try:
+            return super().poll(max_records, timeout)
+        finally:
+            self.queue.update(held)
+
+    @property
+    def exhausted(self) -> bool:
+        if self.polls > 2000:  # never asked again (the code before): end, and judge it
+            return True
+        return self.answered and not self.paused and not self.produced and super().exhausted
+
+
+@pytest.mark.parametrize("committed", [None, 4], ids=["nothing-committed", "committed"])
+def test_a_latest_start_the_group_could_not_tell_is_held_and_asked_again(
+    committed: int | None,
+) -> None:
+    """The committed-offset lookup fails at assignment under startFrom: latest with no
+    checkpoint. Left to librdkafka, a partition with nothing committed started at
+    auto.offset.reset, the log start since decision 0201: a new pipeline read the history it
+    was told to skip. Held and asked again, it starts at the log end (nothing committed) or
+    at the committed offset, and reads what comes after."""
+    log = Log({0: list(range(10)), 1: list(range(10))}, {0: 0, 1: 0})
+    if committed is not None:
+        log.group = {0: (committed, ""), 1: (committed, "")}
+    source = UnansweringGroup(threading.Event(), log, failures=2, produced=3)
+    read, lost = run("latest", KeptBackend(), source)
+    start = 10 if committed is None else committed
+    assert read == {(p, o) for p in (0, 1) for o in range(start, 13)}
+    assert not lost
+    assert source.answered
