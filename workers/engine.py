@@ -2496,10 +2496,15 @@ class Engine:
         committed = self._committed_with_metadata(source, owned) if owned else {}
         rewound: list[TopicPartition] = []
         for tp in owned:
-            read_from = self.partitions[(tp.topic, tp.partition)].read_from
+            before = self.partitions[(tp.topic, tp.partition)]
+            read_from = before.read_from
             st = self._new_state(
                 tp.topic, tp.partition, committed.get((tp.topic, tp.partition)), rewinding=True
             )
+            if before.start_unknown and st.next_offset is None and st.held is None:
+                # Still held, paused, its start asked again (_retry_starts): rebuilt unheld,
+                # it stayed paused for good.
+                st.start_unknown, st.held = True, before.held
             self._beat()  # a restore is the loop's work (see _on_assign)
             # The consumer keeps its position through an abort: every partition must seek.
             # One with nothing committed restarts empty, so it reads again from where this
