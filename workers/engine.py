@@ -1668,8 +1668,10 @@ class Engine:
         # The log start the fetch that jumped reported (librdkafka keeps it from every fetch
         # response, before it hands out the records): no round trip in the loop.
         marks = source.watermarks(TopicPartition(st.topic, st.partition))
-        if marks is not None and expected < marks[0]:
-            self._lost(st, expected, min(first, marks[0]))
+        # The fetch lands at or past the log start: the reset's jump. One that begins below
+        # it (records prefetched before a deletion, after a marker) has lost nothing yet.
+        if marks is not None and expected < marks[0] <= first:
+            self._lost(st, expected, marks[0])
 
     def _overtaken_within(self, st: PartitionState, fetched: list[SourceMessage]) -> None:
         """The fetched records of `st` skip offsets between them. One ``consume()`` can hand
@@ -1688,10 +1690,14 @@ class Engine:
         previous = fetched[0].offset() or 0
         for message in fetched[1:]:
             offset = message.offset() or 0
-            gap = previous + 1
-            if offset > gap and gap < marks[0] and (seen is None or gap >= seen):
+            # Only the jump of the reset: from a record before the log start to one at or
+            # past it. A gap with records below the log start on both sides is a
+            # transaction marker or compaction among records prefetched before the
+            # deletion, nothing lost (a review's finding: each was counted).
+            gap = max(previous + 1, seen if seen is not None else 0)
+            if offset >= marks[0] > gap:
                 # The records before the gap are still to be folded: next_offset stays.
-                self._lost(st, gap, min(offset, marks[0]), advance=False)
+                self._lost(st, gap, marks[0], advance=False)
             previous = offset
 
     def _lost(
@@ -2501,10 +2507,13 @@ class Engine:
             st = self._new_state(
                 tp.topic, tp.partition, committed.get((tp.topic, tp.partition)), rewinding=True
             )
-            if before.start_unknown and st.next_offset is None and st.held is None:
-                # Still held, paused, its start asked again (_retry_starts): rebuilt unheld,
-                # it stayed paused for good.
-                st.start_unknown, st.held = True, before.held
+            if before.start_unknown and st.held is None:
+                if st.next_offset is None:
+                    # Still held, paused, its start asked again (_retry_starts): rebuilt
+                    # unheld, it stayed paused for good.
+                    st.start_unknown, st.held = True, before.held
+                elif not self._paused:  # a start found meanwhile: seeked below, resumed
+                    source.resume([TopicPartition(tp.topic, tp.partition)])
             self._beat()  # a restore is the loop's work (see _on_assign)
             # The consumer keeps its position through an abort: every partition must seek.
             # One with nothing committed restarts empty, so it reads again from where this

@@ -414,10 +414,16 @@ class PostgresTransactionalSink:
 
     def abort(self) -> None:
         """Forget the rows of the transaction that will not commit (the engine rewinds).
-        What the tries found of the table's refusals stays: the replay meets them again."""
+        After a try put off by its budget (the engine begins Kafka's transaction again),
+        what the tries found of the table's refusals stays: the replay meets them again.
+        After any other abort (a fence, a revoke, Kafka's failure) it goes, with the
+        deferred-constraint mode: the next batch is judged anew (a review's finding)."""
         self._queue.clear()
         self._origins.clear()
         self._refused = []
+        if not self.refusals_pending:
+            self._known_refused = {}
+            self._immediate = False
         self._set_pending()
 
     def close(self, *, drain: bool = True) -> None:
