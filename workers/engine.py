@@ -1653,67 +1653,47 @@ class Engine:
         self._pins_due = True
         return TopicPartition(tp.topic, tp.partition, marks[0])
 
-    def _overtaken(self, st: PartitionState, first: int, expected: int) -> None:
-        """A fetch of `st` began at `first`, past `expected`, where it should have. A gap is
-        ordinary (compaction, transaction markers, aborted records) unless the log now starts
-        past that offset: the broker deleted records before they were read, and the
-        consumer's out-of-range reset went to the log start (``auto.offset.reset`` is
-        ``earliest``: decision 0201). Counted (:meth:`_lost`), with the log start the fetches
-        report. ``expected`` is the committed offset before a partition's first record when
-        it resumed from the group's alone: a deletion between the assignment (judged by
-        :meth:`_from_log_start`) and the first fetch was missed before (a property test)."""
-        source = self.source
-        if source is None or not source.group_offsets:
-            return
-        # The log start the fetch that jumped reported (librdkafka keeps it from every fetch
-        # response, before it hands out the records): no round trip in the loop.
-        marks = source.watermarks(TopicPartition(st.topic, st.partition))
-        # The fetch lands at or past the log start: the reset's jump. One that begins below
-        # it (records prefetched before a deletion, after a marker) has lost nothing yet.
-        if marks is not None and expected < marks[0] <= first:
-            self._lost(st, expected, marks[0])
-
-    def _overtaken_within(self, st: PartitionState, fetched: list[SourceMessage]) -> None:
-        """The fetched records of `st` skip offsets between them. One ``consume()`` can hand
-        out records fetched before a deletion and the first ones after the consumer's reset
-        to the log start together: a jump inside the batch that the check of its first
-        record missed (a property test's finding). Counted only below the log start (a gap
-        above it is compaction or transaction markers); the log start is the fetches' own
-        figure, so a batch whose first record is past it has nothing to count."""
-        source = self.source
-        if source is None or not source.group_offsets:
-            return
-        marks = source.watermarks(TopicPartition(st.topic, st.partition))
-        if marks is None or marks[0] <= (fetched[0].offset() or 0):
-            return
-        seen = st.next_offset if st.next_offset is not None else st.committed
-        previous = fetched[0].offset() or 0
-        for message in fetched[1:]:
-            offset = message.offset() or 0
-            # Only the jump of the reset: from a record before the log start to one at or
-            # past it. A gap with records below the log start on both sides is a
-            # transaction marker or compaction among records prefetched before the
-            # deletion, nothing lost (a review's finding: each was counted).
-            gap = max(previous + 1, seen if seen is not None else 0)
-            if offset >= marks[0] > gap:
-                # The records before the gap are still to be folded: next_offset stays.
-                self._lost(st, gap, marks[0], advance=False)
-            previous = offset
-
-    def _lost(
-        self, st: PartitionState, position: int, resumes_at: int, *, advance: bool = True
+    def _overtaken(
+        self, st: PartitionState, fetched: list[SourceMessage], expected: int | None
     ) -> None:
+        """A fetch of `st` skipped offsets: it began past `expected` (the next offset, or
+        before the first record the committed offset the partition resumed from), or its
+        records skip offsets between them. A gap is ordinary (compaction, transaction
+        markers, aborted records) unless the broker deleted records before they were read
+        and the consumer's out-of-range reset went to the log start (``auto.offset.reset`` is
+        ``earliest``: decision 0201): the one jump from below the log start to a record at or
+        past it, wherever it falls in the batch (one ``consume()`` can hand out records
+        fetched before a deletion and the first ones after the reset together). A gap with
+        records below the log start on both sides is a marker or compaction among records
+        prefetched before the deletion: nothing lost. Counted (:meth:`_lost`), with the log
+        start the fetches report (librdkafka keeps it from every fetch response, before it
+        hands out the records): no round trip in the loop."""
+        source = self.source
+        if source is None or not source.group_offsets:
+            return
+        marks = source.watermarks(TopicPartition(st.topic, st.partition))
+        if marks is None:
+            return
+        log_start = marks[0]
+        position = expected  # where the next record should be
+        for message in fetched:
+            offset = message.offset() or 0
+            if offset >= log_start:  # every later record is past it too
+                if position is not None and position < log_start:
+                    self._lost(st, position, log_start)
+                return
+            position = offset + 1 if position is None else max(position, offset + 1)
+
+    def _lost(self, st: PartitionState, position: int, resumes_at: int) -> None:
         """The records of `st` from `position` up to `resumes_at`, the log start, will never
-        be read: count and say so (``advance``: the partition goes on from `resumes_at`)."""
+        be read: count and say so (the caller moves the partition on: its records past the
+        gap are folded next, or its start is set there)."""
         lost = resumes_at - position
         self.metrics.records_lost(st.topic, st.partition, lost)
         log_event(log, logging.WARNING, "input-lost", topic=st.topic, partition=st.partition,
                   first=position, resumes_at=resumes_at, records=lost,
                   cause="deleted by the broker (retention or DeleteRecords) before they "
                   "were read")  # fmt: skip
-        if advance and st.next_offset is not None and st.next_offset < resumes_at:
-            st.next_offset = resumes_at
-            st.dirty = True
 
     def _seek_to_time(self, st: PartitionState, offset: int) -> None:
         """Start `st` at `offset` (its replay or startFrom time's) from empty state."""
@@ -1925,10 +1905,10 @@ class Engine:
             # Where the fetch should begin: the next offset, or before the first record the
             # committed offset the consumer resumed from (no checkpoint: OFFSET_INVALID).
             expected = st.next_offset if st.next_offset is not None else st.committed
-            if expected is not None and first > expected:
-                self._overtaken(st, first, expected)
-            if (fetched[-1].offset() or 0) - first + 1 != len(fetched):
-                self._overtaken_within(st, fetched)
+            if (expected is not None and first > expected) or (
+                (fetched[-1].offset() or 0) - first + 1 != len(fetched)
+            ):
+                self._overtaken(st, fetched, expected)
             group = unseen(fetched, st.next_offset)
             if not group:
                 continue

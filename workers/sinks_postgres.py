@@ -725,7 +725,8 @@ def upsert_rows(
     immediate: bool = False,
 ) -> list[tuple[int, BaseException]]:
     """Upsert ``rows`` inside the cursor's open transaction, the last row of each key,
-    values bound for a json column as JSON (``facts``, read on this connection); the rows
+    values bound for a json column as JSON (``facts``, read on this connection, and read
+    again when rows were refused: :func:`check_facts`); the rows
     the table refused (:func:`refused_by_row`): their positions in ``rows`` and the errors.
     The outputs dead-letter them: one bad row was retried for ever and stopped the pipeline.
 
@@ -801,6 +802,9 @@ def upsert_rows(
                 break
             refused.append((before, error))
             before = earlier.get(before)
+    if refused and facts is not None:
+        # Judged by the table as it is: raises TableChangedError when it changed since.
+        check_facts(cur.connection, config, facts)
     return refused
 
 
@@ -1119,8 +1123,6 @@ class PostgresSink:
                     facts=self.facts,
                     immediate=self._immediate,
                 )
-                if refused:
-                    check_facts(self._conn, self.config, self.facts)
                 committing = True  # leaving the block sends COMMIT
         except Exception as error:
             if committing and refused_by_row(error):  # a deferred constraint's refusal

@@ -56,7 +56,6 @@ from streamherd.workers.sinks_postgres import (
     Row,
     TableChangedError,
     TableFacts,
-    check_facts,
     connect,
     conninfo_from_env,
     create_if_absent,
@@ -788,24 +787,21 @@ class PostgresTransactionalSink:
     def _write_rows(
         self, cur: psycopg.Cursor[Any], rows: Sequence[Row]
     ) -> list[tuple[int, BaseException]]:
-        refused = upsert_rows(
-            cur,
-            self.config,
-            rows,
-            self._key_index,
-            self._per_statement,
-            facts=self.facts,
-            known=self._known_refused,
-            budget=self.isolation_budget,
-            immediate=self._immediate,
-        )
-        if refused:
-            try:
-                check_facts(cur.connection, self.config, self.facts)
-            except TableChangedError:
-                self._known_refused = {}  # judged by the table as it was: judged again
-                raise
-        return refused
+        try:
+            return upsert_rows(
+                cur,
+                self.config,
+                rows,
+                self._key_index,
+                self._per_statement,
+                facts=self.facts,
+                known=self._known_refused,
+                budget=self.isolation_budget,
+                immediate=self._immediate,
+            )
+        except TableChangedError:
+            self._known_refused = {}  # judged by the table as it was: judged again
+            raise
 
     def _isolation_postponed(self, postponed: IsolationPostponed, queued: int) -> None:
         """A commit or prepare gave up finding refused rows (its budget spent): nothing
