@@ -211,7 +211,11 @@ class KafkaAdmin:
         return out
 
     def topic_configs(self, names: Iterable[str]) -> dict[str, dict[str, str]]:
-        """Each named topic's configuration entries."""
+        """Each named topic's configuration entries; a topic the broker does not know
+        (UNKNOWN_TOPIC_OR_PART) is left out. That is a moment, not a failure: a topic
+        another client has just created can be listed before it is described (a KRaft
+        broker's caches catch up one after the other), and one being deleted the other
+        way round."""
         resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
         if not resources:
             return {}
@@ -221,6 +225,8 @@ class KafkaAdmin:
             try:
                 entries = self._answer(future)
             except KafkaException as e:
+                if _code(e) == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    continue
                 raise KafkaAdminError(reason(e)) from None
             out[resource.name] = {k: str(v.value) for k, v in entries.items()}
         return out

@@ -348,14 +348,26 @@ class InternalTopics:
         # was made with, and the broker may not describe it yet (UNKNOWN_TOPIC_OR_PART).
         configs = admin.topic_configs([s.name for s in specs if s.name not in created])
         states = []
+        # Topics the broker has not caught up with: made (by this try or just before it,
+        # by a worker or another operator) but not listed, or listed but not described.
+        # Neither is a mismatch nor a broker that cannot be reached (which would hold off
+        # every pipeline on the cluster): the next try, a backoff later, sees them.
+        behind: list[str] = []
         for spec in specs:
             partitions = metadata.get(spec.name, wanted if spec.name in created else None)
             problems: list[str] = []
-            if partitions is None:
-                problems.append(f"{spec.name} was created but the broker does not list it yet")
+            if partitions is None or (spec.name not in created and spec.name not in configs):
+                behind.append(spec.name)
             elif spec.name not in created:
-                problems = topic_problems(spec, partitions, wanted, configs.get(spec.name, {}))
+                problems = topic_problems(spec, partitions, wanted, configs[spec.name])
             states.append(TopicState(spec, partitions, spec.name in created, tuple(problems)))
+        if behind:
+            return TopicsReport(
+                "checking",
+                tuple(states),
+                f"the broker does not list or describe {', '.join(behind)} yet (created or "
+                "deleted a moment ago): checked again shortly",
+            )
         if any(t.problems for t in states):
             # Fewer partitions alone are to be left as they are (the advice): the workers
             # run on them, at that parallelism, so that is no trouble that needs a person.

@@ -155,7 +155,8 @@ class TopicsReport:
     status: ready (every topic exists as it should), unreachable (the broker or the
     credentials failed: nothing known), mismatch (a topic exists but differs: named in
     ``problems``), no-source (no source topic exists yet, so the partitions are unknown),
-    checking (an attempt is still running: its outcome comes with a later reconcile).
+    checking (an attempt is still running, or the broker does not list or describe a
+    topic made or deleted a moment ago: the outcome comes with a later reconcile).
     retry_after: seconds until the next attempt is worth making (None when ready)."""
 
     status: TopicsStatus
