@@ -62,6 +62,9 @@ SINK_LABEL: Final = "postgres"
 #: PostgreSQL accepts at most 65535 bind parameters per statement.
 MAX_PARAMETERS: Final = 65_535
 BACKOFF_FIRST_SECONDS: Final = 0.2
+#: close() lets the writer write what is queued for this long, then stops it at its next
+#: batch: rows not written by then no checkpoint covers, so a later run writes them again.
+DRAIN_SECONDS: Final = 5.0
 BACKOFF_MAX_SECONDS: Final = 10.0
 #: flush() waits at most this long while the database is down: a postponed checkpoint is
 #: cheap, a consume loop blocked for the whole flush timeout is not.
@@ -958,7 +961,8 @@ class PostgresSink:
         self._up = False
         self._failed: BaseException | None = None
         self._stop = threading.Event()
-        self._abandoned = False  # closed without draining: write nothing more
+        self._abandoned = False  # closed without draining (or past the drain): write no more
+        self.drain_seconds = DRAIN_SECONDS
         # A deferred constraint refused the last batch's COMMIT: the next try is immediate.
         self._immediate = False
         self._conn: psycopg.Connection[Any] | None = None
@@ -1045,15 +1049,25 @@ class PostgresSink:
     def close(self, *, drain: bool = True) -> None:
         """Stop the writer (queued rows that are not confirmed are simply not checkpointed).
 
-        ``drain``: it writes what is queued first, for up to 5 s (a stop: what a last
-        checkpoint could not confirm in time still reaches the table). Without, it stops at
-        its next batch: an engine replaced in-process (decision 0194), whose rows no
-        checkpoint covers and which must not land beside the next engine's."""
+        ``drain``: it writes what is queued first, for up to ``drain_seconds`` (a stop: what
+        a last checkpoint could not confirm in time still reaches the table), then stops as
+        without. Without, it stops at its next batch: an engine replaced in-process
+        (decision 0194), whose rows no checkpoint covers and which must not land beside the
+        next engine's. Either way, once close() returns the writer starts no batch; one
+        it is writing may still commit (a statement waiting on a lock is not cut short),
+        and close() waits up to ``drain_seconds`` more for it."""
         self._abandoned = not drain
         self._stop.set()
         with self._lock:
             self._lock.notify_all()
-        self._thread.join(5)
+        self._thread.join(self.drain_seconds)
+        if self._thread.is_alive() and not self._abandoned:
+            # The queue outlasted the drain (a slow or loaded database): stopped here, where
+            # it went on writing, unseen, after close() had returned.
+            self._abandoned = True
+            with self._lock:
+                self._lock.notify_all()
+            self._thread.join(self.drain_seconds)
 
     # ------------------------------------------------------------------ writer thread
 
@@ -1155,7 +1169,7 @@ class PostgresSink:
                         return
                     delay = min(delay * 2, BACKOFF_MAX_SECONDS)
                     continue
-                if self._abandoned:  # the rows were not written (_write): nothing to count
+                if self._abandoned:  # closed: written or not (_write), no checkpoint counts them
                     return
                 delay = BACKOFF_FIRST_SECONDS
                 if rows:
