@@ -97,9 +97,12 @@ from streamherd.workers.windowing import (
     FLOAT_MIN,
     PartitionWindows,
     WindowPlan,
+    indent,
     settle,
     time_bounds,
     time_converter,
+    update_source,
+    value_check_source,
 )
 
 __all__ = ["FusedBatch", "fuse"]
@@ -412,10 +415,6 @@ def fuse(config: ProcessorConfig, plan: WindowPlan) -> FusedBatch | None:
     )
 
 
-def _indent(lines: list[str], by: int) -> list[str]:
-    return [" " * by + line for line in lines]
-
-
 def _template(
     plan: WindowPlan,
     stages: list[_Stage],
@@ -568,13 +567,7 @@ def _fold(
             if not inline:  # add() takes the values as a list
                 out.append(f"            a{i} = None")
             continue
-        out += [
-            f"            a{i} = __sh_A{i}",
-            f"            if type(a{i}) is not int and type(a{i}) is not float "
-            f"and a{i} is not None"
-            + (f" or type(a{i}) is int and not fmin <= a{i} <= fmax:" if bounded[i] else ":"),
-            f"                a{i} = checks[{i}](a{i})",
-        ]
+        out += [f"            a{i} = __sh_A{i}", *indent(value_check_source(i, bounded[i]), 12)]
     out += [
         "        except __sh_BaseException as error:",
         "            errors.append((m, __sh_untraced(error, None)))  # frames hold the record",
@@ -606,7 +599,7 @@ def _fold(
             "            mark((key, cur_start))  # changed since the last checkpoint",
         ]
         for i, agg in enumerate(plan.aggregates):
-            out += _update(i, agg.function, has_value[i])
+            out += indent(update_source(i, agg.function, has_value[i]), 8)
     elif inline:
         # Hopping: every window of the record that is still
         # open, oldest first, as PartitionWindows.add() (windows opened in the same order).
@@ -629,7 +622,7 @@ def _fold(
             "                mark(window)",
         ]
         for i, agg in enumerate(plan.aggregates):
-            out += _indent(_update(i, agg.function, has_value[i]), 8)
+            out += indent(update_source(i, agg.function, has_value[i]), 16)
         out.append("            start += slide")
     else:
         values = ", ".join(f"a{i}" for i in range(len(has_value)))
@@ -655,52 +648,3 @@ _AHEAD_CHECK: Final = (
     "                    errors.append((m, refused))",
     "                    continue",
 )
-
-
-def _update(i: int, function: str, has_value: bool) -> list[str]:
-    """Inline ``WindowPlan.update`` for aggregate ``i`` (same order, same arithmetic)."""
-    if function == "count":
-        return [f"        acc[{i}] += 1"]
-    if not has_value:
-        return []  # no expression: the value is always null, the accumulator never moves
-    head = [f"        if a{i} is not None:", f"            prev = acc[{i}]"]
-    if function == "sum":  # summing.add, its integer case inline
-        return [
-            *head,
-            f"            if type(a{i}) is int and type(prev) is not list:",
-            f"                acc[{i}] = a{i} if prev is None else prev + a{i}",
-            "            else:",
-            f"                acc[{i}] = sadd(prev, a{i})",
-        ]
-    if function in ("min", "max"):
-        return [*head, *_settled(i, function, "prev", f"acc[{i}]")]
-    return [  # avg: [total, count]
-        *head,
-        "            held = prev[0]",
-        f"            if type(a{i}) is int and type(held) is not list:",
-        f"                prev[0] = a{i} if held is None else held + a{i}",
-        "            else:",
-        f"                prev[0] = sadd(held, a{i})",
-        "            prev[1] += 1",
-    ]
-
-
-def _settled(i: int, function: str, held: str, target: str) -> list[str]:
-    """A min/max (``WindowPlan.prepare``): ``target`` = what it holds after ``a<i>``, given
-    that it holds ``held``; a number against a string (no comparison) goes to ``settle``."""
-    op, other = ("<", ">") if function == "min" else (">", "<")
-    is_min = function == "min"
-    return [
-        f"            if {held} is None:",
-        # summing.is_nan: only a float's NaN is canonical (a float subclass a user function
-        # returns is its base float by now: AggregatePlan.check, decision 0183)
-        f"                {target} = a{i} if a{i} == a{i} or type(a{i}) is not float else NAN",
-        "            else:",
-        "                try:",
-        f"                    if a{i} {op} {held}:",
-        f"                        {target} = a{i}",
-        f"                    elif not a{i} {other} {held}:  # equal, or a NaN",
-        f"                        {target} = settle({held}, a{i}, {is_min})",
-        "                except __sh_TypeError:  # a number and a string",
-        f"                    {target} = settle({held}, a{i}, {is_min})",
-    ]

@@ -413,7 +413,7 @@ def rekey(
     new maximum event time, and how many records they carry. A record whose key, event time
     or values fail, or that cannot be carried, is appended to ``failures`` (``expression``).
     Each message carries ``headers`` (the writer's spec generation, when it has one)."""
-    key_of, time_of, values_of = plan.key, plan.event_time, plan.values
+    key_of, time_of, values_of = plan.key, plan.event_time, plan.fold_values
     kafka_time, ahead = plan.kafka_time, plan.ahead_ms
     top = max_event_ms
     rows: list[Row] = []
