@@ -474,6 +474,18 @@ decode plus one dictionary update per record (decoding a whole batch in one msgs
 as a JSON array or as lines, measured slower: ~300-350 ns against ~260 ns per record, the
 join and the list cost more than the calls they spare).
 
+**Why the fused goal (70% of the read-only loop) is out of reach of a Python decode.**
+70% of the loop's records per CPU-second allows the engine 1/0.7 = 1.43 times the loop's
+CPU per record, so all of the engine's own work (consume() is the loop's) must fit in 0.43
+of what the loop costs. In the last two full runs the loop took 795 and 1,336 ns per
+record (process, all threads), which allows 341 and 573 ns; the engine's own work took 751
+and 1,011 ns (its process figure minus the loop's). The batch function alone took 518 and
+612 ns, and the msgspec decode of the four read fields in it ~300-360 ns: the decode by
+itself uses most of the allowance, before any filter, key, fold, grouping, counter or
+commit. Meeting the goal needs the decode and the fold out of the interpreter (a native
+extension module, built into the image), not a cheaper Python path; that is a build and
+packaging decision, not taken. The fused path stands at 51-57% of the loop.
+
 ### Pipelines the fused path now takes (in-process, before and after)
 
 What the engine runs per record for other pipeline shapes, before (the previous code: its
@@ -511,12 +523,26 @@ with cProfile on 60,000-100,000 records of the workload (synthetic messages, bat
   `(key, start)` tuple built twice; now the previous record's window is reused while `t`
   is in it, and the tuple is built once;
 - `values()`/`apply()` looped over every aggregate and called `summing.add` for int + int;
-  now only the aggregates with a value, the int case inline.
+  now only the aggregates with a value, the int case inline;
+- `values()` and `apply()` were still loops over the aggregates, run for every record; now
+  (session 29) both are compiled once per plan, the loops unrolled, from the source lines
+  the fused functions splice in (`windowing.update_source`: one declaration of the fold's
+  arithmetic for both paths). The fold alone: ~1,000 -> ~700 ns per record in-process.
 
-Together ~2.9-3.0 us -> ~2.0-2.1 us per record in-process. What remains is one orjson dict
-per record (~1 us with its `m.value()`), the filter's lambda, and the fold's key, event
-time and value lambdas: the ten Python calls per record that the fused function exists to
-avoid.
+Together ~2.9-3.0 us -> ~1.8-1.9 us per record in-process. What remains is one orjson dict
+per record (~0.5-0.8 us with its `m.value()`) and six Python calls per record, which the
+fused function exists to avoid: the filter's lambda, the fold's key, event time and value
+lambdas, and the compiled `values` and `update`.
+
+The compiled fold in the engine, against the code before it in the same conditions
+(`bench/engine/bench_trees.py --path generic`: the two trees alternated on one broker and
+one topic of 2,000,000 records, 4 rounds, the order swapped every round; 2026-12-07, load
+0.2-0.7): the generic path's batch function 1,674-1,743 -> 1,369-1,428 ns per record;
+records per CPU-second 332,106 -> 371,311 (medians; 1.13x, per round 1.05-1.16x); as a
+share of the read-only loop measured in the same rounds, 35.6% -> 39.7% (per round
+34.3-35.8% before, 37.3-41.1% after). Between separate runs of one code that share moves
+by several points (33% on 2026-12-06, 35.5% on 2026-12-07 before the change), which is why
+the comparison alternates.
 """
 
 
