@@ -87,7 +87,6 @@ from streamherd.workers.repartitioning import (
     fold_downstream,
     superseded,
 )
-from streamherd.workers.summing import add
 from streamherd.workers.values import (
     HELD_QUICK_CHARS,
     KEY_QUICK_CHARS,
@@ -743,8 +742,10 @@ def _fold_entries(
     get, open_window, mark = windows.windows.get, windows.open_window, windows.changed.add
     floor = clock.floor  # only close_windows() raises it, between batches
     n_values = len(plan.aggregates)
-    ordered, counted, added, sadd = plan.ordered, plan.counted, plan.added, add
-    numeric = tuple(i for i, _ in added)
+    # A min/max through update() (prepare, then apply: all or nothing, whatever the
+    # entry holds); the rest through the compiled fold, the generic fold's own.
+    ordered, fold = plan.ordered, plan.fold_update
+    numeric = tuple(i for i, _ in plan.added)
     # The event times whose windows this plan can write (windowing.time_bounds): the writer
     # checked its own, and a window size is not part of the plan.
     low, high = ISO_MIN_MS + size, ISO_MAX_MS - size
@@ -819,27 +820,8 @@ def _fold_entries(
                     )
                 )
                 continue
-        else:  # counts, sums, averages (numbers, checked above): WindowPlan.apply, inline
-            for i in counted:
-                acc[i] += 1
-            for i, is_avg in added:
-                v = values[i]
-                if v is None:
-                    continue
-                if is_avg:  # [total, count]
-                    slot = acc[i]
-                    held = slot[0]
-                    if type(v) is int and type(held) is not list:
-                        slot[0] = v if held is None else held + v
-                    else:
-                        slot[0] = sadd(held, v)
-                    slot[1] += 1
-                else:  # summing.add, its integer case inline
-                    held = acc[i]
-                    if type(v) is int and type(held) is not list:
-                        acc[i] = v if held is None else held + v
-                    else:
-                        acc[i] = sadd(held, v)
+        else:  # counts, sums, averages (numbers, checked above): cannot fail
+            fold(acc, values)
         mark((key, start))
         max_ms = top
     # fold_downstream sets the window's maximum to each record's level and folds it: what it

@@ -720,7 +720,9 @@ class PartitionWindows:
 
     def add(self, key: Any, event_ms: int, values: list[Any]) -> bool:
         """Fold one record's values (from :meth:`WindowPlan.values`) in; False (and no
-        change) when it is late. Cannot fail."""
+        change) when it is late. Cannot fail. Through :meth:`WindowPlan.update`, not the
+        compiled ``fold_update``: the repartition's downstream hands it values no check has
+        read, and update() refuses a min/max it cannot order before it changes anything."""
         plan = self.plan
         top = self.max_event_ms
         if top is None or event_ms > top:
@@ -735,7 +737,7 @@ class PartitionWindows:
             acc = self.windows.get((key, start))
             if acc is None:
                 acc = self.open_window(key, start)
-            plan.fold_update(acc, values)
+            plan.update(acc, values)
             self.changed.add((key, start))
             self.max_event_ms = top
             return True
@@ -750,7 +752,7 @@ class PartitionWindows:
         for start in starts:
             if start + size > watermark:
                 acc = windows.get((key, start))
-                plan.fold_update(self.open_window(key, start) if acc is None else acc, values)
+                plan.update(self.open_window(key, start) if acc is None else acc, values)
                 changed.add((key, start))
         self.max_event_ms = top
         return True
