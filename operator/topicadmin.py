@@ -70,6 +70,11 @@ log = logging.getLogger(__name__)
 #: First wait after a failure, and the most (doubling in between).
 BACKOFF_START: Final = 5.0
 BACKOFF_MAX: Final = 300.0
+#: Checks in a row that may find a topic the broker does not list or describe yet
+#: ("checking": made or deleted a moment ago) before it is a problem for a person: 5 + 10 +
+#: 20 + 40 s of backoff. A principal that may create a topic but not Describe it (an ACL)
+#: would otherwise leave it "checking" for good.
+BEHIND_CHECKS: Final = 4
 
 ClusterResolver = Callable[[StreamPipeline], ClusterConfig]
 
@@ -304,6 +309,8 @@ class InternalTopics:
         failures = 0
         if report.status not in TOPICS_USABLE:
             failures = (memory.failures if memory and memory.fingerprint == fingerprint else 0) + 1
+            if report.status == "checking" and failures > BEHIND_CHECKS:
+                report = _still_behind(report, failures)
             report = _with_retry(report, backoff(failures))
         # Remembered without the `created` marks: a later reconcile that gets it from memory
         # must not announce the creation again.
@@ -358,6 +365,7 @@ class InternalTopics:
             problems: list[str] = []
             if partitions is None or (spec.name not in created and spec.name not in configs):
                 behind.append(spec.name)
+                problems.append(f"{spec.name}: the broker does not list or describe it")
             elif spec.name not in created:
                 problems = topic_problems(spec, partitions, wanted, configs[spec.name])
             states.append(TopicState(spec, partitions, spec.name in created, tuple(problems)))
@@ -426,6 +434,21 @@ def _create(admin: KafkaAdmin, missing: Sequence[TopicSpec], wanted: int) -> set
         )
         made = admin.create_topics([TopicRequest(s.name, wanted, s.config) for s in again])
         return set(refused.created) | made
+
+
+def _still_behind(report: TopicsReport, checks: int) -> TopicsReport:
+    """A "checking" report after ``checks`` checks in a row found topics the broker does
+    not list or describe: no longer a moment after their creation, a mismatch a person
+    looks at (TopicMismatch), still checked again at each backoff."""
+    return TopicsReport(
+        "mismatch",
+        report.topics,
+        "; ".join(report.problems)
+        + f", in {checks} checks in a row: not a topic made or deleted a moment ago. Most "
+        "likely the operator may create the topic but not Describe it or its configuration "
+        "(the principal's ACLs), or something deletes and recreates it",
+        report.retry_after,
+    )
 
 
 def _with_retry(report: TopicsReport, seconds: float) -> TopicsReport:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from streamherd.operator.builders.topics import internal_topics, topic_config
 from streamherd.operator.lagprobe import ClusterConfig
-from streamherd.operator.topicadmin import InternalTopics
+from streamherd.operator.topicadmin import BACKOFF_MAX, BEHIND_CHECKS, InternalTopics
 from tests.unit.operator.operator_testkit import example_doc, pipeline_from
 
 #: How far behind the broker is with one internal topic.
@@ -187,5 +187,35 @@ def test_a_broker_behind_its_topics_is_checked_again_and_never_called_unreachabl
             later = manager.ensure(pipeline)
         assert later is not None and later.status == "ready", later
         assert later.created == [] and sorted(broker.created) == sorted(set(broker.created))
+    finally:
+        manager.close()
+
+
+def test_a_topic_the_broker_never_describes_becomes_a_mismatch_after_a_few_checks() -> None:
+    """A principal that may create a topic but not Describe it: the creation says it
+    exists, the broker never lists it to us. "checking" for the first BEHIND_CHECKS
+    checks (a topic made a moment ago), then a mismatch that names it and says why, so a
+    person sees it (TopicMismatch, Degraded); checked again at each backoff all along."""
+    pipeline = _pipeline("hidden")
+    names = [s.name for s in internal_topics(pipeline)]
+    broker = _broker([pipeline], {names[0]: UNLISTED})
+    clock = [0.0]
+    manager = _manager(broker, clock)
+    pause = threading.Event()
+    try:
+        seen = []
+        for _ in range(BEHIND_CHECKS + 2):
+            clock[0] += BACKOFF_MAX + 1  # past any backoff: a new check
+            manager.ensure(pipeline)
+            for _ in range(500):  # the check runs in the manager's pool
+                if ("default", "hidden") not in manager._running:
+                    break
+                pause.wait(0.01)
+            report = manager.ensure(pipeline)  # what it found, within its backoff
+            assert report is not None and report.retry_after is not None
+            seen.append(report.message)
+            assert report.status == ("checking" if len(seen) <= BEHIND_CHECKS else "mismatch")
+        assert names[0] in seen[-1] and "ACL" in seen[-1], seen[-1]
+        assert broker.created == []  # it exists: the creation says so, every time
     finally:
         manager.close()
