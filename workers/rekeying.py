@@ -742,8 +742,8 @@ def _fold_entries(
     get, open_window, mark = windows.windows.get, windows.open_window, windows.changed.add
     floor = clock.floor  # only close_windows() raises it, between batches
     n_values = len(plan.aggregates)
-    # A min/max through update() (prepare, then apply: all or nothing, whatever the
-    # entry holds); the rest through the compiled fold, the generic fold's own.
+    # A min/max through update() (prepare, then apply); the rest through the compiled
+    # fold, the generic fold's own.
     ordered, fold = plan.ordered, plan.fold_update
     numeric = tuple(i for i, _ in plan.added)
     # The event times whose windows this plan can write (windowing.time_bounds): the writer

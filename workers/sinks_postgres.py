@@ -1054,9 +1054,10 @@ class PostgresSink:
         without. Without, it stops at its next batch: an engine replaced in-process
         (decision 0194), whose rows no checkpoint covers and which must not land beside the
         next engine's. Either way, once close() returns the writer starts no batch; one
-        it is writing may still commit (a statement waiting on a lock is not cut short),
-        and close() waits up to ``drain_seconds`` more for it."""
-        self._abandoned = not drain
+        it is writing may still commit or fail (within the connection's answer timeout),
+        and close() waits a second more for it. A close cannot undo an earlier one's
+        ``drain=False``."""
+        self._abandoned = self._abandoned or not drain
         self._stop.set()
         with self._lock:
             self._lock.notify_all()
@@ -1067,7 +1068,7 @@ class PostgresSink:
             self._abandoned = True
             with self._lock:
                 self._lock.notify_all()
-            self._thread.join(self.drain_seconds)
+            self._thread.join(min(self.drain_seconds, 1.0))
 
     # ------------------------------------------------------------------ writer thread
 

@@ -720,9 +720,7 @@ class PartitionWindows:
 
     def add(self, key: Any, event_ms: int, values: list[Any]) -> bool:
         """Fold one record's values (from :meth:`WindowPlan.values`) in; False (and no
-        change) when it is late. Cannot fail. Through :meth:`WindowPlan.update`, not the
-        compiled ``fold_update``: the repartition's downstream hands it values no check has
-        read, and update() refuses a min/max it cannot order before it changes anything."""
+        change) when it is late. Cannot fail."""
         plan = self.plan
         top = self.max_event_ms
         if top is None or event_ms > top:
