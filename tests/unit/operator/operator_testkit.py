@@ -20,9 +20,11 @@ import copy
 import hashlib
 import json
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any, Literal
 
 import yaml
+from confluent_kafka import KafkaError, KafkaException
 
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.kube import ApiError, SecretVersion
@@ -287,3 +289,17 @@ def pipeline_from(doc: dict[str, Any], **meta: Any) -> StreamPipeline:
 
 
 SETTINGS = OperatorSettings(worker_image="ghcr.io/streamherd/streamherd:test")
+
+
+def admin_failed(code: int, text: str = "refused") -> Future[Any]:
+    """An AdminClient future that failed with librdkafka error ``code``."""
+    future: Future[Any] = Future()
+    future.set_exception(KafkaException(KafkaError(code, text)))
+    return future
+
+
+def admin_done(value: Any) -> Future[Any]:
+    """An AdminClient future that answered ``value``."""
+    future: Future[Any] = Future()
+    future.set_result(value)
+    return future

@@ -15,17 +15,17 @@ are futures, as confluent-kafka's are; the real one runs in tests/integration.
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError
 
 from streamherd.operator.builders.topics import TopicSpec, topic_config, topic_tuning
 from streamherd.operator.kafkaadmin import KafkaAdmin, KafkaAdminError
 from streamherd.operator.lagprobe import ClusterConfig
 from streamherd.operator.topicadmin import InternalTopics
+from tests.unit.operator.operator_testkit import admin_done, admin_failed
 
 SOURCE = "clicks"
 REPARTITION = "streamherd.default.p.repartition"
@@ -42,18 +42,6 @@ SERVERLESS = frozenset(
         "retention.ms",
     }
 )
-
-
-def _failed(code: int, text: str) -> Future[Any]:
-    future: Future[Any] = Future()
-    future.set_exception(KafkaException(KafkaError(code, text)))
-    return future
-
-
-def _done(value: Any) -> Future[Any]:
-    future: Future[Any] = Future()
-    future.set_result(value)
-    return future
 
 
 class PolicyBroker:
@@ -74,26 +62,28 @@ class PolicyBroker:
             self.asked.append(dict(t.config))
             refused = sorted(set(t.config) - self.allowed)
             if t.topic in self.partitions:
-                out[t.topic] = _failed(KafkaError.TOPIC_ALREADY_EXISTS, "exists")
+                out[t.topic] = admin_failed(KafkaError.TOPIC_ALREADY_EXISTS, "exists")
             elif refused:
-                out[t.topic] = _failed(self.code, f"Config property '{refused[0]}' not allowed")
+                out[t.topic] = admin_failed(
+                    self.code, f"Config property '{refused[0]}' not allowed"
+                )
             else:
                 self.partitions[t.topic] = t.num_partitions
                 self.configs[t.topic] = dict(t.config)
-                out[t.topic] = _done(None)
+                out[t.topic] = admin_done(None)
         return out
 
     def describe_topics(self, topics: Any, **kwargs: Any) -> dict[str, Any]:
         return {
-            name: _done(SimpleNamespace(partitions=[object()] * self.partitions[name]))
+            name: admin_done(SimpleNamespace(partitions=[object()] * self.partitions[name]))
             if name in self.partitions
-            else _failed(KafkaError.UNKNOWN_TOPIC_OR_PART, "unknown")
+            else admin_failed(KafkaError.UNKNOWN_TOPIC_OR_PART, "unknown")
             for name in topics.topic_names
         }
 
     def describe_configs(self, resources: list[Any], **kwargs: Any) -> dict[Any, Any]:
         return {
-            r: _done({k: SimpleNamespace(value=v) for k, v in self.configs[r.name].items()})
+            r: admin_done({k: SimpleNamespace(value=v) for k, v in self.configs[r.name].items()})
             for r in resources
         }
 

@@ -13,18 +13,22 @@ for real in tests/integration/test_topicadmin.py.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError
 from hypothesis import given
 from hypothesis import strategies as st
 
 from streamherd.operator.builders.topics import internal_topics, topic_config
 from streamherd.operator.lagprobe import ClusterConfig
 from streamherd.operator.topicadmin import BACKOFF_MAX, BEHIND_CHECKS, InternalTopics
-from tests.unit.operator.operator_testkit import example_doc, pipeline_from
+from tests.unit.operator.operator_testkit import (
+    admin_done,
+    admin_failed,
+    example_doc,
+    pipeline_from,
+)
 
 #: How far behind the broker is with one internal topic.
 Lag = str
@@ -39,18 +43,6 @@ CAUGHT_UP, ABSENT, UNDESCRIBED, UNLISTED, UNLISTED_AFTER_CREATE = (
 EXISTING = (CAUGHT_UP, UNDESCRIBED, UNLISTED)
 #: The lags the check cannot see past: a topic it did not make and cannot read.
 BEHIND = (UNDESCRIBED, UNLISTED)
-
-
-def _failed(code: int) -> Future[Any]:
-    future: Future[Any] = Future()
-    future.set_exception(KafkaException(KafkaError(code, "not known to this broker")))
-    return future
-
-
-def _done(value: Any) -> Future[Any]:
-    future: Future[Any] = Future()
-    future.set_result(value)
-    return future
 
 
 class LaggingBroker:
@@ -87,29 +79,29 @@ class LaggingBroker:
         out: dict[str, Any] = {}
         for t in new_topics:
             if t.topic in self.partitions:
-                out[t.topic] = _failed(KafkaError.TOPIC_ALREADY_EXISTS)
+                out[t.topic] = admin_failed(KafkaError.TOPIC_ALREADY_EXISTS)
                 continue
             self.partitions[t.topic] = t.num_partitions
             self.configs[t.topic] = dict(t.config)
             self.created.append(t.topic)
-            out[t.topic] = _done(None)
+            out[t.topic] = admin_done(None)
         return out
 
     def describe_topics(self, topics: Any, **kwargs: Any) -> dict[str, Any]:
         return {
-            name: _done(SimpleNamespace(partitions=[object()] * self.partitions[name]))
+            name: admin_done(SimpleNamespace(partitions=[object()] * self.partitions[name]))
             if name in self.partitions
             and self.lags.get(name) not in (UNLISTED, UNLISTED_AFTER_CREATE)
-            else _failed(KafkaError.UNKNOWN_TOPIC_OR_PART)
+            else admin_failed(KafkaError.UNKNOWN_TOPIC_OR_PART)
             for name in topics.topic_names
         }
 
     def describe_configs(self, resources: list[Any], **kwargs: Any) -> dict[Any, Any]:
         return {
-            r: _done({k: SimpleNamespace(value=v) for k, v in self.configs[r.name].items()})
+            r: admin_done({k: SimpleNamespace(value=v) for k, v in self.configs[r.name].items()})
             if r.name in self.partitions
             and self.lags.get(r.name) not in (UNDESCRIBED, UNLISTED, UNLISTED_AFTER_CREATE)
-            else _failed(KafkaError.UNKNOWN_TOPIC_OR_PART)
+            else admin_failed(KafkaError.UNKNOWN_TOPIC_OR_PART)
             for r in resources
         }
 
