@@ -177,6 +177,9 @@ class _Memory:
     report: TopicsReport
     at: float
     failures: int = 0
+    # Of those failures, the last ones in a row that found topics the broker does not list
+    # or describe ("checking"): BEHIND_CHECKS bounds them, whatever failed before.
+    behind: int = 0
 
 
 @dataclass
@@ -306,11 +309,14 @@ class InternalTopics:
                 "unreachable",
                 message=f"cannot connect to {kafka.bootstrap_servers}: {type(e).__name__}: {e}",
             )
-        failures = 0
+        failures = behind = 0
+        known = memory if memory is not None and memory.fingerprint == fingerprint else None
         if report.status not in TOPICS_USABLE:
-            failures = (memory.failures if memory and memory.fingerprint == fingerprint else 0) + 1
-            if report.status == "checking" and failures > BEHIND_CHECKS:
-                report = _still_behind(report, failures)
+            failures = (known.failures if known else 0) + 1
+            if report.status == "checking":
+                behind = (known.behind if known else 0) + 1
+                if behind > BEHIND_CHECKS:
+                    report = _still_behind(report, behind)
             report = _with_retry(report, backoff(failures))
         # Remembered without the `created` marks: a later reconcile that gets it from memory
         # must not announce the creation again.
@@ -321,7 +327,7 @@ class InternalTopics:
             report.retry_after,
         )
         with self._lock:
-            self._memory[key] = _Memory(fingerprint, kept, self.clock(), failures)
+            self._memory[key] = _Memory(fingerprint, kept, self.clock(), failures, behind)
             self._running.pop(key, None)
         for t in report.created:
             log.info("internal topic %s created (%s partitions)", t.spec.name, t.partitions)

@@ -59,6 +59,7 @@ class LaggingBroker:
         self.configs = {name: {"cleanup.policy": "delete"} for name in partitions}
         self.lags = dict(lags)
         self.created: list[str] = []
+        self.down = False  # no broker answers
 
     def catch_up(self) -> None:
         self.lags = {name: CAUGHT_UP for name in self.lags}
@@ -88,6 +89,8 @@ class LaggingBroker:
         return out
 
     def describe_topics(self, topics: Any, **kwargs: Any) -> dict[str, Any]:
+        if self.down:
+            return {name: admin_failed(KafkaError._TRANSPORT) for name in topics.topic_names}
         return {
             name: admin_done(SimpleNamespace(partitions=[object()] * self.partitions[name]))
             if name in self.partitions
@@ -209,5 +212,32 @@ def test_a_topic_the_broker_never_describes_becomes_a_mismatch_after_a_few_check
             assert report.status == ("checking" if len(seen) <= BEHIND_CHECKS else "mismatch")
         assert names[0] in seen[-1] and "ACL" in seen[-1], seen[-1]
         assert broker.created == []  # it exists: the creation says so, every time
+    finally:
+        manager.close()
+
+
+def test_only_checks_that_found_topics_behind_count_toward_the_bound() -> None:
+    """A broker down for many checks, then up with a topic another client made a moment
+    ago: that is one check behind, "checking", not a mismatch because failures came first."""
+    pipeline = _pipeline("back")
+    names = [s.name for s in internal_topics(pipeline)]
+    broker = _broker([pipeline], {names[0]: UNDESCRIBED})
+    broker.down = True
+    clock = [0.0]
+    manager = _manager(broker, clock)
+    pause = threading.Event()
+    try:
+        for n in range(BEHIND_CHECKS + 3):
+            if n == BEHIND_CHECKS + 2:
+                broker.down = False
+            clock[0] += BACKOFF_MAX + 1  # past any backoff: a new check
+            manager.ensure(pipeline)
+            for _ in range(500):  # the check runs in the manager's pool
+                if ("default", "back") not in manager._running:
+                    break
+                pause.wait(0.01)
+            report = manager.ensure(pipeline)
+            assert report is not None
+            assert report.status == ("unreachable" if broker.down else "checking"), report
     finally:
         manager.close()
