@@ -477,14 +477,16 @@ join and the list cost more than the calls they spare).
 **Why the fused goal (70% of the read-only loop) is out of reach of a Python decode.**
 70% of the loop's records per CPU-second allows the engine 1/0.7 = 1.43 times the loop's
 CPU per record, so all of the engine's own work (consume() is the loop's) must fit in 0.43
-of what the loop costs. In the last two full runs the loop took 795 and 1,336 ns per
-record (process, all threads), which allows 341 and 573 ns; the engine's own work took 751
-and 1,011 ns (its process figure minus the loop's). The batch function alone took 518 and
-612 ns, and the msgspec decode of the four read fields in it ~300-360 ns: the decode by
-itself uses most of the allowance, before any filter, key, fold, grouping, counter or
-commit. Meeting the goal needs the decode and the fold out of the interpreter (a native
-extension module, built into the image), not a cheaper Python path; that is a build and
-packaging decision, not taken. The fused path stands at 51-57% of the loop.
+of what the loop costs. In the run of 2026-12-07 03:06 the loop took 1,336 ns per record
+(process, all threads), which allows 573 ns; the engine's own work took 1,011 ns (its
+process figure minus the loop's), 612 of them in the batch function. Everything else
+staying as it is, the batch function would have to fall to ~175 ns per record, while the
+msgspec decode of the four read fields into the fused Struct, with its ASCII check, takes
+~190 ns by itself (in-process, the same day: 200,000 of the workload's values, best of 9,
+the loop's own 34 ns taken off). Meeting the goal needs the decode and the fold out of the
+interpreter (a native extension module, built into the image), not a cheaper Python path;
+that is a build and packaging decision, not taken. The fused path stands at 57% of the loop
+in that run (51% on 2026-12-06).
 
 ### Pipelines the fused path now takes (in-process, before and after)
 
