@@ -379,6 +379,10 @@ class Engine:
         # before their first commit rebuilds the partitions, which discards (and keeps)
         # the same checkpoint again; counted and warned of once.
         self._discarded: set[tuple[str, int, str]] = set()
+        # By partition, the offset up to which this worker counted records lost (_lost): an
+        # abort or a lost assignment rewinds the partition to its checkpoint, before a gap
+        # already counted, and its next fetch jumps over the same gap again.
+        self._lost_through: dict[tuple[str, int], int] = {}
         self._last_lag = 0.0
         self._running = False
         # Its clients are set up and its source open (the "started" event): a failure
@@ -1687,7 +1691,18 @@ class Engine:
     def _lost(self, st: PartitionState, position: int, resumes_at: int) -> None:
         """The records of `st` from `position` up to `resumes_at`, the log start, will never
         be read: count and say so (the caller moves the partition on: its records past the
-        gap are folded next, or its start is set there)."""
+        gap are folded next, or its start is set there). Only what this worker has not
+        counted yet: after a rewind (an exactly-once abort, partitions lost and assigned
+        again) the same gap is jumped again, and was counted twice. What a rewind undid
+        past the gap and the broker deleted since is lost anew, and counted."""
+        key = (st.topic, st.partition)
+        position = max(position, self._lost_through.get(key, position))
+        if position < resumes_at:
+            self._lost_through[key] = resumes_at
+            self._count_lost(st, position, resumes_at)
+
+    def _count_lost(self, st: PartitionState, position: int, resumes_at: int) -> None:
+        """Count and say the records of `st` from `position` up to `resumes_at` lost."""
         lost = resumes_at - position
         self.metrics.records_lost(st.topic, st.partition, lost)
         log_event(log, logging.WARNING, "input-lost", topic=st.topic, partition=st.partition,

@@ -73,6 +73,10 @@ class Log:
     # Where a partition that had no position yet (a new pipeline's earliest: the log start,
     # whatever it is when the first fetch comes) was moved to by a deletion: no loss.
     start_moved: dict[int, int] = field(default_factory=dict)
+    # Deleted unread, but behind a jump the worker cannot tell from a marker: the log start
+    # moved again, past the jump's first record, before that record was handed out (two
+    # deletions in a row; the undercount decision 0201 accepts).
+    hidden: set[tuple[int, int]] = field(default_factory=set)
 
     def high(self, partition: int) -> int:
         records = self.offsets[partition]
@@ -108,6 +112,10 @@ class DeletingSource:
         # The partitions with a position: assigned at an offset, a committed one, or read.
         self.anchored: set[int] = set()
         self.polls = self.given = 0
+        self.on_abort: Any = None
+        # Per partition, the consumer's resets to the log start not yet handed out: the
+        # first record after each jump and the offsets deleted unread before it.
+        self.jumps: dict[int, list[tuple[int, set[int]]]] = {}
 
     def open(self, assigned: Any, revoked: Any, lost: Any) -> None:
         assigned([TopicPartition(TOPIC, p) for p in sorted(self.log.offsets)])
@@ -130,6 +138,7 @@ class DeletingSource:
             taken, self.queue[partition] = queue[: self.chunk], queue[self.chunk :]
             batch.extend(self._message(partition, o) for o in taken)
             self.log.handed.update((partition, o) for o in taken)
+            self._hand_out(partition, taken)
             if taken:
                 self.anchored.add(partition)
         self.given += len(batch)
@@ -152,8 +161,34 @@ class DeletingSource:
         # The fetch after the prefetched records is out of range: the consumer resumes at
         # the log start (auto.offset.reset: earliest).
         kept = [o for o in rest if o >= self.log.low[p]]
-        self.log.deleted_unread.update((p, o) for o in rest if o < self.log.low[p])
+        gone = {o for o in rest if o < self.log.low[p]}
+        self.log.deleted_unread.update((p, o) for o in gone)
         self.queue[p] = fetched + kept
+        # A reset still to be handed out whose first record went too is one longer jump.
+        jumps = self.jumps.setdefault(p, [])
+        for first, gap in [j for j in jumps if j[0] in gone]:
+            jumps.remove((first, gap))
+            gone |= gap
+        if gone and kept:
+            jumps.append((kept[0], gone))
+
+    def _reset(self, p: int, position: int) -> None:
+        """The consumer's position of ``p`` is ``position``: out of range, it resumes at
+        the log start, a jump over what was deleted unread."""
+        low = self.log.low[p]
+        start = position if low <= position <= self.log.high(p) else low
+        self.queue[p] = [o for o in self.log.offsets[p] if o >= start]
+        gap = {o for o in self.log.offsets[p] if position <= o < low}
+        self.jumps[p] = [(self.queue[p][0], gap)] if gap and self.queue[p] else []
+
+    def _hand_out(self, p: int, taken: list[int]) -> None:
+        """The worker judges a jump by the log start when its first record comes: one that
+        moved past that record since (another deletion) makes the jump look like a marker."""
+        for first, gap in list(self.jumps.get(p, [])):
+            if first in taken:
+                self.jumps[p].remove((first, gap))
+                if first < self.log.low[p]:
+                    self.log.hidden.update((p, o) for o in gap)
 
     @property
     def exhausted(self) -> bool:
@@ -177,9 +212,7 @@ class DeletingSource:
                 assert tp.offset == OFFSET_INVALID, tp
                 committed = self.log.group.get(p)
                 position = committed[0] if committed is not None else low
-            if not low <= position <= high:  # out of range: auto.offset.reset (earliest)
-                position = low
-            self.queue[p] = [o for o in self.log.offsets[p] if o >= position]
+            self._reset(p, position)  # out of range: auto.offset.reset (earliest)
 
     def unassign(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -273,7 +306,9 @@ def run(
         source=source, state=backend,
     )  # fmt: skip
     lost: list[tuple[int, int, int]] = []
-    counted = engine._lost
+    counted = engine._count_lost
+    # An abort a RewindingSource schedules: the engine's own, as a failed transaction's.
+    source.on_abort = lambda: engine._abort_and_rewind(source, "aborted by the test")
 
     def record_lost(st: Any, position: int, resumes_at: int, **how: Any) -> None:
         lost.append((st.partition, position, resumes_at))
@@ -282,7 +317,7 @@ def run(
     # No broker behind the Kafka source's address: no snapshot topic to look for.
     with (
         patch.object(engine, "_list_topics", lambda timeout=10.0: []),
-        patch.object(engine, "_lost", record_lost),
+        patch.object(engine, "_count_lost", record_lost),
     ):
         engine.run()
     assert not [s for s in engine.partitions.values() if s.held is not None]
@@ -355,6 +390,19 @@ def fraction(log: Log, partition: int, percent: int) -> int:
         "running_deletions": [(1, 0, 60, 1)],
     }
 )
+# A second deletion before the reset's first record is handed out hides the jump (found by
+# this test on the CI's random draws: decision 0201's undercount, modelled since).
+@example(
+    {
+        "gaps": [[0, 0, 0]],
+        "start_from": "earliest",
+        "first_run": 0,
+        "keep_checkpoint": True,
+        "chunk": 1,
+        "stopped_deletions": [50],
+        "running_deletions": [(1, 0, 75, 1)],
+    }
+)
 def test_every_record_is_read_or_counted_lost_never_both(scenario: dict[str, Any]) -> None:
     offsets = gappy_log(scenario["gaps"])
     partitions = len(offsets)
@@ -408,15 +456,21 @@ def test_every_record_is_read_or_counted_lost_never_both(scenario: dict[str, Any
         assert resumes <= log.low[p], (lost, log.low)
         assert not {(p, o) for o in range(first, resumes)} & log.handed, lost
     # Every record from where the second run resumed is read or counted lost.
+    # (Those behind a jump a second deletion hid are not: decision 0201's undercount.)
     for p, records in offsets.items():
         for o in records:
-            if o >= max(resume[p], log.start_moved.get(p, 0)):
+            if o >= max(resume[p], log.start_moved.get(p, 0)) and (p, o) not in log.hidden:
                 assert (p, o) in read_again or (p, o) in counted, (p, o, lost, resume)
-    # Of the records, exactly those deleted unread are counted. The counter counts offsets,
-    # so a gap's offsets next to them count too (decision 0201); a gap alone never does.
+    # Of the records, exactly those deleted unread are counted, but for the hidden ones. The
+    # counter counts offsets, so a gap's offsets next to them count too (decision 0201); a
+    # gap alone never does.
     deleted = {(p, o) for p, o in log.deleted_unread if o >= resume[p]}
     every = {(p, o) for p, os in offsets.items() for o in os}
-    assert counted & every == deleted, (sorted(counted & every), sorted(deleted))
+    assert deleted - log.hidden <= counted & every <= deleted, (
+        sorted(counted & every),
+        sorted(deleted),
+        sorted(log.hidden),
+    )
 
 
 class UnansweringGroup(DeletingSource):
@@ -501,3 +555,91 @@ def test_a_marker_among_records_prefetched_before_a_deletion_is_no_loss(chunk: i
     assert not log.deleted_unread
     assert lost == []
     assert read == {(0, o) for o in (0, 1, 3, 4, *range(5, 20))}
+
+
+class RewindingSource(DeletingSource):
+    """A consumer whose partitions go back to their checkpoint while a worker reads: at poll
+    number ``at`` of each ``(at, how)`` in ``rewinds``, the group takes them all away and
+    gives them back (``lost``: a session timeout, no checkpoint on the way out), or the
+    worker's open transaction aborts (``abort``: every partition seeks back to its commit).
+    A position the log no longer holds resumes at the log start, as librdkafka's
+    ``auto.offset.reset: earliest`` does."""
+
+    def __init__(
+        self, stop: threading.Event, log: Log, *, chunk: int, rewinds: Sequence[tuple[int, str]]
+    ) -> None:
+        super().__init__(stop, log, chunk=chunk)
+        self.rewinds = sorted(rewinds)
+
+    def open(self, assigned: Any, revoked: Any, lost: Any) -> None:
+        self.assigned, self.lose = assigned, lost
+        super().open(assigned, revoked, lost)
+
+    def seek(self, partition: TopicPartition) -> None:
+        self._reset(partition.partition, partition.offset)
+
+    def poll(self, max_records: int, timeout: float) -> list[Any]:
+        while self.rewinds and self.rewinds[0][0] <= self.polls + 1:
+            _, how = self.rewinds.pop(0)
+            owned = [TopicPartition(TOPIC, p) for p in sorted(self.queue)]
+            if how == "lost":
+                self.lose(owned)
+                self.assigned(owned)
+            else:
+                self.on_abort()
+        return super().poll(max_records, timeout)
+
+    @property
+    def exhausted(self) -> bool:
+        return not self.rewinds and super().exhausted
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(3, 30), min_size=1, max_size=3),
+    st.integers(1, 30),
+    st.integers(0, 100),
+    st.booleans(),
+    st.integers(1, 7),
+    st.lists(st.tuples(st.integers(1, 12), st.sampled_from(["lost", "abort"])), max_size=3),
+)
+@example([20], 5, 50, True, 3, [(2, "lost")])
+@example([20], 5, 50, False, 3, [(2, "abort")])
+def test_a_gap_jumped_again_after_a_rewind_is_counted_once(
+    sizes: list[int],
+    first_run: int,
+    percent: int,
+    keep_checkpoint: bool,
+    chunk: int,
+    rewinds: list[tuple[int, str]],
+) -> None:
+    """The broker deleted records past where the pipeline stopped. The worker resumes, jumps
+    the gap and counts it; then its partitions go back to their checkpoint, before the gap,
+    any number of times (an exactly-once abort, partitions lost and assigned again), and
+    every fetch from there jumps the same gap. Whatever the schedule, the records deleted
+    unread are counted lost exactly once, and every record still in the log is read (a
+    rewind's own re-reads aside: at-least-once). On the code before, each rewind counted the
+    gap again."""
+    offsets = {p: list(range(size)) for p, size in enumerate(sizes)}
+    log = Log({p: o[: len(o) // 2] for p, o in offsets.items()}, {p: 0 for p in offsets})
+    backend = KeptBackend()
+    before = DeletingSource(threading.Event(), log, chunk=chunk, stop_after=first_run)
+    _, lost = run("earliest", backend, before)
+    assert not lost
+    if not keep_checkpoint:
+        backend = KeptBackend()  # the group's offsets alone
+    log.offsets = offsets
+    resume = {}
+    for p, records in offsets.items():
+        kept = backend.kept.get((TOPIC, p))
+        resume[p] = kept.next_offset if kept is not None else log.group.get(p, (0, ""))[0]
+        log.delete(p, fraction(log, p, percent))
+        log.deleted_unread.update((p, o) for o in records if resume[p] <= o < log.low[p])
+    source = RewindingSource(threading.Event(), log, chunk=chunk, rewinds=rewinds)
+    read_again, lost = run("earliest", backend, source)
+
+    counted = [(p, o) for p, first, resumes in lost for o in range(first, resumes)]
+    assert len(counted) == len(set(counted)), f"counted twice: {lost}"
+    assert set(counted) == log.deleted_unread, (lost, sorted(log.deleted_unread))
+    kept_records = {(p, o) for p, os in offsets.items() for o in os if o >= log.low[p]}
+    assert {r for r in kept_records if r[1] >= resume[r[0]]} <= read_again
