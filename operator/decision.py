@@ -41,6 +41,7 @@ from streamherd.operator.builders.meta import (
 from streamherd.operator.builders.monitoring import MONITORING_API
 from streamherd.operator.builders.snapshot import build_state_snapshot, state_snapshot_name
 from streamherd.operator.builders.topics import TopicsReport, internal_topics
+from streamherd.operator.builders.workload import builtin_scaled
 from streamherd.operator.conditions import (
     VERIFIED,
     Cond,
@@ -69,7 +70,7 @@ OWN_CONDITIONS: Final = (
     READY, PROGRESSING, DEGRADED, MONITORING, STATE_COMPATIBLE, ROLLED_BACK, VERIFIED, TOPICS,
 )  # fmt: skip
 # The status keys the reconciler writes; others (desiredReplicas, lag, lastScale*) belong to
-# the autoscaler and are never touched here.
+# the autoscaler and are never touched here, but for ERA_STATUS_KEYS.
 OWN_STATUS_KEYS: Final = (
     "observedGeneration",
     "phase",
@@ -88,6 +89,14 @@ OWN_STATUS_KEYS: Final = (
     "internalTopics",
     "conditions",
 )
+
+#: The autoscaler's keys that hold only for its era: while the builtin autoscaler does not
+#: decide the count (another mode, a source it does not measure; a builtin pipeline's
+#: suspend keeps them, so that a resume comes back to the count before it), the reconciler
+#: removes them. Kept, a switch
+#: back to builtin restarted the workers at the count of the era before (a helper's finding),
+#: and `kubectl get` showed a lag no one measured any more.
+ERA_STATUS_KEYS: Final = ("desiredReplicas", "lag")
 
 #: How soon a reconcile looks again at the snapshot a reset or replay waits for.
 SNAPSHOT_WAIT_SECONDS: Final = 3.0
@@ -1263,6 +1272,8 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         rolledBackGeneration=generation if good is not None else None,
         internalTopics=internal,
     )
+    if not builtin_scaled(pipeline):
+        patch.update({key: None for key in ERA_STATUS_KEYS if key in current_status})
     retry_after = _sooner(
         _sooner(
             applied.topics.retry_after if applied.topics is not None else None,

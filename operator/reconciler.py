@@ -576,7 +576,8 @@ def observe(
         )  # fmt: skip
     live_children = _read(desired, kube, pool)
     desired = [
-        replicas_kept(child, live) for child, live in zip(desired, live_children, strict=True)
+        replicas_kept(child, live, pipeline)
+        for child, live in zip(desired, live_children, strict=True)
     ]
     return replace(
         observed,

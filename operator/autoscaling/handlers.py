@@ -22,6 +22,7 @@ reconciler leaves alone (reconciler.OWN_STATUS_KEYS).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -115,8 +116,17 @@ class AutoscalerState:
         if interval is None:
             self.intervals.pop(key, None)
             self.parsed.pop(key, None)
+            forget_series(key)
         else:
             self.intervals[key] = interval
+
+
+def forget_series(key: Key) -> None:
+    """Remove a pipeline's gauges once the autoscaler no longer manages it (deleted,
+    suspended, another mode or source): kept, they showed its last lag and count for good."""
+    for gauge in (PIPELINE_LAG, DESIRED_REPLICAS):
+        with contextlib.suppress(KeyError):  # never set
+            gauge.remove(*key)
 
 
 def valid_pipeline(body: Manifest) -> StreamPipeline | None:
@@ -179,6 +189,11 @@ async def scale_once(
     current = int(wanted) if isinstance(wanted, int) else spec_replicas
     ready = int((dep.get("status") or {}).get("readyReplicas") or 0)
     result = await autoscaler.evaluate(pipeline, current, running=min(ready, current))
+    # The lag took a round trip or more: a pipeline switched away from builtin meanwhile
+    # (the reconciler clears this era's keys) must not get them back from this decision.
+    now_body = await _read(kube, pool, f"{GROUP}/{VERSION}", KIND, namespace, name)
+    if now_body is None or wants_builtin(now_body) is None:
+        return None
     SCALING_DECISIONS.labels(result.reason).inc()
     if result.lag is not None:
         PIPELINE_LAG.labels(namespace, name).set(result.lag)

@@ -41,12 +41,24 @@ CONTAINER_NAME = WORKER_CONTAINER
 EXTERNAL_SCALER_MODES = frozenset({"hpa", "keda"})
 
 
+def builtin_scaled(pipeline: StreamPipeline) -> bool:
+    """Whether the builtin autoscaler decides the count (when not suspended): mode builtin
+    on a Kafka source, whose lag it measures. Its ``status.desiredReplicas`` and ``lag``
+    mean something only then: under another mode, or on another source, they are an
+    earlier era's (the reconciler clears them: operator/decision.py)."""
+    return pipeline.spec.autoscaling.mode == "builtin" and pipeline.spec.source.kafka is not None
+
+
 def desired_replicas(pipeline: StreamPipeline) -> int | None:
     """Workers the Deployment should run; None when an HPA or KEDA owns the count.
 
     suspend: 0. mode none: spec.replicas. builtin: the autoscaler's status.desiredReplicas
     (clamped to [minReplicas, maxReplicas]); before its first decision, minReplicas but at
-    least one, so a new pipeline starts working on whatever lag it already has.
+    least one, so a new pipeline starts working on whatever lag it already has (a pipeline
+    that has workers already keeps their count: :func:`replicas_kept`). A builtin pipeline
+    on a source the autoscaler does not measure (the generator) runs minReplicas but at
+    least one: a count an earlier Kafka source's autoscaler decided, zero included, would
+    stay for good, with nothing left to change it.
     """
     spec = pipeline.spec
     scaling = spec.autoscaling
@@ -57,26 +69,53 @@ def desired_replicas(pipeline: StreamPipeline) -> int | None:
     if scaling.mode in EXTERNAL_SCALER_MODES:
         return None
     wanted = pipeline.status.desired_replicas if pipeline.status else None
-    if wanted is None:
+    if wanted is None or not builtin_scaled(pipeline):
         wanted = max(scaling.min_replicas, 1)
     return max(scaling.min_replicas, min(scaling.max_replicas, wanted))
 
 
-def replicas_kept(desired: Manifest, live: Manifest | None) -> Manifest:
-    """``desired`` (a Deployment without ``spec.replicas``: an HPA or KEDA owns the count)
-    with the live count. Applied without a field its server-side apply alone owned, the
-    API server resets it to its default, 1: switching a pipeline of 10 workers to keda or
-    hpa dropped it to one worker until the HPA acted (a helper's finding). Applying the live
-    count changes nothing the HPA decided (the operator reads it just before; applies are
-    rare: only when the Deployment's own content changes). A count of 0 is left out (the
-    default 1 then): an HPA never scales a Deployment up from 0, so a pipeline resumed from
-    `suspend` in hpa mode would stay at 0."""
-    spec = desired.get("spec") or {}
-    if desired.get("kind") != "Deployment" or "replicas" in spec or live is None:
-        return desired
+def _live_count(live: Manifest) -> int | None:
     count = (live.get("spec") or {}).get("replicas")
-    if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        return None
+    return count
+
+
+def replicas_kept(desired: Manifest, live: Manifest | None, pipeline: StreamPipeline) -> Manifest:
+    """``desired`` with the live count where the operator does not decide it:
+
+    - An HPA or KEDA owns it (no ``spec.replicas`` in ``desired``). Applied without a field
+      its server-side apply alone owned, the API server resets it to its default, 1:
+      switching a pipeline of 10 workers to keda or hpa dropped it to one worker until the
+      HPA acted (a helper's finding). Applying the live count changes nothing the HPA
+      decided (the operator reads it just before; applies are rare: only when the
+      Deployment's own content changes). A count of 0 is KEDA's to keep (it scales from
+      zero itself); under an HPA, which never scales a Deployment up from 0 (a pipeline
+      resumed from ``suspend``, or KEDA's zero before a switch to hpa, which left it at 0
+      for good: a helper's finding), it becomes ``minReplicas``.
+    - The builtin autoscaler has made no decision yet in this era (a switch to builtin
+      from none, hpa or keda; the reconciler cleared the earlier era's): the live workers'
+      count, clamped to [minReplicas, maxReplicas], until its first decision. The default,
+      at least one, dropped a pipeline switched from none with six workers to one. No
+      workers (suspended, KEDA's zero) start at the default, as a new pipeline does.
+    """
+    spec = desired.get("spec") or {}
+    if desired.get("kind") != "Deployment" or live is None:
         return desired
+    count = _live_count(live)
+    scaling = pipeline.spec.autoscaling
+    if count is None:
+        return desired
+    if "replicas" not in spec:
+        if count == 0:
+            if scaling.mode != "hpa":
+                return desired
+            count = max(scaling.min_replicas, 1)
+        return {**desired, "spec": {**spec, "replicas": count}}
+    undecided = pipeline.status is None or pipeline.status.desired_replicas is None
+    if pipeline.spec.suspend or not builtin_scaled(pipeline) or not undecided or count == 0:
+        return desired
+    count = max(scaling.min_replicas, min(scaling.max_replicas, count))
     return {**desired, "spec": {**spec, "replicas": count}}
 
 

@@ -22,6 +22,8 @@ import yaml
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.autoscaling.decision import STEADY, Decision
 from streamherd.operator.autoscaling.handlers import (
+    DESIRED_REPLICAS,
+    PIPELINE_LAG,
     AutoscalerState,
     parse_cached,
     scale_once,
@@ -132,3 +134,65 @@ def test_no_decision_before_the_deployment_exists() -> None:
     round_ = scale_once(ctx, _NeverScale(), KEY, AutoscalerState().parsed, reconcile=_no_reconcile)  # type: ignore[arg-type]
     assert asyncio.run(round_) is None
     ctx.executor.shutdown()
+
+
+class _SwitchedMeanwhile:
+    """Measures the lag while the user switches the pipeline to ``mode: none``."""
+
+    def __init__(self, kube: _PipelineAndDeployment) -> None:
+        self.kube = kube
+
+    async def evaluate(self, pipeline: Any, current: int, *, running: int) -> ScaleResult:
+        self.kube.body["spec"]["autoscaling"]["mode"] = "none"
+        decision = Decision(current + 3, "ScaleUp", "lag 40000", lag=40000)
+        return ScaleResult(
+            decision.replicas, decision.reason, decision.message, 40000, (), True, decision
+        )
+
+
+class _PipelineAndDeployment(_Kube):
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body)
+        self.status_writes: list[Any] = []
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Any:
+        if kind == "Deployment":
+            return {"spec": {"replicas": 2}, "status": {"readyReplicas": 2}}
+        return super().get(api_version, kind, namespace, name)
+
+    def patch_status(self, namespace: str, name: str, patch: Any) -> Any:
+        self.status_writes.append(patch)
+
+
+def test_a_decision_for_a_pipeline_switched_away_meanwhile_is_not_written() -> None:
+    """The reconciler clears the autoscaler's keys when a pipeline leaves builtin; a
+    decision whose lag was being measured then must not write them back (a helper's
+    finding: the status said `mode: none`, desiredReplicas 6 and a lag no one measured)."""
+    kube = _PipelineAndDeployment(example())
+    ctx = SimpleNamespace(kube=kube, executor=ThreadPoolExecutor(1))
+    reconciled: list[Any] = []
+
+    async def reconcile(ctx: Any, key: tuple[str, str]) -> None:
+        reconciled.append(key)
+
+    round_ = scale_once(ctx, _SwitchedMeanwhile(kube), KEY, reconcile=reconcile)  # type: ignore[arg-type]
+    assert asyncio.run(round_) is None
+    ctx.executor.shutdown()
+    assert kube.status_writes == [] and reconciled == []
+
+
+def test_the_gauges_of_a_pipeline_no_longer_managed_are_removed() -> None:
+    """A pipeline that leaves builtin (or is deleted) keeps no lag or desired-replicas
+    series: they showed its last figures for good."""
+    state = AutoscalerState()
+    body = example()
+    state.track("ADDED", KEY, body)
+    PIPELINE_LAG.labels(*KEY).set(120)
+    DESIRED_REPLICAS.labels(*KEY).set(3)
+    switched = copy.deepcopy(body)
+    switched["spec"]["autoscaling"]["mode"] = "none"
+    state.track("MODIFIED", KEY, switched)
+    for gauge in (PIPELINE_LAG, DESIRED_REPLICAS):
+        samples = [s for m in gauge.collect() for s in m.samples]
+        assert [s for s in samples if s.labels["pipeline"] == KEY[1]] == []
+    state.track("DELETED", KEY, switched)  # nothing left to remove: no error

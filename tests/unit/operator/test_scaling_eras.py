@@ -1,0 +1,141 @@
+"""The worker count over any sequence of edits between scaling modes, suspends, bounds and
+scaling decisions: each mode owns the count in its own era, and nothing of an earlier era
+leaks into a later one (a helper's findings: a switch back to builtin restarted the workers
+at the count the autoscaler had decided an era before; a switch from none to builtin dropped
+six workers to one; KEDA's zero before a switch to hpa stayed for good, since an HPA never
+scales up from zero).
+
+The real reconcile (operator/reconciler.py) runs against the test kit's API server after
+each step; the Deployment controller is the kit's ``roll_out``, the autoscaler's decisions
+are its status writes, and an HPA's or KEDA's are writes of the Deployment's count. The
+rule the model states, after each reconcile:
+
+- suspended: 0 workers;
+- none: ``spec.replicas``;
+- hpa or keda: the count the scaler left (KEDA's zero included), except that an HPA is
+  never left at zero: ``minReplicas`` then;
+- builtin: the autoscaler's last decision in this builtin era, clamped to the bounds; before
+  its first, the live workers' count (clamped), or ``max(minReplicas, 1)`` when there are
+  none; a builtin era ends when the mode changes, not at a suspend.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from streamherd.operator.reconciler import reconcile
+from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, body_of, example_doc
+
+KEDA = ("keda.sh/v1alpha1", "ScaledObject")
+KEDA_AUTH = ("keda.sh/v1alpha1", "TriggerAuthentication")
+MAX = 6
+
+STEP = st.one_of(
+    st.tuples(st.just("mode"), st.sampled_from(["builtin", "none", "hpa", "keda"])),
+    st.tuples(st.just("suspend"), st.booleans()),
+    st.tuples(st.just("replicas"), st.integers(0, MAX)),
+    st.tuples(st.just("min"), st.integers(0, 3)),
+    st.tuples(st.just("decide"), st.integers(0, MAX)),
+    st.tuples(st.just("scaler"), st.integers(0, MAX)),
+)
+
+
+class Model:
+    """What the count should be, from the steps alone."""
+
+    def __init__(self) -> None:
+        self.mode, self.suspend, self.replicas, self.min = "builtin", False, 1, 1
+        self.decision: int | None = None  # the autoscaler's, in this builtin era
+
+    def clamp(self, n: int) -> int:
+        return max(self.min, min(MAX, n))
+
+    def expected(self, live: int | None) -> int:
+        if self.suspend:
+            return 0
+        if self.mode == "none":
+            return self.replicas
+        if self.mode == "keda":
+            assert live is not None
+            return live
+        if self.mode == "hpa":
+            assert live is not None
+            return live if live > 0 else max(self.min, 1)
+        if self.decision is not None:
+            return self.clamp(self.decision)
+        return self.clamp(live) if live else self.clamp(max(self.min, 1))
+
+
+def apply_step(kube: FakeKube, name: str, model: Model, step: tuple[str, Any]) -> None:
+    what, value = step
+    obj = kube.find("StreamPipeline", name)
+    assert obj is not None
+    spec, scaling = obj["spec"], obj["spec"]["autoscaling"]
+    if what == "decide":  # the autoscaler decides only what it manages
+        if model.mode == "builtin" and not model.suspend:
+            kube.patch_status("default", name, {"desiredReplicas": value})
+            model.decision = value
+        return
+    if what == "scaler":  # the HPA or KEDA sets the count (an HPA never to zero)
+        deployment = kube.find("Deployment", name)
+        if model.mode in ("hpa", "keda") and not model.suspend and deployment is not None:
+            deployment["spec"]["replicas"] = max(value, 1) if model.mode == "hpa" else value
+            kube.roll_out(name)
+        return
+    if what == "mode":
+        if value != model.mode:
+            model.decision = None  # a new era
+        model.mode = scaling["mode"] = value
+        if value == "hpa" and model.min == 0:  # an HPA's minReplicas is at least 1
+            model.min = scaling["minReplicas"] = 1
+    elif what == "suspend":
+        model.suspend = spec["suspend"] = value
+    elif what == "replicas":
+        model.replicas = spec["replicas"] = value
+    elif what == "min":
+        if model.mode == "hpa" and value == 0:
+            return
+        model.min = scaling["minReplicas"] = value
+    obj["metadata"]["generation"] += 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(STEP, max_size=12))
+@example([("decide", 5), ("mode", "none"), ("replicas", 2), ("mode", "builtin")])
+@example([("mode", "none"), ("replicas", 6), ("mode", "builtin")])
+@example([("min", 0), ("mode", "keda"), ("scaler", 0), ("mode", "hpa")])
+@example([("decide", 5), ("suspend", True), ("mode", "none"), ("mode", "builtin"),
+          ("suspend", False)])  # fmt: skip
+def test_each_scaling_era_owns_the_count(steps: list[tuple[str, Any]]) -> None:
+    kube = FakeKube(served={KEDA, KEDA_AUTH})
+    doc = example_doc("02-clicks-per-minute")
+    doc["spec"]["replicas"] = 1
+    doc["spec"]["autoscaling"].update(mode="builtin", minReplicas=1, maxReplicas=MAX)
+    name = kube.put(doc)["metadata"]["name"]
+    clock = [datetime(2026, 1, 1, tzinfo=UTC)]
+    model = Model()
+
+    def reconciled() -> None:
+        for _ in range(2):  # the first applies, the second sees it rolled out
+            clock[0] += timedelta(minutes=1)
+            result = reconcile(body_of(kube, name), kube, SETTINGS, now=clock[0])
+            assert result.invalid is None, result.invalid
+            kube.roll_out(name)
+
+    reconciled()
+    for step in steps:
+        deployment = kube.find("Deployment", name)
+        assert deployment is not None
+        live = deployment["spec"].get("replicas")
+        apply_step(kube, name, model, step)
+        live = kube.find("Deployment", name)["spec"].get("replicas")  # type: ignore[index]
+        reconciled()
+        count = kube.find("Deployment", name)["spec"].get("replicas")  # type: ignore[index]
+        assert count == model.expected(live), (step, live, count, body_of(kube, name)["status"])
+        status = body_of(kube, name)["status"]
+        if model.mode != "builtin":  # the autoscaler's era is over: its keys are gone
+            assert "desiredReplicas" not in status and "lag" not in status, status
