@@ -441,9 +441,11 @@ def reconcile_pipeline(world: World) -> None:
     world.events.extend((generation, e) for e in result.events)
 
 
-def follow_snapshots(world: World) -> None:
+def follow_snapshots(world: World) -> bool:
     """The snapshot-follow timer of each unfinished snapshot (snapshots.register_snapshots),
-    and every LIST_EVERY rounds the snapshot-listed timer of each Ready one."""
+    and every LIST_EVERY rounds the snapshot-listed timer of each Ready one; whether all
+    succeeded (one that failed runs again: the round is not settled)."""
+    ok = True
     for snap in world.snapshots():
         meta, spec, status = snap["metadata"], snap["spec"], snap.get("status") or {}
         if meta.get("deletionTimestamp"):
@@ -455,7 +457,7 @@ def follow_snapshots(world: World) -> None:
                 def listed(name: str = name, spec: Any = spec, status: Any = status) -> None:
                     list_in_pipeline(world.kube, NS, name, str(spec.get("pipeline")), status)
 
-                handler(world, listed)
+                ok = handler(world, listed) and ok
             continue
         if status.get("phase") == "Failed":
             continue
@@ -474,11 +476,14 @@ def follow_snapshots(world: World) -> None:
             if changed:
                 world.kube.patch_status_of(SNAPSHOT_KIND, name, changed)
 
-        handler(world, step)
+        ok = handler(world, step) and ok
+    return ok
 
 
-def snapshot_finalizers(world: World) -> None:
-    """The snapshot-delete handler of each snapshot being deleted, then kopf lets it go."""
+def snapshot_finalizers(world: World) -> bool:
+    """The snapshot-delete handler of each snapshot being deleted, then kopf lets it go;
+    whether all succeeded."""
+    ok = True
     for snap in world.snapshots():
         meta, spec, status = snap["metadata"], snap["spec"], snap.get("status") or {}
         if not meta.get("deletionTimestamp"):
@@ -496,7 +501,8 @@ def snapshot_finalizers(world: World) -> None:
                     raise
             world.kube.objects.pop((SNAPSHOT_API_VERSION, SNAPSHOT_KIND, NS, name), None)
 
-        handler(world, step)
+        ok = handler(world, step) and ok
+    return ok
 
 
 def handler(world: World, run: Any) -> bool:
@@ -594,9 +600,9 @@ def one_round(world: World) -> bool:
         with kafka_of(world):
             ok = handler(world, lambda: reconcile_pipeline(world)) and ok
             kopf_finalizer(world)
-            follow_snapshots(world)
+            ok = follow_snapshots(world) and ok
             kopf_finalizer(world)
-            snapshot_finalizers(world)
+            ok = snapshot_finalizers(world) and ok
     except Died:
         ok = False
     kopf_finalizer(world)
@@ -1014,6 +1020,15 @@ RESET = ("reorder", None, "reset")
 # applied (0075, amended); without faults, a rollback under a last good spec that resets
 # reset the state (the reconciler's rollback).
 @example(Base(), [RESET], {("apply ConfigMap", 1): "lost"}, None)
+# A snapshot handler's write refused in three rounds in a row: its failure was not counted,
+# so the model called the world settled with the snapshot's Ready status unwritten (found
+# by a random draw in session 30; a defect of the test, which the product never had).
+@example(
+    Base(),
+    [RESET],
+    {("patch_status StreamPipelineSnapshot", n): "refused" for n in (2, 3, 4)},
+    None,
+)
 @example(
     Base(),
     [RESET, ("restore", 0, None), RESET],
