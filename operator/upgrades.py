@@ -66,10 +66,21 @@ from streamherd.workers.fingerprint import (
 #: The condition this module's decisions set.
 STATE_COMPATIBLE: Final = "StateCompatible"
 #: The children a held edit leaves untouched, neither applied nor deleted: what the workers
-#: run and what shapes them (the claim they mount, the disruption budget of their count).
-#: A held edit to the volume backend made the claim, and one to three replicas the budget,
-#: for workers that never came (a probe against the real operator).
-HELD_KINDS: Final = ("ConfigMap", "Deployment", "PersistentVolumeClaim", "PodDisruptionBudget")
+#: run and what shapes them (the claim they mount, the disruption budget of their count,
+#: the HPA or KEDA objects that own that count). A held edit to the volume backend made the
+#: claim, and one to three replicas the budget, for workers that never came (a probe
+#: against the real operator); one that switched to keda applied a ScaledObject that could
+#: scale to zero the workers a reset's snapshot waits for, and one that left keda deleted
+#: it under workers still running the old spec (a helper's finding, decision 0203).
+HELD_KINDS: Final = (
+    "ConfigMap",
+    "Deployment",
+    "PersistentVolumeClaim",
+    "PodDisruptionBudget",
+    "HorizontalPodAutoscaler",
+    "ScaledObject",
+    "TriggerAuthentication",
+)
 #: StateCompatible of an edit that keeps the state (its message names the fingerprint).
 COMPATIBLE: Final = Cond(STATE_COMPATIBLE, "True", "Compatible", "")
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -139,3 +140,37 @@ def test_each_scaling_era_owns_the_count(steps: list[tuple[str, Any]]) -> None:
         status = body_of(kube, name)["status"]
         if model.mode != "builtin":  # the autoscaler's era is over: its keys are gone
             assert "desiredReplicas" not in status and "lag" not in status, status
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [("builtin", "keda"), ("keda", "none"), ("builtin", "hpa"), ("hpa", "keda"), ("keda", "hpa")],
+)
+def test_a_held_edit_leaves_the_count_owner_as_it_is(before: str, after: str) -> None:
+    """An edit the spec's policy holds (a state change under `onStateChange: refuse`) that
+    also switches the scaling mode leaves the workers' count owner as it is, as it leaves
+    their Deployment: a ScaledObject applied meanwhile could scale to zero the workers a
+    reset's snapshot waits for, and one deleted stops scaling workers that still run the
+    old spec (a helper's finding)."""
+    kube = FakeKube(served={KEDA, KEDA_AUTH})
+    doc = example_doc("02-clicks-per-minute")
+    doc["spec"]["autoscaling"].update(mode=before, minReplicas=1, maxReplicas=MAX)
+    doc["spec"]["upgrade"] = {"onStateChange": "refuse"}
+    name = kube.put(doc)["metadata"]["name"]
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    for _ in range(2):
+        reconcile(body_of(kube, name), kube, SETTINGS, now=now)
+        kube.roll_out(name)
+    owners = {kind: kube.find(kind, name) for kind in ("HorizontalPodAutoscaler", "ScaledObject")}
+    obj = kube.find("StreamPipeline", name)
+    assert obj is not None
+    obj["spec"]["autoscaling"]["mode"] = after
+    obj["spec"]["processor"]["steps"][-1]["window"]["aggregates"].reverse()  # held
+    obj["metadata"]["generation"] += 1
+    for _ in range(2):
+        now += timedelta(minutes=1)
+        reconcile(body_of(kube, name), kube, SETTINGS, now=now)
+        kube.roll_out(name)
+    state = {c["type"]: c["reason"] for c in body_of(kube, name)["status"]["conditions"]}
+    assert state["StateCompatible"] == "StateChangeRefused", state
+    assert {kind: kube.find(kind, name) for kind in owners} == owners
