@@ -195,7 +195,11 @@ def config_description(config_map: Manifest | None) -> Description | None:
         repartition = None if internal is None else {"topic": internal["topic"]}
         generated = (doc.get("source") or {}).get("generator")
         generator = None if generated is None else GeneratorSourceConfig.model_validate(generated)
-        return describe(processor, repartition=repartition, generator=generator)
+        kafka = (doc.get("source") or {}).get("kafka") or {}
+        return describe(
+            processor, repartition=repartition, generator=generator,
+            source_format=kafka.get("format") if isinstance(kafka, dict) else None,
+        )  # fmt: skip
     except (orjson.JSONDecodeError, ValidationError, KeyError, TypeError, AttributeError):
         return None
 

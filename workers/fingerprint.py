@@ -21,9 +21,17 @@ key's window may live in another partition (the engine's partition-count check,
 ``_keys_moved``, covers a Kafka topic, whose offsets stay put). Its ``count`` and ``rate``
 are not: they say how much of the same sequence, and how fast.
 
-What is deliberately not in it: filters, map steps and user functions (they choose and
-reshape records, not the state's layout: editing them is a compatible change, like Flink's
-operator logic), the sink, scaling and resources. Expressions are compared token by token,
+What is deliberately not in it: filters (they choose records, not what a record means to
+the state: editing them is a compatible change, like Flink's operator logic), map steps
+that touch no field the window reads, the sink, scaling and resources. What is in it of the
+steps before the window (``inputs``, :func:`describe_inputs`): each map step's part that
+writes, renames or drops a field the window reads (its key, event time and aggregates),
+followed back through the steps before it, and the user function, which may rewrite any
+field (so with one, every map step before it is in whole). Until session 30 none of it
+was: a map that turned ``bytes`` into kilobytes rolled onto windows holding bytes, which
+then summed both units without an error (a helper's finding). A raw source's format is in
+it too (``sourceFormat``): under raw the window reads the Kafka record's key and value, under
+json the value's fields of those names. Expressions are compared token by token,
 so spacing does not matter and anything else does (``(bytes)`` differs from ``bytes``:
 erring on the side of "different" only ever asks the user to choose, it never mixes state).
 Durations are compared as milliseconds (``60s`` equals ``1m``).
@@ -41,11 +49,13 @@ from typing import Any, Final
 
 from streamherd.workers.config import (
     GeneratorSourceConfig,
+    MapStep,
     ProcessorConfig,
     WindowSpec,
     WorkerConfig,
     parse_duration,
 )
+from streamherd.workers.expressions import ExpressionError, parse_expression
 
 #: Version of the description's layout; a new layout is a new fingerprint for every pipeline.
 DESCRIPTION_VERSION: Final = 1
@@ -115,6 +125,86 @@ def describe_window(window: WindowSpec) -> Description:
     }
 
 
+def _reads(text: str) -> set[str] | None:
+    """The record fields an expression reads; None when it does not parse (unknown: any)."""
+    try:
+        return set(parse_expression(text).names)
+    except (ExpressionError, SyntaxError, ValueError, RecursionError):
+        return None
+
+
+def _window_reads(window: WindowSpec) -> set[str] | None:
+    """Every record field the window reads: its key, event time and aggregates."""
+    texts = [window.key_by, window.event_time.field]
+    texts += [a.expression for a in window.aggregates if a.function != "count"]
+    reads: set[str] = set()
+    for text in texts:
+        if text:
+            names = _reads(text)
+            if names is None:
+                return None
+            reads |= names
+    return reads
+
+
+def _map_inputs(step: MapStep, needed: set[str] | None) -> tuple[Description, set[str] | None]:
+    """The part of one map step that shapes the fields ``needed`` after it (None: any), and
+    the fields needed before it. Over-approximated: a field stays needed once it is (a
+    ``set`` that shadows an input field, a field a ``rename`` moves away), so that an edit
+    that might matter is always seen; that only ever asks the user to choose."""
+    if needed is None:
+        whole: Description = {
+            "set": {name: normalize_expression(text) for name, text in step.set.items()},
+            "rename": [[old, to] for old, to in step.rename.items()],
+            "select": sorted(step.select) if step.select is not None else None,
+        }
+        return whole, None
+    part: Description = {}
+    # rename is applied last, one pair after the other (a -> b, then b -> c moves a to c): a
+    # field read after it holds the old one's value, if the record had it, else its own.
+    renames: list[list[str]] = []
+    needed = set(needed)
+    for old, to in reversed(step.rename.items()):
+        if to in needed or old in needed:
+            renames.insert(0, [old, to])
+            if to in needed:
+                needed.add(old)
+    if step.select is not None:  # select, after set: a field not kept reads as missing
+        dropped = sorted(n for n in needed if n not in step.select)
+        if dropped:
+            part["dropped"] = dropped
+    sets = {name: text for name, text in step.set.items() if name in needed}
+    before: set[str] | None = set(needed)
+    for text in sets.values():
+        names = _reads(text)
+        before = None if names is None or before is None else before | names
+    if renames:
+        part["rename"] = renames
+    if sets:
+        part["set"] = {name: normalize_expression(text) for name, text in sets.items()}
+    return part, before
+
+
+def describe_inputs(processor: ProcessorConfig, window: WindowSpec) -> list[Description]:
+    """What the steps before the window do to the fields it reads, in their order: the user
+    function (it runs after the steps and may rewrite any field), and each map step's part
+    that writes, renames or drops a field read after it. Filters are left out: they choose
+    records. Empty when no step touches what the window reads."""
+    needed = _window_reads(window)
+    out: list[Description] = []
+    if processor.function is not None:
+        out.append({"function": processor.function.callable, "mode": processor.function.mode})
+        needed = None  # it may rewrite any field: every map before it shapes the window's
+    for step in reversed([s for s in processor.steps if s.window is None]):
+        if step.map is None:
+            continue
+        part, needed = _map_inputs(step.map, needed)
+        if part:
+            out.append({"map": part})
+    out.reverse()
+    return out
+
+
 def describe_generator(generator: GeneratorSourceConfig) -> Description:
     """The generator's settings its sequence follows from: record ``i``, its partition and
     its offset there are functions of these alone."""
@@ -132,6 +222,7 @@ def describe(
     *,
     repartition: Mapping[str, Any] | None = None,
     generator: GeneratorSourceConfig | None = None,
+    source_format: str | None = None,
 ) -> Description:
     """The structured description of the state `processor` builds.
 
@@ -139,12 +230,19 @@ def describe(
     through an internal topic (its key expression, topic, partition count), or None; it is
     part of the state's identity because it decides which partition, and so which state,
     a key lives in. generator: the source, when it is the generator (its offsets are
-    positions in its sequence)."""
+    positions in its sequence). source_format: the Kafka source's (only ``raw`` is
+    recorded, so that every json pipeline's fingerprint stays what it was)."""
     window = next((s.window for s in processor.steps if s.window is not None), None)
     description: Description = {
         "v": DESCRIPTION_VERSION,
         "window": describe_window(window) if window is not None else None,
     }
+    if window is not None:
+        inputs = describe_inputs(processor, window)
+        if inputs:  # recorded only when there are some: other fingerprints stay as they were
+            description["inputs"] = inputs
+        if source_format == "raw":
+            description["sourceFormat"] = source_format
     if repartition is not None:
         description["repartition"] = dict(repartition)
     if generator is not None:
@@ -174,8 +272,12 @@ def config_fingerprint(config: WorkerConfig) -> tuple[str, Description]:
     # A repartition decides which partition, and so which state, a key lives in: the
     # internal topic is part of the state's identity (None for an unpartitioned window).
     repartition = {"topic": config.repartition.topic} if config.repartition is not None else None
+    kafka = config.source.kafka
     description = describe(
-        config.processor, repartition=repartition, generator=config.source.generator
+        config.processor,
+        repartition=repartition,
+        generator=config.source.generator,
+        source_format=kafka.format if kafka is not None else None,
     )
     return fingerprint(description), description
 
@@ -210,13 +312,16 @@ def renormalized(
     expression otherwise (it compared a text it could not tokenize bare as written). Any
     JSON is taken: what is not of the expected shape stays as it is.
 
-    ``current``: the description it is compared with. A generator pipeline's description
-    recorded before the generator's settings were part of it (streamherd before session
-    25's) takes ``current``'s: nothing it recorded tells them apart, and an upgrade alone
-    must not make a running pipeline's checkpoints foreign."""
+    ``current``: the description it is compared with. A description recorded before one of
+    :data:`ADOPTED_KEYS` was part of it takes ``current``'s: nothing it recorded tells them
+    apart, and an upgrade alone must not make a running pipeline's checkpoints foreign. (So
+    an edit made together with the upgrade that installs the key is not seen in the
+    checkpoints it meets; the operator, which describes the running ConfigMap by this
+    version's rules, sees it.)"""
     out = dict(description)
-    if current is not None and "generator" in current and "generator" not in out:
-        out["generator"] = current["generator"]
+    for key in ADOPTED_KEYS:
+        if current is not None and key in current and key not in out:
+            out[key] = current[key]
     window = out.get("window")
     if not isinstance(window, Mapping):
         return out
@@ -233,6 +338,13 @@ def renormalized(
         ]
     out["window"] = window
     return out
+
+
+#: Keys added to the description after its layout's first version, adopted from the
+#: current description by :func:`renormalized` when a recorded one lacks them: the
+#: generator's settings (session 25), the steps before the window and a raw source's
+#: format (session 30).
+ADOPTED_KEYS: Final = ("generator", "inputs", "sourceFormat")
 
 
 def same_state(
@@ -341,6 +453,16 @@ def changed_fields(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None)
         for key in sorted((set(old_w) | set(new_w)) - known):
             if old_w.get(key) != new_w.get(key):
                 changes.append(f"window.{key}")
+    if old.get("inputs") != new.get("inputs"):
+        changes.append(
+            "steps before the window (map, function) on what it reads: "
+            f"{_show(old.get('inputs'))} -> {_show(new.get('inputs'))}"
+        )
+    if old.get("sourceFormat") != new.get("sourceFormat"):
+        changes.append(
+            f"source.kafka.format: {old.get('sourceFormat') or 'json'} -> "
+            f"{new.get('sourceFormat') or 'json'}"
+        )
     if old.get("repartition") != new.get("repartition"):
         changes.append(
             f"repartition: {_show(old.get('repartition'))} -> {_show(new.get('repartition'))}"
@@ -354,7 +476,8 @@ def changed_fields(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None)
                 )
     elif old_g != new_g:
         changes.append(f"source.generator: {_show(old_g)} -> {_show(new_g)}")
-    for key in sorted((set(old) | set(new)) - {"v", "window", "repartition", "generator"}):
+    described = {"v", "window", "repartition", "generator", "inputs", "sourceFormat"}
+    for key in sorted((set(old) | set(new)) - described):
         if old.get(key) != new.get(key):
             changes.append(key)
     if not changes and canonical(old) != canonical(new):

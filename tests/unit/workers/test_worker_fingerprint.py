@@ -139,7 +139,6 @@ COMPATIBLE = {
     "filter edited": lambda d: d["steps"][0].update(filter="status < 400"),
     "map added": lambda d: d["steps"].insert(0, {"map": {"set": {"x": "1"}}}),
     "filter removed": lambda d: d["steps"].pop(0),
-    "user function": lambda d: d.update(function={"callable": "m:f"}),
     "size in minutes": lambda d: window(d).update(size="1m"),
     "spacing": lambda d: window(d)["aggregates"][1].update(expression="bytes/1024"),
     "line break": lambda d: window(d).update(keyBy="\n user \n"),
@@ -155,6 +154,21 @@ def test_edits_that_keep_the_state_shape_keep_the_hash() -> None:
         new_hash, new = processor_fingerprint(proc(edited(change)))
         assert new_hash == base_hash, (what, changed_fields(base, new))
         assert changed_fields(base, new) == []
+
+
+def test_a_user_function_before_the_window_is_part_of_the_state() -> None:
+    """It may rewrite any field the window reads (decision 0204): adding one, or naming
+    another, is a state change; the map steps before it then count whole."""
+    base_hash, base = processor_fingerprint(proc(BASE))
+    with_function = proc(edited(lambda d: d.update(function={"callable": "m:f"})))
+    function_hash, described = processor_fingerprint(with_function)
+    assert function_hash != base_hash
+    assert changed_fields(base, described) == [
+        "steps before the window (map, function) on what it reads: None -> "
+        '[{"function": "m:f", "mode": "record"}]'
+    ]
+    renamed = proc(edited(lambda d: d.update(function={"callable": "m:g"})))
+    assert processor_fingerprint(renamed)[0] != function_hash
 
 
 def test_tumbling_ignores_slide_and_kafka_time_ignores_format() -> None:
