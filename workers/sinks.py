@@ -51,7 +51,7 @@ from streamherd.workers.sinks_postgres_offsets import (
     Fence,
     PostgresTransactionalSink,
 )
-from streamherd.workers.values import result_key_value, text_of
+from streamherd.workers.values import key_expression_text, result_key_value
 
 log = logging.getLogger("streamherd.worker")
 
@@ -541,7 +541,7 @@ class Outputs:
                 key = default_key
                 if key_fn is not None and not isinstance(value, bytes):
                     computed = key_fn(value)
-                    key = None if computed is None else text_of(computed)
+                    key = None if computed is None else key_expression_text(computed)
                 if type(key) is str:
                     key = key.encode()  # a lone surrogate: the result's fault, not the worker's
                 data = encode_result(value)

@@ -62,6 +62,7 @@ __all__ = [
     "decode_value",
     "encode_value",
     "json_bytes",
+    "key_expression_text",
     "key_text",
     "key_value",
     "output_key_text",
@@ -298,9 +299,34 @@ def output_key_text(key: Any) -> str:
         try:
             orjson.loads(key)
         except orjson.JSONDecodeError:
-            return key
+            if not _json_beyond_orjson(key):
+                return key
         return orjson.dumps(key).decode()
     return text_of(_utf8_items(key_value(key)))
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is no JSON")
+
+
+def _json_beyond_orjson(text: str) -> bool:
+    """Whether ``text`` is JSON that orjson refuses: a number beyond the double range
+    (309 digits and more). Such a string key was written as it is, the very text of the
+    integer key of those digits (and ``-digits``, ``[digits]`` of the negative integer, the
+    array): two windows under one output key (a helper's finding)."""
+    try:
+        json.loads(text, parse_int=len, parse_float=len, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def key_expression_text(value: Any) -> str:
+    """A sink key expression's value as the Kafka key's text: :func:`text_of`, with bytes
+    (a raw source's key, alone or in an array) as their UTF-8 text or, when they are not
+    UTF-8, as ``{"bytes": "<base64>"}``. With the invalid bytes replaced, every such key was
+    one (``\ufffd``): the results of all of them went to one key (a helper's finding)."""
+    return text_of(_utf8_items(value))
 
 
 def result_key_value(value: Any) -> Any:

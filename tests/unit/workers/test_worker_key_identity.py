@@ -84,7 +84,8 @@ scalar_keys = st.one_of(
     st.sampled_from(TRICKY_BYTES),
     st.binary(max_size=3),
     st.integers(-3, 3),
-    st.sampled_from([2**63, -(2**63) - 1, 2**64, 10**16]),
+    st.sampled_from([2**63, -(2**63) - 1, 2**64, 10**16, 10**400, -(10**400)]),
+    st.sampled_from([str(10**400), "-" + str(10**400), f"[{10**400}]"]),
     st.floats(allow_nan=False, allow_infinity=False),
     st.sampled_from([0.0, -0.0, 1.0, 1e16, 1e-7]),
     st.booleans(),
@@ -611,3 +612,19 @@ def test_a_key_is_refused_or_has_a_text(bits_: int, sign: int, nest: int) -> Non
 def test_a_restored_key_of_more_digits_than_python_writes_is_named_by_its_state_form() -> None:
     assert key_text(10**5000) == json.dumps({"int": hex(10**5000)}, separators=(",", ":"))
     assert key_text(canonical_key([10**5000])).startswith('[{"int":"0x')
+
+
+BIG = str(10**400)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [(10**400, BIG), (-(10**400), "-" + BIG), ([10**400], f"[{BIG}]")],
+)
+def test_a_string_of_digits_beyond_a_double_is_not_the_integer_key(a: Any, b: Any) -> None:
+    """orjson refuses a number beyond the double range (309 digits and more), so such a
+    string read as "no JSON" and was written as it is: the text of the integer key of those
+    digits, two windows under one output key (a helper's finding)."""
+    ka, kb = state_form(a), state_form(b)
+    assert ka != kb
+    assert output_key_text(ka) != output_key_text(kb)

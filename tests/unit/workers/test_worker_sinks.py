@@ -9,6 +9,7 @@ import datetime
 import decimal
 import io
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -440,3 +441,28 @@ def test_a_delivery_failed_by_a_producer_in_its_fatal_state_asks_for_a_new_clien
         outputs._producers._on_delivery(error, None)
         with pytest.raises(raised):
             outputs.flush(1.0)
+
+
+def test_a_sink_key_expression_keeps_bytes_that_are_no_utf8_apart() -> None:
+    """A raw source's Kafka keys (a Java long, any binary key) reach a sink key expression as
+    bytes; written with the invalid bytes replaced, every such key was one (``\\ufffd``) and
+    all their results went to one Kafka key (a helper's finding). They are written as the
+    result's ``key`` field and the output key write them: UTF-8 text, else
+    ``{"bytes":"<base64>"}``."""
+    outputs = Outputs(
+        SinkConfig.model_validate(
+            {"kafka": {"bootstrapServers": "127.0.0.1:9", "topic": "out", "key": "key"}}
+        ),
+        None,
+        "ns/p",
+        io.StringIO(),
+    )
+    sent: list[Any] = []
+    outputs._sink_producer = SimpleNamespace(  # type: ignore[assignment]
+        produce=lambda topic, value, key, **_: sent.append(key), poll=lambda _t=0: 0
+    )
+    source = SyntheticMessage("in", 3, 42, None, {}, 0)
+    keys = [b"\xff", b"\xfe", "\ufffd".encode(), b"abc", [b"\xff", 1]]
+    outputs.write([(None, {"key": k}) for k in keys], source)
+    assert sent == [b'{"bytes":"/w=="}', b'{"bytes":"/g=="}', "\ufffd".encode(), b"abc",
+                    b'[{"bytes":"/w=="},1]']  # fmt: skip
