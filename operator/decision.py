@@ -1272,7 +1272,10 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         rolledBackGeneration=generation if good is not None else None,
         internalTopics=internal,
     )
-    if not builtin_scaled(pipeline):
+    # The spec the children were built from: the last good one while rolled back (a review's
+    # finding: judged by the user's spec, a rollback from `none` to builtin cleared the
+    # autoscaler's count and dropped the workers to one).
+    if not builtin_scaled(observed.running):
         patch.update({key: None for key in ERA_STATUS_KEYS if key in current_status})
     retry_after = _sooner(
         _sooner(

@@ -576,7 +576,7 @@ def observe(
         )  # fmt: skip
     live_children = _read(desired, kube, pool)
     desired = [
-        replicas_kept(child, live, pipeline)
+        replicas_kept(child, live, running)  # the last good spec while rolled back
         for child, live in zip(desired, live_children, strict=True)
     ]
     return replace(

@@ -207,7 +207,7 @@ def snapshot_first(
         )
         return _amended(decision, note)
     phase = status.get("phase") or "Pending"
-    if phase == "Ready" and status.get("fingerprint") == have:
+    if phase == "Ready" and status.get("fingerprint") in {have, *decision.running_names}:
         note = (
             f"; and as {SNAPSHOT_KIND} {name}, restorable into this or another pipeline "
             "with spec.state.restoreFrom"

@@ -54,6 +54,7 @@ from streamherd.workers.config import (
 )
 from streamherd.workers.fingerprint import (
     Description,
+    accepted_fingerprints,
     changed_fields,
     config_fingerprint,
     describe,
@@ -100,6 +101,9 @@ class Decision:
     event: EventValue | None = None
     # The snapshot the workers keep before they discard the running state (reset, replay).
     snapshot: str | None = None
+    # Every fingerprint that names the running state (fingerprint.accepted_fingerprints): a
+    # snapshot of it taken by a worker of an earlier image names it by the earlier rules.
+    running_names: frozenset[str] = frozenset()
 
     @property
     def holds(self) -> bool:
@@ -541,7 +545,10 @@ def decide(
     if dropped is not None:
         return dropped
     if restore_from is not None:
-        return _restore(running, want, restore_from, generation, snapshot_fingerprint)
+        return _restore(
+            running, want, restore_from, generation, snapshot_fingerprint,
+            accepted=accepted_fingerprints(desired),
+        )  # fmt: skip
     if running is None or not has_state(running):
         # Nothing to keep (new, or stateless until now: its checkpoints hold offsets only).
         return Decision(
@@ -591,7 +598,7 @@ def decide(
         )
         return Decision(
             "reset", want, want, changes, Cond(STATE_COMPATIBLE, "True", "StateReset", message),
-            ("Warning", "StateReset", message), kept,
+            ("Warning", "StateReset", message), kept, accepted_fingerprints(running),
         )  # fmt: skip
     message = (
         f"{edit} changes the state ({what}): onStateChange replay, the workers start from "
@@ -600,7 +607,7 @@ def decide(
     )
     return Decision(
         "replay", want, want, changes, Cond(STATE_COMPATIBLE, "True", "StateReplay", message),
-        ("Warning", "StateReplay", message), kept,
+        ("Warning", "StateReplay", message), kept, accepted_fingerprints(running),
     )  # fmt: skip
 
 
@@ -610,14 +617,18 @@ def _restore(
     name: str,
     generation: int | None,
     held: str | None = None,
+    *,
+    accepted: frozenset[str] = frozenset(),
 ) -> Decision:
     """spec.state.restoreFrom: roll when the snapshot holds the spec's state (`held`, or the
     first fingerprint of a volume snapshot's name), else hold: the workers would refuse it
-    partition by partition."""
+    partition by partition. ``accepted``: the names of the spec's state by every rule
+    (:func:`accepted_fingerprints`): a snapshot taken before the rules changed names it by
+    the earlier ones."""
     edit = f"spec generation {generation}" if generation is not None else "the spec"
     held = held if held is not None else name.split("-to-", maxsplit=1)[0]
     have = fingerprint(running) if running is not None else want
-    if held != want:
+    if held != want and held not in accepted:
         message = (
             f"{edit}: spec.state.restoreFrom {name} holds state of fingerprint {held}, but "
             f"the spec's is {want}: restore it with the window and aggregates it was taken "

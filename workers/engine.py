@@ -382,7 +382,9 @@ class Engine:
         # By partition, the offset up to which this worker counted records lost (_lost): an
         # abort or a lost assignment rewinds the partition to its checkpoint, before a gap
         # already counted, and its next fetch jumps over the same gap again.
-        self._lost_through: dict[tuple[str, int], int] = {}
+        # Keyed by the log's topic id too: a topic deleted and created again starts its
+        # offsets anew, and its gaps are other records (a review's finding).
+        self._lost_through: dict[tuple[str, int, str | None], int] = {}
         self._last_lag = 0.0
         self._running = False
         # Its clients are set up and its source open (the "started" event): a failure
@@ -718,7 +720,14 @@ class Engine:
                         # expressions (_foreign_state): the replay it records was of this
                         # state, whose writers now name this fingerprint. Kept as it was,
                         # every record they re-key would be skipped as written before it.
-                        st.clock.since = replace(st.clock.since, fingerprint=self.fingerprint)
+                        # Its writers of an earlier image, in flight across the upgrade,
+                        # still name the earlier fingerprint: the same state (also).
+                        since = st.clock.since
+                        st.clock.since = replace(
+                            since,
+                            fingerprint=self.fingerprint,
+                            also=tuple(dict.fromkeys((*since.also, since.fingerprint))),
+                        )
                 st.clock.known = self._upstreams
                 st.clock.reads = self._reads_topic
             else:
@@ -1695,7 +1704,7 @@ class Engine:
         counted yet: after a rewind (an exactly-once abort, partitions lost and assigned
         again) the same gap is jumped again, and was counted twice. What a rewind undid
         past the gap and the broker deleted since is lost anew, and counted."""
-        key = (st.topic, st.partition)
+        key = (st.topic, st.partition, st.log_topic_id)
         position = max(position, self._lost_through.get(key, position))
         if position < resumes_at:
             self._lost_through[key] = resumes_at

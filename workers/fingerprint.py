@@ -59,6 +59,15 @@ from streamherd.workers.expressions import ExpressionError, parse_expression
 
 #: Version of the description's layout; a new layout is a new fingerprint for every pipeline.
 DESCRIPTION_VERSION: Final = 1
+#: The key of the description that names the rules it was made by (:data:`RULES`); outside
+#: the hash (:func:`canonical`), so that a new rule that adds a key leaves the fingerprint of
+#: every pipeline it does not touch as it was.
+RULES_KEY: Final = "rules"
+#: The rules of this version: 2 since the steps before the window and a raw source's
+#: format were described (session 30); a description without the key is of rules 1.
+RULES: Final = 2
+#: The keys rules 2 added: a description of rules 1 has none of them.
+RULES_2_KEYS: Final = ("inputs", "sourceFormat")
 #: Hex digits of the SHA-256 kept (64 bits: collisions between one pipeline's revisions are
 #: out of reach, and it stays readable in status and logs).
 HASH_DIGITS: Final = 16
@@ -235,6 +244,7 @@ def describe(
     window = next((s.window for s in processor.steps if s.window is not None), None)
     description: Description = {
         "v": DESCRIPTION_VERSION,
+        RULES_KEY: RULES,
         "window": describe_window(window) if window is not None else None,
     }
     if window is not None:
@@ -251,13 +261,26 @@ def describe(
 
 
 def canonical(description: Mapping[str, Any]) -> bytes:
-    """The description as canonical JSON (sorted keys, no spaces): what the hash covers."""
-    return json.dumps(description, sort_keys=True, separators=(",", ":")).encode()
+    """The description as canonical JSON (sorted keys, no spaces), without the rules it was
+    made by (:data:`RULES_KEY`): what the hash covers."""
+    covered = {k: v for k, v in description.items() if k != RULES_KEY}
+    return json.dumps(covered, sort_keys=True, separators=(",", ":")).encode()
 
 
 def fingerprint(description: Mapping[str, Any]) -> str:
     """The short hash of a description, e.g. ``9f2c4e1a77b0d3c5``."""
     return hashlib.sha256(canonical(description)).hexdigest()[:HASH_DIGITS]
+
+
+def accepted_fingerprints(description: Mapping[str, Any]) -> frozenset[str]:
+    """The fingerprints that name the state of ``description``: by this version's rules, and
+    by the rules before (without the keys they added). A snapshot, or a worker of an earlier
+    image (a user function's image built on an older base), names a state by the rules it was
+    made under; it names the same state when it names either (a review's finding: snapshots
+    taken before the upgrade were refused, and a reset waited for good on a snapshot whose
+    workers stamp the earlier rules' fingerprint)."""
+    earlier = {k: v for k, v in description.items() if k not in RULES_2_KEYS}
+    return frozenset({fingerprint(description), fingerprint(earlier)})
 
 
 def processor_fingerprint(processor: ProcessorConfig) -> tuple[str, Description]:
@@ -313,13 +336,17 @@ def renormalized(
     JSON is taken: what is not of the expected shape stays as it is.
 
     ``current``: the description it is compared with. A description recorded before one of
-    :data:`ADOPTED_KEYS` was part of it takes ``current``'s: nothing it recorded tells them
-    apart, and an upgrade alone must not make a running pipeline's checkpoints foreign. (So
-    an edit made together with the upgrade that installs the key is not seen in the
-    checkpoints it meets; the operator, which describes the running ConfigMap by this
-    version's rules, sees it.)"""
+    :data:`ADOPTED_KEYS` was part of it (one without :data:`RULES_KEY`, of the rules before
+    session 30) takes ``current``'s: nothing it recorded tells them apart, and an upgrade
+    alone must not make a running pipeline's checkpoints foreign. (So an edit made together
+    with the upgrade that installs the key is not seen in the checkpoints it meets; the
+    operator, which describes the running ConfigMap by this version's rules, sees it.) One
+    made by these rules says what it lacks: a map added later is seen (a review's finding:
+    adopting for every description let a map added to a pipeline that had none fold into
+    its windows under ``streamherd run``)."""
     out = dict(description)
-    for key in ADOPTED_KEYS:
+    adopting = current is not None and RULES_KEY not in description
+    for key in ADOPTED_KEYS if adopting else ():
         if current is not None and key in current and key not in out:
             out[key] = current[key]
     window = out.get("window")
@@ -476,7 +503,7 @@ def changed_fields(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None)
                 )
     elif old_g != new_g:
         changes.append(f"source.generator: {_show(old_g)} -> {_show(new_g)}")
-    described = {"v", "window", "repartition", "generator", "inputs", "sourceFormat"}
+    described = {"v", RULES_KEY, "window", "repartition", "generator", *RULES_2_KEYS}
     for key in sorted((set(old) | set(new)) - described):
         if old.get(key) != new.get(key):
             changes.append(key)

@@ -364,26 +364,39 @@ class Since:
     """What a downstream partition's state started anew with: the state fingerprint of the
     spec it replays or resets to, the spec generation of the last writer of the state it
     discarded (None when that checkpoint names none), and the state epoch it started in
-    (``state.epoch``, decision 0175; None when the config names none)."""
+    (``state.epoch``, decision 0175; None when the config names none). ``also``: the
+    fingerprints the same state had by earlier rules (a worker adopted its checkpoint as
+    its own: ``fingerprint.same_state``); writers of an earlier image in flight across
+    that upgrade name them (a review's finding: their records were skipped as written
+    before the replay)."""
 
     fingerprint: str
     generation: int | None = None
     epoch: int | None = None
+    also: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"fingerprint": self.fingerprint, "generation": self.generation}
         if self.epoch is not None:
             doc["epoch"] = self.epoch
+        if self.also:
+            doc["also"] = list(self.also)
         return doc
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Since:
         generation, epoch = data.get("generation"), data.get("epoch")
+        also = data.get("also")
         return cls(
             str(data["fingerprint"]),
             None if generation is None else int(generation),
             None if epoch is None else int(epoch),
+            tuple(str(f) for f in also) if isinstance(also, list) else (),
         )
+
+    def names(self, fingerprint: str | None) -> bool:
+        """Whether a writer of ``fingerprint`` wrote this state (by any rules)."""
+        return fingerprint == self.fingerprint or fingerprint in self.also
 
     def restored_by(self, generation: int | None, epoch: int | None = None) -> Since:
         """This, as a worker of spec ``generation`` and state ``epoch`` restores it. The
@@ -399,9 +412,9 @@ class Since:
             and generation is not None
             and generation <= since.generation
         ):
-            since = Since(since.fingerprint, None, since.epoch)
+            since = Since(since.fingerprint, None, since.epoch, since.also)
         if since.epoch is not None and (epoch is None or epoch < since.epoch):
-            since = Since(since.fingerprint, since.generation)
+            since = Since(since.fingerprint, since.generation, None, since.also)
         return since
 
 
@@ -466,7 +479,7 @@ def superseded(clock: UpstreamClock, headers: Sequence[tuple[str, bytes | None]]
     if since is None:
         return False
     fingerprint, generation = read_writer(headers)
-    if fingerprint != since.fingerprint:
+    if not since.names(fingerprint):
         return True
     if since.epoch is not None:
         epoch = read_epoch(headers)

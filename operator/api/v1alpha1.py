@@ -732,9 +732,10 @@ class Upgrade(Model):
     """How an edit that changes the pipeline's state is rolled out.
 
     The operator compares the state fingerprint of the edited spec (keyBy, window type, size,
-    slide, lateness, event time, the aggregates in order) with the running workers' before it
-    touches them. Edits that keep it (filters, maps, the sink, scaling, resources, the image)
-    roll as usual; the others follow `onStateChange`."""
+    slide, lateness, event time, the aggregates in order, what the map steps and the user
+    function before the window do to the fields it reads, a raw source) with the running
+    workers' before it touches them. Edits that keep it (filters, other map fields, the
+    sink, scaling, resources, the image) roll as usual; the others follow `onStateChange`."""
 
     on_state_change: Literal["refuse", "reset", "replay"] = Field(
         default="refuse",

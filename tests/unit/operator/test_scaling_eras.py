@@ -174,3 +174,35 @@ def test_a_held_edit_leaves_the_count_owner_as_it_is(before: str, after: str) ->
     state = {c["type"]: c["reason"] for c in body_of(kube, name)["status"]["conditions"]}
     assert state["StateCompatible"] == "StateChangeRefused", state
     assert {kind: kube.find(kind, name) for kind in owners} == owners
+
+
+def test_a_rollback_across_a_mode_switch_keeps_the_workers() -> None:
+    """builtin (decided 5) -> an edit to `none` with 3 replicas that never settles -> rolled
+    back to the builtin spec. The era is judged by the spec the children are built from,
+    the last good one: the rolled-back builtin era starts from the 3 live workers. Judged by
+    the user's spec (none), nothing seeded it, and it dropped to one (a review's finding)."""
+    kube = FakeKube()
+    doc = example_doc("02-clicks-per-minute")
+    doc["spec"]["upgrade"] = {"rollback": "auto", "rollbackAfter": "60s"}
+    doc["spec"]["autoscaling"].update(mode="builtin", minReplicas=1, maxReplicas=8)
+    name = str(kube.put(doc)["metadata"]["name"])
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    for _ in range(2):
+        reconcile(body_of(kube, name), kube, SETTINGS, now=t0)
+        kube.roll_out(name)
+    kube.patch_status("default", name, {"desiredReplicas": 5})
+    reconcile(body_of(kube, name), kube, SETTINGS, now=t0)
+    kube.roll_out(name)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=t0)
+    obj = kube.find("StreamPipeline", name)
+    assert obj is not None
+    obj["spec"]["autoscaling"]["mode"] = "none"
+    obj["spec"]["replicas"] = 3
+    obj["spec"]["pod"] = {"nodeSelector": {"no-such-node": "true"}}  # never ready
+    obj["metadata"]["generation"] += 1
+    reconcile(body_of(kube, name), kube, SETTINGS, now=t0)
+    result = reconcile(body_of(kube, name), kube, SETTINGS, now=t0 + timedelta(seconds=61))
+    assert "RolledBack" in [e.reason for e in result.events]
+    reconcile(body_of(kube, name), kube, SETTINGS, now=t0 + timedelta(seconds=62))
+    deployment = kube.find("Deployment", name)
+    assert deployment is not None and deployment["spec"]["replicas"] == 3

@@ -669,6 +669,22 @@ def test_a_restore_rolls_only_a_snapshot_of_the_specs_state() -> None:
     )
 
 
+def test_a_snapshot_taken_before_the_steps_were_described_restores() -> None:
+    """A snapshot taken by rules 1 (before session 30) names a state whose map steps were
+    not described: the spec's state by the rules before, so it restores, and a reset's
+    snapshot a worker of an earlier image stamps by those rules is the running state (a
+    review's finding: both were refused, the reset held for good)."""
+    kb = [{"map": {"set": {"bytes": "kb * 1024"}}}]
+    old, new = described(steps_before=kb), described(EDITS["size"][0], steps_before=kb)
+    earlier = {k: v for k, v in old.items() if k not in ("inputs", "rules")}
+    assert fingerprint(earlier) != fingerprint(old)
+    name = f"{fingerprint(earlier)}-to-{fingerprint(new)}"
+    decision = decide(new, old, policy("refuse"), restore_from=name, generation=4)
+    assert decision.action == "restore", decision.condition.message
+    reset = decide(old, new, policy("reset"), generation=5)
+    assert fingerprint(earlier) in reset.running_names and fingerprint(old) in reset.running_names
+
+
 @pytest.mark.parametrize(
     "change",
     [
