@@ -1272,10 +1272,11 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         rolledBackGeneration=generation if good is not None else None,
         internalTopics=internal,
     )
-    # The spec the children were built from: the last good one while rolled back (a review's
-    # finding: judged by the user's spec, a rollback from `none` to builtin cleared the
-    # autoscaler's count and dropped the workers to one).
-    if not builtin_scaled(observed.running):
+    # Neither the spec the children were built from (the last good one while rolled back: a
+    # rollback from `none` to builtin cleared the count and dropped to one worker) nor the
+    # user's, which the autoscaler follows (a rollback to `none` of an edit to builtin
+    # cleared at every reconcile what the autoscaler wrote at every poll): reviews' findings.
+    if not builtin_scaled(observed.running) and not builtin_scaled(pipeline):
         patch.update({key: None for key in ERA_STATUS_KEYS if key in current_status})
     retry_after = _sooner(
         _sooner(

@@ -545,10 +545,7 @@ def decide(
     if dropped is not None:
         return dropped
     if restore_from is not None:
-        return _restore(
-            running, want, restore_from, generation, snapshot_fingerprint,
-            accepted=accepted_fingerprints(desired),
-        )  # fmt: skip
+        return _restore(running, want, restore_from, generation, snapshot_fingerprint)
     if running is None or not has_state(running):
         # Nothing to keep (new, or stateless until now: its checkpoints hold offsets only).
         return Decision(
@@ -617,18 +614,17 @@ def _restore(
     name: str,
     generation: int | None,
     held: str | None = None,
-    *,
-    accepted: frozenset[str] = frozenset(),
 ) -> Decision:
     """spec.state.restoreFrom: roll when the snapshot holds the spec's state (`held`, or the
     first fingerprint of a volume snapshot's name), else hold: the workers would refuse it
-    partition by partition. ``accepted``: the names of the spec's state by every rule
-    (:func:`accepted_fingerprints`): a snapshot taken before the rules changed names it by
-    the earlier ones."""
+    partition by partition. By this version's rules only: the earlier rules' name of a
+    state with map steps before its window is also the name of the same window without
+    them, another state (a review's finding: accepting it restored a snapshot of the
+    window without a map into the spec with one)."""
     edit = f"spec generation {generation}" if generation is not None else "the spec"
     held = held if held is not None else name.split("-to-", maxsplit=1)[0]
     have = fingerprint(running) if running is not None else want
-    if held != want and held not in accepted:
+    if held != want:
         message = (
             f"{edit}: spec.state.restoreFrom {name} holds state of fingerprint {held}, but "
             f"the spec's is {want}: restore it with the window and aggregates it was taken "

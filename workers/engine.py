@@ -382,9 +382,9 @@ class Engine:
         # By partition, the offset up to which this worker counted records lost (_lost): an
         # abort or a lost assignment rewinds the partition to its checkpoint, before a gap
         # already counted, and its next fetch jumps over the same gap again.
-        # Keyed by the log's topic id too: a topic deleted and created again starts its
+        # With the log's topic id when known: a topic deleted and created again starts its
         # offsets anew, and its gaps are other records (a review's finding).
-        self._lost_through: dict[tuple[str, int, str | None], int] = {}
+        self._lost_through: dict[tuple[str, int], tuple[str | None, int]] = {}
         self._last_lag = 0.0
         self._running = False
         # Its clients are set up and its source open (the "started" event): a failure
@@ -1704,10 +1704,13 @@ class Engine:
         counted yet: after a rewind (an exactly-once abort, partitions lost and assigned
         again) the same gap is jumped again, and was counted twice. What a rewind undid
         past the gap and the broker deleted since is lost anew, and counted."""
-        key = (st.topic, st.partition, st.log_topic_id)
-        position = max(position, self._lost_through.get(key, position))
+        key = (st.topic, st.partition)
+        topic_id, through = self._lost_through.get(key, (st.log_topic_id, position))
+        if topic_id is not None and st.log_topic_id is not None and topic_id != st.log_topic_id:
+            through = position  # another log of the name: nothing of it counted yet
+        position = max(position, through)
         if position < resumes_at:
-            self._lost_through[key] = resumes_at
+            self._lost_through[key] = (st.log_topic_id or topic_id, resumes_at)
             self._count_lost(st, position, resumes_at)
 
     def _count_lost(self, st: PartitionState, position: int, resumes_at: int) -> None:

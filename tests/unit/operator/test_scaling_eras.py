@@ -206,3 +206,35 @@ def test_a_rollback_across_a_mode_switch_keeps_the_workers() -> None:
     reconcile(body_of(kube, name), kube, SETTINGS, now=t0 + timedelta(seconds=62))
     deployment = kube.find("Deployment", name)
     assert deployment is not None and deployment["spec"]["replicas"] == 3
+
+
+def test_a_rollback_to_none_keeps_what_the_autoscaler_writes_for_the_edited_spec() -> None:
+    """none (3) -> an edit to builtin that never settles -> rolled back to none. The
+    autoscaler follows the user's spec (builtin) and writes its count; the reconciler, which
+    builds from the last good spec (none), must not remove it at every reconcile (a review's
+    finding: a write at every poll and a removal at every reconcile, for the rollback's
+    whole length)."""
+    kube = FakeKube()
+    doc = example_doc("02-clicks-per-minute")
+    doc["spec"]["upgrade"] = {"rollback": "auto", "rollbackAfter": "60s"}
+    doc["spec"]["replicas"] = 3
+    doc["spec"]["autoscaling"].update(mode="none", minReplicas=1, maxReplicas=8)
+    name = str(kube.put(doc)["metadata"]["name"])
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    for _ in range(3):
+        reconcile(body_of(kube, name), kube, SETTINGS, now=t0)
+        kube.roll_out(name)
+    obj = kube.find("StreamPipeline", name)
+    assert obj is not None
+    obj["spec"]["autoscaling"]["mode"] = "builtin"
+    obj["spec"]["pod"] = {"nodeSelector": {"no-such-node": "true"}}  # never ready
+    obj["metadata"]["generation"] += 1
+    reconcile(body_of(kube, name), kube, SETTINGS, now=t0)
+    result = reconcile(body_of(kube, name), kube, SETTINGS, now=t0 + timedelta(seconds=61))
+    assert "RolledBack" in [e.reason for e in result.events]
+    kube.patch_status("default", name, {"desiredReplicas": 5, "lag": 900})  # the autoscaler
+    reconcile(body_of(kube, name), kube, SETTINGS, now=t0 + timedelta(seconds=62))
+    status = body_of(kube, name)["status"]
+    assert status.get("desiredReplicas") == 5 and status.get("lag") == 900, status
+    deployment = kube.find("Deployment", name)
+    assert deployment is not None and deployment["spec"]["replicas"] == 3  # the none spec's
