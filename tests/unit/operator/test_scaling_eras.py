@@ -176,34 +176,50 @@ def test_a_held_edit_leaves_the_count_owner_as_it_is(before: str, after: str) ->
     assert {kind: kube.find(kind, name) for kind in owners} == owners
 
 
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def rolled_back(
+    kube: FakeKube, spec: dict[str, Any], edit: dict[str, Any], decided: int | None
+) -> str:
+    """A pipeline of ``spec`` (its autoscaling merged), settled (the autoscaler having
+    ``decided`` its count, when given), then an edit of ``edit`` (its autoscaling merged)
+    whose workers never get ready, rolled back by `rollback: auto`; its name."""
+    doc = example_doc("02-clicks-per-minute")
+    doc["spec"]["upgrade"] = {"rollback": "auto", "rollbackAfter": "60s"}
+    doc["spec"]["autoscaling"].update(minReplicas=1, maxReplicas=8, **spec.pop("autoscaling"))
+    doc["spec"].update(spec)
+    name = str(kube.put(doc)["metadata"]["name"])
+    for _ in range(2):
+        reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+        kube.roll_out(name)
+    if decided is not None:
+        kube.patch_status("default", name, {"desiredReplicas": decided})
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    kube.roll_out(name)
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    obj = kube.find("StreamPipeline", name)
+    assert obj is not None
+    obj["spec"]["autoscaling"].update(edit.pop("autoscaling"))
+    obj["spec"].update(edit, pod={"nodeSelector": {"no-such-node": "true"}})  # never ready
+    obj["metadata"]["generation"] += 1
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0)
+    result = reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=61))
+    assert "RolledBack" in [e.reason for e in result.events]
+    return name
+
+
 def test_a_rollback_across_a_mode_switch_keeps_the_workers() -> None:
     """builtin (decided 5) -> an edit to `none` with 3 replicas that never settles -> rolled
     back to the builtin spec. The era is judged by the spec the children are built from,
     the last good one: the rolled-back builtin era starts from the 3 live workers. Judged by
     the user's spec (none), nothing seeded it, and it dropped to one (a review's finding)."""
     kube = FakeKube()
-    doc = example_doc("02-clicks-per-minute")
-    doc["spec"]["upgrade"] = {"rollback": "auto", "rollbackAfter": "60s"}
-    doc["spec"]["autoscaling"].update(mode="builtin", minReplicas=1, maxReplicas=8)
-    name = str(kube.put(doc)["metadata"]["name"])
-    t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    for _ in range(2):
-        reconcile(body_of(kube, name), kube, SETTINGS, now=t0)
-        kube.roll_out(name)
-    kube.patch_status("default", name, {"desiredReplicas": 5})
-    reconcile(body_of(kube, name), kube, SETTINGS, now=t0)
-    kube.roll_out(name)
-    reconcile(body_of(kube, name), kube, SETTINGS, now=t0)
-    obj = kube.find("StreamPipeline", name)
-    assert obj is not None
-    obj["spec"]["autoscaling"]["mode"] = "none"
-    obj["spec"]["replicas"] = 3
-    obj["spec"]["pod"] = {"nodeSelector": {"no-such-node": "true"}}  # never ready
-    obj["metadata"]["generation"] += 1
-    reconcile(body_of(kube, name), kube, SETTINGS, now=t0)
-    result = reconcile(body_of(kube, name), kube, SETTINGS, now=t0 + timedelta(seconds=61))
-    assert "RolledBack" in [e.reason for e in result.events]
-    reconcile(body_of(kube, name), kube, SETTINGS, now=t0 + timedelta(seconds=62))
+    name = rolled_back(
+        kube, {"autoscaling": {"mode": "builtin"}},
+        {"autoscaling": {"mode": "none"}, "replicas": 3}, decided=5,
+    )  # fmt: skip
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=62))
     deployment = kube.find("Deployment", name)
     assert deployment is not None and deployment["spec"]["replicas"] == 3
 
@@ -215,25 +231,12 @@ def test_a_rollback_to_none_keeps_what_the_autoscaler_writes_for_the_edited_spec
     finding: a write at every poll and a removal at every reconcile, for the rollback's
     whole length)."""
     kube = FakeKube()
-    doc = example_doc("02-clicks-per-minute")
-    doc["spec"]["upgrade"] = {"rollback": "auto", "rollbackAfter": "60s"}
-    doc["spec"]["replicas"] = 3
-    doc["spec"]["autoscaling"].update(mode="none", minReplicas=1, maxReplicas=8)
-    name = str(kube.put(doc)["metadata"]["name"])
-    t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    for _ in range(3):
-        reconcile(body_of(kube, name), kube, SETTINGS, now=t0)
-        kube.roll_out(name)
-    obj = kube.find("StreamPipeline", name)
-    assert obj is not None
-    obj["spec"]["autoscaling"]["mode"] = "builtin"
-    obj["spec"]["pod"] = {"nodeSelector": {"no-such-node": "true"}}  # never ready
-    obj["metadata"]["generation"] += 1
-    reconcile(body_of(kube, name), kube, SETTINGS, now=t0)
-    result = reconcile(body_of(kube, name), kube, SETTINGS, now=t0 + timedelta(seconds=61))
-    assert "RolledBack" in [e.reason for e in result.events]
+    name = rolled_back(
+        kube, {"autoscaling": {"mode": "none"}, "replicas": 3},
+        {"autoscaling": {"mode": "builtin"}}, decided=None,
+    )  # fmt: skip
     kube.patch_status("default", name, {"desiredReplicas": 5, "lag": 900})  # the autoscaler
-    reconcile(body_of(kube, name), kube, SETTINGS, now=t0 + timedelta(seconds=62))
+    reconcile(body_of(kube, name), kube, SETTINGS, now=T0 + timedelta(seconds=62))
     status = body_of(kube, name)["status"]
     assert status.get("desiredReplicas") == 5 and status.get("lag") == 900, status
     deployment = kube.find("Deployment", name)
