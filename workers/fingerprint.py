@@ -55,7 +55,7 @@ from streamherd.workers.config import (
     WorkerConfig,
     parse_duration,
 )
-from streamherd.workers.expressions import ExpressionError, parse_expression
+from streamherd.workers.expressions import parse_expression
 
 #: Version of the description's layout; a new layout is a new fingerprint for every pipeline.
 DESCRIPTION_VERSION: Final = 1
@@ -138,7 +138,7 @@ def _reads(text: str) -> set[str] | None:
     """The record fields an expression reads; None when it does not parse (unknown: any)."""
     try:
         return set(parse_expression(text).names)
-    except (ExpressionError, SyntaxError, ValueError, RecursionError):
+    except (SyntaxError, ValueError, RecursionError):  # ExpressionError is a ValueError
         return None
 
 
@@ -345,10 +345,8 @@ def renormalized(
     adopting for every description let a map added to a pipeline that had none fold into
     its windows under ``streamherd run``)."""
     out = dict(description)
-    adopting = current is not None and RULES_KEY not in description
-    for key in ADOPTED_KEYS if adopting else ():
-        if current is not None and key in current and key not in out:
-            out[key] = current[key]
+    if current is not None and RULES_KEY not in description:
+        out.update({k: current[k] for k in ADOPTED_KEYS if k in current and k not in out})
     window = out.get("window")
     if not isinstance(window, Mapping):
         return out
@@ -371,7 +369,7 @@ def renormalized(
 #: current description by :func:`renormalized` when a recorded one lacks them: the
 #: generator's settings (session 25), the steps before the window and a raw source's
 #: format (session 30).
-ADOPTED_KEYS: Final = ("generator", "inputs", "sourceFormat")
+ADOPTED_KEYS: Final = ("generator", *RULES_2_KEYS)
 
 
 def same_state(

@@ -71,7 +71,13 @@ def desired_replicas(pipeline: StreamPipeline) -> int | None:
     wanted = pipeline.status.desired_replicas if pipeline.status else None
     if wanted is None or not builtin_scaled(pipeline):
         wanted = max(scaling.min_replicas, 1)
-    return max(scaling.min_replicas, min(scaling.max_replicas, wanted))
+    return _within_bounds(pipeline, wanted)
+
+
+def _within_bounds(pipeline: StreamPipeline, count: int) -> int:
+    """``count`` clamped to the builtin autoscaler's [minReplicas, maxReplicas]."""
+    scaling = pipeline.spec.autoscaling
+    return max(scaling.min_replicas, min(scaling.max_replicas, count))
 
 
 def _live_count(live: Manifest) -> int | None:
@@ -115,8 +121,7 @@ def replicas_kept(desired: Manifest, live: Manifest | None, pipeline: StreamPipe
     undecided = pipeline.status is None or pipeline.status.desired_replicas is None
     if pipeline.spec.suspend or not builtin_scaled(pipeline) or not undecided or count == 0:
         return desired
-    count = max(scaling.min_replicas, min(scaling.max_replicas, count))
-    return {**desired, "spec": {**spec, "replicas": count}}
+    return {**desired, "spec": {**spec, "replicas": _within_bounds(pipeline, count)}}
 
 
 def pin_config(template: Manifest, config_hash: str) -> None:

@@ -141,6 +141,20 @@ def _manager(broker: LaggingBroker, clock: list[float]) -> InternalTopics:
     )
 
 
+def _new_check(manager: InternalTopics, pipeline: Any, clock: list[float]) -> Any:
+    """Past any backoff, a new check of ``pipeline``'s topics, run in the manager's pool;
+    the report it left (within its backoff)."""
+    clock[0] += BACKOFF_MAX + 1
+    manager.ensure(pipeline)
+    key = (pipeline.namespace, pipeline.name)
+    pause = threading.Event()
+    for _ in range(500):
+        if key not in manager._running:
+            break
+        pause.wait(0.01)
+    return manager.ensure(pipeline)
+
+
 @given(st.lists(st.sampled_from([CAUGHT_UP, ABSENT, UNDESCRIBED, UNLISTED, UNLISTED_AFTER_CREATE])))
 def test_a_broker_behind_its_topics_is_checked_again_and_never_called_unreachable(
     picked: list[Lag],
@@ -196,17 +210,10 @@ def test_a_topic_the_broker_never_describes_becomes_a_mismatch_after_a_few_check
     broker = _broker([pipeline], {names[0]: UNLISTED})
     clock = [0.0]
     manager = _manager(broker, clock)
-    pause = threading.Event()
     try:
         seen = []
         for _ in range(BEHIND_CHECKS + 2):
-            clock[0] += BACKOFF_MAX + 1  # past any backoff: a new check
-            manager.ensure(pipeline)
-            for _ in range(500):  # the check runs in the manager's pool
-                if ("default", "hidden") not in manager._running:
-                    break
-                pause.wait(0.01)
-            report = manager.ensure(pipeline)  # what it found, within its backoff
+            report = _new_check(manager, pipeline, clock)
             assert report is not None and report.retry_after is not None
             seen.append(report.message)
             assert report.status == ("checking" if len(seen) <= BEHIND_CHECKS else "mismatch")
@@ -225,18 +232,11 @@ def test_only_checks_that_found_topics_behind_count_toward_the_bound() -> None:
     broker.down = True
     clock = [0.0]
     manager = _manager(broker, clock)
-    pause = threading.Event()
     try:
         for n in range(BEHIND_CHECKS + 3):
             if n == BEHIND_CHECKS + 2:
                 broker.down = False
-            clock[0] += BACKOFF_MAX + 1  # past any backoff: a new check
-            manager.ensure(pipeline)
-            for _ in range(500):  # the check runs in the manager's pool
-                if ("default", "back") not in manager._running:
-                    break
-                pause.wait(0.01)
-            report = manager.ensure(pipeline)
+            report = _new_check(manager, pipeline, clock)
             assert report is not None
             assert report.status == ("unreachable" if broker.down else "checking"), report
     finally:

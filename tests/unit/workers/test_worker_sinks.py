@@ -220,6 +220,13 @@ def test_a_sink_key_that_is_no_utf8_text_is_the_results_fault() -> None:
     assert sample("streamherd_results_dead_lettered_total", {"pipeline": "p"}) == 2
 
 
+def kafka_outputs(key: str) -> Outputs:
+    """The outputs of a Kafka sink whose key is the expression ``key`` (no broker is
+    dialled: its producer only queues)."""
+    sink = {"kafka": {"bootstrapServers": "127.0.0.1:9", "topic": "out", "key": key}}
+    return Outputs(SinkConfig.model_validate(sink), None, "ns/p", io.StringIO())
+
+
 class Sly(dict[str, Any]):
     """A result (a dict subclass, as a user function may return) whose ``items()`` raises
     SystemExit: the stdlib writer runs it, for a result holding an integer beyond 64 bits."""
@@ -236,14 +243,7 @@ def test_a_result_whose_own_methods_raise_a_base_exception_is_the_results_dead_l
     source = SyntheticMessage("in", 3, 42, None, {}, 0)
     written = io.StringIO()
     stdout = Outputs(SinkConfig.model_validate({"stdout": {}}), None, "ns/p", written)
-    kafka = Outputs(
-        SinkConfig.model_validate(
-            {"kafka": {"bootstrapServers": "127.0.0.1:9", "topic": "out", "key": "name"}}
-        ),
-        None,
-        "ns/p",
-        io.StringIO(),
-    )
+    kafka = kafka_outputs("name")
     dead: list[Failure] = []
     for outputs in (stdout, kafka):
         outputs.dead_letter = lambda failures, alone=False: dead.extend(failures)  # type: ignore[method-assign]
@@ -449,14 +449,7 @@ def test_a_sink_key_expression_keeps_bytes_that_are_no_utf8_apart() -> None:
     all their results went to one Kafka key (a helper's finding). They are written as the
     result's ``key`` field and the output key write them: UTF-8 text, else
     ``{"bytes":"<base64>"}``."""
-    outputs = Outputs(
-        SinkConfig.model_validate(
-            {"kafka": {"bootstrapServers": "127.0.0.1:9", "topic": "out", "key": "key"}}
-        ),
-        None,
-        "ns/p",
-        io.StringIO(),
-    )
+    outputs = kafka_outputs("key")
     sent: list[Any] = []
     outputs._sink_producer = SimpleNamespace(  # type: ignore[assignment]
         produce=lambda topic, value, key, **_: sent.append(key), poll=lambda _t=0: 0
