@@ -231,6 +231,9 @@ class UpgradeInputs:
     #: The source topics the workers read and the desired ones (None: not known).
     running_sources: tuple[str, ...] | None = None
     desired_sources: tuple[str, ...] | None = None
+    #: The consumer group the workers commit to and the desired one (None: not known).
+    running_group: str | None = None
+    desired_group: str | None = None
     #: The record of the state change the live ConfigMap was applied for (None: none).
     change: StateChange | None = None
 
@@ -368,6 +371,7 @@ def upgrade_decision(observed: Observed) -> UpgradeDecision:
         snapshot_fingerprint=inputs.snapshot_fingerprint,
         backends=(inputs.running_backend, inputs.desired_backend),
         sources=(inputs.running_sources, inputs.desired_sources),
+        groups=(inputs.running_group, inputs.desired_group),
     )
 
 

@@ -100,7 +100,9 @@ from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.upgrades import (
     config_backend,
     config_description,
+    config_group,
     config_sources,
+    regrouped,
     running_epoch,
     running_view,
     state_change,
@@ -360,9 +362,13 @@ def _upgrade_inputs(
     inputs = UpgradeInputs(
         running, running_backend, want, desired_backend, change=state_change(live)
     )
-    if live is not None and not rolled:  # an edit: which topics it stops reading
+    if live is not None and not rolled:  # an edit: which topics it stops reading, the group
         inputs = replace(
-            inputs, running_sources=config_sources(live), desired_sources=config_sources(config_map)
+            inputs,
+            running_sources=config_sources(live),
+            desired_sources=config_sources(config_map),
+            running_group=config_group(live),
+            desired_group=config_group(config_map),
         )
     restore = pipeline.spec.state.restore_from
     if restore is None or is_volume_snapshot(restore):
@@ -538,7 +544,11 @@ def observe(
         good = None
     inputs = observed.upgrade
     assert inputs is not None
-    switched = inputs.running_backend not in (None, inputs.desired_backend)
+    # A roll to another backend or consumer group starts the state anew even when the
+    # fingerprint stays: the old state's checkpoints do not continue there.
+    switched = inputs.running_backend not in (None, inputs.desired_backend) or (
+        regrouped(inputs.running, (inputs.running_group, inputs.desired_group)) is not None
+    )
     epoch = state_epoch(inputs.running, upgrade, observed.generation, live_epoch, switched=switched)
     if epoch != live_epoch:
         # This roll starts the state anew: its workers name the new epoch, and discard any

@@ -275,6 +275,37 @@ def _backend_switch(
     )  # fmt: skip
 
 
+def config_group(config_map: Manifest | None) -> str | None:
+    """The Kafka consumer group the WorkerConfig in a ConfigMap commits to; None when there
+    is none, it cannot be read, or its source is not Kafka."""
+    text = _config_text(config_map)
+    if text is None:
+        return None
+    try:
+        group = orjson.loads(text)["source"]["kafka"]["consumerGroup"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return group if isinstance(group, str) else None
+
+
+Groups = tuple[str | None, str | None]
+
+
+def regrouped(running: Description | None, groups: Groups | None) -> str | None:
+    """The change an edit of ``source.kafka.consumerGroup`` makes to a pipeline with state
+    (decision 0205), or None. The group's committed offsets are where the checkpointed
+    state's input ends (the workers commit only after a durable checkpoint; exactly-once,
+    the transactions commit them): another group's offsets, or none and ``startFrom``, do
+    not continue the state, which the workers then drop, partition by partition. So it is
+    a state change: refuse holds it, reset and replay start the state anew (a new state
+    epoch, the old state kept as a snapshot) at the new group's offsets or at replayFrom."""
+    if groups is None or None in groups or groups[0] == groups[1]:
+        return None
+    if running is None or not has_state(running):
+        return None  # offsets only: the new group (or startFrom) decides where to read
+    return f"source.kafka.consumerGroup: {groups[0]} -> {groups[1]}"
+
+
 def config_sources(config_map: Manifest | None) -> tuple[str, ...] | None:
     """The Kafka topics (names and ``^`` patterns) the WorkerConfig in a ConfigMap reads;
     None when there is none, it cannot be read, or its source is not Kafka."""
@@ -473,6 +504,8 @@ def _sources_removed(
     sources: Sources | None,
     upgrade: Upgrade,
     generation: int | None,
+    *,
+    groups: Groups | None = None,
 ) -> Decision | None:
     """An edit that removes source topics of a pipeline whose windows live on the source's
     partitions (a window, no repartition): the open windows of the removed topics'
@@ -485,6 +518,8 @@ def _sources_removed(
     removed = _windows_lost(running, sources)
     if running is None or not removed or fingerprint(running) != fingerprint(desired):
         return None  # (with the fingerprint changed too, decide lists it among the changes)
+    if regrouped(running, groups) is not None:
+        return None  # (decide lists both: the regroup starts the state anew)
     have = fingerprint(running)
     edit = f"spec generation {generation}" if generation is not None else "the spec"
     change = f"source.kafka.topics: removed {', '.join(removed)}"
@@ -527,13 +562,15 @@ def decide(
     snapshot_fingerprint: str | None = None,
     backends: tuple[str | None, str] | None = None,
     sources: Sources | None = None,
+    groups: Groups | None = None,
 ) -> Decision:
     """Roll, hold, reset, replay or restore an edit whose desired state is `desired`, the
     workers running `running` (None: nothing known to run, e.g. a new pipeline), with
     `restore_from` the snapshot spec.state.restoreFrom names (None: none),
     `snapshot_fingerprint` the state it holds (None: a volume snapshot, whose name says),
     `backends` the running and the desired checkpoint.backend and `sources` the running and
-    the desired source topics (None: not compared)."""
+    the desired source topics and `groups` the running and the desired consumer group
+    (None: not compared)."""
     want = fingerprint(desired)
     # A snapshot restores into the backend it was taken in, and holds windows of the topics
     # it was taken with: restoreFrom, even one kept in the spec after its restore rolled
@@ -541,7 +578,7 @@ def decide(
     switch = _backend_switch(running, desired, backends, upgrade, generation)
     if switch is not None:
         return switch
-    dropped = _sources_removed(running, desired, sources, upgrade, generation)
+    dropped = _sources_removed(running, desired, sources, upgrade, generation, groups=groups)
     if dropped is not None:
         return dropped
     if restore_from is not None:
@@ -555,7 +592,10 @@ def decide(
             condition=Cond(STATE_COMPATIBLE, "True", "Compatible", f"state fingerprint {want}"),
         )
     have = fingerprint(running)
+    regroup = regrouped(running, groups)
     changes = tuple(changed_fields(running, desired))
+    if regroup is not None:
+        changes = (regroup, *changes)
     removed = _windows_lost(running, sources) if changes else []
     if removed:
         changes = (f"source.kafka.topics: removed {', '.join(removed)}", *changes)
@@ -571,7 +611,7 @@ def decide(
     policy = upgrade.on_state_change
     # The workers keep the old state under this name: the roll's generation is their state
     # epoch when the fingerprint changes (state_epoch), which then names it (decision 0175).
-    kept = snapshot_name(have, want, generation if have != want else None)
+    kept = snapshot_name(have, want, generation if have != want or regroup else None)
     if policy == "refuse":
         message = (
             f"{edit} changes the state ({what}): refused, the workers keep running the "
@@ -588,10 +628,15 @@ def decide(
             ("Warning", "StateChangeRefused", message),
         )
     if policy == "reset":
+        start = (
+            f"consumer group {groups[1]}'s committed offsets (startFrom where it has none)"
+            if regroup is not None and groups is not None
+            else "their checkpointed offsets"
+        )
         message = (
             f"{edit} changes the state ({what}): onStateChange reset, the workers start "
-            f"from empty state at their checkpointed offsets (fingerprint {have} -> {want}; "
-            f"the old state is kept as snapshot {kept})"
+            f"from empty state at {start} (fingerprint {have} -> {want}; the old state is "
+            f"kept as snapshot {kept})"
         )
         return Decision(
             "reset", want, want, changes, Cond(STATE_COMPATIBLE, "True", "StateReset", message),
@@ -688,6 +733,7 @@ def state_diff_files(files: Sequence[str], out: TextIO, err: TextIO) -> int:
     sources = tuple(
         tuple(c.source.kafka.topics) if c.source.kafka is not None else None for c in configs
     )
+    groups = tuple(c.source.kafka.consumer_group if c.source.kafka else None for c in configs)
     restore = pipelines[1].spec.state.restore_from
     want = fingerprint(after)
     # A StreamPipelineSnapshot holds the fingerprint it records in the cluster, which this
@@ -695,7 +741,8 @@ def state_diff_files(files: Sequence[str], out: TextIO, err: TextIO) -> int:
     spipeline_snapshot = restore is not None and not is_volume_snapshot(restore)
     decision = decide(before, after, pipelines[1].spec.upgrade, restore_from=restore,
                       snapshot_fingerprint=want if spipeline_snapshot else None,
-                      backends=backends, sources=(sources[0], sources[1]))  # fmt: skip
+                      backends=backends, sources=(sources[0], sources[1]),
+                      groups=(groups[0], groups[1]))  # fmt: skip
     out.write(f"state fingerprint: {fingerprint(before)} -> {decision.desired_fingerprint}\n")
     if spipeline_snapshot:
         out.write(
@@ -716,7 +763,12 @@ def state_diff_files(files: Sequence[str], out: TextIO, err: TextIO) -> int:
     outcome = {
         "roll": f"roll, dropping them (onStateChange: {pipelines[1].spec.upgrade.on_state_change})",
         "hold": "refused (onStateChange: refuse): the running workers are kept as they are",
-        "reset": "reset: empty state from the checkpointed offsets",
+        "reset": "reset: empty state from "
+        + (
+            f"consumer group {groups[1]}'s committed offsets (startFrom where it has none)"
+            if regrouped(before, (groups[0], groups[1])) is not None
+            else "the checkpointed offsets"
+        ),
         "replay": f"replay: empty state from {pipelines[1].spec.upgrade.replay_from}",
     }[decision.action]
     out.write(f"the operator would: {outcome}\n")

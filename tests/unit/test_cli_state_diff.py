@@ -77,6 +77,51 @@ def test_a_state_edit_names_the_fields_and_the_outcome(
     assert f"the operator would: {outcome}\n" in out
 
 
+@pytest.mark.parametrize(
+    ("upgrade", "outcome"),
+    [
+        (None, "refused (onStateChange: refuse): the running workers are kept as they are"),
+        (
+            {"onStateChange": "reset"},
+            "reset: empty state from consumer group clicks-v2's committed offsets (startFrom "
+            "where it has none)",
+        ),
+    ],
+)
+def test_another_consumer_group_is_a_state_change(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    upgrade: dict[str, Any] | None,
+    outcome: str,
+) -> None:
+    """The group's committed offsets are where the checkpointed state's input ends: another
+    group's do not continue it (decision 0205). It rolled as compatible before, and the
+    workers then dropped every open window, under refuse too."""
+    after = copy.deepcopy(BEFORE)
+    after["spec"]["source"]["kafka"]["consumerGroup"] = "clicks-v2"
+    if upgrade is not None:
+        after["spec"]["upgrade"] = upgrade
+    code, out, _ = diff(tmp_path, capsys, after)
+    assert code == 1
+    name = BEFORE["metadata"]["name"]
+    assert f"  source.kafka.consumerGroup: default.{name} -> clicks-v2\n" in out
+    assert f"the operator would: {outcome}\n" in out
+
+
+def test_another_consumer_group_of_a_stateless_pipeline_is_compatible(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = copy.deepcopy(BEFORE)
+    before["spec"]["processor"]["steps"] = [{"filter": "status < 400"}]
+    after = copy.deepcopy(before)
+    after["spec"]["source"]["kafka"]["consumerGroup"] = "clicks-v2"
+    (tmp_path / "before.yaml").write_text(yaml.safe_dump(before))
+    (tmp_path / "after.yaml").write_text(yaml.safe_dump(after))
+    code = main(["state-diff", str(tmp_path / "before.yaml"), str(tmp_path / "after.yaml")])
+    out, _ = capsys.readouterr()
+    assert code == 0 and "compatible" in out
+
+
 def test_an_invalid_manifest_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     after = copy.deepcopy(BEFORE)
     after["spec"]["upgrade"] = {"onStateChange": "replay"}

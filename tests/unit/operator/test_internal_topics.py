@@ -54,11 +54,17 @@ from streamherd.operator.topicadmin import (
     source_partitions,
     topic_problems,
 )
-from streamherd.operator.upgrades import STATE_COMPATIBLE, config_backend, decide
+from streamherd.operator.upgrades import (
+    STATE_COMPATIBLE,
+    config_backend,
+    config_group,
+    decide,
+    state_epoch,
+)
 from streamherd.operator.validation import semantic_errors
 from streamherd.workers import changelog as changelog_backend
 from streamherd.workers.config import ProcessorConfig, WorkerConfig
-from streamherd.workers.fingerprint import describe
+from streamherd.workers.fingerprint import describe, fingerprint, snapshot_name
 from tests.unit.operator.operator_testkit import (
     SETTINGS,
     FakeKube,
@@ -331,6 +337,56 @@ def test_a_backend_switch_without_state_or_without_a_move_rolls() -> None:
     assert decide(STATELESS, STATELESS, refuse, backends=("volume", "kafka")).action == "roll"
     assert decide(None, STATEFUL, refuse, backends=(None, "kafka")).action == "roll"
     assert decide(STATEFUL, STATEFUL, refuse, backends=("kafka", "kafka")).action == "roll"
+
+
+# --------------------------------------------------------------------------- group switch
+
+
+@pytest.mark.parametrize(
+    ("policy", "action", "reason"),
+    [("refuse", "hold", "StateChangeRefused"), ("reset", "reset", "StateReset"),
+     ("replay", "replay", "StateReplay")],
+)  # fmt: skip
+def test_another_consumer_group_of_a_stateful_pipeline(
+    policy: str, action: str, reason: str
+) -> None:
+    """Another group's offsets do not continue the checkpointed state (decision 0205): a
+    state change of the same fingerprint. Reset and replay keep the old state as the
+    snapshot the workers name with the roll's generation (their new state epoch)."""
+    upgrade = Upgrade.model_validate(
+        {"onStateChange": policy, "replayFrom": "2026-01-01T00:00:00Z"}
+    )
+    d = decide(STATEFUL, STATEFUL, upgrade, generation=3, groups=("g1", "g2"))
+    assert (d.action, d.condition.reason) == (action, reason)
+    assert d.changes == ("source.kafka.consumerGroup: g1 -> g2",)
+    assert "source.kafka.consumerGroup: g1 -> g2" in d.condition.message
+    have = fingerprint(STATEFUL)
+    rolls = action != "hold"
+    assert d.snapshot == (snapshot_name(have, have, 3) if rolls else None)
+    assert state_epoch(STATEFUL, d, 3, None, switched=True) == (3 if rolls else None)
+    if policy == "reset":
+        assert "consumer group g2's committed offsets" in d.condition.message
+
+
+def test_a_group_switch_without_state_or_without_a_switch_rolls() -> None:
+    refuse = Upgrade()
+    assert decide(STATELESS, STATELESS, refuse, groups=("g1", "g2")).action == "roll"
+    assert decide(None, STATEFUL, refuse, groups=(None, "g2")).action == "roll"
+    assert decide(STATEFUL, STATEFUL, refuse, groups=("g1", "g1")).action == "roll"
+    assert decide(STATEFUL, STATEFUL, refuse, groups=(None, "g1")).action == "roll"
+
+
+def test_the_group_of_a_config_map() -> None:
+    doc = example_doc("02-clicks-per-minute")
+    name = doc["metadata"]["name"]
+    assert config_group(children_of(doc)["ConfigMap"]) == f"default.{name}"
+    doc["spec"]["source"]["kafka"]["consumerGroup"] = "clicks-v2"
+    assert config_group(children_of(doc)["ConfigMap"]) == "clicks-v2"
+    assert config_group(None) is None
+    assert config_group({"data": {CONFIG_KEY: "{nope"}}) is None
+    assert (
+        config_group({"data": {CONFIG_KEY: '{"source": {"kafka": {"consumerGroup": 7}}}'}}) is None
+    )
 
 
 def test_the_backend_of_a_config_map() -> None:

@@ -45,11 +45,14 @@ TOPICS = (["clicks"], ["clicks-eu"], ["clicks", "clicks-eu"], ["clicks-eu", "cli
 #: Where the checkpoints are: a switch under reset starts the state anew in the other
 #: backend, which may hold an earlier era's checkpoints (kafka -> volume -> kafka).
 BACKENDS = ("volume", "kafka")
+#: The consumer group (None: the default, <namespace>.<name>): another group's offsets do
+#: not continue the state, so a switch under reset or replay starts it anew (decision 0205).
+GROUPS = (None, "clicks-a", "clicks-b")
 
 #: What happens to the pipeline besides edits: its workers' ConfigMap deleted by hand (or
 #: lost), its status lost (emptied); each followed by the reconcile it prompts.
 CONFIG_DELETED, STATUS_LOST = "the ConfigMap is deleted by hand", "the status is lost"
-Edit = tuple[str, str, str, list[str], str]
+Edit = tuple[str, str, str, list[str], str, str | None]
 
 steps_drawn = st.lists(
     st.one_of(
@@ -59,6 +62,7 @@ steps_drawn = st.lists(
             st.sampled_from(LOG_LEVELS),
             st.sampled_from(TOPICS),
             st.sampled_from(BACKENDS),
+            st.sampled_from(GROUPS),
         ),
         st.sampled_from((CONFIG_DELETED, STATUS_LOST)),
     ),
@@ -98,8 +102,8 @@ def test_the_epoch_moves_exactly_when_a_roll_starts_the_state_anew(
     memo = ReconcileMemo()
     uid = body_of(kube, name)["metadata"]["uid"]
     running = window(body_of(kube, name)["spec"])["size"]
-    reading, backend_now = {"clicks"}, "volume"
-    spec: Edit = (running, "refuse", "info", ["clicks"], "volume")
+    reading, backend_now, group_now = {"clicks"}, "volume", f"default.{name}"
+    spec: Edit = (running, "refuse", "info", ["clicks"], "volume", None)
     epoch: int | None = None  # none until a roll starts the state anew
     for step in [spec, *steps]:
         if step == CONFIG_DELETED:
@@ -108,29 +112,36 @@ def test_the_epoch_moves_exactly_when_a_roll_starts_the_state_anew(
             # Nothing known to run: the spec rolls as it is, even an edit held until now
             # (the state comparison needs the live config), and the epoch as status says.
             running, reading, backend_now = spec[0], set(spec[3]), spec[4]
+            group_now = spec[5] or f"default.{name}"
         elif step == STATUS_LOST:
             body_of(kube, name).pop("status", None)
             reconciled(kube, name, memo)
         else:
             assert isinstance(step, tuple)
             spec = step
-            size, policy, level, topics, backend = step
+            size, policy, level, topics, backend, group = step
             body = body_of(kube, name)
             window(body["spec"])["size"] = size
             body["spec"]["upgrade"] = dict(POLICIES[policy])
             body["spec"]["logLevel"] = level
             body["spec"]["source"]["kafka"]["topics"] = list(topics)
             body["spec"].setdefault("checkpoint", {})["backend"] = backend
+            if group is None:
+                body["spec"]["source"]["kafka"].pop("consumerGroup", None)
+            else:
+                body["spec"]["source"]["kafka"]["consumerGroup"] = group
             body["metadata"]["generation"] += 1
             generation = body["metadata"]["generation"]
             reconciled(kube, name, memo)
             another = size != running  # another state fingerprint
             switched = backend != backend_now
-            changes = another or switched or not reading <= set(topics)
+            regrouped = (group or f"default.{name}") != group_now
+            changes = another or switched or regrouped or not reading <= set(topics)
             held = (changes and policy == "refuse") or (switched and policy == "replay")
             if not held:
                 running, reading, backend_now = size, set(topics), backend
-                if another or switched:  # a reset or replay to another state starts it anew
+                group_now = group or f"default.{name}"
+                if another or switched or regrouped:  # a reset or replay starts it anew
                     epoch = generation
             # (a removed topic alone drops its windows under reset or replay: the same state)
         state = live_state(kube, name)
