@@ -5,6 +5,8 @@ cases a naive subtraction gets wrong:
 
 - nothing committed yet: the group's ``startFrom`` decides; ``earliest`` will consume the
   whole retained log (log end - log start), ``latest`` will consume nothing already there (0);
+  a committed offset that disappears (expired at zero workers) is remembered, since the
+  workers' checkpoints stand (:class:`Positions`);
 - retention (or ``DeleteRecords``) removed records past the committed offset
   (committed < log start): the consumer resets to the log start, so what it will really
   consume is log end - log start, not log end - committed.
@@ -162,6 +164,65 @@ class GroupSpec:
         return "earliest" if topic in self.from_beginning else self.start_from
 
 
+# --------------------------------------------------------------------------- positions
+
+#: A group the probe has not measured for this long is forgotten by :class:`Positions`
+#: (its pipeline deleted, or moved to another group or cluster).
+POSITIONS_TTL: Final = 3600.0
+
+
+class Positions:
+    """Where a group's workers will read from, as far as the probe has seen, for partitions
+    whose committed offset is gone or was never there.
+
+    - **A committed offset that disappears** is not where the workers resume. The broker
+      deletes the offsets of a group that has had no member for ``offsets.retention.minutes``
+      (7 days by default: a pipeline scaled to zero, or suspended, that long), and a user may
+      delete them. The workers' checkpoints stand then (docs/lifecycle.md), at about the last
+      committed offset (they commit only after a durable checkpoint). Measured by
+      ``startFrom`` instead, the lag read 0 under ``latest``, so a pipeline at zero workers
+      never woke for new input again, and under ``earliest`` the whole retained log, which
+      woke it to as many workers as that backlog asks for.
+    - **Nothing ever committed, under latest:** the records that arrive after the probe first
+      saw the partition are lag. Measured as 0, they never woke a pipeline at zero whose
+      offsets had expired before the operator (and this memory) started.
+
+    Kept in memory per probe (one per cluster, for the operator's life): after a restart,
+    an expired group reads by ``startFrom`` until it commits again, as before. Thread-safe."""
+
+    def __init__(self, ttl: float = POSITIONS_TTL) -> None:
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        # group -> (last measured, monotonic; {(topic, partition): offset})
+        self._seen: dict[str, tuple[float, dict[tuple[str, int], int]]] = {}
+
+    def position(
+        self, group: str, tp: tuple[str, int], committed: int | None, log_end: int, *,
+        start_from: StartFrom, now: float,
+    ) -> int | None:  # fmt: skip
+        """The offset the lag of ``tp`` is measured from: ``committed`` when there is one
+        (remembered), else the one remembered (None: none, ``startFrom`` decides)."""
+        with self._lock:
+            _, known = self._seen.get(group, (now, {}))
+            self._seen[group] = (now, known)
+            if committed is not None:
+                known[tp] = committed
+                return committed
+            if tp not in known and start_from == "latest":
+                known[tp] = log_end  # what is there now is not to be read; what comes is
+            return known.get(tp)
+
+    def forget_idle(self, now: float) -> None:
+        """Forget the groups not measured within the time to live."""
+        with self._lock:
+            for group in [g for g, (t, _) in self._seen.items() if now - t > self._ttl]:
+                del self._seen[group]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._seen)
+
+
 # --------------------------------------------------------------------------- connection
 
 
@@ -271,6 +332,7 @@ class LagProbe:
         self._disabled: str | None = None if read_offsets_topic else "read_offsets_topic=False"
         self._logged: set[str] = set()
         self.counters = ProbeCounters()
+        self.positions = Positions()
 
     def close(self) -> None:
         with self._lock:
@@ -376,6 +438,7 @@ class LagProbe:
             tp: msg for tp, msg in {**start_errors, **end_errors}.items() if tp[0] != OFFSETS_TOPIC
         }
         out: dict[str, GroupLag | LagProbeError] = {}
+        self.positions.forget_idle(time.monotonic())
         for spec in specs:
             out[spec.group] = self._assemble(
                 spec,
@@ -533,13 +596,12 @@ class LagProbe:
             except (KafkaException, FutureTimeout, CancelledError) as exc:
                 return LagProbeError(f"group {spec.group}: committed offsets unavailable: {exc!r}")
         rows = []
+        now = time.monotonic()
         for t, p in tps:
             start, end, done = starts[(t, p)], ends[(t, p)], committed.get((t, p))
-            rows.append(
-                PartitionLag(
-                    t, p, start, end, done, partition_lag(start, end, done, spec.start_for(t))
-                )
-            )
+            policy = spec.start_for(t)
+            at = self.positions.position(spec.group, (t, p), done, end, start_from=policy, now=now)
+            rows.append(PartitionLag(t, p, start, end, done, partition_lag(start, end, at, policy)))
         return GroupLag(spec.group, tuple(rows), measured_at, missing)
 
 
@@ -630,6 +692,7 @@ __all__ = [
     "LagProbe",
     "LagProbeError",
     "PartitionLag",
+    "Positions",
     "ProbeCounters",
     "StartFrom",
     "fetch_committed",

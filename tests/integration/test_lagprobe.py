@@ -428,8 +428,14 @@ def test_deleted_offsets_read_as_no_commit(
     after_group_delete = probe.measure(spec)
 
     assert _committed(after_offset_delete) == {(topic, 0): None, (topic, 1): 20}
-    assert after_offset_delete.total == 30 + 10  # partition 0 starts over (earliest)
+    # The workers' checkpoints stand when the offsets are gone (docs/lifecycle.md): the lag
+    # is measured from the offset last seen committed (Positions), not from startFrom.
+    assert after_offset_delete.total == 20 + 10
     assert _committed(after_group_delete) == {(topic, 0): None, (topic, 1): None}
+    assert after_group_delete.total == 20 + 10
+    # A probe that never saw them (the operator restarted) goes by startFrom: earliest.
+    with LagProbe(ClusterConfig.of(kafka_broker.bootstrap), request_timeout=20.0) as fresh:
+        assert fresh.measure(spec).total == 30 + 30
     assert _admin_committed(kafka_broker, [group], [(topic, 0), (topic, 1)]) == {
         group: {(topic, 0): None, (topic, 1): None}
     }

@@ -107,6 +107,41 @@ def test_wake_from_zero_and_unreachable_cluster(kafka_broker: KafkaBroker) -> No
     assert "lag not measured" in unknown.message
 
 
+@pytest.mark.parametrize("start_from", ["earliest", "latest"])
+def test_a_pipeline_at_zero_whose_offsets_are_gone_wakes_for_new_input(
+    kafka_broker: KafkaBroker, start_from: str
+) -> None:
+    """The broker deletes the offsets of a group with no member after
+    offsets.retention.minutes (7 days by default): a pipeline scaled to zero that long.
+    Deleting the group writes the same tombstones. The workers' checkpoints stand then, at
+    the last committed offsets, so that is where the lag is measured from (Positions):
+    under latest it read 0, and the pipeline never woke for new input again; under
+    earliest it read the whole retained log."""
+    topic = kafka_broker.create_topic(kafka_broker.unique_topic("expired"), partitions=2)
+    for p in range(2):
+        kafka_broker.produce(topic, (f"r{i}" for i in range(100)), partition=p)
+    pipeline = _pipeline(f"x-{uuid.uuid4().hex[:6]}", kafka_broker.bootstrap, topic, minReplicas=0)
+    raw = pipeline.model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["spec"]["source"]["kafka"]["startFrom"] = start_from
+    pipeline = StreamPipeline.model_validate(raw)
+    group = pipeline.consumer_group or ""
+    _commit(kafka_broker, group, topic, {0: 100, 1: 100})  # what the workers did
+    autoscaler = Autoscaler(batch_window=0.05)
+    try:
+        idle = asyncio.run(autoscaler.evaluate(pipeline, 0))
+        admin = kafka_broker.admin()  # held: a dropped client never completes its futures
+        for f in admin.delete_consumer_groups([group], request_timeout=30).values():
+            f.result(60)
+        gone = asyncio.run(autoscaler.evaluate(pipeline, 0))
+        kafka_broker.produce(topic, ["late-1", "late-2", "late-3"], partition=1)
+        woke = asyncio.run(autoscaler.evaluate(pipeline, 0))
+    finally:
+        autoscaler.close()
+    assert (idle.desired, idle.reason, idle.lag) == (0, STEADY, 0)
+    assert (gone.desired, gone.reason, gone.lag) == (0, STEADY, 0)
+    assert (woke.desired, woke.reason, woke.lag) == (1, WAKE_UP, 3)
+
+
 def test_the_repartition_topic_lag_of_the_group_counts(kafka_broker: KafkaBroker) -> None:
     """A pipeline that re-keys consumes its repartition topic with the same group: records
     waiting there are lag too (the window's side has work to do even when the source side

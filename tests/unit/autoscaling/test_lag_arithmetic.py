@@ -10,6 +10,7 @@ from streamherd.operator.lagprobe import (
     ClusterConfig,
     GroupLag,
     PartitionLag,
+    Positions,
     lag_rate,
     partition_lag,
 )
@@ -97,3 +98,42 @@ def test_cluster_config_keys_and_hides_secrets() -> None:
     # The username comes from a Secret too: named by its key, its value hidden.
     assert "alice" not in a.describe() and "sasl.username" in a.describe()
     assert "SCRAM-SHA-512" in a.describe()
+
+
+# --------------------------------------------------------------------------- positions
+
+#: One observation of a partition: the committed offset (None: none, or gone), the log end.
+observations = st.lists(
+    st.tuples(st.one_of(st.none(), st.integers(0, 1000)), st.integers(0, 1000)), max_size=12
+)
+
+
+@given(observations, st.sampled_from(["earliest", "latest"]))
+def test_a_committed_offset_that_disappears_is_remembered(
+    seen: list[tuple[int | None, int]], start_from: str
+) -> None:
+    """Whatever the probe sees of a partition, the position it measures from is the last
+    committed offset it saw; before any, under latest, the log end it first saw (records
+    after it are to be read); else none (startFrom decides: the whole retained log)."""
+    positions = Positions()
+    last: int | None = None
+    first_end: int | None = None
+    for committed, end in seen:
+        if first_end is None and committed is None and last is None:
+            first_end = end
+        at = positions.position("g", ("t", 0), committed, end, start_from=start_from, now=0.0)  # type: ignore[arg-type]
+        if committed is not None:
+            last = committed
+        expected = last if last is not None else (first_end if start_from == "latest" else None)
+        assert at == expected
+
+
+def test_positions_of_a_group_not_measured_for_an_hour_are_forgotten() -> None:
+    positions = Positions(ttl=3600.0)
+    positions.position("gone", ("t", 0), 10, 20, start_from="earliest", now=0.0)
+    positions.position("kept", ("t", 0), 10, 20, start_from="earliest", now=0.0)
+    positions.position("kept", ("t", 0), None, 20, start_from="earliest", now=3000.0)
+    positions.forget_idle(3601.0)
+    assert len(positions) == 1
+    assert positions.position("kept", ("t", 0), None, 30, start_from="earliest", now=3602.0) == 10
+    assert positions.position("gone", ("t", 0), None, 30, start_from="earliest", now=3602.0) is None
