@@ -16,8 +16,16 @@ from streamherd.operator.kube import KubeApi
 from streamherd.operator.lagprobe import ClusterConfig
 
 
-def _b64(data: dict[str, str], key: str) -> str:
-    return base64.b64decode(data.get(key, "")).decode()
+def _b64(data: dict[str, str], secret: str, key: str) -> str:
+    """A Secret's value as text. One that is not UTF-8 is named, not shown: the decoder's
+    message quotes the byte and its position, and it reaches the status (a helper's
+    finding)."""
+    try:
+        return base64.b64decode(data.get(key, "")).decode()
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"Secret {secret} (key {key}) is not UTF-8 text (the value is not shown)"
+        ) from None
 
 
 def cluster_from_secrets(kube: KubeApi, pipeline: StreamPipeline) -> ClusterConfig:
@@ -39,16 +47,16 @@ def cluster_from_secrets(kube: KubeApi, pipeline: StreamPipeline) -> ClusterConf
             data = kube.secret_data(pipeline.namespace, ref.name)
             if data is None or ref.key not in data:
                 raise ValueError(f"Secret {ref.name} (key {ref.key}) not found")
-            settings[prop] = _b64(data, ref.key)
+            settings[prop] = _b64(data, ref.name, ref.key)
     if auth is not None and auth.tls is not None:
         data = kube.secret_data(pipeline.namespace, auth.tls.secret_name)
         if data is None:
             raise ValueError(f"Secret {auth.tls.secret_name} not found")
         if "ca.crt" in data:
-            settings["ssl.ca.pem"] = _b64(data, "ca.crt")
+            settings["ssl.ca.pem"] = _b64(data, auth.tls.secret_name, "ca.crt")
         if auth.tls.client_certificate:
-            settings["ssl.certificate.pem"] = _b64(data, "tls.crt")
-            settings["ssl.key.pem"] = _b64(data, "tls.key")
+            settings["ssl.certificate.pem"] = _b64(data, auth.tls.secret_name, "tls.crt")
+            settings["ssl.key.pem"] = _b64(data, auth.tls.secret_name, "tls.key")
     sasl, tls = (
         auth is not None and auth.sasl is not None,
         auth is not None and auth.tls is not None,

@@ -273,17 +273,36 @@ class ClusterConfig:
         shown = {k: v if k in SHOWN_SETTINGS else "<hidden>" for k, v in self.settings}
         return f"{self.bootstrap_servers} {shown}" if shown else self.bootstrap_servers
 
-    def redact(self, text: str) -> str:
+    def redact(self, text: str, public: Iterable[str] = ()) -> str:
         """``text`` (a client library's error, say) with the value of every hidden setting,
         and every line of a multi-line one (a PEM), replaced by ``<hidden>``: librdkafka may
-        quote a value it refuses."""
+        quote a value it refuses.
+
+        The text the spec states stays as it is: the bootstrap servers (the list, and each
+        ``host:port``) and ``public`` (the group and topic names, say). A value that is part
+        of one (a SASL user ``analytics`` in ``analytics-kafka-bootstrap:9092``) was marked
+        inside it, so anyone who may read the spec read where the value is (a helper's
+        finding). A value that *is* one of them (a user named like a topic) cannot be told
+        from it: it is shown wherever the text has it."""
         pieces: set[str] = set()
         for key, value in self.settings:
             if key not in SHOWN_SETTINGS and value:
                 pieces.add(value)
                 pieces.update(s for line in value.splitlines() if len(s := line.strip()) >= 8)
+        if not pieces:
+            return text
+        servers = [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+        stated = {self.bootstrap_servers, *servers}
+        stated.update(p for p in public if p)
+        kept = sorted(stated, key=len, reverse=True)
+        # Each stated text stands aside as a mark no value can match, then comes back.
+        marks = [f"\x00{i}\x00" for i in range(len(kept))]
+        for mark, piece in zip(marks, kept, strict=True):
+            text = text.replace(piece, mark)
         for piece in sorted(pieces, key=len, reverse=True):
             text = text.replace(piece, "<hidden>")
+        for mark, piece in zip(marks, kept, strict=True):
+            text = text.replace(mark, piece)
         return text
 
 
@@ -547,7 +566,7 @@ class LagProbe:
         except KafkaException as exc:
             raise LagProbeError(
                 f"cannot read metadata from {self.cluster.describe()}: "
-                f"{self.cluster.redact(str(exc))}"
+                f"{self.cluster.redact(str(exc), wanted)}"
             ) from exc
         out: dict[str, list[tuple[str, int]]] = {}
         for name, topic in meta.topics.items():

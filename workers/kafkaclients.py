@@ -41,6 +41,14 @@ def _env(name: str) -> str:
     value = os.environ.get(name)
     if value is None:
         raise SecurityConfigError(f"environment variable {name} is not set")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        # Not UTF-8 in the Secret (os.environ keeps the bytes as surrogates): the encoder's
+        # message would quote the character and its position.
+        raise SecurityConfigError(
+            f"environment variable {name} is not UTF-8 text (the value is not shown)"
+        ) from None
     return value
 
 

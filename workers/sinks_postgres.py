@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 import zlib
@@ -47,7 +48,7 @@ from psycopg import sql
 from psycopg._encodings import pg2pyenc  # psycopg's own name map (not exported)
 from psycopg.abc import PQGen
 from psycopg.adapt import Dumper
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 from psycopg.types.json import Json, Jsonb
 from psycopg.types.numeric import Float8
@@ -149,12 +150,54 @@ def float_text(value: float) -> str:
     return repr(value)
 
 
+class ConnectError(psycopg.OperationalError):
+    """A connection attempt that failed, its text without the connection's values
+    (:func:`without_connection_values`); the SQLSTATE the server answered, if any, kept."""
+
+
+#: What stands for a connection value in an error's text.
+HIDDEN: Final = "<hidden>"
+_QUOTED: Final = re.compile(r"\"[^\"]*\"|'[^']*'")
+
+
+def without_connection_values(text: str, conninfo: str) -> str:
+    """``text`` (libpq's error for a connection attempt) with every value of ``conninfo``
+    and every quoted text replaced by ``<hidden>``.
+
+    Every value of the connection string comes from the pipeline's Secret, and libpq quotes
+    the one it fails on: ``password authentication failed for user "..."``, ``database
+    "..." does not exist``, ``invalid integer value "..." for connection option "port"``,
+    ``failed to resolve host '...'``. A Secret key mapped to the wrong field (the DSN's
+    key as ``user``) put the whole DSN, password included, into the worker's log, and an
+    unescaped ``@`` in a URI's password made most of it the host (a helper's findings).
+    The quoted texts go too, for a value that reached libpq in another shape than the
+    parsed one (the option names it quotes are ours, and lost with them)."""
+    try:
+        values = {str(v) for v in conninfo_to_dict(conninfo).values() if v is not None}
+    except psycopg.ProgrammingError:
+        values = set()
+    values.add(conninfo)
+    for value in sorted((v for v in values if len(v) >= 3), key=len, reverse=True):
+        text = text.replace(value, HIDDEN)
+    return _QUOTED.sub(HIDDEN, text)
+
+
 def connect(conninfo: str, pipeline: str) -> AnsweringConnection:
     """An autocommit connection for a sink: bounded connection attempt and round trips,
     TCP keepalives (a peer that vanished without closing shows as an error). Strings go as
     UTF-8 whatever the DSN says (the server converts them to its encoding; one it cannot
     hold is refused before the write, :func:`postgres_refusal`), floats exactly
-    (:class:`ExactFloatDumper`)."""
+    (:class:`ExactFloatDumper`). A failed attempt raises :class:`ConnectError`, whose
+    text holds none of the connection's values (and which chains no error that does)."""
+    try:
+        return _connect(conninfo, pipeline)
+    except psycopg.OperationalError as error:
+        hidden = ConnectError(without_connection_values(str(error), conninfo))
+        hidden.sqlstate = error.sqlstate
+    raise hidden
+
+
+def _connect(conninfo: str, pipeline: str) -> AnsweringConnection:
     conn = AnsweringConnection.connect(
         conninfo,
         autocommit=True,
@@ -182,6 +225,15 @@ def conninfo_from_env(config: PostgresSinkConfig, env: Mapping[str, str]) -> str
     }
     parts = {k: env[v] for k, v in fields.items() if v and env.get(v)}
     names = [n for n in (config.dsn_env, *fields.values()) if n]
+    for name in names:
+        try:
+            env.get(name, "").encode()
+        except UnicodeEncodeError:
+            # Not UTF-8 in the Secret (os.environ keeps the bytes as surrogates): libpq's
+            # encoder would quote the character and its position, the value unseen here.
+            raise ValueError(
+                f"postgres sink: {name} is not UTF-8 text (the value is not shown)"
+            ) from None
     if not dsn and not parts:
         named = names
         raise ValueError(

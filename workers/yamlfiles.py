@@ -346,6 +346,14 @@ def _load(file: str, text: str, *, single: bool) -> list[Any]:
         raise YAMLFileError(f"{file}: line {line}: {e.problem}") from None
     except RecursionError:  # MAX_DEPTH keeps it from happening: if it does, still say so
         raise YAMLFileError(f"{file}: nested too deeply to be read") from None
+    except yaml.MarkedYAMLError as e:
+        # A syntax error, in one line and without PyYAML's snippet of the line: in a file
+        # that holds a Secret the line may be its value (a helper's finding), which then
+        # went to the terminal, and from CI to its logs. kubectl does not show it either.
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "line ?"
+        what = ": ".join(p for p in (e.context, e.problem) if p)
+        raise YAMLFileError(f"{file}: {where}: {what or 'not YAML'}") from None
     finally:
         loader.dispose()
 

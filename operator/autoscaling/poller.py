@@ -269,7 +269,8 @@ class Autoscaler:
                 if isinstance(exc, LagProbeError)
                 else f"lag probe for {cluster.describe()}: {exc!r}"
             )
-            err = LagProbeError(cluster.redact(text))
+            named = [n for spec in batch.specs.values() for n in (spec.group, *spec.topics)]
+            err = LagProbeError(cluster.redact(text, named))
             results = dict.fromkeys(batch.specs, err)
         for group, topics, waiter in batch.waiters:
             if not waiter.done():

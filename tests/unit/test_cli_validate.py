@@ -199,3 +199,29 @@ def test_an_unquoted_exponent_is_a_number_as_kubectl_reads_it(
     assert "spec.resources.requests.memory" in capsys.readouterr().err
     path.write_text(text + "      memory: '2e3'\n")
     assert main(["validate", str(path)]) == 0
+
+
+SECRET_LINE = "  uri: postgresql://app:Tr0ub4dor&3: horse@db:5432/app\n"
+
+
+@pytest.mark.parametrize("command", ["validate", "render", "state-diff", "run"])
+def test_a_syntax_error_in_a_secret_is_reported_without_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """PyYAML's message for a syntax error quotes the line: in a file that holds a Secret
+    (a pipeline applied with its Secret), the Secret's value went to the terminal and from
+    CI to its logs (a helper's finding). Line and column say where instead."""
+    path = tmp_path / "with-secret.yaml"
+    pipeline = (EXAMPLES_DIR / "01-clicks-local.yaml").read_text()
+    path.write_text(
+        pipeline
+        + "\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData:\n"
+        + SECRET_LINE
+    )
+    args = [command, str(path)] if command != "state-diff" else [command, str(path), str(path)]
+    code = main(args)
+    out, err = capsys.readouterr()
+    assert code != 0
+    assert "Tr0ub4dor" not in out + err and "horse" not in out + err, err
+    line = pipeline.count("\n") + 7
+    assert f"line {line}, column 36: mapping values are not allowed here" in err, err

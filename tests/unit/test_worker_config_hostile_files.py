@@ -334,11 +334,14 @@ def test_the_probe_reproducers_are_refused_in_one_line(data: bytes, message: str
 def test_a_syntax_error_is_a_config_error_not_a_traceback() -> None:
     with config_file(b"pipeline: [\n") as path:
         code, err = recover(path)
-        assert code == 2 and err.startswith("error: while parsing a flow node\n"), err
-        assert f'in "{path}", line 2' in err
+        assert err == (
+            f"error: {path}: line 2, column 1: while parsing a flow node: expected the node "
+            "content, but found '<stream end>'\n"
+        ), err
+        assert code == 2
         code, err = worker(path)
         assert code == 2 and err.count("\n") == 1 and "event=bad-config" in err, err
-        assert f'in \\"{path}\\", line 2' in err
+        assert f"{path}: line 2, column 1: while parsing a flow node" in err
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ client and the autoscaler's lag probe.
 from __future__ import annotations
 
 import asyncio
+import base64
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.autoscaling.poller import Autoscaler
 from streamherd.operator.kafkaadmin import KafkaAdmin, KafkaAdminError
+from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.lagprobe import SHOWN_SETTINGS, ClusterConfig, LagProbe, LagProbeError
 
 SECRET_KEYS = ("sasl.username", "sasl.password", "ssl.ca.pem", "ssl.certificate.pem",
@@ -112,3 +114,53 @@ def test_the_lag_probes_failure_names_no_secret_value(settings: dict[str, str]) 
     assert "127.0.0.1:1" in message
     for piece in secret_pieces(settings):
         assert piece not in message
+
+
+TEMPLATE = "{servers}/bootstrap: Connect to {servers} failed for group {group}; user {value}"
+
+
+@given(
+    st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=3, max_size=12),
+    st.text("abcdefghijklmnopqrstuvwxyz0123456789-.", max_size=12),
+    st.text("abcdefghijklmnopqrstuvwxyz0123456789-.", max_size=12),
+)
+def test_redact_never_marks_where_a_value_sits_in_the_stated_text(
+    value: str, before: str, after: str
+) -> None:
+    """A value that is part of a host name or a group name the spec states (a SASL user
+    `analytics` in `analytics-kafka-bootstrap`) was marked inside it: a reader of the spec
+    saw where the value is, and an editor could test guesses as host names (a helper's
+    finding). The stated text stays whole; the value itself is hidden everywhere else."""
+    fixed = TEMPLATE.format(servers="", group="", value="")
+    if value in fixed:
+        return  # a value that is the library's own words cannot be told from them
+    servers = f"{before}{value}{after}:9092,other-{value}:9093"
+    group = f"team.{value}"
+    cluster = ClusterConfig.of(servers, {"sasl.mechanism": "PLAIN", "sasl.username": value})
+    text = TEMPLATE.format(servers=servers, group=group, value=value)
+    assert cluster.redact(text, [group]) == TEMPLATE.format(
+        servers=servers, group=group, value="<hidden>"
+    )
+
+
+def test_a_secret_value_that_is_not_utf8_is_named_not_shown() -> None:
+    """The decoder's message quotes the byte and its position: one character of the
+    password and where it sits, in the status (a helper's finding)."""
+    pipeline = StreamPipeline.model_validate({
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+        "spec": {"source": {"kafka": {"bootstrapServers": "kafka:9092", "topics": ["in"],
+                                      "auth": {"sasl": {"mechanism": "PLAIN",
+                                               "username": {"name": "s", "key": "user"},
+                                               "password": {"name": "s", "key": "pw"}}}}},
+                 "processor": {"steps": [{"filter": "true"}]}, "sink": {"stdout": {}}},
+    })  # fmt: skip
+
+    class Kube:
+        def secret_data(self, namespace: str, name: str) -> dict[str, str]:
+            return {"user": base64.b64encode(b"alice").decode(),
+                    "pw": base64.b64encode("pässwörd".encode("latin-1")).decode()}  # fmt: skip
+
+    with pytest.raises(ValueError, match=r"Secret s \(key pw\) is not UTF-8 text") as raised:
+        cluster_from_secrets(Kube(), pipeline)  # type: ignore[arg-type]
+    assert "position" not in str(raised.value) and "0xe4" not in str(raised.value)
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__

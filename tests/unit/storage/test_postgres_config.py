@@ -12,6 +12,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
@@ -28,6 +29,7 @@ from streamherd.workers.sinks_postgres import (
     create_table_statement,
     latest,
     upsert_statement,
+    without_connection_values,
 )
 from tests.infra.paths import REPO_ROOT
 
@@ -224,3 +226,25 @@ def test_settings_libpq_cannot_parse_are_named_without_their_value(dsn: str) -> 
         conninfo_from_env(cfg, {"D": dsn})
     assert "s3cret" not in str(raised.value)
     assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def test_a_setting_that_is_not_utf8_is_named_without_its_value() -> None:
+    """A Secret value that is not UTF-8 reaches the worker as surrogates (os.environ), and
+    libpq's encoder quoted the character and its position: named without either."""
+    cfg = config(dsnEnv="D", passwordEnv="P")
+    text = b"p\xe4ssw\xf6rd".decode("utf-8", "surrogateescape")
+    with pytest.raises(ValueError, match="P is not UTF-8 text") as raised:
+        conninfo_from_env(cfg, {"D": "host=db dbname=x user=u", "P": text})
+    assert "ssw" not in str(raised.value) and "position" not in str(raised.value)
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+@given(st.text(min_size=3, max_size=20).filter(lambda v: v.strip() == v and "'" not in v))
+def test_no_connection_value_survives_in_a_connection_error(value: str) -> None:
+    """Whatever the Secret holds, and wherever libpq's message puts it (quoted or bare),
+    the text keeps none of the connection's values."""
+    info = make_conninfo("", host="db", user=value, password=value + "x", dbname="app")
+    for text in (f'password authentication failed for user "{value}"',
+                 f"failed to resolve host '{value}'", f"no such user {value} here"):  # fmt: skip
+        cleaned = without_connection_values(text, info)
+        assert value not in cleaned
