@@ -68,6 +68,7 @@ from streamherd.workers.fingerprint import (
 from streamherd.workers.fusing import fuse
 from streamherd.workers.kafkaclients import (
     ABORT_ATTEMPTS,
+    MAX_POLL_INTERVAL_MS,
     FatalClientError,
     StuckCallError,
     abort_retrying,
@@ -1206,9 +1207,46 @@ class Engine:
         asked = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
         return {
             (tp.topic, tp.partition): (tp.offset, tp.metadata or "")
-            for tp in source.committed(asked, timeout=10)
+            for tp in self._stable_committed(source, asked)
             if tp.offset >= 0
         }
+
+    def _stable_committed(
+        self, source: Source, asked: list[TopicPartition]
+    ) -> list[TopicPartition]:
+        """The group's committed offsets of ``asked``, read stably (the consumer reads
+        ``read_committed``), waited for while the lookup times out, up to the transaction
+        timeout + 30 s (never past a minute short of the poll interval); then the timeout
+        raises, as before (the worker restarts).
+
+        A worker killed between sending its offsets to its transaction and committing it
+        leaves them pending until the broker aborts that transaction at its timeout, and a
+        stable lookup of any partition they cover times out until then. Raised out of the
+        assignment at the first timeout, it restarted the engine, whose leaving rebalanced
+        the group: every member's assignment then met the same pending offsets and
+        restarted in turn, a healthy worker several times in a minute, against a bound of
+        five restarts in five minutes (helper-112's finding). Waiting here, the group is
+        stalled for the same minute, with no restart and no rebalance; each try is a
+        heartbeat of the loop (the liveness probe)."""
+        # Never as long as the poll interval: the consumer would leave the group meanwhile.
+        wait = min(self._transaction_timeout_ms / 1000 + 30, MAX_POLL_INTERVAL_MS / 1000 - 60)
+        deadline = time.monotonic() + wait
+        waited = time.monotonic()
+        while True:
+            try:
+                return source.committed(asked, timeout=10)
+            except KafkaException as error:
+                code = error.args[0].code() if error.args else None
+                if (
+                    code != KafkaError._TIMED_OUT
+                    or time.monotonic() >= deadline
+                    or self.stop.is_set()
+                ):
+                    raise
+                self._beat()
+                log_event(log, logging.WARNING, "committed-offsets-unstable",
+                          partitions=len(asked), waited_s=round(time.monotonic() - waited, 1),
+                          error=str(error))  # fmt: skip
 
     def _retry_logs(self, now: float) -> None:
         """Ask again for the partition count of a keyed window's topic that an assignment

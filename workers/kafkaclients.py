@@ -84,6 +84,8 @@ def client_config(endpoint: KafkaEndpoint) -> dict[str, Any]:
 #: Session timeout: how long a killed worker's partitions wait before moving (10 s; the
 #: broker's minimum is 6 s). Short enough that a crashed pod is replaced quickly.
 SESSION_TIMEOUT_MS = 10_000
+#: How long the loop may go without a poll before the consumer leaves the group.
+MAX_POLL_INTERVAL_MS: Final = 300_000
 METADATA_REFRESH_MS = 30_000
 
 
@@ -103,7 +105,7 @@ def consumer_config(source: KafkaSourceConfig) -> dict[str, Any]:
             "auto.offset.reset": "earliest",
             "session.timeout.ms": SESSION_TIMEOUT_MS,
             "heartbeat.interval.ms": 2_000,
-            "max.poll.interval.ms": 300_000,
+            "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
             # Transactional producers upstream: never read aborted records.
             "isolation.level": "read_committed",
             # Partitions added to a source topic are seen (consumed, and judged by a keyed

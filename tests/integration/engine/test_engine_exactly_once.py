@@ -14,18 +14,20 @@ from __future__ import annotations
 import random
 import signal
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.engine import transactional_id
 from tests.infra.kafka import KafkaBroker
 from tests.integration.engine.enginekit import Worker, wait_until
 from tests.integration.engine.test_engine_repartition import (
+    PARTITIONS,
     check,
     flush,
     page_clicks,
@@ -213,3 +215,41 @@ def test_a_producer_the_broker_fenced_starts_again_in_process_and_changes_no_res
     # One fence can end two producers: the newer producer's init, retried while the broker
     # aborts the worker's transaction, bumps the epoch again past a worker started meanwhile.
     assert log.count("event=client-fatal") >= len(chunks) - 1, log[-3000:]
+
+
+def test_offsets_a_dead_workers_transaction_holds_are_waited_for_without_a_restart(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """A worker killed between sending its offsets to its transaction and committing it
+    (an OOM kill, a lost node) leaves them pending until the broker aborts the transaction
+    at its timeout: a stable lookup of the partitions times out until then. Raised out of
+    the assignment, it restarted the engine, whose leaving rebalanced the group, and every
+    member restarted in turn (helper-112's finding). The worker now waits for the offsets,
+    without a restart, and the output is exact. The dead transaction here is a producer
+    of the worker's group that is never committed (a 15 s timeout, to keep the test short)."""
+    config, src, sink, dlq = exactly_once_config(kafka_broker, tmp_path)
+    group = config["source"]["kafka"]["consumerGroup"]
+    records = list(page_clicks(0, 2_000))
+    kafka_broker.produce(src, records)
+    member = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": group})
+    dead = Producer({"bootstrap.servers": kafka_broker.bootstrap,
+                     "transactional.id": f"dead-{uuid.uuid4().hex[:8]}",
+                     "transaction.timeout.ms": 15_000})  # fmt: skip
+    dead.init_transactions(30)
+    dead.begin_transaction()
+    dead.send_offsets_to_transaction(
+        [TopicPartition(src, p, 0) for p in range(PARTITIONS)], member.consumer_group_metadata(), 30
+    )
+    member.close()  # the transaction stays open: its producer is never heard from again
+    w = worker(tmp_path, "a", config)
+    try:
+        w.start()
+        flush(kafka_broker, src, records[-1][1]["ts"])
+        verify(kafka_broker, sink, dlq, page_reference(records), 0, [w])
+        assert w.alive(), w.log_tail()
+    finally:
+        w.stop()
+    log = w.log_path.read_text()
+    assert "event=client-fatal" not in log and "event=failed" not in log, log[-3000:]
+    assert "event=committed-offsets-unstable" in log, log[-3000:]  # it did meet them
+    del dead

@@ -239,10 +239,16 @@ def test_a_setting_that_is_not_utf8_is_named_without_its_value() -> None:
     assert raised.value.__cause__ is None and raised.value.__suppress_context__
 
 
-@given(st.text(min_size=3, max_size=20).filter(lambda v: v.strip() == v and "'" not in v))
+@given(
+    st.text(
+        st.characters(codec="utf-8", exclude_characters="\x00"), min_size=3, max_size=20
+    ).filter(lambda v: v.strip() == v and "'" not in v)
+)
 def test_no_connection_value_survives_in_a_connection_error(value: str) -> None:
-    """Whatever the Secret holds, and wherever libpq's message puts it (quoted or bare),
-    the text keeps none of the connection's values."""
+    """Whatever UTF-8 text the Secret holds (but NUL, which neither an environment variable
+    nor libpq can hold; other bytes are refused before: conninfo_from_env), and wherever
+    libpq's message puts it (quoted or bare), the text keeps none of the connection's
+    values."""
     info = make_conninfo("", host="db", user=value, password=value + "x", dbname="app")
     for text in (f'password authentication failed for user "{value}"',
                  f"failed to resolve host '{value}'", f"no such user {value} here"):  # fmt: skip

@@ -1,0 +1,98 @@
+"""An exactly-once assignment's lookup of the group's committed offsets (read stably) waits
+while it times out, up to the transaction timeout + 30 s, and raises anything else at once.
+
+A dead worker's open transaction holds its offsets pending until the broker aborts it at
+its timeout; the real broker case is in tests/integration/engine/test_engine_exactly_once.py
+(``test_offsets_a_dead_workers_transaction_holds_are_waited_for_without_a_restart``)."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+from typing import Any
+from unittest.mock import patch
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from streamherd.workers import engine as engine_module
+from streamherd.workers.engine import Engine
+
+ASKED = [TopicPartition("t", 0)]
+
+
+class Lookups:
+    """A source whose ``committed`` raises ``errors`` in turn, then answers."""
+
+    def __init__(self, errors: list[int]) -> None:
+        self.errors, self.calls = list(errors), 0
+
+    def committed(self, asked: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        self.calls += 1
+        if self.errors:
+            raise KafkaException(KafkaError(self.errors.pop(0)))
+        return [TopicPartition(tp.topic, tp.partition, 42) for tp in asked]
+
+
+class Clock:
+    """time.monotonic advanced by each lookup's 10 s timeout."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 10.0
+        return self.now
+
+
+def engine(stop: bool = False) -> Any:
+    beats: list[int] = []
+    event = threading.Event()
+    if stop:
+        event.set()
+    return SimpleNamespace(_transaction_timeout_ms=60_000, stop=event,
+                           _beat=lambda: beats.append(1), beats=beats)  # fmt: skip
+
+
+def stable(fake: Any, source: Lookups) -> list[TopicPartition]:
+    with patch.object(engine_module, "time", SimpleNamespace(monotonic=Clock().monotonic)):
+        answer: list[TopicPartition] = Engine._stable_committed(fake, source, ASKED)  # type: ignore[arg-type]
+    return answer
+
+
+def test_timeouts_within_the_transaction_timeout_are_waited_for() -> None:
+    fake, source = engine(), Lookups([KafkaError._TIMED_OUT] * 4)
+    assert [tp.offset for tp in stable(fake, source)] == [42]
+    assert source.calls == 5 and len(fake.beats) == 4  # each try is a heartbeat
+
+
+def test_timeouts_past_the_transaction_timeout_raise() -> None:
+    fake, source = engine(), Lookups([KafkaError._TIMED_OUT] * 20)
+    with pytest.raises(KafkaException):
+        stable(fake, source)
+    assert 5 <= source.calls <= 10  # 60 + 30 s of 10 s tries
+
+
+@pytest.mark.parametrize("code", [KafkaError._TRANSPORT, KafkaError.GROUP_AUTHORIZATION_FAILED])
+def test_other_errors_raise_at_once(code: int) -> None:
+    fake, source = engine(), Lookups([code])
+    with pytest.raises(KafkaException):
+        stable(fake, source)
+    assert source.calls == 1
+
+
+def test_a_stop_ends_the_wait() -> None:
+    fake, source = engine(stop=True), Lookups([KafkaError._TIMED_OUT] * 3)
+    with pytest.raises(KafkaException):
+        stable(fake, source)
+    assert source.calls == 1
+
+
+def test_the_wait_stays_a_minute_short_of_the_poll_interval() -> None:
+    """A long transaction timeout (six checkpoint intervals, up to 15 minutes) must not keep
+    the loop from its poll past max.poll.interval.ms: the consumer would leave the group."""
+    fake, source = engine(), Lookups([KafkaError._TIMED_OUT] * 100)
+    fake._transaction_timeout_ms = 900_000
+    with pytest.raises(KafkaException):
+        stable(fake, source)
+    assert source.calls <= 24  # 240 s of 10 s tries
