@@ -127,7 +127,9 @@ class KubeApi(Protocol):
         self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
     ) -> list[Manifest]: ...
 
-    def patch_status(self, namespace: str, name: str, status: Manifest) -> Manifest: ...
+    def patch_status(
+        self, namespace: str, name: str, status: Manifest, resource_version: str | None = None
+    ) -> Manifest: ...
 
     def patch(
         self, api_version: str, kind: str, namespace: str, name: str, patch: Manifest
@@ -357,13 +359,19 @@ class Kube:
         result: Manifest = self._request("GET", info.collection(namespace), query=query)
         return result
 
-    def patch_status(self, namespace: str, name: str, status: Manifest) -> Manifest:
-        """Merge-patch a StreamPipeline's status subresource (only the keys given)."""
+    def patch_status(
+        self, namespace: str, name: str, status: Manifest, resource_version: str | None = None
+    ) -> Manifest:
+        """Merge-patch a StreamPipeline's status subresource (only the keys given). With
+        `resource_version`, only the object of that version: 409 Conflict otherwise."""
         info = resource_info(f"{GROUP}/{VERSION}", "StreamPipeline")
+        body: Manifest = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         result: Manifest = self._request(
             "PATCH",
             info.item(namespace, name) + "/status",
-            body={"status": status},
+            body=body,
             content_type="application/merge-patch+json",
         )
         if self.cache is not None:

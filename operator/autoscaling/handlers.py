@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -194,13 +195,24 @@ async def scale_once(
     now_body = await _read(kube, pool, f"{GROUP}/{VERSION}", KIND, namespace, name)
     if now_body is None or wants_builtin(now_body) is None:
         return None
+    patch = status_patch(result, status, datetime.now(UTC))
+    if patch:
+        # Only onto the pipeline as just read: a write of the reconciler in between (one
+        # that ends this autoscaler's era, say) makes it a conflict, and the next round
+        # decides again from what is there, rather than write this decision over it.
+        version = (now_body.get("metadata") or {}).get("resourceVersion")
+        write = functools.partial(kube.patch_status, namespace, name, patch, version)
+        try:
+            await loop.run_in_executor(pool, write)
+        except ApiError as e:
+            if e.status != 409:
+                raise
+            log.debug("scaling decision for %s/%s not written: %s", namespace, name, e)
+            return None
     SCALING_DECISIONS.labels(result.reason).inc()
     if result.lag is not None:
         PIPELINE_LAG.labels(namespace, name).set(result.lag)
     DESIRED_REPLICAS.labels(namespace, name).set(result.desired)
-    patch = status_patch(result, status, datetime.now(UTC))
-    if patch:
-        await loop.run_in_executor(pool, kube.patch_status, namespace, name, patch)
     if "lastScaleTime" in patch:
         note = EventNote(
             "Normal", result.reason, f"{current} -> {result.desired}: {result.message}"

@@ -30,6 +30,7 @@ from streamherd.operator.autoscaling.handlers import (
     status_patch,
 )
 from streamherd.operator.autoscaling.poller import ScaleResult
+from streamherd.operator.kube import ApiError
 from tests.infra.paths import REPO_ROOT
 
 KEY = ("default", "clicks-per-minute")
@@ -160,7 +161,11 @@ class _PipelineAndDeployment(_Kube):
             return {"spec": {"replicas": 2}, "status": {"readyReplicas": 2}}
         return super().get(api_version, kind, namespace, name)
 
-    def patch_status(self, namespace: str, name: str, patch: Any) -> Any:
+    def patch_status(self, namespace: str, name: str, patch: Any, version: Any = None) -> Any:
+        if version is not None and version != (self.body.get("metadata") or {}).get(
+            "resourceVersion"
+        ):
+            raise ApiError(409, "Conflict", "the object has been modified")
         self.status_writes.append(patch)
 
 
@@ -179,6 +184,57 @@ def test_a_decision_for_a_pipeline_switched_away_meanwhile_is_not_written() -> N
     assert asyncio.run(round_) is None
     ctx.executor.shutdown()
     assert kube.status_writes == [] and reconciled == []
+
+
+class _ScaleUp:
+    async def evaluate(self, pipeline: Any, current: int, *, running: int) -> ScaleResult:
+        decision = Decision(current + 3, "ScaleUp", "lag 40000", lag=40000)
+        return ScaleResult(
+            decision.replicas, decision.reason, decision.message, 40000, (), True, decision
+        )
+
+
+class _WrittenAfterTheReRead(_PipelineAndDeployment):
+    """Someone (the reconciler) writes the pipeline right after the autoscaler's re-read
+    of its first round."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body)
+        self.reads = 0
+        self.events: list[Any] = []
+
+    def create_event(self, event: Any) -> None:
+        self.events.append(event)
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Any:
+        got = super().get(api_version, kind, namespace, name)
+        if kind == "StreamPipeline":
+            self.reads += 1
+            if self.reads == 2:
+                self.body["metadata"]["resourceVersion"] = "6"
+        return got
+
+
+def test_a_decision_is_written_only_onto_the_pipeline_it_read() -> None:
+    """The re-read narrows the race with a reconcile that ends the builtin era; the write
+    is conditional on the version read, so a write in between is a conflict: nothing is
+    written, and the next round decides from what is there."""
+    body = example()
+    body["metadata"]["resourceVersion"] = "5"
+    kube = _WrittenAfterTheReRead(body)
+    ctx = SimpleNamespace(kube=kube, executor=ThreadPoolExecutor(1))
+    reconciled: list[Any] = []
+
+    async def reconcile(ctx: Any, key: tuple[str, str]) -> None:
+        reconciled.append(key)
+
+    first = asyncio.run(scale_once(ctx, _ScaleUp(), KEY, reconcile=reconcile))  # type: ignore[arg-type]
+    assert first is None and kube.status_writes == [] and reconciled == []
+    second = asyncio.run(scale_once(ctx, _ScaleUp(), KEY, reconcile=reconcile))  # type: ignore[arg-type]
+    ctx.executor.shutdown()
+    assert second is not None and second.desired == 5
+    assert [w["desiredReplicas"] for w in kube.status_writes] == [5] and reconciled == [KEY]
+    assert len(kube.events) == 1  # one decision, one event
 
 
 def test_the_gauges_of_a_pipeline_no_longer_managed_are_removed() -> None:

@@ -181,11 +181,17 @@ class FakeKube:
             and matches(o["metadata"].get("labels", {}))
         ]
 
-    def patch_status(self, namespace: str, name: str, status: Manifest) -> Manifest:
-        lost = self._write("patch_status", f"StreamPipeline/{name}")
-        self.status_patches.append(copy.deepcopy(status))
+    def patch_status(
+        self, namespace: str, name: str, status: Manifest, resource_version: str | None = None
+    ) -> Manifest:
         obj = self.find("StreamPipeline", name, namespace)
         assert obj is not None
+        if resource_version is not None and resource_version != obj["metadata"].get(
+            "resourceVersion"
+        ):
+            raise ApiError(409, "Conflict", "the object has been modified")
+        lost = self._write("patch_status", f"StreamPipeline/{name}")
+        self.status_patches.append(copy.deepcopy(status))
         held = obj.get("status")
         obj["status"] = _merge(held if isinstance(held, dict) else {}, status)
         self._versioned(obj)
