@@ -56,7 +56,7 @@ from streamherd.operator.upgrades import HELD_KINDS, STATE_COMPATIBLE, StateChan
 from streamherd.operator.upgrades import Decision as UpgradeDecision
 from streamherd.operator.upgrades import decide as decide_upgrade
 from streamherd.operator.validation import stored_count, stored_list, stored_status
-from streamherd.workers.fingerprint import Description, fingerprint
+from streamherd.workers.fingerprint import Description, fingerprint, recorded_names
 
 Phase = Literal["Pending", "Running", "Scaling", "Suspended", "Degraded", "Failed"]
 
@@ -234,6 +234,8 @@ class UpgradeInputs:
     #: The consumer group the workers commit to and the desired one (None: not known).
     running_group: str | None = None
     desired_group: str | None = None
+    #: The snapshot the running workers were given to restore (None: none, or not known).
+    running_restore: str | None = None
     #: The record of the state change the live ConfigMap was applied for (None: none).
     change: StateChange | None = None
 
@@ -372,6 +374,7 @@ def upgrade_decision(observed: Observed) -> UpgradeDecision:
         backends=(inputs.running_backend, inputs.desired_backend),
         sources=(inputs.running_sources, inputs.desired_sources),
         groups=(inputs.running_group, inputs.desired_group),
+        restored=inputs.running_restore,
     )
 
 
@@ -407,11 +410,17 @@ def verification_applies(observed: Observed, upgrade: UpgradeDecision) -> bool:
 
 def snapshot_needed(observed: Observed, upgrade: UpgradeDecision) -> bool:
     """Whether a reset or replay waits for a StreamPipelineSnapshot of the running state
-    (decision 0110): not while a verification holds the edit, nor while rolled back."""
+    (decision 0110): not while a verification holds the edit, nor while rolled back, nor
+    for a source other than Kafka (the generator): a StreamPipelineSnapshot is kept in
+    Kafka and refused for it, and the reset waited on that refusal for good (helper-113's
+    finding). Its workers keep the state they discard in the checkpoint volume all the
+    same (the snapshot the status lists)."""
+    pipeline = observed.pipeline
     return (
         upgrade.snapshot is not None
         and not observed.verification.holds
         and observed.last_good is None
+        and (pipeline is None or pipeline.spec.source.kafka is not None)
     )
 
 
@@ -769,6 +778,7 @@ def state_condition(
     current: Sequence[Condition],
     status: Mapping[str, Any],
     missed: StateChange | None = None,
+    names: frozenset[str] = frozenset(),
 ) -> Cond:
     """StateCompatible: the decision's, except that a state change (a reset, replay,
     restore, or source topics whose windows were dropped) is still reported once it is
@@ -779,12 +789,10 @@ def state_condition(
     Kept, it also stays what the ConfigMap's record of it says (decision 0173), so that
     record reads as recorded: replaced by Compatible, a rolled-out SourcesRemoved read as
     not recorded, was written again with its event, and flapped with every reconcile of
-    an idle pipeline."""
-    if (
-        missed is not None
-        and decision.action == "roll"
-        and decision.fingerprint == missed.fingerprint
-    ):
+    an idle pipeline. `names`: the fingerprints an earlier operator may have recorded for
+    the decision's state (fingerprint.recorded_names), which name it as well as its own."""
+    same = {decision.fingerprint, *names}
+    if missed is not None and decision.action == "roll" and missed.fingerprint in same:
         return missed.condition
     was = get_condition(current, STATE_COMPATIBLE)
     if (
@@ -792,7 +800,8 @@ def state_condition(
         and decision.event is None  # a plain roll: a new SourcesRemoved is said as such
         and was is not None
         and was.reason in ("StateReset", "StateReplay", "StateRestored", "SourcesRemoved")
-        and status.get("stateFingerprint") == decision.fingerprint
+        and isinstance(status.get("stateFingerprint"), str)
+        and status.get("stateFingerprint") in same
     ):
         return Cond.kept(was)
     return decision.condition
@@ -1025,7 +1034,19 @@ def finish(decision: Decision, applied: Applied) -> Finished:
     # workers' ConfigMap was applied): recorded now, from the record that ConfigMap carries.
     change = observed.upgrade.change if observed.upgrade is not None else None
     missed = change if change is not None and unrecorded(change, current_conditions) else None
-    state_c = state_condition(upgrade, current_conditions, current_status, missed)
+    # Only when a record names the state otherwise (an earlier operator's rules): hashed
+    # then, not at every reconcile.
+    desired_state = observed.upgrade.desired if observed.upgrade is not None else None
+    stored = current_status.get("stateFingerprint")  # any value: a status may hold anything
+    recorded = [stored if isinstance(stored, str) else None, missed.fingerprint if missed else None]
+    names = (
+        recorded_names(desired_state)
+        if desired_state is not None
+        and any(r not in (None, upgrade.fingerprint) for r in recorded)
+        and fingerprint(desired_state) == upgrade.fingerprint
+        else frozenset()
+    )
+    state_c = state_condition(upgrade, current_conditions, current_status, missed, names)
     was_state = get_condition(current_conditions, STATE_COMPATIBLE)
     # The workers' ConfigMap refused by the API server (an admission policy, its size): act
     # applied nothing after it, so the workers run what they ran and no state changed (the

@@ -101,6 +101,7 @@ from streamherd.operator.upgrades import (
     config_backend,
     config_description,
     config_group,
+    config_restore,
     config_sources,
     regrouped,
     running_epoch,
@@ -371,10 +372,18 @@ def _upgrade_inputs(
             desired_group=config_group(config_map),
         )
     restore = pipeline.spec.state.restore_from
+    if restore is not None and live is not None:
+        inputs = replace(inputs, running_restore=config_restore(live))
     if restore is None or is_volume_snapshot(restore):
         return inputs
     if rolled:
         return replace(inputs, snapshot_fingerprint=fingerprint(want))
+    if (
+        inputs.running_restore == restore
+        and inputs.running is not None
+        and fingerprint(inputs.running) == fingerprint(want)
+    ):
+        return inputs  # restored already (decide rolls it): the snapshot is not read again
     held, why = resource_snapshot(kube, pipeline, restore)
     return replace(inputs, snapshot_fingerprint=held, snapshot_problem=why)
 

@@ -306,6 +306,14 @@ def regrouped(running: Description | None, groups: Groups | None) -> str | None:
     return f"source.kafka.consumerGroup: {groups[0]} -> {groups[1]}"
 
 
+def config_restore(config_map: Manifest | None) -> str | None:
+    """The snapshot the WorkerConfig in a ConfigMap gives its workers to restore
+    (``state.restoreFrom``); None when it names none or cannot be read."""
+    state = _config_state(config_map)
+    restore = (state or {}).get("restoreFrom")
+    return restore if isinstance(restore, str) else None
+
+
 def config_sources(config_map: Manifest | None) -> tuple[str, ...] | None:
     """The Kafka topics (names and ``^`` patterns) the WorkerConfig in a ConfigMap reads;
     None when there is none, it cannot be read, or its source is not Kafka."""
@@ -563,6 +571,7 @@ def decide(
     backends: tuple[str | None, str] | None = None,
     sources: Sources | None = None,
     groups: Groups | None = None,
+    restored: str | None = None,
 ) -> Decision:
     """Roll, hold, reset, replay or restore an edit whose desired state is `desired`, the
     workers running `running` (None: nothing known to run, e.g. a new pipeline), with
@@ -570,7 +579,8 @@ def decide(
     `snapshot_fingerprint` the state it holds (None: a volume snapshot, whose name says),
     `backends` the running and the desired checkpoint.backend and `sources` the running and
     the desired source topics and `groups` the running and the desired consumer group
-    (None: not compared)."""
+    (None: not compared); `restored`: the snapshot the running workers were given to
+    restore (their ConfigMap's state.restoreFrom)."""
     want = fingerprint(desired)
     # A snapshot restores into the backend it was taken in, and holds windows of the topics
     # it was taken with: restoreFrom, even one kept in the spec after its restore rolled
@@ -582,6 +592,20 @@ def decide(
     if dropped is not None:
         return dropped
     if restore_from is not None:
+        if restored == restore_from and running is not None and fingerprint(running) == want:
+            # Rolled out already, perhaps by an earlier operator whose rules named the
+            # snapshot's state otherwise (a volume snapshot's name, a StreamPipelineSnapshot's
+            # recorded fingerprint): judged again by this version's rules, the restore the
+            # workers did was held as SnapshotMismatch, at the upgrade or at the next
+            # compatible edit (helper-113's finding). The workers restore a snapshot once.
+            message = (
+                f"snapshot {restore_from} was restored (the workers run its state, "
+                f"fingerprint {want})"
+            )
+            return Decision(
+                "roll", want, want,
+                condition=Cond(STATE_COMPATIBLE, "True", "StateRestored", message),
+            )  # fmt: skip
         return _restore(running, want, restore_from, generation, snapshot_fingerprint)
     if running is None or not has_state(running):
         # Nothing to keep (new, or stateless until now: its checkpoints hold offsets only).

@@ -283,6 +283,23 @@ def accepted_fingerprints(description: Mapping[str, Any]) -> frozenset[str]:
     return frozenset({fingerprint(description), fingerprint(earlier)})
 
 
+def recorded_names(description: Mapping[str, Any]) -> frozenset[str]:
+    """Every fingerprint an operator of this or an earlier version may have recorded for the
+    state of ``description`` (``status.stateFingerprint``, the workers' ConfigMap's record of
+    a state change): by this version's rules, by the rules before decision 0204 (without
+    ``inputs`` and ``sourceFormat``), and before 0195 (without ``generator`` either).
+
+    For comparing records only, never for restoring: the earlier names of two states may be
+    one (the window with and without a map before it), which a record's comparison cannot
+    confuse (it is of the state the workers run) but a restore could. Compared by equality,
+    an upgraded operator took its predecessor's record of the last reset for another state's,
+    replaced StateReset by Compatible, and posted the reset's event again at every reconcile
+    (helper-113's finding)."""
+    earlier = {k: v for k, v in description.items() if k not in RULES_2_KEYS}
+    oldest = {k: v for k, v in earlier.items() if k not in ADOPTED_KEYS}
+    return frozenset({fingerprint(description), fingerprint(earlier), fingerprint(oldest)})
+
+
 def processor_fingerprint(processor: ProcessorConfig) -> tuple[str, Description]:
     """(hash, description) of a processor's state."""
     description = describe(processor)
