@@ -167,8 +167,11 @@ class GroupSpec:
 # --------------------------------------------------------------------------- positions
 
 #: A group the probe has not measured for this long is forgotten by :class:`Positions`
-#: (its pipeline deleted, or moved to another group or cluster).
-POSITIONS_TTL: Final = 3600.0
+#: (its pipeline deleted, or moved to another group or cluster): a day longer than the
+#: broker's default offsets.retention.minutes (7 days), so that a pipeline suspended (not
+#: measured) until its offsets expired is still measured from them when it resumes (an
+#: hour, as first set, forgot it long before: a review's finding).
+POSITIONS_TTL: Final = 8 * 86400.0
 
 
 class Positions:
@@ -187,8 +190,12 @@ class Positions:
       saw the partition are lag. Measured as 0, they never woke a pipeline at zero whose
       offsets had expired before the operator (and this memory) started.
 
-    Kept in memory per probe (one per cluster, for the operator's life): after a restart,
-    an expired group reads by ``startFrom`` until it commits again, as before. Thread-safe."""
+    Kept in memory per probe (one per cluster, for the operator's life) for
+    :data:`POSITIONS_TTL` after the group was last measured: after a restart, or a suspend
+    longer than that, an expired group reads by ``startFrom`` until it commits again, as
+    before. A topic created again while the pipeline is at zero is measured from the old
+    log's offset (too low a lag, but for an empty new log above it: the whole log); its
+    workers hold it under ``refuse``. Thread-safe."""
 
     def __init__(self, ttl: float = POSITIONS_TTL) -> None:
         self._ttl = ttl
@@ -278,12 +285,15 @@ class ClusterConfig:
         and every line of a multi-line one (a PEM), replaced by ``<hidden>``: librdkafka may
         quote a value it refuses.
 
-        The text the spec states stays as it is: the bootstrap servers (the list, and each
-        ``host:port``) and ``public`` (the group and topic names, say). A value that is part
-        of one (a SASL user ``analytics`` in ``analytics-kafka-bootstrap:9092``) was marked
-        inside it, so anyone who may read the spec read where the value is (a helper's
-        finding). A value that *is* one of them (a user named like a topic) cannot be told
-        from it: it is shown wherever the text has it."""
+        The text the spec states stays as it is where a value is only part of it: the
+        bootstrap servers (the list, and each ``host:port``) and ``public`` (the group and
+        topic names, say). A value inside one (a SASL user ``analytics`` in
+        ``analytics-kafka-bootstrap:9092``) was marked inside it, so anyone who may read
+        the spec read where the value is (a helper's finding). A value that holds a stated
+        text (``svc-orders-reader`` and the topic ``orders``) is hidden whole: each
+        occurrence of a value is kept only when it lies within an occurrence of a stated
+        text (a review's finding: standing the stated texts aside first let such a value
+        through). A value that *is* one of them cannot be told from it, and is shown."""
         pieces: set[str] = set()
         for key, value in self.settings:
             if key not in SHOWN_SETTINGS and value:
@@ -292,18 +302,30 @@ class ClusterConfig:
         if not pieces:
             return text
         servers = [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
-        stated = {self.bootstrap_servers, *servers}
-        stated.update(p for p in public if p)
-        kept = sorted(stated, key=len, reverse=True)
-        # Each stated text stands aside as a mark no value can match, then comes back.
-        marks = [f"\x00{i}\x00" for i in range(len(kept))]
-        for mark, piece in zip(marks, kept, strict=True):
-            text = text.replace(piece, mark)
-        for piece in sorted(pieces, key=len, reverse=True):
-            text = text.replace(piece, "<hidden>")
-        for mark, piece in zip(marks, kept, strict=True):
-            text = text.replace(mark, piece)
-        return text
+        stated = {self.bootstrap_servers, *servers, *(p for p in public if p)}
+        within = [(i, i + len(t)) for t in stated for i in _occurrences(text, t)]
+        hidden: list[tuple[int, int]] = []
+        for piece in pieces:
+            for i in _occurrences(text, piece):
+                span = (i, i + len(piece))
+                if not any(a <= span[0] and span[1] <= b for a, b in within):
+                    hidden.append(span)
+        out, at = [], 0
+        for a, b in sorted(hidden):
+            if b <= at:
+                continue  # inside a span hidden already
+            out += [text[at : max(a, at)], "<hidden>"]
+            at = b
+        return "".join([*out, text[at:]])
+
+
+def _occurrences(text: str, piece: str) -> list[int]:
+    """Where ``piece`` starts in ``text``, overlapping occurrences included."""
+    found, i = [], text.find(piece)
+    while i >= 0:
+        found.append(i)
+        i = text.find(piece, i + 1)
+    return found
 
 
 # --------------------------------------------------------------------------- the probe

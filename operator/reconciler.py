@@ -378,12 +378,8 @@ def _upgrade_inputs(
         return inputs
     if rolled:
         return replace(inputs, snapshot_fingerprint=fingerprint(want))
-    if (
-        inputs.running_restore == restore
-        and inputs.running is not None
-        and fingerprint(inputs.running) == fingerprint(want)
-    ):
-        return inputs  # restored already (decide rolls it): the snapshot is not read again
+    if inputs.running_restore == restore:
+        return inputs  # restored already (decide judges the edit without it): not read again
     held, why = resource_snapshot(kube, pipeline, restore)
     return replace(inputs, snapshot_fingerprint=held, snapshot_problem=why)
 

@@ -228,6 +228,8 @@ def _backend_switch(
     backends: tuple[str | None, str] | None,
     upgrade: Upgrade,
     generation: int | None,
+    *,
+    groups: Groups | None = None,
 ) -> Decision | None:
     """A move of the state between the volume and the kafka backend (checkpoint.backend).
 
@@ -244,7 +246,8 @@ def _backend_switch(
     have, want = fingerprint(running), fingerprint(desired)
     edit = f"spec generation {generation}" if generation is not None else "the spec"
     move = f"checkpoint.backend: {backends[0]} -> {backends[1]}"
-    changes = (move, *changed_fields(running, desired))
+    regroup = regrouped(running, groups)
+    changes = (move, *([regroup] if regroup else []), *changed_fields(running, desired))
     what = _fields(changes)
     if upgrade.on_state_change == "reset":
         message = (
@@ -512,8 +515,6 @@ def _sources_removed(
     sources: Sources | None,
     upgrade: Upgrade,
     generation: int | None,
-    *,
-    groups: Groups | None = None,
 ) -> Decision | None:
     """An edit that removes source topics of a pipeline whose windows live on the source's
     partitions (a window, no repartition): the open windows of the removed topics'
@@ -526,8 +527,6 @@ def _sources_removed(
     removed = _windows_lost(running, sources)
     if running is None or not removed or fingerprint(running) != fingerprint(desired):
         return None  # (with the fingerprint changed too, decide lists it among the changes)
-    if regrouped(running, groups) is not None:
-        return None  # (decide lists both: the regroup starts the state anew)
     have = fingerprint(running)
     edit = f"spec generation {generation}" if generation is not None else "the spec"
     change = f"source.kafka.topics: removed {', '.join(removed)}"
@@ -585,19 +584,23 @@ def decide(
     # A snapshot restores into the backend it was taken in, and holds windows of the topics
     # it was taken with: restoreFrom, even one kept in the spec after its restore rolled
     # out, never lets a backend switch or a removed topic's windows through unjudged.
-    switch = _backend_switch(running, desired, backends, upgrade, generation)
+    switch = _backend_switch(running, desired, backends, upgrade, generation, groups=groups)
     if switch is not None:
         return switch
-    dropped = _sources_removed(running, desired, sources, upgrade, generation, groups=groups)
-    if dropped is not None:
-        return dropped
-    if restore_from is not None:
-        if restored == restore_from and running is not None and fingerprint(running) == want:
-            # Rolled out already, perhaps by an earlier operator whose rules named the
-            # snapshot's state otherwise (a volume snapshot's name, a StreamPipelineSnapshot's
-            # recorded fingerprint): judged again by this version's rules, the restore the
-            # workers did was held as SnapshotMismatch, at the upgrade or at the next
-            # compatible edit (helper-113's finding). The workers restore a snapshot once.
+    regroup = regrouped(running, groups)
+    if restore_from is not None and restored == restore_from:
+        # The workers were given this restore already (rolled out, perhaps by an earlier
+        # operator whose rules named the snapshot's state otherwise): they restore a
+        # snapshot once, so the edit is judged as any other, not as the restore again
+        # (judged by this version's rules, the restore the workers did was held as
+        # SnapshotMismatch at the upgrade; and a regroup kept with it rolled unjudged and
+        # its workers dropped every window: helper-113's and a review's findings).
+        if (
+            running is not None
+            and fingerprint(running) == want
+            and regroup is None
+            and not _windows_lost(running, sources)
+        ):
             message = (
                 f"snapshot {restore_from} was restored (the workers run its state, "
                 f"fingerprint {want})"
@@ -606,6 +609,13 @@ def decide(
                 "roll", want, want,
                 condition=Cond(STATE_COMPATIBLE, "True", "StateRestored", message),
             )  # fmt: skip
+        restore_from = None
+    if regroup is None or restore_from is not None:
+        # (A regroup without a restore is judged below, with the topics it removes.)
+        dropped = _sources_removed(running, desired, sources, upgrade, generation)
+        if dropped is not None:
+            return dropped
+    if restore_from is not None:
         return _restore(running, want, restore_from, generation, snapshot_fingerprint)
     if running is None or not has_state(running):
         # Nothing to keep (new, or stateless until now: its checkpoints hold offsets only).
@@ -616,7 +626,6 @@ def decide(
             condition=Cond(STATE_COMPATIBLE, "True", "Compatible", f"state fingerprint {want}"),
         )
     have = fingerprint(running)
-    regroup = regrouped(running, groups)
     changes = tuple(changed_fields(running, desired))
     if regroup is not None:
         changes = (regroup, *changes)
@@ -636,12 +645,17 @@ def decide(
     # The workers keep the old state under this name: the roll's generation is their state
     # epoch when the fingerprint changes (state_epoch), which then names it (decision 0175).
     kept = snapshot_name(have, want, generation if have != want or regroup else None)
+    start = (
+        f"consumer group {groups[1]}'s committed offsets (startFrom where it has none)"
+        if regroup is not None and groups is not None
+        else "their checkpointed offsets"
+    )
     if policy == "refuse":
         message = (
             f"{edit} changes the state ({what}): refused, the workers keep running the "
             f"previous spec (state fingerprint {have}, the spec's is {want}). Revert the "
-            "edit, or set spec.upgrade.onStateChange to reset (empty state from the "
-            "checkpointed offsets) or replay (empty state from spec.upgrade.replayFrom)"
+            f"edit, or set spec.upgrade.onStateChange to reset (empty state from {start}) "
+            "or replay (empty state from spec.upgrade.replayFrom)"
         )
         return Decision(
             "hold",
@@ -652,11 +666,6 @@ def decide(
             ("Warning", "StateChangeRefused", message),
         )
     if policy == "reset":
-        start = (
-            f"consumer group {groups[1]}'s committed offsets (startFrom where it has none)"
-            if regroup is not None and groups is not None
-            else "their checkpointed offsets"
-        )
         message = (
             f"{edit} changes the state ({what}): onStateChange reset, the workers start "
             f"from empty state at {start} (fingerprint {have} -> {want}; the old state is "
@@ -762,11 +771,16 @@ def state_diff_files(files: Sequence[str], out: TextIO, err: TextIO) -> int:
     want = fingerprint(after)
     # A StreamPipelineSnapshot holds the fingerprint it records in the cluster, which this
     # offline comparison cannot read: judged as if it held the spec's state, and said so.
-    spipeline_snapshot = restore is not None and not is_volume_snapshot(restore)
+    spipeline_snapshot = (
+        restore is not None
+        and not is_volume_snapshot(restore)
+        and restore != pipelines[0].spec.state.restore_from  # kept: restored already
+    )
     decision = decide(before, after, pipelines[1].spec.upgrade, restore_from=restore,
                       snapshot_fingerprint=want if spipeline_snapshot else None,
                       backends=backends, sources=(sources[0], sources[1]),
-                      groups=(groups[0], groups[1]))  # fmt: skip
+                      groups=(groups[0], groups[1]),
+                      restored=pipelines[0].spec.state.restore_from)  # fmt: skip
     out.write(f"state fingerprint: {fingerprint(before)} -> {decision.desired_fingerprint}\n")
     if spipeline_snapshot:
         out.write(

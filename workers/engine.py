@@ -1205,9 +1205,16 @@ class Engine:
                 self._recover_prepared(source, owned)
             return self.outputs.committed_offsets(owned)
         asked = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        # Waited for on an assignment only: a rewind (an abort, partitions revoked or lost)
+        # runs inside other callbacks, after retries of its own (a review's finding).
+        answer = (
+            self._stable_committed(source, asked)
+            if assigned
+            else source.committed(asked, timeout=10)
+        )
         return {
             (tp.topic, tp.partition): (tp.offset, tp.metadata or "")
-            for tp in self._stable_committed(source, asked)
+            for tp in answer
             if tp.offset >= 0
         }
 
@@ -1216,8 +1223,8 @@ class Engine:
     ) -> list[TopicPartition]:
         """The group's committed offsets of ``asked``, read stably (the consumer reads
         ``read_committed``), waited for while the lookup times out, up to the transaction
-        timeout + 30 s (never past a minute short of the poll interval); then the timeout
-        raises, as before (the worker restarts).
+        timeout + 30 s (never past two minutes short of the poll interval); then the
+        timeout raises, as before (the worker restarts). On an assignment only.
 
         A worker killed between sending its offsets to its transaction and committing it
         leaves them pending until the broker aborts that transaction at its timeout, and a
@@ -1228,8 +1235,9 @@ class Engine:
         five restarts in five minutes (helper-112's finding). Waiting here, the group is
         stalled for the same minute, with no restart and no rebalance; each try is a
         heartbeat of the loop (the liveness probe)."""
-        # Never as long as the poll interval: the consumer would leave the group meanwhile.
-        wait = min(self._transaction_timeout_ms / 1000 + 30, MAX_POLL_INTERVAL_MS / 1000 - 60)
+        # Never near the poll interval: the consumer would leave the group meanwhile, and the
+        # assignment's restores run after this, inside the same callback.
+        wait = min(self._transaction_timeout_ms / 1000 + 30, MAX_POLL_INTERVAL_MS / 1000 - 120)
         deadline = time.monotonic() + wait
         waited = time.monotonic()
         while True:

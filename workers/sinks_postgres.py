@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import os
-import re
 import threading
 import time
 import zlib
@@ -157,12 +156,12 @@ class ConnectError(psycopg.OperationalError):
 
 #: What stands for a connection value in an error's text.
 HIDDEN: Final = "<hidden>"
-_QUOTED: Final = re.compile(r"\"[^\"]*\"|'[^']*'")
 
 
 def without_connection_values(text: str, conninfo: str) -> str:
     """``text`` (libpq's error for a connection attempt) with every value of ``conninfo``
-    and every quoted text replaced by ``<hidden>``.
+    replaced by ``<hidden>``, and each host of a list of hosts (libpq names the one it
+    failed on).
 
     Every value of the connection string comes from the pipeline's Secret, and libpq quotes
     the one it fails on: ``password authentication failed for user "..."``, ``database
@@ -170,16 +169,18 @@ def without_connection_values(text: str, conninfo: str) -> str:
     ``failed to resolve host '...'``. A Secret key mapped to the wrong field (the DSN's
     key as ``user``) put the whole DSN, password included, into the worker's log, and an
     unescaped ``@`` in a URI's password made most of it the host (a helper's findings).
-    The quoted texts go too, for a value that reached libpq in another shape than the
-    parsed one (the option names it quotes are ours, and lost with them)."""
+    The rest of the text stays: the client address of a pg_hba refusal, a certificate's
+    names (hiding every quoted text, as first done, hid those and joined the apostrophes
+    of "couldn't ... server's": a review's finding)."""
     try:
         values = {str(v) for v in conninfo_to_dict(conninfo).values() if v is not None}
     except psycopg.ProgrammingError:
         values = set()
+    values |= {part.strip() for v in values for part in v.split(",")}
     values.add(conninfo)
     for value in sorted((v for v in values if len(v) >= 3), key=len, reverse=True):
         text = text.replace(value, HIDDEN)
-    return _QUOTED.sub(HIDDEN, text)
+    return text
 
 
 def connect(conninfo: str, pipeline: str) -> AnsweringConnection:

@@ -153,13 +153,17 @@ class StrictLoader(yaml.SafeLoader):
         except (ValueError, TypeError, LookupError, AttributeError, OverflowError) as e:
             # The reason of a ValueError says what is wrong (`month must be in 1..12`); the
             # others are PyYAML's internals (a regular expression that did not match).
+            # The scalar itself is not shown, here or in the reason that may quote it: in a
+            # file that holds a Secret it may be the Secret's value (a review's finding).
             reason = f": {e}" if isinstance(e, ValueError | OverflowError) else ""
             tag = node.tag.removeprefix("tag:yaml.org,2002:")
             what = f"this {tag}"
             if isinstance(node, yaml.ScalarNode):
                 text = str(node.value)
-                shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
-                what = f"{shown!r} as {tag}"
+                column = node.start_mark.column + 1 if node.start_mark else "?"
+                what = f"the scalar at column {column} ({len(text)} characters) as {tag}"
+                if text:
+                    reason = reason.replace(repr(text), "<the value>").replace(text, "<the value>")
             raise ScalarError(None, None, f"cannot read {what}{reason}", node.start_mark) from None
 
     def construct_document(self, node: yaml.Node) -> Any:

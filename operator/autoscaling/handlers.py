@@ -36,12 +36,14 @@ from prometheus_client import Counter, Gauge
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION, StreamPipeline
 from streamherd.operator.autoscaling.decision import NO_DATA, STEADY
 from streamherd.operator.autoscaling.poller import Autoscaler, ScaleResult
+from streamherd.operator.builders.meta import config_map_name
 from streamherd.operator.events import event_body
 from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.kafkalogging import shared_kafka_log
 from streamherd.operator.kube import ApiError, Manifest
 from streamherd.operator.lagprobe import ClusterConfig, LagProbe
 from streamherd.operator.reconciler import EventNote
+from streamherd.operator.upgrades import config_group, config_sources
 from streamherd.operator.validation import parse_pipeline, stored_status
 from streamherd.workers.config import parse_duration
 
@@ -178,6 +180,12 @@ async def scale_once(
     pipeline = valid_pipeline(body) if parsed is None else parse_cached(body, key, parsed)
     if pipeline is None:
         return None  # invalid: the reconciler's status says why; nothing to scale
+    # The lag of what the workers run: an edit of the group or the topics held (a state
+    # change refused) leaves them on the ConfigMap's; measured by the spec, the new group
+    # with no offsets read as the whole log, and the held pipeline scaled up for it (a
+    # review's finding).
+    live_config = await _read(kube, pool, "v1", "ConfigMap", namespace, config_map_name(name))
+    pipeline = as_running(pipeline, live_config)
     dep = await _read(kube, pool, "apps/v1", "Deployment", namespace, name)
     if dep is None:
         # Not created yet (the reconciler creates it at minReplicas): no replicas to start
@@ -229,6 +237,25 @@ async def scale_once(
         # (the common case for a new pipeline) needs no reconcile.
         await reconcile(ctx, key)
     return result
+
+
+def as_running(pipeline: StreamPipeline, config_map: Manifest | None) -> StreamPipeline:
+    """``pipeline`` with the consumer group and source topics its workers' ConfigMap gives
+    them, where they differ from the spec's (an edit held, or not rolled out yet)."""
+    kafka = pipeline.spec.source.kafka
+    group, topics = config_group(config_map), config_sources(config_map)
+    if kafka is None or (
+        group in (None, pipeline.consumer_group) and topics in (None, tuple(kafka.topics))
+    ):
+        return pipeline
+    update: dict[str, Any] = {}
+    if group is not None:
+        update["consumer_group"] = group
+    if topics is not None:
+        update["topics"] = list(topics)
+    source = pipeline.spec.source.model_copy(update={"kafka": kafka.model_copy(update=update)})
+    spec = pipeline.spec.model_copy(update={"source": source})
+    return pipeline.model_copy(update={"spec": spec})
 
 
 async def _read(kube: Any, pool: Any, *ref: str) -> Manifest | None:

@@ -225,3 +225,21 @@ def test_a_syntax_error_in_a_secret_is_reported_without_its_line(
     assert "Tr0ub4dor" not in out + err and "horse" not in out + err, err
     line = pipeline.count("\n") + 7
     assert f"line {line}, column 36: mapping values are not allowed here" in err, err
+
+
+def test_a_scalar_of_a_secret_that_cannot_be_read_is_not_shown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scalar its tag cannot read was quoted in the refusal (and in the int reader's own
+    reason): in a Secret, its value (a review's finding). Line, column and length instead."""
+    path = tmp_path / "with-secret.yaml"
+    pipeline = (EXAMPLES_DIR / "01-clicks-local.yaml").read_text()
+    path.write_text(
+        pipeline + "\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData:\n"
+        "  port: !!int s3cr3t-T0ken\n"
+    )
+    assert main(["validate", str(path)]) != 0
+    out, err = capsys.readouterr()
+    assert "s3cr3t" not in out + err, err
+    line = pipeline.count("\n") + 7
+    assert f"line {line}: cannot read the scalar at column 9 (12 characters) as int" in err, err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -252,3 +253,57 @@ def test_the_gauges_of_a_pipeline_no_longer_managed_are_removed() -> None:
         samples = [s for m in gauge.collect() for s in m.samples]
         assert [s for s in samples if s.labels["pipeline"] == KEY[1]] == []
     state.track("DELETED", KEY, switched)  # nothing left to remove: no error
+
+
+class _Measured:
+    """Records the pipeline it is asked to measure."""
+
+    def __init__(self) -> None:
+        self.pipelines: list[Any] = []
+
+    async def evaluate(self, pipeline: Any, current: int, *, running: int) -> ScaleResult:
+        self.pipelines.append(pipeline)
+        decision = Decision(current, STEADY, "lag 0", lag=0)
+        return ScaleResult(current, STEADY, "lag 0", 0, (), False, decision)
+
+
+class _HeldEdit(_PipelineAndDeployment):
+    """The spec names another group and topics than the workers' ConfigMap (the edit is
+    held: a state change refused)."""
+
+    def __init__(self, body: dict[str, Any], config: dict[str, Any]) -> None:
+        super().__init__(body)
+        self.config = config
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Any:
+        if kind == "ConfigMap":
+            return {"data": {"worker.json": json.dumps(self.config)}}
+        return super().get(api_version, kind, namespace, name)
+
+
+def test_a_held_edit_is_measured_as_the_workers_run() -> None:
+    """A group edit held under refuse: the workers commit to the old group. Measured by the
+    spec, the new group (no offsets) read as the whole retained log, and the builtin
+    autoscaler scaled the held pipeline up (a review's finding). Measured by the workers'
+    ConfigMap, as KEDA's held ScaledObject does."""
+    body = example()
+    body["spec"]["source"]["kafka"]["consumerGroup"] = "clicks-v2"
+    body["spec"]["source"]["kafka"]["topics"] = ["clicks", "clicks-eu"]
+    running = {"source": {"kafka": {"consumerGroup": "default.clicks", "topics": ["clicks"]}}}
+    kube = _HeldEdit(body, running)
+    ctx = SimpleNamespace(kube=kube, executor=ThreadPoolExecutor(1))
+    measured = _Measured()
+
+    async def reconcile(ctx: Any, key: tuple[str, str]) -> None:
+        raise AssertionError("nothing to apply")
+
+    asyncio.run(scale_once(ctx, measured, KEY, reconcile=reconcile))  # type: ignore[arg-type]
+    kube.config = {"source": {"kafka": {"consumerGroup": "clicks-v2",
+                                        "topics": ["clicks", "clicks-eu"]}}}  # fmt: skip
+    asyncio.run(scale_once(ctx, measured, KEY, reconcile=reconcile))  # type: ignore[arg-type]
+    ctx.executor.shutdown()
+    held, rolled = measured.pipelines
+    assert held.consumer_group == "default.clicks"
+    assert held.spec.source.kafka.topics == ["clicks"]
+    assert rolled.consumer_group == "clicks-v2"
+    assert rolled.spec.source.kafka.topics == ["clicks", "clicks-eu"]

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamherd.operator.lagprobe import (
+    POSITIONS_TTL,
     ClusterConfig,
     GroupLag,
     PartitionLag,
@@ -128,7 +129,10 @@ def test_a_committed_offset_that_disappears_is_remembered(
         assert at == expected
 
 
-def test_positions_of_a_group_not_measured_for_an_hour_are_forgotten() -> None:
+def test_positions_of_a_group_not_measured_within_their_ttl_are_forgotten() -> None:
+    # Kept past the broker's default offsets retention (7 days): a suspended pipeline is
+    # not measured, and its offsets expire meanwhile.
+    assert POSITIONS_TTL > 7 * 86400
     positions = Positions(ttl=3600.0)
     positions.position("gone", ("t", 0), 10, 20, start_from="earliest", now=0.0)
     positions.position("kept", ("t", 0), 10, 20, start_from="earliest", now=0.0)

@@ -368,6 +368,40 @@ def test_another_consumer_group_of_a_stateful_pipeline(
         assert "consumer group g2's committed offsets" in d.condition.message
 
 
+def test_a_group_switch_is_judged_with_a_restore_kept_in_the_spec() -> None:
+    """A restoreFrom the workers were given already (kept in the spec after its restore)
+    is no restore any more: a regroup kept with it rolled as StateRestored, and the
+    workers dropped every window (a review's finding); with a topic removed too it rolled
+    where the removed topic alone held."""
+    refuse = Upgrade()
+    kept = decide(STATEFUL, STATEFUL, refuse, groups=("g1", "g2"), restore_from="s",
+                  restored="s")  # fmt: skip
+    assert (kept.action, kept.changes) == ("hold", ("source.kafka.consumerGroup: g1 -> g2",))
+    assert "consumer group g2's committed offsets" in kept.condition.message  # the hint
+    windowed = describe(
+        ProcessorConfig.model_validate(
+            {"steps": [{"window": {"keyBy": "page", "size": "60s",
+                                   "aggregates": [{"name": "n", "function": "count"}]}}]}
+        ),
+        repartition=None,
+    )  # fmt: skip
+    removed = decide(windowed, windowed, refuse, groups=("g1", "g2"), restore_from="s",
+                     restored="s", sources=(("a", "b"), ("a",)))  # fmt: skip
+    assert removed.action == "hold"
+    assert set(removed.changes) == {
+        "source.kafka.consumerGroup: g1 -> g2",
+        "source.kafka.topics: removed b",
+    }
+    # Restored already, nothing else changed: a plain roll, the restore said as done.
+    done = decide(STATEFUL, STATEFUL, refuse, restore_from="s", restored="s")
+    assert (done.action, done.condition.reason) == ("roll", "StateRestored")
+    # A backend switch lists the regroup too.
+    both = decide(STATEFUL, STATEFUL, Upgrade.model_validate({"onStateChange": "reset"}),
+                  backends=("volume", "kafka"), groups=("g1", "g2"))  # fmt: skip
+    assert both.changes[:2] == ("checkpoint.backend: volume -> kafka",
+                                "source.kafka.consumerGroup: g1 -> g2")  # fmt: skip
+
+
 def test_a_group_switch_without_state_or_without_a_switch_rolls() -> None:
     refuse = Upgrade()
     assert decide(STATELESS, STATELESS, refuse, groups=("g1", "g2")).action == "roll"

@@ -254,3 +254,19 @@ def test_no_connection_value_survives_in_a_connection_error(value: str) -> None:
                  f"failed to resolve host '{value}'", f"no such user {value} here"):  # fmt: skip
         cleaned = without_connection_values(text, info)
         assert value not in cleaned
+
+
+def test_a_connection_error_keeps_what_is_not_a_connection_value() -> None:
+    """The client address of a pg_hba refusal and the apostrophes of libpq's prose stay
+    (hiding every quoted text hid them and joined "couldn't ... server's": a review's
+    finding); the user and the database, the Secret's values, do not."""
+    info = make_conninfo("", host="db1.internal,db2.internal", user="svc-app", dbname="orders")
+    hba = 'FATAL:  no pg_hba.conf entry for host "10.1.2.3", user "svc-app", database "orders"'
+    assert without_connection_values(hba, info) == (
+        'FATAL:  no pg_hba.conf entry for host "10.1.2.3", user "<hidden>", database "<hidden>"'
+    )
+    prose = "couldn't connect: the server's reply wasn't understood"
+    assert without_connection_values(prose, info) == prose
+    # libpq names the one host of the list it failed on.
+    failed = 'connection to server at "db2.internal" (10.0.0.7), port 5432 failed'
+    assert "db2.internal" not in without_connection_values(failed, info)
