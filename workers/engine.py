@@ -58,6 +58,7 @@ from streamherd.workers.config import (
     topic_matcher,
 )
 from streamherd.workers.fingerprint import (
+    accepted_fingerprints,
     changed_fields,
     config_fingerprint,
     is_volume_snapshot,
@@ -783,7 +784,7 @@ class Engine:
         kept = self._snapshot_checkpoint(name, st.topic, st.partition)
         if kept is None:
             names = self.state.kept_snapshots() if is_volume_snapshot(name) else None
-            if names is not None and name not in names:
+            if names is not None and not set(self._kept_names(name)) & set(names):
                 # Not a snapshot that holds no checkpoint of this partition: no snapshot of
                 # that name at all (a typo, another pipeline's volume). Resuming would say
                 # "restored" and restore nothing: held, saying what the volume keeps.
@@ -1162,7 +1163,11 @@ class Engine:
         reset or replay (`<old>-to-<new>`), or in Kafka (a StreamPipelineSnapshot of the
         namespace, read once)."""
         if is_volume_snapshot(name):
-            return self.state.load_snapshot(name, topic, partition)
+            for kept_as in self._kept_names(name):
+                kept = self.state.load_snapshot(kept_as, topic, partition)
+                if kept is not None:
+                    return kept
+            return None
         source = self.config.source.kafka
         if source is None:
             return None
@@ -1174,6 +1179,23 @@ class Engine:
                 return None
             self._kafka_snapshot = contents
         return self._kafka_snapshot.checkpoints.get((topic, partition))
+
+    def _kept_names(self, name: str) -> list[str]:
+        """``name`` (a kept snapshot, ``<old>-to-<new>...``), then, when it names this
+        spec's state as ``<old>``, the same snapshot by that state's earlier-rules names.
+
+        The workers of a reset name what they keep by the fingerprint its checkpoint was
+        stamped with: a checkpoint an earlier image's worker wrote, or one no record has
+        changed since an operator upgrade across decision 0204, carries the earlier rules'
+        name, while the operator lists this version's; the listed name, restored, held
+        those partitions as not in the volume (helper-113's finding). Only for this spec's
+        own state: restoreFrom names a snapshot of the spec's state, which the operator
+        checks by this version's rules."""
+        old, sep, rest = name.partition("-to-")
+        if not sep or old != self.fingerprint:
+            return [name]
+        aliases = sorted(accepted_fingerprints(self.state_shape) - {old})
+        return [name, *(f"{alias}-to-{rest}" for alias in aliases)]
 
     def _list_topics(self, timeout: float = 10.0) -> list[str]:
         """The topics of the source's cluster (snapshot topics are found by name)."""

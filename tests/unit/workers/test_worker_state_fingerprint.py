@@ -22,7 +22,11 @@ import pytest
 from streamherd.workers.checkpointing import CheckpointError, CheckpointStore, decode, encode
 from streamherd.workers.config import GeneratorSourceConfig, WorkerConfig
 from streamherd.workers.engine import Engine
-from streamherd.workers.fingerprint import is_volume_snapshot, snapshot_name
+from streamherd.workers.fingerprint import (
+    accepted_fingerprints,
+    is_volume_snapshot,
+    snapshot_name,
+)
 from streamherd.workers.generating import GENERATOR_TOPIC, ClickGenerator
 from streamherd.workers.metrics import EngineMetrics
 from tests.infra.processes import wait_until
@@ -52,14 +56,19 @@ NEW_WINDOW: dict[str, Any] = {
 
 
 def config(
-    checkpoints: Path, window: dict[str, Any], *, endless: bool = False, **state: Any
+    checkpoints: Path,
+    window: dict[str, Any],
+    *,
+    endless: bool = False,
+    before: list[dict[str, Any]] | None = None,
+    **state: Any,
 ) -> WorkerConfig:
     generator = {**GENERATOR, "count": None} if endless else GENERATOR
     return WorkerConfig.model_validate(
         {
             "pipeline": {"name": "fp"},
             "source": {"generator": generator},
-            "processor": {"steps": [{"window": window}]},
+            "processor": {"steps": [*(before or []), {"window": window}]},
             "sink": {"stdout": {}},
             "checkpoint": {"directory": str(checkpoints), "intervalSeconds": 3600},
             "runtime": {"metricsPort": 0, "batchSize": 500},
@@ -469,6 +478,50 @@ def test_a_kept_snapshot_restores_the_old_results(tmp_path: Path) -> None:
     # A restart with the same config resumes from its own checkpoints (at the end).
     again, again_out = run(config(tmp_path, OLD_WINDOW, restoreFrom=name))
     assert again.counters.records_in == 0 and again_out == ""
+
+
+def test_a_snapshot_kept_under_the_earlier_rules_name_restores_by_the_listed_one(
+    tmp_path: Path,
+) -> None:
+    """A map before the window is part of the fingerprint since decision 0204. A reset's
+    workers name what they keep by its checkpoint's stamp: an earlier image's (or one no
+    record changed since the upgrade) names it by the earlier rules, while the operator
+    lists it by this version's. The listed name, restored, held those partitions as not in
+    the volume (helper-113's finding): the workers look for the earlier rules' name too."""
+    mapped = [{"map": {"set": {"bytes": "bytes"}}}]  # reads and sets what the window sums
+    stop = threading.Event()
+    first_out = StopAfter(stop, 30)
+    first = Engine(config(tmp_path, OLD_WINDOW, before=mapped), stop=stop, out=first_out)
+    first.run()
+    new_engine, _ = run(
+        config(tmp_path, NEW_WINDOW, before=mapped, onFingerprintMismatch="reset"), stop_after=20
+    )
+    listed = snapshot_name(first.fingerprint, new_engine.fingerprint)
+    (earlier,) = accepted_fingerprints(first.state_shape) - {first.fingerprint}
+    kept = tmp_path / "@snapshots"
+    assert sorted(p.name for p in kept.iterdir()) == [listed]
+    (kept / listed).rename(kept / snapshot_name(earlier, new_engine.fingerprint))
+    stop = threading.Event()
+    restoring = io.StringIO()
+    engine = Engine(config(tmp_path, OLD_WINDOW, before=mapped, restoreFrom=listed), stop=stop,
+                    out=restoring, metrics=EngineMetrics("fp"))  # fmt: skip
+    thread = threading.Thread(target=engine.run, daemon=True)
+    thread.start()
+    thread.join(60)
+    if thread.is_alive():  # held: the run never ends
+        why = engine.ready()
+        stop.set()
+        thread.join(30)
+        pytest.fail(f"the restore did not run to the end: {why}")
+    out = restoring.getvalue()
+    got = {}
+    for line in first_out.getvalue().splitlines() + out.splitlines():
+        doc = orjson.loads(line)
+        got[(doc["key"], doc["window_start"])] = doc  # later rows replace earlier ones
+    expected = reference_old()
+    assert set(got) == set(expected)
+    assert all(row["clicks"] == expected[k]["clicks"] for k, row in got.items())
+    assert all(decode(d).restored_from == listed for d in files(tmp_path).values())
 
 
 def test_a_snapshot_of_another_state_is_held_not_reset(tmp_path: Path) -> None:
