@@ -442,6 +442,16 @@ def reference_old(start: dict[int, int] | None = None) -> dict[tuple[str, str], 
     return reference(10_000, start or dict.fromkeys(range(4), 0))
 
 
+def last_rows(output: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each window's last result row in the stdout sink's output (later rows replace
+    earlier ones)."""
+    got = {}
+    for line in output.splitlines():
+        doc = orjson.loads(line)
+        got[(doc["key"], doc["window_start"])] = doc
+    return got
+
+
 def test_a_kept_snapshot_restores_the_old_results(tmp_path: Path) -> None:
     """Reset to a new spec (the old state is kept), run it a while, then restore the kept
     snapshot under the old spec: the old spec's results come out as if it had never been
@@ -463,10 +473,7 @@ def test_a_kept_snapshot_restores_the_old_results(tmp_path: Path) -> None:
     # Restore the snapshot with the spec it was taken under.
     restored, out = run(config(tmp_path, OLD_WINDOW, restoreFrom=name))
     assert restored.counters.records_in == GENERATOR["count"] - sum(snapshot_offsets.values())
-    got = {}
-    for line in first_out.getvalue().splitlines() + out.splitlines():
-        doc = orjson.loads(line)
-        got[(doc["key"], doc["window_start"])] = doc  # later rows replace earlier ones
+    got = last_rows(first_out.getvalue() + out)
     expected = reference_old()
     assert set(got) == set(expected)
     for k, row in got.items():
@@ -514,10 +521,7 @@ def test_a_snapshot_kept_under_the_earlier_rules_name_restores_by_the_listed_one
         thread.join(30)
         pytest.fail(f"the restore did not run to the end: {why}")
     out = restoring.getvalue()
-    got = {}
-    for line in first_out.getvalue().splitlines() + out.splitlines():
-        doc = orjson.loads(line)
-        got[(doc["key"], doc["window_start"])] = doc  # later rows replace earlier ones
+    got = last_rows(first_out.getvalue() + out)
     expected = reference_old()
     assert set(got) == set(expected)
     assert all(row["clicks"] == expected[k]["clicks"] for k, row in got.items())
