@@ -193,9 +193,23 @@ def connect(conninfo: str, pipeline: str) -> AnsweringConnection:
     try:
         return _connect(conninfo, pipeline)
     except psycopg.OperationalError as error:
-        hidden = ConnectError(without_connection_values(str(error), conninfo))
+        hidden = _hiding(type(error))(without_connection_values(str(error), conninfo))
         hidden.sqlstate = error.sqlstate
     raise hidden
+
+
+_HIDING: dict[str, type[ConnectError]] = {}
+
+
+def _hiding(cls: type[psycopg.OperationalError]) -> type[ConnectError]:
+    """A ConnectError that is also of psycopg's class ``cls`` (``ConnectionTimeout``...),
+    so that what tells them apart by class still does (and logs name it); one per class."""
+    if issubclass(cls, ConnectError):
+        return cls
+    key = f"{cls.__module__}.{cls.__qualname__}"
+    if key not in _HIDING:
+        _HIDING[key] = type(cls.__name__, (ConnectError, cls), {"__module__": __name__})
+    return _HIDING[key]
 
 
 def _connect(conninfo: str, pipeline: str) -> AnsweringConnection:
