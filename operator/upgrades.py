@@ -278,17 +278,34 @@ def _backend_switch(
     )  # fmt: skip
 
 
-def config_group(config_map: Manifest | None) -> str | None:
-    """The Kafka consumer group the WorkerConfig in a ConfigMap commits to; None when there
-    is none, it cannot be read, or its source is not Kafka."""
+def _config_kafka(config_map: Manifest | None) -> Mapping[str, Any] | None:
+    """The ``source.kafka`` section of the WorkerConfig in a ConfigMap; None when there is
+    none, it cannot be read, or its source is not Kafka."""
     text = _config_text(config_map)
     if text is None:
         return None
     try:
-        group = orjson.loads(text)["source"]["kafka"]["consumerGroup"]
+        kafka = orjson.loads(text)["source"]["kafka"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
-    return group if isinstance(group, str) else None
+    return kafka if isinstance(kafka, Mapping) else None
+
+
+def config_source(config_map: Manifest | None) -> tuple[str | None, tuple[str, ...] | None]:
+    """The consumer group and the topics (names and ``^`` patterns) of the WorkerConfig in
+    a ConfigMap, read once (each None when there is none or it cannot be read)."""
+    kafka = _config_kafka(config_map) or {}
+    group, topics = kafka.get("consumerGroup"), kafka.get("topics")
+    names: tuple[str, ...] | None = None
+    if isinstance(topics, list) and all(isinstance(t, str) for t in topics):
+        names = tuple(topics)
+    return (group if isinstance(group, str) else None), names
+
+
+def config_group(config_map: Manifest | None) -> str | None:
+    """The Kafka consumer group the WorkerConfig in a ConfigMap commits to; None when there
+    is none, it cannot be read, or its source is not Kafka."""
+    return config_source(config_map)[0]
 
 
 Groups = tuple[str | None, str | None]
@@ -320,16 +337,7 @@ def config_restore(config_map: Manifest | None) -> str | None:
 def config_sources(config_map: Manifest | None) -> tuple[str, ...] | None:
     """The Kafka topics (names and ``^`` patterns) the WorkerConfig in a ConfigMap reads;
     None when there is none, it cannot be read, or its source is not Kafka."""
-    text = _config_text(config_map)
-    if text is None:
-        return None
-    try:
-        topics = orjson.loads(text)["source"]["kafka"]["topics"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return None
-    if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
-        return None
-    return tuple(topics)
+    return config_source(config_map)[1]
 
 
 def _config_state(config_map: Manifest | None) -> dict[str, Any] | None:

@@ -295,9 +295,8 @@ def recorded_names(description: Mapping[str, Any]) -> frozenset[str]:
     an upgraded operator took its predecessor's record of the last reset for another state's,
     replaced StateReset by Compatible, and posted the reset's event again at every reconcile
     (helper-113's finding)."""
-    earlier = {k: v for k, v in description.items() if k not in RULES_2_KEYS}
-    oldest = {k: v for k, v in earlier.items() if k not in ADOPTED_KEYS}
-    return frozenset({fingerprint(description), fingerprint(earlier), fingerprint(oldest)})
+    oldest = {k: v for k, v in description.items() if k not in ADOPTED_KEYS}
+    return accepted_fingerprints(description) | {fingerprint(oldest)}
 
 
 def processor_fingerprint(processor: ProcessorConfig) -> tuple[str, Description]:

@@ -43,7 +43,7 @@ from streamherd.operator.kafkalogging import shared_kafka_log
 from streamherd.operator.kube import ApiError, Manifest
 from streamherd.operator.lagprobe import ClusterConfig, LagProbe
 from streamherd.operator.reconciler import EventNote
-from streamherd.operator.upgrades import config_group, config_sources
+from streamherd.operator.upgrades import config_source
 from streamherd.operator.validation import parse_pipeline, stored_status
 from streamherd.workers.config import parse_duration
 
@@ -243,7 +243,7 @@ def as_running(pipeline: StreamPipeline, config_map: Manifest | None) -> StreamP
     """``pipeline`` with the consumer group and source topics its workers' ConfigMap gives
     them, where they differ from the spec's (an edit held, or not rolled out yet)."""
     kafka = pipeline.spec.source.kafka
-    group, topics = config_group(config_map), config_sources(config_map)
+    group, topics = config_source(config_map)  # one parse: this runs every poll
     if kafka is None or (
         group in (None, pipeline.consumer_group) and topics in (None, tuple(kafka.topics))
     ):
