@@ -395,6 +395,9 @@ class Engine:
         # The consumer group has given this worker an assignment, possibly empty (a standby
         # while replicas >= partitions): from then on it is ready.
         self._joined = False
+        # Partitions just assigned whose committed offsets a dead worker's open transaction
+        # holds (``_stable_committed`` waits): not ready until they are known and restored.
+        self._awaiting_offsets = 0
         # Set when an error escaped the loop or an output was not delivered: from then on no
         # checkpoint or commit may be written (it could cover records whose output is lost).
         self._broken = False
@@ -505,6 +508,13 @@ class Engine:
             return True, f"{self.source.name} running"
         if not self._joined:
             return False, "not yet in the consumer group"
+        if self._awaiting_offsets:
+            # Before: "no partitions assigned (standby)", ready, while the assignment waited
+            # up to the transaction timeout with none of its partitions set up yet.
+            return False, (
+                f"{self._awaiting_offsets} assigned partitions wait for their committed "
+                "offsets (a dead worker's transaction holds them until the broker aborts it)"
+            )
         if not self.partitions:
             # Ready with nothing to do: a rolling update with maxUnavailable 0 adds a pod
             # before it removes one, and with as many workers as partitions the new pod is
@@ -1262,21 +1272,25 @@ class Engine:
         wait = min(self._transaction_timeout_ms / 1000 + 30, MAX_POLL_INTERVAL_MS / 1000 - 120)
         deadline = time.monotonic() + wait
         waited = time.monotonic()
-        while True:
-            try:
-                return source.committed(asked, timeout=10)
-            except KafkaException as error:
-                code = error.args[0].code() if error.args else None
-                if (
-                    code != KafkaError._TIMED_OUT
-                    or time.monotonic() >= deadline
-                    or self.stop.is_set()
-                ):
-                    raise
-                self._beat()
-                log_event(log, logging.WARNING, "committed-offsets-unstable",
-                          partitions=len(asked), waited_s=round(time.monotonic() - waited, 1),
-                          error=str(error))  # fmt: skip
+        try:
+            while True:
+                try:
+                    return source.committed(asked, timeout=10)
+                except KafkaException as error:
+                    code = error.args[0].code() if error.args else None
+                    if (
+                        code != KafkaError._TIMED_OUT
+                        or time.monotonic() >= deadline
+                        or self.stop.is_set()
+                    ):
+                        raise
+                    self._awaiting_offsets = len(asked)  # not ready meanwhile (ready())
+                    self._beat()
+                    log_event(log, logging.WARNING, "committed-offsets-unstable",
+                              partitions=len(asked), waited_s=round(time.monotonic() - waited, 1),
+                              error=str(error))  # fmt: skip
+        finally:
+            self._awaiting_offsets = 0
 
     def _retry_logs(self, now: float) -> None:
         """Ask again for the partition count of a keyed window's topic that an assignment

@@ -96,3 +96,30 @@ def test_the_wait_stays_two_minutes_short_of_the_poll_interval() -> None:
     with pytest.raises(KafkaException):
         stable(fake, source)
     assert source.calls <= 18  # 180 s of 10 s tries: the restores follow in the callback
+
+
+def test_the_worker_is_not_ready_while_it_waits() -> None:
+    """Joined with none of its partitions set up yet, the worker said "no partitions
+    assigned (standby)", ready, for the whole wait: a rollout counted it as serving."""
+    fake = engine()
+    fake.__dict__.update(
+        healthy=lambda: (True, "ok"), _running=True, _joined=True, _awaiting_offsets=0,
+        outputs=SimpleNamespace(health=lambda: (True, "ok")), partitions={},
+        source=SimpleNamespace(group_offsets=True),
+    )  # fmt: skip
+    said: list[tuple[bool, str]] = []
+
+    class Watched(Lookups):
+        def committed(self, asked: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+            said.append(Engine.ready(fake))
+            return super().committed(asked, timeout)
+
+    assert [tp.offset for tp in stable(fake, Watched([KafkaError._TIMED_OUT] * 2))] == [42]
+    assert said[0][0] is True  # before the first timeout: nothing waited for yet
+    assert [ok for ok, _ in said[1:]] == [False, False]
+    assert "wait for their committed offsets" in said[1][1]
+    assert Engine.ready(fake) == (True, "in the consumer group, no partitions assigned (standby)")
+    # An error ends the wait too: the worker restarts, and is no longer said to wait.
+    with pytest.raises(KafkaException):
+        stable(fake, Watched([KafkaError._TIMED_OUT, KafkaError._TRANSPORT]))
+    assert fake._awaiting_offsets == 0
