@@ -150,6 +150,18 @@ class TransactionError(RuntimeError):
     refused it): it was aborted, and the partitions restart from the last commit."""
 
 
+def whole_answer(answer: list[TopicPartition]) -> list[TopicPartition]:
+    """A committed-offsets lookup's answer, raised as the first partition's error if any
+    partition has one. The resume rule reads a partition missing from the answer as one with
+    nothing committed: in exactly-once mode a pending checkpoint whose transaction did commit
+    would then be discarded and the records after the last one read again (their outputs
+    twice), so a partition's error must never pass for "nothing committed"."""
+    for tp in answer:
+        if tp.error is not None:
+            raise KafkaException(tp.error)
+    return answer
+
+
 def transactional_id(config: WorkerConfig) -> str:
     """Stable per worker (the pod name), so that a restarted worker aborts its predecessor's
     open transaction at once; ``STREAMHERD_WORKER_ID`` overrides (several on one host)."""
@@ -1242,7 +1254,7 @@ class Engine:
         answer = (
             self._stable_committed(source, asked)
             if assigned
-            else source.committed(asked, timeout=10)
+            else whole_answer(source.committed(asked, timeout=10))
         )
         return {
             (tp.topic, tp.partition): (tp.offset, tp.metadata or "")
@@ -1275,11 +1287,11 @@ class Engine:
         try:
             while True:
                 try:
-                    return source.committed(asked, timeout=10)
+                    return whole_answer(source.committed(asked, timeout=10))
                 except KafkaException as error:
                     code = error.args[0].code() if error.args else None
                     if (
-                        code != KafkaError._TIMED_OUT
+                        code not in (KafkaError._TIMED_OUT, KafkaError.UNSTABLE_OFFSET_COMMIT)
                         or time.monotonic() >= deadline
                         or self.stop.is_set()
                     ):

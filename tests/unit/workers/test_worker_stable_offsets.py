@@ -123,3 +123,34 @@ def test_the_worker_is_not_ready_while_it_waits() -> None:
     with pytest.raises(KafkaException):
         stable(fake, Watched([KafkaError._TIMED_OUT, KafkaError._TRANSPORT]))
     assert fake._awaiting_offsets == 0
+
+
+class PartitionErrors(Lookups):
+    """A source whose answers carry ``errors`` on the partition in turn (the lookup itself
+    succeeds), then answer cleanly: nothing committed. (librdkafka's TopicPartition.error is
+    read-only: the answer's partitions are plain objects of its attributes.)"""
+
+    def committed(self, asked: list[TopicPartition], timeout: float) -> list[Any]:
+        self.calls += 1
+        error = KafkaError(self.errors.pop(0)) if self.errors else None
+        return [SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=-1001,
+                                metadata=None, error=error) for tp in asked]  # fmt: skip
+
+
+def test_a_partitions_error_is_never_read_as_nothing_committed() -> None:
+    """An answer whose partition carries an error read as "nothing committed" (offset
+    -1001): exactly-once then discarded a pending checkpoint whose transaction had committed
+    and read its records again, their outputs twice. Unstable offsets are waited for, as a
+    timed-out lookup; any other error raises (the worker restarts and asks again)."""
+    fake, source = engine(), PartitionErrors([KafkaError.UNSTABLE_OFFSET_COMMIT] * 2)
+    assert [tp.offset for tp in stable(fake, source)] == [-1001]  # a clean "none" at last
+    assert source.calls == 3 and len(fake.beats) == 2
+    fake, source = engine(), PartitionErrors([KafkaError.GROUP_AUTHORIZATION_FAILED])
+    with pytest.raises(KafkaException):
+        stable(fake, source)
+    assert source.calls == 1
+    # A rewind (an abort) asks once, unstable or not: an error raises there too.
+    fake, source = engine(), PartitionErrors([KafkaError.UNSTABLE_OFFSET_COMMIT])
+    fake.sink_offsets = False
+    with pytest.raises(KafkaException):
+        Engine._committed_with_metadata(fake, source, ASKED)  # type: ignore[arg-type]
