@@ -245,6 +245,11 @@ class PartitionState:
     read_from: int | None = None
     # Restored from a snapshot just now: the group's offset is expected to be elsewhere.
     from_snapshot: bool = False
+    # The offset after the last record this state object took from the consumer (None:
+    # none yet). While next_offset still equals it, no seek or rewind came between, and the
+    # consumer's position past it can only be control records (transaction markers) and
+    # aborted records the consumer skipped (_past_markers).
+    delivered_to: int | None = None
     # Exactly-once, restored from a checkpoint an at-least-once run wrote: the group's
     # committed offset tells whether it was reset since, as in at-least-once mode.
     judged_by_group: bool = False
@@ -324,6 +329,10 @@ class Engine:
         self.metrics = metrics or EngineMetrics(config.pipeline.name)
         self.processor = Processor.compile(config.processor)
         self.exactly_once = config.delivery == "exactlyOnce"
+        # A replaced engine's uncommitted counts went with its transaction.
+        self.metrics.discard_pending()
+        if self.exactly_once:
+            self.metrics.defer_records()
         # Exactly-once: a worker that died inside a transaction holds read_committed readers
         # back until it passes (or until its successor, with the same transactional.id,
         # starts: pods keep their name across container restarts).
@@ -2050,7 +2059,7 @@ class Engine:
         st.last_record_at = time.monotonic()
         last = messages[-1].offset()
         assert last is not None
-        st.next_offset = last + 1
+        st.next_offset = st.delivered_to = last + 1
         st.dirty = True
 
     def _process_direct(self, st: PartitionState, messages: list[SourceMessage]) -> None:
@@ -2160,6 +2169,14 @@ class Engine:
             self._dead_letter(failures)
         self.counters.repartitioned += carried
         self.counters.filtered += filtered
+        if st.max_event_ms is not None:
+            # The newest event time of this source partition (its windows are downstream).
+            self.metrics.set_partition(
+                "streamherd_event_time_lag_seconds",
+                st.topic,
+                st.partition,
+                time.time() - st.max_event_ms / 1000,
+            )
         self.metrics.filtered.inc(filtered)
         # Contributing here means: on its way to the window (a downstream failure or a
         # late record is dead-lettered there, and counted there as well).
@@ -2204,6 +2221,12 @@ class Engine:
         rows = close_windows(windows, clock)
         level = clock.closing_level()
         windows.max_event_ms = level if type(level) is int else None
+        if type(level) is int:
+            # The windows of a repartitioned pipeline live here: their watermark is how far
+            # every source partition has got (helper-115: before, none was exported).
+            self.metrics.set_partition(
+                "streamherd_watermark_seconds", st.topic, st.partition, level / 1000
+            )
         if rows:
             self.outputs.write(list(rows))
         if failures:
@@ -2255,6 +2278,7 @@ class Engine:
             return False
         # A held partition's checkpoint and committed offset stay exactly as found.
         states = [st for st in states if st.held is None]
+        self._past_markers(states)
         if self.exactly_once:
             return self._commit_transaction(reason, timeout)
         started = time.perf_counter()
@@ -2333,6 +2357,42 @@ class Engine:
                               error=str(error))  # fmt: skip
         return True
 
+    def _past_markers(self, states: list[PartitionState]) -> None:
+        """Move the next offset of caught-up partitions past what the consumer skipped after
+        their last record: a transactional topic (another exactly-once writer's output, or
+        this pipeline's own repartition topic in exactly-once mode) ends each transaction
+        with a commit marker, an offset no record holds. Committing the last record's
+        offset + 1 left the group one offset short of the log end for good: lag 1 per
+        partition in the workers', the probe's and the broker's figures, and
+        StreamherdNoProgress firing for a quiet pipeline (helper-115). A Java consumer
+        commits its position, which is past the markers; so does this, only for a
+        partition whose next offset is still the one after its last record (no seek or
+        rewind since) and whose position is not past the log end it knows."""
+        source = self.source
+        if source is None:
+            return
+        behind = [
+            st
+            for st in states
+            if st.delivered_to is not None
+            and st.next_offset == st.delivered_to
+            and st.high is not None
+            and st.next_offset < st.high
+        ]
+        if not behind:
+            return
+        try:
+            found = source.positions([TopicPartition(st.topic, st.partition) for st in behind])
+        except KafkaException:
+            return
+        at = {(tp.topic, tp.partition): tp.offset for tp in found}
+        for st in behind:
+            position = at.get((st.topic, st.partition), -1)
+            assert st.next_offset is not None and st.high is not None
+            if st.next_offset < position <= st.high:
+                st.next_offset = st.delivered_to = position
+                st.dirty = True
+
     def _commit_transaction(self, reason: str, timeout: float, *, final: bool = False) -> bool:
         """Exactly-once checkpoint: every owned partition's pending checkpoint, then one
         transaction commit with the outputs, dead letters, repartition records and the
@@ -2343,6 +2403,7 @@ class Engine:
             return True
         started = time.perf_counter()
         states = [st for st in self.partitions.values() if st.held is None]
+        self._past_markers(states)
         for st in states:
             if st.role == "upstream" and st.next_offset is not None:
                 mark = (st.next_offset - 1, st.max_event_ms)
@@ -2383,6 +2444,7 @@ class Engine:
             self.counters.checkpoints += 1
             self._snapshot_taken(saved)  # committed now: a snapshot may hold them
         self.outputs.take_errors()  # a committed transaction delivered everything
+        self.metrics.settle()  # its records and results are counted for good
         if not final and self.kafka_transaction:
             self.outputs.transaction.begin_transaction()
         duration = time.perf_counter() - started
@@ -2587,6 +2649,7 @@ class Engine:
         """Abort the open transaction; every owned partition goes back to its committed
         checkpoint and offset (the aborted outputs' effects on state are forgotten).
         ``kafka_aborted``: Kafka's transaction was aborted already."""
+        self.metrics.discard_pending()  # its records are read again, and counted then
         if self.sink_offsets:
             self.outputs.abort()  # the sink's transaction never began: drop its rows
         if self.kafka_transaction and not kafka_aborted:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -260,15 +260,27 @@ class EngineMetrics:
         self._lag_lock = threading.Lock()
         self._lags: dict[tuple[str, int], int] = {}
         p = pipeline
+        # Record counts of an exactly-once engine wait here for its transaction: applied
+        # when it commits (settle), forgotten when it aborts (discard_pending), since the
+        # records are then read again and their results written again (helper-115: after
+        # an abort the counters held every re-read record and re-emitted window twice).
+        self._deferring = False
+        self._pending: dict[int, tuple[Any, float]] = {}
         self.lag_total = self.gauge("streamherd_consumer_lag_total").labels(p)
         self.assigned = self.gauge("streamherd_assigned_partitions").labels(p)
-        self.records_out = self.counter("streamherd_records_out").labels(p)
-        self.filtered = self.counter("streamherd_records_filtered").labels(p)
-        self.late = self.counter("streamherd_records_late").labels(p)
-        self.contributing = self.counter("streamherd_records_contributing").labels(p)
-        self.results_dead_lettered = self.counter("streamherd_results_dead_lettered").labels(p)
-        self.truncated = self.counter("streamherd_dead_letters_truncated").labels(p)
-        self.windows_emitted = self.counter("streamherd_windows_emitted").labels(p)
+        self.records_out = _Deferred(self, self.counter("streamherd_records_out").labels(p))
+        self.filtered = _Deferred(self, self.counter("streamherd_records_filtered").labels(p))
+        self.late = _Deferred(self, self.counter("streamherd_records_late").labels(p))
+        self.contributing = _Deferred(
+            self, self.counter("streamherd_records_contributing").labels(p)
+        )
+        self.results_dead_lettered = _Deferred(
+            self, self.counter("streamherd_results_dead_lettered").labels(p)
+        )
+        self.truncated = _Deferred(
+            self, self.counter("streamherd_dead_letters_truncated").labels(p)
+        )
+        self.windows_emitted = _Deferred(self, self.counter("streamherd_windows_emitted").labels(p))
         self.batch_duration = self.histogram("streamherd_batch_duration_seconds").labels(p)
         self.batch_size = self.gauge("streamherd_batch_size").labels(p)
         self.open_windows = self.gauge("streamherd_open_windows").labels(p)
@@ -304,13 +316,36 @@ class EngineMetrics:
         assert isinstance(metric, Histogram)
         return metric
 
+    def defer_records(self) -> None:
+        """Exactly-once: record counts wait for the transaction (see settle)."""
+        self._deferring = True
+
+    def _add(self, child: Any, count: float) -> None:
+        if not self._deferring:
+            child.inc(count)
+            return
+        _, before = self._pending.get(id(child), (child, 0.0))
+        self._pending[id(child)] = (child, before + count)
+
+    def settle(self) -> None:
+        """The transaction committed: what it counted is for good."""
+        pending, self._pending = self._pending, {}
+        for child, count in pending.values():
+            if count:
+                child.inc(count)
+
+    def discard_pending(self) -> None:
+        """The transaction aborted (or its engine failed): its records are read again."""
+        self._pending = {}
+
     def checkpointed(self, duration: float) -> None:
         self._last_checkpoint = time.time()
         self.checkpoints.inc()
         self.checkpoint_duration.observe(duration)
 
     def dead_lettered(self, reason: str, count: int = 1) -> None:
-        self.counter("streamherd_records_dead_lettered").labels(self.pipeline, reason).inc(count)
+        self._add(self.counter("streamherd_records_dead_lettered").labels(self.pipeline, reason),
+                  count)  # fmt: skip
 
     def rebalance(self, kind: str) -> None:
         self.counter("streamherd_rebalances").labels(self.pipeline, kind).inc()
@@ -319,19 +354,24 @@ class EngineMetrics:
         self.counter("streamherd_errors").labels(self.pipeline, kind).inc()
 
     def records_in(self, topic: str, partition: int, count: int) -> None:
-        self.counter("streamherd_records_in").labels(self.pipeline, topic, str(partition)).inc(
-            count
+        self._add(
+            self.counter("streamherd_records_in").labels(self.pipeline, topic, str(partition)),
+            count,
         )
 
     def records_lost(self, topic: str, partition: int, count: int) -> None:
-        self.counter("streamherd_records_lost").labels(self.pipeline, topic, str(partition)).inc(
-            count
+        self._add(
+            self.counter("streamherd_records_lost").labels(self.pipeline, topic, str(partition)),
+            count,
         )
 
     def repartition_records_in(self, topic: str, partition: int, count: int) -> None:
-        self.counter("streamherd_repartition_records_in").labels(
-            self.pipeline, topic, str(partition)
-        ).inc(count)
+        self._add(
+            self.counter("streamherd_repartition_records_in").labels(
+                self.pipeline, topic, str(partition)
+            ),
+            count,
+        )
 
     def set_partition(self, name: str, topic: str, partition: int, value: float) -> None:
         self.gauge(name).labels(self.pipeline, topic, str(partition)).set(value)
@@ -367,6 +407,17 @@ class EngineMetrics:
     def render(self) -> bytes:
         with self._lag_lock:
             return generate_latest(self.registry)
+
+
+class _Deferred:
+    """A counter child whose increments go through :meth:`EngineMetrics._add`."""
+
+    def __init__(self, metrics: EngineMetrics, child: Any) -> None:
+        self._metrics = metrics
+        self._child = child
+
+    def inc(self, amount: float = 1) -> None:
+        self._metrics._add(self._child, amount)
 
 
 class SinkMetrics:

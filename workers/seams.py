@@ -93,6 +93,11 @@ class Source(Protocol):
         """(log start, log end) of a partition, or None when unknown; ``fresh``: asked from
         the broker now, not the figures of the last fetch."""
 
+    def positions(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """Where the source reads each partition next (local, no broker asked): the offset
+        after the last record it handed out, moved past the control records (transaction
+        markers) and aborted records that followed it; offset < 0: not known."""
+
     def group_metadata(self) -> Any:
         """The consumer group's metadata for a transaction's offsets (KIP-447)."""
 

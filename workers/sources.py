@@ -141,6 +141,11 @@ class KafkaSource:
             return None
         return int(low), int(high)
 
+    def positions(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """The consumer's positions (local: the offset after the last record handed out,
+        moved past the control records that followed it)."""
+        return list(self.consumer.position(partitions))
+
     def group_metadata(self) -> Any:
         return self.consumer.consumer_group_metadata()
 
@@ -248,6 +253,9 @@ class GeneratorSource:
         if self.generator is None:
             return None
         return 0, self.generator.end_offsets().get(partition.partition, 0)
+
+    def positions(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return []  # no control records: the next offset is the last record's + 1
 
     def group_metadata(self) -> Any:
         raise NotImplementedError("the generator source has no consumer group")

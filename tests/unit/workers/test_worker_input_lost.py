@@ -249,6 +249,9 @@ class DeletingSource:
     ) -> tuple[int, int] | None:
         return self.log.low[partition.partition], self.log.high(partition.partition)
 
+    def positions(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return []  # no transaction markers in memory
+
     def group_metadata(self) -> Any:
         return None
 

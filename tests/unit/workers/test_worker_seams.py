@@ -109,6 +109,9 @@ class ListSource:
     ) -> tuple[int, int] | None:
         return None
 
+    def positions(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return []  # no transaction markers in memory
+
     def group_metadata(self) -> Any:
         raise AssertionError("not used without a group")
 
