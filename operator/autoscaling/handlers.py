@@ -34,7 +34,7 @@ import kopf
 from prometheus_client import Counter, Gauge
 
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION, StreamPipeline
-from streamherd.operator.autoscaling.decision import NO_DATA, STEADY
+from streamherd.operator.autoscaling.decision import NO_DATA, REASONS, STEADY
 from streamherd.operator.autoscaling.poller import Autoscaler, ScaleResult
 from streamherd.operator.builders.meta import config_map_name
 from streamherd.operator.events import event_body
@@ -68,7 +68,7 @@ DESIRED_REPLICAS: Final = Gauge(
 SCALING_DECISIONS: Final = Counter(
     "streamherd_operator_scaling_decisions",
     "Autoscaling decisions by reason (Steady included; ScaleUp/ScaleDown/... change replicas).",
-    ["reason"],
+    ["namespace", "pipeline", "reason"],
 )
 
 
@@ -125,11 +125,15 @@ class AutoscalerState:
 
 
 def forget_series(key: Key) -> None:
-    """Remove a pipeline's gauges once the autoscaler no longer manages it (deleted,
-    suspended, another mode or source): kept, they showed its last lag and count for good."""
+    """Remove a pipeline's series once the autoscaler no longer manages it (deleted,
+    suspended, another mode or source): kept, the gauges showed its last lag and count for
+    good, and its decisions' counters would pile up with every pipeline ever scaled."""
     for gauge in (PIPELINE_LAG, DESIRED_REPLICAS):
         with contextlib.suppress(KeyError):  # never set
             gauge.remove(*key)
+    for reason in REASONS:
+        with contextlib.suppress(KeyError):
+            SCALING_DECISIONS.remove(*key, reason)
 
 
 def valid_pipeline(body: Manifest) -> StreamPipeline | None:
@@ -217,7 +221,7 @@ async def scale_once(
                 raise
             log.debug("scaling decision for %s/%s not written: %s", namespace, name, e)
             return None
-    SCALING_DECISIONS.labels(result.reason).inc()
+    SCALING_DECISIONS.labels(namespace, name, result.reason).inc()
     if result.lag is not None:
         PIPELINE_LAG.labels(namespace, name).set(result.lag)
     DESIRED_REPLICAS.labels(namespace, name).set(result.desired)

@@ -154,6 +154,21 @@ def helm_bin() -> Helm:
     return Helm(binary)
 
 
+def test_every_query_follows_the_pipeline_chosen() -> None:
+    """The dashboard is per pipeline ($namespace, $pipeline): a query that ignores them shows
+    every pipeline's series under the one chosen. The scaling decisions' counter had only a
+    ``reason`` label, so its panel (the one the lag alert's runbook points to) summed every
+    pipeline's decisions (helper-115)."""
+    unfiltered = [
+        (panel["title"], target["expr"])
+        for panel in dashboard()["panels"]
+        for target in panel.get("targets", [])
+        if 'namespace=~"$namespace"' not in target["expr"]
+        or 'pipeline=~"$pipeline"' not in target["expr"]
+    ]
+    assert unfiltered == []
+
+
 def test_chart_ships_the_dashboard_as_an_opt_in_configmap(helm_bin: Helm) -> None:
     assert not by_kind(helm_bin.template(), "ConfigMap")
     objs = helm_bin.template(sets=["grafanaDashboard.enabled=true"])
