@@ -420,10 +420,15 @@ class KafkaProcess(Launched):
 
     broker: KafkaBroker
     launch: Callable[[], tuple[Child, subprocess.Popen[bytes]]] | None = None
+    # A controller of its own (start_kafka's separate_controller): stopped after the
+    # broker, never crashed or frozen.
+    controller_pids: list[int] = field(default_factory=list)
     grace: ClassVar[float] = 15.0  # the broker flushes its logs on SIGTERM
 
     def stop(self) -> None:
         self.thaw()  # a frozen broker would sit out SIGTERM's whole grace
+        self.pids = [*self.controller_pids, *self.pids]  # the last started stops first
+        self.controller_pids = []
         super().stop()
 
     def crash(self) -> None:
@@ -463,12 +468,20 @@ def start_kafka(
     startup_timeout: float = 90.0,
     address: str = "127.0.0.1",
     settings: Mapping[str, str] | None = None,
+    separate_controller: bool = False,
 ) -> KafkaProcess:
     """Format and start a KRaft broker in workdir (a new temp dir by default); wait until ready.
 
     address: where clients connect (listener and advertised listener): loopback, or the node
     tier's bridge address, which its pods reach. The controller stays on loopback.
     settings: broker settings over TEST_SETTINGS (a test of a broker configured otherwise).
+    separate_controller: the KRaft controller in a process of its own, which crash() and
+    freeze() leave running, as a production cluster's controllers outlive a broker. A
+    single node that is broker and controller at once, SIGKILLed, comes back serving under
+    its previous registration until its own controller fences that (the session timeout)
+    and registers it anew: meanwhile its partitions go leaderless, and the transaction
+    coordinator, completing a transaction committed just before the kill, takes them for
+    deleted and drops their commit markers (decision 0206; the broker-crash test met it).
     """
     java = _java()
     libs = run_hack_script("fetch-kafka.sh")
@@ -477,50 +490,102 @@ def start_kafka(
     workdir.mkdir(parents=True, exist_ok=True)
     port, cport = free_port(), free_port()
     data = workdir / "data"
-    props = {
-        "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@127.0.0.1:{cport}",
-        "listeners": f"PLAINTEXT://{address}:{port},CONTROLLER://127.0.0.1:{cport}",
-        "advertised.listeners": f"PLAINTEXT://{address}:{port}",
+    controller_id = "2" if separate_controller else "1"
+    common = {
+        "controller.quorum.voters": f"{controller_id}@127.0.0.1:{cport}",
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+    }
+    props = {
+        "process.roles": "broker" if separate_controller else "broker,controller",
+        "node.id": "1",
+        "listeners": f"PLAINTEXT://{address}:{port}"
+        + ("" if separate_controller else f",CONTROLLER://127.0.0.1:{cport}"),
+        "advertised.listeners": f"PLAINTEXT://{address}:{port}",
+        "inter.broker.listener.name": "PLAINTEXT",
+        **common,
         "log.dirs": str(data),
         **TEST_SETTINGS,
         **(settings or {}),
     }
-    server_props = workdir / "server.properties"
-    server_props.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-    server_log = workdir / "server.log"
-    log4j = workdir / "log4j2.properties"
-    _log4j2_config(log4j, server_log)
-    classpath = f"{libs}/*"
-    jvm = [java, f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
+    jvm = [java, "-cp", f"{libs}/*"]
     env = {**os.environ, "KAFKA_HEAP_OPTS": ""}
-    fmt_log = workdir / "format.log"
-    child, proc = spawn(
-        "kafka-storage-format",
-        [
-            *jvm,
-            "-Xmx256m",
-            "kafka.tools.StorageTool",
-            "format",
-            "-t",
-            _cluster_id(),
-            "-c",
-            str(server_props),
-        ],
+    cluster = _cluster_id()
+    roles = [("broker", workdir, props)]
+    if separate_controller:
+        controller = {
+            "process.roles": "controller",
+            "node.id": controller_id,
+            "listeners": f"CONTROLLER://127.0.0.1:{cport}",
+            **common,
+            "log.dirs": str(workdir / "controller" / "data"),
+        }
+        roles.insert(0, ("controller", workdir / "controller", controller))
+    launches: list[Callable[[], tuple[Child, subprocess.Popen[bytes]]]] = []
+    logs: list[Path] = []
+    for role, where, settings_of in roles:
+        where.mkdir(parents=True, exist_ok=True)
+        launch, server_log, stdout_log = _prepared(role, where, settings_of, jvm, env, cluster,
+                                                   tie_to_parent)  # fmt: skip
+        launches.append(launch)
+        logs += [server_log, stdout_log]
+    pids = []
+    if separate_controller:
+        child, proc = launches[0]()
+        pids.append(proc.pid)
+        try:
+            wait_for(f"Kafka controller at 127.0.0.1:{cport} (logs in {workdir / 'controller'})",
+                     lambda: port_open("127.0.0.1", cport),
+                     startup_timeout, children=[(child, proc)], interval=0.5)  # fmt: skip
+        except BaseException:
+            stop_group(proc.pid)
+            raise
+    launch = launches[-1]
+    child, proc = launch()
+    bootstrap = f"{address}:{port}"
+    broker = KafkaBroker(bootstrap=bootstrap, log_dir=workdir, log_files=(logs[-2], logs[-1]))
+    try:
+        _wait_ready(bootstrap, child, proc, startup_timeout)
+    except BaseException:
+        for pid in pids:
+            stop_group(pid)
+        raise
+    return KafkaProcess(broker=broker, workdir=workdir, pids=[proc.pid], launch=launch,
+                        controller_pids=pids)  # fmt: skip
+
+
+def _prepared(
+    role: str,
+    where: Path,
+    props: Mapping[str, str],
+    jvm: list[str],
+    env: Mapping[str, str],
+    cluster: str,
+    tie_to_parent: bool,
+) -> tuple[Callable[[], tuple[Child, subprocess.Popen[bytes]]], Path, Path]:
+    """One KRaft node's properties written and storage formatted: (its launcher, its server
+    log, its stdout log)."""
+    server_props = where / "server.properties"
+    server_props.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    server_log = where / "server.log"
+    log4j = where / "log4j2.properties"
+    _log4j2_config(log4j, server_log)
+    jvm = [jvm[0], f"-Dlog4j2.configurationFile={log4j}", *jvm[1:]]
+    fmt_log = where / "format.log"
+    _child, proc = spawn(
+        f"kafka-storage-format-{role}",
+        [*jvm, "-Xmx256m", "kafka.tools.StorageTool", "format", "-t", cluster,
+         "-c", str(server_props)],
         fmt_log,
-        env=env,
-    )
+        env=dict(env),
+    )  # fmt: skip
     if proc.wait(timeout=120) != 0:
         raise InfraError(f"kafka storage format failed; log {fmt_log}:\n{tail(fmt_log)}")
-    stdout_log = workdir / "stdout.log"
+    stdout_log = where / "stdout.log"
 
     def launch() -> tuple[Child, subprocess.Popen[bytes]]:
         return spawn(
-            "kafka",
+            "kafka" if role == "broker" else "kafka-controller",
             [
                 *jvm,
                 f"-Xms{HEAP}",
@@ -532,15 +597,11 @@ def start_kafka(
                 str(server_props),
             ],
             stdout_log,
-            env=env,
+            env=dict(env),
             tie_to_parent=tie_to_parent,
         )
 
-    child, proc = launch()
-    bootstrap = f"{address}:{port}"
-    broker = KafkaBroker(bootstrap=bootstrap, log_dir=workdir, log_files=(server_log, stdout_log))
-    _wait_ready(bootstrap, child, proc, startup_timeout)
-    return KafkaProcess(broker=broker, workdir=workdir, pids=[proc.pid], launch=launch)
+    return launch, server_log, stdout_log
 
 
 def _wait_ready(
