@@ -1526,6 +1526,14 @@ class Engine:
         origins = sorted({st.origin_ms for st in states if st.origin_ms is not None})
         if origins:
             source.adopt_origin(origins[0])
+        for tp in start:
+            st = self.partitions[(tp.topic, tp.partition)]
+            if st.next_offset is not None and tp.offset == st.next_offset:
+                # The consumer starts at the next offset: what it passes before handing out
+                # a record can only be markers and aborted records (_past_markers). A
+                # checkpoint (or a reset) standing on a commit marker, one an earlier
+                # version wrote, then reaches the log end without a record to come.
+                st.delivered_to = st.next_offset
         source.assign(start)
         held = [tp for tp in start if self.partitions[(tp.topic, tp.partition)].held]
         if self._paused:

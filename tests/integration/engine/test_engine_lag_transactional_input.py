@@ -16,7 +16,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from streamherd.operator.lagprobe import ClusterConfig, GroupSpec, LagProbe
 from tests.infra.kafka import KafkaBroker
@@ -157,3 +158,43 @@ def test_an_exactly_once_repartitioned_pipeline_at_rest_exports_no_lag(
         assert lag == {}, lag
     finally:
         worker.stop()
+
+
+def test_a_group_standing_on_a_commit_marker_reaches_the_log_end_without_new_records(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """A partition whose start is a commit marker's offset (a checkpoint an earlier version
+    wrote, or the group's offset reset there with Kafka's tools) reads no record there: the
+    consumer's position passes the marker anyway, and the worker commits it, with no new
+    record to come (before: lag 1 until the next record, for good on a quiet topic)."""
+    src = kafka_broker.create_topic(kafka_broker.unique_topic("txmark"), PARTITIONS)
+    sink = kafka_broker.create_topic(kafka_broker.unique_topic("txmark-out"), PARTITIONS)
+    group = f"g-{src}"
+    config = pipeline_config(
+        kafka_broker, source=src, sink=sink, dlq=None, group=group, checkpoints=tmp_path / "ck"
+    )
+    produce_in_transactions(kafka_broker, src, batches=2, per=200)
+    ends = kafka_broker.end_offsets(src)
+    first = Worker.create(tmp_path, "first", config).start()
+    try:
+        wait_until("every partition at the log end",
+                   lambda: kafka_broker.committed(group, src) == ends, 90, [first])  # fmt: skip
+    finally:
+        first.stop()
+    admin = AdminClient(kafka_broker.client_config())
+    on_markers = [TopicPartition(src, p, end - 1) for p, end in ends.items()]  # each a marker
+    for future in admin.alter_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group, on_markers)]
+    ).values():
+        future.result(timeout=30)
+    assert kafka_broker.committed(group, src) == {p: end - 1 for p, end in ends.items()}
+    again = Worker.create(tmp_path, "again", config).start()
+    try:
+        wait_until("the group past the markers again",
+                   lambda: kafka_broker.committed(group, src) == ends, 60, [again])  # fmt: skip
+        wait_until("no lag exported",
+                   lambda: exported(again, src) == dict.fromkeys(range(PARTITIONS), 0.0),
+                   30, [again])  # fmt: skip
+        assert (again.value("streamherd_records_in_total") or 0) == 0  # only markers there
+    finally:
+        again.stop()
