@@ -419,6 +419,11 @@ class Engine:
         # Partitions just assigned whose committed offsets a dead worker's open transaction
         # holds (``_stable_committed`` waits): not ready until they are known and restored.
         self._awaiting_offsets = 0
+        # From a poll until its records are folded: librdkafka moved the consumer's
+        # position past records the engine holds but has not folded yet (a rebalance
+        # callback inside that poll, the pins' checkpoint after it): _past_markers must not
+        # take it for the end of what was folded (helper-116).
+        self._in_hand = False
         # Set when an error escaped the loop or an output was not delivered: from then on no
         # checkpoint or commit may be written (it could cover records whose output is lost).
         self._broken = False
@@ -2377,7 +2382,7 @@ class Engine:
         partition whose next offset is still the one after its last record (no seek or
         rewind since) and whose position is not past the log end it knows."""
         source = self.source
-        if source is None:
+        if source is None or self._in_hand:
             return
         behind = [
             st
@@ -3152,6 +3157,7 @@ class Engine:
             )
             last_progress = [time.monotonic()]
             while not self.stop.is_set() and not self._broken and not source.exhausted:
+                self._in_hand = True
                 messages = source.poll(runtime.batch_size, runtime.batch_timeout_seconds)
                 if self._pins_due:  # assigned inside that poll: before its records fold
                     self._seeked = set()
@@ -3164,6 +3170,7 @@ class Engine:
                         ]
                 if messages:
                     self._process(messages)
+                self._in_hand = False
                 self.outputs.poll(0)
                 self._backpressure()
                 self._maybe_checkpoint()
