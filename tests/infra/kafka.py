@@ -154,7 +154,7 @@ class KafkaBroker:
         """Create a topic and wait until every partition has a leader; returns the name."""
         admin = self.admin()
         topic = NewTopic(
-            name, num_partitions=partitions, replication_factor=1, config=dict(config or {})
+            name, num_partitions=partitions, replication_factor=-1, config=dict(config or {})
         )
         admin.create_topics([topic], operation_timeout=timeout)[name].result(timeout)
 
@@ -412,53 +412,76 @@ def _java() -> str:
 
 @dataclass(kw_only=True)
 class KafkaProcess(Launched):
-    """A broker process we started; stop() kills it and removes its directory.
+    """A broker process we started (or a cluster: start_kafka's ``brokers``); stop() kills
+    it and removes its directory.
 
     crash() and start_again() are for tests of a broker that goes away mid-stream: the
     process dies with SIGKILL (no controlled shutdown, its logs recovered at the next start)
-    and comes back on the same ports with the same data."""
+    and comes back on the same ports with the same data; in a cluster, the broker named by
+    its node id (every broker when none is named)."""
 
     broker: KafkaBroker
     launch: Callable[[], tuple[Child, subprocess.Popen[bytes]]] | None = None
-    # A controller of its own (start_kafka's separate_controller): stopped after the
-    # broker, never crashed or frozen.
+    # A cluster's: each broker's launcher and address, by node id - 1.
+    launches: list[Callable[[], tuple[Child, subprocess.Popen[bytes]]]] = field(
+        default_factory=list
+    )
+    addresses: list[str] = field(default_factory=list)
+    # A cluster's controller: stopped after the brokers, never crashed or frozen.
     controller_pids: list[int] = field(default_factory=list)
     grace: ClassVar[float] = 15.0  # the broker flushes its logs on SIGTERM
 
     def stop(self) -> None:
         self.thaw()  # a frozen broker would sit out SIGTERM's whole grace
-        self.pids = [*self.controller_pids, *self.pids]  # the last started stops first
+        self.pids = [*self.controller_pids, *(p for p in self.pids if p > 0)]
         self.controller_pids = []
-        super().stop()
+        super().stop()  # the last started stops first: the controller last
 
-    def crash(self) -> None:
-        """SIGKILL the broker (its process group: no shutdown hook runs) and reap it."""
-        for pid in self.pids:
+    def crash(self, node: int | None = None) -> None:
+        """SIGKILL the broker (its process group: no shutdown hook runs) and reap it; in a
+        cluster, broker ``node`` (every one when None)."""
+        for index, pid in enumerate(self.pids):
+            if pid <= 0 or (node is not None and index != node - 1):
+                continue
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-        self.pids = []
+            self.pids[index] = -1
 
     def freeze(self) -> None:
         """SIGSTOP the broker: its connections stay open and nothing answers (a long GC pause,
         a network partition), until thaw()."""
         for pid in self.pids:
-            os.killpg(pid, signal.SIGSTOP)
+            if pid > 0:
+                os.killpg(pid, signal.SIGSTOP)
 
     def thaw(self) -> None:
         for pid in self.pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGCONT)
+            if pid > 0:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGCONT)
 
-    def start_again(self, startup_timeout: float = 90.0) -> None:
-        """Start the broker crash() killed, on the same ports and data; wait until ready.
-        (Its ports came from bind(0), which Linux gives odd ports; connect() takes even
-        ones first, so a client's outgoing connection hardly ever holds one meanwhile.)"""
-        assert self.launch is not None and not self.pids, "crash() it first"
-        child, proc = self.launch()
-        self.pids = [proc.pid]
-        _wait_ready(self.broker.bootstrap, child, proc, startup_timeout)
+    def start_again(self, node: int | None = None, startup_timeout: float = 90.0) -> None:
+        """Start the broker crash() killed (in a cluster, broker ``node``, or every one that
+        is down), on the same ports and data; wait until ready. (Its ports came from bind(0),
+        which Linux gives odd ports; connect() takes even ones first, so a client's outgoing
+        connection hardly ever holds one meanwhile.)"""
+        launches = self.launches or ([self.launch] if self.launch is not None else [])
+        addresses = self.addresses or [self.broker.bootstrap]
+        down = [i for i, pid in enumerate(self.pids) if pid <= 0]
+        assert down, "crash() it first"
+        for index in down:
+            if node is not None and index != node - 1:
+                continue
+            child, proc = launches[index]()
+            self.pids[index] = proc.pid
+            _wait_ready(addresses[index], child, proc, startup_timeout)
+
+    def leader(self, topic: str, partition: int = 0) -> int:
+        """The node id of the broker leading ``topic``'s ``partition`` now."""
+        md = self.broker.admin().list_topics(topic, timeout=10).topics[topic]
+        return md.partitions[partition].leader
 
 
 def start_kafka(
@@ -468,71 +491,80 @@ def start_kafka(
     startup_timeout: float = 90.0,
     address: str = "127.0.0.1",
     settings: Mapping[str, str] | None = None,
-    separate_controller: bool = False,
+    brokers: int = 1,
 ) -> KafkaProcess:
     """Format and start a KRaft broker in workdir (a new temp dir by default); wait until ready.
 
     address: where clients connect (listener and advertised listener): loopback, or the node
     tier's bridge address, which its pods reach. The controller stays on loopback.
     settings: broker settings over TEST_SETTINGS (a test of a broker configured otherwise).
-    separate_controller: the KRaft controller in a process of its own, which crash() and
-    freeze() leave running, as a production cluster's controllers outlive a broker. A
-    single node that is broker and controller at once, SIGKILLed, comes back serving under
-    its previous registration until its own controller fences that (the session timeout)
-    and registers it anew: meanwhile its partitions go leaderless, and the transaction
-    coordinator, completing a transaction committed just before the kill, takes them for
-    deleted and drops their commit markers (decision 0206; the broker-crash test met it).
+    brokers: more than one makes a cluster: that many brokers (node ids 1..n, the first in
+    workdir, the others in workdir/broker-<id>) and a KRaft controller in a process of its
+    own (workdir/controller), which crash() leaves running, as a production cluster's
+    controllers outlive a broker. Topics are then as replicated as ``settings`` say
+    (``default.replication.factor``; create_topic takes the broker's default). One broker is
+    one process, broker and controller at once.
     """
     java = _java()
     libs = run_hack_script("fetch-kafka.sh")
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="streamherd-kafka-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    port, cport = free_port(), free_port()
-    data = workdir / "data"
-    controller_id = "2" if separate_controller else "1"
+    cluster_mode = brokers > 1
+    ports, cport = [free_port() for _ in range(brokers)], free_port()
+    controller_id = str(brokers + 1) if cluster_mode else "1"
     common = {
         "controller.quorum.voters": f"{controller_id}@127.0.0.1:{cport}",
         "controller.listener.names": "CONTROLLER",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
     }
-    props = {
-        "process.roles": "broker" if separate_controller else "broker,controller",
-        "node.id": "1",
-        "listeners": f"PLAINTEXT://{address}:{port}"
-        + ("" if separate_controller else f",CONTROLLER://127.0.0.1:{cport}"),
-        "advertised.listeners": f"PLAINTEXT://{address}:{port}",
-        "inter.broker.listener.name": "PLAINTEXT",
-        **common,
-        "log.dirs": str(data),
-        **TEST_SETTINGS,
-        **(settings or {}),
-    }
+    roles: list[tuple[str, Path, dict[str, str]]] = []
+    for index, port in enumerate(ports):
+        where = workdir if index == 0 else workdir / f"broker-{index + 1}"
+        roles.append((
+            "broker",
+            where,
+            {
+                "process.roles": "broker" if cluster_mode else "broker,controller",
+                "node.id": str(index + 1),
+                "listeners": f"PLAINTEXT://{address}:{port}"
+                + ("" if cluster_mode else f",CONTROLLER://127.0.0.1:{cport}"),
+                "advertised.listeners": f"PLAINTEXT://{address}:{port}",
+                "inter.broker.listener.name": "PLAINTEXT",
+                **common,
+                "log.dirs": str(where / "data"),
+                **TEST_SETTINGS,
+                **(settings or {}),
+            },
+        ))  # fmt: skip
+    if cluster_mode:
+        roles.insert(0, (
+            "controller",
+            workdir / "controller",
+            {
+                "process.roles": "controller",
+                "node.id": controller_id,
+                "listeners": f"CONTROLLER://127.0.0.1:{cport}",
+                **common,
+                "log.dirs": str(workdir / "controller" / "data"),
+            },
+        ))  # fmt: skip
     jvm = [java, "-cp", f"{libs}/*"]
     env = {**os.environ, "KAFKA_HEAP_OPTS": ""}
     cluster = _cluster_id()
-    roles = [("broker", workdir, props)]
-    if separate_controller:
-        controller = {
-            "process.roles": "controller",
-            "node.id": controller_id,
-            "listeners": f"CONTROLLER://127.0.0.1:{cport}",
-            **common,
-            "log.dirs": str(workdir / "controller" / "data"),
-        }
-        roles.insert(0, ("controller", workdir / "controller", controller))
     launches: list[Callable[[], tuple[Child, subprocess.Popen[bytes]]]] = []
-    logs: list[Path] = []
-    for role, where, settings_of in roles:
+    logs: list[tuple[Path, Path]] = []
+    for role, where, props in roles:
         where.mkdir(parents=True, exist_ok=True)
-        launch, server_log, stdout_log = _prepared(role, where, settings_of, jvm, env, cluster,
+        launch, server_log, stdout_log = _prepared(role, where, props, jvm, env, cluster,
                                                    tie_to_parent)  # fmt: skip
         launches.append(launch)
-        logs += [server_log, stdout_log]
-    pids = []
-    if separate_controller:
-        child, proc = launches[0]()
-        pids.append(proc.pid)
+        logs.append((server_log, stdout_log))
+    controller_pids: list[int] = []
+    if cluster_mode:
+        child, proc = launches.pop(0)()
+        logs.pop(0)
+        controller_pids.append(proc.pid)
         try:
             wait_for(f"Kafka controller at 127.0.0.1:{cport} (logs in {workdir / 'controller'})",
                      lambda: port_open("127.0.0.1", cport),
@@ -540,18 +572,19 @@ def start_kafka(
         except BaseException:
             stop_group(proc.pid)
             raise
-    launch = launches[-1]
-    child, proc = launch()
-    bootstrap = f"{address}:{port}"
-    broker = KafkaBroker(bootstrap=bootstrap, log_dir=workdir, log_files=(logs[-2], logs[-1]))
+    addresses = [f"{address}:{port}" for port in ports]
+    started: list[tuple[Child, subprocess.Popen[bytes]]] = [launch() for launch in launches]
+    broker = KafkaBroker(bootstrap=",".join(addresses), log_dir=workdir, log_files=logs[0])
     try:
-        _wait_ready(bootstrap, child, proc, startup_timeout)
+        for at, (child, proc) in zip(addresses, started, strict=True):
+            _wait_ready(at, child, proc, startup_timeout)
     except BaseException:
-        for pid in pids:
+        for pid in [proc.pid for _, proc in started] + controller_pids:
             stop_group(pid)
         raise
-    return KafkaProcess(broker=broker, workdir=workdir, pids=[proc.pid], launch=launch,
-                        controller_pids=pids)  # fmt: skip
+    return KafkaProcess(broker=broker, workdir=workdir, pids=[proc.pid for _, proc in started],
+                        launch=launches[0], launches=launches, addresses=addresses,
+                        controller_pids=controller_pids)  # fmt: skip
 
 
 def _prepared(
