@@ -2061,6 +2061,16 @@ class Engine:
         if total:
             self.metrics.batch_duration.observe(time.perf_counter() - started)
 
+    def _event_time_lag(self, st: PartitionState, max_event_ms: int | None) -> None:
+        """Export the wall clock's distance from the newest event time of ``st`` seen."""
+        if max_event_ms is not None:
+            self.metrics.set_partition(
+                "streamherd_event_time_lag_seconds",
+                st.topic,
+                st.partition,
+                time.time() - max_event_ms / 1000,
+            )
+
     def _process_partition(self, st: PartitionState, messages: list[SourceMessage]) -> None:
         st.read_from = first_read(st.next_offset, st.read_from, messages[0].offset())
         if st.role == "upstream":
@@ -2111,13 +2121,8 @@ class Engine:
             self.counters.late += late
             self.metrics.windows_emitted.inc(len(rows))
             self.metrics.late.inc(late)
+            self._event_time_lag(st, windows.max_event_ms)
             if windows.max_event_ms is not None:
-                self.metrics.set_partition(
-                    "streamherd_event_time_lag_seconds",
-                    st.topic,
-                    st.partition,
-                    time.time() - windows.max_event_ms / 1000,
-                )
                 self.metrics.set_partition(
                     "streamherd_watermark_seconds",
                     st.topic,
@@ -2182,14 +2187,8 @@ class Engine:
             self._dead_letter(failures)
         self.counters.repartitioned += carried
         self.counters.filtered += filtered
-        if st.max_event_ms is not None:
-            # The newest event time of this source partition (its windows are downstream).
-            self.metrics.set_partition(
-                "streamherd_event_time_lag_seconds",
-                st.topic,
-                st.partition,
-                time.time() - st.max_event_ms / 1000,
-            )
+        # The newest event time of this source partition (its windows are downstream).
+        self._event_time_lag(st, st.max_event_ms)
         self.metrics.filtered.inc(filtered)
         # Contributing here means: on its way to the window (a downstream failure or a
         # late record is dead-lettered there, and counted there as well).
