@@ -388,6 +388,10 @@ class Engine:
         self._transactions = 0
         self.partitions: dict[tuple[str, int], PartitionState] = {}
         self.counters = _Counters()
+        # The counters as the last committed transaction left them: an exactly-once abort
+        # goes back to them, as the metrics drop what they deferred (its records are read
+        # again and counted then; helper-116: the run's summary counted them twice).
+        self._counted = replace(self.counters)
         self.heartbeat = time.monotonic()
         # The source (workers/sources.py) while run() runs; None before and after.
         self.source: Source | None = None
@@ -2061,6 +2065,19 @@ class Engine:
         if total:
             self.metrics.batch_duration.observe(time.perf_counter() - started)
 
+    def _count_read(self, st: PartitionState, messages: list[SourceMessage]) -> None:
+        """Count the records of ``messages`` this process had not read before (an
+        exactly-once abort rewinds to the last commit: what it reads again was counted)."""
+        log = (st.topic, st.partition, st.log_topic_id)
+        read_to = self.metrics.read_to(log)
+        first = messages[0].offset() or 0
+        fresh = (
+            len(messages)
+            if first >= read_to
+            else sum(1 for m in messages if (m.offset() or 0) >= read_to)
+        )
+        self.metrics.records_in(log, fresh, (messages[-1].offset() or 0) + 1)
+
     def _event_time_lag(self, st: PartitionState, max_event_ms: int | None) -> None:
         """Export the wall clock's distance from the newest event time of ``st`` seen."""
         if max_event_ms is not None:
@@ -2088,7 +2105,7 @@ class Engine:
     def _process_direct(self, st: PartitionState, messages: list[SourceMessage]) -> None:
         n_in = len(messages)
         self.counters.records_in += n_in
-        self.metrics.records_in(st.topic, st.partition, n_in)
+        self._count_read(st, messages)
         rows: list[tuple[bytes | str | None, Any]]
         sources: list[SourceMessage] = []
         if self.processor.window is not None and st.windows is not None:
@@ -2159,7 +2176,7 @@ class Engine:
         assert self.repartition is not None and self.processor.window is not None
         n_in = len(messages)
         self.counters.records_in += n_in
-        self.metrics.records_in(st.topic, st.partition, n_in)
+        self._count_read(st, messages)
         failures: list[Failure] = []
         items = self._decode(messages, failures)
         n_decoded = len(items)
@@ -2457,6 +2474,7 @@ class Engine:
             self._snapshot_taken(saved)  # committed now: a snapshot may hold them
         self.outputs.take_errors()  # a committed transaction delivered everything
         self.metrics.settle()  # its records and results are counted for good
+        self._counted = replace(self.counters)
         if not final and self.kafka_transaction:
             self.outputs.transaction.begin_transaction()
         duration = time.perf_counter() - started
@@ -2662,6 +2680,7 @@ class Engine:
         checkpoint and offset (the aborted outputs' effects on state are forgotten).
         ``kafka_aborted``: Kafka's transaction was aborted already."""
         self.metrics.discard_pending()  # its records are read again, and counted then
+        self.counters = replace(self._counted)
         if self.sink_offsets:
             self.outputs.abort()  # the sink's transaction never began: drop its rows
         if self.kafka_transaction and not kafka_aborted:

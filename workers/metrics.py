@@ -266,6 +266,7 @@ class EngineMetrics:
         # an abort the counters held every re-read record and re-emitted window twice).
         self._deferring = False
         self._pending: dict[int, tuple[Any, float]] = {}
+        self._read_to: dict[tuple[str, int, str | None], int] = {}
         self.lag_total = self.gauge("streamherd_consumer_lag_total").labels(p)
         self.assigned = self.gauge("streamherd_assigned_partitions").labels(p)
         self.records_out = _Deferred(self, self.counter("streamherd_records_out").labels(p))
@@ -353,11 +354,22 @@ class EngineMetrics:
     def error(self, kind: str) -> None:
         self.counter("streamherd_errors").labels(self.pipeline, kind).inc()
 
-    def records_in(self, topic: str, partition: int, count: int) -> None:
-        self._add(
-            self.counter("streamherd_records_in").labels(self.pipeline, topic, str(partition)),
-            count,
-        )
+    def read_to(self, log: tuple[str, int, str | None]) -> int:
+        """The offset after the last record of ``log`` (topic, partition, topic id) that
+        :meth:`records_in` counted in this process (-1: none)."""
+        return self._read_to.get(log, -1)
+
+    def records_in(self, log: tuple[str, int, str | None], count: int, end: int) -> None:
+        """``count`` records of ``log`` read for the first time in this process, up to the
+        offset ``end`` (exclusive). Counted at once, in either mode, each record once: the
+        records an exactly-once abort rewinds are read again and not counted again (they
+        are the loop's work in progress: tests and dashboards watch it move)."""
+        topic, partition, _ = log
+        self._read_to[log] = max(self._read_to.get(log, -1), end)
+        if count:
+            self.counter("streamherd_records_in").labels(self.pipeline, topic, str(partition)).inc(
+                count
+            )
 
     def records_lost(self, topic: str, partition: int, count: int) -> None:
         self._add(

@@ -82,6 +82,7 @@ def test_counters_after_an_abort_equal_what_the_sink_holds(
         flush(broker, src, sent[-1].rec["ts"])
         emitted_and_committed(run, sent[-1].rec["ts"] + 86_400_000)
         engine = run.engine
+        summary = (engine.counters.records_in, engine.counters.windows_emitted)
         counters = {
             name: sample(engine, name)
             for name in (
@@ -100,3 +101,6 @@ def test_counters_after_an_abort_equal_what_the_sink_holds(
         "streamherd_records_contributing_total": in_topic,
     }
     assert counters == truth, (counters, truth, seen)
+    # The run's own summary (the `stopped` event's figures) agrees: it counted the aborted
+    # transaction's records and windows twice too.
+    assert summary == (in_topic, len(results)), (summary, truth)
