@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
@@ -46,6 +47,21 @@ def produce_in_transactions(broker: KafkaBroker, topic: str, batches: int, per: 
         start += per
 
 
+def transactional_pipeline(
+    broker: KafkaBroker, tmp_path: Path, name: str, batches: int, per: int
+) -> tuple[str, str, dict[str, Any]]:
+    """A source topic written in ``batches`` transactions of ``per`` records and a plain
+    pipeline reading it: (source topic, group, config)."""
+    src = broker.create_topic(broker.unique_topic(name), PARTITIONS)
+    sink = broker.create_topic(broker.unique_topic(f"{name}-out"), PARTITIONS)
+    group = f"g-{src}"
+    config = pipeline_config(
+        broker, source=src, sink=sink, dlq=None, group=group, checkpoints=tmp_path / "ck"
+    )
+    produce_in_transactions(broker, src, batches=batches, per=per)
+    return src, group, config
+
+
 def exported(worker: Worker, topic: str) -> dict[int, float | None]:
     metrics = worker.metrics()
     return {
@@ -59,13 +75,7 @@ def exported(worker: Worker, topic: str) -> dict[int, float | None]:
 def test_a_caught_up_worker_on_a_transactional_topic_exports_no_lag(
     kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:
-    src = kafka_broker.create_topic(kafka_broker.unique_topic("txin"), PARTITIONS)
-    sink = kafka_broker.create_topic(kafka_broker.unique_topic("txin-out"), PARTITIONS)
-    group = f"g-{src}"
-    config = pipeline_config(
-        kafka_broker, source=src, sink=sink, dlq=None, group=group, checkpoints=tmp_path / "ck"
-    )
-    produce_in_transactions(kafka_broker, src, batches=3, per=400)
+    src, group, config = transactional_pipeline(kafka_broker, tmp_path, "txin", 3, 400)
     worker = Worker.create(tmp_path, "w", config).start()
     try:
         wait_until(
@@ -167,13 +177,7 @@ def test_a_group_standing_on_a_commit_marker_reaches_the_log_end_without_new_rec
     wrote, or the group's offset reset there with Kafka's tools) reads no record there: the
     consumer's position passes the marker anyway, and the worker commits it, with no new
     record to come (before: lag 1 until the next record, for good on a quiet topic)."""
-    src = kafka_broker.create_topic(kafka_broker.unique_topic("txmark"), PARTITIONS)
-    sink = kafka_broker.create_topic(kafka_broker.unique_topic("txmark-out"), PARTITIONS)
-    group = f"g-{src}"
-    config = pipeline_config(
-        kafka_broker, source=src, sink=sink, dlq=None, group=group, checkpoints=tmp_path / "ck"
-    )
-    produce_in_transactions(kafka_broker, src, batches=2, per=200)
+    src, group, config = transactional_pipeline(kafka_broker, tmp_path, "txmark", 2, 200)
     ends = kafka_broker.end_offsets(src)
     first = Worker.create(tmp_path, "first", config).start()
     try:
