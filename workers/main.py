@@ -213,11 +213,16 @@ def run_pipeline(
                         raise
                     delay = 2.0 ** (len(restarts) - 1) if restarts else 0.0
                     restarts.append(now)
-                    engine.outputs.discard()
                     metrics.error("client-fatal")
                     metrics.paused.set(0)  # the next engine starts unpaused
                     log_event(log, logging.WARNING, "client-fatal", action="restart",
                               delay=delay, error=str(error)[:300])  # fmt: skip
+                # Outside the except block: an exception the fatal clients raise while
+                # discarding would be chained to the error there (its __context__), and
+                # librdkafka's client keeps what it raised (a leak seen on the real broker):
+                # the error's frames, and through them this engine and its clients, would
+                # never go.
+                engine.outputs.discard()
                 counters, stopped = engine.counters, engine.summary("stopped", finished=True)
                 # Nothing refers to the replaced engine any more (the error, with its frames,
                 # went with the except block): its clients go now, not at a random later

@@ -58,6 +58,8 @@ log = logging.getLogger("streamherd.worker")
 #: Above this many undelivered messages the sink is "behind": consumption pauses.
 HIGH_WATER = 200_000
 LOW_WATER = 50_000
+#: How long :meth:`Outputs.discard` serves the purged records' delivery reports.
+DISCARD_SECONDS: Final = 2.0
 
 
 class DeliveryError(RuntimeError):
@@ -915,6 +917,15 @@ class Outputs:
         for producer in producers:
             with contextlib.suppress(KafkaException, RuntimeError):  # a client in its fatal state
                 producer.purge(in_queue=True, in_flight=True, blocking=False)
+        # Each purged record's delivery report holds its callback, and through it these
+        # outputs and their producers, in librdkafka's queue, where the garbage collector
+        # cannot see it: left unserved, every engine an in-process restart replaced kept its
+        # producers, their threads and broker connections, for the life of the process.
+        deadline = time.monotonic() + DISCARD_SECONDS
+        for producer in producers:
+            while len(producer) and time.monotonic() < deadline:
+                with contextlib.suppress(KafkaException, RuntimeError):  # its fatal error, raised
+                    producer.poll(0.05)
 
     def poll(self, timeout: float = 0.0) -> None:
         for producer in self._producers.all():

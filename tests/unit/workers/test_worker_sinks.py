@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import gc
 import io
 import math
+import weakref
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,7 +20,7 @@ from confluent_kafka import KafkaError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamherd.workers.config import SinkConfig
+from streamherd.workers.config import DeadLetterConfig, SinkConfig
 from streamherd.workers.kafkaclients import FatalClientError
 from streamherd.workers.metrics import EngineMetrics, SinkMetrics
 from streamherd.workers.processing import Failure, SyntheticMessage
@@ -441,6 +443,25 @@ def test_a_delivery_failed_by_a_producer_in_its_fatal_state_asks_for_a_new_clien
         outputs._producers._on_delivery(error, None)
         with pytest.raises(raised):
             outputs.flush(1.0)
+
+
+def test_discarded_outputs_let_their_producers_go() -> None:
+    """An in-process restart (decision 0194) discards the old engine's outputs and drops
+    it. Each purged record's delivery report held its callback (and through it the outputs
+    and their producers) in librdkafka's queue, out of the garbage collector's sight: every
+    replaced engine kept its producers, their threads and broker connections, for the life
+    of the worker. Discarded, they go with the next collection."""
+    sink = SinkConfig.model_validate({"kafka": {"bootstrapServers": "127.0.0.1:9", "topic": "o"}})
+    dead = DeadLetterConfig.model_validate({"bootstrapServers": "127.0.0.1:9", "topic": "dl"})
+    outputs = Outputs(sink, dead, "ns/p", io.StringIO())
+    source = SyntheticMessage("in", 0, 1, None, {}, 0)
+    outputs.write([(None, {"name": "a"}), (None, {"name": "b"})], source)
+    outputs.dead_letter([Failure(source, "expression", ValueError("bad"))])
+    outputs.discard()
+    gone = weakref.ref(outputs)
+    del outputs
+    gc.collect()
+    assert gone() is None, [type(r).__name__ for r in gc.get_referrers(gone())]
 
 
 def test_a_sink_key_expression_keeps_bytes_that_are_no_utf8_apart() -> None:
