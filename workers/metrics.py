@@ -27,6 +27,11 @@ PREFIX: Final = "streamherd_"
 Kind = Literal["counter", "gauge", "histogram"]
 
 PARTITION_LABELS: Final = ("pipeline", "topic", "partition")
+# The per-worker lag under its first name, a gauge named like a counter (`promtool check
+# metrics`: non-counter metrics should not have "_total" suffix). Exported with the same
+# values as streamherd_worker_consumer_lag for one release, for the dashboards and rules
+# of users that still query it; nothing of the project's queries it.
+DEPRECATED_LAG_TOTAL: Final = "streamherd_consumer_lag_total"
 DEAD_LETTER_REASONS: Final = ("decode", "expression", "function", "late", "limit", "unkeyed")
 
 _LATENCY_BUCKETS: Final = (
@@ -58,9 +63,16 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         PARTITION_LABELS,
     ),
     MetricSpec(
-        "streamherd_consumer_lag_total",
+        "streamherd_worker_consumer_lag",
         "gauge",
-        "Sum of streamherd_consumer_lag over the partitions this worker owns.",
+        "Sum of streamherd_consumer_lag over the partitions this worker owns (sum() over the "
+        "workers gives the pipeline's lag).",
+    ),
+    MetricSpec(
+        DEPRECATED_LAG_TOTAL,
+        "gauge",
+        "Deprecated: use streamherd_worker_consumer_lag, which has the same value (this gauge "
+        "is named like a counter). Exported through the 0.1 releases, removed in 0.2.",
     ),
     MetricSpec(
         "streamherd_assigned_partitions", "gauge", "Partitions currently assigned to this worker."
@@ -267,7 +279,10 @@ class EngineMetrics:
         self._deferring = False
         self._pending: dict[int, tuple[Any, float]] = {}
         self._read_to: dict[tuple[str, int, str | None], int] = {}
-        self.lag_total = self.gauge("streamherd_consumer_lag_total").labels(p)
+        self._lag_totals = (
+            self.gauge("streamherd_worker_consumer_lag").labels(p),
+            self.gauge(DEPRECATED_LAG_TOTAL).labels(p),
+        )
         self.assigned = self.gauge("streamherd_assigned_partitions").labels(p)
         self.records_out = _Deferred(self, self.counter("streamherd_records_out").labels(p))
         self.filtered = _Deferred(self, self.counter("streamherd_records_filtered").labels(p))
@@ -391,22 +406,28 @@ class EngineMetrics:
     def set_lag(self, lags: Mapping[tuple[str, int], int | None]) -> None:
         """One lag refresh: each owned partition's lag (None: not measured this time, its
         last value stands) and their total, as one snapshot. A scrape sees
-        ``streamherd_consumer_lag_total`` equal to the sum of the ``streamherd_consumer_lag``
-        series it shows, never one refresh's partitions beside another's total."""
+        ``streamherd_worker_consumer_lag`` (and its deprecated twin) equal to the sum of the
+        ``streamherd_consumer_lag`` series it shows, never one refresh's partitions beside
+        another's total."""
         with self._lag_lock:
             gauge = self.gauge("streamherd_consumer_lag")
             for (topic, partition), lag in lags.items():
                 if lag is not None:
                     self._lags[(topic, partition)] = lag
                     gauge.labels(self.pipeline, topic, str(partition)).set(lag)
-            self.lag_total.set(sum(self._lags.values()))
+            self._set_lag_total()
+
+    def _set_lag_total(self) -> None:
+        total = sum(self._lags.values())
+        for gauge in self._lag_totals:
+            gauge.set(total)
 
     def forget_partition(self, topic: str, partition: int) -> None:
         """Drop per-partition gauges of a partition this worker no longer owns (and its lag
         from the total, in the same snapshot)."""
         with self._lag_lock:
             if self._lags.pop((topic, partition), None) is not None:
-                self.lag_total.set(sum(self._lags.values()))
+                self._set_lag_total()
             for name in (
                 "streamherd_consumer_lag",
                 "streamherd_event_time_lag_seconds",

@@ -6,7 +6,7 @@ and by the tests; same input, same output, no I/O.
 - ``hpa``: an autoscaling/v2 HorizontalPodAutoscaler on the External metric
   ``streamherd_pipeline_lag`` (selector ``pipeline=NAME``), target AverageValue
   ``lagPerReplica``, so the HPA wants ``ceil(total lag / lagPerReplica)`` replicas. The
-  metric is the workers' ``streamherd_consumer_lag_total`` summed per pipeline by the
+  metric is the workers' ``streamherd_worker_consumer_lag`` summed per pipeline by the
   Prometheus adapter (rule in :data:`PROMETHEUS_ADAPTER_RULE` and docs/autoscaling.md).
 - ``keda``: a KEDA ScaledObject with one ``kafka`` trigger per source topic and one for
   the repartition topic when the pipeline re-keys through one (KEDA takes the largest),
@@ -32,9 +32,9 @@ EXTERNAL_METRIC: Final = "streamherd_pipeline_lag"
 
 # The prometheus-adapter rule (values.yaml `rules.external`) that serves EXTERNAL_METRIC.
 PROMETHEUS_ADAPTER_RULE: Final = {
-    "seriesQuery": 'streamherd_consumer_lag_total{namespace!="",pipeline!=""}',
+    "seriesQuery": 'streamherd_worker_consumer_lag{namespace!="",pipeline!=""}',
     "resources": {"overrides": {"namespace": {"resource": "namespace"}}},
-    "name": {"matches": "^streamherd_consumer_lag_total$", "as": EXTERNAL_METRIC},
+    "name": {"matches": "^streamherd_worker_consumer_lag$", "as": EXTERNAL_METRIC},
     "metricsQuery": "sum(<<.Series>>{<<.LabelMatchers>>}) by (namespace, pipeline)",
 }
 

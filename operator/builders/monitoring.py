@@ -19,8 +19,9 @@ MONITORING_API: Final = "monitoring.coreos.com/v1"
 
 # The engine's metric names (streamherd.workers.metrics.METRICS; counters get `_total`);
 # tests/unit/operator/test_builders.py checks each one is declared there. Lag is the
-# per-worker sum, so summing over pods gives the pipeline's total.
-METRIC_LAG: Final = "streamherd_consumer_lag_total"
+# per-worker sum, so summing over pods gives the pipeline's total (its first name,
+# streamherd_consumer_lag_total, is deprecated: a gauge named like a counter).
+METRIC_LAG: Final = "streamherd_worker_consumer_lag"
 METRIC_RECORDS_IN: Final = "streamherd_records_in_total"
 METRIC_DEAD_LETTERED: Final = "streamherd_records_dead_lettered_total"
 METRIC_ERRORS: Final = "streamherd_errors_total"

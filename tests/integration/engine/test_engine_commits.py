@@ -100,7 +100,7 @@ def test_restored_checkpoint_ahead_of_the_commit_is_committed(
         )
         wait_until(
             "the exported lag to be the broker's (zero)",
-            lambda: second.metrics().get('streamherd_consumer_lag_total{pipeline="clicks"}') == 0,
+            lambda: second.metrics().get('streamherd_worker_consumer_lag{pipeline="clicks"}') == 0,
             30,
             [second],
         )

@@ -115,8 +115,11 @@ def assert_three_views_agree(
     probed = probe_view(broker, group, topic, start_from)
     seen = broker_view(broker, group, topic, start_from)
     assert exported == probed == seen == first, (exported, probed, seen, first)
-    total = worker.metrics()['streamherd_consumer_lag_total{pipeline="clicks"}']
+    metrics = worker.metrics()
+    total = metrics['streamherd_worker_consumer_lag{pipeline="clicks"}']
     assert total == sum(seen.values())
+    # The deprecated first name, exported with the same values for one release.
+    assert metrics['streamherd_consumer_lag_total{pipeline="clicks"}'] == total
     return seen
 
 

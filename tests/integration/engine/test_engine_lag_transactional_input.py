@@ -101,7 +101,7 @@ def test_a_caught_up_worker_on_a_transactional_topic_exports_no_lag(
         assert worker.value("streamherd_records_in_total") == 1200
         assert lag == dict.fromkeys(range(PARTITIONS), 0.0), (lag, committed, ends)
         assert sum(probed.values()) == 0, probed
-        assert worker.value("streamherd_consumer_lag_total") == 0
+        assert worker.value("streamherd_worker_consumer_lag") == 0
     finally:
         worker.stop()
 

@@ -312,7 +312,7 @@ def test_exported_lag_matches_the_brokers_view(kafka_broker: KafkaBroker, tmp_pa
             metrics = worker.metrics()
             lags = {p: metrics[f'streamherd_consumer_lag{{partition="{p}",pipeline="clicks",'
                                 f'topic="{src}"}}'] for p in range(4)}  # fmt: skip
-            total = metrics['streamherd_consumer_lag_total{pipeline="clicks"}']
+            total = metrics['streamherd_worker_consumer_lag{pipeline="clicks"}']
             assert total == sum(lags.values()), (lags, total)
             broker = broker_lag()
             # Every record read too: a refresh from before the worker saw the new ones also
@@ -323,7 +323,7 @@ def test_exported_lag_matches_the_brokers_view(kafka_broker: KafkaBroker, tmp_pa
 
         wait_until("engine lag equals broker lag, total included", settled, 60, [worker])
         metrics = seen["metrics"]
-        assert metrics['streamherd_consumer_lag_total{pipeline="clicks"}'] == 0
+        assert metrics['streamherd_worker_consumer_lag{pipeline="clicks"}'] == 0
         assert worker.get("/healthz")[0] == 200
         assert metrics['streamherd_checkpoint_age_seconds{pipeline="clicks"}'] < 30
     finally:

@@ -46,7 +46,7 @@ class Case:
     input: list[dict[str, str]] = field(default_factory=list)
 
 
-LAG = "streamherd_consumer_lag_total"
+LAG = "streamherd_worker_consumer_lag"
 IN = "streamherd_records_in_total"
 CONSUMING = series(IN, "0+5000x60", topic="clicks", partition="0")
 LONG_AGO = "-86400x40"  # a `_created` timestamp a day before the test's time 0

@@ -143,7 +143,7 @@ def test_every_expression_names_only_exported_metrics() -> None:
             assert name in exported, (var["name"], name)
     # The dashboard shows the worker and the operator side.
     assert any(n.startswith("streamherd_operator_") for n in used)
-    assert "streamherd_consumer_lag_total" in used
+    assert "streamherd_worker_consumer_lag" in used
 
 
 @pytest.fixture

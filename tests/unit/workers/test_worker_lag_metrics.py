@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamherd.workers.engine import Engine, PartitionState
 from streamherd.workers.lag import StartFrom, partition_lag
-from streamherd.workers.metrics import EngineMetrics
+from streamherd.workers.metrics import DEPRECATED_LAG_TOTAL, EngineMetrics
 from tests.unit.workers.test_worker_input_lost import (
     TOPIC,
     DeletingSource,
@@ -25,13 +25,16 @@ from tests.unit.workers.test_worker_input_lost import (
 
 def scrape(metrics: EngineMetrics) -> tuple[dict[tuple[str, str], float], float]:
     partitions: dict[tuple[str, str], float] = {}
-    total = float("nan")
+    totals: dict[str, float] = {}
     for family in text_string_to_metric_families(metrics.render().decode()):
         for sample in family.samples:
             if sample.name == "streamherd_consumer_lag":
                 partitions[(sample.labels["topic"], sample.labels["partition"])] = sample.value
-            elif sample.name == "streamherd_consumer_lag_total":
-                total = sample.value
+            elif sample.name in ("streamherd_worker_consumer_lag", DEPRECATED_LAG_TOTAL):
+                totals[sample.name] = sample.value
+    # The deprecated name is the same figure from the same snapshot.
+    total = totals.get("streamherd_worker_consumer_lag", float("nan"))
+    assert totals.get(DEPRECATED_LAG_TOTAL) == total, totals
     return partitions, total
 
 
