@@ -2360,7 +2360,8 @@ class Engine:
             if dirty:
                 self.counters.checkpoints += 1
         duration = time.perf_counter() - started
-        self.metrics.checkpointed(duration)
+        # Only a checkpoint written is counted (an interval with nothing new renews the age).
+        self.metrics.checkpointed(duration, written=bool(dirty))
         self._last_checkpoint = time.monotonic()
         if dirty:
             log_event(
@@ -2478,8 +2479,11 @@ class Engine:
         if not final and self.kafka_transaction:
             self.outputs.transaction.begin_transaction()
         duration = time.perf_counter() - started
-        self.metrics.checkpointed(duration)
-        self.metrics.commits.inc()
+        # A transaction with no partition's offsets in it wrote no checkpoint and committed
+        # no offset: counted as neither (it renews the checkpoint age).
+        self.metrics.checkpointed(duration, written=bool(dirty))
+        if dirty:
+            self.metrics.commits.inc()
         self._last_checkpoint = time.monotonic()
         log_event(
             log,

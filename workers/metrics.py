@@ -156,7 +156,8 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     MetricSpec(
         "streamherd_checkpoint_duration_seconds",
         "histogram",
-        "Time to make a checkpoint durable: flush the sink, write and fsync the files.",
+        "Time to make a checkpoint durable: flush the sink, write and fsync the files "
+        "(intervals with nothing to write are not observed).",
         buckets=_LATENCY_BUCKETS,
     ),
     MetricSpec(
@@ -169,11 +170,19 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     MetricSpec(
         "streamherd_checkpoint_age_seconds",
         "gauge",
-        "Seconds since the last durable checkpoint.",
+        "Seconds since everything read was last made durable: the last checkpoint, or the "
+        "last checkpoint interval that found nothing new to write.",
     ),
-    MetricSpec("streamherd_checkpoints", "counter", "Durable checkpoints written."),
     MetricSpec(
-        "streamherd_offset_commits", "counter", "Offset commits sent after a durable checkpoint."
+        "streamherd_checkpoints",
+        "counter",
+        "Durable checkpoints written (intervals with nothing new to write are not counted).",
+    ),
+    MetricSpec(
+        "streamherd_offset_commits",
+        "counter",
+        "Offset commits sent after a durable checkpoint (exactly-once: transactions that "
+        "committed offsets); intervals with no offset to commit are not counted.",
     ),
     MetricSpec(
         "streamherd_rebalances",
@@ -354,10 +363,14 @@ class EngineMetrics:
         """The transaction aborted (or its engine failed): its records are read again."""
         self._pending = {}
 
-    def checkpointed(self, duration: float) -> None:
+    def checkpointed(self, duration: float, *, written: bool) -> None:
+        """A checkpoint interval made everything read so far durable: the checkpoint age
+        starts again. ``written``: it wrote a checkpoint (some partition had changed); an
+        interval with nothing to write is no checkpoint, and neither counted nor timed."""
         self._last_checkpoint = time.time()
-        self.checkpoints.inc()
-        self.checkpoint_duration.observe(duration)
+        if written:
+            self.checkpoints.inc()
+            self.checkpoint_duration.observe(duration)
 
     def dead_lettered(self, reason: str, count: int = 1) -> None:
         self._add(self.counter("streamherd_records_dead_lettered").labels(self.pipeline, reason),
