@@ -228,7 +228,11 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     MetricSpec(
         "streamherd_sink_errors",
         "counter",
-        "Failed sink write attempts, by kind: connection or sql (each is retried).",
+        "Failed sink writes, by kind: connection (the database unreachable or not "
+        "answering), sql (PostgreSQL refused a statement or a row), client (psycopg could "
+        "not send a row's value), fenced (exactly-once: the offsets table holds another "
+        "worker's generation: rolled back, the worker stops). Other failed writes are tried "
+        "again; rows refused (sql, client) are dead-lettered, counted once per batch.",
         ("pipeline", "sink", "kind"),
     ),
     MetricSpec(
@@ -494,7 +498,10 @@ class SinkMetrics:
             )
 
     def failed(self, kind: str) -> None:
-        """A write attempt failed (``connection``, ``sql``, ``fenced``...)."""
+        """A write attempt failed: ``connection``, ``sql`` or ``client``
+        (workers/sinks_postgres.py: failure_kind), or ``fenced``. A new kind is named in
+        the help text of ``streamherd_sink_errors`` and docs/monitoring.md
+        (tests/unit/monitoring/test_sink_error_kinds.py)."""
         if self._metrics is not None:
             self._metrics.counter("streamherd_sink_errors").labels(*self._labels, kind).inc()
 

@@ -992,7 +992,8 @@ _OUTAGE_CLASSES: Final = frozenset({"08", "53", "57", "58"})
 
 def failure_kind(error: BaseException) -> str:
     """``connection`` (an outage), ``sql`` (PostgreSQL refused) or ``client`` (psycopg
-    could not send a row): the label of ``streamherd_sink_errors_total``. By SQLSTATE
+    could not send a row): the label of ``streamherd_sink_errors_total`` (with ``fenced``,
+    workers/sinks_postgres_offsets.py's; all four named in its help text). By SQLSTATE
     where the server answered one: psycopg's OperationalError also covers errors that
     are the statement's (an index entry too large, 54000), logged as outages before."""
     state = error.sqlstate if isinstance(error, psycopg.Error) else None
