@@ -216,8 +216,11 @@ class PartitionState:
     marked_at: float = 0.0
     idle: bool = False  # upstream/direct: quiet for idleTimeout, and said so
     last_record_at: float = field(default_factory=time.monotonic)
-    # Why this partition is held (its checkpoint's state fingerprint differs and the policy
-    # is refuse): not consumed, never checkpointed or committed, the worker not ready.
+    # Why this partition is held: not consumed, never checkpointed or committed, the worker
+    # not ready. Its state (a checkpoint of another state fingerprint under refuse, one it
+    # cannot read), or the broker's answer awaited: the offset for a replay's (or
+    # startFrom's) time, the committed offset or log end under startFrom latest. Each
+    # change is shown in streamherd_partition_held (EngineMetrics.partition_held).
     held: str | None = None
     # A replay start time (Unix ms) still to be turned into an offset on assign.
     replay_from_ms: int | None = None
@@ -716,6 +719,7 @@ class Engine:
                     else f"{topic}[{partition}]: snapshot {st.restored_from}: {moved}"
                 )
                 self.metrics.set_partition("streamherd_state_restore_refused", topic, partition, 1)
+                self.metrics.partition_held(topic, partition, "state")
                 log_event(log, logging.ERROR, "state-restore-refused", snapshot=st.restored_from,
                           topic=topic, partition=partition)  # fmt: skip
             else:
@@ -778,6 +782,8 @@ class Engine:
                 st.max_event_ms = None if top is None else int(top)
         elif plan is not None and st.held is None:
             st.windows = self._restored_windows(st, plan, restored, base)
+        if st.held is None:  # rebuilt (an abort's rewind): its earlier hold is over
+            self.metrics.partition_held(topic, partition, None)
         self.partitions[(topic, partition)] = st
         self.metrics.assigned.set(len(self.partitions))
         log_event(
@@ -939,6 +945,7 @@ class Engine:
         saying why)."""
         st.held = message
         self.metrics.set_partition("streamherd_state_restore_refused", st.topic, st.partition, 1)
+        self.metrics.partition_held(st.topic, st.partition, "state")
         log_event(log, logging.ERROR, event, **fields)
 
     def _discard(
@@ -1734,6 +1741,7 @@ class Engine:
                     f"{tp.topic}[{tp.partition}]: no offset for replay time {st.replay_from_ms}"
                     " yet (asking the broker again)"
                 )
+                self.metrics.partition_held(tp.topic, tp.partition, "replay-offset")
                 moved.append(tp)
                 continue
             self._seek_to_time(st, offset)
@@ -1903,6 +1911,7 @@ class Engine:
                 f"{st.topic}[{st.partition}]: its committed offset could not be read "
                 "(startFrom: latest, no checkpoint); asking the broker again"
             )
+            self.metrics.partition_held(st.topic, st.partition, "start-offset")
             log_event(log, logging.WARNING, "start-unknown", topic=st.topic,
                       partition=st.partition, start_from="latest")  # fmt: skip
 
@@ -1940,6 +1949,7 @@ class Engine:
                 )
                 offset = placed.offset if placed.offset >= 0 else st.committed
             st.start_unknown = False
+            self.metrics.partition_held(st.topic, st.partition, None)
             source.seek(TopicPartition(st.topic, st.partition, offset))
             log_event(log, logging.INFO, "start-found", topic=st.topic, partition=st.partition,
                       offset=offset)  # fmt: skip
@@ -1971,6 +1981,7 @@ class Engine:
                 st.windows = PartitionWindows.from_json(self.processor.window, None)
             self._seek_to_time(st, offset)
             st.held = None
+            self.metrics.partition_held(st.topic, st.partition, None)
             source.seek(TopicPartition(st.topic, st.partition, offset))
             if not self._paused:
                 source.resume([tp])
@@ -2711,6 +2722,7 @@ class Engine:
                     # Still held, paused, its start asked again (_retry_starts): rebuilt
                     # unheld, it stayed paused for good.
                     st.start_unknown, st.held = True, before.held
+                    self.metrics.partition_held(tp.topic, tp.partition, "start-offset")
                 elif not self._paused:  # a start found meanwhile: seeked below, resumed
                     source.resume([TopicPartition(tp.topic, tp.partition)])
             self._beat()  # a restore is the loop's work (see _on_assign)

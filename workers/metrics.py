@@ -33,6 +33,7 @@ PARTITION_LABELS: Final = ("pipeline", "topic", "partition")
 # of users that still query it; nothing of the project's queries it.
 DEPRECATED_LAG_TOTAL: Final = "streamherd_consumer_lag_total"
 DEAD_LETTER_REASONS: Final = ("decode", "expression", "function", "late", "limit", "unkeyed")
+HELD_REASONS: Final = ("state", "replay-offset", "start-offset")
 
 _LATENCY_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -206,6 +207,17 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         PARTITION_LABELS,
     ),
     MetricSpec(
+        "streamherd_partition_held",
+        "gauge",
+        "1 while an assigned partition is held (not consumed, not checkpointed; /readyz says "
+        "why), by reason: state (its checkpoint is not restored: see "
+        "streamherd_state_restore_refused), replay-offset (the broker has given no offset "
+        "for its replay's or startFrom's time yet), start-offset (startFrom latest: its "
+        "committed offset or log end could not be read yet). The last two are asked again "
+        "at each lag refresh. No series while the partition is not held.",
+        (*PARTITION_LABELS, "reason"),
+    ),
+    MetricSpec(
         "streamherd_state_discarded",
         "counter",
         "Partition states discarded on purpose, by reason: reset or replay (the upgrade "
@@ -284,6 +296,8 @@ class EngineMetrics:
         # the partitions' lag and their total from one refresh (see set_lag).
         self._lag_lock = threading.Lock()
         self._lags: dict[tuple[str, int], int] = {}
+        # The reason each held partition's streamherd_partition_held series carries.
+        self._held: dict[tuple[str, int], str] = {}
         p = pipeline
         # Record counts of an exactly-once engine wait here for its transaction: applied
         # when it commits (settle), forgotten when it aborts (discard_pending), since the
@@ -439,9 +453,23 @@ class EngineMetrics:
         for gauge in self._lag_totals:
             gauge.set(total)
 
+    def partition_held(self, topic: str, partition: int, reason: str | None) -> None:
+        """The partition is held for ``reason`` (one of :data:`HELD_REASONS`), or no longer
+        held (None): its ``streamherd_partition_held`` series, one at a time."""
+        assert reason is None or reason in HELD_REASONS, reason
+        gauge = self.gauge("streamherd_partition_held")
+        before = self._held.pop((topic, partition), None)
+        if before is not None and before != reason:
+            with contextlib.suppress(KeyError):
+                gauge.remove(self.pipeline, topic, str(partition), before)
+        if reason is not None:
+            self._held[(topic, partition)] = reason
+            gauge.labels(self.pipeline, topic, str(partition), reason).set(1)
+
     def forget_partition(self, topic: str, partition: int) -> None:
         """Drop per-partition gauges of a partition this worker no longer owns (and its lag
         from the total, in the same snapshot)."""
+        self.partition_held(topic, partition, None)
         with self._lag_lock:
             if self._lags.pop((topic, partition), None) is not None:
                 self._set_lag_total()

@@ -124,13 +124,14 @@ def test_prometheus_scrapes_the_documented_worker_series(
     )
     # Every metric of the registry is scraped, except those that only exist after an
     # engine error, with a PostgreSQL sink, once state of another fingerprint was held or
-    # discarded, in a repartitioned pipeline (this worker's config has no repartition
-    # topic), or once the broker deleted records before they were read (per partition and
-    # per reason: no series before the first one).
+    # discarded, while a partition is held, in a repartitioned pipeline (this worker's
+    # config has no repartition topic), or once the broker deleted records before they were
+    # read (per partition and per reason: no series before the first one).
     optional = {
         "streamherd_errors",
         "streamherd_records_lost",
         "streamherd_state_restore_refused",
+        "streamherd_partition_held",
         "streamherd_state_discarded",
         "streamherd_repartition_records_in",
     } | {s.name for s in METRICS if "_sink_" in s.name}
