@@ -42,7 +42,7 @@ def engine(source: UnansweringGroup, start_from: StartFrom, time_ms: int | None 
         metrics=EngineMetrics("held"), source=source, state=KeptBackend(),
     )  # fmt: skip
     made._list_topics = lambda timeout=10.0: []  # type: ignore[method-assign]
-    made.source = source  # type: ignore[assignment]
+    made.source = source
     source.open(made._on_assign, made._on_revoke, made._on_lost)
     return made
 
@@ -58,7 +58,7 @@ def test_a_start_the_group_could_not_tell_is_shown_held_until_found() -> None:
     assert all(st.held is not None for st in made.partitions.values())
     # An exactly-once abort rebuilds the partitions: still held, still shown.
     with patch.object(made, "_committed_with_metadata", lambda *_: {}):
-        made._abort_and_rewind(source, "aborted by the test")  # type: ignore[arg-type]
+        made._abort_and_rewind(source, "aborted by the test")
     assert held(made.metrics) == {("0", "start-offset"): 1, ("1", "start-offset"): 1}
     made._retry_starts()  # the group answers
     assert not [st for st in made.partitions.values() if st.held is not None]
