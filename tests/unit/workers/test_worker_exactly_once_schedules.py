@@ -790,5 +790,24 @@ def test_committed_outputs_hold_each_record_once(schedule: dict[str, Any]) -> No
         "checkpoints": {1},
     }
 )
+# A commit whose outcome is unknown (it did commit: p0 at 6, window [4, 8) holding 4 and 5),
+# the abort refused: the next worker adopts the pending checkpoint the first one left, or
+# that window is emitted counting 6 and 7 only.
+@example(
+    {
+        "gaps": [[0] * 9],
+        "initial": [0],
+        "events": [],
+        "later_events": [],
+        "faults": {("commit", 2): "unknown-committed"},
+        "chunk": 3,
+        "start_from": "earliest",
+        "lookup_failures": 0,
+        "batch_size": 12,
+        "serve": [False],
+        "produce": {},
+        "checkpoints": {1, 2},
+    }
+)
 def test_committed_windows_are_each_counted_once_and_whole(schedule: dict[str, Any]) -> None:
     check_end(run(schedule, windowed=True))
