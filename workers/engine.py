@@ -403,8 +403,12 @@ class Engine:
         # Partitions whose `startFrom: latest` start was just resolved: a checkpoint pins it
         # before their first record is folded (_pin_latest).
         self._pins_due = False
-        # Partitions an abort sought back to their commits (_abort_and_rewind).
-        self._seeked: set[tuple[str, int]] = set()
+        # Since the loop's last poll began: the partitions the consumer was moved back on
+        # (an abort's rewind to their commits, an assignment after they were dropped), and
+        # where to; and the partitions dropped (revoked, lost). What that poll handed out
+        # of a partition moved is not folded: it is sought there again (_refetch).
+        self._seeked: dict[tuple[str, int], int] = {}
+        self._dropped: set[tuple[str, int]] = set()
         # The discards this worker made, by partition and snapshot: an exactly-once abort
         # before their first commit rebuilds the partitions, which discards (and keeps)
         # the same checkpoint again; counted and warned of once.
@@ -1254,6 +1258,8 @@ class Engine:
 
     def _drop_state(self, topic: str, partition: int) -> None:
         self.partitions.pop((topic, partition), None)
+        self._seeked.pop((topic, partition), None)
+        self._dropped.add((topic, partition))
         self.state.release(topic, partition)
         self.metrics.forget_partition(topic, partition)
         self.metrics.assigned.set(len(self.partitions))
@@ -1551,6 +1557,13 @@ class Engine:
                 # version wrote, then reaches the log end without a record to come.
                 st.delivered_to = st.next_offset
         source.assign(start)
+        for tp in start:
+            st = self.partitions[(tp.topic, tp.partition)]
+            if (tp.topic, tp.partition) in self._dropped and st.held is None:
+                # Dropped earlier in the poll that assigns it again (the assignment lost or
+                # revoked, then given back): what the poll handed out of it may be of the
+                # earlier ownership, before this start.
+                self._seeked[(tp.topic, tp.partition)] = self._resolved(st, tp.offset)
         held = [tp for tp in start if self.partitions[(tp.topic, tp.partition)].held]
         if self._paused:
             source.pause(start)
@@ -1681,6 +1694,28 @@ class Engine:
         if not self._checkpoint(list(self.partitions.values()), sync=True, reason="start"):
             log_event(log, logging.WARNING, "start-pin-postponed",
                       action="pinned by the next checkpoint")  # fmt: skip
+
+    def _refetch(self, source: Source, messages: list[SourceMessage]) -> list[SourceMessage]:
+        """``messages`` without those of the partitions the consumer was moved back on
+        during the poll that returned them (inside a rebalance callback, or by the pins'
+        abort after it), each sought to where it was moved again. A poll hands out records
+        fetched before such a move and after it alike: the ones before, folded into the
+        rebuilt state, made the records between its start and them look read (skipped:
+        lost, in either mode; helper-117's exactly-once schedules). Those after are read
+        again from there."""
+        kept = [m for m in messages if (m.topic(), m.partition()) not in self._seeked]
+        for (topic, partition), offset in self._seeked.items():
+            source.seek(TopicPartition(topic, partition, offset))
+        return kept
+
+    @staticmethod
+    def _resolved(st: PartitionState, offset: int) -> int:
+        """An assignment's start as the consumer resolves it, for a seek: the group's
+        committed offset (or with none, ``auto.offset.reset``: the log start) for
+        OFFSET_INVALID; any other offset as it is."""
+        if offset != OFFSET_INVALID:
+            return offset
+        return st.committed if st.committed is not None else OFFSET_BEGINNING
 
     def _start_from_time(self, st: PartitionState) -> None:
         """A partition with nothing to resume from (no checkpoint, no committed offset)
@@ -2739,7 +2774,7 @@ class Engine:
         for tp in self._replay_offsets(source, rewound):
             if tp.offset >= 0:
                 source.seek(tp)
-                self._seeked.add((tp.topic, tp.partition))
+                self._seeked[(tp.topic, tp.partition)] = tp.offset
         log_event(log, logging.WARNING, "transaction-aborted", why=why, partitions=len(owned))
 
     @staticmethod
@@ -3192,16 +3227,12 @@ class Engine:
             last_progress = [time.monotonic()]
             while not self.stop.is_set() and not self._broken and not source.exhausted:
                 self._in_hand = True
+                self._seeked, self._dropped = {}, set()
                 messages = source.poll(runtime.batch_size, runtime.batch_timeout_seconds)
                 if self._pins_due:  # assigned inside that poll: before its records fold
-                    self._seeked = set()
                     self._pin_starts()
-                    if self._seeked:
-                        # The pin's transaction failed and the partitions went back to their
-                        # commits: the consumer reads again what was in hand of them.
-                        messages = [
-                            m for m in messages if (m.topic(), m.partition()) not in self._seeked
-                        ]
+                if self._seeked:
+                    messages = self._refetch(source, messages)
                 if messages:
                     self._process(messages)
                 self._in_hand = False

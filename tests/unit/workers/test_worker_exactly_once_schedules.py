@@ -31,14 +31,15 @@ every record of a partition the last worker owned is visible exactly once.
 Pipelines: a filter into the Kafka sink (each output is its record), and a tumbling count
 window (each output is a window, counted once and whole).
 
-Found by it (helper-117; the examples below): records handed out in a poll before a
-rebalance callback that rebuilt their partition's state inside it (a revoke whose
-transaction failed and was aborted, every owned partition sought back to its commit; the
-whole assignment lost and a partition assigned again) are folded into the new state, and
-the records before them, read again, are skipped as already read: lost, under exactly-once.
-The model hands out, in one poll, records from before and after such a callback (as the
-at-least-once test does); librdkafka 2.x purges a batch's records of an outdated version
-only when its barrier op is served within the same call.
+Found by it (helper-117; the examples below, fixed by Engine._refetch): records handed out
+in a poll before a rebalance callback that moved their partition back inside it (a revoke
+whose transaction failed and was aborted, every owned partition sought back to its commit;
+the whole assignment lost and a partition assigned again) were folded into the new state,
+and the records before them, read again, were skipped as already read: lost, under
+exactly-once. The model hands out, in one poll, records from before and after such a
+callback (as the at-least-once test does); librdkafka 2.x purges a batch's records of an
+outdated version only when its barrier op is served within the same call, and a poll that
+serves an assignment also hands out records fetched after it (seen on the real broker).
 """
 
 from __future__ import annotations
@@ -692,7 +693,7 @@ SETTINGS = settings(max_examples=1000, deadline=None, suppress_health_check=[Hea
 @SETTINGS
 @given(SCHEDULE)
 # A revoke inside a poll, after that poll handed out p0's record 1: the revoke's transaction
-# fails, the abort seeks p0 back to 0 (nothing committed), then the loop folds record 1,
+# fails, the abort seeks p0 back to 0 (nothing committed), then the loop folded record 1,
 # still in hand, into p0's new state; record 0, read again, is below its next offset and
 # skipped. The next commit holds p0's offset 2 and the output of record 1 only.
 @example(
