@@ -140,6 +140,9 @@ ADOPT_TRIES: Final = 3
 #: How often a repartitioned pipeline asks for its source topics' partitions again.
 UPSTREAMS_REFRESH_SECONDS: Final = 30.0
 PROGRESS_SECONDS: Final = 1.0
+#: What librdkafka's seek answers for a partition whose fetch has not started (its committed
+#: offset still looked up) or is still stopping.
+SEEK_NOT_STARTED: Final = frozenset({KafkaError._STATE, KafkaError._PREV_IN_PROGRESS})
 HEARTBEAT_STALE_SECONDS: Final = 60.0
 #: Least time between two progress markers of one source partition (repartitioned pipelines).
 MARKER_SECONDS: Final = 0.5
@@ -409,6 +412,7 @@ class Engine:
         # of a partition moved is not folded: it is sought there again (_refetch).
         self._seeked: dict[tuple[str, int], int] = {}
         self._dropped: set[tuple[str, int]] = set()
+        self._reassigned: set[tuple[str, int]] = set()  # of _seeked: by an assignment
         # The discards this worker made, by partition and snapshot: an exactly-once abort
         # before their first commit rebuilds the partitions, which discards (and keeps)
         # the same checkpoint again; counted and warned of once.
@@ -1558,12 +1562,17 @@ class Engine:
                 st.delivered_to = st.next_offset
         source.assign(start)
         for tp in start:
-            st = self.partitions[(tp.topic, tp.partition)]
-            if (tp.topic, tp.partition) in self._dropped and st.held is None:
+            key = (tp.topic, tp.partition)
+            st = self.partitions[key]
+            at = self._resolved(st, tp.offset, key in looked_up)
+            if key in self._dropped and st.held is None and at is not None:
                 # Dropped earlier in the poll that assigns it again (the assignment lost or
                 # revoked, then given back): what the poll handed out of it may be of the
-                # earlier ownership, before this start.
-                self._seeked[(tp.topic, tp.partition)] = self._resolved(st, tp.offset)
+                # earlier ownership, before this start. (A start the consumer resolves
+                # later, the log end or a committed offset the group did not tell, is left
+                # to it: a seek there could only guess.)
+                self._seeked[key] = at
+                self._reassigned.add(key)
         held = [tp for tp in start if self.partitions[(tp.topic, tp.partition)].held]
         if self._paused:
             source.pause(start)
@@ -1703,18 +1712,36 @@ class Engine:
         rebuilt state, made the records between its start and them look read (skipped:
         lost, in either mode; helper-117's exactly-once schedules). Those after are read
         again from there."""
-        kept = [m for m in messages if (m.topic(), m.partition()) not in self._seeked]
-        for (topic, partition), offset in self._seeked.items():
-            source.seek(TopicPartition(topic, partition, offset))
+        kept: list[SourceMessage] = []
+        dropped: set[tuple[str, int]] = set()
+        for m in messages:
+            key = (m.topic(), m.partition())
+            if key in self._seeked:
+                dropped.add(key)
+            else:
+                kept.append(m)
+        for key in dropped:  # none in hand: where the consumer was moved stands
+            try:
+                source.seek(TopicPartition(*key, self._seeked[key]))
+            except KafkaException as error:
+                # Assigned at an offset the consumer still looks up: its fetch has not
+                # started (librdkafka answers _STATE), so nothing of the new ownership was
+                # handed out: the start it was assigned stands.
+                code = error.args[0].code()
+                if key not in self._reassigned or code not in SEEK_NOT_STARTED:
+                    raise
         return kept
 
     @staticmethod
-    def _resolved(st: PartitionState, offset: int) -> int:
-        """An assignment's start as the consumer resolves it, for a seek: the group's
-        committed offset (or with none, ``auto.offset.reset``: the log start) for
-        OFFSET_INVALID; any other offset as it is."""
-        if offset != OFFSET_INVALID:
+    def _resolved(st: PartitionState, offset: int, looked_up: bool) -> int | None:
+        """An assignment's start as an offset a seek can take: an absolute one or the log
+        start as it is; for OFFSET_INVALID the group's committed offset, or with the group
+        saying none, ``auto.offset.reset`` (the log start). None when it is the log end or
+        the group could not be asked: only the consumer's own resolution can say."""
+        if offset >= 0 or offset == OFFSET_BEGINNING:
             return offset
+        if offset != OFFSET_INVALID or not looked_up:
+            return None
         return st.committed if st.committed is not None else OFFSET_BEGINNING
 
     def _start_from_time(self, st: PartitionState) -> None:
@@ -3227,7 +3254,7 @@ class Engine:
             last_progress = [time.monotonic()]
             while not self.stop.is_set() and not self._broken and not source.exhausted:
                 self._in_hand = True
-                self._seeked, self._dropped = {}, set()
+                self._seeked, self._dropped, self._reassigned = {}, set(), set()
                 messages = source.poll(runtime.batch_size, runtime.batch_timeout_seconds)
                 if self._pins_due:  # assigned inside that poll: before its records fold
                     self._pin_starts()
