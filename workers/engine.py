@@ -256,6 +256,11 @@ class PartitionState:
     # consumer's position past it can only be control records (transaction markers) and
     # aborted records the consumer skipped (_past_markers).
     delivered_to: int | None = None
+    # The consumer's position of this partition when it was assigned, if it had one: left
+    # from an earlier ownership (a poll hands out records of a partition it revokes inside
+    # it, and librdkafka can move the position past them after the revoke). Never taken
+    # for markers passed: it is past records this ownership has not read.
+    left_position: int | None = None
     # Exactly-once, restored from a checkpoint an at-least-once run wrote: the group's
     # committed offset tells whether it was reset since, as in at-least-once mode.
     judged_by_group: bool = False
@@ -1561,6 +1566,7 @@ class Engine:
                 # version wrote, then reaches the log end without a record to come.
                 st.delivered_to = st.next_offset
         source.assign(start)
+        self._left_positions(source, start)
         for tp in start:
             key = (tp.topic, tp.partition)
             st = self.partitions[key]
@@ -1703,6 +1709,20 @@ class Engine:
         if not self._checkpoint(list(self.partitions.values()), sync=True, reason="start"):
             log_event(log, logging.WARNING, "start-pin-postponed",
                       action="pinned by the next checkpoint")  # fmt: skip
+
+    def _left_positions(self, source: Source, assigned: list[TopicPartition]) -> None:
+        """Note the positions the consumer kept for partitions just assigned (a fresh
+        assignment has none) as ``left_position``: _past_markers never takes them."""
+        try:
+            found = source.positions([TopicPartition(tp.topic, tp.partition) for tp in assigned])
+        except KafkaException:
+            found = []
+        for tp in found:
+            st = self.partitions.get((tp.topic, tp.partition))
+            if st is not None and tp.offset >= 0:
+                st.left_position = tp.offset
+                log_event(log, logging.INFO, "position-left", topic=tp.topic,
+                          partition=tp.partition, position=tp.offset)  # fmt: skip
 
     def _refetch(self, source: Source, messages: list[SourceMessage]) -> list[SourceMessage]:
         """``messages`` without those of the partitions the consumer was moved back on
@@ -2492,7 +2512,7 @@ class Engine:
         for st in behind:
             position = at.get((st.topic, st.partition), -1)
             assert st.next_offset is not None and st.high is not None
-            if st.next_offset < position <= st.high:
+            if st.next_offset < position <= st.high and position != st.left_position:
                 st.next_offset = st.delivered_to = position
                 st.dirty = True
 
@@ -2779,6 +2799,7 @@ class Engine:
             st = self._new_state(
                 tp.topic, tp.partition, committed.get((tp.topic, tp.partition)), rewinding=True
             )
+            st.left_position = before.left_position
             if before.start_unknown and st.held is None:
                 if st.next_offset is None:
                     # Still held, paused, its start asked again (_retry_starts): rebuilt

@@ -1,0 +1,105 @@
+"""A position the consumer kept for a partition from an earlier ownership is never taken for
+transaction markers passed (helper-119's review).
+
+librdkafka moves a partition's app position for the records a consume call returns (at the
+end of the call, after its rebalance callbacks, forward only); a fetcher that stops resets
+it, and a seek does, an assignment does not. A partition revoked inside a poll after that
+poll handed out records of it can so keep a position past them, and an assignment of it
+later finds it there: _past_markers took it for markers passed (the next offset equal to the
+one delivered to, set at the assignment for a start standing on a marker) and committed
+past records the new ownership never read. The model's consumer moves positions so here
+(``AppPosition``); everything else is the at-least-once property test's."""
+
+from __future__ import annotations
+
+from typing import Any
+from unittest.mock import patch
+
+from confluent_kafka import TopicPartition
+from hypothesis import given, settings
+
+import tests.unit.workers.test_worker_commit_never_passes_unfolded as alo
+from tests.unit.workers.test_worker_commit_never_passes_unfolded import Event, GroupConsumer
+from tests.unit.workers.test_worker_refetch_starts import schedule
+
+
+class AppPosition(GroupConsumer):
+    def poll(self, max_records: int, timeout: float) -> list[Any]:
+        before = dict(self.pos)
+        self.pos = dict(before)
+        handed: dict[int, int] = {}
+        real_events = self._events
+
+        def events(phase: Any) -> None:
+            if phase == "after":
+                # Whatever the base class moved while handing out is undone: librdkafka
+                # moves the app position only once the call returns (rd_kafka_q_serve_
+                # rkmessages: after its loop, for every message returned).
+                for p in list(self.pos):
+                    if p in before:
+                        handed[p] = self.pos[p]
+                        self.pos[p] = before[p]
+                    else:
+                        handed[p] = self.pos.pop(p)
+            real_events(phase)
+
+        self._events = events  # type: ignore[method-assign]
+        try:
+            batch = super().poll(max_records, timeout)
+        finally:
+            del self._events
+        for p, at in handed.items():  # of any partition, owned now or not
+            if at > self.pos.get(p, -1001):
+                self.pos[p] = at
+        return batch
+
+    def assign(self, start: list[TopicPartition]) -> None:
+        kept = dict(self.pos)
+        super().assign(start)
+        for tp in start:  # the assignment keeps the toppar's app position
+            if tp.partition in kept:
+                self.pos[tp.partition] = kept[tp.partition]
+            else:
+                self.pos.pop(tp.partition, None)
+
+    def unassign(self, partitions: list[TopicPartition]) -> None:
+        super().unassign(partitions)  # fetch stopped: rktp_app_pos = INVALID
+
+    def seek(self, partition: TopicPartition) -> None:
+        super().seek(partition)
+        self.pos[partition.partition] = -1001  # rd_kafka_toppar_seek resets it (#3567)
+
+
+def test_a_position_left_from_an_earlier_ownership_is_not_committed() -> None:
+    """p1 read to 4 and checkpointed; poll 2 hands out 4..7 and p1 is revoked after them
+    (their barrier not served in that call): the revoke commits 4; the call then moves
+    p1's app position to 8 (its fetcher stopped, the position INVALID, then moved forward).
+    Assigned again at poll 3 from its checkpoint 4 (after p0, whose records fill the next
+    batches): the checkpoint at loop 4 took position 8 for markers passed (_past_markers)
+    and committed 8: records 4..7 never folded (the model's judge says so)."""
+    with patch.object(alo, "GroupConsumer", AppPosition):
+        alo.run(
+            schedule(
+                gaps=[[0] * 30, [0] * 11],
+                initial=[1],
+                chunk=4,
+                batch_size=4,
+                events=[
+                    Event(2, "revoke", 1, "after"),
+                    Event(3, "assign", 0, "before"),
+                    Event(3, "assign", 1, "after"),
+                ],
+                checkpoints={1, 4},
+            )
+        )
+
+
+@settings(max_examples=300, deadline=None)
+@given(alo.SCHEDULE)
+def test_no_commit_passes_a_record_not_folded_with_positions_moved_as_librdkafka_does(
+    drawn: dict[str, Any],
+) -> None:
+    """The at-least-once property test's invariant (judged at every commit and checkpoint),
+    its consumer moving positions as ``AppPosition`` does."""
+    with patch.object(alo, "GroupConsumer", AppPosition):
+        alo.run(drawn)
