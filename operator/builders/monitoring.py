@@ -22,6 +22,11 @@ MONITORING_API: Final = "monitoring.coreos.com/v1"
 # per-worker sum, so summing over pods gives the pipeline's total (its first name,
 # streamherd_consumer_lag_total, is deprecated: a gauge named like a counter).
 METRIC_LAG: Final = "streamherd_worker_consumer_lag"
+# Workers of an earlier release (an image pinned by spec.image, or a roll under way) export
+# the deprecated name only: the rules take a worker's new series where it has one, else its
+# old one (`or` matches label sets without the metric name: a worker that exports both
+# counts once). Dropped with the deprecated name.
+METRIC_LAG_DEPRECATED: Final = "streamherd_consumer_lag_total"
 METRIC_RECORDS_IN: Final = "streamherd_records_in_total"
 METRIC_DEAD_LETTERED: Final = "streamherd_records_dead_lettered_total"
 METRIC_ERRORS: Final = "streamherd_errors_total"
@@ -39,6 +44,7 @@ METRIC_RECORDS_LOST_CREATED: Final = "streamherd_records_lost_created"
 RECORDS_LOST_WINDOW: Final = "1h"
 ALERT_METRICS: Final = (
     METRIC_LAG,
+    METRIC_LAG_DEPRECATED,
     METRIC_RECORDS_IN,
     METRIC_DEAD_LETTERED,
     METRIC_ERRORS,
@@ -81,7 +87,7 @@ def build_prometheus_rule(pipeline: StreamPipeline, settings: OperatorSettings) 
     docs/monitoring.md says what to do when it fires."""
     mon = pipeline.spec.monitoring
     sel = f'namespace="{pipeline.namespace}", pipeline="{pipeline.name}"'
-    lag = f"sum({METRIC_LAG}{{{sel}}})"
+    lag = f"sum({METRIC_LAG}{{{sel}}} or {METRIC_LAG_DEPRECATED}{{{sel}}})"
     alert_labels = {"namespace": pipeline.namespace, "pipeline": pipeline.name}
     dlq_window, dlq_seconds = DEAD_LETTER_WINDOW, _seconds(DEAD_LETTER_WINDOW)
 

@@ -47,6 +47,7 @@ class Case:
 
 
 LAG = "streamherd_worker_consumer_lag"
+LAG_DEPRECATED = "streamherd_consumer_lag_total"
 IN = "streamherd_records_in_total"
 CONSUMING = series(IN, "0+5000x60", topic="clicks", partition="0")
 LONG_AGO = "-86400x40"  # a `_created` timestamp a day before the test's time 0
@@ -85,6 +86,15 @@ CASES = [
          [series(LAG, "5000x60"), CONSUMING]),
     Case("lag shrinking", "StreamherdLagGrowing", "40m", False,
          [series(LAG, "60000-1000x60"), CONSUMING]),
+    # --- a worker of an earlier release exports the deprecated name only; one of this
+    #     release exports both (counted once: `or` matches label sets, not names)
+    Case("lag high on a worker of an earlier release", "StreamherdLagAboveThreshold", "15m",
+         True, [series(LAG_DEPRECATED, "200000x30"), CONSUMING]),
+    Case("both names of one worker are one lag", "StreamherdLagAboveThreshold", "15m",
+         False, [series(LAG, "60000x30"), series(LAG_DEPRECATED, "60000x30"), CONSUMING]),
+    Case("lag of workers of two releases adds up", "StreamherdLagAboveThreshold", "15m",
+         True, [series(LAG, "60000x30"), series(LAG_DEPRECATED, "60000x30"),
+                series(LAG_DEPRECATED, "60000x30", instance="10.0.0.2:9100"), CONSUMING]),
     # --- lag but nothing consumed
     Case("stuck: counter flat", "StreamherdNoProgress", "25m", True,
          [series(LAG, "500x40"), series(IN, "1000x40", topic="clicks", partition="0")]),
