@@ -31,6 +31,13 @@ every record of a partition the last worker owned is visible exactly once.
 Pipelines: a filter into the Kafka sink (each output is its record), and a tumbling count
 window (each output is a window, counted once and whole).
 
+Dead letters: in the ``HOSTILE`` schedules some records fail, half to decode (not JSON), half
+the filter (a division by zero), and go to the dead-letter topic in the same transaction
+(the producer is the one transactional producer). The rule then covers both topics: after
+every commit, each record of a partition from its start up to the committed offset is
+either one output (or counted in its window) or one dead letter, never both, and a dead
+letter is exactly a hostile record.
+
 Found by it (helper-117; the examples below, fixed by Engine._refetch): records handed out
 in a poll before a rebalance callback that moved their partition back inside it (a revoke
 whose transaction failed and was aborted, every owned partition sought back to its commit;
@@ -78,6 +85,7 @@ Kind = Literal["assign", "revoke", "lost"]
 Fault = Literal["abortable", "retriable", "fatal", "unknown-committed", "unknown-aborted"]
 Call = Literal["send_offsets", "commit", "abort"]
 OUT = "results"
+DEAD = "dead"
 WINDOW_MS = 4
 MAX_WORKERS = 8
 
@@ -119,18 +127,26 @@ class Broker:
         *,
         windowed: bool,
         earliest: bool,
+        hostile: frozenset[tuple[int, int]] = frozenset(),
     ) -> None:
         self.logs, self.faults, self.windowed = logs, dict(faults), windowed
+        # (partition, index in its log) of the records that are dead-lettered
+        self.hostile_at = hostile
         self.planned = len(faults)
         self.earliest = earliest
         self.group: dict[int, tuple[int, str]] = {}
         self.visible: list[dict[str, Any]] = []  # the committed outputs, in commit order
+        self.dead: list[tuple[int, int]] = []  # the committed dead letters' (partition, offset)
         self.epoch = 0
         self.calls: Counter[str] = Counter()
         self.start: dict[int, int] = {}  # where each partition began: nothing committed then
         self.violations: list[str] = []
         self.commits = 0
         self.owner: GroupConsumer | None = None
+
+    def hostile(self, p: int, o: int) -> bool:
+        """Whether record ``o`` of partition ``p`` fails the pipeline (is dead-lettered)."""
+        return bool(self.hostile_at) and (p, self.logs[p].index(o)) in self.hostile_at
 
     def ends(self, p: int) -> int:
         """The log end: past the last record and, on odd partitions, a marker after it."""
@@ -153,10 +169,16 @@ class Broker:
             raise self.violation(f"p{p} begins at {offset}, past its first record")
         self.start[p] = offset
 
-    def commit(self, outputs: list[dict[str, Any]], offsets: dict[int, tuple[int, str]]) -> None:
-        """A transaction commits: its outputs and offsets at once."""
+    def commit(
+        self,
+        outputs: list[dict[str, Any]],
+        dead: list[tuple[int, int]],
+        offsets: dict[int, tuple[int, str]],
+    ) -> None:
+        """A transaction commits: its outputs, dead letters and offsets at once."""
         self.commits += 1
         self.visible.extend(outputs)
+        self.dead.extend(dead)
         self.group.update(offsets)
         self.judge(f"commit {self.commits}")
 
@@ -166,11 +188,19 @@ class Broker:
         """The outputs a partition must hold when ``upto`` is committed: each record (or,
         windowed, each window closed with its records) from its start, once."""
         start = self.start.get(p, 0)
-        records = [o for o in self.logs[p] if start <= o < upto]
+        records = [o for o in self.logs[p] if start <= o < upto and not self.hostile(p, o)]
         if not self.windowed:
             return Counter((p, o) for o in records)
-        counts = Counter(window_of(o) for o in self.logs[p] if o >= start)
+        counts = Counter(
+            window_of(o) for o in self.logs[p] if o >= start and not self.hostile(p, o)
+        )
         return Counter((p, w, counts[w]) for w in {window_of(o) for o in records})
+
+    def expected_dead(self, p: int, upto: int) -> Counter[tuple[int, int]]:
+        """The dead letters a partition must hold when ``upto`` is committed: each hostile
+        record from its start, once (whatever the pipeline: a window never counts one)."""
+        start = self.start.get(p, 0)
+        return Counter((p, o) for o in self.logs[p] if start <= o < upto and self.hostile(p, o))
 
     def seen(self, p: int) -> Counter[Any]:
         if not self.windowed:
@@ -186,6 +216,14 @@ class Broker:
             committed = self.group.get(p, (None, ""))[0]
             if committed is not None and committed > self.ends(p):
                 raise self.violation(f"{when}: p{p} committed at {committed}, past the log end")
+            dead = Counter(d for d in self.dead if d[0] == p)
+            expected_dead = self.expected_dead(p, committed if committed is not None else -1)
+            if dead != expected_dead:
+                raise self.violation(
+                    f"{when}: p{p} committed at {committed} from {self.start.get(p)}: dead "
+                    f"letters missing {sorted((expected_dead - dead).elements())}, more than "
+                    f"once or past it {sorted((dead - expected_dead).elements())}"
+                )
             seen = self.seen(p)
             if self.windowed:
                 # A window result appears once, with every record of its window counted;
@@ -230,6 +268,7 @@ class FakeProducer:
         self.state = "init"
         self.epoch = -1
         self.outputs: list[dict[str, Any]] = []
+        self.dead: list[tuple[int, int]] = []
         self.offsets: dict[int, tuple[int, str]] = {}
         self.error: KafkaError | None = None
 
@@ -265,10 +304,20 @@ class FakeProducer:
     def begin_transaction(self) -> None:
         self._require("begin_transaction", "ready")
         self.state = "in"
-        self.outputs, self.offsets = [], {}
+        self.outputs, self.dead, self.offsets = [], [], {}
 
-    def produce(self, topic: str, value: bytes, **_: Any) -> None:
+    def produce(
+        self, topic: str, value: bytes, headers: Sequence[tuple[str, bytes]] = (), **_: Any
+    ) -> None:
         self._require("produce", "in")
+        if topic == DEAD:
+            origin = dict(headers)
+            p = int(origin["streamherd.source.partition"])
+            o = int(origin["streamherd.source.offset"])
+            if not self.broker.hostile(p, o):
+                raise self.broker.violation(f"p{p} record {o} dead-lettered: {origin}")
+            self.dead.append((p, o))
+            return
         if topic != OUT:
             raise self.broker.violation(f"produced to {topic}")
         self.outputs.append(orjson.loads(value))
@@ -300,11 +349,11 @@ class FakeProducer:
         if fault is not None:  # timed out; EndTxn sent, its outcome the broker's
             self.state = "committing"
             if fault == "unknown-committed":
-                self.broker.commit(self.outputs, self.offsets)
-            self.outputs, self.offsets = [], {}
+                self.broker.commit(self.outputs, self.dead, self.offsets)
+            self.outputs, self.dead, self.offsets = [], [], {}
             self._raise(KafkaError._TIMED_OUT, "injected", retriable=True)
-        self.broker.commit(self.outputs, self.offsets)
-        self.outputs, self.offsets = [], {}
+        self.broker.commit(self.outputs, self.dead, self.offsets)
+        self.outputs, self.dead, self.offsets = [], [], {}
         self.state = "ready"
 
     def abort_transaction(self, timeout: float = -1) -> None:
@@ -314,7 +363,7 @@ class FakeProducer:
         self._require("abort_transaction", "in", "abortable")
         if self.broker.fault("abort") is not None:
             self._raise(KafkaError._TIMED_OUT, "injected", retriable=True)
-        self.outputs, self.offsets = [], {}
+        self.outputs, self.dead, self.offsets = [], [], {}
         self.state, self.error = "ready", None
 
     # -- the producer's other calls
@@ -326,10 +375,27 @@ class FakeProducer:
         return 0
 
     def purge(self, *args: Any, **kwargs: Any) -> None:
-        self.outputs = []
+        self.outputs, self.dead = [], []
 
     def __len__(self) -> int:
         return 0
+
+
+class Garbage(SyntheticMessage):
+    """A record whose value is not JSON: it fails to decode."""
+
+    __slots__ = ()
+
+    def value(self) -> bytes:
+        return b"\xff" + super().value()
+
+
+def message(p: int, o: int, *, hostile: bool) -> SyntheticMessage:
+    """Record ``o`` of partition ``p``; a hostile one fails to decode (even offsets) or fails
+    the pipeline's filter (odd: a division by zero), and is dead-lettered either way."""
+    record = {"p": p, "o": o, "k": str(p), "d": 0 if hostile else 1}
+    cls = Garbage if hostile and o % 2 == 0 else SyntheticMessage
+    return cls(TOPIC, p, o, str(p).encode(), record, BASE_TS + o)
 
 
 class GroupConsumer:
@@ -402,8 +468,7 @@ class GroupConsumer:
             room = min(self.chunk, max_records - len(batch))
             taken, self.queue[p] = self.queue[p][:room], self.queue[p][room:]
             for o in taken:
-                record = {"p": p, "o": o, "k": str(p)}
-                batch.append(SyntheticMessage(TOPIC, p, o, str(p).encode(), record, BASE_TS + o))
+                batch.append(message(p, o, hostile=self.broker.hostile(p, o)))
                 self.pos[p] = o + 1
             if self.serve[self.polls % len(self.serve)]:
                 self.pos[p] = self.queue[p][0] if self.queue[p] else self.broker.ends(p)
@@ -503,8 +568,10 @@ class GroupConsumer:
             self.callbacks["revoke"](owned)
 
 
-def config(batch_size: int, start_from: str, directory: str, *, windowed: bool) -> WorkerConfig:
-    steps: list[dict[str, Any]] = [{"filter": "o >= 0"}]
+def config(
+    batch_size: int, start_from: str, directory: str, *, windowed: bool, dead_letters: bool = False
+) -> WorkerConfig:
+    steps: list[dict[str, Any]] = [{"filter": "o / d >= 0"}]
     if windowed:
         steps.append(
             {
@@ -532,6 +599,11 @@ def config(batch_size: int, start_from: str, directory: str, *, windowed: bool) 
             "sink": {"kafka": {"bootstrapServers": "127.0.0.1:9", "topic": OUT}},
             "checkpoint": {"directory": directory, "intervalSeconds": 600},
             "runtime": {"metricsPort": 0, "batchSize": batch_size},
+            **(
+                {"deadLetter": {"bootstrapServers": "127.0.0.1:9", "topic": DEAD}}
+                if dead_letters
+                else {}
+            ),
         }
     )
 
@@ -551,32 +623,39 @@ EVENTS = st.lists(
     ),
     max_size=6,
 )
-SCHEDULE = st.fixed_dictionaries(
+FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "gaps": st.lists(
+        st.lists(st.sampled_from([0, 0, 0, 1, 1, 2]), max_size=20), min_size=1, max_size=3
+    ),
+    "initial": st.lists(st.integers(0, 2), max_size=3, unique=True),
+    "events": EVENTS,
+    # Rebalances of the workers that take over after one stopped.
+    "later_events": st.lists(
+        st.builds(
+            Event,
+            st.integers(1, 8),
+            st.sampled_from(["assign", "revoke", "lost"]),
+            st.integers(0, 2),
+            st.sampled_from(["before", "after"]),
+        ),
+        max_size=3,
+    ),
+    "faults": FAULTS,
+    "chunk": st.integers(1, 6),
+    "start_from": st.sampled_from(["earliest", "latest"]),
+    "lookup_failures": st.integers(0, 2),
+    "batch_size": st.integers(1, 12),
+    "serve": st.lists(st.booleans(), min_size=1, max_size=5),
+    "produce": st.dictionaries(st.integers(0, 2), st.integers(0, 5), max_size=3),
+    "checkpoints": st.sets(st.integers(1, 15), max_size=8),
+}
+SCHEDULE = st.fixed_dictionaries(FIELDS)
+#: The same, some records hostile: (partition, index in its log) of each, the partition
+#: taken modulo the partitions; an index past the log's records is one produced meanwhile.
+HOSTILE = st.fixed_dictionaries(
     {
-        "gaps": st.lists(
-            st.lists(st.sampled_from([0, 0, 0, 1, 1, 2]), max_size=20), min_size=1, max_size=3
-        ),
-        "initial": st.lists(st.integers(0, 2), max_size=3, unique=True),
-        "events": EVENTS,
-        # Rebalances of the workers that take over after one stopped.
-        "later_events": st.lists(
-            st.builds(
-                Event,
-                st.integers(1, 8),
-                st.sampled_from(["assign", "revoke", "lost"]),
-                st.integers(0, 2),
-                st.sampled_from(["before", "after"]),
-            ),
-            max_size=3,
-        ),
-        "faults": FAULTS,
-        "chunk": st.integers(1, 6),
-        "start_from": st.sampled_from(["earliest", "latest"]),
-        "lookup_failures": st.integers(0, 2),
-        "batch_size": st.integers(1, 12),
-        "serve": st.lists(st.booleans(), min_size=1, max_size=5),
-        "produce": st.dictionaries(st.integers(0, 2), st.integers(0, 5), max_size=3),
-        "checkpoints": st.sets(st.integers(1, 15), max_size=8),
+        **FIELDS,
+        "hostile": st.sets(st.tuples(st.integers(0, 2), st.integers(0, 6)), min_size=1, max_size=8),
     }
 )
 
@@ -601,7 +680,11 @@ def run(schedule: dict[str, Any], *, windowed: bool = False) -> Outcome:
     logs = gappy_log(schedule["gaps"])
     n = len(logs)
     faults = {(call, k): fault for (call, k), fault in schedule["faults"].items()}
-    broker = Broker(logs, faults, windowed=windowed, earliest=schedule["start_from"] == "earliest")
+    hostile = frozenset((p % n, o) for p, o in schedule.get("hostile", ()))
+    broker = Broker(
+        logs, faults, windowed=windowed, earliest=schedule["start_from"] == "earliest",
+        hostile=hostile,
+    )  # fmt: skip
     reasons: list[str] = []
     owned: set[int] = set()
     with scratch() as directory:
@@ -621,7 +704,7 @@ def run(schedule: dict[str, Any], *, windowed: bool = False) -> Outcome:
                 lookup_failures=schedule["lookup_failures"] if first else 0,
             )
             cfg = config(schedule["batch_size"], schedule["start_from"], directory,
-                         windowed=windowed)  # fmt: skip
+                         windowed=windowed, dead_letters="hostile" in schedule)  # fmt: skip
             with (
                 patch("streamherd.workers.sinks.topic_limits", lambda *a, **k: {}),
                 patch(
@@ -812,3 +895,51 @@ def test_committed_outputs_hold_each_record_once(schedule: dict[str, Any]) -> No
 )
 def test_committed_windows_are_each_counted_once_and_whole(schedule: dict[str, Any]) -> None:
     check_end(run(schedule, windowed=True))
+
+
+# -- dead letters: hostile records go to the dead-letter topic in the same transaction
+
+
+def check_dead_letters(outcome: Outcome) -> None:
+    """check_end, and each committed dead letter is a hostile record (the rule at every
+    commit: each hostile record up to the committed offset once, none an output)."""
+    check_end(outcome)
+    broker = outcome.broker
+    event(f"dead letters committed: {min(len(broker.dead), 5)}")
+    assert len(set(broker.dead)) == len(broker.dead), broker.dead
+
+
+@SETTINGS
+@given(HOSTILE)
+# A hostile record in a transaction that fails and is aborted (a revoke inside the poll
+# after its records were handed out): its dead letter goes with the aborted transaction,
+# and the record, read again, is dead-lettered in the next one.
+@example(
+    {
+        "gaps": [[0] * 5, [0] * 5],
+        "initial": [0, 1],
+        "events": [Event(3, "revoke", 1, "after")],
+        "later_events": [],
+        "faults": {("send_offsets", 1): "abortable", ("commit", 2): "unknown-committed"},
+        "chunk": 2,
+        "start_from": "earliest",
+        "lookup_failures": 0,
+        "batch_size": 12,
+        "serve": [False],
+        "produce": {},
+        "checkpoints": {1, 3},
+        "hostile": {(0, 0), (0, 1), (1, 3), (0, 4)},
+    }
+)
+def test_committed_outputs_and_dead_letters_hold_each_record_once(
+    schedule: dict[str, Any],
+) -> None:
+    check_dead_letters(run(schedule))
+
+
+@SETTINGS
+@given(HOSTILE)
+def test_committed_windows_and_dead_letters_hold_each_record_once(
+    schedule: dict[str, Any],
+) -> None:
+    check_dead_letters(run(schedule, windowed=True))
