@@ -38,6 +38,21 @@ every commit, each record of a partition from its start up to the committed offs
 either one output (or counted in its window) or one dead letter, never both, and a dead
 letter is exactly a hostile record.
 
+The changelog state backend (``checkpoint.changelog``, workers/changelog.py), instead of the
+volume's files: its records join the worker's one transaction (the same fake producer), into
+a model of the compacted topic's partitions where each record stays open until its
+transaction is decided (committed or aborted: a commit, an abort, a commit of unknown
+outcome as the broker decided it, or the next producer's ``init_transactions``); the
+backend's restore reads it with a fake of its two consumers (read_committed up to the last
+stable offset, and the probe of the log end). Its topic admin calls are stubbed (the
+topic exists with ``CHANGELOG_PARTITIONS``). Besides the rule above, at every commit each
+partition whose offset it commits has, in the committed changelog, the checkpoint of that
+offset and transaction; a restore that would wait for the worker's own open transaction is
+a violation. Not modelled: another worker's transaction still open when a restore reads
+(the model's broker aborts it at once, on the next init_transactions), snapshots (``keep``,
+a reset or replay), compaction itself (the reader folds every committed record, which is
+what compaction keeps).
+
 Found by it (helper-117; the examples below, fixed by Engine._refetch): records handed out
 in a poll before a rebalance callback that moved their partition back inside it (a revoke
 whose transaction failed and was aborted, every owned partition sought back to its commit;
@@ -64,10 +79,19 @@ from typing import Any, Literal
 from unittest.mock import patch
 
 import orjson
-from confluent_kafka import OFFSET_END, OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    OFFSET_INVALID,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from streamherd.workers import changelog
+from streamherd.workers.checkpointing import Checkpoint
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.engine import Engine
 from streamherd.workers.kafkaclients import FatalClientError
@@ -86,6 +110,9 @@ Fault = Literal["abortable", "retriable", "fatal", "unknown-committed", "unknown
 Call = Literal["send_offsets", "commit", "abort"]
 OUT = "results"
 DEAD = "dead"
+CHANGELOG = "exactly-changelog"
+#: Fewer than the source's partitions (up to 3): partitions 0 and 2 share changelog 0.
+CHANGELOG_PARTITIONS = 2
 WINDOW_MS = 4
 MAX_WORKERS = 8
 
@@ -104,6 +131,16 @@ class Event:
 
 class Violation(AssertionError):
     pass
+
+
+@dataclass
+class Entry:
+    """A changelog partition's entry: a record of a transaction (open until the transaction
+    is decided), or the marker that decides it (offsets no record holds)."""
+
+    key: bytes | None
+    value: bytes | None
+    status: Literal["open", "committed", "aborted", "marker"]
 
 
 def window_of(offset: int) -> int:
@@ -143,6 +180,10 @@ class Broker:
         self.violations: list[str] = []
         self.commits = 0
         self.owner: GroupConsumer | None = None
+        # The changelog topic (checkpoint.changelog): every entry ever written, by partition.
+        self.changelogged = False
+        self.restores = 0  # reads of a changelog partition that holds a committed record
+        self.changelog: dict[int, list[Entry]] = {cp: [] for cp in range(CHANGELOG_PARTITIONS)}
 
     def hostile(self, p: int, o: int) -> bool:
         """Whether record ``o`` of partition ``p`` fails the pipeline (is dead-lettered)."""
@@ -156,6 +197,34 @@ class Broker:
     def fault(self, call: Call) -> Fault | None:
         self.calls[call] += 1
         return self.faults.pop((call, self.calls[call]), None)
+
+    def decide(self, entries: Sequence[tuple[int, Entry]], committed: bool) -> None:
+        """A transaction's changelog records are decided: a marker follows them."""
+        touched = set()
+        for cp, entry in entries:
+            if entry.status == "open":
+                entry.status = "committed" if committed else "aborted"
+                touched.add(cp)
+        for cp in sorted(touched):
+            self.changelog[cp].append(Entry(None, None, "marker"))
+
+    def fence(self) -> None:
+        """A new producer of the transactional id: the open transaction is aborted."""
+        self.decide([(cp, e) for cp, log in self.changelog.items() for e in log], False)
+
+    def restored(self, p: int) -> Checkpoint | None:
+        """Partition ``p``'s checkpoint as the committed changelog holds it."""
+        records: changelog.Records = {}
+        changelog.apply(
+            records,
+            (
+                (e.key, e.value)
+                for e in self.changelog[p % CHANGELOG_PARTITIONS]
+                if e.status == "committed" and e.key is not None
+            ),
+        )
+        mine = {k: v for k, v in records.items() if changelog.owner(k) == (TOPIC, p)}
+        return changelog.decode(TOPIC, p, changelog.live(mine))
 
     def violation(self, message: str) -> Violation:
         self.violations.append(message)
@@ -180,6 +249,20 @@ class Broker:
         self.visible.extend(outputs)
         self.dead.extend(dead)
         self.group.update(offsets)
+        if self.changelogged:
+            # The changelog commits with the offsets: each partition's checkpoint there is
+            # the one of its committed offset (same offset, same transaction's generation).
+            for p, (offset, generation) in offsets.items():
+                checkpoint = self.restored(p)
+                if checkpoint is None or (checkpoint.next_offset, checkpoint.generation) != (
+                    offset,
+                    generation,
+                ):
+                    raise self.violation(
+                        f"commit {self.commits}: p{p} committed at {offset} ({generation}), "
+                        f"its changelog checkpoint "
+                        f"{checkpoint and (checkpoint.next_offset, checkpoint.generation)}"
+                    )
         self.judge(f"commit {self.commits}")
 
     # -- the rule
@@ -270,6 +353,7 @@ class FakeProducer:
         self.outputs: list[dict[str, Any]] = []
         self.dead: list[tuple[int, int]] = []
         self.offsets: dict[int, tuple[int, str]] = {}
+        self.changes: list[tuple[int, Entry]] = []  # its changelog records, in the log
         self.error: KafkaError | None = None
 
     # -- librdkafka's errors
@@ -299,17 +383,31 @@ class FakeProducer:
         # is aborted (its outputs never become visible).
         self.broker.epoch += 1
         self.epoch = self.broker.epoch
+        self.broker.fence()
         self.state = "ready"
 
     def begin_transaction(self) -> None:
         self._require("begin_transaction", "ready")
         self.state = "in"
-        self.outputs, self.dead, self.offsets = [], [], {}
+        self.outputs, self.dead, self.offsets, self.changes = [], [], {}, []
 
     def produce(
-        self, topic: str, value: bytes, headers: Sequence[tuple[str, bytes]] = (), **_: Any
+        self,
+        topic: str,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        key: bytes | None = None,
+        partition: int = -1,
+        **_: Any,
     ) -> None:
         self._require("produce", "in")
+        if topic == CHANGELOG:
+            assert self.broker.changelogged and 0 <= partition < CHANGELOG_PARTITIONS, partition
+            entry = Entry(key, value, "open")
+            self.broker.changelog[partition].append(entry)
+            self.changes.append((partition, entry))
+            return
+        assert value is not None
         if topic == DEAD:
             origin = dict(headers)
             p = int(origin["streamherd.source.partition"])
@@ -348,12 +446,14 @@ class FakeProducer:
             self._raise(KafkaError._FENCED, "injected", fatal=True)
         if fault is not None:  # timed out; EndTxn sent, its outcome the broker's
             self.state = "committing"
+            self.broker.decide(self.changes, fault == "unknown-committed")
             if fault == "unknown-committed":
                 self.broker.commit(self.outputs, self.dead, self.offsets)
-            self.outputs, self.dead, self.offsets = [], [], {}
+            self.outputs, self.dead, self.offsets, self.changes = [], [], {}, []
             self._raise(KafkaError._TIMED_OUT, "injected", retriable=True)
+        self.broker.decide(self.changes, True)
         self.broker.commit(self.outputs, self.dead, self.offsets)
-        self.outputs, self.dead, self.offsets = [], [], {}
+        self.outputs, self.dead, self.offsets, self.changes = [], [], {}, []
         self.state = "ready"
 
     def abort_transaction(self, timeout: float = -1) -> None:
@@ -363,7 +463,8 @@ class FakeProducer:
         self._require("abort_transaction", "in", "abortable")
         if self.broker.fault("abort") is not None:
             self._raise(KafkaError._TIMED_OUT, "injected", retriable=True)
-        self.outputs, self.dead, self.offsets = [], [], {}
+        self.broker.decide(self.changes, False)
+        self.outputs, self.dead, self.offsets, self.changes = [], [], {}, []
         self.state, self.error = "ready", None
 
     # -- the producer's other calls
@@ -379,6 +480,82 @@ class FakeProducer:
 
     def __len__(self) -> int:
         return 0
+
+
+class ChangelogMessage:
+    """A changelog record as a read_committed consumer hands it out, or the end of the
+    partition (``_PARTITION_EOF``)."""
+
+    def __init__(self, offset: int, key: bytes | None = None, value: bytes | None = None,
+                 *, eof: bool = False) -> None:  # fmt: skip
+        self._offset, self._key, self._value, self._eof = offset, key, value, eof
+
+    def error(self) -> KafkaError | None:
+        return KafkaError(KafkaError._PARTITION_EOF) if self._eof else None
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+
+class ChangelogReader:
+    """The changelog backend's consumers (workers/changelog.py): the restore's reader
+    (read_committed: committed records only, up to the first transaction still open, the
+    last stable offset) and its probe of the log end (open transactions included)."""
+
+    def __init__(self, broker: Broker, conf: dict[str, Any]) -> None:
+        self.broker = broker
+        self.committed_only = conf["isolation.level"] == "read_committed"
+        self.cp: int | None = None
+        self.pos = 0
+
+    def get_watermark_offsets(
+        self, tp: TopicPartition, timeout: float = -1, cached: bool = False
+    ) -> tuple[int, int]:
+        assert tp.topic == CHANGELOG, tp
+        return 0, len(self.broker.changelog[tp.partition])
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        [tp] = partitions
+        assert tp.topic == CHANGELOG and tp.offset == OFFSET_BEGINNING, tp
+        self.cp, self.pos = tp.partition, 0
+        if any(e.status == "committed" for e in self.broker.changelog[self.cp]):
+            self.broker.restores += 1
+
+    def consume(self, num_messages: int, timeout: float) -> list[ChangelogMessage]:
+        assert self.cp is not None
+        log = self.broker.changelog[self.cp]
+        out: list[ChangelogMessage] = []
+        while self.pos < len(log) and len(out) < num_messages:
+            entry = log[self.pos]
+            if entry.status == "open" and self.committed_only:
+                # Only the live producer's transaction is open (init_transactions aborted
+                # every earlier one): a read waiting for it waits for the transaction's
+                # timeout, while the worker itself is what would end it.
+                raise self.broker.violation(
+                    f"a restore of changelog {self.cp} waits for the worker's own open "
+                    f"transaction (at {self.pos})"
+                )
+            if entry.key is not None and (entry.status == "committed" or not self.committed_only):
+                out.append(ChangelogMessage(self.pos, entry.key, entry.value))
+            self.pos += 1
+        if self.pos >= len(log):
+            out.append(ChangelogMessage(self.pos, eof=True))
+        return out
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.pos) for tp in partitions]
+
+    def unassign(self) -> None:
+        self.cp = None
+
+    def close(self) -> None:
+        pass
 
 
 class Garbage(SyntheticMessage):
@@ -569,8 +746,17 @@ class GroupConsumer:
 
 
 def config(
-    batch_size: int, start_from: str, directory: str, *, windowed: bool, dead_letters: bool = False
+    batch_size: int,
+    start_from: str,
+    directory: str,
+    *,
+    windowed: bool,
+    dead_letters: bool = False,
+    changelogged: bool = False,
 ) -> WorkerConfig:
+    checkpoint: dict[str, Any] = {"directory": directory, "intervalSeconds": 600}
+    if changelogged:
+        checkpoint["changelog"] = {"topic": CHANGELOG, "partitions": CHANGELOG_PARTITIONS}
     steps: list[dict[str, Any]] = [{"filter": "o / d >= 0"}]
     if windowed:
         steps.append(
@@ -597,7 +783,7 @@ def config(
             },
             "processor": {"steps": steps},
             "sink": {"kafka": {"bootstrapServers": "127.0.0.1:9", "topic": OUT}},
-            "checkpoint": {"directory": directory, "intervalSeconds": 600},
+            "checkpoint": checkpoint,
             "runtime": {"metricsPort": 0, "batchSize": batch_size},
             **(
                 {"deadLetter": {"bootstrapServers": "127.0.0.1:9", "topic": DEAD}}
@@ -676,7 +862,7 @@ class Outcome:
     reasons: list[str]
 
 
-def run(schedule: dict[str, Any], *, windowed: bool = False) -> Outcome:
+def run(schedule: dict[str, Any], *, windowed: bool = False, changelogged: bool = False) -> Outcome:
     logs = gappy_log(schedule["gaps"])
     n = len(logs)
     faults = {(call, k): fault for (call, k), fault in schedule["faults"].items()}
@@ -685,6 +871,7 @@ def run(schedule: dict[str, Any], *, windowed: bool = False) -> Outcome:
         logs, faults, windowed=windowed, earliest=schedule["start_from"] == "earliest",
         hostile=hostile,
     )  # fmt: skip
+    broker.changelogged = changelogged
     reasons: list[str] = []
     owned: set[int] = set()
     with scratch() as directory:
@@ -704,7 +891,8 @@ def run(schedule: dict[str, Any], *, windowed: bool = False) -> Outcome:
                 lookup_failures=schedule["lookup_failures"] if first else 0,
             )
             cfg = config(schedule["batch_size"], schedule["start_from"], directory,
-                         windowed=windowed, dead_letters="hostile" in schedule)  # fmt: skip
+                         windowed=windowed, dead_letters="hostile" in schedule,
+                         changelogged=changelogged)  # fmt: skip
             with (
                 patch("streamherd.workers.sinks.topic_limits", lambda *a, **k: {}),
                 patch(
@@ -714,7 +902,7 @@ def run(schedule: dict[str, Any], *, windowed: bool = False) -> Outcome:
             ):
                 engine = Engine(
                     cfg, stop=stop, out=sys.stdout, metrics=EngineMetrics("exactly"),
-                    source=consumer, state=VolumeBackend(directory),
+                    source=consumer, state=None if changelogged else VolumeBackend(directory),
                 )  # fmt: skip
             loops = [0]
             interval = engine._maybe_checkpoint
@@ -734,6 +922,10 @@ def run(schedule: dict[str, Any], *, windowed: bool = False) -> Outcome:
                 patch("streamherd.workers.engine.LAG_REFRESH_SECONDS", 0.0),
                 patch.object(engine, "_list_topics", lambda timeout=10.0: []),
                 patch.object(engine, "_maybe_checkpoint", maybe_checkpoint),
+                # The changelog backend's topic and consumers (its producer is the engine's).
+                patch.object(changelog, "AdminClient", lambda conf: None),
+                patch.object(changelog, "ensure_topic", lambda *a, **k: CHANGELOG_PARTITIONS),
+                patch.object(changelog, "Consumer", lambda conf: ChangelogReader(broker, conf)),
             ):
                 try:
                     summary = engine.run()
@@ -906,6 +1098,8 @@ def check_dead_letters(outcome: Outcome) -> None:
     check_end(outcome)
     broker = outcome.broker
     event(f"dead letters committed: {min(len(broker.dead), 5)}")
+    if broker.changelogged:
+        event(f"changelog restores: {min(broker.restores, 3)}")
     assert len(set(broker.dead)) == len(broker.dead), broker.dead
 
 
@@ -943,3 +1137,61 @@ def test_committed_windows_and_dead_letters_hold_each_record_once(
     schedule: dict[str, Any],
 ) -> None:
     check_dead_letters(run(schedule, windowed=True))
+
+
+# -- the changelog state backend: checkpoints in a compacted topic, in the same transaction
+
+
+@SETTINGS
+@given(HOSTILE)
+def test_changelog_outputs_and_dead_letters_hold_each_record_once(
+    schedule: dict[str, Any],
+) -> None:
+    check_dead_letters(run(schedule, changelogged=True))
+
+
+@SETTINGS
+@given(HOSTILE)
+# A producer fenced at its second commit (its changelog records aborted with the next
+# producer's init_transactions): the next worker restores the windows of the first commit
+# from the changelog, and the records after it are counted into them once.
+@example(
+    {
+        "gaps": [[0] * 9, [0] * 3, [0] * 4],
+        "initial": [0, 1, 2],
+        "events": [],
+        "later_events": [],
+        "faults": {("commit", 2): "fatal"},
+        "chunk": 3,
+        "start_from": "earliest",
+        "lookup_failures": 0,
+        "batch_size": 12,
+        "serve": [False],
+        "produce": {},
+        "checkpoints": {1, 2},
+        "hostile": {(0, 1), (0, 2)},
+    }
+)
+# A commit of unknown outcome that did commit, the abort refused: with the changelog there
+# is no pending checkpoint to adopt, the next worker restores the committed one.
+@example(
+    {
+        "gaps": [[0] * 9],
+        "initial": [0],
+        "events": [],
+        "later_events": [],
+        "faults": {("commit", 2): "unknown-committed"},
+        "chunk": 3,
+        "start_from": "earliest",
+        "lookup_failures": 0,
+        "batch_size": 12,
+        "serve": [False],
+        "produce": {},
+        "checkpoints": {1, 2},
+        "hostile": {(0, 5)},
+    }
+)
+def test_changelog_windows_and_dead_letters_hold_each_record_once(
+    schedule: dict[str, Any],
+) -> None:
+    check_dead_letters(run(schedule, windowed=True, changelogged=True))
