@@ -2793,13 +2793,20 @@ class Engine:
         owned = [TopicPartition(t, p) for t, p in self.partitions]
         committed = self._committed_with_metadata(source, owned) if owned else {}
         rewound: list[TopicPartition] = []
+        held_before: set[tuple[str, int]] = set()
         for tp in owned:
             before = self.partitions[(tp.topic, tp.partition)]
             read_from = before.read_from
+            if before.held is not None:
+                held_before.add((tp.topic, tp.partition))
             st = self._new_state(
                 tp.topic, tp.partition, committed.get((tp.topic, tp.partition)), rewinding=True
             )
             st.left_position = before.left_position
+            # Nothing to resume from: it starts at startFrom's time again, as on assign (a
+            # partition held for that time's offset was rebuilt unheld with no start, never
+            # sought or resumed: helper-119). _replay_offsets below seeks or holds it.
+            self._start_from_time(st)
             if before.start_unknown and st.held is None:
                 if st.next_offset is None:
                     # Still held, paused, its start asked again (_retry_starts): rebuilt
@@ -2823,6 +2830,9 @@ class Engine:
             if tp.offset >= 0:
                 source.seek(tp)
                 self._seeked[(tp.topic, tp.partition)] = tp.offset
+                key = (tp.topic, tp.partition)
+                if key in held_before and self.partitions[key].held is None and not self._paused:
+                    source.resume([TopicPartition(tp.topic, tp.partition)])  # its hold is over
         log_event(log, logging.WARNING, "transaction-aborted", why=why, partitions=len(owned))
 
     @staticmethod
