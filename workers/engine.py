@@ -1566,7 +1566,17 @@ class Engine:
                 # version wrote, then reaches the log end without a record to come.
                 st.delivered_to = st.next_offset
         source.assign(start)
-        self._left_positions(source, start)
+        self._left_positions(
+            source,
+            start,
+            at={
+                (tp.topic, tp.partition): self._resolved(
+                    self.partitions[(tp.topic, tp.partition)], tp.offset,
+                    (tp.topic, tp.partition) in looked_up,
+                )
+                for tp in start
+            },
+        )  # fmt: skip
         for tp in start:
             key = (tp.topic, tp.partition)
             st = self.partitions[key]
@@ -1710,19 +1720,43 @@ class Engine:
             log_event(log, logging.WARNING, "start-pin-postponed",
                       action="pinned by the next checkpoint")  # fmt: skip
 
-    def _left_positions(self, source: Source, assigned: list[TopicPartition]) -> None:
+    def _left_positions(
+        self,
+        source: Source,
+        assigned: list[TopicPartition],
+        at: Mapping[tuple[str, int], int | None] | None = None,
+    ) -> None:
         """Note the positions the consumer kept for partitions just assigned (a fresh
-        assignment has none) as ``left_position``: _past_markers never takes them."""
+        assignment has none) as ``left_position``: _past_markers never takes them. A
+        partition whose start ``at`` names is sought there, which resets the position (its
+        fetch not started yet, the seek is refused: the position stays noted; it is
+        forgotten once the partition is read up to it)."""
         try:
             found = source.positions([TopicPartition(tp.topic, tp.partition) for tp in assigned])
         except KafkaException:
             found = []
         for tp in found:
-            st = self.partitions.get((tp.topic, tp.partition))
-            if st is not None and tp.offset >= 0:
-                st.left_position = tp.offset
-                log_event(log, logging.INFO, "position-left", topic=tp.topic,
-                          partition=tp.partition, position=tp.offset)  # fmt: skip
+            key = (tp.topic, tp.partition)
+            st = self.partitions.get(key)
+            if st is None or tp.offset < 0:
+                continue
+            st.left_position = tp.offset
+            start = (at or {}).get(key)
+            if start is not None and st.held is None:
+                try:
+                    source.seek(TopicPartition(tp.topic, tp.partition, start))
+                    st.left_position = None
+                except KafkaException as error:
+                    if error.args[0].code() not in SEEK_NOT_STARTED:
+                        raise
+            log_event(log, logging.INFO, "position-left", topic=tp.topic, partition=tp.partition,
+                      position=tp.offset, reset=st.left_position is None)  # fmt: skip
+
+    def _forget_position(self, key: tuple[str, int]) -> None:
+        """A seek reset the consumer's position of ``key``: none is left from before."""
+        st = self.partitions.get(key)
+        if st is not None:
+            st.left_position = None
 
     def _refetch(self, source: Source, messages: list[SourceMessage]) -> list[SourceMessage]:
         """``messages`` without those of the partitions the consumer was moved back on
@@ -1734,6 +1768,7 @@ class Engine:
         again from there."""
         kept: list[SourceMessage] = []
         dropped: set[tuple[str, int]] = set()
+        unsought: list[TopicPartition] = []
         for m in messages:
             key = (m.topic(), m.partition())
             if key in self._seeked:
@@ -1743,6 +1778,7 @@ class Engine:
         for key in dropped:  # none in hand: where the consumer was moved stands
             try:
                 source.seek(TopicPartition(*key, self._seeked[key]))
+                self._forget_position(key)
             except KafkaException as error:
                 # Assigned at an offset the consumer still looks up: its fetch has not
                 # started (librdkafka answers _STATE), so nothing of the new ownership was
@@ -1750,6 +1786,12 @@ class Engine:
                 code = error.args[0].code()
                 if key not in self._reassigned or code not in SEEK_NOT_STARTED:
                     raise
+                unsought.append(TopicPartition(*key))
+        # Read after the consume call moved positions (its end, past what it returned):
+        # a reassigned partition not sought keeps one from its earlier ownership.
+        unsought += [TopicPartition(*k) for k in self._reassigned if k not in dropped]
+        if unsought:
+            self._left_positions(source, unsought)
         return kept
 
     @staticmethod
@@ -2033,6 +2075,7 @@ class Engine:
             st.start_unknown = False
             self.metrics.partition_held(st.topic, st.partition, None)
             source.seek(TopicPartition(st.topic, st.partition, offset))
+            st.left_position = None  # a seek resets the consumer's position
             log_event(log, logging.INFO, "start-found", topic=st.topic, partition=st.partition,
                       offset=offset)  # fmt: skip
             if not self._paused:
@@ -2065,6 +2108,7 @@ class Engine:
             st.held = None
             self.metrics.partition_held(st.topic, st.partition, None)
             source.seek(TopicPartition(st.topic, st.partition, offset))
+            st.left_position = None  # a seek resets the consumer's position
             if not self._paused:
                 source.resume([tp])
 
@@ -2512,6 +2556,8 @@ class Engine:
         for st in behind:
             position = at.get((st.topic, st.partition), -1)
             assert st.next_offset is not None and st.high is not None
+            if st.left_position is not None and st.next_offset >= st.left_position:
+                st.left_position = None  # read up to it: any position past it is this one's
             if st.next_offset < position <= st.high and position != st.left_position:
                 st.next_offset = st.delivered_to = position
                 st.dirty = True
@@ -2803,10 +2849,12 @@ class Engine:
                 tp.topic, tp.partition, committed.get((tp.topic, tp.partition)), rewinding=True
             )
             st.left_position = before.left_position
-            # Nothing to resume from: it starts at startFrom's time again, as on assign (a
-            # partition held for that time's offset was rebuilt unheld with no start, never
-            # sought or resumed: helper-119). _replay_offsets below seeks or holds it.
-            self._start_from_time(st)
+            if before.held is not None and before.replay_from_ms is not None:
+                # Held for startFrom's time offset (nothing read, nothing committed): it
+                # starts at that time again, as on assign (rebuilt unheld with no start, it
+                # was never sought or resumed: helper-119). _replay_offsets seeks or holds it.
+                st.committed = before.committed
+                self._start_from_time(st)
             if before.start_unknown and st.held is None:
                 if st.next_offset is None:
                     # Still held, paused, its start asked again (_retry_starts): rebuilt
@@ -2831,6 +2879,7 @@ class Engine:
                 source.seek(tp)
                 self._seeked[(tp.topic, tp.partition)] = tp.offset
                 key = (tp.topic, tp.partition)
+                self._forget_position(key)
                 if key in held_before and self.partitions[key].held is None and not self._paused:
                     source.resume([TopicPartition(tp.topic, tp.partition)])  # its hold is over
         log_event(log, logging.WARNING, "transaction-aborted", why=why, partitions=len(owned))

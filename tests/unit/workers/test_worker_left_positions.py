@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 from unittest.mock import patch
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from hypothesis import given, settings
 
 import tests.unit.workers.test_worker_commit_never_passes_unfolded as alo
@@ -35,10 +35,12 @@ class AppPosition(GroupConsumer):
                 # Whatever the base class moved while handing out is undone: librdkafka
                 # moves the app position only once the call returns (rd_kafka_q_serve_
                 # rkmessages: after its loop, for every message returned).
+                # (Only a partition with records in the call moves: its position changed.)
                 for p in list(self.pos):
                     if p in before:
-                        handed[p] = self.pos[p]
-                        self.pos[p] = before[p]
+                        if self.pos[p] != before[p]:
+                            handed[p] = self.pos[p]
+                            self.pos[p] = before[p]
                     else:
                         handed[p] = self.pos.pop(p)
             real_events(phase)
@@ -103,3 +105,94 @@ def test_no_commit_passes_a_record_not_folded_with_positions_moved_as_librdkafka
     its consumer moving positions as ``AppPosition`` does."""
     with patch.object(alo, "GroupConsumer", AppPosition):
         alo.run(drawn)
+
+
+def quiet(events: list[Event]) -> GroupConsumer:
+    """p1 (7 records, a commit marker ending its log) and p0, under ``AppPosition``."""
+    with patch.object(alo, "GroupConsumer", AppPosition):
+        consumer, _ = alo.run(
+            schedule(
+                gaps=[[0] * 30, [0] * 7],
+                initial=[1],
+                chunk=4,
+                batch_size=4,
+                serve=[True],
+                events=events,
+                checkpoints={1, 4, 8, 12},
+            )
+        )
+    return consumer
+
+
+def test_a_quiet_partition_commits_past_its_marker() -> None:
+    consumer = quiet([Event(3, "assign", 0, "before")])
+    assert consumer.group[1] == consumer.ends(1), (consumer.group, consumer.ends(1))
+
+
+def test_a_position_left_at_the_log_end_does_not_hold_the_commit_short_of_it() -> None:
+    """helper-121: p1 hands out 4..7 and the marker, is revoked, then assigned again at 4:
+    its left position is the log end, 9. Reading 4..7 again never moves it (forward
+    only), and while it was noted and never reset, the commit stayed at 8: lag 1 for good
+    on a quiet topic. The assignment seeks the partition to its start, which resets it."""
+    consumer = quiet(
+        [
+            Event(2, "revoke", 1, "after"),
+            Event(3, "assign", 0, "before"),
+            Event(3, "assign", 1, "after"),
+        ]
+    )
+    assert consumer.group[1] == consumer.ends(1), (consumer.group, consumer.ends(1))
+
+
+class StartDeferred(AppPosition):
+    """librdkafka for a partition revoked and assigned again inside one consume call: the
+    fetcher's stop completes (app position INVALID) while the call still runs, then the
+    call's end moves the app position past the records it returned (forward only); the new
+    fetch start waits for the stop (rd_kafka_assignment_serve: wait_stop_cnt) or for its
+    committed-offset lookup, so a seek in between answers _STATE and does nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.not_started: set[int] = set()  # within the current call
+        self.revoked_now: set[int] = set()
+
+    def poll(self, max_records: int, timeout: float) -> list[Any]:
+        self.not_started, self.revoked_now = set(), set()
+        return super().poll(max_records, timeout)
+
+    def unassign(self, partitions: list[TopicPartition]) -> None:
+        super().unassign(partitions)
+        self.revoked_now.update(tp.partition for tp in partitions)
+
+    def assign(self, start: list[TopicPartition]) -> None:
+        super().assign(start)
+        self.not_started.update(tp.partition for tp in start if tp.partition in self.revoked_now)
+
+    def seek(self, partition: TopicPartition) -> None:
+        if partition.partition in self.not_started:
+            raise KafkaException(KafkaError(KafkaError._STATE))
+        super().seek(partition)
+
+
+def test_a_partition_assigned_again_in_one_poll_and_not_sought_keeps_no_stale_position() -> None:
+    """helper-121: p1 read 0..2, committed 3; poll 2 hands out 3..5, p1 revoked and assigned
+    again after them (start 3, its checkpoint); the call then moves the app position to 6;
+    the refetch seek answers _STATE (ignored: nothing of the new ownership was handed out).
+    Poll 3 hands out p0's 3 and p1's 3: next offset 4, position 6, never reset and (read
+    inside the call, before its end moved it) never noted as left: _past_markers moved p1
+    to 6 and committed past 4 and 5."""
+    with patch.object(alo, "GroupConsumer", StartDeferred):
+        alo.run(
+            schedule(
+                gaps=[[0] * 30, [0] * 11],
+                initial=[1],
+                chunk=3,
+                batch_size=4,
+                events=[
+                    Event(2, "revoke", 1, "after"),
+                    Event(2, "assign", 1, "after"),
+                    Event(3, "assign", 0, "before"),
+                ],
+                checkpoints={1, 3, 4, 6},
+            )
+        )
