@@ -47,6 +47,21 @@ def produce_in_transactions(broker: KafkaBroker, topic: str, batches: int, per: 
         start += per
 
 
+def settled_ends(broker: KafkaBroker, topic: str) -> dict[int, int]:
+    """The log ends once the last transaction's commit markers are in: commit_transaction
+    returns once the coordinator has decided, and the markers are written after it (read at
+    once, under load an end lacked its marker: a CI-like run waited for it for 90 s)."""
+    ends = broker.end_offsets(topic)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        again = broker.end_offsets(topic)
+        if again == ends:
+            return ends
+        ends = again
+    raise AssertionError(f"the log ends of {topic} never settled: {ends}")
+
+
 def transactional_pipeline(
     broker: KafkaBroker, tmp_path: Path, name: str, batches: int, per: int
 ) -> tuple[str, str, dict[str, Any]]:
@@ -178,7 +193,7 @@ def test_a_group_standing_on_a_commit_marker_reaches_the_log_end_without_new_rec
     consumer's position passes the marker anyway, and the worker commits it, with no new
     record to come (before: lag 1 until the next record, for good on a quiet topic)."""
     src, group, config = transactional_pipeline(kafka_broker, tmp_path, "txmark", 2, 200)
-    ends = kafka_broker.end_offsets(src)
+    ends = settled_ends(kafka_broker, src)
     first = Worker.create(tmp_path, "first", config).start()
     try:
         wait_until("every partition at the log end",
