@@ -55,10 +55,19 @@ def worker(tmp: Path, name: str, config: dict[str, Any]) -> Worker:
 
 
 def worker_threads(w: Worker) -> int:
-    """The worker process's threads (librdkafka's among them) once it settled."""
+    """The worker process's threads (librdkafka's among them) once their count settled (a
+    new engine's clients connecting, the old one's threads joined): two reads a second
+    apart agree, or 20 s passed."""
     assert w.proc is not None
-    time.sleep(3)  # a new engine's clients connect, the old one's threads are joined
-    return sum(1 for _ in Path(f"/proc/{w.proc.pid}/task").iterdir())
+    task = Path(f"/proc/{w.proc.pid}/task")
+    count, deadline = -1, time.monotonic() + 20
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        now = sum(1 for _ in task.iterdir())
+        if now == count:
+            break
+        count = now
+    return count
 
 
 def verify(
@@ -218,9 +227,11 @@ def test_a_producer_the_broker_fenced_starts_again_in_process_and_changes_no_res
         )  # fmt: skip
         assert restarts >= len(chunks) - 1
         # A replaced engine's clients go with it: each kept its librdkafka threads and
-        # broker connections for the life of the worker (4-8 more threads per restart),
-        # held by an exception its fenced producer raised while the error was handled.
-        assert max(threads) <= threads[0] + 2, threads
+        # broker connections for the life of the worker (4-8 more threads per restart,
+        # [22, 26, 30]), held by an exception its fenced producer raised while the error
+        # was handled. The count after the last restart is the first one's: a moment's
+        # more (a CI run read [26, 30, 26]) is not a leak.
+        assert threads[-1] <= threads[0] + 2, threads
     finally:
         w.stop()
     log = w.log_path.read_text()
