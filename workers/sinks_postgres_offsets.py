@@ -453,8 +453,9 @@ class PostgresTransactionalSink:
         """One transaction: the offsets (compare-and-set) and every queued row. True:
         committed; False: the database refused or was unreachable before COMMIT (nothing
         committed, the rows stay queued; an error PostgreSQL answers at COMMIT, a deferred
-        constraint's, too). Raises OffsetsFencedError (rolled back, rows dropped: the engine
-        rewinds) or CommitOutcomeUnknownError (the connection failed during COMMIT)."""
+        constraint's, too). Raises OffsetsFencedError (rolled back, rows dropped: the worker
+        stops, and whoever owns the partitions now goes on from the table's offsets) or
+        CommitOutcomeUnknownError (the connection failed during COMMIT)."""
         started = time.perf_counter()
         rows = list(self._queue)
         committing = False
