@@ -229,9 +229,10 @@ def test_a_producer_the_broker_fenced_starts_again_in_process_and_changes_no_res
         # A replaced engine's clients go with it: each kept its librdkafka threads and
         # broker connections for the life of the worker (4-8 more threads per restart,
         # [22, 26, 30]), held by an exception its fenced producer raised while the error
-        # was handled. The count after the last restart is the first one's: a moment's
-        # more (a CI run read [26, 30, 26]) is not a leak.
-        assert threads[-1] <= threads[0] + 2, threads
+        # was handled. The last restart adds none: the first may add some for good (CI
+        # read [26, 30, 26] and [26, 30, 30] with the changelog backend: clients and pool
+        # threads a later engine makes at once), a leak adds them at every restart.
+        assert threads[-1] <= threads[-2] + 2, threads
     finally:
         w.stop()
     log = w.log_path.read_text()
