@@ -1744,16 +1744,17 @@ class Engine:
             start = (at or {}).get(key)
             if start is not None and st.held is None:
                 try:
-                    source.seek(TopicPartition(tp.topic, tp.partition, start))
-                    st.left_position = None
+                    self._seek(source, key, start)
                 except KafkaException as error:
                     if error.args[0].code() not in SEEK_NOT_STARTED:
                         raise
             log_event(log, logging.INFO, "position-left", topic=tp.topic, partition=tp.partition,
                       position=tp.offset, reset=st.left_position is None)  # fmt: skip
 
-    def _forget_position(self, key: tuple[str, int]) -> None:
-        """A seek reset the consumer's position of ``key``: none is left from before."""
+    def _seek(self, source: Source, key: tuple[str, int], offset: int) -> None:
+        """Seek ``key`` to ``offset``. A seek resets the consumer's position: none is left
+        from an earlier ownership (``left_position`` forgotten)."""
+        source.seek(TopicPartition(*key, offset))
         st = self.partitions.get(key)
         if st is not None:
             st.left_position = None
@@ -1777,8 +1778,7 @@ class Engine:
                 kept.append(m)
         for key in dropped:  # none in hand: where the consumer was moved stands
             try:
-                source.seek(TopicPartition(*key, self._seeked[key]))
-                self._forget_position(key)
+                self._seek(source, key, self._seeked[key])
             except KafkaException as error:
                 # Assigned at an offset the consumer still looks up: its fetch has not
                 # started (librdkafka answers _STATE), so nothing of the new ownership was
@@ -2074,8 +2074,7 @@ class Engine:
                 offset = placed.offset if placed.offset >= 0 else st.committed
             st.start_unknown = False
             self.metrics.partition_held(st.topic, st.partition, None)
-            source.seek(TopicPartition(st.topic, st.partition, offset))
-            st.left_position = None  # a seek resets the consumer's position
+            self._seek(source, (st.topic, st.partition), offset)
             log_event(log, logging.INFO, "start-found", topic=st.topic, partition=st.partition,
                       offset=offset)  # fmt: skip
             if not self._paused:
@@ -2107,8 +2106,7 @@ class Engine:
             self._seek_to_time(st, offset)
             st.held = None
             self.metrics.partition_held(st.topic, st.partition, None)
-            source.seek(TopicPartition(st.topic, st.partition, offset))
-            st.left_position = None  # a seek resets the consumer's position
+            self._seek(source, (st.topic, st.partition), offset)
             if not self._paused:
                 source.resume([tp])
 
@@ -2876,10 +2874,9 @@ class Engine:
         # checkpoint's offset it would be a reset (a review's finding).
         for tp in self._replay_offsets(source, rewound):
             if tp.offset >= 0:
-                source.seek(tp)
-                self._seeked[(tp.topic, tp.partition)] = tp.offset
                 key = (tp.topic, tp.partition)
-                self._forget_position(key)
+                self._seek(source, key, tp.offset)
+                self._seeked[key] = tp.offset
                 if key in held_before and self.partitions[key].held is None and not self._paused:
                     source.resume([TopicPartition(tp.topic, tp.partition)])  # its hold is over
         log_event(log, logging.WARNING, "transaction-aborted", why=why, partitions=len(owned))
