@@ -11,6 +11,7 @@ import gc
 import io
 import math
 import weakref
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -199,7 +200,7 @@ def _strings(value: object) -> list[str]:
     return []
 
 
-def test_a_sink_key_that_is_no_utf8_text_is_the_results_fault() -> None:
+def test_a_sink_key_that_is_no_utf8_text_is_the_results_fault(let_go: list[Outputs]) -> None:
     """A sink key expression can compute a lone surrogate (a string literal's escape) that
     the result itself does not hold: no UTF-8 bytes name such a key, and the producer's
     encoding raised out of the sink, stopping the worker at every result. The result is
@@ -216,17 +217,32 @@ def test_a_sink_key_that_is_no_utf8_text_is_the_results_fault() -> None:
         }
     )
     outputs = Outputs(sink, None, "ns/p", io.StringIO(), metrics=metrics)
+    let_go.append(outputs)
     source = SyntheticMessage("in", 3, 42, None, {}, 0)
     outputs.write([(None, {"name": "a"}), (None, {"name": "b"})], source)
     sample = metrics.registry.get_sample_value
     assert sample("streamherd_results_dead_lettered_total", {"pipeline": "p"}) == 2
 
 
-def kafka_outputs(key: str) -> Outputs:
+@pytest.fixture
+def let_go() -> Iterator[list[Outputs]]:
+    """Outputs whose Kafka producers queued records for no broker, purged at the test's end
+    as an in-process restart purges them (``Outputs.discard``): else the delivery reports
+    they hold keep the producers, and librdkafka's connection errors, for the rest of the
+    test process."""
+    made: list[Outputs] = []
+    yield made
+    for outputs in made:
+        outputs.discard()
+        outputs.close(drain=False)
+
+
+def kafka_outputs(key: str, let_go: list[Outputs]) -> Outputs:
     """The outputs of a Kafka sink whose key is the expression ``key`` (no broker is
     dialled: its producer only queues)."""
     sink = {"kafka": {"bootstrapServers": "127.0.0.1:9", "topic": "out", "key": key}}
-    return Outputs(SinkConfig.model_validate(sink), None, "ns/p", io.StringIO())
+    let_go.append(Outputs(SinkConfig.model_validate(sink), None, "ns/p", io.StringIO()))
+    return let_go[-1]
 
 
 class Sly(dict[str, Any]):
@@ -237,7 +253,9 @@ class Sly(dict[str, Any]):
         raise SystemExit(3)
 
 
-def test_a_result_whose_own_methods_raise_a_base_exception_is_the_results_dead_letter() -> None:
+def test_a_result_whose_own_methods_raise_a_base_exception_is_the_results_dead_letter(
+    let_go: list[Outputs],
+) -> None:
     """A result's own code (a user function's dict subclass) raised SystemExit where the
     stdout sink writes it, or KeyboardInterrupt where a Kafka sink's key expression reads
     it: either left the worker, and every restart met the record again. Each is
@@ -245,7 +263,7 @@ def test_a_result_whose_own_methods_raise_a_base_exception_is_the_results_dead_l
     source = SyntheticMessage("in", 3, 42, None, {}, 0)
     written = io.StringIO()
     stdout = Outputs(SinkConfig.model_validate({"stdout": {}}), None, "ns/p", written)
-    kafka = kafka_outputs("name")
+    kafka = kafka_outputs("name", let_go)
     dead: list[Failure] = []
     for outputs in (stdout, kafka):
         outputs.dead_letter = lambda failures, alone=False: dead.extend(failures)  # type: ignore[method-assign]
@@ -275,7 +293,7 @@ class Nameless(dict[str, Any], metaclass=_Nameless):
     "sink", [{"stdout": {}}, {"kafka": {"bootstrapServers": "127.0.0.1:9", "topic": "out"}}]
 )
 def test_a_result_whose_class_will_not_say_its_name_is_still_its_dead_letter(
-    sink: dict[str, Any],
+    sink: dict[str, Any], let_go: list[Outputs]
 ) -> None:
     """The dead letter of a result no sink can encode names its class in its value; a
     class whose name raises (its metaclass's) made that raise, out of the dead-letter path,
@@ -284,12 +302,10 @@ def test_a_result_whose_class_will_not_say_its_name_is_still_its_dead_letter(
     source = SyntheticMessage("in", 3, 42, None, {}, 0)
     written = io.StringIO()
     outputs = Outputs(SinkConfig.model_validate(sink), None, "ns/p", written)
+    let_go.append(outputs)
     dead: list[Failure] = []
     outputs.dead_letter = lambda failures, alone=False: dead.extend(failures)  # type: ignore[method-assign]
-    try:
-        outputs.write([(None, Nameless(a={1})), (None, {"a": 1})], source)
-    finally:
-        outputs.close()
+    outputs.write([(None, Nameless(a={1})), (None, {"a": 1})], source)
     assert [(f.reason, f.kind, f.message.offset(), f.message.value()) for f in dead] == [
         ("sink", "TypeError", 42, b"<a ? result that cannot be encoded>")
     ]
@@ -464,13 +480,13 @@ def test_discarded_outputs_let_their_producers_go() -> None:
     assert gone() is None, [type(r).__name__ for r in gc.get_referrers(gone())]
 
 
-def test_a_sink_key_expression_keeps_bytes_that_are_no_utf8_apart() -> None:
+def test_a_sink_key_expression_keeps_bytes_that_are_no_utf8_apart(let_go: list[Outputs]) -> None:
     """A raw source's Kafka keys (a Java long, any binary key) reach a sink key expression as
     bytes; written with the invalid bytes replaced, every such key was one (``\\ufffd``) and
     all their results went to one Kafka key (a helper's finding). They are written as the
     result's ``key`` field and the output key write them: UTF-8 text, else
     ``{"bytes":"<base64>"}``."""
-    outputs = kafka_outputs("key")
+    outputs = kafka_outputs("key", let_go)
     sent: list[Any] = []
     outputs._sink_producer = SimpleNamespace(  # type: ignore[assignment]
         produce=lambda topic, value, key, **_: sent.append(key), poll=lambda _t=0: 0
