@@ -42,6 +42,8 @@ DEAD_LETTER_WINDOW: Final = "10m"
 METRIC_RECORDS_LOST: Final = "streamherd_records_lost_total"
 METRIC_RECORDS_LOST_CREATED: Final = "streamherd_records_lost_created"
 RECORDS_LOST_WINDOW: Final = "1h"
+# 1 per assigned partition a worker holds (not consumed), by reason; no series otherwise.
+METRIC_PARTITION_HELD: Final = "streamherd_partition_held"
 ALERT_METRICS: Final = (
     METRIC_LAG,
     METRIC_LAG_DEPRECATED,
@@ -51,6 +53,7 @@ ALERT_METRICS: Final = (
     METRIC_CHECKPOINT_AGE,
     METRIC_SINK_UP,
     METRIC_RECORDS_LOST,
+    METRIC_PARTITION_HELD,
 )
 
 
@@ -173,6 +176,18 @@ def build_prometheus_rule(pipeline: StreamPipeline, settings: OperatorSettings) 
             "critical",
             "the broker deleted source records before the pipeline read them (retention "
             "shorter than its downtime or lag); it went on from the log start",
+        ),
+        alert(
+            # Held partitions are read by nobody while the rest of the pipeline runs on:
+            # NoProgress stays quiet (other partitions are consumed), and lag alone may be
+            # under its threshold. A start offset the broker is slow to give is held for
+            # seconds; ten minutes is a hold that needs someone.
+            "StreamherdPartitionHeld",
+            f"sum({METRIC_PARTITION_HELD}{{{sel}}}) > 0",
+            "10m",
+            "critical",
+            "a partition has been held (not consumed) for 10 minutes: its checkpoint was not "
+            "restored, or the broker gives no offset for its start",
         ),
         alert(
             "StreamherdSinkDown",

@@ -65,6 +65,11 @@ def lost_created(values: str) -> dict[str, str]:
     return series("streamherd_records_lost_created", values, topic="clicks", partition="0")
 
 
+def held(values: str, reason: str, partition: str = "0") -> dict[str, str]:
+    return series("streamherd_partition_held", values, topic="clicks", partition=partition,
+                  reason=reason)  # fmt: skip
+
+
 def dead_letters_created(values: str) -> dict[str, str]:
     return series("streamherd_records_dead_lettered_created", values, reason="decode")
 
@@ -151,6 +156,17 @@ CASES = [
     Case("a loss over an hour ago", "StreamherdInputLost", "80m", False,
          [lost("_x10 500x120"), lost_created("_x10 600x120")]),
     Case("nothing lost (no counter)", "StreamherdInputLost", "15m", False, [CONSUMING]),
+    # --- held partitions (a series only while held, 1), the others consumed meanwhile
+    Case("a partition's checkpoint not restored", "StreamherdPartitionHeld", "15m", True,
+         [held("1x30", "state"), CONSUMING]),
+    Case("start offsets asked again for minutes", "StreamherdPartitionHeld", "25m", True,
+         [held("_x5 1x30", "start-offset", partition="1"),
+          held("_x5 1x30", "replay-offset", partition="2"), CONSUMING]),
+    Case("a start offset given after a few minutes", "StreamherdPartitionHeld", "20m", False,
+         [held("_x5 1x4 _x30", "start-offset"), CONSUMING]),
+    Case("held for only 5m", "StreamherdPartitionHeld", "5m", False,
+         [held("1x30", "state"), CONSUMING]),
+    Case("nothing held (no series)", "StreamherdPartitionHeld", "15m", False, [CONSUMING]),
 ]  # fmt: skip
 
 ALERTS = {
@@ -162,6 +178,7 @@ ALERTS = {
     "StreamherdCheckpointTooOld",
     "StreamherdSinkDown",
     "StreamherdInputLost",
+    "StreamherdPartitionHeld",
 }
 
 

@@ -459,6 +459,7 @@ def test_prometheus_rule_alerts() -> None:
         "StreamherdCheckpointTooOld",
         "StreamherdSinkDown",
         "StreamherdInputLost",
+        "StreamherdPartitionHeld",
     }
     for r in rules:
         assert 'pipeline="clicks-per-minute"' in r["expr"]
