@@ -412,7 +412,8 @@ class PostgresTransactionalSink:
         return True  # rows are confirmed by commit(), with their offsets
 
     def abort(self) -> None:
-        """Forget the rows of the transaction that will not commit (the engine rewinds).
+        """Forget the rows of the transaction that will not commit (the engine rewinds; or,
+        fenced, the worker stops and the partitions' new owner goes on from the table).
         After a try put off by its budget (the engine begins Kafka's transaction again),
         what the tries found of the table's refusals stays: the replay meets them again.
         After any other abort (a fence, a revoke, Kafka's failure) it goes, with the
