@@ -167,10 +167,11 @@ async def scale_once(
     parsed: dict[Key, tuple[str, StreamPipeline | None]] | None = None,
     *,
     reconcile: Reconcile,
+    managed: Callable[[Key], bool] | None = None,
 ) -> ScaleResult | None:
     """One autoscaling round for one pipeline (``ctx``: the operator's OperatorContext;
     ``parsed``: a cache of parsed pipelines, see :func:`parse_cached`; ``reconcile``: called
-    when the Deployment must change)."""
+    when the Deployment must change; ``managed``: whether the index still holds a key)."""
     namespace, name = key
     loop = asyncio.get_running_loop()
     kube = ctx.kube
@@ -221,10 +222,13 @@ async def scale_once(
                 raise
             log.debug("scaling decision for %s/%s not written: %s", namespace, name, e)
             return None
-    SCALING_DECISIONS.labels(namespace, name, result.reason).inc()
-    if result.lag is not None:
-        PIPELINE_LAG.labels(namespace, name).set(result.lag)
-    DESIRED_REPLICAS.labels(namespace, name).set(result.desired)
+    if managed is None or managed(key):
+        # A pipeline deleted (or switched away) while the decision was written: the index
+        # removed its series then (forget_series), and set now they would stay for good.
+        SCALING_DECISIONS.labels(namespace, name, result.reason).inc()
+        if result.lag is not None:
+            PIPELINE_LAG.labels(namespace, name).set(result.lag)
+        DESIRED_REPLICAS.labels(namespace, name).set(result.desired)
     if "lastScaleTime" in patch:
         note = EventNote(
             "Normal", result.reason, f"{current} -> {result.desired}: {result.message}"
@@ -314,7 +318,14 @@ def register_autoscaler(
         async def act(key: Key) -> None:
             # HA: kopf pauses its handlers in standby replicas, not this loop (peering.py).
             if await ctx.is_active():
-                await scale_once(ctx, autoscaler, key, state.parsed, reconcile=reconcile)
+                await scale_once(
+                    ctx,
+                    autoscaler,
+                    key,
+                    state.parsed,
+                    reconcile=reconcile,
+                    managed=state.intervals.__contains__,
+                )
 
         state.task = asyncio.create_task(
             autoscaler.run(state.managed, act), name="streamherd-autoscaler"

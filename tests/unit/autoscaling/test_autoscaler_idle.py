@@ -25,6 +25,7 @@ from streamherd.operator.autoscaling.decision import STEADY, Decision
 from streamherd.operator.autoscaling.handlers import (
     DESIRED_REPLICAS,
     PIPELINE_LAG,
+    SCALING_DECISIONS,
     AutoscalerState,
     parse_cached,
     scale_once,
@@ -307,3 +308,40 @@ def test_a_held_edit_is_measured_as_the_workers_run() -> None:
     assert held.spec.source.kafka.topics == ["clicks"]
     assert rolled.consumer_group == "clicks-v2"
     assert rolled.spec.source.kafka.topics == ["clicks", "clicks-eu"]
+
+
+class _DeletedDuringTheWrite(_PipelineAndDeployment):
+    """The pipeline is deleted while the decision's status write is on its way: the
+    operator's index handles the DELETED event then (forget_series)."""
+
+    def __init__(self, body: dict[str, Any], state: AutoscalerState) -> None:
+        super().__init__(body)
+        self.state = state
+
+    def patch_status(self, namespace: str, name: str, patch: Any, version: Any = None) -> Any:
+        super().patch_status(namespace, name, patch, version)
+        self.state.track("DELETED", KEY, self.body)
+
+    def create_event(self, event: Any) -> None:
+        pass
+
+
+def test_a_pipeline_deleted_during_a_decision_keeps_no_series() -> None:
+    """The index removes a deleted pipeline's series; a decision being written meanwhile
+    set them again after it, and they showed a pipeline that no longer exists, for good."""
+    state = AutoscalerState()
+    state.track("ADDED", KEY, example())
+    kube = _DeletedDuringTheWrite(example(), state)
+    ctx = SimpleNamespace(kube=kube, executor=ThreadPoolExecutor(1))
+
+    async def reconcile(ctx: Any, key: tuple[str, str]) -> None:
+        pass
+
+    managed = state.intervals.__contains__
+    round_ = scale_once(ctx, _ScaleUp(), KEY, reconcile=reconcile, managed=managed)  # type: ignore[arg-type]
+    assert asyncio.run(round_) is not None
+    ctx.executor.shutdown()
+    assert kube.status_writes and KEY not in state.intervals
+    for metric in (PIPELINE_LAG, DESIRED_REPLICAS, SCALING_DECISIONS):
+        samples = [s for m in metric.collect() for s in m.samples]
+        assert [s for s in samples if s.labels["pipeline"] == KEY[1]] == [], metric
