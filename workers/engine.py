@@ -1711,6 +1711,29 @@ class Engine:
         log_event(log, logging.INFO, "start-pinned", topic=st.topic, partition=st.partition,
                   offset=st.next_offset, start_from="latest")  # fmt: skip
 
+    def _pin_again(self, st: PartitionState, read_from: int | None) -> None:
+        """A ``startFrom: latest`` partition rebuilt with nothing committed by an abort
+        (its pin's transaction, or the first after it, aborted) starts where this worker
+        began reading it, pinned again before its records are folded, as on assign: left
+        unpinned, a worker killed before its next commit left the next one to resolve
+        ``latest`` anew, past every record this one had read (helper-123's finding)."""
+        kafka = self.config.source.kafka
+        if (
+            kafka is None
+            or kafka.start_from != "latest"
+            or st.role == "downstream"
+            or read_from is None
+            or st.next_offset is not None
+            or st.committed is not None
+            or st.held is not None
+        ):
+            return
+        st.next_offset = st.read_from = read_from
+        st.dirty = True
+        self._pins_due = True
+        log_event(log, logging.INFO, "start-pinned", topic=st.topic, partition=st.partition,
+                  offset=read_from, start_from="latest", again="aborted")  # fmt: skip
+
     def _pin_starts(self) -> None:
         """Write the checkpoint that pins the starts ``_pin_latest`` resolved (and commit its
         offsets), before any record of theirs is folded. Tried once: if it cannot be
@@ -2847,12 +2870,15 @@ class Engine:
                 tp.topic, tp.partition, committed.get((tp.topic, tp.partition)), rewinding=True
             )
             st.left_position = before.left_position
-            if before.held is not None and before.replay_from_ms is not None:
-                # Held for startFrom's time offset (nothing read, nothing committed): it
-                # starts at that time again, as on assign (rebuilt unheld with no start, it
-                # was never sought or resumed: helper-119). _replay_offsets seeks or holds it.
+            if st.next_offset is None and not before.start_unknown:
+                # Nothing committed (no checkpoint, no committed offset): it starts at
+                # startFrom's time again, as on assign; _replay_offsets seeks or holds it.
+                # Rebuilt with no start, one held for that offset was never sought or
+                # resumed (helper-119), and one sought there on assign was not sought back:
+                # the aborted transaction's records were skipped (helper-123).
                 st.committed = before.committed
                 self._start_from_time(st)
+                self._pin_again(st, read_from)
             if before.start_unknown and st.held is None:
                 if st.next_offset is None:
                     # Still held, paused, its start asked again (_retry_starts): rebuilt
@@ -2873,12 +2899,16 @@ class Engine:
         # discarded spec's) starts at the replay time again, as on assign: from the
         # checkpoint's offset it would be a reset (a review's finding).
         for tp in self._replay_offsets(source, rewound):
+            key = (tp.topic, tp.partition)
             if tp.offset >= 0:
-                key = (tp.topic, tp.partition)
                 self._seek(source, key, tp.offset)
                 self._seeked[key] = tp.offset
                 if key in held_before and self.partitions[key].held is None and not self._paused:
                     source.resume([TopicPartition(tp.topic, tp.partition)])  # its hold is over
+            if key not in held_before and self.partitions[key].held is not None:
+                # Held by the rebuild (its time's offset not given, its checkpoint refused):
+                # paused, as on assign (_retry_seeks seeks and resumes one given its offset).
+                source.pause([TopicPartition(tp.topic, tp.partition)])
         log_event(log, logging.WARNING, "transaction-aborted", why=why, partitions=len(owned))
 
     @staticmethod

@@ -12,6 +12,12 @@ empty state), and a kill (a new worker restores the committed checkpoint, or sta
 ``startFrom``). Hypothesis draws the schedule; after every commit the committed state holds
 each offset from ``startFrom`` to its next offset exactly once. The real broker test of the
 same bug is tests/integration/engine/test_engine_abort_rewind.py.
+
+A partition may also begin at an offset the group committed with no checkpoint of it (a
+stateless pipeline's, a checkpoint lost or of another generation): workers/resuming.py's
+``resume_point`` puts it there with empty state, on assign, after an abort and after a kill,
+until this worker's first commit; the rule then counts from that offset
+(tests/integration/engine/test_engine_abort_rewind_starts.py on the real broker).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from hypothesis import strategies as st
 
 from streamherd.workers.engine import first_read, rewind_offset, unseen
 from streamherd.workers.processing import SourceMessage
+from streamherd.workers.resuming import resume_point
 from tests.unit.workers.sourcemessages import Msg
 
 
@@ -46,6 +53,8 @@ class Partition:
     end: int  # the log's end: offsets start_from .. end - 1 exist
     start_from: int  # where a group with nothing committed starts (startFrom)
     rewind: Rewind
+    # The group's committed offset before this worker, with no checkpoint of it (None: none).
+    group: int | None = None
     position: int = 0
     next_offset: int | None = None
     read_from: int | None = None
@@ -53,7 +62,7 @@ class Partition:
     committed: tuple[int, tuple[int, ...]] | None = None
 
     def __post_init__(self) -> None:
-        self.position = self.start_from
+        self.kill()  # the first worker: assigned as a new one is
 
     def fetch(self, count: int, back: int = 0) -> None:
         """consume(): up to ``count`` records from the position, or (``back``) from an
@@ -94,15 +103,20 @@ class Partition:
     def _restore(self) -> None:
         self.read_from = None  # a new PartitionState
         if self.committed is None:
-            self.next_offset, self.folded = None, []
+            # Nothing this worker committed: the group's offset with empty state, or none.
+            told = None if self.group is None else (self.group, "")
+            self.next_offset = resume_point(None, None, told, exactly_once=True).offset
+            self.folded = []
         else:
             self.next_offset, self.folded = self.committed[0], list(self.committed[1])
 
     def check(self) -> None:
-        """Committed state = every offset from startFrom to its next offset, each once."""
+        """Committed state = every offset from where the partition began (the group's
+        offset, or startFrom) to its next offset, each once."""
         assert self.committed is not None
         next_offset, folded = self.committed
-        assert Counter(folded) == Counter(range(self.start_from, next_offset)), (
+        began = self.start_from if self.group is None else self.group
+        assert Counter(folded) == Counter(range(began, next_offset)), (
             f"committed up to {next_offset}: {sorted(folded)}"
         )
 
@@ -111,7 +125,7 @@ class Partition:
         while self.position < self.end:
             self.fetch(self.end)
         self.commit()
-        if self.start_from < self.end:
+        if (self.start_from if self.group is None else self.group) < self.end:
             assert self.committed is not None and self.committed[0] == self.end
 
 
@@ -127,8 +141,21 @@ actions = st.lists(
 )
 
 
-def run(schedule: list[tuple[str, int, int]], end: int, start_from: int, rewind: Rewind) -> None:
-    partition = Partition(end=end, start_from=min(start_from, end), rewind=rewind)
+def run(
+    schedule: list[tuple[str, int, int]],
+    end: int,
+    start_from: int,
+    rewind: Rewind,
+    group: int | None = None,
+) -> None:
+    start_from = min(start_from, end)
+    partition = Partition(
+        end=end,
+        start_from=start_from,
+        rewind=rewind,
+        # In the log (a committed offset before the log start is the consumer's reset's).
+        group=None if group is None else min(start_from + group, end),
+    )
     for action, count, back in schedule:
         if action == "fetch":
             partition.fetch(count, back)
@@ -138,11 +165,16 @@ def run(schedule: list[tuple[str, int, int]], end: int, start_from: int, rewind:
 
 
 @settings(max_examples=1000, deadline=None)
-@given(schedule=actions, end=st.integers(0, 30), start_from=st.integers(0, 10))
+@given(
+    schedule=actions,
+    end=st.integers(0, 30),
+    start_from=st.integers(0, 10),
+    group=st.none() | st.integers(0, 12),  # past startFrom
+)
 def test_every_record_is_folded_into_committed_state_exactly_once(
-    schedule: list[tuple[str, int, int]], end: int, start_from: int
+    schedule: list[tuple[str, int, int]], end: int, start_from: int, group: int | None
 ) -> None:
-    run(schedule, end, start_from, rewind_offset)
+    run(schedule, end, start_from, rewind_offset, group)
 
 
 def test_the_model_finds_the_bug_the_rewind_fixed() -> None:

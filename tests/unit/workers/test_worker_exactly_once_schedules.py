@@ -53,6 +53,15 @@ a violation. Not modelled: another worker's transaction still open when a restor
 a reset or replay), compaction itself (the reader folds every committed record, which is
 what compaction keeps).
 
+Starts without a checkpoint: the group may hold offsets before the first worker, with no
+checkpoint of them (``preset``: a stateless pipeline's, a checkpoint lost, or of another
+generation; each such partition begins there with empty state, and is judged from there),
+and ``startFromTimeMs`` may be set (``start_time``: where a partition with nothing committed
+begins, the consumer answering offsets for times; a record's time is BASE_TS + its offset).
+Found with them (helper-123): a partition sought to its start time's offset on assign, its
+first transaction aborted, was not sought back, and the aborted records were skipped; the
+cases are spelled out in tests/unit/workers/test_worker_abort_rewind_starts.py.
+
 Found by it (helper-117; the examples below, fixed by Engine._refetch): records handed out
 in a poll before a rebalance callback that moved their partition back inside it (a revoke
 whose transaction failed and was aborted, every owned partition sought back to its commit;
@@ -177,6 +186,8 @@ class Broker:
         self.epoch = 0
         self.calls: Counter[str] = Counter()
         self.start: dict[int, int] = {}  # where each partition began: nothing committed then
+        # startFromTimeMs (as an offset: a record's time is BASE_TS + its offset), or None.
+        self.start_time: int | None = None
         self.violations: list[str] = []
         self.commits = 0
         # A fault was injected into the running worker: one that ends may end with its
@@ -241,9 +252,18 @@ class Broker:
         """A partition nothing is committed of begins (again) at ``offset``."""
         if p in self.group:
             return
-        if self.earliest and self.logs[p] and offset > self.logs[p][0]:
+        if self.start_time is not None:
+            # At the first record at or after the time (with a window, at or before it).
+            due = self.at_time(p, BASE_TS + self.start_time)
+            if offset > (due if due >= 0 else self.ends(p)):
+                raise self.violation(f"p{p} begins at {offset}, past its start time's {due}")
+        elif self.earliest and self.logs[p] and offset > self.logs[p][0]:
             raise self.violation(f"p{p} begins at {offset}, past its first record")
         self.start[p] = offset
+
+    def at_time(self, p: int, time_ms: int) -> int:
+        """The offset of partition ``p``'s first record at or after ``time_ms`` (-1: none)."""
+        return next((o for o in self.logs[p] if BASE_TS + o >= time_ms), -1)
 
     def commit(
         self,
@@ -729,7 +749,11 @@ class GroupConsumer:
     def offsets_for_times(
         self, partitions: list[TopicPartition], timeout: float
     ) -> list[TopicPartition]:
-        raise AssertionError("no start time here")
+        assert self.broker.start_time is not None, "no start time here"
+        return [
+            TopicPartition(tp.topic, tp.partition, self.broker.at_time(tp.partition, tp.offset))
+            for tp in partitions
+        ]
 
     def watermarks(
         self, partition: TopicPartition, *, fresh: bool = False
@@ -766,6 +790,7 @@ def config(
     windowed: bool,
     dead_letters: bool = False,
     changelogged: bool = False,
+    start_time_ms: int | None = None,
 ) -> WorkerConfig:
     checkpoint: dict[str, Any] = {"directory": directory, "intervalSeconds": 600}
     if changelogged:
@@ -792,6 +817,7 @@ def config(
                     "topics": [TOPIC],
                     "consumerGroup": "exactly",
                     "startFrom": start_from,
+                    **({"startFromTimeMs": start_time_ms} if start_time_ms is not None else {}),
                 }
             },
             "processor": {"steps": steps},
@@ -847,6 +873,15 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "serve": st.lists(st.booleans(), min_size=1, max_size=5),
     "produce": st.dictionaries(st.integers(0, 2), st.integers(0, 5), max_size=3),
     "checkpoints": st.sets(st.integers(1, 15), max_size=8),
+    # Committed offsets with no checkpoint, by partition: (offset, the commit's metadata:
+    # none, or a generation no checkpoint has).
+    "preset": st.dictionaries(
+        st.integers(0, 2),
+        st.tuples(st.integers(0, 12), st.sampled_from(["", "elsewhere"])),
+        max_size=2,
+    ),
+    # startFromTimeMs, as the offset whose record has that time (mostly none).
+    "start_time": st.one_of(st.none(), st.none(), st.integers(0, 12)),
 }
 SCHEDULE = st.fixed_dictionaries(FIELDS)
 #: The same, some records hostile: (partition, index in its log) of each, the partition
@@ -885,6 +920,19 @@ def run(schedule: dict[str, Any], *, windowed: bool = False, changelogged: bool 
         hostile=hostile,
     )  # fmt: skip
     broker.changelogged = changelogged
+    # Offsets the group committed before any worker, with no checkpoint of them (a stateless
+    # pipeline's, a checkpoint lost or of another epoch): each partition starts there, with
+    # empty state, its outputs judged from there.
+    for p, (at, metadata) in schedule.get("preset", {}).items():
+        offset = min(at, broker.ends(p % n))
+        broker.group[p % n] = (offset, metadata)
+        broker.start[p % n] = offset
+    # Never past a partition's last record (each log ends with one): a record produced after
+    # a start past the log end may be older than the time (a window's late record).
+    start_time = schedule.get("start_time")
+    if start_time is not None:
+        broker.start_time = min(start_time, *(log[-1] for log in logs.values()))
+    start_time_ms = None if broker.start_time is None else BASE_TS + broker.start_time
     reasons: list[str] = []
     owned: set[int] = set()
     with scratch() as directory:
@@ -906,7 +954,7 @@ def run(schedule: dict[str, Any], *, windowed: bool = False, changelogged: bool 
             )
             cfg = config(schedule["batch_size"], schedule["start_from"], directory,
                          windowed=windowed, dead_letters="hostile" in schedule,
-                         changelogged=changelogged)  # fmt: skip
+                         changelogged=changelogged, start_time_ms=start_time_ms)  # fmt: skip
             with (
                 patch("streamherd.workers.sinks.topic_limits", lambda *a, **k: {}),
                 patch(
