@@ -459,8 +459,13 @@ class FakeProducer:
         if fault == "fatal":
             self._raise(KafkaError._FENCED, "injected", fatal=True)
         assert isinstance(group_metadata, Metadata), group_metadata
+        self._take_offsets(positions, group_metadata.consumer)
+
+    def _take_offsets(self, positions: list[TopicPartition], consumer: Any) -> None:
+        """The offsets a send_offsets_to_transaction that succeeded adds to the transaction
+        (only of partitions the consumer owns: KIP-447 fences the others)."""
         for tp in positions:
-            if tp.partition not in group_metadata.consumer.queue:
+            if tp.partition not in consumer.queue:
                 raise self.broker.violation(f"offsets sent for p{tp.partition}, not owned")
             self.offsets[tp.partition] = (tp.offset, tp.metadata or "")
 
