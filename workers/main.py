@@ -30,7 +30,9 @@ from typing import Any, Final, NoReturn, TextIO
 import orjson
 import yaml
 from confluent_kafka import KafkaException
+from pydantic import ValidationError
 
+from streamherd import __version__
 from streamherd.workers.config import (
     CONFIG_HASH_ENV,
     RUNNING_CONFIG_FILE,
@@ -59,6 +61,7 @@ __all__ = [
     "load_config",
     "main",
     "run_pipeline",
+    "unknown_fields",
 ]
 
 log = logging.getLogger("streamherd.worker")
@@ -76,6 +79,19 @@ def load_config(path: str | Path) -> WorkerConfig:
     except orjson.JSONDecodeError:
         doc = load_yaml_document(file, decode_utf8(data, file, what="worker configs"))
     return WorkerConfig.model_validate(doc)
+
+
+def unknown_fields(error: Exception) -> list[str]:
+    """The fields a config holds that this worker's contract does not know (pydantic's
+    ``extra_forbidden``), by their paths: what a newer operator renders for a feature this
+    (older) worker image lacks (decision 0208)."""
+    if not isinstance(error, ValidationError):
+        return []
+    return [
+        ".".join(str(part) for part in e["loc"])
+        for e in error.errors(include_url=False, include_input=False)
+        if e["type"] == "extra_forbidden"
+    ]
 
 
 #: How long a worker pod waits for its config files to hold the config its template names
@@ -298,7 +314,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Expressions and window limits (limits.py) are the config's errors, not a crash.
         Processor.compile(config.processor)
     except (OSError, ValueError, yaml.YAMLError) as error:
-        log_event(log, logging.ERROR, "bad-config", path=path, error=str(error))
+        unknown = unknown_fields(error)
+        hint = (
+            {"hint": f"this worker (streamherd {__version__}) does not know {', '.join(unknown)}: "
+             "the config comes from a newer operator, for a feature this image lacks; build "
+             "the worker image FROM the operator's streamherd version (decision 0208)"}
+            if unknown else {}
+        )  # fmt: skip
+        log_event(log, logging.ERROR, "bad-config", path=path, error=str(error), **hint)
         return 2
     configure(config.runtime.log_level)
 
