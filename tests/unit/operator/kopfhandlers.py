@@ -8,9 +8,11 @@ import asyncio
 import copy
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
+from unittest import mock
 
 import kopf
 
+from streamherd.operator import handlers
 from streamherd.operator.handlers import build_registry
 from streamherd.operator.kube import Kube
 from streamherd.operator.runtime import OperatorContext
@@ -37,7 +39,10 @@ def run_deletion_handler(
     body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     if filtered:
         assert handler.when is not None and handler.when(body=body)
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # FakeKube deletes a Deployment at once (unless foreground_lingers): the next look after
+    # stop_workers deleted it finds it gone, so the 1 s between looks is not waited here.
+    no_wait = mock.patch.object(handlers, "WORKERS_STOP_POLL_SECONDS", 0.0)
+    with ThreadPoolExecutor(max_workers=1) as pool, no_wait:
         ctx = OperatorContext(settings=SETTINGS, kube=cast(Kube, kube), executor=pool)
         ctx.topics = topics
         try:
