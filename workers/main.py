@@ -82,16 +82,21 @@ def load_config(path: str | Path) -> WorkerConfig:
 
 
 def unknown_fields(error: Exception) -> list[str]:
-    """The fields a config holds that this worker's contract does not know (pydantic's
-    ``extra_forbidden``), by their paths: what a newer operator renders for a feature this
-    (older) worker image lacks (decision 0208)."""
+    """What a config holds that this worker's contract does not know: a field (pydantic's
+    ``extra_forbidden``), by its path, or a field's value not among those it knows
+    (``literal_error``: "the value of <path>"). The operator validated the spec with the
+    same models, so either comes from a newer operator, for a feature this (older) worker
+    image lacks (decision 0208), or from a ConfigMap edited by hand."""
     if not isinstance(error, ValidationError):
         return []
-    return [
-        ".".join(str(part) for part in e["loc"])
-        for e in error.errors(include_url=False, include_input=False)
-        if e["type"] == "extra_forbidden"
-    ]
+    found = []
+    for e in error.errors(include_url=False, include_input=False):
+        path = ".".join(str(part) for part in e["loc"])
+        if e["type"] == "extra_forbidden":
+            found.append(path)
+        elif e["type"] == "literal_error":
+            found.append(f"the value of {path}")
+    return found
 
 
 #: How long a worker pod waits for its config files to hold the config its template names

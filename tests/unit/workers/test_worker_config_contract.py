@@ -171,11 +171,12 @@ def test_a_worker_meeting_a_field_it_does_not_know_says_which_and_why(
 ) -> None:
     """What a worker of an older image does with the config of a newer operator that uses a
     feature it lacks: it refuses to run (exit 2, before anything is read), and its log names
-    the fields and what to do."""
+    the fields and values it does not know, and what to do."""
     pipeline = pipeline_from(example_doc("02-clicks-per-minute"), namespace="contract")
     config = json.loads(worker_config_json(build_worker_config(pipeline, SETTINGS)))
     config["runtime"]["fancyNew"] = True  # a field of a later contract
     config["processor"]["steps"][-1]["window"]["session"] = {"gap": "5m"}
+    config["delivery"] = "effectivelyOnce"  # a value of a later contract
     path = tmp_path / CONFIG_FILE
     path.write_text(json.dumps(config))
     monkeypatch.delenv(CONFIG_HASH_ENV, raising=False)
@@ -185,8 +186,8 @@ def test_a_worker_meeting_a_field_it_does_not_know_says_which_and_why(
     assert len(bad) == 1, err
     assert (
         f'hint="this worker (streamherd {__version__}) does not know '
-        "processor.steps.1.window.session, runtime.fancyNew: the config comes from a newer "
-        "operator" in bad[0]
+        "processor.steps.1.window.session, runtime.fancyNew, the value of delivery: the "
+        "config comes from a newer operator" in bad[0]
     ), bad[0]
 
 
