@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, TextIO
 
@@ -313,6 +313,16 @@ class _Counters:
     rekeyed_in: int = 0  # records a downstream took from it (duplicates excluded)
     duplicates: int = 0
     started: float = field(default_factory=time.monotonic)
+
+
+def committed_by_partition(
+    answer: Iterable[TopicPartition],
+) -> dict[tuple[str, int], tuple[int, str]]:
+    """A committed-offsets answer by partition: (offset, metadata: the generation, empty
+    without one), for the partitions that have one committed."""
+    return {
+        (tp.topic, tp.partition): (tp.offset, tp.metadata or "") for tp in answer if tp.offset >= 0
+    }
 
 
 class Engine:
@@ -1296,11 +1306,17 @@ class Engine:
             if assigned
             else whole_answer(source.committed(asked, timeout=10))
         )
-        return {
-            (tp.topic, tp.partition): (tp.offset, tp.metadata or "")
-            for tp in answer
-            if tp.offset >= 0
-        }
+        return committed_by_partition(answer)
+
+    def _unjudged_pending(self, asked: list[TopicPartition]) -> bool:
+        """Whether a partition of ``asked`` has no checkpoint but a pending one of an
+        exactly-once run (with a generation): only the group's committed offset judges it
+        (workers/resuming.py, rule 1)."""
+        return any(
+            any(p.generation for p in self.state.pending_checkpoints(tp.topic, tp.partition))
+            and self.state.load(tp.topic, tp.partition) is None
+            for tp in asked
+        )
 
     def _stable_committed(
         self, source: Source, asked: list[TopicPartition]
@@ -1465,17 +1481,22 @@ class Engine:
                 answer = source.committed(asked, timeout=10)
             except KafkaException as error:
                 log_event(log, logging.WARNING, "committed-lookup-failed", error=str(error))
-        group = {
-            (tp.topic, tp.partition): (tp.offset, tp.metadata or "")
-            for tp in answer or ()
-            if tp.offset >= 0
-        }
-        if not self.exactly_once:
-            committed = group
+        group = committed_by_partition(answer or ())
         restoring = time.perf_counter()
         self._refresh_logs(source, partitions)
         self.state.prepare([(tp.topic, tp.partition) for tp in partitions])
         self._beat()
+        if answer is None and not self.exactly_once and self._unjudged_pending(asked):
+            # Only the group's answer tells whether an exactly-once run's pending checkpoint
+            # (with no checkpoint before it: its worker was killed before promoting it)
+            # committed. Restored without it, the partition started at the group's offset
+            # with empty state and the first checkpoint discarded the pending one: its
+            # windows lost the records before that offset. Asked as exactly-once asks
+            # (waited for while it times out, then raised: the worker restarts).
+            answer = self._stable_committed(source, asked)
+            group = committed_by_partition(answer)
+        if not self.exactly_once:
+            committed = group
         states = []
         for tp in partitions:
             key = (tp.topic, tp.partition)

@@ -1,0 +1,124 @@
+"""At-least-once judges an exactly-once run's pending checkpoint by the group's answer even
+when the assignment's committed-offset lookup fails.
+
+A roll from exactlyOnce to atLeastOnce can meet a partition with no checkpoint but a pending
+one: the exactly-once worker committed its transaction (the group's offset carries the
+transaction's generation) and was killed before promoting its first checkpoint. Only the
+group's answer tells that it committed (workers/resuming.py, rule 1). When the assignment's
+lookup failed, the partition was restored without it: empty state at the group's offset, the
+pending checkpoint discarded by the first at-least-once checkpoint, so the windows open there
+lost every record before that offset. The assignment now asks again, as exactly-once does
+(waited for while it times out; then the worker restarts).
+
+Built on the at-least-once run-loop model (test_worker_commit_never_passes_unfolded.py),
+with its invariant judged as ever; its pipeline holds no state, so what is checked is the
+engine's judgment: the pending checkpoint is adopted."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+from unittest.mock import patch
+
+from confluent_kafka import TopicPartition
+
+import tests.unit.workers.test_worker_commit_never_passes_unfolded as alo
+from streamherd.workers.checkpointing import Checkpoint
+from tests.unit.workers.test_worker_commit_never_passes_unfolded import GroupConsumer
+from tests.unit.workers.test_worker_input_lost import TOPIC
+from tests.unit.workers.test_worker_refetch_starts import schedule
+
+GENERATION = "eos-run-1"
+COMMITTED = 6  # where the exactly-once run's last transaction left p0
+
+
+class CommittedByExactlyOnce(GroupConsumer):
+    """The group as the exactly-once run left it: p0 committed at 6 with its generation."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.group[0] = COMMITTED
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return [
+            TopicPartition(tp.topic, tp.partition, tp.offset, metadata=GENERATION)
+            if tp.partition == 0
+            else tp
+            for tp in super().committed(partitions, timeout)
+        ]
+
+
+class PendingLeft(alo.JudgedBackend):
+    """The checkpoints as the exactly-once run left them: none of p0, a pending one."""
+
+    left: list[Checkpoint] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending, self.adopted = list(self.left), list[tuple[int, str]]()
+
+    def pending_checkpoints(self, topic: str, partition: int) -> list[Checkpoint]:
+        return [c for c in self.pending if (c.topic, c.partition) == (topic, partition)]
+
+    def adopt(self, topic: str, partition: int, pending: Checkpoint) -> None:
+        self.adopted.append((partition, pending.generation))
+        self.kept[(topic, partition)] = pending
+        self.pending.remove(pending)
+
+    def discard_pending(self, topic: str, partition: int) -> None:
+        self.pending = [c for c in self.pending if (c.topic, c.partition) != (topic, partition)]
+
+
+def pending_of_p0() -> Checkpoint:
+    """A checkpoint of p0 this pipeline writes, as a pending one of the exactly-once run."""
+    backends: list[alo.JudgedBackend] = []
+
+    class Kept(alo.JudgedBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            backends.append(self)
+
+    with patch.object(alo, "JudgedBackend", Kept):
+        alo.run(schedule(checkpoints={1}))
+    written = backends[0].kept[(TOPIC, 0)]
+    return replace(written, next_offset=COMMITTED, generation=GENERATION)
+
+
+def test_a_pending_checkpoint_is_judged_by_the_group_when_the_first_lookup_failed() -> None:
+    PendingLeft.left = [pending_of_p0()]
+    backends: list[PendingLeft] = []
+
+    class Recorded(PendingLeft):
+        def __init__(self) -> None:
+            super().__init__()
+            backends.append(self)
+
+    with (
+        patch.object(alo, "GroupConsumer", CommittedByExactlyOnce),
+        patch.object(alo, "JudgedBackend", Recorded),
+    ):
+        consumer, _ = alo.run(schedule(lookup_failures=1))
+    (backend,) = backends
+    assert backend.adopted == [(0, GENERATION)], (
+        f"the pending checkpoint was not promoted (adopted {backend.adopted}, still pending "
+        f"{[c.generation for c in backend.pending]}): p0 restarted with empty state"
+    )
+    reread = sorted(o for p, o in consumer.written() if p == 0 and o < COMMITTED)
+    assert not reread, f"read again below the committed offset: {reread}"
+
+
+def test_without_a_failed_lookup_it_is_judged_as_before() -> None:
+    PendingLeft.left = [pending_of_p0()]
+    backends: list[PendingLeft] = []
+
+    class Recorded(PendingLeft):
+        def __init__(self) -> None:
+            super().__init__()
+            backends.append(self)
+
+    with (
+        patch.object(alo, "GroupConsumer", CommittedByExactlyOnce),
+        patch.object(alo, "JudgedBackend", Recorded),
+    ):
+        alo.run(schedule())
+    assert backends[0].adopted == [(0, GENERATION)]
