@@ -28,6 +28,15 @@ of the same transactional id, the same group and volume), as workers/main.py doe
 one ends cleanly: the rule is checked at every commit across all of them, and at the end
 every record of a partition the last worker owned is visible exactly once.
 
+Half the schedules are ``takeovers`` (a partition dropped while it still has records to
+hand out and assigned again close after; a revoke whose transaction fails; the group's
+lookups failing after an assignment's stable one, and its retries for a while; a start
+time whose offsets are given late, or not to an abort's rebuild): drawn as independent
+events, mutants of the refetch and of an abort's rebuild lived through the random search
+(helper-124, whose runs also found helper-123's finding below on the engine before its
+fix, from a start time given late as well as at once; helper-125: an abort that forgot a
+held start was still unknown, or folded a poll's records of a partition it held).
+
 Pipelines: a filter into the Kafka sink (each output is its record), and a tumbling count
 window (each output is a window, counted once and whole).
 
@@ -80,7 +89,7 @@ import sys
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -633,11 +642,25 @@ class GroupConsumer:
         serve: Sequence[bool],
         produce: dict[int, int],
         lookup_failures: int,
+        failing_lookups: Collection[int] = (),
+        slow_retries: int = 0,
+        time_unanswered: Collection[int] = (),
     ) -> None:
         self.broker, self.logs, self.initial = broker, broker.logs, list(initial)
         self.events = sorted(events, key=lambda e: (e.at, e.phase == "after"))
         self.chunk, self.serve, self.produce = chunk, list(serve) or [False], dict(produce)
         self.lookup_failures = lookup_failures
+        self.failing_lookups, self.lookups = set(failing_lookups), 0
+        # The coordinator answers in between 5 and 10 s for a while: this many lookups asked
+        # with a shorter timeout (the engine's retries of a start it held) time out, the
+        # others (an assignment's, a rewind's) are answered.
+        self.slow_retries = slow_retries
+        # Under startFromTimeMs: the answers of offsets for that time that give nothing,
+        # by their number per partition (a broker with no leader for it for a while): the
+        # first ones (held from the assignment on), or a later one (an abort's rebuild asks
+        # again, and holds the partition).
+        self.time_unanswered = set(time_unanswered)
+        self.time_asked: Counter[int] = Counter()
         self.queue: dict[int, list[int]] = {}  # owned partitions: records still to hand out
         self.pos: dict[int, int] = {}
         self.paused: set[int] = set()
@@ -699,6 +722,9 @@ class GroupConsumer:
             # A paused (held) partition with records to read is not done: the engine must
             # resume it (a partition left paused for good runs out the loop bound).
             and not any(self.queue.values())
+            # Nor one held for a start the engine seeks once the broker tells it (its queue,
+            # placed at the log end by startFrom: latest, says nothing of where that is).
+            and not (self.paused & set(self.queue))
         )
 
     def describe(self) -> dict[str, Any]:
@@ -720,7 +746,11 @@ class GroupConsumer:
                 assert tp.offset == OFFSET_INVALID, tp
                 committed = self.broker.group.get(p)
                 offset = committed[0] if committed else (self.logs[p][0] if self.logs[p] else 0)
-            self.broker.started(p, offset)
+            if tp.offset != OFFSET_END or self.broker.start_time is None:
+                # (With a start time, the log end is where a partition waits, held and
+                # paused, for its time's offset not given yet: it begins where it is
+                # sought then.)
+                self.broker.started(p, offset)
             self._seek(p, offset)
             self.pos[p] = -1001
 
@@ -745,6 +775,12 @@ class GroupConsumer:
         self._seek(partition.partition, partition.offset)
 
     def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        self.lookups += 1
+        if self.lookups in self.failing_lookups:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        if timeout < 10 and self.slow_retries > 0:
+            self.slow_retries -= 1
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
         if self.lookup_failures > 0:
             self.lookup_failures -= 1
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
@@ -761,10 +797,15 @@ class GroupConsumer:
         self, partitions: list[TopicPartition], timeout: float
     ) -> list[TopicPartition]:
         assert self.broker.start_time is not None, "no start time here"
-        return [
-            TopicPartition(tp.topic, tp.partition, self.broker.at_time(tp.partition, tp.offset))
-            for tp in partitions
-        ]
+        found = []
+        for tp in partitions:
+            self.time_asked[tp.partition] += 1
+            if self.time_asked[tp.partition] in self.time_unanswered:
+                continue  # no answer for it yet (a broker with no leader for it)
+            found.append(
+                TopicPartition(tp.topic, tp.partition, self.broker.at_time(tp.partition, tp.offset))
+            )
+        return found
 
     def watermarks(
         self, partition: TopicPartition, *, fresh: bool = False
@@ -849,16 +890,14 @@ FAULTS = st.dictionaries(
     st.sampled_from(["abortable", "retriable", "fatal", "unknown-committed", "unknown-aborted"]),
     max_size=4,
 )
-EVENTS = st.lists(
-    st.builds(
-        Event,
-        st.integers(1, 12),
-        st.sampled_from(["assign", "revoke", "lost"]),
-        st.integers(0, 2),
-        st.sampled_from(["before", "after"]),
-    ),
-    max_size=6,
+EVENT = st.builds(
+    Event,
+    st.integers(1, 12),
+    st.sampled_from(["assign", "revoke", "lost"]),
+    st.integers(0, 2),
+    st.sampled_from(["before", "after"]),
 )
+EVENTS = st.lists(EVENT, max_size=6)
 FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "gaps": st.lists(
         st.lists(st.sampled_from([0, 0, 0, 1, 1, 2]), max_size=20), min_size=1, max_size=3
@@ -894,15 +933,123 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     # startFromTimeMs, as the offset whose record has that time (mostly none).
     "start_time": st.one_of(st.none(), st.none(), st.integers(0, 12)),
 }
-SCHEDULE = st.fixed_dictionaries(FIELDS)
+PHASE: st.SearchStrategy[Phase] = st.sampled_from(["before", "after"])
+
+
+#: A fault of the first transactions: the revoke's, when no checkpoint came before it.
+FIRST_FAULTS: list[dict[tuple[Call, int], Fault]] = [
+    {("send_offsets", 1): "abortable"},
+    {("send_offsets", 1): "abortable"},
+    {("send_offsets", 2): "abortable"},
+    {("commit", 1): "abortable"},
+    {("commit", 1): "unknown-committed"},
+    {("commit", 2): "unknown-aborted"},
+]
+
+
+@st.composite
+def takeovers(draw: st.DrawFn, fields: dict[str, st.SearchStrategy[Any]]) -> Any:
+    """Schedules of a partition moved back inside a poll, or an ownership that follows
+    another: a partition read for a poll or more, dropped (its whole assignment lost, or it
+    revoked) while it still has records to hand out, mostly after the poll's, and assigned
+    again in the same poll or up to two on; half the time the first transactions fail (the
+    revoke's, if it is the first: an abort that rewinds every partition owned). Drawn as
+    independent events over twelve polls (``FIELDS``), this was rare: most logs were read
+    out by poll 2, an assignment seldom followed the drop of the same partition in the same
+    poll, and a fault seldom hit a revoke's transaction (mutation tests: records in hand of
+    a partition moved back in the poll folded into its new state were found in one schedule
+    of several hundred, by one of the six tests)."""
+    drawn_here = {"gaps", "initial", "chunk", "events", "faults", "checkpoints", "start_time"}
+    schedule = draw(st.fixed_dictionaries({k: v for k, v in fields.items() if k not in drawn_here}))
+    # Half the time every partition is owned from the start (an abort rewinds them all).
+    schedule["initial"] = draw(st.one_of(st.just([0, 1, 2]), fields["initial"]))
+    schedule["gaps"] = draw(
+        st.lists(
+            st.lists(st.sampled_from([0, 0, 0, 1, 1, 2]), min_size=4, max_size=12),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    schedule["chunk"] = draw(st.integers(1, 4))
+    # Half the time the worker starts at startFromTimeMs (early in the logs), its offsets
+    # given at once, after one to twelve answers of nothing (partitions held for it
+    # through the first loops, where an abort rebuilds them: given to the rebuild, its
+    # hold ends), or at the assignment and not at the next ask (an abort's rebuild: held
+    # there, records of the poll in hand).
+    schedule["start_time"] = draw(st.one_of(st.none(), st.integers(0, 3)))
+    schedule["time_unanswered"] = draw(
+        st.sampled_from(
+            [(), (), (1,), (1, 2), tuple(range(1, 5)), tuple(range(1, 13)), (2,), (2, 3)]
+        )
+    )
+    # The group's committed offsets not told after the assignment's stable lookup (the
+    # second lookup of the first one, and those asking again): starts held (startFrom:
+    # latest) through the first loops, where an abort rebuilds them. (Not with a start
+    # time: the engine then forgets the time and pins the log end, records from the time
+    # on skipped; an open defect, helper-125's report, to lift once it is fixed.)
+    schedule["failing_lookups"] = (
+        draw(st.sampled_from([(), (2,), (2, 3, 4), (2, 3, 4, 5, 6)]))
+        if schedule["start_time"] is None
+        else ()
+    )
+    # Half the time the retries of those starts time out for a while, a rewind's lookup
+    # answered: an abort then rebuilds partitions still held for their start.
+    schedule["slow_retries"] = draw(st.sampled_from([0, 3]))
+    # A third of the time the first drop is a revoke after the poll's records, whose
+    # transaction (the first with offsets: a pinned latest start's comes before) fails:
+    # its abort rewinds every partition owned, the poll's records of each in hand.
+    revoke_fails = draw(st.integers(0, 2)) == 0
+    events: list[Event] = []
+    for group in range(draw(st.integers(1, 2))):
+        p, at = draw(st.integers(0, 2)), draw(st.integers(2, 3))
+        drop = Event(at, draw(st.sampled_from(["lost", "revoke"])), p,
+                     draw(st.sampled_from(["after", "after", "before"])))  # fmt: skip
+        if revoke_fails and group == 0:
+            drop = Event(at, "revoke", p, "after")
+        later = draw(st.integers(0, 2))
+        phase: Phase = "after" if later == 0 and drop.phase == "after" else draw(PHASE)
+        # (Owned first: an assignment of a partition owned already is skipped.)
+        events += [Event(1, "assign", p, "before"), drop, Event(at + later, "assign", p, phase)]
+    schedule["events"] = events + draw(st.lists(EVENT, max_size=2))
+    schedule["faults"] = draw(st.one_of(FAULTS, st.sampled_from(FIRST_FAULTS)))
+    schedule["checkpoints"] = draw(st.sets(st.integers(1, 15), max_size=3))
+    if revoke_fails:
+        schedule["initial"] = [0, 1, 2]
+        pinned = schedule["start_from"] == "latest" and schedule["start_time"] is None
+        schedule["faults"] = {("send_offsets", 1 + pinned): "abortable"}
+        schedule["checkpoints"] = {c for c in schedule["checkpoints"] if c >= events[1].at}
+    # A sixth of the time each, the first transaction (the first loop's checkpoint) aborts
+    # while every start is held: the group's lookup failed on assign and its retries time
+    # out for a while (startFrom: latest), or the start time's offset was not given on
+    # assign (and is, or is not, to the rebuild). The rebuild must keep each hold asked
+    # again, or end it and resume the partition (drawn apart, each was found in about one
+    # schedule of a thousand: helper-125's mutants of the rebuild).
+    held = draw(st.sampled_from([None, None, None, None, "start", "time"]))
+    if held == "start":
+        schedule.update(start_from="latest", start_time=None, failing_lookups=(2,),
+                        slow_retries=3)  # fmt: skip
+    elif held == "time":
+        schedule["start_time"] = draw(st.integers(0, 3))
+        schedule["time_unanswered"] = draw(st.sampled_from([(1,), (1, 2)]))
+    if held is not None:
+        # Nothing committed before (no preset offsets), and no takeover: an assignment
+        # again would end a hold the rebuild left wrong (a pause for good) by itself.
+        schedule["preset"] = {}
+        schedule["events"] = schedule["events"][len(events) :]
+        schedule["faults"] = {("commit", 1): "abortable"}
+        schedule["checkpoints"] = schedule["checkpoints"] | {1}
+    return schedule
+
+
+#: Half the schedules drawn as independent fields, half ``takeovers``.
+SCHEDULE = st.one_of(st.fixed_dictionaries(FIELDS), takeovers(FIELDS))
 #: The same, some records hostile: (partition, index in its log) of each, the partition
 #: taken modulo the partitions; an index past the log's records is one produced meanwhile.
-HOSTILE = st.fixed_dictionaries(
-    {
-        **FIELDS,
-        "hostile": st.sets(st.tuples(st.integers(0, 2), st.integers(0, 6)), min_size=1, max_size=8),
-    }
-)
+HOSTILE_FIELDS = {
+    **FIELDS,
+    "hostile": st.sets(st.tuples(st.integers(0, 2), st.integers(0, 6)), min_size=1, max_size=8),
+}
+HOSTILE = st.one_of(st.fixed_dictionaries(HOSTILE_FIELDS), takeovers(HOSTILE_FIELDS))
 
 
 @contextmanager
@@ -962,6 +1109,9 @@ def run(schedule: dict[str, Any], *, windowed: bool = False, changelogged: bool 
                 serve=schedule["serve"],
                 produce={p % n: k for p, k in schedule["produce"].items()} if first else {},
                 lookup_failures=schedule["lookup_failures"] if first else 0,
+                failing_lookups=schedule.get("failing_lookups", ()) if first else (),
+                slow_retries=schedule.get("slow_retries", 0) if first else 0,
+                time_unanswered=schedule.get("time_unanswered", ()) if first else (),
             )
             cfg = config(schedule["batch_size"], schedule["start_from"], directory,
                          windowed=windowed, dead_letters="hostile" in schedule,

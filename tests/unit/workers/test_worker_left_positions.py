@@ -17,6 +17,7 @@ from unittest.mock import patch
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tests.unit.workers.test_worker_commit_never_passes_unfolded as alo
 from tests.unit.workers.test_worker_commit_never_passes_unfolded import Event, GroupConsumer
@@ -24,13 +25,31 @@ from tests.unit.workers.test_worker_refetch_starts import schedule
 
 
 class AppPosition(GroupConsumer):
+    """The model's consumer, its app positions moved as librdkafka moves them. It notes the
+    partitions whose position is left from an earlier ownership and not reset by a seek
+    since (``unsought``), and the positions at its close (``final``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.unsought: set[int] = set()
+        self.assigned_after: set[int] | None = None  # in a call's callbacks after its records
+        self.final: dict[int, int] = {}
+
     def poll(self, max_records: int, timeout: float) -> list[Any]:
-        before = dict(self.pos)
-        self.pos = dict(before)
+        before: dict[int, int] = {}  # the positions as the records begin to be handed out
         handed: dict[int, int] = {}
         real_events = self._events
 
         def events(phase: Any) -> None:
+            if phase == "before":
+                real_events(phase)
+                # Taken after the callbacks served before the records: a seek made in one
+                # (an assignment's) has reset its partition's position, and the call's end
+                # moves it past what the call returned. (Taken at the call's start, the undo
+                # below brought back a position the seek had reset: a loss the engine did
+                # not make, found once the schedules held such seeks: helper-124.)
+                before.update(self.pos)
+                return
             if phase == "after":
                 # Whatever the base class moved while handing out is undone: librdkafka
                 # moves the app position only once the call returns (rd_kafka_q_serve_
@@ -43,6 +62,7 @@ class AppPosition(GroupConsumer):
                             self.pos[p] = before[p]
                     else:
                         handed[p] = self.pos.pop(p)
+                self.assigned_after = set()
             real_events(phase)
 
         self._events = events  # type: ignore[method-assign]
@@ -53,6 +73,9 @@ class AppPosition(GroupConsumer):
         for p, at in handed.items():  # of any partition, owned now or not
             if at > self.pos.get(p, -1001):
                 self.pos[p] = at
+                if p in (self.assigned_after or ()):
+                    self.unsought.add(p)  # past records handed out before its assignment
+        self.assigned_after = None
         return batch
 
     def assign(self, start: list[TopicPartition]) -> None:
@@ -61,8 +84,12 @@ class AppPosition(GroupConsumer):
         for tp in start:  # the assignment keeps the toppar's app position
             if tp.partition in kept:
                 self.pos[tp.partition] = kept[tp.partition]
+                self.unsought.add(tp.partition)
             else:
                 self.pos.pop(tp.partition, None)
+                self.unsought.discard(tp.partition)
+            if self.assigned_after is not None:
+                self.assigned_after.add(tp.partition)
 
     def unassign(self, partitions: list[TopicPartition]) -> None:
         super().unassign(partitions)  # fetch stopped: rktp_app_pos = INVALID
@@ -70,6 +97,11 @@ class AppPosition(GroupConsumer):
     def seek(self, partition: TopicPartition) -> None:
         super().seek(partition)
         self.pos[partition.partition] = -1001  # rd_kafka_toppar_seek resets it (#3567)
+        self.unsought.discard(partition.partition)
+
+    def close(self) -> None:
+        self.final = dict(self.pos)
+        super().close()
 
 
 def test_a_position_left_from_an_earlier_ownership_is_not_committed() -> None:
@@ -94,17 +126,6 @@ def test_a_position_left_from_an_earlier_ownership_is_not_committed() -> None:
                 checkpoints={1, 4},
             )
         )
-
-
-@settings(max_examples=300, deadline=None)
-@given(alo.SCHEDULE)
-def test_no_commit_passes_a_record_not_folded_with_positions_moved_as_librdkafka_does(
-    drawn: dict[str, Any],
-) -> None:
-    """The at-least-once property test's invariant (judged at every commit and checkpoint),
-    its consumer moving positions as ``AppPosition`` does."""
-    with patch.object(alo, "GroupConsumer", AppPosition):
-        alo.run(drawn)
 
 
 def quiet(events: list[Event]) -> GroupConsumer:
@@ -160,6 +181,16 @@ class StartDeferred(AppPosition):
         self.not_started, self.revoked_now = set(), set()
         return super().poll(max_records, timeout)
 
+    def _events(self, phase: Any) -> None:
+        if phase == "after":
+            # The model hands out the records of a partition assigned before them from its
+            # new start: its fetch has started, and a seek of it is served. (Refused, the
+            # records the model handed out of the new ownership were never handed out
+            # again: a loss the engine did not make, found once this model ran random
+            # schedules: helper-124.)
+            self.not_started.clear()
+        super()._events(phase)
+
     def unassign(self, partitions: list[TopicPartition]) -> None:
         super().unassign(partitions)
         self.revoked_now.update(tp.partition for tp in partitions)
@@ -196,3 +227,29 @@ def test_a_partition_assigned_again_in_one_poll_and_not_sought_keeps_no_stale_po
                 checkpoints={1, 3, 4, 6},
             )
         )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(alo.takeovers(), alo.SCHEDULE), st.sampled_from([AppPosition, StartDeferred]))
+def test_no_commit_passes_a_record_not_folded_with_positions_moved_as_librdkafka_does(
+    drawn: dict[str, Any], model: type[GroupConsumer]
+) -> None:
+    """The at-least-once property test's invariant (judged at every commit and checkpoint),
+    its consumer moving positions as ``AppPosition`` does, and half the time refusing a seek
+    of a partition assigned again in the poll that dropped it (``StartDeferred``): the
+    position it keeps is then noted, not reset. Three schedules in four are ``takeovers``
+    (an ownership after another, where positions are left): drawn as the at-least-once
+    test's alone, a position left taken for markers passed (the fix of helper-119 undone)
+    was found in one schedule of a thousand (helper-124's mutation runs).
+
+    And no position left from an earlier ownership holds a quiet partition's commit short of
+    its log end (helper-121): a partition owned at the end whose position the consumer moved
+    past its closing markers is committed at its log end, but where that position was left
+    from an earlier ownership and never reset by a seek (a seek refused, a start the group
+    could not tell: decision 0207's trade-off, lag 1 until the next record)."""
+    with patch.object(alo, "GroupConsumer", model):
+        consumer, _ = alo.run(drawn)
+    assert isinstance(consumer, AppPosition)
+    for p in consumer.owned_at_end - consumer.unsought:
+        if consumer.final.get(p) == consumer.ends(p):
+            assert consumer.group.get(p) == consumer.ends(p), (p, consumer.group, consumer.ends(p))
