@@ -2103,6 +2103,18 @@ class Engine:
             st.committed = tp.offset if tp.offset >= 0 else None
             st.held = None
             if st.committed is None:
+                # Nothing committed: startFromTimeMs first, as on assign (asked only for the
+                # partitions of the group's answer there). Pinned at the log end instead, a
+                # start time before it skipped every record from the time on.
+                self._start_from_time(st)
+                if st.replay_from_ms is not None:
+                    st.start_unknown = False
+                    st.held = (
+                        f"{st.topic}[{st.partition}]: no offset for start time "
+                        f"{st.replay_from_ms} yet (asking the broker again)"
+                    )
+                    self.metrics.partition_held(st.topic, st.partition, "replay-offset")
+                    continue  # sought and resumed by _retry_seeks
                 self._pin_latest(source, st)
                 if st.next_offset is None:  # the log end not read: held, asked again
                     st.held = (

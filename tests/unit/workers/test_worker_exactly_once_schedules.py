@@ -1427,3 +1427,36 @@ def test_changelog_windows_and_dead_letters_hold_each_record_once(
     schedule: dict[str, Any],
 ) -> None:
     check_dead_letters(run(schedule, windowed=True, changelogged=True))
+
+
+def test_a_start_time_is_kept_when_the_committed_lookup_fails_on_assign() -> None:
+    """``startFromTimeMs`` is where a partition with no checkpoint and nothing committed
+    starts, ``startFrom`` the fallback (workers/config.py). p0 has records 0..9, nothing
+    committed, the start time is record 3's; the assignment's stable lookup answers, the
+    one after it times out (the coordinator moving): the engine never looked at the start
+    time (``_start_from_time`` runs only for the partitions of an answer), held the start as
+    unknown (startFrom: latest) and, once the group answered nothing committed, pinned the
+    log end: records 3..9 were never read (helper-124's mutation runs; still so on
+    8fc072d, helper-125). Now the group's answer of nothing committed starts it at its
+    time, held until the broker gives that time's offset (_retry_seeks). Under startFrom:
+    earliest the same lookup failing starts it at the log start
+    (records before the time read: not a loss, not judged here)."""
+    schedule = {
+        "gaps": [[0] * 9],
+        "initial": [0],
+        "events": [],
+        "later_events": [],
+        "faults": {},
+        "chunk": 3,
+        "start_from": "latest",
+        "lookup_failures": 0,
+        "failing_lookups": (2,),
+        "batch_size": 12,
+        "serve": [False],
+        "produce": {},
+        "checkpoints": set(),
+        "preset": {},
+        "start_time": 3,
+    }
+    with patch.object(sys.modules[__name__], "event", lambda _: None):
+        check_end(run(schedule))
