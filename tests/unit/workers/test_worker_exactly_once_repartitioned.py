@@ -34,10 +34,48 @@ read but its own open transaction checkpoints (its interval elapses); checkpoint
 scheduled loops and, in some schedules, every loop or few, so that windows close and are
 committed while the source is still read. Markers are sent with every upstream batch, or
 only with commits (``MARKER_SECONDS``). Event times (the records' Kafka timestamps) may go
-back and forth in a partition: a record whose window ends at or before the largest event
-time re-keyed before it in its own partition is late, dead-lettered downstream. Faults are
-the sibling's (by call number), and besides at the k-th send_offsets or commit of a
-transaction holding window results.
+back and forth in a partition. The window is tumbling or hopping (size, slide) with an
+allowed lateness of 0 or more (``window``): a record is counted in each of its windows that
+still takes it when it folds, by the largest event time re-keyed before it in its own
+partition (what its entry carries) less the lateness; a hopping window's record may miss
+only its older windows; one that no window takes is late, dead-lettered downstream. Faults
+are the sibling's (by call number), at the k-th send_offsets or commit of a transaction
+holding window results, and at the k-th produce of any topic, whose delivery fails: the
+record is not written and the transaction becomes abortable (librdkafka refuses what
+follows with its error: the next produce ends the worker, a send_offsets or commit aborts).
+
+Several live workers (``pair``, a third of the schedules): at the first worker's poll
+``at`` the group moves on and a second worker starts (its own Engine, consumer and
+transactional id: ``init_transactions`` fences and aborts only its own id's transactions),
+the two loops in threads taking turns at their polls and inside their commits (before
+send_offsets and before commit_transaction: one runs at a time, so a schedule replays
+exactly). A "handover" revokes some of the first's partitions (cooperative) and assigns
+them, with all it does not own, to the second; "a" or "b" leaves ``linger`` polls later
+(its close revoking what it has) and the other gets everything back. A "zombie": the
+first is left behind (its session timed out: the second gets everything) and goes on
+reading, folding and committing as if it owned its partitions; the group's coordinator
+refuses its offsets (ILLEGAL_GENERATION, KIP-447: abortable, so it aborts and rewinds to the
+second's commits), while a transaction of progress markers alone, which sends no offsets,
+commits; ``linger`` polls later it learns that its assignment is lost and leaves. Either
+way each one's open transaction holds the last stable offset of the repartition partitions
+it wrote to for the other. A worker that ends with its transaction open has it aborted (its
+transaction timeout). Records are produced meanwhile only with one worker.
+
+Idleness (``idle``, a third of the schedules): ``idleTimeoutSeconds`` is set, and at the
+schedule's loops it has elapsed for every partition: the loop's ``_check_idle`` marks each
+source partition with nothing left to read idle (a forced marker saying so, in the open
+transaction, with no offsets of its own), and a downstream partition all of whose source
+partitions are idle closes every window. Records are not produced meanwhile then: a
+partition quiet, then written to, may find its records late by the others' progress, which
+the rule (lateness by the record's own partition) does not tell.
+
+The changelog state backend (``changelog``, a third of the schedules) instead of the
+volume's files, as the sibling models it: its records join the worker's transaction, in a
+model of the compacted topic whose entries stay open until their transaction is decided;
+each commit's offsets (of both topics) must have, in the committed changelog, the
+checkpoint of that offset and transaction. A restore reads read_committed: another live
+worker's open transaction holds it until that worker decides it (the reader lets it run),
+its own would hold it for good (a violation).
 
 The rule, at every commit: for each source partition, from where it began up to its
 committed offset, each record is re-keyed exactly once in the committed repartition records
@@ -54,12 +92,31 @@ checked by hand: a downstream partition not sought back by an abort (windows not
 a marker one offset ahead (a record dropped as a duplicate, its window not whole), and
 repartition records written outside the transaction (a record re-keyed twice).
 
-Not modelled: idleness (``idleTimeout``), several live workers at once (each with its own
-transactional id: another worker's open transaction holding a repartition partition's last
-stable offset, a zombie's commit of markers alone, which sends no offsets and so is not
-fenced by the group's generation), delivery failures of a produce, the changelog state
-backend, snapshots, replays and resets, user functions' fan-out, hopping windows and
-allowed lateness.
+Helper-126 added the window's kinds, several live workers, the changelog backend, failed
+deliveries and idleness, and found no engine defect (some 30,000 schedules over five
+seeds). A zombie's commit of markers alone (progress or idle) is harmless, as reasoned: a
+worker commits markers without offsets only for partitions it has nothing uncommitted of,
+and after a fenced abort it has rewound to the new owner's commit, so its markers never
+say more than the group has committed, and a stale one is dropped by the downstream's
+clock. The model catches, as checked by hand (the examples below catch the first four in
+every run, the search found the others at the default budget): an abort's rewind that
+judges other writers' pending checkpoints (Engine._restore: the zombie discarded the new
+owner's checkpoint being committed; its next one had nothing to build on), a partition
+given away whose changelog records the backend kept (Engine._drop_state without
+``state.release``: taken back, it was restored from what it held before the handover, the
+other worker's commits missing: windows not whole), hopping windows folded as tumbling
+ones and the allowed lateness ignored downstream (workers/rekeying.py ``_fold_entries``),
+a source partition made idle with records still to read (Engine._check_idle: windows
+closed without them, not whole), and a transactional id new with each Engine rather than
+stable per worker (a worker restarted after a failure leaves its predecessor's
+transaction open: the repartition topic's last stable offset held, the run never ends;
+the model before fenced every producer at any ``init_transactions``).
+
+Not modelled: a partition idle, then written to (see above), a worker that gets a
+partition back from a zombie while the zombie runs, more than two live workers, a delivery
+failure reported only after its transaction's commit (librdkafka fails the commit),
+snapshots, replays and resets, user functions' fan-out, another worker's open transaction
+outliving it (the model aborts it at once, as its timeout does later).
 """
 
 from __future__ import annotations
@@ -71,6 +128,7 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from unittest.mock import patch
 
@@ -85,20 +143,26 @@ from confluent_kafka import (
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from streamherd.workers import changelog
 from streamherd.workers.config import WorkerConfig
 from streamherd.workers.engine import Engine
 from streamherd.workers.kafkaclients import FatalClientError
 from streamherd.workers.limits import ensure_recursion_headroom
 from streamherd.workers.metrics import EngineMetrics
 from streamherd.workers.rekeying import HOP_FORMAT, decode_message
+from streamherd.workers.repartitioning import read_mark
 from streamherd.workers.statebackends import VolumeBackend
 from tests.unit.workers.test_worker_exactly_once_schedules import (
+    CHANGELOG,
+    CHANGELOG_PARTITIONS,
     DEAD,
     FIELDS,
     MAX_WORKERS,
     OUT,
     WINDOW_MS,
     Broker,
+    ChangelogMessage,
+    ChangelogReader,
     Entry,
     Event,
     FakeProducer,
@@ -106,7 +170,6 @@ from tests.unit.workers.test_worker_exactly_once_schedules import (
     Metadata,
     Phase,
     scratch,
-    window_index,
 )
 from tests.unit.workers.test_worker_input_lost import BASE_TS, TOPIC, gappy_log
 
@@ -126,6 +189,11 @@ def key_of(offset: int) -> int:
     return offset % 3 + 7
 
 
+def start_ms(text: str) -> int:
+    """A result's window start (ISO 8601) in Unix ms."""
+    return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
 @dataclass
 class HopEntry(Entry):
     """A repartition partition's entry: a record (with its headers and time), open until
@@ -133,6 +201,7 @@ class HopEntry(Entry):
 
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     timestamp: int = 0
+    tid: str = ""  # the transactional id of its producer
 
 
 Where = int | tuple[str, int]  # a changelog partition, or ("rp", repartition partition)
@@ -155,6 +224,7 @@ class HopBroker(Broker):
     ) -> None:
         super().__init__(logs, faults, windowed=True, earliest=earliest, hostile=hostile)
         self.jitter = jitter  # (partition, index in its log): event time - offset - BASE_TS
+        self.spec = (WINDOW_MS, WINDOW_MS, 0)  # the window's size, slide, allowed lateness (ms)
         self.rp: dict[int, list[HopEntry]] = {q: [] for q in range(partitions)}
         self.rp_group: dict[int, tuple[int, str]] = {}
         # Windows committed before a worker first found everything read (its end closes
@@ -166,6 +236,15 @@ class HopBroker(Broker):
         # Faults for the k-th call of a transaction holding window results, by call.
         self.result_faults: dict[tuple[str, int], Any] = {}
         self.result_calls: Counter[str] = Counter()
+        # Each transactional id's epoch: a producer fences (and aborts the open
+        # transaction of) only the earlier producers of its own id.
+        self.epochs: Counter[str] = Counter()
+        self.fenced_sends = 0  # send_offsets of a worker the group left behind, refused
+        self.zombie_commits = 0  # transactions such a worker committed (markers alone)
+        self.behind: set[str] = set()  # the transactional ids of workers left behind
+        self.waits: dict[str, Any] = {}  # by transactional id: let the other worker run
+        self.lost_deliveries = 0  # produces whose delivery failed (the transaction's error)
+        self.idle_marks = 0  # markers saying a source partition is idle, written
 
     def stable(self, q: int) -> int:
         """The last stable offset: the first entry of a transaction still open."""
@@ -188,9 +267,42 @@ class HopBroker(Broker):
             else:
                 self.changelog[where].append(Entry(None, None, "marker"))
 
-    def fence(self) -> None:
-        super().fence()
-        self.decide([(("rp", q), e) for q, log in self.rp.items() for e in log], False)
+    def others_wait(self, tid: str) -> None:
+        """The worker of ``tid`` waits for another's open transaction: the other runs."""
+        wait = self.waits.get(tid)
+        if wait is None:
+            raise self.violation(f"{tid} waits for a transaction no live worker decides")
+        wait()
+
+    def checkpoint_of(self, topic: str, partition: int) -> Any:
+        """The checkpoint of ``topic[partition]`` as the committed changelog holds it."""
+        records: changelog.Records = {}
+        changelog.apply(
+            records,
+            (
+                (e.key, e.value)
+                for e in self.changelog[partition % CHANGELOG_PARTITIONS]
+                if e.status == "committed" and e.key is not None
+            ),
+        )
+        mine = {k: v for k, v in records.items() if changelog.owner(k) == (topic, partition)}
+        return changelog.decode(topic, partition, changelog.live(mine))
+
+    def fence(self, tid: str = "") -> None:
+        """A new producer of ``tid`` (or its transaction timed out): its open transaction is
+        aborted; other transactional ids' stay open."""
+        self.decide(
+            [(("rp", q), e) for q, log in self.rp.items() for e in log if e.tid == tid], False
+        )
+        self.decide(
+            [
+                (cp, e)
+                for cp, log in self.changelog.items()
+                for e in log
+                if getattr(e, "tid", "") == tid
+            ],
+            False,
+        )
 
     def commit(
         self,
@@ -205,6 +317,16 @@ class HopBroker(Broker):
             self.early = len(self.visible)
         for (topic, partition), committed in offsets.items():
             (self.group if topic == TOPIC else self.rp_group)[partition] = committed
+            if self.changelogged:
+                # The changelog commits with the offsets: the partition's checkpoint there is
+                # the one of its committed offset (same offset, same transaction).
+                checkpoint = self.checkpoint_of(topic, partition)
+                found = checkpoint and (checkpoint.next_offset, checkpoint.generation)
+                if found != committed:
+                    raise self.violation(
+                        f"commit {self.commits + 1}: {topic}[{partition}] committed at "
+                        f"{committed}, its changelog checkpoint {found}"
+                    )
         self.judge(f"commit {self.commits}")
 
     # -- the rule
@@ -215,9 +337,27 @@ class HopBroker(Broker):
             return BASE_TS + o
         return BASE_TS + o + self.jitter.get((p, self.logs[p].index(o)), 0)
 
-    def window(self, p: int, o: int) -> tuple[int, int]:
-        """The window (key, window) of record ``o`` of partition ``p``."""
-        return key_of(o), self.event_ms(p, o) // WINDOW_MS
+    def placed(self, p: int) -> dict[int, list[tuple[int, int]]]:
+        """Each re-keyed record of ``p`` with the windows (key, start ms) it is counted in:
+        those containing its event time still open when it folds, by the largest event time
+        of the records re-keyed before it in its own partition (what its entry carries, the
+        level it folds against downstream, docs/engine.md) and the allowed lateness. None
+        of them (its newest window closed): late, dead-lettered downstream; a hopping
+        window's record may miss only its older windows."""
+        size, slide, lateness = self.spec
+        placed: dict[int, list[tuple[int, int]]] = {}
+        top: int | None = None
+        for o in self.rekeyable(p):
+            event_ms = self.event_ms(p, o)
+            level = event_ms if top is None else max(top, event_ms)
+            last = event_ms - event_ms % slide
+            placed[o] = [
+                (key_of(o), start)
+                for start in range(last - size + slide, last + 1, slide)
+                if start + size > level - lateness
+            ]
+            top = level
+        return placed
 
     def rekeyable(self, p: int, upto: int | None = None) -> list[int]:
         """Partition ``p``'s records from its start (up to ``upto``) that are not hostile:
@@ -230,16 +370,9 @@ class HopBroker(Broker):
         ]
 
     def late(self, p: int) -> set[int]:
-        """The records of ``p`` its own partition makes late: a window ends at or before the
-        largest event time of the records re-keyed before it (lateness 0). Decided
-        downstream, by that maximum carried in the entry (docs/engine.md)."""
-        late, top = set(), None
-        for o in self.rekeyable(p):
-            event_ms = self.event_ms(p, o)
-            if top is not None and event_ms - event_ms % WINDOW_MS + WINDOW_MS <= top:
-                late.add(o)
-            top = event_ms if top is None else max(top, event_ms)
-        return late
+        """The records of ``p`` its own partition makes late (no window left to count them).
+        Decided downstream, by the maximum carried in the entry."""
+        return {o for o, cells in self.placed(p).items() if not cells}
 
     def records(self, p: int, upto: int | None = None) -> list[int]:
         """The records of ``p`` a window counts (up to ``upto``): neither hostile nor late."""
@@ -247,13 +380,13 @@ class HopBroker(Broker):
         return [o for o in self.rekeyable(p, upto) if o not in late]
 
     def windows(self) -> Counter[tuple[int, int]]:
-        """Each window (key, window) with the count of every record it must hold."""
-        return Counter(self.window(p, o) for p in self.logs for o in self.records(p))
+        """Each window (key, start ms) with the count of every record it must hold."""
+        return Counter(
+            cell for p in self.logs for cells in self.placed(p).values() for cell in cells
+        )
 
     def seen_windows(self) -> Counter[tuple[int, int, int]]:
-        return Counter(
-            (int(r["key"]), window_index(r["window_start"]), r["n"]) for r in self.visible
-        )
+        return Counter((int(r["key"]), start_ms(r["window_start"]), r["n"]) for r in self.visible)
 
     def rekeyed(self) -> Counter[tuple[int, int]]:
         """(source partition, offset) of every entry of the committed repartition records."""
@@ -308,8 +441,9 @@ class HopBroker(Broker):
         seen = self.seen_windows()
         counted: dict[tuple[int, int], list[tuple[int, int]]] = {}
         for p in self.logs:
-            for o in self.records(p):
-                counted.setdefault(self.window(p, o), []).append((p, o))
+            for o, cells in self.placed(p).items():
+                for cell in cells:
+                    counted.setdefault(cell, []).append((p, o))
         complete = Counter({w: len(records) for w, records in counted.items()})
         twice = sorted(
             k for k, n in Counter((g, w) for g, w, _ in seen.elements()).items() if n > 1
@@ -335,6 +469,31 @@ class HopProducer(FakeProducer):
 
     broker: HopBroker
 
+    def __init__(self, broker: HopBroker, conf: dict[str, Any]) -> None:
+        super().__init__(broker, conf)
+        self.tid = str(conf["transactional.id"])
+        # Two live workers (Pair): another may run while this one's transaction is being
+        # committed (its pending checkpoints written, its offsets sent or not yet).
+        self.turn: Any = None
+
+    def init_transactions(self, timeout: float = -1) -> None:
+        # Fences the earlier producers of its own transactional id only, aborting their
+        # open transaction; another worker's (another id) stays open.
+        self.broker.epochs[self.tid] += 1
+        self.epoch = self.broker.epochs[self.tid]
+        self.broker.fence(self.tid)
+        self.state = "ready"
+
+    def _require(self, call: str, *states: str) -> None:
+        if self.epoch != self.broker.epochs[self.tid] and self.state != "fatal":
+            self._raise(KafkaError._FENCED, "fenced by a newer instance", fatal=True)
+        if self.state in states:
+            return
+        if self.state in ("fatal", "abortable") and self.error is not None:
+            raise KafkaException(self.error)
+        self.broker.violation(f"{call} in state {self.state}")
+        self._raise(KafkaError._STATE, f"Operation not valid in state {self.state}")
+
     def produce(
         self,
         topic: str,
@@ -345,6 +504,15 @@ class HopProducer(FakeProducer):
         timestamp: int = 0,
         **kwargs: Any,
     ) -> None:
+        self._require("produce", "in")
+        if self.broker.fault("produce") is not None:  # type: ignore[arg-type]
+            # Its delivery failed (retries or message.timeout.ms spent): the record is not
+            # written, librdkafka makes the transaction abortable, and refuses what follows
+            # (the next produce, send_offsets or commit raises its error).
+            self.broker.lost_deliveries += 1
+            self.state = "abortable"
+            self.error = KafkaError(KafkaError._MSG_TIMED_OUT, "injected", txn_requires_abort=True)
+            return
         if topic == DEAD:
             origin = dict(headers)
             p = int(origin["streamherd.source.partition"])
@@ -353,12 +521,21 @@ class HopProducer(FakeProducer):
                 self._require("produce", "in")
                 self.dead.append((p, o))
                 return
+        if topic == CHANGELOG:
+            self._require("produce", "in")
+            assert self.broker.changelogged and 0 <= partition < CHANGELOG_PARTITIONS, partition
+            record = HopEntry(key, value, "open", tid=self.tid)
+            self.broker.changelog[partition].append(record)
+            self.changes.append((partition, record))
+            return
         if topic != RP:
             super().produce(topic, value, headers, key, partition, **kwargs)
             return
         self._require("produce", "in")
         assert 0 <= partition < len(self.broker.rp), partition
-        entry = HopEntry(key, value, "open", list(headers or ()), timestamp)
+        entry = HopEntry(key, value, "open", list(headers or ()), timestamp, self.tid)
+        if not value and read_mark(entry.headers).idle:
+            self.broker.idle_marks += 1
         self.broker.rp[partition].append(entry)
         self.changes.append((("rp", partition), entry))  # type: ignore[arg-type]
 
@@ -376,12 +553,24 @@ class HopProducer(FakeProducer):
     def send_offsets_to_transaction(
         self, positions: list[TopicPartition], group_metadata: Any, timeout: float = -1
     ) -> None:
+        if self.turn is not None:
+            self.turn()
         self._with_results("send_offsets")
+        self._require("send_offsets_to_transaction", "in")
+        if group_metadata.consumer.left_behind:
+            # KIP-447: the group's coordinator refuses offsets of a generation it moved on
+            # from (ILLEGAL_GENERATION): the transaction must abort.
+            self.broker.fenced_sends += 1
+            self._raise(KafkaError.ILLEGAL_GENERATION, "left behind", txn_requires_abort=True)
         super().send_offsets_to_transaction(positions, group_metadata, timeout)
 
     def commit_transaction(self, timeout: float = -1) -> None:
+        if self.turn is not None:
+            self.turn()
         self._with_results("commit")
+        left_behind = self.state == "in" and self.tid in self.broker.behind
         super().commit_transaction(timeout)
+        self.broker.zombie_commits += left_behind
 
     def abort_transaction(self, timeout: float = -1) -> None:
         results = bool(self.outputs)
@@ -399,6 +588,40 @@ class HopProducer(FakeProducer):
                 tp.offset,
                 tp.metadata or "",
             )
+
+
+class HopChangelogReader(ChangelogReader):
+    """The sibling's changelog reader, of one worker among several: a transaction of
+    another worker still open holds its read (read_committed, up to the last stable
+    offset) until that worker decides it (here: the reader lets the other worker run);
+    its own open transaction would hold it for good (a violation, as in the sibling)."""
+
+    def __init__(self, broker: HopBroker, conf: dict[str, Any]) -> None:
+        super().__init__(broker, conf)
+        self.hop = broker
+        # The backend's group id: the worker's transactional id, ".changelog.restore".
+        self.tid = str(conf["group.id"]).removesuffix(".restore").removesuffix(".changelog")
+
+    def consume(self, num_messages: int, timeout: float) -> list[ChangelogMessage]:
+        assert self.cp is not None
+        log = self.hop.changelog[self.cp]
+        out: list[ChangelogMessage] = []
+        while self.pos < len(log) and len(out) < num_messages:
+            entry = log[self.pos]
+            if entry.status == "open" and self.committed_only:
+                if getattr(entry, "tid", "") == self.tid:
+                    raise self.hop.violation(
+                        f"a restore of changelog {self.cp} waits for the worker's own open "
+                        f"transaction (at {self.pos})"
+                    )
+                self.hop.others_wait(self.tid)  # the other worker decides it meanwhile
+                return out
+            if entry.key is not None and (entry.status == "committed" or not self.committed_only):
+                out.append(ChangelogMessage(self.pos, entry.key, entry.value))
+            self.pos += 1
+        if self.pos >= len(log):
+            out.append(ChangelogMessage(self.pos, eof=True))
+        return out
 
 
 class HopMessage:
@@ -442,6 +665,7 @@ class HopConsumer:
     group_offsets = True
     cluster_id: str | None = None
     origin_ms: int | None = None
+    left_behind = False  # the group moved on from this worker's generation (a zombie)
 
     def __init__(
         self,
@@ -688,7 +912,167 @@ class HopConsumer:
             self.callbacks["revoke"](owned)
 
 
-def config(batch_size: int, start_from: str, directory: str, *, dead_letters: bool) -> WorkerConfig:
+class Pair:
+    """Two live workers of the group at once, each its own Engine, consumer and
+    transactional id, their loops in threads taking turns at their polls (one runs at a
+    time: a schedule is replayed exactly): at each poll the worker polling hands over to
+    the other or goes on, by ``turns``."""
+
+    def __init__(self, turns: Sequence[bool]) -> None:
+        self.cond = threading.Condition()
+        self.turns = [*turns, True]  # never one worker alone for good
+        self.k = 0
+        self.holder = "a"
+        self.live = {"a"}
+
+    def alone(self, name: str) -> bool:
+        return self.live <= {name}
+
+    def join(self, name: str) -> None:
+        with self.cond:
+            self.live.add(name)
+
+    def turn(self, name: str) -> None:
+        """Poll time: maybe hand over to the other live worker; back once it hands over."""
+        with self.cond:
+            others = sorted(self.live - {name})
+            if others and self.turns[self.k % len(self.turns)]:
+                self.holder = others[0]
+                self.cond.notify_all()
+            self.k += 1
+            self.cond.wait_for(lambda: self.holder == name)
+
+    def switch(self, name: str) -> None:
+        """Hand over to the other live worker (if any); back once it hands over."""
+        with self.cond:
+            others = sorted(self.live - {name})
+            if others:
+                self.holder = others[0]
+                self.cond.notify_all()
+            self.cond.wait_for(lambda: self.holder == name)
+
+    def wait(self, name: str) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.holder == name)
+
+    def leave(self, name: str) -> None:
+        with self.cond:
+            self.live.discard(name)
+            if self.holder == name and self.live:
+                self.holder = sorted(self.live)[0]
+            self.cond.notify_all()
+
+
+class MemberConsumer(HopConsumer):
+    """A consumer of one of two live workers (``Pair``). Worker "a" is the first; at its
+    poll ``at`` the group moves on: "handover" revokes some of its partitions (cooperative)
+    and gives them, with every partition it does not own, to worker "b"; "zombie" leaves
+    "a" behind (its session timed out, it does not know yet) and gives everything to "b":
+    "a" reads and commits on as it was, its offsets fenced by the group's generation
+    (KIP-447), while what it commits without offsets (progress markers) is not. After
+    ``linger`` more polls one leaves (a zombie, "a", learns that its assignment is lost;
+    after a handover, "a" or "b" stops, its close revoking what it owns), and the other,
+    then alone, gets every partition back: "a" those it handed over, where "b" committed
+    meanwhile."""
+
+    def __init__(self, broker: HopBroker, pair: Pair, who: str, plan: dict[str, Any],
+                 on_move: Any = None, **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(broker, **kwargs)
+        self.pair, self.who, self.plan, self.on_move = pair, who, plan, on_move
+        self.moved_at: int | None = None
+        self.stop: threading.Event | None = None
+        self.tid = ""
+        self.other: MemberConsumer | None = None
+        zombie = plan["kind"] == "zombie"
+        self.leaver = "a" if zombie else plan.get("leaves", "a")
+        self.left = False
+
+    def _missing(self) -> list[TopicPartition]:
+        return super()._missing() if self.pair.alone(self.who) else []
+
+    def poll(self, max_records: int, timeout: float) -> list[Any]:
+        self.pair.turn(self.who)
+        if self.who == "a":
+            mine = self.polls + 1
+            if self.moved_at is None and mine >= self.plan["at"]:
+                self._move()
+                self.moved_at = mine
+            elif (
+                self.moved_at is not None
+                and not self.left
+                and mine >= self.moved_at + self.plan["linger"]
+            ):
+                self.left = True
+                self._leave()
+        return super().poll(max_records, timeout)
+
+    def _move(self) -> None:
+        n, queues = len(self.broker.logs), len(self.broker.rp)
+        if self.plan["kind"] == "zombie":
+            self.left_behind = True
+            self.broker.behind.add(self.tid)
+            given = [TopicPartition(TOPIC, p) for p in range(n)] + [
+                TopicPartition(RP, q) for q in range(queues)
+            ]
+        else:
+            moved = [
+                TopicPartition(TOPIC, p)
+                for p in sorted({p % n for p in self.plan["moved"]})
+                if p in self.up.queue
+            ] + [
+                TopicPartition(RP, q)
+                for q in sorted({q % queues for q in self.plan["rp_moved"]})
+                if q in self.fetch
+            ]
+            try:
+                if moved:
+                    self.generation += 1
+                    self.callbacks["revoke"](moved)
+            finally:
+                # Its revoke's commit may end the worker (a fault): the second starts with
+                # what it was given, then everything once the first is gone.
+                self.on_move(self._missing_any())
+            return
+        self.on_move(given)
+
+    def _missing_any(self) -> list[TopicPartition]:
+        return HopConsumer._missing(self)
+
+    def _leave(self) -> None:
+        if self.leaver == "b":
+            assert self.other is not None and self.other.stop is not None
+            self.other.stop.set()  # it stops at its next turn, its close revokes everything
+            return
+        if self.left_behind:
+            owned = [TopicPartition(TOPIC, p) for p in sorted(self.up.queue)]
+            self.generation += 1
+            self.callbacks["lost"](owned)
+            self.left_behind = False
+            self.broker.behind.discard(self.tid)
+        assert self.stop is not None
+        self.stop.set()
+
+    @property
+    def exhausted(self) -> bool:
+        if self.who == self.leaver:
+            return False  # it leaves (stops) after its polls
+        return self.pair.alone(self.who) and super().exhausted
+
+
+def config(
+    batch_size: int,
+    start_from: str,
+    directory: str,
+    *,
+    dead_letters: bool,
+    window: tuple[int, int, int] = (WINDOW_MS, WINDOW_MS, 0),
+    changelogged: bool = False,
+    idle: bool = False,
+) -> WorkerConfig:
+    size, slide, lateness = window
+    checkpoint: dict[str, Any] = {"directory": directory, "intervalSeconds": 600}
+    if changelogged:
+        checkpoint["changelog"] = {"topic": CHANGELOG, "partitions": CHANGELOG_PARTITIONS}
     return WorkerConfig.model_validate(
         {
             "pipeline": {"name": "exactly"},
@@ -699,6 +1083,8 @@ def config(batch_size: int, start_from: str, directory: str, *, dead_letters: bo
                     "topics": [TOPIC],
                     "consumerGroup": "exactly",
                     "startFrom": start_from,
+                    # Never of itself in a test's time: the schedule's loops make them quiet.
+                    **({"idleTimeoutSeconds": 3600} if idle else {}),
                 }
             },
             "processor": {
@@ -707,7 +1093,9 @@ def config(batch_size: int, start_from: str, directory: str, *, dead_letters: bo
                     {
                         "window": {
                             "keyBy": KEY_BY,
-                            "size": f"{WINDOW_MS}ms",
+                            "size": f"{size}ms",
+                            **({"type": "hopping", "slide": f"{slide}ms"} if slide != size else {}),
+                            "allowedLateness": f"{lateness}ms",
                             "aggregates": [{"name": "n", "function": "count"}],
                         }
                     },
@@ -715,7 +1103,7 @@ def config(batch_size: int, start_from: str, directory: str, *, dead_letters: bo
             },
             "repartition": {"topic": RP},
             "sink": {"kafka": {"bootstrapServers": "127.0.0.1:9", "topic": OUT}},
-            "checkpoint": {"directory": directory, "intervalSeconds": 600},
+            "checkpoint": checkpoint,
             "runtime": {"metricsPort": 0, "batchSize": batch_size},
             **(
                 {"deadLetter": {"bootstrapServers": "127.0.0.1:9", "topic": DEAD}}
@@ -733,6 +1121,179 @@ class Outcome:
     reasons: list[str]
 
 
+def launch(
+    broker: HopBroker,
+    schedule: dict[str, Any],
+    directory: str,
+    consumer: HopConsumer,
+    worker_id: str,
+) -> tuple[Engine, threading.Event, list[int]]:
+    """A worker's Engine (its transactional id ``worker_id``'s) over ``consumer``."""
+    stop = threading.Event()
+    cfg = config(schedule["batch_size"], schedule["start_from"], directory,
+                 dead_letters="hostile" in schedule, window=broker.spec,
+                 changelogged=broker.changelogged,
+                 idle=bool(schedule.get("idle")))  # fmt: skip
+    with patch.dict(os.environ, {"STREAMHERD_WORKER_ID": worker_id}):
+        engine = Engine(
+            cfg, stop=stop, out=sys.stdout, metrics=EngineMetrics("exactly"), source=consumer,
+            state=None if broker.changelogged else VolumeBackend(directory),
+        )  # fmt: skip
+    # What Engine._topics learns from the cluster (the source is given here).
+    engine._repartition_partitions = len(broker.rp)
+    engine._upstreams = frozenset((TOPIC, p) for p in range(len(broker.logs)))
+    return engine, stop, [0]
+
+
+def drive(
+    engine: Engine, stop: threading.Event, loops: list[int], consumer: HopConsumer,
+    schedule: dict[str, Any],
+) -> str | None:  # fmt: skip
+    """Run the worker to its end: its reason, or None when it stopped on a client's error
+    (the error's text appended to ``reasons`` by the caller)."""
+    interval = engine._maybe_checkpoint
+
+    def maybe_checkpoint() -> None:
+        loops[0] += 1
+        every = schedule["every"]
+        if (
+            loops[0] in schedule["checkpoints"]
+            or (every is not None and loops[0] % every == 0)
+            or consumer.waits_for_its_transaction
+        ):
+            engine._last_checkpoint = float("-inf")
+        interval()
+        if loops[0] in (schedule.get("idle") or ()):
+            # idleTimeout elapsed for every partition since its last record: the loop's
+            # _check_idle (after this) marks those with nothing left to read idle.
+            for st in engine.partitions.values():
+                st.last_record_at = -math.inf
+        if loops[0] >= MAX_LOOPS:
+            stop.set()
+
+    with (
+        patch.object(engine, "_list_topics", lambda timeout=10.0: []),
+        patch.object(engine, "_maybe_checkpoint", maybe_checkpoint),
+    ):
+        summary = engine.run()
+    return summary.reason
+
+
+def consumer_of(
+    broker: HopBroker, schedule: dict[str, Any], first: bool, **member: Any
+) -> HopConsumer:
+    n, queues = len(broker.logs), len(broker.rp)
+    pair = schedule.get("pair") if first else None
+    cut = pair["at"] if pair is not None else math.inf  # the first's events before the move
+    kwargs: dict[str, Any] = dict(
+        initial=sorted({p % n for p in schedule["initial"]}) if first else range(n),
+        rp_initial=sorted({q % queues for q in schedule["rp_initial"]}) if first else range(queues),
+        events=[
+            Event(e.at, e.kind, e.partition % n, e.phase)
+            for e in schedule["events" if first else "later_events"]
+            if e.at < cut
+        ],
+        rp_events=[
+            Event(e.at, e.kind, e.partition % queues, e.phase)
+            for e in schedule["rp_events" if first else "rp_later_events"]
+            if e.at < cut
+        ],
+        chunk=schedule["chunk"],
+        serve=schedule["serve"],
+        # Records produced meanwhile only with one worker (another's queue would miss them).
+        # Nor with idleness: a partition quiet, then written to, makes records late by the
+        # other partitions' progress, which the rule (lateness by the record's own partition)
+        # does not tell.
+        produce={p % n: k for p, k in schedule["produce"].items()}
+        if first and not pair and not schedule.get("idle")
+        else {},
+        lookup_failures=schedule["lookup_failures"] if first else 0,
+        order=schedule["order"],
+    )
+    if member:
+        return MemberConsumer(broker, **member, **kwargs)
+    return HopConsumer(broker, **kwargs)
+
+
+def run_pair(
+    broker: HopBroker, schedule: dict[str, Any], directory: str, reasons: list[str]
+) -> tuple[MemberConsumer | None, str | None]:
+    """The first worker and, once the group moves on, a second one with its own
+    transactional id, both live: the consumer of the one that stays and its reason (None:
+    an error, or the group never moved on)."""
+    plan = schedule["pair"]
+    pair = Pair(plan["turns"])
+    b = MemberConsumer(broker, pair, "b", plan, **_idle_kwargs(schedule))
+    threads: list[threading.Thread] = []
+    errors: list[BaseException] = []
+    ends: dict[str, str | None] = {}
+
+    def on_move(given: list[TopicPartition]) -> None:
+        b.initial = given
+        pair.join("b")
+        threads.append(threading.Thread(target=body, args=("b", b, engine_b, stop_b, loops_b)))
+        threads[-1].start()
+
+    a = consumer_of(broker, schedule, True, pair=pair, who="a", plan=plan, on_move=on_move)
+    assert isinstance(a, MemberConsumer)
+    engine_a, stop_a, loops_a = launch(broker, schedule, directory, a, "a")
+    engine_b, stop_b, loops_b = launch(broker, schedule, directory, b, "b")
+    a.stop, b.stop = stop_a, stop_b
+    a.other = b
+    a.tid = engine_a.outputs.transaction.tid
+    b.tid = engine_b.outputs.transaction.tid
+    engine_a.outputs.transaction.turn = lambda: pair.turn("a")
+    engine_b.outputs.transaction.turn = lambda: pair.turn("b")
+    broker.waits[a.tid] = lambda: pair.switch("a")
+    broker.waits[b.tid] = lambda: pair.switch("b")
+
+    def body(who: str, consumer: HopConsumer, engine: Engine, stop: threading.Event,
+             loops: list[int]) -> None:  # fmt: skip
+        try:
+            pair.wait(who)
+            ends[who] = drive(engine, stop, loops, consumer, schedule)
+        except (FatalClientError, KafkaException) as error:
+            reasons.append(f"{who}: {type(error).__name__}: {error}")
+            engine.outputs.discard()
+            ends[who] = None
+        except BaseException as error:  # raised again in the test's thread
+            errors.append(error)
+            ends[who] = None
+        finally:
+            # Its transaction, if still open, ends with its timeout (the coordinator aborts
+            # it), or with its restart's init_transactions.
+            broker.fence(engine.outputs.transaction.tid)
+            pair.leave(who)
+
+    threads.insert(0, threading.Thread(target=body, args=("a", a, engine_a, stop_a, loops_a)))
+    threads[0].start()
+    while threads:
+        thread = threads.pop(0)
+        thread.join(120)
+        assert not thread.is_alive(), "a worker of the pair never ended"
+    if errors:
+        raise errors[0]
+    if "b" not in ends:
+        if ends.get("a") is not None:
+            reasons.append(f"a: {ends['a']}")
+        return None, None  # it never moved on (the first stopped on an error before)
+    event(f"pair: {plan['kind']}, {a.leaver} leaves")
+    # The one that stays ends once it has read everything (it is never stopped).
+    stays, loops = (b, loops_b) if a.leaver == "a" else (a, loops_a)
+    assert loops[0] < MAX_LOOPS, f"the worker that stays never ended ({ends})"
+    left = "b" if stays is a else "a"
+    if ends.get(left) is not None:
+        reasons.append(f"{left}: {ends[left]}")
+    return stays, ends[stays.who]
+
+
+def _idle_kwargs(schedule: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        initial=[], rp_initial=[], events=[], rp_events=[], chunk=schedule["chunk"],
+        serve=schedule["serve"], produce={}, lookup_failures=0, order=schedule["order"],
+    )  # fmt: skip
+
+
 def run(schedule: dict[str, Any]) -> Outcome:
     logs = gappy_log(schedule["gaps"])
     n, queues = len(logs), schedule["rp_partitions"]
@@ -747,85 +1308,50 @@ def run(schedule: dict[str, Any]) -> Outcome:
         },
     )
     broker.result_faults = dict(schedule["result_faults"])
+    broker.spec = schedule.get("window", broker.spec)
+    broker.changelogged = schedule.get("changelog", False)
     reasons: list[str] = []
     owned: set[tuple[str, int]] = set()
-    with scratch() as directory:
+    worker_id = "a"
+    consumer: HopConsumer
+    with (
+        scratch() as directory,
+        patch("streamherd.workers.sinks.topic_limits", lambda *a, **k: {}),
+        patch(
+            "streamherd.workers.sinks.TransactionalProducer",
+            lambda conf: HopProducer(broker, conf),
+        ),
+        patch("streamherd.workers.engine.LAG_REFRESH_SECONDS", 0.0),
+        # The changelog backend's topic and consumers (its producer is the engine's).
+        patch.object(changelog, "AdminClient", lambda conf: None),
+        patch.object(changelog, "ensure_topic", lambda *a, **k: CHANGELOG_PARTITIONS),
+        patch.object(changelog, "Consumer", lambda conf: HopChangelogReader(broker, conf)),
+        patch(
+            "streamherd.workers.engine.MARKER_SECONDS",
+            0.0 if schedule["markers"] == "batch" else math.inf,
+        ),
+    ):
         for worker in range(MAX_WORKERS):
             first = worker == 0
             broker.faulted = False
-            stop = threading.Event()
-            consumer = HopConsumer(
-                broker,
-                initial=sorted({p % n for p in schedule["initial"]}) if first else range(n),
-                rp_initial=sorted({q % queues for q in schedule["rp_initial"]})
-                if first
-                else range(queues),
-                events=[
-                    Event(e.at, e.kind, e.partition % n, e.phase)
-                    for e in schedule["events" if first else "later_events"]
-                ],
-                rp_events=[
-                    Event(e.at, e.kind, e.partition % queues, e.phase)
-                    for e in schedule["rp_events" if first else "rp_later_events"]
-                ],
-                chunk=schedule["chunk"],
-                serve=schedule["serve"],
-                produce={p % n: k for p, k in schedule["produce"].items()} if first else {},
-                lookup_failures=schedule["lookup_failures"] if first else 0,
-                order=schedule["order"],
-            )
-            cfg = config(schedule["batch_size"], schedule["start_from"], directory,
-                         dead_letters="hostile" in schedule)  # fmt: skip
-            with (
-                patch("streamherd.workers.sinks.topic_limits", lambda *a, **k: {}),
-                patch(
-                    "streamherd.workers.sinks.TransactionalProducer",
-                    lambda conf: HopProducer(broker, conf),
-                ),
-            ):
-                engine = Engine(
-                    cfg, stop=stop, out=sys.stdout, metrics=EngineMetrics("exactly"),
-                    source=consumer, state=VolumeBackend(directory),
-                )  # fmt: skip
-            # What Engine._topics learns from the cluster (the source is given here).
-            engine._repartition_partitions = queues
-            engine._upstreams = frozenset((TOPIC, p) for p in range(n))
-            loops = [0]
-            interval = engine._maybe_checkpoint
-
-            def maybe_checkpoint(
-                engine: Engine = engine, interval: Any = interval, loops: list[int] = loops,
-                stop: threading.Event = stop, consumer: HopConsumer = consumer,
-            ) -> None:  # fmt: skip
-                loops[0] += 1
-                every = schedule["every"]
-                if (
-                    loops[0] in schedule["checkpoints"]
-                    or (every is not None and loops[0] % every == 0)
-                    or consumer.waits_for_its_transaction
-                ):
-                    engine._last_checkpoint = float("-inf")
-                interval()
-                if loops[0] >= MAX_LOOPS:
-                    stop.set()
-
-            with (
-                patch("streamherd.workers.engine.LAG_REFRESH_SECONDS", 0.0),
-                patch(
-                    "streamherd.workers.engine.MARKER_SECONDS",
-                    0.0 if schedule["markers"] == "batch" else math.inf,
-                ),
-                patch.object(engine, "_list_topics", lambda timeout=10.0: []),
-                patch.object(engine, "_maybe_checkpoint", maybe_checkpoint),
-            ):
+            if first and schedule.get("pair") is not None:
+                member, reason = run_pair(broker, schedule, directory, reasons)
+                if member is not None:
+                    worker_id = member.who  # its restarts are of its pod: its id
+                if member is None or reason is None:
+                    continue  # stopped on an error: the next worker goes on
+                consumer = member
+            else:
+                consumer = consumer_of(broker, schedule, first)
+                engine, stop, loops = launch(broker, schedule, directory, consumer, worker_id)
                 try:
-                    summary = engine.run()
+                    reason = drive(engine, stop, loops, consumer, schedule)
                 except (FatalClientError, KafkaException) as error:
                     reasons.append(f"{type(error).__name__}: {error}")
                     engine.outputs.discard()
                     continue
-            assert loops[0] < MAX_LOOPS, f"the run never ended ({summary.reason})"
-            reasons.append(summary.reason)
+                assert loops[0] < MAX_LOOPS, f"the run never ended ({reason})"
+            reasons.append(str(reason))
             owned = consumer.owned_at_end
             if broker.faulted:
                 continue
@@ -846,6 +1372,13 @@ def check_end(outcome: Outcome) -> None:
     event(f"windows committed before the end: {min(broker.early, 4)}")
     event(f"aborts: {min(broker.aborts, 3)}")
     event(f"aborts of window results: {min(broker.aborted_results, 2)}")
+    event(f"deliveries failed: {min(broker.lost_deliveries, 2)}")
+    event(f"idle markers: {min(broker.idle_marks, 2)}")
+    if broker.changelogged:
+        event(f"changelog restores: {min(broker.restores, 3)}")
+    if broker.behind or broker.fenced_sends or broker.zombie_commits:
+        event(f"zombie: offsets fenced {min(broker.fenced_sends, 2)}")
+        event(f"zombie: transactions committed {min(broker.zombie_commits, 2)}")
     broker.judge("the end")
     assert outcome.owned == {(TOPIC, p) for p in broker.logs} | {(RP, q) for q in broker.rp}, (
         outcome.owned
@@ -886,8 +1419,11 @@ HOP_FIELDS: dict[str, st.SearchStrategy[Any]] = {
         max_size=3,
     ),
     "events": events(20, 6),
+    # A produce (of any topic) by number: its delivery fails (any fault kind).
     "faults": st.dictionaries(
-        st.tuples(st.sampled_from(["send_offsets", "commit", "abort"]), st.integers(1, 12)),
+        st.tuples(
+            st.sampled_from(["send_offsets", "commit", "abort", "produce"]), st.integers(1, 12)
+        ),
         st.sampled_from(
             ["abortable", "retriable", "fatal", "unknown-committed", "unknown-aborted"]
         ),
@@ -917,6 +1453,43 @@ HOP_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "every": st.sampled_from([None, 1, 1, 2, 3]),
     # Per poll: the repartition topic's records handed out before the source's.
     "order": st.lists(st.booleans(), min_size=1, max_size=4),
+    # The window (size, slide, allowed lateness in ms): tumbling or hopping, some late
+    # records accepted or none.
+    "window": st.sampled_from(
+        [
+            (WINDOW_MS, WINDOW_MS, 0),
+            (WINDOW_MS, WINDOW_MS, 0),
+            (WINDOW_MS, WINDOW_MS, 3),
+            (WINDOW_MS, 2, 0),
+            (WINDOW_MS, 2, 5),
+            (6, 2, 1),
+            (WINDOW_MS, 1, 2),
+        ]
+    ),
+    # idleTimeout: loops at which it has elapsed for every partition (a third of the runs).
+    "idle": st.one_of(st.none(), st.none(), st.sets(st.integers(1, 20), min_size=1, max_size=4)),
+    # The changelog state backend (checkpoint.changelog) instead of the volume's files, in
+    # a third of the runs.
+    "changelog": st.sampled_from([False, False, True]),
+    # In a third of the runs, two live workers (MemberConsumer): at the first one's poll
+    # ``at`` the group moves on (some partitions handed over, or the first left behind, a
+    # zombie), the first leaves ``linger`` polls later; ``turns``: at each poll, whether the
+    # worker polling lets the other run.
+    "pair": st.one_of(
+        st.none(),
+        st.none(),
+        st.fixed_dictionaries(
+            {
+                "kind": st.sampled_from(["zombie", "handover"]),
+                "at": st.integers(1, 12),
+                "linger": st.integers(0, 16),
+                "moved": st.lists(st.integers(0, 2), max_size=3),
+                "rp_moved": st.lists(st.integers(0, 2), max_size=3),
+                "leaves": st.sampled_from(["a", "b"]),  # after a handover
+                "turns": st.lists(st.booleans(), min_size=1, max_size=5),
+            }
+        ),
+    ),
 }
 SCHEDULE = st.fixed_dictionaries(HOP_FIELDS)
 HOSTILE = st.fixed_dictionaries(
@@ -957,6 +1530,19 @@ STEADY: dict[str, Any] = {
     "order": [False],
 }
 
+#: A handover at the first worker's second poll: source partition 0 and repartition
+#: partition 0 to a second worker, which leaves 4 polls later; each lets the other run
+#: every second poll.
+PAIR: dict[str, Any] = {
+    "kind": "handover",
+    "at": 2,
+    "linger": 4,
+    "moved": [0],
+    "rp_moved": [0],
+    "leaves": "a",
+    "turns": [False, True],
+}
+
 
 @SETTINGS
 @given(SCHEDULE)
@@ -978,6 +1564,24 @@ STEADY: dict[str, Any] = {
         "faults": {("send_offsets", 3): "abortable"},
     }
 )
+# A zombie: the group moves on from the first worker at its second poll and gives everything
+# to a second one (its own transactional id); the first, left behind, reads and commits on:
+# its offsets are fenced (KIP-447), its transactions abort, and each abort rewinds it to the
+# second one's commits. Its rewind must not judge the second one's pending checkpoints (one
+# being committed: discarded, the second's next checkpoint had nothing to build on).
+@example({**STEADY, "pair": {**PAIR, "kind": "zombie", "at": 2, "linger": 2}})
+# The zombie commits a transaction of progress markers alone (no offsets: not fenced).
+@example(
+    {
+        **STEADY,
+        "changelog": True,
+        "pair": {**PAIR, "kind": "zombie", "at": 4, "linger": 8, "turns": [False, False, True]},
+    }
+)
+# With the changelog backend: the first worker hands partitions over to a second, which
+# commits them and leaves; the first, alone again, restores them from the changelog (not
+# from what it held before the handover).
+@example({**STEADY, "changelog": True, "pair": {**PAIR, "leaves": "b"}})
 def test_repartitioned_windows_are_each_counted_once_and_whole(schedule: dict[str, Any]) -> None:
     check_end(run(schedule))
 
@@ -993,6 +1597,26 @@ def test_repartitioned_windows_are_each_counted_once_and_whole(schedule: dict[st
         "jitter": [[0, 0, 0, 0, 0, -5], [0, 0, 0, 0, 0, 0, -9]],
         "hostile": {(0, 2)},
         "result_faults": {("commit", 1): "abortable"},
+    }
+)
+# The same in hopping windows (4 ms, every 2 ms) with 5 ms of allowed lateness: a record
+# behind its partition by a window is counted in its newest windows only, or is late.
+@example(
+    {
+        **STEADY,
+        "jitter": [[0, 0, 0, 0, 0, -5, 0, -9], [0, 0, 0, 0, 0, 0, -9, -7]],
+        "hostile": {(0, 2)},
+        "result_faults": {("commit", 1): "abortable"},
+        "window": (WINDOW_MS, 2, 5),
+    }
+)
+# Tumbling windows with 3 ms of allowed lateness: a record behind by less is still counted.
+@example(
+    {
+        **STEADY,
+        "jitter": [[0, 0, 0, 0, 0, -5, 0, -9], [0, 0, 0, 0, 0, 0, -9, -7]],
+        "hostile": {(0, 2)},
+        "window": (WINDOW_MS, WINDOW_MS, 3),
     }
 )
 def test_repartitioned_windows_and_dead_letters_hold_each_record_once(
