@@ -84,7 +84,9 @@ def pending_of_p0() -> Checkpoint:
     return replace(written, next_offset=COMMITTED, generation=GENERATION)
 
 
-def test_a_pending_checkpoint_is_judged_by_the_group_when_the_first_lookup_failed() -> None:
+def run_after_exactly_once(**changes: Any) -> tuple[GroupConsumer, PendingLeft]:
+    """An at-least-once worker's run over what the exactly-once run left (the schedule
+    `changes`): its consumer and backend."""
     PendingLeft.left = [pending_of_p0()]
     backends: list[PendingLeft] = []
 
@@ -97,8 +99,13 @@ def test_a_pending_checkpoint_is_judged_by_the_group_when_the_first_lookup_faile
         patch.object(alo, "GroupConsumer", CommittedByExactlyOnce),
         patch.object(alo, "JudgedBackend", Recorded),
     ):
-        consumer, _ = alo.run(schedule(lookup_failures=1))
+        consumer, _ = alo.run(schedule(**changes))
     (backend,) = backends
+    return consumer, backend
+
+
+def test_a_pending_checkpoint_is_judged_by_the_group_when_the_first_lookup_failed() -> None:
+    consumer, backend = run_after_exactly_once(lookup_failures=1)
     assert backend.adopted == [(0, GENERATION)], (
         f"the pending checkpoint was not promoted (adopted {backend.adopted}, still pending "
         f"{[c.generation for c in backend.pending]}): p0 restarted with empty state"
@@ -108,17 +115,5 @@ def test_a_pending_checkpoint_is_judged_by_the_group_when_the_first_lookup_faile
 
 
 def test_without_a_failed_lookup_it_is_judged_as_before() -> None:
-    PendingLeft.left = [pending_of_p0()]
-    backends: list[PendingLeft] = []
-
-    class Recorded(PendingLeft):
-        def __init__(self) -> None:
-            super().__init__()
-            backends.append(self)
-
-    with (
-        patch.object(alo, "GroupConsumer", CommittedByExactlyOnce),
-        patch.object(alo, "JudgedBackend", Recorded),
-    ):
-        alo.run(schedule())
-    assert backends[0].adopted == [(0, GENERATION)]
+    _, backend = run_after_exactly_once()
+    assert backend.adopted == [(0, GENERATION)]
