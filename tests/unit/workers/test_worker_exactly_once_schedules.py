@@ -984,14 +984,10 @@ def takeovers(draw: st.DrawFn, fields: dict[str, st.SearchStrategy[Any]]) -> Any
     )
     # The group's committed offsets not told after the assignment's stable lookup (the
     # second lookup of the first one, and those asking again): starts held (startFrom:
-    # latest) through the first loops, where an abort rebuilds them. (Not with a start
-    # time: the engine then forgets the time and pins the log end, records from the time
-    # on skipped; an open defect, helper-125's report, to lift once it is fixed.)
-    schedule["failing_lookups"] = (
-        draw(st.sampled_from([(), (2,), (2, 3, 4), (2, 3, 4, 5, 6)]))
-        if schedule["start_time"] is None
-        else ()
-    )
+    # latest) through the first loops, where an abort rebuilds them. With a start time
+    # too: the engine forgot it then and pinned the log end, every record from the time on
+    # skipped (helper-125's report; fixed, and drawn since).
+    schedule["failing_lookups"] = draw(st.sampled_from([(), (2,), (2, 3, 4), (2, 3, 4, 5, 6)]))
     # Half the time the retries of those starts time out for a while, a rewind's lookup
     # answered: an abort then rebuilds partitions still held for their start.
     schedule["slow_retries"] = draw(st.sampled_from([0, 3]))
