@@ -1311,12 +1311,19 @@ class Engine:
     def _unjudged_pending(self, asked: list[TopicPartition]) -> bool:
         """Whether a partition of ``asked`` has no checkpoint but a pending one of an
         exactly-once run (with a generation): only the group's committed offset judges it
-        (workers/resuming.py, rule 1)."""
-        return any(
-            any(p.generation for p in self.state.pending_checkpoints(tp.topic, tp.partition))
-            and self.state.load(tp.topic, tp.partition) is None
-            for tp in asked
-        )
+        (workers/resuming.py, rule 1). A checkpoint that cannot be read is not judged here:
+        its partition's restore holds it, the others going on (as without this look)."""
+
+        def unjudged(tp: TopicPartition) -> bool:
+            try:
+                pendings = self.state.pending_checkpoints(tp.topic, tp.partition)
+                return any(p.generation for p in pendings) and (
+                    self.state.load(tp.topic, tp.partition) is None
+                )
+            except CheckpointError:
+                return False
+
+        return any(unjudged(tp) for tp in asked)
 
     def _stable_committed(
         self, source: Source, asked: list[TopicPartition]
@@ -1472,6 +1479,7 @@ class Engine:
         # an exactly-once run left behind is promoted when its transaction committed.
         asked = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
         answer: list[TopicPartition] | None = None
+        lookup_failed = False
         if self.exactly_once:
             committed = self._committed_with_metadata(source, partitions, assigned=True)
         if (not self.exactly_once or self.sink_offsets) and source.group_offsets:
@@ -1481,12 +1489,13 @@ class Engine:
                 answer = source.committed(asked, timeout=10)
             except KafkaException as error:
                 log_event(log, logging.WARNING, "committed-lookup-failed", error=str(error))
+                lookup_failed = True
         group = committed_by_partition(answer or ())
         restoring = time.perf_counter()
         self._refresh_logs(source, partitions)
         self.state.prepare([(tp.topic, tp.partition) for tp in partitions])
         self._beat()
-        if answer is None and not self.exactly_once and self._unjudged_pending(asked):
+        if lookup_failed and not self.exactly_once and self._unjudged_pending(asked):
             # Only the group's answer tells whether an exactly-once run's pending checkpoint
             # (with no checkpoint before it: its worker was killed before promoting it)
             # committed. Restored without it, the partition started at the group's offset

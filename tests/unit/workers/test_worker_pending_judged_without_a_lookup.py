@@ -17,13 +17,15 @@ engine's judgment: the pending checkpoint is adopted."""
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 from unittest.mock import patch
 
 from confluent_kafka import TopicPartition
 
 import tests.unit.workers.test_worker_commit_never_passes_unfolded as alo
-from streamherd.workers.checkpointing import Checkpoint
+from streamherd.workers.checkpointing import Checkpoint, CheckpointDamaged
+from streamherd.workers.engine import Engine
 from tests.unit.workers.test_worker_commit_never_passes_unfolded import GroupConsumer
 from tests.unit.workers.test_worker_input_lost import TOPIC
 from tests.unit.workers.test_worker_refetch_starts import schedule
@@ -117,3 +119,30 @@ def test_a_pending_checkpoint_is_judged_by_the_group_when_the_first_lookup_faile
 def test_without_a_failed_lookup_it_is_judged_as_before() -> None:
     _, backend = run_after_exactly_once()
     assert backend.adopted == [(0, GENERATION)]
+
+
+class Damaged:
+    """A state backend whose p0 files cannot be read; p1 has only a pending checkpoint."""
+
+    def __init__(self, pending: Checkpoint) -> None:
+        self.pending = pending
+
+    def pending_checkpoints(self, topic: str, partition: int) -> list[Checkpoint]:
+        if partition == 0:
+            raise CheckpointDamaged("p0: unreadable checkpoint")
+        return [self.pending]
+
+    def load(self, topic: str, partition: int) -> Checkpoint | None:
+        return None
+
+
+def test_a_checkpoint_that_cannot_be_read_is_left_to_its_restore() -> None:
+    """The look for a pending checkpoint to judge reads checkpoints before the restores do:
+    one it cannot read is not its to judge (its partition's restore holds it, the others
+    going on); it raised out of the assignment and stopped the worker (CI's run of the
+    damage tests, before the look was limited to a lookup that failed)."""
+    pending = replace(pending_of_p0(), partition=1)
+    fake = SimpleNamespace(state=Damaged(pending))
+    judged = Engine._unjudged_pending
+    assert judged(fake, [TopicPartition(TOPIC, 0)]) is False  # type: ignore[arg-type]
+    assert judged(fake, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)]) is True  # type: ignore[arg-type]
