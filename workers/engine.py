@@ -1328,10 +1328,12 @@ class Engine:
     def _stable_committed(
         self, source: Source, asked: list[TopicPartition]
     ) -> list[TopicPartition]:
-        """The group's committed offsets of ``asked``, read stably (the consumer reads
-        ``read_committed``), waited for while the lookup times out, up to the transaction
-        timeout + 30 s (never past two minutes short of the poll interval); then the
-        timeout raises, as before (the worker restarts). On an assignment only.
+        """The group's committed offsets of ``asked`` (read stably where the consumer reads
+        ``read_committed``: exactly-once), waited for while the lookup times out, up to the
+        transaction timeout + 30 s (never past two minutes short of the poll interval); then
+        the timeout raises, as before (the worker restarts). On an assignment only: every
+        exactly-once one, and an at-least-once one that must judge a pending checkpoint
+        (:meth:`_unjudged_pending`).
 
         A worker killed between sending its offsets to its transaction and committing it
         leaves them pending until the broker aborts that transaction at its timeout, and a

@@ -21,6 +21,13 @@ from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, body_of
 REGISTRY = build_registry(SETTINGS)
 
 
+def workers_stop_at_once() -> Any:
+    """The deletion handlers' 1 s between looks at a Deployment they stopped, not waited:
+    FakeKube deletes it at once (unless foreground_lingers), so the next look finds it gone
+    and the second is only slept (a third of the lifecycle property's time)."""
+    return mock.patch.object(handlers, "WORKERS_STOP_POLL_SECONDS", 0.0)
+
+
 def run_deletion_handler(
     kube: FakeKube,
     handler_id: str,
@@ -39,10 +46,7 @@ def run_deletion_handler(
     body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     if filtered:
         assert handler.when is not None and handler.when(body=body)
-    # FakeKube deletes a Deployment at once (unless foreground_lingers): the next look after
-    # stop_workers deleted it finds it gone, so the 1 s between looks is not waited here.
-    no_wait = mock.patch.object(handlers, "WORKERS_STOP_POLL_SECONDS", 0.0)
-    with ThreadPoolExecutor(max_workers=1) as pool, no_wait:
+    with ThreadPoolExecutor(max_workers=1) as pool, workers_stop_at_once():
         ctx = OperatorContext(settings=SETTINGS, kube=cast(Kube, kube), executor=pool)
         ctx.topics = topics
         try:

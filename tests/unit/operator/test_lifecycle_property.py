@@ -64,7 +64,7 @@ import kopf
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from streamherd.operator import handlers, runtime, snapshots
+from streamherd.operator import runtime, snapshots
 from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND
 from streamherd.operator.api.v1alpha1 import PLURAL
 from streamherd.operator.builders.meta import (
@@ -94,6 +94,7 @@ from streamherd.workers.checkpointing import Checkpoint
 from streamherd.workers.config import CONFIG_HASH_ENV, config_text_hash
 from streamherd.workers.fingerprint import fingerprint, has_state
 from streamherd.workers.snapshotting import SnapshotContents, parse_topic, snapshot_topic
+from tests.unit.operator.kopfhandlers import workers_stop_at_once
 from tests.unit.operator.operator_testkit import (
     SETTINGS,
     FakeKube,
@@ -874,10 +875,6 @@ def finalize(world: World, ctx: OperatorContext) -> None:
     later round, the snapshots' finalizers running in between."""
     succeeded: set[str] = set()
     retries: Counter[str] = Counter()
-    # The workers' Deployment is gone once stop_workers has deleted it (FakeKube does not
-    # linger): the next look finds it gone, so the 1 s between looks is only waited. Not
-    # waited here, that was a third of the test's time.
-    no_wait = mock.patch.object(handlers, "WORKERS_STOP_POLL_SECONDS", 0.0)
     for _ in range(MAX_ROUNDS):
         body = world.kube.find("StreamPipeline", NAME)
         assert body is not None
@@ -891,7 +888,7 @@ def finalize(world: World, ctx: OperatorContext) -> None:
                 call = h.fn(body=copy.deepcopy(body), memo=kopf.Memo(ctx=ctx),
                             retry=retries[h.id], namespace=NS, name=NAME)  # fmt: skip
                 try:
-                    with no_wait:
+                    with workers_stop_at_once():
                         asyncio.run(call)
                 except kopf.TemporaryError as error:
                     failed.append(str(error))
