@@ -40,6 +40,13 @@ from streamherd.workers.config import (
     config_text_hash,
 )
 from streamherd.workers.engine import Engine, RunSummary
+from streamherd.workers.exitcodes import (
+    CONFIG_EXIT_CODE,
+    DATABASE_EXIT_CODE,
+    FAILED_EXIT_CODE,
+    OVERDUE_EXIT_CODE,
+    STUCK_EXIT_CODE,
+)
 from streamherd.workers.kafkaclients import FatalClientError, StuckCallError, transient
 from streamherd.workers.logs import configure, log_event
 from streamherd.workers.metrics import EngineMetrics, MetricsServer
@@ -142,11 +149,6 @@ def wait_for_config_file(
             )  # fmt: skip
             said = True
         sleep(poll)
-
-
-#: The exit code of a process (the worker, `streamherd run`) whose Kafka client got stuck
-#: (:class:`StuckCallError`; decision 0186).
-STUCK_EXIT_CODE: Final = 4
 
 
 def exit_stuck() -> NoReturn:
@@ -308,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             error="no config file holds the config this pod's template names (was the "
             "workers' ConfigMap edited by hand?); the operator's next roll replaces this pod",
         )  # fmt: skip
-        return 2
+        return CONFIG_EXIT_CODE
     path = args.config
     if file != Path(args.config):
         # The ConfigMap is ahead of this pod's template (decision 0196): run the template's.
@@ -327,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if unknown else {}
         )  # fmt: skip
         log_event(log, logging.ERROR, "bad-config", path=path, error=str(error), **hint)
-        return 2
+        return CONFIG_EXIT_CODE
     configure(config.runtime.log_level)
 
     stop = threading.Event()
@@ -361,14 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       error=f"{type(error).__name__}: {error}"[:300])  # fmt: skip
             return DATABASE_EXIT_CODE
         log.exception("event=failed error=%s", type(error).__name__)
-        return 1
-    return 0 if summary.reason in ("stopped", "exhausted") else 1
-
-
-#: The exit code of a worker that left because of its sink's database (decision 0188): it
-#: did not answer for the sink's bounds where the worker cannot go on without it, or a
-#: COMMIT, PREPARE or COMMIT PREPARED lost its connection (the outcome is in the tables).
-DATABASE_EXIT_CODE: Final = 5
+        return FAILED_EXIT_CODE
+    return 0 if summary.reason in ("stopped", "exhausted") else FAILED_EXIT_CODE
 
 
 def database_unavailable(error: BaseException) -> bool:
@@ -386,7 +382,7 @@ def database_unavailable(error: BaseException) -> bool:
 def _overdue() -> None:
     log_event(log, logging.ERROR, "shutdown-overdue", action="exit")
     logging.shutdown()
-    os._exit(3)
+    os._exit(OVERDUE_EXIT_CODE)
 
 
 if __name__ == "__main__":  # pragma: no cover

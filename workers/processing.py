@@ -446,13 +446,29 @@ def map_stage(step: MapStep) -> Stage:
     return run
 
 
+class UserFunctionError(ValueError):
+    """``processor.function.callable`` names nothing this image can call: the config's
+    error (the worker logs ``event=bad-config`` and exits 2), not a crash with a traceback."""
+
+
 def load_callable(spec: str) -> Callable[..., Any]:
-    """Import ``module:callable`` (ImportError/AttributeError say which part failed)."""
+    """Import ``module:callable``; :class:`UserFunctionError` says which part failed (the
+    module's own error, whatever its import raised, is its cause)."""
     module_name, _, attr = spec.partition(":")
-    module = importlib.import_module(module_name)
-    fn = getattr(module, attr)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:
+        raise UserFunctionError(
+            f"processor.function.callable {spec!r}: cannot import module {module_name!r} "
+            f"({type(e).__name__}: {e}); is it in the worker image?"
+        ) from e
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise UserFunctionError(
+            f"processor.function.callable {spec!r}: module {module_name!r} has no {attr!r}"
+        )
     if not callable(fn):
-        raise TypeError(f"{spec} is not callable")
+        raise UserFunctionError(f"processor.function.callable {spec!r} is not callable")
     return fn  # type: ignore[no-any-return]
 
 

@@ -16,6 +16,7 @@ from streamherd.workers.processing import (
     Failure,
     Processor,
     SourceMessage,
+    UserFunctionError,
     decode_json,
     decode_raw,
     encode_output,
@@ -130,12 +131,13 @@ def test_a_batch_function_miscounting_its_per_record_answer_dead_letters_each_re
     assert "2 entries for 1 records" in str(failures[0].error)
 
 
-def test_load_callable_errors() -> None:
-    with pytest.raises(ModuleNotFoundError):
+def test_load_callable_errors_name_the_part_that_failed() -> None:
+    with pytest.raises(UserFunctionError, match="cannot import module 'no_such_module_xyz'") as e:
         load_callable("no_such_module_xyz:f")
-    with pytest.raises(AttributeError):
+    assert isinstance(e.value.__cause__, ModuleNotFoundError)
+    with pytest.raises(UserFunctionError, match="has no 'nope'"):
         load_callable("tests.unit.workers.userfuncs:nope")
-    with pytest.raises(TypeError):
+    with pytest.raises(UserFunctionError, match="is not callable"):
         load_callable("tests.unit.workers.userfuncs:not_callable")
 
 
