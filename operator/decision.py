@@ -56,6 +56,7 @@ from streamherd.operator.upgrades import HELD_KINDS, STATE_COMPATIBLE, StateChan
 from streamherd.operator.upgrades import Decision as UpgradeDecision
 from streamherd.operator.upgrades import decide as decide_upgrade
 from streamherd.operator.validation import stored_count, stored_list, stored_status
+from streamherd.operator.workerpods import LOOK_AGAIN_SECONDS
 from streamherd.workers.fingerprint import Description, fingerprint, recorded_names
 
 Phase = Literal["Pending", "Running", "Scaling", "Suspended", "Degraded", "Failed"]
@@ -66,6 +67,8 @@ PROGRESSING: Final = "Progressing"
 DEGRADED: Final = "Degraded"
 MONITORING: Final = "MonitoringAvailable"
 TOPICS: Final = "TopicsReady"
+#: Ready's and Degraded's reason when the workers' pods say why they are not ready.
+WORKERS_FAILING: Final = "WorkersFailing"
 OWN_CONDITIONS: Final = (
     READY, PROGRESSING, DEGRADED, MONITORING, STATE_COMPATIBLE, ROLLED_BACK, VERIFIED, TOPICS,
 )  # fmt: skip
@@ -296,6 +299,9 @@ class Observed:
     topics_managed: bool = False
     live: Mapping[str, Manifest | None] = field(default_factory=dict)  # by ref(desired child)
     strays: tuple[Stray, ...] = ()
+    #: What the workers' pods say keeps them from being ready (operator/workerpods.py);
+    #: None: nothing, or not read (the workers ready, or not ready for long).
+    worker_trouble: str | None = None
 
     @property
     def generation(self) -> int | None:
@@ -618,6 +624,9 @@ class Finished:
     events: tuple[EventNote, ...] = ()
     last_good: Manifest | None = None
     retry_after: float | None = None
+    #: Seconds after which the workers are looked at again (not all ready: their pods'
+    #: changes trigger no reconcile); None: no look is due, and one asked for is dropped.
+    look_again: float | None = None
 
 
 @dataclass(frozen=True)
@@ -921,6 +930,11 @@ def what_changed(current: Mapping[str, Any], patch: Mapping[str, Any]) -> str:
     return "; ".join(out)
 
 
+def _said(cond: Condition | Cond | None) -> tuple[str, str, str] | None:
+    """What a condition says (status, reason, message), without its bookkeeping."""
+    return None if cond is None else (cond.status, cond.reason, cond.message)
+
+
 def _sooner(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
 
@@ -1135,9 +1149,15 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         if topics_now is not None and topics_now.reason in TOPIC_TROUBLE
         else None
     )
-    degraded = (
-        failures + ([dep.stuck] if dep.stuck else []) + ([topics_trouble] if topics_trouble else [])
-    )
+    # What the pods say keeps the workers from being ready (read only after a while):
+    # Degraded at once, rather than at the Deployment's progress deadline (decision 0210).
+    trouble = observed.worker_trouble if not dep.settled and not suspended else None
+    degraded = [
+        *failures,
+        *([dep.stuck] if dep.stuck else []),
+        *([f"workers: {trouble}"] if trouble else []),
+        *([topics_trouble] if topics_trouble else []),
+    ]
 
     want = dep.want
     if suspended:
@@ -1156,6 +1176,8 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         ready_c = Cond(READY, "True", "ScaledToZero", "no workers needed: no lag")
     elif dep.settled:
         ready_c = Cond(READY, "True", "WorkersReady", f"{ready}/{want} workers ready")
+    elif trouble is not None:
+        ready_c = Cond(READY, "False", WORKERS_FAILING, f"{ready}/{want} workers ready: {trouble}")
     else:
         ready_c = Cond(READY, "False", "WorkersNotReady", f"{ready}/{want} workers ready")
     if dep.settled:
@@ -1173,7 +1195,12 @@ def finish(decision: Decision, applied: Applied) -> Finished:
     if held is not None and not suspended and not keda_missing and not deployment_refused:
         ready_c, prog_c = held
     if degraded:
-        reason = "ApplyFailed" if failures else "RolloutStuck" if dep.stuck else None
+        reason = (
+            "ApplyFailed" if failures
+            else "RolloutStuck" if dep.stuck
+            else WORKERS_FAILING if trouble
+            else None
+        )  # fmt: skip
         if reason is None:
             assert topics_now is not None
             reason = topics_now.reason
@@ -1200,7 +1227,9 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         observed_generation=generation,
     )
     conds = rollout_started(conds, current_conditions, generation, stamp)
-    if degraded and get_condition(current_conditions, DEGRADED) != get_condition(conds, DEGRADED):
+    if degraded and _said(get_condition(current_conditions, DEGRADED)) != _said(deg_c):
+        # Said once while it stays the same: not again for a new generation (an edit that
+        # does not fix a crash loop) nor for the condition's other bookkeeping.
         events.append(EventNote("Warning", deg_c.reason, deg_c.message))
     internal: list[Manifest] | None
     if topics_c is not None:
@@ -1310,7 +1339,13 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         ),
         _shadows_left(verification.status),
     )
-    return _finished(observed, patch, events, last_good=last_good, retry_after=retry_after)
+    # Workers wanted and not all ready: looked at again (workerpods.py says when their pods
+    # are read), since a pod's crash or failed pull changes nothing a reconcile watches.
+    look_again = LOOK_AGAIN_SECONDS if deployment is not None and not dep.settled and want else None
+    return _finished(
+        observed, patch, events, last_good=last_good, retry_after=retry_after,
+        look_again=None if suspended else look_again,
+    )  # fmt: skip
 
 
 #: How soon a verdict's shadows are removed after it is stored (verifying.py: the step after

@@ -84,6 +84,7 @@ KNOWN_RESOURCES: Final = {
         ResourceInfo("v1", "Service", "services"),
         ResourceInfo("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
         ResourceInfo("v1", "Event", "events"),
+        ResourceInfo("v1", "Pod", "pods"),  # read only: why workers are not ready
         ResourceInfo("apps/v1", "Deployment", "deployments"),
         ResourceInfo("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
         ResourceInfo("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),

@@ -93,6 +93,10 @@ class OperatorContext:
     topics: InternalTopics | None = None
     # Delayed reconciles asked for by a reconcile (internal topics not ready yet).
     retries: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
+    # Delayed looks at workers not all ready (reconciler: look_again). Apart from retries:
+    # the next reconcile that finds the workers ready drops its pipeline's look, so that a
+    # thousand pipelines being created cost no reconcile more once they are ready.
+    looks: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
 
     async def is_active(self) -> bool:
         """Whether this replica should run background work now (see operator/peering.py)."""
@@ -127,9 +131,10 @@ class OperatorContext:
         queued before the pipeline went may read a watch cache that still has it."""
         self.secrets_of.pop(key, None)
         self.locks.pop(key, None)
-        waiting = self.retries.pop(key, None)
-        if waiting is not None:
-            waiting.cancel()
+        for timers in (self.retries, self.looks):
+            waiting = timers.pop(key, None)
+            if waiting is not None:
+                waiting.cancel()
         if self.topics is not None:
             self.topics.forget(*key)
 
@@ -211,6 +216,7 @@ async def reconcile_key(
         ctx.secrets_of[key] = result.secret_names
         if result.retry_after is not None:
             retry_later(ctx, key, result.retry_after)
+        look_later(ctx, key, result.look_again)
         if result.applied or result.deleted:
             log.info(
                 "reconciled %s/%s: applied %s, deleted %s",
@@ -256,6 +262,25 @@ def retry_later(ctx: OperatorContext, key: Key, delay: float) -> None:
         schedule(ctx, key)
 
     ctx.retries[key] = loop.call_later(delay, fire)
+
+
+def look_later(ctx: OperatorContext, key: Key, delay: float | None) -> None:
+    """One coalesced reconcile of `key` in `delay` seconds to look at its workers again (an
+    earlier one asked for stays); None: the workers need no look, one asked for is dropped."""
+    waiting = ctx.looks.get(key)
+    if delay is None:
+        if waiting is not None:
+            ctx.looks.pop(key, None)
+            waiting.cancel()
+        return
+    if waiting is not None and not waiting.cancelled():
+        return
+
+    def fire() -> None:
+        ctx.looks.pop(key, None)
+        schedule(ctx, key)
+
+    ctx.looks[key] = asyncio.get_running_loop().call_later(delay, fire)
 
 
 def schedule(ctx: OperatorContext, key: Key, refresh: bool = False) -> None:

@@ -483,3 +483,103 @@ def test_a_pipeline_on_real_pods_equals_the_reference_through_a_rolling_update_a
             f"{sorted(seen - expected)[:3]}"
         )
     assert final == expected, sorted(final - expected)[:5]
+
+
+def _failing(cluster: KubeCluster, ns: str, name: str) -> dict[str, dict[str, Any]] | None:
+    """The pipeline's conditions by type, once Ready says the workers are failing."""
+    found = cluster.get_json("streampipelines", "-n", ns, name)
+    conds = {c["type"]: c for c in (found.get("status") or {}).get("conditions", [])}
+    ready = conds.get("Ready")
+    return conds if ready is not None and ready["reason"] == "WorkersFailing" else None
+
+
+def test_workers_that_cannot_start_say_why_in_the_status_and_a_fix_clears_it(
+    node_cluster: KubeCluster,
+    real_node: Node,
+    node_kafka: KafkaBroker,
+    operator_release: str,
+) -> None:
+    """Two pipelines whose workers never become ready, on the real kubelet: one names a
+    user function its image does not have (the worker refuses its config and exits 2: a
+    crash loop), one an image no registry serves. Within a minute, long before the
+    Deployment's ten-minute progress deadline, each pipeline's Ready and Degraded say why,
+    in the kubelet's terms and the worker's meaning of its exit code (decision 0210), and
+    a Warning event says it once. Naming a function the image has rolls the workers and
+    clears it."""
+    ns = f"fail-{uuid.uuid4().hex[:6]}"
+    restricted_namespace(node_cluster, ns)
+    topic_in, topic_out = f"in-{ns}", f"out-{ns}"
+    node_kafka.create_topic(topic_in, partitions=1)
+    node_kafka.create_topic(topic_out, partitions=1)
+
+    def pipeline(name: str, callable_: str, **spec: Any) -> dict[str, Any]:
+        real_node.local_volume(ns, f"{name}-checkpoints")
+        return {
+            "apiVersion": EXAMPLE["apiVersion"],
+            "kind": "StreamPipeline",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "source": {"kafka": {"bootstrapServers": node_kafka.bootstrap,
+                                     "topics": [topic_in], "startFrom": "earliest"}},
+                # A stateless pipeline: a function the image lacks, or copy.copy (an
+                # identity map the standard library has).
+                "processor": {"function": {"callable": callable_, "mode": "record"}},
+                "sink": {"kafka": {"topic": topic_out}},
+                "replicas": 1,
+                "autoscaling": {"mode": "none"},
+                "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}},
+                "checkpoint": {"interval": "2s", "volume": {"size": "1Gi"}},
+                **spec,
+            },
+        }  # fmt: skip
+
+    refused = pipeline("refused", "streamherd_no_such_module:f", imagePullPolicy="Never")
+    unpulled = pipeline(
+        "unpulled", "copy:copy", image="streamherd.invalid/worker:0", imagePullPolicy="IfNotPresent"
+    )
+    node_cluster.apply([refused, unpulled])
+
+    conds = wait_until(
+        "the refused pipeline's Ready to say its workers fail",
+        lambda: _failing(node_cluster, ns, "refused"),
+        timeout=180,
+    )
+    loop = "crash-looping: container worker exits with code 2: the worker refused its config"
+    assert loop in conds["Ready"]["message"], conds["Ready"]
+    assert conds["Ready"]["message"].startswith("0/1 workers ready: 1 pod ")
+    assert (conds["Degraded"]["status"], conds["Degraded"]["reason"]) == (
+        "True", "WorkersFailing",
+    )  # fmt: skip
+    assert loop in conds["Degraded"]["message"]
+    conds = wait_until(
+        "the unpulled pipeline's Ready to say its workers fail",
+        lambda: _failing(node_cluster, ns, "unpulled"),
+        timeout=180,
+    )
+    assert "cannot pull image 'streamherd.invalid/worker:0'" in conds["Ready"]["message"]
+    found = node_cluster.get_json("streampipelines", "-n", ns, "unpulled")
+    assert found["status"]["phase"] == "Degraded"
+
+    # The fix: a function the image has. A compatible edit (nothing stateful changes): the
+    # workers roll, and Ready and Degraded clear.
+    refused["spec"]["processor"]["function"]["callable"] = "copy:copy"
+    node_cluster.apply(refused)
+
+    def recovered() -> dict[str, dict[str, Any]] | None:
+        found = node_cluster.get_json("streampipelines", "-n", ns, "refused")
+        conds = {c["type"]: c for c in (found.get("status") or {}).get("conditions", [])}
+        ok = conds.get("Ready", {}).get("status") == "True"
+        return conds if ok and conds.get("Degraded", {}).get("status") == "False" else None
+
+    conds = wait_until("the fixed pipeline's workers Ready", recovered, timeout=240)
+    assert conds["Ready"]["reason"] == "WorkersReady"
+    # One Warning per pipeline said it (the line did not change with every restart).
+    events = node_cluster.get_json("events", "-n", ns)["items"]
+    warned = sorted(
+        (e["involvedObject"]["name"], e.get("message", ""))
+        for e in events
+        if e.get("reason") == "WorkersFailing" and e["involvedObject"]["kind"] == "StreamPipeline"
+    )
+    assert [name for name, _ in warned] == ["refused", "unpulled"], warned
+    assert all(e.get("count", 1) == 1 for e in events if e.get("reason") == "WorkersFailing")
+    node_cluster.kubectl("delete", "streampipelines", "--all", "-n", ns, "--wait=true")

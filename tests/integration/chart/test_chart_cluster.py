@@ -321,6 +321,7 @@ NEEDED_IN_NAMESPACE = [
     ("get", "secrets"),
     ("watch", "secrets"),
     ("create", "events"),
+    ("list", "pods"),  # why workers are not ready (operator/workerpods.py)
 ]
 # Never needed anywhere: cluster infrastructure, writing Secrets, running code in pods.
 NEVER = [
@@ -330,6 +331,8 @@ NEVER = [
     ("create", "secrets"),
     ("patch", "secrets"),
     ("create", "pods", "--subresource=exec"),
+    ("get", "pods", "--subresource=log"),  # a user function's log may quote records
+    ("delete", "pods"),
     ("delete", "namespaces"),
     ("create", "customresourcedefinitions.apiextensions.k8s.io"),
     ("update", "streampipelines.streamherd.io"),

@@ -37,6 +37,7 @@ from streamherd.operator.decision import (
 )
 from streamherd.operator.rollback import ROLLED_BACK
 from streamherd.operator.upgrades import STATE_COMPATIBLE, config_backend, config_description
+from streamherd.operator.workerpods import LOOK_AGAIN_SECONDS
 from tests.unit.operator.operator_testkit import SETTINGS, example_doc, pipeline_from, with_meta
 
 Manifest = dict[str, Any]
@@ -82,6 +83,9 @@ class World:
     state_snapshot: Manifest | None = None
     workers_run: bool = True
     strays: tuple[Stray, ...] = ()
+    #: What the workers' pods say keeps them from being ready (reconciler: read after a
+    #: while; operator/workerpods.py).
+    trouble: str | None = None
 
     def observed(self) -> Observed:
         meta = {"namespace": "default", "uid": UID, "generation": GENERATION}
@@ -142,6 +146,7 @@ class World:
             ),
             live=live,
             strays=self.strays,
+            worker_trouble=self.trouble,
         )
 
     def settled(self, now: datetime) -> Finished:
@@ -216,6 +221,7 @@ REFUSED_EDIT = {
     ]
 }
 RESET = {**REFUSED_EDIT, "upgrade": {"onStateChange": "reset"}}
+CRASHING = "2 pods crash-looping: container worker exits with code 2: the worker refused its config"
 VERIFYING = Verification(
     holds=True,
     status={"phase": "Running", "run": "r1"},
@@ -279,6 +285,43 @@ TABLE: dict[
         ("True", "RolloutStuck"),
         None,
         ["RolloutStuck"],
+    ),
+    "workers failing": (
+        World(want=2, ready=0, trouble=CRASHING),
+        "Degraded",
+        ("False", "WorkersFailing"),
+        ("True", "RollingOut"),
+        ("True", "WorkersFailing"),
+        None,
+        ["WorkersFailing"],
+    ),
+    "workers failing past the progress deadline": (
+        World(want=2, ready=0, stuck=True, trouble=CRASHING),
+        "Degraded",
+        ("False", "WorkersFailing"),
+        ("True", "RollingOut"),
+        ("True", "RolloutStuck"),
+        None,
+        ["RolloutStuck"],
+    ),
+    "a roll's new worker failing, the old one serving": (
+        World(want=1, ready=1, updated=0, trouble=CRASHING),
+        "Degraded",
+        ("False", "WorkersFailing"),
+        ("True", "RollingOut"),
+        ("True", "WorkersFailing"),
+        None,
+        ["WorkersFailing"],
+    ),
+    # What the pods said before the workers became ready says nothing now.
+    "ready, a stale look": (
+        World(trouble=CRASHING),
+        "Running",
+        ("True", "WorkersReady"),
+        ("False", "Settled"),
+        ("False", "AsExpected"),
+        None,
+        [],
     ),
     "suspended": (
         World(doc=doc_with(suspend=True), want=0),
@@ -682,3 +725,42 @@ def test_a_refused_rollback_is_said_once_per_generation() -> None:
     again = settle(world.observed(), NOW)
     assert reasons(again) == []
     assert cond(again, ROLLED_BACK) == ("False", "RollbackRefused")
+
+
+def test_failing_workers_are_named_in_ready_and_degraded_and_looked_at_again() -> None:
+    finished = World(want=2, ready=0, trouble=CRASHING).settled(NOW)
+    conds = {c["type"]: c for c in finished.patch["conditions"]}
+    assert conds[READY]["message"] == f"0/2 workers ready: {CRASHING}"
+    assert conds[DEGRADED]["message"] == f"workers: {CRASHING}"
+    assert finished.look_again == LOOK_AGAIN_SECONDS
+
+
+@pytest.mark.parametrize(
+    ("world", "looks"),
+    [
+        (World(want=2, ready=0), True),  # starting: its pods may start failing
+        (World(want=1, ready=1, updated=0), True),  # a roll under way
+        (World(), False),  # ready: the look asked for earlier is dropped
+        (World(want=0), False),  # no workers wanted
+        (World(doc=doc_with(suspend=True), want=0), False),
+        (World(live=False), True),  # a new pipeline: its Deployment just applied
+    ],
+)
+def test_a_look_again_is_asked_exactly_while_workers_are_wanted_and_not_ready(
+    world: World, looks: bool
+) -> None:
+    assert (world.settled(NOW).look_again is not None) is looks
+
+
+def test_a_failure_is_warned_once_across_generations_while_it_says_the_same() -> None:
+    first = World(want=2, ready=0, trouble=CRASHING).settled(NOW)
+    assert reasons(first) == ["WorkersFailing"]
+    # An edit that does not fix it: the conditions are the next generation's, same words.
+    stored = copy.deepcopy(first.patch)
+    for c in stored["conditions"]:
+        c["observedGeneration"] = GENERATION - 1
+    again = World(want=2, ready=0, trouble=CRASHING, status=stored).settled(NOW)
+    assert reasons(again) == []
+    # Another failure: said.
+    other = World(want=2, ready=0, trouble="2 pods not scheduled: no node", status=stored)
+    assert reasons(other.settled(NOW)) == ["WorkersFailing"]

@@ -22,6 +22,7 @@ from streamherd.operator.runtime import (
     Key,
     OperatorContext,
     _reconcile_blocking,
+    look_later,
     pipeline_key,
     retry_later,
     schedule,
@@ -42,7 +43,10 @@ def context() -> OperatorContext:
 
 
 operations = st.lists(
-    st.tuples(st.sampled_from(["remember", "retry", "lock", "forget"]), st.sampled_from(KEYS)),
+    st.tuples(
+        st.sampled_from(["remember", "retry", "look", "ready", "lock", "forget"]),
+        st.sampled_from(KEYS),
+    ),
     max_size=30,
 )
 
@@ -52,6 +56,7 @@ def test_a_forgotten_pipeline_leaves_nothing_behind(ops: list[tuple[str, Key]]) 
     async def run() -> None:
         ctx = context()
         timers: dict[Key, list[asyncio.TimerHandle]] = {key: [] for key in KEYS}
+        looks: dict[Key, list[asyncio.TimerHandle]] = {key: [] for key in KEYS}
         known: set[Key] = set()
         for op, key in ops:
             if op == "remember":
@@ -61,6 +66,14 @@ def test_a_forgotten_pipeline_leaves_nothing_behind(ops: list[tuple[str, Key]]) 
                 retry_later(ctx, key, LATER)
                 if not any(t is ctx.retries[key] for t in timers[key]):
                     timers[key].append(ctx.retries[key])
+            elif op == "look":  # a reconcile found the workers not ready
+                look_later(ctx, key, LATER)
+                if not any(t is ctx.looks[key] for t in looks[key]):
+                    looks[key].append(ctx.looks[key])
+            elif op == "ready":  # a reconcile found them ready: the look is dropped
+                look_later(ctx, key, None)
+                assert key not in ctx.looks
+                assert all(t.cancelled() for t in looks[key])
             elif op == "lock":
                 ctx.lock(key)
             else:
@@ -68,15 +81,16 @@ def test_a_forgotten_pipeline_leaves_nothing_behind(ops: list[tuple[str, Key]]) 
                 known.discard(key)
                 assert key not in ctx.secrets_of
                 assert key not in ctx.locks
-                assert key not in ctx.retries
-                assert all(t.cancelled() for t in timers[key])
+                assert key not in ctx.retries and key not in ctx.looks
+                assert all(t.cancelled() for t in timers[key] + looks[key])
         assert set(ctx.secrets_of) == known
         for key in KEYS:
-            waiting = ctx.retries.get(key)
-            # At most one live timer per pipeline, and it is the one in ctx.retries.
-            live = [t for t in timers[key] if not t.cancelled()]
-            assert live == ([waiting] if waiting is not None else [])
-        for handle in ctx.retries.values():
+            # At most one live timer of each sort per pipeline, the one the context holds.
+            for held, made in ((ctx.retries, timers), (ctx.looks, looks)):
+                waiting = held.get(key)
+                live = [t for t in made[key] if not t.cancelled()]
+                assert live == ([waiting] if waiting is not None else [])
+        for handle in [*ctx.retries.values(), *ctx.looks.values()]:
             handle.cancel()
         ctx.executor.shutdown()
 
