@@ -228,7 +228,7 @@ class PartitionState:
     # A replay start time (Unix ms) still to be turned into an offset on assign.
     replay_from_ms: int | None = None
     # Held because the group's committed offset could not be read under startFrom: latest
-    # (no checkpoint): asked again by _retry_starts.
+    # or a start time (no checkpoint): asked again by _retry_starts.
     start_unknown: bool = False
     # Restored from a checkpoint: the group it was written for and the committed offset it
     # was written with (None in legacy checkpoints), to notice an offset reset on assign.
@@ -1639,7 +1639,8 @@ class Engine:
         the group's committed offset (OFFSET_INVALID: librdkafka reads it, and resets a
         position the log no longer holds to the log start: decision 0201), else
         ``startFrom`` (a ``latest`` one pinned by ``_pin_latest``, or OFFSET_END; when the
-        group could not be asked, OFFSET_INVALID: with nothing committed, the log start).
+        group could not be asked under ``earliest`` without a start time, OFFSET_INVALID:
+        with nothing committed, the log start; otherwise held: ``_hold_unknown_starts``).
         ``looked_up``: the group answered for this partition (``st.committed`` is its word).
         A repartition partition with nothing committed starts at its beginning whatever
         ``startFrom`` says: the topic holds only what this pipeline's upstreams wrote, from
@@ -2069,13 +2070,26 @@ class Engine:
         self, states: list[PartitionState], looked_up: set[tuple[str, int]]
     ) -> None:
         """Hold the partitions whose start the group could not tell under ``startFrom:
-        latest`` (nothing to resume from, the committed-offset lookup failed: the broker did
-        not answer in time). Left to librdkafka they started at the committed offset or,
-        with none, at ``auto.offset.reset``, the log start since decision 0201: a new
+        latest`` or a start time (``startFromTimeMs``; nothing to resume from, the
+        committed-offset lookup failed: the broker did not answer in time). Left to
+        librdkafka they started at the committed offset or, with none, at
+        ``auto.offset.reset``, the log start since decision 0201: under ``latest`` a new
         pipeline read the topic's whole retained history it was told to skip (session 27's
-        finding). Held, they are asked again at the next lag refresh (:meth:`_retry_starts`)."""
-        if not self._start_latest or self.source is None or not self.source.group_offsets:
+        finding), and under ``earliest`` with a start time it read and folded the records
+        before the time (a review's finding). Held, they are asked again at the next lag
+        refresh (:meth:`_retry_starts`). Under ``earliest`` without a time the consumer's
+        resolution is the start the spec asks for: not held."""
+        kafka = self.config.source.kafka
+        if (
+            kafka is None
+            or (kafka.start_from != "latest" and kafka.start_from_time_ms is None)
+            or self.source is None
+            or not self.source.group_offsets
+        ):
             return
+        start_from = kafka.start_from
+        if kafka.start_from_time_ms is not None:
+            start_from += f", startFromTimeMs {kafka.start_from_time_ms}"
         for st in states:
             if (
                 (st.topic, st.partition) in looked_up
@@ -2088,16 +2102,18 @@ class Engine:
             st.start_unknown = True
             st.held = (
                 f"{st.topic}[{st.partition}]: its committed offset could not be read "
-                "(startFrom: latest, no checkpoint); asking the broker again"
+                f"(startFrom: {start_from}, no checkpoint); asking the broker again"
             )
             self.metrics.partition_held(st.topic, st.partition, "start-offset")
             log_event(log, logging.WARNING, "start-unknown", topic=st.topic,
-                      partition=st.partition, start_from="latest")  # fmt: skip
+                      partition=st.partition, start_from=kafka.start_from,
+                      start_from_time_ms=kafka.start_from_time_ms)  # fmt: skip
 
     def _retry_starts(self) -> None:
         """Ask again for the committed offsets of the partitions :meth:`_hold_unknown_starts`
-        held; start each where the group says, or, with nothing committed, at the log end
-        pinned (:meth:`_pin_latest`), and resume it."""
+        held; start each where the group says, or, with nothing committed, at its start
+        time (held until the broker gives that time's offset: :meth:`_retry_seeks`), else
+        at the log end pinned (:meth:`_pin_latest`), and resume it."""
         source = self.source
         waiting = [st for st in self.partitions.values() if st.start_unknown]
         if source is None or not waiting:

@@ -67,9 +67,14 @@ checkpoint of them (``preset``: a stateless pipeline's, a checkpoint lost, or of
 generation; each such partition begins there with empty state, and is judged from there),
 and ``startFromTimeMs`` may be set (``start_time``: where a partition with nothing committed
 begins, the consumer answering offsets for times; a record's time is BASE_TS + its offset).
-Found with them (helper-123): a partition sought to its start time's offset on assign, its
-first transaction aborted, was not sought back, and the aborted records were skipped; the
-cases are spelled out in tests/unit/workers/test_worker_abort_rewind_starts.py.
+Such a partition must begin exactly at its time's offset (with a window, its window's
+start's): not past it (records lost), nor before it (records the spec leaves out folded into
+the first windows). Found with them (helper-123): a partition sought to its start time's
+offset on assign, its first transaction aborted, was not sought back, and the aborted
+records were skipped; the cases are spelled out in
+tests/unit/workers/test_worker_abort_rewind_starts.py. And (a review's, found by this search
+once a start before the time was judged): under ``startFrom: earliest`` a lookup failing on
+assign left the partition to the consumer's reset, the log start.
 
 Found by it (helper-117; the examples below, fixed by Engine._refetch): records handed out
 in a poll before a rebalance callback that moved their partition back inside it (a revoke
@@ -98,6 +103,7 @@ from typing import Any, Literal
 from unittest.mock import patch
 
 import orjson
+import pytest
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
@@ -268,13 +274,29 @@ class Broker:
         if p in self.group:
             return
         if self.start_time is not None:
-            # At the first record at or after the time (with a window, at or before it).
-            due = self.at_time(p, BASE_TS + self.start_time)
-            if offset > (due if due >= 0 else self.ends(p)):
-                raise self.violation(f"p{p} begins at {offset}, past its start time's {due}")
+            # At the first record at or after the time (with a window, at or after the start
+            # of the time's window: that window is computed whole). Not before it either: the
+            # records before it are not the spec's, and they were folded into the windows
+            # they fall in (a lookup failing on assign under startFrom: earliest left the
+            # partition to the consumer's reset, the log start: a review's finding; judged
+            # since, the search finds it on the engine before its fix).
+            found = self.at_time(p, self.start_ms())
+            due = found if found >= 0 else self.ends(p)
+            if offset != due:
+                raise self.violation(
+                    f"p{p} begins at {offset}, not at its start time's {due} "
+                    f"({'past it' if offset > due else 'records before the time read'})"
+                )
         elif self.earliest and self.logs[p] and offset > self.logs[p][0]:
             raise self.violation(f"p{p} begins at {offset}, past its first record")
         self.start[p] = offset
+
+    def start_ms(self) -> int:
+        """The time a partition with nothing committed begins at: ``startFromTimeMs``, or
+        with a window the start of the window holding it (Engine._replay_start)."""
+        assert self.start_time is not None
+        time_ms = BASE_TS + self.start_time
+        return time_ms - time_ms % WINDOW_MS if self.windowed else time_ms
 
     def at_time(self, p: int, time_ms: int) -> int:
         """The offset of partition ``p``'s first record at or after ``time_ms`` (-1: none)."""
@@ -667,6 +689,9 @@ class GroupConsumer:
         self.polls = 0
         self.owned_at_end: set[int] = set()  # set by close()
         self.generation = 0
+        # Assigned at the consumer's own start (OFFSET_INVALID) under a start time: where
+        # each begins unless it is sought before a record of it is handed out.
+        self.unresolved: dict[int, int] = {}
 
     def open(self, assigned: Any, revoked: Any, lost: Any) -> None:
         self.callbacks = {"assign": assigned, "revoke": revoked, "lost": lost}
@@ -706,6 +731,8 @@ class GroupConsumer:
                 continue
             room = min(self.chunk, max_records - len(batch))
             taken, self.queue[p] = self.queue[p][:room], self.queue[p][room:]
+            if taken and p in self.unresolved:
+                self.broker.started(p, self.unresolved.pop(p))
             for o in taken:
                 batch.append(message(p, o, hostile=self.broker.hostile(p, o)))
                 self.pos[p] = o + 1
@@ -746,11 +773,15 @@ class GroupConsumer:
                 assert tp.offset == OFFSET_INVALID, tp
                 committed = self.broker.group.get(p)
                 offset = committed[0] if committed else (self.logs[p][0] if self.logs[p] else 0)
-            if tp.offset != OFFSET_END or self.broker.start_time is None:
-                # (With a start time, the log end is where a partition waits, held and
-                # paused, for its time's offset not given yet: it begins where it is
-                # sought then.)
+            if self.broker.start_time is None or tp.offset >= 0:
                 self.broker.started(p, offset)
+            elif tp.offset == OFFSET_INVALID:
+                # With a start time, a partition held (and paused) for its time's offset
+                # not given yet waits here, the consumer's own start: it begins where it is
+                # sought then, or, read from here (not held), here.
+                self.unresolved[p] = offset
+            # (With a start time, the log end is where a partition waits, held and paused,
+            # for the group's answer: it begins where it is sought then.)
             self._seek(p, offset)
             self.pos[p] = -1001
 
@@ -759,6 +790,7 @@ class GroupConsumer:
             self.queue.pop(tp.partition, None)
             self.pos.pop(tp.partition, None)
             self.paused.discard(tp.partition)
+            self.unresolved.pop(tp.partition, None)
 
     def pause(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -771,6 +803,7 @@ class GroupConsumer:
         self.paused.difference_update(tp.partition for tp in partitions)
 
     def seek(self, partition: TopicPartition) -> None:
+        self.unresolved.pop(partition.partition, None)
         self.broker.started(partition.partition, partition.offset)
         self._seek(partition.partition, partition.offset)
 
@@ -984,9 +1017,10 @@ def takeovers(draw: st.DrawFn, fields: dict[str, st.SearchStrategy[Any]]) -> Any
     )
     # The group's committed offsets not told after the assignment's stable lookup (the
     # second lookup of the first one, and those asking again): starts held (startFrom:
-    # latest) through the first loops, where an abort rebuilds them. With a start time
-    # too: the engine forgot it then and pinned the log end, every record from the time on
-    # skipped (helper-125's report; fixed, and drawn since).
+    # latest, or a start time) through the first loops, where an abort rebuilds them. With
+    # a start time too: the engine forgot it then and pinned the log end, every record from
+    # the time on skipped (helper-125's report; fixed, and drawn since); under earliest it
+    # did not hold the start, and read the records before the time (judged since).
     schedule["failing_lookups"] = draw(st.sampled_from([(), (2,), (2, 3, 4), (2, 3, 4, 5, 6)]))
     # Half the time the retries of those starts time out for a while, a rewind's lookup
     # answered: an abort then rebuilds partitions still held for their start.
@@ -1425,18 +1459,19 @@ def test_changelog_windows_and_dead_letters_hold_each_record_once(
     check_dead_letters(run(schedule, windowed=True, changelogged=True))
 
 
-def test_a_start_time_is_kept_when_the_committed_lookup_fails_on_assign() -> None:
+@pytest.mark.parametrize("start_from", ["latest", "earliest"])
+def test_a_start_time_is_kept_when_the_committed_lookup_fails_on_assign(start_from: str) -> None:
     """``startFromTimeMs`` is where a partition with no checkpoint and nothing committed
     starts, ``startFrom`` the fallback (workers/config.py). p0 has records 0..9, nothing
     committed, the start time is record 3's; the assignment's stable lookup answers, the
     one after it times out (the coordinator moving): the engine never looked at the start
-    time (``_start_from_time`` runs only for the partitions of an answer), held the start as
-    unknown (startFrom: latest) and, once the group answered nothing committed, pinned the
-    log end: records 3..9 were never read (helper-124's mutation runs; still so on
-    8fc072d, helper-125). Now the group's answer of nothing committed starts it at its
-    time, held until the broker gives that time's offset (_retry_seeks). Under startFrom:
-    earliest the same lookup failing starts it at the log start
-    (records before the time read: not a loss, not judged here)."""
+    time (``_start_from_time`` runs only for the partitions of an answer). Under startFrom:
+    latest it held the start as unknown and, once the group answered nothing committed,
+    pinned the log end: records 3..9 were never read (helper-124's mutation runs; still so
+    on 8fc072d, helper-125). Under startFrom: earliest it did not hold it: the consumer's
+    reset started it at the log start, records 0..2 read and folded (a review's finding).
+    Now either is held, and the group's answer of nothing committed starts it at its
+    time, held until the broker gives that time's offset (_retry_seeks)."""
     schedule = {
         "gaps": [[0] * 9],
         "initial": [0],
@@ -1444,7 +1479,7 @@ def test_a_start_time_is_kept_when_the_committed_lookup_fails_on_assign() -> Non
         "later_events": [],
         "faults": {},
         "chunk": 3,
-        "start_from": "latest",
+        "start_from": start_from,
         "lookup_failures": 0,
         "failing_lookups": (2,),
         "batch_size": 12,
