@@ -2087,7 +2087,7 @@ class Engine:
             or not self.source.group_offsets
         ):
             return
-        start_from = kafka.start_from
+        start_from: str = kafka.start_from
         if kafka.start_from_time_ms is not None:
             start_from += f", startFromTimeMs {kafka.start_from_time_ms}"
         for st in states:
