@@ -24,6 +24,16 @@ someone else's offset reset; helper-125's mutant committing before the save live
 At the end, every record of a partition still owned is in the output, and
 ``records_in`` counted each record once, however often a rewind read it again.
 
+A start time may be set (``start_time``, ``startFromTimeMs``): a partition with nothing
+committed nor checkpointed must begin exactly at its time's offset, under either
+``startFrom`` (a lookup failing on assign under ``earliest`` left it to the consumer's reset,
+the log start: the records before the time were read; found by this search once judged).
+And an exactly-once run may have come before (``pending``: a delivery switch), leaving a
+pending checkpoint of a partition and none promoted, its transaction committed or not (the
+group's offset and generation say which): the partition resumes with the committed state,
+whether or not the assignment's lookup answered (``check_pending_judged``; with 31d050f's
+second look undone, the search finds an assignment whose failed lookup restored it empty).
+
 Half the schedules are ``takeovers``: a partition dropped while it still has records to hand
 out and assigned again close after, checkpoints around its new start, the group's lookups
 failing in the poll of it (helper-124: drawn as independent events, mutants of the left
@@ -34,8 +44,9 @@ from __future__ import annotations
 
 import io
 import threading
+from collections import Counter
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 from unittest.mock import patch
 
@@ -97,6 +108,8 @@ class GroupConsumer:
         lookups_fail_in: Collection[int] = (),
         out: io.StringIO,
         backend: KeptBackend,
+        start_time: int | None = None,
+        committed_by: dict[int, tuple[int, str]] | None = None,
     ) -> None:
         self.stop, self.logs, self.initial = stop, logs, list(initial)
         self.events = sorted(events, key=lambda e: (e.at, e.phase == "after"))
@@ -104,7 +117,18 @@ class GroupConsumer:
         self.out, self.backend = out, backend
         self.lookup_failures = lookup_failures
         self.lookups_fail_in = set(lookups_fail_in)
-        self.group: dict[int, int] = {}
+        self.failed_in: Counter[int] = Counter()  # lookups failed, by poll
+        # startFromTimeMs, as the offset whose record has that time (a record's time is
+        # BASE_TS + its offset), or None.
+        self.start_time = start_time
+        # Assigned at the consumer's own start (OFFSET_INVALID) under a start time, nothing
+        # committed: where each begins unless it is sought before a record is handed out.
+        self.unresolved: dict[int, int] = {}
+        # The group's committed offsets and metadata an exactly-once run left (its
+        # transaction's generation), before this worker: each replaced by its commits.
+        self.group: dict[int, int] = {p: o for p, (o, _) in (committed_by or {}).items()}
+        self.metadata: dict[int, str] = {p: m for p, (_, m) in (committed_by or {}).items()}
+        self.committed_by = dict(committed_by or {})
         self.queue: dict[int, list[int]] = {}  # owned partitions: records still to hand out
         self.pos: dict[int, int] = {}
         self.paused: set[int] = set()
@@ -136,6 +160,18 @@ class GroupConsumer:
         missing = sorted(o for o in self.logs[p] if start <= o < offset and (p, o) not in written)
         if missing:
             raise Violation(f"{what} p{p} at {offset} with records never folded: {missing}")
+
+    def began(self, p: int, offset: int) -> None:
+        """A partition with nothing committed nor checkpointed begins at ``offset``: under a
+        start time, exactly at its time's offset (the first record at or after it). Past
+        it, records from the time on would be skipped; before it, records the spec leaves
+        out are read (a lookup failing on assign under startFrom: earliest left it to the
+        consumer's reset, the log start: a review's finding)."""
+        if self.start_time is None or p in self.group or (TOPIC, p) in self.backend.kept:
+            return
+        due = next((o for o in self.logs[p] if o >= self.start_time), self.ends(p))
+        if offset != due:
+            raise Violation(f"p{p} begins at {offset}, not at its start time's {due}")
 
     # -- the Source seam
 
@@ -173,6 +209,8 @@ class GroupConsumer:
                 continue
             room = min(self.chunk, max_records - len(batch))
             taken, self.queue[p] = self.queue[p][:room], self.queue[p][room:]
+            if taken and p in self.unresolved:
+                self.began(p, self.unresolved.pop(p))
             for o in taken:
                 batch.append(SyntheticMessage(TOPIC, p, o, b"k", {"p": p, "o": o}, BASE_TS + o))
                 self.pos[p] = o + 1
@@ -194,6 +232,9 @@ class GroupConsumer:
             # A paused (held) partition with records to read is not done: the engine must
             # resume it (a partition left paused for good runs out the loop bound).
             and not any(self.queue.values())
+            # Nor one held for a start the engine seeks once the broker tells it (its queue,
+            # placed at the log end, says nothing of where that is: a start time's offset).
+            and not (self.paused & set(self.queue))
         )
 
     def describe(self) -> dict[str, Any]:
@@ -207,14 +248,17 @@ class GroupConsumer:
     def assign(self, start: list[TopicPartition]) -> None:
         for tp in start:
             p = tp.partition
+            self.unresolved.pop(p, None)
             if tp.offset >= 0:
                 offset = tp.offset
+                self.began(p, offset)
             elif tp.offset == OFFSET_END:
-                offset = self.ends(p)
+                offset = self.ends(p)  # (held, paused, under a start time: sought later)
             else:
                 # The group's committed offset, else auto.offset.reset: earliest.
                 assert tp.offset == OFFSET_INVALID, tp
                 offset = self.group.get(p, self.logs[p][0] if self.logs[p] else 0)
+                self.unresolved[p] = offset  # (held, paused: sought before it is read)
             self.start[p] = offset
             self._seek(p, offset)
             self.pos[p] = -1001  # no position before the first fetch is served
@@ -226,6 +270,7 @@ class GroupConsumer:
             self.pos.pop(tp.partition, None)
             self.paused.discard(tp.partition)
             self.unfetched.discard(tp.partition)
+            self.unresolved.pop(tp.partition, None)
 
     def pause(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -244,16 +289,26 @@ class GroupConsumer:
             # lookup failed) and decided since. (Under startFrom: latest, what was produced
             # while it was held comes before that start.)
             self.start[p] = partition.offset
+            self.unresolved.pop(p, None)
+            self.began(p, partition.offset)
         self._seek(p, partition.offset)
 
     def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
-        if self.polls in self.lookups_fail_in:
+        # (A lookup asked again at once while it times out, as an assignment that must
+        # judge a pending checkpoint asks, is answered after a while: twenty asks.)
+        if self.polls in self.lookups_fail_in and self.failed_in[self.polls] < 20:
+            self.failed_in[self.polls] += 1
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
         if self.lookup_failures > 0:
             self.lookup_failures -= 1
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
         return [
-            TopicPartition(tp.topic, tp.partition, self.group.get(tp.partition, OFFSET_INVALID))
+            TopicPartition(
+                tp.topic,
+                tp.partition,
+                self.group.get(tp.partition, OFFSET_INVALID),
+                metadata=self.metadata.get(tp.partition, ""),
+            )
             for tp in partitions
         ]
 
@@ -270,12 +325,21 @@ class GroupConsumer:
                     f"{kept and kept.next_offset}"
                 )
             self.group[tp.partition] = tp.offset
+            self.metadata.pop(tp.partition, None)  # at-least-once commits none
         return [] if asynchronous else list(offsets)
 
     def offsets_for_times(
         self, partitions: list[TopicPartition], timeout: float
     ) -> list[TopicPartition]:
-        raise AssertionError("no start time here")
+        assert self.start_time is not None, "no start time here"
+        return [
+            TopicPartition(
+                tp.topic,
+                tp.partition,
+                next((o for o in self.logs[tp.partition] if BASE_TS + o >= tp.offset), -1),
+            )
+            for tp in partitions
+        ]
 
     def watermarks(
         self, partition: TopicPartition, *, fresh: bool = False
@@ -305,17 +369,37 @@ class GroupConsumer:
 
 
 class JudgedBackend(KeptBackend):
-    """Checkpoints kept whole; each one saved is judged as a commit is."""
+    """Checkpoints kept whole; each one saved is judged as a commit is. ``pending``: the
+    pending checkpoints an exactly-once run left (none of its checkpoints promoted), by
+    partition; ``adopted``: the partitions whose pending one the engine promoted."""
 
     consumer: GroupConsumer
+
+    def __init__(self, pending: dict[int, Checkpoint] | None = None) -> None:
+        super().__init__()
+        self.pending = dict(pending or {})
+        self.left = dict(self.pending)  # as the exactly-once run left them
+        self.adopted: list[int] = []
 
     def save(self, checkpoints: list[Checkpoint], *, group: Any = None) -> None:
         for c in checkpoints:
             self.consumer.judge("checkpointed", c.partition, c.next_offset)
         super().save(checkpoints, group=group)
 
+    def pending_checkpoints(self, topic: str, partition: int) -> list[Checkpoint]:
+        left = self.pending.get(partition)
+        return [] if left is None else [left]
 
-def config(batch_size: int, start_from: str) -> WorkerConfig:
+    def adopt(self, topic: str, partition: int, pending: Checkpoint) -> None:
+        assert self.pending.get(partition) == pending, (partition, pending)
+        self.adopted.append(partition)
+        self.kept[(topic, partition)] = self.pending.pop(partition)
+
+    def discard_pending(self, topic: str, partition: int) -> None:
+        self.pending.pop(partition, None)
+
+
+def config(batch_size: int, start_from: str, start_time_ms: int | None = None) -> WorkerConfig:
     return WorkerConfig.model_validate(
         {
             "pipeline": {"name": "unfolded"},
@@ -325,6 +409,7 @@ def config(batch_size: int, start_from: str) -> WorkerConfig:
                     "topics": [TOPIC],
                     "consumerGroup": "unfolded",
                     "startFrom": start_from,
+                    **({"startFromTimeMs": start_time_ms} if start_time_ms is not None else {}),
                 }
             },
             "processor": {"steps": [{"filter": "o >= 0"}]},
@@ -361,6 +446,16 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "produce": st.dictionaries(st.integers(0, 2), st.integers(0, 5), max_size=3),
     # The loops (counted from 1) after which the interval checkpoint comes.
     "checkpoints": st.sets(st.integers(1, 15), max_size=8),
+    # startFromTimeMs, as the offset whose record has that time (mostly none).
+    "start_time": st.one_of(st.none(), st.none(), st.integers(0, 12)),
+    # An exactly-once run before this worker (a delivery switch) left a pending checkpoint
+    # of these partitions and none promoted (killed between its first commit and the
+    # rename, or before the commit): at (the index of) an offset in the log, its
+    # transaction committed or not (the group's committed offset and generation say
+    # which). Only the group's answer tells; the assignment's lookup may fail.
+    "pending": st.dictionaries(
+        st.integers(0, 2), st.tuples(st.integers(0, 14), st.booleans()), max_size=2
+    ),
 }
 
 
@@ -420,12 +515,60 @@ def takeovers(draw: st.DrawFn, fields: dict[str, st.SearchStrategy[Any]] = FIELD
 SCHEDULE = st.one_of(st.fixed_dictionaries(FIELDS), takeovers())
 
 
+#: A checkpoint this pipeline writes (of p0), the model of an exactly-once run's.
+WRITTEN: list[Checkpoint] = []
+
+
+def written_checkpoint() -> Checkpoint:
+    if not WRITTEN:
+        consumer, _ = run(
+            {
+                "gaps": [[0] * 3], "initial": [0], "events": [], "chunk": 2,
+                "start_from": "earliest", "lookup_failures": 0, "batch_size": 12,
+                "serve": [False], "produce": {}, "checkpoints": {1},
+            }
+        )  # fmt: skip
+        WRITTEN.append(consumer.backend.kept[(TOPIC, 0)])
+    return WRITTEN[0]
+
+
+def left_by_exactly_once(
+    schedule: dict[str, Any], logs: dict[int, list[int]]
+) -> tuple[dict[int, Checkpoint], dict[int, tuple[int, str]]]:
+    """The pending checkpoints an exactly-once run left (``schedule["pending"]``) and the
+    group's committed offsets with the generation of each whose transaction committed."""
+    pending: dict[int, Checkpoint] = {}
+    committed_by: dict[int, tuple[int, str]] = {}
+    for drawn, (at, committed) in schedule.get("pending", {}).items():
+        p = drawn % len(logs)
+        if p in pending:
+            continue  # (drawn twice, modulo the partitions: the first stands)
+        offset = min(at, logs[p][-1] + 1 + p % 2)  # (in the log, its end among them)
+        generation = f"eos-p{p}"
+        pending[p] = replace(
+            written_checkpoint(), partition=p, next_offset=offset, generation=generation,
+            committed=None, partitions=None,
+        )  # fmt: skip
+        if committed:
+            committed_by[p] = (offset, generation)
+    return pending, committed_by
+
+
 def run(schedule: dict[str, Any]) -> tuple[GroupConsumer, EngineMetrics]:
     logs = gappy_log(schedule["gaps"])
     n = len(logs)
     stop = threading.Event()
     out = io.StringIO()
     backend = JudgedBackend()
+    pending, committed_by = left_by_exactly_once(schedule, logs)
+    if pending:
+        backend.pending.update(pending)
+        backend.left.update(pending)
+    # Never past a partition's last record (each log ends with one): a record produced after
+    # a start past the log end may be older than the time.
+    start_time = schedule.get("start_time")
+    if start_time is not None:
+        start_time = min(start_time, *(log[-1] for log in logs.values()))
     consumer = GroupConsumer(
         stop,
         logs,
@@ -438,12 +581,15 @@ def run(schedule: dict[str, Any]) -> tuple[GroupConsumer, EngineMetrics]:
         lookups_fail_in=schedule.get("lookups_fail_in", ()),
         out=out,
         backend=backend,
+        start_time=start_time,
+        committed_by=committed_by,
     )
     backend.consumer = consumer
     metrics = EngineMetrics("unfolded")
+    start_time_ms = None if start_time is None else BASE_TS + start_time
     engine = Engine(
-        config(schedule["batch_size"], schedule["start_from"]), stop=stop, out=out,
-        metrics=metrics, source=consumer, state=backend,
+        config(schedule["batch_size"], schedule["start_from"], start_time_ms), stop=stop,
+        out=out, metrics=metrics, source=consumer, state=backend,
     )  # fmt: skip
     loops = [0]
     interval = engine._maybe_checkpoint
@@ -517,3 +663,33 @@ def test_no_commit_or_checkpoint_passes_a_record_not_folded(schedule: dict[str, 
         for p in consumer.logs
     )
     assert counted == len(written), (counted, len(written))
+    check_pending_judged(consumer)
+
+
+def check_pending_judged(consumer: GroupConsumer) -> None:
+    """A partition an exactly-once run left a pending checkpoint of (and none promoted)
+    resumes with the committed state: that checkpoint's when its transaction committed (the
+    group's offset carries its generation), read on from its offset, no record before it
+    read again (counted twice: beyond at-least-once's allowance, which is the records
+    after its own last commit); empty state otherwise, read from where a partition with
+    nothing committed begins (the invariants above). Restored empty after a committed
+    transaction, the windows open at its offset lost every record before it: what an
+    assignment whose lookup failed did before it asked the group again (31d050f)."""
+    backend = consumer.backend
+    assert isinstance(backend, JudgedBackend)
+    written = consumer.written()
+    for p, left in backend.left.items():
+        if p not in consumer.start:
+            continue  # never assigned
+        adopted = backend.adopted.count(p)
+        if p in consumer.committed_by:
+            assert adopted == 1, (
+                f"p{p}: the exactly-once transaction of its pending checkpoint committed (at "
+                f"{left.next_offset}), and it was restored {adopted} times: empty state there"
+            )
+            reread = sorted(o for q, o in written if q == p and o < left.next_offset)
+            assert not reread, f"p{p} read again below {left.next_offset}: {reread}"
+        else:
+            assert adopted == 0, (
+                f"p{p}: the pending checkpoint of a transaction that never committed restored"
+            )

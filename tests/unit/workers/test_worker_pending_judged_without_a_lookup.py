@@ -10,6 +10,9 @@ pending checkpoint discarded by the first at-least-once checkpoint, so the windo
 lost every record before that offset. The assignment now asks again, as exactly-once does
 (waited for while it times out; then the worker restarts).
 
+The model's property draws the same case among its schedules (``pending``, with
+``check_pending_judged``); these are its examples, spelled out.
+
 Built on the at-least-once run-loop model (test_worker_commit_never_passes_unfolded.py),
 with its invariant judged as ever; its pipeline holds no state, so what is checked is the
 engine's judgment: the pending checkpoint is adopted."""
