@@ -212,9 +212,9 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "1 while an assigned partition is held (not consumed, not checkpointed; /readyz says "
         "why), by reason: state (its checkpoint is not restored: see "
         "streamherd_state_restore_refused), replay-offset (the broker has given no offset "
-        "for its replay's or startFrom's time yet), start-offset (startFrom latest: its "
-        "committed offset or log end could not be read yet). The last two are asked again "
-        "at each lag refresh. No series while the partition is not held.",
+        "for its replay's or startFrom's time yet), start-offset (startFrom latest, or a "
+        "start time: its committed offset or log end could not be read yet). The last two "
+        "are asked again at each lag refresh. No series while the partition is not held.",
         (*PARTITION_LABELS, "reason"),
     ),
     MetricSpec(
