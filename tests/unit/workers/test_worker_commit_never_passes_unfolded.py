@@ -378,7 +378,7 @@ class JudgedBackend(KeptBackend):
     def __init__(self, pending: dict[int, Checkpoint] | None = None) -> None:
         super().__init__()
         self.pending = dict(pending or {})
-        self.left = dict(self.pending)  # as the exactly-once run left them
+        self.left_pending = dict(self.pending)  # as the exactly-once run left them
         self.adopted: list[int] = []
 
     def save(self, checkpoints: list[Checkpoint], *, group: Any = None) -> None:
@@ -563,7 +563,7 @@ def run(schedule: dict[str, Any]) -> tuple[GroupConsumer, EngineMetrics]:
     pending, committed_by = left_by_exactly_once(schedule, logs)
     if pending:
         backend.pending.update(pending)
-        backend.left.update(pending)
+        backend.left_pending.update(pending)
     # Never past a partition's last record (each log ends with one): a record produced after
     # a start past the log end may be older than the time.
     start_time = schedule.get("start_time")
@@ -678,7 +678,7 @@ def check_pending_judged(consumer: GroupConsumer) -> None:
     backend = consumer.backend
     assert isinstance(backend, JudgedBackend)
     written = consumer.written()
-    for p, left in backend.left.items():
+    for p, left in backend.left_pending.items():
         if p not in consumer.start:
             continue  # never assigned
         adopted = backend.adopted.count(p)
