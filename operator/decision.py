@@ -56,7 +56,7 @@ from streamherd.operator.upgrades import HELD_KINDS, STATE_COMPATIBLE, StateChan
 from streamherd.operator.upgrades import Decision as UpgradeDecision
 from streamherd.operator.upgrades import decide as decide_upgrade
 from streamherd.operator.validation import stored_count, stored_list, stored_status
-from streamherd.operator.workerpods import LOOK_AGAIN_SECONDS
+from streamherd.operator.workerpods import Trouble
 from streamherd.workers.fingerprint import Description, fingerprint, recorded_names
 
 Phase = Literal["Pending", "Running", "Scaling", "Suspended", "Degraded", "Failed"]
@@ -300,8 +300,8 @@ class Observed:
     live: Mapping[str, Manifest | None] = field(default_factory=dict)  # by ref(desired child)
     strays: tuple[Stray, ...] = ()
     #: What the workers' pods say keeps them from being ready (operator/workerpods.py);
-    #: None: nothing, or not read (the workers ready, or not ready for long).
-    worker_trouble: str | None = None
+    #: None: nothing, or not read (the Deployment settled).
+    worker_trouble: Trouble | None = None
 
     @property
     def generation(self) -> int | None:
@@ -624,9 +624,6 @@ class Finished:
     events: tuple[EventNote, ...] = ()
     last_good: Manifest | None = None
     retry_after: float | None = None
-    #: Seconds after which the workers are looked at again (not all ready: their pods'
-    #: changes trigger no reconcile); None: no look is due, and one asked for is dropped.
-    look_again: float | None = None
 
 
 @dataclass(frozen=True)
@@ -1149,13 +1146,13 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         if topics_now is not None and topics_now.reason in TOPIC_TROUBLE
         else None
     )
-    # What the pods say keeps the workers from being ready (read only after a while):
-    # Degraded at once, rather than at the Deployment's progress deadline (decision 0210).
+    # What the pods say keeps the workers from being ready: Degraded at once, rather than at
+    # the Deployment's progress deadline (decision 0210).
     trouble = observed.worker_trouble if not dep.settled and not suspended else None
     degraded = [
         *failures,
         *([dep.stuck] if dep.stuck else []),
-        *([f"workers: {trouble}"] if trouble else []),
+        *([f"workers: {trouble.kinds}"] if trouble else []),
         *([topics_trouble] if topics_trouble else []),
     ]
 
@@ -1177,7 +1174,9 @@ def finish(decision: Decision, applied: Applied) -> Finished:
     elif dep.settled:
         ready_c = Cond(READY, "True", "WorkersReady", f"{ready}/{want} workers ready")
     elif trouble is not None:
-        ready_c = Cond(READY, "False", WORKERS_FAILING, f"{ready}/{want} workers ready: {trouble}")
+        ready_c = Cond(
+            READY, "False", WORKERS_FAILING, f"{ready}/{want} workers ready: {trouble.counted}"
+        )
     else:
         ready_c = Cond(READY, "False", "WorkersNotReady", f"{ready}/{want} workers ready")
     if dep.settled:
@@ -1339,13 +1338,7 @@ def finish(decision: Decision, applied: Applied) -> Finished:
         ),
         _shadows_left(verification.status),
     )
-    # Workers wanted and not all ready: looked at again (workerpods.py says when their pods
-    # are read), since a pod's crash or failed pull changes nothing a reconcile watches.
-    look_again = LOOK_AGAIN_SECONDS if deployment is not None and not dep.settled and want else None
-    return _finished(
-        observed, patch, events, last_good=last_good, retry_after=retry_after,
-        look_again=None if suspended else look_again,
-    )  # fmt: skip
+    return _finished(observed, patch, events, last_good=last_good, retry_after=retry_after)
 
 
 #: How soon a verdict's shadows are removed after it is stored (verifying.py: the step after

@@ -125,8 +125,17 @@ class KubeApi(Protocol):
     ) -> bool: ...
 
     def list(
-        self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
-    ) -> list[Manifest]: ...
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        label_selector: str = "",
+        *,
+        cached: bool = False,
+    ) -> list[Manifest]:
+        """The objects that match; `cached`: from a watch cache when it holds the kind (as a
+        watch last saw them), else from the API server."""
+        ...
 
     def patch_status(
         self, namespace: str, name: str, status: Manifest, resource_version: str | None = None
@@ -155,6 +164,10 @@ class ObjectCache(Protocol):
     def store(self, obj: Manifest) -> None: ...
 
     def drop(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
+
+    def select(
+        self, api_version: str, kind: str, namespace: str, label_selector: str
+    ) -> list[Manifest] | None: ...
 
     def wait_synced(self, timeout: float) -> bool: ...
 
@@ -344,8 +357,18 @@ class Kube:
         return True
 
     def list(
-        self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        label_selector: str = "",
+        *,
+        cached: bool = False,
     ) -> list[Manifest]:
+        if cached and self.cache is not None and namespace is not None:
+            found = self.cache.select(api_version, kind, namespace, label_selector)
+            if found is not None:
+                return found
         result = self.list_response(api_version, kind, namespace, label_selector)
         items: list[Manifest] = result.get("items", [])
         return items

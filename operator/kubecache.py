@@ -31,13 +31,16 @@ def start_cache(
     kinds: Iterable[tuple[str, str, str]],
     namespaces: Sequence[str] = (),
     on_event: Callable[[str, str, Manifest], None] | None = None,
+    index_label: str | None = None,
 ) -> WatchCache:
-    """Start watching (api_version, kind, label selector) kinds; ``kube.get`` then uses them.
+    """Start watching (api_version, kind, label selector) kinds; ``kube.get`` then uses them,
+    and ``kube.list(..., cached=True)`` too.
 
     ``on_event(type, kind, object)`` is called from the watch threads after the cache
-    has taken the change (not for the first list).
+    has taken the change (not for the first list). ``index_label``: objects are indexed by
+    that label's value, so that a selection naming it reads only the objects it names.
     """
-    cache = WatchCache(kube, tuple(kinds), tuple(namespaces), on_event)
+    cache = WatchCache(kube, tuple(kinds), tuple(namespaces), on_event, index_label=index_label)
     kube.cache = cache
     cache.start()
     return cache
@@ -68,6 +71,9 @@ class _Kind:
     versions: dict[tuple[str, str], int] = field(default_factory=dict)
     pending_lists: int = 0  # namespaces whose first list is not in yet
     synced: threading.Event = field(default_factory=threading.Event)
+    #: (namespace, value of the index label) -> the names of the objects that carry it.
+    index: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    indexed: dict[tuple[str, str], str] = field(default_factory=dict)  # key -> its value
 
 
 class WatchCache:
@@ -84,9 +90,12 @@ class WatchCache:
         kinds: Sequence[tuple[str, str, str]],
         namespaces: tuple[str, ...],
         on_event: Callable[[str, str, Manifest], None] | None,
+        *,
         watch_timeout: int = 300,
+        index_label: str | None = None,
     ) -> None:
         self._kube = kube
+        self._index_label = index_label
         self._namespaces: tuple[str | None, ...] = namespaces or (None,)
         self._on_event = on_event
         self._watch_timeout = watch_timeout
@@ -133,6 +142,30 @@ class WatchCache:
         obj: Manifest = orjson.loads(raw)
         return True, obj
 
+    def select(
+        self, api_version: str, kind: str, namespace: str, label_selector: str
+    ) -> list[Manifest] | None:
+        """The objects of a namespace that match an equality selector (``k=v,...``), as a
+        list would give them; None when the kind is not cached, not listed yet, or the
+        selector is of another form (the caller asks the API server then)."""
+        k = self._kinds.get((api_version, kind))
+        terms = _equalities(label_selector)
+        if k is None or terms is None or not k.synced.is_set():
+            return None
+        with self._lock:
+            if self._index_label is not None and self._index_label in terms:
+                names = k.index.get((namespace, terms[self._index_label]), set())
+                raws = [k.objects[(namespace, n)] for n in names if (namespace, n) in k.objects]
+            else:
+                raws = [raw for (ns, _), raw in k.objects.items() if ns == namespace]
+        found = []
+        for raw in raws:
+            obj: Manifest = orjson.loads(raw)
+            labels = (obj.get("metadata") or {}).get("labels") or {}
+            if all(labels.get(key) == value for key, value in terms.items()):
+                found.append(obj)
+        return found
+
     def store(self, obj: Manifest) -> None:
         """A write's answer (write-through); an older version never replaces a newer one."""
         k = self._kinds.get((str(obj.get("apiVersion")), str(obj.get("kind"))))
@@ -145,6 +178,7 @@ class WatchCache:
             with self._lock:
                 k.objects.pop((namespace, name), None)
                 k.versions.pop((namespace, name), None)
+                self._unindex(k, (namespace, name))
 
     def _put(self, k: _Kind, obj: Manifest) -> bool:
         meta = obj.get("metadata") or {}
@@ -156,7 +190,25 @@ class WatchCache:
                 return False
             k.objects[key] = raw
             k.versions[key] = version
+            if self._index_label is not None:
+                self._unindex(k, key)
+                value = (meta.get("labels") or {}).get(self._index_label)
+                if isinstance(value, str):
+                    k.index.setdefault((key[0], value), set()).add(key[1])
+                    k.indexed[key] = value
         return True
+
+    @staticmethod
+    def _unindex(k: _Kind, key: tuple[str, str]) -> None:
+        """Take `key` out of the index (the lock held)."""
+        value = k.indexed.pop(key, None)
+        if value is None:
+            return
+        names = k.index.get((key[0], value))
+        if names is not None:
+            names.discard(key[1])
+            if not names:
+                del k.index[(key[0], value)]
 
     def _notify(self, type_: str, k: _Kind, obj: Manifest) -> None:
         if self._on_event is None:
@@ -213,6 +265,7 @@ class WatchCache:
             removed = [orjson.loads(k.objects.pop(key)) for key in gone]
             for key in gone:
                 k.versions.pop(key, None)
+                self._unindex(k, key)
         for obj in removed:
             if notify:
                 self._notify("DELETED", k, obj)
@@ -258,6 +311,17 @@ class WatchCache:
         finally:
             response.release_conn()
         return version
+
+
+def _equalities(selector: str) -> dict[str, str] | None:
+    """``k=v,k2=v2`` as a dict; None for any other form (``!=``, ``in``, a bare key)."""
+    terms: dict[str, str] = {}
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        key, eq, value = term.partition("=")
+        if not eq or key.endswith("!") or value.startswith("="):
+            return None
+        terms[key.strip()] = value.strip()
+    return terms
 
 
 class _Gone(Exception):

@@ -43,7 +43,7 @@ from functools import cached_property
 from typing import Any, Final, Literal, Protocol
 
 from streamherd.operator.api.snapshot import SNAPSHOT_API_VERSION, SNAPSHOT_KIND
-from streamherd.operator.api.v1alpha1 import Condition, StreamPipeline
+from streamherd.operator.api.v1alpha1 import StreamPipeline
 from streamherd.operator.builders import CHILD_KINDS, KEDA_API, Capabilities, build_all
 from streamherd.operator.builders.credentials import credentials
 from streamherd.operator.builders.meta import (
@@ -112,7 +112,7 @@ from streamherd.operator.upgrades import (
 )
 from streamherd.operator.validation import lenient_status, parse_pipeline, stored_status
 from streamherd.operator.verifying import Gate, KafkaFactory, gate
-from streamherd.operator.workerpods import selector, trouble, worth_reading
+from streamherd.operator.workerpods import Trouble, selector, trouble, unsettled
 from streamherd.workers.fingerprint import Description, fingerprint, is_volume_snapshot
 
 log = logging.getLogger(__name__)
@@ -138,9 +138,6 @@ class ReconcileResult:
     secret_names: tuple[str, ...] = ()  # Secrets this pipeline references (for the index)
     # Seconds after which another reconcile is worth it (internal topics not ready yet).
     retry_after: float | None = None
-    # Seconds after which the workers are looked at again (not all ready); None: drop a
-    # look asked for earlier.
-    look_again: float | None = None
 
 
 # --------------------------------------------------------------------------- memo
@@ -606,28 +603,26 @@ def observe(
         topics_managed=topics_managed,
         live=live,
         strays=tuple(_strays(pipeline, desired, kube)),
-        worker_trouble=_worker_trouble(kube, deployment, observed.conditions, now),
+        worker_trouble=_worker_trouble(kube, deployment, now),
     )
 
 
-def _worker_trouble(
-    kube: KubeApi, deployment: Manifest | None, conditions: Sequence[Condition], now: datetime
-) -> str | None:
-    """What the workers' pods say keeps them from being ready (operator/workerpods.py),
-    read only when the workers have not been ready for a while. A list the API server
-    refuses (an older chart's role cannot list pods) or fails says nothing: the status
-    then counts ready workers, as before, and the next look tries again."""
-    if deployment is None or not worth_reading(deployment, conditions, now):
+def _worker_trouble(kube: KubeApi, deployment: Manifest | None, now: datetime) -> Trouble | None:
+    """What the workers' pods say keeps them from being ready (operator/workerpods.py), read
+    only while the Deployment is not settled, from the watch cache (worker pods only; the
+    API server when the cache does not hold them). A list refused (an older chart's role)
+    or failed says nothing: the status counts ready workers, as it did before."""
+    if deployment is None or not unsettled(deployment):
         return None
     labels = selector(deployment)
     if labels is None:
         return None
-    namespace = (deployment.get("metadata") or {}).get("namespace")
+    meta = deployment.get("metadata") or {}
     try:
-        pods = kube.list("v1", "Pod", namespace, labels)
+        pods = kube.list("v1", "Pod", meta.get("namespace"), labels, cached=True)
     except ApiError as e:
-        log.debug("cannot list the worker pods of %s/%s: %s", namespace,
-                  (deployment.get("metadata") or {}).get("name"), e)  # fmt: skip
+        log.debug("cannot list the worker pods of %s/%s: %s", meta.get("namespace"),
+                  meta.get("name"), e)  # fmt: skip
         return None
     return trouble(pods, now)
 
@@ -848,7 +843,6 @@ def reconcile(
         deleted=applied.deleted,
         secret_names=observed.secret_names,
         retry_after=finished.retry_after,
-        look_again=finished.look_again,
     )
 
 

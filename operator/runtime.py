@@ -30,11 +30,12 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Final
 
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, VERSION, StreamPipeline
 from streamherd.operator.builders import CHILD_KINDS
-from streamherd.operator.builders.meta import MANAGED_BY, PIPELINE_LABEL
+from streamherd.operator.builders.meta import MANAGED_BY, PIPELINE_LABEL, WORKER_APP
 from streamherd.operator.events import event_body
 from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.kube import ApiError, Kube, Manifest
@@ -45,6 +46,7 @@ from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.shadowtopics import KafkaShadowClient
 from streamherd.operator.topicadmin import InternalTopics
 from streamherd.operator.validation import stored_status
+from streamherd.operator.workerpods import pod_trouble
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +95,9 @@ class OperatorContext:
     topics: InternalTopics | None = None
     # Delayed reconciles asked for by a reconcile (internal topics not ready yet).
     retries: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
-    # Delayed looks at workers not all ready (reconciler: look_again). Apart from retries:
-    # the next reconcile that finds the workers ready drops its pipeline's look, so that a
-    # thousand pipelines being created cost no reconcile more once they are ready.
-    looks: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
+    # Worker pod -> what it last said keeps it from being ready (operator/workerpods.py;
+    # None: nothing). A change schedules its pipeline's reconcile (see start_watch_cache).
+    pod_troubles: dict[tuple[str, str], str | None] = field(default_factory=dict)
 
     async def is_active(self) -> bool:
         """Whether this replica should run background work now (see operator/peering.py)."""
@@ -131,10 +132,9 @@ class OperatorContext:
         queued before the pipeline went may read a watch cache that still has it."""
         self.secrets_of.pop(key, None)
         self.locks.pop(key, None)
-        for timers in (self.retries, self.looks):
-            waiting = timers.pop(key, None)
-            if waiting is not None:
-                waiting.cancel()
+        waiting = self.retries.pop(key, None)
+        if waiting is not None:
+            waiting.cancel()
         if self.topics is not None:
             self.topics.forget(*key)
 
@@ -216,7 +216,6 @@ async def reconcile_key(
         ctx.secrets_of[key] = result.secret_names
         if result.retry_after is not None:
             retry_later(ctx, key, result.retry_after)
-        look_later(ctx, key, result.look_again)
         if result.applied or result.deleted:
             log.info(
                 "reconciled %s/%s: applied %s, deleted %s",
@@ -264,25 +263,6 @@ def retry_later(ctx: OperatorContext, key: Key, delay: float) -> None:
     ctx.retries[key] = loop.call_later(delay, fire)
 
 
-def look_later(ctx: OperatorContext, key: Key, delay: float | None) -> None:
-    """One coalesced reconcile of `key` in `delay` seconds to look at its workers again (an
-    earlier one asked for stays); None: the workers need no look, one asked for is dropped."""
-    waiting = ctx.looks.get(key)
-    if delay is None:
-        if waiting is not None:
-            ctx.looks.pop(key, None)
-            waiting.cancel()
-        return
-    if waiting is not None and not waiting.cancelled():
-        return
-
-    def fire() -> None:
-        ctx.looks.pop(key, None)
-        schedule(ctx, key)
-
-    ctx.looks[key] = asyncio.get_running_loop().call_later(delay, fire)
-
-
 def schedule(ctx: OperatorContext, key: Key, refresh: bool = False) -> None:
     """Queue a coalesced reconcile of a known pipeline (from the event loop's thread);
     refresh: in the refresh pool (see OperatorContext.refresh_executor)."""
@@ -301,7 +281,26 @@ def cached_kinds(kube: Kube) -> list[tuple[str, str, str]]:
     for child in CHILD_KINDS:
         if not child.optional_api or kube.served(child.api_version, child.kind):
             kinds.append((child.api_version, child.kind, own))
+    # The workers' pods (not the shadows'): why workers are not ready (decision 0210).
+    kinds.append(("v1", "Pod", f"app.kubernetes.io/name={WORKER_APP}"))
     return kinds
+
+
+def pod_seen(ctx: OperatorContext, type_: str, pod: Manifest, now: datetime) -> None:
+    """A worker pod's change, from the watch cache (in the event loop's thread): when what
+    it says keeps it from being ready changes (a crash, a failed pull, and back to nothing),
+    its pipeline is reconciled, so that Ready and Degraded say so. Nothing else the
+    operator watches changes when a container crashes; a pod on its normal way up says
+    nothing and schedules nothing (a thousand pipelines being created cost no reconcile)."""
+    meta = pod.get("metadata") or {}
+    namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    said = None if type_ == "DELETED" else pod_trouble(pod, now)
+    before = ctx.pod_troubles.pop((namespace, name), None)
+    if said is not None:
+        ctx.pod_troubles[(namespace, name)] = said
+    pipeline = (meta.get("labels") or {}).get(PIPELINE_LABEL)
+    if said != before and type_ != "DELETED" and isinstance(pipeline, str):
+        schedule(ctx, pipeline_key(namespace, pipeline), refresh=True)
 
 
 def start_watch_cache(ctx: OperatorContext, loop: asyncio.AbstractEventLoop) -> None:
@@ -312,6 +311,9 @@ def start_watch_cache(ctx: OperatorContext, loop: asyncio.AbstractEventLoop) -> 
         # change matters (status follows its pods); other children only when deleted (a hand
         # edit of them is repaired by the resync, as decision 0001 says).
         meta = obj.get("metadata") or {}
+        if kind == "Pod":
+            loop.call_soon_threadsafe(pod_seen, ctx, type_, obj, datetime.now(UTC))
+            return
         if kind == KIND:
             # A spec change the cache saw (kopf's on.update may have read an older copy).
             observed = stored_status(obj).get("observedGeneration")
@@ -328,7 +330,10 @@ def start_watch_cache(ctx: OperatorContext, loop: asyncio.AbstractEventLoop) -> 
             # A deleted child is a real repair: the main pool.
             loop.call_soon_threadsafe(schedule, ctx, key, type_ != "DELETED")
 
-    start_cache(ctx.kube, cached_kinds(ctx.kube), ctx.settings.namespaces, on_event)
+    start_cache(
+        ctx.kube, cached_kinds(ctx.kube), ctx.settings.namespaces, on_event,
+        index_label=PIPELINE_LABEL,
+    )  # fmt: skip
 
 
 async def resync_loop(ctx: OperatorContext) -> None:

@@ -8,9 +8,11 @@ ImagePullBackOff, CreateContainerConfigError, ...), a crashed container's exit c
 scheduler's reason for not placing a pod. :func:`trouble` puts that in a line for the
 pipeline's Ready and Degraded conditions.
 
-The pods are read only for workers not ready for :data:`LOOK_AFTER_SECONDS`
-(:func:`worth_reading`): a healthy pipeline, and a thousand of them being created, cost no
-request more.
+The pods come from the operator's watch cache (operator/kubecache.py: worker pods only),
+read only for a Deployment that is not settled (:func:`unsettled`); a pod whose phrase
+changes triggers its pipeline's reconcile (operator/runtime.py), since nothing else the
+operator watches changes when a container crashes. A healthy pipeline, and a thousand of
+them being created, cost no request and no reconcile more.
 
 Only the kubelet's and the scheduler's own words go into the line, and an exit code with
 what the worker means by it (streamherd.workers.exitcodes): never a termination message,
@@ -18,29 +20,35 @@ which the runtime may fill from the container's log, where a user function's err
 quote the records it failed on. Status, conditions and events are read by people who may
 not read the records.
 
-Pure: the reconciler reads the pods, this module only reads what it is given.
+Pure: the reconciler and the runtime read the pods, this module only reads what it is given.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from streamherd.operator.api.v1alpha1 import Condition
 from streamherd.operator.builders.meta import Manifest
 from streamherd.workers.exitcodes import meaning
 
-#: How long the workers may be not ready before their pods are read: longer than a healthy
-#: worker takes to start on a node that has its image.
-LOOK_AFTER_SECONDS: Final = 15.0
-#: How soon a pipeline whose workers are not ready is reconciled again, so that a worker that
-#: starts failing after the last event (pods' changes trigger no reconcile) is seen.
-LOOK_AGAIN_SECONDS: Final = 20.0
-#: A crash this recent still counts for a container running again: it is between two
-#: crashes of a loop (the kubelet's back-off between restarts grows to five minutes).
+#: A crash this recent still counts for a container exited and not restarted yet, and a
+#: restart this soon after a crash is the loop's (the kubelet's back-off between restarts
+#: grows to five minutes).
 RECENT_CRASH: Final = timedelta(minutes=6)
+#: How long a run after a crash is still part of the loop: the kubelet forgets a container's
+#: back-off once it has run for ten minutes. A worker that fails a minute or more into each
+#: run (a stuck client, a database that does not answer) is in a loop all that time: a
+#: line that dropped it in mid-run would change (a condition, an event) at every restart.
+LOOP_RUN: Final = timedelta(minutes=10)
+#: How long a failed pod (evicted, rejected by its node) counts. It stays, phase Failed,
+#: until its ReplicaSet goes or the cluster's pod garbage collector takes it (12500
+#: terminated pods by default), long after its ReplicaSet replaced it: not a cause of
+#: workers not ready at a later roll.
+RECENT_FAILURE: Final = timedelta(minutes=10)
 #: How many kinds of trouble the line names (the rest are counted).
 MOST_NAMED: Final = 3
 #: The longest piece of the kubelet's or the scheduler's text quoted.
@@ -50,18 +58,22 @@ QUOTED_CHARS: Final = 160
 STARTING: Final = frozenset({"ContainerCreating", "PodInitializing"})
 #: Waiting reasons of a container whose image the kubelet tries to pull, and back off from.
 PULLING: Final = frozenset({"ErrImagePull", "ImagePullBackOff"})
-
-
-def worth_reading(
-    deployment: Manifest | None, conditions: Sequence[Condition], now: datetime
-) -> bool:
-    """Whether the workers' pods are read: the Deployment wants workers that are not all
-    ready and up to date, and the pipeline's Ready condition has been False for
-    :data:`LOOK_AFTER_SECONDS` (a rollout of its own, or workers that stopped being ready)."""
-    if deployment is None or not unsettled(deployment):
-        return False
-    since = _false_since(conditions, "Ready")
-    return since is not None and (now - since).total_seconds() >= LOOK_AFTER_SECONDS
+#: Waiting reasons whose message the kubelet writes itself from names (a Secret's, a key's,
+#: an image's): quoted. Any other reason's message is another program's text, left to
+#: `kubectl describe pod`: a lifecycle hook's output (PostStartHookError: the kubelet keeps
+#: it out of its own event, "so that secrets won't leak"; a sidecar a webhook injects may
+#: have a hook), the runtime's errors (CreateContainerError, RunContainerError).
+QUOTED_WAITING: Final = frozenset(
+    {"CreateContainerConfigError", "InvalidImageName", "ErrImageNeverPull"}
+)
+#: How a pod no node takes is said.
+NOT_SCHEDULED: Final = "not scheduled: "
+#: Waiting reasons of a container in a loop of restarts: backing off, or its start failed.
+LOOPING: Final = frozenset({"CrashLoopBackOff", "RunContainerError"})
+#: How a runtime records a container it could not start (containerd, CRI-O: StartError;
+#: dockershim: ContainerCannotRun), exit code 128. The kubelet says RunContainerError right
+#: after the try and CrashLoopBackOff while it backs off from the next: one loop.
+START_FAILED: Final = frozenset({"StartError", "ContainerCannotRun"})
 
 
 def unsettled(deployment: Manifest) -> bool:
@@ -81,9 +93,22 @@ def selector(deployment: Manifest) -> str | None:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
-def trouble(pods: Iterable[Manifest], now: datetime) -> str | None:
-    """One line on what keeps the workers from being ready, most common first: each kind of
-    trouble with its number of pods; None when no pod shows any (pods on their way up)."""
+@dataclass(frozen=True)
+class Trouble:
+    """What keeps the workers from being ready, said two ways."""
+
+    #: For Ready: each kind of trouble with its number of pods, most common first.
+    counted: str
+    #: For Degraded and its Warning event: the kinds alone, in a fixed order, their numbers
+    #: left out. Counts move (a pod passes its probe between two crashes, a roll adds one,
+    #: a node comes) while nothing changed for the user; each change of Degraded posts an
+    #: event, each of Ready only writes the status.
+    kinds: str
+
+
+def trouble(pods: Iterable[Manifest], now: datetime) -> Trouble | None:
+    """What the pods say keeps the workers from being ready; None when no pod says anything
+    (pods on their way up, or running)."""
     found = Counter(
         t for pod in pods if isinstance(pod, Mapping) and (t := pod_trouble(pod, now)) is not None
     )
@@ -94,7 +119,19 @@ def trouble(pods: Iterable[Manifest], now: datetime) -> str | None:
     if len(ranked) > MOST_NAMED:
         rest = sum(n for _, n in ranked[MOST_NAMED:])
         parts.append(f"{rest} more pod{'s' if rest > 1 else ''} with other trouble")
-    return "; ".join(parts)
+    kinds = sorted({_uncounted(what) for what in found})
+    named = "; ".join(kinds[:MOST_NAMED])
+    if len(kinds) > MOST_NAMED:
+        named += f"; and {len(kinds) - MOST_NAMED} other kinds of trouble"
+    return Trouble("; ".join(parts), named)
+
+
+def _uncounted(phrase: str) -> str:
+    """A phrase without the scheduler's numbers ("0/3 nodes are available: 3 Insufficient
+    cpu", which move as nodes come and go and differ between pods)."""
+    if not phrase.startswith(NOT_SCHEDULED):
+        return phrase
+    return NOT_SCHEDULED + re.sub(r"\d+", "N", phrase[len(NOT_SCHEDULED) :])
 
 
 def pod_trouble(pod: Manifest, now: datetime) -> str | None:
@@ -104,7 +141,9 @@ def pod_trouble(pod: Manifest, now: datetime) -> str | None:
     if meta.get("deletionTimestamp"):
         return None
     if status.get("phase") == "Failed":  # evicted, or a node that went away
-        why = _text(status.get("reason")) or "Failed"
+        if not _failed_recently(meta, status, now):
+            return None
+        why = _word(status.get("reason")) or "Failed"
         return f"failed ({why}): {_quote(status.get('message'))}"
     for cond in _items(status.get("conditions")):
         if (
@@ -112,7 +151,7 @@ def pod_trouble(pod: Manifest, now: datetime) -> str | None:
             and cond.get("status") == "False"
             and cond.get("reason") == "Unschedulable"
         ):
-            return f"not scheduled: {_quote(cond.get('message'))}"
+            return f"{NOT_SCHEDULED}{_quote(cond.get('message'))}"
     for container in (
         *_items(status.get("initContainerStatuses")),
         *_items(status.get("containerStatuses")),
@@ -124,9 +163,10 @@ def pod_trouble(pod: Manifest, now: datetime) -> str | None:
 
 
 def _container_trouble(container: Mapping[str, Any], now: datetime) -> str | None:
-    name = _text(container.get("name")) or "?"
+    name = _word(container.get("name")) or "?"
     state = _mapping(container.get("state"))
-    reason = _text(_mapping(state.get("waiting")).get("reason"))
+    waiting = _mapping(state.get("waiting"))
+    reason = _word(waiting.get("reason"))
     # How it last ended: now (exited, not restarted yet) or before this run.
     ended = next(
         (
@@ -139,47 +179,73 @@ def _container_trouble(container: Mapping[str, Any], now: datetime) -> str | Non
         ),
         None,
     )
-    looping = reason == "CrashLoopBackOff" or (
+    why = _word(ended.get("reason")) if ended is not None else None
+    looping = reason in LOOPING or (
         # Exited, or running again between two crashes: the same loop, said the same way,
         # so that the line does not change with every restart.
         reason is None
         and ended is not None
         and _count(ended.get("exitCode")) != 0
         and not container.get("ready")
-        and _recent(ended.get("finishedAt"), now)
+        and _in_loop(_mapping(state.get("running")), ended, now)
     )
     if looping:
+        if reason == "RunContainerError" or why in START_FAILED:
+            # Not the runtime's error, which may quote the command line: describe has it.
+            return f"cannot start: container {name} (see kubectl describe pod)"
+        # "Restarting", not "crash-looping": a single crash reads the same, and the line must
+        # not change when the kubelet's back-off begins.
         if ended is None:
-            return f"crash-looping (container {name})"
+            return f"restarting (container {name})"
         code = _count(ended.get("exitCode"))
-        why = _text(ended.get("reason"))
         said = meaning(code)
         if why == "OOMKilled":
             said = "killed for memory: OOMKilled (raise resources.limits.memory)"
-        return f"crash-looping: container {name} exits with code {code}" + (
+        return f"restarting: container {name} exited with code {code}" + (
             f": {said}" if said else f" ({why})" if why else ""
         )
     if reason in PULLING:
         # Not the registry's answer, which changes between the two reasons and with every
         # try (each a condition change, an event): `kubectl describe pod` has it.
-        image = _text(container.get("image")) or "?"
+        image = _quote(container.get("image")) or "?"
         return f"cannot pull image {image!r} (container {name}; see kubectl describe pod)"
     if reason is not None and reason not in STARTING:
-        message = _mapping(state.get("waiting")).get("message")
+        message = waiting.get("message")
+        if reason not in QUOTED_WAITING:
+            return f"{reason} (container {name}; see kubectl describe pod)"
         return f"{reason} (container {name})" + (f": {_quote(message)}" if message else "")
     return None
 
 
-def _false_since(conditions: Sequence[Condition], type_: str) -> datetime | None:
-    for cond in conditions:
-        if cond.type == type_ and cond.status == "False" and cond.last_transition_time:
-            return _time(cond.last_transition_time)
-    return None
+def _in_loop(running: Mapping[str, Any], ended: Mapping[str, Any], now: datetime) -> bool:
+    """Whether a container's last crash (`ended`) is part of a loop still going on: it
+    exited a moment ago and was not restarted yet, or it runs (`running`) a run the kubelet
+    started after that crash's back-off and that has not yet lasted long enough for the
+    kubelet to forget the back-off (:data:`LOOP_RUN`)."""
+    finished = _time(ended.get("finishedAt"))
+    if finished is None:
+        return False
+    started = _time(running.get("startedAt"))
+    if started is None:
+        return now - finished <= RECENT_CRASH
+    return started - finished <= RECENT_CRASH and now - started <= LOOP_RUN
 
 
-def _recent(stamp: object, now: datetime) -> bool:
-    moment = _time(stamp)
-    return moment is not None and now - moment <= RECENT_CRASH
+def _failed_recently(meta: Mapping[str, Any], status: Mapping[str, Any], now: datetime) -> bool:
+    """Whether a failed pod failed within :data:`RECENT_FAILURE`: the latest of its
+    conditions' transitions (an eviction's DisruptionTarget, Ready going False), its start
+    and its creation is that recent (each is no later than the failure; a pod none of
+    them dates is not counted)."""
+    moments = [
+        _time(stamp)
+        for stamp in (
+            meta.get("creationTimestamp"),
+            status.get("startTime"),
+            *(cond.get("lastTransitionTime") for cond in _items(status.get("conditions"))),
+        )
+    ]
+    latest = max((m for m in moments if m is not None), default=None)
+    return latest is not None and now - latest <= RECENT_FAILURE
 
 
 def _time(stamp: object) -> datetime | None:
@@ -205,11 +271,18 @@ def _count(raw: object) -> int:
         return 0
     if isinstance(raw, int):
         return raw
-    return int(raw) if isinstance(raw, str) and raw.lstrip("-").isdigit() else 0
+    if isinstance(raw, str):
+        try:
+            return int(raw)
+        except ValueError:  # "--5", "²" (a digit to str.isdigit, not to int)
+            return 0
+    return 0
 
 
-def _text(raw: object) -> str | None:
-    return raw if isinstance(raw, str) and raw else None
+def _word(raw: object) -> str | None:
+    """A reason, a name: a string, on one line and clipped (the API server types these
+    fields; the line never trusts that)."""
+    return (_quote(raw) or None) if isinstance(raw, str) else None
 
 
 def _quote(raw: object) -> str:

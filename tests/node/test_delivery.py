@@ -502,7 +502,8 @@ def test_workers_that_cannot_start_say_why_in_the_status_and_a_fix_clears_it(
     """Two pipelines whose workers never become ready, on the real kubelet: one names a
     user function its image does not have (the worker refuses its config and exits 2: a
     crash loop), one an image no registry serves. Within a minute, long before the
-    Deployment's ten-minute progress deadline, each pipeline's Ready and Degraded say why,
+    Deployment's ten-minute progress deadline, each pipeline's Ready and Degraded say why
+    (the operator watches the workers' pods: no poll),
     in the kubelet's terms and the worker's meaning of its exit code (decision 0210), and
     a Warning event says it once. Naming a function the image has rolls the workers and
     clears it."""
@@ -544,7 +545,7 @@ def test_workers_that_cannot_start_say_why_in_the_status_and_a_fix_clears_it(
         lambda: _failing(node_cluster, ns, "refused"),
         timeout=180,
     )
-    loop = "crash-looping: container worker exits with code 2: the worker refused its config"
+    loop = "restarting: container worker exited with code 2: the worker refused its config"
     assert loop in conds["Ready"]["message"], conds["Ready"]
     assert conds["Ready"]["message"].startswith("0/1 workers ready: 1 pod ")
     assert (conds["Degraded"]["status"], conds["Degraded"]["reason"]) == (

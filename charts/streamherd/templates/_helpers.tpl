@@ -158,12 +158,12 @@ kopf make (docs/decisions/0020-packaging.md lists who calls what). Used in the C
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, watch]
-# Read only, and only for workers not ready for a while: what their pods say keeps them
-# from being ready (a crash loop's exit code, an image that cannot be pulled) goes into
-# the pipeline's Ready condition (decision 0210). Never their logs.
+# Read only: the workers' pods (by label) are watched, and what they say keeps them from
+# being ready (a crash loop's exit code, an image that cannot be pulled) goes into the
+# pipeline's Ready and Degraded conditions (decision 0210). Never their logs.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list]
+  verbs: [list, watch]
 # Events about pipelines (the operator's and kopf's), core v1 only.
 - apiGroups: [""]
   resources: [events]

@@ -322,6 +322,7 @@ NEEDED_IN_NAMESPACE = [
     ("watch", "secrets"),
     ("create", "events"),
     ("list", "pods"),  # why workers are not ready (operator/workerpods.py)
+    ("watch", "pods"),
 ]
 # Never needed anywhere: cluster infrastructure, writing Secrets, running code in pods.
 NEVER = [

@@ -263,6 +263,7 @@ def test_default_rbac_is_one_cluster_role_with_the_operator_calls(
     assert not allowed(role, "", "events", "delete")
     # Pods: read when workers are not ready (decision 0210); never their logs, never written.
     assert allowed(role, "", "pods", "list")
+    assert allowed(role, "", "pods", "watch")
     assert not allowed(role, "", "pods/log", "get")
     assert not allowed(role, "", "pods", "delete")
     assert allowed(role, "apiextensions.k8s.io", "customresourcedefinitions", "watch")

@@ -162,7 +162,13 @@ class FakeKube:
         return found
 
     def list(
-        self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        label_selector: str = "",
+        *,
+        cached: bool = False,
     ) -> list[Manifest]:
         # `key=value` and `key` (the label exists), as the API server reads them.
         terms: list[tuple[str, str | None]] = []

@@ -13,6 +13,9 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from streamherd.operator.kube import Kube, Manifest
 from streamherd.operator.kubecache import WatchCache, start_cache
 
@@ -142,3 +145,56 @@ def test_the_cache_follows_the_list_the_watch_and_the_writes() -> None:
     finally:
         cache.stop()
         server.lines.put(None)
+
+
+POD = ("v1", "Pod")
+INDEX = "streamherd.io/pipeline"
+
+
+def pod(name: str, pipeline: str | None, version: int, app: str = "w") -> Manifest:
+    labels = {"app": app, **({INDEX: pipeline} if pipeline is not None else {})}
+    meta = {"namespace": "ns", "name": name, "resourceVersion": str(version), "labels": labels}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta}
+
+
+pod_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["store", "store", "drop"]),
+        st.sampled_from(["p-1", "p-2", "q-1", "q-2"]),
+        st.sampled_from([None, "p", "q"]),
+        st.sampled_from(["w", "other"]),
+    ),
+    max_size=25,
+)
+
+
+@given(pod_ops)
+def test_a_selection_answers_as_a_list_would(ops: list[tuple[str, str, str | None, str]]) -> None:
+    """cache.select with the index label (and without it) gives what a list with the same
+    selector would: whatever the order of writes, relabellings, drops and relists."""
+    cache = WatchCache(cast(Kube, None), [(*POD, "app")], ("ns",), None, index_label=INDEX)
+    assert cache.select(*POD, "ns", f"{INDEX}=p") is None  # not listed yet: ask the server
+    cache._kinds[POD].synced.set()  # listed, as _run would say after its first list
+    model: dict[str, Manifest] = {}
+    for version, (op, name, pipeline, app) in enumerate(ops, start=1):
+        if op == "store":
+            obj = pod(name, pipeline, version, app)
+            cache.store(obj)
+            model[name] = obj
+        else:
+            cache.drop(*POD, "ns", name)
+            model.pop(name, None)
+        for wanted in ("p", "q"):
+            for selector in (f"{INDEX}={wanted}", f"app=w,{INDEX}={wanted}", "app=w"):
+                terms = dict(t.split("=") for t in selector.split(","))
+                expected = sorted(
+                    n
+                    for n, o in model.items()
+                    if all(o["metadata"]["labels"].get(k) == v for k, v in terms.items())
+                )
+                found = cache.select(*POD, "ns", selector)
+                assert found is not None
+                assert sorted(o["metadata"]["name"] for o in found) == expected, selector
+    assert cache.select(*POD, "ns", "app!=w") is None  # not an equality: ask the server
+    assert cache.select(*POD, "other-ns", f"{INDEX}=p") == []
+    assert cache.select("v1", "ConfigMap", "ns", "app=w") is None  # not cached

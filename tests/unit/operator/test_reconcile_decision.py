@@ -37,7 +37,7 @@ from streamherd.operator.decision import (
 )
 from streamherd.operator.rollback import ROLLED_BACK
 from streamherd.operator.upgrades import STATE_COMPATIBLE, config_backend, config_description
-from streamherd.operator.workerpods import LOOK_AGAIN_SECONDS
+from streamherd.operator.workerpods import Trouble
 from tests.unit.operator.operator_testkit import SETTINGS, example_doc, pipeline_from, with_meta
 
 Manifest = dict[str, Any]
@@ -85,7 +85,7 @@ class World:
     strays: tuple[Stray, ...] = ()
     #: What the workers' pods say keeps them from being ready (reconciler: read after a
     #: while; operator/workerpods.py).
-    trouble: str | None = None
+    trouble: Trouble | None = None
 
     def observed(self) -> Observed:
         meta = {"namespace": "default", "uid": UID, "generation": GENERATION}
@@ -221,7 +221,10 @@ REFUSED_EDIT = {
     ]
 }
 RESET = {**REFUSED_EDIT, "upgrade": {"onStateChange": "reset"}}
-CRASHING = "2 pods crash-looping: container worker exits with code 2: the worker refused its config"
+CRASHING = Trouble(
+    counted="2 pods restarting: container worker exited with code 2: the worker refused its config",
+    kinds="restarting: container worker exited with code 2: the worker refused its config",
+)
 VERIFYING = Verification(
     holds=True,
     status={"phase": "Running", "run": "r1"},
@@ -727,29 +730,11 @@ def test_a_refused_rollback_is_said_once_per_generation() -> None:
     assert cond(again, ROLLED_BACK) == ("False", "RollbackRefused")
 
 
-def test_failing_workers_are_named_in_ready_and_degraded_and_looked_at_again() -> None:
+def test_failing_workers_are_named_in_ready_and_degraded() -> None:
     finished = World(want=2, ready=0, trouble=CRASHING).settled(NOW)
     conds = {c["type"]: c for c in finished.patch["conditions"]}
-    assert conds[READY]["message"] == f"0/2 workers ready: {CRASHING}"
-    assert conds[DEGRADED]["message"] == f"workers: {CRASHING}"
-    assert finished.look_again == LOOK_AGAIN_SECONDS
-
-
-@pytest.mark.parametrize(
-    ("world", "looks"),
-    [
-        (World(want=2, ready=0), True),  # starting: its pods may start failing
-        (World(want=1, ready=1, updated=0), True),  # a roll under way
-        (World(), False),  # ready: the look asked for earlier is dropped
-        (World(want=0), False),  # no workers wanted
-        (World(doc=doc_with(suspend=True), want=0), False),
-        (World(live=False), True),  # a new pipeline: its Deployment just applied
-    ],
-)
-def test_a_look_again_is_asked_exactly_while_workers_are_wanted_and_not_ready(
-    world: World, looks: bool
-) -> None:
-    assert (world.settled(NOW).look_again is not None) is looks
+    assert conds[READY]["message"] == f"0/2 workers ready: {CRASHING.counted}"
+    assert conds[DEGRADED]["message"] == f"workers: {CRASHING.kinds}"
 
 
 def test_a_failure_is_warned_once_across_generations_while_it_says_the_same() -> None:
@@ -762,5 +747,7 @@ def test_a_failure_is_warned_once_across_generations_while_it_says_the_same() ->
     again = World(want=2, ready=0, trouble=CRASHING, status=stored).settled(NOW)
     assert reasons(again) == []
     # Another failure: said.
-    other = World(want=2, ready=0, trouble="2 pods not scheduled: no node", status=stored)
+    fewer = World(want=2, ready=0, trouble=replace(CRASHING, counted="1 pod ..."), status=stored)
+    assert reasons(fewer.settled(NOW)) == []  # Ready's count moved, not Degraded's words
+    other = World(want=2, ready=0, trouble=Trouble("2 pods x", "x"), status=stored)
     assert reasons(other.settled(NOW)) == ["WorkersFailing"]

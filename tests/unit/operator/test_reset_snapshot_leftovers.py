@@ -73,7 +73,13 @@ class RacingKube(FakeKube):
     then: Any = None
 
     def list(
-        self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        label_selector: str = "",
+        *,
+        cached: bool = False,
     ) -> list[Manifest]:
         found = super().list(api_version, kind, namespace, label_selector)
         if kind == SNAPSHOT_KIND and self.then is not None:
@@ -151,7 +157,13 @@ class CountingKube(FakeKube):
     lists = 0
 
     def list(
-        self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        label_selector: str = "",
+        *,
+        cached: bool = False,
     ) -> list[Manifest]:
         if kind == SNAPSHOT_KIND:
             self.lists += 1

@@ -11,23 +11,27 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import cast
+from datetime import UTC, datetime
+from typing import Any, cast
+from unittest.mock import patch
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamherd.operator.builders.meta import PIPELINE_LABEL
 from streamherd.operator.kube import Kube
 from streamherd.operator.runtime import (
     DELETIONS_KEPT,
     Key,
     OperatorContext,
     _reconcile_blocking,
-    look_later,
     pipeline_key,
+    pod_seen,
     retry_later,
     schedule,
 )
 from streamherd.operator.settings import OperatorSettings
+from streamherd.operator.workerpods import pod_trouble
 from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, example_doc, with_meta
 
 KEYS = [("ns", "a"), ("ns", "b"), ("other", "a")]
@@ -43,10 +47,7 @@ def context() -> OperatorContext:
 
 
 operations = st.lists(
-    st.tuples(
-        st.sampled_from(["remember", "retry", "look", "ready", "lock", "forget"]),
-        st.sampled_from(KEYS),
-    ),
+    st.tuples(st.sampled_from(["remember", "retry", "lock", "forget"]), st.sampled_from(KEYS)),
     max_size=30,
 )
 
@@ -56,7 +57,6 @@ def test_a_forgotten_pipeline_leaves_nothing_behind(ops: list[tuple[str, Key]]) 
     async def run() -> None:
         ctx = context()
         timers: dict[Key, list[asyncio.TimerHandle]] = {key: [] for key in KEYS}
-        looks: dict[Key, list[asyncio.TimerHandle]] = {key: [] for key in KEYS}
         known: set[Key] = set()
         for op, key in ops:
             if op == "remember":
@@ -66,14 +66,6 @@ def test_a_forgotten_pipeline_leaves_nothing_behind(ops: list[tuple[str, Key]]) 
                 retry_later(ctx, key, LATER)
                 if not any(t is ctx.retries[key] for t in timers[key]):
                     timers[key].append(ctx.retries[key])
-            elif op == "look":  # a reconcile found the workers not ready
-                look_later(ctx, key, LATER)
-                if not any(t is ctx.looks[key] for t in looks[key]):
-                    looks[key].append(ctx.looks[key])
-            elif op == "ready":  # a reconcile found them ready: the look is dropped
-                look_later(ctx, key, None)
-                assert key not in ctx.looks
-                assert all(t.cancelled() for t in looks[key])
             elif op == "lock":
                 ctx.lock(key)
             else:
@@ -81,16 +73,15 @@ def test_a_forgotten_pipeline_leaves_nothing_behind(ops: list[tuple[str, Key]]) 
                 known.discard(key)
                 assert key not in ctx.secrets_of
                 assert key not in ctx.locks
-                assert key not in ctx.retries and key not in ctx.looks
-                assert all(t.cancelled() for t in timers[key] + looks[key])
+                assert key not in ctx.retries
+                assert all(t.cancelled() for t in timers[key])
         assert set(ctx.secrets_of) == known
         for key in KEYS:
-            # At most one live timer of each sort per pipeline, the one the context holds.
-            for held, made in ((ctx.retries, timers), (ctx.looks, looks)):
-                waiting = held.get(key)
-                live = [t for t in made[key] if not t.cancelled()]
-                assert live == ([waiting] if waiting is not None else [])
-        for handle in [*ctx.retries.values(), *ctx.looks.values()]:
+            waiting = ctx.retries.get(key)
+            # At most one live timer per pipeline, and it is the one in ctx.retries.
+            live = [t for t in timers[key] if not t.cancelled()]
+            assert live == ([waiting] if waiting is not None else [])
+        for handle in ctx.retries.values():
             handle.cancel()
         ctx.executor.shutdown()
 
@@ -169,3 +160,60 @@ def test_a_reconcile_on_a_stale_copy_of_a_pipeline_being_deleted_makes_nothing()
         for n in range(DELETIONS_KEPT):  # the record is one of the last DELETIONS_KEPT
             ctx.seen_deleting(("other", f"p{n}"), f"u{n}")
         assert len(ctx.deleting) == DELETIONS_KEPT and key not in ctx.deleting
+
+
+def worker_pod(name: str, *, crashing: bool, deleting: bool = False) -> dict[str, Any]:
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    state = (
+        {"waiting": {"reason": "CrashLoopBackOff"}} if crashing else {"running": {"startedAt": now}}
+    )
+    meta: dict[str, Any] = {"namespace": "ns", "name": name, "labels": {PIPELINE_LABEL: "a"}}
+    if deleting:
+        meta["deletionTimestamp"] = now
+    return {
+        "metadata": meta,
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "worker",
+                    "ready": not crashing,
+                    "state": state,
+                    "lastState": {"terminated": {"exitCode": 2, "finishedAt": now}},
+                }
+            ]
+        },
+    }
+
+
+def test_a_pod_reconciles_its_pipeline_when_what_it_says_changes() -> None:
+    """pod_seen (the watch cache's worker pods): a change of what a pod says keeps it from
+    being ready schedules its pipeline once; the same again, a healthy pod's every change,
+    and a pod of no pipeline schedule nothing."""
+
+    async def run() -> list[Key]:
+        ctx = context()
+        ctx.remember(KEYS[0])
+        scheduled: list[Key] = []
+        now = datetime.now(UTC)
+        with patch(
+            "streamherd.operator.runtime.schedule",
+            lambda _ctx, key, refresh=False: scheduled.append(key),
+        ):
+            pod_seen(ctx, "ADDED", worker_pod("w-1", crashing=False), now)  # on its way up
+            pod_seen(ctx, "MODIFIED", worker_pod("w-1", crashing=True), now)  # crashed
+            pod_seen(ctx, "MODIFIED", worker_pod("w-1", crashing=True), now)  # the same
+            assert ctx.pod_troubles == {
+                ("ns", "w-1"): pod_trouble(worker_pod("w-1", crashing=True), now)
+            }
+            pod_seen(ctx, "MODIFIED", worker_pod("w-1", crashing=False), now)  # running again
+            pod_seen(ctx, "MODIFIED", worker_pod("w-2", crashing=True), now)
+            pod_seen(ctx, "DELETED", worker_pod("w-2", crashing=True), now)  # no more to say
+            stray = worker_pod("w-3", crashing=True)
+            stray["metadata"]["labels"] = {}
+            pod_seen(ctx, "ADDED", stray, now)
+        # Only pods with something to say are remembered (a deleted one is forgotten).
+        assert set(ctx.pod_troubles) == {("ns", "w-3")}
+        ctx.executor.shutdown()
+        return scheduled
+
+    assert asyncio.run(run()) == [KEYS[0], KEYS[0], KEYS[0]]
