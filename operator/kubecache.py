@@ -146,11 +146,16 @@ class WatchCache:
         self, api_version: str, kind: str, namespace: str, label_selector: str
     ) -> list[Manifest] | None:
         """The objects of a namespace that match an equality selector (``k=v,...``), as a
-        list would give them; None when the kind is not cached, not listed yet, or the
-        selector is of another form (the caller asks the API server then)."""
+        list would give them; None when the kind is not cached, not listed yet, the selector
+        is of another form, or it does not imply the cache's own (the cache holds only the
+        objects its watch selects: the worker pods, not every pod). The caller asks the API
+        server then."""
         k = self._kinds.get((api_version, kind))
         terms = _equalities(label_selector)
         if k is None or terms is None or not k.synced.is_set():
+            return None
+        held = _equalities(k.selector)
+        if held is None or any(terms.get(key) != value for key, value in held.items()):
             return None
         with self._lock:
             if self._index_label is not None and self._index_label in terms:

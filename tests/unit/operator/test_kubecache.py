@@ -172,8 +172,8 @@ pod_ops = st.lists(
 def test_a_selection_answers_as_a_list_would(ops: list[tuple[str, str, str | None, str]]) -> None:
     """cache.select with the index label (and without it) gives what a list with the same
     selector would: whatever the order of writes, relabellings, drops and relists."""
-    cache = WatchCache(cast(Kube, None), [(*POD, "app")], ("ns",), None, index_label=INDEX)
-    assert cache.select(*POD, "ns", f"{INDEX}=p") is None  # not listed yet: ask the server
+    cache = WatchCache(cast(Kube, None), [(*POD, "app=w")], ("ns",), None, index_label=INDEX)
+    assert cache.select(*POD, "ns", f"app=w,{INDEX}=p") is None  # not listed: ask the server
     cache._kinds[POD].synced.set()  # listed, as _run would say after its first list
     model: dict[str, Manifest] = {}
     for version, (op, name, pipeline, app) in enumerate(ops, start=1):
@@ -185,7 +185,7 @@ def test_a_selection_answers_as_a_list_would(ops: list[tuple[str, str, str | Non
             cache.drop(*POD, "ns", name)
             model.pop(name, None)
         for wanted in ("p", "q"):
-            for selector in (f"{INDEX}={wanted}", f"app=w,{INDEX}={wanted}", "app=w"):
+            for selector in (f"app=w,{INDEX}={wanted}", f"{INDEX}={wanted},app=w", "app=w"):
                 terms = dict(t.split("=") for t in selector.split(","))
                 expected = sorted(
                     n
@@ -196,5 +196,9 @@ def test_a_selection_answers_as_a_list_would(ops: list[tuple[str, str, str | Non
                 assert found is not None
                 assert sorted(o["metadata"]["name"] for o in found) == expected, selector
     assert cache.select(*POD, "ns", "app!=w") is None  # not an equality: ask the server
-    assert cache.select(*POD, "other-ns", f"{INDEX}=p") == []
+    # The cache holds only what its watch selects (app=w): any other selection is the
+    # server's to answer, not a subset's.
+    assert cache.select(*POD, "ns", f"{INDEX}=p") is None
+    assert cache.select(*POD, "ns", "app=other") is None
+    assert cache.select(*POD, "other-ns", f"app=w,{INDEX}=p") == []
     assert cache.select("v1", "ConfigMap", "ns", "app=w") is None  # not cached
