@@ -14,6 +14,7 @@ into reconciles.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -147,15 +148,12 @@ class WatchCache:
     ) -> list[Manifest] | None:
         """The objects of a namespace that match an equality selector (``k=v,...``), as a
         list would give them; None when the kind is not cached, not listed yet, the selector
-        is of another form, or it does not imply the cache's own (the cache holds only the
-        objects its watch selects: the worker pods, not every pod). The caller asks the API
-        server then."""
+        is of another form, or it does not imply the cache's own selector (the cache holds
+        only the objects that one names: the worker pods, not every pod): the caller asks
+        the API server then."""
         k = self._kinds.get((api_version, kind))
         terms = _equalities(label_selector)
-        if k is None or terms is None or not k.synced.is_set():
-            return None
-        held = _equalities(k.selector)
-        if held is None or any(terms.get(key) != value for key, value in held.items()):
+        if k is None or terms is None or not k.synced.is_set() or not _implies(terms, k.selector):
             return None
         with self._lock:
             if self._index_label is not None and self._index_label in terms:
@@ -327,6 +325,24 @@ def _equalities(selector: str) -> dict[str, str] | None:
             return None
         terms[key.strip()] = value.strip()
     return terms
+
+
+def _implies(terms: dict[str, str], selector: str) -> bool:
+    """Whether every object with labels matching `terms` matches `selector` (a watch's:
+    ``k=v`` and ``k`` terms understood; any other form is not known to be implied)."""
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "=" not in term:
+            if not _LABEL_KEY.fullmatch(term) or term not in terms:
+                return False  # "!k", "k in (a)", "k notin (a)", or a key not asked for
+            continue
+        wanted = _equalities(term)
+        if wanted is None or any(terms.get(k) != v for k, v in wanted.items()):
+            return False
+    return True
+
+
+#: A label key: an optional DNS prefix and a name.
+_LABEL_KEY = re.compile(r"([a-z0-9.-]+/)?[A-Za-z0-9._-]+")
 
 
 class _Gone(Exception):

@@ -35,7 +35,7 @@ from typing import Final
 
 from streamherd.operator.api.v1alpha1 import GROUP, KIND, VERSION, StreamPipeline
 from streamherd.operator.builders import CHILD_KINDS
-from streamherd.operator.builders.meta import MANAGED_BY, PIPELINE_LABEL, WORKER_APP
+from streamherd.operator.builders.meta import INSTANCE_LABEL, MANAGED_BY, PIPELINE_LABEL, WORKER_APP
 from streamherd.operator.events import event_body
 from streamherd.operator.kafkaclusters import cluster_from_secrets
 from streamherd.operator.kube import ApiError, Kube, Manifest
@@ -294,12 +294,17 @@ def pod_seen(ctx: OperatorContext, type_: str, pod: Manifest, now: datetime) -> 
     nothing and schedules nothing (a thousand pipelines being created cost no reconcile)."""
     meta = pod.get("metadata") or {}
     namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
-    said = None if type_ == "DELETED" else pod_trouble(pod, now)
+    said = pod_trouble(pod, now)
     before = ctx.pod_troubles.pop((namespace, name), None)
-    if said is not None:
+    if said is not None and type_ != "DELETED":
         ctx.pod_troubles[(namespace, name)] = said
     pipeline = (meta.get("labels") or {}).get(PIPELINE_LABEL)
-    if said != before and type_ != "DELETED" and isinstance(pipeline, str):
+    # A deletion too, when the pod said something (as last seen, or as its last state says:
+    # the first list after a restart is not heard): an unscheduled or a failed pod is deleted
+    # at once, with no MODIFIED that says nothing first, and a relist reports a pod that
+    # vanished as DELETED; the status would go on quoting a pod that is gone.
+    changed = (before is not None or said is not None) if type_ == "DELETED" else said != before
+    if changed and isinstance(pipeline, str):
         schedule(ctx, pipeline_key(namespace, pipeline), refresh=True)
 
 
@@ -330,9 +335,12 @@ def start_watch_cache(ctx: OperatorContext, loop: asyncio.AbstractEventLoop) -> 
             # A deleted child is a real repair: the main pool.
             loop.call_soon_threadsafe(schedule, ctx, key, type_ != "DELETED")
 
+    # Indexed by the label the workers' Deployment selects by (workerpods.selector: name and
+    # instance), not by PIPELINE_LABEL, which that selector does not name: a selection of one
+    # pipeline's pods would read every worker pod of the namespace.
     start_cache(
         ctx.kube, cached_kinds(ctx.kube), ctx.settings.namespaces, on_event,
-        index_label=PIPELINE_LABEL,
+        index_label=INSTANCE_LABEL,
     )  # fmt: skip
 
 

@@ -20,6 +20,9 @@ Manifest = dict[str, Any]
 WORKER_APP: Final = "streamherd-worker"
 MANAGED_BY: Final = "streamherd-operator"
 PIPELINE_LABEL: Final = "streamherd.io/pipeline"
+#: The pipeline's name in the workers' selector (selector_labels); the watch cache indexes by
+#: it, so that a selection of one pipeline's worker pods reads only those (runtime.py).
+INSTANCE_LABEL: Final = "app.kubernetes.io/instance"
 INPUT_HASH_ANNOTATION: Final = "streamherd.io/input-hash"
 SECRETS_HASH_ANNOTATION: Final = "streamherd.io/secrets-hash"
 #: On a checkpoint claim kept when its pipeline is deleted (spec.state.retainOnDelete).
@@ -58,7 +61,7 @@ def service_name(name: str) -> str:
 
 def selector_labels(pipeline: StreamPipeline) -> dict[str, str]:
     """The immutable selector of the worker pods (Deployment, Service, PDB)."""
-    return {"app.kubernetes.io/name": WORKER_APP, "app.kubernetes.io/instance": pipeline.name}
+    return {"app.kubernetes.io/name": WORKER_APP, INSTANCE_LABEL: pipeline.name}
 
 
 def labels(pipeline: StreamPipeline) -> dict[str, str]:

@@ -157,9 +157,21 @@ def pod(name: str, pipeline: str | None, version: int, app: str = "w") -> Manife
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta}
 
 
+class _Lister:
+    """The list call of a relist (WatchCache._list), answered with the pods given."""
+
+    def __init__(self) -> None:
+        self.items: list[Manifest] = []
+
+    def list_response(
+        self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
+    ) -> Manifest:
+        return {"items": [dict(i) for i in self.items], "metadata": {"resourceVersion": "1"}}
+
+
 pod_ops = st.lists(
     st.tuples(
-        st.sampled_from(["store", "store", "drop"]),
+        st.sampled_from(["store", "store", "drop", "relist"]),
         st.sampled_from(["p-1", "p-2", "q-1", "q-2"]),
         st.sampled_from([None, "p", "q"]),
         st.sampled_from(["w", "other"]),
@@ -168,12 +180,18 @@ pod_ops = st.lists(
 )
 
 
+def index_of(cache: WatchCache) -> dict[tuple[str, str], set[str]]:
+    return {key: set(names) for key, names in cache._kinds[POD].index.items()}
+
+
 @given(pod_ops)
 def test_a_selection_answers_as_a_list_would(ops: list[tuple[str, str, str | None, str]]) -> None:
     """cache.select with the index label (and without it) gives what a list with the same
-    selector would: whatever the order of writes, relabellings, drops and relists."""
-    cache = WatchCache(cast(Kube, None), [(*POD, "app=w")], ("ns",), None, index_label=INDEX)
-    assert cache.select(*POD, "ns", f"app=w,{INDEX}=p") is None  # not listed: ask the server
+    selector would: whatever the order of writes, relabellings, drops and relists; the index
+    holds exactly the objects held, by their label's value (no entry outlives its object)."""
+    lister = _Lister()
+    cache = WatchCache(cast(Kube, lister), [(*POD, "app")], ("ns",), None, index_label=INDEX)
+    assert cache.select(*POD, "ns", f"app=w,{INDEX}=p") is None  # not listed yet: the server
     cache._kinds[POD].synced.set()  # listed, as _run would say after its first list
     model: dict[str, Manifest] = {}
     for version, (op, name, pipeline, app) in enumerate(ops, start=1):
@@ -181,11 +199,22 @@ def test_a_selection_answers_as_a_list_would(ops: list[tuple[str, str, str | Non
             obj = pod(name, pipeline, version, app)
             cache.store(obj)
             model[name] = obj
-        else:
+        elif op == "drop":
             cache.drop(*POD, "ns", name)
             model.pop(name, None)
+        else:  # a relist (after a 410) finds `name` relabelled and every other pod gone
+            obj = pod(name, pipeline, version, app)
+            lister.items = [obj]
+            cache._list(cache._kinds[POD], "ns", notify=False)
+            model = {name: obj}
+        expected_index: dict[tuple[str, str], set[str]] = {}
+        for n, o in model.items():
+            value = o["metadata"]["labels"].get(INDEX)
+            if value is not None:
+                expected_index.setdefault(("ns", value), set()).add(n)
+        assert index_of(cache) == expected_index
         for wanted in ("p", "q"):
-            for selector in (f"app=w,{INDEX}={wanted}", f"{INDEX}={wanted},app=w", "app=w"):
+            for selector in (f"app=w,{INDEX}={wanted}", f"app=other,{INDEX}={wanted}", "app=w"):
                 terms = dict(t.split("=") for t in selector.split(","))
                 expected = sorted(
                     n
@@ -196,9 +225,38 @@ def test_a_selection_answers_as_a_list_would(ops: list[tuple[str, str, str | Non
                 assert found is not None
                 assert sorted(o["metadata"]["name"] for o in found) == expected, selector
     assert cache.select(*POD, "ns", "app!=w") is None  # not an equality: ask the server
-    # The cache holds only what its watch selects (app=w): any other selection is the
-    # server's to answer, not a subset's.
-    assert cache.select(*POD, "ns", f"{INDEX}=p") is None
-    assert cache.select(*POD, "ns", "app=other") is None
     assert cache.select(*POD, "other-ns", f"app=w,{INDEX}=p") == []
     assert cache.select("v1", "ConfigMap", "ns", "app=w") is None  # not cached
+
+
+def test_a_selection_wider_than_what_the_cache_holds_is_asked_of_the_server() -> None:
+    """The cache holds only the objects its own selector names (the worker pods): a selection
+    that does not name them all (another app's pods, every pod) is not answered from it,
+    which would say "no such pods" of pods it never held."""
+    workers = "app.kubernetes.io/name=streamherd-worker"
+    cache = WatchCache(cast(Kube, None), [(*POD, workers)], ("ns",), None, index_label=INDEX)
+    cache._kinds[POD].synced.set()
+    worker = pod("w-1", "p", 1)
+    worker["metadata"]["labels"]["app.kubernetes.io/name"] = "streamherd-worker"
+    cache.store(worker)
+    for narrower in (f"{INDEX}=p,{workers}", workers, f" {workers} , {INDEX} = p "):
+        found = cache.select(*POD, "ns", narrower)
+        assert found is not None and [o["metadata"]["name"] for o in found] == ["w-1"]
+    for wider in (f"{INDEX}=p", "", "app=w", "app.kubernetes.io/name=streamherd-shadow"):
+        assert cache.select(*POD, "ns", wider) is None, wider
+    # A cache of the objects that have a label answers selections that name the label; one
+    # of a set-based selector answers none (its implication is not worked out).
+    has_app = WatchCache(cast(Kube, None), [(*POD, "app")], ("ns",), None, index_label=INDEX)
+    in_set = WatchCache(cast(Kube, None), [(*POD, "app in (w)")], ("ns",), None)
+    for cached in (has_app, in_set):
+        cached._kinds[POD].synced.set()
+        cached.store(pod("w-1", "p", 1))
+    assert has_app.select(*POD, "ns", f"app=w,{INDEX}=p") == [pod("w-1", "p", 1)]
+    assert has_app.select(*POD, "ns", f"{INDEX}=p") is None
+    assert in_set.select(*POD, "ns", f"app=w,{INDEX}=p") is None
+    # A cache that holds every object of its kind answers any equality selection.
+    every = WatchCache(cast(Kube, None), [(*POD, "")], ("ns",), None, index_label=INDEX)
+    every._kinds[POD].synced.set()
+    every.store(pod("w-1", "p", 1))
+    assert every.select(*POD, "ns", f"{INDEX}=p") == [pod("w-1", "p", 1)]
+    assert every.select(*POD, "ns", "") == [pod("w-1", "p", 1)]

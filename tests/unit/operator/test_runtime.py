@@ -15,11 +15,14 @@ from datetime import UTC, datetime
 from typing import Any, cast
 from unittest.mock import patch
 
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
 from streamherd.operator.builders.meta import PIPELINE_LABEL
-from streamherd.operator.kube import Kube
+from streamherd.operator.builders.workload import build_deployment
+from streamherd.operator.kube import Kube, Manifest
+from streamherd.operator.kubecache import WatchCache
 from streamherd.operator.runtime import (
     DELETIONS_KEPT,
     Key,
@@ -29,9 +32,11 @@ from streamherd.operator.runtime import (
     pod_seen,
     retry_later,
     schedule,
+    start_watch_cache,
 )
 from streamherd.operator.settings import OperatorSettings
-from streamherd.operator.workerpods import pod_trouble
+from streamherd.operator.validation import parse_pipeline
+from streamherd.operator.workerpods import pod_trouble, selector
 from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, example_doc, with_meta
 
 KEYS = [("ns", "a"), ("ns", "b"), ("other", "a")]
@@ -187,8 +192,8 @@ def worker_pod(name: str, *, crashing: bool, deleting: bool = False) -> dict[str
 
 def test_a_pod_reconciles_its_pipeline_when_what_it_says_changes() -> None:
     """pod_seen (the watch cache's worker pods): a change of what a pod says keeps it from
-    being ready schedules its pipeline once; the same again, a healthy pod's every change,
-    and a pod of no pipeline schedule nothing."""
+    being ready (its deletion included) schedules its pipeline once; the same again, a
+    healthy pod's every change, and a pod of no pipeline schedule nothing."""
 
     async def run() -> list[Key]:
         ctx = context()
@@ -207,7 +212,7 @@ def test_a_pod_reconciles_its_pipeline_when_what_it_says_changes() -> None:
             }
             pod_seen(ctx, "MODIFIED", worker_pod("w-1", crashing=False), now)  # running again
             pod_seen(ctx, "MODIFIED", worker_pod("w-2", crashing=True), now)
-            pod_seen(ctx, "DELETED", worker_pod("w-2", crashing=True), now)  # no more to say
+            pod_seen(ctx, "DELETED", worker_pod("w-2", crashing=True), now)  # said, and gone
             stray = worker_pod("w-3", crashing=True)
             stray["metadata"]["labels"] = {}
             pod_seen(ctx, "ADDED", stray, now)
@@ -216,4 +221,98 @@ def test_a_pod_reconciles_its_pipeline_when_what_it_says_changes() -> None:
         ctx.executor.shutdown()
         return scheduled
 
-    assert asyncio.run(run()) == [KEYS[0], KEYS[0], KEYS[0]]
+    assert asyncio.run(run()) == [KEYS[0]] * 4
+
+
+def test_a_troubled_pod_gone_without_a_deletion_notice_reconciles_its_pipeline() -> None:
+    """A pod that said something and goes without a MODIFIED that says nothing first (an
+    unscheduled or a failed pod is deleted at once, without a grace period; a relist finds
+    it gone) reconciles its pipeline: the status would still quote a pod that no longer
+    exists. A pod that said nothing, or whose graceful deletion already said so, does not."""
+
+    async def run() -> list[Key]:
+        ctx = context()
+        ctx.remember(KEYS[0])
+        scheduled: list[Key] = []
+        now = datetime.now(UTC)
+        unscheduled = worker_pod("w-1", crashing=False)
+        unscheduled["status"] = {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                 "message": "0/3 nodes are available: 3 Insufficient cpu."}
+            ],
+        }  # fmt: skip
+        with patch(
+            "streamherd.operator.runtime.schedule",
+            lambda _ctx, key, refresh=False: scheduled.append(key),
+        ):
+            pod_seen(ctx, "ADDED", unscheduled, now)  # 1: not scheduled
+            pod_seen(ctx, "DELETED", unscheduled, now)  # 2: gone, at once
+            pod_seen(ctx, "MODIFIED", worker_pod("w-2", crashing=True), now)  # 3
+            pod_seen(ctx, "MODIFIED", worker_pod("w-2", crashing=True, deleting=True), now)  # 4
+            pod_seen(ctx, "DELETED", worker_pod("w-2", crashing=True, deleting=True), now)
+            pod_seen(ctx, "DELETED", worker_pod("w-3", crashing=False), now)  # said nothing
+            # Listed at a restart (not heard), deleted at once: its last state says.
+            pod_seen(
+                ctx,
+                "DELETED",
+                {**unscheduled, "metadata": {**unscheduled["metadata"], "name": "w-4"}},
+                now,
+            )  # 5
+        assert ctx.pod_troubles == {}
+        ctx.executor.shutdown()
+        return scheduled
+
+    assert asyncio.run(run()) == [KEYS[0]] * 5
+
+
+def test_a_pipeline_s_worker_pods_are_read_through_the_cache_s_index() -> None:
+    """The watch cache the runtime starts indexes the worker pods by a label the Deployment's
+    selector names, so that the reconciler's selection of one pipeline's pods
+    (workerpods.selector) reads that pipeline's pods, not every worker pod of the namespace
+    (a thousand pipelines in a namespace: 2,000 pods decoded at every reconcile of
+    workers not ready)."""
+    ctx = context()
+    started: dict[str, Any] = {}
+
+    def start_cache(
+        kube: Kube, kinds: Any, namespaces: Any = (), on_event: Any = None,
+        index_label: str | None = None,
+    ) -> None:  # fmt: skip
+        started.update(kinds=list(kinds), index_label=index_label)
+
+    with patch("streamherd.operator.runtime.start_cache", start_cache):
+        start_watch_cache(ctx, cast(asyncio.AbstractEventLoop, None))
+    ctx.executor.shutdown()
+    cache = WatchCache(
+        cast(Kube, None), started["kinds"], ("ns",), None, index_label=started["index_label"]
+    )
+    for kind in cache._kinds.values():
+        kind.synced.set()
+    deployments: dict[str, Manifest] = {}
+    for name in ("a", "b", "c"):
+        pipeline, _ = parse_pipeline(
+            with_meta(example_doc("01-clicks-local"), name=name, namespace="ns")
+        )
+        assert pipeline is not None
+        deployments[name] = build_deployment(pipeline, SETTINGS, "hash")
+        for n in range(3):
+            labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+            meta = {"namespace": "ns", "name": f"{name}-{n}", "resourceVersion": "1"}
+            cache.store({"apiVersion": "v1", "kind": "Pod", "metadata": {**meta, "labels": labels}})
+    decoded = 0
+    loads = orjson.loads
+
+    def counting(raw: bytes) -> Any:
+        nonlocal decoded
+        decoded += 1
+        return loads(raw)
+
+    wanted = selector(deployments["b"])
+    assert wanted is not None
+    with patch("streamherd.operator.kubecache.orjson.loads", counting):
+        found = cache.select("v1", "Pod", "ns", wanted)
+    assert found is not None
+    assert sorted(p["metadata"]["name"] for p in found) == ["b-0", "b-1", "b-2"]
+    assert decoded == 3
