@@ -46,7 +46,7 @@ from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.shadowtopics import KafkaShadowClient
 from streamherd.operator.topicadmin import InternalTopics
 from streamherd.operator.validation import stored_status
-from streamherd.operator.workerpods import pod_trouble
+from streamherd.operator.workerpods import counts_at, pod_trouble
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ class OperatorContext:
     # Worker pod -> what it last said keeps it from being ready (operator/workerpods.py;
     # None: nothing). A change schedules its pipeline's reconcile (see start_watch_cache).
     pod_troubles: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    # A later look at a pipeline whose pod waits for a node (workerpods.counts_at).
+    looks: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
 
     async def is_active(self) -> bool:
         """Whether this replica should run background work now (see operator/peering.py)."""
@@ -132,9 +134,10 @@ class OperatorContext:
         queued before the pipeline went may read a watch cache that still has it."""
         self.secrets_of.pop(key, None)
         self.locks.pop(key, None)
-        waiting = self.retries.pop(key, None)
-        if waiting is not None:
-            waiting.cancel()
+        for timers in (self.retries, self.looks):
+            waiting = timers.pop(key, None)
+            if waiting is not None:
+                waiting.cancel()
         if self.topics is not None:
             self.topics.forget(*key)
 
@@ -304,8 +307,29 @@ def pod_seen(ctx: OperatorContext, type_: str, pod: Manifest, now: datetime) -> 
     # at once, with no MODIFIED that says nothing first, and a relist reports a pod that
     # vanished as DELETED; the status would go on quoting a pod that is gone.
     changed = (before is not None or said is not None) if type_ == "DELETED" else said != before
-    if changed and isinstance(pipeline, str):
-        schedule(ctx, pipeline_key(namespace, pipeline), refresh=True)
+    if not isinstance(pipeline, str):
+        return
+    key = pipeline_key(namespace, pipeline)
+    if changed:
+        schedule(ctx, key, refresh=True)
+    at = counts_at(pod, now) if type_ != "DELETED" else None
+    if at is not None:
+        # It will say something with no change of its own: look again then.
+        look_at(ctx, key, (at - now).total_seconds() + 1.0)
+
+
+def look_at(ctx: OperatorContext, key: Key, delay: float) -> None:
+    """One reconcile of `key` in `delay` seconds for a pod that will count by then
+    (workerpods.counts_at); one waiting per pipeline, cancelled when it is forgotten."""
+    waiting = ctx.looks.get(key)
+    if waiting is not None and not waiting.cancelled():
+        return
+
+    def fire() -> None:
+        ctx.looks.pop(key, None)
+        schedule(ctx, key, refresh=True)
+
+    ctx.looks[key] = asyncio.get_running_loop().call_later(max(delay, 0.0), fire)
 
 
 def start_watch_cache(ctx: OperatorContext, loop: asyncio.AbstractEventLoop) -> None:

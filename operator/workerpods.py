@@ -68,6 +68,12 @@ QUOTED_WAITING: Final = frozenset(
 )
 #: How a pod no node takes is said.
 NOT_SCHEDULED: Final = "not scheduled: "
+#: How long a pod may wait for a node before it counts: a volume being bound or provisioned
+#: ("pod has unbound immediate PersistentVolumeClaims"), a node being added by a cluster
+#: autoscaler are normal waits, and each short one counted would be a Degraded and a
+#: Warning event for a pipeline on its normal way up (the node tier saw it for a static
+#: local volume binding).
+UNSCHEDULED_GRACE: Final = timedelta(seconds=60)
 #: Waiting reasons of a container in a loop of restarts: backing off, or its start failed.
 LOOPING: Final = frozenset({"CrashLoopBackOff", "RunContainerError"})
 #: How a runtime records a container it could not start (containerd, CRI-O: StartError;
@@ -145,13 +151,12 @@ def pod_trouble(pod: Manifest, now: datetime) -> str | None:
             return None
         why = _word(status.get("reason")) or "Failed"
         return f"failed ({why}): {_quote(status.get('message'))}"
-    for cond in _items(status.get("conditions")):
-        if (
-            cond.get("type") == "PodScheduled"
-            and cond.get("status") == "False"
-            and cond.get("reason") == "Unschedulable"
-        ):
-            return f"{NOT_SCHEDULED}{_quote(cond.get('message'))}"
+    waiting = _unscheduled(status)
+    if waiting is not None:
+        since = _time(waiting.get("lastTransitionTime"))
+        if since is not None and now - since < UNSCHEDULED_GRACE:
+            return None  # a normal wait, so far (see counts_at)
+        return f"{NOT_SCHEDULED}{_quote(waiting.get('message'))}"
     for container in (
         *_items(status.get("initContainerStatuses")),
         *_items(status.get("containerStatuses")),
@@ -159,6 +164,31 @@ def pod_trouble(pod: Manifest, now: datetime) -> str | None:
         said = _container_trouble(container, now)
         if said is not None:
             return said
+    return None
+
+
+def counts_at(pod: Manifest, now: datetime) -> datetime | None:
+    """When a pod that says nothing yet will say something with no change of its own: a
+    pod waiting for a node within :data:`UNSCHEDULED_GRACE` (None: no such pod). The
+    runtime looks at its pipeline again then: no event would come."""
+    if _mapping(pod.get("metadata")).get("deletionTimestamp"):
+        return None
+    waiting = _unscheduled(_mapping(pod.get("status")))
+    since = _time(waiting.get("lastTransitionTime")) if waiting is not None else None
+    if since is None or now - since >= UNSCHEDULED_GRACE:
+        return None
+    return since + UNSCHEDULED_GRACE
+
+
+def _unscheduled(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The pod's PodScheduled condition when the scheduler found no node for it."""
+    for cond in _items(status.get("conditions")):
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            return cond
     return None
 
 

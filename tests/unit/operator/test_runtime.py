@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from unittest.mock import patch
 
@@ -36,7 +36,7 @@ from streamherd.operator.runtime import (
 )
 from streamherd.operator.settings import OperatorSettings
 from streamherd.operator.validation import parse_pipeline
-from streamherd.operator.workerpods import pod_trouble, selector
+from streamherd.operator.workerpods import UNSCHEDULED_GRACE, pod_trouble, selector
 from tests.unit.operator.operator_testkit import SETTINGS, FakeKube, example_doc, with_meta
 
 KEYS = [("ns", "a"), ("ns", "b"), ("other", "a")]
@@ -316,3 +316,33 @@ def test_a_pipeline_s_worker_pods_are_read_through_the_cache_s_index() -> None:
     assert found is not None
     assert sorted(p["metadata"]["name"] for p in found) == ["b-0", "b-1", "b-2"]
     assert decoded == 3
+
+
+def test_a_pod_waiting_for_a_node_gets_its_pipeline_looked_at_when_it_would_count() -> None:
+    """No event comes when a pod's wait for a node outlasts the grace: pod_seen asks for one
+    look at its pipeline then (one per pipeline), and forgetting the pipeline cancels it."""
+
+    async def run() -> None:
+        ctx = context()
+        ctx.remember(KEYS[0])
+        now = datetime.now(UTC)
+        since = (now - timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        waiting = {
+            "metadata": {"namespace": "ns", "name": "w-1", "labels": {PIPELINE_LABEL: "a"}},
+            "status": {"conditions": [{"type": "PodScheduled", "status": "False",
+                                       "reason": "Unschedulable", "message": "no node",
+                                       "lastTransitionTime": since}]},
+        }  # fmt: skip
+        with patch("streamherd.operator.runtime.schedule") as scheduled:
+            pod_seen(ctx, "ADDED", waiting, now)
+            pod_seen(ctx, "MODIFIED", waiting, now)
+        scheduled.assert_not_called()  # nothing to say yet
+        first = ctx.looks[KEYS[0]]
+        assert len(ctx.looks) == 1 and not first.cancelled()
+        left = first.when() - asyncio.get_running_loop().time()
+        assert UNSCHEDULED_GRACE.total_seconds() - 10 <= left <= UNSCHEDULED_GRACE.total_seconds()
+        ctx.forget(KEYS[0])
+        assert first.cancelled() and not ctx.looks
+        ctx.executor.shutdown()
+
+    asyncio.run(run())

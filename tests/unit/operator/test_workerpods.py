@@ -20,6 +20,8 @@ from streamherd.operator.kube import ApiError
 from streamherd.operator.reconciler import reconcile
 from streamherd.operator.workerpods import (
     QUOTED_CHARS,
+    UNSCHEDULED_GRACE,
+    counts_at,
     pod_trouble,
     selector,
     trouble,
@@ -134,10 +136,28 @@ EXAMPLES: dict[str, tuple[Manifest, str | None]] = {
                     "status": "False",
                     "reason": "Unschedulable",
                     "message": "0/2 nodes are available: 2 Insufficient cpu.",
+                    "lastTransitionTime": stamp(120),
                 }
             ],
         ),
         "not scheduled: 0/2 nodes are available: 2 Insufficient cpu.",
+    ),
+    # A volume being bound, a node being added: a normal wait, for a while.
+    "waiting for a node for a moment": (
+        pod(
+            phase="Pending",
+            conditions=[
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/1 nodes are available: pod has unbound immediate "
+                    "PersistentVolumeClaims.",
+                    "lastTransitionTime": stamp(10),
+                }
+            ],
+        ),
+        None,
     ),
     "evicted": (
         pod(
@@ -206,13 +226,30 @@ def test_the_line_counts_pods_most_common_first_and_names_three_kinds_at_most() 
     assert line.endswith("; 1 more pod with other trouble")
 
 
-def unschedulable(nodes: int) -> Manifest:
+def unschedulable(nodes: int, ago: float = 120) -> Manifest:
     message = f"0/{nodes} nodes are available: {nodes} Insufficient cpu."
     return pod(
         phase="Pending",
         conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                     "message": message}],
+                     "message": message, "lastTransitionTime": stamp(ago)}],
     )  # fmt: skip
+
+
+@given(ago=st.integers(0, 300))
+def test_a_pod_waiting_for_a_node_counts_after_the_grace_and_says_when(ago: int) -> None:
+    """Within UNSCHEDULED_GRACE a pod waiting for a node says nothing, and counts_at says
+    when it will (no event would come then); past it, it says why, and counts_at is done."""
+    waiting = unschedulable(3, ago=ago)
+    grace = UNSCHEDULED_GRACE.total_seconds()
+    if ago < grace:
+        assert pod_trouble(waiting, NOW) is None
+        assert counts_at(waiting, NOW) == NOW - timedelta(seconds=ago) + UNSCHEDULED_GRACE
+    else:
+        assert pod_trouble(waiting, NOW) == (
+            "not scheduled: 0/3 nodes are available: 3 Insufficient cpu."
+        )
+        assert counts_at(waiting, NOW) is None
+    assert counts_at(EXAMPLES["crash loop, refused config"][0], NOW) is None
 
 
 @given(
