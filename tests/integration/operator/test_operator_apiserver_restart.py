@@ -49,6 +49,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.kafka, p
 #: = 54 s), so that its requests give up, and than the watch cache's backoff (up to 30 s).
 DOWN_SECONDS = 60
 
+#: The control plane's components besides the API server and etcd (tests/infra/controlplane.py).
+CLUSTER_CONTROLLERS = ("kube-controller-manager", "kube-scheduler", "kwok")
+
 
 @pytest.fixture(scope="module")
 def own_control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
@@ -104,6 +107,14 @@ def test_the_operator_works_on_after_the_api_server_was_killed_and_came_back(
     down = "the operator exited while the API server was down"
     assert own_operator.alive(), f"{down}; see {own_operator.logs}"
     own_control_plane.start_again("kube-apiserver")
+    # The cluster's own controllers come back as after an upgrade: restarted. Left running,
+    # their client-go reflectors would still be in their backoff (up to 30 s, jittered up to
+    # twice that) and could take a minute to see the API server again; a new ReplicaSet,
+    # its Pod and that Pod's readiness would wait for them. The operator is not restarted:
+    # its own recovery is what this test is about.
+    for component in CLUSTER_CONTROLLERS:
+        own_control_plane.crash(component)
+        own_control_plane.start_again(component)
 
     # An edit reaches the workers' config.
     env.edit_log_level(name, "debug")
