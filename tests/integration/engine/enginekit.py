@@ -164,12 +164,15 @@ class PacedProducer(threading.Thread):
 
 def flush_markers(broker: KafkaBroker, topic: str, partitions: int, after_ts: int) -> None:
     """One far-future record per partition (a day ahead, beyond any allowed lateness here):
-    its watermark closes every earlier window."""
+    its watermark closes every earlier window. One producer for all of them (a producer's
+    set-up costs about half a second)."""
+    producer = broker.producer()
     for p in range(partitions):
         broker.produce(
             topic,
             [("zz-flush", {"id": -1, "user": "zz-flush", "bytes": 0, "ts": after_ts + 86_400_000})],
             partition=p,
+            producer=producer,
         )
 
 
