@@ -239,10 +239,16 @@ def build_registry(ops: OperatorSettings) -> Any:
     @kopf.on.resume(*resource, id="reconcile", registry=registry)
     @kopf.on.create(*resource, id="reconcile", registry=registry)
     @kopf.on.update(*resource, id="reconcile", registry=registry)
-    async def changed(namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any) -> None:
+    async def changed(
+        namespace: str | None, name: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
+    ) -> None:
         ctx: OperatorContext = memo["ctx"]
+        generation = body.get("metadata", {}).get("generation")
         try:
-            result = await reconcile_key(ctx, pipeline_key(namespace, name))
+            result = await reconcile_key(
+                ctx, pipeline_key(namespace, name),
+                seen_generation=generation if isinstance(generation, int) else None,
+            )  # fmt: skip
         except ApiError as e:
             raise kopf.TemporaryError(f"API error: {e}", delay=backoff) from e
         if result is not None and result.invalid:

@@ -148,17 +148,26 @@ class OperatorContext:
 
 
 def _reconcile_blocking(
-    ctx: OperatorContext, key: Key
+    ctx: OperatorContext, key: Key, seen_generation: int | None = None
 ) -> tuple[Manifest | None, ReconcileResult | None]:
-    """GET the pipeline, reconcile it, post the events. Runs in the thread pool."""
+    """GET the pipeline, reconcile it, post the events. Runs in the thread pool.
+    `seen_generation`: the generation kopf's watch saw (its handlers'), which the watch
+    cache may not have yet."""
     namespace, name = key
     if ctx.kube.cache is not None:
         # After a (re)start, wait for the first lists rather than GET every child of every
         # pipeline while they load (lookups fall back to GETs if this times out).
         ctx.kube.cache.wait_synced(CACHE_SYNC_TIMEOUT)
     body = ctx.kube.get(f"{GROUP}/{VERSION}", KIND, namespace, name)
-    if body is None and ctx.kube.cache is not None:
+    cached_generation = int(((body or {}).get("metadata") or {}).get("generation") or 0)
+    if ctx.kube.cache is not None and (
         # Not in the cache: created a moment ago (kopf's watch was faster) or deleted.
+        body is None
+        # Behind kopf's watch: an edit kopf saw and the cache has not. After an API-server
+        # outage the cache's watch may still be in its backoff (up to 30 s): reconciled from
+        # the older spec, the edit waited for the cache's relist (helper-129 saw 29 s).
+        or (seen_generation is not None and cached_generation < seen_generation)
+    ):
         body = ctx.kube.get(f"{GROUP}/{VERSION}", KIND, namespace, name, cached=False)
     meta = (body or {}).get("metadata") or {}
     if body is None or meta.get("deletionTimestamp") or ctx.deleting.get(key) == meta.get("uid"):
@@ -193,13 +202,20 @@ def post_event(kube: Kube, event: Manifest) -> None:
 
 
 async def reconcile_key(
-    ctx: OperatorContext, key: Key, *, coalesce: bool = False, refresh: bool = False
+    ctx: OperatorContext,
+    key: Key,
+    *,
+    coalesce: bool = False,
+    refresh: bool = False,
+    seen_generation: int | None = None,
 ) -> ReconcileResult | None:
     """Reconcile one pipeline by name (the autoscaler calls this after a decision).
 
     coalesce: return at once (None) when a reconcile of this pipeline is already queued and
     not started: that one will see whatever prompted this call.
     refresh: run in the refresh pool (a Deployment changed: mostly a status update).
+    seen_generation: the pipeline's generation as kopf's handler saw it (a newer one than
+    the watch cache's is read from the API server).
     Raises kube.ApiError on transient API failures; None when the pipeline is gone.
     """
     if coalesce:
@@ -211,7 +227,9 @@ async def reconcile_key(
             ctx.pending.discard(key)
         loop = asyncio.get_running_loop()
         pool = ctx.refresh_executor if refresh and ctx.refresh_executor else ctx.executor
-        body, result = await loop.run_in_executor(pool, _reconcile_blocking, ctx, key)
+        body, result = await loop.run_in_executor(
+            pool, _reconcile_blocking, ctx, key, seen_generation
+        )
     if body is None:
         ctx.secrets_of.pop(key, None)
         ctx.locks.pop(key, None)

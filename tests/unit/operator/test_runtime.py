@@ -10,6 +10,7 @@ reconciles themselves run against the real API server in tests/integration/opera
 from __future__ import annotations
 
 import asyncio
+import copy
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -346,3 +347,53 @@ def test_a_pod_waiting_for_a_node_gets_its_pipeline_looked_at_when_it_would_coun
         ctx.executor.shutdown()
 
     asyncio.run(run())
+
+
+class _BehindCache:
+    """A watch cache that has listed, and answers reads as an older watch saw them."""
+
+    def __init__(self, stale: dict[str, Any]) -> None:
+        self.stale = stale
+
+    def wait_synced(self, timeout: float) -> bool:
+        return True
+
+
+class _StaleKube(FakeKube):
+    """FakeKube whose cached reads of the pipeline are a watch cache's older copy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cache: _BehindCache | None = None
+
+    def get(
+        self, api_version: str, kind: str, namespace: str, name: str, *, cached: bool = True
+    ) -> dict[str, Any] | None:
+        if cached and self.cache is not None and kind == "StreamPipeline":
+            return copy.deepcopy(self.cache.stale)
+        return super().get(api_version, kind, namespace, name, cached=cached)
+
+
+def test_an_edit_kopf_saw_is_read_from_the_api_server_when_the_cache_is_behind() -> None:
+    """kopf's handler saw generation 2; the watch cache still has 1 (its watch in backoff
+    after an API-server outage): the reconcile reads the pipeline from the API server, not
+    the older spec. Without a generation, or with the cache as new, the cache's copy."""
+    kube = _StaleKube()
+    doc = with_meta(example_doc("01-clicks-local"), namespace="default", uid="u-1")
+    old = kube.put(doc)
+    name = old["metadata"]["name"]
+    kube.cache = _BehindCache(copy.deepcopy(old))
+    edited = kube.objects[(old["apiVersion"], old["kind"], "default", name)]
+    edited["metadata"]["generation"] = 2
+    key = ("default", name)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ctx = OperatorContext(settings=SETTINGS, kube=cast(Kube, kube), executor=pool)
+        ctx.remember(key)
+        body, _ = _reconcile_blocking(ctx, key, seen_generation=2)
+        assert body is not None and body["metadata"]["generation"] == 2
+        assert kube.fresh_reads == 1
+        body, _ = _reconcile_blocking(ctx, key)  # a trigger that saw no generation
+        assert body is not None and body["metadata"]["generation"] == 1
+        body, _ = _reconcile_blocking(ctx, key, seen_generation=1)
+        assert body is not None and body["metadata"]["generation"] == 1
+        assert kube.fresh_reads == 1
