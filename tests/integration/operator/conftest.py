@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from kubernetes.client import CustomObjectsApi
 
 from tests.infra.chart_identity import (
     OperatorIdentity,
@@ -87,3 +88,14 @@ def env(kube_cluster: KubeCluster, operator: OperatorProcess) -> Iterator[Env]:
     refused = operator.forbidden_lines(log_start)
     if refused:
         pytest.fail("the operator was refused by the chart's RBAC:\n" + "\n".join(refused[:20]))
+
+
+@pytest.fixture(scope="module")
+def api(kube_cluster: KubeCluster) -> Iterator[CustomObjectsApi]:
+    """The StreamPipelines over one HTTP connection (a kubectl process per request costs
+    more than most of what the tests ask)."""
+    client = kube_cluster.api_client()
+    try:
+        yield CustomObjectsApi(client)
+    finally:
+        client.close()

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from kubernetes.client import CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
 
 from tests.infra import operator_process, processes
 from tests.infra.chart_identity import apply_crd, rbac_refusals
@@ -142,3 +144,18 @@ def operator_running(
     finally:
         proc.stop()
         print(f"operator logs: {[str(p) for p in proc.logs]}")
+
+
+def server_verdict(api: CustomObjectsApi, namespace: str, doc: dict[str, Any]) -> str | None:
+    """None when the API server accepts creating `doc` (a dry run, fields validated
+    strictly, as kubectl does), else its message."""
+    try:
+        api.create_namespaced_custom_object(
+            "streamherd.io", "v1alpha1", namespace, "streampipelines", doc,
+            dry_run="All", field_validation="Strict",
+        )  # fmt: skip
+    except ApiException as refused:
+        assert refused.status in (400, 422), (refused.status, refused.body)
+        message: str = json.loads(refused.body or "{}")["message"]
+        return message
+    return None

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,41 +24,14 @@ from kubernetes.client import CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
 from streamherd.operator.validation import parse_pipeline
-from tests.infra.controlplane import KubeCluster
 from tests.infra.invalid_manifests import KAFKA, set_path
 from tests.infra.manifest_strategies import manifests
-from tests.integration.operator.operator_harness import Env, wait_until
+from tests.integration.operator.operator_harness import Env, server_verdict, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
 
 STATUS_BOUND = 60.0  # seconds from apply to a phase and a Ready condition
 NUMBERS = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def api(kube_cluster: KubeCluster) -> Iterator[CustomObjectsApi]:
-    """One HTTP connection for the property's requests: a kubectl process per dry run,
-    create and poll cost ~2.9 s of each example (helper-129's measure), more than the
-    operator's part of it."""
-    client = kube_cluster.api_client()
-    try:
-        yield CustomObjectsApi(client)
-    finally:
-        client.close()
-
-
-def _accepted(api: CustomObjectsApi, namespace: str, doc: dict[str, Any]) -> bool:
-    """The API server's verdict on creating `doc` (a dry run, fields validated strictly, as
-    `kubectl apply --dry-run=server` asks)."""
-    try:
-        api.create_namespaced_custom_object(
-            "streamherd.io", "v1alpha1", namespace, "streampipelines", doc,
-            dry_run="All", field_validation="Strict",
-        )  # fmt: skip
-    except ApiException as refused:
-        assert refused.status in (400, 422), (refused.status, refused.body)
-        return False
-    return True
 
 
 def _settled_status(api: CustomObjectsApi, namespace: str, name: str) -> dict[str, Any] | None:
@@ -117,7 +89,7 @@ def test_every_accepted_pipeline_ends_in_a_status(
     doc = set_path(doc, "metadata.name", name)
     # Only what the API server accepts counts as an example (agreement with validate on the
     # rest is test_rules_agree.py's).
-    assume(_accepted(api, env.ns, doc))
+    assume(server_verdict(api, env.ns, doc) is None)
     start = len(env.operator.log_text())
     api.create_namespaced_custom_object(
         "streamherd.io", "v1alpha1", env.ns, "streampipelines", doc, field_validation="Strict"

@@ -57,6 +57,7 @@ from tests.infra.manifest_strategies import (
     status_values,
 )
 from tests.infra.yaml_scalars import GO_YAML_SCALARS, KUBECTL_REFUSES, same_json
+from tests.integration.operator.operator_harness import server_verdict
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -67,30 +68,6 @@ def namespace(kube_cluster: KubeCluster, crd: str) -> Iterator[str]:
     kube_cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     yield ns
     kube_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-
-
-@pytest.fixture(scope="module")
-def api(kube_cluster: KubeCluster) -> Iterator[CustomObjectsApi]:
-    client = kube_cluster.api_client()
-    try:
-        yield CustomObjectsApi(client)
-    finally:
-        client.close()
-
-
-def server_verdict(api: CustomObjectsApi, namespace: str, doc: dict[str, Any]) -> str | None:
-    """None when the API server accepts `doc` (a dry run, fields validated strictly, as
-    kubectl does), else its message."""
-    try:
-        api.create_namespaced_custom_object(
-            "streamherd.io", "v1alpha1", namespace, "streampipelines", doc,
-            dry_run="All", field_validation="Strict",
-        )  # fmt: skip
-    except ApiException as refused:
-        assert refused.status in (400, 422), (refused.status, refused.body)
-        message: str = json.loads(refused.body or "{}")["message"]
-        return message
-    return None
 
 
 def offline_problems(doc: dict[str, Any]) -> list[str]:
